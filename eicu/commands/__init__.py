@@ -1,0 +1,1 @@
+"""Subcommands that compose the engine from its packages (imported only by eicu.cli)."""

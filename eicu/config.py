@@ -1,0 +1,154 @@
+"""Settings: read once from the environment (or an env-style file), frozen, passed in.
+
+Every key has the ``EICU_`` prefix. Errors name the key. URLs that may carry passwords print
+as ``'**********'``. Clinical thresholds never live here: they are versioned code or data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from eicu.errors import ConfigError
+
+PREFIX = "EICU_"
+
+
+class Secret(str):
+    """A string that does not show itself in ``repr`` or logs."""
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: Secret | None = None
+    client_id: str = "eicu-ingest"
+    topic_filter: str = "eicu/v1/#"
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    @classmethod
+    def from_url(cls, url: str, key: str = "EICU_MQTT_URL", **kw: object) -> MqttSettings:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp"):
+            raise ConfigError(key, f"expected mqtt://host:port, got scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise ConfigError(key, "no host in the URL")
+        try:
+            port = parts.port or 1883
+        except ValueError as exc:
+            raise ConfigError(key, f"bad port: {exc}") from exc
+        password = Secret(urllib.parse.unquote(parts.password)) if parts.password else None
+        username = urllib.parse.unquote(parts.username) if parts.username else None
+        return cls(host=parts.hostname, port=port, username=username, password=password, **kw)  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    flush_interval_s: float = 0.5
+    batch_max_frames: int = 4000
+    memory_max_frames: int = 200_000
+    spool_dir: Path = field(default_factory=lambda: Path("eicu-spool"))
+    write_retry_min_s: float = 0.5
+    write_retry_max_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    mqtt: MqttSettings | None
+    database_url: Secret | None
+    ingest: IngestSettings
+    metrics_port: int | None
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        mqtt_url = env.get("EICU_MQTT_URL") or None
+        client_id = env.get("EICU_MQTT_CLIENT_ID") or f"eicu-ingest-{socket.gethostname()}"
+        mqtt = MqttSettings.from_url(mqtt_url, client_id=client_id) if mqtt_url else None
+        db_url = env.get("EICU_DATABASE_URL") or None
+        if db_url is not None:
+            scheme = urllib.parse.urlsplit(db_url).scheme
+            if scheme not in ("postgresql", "postgres", "sqlite"):
+                raise ConfigError(
+                    "EICU_DATABASE_URL", f"expected postgresql://... or sqlite:///path, got {scheme!r}"
+                )
+        defaults = IngestSettings()
+        ingest = IngestSettings(
+            flush_interval_s=_float(env, "EICU_FLUSH_INTERVAL_S", defaults.flush_interval_s, 0.01, 60),
+            batch_max_frames=_int(env, "EICU_BATCH_MAX_FRAMES", defaults.batch_max_frames, 1, 10**6),
+            memory_max_frames=_int(env, "EICU_MEMORY_MAX_FRAMES", defaults.memory_max_frames, 1, 10**8),
+            spool_dir=Path(env.get("EICU_SPOOL_DIR") or defaults.spool_dir),
+        )
+        metrics_port = env.get("EICU_METRICS_PORT")
+        return cls(
+            mqtt=mqtt,
+            database_url=Secret(db_url) if db_url else None,
+            ingest=ingest,
+            metrics_port=_int(env, "EICU_METRICS_PORT", 0, 0, 65535) if metrics_port else None,
+            log_level=(env.get("EICU_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def describe(self) -> dict[str, str]:
+        """The settings in force, secrets masked: for logs and ``--help`` output."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = repr(value) if not isinstance(value, Secret) else repr(value)
+        return out
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read ``KEY=VALUE`` lines (``#`` comments, optional quotes) into a mapping."""
+    out: dict[str, str] = {}
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.startswith(PREFIX):
+            raise ConfigError(f"{path}:{lineno}", f"expected EICU_KEY=value, got {line[:40]!r}")
+        out[key] = value.strip().strip("'\"")
+    return out
+
+
+def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(key, f"expected an integer, got {raw!r}") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(key, f"expected a number, got {raw!r}") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
+    return value

@@ -1,0 +1,55 @@
+"""The exception tree of eicu.
+
+Third-party errors are translated at the boundary, so callers catch these and nothing else::
+
+    EicuError
+    ├── ConfigError              a setting is missing or malformed (names the key)
+    ├── PayloadError             a message from the wire was rejected (has .reason)
+    ├── StorageError
+    │   ├── StorageUnavailable   the database cannot be reached now; retry later
+    │   └── SchemaError          the schema is not what this version expects
+    └── RecordError              a WFDB record cannot be read or is not in the expected layout
+"""
+
+from __future__ import annotations
+
+
+class EicuError(Exception):
+    """Base of every error raised by eicu."""
+
+
+class ConfigError(EicuError, ValueError):
+    """A setting is missing or malformed. The message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class PayloadError(EicuError, ValueError):
+    """A message from the wire was rejected.
+
+    ``reason`` is a short, stable label used for metrics and the dead-letter table
+    (for example ``truncated`` or ``impossible_value``); ``detail`` says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class StorageError(EicuError):
+    """A problem in the store."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached now. Writes are kept and retried."""
+
+
+class SchemaError(StorageError):
+    """The database schema is newer than this version understands, or is damaged."""
+
+
+class RecordError(EicuError, ValueError):
+    """A WFDB record cannot be read, or is not in the layout a command expects."""

@@ -1,0 +1,137 @@
+"""Plain data types that flow through the engine: frames from the wire and what follows them.
+
+Times are integers in microseconds since the Unix epoch (UTC): ``*_us``. Device time is what
+the bedside clock said; receive time is what the engine's clock said when the message arrived.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class BedKey:
+    site: str
+    bed: str
+
+    def __str__(self) -> str:
+        return f"{self.site}/{self.bed}"
+
+    @classmethod
+    def parse(cls, text: str) -> BedKey:
+        site, sep, bed = text.partition("/")
+        if not sep or not ID_RE.match(site) or not ID_RE.match(bed):
+            raise ValueError(f"expected SITE/BED with ids of [A-Za-z0-9_-], got {text!r}")
+        return cls(site, bed)
+
+
+@dataclass(frozen=True, slots=True)
+class NumericsFrame:
+    """One numerics message: the values a monitor reported at one device time.
+
+    ``values`` maps a parameter key (see :mod:`eicu.codes`) to its value, or to ``None`` when the
+    monitor says it has no valid value (a probe off, a measurement failed). Categorical
+    parameters hold their ordinal code as a float.
+    """
+
+    bed: BedKey
+    seq: int
+    ts_us: int
+    values: dict[str, float | None]
+    received_us: int = 0
+
+    @property
+    def n_values(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalBlock:
+    """Consecutive samples of one signal: physical = (raw - baseline) / gain."""
+
+    signal: str  # key in eicu.codes.SIGNAL_BY_KEY
+    fs_hz: float
+    gain: float
+    baseline: int
+    samples: NDArray[np.int16]
+
+    def physical(self) -> NDArray[np.float64]:
+        return (self.samples.astype(np.float64) - self.baseline) / self.gain
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SignalBlock):
+            return NotImplemented
+        return (
+            self.signal == other.signal
+            and self.fs_hz == other.fs_hz
+            and self.gain == other.gain
+            and self.baseline == other.baseline
+            and np.array_equal(self.samples, other.samples)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class WaveformFrame:
+    """One waveform message: a fraction of a second of several signals of one bed."""
+
+    bed: BedKey
+    seq: int
+    t0_us: int  # device time of the first sample of every block
+    blocks: tuple[SignalBlock, ...]
+    received_us: int = 0
+
+    @property
+    def n_samples(self) -> int:
+        return sum(b.samples.shape[0] for b in self.blocks)
+
+
+StatusState = Literal["online", "offline", "standby"]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFrame:
+    """The state of a bed, or of a gateway and the beds behind it (retained on the broker)."""
+
+    site: str
+    state: StatusState
+    ts_us: int | None
+    bed: str | None = None  # set for a bed's status
+    gateway: str | None = None  # set for a gateway's status
+    beds: tuple[str, ...] = ()  # the beds a gateway serves
+    received_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message, kept for review."""
+
+    received_us: int
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+
+
+Frame = NumericsFrame | WaveformFrame | StatusFrame
+
+
+@dataclass(slots=True)
+class Batch:
+    """What the ingest hands the store in one write."""
+
+    numerics: list[NumericsFrame] = field(default_factory=list)
+    waveforms: list[WaveformFrame] = field(default_factory=list)
+    statuses: list[StatusFrame] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.numerics) + len(self.waveforms) + len(self.statuses) + len(self.dead_letters)

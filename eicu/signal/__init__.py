@@ -1,0 +1,1 @@
+"""Per-bed streaming signal processing that drives the kernels."""

@@ -1,0 +1,1 @@
+"""Storage: PostgreSQL with TimescaleDB when present, SQLite for the embedded demo."""

@@ -1,0 +1,1 @@
+"""Bedside monitor simulators: synthetic scenarios and replay of real WFDB records."""
