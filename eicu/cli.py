@@ -26,7 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "migrate": ("eicu.commands.migrate", "apply pending schema migrations to the database"),
     "score": ("eicu.scores.cli", "compute NEWS2, MEWS or qSOFA from JSON lines"),
     "analyze": ("eicu.signal.cli_analyze", "detect beats and rhythms in a WFDB record"),
-    "verify-alarm": ("eicu.signal.cli_verify", "decide whether a recorded arrhythmia alarm is true"),
+    "verify-alarm": (
+        "eicu.signal.cli_verify",
+        "decide whether a recorded arrhythmia alarm is true",
+    ),
 }
 
 

@@ -86,13 +86,20 @@ class Settings:
             scheme = urllib.parse.urlsplit(db_url).scheme
             if scheme not in ("postgresql", "postgres", "sqlite"):
                 raise ConfigError(
-                    "EICU_DATABASE_URL", f"expected postgresql://... or sqlite:///path, got {scheme!r}"
+                    "EICU_DATABASE_URL",
+                    f"expected postgresql://... or sqlite:///path, got {scheme!r}",
                 )
         defaults = IngestSettings()
         ingest = IngestSettings(
-            flush_interval_s=_float(env, "EICU_FLUSH_INTERVAL_S", defaults.flush_interval_s, 0.01, 60),
-            batch_max_frames=_int(env, "EICU_BATCH_MAX_FRAMES", defaults.batch_max_frames, 1, 10**6),
-            memory_max_frames=_int(env, "EICU_MEMORY_MAX_FRAMES", defaults.memory_max_frames, 1, 10**8),
+            flush_interval_s=_float(
+                env, "EICU_FLUSH_INTERVAL_S", defaults.flush_interval_s, 0.01, 60
+            ),
+            batch_max_frames=_int(
+                env, "EICU_BATCH_MAX_FRAMES", defaults.batch_max_frames, 1, 10**6
+            ),
+            memory_max_frames=_int(
+                env, "EICU_MEMORY_MAX_FRAMES", defaults.memory_max_frames, 1, 10**8
+            ),
             spool_dir=Path(env.get("EICU_SPOOL_DIR") or defaults.spool_dir),
         )
         metrics_port = env.get("EICU_METRICS_PORT")
@@ -106,11 +113,7 @@ class Settings:
 
     def describe(self) -> dict[str, str]:
         """The settings in force, secrets masked: for logs and ``--help`` output."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = repr(value) if not isinstance(value, Secret) else repr(value)
-        return out
+        return {f.name: repr(getattr(self, f.name)) for f in fields(self)}
 
 
 def read_env_file(path: Path) -> dict[str, str]:

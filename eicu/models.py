@@ -134,4 +134,6 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.numerics) + len(self.waveforms) + len(self.statuses) + len(self.dead_letters)
+        return (
+            len(self.numerics) + len(self.waveforms) + len(self.statuses) + len(self.dead_letters)
+        )
