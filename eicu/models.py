@@ -61,6 +61,11 @@ class SignalBlock:
     gain: float
     baseline: int
     samples: NDArray[np.int16]
+    t_offset_us: int = 0  # first-sample time relative to the frame's t0_us
+
+    @property
+    def t0_offset_s(self) -> float:
+        return self.t_offset_us / 1e6
 
     def physical(self) -> NDArray[np.float64]:
         return (self.samples.astype(np.float64) - self.baseline) / self.gain
@@ -73,6 +78,7 @@ class SignalBlock:
             and self.fs_hz == other.fs_hz
             and self.gain == other.gain
             and self.baseline == other.baseline
+            and self.t_offset_us == other.t_offset_us
             and np.array_equal(self.samples, other.samples)
         )
 

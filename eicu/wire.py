@@ -1,0 +1,344 @@
+"""The wire protocol, version 1: topics and payload codecs (bytes <-> models), nothing else.
+
+See docs/protocol.md for the full description. Every decoder either returns a model or raises
+:class:`~eicu.errors.PayloadError` whose ``reason`` is one of :data:`REASONS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Final
+
+import numpy as np
+
+from eicu.codes import BY_KEY, SIGNAL_BY_ID, SIGNAL_BY_KEY
+from eicu.errors import PayloadError
+from eicu.models import ID_RE, BedKey, Frame, NumericsFrame, SignalBlock, StatusFrame, WaveformFrame
+
+VERSION: Final = 1
+ROOT: Final = "eicu/v1"
+GATEWAY_LEVEL: Final = "_gateway"
+
+# Why a payload is rejected. Stable labels: metrics and the dead-letter table use them.
+REASONS: Final = (
+    "wrong_topic",
+    "oversized",
+    "truncated",
+    "malformed",
+    "unknown_version",
+    "unknown_parameter",
+    "unknown_signal",
+    "impossible_rate",
+    "impossible_time",
+    "non_finite",
+    "impossible_value",
+)
+
+MAX_WAVEFORM_BYTES: Final = 256 * 1024
+MAX_JSON_BYTES: Final = 16 * 1024
+MAX_BLOCKS: Final = 16
+MAX_BLOCK_S: Final = 10.0
+MAX_SEQ: Final = 2**32 - 1
+# Device times outside these bounds cannot be real (2000-01-01 .. 2100-01-01, in us).
+MIN_TIME_US: Final = 946_684_800_000_000
+MAX_TIME_US: Final = 4_102_444_800_000_000
+
+_WF_MAGIC: Final = b"EW"
+_WF_HEADER = struct.Struct("<2sBBHIq")  # magic, version, n_blocks, flags, seq, t0_us
+_WF_BLOCK = struct.Struct("<BBHffhi")  # sig_id, reserved, n, fs_hz, gain, baseline, t_offset_us
+
+
+# --- topics -----------------------------------------------------------------------------------
+
+
+def numerics_topic(bed: BedKey) -> str:
+    return f"{ROOT}/{bed.site}/{bed.bed}/numerics"
+
+
+def waveform_topic(bed: BedKey) -> str:
+    return f"{ROOT}/{bed.site}/{bed.bed}/waveform"
+
+
+def status_topic(bed: BedKey) -> str:
+    return f"{ROOT}/{bed.site}/{bed.bed}/status"
+
+
+def alarms_topic(bed: BedKey) -> str:
+    return f"{ROOT}/{bed.site}/{bed.bed}/alarms"
+
+
+def gateway_status_topic(site: str, gateway: str) -> str:
+    return f"{ROOT}/{site}/{GATEWAY_LEVEL}/{gateway}/status"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split a topic into (kind, site, bed_or_gateway); kind is numerics, waveform, status,
+    alarms or gateway_status. Raises PayloadError('wrong_topic') for anything else."""
+    parts = topic.split("/")
+    if len(parts) >= 2 and parts[0] == "eicu" and parts[1] != "v1":
+        raise PayloadError("unknown_version", f"topic version {parts[1]!r} in {topic!r}")
+    if len(parts) == 5 and parts[:2] == ["eicu", "v1"]:
+        _, _, site, bed, kind = parts
+        if kind in ("numerics", "waveform", "status", "alarms") and _ids_ok(site, bed):
+            return kind, site, bed
+    if len(parts) == 6 and parts[:2] == ["eicu", "v1"] and parts[3] == GATEWAY_LEVEL:
+        _, _, site, _, gateway, kind = parts
+        if kind == "status" and _ids_ok(site, gateway):
+            return "gateway_status", site, gateway
+    raise PayloadError("wrong_topic", f"not an eicu/v1 topic: {topic[:200]!r}")
+
+
+def _ids_ok(*ids: str) -> bool:
+    return all(ID_RE.match(i) for i in ids)
+
+
+# --- numerics ---------------------------------------------------------------------------------
+
+
+def encode_numerics(frame: NumericsFrame) -> bytes:
+    values: dict[str, object] = {}
+    for key, value in frame.values.items():
+        param = BY_KEY[key]
+        if value is None:
+            values[key] = None
+        elif key == "O2":
+            values[key] = bool(value)
+        elif param.labels:
+            values[key] = param.labels[int(value)]
+        else:
+            values[key] = value
+    doc = {"v": VERSION, "seq": frame.seq, "ts_ms": frame.ts_us // 1000, "values": values}
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_numerics(bed: BedKey, payload: bytes, received_us: int = 0) -> NumericsFrame:
+    doc = _json_object(payload)
+    seq = _seq(doc)
+    ts_us = _ts_ms(doc, required=True)
+    assert ts_us is not None
+    raw_values = doc.get("values")
+    if not isinstance(raw_values, dict) or not raw_values:
+        raise PayloadError("malformed", "'values' must be a non-empty object")
+    values: dict[str, float | None] = {}
+    for key, raw in raw_values.items():
+        param = BY_KEY.get(key)
+        if param is None:
+            raise PayloadError("unknown_parameter", f"unknown parameter {key[:40]!r}")
+        if raw is None:
+            values[key] = None
+        elif key == "O2":
+            if not isinstance(raw, bool):
+                raise PayloadError("malformed", f"O2 must be true or false, got {raw!r}"[:120])
+            values[key] = 1.0 if raw else 0.0
+        elif param.labels:
+            if raw not in param.labels:
+                raise PayloadError(
+                    "impossible_value",
+                    f"{key} must be one of {list(param.labels)}, got {raw!r}"[:120],
+                )
+            values[key] = float(param.labels.index(raw))
+        else:
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise PayloadError(
+                    "malformed", f"{key} must be a number or null, got {raw!r}"[:120]
+                )
+            value = float(raw)
+            if not math.isfinite(value):
+                raise PayloadError("non_finite", f"{key} is {raw!r}")
+            if not param.low <= value <= param.high:
+                raise PayloadError(
+                    "impossible_value",
+                    f"{key}={value:g} {param.unit} is outside {param.low:g}..{param.high:g}",
+                )
+            values[key] = value
+    return NumericsFrame(bed=bed, seq=seq, ts_us=ts_us, values=values, received_us=received_us)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def encode_status(frame: StatusFrame, *, with_time: bool = True) -> bytes:
+    doc: dict[str, object] = {"v": VERSION, "state": frame.state}
+    if with_time and frame.ts_us is not None:
+        doc["ts_ms"] = frame.ts_us // 1000
+    if frame.gateway is not None:
+        doc["beds"] = list(frame.beds)
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_status(
+    site: str, bed: str | None, gateway: str | None, payload: bytes, received_us: int = 0
+) -> StatusFrame:
+    doc = _json_object(payload)
+    state = doc.get("state")
+    if state not in ("online", "offline", "standby"):
+        raise PayloadError(
+            "malformed", f"state must be online, offline or standby, got {state!r}"[:120]
+        )
+    beds: tuple[str, ...] = ()
+    if gateway is not None:
+        raw_beds = doc.get("beds", [])
+        if not isinstance(raw_beds, list) or not all(
+            isinstance(b, str) and ID_RE.match(b) for b in raw_beds
+        ):
+            raise PayloadError("malformed", "'beds' must be a list of bed ids")
+        if len(raw_beds) > 4096:
+            raise PayloadError("oversized", f"{len(raw_beds)} beds behind one gateway")
+        beds = tuple(raw_beds)
+    return StatusFrame(
+        site=site,
+        state=state,
+        ts_us=_ts_ms(doc, required=False),
+        bed=bed,
+        gateway=gateway,
+        beds=beds,
+        received_us=received_us,
+    )
+
+
+# --- waveform ---------------------------------------------------------------------------------
+
+
+def encode_waveform(frame: WaveformFrame) -> bytes:
+    if not 1 <= len(frame.blocks) <= MAX_BLOCKS:
+        raise ValueError(f"a frame carries 1..{MAX_BLOCKS} blocks, got {len(frame.blocks)}")
+    parts = [_WF_HEADER.pack(_WF_MAGIC, VERSION, len(frame.blocks), 0, frame.seq, frame.t0_us)]
+    for b in frame.blocks:
+        sig = SIGNAL_BY_KEY[b.signal]
+        parts.append(
+            _WF_BLOCK.pack(
+                sig.sig_id, 0, b.samples.shape[0], b.fs_hz, b.gain, b.baseline, b.t_offset_us
+            )
+        )
+    parts.extend(np.ascontiguousarray(b.samples, dtype="<i2").tobytes() for b in frame.blocks)
+    return b"".join(parts)
+
+
+def decode_waveform(bed: BedKey, payload: bytes, received_us: int = 0) -> WaveformFrame:
+    n = len(payload)
+    if n > MAX_WAVEFORM_BYTES:
+        raise PayloadError("oversized", f"{n} bytes, the limit is {MAX_WAVEFORM_BYTES}")
+    if n < _WF_HEADER.size:
+        raise PayloadError(
+            "truncated", f"{n} bytes, shorter than the {_WF_HEADER.size}-byte header"
+        )
+    magic, version, n_blocks, _flags, seq, t0_us = _WF_HEADER.unpack_from(payload, 0)
+    if magic != _WF_MAGIC:
+        raise PayloadError("malformed", f"not a waveform frame (magic {magic!r})")
+    if version != VERSION:
+        raise PayloadError("unknown_version", f"waveform format version {version}")
+    if not 1 <= n_blocks <= MAX_BLOCKS:
+        raise PayloadError("malformed", f"{n_blocks} blocks, expected 1..{MAX_BLOCKS}")
+    if not MIN_TIME_US <= t0_us <= MAX_TIME_US:
+        raise PayloadError("impossible_time", f"first-sample time {t0_us} us is not a real date")
+    descriptors_end = _WF_HEADER.size + n_blocks * _WF_BLOCK.size
+    if n < descriptors_end:
+        raise PayloadError("truncated", f"{n} bytes, the block headers need {descriptors_end}")
+    heads = [
+        _WF_BLOCK.unpack_from(payload, _WF_HEADER.size + i * _WF_BLOCK.size)
+        for i in range(n_blocks)
+    ]
+    expected = descriptors_end + 2 * sum(h[2] for h in heads)
+    if n < expected:
+        raise PayloadError("truncated", f"{n} bytes, the samples need {expected}")
+    if n > expected:
+        raise PayloadError("malformed", f"{n - expected} bytes after the last sample")
+    blocks = []
+    seen: set[int] = set()
+    pos = descriptors_end
+    for sig_id, _reserved, count, fs_hz, gain, baseline, offset_us in heads:
+        sig = SIGNAL_BY_ID.get(sig_id)
+        if sig is None:
+            raise PayloadError("unknown_signal", f"signal id {sig_id}")
+        if sig_id in seen:
+            raise PayloadError("malformed", f"signal {sig.key} twice in one frame")
+        seen.add(sig_id)
+        if not (math.isfinite(fs_hz) and math.isfinite(gain)):
+            raise PayloadError("non_finite", f"{sig.key}: fs_hz={fs_hz}, gain={gain}")
+        if not sig.fs_min_hz <= fs_hz <= sig.fs_max_hz:
+            raise PayloadError(
+                "impossible_rate",
+                f"{sig.key} at {fs_hz:g} Hz, outside {sig.fs_min_hz:g}..{sig.fs_max_hz:g} Hz",
+            )
+        if gain <= 0:
+            raise PayloadError("malformed", f"{sig.key}: gain must be > 0, got {gain:g}")
+        if count == 0:
+            raise PayloadError("malformed", f"{sig.key}: empty block")
+        if count / fs_hz > MAX_BLOCK_S or not 0 <= offset_us <= MAX_BLOCK_S * 1e6:
+            raise PayloadError(
+                "impossible_rate", f"{sig.key}: {count} samples at {fs_hz:g} Hz exceed one frame"
+            )
+        samples = np.frombuffer(payload, dtype="<i2", count=count, offset=pos)
+        pos += 2 * count
+        blocks.append(
+            SignalBlock(sig.key, float(fs_hz), float(gain), int(baseline), samples, int(offset_us))
+        )
+    return WaveformFrame(
+        bed=bed, seq=seq, t0_us=t0_us, blocks=tuple(blocks), received_us=received_us
+    )
+
+
+# --- one entry point ---------------------------------------------------------------------------
+
+
+def decode(topic: str, payload: bytes, received_us: int = 0) -> Frame | None:
+    """Decode any inbound message. Returns None for messages the engine does not consume
+    (its own alarms, a cleared retained status)."""
+    kind, site, name = parse_topic(topic)
+    if kind == "alarms":
+        return None
+    if kind in ("status", "gateway_status") and len(payload) == 0:
+        return None  # a retained status was cleared
+    if kind == "waveform":
+        return decode_waveform(BedKey(site, name), payload, received_us)
+    if kind == "numerics":
+        return decode_numerics(BedKey(site, name), payload, received_us)
+    if kind == "status":
+        return decode_status(site, name, None, payload, received_us)
+    return decode_status(site, None, name, payload, received_us)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _json_object(payload: bytes) -> dict[str, object]:
+    if len(payload) > MAX_JSON_BYTES:
+        raise PayloadError("oversized", f"{len(payload)} bytes, the limit is {MAX_JSON_BYTES}")
+    try:
+        doc = json.loads(payload, parse_constant=_reject_constant)
+    except PayloadError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("malformed", f"not JSON: {exc}"[:160]) from None
+    if not isinstance(doc, dict):
+        raise PayloadError("malformed", f"expected a JSON object, got {type(doc).__name__}")
+    if "v" not in doc:
+        raise PayloadError("malformed", "no version field 'v'")
+    if doc["v"] != VERSION:
+        raise PayloadError("unknown_version", f"payload version {doc['v']!r}"[:80])
+    return doc
+
+
+def _reject_constant(name: str) -> float:
+    raise PayloadError("non_finite", f"{name} is not a number")
+
+
+def _seq(doc: dict[str, object]) -> int:
+    seq = doc.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+        raise PayloadError("malformed", f"'seq' must be an integer 0..{MAX_SEQ}, got {seq!r}"[:120])
+    return seq
+
+
+def _ts_ms(doc: dict[str, object], *, required: bool) -> int | None:
+    ts = doc.get("ts_ms")
+    if ts is None and not required:
+        return None
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise PayloadError("malformed", f"'ts_ms' must be an integer, got {ts!r}"[:120])
+    ts_us = ts * 1000
+    if not MIN_TIME_US <= ts_us <= MAX_TIME_US:
+        raise PayloadError("impossible_time", f"ts_ms={ts} is not a real date")
+    return ts_us
