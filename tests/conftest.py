@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from eicu.datasets import data_dir, missing_reason
+from eicu.devservices import Mosquitto, Postgres, ServiceError
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +27,36 @@ def require_data(*relative: str) -> Path:
     if reason:
         pytest.skip(reason)
     return data_dir()
+
+
+# --- real services --------------------------------------------------------------------------------
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Postgres]:
+    """A PostgreSQL server of the test session's own, on a free port."""
+    try:
+        server = Postgres().start()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def db_url(pg_server: Postgres) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.create_database(f"t{next(_db_counter)}")
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    """A Mosquitto broker of this test's own, on a free port."""
+    try:
+        server = Mosquitto().start()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start Mosquitto for the tests: {exc}")
+    yield server
+    server.cleanup()

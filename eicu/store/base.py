@@ -1,0 +1,148 @@
+"""What every store offers, and the shapes its queries return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from eicu.codes import BY_CODE
+from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame, WaveformFrame
+
+
+@dataclass(frozen=True)
+class LatestValue:
+    key: str
+    value: float | None
+    ts_us: int
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    bucket_us: int
+    avg: float | None
+    min: float | None
+    max: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class WaveformWindow:
+    """Samples of one signal in a time window, in physical units, with each sample's time.
+
+    Where frames are missing the times jump: nothing is interpolated.
+    """
+
+    signal: str
+    fs_hz: float
+    t_us: NDArray[np.int64]
+    values: NDArray[np.float64]
+
+
+class Store(Protocol):
+    """The store interface. Writes are idempotent: writing a batch twice stores it once."""
+
+    backend: str  # "timescaledb", "postgresql" or "sqlite"
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def write(self, batch: Batch) -> None: ...
+    async def latest(self, max_age_s: float = 86_400.0) -> dict[BedKey, dict[str, LatestValue]]: ...
+    async def trend(
+        self, bed: BedKey, key: str, start_us: int, end_us: int
+    ) -> list[TrendPoint]: ...
+    async def waveform(
+        self, bed: BedKey, signal: str, start_us: int, end_us: int
+    ) -> WaveformWindow: ...
+    async def stats(self) -> dict[str, dict[str, dict[str, int]]]: ...
+    async def dead_letter_counts(self) -> dict[str, int]: ...
+
+
+# --- rows shared by every backend ---------------------------------------------------------------
+
+NumericRow = tuple[
+    int, int, int, float | None, int, int
+]  # time_us, bed_id, code, value, seq, rx_us
+WaveformRow = tuple[int, int, int, int, int, bytes, int]  # time_us, bed, seq, dur_us, n, data, rx
+
+
+def numeric_rows(frames: list[NumericsFrame], bed_ids: dict[BedKey, int]) -> list[NumericRow]:
+    from eicu.codes import BY_KEY
+
+    rows: list[NumericRow] = []
+    for f in frames:
+        bed_id = bed_ids[f.bed]
+        for key, value in f.values.items():
+            rows.append((f.ts_us, bed_id, BY_KEY[key].code, value, f.seq, f.received_us))
+    return rows
+
+
+def waveform_rows(frames: list[WaveformFrame], bed_ids: dict[BedKey, int]) -> list[WaveformRow]:
+    from eicu.store.segments import encode_blocks
+
+    rows: list[WaveformRow] = []
+    for f in frames:
+        duration_us = max(
+            b.t_offset_us + round(b.samples.shape[0] * 1e6 / b.fs_hz) for b in f.blocks
+        )
+        rows.append(
+            (
+                f.t0_us,
+                bed_ids[f.bed],
+                f.seq,
+                duration_us,
+                f.n_samples,
+                encode_blocks(f.blocks),
+                f.received_us,
+            )
+        )
+    return rows
+
+
+def beds_in(batch: Batch) -> set[BedKey]:
+    beds = {f.bed for f in batch.numerics} | {f.bed for f in batch.waveforms}
+    return beds
+
+
+def status_rows(
+    frames: list[StatusFrame],
+) -> list[tuple[int, str, str | None, str | None, str, list[str], int | None]]:
+    return [
+        (f.received_us, f.site, f.bed, f.gateway, f.state, list(f.beds), f.ts_us) for f in frames
+    ]
+
+
+def window_from_blocks(
+    signal: str, pieces: list[tuple[int, object]], start_us: int, end_us: int
+) -> WaveformWindow:
+    """Join decoded blocks ``(frame_t0_us, SignalBlock)`` into one window, cut to the range."""
+    from eicu.models import SignalBlock
+
+    times: list[NDArray[np.int64]] = []
+    values: list[NDArray[np.float64]] = []
+    fs_hz = 0.0
+    for t0_us, block in pieces:
+        if not isinstance(block, SignalBlock):
+            continue
+        fs_hz = block.fs_hz
+        n = block.samples.shape[0]
+        t = (
+            t0_us
+            + block.t_offset_us
+            + np.round(np.arange(n) * (1e6 / block.fs_hz)).astype(np.int64)
+        )
+        keep = (t >= start_us) & (t < end_us)
+        times.append(t[keep])
+        values.append(block.physical()[keep])
+    if not times:
+        return WaveformWindow(signal, fs_hz, np.empty(0, np.int64), np.empty(0, np.float64))
+    t_all = np.concatenate(times)
+    order = np.argsort(t_all, kind="stable")
+    return WaveformWindow(signal, fs_hz, t_all[order], np.concatenate(values)[order])
+
+
+def param_key(code: int) -> str:
+    param = BY_CODE.get(code)
+    return param.key if param else f"code{code}"

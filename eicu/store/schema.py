@@ -1,0 +1,81 @@
+"""The schema, as numbered migrations. Plain PostgreSQL SQL only: what TimescaleDB adds on top
+lives in :mod:`eicu.store.timescale`, so both run the same tables through one code path.
+
+Times are ``timestamptz``. Numerics are narrow rows (one value each); waveforms are one row per
+received frame holding every signal of the frame in the container of :mod:`eicu.store.segments`.
+The unique keys make every write idempotent: a batch written twice (after a lost commit
+acknowledgement, or a redelivered message) stores each sample once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "beds, numerics, waveforms, status, dead letters",
+        (
+            """CREATE TABLE IF NOT EXISTS beds (
+                bed_id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                site text NOT NULL,
+                bed text NOT NULL,
+                first_seen timestamptz NOT NULL DEFAULT now(),
+                UNIQUE (site, bed))""",
+            """CREATE TABLE IF NOT EXISTS numerics (
+                time timestamptz NOT NULL,
+                bed_id integer NOT NULL,
+                code smallint NOT NULL,
+                value double precision,
+                seq bigint NOT NULL,
+                received timestamptz NOT NULL)""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS numerics_key ON numerics (bed_id, code, time, seq)",
+            """CREATE TABLE IF NOT EXISTS waveforms (
+                time timestamptz NOT NULL,
+                bed_id integer NOT NULL,
+                seq bigint NOT NULL,
+                duration_us integer NOT NULL,
+                n_samples integer NOT NULL,
+                data bytea NOT NULL,
+                received timestamptz NOT NULL)""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS waveforms_key ON waveforms (bed_id, time, seq)",
+            """CREATE TABLE IF NOT EXISTS status_events (
+                time timestamptz NOT NULL,
+                site text NOT NULL,
+                bed text NOT NULL DEFAULT '',
+                gateway text NOT NULL DEFAULT '',
+                state text NOT NULL,
+                beds text[] NOT NULL DEFAULT '{}',
+                device_time timestamptz)""",
+            """CREATE UNIQUE INDEX IF NOT EXISTS status_events_key
+                ON status_events (site, bed, gateway, time, state)""",
+            """CREATE TABLE IF NOT EXISTS dead_letters (
+                received timestamptz NOT NULL,
+                topic text NOT NULL,
+                reason text NOT NULL,
+                detail text NOT NULL,
+                payload bytea NOT NULL)""",
+            """CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_key
+                ON dead_letters (received, topic, reason)""",
+        ),
+    ),
+)
+
+# The 1-minute trend relation, for plain PostgreSQL. With TimescaleDB the same name is a
+# continuous aggregate with the same columns (see eicu.store.timescale).
+PLAIN_TRENDS_VIEW = """CREATE OR REPLACE VIEW numerics_1m AS
+    SELECT date_bin('1 minute', time, TIMESTAMPTZ '2000-01-01') AS bucket,
+           bed_id, code,
+           avg(value) AS avg_value, min(value) AS min_value, max(value) AS max_value,
+           count(value) AS n_values
+    FROM numerics GROUP BY 1, 2, 3"""
+
+LATEST_VERSION = MIGRATIONS[-1].version

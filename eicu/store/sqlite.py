@@ -1,0 +1,221 @@
+"""The embedded store: SQLite behind the same interface, so ``eicu demo`` needs no server.
+
+Times are integer microseconds. Same tables and keys as PostgreSQL; writes are idempotent
+(``INSERT OR IGNORE`` on the same unique keys). Calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from eicu.codes import BY_KEY
+from eicu.errors import StorageUnavailable
+from eicu.models import Batch, BedKey
+from eicu.store.base import (
+    LatestValue,
+    TrendPoint,
+    WaveformWindow,
+    beds_in,
+    numeric_rows,
+    param_key,
+    status_rows,
+    waveform_rows,
+    window_from_blocks,
+)
+from eicu.store.segments import decode_blocks
+
+T = TypeVar("T")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS beds (bed_id INTEGER PRIMARY KEY, site TEXT NOT NULL,
+        bed TEXT NOT NULL, UNIQUE (site, bed))""",
+    """CREATE TABLE IF NOT EXISTS numerics (time INTEGER NOT NULL, bed_id INTEGER NOT NULL,
+        code INTEGER NOT NULL, value REAL, seq INTEGER NOT NULL, received INTEGER NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS numerics_key ON numerics (bed_id, code, time, seq)",
+    """CREATE TABLE IF NOT EXISTS waveforms (time INTEGER NOT NULL, bed_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL, duration_us INTEGER NOT NULL, n_samples INTEGER NOT NULL,
+        data BLOB NOT NULL, received INTEGER NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS waveforms_key ON waveforms (bed_id, time, seq)",
+    """CREATE TABLE IF NOT EXISTS status_events (time INTEGER NOT NULL, site TEXT NOT NULL,
+        bed TEXT NOT NULL DEFAULT '', gateway TEXT NOT NULL DEFAULT '', state TEXT NOT NULL,
+        beds TEXT NOT NULL DEFAULT '', device_time INTEGER)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS status_events_key
+        ON status_events (site, bed, gateway, time, state)""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (received INTEGER NOT NULL, topic TEXT NOT NULL,
+        reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL)""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_key ON dead_letters (received, topic, reason)",
+    """CREATE VIEW IF NOT EXISTS numerics_1m AS
+        SELECT (time / 60000000) * 60000000 AS bucket, bed_id, code, avg(value) AS avg_value,
+               min(value) AS min_value, max(value) AS max_value, count(value) AS n_values
+        FROM numerics GROUP BY 1, 2, 3""",
+)
+
+
+class SqliteStore:
+    """SQLite behind the :class:`~eicu.store.base.Store` interface."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._bed_ids: dict[BedKey, int] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        if not url.startswith("sqlite:///"):
+            raise ValueError(f"expected sqlite:///path, got {url!r}")
+        return cls(url.removeprefix("sqlite:///") or ":memory:")
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                if self._conn is None:
+                    raise StorageUnavailable("the SQLite store is closed")
+                try:
+                    return fn(self._conn)
+                except sqlite3.OperationalError as exc:
+                    raise StorageUnavailable(f"SQLite: {exc}") from exc
+
+        return await asyncio.to_thread(locked)
+
+    async def open(self) -> None:
+        def connect() -> None:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+            self._conn = conn
+
+        await asyncio.to_thread(connect)
+
+    async def close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(close)
+
+    async def write(self, batch: Batch) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN")
+            try:
+                ids = self._resolve_beds(conn, beds_in(batch))
+                conn.executemany(
+                    "INSERT OR IGNORE INTO numerics VALUES (?, ?, ?, ?, ?, ?)",
+                    numeric_rows(batch.numerics, ids),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO waveforms VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    waveform_rows(batch.waveforms, ids),
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO status_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (t, site, bed or "", gw or "", state, ",".join(beds), dev)
+                        for t, site, bed, gw, state, beds, dev in status_rows(batch.statuses)
+                    ],
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (d.received_us, d.topic, d.reason, d.detail, d.payload[:65536])
+                        for d in batch.dead_letters
+                    ],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._call(write)
+
+    def _resolve_beds(self, conn: sqlite3.Connection, beds: set[BedKey]) -> dict[BedKey, int]:
+        for b in beds:
+            if b in self._bed_ids:
+                continue
+            conn.execute("INSERT OR IGNORE INTO beds (site, bed) VALUES (?, ?)", (b.site, b.bed))
+            row = conn.execute(
+                "SELECT bed_id FROM beds WHERE site = ? AND bed = ?", (b.site, b.bed)
+            ).fetchone()
+            self._bed_ids[b] = int(row[0])
+        return self._bed_ids
+
+    async def _fetch(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return await self._call(lambda conn: conn.execute(query, params).fetchall())
+
+    async def latest(self, max_age_s: float = 86_400.0) -> dict[BedKey, dict[str, LatestValue]]:
+        import time
+
+        since_us = int((time.time() - max_age_s) * 1e6)
+        rows = await self._fetch(
+            """SELECT b.site, b.bed, n.code, n.value, n.time FROM numerics n
+               JOIN beds b USING (bed_id)
+               JOIN (SELECT bed_id, code, max(time) AS t FROM numerics WHERE time > ?
+                     GROUP BY bed_id, code) m
+                 ON m.bed_id = n.bed_id AND m.code = n.code AND m.t = n.time
+               ORDER BY n.seq""",
+            (since_us,),
+        )
+        out: dict[BedKey, dict[str, LatestValue]] = {}
+        for site, bed, code, value, ts_us in rows:
+            key = param_key(code)
+            out.setdefault(BedKey(site, bed), {})[key] = LatestValue(key, value, int(ts_us))
+        return out
+
+    async def trend(self, bed: BedKey, key: str, start_us: int, end_us: int) -> list[TrendPoint]:
+        rows = await self._fetch(
+            """SELECT t.bucket, t.avg_value, t.min_value, t.max_value, t.n_values
+               FROM numerics_1m t JOIN beds b USING (bed_id)
+               WHERE b.site = ? AND b.bed = ? AND t.code = ? AND t.bucket >= ? AND t.bucket < ?
+               ORDER BY t.bucket""",
+            (bed.site, bed.bed, BY_KEY[key].code, start_us, end_us),
+        )
+        return [TrendPoint(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
+
+    async def waveform(
+        self, bed: BedKey, signal: str, start_us: int, end_us: int
+    ) -> WaveformWindow:
+        rows = await self._fetch(
+            """SELECT w.time, w.data FROM waveforms w JOIN beds b USING (bed_id)
+               WHERE b.site = ? AND b.bed = ? AND w.time >= ? AND w.time < ?
+               ORDER BY w.time, w.seq""",
+            (bed.site, bed.bed, start_us - 10_000_000, end_us),
+        )
+        pieces: list[tuple[int, object]] = []
+        for t0_us, data in rows:
+            pieces.extend((int(t0_us), block) for block in decode_blocks(data, only=signal))
+        return window_from_blocks(signal, pieces, start_us, end_us)
+
+    async def stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        rows = await self._fetch(
+            """WITH n AS (SELECT bed_id, count(*) AS messages, sum(k) AS samples
+                          FROM (SELECT bed_id, count(*) AS k FROM numerics
+                                GROUP BY bed_id, time, seq) GROUP BY bed_id),
+                    w AS (SELECT bed_id, count(*) AS messages, sum(n_samples) AS samples
+                          FROM waveforms GROUP BY bed_id)
+               SELECT b.site, b.bed, coalesce(n.messages, 0) + coalesce(w.messages, 0),
+                      coalesce(n.samples, 0) + coalesce(w.samples, 0)
+               FROM beds b LEFT JOIN n USING (bed_id) LEFT JOIN w USING (bed_id)
+               ORDER BY b.site, b.bed"""
+        )
+        return {
+            "beds": {
+                f"{site}/{bed}": {"messages": int(m), "samples": int(s)} for site, bed, m, s in rows
+            }
+        }
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
+        return {reason: int(n) for reason, n in rows}

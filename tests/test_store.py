@@ -1,0 +1,128 @@
+"""The store, against a real PostgreSQL server and against SQLite, through one interface."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eicu.models import (
+    Batch,
+    BedKey,
+    DeadLetter,
+    NumericsFrame,
+    SignalBlock,
+    StatusFrame,
+    WaveformFrame,
+)
+from eicu.store import Store, open_store
+from eicu.store.segments import decode_blocks, encode_blocks
+
+BED = BedKey("karamay", "bed01")
+OTHER = BedKey("karamay", "bed02")
+
+
+def _now_us() -> int:
+    return int(time.time() * 1e6) // 1_000_000 * 1_000_000 - 600_000_000
+
+
+def _frames(t0_us: int, n_frames: int = 8) -> tuple[list[WaveformFrame], list[NumericsFrame]]:
+    rng = np.random.default_rng(1)
+    waves = []
+    for i in range(n_frames):
+        t = t0_us + i * 200_000
+        waves.append(
+            WaveformFrame(
+                BED,
+                i,
+                t,
+                (
+                    SignalBlock(
+                        "ECG_II", 250.0, 200.0, 0, rng.integers(-900, 900, 50).astype(np.int16)
+                    ),
+                    SignalBlock(
+                        "PLETH", 125.0, 100.0, 5, rng.integers(0, 900, 25).astype(np.int16)
+                    ),
+                ),
+                received_us=t + 1000,
+            )
+        )
+    numerics = [
+        NumericsFrame(BED, i, t0_us + i * 1_000_000, {"HR": 70.0 + i, "SPO2": None, "ACVPU": 0.0})
+        for i in range(3)
+    ] + [NumericsFrame(OTHER, 0, t0_us, {"RR": 18.0})]
+    return waves, numerics
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "postgresql":
+        url = request.getfixturevalue("db_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'eicu.sqlite'}"
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def test_container_round_trip_is_lossless() -> None:
+    waves, _ = _frames(_now_us(), 1)
+    assert decode_blocks(encode_blocks(waves[0].blocks)) == waves[0].blocks
+
+
+async def test_write_is_idempotent_and_stats_count_every_sample(store: Store) -> None:
+    t0 = _now_us()
+    waves, numerics = _frames(t0)
+    batch = Batch(
+        numerics=numerics,
+        waveforms=waves,
+        statuses=[StatusFrame("karamay", "online", t0, bed="bed01", received_us=t0)],
+        dead_letters=[DeadLetter(t0, "eicu/v1/x/y/numerics", "malformed", "not JSON", b"{")],
+    )
+    await store.write(batch)
+    await store.write(batch)  # a retry after an uncertain commit
+    stats = await store.stats()
+    assert stats == {
+        "beds": {
+            "karamay/bed01": {"messages": 8 + 3, "samples": 8 * 75 + 3 * 3},
+            "karamay/bed02": {"messages": 1, "samples": 1},
+        }
+    }
+    assert await store.dead_letter_counts() == {"malformed": 1}
+
+
+async def test_queries(store: Store) -> None:
+    t0 = _now_us()
+    waves, numerics = _frames(t0)
+    await store.write(Batch(numerics=numerics, waveforms=waves))
+
+    latest = await store.latest()
+    assert latest[BED]["HR"].value == 72.0 and latest[BED]["HR"].ts_us == t0 + 2_000_000
+    assert latest[BED]["SPO2"].value is None  # the monitor said "no valid value"
+    assert latest[OTHER]["RR"].value == 18.0
+
+    window = await store.waveform(BED, "ECG_II", t0, t0 + 2_000_000)
+    assert window.values.shape[0] == 8 * 50
+    expected = np.concatenate([w.blocks[0].physical() for w in waves])
+    assert window.fs_hz == 250.0
+    np.testing.assert_array_equal(window.values, expected)
+    assert window.t_us[0] == t0 and np.all(np.diff(window.t_us) == 4000)
+
+    part = await store.waveform(BED, "PLETH", t0 + 500_000, t0 + 1_000_000)
+    assert part.values.shape[0] == 62 and part.t_us[0] == t0 + 504_000
+
+    trend = await store.trend(BED, "HR", t0 - 60_000_000, t0 + 120_000_000)
+    assert sum(p.n for p in trend) == 3
+    assert min(p.min for p in trend if p.min is not None) == 70.0
+
+
+async def test_concurrent_writers_do_not_duplicate(store: Store) -> None:
+    waves, numerics = _frames(_now_us(), 20)
+    batch = Batch(numerics=numerics, waveforms=waves)
+    await asyncio.gather(*(store.write(batch) for _ in range(4)))
+    assert (await store.stats())["beds"]["karamay/bed01"]["messages"] == 23
