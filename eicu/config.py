@@ -59,7 +59,7 @@ class MqttSettings:
 
 @dataclass(frozen=True)
 class IngestSettings:
-    flush_interval_s: float = 0.5
+    flush_interval_s: float = 0.2
     batch_max_frames: int = 4000
     memory_max_frames: int = 200_000
     spool_dir: Path = field(default_factory=lambda: Path("eicu-spool"))

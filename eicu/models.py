@@ -52,9 +52,16 @@ class NumericsFrame:
         return len(self.values)
 
 
+INVALID_SAMPLE = -32768  # a raw sample with no valid value (lead off, probe off)
+
+
 @dataclass(frozen=True, slots=True)
 class SignalBlock:
-    """Consecutive samples of one signal: physical = (raw - baseline) / gain."""
+    """Consecutive samples of one signal: physical = (raw - baseline) / gain.
+
+    The raw value -32768 (:data:`INVALID_SAMPLE`) marks a sample the monitor had no valid
+    value for; it reads back as NaN, never as a number.
+    """
 
     signal: str  # key in eicu.codes.SIGNAL_BY_KEY
     fs_hz: float
@@ -68,7 +75,9 @@ class SignalBlock:
         return self.t_offset_us / 1e6
 
     def physical(self) -> NDArray[np.float64]:
-        return (self.samples.astype(np.float64) - self.baseline) / self.gain
+        out = (self.samples.astype(np.float64) - self.baseline) / self.gain
+        out[self.samples == INVALID_SAMPLE] = np.nan
+        return out
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SignalBlock):

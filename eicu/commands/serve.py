@@ -1,0 +1,67 @@
+"""``eicu serve``: the production engine, against a real broker and a real database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from eicu.config import MqttSettings, Settings, read_env_file
+from eicu.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="an env-style file of EICU_* settings (the environment wins)"
+    )
+
+
+def load_settings(config: Path | None) -> Settings:
+    env: dict[str, str] = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError("--config", f"no such file: {config}")
+        env.update(read_env_file(config))
+    env.update({k: v for k, v in os.environ.items() if k.startswith("EICU_")})
+    return Settings.from_env(env)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if settings.database_url is None:
+        raise ConfigError("EICU_DATABASE_URL", "required by eicu serve (postgresql://...)")
+    mqtt = settings.mqtt or MqttSettings(client_id=f"eicu-ingest-{socket.gethostname()}")
+    asyncio.run(serve(settings, mqtt))
+    return 0
+
+
+async def serve(settings: Settings, mqtt: MqttSettings) -> None:
+    from prometheus_client import start_http_server
+
+    from eicu.store import open_store
+    from ingest.engine import Engine
+
+    assert settings.database_url is not None
+    store = open_store(settings.database_url)
+    await store.open()
+    log.info("store ready (%s); schema up to date", store.backend)
+    engine = Engine(mqtt, settings.ingest, store)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
+        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("engine running: %s -> %s", mqtt.url, store.backend)
+    try:
+        await engine.run_until(stop)
+    finally:
+        await store.close()
+        log.info("engine stopped; %d frames stored this run", engine.writer.stored_frames)

@@ -1,0 +1,89 @@
+"""The MQTT side of the ingest: subscribe, decode, route, hand to the writer; reconnect forever."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import aiomqtt
+
+from eicu import wire
+from eicu.config import MqttSettings
+from eicu.errors import PayloadError
+from eicu.metrics import IngestMetrics
+from eicu.models import DeadLetter
+from ingest.state import BedRouter
+from ingest.writer import Backoff, StoreWriter
+
+log = logging.getLogger(__name__)
+
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+class Ingest:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        router: BedRouter,
+        writer: StoreWriter,
+        metrics: IngestMetrics,
+    ) -> None:
+        self._settings = settings
+        self._router = router
+        self._writer = writer
+        self._metrics = metrics
+        self.connected = asyncio.Event()
+        self.rejected = 0
+
+    def handle(self, topic: str, payload: bytes, received_us: int) -> None:
+        """Decode one message and pass it on. Bad payloads are counted and dead-lettered."""
+        try:
+            frame = wire.decode(topic, payload, received_us)
+        except PayloadError as exc:
+            self.rejected += 1
+            self._metrics.rejected.labels(reason=exc.reason).inc()
+            log.debug("rejected a message on %s: %s", topic, exc.reason)
+            self._writer.add_dead_letter(
+                DeadLetter(received_us, topic[:512], exc.reason, exc.detail, payload)
+            )
+            return
+        if frame is None:
+            return
+        if self._router.route(frame):
+            self._writer.add(frame)
+
+    async def run(self) -> None:
+        s = self._settings
+        backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    s.host,
+                    s.port,
+                    username=s.username,
+                    password=s.password,
+                    identifier=s.client_id,
+                    clean_session=False,  # the broker keeps our QoS 1 messages while we are away
+                    keepalive=s.keepalive_s,
+                    socket_options=NODELAY,
+                    max_inflight_messages=1000,
+                ) as client:
+                    await client.subscribe(s.topic_filter, qos=1)
+                    log.info("subscribed to %s on %s", s.topic_filter, s.url)
+                    backoff.reset()
+                    self._metrics.mqtt_connected.set(1)
+                    self.connected.set()
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, bytes | bytearray):
+                            payload = str(payload).encode()
+                        self.handle(message.topic.value, bytes(payload), time.time_ns() // 1000)
+            except aiomqtt.MqttError as exc:
+                self._metrics.mqtt_connected.set(0)
+                self.connected.clear()
+                self._metrics.mqtt_reconnects.inc()
+                delay_s = backoff.next_s()
+                log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay_s)
+                await asyncio.sleep(delay_s)

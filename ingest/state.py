@@ -1,0 +1,222 @@
+"""Per-bed state: sequence tracking, latest numerics, recent waveforms, online status.
+
+The router keeps one :class:`BedState` per bed. Frames that pass sequence tracking are handed to
+the registered consumers (the signal pipeline, alarm rules) and to the store writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from eicu.metrics import IngestMetrics
+from eicu.models import BedKey, Frame, StatusFrame, WaveformFrame
+
+log = logging.getLogger(__name__)
+
+SeqVerdict = Literal["next", "first", "gap", "reordered", "duplicate", "reset"]
+_WRAP = 1 << 32
+
+
+class SeqTracker:
+    """Classifies each (seq, device time) of one stream.
+
+    A duplicate is a sequence number seen recently *with the same device time* (a QoS 1
+    redelivery). A gateway that restarts and counts from 0 again sends new times, so its
+    messages are a ``reset``, never dropped as duplicates.
+    """
+
+    def __init__(self, window: int = 4096) -> None:
+        self._seen: OrderedDict[int, int] = OrderedDict()
+        self._window = window
+        self.last: int | None = None
+
+    def observe(self, seq: int, ts_us: int) -> tuple[SeqVerdict, int]:
+        """Returns the verdict and, for a gap, how many messages are missing."""
+        seen_ts = self._seen.get(seq)
+        if seen_ts == ts_us:
+            return "duplicate", 0
+        self._seen[seq] = ts_us
+        self._seen.move_to_end(seq)
+        if len(self._seen) > self._window:
+            self._seen.popitem(last=False)
+        last = self.last
+        if last is None:
+            self.last = seq
+            return "first", 0
+        ahead = (seq - last) % _WRAP
+        if ahead == 1:
+            self.last = seq
+            return "next", 0
+        if seen_ts is not None:
+            self.last = seq  # same number, new time: the sender started counting again
+            return "reset", 0
+        if 0 < ahead < _WRAP // 2:
+            self.last = seq
+            return ("gap", ahead - 1) if ahead <= 1_000_000 else ("reset", 0)
+        if _WRAP - ahead <= self._window:
+            return "reordered", 0
+        self.last = seq
+        return "reset", 0
+
+
+class Ring:
+    """The last ``capacity`` samples of one signal (physical units), newest at the end."""
+
+    def __init__(self, capacity: int) -> None:
+        self.buf = np.full(capacity, np.nan)
+        self.total = 0  # samples ever written
+
+    def extend(self, values: NDArray[np.float64]) -> None:
+        n = values.shape[0]
+        cap = self.buf.shape[0]
+        if n >= cap:
+            self.buf[:] = values[-cap:]
+        else:
+            self.buf[:-n] = self.buf[n:]
+            self.buf[-n:] = values
+        self.total += n
+
+    def last(self, n: int) -> NDArray[np.float64]:
+        n = min(n, self.total, self.buf.shape[0])
+        return self.buf[self.buf.shape[0] - n :].copy()
+
+
+@dataclass
+class SignalState:
+    fs_hz: float
+    ring: Ring
+    last_t_us: int = 0  # time of the newest sample
+
+
+@dataclass
+class BedState:
+    bed: BedKey
+    status: str = "unknown"  # online, offline, standby, unknown
+    gateway: str | None = None
+    last_seen_us: int = 0  # receive time of the latest message
+    latest: dict[str, tuple[float | None, int]] = field(default_factory=dict)
+    signals: dict[str, SignalState] = field(default_factory=dict)
+    numerics_seq: SeqTracker = field(default_factory=SeqTracker)
+    waveform_seq: SeqTracker = field(default_factory=SeqTracker)
+    clock_skew_us: float = 0.0  # smoothed device time minus receive time
+    messages: int = 0
+    samples: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+
+    def is_stale(self, now_us: int, max_silence_s: float = 10.0) -> bool:
+        return now_us - self.last_seen_us > max_silence_s * 1e6
+
+
+Consumer = Callable[[Frame, "BedState | None"], None]
+
+RING_SECONDS = 60.0
+
+
+class BedRouter:
+    """Routes decoded frames into per-bed state; drops duplicates; tells consumers."""
+
+    def __init__(self, metrics: IngestMetrics) -> None:
+        self.beds: dict[BedKey, BedState] = {}
+        self._metrics = metrics
+        self._consumers: list[Consumer] = []
+
+    def subscribe(self, consumer: Consumer) -> None:
+        self._consumers.append(consumer)
+
+    def bed(self, key: BedKey) -> BedState:
+        state = self.beds.get(key)
+        if state is None:
+            state = self.beds[key] = BedState(key)
+        return state
+
+    def route(self, frame: Frame) -> bool:
+        """Update state with a frame. False when the frame is a duplicate (drop it)."""
+        if isinstance(frame, StatusFrame):
+            self._status(frame)
+        elif isinstance(frame, WaveformFrame):
+            state = self.bed(frame.bed)
+            if not self._sequence(state, state.waveform_seq, "waveform", frame.seq, frame.t0_us):
+                return False
+            for block in frame.blocks:
+                sig = state.signals.get(block.signal)
+                if sig is None or sig.fs_hz != block.fs_hz:
+                    cap = int(RING_SECONDS * block.fs_hz)
+                    sig = state.signals[block.signal] = SignalState(block.fs_hz, Ring(cap))
+                sig.ring.extend(block.physical())
+                n = block.samples.shape[0]
+                sig.last_t_us = frame.t0_us + block.t_offset_us + int((n - 1) * 1e6 / block.fs_hz)
+            self._seen(state, frame.received_us, frame.t0_us, frame.n_samples, "waveform")
+        else:
+            state = self.bed(frame.bed)
+            if not self._sequence(state, state.numerics_seq, "numerics", frame.seq, frame.ts_us):
+                return False
+            for key, value in frame.values.items():
+                previous = state.latest.get(key)
+                if previous is None or frame.ts_us >= previous[1]:
+                    state.latest[key] = (value, frame.ts_us)
+            self._seen(state, frame.received_us, frame.ts_us, frame.n_values, "numerics")
+        for consumer in self._consumers:
+            try:
+                bed_state = None if isinstance(frame, StatusFrame) else self.beds[frame.bed]
+                consumer(frame, bed_state)
+            except Exception:
+                log.exception("consumer %r failed on a frame", consumer)
+        return True
+
+    def _sequence(
+        self, state: BedState, tracker: SeqTracker, kind: str, seq: int, ts_us: int
+    ) -> bool:
+        verdict, missing = tracker.observe(seq, ts_us)
+        if verdict == "duplicate":
+            state.duplicates += 1
+            self._metrics.duplicates.labels(kind=kind).inc()
+            return False
+        if verdict == "gap":
+            state.gaps += missing
+            self._metrics.gaps.labels(kind=kind).inc(missing)
+        elif verdict == "reordered":
+            self._metrics.reordered.labels(kind=kind).inc()
+        elif verdict == "reset":
+            self._metrics.seq_resets.inc()
+        return True
+
+    def _seen(self, state: BedState, received_us: int, device_us: int, n: int, kind: str) -> None:
+        state.last_seen_us = max(state.last_seen_us, received_us)
+        if state.status in ("unknown", "offline"):
+            state.status = "online"
+        skew = device_us - received_us
+        state.clock_skew_us = (
+            skew if state.messages == 0 else 0.9 * state.clock_skew_us + 0.1 * skew
+        )
+        state.messages += 1
+        state.samples += n
+        self._metrics.messages.labels(kind=kind).inc()
+        self._metrics.samples.inc(n)
+        self._metrics.clock_skew.observe(abs(skew) / 1e6)
+
+    def _status(self, frame: StatusFrame) -> None:
+        self._metrics.messages.labels(kind="status").inc()
+        if frame.bed is not None:
+            state = self.bed(BedKey(frame.site, frame.bed))
+            state.status = frame.state
+        else:
+            for bed in frame.beds:
+                state = self.bed(BedKey(frame.site, bed))
+                state.gateway = frame.gateway
+                state.status = frame.state
+        self._update_bed_gauge()
+
+    def _update_bed_gauge(self) -> None:
+        counts: dict[str, int] = {}
+        for state in self.beds.values():
+            counts[state.status] = counts.get(state.status, 0) + 1
+        for status in ("online", "offline", "standby", "unknown"):
+            self._metrics.beds.labels(state=status).set(counts.get(status, 0))

@@ -1,0 +1,181 @@
+"""The store writer: batches frames, writes them, and keeps them while the database is away.
+
+Frames wait in memory (bounded), then spill to the on-disk spool; they are written in the order
+they arrived, and retried until the store takes them. Writes are idempotent, so a batch retried
+after an uncertain commit is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eicu.config import IngestSettings
+from eicu.errors import StorageUnavailable
+from eicu.metrics import IngestMetrics
+from eicu.models import Batch, DeadLetter, Frame, NumericsFrame, StatusFrame, WaveformFrame
+from eicu.store import Store
+from ingest.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff: 0.5 s, 1 s, 2 s ... up to ``max_s``, each drawn from
+    [delay/2, delay] so that many engines do not retry in step."""
+
+    min_s: float = 0.5
+    max_s: float = 10.0
+    factor: float = 2.0
+    _delay_s: float = field(default=0.0, init=False)
+    attempts: int = field(default=0, init=False)
+
+    def next_s(self) -> float:
+        self._delay_s = (
+            self.min_s if self._delay_s == 0 else min(self._delay_s * self.factor, self.max_s)
+        )
+        self.attempts += 1
+        return self._delay_s * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self._delay_s = 0.0
+        self.attempts = 0
+
+
+def _received(batch: Batch) -> np.ndarray:
+    times: list[int] = [f.received_us for f in batch.numerics]
+    times.extend(f.received_us for f in batch.waveforms)
+    return np.array(times, dtype=np.int64)
+
+
+class StoreWriter:
+    def __init__(self, store: Store, settings: IngestSettings, metrics: IngestMetrics) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._open = Batch()
+        self._queue: deque[Batch] = deque()
+        self._queued_frames = 0
+        self._spool = Spool(settings.spool_dir)
+        self._wake = asyncio.Event()
+        self._backoff = Backoff(settings.write_retry_min_s, settings.write_retry_max_s)
+        self.stored_frames = 0
+        self.available = True
+        if len(self._spool):
+            log.info("%d spooled batches from before will be written first", len(self._spool))
+
+    # --- intake (synchronous: called for every message) -----------------------------------------
+
+    def add(self, frame: Frame) -> None:
+        if isinstance(frame, NumericsFrame):
+            self._open.numerics.append(frame)
+        elif isinstance(frame, WaveformFrame):
+            self._open.waveforms.append(frame)
+        elif isinstance(frame, StatusFrame):
+            self._open.statuses.append(frame)
+        if len(self._open) >= self._settings.batch_max_frames:
+            self._seal()
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        self._open.dead_letters.append(letter)
+
+    def _seal(self) -> None:
+        batch = self._open
+        if not len(batch):
+            return
+        self._open = Batch()
+        full = self._queued_frames + len(batch) > self._settings.memory_max_frames
+        if len(self._spool) or full:
+            self._spool.push(batch)
+        else:
+            self._queue.append(batch)
+            self._queued_frames += len(batch)
+        self._update_gauges()
+        self._wake.set()
+
+    @property
+    def pending_frames(self) -> int:
+        return self._queued_frames + self._spool.frames + len(self._open)
+
+    def _update_gauges(self) -> None:
+        self._metrics.queue_frames.set(self._queued_frames + len(self._open))
+        self._metrics.spool_frames.set(self._spool.frames)
+
+    # --- the write loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.flush_interval_s)
+            self._wake.clear()
+            self._seal()
+            if not await self._write_pending():
+                await asyncio.sleep(self._backoff.next_s())
+
+    async def _write_pending(self) -> bool:
+        """Write what is waiting, oldest first. False when the store refused."""
+        while self._queue or len(self._spool):
+            from_memory = bool(self._queue)
+            batch = self._queue[0] if from_memory else self._spool.peek()
+            received = _received(batch)
+            if received.size:
+                self._metrics.store_lag.set(max(0.0, time.time() - received.min() / 1e6))
+            try:
+                await self._store.write(batch)
+            except StorageUnavailable as exc:
+                if self.available:
+                    log.warning("store unavailable, keeping data: %s", exc)
+                self.available = False
+                self._metrics.store_failures.labels(error="unavailable").inc()
+                return False
+            except Exception as exc:
+                log.exception("store write failed; batch kept for retry")
+                self._metrics.store_failures.labels(error=type(exc).__name__).inc()
+                return False
+            if not self.available:
+                log.info("store available again; writing what was kept")
+            self.available = True
+            self._backoff.reset()
+            if from_memory:
+                self._queue.popleft()
+                self._queued_frames -= len(batch)
+            else:
+                self._spool.pop()
+            self.stored_frames += len(batch)
+            self._metrics.store_writes.inc()
+            if received.size:
+                latency_s = (time.time_ns() // 1000 - received) / 1e6
+                self._metrics.latency.add(latency_s)
+                for value in latency_s[:: max(1, received.size // 256)]:
+                    self._metrics.store_latency.observe(value)
+            self._update_gauges()
+        self._metrics.store_lag.set(0.0)
+        return True
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Write everything still waiting; what the store cannot take by the deadline goes to
+        the spool (in order), so nothing is lost."""
+        self._seal()
+        deadline = time.monotonic() + timeout_s
+        while self._queue or len(self._spool):
+            if await self._write_pending():
+                break
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(min(self._backoff.next_s(), max(0.0, deadline - time.monotonic())))
+        if self._queue:
+            # Older than anything spooled: they go in front, newest first.
+            for batch in reversed(self._queue):
+                self._spool.push(batch, front=True)
+            log.warning("store unavailable at shutdown: %d frames spooled", self._queued_frames)
+            self._queue.clear()
+            self._queued_frames = 0
+        self._update_gauges()
