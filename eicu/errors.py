@@ -7,7 +7,8 @@ Third-party errors are translated at the boundary, so callers catch these and no
     ├── PayloadError             a message from the wire was rejected (has .reason)
     ├── StorageError
     │   ├── StorageUnavailable   the database cannot be reached now; retry later
-    │   └── SchemaError          the schema is not what this version expects
+    │   ├── SchemaError          the schema is not what this version expects
+    │   └── CodecError           a stored waveform block is corrupt, truncated or of unknown format
     └── RecordError              a WFDB record cannot be read or is not in the expected layout
 """
 
@@ -49,6 +50,18 @@ class StorageUnavailable(StorageError):
 
 class SchemaError(StorageError):
     """The database schema is newer than this version understands, or is damaged."""
+
+
+class CodecError(StorageError, ValueError):
+    """A stored waveform block cannot be decoded: corrupt, truncated, or of an unknown format.
+
+    ``reason`` is a short, stable label (for example ``checksum`` or ``truncated``).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class RecordError(EicuError, ValueError):
