@@ -173,6 +173,8 @@ def _scalar(spec: InputSpec, value: Any) -> float:
     if isinstance(value, str):
         return _label_code(spec, value)
     if isinstance(value, bool | np.bool_):
+        if not spec.labels:
+            raise ScoreInputError(spec.name, f"expected a number, got {value!r}")
         return float(value)
     if isinstance(value, int | float | np.integer | np.floating):
         return float(value)
