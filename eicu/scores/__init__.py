@@ -1,5 +1,14 @@
 """Early-warning scores: NEWS2, MEWS and qSOFA from versioned definitions, one evaluator."""
 
+from eicu.scores.assembly import (
+    AssembledBatch,
+    AssemblyPolicy,
+    assemble,
+    assemble_arrays,
+    assemble_mews,
+    assemble_news2,
+    assemble_qsofa,
+)
 from eicu.scores.definitions import (
     BUILTIN,
     MEWS,
@@ -24,9 +33,16 @@ __all__ = [
     "MEWS",
     "NEWS2",
     "QSOFA",
+    "AssembledBatch",
+    "AssemblyPolicy",
     "ScoreBatch",
     "ScoreDefinition",
     "ScoreResult",
+    "assemble",
+    "assemble_arrays",
+    "assemble_mews",
+    "assemble_news2",
+    "assemble_qsofa",
     "definition_from_mapping",
     "evaluate",
     "evaluate_array",
