@@ -9,7 +9,9 @@ Third-party errors are translated at the boundary, so callers catch these and no
     │   ├── StorageUnavailable   the database cannot be reached now; retry later
     │   ├── SchemaError          the schema is not what this version expects
     │   └── CodecError           a stored waveform block is corrupt, truncated or of unknown format
-    └── RecordError              a WFDB record cannot be read or is not in the expected layout
+    ├── RecordError              a WFDB record cannot be read or is not in the expected layout
+    ├── ScoreInputError          an input to an early-warning score is impossible (has .field)
+    └── ScoreDefinitionError     a score definition (thresholds as data) is malformed (has .path)
 """
 
 from __future__ import annotations
@@ -66,3 +68,25 @@ class CodecError(StorageError, ValueError):
 
 class RecordError(EicuError, ValueError):
     """A WFDB record cannot be read, or is not in the layout a command expects."""
+
+
+class ScoreInputError(EicuError, ValueError):
+    """An input to an early-warning score is impossible or malformed.
+
+    ``field`` names the input (for example ``spo2``); ``detail`` says what was wrong with it.
+    A missing value is not an error: it makes the score incomplete.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+class ScoreDefinitionError(EicuError, ValueError):
+    """A score definition is malformed. ``path`` locates the bad entry (``components[2].bands``)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.detail = detail

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from eicu.codes import SIGNAL_BY_ID, SIGNAL_BY_KEY
 from eicu.errors import StorageError
+from eicu.kernels import codec
 from eicu.models import SignalBlock
 
 VERSION = 1
@@ -40,17 +41,12 @@ Encoder = Callable[[NDArray[np.int16]], bytes]
 Decoder = Callable[[bytes], NDArray[np.int16]]
 
 
-def _codecs() -> tuple[int, Encoder, dict[int, Decoder]]:
-    decoders: dict[int, Decoder] = {CODEC_RAW: lambda b: np.frombuffer(b, dtype="<i2")}
-    try:
-        from eicu.kernels import codec  # type: ignore[attr-defined]
-    except ImportError:
-        return CODEC_RAW, lambda a: np.ascontiguousarray(a, dtype="<i2").tobytes(), decoders
-    decoders[CODEC_EICU] = codec.decode_int16
-    return CODEC_EICU, codec.encode_int16, decoders
-
-
-_CODEC_ID, _encode, _DECODERS = _codecs()
+_DECODERS: dict[int, Decoder] = {
+    CODEC_RAW: lambda b: np.frombuffer(b, dtype="<i2"),
+    CODEC_EICU: codec.decode_int16,
+}
+_CODEC_ID = CODEC_EICU
+_encode: Encoder = codec.encode_int16
 
 
 def encode_blocks(blocks: tuple[SignalBlock, ...]) -> bytes:
