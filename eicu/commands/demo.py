@@ -1,0 +1,178 @@
+"""``eicu demo``: the whole engine on one machine with simulated beds and a live census.
+
+With nothing configured it needs no server: an embedded MQTT broker (amqtt) on a free port and
+an embedded SQLite store. ``EICU_MQTT_URL`` and ``EICU_DATABASE_URL`` point it at real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from eicu.config import IngestSettings, MqttSettings, Settings
+
+STALE_S = {"NIBP_SYS": 1800.0, "NIBP_DIA": 1800.0, "TEMP": 4 * 3600.0, "ACVPU": 12 * 3600.0}
+CONTINUOUS_STALE_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beds", type=int, default=12, help="simulated beds (default: 12)")
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to run (default: until Ctrl-C)"
+    )
+    parser.add_argument("--speed", type=float, default=1.0, help="simulation speed (default: 1)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=30.0,
+        help="accelerate slow deterioration so it shows in minutes (default: 30)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder for the embedded store and spool (default: a new temporary folder)",
+    )
+    parser.add_argument(
+        "--refresh", type=float, default=2.0, help="census refresh in seconds (default: 2)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.beds < 1 or args.speed <= 0 or args.duration < 0:
+        print("eicu demo: --beds >= 1, --speed > 0, --duration >= 0", file=sys.stderr)
+        return 2
+    return asyncio.run(demo(args))
+
+
+async def demo(args: argparse.Namespace) -> int:
+    from eicu.commands.embedded import EmbeddedBroker
+    from eicu.store import open_store
+    from ingest.engine import Engine
+    from simulators.run import SimulationPlan, simulate
+
+    settings = Settings.from_env()
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="eicu-demo-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    if settings.mqtt is None:
+        broker = EmbeddedBroker()
+        await broker.start()
+        mqtt = MqttSettings.from_url(broker.url, client_id="eicu-demo-ingest")
+    else:
+        mqtt = settings.mqtt
+    db_url = settings.database_url or f"sqlite:///{data_dir / 'eicu.sqlite'}"
+    store = open_store(db_url)
+    await store.open()
+    engine = Engine(mqtt, IngestSettings(spool_dir=data_dir / "spool"), store)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    where = "" if settings.database_url else f" (embedded, {data_dir})"
+    print(
+        f"eicu demo: broker {mqtt.url}{' (embedded)' if broker else ''}, "
+        f"store {store.backend}{where}",
+        file=sys.stderr,
+    )
+    await engine.start()
+    await engine.wait_connected(30.0)
+    duration_s = args.duration or 365 * 86400.0
+    plan = SimulationPlan(
+        site="demo",
+        beds=args.beds,
+        duration_s=duration_s,
+        scenario="mix",
+        speed=args.speed,
+        time_scale=args.time_scale,
+    )
+    sim = asyncio.create_task(simulate(mqtt, plan, stop), name="simulator")
+    scenarios = _scenarios(args.beds)
+    started = time.monotonic()
+    try:
+        while not sim.done() and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.refresh)
+            _print_census(engine, scenarios, time.monotonic() - started)
+        stop.set()
+        summary = await sim
+    finally:
+        stop.set()
+        await engine.stop()
+        stats = await store.stats()
+        await store.close()
+        if broker is not None:
+            await broker.stop()
+    sent = summary["beds"]
+    assert isinstance(sent, dict)
+    sent_n = sum(b["messages"] for b in sent.values())
+    stored_n = sum(b["messages"] for b in stats["beds"].values())
+    print(f"\npublished {sent_n} messages; stored {stored_n}", file=sys.stderr)
+    return 0 if stored_n >= sent_n else 1
+
+
+def _scenarios(n: int) -> dict[str, str]:
+    from simulators.synth import SCENARIOS
+
+    return {f"bed{i + 1:03d}": SCENARIOS[i % len(SCENARIOS)] for i in range(n)}
+
+
+def _fmt(
+    latest: dict[str, tuple[float | None, int]], key: str, now_us: int, digits: int = 0
+) -> str:
+    entry = latest.get(key)
+    if entry is None:
+        return "--"
+    value, ts_us = entry
+    limit_s = STALE_S.get(key, CONTINUOUS_STALE_S)
+    if (now_us - ts_us) / 1e6 > limit_s:
+        return "stale"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "??"  # the monitor reported no valid value
+    if key == "ACVPU":
+        return "ACVPU"[int(value)]
+    if key == "O2":
+        return "O2" if value else "air"
+    return f"{value:.{digits}f}"
+
+
+def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
+    from ingest.engine import Engine
+
+    assert isinstance(engine, Engine)
+    now_us = time.time_ns() // 1000
+    lines = [
+        f"eicu census  {time.strftime('%H:%M:%S')}  running {elapsed_s:6.0f} s   "
+        f"stored {engine.writer.stored_frames} frames, pending {engine.writer.pending_frames}, "
+        f"rejected {engine.ingest.rejected}",
+        f"{'bed':<14}{'scenario':<11}{'status':<9}{'HR':>6}{'SpO2':>6}{'RR':>5}{'NIBP':>9}"
+        f"{'Temp':>6}{'ACVPU':>6}{'O2':>5}{'seen':>7}{'gaps':>6}",
+    ]
+    for key in sorted(engine.router.beds, key=str):
+        state = engine.router.beds[key]
+        latest = state.latest
+        # device clocks run at the simulation speed: freshness is judged on the device clock
+        device_now = now_us + int(state.clock_skew_us)
+        stale = state.is_stale(now_us)
+        status = "STALE" if stale and state.status == "online" else state.status
+        bp = f"{_fmt(latest, 'NIBP_SYS', device_now)}/{_fmt(latest, 'NIBP_DIA', device_now)}"
+        seen_s = (now_us - state.last_seen_us) / 1e6 if state.last_seen_us else float("nan")
+        lines.append(
+            f"{key!s:<14}{scenarios.get(key.bed, ''):<11}{status:<9}"
+            f"{_fmt(latest, 'HR', device_now):>6}{_fmt(latest, 'SPO2', device_now):>6}"
+            f"{_fmt(latest, 'RR', device_now):>5}{bp:>9}{_fmt(latest, 'TEMP', device_now, 1):>6}"
+            f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>5}"
+            f"{seen_s:>6.1f}s{state.gaps:>6}"
+        )
+    out = "\n".join(lines)
+    if sys.stdout.isatty() and not os.environ.get("EICU_NO_CLEAR"):
+        out = "\x1b[2J\x1b[H" + out
+    print(out, flush=True)

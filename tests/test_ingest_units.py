@@ -1,0 +1,128 @@
+"""Sequence tracking, the spool, and the writer's memory bound: no servers needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from eicu.config import IngestSettings
+from eicu.errors import StorageUnavailable
+from eicu.metrics import IngestMetrics, LatencyRecorder
+from eicu.models import (
+    Batch,
+    BedKey,
+    DeadLetter,
+    NumericsFrame,
+    SignalBlock,
+    StatusFrame,
+    WaveformFrame,
+)
+from ingest.spool import Spool, decode_batch, encode_batch
+from ingest.state import SeqTracker
+from ingest.writer import StoreWriter
+
+BED = BedKey("s", "b")
+T0 = 1_764_302_400_000_000
+
+
+def test_seq_tracker_verdicts() -> None:
+    t = SeqTracker()
+    assert t.observe(10, T0) == ("first", 0)
+    assert t.observe(11, T0 + 1) == ("next", 0)
+    assert t.observe(11, T0 + 1) == ("duplicate", 0)  # QoS 1 redelivery
+    assert t.observe(15, T0 + 5) == ("gap", 3)
+    assert t.observe(13, T0 + 3) == ("reordered", 0)
+    assert t.observe(13, T0 + 3) == ("duplicate", 0)
+    # The gateway restarted its count: nothing it sends now is dropped as a duplicate.
+    assert all(t.observe(i, T0 + 100 + i)[0] != "duplicate" for i in range(3))
+    assert all(t.observe(i, T0 + 200 + i)[0] != "duplicate" for i in range(3, 20))
+    assert t.observe(10, T0 + 210) == ("duplicate", 0)
+
+
+def test_seq_tracker_wraps() -> None:
+    t = SeqTracker()
+    t.observe(2**32 - 1, T0)
+    assert t.observe(0, T0 + 1) == ("next", 0)
+
+
+def _batch(i: int) -> Batch:
+    samples = np.arange(50, dtype=np.int16) * i
+    return Batch(
+        numerics=[
+            NumericsFrame(BED, i, T0 + 1000 * i, {"HR": 60.0 + i, "O2": 1.0, "SPO2": None}, 7)
+        ],
+        waveforms=[
+            WaveformFrame(BED, i, T0 + i, (SignalBlock("ECG_II", 250.0, 200.0, 3, samples),), 8)
+        ],
+        statuses=[StatusFrame("s", "online", T0, bed="b", received_us=9)],
+        dead_letters=[DeadLetter(10, "eicu/v1/s/b/x", "wrong_topic", "no such kind", b"\x00\x01")],
+    )
+
+
+def test_spool_encoding_round_trip() -> None:
+    batch = _batch(3)
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_spool_keeps_order_across_reopen_and_front_insert(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.push(_batch(1))
+    spool.push(_batch(2))
+    spool.push(_batch(0), front=True)
+    reopened = Spool(tmp_path)
+    seen = []
+    while len(reopened):
+        seen.append(reopened.peek().numerics[0].seq)
+        reopened.pop()
+    assert seen == [0, 1, 2]
+    assert reopened.frames == 0
+
+
+class FlakyStore:
+    backend = "test"
+
+    def __init__(self) -> None:
+        self.up = False
+        self.batches: list[Batch] = []
+
+    async def write(self, batch: Batch) -> None:
+        if not self.up:
+            raise StorageUnavailable("down for the test")
+        self.batches.append(batch)
+
+
+async def test_writer_spills_beyond_memory_and_backfills_in_order(tmp_path: Path) -> None:
+    store = FlakyStore()
+    settings = IngestSettings(batch_max_frames=2, memory_max_frames=4, spool_dir=tmp_path)
+    writer = StoreWriter(store, settings, IngestMetrics())  # type: ignore[arg-type]
+    for i in range(20):
+        writer.add(NumericsFrame(BED, i, T0 + i, {"HR": 70.0}, T0))
+    assert not await writer._write_pending()
+    assert writer.pending_frames == 20
+    assert len(list(tmp_path.glob("*.batch"))) >= 1  # beyond the memory bound, on disk
+    store.up = True
+    assert await writer._write_pending()
+    seqs = [f.seq for b in store.batches for f in b.numerics]
+    assert seqs == list(range(20))
+    assert writer.pending_frames == 0 and not list(tmp_path.glob("*.batch"))
+
+
+async def test_writer_close_spools_what_the_store_cannot_take(tmp_path: Path) -> None:
+    store = FlakyStore()
+    settings = IngestSettings(batch_max_frames=3, memory_max_frames=100, spool_dir=tmp_path)
+    writer = StoreWriter(store, settings, IngestMetrics())  # type: ignore[arg-type]
+    for i in range(10):
+        writer.add(NumericsFrame(BED, i, T0 + i, {"HR": 70.0}, T0))
+    await writer.close(timeout_s=0.3)
+    again = StoreWriter(store, settings, IngestMetrics())  # type: ignore[arg-type]
+    store.up = True
+    assert await again._write_pending()
+    assert [f.seq for b in store.batches for f in b.numerics] == list(range(10))
+
+
+def test_latency_recorder_percentiles() -> None:
+    rec = LatencyRecorder(capacity=100)
+    rec.add(np.arange(150, dtype=float))  # only the newest 100 are kept
+    p = rec.percentiles((50.0,))
+    assert p[50.0] == np.percentile(np.arange(50, 150), 50)
