@@ -1,0 +1,204 @@
+"""How many standard beds one engine process holds in real time on this machine.
+
+Starts its own Mosquitto and PostgreSQL (same box), an engine process (``eicu serve``'s engine,
+instrumented), and simulator processes publishing the default signal set (ECG II and V at
+250 Hz, PLETH and ABP at 125 Hz, RESP at 62.5 Hz, numerics every second) in 0.25 s frames at
+QoS 1. For each bed count it prints: messages/s, whether everything published was stored
+exactly once, receive-to-stored latency p50/p99, engine CPU per bed, and the store lag at the end.
+
+    python benchmarks/ingest.py --beds 250 500 1000 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def engine_child(mqtt_url: str, db_url: str, expected_path: str, deadline_s: float) -> None:
+    """Runs in its own process: the engine until it has stored what the simulators reported."""
+    from eicu.config import IngestSettings, MqttSettings
+    from eicu.store import open_store
+    from ingest.engine import Engine
+
+    async def main() -> None:
+        store = open_store(db_url)
+        await store.open()
+        engine = Engine(
+            MqttSettings.from_url(mqtt_url, client_id="bench-engine"),
+            IngestSettings(spool_dir=Path(tempfile.mkdtemp(prefix="eicu-bench-spool-"))),
+            store,
+        )
+        await engine.start()
+        await engine.wait_connected()
+        print("READY", flush=True)
+        t_start = time.monotonic()
+        cpu0 = time.process_time()
+        expected = None
+        while time.monotonic() - t_start < deadline_s:
+            await asyncio.sleep(0.5)
+            if expected is None and os.path.exists(expected_path):
+                expected = json.loads(Path(expected_path).read_text())
+            if (
+                expected is not None
+                and engine.writer.stored_frames >= expected
+                and not engine.writer.pending_frames
+            ):
+                break
+        busy_s = time.process_time() - cpu0
+        wall_s = time.monotonic() - t_start
+        lag_s = engine.metrics.store_lag._value.get()
+        await engine.stop()
+        stats = await store.stats()
+        await store.close()
+        p = engine.metrics.latency.percentiles((50.0, 99.0))
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "stored": engine.writer.stored_frames,
+                    "p50_s": p[50.0],
+                    "p99_s": p[99.0],
+                    "cpu_s": busy_s,
+                    "wall_s": wall_s,
+                    "lag_s": lag_s,
+                    "stats": stats,
+                    "duplicates": engine.router
+                    and sum(b.duplicates for b in engine.router.beds.values()),
+                    "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                }
+            ),
+            flush=True,
+        )
+
+    asyncio.run(main())
+
+
+def run_step(beds: int, duration_s: float, sim_procs: int) -> dict[str, object]:
+    from eicu.devservices import Mosquitto, Postgres
+
+    broker = Mosquitto().start()
+    pg = Postgres(durable=True).start()
+    try:
+        db_url = pg.create_database("bench")
+        expected_path = tempfile.mktemp(prefix="eicu-bench-expected-")
+        engine = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--engine-child",
+                broker.url,
+                db_url,
+                expected_path,
+                str(duration_s + 120),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert engine.stdout is not None
+        while (line := engine.stdout.readline()) and not line.startswith("READY"):
+            pass
+        per = [beds // sim_procs + (1 if i < beds % sim_procs else 0) for i in range(sim_procs)]
+        sims = []
+        first = 1
+        t0 = time.monotonic()
+        for n in per:
+            sims.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "eicu.cli",
+                        "simulate",
+                        "--mqtt",
+                        broker.url,
+                        "--site",
+                        "bench",
+                        "--beds",
+                        str(n),
+                        "--first-bed",
+                        str(first),
+                        "--duration",
+                        str(duration_s),
+                        "--scenario",
+                        "stable",
+                        "--json",
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    cwd=ROOT,
+                )
+            )
+            first += n
+        published: dict[str, dict[str, int]] = {}
+        for s in sims:
+            out, _ = s.communicate()
+            published.update(json.loads(out.strip().splitlines()[-1])["beds"])
+        sim_wall_s = time.monotonic() - t0
+        total_msgs = sum(b["messages"] for b in published.values())
+        Path(expected_path).write_text(json.dumps(total_msgs))
+        out, _ = engine.communicate()
+        result = json.loads(
+            next(line for line in out.splitlines() if line.startswith("RESULT"))[7:]
+        )
+        exact = result["stats"]["beds"] == published
+        return {
+            "beds": beds,
+            "msgs_per_s": total_msgs / duration_s,
+            "samples_per_s": sum(b["samples"] for b in published.values()) / duration_s,
+            "published": total_msgs,
+            "stored_exactly_once": exact,
+            "sim_wall_s": sim_wall_s,
+            "realtime": sim_wall_s < duration_s * 1.05 + 5,
+            "p50_ms": result["p50_s"] * 1000,
+            "p99_ms": result["p99_s"] * 1000,
+            "engine_cpu_pct": 100 * result["cpu_s"] / max(result["wall_s"], 1e-9),
+            "cpu_ms_per_bed_s": 1000 * result["cpu_s"] / beds / duration_s,
+            "engine_rss_mb": result["maxrss_mb"],
+        }
+    finally:
+        broker.cleanup()
+        pg.cleanup()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--engine-child":
+        engine_child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--beds", type=int, nargs="+", default=[100, 250, 500, 1000])
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--sim-procs", type=int, default=2)
+    args = parser.parse_args()
+    print(
+        f"{'beds':>6} {'msg/s':>8} {'samples/s':>11} {'exactly once':>13} {'real time':>10} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'engine CPU':>11} {'CPU ms/bed-s':>13} {'RSS MB':>7}"
+    )
+    for beds in args.beds:
+        r = run_step(beds, args.duration, args.sim_procs)
+        print(
+            f"{r['beds']:>6} {r['msgs_per_s']:>8.0f} {r['samples_per_s']:>11.0f} "
+            f"{'yes' if r['stored_exactly_once'] else 'NO':>13} "
+            f"{'yes' if r['realtime'] else 'NO':>10} "
+            f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['engine_cpu_pct']:>10.0f}% "
+            f"{r['cpu_ms_per_bed_s']:>13.3f} {r['engine_rss_mb']:>7.0f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
