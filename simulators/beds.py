@@ -26,12 +26,17 @@ def quantize(values: NDArray[np.float64], gain: float, baseline: int = 0) -> NDA
     return raw.astype(np.int16)
 
 
-class BedSource(Protocol):
-    bed: BedKey
+Tick = tuple[BedKey, "WaveformFrame | None", "NumericsFrame | None", bool]
 
-    def tick(self, frame_s: float) -> tuple[WaveformFrame | None, NumericsFrame | None]: ...
 
-    def connected(self) -> bool: ...
+class BedGroup(Protocol):
+    """The beds behind one gateway, advanced together one frame at a time."""
+
+    beds: list[BedKey]
+
+    def tick(self, frame_s: float) -> list[Tick]:
+        """Per bed: (bed, waveform frame, numerics due now, whether the bed is connected)."""
+        ...
 
 
 class _Framer:
@@ -65,48 +70,46 @@ class _Framer:
         return frame
 
 
-class SynthBed:
-    """A synthetic bed running one scenario (see simulators.synth)."""
+class SynthGroup:
+    """Synthetic beds (see simulators.synth), generated together as arrays of beds x samples."""
 
     def __init__(
-        self, bed: BedKey, scenario: str, seed: int, start_us: int, time_scale: float = 1.0
+        self,
+        beds: list[BedKey],
+        scenarios: list[str],
+        seeds: list[int],
+        start_us: int,
+        time_scale: float = 1.0,
     ) -> None:
-        from simulators.synth import BedSynth
+        from simulators.synth import BedSynthBank
 
-        self.bed = bed
-        self.scenario = scenario
-        self.synth = BedSynth(scenario, seed, time_scale=time_scale)
-        self._framer = _Framer(bed, start_us)
+        self.beds = beds
+        self.bank = BedSynthBank(scenarios, seeds, time_scale=time_scale)
+        self._framers = [_Framer(bed, start_us) for bed in beds]
+        self._start_us = start_us
         self._numerics_seq = 0
         self._next_numerics_s = 0.0
 
-    def connected(self) -> bool:
-        return bool(self.synth.connected(self.synth.t_s))
-
-    def tick(self, frame_s: float) -> tuple[WaveformFrame | None, NumericsFrame | None]:
-        t_s = self.synth.t_s
-        numerics = None
+    def tick(self, frame_s: float) -> list[Tick]:
+        t_s = self.bank.t_s
+        numerics: list[NumericsFrame | None] = [None] * len(self.beds)
         if t_s + 1e-9 >= self._next_numerics_s:
-            values = self.synth.numerics()
-            numerics = NumericsFrame(
-                self.bed, self._numerics_seq, self._framer.start_us + round(t_s * 1e6), values
-            )
+            ts_us = self._start_us + round(t_s * 1e6)
+            ts_us -= ts_us % 1000  # the wire carries milliseconds
+            for i, values in enumerate(self.bank.numerics()):
+                numerics[i] = NumericsFrame(self.beds[i], self._numerics_seq, ts_us, values)
             self._numerics_seq += 1
             self._next_numerics_s += 1.0
-        block = self.synth.waveforms(frame_s)
-        chunks = {
-            key: (
-                SIGNAL_BY_KEY[key].fs_max_hz and self.synth_fs(key),
-                GAIN.get(key, 100.0),
-                0,
-                quantize(v, GAIN.get(key, 100.0)),
+        connected = self.bank.connected(t_s)
+        waves = self.bank.waveforms(frame_s)
+        raw = {key: quantize(v, GAIN[key]) for key, v in waves.items()}
+        out: list[Tick] = []
+        for i, framer in enumerate(self._framers):
+            chunks = {key: (self.bank.fs_hz[key], GAIN[key], 0, r[i]) for key, r in raw.items()}
+            out.append(
+                (self.beds[i], framer.frame(chunks, frame_s), numerics[i], bool(connected[i]))
             )
-            for key, v in block.items()
-        }
-        return self._framer.frame(chunks, frame_s), numerics
-
-    def synth_fs(self, key: str) -> float:
-        return float(self.synth.fs_hz[key])
+        return out
 
 
 _WFDB_NAMES = {
@@ -133,7 +136,8 @@ _WFDB_NAMES = {
 
 
 class ReplayBed:
-    """Replays a WFDB record at its own rates, as int16 with the record's gain and baseline."""
+    """Replays a WFDB record at its own rates, as int16 with the record's gain and baseline.
+    A group of one bed."""
 
     def __init__(
         self, bed: BedKey, record: str | Path, start_us: int, offset_s: float = 0.0
@@ -141,6 +145,7 @@ class ReplayBed:
         import wfdb
 
         self.bed = bed
+        self.beds = [bed]
         try:
             rec = wfdb.rdrecord(str(record), physical=False, smooth_frames=False)
         except (FileNotFoundError, ValueError, OSError) as exc:
@@ -168,10 +173,7 @@ class ReplayBed:
         self._framer = _Framer(bed, start_us)
         self._offset_s = offset_s % max(self.duration_s, 1.0)
 
-    def connected(self) -> bool:
-        return True
-
-    def tick(self, frame_s: float) -> tuple[WaveformFrame | None, NumericsFrame | None]:
+    def tick(self, frame_s: float) -> list[Tick]:
         t_s = self._framer.t_s
         chunks = {}
         for key, fs, gain, baseline, raw in self.signals:
@@ -180,4 +182,4 @@ class ReplayBed:
             b = math.floor(round((t_s + frame_s) * fs, 6))
             idx = (np.arange(a, b) + int(self._offset_s * fs)) % n_total  # loops the record
             chunks[key] = (fs, gain, baseline, raw[idx])
-        return self._framer.frame(chunks, frame_s), None
+        return [(self.bed, self._framer.frame(chunks, frame_s), None, True)]

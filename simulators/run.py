@@ -11,7 +11,7 @@ from pathlib import Path
 from eicu import wire
 from eicu.config import MqttSettings
 from eicu.models import BedKey, StatusFrame
-from simulators.beds import BedSource, ReplayBed, SynthBed
+from simulators.beds import BedGroup, ReplayBed, SynthGroup
 from simulators.gateway import Gateway, Outgoing
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,28 @@ class SimulationPlan:
     first_bed: int = 1
 
 
-def make_sources(plan: SimulationPlan, start_us: int) -> list[BedSource]:
-    sources: list[BedSource] = []
-    for i in range(plan.beds):
-        bed = BedKey(plan.site, f"bed{plan.first_bed + i:03d}")
+def make_groups(plan: SimulationPlan, start_us: int) -> list[BedGroup]:
+    """The beds of the plan, one group per gateway."""
+    beds = [BedKey(plan.site, f"bed{plan.first_bed + i:03d}") for i in range(plan.beds)]
+    groups: list[BedGroup] = []
+    for g in range(0, len(beds), plan.beds_per_gateway):
+        chunk = beds[g : g + plan.beds_per_gateway]
         if plan.replay is not None:
-            sources.append(ReplayBed(bed, plan.replay, start_us, offset_s=97.0 * i))
-        else:
-            from simulators.synth import SCENARIOS
+            groups.extend(
+                ReplayBed(bed, plan.replay, start_us, offset_s=97.0 * (g + i))
+                for i, bed in enumerate(chunk)
+            )
+            continue
+        from simulators.synth import SCENARIOS
 
-            scenario = SCENARIOS[i % len(SCENARIOS)] if plan.scenario == "mix" else plan.scenario
-            sources.append(SynthBed(bed, scenario, plan.seed + i, start_us, plan.time_scale))
-    return sources
+        index = range(g, g + len(chunk))
+        scenarios = [
+            SCENARIOS[i % len(SCENARIOS)] if plan.scenario == "mix" else plan.scenario
+            for i in index
+        ]
+        seeds = [plan.seed + plan.first_bed + i for i in index]
+        groups.append(SynthGroup(chunk, scenarios, seeds, start_us, plan.time_scale))
+    return groups
 
 
 async def simulate(
@@ -52,22 +62,22 @@ async def simulate(
     """Publish every bed's streams for ``plan.duration_s`` simulated seconds; return the summary
     of what the broker acknowledged: ``{"beds": {"site/bed": {"messages", "samples"}}}``."""
     start_us = time.time_ns() // 1000
-    sources = make_sources(plan, start_us)
-    gateways: list[tuple[Gateway, list[BedSource]]] = []
-    for g in range(0, len(sources), plan.beds_per_gateway):
-        group = sources[g : g + plan.beds_per_gateway]
-        gw = Gateway(
-            mqtt, plan.site, f"gw{g // plan.beds_per_gateway + 1:03d}", [s.bed.bed for s in group]
-        )
-        gateways.append((gw, group))
+    groups = make_groups(plan, start_us)
+    gateways: list[tuple[Gateway, list[BedGroup]]] = []
+    for g in range(0, len(groups), max(1, plan.beds_per_gateway if plan.replay else 1)):
+        members = groups[g : g + (plan.beds_per_gateway if plan.replay else 1)]
+        bed_names = [b.bed for grp in members for b in grp.beds]
+        gw = Gateway(mqtt, plan.site, f"gw{len(gateways) + 1:03d}", bed_names)
+        gateways.append((gw, members))
     senders = [asyncio.create_task(gw.run(), name=f"gateway[{gw.name}]") for gw, _ in gateways]
-    for gw, group in gateways:
+    for gw, members in gateways:
         gw.status("online", start_us)
-        for src in group:
-            _bed_status(gw, src.bed, "online", start_us)
+        for grp in members:
+            for bed in grp.beds:
+                _bed_status(gw, bed, "online", start_us)
     drivers = [
-        asyncio.create_task(_drive(gw, group, plan, stop), name=f"beds[{gw.name}]")
-        for gw, group in gateways
+        asyncio.create_task(_drive(gw, members, plan, stop), name=f"beds[{gw.name}]")
+        for gw, members in gateways
     ]
     try:
         await asyncio.gather(*drivers)
@@ -79,14 +89,15 @@ async def simulate(
             task.cancel()
     beds: dict[str, dict[str, int]] = {}
     dropped = 0
-    for gw, group in gateways:
+    for gw, members in gateways:
         dropped += gw.dropped
-        for src in group:
-            c = gw.counts.get(src.bed.bed)
-            beds[str(src.bed)] = {
-                "messages": c.messages if c else 0,
-                "samples": c.samples if c else 0,
-            }
+        for grp in members:
+            for bed in grp.beds:
+                c = gw.counts.get(bed.bed)
+                beds[str(bed)] = {
+                    "messages": c.messages if c else 0,
+                    "samples": c.samples if c else 0,
+                }
     summary: dict[str, object] = {"beds": beds}
     if dropped:
         summary["dropped"] = dropped
@@ -99,48 +110,33 @@ def _bed_status(gw: Gateway, bed: BedKey, state: str, ts_us: int) -> None:
 
 
 async def _drive(
-    gw: Gateway, group: list[BedSource], plan: SimulationPlan, stop: asyncio.Event | None
+    gw: Gateway, members: list[BedGroup], plan: SimulationPlan, stop: asyncio.Event | None
 ) -> None:
     interval_s = plan.frame_s / plan.speed
     n_ticks = round(plan.duration_s / plan.frame_s)
     loop = asyncio.get_running_loop()
     t_start = loop.time()
-    online = {src.bed: True for src in group}
+    online: dict[BedKey, bool] = {bed: True for grp in members for bed in grp.beds}
     for k in range(n_ticks):
         if stop is not None and stop.is_set():
             return
         delay = t_start + k * interval_s - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        for src in group:
-            frame, numerics = src.tick(plan.frame_s)
-            is_on = src.connected()
-            ts_us = gw_time_us(frame, numerics)
-            if is_on != online[src.bed]:
-                online[src.bed] = is_on
-                _bed_status(
-                    gw, src.bed, "online" if is_on else "offline", ts_us or time.time_ns() // 1000
-                )
-            if not is_on:
-                continue  # the bed's gateway link is down: these samples never leave the bedside
-            if numerics is not None:
-                gw.send(
-                    Outgoing(
-                        wire.numerics_topic(src.bed),
-                        wire.encode_numerics(numerics),
-                        src.bed,
-                        numerics.n_values,
-                    )
-                )
-            if frame is not None:
-                gw.send(
-                    Outgoing(
-                        wire.waveform_topic(src.bed),
-                        wire.encode_waveform(frame),
-                        src.bed,
-                        frame.n_samples,
-                    )
-                )
+        for grp in members:
+            for bed, frame, numerics, is_on in grp.tick(plan.frame_s):
+                if is_on != online[bed]:
+                    online[bed] = is_on
+                    ts_us = gw_time_us(frame, numerics) or time.time_ns() // 1000
+                    _bed_status(gw, bed, "online" if is_on else "offline", ts_us)
+                if not is_on:
+                    continue  # the bed's link is down: these samples never leave the bedside
+                if numerics is not None:
+                    payload = wire.encode_numerics(numerics)
+                    gw.send(Outgoing(wire.numerics_topic(bed), payload, bed, numerics.n_values))
+                if frame is not None:
+                    payload = wire.encode_waveform(frame)
+                    gw.send(Outgoing(wire.waveform_topic(bed), payload, bed, frame.n_samples))
 
 
 def gw_time_us(frame: object, numerics: object) -> int | None:

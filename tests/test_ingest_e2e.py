@@ -137,6 +137,8 @@ async def test_bad_payloads_rejected_while_good_traffic_continues(
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="bad-gateway") as client:
         for topic, payload, reason in BAD:
             await client.publish(topic, payload, qos=1)
+            if not topic.startswith("eicu/v1/"):
+                continue  # outside the engine's subscription: the broker never hands it over
             expected[reason] = expected.get(reason, 0) + 1
     summary = await sim
     await _settle(engine, _total(summary))
