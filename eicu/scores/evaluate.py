@@ -219,12 +219,41 @@ def _validate(spec: InputSpec, x: NDArray[np.float64]) -> None:
         )
 
 
+def _validate_scalar(spec: InputSpec, x: float) -> None:
+    """The one-value twin of :func:`_validate` (plain Python: one bed is not worth numpy)."""
+    if math.isnan(x):
+        if not spec.missing_allowed:
+            raise ScoreInputError(spec.name, "is required and cannot be missing")
+        return
+    if spec.values and x not in spec.values:
+        allowed = ", ".join(
+            f"{v:g}" + (f" ({spec.labels[int(v)]})" if int(v) < len(spec.labels) else "")
+            for v in spec.values
+        )
+        raise ScoreInputError(spec.name, f"{x:g} is not one of {allowed}")
+    if not spec.low <= x <= spec.high:
+        raise ScoreInputError(
+            spec.name, f"{x:g} {spec.unit} is impossible: outside {spec.low:g}..{spec.high:g}"
+        )
+
+
+_SCALAR_TYPES = (type(None), bool, int, float, str, np.integer, np.floating, np.bool_)
+
+
 def _stack(d: ScoreDefinition, inputs: Mapping[str, Any]) -> tuple[NDArray[np.float64], bool]:
     unknown = set(inputs) - set(d.input_index)
     if unknown:
         raise ScoreInputError(
             sorted(unknown)[0], f"is not an input of {d.id} (inputs: {', '.join(d.input_index)})"
         )
+    if all(isinstance(v, _SCALAR_TYPES) for v in inputs.values()):
+        row: list[float] = []
+        for spec in d.inputs:
+            raw = inputs.get(spec.name)
+            xv = _scalar(spec, spec.default if raw is None and spec.default is not None else raw)
+            _validate_scalar(spec, xv)
+            row.append(xv)
+        return np.array(row, dtype=np.float64).reshape(-1, 1), True
     cols: list[NDArray[np.float64]] = []
     scalar = True
     for spec in d.inputs:
@@ -260,11 +289,15 @@ def evaluate(d: ScoreDefinition, inputs: Mapping[str, Any]) -> ScoreResult | Sco
     out = score_tables(x, d.packed)
     if scalar:
         comps = {
-            c.name: (None if int(out.comps[j, 0]) == MISSING else int(out.comps[j, 0]))
-            for j, c in enumerate(d.components)
+            c.name: (None if p == MISSING else p)
+            for c, p in zip(d.components, out.comps[:, 0].tolist(), strict=True)
         }
-        is_missing = {spec.name: bool(np.isnan(x[i, 0])) for i, spec in enumerate(d.inputs)}
-        missing = _missing_inputs(d, {k for k, v in comps.items() if v is None}, is_missing)
+        missing: tuple[str, ...] = ()
+        if None in comps.values():
+            is_missing = {
+                spec.name: math.isnan(v) for spec, v in zip(d.inputs, x[:, 0].tolist(), strict=True)
+            }
+            missing = _missing_inputs(d, {k for k, v in comps.items() if v is None}, is_missing)
         return _result(
             d, comps, int(out.partial[0]), int(out.band[0]), int(out.min_band[0]), missing
         )
