@@ -98,6 +98,9 @@ def test_news2_array_equals_scalar_and_naive(rows):
         assert scalar.complete == all(p is not None for p in comps.values())
         assert scalar.total == (partial if scalar.complete else None)
         assert batch.band()[i] == scalar.band
+        assert batch.min_band()[i] == scalar.min_band
+        assert batch.response()[i] == scalar.response
+        assert batch.monitoring()[i] == scalar.monitoring
 
 
 @settings(max_examples=40, deadline=None)

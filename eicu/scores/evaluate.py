@@ -92,10 +92,25 @@ class ScoreBatch:
     def complete(self) -> NDArray[np.bool_]:
         return self.total != MISSING
 
+    def _risk_field(self, attr: str, index: NDArray[np.int8]) -> NDArray[np.object_]:
+        names = [getattr(r, attr) or None for r in self.definition.risk]
+        return np.array([*names, None], dtype=object)[index]  # -1 picks the trailing None
+
     def band(self) -> NDArray[np.object_]:
         """The band name of each bed (None where incomplete)."""
-        names = np.array([r.band for r in self.definition.risk] + [None], dtype=object)
-        return names[self.band_index]  # -1 picks the trailing None
+        return self._risk_field("band", self.band_index)
+
+    def min_band(self) -> NDArray[np.object_]:
+        """The band each bed's partial total already proves (complete beds: their band)."""
+        return self._risk_field("band", self.min_band_index)
+
+    def response(self) -> NDArray[np.object_]:
+        """The clinical response of each bed's band (None where incomplete or undefined)."""
+        return self._risk_field("response", self.band_index)
+
+    def monitoring(self) -> NDArray[np.object_]:
+        """The monitoring frequency of each bed's band (None where incomplete or undefined)."""
+        return self._risk_field("monitoring", self.band_index)
 
     def row(self, i: int) -> ScoreResult:
         """Bed ``i`` as a :class:`ScoreResult`."""
