@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from eicu.errors import ScoreInputError
-from eicu.kernels.scores import MISSING, score_tables
+from eicu.kernels.scores import MISSING, TableScores, score_tables
 from eicu.scores.definitions import MEWS, NEWS2, QSOFA, InputSpec, ScoreDefinition
 
 
@@ -316,12 +316,10 @@ def evaluate(d: ScoreDefinition, inputs: Mapping[str, Any]) -> ScoreResult | Sco
         return _result(
             d, comps, int(out.partial[0]), int(out.band[0]), int(out.min_band[0]), missing
         )
-    return evaluate_array(d, x, out_tables=out)
+    return _batch(d, x, out)
 
 
-def evaluate_array(
-    d: ScoreDefinition, x: NDArray[np.float64], out_tables: Any = None
-) -> ScoreBatch:
+def evaluate_array(d: ScoreDefinition, x: ArrayLike) -> ScoreBatch:
     """Score a ready (inputs x beds) float array in ``d.inputs`` order, NaN where missing.
 
     The fast path for callers that keep their beds in such an array; inputs are validated.
@@ -331,18 +329,20 @@ def evaluate_array(
         raise ScoreInputError(
             "inputs", f"expected shape ({len(d.inputs)}, n_beds) for {d.id}, got {xx.shape}"
         )
-    if out_tables is None:
-        for i, spec in enumerate(d.inputs):
-            _validate(spec, xx[i])
-        out_tables = score_tables(xx, d.packed)
+    for i, spec in enumerate(d.inputs):
+        _validate(spec, xx[i])
+    return _batch(d, xx, score_tables(xx, d.packed))
+
+
+def _batch(d: ScoreDefinition, x: NDArray[np.float64], out: TableScores) -> ScoreBatch:
     return ScoreBatch(
         definition=d,
-        components={c.name: out_tables.comps[j] for j, c in enumerate(d.components)},
-        total=out_tables.total,
-        partial_total=out_tables.partial,
-        band_index=out_tables.band,
-        min_band_index=out_tables.min_band,
-        input_missing={spec.name: np.isnan(xx[i]) for i, spec in enumerate(d.inputs)},
+        components={c.name: out.comps[j] for j, c in enumerate(d.components)},
+        total=out.total,
+        partial_total=out.partial,
+        band_index=out.band,
+        min_band_index=out.min_band,
+        input_missing={spec.name: np.isnan(x[i]) for i, spec in enumerate(d.inputs)},
     )
 
 
