@@ -273,7 +273,7 @@ def bench_challenge2012(limit: int | None) -> None:
     n_eval = coverage.get("evaluations", 0)
     if n_eval:
         parts = ", ".join(
-            f"{k} {100 * v / n_eval:.0f} %" for k, v in coverage.items() if k != "evaluations"
+            f"{k} {100 * v / n_eval:.1f} %" for k, v in coverage.items() if k != "evaluations"
         )
         print(f"NEWS2 over 48 h, share of {n_eval} evaluations with each part scorable: {parts}")
     have_saps = saps_arr >= 0
@@ -281,6 +281,14 @@ def bench_challenge2012(limit: int | None) -> None:
         f"SAPS-I over all {int(have_saps.sum())} stays with a SAPS-I: "
         f"AUROC {auroc(saps_arr[have_saps], y[have_saps]):.3f}"
     )
+    try:
+        from sklearn.metrics import roc_auc_score  # optional: a cross-check of auroc()
+    except ImportError:
+        pass
+    else:
+        ref = roc_auc_score(y[have_saps], saps_arr[have_saps])
+        print(f"  (scikit-learn roc_auc_score on SAPS-I: {ref:.6f}; ours differs by "
+              f"{abs(ref - auroc(saps_arr[have_saps], y[have_saps])):.1e})")  # fmt: skip
     bench_trends(root, limit, outcomes)
 
 
