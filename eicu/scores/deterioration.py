@@ -130,6 +130,9 @@ class _Trend:
         self.sigma: float | None = None
         self.cusum = 0.0
         self.bins: deque[tuple[int, float]] = deque()  # (bin start us, median)
+        self.slope: float | None = None
+        self.slope_bins = 0
+        self.slope_last: int | None = None
 
     def feed(self, t: NDArray[np.int64], v: NDArray[np.float64], origin_us: int) -> None:
         ok = ~np.isnan(v)
@@ -172,13 +175,22 @@ class _Trend:
         z = self.sign * (median - self.baseline) / self.sigma
         self.cusum = max(0.0, self.cusum + z - self.cfg.cusum_k)
 
+    def _slope(self) -> float | None:
+        if len(self.bins) < 2:
+            return None
+        t_h = np.array([b[0] for b in self.bins], dtype=np.float64) / (3600 * US_PER_S)
+        y = np.array([b[1] for b in self.bins])
+        s = theil_sen_slope(t_h - t_h[0], y)
+        return None if np.isnan(s) else s
+
     def state(self) -> TrendState:
-        slope = None
-        if len(self.bins) >= 2:
-            t_h = np.array([b[0] for b in self.bins], dtype=np.float64) / (3600 * US_PER_S)
-            y = np.array([b[1] for b in self.bins])
-            s = theil_sen_slope(t_h - t_h[0], y)
-            slope = None if np.isnan(s) else s
+        if self.slope_bins != len(self.bins) or (
+            self.bins and self.slope_last != self.bins[-1][0]
+        ):  # recomputed only when a bin has closed
+            self.slope = self._slope()
+            self.slope_bins = len(self.bins)
+            self.slope_last = self.bins[-1][0] if self.bins else None
+        slope = self.slope
         cusum = self.cusum
         if self.baseline is not None and self.sigma is not None and self.pending_v.size:
             # the open bin counts provisionally, so a sparse reading acts when it arrives
