@@ -30,7 +30,9 @@ from eicu.scores import (
 from eicu.scores.definitions import MEWS_SUBBE_2001, NEWS2_RCP_2017
 
 
-def naive_score(d: ScoreDefinition, x: dict[str, float]) -> tuple[dict[str, int | None], int]:
+def naive_score_tables(
+    d: ScoreDefinition, x: dict[str, float]
+) -> tuple[dict[str, int | None], int]:
     """Read the definition's bands directly: lo <= charted <= hi, ties to the worse score."""
 
     def points(bands, value, resolution):
@@ -90,12 +92,15 @@ def test_news2_array_equals_scalar_and_naive(rows):
     for i, r in enumerate(rows):
         scalar = news2(**{k: (None if math.isnan(v) else v) for k, v in r.items()})
         assert batch.row(i) == scalar
-        comps, partial = naive_score(NEWS2, r)
+        comps, partial = naive_score_tables(NEWS2, r)
         assert scalar.components == comps
         assert scalar.partial_total == partial
         assert scalar.complete == all(p is not None for p in comps.values())
         assert scalar.total == (partial if scalar.complete else None)
         assert batch.band()[i] == scalar.band
+        assert batch.min_band()[i] == scalar.min_band
+        assert batch.response()[i] == scalar.response
+        assert batch.monitoring()[i] == scalar.monitoring
 
 
 @settings(max_examples=40, deadline=None)
@@ -122,8 +127,8 @@ def test_mews_and_qsofa_array_equals_scalar_and_naive(rows):
         clean = {k: (None if math.isnan(v) else v) for k, v in r.items()}
         assert mb.row(i) == mews(**clean)
         assert qb.row(i) == qsofa(rr=clean["rr"], sbp=clean["sbp"], acvpu=clean["acvpu"])
-        assert mews(**clean).components == naive_score(MEWS, r)[0]
-        assert qb.row(i).components == naive_score(QSOFA, r)[0]
+        assert mews(**clean).components == naive_score_tables(MEWS, r)[0]
+        assert qb.row(i).components == naive_score_tables(QSOFA, r)[0]
 
 
 def test_missing_is_never_scored_as_normal():

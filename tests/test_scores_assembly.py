@@ -235,3 +235,36 @@ def test_shape_mismatch_is_an_error():
             {"HR": np.array([NOW, NOW]), "RR": np.array([NOW])},
             NOW,
         )
+
+
+KEYS = ["RR", "SPO2", "O2", "FIO2", "NIBP_SYS", "ABP_SYS", "HR", "PR", "ACVPU", "TEMP"]
+reading = st.one_of(
+    st.none(),
+    st.tuples(
+        st.one_of(
+            st.none(), st.floats(-10, 400), st.just(float("nan")), st.sampled_from([0.0, 1.0, 4.0])
+        ),
+        st.integers(-120, 13 * 3600),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    beds=st.lists(st.fixed_dictionaries({k: reading for k in KEYS}), min_size=1, max_size=8),
+    which=st.sampled_from(["news2", "mews", "qsofa"]),
+    scale=st.sampled_from([1, 2]),
+)
+def test_one_bed_path_equals_the_many_bed_path(beds, which, scale):
+    from eicu.scores import MEWS, QSOFA, assemble
+
+    definition = {"news2": NEWS2, "mews": MEWS, "qsofa": QSOFA}[which]
+    latests = [{k: (r[0], NOW - r[1] * S) for k, r in bed.items() if r is not None} for bed in beds]
+    values = {
+        k: np.array([b[k][0] if k in b and b[k][0] is not None else np.nan for b in latests])
+        for k in KEYS
+    }
+    times = {k: np.array([b[k][1] if k in b else 0 for b in latests], dtype=np.int64) for k in KEYS}
+    batch = assemble_arrays(definition, values, times, NOW, spo2_scale=scale)
+    for i, latest in enumerate(latests):
+        assert batch.row(i) == assemble(definition, latest, NOW, spo2_scale=scale)

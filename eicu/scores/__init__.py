@@ -18,6 +18,13 @@ from eicu.scores.definitions import (
     definition_from_mapping,
     load_definition,
 )
+from eicu.scores.deterioration import (
+    DeteriorationConfig,
+    DeteriorationSignal,
+    DeteriorationTracker,
+    TrendParam,
+    TrendState,
+)
 from eicu.scores.evaluate import (
     ScoreBatch,
     ScoreResult,
@@ -35,9 +42,14 @@ __all__ = [
     "QSOFA",
     "AssembledBatch",
     "AssemblyPolicy",
+    "DeteriorationConfig",
+    "DeteriorationSignal",
+    "DeteriorationTracker",
     "ScoreBatch",
     "ScoreDefinition",
     "ScoreResult",
+    "TrendParam",
+    "TrendState",
     "assemble",
     "assemble_arrays",
     "assemble_mews",

@@ -20,8 +20,9 @@ in ``missing`` (no value at all), ``stale`` (values exist but are too old, or fr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -30,7 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from eicu.codes import BY_KEY
 from eicu.errors import ConfigError
 from eicu.scores.definitions import MEWS, NEWS2, QSOFA, ScoreDefinition
-from eicu.scores.evaluate import ScoreBatch, ScoreResult, evaluate_array
+from eicu.scores.evaluate import ScoreBatch, ScoreResult, evaluate, evaluate_array
 
 US_PER_S = 1_000_000
 
@@ -230,11 +231,63 @@ def assemble(
     *,
     spo2_scale: int = 1,
 ) -> ScoreResult:
-    """One bed's score from its latest values: ``latest[key] = (value or None, device_time_us)``."""
-    values = {k: np.array([np.nan if v is None else float(v)]) for k, (v, _) in latest.items()}
-    times = {k: np.array([int(t)], dtype=np.int64) for k, (_, t) in latest.items()}
-    batch = assemble_arrays(definition, values, times, now_us, policy, spo2_scale=spo2_scale)
-    return batch.row(0)
+    """One bed's score from its latest values: ``latest[key] = (value or None, device_time_us)``.
+
+    The one-bed twin of :func:`assemble_arrays` in plain Python (a bed's handful of values is
+    not worth numpy); the two are tested against each other.
+    """
+    inputs: dict[str, float | None] = {}
+    missing: list[str] = []
+    stale: list[str] = []
+    invalid: list[str] = []
+    sources: dict[str, str] = {}
+    for spec in definition.inputs:
+        keys = policy.sources.get(spec.name)
+        if keys is None:
+            continue
+        chosen: float | None = None
+        chosen_key = ""
+        any_stale = any_invalid = False
+        for key in keys:
+            entry = latest.get(key)
+            if entry is None or entry[0] is None or math.isnan(entry[0]):
+                continue
+            value, t_us = float(entry[0]), int(entry[1])
+            age_s = (now_us - t_us) / US_PER_S
+            if not -policy.max_future_s <= age_s <= policy.max_age_s[key]:
+                any_stale = True
+                continue
+            low, high, categorical = _usable_range(key)
+            if not low <= value <= high or (categorical and value != math.floor(value)):
+                any_invalid = True
+                continue
+            if key == "FIO2":
+                value = 1.0 if value > AIR_FIO2_PCT else 0.0
+            if chosen is None or (spec.name == "on_oxygen" and value > chosen):
+                chosen, chosen_key = value, key
+        inputs[spec.name] = chosen
+        if chosen is not None:
+            sources[spec.name] = chosen_key
+        elif any_invalid:
+            invalid.append(spec.name)
+        elif any_stale:
+            stale.append(spec.name)
+        else:
+            missing.append(spec.name)
+    if "spo2_scale" in definition.input_index:
+        inputs["spo2_scale"] = spo2_scale
+    result = evaluate(definition, inputs)
+    if not isinstance(result, ScoreResult):
+        raise TypeError("one bed gives one result")
+    if result.complete:
+        missing, stale, invalid = [], [], []
+    return replace(
+        result,
+        missing=tuple(missing),
+        stale=tuple(stale),
+        invalid=tuple(invalid),
+        sources=sources,
+    )
 
 
 def assemble_news2(

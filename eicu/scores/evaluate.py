@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from eicu.errors import ScoreInputError
-from eicu.kernels.scores import MISSING, score_tables
+from eicu.kernels.scores import MISSING, TableScores, score_tables
 from eicu.scores.definitions import MEWS, NEWS2, QSOFA, InputSpec, ScoreDefinition
 
 
@@ -92,10 +92,25 @@ class ScoreBatch:
     def complete(self) -> NDArray[np.bool_]:
         return self.total != MISSING
 
+    def _risk_field(self, attr: str, index: NDArray[np.int8]) -> NDArray[np.object_]:
+        names = [getattr(r, attr) or None for r in self.definition.risk]
+        return np.array([*names, None], dtype=object)[index]  # -1 picks the trailing None
+
     def band(self) -> NDArray[np.object_]:
         """The band name of each bed (None where incomplete)."""
-        names = np.array([r.band for r in self.definition.risk] + [None], dtype=object)
-        return names[self.band_index]  # -1 picks the trailing None
+        return self._risk_field("band", self.band_index)
+
+    def min_band(self) -> NDArray[np.object_]:
+        """The band each bed's partial total already proves (complete beds: their band)."""
+        return self._risk_field("band", self.min_band_index)
+
+    def response(self) -> NDArray[np.object_]:
+        """The clinical response of each bed's band (None where incomplete or undefined)."""
+        return self._risk_field("response", self.band_index)
+
+    def monitoring(self) -> NDArray[np.object_]:
+        """The monitoring frequency of each bed's band (None where incomplete or undefined)."""
+        return self._risk_field("monitoring", self.band_index)
 
     def row(self, i: int) -> ScoreResult:
         """Bed ``i`` as a :class:`ScoreResult`."""
@@ -219,12 +234,41 @@ def _validate(spec: InputSpec, x: NDArray[np.float64]) -> None:
         )
 
 
+def _validate_scalar(spec: InputSpec, x: float) -> None:
+    """The one-value twin of :func:`_validate` (plain Python: one bed is not worth numpy)."""
+    if math.isnan(x):
+        if not spec.missing_allowed:
+            raise ScoreInputError(spec.name, "is required and cannot be missing")
+        return
+    if spec.values and x not in spec.values:
+        allowed = ", ".join(
+            f"{v:g}" + (f" ({spec.labels[int(v)]})" if int(v) < len(spec.labels) else "")
+            for v in spec.values
+        )
+        raise ScoreInputError(spec.name, f"{x:g} is not one of {allowed}")
+    if not spec.low <= x <= spec.high:
+        raise ScoreInputError(
+            spec.name, f"{x:g} {spec.unit} is impossible: outside {spec.low:g}..{spec.high:g}"
+        )
+
+
+_SCALAR_TYPES = (type(None), bool, int, float, str, np.integer, np.floating, np.bool_)
+
+
 def _stack(d: ScoreDefinition, inputs: Mapping[str, Any]) -> tuple[NDArray[np.float64], bool]:
     unknown = set(inputs) - set(d.input_index)
     if unknown:
         raise ScoreInputError(
             sorted(unknown)[0], f"is not an input of {d.id} (inputs: {', '.join(d.input_index)})"
         )
+    if all(isinstance(v, _SCALAR_TYPES) for v in inputs.values()):
+        row: list[float] = []
+        for spec in d.inputs:
+            raw = inputs.get(spec.name)
+            xv = _scalar(spec, spec.default if raw is None and spec.default is not None else raw)
+            _validate_scalar(spec, xv)
+            row.append(xv)
+        return np.array(row, dtype=np.float64).reshape(-1, 1), True
     cols: list[NDArray[np.float64]] = []
     scalar = True
     for spec in d.inputs:
@@ -260,20 +304,22 @@ def evaluate(d: ScoreDefinition, inputs: Mapping[str, Any]) -> ScoreResult | Sco
     out = score_tables(x, d.packed)
     if scalar:
         comps = {
-            c.name: (None if int(out.comps[j, 0]) == MISSING else int(out.comps[j, 0]))
-            for j, c in enumerate(d.components)
+            c.name: (None if p == MISSING else p)
+            for c, p in zip(d.components, out.comps[:, 0].tolist(), strict=True)
         }
-        is_missing = {spec.name: bool(np.isnan(x[i, 0])) for i, spec in enumerate(d.inputs)}
-        missing = _missing_inputs(d, {k for k, v in comps.items() if v is None}, is_missing)
+        missing: tuple[str, ...] = ()
+        if None in comps.values():
+            is_missing = {
+                spec.name: math.isnan(v) for spec, v in zip(d.inputs, x[:, 0].tolist(), strict=True)
+            }
+            missing = _missing_inputs(d, {k for k, v in comps.items() if v is None}, is_missing)
         return _result(
             d, comps, int(out.partial[0]), int(out.band[0]), int(out.min_band[0]), missing
         )
-    return evaluate_array(d, x, out_tables=out)
+    return _batch(d, x, out)
 
 
-def evaluate_array(
-    d: ScoreDefinition, x: NDArray[np.float64], out_tables: Any = None
-) -> ScoreBatch:
+def evaluate_array(d: ScoreDefinition, x: ArrayLike) -> ScoreBatch:
     """Score a ready (inputs x beds) float array in ``d.inputs`` order, NaN where missing.
 
     The fast path for callers that keep their beds in such an array; inputs are validated.
@@ -283,18 +329,20 @@ def evaluate_array(
         raise ScoreInputError(
             "inputs", f"expected shape ({len(d.inputs)}, n_beds) for {d.id}, got {xx.shape}"
         )
-    if out_tables is None:
-        for i, spec in enumerate(d.inputs):
-            _validate(spec, xx[i])
-        out_tables = score_tables(xx, d.packed)
+    for i, spec in enumerate(d.inputs):
+        _validate(spec, xx[i])
+    return _batch(d, xx, score_tables(xx, d.packed))
+
+
+def _batch(d: ScoreDefinition, x: NDArray[np.float64], out: TableScores) -> ScoreBatch:
     return ScoreBatch(
         definition=d,
-        components={c.name: out_tables.comps[j] for j, c in enumerate(d.components)},
-        total=out_tables.total,
-        partial_total=out_tables.partial,
-        band_index=out_tables.band,
-        min_band_index=out_tables.min_band,
-        input_missing={spec.name: np.isnan(xx[i]) for i, spec in enumerate(d.inputs)},
+        components={c.name: out.comps[j] for j, c in enumerate(d.components)},
+        total=out.total,
+        partial_total=out.partial,
+        band_index=out.band,
+        min_band_index=out.min_band,
+        input_missing={spec.name: np.isnan(x[i]) for i, spec in enumerate(d.inputs)},
     )
 
 
