@@ -63,6 +63,9 @@ class IngestSettings:
     batch_max_frames: int = 4000
     memory_max_frames: int = 200_000
     spool_dir: Path = field(default_factory=lambda: Path("eicu-spool"))
+    # Waveform frames of a bed are held this long and stored as one segment (compresses better,
+    # fewer rows); the live pipeline sees every frame at once regardless.
+    waveform_segment_s: float = 2.0
     write_retry_min_s: float = 0.5
     write_retry_max_s: float = 10.0
 
@@ -101,6 +104,9 @@ class Settings:
                 env, "EICU_MEMORY_MAX_FRAMES", defaults.memory_max_frames, 1, 10**8
             ),
             spool_dir=Path(env.get("EICU_SPOOL_DIR") or defaults.spool_dir),
+            waveform_segment_s=_float(
+                env, "EICU_WAVEFORM_SEGMENT_S", defaults.waveform_segment_s, 0.0, 60.0
+            ),
         )
         metrics_port = env.get("EICU_METRICS_PORT")
         return cls(

@@ -79,7 +79,8 @@ class IngestMetrics:
         )
         self.store_latency = Histogram(
             "eicu_store_latency_seconds",
-            "Receive-to-stored latency per frame",
+            "Receive-to-stored latency per frame, by kind",
+            ["kind"],
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
@@ -92,4 +93,5 @@ class IngestMetrics:
             "eicu_mqtt_reconnects", "Broker connections lost", registry=r
         )
         self.beds = Gauge("eicu_beds", "Beds known, by state", ["state"], registry=r)
-        self.latency = LatencyRecorder()
+        self.latency = LatencyRecorder()  # numerics, receive to stored
+        self.waveform_latency = LatencyRecorder()  # waveforms, receive to stored

@@ -20,7 +20,7 @@ import numpy as np
 from eicu.config import IngestSettings
 from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
-from eicu.models import Batch, DeadLetter, Frame, NumericsFrame, StatusFrame, WaveformFrame
+from eicu.models import Batch, BedKey, DeadLetter, Frame, NumericsFrame, StatusFrame, WaveformFrame
 from eicu.store import Store
 from ingest.spool import Spool
 
@@ -50,10 +50,10 @@ class Backoff:
         self.attempts = 0
 
 
-def _received(batch: Batch) -> np.ndarray:
-    times: list[int] = [f.received_us for f in batch.numerics]
-    times.extend(f.received_us for f in batch.waveforms)
-    return np.array(times, dtype=np.int64)
+def _received(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    numerics = np.array([f.received_us for f in batch.numerics], dtype=np.int64)
+    waveforms = np.array([f.received_us for f in batch.waveforms], dtype=np.int64)
+    return numerics, waveforms
 
 
 class StoreWriter:
@@ -67,6 +67,9 @@ class StoreWriter:
         self._spool = Spool(settings.spool_dir)
         self._wake = asyncio.Event()
         self._backoff = Backoff(settings.write_retry_min_s, settings.write_retry_max_s)
+        self._held: dict[BedKey, list[WaveformFrame]] = {}
+        self._held_us: dict[BedKey, int] = {}
+        self._held_frames = 0
         self.stored_frames = 0
         self.available = True
         if len(self._spool):
@@ -78,11 +81,38 @@ class StoreWriter:
         if isinstance(frame, NumericsFrame):
             self._open.numerics.append(frame)
         elif isinstance(frame, WaveformFrame):
-            self._open.waveforms.append(frame)
+            self._hold(frame)
         elif isinstance(frame, StatusFrame):
             self._open.statuses.append(frame)
         if len(self._open) >= self._settings.batch_max_frames:
             self._seal()
+
+    def _hold(self, frame: WaveformFrame) -> None:
+        """Keep a bed's waveform frames until a segment's worth has arrived."""
+        segment_us = self._settings.waveform_segment_s * 1e6
+        if segment_us <= 0:
+            self._open.waveforms.append(frame)
+            return
+        held = self._held.setdefault(frame.bed, [])
+        held.append(frame)
+        self._held_frames += 1
+        span_us = frame.t0_us - held[0].t0_us
+        if span_us + 1 >= segment_us - 1e5 or len(held) >= 256:
+            self._release(frame.bed)
+        elif len(held) == 1:
+            self._held_us[frame.bed] = frame.received_us
+
+    def _release(self, bed: BedKey) -> None:
+        held = self._held.pop(bed, [])
+        self._held_us.pop(bed, None)
+        self._held_frames -= len(held)
+        self._open.waveforms.extend(held)
+
+    def _release_overdue(self, now_us: int) -> None:
+        """Release beds whose frames have waited too long (the bed went quiet)."""
+        limit_us = 2 * self._settings.waveform_segment_s * 1e6 + 1e6
+        for bed in [b for b, t in self._held_us.items() if now_us - t > limit_us]:
+            self._release(bed)
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         self._open.dead_letters.append(letter)
@@ -103,10 +133,10 @@ class StoreWriter:
 
     @property
     def pending_frames(self) -> int:
-        return self._queued_frames + self._spool.frames + len(self._open)
+        return self._queued_frames + self._spool.frames + len(self._open) + self._held_frames
 
     def _update_gauges(self) -> None:
-        self._metrics.queue_frames.set(self._queued_frames + len(self._open))
+        self._metrics.queue_frames.set(self._queued_frames + len(self._open) + self._held_frames)
         self._metrics.spool_frames.set(self._spool.frames)
 
     # --- the write loop --------------------------------------------------------------------------
@@ -116,6 +146,7 @@ class StoreWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.flush_interval_s)
             self._wake.clear()
+            self._release_overdue(time.time_ns() // 1000)
             self._seal()
             if not await self._write_pending():
                 await asyncio.sleep(self._backoff.next_s())
@@ -125,7 +156,8 @@ class StoreWriter:
         while self._queue or len(self._spool):
             from_memory = bool(self._queue)
             batch = self._queue[0] if from_memory else self._spool.peek()
-            received = _received(batch)
+            rx_numerics, rx_waveforms = _received(batch)
+            received = np.concatenate([rx_numerics, rx_waveforms])
             if received.size:
                 self._metrics.store_lag.set(max(0.0, time.time() - received.min() / 1e6))
             try:
@@ -151,11 +183,16 @@ class StoreWriter:
                 self._spool.pop()
             self.stored_frames += len(batch)
             self._metrics.store_writes.inc()
-            if received.size:
-                latency_s = (time.time_ns() // 1000 - received) / 1e6
-                self._metrics.latency.add(latency_s)
-                for value in latency_s[:: max(1, received.size // 256)]:
-                    self._metrics.store_latency.observe(value)
+            now_us = time.time_ns() // 1000
+            for kind, rx, recorder in (
+                ("numerics", rx_numerics, self._metrics.latency),
+                ("waveform", rx_waveforms, self._metrics.waveform_latency),
+            ):
+                if rx.size:
+                    latency_s = (now_us - rx) / 1e6
+                    recorder.add(latency_s)
+                    for value in latency_s[:: max(1, rx.size // 128)]:
+                        self._metrics.store_latency.labels(kind=kind).observe(value)
             self._update_gauges()
         self._metrics.store_lag.set(0.0)
         return True
@@ -163,6 +200,8 @@ class StoreWriter:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Write everything still waiting; what the store cannot take by the deadline goes to
         the spool (in order), so nothing is lost."""
+        for bed in list(self._held):
+            self._release(bed)
         self._seal()
         deadline = time.monotonic() + timeout_s
         while self._queue or len(self._spool):

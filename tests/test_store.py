@@ -126,3 +126,34 @@ async def test_concurrent_writers_do_not_duplicate(store: Store) -> None:
     batch = Batch(numerics=numerics, waveforms=waves)
     await asyncio.gather(*(store.write(batch) for _ in range(4)))
     assert (await store.stats())["beds"]["karamay/bed01"]["messages"] == 23
+
+
+def test_segments_join_contiguous_frames_and_split_at_gaps_and_changes() -> None:
+    from eicu.store.segments import segments
+
+    t0 = _now_us()
+    waves, _ = _frames(t0, 6)
+    gap = [
+        WaveformFrame(BED, 6, t0 + 6 * 200_000 + 4_000, waves[0].blocks),  # one ECG sample late
+        WaveformFrame(BED, 7, t0 + 7 * 200_000 + 4_000, waves[1].blocks),
+    ]
+    changed = WaveformFrame(BED, 8, t0 + 8 * 200_000 + 4_000, waves[2].blocks[:1])  # PLETH gone
+    segs = segments([*waves, *gap, changed])
+    assert [s.n_frames for s in segs] == [6, 2, 1]
+    assert [s.seq for s in segs] == [0, 6, 8]
+    assert sum(s.n_samples for s in segs) == 8 * 75 + 50
+    blocks = decode_blocks(segs[0].data)
+    np.testing.assert_array_equal(
+        blocks[0].samples, np.concatenate([w.blocks[0].samples for w in waves])
+    )
+    assert segs[0].duration_us == 6 * 200_000
+
+
+def test_damaged_container_raises_storage_error() -> None:
+    from eicu.errors import StorageError
+
+    waves, _ = _frames(_now_us(), 1)
+    data = encode_blocks(waves[0].blocks)
+    for bad in (data[:5], data[:-3], b"\x09" + data[1:]):
+        with pytest.raises(StorageError):
+            decode_blocks(bad)

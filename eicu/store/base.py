@@ -65,7 +65,8 @@ class Store(Protocol):
 NumericRow = tuple[
     int, int, int, float | None, int, int
 ]  # time_us, bed_id, code, value, seq, rx_us
-WaveformRow = tuple[int, int, int, int, int, bytes, int]  # time_us, bed, seq, dur_us, n, data, rx
+# time_us, bed_id, seq, n_frames, duration_us, n_samples, data, received_us
+WaveformRow = tuple[int, int, int, int, int, int, bytes, int]
 
 
 def numeric_rows(frames: list[NumericsFrame], bed_ids: dict[BedKey, int]) -> list[NumericRow]:
@@ -80,24 +81,31 @@ def numeric_rows(frames: list[NumericsFrame], bed_ids: dict[BedKey, int]) -> lis
 
 
 def waveform_rows(frames: list[WaveformFrame], bed_ids: dict[BedKey, int]) -> list[WaveformRow]:
-    from eicu.store.segments import encode_blocks
+    """One row per segment: consecutive contiguous frames of a bed joined (see segments.py)."""
+    from eicu.store.segments import segments
 
-    rows: list[WaveformRow] = []
+    per_bed: dict[BedKey, list[WaveformFrame]] = {}
+    first_rx: dict[tuple[BedKey, int, int], int] = {}
     for f in frames:
-        duration_us = max(
-            b.t_offset_us + round(b.samples.shape[0] * 1e6 / b.fs_hz) for b in f.blocks
-        )
-        rows.append(
-            (
-                f.t0_us,
-                bed_ids[f.bed],
-                f.seq,
-                duration_us,
-                f.n_samples,
-                encode_blocks(f.blocks),
-                f.received_us,
+        per_bed.setdefault(f.bed, []).append(f)
+    rows: list[WaveformRow] = []
+    for bed, bed_frames in per_bed.items():
+        for f in bed_frames:
+            first_rx.setdefault((bed, f.t0_us, f.seq), f.received_us)
+        for seg in segments(bed_frames):
+            rx = first_rx[(bed, seg.t0_us, seg.seq)]
+            rows.append(
+                (
+                    seg.t0_us,
+                    bed_ids[bed],
+                    seg.seq,
+                    seg.n_frames,
+                    seg.duration_us,
+                    seg.n_samples,
+                    seg.data,
+                    rx,
+                )
             )
-        )
     return rows
 
 

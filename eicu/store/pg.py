@@ -45,7 +45,8 @@ _STAGE = (
         t_us bigint, bed_id integer, code smallint, value double precision, seq bigint,
         rx_us bigint) ON COMMIT DELETE ROWS""",
     """CREATE TEMP TABLE IF NOT EXISTS stage_waveforms (
-        t_us bigint, bed_id integer, seq bigint, duration_us integer, n_samples integer,
+        t_us bigint, bed_id integer, seq bigint, n_frames integer, duration_us integer,
+        n_samples integer,
         data bytea, rx_us bigint) ON COMMIT DELETE ROWS""",
 )
 
@@ -219,14 +220,14 @@ class PgStore:
     ) -> None:
         async with conn.cursor() as cur:
             async with cur.copy("COPY stage_waveforms FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "int4", "int8", "int4", "int4", "bytea", "int8"])
+                copy.set_types(["int8", "int4", "int8", "int4", "int4", "int4", "bytea", "int8"])
                 for row in waveform_rows(batch.waveforms, bed_ids):
                     await copy.write_row(row)
             await cur.execute(
                 f"""INSERT INTO waveforms
-                        (time, bed_id, seq, duration_us, n_samples, data, received)
-                    SELECT {_US.format("t_us")}, bed_id, seq, duration_us, n_samples, data,
-                           {_US.format("rx_us")}
+                        (time, bed_id, seq, n_frames, duration_us, n_samples, data, received)
+                    SELECT {_US.format("t_us")}, bed_id, seq, n_frames, duration_us, n_samples,
+                           data, {_US.format("rx_us")}
                     FROM stage_waveforms ON CONFLICT DO NOTHING"""
             )
 
@@ -301,7 +302,7 @@ class PgStore:
             f"""SELECT {_EPOCH_US.format("w.time")}, w.data
                 FROM waveforms w JOIN beds b USING (bed_id)
                 WHERE b.site = %s AND b.bed = %s
-                  AND w.time >= {_US.format("%s::bigint")} - INTERVAL '10 seconds'
+                  AND w.time >= {_US.format("%s::bigint")} - INTERVAL '10 minutes'
                   AND w.time < {_US.format("%s::bigint")}
                 ORDER BY w.time, w.seq""",
             (bed.site, bed.bed, start_us, end_us),
@@ -317,7 +318,7 @@ class PgStore:
             """WITH n AS (SELECT bed_id, count(*) AS messages, sum(values) AS samples
                           FROM (SELECT bed_id, time, seq, count(*) AS values FROM numerics
                                 GROUP BY bed_id, time, seq) m GROUP BY bed_id),
-                    w AS (SELECT bed_id, count(*) AS messages, sum(n_samples) AS samples
+                    w AS (SELECT bed_id, sum(n_frames) AS messages, sum(n_samples) AS samples
                           FROM waveforms GROUP BY bed_id)
                SELECT b.site, b.bed, coalesce(n.messages, 0) + coalesce(w.messages, 0),
                       coalesce(n.samples, 0) + coalesce(w.samples, 0)

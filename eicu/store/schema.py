@@ -42,6 +42,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 time timestamptz NOT NULL,
                 bed_id integer NOT NULL,
                 seq bigint NOT NULL,
+                n_frames integer NOT NULL,
                 duration_us integer NOT NULL,
                 n_samples integer NOT NULL,
                 data bytea NOT NULL,

@@ -38,7 +38,8 @@ _SCHEMA = (
         code INTEGER NOT NULL, value REAL, seq INTEGER NOT NULL, received INTEGER NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS numerics_key ON numerics (bed_id, code, time, seq)",
     """CREATE TABLE IF NOT EXISTS waveforms (time INTEGER NOT NULL, bed_id INTEGER NOT NULL,
-        seq INTEGER NOT NULL, duration_us INTEGER NOT NULL, n_samples INTEGER NOT NULL,
+        seq INTEGER NOT NULL, n_frames INTEGER NOT NULL, duration_us INTEGER NOT NULL,
+        n_samples INTEGER NOT NULL,
         data BLOB NOT NULL, received INTEGER NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS waveforms_key ON waveforms (bed_id, time, seq)",
     """CREATE TABLE IF NOT EXISTS status_events (time INTEGER NOT NULL, site TEXT NOT NULL,
@@ -117,7 +118,7 @@ class SqliteStore:
                     numeric_rows(batch.numerics, ids),
                 )
                 conn.executemany(
-                    "INSERT OR IGNORE INTO waveforms VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO waveforms VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     waveform_rows(batch.waveforms, ids),
                 )
                 conn.executemany(
@@ -191,7 +192,7 @@ class SqliteStore:
             """SELECT w.time, w.data FROM waveforms w JOIN beds b USING (bed_id)
                WHERE b.site = ? AND b.bed = ? AND w.time >= ? AND w.time < ?
                ORDER BY w.time, w.seq""",
-            (bed.site, bed.bed, start_us - 10_000_000, end_us),
+            (bed.site, bed.bed, start_us - 600_000_000, end_us),
         )
         pieces: list[tuple[int, object]] = []
         for t0_us, data in rows:
@@ -203,7 +204,7 @@ class SqliteStore:
             """WITH n AS (SELECT bed_id, count(*) AS messages, sum(k) AS samples
                           FROM (SELECT bed_id, count(*) AS k FROM numerics
                                 GROUP BY bed_id, time, seq) GROUP BY bed_id),
-                    w AS (SELECT bed_id, count(*) AS messages, sum(n_samples) AS samples
+                    w AS (SELECT bed_id, sum(n_frames) AS messages, sum(n_samples) AS samples
                           FROM waveforms GROUP BY bed_id)
                SELECT b.site, b.bed, coalesce(n.messages, 0) + coalesce(w.messages, 0),
                       coalesce(n.samples, 0) + coalesce(w.samples, 0)
