@@ -354,7 +354,7 @@ class _Bed:
 
     def prepare(self, t_now_s: float, horizon_s: float) -> None:
         """Schedule beats (and the breaths they need) past ``horizon_s``; forget old events."""
-        if self._t_next > horizon_s:
+        if self._t_next > horizon_s and self._breath_next > horizon_s:
             return
         self._compact(t_now_s)
         while self._t_next <= horizon_s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -318,6 +319,9 @@ def test_af_is_irregular_without_p_waves_and_with_a_pulse_deficit() -> None:
         x, fs = w["ECG_II"], sim.fs_hz["ECG_II"]
         assert p_wave_mv(x, fs, sinus[1:]) > 0.07
         assert abs(p_wave_mv(x, fs, af[1:-2])) < 0.03
+        # fibrillatory waves: the T-Q segments of long intervals are no longer quiet
+        noise_mv = 0.012 * sim.plan.patient.ecg_gain[1]  # the white noise of lead V
+        assert tq_activity_mv(w["ECG_V"], fs, af, 0.1) > 3.0 * noise_mv
         pulses = beats.pulse[beats.t_s >= onset_s]
         assert 0 < np.count_nonzero(~pulses) < 0.3 * pulses.size
         n = sim.numerics()
@@ -335,6 +339,21 @@ def p_wave_mv(x: NDArray[np.float64], fs: float, beats: NDArray[np.float64]) -> 
     m = np.mean(rows, axis=0)
     t = np.arange(m.size) / fs - 0.30
     return float(m[(t >= -0.19) & (t <= -0.14)].mean())
+
+
+def tq_activity_mv(
+    x: NDArray[np.float64], fs: float, beats: NDArray[np.float64], before_next_s: float
+) -> float:
+    """RMS of the linearly detrended T-Q gaps (0.45 s after an R to ``before_next_s`` before
+    the next R), which hold only noise in sinus rhythm."""
+    parts = []
+    for a, b in itertools.pairwise(beats):
+        seg = x[round((a + 0.45) * fs) : round((b - before_next_s) * fs)]
+        if seg.size >= round(0.1 * fs):
+            tt = np.arange(seg.size)
+            parts.append(seg - np.polyval(np.polyfit(tt, seg, 1), tt))
+    assert len(parts) >= 5
+    return float(np.sqrt(np.mean(np.concatenate(parts) ** 2)))
 
 
 def qrs_width_s(x: NDArray[np.float64], fs: float, t_s: float) -> float:
@@ -399,6 +418,16 @@ def test_asystole_is_flat_without_pulses(recovers: bool) -> None:
     run(probe, start_s + 6.0)
     n = probe.numerics()
     assert n["HR"] == 0.0 and n["PR"] == 0.0 and n["SPO2"] is None
+
+
+def test_breathing_goes_on_and_memory_stays_bounded_without_beats() -> None:
+    sim = BedSynth("asystole", 3, duration_s=math.inf)
+    w = run(sim, 300.0)
+    resp = w["RESP"][-round(30.0 * sim.fs_hz["RESP"]) :]
+    assert np.ptp(resp) > 0.5 * sim.plan.patient.resp_amp
+    bank = sim._bank
+    for rows in (bank.ecg, bank.beats, bank.abp, bank.ppg, bank.breaths):
+        assert int(rows.count[0]) <= 64
 
 
 def test_artefact_lead_off_is_nan_exactly_and_pulses_continue() -> None:
