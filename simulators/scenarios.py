@@ -274,6 +274,8 @@ def make_plan(
     """The plan of ``scenario`` for the patient of ``seed``; timing overrides the defaults."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if not (time_scale > 0.0 and math.isfinite(time_scale)):
         raise ValueError(f"time_scale must be a positive finite number, got {time_scale}")
     base = DEFAULT_TIMING[scenario]

@@ -46,6 +46,13 @@ def times(sim: BedSynth, key: str, n: int, t0_s: float = 0.0) -> NDArray[np.floa
     return t0_s + np.arange(n) / sim.fs_hz[key]
 
 
+def num(values: dict[str, float | None], key: str) -> float:
+    """A numeric that must be present."""
+    value = values[key]
+    assert value is not None, key
+    return value
+
+
 def episode(sim: BedSynth, label: str) -> tuple[float, float]:
     (ep,) = [e for e in sim.plan.episodes if e.label == label]
     return ep.start_s, ep.end_s
@@ -134,6 +141,8 @@ def test_rejects_bad_arguments() -> None:
         BedSynth().waveforms(math.nan)
     with pytest.raises(ValueError, match="seed"):
         BedSynthBank(["stable"], [1, 2])
+    with pytest.raises(ValueError, match="seed"):
+        BedSynth(seed=-1)
 
 
 # --- morphology and consistency ---------------------------------------------------------------
@@ -208,7 +217,7 @@ def test_pulses_follow_the_qrs_after_a_transit_delay_and_numerics_match() -> Non
     assert abs(n["ABP_DIA"] - np.min(abp)) < 6.0
     assert n["ABP_DIA"] < n["ABP_MEAN"] < n["ABP_SYS"]
     assert abs(n["ABP_MEAN"] - np.mean(abp)) < 5.0
-    assert abs(n["PR"] - n["HR"]) <= 3.0  # type: ignore[operator]  # windows lag by a beat
+    assert abs(num(n, "PR") - num(n, "HR")) <= 3.0  # windows lag by a beat
 
 
 def test_templates_start_and_end_at_zero() -> None:
@@ -248,9 +257,9 @@ def test_stable_patients_are_healthy_and_differ_by_seed() -> None:
         run(sim, 30.0)
         n = sim.numerics()
         assert sim.truth == []
-        assert 55 <= n["HR"] <= 95 and 10 <= n["RR"] <= 20  # type: ignore[operator]
-        assert 94 <= n["SPO2"] <= 100 and 36.0 <= n["TEMP"] <= 37.8  # type: ignore[operator]
-        assert 95 <= n["ABP_SYS"] <= 145 and n["ACVPU"] == 0.0 and n["O2"] == 0.0  # type: ignore[operator]
+        assert 55 <= num(n, "HR") <= 95 and 10 <= num(n, "RR") <= 20
+        assert 94 <= num(n, "SPO2") <= 100 and 36.0 <= num(n, "TEMP") <= 37.8
+        assert 95 <= num(n, "ABP_SYS") <= 145 and num(n, "ACVPU") == 0.0 and num(n, "O2") == 0.0
         values.append(n["HR"])
     assert len(set(values)) > 3
 
@@ -262,18 +271,18 @@ def news2(n: dict[str, float | None]) -> int:
         return next(p for lo, hi, p in table if lo <= x <= hi)
 
     inf = math.inf
-    rr = band(n["RR"], [(-inf, 8, 3), (9, 11, 1), (12, 20, 0), (21, 24, 2), (25, inf, 3)])  # type: ignore[arg-type]
-    spo2 = band(n["SPO2"], [(-inf, 91, 3), (92, 93, 2), (94, 95, 1), (96, inf, 0)])  # type: ignore[arg-type]
+    rr = band(num(n, "RR"), [(-inf, 8, 3), (9, 11, 1), (12, 20, 0), (21, 24, 2), (25, inf, 3)])
+    spo2 = band(num(n, "SPO2"), [(-inf, 91, 3), (92, 93, 2), (94, 95, 1), (96, inf, 0)])
     sbp = band(
-        n["ABP_SYS"],  # type: ignore[arg-type]
+        num(n, "ABP_SYS"),
         [(-inf, 90, 3), (91, 100, 2), (101, 110, 1), (111, 219, 0), (220, inf, 3)],
     )
     hr = band(
-        n["HR"],  # type: ignore[arg-type]
+        num(n, "HR"),
         [(-inf, 40, 3), (41, 50, 1), (51, 90, 0), (91, 110, 1), (111, 130, 2), (131, inf, 3)],
     )
     temp = band(
-        n["TEMP"],  # type: ignore[arg-type]
+        num(n, "TEMP"),
         [(-inf, 35.0, 3), (35.1, 36.0, 1), (36.1, 38.0, 0), (38.1, 39.0, 1), (39.1, inf, 2)],
     )
     o2 = 2 if n["O2"] == 1.0 else 0
@@ -293,15 +302,15 @@ def test_sepsis_deteriorates_to_its_documented_end_state() -> None:
         run(sim, 10.0, chunk_s=2.5)
         trend.append(sim.numerics())
     end = trend[-1]
-    assert abs(end["HR"] - SEPSIS_END.hr_bpm) <= 6  # type: ignore[operator]
-    assert abs(end["RR"] - SEPSIS_END.rr_bpm) <= 3  # type: ignore[operator]
-    assert abs(end["SPO2"] - SEPSIS_END.spo2_pct) <= 2  # type: ignore[operator]
-    assert abs(end["ABP_SYS"] - SEPSIS_END.sys_mmhg) <= 8  # type: ignore[operator]
-    assert abs(end["TEMP"] - SEPSIS_END.temp_c) <= 0.2  # type: ignore[operator]
+    assert abs(num(end, "HR") - SEPSIS_END.hr_bpm) <= 6
+    assert abs(num(end, "RR") - SEPSIS_END.rr_bpm) <= 3
+    assert abs(num(end, "SPO2") - SEPSIS_END.spo2_pct) <= 2
+    assert abs(num(end, "ABP_SYS") - SEPSIS_END.sys_mmhg) <= 8
+    assert abs(num(end, "TEMP") - SEPSIS_END.temp_c) <= 0.2
     assert end["O2"] == 1.0 and end["ACVPU"] == 1.0
     assert news2(end) >= 7
-    hr = [n["HR"] for n in trend]
-    assert hr[len(hr) // 2] > start["HR"] and hr[-1] > hr[len(hr) // 2]  # type: ignore[operator]
+    hr = [num(n, "HR") for n in trend]
+    assert hr[len(hr) // 2] > num(start, "HR") and hr[-1] > hr[len(hr) // 2]
 
 
 def test_af_is_irregular_without_p_waves_and_with_a_pulse_deficit() -> None:
@@ -387,7 +396,7 @@ def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
     sim = BedSynth("vt", 0)
     run(sim, 80.0)
     n = sim.numerics()
-    assert 150 <= n["HR"] <= 200 and n["ABP_SYS"] < 100  # type: ignore[operator]
+    assert 150 <= num(n, "HR") <= 200 and num(n, "ABP_SYS") < 100
     assert sim.truth[0].label == "VTACH"
 
 
@@ -500,7 +509,7 @@ def test_every_scenario_runs_and_events_fall_in_the_first_minutes() -> None:
 # --- kernels against naive twins -------------------------------------------------------------
 
 
-def naive_add_templates(out, n0, fs, ev_t, ev_kind, ev_amp, count, table, t0, table_fs):  # type: ignore[no-untyped-def]
+def naive_add_templates(out, n0, fs, ev_t, ev_kind, ev_amp, count, table, t0, table_fs):
     for b in range(out.shape[0]):
         for i in range(out.shape[1]):
             t = (n0 + i) / fs
@@ -511,7 +520,7 @@ def naive_add_templates(out, n0, fs, ev_t, ev_kind, ev_amp, count, table, t0, ta
                     out[b, i] += ev_amp[b, k] * table[ev_kind[b, k], j]
 
 
-def naive_add_cycles(out, n0, fs, foot, sys_s, lo, pp, tau, floor, count, table, gain):  # type: ignore[no-untyped-def]
+def naive_add_cycles(out, n0, fs, foot, sys_s, lo, pp, tau, floor, count, table, gain):
     for b in range(out.shape[0]):
         if count[b] == 0:
             continue
