@@ -345,7 +345,8 @@ class _Bed:
         self._log: list[Beats] = []
         self._history_s = history_s
         self._nibp_interval_s = nibp_interval_s
-        self._nibp_next_s = nibp_first_s
+        self._nibp_first_s = nibp_first_s
+        self._nibp_next = 0  # index of the next cuff reading to report
         self._lead_off = tuple(e for e in plan.episodes if e.label == LEAD_OFF)
         self._probe_off = tuple(e for e in plan.episodes if e.label == SPO2_PROBE_OFF)
         self._offline = tuple(e for e in plan.episodes if e.label == GATEWAY_OFFLINE)
@@ -568,11 +569,11 @@ class _Bed:
         if math.isnan(abp[0]):  # before the first pulse: the setpoints
             abp = np.array([v.sys_mmhg, v.dia_mmhg, (v.sys_mmhg + 2.0 * v.dia_mmhg) / 3.0])
         out["ABP_SYS"], out["ABP_DIA"], out["ABP_MEAN"] = (float(round(x)) for x in abp)
-        if t_s >= self._nibp_next_s:
+        # cuff reading k completes at nibp_first_s + k * nibp_interval_s; report the latest
+        k = math.floor((t_s - self._nibp_first_s) / self._nibp_interval_s)
+        if k >= self._nibp_next:
+            self._nibp_next = k + 1
             # the cuff reads the arterial pressure with a small error; no pulse, no reading
-            k = round(self._nibp_next_s / self._nibp_interval_s)
-            steps = math.floor((t_s - self._nibp_next_s) / self._nibp_interval_s) + 1
-            self._nibp_next_s += steps * self._nibp_interval_s
             if no_pulse:
                 out["NIBP_SYS"] = out["NIBP_DIA"] = out["NIBP_MEAN"] = None
             else:
@@ -646,9 +647,10 @@ class BedSynthBank:
             raise ValueError(
                 f"need one scenario per seed and >= 1 bed, got {len(scenarios)}, {len(seeds)}"
             )
-        if not nibp_interval_s > 0.0 or not history_s >= 0.0:
+        if not nibp_interval_s > 0.0 or not nibp_first_s >= 0.0 or not history_s >= 0.0:
             raise ValueError(
-                f"need nibp_interval_s > 0 and history_s >= 0, got {nibp_interval_s}, {history_s}"
+                "need nibp_interval_s > 0, nibp_first_s >= 0 and history_s >= 0, got "
+                f"{nibp_interval_s}, {nibp_first_s}, {history_s}"
             )
         self.fs_hz: dict[str, float] = _check_fs(fs_hz)
         self.plans = tuple(
@@ -795,6 +797,8 @@ class BedSynthBank:
     def numerics(self) -> list[dict[str, float | None]]:
         """Each bed's numerics now (NIBP keys only when a cuff reading completes)."""
         t_s = self._t_s
+        for bed in self._beds:  # the beats and breaths up to now, also before any waveform
+            bed.prepare(t_s, t_s + _LOOKAHEAD_S)
         hr = K.rates_bpm(self.beats.f["t"], self.beats.count, t_s, 8, 0.2, 3.0)
         pr = K.rates_bpm(self.ppg.f["foot"], self.ppg.count, t_s, 8, 0.2, 3.0)
         rr = K.rates_bpm(self.breaths.f["foot"], self.breaths.count, t_s, 4, 1.0, 20.0)

@@ -234,6 +234,13 @@ def test_abp_has_a_dicrotic_notch() -> None:
     assert notch > 0 and np.max(after[notch:]) > after[notch] + 0.02  # a rise after the notch
 
 
+def test_numerics_are_there_from_the_first_moment() -> None:
+    sim = BedSynth("stable", 2)
+    n = sim.numerics()
+    assert all(n[k] is not None for k in ("HR", "PR", "SPO2", "RR", "TEMP", "ABP_SYS"))
+    assert "NIBP_SYS" not in n
+
+
 def test_nibp_arrives_on_schedule_only() -> None:
     sim = BedSynth("stable", 3, nibp_interval_s=60.0, nibp_first_s=20.0)
     seen = []
@@ -245,6 +252,9 @@ def test_nibp_arrives_on_schedule_only() -> None:
             assert n["NIBP_SYS"] is not None and n["ABP_SYS"] is not None
             assert abs(n["NIBP_SYS"] - n["ABP_SYS"]) < 12.0
     assert seen == [20, 80, 140]
+    rare = BedSynth("stable", 3, nibp_interval_s=60.0, nibp_first_s=20.0)
+    rare.waveforms(150.0)  # readings at 20, 80 and 140 s: only the latest is reported
+    assert "NIBP_SYS" in rare.numerics() and "NIBP_SYS" not in rare.numerics()
 
 
 # --- scenarios -----------------------------------------------------------------------------
