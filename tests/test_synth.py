@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
-from scipy.signal import find_peaks
+from scipy.signal import butter, filtfilt, find_peaks
 
 from simulators import _synth_kernels as K
 from simulators.scenarios import SEPSIS_END, make_plan
@@ -161,6 +161,29 @@ def test_truth_beats_are_the_r_peaks(scenario: str) -> None:
         i = round(t * fs)
         offsets.append(int(np.argmax(x[i - half : i + half + 1])) - half)
     assert max(abs(o) for o in offsets) <= 2  # within 8 ms at 250 Hz
+
+
+def simple_qrs_detector(x: NDArray[np.float64], fs: float) -> NDArray[np.float64]:
+    """Band-pass 5-20 Hz, smoothed squared slope, peaks 220 ms apart; R at the largest swing."""
+    b, a = butter(2, [5.0 / (fs / 2), 20.0 / (fs / 2)], btype="band")
+    y = filtfilt(b, a, x)
+    w = round(0.1 * fs)
+    energy = np.convolve(np.gradient(y) ** 2, np.ones(w) / w, "same")
+    peaks, _ = find_peaks(energy, height=0.2 * np.percentile(energy, 99), distance=round(0.22 * fs))
+    r = [max(p - w, 0) + int(np.argmax(np.abs(y[max(p - w, 0) : p + w]))) for p in peaks]
+    return np.array(r) / fs
+
+
+@pytest.mark.parametrize("scenario", ["stable", "sepsis", "af", "asystole"])
+def test_a_plain_qrs_detector_finds_exactly_the_truth_beats(scenario: str) -> None:
+    sim = BedSynth(scenario, 4, time_scale=120.0)
+    x = run(sim, 180.0)["ECG_II"]
+    found = simple_qrs_detector(x, sim.fs_hz["ECG_II"])
+    found = found[(found > 2.0) & (found < 178.0)]
+    truth = sim.truth_beats(2.0, 178.0).t_s
+    tp = sum(bool(np.any(np.abs(found - t) <= 0.05)) for t in truth)
+    true_found = sum(bool(np.any(np.abs(truth - f) <= 0.05)) for f in found)
+    assert tp / truth.size >= 0.995 and true_found / found.size >= 0.995
 
 
 def test_leads_differ_and_have_physiological_amplitudes() -> None:
