@@ -419,6 +419,12 @@ def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
         assert 150.0 <= 60.0 / np.mean(np.diff(vt)) <= 200.0
         x, fs = w["ECG_II"], sim.fs_hz["ECG_II"]
         assert min(qrs_width_s(x, fs, t) for t in vt[1:-1]) > 0.12
+        # detectable: a plain detector run on the run alone finds every complex
+        run_x = x[round((start_s + 1.0) * fs) : round((end_s - 1.0) * fs)]
+        found = simple_qrs_detector(run_x, fs) + start_s + 1.0
+        truth = vt[(vt > start_s + 2.0) & (vt < end_s - 2.0)]
+        found = found[(found > start_s + 2.0) & (found < end_s - 2.0)]
+        assert found.size == truth.size and np.max(np.abs(found - truth)) <= 0.05
         normal = beats.t_s[(beats.t_s > 5.0) & (beats.t_s < start_s - 1.0)]
         assert max(qrs_width_s(x, fs, t) for t in normal) < 0.12
         abp, fa = w["ABP"], sim.fs_hz["ABP"]
