@@ -105,7 +105,14 @@ _ECG_ROWS = (
         ((0.01, 0.040, 0.035, -1.60),),
     ),  # VT complex
     (-0.25, ((0.0, 0.06, 0.05, -0.45),), ((0.0, 0.06, 0.05, 0.50),)),  # VT T (discordant)
+    (
+        -0.25,
+        ((0.0, 0.022, 0.022, 0.15),),
+        ((-0.01, 0.018, 0.018, 0.08), (0.03, 0.018, 0.018, -0.05)),
+    ),
+    (-0.25, (), ()),  # (unused: a P wave alone has no T row)
 )
+_P_ALONE_ROW: Final = 6  # a sinus P wave without a ventricular response (AV dissociation in VT)
 _TABLE_SPAN_S: Final = 0.5
 _QRS_ONSET_S: Final = -0.045  # from the R peak
 _T_PEAK_TO_END_S: Final = 0.10
@@ -124,7 +131,7 @@ def _ecg_tables() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.
             lead_ii[r] += _wave(t, *w)
         for w in waves_v:
             lead_v[r] += _wave(t, *w)
-        if r % 2 == 0:  # a complex: its lead II peak is the R-peak time, the event's origin
+        if r in (0, 2, 4):  # a complex: its lead II peak is the R-peak time, the event's origin
             t0[r] -= t[np.argmax(lead_ii[r])]
     # fade the far tails (< 1e-4 mV) to exactly zero so that a placed template has no step
     edge_s = np.minimum(np.arange(m), np.arange(m)[::-1]) / TABLE_FS_HZ
@@ -466,6 +473,11 @@ class _Bed:
             ev_t += (t, t + t_off)
             ev_kind += (2 * kind, 2 * kind + 1)
             ev_amp += (amp, amp)
+            if kind == VTACH:  # the sinus node goes on: P waves march through the run
+                for t_p in plan.dissociated_p_s(t, t_next):
+                    ev_t.append(t_p)
+                    ev_kind.append(_P_ALONE_ROW)
+                    ev_amp.append(1.0)
             # Pulses: in AF the filling time before the beat sets its stroke (pulse deficit).
             fill = 1.0
             if kind == AFIB:

@@ -407,6 +407,18 @@ def qrs_width_s(x: NDArray[np.float64], fs: float, t_s: float) -> float:
     return float((idx[-1] - idx[0] + 1) / fs)
 
 
+def p_residual_mv(
+    x: NDArray[np.float64], fs: float, r_s: NDArray[np.float64], at_s: NDArray[np.float64]
+) -> float:
+    """Mean of x at each time minus x at the same phase of the previous ventricular cycle."""
+    out = []
+    for t in at_s:
+        k = int(np.searchsorted(r_s, t, side="right")) - 1
+        if 1 <= k < r_s.size - 1:
+            out.append(x[round(t * fs)] - x[round((r_s[k - 1] + t - r_s[k]) * fs)])
+    return float(np.mean(out))
+
+
 def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
     for seed in range(3):
         sim = BedSynth("vt", seed)
@@ -425,6 +437,12 @@ def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
         truth = vt[(vt > start_s + 2.0) & (vt < end_s - 2.0)]
         found = found[(found > start_s + 2.0) & (found < end_s - 2.0)]
         assert found.size == truth.size and np.max(np.abs(found - truth)) <= 0.05
+        # AV dissociation: sinus P waves at their own rate, seen once the (regular) ventricular
+        # activity of the previous cycle is subtracted
+        p_s = np.array(sim.plan.dissociated_p_s(start_s, end_s))
+        assert p_s.size > 20
+        assert p_residual_mv(x, fs, vt, p_s) > 0.08
+        assert abs(p_residual_mv(x, fs, vt, p_s - 0.1)) < 0.04
         normal = beats.t_s[(beats.t_s > 5.0) & (beats.t_s < start_s - 1.0)]
         assert max(qrs_width_s(x, fs, t) for t in normal) < 0.12
         abp, fa = w["ABP"], sim.fs_hz["ABP"]
