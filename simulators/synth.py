@@ -86,7 +86,7 @@ def _wave(t: NDArray[np.float64], mu: float, s_left: float, s_right: float, amp:
 
 # Beat templates as sums of (asymmetric) Gaussian waves, after the dynamical model of McSharry et
 # al. (IEEE TBME 2003), placed in time rather than in phase. Durations are typical adult values
-# (P wave ~100 ms, PR ~160 ms, QRS ~90 ms; a monomorphic VT complex ~160 ms wide with a
+# (P wave ~100 ms, PR ~160 ms, QRS ~90 ms; a monomorphic VT complex ~200 ms wide with a
 # discordant T wave). Each row: (t0_s, waves of lead II, waves of lead V), with a wave as
 # (centre_s, sigma_left_s, sigma_right_s, mV). Rows: kind * 2 + 0 is the complex at the R peak,
 # kind * 2 + 1 the T wave placed at its own time.
@@ -110,7 +110,7 @@ _ECG_ROWS = (
         ((0.0, 0.022, 0.022, 0.15),),
         ((-0.01, 0.018, 0.018, 0.08), (0.03, 0.018, 0.018, -0.05)),
     ),
-    (-0.25, (), ()),  # (unused: a P wave alone has no T row)
+    (-0.25, (), ()),  # keeps two rows per kind; a P wave alone has no T wave
 )
 _P_ALONE_ROW: Final = 6  # a sinus P wave without a ventricular response (AV dissociation in VT)
 _TABLE_SPAN_S: Final = 0.5
@@ -194,7 +194,6 @@ def _noise_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
 
 WHITE_NOISE, MOTION_NOISE = _noise_tables()
 _ABP_MEAN_FRAC: Final = float(ABP_TABLE.mean())
-_PPG_MEAN_FRAC: Final = float(PPG_TABLE.mean())
 
 
 def _abp_systole_s(rr_s: float) -> float:
