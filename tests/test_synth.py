@@ -21,8 +21,10 @@ from simulators.synth import (
     ECG_TABLE_II,
     ECG_TABLE_T0_S,
     ECG_TABLE_V,
+    MOTION_NOISE,
     SCENARIOS,
     TABLE_FS_HZ,
+    WHITE_NOISE,
     BedSynth,
     BedSynthBank,
 )
@@ -649,3 +651,52 @@ def test_rates_match_a_naive_monitor(intervals: list[float], extra_s: float) -> 
         assert math.isnan(got)
     else:
         assert got == math.floor(60.0 / iv.mean() + 0.5) or abs(got - 60.0 / iv.mean()) <= 0.5
+
+
+def naive_episode_effects(out, n0, fs, start, end, count, f_hz, amp, noise, off):
+    """Fibrillatory waves, then bursts of table noise, then NaN, sample by sample."""
+    fw, bursts, blanked = out.copy(), out.copy(), out.copy()
+    for b in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            n = n0 + i
+            t = n / fs
+            for e in range(count[b]):
+                if not start[b, e] <= t < end[b, e]:
+                    continue
+                fade = min(1.0, t - start[b, e], end[b, e] - t)
+                theta = 2 * math.pi * f_hz[b] * t + 1.0 / 0.3 * math.sin(2 * math.pi * 0.3 * t)
+                a = amp[b] * fade * (1.0 + 0.3 * math.sin(2 * math.pi * 0.17 * t))
+                fw[b, i] += a * (math.sin(theta) + 0.35 * math.sin(2 * theta + 0.7))
+                fade = min(1.0, 2 * (t - start[b, e]), 2 * (end[b, e] - t))
+                bursts[b, i] += amp[b] * fade * noise[(off[b] + n) % noise.size]
+                blanked[b, i] = math.nan
+    return fw, bursts, blanked
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.integers(0, 3000), st.integers(1, 300))
+def test_episode_kernels_match_naive_twins(seed: int, n0: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    beds, fs = 3, 250.0
+    start = rng.uniform(0.0, 14.0, (beds, 2))
+    end = start + rng.uniform(0.0, 3.0, (beds, 2))
+    end[0, 0] = math.inf
+    count = rng.integers(0, 3, beds)
+    f_hz, amp = rng.uniform(4.0, 8.0, beds), rng.uniform(0.05, 1.0, beds)
+    off = rng.integers(0, 1 << 20, beds)
+    base = rng.standard_normal((beds, n))
+    want = naive_episode_effects(base, n0, fs, start, end, count, f_hz, amp, MOTION_NOISE, off)
+    got = [base.copy(), base.copy(), base.copy()]
+    K.add_fwaves(got[0], n0, fs, start, end, count, f_hz, amp)
+    K.add_bursts(got[1], n0, fs, start, end, count, amp, MOTION_NOISE, off)
+    K.blank(got[2], n0, fs, start, end, count)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    noisy, drift = base.copy(), base.copy()
+    K.add_noise(noisy, n0, amp, WHITE_NOISE, off)
+    idx = (off[:, None] + n0 + np.arange(n)[None, :]) % WHITE_NOISE.size
+    np.testing.assert_array_equal(noisy, base + amp[:, None] * WHITE_NOISE[idx])
+    K.add_drift(drift, n0, fs, amp, f_hz, f_hz)
+    t = (n0 + np.arange(n)) / fs
+    expected = base + amp[:, None] * np.sin(2 * np.pi * f_hz[:, None] * t + f_hz[:, None])
+    np.testing.assert_allclose(drift, expected, rtol=1e-12, atol=1e-12)
