@@ -684,9 +684,10 @@ class BedSynthBank:
         # per-bed constants of the renderers
         pats = [plan.patient for plan in self.plans]
         u = np.array([np.random.default_rng([int(s), 5]).random(4) for s in seeds])
-        self._noise_offset = (
-            (u[:, :1] * (1 << 30)).astype(np.int64) + 7919 * np.arange(len(self.fs_hz))
-        ) % WHITE_NOISE.shape[0]
+        base = (u[:, 0] * (1 << 30)).astype(np.int64)
+        self._noise_offset = {  # a different stretch of the noise table per bed and signal
+            key: (base + 7919 * col) % WHITE_NOISE.shape[0] for col, key in enumerate(self.fs_hz)
+        }
         self._ecg_gain = np.array([p.ecg_gain for p in pats])
         resp_amp = np.array([p.resp_amp for p in pats])
         self._ecg_wander = 0.08 / resp_amp  # mV of baseline per unit breath
@@ -742,8 +743,7 @@ class BedSynthBank:
         return out
 
     def _render(self, key: str, x: NDArray[np.float64], n0: int, fs: float) -> None:
-        col = list(self.fs_hz).index(key)
-        noise_off = np.ascontiguousarray(self._noise_offset[:, col])
+        noise_off = self._noise_offset[key]
         br = self.breaths.f
         if key in ("ECG_II", "ECG_V"):
             lead = 0 if key == "ECG_II" else 1
