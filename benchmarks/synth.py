@@ -40,15 +40,24 @@ def _bank(beds: int, seconds: float, chunk_s: float) -> tuple[float, float]:
     return wave_s, num_s
 
 
-def _single(beds: int, seconds: float, chunk_s: float) -> float:
+def _single(beds: int, seconds: float, chunk_s: float) -> tuple[float, float]:
     sims = [BedSynth(SCENARIOS[i % len(SCENARIOS)], i, time_scale=60.0) for i in range(beds)]
     for sim in sims:
         sim.waveforms(1.0)
-    t0 = time.process_time()
-    for _ in range(round(seconds / chunk_s)):
+        sim.numerics()
+    wave_s = num_s = 0.0
+    per_second = max(1, round(1.0 / chunk_s))
+    for i in range(round(seconds / chunk_s)):
+        t0 = time.process_time()
         for sim in sims:
             sim.waveforms(chunk_s)
-    return time.process_time() - t0
+        t1 = time.process_time()
+        wave_s += t1 - t0
+        if (i + 1) % per_second == 0:
+            for sim in sims:
+                sim.numerics()
+            num_s += time.process_time() - t1
+    return wave_s, num_s
 
 
 def main() -> None:
@@ -73,11 +82,12 @@ def main() -> None:
         f"({100 * total * 1000 / args.beds:.1f} % per 1,000 beds)"
     )
     if args.single:
-        single_s = _single(args.single, args.seconds, args.chunk)
-        per = single_s / (args.single * args.seconds)
+        wave_1, num_1 = _single(args.single, args.seconds, args.chunk)
+        bed_s = args.single * args.seconds
         print(
-            f"BedSynth x {args.single} (one object per bed): waveforms {per * 1e6:.1f} us/bed-s"
-            f" ({100 * per * 1000:.1f} % of one core per 1,000 beds)"
+            f"BedSynth x {args.single} (one object per bed): waveforms "
+            f"{wave_1 / bed_s * 1e6:.1f} us/bed-s, numerics {num_1 / bed_s * 1e6:.1f} us/bed-s"
+            f" ({100 * (wave_1 + num_1) / bed_s * 1000:.1f} % of one core per 1,000 beds)"
         )
     if not math.isfinite(total):
         raise SystemExit(1)

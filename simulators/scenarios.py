@@ -212,6 +212,24 @@ class Plan:
                 return ep.end_s
         return t_s
 
+    def dissociated_p_s(self, start_s: float, end_s: float) -> list[float]:
+        """Times of the P waves in ``[start_s, end_s)`` that the sinus node fires during VT.
+
+        The atria keep the patient's sinus rate, independent of the ventricles (AV
+        dissociation), from the start of each VT episode.
+        """
+        period_s = 60.0 / self.patient.hr_bpm
+        out: list[float] = []
+        for ep in self.episodes:
+            if ep.label != VTACH_LABEL:
+                continue
+            lo, hi = max(start_s, ep.start_s), min(end_s, ep.end_s)
+            k = max(math.ceil((lo - ep.start_s) / period_s), 0)
+            while ep.start_s + k * period_s < hi:
+                out.append(ep.start_s + k * period_s)
+                k += 1
+        return out
+
     def vitals(self, t_s: float) -> Vitals:
         """The setpoints at simulated time ``t_s``."""
         p = self.patient
@@ -274,6 +292,8 @@ def make_plan(
     """The plan of ``scenario`` for the patient of ``seed``; timing overrides the defaults."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if not (time_scale > 0.0 and math.isfinite(time_scale)):
         raise ValueError(f"time_scale must be a positive finite number, got {time_scale}")
     base = DEFAULT_TIMING[scenario]

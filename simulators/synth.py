@@ -86,7 +86,7 @@ def _wave(t: NDArray[np.float64], mu: float, s_left: float, s_right: float, amp:
 
 # Beat templates as sums of (asymmetric) Gaussian waves, after the dynamical model of McSharry et
 # al. (IEEE TBME 2003), placed in time rather than in phase. Durations are typical adult values
-# (P wave ~100 ms, PR ~160 ms, QRS ~90 ms; a monomorphic VT complex ~160 ms wide with a
+# (P wave ~100 ms, PR ~160 ms, QRS ~90 ms; a monomorphic VT complex ~200 ms wide with a
 # discordant T wave). Each row: (t0_s, waves of lead II, waves of lead V), with a wave as
 # (centre_s, sigma_left_s, sigma_right_s, mV). Rows: kind * 2 + 0 is the complex at the R peak,
 # kind * 2 + 1 the T wave placed at its own time.
@@ -105,7 +105,14 @@ _ECG_ROWS = (
         ((0.01, 0.040, 0.035, -1.60),),
     ),  # VT complex
     (-0.25, ((0.0, 0.06, 0.05, -0.45),), ((0.0, 0.06, 0.05, 0.50),)),  # VT T (discordant)
+    (
+        -0.25,
+        ((0.0, 0.022, 0.022, 0.15),),
+        ((-0.01, 0.018, 0.018, 0.08), (0.03, 0.018, 0.018, -0.05)),
+    ),
+    (-0.25, (), ()),  # keeps two rows per kind; a P wave alone has no T wave
 )
+_P_ALONE_ROW: Final = 6  # a sinus P wave without a ventricular response (AV dissociation in VT)
 _TABLE_SPAN_S: Final = 0.5
 _QRS_ONSET_S: Final = -0.045  # from the R peak
 _T_PEAK_TO_END_S: Final = 0.10
@@ -124,7 +131,7 @@ def _ecg_tables() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.
             lead_ii[r] += _wave(t, *w)
         for w in waves_v:
             lead_v[r] += _wave(t, *w)
-        if r % 2 == 0:  # a complex: its lead II peak is the R-peak time, the event's origin
+        if r in (0, 2, 4):  # a complex: its lead II peak is the R-peak time, the event's origin
             t0[r] -= t[np.argmax(lead_ii[r])]
     # fade the far tails (< 1e-4 mV) to exactly zero so that a placed template has no step
     edge_s = np.minimum(np.arange(m), np.arange(m)[::-1]) / TABLE_FS_HZ
@@ -187,7 +194,6 @@ def _noise_tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
 
 WHITE_NOISE, MOTION_NOISE = _noise_tables()
 _ABP_MEAN_FRAC: Final = float(ABP_TABLE.mean())
-_PPG_MEAN_FRAC: Final = float(PPG_TABLE.mean())
 
 
 def _abp_systole_s(rr_s: float) -> float:
@@ -345,7 +351,8 @@ class _Bed:
         self._log: list[Beats] = []
         self._history_s = history_s
         self._nibp_interval_s = nibp_interval_s
-        self._nibp_next_s = nibp_first_s
+        self._nibp_first_s = nibp_first_s
+        self._nibp_next = 0  # index of the next cuff reading to report
         self._lead_off = tuple(e for e in plan.episodes if e.label == LEAD_OFF)
         self._probe_off = tuple(e for e in plan.episodes if e.label == SPO2_PROBE_OFF)
         self._offline = tuple(e for e in plan.episodes if e.label == GATEWAY_OFFLINE)
@@ -354,7 +361,7 @@ class _Bed:
 
     def prepare(self, t_now_s: float, horizon_s: float) -> None:
         """Schedule beats (and the breaths they need) past ``horizon_s``; forget old events."""
-        if self._t_next > horizon_s:
+        if self._t_next > horizon_s and self._breath_next > horizon_s:
             return
         self._compact(t_now_s)
         while self._t_next <= horizon_s:
@@ -465,6 +472,11 @@ class _Bed:
             ev_t += (t, t + t_off)
             ev_kind += (2 * kind, 2 * kind + 1)
             ev_amp += (amp, amp)
+            if kind == VTACH:  # the sinus node goes on: P waves march through the run
+                for t_p in plan.dissociated_p_s(t, t_next):
+                    ev_t.append(t_p)
+                    ev_kind.append(_P_ALONE_ROW)
+                    ev_amp.append(1.0)
             # Pulses: in AF the filling time before the beat sets its stroke (pulse deficit).
             fill = 1.0
             if kind == AFIB:
@@ -568,11 +580,11 @@ class _Bed:
         if math.isnan(abp[0]):  # before the first pulse: the setpoints
             abp = np.array([v.sys_mmhg, v.dia_mmhg, (v.sys_mmhg + 2.0 * v.dia_mmhg) / 3.0])
         out["ABP_SYS"], out["ABP_DIA"], out["ABP_MEAN"] = (float(round(x)) for x in abp)
-        if t_s >= self._nibp_next_s:
+        # cuff reading k completes at nibp_first_s + k * nibp_interval_s; report the latest
+        k = math.floor((t_s - self._nibp_first_s) / self._nibp_interval_s)
+        if k >= self._nibp_next:
+            self._nibp_next = k + 1
             # the cuff reads the arterial pressure with a small error; no pulse, no reading
-            k = round(self._nibp_next_s / self._nibp_interval_s)
-            steps = math.floor((t_s - self._nibp_next_s) / self._nibp_interval_s) + 1
-            self._nibp_next_s += steps * self._nibp_interval_s
             if no_pulse:
                 out["NIBP_SYS"] = out["NIBP_DIA"] = out["NIBP_MEAN"] = None
             else:
@@ -646,9 +658,10 @@ class BedSynthBank:
             raise ValueError(
                 f"need one scenario per seed and >= 1 bed, got {len(scenarios)}, {len(seeds)}"
             )
-        if not nibp_interval_s > 0.0 or not history_s >= 0.0:
+        if not nibp_interval_s > 0.0 or not nibp_first_s >= 0.0 or not history_s >= 0.0:
             raise ValueError(
-                f"need nibp_interval_s > 0 and history_s >= 0, got {nibp_interval_s}, {history_s}"
+                "need nibp_interval_s > 0, nibp_first_s >= 0 and history_s >= 0, got "
+                f"{nibp_interval_s}, {nibp_first_s}, {history_s}"
             )
         self.fs_hz: dict[str, float] = _check_fs(fs_hz)
         self.plans = tuple(
@@ -671,9 +684,10 @@ class BedSynthBank:
         # per-bed constants of the renderers
         pats = [plan.patient for plan in self.plans]
         u = np.array([np.random.default_rng([int(s), 5]).random(4) for s in seeds])
-        self._noise_offset = (
-            (u[:, :1] * (1 << 30)).astype(np.int64) + 7919 * np.arange(len(self.fs_hz))
-        ) % WHITE_NOISE.shape[0]
+        base = (u[:, 0] * (1 << 30)).astype(np.int64)
+        self._noise_offset = {  # a different stretch of the noise table per bed and signal
+            key: (base + 7919 * col) % WHITE_NOISE.shape[0] for col, key in enumerate(self.fs_hz)
+        }
         self._ecg_gain = np.array([p.ecg_gain for p in pats])
         resp_amp = np.array([p.resp_amp for p in pats])
         self._ecg_wander = 0.08 / resp_amp  # mV of baseline per unit breath
@@ -729,8 +743,7 @@ class BedSynthBank:
         return out
 
     def _render(self, key: str, x: NDArray[np.float64], n0: int, fs: float) -> None:
-        col = list(self.fs_hz).index(key)
-        noise_off = np.ascontiguousarray(self._noise_offset[:, col])
+        noise_off = self._noise_offset[key]
         br = self.breaths.f
         if key in ("ECG_II", "ECG_V"):
             lead = 0 if key == "ECG_II" else 1
@@ -795,6 +808,8 @@ class BedSynthBank:
     def numerics(self) -> list[dict[str, float | None]]:
         """Each bed's numerics now (NIBP keys only when a cuff reading completes)."""
         t_s = self._t_s
+        for bed in self._beds:  # the beats and breaths up to now, also before any waveform
+            bed.prepare(t_s, t_s + _LOOKAHEAD_S)
         hr = K.rates_bpm(self.beats.f["t"], self.beats.count, t_s, 8, 0.2, 3.0)
         pr = K.rates_bpm(self.ppg.f["foot"], self.ppg.count, t_s, 8, 0.2, 3.0)
         rr = K.rates_bpm(self.breaths.f["foot"], self.breaths.count, t_s, 4, 1.0, 20.0)

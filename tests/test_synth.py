@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
-from scipy.signal import find_peaks
+from scipy.signal import butter, filtfilt, find_peaks
 
 from simulators import _synth_kernels as K
 from simulators.scenarios import SEPSIS_END, make_plan
@@ -20,8 +21,10 @@ from simulators.synth import (
     ECG_TABLE_II,
     ECG_TABLE_T0_S,
     ECG_TABLE_V,
+    MOTION_NOISE,
     SCENARIOS,
     TABLE_FS_HZ,
+    WHITE_NOISE,
     BedSynth,
     BedSynthBank,
 )
@@ -43,6 +46,13 @@ def run(sim: BedSynth, seconds: float, chunk_s: float = 1.0) -> dict[str, NDArra
 
 def times(sim: BedSynth, key: str, n: int, t0_s: float = 0.0) -> NDArray[np.float64]:
     return t0_s + np.arange(n) / sim.fs_hz[key]
+
+
+def num(values: dict[str, float | None], key: str) -> float:
+    """A numeric that must be present."""
+    value = values[key]
+    assert value is not None, key
+    return value
 
 
 def episode(sim: BedSynth, label: str) -> tuple[float, float]:
@@ -133,6 +143,8 @@ def test_rejects_bad_arguments() -> None:
         BedSynth().waveforms(math.nan)
     with pytest.raises(ValueError, match="seed"):
         BedSynthBank(["stable"], [1, 2])
+    with pytest.raises(ValueError, match="seed"):
+        BedSynth(seed=-1)
 
 
 # --- morphology and consistency ---------------------------------------------------------------
@@ -151,6 +163,29 @@ def test_truth_beats_are_the_r_peaks(scenario: str) -> None:
         i = round(t * fs)
         offsets.append(int(np.argmax(x[i - half : i + half + 1])) - half)
     assert max(abs(o) for o in offsets) <= 2  # within 8 ms at 250 Hz
+
+
+def simple_qrs_detector(x: NDArray[np.float64], fs: float) -> NDArray[np.float64]:
+    """Band-pass 5-20 Hz, smoothed squared slope, peaks 220 ms apart; R at the largest swing."""
+    b, a = butter(2, [5.0 / (fs / 2), 20.0 / (fs / 2)], btype="band")
+    y = filtfilt(b, a, x)
+    w = round(0.1 * fs)
+    energy = np.convolve(np.gradient(y) ** 2, np.ones(w) / w, "same")
+    peaks, _ = find_peaks(energy, height=0.2 * np.percentile(energy, 99), distance=round(0.22 * fs))
+    r = [max(p - w, 0) + int(np.argmax(np.abs(y[max(p - w, 0) : p + w]))) for p in peaks]
+    return np.array(r) / fs
+
+
+@pytest.mark.parametrize("scenario", ["stable", "sepsis", "af", "asystole"])
+def test_a_plain_qrs_detector_finds_exactly_the_truth_beats(scenario: str) -> None:
+    sim = BedSynth(scenario, 4, time_scale=120.0)
+    x = run(sim, 180.0)["ECG_II"]
+    found = simple_qrs_detector(x, sim.fs_hz["ECG_II"])
+    found = found[(found > 2.0) & (found < 178.0)]
+    truth = sim.truth_beats(2.0, 178.0).t_s
+    tp = sum(bool(np.any(np.abs(found - t) <= 0.05)) for t in truth)
+    true_found = sum(bool(np.any(np.abs(truth - f) <= 0.05)) for f in found)
+    assert tp / truth.size >= 0.995 and true_found / found.size >= 0.995
 
 
 def test_leads_differ_and_have_physiological_amplitudes() -> None:
@@ -207,7 +242,7 @@ def test_pulses_follow_the_qrs_after_a_transit_delay_and_numerics_match() -> Non
     assert abs(n["ABP_DIA"] - np.min(abp)) < 6.0
     assert n["ABP_DIA"] < n["ABP_MEAN"] < n["ABP_SYS"]
     assert abs(n["ABP_MEAN"] - np.mean(abp)) < 5.0
-    assert abs(n["PR"] - n["HR"]) <= 3.0  # type: ignore[operator]  # windows lag by a beat
+    assert abs(num(n, "PR") - num(n, "HR")) <= 3.0  # windows lag by a beat
 
 
 def test_templates_start_and_end_at_zero() -> None:
@@ -224,6 +259,13 @@ def test_abp_has_a_dicrotic_notch() -> None:
     assert notch > 0 and np.max(after[notch:]) > after[notch] + 0.02  # a rise after the notch
 
 
+def test_numerics_are_there_from_the_first_moment() -> None:
+    sim = BedSynth("stable", 2)
+    n = sim.numerics()
+    assert all(n[k] is not None for k in ("HR", "PR", "SPO2", "RR", "TEMP", "ABP_SYS"))
+    assert "NIBP_SYS" not in n
+
+
 def test_nibp_arrives_on_schedule_only() -> None:
     sim = BedSynth("stable", 3, nibp_interval_s=60.0, nibp_first_s=20.0)
     seen = []
@@ -235,6 +277,9 @@ def test_nibp_arrives_on_schedule_only() -> None:
             assert n["NIBP_SYS"] is not None and n["ABP_SYS"] is not None
             assert abs(n["NIBP_SYS"] - n["ABP_SYS"]) < 12.0
     assert seen == [20, 80, 140]
+    rare = BedSynth("stable", 3, nibp_interval_s=60.0, nibp_first_s=20.0)
+    rare.waveforms(150.0)  # readings at 20, 80 and 140 s: only the latest is reported
+    assert "NIBP_SYS" in rare.numerics() and "NIBP_SYS" not in rare.numerics()
 
 
 # --- scenarios -----------------------------------------------------------------------------
@@ -247,9 +292,9 @@ def test_stable_patients_are_healthy_and_differ_by_seed() -> None:
         run(sim, 30.0)
         n = sim.numerics()
         assert sim.truth == []
-        assert 55 <= n["HR"] <= 95 and 10 <= n["RR"] <= 20  # type: ignore[operator]
-        assert 94 <= n["SPO2"] <= 100 and 36.0 <= n["TEMP"] <= 37.8  # type: ignore[operator]
-        assert 95 <= n["ABP_SYS"] <= 145 and n["ACVPU"] == 0.0 and n["O2"] == 0.0  # type: ignore[operator]
+        assert 55 <= num(n, "HR") <= 95 and 10 <= num(n, "RR") <= 20
+        assert 94 <= num(n, "SPO2") <= 100 and 36.0 <= num(n, "TEMP") <= 37.8
+        assert 95 <= num(n, "ABP_SYS") <= 145 and num(n, "ACVPU") == 0.0 and num(n, "O2") == 0.0
         values.append(n["HR"])
     assert len(set(values)) > 3
 
@@ -261,18 +306,18 @@ def news2(n: dict[str, float | None]) -> int:
         return next(p for lo, hi, p in table if lo <= x <= hi)
 
     inf = math.inf
-    rr = band(n["RR"], [(-inf, 8, 3), (9, 11, 1), (12, 20, 0), (21, 24, 2), (25, inf, 3)])  # type: ignore[arg-type]
-    spo2 = band(n["SPO2"], [(-inf, 91, 3), (92, 93, 2), (94, 95, 1), (96, inf, 0)])  # type: ignore[arg-type]
+    rr = band(num(n, "RR"), [(-inf, 8, 3), (9, 11, 1), (12, 20, 0), (21, 24, 2), (25, inf, 3)])
+    spo2 = band(num(n, "SPO2"), [(-inf, 91, 3), (92, 93, 2), (94, 95, 1), (96, inf, 0)])
     sbp = band(
-        n["ABP_SYS"],  # type: ignore[arg-type]
+        num(n, "ABP_SYS"),
         [(-inf, 90, 3), (91, 100, 2), (101, 110, 1), (111, 219, 0), (220, inf, 3)],
     )
     hr = band(
-        n["HR"],  # type: ignore[arg-type]
+        num(n, "HR"),
         [(-inf, 40, 3), (41, 50, 1), (51, 90, 0), (91, 110, 1), (111, 130, 2), (131, inf, 3)],
     )
     temp = band(
-        n["TEMP"],  # type: ignore[arg-type]
+        num(n, "TEMP"),
         [(-inf, 35.0, 3), (35.1, 36.0, 1), (36.1, 38.0, 0), (38.1, 39.0, 1), (39.1, inf, 2)],
     )
     o2 = 2 if n["O2"] == 1.0 else 0
@@ -292,15 +337,15 @@ def test_sepsis_deteriorates_to_its_documented_end_state() -> None:
         run(sim, 10.0, chunk_s=2.5)
         trend.append(sim.numerics())
     end = trend[-1]
-    assert abs(end["HR"] - SEPSIS_END.hr_bpm) <= 6  # type: ignore[operator]
-    assert abs(end["RR"] - SEPSIS_END.rr_bpm) <= 3  # type: ignore[operator]
-    assert abs(end["SPO2"] - SEPSIS_END.spo2_pct) <= 2  # type: ignore[operator]
-    assert abs(end["ABP_SYS"] - SEPSIS_END.sys_mmhg) <= 8  # type: ignore[operator]
-    assert abs(end["TEMP"] - SEPSIS_END.temp_c) <= 0.2  # type: ignore[operator]
+    assert abs(num(end, "HR") - SEPSIS_END.hr_bpm) <= 6
+    assert abs(num(end, "RR") - SEPSIS_END.rr_bpm) <= 3
+    assert abs(num(end, "SPO2") - SEPSIS_END.spo2_pct) <= 2
+    assert abs(num(end, "ABP_SYS") - SEPSIS_END.sys_mmhg) <= 8
+    assert abs(num(end, "TEMP") - SEPSIS_END.temp_c) <= 0.2
     assert end["O2"] == 1.0 and end["ACVPU"] == 1.0
     assert news2(end) >= 7
-    hr = [n["HR"] for n in trend]
-    assert hr[len(hr) // 2] > start["HR"] and hr[-1] > hr[len(hr) // 2]  # type: ignore[operator]
+    hr = [num(n, "HR") for n in trend]
+    assert hr[len(hr) // 2] > num(start, "HR") and hr[-1] > hr[len(hr) // 2]
 
 
 def test_af_is_irregular_without_p_waves_and_with_a_pulse_deficit() -> None:
@@ -318,6 +363,9 @@ def test_af_is_irregular_without_p_waves_and_with_a_pulse_deficit() -> None:
         x, fs = w["ECG_II"], sim.fs_hz["ECG_II"]
         assert p_wave_mv(x, fs, sinus[1:]) > 0.07
         assert abs(p_wave_mv(x, fs, af[1:-2])) < 0.03
+        # fibrillatory waves: the T-Q segments of long intervals are no longer quiet
+        noise_mv = 0.012 * sim.plan.patient.ecg_gain[1]  # the white noise of lead V
+        assert tq_activity_mv(w["ECG_V"], fs, af, 0.1) > 3.0 * noise_mv
         pulses = beats.pulse[beats.t_s >= onset_s]
         assert 0 < np.count_nonzero(~pulses) < 0.3 * pulses.size
         n = sim.numerics()
@@ -337,6 +385,21 @@ def p_wave_mv(x: NDArray[np.float64], fs: float, beats: NDArray[np.float64]) -> 
     return float(m[(t >= -0.19) & (t <= -0.14)].mean())
 
 
+def tq_activity_mv(
+    x: NDArray[np.float64], fs: float, beats: NDArray[np.float64], before_next_s: float
+) -> float:
+    """RMS of the linearly detrended T-Q gaps (0.45 s after an R to ``before_next_s`` before
+    the next R), which hold only noise in sinus rhythm."""
+    parts = []
+    for a, b in itertools.pairwise(beats):
+        seg = x[round((a + 0.45) * fs) : round((b - before_next_s) * fs)]
+        if seg.size >= round(0.1 * fs):
+            tt = np.arange(seg.size)
+            parts.append(seg - np.polyval(np.polyfit(tt, seg, 1), tt))
+    assert len(parts) >= 5
+    return float(np.sqrt(np.mean(np.concatenate(parts) ** 2)))
+
+
 def qrs_width_s(x: NDArray[np.float64], fs: float, t_s: float) -> float:
     """Span around R where the (3-point smoothed) slope exceeds 25 % of the beat's steepest."""
     i = round(t_s * fs)
@@ -344,6 +407,18 @@ def qrs_width_s(x: NDArray[np.float64], fs: float, t_s: float) -> float:
     d = np.abs(np.diff(seg))[2:-2]
     idx = np.nonzero(d > 0.25 * d.max())[0]
     return float((idx[-1] - idx[0] + 1) / fs)
+
+
+def p_residual_mv(
+    x: NDArray[np.float64], fs: float, r_s: NDArray[np.float64], at_s: NDArray[np.float64]
+) -> float:
+    """Mean of x at each time minus x at the same phase of the previous ventricular cycle."""
+    out = []
+    for t in at_s:
+        k = int(np.searchsorted(r_s, t, side="right")) - 1
+        if 1 <= k < r_s.size - 1:
+            out.append(x[round(t * fs)] - x[round((r_s[k - 1] + t - r_s[k]) * fs)])
+    return float(np.mean(out))
 
 
 def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
@@ -358,6 +433,18 @@ def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
         assert 150.0 <= 60.0 / np.mean(np.diff(vt)) <= 200.0
         x, fs = w["ECG_II"], sim.fs_hz["ECG_II"]
         assert min(qrs_width_s(x, fs, t) for t in vt[1:-1]) > 0.12
+        # detectable: a plain detector run on the run alone finds every complex
+        run_x = x[round((start_s + 1.0) * fs) : round((end_s - 1.0) * fs)]
+        found = simple_qrs_detector(run_x, fs) + start_s + 1.0
+        truth = vt[(vt > start_s + 2.0) & (vt < end_s - 2.0)]
+        found = found[(found > start_s + 2.0) & (found < end_s - 2.0)]
+        assert found.size == truth.size and np.max(np.abs(found - truth)) <= 0.05
+        # AV dissociation: sinus P waves at their own rate, seen once the (regular) ventricular
+        # activity of the previous cycle is subtracted
+        p_s = np.array(sim.plan.dissociated_p_s(start_s, end_s))
+        assert p_s.size > 20
+        assert p_residual_mv(x, fs, vt, p_s) > 0.08
+        assert abs(p_residual_mv(x, fs, vt, p_s - 0.1)) < 0.04
         normal = beats.t_s[(beats.t_s > 5.0) & (beats.t_s < start_s - 1.0)]
         assert max(qrs_width_s(x, fs, t) for t in normal) < 0.12
         abp, fa = w["ABP"], sim.fs_hz["ABP"]
@@ -368,7 +455,7 @@ def test_vt_is_fast_and_wide_and_pressure_falls() -> None:
     sim = BedSynth("vt", 0)
     run(sim, 80.0)
     n = sim.numerics()
-    assert 150 <= n["HR"] <= 200 and n["ABP_SYS"] < 100  # type: ignore[operator]
+    assert 150 <= num(n, "HR") <= 200 and num(n, "ABP_SYS") < 100
     assert sim.truth[0].label == "VTACH"
 
 
@@ -399,6 +486,16 @@ def test_asystole_is_flat_without_pulses(recovers: bool) -> None:
     run(probe, start_s + 6.0)
     n = probe.numerics()
     assert n["HR"] == 0.0 and n["PR"] == 0.0 and n["SPO2"] is None
+
+
+def test_breathing_goes_on_and_memory_stays_bounded_without_beats() -> None:
+    sim = BedSynth("asystole", 3, duration_s=math.inf)
+    w = run(sim, 300.0)
+    resp = w["RESP"][-round(30.0 * sim.fs_hz["RESP"]) :]
+    assert np.ptp(resp) > 0.5 * sim.plan.patient.resp_amp
+    bank = sim._bank
+    for rows in (bank.ecg, bank.beats, bank.abp, bank.ppg, bank.breaths):
+        assert int(rows.count[0]) <= 64
 
 
 def test_artefact_lead_off_is_nan_exactly_and_pulses_continue() -> None:
@@ -471,7 +568,7 @@ def test_every_scenario_runs_and_events_fall_in_the_first_minutes() -> None:
 # --- kernels against naive twins -------------------------------------------------------------
 
 
-def naive_add_templates(out, n0, fs, ev_t, ev_kind, ev_amp, count, table, t0, table_fs):  # type: ignore[no-untyped-def]
+def naive_add_templates(out, n0, fs, ev_t, ev_kind, ev_amp, count, table, t0, table_fs):
     for b in range(out.shape[0]):
         for i in range(out.shape[1]):
             t = (n0 + i) / fs
@@ -482,7 +579,7 @@ def naive_add_templates(out, n0, fs, ev_t, ev_kind, ev_amp, count, table, t0, ta
                     out[b, i] += ev_amp[b, k] * table[ev_kind[b, k], j]
 
 
-def naive_add_cycles(out, n0, fs, foot, sys_s, lo, pp, tau, floor, count, table, gain):  # type: ignore[no-untyped-def]
+def naive_add_cycles(out, n0, fs, foot, sys_s, lo, pp, tau, floor, count, table, gain):
     for b in range(out.shape[0]):
         if count[b] == 0:
             continue
@@ -554,3 +651,52 @@ def test_rates_match_a_naive_monitor(intervals: list[float], extra_s: float) -> 
         assert math.isnan(got)
     else:
         assert got == math.floor(60.0 / iv.mean() + 0.5) or abs(got - 60.0 / iv.mean()) <= 0.5
+
+
+def naive_episode_effects(out, n0, fs, start, end, count, f_hz, amp, noise, off):
+    """Fibrillatory waves, then bursts of table noise, then NaN, sample by sample."""
+    fw, bursts, blanked = out.copy(), out.copy(), out.copy()
+    for b in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            n = n0 + i
+            t = n / fs
+            for e in range(count[b]):
+                if not start[b, e] <= t < end[b, e]:
+                    continue
+                fade = min(1.0, t - start[b, e], end[b, e] - t)
+                theta = 2 * math.pi * f_hz[b] * t + 1.0 / 0.3 * math.sin(2 * math.pi * 0.3 * t)
+                a = amp[b] * fade * (1.0 + 0.3 * math.sin(2 * math.pi * 0.17 * t))
+                fw[b, i] += a * (math.sin(theta) + 0.35 * math.sin(2 * theta + 0.7))
+                fade = min(1.0, 2 * (t - start[b, e]), 2 * (end[b, e] - t))
+                bursts[b, i] += amp[b] * fade * noise[(off[b] + n) % noise.size]
+                blanked[b, i] = math.nan
+    return fw, bursts, blanked
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.integers(0, 3000), st.integers(1, 300))
+def test_episode_kernels_match_naive_twins(seed: int, n0: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    beds, fs = 3, 250.0
+    start = rng.uniform(0.0, 14.0, (beds, 2))
+    end = start + rng.uniform(0.0, 3.0, (beds, 2))
+    end[0, 0] = math.inf
+    count = rng.integers(0, 3, beds)
+    f_hz, amp = rng.uniform(4.0, 8.0, beds), rng.uniform(0.05, 1.0, beds)
+    off = rng.integers(0, 1 << 20, beds)
+    base = rng.standard_normal((beds, n))
+    want = naive_episode_effects(base, n0, fs, start, end, count, f_hz, amp, MOTION_NOISE, off)
+    got = [base.copy(), base.copy(), base.copy()]
+    K.add_fwaves(got[0], n0, fs, start, end, count, f_hz, amp)
+    K.add_bursts(got[1], n0, fs, start, end, count, amp, MOTION_NOISE, off)
+    K.blank(got[2], n0, fs, start, end, count)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    noisy, drift = base.copy(), base.copy()
+    K.add_noise(noisy, n0, amp, WHITE_NOISE, off)
+    idx = (off[:, None] + n0 + np.arange(n)[None, :]) % WHITE_NOISE.size
+    np.testing.assert_array_equal(noisy, base + amp[:, None] * WHITE_NOISE[idx])
+    K.add_drift(drift, n0, fs, amp, f_hz, f_hz)
+    t = (n0 + np.arange(n)) / fs
+    expected = base + amp[:, None] * np.sin(2 * np.pi * f_hz[:, None] * t + f_hz[:, None])
+    np.testing.assert_allclose(drift, expected, rtol=1e-12, atol=1e-12)
