@@ -17,6 +17,7 @@ from eicu.kernels.codec import (
     BLOCK,
     FORMAT_VERSION,
     decode_int16,
+    decode_many,
     encode_int16,
     encode_many,
 )
@@ -273,6 +274,36 @@ def test_encode_many_equals_encode_one_by_one() -> None:
     chunks = [FIXED[name][:size] for name in sorted(FIXED) for size in (0, 1, 16, 90, 3000)]
     assert encode_many(chunks) == [encode_int16(c) for c in chunks]
     assert encode_many([]) == []
+
+
+def test_decode_many_equals_decode_one_by_one() -> None:
+    chunks = [FIXED[name][:size] for name in sorted(FIXED) for size in (0, 1, 16, 90, 3000)]
+    blocks = encode_many(chunks)
+    decoded = decode_many([*blocks[:3], bytearray(blocks[3]), memoryview(blocks[4]), *blocks[5:]])
+    assert len(decoded) == len(chunks)
+    for got, chunk in zip(decoded, chunks, strict=True):
+        assert got.dtype == np.int16
+        np.testing.assert_array_equal(got, chunk)
+    assert decode_many([]) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"), [(slice(None, -1), "checksum"), (slice(0, 2), "truncated")]
+)
+def test_decode_many_names_the_bad_block(damage: slice, reason: str) -> None:
+    blocks = encode_many([FIXED["sine_12bit"][a : a + 250] for a in range(0, 2500, 250)])
+    blocks[6] = blocks[6][damage]
+    with pytest.raises(CodecError, match="block 6") as info:
+        decode_many(blocks)
+    assert info.value.reason == reason
+
+
+def test_decode_many_checks_every_stream() -> None:
+    # a well-formed header whose stream runs out: caught in the second pass
+    bad = _with_crc(bytes([1, 2, 0, 0, 0b11010000]))
+    with pytest.raises(CodecError, match="block 1") as info:
+        decode_many([encode_int16(FIXED["ramp"]), bad, encode_int16(FIXED["spike"])])
+    assert info.value.reason == "truncated"
 
 
 def test_decode_takes_bytearray_and_memoryview() -> None:
