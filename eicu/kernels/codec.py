@@ -50,6 +50,7 @@ MAX_ORDER = 3
 MAX_RICE_K = 13
 PARAM_ZERO = 14
 PARAM_VERBATIM = 15
+_INT16 = np.dtype(np.int16)
 _MAX_COUNT = 1 << 35  # a LEB128 count takes at most 5 bytes
 _MAX_QUOTIENT = 1 << 21  # above any quotient a valid stream holds (|residual| < 2**19)
 
@@ -125,8 +126,11 @@ def _flush(out, pos, acc, nb):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _encode_into(x, out, pos):
-    """Encode x (int16) into out from pos; returns the position after the CRC byte."""
+def _encode_into(x, out, pos, zz, sums):
+    """Encode x (int16) into out from pos; returns the position after the CRC byte.
+
+    zz (int64, MAX_ORDER + 1 by BLOCK) and sums (int64, MAX_ORDER + 1) are scratch space.
+    """
     start = pos
     n = x.shape[0]
     out[pos] = FORMAT_VERSION
@@ -143,8 +147,6 @@ def _encode_into(x, out, pos):
         out[pos] = x0 & 0xFF
         out[pos + 1] = x0 >> 8
         pos += 2
-    zz = np.empty((MAX_ORDER + 1, BLOCK), dtype=np.int64)
-    sums = np.empty(MAX_ORDER + 1, dtype=np.int64)
     acc = np.int64(0)
     nb = np.int64(0)
     a = 1
@@ -252,7 +254,9 @@ def _encode_into(x, out, pos):
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _encode(x):
     out = np.empty(_max_encoded_size(x.shape[0]), dtype=np.uint8)
-    size = _encode_into(x, out, 0)
+    zz = np.empty((MAX_ORDER + 1, BLOCK), dtype=np.int64)
+    sums = np.empty(MAX_ORDER + 1, dtype=np.int64)
+    size = _encode_into(x, out, 0, zz, sums)
     return out[:size]
 
 
@@ -265,9 +269,11 @@ def _encode_many(flat, bounds):
     out = np.empty(cap, dtype=np.uint8)
     ends = np.empty(nchunks + 1, dtype=np.int64)
     ends[0] = 0
+    zz = np.empty((MAX_ORDER + 1, BLOCK), dtype=np.int64)
+    sums = np.empty(MAX_ORDER + 1, dtype=np.int64)
     pos = 0
     for c in range(nchunks):
-        pos = _encode_into(flat[bounds[c] : bounds[c + 1]], out, pos)
+        pos = _encode_into(flat[bounds[c] : bounds[c + 1]], out, pos, zz, sums)
         ends[c + 1] = pos
     return out, ends
 
@@ -459,15 +465,21 @@ def encode_int16(samples: NDArray[np.int16]) -> bytes:
 
 def encode_many(chunks: Sequence[NDArray[np.int16]]) -> list[bytes]:
     """Encode many 1-D int16 arrays in one kernel call; each result equals ``encode_int16``."""
-    arrays = [_check_samples(chunk) for chunk in chunks]
+    arrays = [
+        chunk
+        if type(chunk) is np.ndarray and chunk.dtype is _INT16 and chunk.ndim == 1
+        else _check_samples(chunk)
+        for chunk in chunks
+    ]
     if not arrays:
         return []
     bounds = np.zeros(len(arrays) + 1, dtype=np.int64)
     np.cumsum([a.shape[0] for a in arrays], out=bounds[1:])
-    flat = np.concatenate(arrays)
-    out, ends = _encode_many(flat, bounds)
+    if bounds[-1] >= _MAX_COUNT:
+        raise ValueError(f"at most {_MAX_COUNT - 1} samples in all, got {bounds[-1]}")
+    out, ends = _encode_many(np.concatenate(arrays), bounds)
     blob = out.tobytes()
-    return [blob[ends[c] : ends[c + 1]] for c in range(len(arrays))]
+    return [blob[a:b] for a, b in pairwise(ends.tolist())]
 
 
 def decode_int16(data: bytes | bytearray | memoryview) -> NDArray[np.int16]:
