@@ -314,6 +314,16 @@ def test_decode_takes_bytearray_and_memoryview() -> None:
     np.testing.assert_array_equal(decode_int16(memoryview(framed)[2:-2]), x)
 
 
+def test_encode_takes_strided_and_byte_swapped_int16() -> None:
+    x = FIXED["sine_12bit"]
+    expected = encode_int16(np.ascontiguousarray(x[::3]))
+    assert encode_int16(x[::3]) == expected
+    assert encode_many([x[::3]]) == [expected]
+    swapped = x.astype(">i2")
+    assert encode_int16(swapped) == encode_int16(x)
+    assert encode_many([swapped, x]) == [encode_int16(x)] * 2
+
+
 def test_encode_rejects_other_dtypes_and_shapes() -> None:
     with pytest.raises(ValueError, match="1-D int16"):
         encode_int16(np.zeros(4, dtype=np.int32))  # type: ignore[arg-type]

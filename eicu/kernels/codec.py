@@ -528,8 +528,10 @@ def _byte_view(data: bytes | bytearray | memoryview) -> bytes | bytearray | memo
 
 def _check_samples(samples: NDArray[np.int16]) -> NDArray[np.int16]:
     x = np.asarray(samples)
-    if x.dtype != np.int16 or x.ndim != 1:
+    if x.dtype.kind != "i" or x.dtype.itemsize != 2 or x.ndim != 1:
         raise ValueError(f"need a 1-D int16 array, got dtype {x.dtype} and shape {x.shape}")
+    if x.dtype is not _INT16:  # int16 in the other byte order
+        x = x.astype(_INT16)
     if x.shape[0] >= _MAX_COUNT:
         raise ValueError(f"at most {_MAX_COUNT - 1} samples a block, got {x.shape[0]}")
     return np.ascontiguousarray(x)
