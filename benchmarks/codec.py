@@ -193,7 +193,7 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def speed_table(signals: list[Signal], repeats: int) -> None:
     """Encode and decode speed for whole signals and for 250- and 16-sample blocks."""
-    print(f"{'path':<44}{'samples':>11}{'M samples/s':>13}")
+    print(f"{'path':<52}{'samples':>11}{'M samples/s':>13}")
     _speed_rows("whole signals", [s.samples for s in signals], repeats)
     _speed_rows("250-sample blocks", _blocks(signals, 250), repeats)
     _speed_rows("16-sample blocks", _blocks(signals, 16), repeats)
@@ -216,7 +216,7 @@ def _speed_rows(label: str, arrays: list[NDArray[np.int16]], repeats: int) -> No
     ]
     for name, fn in cases:
         seconds = _best_seconds(fn, repeats)
-        print(f"{name + ', ' + label:<44}{count:>11}{count / seconds / 1e6:>13.1f}")
+        print(f"{name + ', ' + label:<52}{count:>11}{count / seconds / 1e6:>13.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
