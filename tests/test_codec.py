@@ -380,6 +380,57 @@ def test_sample_outside_int16_is_rejected() -> None:
     assert info.value.reason == "range"
 
 
+def _stream(n: int, bits: str) -> bytes:
+    """A block of n samples starting at 0 with the given bit stream, padded, with its CRC."""
+    bits += "0" * (-len(bits) % 8)
+    body = bytes([1, n, 0, 0]) + bytes(int(bits[j : j + 8], 2) for j in range(0, len(bits), 8))
+    return _with_crc(body)
+
+
+@pytest.mark.parametrize(
+    ("minus_ones", "tail", "reason"),
+    [
+        (8, "", "truncated"),  # 78 bits, then 2 bits of padding where a 4-bit param should be
+        (6, "1101", "truncated"),  # 76 bits, a 4-bit param, and no room for the 2-bit order
+        (6, "111001", None),  # 76 bits, then a whole zero-residual sub-block: valid
+    ],
+)
+def test_stream_ending_inside_a_sub_block_header(
+    minus_ones: int, tail: str, reason: str | None
+) -> None:
+    # sub-block 1: k = 0, order 1, residuals 0 ("1") and then some -1 ("01")
+    first = "0000" + "01" + "1" * (BLOCK - minus_ones) + "01" * minus_ones
+    data = _stream(BLOCK + 2, first + tail)
+    if reason is None:
+        assert decode_int16(data).tolist() == naive_decode(data)
+        return
+    with pytest.raises(CodecError) as info:
+        decode_int16(data)
+    assert info.value.reason == reason
+    with pytest.raises(ValueError):
+        naive_decode(data)
+
+
+@pytest.mark.parametrize("zeros", [(1 << 21) + 1, (1 << 21) + 200])
+def test_overlong_rice_quotient_is_rejected(zeros: int) -> None:
+    # k = 0, order 0, then a run of zero bits longer than any valid quotient, then a one
+    data = _stream(2, "000000" + "0" * zeros + "1")
+    with pytest.raises(CodecError) as info:
+        decode_int16(data)
+    assert info.value.reason == "quotient"
+
+
+def test_sample_counts_beyond_the_format_limit_are_refused(monkeypatch: pytest.MonkeyPatch):
+    from eicu.kernels import codec
+
+    monkeypatch.setattr(codec, "_MAX_COUNT", 10)
+    with pytest.raises(ValueError, match="at most 9 samples a block"):
+        encode_int16(np.zeros(10, dtype=np.int16))
+    with pytest.raises(ValueError, match="at most 9 samples in all"):
+        encode_many([np.zeros(5, dtype=np.int16), np.zeros(5, dtype=np.int16)])
+    assert decode_int16(encode_int16(np.zeros(9, dtype=np.int16))).tolist() == [0] * 9
+
+
 def test_non_zero_padding_is_rejected() -> None:
     # n = 2, x0 = 0, sub-block of zero residuals under order 1, then a stray one bit
     body = bytes([1, 2, 0, 0]) + bytes([0b11100100 | 0b1])

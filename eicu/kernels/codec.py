@@ -189,7 +189,9 @@ def _encode_into(x, out, pos, zz, sums):
             acc = (acc << 6) | (PARAM_ZERO << 2) | order
             nb += 6
         else:
-            # cost(k) is convex in k: walk from the estimate to the lowest-k minimum
+            # cost(k) = m(k+1) + sum(u >> k) is convex in k. From k = floor(log2(mean u)) the
+            # minimum is at most one step up: cost(k+2) - cost(k+1) = m - sum(ceil(v/2)) with
+            # v = u >> (k+1), and sum(v) < m because mean u < 2**(k+1), so that step is > 0.
             mean = sums[order] // m
             k = 0
             while k < MAX_RICE_K and (mean >> (k + 1)) > 0:
@@ -199,12 +201,6 @@ def _encode_into(x, out, pos, zz, sums):
             if up < cost:
                 k += 1
                 cost = up
-                while k < MAX_RICE_K:
-                    nxt = _rice_cost(u, m, k + 1)
-                    if nxt >= cost:
-                        break
-                    k += 1
-                    cost = nxt
             else:
                 while k > 0:
                     nxt = _rice_cost(u, m, k - 1)
@@ -387,7 +383,9 @@ def _body(buf, pos, end, n, out):
                 while acc == 0:
                     q += nb
                     nb = 0
-                    if pos >= end or q > _MAX_QUOTIENT:
+                    if q > _MAX_QUOTIENT:
+                        return _E_QUOTIENT
+                    if pos >= end:
                         return _E_TRUNCATED
                     pos, acc, nb = _refill(buf, pos, end, acc, nb)
                 top = nb - 1
