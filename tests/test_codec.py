@@ -17,6 +17,7 @@ from eicu.kernels.codec import (
     BLOCK,
     FORMAT_VERSION,
     decode_int16,
+    decode_many,
     encode_int16,
     encode_many,
 )
@@ -275,12 +276,52 @@ def test_encode_many_equals_encode_one_by_one() -> None:
     assert encode_many([]) == []
 
 
+def test_decode_many_equals_decode_one_by_one() -> None:
+    chunks = [FIXED[name][:size] for name in sorted(FIXED) for size in (0, 1, 16, 90, 3000)]
+    blocks = encode_many(chunks)
+    decoded = decode_many([*blocks[:3], bytearray(blocks[3]), memoryview(blocks[4]), *blocks[5:]])
+    assert len(decoded) == len(chunks)
+    for got, chunk in zip(decoded, chunks, strict=True):
+        assert got.dtype == np.int16
+        np.testing.assert_array_equal(got, chunk)
+    assert decode_many([]) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"), [(slice(None, -1), "checksum"), (slice(0, 2), "truncated")]
+)
+def test_decode_many_names_the_bad_block(damage: slice, reason: str) -> None:
+    blocks = encode_many([FIXED["sine_12bit"][a : a + 250] for a in range(0, 2500, 250)])
+    blocks[6] = blocks[6][damage]
+    with pytest.raises(CodecError, match="block 6") as info:
+        decode_many(blocks)
+    assert info.value.reason == reason
+
+
+def test_decode_many_checks_every_stream() -> None:
+    # a well-formed header whose stream runs out: caught in the second pass
+    bad = _with_crc(bytes([1, 2, 0, 0, 0b11010000]))
+    with pytest.raises(CodecError, match="block 1") as info:
+        decode_many([encode_int16(FIXED["ramp"]), bad, encode_int16(FIXED["spike"])])
+    assert info.value.reason == "truncated"
+
+
 def test_decode_takes_bytearray_and_memoryview() -> None:
     x = FIXED["sine_12bit"]
     data = encode_int16(x)
     np.testing.assert_array_equal(decode_int16(bytearray(data)), x)
     framed = b"xx" + data + b"yy"
     np.testing.assert_array_equal(decode_int16(memoryview(framed)[2:-2]), x)
+
+
+def test_encode_takes_strided_and_byte_swapped_int16() -> None:
+    x = FIXED["sine_12bit"]
+    expected = encode_int16(np.ascontiguousarray(x[::3]))
+    assert encode_int16(x[::3]) == expected
+    assert encode_many([x[::3]]) == [expected]
+    swapped = x.astype(">i2")
+    assert encode_int16(swapped) == encode_int16(x)
+    assert encode_many([swapped, x]) == [encode_int16(x)] * 2
 
 
 def test_encode_rejects_other_dtypes_and_shapes() -> None:
@@ -337,6 +378,57 @@ def test_sample_outside_int16_is_rejected() -> None:
     with pytest.raises(CodecError) as info:
         decode_int16(_with_crc(body))
     assert info.value.reason == "range"
+
+
+def _stream(n: int, bits: str) -> bytes:
+    """A block of n samples starting at 0 with the given bit stream, padded, with its CRC."""
+    bits += "0" * (-len(bits) % 8)
+    body = bytes([1, n, 0, 0]) + bytes(int(bits[j : j + 8], 2) for j in range(0, len(bits), 8))
+    return _with_crc(body)
+
+
+@pytest.mark.parametrize(
+    ("minus_ones", "tail", "reason"),
+    [
+        (8, "", "truncated"),  # 78 bits, then 2 bits of padding where a 4-bit param should be
+        (6, "1101", "truncated"),  # 76 bits, a 4-bit param, and no room for the 2-bit order
+        (6, "111001", None),  # 76 bits, then a whole zero-residual sub-block: valid
+    ],
+)
+def test_stream_ending_inside_a_sub_block_header(
+    minus_ones: int, tail: str, reason: str | None
+) -> None:
+    # sub-block 1: k = 0, order 1, residuals 0 ("1") and then some -1 ("01")
+    first = "0000" + "01" + "1" * (BLOCK - minus_ones) + "01" * minus_ones
+    data = _stream(BLOCK + 2, first + tail)
+    if reason is None:
+        assert decode_int16(data).tolist() == naive_decode(data)
+        return
+    with pytest.raises(CodecError) as info:
+        decode_int16(data)
+    assert info.value.reason == reason
+    with pytest.raises(ValueError):
+        naive_decode(data)
+
+
+@pytest.mark.parametrize("zeros", [(1 << 21) + 1, (1 << 21) + 200])
+def test_overlong_rice_quotient_is_rejected(zeros: int) -> None:
+    # k = 0, order 0, then a run of zero bits longer than any valid quotient, then a one
+    data = _stream(2, "000000" + "0" * zeros + "1")
+    with pytest.raises(CodecError) as info:
+        decode_int16(data)
+    assert info.value.reason == "quotient"
+
+
+def test_sample_counts_beyond_the_format_limit_are_refused(monkeypatch: pytest.MonkeyPatch):
+    from eicu.kernels import codec
+
+    monkeypatch.setattr(codec, "_MAX_COUNT", 10)
+    with pytest.raises(ValueError, match="at most 9 samples a block"):
+        encode_int16(np.zeros(10, dtype=np.int16))
+    with pytest.raises(ValueError, match="at most 9 samples in all"):
+        encode_many([np.zeros(5, dtype=np.int16), np.zeros(5, dtype=np.int16)])
+    assert decode_int16(encode_int16(np.zeros(9, dtype=np.int16))).tolist() == [0] * 9
 
 
 def test_non_zero_padding_is_rejected() -> None:

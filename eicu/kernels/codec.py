@@ -33,6 +33,7 @@ report failures as status codes, so corrupt input never reads out of bounds or l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numba
 import numpy as np
@@ -49,6 +50,7 @@ MAX_ORDER = 3
 MAX_RICE_K = 13
 PARAM_ZERO = 14
 PARAM_VERBATIM = 15
+_INT16 = np.dtype(np.int16)
 _MAX_COUNT = 1 << 35  # a LEB128 count takes at most 5 bytes
 _MAX_QUOTIENT = 1 << 21  # above any quotient a valid stream holds (|residual| < 2**19)
 
@@ -124,8 +126,11 @@ def _flush(out, pos, acc, nb):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _encode_into(x, out, pos):
-    """Encode x (int16) into out from pos; returns the position after the CRC byte."""
+def _encode_into(x, out, pos, zz, sums):
+    """Encode x (int16) into out from pos; returns the position after the CRC byte.
+
+    zz (int64, MAX_ORDER + 1 by BLOCK) and sums (int64, MAX_ORDER + 1) are scratch space.
+    """
     start = pos
     n = x.shape[0]
     out[pos] = FORMAT_VERSION
@@ -142,8 +147,6 @@ def _encode_into(x, out, pos):
         out[pos] = x0 & 0xFF
         out[pos + 1] = x0 >> 8
         pos += 2
-    zz = np.empty((MAX_ORDER + 1, BLOCK), dtype=np.int64)
-    sums = np.empty(MAX_ORDER + 1, dtype=np.int64)
     acc = np.int64(0)
     nb = np.int64(0)
     a = 1
@@ -186,7 +189,9 @@ def _encode_into(x, out, pos):
             acc = (acc << 6) | (PARAM_ZERO << 2) | order
             nb += 6
         else:
-            # cost(k) is convex in k: walk from the estimate to the lowest-k minimum
+            # cost(k) = m(k+1) + sum(u >> k) is convex in k. From k = floor(log2(mean u)) the
+            # minimum is at most one step up: cost(k+2) - cost(k+1) = m - sum(ceil(v/2)) with
+            # v = u >> (k+1), and sum(v) < m because mean u < 2**(k+1), so that step is > 0.
             mean = sums[order] // m
             k = 0
             while k < MAX_RICE_K and (mean >> (k + 1)) > 0:
@@ -196,12 +201,6 @@ def _encode_into(x, out, pos):
             if up < cost:
                 k += 1
                 cost = up
-                while k < MAX_RICE_K:
-                    nxt = _rice_cost(u, m, k + 1)
-                    if nxt >= cost:
-                        break
-                    k += 1
-                    cost = nxt
             else:
                 while k > 0:
                     nxt = _rice_cost(u, m, k - 1)
@@ -251,7 +250,9 @@ def _encode_into(x, out, pos):
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _encode(x):
     out = np.empty(_max_encoded_size(x.shape[0]), dtype=np.uint8)
-    size = _encode_into(x, out, 0)
+    zz = np.empty((MAX_ORDER + 1, BLOCK), dtype=np.int64)
+    sums = np.empty(MAX_ORDER + 1, dtype=np.int64)
+    size = _encode_into(x, out, 0, zz, sums)
     return out[:size]
 
 
@@ -264,9 +265,11 @@ def _encode_many(flat, bounds):
     out = np.empty(cap, dtype=np.uint8)
     ends = np.empty(nchunks + 1, dtype=np.int64)
     ends[0] = 0
+    zz = np.empty((MAX_ORDER + 1, BLOCK), dtype=np.int64)
+    sums = np.empty(MAX_ORDER + 1, dtype=np.int64)
     pos = 0
     for c in range(nchunks):
-        pos = _encode_into(flat[bounds[c] : bounds[c + 1]], out, pos)
+        pos = _encode_into(flat[bounds[c] : bounds[c + 1]], out, pos, zz, sums)
         ends[c + 1] = pos
     return out, ends
 
@@ -281,41 +284,45 @@ def _refill(buf, pos, end, acc, nb):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _decode(buf):
-    empty = np.empty(0, dtype=np.int16)
-    size = buf.shape[0]
+def _header(buf, start, stop):
+    """Check buf[start:stop] up to the bit stream: (status, sample count, stream start, end)."""
+    size = stop - start
     if size < 3:
-        return _E_SHORT, empty
-    if buf[0] != FORMAT_VERSION:
-        return _E_VERSION, empty
-    if _crc8(buf, 0, size - 1) != buf[size - 1]:
-        return _E_CHECKSUM, empty
-    end = size - 1
-    pos = 1
+        return _E_SHORT, 0, 0, 0
+    if buf[start] != FORMAT_VERSION:
+        return _E_VERSION, 0, 0, 0
+    end = stop - 1
+    if _crc8(buf, start, end) != buf[end]:
+        return _E_CHECKSUM, 0, 0, 0
+    pos = start + 1
     n = 0
     shift = 0
     while True:
         if pos >= end or shift >= 35:
-            return _E_COUNT, empty
+            return _E_COUNT, 0, 0, 0
         byte = int(buf[pos])
         pos += 1
         n |= (byte & 0x7F) << shift
         if byte < 0x80:
             if byte == 0 and shift > 0:  # over-long encoding
-                return _E_COUNT, empty
+                return _E_COUNT, 0, 0, 0
             break
         shift += 7
     if n == 0:
         if pos != end:
-            return _E_TRAILING, empty
-        return _OK, empty
+            return _E_TRAILING, 0, 0, 0
+        return _OK, 0, pos, end
     if pos + 2 > end:
-        return _E_TRUNCATED, empty
-    nres = n - 1
-    nblocks = (nres + BLOCK - 1) // BLOCK
+        return _E_TRUNCATED, 0, 0, 0
+    nblocks = (n - 1 + BLOCK - 1) // BLOCK
     if nblocks * 6 > (end - pos - 2) * 8:  # every sub-block takes at least 6 bits
-        return _E_COUNT, empty
-    out = np.empty(n, dtype=np.int16)
+        return _E_COUNT, 0, 0, 0
+    return _OK, n, pos, end
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _body(buf, pos, end, n, out):
+    """Decode n >= 1 samples from buf[pos:end] into out[:n]; returns a status."""
     x0 = int(buf[pos]) | (int(buf[pos + 1]) << 8)
     if x0 >= 0x8000:
         x0 -= 0x10000
@@ -331,7 +338,7 @@ def _decode(buf):
         b = min(a + BLOCK, n)
         pos, acc, nb = _refill(buf, pos, end, acc, nb)
         if nb < 4:
-            return _E_TRUNCATED, empty
+            return _E_TRUNCATED
         nb -= 4
         param = acc >> nb
         acc &= (1 << nb) - 1
@@ -340,7 +347,7 @@ def _decode(buf):
                 if nb < 16:
                     pos, acc, nb = _refill(buf, pos, end, acc, nb)
                     if nb < 16:
-                        return _E_TRUNCATED, empty
+                        return _E_TRUNCATED
                 nb -= 16
                 v = acc >> nb
                 acc &= (1 << nb) - 1
@@ -353,7 +360,7 @@ def _decode(buf):
             a = b
             continue
         if nb < 2:
-            return _E_TRUNCATED, empty
+            return _E_TRUNCATED
         nb -= 2
         order = acc >> nb
         acc &= (1 << nb) - 1
@@ -376,27 +383,29 @@ def _decode(buf):
                 while acc == 0:
                     q += nb
                     nb = 0
-                    if pos >= end or q > _MAX_QUOTIENT:
-                        return _E_TRUNCATED, empty
+                    if q > _MAX_QUOTIENT:
+                        return _E_QUOTIENT
+                    if pos >= end:
+                        return _E_TRUNCATED
                     pos, acc, nb = _refill(buf, pos, end, acc, nb)
                 top = nb - 1
                 while (acc >> top) == 0:
                     top -= 1
                 q += nb - 1 - top
                 if q > _MAX_QUOTIENT:
-                    return _E_QUOTIENT, empty
+                    return _E_QUOTIENT
                 nb = top
                 acc ^= 1 << top
                 if nb < k:
                     pos, acc, nb = _refill(buf, pos, end, acc, nb)
                     if nb < k:
-                        return _E_TRUNCATED, empty
+                        return _E_TRUNCATED
                 nb -= k
                 uz = (q << k) | (acc >> nb)
                 acc &= (1 << nb) - 1
                 v = pred + ((uz >> 1) ^ -(uz & 1))
             if v < -32768 or v > 32767:
-                return _E_RANGE, empty
+                return _E_RANGE
             out[i] = v
             x3 = x2
             x2 = x1
@@ -404,10 +413,46 @@ def _decode(buf):
         a = b
     # nb < 8 bits of padding may remain in acc, and bytes beyond that are trailing
     if nb >= 8 or pos != end:
-        return _E_TRAILING, empty
+        return _E_TRAILING
     if acc != 0:
-        return _E_PADDING, empty
-    return _OK, out
+        return _E_PADDING
+    return _OK
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _decode(buf):
+    status, n, pos, end = _header(buf, 0, buf.shape[0])
+    out = np.empty(n, dtype=np.int16)
+    if status == _OK and n > 0:
+        status = _body(buf, pos, end, n, out)
+    if status != _OK:
+        return status, np.empty(0, dtype=np.int16)
+    return status, out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _decode_many(buf, bounds):
+    """Decode the blocks buf[bounds[c]:bounds[c + 1]] into one array.
+
+    Returns (status, index of the failing block or -1, samples, sample bounds).
+    """
+    nblocks = bounds.shape[0] - 1
+    counts = np.zeros(nblocks + 1, dtype=np.int64)
+    starts = np.empty(nblocks, dtype=np.int64)
+    for c in range(nblocks):
+        status, n, pos, _ = _header(buf, bounds[c], bounds[c + 1])
+        if status != _OK:
+            return status, c, np.empty(0, dtype=np.int16), counts
+        counts[c + 1] = counts[c] + n
+        starts[c] = pos
+    out = np.empty(counts[nblocks], dtype=np.int16)
+    for c in range(nblocks):
+        n = counts[c + 1] - counts[c]
+        if n > 0:
+            status = _body(buf, starts[c], bounds[c + 1] - 1, n, out[counts[c] : counts[c + 1]])
+            if status != _OK:
+                return status, c, np.empty(0, dtype=np.int16), counts
+    return _OK, -1, out, counts
 
 
 def encode_int16(samples: NDArray[np.int16]) -> bytes:
@@ -418,15 +463,21 @@ def encode_int16(samples: NDArray[np.int16]) -> bytes:
 
 def encode_many(chunks: Sequence[NDArray[np.int16]]) -> list[bytes]:
     """Encode many 1-D int16 arrays in one kernel call; each result equals ``encode_int16``."""
-    arrays = [_check_samples(chunk) for chunk in chunks]
+    arrays = [
+        chunk
+        if type(chunk) is np.ndarray and chunk.dtype is _INT16 and chunk.ndim == 1
+        else _check_samples(chunk)
+        for chunk in chunks
+    ]
     if not arrays:
         return []
     bounds = np.zeros(len(arrays) + 1, dtype=np.int64)
     np.cumsum([a.shape[0] for a in arrays], out=bounds[1:])
-    flat = np.concatenate(arrays)
-    out, ends = _encode_many(flat, bounds)
+    if bounds[-1] >= _MAX_COUNT:
+        raise ValueError(f"at most {_MAX_COUNT - 1} samples in all, got {bounds[-1]}")
+    out, ends = _encode_many(np.concatenate(arrays), bounds)
     blob = out.tobytes()
-    return [blob[ends[c] : ends[c + 1]] for c in range(len(arrays))]
+    return [blob[a:b] for a, b in pairwise(ends.tolist())]
 
 
 def decode_int16(data: bytes | bytearray | memoryview) -> NDArray[np.int16]:
@@ -435,12 +486,7 @@ def decode_int16(data: bytes | bytearray | memoryview) -> NDArray[np.int16]:
     Raises :class:`eicu.errors.CodecError` (a ``ValueError``) when the block is corrupt,
     truncated, has trailing bytes, or is of another format version.
     """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"need bytes, bytearray or memoryview, got {type(data).__name__}")
-    try:
-        view = memoryview(data).cast("B")
-    except TypeError as exc:
-        raise CodecError("layout", f"the buffer is not C-contiguous: {exc}") from exc
+    view = _byte_view(data)
     status, out = _decode(np.frombuffer(view, dtype=np.uint8))
     if status != _OK:
         reason, detail = _ERRORS[int(status)]
@@ -448,10 +494,42 @@ def decode_int16(data: bytes | bytearray | memoryview) -> NDArray[np.int16]:
     return out
 
 
+def decode_many(blocks: Sequence[bytes | bytearray | memoryview]) -> list[NDArray[np.int16]]:
+    """Decode many blocks in one kernel call; each result equals ``decode_int16`` of its block.
+
+    The arrays are disjoint views of one buffer. A bad block raises :class:`CodecError` naming
+    its index, and nothing is returned.
+    """
+    views = [_byte_view(block) for block in blocks]
+    if not views:
+        return []
+    bounds = np.zeros(len(views) + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in views], out=bounds[1:])
+    buf = np.frombuffer(b"".join(views), dtype=np.uint8)
+    status, bad, out, counts = _decode_many(buf, bounds)
+    if status != _OK:
+        reason, detail = _ERRORS[int(status)]
+        raise CodecError(reason, f"block {bad}: {detail} ({len(views[bad])} bytes)")
+    return [out[a:b] for a, b in pairwise(counts.tolist())]
+
+
+def _byte_view(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+    if isinstance(data, bytes | bytearray):
+        return data
+    if not isinstance(data, memoryview):
+        raise TypeError(f"need bytes, bytearray or memoryview, got {type(data).__name__}")
+    try:
+        return data.cast("B")
+    except TypeError as exc:
+        raise CodecError("layout", f"the buffer is not C-contiguous: {exc}") from exc
+
+
 def _check_samples(samples: NDArray[np.int16]) -> NDArray[np.int16]:
     x = np.asarray(samples)
-    if x.dtype != np.int16 or x.ndim != 1:
+    if x.dtype.kind != "i" or x.dtype.itemsize != 2 or x.ndim != 1:
         raise ValueError(f"need a 1-D int16 array, got dtype {x.dtype} and shape {x.shape}")
+    if x.dtype is not _INT16:  # int16 in the other byte order
+        x = x.astype(_INT16)
     if x.shape[0] >= _MAX_COUNT:
         raise ValueError(f"at most {_MAX_COUNT - 1} samples a block, got {x.shape[0]}")
     return np.ascontiguousarray(x)
