@@ -67,7 +67,8 @@ async def simulate(
     for g in range(0, len(groups), max(1, plan.beds_per_gateway if plan.replay else 1)):
         members = groups[g : g + (plan.beds_per_gateway if plan.replay else 1)]
         bed_names = [b.bed for grp in members for b in grp.beds]
-        gw = Gateway(mqtt, plan.site, f"gw{len(gateways) + 1:03d}", bed_names)
+        # named after its first bed, so gateways of several simulator processes never share an id
+        gw = Gateway(mqtt, plan.site, f"gw-{bed_names[0]}", bed_names)
         gateways.append((gw, members))
     senders = [asyncio.create_task(gw.run(), name=f"gateway[{gw.name}]") for gw, _ in gateways]
     for gw, members in gateways:

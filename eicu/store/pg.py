@@ -163,6 +163,12 @@ class PgStore:
             if kind is not None and kind[0] == "v":
                 await conn.execute("DROP VIEW numerics_1m")
             for stmt in timescale.statements(self._retention):
+                if stmt.startswith("ALTER TABLE") and "timescaledb.compress" in stmt:
+                    table = stmt.split()[2]
+                    cur = await conn.execute(timescale.COMPRESSION_ENABLED, (table,))
+                    row = await cur.fetchone()
+                    if row is not None and row[0]:
+                        continue
                 await conn.execute(stmt)
             self.backend = "timescaledb"
         else:

@@ -26,8 +26,16 @@ class RetentionPolicy:
     trends_keep: str = "5 years"
 
 
+# Compression settings cannot be changed once chunks are compressed, so they are applied only
+# while compression is off for the table.
+COMPRESSION_ENABLED = (
+    "SELECT compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_name = %s"
+)
+
+
 def statements(policy: RetentionPolicy) -> tuple[str, ...]:
-    """Idempotent statements, each run in its own transaction (autocommit)."""
+    """Idempotent statements, each run in its own transaction (autocommit). An ``ALTER TABLE``
+    that turns compression on runs only when :data:`COMPRESSION_ENABLED` says it is off."""
     p = policy
     return (
         "SELECT create_hypertable('numerics', 'time', "
