@@ -144,6 +144,20 @@ def _fmt(
     return f"{value:.{digits}f}"
 
 
+def _news2(latest: dict[str, tuple[float | None, int]], now_us: int) -> str:
+    """NEWS2 and its band; an incomplete score shows its proven lower bound, never a guess."""
+    from eicu.errors import ScoreInputError
+    from eicu.scores import assemble_news2
+
+    try:
+        r = assemble_news2(latest, now_us)
+    except ScoreInputError:
+        return "invalid"
+    if r.complete:
+        return f"{r.total} {r.band}"
+    return f">={r.partial_total} incomplete"
+
+
 def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
     from ingest.engine import Engine
 
@@ -153,8 +167,8 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
         f"eicu census  {time.strftime('%H:%M:%S')}  running {elapsed_s:6.0f} s   "
         f"stored {engine.writer.stored_frames} frames, pending {engine.writer.pending_frames}, "
         f"rejected {engine.ingest.rejected}",
-        f"{'bed':<14}{'scenario':<11}{'status':<9}{'HR':>6}{'SpO2':>6}{'RR':>5}{'NIBP':>9}"
-        f"{'Temp':>6}{'ACVPU':>6}{'O2':>5}{'seen':>7}{'gaps':>6}",
+        f"{'bed':<14}{'scenario':<11}{'status':<9}{'HR':>6}{'SpO2':>6}{'RR':>6}{'NIBP':>12}"
+        f"{'Temp':>6}{'ACVPU':>6}{'O2':>6}  {'NEWS2':<18}{'seen':>6}{'gaps':>6}",
     ]
     for key in sorted(engine.router.beds, key=str):
         state = engine.router.beds[key]
@@ -168,9 +182,9 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
         lines.append(
             f"{key!s:<14}{scenarios.get(key.bed, ''):<11}{status:<9}"
             f"{_fmt(latest, 'HR', device_now):>6}{_fmt(latest, 'SPO2', device_now):>6}"
-            f"{_fmt(latest, 'RR', device_now):>5}{bp:>9}{_fmt(latest, 'TEMP', device_now, 1):>6}"
-            f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>5}"
-            f"{seen_s:>6.1f}s{state.gaps:>6}"
+            f"{_fmt(latest, 'RR', device_now):>6}{bp:>12}{_fmt(latest, 'TEMP', device_now, 1):>6}"
+            f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>6}"
+            f"  {_news2(latest, device_now):<18}{seen_s:>5.1f}s{state.gaps:>6}"
         )
     out = "\n".join(lines)
     if sys.stdout.isatty() and not os.environ.get("EICU_NO_CLEAR"):

@@ -1,0 +1,111 @@
+"""The commands as a user runs them: real processes, real broker and database."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from eicu.devservices import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _eicu(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eicu.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_help_lists_every_command() -> None:
+    out = _eicu("--help")
+    assert out.returncode == 0
+    for name in ("demo", "serve", "simulate", "stats", "migrate", "score"):
+        assert name in out.stdout
+    sub = _eicu("simulate", "--help")
+    assert sub.returncode == 0 and "--replay" in sub.stdout
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    out = _eicu("simulate", "--scenario", "nonsense", "--mqtt", "mqtt://127.0.0.1:1")
+    assert out.returncode == 2 and "unknown scenario 'nonsense'" in out.stderr
+    out = _eicu("serve", env={"EICU_DATABASE_URL": "", "EICU_MQTT_URL": ""})
+    assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
+    out = _eicu("stats", env={"EICU_DATABASE_URL": "mysql://x"})
+    assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.db
+def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_path: Path) -> None:
+    env = {
+        "EICU_MQTT_URL": broker.url,
+        "EICU_DATABASE_URL": db_url,
+        "EICU_SPOOL_DIR": str(tmp_path / "spool"),
+        "EICU_MQTT_CLIENT_ID": "eicu-cli-test",
+        "EICU_METRICS_PORT": str(free_port()),
+    }
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "eicu.cli", "serve"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3.0)  # schema migration and subscription
+        sim = _eicu(
+            "simulate", "--mqtt", broker.url, "--site", "cli", "--beds", "3", "--duration", "6",
+            "--speed", "3", "--scenario", "mix", "--json",
+        )  # fmt: skip
+        assert sim.returncode == 0, sim.stderr
+        summary = json.loads(sim.stdout)
+        time.sleep(0.5)
+        url = f"http://127.0.0.1:{env['EICU_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            metrics = response.read().decode()
+    finally:
+        serve.send_signal(signal.SIGTERM)  # written out (held segments included) before exit
+        _, err = serve.communicate(timeout=60)
+    assert serve.returncode == 0, err
+    assert "engine stopped" in err
+    assert 'eicu_ingest_messages_total{kind="waveform"}' in metrics
+    assert "eicu_store_latency_seconds_bucket" in metrics
+    stats = _eicu("stats", "--json", env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["beds"] == summary["beds"]
+    assert set(summary["beds"]) == {"cli/bed001", "cli/bed002", "cli/bed003"}
+
+
+@pytest.mark.slow
+def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
+    env = {"EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
+    out = _eicu(
+        "demo", "--beds", "8", "--duration", "8", "--refresh", "2", "--data-dir", str(tmp_path),
+        env=env, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(embedded)" in out.stderr and "sqlite" in out.stderr
+    assert "eicu census" in out.stdout and "demo/bed008" in out.stdout
+    found = re.search(r"published (\d+) messages; stored (\d+)", out.stderr)
+    assert found, out.stderr[-1000:]
+    published, stored = int(found[1]), int(found[2])
+    assert published == stored > 0
+    assert (tmp_path / "eicu.sqlite").exists()
