@@ -30,6 +30,7 @@ class SimulationPlan:
     seed: int = 0
     time_scale: float = 1.0
     first_bed: int = 1
+    drain_timeout_s: float = 60.0  # how long to wait at the end for the broker to acknowledge
 
 
 def make_groups(plan: SimulationPlan, start_us: int) -> list[BedGroup]:
@@ -80,11 +81,20 @@ async def simulate(
         asyncio.create_task(_drive(gw, members, plan, stop), name=f"beds[{gw.name}]")
         for gw, members in gateways
     ]
+    unsent = 0
     try:
         await asyncio.gather(*drivers)
         for gw, _ in gateways:
             await gw.close()
-        await asyncio.wait_for(asyncio.gather(*senders), timeout=60.0)
+        try:
+            await asyncio.wait_for(asyncio.gather(*senders), timeout=plan.drain_timeout_s)
+        except TimeoutError:
+            unsent = sum(len(gw.outbox) for gw, _ in gateways)
+            log.error(
+                "%d messages still unacknowledged after %.0f s; giving up",
+                unsent,
+                plan.drain_timeout_s,
+            )
     finally:
         for task in (*drivers, *senders):
             task.cancel()
@@ -101,7 +111,9 @@ async def simulate(
                 }
     summary: dict[str, object] = {"beds": beds}
     if dropped:
-        summary["dropped"] = dropped
+        summary["dropped"] = dropped  # outbox overflow: never published
+    if unsent:
+        summary["unsent"] = unsent  # never acknowledged by the broker
     return summary
 
 
