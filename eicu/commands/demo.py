@@ -144,8 +144,9 @@ def _fmt(
     return f"{value:.{digits}f}"
 
 
-def _news2(latest: dict[str, tuple[float | None, int]], now_us: int) -> str:
-    """NEWS2 and its band; an incomplete score shows its proven lower bound, never a guess."""
+def _news2(latest: dict[str, tuple[float | None, int]], now_us: int, old: bool) -> str:
+    """NEWS2 and its band; an incomplete score shows its proven lower bound, never a guess; a
+    score from a bed that has gone quiet says so."""
     from eicu.errors import ScoreInputError
     from eicu.scores import assemble_news2
 
@@ -153,9 +154,8 @@ def _news2(latest: dict[str, tuple[float | None, int]], now_us: int) -> str:
         r = assemble_news2(latest, now_us)
     except ScoreInputError:
         return "invalid"
-    if r.complete:
-        return f"{r.total} {r.band}"
-    return f">={r.partial_total} incomplete"
+    text = f"{r.total} {r.band}" if r.complete else f">={r.partial_total} incomplete"
+    return f"{text} (old)" if old else text
 
 
 def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
@@ -184,7 +184,8 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
             f"{_fmt(latest, 'HR', device_now):>6}{_fmt(latest, 'SPO2', device_now):>6}"
             f"{_fmt(latest, 'RR', device_now):>6}{bp:>12}{_fmt(latest, 'TEMP', device_now, 1):>6}"
             f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>6}"
-            f"  {_news2(latest, device_now):<18}{seen_s:>5.1f}s{state.gaps:>6}"
+            f"  {_news2(latest, device_now, stale or state.status == 'offline'):<18}"
+            f"{seen_s:>5.1f}s{state.gaps:>6}"
         )
     out = "\n".join(lines)
     if sys.stdout.isatty() and not os.environ.get("EICU_NO_CLEAR"):
