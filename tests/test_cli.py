@@ -79,8 +79,12 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
         summary = json.loads(sim.stdout)
         time.sleep(0.5)
         url = f"http://127.0.0.1:{env['EICU_METRICS_PORT']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            metrics = response.read().decode()
+        deadline = time.monotonic() + 60  # a first run also compiles the codec's kernels
+        metrics = ""
+        while "eicu_store_latency_seconds_bucket" not in metrics and time.monotonic() < deadline:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                metrics = response.read().decode()
+            time.sleep(0.5)
     finally:
         serve.send_signal(signal.SIGTERM)  # written out (held segments included) before exit
         _, err = serve.communicate(timeout=60)
