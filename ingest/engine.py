@@ -9,6 +9,7 @@ import logging
 from eicu.config import IngestSettings, MqttSettings
 from eicu.metrics import IngestMetrics
 from eicu.store import Store
+from ingest.scores import ScoreStage
 from ingest.service import Ingest
 from ingest.state import BedRouter
 from ingest.writer import StoreWriter
@@ -27,6 +28,8 @@ class Engine:
         self.metrics = metrics or IngestMetrics()
         self.store = store
         self.router = BedRouter(self.metrics)
+        self.scores = ScoreStage()
+        self.router.subscribe(self.scores)
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []

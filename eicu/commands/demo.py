@@ -144,17 +144,17 @@ def _fmt(
     return f"{value:.{digits}f}"
 
 
-def _news2(latest: dict[str, tuple[float | None, int]], now_us: int, old: bool) -> str:
+def _news2(scores: object, old: bool) -> str:
     """NEWS2 and its band; an incomplete score shows its proven lower bound, never a guess; a
     score from a bed that has gone quiet says so."""
-    from eicu.errors import ScoreInputError
-    from eicu.scores import assemble_news2
+    from ingest.scores import BedScores
 
-    try:
-        r = assemble_news2(latest, now_us)
-    except ScoreInputError:
-        return "invalid"
+    if not isinstance(scores, BedScores) or scores.news2 is None:
+        return "invalid" if isinstance(scores, BedScores) and scores.invalid else "--"
+    r = scores.news2
     text = f"{r.total} {r.band}" if r.complete else f">={r.partial_total} incomplete"
+    if scores.deterioration is not None and scores.deterioration.active:
+        text += " rising"
     return f"{text} (old)" if old else text
 
 
@@ -184,7 +184,7 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
             f"{_fmt(latest, 'HR', device_now):>6}{_fmt(latest, 'SPO2', device_now):>6}"
             f"{_fmt(latest, 'RR', device_now):>6}{bp:>12}{_fmt(latest, 'TEMP', device_now, 1):>6}"
             f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>6}"
-            f"  {_news2(latest, device_now, stale or state.status == 'offline'):<18}"
+            f"  {_news2(engine.scores.beds.get(key), stale or state.status == 'offline'):<18}"
             f"{seen_s:>5.1f}s{state.gaps:>6}"
         )
     out = "\n".join(lines)

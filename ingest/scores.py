@@ -1,0 +1,62 @@
+"""The score stage: every bed carries a live NEWS2 and a deterioration signal.
+
+On each numerics message the bed's NEWS2 is assembled from the latest value of each parameter
+within its maximum age (incomplete, naming what is missing, when a value is absent or stale) and
+fed, with heart and respiration rate, to the bed's deterioration tracker: inputs for the alarm
+engine and the dashboard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from eicu.errors import ScoreInputError
+from eicu.models import BedKey, Frame, NumericsFrame
+from eicu.scores import AssemblyPolicy, DeteriorationTracker, assemble_news2
+from eicu.scores.deterioration import DeteriorationSignal
+from eicu.scores.evaluate import ScoreResult
+from ingest.state import BedState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BedScores:
+    news2: ScoreResult | None = None
+    deterioration: DeteriorationSignal | None = None
+    tracker: DeteriorationTracker | None = None
+    invalid: str | None = None  # why the last assembly failed, if it did
+
+
+class ScoreStage:
+    """A router consumer (see ingest.state.BedRouter.subscribe)."""
+
+    def __init__(self, policy: AssemblyPolicy | None = None) -> None:
+        self.policy = policy or AssemblyPolicy()
+        self.beds: dict[BedKey, BedScores] = {}
+
+    def __call__(self, frame: Frame, state: BedState | None) -> None:
+        if not isinstance(frame, NumericsFrame) or state is None:
+            return
+        scores = self.beds.setdefault(frame.bed, BedScores())
+        if scores.tracker is None:
+            scores.tracker = DeteriorationTracker()
+        try:
+            result = assemble_news2(state.latest, frame.ts_us, self.policy)
+        except ScoreInputError as exc:
+            scores.invalid = str(exc)
+            return
+        scores.news2 = result
+        scores.invalid = None
+        try:
+            hr = frame.values.get("HR")
+            rr = frame.values.get("RR")
+            scores.tracker.feed(
+                [frame.ts_us],
+                {"HR": [math.nan if hr is None else hr], "RR": [math.nan if rr is None else rr]},
+            )
+            scores.deterioration = scores.tracker.feed_score(frame.ts_us, result)
+        except ValueError as exc:  # a message older than one already scored: not re-scored
+            log.debug("deterioration of %s not updated: %s", frame.bed, exc)
