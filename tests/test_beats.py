@@ -34,7 +34,7 @@ def _push_chunks(det: BeatDetector, x: np.ndarray, sizes: list[int]) -> np.ndarr
     k = 0
     while i < x.shape[0]:
         n = sizes[k % len(sizes)]
-        out.append(det.push(x[i : i + n])[0])
+        out.append(det.push(x[i : i + n]).sample)
         i += n
         k += 1
     return np.concatenate(out)
@@ -77,7 +77,7 @@ def test_chunked_equals_whole_synthetic(sizes: list[int], seed: int) -> None:
     if seed % 2:
         a = int(rng.integers(0, x.shape[0] - 600))
         x[a : a + int(rng.integers(1, 600))] = np.nan
-    whole = BeatDetector.ecg(fs).push(x)[0]
+    whole = BeatDetector.ecg(fs).push(x).sample
     chunked = _push_chunks(BeatDetector.ecg(fs), x, sizes)
     np.testing.assert_array_equal(whole, chunked)
 
@@ -86,7 +86,7 @@ def test_chunked_equals_whole_pulse() -> None:
     fs = 125.0
     beat_idx = np.cumsum(np.random.default_rng(3).integers(70, 130, 80))
     x = pulse_from_beats(beat_idx, int(beat_idx[-1] + fs), fs)
-    whole = BeatDetector.pulse(fs).push(x)[0]
+    whole = BeatDetector.pulse(fs).push(x).sample
     chunked = _push_chunks(BeatDetector.pulse(fs), x, [13, 125, 250, 31])
     np.testing.assert_array_equal(whole, chunked)
     tp, fn, fp = _match(beat_idx, whole, round(0.35 * fs))
@@ -123,7 +123,7 @@ def test_mitdb_chunked_equals_whole_and_accuracy() -> None:
     rec = read_record(root / "mitdb" / "101")
     ref = read_beat_annotations(root / "mitdb" / "101")
     x = rec.signals[:, 0]
-    whole = BeatDetector.ecg(rec.fs_hz).push(x)[0]
+    whole = BeatDetector.ecg(rec.fs_hz).push(x).sample
     chunked = _push_chunks(BeatDetector.ecg(rec.fs_hz), x, [90])  # 0.25 s chunks
     np.testing.assert_array_equal(whole, chunked)
     cmp = wfdb_module().processing.compare_annotations(ref, whole, int(0.15 * rec.fs_hz))

@@ -152,7 +152,7 @@ def _add_cand(si, cand_idx, cand_val, cand_slope, cand_fid, c, v, slope, fid):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _accept(si, sf, fp, rr, c, v, slope, fid, w, out_idx, out_amp, nb, amp):
+def _accept(si, sf, fp, rr, c, v, slope, fid, w, out_idx, out_amp, out_at, nb, amp):
     last = si[S_LAST_QRS]
     if last >= 0:
         n_rr = rr.shape[0]
@@ -174,12 +174,13 @@ def _accept(si, sf, fp, rr, c, v, slope, fid, w, out_idx, out_amp, nb, amp):
     si[S_LAST_FID] = fid
     out_idx[nb] = fid
     out_amp[nb] = amp
+    out_at[nb] = si[S_G]
     return nb + 1
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _search_back(
-    si, sf, ip, fp, rr, cand_idx, cand_val, cand_slope, cand_fid, out_idx, out_amp, nb
+    si, sf, ip, fp, rr, cand_idx, cand_val, cand_slope, cand_fid, out_idx, out_amp, out_at, nb
 ):
     """Accept the largest noise peak above the lower threshold since the last beat, if any."""
     lim = fp[Q_SB_THR] * sf[T_THR]
@@ -204,6 +205,7 @@ def _search_back(
         0.25,
         out_idx,
         out_amp,
+        out_at,
         nb,
         cand_val[best],
     )
@@ -224,6 +226,7 @@ def _classify(
     cand_fid,
     out_idx,
     out_amp,
+    out_at,
     nb,
     c,
     v,
@@ -247,7 +250,7 @@ def _classify(
             sf[T_NPK] = 0.125 * v + 0.875 * sf[T_NPK]
             _update_thr(sf, fp)
             return nb
-        nb = _accept(si, sf, fp, rr, c, v, slope, fid, 0.125, out_idx, out_amp, nb, v)
+        nb = _accept(si, sf, fp, rr, c, v, slope, fid, 0.125, out_idx, out_amp, out_at, nb, v)
         _drop_cands_upto(si, cand_idx, cand_val, cand_slope, cand_fid, c)
         return nb
     sf[T_NPK] = 0.125 * v + 0.875 * sf[T_NPK]
@@ -277,6 +280,7 @@ def _detector_step(
     cand_fid: NDArray[np.int64],
     out_idx: NDArray[np.int64],
     out_amp: NDArray[np.float64],
+    out_at: NDArray[np.int64],
 ) -> int:
     mode = ip[P_MODE]
     mwi_n = ip[P_MWI_N]
@@ -379,6 +383,7 @@ def _detector_step(
                 cand_fid,
                 out_idx,
                 out_amp,
+                out_at,
                 nb,
                 ci,
                 cv,
@@ -404,6 +409,7 @@ def _detector_step(
                     cand_fid,
                     out_idx,
                     out_amp,
+                    out_at,
                     nb,
                 )
         if learning:
@@ -432,6 +438,7 @@ def _detector_step(
                         cand_fid,
                         out_idx,
                         out_amp,
+                        out_at,
                         nb,
                         p_idx[j],
                         p_val[j],
@@ -457,6 +464,7 @@ def _detector_step(
                 cand_fid,
                 out_idx,
                 out_amp,
+                out_at,
                 nb,
             )
     return nb

@@ -9,7 +9,7 @@ record pushed in chunks of any size are exactly those of the record pushed whole
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -84,6 +84,14 @@ def _design(config: DetectorConfig, fs_hz: float) -> tuple[NDArray[np.float64], 
     return np.ascontiguousarray(sos, dtype=np.float64), round(float(gd[0]))
 
 
+class DetectedBeats(NamedTuple):
+    """Beats found in one push, in time order."""
+
+    sample: NDArray[np.int64]  # global sample index of each beat's fiducial point
+    amplitude: NDArray[np.float64]  # the detector's integral at the beat (arbitrary units)
+    decided_at: NDArray[np.int64]  # samples consumed when the beat became certain
+
+
 class BeatDetector:
     """Causal beat detector for one signal of one bed."""
 
@@ -148,8 +156,8 @@ class BeatDetector:
         """Global index of the next sample ``push`` expects."""
         return int(self._si[k.S_G])
 
-    def push(self, samples: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        """Feed consecutive samples; return (beat sample indices, beat feature amplitudes)."""
+    def push(self, samples: ArrayLike) -> DetectedBeats:
+        """Feed consecutive samples; return the beats that became certain with them."""
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"samples must be 1-D, got shape {x.shape}")
@@ -158,6 +166,7 @@ class BeatDetector:
         cap = x.shape[0] // self._refr_n + 2 * k.N_CAND + 8
         out_idx = np.empty(cap, dtype=np.int64)
         out_amp = np.empty(cap, dtype=np.float64)
+        out_at = np.empty(cap, dtype=np.int64)
         nb = k._detector_step(
             x,
             self._sos,
@@ -175,11 +184,12 @@ class BeatDetector:
             self._cand_fid,
             out_idx,
             out_amp,
+            out_at,
         )
-        return out_idx[:nb].copy(), out_amp[:nb].copy()
+        return DetectedBeats(out_idx[:nb].copy(), out_amp[:nb].copy(), out_at[:nb].copy())
 
 
 def detect_beats(samples: ArrayLike, fs_hz: float, kind: Kind = "ecg") -> NDArray[np.int64]:
     """Beat sample indices of a whole record (the same as pushing it in chunks)."""
     det = BeatDetector(fs_hz, ECG_CONFIG if kind == "ecg" else PULSE_CONFIG)
-    return det.push(samples)[0]
+    return det.push(samples).sample

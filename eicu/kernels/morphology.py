@@ -1,0 +1,111 @@
+"""Per-beat QRS morphology: width and correlation with a running template of dominant beats.
+
+The width is the span over which the absolute slope of the (0.5-40 Hz filtered) ECG stays above
+``slope_frac`` of its maximum within ``pre_n`` samples before and ``post_n`` after the fiducial
+point. The template is the mean of the first ``n_init`` beats, then follows narrow beats that
+resemble it (exponential update), so that it tracks the dominant (usually supraventricular)
+morphology.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+from eicu.kernels._fastmath import FASTMATH
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _pearson(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    n = a.shape[0]
+    ma = 0.0
+    mb = 0.0
+    for i in range(n):
+        ma += a[i]
+        mb += b[i]
+    ma /= n
+    mb /= n
+    sab = 0.0
+    saa = 0.0
+    sbb = 0.0
+    for i in range(n):
+        da = a[i] - ma
+        db = b[i] - mb
+        sab += da * db
+        saa += da * da
+        sbb += db * db
+    if saa <= 0.0 or sbb <= 0.0:
+        return np.nan
+    return sab / math.sqrt(saa * sbb)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _qrs_width_n(seg: NDArray[np.float64], slope_frac: float) -> float:
+    n = seg.shape[0]
+    mx = 0.0
+    for i in range(n - 1):
+        d = abs(seg[i + 1] - seg[i])
+        if d > mx:
+            mx = d
+    if mx <= 0.0:
+        return np.nan
+    thr = slope_frac * mx
+    first = -1
+    last = -1
+    for i in range(n - 1):
+        if abs(seg[i + 1] - seg[i]) >= thr:
+            if first < 0:
+                first = i
+            last = i + 1
+    return float(last - first)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _beat_features(
+    y: NDArray[np.float64],
+    y0: int,
+    fids: NDArray[np.int64],
+    pre_n: int,
+    post_n: int,
+    slope_frac: float,
+    template: NDArray[np.float64],
+    tstate: NDArray[np.int64],
+    n_init: int,
+    narrow_n: float,
+    out_width_n: NDArray[np.float64],
+    out_corr: NDArray[np.float64],
+) -> None:
+    """tstate[0]: beats averaged into the template so far."""
+    span = pre_n + post_n
+    for b in range(fids.shape[0]):
+        lo = fids[b] - y0 - pre_n
+        out_width_n[b] = np.nan
+        out_corr[b] = np.nan
+        if lo < 0 or lo + span > y.shape[0]:
+            continue
+        seg = y[lo : lo + span]
+        bad = False
+        for i in range(span):
+            if math.isnan(seg[i]):
+                bad = True
+                break
+        if bad:
+            continue
+        w = _qrs_width_n(seg, slope_frac)
+        out_width_n[b] = w
+        t = tstate[0]
+        if t < n_init:
+            for i in range(span):
+                template[i] = (template[i] * t + seg[i]) / (t + 1)
+            tstate[0] = t + 1
+            if t > 0:
+                out_corr[b] = _pearson(seg, template)
+            continue
+        c = _pearson(seg, template)
+        out_corr[b] = c
+        if c > 0.9 and w < narrow_n:
+            for i in range(span):
+                template[i] = 0.95 * template[i] + 0.05 * seg[i]
