@@ -33,6 +33,7 @@ class Beat:
     kind: Literal["qrs", "pulse"]
     qrs_width_ms: float | None = None  # ECG only, None when it could not be measured
     ventricular: bool | None = None  # ECG only
+    template_corr: float | None = None  # ECG only: correlation with the dominant-beat template
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,22 +244,22 @@ class BedSignalPipeline:
         found = st.detector.push(x) if st.detector is not None else None
         # (time the item became known, order, payload): beats and one-second ticks, merged in
         # time order so that the rhythm tracker sees the same sequence however chunks are cut
-        items: list[tuple[int, int, tuple[int, float | None, bool | None]]] = []
+        items: list[tuple[int, int, tuple[int, float | None, bool | None, float | None]]] = []
         if st.kind == "ecg" and found is not None:
             for s, at in zip(found.sample.tolist(), found.decided_at.tolist(), strict=True):
                 st.pending.append((s, max(at, s + st.post_n)))
             items.extend(self._ready_ecg_beats(st))
         elif found is not None:
-            items.extend((s, 0, (s, None, None)) for s in found.sample.tolist())
+            items.extend((s, 0, (s, None, None, None)) for s in found.sample.tolist())
         while st.next_tick <= st.next_index:
-            items.append((st.next_tick, 1, (st.next_tick, None, None)))
+            items.append((st.next_tick, 1, (st.next_tick, None, None, None)))
             st.next_tick += st.tick_n
         items.sort(key=lambda it: (it[0], it[1]))
-        for at, what, (s, width_ms, ventricular) in items:
+        for at, what, (s, width_ms, ventricular, corr_) in items:
             if primary and self._tracker is not None:
                 events.extend(self._tracker.advance(at))
             if what == 0:
-                events.extend(self._beat_events(st, s, width_ms, ventricular))
+                events.extend(self._beat_events(st, s, width_ms, ventricular, corr_))
             else:
                 events.extend(self._tick(st, s, primary))
         if primary and self._tracker is not None:
@@ -268,7 +268,7 @@ class BedSignalPipeline:
 
     def _ready_ecg_beats(
         self, st: _SignalState
-    ) -> list[tuple[int, int, tuple[int, float | None, bool | None]]]:
+    ) -> list[tuple[int, int, tuple[int, float | None, bool | None, float | None]]]:
         ready = [p for p in st.pending if p[1] <= st.next_index]
         if not ready:
             return []
@@ -290,7 +290,7 @@ class BedSignalPipeline:
             width_n,
             corr,
         )
-        out: list[tuple[int, int, tuple[int, float | None, bool | None]]] = []
+        out: list[tuple[int, int, tuple[int, float | None, bool | None, float | None]]] = []
         for (s, at), w_n, c in zip(ready, width_n.tolist(), corr.tolist(), strict=True):
             width_ms = None if np.isnan(w_n) else w_n * 1000.0 / st.fs_hz
             ventricular = None
@@ -300,15 +300,20 @@ class BedSignalPipeline:
                     and c < VENTRICULAR_CORR
                     and width_ms > VENTRICULAR_CORR_WIDTH_MS
                 )
-            out.append((at, 0, (s, width_ms, ventricular)))
+            out.append((at, 0, (s, width_ms, ventricular, None if np.isnan(c) else c)))
         return out
 
     def _beat_events(
-        self, st: _SignalState, s: int, width_ms: float | None, ventricular: bool | None
+        self,
+        st: _SignalState,
+        s: int,
+        width_ms: float | None,
+        ventricular: bool | None,
+        corr: float | None,
     ) -> list[Event]:
         kind = "qrs" if st.kind == "ecg" else "pulse"
         events: list[Event] = [
-            Beat(st.key, s, s / st.fs_hz, kind, width_ms, ventricular)  # type: ignore[arg-type]
+            Beat(st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr)  # type: ignore[arg-type]
         ]
         if self._tracker is not None and st.key == self.primary_ecg:
             events.extend(self._tracker.beat(s, ventricular))

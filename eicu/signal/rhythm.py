@@ -259,6 +259,8 @@ class RhythmTracker:
         out: list[RhythmFlag] = []
         self._now = max(self._now, end)
         if fibrillatory and "VFIB" not in self._active:
+            if self._vf_last_end is not None:
+                start = max(start, self._vf_last_end)  # windows overlap the last episode's
             out.append(self._flag("VFIB", "start", start))
         elif not fibrillatory and "VFIB" in self._active:
             last = self._vf_last_end if self._vf_last_end is not None else end
@@ -280,8 +282,9 @@ class FibrillationFeatures:
         )
 
 
-VF_DOMINANT_HZ: Final = (2.5, 9.0)
-VF_CONCENTRATION: Final = 0.5
+# Chosen on the MIT-BIH Arrhythmia Database (record 207 holds its only flutter episode).
+VF_DOMINANT_HZ: Final = (3.0, 9.0)
+VF_CONCENTRATION: Final = 0.6
 
 
 def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures | None:
