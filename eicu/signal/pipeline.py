@@ -14,6 +14,7 @@ pulse signal gets beats, rates and quality verdicts. Pure computation: no I/O, n
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -31,6 +32,7 @@ from eicu.signal.filters import SosFilter
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
 
 HISTORY_S: Final = 20.0
+RECENT_S: Final = 30.0
 QUALITY_WINDOW_S: Final = 2.0
 QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
@@ -123,8 +125,21 @@ class _SignalState:
         self.template = np.zeros(self.pre_n + self.post_n)
         self.tstate = np.zeros(1, dtype=np.int64)
         self.pending: list[tuple[int, int]] = []  # (sample, ready_at)
+        # what alarm verification looks back at: the last RECENT_S seconds
+        self.recent_beats: deque[Beat] = deque()
+        self.recent_quality: deque[tuple[int, Verdict]] = deque()  # (tick sample, verdict)
+        self.recent_fib: deque[tuple[int, bool]] = deque()  # (window end sample, fibrillatory)
+        self.vf_n = round(VF_S * fs_hz)
         # runs of missing samples as [start, end), end None while still missing; oldest first
         self.nan_runs: list[tuple[int, int | None]] = []
+
+    def forget_before(self, sample: int) -> None:
+        while self.recent_beats and self.recent_beats[0].sample < sample:
+            self.recent_beats.popleft()
+        while self.recent_quality and self.recent_quality[0][0] < sample:
+            self.recent_quality.popleft()
+        while self.recent_fib and self.recent_fib[0][0] < sample:
+            self.recent_fib.popleft()
 
     def note_missing(self, x: NDArray[np.float64], g0: int) -> None:
         isnan = np.isnan(x)
@@ -188,7 +203,6 @@ class BedSignalPipeline:
         if primary_ecg is not None:
             st = self._sig[primary_ecg]
             self._tracker = RhythmTracker(primary_ecg, st.fs_hz, st.quality_at, st.missing_after)
-            self._vf_n = round(VF_S * st.fs_hz)
 
     @property
     def signals(self) -> dict[str, float]:
@@ -312,9 +326,9 @@ class BedSignalPipeline:
         corr: float | None,
     ) -> list[Event]:
         kind = "qrs" if st.kind == "ecg" else "pulse"
-        events: list[Event] = [
-            Beat(st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr)  # type: ignore[arg-type]
-        ]
+        beat = Beat(st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr)  # type: ignore[arg-type]
+        st.recent_beats.append(beat)
+        events: list[Event] = [beat]
         if self._tracker is not None and st.key == self.primary_ecg:
             events.extend(self._tracker.beat(s, ventricular))
             return events
@@ -340,9 +354,11 @@ class BedSignalPipeline:
     def _tick(self, st: _SignalState, t: int, primary: bool) -> list[Event]:
         events: list[Event] = []
         w = st.hist.window(t - st.quality_n, t)
+        st.forget_before(t - round(RECENT_S * st.fs_hz))
         if w is not None:
             sqi = window_sqi(w)
             v = verdict_of(sqi, st.kind)
+            st.recent_quality.append((t, v))
             if v != st.verdict:
                 st.verdict = v
                 events.append(
@@ -357,10 +373,12 @@ class BedSignalPipeline:
                         float(sqi[SQI_HF]),
                     )
                 )
-        if primary and self._tracker is not None and t >= self._vf_n:
-            seg = st.hist.window(t - self._vf_n, t, filtered=True)
+        if st.kind == "ecg" and t >= st.vf_n:
+            seg = st.hist.window(t - st.vf_n, t, filtered=True)
             if seg is not None:
                 feats = fibrillation_features(seg, st.fs_hz)
                 fib = feats is not None and feats.fibrillatory
-                events.extend(self._tracker.fibrillation(t - self._vf_n, t, fib))
+                st.recent_fib.append((t, fib))
+                if primary and self._tracker is not None:
+                    events.extend(self._tracker.fibrillation(t - st.vf_n, t, fib))
         return events

@@ -108,3 +108,36 @@ def read_rhythm_episodes(
     if start is not None:
         episodes.append((start, n_samples))
     return episodes
+
+
+_NAME_TO_KEY = {
+    "II": "ECG_II",
+    "MLII": "ECG_II",
+    "V": "ECG_V",
+    "I": "ECG_I",
+    "III": "ECG_III",
+    "AVR": "ECG_AVR",
+    "AVL": "ECG_AVL",
+    "AVF": "ECG_AVF",
+    "MCL": "ECG_MCL1",
+    "MCL1": "ECG_MCL1",
+    "ABP": "ABP",
+    "ART": "ABP",
+    "PLETH": "PLETH",
+    "PPG": "PLETH",
+    "RESP": "RESP",
+    "CVP": "CVP",
+}
+
+
+def signal_key_for_name(name: str) -> str | None:
+    """The eicu signal key of a WFDB channel name, or None when it is not a known signal.
+
+    Chest leads V1-V6 and the like map to ECG_V.
+    """
+    upper = name.strip().upper()
+    if upper in _NAME_TO_KEY:
+        return _NAME_TO_KEY[upper]
+    if upper.startswith("V") and upper[1:].isdigit():
+        return "ECG_V"
+    return None
