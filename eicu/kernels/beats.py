@@ -12,7 +12,10 @@ Cardiology 30:259-262, 2003):
    below half of it or ``confirm_n`` samples have passed;
 5. classification with adaptive signal and noise levels (threshold
    ``npk + thr_coef * (spk - npk)``), a refractory period, T-wave rejection by slope (ECG) and a
-   search-back for a missed beat once no beat came for ``sb_factor`` times the mean RR.
+   search-back for a missed beat once no beat came for ``sb_factor`` times the mean RR; when
+   the search-back finds nothing, the signal level is halved (down to ``decay_floor`` times the
+   noise level and ``decay_min`` times the level at the last beat) and the search repeated
+   every half mean RR, so that beats of a new, weaker or wider shape are found within seconds.
 
 Every decision depends only on past samples, and all of the detector's memory lives in the
 state arrays, so feeding a record in chunks of any length gives exactly the beats of feeding it
@@ -50,7 +53,9 @@ Q_THR_COEF = 0
 Q_SB_FACTOR = 1
 Q_SB_THR = 2
 Q_RR0_N = 3
-N_FPARAMS = 4
+Q_DECAY_FLOOR = 4
+Q_DECAY_MIN = 5
+N_FPARAMS = 6
 
 # integer state
 S_G = 0  # global index of the next sample
@@ -65,7 +70,8 @@ S_RR_POS = 8
 S_RISING = 9
 S_SB_DONE = 10
 S_LAST_FID = 11
-N_ISTATE = 12
+S_SB_NEXT = 12  # earliest sample for another search-back after a fruitless one
+N_ISTATE = 13
 
 # float state
 T_XREF = 0
@@ -80,7 +86,8 @@ T_LAST_SLOPE = 8
 T_LEARN_MAX = 9
 T_LEARN_SUM = 10
 T_RR_MEAN = 11
-N_FSTATE = 12
+T_SPK_BEAT = 12  # signal level just after the last beat
+N_FSTATE = 13
 
 N_CAND = 32
 N_RR = 8
@@ -165,6 +172,7 @@ def _accept(si, sf, fp, rr, c, v, slope, fid, w, out_idx, out_amp, out_at, nb, a
             s += rr[j]
         sf[T_RR_MEAN] = s / si[S_RR_N]
     sf[T_SPK] = w * v + (1.0 - w) * sf[T_SPK]
+    sf[T_SPK_BEAT] = sf[T_SPK]
     _update_thr(sf, fp)
     si[S_LAST_QRS] = c
     sf[T_LAST_SLOPE] = slope
@@ -448,10 +456,11 @@ def _detector_step(
                     )
         elif (
             si[S_LAST_QRS] >= 0
-            and si[S_SB_DONE] == 0
+            and (si[S_SB_DONE] == 0 or g >= si[S_SB_NEXT])
             and g - si[S_LAST_QRS] > fp[Q_SB_FACTOR] * sf[T_RR_MEAN]
         ):
             si[S_SB_DONE] = 1
+            nb_before = nb
             nb = _search_back(
                 si,
                 sf,
@@ -467,4 +476,11 @@ def _detector_step(
                 out_at,
                 nb,
             )
+            if nb == nb_before:
+                # nothing above the lower threshold: beats may have changed shape (a wide
+                # ventricular rhythm) or shrunk; lower the signal level, look again later
+                floor = max(fp[Q_DECAY_FLOOR] * sf[T_NPK], fp[Q_DECAY_MIN] * sf[T_SPK_BEAT])
+                sf[T_SPK] = max(0.5 * sf[T_SPK], floor)
+                _update_thr(sf, fp)
+                si[S_SB_NEXT] = g + max(1, int(0.5 * sf[T_RR_MEAN]))
     return nb

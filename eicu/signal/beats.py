@@ -37,6 +37,8 @@ class DetectorConfig:
     searchback_factor: float
     searchback_thr: float
     rr0_s: float
+    decay_floor: float
+    decay_min: float
 
 
 ECG_CONFIG = DetectorConfig(
@@ -53,6 +55,8 @@ ECG_CONFIG = DetectorConfig(
     searchback_factor=1.66,
     searchback_thr=0.5,
     rr0_s=1.0,
+    decay_floor=3.0,
+    decay_min=0.125,
 )
 
 PULSE_CONFIG = DetectorConfig(
@@ -69,6 +73,8 @@ PULSE_CONFIG = DetectorConfig(
     searchback_factor=1.66,
     searchback_thr=0.5,
     rr0_s=1.0,
+    decay_floor=3.0,
+    decay_min=0.125,
 )
 
 
@@ -125,6 +131,8 @@ class BeatDetector:
         fp[k.Q_SB_FACTOR] = config.searchback_factor
         fp[k.Q_SB_THR] = config.searchback_thr
         fp[k.Q_RR0_N] = config.rr0_s * self.fs_hz
+        fp[k.Q_DECAY_FLOOR] = config.decay_floor
+        fp[k.Q_DECAY_MIN] = config.decay_min
         self._ip = ip
         self._fp = fp
         self._refr_n = int(ip[k.P_REFR_N])

@@ -4,6 +4,9 @@ Definitions (PhysioNet/CinC Challenge 2015, Clifford et al., Computing in Cardio
 2015), with the thresholds kept here as versioned constants:
 
 - ASYSTOLE: no QRS for more than 4 s;
+
+(a beat's heart rate is 60 / the interval from the beat before it, so "5 consecutive beats"
+means 5 consecutive intervals, and a flag starts at the first beat of the run)
 - BRADY (extreme bradycardia): heart rate below 40 bpm for 5 consecutive beats;
 - TACHY (extreme tachycardia): heart rate above 140 bpm for 17 consecutive beats;
 - VTACH: 5 or more ventricular beats in a row with heart rate above 100 bpm;
@@ -87,6 +90,28 @@ def af_features(rr_s: np.ndarray) -> AfFeatures:
     return AfFeatures(nrmssd, shannon, tpr)
 
 
+def irregular_span(rr_s: np.ndarray) -> tuple[int, int]:
+    """Where the irregular part of a run of intervals begins and ends (indices into rr_s).
+
+    An interval is irregular when it differs from the one before by more than 10 % of the mean;
+    the span starts at the first irregular interval after which at least 60 % are irregular,
+    and ends at the last irregular interval before which at least 60 % are irregular.
+    """
+    rr = np.asarray(rr_s, dtype=np.float64)
+    irr = np.abs(np.diff(rr)) > 0.1 * rr.mean()
+    irr = np.concatenate([[False], irr])  # irr[i]: interval i differs from interval i - 1
+    n = irr.shape[0]
+    if not irr.any():
+        return 0, n - 1
+    tail = np.cumsum(irr[::-1])[::-1] / np.arange(n, 0, -1)  # share irregular in [i, n)
+    head = np.cumsum(irr) / np.arange(1, n + 1)  # share irregular in [0, i]
+    starts = np.flatnonzero(irr & (tail >= 0.6))
+    ends = np.flatnonzero(irr & (head >= 0.6))
+    first = int(starts[0]) if starts.size else int(np.argmax(irr))
+    last = int(ends[-1]) if ends.size else int(n - 1 - np.argmax(irr[::-1]))
+    return first, last
+
+
 class RhythmTracker:
     """Rhythm state of one ECG lead; every method returns the events it caused."""
 
@@ -112,7 +137,7 @@ class RhythmTracker:
         self._beats: deque[int] = deque(maxlen=AF_WINDOW + 2)
         self._rr: deque[float] = deque(maxlen=8)
         self._af_rr: deque[float] = deque(maxlen=AF_WINDOW)
-        self._af_beats: deque[int] = deque(maxlen=AF_WINDOW + 1)
+        self._af_beats: deque[int] = deque(maxlen=AF_WINDOW)  # the beat ending each interval
         self._brady_run = 0
         self._tachy_run = 0
         self._vt_run: list[int] = []
@@ -219,12 +244,12 @@ class RhythmTracker:
         beats = list(self._beats)
         # extreme bradycardia / tachycardia: runs of intervals
         self._brady_run = self._brady_run + 1 if hr < BRADY_BPM else 0
-        if self._brady_run >= BRADY_BEATS - 1 and "BRADY" not in self._active:
+        if self._brady_run >= BRADY_BEATS and "BRADY" not in self._active:
             out.append(self._flag("BRADY", "start", beats[-BRADY_BEATS]))
         elif self._brady_run == 0 and "BRADY" in self._active:
             out.append(self._flag("BRADY", "end", sample))
         self._tachy_run = self._tachy_run + 1 if hr > TACHY_BPM else 0
-        if self._tachy_run >= TACHY_BEATS - 1 and "TACHY" not in self._active:
+        if self._tachy_run >= TACHY_BEATS and "TACHY" not in self._active:
             out.append(self._flag("TACHY", "start", beats[-TACHY_BEATS]))
         elif self._tachy_run == 0 and "TACHY" in self._active:
             out.append(self._flag("TACHY", "end", sample))
@@ -241,16 +266,18 @@ class RhythmTracker:
         self._af_rr.append(rr_s)
         self._af_beats.append(sample)
         if len(self._af_rr) == AF_WINDOW:
-            irregular = af_features(np.asarray(self._af_rr)).irregular
+            rr_win = np.asarray(self._af_rr)
+            irregular = af_features(rr_win).irregular
+            first, last = irregular_span(rr_win)
             if irregular:
                 self._af_off_count = 0
                 if "AFIB" not in self._active:
-                    out.append(self._flag("AFIB", "start", self._af_beats[0]))
+                    out.append(self._flag("AFIB", "start", self._af_beats[first]))
             elif "AFIB" in self._active:
                 self._af_off_count += 1
                 if self._af_off_count >= AF_WINDOW // 4:
                     self._af_off_count = 0
-                    end = self._af_beats[-AF_WINDOW // 2]
+                    end = self._af_beats[min(last + 1, AF_WINDOW - 1)]
                     out.append(self._flag("AFIB", "end", max(end, self._active["AFIB"] + 1)))
         return out
 
