@@ -69,7 +69,7 @@ def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[s
                 flags.append(ev)
     rhythms: list[dict[str, Any]] = []
     open_at: dict[str, int] = {}
-    for f in sorted(flags, key=lambda f: (f.sample, f.state == "start")):
+    for f in flags:  # in emission order, a label's start and end alternate
         if f.state == "start":
             open_at[f.label] = f.sample
         elif f.label in open_at:

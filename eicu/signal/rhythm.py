@@ -45,8 +45,8 @@ VT_BPM: Final = 100.0
 VT_BEATS: Final = 5
 VF_S: Final = 4.0
 AF_WINDOW: Final = 64
-AF_NRMSSD: Final = 0.10
-AF_SHANNON: Final = 0.60
+AF_NRMSSD: Final = 0.12
+AF_SHANNON: Final = 0.70
 AF_TPR: Final = (0.50, 0.85)
 # A beat can become known this long after its sample (confirmation, search-back, morphology).
 DECISION_LATENCY_S: Final = 0.5
@@ -67,15 +67,32 @@ class AfFeatures:
         )
 
 
+def drop_ectopic(rr_s: np.ndarray) -> np.ndarray:
+    """The intervals left after removing premature-beat pairs (a short interval followed by a
+    long, compensatory one: below 85 % and above 110 % of the median)."""
+    rr = np.asarray(rr_s, dtype=np.float64)
+    med = float(np.median(rr))
+    pair = (rr[:-1] < 0.85 * med) & (rr[1:] > 1.10 * med)
+    drop = np.zeros(rr.shape[0], dtype=bool)
+    drop[:-1] |= pair
+    drop[1:] |= pair
+    return rr[~drop]
+
+
 def af_features(rr_s: np.ndarray) -> AfFeatures:
     """Irregularity of RR intervals: normalised RMSSD, 16-bin Shannon entropy, turning points.
 
-    The 8 longest and 8 shortest intervals are left out of the RMSSD and entropy, as Dash et
-    al. do, so that a few ectopic beats do not make a regular rhythm look irregular.
+    Premature-beat pairs are removed first (:func:`drop_ectopic`), and the 8 longest and 8
+    shortest of the rest are left out of the RMSSD and entropy, as Dash et al. do, so that
+    ectopic beats do not make a regular rhythm look irregular. With fewer than 24 intervals
+    left, the rhythm is mostly ectopic pairs: reported as regular (all features 0).
     """
     rr = np.asarray(rr_s, dtype=np.float64)
     if rr.ndim != 1 or rr.shape[0] < 24:
         raise ValueError(f"need at least 24 RR intervals, got shape {rr.shape}")
+    rr = drop_ectopic(rr)
+    if rr.shape[0] < 24:
+        return AfFeatures(0.0, 0.0, 0.0)
     trimmed = np.sort(rr)[8:-8]
     keep = (rr >= trimmed[0]) & (rr <= trimmed[-1])
     core = rr[keep]
@@ -143,6 +160,7 @@ class RhythmTracker:
         self._vt_run: list[int] = []
         self._vf_last_end: int | None = None
         self._af_off_count = 0
+        self._af_last_end: int | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _flag(
@@ -272,13 +290,18 @@ class RhythmTracker:
             if irregular:
                 self._af_off_count = 0
                 if "AFIB" not in self._active:
-                    out.append(self._flag("AFIB", "start", self._af_beats[first]))
+                    start = self._af_beats[first]
+                    if self._af_last_end is not None:
+                        start = max(start, self._af_last_end)
+                    out.append(self._flag("AFIB", "start", start))
             elif "AFIB" in self._active:
                 self._af_off_count += 1
                 if self._af_off_count >= AF_WINDOW // 4:
                     self._af_off_count = 0
                     end = self._af_beats[min(last + 1, AF_WINDOW - 1)]
-                    out.append(self._flag("AFIB", "end", max(end, self._active["AFIB"] + 1)))
+                    end = max(end, self._active["AFIB"] + 1)
+                    self._af_last_end = end
+                    out.append(self._flag("AFIB", "end", end))
         return out
 
     def fibrillation(self, start: int, end: int, fibrillatory: bool) -> list[RhythmFlag]:
