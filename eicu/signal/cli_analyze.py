@@ -18,7 +18,7 @@ import numpy as np
 from eicu.errors import RecordError
 from eicu.signal.events import Beat, RhythmFlag
 from eicu.signal.pipeline import BedSignalPipeline
-from eicu.signal.records import Record, read_record, wfdb_module
+from eicu.signal.records import Record, quiet_wfdb, read_record, wfdb_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,15 +115,19 @@ def write_annotations(result: dict[str, Any], folder: Path, extension: str) -> P
         items.append((r["end"], "+", r["label"] + ")"))
     items.sort(key=lambda it: it[0])
     wfdb = wfdb_module()
-    wfdb.wrann(
-        result["record"],
-        extension,
-        np.array([it[0] for it in items], dtype=np.int64),
-        symbol=[it[1] for it in items],
-        aux_note=[it[2] for it in items],
-        fs=result["fs"],
-        write_dir=str(folder),
-    )
+    try:
+        with quiet_wfdb():
+            wfdb.wrann(
+                result["record"],
+                extension,
+                np.array([it[0] for it in items], dtype=np.int64),
+                symbol=[it[1] for it in items],
+                aux_note=[it[2] for it in items],
+                fs=result["fs"],
+                write_dir=str(folder),
+            )
+    except OSError as exc:
+        raise RecordError(f"cannot write annotations in {folder}: {exc}") from exc
     return folder / f"{result['record']}.{extension}"
 
 
