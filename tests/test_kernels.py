@@ -138,16 +138,23 @@ def naive_beat_features(
     fids: list[int],
     pre: int,
     post: int,
+    shift: int,
     frac: float,
     n_init: int,
     narrow: float,
+    relearn: int,
 ) -> tuple[list[float], list[float]]:
     template = np.zeros(pre + post)
     t = 0
+    low = 0
     widths, corrs = [], []
     for f in fids:
         lo = f - y0 - pre
-        if lo < 0 or lo + pre + post > len(y) or np.isnan(y[lo : lo + pre + post]).any():
+        if (
+            lo - shift < 0
+            or lo + pre + post + shift > len(y)
+            or np.isnan(y[lo - shift : lo + pre + post + shift]).any()
+        ):
             widths.append(math.nan)
             corrs.append(math.nan)
             continue
@@ -167,29 +174,48 @@ def naive_beat_features(
             t += 1
             corrs.append(pearson(seg, template) if t > 1 else math.nan)
             continue
-        c = pearson(seg, template)
+        shifted = {sh: y[lo + sh : lo + sh + pre + post] for sh in range(-shift, shift + 1)}
+        scores = {sh: pearson(a, template) for sh, a in shifted.items()}
+        best = max(scores, key=lambda sh: (scores[sh], -sh - shift))  # first of equal maxima
+        c = scores[best]
         corrs.append(c)
-        if c > 0.9 and w < narrow:
-            template = 0.95 * template + 0.05 * seg
+        low = low + 1 if c < 0.7 else 0
+        if low >= relearn:
+            t, low, template = 0, 0, np.zeros(pre + post)
+        elif c > 0.9 and w < narrow:
+            template = 0.95 * template + 0.05 * shifted[best]
     return widths, corrs
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), n_beats=st.integers(1, 20))
+@given(seed=st.integers(0, 10_000), n_beats=st.integers(1, 40))
 def test_beat_features_match_naive(seed: int, n_beats: int) -> None:
     rng = np.random.default_rng(seed)
     y = rng.normal(size=3000).cumsum()
     if seed % 3 == 0:
         y[rng.integers(0, 3000)] = np.nan
     fids = sorted(rng.choice(np.arange(0, 3100), size=n_beats, replace=False).tolist())
-    pre, post, y0 = 30, 40, 50
+    pre, post, y0, shift = 30, 40, 50, 3
     template = np.zeros(pre + post)
-    tstate = np.zeros(1, dtype=np.int64)
+    tstate = np.zeros(2, dtype=np.int64)
     w = np.empty(n_beats)
     c = np.empty(n_beats)
     _beat_features(
-        y, y0, np.array(fids, dtype=np.int64), pre, post, 0.15, template, tstate, 4, 30.0, w, c
+        y,
+        y0,
+        np.array(fids, dtype=np.int64),
+        pre,
+        post,
+        shift,
+        0.15,
+        template,
+        tstate,
+        4,
+        30.0,
+        3,
+        w,
+        c,
     )
-    want_w, want_c = naive_beat_features(y, y0, fids, pre, post, 0.15, 4, 30.0)
+    want_w, want_c = naive_beat_features(y, y0, fids, pre, post, shift, 0.15, 4, 30.0, 3)
     np.testing.assert_allclose(w, want_w, equal_nan=True)
     np.testing.assert_allclose(c, want_c, rtol=1e-7, atol=1e-9, equal_nan=True)

@@ -17,6 +17,8 @@ from numpy.typing import NDArray
 
 from eicu.kernels._fastmath import FASTMATH
 
+RELEARN_CORR = 0.7
+
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _pearson(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
@@ -64,36 +66,45 @@ def _qrs_width_n(seg: NDArray[np.float64], slope_frac: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _has_nan(a: NDArray[np.float64]) -> bool:
+    return bool(np.isnan(a).any())
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _beat_features(
     y: NDArray[np.float64],
     y0: int,
     fids: NDArray[np.int64],
     pre_n: int,
     post_n: int,
+    shift_n: int,
     slope_frac: float,
     template: NDArray[np.float64],
     tstate: NDArray[np.int64],
     n_init: int,
     narrow_n: float,
+    relearn_n: int,
     out_width_n: NDArray[np.float64],
     out_corr: NDArray[np.float64],
 ) -> None:
-    """tstate[0]: beats averaged into the template so far."""
+    """tstate[0]: beats averaged into the template so far; tstate[1]: beats in a row that
+    correlated below ``RELEARN_CORR`` (at ``relearn_n`` of them the dominant beat has changed,
+    e.g. a new bundle-branch block or pacing, and the template is learnt again).
+
+    The correlation is the best over shifts of up to ``shift_n`` samples either way, and the
+    template follows the best-aligned segment; a beat whose window (with the shifts) is not
+    wholly inside ``y`` or holds a NaN gets NaN for both.
+    """
     span = pre_n + post_n
     for b in range(fids.shape[0]):
         lo = fids[b] - y0 - pre_n
         out_width_n[b] = np.nan
         out_corr[b] = np.nan
-        if lo < 0 or lo + span > y.shape[0]:
+        if lo - shift_n < 0 or lo + span + shift_n > y.shape[0]:
+            continue
+        if _has_nan(y[lo - shift_n : lo + span + shift_n]):
             continue
         seg = y[lo : lo + span]
-        bad = False
-        for i in range(span):
-            if math.isnan(seg[i]):
-                bad = True
-                break
-        if bad:
-            continue
         w = _qrs_width_n(seg, slope_frac)
         out_width_n[b] = w
         t = tstate[0]
@@ -104,8 +115,19 @@ def _beat_features(
             if t > 0:
                 out_corr[b] = _pearson(seg, template)
             continue
-        c = _pearson(seg, template)
-        out_corr[b] = c
-        if c > 0.9 and w < narrow_n:
+        best_c = -2.0
+        best_lo = lo
+        for sh in range(-shift_n, shift_n + 1):
+            c = _pearson(y[lo + sh : lo + sh + span], template)
+            if c > best_c:
+                best_c = c
+                best_lo = lo + sh
+        out_corr[b] = best_c
+        tstate[1] = tstate[1] + 1 if best_c < RELEARN_CORR else 0
+        if tstate[1] >= relearn_n:
+            tstate[0] = 0
+            tstate[1] = 0
+            template[:] = 0.0
+        elif best_c > 0.9 and w < narrow_n:
             for i in range(span):
-                template[i] = 0.95 * template[i] + 0.05 * seg[i]
+                template[i] = 0.95 * template[i] + 0.05 * y[best_lo + i]
