@@ -59,6 +59,11 @@ def challenge_alarm(record: Record) -> tuple[str, bool | None]:
 
 def verify_record(record: Record, label: str, chunk_s: float = 1.0) -> AlarmDecision:
     """Push every known signal of ``record`` (already cut at the alarm) and judge the alarm."""
+    return verify_alarm(replay_record(record, chunk_s), label)
+
+
+def replay_record(record: Record, chunk_s: float = 1.0) -> BedSignalPipeline:
+    """A pipeline fed every known signal of ``record`` in chunks of ``chunk_s`` seconds."""
     if chunk_s <= 0:
         raise ValueError(f"--chunk-s must be > 0, got {chunk_s}")
     columns: dict[str, int] = {}
@@ -73,7 +78,7 @@ def verify_record(record: Record, label: str, chunk_s: float = 1.0) -> AlarmDeci
     for i in range(0, record.signals.shape[0], n):
         for key, j in columns.items():
             pipeline.push(key, record.signals[i : i + n, j], i)
-    return verify_alarm(pipeline, label)
+    return pipeline
 
 
 def run(args: argparse.Namespace) -> int:
