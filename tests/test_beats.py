@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from eicu.signal.beats import BeatDetector, detect_beats
 from eicu.signal.records import read_beat_annotations, read_record, wfdb_module
 from tests.conftest import require_data
+from tests.naive_detector import naive_detect
 from tests.synthetic import ecg_from_rr, pulse_from_beats
 
 
@@ -129,3 +130,40 @@ def test_mitdb_chunked_equals_whole_and_accuracy() -> None:
     cmp = wfdb_module().processing.compare_annotations(ref, whole, int(0.15 * rec.fs_hz))
     assert cmp.tp / (cmp.tp + cmp.fn) > 0.995
     assert cmp.tp / (cmp.tp + cmp.fp) > 0.995
+
+
+def _naive_compare(x: np.ndarray, det_whole: BeatDetector, det_naive: BeatDetector) -> None:
+    got = det_whole.push(x)
+    want_beats, want_at = naive_detect(x, det_naive)
+    np.testing.assert_array_equal(got.sample, want_beats)
+    np.testing.assert_array_equal(got.decided_at, want_at)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000), gap=st.booleans())
+def test_detector_matches_naive_twin_on_synthetic_ecg(seed: int, gap: bool) -> None:
+    rng = np.random.default_rng(seed)
+    rr = np.concatenate([rng.uniform(0.35, 1.4, 25), [float(rng.uniform(2.0, 6.0))]])
+    x, _ = ecg_from_rr(rr, 250.0, noise_mv=float(rng.uniform(0.0, 0.1)), seed=seed)
+    if gap:
+        a = int(rng.integers(0, x.shape[0] - 300))
+        x[a : a + int(rng.integers(1, 300))] = np.nan
+    _naive_compare(x, BeatDetector.ecg(250.0), BeatDetector.ecg(250.0))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=10_000))
+def test_detector_matches_naive_twin_on_noise_and_pulses(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 1, 3000) * (rng.random(3000) < 0.05)  # sparse spikes
+    _naive_compare(noise, BeatDetector.ecg(360.0), BeatDetector.ecg(360.0))
+    beat_idx = np.cumsum(rng.integers(60, 140, 40))
+    abp = pulse_from_beats(beat_idx, int(beat_idx[-1] + 125), 125.0)
+    _naive_compare(abp, BeatDetector.pulse(125.0), BeatDetector.pulse(125.0))
+
+
+@pytest.mark.realdata
+def test_detector_matches_naive_twin_on_mitdb() -> None:
+    root = require_data("mitdb/203.hea")
+    x = read_record(root / "mitdb" / "203", sampto=360 * 40).signals[:, 0]
+    _naive_compare(x, BeatDetector.ecg(360.0), BeatDetector.ecg(360.0))
