@@ -17,11 +17,12 @@ reports the score with them and with constants chosen by 5-fold cross-validation
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from eicu.kernels.sqi import beat_agreement
 from eicu.signal.rhythm import ASYSTOLE_S, BRADY_BPM, TACHY_BPM, VT_BEATS, VT_BPM
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class LeadEvidence:
     max_v_3s: int  # most ventricular beats within any 3 s
     rr_cv: float  # coefficient of variation of the intervals (inf with fewer than 2)
     rate_bpm: float  # 60 / median interval (0 with fewer than 2 beats)
+    agreement: float = float("nan")  # best beat agreement (F1) with another ECG lead
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +149,33 @@ def gather(
 ) -> tuple[list[LeadEvidence], list[PulseEvidence]]:
     leads: list[LeadEvidence] = []
     pulses: list[PulseEvidence] = []
-    for st in pipeline._sig.values():
+    ecg = [st for st in pipeline._sig.values() if st.kind == "ecg"]
+    for st in ecg:
         now = st.next_index
-        if st.kind == "ecg":
-            leads.append(lead_evidence(st, now, window_s))
-        elif st.kind in ("ABP", "PLETH"):
-            pulses.append(pulse_evidence(st, now, window_s))
+        ev = lead_evidence(st, now, window_s)
+        # agreement with the best other lead (beats in seconds, 150 ms tolerance)
+        others = [o for o in ecg if o is not st]
+        if others:
+            mine = _beat_times_ms(st, now, window_s)
+            ev = replace(
+                ev,
+                agreement=max(
+                    beat_agreement(mine, _beat_times_ms(o, o.next_index, window_s), 150)
+                    for o in others
+                ),
+            )
+        leads.append(ev)
+    for st in pipeline._sig.values():
+        if st.kind in ("ABP", "PLETH"):
+            pulses.append(pulse_evidence(st, st.next_index, window_s))
     return leads, pulses
+
+
+def _beat_times_ms(st: _SignalState, now: int, window_s: float) -> np.ndarray:
+    """Beat times in ms, relative to the signal's end, within the window."""
+    lo = now - round(window_s * st.fs_hz)
+    s = np.array([b.sample for b in st.recent_beats if b.sample >= lo], dtype=np.float64)
+    return np.round((s - now) * 1000.0 / st.fs_hz).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)
