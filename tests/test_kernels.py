@@ -143,11 +143,24 @@ def naive_beat_features(
     n_init: int,
     narrow: float,
     relearn: int,
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float], list[float]]:
     template = np.zeros(pre + post)
     t = 0
     low = 0
-    widths, corrs = [], []
+    widths: list[float] = []
+    corrs: list[float] = []
+    wratios: list[float] = []
+    sratios: list[float] = []
+
+    def width_of(seg: np.ndarray) -> float:
+        d = np.abs(np.diff(seg))
+        above = np.flatnonzero(d >= frac * d.max()) if d.max() > 0 else np.array([])
+        return float(above[-1] + 1 - above[0]) if above.size else math.nan
+
+    def steepness(seg: np.ndarray) -> float:
+        p2p = seg.max() - seg.min()
+        return float(np.abs(np.diff(seg)).max() / p2p) if p2p > 0 else math.nan
+
     for f in fids:
         lo = f - y0 - pre
         if (
@@ -157,11 +170,11 @@ def naive_beat_features(
         ):
             widths.append(math.nan)
             corrs.append(math.nan)
+            wratios.append(math.nan)
+            sratios.append(math.nan)
             continue
         seg = y[lo : lo + pre + post]
-        d = np.abs(np.diff(seg))
-        above = np.flatnonzero(d >= frac * d.max()) if d.max() > 0 else np.array([])
-        w = float(above[-1] + 1 - above[0]) if above.size else math.nan
+        w = width_of(seg)
         widths.append(w)
 
         def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -173,18 +186,24 @@ def naive_beat_features(
             template = (template * t + seg) / (t + 1)
             t += 1
             corrs.append(pearson(seg, template) if t > 1 else math.nan)
+            wratios.append(math.nan)
+            sratios.append(math.nan)
             continue
         shifted = {sh: y[lo + sh : lo + sh + pre + post] for sh in range(-shift, shift + 1)}
         scores = {sh: pearson(a, template) for sh, a in shifted.items()}
         best = max(scores, key=lambda sh: (scores[sh], -sh - shift))  # first of equal maxima
         c = scores[best]
         corrs.append(c)
+        tw = width_of(template)
+        wratios.append(w / tw if tw > 0 else math.nan)
+        ts = steepness(template)
+        sratios.append(steepness(seg) / ts if ts > 0 else math.nan)
         low = low + 1 if c < 0.7 else 0
         if low >= relearn:
             t, low, template = 0, 0, np.zeros(pre + post)
         elif c > 0.9 and w < narrow:
             template = 0.95 * template + 0.05 * shifted[best]
-    return widths, corrs
+    return widths, corrs, wratios, sratios
 
 
 @settings(max_examples=30, deadline=None)
@@ -200,6 +219,8 @@ def test_beat_features_match_naive(seed: int, n_beats: int) -> None:
     tstate = np.zeros(2, dtype=np.int64)
     w = np.empty(n_beats)
     c = np.empty(n_beats)
+    wr = np.empty(n_beats)
+    sr = np.empty(n_beats)
     _beat_features(
         y,
         y0,
@@ -215,7 +236,11 @@ def test_beat_features_match_naive(seed: int, n_beats: int) -> None:
         3,
         w,
         c,
+        wr,
+        sr,
     )
-    want_w, want_c = naive_beat_features(y, y0, fids, pre, post, shift, 0.15, 4, 30.0, 3)
-    np.testing.assert_allclose(w, want_w, equal_nan=True)
-    np.testing.assert_allclose(c, want_c, rtol=1e-7, atol=1e-9, equal_nan=True)
+    want = naive_beat_features(y, y0, fids, pre, post, shift, 0.15, 4, 30.0, 3)
+    np.testing.assert_allclose(w, want[0], equal_nan=True)
+    np.testing.assert_allclose(c, want[1], rtol=1e-7, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(wr, want[2], rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(sr, want[3], rtol=1e-7, equal_nan=True)

@@ -66,6 +66,22 @@ def _qrs_width_n(seg: NDArray[np.float64], slope_frac: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _steepness(seg: NDArray[np.float64]) -> float:
+    """Largest absolute first difference over the peak-to-peak amplitude (NaN when flat)."""
+    lo = seg[0]
+    hi = seg[0]
+    mx = 0.0
+    for i in range(seg.shape[0]):
+        lo = min(lo, seg[i])
+        hi = max(hi, seg[i])
+        if i > 0:
+            mx = max(mx, abs(seg[i] - seg[i - 1]))
+    if hi <= lo:
+        return np.nan
+    return mx / (hi - lo)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _has_nan(a: NDArray[np.float64]) -> bool:
     return bool(np.isnan(a).any())
 
@@ -86,6 +102,8 @@ def _beat_features(
     relearn_n: int,
     out_width_n: NDArray[np.float64],
     out_corr: NDArray[np.float64],
+    out_width_ratio: NDArray[np.float64],
+    out_steep_ratio: NDArray[np.float64],
 ) -> None:
     """tstate[0]: beats averaged into the template so far; tstate[1]: beats in a row that
     correlated below ``RELEARN_CORR`` (at ``relearn_n`` of them the dominant beat has changed,
@@ -93,13 +111,19 @@ def _beat_features(
 
     The correlation is the best over shifts of up to ``shift_n`` samples either way, and the
     template follows the best-aligned segment; a beat whose window (with the shifts) is not
-    wholly inside ``y`` or holds a NaN gets NaN for both.
+    wholly inside ``y`` or holds a NaN gets NaN for all.
+
+    Once the template is learnt, each beat is also compared with it by width (ratio of the
+    widths) and by steepness (ratio of the largest slope over the peak-to-peak amplitude):
+    ventricular beats are wider and, for their size, less steep than the dominant beat.
     """
     span = pre_n + post_n
     for b in range(fids.shape[0]):
         lo = fids[b] - y0 - pre_n
         out_width_n[b] = np.nan
         out_corr[b] = np.nan
+        out_width_ratio[b] = np.nan
+        out_steep_ratio[b] = np.nan
         if lo - shift_n < 0 or lo + span + shift_n > y.shape[0]:
             continue
         if _has_nan(y[lo - shift_n : lo + span + shift_n]):
@@ -123,6 +147,12 @@ def _beat_features(
                 best_c = c
                 best_lo = lo + sh
         out_corr[b] = best_c
+        tw = _qrs_width_n(template, slope_frac)
+        if tw > 0.0:
+            out_width_ratio[b] = w / tw
+        ts = _steepness(template)
+        if ts > 0.0:
+            out_steep_ratio[b] = _steepness(seg) / ts
         tstate[1] = tstate[1] + 1 if best_c < RELEARN_CORR else 0
         if tstate[1] >= relearn_n:
             tstate[0] = 0

@@ -33,7 +33,7 @@ PULSE_REGULAR_CV: Final = 0.05
 PULSE_MIN_GOOD_FRAC: Final = 0.5
 ECG_MIN_GOOD_FRAC: Final = 0.5
 ECG_REGULAR_CV: Final = 0.2
-VT_MAX_V_3S: Final = 3  # fewer ventricular beats than this in any 3 s: no ventricular run
+VT_MAX_V_3S: Final = 4  # fewer ventricular beats than this in any 3 s: no ventricular run
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +185,7 @@ class VtRule:
     pulse_regular_cv: float = PULSE_REGULAR_CV
     ecg_regular_cv: float = ECG_REGULAR_CV
     max_v_3s: int = VT_MAX_V_3S
-    min_beats: int = 4
+    min_beats: int = 3
 
 
 def _perfusing(p: PulseEvidence, rule: VtRule) -> bool:

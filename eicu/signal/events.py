@@ -34,6 +34,8 @@ class Beat:
     qrs_width_ms: float | None = None  # ECG only, None when it could not be measured
     ventricular: bool | None = None  # ECG only
     template_corr: float | None = None  # ECG only: correlation with the dominant-beat template
+    width_ratio: float | None = None  # ECG only: QRS width over the template's
+    steep_ratio: float | None = None  # ECG only: steepness (max slope / amplitude) over template's
 
 
 @dataclass(frozen=True, slots=True)

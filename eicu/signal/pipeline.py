@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -38,10 +38,11 @@ QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
 QRS_SLOPE_FRAC: Final = 0.15
 QRS_SHIFT_S: Final = 0.03  # alignment search for the template correlation
-# a ventricular beat: unlike the dominant beat and wide (on MIT-BIH channel 0 this finds 66 % of
-# the V beats, and 40 % of the beats it calls ventricular are V beats)
-VENTRICULAR_WIDTH_MS: Final = 90.0
-VENTRICULAR_CORR: Final = 0.7
+# A ventricular beat is unlike the dominant beat, wider and, for its size, less steep. Chosen on
+# MIT-BIH channel 0 (benchmarks/accuracy.py prints how well it finds the V beats there).
+VENTRICULAR_CORR: Final = 0.9
+VENTRICULAR_WIDTH_RATIO: Final = 1.2
+VENTRICULAR_STEEP_RATIO: Final = 0.9
 TEMPLATE_INIT_BEATS: Final = 8
 TEMPLATE_RELEARN_BEATS: Final = 32
 MAX_GAP_BLOCK_S: Final = 60.0
@@ -99,6 +100,14 @@ class _History:
             return None
         a = self.filt if filtered else self.raw
         return a[lo - self.start : hi - self.start]
+
+
+# (sample, width_ms, ventricular, template_corr, width_ratio, steep_ratio)
+_BeatItem = tuple[int, float | None, bool | None, float | None, float | None, float | None]
+
+
+def _opt(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
 
 
 class _SignalState:
@@ -262,31 +271,29 @@ class BedSignalPipeline:
         found = st.detector.push(x) if st.detector is not None else None
         # (time the item became known, order, payload): beats and one-second ticks, merged in
         # time order so that the rhythm tracker sees the same sequence however chunks are cut
-        items: list[tuple[int, int, tuple[int, float | None, bool | None, float | None]]] = []
+        items: list[tuple[int, int, _BeatItem]] = []
         if st.kind == "ecg" and found is not None:
             for s, at in zip(found.sample.tolist(), found.decided_at.tolist(), strict=True):
                 st.pending.append((s, max(at, s + st.post_n + st.shift_n)))
             items.extend(self._ready_ecg_beats(st))
         elif found is not None:
-            items.extend((s, 0, (s, None, None, None)) for s in found.sample.tolist())
+            items.extend((s, 0, (s, None, None, None, None, None)) for s in found.sample.tolist())
         while st.next_tick <= st.next_index:
-            items.append((st.next_tick, 1, (st.next_tick, None, None, None)))
+            items.append((st.next_tick, 1, (st.next_tick, None, None, None, None, None)))
             st.next_tick += st.tick_n
         items.sort(key=lambda it: (it[0], it[1]))
-        for at, what, (s, width_ms, ventricular, corr_) in items:
+        for at, what, (s, width_ms, ventricular, corr_, wr_, sr_) in items:
             if primary and self._tracker is not None:
                 events.extend(self._tracker.advance(at))
             if what == 0:
-                events.extend(self._beat_events(st, s, width_ms, ventricular, corr_))
+                events.extend(self._beat_events(st, s, width_ms, ventricular, corr_, wr_, sr_))
             else:
                 events.extend(self._tick(st, s, primary))
         if primary and self._tracker is not None:
             events.extend(self._tracker.advance(st.next_index))
         return events
 
-    def _ready_ecg_beats(
-        self, st: _SignalState
-    ) -> list[tuple[int, int, tuple[int, float | None, bool | None, float | None]]]:
+    def _ready_ecg_beats(self, st: _SignalState) -> list[tuple[int, int, _BeatItem]]:
         ready = [p for p in st.pending if p[1] <= st.next_index]
         if not ready:
             return []
@@ -294,6 +301,8 @@ class BedSignalPipeline:
         fids = np.array([p[0] for p in ready], dtype=np.int64)
         width_n = np.empty(fids.shape[0])
         corr = np.empty(fids.shape[0])
+        width_ratio = np.empty(fids.shape[0])
+        steep_ratio = np.empty(fids.shape[0])
         _beat_features(
             st.hist.filt,
             st.hist.start,
@@ -309,16 +318,27 @@ class BedSignalPipeline:
             TEMPLATE_RELEARN_BEATS,
             width_n,
             corr,
+            width_ratio,
+            steep_ratio,
         )
-        out: list[tuple[int, int, tuple[int, float | None, bool | None, float | None]]] = []
-        for (s, at), w_n, c in zip(ready, width_n.tolist(), corr.tolist(), strict=True):
+        out: list[tuple[int, int, _BeatItem]] = []
+        for (s, at), w_n, c, wr, sr in zip(
+            ready,
+            width_n.tolist(),
+            corr.tolist(),
+            width_ratio.tolist(),
+            steep_ratio.tolist(),
+            strict=True,
+        ):
             width_ms = None if np.isnan(w_n) else w_n * 1000.0 / st.fs_hz
             ventricular = None
-            if width_ms is not None:
-                ventricular = (
-                    not np.isnan(c) and c < VENTRICULAR_CORR and width_ms > VENTRICULAR_WIDTH_MS
+            if width_ms is not None and not np.isnan(c):
+                ventricular = bool(
+                    c < VENTRICULAR_CORR
+                    and wr > VENTRICULAR_WIDTH_RATIO
+                    and sr < VENTRICULAR_STEEP_RATIO
                 )
-            out.append((at, 0, (s, width_ms, ventricular, None if np.isnan(c) else c)))
+            out.append((at, 0, (s, width_ms, ventricular, _opt(c), _opt(wr), _opt(sr))))
         return out
 
     def _beat_events(
@@ -328,9 +348,13 @@ class BedSignalPipeline:
         width_ms: float | None,
         ventricular: bool | None,
         corr: float | None,
+        width_ratio: float | None = None,
+        steep_ratio: float | None = None,
     ) -> list[Event]:
-        kind = "qrs" if st.kind == "ecg" else "pulse"
-        beat = Beat(st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr)  # type: ignore[arg-type]
+        kind: Literal["qrs", "pulse"] = "qrs" if st.kind == "ecg" else "pulse"
+        beat = Beat(
+            st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr, width_ratio, steep_ratio
+        )
         st.recent_beats.append(beat)
         events: list[Event] = [beat]
         if self._tracker is not None and st.key == self.primary_ecg:
