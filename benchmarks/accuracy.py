@@ -1,7 +1,7 @@
 """Accuracy and speed of eicu's signal pipeline on the PhysioNet records, beside peer detectors.
 
     EICU_DATA_DIR=/path/to/data python benchmarks/accuracy.py [--records 101 203] [--no-peers]
-        [--skip qrs,af,vt,speed]
+        [--skip qrs,af,v,vt,speed]
 
 Sections (each prints one table):
 
@@ -11,6 +11,7 @@ Sections (each prints one table):
   beside wfdb's xqrs and gqrs and neurokit2's default and Pan-Tompkins methods. Speed is samples
   per second of detection on one core (wall time of the detector call, record already in memory).
 - AF: episodes of the pipeline's AFIB flag against the ``(AFIB`` rhythm annotations.
+- V: the pipeline's ventricular-beat call against the V beat annotations.
 - VT: the 2015 challenge VT alarms (Clifford et al. 2015): TPR, TNR and score
   (TP+TN)/(TP+TN+FP+5*FN), plus a 5-fold cross-validated score of the rule's constants.
 - SPEED: samples per second of the streaming detector alone and of the whole pipeline.
@@ -37,6 +38,7 @@ from eicu.signal.alarms import ALARM_WINDOW_S, VtRule, decide, gather, verify_al
 from eicu.signal.beats import BeatDetector
 from eicu.signal.cli_analyze import analyze_record
 from eicu.signal.cli_verify import ALARM_AT_S, replay_record
+from eicu.signal.events import Beat
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.records import (
     quiet_wfdb,
@@ -154,6 +156,41 @@ def qrs_section(root: Path, records: list[str], with_peers: bool) -> None:
         se = 100.0 * tp / max(tp + fn, 1)
         pp = 100.0 * tp / max(tp + fp, 1)
         print(f"{name:32s} {tp:7d} {fn:6d} {fp:6d} {se:7.3f} {pp:7.3f}")
+
+
+def ventricular_section(root: Path, records: list[str]) -> None:
+    """How well the pipeline's ventricular-beat call finds the V beats of the annotations."""
+    tp = fp = fn = 0
+    for r in records:
+        path = root / "mitdb" / r
+        rec = read_record(path)
+        x = rec.signals[:, 0]
+        pipeline = BedSignalPipeline({"ECG_II": rec.fs_hz})
+        n = round(rec.fs_hz)
+        called: list[tuple[int, bool]] = []
+        for i in range(0, x.shape[0], n):
+            for ev in pipeline.push("ECG_II", x[i : i + n], i):
+                if isinstance(ev, Beat) and ev.ventricular is not None:
+                    called.append((ev.sample, ev.ventricular))
+        with quiet_wfdb():
+            ann = wfdb_module().rdann(str(path), "atr")
+        ref = np.asarray(ann.sample)
+        sym = np.asarray(ann.symbol)
+        tol = round(0.15 * rec.fs_hz)
+        for s, vent in called:
+            j = int(np.searchsorted(ref, s))
+            near = [k for k in (j - 1, j) if 0 <= k < ref.shape[0] and abs(ref[k] - s) <= tol]
+            if not near:
+                continue
+            k = min(near, key=lambda k: abs(ref[k] - s))
+            is_v = sym[k] == "V"
+            tp += vent and is_v
+            fp += vent and not is_v
+            fn += (not vent) and is_v
+    print("\nVentricular beats (pipeline's call vs V annotations, matched beats, channel 0)")
+    se = 100.0 * tp / max(tp + fn, 1)
+    pp = 100.0 * tp / max(tp + fp, 1)
+    print(f"V beats found {tp}, missed {fn}, false {fp}: Se {se:.1f}%, +P {pp:.1f}%")
 
 
 def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
@@ -306,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--records", nargs="+", help="MIT-BIH records (default: all present)")
     ap.add_argument("--no-peers", action="store_true", help="leave out wfdb and neurokit2")
-    ap.add_argument("--skip", default="", help="comma-separated sections: qrs,af,vt,speed")
+    ap.add_argument("--skip", default="", help="comma-separated sections: qrs,af,v,vt,speed")
     args = ap.parse_args(argv)
     root = data_dir()
     records = args.records or mitdb_records()
@@ -318,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         qrs_section(root, records, not args.no_peers)
     if "af" not in skip:
         af_section(root, records)
+    if "v" not in skip:
+        ventricular_section(root, records)
     if "vt" not in skip and (root / "challenge2015" / "ALARMS.csv").exists():
         vt_section(root)
     if "speed" not in skip:
