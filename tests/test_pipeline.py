@@ -193,3 +193,79 @@ def test_rejects_bad_configuration_and_chunks() -> None:
         p.push("ECG_II", np.array([np.inf]), 100)
     with pytest.raises(ValueError, match="unknown alarm"):
         verify_alarm(p, "SNEEZE")
+
+
+def _verdicts(events: list[Event], signal: str) -> list[str]:
+    return [e.verdict for e in events if isinstance(e, Quality) and e.signal == signal]
+
+
+def test_quality_verdicts_flat_saturated_noisy() -> None:
+    x, _ = ecg_from_rr(np.full(40, 0.8), FS)
+    n = x.shape[0]
+    flat = x.copy()
+    flat[n // 3 : n // 3 + 2000] = 0.2
+    assert "flat" in _verdicts(run(flat), "ECG_II")
+    clipped = np.clip(x * 8.0, -1.0, 1.0)
+    assert "saturated" in _verdicts(run(clipped), "ECG_II")
+    noisy = x + np.random.default_rng(0).normal(0, 0.5, n)
+    assert "noisy" in _verdicts(run(noisy), "ECG_II")
+    assert _verdicts(run(x), "ECG_II") == ["good"]
+
+
+def _bed(
+    ecg: np.ndarray, abp: np.ndarray | None, chunk_s: float
+) -> tuple[BedSignalPipeline, list[Event]]:
+    signals = {"ECG_II": 250.0, "ECG_V": 250.0}
+    if abp is not None:
+        signals["ABP"] = 125.0
+    p = BedSignalPipeline(signals)
+    events: list[Event] = []
+    n_e = max(2, round(chunk_s * 250.0)) // 2 * 2
+    n_a = n_e // 2
+    for k in range(0, -(-ecg.shape[0] // n_e)):
+        i, j = k * n_e, k * n_a
+        events += p.push("ECG_II", ecg[i : i + n_e], i)
+        events += p.push("ECG_V", -0.7 * ecg[i : i + n_e], i)
+        if abp is not None:
+            events += p.push("ABP", abp[j : j + n_a], j)
+    return p, events
+
+
+def test_multi_signal_bed_chunked_equals_whole() -> None:
+    x, truth = ecg_from_rr(np.random.default_rng(5).uniform(0.5, 1.0, 60), 250.0, noise_mv=0.02)
+    x = x[: (x.shape[0] // 250) * 250]
+    abp = pulse_from_beats(truth // 2, x.shape[0] // 2, 125.0)
+    abp[1000:1300] = np.nan
+    _, a = _bed(x, abp, 1.0)
+    _, b = _bed(x, abp, 0.2)
+    assert [repr(e) for e in _sorted(a)] == [repr(e) for e in _sorted(b)]  # NaN-safe
+    assert {e.signal for e in a if isinstance(e, Beat)} == {"ECG_II", "ECG_V", "ABP"}
+
+
+def test_asystole_alarm_true_without_pulses_false_with_them() -> None:
+    x, _ = ecg_from_rr(np.full(40, 0.8), 250.0)
+    n_beats = int(x.shape[0] // 250)
+    x = np.concatenate([x[: 25 * 250], np.random.default_rng(1).normal(0, 0.005, 8 * 250)])
+    flat_abp = np.full(x.shape[0] // 2, 60.0) + np.random.default_rng(2).normal(
+        0, 0.3, x.shape[0] // 2
+    )
+    pulsing = pulse_from_beats(np.arange(40, x.shape[0] // 2, 100), x.shape[0] // 2, 125.0)
+    assert n_beats > 25
+    p_true, ev = _bed(x, flat_abp, 0.5)
+    assert starts(ev, "ASYSTOLE")
+    assert verify_alarm(p_true, "ASYSTOLE").true_alarm is True
+    p_false, _ = _bed(x, pulsing, 0.5)
+    assert verify_alarm(p_false, "ASYSTOLE").true_alarm is False
+
+
+def test_vt_alarm_true_on_a_ventricular_run_without_regular_pulses() -> None:
+    normal, _ = ecg_from_rr(np.full(40, 0.8), 250.0)
+    wide, _ = ecg_from_rr(np.full(14, 0.42), 250.0, qrs_width_s=0.14, p_wave=False, start_s=0.3)
+    x = np.concatenate([normal, -wide])
+    x = x[: (x.shape[0] // 250) * 250]
+    p, ev = _bed(x, None, 0.5)
+    assert starts(ev, "VTACH")
+    decision = verify_alarm(p, "VTACH")
+    assert decision.true_alarm is True, decision.reason
+    p_sinus, _ = _bed(normal[: (normal.shape[0] // 250) * 250], None, 0.5)
+    assert verify_alarm(p_sinus, "VTACH").true_alarm is False
