@@ -31,7 +31,7 @@ from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
 
-HISTORY_S: Final = 20.0
+HISTORY_S: Final = 12.0
 RECENT_S: Final = 30.0
 QUALITY_WINDOW_S: Final = 2.0
 QRS_PRE_S: Final = 0.12
