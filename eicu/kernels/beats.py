@@ -290,6 +290,11 @@ def _detector_step(
     out_amp: NDArray[np.float64],
     out_at: NDArray[np.int64],
 ) -> int:
+    """Returns the number of beats written to the outputs, or -1 (state untouched) when ``x``
+    holds an infinite value."""
+    for k in range(x.shape[0]):
+        if math.isinf(x[k]):
+            return -1
     mode = ip[P_MODE]
     mwi_n = ip[P_MWI_N]
     mask = ip[P_MASK]

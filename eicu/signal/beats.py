@@ -150,6 +150,9 @@ class BeatDetector:
         self._cand_val = np.zeros(k.N_CAND, dtype=np.float64)
         self._cand_slope = np.zeros(k.N_CAND, dtype=np.float64)
         self._cand_fid = np.zeros(k.N_CAND, dtype=np.int64)
+        self._out_idx = np.empty(0, dtype=np.int64)
+        self._out_amp = np.empty(0, dtype=np.float64)
+        self._out_at = np.empty(0, dtype=np.int64)
 
     @classmethod
     def ecg(cls, fs_hz: float) -> BeatDetector:
@@ -169,12 +172,12 @@ class BeatDetector:
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"samples must be 1-D, got shape {x.shape}")
-        if np.isinf(x).any():
-            raise ValueError("samples contain +-inf; mark a missing sample with NaN")
         cap = x.shape[0] // self._refr_n + 2 * k.N_CAND + 8
-        out_idx = np.empty(cap, dtype=np.int64)
-        out_amp = np.empty(cap, dtype=np.float64)
-        out_at = np.empty(cap, dtype=np.int64)
+        if cap > self._out_idx.shape[0]:  # output buffers are kept between calls
+            self._out_idx = np.empty(cap, dtype=np.int64)
+            self._out_amp = np.empty(cap, dtype=np.float64)
+            self._out_at = np.empty(cap, dtype=np.int64)
+        out_idx, out_amp, out_at = self._out_idx, self._out_amp, self._out_at
         nb = k._detector_step(
             x,
             self._sos,
@@ -194,6 +197,8 @@ class BeatDetector:
             out_amp,
             out_at,
         )
+        if nb < 0:
+            raise ValueError("samples contain +-inf; mark a missing sample with NaN")
         return DetectedBeats(out_idx[:nb].copy(), out_amp[:nb].copy(), out_at[:nb].copy())
 
 
