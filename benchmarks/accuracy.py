@@ -269,7 +269,7 @@ def vt_section(root: Path) -> None:
         shipped[i] = verify_alarm(pipeline, "VTACH").true_alarm
         leads, pulses = gather(pipeline, ALARM_WINDOW_S)
         for j, rule in enumerate(rules):
-            preds[j, i] = decide("VTACH", leads, pulses, ALARM_WINDOW_S, rule).true_alarm
+            preds[j, i] = decide("VTACH", leads, pulses, rule).true_alarm
 
     def counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int, int]:
         return (

@@ -8,7 +8,7 @@ that beats regularly with good quality is evidence of a perfusing rhythm.
 
 The VTACH rule calls the alarm false when a pulse signal of good quality beats regularly
 (interval coefficient of variation below ``PULSE_REGULAR_CV``, no gap of 2 s) through the
-window, or when an ECG lead of good quality shows an organised rhythm (at least 4 beats,
+window, or when an ECG lead of good quality shows an organised rhythm (at least 3 beats,
 interval coefficient of variation below ``ECG_REGULAR_CV``, fewer than ``VT_MAX_V_3S``
 ventricular beats in any 3 s, no fibrillatory window). Otherwise the alarm stands. The
 constants were chosen on the PhysioNet/CinC 2015 training alarms; ``benchmarks/accuracy.py``
@@ -46,7 +46,7 @@ class LeadEvidence:
     max_rr_s: float  # longest interval between beats, or the window when fewer than 2 beats
     min_rr_s: float
     fast_run_bpm: float  # rate of the fastest run of VT_BEATS beats (its slowest interval)
-    fast_run_abnormal: int  # beats of that run unlike the dominant beat (wide or dissimilar)
+    fast_run_abnormal: int  # beats of that run called ventricular
     fast_run_corr: float  # lowest template correlation in that run
     n_ventricular: int  # beats called ventricular
     max_v_3s: int  # most ventricular beats within any 3 s
@@ -212,9 +212,9 @@ def decide(
     label: str,
     leads: list[LeadEvidence],
     pulses: list[PulseEvidence],
-    window_s: float,
     rule: VtRule | None = None,
 ) -> AlarmDecision:
+    """The verdict on an alarm from the evidence of every lead and pulse signal."""
     rule = VtRule() if rule is None else rule
     good = [ld for ld in leads if ld.good_frac >= ECG_MIN_GOOD_FRAC]
     perfusing = [p for p in pulses if _perfusing(p, rule)]
@@ -270,4 +270,4 @@ def verify_alarm(
 ) -> AlarmDecision:
     """Judge an alarm of type ``label`` raised at the last sample pushed into ``pipeline``."""
     leads, pulses = gather(pipeline, window_s)
-    return decide(label, leads, pulses, window_s)
+    return decide(label, leads, pulses)
