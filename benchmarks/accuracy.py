@@ -1,7 +1,7 @@
 """Accuracy and speed of eicu's signal pipeline on the PhysioNet records, beside peer detectors.
 
     EICU_DATA_DIR=/path/to/data python benchmarks/accuracy.py [--records 101 203] [--no-peers]
-        [--skip qrs,af,v,vt,speed]
+        [--skip qrs,af,v,vt,pulse,speed]
 
 Sections (each prints one table):
 
@@ -14,6 +14,7 @@ Sections (each prints one table):
 - V: the pipeline's ventricular-beat call against the V beat annotations.
 - VT: the 2015 challenge VT alarms (Clifford et al. 2015): TPR, TNR and score
   (TP+TN)/(TP+TN+FP+5*FN), plus a 5-fold cross-validated score of the rule's constants.
+- PULSE: ABP and PLETH pulses against the wabp onsets that come with the 2015 records.
 - SPEED: samples per second of the streaming detector alone and of the whole pipeline.
 
 Records: Goldberger et al., PhysioBank, PhysioToolkit, and PhysioNet, Circulation 101(23), 2000.
@@ -309,6 +310,59 @@ def vt_section(root: Path) -> None:
     )
 
 
+def pulse_section(root: Path) -> None:
+    """Pulse detection on ABP and PLETH against the wabp onsets shipped with the 2015 records.
+
+    The reference is itself automatic (wabp, Zong et al. 2003), not reviewed by a person, and
+    marks the pulse onset while eicu marks the steepest upstroke: detections are shifted by the
+    record's median offset before matching within 150 ms.
+    """
+    folder = root / "challenge2015"
+    wfdb = wfdb_module()
+    totals: dict[str, list[int]] = {}
+    for ann_path in sorted(folder.glob("*.wabp*")):
+        name = ann_path.stem
+        ext = ann_path.suffix[1:]
+        with quiet_wfdb():
+            ann = wfdb.rdann(str(folder / name), ext)
+        rec = read_record(folder / name)
+        chan = int(ann.chan[0]) if ann.chan is not None and len(ann.chan) else -1
+        if not 0 <= chan < len(rec.sig_names):
+            continue
+        kind = rec.sig_names[chan].upper()
+        if kind not in ("ABP", "PLETH"):
+            continue
+        x = rec.signals[:, chan]
+        det = BeatDetector.pulse(rec.fs_hz)
+        n = round(rec.fs_hz)
+        found = np.concatenate([det.push(x[i : i + n]).sample for i in range(0, x.shape[0], n)])
+        ref = np.asarray(ann.sample, dtype=np.int64)
+        if found.size == 0 or ref.size == 0:
+            t = totals.setdefault(kind, [0, 0, 0, 0])
+            t[1] += ref.size
+            t[2] += found.size
+            t[3] += 1
+            continue
+        j = np.clip(np.searchsorted(ref, found), 1, ref.size - 1)
+        nearest = np.where(np.abs(ref[j] - found) < np.abs(ref[j - 1] - found), ref[j], ref[j - 1])
+        offset = int(np.median(found - nearest))
+        with quiet_wfdb():
+            c = wfdb.processing.compare_annotations(ref, found - offset, round(0.15 * rec.fs_hz))
+        t = totals.setdefault(kind, [0, 0, 0, 0])
+        t[0] += c.tp
+        t[1] += c.fn
+        t[2] += c.fp
+        t[3] += 1
+    print("\nPulse detection vs wabp onsets (2015 records, whole records, 150 ms after offset)")
+    for kind, (tp, fn, fp, n_rec) in sorted(totals.items()):
+        se = 100.0 * tp / max(tp + fn, 1)
+        pp = 100.0 * tp / max(tp + fp, 1)
+        print(
+            f"{kind:6s} {n_rec:4d} signals  TP {tp:6d}  FN {fn:5d}  FP {fp:5d}  "
+            f"Se {se:6.2f}%  +P {pp:6.2f}%"
+        )
+
+
 def speed_section(root: Path, records: list[str]) -> None:
     print("\nSpeed on one core (samples per second, record in memory)")
     xs = []
@@ -343,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--records", nargs="+", help="MIT-BIH records (default: all present)")
     ap.add_argument("--no-peers", action="store_true", help="leave out wfdb and neurokit2")
-    ap.add_argument("--skip", default="", help="comma-separated sections: qrs,af,v,vt,speed")
+    ap.add_argument("--skip", default="", help="comma-separated sections: qrs,af,v,vt,pulse,speed")
     args = ap.parse_args(argv)
     root = data_dir()
     records = args.records or mitdb_records()
@@ -359,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         ventricular_section(root, records)
     if "vt" not in skip and (root / "challenge2015" / "ALARMS.csv").exists():
         vt_section(root)
+    if "pulse" not in skip and (root / "challenge2015").exists():
+        pulse_section(root)
     if "speed" not in skip:
         speed_section(root, records)
     return 0

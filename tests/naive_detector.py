@@ -21,7 +21,9 @@ def naive_detect(x: np.ndarray, det: BeatDetector) -> tuple[list[int], list[int]
     (mode, mwi_n, refr_n, twave_n, confirm_n, settle_n, learn_n, gd_n, mask, fid_back_n) = (
         int(v) for v in det._ip
     )
-    thr_coef, sb_factor, sb_thr, rr0, decay_floor, decay_min = (float(v) for v in det._fp)
+    thr_coef, sb_factor, sb_thr, rr0, decay_floor, decay_min, twave_ratio = (
+        float(v) for v in det._fp
+    )
     ring = mask + 1
     n = len(x)
     bp = [0.0] * n  # band-passed value per sample (0 in and before a gap)
@@ -82,7 +84,7 @@ def naive_detect(x: np.ndarray, det: BeatDetector) -> tuple[list[int], list[int]
             noise_peaks.pop(0)
 
     def is_twave(c: int, slope: float) -> bool:
-        return mode == 0 and last_qrs >= 0 and c - last_qrs < twave_n and slope < 0.25 * last_slope
+        return last_qrs >= 0 and c - last_qrs < twave_n and slope < twave_ratio * last_slope
 
     def classify(c: int, v: float, slope: float, fid: int, now: int) -> None:
         nonlocal npk

@@ -11,7 +11,8 @@ Cardiology 30:259-262, 2003):
 4. peak picking on the integral: the highest local maximum, confirmed once the integral falls
    below half of it or ``confirm_n`` samples have passed;
 5. classification with adaptive signal and noise levels (threshold
-   ``npk + thr_coef * (spk - npk)``), a refractory period, T-wave rejection by slope (ECG) and a
+   ``npk + thr_coef * (spk - npk)``), a refractory period, rejection by slope of a T wave (ECG)
+   or dicrotic wave (pulses) within ``twave_n`` of a beat, and a
    search-back for a missed beat once no beat came for ``sb_factor`` times the mean RR; when
    the search-back finds nothing, the signal level is halved (down to ``decay_floor`` times the
    noise level and ``decay_min`` times the level at the last beat) and the search repeated
@@ -55,7 +56,8 @@ Q_SB_THR = 2
 Q_RR0_N = 3
 Q_DECAY_FLOOR = 4
 Q_DECAY_MIN = 5
-N_FPARAMS = 6
+Q_TWAVE_RATIO = 6  # a later wave is a T wave (or dicrotic wave) below this share of slope
+N_FPARAMS = 7
 
 # integer state
 S_G = 0  # global index of the next sample
@@ -249,12 +251,7 @@ def _classify(
     if last >= 0 and c - last < ip[P_REFR_N]:
         return nb
     if v > sf[T_THR]:
-        if (
-            ip[P_MODE] == 0
-            and last >= 0
-            and c - last < ip[P_TWAVE_N]
-            and slope < 0.25 * sf[T_LAST_SLOPE]
-        ):
+        if last >= 0 and c - last < ip[P_TWAVE_N] and slope < fp[Q_TWAVE_RATIO] * sf[T_LAST_SLOPE]:
             sf[T_NPK] = 0.125 * v + 0.875 * sf[T_NPK]
             _update_thr(sf, fp)
             return nb
@@ -264,7 +261,7 @@ def _classify(
     sf[T_NPK] = 0.125 * v + 0.875 * sf[T_NPK]
     _update_thr(sf, fp)
     if last >= 0:
-        twave = ip[P_MODE] == 0 and c - last < ip[P_TWAVE_N] and slope < 0.25 * sf[T_LAST_SLOPE]
+        twave = c - last < ip[P_TWAVE_N] and slope < fp[Q_TWAVE_RATIO] * sf[T_LAST_SLOPE]
         if not twave:
             _add_cand(si, cand_idx, cand_val, cand_slope, cand_fid, c, v, slope, fid)
     return nb

@@ -30,6 +30,7 @@ class DetectorConfig:
     mwi_s: float
     refractory_s: float
     twave_s: float
+    twave_ratio: float  # of the feature's slope measure (ECG: squared slope)
     confirm_s: float
     settle_s: float
     learn_s: float
@@ -48,6 +49,7 @@ ECG_CONFIG = DetectorConfig(
     mwi_s=0.150,
     refractory_s=0.200,
     twave_s=0.360,
+    twave_ratio=0.25,
     confirm_s=0.150,
     settle_s=0.5,
     learn_s=2.0,
@@ -65,7 +67,8 @@ PULSE_CONFIG = DetectorConfig(
     filter_order=2,
     mwi_s=0.128,
     refractory_s=0.250,
-    twave_s=0.0,
+    twave_s=0.45,
+    twave_ratio=0.3,
     confirm_s=0.200,
     settle_s=1.0,
     learn_s=3.0,
@@ -133,6 +136,7 @@ class BeatDetector:
         fp[k.Q_RR0_N] = config.rr0_s * self.fs_hz
         fp[k.Q_DECAY_FLOOR] = config.decay_floor
         fp[k.Q_DECAY_MIN] = config.decay_min
+        fp[k.Q_TWAVE_RATIO] = config.twave_ratio
         self._ip = ip
         self._fp = fp
         self._refr_n = int(ip[k.P_REFR_N])
