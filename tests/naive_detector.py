@@ -138,7 +138,7 @@ def naive_detect(x: np.ndarray, det: BeatDetector) -> tuple[list[int], list[int]
             u = y
         d = u - prev_bp
         prev_bp = u
-        feat[g] = d * d if mode == 0 else max(d, 0.0)
+        feat[g] = d * d if mode == 0 else max(d, 0.0) if mode == 1 else abs(d)
         bp[g] = u
         if g % ring == 0:
             mwi = 0.0
@@ -166,7 +166,7 @@ def naive_detect(x: np.ndarray, det: BeatDetector) -> tuple[list[int], list[int]
             ci, cv = cand
             cand = None
             slope = max([0.0] + [feat_at(j) for j in range(ci - mwi_n + 1, ci + 1)])
-            if mode == 0:
+            if mode != 1:
                 window = range(ci - fid_back_n, ci + 1)
                 best_j = max(window, key=lambda j: (abs(bp_at(j)), -j))
             else:

@@ -167,3 +167,13 @@ def test_detector_matches_naive_twin_on_mitdb() -> None:
     root = require_data("mitdb/203.hea")
     x = read_record(root / "mitdb" / "203", sampto=360 * 40).signals[:, 0]
     _naive_compare(x, BeatDetector.ecg(360.0), BeatDetector.ecg(360.0))
+
+
+def test_alternative_ecg_detector_matches_naive_and_finds_beats() -> None:
+    from eicu.signal.beats import ECG_ALT_CONFIG
+
+    x, truth = ecg_from_rr(_irregular_rr(60, 4), 250.0, noise_mv=0.02)
+    _naive_compare(x, BeatDetector(250.0, ECG_ALT_CONFIG), BeatDetector(250.0, ECG_ALT_CONFIG))
+    found = BeatDetector(250.0, ECG_ALT_CONFIG).push(x).sample
+    _tp, fn, fp = _match(truth, found, round(0.05 * 250.0))
+    assert fn == 0 and fp == 0

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from eicu.kernels._fastmath import FASTMATH
 
 # integer parameters
-P_MODE = 0  # 0 ECG (squared slope), 1 pulse (slope sum)
+P_MODE = 0  # feature: 0 squared slope (ECG), 1 positive slope (pulses), 2 absolute slope
 P_MWI_N = 1
 P_REFR_N = 2
 P_TWAVE_N = 3
@@ -335,7 +335,12 @@ def _detector_step(
             u = y
         d = u - sf[T_PREV_BP]
         sf[T_PREV_BP] = u
-        f = d * d if mode == 0 else max(d, 0.0)
+        if mode == 0:
+            f = d * d
+        elif mode == 1:
+            f = max(d, 0.0)
+        else:
+            f = abs(d)
         pos = g & mask
         old = ring_f[(g - mwi_n) & mask]
         ring_f[pos] = f
@@ -376,7 +381,7 @@ def _detector_step(
             si[S_CAND_I] = -1
             lo = ci - mwi_n + 1
             slope = _window_max(ring_f, mask, lo, ci)
-            if mode == 0:
+            if mode != 1:  # ECG: the largest band-passed deflection
                 j = _window_argmax(ring_bp, mask, ci - ip[P_FID_BACK_N], ci, True)
             else:
                 j = _window_argmax(ring_f, mask, lo, ci, False)

@@ -17,7 +17,8 @@ from scipy import signal as sps
 
 from eicu.kernels import beats as k
 
-Kind = Literal["ecg", "pulse"]
+Kind = Literal["ecg", "pulse", "ecg_abs"]
+_MODE: dict[str, int] = {"ecg": 0, "pulse": 1, "ecg_abs": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,27 @@ ECG_CONFIG = DetectorConfig(
     settle_s=0.5,
     learn_s=2.0,
     thr_coef=0.25,
+    searchback_factor=1.66,
+    searchback_thr=0.5,
+    rr0_s=1.0,
+    decay_floor=3.0,
+    decay_min=0.125,
+)
+
+# A second, differently built QRS detector (other band, absolute slope, shorter integral): where
+# it and the main detector disagree, the ECG is noisy (the bSQI idea of Li, Mark and Clifford).
+ECG_ALT_CONFIG = DetectorConfig(
+    kind="ecg_abs",
+    band_hz=(8.0, 20.0),
+    filter_order=2,
+    mwi_s=0.100,
+    refractory_s=0.200,
+    twave_s=0.360,
+    twave_ratio=0.5,
+    confirm_s=0.150,
+    settle_s=0.5,
+    learn_s=2.0,
+    thr_coef=0.3,
     searchback_factor=1.66,
     searchback_thr=0.5,
     rr0_s=1.0,
@@ -119,7 +141,7 @@ class BeatDetector:
         span = fid_back_n + n(config.confirm_s) + mwi_n + 4
         ring = 1 << int(np.ceil(np.log2(max(span, n(1.0)))))
         ip = np.zeros(k.N_IPARAMS, dtype=np.int64)
-        ip[k.P_MODE] = 0 if config.kind == "ecg" else 1
+        ip[k.P_MODE] = _MODE[config.kind]
         ip[k.P_MWI_N] = mwi_n
         ip[k.P_REFR_N] = n(config.refractory_s)
         ip[k.P_TWAVE_N] = round(config.twave_s * self.fs_hz)

@@ -74,6 +74,7 @@ class Quality:
     range: float
     clip_frac: float
     hf_index: float
+    detector_agreement: float = float("nan")  # ECG: F1 of two different QRS detectors
 
 
 Event = Beat | HeartRate | RhythmFlag | Quality

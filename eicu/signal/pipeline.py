@@ -25,14 +25,26 @@ from scipy import signal as sps
 
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.kernels.morphology import _beat_features
-from eicu.kernels.sqi import SQI_CLIP_FRAC, SQI_HF, SQI_NAN_FRAC, SQI_RANGE, window_sqi
-from eicu.signal.beats import BeatDetector
+from eicu.kernels.sqi import (
+    SQI_CLIP_FRAC,
+    SQI_HF,
+    SQI_NAN_FRAC,
+    SQI_RANGE,
+    beat_agreement,
+    window_sqi,
+)
+from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
 
 HISTORY_S: Final = 12.0
 RECENT_S: Final = 30.0
+# detector agreement (F1 within 150 ms) over AGREEMENT_WINDOW_S, ending AGREEMENT_LAG_S before
+# the tick so that both detectors have decided on every beat in it
+AGREEMENT_WINDOW_S: Final = 8.0
+AGREEMENT_LAG_S: Final = 1.0
+DETECTOR_AGREEMENT_MIN: Final = 0.8
 QUALITY_WINDOW_S: Final = 2.0
 QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
@@ -57,8 +69,9 @@ _QUALITY_LIMITS: Final[dict[str, tuple[float, float]]] = {
 }
 
 
-def verdict_of(sqi: NDArray[np.float64], kind: str) -> Verdict:
-    """The quality verdict of one window's indexes (see :mod:`eicu.kernels.sqi`)."""
+def verdict_of(sqi: NDArray[np.float64], kind: str, agreement: float = float("nan")) -> Verdict:
+    """The quality verdict of one window's indexes (see :mod:`eicu.kernels.sqi`), and for ECG
+    the agreement of two different QRS detectors on it (NaN when not judged)."""
     flat_range, hf_limit = _QUALITY_LIMITS.get(kind, _QUALITY_LIMITS["other"])
     if sqi[SQI_NAN_FRAC] > 0.5:
         return "missing"
@@ -66,7 +79,7 @@ def verdict_of(sqi: NDArray[np.float64], kind: str) -> Verdict:
         return "flat"
     if sqi[SQI_CLIP_FRAC] > 0.2:
         return "saturated"
-    if sqi[SQI_HF] > hf_limit:
+    if sqi[SQI_HF] > hf_limit or agreement < DETECTOR_AGREEMENT_MIN:
         return "noisy"
     return "good"
 
@@ -119,8 +132,13 @@ class _SignalState:
         self.hist = _History(size=round(HISTORY_S * fs_hz))
         self.detector: BeatDetector | None = None
         self.filter: SosFilter | None = None
+        self.alt_detector: BeatDetector | None = None
+        # (sample, decided at) of each detector's beats, for the agreement index
+        self.known_main: deque[tuple[int, int]] = deque()
+        self.known_alt: deque[tuple[int, int]] = deque()
         if self.kind == "ecg":
             self.detector = BeatDetector.ecg(fs_hz)
+            self.alt_detector = BeatDetector(fs_hz, ECG_ALT_CONFIG)
             sos = sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
             self.filter = SosFilter(sos)
         elif self.kind in ("ABP", "PLETH"):
@@ -186,7 +204,28 @@ class _SignalState:
         w = self.hist.window(max(sample - self.quality_n, self.hist.start), sample)
         if w is None or w.shape[0] == 0:
             return "missing"
-        return verdict_of(window_sqi(w), self.kind)
+        return verdict_of(window_sqi(w), self.kind, self.agreement_at(sample))
+
+    def agreement_at(self, t: int) -> float:
+        """F1 agreement of the two QRS detectors on the beats they had decided by sample t."""
+        if self.alt_detector is None:
+            return float("nan")
+        hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
+        lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
+        a = np.array([s for s, at in self.known_main if lo <= s < hi and at <= t], dtype=np.int64)
+        b = np.array([s for s, at in self.known_alt if lo <= s < hi and at <= t], dtype=np.int64)
+        if a.shape[0] + b.shape[0] < 4:
+            return float("nan")
+        return beat_agreement(a, b, round(0.15 * self.fs_hz))
+
+    def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
+        keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
+        for known, new in ((self.known_main, found), (self.known_alt, alt)):
+            if new is None:
+                continue
+            known.extend(zip(new.sample.tolist(), new.decided_at.tolist(), strict=True))
+            while known and known[0][0] < keep_from:
+                known.popleft()
 
 
 class BedSignalPipeline:
@@ -269,6 +308,8 @@ class BedSignalPipeline:
         primary = self._tracker is not None and st.key == self.primary_ecg
         st.note_missing(x, g0)
         found = st.detector.push(x) if st.detector is not None else None
+        if found is not None and st.alt_detector is not None:
+            st.note_decided(found, st.alt_detector.push(x))
         # (time the item became known, order, payload): beats and one-second ticks, merged in
         # time order so that the rhythm tracker sees the same sequence however chunks are cut
         items: list[tuple[int, int, _BeatItem]] = []
@@ -385,7 +426,8 @@ class BedSignalPipeline:
         st.forget_before(t - round(RECENT_S * st.fs_hz))
         if w is not None:
             sqi = window_sqi(w)
-            v = verdict_of(sqi, st.kind)
+            agreement = st.agreement_at(t)
+            v = verdict_of(sqi, st.kind, agreement)
             st.recent_quality.append((t, v))
             if v != st.verdict:
                 st.verdict = v
@@ -399,6 +441,7 @@ class BedSignalPipeline:
                         float(sqi[SQI_RANGE]),
                         float(sqi[SQI_CLIP_FRAC]),
                         float(sqi[SQI_HF]),
+                        agreement,
                     )
                 )
         if st.kind == "ecg" and t >= st.vf_n:
