@@ -1,0 +1,80 @@
+"""What the per-bed signal pipeline reports: plain, immutable data.
+
+Sample indices count samples of the named signal from the first sample the pipeline saw of it
+(index 0); ``time_s`` is ``sample / fs_hz`` of that signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+RhythmLabel = Literal["ASYSTOLE", "BRADY", "TACHY", "VTACH", "VFIB", "AFIB", "PAUSE"]
+RHYTHM_LABELS: Final[tuple[str, ...]] = (
+    "ASYSTOLE",
+    "BRADY",
+    "TACHY",
+    "VTACH",
+    "VFIB",
+    "AFIB",
+    "PAUSE",
+)
+
+Verdict = Literal["good", "missing", "flat", "saturated", "noisy"]
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A QRS complex (ECG) or a pressure/pleth pulse."""
+
+    signal: str
+    sample: int
+    time_s: float
+    kind: Literal["qrs", "pulse"]
+    qrs_width_ms: float | None = None  # ECG only, None when it could not be measured
+    ventricular: bool | None = None  # ECG only
+    template_corr: float | None = None  # ECG only: correlation with the dominant-beat template
+    width_ratio: float | None = None  # ECG only: QRS width over the template's
+    steep_ratio: float | None = None  # ECG only: steepness (max slope / amplitude) over template's
+
+
+@dataclass(frozen=True, slots=True)
+class HeartRate:
+    """Heart (or pulse) rate at a beat: beat-to-beat and the median of the last 8 intervals."""
+
+    signal: str
+    sample: int
+    time_s: float
+    rr_ms: float
+    hr_bpm: float  # 60000 / rr_ms
+    hr_median_bpm: float
+
+
+@dataclass(frozen=True, slots=True)
+class RhythmFlag:
+    """Start or end of a rhythm condition, with the quality of the lead it was found on."""
+
+    label: RhythmLabel
+    state: Literal["start", "end"]
+    signal: str
+    sample: int
+    time_s: float
+    quality: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """A change of signal-quality verdict, judged over the window ending at ``sample``."""
+
+    signal: str
+    sample: int
+    time_s: float
+    verdict: Verdict
+    nan_frac: float
+    range: float
+    clip_frac: float
+    hf_index: float
+    detector_agreement: float = float("nan")  # ECG: F1 of two different QRS detectors
+
+
+Event = Beat | HeartRate | RhythmFlag | Quality

@@ -1,0 +1,455 @@
+"""The per-bed signal pipeline: chunks of samples in, beats, rates, rhythm flags and quality out.
+
+::
+
+    pipeline = BedSignalPipeline({"ECG_II": 250.0, "ECG_V": 250.0, "PLETH": 125.0, "ABP": 125.0})
+    events = pipeline.push("ECG_II", samples_mv, first_sample_index)
+
+Each signal has its own sample rate and its own sample count, starting at 0. A chunk may be of
+any length; a chunk that starts after the expected index leaves a gap (missing samples, as if NaN
+had been pushed); one that overlaps what came before is refused. Rhythm flags come from one ECG
+lead (``primary_ecg``: ECG_II when present, else the first ECG lead given); every ECG lead and
+pulse signal gets beats, rates and quality verdicts. Pure computation: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import signal as sps
+
+from eicu.codes import SIGNAL_BY_KEY
+from eicu.kernels.morphology import _beat_features
+from eicu.kernels.sqi import (
+    SQI_CLIP_FRAC,
+    SQI_HF,
+    SQI_NAN_FRAC,
+    SQI_RANGE,
+    beat_agreement,
+    window_sqi,
+)
+from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
+from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
+from eicu.signal.filters import SosFilter
+from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
+
+HISTORY_S: Final = 12.0
+RECENT_S: Final = 30.0
+# detector agreement (F1 within 150 ms) over AGREEMENT_WINDOW_S, ending AGREEMENT_LAG_S before
+# the tick so that both detectors have decided on every beat in it
+AGREEMENT_WINDOW_S: Final = 8.0
+AGREEMENT_LAG_S: Final = 1.0
+DETECTOR_AGREEMENT_MIN: Final = 0.8
+QUALITY_WINDOW_S: Final = 2.0
+QRS_PRE_S: Final = 0.12
+QRS_POST_S: Final = 0.16
+QRS_SLOPE_FRAC: Final = 0.15
+QRS_SHIFT_S: Final = 0.03  # alignment search for the template correlation
+# A ventricular beat is unlike the dominant beat, wider and, for its size, less steep. Chosen on
+# MIT-BIH channel 0 (benchmarks/accuracy.py prints how well it finds the V beats there).
+VENTRICULAR_CORR: Final = 0.9
+VENTRICULAR_WIDTH_RATIO: Final = 1.2
+VENTRICULAR_STEEP_RATIO: Final = 0.9
+TEMPLATE_INIT_BEATS: Final = 8
+TEMPLATE_RELEARN_BEATS: Final = 32
+MAX_GAP_BLOCK_S: Final = 60.0
+BLOCK_S: Final = 2.0
+
+# (flat range, HF index above which the signal is noise) per kind of signal
+_QUALITY_LIMITS: Final[dict[str, tuple[float, float]]] = {
+    "ecg": (0.01, 1.0),
+    "ABP": (1.0, 0.5),
+    "PLETH": (0.0, 0.5),
+    "other": (0.0, 2.0),
+}
+
+
+def verdict_of(sqi: NDArray[np.float64], kind: str, agreement: float = float("nan")) -> Verdict:
+    """The quality verdict of one window's indexes (see :mod:`eicu.kernels.sqi`), and for ECG
+    the agreement of two different QRS detectors on it (NaN when not judged)."""
+    flat_range, hf_limit = _QUALITY_LIMITS.get(kind, _QUALITY_LIMITS["other"])
+    if sqi[SQI_NAN_FRAC] > 0.5:
+        return "missing"
+    if sqi[SQI_RANGE] <= flat_range:
+        return "flat"
+    if sqi[SQI_CLIP_FRAC] > 0.2:
+        return "saturated"
+    if sqi[SQI_HF] > hf_limit or agreement < DETECTOR_AGREEMENT_MIN:
+        return "noisy"
+    return "good"
+
+
+@dataclass(slots=True)
+class _History:
+    """The last ``size`` samples of a signal (raw and, for ECG, filtered), as plain arrays."""
+
+    size: int
+    start: int = 0  # global index of raw[0]
+    raw: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    filt: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+
+    def append(self, x: NDArray[np.float64], y: NDArray[np.float64] | None) -> None:
+        self.raw = np.concatenate([self.raw, x])
+        if y is not None:
+            self.filt = np.concatenate([self.filt, y])
+        drop = self.raw.shape[0] - self.size
+        if drop > 0:
+            self.raw = self.raw[drop:]
+            if y is not None:
+                self.filt = self.filt[drop:]
+            self.start += drop
+
+    @property
+    def end(self) -> int:
+        return self.start + self.raw.shape[0]
+
+    def window(self, lo: int, hi: int, filtered: bool = False) -> NDArray[np.float64] | None:
+        if lo < self.start or hi > self.end or hi <= lo:
+            return None
+        a = self.filt if filtered else self.raw
+        return a[lo - self.start : hi - self.start]
+
+
+# (sample, width_ms, ventricular, template_corr, width_ratio, steep_ratio)
+_BeatItem = tuple[int, float | None, bool | None, float | None, float | None, float | None]
+
+
+def _opt(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
+
+
+class _SignalState:
+    def __init__(self, key: str, fs_hz: float) -> None:
+        self.key = key
+        self.fs_hz = fs_hz
+        self.kind = "ecg" if key.startswith("ECG_") else key if key in ("ABP", "PLETH") else "other"
+        self.next_index = 0
+        self.hist = _History(size=round(HISTORY_S * fs_hz))
+        self.detector: BeatDetector | None = None
+        self.filter: SosFilter | None = None
+        self.alt_detector: BeatDetector | None = None
+        # (sample, decided at) of each detector's beats, for the agreement index
+        self.known_main: deque[tuple[int, int]] = deque()
+        self.known_alt: deque[tuple[int, int]] = deque()
+        if self.kind == "ecg":
+            self.detector = BeatDetector.ecg(fs_hz)
+            self.alt_detector = BeatDetector(fs_hz, ECG_ALT_CONFIG)
+            sos = sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
+            self.filter = SosFilter(sos)
+        elif self.kind in ("ABP", "PLETH"):
+            self.detector = BeatDetector.pulse(fs_hz)
+        self.quality_n = round(QUALITY_WINDOW_S * fs_hz)
+        self.tick_n = max(1, round(fs_hz))
+        self.next_tick = self.quality_n
+        self.verdict: Verdict | None = None
+        self.last_beat: int | None = None
+        self.rr: list[float] = []
+        # ECG morphology
+        self.pre_n = round(QRS_PRE_S * fs_hz)
+        self.post_n = round(QRS_POST_S * fs_hz)
+        self.shift_n = round(QRS_SHIFT_S * fs_hz)
+        self.template = np.zeros(self.pre_n + self.post_n)
+        self.tstate = np.zeros(2, dtype=np.int64)
+        self.pending: list[tuple[int, int]] = []  # (sample, ready_at)
+        # what alarm verification looks back at: the last RECENT_S seconds
+        self.recent_beats: deque[Beat] = deque()
+        self.recent_quality: deque[tuple[int, Verdict]] = deque()  # (tick sample, verdict)
+        self.recent_fib: deque[tuple[int, bool]] = deque()  # (window end sample, fibrillatory)
+        self.vf_n = round(VF_S * fs_hz)
+        # runs of missing samples as [start, end), end None while still missing; oldest first
+        self.nan_runs: list[tuple[int, int | None]] = []
+
+    def forget_before(self, sample: int) -> None:
+        while self.recent_beats and self.recent_beats[0].sample < sample:
+            self.recent_beats.popleft()
+        while self.recent_quality and self.recent_quality[0][0] < sample:
+            self.recent_quality.popleft()
+        while self.recent_fib and self.recent_fib[0][0] < sample:
+            self.recent_fib.popleft()
+
+    def note_missing(self, x: NDArray[np.float64], g0: int) -> None:
+        isnan = np.isnan(x)
+        if not isnan.any():
+            if self.nan_runs and self.nan_runs[-1][1] is None:
+                self.nan_runs[-1] = (self.nan_runs[-1][0], g0)
+            return
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], isnan.astype(np.int8), [0]])))
+        for a, b in zip((edges[0::2] + g0).tolist(), (edges[1::2] + g0).tolist(), strict=True):
+            end: int | None = None if b == g0 + x.shape[0] else b
+            if self.nan_runs and self.nan_runs[-1][1] is None:
+                if a == g0:  # the open run goes on
+                    self.nan_runs[-1] = (self.nan_runs[-1][0], end)
+                    continue
+                self.nan_runs[-1] = (self.nan_runs[-1][0], g0)
+            self.nan_runs.append((a, end))
+        if self.nan_runs and self.nan_runs[-1][1] is None and not isnan[-1]:
+            self.nan_runs[-1] = (self.nan_runs[-1][0], g0)
+        if len(self.nan_runs) > 64:
+            del self.nan_runs[:-64]
+
+    def missing_after(self, sample: int, now: int) -> tuple[int, int | None] | None:
+        for a, b in self.nan_runs:
+            if a > sample:
+                if a >= now:
+                    return None
+                return (a, b if b is not None and b <= now else None)
+        return None
+
+    def quality_at(self, sample: int) -> Verdict:
+        w = self.hist.window(max(sample - self.quality_n, self.hist.start), sample)
+        if w is None or w.shape[0] == 0:
+            return "missing"
+        return verdict_of(window_sqi(w), self.kind, self.agreement_at(sample))
+
+    def agreement_at(self, t: int) -> float:
+        """F1 agreement of the two QRS detectors on the beats they had decided by sample t."""
+        if self.alt_detector is None:
+            return float("nan")
+        hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
+        lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
+        a = np.array([s for s, at in self.known_main if lo <= s < hi and at <= t], dtype=np.int64)
+        b = np.array([s for s, at in self.known_alt if lo <= s < hi and at <= t], dtype=np.int64)
+        if a.shape[0] + b.shape[0] < 4:
+            return float("nan")
+        return beat_agreement(a, b, round(0.15 * self.fs_hz))
+
+    def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
+        keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
+        for known, new in ((self.known_main, found), (self.known_alt, alt)):
+            if new is None:
+                continue
+            known.extend(zip(new.sample.tolist(), new.decided_at.tolist(), strict=True))
+            while known and known[0][0] < keep_from:
+                known.popleft()
+
+
+class BedSignalPipeline:
+    """Streaming signal processing for one bed."""
+
+    def __init__(self, signals: Mapping[str, float], *, primary_ecg: str | None = None) -> None:
+        if not signals:
+            raise ValueError("signals must name at least one signal key with its fs_hz")
+        self._sig: dict[str, _SignalState] = {}
+        for key, fs in signals.items():
+            spec = SIGNAL_BY_KEY.get(key)
+            if spec is None:
+                raise ValueError(f"unknown signal key {key!r}; known: {sorted(SIGNAL_BY_KEY)}")
+            fs_hz = float(fs)
+            if not (spec.fs_min_hz <= fs_hz <= spec.fs_max_hz):
+                raise ValueError(
+                    f"{key}: fs_hz={fs_hz} outside {spec.fs_min_hz}-{spec.fs_max_hz} Hz"
+                )
+            self._sig[key] = _SignalState(key, fs_hz)
+        ecgs = [k for k in self._sig if self._sig[k].kind == "ecg"]
+        if primary_ecg is None:
+            primary_ecg = "ECG_II" if "ECG_II" in ecgs else (ecgs[0] if ecgs else None)
+        elif primary_ecg not in ecgs:
+            raise ValueError(f"primary_ecg {primary_ecg!r} is not one of the ECG leads {ecgs}")
+        self.primary_ecg = primary_ecg
+        self._tracker: RhythmTracker | None = None
+        if primary_ecg is not None:
+            st = self._sig[primary_ecg]
+            self._tracker = RhythmTracker(primary_ecg, st.fs_hz, st.quality_at, st.missing_after)
+
+    @property
+    def signals(self) -> dict[str, float]:
+        return {k: s.fs_hz for k, s in self._sig.items()}
+
+    def next_index(self, signal_key: str) -> int:
+        return self._state(signal_key).next_index
+
+    def active_rhythms(self) -> dict[str, int]:
+        """Rhythm labels active now on the primary lead, with their start samples."""
+        return self._tracker.active() if self._tracker else {}
+
+    def _state(self, key: str) -> _SignalState:
+        st = self._sig.get(key)
+        if st is None:
+            raise ValueError(f"signal {key!r} was not configured; configured: {list(self._sig)}")
+        return st
+
+    def push(self, signal_key: str, samples: ArrayLike, first_sample_index: int) -> list[Event]:
+        """Feed one chunk of a signal (physical units, NaN = missing); return the new events."""
+        st = self._state(signal_key)
+        x = np.ascontiguousarray(samples, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"{signal_key}: samples must be 1-D, got shape {x.shape}")
+        if np.isinf(x).any():
+            raise ValueError(f"{signal_key}: samples contain +-inf; mark missing samples with NaN")
+        first = int(first_sample_index)
+        if first < st.next_index:
+            raise ValueError(
+                f"{signal_key}: chunk starts at sample {first} but sample {st.next_index} is "
+                "expected next (overlapping or out-of-order chunk)"
+            )
+        events: list[Event] = []
+        while first > st.next_index:  # a hole in the stream: missing samples
+            n = min(first - st.next_index, round(MAX_GAP_BLOCK_S * st.fs_hz))
+            events.extend(self.push(signal_key, np.full(n, np.nan), st.next_index))
+        # Long chunks are worked through in blocks of at most BLOCK_S, so that the history kept
+        # per signal always covers what the beats and windows of the block need.
+        block = round(BLOCK_S * st.fs_hz)
+        for i in range(0, x.shape[0], block):
+            events.extend(self._feed(st, x[i : i + block]))
+        return events
+
+    # -- internals -------------------------------------------------------------------------------
+    def _feed(self, st: _SignalState, x: NDArray[np.float64]) -> list[Event]:
+        events: list[Event] = []
+        g0 = st.next_index
+        y = st.filter.step(x) if st.filter is not None else None
+        st.hist.append(x, y)
+        st.next_index = g0 + x.shape[0]
+        primary = self._tracker is not None and st.key == self.primary_ecg
+        st.note_missing(x, g0)
+        found = st.detector.push(x) if st.detector is not None else None
+        if found is not None and st.alt_detector is not None:
+            st.note_decided(found, st.alt_detector.push(x))
+        # (time the item became known, order, payload): beats and one-second ticks, merged in
+        # time order so that the rhythm tracker sees the same sequence however chunks are cut
+        items: list[tuple[int, int, _BeatItem]] = []
+        if st.kind == "ecg" and found is not None:
+            for s, at in zip(found.sample.tolist(), found.decided_at.tolist(), strict=True):
+                st.pending.append((s, max(at, s + st.post_n + st.shift_n)))
+            items.extend(self._ready_ecg_beats(st))
+        elif found is not None:
+            items.extend((s, 0, (s, None, None, None, None, None)) for s in found.sample.tolist())
+        while st.next_tick <= st.next_index:
+            items.append((st.next_tick, 1, (st.next_tick, None, None, None, None, None)))
+            st.next_tick += st.tick_n
+        items.sort(key=lambda it: (it[0], it[1]))
+        for at, what, (s, width_ms, ventricular, corr_, wr_, sr_) in items:
+            if primary and self._tracker is not None:
+                events.extend(self._tracker.advance(at))
+            if what == 0:
+                events.extend(self._beat_events(st, s, width_ms, ventricular, corr_, wr_, sr_))
+            else:
+                events.extend(self._tick(st, s, primary))
+        if primary and self._tracker is not None:
+            events.extend(self._tracker.advance(st.next_index))
+        return events
+
+    def _ready_ecg_beats(self, st: _SignalState) -> list[tuple[int, int, _BeatItem]]:
+        ready = [p for p in st.pending if p[1] <= st.next_index]
+        if not ready:
+            return []
+        st.pending = [p for p in st.pending if p[1] > st.next_index]
+        fids = np.array([p[0] for p in ready], dtype=np.int64)
+        width_n = np.empty(fids.shape[0])
+        corr = np.empty(fids.shape[0])
+        width_ratio = np.empty(fids.shape[0])
+        steep_ratio = np.empty(fids.shape[0])
+        _beat_features(
+            st.hist.filt,
+            st.hist.start,
+            fids,
+            st.pre_n,
+            st.post_n,
+            st.shift_n,
+            QRS_SLOPE_FRAC,
+            st.template,
+            st.tstate,
+            TEMPLATE_INIT_BEATS,
+            120.0 * st.fs_hz / 1000.0,  # template follows beats narrower than 120 ms
+            TEMPLATE_RELEARN_BEATS,
+            width_n,
+            corr,
+            width_ratio,
+            steep_ratio,
+        )
+        out: list[tuple[int, int, _BeatItem]] = []
+        for (s, at), w_n, c, wr, sr in zip(
+            ready,
+            width_n.tolist(),
+            corr.tolist(),
+            width_ratio.tolist(),
+            steep_ratio.tolist(),
+            strict=True,
+        ):
+            width_ms = None if np.isnan(w_n) else w_n * 1000.0 / st.fs_hz
+            ventricular = None
+            if width_ms is not None and not np.isnan(c):
+                ventricular = bool(
+                    c < VENTRICULAR_CORR
+                    and wr > VENTRICULAR_WIDTH_RATIO
+                    and sr < VENTRICULAR_STEEP_RATIO
+                )
+            out.append((at, 0, (s, width_ms, ventricular, _opt(c), _opt(wr), _opt(sr))))
+        return out
+
+    def _beat_events(
+        self,
+        st: _SignalState,
+        s: int,
+        width_ms: float | None,
+        ventricular: bool | None,
+        corr: float | None,
+        width_ratio: float | None = None,
+        steep_ratio: float | None = None,
+    ) -> list[Event]:
+        kind: Literal["qrs", "pulse"] = "qrs" if st.kind == "ecg" else "pulse"
+        beat = Beat(
+            st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr, width_ratio, steep_ratio
+        )
+        st.recent_beats.append(beat)
+        events: list[Event] = [beat]
+        if self._tracker is not None and st.key == self.primary_ecg:
+            events.extend(self._tracker.beat(s, ventricular))
+            return events
+        prev = st.last_beat
+        st.last_beat = s
+        if prev is not None:
+            gap = st.hist.window(prev, s)
+            if gap is not None and not np.isnan(gap).any():
+                rr_s = (s - prev) / st.fs_hz
+                st.rr = [*st.rr[-7:], rr_s]
+                events.append(
+                    HeartRate(
+                        st.key,
+                        s,
+                        s / st.fs_hz,
+                        rr_s * 1000.0,
+                        60.0 / rr_s,
+                        60.0 / float(np.median(st.rr)),
+                    )
+                )
+        return events
+
+    def _tick(self, st: _SignalState, t: int, primary: bool) -> list[Event]:
+        events: list[Event] = []
+        w = st.hist.window(t - st.quality_n, t)
+        st.forget_before(t - round(RECENT_S * st.fs_hz))
+        if w is not None:
+            sqi = window_sqi(w)
+            agreement = st.agreement_at(t)
+            v = verdict_of(sqi, st.kind, agreement)
+            st.recent_quality.append((t, v))
+            if v != st.verdict:
+                st.verdict = v
+                events.append(
+                    Quality(
+                        st.key,
+                        t,
+                        t / st.fs_hz,
+                        v,
+                        float(sqi[SQI_NAN_FRAC]),
+                        float(sqi[SQI_RANGE]),
+                        float(sqi[SQI_CLIP_FRAC]),
+                        float(sqi[SQI_HF]),
+                        agreement,
+                    )
+                )
+        if st.kind == "ecg" and t >= st.vf_n:
+            seg = st.hist.window(t - st.vf_n, t, filtered=True)
+            if seg is not None:
+                feats = fibrillation_features(seg, st.fs_hz)
+                fib = feats is not None and feats.fibrillatory
+                st.recent_fib.append((t, fib))
+                if primary and self._tracker is not None:
+                    events.extend(self._tracker.fibrillation(t - st.vf_n, t, fib))
+        return events

@@ -1,0 +1,361 @@
+"""Rhythm flags from a stream of classified beats, gaps and fibrillation windows.
+
+Definitions (PhysioNet/CinC Challenge 2015, Clifford et al., Computing in Cardiology 42:273-276,
+2015), with the thresholds kept here as versioned constants:
+
+- ASYSTOLE: no QRS for more than 4 s;
+
+(a beat's heart rate is 60 / the interval from the beat before it, so "5 consecutive beats"
+means 5 consecutive intervals, and a flag starts at the first beat of the run)
+- BRADY (extreme bradycardia): heart rate below 40 bpm for 5 consecutive beats;
+- TACHY (extreme tachycardia): heart rate above 140 bpm for 17 consecutive beats;
+- VTACH: 5 or more ventricular beats in a row with heart rate above 100 bpm;
+- VFIB: a fibrillatory or flutter waveform for at least 4 s;
+
+and two that the challenge does not define:
+
+- PAUSE: no QRS for more than 3 s (a common bedside-monitor default);
+- AFIB: an irregularly irregular rhythm over the last 64 intervals, judged by the normalised
+  RMSSD, the Shannon entropy of the interval histogram and the turning-point ratio after
+  Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009).
+
+The tracker is pure: it reacts to beats, gaps and fibrillation windows given in the order of the
+sample at which each became known, so the same record yields the same flags however it is cut
+into chunks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, Verdict
+
+ASYSTOLE_S: Final = 4.0
+PAUSE_S: Final = 3.0
+BRADY_BPM: Final = 40.0
+BRADY_BEATS: Final = 5
+TACHY_BPM: Final = 140.0
+TACHY_BEATS: Final = 17
+VT_BPM: Final = 100.0
+VT_BEATS: Final = 5
+VF_S: Final = 4.0
+AF_WINDOW: Final = 64
+AF_NRMSSD: Final = 0.12
+AF_SHANNON: Final = 0.70
+AF_TPR: Final = (0.50, 0.85)
+# A beat can become known this long after its sample (confirmation, search-back, morphology).
+DECISION_LATENCY_S: Final = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class AfFeatures:
+    nrmssd: float
+    shannon: float
+    tpr: float
+
+    @property
+    def irregular(self) -> bool:
+        return (
+            self.nrmssd > AF_NRMSSD
+            and self.shannon > AF_SHANNON
+            and AF_TPR[0] <= self.tpr <= AF_TPR[1]
+        )
+
+
+def drop_ectopic(rr_s: np.ndarray) -> np.ndarray:
+    """The intervals left after removing premature-beat pairs (a short interval followed by a
+    long, compensatory one: below 85 % and above 110 % of the median)."""
+    rr = np.asarray(rr_s, dtype=np.float64)
+    med = float(np.median(rr))
+    pair = (rr[:-1] < 0.85 * med) & (rr[1:] > 1.10 * med)
+    drop = np.zeros(rr.shape[0], dtype=bool)
+    drop[:-1] |= pair
+    drop[1:] |= pair
+    return rr[~drop]
+
+
+def af_features(rr_s: np.ndarray) -> AfFeatures:
+    """Irregularity of RR intervals: normalised RMSSD, 16-bin Shannon entropy, turning points.
+
+    Premature-beat pairs are removed first (:func:`drop_ectopic`), and the 8 longest and 8
+    shortest of the rest are left out of the RMSSD and entropy, as Dash et al. do, so that
+    ectopic beats do not make a regular rhythm look irregular. With fewer than 24 intervals
+    left, the rhythm is mostly ectopic pairs: reported as regular (all features 0).
+    """
+    rr = np.asarray(rr_s, dtype=np.float64)
+    if rr.ndim != 1 or rr.shape[0] < 24:
+        raise ValueError(f"need at least 24 RR intervals, got shape {rr.shape}")
+    rr = drop_ectopic(rr)
+    if rr.shape[0] < 24:
+        return AfFeatures(0.0, 0.0, 0.0)
+    trimmed = np.sort(rr)[8:-8]
+    keep = (rr >= trimmed[0]) & (rr <= trimmed[-1])
+    core = rr[keep]
+    d = np.diff(core)
+    nrmssd = float(np.sqrt(np.mean(d * d)) / np.mean(core)) if d.size else 0.0
+    hist, _ = np.histogram(core, bins=16)
+    p = hist[hist > 0] / core.shape[0]
+    shannon = float(-(p * np.log(p)).sum() / np.log(16))
+    mid = rr[1:-1]
+    turning = ((mid > rr[:-2]) & (mid > rr[2:])) | ((mid < rr[:-2]) & (mid < rr[2:]))
+    tpr = float(turning.sum() / mid.shape[0])
+    return AfFeatures(nrmssd, shannon, tpr)
+
+
+def irregular_span(rr_s: np.ndarray) -> tuple[int, int]:
+    """Where the irregular part of a run of intervals begins and ends (indices into rr_s).
+
+    An interval is irregular when it differs from the one before by more than 10 % of the mean;
+    the span starts at the first irregular interval after which at least 60 % are irregular,
+    and ends at the last irregular interval before which at least 60 % are irregular.
+    """
+    rr = np.asarray(rr_s, dtype=np.float64)
+    irr = np.abs(np.diff(rr)) > 0.1 * rr.mean()
+    irr = np.concatenate([[False], irr])  # irr[i]: interval i differs from interval i - 1
+    n = irr.shape[0]
+    if not irr.any():
+        return 0, n - 1
+    tail = np.cumsum(irr[::-1])[::-1] / np.arange(n, 0, -1)  # share irregular in [i, n)
+    head = np.cumsum(irr) / np.arange(1, n + 1)  # share irregular in [0, i]
+    starts = np.flatnonzero(irr & (tail >= 0.6))
+    ends = np.flatnonzero(irr & (head >= 0.6))
+    first = int(starts[0]) if starts.size else int(np.argmax(irr))
+    last = int(ends[-1]) if ends.size else int(n - 1 - np.argmax(irr[::-1]))
+    return first, last
+
+
+class RhythmTracker:
+    """Rhythm state of one ECG lead; every method returns the events it caused."""
+
+    def __init__(
+        self,
+        signal: str,
+        fs_hz: float,
+        quality_at: Callable[[int], Verdict],
+        missing_after: Callable[[int, int], tuple[int, int | None] | None],
+    ) -> None:
+        """``missing_after(sample, now)``: the first run of missing samples that starts after
+        ``sample`` and by ``now``, as (start, end) with end None while still missing at ``now``.
+        """
+        self.signal = signal
+        self.fs_hz = fs_hz
+        self._quality_at = quality_at
+        self._missing_after = missing_after
+        self._active: dict[str, int] = {}
+        self._last_beat: int | None = None
+        self._ref = 0  # timers run from the last beat or the end of the last gap
+        self._in_gap = False
+        self._now = 0  # the sample up to which the tracker has been told about the signal
+        self._beats: deque[int] = deque(maxlen=AF_WINDOW + 2)
+        self._rr: deque[float] = deque(maxlen=8)
+        self._af_rr: deque[float] = deque(maxlen=AF_WINDOW)
+        self._af_beats: deque[int] = deque(maxlen=AF_WINDOW)  # the beat ending each interval
+        self._brady_run = 0
+        self._tachy_run = 0
+        self._vt_run: list[int] = []
+        self._vf_last_end: int | None = None
+        self._af_off_count = 0
+        self._af_last_end: int | None = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _flag(
+        self, label: RhythmLabel, state: str, sample: int, decided: int | None = None
+    ) -> RhythmFlag:
+        """``decided``: the sample at which the evidence was complete (default: now)."""
+        if state == "start":
+            self._active[label] = sample
+        else:
+            self._active.pop(label, None)
+        return RhythmFlag(
+            label=label,
+            state="start" if state == "start" else "end",
+            signal=self.signal,
+            sample=int(sample),
+            time_s=sample / self.fs_hz,
+            quality=self._quality_at(self._now if decided is None else int(decided)),
+        )
+
+    def active(self) -> dict[str, int]:
+        """Labels active now, with their start samples."""
+        return dict(self._active)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def advance(self, now: int) -> list[RhythmFlag]:
+        """Time has reached sample ``now``: handle gaps and fire the no-beat timers that are due."""
+        out: list[RhythmFlag] = []
+        self._in_gap = False
+        self._now = now
+        while True:
+            run = self._missing_after(self._ref - 1 if self._last_beat is None else self._ref, now)
+            if run is None:
+                break
+            start, end = run
+            out.extend(self._gap(start))
+            if end is None:
+                self._in_gap = True
+                return out
+            if end <= self._ref:
+                break
+            self._ref = end
+        latency = round(DECISION_LATENCY_S * self.fs_hz)
+        for label, limit_s in (("PAUSE", PAUSE_S), ("ASYSTOLE", ASYSTOLE_S)):
+            due = self._ref + round(limit_s * self.fs_hz)
+            if label not in self._active and now >= due + latency:
+                decided = due + latency
+                out.append(self._flag(label, "start", due, decided))  # type: ignore[arg-type]
+        return out
+
+    def _gap(self, start: int) -> list[RhythmFlag]:
+        """Samples from ``start`` are missing: every condition ends there."""
+        out = [
+            self._flag(lab, "end", start, start)  # type: ignore[arg-type]
+            for lab in list(self._active)
+        ]
+        self._last_beat = None
+        self._beats.clear()
+        self._rr.clear()
+        self._af_rr.clear()
+        self._af_beats.clear()
+        self._brady_run = 0
+        self._tachy_run = 0
+        self._vt_run = []
+        self._vf_last_end = None
+        return out
+
+    def beat(self, sample: int, ventricular: bool | None) -> list[HeartRate | RhythmFlag]:
+        """A beat, given after ``advance`` to the time it became known."""
+        out: list[HeartRate | RhythmFlag] = []
+        fs = self.fs_hz
+        if (
+            self._in_gap
+            or sample < self._ref
+            or (self._last_beat is not None and sample <= self._last_beat)
+        ):
+            return out  # a beat from before the last gap: nothing to add to the rhythm
+        for label in ("ASYSTOLE", "PAUSE"):
+            if label in self._active:
+                out.append(self._flag(label, "end", sample))
+        prev = self._last_beat
+        self._last_beat = sample
+        self._ref = sample
+        self._beats.append(sample)
+        if prev is None:
+            return out
+        rr_s = (sample - prev) / fs
+        self._rr.append(rr_s)
+        hr = 60.0 / rr_s
+        out.append(
+            HeartRate(
+                signal=self.signal,
+                sample=sample,
+                time_s=sample / fs,
+                rr_ms=rr_s * 1000.0,
+                hr_bpm=hr,
+                hr_median_bpm=60.0 / float(np.median(np.asarray(self._rr))),
+            )
+        )
+        beats = list(self._beats)
+        # extreme bradycardia / tachycardia: runs of intervals
+        self._brady_run = self._brady_run + 1 if hr < BRADY_BPM else 0
+        if self._brady_run >= BRADY_BEATS and "BRADY" not in self._active:
+            out.append(self._flag("BRADY", "start", beats[-BRADY_BEATS]))
+        elif self._brady_run == 0 and "BRADY" in self._active:
+            out.append(self._flag("BRADY", "end", sample))
+        self._tachy_run = self._tachy_run + 1 if hr > TACHY_BPM else 0
+        if self._tachy_run >= TACHY_BEATS and "TACHY" not in self._active:
+            out.append(self._flag("TACHY", "start", beats[-TACHY_BEATS]))
+        elif self._tachy_run == 0 and "TACHY" in self._active:
+            out.append(self._flag("TACHY", "end", sample))
+        # ventricular tachycardia
+        if ventricular and hr > VT_BPM:
+            self._vt_run.append(sample)
+            if len(self._vt_run) >= VT_BEATS and "VTACH" not in self._active:
+                out.append(self._flag("VTACH", "start", self._vt_run[0]))
+        else:
+            self._vt_run = []
+            if "VTACH" in self._active:
+                out.append(self._flag("VTACH", "end", sample))
+        # atrial fibrillation
+        self._af_rr.append(rr_s)
+        self._af_beats.append(sample)
+        if len(self._af_rr) == AF_WINDOW:
+            rr_win = np.asarray(self._af_rr)
+            irregular = af_features(rr_win).irregular
+            first, last = irregular_span(rr_win)
+            if irregular:
+                self._af_off_count = 0
+                if "AFIB" not in self._active:
+                    start = self._af_beats[first]
+                    if self._af_last_end is not None:
+                        start = max(start, self._af_last_end)
+                    out.append(self._flag("AFIB", "start", start))
+            elif "AFIB" in self._active:
+                self._af_off_count += 1
+                if self._af_off_count >= AF_WINDOW // 4:
+                    self._af_off_count = 0
+                    end = self._af_beats[min(last + 1, AF_WINDOW - 1)]
+                    end = max(end, self._active["AFIB"] + 1)
+                    self._af_last_end = end
+                    out.append(self._flag("AFIB", "end", end))
+        return out
+
+    def fibrillation(self, start: int, end: int, fibrillatory: bool) -> list[RhythmFlag]:
+        """The window [start, end) of ``VF_S`` seconds was judged fibrillatory or not."""
+        out: list[RhythmFlag] = []
+        self._now = max(self._now, end)
+        if fibrillatory and "VFIB" not in self._active:
+            if self._vf_last_end is not None:
+                start = max(start, self._vf_last_end)  # windows overlap the last episode's
+            out.append(self._flag("VFIB", "start", start))
+        elif not fibrillatory and "VFIB" in self._active:
+            last = self._vf_last_end if self._vf_last_end is not None else end
+            out.append(self._flag("VFIB", "end", max(last, self._active["VFIB"] + 1)))
+        if fibrillatory:
+            self._vf_last_end = end
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class FibrillationFeatures:
+    dominant_hz: float
+    concentration: float  # fraction of 0.5-30 Hz power within +-1 Hz of the dominant frequency
+
+    @property
+    def fibrillatory(self) -> bool:
+        return VF_DOMINANT_HZ[0] <= self.dominant_hz <= VF_DOMINANT_HZ[1] and (
+            self.concentration >= VF_CONCENTRATION
+        )
+
+
+# Chosen on the MIT-BIH Arrhythmia Database (record 207 holds its only flutter episode).
+VF_DOMINANT_HZ: Final = (3.0, 9.0)
+VF_CONCENTRATION: Final = 0.6
+
+
+def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures | None:
+    """Spectral shape of an ECG window; None when any sample is missing or it is flat.
+
+    Ventricular fibrillation and flutter put most of their power in a narrow band between
+    about 3 and 9 Hz, where an organised rhythm spreads its QRS power over many harmonics.
+    """
+    x = np.asarray(seg, dtype=np.float64)
+    if x.ndim != 1 or x.shape[0] < 8:
+        raise ValueError(f"need a 1-D window of at least 8 samples, got shape {x.shape}")
+    if np.isnan(x).any():
+        return None
+    x = (x - x.mean()) * np.hanning(x.shape[0])
+    p = np.abs(np.fft.rfft(x)) ** 2
+    f = np.fft.rfftfreq(x.shape[0], 1.0 / fs_hz)
+    band = (f >= 0.5) & (f <= 30.0)
+    total = float(p[band].sum())
+    if total <= 0.0:
+        return None
+    search = (f >= 1.0) & (f <= 12.0)
+    fd = float(f[search][np.argmax(p[search])])
+    near = (f >= fd - 1.0) & (f <= fd + 1.0)
+    return FibrillationFeatures(fd, float(p[near].sum()) / total)

@@ -1,0 +1,246 @@
+"""Each kernel against a slow, obvious twin, on fixed and hypothesis-drawn inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import signal as sps
+
+from eicu.kernels.morphology import _beat_features
+from eicu.kernels.sqi import _match_count, beat_agreement, window_sqi
+from eicu.signal.filters import SosFilter
+
+SOS = sps.butter(2, [5.0, 15.0], "bandpass", fs=250.0, output="sos")
+
+finite = st.floats(min_value=-50.0, max_value=50.0, allow_nan=False)
+maybe_nan = st.one_of(finite, st.just(float("nan")))
+
+
+def naive_sos_filter(x: np.ndarray, sos: np.ndarray) -> np.ndarray:
+    """Transposed direct form II, restarting (state 0, new reference) after every NaN run."""
+    out = []
+    z = [[0.0, 0.0] for _ in range(sos.shape[0])]
+    ref = None
+    for v in x:
+        if math.isnan(v):
+            out.append(float("nan"))
+            z = [[0.0, 0.0] for _ in range(sos.shape[0])]
+            ref = None
+            continue
+        if ref is None:
+            ref = v
+        u = v - ref
+        for s, (b0, b1, b2, _a0, a1, a2) in enumerate(sos):
+            y = b0 * u + z[s][0]
+            z[s][0] = b1 * u - a1 * y + z[s][1]
+            z[s][1] = b2 * u - a2 * y
+            u = y
+        out.append(u)
+    return np.array(out)
+
+
+def test_filter_matches_scipy_without_gaps() -> None:
+    x = np.random.default_rng(0).normal(size=2000).cumsum()
+    got = SosFilter(SOS).step(x)
+    want = sps.sosfilt(SOS, x - x[0])
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=arrays(np.float64, st.integers(1, 300), elements=maybe_nan), cut=st.integers(0, 300))
+def test_filter_matches_naive_and_chunks(x: np.ndarray, cut: int) -> None:
+    want = naive_sos_filter(x, SOS)
+    f = SosFilter(SOS)
+    got = np.concatenate([f.step(x[:cut]), f.step(x[cut:])])
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+def test_filter_rejects_bad_sos() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        SosFilter(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="a0"):
+        SosFilter(np.ones((1, 6)) * 2.0)
+
+
+def naive_window_sqi(x: np.ndarray) -> list[float]:
+    ok = [v for v in x if not math.isnan(v)]
+    nan_frac = 1.0 - len(ok) / len(x)
+    if not ok:
+        return [nan_frac, math.nan, math.nan, math.nan]
+    lo, hi = min(ok), max(ok)
+    clip = sum(1 for v in ok if hi > lo and v in (lo, hi)) / len(ok)
+    e1 = e2 = 0.0
+    for i in range(2, len(x)):
+        a, b, c = x[i], x[i - 1], x[i - 2]
+        if math.isnan(a) or math.isnan(b) or math.isnan(c):
+            continue
+        e1 += (a - b) ** 2
+        e2 += (a - 2 * b + c) ** 2
+    return [nan_frac, hi - lo, clip, e2 / e1 if e1 > 0 else math.nan]
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=arrays(np.float64, st.integers(1, 200), elements=maybe_nan))
+def test_window_sqi_matches_naive(x: np.ndarray) -> None:
+    np.testing.assert_allclose(window_sqi(x), naive_window_sqi(x), rtol=1e-9, equal_nan=True)
+
+
+def test_window_sqi_fixed_cases() -> None:
+    flat = window_sqi(np.full(100, 3.0))
+    assert flat[1] == 0.0 and flat[2] == 0.0
+    clipped = window_sqi(np.concatenate([np.full(50, 5.0), np.linspace(0, 5, 50)]))
+    assert clipped[2] > 0.5
+    noise = window_sqi(np.random.default_rng(1).normal(size=5000))
+    assert 2.5 < noise[3] < 3.5  # white noise: E[d2^2] / E[d1^2] = 6 / 2
+    with pytest.raises(ValueError, match="non-empty"):
+        window_sqi(np.array([]))
+
+
+def naive_match_count(a: list[int], b: list[int], tol: int) -> int:
+    i = j = n = 0
+    while i < len(a) and j < len(b):
+        if abs(a[i] - b[j]) <= tol:
+            n, i, j = n + 1, i + 1, j + 1
+        elif a[i] < b[j]:
+            i += 1
+        else:
+            j += 1
+    return n
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    a=st.lists(st.integers(0, 5000), max_size=40, unique=True),
+    b=st.lists(st.integers(0, 5000), max_size=40, unique=True),
+    tol=st.integers(0, 60),
+)
+def test_match_count_matches_naive(a: list[int], b: list[int], tol: int) -> None:
+    a, b = sorted(a), sorted(b)
+    got = _match_count(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64), tol)
+    assert got == naive_match_count(a, b, tol)
+
+
+def test_beat_agreement() -> None:
+    a = np.array([100, 300, 500])
+    assert beat_agreement(a, a + 5, 10) == 1.0
+    assert beat_agreement(a, np.array([100, 900]), 10) == pytest.approx(2 * 1 / 5)
+    assert math.isnan(beat_agreement(np.array([]), np.array([]), 10))
+
+
+def naive_beat_features(
+    y: np.ndarray,
+    y0: int,
+    fids: list[int],
+    pre: int,
+    post: int,
+    shift: int,
+    frac: float,
+    n_init: int,
+    narrow: float,
+    relearn: int,
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    template = np.zeros(pre + post)
+    t = 0
+    low = 0
+    widths: list[float] = []
+    corrs: list[float] = []
+    wratios: list[float] = []
+    sratios: list[float] = []
+
+    def width_of(seg: np.ndarray) -> float:
+        d = np.abs(np.diff(seg))
+        above = np.flatnonzero(d >= frac * d.max()) if d.max() > 0 else np.array([])
+        return float(above[-1] + 1 - above[0]) if above.size else math.nan
+
+    def steepness(seg: np.ndarray) -> float:
+        p2p = seg.max() - seg.min()
+        return float(np.abs(np.diff(seg)).max() / p2p) if p2p > 0 else math.nan
+
+    for f in fids:
+        lo = f - y0 - pre
+        if (
+            lo - shift < 0
+            or lo + pre + post + shift > len(y)
+            or np.isnan(y[lo - shift : lo + pre + post + shift]).any()
+        ):
+            widths.append(math.nan)
+            corrs.append(math.nan)
+            wratios.append(math.nan)
+            sratios.append(math.nan)
+            continue
+        seg = y[lo : lo + pre + post]
+        w = width_of(seg)
+        widths.append(w)
+
+        def pearson(a: np.ndarray, b: np.ndarray) -> float:
+            da, db = a - a.mean(), b - b.mean()
+            den = math.sqrt((da * da).sum() * (db * db).sum())
+            return float((da * db).sum() / den) if den > 0 else math.nan
+
+        if t < n_init:
+            template = (template * t + seg) / (t + 1)
+            t += 1
+            corrs.append(pearson(seg, template) if t > 1 else math.nan)
+            wratios.append(math.nan)
+            sratios.append(math.nan)
+            continue
+        shifted = {sh: y[lo + sh : lo + sh + pre + post] for sh in range(-shift, shift + 1)}
+        scores = {sh: pearson(a, template) for sh, a in shifted.items()}
+        best = max(scores, key=lambda sh: (scores[sh], -sh - shift))  # first of equal maxima
+        c = scores[best]
+        corrs.append(c)
+        tw = width_of(template)
+        wratios.append(w / tw if tw > 0 else math.nan)
+        ts = steepness(template)
+        sratios.append(steepness(seg) / ts if ts > 0 else math.nan)
+        low = low + 1 if c < 0.7 else 0
+        if low >= relearn:
+            t, low, template = 0, 0, np.zeros(pre + post)
+        elif c > 0.9 and w < narrow:
+            template = 0.95 * template + 0.05 * shifted[best]
+    return widths, corrs, wratios, sratios
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n_beats=st.integers(1, 40))
+def test_beat_features_match_naive(seed: int, n_beats: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=3000).cumsum()
+    if seed % 3 == 0:
+        y[rng.integers(0, 3000)] = np.nan
+    fids = sorted(rng.choice(np.arange(0, 3100), size=n_beats, replace=False).tolist())
+    pre, post, y0, shift = 30, 40, 50, 3
+    template = np.zeros(pre + post)
+    tstate = np.zeros(2, dtype=np.int64)
+    w = np.empty(n_beats)
+    c = np.empty(n_beats)
+    wr = np.empty(n_beats)
+    sr = np.empty(n_beats)
+    _beat_features(
+        y,
+        y0,
+        np.array(fids, dtype=np.int64),
+        pre,
+        post,
+        shift,
+        0.15,
+        template,
+        tstate,
+        4,
+        30.0,
+        3,
+        w,
+        c,
+        wr,
+        sr,
+    )
+    want = naive_beat_features(y, y0, fids, pre, post, shift, 0.15, 4, 30.0, 3)
+    np.testing.assert_allclose(w, want[0], equal_nan=True)
+    np.testing.assert_allclose(c, want[1], rtol=1e-7, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(wr, want[2], rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(sr, want[3], rtol=1e-7, equal_nan=True)

@@ -1,0 +1,271 @@
+"""The per-bed pipeline on synthetic rhythms with known truth, gaps, chunking and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eicu.signal.alarms import verify_alarm
+from eicu.signal.events import Beat, Event, HeartRate, Quality, RhythmFlag
+from eicu.signal.pipeline import BedSignalPipeline
+from eicu.signal.rhythm import af_features
+from tests.synthetic import ecg_from_rr, pulse_from_beats
+
+FS = 250.0
+
+
+def run(x: np.ndarray, chunk_s: float = 0.5, key: str = "ECG_II", fs: float = FS) -> list[Event]:
+    p = BedSignalPipeline({key: fs})
+    n = max(1, round(chunk_s * fs))
+    events: list[Event] = []
+    for i in range(0, x.shape[0], n):
+        events.extend(p.push(key, x[i : i + n], i))
+    return events
+
+
+def flags(events: list[Event], label: str) -> list[RhythmFlag]:
+    return [e for e in events if isinstance(e, RhythmFlag) and e.label == label]
+
+
+def starts(events: list[Event], label: str) -> list[float]:
+    return [f.time_s for f in flags(events, label) if f.state == "start"]
+
+
+def test_sinus_rhythm_raises_no_flag_and_reports_rate() -> None:
+    x, truth = ecg_from_rr(np.full(100, 0.8), FS, noise_mv=0.01)
+    ev = run(x)
+    assert not [e for e in ev if isinstance(e, RhythmFlag)]
+    hr = [e.hr_bpm for e in ev if isinstance(e, HeartRate)]
+    assert len(hr) >= len(truth) - 3
+    assert np.allclose(hr, 75.0, atol=1.5)
+    beats = [e for e in ev if isinstance(e, Beat)]
+    assert all(b.ventricular is False for b in beats[10:])
+
+
+def test_extreme_bradycardia_after_five_beats_below_40() -> None:
+    rr = np.concatenate([np.full(20, 0.8), np.full(10, 1.8), np.full(10, 0.8)])
+    x, truth = ecg_from_rr(rr, FS)
+    ev = run(x)
+    (start,) = starts(ev, "BRADY")
+    # the run starts at the first beat with a rate below 40: beat 21 (0-based)
+    assert start == pytest.approx(truth[21] / FS, abs=0.1)
+    ends = [f.time_s for f in flags(ev, "BRADY") if f.state == "end"]
+    assert ends and ends[0] == pytest.approx(truth[31] / FS, abs=0.1)
+
+
+def test_four_slow_beats_are_not_bradycardia() -> None:
+    rr = np.concatenate([np.full(20, 0.8), np.full(4, 1.8), np.full(10, 0.8)])
+    x, _ = ecg_from_rr(rr, FS)
+    assert starts(run(x), "BRADY") == []
+
+
+def test_extreme_tachycardia_needs_17_beats_above_140() -> None:
+    for n_fast, expected in ((16, 0), (30, 1)):
+        rr = np.concatenate([np.full(20, 0.8), np.full(n_fast, 0.38), np.full(10, 0.8)])
+        x, _ = ecg_from_rr(rr, FS)
+        assert len(starts(run(x), "TACHY")) == expected, n_fast
+
+
+def test_asystole_and_pause() -> None:
+    rr = np.concatenate([np.full(20, 0.8), [6.0], np.full(10, 0.8)])
+    x, truth = ecg_from_rr(rr, FS, noise_mv=0.005)
+    ev = run(x)
+    last = truth[20] / FS
+    assert starts(ev, "PAUSE") == [pytest.approx(last + 3.0, abs=0.1)]
+    assert starts(ev, "ASYSTOLE") == [pytest.approx(last + 4.0, abs=0.1)]
+    ends = [f.time_s for f in flags(ev, "ASYSTOLE") if f.state == "end"]
+    assert ends == [pytest.approx(truth[21] / FS, abs=0.1)]
+
+
+def test_a_gap_is_not_asystole() -> None:
+    x, _ = ecg_from_rr(np.full(60, 0.8), FS)
+    x[5000:7500] = np.nan
+    ev = run(x)
+    assert starts(ev, "ASYSTOLE") == []
+    assert starts(ev, "PAUSE") == []
+    verdicts = [e.verdict for e in ev if isinstance(e, Quality)]
+    assert "missing" in verdicts and verdicts[-1] == "good"
+
+
+def test_missing_chunk_index_is_a_gap() -> None:
+    x, _ = ecg_from_rr(np.full(60, 0.8), FS)
+    p = BedSignalPipeline({"ECG_II": FS})
+    ev = p.push("ECG_II", x[:5000], 0) + p.push("ECG_II", x[7500:], 7500)
+    assert starts(ev, "ASYSTOLE") == []
+    assert not [e for e in ev if isinstance(e, Beat) and 5000 <= e.sample < 7500]
+    assert p.next_index("ECG_II") == x.shape[0]
+
+
+def test_ventricular_tachycardia_run() -> None:
+    fs = FS
+    normal, _ = ecg_from_rr(np.full(40, 0.8), fs)
+    wide, _ = ecg_from_rr(np.full(12, 0.42), fs, qrs_width_s=0.14, p_wave=False, start_s=0.3)
+    wide = -wide  # different axis and width: ventricular morphology
+    x = np.concatenate([normal, wide, normal])
+    ev = run(x)
+    (start,) = starts(ev, "VTACH")
+    assert normal.shape[0] / fs - 0.2 < start < normal.shape[0] / fs + 3.0
+
+
+def test_ventricular_fibrillation() -> None:
+    sinus, _ = ecg_from_rr(np.full(30, 0.8), FS)
+    t = np.arange(round(12 * FS)) / FS
+    vf = 0.6 * np.sin(2 * np.pi * 5.0 * t) * (1 + 0.2 * np.sin(2 * np.pi * 0.3 * t))
+    ev = run(np.concatenate([sinus, vf, sinus]))
+    (start,) = starts(ev, "VFIB")
+    # the onset is placed at the start of the first 4 s window judged fibrillatory
+    assert sinus.shape[0] / FS - 3.0 <= start <= sinus.shape[0] / FS + 4.0
+    assert [f for f in flags(ev, "VFIB") if f.state == "end"]
+
+
+def test_sinus_rhythm_is_not_fibrillation() -> None:
+    x, _ = ecg_from_rr(np.full(100, 0.5), FS, noise_mv=0.02)
+    assert starts(run(x), "VFIB") == []
+
+
+def test_atrial_fibrillation_onset_and_offset() -> None:
+    rng = np.random.default_rng(7)
+    rr = np.concatenate([np.full(80, 0.8), rng.uniform(0.4, 1.1, 200), np.full(120, 0.8)])
+    x, truth = ecg_from_rr(rr, FS, p_wave=True)
+    ev = run(x)
+    (start,) = starts(ev, "AFIB")
+    onset = truth[80] / FS
+    assert onset - 5.0 <= start <= onset + 40.0
+    ends = [f.time_s for f in flags(ev, "AFIB") if f.state == "end"]
+    offset = truth[280] / FS
+    assert ends and offset - 10.0 <= ends[0] <= offset + 60.0
+
+
+def test_af_features_separate_regular_from_random() -> None:
+    rng = np.random.default_rng(3)
+    assert not af_features(np.full(64, 0.8) + rng.normal(0, 0.01, 64)).irregular
+    assert af_features(rng.uniform(0.4, 1.1, 64)).irregular
+    with pytest.raises(ValueError, match="24"):
+        af_features(np.ones(10))
+
+
+def _sorted(events: list[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: (type(e).__name__, e.sample, repr(e)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(chunk_s=st.floats(min_value=0.05, max_value=3.0), seed=st.integers(0, 100))
+def test_pipeline_chunked_equals_whole(chunk_s: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rr = np.concatenate([np.full(30, 0.8), [5.0], rng.uniform(0.4, 1.1, 40), np.full(20, 1.7)])
+    x, _ = ecg_from_rr(rr, FS, noise_mv=0.02, seed=seed)
+    a = int(rng.integers(0, x.shape[0] - 1000))
+    x[a : a + int(rng.integers(1, 1000))] = np.nan
+    whole = run(x, chunk_s=x.shape[0] / FS)
+    assert [repr(e) for e in _sorted(run(x, chunk_s=chunk_s))] == [repr(e) for e in _sorted(whole)]
+
+
+def test_multi_rate_bed_and_pulse_rate() -> None:
+    x, truth = ecg_from_rr(np.full(60, 0.75), 250.0)
+    abp = pulse_from_beats(np.round(truth / 2).astype(np.int64), x.shape[0] // 2, 125.0)
+    p = BedSignalPipeline({"ECG_II": 250.0, "ABP": 125.0})
+    ev: list[Event] = []
+    for i in range(0, x.shape[0] // 250):
+        ev += p.push("ECG_II", x[i * 250 : (i + 1) * 250], i * 250)
+        ev += p.push("ABP", abp[i * 125 : (i + 1) * 125], i * 125)
+    pulse_hr = [e.hr_bpm for e in ev if isinstance(e, HeartRate) and e.signal == "ABP"]
+    assert len(pulse_hr) > 40 and np.allclose(pulse_hr, 80.0, atol=2.0)
+    assert verify_alarm(p, "VTACH").true_alarm is False  # regular pulses: false VT alarm
+    assert verify_alarm(p, "ASYSTOLE").true_alarm is False
+
+
+def test_rejects_bad_configuration_and_chunks() -> None:
+    with pytest.raises(ValueError, match="unknown signal key"):
+        BedSignalPipeline({"EEG": 250.0})
+    with pytest.raises(ValueError, match="outside"):
+        BedSignalPipeline({"ECG_II": 50.0})
+    with pytest.raises(ValueError, match="at least one"):
+        BedSignalPipeline({})
+    p = BedSignalPipeline({"ECG_II": FS})
+    with pytest.raises(ValueError, match="not configured"):
+        p.push("ABP", np.zeros(10), 0)
+    p.push("ECG_II", np.zeros(100), 0)
+    with pytest.raises(ValueError, match="overlapping"):
+        p.push("ECG_II", np.zeros(10), 50)
+    with pytest.raises(ValueError, match="inf"):
+        p.push("ECG_II", np.array([np.inf]), 100)
+    with pytest.raises(ValueError, match="unknown alarm"):
+        verify_alarm(p, "SNEEZE")
+
+
+def _verdicts(events: list[Event], signal: str) -> list[str]:
+    return [e.verdict for e in events if isinstance(e, Quality) and e.signal == signal]
+
+
+def test_quality_verdicts_flat_saturated_noisy() -> None:
+    x, _ = ecg_from_rr(np.full(40, 0.8), FS)
+    n = x.shape[0]
+    flat = x.copy()
+    flat[n // 3 : n // 3 + 2000] = 0.2
+    assert "flat" in _verdicts(run(flat), "ECG_II")
+    clipped = np.clip(x * 8.0, -1.0, 1.0)
+    assert "saturated" in _verdicts(run(clipped), "ECG_II")
+    noisy = x + np.random.default_rng(0).normal(0, 0.5, n)
+    assert "noisy" in _verdicts(run(noisy), "ECG_II")
+    assert _verdicts(run(x), "ECG_II") == ["good"]
+
+
+def _bed(
+    ecg: np.ndarray, abp: np.ndarray | None, chunk_s: float
+) -> tuple[BedSignalPipeline, list[Event]]:
+    signals = {"ECG_II": 250.0, "ECG_V": 250.0}
+    if abp is not None:
+        signals["ABP"] = 125.0
+    p = BedSignalPipeline(signals)
+    events: list[Event] = []
+    n_e = max(2, round(chunk_s * 250.0)) // 2 * 2
+    n_a = n_e // 2
+    for k in range(0, -(-ecg.shape[0] // n_e)):
+        i, j = k * n_e, k * n_a
+        events += p.push("ECG_II", ecg[i : i + n_e], i)
+        events += p.push("ECG_V", -0.7 * ecg[i : i + n_e], i)
+        if abp is not None:
+            events += p.push("ABP", abp[j : j + n_a], j)
+    return p, events
+
+
+def test_multi_signal_bed_chunked_equals_whole() -> None:
+    x, truth = ecg_from_rr(np.random.default_rng(5).uniform(0.5, 1.0, 60), 250.0, noise_mv=0.02)
+    x = x[: (x.shape[0] // 250) * 250]
+    abp = pulse_from_beats(truth // 2, x.shape[0] // 2, 125.0)
+    abp[1000:1300] = np.nan
+    _, a = _bed(x, abp, 1.0)
+    _, b = _bed(x, abp, 0.2)
+    assert [repr(e) for e in _sorted(a)] == [repr(e) for e in _sorted(b)]  # NaN-safe
+    assert {e.signal for e in a if isinstance(e, Beat)} == {"ECG_II", "ECG_V", "ABP"}
+
+
+def test_asystole_alarm_true_without_pulses_false_with_them() -> None:
+    x, _ = ecg_from_rr(np.full(40, 0.8), 250.0)
+    n_beats = int(x.shape[0] // 250)
+    x = np.concatenate([x[: 25 * 250], np.random.default_rng(1).normal(0, 0.005, 8 * 250)])
+    flat_abp = np.full(x.shape[0] // 2, 60.0) + np.random.default_rng(2).normal(
+        0, 0.3, x.shape[0] // 2
+    )
+    pulsing = pulse_from_beats(np.arange(40, x.shape[0] // 2, 100), x.shape[0] // 2, 125.0)
+    assert n_beats > 25
+    p_true, ev = _bed(x, flat_abp, 0.5)
+    assert starts(ev, "ASYSTOLE")
+    assert verify_alarm(p_true, "ASYSTOLE").true_alarm is True
+    p_false, _ = _bed(x, pulsing, 0.5)
+    assert verify_alarm(p_false, "ASYSTOLE").true_alarm is False
+
+
+def test_vt_alarm_true_on_a_ventricular_run_without_regular_pulses() -> None:
+    normal, _ = ecg_from_rr(np.full(40, 0.8), 250.0)
+    wide, _ = ecg_from_rr(np.full(14, 0.42), 250.0, qrs_width_s=0.14, p_wave=False, start_s=0.3)
+    x = np.concatenate([normal, -wide])
+    x = x[: (x.shape[0] // 250) * 250]
+    p, ev = _bed(x, None, 0.5)
+    assert starts(ev, "VTACH")
+    decision = verify_alarm(p, "VTACH")
+    assert decision.true_alarm is True, decision.reason
+    p_sinus, _ = _bed(normal[: (normal.shape[0] // 250) * 250], None, 0.5)
+    assert verify_alarm(p_sinus, "VTACH").true_alarm is False
