@@ -11,6 +11,7 @@ from eicu.metrics import IngestMetrics
 from eicu.store import Store
 from ingest.scores import ScoreStage
 from ingest.service import Ingest
+from ingest.signals import SignalStage
 from ingest.state import BedRouter
 from ingest.writer import StoreWriter
 
@@ -29,7 +30,9 @@ class Engine:
         self.store = store
         self.router = BedRouter(self.metrics)
         self.scores = ScoreStage()
+        self.signals = SignalStage()
         self.router.subscribe(self.scores)
+        self.router.subscribe(self.signals)
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []

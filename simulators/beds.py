@@ -52,19 +52,26 @@ class _Framer:
     def frame(
         self, chunks: dict[str, tuple[float, float, int, NDArray[np.int16]]], frame_s: float
     ) -> WaveformFrame | None:
-        """``chunks`` maps signal -> (fs_hz, gain, baseline, raw samples of this frame)."""
-        t0_us = self.start_us + round(self.t_s * 1e6)
-        blocks = []
+        """``chunks`` maps signal -> (fs_hz, gain, baseline, raw samples of this frame).
+
+        The frame's time is that of its earliest first sample; each block's offset is exact
+        (sample k of a signal was taken at start + k / fs)."""
+        firsts = []
         for key, (fs_hz, gain, baseline, raw) in chunks.items():
             k0 = self.counts.get(key, 0)
             self.counts[key] = k0 + raw.shape[0]
-            if raw.shape[0] == 0:
-                continue
-            first_us = self.start_us + round(k0 * 1e6 / fs_hz)
-            blocks.append(SignalBlock(key, fs_hz, gain, baseline, raw, max(0, first_us - t0_us)))
+            if raw.shape[0]:
+                firsts.append(
+                    (key, fs_hz, gain, baseline, raw, self.start_us + round(k0 * 1e6 / fs_hz))
+                )
         self.t_s += frame_s
-        if not blocks:
+        if not firsts:
             return None
+        t0_us = min(f[5] for f in firsts)
+        blocks = [
+            SignalBlock(key, fs_hz, gain, baseline, raw, first_us - t0_us)
+            for key, fs_hz, gain, baseline, raw, first_us in firsts
+        ]
         frame = WaveformFrame(self.bed, self.seq % (1 << 32), t0_us, tuple(blocks))
         self.seq += 1
         return frame

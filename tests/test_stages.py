@@ -56,3 +56,30 @@ def test_deterioration_signal_on_a_news2_rise() -> None:
     router.route(NumericsFrame(BED, 1, T0 + 600_000_000, worse))
     signal = stage.beds[BED].deterioration
     assert signal is not None and signal.active and "news2_rise" in signal.reasons
+
+
+def test_signal_stage_derives_rate_and_rhythm_from_synthetic_beds() -> None:
+    """A VT run on the synthetic monitor is flagged by the engine's own pipeline, and the heart
+    rate it derives from the ECG agrees with the monitor's."""
+    from ingest.signals import SignalStage
+    from simulators.beds import SynthGroup
+
+    router = BedRouter(IngestMetrics())
+    stage = SignalStage()
+    router.subscribe(stage)
+    beds = [BedKey("s", "stable"), BedKey("s", "vt")]
+    group = SynthGroup(beds, ["stable", "vt"], [1, 2], T0)
+    labels_seen: set[str] = set()
+    for _ in range(int(150 / 0.25)):
+        for _bed, frame, numerics, _on in group.tick(0.25):
+            for f in (numerics, frame):
+                if f is not None:
+                    router.route(f)
+        labels_seen |= set(stage.derived[beds[1]].rhythms)
+    stable = stage.derived[beds[0]]
+    assert stable.beats > 100 and not stable.rhythms
+    monitor_hr = router.beds[beds[0]].latest["HR"][0]
+    assert monitor_hr is not None and abs(stable.hr_bpm["ECG_II"] - monitor_hr) < 5
+    truth = {e.label for e in group.bank.truth(1)}
+    assert "VTACH" in truth
+    assert "VTACH" in labels_seen

@@ -1,0 +1,108 @@
+"""The signal stage: feeds each bed's waveform frames into its streaming signal pipeline and keeps
+what it derives (beats, heart rate, rhythm flags, signal quality) in the bed's state.
+
+Each bed's pipeline counts samples per signal from the first sample it saw; a frame's place in
+that count comes from its device time, so a gap in the frames is a gap in the signal (never
+joined up), and a frame that arrives late (out of order) is stored but not analysed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eicu.models import Frame, WaveformFrame
+from eicu.signal.events import Beat, HeartRate, Quality, RhythmFlag
+from eicu.signal.pipeline import BedSignalPipeline
+from ingest.state import BedState
+
+log = logging.getLogger(__name__)
+
+ANALYSED = ("ECG_II", "ECG_V", "ECG_I", "ECG_III", "ECG_MCL1", "PLETH", "ABP")
+
+
+@dataclass
+class Derived:
+    """What the signal stage knows about one bed now."""
+
+    hr_bpm: dict[str, float] = field(default_factory=dict)  # per signal: median rate, latest beat
+    hr_time_us: dict[str, int] = field(default_factory=dict)
+    rhythms: dict[str, RhythmFlag] = field(default_factory=dict)  # active flags by label
+    quality: dict[str, str] = field(default_factory=dict)  # per signal verdict
+    beats: int = 0
+    ventricular_beats: int = 0
+    events: list[object] = field(default_factory=list)  # recent events, newest last (bounded)
+
+
+@dataclass
+class _BedPipe:
+    pipeline: BedSignalPipeline
+    origin_us: dict[str, int]  # device time of sample 0, per signal
+    fs_hz: dict[str, float]
+
+
+class SignalStage:
+    """A router consumer (see ingest.state.BedRouter.subscribe)."""
+
+    def __init__(self, max_events: int = 512) -> None:
+        self._pipes: dict[object, _BedPipe] = {}
+        self.derived: dict[object, Derived] = {}
+        self._max_events = max_events
+        self.skipped_frames = 0
+
+    def __call__(self, frame: Frame, state: BedState | None) -> None:
+        if not isinstance(frame, WaveformFrame) or state is None:
+            return
+        blocks = [b for b in frame.blocks if b.signal in ANALYSED]
+        if not blocks:
+            return
+        pipe = self._pipes.get(frame.bed)
+        if pipe is None or any(
+            b.signal in pipe.fs_hz and pipe.fs_hz[b.signal] != b.fs_hz for b in blocks
+        ):
+            fs = {b.signal: b.fs_hz for b in blocks}
+            pipe = _BedPipe(BedSignalPipeline(fs), {}, fs)
+            self._pipes[frame.bed] = pipe
+        derived = self.derived.setdefault(frame.bed, Derived())
+        for b in blocks:
+            if b.signal not in pipe.fs_hz:
+                continue  # a signal the bed did not have when its pipeline started
+            t_first = frame.t0_us + b.t_offset_us
+            origin = pipe.origin_us.setdefault(b.signal, t_first)
+            index = round((t_first - origin) * b.fs_hz / 1e6)
+            expected = pipe.pipeline.next_index(b.signal)
+            if abs(index - expected) <= 1:
+                index = expected  # contiguous, up to the rounding of device times
+            elif index < expected:
+                self.skipped_frames += 1  # late or overlapping: stored, not analysed
+                continue
+            try:
+                events = pipe.pipeline.push(b.signal, b.physical(), index)
+            except ValueError as exc:
+                self.skipped_frames += 1
+                log.debug("frame of %s not analysed: %s", frame.bed, exc)
+                continue
+            for ev in events:
+                self._note(derived, ev, origin, b.fs_hz)
+
+    def _note(self, d: Derived, ev: object, origin_us: int, fs_hz: float) -> None:
+        if isinstance(ev, HeartRate):
+            if np.isfinite(ev.hr_median_bpm):
+                d.hr_bpm[ev.signal] = ev.hr_median_bpm
+                d.hr_time_us[ev.signal] = origin_us + round(ev.sample * 1e6 / fs_hz)
+        elif isinstance(ev, Beat):
+            d.beats += 1
+            d.ventricular_beats += bool(ev.ventricular)
+            return  # beats are many; keep only the counts
+        elif isinstance(ev, RhythmFlag):
+            if ev.state == "start":
+                d.rhythms[ev.label] = ev
+            else:
+                d.rhythms.pop(ev.label, None)
+        elif isinstance(ev, Quality):
+            d.quality[ev.signal] = ev.verdict
+        d.events.append(ev)
+        if len(d.events) > self._max_events:
+            del d.events[: len(d.events) - self._max_events]
