@@ -158,6 +158,20 @@ def _news2(scores: object, old: bool) -> str:
     return f"{text} (old)" if old else text
 
 
+def _rhythm(derived: object) -> str:
+    """The engine's own reading of the ECG: active rhythm flags, its heart rate, lead quality."""
+    from ingest.signals import Derived
+
+    if not isinstance(derived, Derived):
+        return "--"
+    parts = sorted(derived.rhythms)
+    hr = derived.hr_bpm.get("ECG_II")
+    if not parts and hr is not None:
+        parts.append(f"HR {hr:.0f}")
+    bad = sorted({v for k, v in derived.quality.items() if k.startswith("ECG") and v != "good"})
+    return " ".join(parts + bad) or "--"
+
+
 def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
     from ingest.engine import Engine
 
@@ -168,7 +182,8 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
         f"stored {engine.writer.stored_frames} frames, pending {engine.writer.pending_frames}, "
         f"rejected {engine.ingest.rejected}",
         f"{'bed':<14}{'scenario':<11}{'status':<9}{'HR':>6}{'SpO2':>6}{'RR':>6}{'NIBP':>12}"
-        f"{'Temp':>6}{'ACVPU':>6}{'O2':>6}  {'NEWS2':<18}{'seen':>6}{'gaps':>6}",
+        f"{'Temp':>6}{'ACVPU':>6}{'O2':>6}  {'NEWS2':<18}{'rhythm (engine)':<22}"
+        f"{'seen':>6}{'gaps':>6}",
     ]
     for key in sorted(engine.router.beds, key=str):
         state = engine.router.beds[key]
@@ -185,6 +200,7 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
             f"{_fmt(latest, 'RR', device_now):>6}{bp:>12}{_fmt(latest, 'TEMP', device_now, 1):>6}"
             f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>6}"
             f"  {_news2(engine.scores.beds.get(key), stale or state.status == 'offline'):<18}"
+            f"{_rhythm(engine.signals.derived.get(key)):<22}"
             f"{seen_s:>5.1f}s{state.gaps:>6}"
         )
     out = "\n".join(lines)
