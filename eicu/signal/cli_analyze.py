@@ -80,6 +80,7 @@ def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[s
     return {
         "record": record.name,
         "fs": record.fs_hz,
+        "n_samples": int(x.shape[0]),
         "channel": channel,
         "signal": record.sig_names[channel],
         "beats": [b.sample for b in beats],
