@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -37,6 +37,9 @@ from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
+
+if TYPE_CHECKING:
+    from eicu.signal.alarms import AlarmDecision
 
 HISTORY_S: Final = 12.0
 RECENT_S: Final = 30.0
@@ -296,6 +299,12 @@ class BedSignalPipeline:
 
     def next_index(self, signal_key: str) -> int:
         return self._state(signal_key).next_index
+
+    def verify_alarm(self, label: str) -> AlarmDecision:
+        """Judge an alarm of type ``label`` raised now (see :mod:`eicu.signal.alarms`)."""
+        from eicu.signal.alarms import verify_alarm  # alarms reads this module's state types
+
+        return verify_alarm(self, label)
 
     def active_rhythms(self) -> dict[str, int]:
         """Rhythm labels active now on the primary lead, with their start samples."""
