@@ -130,3 +130,17 @@ def test_analyze_and_verify_real_records(capsys: pytest.CaptureFixture[str]) -> 
     res = json.loads(capsys.readouterr().out)
     assert res["record"] == "v131l" and res["alarm"] == "VTACH"
     assert isinstance(res["true_alarm"], bool) and res["reference"] is True
+
+
+@pytest.mark.realdata
+def test_analyze_a_multi_rate_record(capsys: pytest.CaptureFixture[str]) -> None:
+    root = require_data("mimic/mixedsignals.hea")
+    rec = str(root / "mimic" / "mixedsignals")
+    assert main(["analyze", rec, "--channel", "0", "--json"]) == 0
+    ecg = json.loads(capsys.readouterr().out)
+    assert ecg["fs"] == pytest.approx(249.89, abs=0.01)  # 4 samples a frame at 62.47 Hz
+    assert main(["analyze", rec, "--channel", "3", "--json"]) == 0
+    abp = json.loads(capsys.readouterr().out)
+    assert abp["fs"] == pytest.approx(124.945, abs=0.01)
+    # the same heart, seen as QRS complexes and as pressure pulses over the same 230 s
+    assert abs(len(ecg["beats"]) - len(abp["beats"])) <= 0.05 * len(ecg["beats"])

@@ -172,7 +172,15 @@ def test_multi_rate_bed_and_pulse_rate() -> None:
         ev += p.push("ABP", abp[i * 125 : (i + 1) * 125], i * 125)
     pulse_hr = [e.hr_bpm for e in ev if isinstance(e, HeartRate) and e.signal == "ABP"]
     assert len(pulse_hr) > 40 and np.allclose(pulse_hr, 80.0, atol=2.0)
+    pulse_corr = [e.template_corr for e in ev if isinstance(e, Beat) and e.signal == "ABP"]
+    assert all(c is not None and c > 0.95 for c in pulse_corr[10:])  # one shape throughout
+    abp_verdicts = [e for e in ev if isinstance(e, Quality) and e.signal == "ABP"]
+    # (the first window holds the flat lead-in before the first pulse)
+    assert [e.verdict for e in abp_verdicts if e.time_s > 4.0] == []
+    assert abp_verdicts[-1].verdict == "good"
     assert verify_alarm(p, "VTACH").true_alarm is False  # regular pulses: false VT alarm
+    same = (p.verify_alarm("VTACH"), verify_alarm(p, "VTACH"))
+    assert same[0].true_alarm == same[1].true_alarm and same[0].reason == same[1].reason
     assert verify_alarm(p, "ASYSTOLE").true_alarm is False
 
 

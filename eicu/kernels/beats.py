@@ -23,7 +23,8 @@ state arrays, so feeding a record in chunks of any length gives exactly the beat
 whole. A NaN sample is a gap: the filters restart after it and the levels are learnt again;
 no beat is ever placed inside a gap or in the settling time after it.
 
-The public entry point is :func:`beat_detector_step`; :mod:`eicu.signal.beats` owns the state.
+The kernel is :func:`_detector_step`; :class:`eicu.signal.beats.BeatDetector` owns its state
+arrays and is the public wrapper that validates input and sizes the outputs.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ class PulseEvidence:
     max_gap_s: float
     rate_bpm: float
     rr_cv: float  # coefficient of variation of the pulse intervals
+    morphology: float = float("nan")  # median correlation of the pulses with their template
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ def pulse_evidence(st: _SignalState, now: int, window_s: float) -> PulseEvidence
         max_gap_s=float(np.diff(bounds).max()),
         rate_bpm=float(60.0 / np.median(rr_s)) if rr_s.size else 0.0,
         rr_cv=float(rr_s.std() / rr_s.mean()) if rr_s.size > 1 else float("inf"),
+        morphology=st.morphology_at(now),
     )
 
 

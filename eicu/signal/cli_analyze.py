@@ -50,15 +50,19 @@ def signal_key_for(name: str) -> str:
 
 def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[str, Any]:
     """Beats and rhythm episodes of one channel, pushed through the pipeline chunk by chunk."""
-    n_sig = record.signals.shape[1]
+    n_sig = len(record.channels)
     if not 0 <= channel < n_sig:
         raise RecordError(f"record {record.name} has channels 0-{n_sig - 1}, not {channel}")
     if chunk_s <= 0:
         raise ValueError(f"--chunk-s must be > 0, got {chunk_s}")
     key = signal_key_for(record.sig_names[channel])
-    x = record.signals[:, channel]
-    pipeline = BedSignalPipeline({key: record.fs_hz})
-    n = max(1, round(chunk_s * record.fs_hz))
+    x = record.channels[channel]
+    fs_hz = record.channel_fs[channel]
+    try:
+        pipeline = BedSignalPipeline({key: fs_hz})
+    except ValueError as exc:
+        raise RecordError(f"record {record.name} channel {channel}: {exc}") from exc
+    n = max(1, round(chunk_s * fs_hz))
     beats: list[Beat] = []
     flags: list[RhythmFlag] = []
     for i in range(0, x.shape[0], n):
@@ -79,7 +83,8 @@ def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[s
     rhythms.sort(key=lambda r: (r["start"], r["label"]))
     return {
         "record": record.name,
-        "fs": record.fs_hz,
+        "fs": fs_hz,
+        "n_samples": int(x.shape[0]),
         "channel": channel,
         "signal": record.sig_names[channel],
         "beats": [b.sample for b in beats],

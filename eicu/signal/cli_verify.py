@@ -73,11 +73,19 @@ def replay_record(record: Record, chunk_s: float = 1.0) -> BedSignalPipeline:
             columns[key] = j
     if not columns:
         raise RecordError(f"record {record.name}: no known signal among {record.sig_names}")
-    pipeline = BedSignalPipeline({k: record.fs_hz for k in columns})
-    n = max(1, round(chunk_s * record.fs_hz))
-    for i in range(0, record.signals.shape[0], n):
+    try:
+        pipeline = BedSignalPipeline({k: record.channel_fs[j] for k, j in columns.items()})
+    except ValueError as exc:
+        raise RecordError(f"record {record.name}: {exc}") from exc
+    # one chunk per signal per step, each covering the same chunk_s of time
+    step_n = {j: max(1, round(chunk_s * record.channel_fs[j])) for j in columns.values()}
+    n_steps = max(-(-record.channels[j].shape[0] // n) for j, n in step_n.items())
+    for step in range(n_steps):
         for key, j in columns.items():
-            pipeline.push(key, record.signals[i : i + n, j], i)
+            n = step_n[j]
+            chunk = record.channels[j][step * n : (step + 1) * n]
+            if chunk.shape[0]:
+                pipeline.push(key, chunk, step * n)
     return pipeline
 
 
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     head = read_record(args.record, sampto=1)
     sampto = round(ALARM_AT_S * head.fs_hz)
     record = read_record(args.record, sampto=sampto)
-    if record.signals.shape[0] < sampto:
+    if record.channels[0].shape[0] < sampto * record.channel_fs[0] / record.fs_hz:
         raise RecordError(f"record {record.name} is shorter than {ALARM_AT_S:.0f} s")
     label, truth = challenge_alarm(record)
     decision = verify_record(record, label, args.chunk_s)

@@ -33,7 +33,7 @@ class Beat:
     kind: Literal["qrs", "pulse"]
     qrs_width_ms: float | None = None  # ECG only, None when it could not be measured
     ventricular: bool | None = None  # ECG only
-    template_corr: float | None = None  # ECG only: correlation with the dominant-beat template
+    template_corr: float | None = None  # correlation with the dominant-beat (or pulse) template
     width_ratio: float | None = None  # ECG only: QRS width over the template's
     steep_ratio: float | None = None  # ECG only: steepness (max slope / amplitude) over template's
 
@@ -75,6 +75,7 @@ class Quality:
     clip_frac: float
     hf_index: float
     detector_agreement: float = float("nan")  # ECG: F1 of two different QRS detectors
+    pulse_morphology: float = float("nan")  # ABP, PLETH: median correlation with the template
 
 
 Event = Beat | HeartRate | RhythmFlag | Quality

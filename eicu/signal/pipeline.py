@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -38,6 +38,9 @@ from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
 
+if TYPE_CHECKING:
+    from eicu.signal.alarms import AlarmDecision
+
 HISTORY_S: Final = 12.0
 RECENT_S: Final = 30.0
 # detector agreement (F1 within 150 ms) over AGREEMENT_WINDOW_S, ending AGREEMENT_LAG_S before
@@ -50,6 +53,11 @@ QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
 QRS_SLOPE_FRAC: Final = 0.15
 QRS_SHIFT_S: Final = 0.03  # alignment search for the template correlation
+PULSE_PRE_S: Final = 0.10
+PULSE_POST_S: Final = 0.40
+PULSE_SHIFT_S: Final = 0.05
+# pulse morphology index: median template correlation of the pulses of the last 8 s
+PULSE_MORPHOLOGY_MIN: Final = 0.8
 # A ventricular beat is unlike the dominant beat, wider and, for its size, less steep. Chosen on
 # MIT-BIH channel 0 (benchmarks/accuracy.py prints how well it finds the V beats there).
 VENTRICULAR_CORR: Final = 0.9
@@ -69,9 +77,15 @@ _QUALITY_LIMITS: Final[dict[str, tuple[float, float]]] = {
 }
 
 
-def verdict_of(sqi: NDArray[np.float64], kind: str, agreement: float = float("nan")) -> Verdict:
-    """The quality verdict of one window's indexes (see :mod:`eicu.kernels.sqi`), and for ECG
-    the agreement of two different QRS detectors on it (NaN when not judged)."""
+def verdict_of(
+    sqi: NDArray[np.float64],
+    kind: str,
+    agreement: float = float("nan"),
+    morphology: float = float("nan"),
+) -> Verdict:
+    """The quality verdict of one window's indexes (see :mod:`eicu.kernels.sqi`), for ECG the
+    agreement of two different QRS detectors, for pulses the median correlation of the pulses
+    with their template (NaN when not judged)."""
     flat_range, hf_limit = _QUALITY_LIMITS.get(kind, _QUALITY_LIMITS["other"])
     if sqi[SQI_NAN_FRAC] > 0.5:
         return "missing"
@@ -79,7 +93,11 @@ def verdict_of(sqi: NDArray[np.float64], kind: str, agreement: float = float("na
         return "flat"
     if sqi[SQI_CLIP_FRAC] > 0.2:
         return "saturated"
-    if sqi[SQI_HF] > hf_limit or agreement < DETECTOR_AGREEMENT_MIN:
+    if (
+        sqi[SQI_HF] > hf_limit
+        or agreement < DETECTOR_AGREEMENT_MIN
+        or morphology < PULSE_MORPHOLOGY_MIN
+    ):
         return "noisy"
     return "good"
 
@@ -143,16 +161,21 @@ class _SignalState:
             self.filter = SosFilter(sos)
         elif self.kind in ("ABP", "PLETH"):
             self.detector = BeatDetector.pulse(fs_hz)
+            sos = sps.butter(2, [0.3, min(10.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
+            self.filter = SosFilter(sos)
         self.quality_n = round(QUALITY_WINDOW_S * fs_hz)
         self.tick_n = max(1, round(fs_hz))
         self.next_tick = self.quality_n
         self.verdict: Verdict | None = None
         self.last_beat: int | None = None
         self.rr: list[float] = []
-        # ECG morphology
-        self.pre_n = round(QRS_PRE_S * fs_hz)
-        self.post_n = round(QRS_POST_S * fs_hz)
-        self.shift_n = round(QRS_SHIFT_S * fs_hz)
+        # beat morphology (QRS complex or pulse wave)
+        ecg = self.kind == "ecg"
+        self.pre_n = round((QRS_PRE_S if ecg else PULSE_PRE_S) * fs_hz)
+        self.post_n = round((QRS_POST_S if ecg else PULSE_POST_S) * fs_hz)
+        self.shift_n = round((QRS_SHIFT_S if ecg else PULSE_SHIFT_S) * fs_hz)
+        # (sample, known at, template correlation) of recent pulses, for the morphology index
+        self.known_corr: deque[tuple[int, int, float]] = deque()
         self.template = np.zeros(self.pre_n + self.post_n)
         self.tstate = np.zeros(2, dtype=np.int64)
         self.pending: list[tuple[int, int]] = []  # (sample, ready_at)
@@ -204,7 +227,9 @@ class _SignalState:
         w = self.hist.window(max(sample - self.quality_n, self.hist.start), sample)
         if w is None or w.shape[0] == 0:
             return "missing"
-        return verdict_of(window_sqi(w), self.kind, self.agreement_at(sample))
+        return verdict_of(
+            window_sqi(w), self.kind, self.agreement_at(sample), self.morphology_at(sample)
+        )
 
     def agreement_at(self, t: int) -> float:
         """F1 agreement of the two QRS detectors on the beats they had decided by sample t."""
@@ -217,6 +242,18 @@ class _SignalState:
         if a.shape[0] + b.shape[0] < 4:
             return float("nan")
         return beat_agreement(a, b, round(0.15 * self.fs_hz))
+
+    def morphology_at(self, t: int) -> float:
+        """Median template correlation of the pulses known by sample t (NaN for ECG or when
+        fewer than 3 pulses)."""
+        if self.kind not in ("ABP", "PLETH"):
+            return float("nan")
+        hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
+        lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
+        while self.known_corr and self.known_corr[0][0] < t - round(2 * HISTORY_S * self.fs_hz):
+            self.known_corr.popleft()
+        c = [v for s, at, v in self.known_corr if lo <= s < hi and at <= t]
+        return float(np.median(c)) if len(c) >= 3 else float("nan")
 
     def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
         keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
@@ -262,6 +299,12 @@ class BedSignalPipeline:
 
     def next_index(self, signal_key: str) -> int:
         return self._state(signal_key).next_index
+
+    def verify_alarm(self, label: str) -> AlarmDecision:
+        """Judge an alarm of type ``label`` raised now (see :mod:`eicu.signal.alarms`)."""
+        from eicu.signal.alarms import verify_alarm  # alarms reads this module's state types
+
+        return verify_alarm(self, label)
 
     def active_rhythms(self) -> dict[str, int]:
         """Rhythm labels active now on the primary lead, with their start samples."""
@@ -313,12 +356,10 @@ class BedSignalPipeline:
         # (time the item became known, order, payload): beats and one-second ticks, merged in
         # time order so that the rhythm tracker sees the same sequence however chunks are cut
         items: list[tuple[int, int, _BeatItem]] = []
-        if st.kind == "ecg" and found is not None:
+        if found is not None:
             for s, at in zip(found.sample.tolist(), found.decided_at.tolist(), strict=True):
                 st.pending.append((s, max(at, s + st.post_n + st.shift_n)))
-            items.extend(self._ready_ecg_beats(st))
-        elif found is not None:
-            items.extend((s, 0, (s, None, None, None, None, None)) for s in found.sample.tolist())
+            items.extend(self._ready_beats(st))
         while st.next_tick <= st.next_index:
             items.append((st.next_tick, 1, (st.next_tick, None, None, None, None, None)))
             st.next_tick += st.tick_n
@@ -334,7 +375,8 @@ class BedSignalPipeline:
             events.extend(self._tracker.advance(st.next_index))
         return events
 
-    def _ready_ecg_beats(self, st: _SignalState) -> list[tuple[int, int, _BeatItem]]:
+    def _ready_beats(self, st: _SignalState) -> list[tuple[int, int, _BeatItem]]:
+        """Morphology of the beats whose window has arrived, as items to process in order."""
         ready = [p for p in st.pending if p[1] <= st.next_index]
         if not ready:
             return []
@@ -355,7 +397,8 @@ class BedSignalPipeline:
             st.template,
             st.tstate,
             TEMPLATE_INIT_BEATS,
-            120.0 * st.fs_hz / 1000.0,  # template follows beats narrower than 120 ms
+            # the QRS template follows beats narrower than 120 ms; the pulse template any pulse
+            120.0 * st.fs_hz / 1000.0 if st.kind == "ecg" else float(st.pre_n + st.post_n + 1),
             TEMPLATE_RELEARN_BEATS,
             width_n,
             corr,
@@ -371,6 +414,11 @@ class BedSignalPipeline:
             steep_ratio.tolist(),
             strict=True,
         ):
+            if st.kind != "ecg":
+                if not np.isnan(c):
+                    st.known_corr.append((s, at, float(c)))
+                out.append((at, 0, (s, None, None, _opt(c), None, None)))
+                continue
             width_ms = None if np.isnan(w_n) else w_n * 1000.0 / st.fs_hz
             ventricular = None
             if width_ms is not None and not np.isnan(c):
@@ -427,7 +475,8 @@ class BedSignalPipeline:
         if w is not None:
             sqi = window_sqi(w)
             agreement = st.agreement_at(t)
-            v = verdict_of(sqi, st.kind, agreement)
+            morphology = st.morphology_at(t)
+            v = verdict_of(sqi, st.kind, agreement, morphology)
             st.recent_quality.append((t, v))
             if v != st.verdict:
                 st.verdict = v
@@ -442,6 +491,7 @@ class BedSignalPipeline:
                         float(sqi[SQI_CLIP_FRAC]),
                         float(sqi[SQI_HF]),
                         agreement,
+                        morphology,
                     )
                 )
         if st.kind == "ecg" and t >= st.vf_n:

@@ -41,15 +41,29 @@ def wfdb_module() -> ModuleType:
 
 @dataclass(frozen=True, slots=True)
 class Record:
+    """A WFDB record in physical units (NaN = missing). Channels may have different rates."""
+
     name: str
-    fs_hz: float
+    fs_hz: float  # the frame rate; channel j runs at channel_fs[j]
     sig_names: tuple[str, ...]
-    signals: NDArray[np.float64]  # (n_samples, n_signals), physical units, NaN = missing
+    channels: tuple[NDArray[np.float64], ...]
+    channel_fs: tuple[float, ...]
     comments: tuple[str, ...]
+
+    @property
+    def signals(self) -> NDArray[np.float64]:
+        """(n_samples, n_signals) when every channel runs at the frame rate."""
+        if any(f != self.fs_hz for f in self.channel_fs):
+            raise RecordError(
+                f"record {self.name} has channels at different rates {self.channel_fs}; "
+                "use Record.channels"
+            )
+        return np.column_stack(self.channels) if self.channels else np.empty((0, 0))
 
 
 def read_record(path: str | Path, *, sampto: int | None = None) -> Record:
-    """Read a WFDB record (path without extension) into physical units."""
+    """Read a WFDB record (path without extension) into physical units, every channel at its
+    own rate; ``sampto`` counts frames (samples of the frame rate)."""
     p = Path(path)
     if not p.with_suffix(".hea").exists() and not Path(str(p) + ".hea").exists():
         raise RecordError(f"no WFDB header {p}.hea")
@@ -57,16 +71,18 @@ def read_record(path: str | Path, *, sampto: int | None = None) -> Record:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=RuntimeWarning)
-            rec = wfdb.rdrecord(str(p), sampto=sampto)
+            rec = wfdb.rdrecord(str(p), sampto=sampto, smooth_frames=False)
     except Exception as exc:  # wfdb raises bare ValueError/OSError/...: translate at the boundary
         raise RecordError(f"cannot read WFDB record {p}: {exc}") from exc
-    if rec.p_signal is None or rec.fs is None:
+    if rec.e_p_signal is None or rec.fs is None:
         raise RecordError(f"record {p} has no physical signals")
+    spf = list(rec.samps_per_frame or [1] * len(rec.e_p_signal))
     return Record(
         name=p.name,
         fs_hz=float(rec.fs),
         sig_names=tuple(rec.sig_name),
-        signals=np.asarray(rec.p_signal, dtype=np.float64),
+        channels=tuple(np.asarray(c, dtype=np.float64) for c in rec.e_p_signal),
+        channel_fs=tuple(float(rec.fs) * int(k) for k in spf),
         comments=tuple(rec.comments or ()),
     )
 
