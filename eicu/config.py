@@ -66,6 +66,8 @@ class IngestSettings:
     # Waveform frames of a bed are held this long and stored as one segment (compresses better,
     # fewer rows); the live pipeline sees every frame at once regardless.
     waveform_segment_s: float = 2.0
+    # Run each bed's signal pipeline (beats, rhythm flags, quality) in the engine.
+    analyse_signals: bool = True
     write_retry_min_s: float = 0.5
     write_retry_max_s: float = 10.0
 
@@ -104,6 +106,7 @@ class Settings:
                 env, "EICU_MEMORY_MAX_FRAMES", defaults.memory_max_frames, 1, 10**8
             ),
             spool_dir=Path(env.get("EICU_SPOOL_DIR") or defaults.spool_dir),
+            analyse_signals=_bool(env, "EICU_ANALYSE_SIGNALS", defaults.analyse_signals),
             waveform_segment_s=_float(
                 env, "EICU_WAVEFORM_SEGMENT_S", defaults.waveform_segment_s, 0.0, 60.0
             ),
@@ -148,6 +151,17 @@ def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> in
     if not lo <= value <= hi:
         raise ConfigError(key, f"must be between {lo} and {hi}, got {value}")
     return value
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = (env.get(key) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"expected 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
 def _float(env: Mapping[str, str], key: str, default: float, lo: float, hi: float) -> float:

@@ -95,3 +95,6 @@ class IngestMetrics:
         self.beds = Gauge("eicu_beds", "Beds known, by state", ["state"], registry=r)
         self.latency = LatencyRecorder()  # numerics, receive to stored
         self.waveform_latency = LatencyRecorder()  # waveforms, receive to stored
+        # numerics, from the device's measurement time to stored: includes the gateway, the
+        # broker and any queue in front of the engine (meaningful when clocks agree)
+        self.device_latency = LatencyRecorder()

@@ -32,7 +32,8 @@ class Engine:
         self.scores = ScoreStage()
         self.signals = SignalStage()
         self.router.subscribe(self.scores)
-        self.router.subscribe(self.signals)
+        if ingest.analyse_signals:
+            self.router.subscribe(self.signals)
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []

@@ -71,6 +71,7 @@ class StoreWriter:
         self._held_us: dict[BedKey, int] = {}
         self._held_frames = 0
         self.stored_frames = 0
+        self.stored_data_frames = 0  # numerics and waveforms (no statuses, no dead letters)
         self.available = True
         if len(self._spool):
             log.info("%d spooled batches from before will be written first", len(self._spool))
@@ -182,8 +183,12 @@ class StoreWriter:
             else:
                 self._spool.pop()
             self.stored_frames += len(batch)
+            self.stored_data_frames += len(batch.numerics) + len(batch.waveforms)
             self._metrics.store_writes.inc()
             now_us = time.time_ns() // 1000
+            if batch.numerics:
+                device_us = np.array([f.ts_us for f in batch.numerics], dtype=np.int64)
+                self._metrics.device_latency.add((now_us - device_us) / 1e6)
             for kind, rx, recorder in (
                 ("numerics", rx_numerics, self._metrics.latency),
                 ("waveform", rx_waveforms, self._metrics.waveform_latency),
