@@ -1,0 +1,85 @@
+"""The alarm model shared by the rules, the state machine, escalation and delivery.
+
+In the spirit of IEC 60601-1-8: an *alarm condition* is what the rules detect (a value beyond a
+limit, an arrhythmia, a lead off); an *alarm* is the condition with a priority, a life cycle and
+deliveries. Physiological alarms concern the patient; technical alarms concern the equipment or
+the data path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+from eicu.models import BedKey
+
+
+class Priority(str, Enum):
+    HIGH = "high"  # immediate response required
+    MEDIUM = "medium"  # prompt response required
+    LOW = "low"  # awareness required
+
+
+class Category(str, Enum):
+    PHYSIOLOGICAL = "physiological"
+    TECHNICAL = "technical"
+
+
+class AlarmState(str, Enum):
+    ACTIVE = "active"  # the condition is present
+    LATCHED = "latched"  # the condition has ended, the alarm waits for acknowledgement
+    ACKNOWLEDGED = "acknowledged"  # acknowledged while the condition is still present
+    CLEARED = "cleared"  # over: the condition ended and, if latching, it was acknowledged
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmCondition:
+    """What a rule found at ``time_us`` (device time of the data that showed it).
+
+    ``kind`` names the condition (e.g. ``SPO2_LOW``, ``HR_HIGH``, ``VTACH``, ``NEWS2_HIGH``,
+    ``LEAD_OFF``, ``BED_OFFLINE``, ``DATA_STALE``); ``value`` is the value that crossed the
+    limit, when there is one; ``present`` is False when the rule sees the condition end.
+    """
+
+    bed: BedKey
+    kind: str
+    category: Category
+    priority: Priority
+    time_us: int
+    present: bool = True
+    value: float | None = None
+    limit: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """A change in an alarm's life, written to the audit trail and the outbox."""
+
+    alarm_id: str
+    bed: BedKey
+    kind: str
+    priority: Priority
+    category: Category
+    state: AlarmState
+    time_us: int
+    actor: str = "engine"  # who caused the change: the engine, or a clinician's user name
+    reason: str = ""
+    audio_paused_until_us: int | None = None
+
+
+Channel = Literal["mqtt", "webhook", "email"]
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One message to one person over one channel; ``key`` makes delivery idempotent."""
+
+    key: str
+    alarm_id: str
+    recipient: str
+    channel: Channel
+    address: str
+    body: dict[str, object] = field(default_factory=dict)
+    created_us: int = 0
