@@ -9,24 +9,24 @@ the data path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from eicu.models import BedKey
 
 
-class Priority(str, Enum):
+class Priority(StrEnum):
     HIGH = "high"  # immediate response required
     MEDIUM = "medium"  # prompt response required
     LOW = "low"  # awareness required
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     PHYSIOLOGICAL = "physiological"
     TECHNICAL = "technical"
 
 
-class AlarmState(str, Enum):
+class AlarmState(StrEnum):
     ACTIVE = "active"  # the condition is present
     LATCHED = "latched"  # the condition has ended, the alarm waits for acknowledgement
     ACKNOWLEDGED = "acknowledged"  # acknowledged while the condition is still present
