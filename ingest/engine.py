@@ -18,6 +18,31 @@ from ingest.writer import StoreWriter
 log = logging.getLogger(__name__)
 
 
+def warm_up(signals: bool) -> None:
+    """Run each kernel once on a few seconds of synthetic data."""
+    import numpy as np
+
+    from eicu.kernels import codec
+    from eicu.scores import news2
+
+    rng = np.random.default_rng(0)
+    codec.decode_int16(codec.encode_int16(rng.integers(-500, 500, 300).astype(np.int16)))
+    news2(rr=16, spo2=97, on_oxygen=False, sbp=120, hr=70, acvpu="A", temp_c=37.0)
+    if signals:
+        from eicu.signal.pipeline import BedSignalPipeline
+
+        rates = {"ECG_II": 250.0, "ECG_V": 250.0, "PLETH": 125.0, "ABP": 125.0}
+        pipeline = BedSignalPipeline(rates)
+        t = np.arange(0, 12.0, 1 / 250.0)
+        ecg = np.where((t % 0.8) < 0.02, 1.0, 0.0) + 0.01 * rng.standard_normal(t.size)
+        pulse = np.sin(2 * np.pi * 1.25 * np.arange(0, 12.0, 1 / 125.0)) * 20 + 90
+        for i in range(0, 12):
+            pipeline.push("ECG_II", ecg[i * 250 : (i + 1) * 250], i * 250)
+            pipeline.push("ECG_V", ecg[i * 250 : (i + 1) * 250], i * 250)
+            pipeline.push("ABP", pulse[i * 125 : (i + 1) * 125], i * 125)
+            pipeline.push("PLETH", pulse[i * 125 : (i + 1) * 125] / 100, i * 125)
+
+
 class Engine:
     def __init__(
         self,
@@ -32,6 +57,7 @@ class Engine:
         self.scores = ScoreStage()
         self.signals = SignalStage()
         self.router.subscribe(self.scores)
+        self._analyse = ingest.analyse_signals
         if ingest.analyse_signals:
             self.router.subscribe(self.signals)
         self.writer = StoreWriter(store, ingest, self.metrics)
@@ -39,6 +65,8 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        # Compile (or load from cache) the kernels before the first message waits on them.
+        await asyncio.to_thread(warm_up, self._analyse)
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(self.ingest.run(), name="ingest"),

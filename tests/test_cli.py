@@ -51,6 +51,21 @@ def test_bad_arguments_are_clear_errors() -> None:
     assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
 
 
+def _wait_for_metric(url: str, text: str, timeout_s: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    metrics = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                metrics = response.read().decode()
+        except OSError:
+            metrics = ""  # not listening yet
+        if text in metrics:
+            return metrics
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} not in {url} after {timeout_s} s")
+
+
 @pytest.mark.broker
 @pytest.mark.db
 def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_path: Path) -> None:
@@ -70,21 +85,15 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
         text=True,
     )
     try:
-        time.sleep(3.0)  # schema migration and subscription
+        url = f"http://127.0.0.1:{env['EICU_METRICS_PORT']}/metrics"
+        _wait_for_metric(url, "eicu_mqtt_connected 1.0")  # migrated, warmed up, subscribed
         sim = _eicu(
             "simulate", "--mqtt", broker.url, "--site", "cli", "--beds", "3", "--duration", "6",
             "--speed", "3", "--scenario", "mix", "--json",
         )  # fmt: skip
         assert sim.returncode == 0, sim.stderr
         summary = json.loads(sim.stdout)
-        time.sleep(0.5)
-        url = f"http://127.0.0.1:{env['EICU_METRICS_PORT']}/metrics"
-        deadline = time.monotonic() + 60  # a first run also compiles the codec's kernels
-        metrics = ""
-        while "eicu_store_latency_seconds_bucket" not in metrics and time.monotonic() < deadline:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                metrics = response.read().decode()
-            time.sleep(0.5)
+        metrics = _wait_for_metric(url, "eicu_store_latency_seconds_bucket")
     finally:
         serve.send_signal(signal.SIGTERM)  # written out (held segments included) before exit
         _, err = serve.communicate(timeout=60)
