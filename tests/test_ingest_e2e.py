@@ -31,6 +31,13 @@ async def store(db_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
+async def _started(broker: Mosquitto, store: Store, tmp_path: Path) -> Engine:
+    engine = _engine(broker, store, tmp_path)
+    await engine.start()
+    await engine.wait_connected()
+    return engine
+
+
 def _engine(broker: Mosquitto, store: Store, tmp_path: Path, name: str = "engine") -> Engine:
     mqtt = MqttSettings.from_url(broker.url, client_id=f"eicu-test-{name}")
     settings = IngestSettings(spool_dir=tmp_path / f"spool-{name}", flush_interval_s=0.1)
@@ -57,9 +64,7 @@ def _total(summary: dict[str, object]) -> int:
 async def test_round_trip_of_every_message_kind(
     broker: Mosquitto, store: Store, tmp_path: Path
 ) -> None:
-    engine = _engine(broker, store, tmp_path)
-    await engine.start()
-    await engine.wait_connected()
+    engine = await _started(broker, store, tmp_path)
     bed = BedKey("karamay", "bed07")
     t0 = 1_764_302_400_000_000
     ecg = (np.sin(np.arange(125) / 10) * 900).astype(np.int16)
@@ -106,9 +111,7 @@ async def test_round_trip_of_every_message_kind(
 async def test_many_beds_every_sample_stored_exactly_once(
     broker: Mosquitto, store: Store, tmp_path: Path
 ) -> None:
-    engine = _engine(broker, store, tmp_path)
-    await engine.start()
-    await engine.wait_connected()
+    engine = await _started(broker, store, tmp_path)
     mqtt = MqttSettings.from_url(broker.url)
     summary = await simulate(
         mqtt, SimulationPlan(site="icu", beds=100, duration_s=30.0, scenario="mix")
@@ -126,9 +129,7 @@ async def test_bad_payloads_rejected_while_good_traffic_continues(
 ) -> None:
     from tests.test_wire import BAD
 
-    engine = _engine(broker, store, tmp_path)
-    await engine.start()
-    await engine.wait_connected()
+    engine = await _started(broker, store, tmp_path)
     mqtt = MqttSettings.from_url(broker.url)
     sim = asyncio.create_task(
         simulate(mqtt, SimulationPlan(site="good", beds=5, duration_s=10.0, speed=2.0))
@@ -152,9 +153,7 @@ async def test_bad_payloads_rejected_while_good_traffic_continues(
 async def test_broker_restart_mid_stream_loses_nothing(
     broker: Mosquitto, store: Store, tmp_path: Path
 ) -> None:
-    engine = _engine(broker, store, tmp_path)
-    await engine.start()
-    await engine.wait_connected()
+    engine = await _started(broker, store, tmp_path)
     mqtt = MqttSettings.from_url(broker.url)
     sim = asyncio.create_task(
         simulate(mqtt, SimulationPlan(site="icu", beds=10, duration_s=24.0, speed=2.0))

@@ -154,3 +154,24 @@ def window_from_blocks(
 def param_key(code: int) -> str:
     param = BY_CODE.get(code)
     return param.key if param else f"code{code}"
+
+
+# What is stored per bed, in the simulator's summary shape; the same SQL on every backend.
+STATS_SQL = """WITH n AS (SELECT bed_id, count(*) AS messages, sum(k) AS samples
+                         FROM (SELECT bed_id, count(*) AS k FROM numerics
+                               GROUP BY bed_id, time, seq) m GROUP BY bed_id),
+                   w AS (SELECT bed_id, sum(n_frames) AS messages, sum(n_samples) AS samples
+                         FROM waveforms GROUP BY bed_id)
+              SELECT b.site, b.bed, coalesce(n.messages, 0) + coalesce(w.messages, 0),
+                     coalesce(n.samples, 0) + coalesce(w.samples, 0)
+              FROM beds b LEFT JOIN n USING (bed_id) LEFT JOIN w USING (bed_id)
+              ORDER BY b.site, b.bed"""
+
+
+def stats_doc(rows: list[tuple[object, ...]]) -> dict[str, dict[str, dict[str, int]]]:
+    return {
+        "beds": {
+            f"{site}/{bed}": {"messages": int(m), "samples": int(n)}  # type: ignore[call-overload]
+            for site, bed, m, n in rows
+        }
+    }

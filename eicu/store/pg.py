@@ -21,12 +21,14 @@ from eicu.errors import SchemaError, StorageUnavailable
 from eicu.models import Batch, BedKey
 from eicu.store import schema, timescale
 from eicu.store.base import (
+    STATS_SQL,
     LatestValue,
     TrendPoint,
     WaveformWindow,
     beds_in,
     numeric_rows,
     param_key,
+    stats_doc,
     status_rows,
     waveform_rows,
     window_from_blocks,
@@ -320,22 +322,7 @@ class PgStore:
         return window_from_blocks(signal, pieces, start_us, end_us)
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]:
-        rows = await self._fetch(
-            """WITH n AS (SELECT bed_id, count(*) AS messages, sum(values) AS samples
-                          FROM (SELECT bed_id, time, seq, count(*) AS values FROM numerics
-                                GROUP BY bed_id, time, seq) m GROUP BY bed_id),
-                    w AS (SELECT bed_id, sum(n_frames) AS messages, sum(n_samples) AS samples
-                          FROM waveforms GROUP BY bed_id)
-               SELECT b.site, b.bed, coalesce(n.messages, 0) + coalesce(w.messages, 0),
-                      coalesce(n.samples, 0) + coalesce(w.samples, 0)
-               FROM beds b LEFT JOIN n USING (bed_id) LEFT JOIN w USING (bed_id)
-               ORDER BY b.site, b.bed"""
-        )
-        return {
-            "beds": {
-                f"{site}/{bed}": {"messages": int(m), "samples": int(s)} for site, bed, m, s in rows
-            }
-        }
+        return stats_doc(await self._fetch(STATS_SQL))
 
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
