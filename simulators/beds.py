@@ -149,8 +149,9 @@ class ReplayBed:
     def __init__(
         self, bed: BedKey, record: str | Path, start_us: int, offset_s: float = 0.0
     ) -> None:
-        import wfdb
+        from eicu.signal.records import wfdb_module
 
+        wfdb = wfdb_module()
         self.bed = bed
         self.beds = [bed]
         try:
