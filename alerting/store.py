@@ -8,6 +8,7 @@ The tables come from numbered migrations recorded in ``alarm_schema_migrations``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -15,8 +16,9 @@ from typing import Any
 
 import psycopg
 
-from alerting.outbox import DeliveryRecord, StoredEvent
+from alerting.outbox import DeliveryRecord, Outbox, StoredEvent
 from eicu.errors import StorageUnavailable
+from ingest.writer import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +196,33 @@ class AlarmStore:
                 # leaving the connection block commits; an error there rolls back and raises
         except psycopg.OperationalError as exc:
             raise _unavailable(exc) from exc
+
+
+async def run_copy(
+    outbox: Outbox,
+    store: AlarmStore,
+    *,
+    interval_s: float = 1.0,
+    retry_min_s: float = 0.5,
+    retry_max_s: float = 30.0,
+) -> None:
+    """Copy the outbox to the central database every ``interval_s`` until cancelled; while the
+    database is away, wait with jittered exponential backoff and keep everything local."""
+    backoff = Backoff(retry_min_s, retry_max_s)
+    available = True
+    while True:
+        try:
+            n_events, n_deliveries = await outbox.copy_to_store(store)
+        except StorageUnavailable as exc:
+            if available:
+                log.warning("alarm store unavailable, the outbox keeps everything: %s", exc)
+            available = False
+            await asyncio.sleep(backoff.next_s())
+            continue
+        if not available:
+            log.info("alarm store available again")
+        available = True
+        backoff.reset()
+        if n_events or n_deliveries:
+            log.debug("copied %d alarm events and %d receipts", n_events, n_deliveries)
+        await asyncio.sleep(interval_s)
