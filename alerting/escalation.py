@@ -286,8 +286,14 @@ class Dispatcher:
                 self._outbox.stop_escalation(saved.alarm_id, self._now_us())
                 continue
             esc = _Escalation(event, rota, saved.step, saved.step_started_us / 1e6)
-            esc.keys = self._keys(esc)
             self._alarms[saved.alarm_id] = esc
+            self._notify(esc)  # idempotent: pages of this step already enqueued stay as they are
+        for alarm_id in self._outbox.unescalated_alarms():
+            event = self._outbox.last_event(alarm_id)
+            if event is not None and event.state not in _STOPPING:
+                await self.handle(event)  # recorded, but the crash came before the first page
+            else:
+                self._outbox.stop_escalation(alarm_id, self._now_us())
         resumed = self._outbox.pending()
         if resumed or self._alarms:
             log.info(
@@ -332,12 +338,6 @@ class Dispatcher:
         self._inflight.clear()
 
     # --- inside -----------------------------------------------------------------------------------
-
-    def _keys(self, esc: _Escalation) -> list[str]:
-        level = esc.rota.level(esc.step)
-        return [
-            notification_key(esc.event.alarm_id, esc.step, level.role, c) for c in level.contacts
-        ]
 
     def _notify(self, esc: _Escalation) -> None:
         level = esc.rota.level(esc.step)

@@ -386,6 +386,14 @@ class Outbox:
         ).fetchall()
         return [EscalationState(r["alarm_id"], r["step"], r["step_started_us"]) for r in rows]
 
+    def unescalated_alarms(self) -> list[str]:
+        """Alarms with recorded events but no escalation yet (a crash came in between)."""
+        rows = self._db.execute(
+            """SELECT alarm_id FROM alarm_events WHERE alarm_id NOT IN
+                (SELECT alarm_id FROM escalations) GROUP BY alarm_id ORDER BY min(seq)"""
+        ).fetchall()
+        return [r["alarm_id"] for r in rows]
+
     # --- copying to the central database --------------------------------------------------------
 
     def uncopied(self, limit: int = 1000) -> tuple[list[StoredEvent], list[DeliveryRecord]]:

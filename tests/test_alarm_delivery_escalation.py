@@ -284,6 +284,31 @@ async def test_crash_with_deliveries_pending_then_resume(tmp_path: Path, hook: H
     assert len(hook.requests) == 2 + 2 + 3
 
 
+async def test_crash_between_recording_and_paging(
+    tmp_path: Path, hook: HookServer, webhook: DeliveryChannel
+) -> None:
+    clock = Clock()
+    path = tmp_path / "outbox.db"
+    with Outbox(path) as box:
+        box.record(alarm(AlarmState.ACTIVE, "a1"))  # the engine stops right after this
+        box.record(alarm(AlarmState.ACTIVE, "a2"))
+        box.record(alarm(AlarmState.CLEARED, "a2"))  # over before anyone was paged
+    with Outbox(path) as box:
+        d = Dispatcher(Rota.from_dict(rota_doc(hook)), box, {"webhook": webhook}, clock=clock)
+        await d.resume()
+        await d.drain()
+        assert [(r.path, r.body["alarm_id"]) for r in hook.requests] == [("/nurse", "a1")]
+        assert d.escalating == {"a1": 0}
+        assert len(box.events("a1")) == 1
+        assert box.unescalated_alarms() == []
+    with Outbox(path) as box:  # and once more: nothing new
+        d = Dispatcher(Rota.from_dict(rota_doc(hook)), box, {"webhook": webhook}, clock=clock)
+        await d.resume()
+        await d.drain()
+        assert d.escalating == {"a1": 0}
+    assert len(hook.requests) == 1
+
+
 def test_rota_errors_name_the_entry() -> None:
     hook = HookServer(port=1)
     good = rota_doc(hook)
