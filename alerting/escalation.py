@@ -199,6 +199,7 @@ class Dispatcher:
         self._poll_s = poll_s
         self._alarms: dict[str, _Escalation] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._inflight_alarm: dict[str, str] = {}  # key -> alarm id
 
     def _now_us(self) -> int:
         return int(self._clock() * 1e6)
@@ -270,9 +271,11 @@ class Dispatcher:
             due.append(esc.step_started_s + level.ack_timeout_s[esc.event.priority])
             if not esc.delivery_checked:
                 due.append(esc.step_started_s + self._rota.delivery_timeout_s)
-        retry_us = self._outbox.next_attempt_us()
-        if retry_us is not None:
-            due.append(retry_us / 1e6)
+        due.extend(
+            at_us / 1e6
+            for key, at_us in self._outbox.next_attempts().items()
+            if key not in self._inflight
+        )
         return min(due) if due else None
 
     # --- running ----------------------------------------------------------------------------------
@@ -336,6 +339,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._inflight.clear()
+        self._inflight_alarm.clear()
 
     # --- inside -----------------------------------------------------------------------------------
 
@@ -379,7 +383,7 @@ class Dispatcher:
         now_us = self._now_us()
         self._outbox.stop_escalation(alarm_id, now_us)
         cancelled = self._outbox.cancel(alarm_id, now_us)
-        tasks = [t for k, t in self._inflight.items() if k.startswith(f"{alarm_id}:")]
+        tasks = [t for k, t in self._inflight.items() if self._inflight_alarm.get(k) == alarm_id]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -391,7 +395,12 @@ class Dispatcher:
             return
         task = asyncio.create_task(self._deliver(notification), name=f"deliver[{key}]")
         self._inflight[key] = task
-        task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        self._inflight_alarm[key] = notification.alarm_id
+        task.add_done_callback(lambda _t: self._done(key))
+
+    def _done(self, key: str) -> None:
+        self._inflight.pop(key, None)
+        self._inflight_alarm.pop(key, None)
 
     async def _deliver(self, n: Notification) -> None:
         channel = self._channels.get(n.channel)

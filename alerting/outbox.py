@@ -275,11 +275,10 @@ class Outbox:
             args = (now_us,)
         return [_notification(r) for r in self._db.execute(sql + " ORDER BY seq", args)]
 
-    def next_attempt_us(self) -> int | None:
-        """When the earliest retry of an open notification is due."""
-        row = self._db.execute(f"SELECT min(next_attempt_us) FROM deliveries WHERE {_OPEN}")
-        value = row.fetchone()[0]
-        return None if value is None else int(value)
+    def next_attempts(self) -> dict[str, int]:
+        """When the next attempt of each open notification is due (0: at once), by key."""
+        rows = self._db.execute(f"SELECT key, next_attempt_us FROM deliveries WHERE {_OPEN}")
+        return {r["key"]: r["next_attempt_us"] for r in rows}
 
     def begin_attempt(self, key: str, at_us: int) -> bool:
         """Count an attempt about to be made. False (and nothing changes) when the key is unknown,

@@ -117,8 +117,10 @@ async def test_escalation_order_and_stop_at_acknowledgement(
         await d.handle(alarm(AlarmState.ACTIVE))
         await d.drain()
         assert hook.accepted_paths() == ["/nurse"]
+        assert d.next_due_s() == T0_S + 5  # the delivery check
         await _at(d, clock, 29.9)  # delivered, not yet acknowledged: wait
         assert hook.accepted_paths() == ["/nurse"]
+        assert d.next_due_s() == T0_S + 30  # the acknowledgement timeout
         await _at(d, clock, 30)
         assert hook.accepted_paths() == ["/nurse", "/phys"]
         await _at(d, clock, 89)
