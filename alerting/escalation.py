@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, cast, get_args
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from alerting.channels import DeliveryChannel
 from alerting.model import AlarmEvent, AlarmState, Channel, Notification, Priority
 from alerting.outbox import Outbox
@@ -166,6 +168,33 @@ def _level(raw: object, path: str) -> Level:
 # --- the dispatcher ---------------------------------------------------------------------------
 
 
+class DeliveryMetrics:
+    """Counters of the dispatcher, in the given registry (or one of its own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.notifications = Counter(
+            "eicu_alarm_notifications",
+            "Notification attempts, by channel and outcome (delivered, retry, refused)",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "eicu_alarm_escalations",
+            "Escalations to the next step, by why (no_ack, not_delivered, refused)",
+            ["why"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "eicu_alarm_delivery_latency_seconds",
+            "From enqueued in the outbox to delivered",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.escalating = Gauge("eicu_alarm_escalating", "Alarms being escalated now", registry=r)
+
+
 @dataclass
 class _Escalation:
     event: AlarmEvent
@@ -191,7 +220,9 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or DeliveryMetrics()
         self._rota = rota
         self._outbox = outbox
         self._channels = dict(channels)
@@ -249,7 +280,7 @@ class Dispatcher:
         for esc in list(self._alarms.values()):
             level = esc.rota.level(esc.step)
             if now_s >= esc.step_started_s + level.ack_timeout_s[esc.event.priority]:
-                self._advance(esc, "no acknowledgement")
+                self._advance(esc, "no_ack")
                 continue
             if esc.delivery_checked:
                 continue
@@ -257,11 +288,12 @@ class Dispatcher:
             if any(r is not None and r.delivered_us is not None for r in receipts):
                 esc.delivery_checked = True
             elif all(r is None or not r.open for r in receipts):
-                self._advance(esc, "every notification refused")
+                self._advance(esc, "refused")
             elif now_s >= esc.step_started_s + self._rota.delivery_timeout_s:
-                self._advance(esc, "nothing delivered in time")
+                self._advance(esc, "not_delivered")
         for notification in self._outbox.pending(now_us=int(now_s * 1e6)):
             self._launch(notification)
+        self.metrics.escalating.set(len(self._alarms))
 
     def next_due_s(self) -> float | None:
         """When :meth:`tick` has something to do next (clock seconds)."""
@@ -373,6 +405,7 @@ class Dispatcher:
 
     def _advance(self, esc: _Escalation, why: str) -> None:
         log.warning("alarm %s: escalating past step %d: %s", esc.event.alarm_id, esc.step, why)
+        self.metrics.escalations.labels(why=why).inc()
         esc.step += 1
         esc.step_started_s = self._clock()
         esc.delivery_checked = False
@@ -407,6 +440,7 @@ class Dispatcher:
         if not self._outbox.begin_attempt(n.key, self._now_us()):
             return  # delivered, refused or cancelled meanwhile
         if channel is None:
+            self.metrics.notifications.labels(channel=n.channel, outcome="refused").inc()
             self._outbox.mark_failed(
                 n.key, f"no {n.channel} channel configured", at_us=self._now_us(), retry_at_us=None
             )
@@ -421,6 +455,8 @@ class Dispatcher:
             if exc.retryable:
                 delay_s = min(self._rota.retry_min_s * 2 ** (attempts - 1), self._rota.retry_max_s)
                 retry_at_us = self._now_us() + int(delay_s * random.uniform(0.5, 1.0) * 1e6)
+            outcome = "retry" if exc.retryable else "refused"
+            self.metrics.notifications.labels(channel=n.channel, outcome=outcome).inc()
             self._outbox.mark_failed(
                 n.key, exc.detail, at_us=self._now_us(), retry_at_us=retry_at_us
             )
@@ -437,4 +473,9 @@ class Dispatcher:
             )
             log.exception("notification %s: channel failed unexpectedly", n.key)
         else:
-            self._outbox.mark_delivered(n.key, self._now_us())
+            now_us = self._now_us()
+            self._outbox.mark_delivered(n.key, now_us)
+            self.metrics.notifications.labels(channel=n.channel, outcome="delivered").inc()
+            record = self._outbox.receipt(n.key)
+            if record is not None:
+                self.metrics.delivery_latency.observe(max(0.0, (now_us - record.enqueued_us) / 1e6))

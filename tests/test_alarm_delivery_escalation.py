@@ -102,6 +102,11 @@ async def webhook() -> AsyncIterator[DeliveryChannel]:
     await channel.close()
 
 
+def _metric(d: Dispatcher, name: str, **labels: str) -> float:
+    value = d.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
 async def _at(dispatcher: Dispatcher, clock: Clock, dt_s: float) -> None:
     clock.at(dt_s)
     await dispatcher.tick()
@@ -131,6 +136,7 @@ async def test_escalation_order_and_stop_at_acknowledgement(
         await _at(d, clock, 180)  # past the last level: the intensivist again
         assert hook.accepted_paths() == ["/nurse", "/phys", "/icu", "/icu"]
         assert d.escalating == {"a1": 3}
+        assert _metric(d, "eicu_alarm_escalations_total", why="no_ack") == 3
 
         last_key = hook.requests[-1].key
         assert await d.acknowledge(last_key, "dr-wang") == "a1"
@@ -178,6 +184,8 @@ async def test_moves_on_sooner_when_nothing_is_delivered(
         assert hook.accepted_paths() == ["/phys"]
         await _at(d, clock, 65)
         assert hook.accepted_paths() == ["/phys", "/icu"]
+        assert _metric(d, "eicu_alarm_escalations_total", why="not_delivered") == 1
+        assert _metric(d, "eicu_alarm_escalations_total", why="no_ack") == 1
         nurse = box.receipts("a1")[0]
         assert nurse.recipient == "nurse-li" and nurse.open and nurse.attempts >= 2
 
@@ -239,6 +247,13 @@ async def test_a_failing_channel_recovers_and_nobody_is_paged_twice(
         assert hook.accepted == {hook.requests[0].key: 1}
         r = box.receipts("a1")[0]
         assert (r.attempts, r.last_error) == (3, "")
+        retries = _metric(d, "eicu_alarm_notifications_total", channel="webhook", outcome="retry")
+        delivered = _metric(
+            d, "eicu_alarm_notifications_total", channel="webhook", outcome="delivered"
+        )
+        assert (retries, delivered) == (2, 1)
+        assert _metric(d, "eicu_alarm_delivery_latency_seconds_count") == 1
+        assert _metric(d, "eicu_alarm_delivery_latency_seconds_sum") == pytest.approx(6.0)
 
 
 async def test_crash_with_deliveries_pending_then_resume(tmp_path: Path, hook: HookServer) -> None:
