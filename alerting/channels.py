@@ -162,11 +162,20 @@ def _retryable_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
+def _retry_after_s(value: str | None) -> float:
+    """Seconds from a ``Retry-After`` header in its delay-seconds form; 0 when absent or
+    given as a date."""
+    if value is None or not value.strip().isdigit():
+        return 0.0
+    return float(value.strip())
+
+
 class WebhookChannel:
     """POSTs the notification as JSON to ``address`` with an ``Idempotency-Key`` header.
 
-    Connection errors, time-outs, 5xx, 408 and 429 are retried with jittered exponential backoff,
-    up to ``max_attempts`` in all; any other 4xx is a refusal and is not retried.
+    Connection errors, time-outs, 5xx, 408 and 429 are retried with jittered exponential backoff
+    (at least the receiver's ``Retry-After``, capped at ``backoff_max_s``), up to
+    ``max_attempts`` in all; any other 4xx is a refusal and is not retried.
     """
 
     name: Channel = "webhook"
@@ -205,11 +214,13 @@ class WebhookChannel:
             try:
                 async with session.post(n.address, json=essentials(n), headers=headers) as resp:
                     status = resp.status
+                    retry_after_s = _retry_after_s(resp.headers.get("Retry-After"))
                     await resp.read()
             except aiohttp.InvalidURL as exc:
                 raise DeliveryError("webhook", n.key, f"bad URL {exc}", retryable=False) from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = f"{type(exc).__name__}: {exc}"[:300]
+                retry_after_s = 0.0
             else:
                 if 200 <= status < 300:
                     return Receipt(n.key, "webhook", _now_us(), attempts, f"HTTP {status}")
@@ -218,7 +229,8 @@ class WebhookChannel:
                     raise DeliveryError("webhook", n.key, error, retryable=False)
             if attempts >= self._max_attempts:
                 raise DeliveryError("webhook", n.key, f"{error} after {attempts} attempts")
-            delay_s = backoff.next_s()
+            # The receiver's Retry-After is honoured up to the longest backoff delay.
+            delay_s = max(backoff.next_s(), min(retry_after_s, self._backoff_max_s))
             log.warning("webhook %s: %s; retrying in %.2f s", n.key, error, delay_s)
             await self._sleep(delay_s)
 

@@ -29,6 +29,7 @@ class HookServer:
     """Answers each POST with the next status in ``plan`` (then 200) and records it."""
 
     plan: list[int] = field(default_factory=list)
+    retry_after: str | None = None  # a Retry-After header on every failure answer
     requests: list[Request] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -38,7 +39,8 @@ class HookServer:
         status = self.plan.pop(0) if self.plan else 200
         key = request.headers.get("Idempotency-Key", "")
         self.requests.append(Request(request.path, key, body, status))
-        return web.json_response({"ok": status == 200}, status=status)
+        headers = {"Retry-After": self.retry_after} if self.retry_after and status != 200 else {}
+        return web.json_response({"ok": status == 200}, status=status, headers=headers)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"

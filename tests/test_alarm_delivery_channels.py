@@ -98,6 +98,24 @@ async def test_webhook_retries_server_errors_then_succeeds_once(hook: HookServer
         assert nominal / 2 <= delay <= nominal
 
 
+async def test_webhook_honours_retry_after_up_to_the_longest_delay(hook: HookServer) -> None:
+    delays: list[float] = []
+
+    async def sleep(delay_s: float) -> None:
+        delays.append(delay_s)
+
+    channel = WebhookChannel(timeout_s=2, backoff_min_s=0.1, backoff_max_s=5, sleep=sleep)
+    try:
+        hook.plan, hook.retry_after = [429], "3"
+        await channel.send(note("k-2a", "webhook", hook.url()))
+        hook.plan, hook.retry_after = [503], "120"
+        await channel.send(note("k-2b", "webhook", hook.url()))
+    finally:
+        await channel.close()
+    assert delays == [3.0, 5.0]
+    assert hook.accepted == {"k-2a": 1, "k-2b": 1}
+
+
 async def test_webhook_does_not_retry_a_refusal(hook: HookServer) -> None:
     hook.plan = [404]
     channel = WebhookChannel(timeout_s=2, max_attempts=5, sleep=_no_sleep)
