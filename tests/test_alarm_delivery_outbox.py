@@ -3,10 +3,13 @@ copies to a real PostgreSQL that goes down while alarms fire and comes back."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alerting.model import AlarmEvent, AlarmState, Category, Notification, Priority
 from alerting.outbox import Outbox
@@ -175,3 +178,62 @@ async def test_everything_is_copied_when_the_database_is_back(
         "ORDER BY key",
     )
     assert deliveries == [("k1", 1, True, "dr.chen"), ("k2", 0, False, None)]
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["enqueue", "attempt", "deliver", "fail", "refuse", "cancel", "reopen"]),
+        st.integers(0, 4),  # which key (k0..k4); the alarm is a{key % 2}
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=_OPS)
+def test_outbox_matches_a_simple_model_of_the_rules(ops: list[tuple[str, int]]) -> None:
+    """Whatever happens in whatever order, across reopens: a key is stored once, an attempt is
+    only granted while the key is open, and pending is exactly the open keys."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "outbox.db"
+        box = Outbox(path)
+        stored: dict[str, str] = {}  # key -> open, delivered, failed, cancelled
+        attempts: dict[str, int] = {}
+        try:
+            for op, i in ops:
+                key, alarm_id = f"k{i}", f"a{i % 2}"
+                if op == "enqueue":
+                    assert box.enqueue(note(key, alarm_id)) == (key not in stored)
+                    stored.setdefault(key, "open")
+                elif op == "attempt":
+                    granted = box.begin_attempt(key, T0_US)
+                    assert granted == (stored.get(key) == "open")
+                    attempts[key] = attempts.get(key, 0) + granted
+                elif op == "deliver":
+                    assert box.mark_delivered(key, T0_US) == (
+                        stored.get(key) in ("open", "failed", "cancelled")
+                    )
+                    if key in stored:
+                        stored[key] = "delivered"
+                elif op in ("fail", "refuse"):
+                    retry_at = T0_US if op == "fail" else None
+                    box.mark_failed(key, "x", at_us=T0_US, retry_at_us=retry_at)
+                    if op == "refuse" and stored.get(key) == "open":
+                        stored[key] = "failed"
+                elif op == "cancel":
+                    n = sum(1 for k, s in stored.items() if s == "open" and int(k[1:]) % 2 == i % 2)
+                    assert box.cancel(alarm_id, T0_US) == n
+                    for k, s in stored.items():
+                        if s == "open" and int(k[1:]) % 2 == i % 2:
+                            stored[k] = "cancelled"
+                else:
+                    box.close()
+                    box = Outbox(path)
+            assert sorted(n.key for n in box.pending()) == sorted(
+                k for k, s in stored.items() if s == "open"
+            )
+            for r in box.receipts():
+                assert r.attempts == attempts.get(r.key, 0)
+                assert (r.delivered_us is not None) == (stored[r.key] == "delivered")
+        finally:
+            box.close()
