@@ -31,7 +31,7 @@ import aiomqtt
 
 from alerting.model import Channel, Notification
 from eicu import wire
-from eicu.config import MqttSettings, Secret
+from eicu.config import MqttSettings, SmtpSettings
 from eicu.errors import DeliveryError
 from eicu.models import BedKey
 from ingest.writer import Backoff
@@ -243,17 +243,6 @@ class WebhookChannel:
 # --- e-mail -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str = "127.0.0.1"
-    port: int = 25
-    sender: str = "eicu-alarms@localhost"
-    username: str | None = None
-    password: Secret | None = None
-    starttls: bool = False
-    timeout_s: float = 10.0
-
-
 def email_text(notification: Notification) -> tuple[str, str]:
     """Subject and plain-text body: the alarm's essentials, nothing about the patient."""
     doc = essentials(notification)
@@ -275,6 +264,19 @@ def email_text(notification: Notification) -> tuple[str, str]:
     lines.append(f"Alarm id: {notification.alarm_id}")
     lines.append(f"Notification: {notification.key}")
     return subject, "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ESSENTIALS",
+    "DeliveryChannel",
+    "EmailChannel",
+    "MqttChannel",
+    "Receipt",
+    "SmtpSettings",
+    "WebhookChannel",
+    "email_text",
+    "essentials",
+]
 
 
 class EmailChannel:

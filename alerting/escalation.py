@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, cast, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -86,6 +87,14 @@ class Rota:
 
     def for_site(self, site: str) -> SiteRota | None:
         return self.sites.get(site)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Rota:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the rota: {exc.strerror}") from exc
+        return cls.from_json(text, source=str(path))
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "rota") -> Rota:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -16,10 +17,11 @@ from alerting.channels import (
     WebhookChannel,
     email_text,
 )
+from alerting.escalation import Rota
 from alerting.model import Channel, Notification
-from eicu.config import MqttSettings
+from eicu.config import AlertingSettings, MqttSettings, Secret, Settings
 from eicu.devservices import Mosquitto, free_port
-from eicu.errors import DeliveryError
+from eicu.errors import ConfigError, DeliveryError
 from tests.alarm_servers import HookServer, MailServer
 
 T0_US = 1_780_000_000_000_000
@@ -232,3 +234,32 @@ async def test_mqtt_bad_address_is_refused() -> None:
     with pytest.raises(DeliveryError) as caught:
         await channel.send(note("k-10", "mqtt", "not a bed"))
     assert not caught.value.retryable
+
+
+def test_alerting_settings_from_the_environment(tmp_path: Path) -> None:
+    rota_file = tmp_path / "rota.json"
+    env = {
+        "EICU_SMTP_URL": "smtp+starttls://alarms:s3cret@mail.example:587",
+        "EICU_SMTP_SENDER": "alarms@eicu.example",
+        "EICU_ROTA_FILE": str(rota_file),
+        "EICU_OUTBOX_PATH": str(tmp_path / "outbox.db"),
+    }
+    alerting = Settings.from_env(env).alerting
+    assert alerting.smtp == SmtpSettings(
+        host="mail.example",
+        port=587,
+        sender="alarms@eicu.example",
+        username="alarms",
+        password=Secret("s3cret"),
+        starttls=True,
+    )
+    assert "s3cret" not in repr(alerting)
+    assert (alerting.rota_path, alerting.outbox_path) == (rota_file, tmp_path / "outbox.db")
+    assert Settings.from_env({}).alerting == AlertingSettings()
+    with pytest.raises(ConfigError, match="EICU_SMTP_URL"):
+        Settings.from_env({"EICU_SMTP_URL": "http://mail.example"})
+    with pytest.raises(ConfigError, match=r"rota\.json"):
+        Rota.from_file(rota_file)  # not there
+    rota_file.write_text(json.dumps({"sites": {"s": {"levels": []}}}))
+    with pytest.raises(ConfigError, match=r"sites\.s\.levels"):
+        Rota.from_file(rota_file)
