@@ -73,12 +73,60 @@ class IngestSettings:
 
 
 @dataclass(frozen=True)
+class SmtpSettings:
+    """The SMTP server alarm e-mails go through: ``smtp://[user:password@]host[:port]``
+    (``smtp+starttls://`` to upgrade the connection with STARTTLS)."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    sender: str = "eicu-alarms@localhost"
+    username: str | None = None
+    password: Secret | None = None
+    starttls: bool = False
+    timeout_s: float = 10.0
+
+    @classmethod
+    def from_url(
+        cls, url: str, key: str = "EICU_SMTP_URL", *, sender: str | None = None
+    ) -> SmtpSettings:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("smtp", "smtp+starttls"):
+            raise ConfigError(key, f"expected smtp://host:port, got scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise ConfigError(key, "no host in the URL")
+        try:
+            port = parts.port or 25
+        except ValueError as exc:
+            raise ConfigError(key, f"bad port: {exc}") from exc
+        password = Secret(urllib.parse.unquote(parts.password)) if parts.password else None
+        username = urllib.parse.unquote(parts.username) if parts.username else None
+        return cls(
+            host=parts.hostname,
+            port=port,
+            username=username,
+            password=password,
+            starttls=parts.scheme == "smtp+starttls",
+            sender=sender or cls.sender,
+        )
+
+
+@dataclass(frozen=True)
+class AlertingSettings:
+    """Where alarm delivery keeps its outbox, reads its on-call rota, and sends e-mail."""
+
+    outbox_path: Path = field(default_factory=lambda: Path("eicu-alarms.db"))
+    rota_path: Path | None = None
+    smtp: SmtpSettings | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     mqtt: MqttSettings | None
     database_url: Secret | None
     ingest: IngestSettings
     metrics_port: int | None
     log_level: str
+    alerting: AlertingSettings = field(default_factory=AlertingSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,12 +160,22 @@ class Settings:
             ),
         )
         metrics_port = env.get("EICU_METRICS_PORT")
+        smtp_url = env.get("EICU_SMTP_URL") or None
+        rota_file = env.get("EICU_ROTA_FILE") or None
+        alerting = AlertingSettings(
+            outbox_path=Path(env.get("EICU_OUTBOX_PATH") or AlertingSettings().outbox_path),
+            rota_path=Path(rota_file) if rota_file else None,
+            smtp=SmtpSettings.from_url(smtp_url, sender=env.get("EICU_SMTP_SENDER"))
+            if smtp_url
+            else None,
+        )
         return cls(
             mqtt=mqtt,
             database_url=Secret(db_url) if db_url else None,
             ingest=ingest,
             metrics_port=_int(env, "EICU_METRICS_PORT", 0, 0, 65535) if metrics_port else None,
             log_level=(env.get("EICU_LOG_LEVEL") or "INFO").upper(),
+            alerting=alerting,
         )
 
     def describe(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ Third-party errors are translated at the boundary, so callers catch these and no
     │   ├── StorageUnavailable   the database cannot be reached now; retry later
     │   ├── SchemaError          the schema is not what this version expects
     │   └── CodecError           a stored waveform block is corrupt, truncated or of unknown format
+    ├── DeliveryError            an alarm notification could not be delivered (has .retryable)
     ├── RecordError              a WFDB record cannot be read or is not in the expected layout
     ├── ScoreInputError          an input to an early-warning score is impossible (has .field)
     └── ScoreDefinitionError     a score definition (thresholds as data) is malformed (has .path)
@@ -64,6 +65,22 @@ class CodecError(StorageError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class DeliveryError(EicuError):
+    """An alarm notification could not be delivered over its channel.
+
+    ``channel`` names the channel (``mqtt``, ``webhook``, ``email``), ``key`` is the
+    notification's idempotency key; ``retryable`` is False when trying again cannot help (the
+    receiver refused the request), True for outages and time-outs.
+    """
+
+    def __init__(self, channel: str, key: str, detail: str, *, retryable: bool = True) -> None:
+        super().__init__(f"{channel} delivery of {key}: {detail}")
+        self.channel = channel
+        self.key = key
+        self.detail = detail
+        self.retryable = retryable
 
 
 class RecordError(EicuError, ValueError):

@@ -1,0 +1,331 @@
+"""Delivery channels: MQTT back to the remote ICU, webhook, e-mail over SMTP.
+
+Every channel has one interface, ``async send(notification) -> Receipt``: it returns when the
+next hop has taken responsibility for the message (the broker's PUBACK at QoS 1, an HTTP 2xx, the
+SMTP server's acceptance) and raises :class:`~eicu.errors.DeliveryError` otherwise, with
+``retryable`` telling an outage from a refusal. Every message carries the notification's
+idempotency key (in the MQTT payload, the ``Idempotency-Key`` header, the e-mail's Message-ID
+and ``X-Eicu-Idempotency-Key`` header) so a receiver can drop a repeat.
+
+Only the alarm's essentials leave the engine (:data:`ESSENTIALS`): where, what, how urgent, when.
+No patient name or other identifier is ever put in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Final, Protocol
+
+import aiohttp
+import aiomqtt
+
+from alerting.model import Channel, Notification
+from eicu import wire
+from eicu.config import MqttSettings, SmtpSettings
+from eicu.errors import DeliveryError
+from eicu.models import BedKey
+from ingest.writer import Backoff
+
+log = logging.getLogger(__name__)
+
+# The body fields a message may carry; anything else in a notification's body stays inside.
+ESSENTIALS: Final = (
+    "site",
+    "bed",
+    "kind",
+    "priority",
+    "category",
+    "state",
+    "time_us",
+    "value",
+    "limit",
+    "role",
+    "step",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The next hop took the notification at ``delivered_us`` after ``attempts`` tries."""
+
+    key: str
+    channel: Channel
+    delivered_us: int
+    attempts: int = 1
+    detail: str = ""
+
+
+class DeliveryChannel(Protocol):
+    name: Channel
+
+    async def send(self, notification: Notification) -> Receipt: ...
+
+    async def close(self) -> None: ...
+
+
+def essentials(notification: Notification) -> dict[str, object]:
+    """The message body: the idempotency key, the alarm and recipient, the essential fields."""
+    doc: dict[str, object] = {
+        "v": wire.VERSION,
+        "key": notification.key,
+        "alarm_id": notification.alarm_id,
+        "recipient": notification.recipient,
+    }
+    for name in ESSENTIALS:
+        if name in notification.body:
+            doc[name] = notification.body[name]
+    return doc
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# --- MQTT -------------------------------------------------------------------------------------
+
+
+class MqttChannel:
+    """Publishes to ``eicu/v1/{site}/{bed}/alarms`` at QoS 1; ``address`` is ``site/bed``.
+
+    One connection is kept open and reopened after a failure. A send makes one attempt; the
+    dispatcher retries from the outbox.
+    """
+
+    name: Channel = "mqtt"
+
+    def __init__(self, settings: MqttSettings, *, timeout_s: float = 5.0) -> None:
+        self._settings = settings
+        self._timeout_s = timeout_s
+        self._client: aiomqtt.Client | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connected(self) -> aiomqtt.Client:
+        async with self._lock:
+            if self._client is None:
+                s = self._settings
+                client = aiomqtt.Client(
+                    s.host,
+                    s.port,
+                    identifier=s.client_id,
+                    username=s.username,
+                    password=s.password,
+                    keepalive=s.keepalive_s,
+                    timeout=self._timeout_s,
+                )
+                stack = contextlib.AsyncExitStack()
+                await stack.enter_async_context(client)
+                self._client, self._stack = client, stack
+            return self._client
+
+    async def _drop(self) -> None:
+        stack, self._client, self._stack = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+                await stack.aclose()
+
+    async def send(self, notification: Notification) -> Receipt:
+        n = notification
+        try:
+            bed = BedKey.parse(n.address)
+        except ValueError as exc:
+            raise DeliveryError("mqtt", n.key, str(exc), retryable=False) from exc
+        payload = json.dumps(essentials(n), separators=(",", ":"), allow_nan=False)
+        try:
+            client = await asyncio.wait_for(self._connected(), self._timeout_s)
+            await asyncio.wait_for(
+                client.publish(wire.alarms_topic(bed), payload, qos=1), self._timeout_s
+            )
+        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+            await self._drop()
+            raise DeliveryError("mqtt", n.key, f"{type(exc).__name__}: {exc}") from exc
+        return Receipt(n.key, "mqtt", _now_us(), 1, "puback")
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+# --- webhook ----------------------------------------------------------------------------------
+
+
+def _retryable_status(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+def _retry_after_s(value: str | None) -> float:
+    """Seconds from a ``Retry-After`` header in its delay-seconds form; 0 when absent or
+    given as a date."""
+    if value is None or not value.strip().isdigit():
+        return 0.0
+    return float(value.strip())
+
+
+class WebhookChannel:
+    """POSTs the notification as JSON to ``address`` with an ``Idempotency-Key`` header.
+
+    Connection errors, time-outs, 5xx, 408 and 429 are retried with jittered exponential backoff
+    (at least the receiver's ``Retry-After``, capped at ``backoff_max_s``), up to
+    ``max_attempts`` in all; any other 4xx is a refusal and is not retried.
+    """
+
+    name: Channel = "webhook"
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        max_attempts: int = 4,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_attempts < 1 or timeout_s <= 0:
+            raise ValueError(f"need max_attempts >= 1 and timeout_s > 0, got {max_attempts}")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_attempts = max_attempts
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def send(self, notification: Notification) -> Receipt:
+        n = notification
+        backoff = Backoff(self._backoff_min_s, self._backoff_max_s)
+        headers = {"Idempotency-Key": n.key}
+        session = self._open_session()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                async with session.post(n.address, json=essentials(n), headers=headers) as resp:
+                    status = resp.status
+                    retry_after_s = _retry_after_s(resp.headers.get("Retry-After"))
+                    await resp.read()
+            except aiohttp.InvalidURL as exc:
+                raise DeliveryError("webhook", n.key, f"bad URL {exc}", retryable=False) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                retry_after_s = 0.0
+            else:
+                if 200 <= status < 300:
+                    return Receipt(n.key, "webhook", _now_us(), attempts, f"HTTP {status}")
+                error = f"HTTP {status}"
+                if not _retryable_status(status):
+                    raise DeliveryError("webhook", n.key, error, retryable=False)
+            if attempts >= self._max_attempts:
+                raise DeliveryError("webhook", n.key, f"{error} after {attempts} attempts")
+            # The receiver's Retry-After is honoured up to the longest backoff delay.
+            delay_s = max(backoff.next_s(), min(retry_after_s, self._backoff_max_s))
+            log.warning("webhook %s: %s; retrying in %.2f s", n.key, error, delay_s)
+            await self._sleep(delay_s)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# --- e-mail -----------------------------------------------------------------------------------
+
+
+def email_text(notification: Notification) -> tuple[str, str]:
+    """Subject and plain-text body: the alarm's essentials, nothing about the patient."""
+    doc = essentials(notification)
+    where = f"{doc.get('site', '?')}/{doc.get('bed', '?')}"
+    priority = str(doc.get("priority", "")).upper()
+    subject = f"[{priority}] {doc.get('kind', 'ALARM')} {where} {doc.get('state', '')}".strip()
+    lines = [f"Alarm {doc.get('kind', '')} at {where}"]
+    lines.append(f"Priority: {doc.get('priority', '')}")
+    lines.append(f"State: {doc.get('state', '')}")
+    time_us = doc.get("time_us")
+    if isinstance(time_us, int):
+        when = datetime.fromtimestamp(time_us / 1e6, UTC).isoformat(timespec="seconds")
+        lines.append(f"Time: {when}")
+    if doc.get("value") is not None:
+        limit = f" (limit {doc['limit']})" if doc.get("limit") is not None else ""
+        lines.append(f"Value: {doc['value']}{limit}")
+    if doc.get("role"):
+        lines.append(f"Paged as: {doc['role']} (escalation step {doc.get('step', 0)})")
+    lines.append(f"Alarm id: {notification.alarm_id}")
+    lines.append(f"Notification: {notification.key}")
+    return subject, "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "ESSENTIALS",
+    "DeliveryChannel",
+    "EmailChannel",
+    "MqttChannel",
+    "Receipt",
+    "SmtpSettings",
+    "WebhookChannel",
+    "email_text",
+    "essentials",
+]
+
+
+class EmailChannel:
+    """Sends a plain-text e-mail through an SMTP server (in a worker thread). One attempt per
+    send; a 5xx refusal is not retryable, a 4xx or a lost connection is."""
+
+    name: Channel = "email"
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+
+    def _message(self, n: Notification) -> EmailMessage:
+        subject, text = email_text(n)
+        msg = EmailMessage()
+        msg["From"] = self._settings.sender
+        msg["To"] = n.address
+        msg["Subject"] = subject
+        msg["Message-ID"] = f"<{hashlib.sha256(n.key.encode()).hexdigest()[:32]}@eicu>"
+        msg["X-Eicu-Idempotency-Key"] = n.key
+        msg.set_content(text)
+        return msg
+
+    def _send_blocking(self, msg: EmailMessage) -> None:
+        s = self._settings
+        with smtplib.SMTP(s.host, s.port, timeout=s.timeout_s) as smtp:
+            if s.starttls:
+                smtp.starttls()
+            if s.username and s.password:
+                smtp.login(s.username, s.password)
+            smtp.send_message(msg)
+
+    async def send(self, notification: Notification) -> Receipt:
+        n = notification
+        try:
+            await asyncio.to_thread(self._send_blocking, self._message(n))
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            retryable = all(400 <= code < 500 for code in codes)
+            raise DeliveryError(
+                "email", n.key, f"recipient refused {codes}", retryable=retryable
+            ) from exc
+        except smtplib.SMTPResponseException as exc:
+            retryable = not 500 <= exc.smtp_code < 600
+            raise DeliveryError(
+                "email", n.key, f"SMTP {exc.smtp_code}", retryable=retryable
+            ) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryError("email", n.key, f"{type(exc).__name__}: {exc}") from exc
+        return Receipt(n.key, "email", _now_us(), 1, "accepted")
+
+    async def close(self) -> None:
+        return None

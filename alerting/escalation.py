@@ -1,0 +1,490 @@
+"""Escalation: who is paged for an alarm, in which order, and when the next person is.
+
+The on-call rota comes from configuration (JSON or a dict, see docs/alarm-delivery.md): per
+site, levels in the order ``bedside_nurse`` -> ``on_call_physician`` ->
+``command_center_intensivist``, each with contacts (a channel and an address) and an
+acknowledgement timeout per priority.
+
+The :class:`Dispatcher` takes an alarm's events. The first event of an alarm notifies the first
+level. When nobody acknowledges within that level's timeout the next level is notified; after
+the last level, the last level is notified again each time its timeout passes. When no
+notification of a level is delivered within the rota's short ``delivery_timeout_s`` (or all of
+them were refused), escalation moves on at once instead of waiting for the acknowledgement
+timeout. An acknowledged or cleared alarm stops escalating, and its undelivered notifications
+are cancelled.
+
+Everything goes through the :class:`~alerting.outbox.Outbox` first: the event is recorded and
+each notification enqueued before it is sent, the escalation step is saved, and a restarted
+dispatcher resumes both. Notification keys are derived from the alarm, the step and the
+contact, so a step repeated after a restart enqueues nothing new and nobody is paged twice.
+
+Time comes from an injected ``clock`` (seconds since the epoch), so tests drive
+:meth:`Dispatcher.tick` deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, cast, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from alerting.channels import DeliveryChannel
+from alerting.model import AlarmEvent, AlarmState, Channel, Notification, Priority
+from alerting.outbox import Outbox
+from eicu.errors import ConfigError, DeliveryError
+
+log = logging.getLogger(__name__)
+
+ROLES: Final = ("bedside_nurse", "on_call_physician", "command_center_intensivist")
+CHANNELS: Final = get_args(Channel)
+_STOPPING: Final = (AlarmState.ACKNOWLEDGED, AlarmState.CLEARED)
+
+
+# --- the rota ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One person (or station) reached over one channel. For ``mqtt`` an empty address means
+    the alarm's own bed (``site/bed``: the remote ICU's alarms topic)."""
+
+    name: str
+    channel: Channel
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    role: str
+    contacts: tuple[Contact, ...]
+    ack_timeout_s: Mapping[Priority, float]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRota:
+    site: str
+    levels: tuple[Level, ...]
+
+    def level(self, step: int) -> Level:
+        """The level notified at ``step``: the levels in order, then the last one again."""
+        return self.levels[min(step, len(self.levels) - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Rota:
+    sites: Mapping[str, SiteRota]
+    delivery_timeout_s: float = 15.0
+    retry_min_s: float = 1.0
+    retry_max_s: float = 30.0
+
+    def for_site(self, site: str) -> SiteRota | None:
+        return self.sites.get(site)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Rota:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the rota: {exc.strerror}") from exc
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "rota") -> Rota:
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(source, f"not JSON: {exc}") from exc
+        return cls.from_dict(doc, source=source)
+
+    @classmethod
+    def from_dict(cls, doc: object, *, source: str = "rota") -> Rota:
+        """Read and check a rota; a :class:`ConfigError` names the bad entry."""
+        top = _obj(doc, source)
+        version = top.get("version", 1)
+        if version != 1:
+            raise ConfigError(f"{source}.version", f"expected 1, got {version!r}")
+        delivery_timeout_s = _seconds(top, "delivery_timeout_s", source, 15.0)
+        retry_min_s = _seconds(top, "retry_min_s", source, 1.0)
+        retry_max_s = _seconds(top, "retry_max_s", source, 30.0)
+        raw_sites = _obj(top.get("sites"), f"{source}.sites")
+        if not raw_sites:
+            raise ConfigError(f"{source}.sites", "no site")
+        sites = {}
+        for site, raw_site in raw_sites.items():
+            path = f"{source}.sites.{site}"
+            raw_levels = _obj(raw_site, path).get("levels")
+            if not isinstance(raw_levels, list) or not raw_levels:
+                raise ConfigError(f"{path}.levels", "expected a non-empty list of levels")
+            levels = tuple(_level(raw, f"{path}.levels[{i}]") for i, raw in enumerate(raw_levels))
+            order = [ROLES.index(level.role) for level in levels]
+            if order != sorted(set(order)):
+                raise ConfigError(
+                    f"{path}.levels", f"roles must follow the order {' -> '.join(ROLES)}"
+                )
+            sites[site] = SiteRota(site, levels)
+        return cls(sites, delivery_timeout_s, retry_min_s, retry_max_s)
+
+
+def _obj(value: object, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _seconds(doc: Mapping[str, Any], name: str, path: str, default: float | None) -> float:
+    value = doc.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{path}.{name}", f"expected a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _level(raw: object, path: str) -> Level:
+    doc = _obj(raw, path)
+    role = doc.get("role")
+    if role not in ROLES:
+        raise ConfigError(f"{path}.role", f"expected one of {', '.join(ROLES)}, got {role!r}")
+    raw_timeouts = _obj(doc.get("ack_timeout_s"), f"{path}.ack_timeout_s")
+    timeouts = {p: _seconds(raw_timeouts, p.value, f"{path}.ack_timeout_s", None) for p in Priority}
+    unknown = set(raw_timeouts) - {p.value for p in Priority}
+    if unknown:
+        raise ConfigError(f"{path}.ack_timeout_s", f"unknown priorities {sorted(unknown)}")
+    raw_contacts = doc.get("contacts")
+    if not isinstance(raw_contacts, list) or not raw_contacts:
+        raise ConfigError(f"{path}.contacts", "expected a non-empty list of contacts")
+    contacts = []
+    for i, raw_contact in enumerate(raw_contacts):
+        cpath = f"{path}.contacts[{i}]"
+        c = _obj(raw_contact, cpath)
+        name, channel, address = c.get("name"), c.get("channel"), c.get("address", "")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{cpath}.name", "expected a non-empty name")
+        if channel not in CHANNELS:
+            raise ConfigError(f"{cpath}.channel", f"expected one of {CHANNELS}, got {channel!r}")
+        if not isinstance(address, str) or (channel != "mqtt" and not address):
+            raise ConfigError(f"{cpath}.address", f"a {channel} contact needs an address")
+        contacts.append(Contact(name, cast(Channel, channel), address))
+    return Level(str(role), tuple(contacts), timeouts)
+
+
+# --- the dispatcher ---------------------------------------------------------------------------
+
+
+class DeliveryMetrics:
+    """Counters of the dispatcher, in the given registry (or one of its own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.notifications = Counter(
+            "eicu_alarm_notifications",
+            "Notification attempts, by channel and outcome (delivered, retry, refused)",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "eicu_alarm_escalations",
+            "Escalations to the next step, by why (no_ack, not_delivered, refused)",
+            ["why"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "eicu_alarm_delivery_latency_seconds",
+            "From enqueued in the outbox to delivered",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
+        self.escalating = Gauge("eicu_alarm_escalating", "Alarms being escalated now", registry=r)
+
+
+@dataclass
+class _Escalation:
+    event: AlarmEvent
+    rota: SiteRota
+    step: int
+    step_started_s: float
+    keys: list[str] = field(default_factory=list)
+    delivery_checked: bool = False
+
+
+def notification_key(alarm_id: str, step: int, role: str, contact: Contact) -> str:
+    return f"{alarm_id}:{step}:{role}:{contact.name}:{contact.channel}"
+
+
+class Dispatcher:
+    """Takes alarm events, pages the rota through the outbox, escalates on its clock."""
+
+    def __init__(
+        self,
+        rota: Rota,
+        outbox: Outbox,
+        channels: Mapping[str, DeliveryChannel],
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 0.5,
+        metrics: DeliveryMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics or DeliveryMetrics()
+        self._rota = rota
+        self._outbox = outbox
+        self._channels = dict(channels)
+        self._clock = clock
+        self._poll_s = poll_s
+        self._alarms: dict[str, _Escalation] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._inflight_alarm: dict[str, str] = {}  # key -> alarm id
+
+    def _now_us(self) -> int:
+        return int(self._clock() * 1e6)
+
+    @property
+    def escalating(self) -> dict[str, int]:
+        """The alarms being escalated and the step each has reached."""
+        return {alarm_id: esc.step for alarm_id, esc in self._alarms.items()}
+
+    # --- input ----------------------------------------------------------------------------------
+
+    async def handle(self, event: AlarmEvent) -> None:
+        """Record an alarm event, then start, follow or stop the alarm's escalation."""
+        self._outbox.record(event, recorded_us=self._now_us())
+        esc = self._alarms.get(event.alarm_id)
+        if event.state in _STOPPING:
+            await self._stop(event.alarm_id, event.state.value)
+        elif esc is not None:
+            esc.event = event
+        elif not self._outbox.escalation_stopped(event.alarm_id):
+            rota = self._rota.for_site(event.bed.site)
+            if rota is None:
+                log.error(
+                    "alarm %s: no rota for site %s; nobody paged", event.alarm_id, event.bed.site
+                )
+                return
+            esc = _Escalation(event, rota, 0, self._clock())
+            self._alarms[event.alarm_id] = esc
+            self._notify(esc)
+
+    async def acknowledge(self, key: str, by: str) -> str | None:
+        """A recipient acknowledged a notification: the receipt is kept and the alarm stops
+        escalating. Returns the alarm's id (None for an unknown key) so the caller can tell the
+        alarm state machine."""
+        notification = self._outbox.notification(key)
+        if notification is None:
+            return None
+        self._outbox.mark_acknowledged(key, by, self._now_us())
+        await self._stop(notification.alarm_id, f"notification acknowledged by {by}")
+        return notification.alarm_id
+
+    # --- time -----------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Do what is due at ``clock()``: escalate, and retry failed deliveries."""
+        now_s = self._clock()
+        for esc in list(self._alarms.values()):
+            level = esc.rota.level(esc.step)
+            if now_s >= esc.step_started_s + level.ack_timeout_s[esc.event.priority]:
+                self._advance(esc, "no_ack")
+                continue
+            if esc.delivery_checked:
+                continue
+            receipts = [self._outbox.receipt(k) for k in esc.keys]
+            if any(r is not None and r.delivered_us is not None for r in receipts):
+                esc.delivery_checked = True
+            elif all(r is None or not r.open for r in receipts):
+                self._advance(esc, "refused")
+            elif now_s >= esc.step_started_s + self._rota.delivery_timeout_s:
+                self._advance(esc, "not_delivered")
+        for notification in self._outbox.pending(now_us=int(now_s * 1e6)):
+            self._launch(notification)
+        self.metrics.escalating.set(len(self._alarms))
+
+    def next_due_s(self) -> float | None:
+        """When :meth:`tick` has something to do next (clock seconds)."""
+        due: list[float] = []
+        for esc in self._alarms.values():
+            level = esc.rota.level(esc.step)
+            due.append(esc.step_started_s + level.ack_timeout_s[esc.event.priority])
+            if not esc.delivery_checked:
+                due.append(esc.step_started_s + self._rota.delivery_timeout_s)
+        due.extend(
+            at_us / 1e6
+            for key, at_us in self._outbox.next_attempts().items()
+            if key not in self._inflight
+        )
+        return min(due) if due else None
+
+    # --- running ----------------------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """After a restart: pick up escalations where they stood and send what is pending."""
+        for saved in self._outbox.open_escalations():
+            event = self._outbox.last_event(saved.alarm_id)
+            rota = None if event is None else self._rota.for_site(event.bed.site)
+            if event is None or rota is None or event.state in _STOPPING:
+                self._outbox.stop_escalation(saved.alarm_id, self._now_us())
+                continue
+            esc = _Escalation(event, rota, saved.step, saved.step_started_us / 1e6)
+            self._alarms[saved.alarm_id] = esc
+            self._notify(esc)  # idempotent: pages of this step already enqueued stay as they are
+        for alarm_id in self._outbox.unescalated_alarms():
+            event = self._outbox.last_event(alarm_id)
+            if event is not None and event.state not in _STOPPING:
+                await self.handle(event)  # recorded, but the crash came before the first page
+            else:
+                self._outbox.stop_escalation(alarm_id, self._now_us())
+        resumed = self._outbox.pending()
+        if resumed or self._alarms:
+            log.info(
+                "resuming %d escalations and %d pending deliveries", len(self._alarms), len(resumed)
+            )
+        for notification in resumed:
+            self._launch(notification)
+
+    async def run(self, events: asyncio.Queue[AlarmEvent]) -> None:
+        """Resume, then take events from the queue and keep time, until cancelled."""
+        await self.resume()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume(events), name="alarms-dispatch")
+                tg.create_task(self._keep_time(), name="alarms-escalation")
+        finally:
+            await self.close()
+
+    async def _consume(self, events: asyncio.Queue[AlarmEvent]) -> None:
+        while True:
+            event = await events.get()
+            await self.handle(event)
+
+    async def _keep_time(self) -> None:
+        while True:
+            await self.tick()
+            due = self.next_due_s()
+            wait_s = self._poll_s if due is None else due - self._clock()
+            await asyncio.sleep(min(max(wait_s, 0.01), self._poll_s))
+
+    async def drain(self) -> None:
+        """Wait until no delivery is in flight."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop deliveries in flight; they stay pending in the outbox."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
+        self._inflight_alarm.clear()
+
+    # --- inside -----------------------------------------------------------------------------------
+
+    def _notify(self, esc: _Escalation) -> None:
+        level = esc.rota.level(esc.step)
+        event = esc.event
+        now_us = int(esc.step_started_s * 1e6)
+        self._outbox.save_escalation(event.alarm_id, esc.step, now_us)
+        body: dict[str, object] = {
+            "site": event.bed.site,
+            "bed": event.bed.bed,
+            "kind": event.kind,
+            "priority": event.priority.value,
+            "category": event.category.value,
+            "state": event.state.value,
+            "time_us": event.time_us,
+            "role": level.role,
+            "step": esc.step,
+        }
+        esc.keys = []
+        for contact in level.contacts:
+            key = notification_key(event.alarm_id, esc.step, level.role, contact)
+            address = contact.address or (str(event.bed) if contact.channel == "mqtt" else "")
+            notification = Notification(
+                key, event.alarm_id, contact.name, contact.channel, address, body, now_us
+            )
+            self._outbox.enqueue(notification, at_us=now_us)
+            esc.keys.append(key)
+            self._launch(notification)
+        log.info("alarm %s: step %d, paging %s", event.alarm_id, esc.step, level.role)
+
+    def _advance(self, esc: _Escalation, why: str) -> None:
+        log.warning("alarm %s: escalating past step %d: %s", esc.event.alarm_id, esc.step, why)
+        self.metrics.escalations.labels(why=why).inc()
+        esc.step += 1
+        esc.step_started_s = self._clock()
+        esc.delivery_checked = False
+        self._notify(esc)
+
+    async def _stop(self, alarm_id: str, why: str) -> None:
+        self._alarms.pop(alarm_id, None)
+        now_us = self._now_us()
+        self._outbox.stop_escalation(alarm_id, now_us)
+        cancelled = self._outbox.cancel(alarm_id, now_us)
+        tasks = [t for k, t in self._inflight.items() if self._inflight_alarm.get(k) == alarm_id]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("alarm %s: escalation stopped (%s); %d pages cancelled", alarm_id, why, cancelled)
+
+    def _launch(self, notification: Notification) -> None:
+        key = notification.key
+        if key in self._inflight:
+            return
+        task = asyncio.create_task(self._deliver(notification), name=f"deliver[{key}]")
+        self._inflight[key] = task
+        self._inflight_alarm[key] = notification.alarm_id
+        task.add_done_callback(lambda _t: self._done(key))
+
+    def _done(self, key: str) -> None:
+        self._inflight.pop(key, None)
+        self._inflight_alarm.pop(key, None)
+
+    async def _deliver(self, n: Notification) -> None:
+        channel = self._channels.get(n.channel)
+        if not self._outbox.begin_attempt(n.key, self._now_us()):
+            return  # delivered, refused or cancelled meanwhile
+        if channel is None:
+            self.metrics.notifications.labels(channel=n.channel, outcome="refused").inc()
+            self._outbox.mark_failed(
+                n.key, f"no {n.channel} channel configured", at_us=self._now_us(), retry_at_us=None
+            )
+            log.error("notification %s: no %s channel configured", n.key, n.channel)
+            return
+        try:
+            await channel.send(n)
+        except DeliveryError as exc:
+            record = self._outbox.receipt(n.key)
+            attempts = record.attempts if record is not None else 1
+            retry_at_us = None
+            if exc.retryable:
+                delay_s = min(self._rota.retry_min_s * 2 ** (attempts - 1), self._rota.retry_max_s)
+                retry_at_us = self._now_us() + int(delay_s * random.uniform(0.5, 1.0) * 1e6)
+            outcome = "retry" if exc.retryable else "refused"
+            self.metrics.notifications.labels(channel=n.channel, outcome=outcome).inc()
+            self._outbox.mark_failed(
+                n.key, exc.detail, at_us=self._now_us(), retry_at_us=retry_at_us
+            )
+            log.warning(
+                "notification %s not delivered (attempt %d, %s): %s",
+                n.key,
+                attempts,
+                "will retry" if exc.retryable else "refused",
+                exc.detail,
+            )
+        except Exception:
+            self._outbox.mark_failed(
+                n.key, "internal error", at_us=self._now_us(), retry_at_us=self._now_us() + 10**6
+            )
+            log.exception("notification %s: channel failed unexpectedly", n.key)
+        else:
+            now_us = self._now_us()
+            self._outbox.mark_delivered(n.key, now_us)
+            self.metrics.notifications.labels(channel=n.channel, outcome="delivered").inc()
+            record = self._outbox.receipt(n.key)
+            if record is not None:
+                self.metrics.delivery_latency.observe(max(0.0, (now_us - record.enqueued_us) / 1e6))

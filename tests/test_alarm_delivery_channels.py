@@ -1,0 +1,265 @@
+"""Delivery channels against real receivers: an aiohttp server, aiosmtpd, Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from alerting.channels import (
+    EmailChannel,
+    MqttChannel,
+    SmtpSettings,
+    WebhookChannel,
+    email_text,
+)
+from alerting.escalation import Rota
+from alerting.model import Channel, Notification
+from eicu.config import AlertingSettings, MqttSettings, Secret, Settings
+from eicu.devservices import Mosquitto, free_port
+from eicu.errors import ConfigError, DeliveryError
+from tests.alarm_servers import HookServer, MailServer
+
+T0_US = 1_780_000_000_000_000
+BODY: dict[str, object] = {
+    "site": "karamay",
+    "bed": "bed-07",
+    "kind": "SPO2_LOW",
+    "priority": "high",
+    "category": "physiological",
+    "state": "active",
+    "time_us": T0_US,
+    "value": 82.0,
+    "limit": 88.0,
+    "role": "bedside_nurse",
+    "step": 0,
+    "patient_name": "Aygul Tursun",  # must never leave the engine
+}
+
+
+def note(key: str, channel: Channel, address: str) -> Notification:
+    return Notification(key, "alarm-1", "nurse-3", channel, address, dict(BODY), T0_US)
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[HookServer]:
+    server = await HookServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def mail() -> Iterator[MailServer]:
+    server = MailServer().start()
+    yield server
+    server.stop()
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+async def test_webhook_posts_json_with_the_idempotency_key(hook: HookServer) -> None:
+    channel = WebhookChannel(timeout_s=2)
+    try:
+        receipt = await channel.send(note("k-1", "webhook", hook.url("/page")))
+    finally:
+        await channel.close()
+    assert (receipt.key, receipt.channel, receipt.attempts) == ("k-1", "webhook", 1)
+    [request] = hook.requests
+    assert (request.path, request.key) == ("/page", "k-1")
+    assert request.body["key"] == "k-1"
+    assert request.body["kind"] == "SPO2_LOW"
+    assert request.body["value"] == 82.0
+    assert "patient_name" not in request.body
+
+
+async def test_webhook_retries_server_errors_then_succeeds_once(hook: HookServer) -> None:
+    hook.plan = [500, 503, 429, 408]
+    delays: list[float] = []
+
+    async def sleep(delay_s: float) -> None:
+        delays.append(delay_s)
+
+    channel = WebhookChannel(timeout_s=2, max_attempts=5, backoff_min_s=0.1, sleep=sleep)
+    try:
+        receipt = await channel.send(note("k-2", "webhook", hook.url()))
+    finally:
+        await channel.close()
+    assert receipt.attempts == 5
+    assert [r.status for r in hook.requests] == [500, 503, 429, 408, 200]
+    assert {r.key for r in hook.requests} == {"k-2"}
+    assert hook.accepted == {"k-2": 1}
+    # Jittered exponential backoff: each delay within [d/2, d] for d = 0.1, 0.2, 0.4, 0.8.
+    assert len(delays) == 4
+    for delay, nominal in zip(delays, (0.1, 0.2, 0.4, 0.8), strict=True):
+        assert nominal / 2 <= delay <= nominal
+
+
+async def test_webhook_honours_retry_after_up_to_the_longest_delay(hook: HookServer) -> None:
+    delays: list[float] = []
+
+    async def sleep(delay_s: float) -> None:
+        delays.append(delay_s)
+
+    channel = WebhookChannel(timeout_s=2, backoff_min_s=0.1, backoff_max_s=5, sleep=sleep)
+    try:
+        hook.plan, hook.retry_after = [429], "3"
+        await channel.send(note("k-2a", "webhook", hook.url()))
+        hook.plan, hook.retry_after = [503], "120"
+        await channel.send(note("k-2b", "webhook", hook.url()))
+    finally:
+        await channel.close()
+    assert delays == [3.0, 5.0]
+    assert hook.accepted == {"k-2a": 1, "k-2b": 1}
+
+
+async def test_webhook_does_not_retry_a_refusal(hook: HookServer) -> None:
+    hook.plan = [404]
+    channel = WebhookChannel(timeout_s=2, max_attempts=5, sleep=_no_sleep)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await channel.send(note("k-3", "webhook", hook.url()))
+    finally:
+        await channel.close()
+    assert not caught.value.retryable
+    assert caught.value.key == "k-3"
+    assert len(hook.requests) == 1
+
+
+async def test_webhook_gives_up_after_its_attempts_when_nobody_listens() -> None:
+    channel = WebhookChannel(timeout_s=1, max_attempts=3, sleep=_no_sleep)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await channel.send(note("k-4", "webhook", f"http://127.0.0.1:{free_port()}/x"))
+    finally:
+        await channel.close()
+    assert caught.value.retryable
+    assert "3 attempts" in str(caught.value)
+
+
+async def test_webhook_times_out(hook: HookServer) -> None:
+    # A server that accepts the connection and never answers.
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = WebhookChannel(timeout_s=0.2, max_attempts=2, sleep=_no_sleep)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await channel.send(note("k-5", "webhook", f"http://127.0.0.1:{port}/"))
+    finally:
+        await channel.close()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert caught.value.retryable
+    assert len(writers) == 2  # both attempts reached the server
+
+
+async def test_email_carries_the_essentials_and_no_patient_name(mail: MailServer) -> None:
+    channel = EmailChannel(SmtpSettings(port=mail.port, sender="alarms@eicu.test", timeout_s=5))
+    receipt = await channel.send(note("k-6", "email", "dr.chen@hospital.test"))
+    assert receipt.channel == "email"
+    [msg] = mail.messages
+    assert mail.handler.envelopes == [("alarms@eicu.test", ["dr.chen@hospital.test"])]
+    assert msg["Subject"] == "[HIGH] SPO2_LOW karamay/bed-07 active"
+    assert msg["X-Eicu-Idempotency-Key"] == "k-6"
+    text = msg.get_content()
+    assert "Aygul" not in text and "Tursun" not in text
+    assert "Priority: high" in text
+    assert "Value: 82.0 (limit 88.0)" in text
+    assert "k-6" in text
+    assert email_text(note("k-6", "email", "x@y"))[1] == text.replace("\r\n", "\n")
+
+
+async def test_email_to_a_server_that_is_down_is_retryable() -> None:
+    channel = EmailChannel(SmtpSettings(port=free_port(), timeout_s=2))
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(note("k-7", "email", "dr.chen@hospital.test"))
+    assert caught.value.retryable
+
+
+@pytest.mark.broker
+async def test_mqtt_publishes_the_alarm_back_to_the_bed(broker: Mosquitto) -> None:
+    settings = MqttSettings(port=broker.port, client_id="eicu-alarm-out")
+    channel = MqttChannel(settings, timeout_s=5)
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="remote-icu") as remote:
+        await remote.subscribe("eicu/v1/karamay/+/alarms", qos=1)
+        try:
+            receipt = await channel.send(note("k-8", "mqtt", "karamay/bed-07"))
+            async with asyncio.timeout(5):
+                message = await anext(aiter(remote.messages))
+        finally:
+            await channel.close()
+    assert receipt.detail == "puback"
+    assert message.topic.value == "eicu/v1/karamay/bed-07/alarms"
+    assert message.qos == 1
+    payload = json.loads(message.payload)  # type: ignore[arg-type]
+    assert payload["key"] == "k-8"
+    assert payload["alarm_id"] == "alarm-1"
+    assert (payload["kind"], payload["priority"], payload["state"]) == (
+        "SPO2_LOW",
+        "high",
+        "active",
+    )
+    assert "patient_name" not in payload
+
+
+@pytest.mark.broker
+async def test_mqtt_broker_down_is_a_retryable_delivery_error(broker: Mosquitto) -> None:
+    channel = MqttChannel(MqttSettings(port=broker.port, client_id="eicu-alarm-out"), timeout_s=2)
+    broker.stop()
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await channel.send(note("k-9", "mqtt", "karamay/bed-07"))
+        assert caught.value.retryable
+        broker.start()
+        receipt = await channel.send(note("k-9", "mqtt", "karamay/bed-07"))
+        assert receipt.key == "k-9"
+    finally:
+        await channel.close()
+
+
+async def test_mqtt_bad_address_is_refused() -> None:
+    channel = MqttChannel(MqttSettings(port=free_port()), timeout_s=1)
+    with pytest.raises(DeliveryError) as caught:
+        await channel.send(note("k-10", "mqtt", "not a bed"))
+    assert not caught.value.retryable
+
+
+def test_alerting_settings_from_the_environment(tmp_path: Path) -> None:
+    rota_file = tmp_path / "rota.json"
+    env = {
+        "EICU_SMTP_URL": "smtp+starttls://alarms:s3cret@mail.example:587",
+        "EICU_SMTP_SENDER": "alarms@eicu.example",
+        "EICU_ROTA_FILE": str(rota_file),
+        "EICU_OUTBOX_PATH": str(tmp_path / "outbox.db"),
+    }
+    alerting = Settings.from_env(env).alerting
+    assert alerting.smtp == SmtpSettings(
+        host="mail.example",
+        port=587,
+        sender="alarms@eicu.example",
+        username="alarms",
+        password=Secret("s3cret"),
+        starttls=True,
+    )
+    assert "s3cret" not in repr(alerting)
+    assert (alerting.rota_path, alerting.outbox_path) == (rota_file, tmp_path / "outbox.db")
+    assert Settings.from_env({}).alerting == AlertingSettings()
+    with pytest.raises(ConfigError, match="EICU_SMTP_URL"):
+        Settings.from_env({"EICU_SMTP_URL": "http://mail.example"})
+    with pytest.raises(ConfigError, match=r"rota\.json"):
+        Rota.from_file(rota_file)  # not there
+    rota_file.write_text(json.dumps({"sites": {"s": {"levels": []}}}))
+    with pytest.raises(ConfigError, match=r"sites\.s\.levels"):
+        Rota.from_file(rota_file)

@@ -1,0 +1,200 @@
+"""An alarm from event to people over every channel, in real time, against a real Mosquitto, a
+real SMTP server, a real HTTP receiver and a real PostgreSQL that is down while the alarm fires."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiomqtt
+import psycopg
+import pytest
+
+from alerting.channels import EmailChannel, MqttChannel, SmtpSettings, WebhookChannel
+from alerting.escalation import Dispatcher, Rota
+from alerting.model import AlarmEvent, AlarmState, Category, Priority
+from alerting.outbox import Outbox
+from alerting.store import AlarmStore, run_copy
+from eicu.config import MqttSettings
+from eicu.devservices import Mosquitto, Postgres
+from eicu.models import BedKey
+from tests.alarm_servers import HookServer, MailServer
+
+pytestmark = [pytest.mark.broker, pytest.mark.db]
+
+BED = BedKey("karamay", "bed-07")
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[HookServer]:
+    server = await HookServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def mail() -> Iterator[MailServer]:
+    server = MailServer().start()
+    yield server
+    server.stop()
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_alarm_reaches_everyone_while_the_central_database_is_down(
+    tmp_path: Path,
+    broker: Mosquitto,
+    mail: MailServer,
+    hook: HookServer,
+    pg_server: Postgres,
+    db_url: str,
+) -> None:
+    timeouts = {"high": 1.0, "medium": 5.0, "low": 10.0}
+    rota = Rota.from_dict(
+        {
+            "delivery_timeout_s": 0.8,
+            "retry_min_s": 0.2,
+            "retry_max_s": 1.0,
+            "sites": {
+                "karamay": {
+                    "levels": [
+                        {
+                            "role": "bedside_nurse",
+                            "ack_timeout_s": timeouts,
+                            "contacts": [
+                                {"name": "karamay-station", "channel": "mqtt"},
+                                {
+                                    "name": "nurse-li",
+                                    "channel": "email",
+                                    "address": "li@karamay.test",
+                                },
+                            ],
+                        },
+                        {
+                            "role": "on_call_physician",
+                            "ack_timeout_s": timeouts,
+                            "contacts": [
+                                {"name": "dr-chen", "channel": "webhook", "address": hook.url()}
+                            ],
+                        },
+                        {
+                            "role": "command_center_intensivist",
+                            "ack_timeout_s": timeouts,
+                            "contacts": [
+                                {
+                                    "name": "dr-wang",
+                                    "channel": "email",
+                                    "address": "wang@hangzhou.test",
+                                }
+                            ],
+                        },
+                    ]
+                }
+            },
+        }
+    )
+    channels = {
+        "mqtt": MqttChannel(MqttSettings(port=broker.port, client_id="eicu-alarms"), timeout_s=3),
+        "webhook": WebhookChannel(timeout_s=2, max_attempts=2, backoff_min_s=0.05),
+        "email": EmailChannel(SmtpSettings(port=mail.port, timeout_s=3)),
+    }
+    store = AlarmStore(db_url, connect_timeout_s=1)
+    await store.migrate()
+    event = AlarmEvent(
+        alarm_id="vt-1",
+        bed=BED,
+        kind="VTACH",
+        priority=Priority.HIGH,
+        category=Category.PHYSIOLOGICAL,
+        state=AlarmState.ACTIVE,
+        time_us=1_780_000_000_000_000,
+    )
+    events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+    received: list[aiomqtt.Message] = []
+
+    pg_server.stop()
+    try:
+        with Outbox(tmp_path / "outbox.db") as box:
+            dispatcher = Dispatcher(rota, box, channels, poll_s=0.05)
+            async with (
+                aiomqtt.Client("127.0.0.1", broker.port, identifier="remote-icu") as remote,
+                asyncio.TaskGroup() as tg,
+            ):
+                await remote.subscribe("eicu/v1/karamay/+/alarms", qos=1)
+
+                async def listen() -> None:
+                    async for message in remote.messages:
+                        received.append(message)
+
+                listener = tg.create_task(listen(), name="remote-icu")
+                engine = tg.create_task(dispatcher.run(events), name="dispatcher")
+                copier = tg.create_task(
+                    run_copy(box, store, interval_s=0.1, retry_min_s=0.1, retry_max_s=0.3),
+                    name="copier",
+                )
+                await events.put(event)
+                await _until(lambda: len(received) == 1 and len(mail.messages) == 1)
+                # Nobody acknowledges within 1 s: the physician is paged.
+                await _until(lambda: len(hook.requests) == 1, timeout_s=5)
+                page = hook.requests[0]
+                assert page.body["role"] == "on_call_physician"
+                assert await dispatcher.acknowledge(page.key, "dr-chen") == "vt-1"
+                acknowledged = dataclasses.replace(
+                    event, state=AlarmState.ACKNOWLEDGED, actor="dr-chen", time_us=event.time_us + 1
+                )
+                await events.put(acknowledged)
+                await asyncio.sleep(2.0)  # past the next level's timeout: nobody else is paged
+                assert len(mail.messages) == 1 and len(hook.requests) == 1
+                assert len(received) == 1
+                assert box.uncopied()[0], "the database is down: nothing was copied"
+
+                pg_server.start()
+
+                def copied() -> bool:
+                    events_left, deliveries_left = box.uncopied()
+                    return not events_left and not deliveries_left
+
+                await _until(copied, timeout_s=15)
+                for task in (listener, engine, copier):
+                    task.cancel()
+    finally:
+        if not pg_server.running:
+            pg_server.start()
+        for channel in channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    payload = json.loads(received[0].payload)  # type: ignore[arg-type]
+    assert received[0].topic.value == "eicu/v1/karamay/bed-07/alarms"
+    assert (payload["key"], payload["kind"], payload["priority"]) == (
+        "vt-1:0:bedside_nurse:karamay-station:mqtt",
+        "VTACH",
+        "high",
+    )
+    assert mail.handler.envelopes[0][1] == ["li@karamay.test"]
+    assert _rows(db_url, "SELECT state, actor FROM alarm_events ORDER BY time") == [
+        ("active", "engine"),
+        ("acknowledged", "dr-chen"),
+    ]
+    assert _rows(
+        db_url,
+        "SELECT recipient, channel, delivered IS NOT NULL, acknowledged_by FROM alarm_deliveries "
+        "ORDER BY enqueued, recipient",
+    ) == [
+        ("karamay-station", "mqtt", True, None),
+        ("nurse-li", "email", True, None),
+        ("dr-chen", "webhook", True, "dr-chen"),
+    ]
