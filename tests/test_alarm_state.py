@@ -139,6 +139,17 @@ def test_audio_pause_is_bounded_and_the_alarm_sounds_again() -> None:
     )
 
 
+def test_latched_alarm_sounds_again_after_its_pause() -> None:
+    m = AlarmStateMachine(POLICY)
+    (start,) = m.observe(rhythm("ASYSTOLE", True, T0), T0)
+    m.observe(rhythm("ASYSTOLE", False, T0 + 2 * S), T0 + 2 * S)
+    (paused,) = m.pause_audio(start.alarm_id, "nurse.wu", T0 + 3 * S, duration_s=30)
+    assert paused.state is AlarmState.LATCHED
+    (again,) = m.tick(T0 + 33 * S)
+    assert (again.state, again.reason) == (AlarmState.LATCHED, "audio pause ended")
+    assert m.alarm(start.alarm_id).sounding(T0 + 33 * S)
+
+
 def test_pause_of_an_acknowledged_alarm_ends_silently() -> None:
     m = AlarmStateMachine(POLICY)
     (start,) = m.observe(rhythm("VTACH", True, T0), T0)
