@@ -7,9 +7,10 @@ the bad entry. Each condition names the rule that detects it:
   of ``params`` with a fresh value is used (``ABP_SYS`` before ``NIBP_SYS``). Optional
   ``escalate`` (a second limit beyond the first and the priority it raises the alarm to),
   ``clear_hysteresis`` (the value must come back inside the limit by this much to clear),
-  ``sat_seconds`` (SpO2: the alarm starts when the area below the limit, in %·s, reaches the
-  budget, instead of after ``delay_s``) and ``unavailable`` (the technical condition raised when
-  the parameter is monitored but its value is missing or stale).
+  ``sat_seconds`` (SpO2: the alarm starts when the SatSeconds limit-violation index, in %·s,
+  reaches the budget, instead of after ``delay_s``; see alerting.state) and ``unavailable``
+  (the technical condition raised when the parameter is monitored but its value is missing or
+  stale).
 - ``news2``: the NEWS2 clinical-risk band reaches ``band``.
 - ``deterioration``: the deterioration signal of the score stage is active.
 - ``rhythm``: the signal stage reports the rhythm flag ``label``.

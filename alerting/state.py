@@ -4,10 +4,12 @@ acknowledgements, audio pauses and time. Deterministic: time comes only from ``n
 Life of an alarm (states from :class:`alerting.model.AlarmState`):
 
 - A condition reported present starts a pending onset. The alarm starts (ACTIVE) once the
-  condition has stayed present for the condition's ``delay_s``; for a condition with a
-  ``sat_seconds`` budget, once the area below the limit (depth x time, each observation's depth
-  held until the next one) reaches the budget instead. A pending condition reported ended is
-  forgotten.
+  condition has stayed present for the condition's ``delay_s``; a pending condition reported
+  ended is forgotten.
+- A condition with a ``sat_seconds`` budget (SpO2) keeps the SatSeconds limit-violation index
+  instead: each report's value holds until the next report; below the limit it adds depth x
+  seconds, inside the limit it takes distance x seconds back off, never below zero. The alarm
+  starts when the index reaches the budget, or at the third limit violation within 60 s.
 - A condition reported ended while its value is still inside the clearing hysteresis band does
   not end the alarm. Otherwise the alarm ends: CLEARED, or LATCHED when it latches (the policy
   says so, or its priority is high) and is not yet acknowledged.
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
@@ -37,6 +39,11 @@ from eicu.models import BedKey
 
 SNAPSHOT_FORMAT: Final = 1
 ENGINE: Final = "engine"
+# Part of the SatSeconds method: three or more limit violations within 60 s start the alarm even
+# when the index has not reached its budget (Nellcor OxiMax N-600x operator's manual, "Using
+# SatSeconds"; GE CARESCAPE ONE user manual, "Nellcor OxiMax SatSeconds alarm management").
+SAT_SECONDS_REPEATS: Final = 3
+SAT_SECONDS_REPEAT_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +91,19 @@ class _Track:
     """One (bed, kind): the pending onset and, once started, the alarm."""
 
     onset_us: int | None = None  # first report of the current run of present reports
-    last_us: int | None = None  # the latest present report
+    last_us: int | None = None  # the latest report (sat_seconds: present or not)
     last_value: float | None = None
-    area: float = 0.0  # depth below the limit x seconds (sat_seconds conditions)
+    area: float = 0.0  # sat_seconds: the limit-violation index, in unit·s
+    violations: list[int] = field(default_factory=list)  # sat_seconds: starts of violations
     alarm: _Alarm | None = None
+
+    def idle(self) -> bool:
+        return (
+            self.alarm is None
+            and self.onset_us is None
+            and self.area == 0.0
+            and not self.violations
+        )
 
 
 class AlarmStateMachine:
@@ -147,7 +163,7 @@ class AlarmStateMachine:
                 events.extend(self._present(c, cp, track, now_us))
             else:
                 events.extend(self._ended(c, cp, track, now_us))
-            if track.alarm is None and track.onset_us is None:
+            if track.idle():
                 self._tracks.pop(key, None)
         return events
 
@@ -245,6 +261,7 @@ class AlarmStateMachine:
                     "last_us": t.last_us,
                     "last_value": t.last_value,
                     "area": t.area,
+                    "violations": list(t.violations),
                     "alarm": None
                     if a is None
                     else {
@@ -304,6 +321,7 @@ class AlarmStateMachine:
                 last_us=e["last_us"],
                 last_value=e["last_value"],
                 area=e["area"],
+                violations=list(e["violations"]),
                 alarm=alarm,
             )
         return machine
@@ -315,15 +333,19 @@ class AlarmStateMachine:
     ) -> list[AlarmEvent]:
         a = t.alarm
         if a is None:
-            if t.onset_us is None:
-                t.onset_us, t.area = now_us, 0.0
-            elif cp.sat_seconds is not None and cp.limit is not None and t.last_us is not None:
-                depth = 0.0 if t.last_value is None else max(0.0, cp.limit - t.last_value)
-                t.area += depth * (now_us - t.last_us) / 1e6
-            t.last_us, t.last_value = now_us, c.value
             if cp.sat_seconds is not None:
-                due = t.area >= cp.sat_seconds
-                why = f"{t.area:.1f} %·s below the limit (budget {cp.sat_seconds:g})"
+                self._sat_seconds(cp, t, now_us, c.value, present=True)
+            elif t.onset_us is None:
+                t.onset_us = now_us
+            if t.onset_us is None:  # for mypy: both branches above set it
+                raise RuntimeError("pending condition without onset")
+            if cp.sat_seconds is not None:
+                due = t.area >= cp.sat_seconds or len(t.violations) >= SAT_SECONDS_REPEATS
+                why = (
+                    f"{len(t.violations)} limit violations within {SAT_SECONDS_REPEAT_S:g} s"
+                    if t.area < cp.sat_seconds
+                    else f"{t.area:.1f} %·s below the limit (budget {cp.sat_seconds:g})"
+                )
             else:
                 due = now_us - t.onset_us >= cp.delay_s * 1e6
                 why = f"present for {(now_us - t.onset_us) / 1e6:g} s"
@@ -362,8 +384,12 @@ class AlarmStateMachine:
     ) -> list[AlarmEvent]:
         a = t.alarm
         if a is None:
-            t.onset_us = t.last_us = t.last_value = None
-            t.area = 0.0
+            if cp.sat_seconds is not None and c.value is not None:
+                self._sat_seconds(cp, t, now_us, c.value, present=False)
+            else:
+                t.onset_us = t.last_us = t.last_value = None
+                t.area = 0.0
+                t.violations = []
             return []
         if not a.condition_present:
             return []
@@ -384,7 +410,30 @@ class AlarmStateMachine:
         t.alarm = None
         t.onset_us = t.last_us = t.last_value = None
         t.area = 0.0
+        t.violations = []
         self._tracks.pop((bed, kind), None)
+
+    @staticmethod
+    def _sat_seconds(
+        cp: ConditionPolicy, t: _Track, now_us: int, value: float | None, *, present: bool
+    ) -> None:
+        """Update the SatSeconds limit-violation index with one report.
+
+        The previous report's value is held until this one: below the limit it adds its depth
+        times the seconds, inside the limit it takes its distance from the limit times the
+        seconds back off, down to zero. A present report after one that was not starts a new
+        violation; violations older than the repeat window are dropped.
+        """
+        limit = cp.limit if cp.limit is not None else 0.0
+        if t.last_us is not None and t.last_value is not None:
+            t.area = max(0.0, t.area + (limit - t.last_value) * (now_us - t.last_us) / 1e6)
+        t.violations = [v for v in t.violations if now_us - v <= SAT_SECONDS_REPEAT_S * 1e6]
+        if present and t.onset_us is None:
+            t.onset_us = now_us
+            t.violations.append(now_us)
+        elif not present:
+            t.onset_us = None
+        t.last_us, t.last_value = now_us, value
 
     def _find(self, alarm_id: str) -> tuple[BedKey, str, int]:
         parts = alarm_id.split("/")

@@ -185,6 +185,43 @@ def test_sat_seconds() -> None:
     assert times == [T0 + 50 * S]
 
 
+def sat_run(
+    values: list[float], budget: float = 50, restart_at: int | None = None
+) -> list[tuple[int, str]]:
+    """Feed one SpO2 value a second to a bed with a SatSeconds budget; (second, reason) starts.
+
+    With ``restart_at`` the machine is snapshot and restored from JSON before that second."""
+    policy, _ = override(POLICY, BED, "SPO2_LOW", "sat_seconds", budget, user="dr.li", now_us=T0)
+    m = AlarmStateMachine(policy)
+    out = []
+    for i, v in enumerate(values):
+        t = T0 + i * S
+        if i == restart_at:
+            m = AlarmStateMachine.restore(json.loads(json.dumps(m.snapshot())))
+        events = m.observe(spo2(v, t, policy=policy), t)
+        out += [(i, e.reason) for e in events if e.reason.startswith("started")]
+    return out
+
+
+def test_sat_seconds_index_drains_inside_the_limit() -> None:
+    # 80 % for 4 s: 10, 20, 30 %·s; two seconds at 95 % add the last 10 then take 5 off (35);
+    # back at 80 %: 30, 40, 50 -> the alarm starts at second 8 (a reset index would say 10)
+    starts = sat_run([80, 80, 80, 80, 95, 95, 80, 80, 80, 80, 80])
+    assert [i for i, _ in starts] == [8]
+    assert sat_run([80, 80, 80, 80, 95, 95, 80, 80, 80, 80, 80], restart_at=5) == starts
+    assert "50.0 %·s" in starts[0][1]
+
+
+def test_sat_seconds_three_violations_within_a_minute() -> None:
+    dip = [89.0, 89.0, 95.0, 95.0, 95.0, 95.0]  # 2 %·s in, then fully drained
+    starts = sat_run(dip * 3, budget=100)
+    assert [i for i, _ in starts] == [12]  # the third violation starts at second 12
+    assert "3 limit violations" in starts[0][1]
+    assert sat_run(dip * 3, budget=100, restart_at=10) == starts
+    spaced = dip + [95.0] * 30 + dip + [95.0] * 30 + dip  # violations 36 s apart: 72 s for 3
+    assert sat_run(spaced, budget=100) == []
+
+
 def test_inputs_checked() -> None:
     m = AlarmStateMachine(POLICY)
     m.tick(T0)
@@ -318,22 +355,44 @@ class Model:
 
     def __init__(self) -> None:
         self.run_start: dict[tuple[BedKey, str], int] = {}  # current run of present reports
-        self.area: dict[tuple[BedKey, str], float] = {}
+        self.area: dict[tuple[BedKey, str], float] = {}  # SatSeconds limit-violation index
+        self.violations: dict[tuple[BedKey, str], list[int]] = {}
         self.last: dict[tuple[BedKey, str], tuple[int, float | None]] = {}
+        self.live: dict[tuple[BedKey, str], str] = {}
         self.history: dict[str, list[AlarmEvent]] = {}
 
     def report(self, c: AlarmCondition, cp: Any, now_us: int) -> None:
         key = (c.bed, c.kind)
-        if c.present:
-            if key not in self.run_start:
-                self.run_start[key], self.area[key] = now_us, 0.0
-            elif key in self.last and cp.limit is not None:
-                t, v = self.last[key]
-                self.area[key] += max(0.0, cp.limit - (v or 0.0)) * (now_us - t) / S
-            self.last[key] = (now_us, c.value)
-        else:
+        if key in self.live:
+            return  # a live alarm: onset and index no longer matter
+        if cp.sat_seconds is None:
+            if not c.present:
+                self.run_start.pop(key, None)
+            elif key not in self.run_start:
+                self.run_start[key] = now_us
+            return
+        # SatSeconds: each report's value holds until the next; below the limit it adds
+        # depth x seconds, inside it subtracts distance x seconds, never below zero
+        if key in self.last:
+            t, v = self.last[key]
+            self.area[key] = max(0.0, self.area.get(key, 0.0) + (cp.limit - v) * (now_us - t) / S)
+        recent = [x for x in self.violations.get(key, []) if now_us - x <= 60 * S]
+        if c.present and key not in self.run_start:
+            self.run_start[key] = now_us
+            recent.append(now_us)
+        elif not c.present:
             self.run_start.pop(key, None)
-            self.last.pop(key, None)
+        self.violations[key] = recent
+        self.last[key] = (now_us, c.value)
+
+    def event(self, e: AlarmEvent) -> None:
+        key = (e.bed, e.kind)
+        if e.reason.startswith("started"):
+            self.live[key] = e.alarm_id
+        elif e.state is AlarmState.CLEARED:
+            del self.live[key]
+            for table in (self.run_start, self.area, self.violations, self.last):
+                table.pop(key, None)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=500, deadline=None)
@@ -354,7 +413,10 @@ def test_invariants_over_random_sequences(ops: list[tuple[Any, ...]]) -> None:
                     assert e.alarm_id not in history
                     key = (e.bed, e.kind)
                     if cp.sat_seconds is not None:
-                        assert model.area[key] >= cp.sat_seconds - 1e-9
+                        assert (
+                            model.area.get(key, 0.0) >= cp.sat_seconds - 1e-9
+                            or len(model.violations[key]) >= 3
+                        )
                     else:
                         assert e.time_us - model.run_start[key] >= cp.delay_s * S
                 else:
@@ -366,6 +428,7 @@ def test_invariants_over_random_sequences(ops: list[tuple[Any, ...]]) -> None:
                     changes = [x for x in history[e.alarm_id] if "audio" not in x.reason]
                     assert e.actor != "engine" or changes[-1].state is AlarmState.ACKNOWLEDGED
                 history.setdefault(e.alarm_id, []).append(e)
+                model.event(e)
             # a pause that ends on an unacknowledged alarm makes it sound again, with an event
             for alarm_id, a in before.items():
                 paused = a.audio_paused_until_us
