@@ -147,12 +147,18 @@ class AlarmStateMachine:
     # -- inputs
 
     def observe(self, conditions: Iterable[AlarmCondition], now_us: int) -> list[AlarmEvent]:
-        """Apply the rules' conditions seen at ``now_us``; return the events, in order."""
-        events = self.tick(now_us)
+        """Apply the rules' conditions seen at ``now_us``; return the events, in order.
+
+        Nothing changes when a condition is not in its bed's policy (ValueError).
+        """
+        checked = []
         for c in conditions:
             cp = self.policy_for(c.bed).conditions.get(c.kind)
             if cp is None:
                 raise ValueError(f"condition {c.kind!r} of bed {c.bed} is not in its policy")
+            checked.append((c, cp))
+        events = self.tick(now_us)
+        for c, cp in checked:
             key = (c.bed, c.kind)
             track = self._tracks.get(key)
             if track is None:
@@ -169,8 +175,7 @@ class AlarmStateMachine:
 
     def tick(self, now_us: int) -> list[AlarmEvent]:
         """Advance time: audio pauses that end make unacknowledged alarms sound again."""
-        if self._now_us is not None and now_us < self._now_us:
-            raise ValueError(f"time went back: now_us {now_us} < {self._now_us}")
+        self._check_time(now_us)
         self._now_us = now_us
         events: list[AlarmEvent] = []
         for (bed, kind), t in self._tracks.items():
@@ -186,12 +191,13 @@ class AlarmStateMachine:
         """A clinician acknowledges a live alarm. KeyError when ``alarm_id`` is not live."""
         if not user:
             raise ValueError("an acknowledgement needs the user who makes it")
-        events = self.tick(now_us)
+        self._check_time(now_us)
         bed, kind, _ = self._find(alarm_id)
         track = self._tracks.get((bed, kind))
         a = None if track is None else track.alarm
         if track is None or a is None or a.alarm_id != alarm_id:
             raise KeyError(alarm_id)
+        events = self.tick(now_us)
         if a.state is AlarmState.ACKNOWLEDGED:
             return events
         a.audio_paused_until_us = None
@@ -220,7 +226,7 @@ class AlarmStateMachine:
             raise ValueError("an audio pause needs the user who makes it")
         if not (math.isfinite(duration_s) and duration_s > 0):
             raise ValueError(f"duration_s must be a finite number > 0, got {duration_s}")
-        events = self.tick(now_us)
+        self._check_time(now_us)
         if isinstance(target, BedKey):
             bed = target
             chosen = [
@@ -234,6 +240,7 @@ class AlarmStateMachine:
             if track is None or track.alarm is None or track.alarm.alarm_id != target:
                 raise KeyError(target)
             chosen = [(kind, track.alarm)]
+        events = self.tick(now_us)
         max_s = self.policy_for(bed).audio_pause_max_s
         pause_s = min(duration_s, max_s)
         reason = f"audio paused for {pause_s:g} s"
@@ -405,6 +412,10 @@ class AlarmStateMachine:
         event = self._event(c.bed, c.kind, a, now_us, ENGINE, "condition ended")
         self._forget(c.bed, c.kind, t)
         return [event]
+
+    def _check_time(self, now_us: int) -> None:
+        if self._now_us is not None and now_us < self._now_us:
+            raise ValueError(f"time went back: now_us {now_us} < {self._now_us}")
 
     def _forget(self, bed: BedKey, kind: str, t: _Track) -> None:
         t.alarm = None

@@ -240,6 +240,23 @@ def test_inputs_checked() -> None:
         m.observe([odd], T0)
 
 
+def test_a_refused_call_changes_nothing() -> None:
+    m = AlarmStateMachine(POLICY)
+    (start,) = m.observe(rhythm("VTACH", True, T0), T0)
+    m.pause_audio(BED, "nurse.wu", T0, 10)
+    before = m.snapshot()
+    odd = AlarmCondition(BED, "MAGIC", start.category, start.priority, T0 + 20 * S)
+    with pytest.raises(ValueError):
+        m.observe([*rhythm("VTACH", False, T0 + 20 * S), odd], T0 + 20 * S)
+    with pytest.raises(KeyError):
+        m.acknowledge("site-a/bed-1/VTACH/1", "dr.li", T0 + 20 * S)
+    with pytest.raises(KeyError):
+        m.pause_audio("site-a/bed-1/VTACH/1", "dr.li", T0 + 20 * S, 10)
+    assert m.snapshot() == before  # the due end of the pause was not swallowed either
+    (again,) = m.tick(T0 + 20 * S)
+    assert again.reason == "audio pause ended"
+
+
 def test_snapshot_restores_active_and_latched_alarms() -> None:
     m = AlarmStateMachine(POLICY)
     m.observe(rhythm("VTACH", True, T0), T0)
@@ -392,7 +409,7 @@ class Model:
         elif e.state is AlarmState.CLEARED:
             del self.live[key]
             for table in (self.run_start, self.area, self.violations, self.last):
-                table.pop(key, None)  # type: ignore[attr-defined]
+                table.pop(key, None)
 
 
 @settings(max_examples=500, deadline=None)
