@@ -3,8 +3,8 @@
 Each rule reports a condition as present, as ended, or not at all when it cannot tell: a value
 that is missing or older than the policy's ``max_age_s`` never counts as normal. Instead the
 parameter's technical condition (``SPO2_PROBE_OFF``, ``HR_UNAVAILABLE``, ...) is present. While
-the whole bed is offline or silent (``BED_OFFLINE``, ``DATA_STALE``) only those two conditions
-are reported; everything else is unknown and left as it was.
+the whole bed is offline or silent (``BED_OFFLINE``, ``DATA_STALE``), or in standby, only those
+two conditions are reported; everything else is unknown and left as it was.
 
 A parameter key that a bed has never sent is not monitored on that bed and raises nothing.
 """
@@ -219,7 +219,8 @@ def bed_conditions(
 ) -> list[AlarmCondition]:
     """``bed_offline`` from the status; ``data_stale`` after ``after_s`` without any message.
 
-    Status ``unknown`` and a bed never seen (``last_seen_us`` 0) report nothing.
+    Status ``unknown`` and a bed never seen (``last_seen_us`` 0) report nothing; a bed in
+    ``standby`` (monitoring deliberately paused at the bedside) is neither offline nor stale.
     """
     out: list[AlarmCondition] = []
     for c in policy.conditions.values():
@@ -232,7 +233,7 @@ def bed_conditions(
             if last_seen_us <= 0:
                 continue
             silent_s = (now_us - last_seen_us) / 1e6
-            present = silent_s > c.after_s and status != "offline"
+            present = silent_s > c.after_s and status not in ("offline", "standby")
             detail = f"no data for {silent_s:.1f} s" if present else ""
         else:
             continue
@@ -394,7 +395,7 @@ def evaluate_bed(
     typically the bed's ``BedSignalPipeline.verify_alarm``.
     """
     bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us)
-    if any(c.present for c in bed_level):
+    if status == "standby" or any(c.present for c in bed_level):
         return RuleOutput(tuple(bed_level))
     quality = quality or {}
     rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify)

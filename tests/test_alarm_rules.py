@@ -152,6 +152,19 @@ def test_bed_offline_and_data_stale() -> None:
         "DATA_STALE": False,
     }
     assert bed_conditions(BED, POLICY, NOW, "unknown", 0) == []
+    assert by_kind(bed_conditions(BED, POLICY, NOW, "standby", NOW - 600 * S)) == {
+        "BED_OFFLINE": False,
+        "DATA_STALE": False,
+    }
+    standby = evaluate_bed(
+        BED,
+        POLICY,
+        NOW,
+        latest={"HR": (None, NOW - 600 * S)},
+        status="standby",
+        last_seen_us=NOW - 600 * S,
+    )
+    assert by_kind(standby.conditions) == {"BED_OFFLINE": False, "DATA_STALE": False}
 
 
 def test_silent_bed_reports_only_bed_conditions() -> None:
