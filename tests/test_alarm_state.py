@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Priority
 from alerting.policy import AlarmPolicy, load_policy, override
@@ -412,66 +413,107 @@ class Model:
                 table.pop(key, None)
 
 
-@settings(max_examples=500, deadline=None)
+def check_step(run: Run, model: Model, step: tuple[Any, ...]) -> list[Step]:
+    """Apply one op and check every definition against what it did."""
+    history = model.history
+    before = {a.alarm_id: a for a in run.machine.alarms()}
+    done = apply(run, step)
+    for events, conditions, now_us in done:
+        for c in conditions:
+            model.report(c, run.machine.policy_for(c.bed).condition(c.kind), now_us)
+        for e in events:
+            cp = run.machine.policy_for(e.bed).condition(e.kind)
+            if e.reason.startswith("started"):
+                # nothing starts before its condition delay (or its SatSeconds budget)
+                assert e.alarm_id not in history
+                key = (e.bed, e.kind)
+                if cp.sat_seconds is not None:
+                    assert (
+                        model.area.get(key, 0.0) >= cp.sat_seconds - 1e-9
+                        or len(model.violations[key]) >= 3
+                    )
+                else:
+                    assert e.time_us - model.run_start[key] >= cp.delay_s * S
+            else:
+                assert e.alarm_id in history
+            if e.audio_paused_until_us is not None:  # a pause never exceeds the limit
+                assert 0 < e.audio_paused_until_us - e.time_us <= POLICY.audio_pause_max_s * S
+            if e.state is AlarmState.CLEARED and e.priority is Priority.HIGH:
+                # latching: a high alarm clears only through an acknowledgement
+                changes = [x for x in history[e.alarm_id] if "audio" not in x.reason]
+                assert e.actor != "engine" or changes[-1].state is AlarmState.ACKNOWLEDGED
+            history.setdefault(e.alarm_id, []).append(e)
+            model.event(e)
+        # a pause that ends on an unacknowledged alarm makes it sound again, with an event
+        for alarm_id, a in before.items():
+            paused = a.audio_paused_until_us
+            if paused is None or paused > now_us:
+                continue
+            after = {x.alarm_id: x for x in run.machine.alarms()}.get(alarm_id)
+            if after is not None and after.state in (AlarmState.ACTIVE, AlarmState.LATCHED):
+                assert after.sounding(now_us)
+                assert history[alarm_id][-1].audio_paused_until_us is None
+    return done
+
+
+def check_live(run: Run, model: Model) -> None:
+    history = model.history
+    live = run.machine.alarms()
+    assert len({a.alarm_id for a in live}) == len(live)
+    assert len({(a.bed, a.kind) for a in live}) == len(live)
+    for a in live:
+        # never both acknowledged and unacknowledged
+        assert a.state in (AlarmState.ACTIVE, AlarmState.LATCHED, AlarmState.ACKNOWLEDGED)
+        assert (a.state is AlarmState.ACKNOWLEDGED) == (a.acknowledged_by is not None)
+        assert (a.state is AlarmState.LATCHED) == (not a.condition_present)
+        if a.audio_paused_until_us is not None:
+            assert run.now_us < a.audio_paused_until_us
+            assert a.audio_paused_until_us - run.now_us <= POLICY.audio_pause_max_s * S
+        # the latest event of a live alarm tells its state and its audio pause
+        assert history[a.alarm_id][-1].state is a.state
+        assert history[a.alarm_id][-1].audio_paused_until_us == a.audio_paused_until_us
+    live_ids = {a.alarm_id for a in live}
+    for alarm_id, hist in history.items():
+        assert (hist[-1].state is not AlarmState.CLEARED) == (alarm_id in live_ids)
+
+
+@settings(max_examples=400, deadline=None)
 @given(st.lists(op, min_size=10, max_size=60))
 def test_invariants_over_random_sequences(ops: list[tuple[Any, ...]]) -> None:
     run = Run(new_machine())
     model = Model()
-    history = model.history
     for step in ops:
-        before = {a.alarm_id: a for a in run.machine.alarms()}
-        for events, conditions, now_us in apply(run, step):
-            for c in conditions:
-                model.report(c, run.machine.policy_for(c.bed).condition(c.kind), now_us)
-            for e in events:
-                cp = run.machine.policy_for(e.bed).condition(e.kind)
-                if e.reason.startswith("started"):
-                    # nothing starts before its condition delay (or its SatSeconds budget)
-                    assert e.alarm_id not in history
-                    key = (e.bed, e.kind)
-                    if cp.sat_seconds is not None:
-                        assert (
-                            model.area.get(key, 0.0) >= cp.sat_seconds - 1e-9
-                            or len(model.violations[key]) >= 3
-                        )
-                    else:
-                        assert e.time_us - model.run_start[key] >= cp.delay_s * S
-                else:
-                    assert e.alarm_id in history
-                if e.audio_paused_until_us is not None:  # a pause never exceeds the limit
-                    assert 0 < e.audio_paused_until_us - e.time_us <= POLICY.audio_pause_max_s * S
-                if e.state is AlarmState.CLEARED and e.priority is Priority.HIGH:
-                    # latching: a high alarm clears only through an acknowledgement
-                    changes = [x for x in history[e.alarm_id] if "audio" not in x.reason]
-                    assert e.actor != "engine" or changes[-1].state is AlarmState.ACKNOWLEDGED
-                history.setdefault(e.alarm_id, []).append(e)
-                model.event(e)
-            # a pause that ends on an unacknowledged alarm makes it sound again, with an event
-            for alarm_id, a in before.items():
-                paused = a.audio_paused_until_us
-                if paused is None or paused > now_us:
-                    continue
-                after = {x.alarm_id: x for x in run.machine.alarms()}.get(alarm_id)
-                if after is not None and after.state in (AlarmState.ACTIVE, AlarmState.LATCHED):
-                    assert after.sounding(now_us)
-                    assert history[alarm_id][-1].audio_paused_until_us is None
-        live = run.machine.alarms()
-        assert len({a.alarm_id for a in live}) == len(live)
-        assert len({(a.bed, a.kind) for a in live}) == len(live)
-        for a in live:
-            # never both acknowledged and unacknowledged
-            assert a.state in (AlarmState.ACTIVE, AlarmState.LATCHED, AlarmState.ACKNOWLEDGED)
-            assert (a.state is AlarmState.ACKNOWLEDGED) == (a.acknowledged_by is not None)
-            assert (a.state is AlarmState.LATCHED) == (not a.condition_present)
-            if a.audio_paused_until_us is not None:
-                assert run.now_us < a.audio_paused_until_us
-                assert a.audio_paused_until_us - run.now_us <= POLICY.audio_pause_max_s * S
-            # the latest event of a live alarm tells its state and its audio pause
-            assert history[a.alarm_id][-1].state is a.state
-            assert history[a.alarm_id][-1].audio_paused_until_us == a.audio_paused_until_us
-        live_ids = {a.alarm_id for a in live}
-        for alarm_id, hist in history.items():
-            assert (hist[-1].state is not AlarmState.CLEARED) == (alarm_id in live_ids)
+        check_step(run, model, step)
+        check_live(run, model)
+
+
+class AlarmLife(RuleBasedStateMachine):
+    """Stateful: the same definitions, with restarts (snapshot -> JSON -> restore) in between,
+    against a twin machine that never restarts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run = Run(new_machine())
+        self.twin = Run(new_machine())
+        self.model = Model()
+
+    @rule(step=op)
+    def act(self, step: tuple[Any, ...]) -> None:
+        assert check_step(self.run, self.model, step) == apply(self.twin, step)
+
+    @rule()
+    def restart(self) -> None:
+        saved = json.loads(json.dumps(self.run.machine.snapshot()))
+        self.run.machine = AlarmStateMachine.restore(saved)
+
+    @invariant()
+    def consistent(self) -> None:
+        check_live(self.run, self.model)
+        assert self.run.machine.snapshot() == self.twin.machine.snapshot()
+
+
+AlarmLife.TestCase.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
+test_alarm_life = AlarmLife.TestCase
 
 
 @settings(max_examples=250, deadline=None)
