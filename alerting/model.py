@@ -40,6 +40,8 @@ class AlarmCondition:
     ``kind`` names the condition (e.g. ``SPO2_LOW``, ``HR_HIGH``, ``VTACH``, ``NEWS2_HIGH``,
     ``LEAD_OFF``, ``BED_OFFLINE``, ``DATA_STALE``); ``value`` is the value that crossed the
     limit, when there is one; ``present`` is False when the rule sees the condition end.
+    ``verified`` is the verdict of multi-signal verification on an arrhythmia condition: True
+    when confirmed, None when it was not asked or could not judge.
     """
 
     bed: BedKey
@@ -51,6 +53,7 @@ class AlarmCondition:
     value: float | None = None
     limit: float | None = None
     detail: str = ""
+    verified: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ Third-party errors are translated at the boundary, so callers catch these and no
     ├── DeliveryError            an alarm notification could not be delivered (has .retryable)
     ├── RecordError              a WFDB record cannot be read or is not in the expected layout
     ├── ScoreInputError          an input to an early-warning score is impossible (has .field)
-    └── ScoreDefinitionError     a score definition (thresholds as data) is malformed (has .path)
+    ├── ScoreDefinitionError     a score definition (thresholds as data) is malformed (has .path)
+    └── AlarmPolicyError         an alarm policy (limits, delays as data) is malformed (has .path)
 """
 
 from __future__ import annotations
@@ -102,6 +103,15 @@ class ScoreInputError(EicuError, ValueError):
 
 class ScoreDefinitionError(EicuError, ValueError):
     """A score definition is malformed. ``path`` locates the bad entry (``components[2].bands``)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+class AlarmPolicyError(EicuError, ValueError):
+    """An alarm policy is malformed. ``path`` locates the bad entry (``conditions.HR_LOW``)."""
 
     def __init__(self, path: str, detail: str) -> None:
         super().__init__(f"{path}: {detail}")

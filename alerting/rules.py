@@ -1,0 +1,409 @@
+"""The alarm rules: a bed's derived values in, alarm conditions out. Pure: no I/O, no clock.
+
+Each rule reports a condition as present, as ended, or not at all when it cannot tell: a value
+that is missing or older than the policy's ``max_age_s`` never counts as normal. Instead the
+parameter's technical condition (``SPO2_PROBE_OFF``, ``HR_UNAVAILABLE``, ...) is present. While
+the whole bed is offline or silent (``BED_OFFLINE``, ``DATA_STALE``), or in standby, only those
+two conditions are reported; everything else is unknown and left as it was.
+
+A parameter key that a bed has never sent is not monitored on that bed and raises nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from alerting.model import AlarmCondition
+from alerting.policy import NEWS2_BANDS, AlarmPolicy, ConditionPolicy
+from eicu.models import BedKey
+
+# Signal-quality verdicts that mean no usable signal at all.
+NO_SIGNAL = frozenset({"missing", "flat"})
+
+
+class VerifierDecision(Protocol):
+    """What ``BedSignalPipeline.verify_alarm`` returns (see eicu.signal.alarms.AlarmDecision)."""
+
+    @property
+    def true_alarm(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+# Multi-signal verification of an arrhythmia label: True confirmed, False a false alarm, None
+# cannot judge; or a decision object carrying the verdict and its reason.
+Verify = Callable[[str], "bool | VerifierDecision | None"]
+
+
+class News2Like(Protocol):
+    """The fields of eicu.scores.evaluate.ScoreResult the rules read."""
+
+    @property
+    def band(self) -> str | None: ...
+
+    @property
+    def min_band(self) -> str: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+    @property
+    def total(self) -> int | None: ...
+
+    @property
+    def partial_total(self) -> int: ...
+
+
+class DeteriorationLike(Protocol):
+    """The fields of eicu.scores.deterioration.DeteriorationSignal the rules read."""
+
+    @property
+    def time_us(self) -> int: ...
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def reasons(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed:
+    """A condition a rule found but multi-signal verification called false: it does not sound."""
+
+    condition: AlarmCondition
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutput:
+    conditions: tuple[AlarmCondition, ...]
+    suppressed: tuple[Suppressed, ...] = ()
+
+
+def _fresh(
+    latest: Mapping[str, tuple[float | None, int]], policy: AlarmPolicy, key: str, now_us: int
+) -> tuple[float, int] | None:
+    entry = latest.get(key)
+    if entry is None:
+        return None
+    value, ts_us = entry
+    if value is None or now_us - ts_us > policy.max_age_s[key] * 1e6:
+        return None
+    return value, ts_us
+
+
+def _monitored(latest: Mapping[str, tuple[float | None, int]], c: ConditionPolicy) -> bool:
+    return any(key in latest for key in c.params)
+
+
+def vital_conditions(
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    latest: Mapping[str, tuple[float | None, int]],
+) -> list[AlarmCondition]:
+    """Limit conditions from the latest numerics, and each monitored parameter's availability."""
+    out: list[AlarmCondition] = []
+    unavailable: dict[str, bool] = {}
+    for c in policy.conditions.values():
+        if c.rule != "vital" or not _monitored(latest, c):
+            continue
+        found = next(
+            (
+                (key, f)
+                for key in c.params
+                if (f := _fresh(latest, policy, key, now_us)) is not None
+            ),
+            None,
+        )
+        if c.unavailable is not None:
+            unavailable[c.unavailable] = unavailable.get(c.unavailable, False) or found is None
+        if found is None or c.limit is None:
+            continue  # unknown: neither present nor ended
+        key, (value, ts_us) = found
+        present = c.beyond(value, c.limit)
+        priority = c.priority
+        if (
+            present
+            and c.escalate_limit is not None
+            and c.escalate_priority is not None
+            and c.beyond(value, c.escalate_limit)
+        ):
+            priority = c.escalate_priority
+        out.append(
+            AlarmCondition(
+                bed=bed,
+                kind=c.kind,
+                category=c.category,
+                priority=priority,
+                time_us=ts_us,
+                present=present,
+                value=value,
+                limit=c.limit,
+                detail=f"{key} {value:g} {c.direction} {c.limit:g}" if present else key,
+            )
+        )
+    # A stand-alone 'unavailable' condition, and the targets named by vital conditions.
+    for c in policy.conditions.values():
+        if c.rule == "unavailable" and c.kind not in unavailable and _monitored(latest, c):
+            unavailable[c.kind] = all(
+                _fresh(latest, policy, key, now_us) is None for key in c.params
+            )
+    for kind, missing in unavailable.items():
+        c = policy.condition(kind)
+        if c.rule == "spo2_probe":
+            continue  # reported by probe_conditions, which also looks at the pleth
+        out.append(
+            AlarmCondition(
+                bed=bed,
+                kind=kind,
+                category=c.category,
+                priority=c.priority,
+                time_us=now_us,
+                present=missing,
+                detail=f"no fresh value of {' or '.join(c.params)}" if missing else "",
+            )
+        )
+    return out
+
+
+def probe_conditions(
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    latest: Mapping[str, tuple[float | None, int]],
+    quality: Mapping[str, str],
+) -> list[AlarmCondition]:
+    """``lead_off``: every ECG lead without signal; ``spo2_probe``: no SpO2 value or no pleth."""
+    out: list[AlarmCondition] = []
+    for c in policy.conditions.values():
+        if c.rule == "lead_off":
+            leads = {k: v for k, v in quality.items() if k.startswith("ECG")}
+            if not leads:
+                continue
+            off = all(v in NO_SIGNAL for v in leads.values())
+            detail = ", ".join(f"{k} {v}" for k, v in sorted(leads.items())) if off else ""
+        elif c.rule == "spo2_probe":
+            pleth = quality.get("PLETH")
+            if "SPO2" not in latest and pleth is None:
+                continue
+            reasons = []
+            if "SPO2" in latest and _fresh(latest, policy, "SPO2", now_us) is None:
+                reasons.append("no fresh SpO2 value")
+            if pleth == "missing":
+                reasons.append("PLETH missing")
+            off = bool(reasons)
+            detail = "; ".join(reasons)
+        else:
+            continue
+        out.append(
+            AlarmCondition(
+                bed=bed,
+                kind=c.kind,
+                category=c.category,
+                priority=c.priority,
+                time_us=now_us,
+                present=off,
+                detail=detail,
+            )
+        )
+    return out
+
+
+def bed_conditions(
+    bed: BedKey, policy: AlarmPolicy, now_us: int, status: str, last_seen_us: int
+) -> list[AlarmCondition]:
+    """``bed_offline`` from the status; ``data_stale`` after ``after_s`` without any message.
+
+    Status ``unknown`` and a bed never seen (``last_seen_us`` 0) report nothing; a bed in
+    ``standby`` (monitoring deliberately paused at the bedside) is neither offline nor stale.
+    """
+    out: list[AlarmCondition] = []
+    for c in policy.conditions.values():
+        if c.rule == "bed_offline":
+            if status == "unknown":
+                continue
+            present = status == "offline"
+            detail = f"status {status}"
+        elif c.rule == "data_stale" and c.after_s is not None:
+            if last_seen_us <= 0:
+                continue
+            silent_s = (now_us - last_seen_us) / 1e6
+            present = silent_s > c.after_s and status not in ("offline", "standby")
+            detail = f"no data for {silent_s:.1f} s" if present else ""
+        else:
+            continue
+        out.append(
+            AlarmCondition(
+                bed=bed,
+                kind=c.kind,
+                category=c.category,
+                priority=c.priority,
+                time_us=now_us,
+                present=present,
+                detail=detail,
+            )
+        )
+    return out
+
+
+def rhythm_conditions(
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    rhythms: Iterable[str],
+    verify: Verify | None = None,
+) -> RuleOutput:
+    """One condition per rhythm flag in the policy: present while the flag is active.
+
+    An active flag is checked with ``verify`` (when given): called false, it is suppressed
+    (returned in ``suppressed`` with the reason, not among the conditions, so its alarm state
+    stays as it was); confirmed or not judged, it is present with ``verified`` True or None.
+    """
+    active = set(rhythms)
+    out: list[AlarmCondition] = []
+    suppressed: list[Suppressed] = []
+    for c in policy.conditions.values():
+        if c.rule != "rhythm" or c.label is None:
+            continue
+        condition = AlarmCondition(
+            bed=bed,
+            kind=c.kind,
+            category=c.category,
+            priority=c.priority,
+            time_us=now_us,
+            present=c.label in active,
+            detail=c.label,
+        )
+        if not condition.present:
+            out.append(condition)
+            continue
+        verdict: bool | None = None
+        reason = ""
+        if verify is not None:
+            decision = verify(c.label)
+            if decision is None or isinstance(decision, bool):
+                verdict = decision
+            else:
+                verdict, reason = decision.true_alarm, decision.reason
+        if verdict is False:
+            condition = AlarmCondition(
+                bed=bed,
+                kind=c.kind,
+                category=c.category,
+                priority=c.priority,
+                time_us=now_us,
+                present=True,
+                detail=c.label,
+                verified=False,
+            )
+            suppressed.append(
+                Suppressed(condition, reason or "multi-signal verification called it false")
+            )
+            continue
+        out.append(
+            AlarmCondition(
+                bed=bed,
+                kind=c.kind,
+                category=c.category,
+                priority=c.priority,
+                time_us=now_us,
+                present=True,
+                detail=f"{c.label}: {reason}" if reason else c.label,
+                verified=verdict,
+            )
+        )
+    return RuleOutput(tuple(out), tuple(suppressed))
+
+
+def score_conditions(
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    news2: News2Like | None,
+    deterioration: DeteriorationLike | None,
+) -> list[AlarmCondition]:
+    """NEWS2 band conditions and the deterioration condition.
+
+    A complete NEWS2 reports each band condition present or ended. An incomplete one reports
+    present only what its lower bound (``min_band``) already proves; the rest is unknown.
+    """
+    out: list[AlarmCondition] = []
+    rank = {band: i for i, band in enumerate(NEWS2_BANDS)}
+    for c in policy.conditions.values():
+        if c.rule == "news2" and news2 is not None and c.band is not None:
+            if news2.complete and news2.band is not None:
+                present = rank.get(news2.band, -1) >= rank[c.band]
+                value = news2.total
+                detail = f"NEWS2 {news2.total} ({news2.band})"
+            elif rank.get(news2.min_band, -1) >= rank[c.band]:
+                present = True
+                value = news2.partial_total
+                detail = f"NEWS2 at least {news2.partial_total} ({news2.min_band}), incomplete"
+            else:
+                continue
+            out.append(
+                AlarmCondition(
+                    bed=bed,
+                    kind=c.kind,
+                    category=c.category,
+                    priority=c.priority,
+                    time_us=now_us,
+                    present=present,
+                    value=None if value is None else float(value),
+                    detail=detail,
+                )
+            )
+        elif c.rule == "deterioration" and deterioration is not None:
+            out.append(
+                AlarmCondition(
+                    bed=bed,
+                    kind=c.kind,
+                    category=c.category,
+                    priority=c.priority,
+                    time_us=deterioration.time_us,
+                    present=deterioration.active,
+                    detail="; ".join(deterioration.reasons),
+                )
+            )
+    return out
+
+
+def evaluate_bed(
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    *,
+    latest: Mapping[str, tuple[float | None, int]],
+    status: str,
+    last_seen_us: int,
+    rhythms: Iterable[str] = (),
+    quality: Mapping[str, str] | None = None,
+    news2: News2Like | None = None,
+    deterioration: DeteriorationLike | None = None,
+    verify: Verify | None = None,
+) -> RuleOutput:
+    """Every rule of ``policy`` for one bed at ``now_us``.
+
+    ``latest`` is ``BedState.latest`` (key -> (value or None, device time)), ``rhythms`` the
+    active labels (``Derived.rhythms``), ``quality`` the per-signal verdicts
+    (``Derived.quality``), ``news2`` and ``deterioration`` from ``BedScores``; ``verify`` is
+    typically the bed's ``BedSignalPipeline.verify_alarm``.
+    """
+    bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us)
+    if status == "standby" or any(c.present for c in bed_level):
+        return RuleOutput(tuple(bed_level))
+    quality = quality or {}
+    rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify)
+    conditions = [
+        *bed_level,
+        *probe_conditions(bed, policy, now_us, latest, quality),
+        *vital_conditions(bed, policy, now_us, latest),
+        *rhythm.conditions,
+        *score_conditions(bed, policy, now_us, news2, deterioration),
+    ]
+    return RuleOutput(tuple(conditions), rhythm.suppressed)

@@ -1,0 +1,491 @@
+"""The alarm state machine: one alarm at most per (bed, condition kind), driven by conditions,
+acknowledgements, audio pauses and time. Deterministic: time comes only from ``now_us``.
+
+Life of an alarm (states from :class:`alerting.model.AlarmState`):
+
+- A condition reported present starts a pending onset. The alarm starts (ACTIVE) once the
+  condition has stayed present for the condition's ``delay_s``; a pending condition reported
+  ended is forgotten.
+- A condition with a ``sat_seconds`` budget (SpO2) keeps the SatSeconds limit-violation index
+  instead: each report's value holds until the next report; below the limit it adds depth x
+  seconds, inside the limit it takes distance x seconds back off, never below zero. The alarm
+  starts when the index reaches the budget, or at the third limit violation within 60 s.
+- A condition reported ended while its value is still inside the clearing hysteresis band does
+  not end the alarm. Otherwise the alarm ends: CLEARED, or LATCHED when it latches (the policy
+  says so, or its priority is high) and is not yet acknowledged.
+- ``acknowledge``: ACTIVE -> ACKNOWLEDGED (the condition is still present), LATCHED -> CLEARED.
+  ACKNOWLEDGED -> CLEARED when the condition ends.
+- A latched alarm whose condition returns is ACTIVE again (same alarm).
+- A condition reported at a higher priority than its alarm's (e.g. SpO2 below 85 %) escalates
+  the alarm; an acknowledged alarm that escalates is ACTIVE again and sounds. An alarm's priority
+  never falls while it lasts.
+- ``pause_audio`` silences sounding alarms (ACTIVE, LATCHED) for at most the policy's
+  ``audio_pause_max_s``; when the pause ends and the alarm is still unacknowledged it sounds
+  again (an event says so).
+
+Every change yields an :class:`alerting.model.AlarmEvent` naming who made it and when.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
+from alerting.policy import PRIORITY_RANK, AlarmPolicy, ConditionPolicy, parse_policy
+from eicu.models import BedKey
+
+SNAPSHOT_FORMAT: Final = 1
+ENGINE: Final = "engine"
+# Part of the SatSeconds method: three or more limit violations within 60 s start the alarm even
+# when the index has not reached its budget (Nellcor OxiMax N-600x operator's manual, "Using
+# SatSeconds"; GE CARESCAPE ONE user manual, "Nellcor OxiMax SatSeconds alarm management").
+SAT_SECONDS_REPEATS: Final = 3
+SAT_SECONDS_REPEAT_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """A live alarm (not yet cleared), as seen from outside."""
+
+    alarm_id: str
+    bed: BedKey
+    kind: str
+    category: Category
+    priority: Priority
+    state: AlarmState
+    started_us: int
+    condition_present: bool
+    value: float | None
+    detail: str
+    acknowledged_by: str | None
+    acknowledged_us: int | None
+    audio_paused_until_us: int | None
+
+    def sounding(self, now_us: int) -> bool:
+        """Whether the alarm signal is audible now: unacknowledged and not paused."""
+        if self.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
+            return False
+        return self.audio_paused_until_us is None or now_us >= self.audio_paused_until_us
+
+
+@dataclass(slots=True)
+class _Alarm:
+    alarm_id: str
+    category: Category
+    priority: Priority
+    state: AlarmState
+    started_us: int
+    condition_present: bool
+    value: float | None
+    detail: str
+    acknowledged_by: str | None = None
+    acknowledged_us: int | None = None
+    audio_paused_until_us: int | None = None
+
+
+@dataclass(slots=True)
+class _Track:
+    """One (bed, kind): the pending onset and, once started, the alarm."""
+
+    onset_us: int | None = None  # first report of the current run of present reports
+    last_us: int | None = None  # the latest report (sat_seconds: present or not)
+    last_value: float | None = None
+    area: float = 0.0  # sat_seconds: the limit-violation index, in unit·s
+    violations: list[int] = field(default_factory=list)  # sat_seconds: starts of violations
+    alarm: _Alarm | None = None
+
+    def idle(self) -> bool:
+        return (
+            self.alarm is None
+            and self.onset_us is None
+            and self.area == 0.0
+            and not self.violations
+        )
+
+
+class AlarmStateMachine:
+    """All alarms of all beds. ``policy`` applies to every bed without one of its own."""
+
+    def __init__(
+        self, policy: AlarmPolicy, bed_policies: Mapping[BedKey, AlarmPolicy] | None = None
+    ) -> None:
+        self._policy = policy
+        self._bed_policies: dict[BedKey, AlarmPolicy] = dict(bed_policies or {})
+        self._tracks: dict[tuple[BedKey, str], _Track] = {}
+        self._now_us: int | None = None
+
+    # -- policy
+
+    def policy_for(self, bed: BedKey) -> AlarmPolicy:
+        return self._bed_policies.get(bed, self._policy)
+
+    def set_policy(self, bed: BedKey, policy: AlarmPolicy) -> None:
+        """Use ``policy`` for ``bed`` from now on (see alerting.policy.override)."""
+        self._bed_policies[bed] = policy
+
+    # -- queries
+
+    def alarms(self) -> list[Alarm]:
+        """Every live alarm, in the order they were first tracked."""
+        return [
+            self._view(bed, kind, t.alarm)
+            for (bed, kind), t in self._tracks.items()
+            if t.alarm is not None
+        ]
+
+    def alarm(self, alarm_id: str) -> Alarm:
+        """The live alarm ``alarm_id``; KeyError when it is not live."""
+        bed, kind, _ = self._find(alarm_id)
+        track = self._tracks.get((bed, kind))
+        if track is None or track.alarm is None or track.alarm.alarm_id != alarm_id:
+            raise KeyError(alarm_id)
+        return self._view(bed, kind, track.alarm)
+
+    # -- inputs
+
+    def observe(self, conditions: Iterable[AlarmCondition], now_us: int) -> list[AlarmEvent]:
+        """Apply the rules' conditions seen at ``now_us``; return the events, in order.
+
+        Nothing changes when a condition is not in its bed's policy (ValueError).
+        """
+        checked = []
+        for c in conditions:
+            cp = self.policy_for(c.bed).conditions.get(c.kind)
+            if cp is None:
+                raise ValueError(f"condition {c.kind!r} of bed {c.bed} is not in its policy")
+            checked.append((c, cp))
+        events = self.tick(now_us)
+        for c, cp in checked:
+            key = (c.bed, c.kind)
+            track = self._tracks.get(key)
+            if track is None:
+                if not c.present:
+                    continue
+                track = self._tracks[key] = _Track()
+            if c.present:
+                events.extend(self._present(c, cp, track, now_us))
+            else:
+                events.extend(self._ended(c, cp, track, now_us))
+            if track.idle():
+                self._tracks.pop(key, None)
+        return events
+
+    def tick(self, now_us: int) -> list[AlarmEvent]:
+        """Advance time: audio pauses that end make unacknowledged alarms sound again."""
+        self._check_time(now_us)
+        self._now_us = now_us
+        events: list[AlarmEvent] = []
+        for (bed, kind), t in self._tracks.items():
+            a = t.alarm
+            if a is None or a.audio_paused_until_us is None or now_us < a.audio_paused_until_us:
+                continue
+            a.audio_paused_until_us = None
+            if a.state in (AlarmState.ACTIVE, AlarmState.LATCHED):
+                events.append(self._event(bed, kind, a, now_us, ENGINE, "audio pause ended"))
+        return events
+
+    def acknowledge(self, alarm_id: str, user: str, now_us: int) -> list[AlarmEvent]:
+        """A clinician acknowledges a live alarm. KeyError when ``alarm_id`` is not live."""
+        if not user:
+            raise ValueError("an acknowledgement needs the user who makes it")
+        self._check_time(now_us)
+        bed, kind, _ = self._find(alarm_id)
+        track = self._tracks.get((bed, kind))
+        a = None if track is None else track.alarm
+        if track is None or a is None or a.alarm_id != alarm_id:
+            raise KeyError(alarm_id)
+        events = self.tick(now_us)
+        if a.state is AlarmState.ACKNOWLEDGED:
+            return events
+        a.audio_paused_until_us = None
+        if a.state is AlarmState.LATCHED:
+            a.state = AlarmState.CLEARED
+            events.append(
+                self._event(bed, kind, a, now_us, user, "acknowledged after the condition ended")
+            )
+            self._forget(bed, kind, track)
+            return events
+        a.state = AlarmState.ACKNOWLEDGED
+        a.acknowledged_by = user
+        a.acknowledged_us = now_us
+        events.append(self._event(bed, kind, a, now_us, user, "acknowledged"))
+        return events
+
+    def pause_audio(
+        self, target: BedKey | str, user: str, now_us: int, duration_s: float
+    ) -> list[AlarmEvent]:
+        """Silence the sounding alarms of a bed, or one alarm by id, for ``duration_s``.
+
+        The pause is cut to the bed policy's ``audio_pause_max_s``. Alarms that start later are
+        not paused. KeyError when an alarm id is not live.
+        """
+        if not user:
+            raise ValueError("an audio pause needs the user who makes it")
+        if not (math.isfinite(duration_s) and duration_s > 0):
+            raise ValueError(f"duration_s must be a finite number > 0, got {duration_s}")
+        self._check_time(now_us)
+        if isinstance(target, BedKey):
+            bed = target
+            chosen = [
+                (kind, t.alarm)
+                for (b, kind), t in self._tracks.items()
+                if b == bed and t.alarm is not None
+            ]
+        else:
+            bed, kind, _ = self._find(target)
+            track = self._tracks.get((bed, kind))
+            if track is None or track.alarm is None or track.alarm.alarm_id != target:
+                raise KeyError(target)
+            chosen = [(kind, track.alarm)]
+        events = self.tick(now_us)
+        max_s = self.policy_for(bed).audio_pause_max_s
+        pause_s = min(duration_s, max_s)
+        reason = f"audio paused for {pause_s:g} s"
+        if pause_s < duration_s:
+            reason += f" (asked {duration_s:g} s, limit {max_s:g} s)"
+        for kind, a in chosen:
+            if a.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
+                continue
+            a.audio_paused_until_us = now_us + math.floor(pause_s * 1e6)
+            events.append(self._event(bed, kind, a, now_us, user, reason))
+        return events
+
+    # -- persistence
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as plain JSON-able data (see :meth:`restore`)."""
+        tracks = []
+        for (bed, kind), t in self._tracks.items():
+            a = t.alarm
+            tracks.append(
+                {
+                    "bed": str(bed),
+                    "kind": kind,
+                    "onset_us": t.onset_us,
+                    "last_us": t.last_us,
+                    "last_value": t.last_value,
+                    "area": t.area,
+                    "violations": list(t.violations),
+                    "alarm": None
+                    if a is None
+                    else {
+                        "alarm_id": a.alarm_id,
+                        "category": a.category.value,
+                        "priority": a.priority.value,
+                        "state": a.state.value,
+                        "started_us": a.started_us,
+                        "condition_present": a.condition_present,
+                        "value": a.value,
+                        "detail": a.detail,
+                        "acknowledged_by": a.acknowledged_by,
+                        "acknowledged_us": a.acknowledged_us,
+                        "audio_paused_until_us": a.audio_paused_until_us,
+                    },
+                }
+            )
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "now_us": self._now_us,
+            "policy": self._policy.to_dict(),
+            "bed_policies": [
+                {"bed": str(bed), "policy": p.to_dict()} for bed, p in self._bed_policies.items()
+            ],
+            "tracks": tracks,
+        }
+
+    @classmethod
+    def restore(cls, data: Mapping[str, Any]) -> AlarmStateMachine:
+        """The state machine a :meth:`snapshot` was taken of, ready to continue."""
+        if data.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown alarm snapshot format {data.get('format')!r}")
+        machine = cls(
+            parse_policy(data["policy"]),
+            {BedKey.parse(e["bed"]): parse_policy(e["policy"]) for e in data["bed_policies"]},
+        )
+        machine._now_us = data["now_us"]
+        for e in data["tracks"]:
+            raw = e["alarm"]
+            alarm = None
+            if raw is not None:
+                alarm = _Alarm(
+                    alarm_id=raw["alarm_id"],
+                    category=Category(raw["category"]),
+                    priority=Priority(raw["priority"]),
+                    state=AlarmState(raw["state"]),
+                    started_us=raw["started_us"],
+                    condition_present=raw["condition_present"],
+                    value=raw["value"],
+                    detail=raw["detail"],
+                    acknowledged_by=raw["acknowledged_by"],
+                    acknowledged_us=raw["acknowledged_us"],
+                    audio_paused_until_us=raw["audio_paused_until_us"],
+                )
+            machine._tracks[(BedKey.parse(e["bed"]), e["kind"])] = _Track(
+                onset_us=e["onset_us"],
+                last_us=e["last_us"],
+                last_value=e["last_value"],
+                area=e["area"],
+                violations=list(e["violations"]),
+                alarm=alarm,
+            )
+        return machine
+
+    # -- internals
+
+    def _present(
+        self, c: AlarmCondition, cp: ConditionPolicy, t: _Track, now_us: int
+    ) -> list[AlarmEvent]:
+        a = t.alarm
+        if a is None:
+            if cp.sat_seconds is not None:
+                self._sat_seconds(cp, t, now_us, c.value, present=True)
+            elif t.onset_us is None:
+                t.onset_us = now_us
+            if t.onset_us is None:  # for mypy: both branches above set it
+                raise RuntimeError("pending condition without onset")
+            if cp.sat_seconds is not None:
+                due = t.area >= cp.sat_seconds or len(t.violations) >= SAT_SECONDS_REPEATS
+                why = (
+                    f"{len(t.violations)} limit violations within {SAT_SECONDS_REPEAT_S:g} s"
+                    if t.area < cp.sat_seconds
+                    else f"{t.area:.1f} %·s below the limit (budget {cp.sat_seconds:g})"
+                )
+            else:
+                due = now_us - t.onset_us >= cp.delay_s * 1e6
+                why = f"present for {(now_us - t.onset_us) / 1e6:g} s"
+            if not due:
+                return []
+            t.alarm = a = _Alarm(
+                alarm_id=f"{c.bed}/{c.kind}/{now_us}",
+                category=c.category,
+                priority=c.priority,
+                state=AlarmState.ACTIVE,
+                started_us=now_us,
+                condition_present=True,
+                value=c.value,
+                detail=c.detail,
+            )
+            return [self._event(c.bed, c.kind, a, now_us, ENGINE, f"started: {why}")]
+        a.condition_present = True
+        a.value, a.detail = c.value, c.detail
+        reasons = []
+        if PRIORITY_RANK[c.priority] > PRIORITY_RANK[a.priority]:
+            a.priority = c.priority
+            reasons.append(f"escalated to {c.priority}")
+            if a.state is AlarmState.ACKNOWLEDGED:
+                a.state = AlarmState.ACTIVE
+                a.acknowledged_by = a.acknowledged_us = None
+            a.audio_paused_until_us = None
+        if a.state is AlarmState.LATCHED:
+            a.state = AlarmState.ACTIVE
+            reasons.append("condition present again")
+        if not reasons:
+            return []
+        return [self._event(c.bed, c.kind, a, now_us, ENGINE, "; ".join(reasons))]
+
+    def _ended(
+        self, c: AlarmCondition, cp: ConditionPolicy, t: _Track, now_us: int
+    ) -> list[AlarmEvent]:
+        a = t.alarm
+        if a is None:
+            if cp.sat_seconds is not None and c.value is not None:
+                self._sat_seconds(cp, t, now_us, c.value, present=False)
+            else:
+                t.onset_us = t.last_us = t.last_value = None
+                t.area = 0.0
+                t.violations = []
+            return []
+        if not a.condition_present:
+            return []
+        if c.value is not None and cp.in_hysteresis(c.value):
+            return []  # back inside the limit, not yet far enough to clear
+        a.condition_present = False
+        a.value = c.value
+        latches = cp.latching or a.priority is Priority.HIGH
+        if a.state is AlarmState.ACTIVE and latches:
+            a.state = AlarmState.LATCHED
+            return [self._event(c.bed, c.kind, a, now_us, ENGINE, "condition ended; latched")]
+        a.state = AlarmState.CLEARED
+        event = self._event(c.bed, c.kind, a, now_us, ENGINE, "condition ended")
+        self._forget(c.bed, c.kind, t)
+        return [event]
+
+    def _check_time(self, now_us: int) -> None:
+        if self._now_us is not None and now_us < self._now_us:
+            raise ValueError(f"time went back: now_us {now_us} < {self._now_us}")
+
+    def _forget(self, bed: BedKey, kind: str, t: _Track) -> None:
+        t.alarm = None
+        t.onset_us = t.last_us = t.last_value = None
+        t.area = 0.0
+        t.violations = []
+        self._tracks.pop((bed, kind), None)
+
+    @staticmethod
+    def _sat_seconds(
+        cp: ConditionPolicy, t: _Track, now_us: int, value: float | None, *, present: bool
+    ) -> None:
+        """Update the SatSeconds limit-violation index with one report.
+
+        The previous report's value is held until this one: below the limit it adds its depth
+        times the seconds, inside the limit it takes its distance from the limit times the
+        seconds back off, down to zero. A present report after one that was not starts a new
+        violation; violations older than the repeat window are dropped.
+        """
+        limit = cp.limit if cp.limit is not None else 0.0
+        if t.last_us is not None and t.last_value is not None:
+            t.area = max(0.0, t.area + (limit - t.last_value) * (now_us - t.last_us) / 1e6)
+        t.violations = [v for v in t.violations if now_us - v <= SAT_SECONDS_REPEAT_S * 1e6]
+        if present and t.onset_us is None:
+            t.onset_us = now_us
+            t.violations.append(now_us)
+        elif not present:
+            t.onset_us = None
+        t.last_us, t.last_value = now_us, value
+
+    def _find(self, alarm_id: str) -> tuple[BedKey, str, int]:
+        parts = alarm_id.split("/")
+        if len(parts) != 4:
+            raise KeyError(alarm_id)
+        try:
+            return BedKey(parts[0], parts[1]), parts[2], int(parts[3])
+        except ValueError:
+            raise KeyError(alarm_id) from None
+
+    @staticmethod
+    def _view(bed: BedKey, kind: str, a: _Alarm) -> Alarm:
+        return Alarm(
+            alarm_id=a.alarm_id,
+            bed=bed,
+            kind=kind,
+            category=a.category,
+            priority=a.priority,
+            state=a.state,
+            started_us=a.started_us,
+            condition_present=a.condition_present,
+            value=a.value,
+            detail=a.detail,
+            acknowledged_by=a.acknowledged_by,
+            acknowledged_us=a.acknowledged_us,
+            audio_paused_until_us=a.audio_paused_until_us,
+        )
+
+    @staticmethod
+    def _event(
+        bed: BedKey, kind: str, a: _Alarm, now_us: int, actor: str, reason: str
+    ) -> AlarmEvent:
+        return AlarmEvent(
+            alarm_id=a.alarm_id,
+            bed=bed,
+            kind=kind,
+            priority=a.priority,
+            category=a.category,
+            state=a.state,
+            time_us=now_us,
+            actor=actor,
+            reason=reason,
+            audio_paused_until_us=a.audio_paused_until_us,
+        )
