@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eicu.config import IngestSettings, MqttSettings
 from eicu.metrics import IngestMetrics
@@ -14,6 +16,9 @@ from ingest.service import Ingest
 from ingest.signals import SignalStage
 from ingest.state import BedRouter
 from ingest.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from alerting.service import AlarmService
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class Engine:
         ingest: IngestSettings,
         store: Store,
         metrics: IngestMetrics | None = None,
+        alarms_outbox: Path | None = None,
     ) -> None:
         self.metrics = metrics or IngestMetrics()
         self.store = store
@@ -62,6 +68,13 @@ class Engine:
             self.router.subscribe(self.signals)
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
+        # The alarm stage: every bed's rules each second, audited in a durable local outbox.
+        self.alarms: AlarmService | None = None
+        if alarms_outbox is not None:
+            from alerting.outbox import Outbox
+            from alerting.service import AlarmService
+
+            self.alarms = AlarmService(self, Outbox(alarms_outbox))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -71,6 +84,8 @@ class Engine:
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(self.ingest.run(), name="ingest"),
         ]
+        if self.alarms is not None:
+            self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self.ingest.connected.wait(), timeout_s)
@@ -79,12 +94,14 @@ class Engine:
         """Stop taking messages, then write (or spool) everything received."""
         ingest_task = self._tasks[1] if len(self._tasks) > 1 else None
         writer_task = self._tasks[0] if self._tasks else None
-        for task in (ingest_task, writer_task):
+        for task in (*self._tasks[2:], ingest_task, writer_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.writer.close(drain_timeout_s)
+        if self.alarms is not None:
+            self.alarms.outbox.close()
         self._tasks = []
 
     async def run_until(self, stop: asyncio.Event) -> None:

@@ -9,6 +9,7 @@ joined up), and a frame that arrives late (out of order) is stored but not analy
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,11 @@ class SignalStage:
                 continue
             for ev in events:
                 self._note(derived, ev, origin, b.fs_hz)
+
+    def verifier(self, bed: object) -> Callable[[str], object] | None:
+        """The bed's multi-signal alarm verification (None before its pipeline exists)."""
+        pipe = self._pipes.get(bed)
+        return pipe.pipeline.verify_alarm if pipe is not None else None
 
     def _note(self, d: Derived, ev: object, origin_us: int, fs_hz: float) -> None:
         if isinstance(ev, HeartRate):

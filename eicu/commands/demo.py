@@ -72,7 +72,12 @@ async def demo(args: argparse.Namespace) -> int:
     db_url = settings.database_url or f"sqlite:///{data_dir / 'eicu.sqlite'}"
     store = open_store(db_url)
     await store.open()
-    engine = Engine(mqtt, IngestSettings(spool_dir=data_dir / "spool"), store)
+    engine = Engine(
+        mqtt,
+        IngestSettings(spool_dir=data_dir / "spool"),
+        store,
+        alarms_outbox=data_dir / "alarms.db",
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,6 +177,26 @@ def _rhythm(derived: object) -> str:
     return " ".join(parts + bad) or "--"
 
 
+def _alarms_by_bed(engine: object) -> dict[object, str]:
+    """Each bed's live alarms, highest priority first (``!!!`` high, ``!!`` medium, ``!`` low)."""
+    from alerting.model import AlarmState
+
+    service = getattr(engine, "alarms", None)
+    if service is None:
+        return {}
+    marks = {"high": "!!!", "medium": "!!", "low": "!"}
+    order = {"high": 0, "medium": 1, "low": 2}
+    per_bed: dict[object, list[tuple[int, str]]] = {}
+    for alarm in service.machine.alarms():
+        if alarm.state == AlarmState.CLEARED:
+            continue
+        text = marks[alarm.priority.value] + alarm.kind
+        if alarm.state == AlarmState.ACKNOWLEDGED:
+            text += "(ack)"
+        per_bed.setdefault(alarm.bed, []).append((order[alarm.priority.value], text))
+    return {bed: " ".join(t for _, t in sorted(items)) for bed, items in per_bed.items()}
+
+
 def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
     from ingest.engine import Engine
 
@@ -182,9 +207,10 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
         f"stored {engine.writer.stored_frames} frames, pending {engine.writer.pending_frames}, "
         f"rejected {engine.ingest.rejected}",
         f"{'bed':<14}{'scenario':<11}{'status':<9}{'HR':>6}{'SpO2':>6}{'RR':>6}{'NIBP':>12}"
-        f"{'Temp':>6}{'ACVPU':>6}{'O2':>6}  {'NEWS2':<18}{'rhythm (engine)':<22}"
+        f"{'Temp':>6}{'ACVPU':>6}{'O2':>6}  {'NEWS2':<26}{'rhythm (engine)':<22}{'alarms':<24}"
         f"{'seen':>6}{'gaps':>6}",
     ]
+    alarms = _alarms_by_bed(engine)
     for key in sorted(engine.router.beds, key=str):
         state = engine.router.beds[key]
         latest = state.latest
@@ -199,8 +225,8 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
             f"{_fmt(latest, 'HR', device_now):>6}{_fmt(latest, 'SPO2', device_now):>6}"
             f"{_fmt(latest, 'RR', device_now):>6}{bp:>12}{_fmt(latest, 'TEMP', device_now, 1):>6}"
             f"{_fmt(latest, 'ACVPU', device_now):>6}{_fmt(latest, 'O2', device_now):>6}"
-            f"  {_news2(engine.scores.beds.get(key), stale or state.status == 'offline'):<18}"
-            f"{_rhythm(engine.signals.derived.get(key)):<22}"
+            f"  {_news2(engine.scores.beds.get(key), stale or state.status == 'offline'):<26}"
+            f"{_rhythm(engine.signals.derived.get(key)):<22}{alarms.get(key, '-'):<24}"
             f"{seen_s:>5.1f}s{state.gaps:>6}"
         )
     out = "\n".join(lines)

@@ -51,7 +51,7 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     store = open_store(settings.database_url)
     await store.open()
     log.info("store ready (%s); schema up to date", store.backend)
-    engine = Engine(mqtt, settings.ingest, store)
+    engine = Engine(mqtt, settings.ingest, store, alarms_outbox=settings.alerting.outbox_path)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)

@@ -1,0 +1,82 @@
+"""The alarm stage inside the engine: simulated beds in, audited alarms out, restored on restart."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from alerting.model import AlarmState, Priority
+from alerting.outbox import Outbox
+from alerting.service import AlarmService
+from eicu.config import IngestSettings, MqttSettings
+from eicu.models import BedKey
+from eicu.store.sqlite import SqliteStore
+from ingest.engine import Engine
+from simulators.beds import SynthGroup
+
+T0 = 1_764_302_400_000_000
+
+
+def _engine(tmp_path: Path) -> Engine:
+    return Engine(
+        MqttSettings(client_id="unused"),
+        IngestSettings(spool_dir=tmp_path / "spool"),
+        SqliteStore(tmp_path / "x.sqlite"),
+    )
+
+
+def _run(engine: Engine, service: AlarmService, group: SynthGroup, seconds: float) -> None:
+    for _ in range(int(seconds / 0.25)):
+        ticks = group.tick(0.25)
+        now_us = 0
+        for _bed, frame, numerics, on in ticks:
+            if not on:
+                continue
+            for f in (numerics, frame):
+                if f is not None:
+                    rx = getattr(f, "t0_us", None) or getattr(f, "ts_us", 0)
+                    now_us = max(now_us, rx)
+                    engine.router.route(dataclasses.replace(f, received_us=rx))
+        if now_us and (now_us - T0) % 1_000_000 < 250_000:
+            service.evaluate(now_us)
+
+
+def test_vt_and_probe_off_raise_audited_alarms_and_stable_raises_none(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    outbox = Outbox(tmp_path / "alarms.db")
+    service = AlarmService(engine, outbox)
+    beds = [BedKey("s", "stable"), BedKey("s", "vt"), BedKey("s", "probe")]
+    group = SynthGroup(beds, ["stable", "vt", "spo2_off"], [1, 2, 3], T0)
+    _run(engine, service, group, 150.0)
+    alarms = service.machine.alarms()
+    assert ("vt", "VTACH") in {(a.bed.bed, a.kind) for a in alarms}  # high priority: latched
+    history = [stored.event for stored in outbox.events()]
+    kinds = {(e.bed.bed, e.kind) for e in history}
+    assert ("probe", "SPO2_PROBE_OFF") in kinds  # the probe came off at 45 s and back at 75 s
+    probe = [e.state for e in history if e.kind == "SPO2_PROBE_OFF"]
+    assert probe[0] == AlarmState.ACTIVE and probe[-1] == AlarmState.CLEARED
+    assert not any(bed == "stable" for bed, _ in kinds)
+    vt = next(a for a in alarms if a.kind == "VTACH")
+    assert vt.priority == Priority.HIGH
+    # Every change is in the durable audit trail before anyone is told.
+    audited = outbox.events(vt.alarm_id)
+    assert audited and audited[0].event.state == AlarmState.ACTIVE
+    outbox.close()
+
+
+def test_latched_alarm_survives_a_restart_and_is_acknowledged_after_it(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    outbox = Outbox(tmp_path / "alarms.db")
+    service = AlarmService(engine, outbox)
+    group = SynthGroup([BedKey("s", "vt")], ["vt"], [2], T0)
+    _run(engine, service, group, 150.0)
+    vt = next(a for a in service.machine.alarms() if a.kind == "VTACH")
+    outbox.close()
+
+    again = AlarmService(_engine(tmp_path), Outbox(tmp_path / "alarms.db"))
+    restored = next(a for a in again.machine.alarms() if a.alarm_id == vt.alarm_id)
+    assert restored.state in (AlarmState.ACTIVE, AlarmState.LATCHED)
+    events = again.acknowledge(vt.alarm_id, "dr.li", T0 + 200_000_000)
+    assert events and events[-1].actor == "dr.li"
+    assert again.outbox.events(vt.alarm_id)[-1].event.actor == "dr.li"
+    again.outbox.close()
