@@ -73,6 +73,7 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
         "EICU_MQTT_URL": broker.url,
         "EICU_DATABASE_URL": db_url,
         "EICU_SPOOL_DIR": str(tmp_path / "spool"),
+        "EICU_OUTBOX_PATH": str(tmp_path / "alarms.db"),
         "EICU_MQTT_CLIENT_ID": "eicu-cli-test",
         "EICU_METRICS_PORT": str(free_port()),
     }
