@@ -200,18 +200,22 @@ def probe_conditions(
             detail = "; ".join(reasons)
         else:
             continue
-        out.append(
-            AlarmCondition(
-                bed=bed,
-                kind=c.kind,
-                category=c.category,
-                priority=c.priority,
-                time_us=now_us,
-                present=off,
-                detail=detail,
-            )
-        )
+        out.append(_condition(bed, c, now_us, off, detail))
     return out
+
+
+def _condition(
+    bed: BedKey, c: ConditionPolicy, now_us: int, present: bool, detail: str
+) -> AlarmCondition:
+    return AlarmCondition(
+        bed=bed,
+        kind=c.kind,
+        category=c.category,
+        priority=c.priority,
+        time_us=now_us,
+        present=present,
+        detail=detail,
+    )
 
 
 def bed_conditions(
@@ -237,17 +241,7 @@ def bed_conditions(
             detail = f"no data for {silent_s:.1f} s" if present else ""
         else:
             continue
-        out.append(
-            AlarmCondition(
-                bed=bed,
-                kind=c.kind,
-                category=c.category,
-                priority=c.priority,
-                time_us=now_us,
-                present=present,
-                detail=detail,
-            )
-        )
+        out.append(_condition(bed, c, now_us, present, detail))
     return out
 
 

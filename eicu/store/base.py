@@ -175,3 +175,16 @@ def stats_doc(rows: list[tuple[object, ...]]) -> dict[str, dict[str, dict[str, i
             for site, bed, m, n in rows
         }
     }
+
+
+def latest_doc(rows: list[tuple[object, ...]]) -> dict[BedKey, dict[str, LatestValue]]:
+    """Rows of (site, bed, code, value, time_us) as the latest values per bed."""
+    out: dict[BedKey, dict[str, LatestValue]] = {}
+    for site, bed, code, value, ts_us in rows:
+        key = param_key(int(code))  # type: ignore[call-overload]
+        out.setdefault(BedKey(str(site), str(bed)), {})[key] = LatestValue(
+            key,
+            None if value is None else float(value),  # type: ignore[arg-type]
+            int(ts_us),  # type: ignore[call-overload]
+        )
+    return out

@@ -26,8 +26,8 @@ from eicu.store.base import (
     TrendPoint,
     WaveformWindow,
     beds_in,
+    latest_doc,
     numeric_rows,
-    param_key,
     stats_doc,
     status_rows,
     waveform_rows,
@@ -282,11 +282,7 @@ class PgStore:
                 ORDER BY n.bed_id, n.code, n.time DESC, n.seq DESC""",
             (max_age_s,),
         )
-        out: dict[BedKey, dict[str, LatestValue]] = {}
-        for site, bed, code, value, ts_us in rows:
-            key = param_key(code)
-            out.setdefault(BedKey(site, bed), {})[key] = LatestValue(key, value, int(ts_us))
-        return out
+        return latest_doc(rows)
 
     async def trend(self, bed: BedKey, key: str, start_us: int, end_us: int) -> list[TrendPoint]:
         from eicu.codes import BY_KEY
