@@ -32,9 +32,14 @@ class Sessions:
 
     def create(self, user: User, now_s: float | None = None) -> Session:
         now_s = time.monotonic() if now_s is None else now_s
+        for token in [t for t, s in self._by_token.items() if now_s - s.last_used_s > self.idle_s]:
+            del self._by_token[token]  # forget sessions that ended without a logout
         session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now_s)
         self._by_token[session.token] = session
         return session
+
+    def __len__(self) -> int:
+        return len(self._by_token)
 
     def get(self, token: str | None, now_s: float | None = None) -> Session | None:
         """The live session of this token (and mark it used), or None."""

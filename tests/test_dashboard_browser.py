@@ -119,6 +119,9 @@ CANVAS_INK = """(sel) => {
 
 
 MIN_INK = 1500
+SET_REVIEW_TIME = (
+    "(ms) => { document.getElementById('review-at').value = localInput(Date.now() - ms); }"
+)
 
 
 def wait_for_ink(page: object, selector: str, timeout_s: float = 20.0) -> dict[str, object]:
@@ -157,6 +160,23 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     assert second["ink"] > MIN_INK and first["url"] != second["url"]
     wait_for_ink(page, "canvas[data-signal=PLETH]")
     wait_for_ink(page, "canvas[data-signal=ABP]")
+    # full disclosure: a stored window of ECG drawn from the store
+    page.select_option("#review-signal", "ECG_II")
+    page.fill("#review-s", "4")
+    info = page.locator("#review-info")
+    deadline = time.monotonic() + 20
+    while True:  # a bed that just started has little stored yet: ask again until it has some
+        page.evaluate(SET_REVIEW_TIME, 6000)
+        page.click("#review-show")
+        expect(info).to_contain_text(re.compile("samples|no stored"), timeout=10_000)
+        if "samples at 250 Hz" in info.inner_text() or time.monotonic() > deadline:
+            break
+        page.evaluate("() => { document.getElementById('review-info').textContent = ''; }")
+        page.wait_for_timeout(1000)
+    expect(info).to_contain_text("samples at 250 Hz")
+    samples = int(page.locator("#review-info").inner_text().split()[0])
+    assert samples > 0
+    wait_for_ink(page, "#review", timeout_s=2)
     page.screenshot(path=str(ARTIFACTS / "bed.png"), full_page=True)
     page.close()
 

@@ -77,7 +77,7 @@ function renderBed(bed) {
     if (![...select.options].some((o) => o.value === s)) select.append(eicu.el("option", { value: s }, s));
   }
   const at = document.getElementById("review-at");
-  if (!at.value && deviceNowUs) at.value = localInput(deviceNowUs / 1000 - 20000);
+  if (!at.value && deviceNowUs) at.value = localInput(deviceNowUs / 1000 - 15000);
 }
 
 function localInput(ms) {
@@ -134,6 +134,11 @@ async function review() {
   const r = await eicu.api(`${base}/waveform?signal=${signal}&start_us=${at}&seconds=${seconds}`);
   if (!r.ok) { info.textContent = `cannot load: ${r.status}`; return; }
   const w = await r.json();
+  if (!w.values.length) {
+    info.textContent = "no stored samples in this window";
+    drawSeries(document.getElementById("review"), [], [], `${w.signal}`);
+    return;
+  }
   info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz`;
   drawSeries(document.getElementById("review"), w.t_us, w.values, `${w.signal} ${w.unit}`);
 }

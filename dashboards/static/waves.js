@@ -89,4 +89,10 @@ function drawSeries(canvas, t, values, label) {
     prev = t[i];
   }
   ctx.stroke();
+  if (values.length <= 240) {  // few points (trends): mark each one, so a lone minute shows
+    ctx.fillStyle = "#3fb950";
+    for (let i = 0; i < t.length; i++) if (values[i] !== null) ctx.fillRect(x(t[i]) - 2, y(values[i]) - 2, 4, 4);
+  }
+  ctx.fillStyle = "#7d8590";
+  ctx.fillText(`${lo.toFixed(1)} – ${hi.toFixed(1)}`, w - 110, 14);
 }
