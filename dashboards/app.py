@@ -79,11 +79,11 @@ def _same_origin(origin: str | None, host: str | None) -> bool:
     return host is not None and urllib.parse.urlsplit(origin).netloc == host
 
 
-def need(permission: Permission) -> Callable[[Request], Session]:
+def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
     """A dependency: the request's session, which must hold ``permission``; for a
     state-changing request also a same-origin ``Origin`` and the session's CSRF token."""
 
-    def check(request: Request) -> Session:
+    async def check(request: Request) -> Session:
         sessions: Sessions = request.app.state.sessions
         session = sessions.get(request.cookies.get(COOKIE))
         if session is None:
@@ -106,6 +106,8 @@ CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
 
 
 def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
+    """Routes that read the engine's state are ``async``: they run on the engine's own event
+    loop, between frames, never in a worker thread while a frame is being routed."""
     sessions = Sessions(settings.session_idle_s)
     limiter = LoginLimiter(settings.login_failures_max, settings.login_window_s)
     app = FastAPI(title="eicu dashboard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -131,8 +133,8 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
 
     # --- pages (no patient data in them: they fetch it once logged in) -------------------------
 
-    def page(name: str) -> Callable[[Request], Response]:
-        def serve_page(request: Request) -> Response:
+    def page(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def serve_page(request: Request) -> Response:
             if session_of(request) is None:
                 target = urllib.parse.quote(
                     request.url.path + ("?" + request.url.query if request.url.query else "")
@@ -190,7 +192,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         return response
 
     @app.post("/api/logout")
-    def logout(request: Request, session: CanView) -> Response:
+    async def logout(request: Request, session: CanView) -> Response:
         sessions.drop(session.token)
         response = Response(status_code=204)
         response.delete_cookie(
@@ -199,7 +201,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         return response
 
     @app.get("/api/me")
-    def me(session: CanView) -> dict[str, Any]:
+    async def me(session: CanView) -> dict[str, Any]:
         user = session.user
         return {
             "name": user.name,
@@ -216,14 +218,14 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         )
 
     @app.get("/api/census")
-    def census(_: CanView, site: str | None = None) -> dict[str, Any]:
+    async def census(_: CanView, site: str | None = None) -> dict[str, Any]:
         return {
             "sites": sorted({k.site for k in engine.router.beds}),
             "beds": census_rows(site or None),
         }
 
     @app.get("/api/beds/{site}/{bed}")
-    def bed_detail(site: str, bed: str, _: CanView) -> dict[str, Any]:
+    async def bed_detail(site: str, bed: str, _: CanView) -> dict[str, Any]:
         key = bed_key(site, bed)
         state = engine.router.beds.get(key)
         if state is None:
@@ -357,7 +359,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
                         message["waves"] = chunks
                     if time.monotonic() >= next_numerics:
                         next_numerics = time.monotonic() + CENSUS_PERIOD_S
-                        message["bed"] = bed_detail(site, bed, session)
+                        message["bed"] = await bed_detail(site, bed, session)
                 if message:
                     await ws.send_json(message)
                 await asyncio.sleep(LIVE_PERIOD_S)

@@ -37,7 +37,7 @@ def _eicu(
 def test_help_lists_every_command() -> None:
     out = _eicu("--help")
     assert out.returncode == 0
-    for name in ("demo", "serve", "simulate", "stats", "migrate", "score"):
+    for name in ("demo", "serve", "simulate", "stats", "migrate", "score", "users"):
         assert name in out.stdout
     sub = _eicu("simulate", "--help")
     assert sub.returncode == 0 and "--replay" in sub.stdout

@@ -144,6 +144,9 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     names = sorted(rows.nth(i).get_attribute("data-bed") for i in range(4))
     assert names == [f"demo/bed00{i}" for i in range(1, 5)]
     page.wait_for_selector("#census .band:not(.band-none)")
+    # it updates live: the stream brings a new census every second
+    updated = page.locator("#updated").inner_text()
+    expect(page.locator("#updated")).not_to_have_text(updated, timeout=5_000)
     assert page.locator("#who").inner_text() == "demo (admin)"
     page.screenshot(path=str(ARTIFACTS / "census.png"), full_page=True)
 
