@@ -121,7 +121,8 @@ async function loadTrends() {
     }
     const t = [data.start_us, ...points.map((p) => p[0]), data.end_us];
     const avg = [null, ...points.map((p) => p[1]), null];
-    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} min)`);
+    const ranges = [null, ...points.map((p) => [p[2], p[3]]), null];
+    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} min)`, ranges);
   }
 }
 
@@ -140,11 +141,21 @@ async function review() {
     return;
   }
   info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz`;
-  drawSeries(document.getElementById("review"), w.t_us, w.values, `${w.signal} ${w.unit}`);
+  // the requested window spans the canvas; where nothing is stored the trace is blank
+  const end = w.start_us + Number(seconds) * 1e6;
+  drawSeries(document.getElementById("review"), [w.start_us, ...w.t_us, end],
+    [null, ...w.values, null], `${w.signal} ${w.unit}`);
 }
 
 document.getElementById("review-show").addEventListener("click", review);
-eicu.loadMe().then(() => {
+eicu.loadMe().then(async () => {
+  const known = await eicu.api(base);
+  if (!known.ok) {
+    document.getElementById("status").replaceChildren(
+      eicu.el("span", { class: "error" }, known.status === 404 ? "no such bed" : `error ${known.status}`));
+    return;
+  }
+  renderBed(await known.json());
   connect();
   loadTrends();
   setInterval(loadTrends, 60000);

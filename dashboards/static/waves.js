@@ -67,18 +67,29 @@ class Trace {
   colour() { return this.signal.startsWith("ECG") ? "#3fb950" : this.signal === "ABP" ? "#f85149" : "#58a6ff"; }
 }
 
-function drawSeries(canvas, t, values, label) {
-  // a static trace: times in µs, values with nulls as gaps
+function drawSeries(canvas, t, values, label, ranges = null) {
+  // a static trace: times in µs, values with nulls as gaps; ranges: [min, max] per point
   const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
   ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, h);
   ctx.fillStyle = "#7d8590"; ctx.font = "12px system-ui"; ctx.fillText(label, 6, 14);
   const finite = values.filter((v) => v !== null);
   if (!finite.length) { ctx.fillStyle = "#d4a72c"; ctx.fillText("no data", w / 2 - 20, h / 2); return; }
   let lo = Math.min(...finite), hi = Math.max(...finite);
+  if (ranges) {
+    for (const r of ranges) if (r && r[0] !== null && r[1] !== null) { lo = Math.min(lo, r[0]); hi = Math.max(hi, r[1]); }
+  }
   if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
   const t0 = t[0], t1 = t[t.length - 1] || t0 + 1;
   const x = (ti) => ((ti - t0) / (t1 - t0 || 1)) * w;
   const y = (v) => h - 6 - ((v - lo) / (hi - lo)) * (h - 24);
+  if (ranges) {  // the minute's range as a faint bar behind its mean
+    ctx.strokeStyle = "#1f4f2b"; ctx.lineWidth = 3; ctx.beginPath();
+    for (let i = 0; i < t.length; i++) {
+      const r = ranges[i];
+      if (r && r[0] !== null && r[1] !== null) { ctx.moveTo(x(t[i]), y(r[0])); ctx.lineTo(x(t[i]), y(r[1])); }
+    }
+    ctx.stroke(); ctx.lineWidth = 1;
+  }
   ctx.strokeStyle = "#3fb950"; ctx.beginPath();
   let pen = false, prev = null;
   const maxGap = ((t1 - t0) / Math.max(1, t.length)) * 5;
@@ -89,7 +100,7 @@ function drawSeries(canvas, t, values, label) {
     prev = t[i];
   }
   ctx.stroke();
-  if (values.length <= 240) {  // few points (trends): mark each one, so a lone minute shows
+  if (ranges) {  // trends: mark each minute, so a lone one shows
     ctx.fillStyle = "#3fb950";
     for (let i = 0; i < t.length; i++) if (values[i] !== null) ctx.fillRect(x(t[i]) - 2, y(values[i]) - 2, 4, 4);
   }
