@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("eicu.commands.demo", "run everything on this machine with simulated beds"),
     "serve": ("eicu.commands.serve", "run the production engine against a broker and a database"),
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
+    "users": ("dashboards.cli", "add or list the dashboard's users"),
     "stats": ("eicu.commands.stats", "print what the store holds per bed"),
     "migrate": ("eicu.commands.migrate", "apply pending schema migrations to the database"),
     "score": ("eicu.scores.cli", "compute NEWS2, MEWS or qSOFA from JSON lines"),

@@ -120,6 +120,21 @@ class AlertingSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The dashboard's web server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0: any free port
+    # Session cookies carry the Secure flag (browsers then send them over HTTPS only). Turn it off
+    # only for a dashboard reached over plain http on the same machine.
+    cookie_secure: bool = True
+    users_file: Path = field(default_factory=lambda: Path("eicu-users.json"))
+    session_idle_s: float = 8 * 3600.0
+    login_failures_max: int = 5  # per client address and per user name, within the window
+    login_window_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     mqtt: MqttSettings | None
     database_url: Secret | None
@@ -127,6 +142,7 @@ class Settings:
     metrics_port: int | None
     log_level: str
     alerting: AlertingSettings = field(default_factory=AlertingSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +185,16 @@ class Settings:
             if smtp_url
             else None,
         )
+        http_defaults = HttpSettings()
+        http = HttpSettings(
+            host=env.get("EICU_HTTP_HOST") or http_defaults.host,
+            port=_int(env, "EICU_HTTP_PORT", http_defaults.port, 0, 65535),
+            cookie_secure=_bool(env, "EICU_COOKIE_SECURE", http_defaults.cookie_secure),
+            users_file=Path(env.get("EICU_USERS_FILE") or http_defaults.users_file),
+            session_idle_s=_float(
+                env, "EICU_SESSION_IDLE_S", http_defaults.session_idle_s, 60.0, 7 * 86400.0
+            ),
+        )
         return cls(
             mqtt=mqtt,
             database_url=Secret(db_url) if db_url else None,
@@ -176,6 +202,7 @@ class Settings:
             metrics_port=_int(env, "EICU_METRICS_PORT", 0, 0, 65535) if metrics_port else None,
             log_level=(env.get("EICU_LOG_LEVEL") or "INFO").upper(),
             alerting=alerting,
+            http=http,
         )
 
     def describe(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _eicu(
 def test_help_lists_every_command() -> None:
     out = _eicu("--help")
     assert out.returncode == 0
-    for name in ("demo", "serve", "simulate", "stats", "migrate", "score"):
+    for name in ("demo", "serve", "simulate", "stats", "migrate", "score", "users"):
         assert name in out.stdout
     sub = _eicu("simulate", "--help")
     assert sub.returncode == 0 and "--replay" in sub.stdout
@@ -76,6 +77,8 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
         "EICU_OUTBOX_PATH": str(tmp_path / "alarms.db"),
         "EICU_MQTT_CLIENT_ID": "eicu-cli-test",
         "EICU_METRICS_PORT": str(free_port()),
+        "EICU_HTTP_PORT": str(free_port()),
+        "EICU_USERS_FILE": str(tmp_path / "users.json"),
     }
     serve = subprocess.Popen(
         [sys.executable, "-m", "eicu.cli", "serve"],
@@ -95,6 +98,18 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
         assert sim.returncode == 0, sim.stderr
         summary = json.loads(sim.stdout)
         metrics = _wait_for_metric(url, "eicu_store_latency_seconds_bucket")
+        # the dashboard is served by the same process: the login page, its own /metrics, and
+        # nothing for an anonymous request
+        dashboard = f"http://127.0.0.1:{env['EICU_HTTP_PORT']}"
+        with urllib.request.urlopen(dashboard + "/login", timeout=5) as response:
+            assert b"eicu command center" in response.read()
+        assert "eicu_ingest_messages_total" in _wait_for_metric(
+            dashboard + "/metrics", "eicu_ingest_messages_total"
+        )
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(dashboard + "/api/census", timeout=5)
+        anonymous.value.close()
+        assert anonymous.value.code == 401
     finally:
         serve.send_signal(signal.SIGTERM)  # written out (held segments included) before exit
         _, err = serve.communicate(timeout=60)
@@ -117,6 +132,7 @@ def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(embedded)" in out.stderr and "sqlite" in out.stderr
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/  log in as 'demo'", out.stderr)
     assert "eicu census" in out.stdout and "demo/bed008" in out.stdout
     found = re.search(r"published (\d+) messages; stored (\d+)", out.stderr)
     assert found, out.stderr[-1000:]

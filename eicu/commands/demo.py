@@ -11,16 +11,16 @@ import asyncio
 import contextlib
 import math
 import os
+import secrets
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from eicu.config import IngestSettings, MqttSettings, Settings
-
-STALE_S = {"NIBP_SYS": 1800.0, "NIBP_DIA": 1800.0, "TEMP": 4 * 3600.0, "ACVPU": 12 * 3600.0}
-CONTINUOUS_STALE_S = 10.0
+from eicu.freshness import stale_after_s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--refresh", type=float, default=2.0, help="census refresh in seconds (default: 2)"
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=0,
+        help="port of the dashboard on 127.0.0.1 (default: a free port)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def demo(args: argparse.Namespace) -> int:
+    from dashboards.app import create_app
+    from dashboards.server import DashboardServer
+    from dashboards.users import Role, Users
     from eicu.commands.embedded import EmbeddedBroker
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -88,6 +97,23 @@ async def demo(args: argparse.Namespace) -> int:
         f"store {store.backend}{where}",
         file=sys.stderr,
     )
+    # The dashboard: local plain http, so the session cookie cannot be Secure; one demo login
+    # with a fresh random password, shown once.
+    http = replace(
+        settings.http, host="127.0.0.1", port=args.http_port, cookie_secure=False,
+        users_file=data_dir / "users.json",
+    )  # fmt: skip
+    users = Users(http.users_file)
+    password = secrets.token_urlsafe(12)
+    users.add("demo", Role.ADMIN, password, replace=True)
+    dashboard = DashboardServer(create_app(engine, http, users), http.host, http.port)
+    await dashboard.start()
+    print(
+        f"eicu demo: dashboard {dashboard.url}/  log in as 'demo' with password {password} "
+        f"(admin; shown only now; more users: EICU_USERS_FILE={http.users_file} eicu users add)",
+        file=sys.stderr,
+        flush=True,
+    )
     await engine.start()
     await engine.wait_connected(30.0)
     duration_s = args.duration or 365 * 86400.0
@@ -111,6 +137,7 @@ async def demo(args: argparse.Namespace) -> int:
         summary = await sim
     finally:
         stop.set()
+        await dashboard.stop()
         await engine.stop()
         stats = await store.stats()
         await store.close()
@@ -137,8 +164,7 @@ def _fmt(
     if entry is None:
         return "--"
     value, ts_us = entry
-    limit_s = STALE_S.get(key, CONTINUOUS_STALE_S)
-    if (now_us - ts_us) / 1e6 > limit_s:
+    if (now_us - ts_us) / 1e6 > stale_after_s(key):
         return "stale"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "??"  # the monitor reported no valid value

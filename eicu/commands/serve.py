@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
 async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     from prometheus_client import start_http_server
 
+    from dashboards.app import create_app
+    from dashboards.server import DashboardServer
+    from dashboards.users import Users
     from eicu.store import open_store
     from ingest.engine import Engine
 
@@ -55,13 +58,27 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+    users = Users(settings.http.users_file)
+    if not users.list():
+        log.warning(
+            "no dashboard users in %s: add one with 'eicu users add NAME --role admin'",
+            settings.http.users_file,
+        )
+    if not settings.http.cookie_secure:
+        log.warning("EICU_COOKIE_SECURE is off: session cookies may travel over plain http")
+    dashboard = DashboardServer(
+        create_app(engine, settings.http, users), settings.http.host, settings.http.port
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await dashboard.start()
+    log.info("dashboard on %s/ (users: %s)", dashboard.url, settings.http.users_file)
     log.info("engine running: %s -> %s", mqtt.url, store.backend)
     try:
         await engine.run_until(stop)
     finally:
+        await dashboard.stop()
         await store.close()
         log.info("engine stopped; %d frames stored this run", engine.writer.stored_frames)

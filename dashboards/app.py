@@ -1,0 +1,370 @@
+"""The dashboard web app: census, bed view, live waveforms, trends, full-disclosure review.
+
+``create_app(engine, settings, users)`` builds a FastAPI app over a running engine; the engine's
+owner (``eicu demo``, ``eicu serve``) serves it with :class:`dashboards.server.DashboardServer`
+in its own event loop. Nothing here drives the engine: the app only reads its state and store.
+
+Security (see docs/dashboard.md): every page, API call and WebSocket needs a session; each
+route names the permission it needs; state-changing requests need the session's CSRF token and
+a same-origin ``Origin``; WebSockets check the session and the ``Origin`` before accepting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.websockets import WebSocketDisconnect
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from dashboards import views
+from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
+from dashboards.users import Permission, UserError, Users
+from eicu.codes import SIGNAL_BY_KEY
+from eicu.config import HttpSettings
+from eicu.models import BedKey
+from ingest.engine import Engine
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "eicu_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CENSUS_PERIOD_S = 1.0
+LIVE_PERIOD_S = 0.1
+LIVE_INITIAL_S = 8.0
+REVIEW_MAX_S = 60.0
+TREND_MAX_MIN = 24 * 60
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class Login(BaseModel):
+    name: str
+    password: str
+
+
+class NewUser(BaseModel):
+    name: str
+    role: str
+    password: str
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _same_origin(origin: str | None, host: str | None) -> bool:
+    """True when there is no Origin (not a browser request) or it names this host."""
+    if origin is None:
+        return True
+    return host is not None and urllib.parse.urlsplit(origin).netloc == host
+
+
+def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
+    """A dependency: the request's session, which must hold ``permission``; for a
+    state-changing request also a same-origin ``Origin`` and the session's CSRF token."""
+
+    async def check(request: Request) -> Session:
+        sessions: Sessions = request.app.state.sessions
+        session = sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            raise HTTPException(401, "log in first")
+        if request.method not in SAFE_METHODS:
+            if not _same_origin(request.headers.get("origin"), request.headers.get("host")):
+                raise HTTPException(403, "cross-origin request refused")
+            if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+                raise HTTPException(403, "missing or wrong CSRF token")
+        if not session.user.can(permission):
+            raise HTTPException(403, f"the {session.user.role} role may not do this")
+        return session
+
+    return check
+
+
+CanView = Annotated[Session, Depends(need(Permission.VIEW))]
+CanReview = Annotated[Session, Depends(need(Permission.REVIEW))]
+CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
+
+
+def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
+    """Routes that read the engine's state are ``async``: they run on the engine's own event
+    loop, between frames, never in a worker thread while a frame is being routed."""
+    sessions = Sessions(settings.session_idle_s)
+    limiter = LoginLimiter(settings.login_failures_max, settings.login_window_s)
+    app = FastAPI(title="eicu dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.sessions = sessions
+
+    @app.middleware("http")
+    async def headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    def session_of(request: Request) -> Session | None:
+        return sessions.get(request.cookies.get(COOKIE))
+
+    def bed_key(site: str, bed: str) -> BedKey:
+        try:
+            return BedKey.parse(f"{site}/{bed}")
+        except ValueError as exc:
+            raise HTTPException(404, "no such bed") from exc
+
+    # --- pages (no patient data in them: they fetch it once logged in) -------------------------
+
+    def page(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def serve_page(request: Request) -> Response:
+            if session_of(request) is None:
+                target = urllib.parse.quote(
+                    request.url.path + ("?" + request.url.query if request.url.query else "")
+                )
+                return RedirectResponse(f"/login?next={target}", status_code=303)
+            return FileResponse(STATIC / name)
+
+        return serve_page
+
+    app.get("/", include_in_schema=False)(lambda: RedirectResponse("/census", status_code=303))
+    app.get("/census", include_in_schema=False)(page("census.html"))
+    app.get("/bed", include_in_schema=False)(page("bed.html"))
+    app.get("/admin", include_in_schema=False)(page("admin.html"))
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> FileResponse:
+        return FileResponse(STATIC / "login.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    @app.post("/api/login")
+    async def login(body: Login, request: Request) -> JSONResponse:
+        if not _same_origin(request.headers.get("origin"), request.headers.get("host")):
+            raise HTTPException(403, "cross-origin request refused")
+        client = request.client.host if request.client else "?"
+        keys = [f"addr:{client}", f"user:{body.name.lower()}"]
+        wait_s = limiter.retry_after_s(keys)
+        if wait_s > 0:
+            return JSONResponse(
+                {"detail": "too many failed logins; try again later"},
+                status_code=429,
+                headers={"Retry-After": str(max(1, round(wait_s)))},
+            )
+        user = await asyncio.to_thread(users.verify, body.name, body.password)
+        if user is None:
+            limiter.failed(keys)
+            log.warning("failed dashboard login from %s", client)
+            raise HTTPException(401, "wrong name or password")
+        session = sessions.create(user)
+        log.info("dashboard login: %s (%s)", user.name, user.role)
+        response = JSONResponse(
+            {"name": user.name, "role": user.role.value, "csrf": session.csrf,
+             "permissions": sorted(p.value for p in Permission if user.can(p))}
+        )  # fmt: skip
+        response.set_cookie(
+            COOKIE,
+            session.token,
+            httponly=True,
+            secure=settings.cookie_secure,
+            samesite="strict",
+            path="/",
+        )
+        return response
+
+    @app.post("/api/logout")
+    async def logout(request: Request, session: CanView) -> Response:
+        sessions.drop(session.token)
+        response = Response(status_code=204)
+        response.delete_cookie(
+            COOKIE, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
+        )
+        return response
+
+    @app.get("/api/me")
+    async def me(session: CanView) -> dict[str, Any]:
+        user = session.user
+        return {
+            "name": user.name,
+            "role": user.role.value,
+            "csrf": session.csrf,
+            "permissions": sorted(p.value for p in Permission if user.can(p)),
+        }
+
+    # --- patient data --------------------------------------------------------------------------
+
+    def census_rows(site: str | None) -> list[dict[str, Any]]:
+        return views.census(
+            engine.router.beds, engine.scores.beds, engine.signals.derived, now_us(), site
+        )
+
+    @app.get("/api/census")
+    async def census(_: CanView, site: str | None = None) -> dict[str, Any]:
+        return {
+            "sites": sorted({k.site for k in engine.router.beds}),
+            "beds": census_rows(site or None),
+        }
+
+    @app.get("/api/beds/{site}/{bed}")
+    async def bed_detail(site: str, bed: str, _: CanView) -> dict[str, Any]:
+        key = bed_key(site, bed)
+        state = engine.router.beds.get(key)
+        if state is None:
+            raise HTTPException(404, "no such bed")
+        t = now_us()
+        out = views.bed_summary(
+            key, state, engine.scores.beds.get(key), engine.signals.derived.get(key), t
+        )
+        out["values"] = {
+            k: views.value_view(k, v, views.device_now_us(state, t))
+            for k, v in sorted(state.latest.items())
+        }
+        out["signals"] = {
+            name: {"fs_hz": s.fs_hz, "t_last_us": s.last_t_us} for name, s in state.signals.items()
+        }
+        out["device_now_us"] = views.device_now_us(state, t)
+        return out
+
+    @app.get("/api/beds/{site}/{bed}/trends")
+    async def trends(
+        site: str,
+        bed: str,
+        _: CanView,
+        minutes: Annotated[int, Query(ge=1, le=TREND_MAX_MIN)] = 60,
+    ) -> dict[str, Any]:
+        key = bed_key(site, bed)
+        state = engine.router.beds.get(key)
+        end_us = views.device_now_us(state, now_us()) if state else now_us()
+        start_us = end_us - minutes * 60_000_000
+        out: dict[str, Any] = {"start_us": start_us, "end_us": end_us, "series": {}}
+        for param in views.TREND_KEYS:
+            points = await engine.store.trend(key, param, start_us, end_us)
+            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max] for p in points]
+        return out
+
+    @app.get("/api/beds/{site}/{bed}/waveform")
+    async def waveform(
+        site: str,
+        bed: str,
+        signal: str,
+        start_us: int,
+        _: CanReview,
+        seconds: Annotated[float, Query(gt=0, le=REVIEW_MAX_S)] = 10.0,
+    ) -> dict[str, Any]:
+        key = bed_key(site, bed)
+        if signal not in SIGNAL_BY_KEY:
+            raise HTTPException(422, f"unknown signal {signal!r}")
+        window = await engine.store.waveform(key, signal, start_us, start_us + int(seconds * 1e6))
+        return {
+            "signal": signal,
+            "unit": SIGNAL_BY_KEY[signal].unit,
+            "fs_hz": window.fs_hz,
+            "start_us": start_us,
+            "t_us": window.t_us.tolist(),
+            "values": views.floats(window.values),
+        }
+
+    # --- administration ------------------------------------------------------------------------
+
+    @app.get("/api/users")
+    def list_users(_: CanManageUsers) -> list[dict[str, str]]:
+        return [{"name": u.name, "role": u.role.value} for u in users.list()]
+
+    @app.post("/api/users", status_code=201)
+    async def add_user(body: NewUser, session: CanManageUsers) -> dict[str, str]:
+        try:
+            user = await asyncio.to_thread(users.add, body.name, body.role, body.password)
+        except UserError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        log.info("user %s (%s) added by %s", user.name, user.role, session.user.name)
+        return {"name": user.name, "role": user.role.value}
+
+    # --- operations ----------------------------------------------------------------------------
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- live streams ------------------------------------------------------------------------
+
+    async def ws_session(ws: WebSocket, permission: Permission) -> Session | None:
+        """The session behind a WebSocket, or None after refusing it (HTTP 403)."""
+        session = sessions.get(ws.cookies.get(COOKIE))
+        ok = (
+            session is not None
+            and session.user.can(permission)
+            and _same_origin(ws.headers.get("origin"), ws.headers.get("host"))
+        )
+        if not ok:
+            await ws.close(code=1008)
+            return None
+        await ws.accept()
+        return session
+
+    def still_valid(session: Session) -> bool:
+        return sessions.get(session.token) is session
+
+    @app.websocket("/ws/census")
+    async def census_ws(ws: WebSocket, site: str | None = None) -> None:
+        session = await ws_session(ws, Permission.VIEW)
+        if session is None:
+            return
+        try:
+            while still_valid(session):
+                sites = sorted({k.site for k in engine.router.beds})
+                await ws.send_json({"sites": sites, "beds": census_rows(site or None)})
+                await asyncio.sleep(CENSUS_PERIOD_S)
+            await ws.close(code=1008)
+        except (WebSocketDisconnect, OSError):  # the client went away
+            return
+
+    @app.websocket("/ws/beds/{site}/{bed}")
+    async def bed_ws(ws: WebSocket, site: str, bed: str) -> None:
+        session = await ws_session(ws, Permission.VIEW)
+        if session is None:
+            return
+        try:
+            key = BedKey.parse(f"{site}/{bed}")
+        except ValueError:
+            await ws.close(code=1008)
+            return
+        sent: dict[str, int] = {}
+        next_numerics = 0.0
+        try:
+            while still_valid(session):
+                state = engine.router.beds.get(key)
+                message: dict[str, Any] = {}
+                if state is not None:
+                    chunks = views.live_chunks(state, sent, LIVE_INITIAL_S)
+                    if chunks:
+                        message["waves"] = chunks
+                    if time.monotonic() >= next_numerics:
+                        next_numerics = time.monotonic() + CENSUS_PERIOD_S
+                        message["bed"] = await bed_detail(site, bed, session)
+                if message:
+                    await ws.send_json(message)
+                await asyncio.sleep(LIVE_PERIOD_S)
+            await ws.close(code=1008)
+        except (WebSocketDisconnect, OSError):  # the client went away
+            return
+
+    return app

@@ -1,0 +1,26 @@
+"use strict";
+const message = document.getElementById("message");
+
+async function load() {
+  const r = await eicu.api("/api/users");
+  if (r.status === 403) { message.textContent = "Only an admin may manage users."; return; }
+  const tbody = document.querySelector("#users tbody");
+  tbody.replaceChildren();
+  for (const u of await r.json()) {
+    tbody.append(eicu.el("tr", {}, eicu.el("td", {}, u.name), eicu.el("td", {}, u.role)));
+  }
+}
+
+document.getElementById("add").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const r = await eicu.api("/api/users", { method: "POST", body: {
+    name: document.getElementById("new-name").value,
+    role: document.getElementById("new-role").value,
+    password: document.getElementById("new-password").value,
+  } });
+  const body = await r.json();
+  message.textContent = r.ok ? "" : `Not added: ${body.detail}`;
+  if (r.ok) { document.getElementById("add").reset(); load(); }
+});
+
+eicu.loadMe().then(load);

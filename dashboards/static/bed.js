@@ -1,0 +1,163 @@
+// The bed view: live waveforms, numerics with freshness, engine flags, NEWS2, trends, review.
+"use strict";
+
+const bedId = new URLSearchParams(location.search).get("bed") || "";
+const [site, bedName] = bedId.split("/");
+const base = `/api/beds/${encodeURIComponent(site)}/${encodeURIComponent(bedName)}`;
+const traces = new Map();
+const LABELS = { HR: "HR", PR: "Pulse", SPO2: "SpO2", RR: "RR", TEMP: "Temp", NIBP_SYS: "NIBP sys",
+  NIBP_DIA: "NIBP dia", NIBP_MEAN: "NIBP mean", ABP_SYS: "ABP sys", ABP_DIA: "ABP dia",
+  ABP_MEAN: "ABP mean", FIO2: "FiO2", ACVPU: "ACVPU", O2: "O2" };
+let deviceNowUs = null;
+let socket = null;
+
+document.getElementById("title").textContent = bedId;
+
+function traceFor(chunk) {
+  let trace = traces.get(chunk.signal);
+  if (!trace || trace.fs !== chunk.fs_hz) {
+    const old = document.getElementById(`wave-${chunk.signal}`);
+    if (old) old.remove();
+    const canvas = eicu.el("canvas", { class: "wave", id: `wave-${chunk.signal}`, "data-signal": chunk.signal });
+    document.getElementById("waves").append(canvas);
+    canvas.width = Math.max(600, canvas.clientWidth * (window.devicePixelRatio || 1));
+    canvas.height = 120 * (window.devicePixelRatio || 1);
+    trace = new Trace(canvas, chunk.signal, chunk.fs_hz, chunk.signal.startsWith("ECG") ? "mV" : chunk.signal === "ABP" ? "mmHg" : "");
+    traces.set(chunk.signal, trace);
+  }
+  return trace;
+}
+
+function renderBed(bed) {
+  deviceNowUs = bed.device_now_us;
+  const status = document.getElementById("status");
+  status.replaceChildren(bed.status === "offline"
+    ? eicu.el("span", { class: "status offline" }, "offline")
+    : bed.stale ? eicu.el("span", { class: "status stale" }, `stale ${eicu.age(bed.seen_age_s)}`)
+    : eicu.el("span", { class: `status ${bed.status}` }, bed.status));
+  document.getElementById("news2").replaceChildren(eicu.news2Chip(bed.news2));
+  const tiles = document.getElementById("tiles");
+  tiles.replaceChildren();
+  for (const [k, label] of Object.entries(LABELS)) {
+    if (!(k in bed.values)) continue;
+    const v = bed.values[k];
+    tiles.append(eicu.el("div", { class: "tile", "data-key": k },
+      eicu.el("div", { class: "k" }, `${label} ${v.unit && !v.unit.startsWith("{") ? v.unit : ""}`),
+      eicu.el("div", { class: "v" }, eicu.valueCell(v))));
+  }
+  const e = bed.engine;
+  const engine = document.getElementById("engine");
+  engine.replaceChildren(
+    eicu.el("div", {}, "Heart rate (ECG, engine): ",
+      e.hr_bpm === null ? eicu.el("span", { class: "missing" }, "—") : `${Math.round(e.hr_bpm)} /min`),
+    eicu.el("div", { id: "rhythms" }, "Rhythm flags: ",
+      e.rhythms.length ? e.rhythms.join(", ") : eicu.el("span", { class: "missing" }, "none active")),
+    eicu.el("div", {}, "Signal quality: ",
+      Object.entries(e.quality).map(([s, q]) => `${s} ${q}`).join(", ") || "—"));
+  const nd = document.getElementById("news2-detail");
+  nd.replaceChildren();
+  const n = bed.news2;
+  if (!n || n.invalid) {
+    nd.append(eicu.el("div", { class: "missing" }, n ? `cannot be scored: ${n.invalid}` : "no score yet"));
+  } else {
+    nd.append(eicu.el("div", {}, eicu.news2Chip(n),
+      n.response ? eicu.el("div", { class: "badge" }, n.response) : null));
+    const table = eicu.el("table", { id: "news2-components" });
+    for (const [comp, pts] of Object.entries(n.components)) {
+      table.append(eicu.el("tr", {}, eicu.el("td", {}, comp),
+        eicu.el("td", {}, pts === null ? eicu.el("span", { class: "missing" }, "not scored") : String(pts))));
+    }
+    nd.append(table);
+    if (n.missing.length) nd.append(eicu.el("div", { class: "invalid" }, `missing: ${n.missing.join(", ")}`));
+    if (n.stale && n.stale.length) nd.append(eicu.el("div", { class: "invalid" }, `stale: ${n.stale.join(", ")}`));
+    if (n.rising) nd.append(eicu.el("div", { class: "error" }, `deteriorating: ${n.rising_reasons.join(", ")}`));
+  }
+  const select = document.getElementById("review-signal");
+  for (const s of Object.keys(bed.signals).sort()) {
+    if (![...select.options].some((o) => o.value === s)) select.append(eicu.el("option", { value: s }, s));
+  }
+  const at = document.getElementById("review-at");
+  if (!at.value && deviceNowUs) at.value = localInput(deviceNowUs / 1000 - 15000);
+}
+
+function localInput(ms) {
+  const d = new Date(ms);
+  const p = (x) => String(x).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+function connect() {
+  const ws = new WebSocket(eicu.wsUrl(`/ws/beds/${encodeURIComponent(site)}/${encodeURIComponent(bedName)}`));
+  socket = ws;
+  ws.onmessage = (ev) => {
+    const msg = JSON.parse(ev.data);
+    for (const chunk of msg.waves || []) traceFor(chunk).push(chunk.values, chunk.gap);
+    if (msg.bed) renderBed(msg.bed);
+  };
+  ws.onclose = () => {
+    if (socket !== ws) return;
+    setTimeout(async () => { await eicu.loadMe(); connect(); }, 2000);
+  };
+}
+
+let lastFrame = null;
+function animate(ts) {
+  const dt = lastFrame === null ? 0 : Math.min(0.25, (ts - lastFrame) / 1000);
+  lastFrame = ts;
+  for (const trace of traces.values()) trace.draw(dt);
+  requestAnimationFrame(animate);
+}
+
+async function loadTrends() {
+  const r = await eicu.api(`${base}/trends?minutes=60`);
+  if (!r.ok) return;
+  const data = await r.json();
+  const box = document.getElementById("trends");
+  for (const [key, points] of Object.entries(data.series)) {
+    let canvas = document.getElementById(`trend-${key}`);
+    if (!canvas) {
+      canvas = eicu.el("canvas", { class: "trend", id: `trend-${key}`, width: 900, height: 70 });
+      box.append(canvas);
+    }
+    const t = [data.start_us, ...points.map((p) => p[0]), data.end_us];
+    const avg = [null, ...points.map((p) => p[1]), null];
+    const ranges = [null, ...points.map((p) => [p[2], p[3]]), null];
+    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} min)`, ranges);
+  }
+}
+
+async function review() {
+  const info = document.getElementById("review-info");
+  const at = new Date(document.getElementById("review-at").value).getTime() * 1000;
+  const seconds = document.getElementById("review-s").value;
+  const signal = document.getElementById("review-signal").value;
+  if (!signal || Number.isNaN(at)) { info.textContent = "choose a time and a signal"; return; }
+  const r = await eicu.api(`${base}/waveform?signal=${signal}&start_us=${at}&seconds=${seconds}`);
+  if (!r.ok) { info.textContent = `cannot load: ${r.status}`; return; }
+  const w = await r.json();
+  if (!w.values.length) {
+    info.textContent = "no stored samples in this window";
+    drawSeries(document.getElementById("review"), [], [], `${w.signal}`);
+    return;
+  }
+  info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz`;
+  // the requested window spans the canvas; where nothing is stored the trace is blank
+  const end = w.start_us + Number(seconds) * 1e6;
+  drawSeries(document.getElementById("review"), [w.start_us, ...w.t_us, end],
+    [null, ...w.values, null], `${w.signal} ${w.unit}`);
+}
+
+document.getElementById("review-show").addEventListener("click", review);
+eicu.loadMe().then(async () => {
+  const known = await eicu.api(base);
+  if (!known.ok) {
+    document.getElementById("status").replaceChildren(
+      eicu.el("span", { class: "error" }, known.status === 404 ? "no such bed" : `error ${known.status}`));
+    return;
+  }
+  renderBed(await known.json());
+  connect();
+  loadTrends();
+  setInterval(loadTrends, 60000);
+  requestAnimationFrame(animate);
+});

@@ -1,0 +1,84 @@
+// Shared helpers: the logged-in user, API calls with the CSRF token, freshness formatting.
+"use strict";
+
+const eicu = {
+  me: null,
+
+  async loadMe() {
+    const r = await fetch("/api/me", { credentials: "same-origin" });
+    if (r.status === 401) { eicu.toLogin(); throw new Error("not logged in"); }
+    eicu.me = await r.json();
+    const who = document.getElementById("who");
+    if (who) who.textContent = `${eicu.me.name} (${eicu.me.role})`;
+    const out = document.getElementById("logout");
+    if (out) out.addEventListener("click", eicu.logout);
+    return eicu.me;
+  },
+
+  toLogin() {
+    const next = encodeURIComponent(location.pathname + location.search);
+    location.href = `/login?next=${next}`;
+  },
+
+  async api(path, options = {}) {
+    const opts = { credentials: "same-origin", ...options };
+    opts.headers = { ...(options.headers || {}) };
+    if (opts.method && opts.method !== "GET") {
+      opts.headers["X-CSRF-Token"] = eicu.me ? eicu.me.csrf : "";
+      if (opts.body && typeof opts.body !== "string") {
+        opts.headers["Content-Type"] = "application/json";
+        opts.body = JSON.stringify(opts.body);
+      }
+    }
+    const r = await fetch(path, opts);
+    if (r.status === 401) { eicu.toLogin(); throw new Error("not logged in"); }
+    return r;
+  },
+
+  async logout() {
+    await eicu.api("/api/logout", { method: "POST" });
+    location.href = "/login";
+  },
+
+  wsUrl(path) {
+    return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
+  },
+
+  age(s) {
+    if (s === null || s === undefined) return "";
+    if (s < 60) return `${Math.round(s)}s`;
+    if (s < 3600) return `${Math.round(s / 60)}m`;
+    return `${(s / 3600).toFixed(1)}h`;
+  },
+
+  el(tag, attrs = {}, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (k === "class") e.className = v; else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c !== null && c !== undefined) e.append(c);
+    return e;
+  },
+
+  // A value with its freshness: missing -> "—", reported invalid -> "?", stale -> struck + badge.
+  valueCell(v) {
+    if (!v) return eicu.el("span", { class: "missing", title: "no value received" }, "—");
+    if (v.text === null) {
+      return eicu.el("span", { class: "invalid", title: "the monitor reported no valid value" }, "?");
+    }
+    const span = eicu.el("span", {}, eicu.el("span", { class: v.stale ? "value stale" : "value" }, v.text));
+    span.append(eicu.el("span", { class: v.stale ? "badge stale" : "badge", title: "age of the value" },
+      v.stale ? `stale ${eicu.age(v.age_s)}` : eicu.age(v.age_s)));
+    return span;
+  },
+
+  news2Chip(n) {
+    if (!n) return eicu.el("span", { class: "band band-none" }, "NEWS2 —");
+    if (n.invalid) return eicu.el("span", { class: "band band-none", title: n.invalid }, "invalid");
+    if (n.complete) {
+      return eicu.el("span", { class: `band band-${n.band}` }, `${n.total} ${n.band}${n.rising ? " ↑" : ""}`);
+    }
+    return eicu.el("span", { class: `band band-${n.min_band}`, title: `missing: ${n.missing.join(", ")}` },
+      `≥${n.partial_total} incomplete`);
+  },
+};

@@ -1,0 +1,181 @@
+"""What the dashboard shows of a bed, built from the engine's live state as plain JSON-ready dicts.
+
+Freshness is judged on the bed's own device clock (the receive time corrected by the bed's
+smoothed clock skew), so a gateway whose clock runs ahead or behind is not shown as stale.
+Missing values are absent, a value the monitor reported as invalid is ``None``: neither is ever
+turned into a number. NaN never leaves this module (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from eicu.codes import BY_KEY as PARAM_BY_KEY
+from eicu.freshness import stale_after_s
+from eicu.models import BedKey
+from ingest.scores import BedScores
+from ingest.signals import Derived
+from ingest.state import BedState
+
+# NEWS2 bands from most to least urgent; an incomplete score ranks by its proven lower band.
+BAND_RANK = {"high": 3, "medium": 2, "low-medium": 1, "low": 0}
+CENSUS_KEYS = (
+    "HR", "SPO2", "RR", "NIBP_SYS", "NIBP_DIA", "ABP_SYS", "ABP_DIA", "ABP_MEAN", "TEMP",
+    "ACVPU", "O2",
+)  # fmt: skip
+TREND_KEYS = ("HR", "SPO2", "RR", "NIBP_SYS", "ABP_MEAN", "TEMP")
+LIVE_SIGNALS = ("ECG_II", "PLETH", "ABP")
+BED_SILENT_S = 10.0  # a bed that has sent nothing for this long is stale
+
+
+def device_now_us(state: BedState, now_us: int) -> int:
+    return now_us + int(state.clock_skew_us)
+
+
+def _text(key: str, value: float) -> str:
+    if key == "ACVPU":
+        return "ACVPU"[int(value)] if 0 <= int(value) < 5 else "?"
+    if key == "O2":
+        return "O2" if value else "air"
+    if key == "TEMP":
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def value_view(key: str, entry: tuple[float | None, int], device_now: int) -> dict[str, Any]:
+    value, ts_us = entry
+    age_s = max(0.0, (device_now - ts_us) / 1e6)
+    valid = value is not None and not (isinstance(value, float) and math.isnan(value))
+    param = PARAM_BY_KEY.get(key)
+    return {
+        "value": float(value) if valid and value is not None else None,
+        "text": _text(key, float(value)) if valid and value is not None else None,
+        "unit": param.unit if param else "",
+        "age_s": round(age_s, 1),
+        "stale": age_s > stale_after_s(key),
+        "ts_us": ts_us,
+    }
+
+
+def news2_view(scores: BedScores | None) -> dict[str, Any] | None:
+    if scores is None:
+        return None
+    if scores.news2 is None:
+        return {"invalid": scores.invalid} if scores.invalid else None
+    out = scores.news2.as_dict()
+    det = scores.deterioration
+    out["rising"] = bool(det is not None and det.active)
+    out["rising_reasons"] = list(det.reasons) if det is not None and det.active else []
+    return out
+
+
+def engine_view(derived: Derived | None) -> dict[str, Any]:
+    if derived is None:
+        return {"hr_bpm": None, "rhythms": [], "quality": {}}
+    hr = derived.hr_bpm.get("ECG_II")
+    if hr is None and derived.hr_bpm:
+        hr = next(iter(derived.hr_bpm.values()))
+    return {
+        "hr_bpm": round(hr, 1) if hr is not None and math.isfinite(hr) else None,
+        "rhythms": sorted(str(label) for label in derived.rhythms),
+        "quality": dict(derived.quality),
+    }
+
+
+def acuity(news2: dict[str, Any] | None) -> tuple[int, int]:
+    """(band rank, score) where the score is the total, or the proven lower bound."""
+    if not news2 or "invalid" in news2:
+        return (-1, -1)
+    if news2["complete"]:
+        return (BAND_RANK.get(news2["band"], 0), int(news2["total"]))
+    return (BAND_RANK.get(news2["min_band"], 0), int(news2["partial_total"]))
+
+
+def bed_summary(
+    key: BedKey,
+    state: BedState,
+    scores: BedScores | None,
+    derived: Derived | None,
+    now_us: int,
+) -> dict[str, Any]:
+    dev_now = device_now_us(state, now_us)
+    silent = state.is_stale(now_us, BED_SILENT_S)
+    news2 = news2_view(scores)
+    band_rank, score = acuity(news2)
+    return {
+        "bed": str(key),
+        "site": key.site,
+        "name": key.bed,
+        "status": state.status,
+        "stale": bool(silent and state.status == "online"),
+        "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
+        "values": {
+            k: value_view(k, state.latest[k], dev_now) for k in CENSUS_KEYS if k in state.latest
+        },
+        "news2": news2,
+        "acuity": [band_rank, score],
+        "engine": engine_view(derived),
+    }
+
+
+def census(
+    beds: Mapping[BedKey, BedState],
+    scores: Mapping[Any, BedScores],
+    derived: Mapping[Any, Derived],
+    now_us: int,
+    site: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every bed (of one site, if given), most acute first."""
+    rows = [
+        bed_summary(key, state, scores.get(key), derived.get(key), now_us)
+        for key, state in list(beds.items())
+        if site is None or key.site == site
+    ]
+    rows.sort(key=lambda r: (-r["acuity"][0], -r["acuity"][1], r["bed"]))
+    return rows
+
+
+def floats(values: NDArray[np.float64], digits: int = 4) -> list[float | None]:
+    """Samples as JSON numbers, NaN (no valid sample) as null."""
+    rounded = np.round(values, digits).tolist()
+    return [None if math.isnan(v) else v for v in rounded]
+
+
+def live_chunks(
+    state: BedState, sent: dict[str, int], initial_s: float, signals: tuple[str, ...] = LIVE_SIGNALS
+) -> list[dict[str, Any]]:
+    """The samples of each live signal that arrived since the last call (``sent`` is updated).
+
+    A client that falls more than the ring behind gets the ring's content and ``gap: true``."""
+    out: list[dict[str, Any]] = []
+    for name in signals:
+        sig = state.signals.get(name)
+        if sig is None:
+            continue
+        total = sig.ring.total
+        previous = sent.get(name)
+        capacity = sig.ring.buf.shape[0]
+        if previous is None or previous > total:  # first time, or the stream restarted
+            n = min(total, int(initial_s * sig.fs_hz))
+            gap = previous is not None
+        else:
+            n = total - previous
+            gap = n > capacity
+        sent[name] = total
+        if n <= 0:
+            continue
+        out.append(
+            {
+                "signal": name,
+                "fs_hz": sig.fs_hz,
+                "t_last_us": sig.last_t_us,
+                "gap": gap,
+                "values": floats(sig.ring.last(n)),
+            }
+        )
+    return out

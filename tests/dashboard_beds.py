@@ -1,0 +1,65 @@
+"""Beds for dashboard tests: simulated frames routed straight into a real Engine and its store."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from eicu.config import IngestSettings, MqttSettings
+from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame
+from eicu.store import open_store
+from ingest.engine import Engine
+from simulators.beds import SynthGroup
+
+
+async def fed_engine(tmp_path: Path, seconds: float = 12.0) -> Engine:
+    """An engine (not subscribed to any broker) holding ``seconds`` of three simulated beds at
+    site ``icu1``, one bed at ``icu2`` whose gateway went offline, and one silent bed at
+    ``icu2`` last heard from a minute ago; every frame is also in the SQLite store."""
+    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
+    await store.open()
+    engine = Engine(
+        MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store
+    )  # fmt: skip
+    now_us = time.time_ns() // 1000
+    start_us = now_us - int(seconds * 1e6)
+    beds = [BedKey("icu1", f"bed{i}") for i in (1, 2, 3)]
+    group = SynthGroup(beds, ["stable", "sepsis", "stable"], [1, 2, 3], start_us, time_scale=40)
+    batch = Batch()
+    t_s = 0.0
+    while t_s < seconds:
+        for _bed, wave, numerics, _connected in group.tick(0.25):
+            received = start_us + int((t_s + 0.25) * 1e6)
+            if wave is not None:
+                wave = dataclasses.replace(wave, received_us=received)
+                engine.router.route(wave)
+                batch.waveforms.append(wave)
+            if numerics is not None:
+                numerics = dataclasses.replace(numerics, received_us=received)
+                engine.router.route(numerics)
+                batch.numerics.append(numerics)
+        t_s += 0.25
+    # icu1/bed2 deteriorates: tachypnoea, desaturation, tachycardia, low pressure
+    sick = NumericsFrame(
+        beds[1], 10_000, now_us,
+        {"RR": 31.0, "SPO2": 89.0, "HR": 134.0, "ABP_SYS": 88.0, "NIBP_SYS": 88.0},
+        received_us=now_us,
+    )  # fmt: skip
+    engine.router.route(sick)
+    batch.numerics.append(sick)
+    # icu1/bed3: the oximeter reports no valid SpO2 now
+    invalid = NumericsFrame(beds[2], 10_000, now_us, {"SPO2": None}, received_us=now_us)
+    engine.router.route(invalid)
+    batch.numerics.append(invalid)
+    # icu2/bed9: a gateway that said it went offline; icu2/bed8: silent for a minute
+    old_us = now_us - 60_000_000
+    engine.router.route(
+        NumericsFrame(BedKey("icu2", "bed8"), 1, old_us, {"HR": 88.0}, received_us=old_us)
+    )
+    engine.router.route(
+        NumericsFrame(BedKey("icu2", "bed9"), 1, now_us, {"HR": 90.0}, received_us=now_us)
+    )
+    engine.router.route(StatusFrame("icu2", "offline", now_us, bed="bed9", received_us=now_us))
+    await store.write(batch)
+    return engine

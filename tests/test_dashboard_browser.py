@@ -1,0 +1,232 @@
+"""The dashboard in a real headless Chromium, served by a real ``eicu demo`` process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+VIEWER_PASSWORD = "viewer-password-1"
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
+        allow_module_level=True,
+    )
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+expect = playwright_api.expect
+
+
+@dataclass
+class Demo:
+    url: str
+    password: str
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """``eicu demo`` with 4 beds; a viewer added with ``eicu users add`` while it runs."""
+    data = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eicu.cli", "demo", "--beds", "4", "--duration", "300",
+         "--data-dir", str(data)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    found: list[re.Match[str]] = []
+    lines: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            m = re.search(r"dashboard (http://\S+)/  log in as 'demo' with password (\S+)", line)
+            if m:
+                found.append(m)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not (found and any("subscribed" in line for line in lines)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("eicu demo did not start:\n" + "".join(lines[-20:]))
+        time.sleep(0.2)
+    added = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "users", "add", "val", "--role", "viewer"],
+        input=VIEWER_PASSWORD + "\n", capture_output=True, text=True, cwd=ROOT,
+        env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    yield Demo(found[0][1], found[0][2], process)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    reader.join(10)
+    process.stderr.close()
+    assert process.returncode == 0, "".join(lines[-20:])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def log_in(browser: object, demo: Demo, name: str, password: str) -> object:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+    page.goto(demo.url + "/census")
+    page.wait_for_url(re.compile(r"/login\?next="))
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("#submit")
+    page.wait_for_url(re.compile(r"/census$"))
+    return page
+
+
+CANVAS_INK = """(sel) => {
+  const c = document.querySelector(sel);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let ink = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 120) ink++;
+  return {ink, url: c.toDataURL()};
+}"""
+
+
+MIN_INK = 1500
+SET_REVIEW_TIME = (
+    "(ms) => { document.getElementById('review-at').value = localInput(Date.now() - ms); }"
+)
+
+
+def wait_for_ink(
+    page: object, selector: str, timeout_s: float = 20.0, min_ink: int = MIN_INK
+) -> dict[str, object]:
+    """The canvas once its trace covers more than ``min_ink`` pixels (labels alone cover a few
+    hundred; a fresh bed's ring takes a moment to fill)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        drawn = page.evaluate(CANVAS_INK, selector)  # type: ignore[attr-defined]
+        if drawn["ink"] > min_ink:
+            return drawn  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{selector} drew only {drawn['ink']} pixels")
+        time.sleep(0.25)
+
+
+def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = log_in(browser, demo, "demo", demo.password)
+    rows = page.locator("#census tbody tr")
+    expect(rows).to_have_count(4, timeout=20_000)
+    names = sorted(rows.nth(i).get_attribute("data-bed") for i in range(4))
+    assert names == [f"demo/bed00{i}" for i in range(1, 5)]
+    page.wait_for_selector("#census .band:not(.band-none)")
+    # it updates live: the stream brings a new census every second
+    updated = page.locator("#updated").inner_text()
+    expect(page.locator("#updated")).not_to_have_text(updated, timeout=5_000)
+    assert page.locator("#who").inner_text() == "demo (admin)"
+    page.screenshot(path=str(ARTIFACTS / "census.png"), full_page=True)
+
+    page.click("a[href='/bed?bed=demo%2Fbed001']")
+    page.wait_for_url(re.compile(r"/bed\?bed=demo%2Fbed001$"))
+    for signal_name in ("ECG_II", "PLETH", "ABP"):
+        page.wait_for_selector(f"canvas[data-signal={signal_name}]")
+    page.wait_for_selector("#news2-components tr")
+    page.wait_for_selector("#tiles [data-key=HR]")
+    # the traces are drawn (their label text alone is a few hundred pixels) and they move
+    first = wait_for_ink(page, "canvas[data-signal=ECG_II]")
+    page.wait_for_timeout(1000)
+    second = page.evaluate(CANVAS_INK, "canvas[data-signal=ECG_II]")
+    assert second["ink"] > MIN_INK and first["url"] != second["url"]
+    wait_for_ink(page, "canvas[data-signal=PLETH]")
+    wait_for_ink(page, "canvas[data-signal=ABP]")
+    # full disclosure: a stored window of ECG drawn from the store
+    page.select_option("#review-signal", "ECG_II")
+    page.fill("#review-s", "4")
+    info = page.locator("#review-info")
+    deadline = time.monotonic() + 40
+    while True:  # a bed that just started has little stored yet: ask again until it has some
+        page.evaluate(SET_REVIEW_TIME, 6000)
+        page.click("#review-show")
+        expect(info).to_contain_text(re.compile("samples|no stored"), timeout=10_000)
+        text = info.inner_text()
+        if "samples at 250 Hz" in text and int(text.split()[0]) >= 500:
+            break  # at least 2 s of ECG stored in the window
+        if time.monotonic() > deadline:
+            break
+        page.evaluate("() => { document.getElementById('review-info').textContent = ''; }")
+        page.wait_for_timeout(1000)
+    expect(info).to_contain_text("samples at 250 Hz")
+    assert int(info.inner_text().split()[0]) >= 500
+    wait_for_ink(page, "#review", timeout_s=2, min_ink=500)
+    page.screenshot(path=str(ARTIFACTS / "bed.png"), full_page=True)
+    page.close()
+
+
+def test_anonymous_browser_gets_nothing(browser: object, demo: Demo) -> None:
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.goto(demo.url + "/bed?bed=demo/bed001")
+    assert "/login" in page.url
+    result = page.evaluate(
+        """async () => {
+          const api = await fetch('/api/census');
+          const text = await api.text();
+          const ws = await new Promise((resolve) => {
+            const s = new WebSocket(`ws://${location.host}/ws/beds/demo/bed001`);
+            let got = 0;
+            s.onmessage = () => { got++; };
+            s.onclose = () => resolve({opened: false, got});
+            setTimeout(() => resolve({opened: s.readyState === 1, got}), 3000);
+          });
+          return {status: api.status, text, ws};
+        }"""
+    )
+    assert result["status"] == 401 and "bed001" not in result["text"]
+    assert result["ws"] == {"opened": False, "got": 0}
+    context.close()
+
+
+def test_viewer_sees_but_cannot_change_anything(browser: object, demo: Demo) -> None:
+    page = log_in(browser, demo, "val", VIEWER_PASSWORD)
+    expect(page.locator("#census tbody tr")).to_have_count(4, timeout=20_000)
+    assert page.locator("#who").inner_text() == "val (viewer)"
+    page.goto(demo.url + "/admin")
+    page.wait_for_selector("text=Only an admin may manage users.")
+    status = page.evaluate(
+        """async () => {
+          const me = await (await fetch('/api/me')).json();
+          const r = await fetch('/api/users', {method: 'POST',
+            headers: {'Content-Type': 'application/json', 'X-CSRF-Token': me.csrf},
+            body: JSON.stringify({name: 'mallory', role: 'admin', password: 'mallory-password'})});
+          return r.status;
+        }"""
+    )
+    assert status == 403
+    page.close()
