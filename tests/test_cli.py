@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,8 @@ def test_bad_arguments_are_clear_errors() -> None:
     assert out.returncode == 2 and "unknown scenario 'nonsense'" in out.stderr
     out = _eicu("serve", env={"EICU_DATABASE_URL": "", "EICU_MQTT_URL": ""})
     assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
+    out = _eicu("serve", env={"EICU_DATABASE_URL": "postgresql://x", "EICU_HTTP_PORT": "x"})
+    assert out.returncode == 2 and "EICU_HTTP_PORT" in out.stderr
     out = _eicu("stats", env={"EICU_DATABASE_URL": "mysql://x"})
     assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
 
@@ -139,3 +142,23 @@ def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
     published, stored = int(found[1]), int(found[2])
     assert published == stored > 0
     assert (tmp_path / "eicu.sqlite").exists()
+
+
+@pytest.mark.db
+def test_serve_says_when_the_dashboard_port_is_taken(db_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _eicu(
+            "serve",
+            env={
+                "EICU_DATABASE_URL": db_url,
+                "EICU_MQTT_URL": "mqtt://127.0.0.1:1",
+                "EICU_HTTP_PORT": str(port),
+                "EICU_SPOOL_DIR": str(tmp_path / "spool"),
+                "EICU_USERS_FILE": str(tmp_path / "users.json"),
+            },
+        )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"EICU_HTTP_PORT: cannot listen on 127.0.0.1:{port}" in out.stderr

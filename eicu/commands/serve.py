@@ -66,9 +66,14 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
         )
     if not settings.http.cookie_secure:
         log.warning("EICU_COOKIE_SECURE is off: session cookies may travel over plain http")
-    dashboard = DashboardServer(
-        create_app(engine, settings.http, users), settings.http.host, settings.http.port
-    )
+    try:
+        dashboard = DashboardServer(
+            create_app(engine, settings.http, users), settings.http.host, settings.http.port
+        )
+    except OSError as exc:
+        await store.close()
+        where = f"{settings.http.host}:{settings.http.port}"
+        raise ConfigError("EICU_HTTP_PORT", f"cannot listen on {where}: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
