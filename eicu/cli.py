@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "users": ("dashboards.cli", "add or list the dashboard's users"),
     "stats": ("eicu.commands.stats", "print what the store holds per bed"),
     "migrate": ("eicu.commands.migrate", "apply pending schema migrations to the database"),
+    "broker-auth": (
+        "eicu.commands.broker_auth",
+        "write Mosquitto password and ACL files: each gateway publishes to its own site only",
+    ),
     "score": ("eicu.scores.cli", "compute NEWS2, MEWS or qSOFA from JSON lines"),
     "analyze": ("eicu.signal.cli_analyze", "detect beats and rhythms in a WFDB record"),
     "verify-alarm": (

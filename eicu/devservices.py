@@ -52,7 +52,8 @@ def postgres_bindir() -> Path | None:
 class Mosquitto:
     """A Mosquitto broker on a free port, with persistence so sessions survive a restart."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, auth: list[str] | None = None) -> None:
+        """``auth``: configuration lines that replace anonymous access (see eicu.brokerauth)."""
         binary = mosquitto_binary()
         if binary is None:
             raise ServiceError("mosquitto not installed (Debian package 'mosquitto')")
@@ -62,7 +63,7 @@ class Mosquitto:
         self.conf = self.dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *(auth or ["allow_anonymous true"]),
             "persistence true",
             f"persistence_location {self.dir}/",
             "autosave_interval 1",
