@@ -67,25 +67,39 @@ class SeqTracker:
 
 
 class Ring:
-    """The last ``capacity`` samples of one signal (physical units), newest at the end."""
+    """The last ``capacity`` samples of one signal (physical units), kept circularly: writing a
+    chunk costs the chunk, not the whole buffer."""
 
     def __init__(self, capacity: int) -> None:
         self.buf = np.full(capacity, np.nan)
-        self.total = 0  # samples ever written
+        self.total = 0  # samples ever written; the next one goes to buf[total % capacity]
+
+    @property
+    def capacity(self) -> int:
+        return int(self.buf.shape[0])
 
     def extend(self, values: NDArray[np.float64]) -> None:
         n = values.shape[0]
         cap = self.buf.shape[0]
         if n >= cap:
-            self.buf[:] = values[-cap:]
+            values = values[-cap:]
+            start = (self.total + n - cap) % cap
+            k = cap
         else:
-            self.buf[:-n] = self.buf[n:]
-            self.buf[-n:] = values
+            start = self.total % cap
+            k = n
+        first = min(k, cap - start)
+        self.buf[start : start + first] = values[:first]
+        self.buf[: k - first] = values[first:]
         self.total += n
 
     def last(self, n: int) -> NDArray[np.float64]:
-        n = min(n, self.total, self.buf.shape[0])
-        return self.buf[self.buf.shape[0] - n :].copy()
+        """The newest ``n`` samples in time order (fewer when fewer were written)."""
+        cap = self.buf.shape[0]
+        n = min(n, self.total, cap)
+        end = self.total % cap
+        idx = (np.arange(end - n, end)) % cap
+        return self.buf[idx]
 
 
 @dataclass

@@ -126,3 +126,25 @@ def test_latency_recorder_percentiles() -> None:
     rec.add(np.arange(150, dtype=float))  # only the newest 100 are kept
     p = rec.percentiles((50.0,))
     assert p[50.0] == np.percentile(np.arange(50, 150), 50)
+
+
+def test_ring_keeps_the_newest_samples_in_order_for_any_chunking() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ingest.state import Ring
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(0, 40), max_size=30), st.integers(1, 25), st.integers(0, 60))
+    def check(chunks: list[int], capacity: int, n: int) -> None:
+        ring = Ring(capacity)
+        everything: list[float] = []
+        for size in chunks:
+            values = np.arange(len(everything), len(everything) + size, dtype=float)
+            ring.extend(values)
+            everything.extend(values.tolist())
+        naive = everything[-min(n, capacity) :] if min(n, capacity) else []
+        np.testing.assert_array_equal(ring.last(n), np.array(naive))
+        assert ring.total == len(everything)
+
+    check()
