@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from alerting.model import AlarmState
+from alerting.model import AlarmState, Notification
+from alerting.outbox import Outbox
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey
@@ -164,3 +165,38 @@ async def test_without_acknowledgement_the_engine_escalates_to_the_next_level(
     finally:
         await engine.stop()
         await engine.store.close()
+
+
+async def test_engine_sends_pages_left_pending_in_the_outbox_when_it_starts(
+    tmp_path: Path, broker: Mosquitto, hook: HookServer
+) -> None:
+    rota_path = tmp_path / "rota.json"
+    rota_path.write_text(json.dumps(_rota(hook)))
+    outbox_path = tmp_path / "alarms.db"
+    key = "s/vt/VTACH/1:0:bedside_nurse:nurse-li:webhook"
+    with Outbox(outbox_path) as outbox:  # a page enqueued before a crash, never sent
+        body: dict[str, object] = {"site": "s", "bed": "vt", "kind": "VTACH", "priority": "high"}
+        notification = Notification(
+            key, "s/vt/VTACH/1", "nurse-li", "webhook", hook.url("/nurse"), body, 1
+        )
+        assert outbox.enqueue(notification)
+    alerting = AlertingSettings(outbox_path=outbox_path, rota_path=rota_path)
+    engine = Engine(
+        MqttSettings(port=broker.port, client_id="eicu-test"),
+        IngestSettings(spool_dir=tmp_path / "spool"),
+        SqliteStore(tmp_path / "x.sqlite"),
+        alerting=alerting,
+    )
+    await engine.store.open()
+    await engine.start()
+    try:
+        async with asyncio.timeout(10):
+            while hook.accepted[key] == 0:
+                await asyncio.sleep(0.05)
+        assert engine.alarms is not None
+        receipt = engine.alarms.outbox.receipt(key)
+        assert receipt is not None and receipt.delivered_us is not None
+    finally:
+        await engine.stop()
+        await engine.store.close()
+    assert hook.accepted[key] == 1
