@@ -86,21 +86,17 @@ async def _replay_both(
     url: str, policy_path: Path, start_us: int, end_us: int
 ) -> tuple[AlarmLoad, AlarmLoad]:
     from alerting.policy import load_policy
-    from alerting.replay import alarm_load, replay
+    from alerting.replay import replay_store
     from eicu.store import open_store
 
     policy, default = load_policy(policy_path), load_policy()
     store = open_store(url)
     await store.open()
     try:
-        samples = await store.numerics(start_us, end_us)
+        load, baseline = await replay_store(store, [policy, default], start_us, end_us)
     finally:
         await store.close()
-    loads = []
-    for p in (policy, default):
-        events = await asyncio.to_thread(replay, samples, p, start_us, end_us)
-        loads.append(alarm_load(p, events))
-    return loads[0], loads[1]
+    return load, baseline
 
 
 def _replay(args: argparse.Namespace) -> int:

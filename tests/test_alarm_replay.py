@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from alerting.policy import DEFAULT_PATH, load_policy
-from alerting.replay import replay_store
+from alerting.replay import Replay, replay, replay_store
 from eicu import cli
 from eicu.models import Batch, BedKey, NumericsFrame
 from eicu.store.sqlite import SqliteStore
@@ -58,7 +58,10 @@ async def _load(db: Path, policy: Path) -> dict[tuple[str, str], int]:
     store = SqliteStore(db)
     await store.open()
     try:
-        load = await replay_store(store, load_policy(policy), T0_US, T0_US + MINUTES * 60_000_000)
+        # 50 s chunks: some runs straddle a chunk's end (at 200 s and 450 s) and count once.
+        (load,) = await replay_store(
+            store, [load_policy(policy)], T0_US, T0_US + MINUTES * 60_000_000, chunk_s=50
+        )
     finally:
         await store.close()
     return {(kind, p.value): n for (kind, p), n in load.counts.items()}
@@ -79,6 +82,26 @@ async def test_a_shorter_delay_raises_more_alarms_a_higher_limit_fewer(
     # A 20 s delay: no run lasts that long.
     longer = await _load(db, _policy(tmp_path, "long-delay", delay_s=20))
     assert sum(longer.values()) < sum(default.values())
+
+
+async def test_a_replay_read_in_chunks_gives_the_events_of_one_read(db: Path) -> None:
+    store = SqliteStore(db)
+    await store.open()
+    try:
+        end_us = T0_US + MINUTES * 60_000_000
+        samples = await store.numerics(T0_US, end_us)
+    finally:
+        await store.close()
+    policy = load_policy()
+    whole = replay(samples, policy, T0_US, end_us)
+    run = Replay(policy)
+    for a in range(0, len(samples), 37):  # pieces that cut through one second's values
+        run.feed(samples[a : a + 37])
+        run.run()
+    run.run(final=True)
+    assert run.events == whole and len(whole) == 10  # five alarms, each started and cleared
+    with pytest.raises(ValueError, match="time order"):
+        run.feed(samples[:1])
 
 
 def test_cli_replay_compares_with_the_default_policy(
