@@ -222,9 +222,18 @@ class Outbox:
             )
         return cur.rowcount == 1
 
-    def events(self, alarm_id: str | None = None) -> list[StoredEvent]:
-        """The audit trail (of one alarm, or of all), in the order it was recorded."""
-        if alarm_id is None:
+    def events(
+        self, alarm_id: str | None = None, *, started_since_us: int | None = None
+    ) -> list[StoredEvent]:
+        """The audit trail (of one alarm, or of all), in the order it was recorded; with
+        ``started_since_us``, only the events of alarms whose first event is that late."""
+        if started_since_us is not None and alarm_id is None:
+            rows = self._db.execute(
+                """SELECT * FROM alarm_events WHERE alarm_id IN (SELECT alarm_id FROM alarm_events
+                    GROUP BY alarm_id HAVING min(time_us) >= ?) ORDER BY seq""",
+                (started_since_us,),
+            ).fetchall()
+        elif alarm_id is None:
             rows = self._db.execute("SELECT * FROM alarm_events ORDER BY seq").fetchall()
         else:
             rows = self._db.execute(

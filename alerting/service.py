@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -21,11 +22,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerting.model import AlarmCondition, AlarmEvent, AlarmState
 from alerting.outbox import Outbox
 from alerting.policy import AlarmPolicy, load_policy
+from alerting.report import BurdenReport, burden
 from alerting.rules import evaluate_bed
 from alerting.state import AlarmStateMachine
 from eicu.models import BedKey
 
 log = logging.getLogger(__name__)
+
+BURDEN_WINDOW_S = 24 * 3600.0
 
 
 class AlarmMetrics:
@@ -38,6 +42,24 @@ class AlarmMetrics:
         )
         self.active = Gauge(
             "eicu_alarms_active", "Alarms not cleared, by priority", ["priority"], registry=registry
+        )
+        # The alarm burden of the alarms started in the last BURDEN_WINDOW_S (alerting.report).
+        self.burden_alarms = Gauge(
+            "eicu_alarm_burden_alarms",
+            "Alarms started in the last 24 h, by bed, kind and highest priority",
+            ["site", "bed", "kind", "priority"],
+            registry=registry,
+        )
+        self.burden_acknowledged = Gauge(
+            "eicu_alarm_burden_acknowledged_ratio",
+            "Share of the alarms started in the last 24 h that a clinician acknowledged",
+            registry=registry,
+        )
+        self.burden_time_to_ack = Gauge(
+            "eicu_alarm_burden_time_to_ack_seconds",
+            "Time from start to acknowledgement of the alarms started in the last 24 h",
+            ["quantile"],
+            registry=registry,
         )
         self.suppressed = Counter(
             "eicu_alarms_suppressed",
@@ -147,11 +169,38 @@ class AlarmService:
         if self._on_events is not None:
             self._on_events(events)
 
-    async def run(self, interval_s: float = 1.0) -> None:
+    def update_burden(self, now_us: int) -> BurdenReport:
+        """Set the burden gauges from the audit trail of the alarms started in the last
+        :data:`BURDEN_WINDOW_S` before ``now_us``; returns the report they come from."""
+        since_us = now_us - int(BURDEN_WINDOW_S * 1e6)
+        stored = self.outbox.events(started_since_us=since_us)
+        report = burden(s.event for s in stored)
+        m = self.metrics
+        m.burden_alarms.clear()
+        totals: dict[tuple[str, str, str, str], int] = {}
+        for row in report.rows:  # the window may span two days: summed over them
+            key = (row.site, row.bed, row.kind, row.priority.value)
+            totals[key] = totals.get(key, 0) + row.alarms
+        for (site, bed, kind, priority), n in totals.items():
+            m.burden_alarms.labels(site=site, bed=bed, kind=kind, priority=priority).set(n)
+        share = report.overall.acknowledged_share
+        m.burden_acknowledged.set(math.nan if share is None else share)
+        for quantile, value in (("0.5", report.overall.median_s), ("0.9", report.overall.p90_s)):
+            m.burden_time_to_ack.labels(quantile=quantile).set(math.nan if value is None else value)
+        return report
+
+    async def run(self, interval_s: float = 1.0, burden_every_s: float = 60.0) -> None:
+        next_burden = time.monotonic()
         while True:
             started = time.monotonic()
             try:
                 self.evaluate(time.time_ns() // 1000)
             except Exception:
                 log.exception("alarm evaluation failed; retrying next second")
+            if started >= next_burden:
+                next_burden = started + burden_every_s
+                try:
+                    self.update_burden(time.time_ns() // 1000)
+                except Exception:
+                    log.exception("alarm burden not updated")
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))

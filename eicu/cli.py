@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("eicu.commands.serve", "run the production engine against a broker and a database"),
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
     "users": ("dashboards.cli", "add or list the dashboard's users"),
+    "alarms": ("alerting.cli", "alarm burden from the outbox; replay stored data under a policy"),
     "stats": ("eicu.commands.stats", "print what the store holds per bed"),
     "migrate": ("eicu.commands.migrate", "apply pending schema migrations to the database"),
     "broker-auth": (

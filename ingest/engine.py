@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eicu.config import IngestSettings, MqttSettings
+from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.metrics import IngestMetrics
 from eicu.store import Store
 from ingest.scores import ScoreStage
@@ -18,6 +19,10 @@ from ingest.state import BedRouter
 from ingest.writer import StoreWriter
 
 if TYPE_CHECKING:
+    from alerting.channels import DeliveryChannel
+    from alerting.escalation import Dispatcher
+    from alerting.model import AlarmEvent
+    from alerting.outbox import Outbox
     from alerting.service import AlarmService
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,7 @@ class Engine:
         store: Store,
         metrics: IngestMetrics | None = None,
         alarms_outbox: Path | None = None,
+        alerting: AlertingSettings | None = None,
     ) -> None:
         self.metrics = metrics or IngestMetrics()
         self.store = store
@@ -69,13 +75,43 @@ class Engine:
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
         # The alarm stage: every bed's rules each second, audited in a durable local outbox.
+        # With an on-call rota, every alarm event also goes to the escalation dispatcher.
         self.alarms: AlarmService | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
+        self._channels: dict[str, DeliveryChannel] = {}
+        if alerting is not None and alarms_outbox is None:
+            alarms_outbox = alerting.outbox_path
         if alarms_outbox is not None:
             from alerting.outbox import Outbox
             from alerting.service import AlarmService
 
-            self.alarms = AlarmService(self, Outbox(alarms_outbox))
+            outbox = Outbox(alarms_outbox)
+            on_events = None
+            if alerting is not None and alerting.rota_path is not None:
+                self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
+                on_events = self._to_dispatcher
+            self.alarms = AlarmService(self, outbox, on_events=on_events)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _dispatcher(
+        self, mqtt: MqttSettings, alerting: AlertingSettings, rota_path: Path, outbox: Outbox
+    ) -> Dispatcher:
+        from alerting.channels import EmailChannel, MqttChannel, WebhookChannel
+        from alerting.escalation import DeliveryMetrics, Dispatcher, Rota
+
+        rota = Rota.from_file(rota_path)
+        # Pages go back to the site over the engine's broker, on a connection of their own.
+        alarm_mqtt = dataclasses.replace(mqtt, client_id=f"{mqtt.client_id}-alarms")
+        self._channels = {"mqtt": MqttChannel(alarm_mqtt), "webhook": WebhookChannel()}
+        if alerting.smtp is not None:
+            self._channels["email"] = EmailChannel(alerting.smtp)
+        metrics = DeliveryMetrics(self.metrics.registry)
+        return Dispatcher(rota, outbox, self._channels, metrics=metrics)
+
+    def _to_dispatcher(self, events: list[AlarmEvent]) -> None:
+        for event in events:  # unbounded: alarm events are few, and none may be dropped
+            self._alarm_events.put_nowait(event)
 
     async def start(self) -> None:
         # Compile (or load from cache) the kernels before the first message waits on them.
@@ -86,6 +122,11 @@ class Engine:
         ]
         if self.alarms is not None:
             self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
+        if self.dispatcher is not None:
+            # run() first resumes the escalations and deliveries pending from before.
+            self._tasks.append(
+                asyncio.create_task(self.dispatcher.run(self._alarm_events), name="alarms-dispatch")
+            )
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self.ingest.connected.wait(), timeout_s)
@@ -100,6 +141,8 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.writer.close(drain_timeout_s)
+        for channel in self._channels.values():
+            await channel.close()
         if self.alarms is not None:
             self.alarms.outbox.close()
         self._tasks = []

@@ -121,6 +121,22 @@ async def test_queries(store: Store) -> None:
     assert min(p.min for p in trend if p.min is not None) == 70.0
 
 
+async def test_numerics_in_a_window_oldest_first(store: Store) -> None:
+    t0 = _now_us()
+    _, numerics = _frames(t0)
+    await store.write(Batch(numerics=numerics))
+    rows = await store.numerics(t0 + 1_000_000, t0 + 3_000_000)  # the second and third frames
+    got = {(r.bed, r.key, r.value, r.ts_us) for r in rows}
+    assert got == {
+        (BED, key, value, t0 + i * 1_000_000)
+        for i in (1, 2)
+        for key, value in (("HR", 70.0 + i), ("SPO2", None), ("ACVPU", 0.0))
+    }
+    assert [r.ts_us for r in rows] == sorted(r.ts_us for r in rows)
+    everything = await store.numerics(t0, t0 + 3_000_000)
+    assert len(everything) == 3 * 3 + 1 and (OTHER, "RR") in {(r.bed, r.key) for r in everything}
+
+
 async def test_concurrent_writers_do_not_duplicate(store: Store) -> None:
     waves, numerics = _frames(_now_us(), 20)
     batch = Batch(numerics=numerics, waveforms=waves)

@@ -54,7 +54,9 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     store = open_store(settings.database_url)
     await store.open()
     log.info("store ready (%s); schema up to date", store.backend)
-    engine = Engine(mqtt, settings.ingest, store, alarms_outbox=settings.alerting.outbox_path)
+    engine = Engine(mqtt, settings.ingest, store, alerting=settings.alerting)
+    if engine.dispatcher is not None:
+        log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)

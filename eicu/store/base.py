@@ -29,6 +29,16 @@ class TrendPoint:
 
 
 @dataclass(frozen=True)
+class NumericSample:
+    """One stored numeric value of a bed at its device time."""
+
+    bed: BedKey
+    key: str
+    value: float | None
+    ts_us: int
+
+
+@dataclass(frozen=True)
 class WaveformWindow:
     """Samples of one signal in a time window, in physical units, with each sample's time.
 
@@ -56,6 +66,10 @@ class Store(Protocol):
     async def waveform(
         self, bed: BedKey, signal: str, start_us: int, end_us: int
     ) -> WaveformWindow: ...
+    async def numerics(self, start_us: int, end_us: int) -> list[NumericSample]:
+        """Every bed's numeric values with device time in [start_us, end_us), oldest first."""
+        ...
+
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]: ...
     async def dead_letter_counts(self) -> dict[str, int]: ...
 
@@ -175,6 +189,19 @@ def stats_doc(rows: list[tuple[object, ...]]) -> dict[str, dict[str, dict[str, i
             for site, bed, m, n in rows
         }
     }
+
+
+def numeric_samples(rows: list[tuple[object, ...]]) -> list[NumericSample]:
+    """Rows of (site, bed, code, value, time_us) as samples."""
+    return [
+        NumericSample(
+            BedKey(str(site), str(bed)),
+            param_key(int(code)),  # type: ignore[call-overload]
+            None if value is None else float(value),  # type: ignore[arg-type]
+            int(ts_us),  # type: ignore[call-overload]
+        )
+        for site, bed, code, value, ts_us in rows
+    ]
 
 
 def latest_doc(rows: list[tuple[object, ...]]) -> dict[BedKey, dict[str, LatestValue]]:

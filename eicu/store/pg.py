@@ -23,11 +23,13 @@ from eicu.store import schema, timescale
 from eicu.store.base import (
     STATS_SQL,
     LatestValue,
+    NumericSample,
     TrendPoint,
     WaveformWindow,
     beds_in,
     latest_doc,
     numeric_rows,
+    numeric_samples,
     stats_doc,
     status_rows,
     waveform_rows,
@@ -316,6 +318,16 @@ class PgStore:
             for block in decode_blocks(data, only=signal):
                 pieces.append((int(t0_us), block))
         return window_from_blocks(signal, pieces, start_us, end_us)
+
+    async def numerics(self, start_us: int, end_us: int) -> list[NumericSample]:
+        rows = await self._fetch(
+            f"""SELECT b.site, b.bed, n.code, n.value, {_EPOCH_US.format("n.time")}
+                FROM numerics n JOIN beds b USING (bed_id)
+                WHERE n.time >= {_US.format("%s::bigint")} AND n.time < {_US.format("%s::bigint")}
+                ORDER BY n.time, n.bed_id, n.seq, n.code""",
+            (start_us, end_us),
+        )
+        return numeric_samples(rows)
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]:
         return stats_doc(await self._fetch(STATS_SQL))

@@ -19,11 +19,13 @@ from eicu.models import Batch, BedKey
 from eicu.store.base import (
     STATS_SQL,
     LatestValue,
+    NumericSample,
     TrendPoint,
     WaveformWindow,
     beds_in,
     latest_doc,
     numeric_rows,
+    numeric_samples,
     stats_doc,
     status_rows,
     waveform_rows,
@@ -196,6 +198,15 @@ class SqliteStore:
         for t0_us, data in rows:
             pieces.extend((int(t0_us), block) for block in decode_blocks(data, only=signal))
         return window_from_blocks(signal, pieces, start_us, end_us)
+
+    async def numerics(self, start_us: int, end_us: int) -> list[NumericSample]:
+        rows = await self._fetch(
+            """SELECT b.site, b.bed, n.code, n.value, n.time FROM numerics n
+               JOIN beds b USING (bed_id) WHERE n.time >= ? AND n.time < ?
+               ORDER BY n.time, n.bed_id, n.seq, n.code""",
+            (start_us, end_us),
+        )
+        return numeric_samples(rows)
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]:
         return stats_doc(await self._fetch(STATS_SQL))
