@@ -112,7 +112,7 @@ def log_in(browser: object, demo: Demo, name: str, password: str) -> object:
     page.fill("#name", name)
     page.fill("#password", password)
     page.click("#submit")
-    page.wait_for_url(re.compile(r"/census$"))
+    page.wait_for_url(re.compile(r"^[^?]*/census$"))  # not /login?next=/census: logged in
     return page
 
 
@@ -164,6 +164,14 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     page.click("#sound")
     page.wait_for_function(TONE_PLAYING, timeout=5_000)
     page.screenshot(path=str(ARTIFACTS / "census-alarm.png"), full_page=True)
+
+    # a viewer sees the same alarm on the bed view, with no acknowledge or pause buttons
+    viewer = log_in(browser, demo, "val", VIEWER_PASSWORD)
+    viewer.goto(demo.url + "/bed?bed=demo%2Fbed004")
+    expect(viewer.locator("#alarm-list li", has_text="VTACH")).to_be_visible(timeout=10_000)
+    assert viewer.locator("#alarm-list button").count() == 0
+    assert viewer.locator("#pause-bed").is_hidden()
+    viewer.close()
 
     page.click("a[href='/bed?bed=demo%2Fbed004']")
     page.wait_for_url(re.compile(r"/bed\?bed=demo%2Fbed004$"))
