@@ -317,7 +317,9 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         t = now_us()
         out: dict[str, Any] = {
             "now_us": t,
-            "audio_pause_max_s": service.policy.audio_pause_max_s,
+            "audio_pause_max_s": (
+                service.machine.policy_for(key) if key else service.policy
+            ).audio_pause_max_s,
             "alarms": views.live_alarms(service.machine.alarms(), t, key),
         }
         if key is not None:
