@@ -185,6 +185,7 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     expect(page.locator("#alarm-history li", has_text="— ida").first).to_be_visible(timeout=5_000)
     assert page.evaluate(SOUNDING_HIGH) == []
     page.wait_for_function(TONE_SILENT, timeout=5_000)
+    page.screenshot(path=str(ARTIFACTS / "bed-alarm-acknowledged.png"), full_page=True)
 
     page.goto(demo.url + "/census")
     row = page.locator("#census tr[data-bed='demo/bed004']")
