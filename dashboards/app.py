@@ -12,10 +12,11 @@ a same-origin ``Origin``; WebSockets check the session and the ``Origin`` before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -327,6 +328,18 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             out["history"] = [views.event_view(e) for e in reversed(events)]
         return out
 
+    @contextlib.contextmanager
+    def clock_checked() -> Iterator[None]:
+        """The state machine refuses a time before its last step (the wall clock stepped
+        back): answer 503 rather than record the change at a wrong time."""
+        try:
+            yield
+        except ValueError as exc:
+            if "time went back" not in str(exc):
+                raise
+            log.error("alarm change refused: %s", exc)
+            raise HTTPException(503, "the server clock went back; try again shortly") from exc
+
     def live_alarm(service: AlarmService, alarm_id: str) -> Alarm:
         try:
             return service.machine.alarm(alarm_id)
@@ -339,14 +352,16 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         alarm = live_alarm(service, alarm_id)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: nothing to acknowledge")
-        events = service.acknowledge(alarm_id, session.user.name, now_us())
+        with clock_checked():
+            events = service.acknowledge(alarm_id, session.user.name, now_us())
         log.info("alarm %s acknowledged by %s", alarm_id, session.user.name)
         return {"events": [views.event_view(e) for e in events]}
 
     def pause(
         service: AlarmService, bed: BedKey, target: BedKey | str, user: str, duration_s: float
     ) -> dict[str, Any]:
-        events = service.pause_audio(target, user, now_us(), duration_s)
+        with clock_checked():
+            events = service.pause_audio(target, user, now_us(), duration_s)
         if not any(e.actor == user for e in events):
             raise HTTPException(409, "no sounding alarm to pause")
         log.info("alarm audio of %s paused by %s", target, user)

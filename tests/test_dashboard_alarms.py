@@ -205,3 +205,21 @@ async def test_census_puts_high_priority_alarms_before_acuity(engine: Engine) ->
     assert order[:3] == [str(stale), str(calm), str(SICK)]
     assert rows[2]["alarm"] is None  # a cleared alarm is not shown
     assert next(r for r in rows if r["bed"] == str(offline))["alarm"]["priority"] == "medium"
+
+
+async def test_a_clock_that_went_back_is_refused_not_recorded(
+    app: FastAPI, service: AlarmService
+) -> None:
+    alarm_id = next(
+        a.alarm_id for a in service.machine.alarms() if a.bed == SICK and a.kind == "NEWS2_HIGH"
+    )
+    service.evaluate(now_us() + 60_000_000)  # the engine's last step is a minute ahead
+    before = len(service.outbox.events(alarm_id))
+    c, csrf = await login(app, "nina")
+    async with aclosing(c):
+        r = await c.post(f"/api/alarms/{alarm_id}/ack", headers=csrf)
+        assert r.status_code == 503 and "clock went back" in r.json()["detail"]
+        p = await c.post(f"/api/alarms/{alarm_id}/pause", headers=csrf, json={"duration_s": 5})
+        assert p.status_code == 503
+    assert len(service.outbox.events(alarm_id)) == before
+    assert service.machine.alarm(alarm_id).state == AlarmState.ACTIVE
