@@ -12,10 +12,11 @@ a same-origin ``Origin``; WebSockets check the session and the ``Origin`` before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +25,11 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from alerting.model import AlarmState
+from alerting.service import AlarmService
+from alerting.state import Alarm
 from dashboards import views
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import Permission, UserError, Users
@@ -45,6 +49,9 @@ LIVE_PERIOD_S = 0.1
 LIVE_INITIAL_S = 8.0
 REVIEW_MAX_S = 60.0
 TREND_MAX_MIN = 24 * 60
+PAUSE_ASK_MAX_S = 3600.0  # the largest pause a request may ask; the alarm policy cuts it further
+HISTORY_MAX = 200
+NO_ALARMS = "this engine runs no alarm service (start it with an alarm outbox)"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -60,6 +67,10 @@ SECURITY_HEADERS = {
 class Login(BaseModel):
     name: str
     password: str
+
+
+class Pause(BaseModel):
+    duration_s: float = Field(gt=0, le=PAUSE_ASK_MAX_S)
 
 
 class NewUser(BaseModel):
@@ -103,6 +114,7 @@ def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
 CanView = Annotated[Session, Depends(need(Permission.VIEW))]
 CanReview = Annotated[Session, Depends(need(Permission.REVIEW))]
 CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
+CanRespond = Annotated[Session, Depends(need(Permission.RESPOND))]
 
 
 def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
@@ -213,8 +225,14 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     # --- patient data --------------------------------------------------------------------------
 
     def census_rows(site: str | None) -> list[dict[str, Any]]:
+        service: AlarmService | None = engine.alarms
         return views.census(
-            engine.router.beds, engine.scores.beds, engine.signals.derived, now_us(), site
+            engine.router.beds,
+            engine.scores.beds,
+            engine.signals.derived,
+            now_us(),
+            site,
+            service.machine.alarms() if service is not None else None,
         )
 
     @app.get("/api/census")
@@ -282,6 +300,89 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             "t_us": window.t_us.tolist(),
             "values": views.floats(window.values),
         }
+
+    # --- alarms --------------------------------------------------------------------------------
+
+    def alarm_service() -> AlarmService:
+        if engine.alarms is None:
+            raise HTTPException(503, NO_ALARMS)
+        return engine.alarms
+
+    @app.get("/api/alarms")
+    async def alarms(_: CanView, bed: str | None = None) -> dict[str, Any]:
+        service = alarm_service()
+        key = None
+        if bed:
+            site, _slash, name = bed.partition("/")
+            key = bed_key(site, name)
+        t = now_us()
+        out: dict[str, Any] = {
+            "now_us": t,
+            "audio_pause_max_s": (
+                service.machine.policy_for(key) if key else service.policy
+            ).audio_pause_max_s,
+            "alarms": views.live_alarms(service.machine.alarms(), t, key),
+        }
+        if key is not None:
+            events = [e for e in service.recent if e.bed == key][-HISTORY_MAX:]
+            out["history"] = [views.event_view(e) for e in reversed(events)]
+        return out
+
+    @contextlib.contextmanager
+    def clock_checked() -> Iterator[None]:
+        """The state machine refuses a time before its last step (the wall clock stepped
+        back): answer 503 rather than record the change at a wrong time."""
+        try:
+            yield
+        except ValueError as exc:
+            if "time went back" not in str(exc):
+                raise
+            log.error("alarm change refused: %s", exc)
+            raise HTTPException(503, "the server clock went back; try again shortly") from exc
+
+    def live_alarm(service: AlarmService, alarm_id: str) -> Alarm:
+        try:
+            return service.machine.alarm(alarm_id)
+        except KeyError as exc:
+            raise HTTPException(404, "no such live alarm") from exc
+
+    @app.post("/api/alarms/{alarm_id:path}/ack")
+    async def acknowledge(alarm_id: str, session: CanRespond) -> dict[str, Any]:
+        service = alarm_service()
+        alarm = live_alarm(service, alarm_id)
+        if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
+            raise HTTPException(409, f"the alarm is {alarm.state.value}: nothing to acknowledge")
+        with clock_checked():
+            events = service.acknowledge(alarm_id, session.user.name, now_us())
+        log.info("alarm %s acknowledged by %s", alarm_id, session.user.name)
+        return {"events": [views.event_view(e) for e in events]}
+
+    def pause(
+        service: AlarmService, bed: BedKey, target: BedKey | str, user: str, duration_s: float
+    ) -> dict[str, Any]:
+        with clock_checked():
+            events = service.pause_audio(target, user, now_us(), duration_s)
+        if not any(e.actor == user for e in events):
+            raise HTTPException(409, "no sounding alarm to pause")
+        log.info("alarm audio of %s paused by %s", target, user)
+        return {
+            "paused_s": min(duration_s, service.machine.policy_for(bed).audio_pause_max_s),
+            "events": [views.event_view(e) for e in events],
+        }
+
+    @app.post("/api/alarms/{alarm_id:path}/pause")
+    async def pause_alarm(alarm_id: str, body: Pause, session: CanRespond) -> dict[str, Any]:
+        service = alarm_service()
+        alarm = live_alarm(service, alarm_id)
+        if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
+            raise HTTPException(409, f"the alarm is {alarm.state.value}: it does not sound")
+        return pause(service, alarm.bed, alarm_id, session.user.name, body.duration_s)
+
+    @app.post("/api/beds/{site}/{bed}/alarms/pause")
+    async def pause_bed(site: str, bed: str, body: Pause, session: CanRespond) -> dict[str, Any]:
+        service = alarm_service()
+        key = bed_key(site, bed)
+        return pause(service, key, key, session.user.name, body.duration_s)
 
     # --- administration ------------------------------------------------------------------------
 

@@ -36,12 +36,14 @@ class Permission(StrEnum):
     VIEW = "view"  # census, bed view, live waveforms, trends
     REVIEW = "review"  # full-disclosure waveforms from the store
     MANAGE_USERS = "manage_users"
+    RESPOND = "respond"  # acknowledge alarms and pause their audio
 
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.VIEW, Permission.REVIEW}),
-    Role.NURSE: frozenset({Permission.VIEW, Permission.REVIEW}),
-    Role.INTENSIVIST: frozenset({Permission.VIEW, Permission.REVIEW}),
+    Role.NURSE: frozenset({Permission.VIEW, Permission.REVIEW, Permission.RESPOND}),
+    Role.INTENSIVIST: frozenset({Permission.VIEW, Permission.REVIEW, Permission.RESPOND}),
+    # every permission: on a small unit (and in ``eicu demo``) the admin is also a clinician
     Role.ADMIN: frozenset(Permission),
 }
 

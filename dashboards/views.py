@@ -9,12 +9,14 @@ turned into a number. NaN never leaves this module (JSON has no NaN).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from alerting.model import AlarmEvent, AlarmState
+from alerting.state import Alarm
 from eicu.codes import BY_KEY as PARAM_BY_KEY
 from eicu.freshness import stale_after_s
 from eicu.models import BedKey
@@ -31,6 +33,7 @@ CENSUS_KEYS = (
 TREND_KEYS = ("HR", "SPO2", "RR", "NIBP_SYS", "ABP_MEAN", "TEMP")
 LIVE_SIGNALS = ("ECG_II", "PLETH", "ABP")
 BED_SILENT_S = 10.0  # a bed that has sent nothing for this long is stale
+PRIORITY_RANK = {"high": 3, "medium": 2, "low": 1}
 
 
 def device_now_us(state: BedState, now_us: int) -> int:
@@ -123,21 +126,89 @@ def bed_summary(
     }
 
 
+def alarm_view(alarm: Alarm, now_us: int) -> dict[str, Any]:
+    return {
+        "alarm_id": alarm.alarm_id,
+        "bed": str(alarm.bed),
+        "kind": alarm.kind,
+        "priority": alarm.priority.value,
+        "category": alarm.category.value,
+        "state": alarm.state.value,
+        "started_us": alarm.started_us,
+        "condition_present": alarm.condition_present,
+        "value": alarm.value if alarm.value is None or math.isfinite(alarm.value) else None,
+        "detail": alarm.detail,
+        "sounding": alarm.sounding(now_us),
+        "audio_paused_until_us": alarm.audio_paused_until_us,
+        "acknowledged_by": alarm.acknowledged_by,
+        "acknowledged_us": alarm.acknowledged_us,
+    }
+
+
+def _alarm_order(alarm: Alarm) -> tuple[int, int, int, str]:
+    """Highest priority first; within a priority, unacknowledged first, then the newest."""
+    acked = alarm.state == AlarmState.ACKNOWLEDGED
+    return (-PRIORITY_RANK[alarm.priority.value], int(acked), -alarm.started_us, alarm.kind)
+
+
+def live_alarms(
+    alarms: Iterable[Alarm], now_us: int, bed: BedKey | None = None
+) -> list[dict[str, Any]]:
+    """The alarms not yet cleared (of one bed, if given), highest priority first."""
+    chosen = [a for a in alarms if a.state != AlarmState.CLEARED and (bed is None or a.bed == bed)]
+    return [alarm_view(a, now_us) for a in sorted(chosen, key=_alarm_order)]
+
+
+def event_view(event: AlarmEvent) -> dict[str, Any]:
+    return {
+        "alarm_id": event.alarm_id,
+        "bed": str(event.bed),
+        "kind": event.kind,
+        "priority": event.priority.value,
+        "state": event.state.value,
+        "time_us": event.time_us,
+        "actor": event.actor,
+        "reason": event.reason,
+        "audio_paused_until_us": event.audio_paused_until_us,
+    }
+
+
 def census(
     beds: Mapping[BedKey, BedState],
     scores: Mapping[Any, BedScores],
     derived: Mapping[Any, Derived],
     now_us: int,
     site: str | None = None,
+    alarms: Iterable[Alarm] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every bed (of one site, if given), most acute first."""
-    rows = [
-        bed_summary(key, state, scores.get(key), derived.get(key), now_us)
-        for key, state in list(beds.items())
-        if site is None or key.site == site
-    ]
-    rows.sort(key=lambda r: (-r["acuity"][0], -r["acuity"][1], r["bed"]))
+    """Every bed (of one site, if given): beds with an unacknowledged high-priority alarm
+    first, then beds with an acknowledged one, then the most acute by NEWS2.
+
+    ``alarms`` is None when the engine runs no alarm service: the rows then say so."""
+    top: dict[BedKey, dict[str, Any]] = {}
+    if alarms is not None:
+        live = [a for a in alarms if a.state != AlarmState.CLEARED]
+        for alarm in sorted(live, key=_alarm_order):  # the first of a bed is its most urgent
+            if alarm.bed not in top:
+                top[alarm.bed] = alarm_view(alarm, now_us)
+    rows = []
+    for key, state in list(beds.items()):
+        if site is not None and key.site != site:
+            continue
+        row = bed_summary(key, state, scores.get(key), derived.get(key), now_us)
+        row["alarm"] = top.get(key)
+        row["alarms_available"] = alarms is not None
+        rows.append(row)
+    rows.sort(key=lambda r: (-_alarm_rank(r["alarm"]), -r["acuity"][0], -r["acuity"][1], r["bed"]))
     return rows
+
+
+def _alarm_rank(alarm: dict[str, Any] | None) -> int:
+    """2: an unacknowledged high-priority alarm; 1: an acknowledged one; 0: none. Medium and
+    low priority alarms do not outrank a higher NEWS2."""
+    if alarm is None or alarm["priority"] != "high":
+        return 0
+    return 1 if alarm["state"] == AlarmState.ACKNOWLEDGED.value else 2
 
 
 def floats(values: NDArray[np.float64], digits: int = 4) -> list[float | None]:

@@ -25,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 VIEWER_PASSWORD = "viewer-password-1"
+INTENSIVIST_PASSWORD = "intensivist-password-1"
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -78,6 +79,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
+    added = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "users", "add", "ida", "--role", "intensivist"],
+        input=INTENSIVIST_PASSWORD + "\n", capture_output=True, text=True, cwd=ROOT,
+        env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
     yield Demo(found[0][1], found[0][2], process)
     process.send_signal(signal.SIGINT)
     try:
@@ -105,7 +112,7 @@ def log_in(browser: object, demo: Demo, name: str, password: str) -> object:
     page.fill("#name", name)
     page.fill("#password", password)
     page.click("#submit")
-    page.wait_for_url(re.compile(r"/census$"))
+    page.wait_for_url(re.compile(r"^[^?]*/census$"))  # not /login?next=/census: logged in
     return page
 
 
@@ -137,6 +144,58 @@ def wait_for_ink(
         if time.monotonic() > deadline:
             raise AssertionError(f"{selector} drew only {drawn['ink']} pixels")
         time.sleep(0.25)
+
+
+TONE_PLAYING = "() => window.eicuAlarmTone.playing === true"
+TONE_SILENT = "() => window.eicuAlarmTone.playing === false"
+SOUNDING_HIGH = """async () => (await (await fetch('/api/alarms')).json()).alarms
+  .filter((a) => a.sounding && a.priority === 'high').map((a) => `${a.bed} ${a.kind}`)"""
+
+
+def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, demo: Demo) -> None:
+    """Runs first: the demo's VT bed (bed004) goes into VT 60 s after it starts, for 30 s."""
+    page = log_in(browser, demo, "ida", INTENSIVIST_PASSWORD)
+    vt = page.locator("#census tr[data-bed='demo/bed004'] .alarm-high", has_text="VTACH")
+    expect(vt).to_be_visible(timeout=120_000)
+    assert page.locator("#census tbody tr").first.get_attribute("data-alarm") in (
+        "high active", "high latched",
+    )  # fmt: skip
+    assert page.evaluate("() => window.eicuAlarmTone") == {"enabled": False, "playing": False}
+    page.click("#sound")
+    page.wait_for_function(TONE_PLAYING, timeout=5_000)
+    page.screenshot(path=str(ARTIFACTS / "census-alarm.png"), full_page=True)
+
+    # a viewer sees the same alarm on the bed view, with no acknowledge or pause buttons
+    viewer = log_in(browser, demo, "val", VIEWER_PASSWORD)
+    viewer.goto(demo.url + "/bed?bed=demo%2Fbed004")
+    expect(viewer.locator("#alarm-list li", has_text="VTACH")).to_be_visible(timeout=10_000)
+    assert viewer.locator("#alarm-list button").count() == 0
+    assert viewer.locator("#pause-bed").is_hidden()
+    viewer.close()
+
+    page.click("a[href='/bed?bed=demo%2Fbed004']")
+    page.wait_for_url(re.compile(r"/bed\?bed=demo%2Fbed004$"))
+    item = page.locator("#alarm-list li", has_text="VTACH")
+    expect(item.locator("button.ack")).to_be_visible(timeout=10_000)
+    expect(page.locator("#alarm-history li", has_text="VTACH").first).to_be_visible()
+    page.click("#sound")  # a new page needs its own gesture before it may sound
+    page.wait_for_function(TONE_PLAYING, timeout=5_000)
+    acked_while = item.get_attribute("data-state")
+    item.locator("button.ack").click()
+    expect(page.locator("#alarm-history li", has_text="— ida").first).to_be_visible(timeout=5_000)
+    assert page.evaluate(SOUNDING_HIGH) == []
+    page.wait_for_function(TONE_SILENT, timeout=5_000)
+    page.screenshot(path=str(ARTIFACTS / "bed-alarm-acknowledged.png"), full_page=True)
+
+    page.goto(demo.url + "/census")
+    row = page.locator("#census tr[data-bed='demo/bed004']")
+    if acked_while == "active":  # VT still present: shown as acknowledged
+        expect(row.locator(".alarm-high.acked", has_text="VTACH")).to_be_visible(timeout=5_000)
+        assert row.get_attribute("data-alarm") == "high acknowledged"
+    else:  # VT had ended: the acknowledgement cleared the latched alarm
+        assert acked_while == "latched"
+        expect(row.locator(".alarm", has_text="VTACH")).to_have_count(0, timeout=5_000)
+    page.close()
 
 
 def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None:

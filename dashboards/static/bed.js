@@ -147,6 +147,69 @@ async function review() {
     [null, ...w.values, null], `${w.signal} ${w.unit}`);
 }
 
+// Alarms: the live list with acknowledge / pause for the roles that may respond, and history.
+let alarmFeed = null;
+let pauseMaxS = null;
+
+async function respond(path, body) {
+  const error = document.getElementById("alarm-error");
+  error.textContent = "";
+  try {
+    await eicuAlarms.post(path, body);
+  } catch (err) {
+    error.textContent = err.message;
+  }
+  alarmFeed.refresh();
+}
+
+function alarmItem(a) {
+  const li = eicu.el("li", { "data-alarm-id": a.alarm_id, "data-state": a.state },
+    eicuAlarms.chip(a), " ", a.state,
+    eicu.el("div", { class: "meta" }, `since ${eicuAlarms.time(a.started_us)}`,
+      a.sounding ? " · sounding" : "",
+      a.audio_paused_until_us !== null && !a.sounding && a.state !== "acknowledged"
+        ? ` · audio paused until ${eicuAlarms.time(a.audio_paused_until_us)}` : "",
+      a.acknowledged_by ? ` · acknowledged by ${a.acknowledged_by}` : ""));
+  if (eicuAlarms.canRespond() && (a.state === "active" || a.state === "latched")) {
+    const id = encodeURIComponent(a.alarm_id).replaceAll("%2F", "/");
+    const ack = eicu.el("button", { class: "ack" }, "Acknowledge");
+    ack.addEventListener("click", () => respond(`/api/alarms/${id}/ack`));
+    li.append(ack);
+    if (a.sounding) {
+      const pause = eicu.el("button", { class: "pause" }, `Pause audio ${pauseMaxS} s`);
+      pause.addEventListener("click", () => respond(`/api/alarms/${id}/pause`, { duration_s: pauseMaxS }));
+      li.append(pause);
+    }
+  }
+  return li;
+}
+
+function renderAlarms(data) {
+  pauseMaxS = data.audio_pause_max_s;
+  const list = document.getElementById("alarm-list");
+  list.replaceChildren(...data.alarms.map(alarmItem));
+  if (!data.alarms.length) list.append(eicu.el("li", { class: "missing" }, "no live alarms"));
+  const pauseBed = document.getElementById("pause-bed");
+  pauseBed.hidden = !eicuAlarms.canRespond() || !data.alarms.some((a) => a.sounding);
+  pauseBed.textContent = `Pause this bed's audio ${pauseMaxS} s`;
+  const history = document.getElementById("alarm-history");
+  history.replaceChildren(...data.history.map((e) => eicu.el("li", {},
+    `${eicuAlarms.time(e.time_us)} ${e.kind} ${e.state} (${e.priority}) — ${e.actor}${e.reason ? `: ${e.reason}` : ""}`)));
+  if (!data.history.length) history.append(eicu.el("li", { class: "missing" }, "no alarm events since the engine started"));
+}
+
+function alarmFeedState(ok, message) {
+  const badge = document.getElementById("alarm-feed");
+  badge.textContent = ok ? "" : `alarms unavailable: ${message}`;
+  badge.classList.toggle("stale", !ok);
+  if (!ok) {  // never leave an old alarm list looking current
+    document.getElementById("alarm-list").replaceChildren();
+    document.getElementById("pause-bed").hidden = true;
+  }
+}
+
+document.getElementById("pause-bed").addEventListener("click", () => respond(
+  `${base}/alarms/pause`, { duration_s: pauseMaxS }));
 document.getElementById("review-show").addEventListener("click", review);
 eicu.loadMe().then(async () => {
   const known = await eicu.api(base);
@@ -157,6 +220,7 @@ eicu.loadMe().then(async () => {
   }
   renderBed(await known.json());
   connect();
+  alarmFeed = eicuAlarms.poll({ bed: bedId, onBed: renderAlarms, onFeed: alarmFeedState });
   loadTrends();
   setInterval(loadTrends, 60000);
   requestAnimationFrame(animate);

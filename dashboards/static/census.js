@@ -22,6 +22,14 @@ function rhythmCell(engine) {
   return parts.length ? parts.join(" · ") : eicu.el("span", { class: "missing" }, "—");
 }
 
+function alarmCell(bed) {
+  if (!bed.alarms_available) {
+    return eicu.el("span", { class: "missing", title: "this engine runs no alarm service" }, "n/a");
+  }
+  if (!bed.alarm) return eicu.el("span", { class: "missing" }, "—");
+  return eicuAlarms.chip(bed.alarm);
+}
+
 function render(msg) {
   const current = siteSelect.value;
   const known = new Set([...siteSelect.options].map((o) => o.value));
@@ -30,11 +38,12 @@ function render(msg) {
   body.replaceChildren();
   for (const bed of msg.beds) {
     const v = bed.values;
-    const tr = eicu.el("tr", { class: `bed-row ${bed.status}${bed.stale ? " stale" : ""}`, "data-bed": bed.bed });
+    const tr = eicu.el("tr", { class: `bed-row ${bed.status}${bed.stale ? " stale" : ""}`, "data-bed": bed.bed,
+      "data-alarm": bed.alarm ? `${bed.alarm.priority} ${bed.alarm.state}` : "none" });
     const nibp = eicu.el("span", {}, eicu.valueCell(v.NIBP_SYS), "/", eicu.valueCell(v.NIBP_DIA));
     const cells = [
       eicu.el("a", { href: `/bed?bed=${encodeURIComponent(bed.bed)}` }, bed.bed),
-      statusCell(bed), eicu.news2Chip(bed.news2),
+      statusCell(bed), alarmCell(bed), eicu.news2Chip(bed.news2),
       eicu.valueCell(v.HR), eicu.valueCell(v.SPO2), eicu.valueCell(v.RR), nibp,
       eicu.valueCell(v.ABP_MEAN), eicu.valueCell(v.TEMP), eicu.valueCell(v.ACVPU),
       eicu.valueCell(v.O2), rhythmCell(bed.engine),
@@ -62,5 +71,14 @@ function connect() {
   };
 }
 
+function alarmFeed(ok, message) {
+  const badge = document.getElementById("alarm-feed");
+  badge.textContent = ok ? "" : `alarms: ${message}`;
+  badge.classList.toggle("stale", !ok);
+}
+
 siteSelect.addEventListener("change", connect);
-eicu.loadMe().then(connect);
+eicu.loadMe().then(() => {
+  connect();
+  eicuAlarms.poll({ onFeed: alarmFeed });
+});

@@ -1,0 +1,225 @@
+"""The dashboard's alarm API against a real Engine, AlarmService and outbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from alerting.model import AlarmState, Category, Priority
+from alerting.outbox import Outbox
+from alerting.service import AlarmService
+from alerting.state import Alarm
+from dashboards import views
+from dashboards.app import create_app
+from dashboards.users import Role, Users
+from eicu.config import HttpSettings
+from eicu.models import BedKey
+from ingest.engine import Engine
+from tests.dashboard_beds import fed_engine
+
+PASSWORDS = {"ada": "intensivist-pw-1", "nina": "nurse-password-1", "val": "viewer-password"}
+SICK = BedKey("icu1", "bed2")  # fed_engine's deteriorating bed: NEWS2 high
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    engine = await fed_engine(tmp_path)
+    yield engine
+    if engine.alarms is not None:
+        engine.alarms.outbox.close()
+    await engine.store.close()
+
+
+@pytest.fixture
+def service(engine: Engine, tmp_path: Path) -> AlarmService:
+    engine.alarms = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    engine.alarms.evaluate(now_us())
+    return engine.alarms
+
+
+@pytest.fixture
+def app(engine: Engine, tmp_path: Path) -> FastAPI:
+    users = Users(tmp_path / "users.json")
+    users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
+    users.add("nina", Role.NURSE, PASSWORDS["nina"])
+    users.add("val", Role.VIEWER, PASSWORDS["val"])
+    return create_app(engine, HttpSettings(cookie_secure=False), users)
+
+
+def client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def login(app: FastAPI, name: str) -> tuple[httpx.AsyncClient, dict[str, str]]:
+    c = client(app)
+    r = await c.post("/api/login", json={"name": name, "password": PASSWORDS[name]})
+    assert r.status_code == 200, r.text
+    return c, {"X-CSRF-Token": r.json()["csrf"]}
+
+
+def high_alarm(alarms: list[dict[str, object]]) -> dict[str, object]:
+    return next(a for a in alarms if a["bed"] == str(SICK) and a["kind"] == "NEWS2_HIGH")
+
+
+async def test_live_alarms_highest_priority_first_and_per_bed(
+    app: FastAPI, service: AlarmService
+) -> None:
+    c, _ = await login(app, "val")
+    async with aclosing(c):
+        r = await c.get("/api/alarms")
+        assert r.status_code == 200, r.text
+        alarms = r.json()["alarms"]
+        ranks = [views.PRIORITY_RANK[str(a["priority"])] for a in alarms]
+        assert ranks == sorted(ranks, reverse=True) and ranks[0] == 3
+        top = alarms[0]
+        assert (top["bed"], top["kind"], top["state"]) == (str(SICK), "NEWS2_HIGH", "active")
+        assert top["sounding"] is True and top["acknowledged_by"] is None
+        assert top["audio_paused_until_us"] is None and top["started_us"] > 0
+        one = (await c.get("/api/alarms", params={"bed": "icu2/bed9"})).json()
+        assert [a["kind"] for a in one["alarms"]] == ["BED_OFFLINE"]
+        assert one["history"][0]["state"] == "active" and one["history"][0]["actor"] == "engine"
+        assert (await c.get("/api/alarms", params={"bed": "nonsense"})).status_code == 404
+        census = (await c.get("/api/census")).json()["beds"]
+        assert census[0]["bed"] == str(SICK) and census[0]["alarm"]["kind"] == "NEWS2_HIGH"
+        assert all(row["alarms_available"] for row in census)
+
+
+async def test_viewer_may_not_acknowledge_and_a_nurse_is_audited(
+    app: FastAPI, service: AlarmService
+) -> None:
+    alarm_id = next(
+        a.alarm_id for a in service.machine.alarms() if a.bed == SICK and a.kind == "NEWS2_HIGH"
+    )
+    viewer, viewer_csrf = await login(app, "val")
+    nurse, nurse_csrf = await login(app, "nina")
+    async with aclosing(viewer), aclosing(nurse):
+        denied = await viewer.post(f"/api/alarms/{alarm_id}/ack", headers=viewer_csrf)
+        assert denied.status_code == 403
+        assert service.machine.alarm(alarm_id).state == AlarmState.ACTIVE
+        no_csrf = await nurse.post(f"/api/alarms/{alarm_id}/ack")
+        assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+        ack = await nurse.post(f"/api/alarms/{alarm_id}/ack", headers=nurse_csrf)
+        assert ack.status_code == 200, ack.text
+        assert ack.json()["events"][-1]["actor"] == "nina"
+        audited = service.outbox.events(alarm_id)[-1].event
+        assert (audited.state, audited.actor) == (AlarmState.ACKNOWLEDGED, "nina")
+        again = await nurse.post(f"/api/alarms/{alarm_id}/ack", headers=nurse_csrf)
+        assert again.status_code == 409
+        unknown = await nurse.post("/api/alarms/icu1/bed2/VTACH/1/ack", headers=nurse_csrf)
+        assert unknown.status_code == 404
+        view = high_alarm((await nurse.get("/api/alarms")).json()["alarms"])
+        assert view["state"] == "acknowledged" and view["acknowledged_by"] == "nina"
+        assert view["sounding"] is False
+        census = (await nurse.get("/api/census")).json()["beds"]
+        assert census[0]["alarm"]["state"] == "acknowledged"
+
+
+async def test_pause_is_cut_to_the_policy_limit_and_audited(
+    app: FastAPI, service: AlarmService
+) -> None:
+    limit_s = service.machine.policy_for(SICK).audio_pause_max_s
+    alarm_id = next(
+        a.alarm_id for a in service.machine.alarms() if a.bed == SICK and a.kind == "NEWS2_HIGH"
+    )
+    viewer, viewer_csrf = await login(app, "val")
+    doctor, csrf = await login(app, "ada")
+    async with aclosing(viewer), aclosing(doctor):
+        path = f"/api/alarms/{alarm_id}/pause"
+        denied = await viewer.post(path, headers=viewer_csrf, json={"duration_s": 60})
+        assert denied.status_code == 403
+        too_long = await doctor.post(path, headers=csrf, json={"duration_s": 86_400})
+        assert too_long.status_code == 422
+        before = now_us()
+        r = await doctor.post(path, headers=csrf, json={"duration_s": limit_s * 10})
+        assert r.status_code == 200, r.text
+        assert r.json()["paused_s"] == limit_s
+        view = high_alarm((await doctor.get("/api/alarms")).json()["alarms"])
+        until = view["audio_paused_until_us"]
+        assert isinstance(until, int)
+        assert before + limit_s * 1e6 <= until <= now_us() + limit_s * 1e6
+        assert view["sounding"] is False and view["state"] == "active"
+        audited = service.outbox.events(alarm_id)[-1].event
+        assert audited.actor == "ada" and audited.audio_paused_until_us == until
+        # the whole bed: every live alarm of it paused, each audited with the user
+        bed = await doctor.post(
+            "/api/beds/icu2/bed9/alarms/pause", headers=csrf, json={"duration_s": 30}
+        )
+        assert bed.status_code == 200, bed.text
+        assert [e["kind"] for e in bed.json()["events"]] == ["BED_OFFLINE"]
+        assert all(e["actor"] == "ada" for e in bed.json()["events"])
+        quiet = await doctor.post(
+            "/api/beds/icu1/bed1/alarms/pause", headers=csrf, json={"duration_s": 30}
+        )
+        assert quiet.status_code == 409
+
+
+async def test_anonymous_gets_401_and_no_alarm_service_is_503(app: FastAPI, engine: Engine) -> None:
+    async with client(app) as anon:
+        assert (await anon.get("/api/alarms")).status_code == 401
+        r = await anon.post("/api/alarms/icu1/bed2/NEWS2_HIGH/1/ack")
+        assert r.status_code == 401 and "bed2" not in r.text.replace("/api", "")
+        pause = await anon.post("/api/beds/icu1/bed2/alarms/pause", json={"duration_s": 5})
+        assert pause.status_code == 401
+    assert engine.alarms is None
+    c, csrf = await login(app, "nina")
+    async with aclosing(c):
+        r = await c.get("/api/alarms")
+        assert r.status_code == 503 and "no alarm service" in r.json()["detail"]
+        ack = await c.post("/api/alarms/icu1/bed2/NEWS2_HIGH/1/ack", headers=csrf)
+        assert ack.status_code == 503
+        census = (await c.get("/api/census")).json()["beds"]
+        assert census and not any(row["alarms_available"] for row in census)
+
+
+def _alarm(bed: BedKey, priority: Priority, state: AlarmState) -> Alarm:
+    return Alarm(
+        alarm_id=f"{bed}/X/1", bed=bed, kind="X", category=Category.PHYSIOLOGICAL,
+        priority=priority, state=state, started_us=1, condition_present=True, value=None,
+        detail="", acknowledged_by=None, acknowledged_us=None, audio_paused_until_us=None,
+    )  # fmt: skip
+
+
+async def test_census_puts_high_priority_alarms_before_acuity(engine: Engine) -> None:
+    calm, stale, offline = BedKey("icu1", "bed1"), BedKey("icu2", "bed8"), BedKey("icu2", "bed9")
+    alarms = [
+        _alarm(calm, Priority.HIGH, AlarmState.ACKNOWLEDGED),
+        _alarm(stale, Priority.HIGH, AlarmState.LATCHED),
+        _alarm(offline, Priority.MEDIUM, AlarmState.ACTIVE),
+        _alarm(SICK, Priority.LOW, AlarmState.CLEARED),
+    ]
+    rows = views.census(
+        engine.router.beds, engine.scores.beds, engine.signals.derived, now_us(), None, alarms
+    )
+    order = [r["bed"] for r in rows]
+    # latched high, then acknowledged high, then NEWS2 acuity (the sick bed first)
+    assert order[:3] == [str(stale), str(calm), str(SICK)]
+    assert rows[2]["alarm"] is None  # a cleared alarm is not shown
+    assert next(r for r in rows if r["bed"] == str(offline))["alarm"]["priority"] == "medium"
+
+
+async def test_a_clock_that_went_back_is_refused_not_recorded(
+    app: FastAPI, service: AlarmService
+) -> None:
+    alarm_id = next(
+        a.alarm_id for a in service.machine.alarms() if a.bed == SICK and a.kind == "NEWS2_HIGH"
+    )
+    service.evaluate(now_us() + 60_000_000)  # the engine's last step is a minute ahead
+    before = len(service.outbox.events(alarm_id))
+    c, csrf = await login(app, "nina")
+    async with aclosing(c):
+        r = await c.post(f"/api/alarms/{alarm_id}/ack", headers=csrf)
+        assert r.status_code == 503 and "clock went back" in r.json()["detail"]
+        p = await c.post(f"/api/alarms/{alarm_id}/pause", headers=csrf, json={"duration_s": 5})
+        assert p.status_code == 503
+    assert len(service.outbox.events(alarm_id)) == before
+    assert service.machine.alarm(alarm_id).state == AlarmState.ACTIVE
