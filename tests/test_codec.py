@@ -431,6 +431,17 @@ def test_sample_counts_beyond_the_format_limit_are_refused(monkeypatch: pytest.M
     assert decode_int16(encode_int16(np.zeros(9, dtype=np.int16))).tolist() == [0] * 9
 
 
+@pytest.mark.parametrize("name", ["one", "two", "ramp", "sine_12bit", "white_noise"])
+@pytest.mark.parametrize("extra", [b"\x00", b"\x00" * 9, b"\x80"])
+def test_bytes_after_the_stream_are_rejected(name: str, extra: bytes) -> None:
+    data = _with_crc(encode_int16(FIXED[name])[:-1] + extra)
+    with pytest.raises(CodecError) as info:
+        decode_int16(data)
+    assert info.value.reason == "trailing"
+    with pytest.raises(ValueError):
+        naive_decode(data)
+
+
 def test_non_zero_padding_is_rejected() -> None:
     # n = 2, x0 = 0, sub-block of zero residuals under order 1, then a stray one bit
     body = bytes([1, 2, 0, 0]) + bytes([0b11100100 | 0b1])
