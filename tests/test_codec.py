@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from eicu.datasets import mitdb_records
 from eicu.errors import CodecError, StorageError
 from eicu.kernels.codec import (
     BLOCK,
@@ -537,6 +538,23 @@ def test_mitdb_250_sample_chunks_round_trip_within_one_byte_per_sample(channel: 
     assert total / x.shape[0] <= 1.0
     whole = encode_int16(x)
     np.testing.assert_array_equal(decode_int16(whole), x)
+
+
+@pytest.mark.realdata
+def test_every_mitdb_record_round_trips_within_one_byte_per_sample() -> None:
+    root = require_data("mitdb/RECORDS")
+    names = mitdb_records()
+    assert names
+    worst = 0.0
+    for name in names:
+        signals = _read_adc(root / "mitdb" / name)
+        for x in signals.T:
+            chunks = [x[a : a + 250] for a in range(0, x.shape[0], 250)]
+            encoded = encode_many(chunks)
+            decoded = np.concatenate(decode_many(encoded))
+            np.testing.assert_array_equal(decoded, x)
+            worst = max(worst, sum(len(b) for b in encoded) / x.shape[0])
+    assert worst <= 1.0
 
 
 @pytest.mark.realdata
