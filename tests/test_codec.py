@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from eicu.datasets import mitdb_records
 from eicu.errors import CodecError, StorageError
 from eicu.kernels.codec import (
     BLOCK,
@@ -431,6 +432,17 @@ def test_sample_counts_beyond_the_format_limit_are_refused(monkeypatch: pytest.M
     assert decode_int16(encode_int16(np.zeros(9, dtype=np.int16))).tolist() == [0] * 9
 
 
+@pytest.mark.parametrize("name", ["one", "two", "ramp", "sine_12bit", "white_noise"])
+@pytest.mark.parametrize("extra", [b"\x00", b"\x00" * 9, b"\x80"])
+def test_bytes_after_the_stream_are_rejected(name: str, extra: bytes) -> None:
+    data = _with_crc(encode_int16(FIXED[name])[:-1] + extra)
+    with pytest.raises(CodecError) as info:
+        decode_int16(data)
+    assert info.value.reason == "trailing"
+    with pytest.raises(ValueError):
+        naive_decode(data)
+
+
 def test_non_zero_padding_is_rejected() -> None:
     # n = 2, x0 = 0, sub-block of zero residuals under order 1, then a stray one bit
     body = bytes([1, 2, 0, 0]) + bytes([0b11100100 | 0b1])
@@ -526,6 +538,23 @@ def test_mitdb_250_sample_chunks_round_trip_within_one_byte_per_sample(channel: 
     assert total / x.shape[0] <= 1.0
     whole = encode_int16(x)
     np.testing.assert_array_equal(decode_int16(whole), x)
+
+
+@pytest.mark.realdata
+def test_every_mitdb_record_round_trips_within_one_byte_per_sample() -> None:
+    root = require_data("mitdb/RECORDS")
+    names = mitdb_records()
+    assert names
+    worst = 0.0
+    for name in names:
+        signals = _read_adc(root / "mitdb" / name)
+        for x in signals.T:
+            chunks = [x[a : a + 250] for a in range(0, x.shape[0], 250)]
+            encoded = encode_many(chunks)
+            decoded = np.concatenate(decode_many(encoded))
+            np.testing.assert_array_equal(decoded, x)
+            worst = max(worst, sum(len(b) for b in encoded) / x.shape[0])
+    assert worst <= 1.0
 
 
 @pytest.mark.realdata
