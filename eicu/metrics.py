@@ -50,6 +50,11 @@ class IngestMetrics:
         self.rejected = Counter(
             "eicu_ingest_rejected", "Messages rejected, by reason", ["reason"], registry=r
         )
+        self.internal_errors = Counter(
+            "eicu_ingest_internal_errors",
+            "Messages that tripped a fault in the engine (kept as dead letters)",
+            registry=r,
+        )
         self.duplicates = Counter(
             "eicu_ingest_duplicates", "Messages seen twice (dropped)", ["kind"], registry=r
         )

@@ -54,6 +54,19 @@ class Ingest:
         if self._router.route(frame):
             self._writer.add(frame)
 
+    def _handle_safely(self, topic: str, payload: bytes) -> None:
+        """A message that trips a fault in the engine is kept, counted and logged; the loop
+        goes on, so one bad message never stops a ward's data."""
+        received_us = time.time_ns() // 1000
+        try:
+            self.handle(topic, payload, received_us)
+        except Exception as exc:
+            log.exception("internal error on a message on %s; kept as a dead letter", topic)
+            self._metrics.internal_errors.inc()
+            self._writer.add_dead_letter(
+                DeadLetter(received_us, topic[:512], "internal_error", repr(exc)[:500], payload)
+            )
+
     async def run(self) -> None:
         s = self._settings
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
@@ -79,7 +92,7 @@ class Ingest:
                         payload = message.payload
                         if not isinstance(payload, bytes | bytearray):
                             payload = str(payload).encode()
-                        self.handle(message.topic.value, bytes(payload), time.time_ns() // 1000)
+                        self._handle_safely(message.topic.value, bytes(payload))
             except aiomqtt.MqttError as exc:
                 self._metrics.mqtt_connected.set(0)
                 self.connected.clear()

@@ -148,3 +148,26 @@ def test_ring_keeps_the_newest_samples_in_order_for_any_chunking() -> None:
         assert ring.total == len(everything)
 
     check()
+
+
+def test_a_fault_on_one_message_is_kept_and_does_not_stop_the_loop(tmp_path: Path) -> None:
+    from eicu import wire
+    from eicu.config import MqttSettings
+    from ingest.service import Ingest
+    from ingest.state import BedRouter
+
+    metrics = IngestMetrics()
+    router = BedRouter(metrics)
+
+    def broken(frame: object, state: object) -> None:
+        raise RuntimeError("a consumer fault")
+
+    router.route = lambda frame: broken(frame, None)  # type: ignore[method-assign, assignment]
+    writer = StoreWriter(FlakyStore(), IngestSettings(spool_dir=tmp_path), metrics)  # type: ignore[arg-type]
+    ingest = Ingest(MqttSettings(), router, writer, metrics)
+    frame = NumericsFrame(BED, 1, T0, {"HR": 70.0})
+    ingest._handle_safely(wire.numerics_topic(BED), wire.encode_numerics(frame))
+    assert metrics.internal_errors._value.get() == 1
+    kept = writer._open.dead_letters
+    assert len(kept) == 1 and kept[0].reason == "internal_error"
+    assert kept[0].payload == wire.encode_numerics(frame)
