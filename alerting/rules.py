@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from alerting.model import AlarmCondition
 from alerting.policy import NEWS2_BANDS, AlarmPolicy, ConditionPolicy
@@ -205,8 +205,14 @@ def probe_conditions(
 
 
 def _condition(
-    bed: BedKey, c: ConditionPolicy, now_us: int, present: bool, detail: str
+    bed: BedKey,
+    c: ConditionPolicy,
+    now_us: int,
+    present: bool,
+    detail: str = "",
+    **extra: Any,
 ) -> AlarmCondition:
+    """A condition of policy entry ``c`` for ``bed`` at ``now_us``."""
     return AlarmCondition(
         bed=bed,
         kind=c.kind,
@@ -215,6 +221,7 @@ def _condition(
         time_us=now_us,
         present=present,
         detail=detail,
+        **extra,
     )
 
 
@@ -264,12 +271,10 @@ def rhythm_conditions(
     for c in policy.conditions.values():
         if c.rule != "rhythm" or c.label is None:
             continue
-        condition = AlarmCondition(
-            bed=bed,
-            kind=c.kind,
-            category=c.category,
-            priority=c.priority,
-            time_us=now_us,
+        condition = _condition(
+            bed,
+            c,
+            now_us,
             present=c.label in active,
             detail=c.label,
         )
@@ -285,12 +290,10 @@ def rhythm_conditions(
             else:
                 verdict, reason = decision.true_alarm, decision.reason
         if verdict is False:
-            condition = AlarmCondition(
-                bed=bed,
-                kind=c.kind,
-                category=c.category,
-                priority=c.priority,
-                time_us=now_us,
+            condition = _condition(
+                bed,
+                c,
+                now_us,
                 present=True,
                 detail=c.label,
                 verified=False,
@@ -300,12 +303,10 @@ def rhythm_conditions(
             )
             continue
         out.append(
-            AlarmCondition(
-                bed=bed,
-                kind=c.kind,
-                category=c.category,
-                priority=c.priority,
-                time_us=now_us,
+            _condition(
+                bed,
+                c,
+                now_us,
                 present=True,
                 detail=f"{c.label}: {reason}" if reason else c.label,
                 verified=verdict,
@@ -341,12 +342,10 @@ def score_conditions(
             else:
                 continue
             out.append(
-                AlarmCondition(
-                    bed=bed,
-                    kind=c.kind,
-                    category=c.category,
-                    priority=c.priority,
-                    time_us=now_us,
+                _condition(
+                    bed,
+                    c,
+                    now_us,
                     present=present,
                     value=None if value is None else float(value),
                     detail=detail,
