@@ -39,18 +39,8 @@ class MqttSettings:
 
     @classmethod
     def from_url(cls, url: str, key: str = "EICU_MQTT_URL", **kw: object) -> MqttSettings:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("mqtt", "tcp"):
-            raise ConfigError(key, f"expected mqtt://host:port, got scheme {parts.scheme!r}")
-        if not parts.hostname:
-            raise ConfigError(key, "no host in the URL")
-        try:
-            port = parts.port or 1883
-        except ValueError as exc:
-            raise ConfigError(key, f"bad port: {exc}") from exc
-        password = Secret(urllib.parse.unquote(parts.password)) if parts.password else None
-        username = urllib.parse.unquote(parts.username) if parts.username else None
-        return cls(host=parts.hostname, port=port, username=username, password=password, **kw)  # type: ignore[arg-type]
+        _, host, port, username, password = _server_url(url, key, ("mqtt", "tcp"), 1883)
+        return cls(host=host, port=port, username=username, password=password, **kw)  # type: ignore[arg-type]
 
     @property
     def url(self) -> str:
@@ -89,23 +79,15 @@ class SmtpSettings:
     def from_url(
         cls, url: str, key: str = "EICU_SMTP_URL", *, sender: str | None = None
     ) -> SmtpSettings:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("smtp", "smtp+starttls"):
-            raise ConfigError(key, f"expected smtp://host:port, got scheme {parts.scheme!r}")
-        if not parts.hostname:
-            raise ConfigError(key, "no host in the URL")
-        try:
-            port = parts.port or 25
-        except ValueError as exc:
-            raise ConfigError(key, f"bad port: {exc}") from exc
-        password = Secret(urllib.parse.unquote(parts.password)) if parts.password else None
-        username = urllib.parse.unquote(parts.username) if parts.username else None
+        scheme, host, port, username, password = _server_url(
+            url, key, ("smtp", "smtp+starttls"), 25
+        )
         return cls(
-            host=parts.hostname,
+            host=host,
             port=port,
             username=username,
             password=password,
-            starttls=parts.scheme == "smtp+starttls",
+            starttls=scheme == "smtp+starttls",
             sender=sender or cls.sender,
         )
 
@@ -208,6 +190,24 @@ class Settings:
     def describe(self) -> dict[str, str]:
         """The settings in force, secrets masked: for logs and ``--help`` output."""
         return {f.name: repr(getattr(self, f.name)) for f in fields(self)}
+
+
+def _server_url(
+    url: str, key: str, schemes: tuple[str, ...], default_port: int
+) -> tuple[str, str, int, str | None, Secret | None]:
+    """(scheme, host, port, user, password) of ``scheme://[user:password@]host[:port]``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ConfigError(key, f"expected {schemes[0]}://host:port, got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ConfigError(key, "no host in the URL")
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ConfigError(key, f"bad port: {exc}") from exc
+    password = Secret(urllib.parse.unquote(parts.password)) if parts.password else None
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    return parts.scheme, parts.hostname, port, username, password
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -1,0 +1,40 @@
+"""Settings from URLs and the environment: errors name the key, secrets never print."""
+
+from __future__ import annotations
+
+import pytest
+
+from eicu.config import MqttSettings, Settings, SmtpSettings
+from eicu.errors import ConfigError
+
+
+def test_broker_and_smtp_urls() -> None:
+    m = MqttSettings.from_url("mqtt://gw:p%40ss@broker.example:1884")
+    assert (m.host, m.port, m.username, m.password) == ("broker.example", 1884, "gw", "p@ss")
+    assert "p@ss" not in repr(m)
+    s = SmtpSettings.from_url("smtp+starttls://mail.example")
+    assert (s.host, s.port, s.starttls) == ("mail.example", 25, True)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"EICU_MQTT_URL": "http://broker"}, "EICU_MQTT_URL"),
+        ({"EICU_MQTT_URL": "mqtt://broker:99999"}, "EICU_MQTT_URL"),
+        ({"EICU_MQTT_URL": "mqtt://"}, "EICU_MQTT_URL"),
+        ({"EICU_DATABASE_URL": "mysql://db"}, "EICU_DATABASE_URL"),
+        ({"EICU_FLUSH_INTERVAL_S": "fast"}, "EICU_FLUSH_INTERVAL_S"),
+        ({"EICU_ANALYSE_SIGNALS": "maybe"}, "EICU_ANALYSE_SIGNALS"),
+        ({"EICU_SMTP_URL": "ftp://mail"}, "EICU_SMTP_URL"),
+    ],
+)
+def test_bad_settings_name_their_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.key == key
+
+
+def test_database_url_is_masked() -> None:
+    settings = Settings.from_env({"EICU_DATABASE_URL": "postgresql://u:secret@db/eicu"})
+    assert "secret" not in repr(settings.database_url)
+    assert "secret" not in str(settings.describe())
