@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from eicu.config import Secret, VideoSettings
 from eicu.video.cart import CartAgent, cart_ws_url
 from eicu.video.media import FrameMeter, consume, open_local_media
 from eicu.video.peer import create_peer
-from tests.video_engine import SignalingServer
+from tests.video_engine import SignalingServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SETTINGS = VideoSettings(
     allow_loopback=True,
@@ -234,3 +242,91 @@ async def test_wrong_password_and_no_engine_are_retried() -> None:
     finally:
         await stopped(stop, task)
         await server.stop()
+
+
+@pytest.mark.slow
+async def test_eicu_cart_command_records_and_serves_metrics(tmp_path: Path) -> None:
+    server = SignalingServer({USER: "pw"}, {USER: {("icu-a", "3")}})
+    await server.start()
+    metrics_port = free_port()
+    recording = tmp_path / "consult.mp4"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "EICU_CART_PASSWORD": "pw",
+        "EICU_VIDEO_ALLOW_LOOPBACK": "1",
+        "EICU_VIDEO_CAMERA": "none",
+        "EICU_VIDEO_MICROPHONE": "none",
+        "EICU_VIDEO_STATS_INTERVAL_S": "0.5",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "eicu.cli",
+        "cart",
+        "--site",
+        "icu-a",
+        "--bed",
+        "3",
+        "--server",
+        server.url,
+        "--metrics-port",
+        str(metrics_port),
+        "--record",
+        str(recording),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    caller = Caller()
+    try:
+        await wait_for(lambda: ("icu-a", "3") in server.carts, timeout=30)
+        sdp = await caller.offer()
+        await server.send(
+            "icu-a", "3", {"type": "offer", "call_id": "c1", "sdp": sdp, "caller": "dr"}
+        )
+        answer = await server.expect("answer")
+        from aiortc import RTCSessionDescription
+
+        await caller.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        await wait_for(lambda: caller.received.get("video", FrameMeter()).frames >= 5)
+        stats = await server.expect("stats")
+        while stats["stats"]["inbound"].get("video", {}).get("frames", 0) < 5:
+            stats = await server.expect("stats")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp,
+        ):
+            text = await resp.text()
+        assert 'eicu_cart_in_call{bed="3",site="icu-a"} 1.0' in text
+        assert "eicu_video_frame_width" in text
+        await server.send("icu-a", "3", {"type": "hangup", "call_id": "c1"})
+        await asyncio.sleep(0.5)
+    finally:
+        await caller.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        err = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+        rc = await asyncio.wait_for(proc.wait(), 30)
+        await server.stop()
+    assert rc == 0, err
+    assert "registered with" in err
+    import av
+
+    with av.open(str(recording)) as container:
+        assert container.streams.video
+        assert container.streams.video[0].codec_context.width == 640
+
+
+def test_eicu_cart_without_password_names_the_key() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "cart", "--site", "s", "--bed", "b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "EICU_CART_PASSWORD" in proc.stderr

@@ -44,6 +44,7 @@ class PeerConnection(RTCPeerConnection):
         self, configuration: RTCConfiguration | None = None, *, allow_loopback: bool = False
     ) -> None:
         super().__init__(configuration)
+        self.configuration = configuration or RTCConfiguration()
         self.allow_loopback = allow_loopback
 
     async def setLocalDescription(
