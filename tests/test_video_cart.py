@@ -198,6 +198,13 @@ async def test_cart_ends_call_when_caller_goes_away() -> None:
         hangup = await server.expect("hangup")
         assert hangup == {"type": "hangup", "call_id": 7}
         await wait_for(lambda: agent.call is None)
+        # A cart that stops hangs up its call first.
+        caller = Caller()
+        sdp = await caller.offer()
+        await server.send("icu-a", "3", {"type": "offer", "call_id": 8, "sdp": sdp, "caller": "dr"})
+        await server.expect("answer")
+        await stopped(stop, task)
+        assert await server.expect("hangup") == {"type": "hangup", "call_id": 8}
     finally:
         await caller.close()
         await stopped(stop, task)

@@ -12,8 +12,9 @@ import json
 import logging
 import random
 import urllib.parse
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiortc import RTCDataChannel, RTCSessionDescription
@@ -27,6 +28,8 @@ from eicu.video.stats import CartMetrics, Summary, summarize
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SESSION_COOKIE = "eicu_session"
 CLOSE_NOT_LOGGED_IN = 4401
 CLOSE_NOT_ALLOWED = 4403
@@ -35,6 +38,10 @@ DATA_CHANNEL_LABEL = "eicu"
 
 class LoginRefused(EicuError):
     """The engine refused the cart's name and password."""
+
+
+class _Stopped(Exception):
+    """The cart was asked to stop while it was logging in or connecting."""
 
 
 def cart_ws_url(server: str, site: str, bed: str) -> str:
@@ -251,11 +258,16 @@ class CartAgent:
         """Stay registered until ``stop`` is set, reconnecting with backoff."""
         stop = stop or asyncio.Event()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_connect=15, sock_read=None)
+        async with aiohttp.ClientSession(
+            cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
+        ) as http:
             while not stop.is_set():
                 self.attempts += 1
                 try:
                     registered = await self._connect_once(http, stop)
+                except _Stopped:
+                    break
                 except LoginRefused as exc:
                     registered = False
                     self._count("login_refused")
@@ -279,6 +291,22 @@ class CartAgent:
             if self.call is not None:
                 await self.end_call(self.call, "cart stopping", notify=True)
 
+    @staticmethod
+    async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
+        """``aw``'s result, or _Stopped as soon as ``stop`` is set."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, stopper, return_exceptions=True)
+        if task.cancelled():
+            raise _Stopped
+        return task.result()
+
     def _count(self, outcome: str) -> None:
         self.metrics.connects.labels(self.site, self.bed, outcome).inc()
 
@@ -300,13 +328,16 @@ class CartAgent:
         """One connection: log in if needed, register, serve until the link ends. Returns
         whether the engine registered the cart."""
         if self._cookie is None:
-            self._cookie = await self._login(http)
+            self._cookie = await self._unless_stopped(self._login(http), stop)
         try:
-            ws = await http.ws_connect(
-                self.ws_url,
-                headers={"Cookie": f"{SESSION_COOKIE}={self._cookie}"},
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                autoping=True,
+            ws = await self._unless_stopped(
+                http.ws_connect(
+                    self.ws_url,
+                    headers={"Cookie": f"{SESSION_COOKIE}={self._cookie}"},
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                    autoping=True,
+                ),
+                stop,
             )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
@@ -329,6 +360,8 @@ class CartAgent:
                     receive.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await receive
+                    if self.call is not None:
+                        await self.end_call(self.call, "cart stopping", notify=True)
                     return registered
                 try:
                     msg = receive.result()
@@ -469,6 +502,8 @@ class CartAgent:
         try:
             answer = await call.answer(sdp)
         except Exception as exc:  # a bad offer or a media failure ends this call only
+            if call.ended.is_set():  # hung up while answering
+                return
             log.warning("call %r: cannot answer: %s", call.call_id, exc)
             self.metrics.calls.labels(self.site, self.bed, "failed").inc()
             await self.end_call(call, "cannot answer", notify=True)
