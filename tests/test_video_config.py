@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from eicu.config import Settings, VideoSettings
@@ -95,3 +97,41 @@ async def test_configured_ice_servers_win_over_the_engines() -> None:
     pc = create_peer(VideoSettings(), theirs)
     assert pc.configuration.iceServers[0].urls == ["stun:theirs.example:3478"]
     await pc.close()
+
+
+def _loopback_only(sdp: str) -> str:
+    """``sdp`` with every candidate but 127.0.0.1 removed: what a loopback-only host offers."""
+    lines = sdp.splitlines()
+    kept = [
+        line
+        for line in lines
+        if not line.startswith("a=candidate:") or line.split()[4] == "127.0.0.1"
+    ]
+    return "\r\n".join(kept) + "\r\n"
+
+
+async def test_peers_connect_over_loopback_alone() -> None:
+    from aiortc import RTCSessionDescription
+
+    settings = VideoSettings(allow_loopback=True)
+    a, b = create_peer(settings), create_peer(settings)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    channel = a.createDataChannel("eicu")
+    channel.on("open", lambda: channel.send("ping"))
+
+    @b.on("datachannel")
+    def on_channel(remote) -> None:  # type: ignore[no-untyped-def]
+        remote.on("message", lambda m: got.put_nowait(m))
+
+    try:
+        await a.setLocalDescription(await a.createOffer())
+        offer = _loopback_only(a.localDescription.sdp)
+        assert set(candidate_addresses(offer)) == {"127.0.0.1"}
+        await b.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await b.setLocalDescription(await b.createAnswer())
+        answer = _loopback_only(b.localDescription.sdp)
+        await a.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        assert await asyncio.wait_for(got.get(), 15) == "ping"
+    finally:
+        await a.close()
+        await b.close()

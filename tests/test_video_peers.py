@@ -11,7 +11,14 @@ from aiortc import RTCPeerConnection
 
 from eicu.config import VideoSettings
 from eicu.video.font import text_mask
-from eicu.video.media import FrameMeter, TestPatternTrack, ToneTrack, consume, open_local_media
+from eicu.video.media import (
+    NO_CAMERA_TEXT,
+    FrameMeter,
+    TestPatternTrack,
+    ToneTrack,
+    consume,
+    open_local_media,
+)
 from eicu.video.peer import create_peer
 from eicu.video.stats import CartMetrics, summarize
 
@@ -24,9 +31,14 @@ def test_test_pattern_is_labelled_and_moves() -> None:
     assert a.shape == (480, 640, 3)
     assert a.dtype == np.uint8
     assert not np.array_equal(a, b)
-    # The warning is drawn in white on black somewhere in the middle band.
-    mask = text_mask("TEST PATTERN - NO CAMERA", 2)
-    assert (a == 255).all(axis=2).sum() >= mask.sum()
+    # The warning is drawn whole, white on black, centred across the picture.
+    mask = text_mask(NO_CAMERA_TEXT, 4)
+    x = (640 - mask.shape[1]) // 2
+    y = int(480 * 0.36)
+    box = a[y : y + mask.shape[0], x : x + mask.shape[1]]
+    assert (box[mask] == 255).all()
+    assert (box[~mask] == 0).all()
+    assert mask.shape[1] <= 640
     tone = ToneTrack().render(0)
     assert tone.dtype == np.int16
     assert np.abs(tone).max() > 1000

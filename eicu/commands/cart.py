@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise ConfigError("--metrics-port", f"must be between 0 and 65535, got {args.metrics_port}")
     user = args.user or f"cart-{args.site}-{args.bed}"
+    if not log.isEnabledFor(logging.DEBUG):
+        # aioice logs every ICE check at INFO; keep its warnings only.
+        logging.getLogger("aioice").setLevel(logging.WARNING)
     metrics = CartMetrics()
     if settings.allow_loopback:
         log.warning("EICU_VIDEO_ALLOW_LOOPBACK is on: for tests and demos on one machine only")

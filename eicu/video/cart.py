@@ -285,7 +285,7 @@ class CartAgent:
                 if stop.is_set():
                     break
                 delay = backoff.next()
-                log.info("reconnecting in %.1f s", delay)
+                log.info("reconnecting in %.2f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
             if self.call is not None:

@@ -86,31 +86,35 @@ class TestPatternTrack(MediaStreamTrack):
         self._bars = np.ascontiguousarray(
             np.broadcast_to(np.concatenate([row, row])[None, :, :], (height, 2 * width, 3))
         )
-        self._scale = max(1, min(width // 160, height // 120))
 
     def render(self, n: int, now: float | None = None) -> np.ndarray:
         """Frame ``n`` as an RGB array (height, width, 3)."""
-        w, h, s = self.width, self.height, self._scale
+        w, h = self.width, self.height
         offset = (n * 4) % w
         img = self._bars[:, offset : offset + w].copy()
         # A white square bouncing left and right, so a frozen picture is obvious.
-        size = 12 * s
+        size = max(h // 20, 4)
         span = max(w - size, 1)
         x = int(abs((n * 6) % (2 * span) - span))
-        y0 = h // 2 + 20 * s
+        y0 = int(h * 0.56)
         img[y0 : y0 + size, x : x + size] = 255
         clock = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-        big = 2 * s
         lines = [
-            (self.label, 8 * s, big),
-            (NO_CAMERA_TEXT, h // 2 - 12 * s, big),
-            (clock, h - 40 * s, s + 1),
-            (f"FRAME {n}", h - 22 * s, s + 1),
+            (self.label, 0.06, 6),
+            (NO_CAMERA_TEXT, 0.36, 4),
+            (clock, 0.74, 3),
+            (f"FRAME {n}", 0.86, 3),
         ]
-        for text, ty, scale in lines:
+        for text, at, largest in lines:
+            scale = self._fit(text, largest)
             tx = max((w - text_width(text, scale)) // 2, 0)
-            draw_text(img, text, tx, ty, scale=scale)
+            draw_text(img, text, tx, int(h * at), scale=scale)
         return img
+
+    def _fit(self, text: str, largest: int) -> int:
+        """The largest scale up to ``largest`` at which ``text`` fits the width with margins."""
+        room = self.width - 4 * largest
+        return max(1, min(largest, room // max(text_width(text, 1), 1)))
 
     async def recv(self) -> Frame:
         if self.readyState != "live":
