@@ -161,3 +161,32 @@ async def test_two_peers_exchange_video_audio_and_data() -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_devices_through_ffmpeg_and_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    # FFmpeg's lavfi sources stand in for a camera and a microphone.
+    devices = VideoSettings(
+        camera="testsrc=size=320x240:rate=15",
+        camera_format="lavfi",
+        microphone="sine=frequency=1000:sample_rate=48000",
+        microphone_format="lavfi",
+    )
+    media = open_local_media(devices, "ICU-A/3")
+    try:
+        assert media.video.description.startswith("camera ")
+        assert media.audio.description.startswith("microphone ")
+        for _ in range(3):
+            frame = await asyncio.wait_for(media.video.recv(), 10)
+            audio = await asyncio.wait_for(media.audio.recv(), 10)
+        assert (frame.width, frame.height) == (320, 240)
+        assert audio.sample_rate == 48000
+        assert media.video.meter.frames == 3
+    finally:
+        media.stop()
+    # A camera that cannot be opened: the test pattern, and the reason in the log.
+    missing = VideoSettings(camera="/dev/no-such-camera", microphone="none")
+    media = open_local_media(missing, "ICU-A/3")
+    media.stop()
+    assert media.video.description == "test pattern"
+    assert media.audio.description == "test tone"
+    assert "/dev/no-such-camera cannot be opened" in caplog.text
