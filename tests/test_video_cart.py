@@ -337,3 +337,28 @@ def test_eicu_cart_without_password_names_the_key() -> None:
     )
     assert proc.returncode == 2
     assert "EICU_CART_PASSWORD" in proc.stderr
+
+
+async def test_dead_link_is_noticed_and_engine_ice_servers_used() -> None:
+    server = SignalingServer({USER: "pw"}, {USER: {("icu-a", "3")}})
+    server.ice_servers = [{"urls": "stun:stun.example:3478", "credentialType": "password"}]
+    server.answer_pings = False
+    await server.start()
+    agent = CartAgent(
+        "icu-a",
+        "3",
+        server=server.url,
+        user=USER,
+        password=Secret("pw"),
+        settings=SETTINGS,
+        keepalive_s=0.3,
+    )
+    stop, task = await running(agent)
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 10)
+        assert [s.urls for s in agent.server_ice_servers] == [("stun:stun.example:3478",)]
+        # No pong for the cart's pings: it drops the link and connects again.
+        await wait_for(lambda: agent.attempts >= 3, timeout=15)
+    finally:
+        await stopped(stop, task)
+        await server.stop()

@@ -336,6 +336,8 @@ class CartAgent:
                     headers={"Cookie": f"{SESSION_COOKIE}={self._cookie}"},
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                     autoping=True,
+                    # WebSocket pings: a link that stops answering is closed and reconnected.
+                    heartbeat=self.keepalive_s,
                 ),
                 stop,
             )
@@ -352,7 +354,7 @@ class CartAgent:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while True:
-                receive = asyncio.ensure_future(ws.receive(timeout=3 * self.keepalive_s))
+                receive = asyncio.ensure_future(ws.receive())
                 done, _ = await asyncio.wait(
                     {receive, stopper}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -363,13 +365,7 @@ class CartAgent:
                     if self.call is not None:
                         await self.end_call(self.call, "cart stopping", notify=True)
                     return registered
-                try:
-                    msg = receive.result()
-                except TimeoutError:
-                    log.warning(
-                        "nothing from the engine in %.0f s; reconnecting", 3 * self.keepalive_s
-                    )
-                    return registered
+                msg = receive.result()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     if await self._on_message(msg.data):
                         registered = True
@@ -454,7 +450,7 @@ class CartAgent:
         if kind == "registered":
             try:
                 self.server_ice_servers = parse_ice_servers(
-                    msg.get("ice_servers") or [], "registered.ice_servers"
+                    msg.get("ice_servers") or [], "registered.ice_servers", strict=False
                 )
             except ConfigError as exc:
                 log.warning("engine sent unusable ICE servers (%s); using none", exc)
