@@ -362,3 +362,15 @@ async def test_dead_link_is_noticed_and_engine_ice_servers_used() -> None:
     finally:
         await stopped(stop, task)
         await server.stop()
+
+
+def test_recordings_are_never_overwritten(tmp_path: Path) -> None:
+    from eicu.video.cart import recording_path
+
+    first = recording_path(tmp_path / "consult.mp4", "c1")
+    assert first == tmp_path / "consult.mp4"
+    first.write_bytes(b"x")
+    assert recording_path(tmp_path / "consult.mp4", "c2") == tmp_path / "consult-2.mp4"
+    named = recording_path(tmp_path / "bed3-{call_id}.mp4", "a/../b")
+    assert named.parent == tmp_path
+    assert named.name == "bed3-a____b.mp4"
