@@ -314,6 +314,10 @@ class CartAgent:
                     await asyncio.wait_for(stop.wait(), delay)
             if self.call is not None:
                 await self.end_call(self.call, "cart stopping", notify=True)
+            pending = list(self._tasks)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     @staticmethod
     async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
