@@ -48,7 +48,9 @@ CENSUS_PERIOD_S = 1.0
 LIVE_PERIOD_S = 0.1
 LIVE_INITIAL_S = 8.0
 REVIEW_MAX_S = 60.0
-TREND_MAX_MIN = 24 * 60
+TREND_MAX_MIN = 7 * 24 * 60
+TREND_BUCKETS_S = (60, 300, 1800)  # 1 minute, 5 minutes, 30 minutes
+TREND_MAX_POINTS = 360
 PAUSE_ASK_MAX_S = 3600.0  # the largest pause a request may ask; the alarm policy cuts it further
 HISTORY_MAX = 200
 NO_ALARMS = "this engine runs no alarm service (start it with an alarm outbox)"
@@ -88,6 +90,14 @@ def _same_origin(origin: str | None, host: str | None) -> bool:
     if origin is None:
         return True
     return host is not None and urllib.parse.urlsplit(origin).netloc == host
+
+
+def trend_bucket_s(minutes: int) -> int:
+    """The narrowest bucket that keeps a trend of ``minutes`` within TREND_MAX_POINTS."""
+    for bucket_s in TREND_BUCKETS_S:
+        if minutes * 60 / bucket_s <= TREND_MAX_POINTS:
+            return bucket_s
+    return TREND_BUCKETS_S[-1]
 
 
 def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
@@ -273,10 +283,13 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         state = engine.router.beds.get(key)
         end_us = views.device_now_us(state, now_us()) if state else now_us()
         start_us = end_us - minutes * 60_000_000
-        out: dict[str, Any] = {"start_us": start_us, "end_us": end_us, "series": {}}
+        bucket_s = trend_bucket_s(minutes)
+        out: dict[str, Any] = {
+            "start_us": start_us, "end_us": end_us, "bucket_s": bucket_s, "series": {}
+        }  # fmt: skip
         for param in views.TREND_KEYS:
-            points = await engine.store.trend(key, param, start_us, end_us)
-            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max] for p in points]
+            points = await engine.store.trend(key, param, start_us, end_us, bucket_s)
+            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max, p.n] for p in points]
         return out
 
     @app.get("/api/beds/{site}/{bed}/waveform")

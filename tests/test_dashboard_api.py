@@ -25,7 +25,7 @@ from dashboards.app import COOKIE, create_app
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
 from eicu.config import HttpSettings
-from eicu.models import BedKey
+from eicu.models import Batch, BedKey, NumericsFrame
 from ingest.engine import Engine
 from tests.dashboard_beds import fed_engine
 
@@ -184,6 +184,41 @@ async def test_bed_detail_trends_and_full_disclosure(app: FastAPI, engine: Engin
     stored = np.array(w["values"], dtype=float)
     live = state.signals["ECG_II"].ring.last(1001)[:-1]  # the same 4 s, from the live ring
     np.testing.assert_allclose(stored, live, atol=1e-3)
+
+
+async def test_trends_over_a_day_and_a_week_are_bucketed(app: FastAPI, engine: Engine) -> None:
+    """A week of stored heart rate (one value every 10 minutes, one spike) comes back as
+    5-minute buckets over 24 h and 30-minute buckets over 7 d, never more than 360 points,
+    the spike kept as a bucket's maximum."""
+    bed = BedKey("icu1", "bed1")
+    now_us = time.time_ns() // 1000
+    frames = [
+        NumericsFrame(bed, 100 + i, now_us - i * 600_000_000, {"HR": 70.0})
+        for i in range(1, 7 * 144)
+    ]
+    spike_us = now_us - 2 * 86_400_000_000
+    frames.append(NumericsFrame(bed, 99, spike_us, {"HR": 190.0}))
+    await engine.store.write(Batch(numerics=frames))
+    client, _ = await login(app, "val")
+    async with contextlib.aclosing(client):
+        hour = (await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 60})).json()
+        day = (await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 1440})).json()
+        week = (await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 10080})).json()
+        too_long = await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 10081})
+    assert too_long.status_code == 422
+    assert (hour["bucket_s"], day["bucket_s"], week["bucket_s"]) == (60, 300, 1800)
+    for doc in (hour, day, week):
+        hr = doc["series"]["HR"]
+        bucket_us = doc["bucket_s"] * 1_000_000
+        assert 0 < len(hr) <= 360
+        assert all(p[0] % bucket_us == 0 for p in hr)
+        assert all(doc["start_us"] - bucket_us < p[0] <= doc["end_us"] for p in hr)
+    assert len(day["series"]["HR"]) >= 144  # a value every 10 minutes, plus the live minutes
+    assert len(week["series"]["HR"]) >= 7 * 48 - 1
+    peak = max(week["series"]["HR"], key=lambda p: p[3])
+    assert peak[3] == 190.0 and peak[0] <= spike_us < peak[0] + 1_800_000_000
+    assert peak[2] == 70.0 and 70.0 < peak[1] < 190.0  # the bucket's mean is not the spike
+    assert max(p[3] for p in day["series"]["HR"]) < 190.0  # two days ago: outside the day
 
 
 async def test_roles_csrf_and_origin_on_state_changes(app: FastAPI, users: Users) -> None:

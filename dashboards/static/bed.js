@@ -108,22 +108,45 @@ function animate(ts) {
   requestAnimationFrame(animate);
 }
 
+let trendMinutes = 60;
+const SPAN_NAMES = { 60: "last hour", 1440: "last 24 hours", 10080: "last 7 days" };
+
+function bucketName(s) {
+  return s < 3600 ? `${s / 60}-minute` : `${s / 3600}-hour`;
+}
+
 async function loadTrends() {
-  const r = await eicu.api(`${base}/trends?minutes=60`);
-  if (!r.ok) return;
+  const minutes = trendMinutes;
+  const r = await eicu.api(`${base}/trends?minutes=${minutes}`);
+  if (!r.ok || minutes !== trendMinutes) return;
   const data = await r.json();
+  document.getElementById("trends-title").textContent =
+    `Trends, ${SPAN_NAMES[minutes]} (${bucketName(data.bucket_s)} mean, min–max)`;
   const box = document.getElementById("trends");
+  box.dataset.minutes = String(minutes);
+  box.dataset.bucketS = String(data.bucket_s);
   for (const [key, points] of Object.entries(data.series)) {
     let canvas = document.getElementById(`trend-${key}`);
     if (!canvas) {
       canvas = eicu.el("canvas", { class: "trend", id: `trend-${key}`, width: 900, height: 70 });
       box.append(canvas);
     }
+    canvas.dataset.points = String(points.length);
     const t = [data.start_us, ...points.map((p) => p[0]), data.end_us];
     const avg = [null, ...points.map((p) => p[1]), null];
     const ranges = [null, ...points.map((p) => [p[2], p[3]]), null];
-    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} min)`, ranges);
+    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} × ${bucketName(data.bucket_s)})`, ranges);
   }
+}
+
+for (const button of document.querySelectorAll("#trend-spans button")) {
+  button.addEventListener("click", () => {
+    trendMinutes = Number(button.dataset.minutes);
+    for (const b of document.querySelectorAll("#trend-spans button")) {
+      b.setAttribute("aria-pressed", String(b === button));
+    }
+    loadTrends();
+  });
 }
 
 async function review() {

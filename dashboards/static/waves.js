@@ -82,7 +82,7 @@ function drawSeries(canvas, t, values, label, ranges = null) {
   const t0 = t[0], t1 = t[t.length - 1] || t0 + 1;
   const x = (ti) => ((ti - t0) / (t1 - t0 || 1)) * w;
   const y = (v) => h - 6 - ((v - lo) / (hi - lo)) * (h - 24);
-  if (ranges) {  // the minute's range as a faint bar behind its mean
+  if (ranges) {  // the bucket's range as a faint bar behind its mean
     ctx.strokeStyle = "#1f4f2b"; ctx.lineWidth = 3; ctx.beginPath();
     for (let i = 0; i < t.length; i++) {
       const r = ranges[i];
@@ -100,7 +100,7 @@ function drawSeries(canvas, t, values, label, ranges = null) {
     prev = t[i];
   }
   ctx.stroke();
-  if (ranges) {  // trends: mark each minute, so a lone one shows
+  if (ranges) {  // trends: mark each bucket, so a lone one shows
     ctx.fillStyle = "#3fb950";
     for (let i = 0; i < t.length; i++) if (values[i] !== null) ctx.fillRect(x(t[i]) - 2, y(values[i]) - 2, 4, 4);
   }

@@ -23,6 +23,7 @@ from eicu.store.base import (
     TrendPoint,
     WaveformWindow,
     beds_in,
+    check_bucket_s,
     latest_doc,
     numeric_rows,
     numeric_samples,
@@ -175,13 +176,18 @@ class SqliteStore:
         )
         return latest_doc(rows)
 
-    async def trend(self, bed: BedKey, key: str, start_us: int, end_us: int) -> list[TrendPoint]:
+    async def trend(
+        self, bed: BedKey, key: str, start_us: int, end_us: int, bucket_s: int = 60
+    ) -> list[TrendPoint]:
+        bucket_us = check_bucket_s(bucket_s) * 1_000_000
         rows = await self._fetch(
-            """SELECT t.bucket, t.avg_value, t.min_value, t.max_value, t.n_values
+            """SELECT (t.bucket / ?) * ? AS merged,
+                      sum(t.avg_value * t.n_values) / nullif(sum(t.n_values), 0),
+                      min(t.min_value), max(t.max_value), sum(t.n_values)
                FROM numerics_1m t JOIN beds b USING (bed_id)
                WHERE b.site = ? AND b.bed = ? AND t.code = ? AND t.bucket >= ? AND t.bucket < ?
-               ORDER BY t.bucket""",
-            (bed.site, bed.bed, BY_KEY[key].code, start_us, end_us),
+               GROUP BY merged ORDER BY merged""",
+            (bucket_us, bucket_us, bed.site, bed.bed, BY_KEY[key].code, start_us, end_us),
         )
         return [TrendPoint(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
 
