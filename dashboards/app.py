@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 from alerting.model import AlarmState
 from alerting.service import AlarmService
 from alerting.state import Alarm
-from dashboards import views
+from dashboards import review, views
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import Permission, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
@@ -48,6 +48,7 @@ CENSUS_PERIOD_S = 1.0
 LIVE_PERIOD_S = 0.1
 LIVE_INITIAL_S = 8.0
 REVIEW_MAX_S = 60.0
+REVIEW_ALARMS_BACK_US = 24 * 3600 * 1_000_000  # alarms that started up to a day before a window
 TREND_MAX_MIN = 7 * 24 * 60
 TREND_BUCKETS_S = (60, 300, 1800)  # 1 minute, 5 minutes, 30 minutes
 TREND_MAX_POINTS = 360
@@ -304,14 +305,25 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         key = bed_key(site, bed)
         if signal not in SIGNAL_BY_KEY:
             raise HTTPException(422, f"unknown signal {signal!r}")
-        window = await engine.store.waveform(key, signal, start_us, start_us + int(seconds * 1e6))
+        end_us = start_us + int(seconds * 1e6)
+        lead_in_us = int(review.LEAD_IN_S * 1e6)
+        stored = await engine.store.waveform(key, signal, start_us - lead_in_us, end_us)
+        inside = stored.t_us >= start_us
+        marks = await asyncio.to_thread(review.window_marks, stored, start_us, end_us)
+        alarms = None
+        if engine.alarms is not None:
+            events = engine.alarms.outbox.events(started_since_us=start_us - REVIEW_ALARMS_BACK_US)
+            alarms = review.alarm_spans((e.event for e in events), key, start_us, end_us)
         return {
             "signal": signal,
             "unit": SIGNAL_BY_KEY[signal].unit,
-            "fs_hz": window.fs_hz,
+            "fs_hz": stored.fs_hz,
             "start_us": start_us,
-            "t_us": window.t_us.tolist(),
-            "values": views.floats(window.values),
+            "end_us": end_us,
+            "t_us": stored.t_us[inside].tolist(),
+            "values": views.floats(stored.values[inside]),
+            "marks": marks,
+            "alarms": alarms,
         }
 
     # --- alarms --------------------------------------------------------------------------------
@@ -462,6 +474,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             await ws.close(code=1008)
             return
         sent: dict[str, int] = {}
+        marks_seq = 0
         next_numerics = 0.0
         try:
             while still_valid(session):
@@ -471,6 +484,9 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
                     chunks = views.live_chunks(state, sent, LIVE_INITIAL_S)
                     if chunks:
                         message["waves"] = chunks
+                    marks, marks_seq = views.live_marks(engine.signals.derived.get(key), marks_seq)
+                    if marks:
+                        message["marks"] = marks
                     if time.monotonic() >= next_numerics:
                         next_numerics = time.monotonic() + CENSUS_PERIOD_S
                         message["bed"] = await bed_detail(site, bed, session)

@@ -184,6 +184,15 @@ async def test_bed_detail_trends_and_full_disclosure(app: FastAPI, engine: Engin
     stored = np.array(w["values"], dtype=float)
     live = state.signals["ECG_II"].ring.last(1001)[:-1]  # the same 4 s, from the live ring
     np.testing.assert_allclose(stored, live, atol=1e-3)
+    # the review finds the beats the engine found live in the same samples
+    found = [m["t_us"] for m in w["marks"] if m["kind"] == "beat"]
+    engine_beats = [
+        m.t_us
+        for m in engine.signals.derived[BedKey("icu1", "bed1")].marks
+        if m.signal == "ECG_II" and start_us <= m.t_us < end_us - 1_000_000
+    ]
+    assert len(engine_beats) >= 2 and set(engine_beats) <= set(found)
+    assert w["alarms"] is None  # this engine runs no alarm service
 
 
 async def test_trends_over_a_day_and_a_week_are_bucketed(app: FastAPI, engine: Engine) -> None:
@@ -304,6 +313,19 @@ async def test_websockets_need_a_session_and_stream_live_data(app: FastAPI, engi
                 assert len(chunks["ECG_II"]["values"]) == 8 * 250  # the last 8 s of the ring
                 assert len(chunks["ABP"]["values"]) == 8 * 125
                 assert first["bed"]["bed"] == "icu1/bed1"
+                # the engine's beats on the ECG, at the rate it reports, within the ring
+                t_last = chunks["ECG_II"]["t_last_us"]
+                beats = [
+                    m["t_us"] for m in first["marks"]
+                    if m["signal"] == "ECG_II" and m["kind"] == "beat"
+                ]  # fmt: skip
+                assert len(beats) >= 8
+                assert all(t_last - 13_000_000 < t <= t_last for t in beats)
+                assert {m["label"] for m in first["marks"] if m["signal"] == "ECG_II"} <= {"N", "V"}
+                rr_s = float(np.median(np.diff(beats))) / 1e6
+                hr = first["bed"]["engine"]["hr_bpm"]
+                assert 60.0 / rr_s == pytest.approx(hr, rel=0.1)
+                assert {m["label"] for m in first["marks"] if m["signal"] == "PLETH"} == {"P"}
                 # new samples arriving in the engine are streamed once, in order
                 ring = engine.router.beds[BedKey("icu1", "bed1")].signals["ECG_II"].ring
                 ring.extend(np.linspace(0.0, 1.0, 50))
@@ -311,6 +333,7 @@ async def test_websockets_need_a_session_and_stream_live_data(app: FastAPI, engi
                 for _ in range(20):
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     waves = {c["signal"]: c for c in msg.get("waves", [])}
+                    assert "marks" not in msg  # each mark is sent once
                     if "ECG_II" in waves:
                         break
                 assert waves["ECG_II"]["values"] == pytest.approx(

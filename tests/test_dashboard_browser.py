@@ -225,6 +225,18 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     assert second["ink"] > MIN_INK and first["url"] != second["url"]
     wait_for_ink(page, "canvas[data-signal=PLETH]")
     wait_for_ink(page, "canvas[data-signal=ABP]")
+    # the engine's beats are marked on the live ECG
+    page.wait_for_function(
+        "() => Number(document.querySelector('canvas[data-signal=ECG_II]').dataset.marks) >= 3",
+        timeout=10_000,
+    )
+    # trends: 24 h in 5-minute buckets, 7 d in 30-minute buckets
+    page.click("#trend-spans button[data-minutes='1440']")
+    expect(page.locator("#trends")).to_have_attribute("data-bucket-s", "300", timeout=10_000)
+    expect(page.locator("#trends-title")).to_contain_text("last 24 hours")
+    page.click("#trend-spans button[data-minutes='10080']")
+    expect(page.locator("#trends")).to_have_attribute("data-bucket-s", "1800", timeout=10_000)
+    wait_for_ink(page, "#trend-HR", timeout_s=5, min_ink=20)
     # full disclosure: a stored window of ECG drawn from the store
     page.select_option("#review-signal", "ECG_II")
     page.fill("#review-s", "4")
@@ -244,6 +256,7 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     expect(info).to_contain_text("samples at 250 Hz")
     assert int(info.inner_text().split()[0]) >= 500
     wait_for_ink(page, "#review", timeout_s=2, min_ink=500)
+    assert int(page.locator("#review").get_attribute("data-beats") or 0) >= 2  # 4 s of ECG
     page.screenshot(path=str(ARTIFACTS / "bed.png"), full_page=True)
     page.close()
 

@@ -91,7 +91,8 @@ function connect() {
   socket = ws;
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
-    for (const chunk of msg.waves || []) traceFor(chunk).push(chunk.values, chunk.gap);
+    for (const chunk of msg.waves || []) traceFor(chunk).push(chunk.values, chunk.gap, chunk.t_last_us);
+    for (const m of msg.marks || []) { const trace = traces.get(m.signal); if (trace) trace.mark(m); }
     if (msg.bed) renderBed(msg.bed);
   };
   ws.onclose = () => {
@@ -163,11 +164,45 @@ async function review() {
     drawSeries(document.getElementById("review"), [], [], `${w.signal}`);
     return;
   }
-  info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz`;
+  const beats = w.marks.filter((m) => m.kind === "beat").length;
+  info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz · ${beats} beats` +
+    (w.alarms === null ? " · alarms unavailable" : ` · ${w.alarms.length} alarms`);
   // the requested window spans the canvas; where nothing is stored the trace is blank
-  const end = w.start_us + Number(seconds) * 1e6;
-  drawSeries(document.getElementById("review"), [w.start_us, ...w.t_us, end],
-    [null, ...w.values, null], `${w.signal} ${w.unit}`);
+  const canvas = document.getElementById("review");
+  drawSeries(canvas, [w.start_us, ...w.t_us, w.end_us], [null, ...w.values, null], `${w.signal} ${w.unit}`);
+  drawReviewMarks(canvas, w.start_us, w.end_us, w.marks, w.alarms || []);
+}
+
+// Alarms as coloured bands across the window (with their name and, if so, who acknowledged
+// them); beats as ticks labelled N, V (ventricular) or P (pulse); rhythm changes as dashed lines.
+function drawReviewMarks(canvas, t0, t1, marks, alarms) {
+  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
+  const x = (t) => ((t - t0) / (t1 - t0)) * w;
+  const colours = { high: "209,36,47", medium: "227,98,9", low: "31,111,235" };
+  ctx.font = "11px system-ui";
+  alarms.forEach((a, k) => {
+    const a0 = Math.max(0, x(a.start_us)), a1 = a.end_us === null ? w : Math.min(w, x(a.end_us));
+    const rgb = colours[a.priority] || colours.low;
+    ctx.fillStyle = `rgba(${rgb},0.18)`; ctx.fillRect(a0, 0, Math.max(2, a1 - a0), h);
+    ctx.fillStyle = `rgb(${rgb})`; ctx.fillRect(a0, h - 4 - 4 * k, Math.max(2, a1 - a0), 3);
+    const ack = a.acknowledged_by ? ` ✓ ${a.acknowledged_by}` : "";
+    ctx.fillText(`${a.kind}${a.end_us === null ? "" : " (ended)"}${ack}`, a0 + 3, h - 8 - 12 * k);
+  });
+  for (const m of marks) {
+    const mx = x(m.t_us);
+    if (m.kind === "rhythm") {
+      ctx.strokeStyle = "#d4a72c"; ctx.setLineDash([4, 3]); ctx.beginPath();
+      ctx.moveTo(mx, 18); ctx.lineTo(mx, h); ctx.stroke(); ctx.setLineDash([]);
+      ctx.fillStyle = "#d4a72c";
+      ctx.fillText(m.state === "end" ? `${m.label} end` : m.state === "ongoing" ? `${m.label} (ongoing)` : m.label, mx + 3, 28);
+    } else {
+      ctx.fillStyle = m.label === "V" ? "#f0883e" : "#7d8590";
+      ctx.fillRect(mx - 0.5, 18, 1, 5);
+      ctx.fillText(m.label, mx - 3, 34);
+    }
+  }
+  canvas.dataset.beats = String(marks.filter((m) => m.kind === "beat").length);
+  canvas.dataset.alarms = String(alarms.length);
 }
 
 // Alarms: the live list with acknowledge / pause for the roles that may respond, and history.
