@@ -31,6 +31,7 @@ from alerting.model import AlarmState
 from alerting.service import AlarmService
 from alerting.state import Alarm
 from dashboards import review, views
+from dashboards.census import CensusFeed
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import Permission, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
@@ -449,16 +450,25 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     def still_valid(session: Session) -> bool:
         return sessions.get(session.token) is session
 
+    feed = CensusFeed(
+        census_rows, lambda: sorted({k.site for k in engine.router.beds}), CENSUS_PERIOD_S
+    )
+    app.state.census_feed = feed
+
     @app.websocket("/ws/census")
     async def census_ws(ws: WebSocket, site: str | None = None) -> None:
+        """A snapshot, then every period the rows that changed (see dashboards.census)."""
         session = await ws_session(ws, Permission.VIEW)
         if session is None:
             return
+        chosen = site or None
+        seq: int | None = None
         try:
             while still_valid(session):
-                sites = sorted({k.site for k in engine.router.beds})
-                await ws.send_json({"sites": sites, "beds": census_rows(site or None)})
-                await asyncio.sleep(CENSUS_PERIOD_S)
+                seq, messages = feed.messages_after(chosen, seq)
+                for text in messages:
+                    await ws.send_text(text)
+                await asyncio.sleep(max(feed.wait_s(chosen), 0.05))
             await ws.close(code=1008)
         except (WebSocketDisconnect, OSError):  # the client went away
             return

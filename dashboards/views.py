@@ -117,6 +117,8 @@ def bed_summary(
         "status": state.status,
         "stale": bool(silent and state.status == "online"),
         "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
+        "last_seen_us": state.last_seen_us or None,
+        "skew_ms": round(state.clock_skew_us / 100_000) * 100,  # device clock - server's
         "values": {
             k: value_view(k, state.latest[k], dev_now) for k in CENSUS_KEYS if k in state.latest
         },
