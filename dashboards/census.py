@@ -7,7 +7,7 @@ behind (it missed a delta) gets a fresh snapshot instead.
 
 The rows on the wire (:func:`wire_row`) carry no ages, which change every second for every bed:
 each value carries its device time only when it is older than the row's newest value (``t_us``;
-a parameter sent in every numerics frame then costs nothing while it keeps coming), and the page
+a parameter sent in every numerics frame is then just its text while it keeps coming), and the page
 computes ages from the bed's clock offset (``skew_ms``) and the server time of the message
 (``now_us``). Staleness is still judged by the server (``stale``), and a change of it is a
 change of the row.
@@ -36,8 +36,13 @@ DIFF_DEPTH = 2  # "values.HR" is one unit: a changed value is sent whole
 DELTAS_KEPT = 16  # a page this many periods behind gets a snapshot instead
 
 
+NEWS2_SHOWN = ("total", "band", "complete", "partial_total", "min_band", "missing", "rising")
+
+
 def wire_row(row: Row) -> Row:
-    """A census row (:func:`dashboards.views.census`) as the stream sends it: no ages."""
+    """A census row (:func:`dashboards.views.census`) as the stream sends it: no ages; a value
+    of the bed's newest frame that is not stale as its text alone, any other value as
+    ``{text, stale, ts_us}``; of NEWS2 what the census shows (the bed view has the rest)."""
     values: dict[str, dict[str, Any]] = row["values"]
     newest = max((v["ts_us"] for v in values.values()), default=None)
     out = {k: v for k, v in row.items() if k not in ("values", "seen_age_s", "last_seen_us")}
@@ -45,10 +50,14 @@ def wire_row(row: Row) -> Row:
         out["seen_us"] = row["last_seen_us"]  # it changes with every message: only when silent
     out["t_us"] = newest
     out["values"] = {
-        key: {"text": v["text"], "stale": v["stale"]}
-        | ({} if v["ts_us"] == newest else {"ts_us": v["ts_us"]})
+        key: v["text"]
+        if v["ts_us"] == newest and not v["stale"] and v["text"] is not None
+        else {"text": v["text"], "stale": v["stale"], "ts_us": v["ts_us"]}
         for key, v in values.items()
     }
+    news2 = row["news2"]
+    if news2 is not None and "invalid" not in news2:
+        out["news2"] = {k: news2[k] for k in NEWS2_SHOWN if k in news2}
     return out
 
 

@@ -103,8 +103,14 @@ async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: 
         assert census["beds"][0]["bed"] == "icu1/bed2"  # ranked
         rows = {r["bed"]: r for r in census["beds"]}
         # no ages on the wire: a value sent in the newest frame of its bed has no time of its own
-        hr = rows["icu1/bed1"]["values"]["HR"]
-        assert set(hr) == {"text", "stale"} and rows["icu1/bed1"]["t_us"] > 0
+        assert isinstance(rows["icu1/bed1"]["values"]["HR"], str)
+        assert rows["icu1/bed1"]["t_us"] > 0
+        silent_hr = rows["icu2/bed8"]["values"]["HR"]
+        assert silent_hr["stale"] and silent_hr["ts_us"] == rows["icu2/bed8"]["t_us"]
+        assert rows["icu1/bed3"]["values"]["SPO2"]["text"] is None  # reported invalid
+        # of NEWS2 what the census shows
+        assert "components" not in rows["icu1/bed2"]["news2"]
+        assert rows["icu1/bed2"]["news2"]["band"] == "high"
         assert rows["icu2/bed8"]["stale"] and rows["icu2/bed8"]["seen_us"] > 0
         assert "seen_us" not in rows["icu1/bed1"]
         # nothing arrives: the deltas are (about) empty
@@ -130,12 +136,12 @@ async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: 
             delta = await receive(ws)
         assert set(delta["rows"]) == {"icu1/bed1"}
         change = delta["rows"]["icu1/bed1"]
-        assert change["set"]["values.HR"] == {"text": "151", "stale": False}
+        assert change["set"]["values.HR"] == "151"
         assert change["set"]["t_us"] == ts_us
         assert not [p for p in change["set"] if p.startswith(("engine", "status", "bed"))]
-        assert change["set"]["news2.components"]["hr"] == 3  # the score follows
+        assert change["set"]["news2.total"] > rows["icu1/bed1"]["news2"]["total"]  # it follows
         # the values of the older frame now carry their own time
-        assert "ts_us" in change["set"]["values.SPO2"]
+        assert change["set"]["values.SPO2"]["ts_us"] < ts_us
         assert set(delta["add"]) == {"icu3/bed1"} and delta["sites"] == ["icu1", "icu2", "icu3"]
         apply(census, delta)
         size = len(json.dumps(delta))
