@@ -1,13 +1,22 @@
 // The census: every bed, most acute first. Over a WebSocket: a snapshot, then every second only
 // the rows that changed (see dashboards/census.py). Ages are computed here from each value's
-// device time, so a row is redrawn only when something in it changed.
+// device time, so a row is redrawn only when something in it changed. Only the rows in view (and
+// a margin) are in the page: a census of a thousand beds costs the browser what one screen does.
 // Each update is measured: performance entries "census-snapshot" and "census-delta" (the
 // script's work) and "census-snapshot-painted" and "census-delta-painted" (up to the next frame).
 "use strict";
 
 const siteSelect = document.getElementById("site");
 const body = document.querySelector("#census tbody");
-const rows = new Map();     // bed -> {data, tr}
+const rows = new Map();     // bed -> {data, tr (null while out of view)}
+let order = [];             // beds, most acute first
+let shown = new Set();      // beds whose rows are in the page
+let rowHeight = 34;         // measured from a drawn row
+let measured = false;       // rowHeight and bodyTop measured (again on resize)
+let bodyTop = 0;            // where the rows start in the document
+const MARGIN_ROWS = 10;     // drawn above and below the view
+const topSpacer = eicu.el("tr", { class: "spacer", "aria-hidden": "true" }, eicu.el("td", { colspan: "13" }));
+const bottomSpacer = eicu.el("tr", { class: "spacer", "aria-hidden": "true" }, eicu.el("td", { colspan: "13" }));
 let socket = null;
 let seq = null;
 let offsetUs = 0;           // server clock minus this browser's clock
@@ -83,16 +92,60 @@ const COLUMN_OF = new Map();
 COLUMNS.forEach((c, i) => c.from.forEach((key) => COLUMN_OF.set(key, i)));
 
 function decorate(tr, bed) {
-  tr.className = `bed-row ${bed.status}${bed.stale ? " stale" : ""}${acute(bed) ? " acute" : ""}`;
-  tr.dataset.alarm = bed.alarm ? `${bed.alarm.priority} ${bed.alarm.state}` : "none";
+  const cls = `bed-row ${bed.status}${bed.stale ? " stale" : ""}${acute(bed) ? " acute" : ""}`;
+  if (tr.className !== cls) tr.className = cls;
+  const alarm = bed.alarm ? `${bed.alarm.priority} ${bed.alarm.state}` : "none";
+  if (tr.dataset.alarm !== alarm) tr.dataset.alarm = alarm;
 }
 
-function addRow(bed) {
+function drawRow(bed) {
   const tr = eicu.el("tr", { "data-bed": bed.bed });
   decorate(tr, bed);
   tr.append(...COLUMNS.map((c) => eicu.el("td", {}, c.cell(bed))));
-  rows.set(bed.bed, { data: bed, tr });
   return tr;
+}
+
+function spacer(tr, rowsHigh) {
+  tr.firstChild.style.height = `${rowsHigh * rowHeight}px`;
+  return tr;
+}
+
+// Put the rows in view (and a margin) in the page, in order; drop the others.
+function drawView() {
+  const n = order.length;
+  if (!measured) bodyTop = body.getBoundingClientRect().top + scrollY;
+  const top = bodyTop - scrollY;  // no layout is forced here once measured
+  const first = Math.max(0, Math.min(n, Math.floor(-top / rowHeight) - MARGIN_ROWS));
+  const last = Math.min(n, Math.max(first, Math.ceil((innerHeight - top) / rowHeight) + MARGIN_ROWS));
+  const want = [];
+  const now = new Set();
+  if (first > 0) want.push(spacer(topSpacer, first));
+  for (let i = first; i < last; i++) {
+    const row = rows.get(order[i]);
+    if (!row.tr) row.tr = drawRow(row.data);
+    want.push(row.tr);
+    now.add(order[i]);
+  }
+  if (last < n) want.push(spacer(bottomSpacer, n - last));
+  for (const bed of shown) if (!now.has(bed) && rows.has(bed)) rows.get(bed).tr = null;
+  shown = now;
+  let previous = null;
+  for (const el of want) {
+    const at = previous ? previous.nextSibling : body.firstChild;
+    if (at !== el) body.insertBefore(el, at);
+    previous = el;
+  }
+  if (!previous) body.replaceChildren();
+  else while (previous.nextSibling) previous.nextSibling.remove();
+  if (!measured) {
+    const drawn = body.querySelector("tr[data-bed]");
+    const h = drawn ? drawn.getBoundingClientRect().height : 0;
+    if (h > 0) {
+      measured = true;
+      if (Math.abs(h - rowHeight) > 0.5) { rowHeight = h; drawView(); }
+    }
+  }
+  document.getElementById("census").dataset.beds = String(n);
 }
 
 // Redraw only the cells whose data changed ("values.HR" -> the HR cell; "news2.total" -> NEWS2).
@@ -131,21 +184,11 @@ function patch(data, change) {
   }
 }
 
-function reorder(order) {
-  let previous = null;
-  for (const bed of order) {
-    const tr = rows.get(bed)?.tr;
-    if (!tr) continue;
-    const want = previous ? previous.nextSibling : body.firstChild;
-    if (want !== tr) body.insertBefore(tr, want);
-    previous = tr;
-  }
-}
-
 // Ages move on between updates: rewrite the badges whose text changed.
 function tickAges() {
   const now = serverNowUs();
-  for (const { data, tr } of rows.values()) {
+  for (const bed of shown) {
+    const { data, tr } = rows.get(bed);
     const deviceNow = now + data.skew_ms * 1000;
     for (const badge of tr.getElementsByClassName("badge")) {
       const ts = badge.dataset.ts ? Number(badge.dataset.ts) : data.t_us;
@@ -170,19 +213,27 @@ function updateSites(sites) {
 
 function snapshot(msg) {
   rows.clear();
-  body.replaceChildren(...msg.beds.map(addRow));
+  shown = new Set();
+  body.replaceChildren();
+  for (const bed of msg.beds) rows.set(bed.bed, { data: bed, tr: null });
+  order = msg.beds.map((b) => b.bed);
+  drawView();
 }
 
 function delta(msg) {
-  for (const bed of msg.remove) { rows.get(bed)?.tr.remove(); rows.delete(bed); }
+  for (const bed of msg.remove) { rows.get(bed)?.tr?.remove(); rows.delete(bed); }
   for (const [bed, change] of Object.entries(msg.rows)) {
     const row = rows.get(bed);
     if (!row) continue;
     patch(row.data, change);
-    update(row, change);
+    if (row.tr) update(row, change);
   }
-  for (const bed of Object.values(msg.add)) body.append(addRow(bed));
-  if (msg.order) reorder(msg.order);
+  for (const bed of Object.values(msg.add)) rows.set(bed.bed, { data: bed, tr: null });
+  if (msg.order) order = msg.order;
+  else if (msg.remove.length || Object.keys(msg.add).length) {
+    order = [...order.filter((b) => rows.has(b)), ...Object.keys(msg.add)];
+  }
+  drawView();
 }
 
 function apply(msg) {
@@ -231,6 +282,14 @@ body.addEventListener("click", (ev) => {
   const tr = ev.target.closest("tr[data-bed]");
   if (tr && ev.target.tagName !== "A") location.href = `/bed?bed=${encodeURIComponent(tr.dataset.bed)}`;
 });
+let viewPending = false;
+function onScroll() {
+  if (viewPending) return;
+  viewPending = true;
+  requestAnimationFrame(() => { viewPending = false; drawView(); tickAges(); });
+}
+addEventListener("scroll", onScroll, { passive: true });
+addEventListener("resize", () => { measured = false; onScroll(); });
 siteSelect.addEventListener("change", connect);
 eicu.loadMe().then(() => {
   connect();
