@@ -165,6 +165,11 @@ def wait_for_ink(
 
 BED004_VTACH = """async () => (await (await fetch('/api/alarms?bed=demo/bed004')).json()).alarms
   .filter((a) => a.kind === 'VTACH')"""
+REVIEW_ALARMS = """async () => {
+  const at = new Date(document.getElementById('review-at').value).getTime() * 1000;
+  const r = await fetch(`/api/beds/demo/bed004/waveform?signal=ECG_II&start_us=${at}&seconds=10`);
+  return (await r.json()).alarms.map((a) => a.kind);
+}"""
 TONE_PLAYING = "() => window.eicuAlarmTone.playing === true"
 TONE_SILENT = "() => window.eicuAlarmTone.playing === false"
 SOUNDING_HIGH = """async () => (await (await fetch('/api/alarms')).json()).alarms
@@ -239,6 +244,18 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     assert page.evaluate(SOUNDING_HIGH) == []
     page.wait_for_function(TONE_SILENT, timeout=5_000)
     page.screenshot(path=str(ARTIFACTS / "bed-alarm-acknowledged.png"), full_page=True)
+    # full disclosure over the VT onset: its beats, the VTACH rhythm and the alarms on it
+    page.select_option("#review-signal", "ECG_II")
+    page.fill("#review-s", "10")
+    page.evaluate(SET_REVIEW_TIME, 22_000)
+    page.click("#review-next")  # a window later: 12 s to 2 s ago, after the VTACH alarm began
+    expect(page.locator("#review-info")).to_contain_text("samples at 250 Hz", timeout=10_000)
+    review = page.locator("#review")
+    assert int(review.get_attribute("data-beats") or 0) >= 10
+    assert int(review.get_attribute("data-alarms") or 0) >= 1
+    spans = page.evaluate(REVIEW_ALARMS)
+    assert "VTACH" in spans, spans
+    page.screenshot(path=str(ARTIFACTS / "bed-review-vt.png"), full_page=True)
 
     page.goto(demo.url + "/census")
     row = page.locator("#census tr[data-bed='demo/bed004']")

@@ -269,6 +269,16 @@ function alarmFeedState(ok, message) {
 document.getElementById("pause-bed").addEventListener("click", () => respond(
   `${base}/alarms/pause`, { duration_s: pauseMaxS }));
 document.getElementById("review-show").addEventListener("click", review);
+// Scroll the review through the stored waveform, a window at a time.
+function stepReview(direction) {
+  const at = document.getElementById("review-at");
+  const ms = new Date(at.value).getTime();
+  if (Number.isNaN(ms)) return;
+  at.value = localInput(ms + direction * Number(document.getElementById("review-s").value) * 1000);
+  review();
+}
+document.getElementById("review-back").addEventListener("click", () => stepReview(-1));
+document.getElementById("review-next").addEventListener("click", () => stepReview(1));
 eicu.loadMe().then(async () => {
   const known = await eicu.api(base);
   if (!known.ok) {
