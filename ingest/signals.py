@@ -24,7 +24,7 @@ from ingest.state import BedState
 log = logging.getLogger(__name__)
 
 ANALYSED = ("ECG_II", "ECG_V", "ECG_I", "ECG_III", "ECG_MCL1", "PLETH", "ABP")
-MARKS_KEPT = 256  # about a minute of beats on two leads and the pulse signals
+MARKS_KEPT = 128  # about 25 s of beats on two ECG leads and two pulse signals
 
 
 @dataclass(frozen=True, slots=True)

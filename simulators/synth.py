@@ -867,6 +867,7 @@ class BedSynth:
         nibp_interval_s: float = 300.0,
         nibp_first_s: float = 20.0,
         history_s: float = 600.0,
+        events_at_s: float | None = None,
     ) -> None:
         self._bank = BedSynthBank(
             [scenario],
@@ -878,6 +879,7 @@ class BedSynth:
             nibp_interval_s=nibp_interval_s,
             nibp_first_s=nibp_first_s,
             history_s=history_s,
+            events_at_s=events_at_s,
         )
         self.scenario = scenario
         self.seed = seed

@@ -716,5 +716,6 @@ def test_events_at_puts_every_scenario_event_at_one_moment() -> None:
     }  # fmt: skip
     sepsis = bank.plans[3]
     assert sepsis.episodes[0].end_s == pytest.approx(7.0 + 6 * 3600.0 / 600.0)
+    assert BedSynth("sepsis", 3, time_scale=600.0, events_at_s=7.0).plan.episodes[0].start_s == 7.0
     with pytest.raises(ValueError, match="events_at_s"):
         BedSynthBank(["vt"], [1], events_at_s=5.0, onset_s=3.0)
