@@ -453,7 +453,6 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     feed = CensusFeed(
         census_rows, lambda: sorted({k.site for k in engine.router.beds}), CENSUS_PERIOD_S
     )
-    app.state.census_feed = feed
 
     @app.websocket("/ws/census")
     async def census_ws(ws: WebSocket, site: str | None = None) -> None:
