@@ -19,6 +19,7 @@ and measures, on one core:
   is what each update cost the page before.
 
     python benchmarks/dashboard.py --beds 1000 [--seconds 10] [--live 20] [--no-browser]
+    python benchmarks/dashboard.py --trends sqlite:///tmp/trends.sqlite   # or a PostgreSQL URL
 """
 
 from __future__ import annotations
@@ -58,8 +59,55 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=10, help="open census pages to cost")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument(
+        "--trends",
+        metavar="STORE_URL",
+        help="only time the bed view's trends over a week of 1 Hz values in this store "
+        "(sqlite:///PATH or an empty PostgreSQL database)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args))
+    asyncio.run(trend_times(args.trends) if args.trends else run(args))
+
+
+async def trend_times(url: str) -> None:
+    """Write a week of one bed's heart rate, SpO2 and RR at 1 Hz and time one trend query of
+    each span the bed view offers (one parameter; the view asks for six)."""
+    from dashboards.app import trend_bucket_s
+    from eicu.models import Batch, BedKey, NumericsFrame
+    from eicu.store import open_store
+
+    store = open_store(url)
+    await store.open()
+    bed = BedKey("bench", "bed1")
+    end_us = time.time_ns() // 1000
+    start_us = end_us - 7 * 86_400_000_000
+    t0 = time.perf_counter()
+    for day in range(7):
+        await store.write(
+            Batch(
+                numerics=[
+                    NumericsFrame(
+                        bed, day * 86_400 + i, start_us + (day * 86_400 + i) * 1_000_000,
+                        {"HR": 70.0 + i % 7, "SPO2": 97.0, "RR": 14.0},
+                    )
+                    for i in range(86_400)
+                ]
+            )
+        )  # fmt: skip
+    written_s = time.perf_counter() - t0
+    print(f"{store.backend}: a week of 3 parameters at 1 Hz written in {written_s:.1f} s")
+    for minutes in (60, 1440, 10080):
+        bucket_s = trend_bucket_s(minutes)
+        times_ms = []
+        for _ in range(3):
+            t = time.perf_counter()
+            points = await store.trend(bed, "HR", end_us - minutes * 60_000_000, end_us, bucket_s)
+            times_ms.append((time.perf_counter() - t) * 1000)
+        print(
+            f"  trend of {minutes} min in {bucket_s} s buckets: {len(points)} points, "
+            f"{statistics.median(times_ms):.0f} ms per parameter (median of 3)"
+        )
+    await store.close()
 
 
 def pct(values: list[float], q: float) -> float:

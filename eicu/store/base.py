@@ -170,6 +170,12 @@ def window_from_blocks(
     return WaveformWindow(signal, fs_hz, t_all[order], np.concatenate(values)[order])
 
 
+def minute_ceil_us(t_us: int) -> int:
+    """The start of the first minute that begins at or after ``t_us``: the 1-minute buckets
+    ``[start_us, end_us)`` holds are those of the raw values in ``[ceil(start), ceil(end))``."""
+    return -(-t_us // 60_000_000) * 60_000_000
+
+
 def check_bucket_s(bucket_s: int) -> int:
     if bucket_s < 60 or bucket_s % 60:
         raise ValueError(f"bucket_s must be a positive multiple of 60, got {bucket_s}")
