@@ -30,7 +30,8 @@ from pydantic import BaseModel, Field
 from alerting.model import AlarmState
 from alerting.service import AlarmService
 from alerting.state import Alarm
-from dashboards import views
+from dashboards import review, views
+from dashboards.census import CensusFeed
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import Permission, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
@@ -48,7 +49,10 @@ CENSUS_PERIOD_S = 1.0
 LIVE_PERIOD_S = 0.1
 LIVE_INITIAL_S = 8.0
 REVIEW_MAX_S = 60.0
-TREND_MAX_MIN = 24 * 60
+REVIEW_ALARMS_BACK_US = 24 * 3600 * 1_000_000  # alarms that started up to a day before a window
+TREND_MAX_MIN = 7 * 24 * 60
+TREND_BUCKETS_S = (60, 300, 1800)  # 1 minute, 5 minutes, 30 minutes
+TREND_MAX_POINTS = 360
 PAUSE_ASK_MAX_S = 3600.0  # the largest pause a request may ask; the alarm policy cuts it further
 HISTORY_MAX = 200
 NO_ALARMS = "this engine runs no alarm service (start it with an alarm outbox)"
@@ -88,6 +92,14 @@ def _same_origin(origin: str | None, host: str | None) -> bool:
     if origin is None:
         return True
     return host is not None and urllib.parse.urlsplit(origin).netloc == host
+
+
+def trend_bucket_s(minutes: int) -> int:
+    """The narrowest bucket that keeps a trend of ``minutes`` within TREND_MAX_POINTS."""
+    for bucket_s in TREND_BUCKETS_S:
+        if minutes * 60 / bucket_s <= TREND_MAX_POINTS:
+            return bucket_s
+    return TREND_BUCKETS_S[-1]
 
 
 def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
@@ -273,10 +285,13 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         state = engine.router.beds.get(key)
         end_us = views.device_now_us(state, now_us()) if state else now_us()
         start_us = end_us - minutes * 60_000_000
-        out: dict[str, Any] = {"start_us": start_us, "end_us": end_us, "series": {}}
+        bucket_s = trend_bucket_s(minutes)
+        out: dict[str, Any] = {
+            "start_us": start_us, "end_us": end_us, "bucket_s": bucket_s, "series": {}
+        }  # fmt: skip
         for param in views.TREND_KEYS:
-            points = await engine.store.trend(key, param, start_us, end_us)
-            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max] for p in points]
+            points = await engine.store.trend(key, param, start_us, end_us, bucket_s)
+            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max, p.n] for p in points]
         return out
 
     @app.get("/api/beds/{site}/{bed}/waveform")
@@ -291,14 +306,25 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         key = bed_key(site, bed)
         if signal not in SIGNAL_BY_KEY:
             raise HTTPException(422, f"unknown signal {signal!r}")
-        window = await engine.store.waveform(key, signal, start_us, start_us + int(seconds * 1e6))
+        end_us = start_us + int(seconds * 1e6)
+        lead_in_us = int(review.LEAD_IN_S * 1e6)
+        stored = await engine.store.waveform(key, signal, start_us - lead_in_us, end_us)
+        inside = stored.t_us >= start_us
+        marks = await asyncio.to_thread(review.window_marks, stored, start_us, end_us)
+        alarms = None
+        if engine.alarms is not None:
+            events = engine.alarms.outbox.events(started_since_us=start_us - REVIEW_ALARMS_BACK_US)
+            alarms = review.alarm_spans((e.event for e in events), key, start_us, end_us)
         return {
             "signal": signal,
             "unit": SIGNAL_BY_KEY[signal].unit,
-            "fs_hz": window.fs_hz,
+            "fs_hz": stored.fs_hz,
             "start_us": start_us,
-            "t_us": window.t_us.tolist(),
-            "values": views.floats(window.values),
+            "end_us": end_us,
+            "t_us": stored.t_us[inside].tolist(),
+            "values": views.floats(stored.values[inside]),
+            "marks": marks,
+            "alarms": alarms,
         }
 
     # --- alarms --------------------------------------------------------------------------------
@@ -424,16 +450,24 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     def still_valid(session: Session) -> bool:
         return sessions.get(session.token) is session
 
+    feed = CensusFeed(
+        census_rows, lambda: sorted({k.site for k in engine.router.beds}), CENSUS_PERIOD_S
+    )
+
     @app.websocket("/ws/census")
     async def census_ws(ws: WebSocket, site: str | None = None) -> None:
+        """A snapshot, then every period the rows that changed (see dashboards.census)."""
         session = await ws_session(ws, Permission.VIEW)
         if session is None:
             return
+        chosen = site or None
+        seq: int | None = None
         try:
             while still_valid(session):
-                sites = sorted({k.site for k in engine.router.beds})
-                await ws.send_json({"sites": sites, "beds": census_rows(site or None)})
-                await asyncio.sleep(CENSUS_PERIOD_S)
+                seq, messages = feed.messages_after(chosen, seq)
+                for text in messages:
+                    await ws.send_text(text)
+                await asyncio.sleep(max(feed.wait_s(chosen), 0.05))
             await ws.close(code=1008)
         except (WebSocketDisconnect, OSError):  # the client went away
             return
@@ -449,6 +483,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             await ws.close(code=1008)
             return
         sent: dict[str, int] = {}
+        marks_seq = 0
         next_numerics = 0.0
         try:
             while still_valid(session):
@@ -458,6 +493,9 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
                     chunks = views.live_chunks(state, sent, LIVE_INITIAL_S)
                     if chunks:
                         message["waves"] = chunks
+                    marks, marks_seq = views.live_marks(engine.signals.derived.get(key), marks_seq)
+                    if marks:
+                        message["marks"] = marks
                     if time.monotonic() >= next_numerics:
                         next_numerics = time.monotonic() + CENSUS_PERIOD_S
                         message["bed"] = await bed_detail(site, bed, session)

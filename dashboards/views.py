@@ -21,7 +21,7 @@ from eicu.codes import BY_KEY as PARAM_BY_KEY
 from eicu.freshness import stale_after_s
 from eicu.models import BedKey
 from ingest.scores import BedScores
-from ingest.signals import Derived
+from ingest.signals import Derived, Mark
 from ingest.state import BedState
 
 # NEWS2 bands from most to least urgent; an incomplete score ranks by its proven lower band.
@@ -117,6 +117,8 @@ def bed_summary(
         "status": state.status,
         "stale": bool(silent and state.status == "online"),
         "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
+        "last_seen_us": state.last_seen_us or None,
+        "skew_ms": round(state.clock_skew_us / 100_000) * 100,  # device clock - server's
         "values": {
             k: value_view(k, state.latest[k], dev_now) for k in CENSUS_KEYS if k in state.latest
         },
@@ -209,6 +211,24 @@ def _alarm_rank(alarm: dict[str, Any] | None) -> int:
     if alarm is None or alarm["priority"] != "high":
         return 0
     return 1 if alarm["state"] == AlarmState.ACKNOWLEDGED.value else 2
+
+
+def mark_view(mark: Mark) -> dict[str, Any]:
+    return {
+        "signal": mark.signal, "t_us": mark.t_us, "kind": mark.kind, "label": mark.label,
+        "state": mark.state,
+    }  # fmt: skip
+
+
+def live_marks(
+    derived: Derived | None, after_seq: int, signals: tuple[str, ...] = LIVE_SIGNALS
+) -> tuple[list[dict[str, Any]], int]:
+    """The bed's beat and rhythm marks on ``signals`` numbered after ``after_seq`` (those the
+    engine still keeps), and the number to ask after next time."""
+    if derived is None or derived.marks_total <= after_seq:
+        return [], after_seq
+    out = [mark_view(m) for m in derived.marks if m.seq > after_seq and m.signal in signals]
+    return out, derived.marks_total
 
 
 def floats(values: NDArray[np.float64], digits: int = 4) -> list[float | None]:

@@ -9,8 +9,10 @@ joined up), and a frame that arrives late (out of order) is stored but not analy
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -22,6 +24,23 @@ from ingest.state import BedState
 log = logging.getLogger(__name__)
 
 ANALYSED = ("ECG_II", "ECG_V", "ECG_I", "ECG_III", "ECG_MCL1", "PLETH", "ABP")
+MARKS_KEPT = 128  # about 25 s of beats on two ECG leads and two pulse signals
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A beat or a rhythm change on a signal, at its device time, for drawing on the trace.
+
+    ``label``: ``N`` (a QRS), ``V`` (a ventricular QRS), ``P`` (a pulse), or a rhythm label;
+    ``state`` is ``start`` or ``end`` for a rhythm, None for a beat. ``seq`` counts the bed's
+    marks, so a reader can ask for the ones after the last it saw."""
+
+    seq: int
+    signal: str
+    t_us: int
+    kind: Literal["beat", "rhythm"]
+    label: str
+    state: str | None = None
 
 
 @dataclass
@@ -35,6 +54,8 @@ class Derived:
     beats: int = 0
     ventricular_beats: int = 0
     events: list[object] = field(default_factory=list)  # recent events, newest last (bounded)
+    marks: deque[Mark] = field(default_factory=lambda: deque(maxlen=MARKS_KEPT))
+    marks_total: int = 0
 
 
 @dataclass
@@ -86,7 +107,11 @@ class SignalStage:
                 log.debug("frame of %s not analysed: %s", frame.bed, exc)
                 continue
             for ev in events:
-                self._note(derived, ev, origin, b.fs_hz)
+                own = ev.signal  # an event may be about another signal of the bed
+                if own != b.signal and own in pipe.origin_us:
+                    self._note(derived, ev, pipe.origin_us[own], pipe.fs_hz[own])
+                else:
+                    self._note(derived, ev, origin, b.fs_hz)
 
     def verifier(self, bed: object) -> Callable[[str], object] | None:
         """The bed's multi-signal alarm verification (None before its pipeline exists)."""
@@ -94,6 +119,14 @@ class SignalStage:
         return pipe.pipeline.verify_alarm if pipe is not None else None
 
     def _note(self, d: Derived, ev: object, origin_us: int, fs_hz: float) -> None:
+        if isinstance(ev, Beat | RhythmFlag):
+            d.marks_total += 1
+            t_us = origin_us + round(ev.sample * 1e6 / fs_hz)
+            if isinstance(ev, Beat):
+                label = "P" if ev.kind == "pulse" else "V" if ev.ventricular else "N"
+                d.marks.append(Mark(d.marks_total, ev.signal, t_us, "beat", label))
+            else:
+                d.marks.append(Mark(d.marks_total, ev.signal, t_us, "rhythm", ev.label, ev.state))
         if isinstance(ev, HeartRate):
             if np.isfinite(ev.hr_median_bpm):
                 d.hr_bpm[ev.signal] = ev.hr_median_bpm

@@ -87,11 +87,12 @@ class SynthGroup:
         seeds: list[int],
         start_us: int,
         time_scale: float = 1.0,
+        events_at_s: float | None = None,
     ) -> None:
         from simulators.synth import BedSynthBank
 
         self.beds = beds
-        self.bank = BedSynthBank(scenarios, seeds, time_scale=time_scale)
+        self.bank = BedSynthBank(scenarios, seeds, time_scale=time_scale, events_at_s=events_at_s)
         self._framers = [_Framer(bed, start_us) for bed in beds]
         self._start_us = start_us
         self._numerics_seq = 0

@@ -30,6 +30,7 @@ class SimulationPlan:
     seed: int = 0
     time_scale: float = 1.0
     first_bed: int = 1
+    events_at_s: float | None = None  # every scenario's event this long after the start
     drain_timeout_s: float = 60.0  # how long to wait at the end for the broker to acknowledge
 
 
@@ -53,7 +54,9 @@ def make_groups(plan: SimulationPlan, start_us: int) -> list[BedGroup]:
             for i in index
         ]
         seeds = [plan.seed + plan.first_bed + i for i in index]
-        groups.append(SynthGroup(chunk, scenarios, seeds, start_us, plan.time_scale))
+        groups.append(
+            SynthGroup(chunk, scenarios, seeds, start_us, plan.time_scale, plan.events_at_s)
+        )
     return groups
 
 

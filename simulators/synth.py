@@ -653,7 +653,15 @@ class BedSynthBank:
         nibp_interval_s: float = 300.0,
         nibp_first_s: float = 20.0,
         history_s: float = 600.0,
+        events_at_s: float | None = None,
     ) -> None:
+        """``events_at_s``: every scenario's main event (or the start of the sepsis course)
+        happens this many simulated seconds after the start, whatever the scenario's own
+        timing; it excludes ``onset_s``, which is in each scenario's own clock."""
+        if events_at_s is not None and (onset_s is not None or not events_at_s >= 0.0):
+            raise ValueError(
+                f"events_at_s must be >= 0 and excludes onset_s, got {events_at_s}, {onset_s}"
+            )
         if len(scenarios) != len(seeds) or len(seeds) == 0:
             raise ValueError(
                 f"need one scenario per seed and >= 1 bed, got {len(scenarios)}, {len(seeds)}"
@@ -664,8 +672,16 @@ class BedSynthBank:
                 f"{nibp_interval_s}, {nibp_first_s}, {history_s}"
             )
         self.fs_hz: dict[str, float] = _check_fs(fs_hz)
+
+        def onset_of(scenario: str) -> float | None:
+            if events_at_s is None:
+                return onset_s
+            return events_at_s * time_scale if scenario == "sepsis" else events_at_s
+
         self.plans = tuple(
-            make_plan(s, int(seed), time_scale=time_scale, onset_s=onset_s, duration_s=duration_s)
+            make_plan(
+                s, int(seed), time_scale=time_scale, onset_s=onset_of(s), duration_s=duration_s
+            )
             for s, seed in zip(scenarios, seeds, strict=True)
         )
         n = len(self.plans)
@@ -851,6 +867,7 @@ class BedSynth:
         nibp_interval_s: float = 300.0,
         nibp_first_s: float = 20.0,
         history_s: float = 600.0,
+        events_at_s: float | None = None,
     ) -> None:
         self._bank = BedSynthBank(
             [scenario],
@@ -862,6 +879,7 @@ class BedSynth:
             nibp_interval_s=nibp_interval_s,
             nibp_first_s=nibp_first_s,
             history_s=history_s,
+            events_at_s=events_at_s,
         )
         self.scenario = scenario
         self.seed = seed

@@ -223,3 +223,38 @@ async def test_a_clock_that_went_back_is_refused_not_recorded(
         assert p.status_code == 503
     assert len(service.outbox.events(alarm_id)) == before
     assert service.machine.alarm(alarm_id).state == AlarmState.ACTIVE
+
+
+async def test_review_window_shows_the_bed_alarms_from_the_audit_trail(
+    app: FastAPI, engine: Engine, service: AlarmService
+) -> None:
+    live = views.live_alarms(service.machine.alarms(), now_us(), SICK)
+    assert live
+    start_us = now_us() - 8_000_000
+    async with aclosing(client(app)) as viewer:
+        r = await viewer.post("/api/login", json={"name": "val", "password": PASSWORDS["val"]})
+        assert r.status_code == 200
+        w = (
+            await viewer.get(
+                "/api/beds/icu1/bed2/waveform",
+                params={"signal": "ECG_II", "start_us": start_us, "seconds": 20},
+            )
+        ).json()
+        before = (
+            await viewer.get(
+                "/api/beds/icu1/bed2/waveform",
+                params={"signal": "ECG_II", "start_us": start_us - 60_000_000, "seconds": 20},
+            )
+        ).json()
+        other = (
+            await viewer.get(
+                "/api/beds/icu1/bed1/waveform",
+                params={"signal": "ECG_II", "start_us": start_us, "seconds": 20},
+            )
+        ).json()
+    spans = {s["alarm_id"]: s for s in w["alarms"]}
+    assert set(spans) == {a["alarm_id"] for a in live}
+    for a in live:
+        assert spans[a["alarm_id"]]["kind"] == a["kind"]
+        assert spans[a["alarm_id"]]["end_us"] is None  # still present
+    assert before["alarms"] == [] and other["alarms"] == []

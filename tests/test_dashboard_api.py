@@ -25,7 +25,7 @@ from dashboards.app import COOKIE, create_app
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
 from eicu.config import HttpSettings
-from eicu.models import BedKey
+from eicu.models import Batch, BedKey, NumericsFrame
 from ingest.engine import Engine
 from tests.dashboard_beds import fed_engine
 
@@ -184,6 +184,50 @@ async def test_bed_detail_trends_and_full_disclosure(app: FastAPI, engine: Engin
     stored = np.array(w["values"], dtype=float)
     live = state.signals["ECG_II"].ring.last(1001)[:-1]  # the same 4 s, from the live ring
     np.testing.assert_allclose(stored, live, atol=1e-3)
+    # the review finds the beats the engine found live in the same samples
+    found = [m["t_us"] for m in w["marks"] if m["kind"] == "beat"]
+    engine_beats = [
+        m.t_us
+        for m in engine.signals.derived[BedKey("icu1", "bed1")].marks
+        if m.signal == "ECG_II" and start_us <= m.t_us < end_us - 1_000_000
+    ]
+    assert len(engine_beats) >= 2 and set(engine_beats) <= set(found)
+    assert w["alarms"] is None  # this engine runs no alarm service
+
+
+async def test_trends_over_a_day_and_a_week_are_bucketed(app: FastAPI, engine: Engine) -> None:
+    """A week of stored heart rate (one value every 10 minutes, one spike) comes back as
+    5-minute buckets over 24 h and 30-minute buckets over 7 d, never more than 360 points,
+    the spike kept as a bucket's maximum."""
+    bed = BedKey("icu1", "bed1")
+    now_us = time.time_ns() // 1000
+    frames = [
+        NumericsFrame(bed, 100 + i, now_us - i * 600_000_000, {"HR": 70.0})
+        for i in range(1, 7 * 144)
+    ]
+    spike_us = now_us - 2 * 86_400_000_000
+    frames.append(NumericsFrame(bed, 99, spike_us, {"HR": 190.0}))
+    await engine.store.write(Batch(numerics=frames))
+    client, _ = await login(app, "val")
+    async with contextlib.aclosing(client):
+        hour = (await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 60})).json()
+        day = (await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 1440})).json()
+        week = (await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 10080})).json()
+        too_long = await client.get("/api/beds/icu1/bed1/trends", params={"minutes": 10081})
+    assert too_long.status_code == 422
+    assert (hour["bucket_s"], day["bucket_s"], week["bucket_s"]) == (60, 300, 1800)
+    for doc in (hour, day, week):
+        hr = doc["series"]["HR"]
+        bucket_us = doc["bucket_s"] * 1_000_000
+        assert 0 < len(hr) <= 360
+        assert all(p[0] % bucket_us == 0 for p in hr)
+        assert all(doc["start_us"] - bucket_us < p[0] <= doc["end_us"] for p in hr)
+    assert len(day["series"]["HR"]) >= 144  # a value every 10 minutes, plus the live minutes
+    assert len(week["series"]["HR"]) >= 7 * 48 - 1
+    peak = max(week["series"]["HR"], key=lambda p: p[3])
+    assert peak[3] == 190.0 and peak[0] <= spike_us < peak[0] + 1_800_000_000
+    assert peak[2] == 70.0 and 70.0 < peak[1] < 190.0  # the bucket's mean is not the spike
+    assert max(p[3] for p in day["series"]["HR"]) < 190.0  # two days ago: outside the day
 
 
 async def test_roles_csrf_and_origin_on_state_changes(app: FastAPI, users: Users) -> None:
@@ -269,6 +313,19 @@ async def test_websockets_need_a_session_and_stream_live_data(app: FastAPI, engi
                 assert len(chunks["ECG_II"]["values"]) == 8 * 250  # the last 8 s of the ring
                 assert len(chunks["ABP"]["values"]) == 8 * 125
                 assert first["bed"]["bed"] == "icu1/bed1"
+                # the engine's beats on the ECG, at the rate it reports, within the ring
+                t_last = chunks["ECG_II"]["t_last_us"]
+                beats = [
+                    m["t_us"] for m in first["marks"]
+                    if m["signal"] == "ECG_II" and m["kind"] == "beat"
+                ]  # fmt: skip
+                assert len(beats) >= 8
+                assert all(t_last - 13_000_000 < t <= t_last for t in beats)
+                assert {m["label"] for m in first["marks"] if m["signal"] == "ECG_II"} <= {"N", "V"}
+                rr_s = float(np.median(np.diff(beats))) / 1e6
+                hr = first["bed"]["engine"]["hr_bpm"]
+                assert 60.0 / rr_s == pytest.approx(hr, rel=0.1)
+                assert {m["label"] for m in first["marks"] if m["signal"] == "PLETH"} == {"P"}
                 # new samples arriving in the engine are streamed once, in order
                 ring = engine.router.beds[BedKey("icu1", "bed1")].signals["ECG_II"].ring
                 ring.extend(np.linspace(0.0, 1.0, 50))
@@ -276,6 +333,7 @@ async def test_websockets_need_a_session_and_stream_live_data(app: FastAPI, engi
                 for _ in range(20):
                     msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     waves = {c["signal"]: c for c in msg.get("waves", [])}
+                    assert "marks" not in msg  # each mark is sent once
                     if "ECG_II" in waves:
                         break
                 assert waves["ECG_II"]["values"] == pytest.approx(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 VIEWER_PASSWORD = "viewer-password-1"
 INTENSIVIST_PASSWORD = "intensivist-password-1"
+EVENTS_AT_S = 8
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -43,14 +45,13 @@ class Demo:
     process: subprocess.Popen[str]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    """``eicu demo`` with 4 beds; a viewer added with ``eicu users add`` while it runs."""
-    data = tmp_path_factory.mktemp("demo")
+@contextlib.contextmanager
+def run_demo(data: Path, *args: str) -> Iterator[Demo]:
+    """``eicu demo`` with ``args``; a viewer and an intensivist added with ``eicu users add``
+    while it runs."""
     env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "eicu.cli", "demo", "--beds", "4", "--duration", "300",
-         "--data-dir", str(data)],
+        [sys.executable, "-m", "eicu.cli", "demo", *args, "--data-dir", str(data)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert process.stderr is not None
@@ -73,28 +74,44 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             process.kill()
             pytest.fail("eicu demo did not start:\n" + "".join(lines[-20:]))
         time.sleep(0.2)
-    added = subprocess.run(
-        [sys.executable, "-m", "eicu.cli", "users", "add", "val", "--role", "viewer"],
-        input=VIEWER_PASSWORD + "\n", capture_output=True, text=True, cwd=ROOT,
-        env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    added = subprocess.run(
-        [sys.executable, "-m", "eicu.cli", "users", "add", "ida", "--role", "intensivist"],
-        input=INTENSIVIST_PASSWORD + "\n", capture_output=True, text=True, cwd=ROOT,
-        env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    yield Demo(found[0][1], found[0][2], process)
-    process.send_signal(signal.SIGINT)
+    for name, role, password in (
+        ("val", "viewer", VIEWER_PASSWORD), ("ida", "intensivist", INTENSIVIST_PASSWORD)
+    ):  # fmt: skip
+        added = subprocess.run(
+            [sys.executable, "-m", "eicu.cli", "users", "add", name, "--role", role],
+            input=password + "\n", capture_output=True, text=True, cwd=ROOT,
+            env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
     try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    reader.join(10)
-    process.stderr.close()
+        yield Demo(found[0][1], found[0][2], process)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(10)
+        process.stderr.close()
     assert process.returncode == 0, "".join(lines[-20:])
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """4 beds (stable, sepsis, AF, VT) whose events happen 8 s after the start."""
+    args = ("--beds", "4", "--duration", "300", "--events-at", str(EVENTS_AT_S))
+    with run_demo(tmp_path_factory.mktemp("demo"), *args) as running:
+        yield running
+
+
+@pytest.fixture
+def sepsis_demo(tmp_path: Path) -> Iterator[Demo]:
+    """2 beds: stable, and sepsis whose 6 h course starts 5 s in and, at 720 times the speed
+    of the slow trends, takes 30 s."""
+    args = ("--beds", "2", "--duration", "120", "--events-at", "5", "--time-scale", "720")
+    with run_demo(tmp_path / "demo", *args) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -146,17 +163,51 @@ def wait_for_ink(
         time.sleep(0.25)
 
 
+BED004_VTACH = """async () => (await (await fetch('/api/alarms?bed=demo/bed004')).json()).alarms
+  .filter((a) => a.kind === 'VTACH')"""
+REVIEW_ALARMS = """async () => {
+  const at = new Date(document.getElementById('review-at').value).getTime() * 1000;
+  const r = await fetch(`/api/beds/demo/bed004/waveform?signal=ECG_II&start_us=${at}&seconds=10`);
+  return (await r.json()).alarms.map((a) => a.kind);
+}"""
 TONE_PLAYING = "() => window.eicuAlarmTone.playing === true"
 TONE_SILENT = "() => window.eicuAlarmTone.playing === false"
 SOUNDING_HIGH = """async () => (await (await fetch('/api/alarms')).json()).alarms
   .filter((a) => a.sounding && a.priority === 'high').map((a) => `${a.bed} ${a.kind}`)"""
 
 
+def test_a_deteriorating_bed_turns_red_and_the_tone_starts(
+    browser: object, sepsis_demo: Demo
+) -> None:
+    """Runs first, on its own demo: bed002's sepsis course takes its NEWS2 from low to high
+    within about 20 s; the census row turns red, rises to the top, and the tone starts."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = log_in(browser, sepsis_demo, "demo", sepsis_demo.password)
+    row = page.locator("#census tr[data-bed='demo/bed002']")
+    expect(row.locator(".band:not(.band-none)")).to_be_visible(timeout=20_000)
+    assert "acute" not in (row.get_attribute("class") or "")  # not red yet
+    assert row.locator(".band-high").count() == 0
+    page.click("#sound")
+    page.wait_for_function("() => window.eicuAlarmTone.enabled === true", timeout=5_000)
+    assert page.evaluate(SOUNDING_HIGH) == []
+    assert page.evaluate(TONE_SILENT)
+    page.screenshot(path=str(ARTIFACTS / "census-before-deterioration.png"), full_page=True)
+
+    expect(row).to_have_class(re.compile(r"\bacute\b"), timeout=60_000)
+    expect(row.locator(".band-high")).to_be_visible(timeout=10_000)
+    expect(row.locator(".alarm-high", has_text="NEWS2_HIGH")).to_be_visible(timeout=10_000)
+    assert "demo/bed002 NEWS2_HIGH" in page.evaluate(SOUNDING_HIGH)
+    page.wait_for_function(TONE_PLAYING, timeout=5_000)
+    assert page.locator("#census tbody tr").first.get_attribute("data-bed") == "demo/bed002"
+    page.screenshot(path=str(ARTIFACTS / "census-deteriorated.png"), full_page=True)
+    page.close()
+
+
 def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, demo: Demo) -> None:
-    """Runs first: the demo's VT bed (bed004) goes into VT 60 s after it starts, for 30 s."""
+    """The demo's VT bed (bed004) goes into VT 8 s after it starts, for 30 s."""
     page = log_in(browser, demo, "ida", INTENSIVIST_PASSWORD)
     vt = page.locator("#census tr[data-bed='demo/bed004'] .alarm-high", has_text="VTACH")
-    expect(vt).to_be_visible(timeout=120_000)
+    expect(vt).to_be_visible(timeout=60_000)
     assert page.locator("#census tbody tr").first.get_attribute("data-alarm") in (
         "high active", "high latched",
     )  # fmt: skip
@@ -183,15 +234,37 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     acked_while = item.get_attribute("data-state")
     item.locator("button.ack").click()
     expect(page.locator("#alarm-history li", has_text="— ida").first).to_be_visible(timeout=5_000)
+    # VT is also a tachycardia: acknowledge whatever else of the bed still sounds
+    for _ in range(5):
+        others = [a.split()[1] for a in page.evaluate(SOUNDING_HIGH) if a.startswith("demo/bed004")]
+        if not others:
+            break
+        page.locator("#alarm-list li", has_text=others[0]).locator("button.ack").click()
+        page.wait_for_timeout(500)
     assert page.evaluate(SOUNDING_HIGH) == []
     page.wait_for_function(TONE_SILENT, timeout=5_000)
     page.screenshot(path=str(ARTIFACTS / "bed-alarm-acknowledged.png"), full_page=True)
+    # full disclosure over the VT onset: its beats, the VTACH rhythm and the alarms on it
+    page.select_option("#review-signal", "ECG_II")
+    page.fill("#review-s", "10")
+    page.evaluate(SET_REVIEW_TIME, 22_000)
+    page.click("#review-next")  # a window later: 12 s to 2 s ago, after the VTACH alarm began
+    expect(page.locator("#review-info")).to_contain_text("samples at 250 Hz", timeout=10_000)
+    review = page.locator("#review")
+    assert int(review.get_attribute("data-beats") or 0) >= 10
+    assert int(review.get_attribute("data-alarms") or 0) >= 1
+    spans = page.evaluate(REVIEW_ALARMS)
+    assert "VTACH" in spans, spans
+    page.screenshot(path=str(ARTIFACTS / "bed-review-vt.png"), full_page=True)
 
     page.goto(demo.url + "/census")
     row = page.locator("#census tr[data-bed='demo/bed004']")
-    if acked_while == "active":  # VT still present: shown as acknowledged
-        expect(row.locator(".alarm-high.acked", has_text="VTACH")).to_be_visible(timeout=5_000)
+    if acked_while == "active":  # VT still present: shown as acknowledged (or the bed's
+        # tachycardia alarm, also acknowledged, when it started later)
+        expect(row.locator(".alarm-high.acked")).to_be_visible(timeout=5_000)
         assert row.get_attribute("data-alarm") == "high acknowledged"
+        vt = page.evaluate(BED004_VTACH)
+        assert vt and vt[0]["acknowledged_by"] == "ida"
     else:  # VT had ended: the acknowledgement cleared the latched alarm
         assert acked_while == "latched"
         expect(row.locator(".alarm", has_text="VTACH")).to_have_count(0, timeout=5_000)
@@ -225,6 +298,18 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     assert second["ink"] > MIN_INK and first["url"] != second["url"]
     wait_for_ink(page, "canvas[data-signal=PLETH]")
     wait_for_ink(page, "canvas[data-signal=ABP]")
+    # the engine's beats are marked on the live ECG
+    page.wait_for_function(
+        "() => Number(document.querySelector('canvas[data-signal=ECG_II]').dataset.marks) >= 3",
+        timeout=10_000,
+    )
+    # trends: 24 h in 5-minute buckets, 7 d in 30-minute buckets
+    page.click("#trend-spans button[data-minutes='1440']")
+    expect(page.locator("#trends")).to_have_attribute("data-bucket-s", "300", timeout=10_000)
+    expect(page.locator("#trends-title")).to_contain_text("last 24 hours")
+    page.click("#trend-spans button[data-minutes='10080']")
+    expect(page.locator("#trends")).to_have_attribute("data-bucket-s", "1800", timeout=10_000)
+    wait_for_ink(page, "#trend-HR", timeout_s=5, min_ink=20)
     # full disclosure: a stored window of ECG drawn from the store
     page.select_option("#review-signal", "ECG_II")
     page.fill("#review-s", "4")
@@ -244,6 +329,7 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     expect(info).to_contain_text("samples at 250 Hz")
     assert int(info.inner_text().split()[0]) >= 500
     wait_for_ink(page, "#review", timeout_s=2, min_ink=500)
+    assert int(page.locator("#review").get_attribute("data-beats") or 0) >= 2  # 4 s of ECG
     page.screenshot(path=str(ARTIFACTS / "bed.png"), full_page=True)
     page.close()
 

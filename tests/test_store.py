@@ -173,3 +173,46 @@ def test_damaged_container_raises_storage_error() -> None:
     for bad in (data[:5], data[:-3], b"\x09" + data[1:]):
         with pytest.raises(StorageError):
             decode_blocks(bad)
+
+
+async def test_trend_merges_minutes_into_wider_buckets_keeping_spikes(store: Store) -> None:
+    """A week of heart rate, one value every 10 minutes and a 2-minute spike: 30-minute
+    buckets hold the count-weighted mean, the smallest minimum and the largest maximum."""
+    bucket_us = 1800 * 1_000_000
+    end_us = _now_us() // bucket_us * bucket_us
+    start_us = end_us - 7 * 86_400 * 1_000_000
+    frames = [
+        NumericsFrame(BED, i, start_us + i * 600_000_000, {"HR": 60.0 + i % 3})
+        for i in range(7 * 144)
+    ]
+    spike_us = start_us + 3 * 86_400 * 1_000_000 + 60_000_000
+    frames += [
+        NumericsFrame(BED, 5000, spike_us, {"HR": 180.0}),
+        NumericsFrame(BED, 5001, spike_us + 1_000_000, {"HR": 170.0}),
+    ]
+    await store.write(Batch(numerics=frames))
+
+    minutes = await store.trend(BED, "HR", start_us, end_us)
+    assert len(minutes) == 7 * 144 + 1 and sum(p.n for p in minutes) == len(frames)
+    week = await store.trend(BED, "HR", start_us, end_us, bucket_s=1800)
+    assert len(week) == 7 * 48
+    assert [p.bucket_us for p in week] == [start_us + k * bucket_us for k in range(7 * 48)]
+    assert sum(p.n for p in week) == len(frames)
+    spike = next(p for p in week if p.bucket_us <= spike_us < p.bucket_us + bucket_us)
+    assert spike.max == 180.0 and spike.n == 5  # three 10-minute values and the spike's two
+    expected = (
+        sum(
+            f.values["HR"]
+            for f in frames
+            if spike.bucket_us <= f.ts_us < spike.bucket_us + bucket_us
+        )
+    ) / 5  # type: ignore[operator]
+    assert spike.avg == pytest.approx(expected)
+    quiet = week[0]
+    assert (quiet.min, quiet.max, quiet.n) == (60.0, 62.0, 3)
+    assert quiet.avg == pytest.approx(61.0)
+
+    day = await store.trend(BED, "HR", end_us - 86_400 * 1_000_000, end_us, bucket_s=300)
+    assert len(day) == 144 and all(p.n == 1 for p in day)
+    with pytest.raises(ValueError, match="multiple of 60"):
+        await store.trend(BED, "HR", start_us, end_us, bucket_s=90)

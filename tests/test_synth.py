@@ -700,3 +700,22 @@ def test_episode_kernels_match_naive_twins(seed: int, n0: int, n: int) -> None:
     t = (n0 + np.arange(n)) / fs
     expected = base + amp[:, None] * np.sin(2 * np.pi * f_hz[:, None] * t + f_hz[:, None])
     np.testing.assert_allclose(drift, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_events_at_puts_every_scenario_event_at_one_moment() -> None:
+    """``events_at_s`` moves each scenario's event to the same simulated second; the sepsis
+    course (in scenario time) starts then too."""
+    from simulators.synth import BedSynthBank
+
+    scenarios = ["vt", "af", "asystole", "sepsis", "spo2_off", "disconnect", "stable"]
+    bank = BedSynthBank(scenarios, list(range(len(scenarios))), time_scale=600.0, events_at_s=7.0)
+    starts = {p.scenario: [e.start_s for e in p.episodes] for p in bank.plans}
+    assert starts == {
+        "vt": [7.0], "af": [7.0], "asystole": [7.0], "sepsis": [7.0], "spo2_off": [7.0],
+        "disconnect": [7.0], "stable": [],
+    }  # fmt: skip
+    sepsis = bank.plans[3]
+    assert sepsis.episodes[0].end_s == pytest.approx(7.0 + 6 * 3600.0 / 600.0)
+    assert BedSynth("sepsis", 3, time_scale=600.0, events_at_s=7.0).plan.episodes[0].start_s == 7.0
+    with pytest.raises(ValueError, match="events_at_s"):
+        BedSynthBank(["vt"], [1], events_at_s=5.0, onset_s=3.0)

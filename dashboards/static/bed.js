@@ -91,7 +91,8 @@ function connect() {
   socket = ws;
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
-    for (const chunk of msg.waves || []) traceFor(chunk).push(chunk.values, chunk.gap);
+    for (const chunk of msg.waves || []) traceFor(chunk).push(chunk.values, chunk.gap, chunk.t_last_us);
+    for (const m of msg.marks || []) { const trace = traces.get(m.signal); if (trace) trace.mark(m); }
     if (msg.bed) renderBed(msg.bed);
   };
   ws.onclose = () => {
@@ -108,22 +109,45 @@ function animate(ts) {
   requestAnimationFrame(animate);
 }
 
+let trendMinutes = 60;
+const SPAN_NAMES = { 60: "last hour", 1440: "last 24 hours", 10080: "last 7 days" };
+
+function bucketName(s) {
+  return s < 3600 ? `${s / 60}-minute` : `${s / 3600}-hour`;
+}
+
 async function loadTrends() {
-  const r = await eicu.api(`${base}/trends?minutes=60`);
-  if (!r.ok) return;
+  const minutes = trendMinutes;
+  const r = await eicu.api(`${base}/trends?minutes=${minutes}`);
+  if (!r.ok || minutes !== trendMinutes) return;
   const data = await r.json();
+  document.getElementById("trends-title").textContent =
+    `Trends, ${SPAN_NAMES[minutes]} (${bucketName(data.bucket_s)} mean, min–max)`;
   const box = document.getElementById("trends");
+  box.dataset.minutes = String(minutes);
+  box.dataset.bucketS = String(data.bucket_s);
   for (const [key, points] of Object.entries(data.series)) {
     let canvas = document.getElementById(`trend-${key}`);
     if (!canvas) {
       canvas = eicu.el("canvas", { class: "trend", id: `trend-${key}`, width: 900, height: 70 });
       box.append(canvas);
     }
+    canvas.dataset.points = String(points.length);
     const t = [data.start_us, ...points.map((p) => p[0]), data.end_us];
     const avg = [null, ...points.map((p) => p[1]), null];
     const ranges = [null, ...points.map((p) => [p[2], p[3]]), null];
-    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} min)`, ranges);
+    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} × ${bucketName(data.bucket_s)})`, ranges);
   }
+}
+
+for (const button of document.querySelectorAll("#trend-spans button")) {
+  button.addEventListener("click", () => {
+    trendMinutes = Number(button.dataset.minutes);
+    for (const b of document.querySelectorAll("#trend-spans button")) {
+      b.setAttribute("aria-pressed", String(b === button));
+    }
+    loadTrends();
+  });
 }
 
 async function review() {
@@ -140,11 +164,45 @@ async function review() {
     drawSeries(document.getElementById("review"), [], [], `${w.signal}`);
     return;
   }
-  info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz`;
+  const beats = w.marks.filter((m) => m.kind === "beat").length;
+  info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz · ${beats} beats` +
+    (w.alarms === null ? " · alarms unavailable" : ` · ${w.alarms.length} alarms`);
   // the requested window spans the canvas; where nothing is stored the trace is blank
-  const end = w.start_us + Number(seconds) * 1e6;
-  drawSeries(document.getElementById("review"), [w.start_us, ...w.t_us, end],
-    [null, ...w.values, null], `${w.signal} ${w.unit}`);
+  const canvas = document.getElementById("review");
+  drawSeries(canvas, [w.start_us, ...w.t_us, w.end_us], [null, ...w.values, null], `${w.signal} ${w.unit}`);
+  drawReviewMarks(canvas, w.start_us, w.end_us, w.marks, w.alarms || []);
+}
+
+// Alarms as coloured bands across the window (with their name and, if so, who acknowledged
+// them); beats as ticks labelled N, V (ventricular) or P (pulse); rhythm changes as dashed lines.
+function drawReviewMarks(canvas, t0, t1, marks, alarms) {
+  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
+  const x = (t) => ((t - t0) / (t1 - t0)) * w;
+  const colours = { high: "209,36,47", medium: "227,98,9", low: "31,111,235" };
+  ctx.font = "11px system-ui";
+  alarms.forEach((a, k) => {
+    const a0 = Math.max(0, x(a.start_us)), a1 = a.end_us === null ? w : Math.min(w, x(a.end_us));
+    const rgb = colours[a.priority] || colours.low;
+    ctx.fillStyle = `rgba(${rgb},0.18)`; ctx.fillRect(a0, 0, Math.max(2, a1 - a0), h);
+    ctx.fillStyle = `rgb(${rgb})`; ctx.fillRect(a0, h - 4 - 4 * k, Math.max(2, a1 - a0), 3);
+    const ack = a.acknowledged_by ? ` ✓ ${a.acknowledged_by}` : "";
+    ctx.fillText(`${a.kind}${a.end_us === null ? "" : " (ended)"}${ack}`, a0 + 3, h - 8 - 12 * k);
+  });
+  for (const m of marks) {
+    const mx = x(m.t_us);
+    if (m.kind === "rhythm") {
+      ctx.strokeStyle = "#d4a72c"; ctx.setLineDash([4, 3]); ctx.beginPath();
+      ctx.moveTo(mx, 18); ctx.lineTo(mx, h); ctx.stroke(); ctx.setLineDash([]);
+      ctx.fillStyle = "#d4a72c";
+      ctx.fillText(m.state === "end" ? `${m.label} end` : m.state === "ongoing" ? `${m.label} (ongoing)` : m.label, mx + 3, 28);
+    } else {
+      ctx.fillStyle = m.label === "V" ? "#f0883e" : "#7d8590";
+      ctx.fillRect(mx - 0.5, 18, 1, 5);
+      ctx.fillText(m.label, mx - 3, 34);
+    }
+  }
+  canvas.dataset.beats = String(marks.filter((m) => m.kind === "beat").length);
+  canvas.dataset.alarms = String(alarms.length);
 }
 
 // Alarms: the live list with acknowledge / pause for the roles that may respond, and history.
@@ -211,6 +269,16 @@ function alarmFeedState(ok, message) {
 document.getElementById("pause-bed").addEventListener("click", () => respond(
   `${base}/alarms/pause`, { duration_s: pauseMaxS }));
 document.getElementById("review-show").addEventListener("click", review);
+// Scroll the review through the stored waveform, a window at a time.
+function stepReview(direction) {
+  const at = document.getElementById("review-at");
+  const ms = new Date(at.value).getTime();
+  if (Number.isNaN(ms)) return;
+  at.value = localInput(ms + direction * Number(document.getElementById("review-s").value) * 1000);
+  review();
+}
+document.getElementById("review-back").addEventListener("click", () => stepReview(-1));
+document.getElementById("review-next").addEventListener("click", () => stepReview(1));
 eicu.loadMe().then(async () => {
   const known = await eicu.api(base);
   if (!known.ok) {

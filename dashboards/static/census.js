@@ -1,15 +1,33 @@
-// The census: every bed, most acute first, refreshed over a WebSocket every second.
+// The census: every bed, most acute first. Over a WebSocket: a snapshot, then every second only
+// the rows that changed (see dashboards/census.py). Ages are computed here from each value's
+// device time, so a row is redrawn only when something in it changed. Only the rows in view (and
+// a margin) are in the page: a census of a thousand beds costs the browser what one screen does.
+// Each update is measured: performance entries "census-snapshot" and "census-delta" (the
+// script's work) and "census-snapshot-painted" and "census-delta-painted" (up to the next frame).
 "use strict";
 
 const siteSelect = document.getElementById("site");
 const body = document.querySelector("#census tbody");
+const rows = new Map();     // bed -> {data, tr (null while out of view)}
+let order = [];             // beds, most acute first
+let shown = new Set();      // beds whose rows are in the page
+let rowHeight = 34;         // measured from a drawn row
+let measured = false;       // rowHeight and bodyTop measured (again on resize)
+let bodyTop = 0;            // where the rows start in the document
+const MARGIN_ROWS = 10;     // drawn above and below the view
+const topSpacer = eicu.el("tr", { class: "spacer", "aria-hidden": "true" }, eicu.el("td", { colspan: "13" }));
+const bottomSpacer = eicu.el("tr", { class: "spacer", "aria-hidden": "true" }, eicu.el("td", { colspan: "13" }));
 let socket = null;
+let seq = null;
+let offsetUs = 0;           // server clock minus this browser's clock
+
+function serverNowUs() { return Date.now() * 1000 + offsetUs; }
 
 function statusCell(bed) {
   if (bed.status === "offline") return eicu.el("span", { class: "status offline" }, "offline");
   if (bed.stale) {
     return eicu.el("span", { class: "status stale", title: "nothing received recently" },
-      `stale ${eicu.age(bed.seen_age_s)}`);
+      `stale ${eicu.age((serverNowUs() - bed.seen_us) / 1e6)}`);
   }
   return eicu.el("span", { class: `status ${bed.status}` }, bed.status);
 }
@@ -30,40 +48,223 @@ function alarmCell(bed) {
   return eicuAlarms.chip(bed.alarm);
 }
 
-function render(msg) {
+// A value's age on the bed's device clock (the server judged whether it is stale).
+function ageOf(bed, v) {
+  const ts = v.ts_us === undefined ? bed.t_us : v.ts_us;
+  return Math.max(0, (serverNowUs() + bed.skew_ms * 1000 - ts) / 1e6);
+}
+
+function valueCell(bed, wire) {
+  if (!wire) return eicu.valueCell(wire);
+  // a value of the bed's newest frame, not stale, comes as its text alone
+  const v = typeof wire === "string" ? { text: wire, stale: false } : wire;
+  const cell = eicu.valueCell({ ...v, age_s: ageOf(bed, v) });
+  const badge = cell.querySelector(".badge");
+  if (badge) badge.dataset.ts = v.ts_us === undefined ? "" : String(v.ts_us);
+  return cell;
+}
+
+// Red: an unacknowledged high-priority alarm, or NEWS2 in the high band (or proven to be).
+function acute(bed) {
+  const n = bed.news2;
+  const high = n && !n.invalid && (n.complete ? n.band === "high" : n.min_band === "high");
+  return Boolean(high || (bed.alarm && bed.alarm.priority === "high" && bed.alarm.state !== "acknowledged"));
+}
+
+// The columns, each with what it is drawn from (the first part of a changed path).
+const COLUMNS = [
+  { from: ["bed"], cell: (b) => eicu.el("a", { href: `/bed?bed=${encodeURIComponent(b.bed)}` }, b.bed) },
+  { from: ["status", "stale", "seen_us"], cell: statusCell },
+  { from: ["alarm", "alarms_available"], cell: alarmCell },
+  { from: ["news2"], cell: (b) => eicu.news2Chip(b.news2) },
+  { from: ["values.HR"], cell: (b) => valueCell(b, b.values.HR) },
+  { from: ["values.SPO2"], cell: (b) => valueCell(b, b.values.SPO2) },
+  { from: ["values.RR"], cell: (b) => valueCell(b, b.values.RR) },
+  { from: ["values.NIBP_SYS", "values.NIBP_DIA"],
+    cell: (b) => eicu.el("span", {}, valueCell(b, b.values.NIBP_SYS), "/", valueCell(b, b.values.NIBP_DIA)) },
+  { from: ["values.ABP_MEAN"], cell: (b) => valueCell(b, b.values.ABP_MEAN) },
+  { from: ["values.TEMP"], cell: (b) => valueCell(b, b.values.TEMP) },
+  { from: ["values.ACVPU"], cell: (b) => valueCell(b, b.values.ACVPU) },
+  { from: ["values.O2"], cell: (b) => valueCell(b, b.values.O2) },
+  { from: ["engine"], cell: (b) => rhythmCell(b.engine) },
+];
+const COLUMN_OF = new Map();
+COLUMNS.forEach((c, i) => c.from.forEach((key) => COLUMN_OF.set(key, i)));
+
+function decorate(tr, bed) {
+  const cls = `bed-row ${bed.status}${bed.stale ? " stale" : ""}${acute(bed) ? " acute" : ""}`;
+  if (tr.className !== cls) tr.className = cls;
+  const alarm = bed.alarm ? `${bed.alarm.priority} ${bed.alarm.state}` : "none";
+  if (tr.dataset.alarm !== alarm) tr.dataset.alarm = alarm;
+}
+
+function drawRow(bed) {
+  const tr = eicu.el("tr", { "data-bed": bed.bed });
+  decorate(tr, bed);
+  tr.append(...COLUMNS.map((c) => eicu.el("td", {}, c.cell(bed))));
+  return tr;
+}
+
+function spacer(tr, rowsHigh) {
+  tr.firstChild.style.height = `${rowsHigh * rowHeight}px`;
+  return tr;
+}
+
+// Put the rows in view (and a margin) in the page, in order; drop the others.
+function drawView() {
+  const n = order.length;
+  if (!measured) bodyTop = body.getBoundingClientRect().top + scrollY;
+  const top = bodyTop - scrollY;  // no layout is forced here once measured
+  const first = Math.max(0, Math.min(n, Math.floor(-top / rowHeight) - MARGIN_ROWS));
+  const last = Math.min(n, Math.max(first, Math.ceil((innerHeight - top) / rowHeight) + MARGIN_ROWS));
+  const want = [];
+  const now = new Set();
+  if (first > 0) want.push(spacer(topSpacer, first));
+  for (let i = first; i < last; i++) {
+    const row = rows.get(order[i]);
+    if (!row.tr) row.tr = drawRow(row.data);
+    want.push(row.tr);
+    now.add(order[i]);
+  }
+  if (last < n) want.push(spacer(bottomSpacer, n - last));
+  for (const bed of shown) if (!now.has(bed) && rows.has(bed)) rows.get(bed).tr = null;
+  shown = now;
+  let previous = null;
+  for (const el of want) {
+    const at = previous ? previous.nextSibling : body.firstChild;
+    if (at !== el) body.insertBefore(el, at);
+    previous = el;
+  }
+  if (!previous) body.replaceChildren();
+  else while (previous.nextSibling) previous.nextSibling.remove();
+  if (!measured) {
+    const drawn = body.querySelector("tr[data-bed]");
+    const h = drawn ? drawn.getBoundingClientRect().height : 0;
+    if (h > 0) {
+      measured = true;
+      if (Math.abs(h - rowHeight) > 0.5) { rowHeight = h; drawView(); }
+    }
+  }
+  document.getElementById("census").dataset.beds = String(n);
+}
+
+// Redraw only the cells whose data changed ("values.HR" -> the HR cell; "news2.total" -> NEWS2).
+function update(row, change) {
+  const redraw = new Set();
+  for (const path of [...Object.keys(change.set || {}), ...(change.del || [])]) {
+    const parts = path.split(".");
+    const column = COLUMN_OF.get(parts[0] === "values" ? `${parts[0]}.${parts[1]}` : parts[0]);
+    if (column !== undefined) redraw.add(column);
+  }
+  decorate(row.tr, row.data);
+  for (const i of redraw) row.tr.cells[i].replaceChildren(COLUMNS[i].cell(row.data));
+}
+
+// Set or delete "a.b" paths of a row (deletions first; emptied objects go with them).
+function patch(data, change) {
+  for (const path of change.del || []) {
+    const keys = path.split(".");
+    const chain = [data];
+    for (const k of keys.slice(0, -1)) chain.push(chain[chain.length - 1]?.[k]);
+    const parent = chain[chain.length - 1];
+    if (parent && typeof parent === "object") delete parent[keys[keys.length - 1]];
+    for (let i = chain.length - 1; i > 0; i--) {
+      const o = chain[i];
+      if (o && typeof o === "object" && !Object.keys(o).length) delete chain[i - 1][keys[i - 1]];
+    }
+  }
+  for (const [path, value] of Object.entries(change.set || {})) {
+    const keys = path.split(".");
+    let o = data;
+    for (const k of keys.slice(0, -1)) {
+      if (o[k] === null || typeof o[k] !== "object") o[k] = {};
+      o = o[k];
+    }
+    o[keys[keys.length - 1]] = value;
+  }
+}
+
+// Ages move on between updates: rewrite the badges whose text changed.
+function tickAges() {
+  const now = serverNowUs();
+  for (const bed of shown) {
+    const { data, tr } = rows.get(bed);
+    const deviceNow = now + data.skew_ms * 1000;
+    for (const badge of tr.getElementsByClassName("badge")) {
+      const ts = badge.dataset.ts ? Number(badge.dataset.ts) : data.t_us;
+      const age = eicu.age(Math.max(0, (deviceNow - ts) / 1e6));
+      const text = badge.classList.contains("stale") ? `stale ${age}` : age;
+      if (badge.textContent !== text) badge.textContent = text;
+    }
+    if (data.stale && data.status !== "offline") {
+      const seen = tr.cells[1].firstChild;
+      const text = `stale ${eicu.age((now - data.seen_us) / 1e6)}`;
+      if (seen && seen.textContent !== text) seen.textContent = text;
+    }
+  }
+}
+
+function updateSites(sites) {
   const current = siteSelect.value;
   const known = new Set([...siteSelect.options].map((o) => o.value));
-  for (const s of msg.sites) if (!known.has(s)) siteSelect.append(eicu.el("option", { value: s }, s));
+  for (const s of sites) if (!known.has(s)) siteSelect.append(eicu.el("option", { value: s }, s));
   siteSelect.value = current;
+}
+
+function snapshot(msg) {
+  rows.clear();
+  shown = new Set();
   body.replaceChildren();
-  for (const bed of msg.beds) {
-    const v = bed.values;
-    const tr = eicu.el("tr", { class: `bed-row ${bed.status}${bed.stale ? " stale" : ""}`, "data-bed": bed.bed,
-      "data-alarm": bed.alarm ? `${bed.alarm.priority} ${bed.alarm.state}` : "none" });
-    const nibp = eicu.el("span", {}, eicu.valueCell(v.NIBP_SYS), "/", eicu.valueCell(v.NIBP_DIA));
-    const cells = [
-      eicu.el("a", { href: `/bed?bed=${encodeURIComponent(bed.bed)}` }, bed.bed),
-      statusCell(bed), alarmCell(bed), eicu.news2Chip(bed.news2),
-      eicu.valueCell(v.HR), eicu.valueCell(v.SPO2), eicu.valueCell(v.RR), nibp,
-      eicu.valueCell(v.ABP_MEAN), eicu.valueCell(v.TEMP), eicu.valueCell(v.ACVPU),
-      eicu.valueCell(v.O2), rhythmCell(bed.engine),
-    ];
-    for (const c of cells) tr.append(eicu.el("td", {}, c));
-    tr.addEventListener("click", (ev) => {
-      if (ev.target.tagName !== "A") location.href = `/bed?bed=${encodeURIComponent(bed.bed)}`;
-    });
-    body.append(tr);
+  for (const bed of msg.beds) rows.set(bed.bed, { data: bed, tr: null });
+  order = msg.beds.map((b) => b.bed);
+  drawView();
+}
+
+function delta(msg) {
+  for (const bed of msg.remove) { rows.get(bed)?.tr?.remove(); rows.delete(bed); }
+  for (const [bed, change] of Object.entries(msg.rows)) {
+    const row = rows.get(bed);
+    if (!row) continue;
+    patch(row.data, change);
+    if (row.tr) update(row, change);
   }
-  document.getElementById("empty").hidden = msg.beds.length > 0;
+  for (const bed of Object.values(msg.add)) rows.set(bed.bed, { data: bed, tr: null });
+  if (msg.order) order = msg.order;
+  else if (msg.remove.length || Object.keys(msg.add).length) {
+    order = [...order.filter((b) => rows.has(b)), ...Object.keys(msg.add)];
+  }
+  drawView();
+}
+
+function apply(msg) {
+  const kind = msg.type === "snapshot" ? "census-snapshot" : "census-delta";
+  const start = performance.now();
+  offsetUs = msg.now_us - Date.now() * 1000;
+  if (msg.type === "snapshot") {
+    snapshot(msg);
+  } else if (seq === null || msg.seq !== seq + 1) {  // out of step: start again
+    connect();
+    return;
+  } else {
+    delta(msg);
+  }
+  seq = msg.seq;
+  if (msg.sites) updateSites(msg.sites);
+  tickAges();
+  document.getElementById("empty").hidden = rows.size > 0;
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  // the script's work, and up to the next frame drawn (style, layout and paint included)
+  performance.measure(kind, { start, end: performance.now() });
+  requestAnimationFrame(() => setTimeout(() => performance.measure(`${kind}-painted`, { start })));
 }
 
 function connect() {
   if (socket) socket.close();
+  seq = null;
   const site = siteSelect.value;
   const ws = new WebSocket(eicu.wsUrl(`/ws/census${site ? `?site=${encodeURIComponent(site)}` : ""}`));
   socket = ws;
-  ws.onmessage = (ev) => render(JSON.parse(ev.data));
+  ws.onmessage = (ev) => { if (socket === ws) apply(JSON.parse(ev.data)); };
   ws.onclose = () => {
     if (socket !== ws) return;
     document.getElementById("updated").textContent = "connection lost: reconnecting";
@@ -77,6 +278,18 @@ function alarmFeed(ok, message) {
   badge.classList.toggle("stale", !ok);
 }
 
+body.addEventListener("click", (ev) => {
+  const tr = ev.target.closest("tr[data-bed]");
+  if (tr && ev.target.tagName !== "A") location.href = `/bed?bed=${encodeURIComponent(tr.dataset.bed)}`;
+});
+let viewPending = false;
+function onScroll() {
+  if (viewPending) return;
+  viewPending = true;
+  requestAnimationFrame(() => { viewPending = false; drawView(); tickAges(); });
+}
+addEventListener("scroll", onScroll, { passive: true });
+addEventListener("resize", () => { measured = false; onScroll(); });
 siteSelect.addEventListener("change", connect);
 eicu.loadMe().then(() => {
   connect();

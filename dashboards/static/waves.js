@@ -14,12 +14,24 @@ class Trace {
     this.play = null;         // play-out position in samples (fractional)
     this.lastArrival = 0;
     this.lo = null; this.hi = null;
+    this.marks = [];          // beats and rhythm changes: {i (sample number), kind, label, state}
+    this.tLastUs = null;      // device time of the newest sample received
   }
 
-  push(values, gap) {
+  push(values, gap, tLastUs) {
     if (gap) for (let i = 0; i < Math.round(this.fs * 0.2); i++) this.buf[this.recv++ % this.cap] = NaN;
     for (const v of values) this.buf[this.recv++ % this.cap] = v === null ? NaN : v;
     this.lastArrival = performance.now();
+    if (tLastUs !== undefined) this.tLastUs = tLastUs;
+  }
+
+  // A mark from the engine, placed on the sample at its device time.
+  mark(m) {
+    if (this.tLastUs === null) return;
+    const i = this.recv - 1 - Math.round(((this.tLastUs - m.t_us) * this.fs) / 1e6);
+    const oldest = this.recv - this.cap;
+    this.marks = this.marks.filter((k) => k.i >= oldest);
+    if (i >= oldest && i < this.recv) this.marks.push({ i, kind: m.kind, label: m.label, state: m.state });
   }
 
   draw(dt) {
@@ -60,7 +72,31 @@ class Trace {
       pen = true;
     }
     ctx.stroke();
+    this.drawMarks(ctx, start, end, n, w, h);
     if (stalled) { ctx.fillStyle = "#d4a72c"; ctx.fillText("STALE: no new samples", w - 170, 14); }
+  }
+
+  drawMarks(ctx, start, end, n, w, h) {
+    let shown = 0;
+    ctx.font = "11px system-ui";
+    for (const m of this.marks) {
+      if (m.i < start || m.i >= end) continue;
+      const x = ((m.i - start) / n) * w;
+      shown++;
+      if (m.kind === "rhythm") {  // a rhythm starts or ends: a dashed line and its name
+        ctx.strokeStyle = "#d4a72c"; ctx.setLineDash([4, 3]); ctx.beginPath();
+        ctx.moveTo(x, 18); ctx.lineTo(x, h); ctx.stroke(); ctx.setLineDash([]);
+        ctx.fillStyle = "#d4a72c";
+        ctx.fillText(m.state === "end" ? `${m.label} end` : m.label, x + 3, 28);
+      } else if (m.label === "P") {  // a pulse: a small tick at the foot of the trace
+        ctx.fillStyle = "#7d8590"; ctx.fillRect(x - 1, h - 6, 2, 6);
+      } else {  // a QRS: N, or V (ventricular) in orange
+        ctx.fillStyle = m.label === "V" ? "#f0883e" : "#7d8590";
+        ctx.fillRect(x - 0.5, 18, 1, 5);
+        ctx.fillText(m.label, x - 3, 34);
+      }
+    }
+    this.canvas.dataset.marks = String(shown);
   }
 
   minSpan() { return this.signal.startsWith("ECG") ? 1.0 : this.signal === "ABP" ? 40 : 0.2; }
@@ -82,7 +118,7 @@ function drawSeries(canvas, t, values, label, ranges = null) {
   const t0 = t[0], t1 = t[t.length - 1] || t0 + 1;
   const x = (ti) => ((ti - t0) / (t1 - t0 || 1)) * w;
   const y = (v) => h - 6 - ((v - lo) / (hi - lo)) * (h - 24);
-  if (ranges) {  // the minute's range as a faint bar behind its mean
+  if (ranges) {  // the bucket's range as a faint bar behind its mean
     ctx.strokeStyle = "#1f4f2b"; ctx.lineWidth = 3; ctx.beginPath();
     for (let i = 0; i < t.length; i++) {
       const r = ranges[i];
@@ -100,7 +136,7 @@ function drawSeries(canvas, t, values, label, ranges = null) {
     prev = t[i];
   }
   ctx.stroke();
-  if (ranges) {  // trends: mark each minute, so a lone one shows
+  if (ranges) {  // trends: mark each bucket, so a lone one shows
     ctx.fillStyle = "#3fb950";
     for (let i = 0; i < t.length; i++) if (values[i] !== null) ctx.fillRect(x(t[i]) - 2, y(values[i]) - 2, 4, 4);
   }

@@ -36,6 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accelerate slow deterioration so it shows in minutes (default: 30)",
     )
     parser.add_argument(
+        "--events-at",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="every bed's scenario event (VT, AF, asystole, lead off, probe off, gateway "
+        "outage, the start of the sepsis course) happens SECONDS after the start (default: "
+        "each scenario's own time, e.g. VT at 60 s); with a large --time-scale the sepsis "
+        "course runs in seconds (its 6 h course takes 21600 / time-scale seconds)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -53,8 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.beds < 1 or args.speed <= 0 or args.duration < 0:
-        print("eicu demo: --beds >= 1, --speed > 0, --duration >= 0", file=sys.stderr)
+    if (
+        args.beds < 1
+        or args.speed <= 0
+        or args.duration < 0
+        or (args.events_at is not None and args.events_at < 0)
+    ):
+        print(
+            "eicu demo: --beds >= 1, --speed > 0, --duration >= 0, --events-at >= 0",
+            file=sys.stderr,
+        )
         return 2
     return asyncio.run(demo(args))
 
@@ -124,6 +142,7 @@ async def demo(args: argparse.Namespace) -> int:
         scenario="mix",
         speed=args.speed,
         time_scale=args.time_scale,
+        events_at_s=args.events_at,
     )
     sim = asyncio.create_task(simulate(mqtt, plan, stop), name="simulator")
     scenarios = _scenarios(args.beds)

@@ -61,8 +61,13 @@ class Store(Protocol):
     async def write(self, batch: Batch) -> None: ...
     async def latest(self, max_age_s: float = 86_400.0) -> dict[BedKey, dict[str, LatestValue]]: ...
     async def trend(
-        self, bed: BedKey, key: str, start_us: int, end_us: int
-    ) -> list[TrendPoint]: ...
+        self, bed: BedKey, key: str, start_us: int, end_us: int, bucket_s: int = 60
+    ) -> list[TrendPoint]:
+        """The 1-minute aggregate of one parameter in [start_us, end_us), merged into buckets
+        of ``bucket_s`` (a multiple of 60, aligned on the epoch): the mean weighted by each
+        minute's count, the smallest minimum and the largest maximum, so a spike stays."""
+        ...
+
     async def waveform(
         self, bed: BedKey, signal: str, start_us: int, end_us: int
     ) -> WaveformWindow: ...
@@ -163,6 +168,18 @@ def window_from_blocks(
     t_all = np.concatenate(times)
     order = np.argsort(t_all, kind="stable")
     return WaveformWindow(signal, fs_hz, t_all[order], np.concatenate(values)[order])
+
+
+def minute_ceil_us(t_us: int) -> int:
+    """The start of the first minute that begins at or after ``t_us``: the 1-minute buckets
+    ``[start_us, end_us)`` holds are those of the raw values in ``[ceil(start), ceil(end))``."""
+    return -(-t_us // 60_000_000) * 60_000_000
+
+
+def check_bucket_s(bucket_s: int) -> int:
+    if bucket_s < 60 or bucket_s % 60:
+        raise ValueError(f"bucket_s must be a positive multiple of 60, got {bucket_s}")
+    return int(bucket_s)
 
 
 def param_key(code: int) -> str:

@@ -27,7 +27,9 @@ from eicu.store.base import (
     TrendPoint,
     WaveformWindow,
     beds_in,
+    check_bucket_s,
     latest_doc,
+    minute_ceil_us,
     numeric_rows,
     numeric_samples,
     stats_doc,
@@ -286,18 +288,41 @@ class PgStore:
         )
         return latest_doc(rows)
 
-    async def trend(self, bed: BedKey, key: str, start_us: int, end_us: int) -> list[TrendPoint]:
+    async def trend(
+        self, bed: BedKey, key: str, start_us: int, end_us: int, bucket_s: int = 60
+    ) -> list[TrendPoint]:
         from eicu.codes import BY_KEY
 
+        bucket = check_bucket_s(bucket_s)
+        if self.backend != "timescaledb":
+            # Plain PostgreSQL: numerics_1m is a view over the raw values, and a range on its
+            # bucket cannot use an index; the same figures straight from the raw values can.
+            rows = await self._fetch(
+                f"""SELECT {_EPOCH_US.format("merged")}, avg(n.value), min(n.value),
+                           max(n.value), count(n.value)
+                    FROM numerics n JOIN beds b USING (bed_id),
+                         LATERAL (SELECT date_bin(%s * INTERVAL '1 second', n.time,
+                                                  TIMESTAMPTZ 'epoch') AS merged) m
+                    WHERE b.site = %s AND b.bed = %s AND n.code = %s
+                      AND n.time >= {_US.format("%s::bigint")}
+                      AND n.time < {_US.format("%s::bigint")}
+                    GROUP BY merged ORDER BY merged""",
+                (bucket, bed.site, bed.bed, BY_KEY[key].code, minute_ceil_us(start_us),
+                 minute_ceil_us(end_us)),
+            )  # fmt: skip
+            return [TrendPoint(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
         rows = await self._fetch(
-            f"""SELECT {_EPOCH_US.format("t.bucket")}, t.avg_value, t.min_value, t.max_value,
-                       t.n_values
-                FROM numerics_1m t JOIN beds b USING (bed_id)
+            f"""SELECT {_EPOCH_US.format("merged")},
+                       sum(t.avg_value * t.n_values) / nullif(sum(t.n_values), 0),
+                       min(t.min_value), max(t.max_value), sum(t.n_values)
+                FROM numerics_1m t JOIN beds b USING (bed_id),
+                     LATERAL (SELECT date_bin(%s * INTERVAL '1 second', t.bucket,
+                                              TIMESTAMPTZ 'epoch') AS merged) m
                 WHERE b.site = %s AND b.bed = %s AND t.code = %s
                   AND t.bucket >= {_US.format("%s::bigint")}
                   AND t.bucket < {_US.format("%s::bigint")}
-                ORDER BY t.bucket""",
-            (bed.site, bed.bed, BY_KEY[key].code, start_us, end_us),
+                GROUP BY merged ORDER BY merged""",
+            (bucket, bed.site, bed.bed, BY_KEY[key].code, start_us, end_us),
         )
         return [TrendPoint(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
 

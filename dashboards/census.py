@@ -1,0 +1,199 @@
+"""The census stream: one snapshot, then only what changed, computed once for every open page.
+
+A census of a thousand beds is ranked once per period per site filter, however many pages show
+it (:class:`CensusFeed`); each page gets the whole census once and then, every period, a delta
+holding only the rows that changed, and in them only the parts that changed. A page that falls
+behind (it missed a delta) gets a fresh snapshot instead.
+
+The rows on the wire (:func:`wire_row`) carry no ages, which change every second for every bed:
+each value carries its device time only when it is older than the row's newest value (``t_us``;
+a parameter sent in every numerics frame is then just its text while it keeps coming), and the page
+computes ages from the bed's clock offset (``skew_ms``) and the server time of the message
+(``now_us``). Staleness is still judged by the server (``stale``), and a change of it is a
+change of the row.
+
+Messages (JSON)::
+
+    {"type": "snapshot", "seq": n, "now_us": t, "sites": [...], "beds": [row, ...]}   # ranked
+    {"type": "delta", "seq": n, "now_us": t,
+     "rows": {bed: {"set": {path: value}, "del": [path, ...]}},   # path: "news2", "values.HR"
+     "add": {bed: row}, "remove": [bed, ...],
+     "order": [bed, ...],         # only when the ranking changed
+     "sites": [...]}              # only when the sites changed
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Row = dict[str, Any]
+DIFF_DEPTH = 2  # "values.HR" is one unit: a changed value is sent whole
+DELTAS_KEPT = 16  # a page this many periods behind gets a snapshot instead
+
+
+NEWS2_SHOWN = ("total", "band", "complete", "partial_total", "min_band", "missing", "rising")
+
+
+def wire_row(row: Row) -> Row:
+    """A census row (:func:`dashboards.views.census`) as the stream sends it: no ages; a value
+    of the bed's newest frame that is not stale as its text alone, any other value as
+    ``{text, stale, ts_us}``; of NEWS2 what the census shows (the bed view has the rest)."""
+    values: dict[str, dict[str, Any]] = row["values"]
+    newest = max((v["ts_us"] for v in values.values()), default=None)
+    out = {k: v for k, v in row.items() if k not in ("values", "seen_age_s", "last_seen_us")}
+    if row["stale"] or row["status"] == "offline":
+        out["seen_us"] = row["last_seen_us"]  # it changes with every message: only when silent
+    out["t_us"] = newest
+    out["values"] = {
+        key: v["text"]
+        if v["ts_us"] == newest and not v["stale"] and v["text"] is not None
+        else {"text": v["text"], "stale": v["stale"], "ts_us": v["ts_us"]}
+        for key, v in values.items()
+    }
+    news2 = row["news2"]
+    if news2 is not None and "invalid" not in news2:
+        out["news2"] = {k: news2[k] for k in NEWS2_SHOWN if k in news2}
+    return out
+
+
+def flatten(row: Row, depth: int = DIFF_DEPTH, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` down to ``depth`` levels; deeper dicts, lists and
+    empty dicts are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        path = prefix + key
+        if depth > 1 and isinstance(value, dict) and value:
+            out.update(flatten(value, depth - 1, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
+    """What turns the flat row ``old`` into ``new``, or None when they are equal."""
+    changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
+    gone = [k for k in old if k not in new]
+    if not changed and not gone:
+        return None
+    out: dict[str, Any] = {"set": changed}
+    if gone:
+        out["del"] = gone
+    return out
+
+
+@dataclass
+class Tick:
+    """One computation of a site filter's census."""
+
+    seq: int
+    now_us: int
+    sites: list[str]
+    beds: list[Row]  # wire rows, ranked
+    delta: str | None  # the JSON delta from the tick before (None for the first tick)
+    _snapshot: str | None = None
+
+    def snapshot(self) -> str:
+        if self._snapshot is None:
+            self._snapshot = encode(
+                {"type": "snapshot", "seq": self.seq, "now_us": self.now_us,
+                 "sites": self.sites, "beds": self.beds}
+            )  # fmt: skip
+        return self._snapshot
+
+
+@dataclass
+class _View:
+    tick: Tick | None = None
+    flat: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    computed_s: float = -1e9
+    deltas: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=DELTAS_KEPT))
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+class CensusFeed:
+    """Computes each site filter's census at most once per ``period_s`` (on demand: nothing is
+    computed while no page is open) and keeps the latest :class:`Tick` for every page."""
+
+    def __init__(
+        self,
+        rows: Callable[[str | None], list[Row]],
+        sites: Callable[[], list[str]],
+        period_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rows = rows
+        self._sites = sites
+        self._period_s = period_s
+        self._clock = clock
+        self._views: dict[str | None, _View] = {}
+
+    def messages_after(self, site: str | None, seq: int | None) -> tuple[int, list[str]]:
+        """What a page that has seen up to ``seq`` (None: nothing yet) needs now: the deltas
+        since, or a snapshot when it has seen nothing or is too far behind; and the new seq."""
+        tick = self.current(site)
+        if seq is None:
+            return tick.seq, [tick.snapshot()]
+        if seq == tick.seq:
+            return seq, []
+        deltas = [text for n, text in self._views[site].deltas if n > seq]
+        if seq > tick.seq or len(deltas) != tick.seq - seq:
+            return tick.seq, [tick.snapshot()]
+        return tick.seq, deltas
+
+    def wait_s(self, site: str | None) -> float:
+        """Seconds until the site filter's census is due again."""
+        view = self._views.get(site)
+        if view is None:
+            return 0.0
+        return max(0.0, view.computed_s + self._period_s - self._clock())
+
+    def current(self, site: str | None) -> Tick:
+        """The site filter's latest tick, computed now when the last is a period old (less a
+        little, so that pages polling once a period do not each find it just too fresh)."""
+        view = self._views.setdefault(site, _View())
+        now_s = self._clock()
+        if view.tick is None or now_s - view.computed_s >= 0.9 * self._period_s:
+            view.computed_s = now_s
+            view.tick = self._compute(view, site)
+        return view.tick
+
+    def _compute(self, view: _View, site: str | None) -> Tick:
+        now_us = time.time_ns() // 1000
+        beds = [wire_row(r) for r in self._rows(site)]
+        sites = self._sites()
+        order = [r["bed"] for r in beds]
+        flat = {r["bed"]: flatten(r) for r in beds}
+        previous = view.tick
+        delta: str | None = None
+        if previous is not None:
+            message: dict[str, Any] = {"type": "delta", "seq": previous.seq + 1, "now_us": now_us}
+            rows: dict[str, Any] = {}
+            added: dict[str, Row] = {}
+            for row in beds:
+                old = view.flat.get(row["bed"])
+                if old is None:
+                    added[row["bed"]] = row
+                    continue
+                change = diff(old, flat[row["bed"]])
+                if change is not None:
+                    rows[row["bed"]] = change
+            message["rows"] = rows
+            message["add"] = added
+            message["remove"] = [bed for bed in view.flat if bed not in flat]
+            if order != view.order:
+                message["order"] = order
+            if sites != previous.sites:
+                message["sites"] = sites
+            delta = encode(message)
+            view.deltas.append((previous.seq + 1, delta))
+        view.flat, view.order = flat, order
+        return Tick(previous.seq + 1 if previous else 0, now_us, sites, beds, delta)

@@ -1,0 +1,199 @@
+"""The census stream over a real WebSocket: a snapshot, then deltas of the rows that changed,
+which a page applying them turns into exactly the census a new page is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from dashboards import views
+from dashboards.app import COOKIE, create_app
+from dashboards.census import DELTAS_KEPT, CensusFeed
+from dashboards.server import DashboardServer
+from dashboards.users import Role, Users
+from eicu.config import HttpSettings
+from eicu.models import BedKey, NumericsFrame, StatusFrame
+from ingest.engine import Engine
+from tests.dashboard_beds import fed_engine
+
+PASSWORD = "viewer-password"
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    engine = await fed_engine(tmp_path)
+    yield engine
+    await engine.store.close()
+
+
+@pytest.fixture
+async def server(engine: Engine, tmp_path: Path) -> AsyncIterator[DashboardServer]:
+    users = Users(tmp_path / "users.json")
+    users.add("val", Role.VIEWER, PASSWORD)
+    server = DashboardServer(
+        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+    )
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def cookie(server: DashboardServer) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        r = await http.post("/api/login", json={"name": "val", "password": PASSWORD})
+        return {"cookie": f"{COOKIE}={r.cookies[COOKIE]}"}
+
+
+def apply(census: dict[str, Any], message: dict[str, Any]) -> None:
+    """What census.js does with a delta, written out plainly."""
+    assert message["type"] == "delta" and message["seq"] == census["seq"] + 1
+    beds = {r["bed"]: r for r in census["beds"]}
+    for bed in message["remove"]:
+        del beds[bed]
+    for bed, change in message["rows"].items():
+        row = beds[bed]
+        for path in change.get("del", []):
+            *parents, last = path.split(".")
+            chain = [row]
+            for k in parents:
+                chain.append(chain[-1][k])
+            del chain[-1][last]
+            for i in range(len(chain) - 1, 0, -1):  # emptied objects go too
+                if chain[i] == {}:
+                    del chain[i - 1][parents[i - 1]]
+        for path, value in change["set"].items():
+            *parents, last = path.split(".")
+            target = row
+            for k in parents:
+                if not isinstance(target.get(k), dict):
+                    target[k] = {}
+                target = target[k]
+            target[last] = value
+    beds.update(message["add"])
+    order = message.get("order", [r["bed"] for r in census["beds"] if r["bed"] in beds])
+    order += [b for b in message["add"] if b not in order]
+    census["beds"] = [beds[b] for b in order]
+    census["seq"] = message["seq"]
+    census["sites"] = message.get("sites", census["sites"])
+
+
+async def receive(ws: ClientConnection) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))  # type: ignore[no-any-return]
+
+
+def without_time(census: dict[str, Any]) -> dict[str, Any]:
+    return {"sites": census["sites"], "beds": census["beds"]}
+
+
+async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: Engine) -> None:
+    headers = await cookie(server)
+    base = server.url.replace("http://", "ws://")
+    async with connect(base + "/ws/census", additional_headers=headers) as ws:
+        census = await receive(ws)
+        assert census["type"] == "snapshot" and census["sites"] == ["icu1", "icu2"]
+        assert census["beds"][0]["bed"] == "icu1/bed2"  # ranked
+        rows = {r["bed"]: r for r in census["beds"]}
+        # no ages on the wire: a value sent in the newest frame of its bed has no time of its own
+        assert isinstance(rows["icu1/bed1"]["values"]["HR"], str)
+        assert rows["icu1/bed1"]["t_us"] > 0
+        silent_hr = rows["icu2/bed8"]["values"]["HR"]
+        assert silent_hr["stale"] and silent_hr["ts_us"] == rows["icu2/bed8"]["t_us"]
+        assert rows["icu1/bed3"]["values"]["SPO2"]["text"] is None  # reported invalid
+        # of NEWS2 what the census shows
+        assert "components" not in rows["icu1/bed2"]["news2"]
+        assert rows["icu1/bed2"]["news2"]["band"] == "high"
+        assert rows["icu2/bed8"]["stale"] and rows["icu2/bed8"]["seen_us"] > 0
+        assert "seen_us" not in rows["icu1/bed1"]
+        # nothing arrives: the deltas are (about) empty
+        quiet = await receive(ws)
+        assert quiet["type"] == "delta" and quiet["seq"] == census["seq"] + 1
+        assert quiet["add"] == {} and quiet["remove"] == [] and "sites" not in quiet
+        assert len(json.dumps(quiet)) < 400
+        apply(census, quiet)
+
+        # icu1/bed1 gets a new heart rate; a new bed appears at a new site
+        now_us = time.time_ns() // 1000
+        bed1 = engine.router.beds[BedKey("icu1", "bed1")]
+        ts_us = now_us + int(bed1.clock_skew_us)
+        engine.router.route(
+            NumericsFrame(BedKey("icu1", "bed1"), 90_000, ts_us, {"HR": 151.0}, received_us=now_us)
+        )
+        engine.router.route(
+            NumericsFrame(BedKey("icu3", "bed1"), 1, now_us, {"HR": 80.0}, received_us=now_us)
+        )
+        delta = await receive(ws)
+        while not delta["add"]:  # the frames may land just after a computation
+            apply(census, delta)
+            delta = await receive(ws)
+        assert set(delta["rows"]) == {"icu1/bed1"}
+        change = delta["rows"]["icu1/bed1"]
+        assert change["set"]["values.HR"] == "151"
+        assert change["set"]["t_us"] == ts_us
+        assert not [p for p in change["set"] if p.startswith(("engine", "status", "bed"))]
+        assert change["set"]["news2.total"] > rows["icu1/bed1"]["news2"]["total"]  # it follows
+        # the values of the older frame now carry their own time
+        assert change["set"]["values.SPO2"]["ts_us"] < ts_us
+        assert set(delta["add"]) == {"icu3/bed1"} and delta["sites"] == ["icu1", "icu2", "icu3"]
+        apply(census, delta)
+        size = len(json.dumps(delta))
+
+        # the gateway of icu1/bed3 goes offline: its status changes, and its place
+        engine.router.route(StatusFrame("icu1", "offline", now_us, bed="bed3", received_us=now_us))
+        for _ in range(3):
+            apply(census, await receive(ws))
+
+        # applying the deltas gives the census a new page is sent
+        async with connect(base + "/ws/census", additional_headers=headers) as fresh_ws:
+            fresh = await receive(fresh_ws)
+        assert fresh["type"] == "snapshot"
+        while census["seq"] < fresh["seq"]:
+            apply(census, await receive(ws))
+    assert census["seq"] == fresh["seq"]
+    assert without_time(fresh) == without_time(census)
+    bed3 = next(r for r in census["beds"] if r["bed"] == "icu1/bed3")
+    assert bed3["status"] == "offline" and bed3["seen_us"] > 0
+    assert size < len(json.dumps({"beds": fresh["beds"]})) / 2
+
+
+async def test_site_filter_and_a_page_that_falls_behind(engine: Engine) -> None:
+    now = [0.0]
+
+    def rows(site: str | None) -> list[dict[str, Any]]:
+        return views.census(
+            engine.router.beds, engine.scores.beds, engine.signals.derived,
+            time.time_ns() // 1000, site,
+        )  # fmt: skip
+
+    feed = CensusFeed(rows, lambda: ["icu1", "icu2"], 1.0, clock=lambda: now[0])
+    seq, first = feed.messages_after("icu2", None)
+    snapshot = json.loads(first[0])
+    assert {r["bed"] for r in snapshot["beds"]} == {"icu2/bed8", "icu2/bed9"}
+    assert feed.messages_after("icu2", seq) == (seq, [])  # not due yet: nothing new
+    assert feed.wait_s("icu2") == pytest.approx(1.0)
+    census = copy.deepcopy(snapshot)
+    for _ in range(3):
+        now[0] += 1.0
+        seq, messages = feed.messages_after("icu2", seq)
+        assert len(messages) == 1
+        apply(census, json.loads(messages[0]))
+    assert without_time(census) == without_time(json.loads(feed.current("icu2").snapshot()))
+    # a page three deltas behind gets the three; one too far behind, a snapshot
+    behind_seq, behind = feed.messages_after("icu2", seq - 3)
+    assert behind_seq == seq and [json.loads(m)["type"] for m in behind] == ["delta"] * 3
+    for _ in range(DELTAS_KEPT):
+        now[0] += 1.0
+        seq, _messages = feed.messages_after("icu2", seq)
+    _, late = feed.messages_after("icu2", seq - DELTAS_KEPT - 1)
+    assert [json.loads(m)["type"] for m in late] == ["snapshot"]
+    # each site filter is computed apart, and only when asked for
+    _, icu1 = feed.messages_after("icu1", None)
+    assert {r["site"] for r in json.loads(icu1[0])["beds"]} == {"icu1"}

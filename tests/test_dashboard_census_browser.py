@@ -1,0 +1,163 @@
+"""The census page with hundreds of beds in a real headless Chromium: only the rows in view are
+drawn, yet the ranking, a bed that turns acute, stale and offline beds and the site filter stay
+right."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dashboards.app import create_app
+from dashboards.server import DashboardServer
+from dashboards.users import Role, Users
+from eicu.config import HttpSettings, IngestSettings, MqttSettings
+from eicu.models import BedKey, NumericsFrame, StatusFrame
+from eicu.store import open_store
+from ingest.engine import Engine
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
+        allow_module_level=True,
+    )
+playwright_api = pytest.importorskip("playwright.async_api", reason="pip install -e '.[dev]'")
+
+BEDS = 300
+PASSWORD = "viewer-password"
+CALM = {"HR": 72.0, "SPO2": 97.0, "RR": 14.0, "ABP_SYS": 125.0, "TEMP": 37.0, "ACVPU": 0.0,
+        "O2": 0.0}  # fmt: skip
+SICK = {**CALM, "HR": 135.0, "RR": 30.0, "SPO2": 89.0, "ABP_SYS": 85.0}
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
+    await store.open()
+    engine = Engine(MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store)
+    yield engine
+    await store.close()
+
+
+def bed(i: int) -> BedKey:
+    return BedKey(f"icu{i % 3}", f"bed{i:03d}")
+
+
+def feed(engine: Engine, seq: int, sick: set[int]) -> None:
+    t = now_us()
+    for i in range(BEDS):
+        if i in (7, 11):
+            continue  # silent; offline
+        values = SICK if i in sick else {**CALM, "RR": 25.0} if i % 20 == 0 else CALM
+        engine.router.route(NumericsFrame(bed(i), seq, t, dict(values), received_us=t))
+
+
+async def scroll_to(page: object, name: str) -> object:
+    """The row of a bed, scrolling down the census a screen at a time until it is drawn."""
+    await page.evaluate("() => window.scrollTo(0, 0)")  # type: ignore[attr-defined]
+    row = page.locator(f"#census tr[data-bed='{name}']")  # type: ignore[attr-defined]
+    for _ in range(40):
+        await asyncio.sleep(0.2)
+        if await row.count():
+            return row
+        await page.evaluate("() => window.scrollBy(0, 600)")  # type: ignore[attr-defined]
+    raise AssertionError(f"{name} was never drawn")
+
+
+async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> None:
+    """300 beds at 3 sites, numerics only, every 20th breathing fast (NEWS2 low-medium: a
+    single 3); one silent for a minute (stale), one whose gateway went offline."""
+    old = now_us() - 60_000_000
+    engine.router.route(NumericsFrame(bed(7), 1, old, dict(CALM), received_us=old))
+    feed(engine, 1, set())
+    engine.router.route(
+        StatusFrame("icu2", "offline", now_us(), bed="bed011", received_us=now_us())
+    )
+    users = Users(tmp_path / "users.json")
+    users.add("val", Role.VIEWER, PASSWORD)
+    server = DashboardServer(
+        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+    )
+    await server.start()
+    sick: set[int] = set()
+    stop = asyncio.Event()
+
+    async def feeding() -> None:
+        seq = 2
+        while not stop.is_set():
+            feed(engine, seq, sick)
+            seq += 1
+            await asyncio.sleep(1.0)
+
+    feeder = asyncio.create_task(feeding())
+    try:
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
+            )
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.goto(server.url + "/login?next=/census")
+            await page.fill("#name", "val")
+            await page.fill("#password", PASSWORD)
+            await page.click("#submit")
+            await page.wait_for_selector(f"#census[data-beds='{BEDS}']", timeout=20_000)
+            drawn = page.locator("#census tbody tr[data-bed]")
+            n_drawn = await drawn.count()
+            assert 20 < n_drawn < 80  # a screen and a margin, not 300 rows
+
+            # ranked as the API ranks them: the fast breathers first
+            api = await page.evaluate("async () => (await (await fetch('/api/census')).json())")
+            ranked = [r["bed"] for r in api["beds"]]
+            shown = [await drawn.nth(i).get_attribute("data-bed") for i in range(n_drawn)]
+            assert shown == ranked[:n_drawn]
+            assert api["beds"][0]["news2"]["band"] == "low-medium"
+
+            # the bottom of the census, once scrolled to: the last ranked beds, in order
+            await page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+            last = page.locator(f"#census tbody tr[data-bed='{ranked[-1]}']")
+            await last.wait_for(timeout=5_000)
+            tail = await page.evaluate(
+                "() => [...document.querySelectorAll('#census tbody tr[data-bed]')]"
+                ".map((tr) => tr.dataset.bed)"
+            )
+            assert tail == ranked[-len(tail) :]
+            await page.evaluate("() => window.scrollTo(0, 0)")
+
+            # a bed far down the list turns acute: it comes to the top, red
+            sick.add(BEDS - 1)
+            top = page.locator("#census tbody tr[data-bed]").first
+            deadline = time.monotonic() + 10
+            while await top.get_attribute("data-bed") != str(bed(BEDS - 1)):
+                assert time.monotonic() < deadline, "the acute bed did not come to the top"
+                await asyncio.sleep(0.25)
+            assert "acute" in (await top.get_attribute("class") or "")
+
+            # stale and offline beds, filtered by their site
+            await page.select_option("#site", "icu1")
+            await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
+            row7 = await scroll_to(page, "icu1/bed007")
+            assert (await row7.locator(".status.stale").text_content() or "").startswith("stale ")
+            sites = {
+                (await r.get_attribute("data-bed") or "").split("/")[0]
+                for r in await page.locator("#census tbody tr[data-bed]").all()
+            }
+            assert sites == {"icu1"}
+            await page.select_option("#site", "icu2")
+            await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
+            row11 = await scroll_to(page, "icu2/bed011")
+            assert await row11.locator(".status.offline").count() == 1
+            await browser.close()
+    finally:
+        stop.set()
+        await feeder
+        await server.stop()
