@@ -241,6 +241,14 @@ class Outbox:
             ).fetchall()
         return [_stored_event(r) for r in rows]
 
+    def latest_events(self, limit: int) -> list[StoredEvent]:
+        """The last ``limit`` events of the audit trail, in recorded order."""
+        rows = self._db.execute(
+            "SELECT * FROM (SELECT * FROM alarm_events ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (limit,),
+        ).fetchall()
+        return [_stored_event(r) for r in rows]
+
     def last_event(self, alarm_id: str) -> AlarmEvent | None:
         row = self._db.execute(
             "SELECT * FROM alarm_events WHERE alarm_id = ? ORDER BY seq DESC LIMIT 1", (alarm_id,)

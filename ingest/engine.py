@@ -74,7 +74,8 @@ class Engine:
             self.router.subscribe(self.signals)
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
-        # The alarm stage: every bed's rules each second, audited in a durable local outbox.
+        # The alarm stage: each bed's rules as its data arrives (and every bed each second),
+        # audited in a durable local outbox.
         # With an on-call rota, every alarm event also goes to the escalation dispatcher.
         self.alarms: AlarmService | None = None
         self.dispatcher: Dispatcher | None = None
@@ -92,6 +93,8 @@ class Engine:
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
                 on_events = self._to_dispatcher
             self.alarms = AlarmService(self, outbox, on_events=on_events)
+            # After the score and signal stages: a bed is evaluated on their fresh results.
+            self.router.subscribe(self.alarms)
         self._tasks: list[asyncio.Task[None]] = []
 
     def _dispatcher(
