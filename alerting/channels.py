@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # The body fields a message may carry; anything else in a notification's body stays inside.
 ESSENTIALS: Final = (
+    "type",  # "state": a change of the alarm; "page": a notification of the escalation
     "site",
     "bed",
     "kind",
@@ -51,6 +52,9 @@ ESSENTIALS: Final = (
     "limit",
     "role",
     "step",
+    "actor",
+    "reason",
+    "audio_paused_until_us",
 )
 
 

@@ -347,11 +347,13 @@ class Outbox:
         return cur.rowcount == 1
 
     def cancel(self, alarm_id: str, at_us: int) -> int:
-        """Cancel the undelivered notifications of an alarm (it was acknowledged or cleared)."""
+        """Cancel the undelivered pages of an alarm (it was acknowledged or cleared). The
+        messages that publish its changes to the bed (key ``{alarm_id}:state:...``) still go."""
         with self._tx() as db:
             cur = db.execute(
                 f"""UPDATE deliveries SET cancelled_us = ?, version = version + 1
-                    WHERE alarm_id = ? AND {_OPEN}""",
+                    WHERE alarm_id = ? AND {_OPEN}
+                    AND substr(key, length(alarm_id) + 1, 7) != ':state:'""",
                 (at_us, alarm_id),
             )
         return cur.rowcount
