@@ -34,7 +34,7 @@ from alerting.policy import AlarmPolicy, load_policy
 from alerting.report import BurdenReport, burden
 from alerting.rules import evaluate_bed
 from alerting.state import AlarmStateMachine
-from eicu.models import BedKey, Frame, NumericsFrame, StatusFrame
+from eicu.models import AlarmAck, BedKey, Frame, NumericsFrame, StatusFrame
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ class AlarmMetrics:
             "eicu_alarm_burden_time_to_ack_seconds",
             "Time from start to acknowledgement of the alarms started in the last 24 h",
             ["quantile"],
+            registry=registry,
+        )
+        self.acknowledgements = Counter(
+            "eicu_alarm_acknowledgements",
+            "Acknowledgements from a page receipt or the remote ICU, by source and outcome "
+            "(accepted, already: nothing left to acknowledge, not_live: no such live alarm, "
+            "refused: the clock went back)",
+            ["source", "outcome"],
             registry=registry,
         )
         self.suppressed = Counter(
@@ -198,6 +206,33 @@ class AlarmService:
     def acknowledge(self, alarm_id: str, user: str, now_us: int) -> list[AlarmEvent]:
         events = self.machine.acknowledge(alarm_id, user, now_us)
         self._record(events)
+        return events
+
+    def acknowledge_page(self, alarm_id: str, user: str) -> list[AlarmEvent]:
+        """A recipient acknowledged a page of the alarm (``Dispatcher.on_acknowledged``)."""
+        return self._acknowledge_from("page", alarm_id, user)
+
+    def acknowledge_remote(self, ack: AlarmAck) -> list[AlarmEvent]:
+        """The remote ICU acknowledged an alarm of one of its beds over MQTT. The audit trail
+        names the user and the site the acknowledgement came from (``user@site``)."""
+        return self._acknowledge_from("mqtt", ack.alarm_id, f"{ack.user}@{ack.bed.site}")
+
+    def _acknowledge_from(self, source: str, alarm_id: str, user: str) -> list[AlarmEvent]:
+        try:
+            events = self.acknowledge(alarm_id, user, time.time_ns() // 1000)
+        except KeyError:
+            self.metrics.acknowledgements.labels(source=source, outcome="not_live").inc()
+            log.warning(
+                "acknowledgement (%s) by %s of %s: no such live alarm", source, user, alarm_id
+            )
+            return []
+        except ValueError as exc:
+            self.metrics.acknowledgements.labels(source=source, outcome="refused").inc()
+            log.error("acknowledgement (%s) by %s of %s refused: %s", source, user, alarm_id, exc)
+            return []
+        outcome = "accepted" if events else "already"
+        self.metrics.acknowledgements.labels(source=source, outcome=outcome).inc()
+        log.info("alarm %s acknowledged by %s (%s)", alarm_id, user, source)
         return events
 
     def pause_audio(

@@ -95,6 +95,12 @@ class Engine:
             self.alarms = AlarmService(self, outbox, on_events=on_events)
             # After the score and signal stages: a bed is evaluated on their fresh results.
             self.router.subscribe(self.alarms)
+            # Acknowledgements reach the alarm state machine from every side: the remote ICU over
+            # MQTT, and a page's recipient through the dispatcher (the dashboard calls the
+            # service itself); the service's event then stops the escalation.
+            self.ingest.on_alarm_ack = self.alarms.acknowledge_remote
+            if self.dispatcher is not None:
+                self.dispatcher.on_acknowledged = self.alarms.acknowledge_page
         self._tasks: list[asyncio.Task[None]] = []
 
     def _dispatcher(
