@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
+from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
 from eicu.store import Store
 from ingest.scores import ScoreStage
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from alerting.model import AlarmEvent
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
+    from alerting.store import AlarmStore
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Engine:
         metrics: IngestMetrics | None = None,
         alarms_outbox: Path | None = None,
         alerting: AlertingSettings | None = None,
+        alarm_store: AlarmStore | None = None,
     ) -> None:
         self.metrics = metrics or IngestMetrics()
         self.store = store
@@ -101,6 +104,9 @@ class Engine:
             self.ingest.on_alarm_ack = self.alarms.acknowledge_remote
             if self.dispatcher is not None:
                 self.dispatcher.on_acknowledged = self.alarms.acknowledge_page
+        # The central copy of the outbox (audit trail and receipts), kept up to date while the
+        # engine runs and caught up when the database comes back.
+        self.alarm_store = alarm_store if self.alarms is not None else None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _dispatcher(
@@ -131,6 +137,14 @@ class Engine:
         ]
         if self.alarms is not None:
             self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
+        if self.alarms is not None and self.alarm_store is not None:
+            from alerting.store import run_copy
+
+            self._tasks.append(
+                asyncio.create_task(
+                    run_copy(self.alarms.outbox, self.alarm_store), name="alarms-copy"
+                )
+            )
         if self.dispatcher is not None:
             # run() first resumes the escalations and deliveries pending from before.
             self._tasks.append(
@@ -152,6 +166,12 @@ class Engine:
         await self.writer.close(drain_timeout_s)
         for channel in self._channels.values():
             await channel.close()
+        if self.alarms is not None and self.alarm_store is not None:
+            # One last copy; what the database does not take now is copied at the next start.
+            try:
+                await asyncio.wait_for(self.alarms.outbox.copy_to_store(self.alarm_store), 5.0)
+            except (StorageUnavailable, TimeoutError) as exc:
+                log.warning("alarm events left in the outbox for the next start: %s", exc)
         if self.alarms is not None:
             self.alarms.outbox.close()
         self._tasks = []

@@ -54,7 +54,15 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     store = open_store(settings.database_url)
     await store.open()
     log.info("store ready (%s); schema up to date", store.backend)
-    engine = Engine(mqtt, settings.ingest, store, alerting=settings.alerting)
+    alarm_store = None
+    if settings.database_url.startswith(("postgresql://", "postgres://")):
+        # The alarm audit trail and receipts are copied from the outbox to the same database.
+        from alerting.store import AlarmStore
+
+        alarm_store = AlarmStore(settings.database_url)
+    engine = Engine(
+        mqtt, settings.ingest, store, alerting=settings.alerting, alarm_store=alarm_store
+    )
     if engine.dispatcher is not None:
         log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)
     if settings.metrics_port is not None:
