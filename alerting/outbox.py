@@ -25,7 +25,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,28 +199,42 @@ class Outbox:
 
     def record(self, event: AlarmEvent, *, recorded_us: int | None = None) -> bool:
         """Append an event to the audit trail. False when this exact event was recorded before."""
+        return self.record_many([event], recorded_us=recorded_us) == 1
+
+    def record_many(self, events: Sequence[AlarmEvent], *, recorded_us: int | None = None) -> int:
+        """Append events to the audit trail in one transaction (one fsync however many there
+        are); returns how many were not recorded before."""
+        at_us = _now_us() if recorded_us is None else recorded_us
+        rows = [
+            (
+                event_id(event),
+                event.alarm_id,
+                event.bed.site,
+                event.bed.bed,
+                event.kind,
+                event.priority.value,
+                event.category.value,
+                event.state.value,
+                event.time_us,
+                event.actor,
+                event.reason,
+                event.audio_paused_until_us,
+                at_us,
+            )
+            for event in events
+        ]
+        if not rows:
+            return 0
         with self._tx() as db:
-            cur = db.execute(
+            before = db.total_changes
+            db.executemany(
                 """INSERT OR IGNORE INTO alarm_events (event_id, alarm_id, site, bed, kind,
                     priority, category, state, time_us, actor, reason, audio_paused_until_us,
                     recorded_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    event_id(event),
-                    event.alarm_id,
-                    event.bed.site,
-                    event.bed.bed,
-                    event.kind,
-                    event.priority.value,
-                    event.category.value,
-                    event.state.value,
-                    event.time_us,
-                    event.actor,
-                    event.reason,
-                    event.audio_paused_until_us,
-                    _now_us() if recorded_us is None else recorded_us,
-                ),
+                rows,
             )
-        return cur.rowcount == 1
+            added = db.total_changes - before
+        return added
 
     def events(
         self, alarm_id: str | None = None, *, started_since_us: int | None = None

@@ -243,8 +243,8 @@ class AlarmService:
         return events
 
     def _record(self, events: list[AlarmEvent]) -> None:
+        self.outbox.record_many(events)  # durable before anyone is told, in one transaction
         for event in events:
-            self.outbox.record(event)  # durable before anyone is told
             self.metrics.events.labels(state=event.state.value).inc()
         self._save()
         counts: dict[str, int] = {}
