@@ -306,7 +306,10 @@ class AlarmService:
             if self._due:
                 wait_s = min(wait_s, (self._due[0][0] - time.time_ns() // 1000) / 1e6 + 0.001)
             if wait_s > 0 and not self._wake.is_set():
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that comes as the event is set, and the engine could not stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
             else:
                 await asyncio.sleep(0)  # let the ingest run between evaluations

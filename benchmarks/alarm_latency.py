@@ -76,6 +76,18 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
             store,
             alerting=AlertingSettings(outbox_path=work / "alarms.db", rota_path=rota),
         )
+        # Publish -> the engine reads the message, for the probes' numerics (their device time is
+        # the publish time): the part of the latency spent before the alarm stage.
+        received_lag_s: list[float] = []
+        handle = engine.ingest.handle
+
+        def timed_handle(topic: str, payload: bytes, received_us: int) -> None:
+            if topic.startswith(f"eicu/v1/{PROBE_SITE}/"):
+                ts_ms = json.loads(payload).get("ts_ms", 0)
+                received_lag_s.append(received_us / 1e6 - ts_ms / 1e3)
+            handle(topic, payload, received_us)
+
+        engine.ingest.handle = timed_handle  # type: ignore[method-assign]
         await engine.start()
         await engine.wait_connected()
         print("READY", flush=True)
@@ -102,7 +114,15 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
                     delivered.get(r.alarm_id, r.delivered_us), r.delivered_us
                 )
         stored = engine.writer.stored_frames
+
+        async def watchdog() -> None:  # an engine that does not stop shows where it waits
+            await asyncio.sleep(20)
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+
+        dog = asyncio.create_task(watchdog())
         await engine.stop()
+        dog.cancel()
         await store.close()
         doc = {
             "cpu_s": cpu_s,
@@ -111,6 +131,7 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
             "delivered": delivered,
             "stored": stored,
             "beds": len(engine.router.beds),
+            "received_lag_s": received_lag_s,
         }
         print("RESULT " + json.dumps(doc), flush=True)
 
@@ -424,6 +445,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "beyond": beyond,
         "left": left,
         "started": started,
+        "received": result["received_lag_s"],
         "cores": cores,
         "wall_s": wall_s,
     }
@@ -457,6 +479,7 @@ def report(r: dict[str, object]) -> None:
         print(f"  other alarm messages (kind:type:state): {r['other_kinds']}")
     print(row("publish -> arrival at subscriber (total)", r["total"]))
     print(row("  beyond the condition delay", r["beyond"]))
+    print(row("probe numerics: publish -> read by the engine", r["received"]))
     print(row("publish -> alarm started, beyond the delay", r["started"]))
     print(row("publish -> notification sent, beyond the delay", r["left"]))
     print("cores: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
