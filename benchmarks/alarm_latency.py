@@ -82,7 +82,7 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
         handle = engine.ingest.handle
 
         def timed_handle(topic: str, payload: bytes, received_us: int) -> None:
-            if topic.startswith(f"eicu/v1/{PROBE_SITE}/"):
+            if topic.startswith(f"eicu/v1/{PROBE_SITE}/") and topic.endswith("/numerics"):
                 ts_ms = json.loads(payload).get("ts_ms", 0)
                 received_lag_s.append(received_us / 1e6 - ts_ms / 1e3)
             handle(topic, payload, received_us)
