@@ -283,9 +283,15 @@ class Dispatcher:
         elif not self._outbox.escalation_stopped(event.alarm_id):
             rota = self._rota.for_site(event.bed.site)
             if rota is None:
-                log.error(
-                    "alarm %s: no rota for site %s; nobody paged", event.alarm_id, event.bed.site
+                # Without a rota the change is still published to the bed; nobody is paged, and
+                # the alarm is not taken up again at the next start.
+                log.log(
+                    logging.ERROR if self._rota.sites else logging.DEBUG,
+                    "alarm %s: no rota for site %s; nobody paged",
+                    event.alarm_id,
+                    event.bed.site,
                 )
+                self._outbox.stop_escalation(event.alarm_id, self._now_us())
                 return
             esc = _Escalation(event, rota, 0, self._clock())
             self._alarms[event.alarm_id] = esc

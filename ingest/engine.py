@@ -92,7 +92,9 @@ class Engine:
 
             outbox = Outbox(alarms_outbox)
             on_events = None
-            if alerting is not None and alerting.rota_path is not None:
+            if alerting is not None:
+                # Without a rota nobody is paged, but every change of an alarm is still
+                # published to its bed's alarms topic.
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
                 on_events = self._to_dispatcher
             self.alarms = AlarmService(self, outbox, on_events=on_events)
@@ -110,12 +112,16 @@ class Engine:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _dispatcher(
-        self, mqtt: MqttSettings, alerting: AlertingSettings, rota_path: Path, outbox: Outbox
+        self,
+        mqtt: MqttSettings,
+        alerting: AlertingSettings,
+        rota_path: Path | None,
+        outbox: Outbox,
     ) -> Dispatcher:
         from alerting.channels import EmailChannel, MqttChannel, WebhookChannel
         from alerting.escalation import DeliveryMetrics, Dispatcher, Rota
 
-        rota = Rota.from_file(rota_path)
+        rota = Rota.from_file(rota_path) if rota_path is not None else Rota(sites={})
         # Pages go back to the site over the engine's broker, on a connection of their own.
         alarm_mqtt = dataclasses.replace(mqtt, client_id=f"{mqtt.client_id}-alarms")
         self._channels = {"mqtt": MqttChannel(alarm_mqtt), "webhook": WebhookChannel()}

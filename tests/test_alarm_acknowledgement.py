@@ -65,9 +65,14 @@ def _rota(hook: HookServer) -> dict[str, object]:
 
 
 @contextlib.asynccontextmanager
-async def _running(tmp_path: Path, broker: Mosquitto, hook: HookServer) -> AsyncIterator[Engine]:
-    rota_path = tmp_path / "rota.json"
-    rota_path.write_text(json.dumps(_rota(hook)))
+async def _running(
+    tmp_path: Path, broker: Mosquitto, hook: HookServer | None
+) -> AsyncIterator[Engine]:
+    """The engine with the rota above, or with none when ``hook`` is None."""
+    rota_path = None
+    if hook is not None:
+        rota_path = tmp_path / "rota.json"
+        rota_path.write_text(json.dumps(_rota(hook)))
     engine = Engine(
         MqttSettings(port=broker.port, client_id="eicu-test"),
         IngestSettings(spool_dir=tmp_path / "spool"),
@@ -212,6 +217,20 @@ async def test_a_page_acknowledged_by_its_recipient_acknowledges_the_alarm(
         await _until(lambda: _find(got, "state", "acknowledged"))
         await asyncio.sleep(ACK_TIMEOUT_S + 1.0)
         assert not hook.requests  # nobody else paged
+
+
+async def test_without_a_rota_alarm_changes_still_reach_the_bed(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with _running(tmp_path, broker, None) as engine, _remote_icu(broker) as (client, got):
+        assert engine.alarms is not None
+        await _until(lambda: _find(got, "state", "active"))
+        alarm_id = _find(got, "state", "active")[0]["alarm_id"]
+        ack = AlarmAck(BED, alarm_id, "nurse-li")
+        await client.publish(wire.alarm_ack_topic(BED), wire.encode_alarm_ack(ack), qos=1)
+        await _until(lambda: _find(got, "state", "acknowledged"))
+        assert not [d for d in got if d["type"] == "page"]  # nobody to page
+        assert engine.alarms.outbox.escalation_stopped(alarm_id)
 
 
 @pytest.mark.parametrize(
