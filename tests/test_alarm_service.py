@@ -139,7 +139,7 @@ async def test_a_bed_is_evaluated_as_its_numerics_arrive_and_when_its_delay_is_o
                 started = [e for e in service.recent if e.kind == "HR_HIGH"]
         # The next sample (1 s later) would also be too late to start it in time.
         late_us = started[0].time_us - crossed_us - 1_500_000
-        assert 0 <= late_us < 200_000, late_us
+        assert 0 <= late_us < 500_000, late_us  # a one-second pass would be about 1 s late
         assert started[0].state == AlarmState.ACTIVE
     finally:
         task.cancel()
