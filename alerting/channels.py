@@ -37,9 +37,16 @@ from eicu.models import BedKey
 from ingest.writer import Backoff
 
 log = logging.getLogger(__name__)
+# aiomqtt warns about every publish still awaiting its acknowledgement beyond a few; a burst of
+# alarm messages (a whole ward's data stale at once) keeps many in flight on purpose, and a
+# failure surfaces as a DeliveryError.
+_mqtt_log = logging.getLogger("alerting.channels.mqtt")
+_mqtt_log.setLevel(logging.ERROR)
+MQTT_INFLIGHT: Final = 256  # publishes awaiting the broker's PUBACK at once
 
 # The body fields a message may carry; anything else in a notification's body stays inside.
 ESSENTIALS: Final = (
+    "type",  # "state": a change of the alarm; "page": a notification of the escalation
     "site",
     "bed",
     "kind",
@@ -51,6 +58,9 @@ ESSENTIALS: Final = (
     "limit",
     "role",
     "step",
+    "actor",
+    "reason",
+    "audio_paused_until_us",
 )
 
 
@@ -122,6 +132,8 @@ class MqttChannel:
                     password=s.password,
                     keepalive=s.keepalive_s,
                     timeout=self._timeout_s,
+                    max_inflight_messages=MQTT_INFLIGHT,
+                    logger=_mqtt_log,
                 )
                 stack = contextlib.AsyncExitStack()
                 await stack.enter_async_context(client)

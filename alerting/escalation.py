@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.channels import DeliveryChannel
 from alerting.model import AlarmEvent, AlarmState, Channel, Notification, Priority
-from alerting.outbox import Outbox
+from alerting.outbox import Outbox, event_id
 from eicu.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,19 @@ def notification_key(alarm_id: str, step: int, role: str, contact: Contact) -> s
     return f"{alarm_id}:{step}:{role}:{contact.name}:{contact.channel}"
 
 
+STATE_RECIPIENT: Final = "bed"  # the recipient of the state messages to a bed's alarms topic
+
+
+def state_key(event: AlarmEvent) -> str:
+    """The key of the message that publishes one change of an alarm to its bed. A page's key
+    has the step (a number) after the alarm id, so the two never meet."""
+    return f"{event.alarm_id}:state:{event_id(event)}"
+
+
+def is_state_key(key: str, alarm_id: str) -> bool:
+    return key.startswith(f"{alarm_id}:state:")
+
+
 class Dispatcher:
     """Takes alarm events, pages the rota through the outbox, escalates on its clock."""
 
@@ -230,8 +243,12 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
         metrics: DeliveryMetrics | None = None,
+        on_acknowledged: Callable[[str, str], object] | None = None,
     ) -> None:
         self.metrics = metrics or DeliveryMetrics()
+        # Told (alarm id, who) when a recipient acknowledges a page: the engine acknowledges the
+        # alarm in its state machine.
+        self.on_acknowledged = on_acknowledged
         self._rota = rota
         self._outbox = outbox
         self._channels = dict(channels)
@@ -252,19 +269,29 @@ class Dispatcher:
     # --- input ----------------------------------------------------------------------------------
 
     async def handle(self, event: AlarmEvent) -> None:
-        """Record an alarm event, then start, follow or stop the alarm's escalation."""
+        """Record an alarm event, publish it to its bed, then start, follow or stop the alarm's
+        escalation."""
         self._outbox.record(event, recorded_us=self._now_us())
         esc = self._alarms.get(event.alarm_id)
         if event.state in _STOPPING:
             await self._stop(event.alarm_id, event.state.value)
-        elif esc is not None:
+            self._publish_state(event)
+            return
+        self._publish_state(event)
+        if esc is not None:
             esc.event = event
         elif not self._outbox.escalation_stopped(event.alarm_id):
             rota = self._rota.for_site(event.bed.site)
             if rota is None:
-                log.error(
-                    "alarm %s: no rota for site %s; nobody paged", event.alarm_id, event.bed.site
+                # Without a rota the change is still published to the bed; nobody is paged, and
+                # the alarm is not taken up again at the next start.
+                log.log(
+                    logging.ERROR if self._rota.sites else logging.DEBUG,
+                    "alarm %s: no rota for site %s; nobody paged",
+                    event.alarm_id,
+                    event.bed.site,
                 )
+                self._outbox.stop_escalation(event.alarm_id, self._now_us())
                 return
             esc = _Escalation(event, rota, 0, self._clock())
             self._alarms[event.alarm_id] = esc
@@ -279,6 +306,8 @@ class Dispatcher:
             return None
         self._outbox.mark_acknowledged(key, by, self._now_us())
         await self._stop(notification.alarm_id, f"notification acknowledged by {by}")
+        if self.on_acknowledged is not None:
+            self.on_acknowledged(notification.alarm_id, by)
         return notification.alarm_id
 
     # --- time -----------------------------------------------------------------------------------
@@ -397,6 +426,7 @@ class Dispatcher:
             "category": event.category.value,
             "state": event.state.value,
             "time_us": event.time_us,
+            "type": "page",
             "role": level.role,
             "step": esc.step,
         }
@@ -412,6 +442,33 @@ class Dispatcher:
             self._launch(notification)
         log.info("alarm %s: step %d, paging %s", event.alarm_id, esc.step, level.role)
 
+    def _publish_state(self, event: AlarmEvent) -> None:
+        """Every change of an alarm goes to its bed's alarms topic (when an MQTT channel is
+        configured), through the outbox like a page; the key is derived from the event, so a
+        change is enqueued once however often it is handled."""
+        if "mqtt" not in self._channels:
+            return
+        now_us = self._now_us()
+        body: dict[str, object] = {
+            "type": "state",
+            "site": event.bed.site,
+            "bed": event.bed.bed,
+            "kind": event.kind,
+            "priority": event.priority.value,
+            "category": event.category.value,
+            "state": event.state.value,
+            "time_us": event.time_us,
+            "actor": event.actor,
+            "reason": event.reason,
+            "audio_paused_until_us": event.audio_paused_until_us,
+        }
+        key = state_key(event)
+        notification = Notification(
+            key, event.alarm_id, STATE_RECIPIENT, "mqtt", str(event.bed), body, now_us
+        )
+        if self._outbox.enqueue(notification, at_us=now_us):
+            self._launch(notification)
+
     def _advance(self, esc: _Escalation, why: str) -> None:
         log.warning("alarm %s: escalating past step %d: %s", esc.event.alarm_id, esc.step, why)
         self.metrics.escalations.labels(why=why).inc()
@@ -425,7 +482,11 @@ class Dispatcher:
         now_us = self._now_us()
         self._outbox.stop_escalation(alarm_id, now_us)
         cancelled = self._outbox.cancel(alarm_id, now_us)
-        tasks = [t for k, t in self._inflight.items() if self._inflight_alarm.get(k) == alarm_id]
+        tasks = [
+            t
+            for k, t in self._inflight.items()
+            if self._inflight_alarm.get(k) == alarm_id and not is_state_key(k, alarm_id)
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

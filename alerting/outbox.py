@@ -25,7 +25,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,28 +199,42 @@ class Outbox:
 
     def record(self, event: AlarmEvent, *, recorded_us: int | None = None) -> bool:
         """Append an event to the audit trail. False when this exact event was recorded before."""
+        return self.record_many([event], recorded_us=recorded_us) == 1
+
+    def record_many(self, events: Sequence[AlarmEvent], *, recorded_us: int | None = None) -> int:
+        """Append events to the audit trail in one transaction (one fsync however many there
+        are); returns how many were not recorded before."""
+        at_us = _now_us() if recorded_us is None else recorded_us
+        rows = [
+            (
+                event_id(event),
+                event.alarm_id,
+                event.bed.site,
+                event.bed.bed,
+                event.kind,
+                event.priority.value,
+                event.category.value,
+                event.state.value,
+                event.time_us,
+                event.actor,
+                event.reason,
+                event.audio_paused_until_us,
+                at_us,
+            )
+            for event in events
+        ]
+        if not rows:
+            return 0
         with self._tx() as db:
-            cur = db.execute(
+            before = db.total_changes
+            db.executemany(
                 """INSERT OR IGNORE INTO alarm_events (event_id, alarm_id, site, bed, kind,
                     priority, category, state, time_us, actor, reason, audio_paused_until_us,
                     recorded_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    event_id(event),
-                    event.alarm_id,
-                    event.bed.site,
-                    event.bed.bed,
-                    event.kind,
-                    event.priority.value,
-                    event.category.value,
-                    event.state.value,
-                    event.time_us,
-                    event.actor,
-                    event.reason,
-                    event.audio_paused_until_us,
-                    _now_us() if recorded_us is None else recorded_us,
-                ),
+                rows,
             )
-        return cur.rowcount == 1
+            added = db.total_changes - before
+        return added
 
     def events(
         self, alarm_id: str | None = None, *, started_since_us: int | None = None
@@ -239,6 +253,14 @@ class Outbox:
             rows = self._db.execute(
                 "SELECT * FROM alarm_events WHERE alarm_id = ? ORDER BY seq", (alarm_id,)
             ).fetchall()
+        return [_stored_event(r) for r in rows]
+
+    def latest_events(self, limit: int) -> list[StoredEvent]:
+        """The last ``limit`` events of the audit trail, in recorded order."""
+        rows = self._db.execute(
+            "SELECT * FROM (SELECT * FROM alarm_events ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (limit,),
+        ).fetchall()
         return [_stored_event(r) for r in rows]
 
     def last_event(self, alarm_id: str) -> AlarmEvent | None:
@@ -339,11 +361,13 @@ class Outbox:
         return cur.rowcount == 1
 
     def cancel(self, alarm_id: str, at_us: int) -> int:
-        """Cancel the undelivered notifications of an alarm (it was acknowledged or cleared)."""
+        """Cancel the undelivered pages of an alarm (it was acknowledged or cleared). The
+        messages that publish its changes to the bed (key ``{alarm_id}:state:...``) still go."""
         with self._tx() as db:
             cur = db.execute(
                 f"""UPDATE deliveries SET cancelled_us = ?, version = version + 1
-                    WHERE alarm_id = ? AND {_OPEN}""",
+                    WHERE alarm_id = ? AND {_OPEN}
+                    AND substr(key, length(alarm_id) + 1, 7) != ':state:'""",
                 (at_us, alarm_id),
             )
         return cur.rowcount

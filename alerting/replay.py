@@ -4,8 +4,11 @@ how a change of limits or delays changes the alarm burden before it reaches a wa
 The replay steps through the window once per ``step_s`` (one second, as the engine does), feeding
 each bed the values whose device time has come; the device time also stands for the time the
 value was received. Only numerics are replayed: the vital-limit conditions and their technical
-conditions (unavailable, probe off) and the data-stale rule. Rhythm, signal-quality and score
-conditions need the waveforms and the score stage and are not part of a replay. Nobody
+conditions (unavailable, probe off), the data-stale rule, and the NEWS2-band conditions, with the
+bed's NEWS2 assembled at each step from its stored values as the engine's score stage assembles
+it (an incomplete score reports only the bands its lower bound proves). Rhythm and
+signal-quality conditions need the waveforms, and deterioration the score stage's trend
+tracker; they are not part of a replay. Nobody
 acknowledges anything in a replay, and it stops at the last stored value (a window's end after
 the data is not silence). The load is the number of alarms started, per kind and the highest
 priority each reached (see :func:`alerting.report.summarize`).
@@ -24,7 +27,10 @@ from alerting.policy import AlarmPolicy
 from alerting.report import summarize
 from alerting.rules import evaluate_bed
 from alerting.state import AlarmStateMachine
+from eicu.errors import ScoreInputError
 from eicu.models import BedKey
+from eicu.scores import AssemblyPolicy, assemble_news2
+from eicu.scores.evaluate import ScoreResult
 from eicu.store.base import NumericSample, Store
 
 
@@ -45,6 +51,18 @@ class Replay:
         self._pending: deque[NumericSample] = deque()
         self._now_us: int | None = None  # the next step
         self._fed_us: int | None = None  # the latest value fed
+        self._assembly = AssemblyPolicy()  # the score stage's
+        self._scores = any(c.rule == "news2" for c in policy.conditions.values())
+
+    def _news2(
+        self, values: dict[str, tuple[float | None, int]], now_us: int
+    ) -> ScoreResult | None:
+        if not self._scores:
+            return None
+        try:
+            return assemble_news2(values, now_us, self._assembly)
+        except ScoreInputError:  # as in the score stage: no score rather than a made-up one
+            return None
 
     def feed(self, samples: Iterable[NumericSample]) -> None:
         """Values in time order, none older than those fed before."""
@@ -77,6 +95,7 @@ class Replay:
                     latest=values,
                     status="online",
                     last_seen_us=self._last_seen_us[bed],
+                    news2=self._news2(values, now_us),
                 )
                 conditions.extend(out.conditions)
             new.extend(self._machine.observe(conditions, now_us))

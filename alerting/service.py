@@ -1,5 +1,12 @@
-"""The alarm stage of the engine: every second, each bed's rules, the alarm state machine, the
-audit trail in the durable outbox, and escalation when an on-call rota is configured.
+"""The alarm stage of the engine: each bed's rules, the alarm state machine, the audit trail in
+the durable outbox, and escalation when an on-call rota is configured.
+
+A bed is evaluated as its data arrives: the service is a consumer of the engine's router, and a
+numerics or status message marks its bed for evaluation at once (the router's call only notes
+the bed; the evaluation runs in :meth:`AlarmService.run`). A bed with a pending condition is
+evaluated again the moment the condition will have lasted its delay, so an alarm starts when its
+delay is over, not at the next message or second. Every second, the beds not evaluated in that
+second are evaluated too (a silent bed's data-stale and offline conditions, audio pauses ending).
 
 The state machine's snapshot is kept beside the outbox (written atomically whenever an alarm
 changes), so active and latched alarms survive a restart.
@@ -8,12 +15,14 @@ changes), so active and latched alarms survive a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +34,12 @@ from alerting.policy import AlarmPolicy, load_policy
 from alerting.report import BurdenReport, burden
 from alerting.rules import evaluate_bed
 from alerting.state import AlarmStateMachine
-from eicu.models import BedKey
+from eicu.models import AlarmAck, BedKey, Frame, NumericsFrame, StatusFrame
 
 log = logging.getLogger(__name__)
 
 BURDEN_WINDOW_S = 24 * 3600.0
+RECENT_MAX = 500  # events kept in AlarmService.recent
 
 
 class AlarmMetrics:
@@ -61,6 +71,14 @@ class AlarmMetrics:
             ["quantile"],
             registry=registry,
         )
+        self.acknowledgements = Counter(
+            "eicu_alarm_acknowledgements",
+            "Acknowledgements from a page receipt or the remote ICU, by source and outcome "
+            "(accepted, already: nothing left to acknowledge, not_live: no such live alarm, "
+            "refused: the clock went back)",
+            ["source", "outcome"],
+            registry=registry,
+        )
         self.suppressed = Counter(
             "eicu_alarms_suppressed",
             "Arrhythmia conditions that verification against other signals called false",
@@ -89,7 +107,27 @@ class AlarmService:
         self.machine = self._restore()
         self._on_events = on_events
         self.metrics = AlarmMetrics(registry or engine.metrics.registry)
-        self.recent: list[AlarmEvent] = []
+        # The latest events, newest last (the dashboard's alarm list), from the audit trail, so
+        # the list is the same after a restart.
+        self.recent: list[AlarmEvent] = [s.event for s in outbox.latest_events(RECENT_MAX)]
+        self._dirty: set[BedKey] = set()  # beds with new data, to evaluate at once
+        self._due: list[tuple[int, BedKey]] = []  # heap: when a bed's pending condition is due
+        self._scheduled: dict[BedKey, int] = {}  # the due time of each bed in the heap
+        self._evaluated_us: dict[BedKey, int] = {}
+        self._wake = asyncio.Event()
+
+    def __call__(self, frame: Frame, state: object) -> None:
+        """A router consumer: note the bed of a numerics or status message for evaluation."""
+        if isinstance(frame, NumericsFrame):
+            self._dirty.add(frame.bed)
+        elif isinstance(frame, StatusFrame):
+            if frame.bed is not None:
+                self._dirty.add(BedKey(frame.site, frame.bed))
+            else:
+                self._dirty.update(BedKey(frame.site, bed) for bed in frame.beds)
+        else:
+            return
+        self._wake.set()
 
     def _restore(self) -> AlarmStateMachine:
         if self._snapshot_path.exists():
@@ -112,11 +150,16 @@ class AlarmService:
             os.fsync(fh.fileno())
         tmp.replace(self._snapshot_path)
 
-    def evaluate(self, now_us: int) -> list[AlarmEvent]:
-        """One pass of the rules over every bed at ``now_us``; returns the alarm events."""
+    def evaluate(self, now_us: int, beds: Iterable[BedKey] | None = None) -> list[AlarmEvent]:
+        """One pass of the rules over ``beds`` (default: every bed) at ``now_us``; returns the
+        alarm events."""
         engine = self._engine
         conditions: list[AlarmCondition] = []
-        for bed, state in list(engine.router.beds.items()):
+        known = engine.router.beds
+        chosen = list(known) if beds is None else [b for b in beds if b in known]
+        for bed in chosen:
+            state = known[bed]
+            self._evaluated_us[bed] = now_us
             derived = engine.signals.derived.get(bed)
             scores = engine.scores.beds.get(bed)
             out = evaluate_bed(
@@ -139,11 +182,57 @@ class AlarmService:
         events.extend(self.machine.tick(now_us))
         if events:
             self._record(events)
+        for bed in chosen:
+            due_us = self.machine.due_us(bed)
+            if due_us is not None and self._scheduled.get(bed) != due_us:
+                self._scheduled[bed] = due_us
+                heapq.heappush(self._due, (due_us, bed))
         return events
+
+    def _take_due(self, now_us: int, every_us: int) -> set[BedKey]:
+        """The beds to evaluate now: new data, a pending condition due, or (with ``every_us``)
+        not evaluated for that long."""
+        beds, self._dirty = self._dirty, set()
+        while self._due and self._due[0][0] <= now_us:
+            due_us, bed = heapq.heappop(self._due)
+            if self._scheduled.get(bed) == due_us:
+                del self._scheduled[bed]
+            beds.add(bed)
+        if every_us:
+            last = self._evaluated_us
+            beds.update(b for b in self._engine.router.beds if now_us - last.get(b, 0) >= every_us)
+        return beds
 
     def acknowledge(self, alarm_id: str, user: str, now_us: int) -> list[AlarmEvent]:
         events = self.machine.acknowledge(alarm_id, user, now_us)
         self._record(events)
+        return events
+
+    def acknowledge_page(self, alarm_id: str, user: str) -> list[AlarmEvent]:
+        """A recipient acknowledged a page of the alarm (``Dispatcher.on_acknowledged``)."""
+        return self._acknowledge_from("page", alarm_id, user)
+
+    def acknowledge_remote(self, ack: AlarmAck) -> list[AlarmEvent]:
+        """The remote ICU acknowledged an alarm of one of its beds over MQTT. The audit trail
+        names the user and the site the acknowledgement came from (``user@site``)."""
+        return self._acknowledge_from("mqtt", ack.alarm_id, f"{ack.user}@{ack.bed.site}")
+
+    def _acknowledge_from(self, source: str, alarm_id: str, user: str) -> list[AlarmEvent]:
+        try:
+            events = self.acknowledge(alarm_id, user, time.time_ns() // 1000)
+        except KeyError:
+            self.metrics.acknowledgements.labels(source=source, outcome="not_live").inc()
+            log.warning(
+                "acknowledgement (%s) by %s of %s: no such live alarm", source, user, alarm_id
+            )
+            return []
+        except ValueError as exc:
+            self.metrics.acknowledgements.labels(source=source, outcome="refused").inc()
+            log.error("acknowledgement (%s) by %s of %s refused: %s", source, user, alarm_id, exc)
+            return []
+        outcome = "accepted" if events else "already"
+        self.metrics.acknowledgements.labels(source=source, outcome=outcome).inc()
+        log.info("alarm %s acknowledged by %s (%s)", alarm_id, user, source)
         return events
 
     def pause_audio(
@@ -154,8 +243,8 @@ class AlarmService:
         return events
 
     def _record(self, events: list[AlarmEvent]) -> None:
+        self.outbox.record_many(events)  # durable before anyone is told, in one transaction
         for event in events:
-            self.outbox.record(event)  # durable before anyone is told
             self.metrics.events.labels(state=event.state.value).inc()
         self._save()
         counts: dict[str, int] = {}
@@ -165,7 +254,7 @@ class AlarmService:
         for priority in ("high", "medium", "low"):
             self.metrics.active.labels(priority=priority).set(counts.get(priority, 0))
         self.recent.extend(events)
-        del self.recent[:-500]
+        del self.recent[:-RECENT_MAX]
         if self._on_events is not None:
             self._on_events(events)
 
@@ -190,17 +279,37 @@ class AlarmService:
         return report
 
     async def run(self, interval_s: float = 1.0, burden_every_s: float = 60.0) -> None:
-        next_burden = time.monotonic()
+        """Evaluate beds as their data arrives and their conditions fall due, and every bed at
+        least every ``interval_s``, until cancelled."""
+        next_sweep = next_burden = time.monotonic()
+        every_us = int(interval_s * 1e6)
         while True:
+            self._wake.clear()
             started = time.monotonic()
+            sweep = started >= next_sweep
+            if sweep:
+                next_sweep = started + interval_s
+            now_us = time.time_ns() // 1000
             try:
-                self.evaluate(time.time_ns() // 1000)
+                beds = self._take_due(now_us, every_us if sweep else 0)
+                if beds or sweep:
+                    self.evaluate(now_us, beds)
             except Exception:
-                log.exception("alarm evaluation failed; retrying next second")
+                log.exception("alarm evaluation failed; retrying at the next data or second")
             if started >= next_burden:
                 next_burden = started + burden_every_s
                 try:
                     self.update_burden(time.time_ns() // 1000)
                 except Exception:
                     log.exception("alarm burden not updated")
-            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+            wait_s = next_sweep - time.monotonic()
+            if self._due:
+                wait_s = min(wait_s, (self._due[0][0] - time.time_ns() // 1000) / 1e6 + 0.001)
+            if wait_s > 0 and not self._wake.is_set():
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that comes as the event is set, and the engine could not stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await self._wake.wait()
+            else:
+                await asyncio.sleep(0)  # let the ingest run between evaluations

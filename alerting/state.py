@@ -116,6 +116,8 @@ class AlarmStateMachine:
         self._bed_policies: dict[BedKey, AlarmPolicy] = dict(bed_policies or {})
         self._tracks: dict[tuple[BedKey, str], _Track] = {}
         self._now_us: int | None = None
+        # No audio pause ends before this (None: no pause), so a tick is cheap when none is due.
+        self._pause_due_us: int | None = None
 
     # -- policy
 
@@ -135,6 +137,19 @@ class AlarmStateMachine:
             for (bed, kind), t in self._tracks.items()
             if t.alarm is not None
         ]
+
+    def due_us(self, bed: BedKey) -> int | None:
+        """When the earliest pending condition of ``bed`` will have lasted its condition delay
+        (None when none is pending): an evaluation of the bed at that time can start its alarm.
+        SatSeconds conditions are left out: their index grows only with reports."""
+        due: int | None = None
+        for kind, cp in self.policy_for(bed).conditions.items():
+            t = self._tracks.get((bed, kind))
+            if t is None or t.alarm is not None or t.onset_us is None or cp.sat_seconds is not None:
+                continue
+            at_us = t.onset_us + math.ceil(cp.delay_s * 1e6)
+            due = at_us if due is None else min(due, at_us)
+        return due
 
     def alarm(self, alarm_id: str) -> Alarm:
         """The live alarm ``alarm_id``; KeyError when it is not live."""
@@ -178,13 +193,21 @@ class AlarmStateMachine:
         self._check_time(now_us)
         self._now_us = now_us
         events: list[AlarmEvent] = []
+        if self._pause_due_us is None or now_us < self._pause_due_us:
+            return events
+        next_due: int | None = None
         for (bed, kind), t in self._tracks.items():
             a = t.alarm
-            if a is None or a.audio_paused_until_us is None or now_us < a.audio_paused_until_us:
+            if a is None or a.audio_paused_until_us is None:
+                continue
+            if now_us < a.audio_paused_until_us:
+                until_us = a.audio_paused_until_us
+                next_due = until_us if next_due is None else min(next_due, until_us)
                 continue
             a.audio_paused_until_us = None
             if a.state in (AlarmState.ACTIVE, AlarmState.LATCHED):
                 events.append(self._event(bed, kind, a, now_us, ENGINE, "audio pause ended"))
+        self._pause_due_us = next_due
         return events
 
     def acknowledge(self, alarm_id: str, user: str, now_us: int) -> list[AlarmEvent]:
@@ -249,7 +272,9 @@ class AlarmStateMachine:
         for kind, a in chosen:
             if a.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
                 continue
-            a.audio_paused_until_us = now_us + math.floor(pause_s * 1e6)
+            a.audio_paused_until_us = until_us = now_us + math.floor(pause_s * 1e6)
+            if self._pause_due_us is None or until_us < self._pause_due_us:
+                self._pause_due_us = until_us
             events.append(self._event(bed, kind, a, now_us, user, reason))
         return events
 
@@ -331,6 +356,10 @@ class AlarmStateMachine:
                 violations=list(e["violations"]),
                 alarm=alarm,
             )
+            if alarm is not None and alarm.audio_paused_until_us is not None:
+                until_us = alarm.audio_paused_until_us
+                if machine._pause_due_us is None or until_us < machine._pause_due_us:
+                    machine._pause_due_us = until_us
         return machine
 
     # -- internals

@@ -5,7 +5,9 @@ The accounts live in a small JSON registry; the Mosquitto files are rendered fro
 * ``passwd``: ``name:$7$<iterations>$<salt>$<hash>``, Mosquitto 2's PBKDF2-HMAC-SHA512 format
   (as ``mosquitto_passwd`` writes it: 101 iterations, 12-byte salt, 64-byte key, base64);
 * ``acl``: per user, what it may read and write. A gateway of site ``S`` writes
-  ``eicu/v1/S/#`` and reads its site's alarms; the engine reads ``eicu/v1/#`` and writes alarms.
+  ``eicu/v1/S/#`` (its beds' data, and acknowledgements of its own site's alarms on
+  ``eicu/v1/S/{bed}/alarms/ack``) and reads its site's alarms; the engine reads ``eicu/v1/#``
+  (acknowledgements included) and writes alarms.
 
 The broker is then configured with ``allow_anonymous false``, ``password_file`` and ``acl_file``.
 """

@@ -126,6 +126,18 @@ class StatusFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmAck:
+    """An acknowledgement of an alarm sent by the remote ICU (``.../{bed}/alarms/ack``): who
+    acknowledged ``alarm_id`` of ``bed``, and when the bedside clock said they did."""
+
+    bed: BedKey
+    alarm_id: str
+    user: str
+    ts_us: int | None = None
+    received_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A rejected message, kept for review."""
 

@@ -15,7 +15,16 @@ import numpy as np
 
 from eicu.codes import BY_KEY, SIGNAL_BY_ID, SIGNAL_BY_KEY
 from eicu.errors import PayloadError
-from eicu.models import ID_RE, BedKey, Frame, NumericsFrame, SignalBlock, StatusFrame, WaveformFrame
+from eicu.models import (
+    ID_RE,
+    AlarmAck,
+    BedKey,
+    Frame,
+    NumericsFrame,
+    SignalBlock,
+    StatusFrame,
+    WaveformFrame,
+)
 
 VERSION: Final = 1
 ROOT: Final = "eicu/v1"
@@ -67,6 +76,14 @@ def status_topic(bed: BedKey) -> str:
 
 def alarms_topic(bed: BedKey) -> str:
     return f"{ROOT}/{bed.site}/{bed.bed}/alarms"
+
+
+def alarm_ack_topic(bed: BedKey) -> str:
+    return f"{ROOT}/{bed.site}/{bed.bed}/alarms/ack"
+
+
+def is_alarm_ack_topic(topic: str) -> bool:
+    return topic.startswith(ROOT + "/") and topic.endswith("/alarms/ack")
 
 
 def gateway_status_topic(site: str, gateway: str) -> str:
@@ -278,6 +295,47 @@ def decode_waveform(bed: BedKey, payload: bytes, received_us: int = 0) -> Wavefo
     return WaveformFrame(
         bed=bed, seq=seq, t0_us=t0_us, blocks=tuple(blocks), received_us=received_us
     )
+
+
+# --- alarm acknowledgements from the remote ICU --------------------------------------------------
+
+MAX_USER_CHARS: Final = 64
+
+
+def encode_alarm_ack(ack: AlarmAck) -> bytes:
+    doc: dict[str, object] = {"v": VERSION, "alarm_id": ack.alarm_id, "user": ack.user}
+    if ack.ts_us is not None:
+        doc["ts_ms"] = ack.ts_us // 1000
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_alarm_ack(topic: str, payload: bytes, received_us: int = 0) -> AlarmAck:
+    """An acknowledgement on ``eicu/v1/{site}/{bed}/alarms/ack``. The alarm must be one of that
+    bed's (its id starts with ``site/bed/``), so a site acknowledges its own alarms only."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[:2] != ["eicu", "v1"] or parts[4:] != ["alarms", "ack"]:
+        raise PayloadError("wrong_topic", f"not an alarm acknowledgement topic: {topic[:200]!r}")
+    site, bed = parts[2], parts[3]
+    if not _ids_ok(site, bed):
+        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    doc = _json_object(payload)
+    alarm_id, user, ts_ms = doc.get("alarm_id"), doc.get("user"), doc.get("ts_ms")
+    if not isinstance(alarm_id, str) or not alarm_id.startswith(f"{site}/{bed}/"):
+        raise PayloadError("malformed", f"'alarm_id' must be an alarm of {site}/{bed}"[:160])
+    if len(alarm_id) > 200:
+        raise PayloadError("malformed", "'alarm_id' is too long")
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS:
+        raise PayloadError("malformed", f"'user' must be a name of 1..{MAX_USER_CHARS} characters")
+    if not user.isprintable():
+        raise PayloadError("malformed", "'user' has control characters")
+    ts_us = None
+    if ts_ms is not None:
+        if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
+            raise PayloadError("malformed", "'ts_ms' must be an integer")
+        ts_us = ts_ms * 1000
+        if not MIN_TIME_US <= ts_us <= MAX_TIME_US:
+            raise PayloadError("impossible_time", f"ts_ms {ts_ms} is not a real date")
+    return AlarmAck(BedKey(site, bed), alarm_id, user.strip(), ts_us, received_us)
 
 
 # --- one entry point ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
+from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
 from eicu.store import Store
 from ingest.scores import ScoreStage
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from alerting.model import AlarmEvent
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
+    from alerting.store import AlarmStore
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Engine:
         metrics: IngestMetrics | None = None,
         alarms_outbox: Path | None = None,
         alerting: AlertingSettings | None = None,
+        alarm_store: AlarmStore | None = None,
     ) -> None:
         self.metrics = metrics or IngestMetrics()
         self.store = store
@@ -74,7 +77,8 @@ class Engine:
             self.router.subscribe(self.signals)
         self.writer = StoreWriter(store, ingest, self.metrics)
         self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
-        # The alarm stage: every bed's rules each second, audited in a durable local outbox.
+        # The alarm stage: each bed's rules as its data arrives (and every bed each second),
+        # audited in a durable local outbox.
         # With an on-call rota, every alarm event also goes to the escalation dispatcher.
         self.alarms: AlarmService | None = None
         self.dispatcher: Dispatcher | None = None
@@ -88,19 +92,36 @@ class Engine:
 
             outbox = Outbox(alarms_outbox)
             on_events = None
-            if alerting is not None and alerting.rota_path is not None:
+            if alerting is not None:
+                # Without a rota nobody is paged, but every change of an alarm is still
+                # published to its bed's alarms topic.
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
                 on_events = self._to_dispatcher
             self.alarms = AlarmService(self, outbox, on_events=on_events)
+            # After the score and signal stages: a bed is evaluated on their fresh results.
+            self.router.subscribe(self.alarms)
+            # Acknowledgements reach the alarm state machine from every side: the remote ICU over
+            # MQTT, and a page's recipient through the dispatcher (the dashboard calls the
+            # service itself); the service's event then stops the escalation.
+            self.ingest.on_alarm_ack = self.alarms.acknowledge_remote
+            if self.dispatcher is not None:
+                self.dispatcher.on_acknowledged = self.alarms.acknowledge_page
+        # The central copy of the outbox (audit trail and receipts), kept up to date while the
+        # engine runs and caught up when the database comes back.
+        self.alarm_store = alarm_store if self.alarms is not None else None
         self._tasks: list[asyncio.Task[None]] = []
 
     def _dispatcher(
-        self, mqtt: MqttSettings, alerting: AlertingSettings, rota_path: Path, outbox: Outbox
+        self,
+        mqtt: MqttSettings,
+        alerting: AlertingSettings,
+        rota_path: Path | None,
+        outbox: Outbox,
     ) -> Dispatcher:
         from alerting.channels import EmailChannel, MqttChannel, WebhookChannel
         from alerting.escalation import DeliveryMetrics, Dispatcher, Rota
 
-        rota = Rota.from_file(rota_path)
+        rota = Rota.from_file(rota_path) if rota_path is not None else Rota(sites={})
         # Pages go back to the site over the engine's broker, on a connection of their own.
         alarm_mqtt = dataclasses.replace(mqtt, client_id=f"{mqtt.client_id}-alarms")
         self._channels = {"mqtt": MqttChannel(alarm_mqtt), "webhook": WebhookChannel()}
@@ -122,6 +143,14 @@ class Engine:
         ]
         if self.alarms is not None:
             self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
+        if self.alarms is not None and self.alarm_store is not None:
+            from alerting.store import run_copy
+
+            self._tasks.append(
+                asyncio.create_task(
+                    run_copy(self.alarms.outbox, self.alarm_store), name="alarms-copy"
+                )
+            )
         if self.dispatcher is not None:
             # run() first resumes the escalations and deliveries pending from before.
             self._tasks.append(
@@ -143,6 +172,12 @@ class Engine:
         await self.writer.close(drain_timeout_s)
         for channel in self._channels.values():
             await channel.close()
+        if self.alarms is not None and self.alarm_store is not None:
+            # One last copy; what the database does not take now is copied at the next start.
+            try:
+                await asyncio.wait_for(self.alarms.outbox.copy_to_store(self.alarm_store), 5.0)
+            except (StorageUnavailable, TimeoutError) as exc:
+                log.warning("alarm events left in the outbox for the next start: %s", exc)
         if self.alarms is not None:
             self.alarms.outbox.close()
         self._tasks = []

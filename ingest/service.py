@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import aiomqtt
 
@@ -13,7 +14,7 @@ from eicu import wire
 from eicu.config import MqttSettings
 from eicu.errors import PayloadError
 from eicu.metrics import IngestMetrics
-from eicu.models import DeadLetter
+from eicu.models import AlarmAck, DeadLetter
 from ingest.state import BedRouter
 from ingest.writer import Backoff, StoreWriter
 
@@ -36,10 +37,18 @@ class Ingest:
         self._metrics = metrics
         self.connected = asyncio.Event()
         self.rejected = 0
+        # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
+        # they are ignored.
+        self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Decode one message and pass it on. Bad payloads are counted and dead-lettered."""
         try:
+            if wire.is_alarm_ack_topic(topic):
+                ack = wire.decode_alarm_ack(topic, payload, received_us)
+                if self.on_alarm_ack is not None:
+                    self.on_alarm_ack(ack)
+                return
             frame = wire.decode(topic, payload, received_us)
         except PayloadError as exc:
             self.rejected += 1

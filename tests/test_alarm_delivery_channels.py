@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,11 +19,13 @@ from alerting.channels import (
     WebhookChannel,
     email_text,
 )
-from alerting.escalation import Rota
-from alerting.model import Channel, Notification
+from alerting.escalation import Dispatcher, Rota
+from alerting.model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
+from alerting.outbox import Outbox
 from eicu.config import AlertingSettings, MqttSettings, Secret, Settings
 from eicu.devservices import Mosquitto, free_port
 from eicu.errors import ConfigError, DeliveryError
+from eicu.models import BedKey
 from tests.alarm_servers import HookServer, MailServer
 
 T0_US = 1_780_000_000_000_000
@@ -212,6 +216,66 @@ async def test_mqtt_publishes_the_alarm_back_to_the_bed(broker: Mosquitto) -> No
         "active",
     )
     assert "patient_name" not in payload
+
+
+@pytest.mark.broker
+async def test_every_change_of_an_alarm_is_published_to_its_bed_once(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    bed = BedKey("karamay", "bed-07")
+    start = AlarmEvent(
+        "karamay/bed-07/SPO2_LOW/1", bed, "SPO2_LOW", Priority.MEDIUM, Category.PHYSIOLOGICAL,
+        AlarmState.ACTIVE, 1_780_000_000_000_000, reason="started: present for 15 s",
+    )  # fmt: skip
+    changes = [
+        start,
+        dataclasses.replace(start, priority=Priority.HIGH, time_us=start.time_us + 1,
+                            reason="escalated to high"),
+        dataclasses.replace(start, priority=Priority.HIGH, time_us=start.time_us + 2,
+                            actor="nurse-li", reason="audio paused for 120 s",
+                            audio_paused_until_us=start.time_us + 120_000_002),
+        dataclasses.replace(start, priority=Priority.HIGH, state=AlarmState.ACKNOWLEDGED,
+                            time_us=start.time_us + 3, actor="nurse-li", reason="acknowledged"),
+        dataclasses.replace(start, priority=Priority.HIGH, state=AlarmState.CLEARED,
+                            time_us=start.time_us + 4, reason="condition ended"),
+    ]  # fmt: skip
+    rota = Rota.from_dict(
+        {"sites": {"karamay": {"levels": [{
+            "role": "bedside_nurse",
+            "ack_timeout_s": {"high": 60, "medium": 60, "low": 60},
+            "contacts": [{"name": "station", "channel": "mqtt"}],
+        }]}}}
+    )  # fmt: skip
+    channel = MqttChannel(MqttSettings(port=broker.port, client_id="eicu-alarm-out"), timeout_s=5)
+    received: list[dict[str, object]] = []
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        dispatcher = Dispatcher(rota, outbox, {"mqtt": channel})
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="remote-icu") as remote:
+            await remote.subscribe("eicu/v1/karamay/+/alarms", qos=1)
+            try:
+                for event in [*changes, *changes]:  # each handled twice: published once
+                    await dispatcher.handle(event)
+                    await dispatcher.drain()
+                async with asyncio.timeout(5):
+                    async for message in remote.messages:
+                        received.append(json.loads(message.payload))  # type: ignore[arg-type]
+                        if len(received) == len(changes) + 1:
+                            break
+                with contextlib.suppress(TimeoutError):  # nothing more comes
+                    async with asyncio.timeout(1):
+                        received.append(json.loads((await anext(aiter(remote.messages))).payload))  # type: ignore[arg-type]
+            finally:
+                await dispatcher.close()
+                await channel.close()
+    states = [d for d in received if d["type"] == "state"]
+    pages = [d for d in received if d["type"] == "page"]
+    assert len(pages) == 1 and pages[0]["role"] == "bedside_nurse"
+    assert [(d["state"], d["priority"], d["actor"], d["reason"]) for d in states] == [
+        (e.state.value, e.priority.value, e.actor, e.reason) for e in changes
+    ]
+    assert states[2]["audio_paused_until_us"] == changes[2].audio_paused_until_us
+    assert len({d["key"] for d in received}) == len(received)
+    assert all(str(d["key"]).startswith(start.alarm_id + ":state:") for d in states)
 
 
 @pytest.mark.broker

@@ -9,6 +9,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import psycopg
@@ -47,6 +48,16 @@ async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not check():
             await asyncio.sleep(0.02)
+
+
+def _doc(message: aiomqtt.Message) -> dict[str, Any]:
+    assert isinstance(message.payload, bytes)
+    doc: dict[str, Any] = json.loads(message.payload)
+    return doc
+
+
+def _pages(received: list[aiomqtt.Message]) -> list[dict[str, Any]]:
+    return [d for d in map(_doc, received) if d["type"] == "page"]
 
 
 def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
@@ -146,7 +157,7 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
                     name="copier",
                 )
                 await events.put(event)
-                await _until(lambda: len(received) == 1 and len(mail.messages) == 1)
+                await _until(lambda: len(_pages(received)) == 1 and len(mail.messages) == 1)
                 # Nobody acknowledges within 1 s: the physician is paged.
                 await _until(lambda: len(hook.requests) == 1, timeout_s=5)
                 page = hook.requests[0]
@@ -158,7 +169,9 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
                 await events.put(acknowledged)
                 await asyncio.sleep(2.0)  # past the next level's timeout: nobody else is paged
                 assert len(mail.messages) == 1 and len(hook.requests) == 1
-                assert len(received) == 1
+                assert len(_pages(received)) == 1
+                # The bed saw the alarm start and its acknowledgement.
+                await _until(lambda: len(received) == 3)
                 assert box.uncopied()[0], "the database is down: nothing was copied"
 
                 pg_server.start()
@@ -177,8 +190,13 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
             with contextlib.suppress(Exception):
                 await channel.close()
 
-    payload = json.loads(received[0].payload)  # type: ignore[arg-type]
-    assert received[0].topic.value == "eicu/v1/karamay/bed-07/alarms"
+    assert {m.topic.value for m in received} == {"eicu/v1/karamay/bed-07/alarms"}
+    states = [_doc(m) for m in received if _doc(m)["type"] == "state"]
+    assert [(d["state"], d["actor"]) for d in states] == [
+        ("active", "engine"),
+        ("acknowledged", "dr-chen"),
+    ]
+    payload = _pages(received)[0]
     assert (payload["key"], payload["kind"], payload["priority"]) == (
         "vt-1:0:bedside_nurse:karamay-station:mqtt",
         "VTACH",
@@ -192,9 +210,13 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
     assert _rows(
         db_url,
         "SELECT recipient, channel, delivered IS NOT NULL, acknowledged_by FROM alarm_deliveries "
-        "ORDER BY enqueued, recipient",
+        "WHERE recipient != 'bed' ORDER BY enqueued, recipient",
     ) == [
         ("karamay-station", "mqtt", True, None),
         ("nurse-li", "email", True, None),
         ("dr-chen", "webhook", True, "dr-chen"),
     ]
+    delivered_states = (
+        "SELECT count(*) FROM alarm_deliveries WHERE recipient = 'bed' AND delivered IS NOT NULL"
+    )
+    assert _rows(db_url, delivered_states) == [(2,)]

@@ -59,6 +59,14 @@ def test_events_and_notifications_are_stored_once(tmp_path: Path) -> None:
         ]
         assert trail[1].event == event("a1", AlarmState.ACKNOWLEDGED, 30, actor="dr.chen")
 
+        # Many at once, in one transaction: those recorded before are not stored again.
+        more = [event("a1", AlarmState.CLEARED, 40), event("a1", AlarmState.ACTIVE)]
+        more.append(event("a2", AlarmState.ACTIVE, 41))
+        assert box.record_many(more) == 2
+        assert box.record_many([]) == 0
+        assert [s.event for s in box.events()][2:] == [more[0], more[2]]
+        assert [s.event for s in box.latest_events(2)] == [more[0], more[2]]
+
         assert box.enqueue(note("k1"))
         assert not box.enqueue(note("k1"))
         assert [n.key for n in box.pending()] == ["k1"]

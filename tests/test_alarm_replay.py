@@ -127,3 +127,53 @@ def test_cli_replay_rejects_a_window_that_ends_before_it_starts(
     argv = ["alarms", "replay", "--database", f"sqlite:///{db}", "--from", "2026-11-27T11:00"]
     assert cli.main([*argv, "--to", "2026-11-27T10:00", "--policy", str(DEFAULT_PATH)]) == 2
     assert "--to" in capsys.readouterr().err
+
+
+SICK = BedKey("karamay", "bed-05")
+
+
+def _sick_values(t_s: int, *, with_temp: bool) -> dict[str, float | None]:
+    """Normal vitals, then from minute 2 to minute 4 NEWS2 8 (RR 25: 3, SpO2 93: 2, temperature
+    39.5: 2, HR 95: 1), or 6 without a temperature."""
+    worse = 120 <= t_s < 240
+    values: dict[str, float | None] = {
+        "RR": 25.0 if worse else 16.0,
+        "SPO2": 93.0 if worse else 97.0,
+        "HR": 95.0 if worse else 72.0,
+        "NIBP_SYS": 120.0,
+        "ACVPU": 0.0,  # A
+        "O2": 0.0,  # air
+    }
+    if with_temp:
+        values["TEMP"] = 39.5 if worse else 37.0
+    return values
+
+
+@pytest.mark.parametrize("with_temp", [True, False])
+async def test_news2_bands_are_replayed_from_the_stored_numerics(
+    tmp_path: Path, with_temp: bool
+) -> None:
+    path = tmp_path / "sick.sqlite"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        frames = [
+            NumericsFrame(SICK, t, T0_US + t * 1_000_000, _sick_values(t, with_temp=with_temp))
+            for t in range(6 * 60)
+        ]
+        await store.write(Batch(numerics=frames))
+        (load,) = await replay_store(store, [load_policy()], T0_US, T0_US + 6 * 60_000_000)
+    finally:
+        await store.close()
+    counts = {(kind, p.value): n for (kind, p), n in load.counts.items()}
+    if with_temp:
+        # NEWS2 8: the high band, which is also at least medium; and the temperature limit.
+        assert counts == {
+            ("NEWS2_HIGH", "high"): 1,
+            ("NEWS2_MEDIUM", "medium"): 1,
+            ("TEMP_HIGH", "low"): 1,
+        }
+    else:
+        # Without a temperature the score is incomplete: at least 6 proves the medium band,
+        # not the high one, and the missing value is not taken as normal.
+        assert counts == {("NEWS2_MEDIUM", "medium"): 1}

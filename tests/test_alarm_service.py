@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import time
 from pathlib import Path
 
 from alerting.model import AlarmState, Priority
 from alerting.outbox import Outbox
+from alerting.policy import load_policy, override
 from alerting.service import AlarmService
 from eicu.config import IngestSettings, MqttSettings
-from eicu.models import BedKey
+from eicu.models import BedKey, NumericsFrame
 from eicu.store.sqlite import SqliteStore
 from ingest.engine import Engine
 from simulators.beds import SynthGroup
@@ -80,3 +84,65 @@ def test_latched_alarm_survives_a_restart_and_is_acknowledged_after_it(tmp_path:
     assert events and events[-1].actor == "dr.li"
     assert again.outbox.events(vt.alarm_id)[-1].event.actor == "dr.li"
     again.outbox.close()
+
+
+def test_alarm_history_is_the_same_after_a_restart(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    beds = [BedKey("s", "vt"), BedKey("s", "probe")]
+    _run(engine, service, SynthGroup(beds, ["vt", "spo2_off"], [2, 3], T0), 150.0)
+    before = list(service.recent)
+    assert len({e.alarm_id for e in before}) >= 2
+    service.outbox.close()
+
+    again = AlarmService(_engine(tmp_path), Outbox(tmp_path / "alarms.db"))
+    assert again.recent == before  # what the dashboard's alarm list shows
+    again.outbox.close()
+
+
+async def test_a_bed_is_evaluated_as_its_numerics_arrive_and_when_its_delay_is_over(
+    tmp_path: Path,
+) -> None:
+    """The alarm starts as soon as the condition has lasted its delay after the sample that
+    crossed the limit arrived, not at the next second's evaluation or the next sample."""
+    bed = BedKey("s", "fast")
+    engine = _engine(tmp_path)
+    assert engine.alarms is None
+    policy, _ = override(load_policy(), bed, "HR_HIGH", "delay_s", 1.5, user="t", now_us=T0)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"), policy)
+    engine.router.subscribe(service)
+    task = asyncio.create_task(service.run(interval_s=1.0))
+    seq = 0
+
+    def send(hr: float) -> int:
+        nonlocal seq
+        now_us = time.time_ns() // 1000
+        values: dict[str, float | None] = {"HR": hr, "SPO2": 97.0, "RR": 16.0}
+        engine.router.route(NumericsFrame(bed, seq, now_us, values, received_us=now_us))
+        seq += 1
+        return now_us
+
+    try:
+        for _ in range(3):
+            send(80.0)
+            await asyncio.sleep(0.35)
+        # Just after a sweep of every bed: a one-second sweep alone would see the crossing
+        # almost a second late.
+        swept = service._evaluated_us.get(bed, 0)
+        while service._evaluated_us.get(bed, 0) == swept:
+            await asyncio.sleep(0.005)
+        crossed_us = send(150.0)
+        started = []
+        async with asyncio.timeout(5):
+            while not started:
+                await asyncio.sleep(0.02)
+                started = [e for e in service.recent if e.kind == "HR_HIGH"]
+        # The next sample (1 s later) would also be too late to start it in time.
+        late_us = started[0].time_us - crossed_us - 1_500_000
+        assert 0 <= late_us < 500_000, late_us  # a one-second pass would be about 1 s late
+        assert started[0].state == AlarmState.ACTIVE
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        service.outbox.close()

@@ -62,9 +62,16 @@ async def test_gateway_is_refused_outside_its_site(
             await gateway.publish("eicu/v1/karamay/bed01/numerics", b"{}", qos=1)
             await gateway.publish("eicu/v1/hotan/bed01/numerics", b"{}", qos=1)  # not its site
             await gateway.publish("eicu/v1/karamay/bed02/numerics", b"{}", qos=1)
+            # Acknowledgements of alarms: of its own site's beds only.
+            await gateway.publish("eicu/v1/hotan/bed01/alarms/ack", b"{}", qos=1)
+            await gateway.publish("eicu/v1/karamay/bed01/alarms/ack", b"{}", qos=1)
         await asyncio.sleep(1.0)
         listener.cancel()
-    assert received == ["eicu/v1/karamay/bed01/numerics", "eicu/v1/karamay/bed02/numerics"]
+    assert received == [
+        "eicu/v1/karamay/bed01/numerics",
+        "eicu/v1/karamay/bed02/numerics",
+        "eicu/v1/karamay/bed01/alarms/ack",
+    ]
 
 
 async def test_wrong_password_and_anonymous_are_refused(

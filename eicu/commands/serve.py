@@ -54,9 +54,22 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     store = open_store(settings.database_url)
     await store.open()
     log.info("store ready (%s); schema up to date", store.backend)
-    engine = Engine(mqtt, settings.ingest, store, alerting=settings.alerting)
-    if engine.dispatcher is not None:
+    alarm_store = None
+    if settings.database_url.startswith(("postgresql://", "postgres://")):
+        # The alarm audit trail and receipts are copied from the outbox to the same database.
+        from alerting.store import AlarmStore
+
+        alarm_store = AlarmStore(settings.database_url)
+    engine = Engine(
+        mqtt, settings.ingest, store, alerting=settings.alerting, alarm_store=alarm_store
+    )
+    if settings.alerting.rota_path is not None:
         log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)
+    else:
+        log.warning(
+            "no on-call rota (EICU_ROTA_FILE): alarm changes go to the beds' alarms topics, "
+            "nobody is paged"
+        )
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
