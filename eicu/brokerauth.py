@@ -5,8 +5,10 @@ The accounts live in a small JSON registry; the Mosquitto files are rendered fro
 * ``passwd``: ``name:$7$<iterations>$<salt>$<hash>``, Mosquitto 2's PBKDF2-HMAC-SHA512 format
   (as ``mosquitto_passwd`` writes it: 101 iterations, 12-byte salt, 64-byte key, base64);
 * ``acl``: per user, what it may read and write. A gateway of site ``S`` writes
-  ``eicu/v1/S/#`` (its beds' data, and acknowledgements of its own site's alarms on
-  ``eicu/v1/S/{bed}/alarms/ack``) and reads its site's alarms; the engine reads ``eicu/v1/#``
+  its beds' ``numerics``, ``waveform`` and ``status`` under ``eicu/v1/S/{bed}/``, its own
+  ``eicu/v1/S/_gateway/{gateway}/status`` and acknowledgements of its site's alarms on
+  ``eicu/v1/S/{bed}/alarms/ack``, and reads its site's alarms. It cannot publish on
+  ``.../alarms``: only the engine speaks for the alarm state. The engine reads ``eicu/v1/#``
   (acknowledgements included) and writes alarms.
 
 The broker is then configured with ``allow_anonymous false``, ``password_file`` and ``acl_file``.
@@ -25,6 +27,7 @@ from typing import Literal
 
 from eicu.errors import ConfigError
 from eicu.models import ID_RE
+from eicu.wire import GATEWAY_LEVEL
 
 Role = Literal["engine", "gateway"]
 ITERATIONS = 101  # Mosquitto's default for sha512-pbkdf2
@@ -45,13 +48,22 @@ def password_hash(password: str, *, salt: bytes | None = None, iterations: int =
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
 
 
+# What a gateway publishes, per bed of its own site: its data, and acknowledgements of its
+# beds' alarms. Never ``.../alarms`` itself: only the engine speaks for the alarm state.
+GATEWAY_WRITES = ("numerics", "waveform", "status", "alarms/ack")
+
+
 def acl_text(accounts: list[BrokerAccount]) -> str:
     blocks = []
     for a in sorted(accounts, key=lambda a: a.name):
         if a.role == "engine":
             rules = ["topic read eicu/v1/#", "topic write eicu/v1/+/+/alarms"]
         else:
-            rules = [f"topic write eicu/v1/{a.site}/#", f"topic read eicu/v1/{a.site}/+/alarms"]
+            rules = [
+                *(f"topic write eicu/v1/{a.site}/+/{kind}" for kind in GATEWAY_WRITES),
+                f"topic write eicu/v1/{a.site}/{GATEWAY_LEVEL}/+/status",
+                f"topic read eicu/v1/{a.site}/+/alarms",
+            ]
         blocks.append("\n".join([f"user {a.name}", *rules]))
     return "\n\n".join(blocks) + "\n"
 

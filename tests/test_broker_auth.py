@@ -65,12 +65,20 @@ async def test_gateway_is_refused_outside_its_site(
             # Acknowledgements of alarms: of its own site's beds only.
             await gateway.publish("eicu/v1/hotan/bed01/alarms/ack", b"{}", qos=1)
             await gateway.publish("eicu/v1/karamay/bed01/alarms/ack", b"{}", qos=1)
+            # The alarm state is the engine's: a gateway cannot forge it, nor invent topics.
+            await gateway.publish("eicu/v1/karamay/bed01/alarms", b"{}", qos=1)
+            await gateway.publish("eicu/v1/karamay/bed01/other", b"{}", qos=1)
+            await gateway.publish("eicu/v1/karamay/bed01/status", b"{}", qos=1)
+            await gateway.publish("eicu/v1/karamay/_gateway/gw-1/status", b"{}", qos=1)
+            await gateway.publish("eicu/v1/hotan/_gateway/gw-1/status", b"{}", qos=1)
         await asyncio.sleep(1.0)
         listener.cancel()
     assert received == [
         "eicu/v1/karamay/bed01/numerics",
         "eicu/v1/karamay/bed02/numerics",
         "eicu/v1/karamay/bed01/alarms/ack",
+        "eicu/v1/karamay/bed01/status",
+        "eicu/v1/karamay/_gateway/gw-1/status",
     ]
 
 
@@ -95,5 +103,5 @@ def test_cli_writes_the_files(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "gw1: password" in out.stderr
-    assert "user gw1\ntopic write eicu/v1/karamay/#" in (tmp_path / "acl").read_text()
+    assert "user gw1\ntopic write eicu/v1/karamay/+/numerics" in (tmp_path / "acl").read_text()
     assert (tmp_path / "passwd").read_text().startswith("gw1:$7$101$")
