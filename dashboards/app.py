@@ -30,9 +30,9 @@ from pydantic import BaseModel, Field
 from alerting.model import AlarmState
 from alerting.service import AlarmService
 from alerting.state import Alarm
-from dashboards import views
+from dashboards import consult, views
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
-from dashboards.users import Permission, UserError, Users
+from dashboards.users import Permission, User, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.config import HttpSettings
 from eicu.models import BedKey
@@ -52,6 +52,7 @@ TREND_MAX_MIN = 24 * 60
 PAUSE_ASK_MAX_S = 3600.0  # the largest pause a request may ask; the alarm policy cuts it further
 HISTORY_MAX = 200
 NO_ALARMS = "this engine runs no alarm service (start it with an alarm outbox)"
+NOT_YOUR_SITE = "this bed is not in your sites"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -77,6 +78,12 @@ class NewUser(BaseModel):
     name: str
     role: str
     password: str
+    sites: list[str] | None = None  # None: every site
+
+
+def sites_of(user: User) -> list[str] | None:
+    """The user's sites for JSON: a sorted list, or None for every site."""
+    return sorted(user.sites) if user.sites is not None else None
 
 
 def now_us() -> int:
@@ -106,6 +113,9 @@ def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
                 raise HTTPException(403, "missing or wrong CSRF token")
         if not session.user.can(permission):
             raise HTTPException(403, f"the {session.user.role} role may not do this")
+        site = request.path_params.get("site")
+        if site is not None and not session.user.can_see(site):
+            raise HTTPException(403, NOT_YOUR_SITE)
         return session
 
     return check
@@ -117,7 +127,12 @@ CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
 CanRespond = Annotated[Session, Depends(need(Permission.RESPOND))]
 
 
-def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
+def create_app(
+    engine: Engine,
+    settings: HttpSettings,
+    users: Users,
+    ice_servers: list[dict[str, Any]] | None = None,
+) -> FastAPI:
     """Routes that read the engine's state are ``async``: they run on the engine's own event
     loop, between frames, never in a worker thread while a frame is being routed."""
     sessions = Sessions(settings.session_idle_s)
@@ -165,6 +180,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     def login_page() -> FileResponse:
         return FileResponse(STATIC / "login.html")
 
+    app.get("/consult/{site}/{bed}", include_in_schema=False)(page("consult.html"))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # --- sessions ----------------------------------------------------------------------------
@@ -191,7 +207,8 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         log.info("dashboard login: %s (%s)", user.name, user.role)
         response = JSONResponse(
             {"name": user.name, "role": user.role.value, "csrf": session.csrf,
-             "permissions": sorted(p.value for p in Permission if user.can(p))}
+             "permissions": sorted(p.value for p in Permission if user.can(p)),
+             "sites": sites_of(user)}
         )  # fmt: skip
         response.set_cookie(
             COOKIE,
@@ -220,13 +237,16 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             "role": user.role.value,
             "csrf": session.csrf,
             "permissions": sorted(p.value for p in Permission if user.can(p)),
+            "sites": sites_of(user),
         }
 
     # --- patient data --------------------------------------------------------------------------
 
-    def census_rows(site: str | None) -> list[dict[str, Any]]:
+    def census_rows(site: str | None, user: User) -> list[dict[str, Any]]:
         service: AlarmService | None = engine.alarms
-        return views.census(
+        if site is not None and not user.can_see(site):
+            return []
+        rows = views.census(
             engine.router.beds,
             engine.scores.beds,
             engine.signals.derived,
@@ -234,12 +254,16 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             site,
             service.machine.alarms() if service is not None else None,
         )
+        return rows if user.sites is None else [r for r in rows if user.can_see(r["site"])]
+
+    def sites_seen(user: User) -> list[str]:
+        return sorted({k.site for k in engine.router.beds if user.can_see(k.site)})
 
     @app.get("/api/census")
-    async def census(_: CanView, site: str | None = None) -> dict[str, Any]:
+    async def census(session: CanView, site: str | None = None) -> dict[str, Any]:
         return {
-            "sites": sorted({k.site for k in engine.router.beds}),
-            "beds": census_rows(site or None),
+            "sites": sites_seen(session.user),
+            "beds": census_rows(site or None, session.user),
         }
 
     @app.get("/api/beds/{site}/{bed}")
@@ -309,19 +333,24 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         return engine.alarms
 
     @app.get("/api/alarms")
-    async def alarms(_: CanView, bed: str | None = None) -> dict[str, Any]:
+    async def alarms(session: CanView, bed: str | None = None) -> dict[str, Any]:
         service = alarm_service()
+        user = session.user
         key = None
         if bed:
             site, _slash, name = bed.partition("/")
             key = bed_key(site, name)
+            if not user.can_see(key.site):
+                raise HTTPException(403, NOT_YOUR_SITE)
         t = now_us()
         out: dict[str, Any] = {
             "now_us": t,
             "audio_pause_max_s": (
                 service.machine.policy_for(key) if key else service.policy
             ).audio_pause_max_s,
-            "alarms": views.live_alarms(service.machine.alarms(), t, key),
+            "alarms": views.live_alarms(
+                (a for a in service.machine.alarms() if user.can_see(a.bed.site)), t, key
+            ),
         }
         if key is not None:
             events = [e for e in service.recent if e.bed == key][-HISTORY_MAX:]
@@ -340,16 +369,19 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             log.error("alarm change refused: %s", exc)
             raise HTTPException(503, "the server clock went back; try again shortly") from exc
 
-    def live_alarm(service: AlarmService, alarm_id: str) -> Alarm:
+    def live_alarm(service: AlarmService, alarm_id: str, user: User) -> Alarm:
         try:
-            return service.machine.alarm(alarm_id)
+            alarm = service.machine.alarm(alarm_id)
         except KeyError as exc:
             raise HTTPException(404, "no such live alarm") from exc
+        if not user.can_see(alarm.bed.site):
+            raise HTTPException(403, NOT_YOUR_SITE)
+        return alarm
 
     @app.post("/api/alarms/{alarm_id:path}/ack")
     async def acknowledge(alarm_id: str, session: CanRespond) -> dict[str, Any]:
         service = alarm_service()
-        alarm = live_alarm(service, alarm_id)
+        alarm = live_alarm(service, alarm_id, session.user)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: nothing to acknowledge")
         with clock_checked():
@@ -373,7 +405,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     @app.post("/api/alarms/{alarm_id:path}/pause")
     async def pause_alarm(alarm_id: str, body: Pause, session: CanRespond) -> dict[str, Any]:
         service = alarm_service()
-        alarm = live_alarm(service, alarm_id)
+        alarm = live_alarm(service, alarm_id, session.user)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: it does not sound")
         return pause(service, alarm.bed, alarm_id, session.user.name, body.duration_s)
@@ -387,17 +419,20 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     # --- administration ------------------------------------------------------------------------
 
     @app.get("/api/users")
-    def list_users(_: CanManageUsers) -> list[dict[str, str]]:
-        return [{"name": u.name, "role": u.role.value} for u in users.list()]
+    def list_users(_: CanManageUsers) -> list[dict[str, Any]]:
+        return [{"name": u.name, "role": u.role.value, "sites": sites_of(u)} for u in users.list()]
 
     @app.post("/api/users", status_code=201)
-    async def add_user(body: NewUser, session: CanManageUsers) -> dict[str, str]:
+    async def add_user(body: NewUser, session: CanManageUsers) -> dict[str, Any]:
+        sites = frozenset(body.sites) if body.sites is not None else None
         try:
-            user = await asyncio.to_thread(users.add, body.name, body.role, body.password)
+            user = await asyncio.to_thread(
+                users.add, body.name, body.role, body.password, sites=sites
+            )
         except UserError as exc:
             raise HTTPException(422, str(exc)) from exc
         log.info("user %s (%s) added by %s", user.name, user.role, session.user.name)
-        return {"name": user.name, "role": user.role.value}
+        return {"name": user.name, "role": user.role.value, "sites": sites_of(user)}
 
     # --- operations ----------------------------------------------------------------------------
 
@@ -410,9 +445,11 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     async def ws_session(ws: WebSocket, permission: Permission) -> Session | None:
         """The session behind a WebSocket, or None after refusing it (HTTP 403)."""
         session = sessions.get(ws.cookies.get(COOKIE))
+        site = ws.path_params.get("site")
         ok = (
             session is not None
             and session.user.can(permission)
+            and (site is None or session.user.can_see(site))
             and _same_origin(ws.headers.get("origin"), ws.headers.get("host"))
         )
         if not ok:
@@ -431,8 +468,10 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             return
         try:
             while still_valid(session):
-                sites = sorted({k.site for k in engine.router.beds})
-                await ws.send_json({"sites": sites, "beds": census_rows(site or None)})
+                user = session.user
+                await ws.send_json(
+                    {"sites": sites_seen(user), "beds": census_rows(site or None, user)}
+                )
                 await asyncio.sleep(CENSUS_PERIOD_S)
             await ws.close(code=1008)
         except (WebSocketDisconnect, OSError):  # the client went away
@@ -468,4 +507,5 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         except (WebSocketDisconnect, OSError):  # the client went away
             return
 
+    consult.register(app, engine, sessions, ice_servers)
     return app
