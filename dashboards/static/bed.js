@@ -181,6 +181,8 @@ function alarmItem(a) {
       li.append(pause);
     }
   }
+  const video = eicu.videoLink(bedId, a.alarm_id);
+  if (video) li.append(" ", video);
   return li;
 }
 
@@ -219,6 +221,8 @@ eicu.loadMe().then(async () => {
     return;
   }
   renderBed(await known.json());
+  const video = eicu.videoLink(bedId);
+  if (video) document.getElementById("video").append(video);
   connect();
   alarmFeed = eicuAlarms.poll({ bed: bedId, onBed: renderAlarms, onFeed: alarmFeedState });
   loadTrends();
