@@ -139,7 +139,25 @@ class ConsultMetrics:
 
 def quality_figures(stats: Mapping[str, Any]) -> dict[str, float]:
     """The known, finite, non-negative figures of a stats message. ``loss`` is computed from
-    ``packets_lost`` and ``packets_received`` when the sender did not give it."""
+    ``packets_lost`` and ``packets_received`` when the sender did not give it.
+
+    The browser sends flat figures of the video it receives (``width``, ``height``, ``fps``,
+    ``rtt_s``, ``packets_lost``, ``packets_received``, ``frames_decoded``, or ``loss``); the
+    cart sends its call summary (docs/video.md), whose ``inbound.video`` is the video it
+    receives and ``round_trip_time_s`` its round-trip time."""
+    inbound = stats.get("inbound")
+    if isinstance(inbound, Mapping):
+        video = inbound.get("video")
+        video = video if isinstance(video, Mapping) else {}
+        stats = {
+            "width": video.get("width"),
+            "height": video.get("height"),
+            "fps": video.get("fps"),
+            "frames_decoded": video.get("frames"),
+            "packets_lost": video.get("packets_lost"),
+            "packets_received": video.get("packets_received"),
+            "rtt_s": stats.get("round_trip_time_s"),
+        }
     out: dict[str, float] = {}
     for key in (*QUALITY, "packets_received"):
         value = stats.get(key)

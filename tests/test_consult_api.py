@@ -21,6 +21,8 @@ from fastapi.routing import APIRoute
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from alerting.outbox import Outbox
+from alerting.service import AlarmService
 from dashboards.app import COOKIE, create_app
 from dashboards.consult import ConsultHub, quality_figures
 from dashboards.server import DashboardServer
@@ -184,6 +186,36 @@ async def test_a_user_limited_to_a_site_sees_only_its_beds(app: FastAPI) -> None
         assert len((await client.get("/api/census")).json()["beds"]) == 5
 
 
+async def test_alarms_of_other_sites_are_invisible(
+    app: FastAPI, engine: Engine, tmp_path: Path
+) -> None:
+    engine.alarms = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    try:
+        engine.alarms.evaluate(time.time_ns() // 1000)
+        every = await login_client(app, "ada")
+        async with contextlib.aclosing(every):
+            alarms = (await every.get("/api/alarms")).json()["alarms"]
+        assert {a["bed"].split("/")[0] for a in alarms} == {"icu1", "icu2"}
+        icu1_alarm = next(a["alarm_id"] for a in alarms if a["bed"].startswith("icu1/"))
+        client = await login_client(app, "iris")
+        async with contextlib.aclosing(client):
+            mine = (await client.get("/api/alarms")).json()["alarms"]
+            assert mine and {a["bed"].split("/")[0] for a in mine} == {"icu2"}
+            assert (await client.get("/api/alarms", params={"bed": "icu1/bed2"})).status_code == 403
+            csrf = (await client.get("/api/me")).json()["csrf"]
+            r = await client.post(f"/api/alarms/{icu1_alarm}/ack", headers={"x-csrf-token": csrf})
+            assert r.status_code == 403
+            r = await client.post(
+                "/api/beds/icu1/bed2/alarms/pause",
+                json={"duration_s": 60},
+                headers={"x-csrf-token": csrf},
+            )
+            assert r.status_code == 403
+    finally:
+        engine.alarms.outbox.close()
+        engine.alarms = None
+
+
 async def test_the_cart_role_sees_no_patient_data(app: FastAPI) -> None:
     client = await login_client(app, "cart1")
     async with contextlib.aclosing(client):
@@ -297,8 +329,13 @@ async def test_a_call_is_relayed_measured_and_audited(
                 }  # fmt: skip
 
             # quality from both sides, as metrics; the cart's also shown to the browser
-            cart_stats = {"width": 640, "height": 480, "fps": 15.0, "rtt_s": 0.004,
-                          "packets_lost": 2, "packets_received": 198, "codec": "VP8"}  # fmt: skip
+            cart_stats = {  # the cart's call summary: inbound is the video it receives
+                "inbound": {"video": {"frames": 310, "fps": 15.0, "width": 640, "height": 480,
+                                      "packets_received": 198, "packets_lost": 2},
+                            "audio": {"frames": 1000, "packets_received": 900}},
+                "outbound": {"video": {"frames": 300, "round_trip_time_s": 0.004}},
+                "round_trip_time_s": 0.004,
+            }  # fmt: skip
             await cart.send(json.dumps({"type": "stats", "call_id": call_id, "stats": cart_stats}))
             shown = await recv_type(browser, "cart_stats")
             assert shown["stats"]["width"] == 640 and shown["stats"]["loss"] == pytest.approx(0.01)
@@ -318,6 +355,8 @@ async def test_a_call_is_relayed_measured_and_audited(
             assert gauge("eicu_consult_video_width_pixels", "cart") + " 640.0" in text
             assert gauge("eicu_consult_round_trip_seconds", "browser") + " 0.003" in text
             assert gauge("eicu_consult_packet_loss_ratio", "cart") + " 0.01" in text
+            assert gauge("eicu_consult_frames_decoded", "cart") + " 310.0" in text
+            assert gauge("eicu_consult_round_trip_seconds", "cart") + " 0.004" in text
             assert gauge("eicu_consult_frames_decoded", "browser") + " 120.0" in text
             rejected = 'eicu_consult_messages_rejected_total{reason="%s",side="%s"} 1.0'
             for reason, side in (("not_json", "browser"), ("unknown_type", "browser"),
@@ -438,6 +477,8 @@ def test_quality_figures_take_only_finite_known_values() -> None:
         "packets_lost": 5.0, "loss": 0.25,
     }  # fmt: skip
     assert quality_figures({"loss": 7, "width": True}) == {"loss": 1.0}
+    summary = {"inbound": {"audio": {"frames": 9}}, "round_trip_time_s": None}
+    assert quality_figures(summary) == {}
 
 
 # --- the audit in both stores ------------------------------------------------------------------
