@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
     "users": ("dashboards.cli", "add or list the dashboard's users"),
     "alarms": ("alerting.cli", "alarm burden from the outbox; replay stored data under a policy"),
+    "cart": (
+        "eicu.commands.cart",
+        "run a bedside video cart: answer the command center's calls for one bed",
+    ),
     "stats": ("eicu.commands.stats", "print what the store holds per bed"),
     "migrate": ("eicu.commands.migrate", "apply pending schema migrations to the database"),
     "broker-auth": (

@@ -6,6 +6,7 @@ as ``'**********'``. Clinical thresholds never live here: they are versioned cod
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import urllib.parse
@@ -117,6 +118,122 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server, as in the browser's ``RTCIceServer``."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: Secret | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The browser's shape (the credential in clear: for a peer that must use it)."""
+        out: dict[str, object] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = str(self.credential)
+        return out
+
+
+_ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def parse_ice_servers(value: object, key: str) -> tuple[IceServer, ...]:
+    """ICE servers from decoded JSON: a list of ``{"urls": ..., "username": ...,
+    "credential": ...}`` where ``urls`` is one URL or a list of them. Errors name ``key``."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a JSON list of ICE servers, got {type(value).__name__}")
+    servers = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(where, f"expected an object, got {type(item).__name__}")
+        unknown = set(item) - {"urls", "username", "credential"}
+        if unknown:
+            raise ConfigError(where, f"unknown field(s) {sorted(unknown)}")
+        urls = item.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise ConfigError(f"{where}.urls", "expected a URL or a non-empty list of URLs")
+        for url in urls:
+            if not url.startswith(_ICE_SCHEMES):
+                raise ConfigError(f"{where}.urls", f"expected stun:, turn: or turns:, got {url!r}")
+        username = item.get("username")
+        credential = item.get("credential")
+        for name, v in (("username", username), ("credential", credential)):
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{where}.{name}", "expected a string")
+        if any(u.startswith(("turn:", "turns:")) for u in urls) and (
+            username is None or credential is None
+        ):
+            raise ConfigError(where, "a TURN server needs a username and a credential")
+        servers.append(
+            IceServer(
+                urls=tuple(urls),
+                username=username,
+                credential=Secret(credential) if credential is not None else None,
+            )
+        )
+    return tuple(servers)
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """The bedside cart of a video consult: ICE servers, media devices, reconnection."""
+
+    # STUN/TURN servers. Empty: the cart uses the ones the engine sends when it registers.
+    ice_servers: tuple[IceServer, ...] = ()
+    # Offer a 127.0.0.1 host candidate. For tests and demos on one machine only: a peer on
+    # another machine can never reach it, and production never offers it.
+    allow_loopback: bool = False
+    # "auto": the first camera (/dev/video0) or microphone (ALSA "default") when present;
+    # "none": always the test pattern / tone; anything else: a device name for FFmpeg.
+    camera: str = "auto"
+    camera_format: str = "v4l2"
+    microphone: str = "auto"
+    microphone_format: str = "alsa"
+    width: int = 640
+    height: int = 480
+    fps: int = 15
+    stats_interval_s: float = 2.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> VideoSettings:
+        d = cls()
+        raw = env.get("EICU_ICE_SERVERS") or ""
+        ice_servers: tuple[IceServer, ...] = ()
+        if raw.strip():
+            try:
+                decoded = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ConfigError("EICU_ICE_SERVERS", f"not valid JSON: {exc}") from exc
+            ice_servers = parse_ice_servers(decoded, "EICU_ICE_SERVERS")
+        return cls(
+            ice_servers=ice_servers,
+            allow_loopback=_bool(env, "EICU_VIDEO_ALLOW_LOOPBACK", d.allow_loopback),
+            camera=env.get("EICU_VIDEO_CAMERA") or d.camera,
+            camera_format=env.get("EICU_VIDEO_CAMERA_FORMAT") or d.camera_format,
+            microphone=env.get("EICU_VIDEO_MICROPHONE") or d.microphone,
+            microphone_format=env.get("EICU_VIDEO_MICROPHONE_FORMAT") or d.microphone_format,
+            width=_int(env, "EICU_VIDEO_WIDTH", d.width, 160, 1920),
+            height=_int(env, "EICU_VIDEO_HEIGHT", d.height, 120, 1080),
+            fps=_int(env, "EICU_VIDEO_FPS", d.fps, 1, 60),
+            stats_interval_s=_float(
+                env, "EICU_VIDEO_STATS_INTERVAL_S", d.stats_interval_s, 0.1, 60.0
+            ),
+            reconnect_min_s=_float(
+                env, "EICU_VIDEO_RECONNECT_MIN_S", d.reconnect_min_s, 0.01, 60.0
+            ),
+            reconnect_max_s=_float(
+                env, "EICU_VIDEO_RECONNECT_MAX_S", d.reconnect_max_s, 0.01, 600.0
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     mqtt: MqttSettings | None
     database_url: Secret | None
@@ -125,6 +242,7 @@ class Settings:
     log_level: str
     alerting: AlertingSettings = field(default_factory=AlertingSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +303,7 @@ class Settings:
             log_level=(env.get("EICU_LOG_LEVEL") or "INFO").upper(),
             alerting=alerting,
             http=http,
+            video=VideoSettings.from_env(env),
         )
 
     def describe(self) -> dict[str, str]:
