@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,7 +34,7 @@ from dashboards import consult, views
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import Permission, User, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
-from eicu.config import HttpSettings
+from eicu.config import HttpSettings, IceServer
 from eicu.models import BedKey
 from ingest.engine import Engine
 
@@ -131,7 +131,7 @@ def create_app(
     engine: Engine,
     settings: HttpSettings,
     users: Users,
-    ice_servers: list[dict[str, Any]] | None = None,
+    ice_servers: Sequence[IceServer] = (),
 ) -> FastAPI:
     """Routes that read the engine's state are ``async``: they run on the engine's own event
     loop, between frames, never in a worker thread while a frame is being routed."""

@@ -23,11 +23,10 @@ import contextlib
 import json
 import logging
 import math
-import os
 import secrets
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -38,6 +37,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from dashboards.security import Session, Sessions
 from dashboards.users import Permission
+from eicu.config import IceServer
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.store.base import CallRecord, Store
@@ -413,15 +413,11 @@ def _decode(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
 
 
 def register(
-    app: FastAPI,
-    engine: Engine,
-    sessions: Sessions,
-    ice_servers: list[dict[str, Any]] | None = None,
+    app: FastAPI, engine: Engine, sessions: Sessions, ice: Sequence[IceServer] = ()
 ) -> ConsultHub:
     """Add the consult's two WebSockets to the dashboard app; its hub is ``app.state.consult``.
-    ``ice_servers``: RTCIceServer objects for both sides (None: from ``EICU_ICE_SERVERS``)."""
-    if ice_servers is None:
-        ice_servers = ice_servers_from_env(os.environ)
+    ``ice``: the STUN and TURN servers both sides are given (``EICU_ICE_SERVERS``)."""
+    ice_servers = [server.as_json() for server in ice]
     hub = ConsultHub(engine.store, ConsultMetrics.of(engine.metrics.registry), ice_servers)
     app.state.consult = hub
 
@@ -622,14 +618,3 @@ def register(
 def _reason(message: Mapping[str, Any], default: str) -> str:
     reason = message.get("reason")
     return reason[:200] if isinstance(reason, str) and reason else default
-
-
-def ice_servers_from_env(environ: Mapping[str, str]) -> list[dict[str, Any]]:
-    """``EICU_ICE_SERVERS``: a JSON list of RTCIceServer objects (default: none)."""
-    raw = environ.get("EICU_ICE_SERVERS") or ""
-    if not raw.strip():
-        return []
-    servers = json.loads(raw)
-    if not isinstance(servers, list) or not all(isinstance(s, dict) for s in servers):
-        raise ValueError("EICU_ICE_SERVERS: expected a JSON list of objects")
-    return servers

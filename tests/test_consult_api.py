@@ -27,7 +27,7 @@ from dashboards.app import COOKIE, create_app
 from dashboards.consult import ConsultHub, quality_figures
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
-from eicu.config import HttpSettings
+from eicu.config import HttpSettings, parse_ice_servers
 from eicu.models import BedKey
 from eicu.store import Store, open_store
 from eicu.store.base import CallRecord
@@ -44,7 +44,8 @@ PASSWORDS = {
     "cart1": "cart-password-1",  # cart of icu1
     "cart2": "cart-password-2",  # cart of icu2
 }
-ICE = [{"urls": ["stun:stun.example.org:3478"]}]
+ICE = [{"urls": ["stun:stun.example.org:3478"]},
+       {"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "c"}]  # fmt: skip
 BED = BedKey("icu1", "bed1")
 SDP_OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=offer\r\n"
 SDP_ANSWER = "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=answer\r\n"
@@ -72,7 +73,8 @@ def users(tmp_path: Path) -> Users:
 
 @pytest.fixture
 def app(engine: Engine, users: Users) -> FastAPI:
-    return create_app(engine, HttpSettings(cookie_secure=False), users, ice_servers=ICE)
+    ice = parse_ice_servers(ICE, "EICU_ICE_SERVERS")
+    return create_app(engine, HttpSettings(cookie_secure=False), users, ice_servers=ice)
 
 
 @pytest.fixture

@@ -106,7 +106,8 @@ async def demo(args: argparse.Namespace) -> int:
     users = Users(http.users_file)
     password = secrets.token_urlsafe(12)
     users.add("demo", Role.ADMIN, password, replace=True)
-    dashboard = DashboardServer(create_app(engine, http, users), http.host, http.port)
+    app = create_app(engine, http, users, settings.video.ice_servers)
+    dashboard = DashboardServer(app, http.host, http.port)
     await dashboard.start()
     print(
         f"eicu demo: dashboard {dashboard.url}/  log in as 'demo' with password {password} "
