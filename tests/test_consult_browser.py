@@ -106,14 +106,22 @@ class Consult:
     cart: Process
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            return r.read().decode()
+        return scrape(self.url)
 
     def calls(self) -> list[sqlite3.Row]:
         """The audit, read from the demo's store on disk."""
         with contextlib.closing(sqlite3.connect(self.data / "eicu.sqlite")) as db:
             db.row_factory = sqlite3.Row
             return db.execute("SELECT * FROM consult_calls ORDER BY started").fetchall()
+
+
+def scrape(url: str) -> str:
+    """The Prometheus metrics at ``url``/metrics; empty while nothing listens there yet."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            return str(r.read().decode())
+    except OSError:
+        return ""
 
 
 def free_port() -> int:
@@ -137,14 +145,16 @@ def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
         password_file.write_text(USERS["cart-demo-bed004"][2] + "\n")
         cart_env = {**env, "EICU_DASHBOARD_URL": url, "EICU_VIDEO_ALLOW_LOOPBACK": "1",
                     "EICU_VIDEO_CAMERA": "none", "EICU_VIDEO_MICROPHONE": "none"}  # fmt: skip
+        port = free_port()
         cart = start(
             ["cart", "--site", SITE, "--bed", VT_BED, "--user", "cart-demo-bed004",
-             "--password-file", str(password_file), "--metrics-port", str(free_port())],
+             "--password-file", str(password_file), "--metrics-port", str(port)],
             cart_env,
         )  # fmt: skip
         running = Consult(url, data, cart)
+        registered = f'eicu_cart_registered{{bed="{VT_BED}",site="{SITE}"}} 1.0'
         wait_for("the cart did not register", cart,
-                 lambda: "eicu_consult_carts_registered 1.0" in running.metrics(), 60)  # fmt: skip
+                 lambda: registered in scrape(f"http://127.0.0.1:{port}"), 60)  # fmt: skip
         yield running
     finally:
         cart_rc = cart.stop() if cart is not None else 0
@@ -187,6 +197,7 @@ def browser() -> Iterator[object]:
 
 def log_in(browser: object, url: str, name: str) -> object:
     page = browser.new_page(viewport={"width": 1400, "height": 950})  # type: ignore[attr-defined]
+    page.add_init_script(CSP_WATCH)
     page.goto(url + "/census")
     page.wait_for_url(re.compile(r"/login\?next="))
     page.fill("#name", name)
@@ -196,6 +207,10 @@ def log_in(browser: object, url: str, name: str) -> object:
     return page
 
 
+# every Content-Security-Policy violation on a page, to show the consult needs no loosening
+CSP_WATCH = """window.cspViolations = [];
+document.addEventListener('securitypolicyviolation',
+  (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"""
 CALL = "() => ({...window.eicuConsult, videoWidth: document.getElementById('remote').videoWidth})"
 
 
@@ -236,6 +251,7 @@ def test_a_call_from_the_bed_view_and_from_an_alarm(consult: Consult, browser: o
         )
     expect(page.locator("#strips canvas[data-signal=ECG_II]")).to_be_visible(timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "consult.png"), full_page=True)
+    assert page.evaluate("() => window.cspViolations") == []
     page.click("#hangup")
     expect(page.locator("#call-state")).to_have_text("ended")
     [call] = consult.calls()
@@ -256,6 +272,7 @@ def test_a_call_from_the_bed_view_and_from_an_alarm(consult: Consult, browser: o
     expect(page.locator("#call-state")).to_have_text("connected", timeout=30_000)
     assert wait_for_frames(page, 10)["videoWidth"] == PATTERN_WIDTH
     page.screenshot(path=str(ARTIFACTS / "consult-alarm.png"), full_page=True)
+    assert page.evaluate("() => window.cspViolations") == []
     page.close()  # leaving the page ends the call
     deadline = time.monotonic() + 10
     while consult.calls()[-1]["ended"] is None and time.monotonic() < deadline:
@@ -310,3 +327,16 @@ def test_anonymous_and_cart_sessions_get_no_call_and_no_patient_data(
     assert cart["census"] == 403
     assert cart["closed"]["code"] == 4403 and cart["closed"]["got"] == []
     context.close()
+
+
+def test_the_demo_serves_a_cart_for_its_first_bed(consult: Consult, browser: object) -> None:
+    page = log_in(browser, consult.url, "ida")
+    page.goto(f"{consult.url}/bed?bed={SITE}%2Fbed001")
+    page.click("#video a.video-link")
+    expect(page.locator("#call-state")).to_have_text("connected", timeout=30_000)
+    assert wait_for_frames(page, 10)["videoWidth"] == PATTERN_WIDTH
+    page.click("#hangup")
+    expect(page.locator("#call-state")).to_have_text("ended")
+    page.close()
+    last = consult.calls()[-1]
+    assert (last["bed"], last["cart"], last["outcome"]) == ("bed001", "cart-demo", "completed")
