@@ -227,6 +227,7 @@ class Call:
     started_us: int
     state: str = "ready"  # ready -> offered -> connected -> ended
     answered_us: int | None = None
+    ending: tuple[Outcome, str, str] | None = None  # outcome, reason, by: once it has ended
     deadline_s: float = field(default_factory=lambda: time.monotonic() + OFFER_TIMEOUT_S)
 
 
@@ -311,9 +312,9 @@ class ConsultHub:
             self.metrics.calls.labels(outcome=Outcome.FAILED.value).inc()
             log.error("consult call to %s not started: cannot audit it: %s", bed, exc)
             return "the call cannot be recorded now (the store is unavailable); try again"
-        if link.call is not call:  # the cart left or was replaced meanwhile
-            await self._audit_end(call, Outcome.FAILED, "the cart left", "engine")
-            self.metrics.calls.labels(outcome=Outcome.FAILED.value).inc()
+        if call.ending is not None:  # the cart left or was replaced while the start was written
+            # end() has counted it, but may have written its end before the start: again
+            await self._audit_end(call, *call.ending)
             return f"no cart is registered for {bed}"
         self.calls[call.call_id] = call
         self.metrics.active.set(len(self.calls))
@@ -347,6 +348,7 @@ class ConsultHub:
         call.state = "ended"
         if outcome is None:
             outcome = Outcome.COMPLETED if answered else Outcome.UNANSWERED
+        call.ending = (outcome, reason, by)
         self.calls.pop(call.call_id, None)
         if call.cart.call is call:
             call.cart.call = None

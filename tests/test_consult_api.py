@@ -471,6 +471,41 @@ async def test_a_call_that_cannot_be_audited_does_not_start(site: Site, engine: 
     assert "eicu_consult_audit_failures_total 1.0" in metrics_text(engine)
 
 
+async def test_the_cart_leaving_while_a_call_is_recorded(
+    site: Site, engine: Engine, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub: ConsultHub = app.state.consult
+    record, gate = engine.store.call_started, asyncio.Event()
+
+    async def slow_start(call: CallRecord) -> None:
+        await gate.wait()
+        await record(call)
+
+    monkeypatch.setattr(engine.store, "call_started", slow_start)
+    ada, cart_cookie = await site.login("ada"), await site.login("cart1")
+    async with site.ws("/ws/cart/icu1/bed1", cart_cookie) as cart:
+        await recv_type(cart, "registered")
+        async with site.ws("/ws/consult/icu1/bed1", ada) as browser:
+            await until(lambda: _true(hub.carts[BED].call is not None))
+            await cart.close()
+            await until(lambda: _true(not hub.carts))
+            gate.set()  # the start is written after the end was
+            ended = await recv_type(browser, "hangup")
+            assert ended["outcome"] == "failed"
+
+    async def recorded() -> bool:
+        rows = await audited(engine.store)
+        return bool(rows) and rows[0].ended_us is not None
+
+    await until(recorded)
+    [row] = await audited(engine.store)
+    assert (row.outcome, row.end_reason, row.ended_by) == (
+        "failed", "the cart disconnected", "cart1",
+    )  # fmt: skip
+    assert row.ended_us is not None
+    assert 'eicu_consult_calls_total{outcome="failed"} 1.0' in metrics_text(engine)
+
+
 def test_quality_figures_take_only_finite_known_values() -> None:
     assert quality_figures({"width": 640, "fps": float("inf"), "rtt_s": -1, "x": 3}) == {
         "width": 640.0
