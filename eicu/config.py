@@ -138,9 +138,10 @@ class IceServer:
 _ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 
 
-def parse_ice_servers(value: object, key: str) -> tuple[IceServer, ...]:
+def parse_ice_servers(value: object, key: str, *, strict: bool = True) -> tuple[IceServer, ...]:
     """ICE servers from decoded JSON: a list of ``{"urls": ..., "username": ...,
-    "credential": ...}`` where ``urls`` is one URL or a list of them. Errors name ``key``."""
+    "credential": ...}`` where ``urls`` is one URL or a list of them. Errors name ``key``.
+    ``strict``: other fields are errors (a typo in a setting); otherwise they are ignored."""
     if not isinstance(value, list):
         raise ConfigError(key, f"expected a JSON list of ICE servers, got {type(value).__name__}")
     servers = []
@@ -149,7 +150,7 @@ def parse_ice_servers(value: object, key: str) -> tuple[IceServer, ...]:
         if not isinstance(item, dict):
             raise ConfigError(where, f"expected an object, got {type(item).__name__}")
         unknown = set(item) - {"urls", "username", "credential"}
-        if unknown:
+        if unknown and strict:
             raise ConfigError(where, f"unknown field(s) {sorted(unknown)}")
         urls = item.get("urls")
         if isinstance(urls, str):

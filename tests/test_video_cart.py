@@ -337,3 +337,74 @@ def test_eicu_cart_without_password_names_the_key() -> None:
     )
     assert proc.returncode == 2
     assert "EICU_CART_PASSWORD" in proc.stderr
+
+
+async def test_dead_link_is_noticed_and_engine_ice_servers_used() -> None:
+    server = SignalingServer({USER: "pw"}, {USER: {("icu-a", "3")}})
+    server.ice_servers = [{"urls": "stun:stun.example:3478", "credentialType": "password"}]
+    server.answer_pings = False
+    await server.start()
+    agent = CartAgent(
+        "icu-a",
+        "3",
+        server=server.url,
+        user=USER,
+        password=Secret("pw"),
+        settings=SETTINGS,
+        keepalive_s=0.3,
+    )
+    stop, task = await running(agent)
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 10)
+        assert [s.urls for s in agent.server_ice_servers] == [("stun:stun.example:3478",)]
+        # No pong for the cart's pings: it drops the link and connects again.
+        await wait_for(lambda: agent.attempts >= 3, timeout=15)
+    finally:
+        await stopped(stop, task)
+        await server.stop()
+
+
+def test_recordings_are_never_overwritten(tmp_path: Path) -> None:
+    from eicu.video.cart import recording_path
+
+    first = recording_path(tmp_path / "consult.mp4", "c1")
+    assert first == tmp_path / "consult.mp4"
+    first.write_bytes(b"x")
+    assert recording_path(tmp_path / "consult.mp4", "c2") == tmp_path / "consult-2.mp4"
+    named = recording_path(tmp_path / "bed3-{call_id}.mp4", "a/../b")
+    assert named.parent == tmp_path
+    assert named.name == "bed3-a____b.mp4"
+
+
+async def test_bad_offer_and_unanswered_call_end_with_hangup() -> None:
+    server = SignalingServer({USER: "pw"}, {USER: {("icu-a", "3")}})
+    await server.start()
+    agent = CartAgent(
+        "icu-a",
+        "3",
+        server=server.url,
+        user=USER,
+        password=Secret("pw"),
+        settings=SETTINGS,
+        connect_timeout_s=1.0,
+    )
+    stop, task = await running(agent)
+    caller = Caller()
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 10)
+        # An offer that is not SDP: that call fails, the cart stays up.
+        await server.send("icu-a", "3", {"type": "offer", "call_id": "bad", "sdp": "nonsense"})
+        assert await server.expect("hangup") == {"type": "hangup", "call_id": "bad"}
+        assert agent.call is None
+        # An answer the caller never applies: the cart gives up after connect_timeout_s.
+        sdp = await caller.offer()
+        await server.send("icu-a", "3", {"type": "offer", "call_id": "lost", "sdp": sdp})
+        await server.expect("answer")
+        assert await server.expect("hangup", timeout=10) == {"type": "hangup", "call_id": "lost"}
+        await wait_for(lambda: agent.call is None)
+        assert agent.registered.is_set()
+        assert not task.done()
+    finally:
+        await caller.close()
+        await stopped(stop, task)
+        await server.stop()

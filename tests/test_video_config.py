@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -135,3 +136,34 @@ async def test_peers_connect_over_loopback_alone() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "key"),
+    [
+        (["--server", "ftp://engine"], {"EICU_CART_PASSWORD": "pw"}, "--server"),
+        (
+            [],
+            {"EICU_CART_PASSWORD": "pw", "EICU_DASHBOARD_URL": "engine:8080"},
+            "EICU_DASHBOARD_URL",
+        ),
+        ([], {"EICU_CART_PASSWORD": "pw", "EICU_ICE_SERVERS": "[{"}, "EICU_ICE_SERVERS"),
+        (["--password-file", "/nonexistent/pw"], {}, "--password-file"),
+        ([], {}, "EICU_CART_PASSWORD"),
+    ],
+)
+def test_cart_command_errors_name_the_key(
+    args: list[str],
+    env: dict[str, str],
+    key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from eicu.cli import main
+
+    for name in [k for k in os.environ if k.startswith("EICU_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["cart", "--site", "icu-a", "--bed", "3", *args]) == 2
+    assert f"error: {key}:" in capsys.readouterr().err

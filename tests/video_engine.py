@@ -32,6 +32,8 @@ class SignalingServer:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.carts: dict[tuple[str, str], web.WebSocketResponse] = {}
         self.origins: list[str | None] = []
+        self.ice_servers: list[dict[str, Any]] = []
+        self.answer_pings = True  # False: no pongs at all, as over a link that died silently
         self._runner: web.AppRunner | None = None
 
     @property
@@ -67,7 +69,7 @@ class SignalingServer:
         return resp
 
     async def _cart(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(autoping=self.answer_pings)
         await ws.prepare(request)
         self.origins.append(request.headers.get("Origin"))
         site, bed = request.match_info["site"], request.match_info["bed"]
@@ -79,12 +81,14 @@ class SignalingServer:
             await ws.close(code=4403, message=f"{user} may not serve {site}/{bed}".encode())
             return ws
         self.carts[(site, bed)] = ws
-        await ws.send_json({"type": "registered", "site": site, "bed": bed, "ice_servers": []})
+        await ws.send_json(
+            {"type": "registered", "site": site, "bed": bed, "ice_servers": self.ice_servers}
+        )
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
             message = json.loads(msg.data)
-            if message.get("type") == "ping":
+            if message.get("type") == "ping" and self.answer_pings:
                 await ws.send_json({"type": "pong"})
             await self.inbox.put(message)
         if self.carts.get((site, bed)) is ws:

@@ -35,7 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a file holding the password (default: EICU_CART_PASSWORD)",
     )
     parser.add_argument(
-        "--record", type=Path, default=None, help="record what the command center sends (.mp4)"
+        "--record",
+        type=Path,
+        default=None,
+        help="record what the command center sends to FILE (.mp4); {call_id} and {time} in the "
+        "name are filled in, and an existing file is never overwritten",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"

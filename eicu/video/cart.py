@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 import urllib.parse
 from collections.abc import Awaitable
 from pathlib import Path
@@ -61,6 +62,21 @@ def check_server_url(server: str, key: str) -> str:
     if not parts.hostname:
         raise ConfigError(key, "no host in the URL")
     return server.rstrip("/")
+
+
+def recording_path(template: Path, call_id: Any) -> Path:
+    """Where a call is recorded: ``template`` with ``{call_id}`` and ``{time}`` (UTC,
+    ``YYYYmmddTHHMMSSZ``) filled in; ``-2``, ``-3``, ... before the suffix rather than
+    overwrite an earlier recording."""
+    safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(call_id))[:64]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = Path(str(template).replace("{call_id}", safe_id).replace("{time}", stamp))
+    n = 1
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 class Backoff:
@@ -114,7 +130,9 @@ class Call:
             if self._recorder is None:
                 from aiortc.contrib.media import MediaRecorder
 
-                self._recorder = MediaRecorder(str(self.agent.record))
+                path = recording_path(self.agent.record, self.call_id)
+                log.info("call %s: recording what arrives to %s", self.call_id, path)
+                self._recorder = MediaRecorder(str(path))
             metered = MeteredTrack(track, f"received {track.kind}")
             metered.meter = meter
             self._recorder.addTrack(metered)
@@ -127,8 +145,14 @@ class Call:
             return
         hello = json.dumps({"type": "hello", "site": self.agent.site, "bed": self.agent.bed})
 
+        def send(text: str) -> None:
+            try:
+                channel.send(text)
+            except Exception as exc:  # the channel closed under us
+                log.debug("call %s: data channel send failed: %s", self.call_id, exc)
+
         def on_open() -> None:
-            channel.send(hello)
+            send(hello)
 
         def on_message(message: str | bytes) -> None:
             self.data_messages += 1
@@ -138,7 +162,7 @@ class Call:
                 log.debug("call %s: data channel message not JSON", self.call_id)
                 return
             if isinstance(decoded, dict) and decoded.get("type") == "ping":
-                channel.send(json.dumps({"type": "pong"}))
+                send(json.dumps({"type": "pong"}))
 
         channel.on("message", on_message)
         if channel.readyState == "open":
@@ -290,6 +314,10 @@ class CartAgent:
                     await asyncio.wait_for(stop.wait(), delay)
             if self.call is not None:
                 await self.end_call(self.call, "cart stopping", notify=True)
+            pending = list(self._tasks)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     @staticmethod
     async def _unless_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
@@ -336,6 +364,8 @@ class CartAgent:
                     headers={"Cookie": f"{SESSION_COOKIE}={self._cookie}"},
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                     autoping=True,
+                    # WebSocket pings: a link that stops answering is closed and reconnected.
+                    heartbeat=self.keepalive_s,
                 ),
                 stop,
             )
@@ -352,7 +382,7 @@ class CartAgent:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             while True:
-                receive = asyncio.ensure_future(ws.receive(timeout=3 * self.keepalive_s))
+                receive = asyncio.ensure_future(ws.receive())
                 done, _ = await asyncio.wait(
                     {receive, stopper}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -363,13 +393,7 @@ class CartAgent:
                     if self.call is not None:
                         await self.end_call(self.call, "cart stopping", notify=True)
                     return registered
-                try:
-                    msg = receive.result()
-                except TimeoutError:
-                    log.warning(
-                        "nothing from the engine in %.0f s; reconnecting", 3 * self.keepalive_s
-                    )
-                    return registered
+                msg = receive.result()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     if await self._on_message(msg.data):
                         registered = True
@@ -454,7 +478,7 @@ class CartAgent:
         if kind == "registered":
             try:
                 self.server_ice_servers = parse_ice_servers(
-                    msg.get("ice_servers") or [], "registered.ice_servers"
+                    msg.get("ice_servers") or [], "registered.ice_servers", strict=False
                 )
             except ConfigError as exc:
                 log.warning("engine sent unusable ICE servers (%s); using none", exc)
