@@ -218,6 +218,26 @@ async def test_alarms_of_other_sites_are_invisible(
         engine.alarms = None
 
 
+async def test_an_admin_adds_users_with_sites(app: FastAPI, users: Users) -> None:
+    client = await login_client(app, "root")
+    async with contextlib.aclosing(client):
+        csrf = {"x-csrf-token": (await client.get("/api/me")).json()["csrf"]}
+        new = {"name": "nora", "role": "nurse", "password": "nurse-password-2", "sites": ["icu1"]}
+        r = await client.post("/api/users", json=new, headers=csrf)
+        assert r.status_code == 201 and r.json() == {"name": "nora", "role": "nurse",
+                                                     "sites": ["icu1"]}  # fmt: skip
+        bad = {**new, "name": "nell", "sites": ["icu 1"]}
+        assert (await client.post("/api/users", json=bad, headers=csrf)).status_code == 422
+        empty = {**new, "name": "nell", "sites": []}
+        assert (await client.post("/api/users", json=empty, headers=csrf)).status_code == 422
+        cart = {"name": "cart-9", "role": "cart", "password": "cart-password-9", "sites": ["icu2"]}
+        assert (await client.post("/api/users", json=cart, headers=csrf)).status_code == 201
+        listed = {u["name"]: u["sites"] for u in (await client.get("/api/users")).json()}
+    assert listed["nora"] == ["icu1"] and listed["cart-9"] == ["icu2"] and listed["ada"] is None
+    nora = users.get("nora")
+    assert nora is not None and nora.sites == frozenset({"icu1"}) and users.get("nell") is None
+
+
 async def test_the_cart_role_sees_no_patient_data(app: FastAPI) -> None:
     client = await login_client(app, "cart1")
     async with contextlib.aclosing(client):
