@@ -28,6 +28,7 @@ from dashboards.consult import ConsultHub, quality_figures
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
 from eicu.config import HttpSettings, parse_ice_servers
+from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.store import Store, open_store
 from eicu.store.base import CallRecord
@@ -524,6 +525,35 @@ async def test_the_cart_leaving_while_a_call_is_recorded(
     )  # fmt: skip
     assert row.ended_us is not None
     assert 'eicu_consult_calls_total{outcome="failed"} 1.0' in metrics_text(engine)
+
+
+async def test_the_end_of_a_call_is_written_once_the_store_is_back(
+    site: Site, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record, failures = engine.store.call_ended, []
+
+    async def flaky_end(*args: Any, **kw: Any) -> None:
+        if not failures:
+            failures.append(args)
+            raise StorageUnavailable("the store is away")
+        await record(*args, **kw)
+
+    monkeypatch.setattr(engine.store, "call_ended", flaky_end)
+    ada, cart_cookie = await site.login("ada"), await site.login("cart1")
+    async with site.ws("/ws/cart/icu1/bed1", cart_cookie) as cart:
+        await recv_type(cart, "registered")
+        async with site.ws("/ws/consult/icu1/bed1", ada) as browser:
+            call_id = (await recv_type(browser, "ready"))["call_id"]
+            await browser.send(json.dumps({"type": "hangup", "call_id": call_id}))
+            await recv_type(cart, "hangup")
+
+    async def recorded() -> bool:
+        return (await audited(engine.store, call_id))[0].ended_us is not None
+
+    await until(recorded, timeout_s=10)  # the first retry comes a second later
+    [row] = await audited(engine.store, call_id)
+    assert failures and row.outcome == "unanswered" and row.ended_by == "ada"
+    assert "eicu_consult_audit_failures_total 1.0" in metrics_text(engine)
 
 
 def test_quality_figures_take_only_finite_known_values() -> None:

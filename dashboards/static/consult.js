@@ -282,7 +282,7 @@ document.getElementById("unmute").addEventListener("click", () => {
 window.addEventListener("pagehide", () => { send({ type: "hangup", call_id: consult.callId }); teardown(); });
 
 eicu.loadMe().then(() => {
-  if (!eicu.me.permissions.includes("consult")) {
+  if (!(eicu.me.permissions || []).includes("consult")) {
     setState("refused", `the ${eicu.me.role} role may not call a bed`);
   } else {
     call();
