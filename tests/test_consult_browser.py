@@ -266,6 +266,7 @@ def test_a_call_from_the_bed_view_and_from_an_alarm(consult: Consult, browser: o
     alarm = page.locator("#alarm-list li", has_text="VTACH")
     expect(alarm.locator("a.video-link")).to_be_visible(timeout=150_000)
     alarm_id = alarm.get_attribute("data-alarm-id")
+    page.screenshot(path=str(ARTIFACTS / "bed-video-links.png"))
     alarm.locator("a.video-link").click()
     page.wait_for_url(re.compile(rf"/consult/{SITE}/{VT_BED}\?alarm="))
     expect(page.locator("#the-alarm", has_text="VTACH")).to_be_visible(timeout=10_000)
