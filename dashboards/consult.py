@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -45,7 +46,7 @@ from ingest.engine import Engine
 
 log = logging.getLogger(__name__)
 
-COOKIE = "eicu_session"
+COOKIE = "eicu_session"  # the dashboard's session cookie (dashboards.app.COOKIE)
 CLOSE_LOG_IN = 4401  # no valid session
 CLOSE_FORBIDDEN = 4403  # the role or the site does not allow it
 CLOSE_NO_BED = 4404  # not a bed id
@@ -427,11 +428,10 @@ def register(
         return sessions.get(session.token) is session
 
     def same_origin(ws: WebSocket) -> bool:
+        """No Origin (not a browser: the cart), or one naming this host."""
         origin, host = ws.headers.get("origin"), ws.headers.get("host")
         if origin is None:
             return True
-        from urllib.parse import urlsplit
-
         return host is not None and urlsplit(origin).netloc == host
 
     async def refuse(ws: WebSocket, code: int, reason: str) -> None:
@@ -448,6 +448,8 @@ def register(
             raw = await asyncio.wait_for(ws.receive(), TICK_S)
         except TimeoutError:
             return None
+        except RuntimeError as exc:  # closed from our side meanwhile (a newer cart, a hangup)
+            raise WebSocketDisconnect(1000) from exc
         if raw["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(raw.get("code", 1000))
         return raw
