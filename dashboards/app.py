@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,12 +30,12 @@ from pydantic import BaseModel, Field
 from alerting.model import AlarmState
 from alerting.service import AlarmService
 from alerting.state import Alarm
-from dashboards import review, views
+from dashboards import consult, review, views
 from dashboards.census import CensusFeed
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
-from dashboards.users import Permission, UserError, Users
+from dashboards.users import Permission, User, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
-from eicu.config import HttpSettings
+from eicu.config import HttpSettings, IceServer
 from eicu.models import BedKey
 from ingest.engine import Engine
 
@@ -56,6 +56,7 @@ TREND_MAX_POINTS = 360
 PAUSE_ASK_MAX_S = 3600.0  # the largest pause a request may ask; the alarm policy cuts it further
 HISTORY_MAX = 200
 NO_ALARMS = "this engine runs no alarm service (start it with an alarm outbox)"
+NOT_YOUR_SITE = "this bed is not in your sites"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -81,6 +82,12 @@ class NewUser(BaseModel):
     name: str
     role: str
     password: str
+    sites: list[str] | None = None  # None: every site
+
+
+def sites_of(user: User) -> list[str] | None:
+    """The user's sites for JSON: a sorted list, or None for every site."""
+    return sorted(user.sites) if user.sites is not None else None
 
 
 def now_us() -> int:
@@ -118,6 +125,9 @@ def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
                 raise HTTPException(403, "missing or wrong CSRF token")
         if not session.user.can(permission):
             raise HTTPException(403, f"the {session.user.role} role may not do this")
+        site = request.path_params.get("site")
+        if site is not None and not session.user.can_see(site):
+            raise HTTPException(403, NOT_YOUR_SITE)
         return session
 
     return check
@@ -129,7 +139,12 @@ CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
 CanRespond = Annotated[Session, Depends(need(Permission.RESPOND))]
 
 
-def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
+def create_app(
+    engine: Engine,
+    settings: HttpSettings,
+    users: Users,
+    ice_servers: Sequence[IceServer] = (),
+) -> FastAPI:
     """Routes that read the engine's state are ``async``: they run on the engine's own event
     loop, between frames, never in a worker thread while a frame is being routed."""
     sessions = Sessions(settings.session_idle_s)
@@ -177,6 +192,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     def login_page() -> FileResponse:
         return FileResponse(STATIC / "login.html")
 
+    app.get("/consult/{site}/{bed}", include_in_schema=False)(page("consult.html"))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # --- sessions ----------------------------------------------------------------------------
@@ -203,7 +219,8 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         log.info("dashboard login: %s (%s)", user.name, user.role)
         response = JSONResponse(
             {"name": user.name, "role": user.role.value, "csrf": session.csrf,
-             "permissions": sorted(p.value for p in Permission if user.can(p))}
+             "permissions": sorted(p.value for p in Permission if user.can(p)),
+             "sites": sites_of(user)}
         )  # fmt: skip
         response.set_cookie(
             COOKIE,
@@ -232,13 +249,17 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             "role": user.role.value,
             "csrf": session.csrf,
             "permissions": sorted(p.value for p in Permission if user.can(p)),
+            "sites": sites_of(user),
         }
 
     # --- patient data --------------------------------------------------------------------------
 
-    def census_rows(site: str | None) -> list[dict[str, Any]]:
+    def census_rows(site: str | None, sites: frozenset[str] | None) -> list[dict[str, Any]]:
+        """The census of ``site`` (None: all), limited to ``sites`` (None: every site)."""
         service: AlarmService | None = engine.alarms
-        return views.census(
+        if site is not None and sites is not None and site not in sites:
+            return []
+        rows = views.census(
             engine.router.beds,
             engine.scores.beds,
             engine.signals.derived,
@@ -246,12 +267,16 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             site,
             service.machine.alarms() if service is not None else None,
         )
+        return rows if sites is None else [r for r in rows if r["site"] in sites]
+
+    def sites_seen(sites: frozenset[str] | None) -> list[str]:
+        return sorted({k.site for k in engine.router.beds if sites is None or k.site in sites})
 
     @app.get("/api/census")
-    async def census(_: CanView, site: str | None = None) -> dict[str, Any]:
+    async def census(session: CanView, site: str | None = None) -> dict[str, Any]:
         return {
-            "sites": sorted({k.site for k in engine.router.beds}),
-            "beds": census_rows(site or None),
+            "sites": sites_seen(session.user.sites),
+            "beds": census_rows(site or None, session.user.sites),
         }
 
     @app.get("/api/beds/{site}/{bed}")
@@ -335,19 +360,24 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         return engine.alarms
 
     @app.get("/api/alarms")
-    async def alarms(_: CanView, bed: str | None = None) -> dict[str, Any]:
+    async def alarms(session: CanView, bed: str | None = None) -> dict[str, Any]:
         service = alarm_service()
+        user = session.user
         key = None
         if bed:
             site, _slash, name = bed.partition("/")
             key = bed_key(site, name)
+            if not user.can_see(key.site):
+                raise HTTPException(403, NOT_YOUR_SITE)
         t = now_us()
         out: dict[str, Any] = {
             "now_us": t,
             "audio_pause_max_s": (
                 service.machine.policy_for(key) if key else service.policy
             ).audio_pause_max_s,
-            "alarms": views.live_alarms(service.machine.alarms(), t, key),
+            "alarms": views.live_alarms(
+                (a for a in service.machine.alarms() if user.can_see(a.bed.site)), t, key
+            ),
         }
         if key is not None:
             events = [e for e in service.recent if e.bed == key][-HISTORY_MAX:]
@@ -366,16 +396,19 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
             log.error("alarm change refused: %s", exc)
             raise HTTPException(503, "the server clock went back; try again shortly") from exc
 
-    def live_alarm(service: AlarmService, alarm_id: str) -> Alarm:
+    def live_alarm(service: AlarmService, alarm_id: str, user: User) -> Alarm:
         try:
-            return service.machine.alarm(alarm_id)
+            alarm = service.machine.alarm(alarm_id)
         except KeyError as exc:
             raise HTTPException(404, "no such live alarm") from exc
+        if not user.can_see(alarm.bed.site):
+            raise HTTPException(403, NOT_YOUR_SITE)
+        return alarm
 
     @app.post("/api/alarms/{alarm_id:path}/ack")
     async def acknowledge(alarm_id: str, session: CanRespond) -> dict[str, Any]:
         service = alarm_service()
-        alarm = live_alarm(service, alarm_id)
+        alarm = live_alarm(service, alarm_id, session.user)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: nothing to acknowledge")
         with clock_checked():
@@ -399,7 +432,7 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     @app.post("/api/alarms/{alarm_id:path}/pause")
     async def pause_alarm(alarm_id: str, body: Pause, session: CanRespond) -> dict[str, Any]:
         service = alarm_service()
-        alarm = live_alarm(service, alarm_id)
+        alarm = live_alarm(service, alarm_id, session.user)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: it does not sound")
         return pause(service, alarm.bed, alarm_id, session.user.name, body.duration_s)
@@ -413,17 +446,20 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     # --- administration ------------------------------------------------------------------------
 
     @app.get("/api/users")
-    def list_users(_: CanManageUsers) -> list[dict[str, str]]:
-        return [{"name": u.name, "role": u.role.value} for u in users.list()]
+    def list_users(_: CanManageUsers) -> list[dict[str, Any]]:
+        return [{"name": u.name, "role": u.role.value, "sites": sites_of(u)} for u in users.list()]
 
     @app.post("/api/users", status_code=201)
-    async def add_user(body: NewUser, session: CanManageUsers) -> dict[str, str]:
+    async def add_user(body: NewUser, session: CanManageUsers) -> dict[str, Any]:
+        sites = frozenset(body.sites) if body.sites is not None else None
         try:
-            user = await asyncio.to_thread(users.add, body.name, body.role, body.password)
+            user = await asyncio.to_thread(
+                users.add, body.name, body.role, body.password, sites=sites
+            )
         except UserError as exc:
             raise HTTPException(422, str(exc)) from exc
         log.info("user %s (%s) added by %s", user.name, user.role, session.user.name)
-        return {"name": user.name, "role": user.role.value}
+        return {"name": user.name, "role": user.role.value, "sites": sites_of(user)}
 
     # --- operations ----------------------------------------------------------------------------
 
@@ -436,9 +472,11 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     async def ws_session(ws: WebSocket, permission: Permission) -> Session | None:
         """The session behind a WebSocket, or None after refusing it (HTTP 403)."""
         session = sessions.get(ws.cookies.get(COOKIE))
+        site = ws.path_params.get("site")
         ok = (
             session is not None
             and session.user.can(permission)
+            and (site is None or session.user.can_see(site))
             and _same_origin(ws.headers.get("origin"), ws.headers.get("host"))
         )
         if not ok:
@@ -450,9 +488,14 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
     def still_valid(session: Session) -> bool:
         return sessions.get(session.token) is session
 
-    feed = CensusFeed(
-        census_rows, lambda: sorted({k.site for k in engine.router.beds}), CENSUS_PERIOD_S
-    )
+    # a census scope: (the page's site filter, the sites its user may see)
+    def scope_rows(scope: tuple[str | None, frozenset[str] | None]) -> list[dict[str, Any]]:
+        return census_rows(*scope)
+
+    def scope_sites(scope: tuple[str | None, frozenset[str] | None]) -> list[str]:
+        return sites_seen(scope[1])
+
+    feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S)
 
     @app.websocket("/ws/census")
     async def census_ws(ws: WebSocket, site: str | None = None) -> None:
@@ -460,14 +503,15 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         session = await ws_session(ws, Permission.VIEW)
         if session is None:
             return
-        chosen = site or None
+        # pages of users who may see the same sites share one computation per site filter
+        scope = (site or None, session.user.sites)
         seq: int | None = None
         try:
             while still_valid(session):
-                seq, messages = feed.messages_after(chosen, seq)
+                seq, messages = feed.messages_after(scope, seq)
                 for text in messages:
                     await ws.send_text(text)
-                await asyncio.sleep(max(feed.wait_s(chosen), 0.05))
+                await asyncio.sleep(max(feed.wait_s(scope), 0.05))
             await ws.close(code=1008)
         except (WebSocketDisconnect, OSError):  # the client went away
             return
@@ -506,4 +550,5 @@ def create_app(engine: Engine, settings: HttpSettings, users: Users) -> FastAPI:
         except (WebSocketDisconnect, OSError):  # the client went away
             return
 
+    consult.register(app, engine, sessions, ice_servers)
     return app

@@ -27,9 +27,9 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 Row = dict[str, Any]
 DIFF_DEPTH = 2  # "values.HR" is one unit: a changed value is sent whole
@@ -119,14 +119,19 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
-class CensusFeed:
-    """Computes each site filter's census at most once per ``period_s`` (on demand: nothing is
+# What one census is computed for: the page's site filter, with whatever else limits what its
+# user may see (the app uses (site filter, the user's sites)). Pages of the same scope share it.
+Scope = TypeVar("Scope", bound=Hashable)
+
+
+class CensusFeed(Generic[Scope]):
+    """Computes each scope's census at most once per ``period_s`` (on demand: nothing is
     computed while no page is open) and keeps the latest :class:`Tick` for every page."""
 
     def __init__(
         self,
-        rows: Callable[[str | None], list[Row]],
-        sites: Callable[[], list[str]],
+        rows: Callable[[Scope], list[Row]],
+        sites: Callable[[Scope], list[str]],
         period_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -134,9 +139,9 @@ class CensusFeed:
         self._sites = sites
         self._period_s = period_s
         self._clock = clock
-        self._views: dict[str | None, _View] = {}
+        self._views: dict[Scope, _View] = {}
 
-    def messages_after(self, site: str | None, seq: int | None) -> tuple[int, list[str]]:
+    def messages_after(self, site: Scope, seq: int | None) -> tuple[int, list[str]]:
         """What a page that has seen up to ``seq`` (None: nothing yet) needs now: the deltas
         since, or a snapshot when it has seen nothing or is too far behind; and the new seq."""
         tick = self.current(site)
@@ -149,14 +154,14 @@ class CensusFeed:
             return tick.seq, [tick.snapshot()]
         return tick.seq, deltas
 
-    def wait_s(self, site: str | None) -> float:
+    def wait_s(self, site: Scope) -> float:
         """Seconds until the site filter's census is due again."""
         view = self._views.get(site)
         if view is None:
             return 0.0
         return max(0.0, view.computed_s + self._period_s - self._clock())
 
-    def current(self, site: str | None) -> Tick:
+    def current(self, site: Scope) -> Tick:
         """The site filter's latest tick, computed now when the last is a period old (less a
         little, so that pages polling once a period do not each find it just too fresh)."""
         view = self._views.setdefault(site, _View())
@@ -166,10 +171,10 @@ class CensusFeed:
             view.tick = self._compute(view, site)
         return view.tick
 
-    def _compute(self, view: _View, site: str | None) -> Tick:
+    def _compute(self, view: _View, site: Scope) -> Tick:
         now_us = time.time_ns() // 1000
         beds = [wire_row(r) for r in self._rows(site)]
-        sites = self._sites()
+        sites = self._sites(site)
         order = [r["bed"] for r in beds]
         flat = {r["bed"]: flatten(r) for r in beds}
         previous = view.tick

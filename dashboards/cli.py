@@ -2,6 +2,7 @@
 
 ``eicu users add NAME --role ROLE`` reads the password from the terminal (asked twice) or, when
 stdin is not a terminal, from its first line; ``--generate`` makes a random one and prints it once.
+``--sites A,B`` limits the user to the beds of those sites (left out: every site).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import getpass
 import secrets
 import sys
 
-from dashboards.users import Role, UserError, Users
+from dashboards.users import Role, UserError, Users, parse_sites
 from eicu.config import Settings
 
 
@@ -22,15 +23,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--role", required=True, choices=[r.value for r in Role])
     add.add_argument("--generate", action="store_true", help="generate and print a password")
     add.add_argument("--replace", action="store_true", help="replace an existing user")
-    sub.add_parser("list", help="list users and their roles")
+    add.add_argument(
+        "--sites", default=None, metavar="A,B", help="only the beds of these sites (default: all)"
+    )
+    sub.add_parser("list", help="list users, their roles and sites")
 
 
 def run(args: argparse.Namespace) -> int:
     users = Users(Settings.from_env().http.users_file)
     if args.action == "list":
         for user in users.list():
-            print(f"{user.name}\t{user.role.value}")
+            shown = ",".join(sorted(user.sites)) if user.sites is not None else "*"
+            print(f"{user.name}\t{user.role.value}\t{shown}")
         return 0
+    try:
+        sites = parse_sites(args.sites)
+    except UserError as exc:
+        print(f"eicu users: error: {exc}", file=sys.stderr)
+        return 2
     if args.generate:
         password = secrets.token_urlsafe(12)
     elif sys.stdin.isatty():
@@ -41,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     try:
-        user = users.add(args.name, args.role, password, replace=args.replace)
+        user = users.add(args.name, args.role, password, replace=args.replace, sites=sites)
     except UserError as exc:
         print(f"eicu users: error: {exc}", file=sys.stderr)
         return 2
-    print(f"added {user.name} ({user.role.value}) to {users.path}", file=sys.stderr)
+    where = f", sites {','.join(sorted(user.sites))}" if user.sites is not None else ""
+    print(f"added {user.name} ({user.role.value}{where}) to {users.path}", file=sys.stderr)
     if args.generate:
         print(password)
     return 0

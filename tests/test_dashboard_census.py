@@ -176,13 +176,13 @@ async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: 
 async def test_site_filter_and_a_page_that_falls_behind(engine: Engine) -> None:
     now = [0.0]
 
-    def rows(site: str | None) -> list[dict[str, Any]]:
+    def rows(site: str | None) -> list[dict[str, Any]]:  # a scope: the site filter alone
         return views.census(
             engine.router.beds, engine.scores.beds, engine.signals.derived,
             time.time_ns() // 1000, site,
         )  # fmt: skip
 
-    feed = CensusFeed(rows, lambda: ["icu1", "icu2"], 1.0, clock=lambda: now[0])
+    feed = CensusFeed(rows, lambda _scope: ["icu1", "icu2"], 1.0, clock=lambda: now[0])
     seq, first = feed.messages_after("icu2", None)
     snapshot = json.loads(first[0])
     assert {r["bed"] for r in snapshot["beds"]} == {"icu2/bed8", "icu2/bed9"}

@@ -48,4 +48,13 @@ def test_roles_and_permissions() -> None:
     assert User("v", Role.VIEWER).can(Permission.VIEW)
     assert not User("v", Role.VIEWER).can(Permission.MANAGE_USERS)
     assert not User("i", Role.INTENSIVIST).can(Permission.MANAGE_USERS)
-    assert all(User("a", Role.ADMIN).can(p) for p in Permission)
+    # the admin holds every permission of a person; only a cart may register as a cart
+    assert all(User("a", Role.ADMIN).can(p) for p in Permission if p != Permission.REGISTER_CART)
+    assert not User("a", Role.ADMIN).can(Permission.REGISTER_CART)
+    assert User("n", Role.NURSE).can(Permission.CONSULT)
+    assert User("i", Role.INTENSIVIST).can(Permission.CONSULT)
+    assert not User("v", Role.VIEWER).can(Permission.CONSULT)
+    cart = User("c", Role.CART, frozenset({"icu1"}))
+    assert [p for p in Permission if cart.can(p)] == [Permission.REGISTER_CART]
+    assert cart.can_see("icu1") and not cart.can_see("icu2")
+    assert User("v", Role.VIEWER).can_see("any-site")

@@ -7,8 +7,15 @@ async function load() {
   const tbody = document.querySelector("#users tbody");
   tbody.replaceChildren();
   for (const u of await r.json()) {
-    tbody.append(eicu.el("tr", {}, eicu.el("td", {}, u.name), eicu.el("td", {}, u.role)));
+    tbody.append(eicu.el("tr", {}, eicu.el("td", {}, u.name), eicu.el("td", {}, u.role),
+      eicu.el("td", {}, u.sites === null ? "all" : u.sites.join(", "))));
   }
+}
+
+// "a, b" -> ["a", "b"]; blank -> null (every site)
+function sitesOf(text) {
+  const sites = text.split(",").map((s) => s.trim()).filter((s) => s);
+  return sites.length ? sites : null;
 }
 
 document.getElementById("add").addEventListener("submit", async (ev) => {
@@ -17,6 +24,7 @@ document.getElementById("add").addEventListener("submit", async (ev) => {
     name: document.getElementById("new-name").value,
     role: document.getElementById("new-role").value,
     password: document.getElementById("new-password").value,
+    sites: sitesOf(document.getElementById("new-sites").value),
   } });
   const body = await r.json();
   message.textContent = r.ok ? "" : `Not added: ${body.detail}`;

@@ -239,6 +239,8 @@ function alarmItem(a) {
       li.append(pause);
     }
   }
+  const video = eicu.videoLink(bedId, a.alarm_id);
+  if (video) li.append(" ", video);
   return li;
 }
 
@@ -287,6 +289,8 @@ eicu.loadMe().then(async () => {
     return;
   }
   renderBed(await known.json());
+  const video = eicu.videoLink(bedId);
+  if (video) document.getElementById("video").append(video);
   connect();
   alarmFeed = eicuAlarms.poll({ bed: bedId, onBed: renderAlarms, onFeed: alarmFeedState });
   loadTrends();

@@ -45,7 +45,8 @@ function alarmCell(bed) {
     return eicu.el("span", { class: "missing", title: "this engine runs no alarm service" }, "n/a");
   }
   if (!bed.alarm) return eicu.el("span", { class: "missing" }, "—");
-  return eicuAlarms.chip(bed.alarm);
+  const video = eicu.videoLink(bed.bed, bed.alarm.alarm_id);
+  return video ? eicu.el("span", {}, eicuAlarms.chip(bed.alarm), " ", video) : eicuAlarms.chip(bed.alarm);
 }
 
 // A value's age on the bed's device clock (the server judged whether it is stale).

@@ -72,6 +72,16 @@ const eicu = {
     return span;
   },
 
+  // "Video": a call to the bed's cart, with the alarm that led to it; null for a role that may
+  // not call.
+  videoLink(bed, alarmId = null) {
+    if (!eicu.me || !eicu.me.permissions.includes("consult")) return null;
+    const [site, name] = bed.split("/").map(encodeURIComponent);
+    const query = alarmId ? `?alarm=${encodeURIComponent(alarmId)}` : "";
+    return eicu.el("a", { class: "video-link", href: `/consult/${site}/${name}${query}`,
+      title: "video consult with the bedside" }, "Video");
+  },
+
   news2Chip(n) {
     if (!n) return eicu.el("span", { class: "band band-none" }, "NEWS2 —");
     if (n.invalid) return eicu.el("span", { class: "band band-none", title: n.invalid }, "invalid");

@@ -2,6 +2,8 @@
 
 With nothing configured it needs no server: an embedded MQTT broker (amqtt) on a free port and
 an embedded SQLite store. ``EICU_MQTT_URL`` and ``EICU_DATABASE_URL`` point it at real ones.
+Unless ``--no-cart``, an ``eicu cart`` process (test pattern and tone, loopback candidates on)
+serves the first bed, so a video consult can be tried from the dashboard at once.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eicu.config import IngestSettings, MqttSettings, Settings
 from eicu.freshness import stale_after_s
+
+if TYPE_CHECKING:
+    from dashboards.users import Users
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--refresh", type=float, default=2.0, help="census refresh in seconds (default: 2)"
+    )
+    parser.add_argument(
+        "--no-cart",
+        action="store_true",
+        help="do not start a video cart (test pattern) for the first bed",
     )
     parser.add_argument(
         "--http-port",
@@ -124,7 +135,8 @@ async def demo(args: argparse.Namespace) -> int:
     users = Users(http.users_file)
     password = secrets.token_urlsafe(12)
     users.add("demo", Role.ADMIN, password, replace=True)
-    dashboard = DashboardServer(create_app(engine, http, users), http.host, http.port)
+    app = create_app(engine, http, users, settings.video.ice_servers)
+    dashboard = DashboardServer(app, http.host, http.port)
     await dashboard.start()
     print(
         f"eicu demo: dashboard {dashboard.url}/  log in as 'demo' with password {password} "
@@ -132,6 +144,7 @@ async def demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    cart = None if args.no_cart else await _start_cart(dashboard.url, users, data_dir)
     await engine.start()
     await engine.wait_connected(30.0)
     duration_s = args.duration or 365 * 86400.0
@@ -156,6 +169,8 @@ async def demo(args: argparse.Namespace) -> int:
         summary = await sim
     finally:
         stop.set()
+        if cart is not None:
+            await _stop_cart(cart)
         await dashboard.stop()
         await engine.stop()
         stats = await store.stats()
@@ -168,6 +183,56 @@ async def demo(args: argparse.Namespace) -> int:
     stored_n = sum(b["messages"] for b in stats["beds"].values())
     print(f"\npublished {sent_n} messages; stored {stored_n}", file=sys.stderr)
     return 0 if stored_n >= sent_n else 1
+
+
+DEMO_SITE = "demo"
+DEMO_CART_BED = "bed001"
+DEMO_CART_USER = "cart-demo"
+
+
+async def _start_cart(url: str, users: Users, data_dir: Path) -> asyncio.subprocess.Process:
+    """``eicu cart`` for the first bed, as a user of role cart with a fresh password; its log
+    goes to ``cart.log`` in the data folder."""
+    from dashboards.users import Role
+
+    password = secrets.token_urlsafe(16)
+    users.add(DEMO_CART_USER, Role.CART, password, replace=True, sites=frozenset({DEMO_SITE}))
+    password_file = data_dir / "cart-password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(password + "\n")
+    env = {
+        **os.environ,
+        "EICU_DASHBOARD_URL": url,
+        "EICU_VIDEO_ALLOW_LOOPBACK": "1",  # browser and cart on this one machine
+        "EICU_VIDEO_CAMERA": "none",
+        "EICU_VIDEO_MICROPHONE": "none",
+    }
+    with open(data_dir / "cart.log", "ab") as log_file:
+        cart = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "eicu.cli", "cart", "--site", DEMO_SITE,
+            "--bed", DEMO_CART_BED, "--user", DEMO_CART_USER, "--password-file",
+            str(password_file), stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
+            stderr=log_file, env=env,
+        )  # fmt: skip
+    print(
+        f"eicu demo: a video cart (test pattern) serves {DEMO_SITE}/{DEMO_CART_BED}: its bed view "
+        f"has a Video link (log: {data_dir / 'cart.log'})",
+        file=sys.stderr,
+    )
+    return cart
+
+
+async def _stop_cart(cart: asyncio.subprocess.Process) -> None:
+    if cart.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            cart.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(cart.wait(), 10.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                cart.kill()
+            await cart.wait()
 
 
 def _scenarios(n: int) -> dict[str, str]:

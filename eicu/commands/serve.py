@@ -83,7 +83,9 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
         log.warning("EICU_COOKIE_SECURE is off: session cookies may travel over plain http")
     try:
         dashboard = DashboardServer(
-            create_app(engine, settings.http, users), settings.http.host, settings.http.port
+            create_app(engine, settings.http, users, settings.video.ice_servers),
+            settings.http.host,
+            settings.http.port,
         )
     except OSError as exc:
         await store.close()

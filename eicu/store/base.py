@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,6 +36,25 @@ class NumericSample:
     key: str
     value: float | None
     ts_us: int
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One video consult call as audited: who called which bed, when it started, was answered
+    and ended, how it ended (``outcome``: completed, unanswered, busy, failed, refused) and
+    why (``end_reason``), and who ended it. Open calls have ``ended_us`` None."""
+
+    call_id: str
+    bed: BedKey
+    caller: str
+    started_us: int
+    cart: str = ""
+    alarm_id: str = ""
+    answered_us: int | None = None
+    ended_us: int | None = None
+    outcome: str | None = None
+    end_reason: str = ""
+    ended_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,25 @@ class Store(Protocol):
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]: ...
     async def dead_letter_counts(self) -> dict[str, int]: ...
+    async def call_started(self, call: CallRecord) -> None:
+        """Audit the start of a video consult call (idempotent on ``call_id``)."""
+        ...
+
+    async def call_ended(
+        self,
+        call_id: str,
+        ended_us: int,
+        outcome: str,
+        end_reason: str,
+        ended_by: str,
+        answered_us: int | None = None,
+    ) -> None:
+        """Audit the end of a call; the first end recorded stands."""
+        ...
+
+    async def calls(self, start_us: int, end_us: int) -> list[CallRecord]:
+        """Calls started in [start_us, end_us), oldest first."""
+        ...
 
 
 # --- rows shared by every backend ---------------------------------------------------------------
@@ -206,6 +244,27 @@ def stats_doc(rows: list[tuple[object, ...]]) -> dict[str, dict[str, dict[str, i
             for site, bed, m, n in rows
         }
     }
+
+
+def call_records(rows: list[tuple[Any, ...]]) -> list[CallRecord]:
+    """Rows of consult_calls in CALL_COLUMNS order (times as integer microseconds)."""
+    return [
+        CallRecord(
+            call_id=str(call_id),
+            bed=BedKey(str(site), str(bed)),
+            caller=str(caller),
+            cart=str(cart),
+            alarm_id=str(alarm_id),
+            started_us=int(started),
+            answered_us=None if answered is None else int(answered),
+            ended_us=None if ended is None else int(ended),
+            outcome=None if outcome is None else str(outcome),
+            end_reason=str(end_reason),
+            ended_by=str(ended_by),
+        )
+        for (call_id, site, bed, caller, cart, alarm_id, started, answered, ended, outcome,
+             end_reason, ended_by) in rows
+    ]  # fmt: skip
 
 
 def numeric_samples(rows: list[tuple[object, ...]]) -> list[NumericSample]:

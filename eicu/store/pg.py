@@ -22,11 +22,13 @@ from eicu.models import Batch, BedKey
 from eicu.store import schema, timescale
 from eicu.store.base import (
     STATS_SQL,
+    CallRecord,
     LatestValue,
     NumericSample,
     TrendPoint,
     WaveformWindow,
     beds_in,
+    call_records,
     check_bucket_s,
     latest_doc,
     minute_ceil_us,
@@ -372,3 +374,56 @@ class PgStore:
             rows = await self._fetch(q.as_string(None))
             out[table] = int(rows[0][0] or 0)
         return out
+
+    # --- video consult audit -------------------------------------------------------------------
+
+    async def _execute(self, query: str, params: tuple[Any, ...]) -> None:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(query, params)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+
+    async def call_started(self, call: CallRecord) -> None:
+        await self._execute(
+            f"""INSERT INTO consult_calls
+                   (call_id, site, bed, caller, cart, alarm_id, started, answered, ended,
+                    outcome, end_reason, ended_by)
+                VALUES (%s, %s, %s, %s, %s, %s, {_US.format("%s::bigint")},
+                        {_US.format("%s::bigint")}, {_US.format("%s::bigint")}, %s, %s, %s)
+                ON CONFLICT (call_id) DO NOTHING""",
+            (call.call_id, call.bed.site, call.bed.bed, call.caller, call.cart, call.alarm_id,
+             call.started_us, call.answered_us, call.ended_us, call.outcome, call.end_reason,
+             call.ended_by),
+        )  # fmt: skip
+
+    async def call_ended(
+        self,
+        call_id: str,
+        ended_us: int,
+        outcome: str,
+        end_reason: str,
+        ended_by: str,
+        answered_us: int | None = None,
+    ) -> None:
+        await self._execute(
+            f"""UPDATE consult_calls SET ended = {_US.format("%s::bigint")}, outcome = %s,
+                       end_reason = %s, ended_by = %s,
+                       answered = coalesce(answered, {_US.format("%s::bigint")})
+                WHERE call_id = %s AND ended IS NULL""",
+            (ended_us, outcome, end_reason, ended_by, answered_us, call_id),
+        )
+
+    async def calls(self, start_us: int, end_us: int) -> list[CallRecord]:
+        def us(column: str) -> str:
+            return _EPOCH_US.format(column)
+
+        rows = await self._fetch(
+            f"""SELECT call_id, site, bed, caller, cart, alarm_id, {us("started")},
+                       {us("answered")}, {us("ended")}, outcome, end_reason, ended_by
+                FROM consult_calls
+                WHERE started >= {_US.format("%s::bigint")} AND started < {_US.format("%s::bigint")}
+                ORDER BY started, call_id""",
+            (start_us, end_us),
+        )
+        return call_records(rows)

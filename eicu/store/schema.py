@@ -68,6 +68,28 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ON dead_letters (received, topic, reason)""",
         ),
     ),
+    Migration(
+        2,
+        "consult calls: the audit of video consults",
+        (
+            # outcome: completed, unanswered, busy, failed, refused; NULL while the call is open
+            """CREATE TABLE IF NOT EXISTS consult_calls (
+                call_id text PRIMARY KEY,
+                site text NOT NULL,
+                bed text NOT NULL,
+                caller text NOT NULL,
+                cart text NOT NULL DEFAULT '',
+                alarm_id text NOT NULL DEFAULT '',
+                started timestamptz NOT NULL,
+                answered timestamptz,
+                ended timestamptz,
+                outcome text,
+                end_reason text NOT NULL DEFAULT '',
+                ended_by text NOT NULL DEFAULT '')""",
+            """CREATE INDEX IF NOT EXISTS consult_calls_bed
+                ON consult_calls (site, bed, started)""",
+        ),
+    ),
 )
 
 # The 1-minute trend relation, for plain PostgreSQL. With TimescaleDB the same name is a

@@ -18,11 +18,13 @@ from eicu.errors import StorageUnavailable
 from eicu.models import Batch, BedKey
 from eicu.store.base import (
     STATS_SQL,
+    CallRecord,
     LatestValue,
     NumericSample,
     TrendPoint,
     WaveformWindow,
     beds_in,
+    call_records,
     check_bucket_s,
     latest_doc,
     minute_ceil_us,
@@ -36,6 +38,10 @@ from eicu.store.base import (
 from eicu.store.segments import decode_blocks
 
 T = TypeVar("T")
+CALL_COLUMNS = (
+    "call_id, site, bed, caller, cart, alarm_id, started, answered, ended, outcome, end_reason, "
+    "ended_by"
+)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS beds (bed_id INTEGER PRIMARY KEY, site TEXT NOT NULL,
@@ -56,6 +62,12 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS dead_letters (received INTEGER NOT NULL, topic TEXT NOT NULL,
         reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_key ON dead_letters (received, topic, reason)",
+    """CREATE TABLE IF NOT EXISTS consult_calls (call_id TEXT PRIMARY KEY, site TEXT NOT NULL,
+        bed TEXT NOT NULL, caller TEXT NOT NULL, cart TEXT NOT NULL DEFAULT '',
+        alarm_id TEXT NOT NULL DEFAULT '', started INTEGER NOT NULL, answered INTEGER,
+        ended INTEGER, outcome TEXT, end_reason TEXT NOT NULL DEFAULT '',
+        ended_by TEXT NOT NULL DEFAULT '')""",
+    "CREATE INDEX IF NOT EXISTS consult_calls_bed ON consult_calls (site, bed, started)",
     """CREATE VIEW IF NOT EXISTS numerics_1m AS
         SELECT (time / 60000000) * 60000000 AS bucket, bed_id, code, avg(value) AS avg_value,
                min(value) AS min_value, max(value) AS max_value, count(value) AS n_values
@@ -223,3 +235,44 @@ class SqliteStore:
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
         return {reason: int(n) for reason, n in rows}
+
+    # --- video consult audit -------------------------------------------------------------------
+
+    async def call_started(self, call: CallRecord) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                """INSERT OR IGNORE INTO consult_calls
+                   (call_id, site, bed, caller, cart, alarm_id, started, answered, ended,
+                    outcome, end_reason, ended_by)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (call.call_id, call.bed.site, call.bed.bed, call.caller, call.cart,
+                 call.alarm_id, call.started_us, call.answered_us, call.ended_us, call.outcome,
+                 call.end_reason, call.ended_by),
+            )
+        )  # fmt: skip
+
+    async def call_ended(
+        self,
+        call_id: str,
+        ended_us: int,
+        outcome: str,
+        end_reason: str,
+        ended_by: str,
+        answered_us: int | None = None,
+    ) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                """UPDATE consult_calls SET ended = ?, outcome = ?, end_reason = ?,
+                       ended_by = ?, answered = coalesce(answered, ?)
+                   WHERE call_id = ? AND ended IS NULL""",
+                (ended_us, outcome, end_reason, ended_by, answered_us, call_id),
+            )
+        )
+
+    async def calls(self, start_us: int, end_us: int) -> list[CallRecord]:
+        rows = await self._fetch(
+            f"SELECT {CALL_COLUMNS} FROM consult_calls WHERE started >= ? AND started < ? "
+            "ORDER BY started, call_id",
+            (start_us, end_us),
+        )
+        return call_records(rows)
