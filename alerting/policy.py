@@ -1,6 +1,6 @@
 """The alarm policy: which conditions raise alarms, with what priority, limits, delays and latching.
 
-A policy is versioned data (``alerting/policies/default-v1.json``), checked on load; errors name
+A policy is versioned data (``alerting/policies/default-v2.json``), checked on load; errors name
 the bad entry. Each condition names the rule that detects it:
 
 - ``vital``: a numeric parameter beyond a limit (``direction`` ``above`` or ``below``); the first
@@ -77,7 +77,7 @@ OVERRIDABLE: Final[tuple[str, ...]] = (
     "delay_s",
     "sat_seconds",
 )
-DEFAULT_PATH: Final[Path] = Path(__file__).with_name("policies") / "default-v1.json"
+DEFAULT_PATH: Final[Path] = Path(__file__).with_name("policies") / "default-v2.json"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
+from alerting.policy import DEFAULT_PATH, AlarmPolicy, parse_policy
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame
 from eicu.store import open_store
@@ -63,3 +65,12 @@ async def fed_engine(tmp_path: Path, seconds: float = 12.0) -> Engine:
     engine.router.route(StatusFrame("icu2", "offline", now_us, bed="bed9", received_us=now_us))
     await store.write(batch)
     return engine
+
+
+def prompt_policy() -> AlarmPolicy:
+    """The default alarm policy with no condition delay on the NEWS2 bands, so that the sick
+    bed's NEWS2_HIGH alarm starts at the first evaluation of these few seconds of data."""
+    raw = json.loads(DEFAULT_PATH.read_text())
+    for kind in ("NEWS2_MEDIUM", "NEWS2_HIGH"):
+        raw["conditions"][kind]["delay_s"] = 0
+    return parse_policy(raw)

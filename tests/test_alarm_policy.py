@@ -31,7 +31,7 @@ def raw() -> dict[str, Any]:
 
 def test_default_policy_is_versioned_and_round_trips(raw: dict[str, Any]) -> None:
     p = load_policy()
-    assert (p.name, p.version) == ("default", 1) == (raw["name"], raw["version"])
+    assert (p.name, p.version) == ("default", 2) == (raw["name"], raw["version"])
     assert p.audio_pause_max_s == 120.0
     assert parse_policy(p.to_dict()) == p
     assert json.loads(json.dumps(p.to_dict())) == p.to_dict()
@@ -161,7 +161,7 @@ def test_override_returns_new_policy_and_audit_record() -> None:
         new=88.0,
         user="dr.li",
         time_us=5_000_000,
-        policy="default-v1",
+        policy="default-v2",
     )
     with pytest.raises(TypeError):
         new.conditions["SPO2_LOW"] = base.conditions["SPO2_LOW"]  # type: ignore[index]

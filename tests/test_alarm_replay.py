@@ -112,7 +112,7 @@ def test_cli_replay_compares_with_the_default_policy(
     argv = ["alarms", "replay", "--database", f"sqlite:///{db}", *window, "--policy", str(policy)]
     assert cli.main([*argv, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["policy"]["policy"] == "short-delay v1" and doc["policy"]["alarms"] == 10
+    assert doc["policy"]["policy"] == "short-delay v2" and doc["policy"]["alarms"] == 10
     assert doc["default"]["alarms"] == 5
     assert doc["policy"]["by_kind"] == [{"kind": "HR_HIGH", "priority": "medium", "alarms": 10}]
     assert cli.main(argv) == 0

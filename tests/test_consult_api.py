@@ -33,7 +33,7 @@ from eicu.models import BedKey
 from eicu.store import Store, open_store
 from eicu.store.base import CallRecord
 from ingest.engine import Engine
-from tests.dashboard_beds import fed_engine
+from tests.dashboard_beds import fed_engine, prompt_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORDS = {
@@ -192,7 +192,7 @@ async def test_a_user_limited_to_a_site_sees_only_its_beds(app: FastAPI) -> None
 async def test_alarms_of_other_sites_are_invisible(
     app: FastAPI, engine: Engine, tmp_path: Path
 ) -> None:
-    engine.alarms = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    engine.alarms = AlarmService(engine, Outbox(tmp_path / "alarms.db"), prompt_policy())
     try:
         engine.alarms.evaluate(time.time_ns() // 1000)
         every = await login_client(app, "ada")

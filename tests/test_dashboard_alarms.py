@@ -21,7 +21,7 @@ from dashboards.users import Role, Users
 from eicu.config import HttpSettings
 from eicu.models import BedKey
 from ingest.engine import Engine
-from tests.dashboard_beds import fed_engine
+from tests.dashboard_beds import fed_engine, prompt_policy
 
 PASSWORDS = {"ada": "intensivist-pw-1", "nina": "nurse-password-1", "val": "viewer-password"}
 SICK = BedKey("icu1", "bed2")  # fed_engine's deteriorating bed: NEWS2 high
@@ -42,7 +42,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 @pytest.fixture
 def service(engine: Engine, tmp_path: Path) -> AlarmService:
-    engine.alarms = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    engine.alarms = AlarmService(engine, Outbox(tmp_path / "alarms.db"), prompt_policy())
     engine.alarms.evaluate(now_us())
     return engine.alarms
 
