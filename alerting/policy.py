@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from alerting.model import Category, Priority
 from eicu.errors import AlarmPolicyError
@@ -45,17 +45,7 @@ Rule = Literal[
     "bed_offline",
     "data_stale",
 ]
-RULES: Final[tuple[str, ...]] = (
-    "vital",
-    "news2",
-    "deterioration",
-    "rhythm",
-    "lead_off",
-    "spo2_probe",
-    "unavailable",
-    "bed_offline",
-    "data_stale",
-)
+RULES: Final[tuple[str, ...]] = get_args(Rule)
 NEWS2_BANDS: Final[tuple[str, ...]] = ("low", "low-medium", "medium", "high")
 RHYTHM_LABELS: Final[tuple[str, ...]] = (
     "ASYSTOLE",
