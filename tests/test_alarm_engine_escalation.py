@@ -66,6 +66,19 @@ def _rota(hook: HookServer) -> dict[str, object]:
     }
 
 
+def _engine(tmp_path: Path, broker: Mosquitto, hook: HookServer) -> Engine:
+    """An engine on the test broker, its outbox at ``tmp_path/alarms.db``, paging the rota."""
+    rota_path = tmp_path / "rota.json"
+    rota_path.write_text(json.dumps(_rota(hook)))
+    alerting = AlertingSettings(outbox_path=tmp_path / "alarms.db", rota_path=rota_path)
+    return Engine(
+        MqttSettings(port=broker.port, client_id="eicu-test"),
+        IngestSettings(spool_dir=tmp_path / "spool"),
+        SqliteStore(tmp_path / "x.sqlite"),
+        alerting=alerting,
+    )
+
+
 def _pages(hook: HookServer, path: str) -> list[Request]:
     """High-priority pages for the VT bed (VTACH, or TACHY for its rate) accepted at ``path``."""
     return [
@@ -99,15 +112,7 @@ async def _feed_until(
 async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_escalation(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    rota_path = tmp_path / "rota.json"
-    rota_path.write_text(json.dumps(_rota(hook)))
-    alerting = AlertingSettings(outbox_path=tmp_path / "alarms.db", rota_path=rota_path)
-    engine = Engine(
-        MqttSettings(port=broker.port, client_id="eicu-test"),
-        IngestSettings(spool_dir=tmp_path / "spool"),
-        SqliteStore(tmp_path / "x.sqlite"),
-        alerting=alerting,
-    )
+    engine = _engine(tmp_path, broker, hook)
     assert engine.alarms is not None and engine.dispatcher is not None
     await engine.store.open()
     await engine.start()
@@ -141,15 +146,7 @@ async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_esca
 async def test_without_acknowledgement_the_engine_escalates_to_the_next_level(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    rota_path = tmp_path / "rota.json"
-    rota_path.write_text(json.dumps(_rota(hook)))
-    alerting = AlertingSettings(outbox_path=tmp_path / "alarms.db", rota_path=rota_path)
-    engine = Engine(
-        MqttSettings(port=broker.port, client_id="eicu-test"),
-        IngestSettings(spool_dir=tmp_path / "spool"),
-        SqliteStore(tmp_path / "x.sqlite"),
-        alerting=alerting,
-    )
+    engine = _engine(tmp_path, broker, hook)
     await engine.store.open()
     await engine.start()
     try:
@@ -170,8 +167,6 @@ async def test_without_acknowledgement_the_engine_escalates_to_the_next_level(
 async def test_engine_sends_pages_left_pending_in_the_outbox_when_it_starts(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    rota_path = tmp_path / "rota.json"
-    rota_path.write_text(json.dumps(_rota(hook)))
     outbox_path = tmp_path / "alarms.db"
     key = "s/vt/VTACH/1:0:bedside_nurse:nurse-li:webhook"
     with Outbox(outbox_path) as outbox:  # a page enqueued before a crash, never sent
@@ -180,13 +175,7 @@ async def test_engine_sends_pages_left_pending_in_the_outbox_when_it_starts(
             key, "s/vt/VTACH/1", "nurse-li", "webhook", hook.url("/nurse"), body, 1
         )
         assert outbox.enqueue(notification)
-    alerting = AlertingSettings(outbox_path=outbox_path, rota_path=rota_path)
-    engine = Engine(
-        MqttSettings(port=broker.port, client_id="eicu-test"),
-        IngestSettings(spool_dir=tmp_path / "spool"),
-        SqliteStore(tmp_path / "x.sqlite"),
-        alerting=alerting,
-    )
+    engine = _engine(tmp_path, broker, hook)
     await engine.store.open()
     await engine.start()
     try:
