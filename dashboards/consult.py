@@ -454,6 +454,17 @@ def register(
             raise WebSocketDisconnect(raw.get("code", 1000))
         return raw
 
+    async def next_message(ws: WebSocket, peer: Peer) -> dict[str, Any] | None:
+        """The next well-formed message from ``peer``; None on a tick without one, or when
+        the message was malformed (counted and logged). Raises WebSocketDisconnect."""
+        raw = await receive(ws)
+        if raw is None:
+            return None
+        message, why = _decode(raw)
+        if message is None:
+            rejected(peer, why)
+        return message
+
     @app.websocket("/ws/cart/{site}/{bed}")
     async def cart_ws(ws: WebSocket, site: str, bed: str) -> None:
         session = sessions.get(ws.cookies.get(COOKIE))
@@ -488,14 +499,9 @@ def register(
                     reason = "the cart's session ended"
                     await peer.close(CLOSE_LOG_IN, "the session ended: log in again")
                     break
-                raw = await receive(ws)
-                if raw is None:
-                    continue
-                message, why = _decode(raw)
-                if message is None:
-                    rejected(peer, why)
-                    continue
-                await on_cart_message(link, peer, message)
+                message = await next_message(ws, peer)
+                if message is not None:
+                    await on_cart_message(link, peer, message)
         except WebSocketDisconnect:
             pass
         finally:
@@ -581,14 +587,9 @@ def register(
                         else "the cart did not answer"
                     )
                     break
-                raw = await receive(ws)
-                if raw is None:
-                    continue
-                message, why = _decode(raw)
-                if message is None:
-                    rejected(peer, why)
-                    continue
-                await on_browser_message(call, peer, message)
+                message = await next_message(ws, peer)
+                if message is not None:
+                    await on_browser_message(call, peer, message)
         except WebSocketDisconnect:
             pass
         finally:
