@@ -304,7 +304,11 @@ class Dispatcher:
         notification = self._outbox.notification(key)
         if notification is None:
             return None
-        self._outbox.mark_acknowledged(key, by, self._now_us())
+        now_us = self._now_us()
+        self._outbox.mark_acknowledged(key, by, now_us)
+        # The recipient has it: that is its delivery, even while the channel's own receipt (an
+        # HTTP answer, say) is still on its way, so stopping the escalation must not cancel it.
+        self._outbox.mark_delivered(key, now_us)
         await self._stop(notification.alarm_id, f"notification acknowledged by {by}")
         if self.on_acknowledged is not None:
             self.on_acknowledged(notification.alarm_id, by)

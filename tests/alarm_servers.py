@@ -3,6 +3,7 @@ sent (and can be told to fail), and an SMTP server (aiosmtpd) that keeps the mai
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 from collections import Counter
@@ -30,6 +31,7 @@ class HookServer:
 
     plan: list[int] = field(default_factory=list)
     retry_after: str | None = None  # a Retry-After header on every failure answer
+    hold: asyncio.Event | None = None  # when set, each answer waits for this event
     requests: list[Request] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -39,6 +41,8 @@ class HookServer:
         status = self.plan.pop(0) if self.plan else 200
         key = request.headers.get("Idempotency-Key", "")
         self.requests.append(Request(request.path, key, body, status))
+        if self.hold is not None:
+            await self.hold.wait()
         headers = {"Retry-After": self.retry_after} if self.retry_after and status != 200 else {}
         return web.json_response({"ok": status == 200}, status=status, headers=headers)
 

@@ -4,6 +4,7 @@ retries after a failure, and a crash with deliveries pending."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,6 +222,35 @@ async def test_clearing_stops_escalation_and_cancels_pages(
         # A late event of the cleared alarm does not start it again.
         await d.handle(alarm(AlarmState.LATCHED))
         await _at(d, clock, 2000)
+        assert len(hook.requests) == 1
+
+
+async def test_acknowledging_a_page_still_in_flight_counts_as_its_delivery(
+    tmp_path: Path, hook: HookServer, webhook: DeliveryChannel
+) -> None:
+    """The pager gateway has the page (the nurse acknowledged it) but has not answered the POST
+    yet: the acknowledgement proves delivery, and stopping the escalation must not cancel it."""
+    clock = Clock()
+    hook.hold = asyncio.Event()
+    with Outbox(tmp_path / "outbox.db") as box:
+        d = Dispatcher(Rota.from_dict(rota_doc(hook)), box, {"webhook": webhook}, clock=clock)
+        await d.handle(alarm(AlarmState.ACTIVE))
+        for _ in range(200):
+            if hook.requests:
+                break
+            await asyncio.sleep(0.01)
+        [page] = hook.requests
+        assert box.receipts("a1")[0].delivered_us is None  # the POST has not been answered
+        clock.at(3)
+        assert await d.acknowledge(page.key, "nurse-li") == "a1"
+        hook.hold.set()
+        await d.drain()
+        [r] = box.receipts("a1")
+        assert (r.acknowledged_by, r.cancelled_us) == ("nurse-li", None)
+        assert r.delivered_us == int((T0_S + 3) * 1e6)
+        assert not r.open
+        for t in (30, 100):
+            await _at(d, clock, t)
         assert len(hook.requests) == 1
 
 
