@@ -105,8 +105,11 @@ def vital_conditions(
     policy: AlarmPolicy,
     now_us: int,
     latest: Mapping[str, tuple[float | None, int]],
+    clock_us: int | None = None,
 ) -> list[AlarmCondition]:
-    """Limit conditions from the latest numerics, and each monitored parameter's availability."""
+    """Limit conditions from the latest numerics, and each monitored parameter's availability.
+    Ages are judged at ``clock_us`` on the device's clock (default ``now_us``)."""
+    age_at = now_us if clock_us is None else clock_us
     out: list[AlarmCondition] = []
     unavailable: dict[str, bool] = {}
     for c in policy.conditions.values():
@@ -116,7 +119,7 @@ def vital_conditions(
             (
                 (key, f)
                 for key in c.params
-                if (f := _fresh(latest, policy, key, now_us)) is not None
+                if (f := _fresh(latest, policy, key, age_at)) is not None
             ),
             None,
         )
@@ -151,7 +154,7 @@ def vital_conditions(
     for c in policy.conditions.values():
         if c.rule == "unavailable" and c.kind not in unavailable and _monitored(latest, c):
             unavailable[c.kind] = all(
-                _fresh(latest, policy, key, now_us) is None for key in c.params
+                _fresh(latest, policy, key, age_at) is None for key in c.params
             )
     for kind, missing in unavailable.items():
         c = policy.condition(kind)
@@ -177,8 +180,11 @@ def probe_conditions(
     now_us: int,
     latest: Mapping[str, tuple[float | None, int]],
     quality: Mapping[str, str],
+    clock_us: int | None = None,
 ) -> list[AlarmCondition]:
-    """``lead_off``: every ECG lead without signal; ``spo2_probe``: no SpO2 value or no pleth."""
+    """``lead_off``: every ECG lead without signal; ``spo2_probe``: no SpO2 value or no pleth.
+    Ages are judged at ``clock_us`` on the device's clock (default ``now_us``)."""
+    age_at = now_us if clock_us is None else clock_us
     out: list[AlarmCondition] = []
     for c in policy.conditions.values():
         if c.rule == "lead_off":
@@ -192,7 +198,7 @@ def probe_conditions(
             if "SPO2" not in latest and pleth is None:
                 continue
             reasons = []
-            if "SPO2" in latest and _fresh(latest, policy, "SPO2", now_us) is None:
+            if "SPO2" in latest and _fresh(latest, policy, "SPO2", age_at) is None:
                 reasons.append("no fresh SpO2 value")
             if pleth == "missing":
                 reasons.append("PLETH missing")
@@ -379,8 +385,13 @@ def evaluate_bed(
     news2: News2Like | None = None,
     deterioration: DeteriorationLike | None = None,
     verify: Verify | None = None,
+    clock_us: int | None = None,
 ) -> RuleOutput:
     """Every rule of ``policy`` for one bed at ``now_us``.
+
+    ``clock_us`` is the moment on the bed's own (device) clock at which values' ages are judged
+    (default ``now_us``); the alarm service passes the bed's clock less the engine's input delay,
+    so values that arrive late because the engine is behind do not count as missing.
 
     ``latest`` is ``BedState.latest`` (key -> (value or None, device time)), ``rhythms`` the
     active labels (``Derived.rhythms``), ``quality`` the per-signal verdicts
@@ -394,8 +405,8 @@ def evaluate_bed(
     rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify)
     conditions = [
         *bed_level,
-        *probe_conditions(bed, policy, now_us, latest, quality),
-        *vital_conditions(bed, policy, now_us, latest),
+        *probe_conditions(bed, policy, now_us, latest, quality, clock_us),
+        *vital_conditions(bed, policy, now_us, latest, clock_us),
         *rhythm.conditions,
         *score_conditions(bed, policy, now_us, news2, deterioration),
     ]

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 BURDEN_WINDOW_S = 24 * 3600.0
 RECENT_MAX = 500  # events kept in AlarmService.recent
+# The most of the engine's input delay taken off values' ages; beyond it, values count as missing
+# bed by bed again.
+INPUT_DELAY_TOLERANCE_S = 60.0
 
 
 class AlarmMetrics:
@@ -157,6 +160,10 @@ class AlarmService:
         conditions: list[AlarmCondition] = []
         known = engine.router.beds
         chosen = list(known) if beds is None else [b for b in beds if b in known]
+        # Values that are late because the engine reads its input late are judged on the
+        # engine's reading position, up to a limit; the delay itself is shown and measured
+        # (eicu_ingest_input_delay_seconds), not raised bed by bed.
+        delay_us = min(engine.router.input_delay_us(now_us), int(INPUT_DELAY_TOLERANCE_S * 1e6))
         for bed in chosen:
             state = known[bed]
             self._evaluated_us[bed] = now_us
@@ -174,6 +181,7 @@ class AlarmService:
                 news2=scores.news2 if scores else None,
                 deterioration=scores.deterioration if scores else None,
                 verify=engine.signals.verifier(bed),
+                clock_us=state.device_now_us(now_us) - delay_us,
             )
             conditions.extend(out.conditions)
             for suppressed in out.suppressed:

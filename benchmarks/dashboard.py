@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace) -> None:
         """The numerics of live second ``k``, as if they arrived now."""
         now_us = time.time_ns() // 1000
         for f in live[k % args.live]:
-            skew = int(engine.router.beds[f.bed].clock_skew_us)
+            skew = int(engine.router.beds[f.bed].clock_offset_us)
             engine.router.route(
                 dataclasses.replace(f, seq=1_000_000 + k, ts_us=now_us + skew, received_us=now_us)
             )

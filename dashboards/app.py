@@ -31,7 +31,7 @@ from alerting.model import AlarmState
 from alerting.service import AlarmService
 from alerting.state import Alarm
 from dashboards import consult, review, views
-from dashboards.census import CensusFeed
+from dashboards.census import CensusFeed, engine_status
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import Permission, User, UserError, Users
 from eicu.codes import SIGNAL_BY_KEY
@@ -290,13 +290,13 @@ def create_app(
             key, state, engine.scores.beds.get(key), engine.signals.derived.get(key), t
         )
         out["values"] = {
-            k: views.value_view(k, v, views.device_now_us(state, t))
+            k: views.value_view(k, v, state.device_now_us(t))
             for k, v in sorted(state.latest.items())
         }
         out["signals"] = {
             name: {"fs_hz": s.fs_hz, "t_last_us": s.last_t_us} for name, s in state.signals.items()
         }
-        out["device_now_us"] = views.device_now_us(state, t)
+        out["device_now_us"] = state.device_now_us(t)
         return out
 
     @app.get("/api/beds/{site}/{bed}/trends")
@@ -308,7 +308,7 @@ def create_app(
     ) -> dict[str, Any]:
         key = bed_key(site, bed)
         state = engine.router.beds.get(key)
-        end_us = views.device_now_us(state, now_us()) if state else now_us()
+        end_us = state.device_now_us(now_us()) if state else now_us()
         start_us = end_us - minutes * 60_000_000
         bucket_s = trend_bucket_s(minutes)
         out: dict[str, Any] = {
@@ -495,7 +495,10 @@ def create_app(
     def scope_sites(scope: tuple[str | None, frozenset[str] | None]) -> list[str]:
         return sites_seen(scope[1])
 
-    feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S)
+    def engine_now() -> dict[str, Any]:
+        return engine_status(engine.router.input_delay_us(time.time_ns() // 1000))
+
+    feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now)
 
     @app.websocket("/ws/census")
     async def census_ws(ws: WebSocket, site: str | None = None) -> None:
@@ -543,6 +546,7 @@ def create_app(
                     if time.monotonic() >= next_numerics:
                         next_numerics = time.monotonic() + CENSUS_PERIOD_S
                         message["bed"] = await bed_detail(site, bed, session)
+                        message["engine"] = engine_now()
                 if message:
                     await ws.send_json(message)
                 await asyncio.sleep(LIVE_PERIOD_S)

@@ -14,12 +14,17 @@ change of the row.
 
 Messages (JSON)::
 
-    {"type": "snapshot", "seq": n, "now_us": t, "sites": [...], "beds": [row, ...]}   # ranked
+    {"type": "snapshot", "seq": n, "now_us": t, "sites": [...], "beds": [row, ...],  # ranked
+     "engine": {"input_delay_s": s}}
     {"type": "delta", "seq": n, "now_us": t,
      "rows": {bed: {"set": {path: value}, "del": [path, ...]}},   # path: "news2", "values.HR"
      "add": {bed: row}, "remove": [bed, ...],
      "order": [bed, ...],         # only when the ranking changed
-     "sites": [...]}              # only when the sites changed
+     "sites": [...],              # only when the sites changed
+     "engine": {...}}             # only when it changed
+
+``engine`` is about the whole engine, not one bed: ``input_delay_s``, how far behind its input
+it reads, in whole seconds (0 below :data:`INPUT_DELAY_SHOWN_S`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ from typing import Any, Generic, TypeVar
 Row = dict[str, Any]
 DIFF_DEPTH = 2  # "values.HR" is one unit: a changed value is sent whole
 DELTAS_KEPT = 16  # a page this many periods behind gets a snapshot instead
+INPUT_DELAY_SHOWN_S = 2.0  # the engine's input delay is shown from this many seconds
+
+
+def engine_status(input_delay_us: int) -> dict[str, Any]:
+    """The census's ``engine`` part from the engine's input delay."""
+    delay_s = input_delay_us / 1e6
+    return {"input_delay_s": round(delay_s) if delay_s >= INPUT_DELAY_SHOWN_S else 0}
 
 
 NEWS2_SHOWN = ("total", "band", "complete", "partial_total", "min_band", "missing", "rising")
@@ -95,13 +107,14 @@ class Tick:
     sites: list[str]
     beds: list[Row]  # wire rows, ranked
     delta: str | None  # the JSON delta from the tick before (None for the first tick)
+    engine: dict[str, Any] = field(default_factory=dict)
     _snapshot: str | None = None
 
     def snapshot(self) -> str:
         if self._snapshot is None:
             self._snapshot = encode(
                 {"type": "snapshot", "seq": self.seq, "now_us": self.now_us,
-                 "sites": self.sites, "beds": self.beds}
+                 "sites": self.sites, "beds": self.beds, "engine": self.engine}
             )  # fmt: skip
         return self._snapshot
 
@@ -134,9 +147,11 @@ class CensusFeed(Generic[Scope]):
         sites: Callable[[Scope], list[str]],
         period_s: float,
         clock: Callable[[], float] = time.monotonic,
+        engine: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self._rows = rows
         self._sites = sites
+        self._engine = engine
         self._period_s = period_s
         self._clock = clock
         self._views: dict[Scope, _View] = {}
@@ -175,6 +190,7 @@ class CensusFeed(Generic[Scope]):
         now_us = time.time_ns() // 1000
         beds = [wire_row(r) for r in self._rows(site)]
         sites = self._sites(site)
+        engine = self._engine()
         order = [r["bed"] for r in beds]
         flat = {r["bed"]: flatten(r) for r in beds}
         previous = view.tick
@@ -198,7 +214,9 @@ class CensusFeed(Generic[Scope]):
                 message["order"] = order
             if sites != previous.sites:
                 message["sites"] = sites
+            if engine != previous.engine:
+                message["engine"] = engine
             delta = encode(message)
             view.deltas.append((previous.seq + 1, delta))
         view.flat, view.order = flat, order
-        return Tick(previous.seq + 1 if previous else 0, now_us, sites, beds, delta)
+        return Tick(previous.seq + 1 if previous else 0, now_us, sites, beds, delta, engine)

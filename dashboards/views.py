@@ -1,7 +1,9 @@
 """What the dashboard shows of a bed, built from the engine's live state as plain JSON-ready dicts.
 
-Freshness is judged on the bed's own device clock (the receive time corrected by the bed's
-smoothed clock skew), so a gateway whose clock runs ahead or behind is not shown as stale.
+Freshness is judged on the bed's own device clock (engine time corrected by the bed's clock
+offset, see ``BedState.clock_offset_us``), so a gateway whose clock runs ahead or behind is not
+shown as stale, while values that come through late (the engine behind its input, a slow link)
+are shown as old as they are.
 Missing values are absent, a value the monitor reported as invalid is ``None``: neither is ever
 turned into a number. NaN never leaves this module (JSON has no NaN).
 """
@@ -34,10 +36,6 @@ TREND_KEYS = ("HR", "SPO2", "RR", "NIBP_SYS", "ABP_MEAN", "TEMP")
 LIVE_SIGNALS = ("ECG_II", "PLETH", "ABP")
 BED_SILENT_S = 10.0  # a bed that has sent nothing for this long is stale
 PRIORITY_RANK = {"high": 3, "medium": 2, "low": 1}
-
-
-def device_now_us(state: BedState, now_us: int) -> int:
-    return now_us + int(state.clock_skew_us)
 
 
 def _text(key: str, value: float) -> str:
@@ -106,7 +104,7 @@ def bed_summary(
     derived: Derived | None,
     now_us: int,
 ) -> dict[str, Any]:
-    dev_now = device_now_us(state, now_us)
+    dev_now = state.device_now_us(now_us)
     silent = state.is_stale(now_us, BED_SILENT_S)
     news2 = news2_view(scores)
     band_rank, score = acuity(news2)
@@ -118,7 +116,7 @@ def bed_summary(
         "stale": bool(silent and state.status == "online"),
         "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
         "last_seen_us": state.last_seen_us or None,
-        "skew_ms": round(state.clock_skew_us / 100_000) * 100,  # device clock - server's
+        "skew_ms": round(state.clock_offset_us / 100_000) * 100,  # device clock - server's
         "values": {
             k: value_view(k, state.latest[k], dev_now) for k in CENSUS_KEYS if k in state.latest
         },

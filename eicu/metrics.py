@@ -73,6 +73,12 @@ class IngestMetrics:
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        self.input_delay = Gauge(
+            "eicu_ingest_input_delay_seconds",
+            "How far behind its input the engine reads: the smallest of the sites' median delays "
+            "of their beds' latest messages beyond their fastest",
+            registry=r,
+        )
         self.queue_frames = Gauge(
             "eicu_ingest_queue_frames", "Frames waiting for the store, in memory", registry=r
         )

@@ -7,6 +7,7 @@ the registered consumers (the signal pipeline, alarm rules) and to the store wri
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -119,7 +120,11 @@ class BedState:
     signals: dict[str, SignalState] = field(default_factory=dict)
     numerics_seq: SeqTracker = field(default_factory=SeqTracker)
     waveform_seq: SeqTracker = field(default_factory=SeqTracker)
-    clock_skew_us: float = 0.0  # smoothed device time minus receive time
+    # The device clock minus the engine's: the largest (device time - receive time) seen, i.e.
+    # the message that came through fastest, let down by OFFSET_DRIFT per second so that a
+    # device clock stepped back is followed.
+    clock_offset_us: float = 0.0
+    delay_us: int = 0  # how much later than the fastest one the latest message came through
     messages: int = 0
     samples: int = 0
     gaps: int = 0
@@ -128,10 +133,34 @@ class BedState:
     def is_stale(self, now_us: int, max_silence_s: float = 10.0) -> bool:
         return now_us - self.last_seen_us > max_silence_s * 1e6
 
+    def device_now_us(self, now_us: int) -> int:
+        """The bed's device clock at engine time ``now_us``."""
+        return now_us + int(self.clock_offset_us)
+
 
 Consumer = Callable[[Frame, "BedState | None"], None]
 
 RING_SECONDS = 60.0
+# How fast a bed's clock offset may fall: 1 ms a second, 3.6 s an hour. Far more than a device
+# crystal drifts (tens of ppm); slow enough that a delay lasting minutes is still seen as a delay.
+OFFSET_DRIFT = 1e-3
+INPUT_DELAY_SILENT_S = 10.0  # beds silent this long do not count towards the input delay
+INPUT_DELAY_EVERY_S = 0.5
+INPUT_DELAY_MIN_BEDS = 3  # a site counts towards the input delay with at least this many beds
+
+
+def input_delay_us(beds: dict[BedKey, BedState], now_us: int) -> int:
+    """How far behind its input the engine is: for each site, the median of its live beds'
+    :attr:`BedState.delay_us`; the smallest of those medians. A delay every site shares is the
+    engine's (or the command center's own network); one site's link lagging is that site's, and
+    a few beds of their own are theirs. 0 while no site has enough live beds."""
+    by_site: dict[str, list[int]] = {}
+    since_us = now_us - int(INPUT_DELAY_SILENT_S * 1e6)
+    for key, state in beds.items():
+        if state.last_seen_us >= since_us and state.status == "online":
+            by_site.setdefault(key.site, []).append(state.delay_us)
+    medians = [int(np.median(d)) for d in by_site.values() if len(d) >= INPUT_DELAY_MIN_BEDS]
+    return min(medians, default=0)
 
 
 class BedRouter:
@@ -141,6 +170,15 @@ class BedRouter:
         self.beds: dict[BedKey, BedState] = {}
         self._metrics = metrics
         self._consumers: list[Consumer] = []
+        self._delay_us = self._delay_at_us = 0
+        metrics.input_delay.set_function(lambda: self.input_delay_us(time.time_ns() // 1000) / 1e6)
+
+    def input_delay_us(self, now_us: int) -> int:
+        """See :func:`input_delay_us`; worked out at most every INPUT_DELAY_EVERY_S."""
+        if abs(now_us - self._delay_at_us) >= INPUT_DELAY_EVERY_S * 1e6:
+            self._delay_us = input_delay_us(self.beds, now_us)
+            self._delay_at_us = now_us
+        return self._delay_us
 
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
@@ -159,6 +197,7 @@ class BedRouter:
             state = self.bed(frame.bed)
             if not self._sequence(state, state.waveform_seq, "waveform", frame.seq, frame.t0_us):
                 return False
+            last_us = frame.t0_us
             for block in frame.blocks:
                 sig = state.signals.get(block.signal)
                 if sig is None or sig.fs_hz != block.fs_hz:
@@ -167,7 +206,9 @@ class BedRouter:
                 sig.ring.extend(block.physical())
                 n = block.samples.shape[0]
                 sig.last_t_us = frame.t0_us + block.t_offset_us + int((n - 1) * 1e6 / block.fs_hz)
-            self._seen(state, frame.received_us, frame.t0_us, frame.n_samples, "waveform")
+                last_us = max(last_us, sig.last_t_us)
+            # A frame leaves the device after its last sample: that is its device time here.
+            self._seen(state, frame.received_us, last_us, frame.n_samples, "waveform")
         else:
             state = self.bed(frame.bed)
             if not self._sequence(state, state.numerics_seq, "numerics", frame.seq, frame.ts_us):
@@ -203,13 +244,18 @@ class BedRouter:
         return True
 
     def _seen(self, state: BedState, received_us: int, device_us: int, n: int, kind: str) -> None:
-        state.last_seen_us = max(state.last_seen_us, received_us)
         if state.status in ("unknown", "offline"):
             state.status = "online"
         skew = device_us - received_us
-        state.clock_skew_us = (
-            skew if state.messages == 0 else 0.9 * state.clock_skew_us + 0.1 * skew
-        )
+        if state.messages == 0:
+            state.clock_offset_us = skew
+        else:
+            elapsed_us = max(0, received_us - state.last_seen_us)
+            state.clock_offset_us = max(
+                float(skew), state.clock_offset_us - OFFSET_DRIFT * elapsed_us
+            )
+        state.delay_us = int(state.clock_offset_us - skew)
+        state.last_seen_us = max(state.last_seen_us, received_us)
         state.messages += 1
         state.samples += n
         self._metrics.messages.labels(kind=kind).inc()

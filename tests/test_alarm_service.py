@@ -11,7 +11,7 @@ from pathlib import Path
 from alerting.model import AlarmState, Priority
 from alerting.outbox import Outbox
 from alerting.policy import load_policy, override
-from alerting.service import AlarmService
+from alerting.service import INPUT_DELAY_TOLERANCE_S, AlarmService
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey, NumericsFrame
 from eicu.store.sqlite import SqliteStore
@@ -146,3 +146,47 @@ async def test_a_bed_is_evaluated_as_its_numerics_arrive_and_when_its_delay_is_o
         with contextlib.suppress(asyncio.CancelledError):
             await task
         service.outbox.close()
+
+
+def _fall_behind(
+    tmp_path: Path, behind_s: float, *, lagging: set[BedKey] | None = None
+) -> set[tuple[str, str]]:
+    """Eight beds at two sites send numerics every second; from 60 s the engine reads its
+    input more and more slowly until it is ``behind_s`` behind (or, with ``lagging``, only those
+    beds' link is). Returns the (bed, kind) of every alarm raised."""
+    engine = _engine(tmp_path)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    beds = [BedKey(site, f"bed-{i}") for site in ("karamay", "hotan") for i in range(4)]
+    routed = dict.fromkeys(beds, -1)
+    values: dict[str, float | None] = {"HR": 80.0, "SPO2": 97.0, "RR": 16.0, "TEMP": 37.0}
+    for wall_s in range(int(60 + 3 * behind_s + 60)):
+        behind = min(behind_s, max(0.0, (wall_s - 60) / 3))  # reads 1 s in 1.5 s
+        for bed in beds:
+            read_to = wall_s - (behind if lagging is None or bed in lagging else 0.0)
+            while routed[bed] + 1 <= read_to:
+                routed[bed] += 1
+                t_us = T0 + routed[bed] * 1_000_000
+                rx_us = T0 + wall_s * 1_000_000 + 100_000
+                engine.router.route(
+                    NumericsFrame(bed, routed[bed], t_us, values, received_us=rx_us)
+                )
+        service.evaluate(T0 + wall_s * 1_000_000 + 200_000)
+    raised = {(e.event.bed.bed, e.event.kind) for e in service.outbox.events()}
+    service.outbox.close()
+    return raised
+
+
+def test_an_engine_behind_its_input_raises_no_missing_value_alarm_bed_by_bed(
+    tmp_path: Path,
+) -> None:
+    """45 s behind, every HR and SpO2 is older than its 30 s max_age when it is read; the delay
+    is the engine's (eicu_ingest_input_delay_seconds), the beds' values are all there."""
+    assert _fall_behind(tmp_path / "a", 45.0) == set()
+    # One bed's own link 45 s late: its values are missing at the command center.
+    lagging = BedKey("karamay", "bed-2")
+    raised = _fall_behind(tmp_path / "b", 45.0, lagging={lagging})
+    assert raised == {("bed-2", "HR_UNAVAILABLE"), ("bed-2", "SPO2_PROBE_OFF")}
+    # Beyond INPUT_DELAY_TOLERANCE_S the late values count as missing again, bed by bed.
+    raised = _fall_behind(tmp_path / "c", INPUT_DELAY_TOLERANCE_S + 35)
+    assert {kind for _, kind in raised} == {"HR_UNAVAILABLE", "SPO2_PROBE_OFF"}
+    assert len({bed for bed, _ in raised}) == 4  # bed names repeat across the two sites

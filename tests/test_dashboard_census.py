@@ -17,12 +17,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from dashboards import views
 from dashboards.app import COOKIE, create_app
-from dashboards.census import DELTAS_KEPT, CensusFeed
+from dashboards.census import DELTAS_KEPT, INPUT_DELAY_SHOWN_S, CensusFeed, engine_status
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
 from eicu.config import HttpSettings
 from eicu.models import BedKey, NumericsFrame, StatusFrame
 from ingest.engine import Engine
+from ingest.state import INPUT_DELAY_MIN_BEDS
 from tests.dashboard_beds import fed_engine
 
 PASSWORD = "viewer-password"
@@ -84,6 +85,7 @@ def apply(census: dict[str, Any], message: dict[str, Any]) -> None:
     census["beds"] = [beds[b] for b in order]
     census["seq"] = message["seq"]
     census["sites"] = message.get("sites", census["sites"])
+    census["engine"] = message.get("engine", census["engine"])
 
 
 async def receive(ws: ClientConnection) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def only_aging(change: dict[str, Any]) -> bool:
 
 
 def without_time(census: dict[str, Any]) -> dict[str, Any]:
-    return {"sites": census["sites"], "beds": census["beds"]}
+    return {"sites": census["sites"], "beds": census["beds"], "engine": census["engine"]}
 
 
 async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: Engine) -> None:
@@ -131,7 +133,7 @@ async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: 
         # icu1/bed1 gets a new heart rate; a new bed appears at a new site
         now_us = time.time_ns() // 1000
         bed1 = engine.router.beds[BedKey("icu1", "bed1")]
-        ts_us = now_us + int(bed1.clock_skew_us)
+        ts_us = bed1.device_now_us(now_us)
         engine.router.route(
             NumericsFrame(BedKey("icu1", "bed1"), 90_000, ts_us, {"HR": 151.0}, received_us=now_us)
         )
@@ -206,3 +208,36 @@ async def test_site_filter_and_a_page_that_falls_behind(engine: Engine) -> None:
     # each site filter is computed apart, and only when asked for
     _, icu1 = feed.messages_after("icu1", None)
     assert {r["site"] for r in json.loads(icu1[0])["beds"]} == {"icu1"}
+
+
+async def test_the_engine_reading_late_is_on_every_page(
+    server: DashboardServer, engine: Engine
+) -> None:
+    """Every bed's latest message came through 8 s later than its fastest, at each site: the
+    census and the bed view say the engine is 8 s behind; below INPUT_DELAY_SHOWN_S, nothing."""
+    headers = await cookie(server)
+    base = server.url.replace("http://", "ws://")
+    now_us = time.time_ns() // 1000
+    beds = [BedKey("icu1", f"bed{b}") for b in (1, 2, 3)]
+    beds += [BedKey("icu3", f"bed{b}") for b in range(INPUT_DELAY_MIN_BEDS)]
+    for bed in beds:
+        fast = NumericsFrame(
+            bed, 50_000, now_us - 20_000_000, {"HR": 80.0}, received_us=now_us - 20_000_000
+        )
+        late = NumericsFrame(bed, 50_001, now_us - 8_000_000, {"HR": 80.0}, received_us=now_us)
+        engine.router.route(fast)
+        engine.router.route(late)
+    async with connect(base + "/ws/census", additional_headers=headers) as ws:
+        census = await receive(ws)
+        for _ in range(10):  # worked out twice a second: the first message may be just before
+            if census.get("engine") == {"input_delay_s": 8}:
+                break
+            census = await receive(ws)
+        assert census.get("engine") == {"input_delay_s": 8}
+    async with connect(base + "/ws/beds/icu1/bed1", additional_headers=headers) as ws:
+        message = await receive(ws)
+        while "engine" not in message:
+            message = await receive(ws)
+        assert message["engine"] == {"input_delay_s": 8}
+    assert engine_status(1_900_000) == {"input_delay_s": 0}
+    assert engine_status(int(INPUT_DELAY_SHOWN_S * 1e6)) == {"input_delay_s": 2}

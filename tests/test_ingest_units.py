@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from eicu.config import IngestSettings
 from eicu.errors import StorageUnavailable
@@ -19,7 +20,13 @@ from eicu.models import (
     WaveformFrame,
 )
 from ingest.spool import Spool, decode_batch, encode_batch
-from ingest.state import SeqTracker
+from ingest.state import (
+    INPUT_DELAY_MIN_BEDS,
+    OFFSET_DRIFT,
+    BedRouter,
+    SeqTracker,
+    input_delay_us,
+)
 from ingest.writer import StoreWriter
 
 BED = BedKey("s", "b")
@@ -171,3 +178,69 @@ def test_a_fault_on_one_message_is_kept_and_does_not_stop_the_loop(tmp_path: Pat
     kept = writer._open.dead_letters
     assert len(kept) == 1 and kept[0].reason == "internal_error"
     assert kept[0].payload == wire.encode_numerics(frame)
+
+
+def _numerics(bed: BedKey, seq: int, device_s: float, received_s: float) -> NumericsFrame:
+    return NumericsFrame(
+        bed, seq, int(device_s * 1e6), {"HR": 80.0}, received_us=int(received_s * 1e6)
+    )
+
+
+def test_clock_offset_is_the_fastest_transit_and_delay_the_rest() -> None:
+    router = BedRouter(IngestMetrics())
+    bed = BedKey("karamay", "bed-01")
+    t0 = 1_780_000_000.0
+    # The device clock runs 30 s behind the engine's; transit 0.2 s, once 0.1 s, once 5 s.
+    for i, transit in enumerate([0.2, 0.1, 0.2, 5.0]):
+        router.route(_numerics(bed, i, t0 + i - 30, t0 + i + transit))
+    state = router.beds[bed]
+    # The fastest came 0.1 s after it was measured; since then (6.9 s) the offset fell by drift.
+    offset_us = -30.1e6 - OFFSET_DRIFT * 6.9e6
+    assert state.clock_offset_us == pytest.approx(offset_us)
+    assert state.delay_us == pytest.approx(offset_us + 35e6, abs=1)  # skew -35 s
+    now_us = int((t0 + 10) * 1e6)
+    assert state.device_now_us(now_us) == pytest.approx(now_us + offset_us, abs=1)
+    # The device clock is set back by 10 s: the offset follows at OFFSET_DRIFT a second.
+    for i in range(100):
+        assert router.route(_numerics(bed, 10 + i, t0 + 10 + i - 40, t0 + 10 + i + 0.1))
+    assert state.clock_offset_us == pytest.approx(offset_us - OFFSET_DRIFT * 101.1e6)
+    # Stepped forward: taken at once.
+    router.route(_numerics(bed, 200, t0 + 200 - 5, t0 + 200.1))
+    assert (state.clock_offset_us, state.delay_us) == (pytest.approx(-5.1e6), 0)
+
+
+def test_a_waveform_frame_counts_from_its_last_sample() -> None:
+    router = BedRouter(IngestMetrics())
+    bed = BedKey("karamay", "bed-01")
+    t0_us = 1_780_000_000_000_000
+    block = SignalBlock("ECG_II", 250.0, 200.0, 0, np.zeros(125, dtype=np.int16))
+    # Half a second of samples, received 0.1 s after the last one.
+    router.route(WaveformFrame(bed, 1, t0_us, (block,), received_us=t0_us + 496_000 + 100_000))
+    assert router.beds[bed].clock_offset_us == pytest.approx(-100_000)
+
+
+def test_input_delay_is_what_every_site_shares() -> None:
+    router = BedRouter(IngestMetrics())
+    now_s = 1_780_000_000.0
+
+    def feed(site: str, n: int, delay_s: float) -> None:
+        for b in range(n):
+            bed = BedKey(site, f"bed-{b:02d}")
+            router.route(_numerics(bed, 1, now_s - 20, now_s - 20 + 0.1))  # the fast one
+            router.route(_numerics(bed, 2, now_s - 1 - delay_s, now_s - 1 + 0.1))
+
+    feed("karamay", 5, 0.0)
+    feed("hotan", 5, 0.0)
+    now_us = int(now_s * 1e6)
+    assert input_delay_us(router.beds, now_us) == pytest.approx(0, abs=1000)
+    feed("karamay", 5, 12.0)  # one site's link is slow: not the engine's delay
+    assert input_delay_us(router.beds, now_us) == pytest.approx(0, abs=1000)
+    feed("hotan", 5, 8.0)  # both: the engine is 8 s behind (at least)
+    assert input_delay_us(router.beds, now_us) == pytest.approx(8e6, abs=1000)
+    # A site with too few beds, silent beds and offline beds do not count.
+    feed("turpan", INPUT_DELAY_MIN_BEDS - 1, 0.0)
+    assert input_delay_us(router.beds, now_us) == pytest.approx(8e6, abs=1000)
+    assert input_delay_us(router.beds, now_us + int(20e6)) == 0
+    assert router.input_delay_us(now_us) == pytest.approx(8e6, abs=1000)
+    value = router._metrics.registry.get_sample_value("eicu_ingest_input_delay_seconds")
+    assert value is not None and value >= 0

@@ -94,6 +94,7 @@ function connect() {
     for (const chunk of msg.waves || []) traceFor(chunk).push(chunk.values, chunk.gap, chunk.t_last_us);
     for (const m of msg.marks || []) { const trace = traces.get(m.signal); if (trace) trace.mark(m); }
     if (msg.bed) renderBed(msg.bed);
+    if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
   };
   ws.onclose = () => {
     if (socket !== ws) return;

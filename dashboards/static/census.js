@@ -251,6 +251,7 @@ function apply(msg) {
   }
   seq = msg.seq;
   if (msg.sites) updateSites(msg.sites);
+  if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
   tickAges();
   document.getElementById("empty").hidden = rows.size > 0;
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;

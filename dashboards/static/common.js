@@ -44,6 +44,17 @@ const eicu = {
     return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
   },
 
+  // The engine reads its input late: every value on the page is that much older than it looks
+  // live, and the page says so in its #input-delay banner.
+  showInputDelay(delayS) {
+    const banner = document.getElementById("input-delay");
+    if (!banner) return;
+    banner.hidden = !delayS;
+    banner.textContent = delayS
+      ? `Live data is ${eicu.age(delayS)} behind: the engine is reading its input late. Ages include the delay.`
+      : "";
+  },
+
   age(s) {
     if (s === null || s === undefined) return "";
     if (s < 60) return `${Math.round(s)}s`;

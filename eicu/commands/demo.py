@@ -325,7 +325,7 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
         state = engine.router.beds[key]
         latest = state.latest
         # device clocks run at the simulation speed: freshness is judged on the device clock
-        device_now = now_us + int(state.clock_skew_us)
+        device_now = state.device_now_us(now_us)
         stale = state.is_stale(now_us)
         status = "STALE" if stale and state.status == "online" else state.status
         bp = f"{_fmt(latest, 'NIBP_SYS', device_now)}/{_fmt(latest, 'NIBP_DIA', device_now)}"
