@@ -15,8 +15,9 @@ Printed: for every probe alarm, total latency (publish of the first sample beyon
 arrival of the alarm's first message at the subscriber) and the part beyond the condition delay
 (total minus ``delay_s``), p50 / p99 / max; the engine-side part (publish to the first attempt
 to send the alarm's notification, from the engine's outbox receipts); the engine's own
-breakdown (alarm start after the crossing); the number of beds and probes; the CPU use of the
-engine, simulators, broker and PostgreSQL in cores, and of the whole machine.
+breakdown (alarm start after the crossing); the engine's input delay as it sees it (sampled five
+times a second); the number of beds and probes; the CPU use of the engine, simulators, broker and
+PostgreSQL in cores, and of the whole machine.
 
     python benchmarks/alarm_latency.py [--beds 1000] [--probes 40] [--duration 120] [--frame 1.0]
 """
@@ -92,9 +93,12 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
         await engine.wait_connected()
         print("READY", flush=True)
         marks: dict[str, float] = {}
+        input_delay_s: list[float] = []  # the engine's own view of how late it reads, 5 times a s
         while not (work / "stop").exists():
             if "begin" not in marks and (work / "begin").exists():
                 marks["begin"] = time.process_time()
+            if "begin" in marks:
+                input_delay_s.append(engine.router.input_delay_us(time.time_ns() // 1000) / 1e6)
             await asyncio.sleep(0.2)
         cpu_s = time.process_time() - marks.get("begin", 0.0)
         assert engine.alarms is not None
@@ -132,6 +136,7 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
             "stored": stored,
             "beds": len(engine.router.beds),
             "received_lag_s": received_lag_s,
+            "input_delay_s": input_delay_s,
         }
         print("RESULT " + json.dumps(doc), flush=True)
 
@@ -446,6 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "left": left,
         "started": started,
         "received": result["received_lag_s"],
+        "input_delay": result["input_delay_s"],
         "cores": cores,
         "wall_s": wall_s,
     }
@@ -480,6 +486,7 @@ def report(r: dict[str, object]) -> None:
     print(row("publish -> arrival at subscriber (total)", r["total"]))
     print(row("  beyond the condition delay", r["beyond"]))
     print(row("probe numerics: publish -> read by the engine", r["received"]))
+    print(row("the engine's input delay (eicu_ingest_input_delay)", r["input_delay"]))
     print(row("publish -> alarm started, beyond the delay", r["started"]))
     print(row("publish -> notification sent, beyond the delay", r["left"]))
     print("cores: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))

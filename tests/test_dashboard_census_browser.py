@@ -29,6 +29,7 @@ if not CHROMIUM.exists():
     )
 playwright_api = pytest.importorskip("playwright.async_api", reason="pip install -e '.[dev]'")
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 BEDS = 300
 PASSWORD = "viewer-password"
 CALM = {"HR": 72.0, "SPO2": 97.0, "RR": 14.0, "ABP_SYS": 125.0, "TEMP": 37.0, "ACVPU": 0.0,
@@ -53,13 +54,15 @@ def bed(i: int) -> BedKey:
     return BedKey(f"icu{i % 3}", f"bed{i:03d}")
 
 
-def feed(engine: Engine, seq: int, sick: set[int]) -> None:
+def feed(engine: Engine, seq: int, sick: set[int], late_s: float = 0.0) -> None:
+    """One numerics frame for every bed, measured ``late_s`` before it is received."""
     t = now_us()
     for i in range(BEDS):
         if i in (7, 11):
             continue  # silent; offline
         values = SICK if i in sick else {**CALM, "RR": 25.0} if i % 20 == 0 else CALM
-        engine.router.route(NumericsFrame(bed(i), seq, t, dict(values), received_us=t))
+        device_t = t - int(late_s * 1e6)
+        engine.router.route(NumericsFrame(bed(i), seq, device_t, dict(values), received_us=t))
 
 
 async def scroll_to(page: object, name: str) -> object:
@@ -90,12 +93,13 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
     )
     await server.start()
     sick: set[int] = set()
+    late_s = [0.0]
     stop = asyncio.Event()
 
     async def feeding() -> None:
         seq = 2
         while not stop.is_set():
-            feed(engine, seq, sick)
+            feed(engine, seq, sick, late_s[0])
             seq += 1
             await asyncio.sleep(1.0)
 
@@ -156,6 +160,18 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
             await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
             row11 = await scroll_to(page, "icu2/bed011")
             assert await row11.locator(".status.offline").count() == 1
+
+            # every bed's numerics now come through 6 s late: the engine reads its input late
+            banner = page.locator("#input-delay")
+            assert await banner.is_hidden()
+            late_s[0] = 6.0
+            await banner.wait_for(state="visible", timeout=10_000)
+            assert "6s behind" in (await banner.text_content() or "")
+            # scrolled down the census, the banner is still in view
+            box = await banner.bounding_box()
+            assert box is not None and 0 <= box["y"] < 100
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "census-input-delay.png"))
             await browser.close()
     finally:
         stop.set()
