@@ -156,7 +156,8 @@ def input_delay_us(beds: dict[BedKey, BedState], now_us: int) -> int:
     a few beds of their own are theirs. 0 while no site has enough live beds."""
     by_site: dict[str, list[int]] = {}
     since_us = now_us - int(INPUT_DELAY_SILENT_S * 1e6)
-    for key, state in beds.items():
+    # A copy first: the metrics endpoint may call this from its own thread while beds are added.
+    for key, state in list(beds.items()):
         if state.last_seen_us >= since_us and state.status == "online":
             by_site.setdefault(key.site, []).append(state.delay_us)
     medians = [int(np.median(d)) for d in by_site.values() if len(d) >= INPUT_DELAY_MIN_BEDS]
