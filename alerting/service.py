@@ -82,6 +82,11 @@ class AlarmMetrics:
             ["source", "outcome"],
             registry=registry,
         )
+        self.evaluation_errors = Counter(
+            "eicu_alarm_evaluation_errors",
+            "Beds whose rules failed on one evaluation (their alarms left as they were)",
+            registry=registry,
+        )
         self.suppressed = Counter(
             "eicu_alarms_suppressed",
             "Arrhythmia conditions that verification against other signals called false",
@@ -169,20 +174,26 @@ class AlarmService:
             self._evaluated_us[bed] = now_us
             derived = engine.signals.derived.get(bed)
             scores = engine.scores.beds.get(bed)
-            out = evaluate_bed(
-                bed,
-                self.policy,
-                now_us,
-                latest=state.latest,
-                status=state.status,
-                last_seen_us=state.last_seen_us,
-                rhythms=tuple(derived.rhythms) if derived else (),
-                quality=dict(derived.quality) if derived else {},
-                news2=scores.news2 if scores else None,
-                deterioration=scores.deterioration if scores else None,
-                verify=engine.signals.verifier(bed),
-                clock_us=state.device_now_us(now_us) - delay_us,
-            )
+            try:
+                out = evaluate_bed(
+                    bed,
+                    self.policy,
+                    now_us,
+                    latest=state.latest,
+                    status=state.status,
+                    last_seen_us=state.last_seen_us,
+                    rhythms=tuple(derived.rhythms) if derived else (),
+                    quality=dict(derived.quality) if derived else {},
+                    news2=scores.news2 if scores else None,
+                    deterioration=scores.deterioration if scores else None,
+                    verify=engine.signals.verifier(bed),
+                    clock_us=state.device_now_us(now_us) - delay_us,
+                )
+            except Exception:
+                # One bed's fault leaves that bed's alarms as they were, not every bed's.
+                self.metrics.evaluation_errors.inc()
+                log.exception("alarm rules failed for %s; its alarms are left as they were", bed)
+                continue
             conditions.extend(out.conditions)
             for suppressed in out.suppressed:
                 self.metrics.suppressed.labels(kind=suppressed.condition.kind).inc()

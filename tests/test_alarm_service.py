@@ -190,3 +190,37 @@ def test_an_engine_behind_its_input_raises_no_missing_value_alarm_bed_by_bed(
     raised = _fall_behind(tmp_path / "c", INPUT_DELAY_TOLERANCE_S + 35)
     assert {kind for _, kind in raised} == {"HR_UNAVAILABLE", "SPO2_PROBE_OFF"}
     assert len({bed for bed, _ in raised}) == 4  # bed names repeat across the two sites
+
+
+def test_atrial_fibrillation_and_pauses_alarm_beside_everything_else(tmp_path: Path) -> None:
+    """AF and pauses are not among the rhythms multi-signal verification judges: their alarms
+    sound unverified, and the other beds evaluated with them are evaluated all the same."""
+    engine = _engine(tmp_path)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    beds = [BedKey("s", "af"), BedKey("s", "vt"), BedKey("s", "probe")]
+    _run(engine, service, SynthGroup(beds, ["af", "vt", "spo2_off"], [1, 2, 3], T0), 150.0)
+    history = [stored.event for stored in service.outbox.events()]
+    kinds = {(e.bed.bed, e.kind) for e in history}
+    assert {("af", "AFIB"), ("vt", "VTACH"), ("probe", "SPO2_PROBE_OFF")} <= kinds
+    assert engine.signals.verifier(BedKey("s", "af"))("AFIB") is None  # type: ignore[misc]
+    service.outbox.close()
+
+
+def test_a_bed_that_cannot_be_evaluated_costs_the_others_nothing(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    broken, fast = BedKey("s", "broken"), BedKey("s", "fast")
+    values: dict[str, float | None] = {"HR": 150.0, "SPO2": 97.0, "RR": 16.0}
+    for seq in range(30):
+        t_us = T0 + seq * 1_000_000
+        for bed in (broken, fast):
+            engine.router.route(NumericsFrame(bed, seq, t_us, values, received_us=t_us))
+        # the broken bed's state trips a fault in the rules (a value of the wrong type)
+        engine.router.beds[broken].latest["HR"] = ("150", t_us)  # type: ignore[assignment]
+        service.evaluate(t_us)
+    raised = {(s.event.bed.bed, s.event.kind) for s in service.outbox.events()}
+    assert ("fast", "HR_HIGH") in raised
+    assert not any(bed == "broken" for bed, _ in raised)
+    errors = engine.metrics.registry.get_sample_value("eicu_alarm_evaluation_errors_total")
+    assert errors == 30
+    service.outbox.close()

@@ -300,11 +300,12 @@ class BedSignalPipeline:
     def next_index(self, signal_key: str) -> int:
         return self._state(signal_key).next_index
 
-    def verify_alarm(self, label: str) -> AlarmDecision:
-        """Judge an alarm of type ``label`` raised now (see :mod:`eicu.signal.alarms`)."""
-        from eicu.signal.alarms import verify_alarm  # alarms reads this module's state types
+    def verify_alarm(self, label: str) -> AlarmDecision | None:
+        """Judge an alarm of type ``label`` raised now (see :mod:`eicu.signal.alarms`); None for
+        a rhythm the verification does not judge (AF, a pause): its alarm stands unverified."""
+        from eicu.signal.alarms import VERIFIED_LABELS, verify_alarm  # reads our state types
 
-        return verify_alarm(self, label)
+        return verify_alarm(self, label) if label in VERIFIED_LABELS else None
 
     def active_rhythms(self) -> dict[str, int]:
         """Rhythm labels active now on the primary lead, with their start samples."""
