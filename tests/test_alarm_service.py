@@ -197,11 +197,13 @@ def test_atrial_fibrillation_and_pauses_alarm_beside_everything_else(tmp_path: P
     sound unverified, and the other beds evaluated with them are evaluated all the same."""
     engine = _engine(tmp_path)
     service = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
-    beds = [BedKey("s", "af"), BedKey("s", "vt"), BedKey("s", "probe")]
-    _run(engine, service, SynthGroup(beds, ["af", "vt", "spo2_off"], [1, 2, 3], T0), 150.0)
+    beds = [BedKey("s", "af"), BedKey("s", "vt"), BedKey("s", "probe"), BedKey("s", "asystole")]
+    group = SynthGroup(beds, ["af", "vt", "spo2_off", "asystole"], [1, 2, 3, 4], T0)
+    _run(engine, service, group, 150.0)
     history = [stored.event for stored in service.outbox.events()]
     kinds = {(e.bed.bed, e.kind) for e in history}
-    assert {("af", "AFIB"), ("vt", "VTACH"), ("probe", "SPO2_PROBE_OFF")} <= kinds
+    expected = {("af", "AFIB"), ("vt", "VTACH"), ("probe", "SPO2_PROBE_OFF")}
+    assert expected | {("asystole", "ASYSTOLE")} <= kinds
     assert engine.signals.verifier(BedKey("s", "af"))("AFIB") is None  # type: ignore[misc]
     service.outbox.close()
 
