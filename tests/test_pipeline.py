@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eicu.signal.alarms import verify_alarm
+from eicu.signal.alarms import VERIFIED_LABELS, PulseEvidence, decide, verify_alarm
 from eicu.signal.events import Beat, Event, HeartRate, Quality, RhythmFlag
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.rhythm import af_features
@@ -277,3 +277,21 @@ def test_vt_alarm_true_on_a_ventricular_run_without_regular_pulses() -> None:
     assert decision.true_alarm is True, decision.reason
     p_sinus, _ = _bed(normal[: (normal.shape[0] // 250) * 250], None, 0.5)
     assert verify_alarm(p_sinus, "VTACH").true_alarm is False
+
+
+def test_an_af_alarm_is_false_while_a_good_pulse_beats_regularly() -> None:
+    """AF is an irregularly irregular ventricular rhythm, and the pulse follows it; a pulse of
+    good quality beating regularly through the window says the ECG's irregularity is not AF."""
+    regular = PulseEvidence("PLETH", 10, 1.0, 0.9, 75.0, 0.03)
+    irregular = PulseEvidence("PLETH", 10, 1.0, 1.2, 95.0, 0.22)
+    poor = PulseEvidence("PLETH", 10, 0.2, 0.9, 75.0, 0.03)
+    gap = PulseEvidence("ABP", 4, 1.0, 2.5, 60.0, 0.03)
+    verdict = decide("AFIB", [], [irregular, regular])
+    assert verdict.true_alarm is False and "PLETH" in verdict.reason
+    assert decide("AFIB", [], [irregular]).true_alarm is True
+    sinus = PulseEvidence("ABP", 10, 1.0, 1.0, 70.0, 0.07)  # respiratory sinus arrhythmia
+    assert decide("AFIB", [], [sinus]).true_alarm is False
+    # no pulse of good quality, or none beating throughout: the ECG's call stands
+    assert decide("AFIB", [], [poor, gap]).true_alarm is True
+    assert decide("AFIB", [], []).true_alarm is True
+    assert "AFIB" in VERIFIED_LABELS and "PAUSE" not in VERIFIED_LABELS
