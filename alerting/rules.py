@@ -12,7 +12,7 @@ A parameter key that a bed has never sent is not monitored on that bed and raise
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from alerting.model import AlarmCondition
@@ -258,6 +258,28 @@ def bed_conditions(
     return out
 
 
+# Arrhythmia alarm chains, most serious first. Conditions of one chain overlap (VT is also a
+# fast rhythm, asystole also a pause); sounding all of them at once would confuse and could hide
+# the most serious, so only that one sounds, as bedside monitors do (their "arrhythmia alarm
+# chains", e.g. the Mindray ePM operator's manual; the order asystole, VF, VT, bradycardia is
+# Mindray V-series' default priority among high-priority arrhythmia alarms).
+RHYTHM_CHAINS: tuple[tuple[str, ...], ...] = (
+    ("ASYSTOLE", "VFIB", "VTACH", "TACHY"),
+    ("ASYSTOLE", "BRADY"),
+    ("ASYSTOLE", "PAUSE"),
+)
+
+
+def _superseded_by(label: str, sounding: set[str]) -> str | None:
+    """The more serious label of one of ``label``'s chains that is sounding, if any."""
+    for chain in RHYTHM_CHAINS:
+        if label in chain:
+            for above in chain[: chain.index(label)]:
+                if above in sounding:
+                    return above
+    return None
+
+
 def rhythm_conditions(
     bed: BedKey,
     policy: AlarmPolicy,
@@ -270,7 +292,29 @@ def rhythm_conditions(
     An active flag is checked with ``verify`` (when given): called false, it is suppressed
     (returned in ``suppressed`` with the reason, not among the conditions, so its alarm state
     stays as it was); confirmed or not judged, it is present with ``verified`` True or None.
+    A present condition below a present one of its chain (:data:`RHYTHM_CHAINS`) is reported
+    ended instead, naming the one it gave way to.
     """
+    checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify)
+    label = {c.kind: c.label or "" for c in policy.conditions.values() if c.rule == "rhythm"}
+    sounding = {label[c.kind] for c in checked.conditions if c.present}
+    out: list[AlarmCondition] = []
+    for condition in checked.conditions:
+        above = _superseded_by(label[condition.kind], sounding) if condition.present else None
+        if above is not None:
+            condition = replace(condition, present=False, detail=f"superseded by {above}")
+        out.append(condition)
+    return RuleOutput(tuple(out), checked.suppressed)
+
+
+def _rhythm_conditions(
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    rhythms: Iterable[str],
+    verify: Verify | None,
+) -> RuleOutput:
+    """:func:`rhythm_conditions` before the chains are applied."""
     active = set(rhythms)
     out: list[AlarmCondition] = []
     suppressed: list[Suppressed] = []

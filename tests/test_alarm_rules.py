@@ -317,3 +317,23 @@ def test_no_missing_or_stale_value_is_ever_called_normal(
                 for k in cp.params
             )
             assert c.present == (not fresh)
+
+
+def test_of_overlapping_arrhythmias_only_the_most_serious_sounds() -> None:
+    """Arrhythmia alarm chains: VT is also a fast rhythm and asystole a long pause, so while the
+    more serious condition is present the lesser one of its chain is reported ended."""
+
+    def present(rhythms: list[str], verify: object = None) -> set[str]:
+        out = rhythm_conditions(BED, POLICY, NOW, rhythms, verify)  # type: ignore[arg-type]
+        return {c.kind for c in out.conditions if c.present}
+
+    assert present(["VTACH", "TACHY"]) == {"VTACH"}
+    assert present(["VFIB", "VTACH", "TACHY"]) == {"VFIB"}
+    assert present(["ASYSTOLE", "PAUSE", "BRADY"]) == {"ASYSTOLE"}
+    assert present(["TACHY"]) == {"TACHY"} and present(["PAUSE", "BRADY"]) == {"PAUSE", "BRADY"}
+    assert present(["AFIB", "TACHY"]) == {"AFIB", "TACHY"}  # not one chain
+    out = rhythm_conditions(BED, POLICY, NOW, ["VTACH", "TACHY"])
+    (tachy,) = (c for c in out.conditions if c.kind == "TACHY")
+    assert not tachy.present and "VTACH" in tachy.detail
+    # a VT alarm that verification calls false does not silence the fast-rhythm alarm
+    assert present(["VTACH", "TACHY"], lambda label: label != "VTACH") == {"TACHY"}
