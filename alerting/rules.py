@@ -286,18 +286,21 @@ def rhythm_conditions(
     now_us: int,
     rhythms: Iterable[str],
     verify: Verify | None = None,
+    unacknowledged: Iterable[str] = (),
 ) -> RuleOutput:
     """One condition per rhythm flag in the policy: present while the flag is active.
 
     An active flag is checked with ``verify`` (when given): called false, it is suppressed
     (returned in ``suppressed`` with the reason, not among the conditions, so its alarm state
     stays as it was); confirmed or not judged, it is present with ``verified`` True or None.
-    A present condition below a present one of its chain (:data:`RHYTHM_CHAINS`) is reported
-    ended instead, naming the one it gave way to.
+    A present condition below one of its chain (:data:`RHYTHM_CHAINS`) that is present too, or
+    whose alarm is still unacknowledged (``unacknowledged``: the bed's condition kinds with an
+    active or latched alarm), is reported ended instead, naming the one it gave way to.
     """
     checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify)
     label = {c.kind: c.label or "" for c in policy.conditions.values() if c.rule == "rhythm"}
     sounding = {label[c.kind] for c in checked.conditions if c.present}
+    sounding.update(label[kind] for kind in unacknowledged if kind in label)
     out: list[AlarmCondition] = []
     for condition in checked.conditions:
         above = _superseded_by(label[condition.kind], sounding) if condition.present else None
@@ -430,6 +433,7 @@ def evaluate_bed(
     deterioration: DeteriorationLike | None = None,
     verify: Verify | None = None,
     clock_us: int | None = None,
+    unacknowledged: Iterable[str] = (),
 ) -> RuleOutput:
     """Every rule of ``policy`` for one bed at ``now_us``.
 
@@ -440,13 +444,14 @@ def evaluate_bed(
     ``latest`` is ``BedState.latest`` (key -> (value or None, device time)), ``rhythms`` the
     active labels (``Derived.rhythms``), ``quality`` the per-signal verdicts
     (``Derived.quality``), ``news2`` and ``deterioration`` from ``BedScores``; ``verify`` is
-    typically the bed's ``BedSignalPipeline.verify_alarm``.
+    typically the bed's ``BedSignalPipeline.verify_alarm``; ``unacknowledged`` the kinds of the
+    bed's active or latched alarms (``AlarmStateMachine.unacknowledged``).
     """
     bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us)
     if status == "standby" or any(c.present for c in bed_level):
         return RuleOutput(tuple(bed_level))
     quality = quality or {}
-    rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify)
+    rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify, unacknowledged)
     conditions = [
         *bed_level,
         *probe_conditions(bed, policy, now_us, latest, quality, clock_us),

@@ -188,6 +188,7 @@ class AlarmService:
                     deterioration=scores.deterioration if scores else None,
                     verify=engine.signals.verifier(bed),
                     clock_us=state.device_now_us(now_us) - delay_us,
+                    unacknowledged=self.machine.unacknowledged(bed),
                 )
             except Exception:
                 # One bed's fault leaves that bed's alarms as they were, not every bed's.

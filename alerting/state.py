@@ -138,6 +138,17 @@ class AlarmStateMachine:
             if t.alarm is not None
         ]
 
+    def unacknowledged(self, bed: BedKey) -> set[str]:
+        """The condition kinds of ``bed`` whose alarm is active or latched."""
+        live = (AlarmState.ACTIVE, AlarmState.LATCHED)
+        return {
+            kind
+            for kind in self.policy_for(bed).conditions
+            if (t := self._tracks.get((bed, kind))) is not None
+            and t.alarm is not None
+            and t.alarm.state in live
+        }
+
     def due_us(self, bed: BedKey) -> int | None:
         """When the earliest pending condition of ``bed`` will have lasted its condition delay
         (None when none is pending): an evaluation of the bed at that time can start its alarm.

@@ -337,3 +337,13 @@ def test_of_overlapping_arrhythmias_only_the_most_serious_sounds() -> None:
     assert not tachy.present and "VTACH" in tachy.detail
     # a VT alarm that verification calls false does not silence the fast-rhythm alarm
     assert present(["VTACH", "TACHY"], lambda label: label != "VTACH") == {"TACHY"}
+
+
+def test_an_unacknowledged_greater_alarm_keeps_the_lesser_one_quiet() -> None:
+    """The VT flag may drop for a moment (or verification doubt one window) while the fast
+    rhythm goes on: as long as the VT alarm is unacknowledged, no extreme-tachycardia alarm."""
+    out = rhythm_conditions(BED, POLICY, NOW, ["TACHY"], unacknowledged={"VTACH"})
+    (tachy,) = (c for c in out.conditions if c.kind == "TACHY")
+    assert not tachy.present and tachy.detail == "superseded by VTACH"
+    out = rhythm_conditions(BED, POLICY, NOW, ["TACHY"], unacknowledged={"AFIB", "HR_HIGH"})
+    assert {c.kind for c in out.conditions if c.present} == {"TACHY"}

@@ -206,6 +206,10 @@ def test_atrial_fibrillation_and_pauses_alarm_beside_everything_else(tmp_path: P
     assert expected | {("asystole", "ASYSTOLE")} <= kinds
     # motion artefact on the ECG makes its beats irregular; the pulse stays regular: no AF
     assert ("artefact", "AFIB") not in kinds
+    # the lesser alarms of the VT and asystole chains stay quiet under the unacknowledged greater
+    assert ("vt", "TACHY") not in kinds
+    pause = [e.state for e in history if e.bed.bed == "asystole" and e.kind == "PAUSE"]
+    assert pause in ([], [AlarmState.ACTIVE, AlarmState.CLEARED])  # a pause, then asystole
     assert engine.signals.verifier(BedKey("s", "af"))("PAUSE") is None  # type: ignore[misc]
     service.outbox.close()
 
