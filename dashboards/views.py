@@ -10,6 +10,7 @@ turned into a number. NaN never leaves this module (JSON has no NaN).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +26,8 @@ from eicu.models import BedKey
 from ingest.scores import BedScores
 from ingest.signals import Derived, Mark
 from ingest.state import BedState
+
+log = logging.getLogger(__name__)
 
 # NEWS2 bands from most to least urgent; an incomplete score ranks by its proven lower band.
 BAND_RANK = {"high": 3, "medium": 2, "low-medium": 1, "low": 0}
@@ -173,6 +176,27 @@ def event_view(event: AlarmEvent) -> dict[str, Any]:
     }
 
 
+_UNSHOWN: set[BedKey] = set()  # beds whose census fault has been logged (once each)
+
+
+def unshown_summary(key: BedKey, state: BedState, why: str) -> dict[str, Any]:
+    """The census row of a bed whose own row could not be built: stale, no values, and why."""
+    return {
+        "bed": str(key),
+        "site": key.site,
+        "name": key.bed,
+        "status": state.status,
+        "stale": True,
+        "seen_age_s": None,
+        "last_seen_us": state.last_seen_us or None,
+        "skew_ms": 0,
+        "values": {},
+        "news2": {"invalid": why},
+        "acuity": [-1, -1],
+        "engine": engine_view(None),
+    }
+
+
 def census(
     beds: Mapping[BedKey, BedState],
     scores: Mapping[Any, BedScores],
@@ -195,7 +219,14 @@ def census(
     for key, state in list(beds.items()):
         if site is not None and key.site != site:
             continue
-        row = bed_summary(key, state, scores.get(key), derived.get(key), now_us)
+        try:
+            row = bed_summary(key, state, scores.get(key), derived.get(key), now_us)
+        except Exception as exc:
+            # One bed's fault costs the census nothing else; the bed stays on it, marked.
+            if key not in _UNSHOWN:
+                log.exception("census: %s cannot be shown", key)
+            _UNSHOWN.add(key)
+            row = unshown_summary(key, state, f"not shown: {type(exc).__name__}")
         row["alarm"] = top.get(key)
         row["alarms_available"] = alarms is not None
         rows.append(row)

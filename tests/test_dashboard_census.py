@@ -17,7 +17,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from dashboards import views
 from dashboards.app import COOKIE, create_app
-from dashboards.census import DELTAS_KEPT, INPUT_DELAY_SHOWN_S, CensusFeed, engine_status
+from dashboards.census import (
+    DELTAS_KEPT,
+    INPUT_DELAY_SHOWN_S,
+    CensusFeed,
+    engine_status,
+    wire_row,
+)
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
 from eicu.config import HttpSettings
@@ -241,3 +247,20 @@ async def test_the_engine_reading_late_is_on_every_page(
         assert message["engine"] == {"input_delay_s": 8}
     assert engine_status(1_900_000) == {"input_delay_s": 0}
     assert engine_status(int(INPUT_DELAY_SHOWN_S * 1e6)) == {"input_delay_s": 2}
+
+
+async def test_a_bed_that_cannot_be_shown_costs_the_census_nothing(engine: Engine) -> None:
+    """One bed's state trips the census (a value of the wrong type): every other bed is still
+    listed as usual, and that bed is listed too, stale, with why it is not shown."""
+    now_us = time.time_ns() // 1000
+    broken = engine.router.beds[BedKey("icu1", "bed1")]
+    broken.latest["HR"] = ("eighty", broken.latest["HR"][1])  # type: ignore[assignment]
+    rows = views.census(engine.router.beds, engine.scores.beds, engine.signals.derived, now_us)
+    assert {r["bed"] for r in rows} == {str(k) for k in engine.router.beds}
+    (row,) = (r for r in rows if r["bed"] == "icu1/bed1")
+    assert row["stale"] and row["values"] == {} and "not shown" in row["news2"]["invalid"]
+    assert row["acuity"] == [-1, -1]
+    wired = [wire_row(r) for r in rows]  # and it goes on the wire like any row
+    assert next(w for w in wired if w["bed"] == "icu1/bed1")["values"] == {}
+    healthy = next(r for r in rows if r["bed"] == "icu1/bed2")
+    assert healthy["values"] and not healthy["stale"]
