@@ -33,13 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerting.model import AlarmState, Category
 from alerting.policy import AlarmPolicy, load_policy
-from alerting.state import AlarmStateMachine
-from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey
-from eicu.store import open_store
-from ingest.engine import Engine
+from ingest.offline import physiological_alarm_starts
 from simulators.beds import SynthGroup
 
 POLICIES = Path(__file__).resolve().parent.parent / "alerting" / "policies"
@@ -55,38 +51,19 @@ class Run:
 async def simulate(
     policy: AlarmPolicy, scenario: str, beds: int, minutes: float, time_scale: float
 ) -> Run:
+    keys = [BedKey("sim", f"bed{i:03d}") for i in range(beds)]
+    seeds = list(range(1, beds + 1))
+    group = SynthGroup(keys, [scenario] * beds, seeds, T0_US, time_scale=time_scale)
+    started: collections.Counter[str] = collections.Counter()
+    first: dict[tuple[BedKey, str], float] = {}
+    seen: set[str] = set()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        store = open_store(f"sqlite:///{folder / 'eicu.sqlite'}")
-        await store.open()
-        engine = Engine(
-            MqttSettings(),
-            IngestSettings(spool_dir=folder / "spool", analyse_signals=False),
-            store,
-            alarms_outbox=folder / "alarms.db",
-        )
-        assert engine.alarms is not None
-        engine.alarms.policy = policy
-        engine.alarms.machine = AlarmStateMachine(policy)
-        keys = [BedKey("sim", f"bed{i:03d}") for i in range(beds)]
-        seeds = list(range(1, beds + 1))
-        group = SynthGroup(keys, [scenario] * beds, seeds, T0_US, time_scale=time_scale)
-        started: collections.Counter[str] = collections.Counter()
-        first: dict[tuple[BedKey, str], float] = {}
-        seen: set[str] = set()
-        for second in range(1, int(minutes * 60) + 1):
-            now_us = T0_US + second * 1_000_000
-            for _bed, _wave, numerics, _connected in group.tick(1.0):
-                if numerics is not None:
-                    engine.router.route(dataclasses.replace(numerics, received_us=now_us))
-            for event in engine.alarms.evaluate(now_us):
-                if event.state == AlarmState.ACTIVE and event.category == Category.PHYSIOLOGICAL:
-                    if event.alarm_id not in seen:  # an escalation repeats the alarm's id
-                        seen.add(event.alarm_id)
-                        started[event.kind] += 1
-                    first.setdefault((event.bed, event.kind), float(second))
-        engine.alarms.outbox.close()
-        await store.close()
+        events = physiological_alarm_starts(policy, group, T0_US, int(minutes * 60), Path(tmp))
+        async for second, event in events:
+            if event.alarm_id not in seen:  # an escalation repeats the alarm's id
+                seen.add(event.alarm_id)
+                started[event.kind] += 1
+            first.setdefault((event.bed, event.kind), float(second))
     first_s: dict[str, list[float]] = collections.defaultdict(list)
     for (_bed, kind), s in first.items():
         first_s[kind].append(s)

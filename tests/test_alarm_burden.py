@@ -7,18 +7,13 @@ evaluated once a simulated second; see benchmarks/alarm_burden.py for the figure
 from __future__ import annotations
 
 import collections
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from alerting.model import AlarmState, Category
 from alerting.policy import AlarmPolicy, load_policy
-from alerting.state import AlarmStateMachine
-from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey
-from eicu.store import open_store
-from ingest.engine import Engine
+from ingest.offline import physiological_alarm_starts
 from simulators.beds import SynthGroup
 
 pytestmark = pytest.mark.slow
@@ -29,30 +24,12 @@ async def raised(
     tmp_path: Path, policy: AlarmPolicy, scenario: str, beds: int, minutes: float, scale: float
 ) -> dict[str, set[BedKey]]:
     """Alarm kind -> the beds on which it started, over ``minutes`` of simulated time."""
-    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
-    await store.open()
-    engine = Engine(
-        MqttSettings(),
-        IngestSettings(spool_dir=tmp_path / "spool", analyse_signals=False),
-        store,
-        alarms_outbox=tmp_path / "alarms.db",
-    )
-    assert engine.alarms is not None
-    engine.alarms.policy = policy
-    engine.alarms.machine = AlarmStateMachine(policy)
     keys = [BedKey("sim", f"bed{i:02d}") for i in range(beds)]
     group = SynthGroup(keys, [scenario] * beds, list(range(1, beds + 1)), T0_US, time_scale=scale)
     started: dict[str, set[BedKey]] = collections.defaultdict(set)
-    for second in range(1, int(minutes * 60) + 1):
-        now_us = T0_US + second * 1_000_000
-        for _bed, _wave, numerics, _connected in group.tick(1.0):
-            if numerics is not None:
-                engine.router.route(dataclasses.replace(numerics, received_us=now_us))
-        for event in engine.alarms.evaluate(now_us):
-            if event.state == AlarmState.ACTIVE and event.category == Category.PHYSIOLOGICAL:
-                started[event.kind].add(event.bed)
-    engine.alarms.outbox.close()
-    await store.close()
+    events = physiological_alarm_starts(policy, group, T0_US, int(minutes * 60), tmp_path)
+    async for _second, event in events:
+        started[event.kind].add(event.bed)
     return started
 
 
