@@ -235,6 +235,79 @@ class VideoSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """The database's housekeeping (operational, not clinical): TimescaleDB use, retention,
+    compression, chunk sizing, and the device-clock guard of the store."""
+
+    # "auto": TimescaleDB when the server has it preloaded, plain PostgreSQL otherwise;
+    # "require": fail without it; "off": plain PostgreSQL tables even where it is available.
+    timescale: str = "auto"
+    beds: int = 20  # beds of the unit: chunk intervals scale with it
+    numerics_keep_days: float = 400.0
+    waveforms_keep_days: float = 35.0
+    trends_keep_days: float = 5 * 365.0
+    events_keep_days: float = 90.0  # status events and dead letters
+    numerics_compress_after_h: float = 48.0
+    trends_compress_after_days: float = 7.0
+    trends_refresh_window_h: float = 3.0
+    # A device time further than this before its receipt (or more than the lead after it) is
+    # not trusted: the value is stored at its receipt time, the device time kept beside it.
+    device_time_max_lag_h: float = 7 * 24.0
+    device_time_max_lead_s: float = 600.0
+    maintenance_interval_s: float = 300.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StoreSettings:
+        d = cls()
+        mode = (env.get("EICU_TIMESCALE") or d.timescale).strip().lower()
+        if mode not in ("auto", "require", "off"):
+            raise ConfigError("EICU_TIMESCALE", f"expected auto, require or off, got {mode!r}")
+        days = 100 * 365.0
+        s = cls(
+            timescale=mode,
+            beds=_int(env, "EICU_BEDS", d.beds, 1, 100_000),
+            numerics_keep_days=_float(
+                env, "EICU_NUMERICS_KEEP_DAYS", d.numerics_keep_days, 1.0, days
+            ),
+            waveforms_keep_days=_float(
+                env, "EICU_WAVEFORMS_KEEP_DAYS", d.waveforms_keep_days, 1.0, days
+            ),
+            trends_keep_days=_float(env, "EICU_TRENDS_KEEP_DAYS", d.trends_keep_days, 1.0, days),
+            events_keep_days=_float(env, "EICU_EVENTS_KEEP_DAYS", d.events_keep_days, 1.0, days),
+            numerics_compress_after_h=_float(
+                env, "EICU_NUMERICS_COMPRESS_AFTER_H", d.numerics_compress_after_h, 1.0, 1e6
+            ),
+            trends_compress_after_days=_float(
+                env, "EICU_TRENDS_COMPRESS_AFTER_DAYS", d.trends_compress_after_days, 1.0, days
+            ),
+            trends_refresh_window_h=_float(
+                env, "EICU_TRENDS_REFRESH_WINDOW_H", d.trends_refresh_window_h, 0.5, 24.0 * 30
+            ),
+            device_time_max_lag_h=_float(
+                env, "EICU_DEVICE_TIME_MAX_LAG_H", d.device_time_max_lag_h, 1.0, 24.0 * 365
+            ),
+            device_time_max_lead_s=_float(
+                env, "EICU_DEVICE_TIME_MAX_LEAD_S", d.device_time_max_lead_s, 1.0, 86_400.0
+            ),
+            maintenance_interval_s=_float(
+                env, "EICU_STORE_MAINTENANCE_S", d.maintenance_interval_s, 1.0, 86_400.0
+            ),
+        )
+        shortest_keep_h = 24.0 * min(s.numerics_keep_days, s.waveforms_keep_days)
+        if s.device_time_max_lag_h >= shortest_keep_h:
+            raise ConfigError(
+                "EICU_DEVICE_TIME_MAX_LAG_H",
+                f"must be shorter than the shortest retention ({shortest_keep_h:g} h), "
+                f"or retention could drop data as it arrives",
+            )
+        if s.trends_compress_after_days * 24.0 <= s.trends_refresh_window_h:
+            raise ConfigError(
+                "EICU_TRENDS_COMPRESS_AFTER_DAYS", "must be longer than the trends refresh window"
+            )
+        return s
+
+
+@dataclass(frozen=True)
 class Settings:
     mqtt: MqttSettings | None
     database_url: Secret | None
@@ -244,6 +317,7 @@ class Settings:
     alerting: AlertingSettings = field(default_factory=AlertingSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -305,6 +379,7 @@ class Settings:
             alerting=alerting,
             http=http,
             video=VideoSettings.from_env(env),
+            store=StoreSettings.from_env(env),
         )
 
     def describe(self) -> dict[str, str]:

@@ -111,10 +111,21 @@ class Mosquitto:
 class Postgres:
     """A PostgreSQL cluster on a free port (trust authentication on 127.0.0.1)."""
 
-    def __init__(self, port: int | None = None, *, durable: bool = False) -> None:
-        bindir = postgres_bindir()
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        durable: bool = False,
+        bindir: Path | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        """``bindir``: the server's bin folder (default: the newest Debian PostgreSQL);
+        ``options``: more postgresql.conf settings, e.g. ``shared_preload_libraries``."""
+        bindir = bindir or postgres_bindir()
         if bindir is None:
             raise ServiceError("PostgreSQL server not installed (Debian package 'postgresql')")
+        if not (bindir / "initdb").is_file():
+            raise ServiceError(f"no PostgreSQL server in {bindir} (initdb missing)")
         self.bindir = bindir
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="eicu-pg-"))
@@ -125,6 +136,7 @@ class Postgres:
             pw = pwd.getpwnam(self.user)
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        extra = options
         options = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -134,6 +146,7 @@ class Postgres:
         }
         if not durable:
             options.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        options.update(extra or {})
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{k} = {v}\n" for k, v in options.items())
         self.running = False

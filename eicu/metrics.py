@@ -109,3 +109,54 @@ class IngestMetrics:
         # numerics, from the device's measurement time to stored: includes the gateway, the
         # broker and any queue in front of the engine (meaningful when clocks agree)
         self.device_latency = LatencyRecorder()
+
+
+class StoreMetrics:
+    """The store's housekeeping: TimescaleDB background jobs, values stored at their receipt
+    time because the device clock was not sane, late data refreshed into the trends."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        job = ["job", "proc", "table"]
+        self.job_last_run = Gauge(
+            "eicu_store_job_last_run_timestamp_seconds",
+            "Start of the last run of a TimescaleDB background job (Unix time)",
+            job,
+            registry=r,
+        )
+        self.job_last_success = Gauge(
+            "eicu_store_job_last_success_timestamp_seconds",
+            "End of the last successful run of a TimescaleDB background job (Unix time)",
+            job,
+            registry=r,
+        )
+        self.job_failures = Gauge(
+            "eicu_store_job_failures",
+            "Failed runs of a TimescaleDB background job since the job was created",
+            job,
+            registry=r,
+        )
+        self.job_failing = Gauge(
+            "eicu_store_job_failing",
+            "1 while the last run of a TimescaleDB background job failed",
+            job,
+            registry=r,
+        )
+        self.device_time_replaced = Counter(
+            "eicu_store_device_time_replaced",
+            "Rows stored at their receipt time because the device time was far from it",
+            ["kind"],
+            registry=r,
+        )
+        self.trend_refreshes = Counter(
+            "eicu_store_trend_refreshes",
+            "Refreshes of the trend aggregate over backfilled (late) numerics",
+            registry=r,
+        )
+        self.pruned = Counter(
+            "eicu_store_pruned_rows",
+            "Status events and dead letters removed after their retention",
+            ["table"],
+            registry=r,
+        )

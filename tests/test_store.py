@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -216,3 +217,107 @@ async def test_trend_merges_minutes_into_wider_buckets_keeping_spikes(store: Sto
     assert len(day) == 144 and all(p.n == 1 for p in day)
     with pytest.raises(ValueError, match="multiple of 60"):
         await store.trend(BED, "HR", start_us, end_us, bucket_s=90)
+
+
+# --- PostgreSQL only: counters, latest values, device clocks, housekeeping ------------------------
+
+# What the per-bed counters and the latest-value table replace: the same figures from the tables.
+_STATS_FROM_TABLES = """WITH n AS (SELECT bed_id, count(*) AS messages, sum(k) AS samples
+                         FROM (SELECT bed_id, count(*) AS k FROM numerics
+                               GROUP BY bed_id, time, seq) m GROUP BY bed_id),
+                   w AS (SELECT bed_id, sum(n_frames) AS messages, sum(n_samples) AS samples
+                         FROM waveforms GROUP BY bed_id)
+              SELECT b.site || '/' || b.bed, coalesce(n.messages, 0) + coalesce(w.messages, 0),
+                     coalesce(n.samples, 0) + coalesce(w.samples, 0)
+              FROM beds b LEFT JOIN n USING (bed_id) LEFT JOIN w USING (bed_id)"""
+_LATEST_FROM_TABLES = """SELECT DISTINCT ON (n.bed_id, n.code) n.bed_id, n.code, n.value, n.time
+    FROM numerics n ORDER BY n.bed_id, n.code, n.time DESC, n.seq DESC"""
+
+
+async def test_counters_and_latest_values_match_the_tables(db_url: str) -> None:
+    import psycopg
+
+    from eicu.store.pg import PgStore
+
+    store = PgStore(db_url)
+    await store.open()
+    t0 = _now_us()
+    rng = np.random.default_rng(3)
+    for k in range(6):  # overlapping batches, out of order, with retries
+        start = int(rng.integers(0, 40))
+        waves, _ = _frames(t0 + start * 200_000, 5)
+        numerics = [
+            NumericsFrame(bed, i, t0 + i * 1_000_000, {"HR": float(i + k), "RR": 12.0})
+            for bed in (BED, OTHER)
+            for i in range(start, start + 10)
+        ]
+        await store.write(Batch(numerics=numerics[::-1], waveforms=waves))
+    await store.close()
+    store = PgStore(db_url)  # a restart keeps them
+    await store.open()
+    stats, latest = await store.stats(), await store.latest()
+    await store.close()
+    with psycopg.connect(db_url) as conn:
+        expected = conn.execute(_STATS_FROM_TABLES).fetchall()
+        latest_rows = conn.execute(_LATEST_FROM_TABLES).fetchall()
+    assert {k: {"messages": m, "samples": n} for k, m, n in expected} == stats["beds"]
+    assert sum(len(v) for v in latest.values()) == len(latest_rows) == 4
+    assert latest[BED]["HR"].value == max(r[2] for r in latest_rows if r[1] == 1 and r[0] == 1)
+
+
+async def test_a_device_clock_far_off_is_stored_at_its_receipt_time(db_url: str) -> None:
+    import psycopg
+
+    from eicu.config import StoreSettings
+    from eicu.store.pg import PgStore
+
+    store = PgStore(db_url, settings=StoreSettings(device_time_max_lag_h=24))
+    await store.open()
+    now = _now_us()
+    years_back = now - 3 * 365 * 86_400_000_000
+    frames = [
+        NumericsFrame(BED, 1, years_back, {"HR": 80.0}, received_us=now),  # clock years back
+        NumericsFrame(BED, 2, now + 3_600_000_000, {"HR": 81.0}, received_us=now),  # 1 h ahead
+        NumericsFrame(BED, 3, now - 3_600_000_000, {"HR": 82.0}, received_us=now),  # 1 h late
+    ]
+    waves, _ = _frames(years_back, 1)
+    waves = [dataclasses.replace(w, received_us=now) for w in waves]
+    await store.write(Batch(numerics=frames, waveforms=waves))
+    await store.write(Batch(numerics=frames, waveforms=waves))  # a retry: stored once
+    got = {s.value: s.ts_us for s in await store.numerics(now - 86_400_000_000, now + 1)}
+    assert got == {80.0: now, 81.0: now, 82.0: now - 3_600_000_000}
+    get = store.metrics.registry.get_sample_value
+    assert get("eicu_store_device_time_replaced_total", {"kind": "numerics"}) == 2
+    assert get("eicu_store_device_time_replaced_total", {"kind": "waveforms"}) == 1
+    await store.close()
+    with psycopg.connect(db_url) as conn:
+        kept = conn.execute(
+            "SELECT count(*) FROM numerics WHERE device_time IS NOT NULL AND time = received"
+        ).fetchone()
+        kept_waves = conn.execute(
+            "SELECT count(*) FROM waveforms WHERE device_time < now() - INTERVAL '2 years'"
+        ).fetchone()
+    assert kept == (2,) and kept_waves == (1,)
+
+
+async def test_old_status_events_and_dead_letters_are_pruned(db_url: str) -> None:
+    from eicu.config import StoreSettings
+    from eicu.store.pg import PgStore
+
+    store = PgStore(db_url, settings=StoreSettings(events_keep_days=30))
+    await store.open()
+    now = _now_us()
+    old = now - 31 * 86_400_000_000
+    topic = "eicu/v1/x/y/numerics"
+    await store.write(
+        Batch(
+            statuses=[StatusFrame("karamay", "online", t, received_us=t) for t in (old, now)],
+            dead_letters=[DeadLetter(t, topic, "malformed", "", b"{") for t in (old, now)],
+        )
+    )
+    assert await store.prune() == {"status_events": 1, "dead_letters": 1}
+    assert await store.dead_letter_counts() == {"malformed": 1}
+    assert await store.prune() == {"status_events": 0, "dead_letters": 0}
+    get = store.metrics.registry.get_sample_value
+    assert get("eicu_store_pruned_rows_total", {"table": "status_events"}) == 1
+    await store.close()

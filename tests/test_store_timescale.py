@@ -1,19 +1,56 @@
 """The Timescale path and the plain-PostgreSQL fallback run the same schema through one code path.
 
-The TimescaleDB test needs a server with the extension (it is not in the package registries this
-project's CI reaches): point ``EICU_TEST_TIMESCALE_URL`` at an empty database on one.
+The TimescaleDB tests need a PostgreSQL server with the extension, which is in no package
+registry this project's CI reaches, so they skip there. To run them, either
+
+- ``EICU_TEST_TIMESCALE_PG_BIN``: a PostgreSQL bin folder whose server has TimescaleDB
+  installed (the tests start their own servers from it on free ports, preloading the
+  extension, and restart them), or
+- ``EICU_TEST_TIMESCALE_URL``: a TimescaleDB server (extension preloaded) on which the tests
+  may create databases (the restart and not-preloaded tests then skip).
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
 import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
+from eicu.config import StoreSettings
+from eicu.devservices import Postgres, ServiceError
+from eicu.errors import SchemaError
+from eicu.models import Batch, BedKey, NumericsFrame, SignalBlock, WaveformFrame
+from eicu.store import schema, timescale
 from eicu.store.pg import PgStore
 
 pytestmark = pytest.mark.db
+
+TS_BIN = os.environ.get("EICU_TEST_TIMESCALE_PG_BIN")
+TS_URL = os.environ.get("EICU_TEST_TIMESCALE_URL")
+NO_TIMESCALE = (
+    "no TimescaleDB server: set EICU_TEST_TIMESCALE_PG_BIN to a PostgreSQL bin folder whose "
+    "server has TimescaleDB 2.x (or EICU_TEST_TIMESCALE_URL to such a server)"
+)
+needs_timescale = pytest.mark.skipif(not (TS_BIN or TS_URL), reason=NO_TIMESCALE)
+needs_timescale_bin = pytest.mark.skipif(
+    not TS_BIN, reason="set EICU_TEST_TIMESCALE_PG_BIN: the test starts and restarts servers"
+)
+PRELOAD = {"shared_preload_libraries": "'timescaledb'", "timescaledb.telemetry_level": "off"}
+_names = itertools.count()
+BED = BedKey("ts", "bed1")
+OTHER = BedKey("ts", "bed2")
+
+
+# --- what needs no TimescaleDB ------------------------------------------------------------------
 
 
 async def test_plain_postgresql_fallback_and_idempotent_migrations(db_url: str) -> None:
@@ -23,15 +60,13 @@ async def test_plain_postgresql_fallback_and_idempotent_migrations(db_url: str) 
         assert store.backend == "postgresql"
         await store.close()
     with psycopg.connect(db_url) as conn:
-        versions = conn.execute("SELECT version FROM schema_migrations").fetchall()
+        versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
         kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'numerics_1m'").fetchone()
-    assert versions == [(1,), (2,)]
+    assert versions == [(m.version,) for m in schema.MIGRATIONS]
     assert kind == ("v",)  # a plain view with the continuous aggregate's columns
 
 
 async def test_timescale_required_but_absent_is_a_clear_error(db_url: str) -> None:
-    from eicu.errors import SchemaError
-
     with psycopg.connect(db_url) as conn:
         available = conn.execute(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
@@ -44,48 +79,361 @@ async def test_timescale_required_but_absent_is_a_clear_error(db_url: str) -> No
     await store.close()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("EICU_TEST_TIMESCALE_URL"),
-    reason="set EICU_TEST_TIMESCALE_URL to an empty database on a TimescaleDB 2.x server",
+@pytest.mark.parametrize(
+    ("mode", "available", "preloaded", "installed", "expected"),
+    [
+        ("auto", True, True, False, "timescale"),
+        ("auto", True, True, True, "timescale"),
+        ("require", True, True, False, "timescale"),
+        ("auto", False, False, False, "plain"),
+        ("auto", True, False, False, "plain"),  # installed on the server, not preloaded
+        ("off", True, True, False, "plain"),
+        ("off", False, False, False, "plain"),
+        ("require", False, False, False, "TimescaleDB is required but unavailable"),
+        ("require", True, False, False, "shared_preload_libraries"),
+        ("auto", True, False, True, "shared_preload_libraries"),  # the database uses it
+        ("off", True, True, True, "EICU_TIMESCALE=off"),
+    ],
 )
-async def test_timescaledb_hypertables_policies_and_trends() -> None:
-    import time
+def test_plan_falls_back_only_in_auto_mode_and_names_the_setting(
+    mode: str, available: bool, preloaded: bool, installed: bool, expected: str
+) -> None:
+    if expected in ("timescale", "plain"):
+        plan, why = timescale.plan(mode, available, preloaded, installed)
+        assert plan == expected
+        if mode == "auto" and available and not preloaded:
+            assert "shared_preload_libraries" in why
+    else:
+        with pytest.raises(SchemaError, match=expected):
+            timescale.plan(mode, available, preloaded, installed)
 
-    from eicu.models import Batch, BedKey, NumericsFrame
 
-    url = os.environ["EICU_TEST_TIMESCALE_URL"]
-    for _ in range(2):
-        store = PgStore(url, timescale_mode="require")
+def test_chunk_intervals_scale_with_the_beds() -> None:
+    hours = [timescale.numerics_chunk_s(beds) // 3600 for beds in (1, 20, 200, 10_000)]
+    assert hours == [168, 43, 4, 1]  # 25 M rows at 8 values a second per bed, 1 h to 7 days
+    assert timescale.waveforms_chunk_s(20) // 3600 == 23
+
+
+# --- TimescaleDB --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ts_server() -> Iterator[Postgres | None]:
+    """A TimescaleDB server of this module's own (None when only a URL was given)."""
+    if not TS_BIN:
+        yield None
+        return
+    try:
+        server = Postgres(bindir=Path(TS_BIN), options=PRELOAD).start()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start TimescaleDB from {TS_BIN}: {exc}")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def ts_url(ts_server: Postgres | None) -> str:
+    """A fresh database on the TimescaleDB server."""
+    if not (TS_BIN or TS_URL):
+        pytest.skip(NO_TIMESCALE)
+    name = f"ts{os.getpid()}_{next(_names)}"
+    if ts_server is not None:
+        return ts_server.create_database(name)
+    assert TS_URL is not None
+    with psycopg.connect(TS_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(TS_URL, dbname=name)
+
+
+@pytest.fixture
+async def ts_store(ts_url: str) -> AsyncIterator[PgStore]:
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def _query(url: str, q: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(q, params).fetchall()
+
+
+def _jobs(url: str) -> dict[tuple[str, str], dict[str, Any]]:
+    rows = _query(
+        url,
+        """SELECT j.proc_name, coalesce(c.view_name, j.hypertable_name), j.config
+           FROM timescaledb_information.jobs j
+           LEFT JOIN timescaledb_information.continuous_aggregates c
+             ON c.materialization_hypertable_name = j.hypertable_name
+           WHERE j.job_id >= 1000""",
+    )
+    return {(proc, table): config for proc, table, config in rows}
+
+
+def _minute(t_s: float) -> int:
+    return int(t_s) // 60 * 60_000_000
+
+
+def _numerics(bed: BedKey, t0_us: int, n: int, step_us: int = 1_000_000) -> list[NumericsFrame]:
+    return [
+        NumericsFrame(bed, i, t0_us + i * step_us, {"HR": 60.0 + i % 50, "SPO2": 90.0 + i % 7})
+        for i in range(n)
+    ]
+
+
+def _waves(bed: BedKey, t0_us: int, n: int) -> list[WaveformFrame]:
+    rng = np.random.default_rng(7)
+    return [
+        WaveformFrame(
+            bed,
+            i,
+            t0_us + i * 200_000,
+            (SignalBlock("ECG_II", 250.0, 200.0, 0, rng.integers(-900, 900, 50).astype(np.int16)),),
+        )
+        for i in range(n)
+    ]
+
+
+@needs_timescale
+async def test_every_start_after_the_first_works(ts_url: str) -> None:
+    for _ in range(3):
+        store = PgStore(ts_url, timescale_mode="require")
         await store.open()
         assert store.backend == "timescaledb"
         await store.close()
-    store = PgStore(url, timescale_mode="require")
-    await store.open()
-    bed = BedKey("ts", "bed1")
-    t0 = (int(time.time()) // 60 - 5) * 60_000_000
-    frames = [NumericsFrame(bed, i, t0 + i * 1_000_000, {"HR": 60.0 + i}) for i in range(120)]
-    await store.write(Batch(numerics=frames))
-    trend = await store.trend(bed, "HR", t0, t0 + 180_000_000)
-    assert [p.n for p in trend] == [60, 60]
-    assert trend[0].min == 60.0 and trend[1].max == 179.0
-    await store.close()
-    with psycopg.connect(url) as conn:
-        hypertables = {
-            r[0]
-            for r in conn.execute(
-                "SELECT hypertable_name FROM timescaledb_information.hypertables"
-            ).fetchall()
-        }
-        jobs = {
-            (r[0], r[1])
-            for r in conn.execute(
-                "SELECT proc_name, hypertable_name FROM timescaledb_information.jobs"
-            ).fetchall()
-        }
-        caggs = conn.execute(
-            "SELECT view_name FROM timescaledb_information.continuous_aggregates"
-        ).fetchall()
+    rows = _query(ts_url, "SELECT hypertable_name FROM timescaledb_information.hypertables")
+    hypertables = {r[0] for r in rows}
     assert {"numerics", "waveforms"} <= hypertables
+    jobs = _jobs(ts_url)
     assert ("policy_compression", "numerics") in jobs
+    assert ("policy_compression", "waveforms") not in jobs  # segments are compressed already
     assert ("policy_retention", "waveforms") in jobs
-    assert ("numerics_1m",) in caggs
+    assert ("policy_refresh_continuous_aggregate", "numerics_1m") in jobs
+    assert ("policy_compression", "numerics_1m") in jobs
+    assert ("policy_retention", "numerics_1m") in jobs
+    indexes = _query(
+        ts_url,
+        """SELECT indexdef FROM pg_indexes i JOIN timescaledb_information.continuous_aggregates c
+           ON i.tablename = c.materialization_hypertable_name
+           WHERE c.view_name = 'numerics_1m' AND indexdef LIKE '%(bed_id, code, bucket)%'""",
+    )
+    assert indexes
+
+
+@needs_timescale
+async def test_a_database_first_used_without_timescale_moves_to_it(ts_url: str) -> None:
+    store = PgStore(ts_url, timescale_mode="off")
+    await store.open()
+    t0 = _minute(time.time()) - 10 * 60_000_000
+    await store.write(Batch(numerics=_numerics(BED, t0, 120)))
+    before = await store.trend(BED, "HR", t0, t0 + 120_000_000)
+    await store.close()
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()  # the plain view dropped, the tables turned into hypertables
+    try:
+        assert store.backend == "timescaledb"
+        assert await store.trend(BED, "HR", t0, t0 + 120_000_000) == before
+    finally:
+        await store.close()
+    store = PgStore(ts_url, timescale_mode="off")
+    with pytest.raises(SchemaError, match="EICU_TIMESCALE=off"):
+        await store.open()
+    await store.close()
+
+
+@needs_timescale
+async def test_policies_and_chunk_intervals_follow_their_settings(ts_url: str) -> None:
+    first = StoreSettings(beds=20, numerics_keep_days=400, trends_refresh_window_h=3)
+    second = StoreSettings(
+        beds=200,
+        numerics_keep_days=30,
+        waveforms_keep_days=10,
+        numerics_compress_after_h=12,
+        trends_refresh_window_h=6,
+        trends_compress_after_days=14,
+    )
+    for settings in (first, second, second):
+        store = PgStore(ts_url, settings=settings, timescale_mode="require")
+        await store.open()
+        await store.close()
+    jobs = _jobs(ts_url)
+    seconds = {
+        key: _query(ts_url, "SELECT extract(epoch FROM %s::interval)::bigint", (str(value),))[0][0]
+        for key, value in [
+            ("numerics_keep", jobs["policy_retention", "numerics"]["drop_after"]),
+            ("waveforms_keep", jobs["policy_retention", "waveforms"]["drop_after"]),
+            ("compress", jobs["policy_compression", "numerics"]["compress_after"]),
+            ("window", jobs["policy_refresh_continuous_aggregate", "numerics_1m"]["start_offset"]),
+            ("trends_compress", jobs["policy_compression", "numerics_1m"]["compress_after"]),
+        ]
+    }
+    assert seconds == {
+        "numerics_keep": 30 * 86400,
+        "waveforms_keep": 10 * 86400,
+        "compress": 12 * 3600,
+        "window": 6 * 3600,
+        "trends_compress": 14 * 86400,
+    }
+    intervals = dict(
+        _query(
+            ts_url,
+            """SELECT hypertable_name, extract(epoch FROM time_interval)::bigint
+               FROM timescaledb_information.dimensions
+               WHERE hypertable_name IN ('numerics', 'waveforms')""",
+        )
+    )
+    assert intervals == {
+        "numerics": timescale.numerics_chunk_s(200),
+        "waveforms": timescale.waveforms_chunk_s(200),
+    }
+    n_jobs = len(_query(ts_url, "SELECT 1 FROM timescaledb_information.jobs WHERE job_id >= 1000"))
+    assert n_jobs == 6  # replaced, never added twice
+
+
+@needs_timescale
+async def test_backfilled_hours_old_numerics_reach_the_trends(
+    ts_store: PgStore, ts_url: str
+) -> None:
+    now_s = time.time()
+    t_old = _minute(now_s - 5 * 3600)
+    # Materialise the last 6 hours first, as the refresh policy would have: the aggregate's
+    # watermark is then past the data backfilled below.
+    await ts_store.write(Batch(numerics=_numerics(BED, _minute(now_s) - 600_000_000, 300)))
+    with psycopg.connect(ts_url, autocommit=True) as conn:
+        conn.execute(
+            "CALL refresh_continuous_aggregate('numerics_1m', now() - INTERVAL '6 hours', "
+            "now() - INTERVAL '1 minute')"
+        )
+    assert await ts_store.trend(BED, "HR", t_old, t_old + 600_000_000) == []
+    await ts_store.write(Batch(numerics=_numerics(BED, t_old, 601)))  # 10 min, 5 h old
+    await ts_store.refresh_trends()  # the write scheduled it; wait for it either way
+    trend = await ts_store.trend(BED, "HR", t_old, t_old + 660_000_000)
+    assert [p.n for p in trend] == [60] * 10 + [1]
+    assert trend[0].min == 60.0 and trend[0].max == 109.0
+    assert _query(ts_url, "SELECT count(*) FROM trends_pending") == [(0,)]
+    assert ts_store.metrics.registry.get_sample_value("eicu_store_trend_refreshes_total") >= 1
+
+
+@needs_timescale
+async def test_compression_round_trip_leaves_every_query_unchanged(
+    ts_store: PgStore, ts_url: str
+) -> None:
+    t0 = _minute(time.time() - 3 * 86400)  # three days back: chunks the policy would compress
+    numerics = _numerics(BED, t0, 3600) + _numerics(OTHER, t0, 3600, 2_000_000)
+    waves = _waves(BED, t0, 300)
+    batch = Batch(numerics=numerics, waveforms=waves)
+    await ts_store.write(batch)
+    await ts_store.refresh_trends()
+    end = t0 + 7200 * 1_000_000
+
+    async def everything() -> tuple[Any, ...]:
+        window = await ts_store.waveform(BED, "ECG_II", t0, t0 + 60_000_000)
+        return (
+            await ts_store.trend(BED, "HR", t0, end),
+            await ts_store.trend(OTHER, "SPO2", t0, end, bucket_s=600),
+            await ts_store.numerics(t0, end),
+            await ts_store.stats(),
+            await ts_store.latest(max_age_s=5 * 86400),
+            window.t_us.tolist(),
+            window.values.tolist(),
+        )
+
+    before = await everything()
+    with psycopg.connect(ts_url, autocommit=True) as conn:
+        for table in ("numerics", "waveforms"):  # waveforms too: still readable if compressed
+            conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress)")
+            conn.execute(f"SELECT compress_chunk(c) FROM show_chunks('{table}') c")
+        conn.execute(
+            "SELECT compress_chunk(c, if_not_compressed => TRUE) FROM show_chunks('numerics_1m') c"
+        )
+        compressed = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE is_compressed"
+        ).fetchone()
+    assert compressed is not None and compressed[0] >= 3
+    assert await everything() == before
+    await ts_store.write(batch)  # a retry into compressed chunks stores nothing twice
+    assert await everything() == before
+    with psycopg.connect(ts_url, autocommit=True) as conn:
+        for table in ("numerics", "waveforms", "numerics_1m"):
+            conn.execute(
+                f"SELECT decompress_chunk(c, if_compressed => TRUE) FROM show_chunks('{table}') c"
+            )
+    assert await everything() == before
+
+
+@needs_timescale
+async def test_job_health_is_read_into_the_metrics(ts_store: PgStore, ts_url: str) -> None:
+    refresh = _query(
+        ts_url,
+        """SELECT job_id FROM timescaledb_information.jobs
+           WHERE proc_name = 'policy_refresh_continuous_aggregate'""",
+    )[0][0]
+    _query(ts_url, "CALL run_job(%s)", (refresh,))
+    # A failing job of the same kind: a retention policy on a table it cannot drop from.
+    with psycopg.connect(ts_url, autocommit=True) as conn:
+        conn.execute(
+            """CREATE FUNCTION failing_job(job_id int, config jsonb) RETURNS void
+               LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'broken on purpose'; END $$"""
+        )
+        failing = conn.execute(
+            "SELECT add_job('failing_job', '1 hour', initial_start => now())"
+        ).fetchone()
+    assert failing is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = await ts_store.check_jobs()
+        done = {r[0]: r for r in rows}
+        if done.get(failing[0]) and done[failing[0]][7]:
+            break
+        await asyncio.sleep(0.2)
+    labels = {"job": str(failing[0]), "proc": "failing_job", "table": ""}
+    get = ts_store.metrics.registry.get_sample_value
+    assert get("eicu_store_job_failures", labels) == 1
+    assert get("eicu_store_job_failing", labels) == 1
+    assert get("eicu_store_job_last_run_timestamp_seconds", labels) is not None
+    refresh_labels = {
+        "job": str(refresh),
+        "proc": "policy_refresh_continuous_aggregate",
+        "table": "numerics_1m",
+    }
+    assert get("eicu_store_job_failing", refresh_labels) == 0
+
+
+@needs_timescale_bin
+async def test_server_restart_and_a_new_start_against_it(ts_server: Postgres, ts_url: str) -> None:
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()
+    t0 = _minute(time.time()) - 300_000_000
+    await store.write(Batch(numerics=_numerics(BED, t0, 60)))
+    await store.close()
+    ts_server.stop()
+    ts_server.start()
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()
+    try:
+        await store.write(Batch(numerics=_numerics(BED, t0, 120)))  # half of it again
+        assert (await store.stats())["beds"]["ts/bed1"] == {"messages": 120, "samples": 240}
+    finally:
+        await store.close()
+
+
+@needs_timescale_bin
+async def test_installed_but_not_preloaded(caplog: pytest.LogCaptureFixture) -> None:
+    assert TS_BIN is not None
+    server = Postgres(bindir=Path(TS_BIN)).start()  # TimescaleDB on disk, not preloaded
+    try:
+        url = server.create_database("plain")
+        with pytest.raises(SchemaError, match="shared_preload_libraries"):
+            store = PgStore(url, timescale_mode="require")
+            try:
+                await store.open()
+            finally:
+                await store.close()
+        store = PgStore(url, timescale_mode="auto")
+        with caplog.at_level(logging.WARNING, logger="eicu.store.pg"):
+            await store.open()
+        await store.close()
+        assert store.backend == "postgresql"
+        assert "shared_preload_libraries" in caplog.text
+    finally:
+        server.cleanup()

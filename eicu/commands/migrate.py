@@ -22,9 +22,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("EICU_DATABASE_URL", "set it or pass --database")
 
     async def migrate() -> str:
+        from eicu.config import StoreSettings
         from eicu.store import open_store
 
-        store = open_store(args.database)
+        store = open_store(args.database, StoreSettings.from_env(os.environ))
         await store.open()  # applies what is pending
         await store.close()
         return store.backend

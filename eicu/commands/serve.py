@@ -47,11 +47,13 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     from dashboards.app import create_app
     from dashboards.server import DashboardServer
     from dashboards.users import Users
+    from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
 
     assert settings.database_url is not None
-    store = open_store(settings.database_url)
+    metrics = IngestMetrics()
+    store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
     await store.open()
     log.info("store ready (%s); schema up to date", store.backend)
     alarm_store = None
@@ -61,7 +63,12 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
 
         alarm_store = AlarmStore(settings.database_url)
     engine = Engine(
-        mqtt, settings.ingest, store, alerting=settings.alerting, alarm_store=alarm_store
+        mqtt,
+        settings.ingest,
+        store,
+        alerting=settings.alerting,
+        alarm_store=alarm_store,
+        metrics=metrics,
     )
     if settings.alerting.rota_path is not None:
         log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)

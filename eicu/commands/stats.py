@@ -20,9 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _stats(url: str) -> tuple[dict[str, dict[str, dict[str, int]]], dict[str, int], str]:
+    from eicu.config import StoreSettings
     from eicu.store import open_store
 
-    store = open_store(url)
+    store = open_store(url, StoreSettings.from_env(os.environ))
     await store.open()
     try:
         return await store.stats(), await store.dead_letter_counts(), store.backend

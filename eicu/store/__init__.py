@@ -3,18 +3,27 @@ the embedded demo, all behind one interface (:class:`eicu.store.base.Store`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from eicu.errors import ConfigError
 from eicu.store.base import LatestValue, Store, TrendPoint, WaveformWindow
+
+if TYPE_CHECKING:
+    from eicu.config import StoreSettings
+    from eicu.metrics import StoreMetrics
 
 __all__ = ["LatestValue", "Store", "TrendPoint", "WaveformWindow", "open_store"]
 
 
-def open_store(url: str) -> Store:
-    """A store for a database URL: ``postgresql://...`` or ``sqlite:///path``. Call ``open()``."""
+def open_store(
+    url: str, settings: StoreSettings | None = None, metrics: StoreMetrics | None = None
+) -> Store:
+    """A store for a database URL: ``postgresql://...`` or ``sqlite:///path``. Call ``open()``.
+    ``settings`` (TimescaleDB use, retention, ...) and ``metrics`` apply to PostgreSQL."""
     if url.startswith(("postgresql://", "postgres://")):
         from eicu.store.pg import PgStore
 
-        return PgStore(url)
+        return PgStore(url, settings=settings, metrics=metrics)
     if url.startswith("sqlite:///"):
         from eicu.store.sqlite import SqliteStore
 

@@ -10,6 +10,8 @@ retried after an uncertain commit stores every sample once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any, Literal
 
@@ -17,11 +19,12 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from eicu.errors import SchemaError, StorageUnavailable
+from eicu.config import StoreSettings
+from eicu.errors import EicuError, SchemaError, StorageUnavailable
+from eicu.metrics import StoreMetrics
 from eicu.models import Batch, BedKey
 from eicu.store import schema, timescale
 from eicu.store.base import (
-    STATS_SQL,
     CallRecord,
     LatestValue,
     NumericSample,
@@ -40,6 +43,7 @@ from eicu.store.base import (
     window_from_blocks,
 )
 from eicu.store.segments import decode_blocks
+from eicu.store.timescale import policy_from
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +74,20 @@ class PgStore:
         self,
         url: str,
         *,
-        timescale_mode: TimescaleMode = "auto",
+        settings: StoreSettings | None = None,
+        timescale_mode: TimescaleMode | None = None,
         retention: timescale.RetentionPolicy | None = None,
+        metrics: StoreMetrics | None = None,
         pool_max: int = 4,
         connect_timeout_s: float = 5.0,
     ) -> None:
         self._url = url
-        self._mode = timescale_mode
-        self._retention = retention or timescale.RetentionPolicy()
+        self._settings = settings or StoreSettings()
+        self._mode = timescale_mode or self._settings.timescale
+        self._retention = retention or policy_from(self._settings)
+        self.metrics = metrics or StoreMetrics()
+        self._lag_us = int(self._settings.device_time_max_lag_h * 3600e6)
+        self._lead_us = int(self._settings.device_time_max_lead_s * 1e6)
         self._connect_timeout_s = connect_timeout_s
         self._pool = psycopg_pool.AsyncConnectionPool(
             url,
@@ -90,6 +100,9 @@ class PgStore:
             reconnect_timeout=0,  # never give up reconnecting in the background
         )
         self._bed_ids: dict[BedKey, int] = {}
+        self._job_failures: dict[int, int] = {}
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._maintain_task: asyncio.Task[None] | None = None
         self.backend = "postgresql"
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -100,8 +113,16 @@ class PgStore:
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
         await self.migrate()
+        if self.backend == "timescaledb":
+            self._schedule_refresh()  # what an earlier run left pending
+        self._maintain_task = asyncio.create_task(self._maintain_loop(), name="store-maintenance")
 
     async def close(self) -> None:
+        for task in (self._maintain_task, self._refresh_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EicuError):
+                    await task
         await self._pool.close()
 
     async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -111,7 +132,8 @@ class PgStore:
         await conn.set_autocommit(False)
 
     async def migrate(self) -> list[int]:
-        """Apply pending migrations (idempotent, serialised by an advisory lock)."""
+        """Apply pending migrations and bring TimescaleDB's chunk intervals and policies in line
+        with the settings (idempotent, serialised by an advisory lock)."""
         try:
             async with self._pool.connection() as conn:
                 await conn.set_autocommit(True)
@@ -138,6 +160,13 @@ class PgStore:
                 f"database schema is at version {max(done)}, "
                 f"this eicu knows up to {schema.LATEST_VERSION}"
             )
+        # Decided before any migration: a server with TimescaleDB installed but not preloaded
+        # ends the connection on CREATE EXTENSION, and a database using it cannot fall back.
+        row = await (await conn.execute(timescale.SERVER_STATE)).fetchone()
+        available, preloaded, installed = (bool(v) for v in row) if row else (False,) * 3
+        plan, why = timescale.plan(self._mode, available, preloaded, installed)
+        if plan == "timescale":
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         applied = []
         for m in schema.MIGRATIONS:
             if m.version in done:
@@ -151,46 +180,191 @@ class PgStore:
                 )
             applied.append(m.version)
             log.info("applied schema migration %d: %s", m.version, m.name)
-        await self._setup_timescale(conn)
+        if plan == "timescale":
+            await self._setup_timescale(conn)
+            self.backend = "timescaledb"
+        else:
+            if self._mode == "auto" and available:
+                log.warning("using plain PostgreSQL: %s", why)
+            else:
+                log.info("using plain PostgreSQL: %s", why)
+            await conn.execute(schema.PLAIN_TRENDS_VIEW)
+            self.backend = "postgresql"
         return applied
 
     async def _setup_timescale(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        has_ts = False
-        if self._mode != "off":
+        p = self._retention
+        kind = await (
+            await conn.execute("SELECT relkind FROM pg_class WHERE relname = 'numerics_1m'")
+        ).fetchone()
+        is_cagg = await (await conn.execute(timescale.IS_CAGG)).fetchone()
+        if kind is not None and not (is_cagg and is_cagg[0]):
+            # The plain-PostgreSQL view of an earlier start without TimescaleDB.
+            await conn.execute("DROP VIEW numerics_1m")
+        chunks = (("numerics", p.numerics_chunk_s), ("waveforms", p.waveforms_chunk_s))
+        for stmt, (_, chunk_s) in zip(timescale.HYPERTABLES, chunks, strict=True):
+            await conn.execute(stmt, (chunk_s,))
+        for table, chunk_s in chunks:  # applies to the chunks created from now on
+            await conn.execute(
+                "SELECT set_chunk_time_interval(%s, %s * INTERVAL '1 second')", (table, chunk_s)
+            )
+        row = await (await conn.execute(timescale.COMPRESSION_ENABLED, ("numerics",))).fetchone()
+        if not (row and row[0]):
+            await conn.execute(timescale.NUMERICS_COMPRESSION)
+        await conn.execute(timescale.CAGG)
+        await conn.execute(timescale.CAGG_INDEX)
+        row = await (await conn.execute(timescale.CAGG_COMPRESSED)).fetchone()
+        if not (row and row[0]):
+            await conn.execute(timescale.CAGG_COMPRESSION)
+        await conn.execute(timescale.PENDING_TABLE)
+        for job in timescale.jobs(p):
+            await self._reconcile_job(conn, job)
+
+    async def _reconcile_job(self, conn: psycopg.AsyncConnection[Any], job: timescale.Job) -> None:
+        """Create, replace or remove one background job so that it matches its settings."""
+        row = await (await conn.execute(timescale.JOB_CONFIG, (job.proc, job.table))).fetchone()
+        if row is None and job.config is None:
+            return
+        if row is not None:
+            _, config, schedule_s = row
+            current = {}
+            for key in job.config or {}:
+                raw = (config or {}).get(key)
+                seconds = None
+                if raw is not None:
+                    cur = await conn.execute(timescale.INTERVAL_S, (str(raw),))
+                    seconds = (await cur.fetchone() or (None,))[0]
+                current[key] = seconds
+            if (
+                job.config is not None
+                and current == job.config
+                and (job.schedule_s is None or schedule_s == job.schedule_s)
+            ):
+                return
+            await conn.execute(timescale.REMOVE[job.proc], (job.table,))
+            if job.config is None:
+                log.info("removed %s on %s", job.proc, job.table)
+                return
+            log.info("%s on %s: %s -> %s (seconds)", job.proc, job.table, current, job.config)
+        stmt, params = timescale.add_job_sql(job)
+        await conn.execute(stmt, params)
+
+    # --- housekeeping ----------------------------------------------------------------------------
+
+    async def _maintain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.maintenance_interval_s)
             try:
-                await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-                has_ts = True
+                await self.maintain()
+            except StorageUnavailable as exc:
+                log.warning("store maintenance skipped: %s", exc)
             except psycopg.Error as exc:
-                if self._mode == "require":
-                    raise SchemaError(f"TimescaleDB is required but unavailable: {exc}") from exc
-                log.info("TimescaleDB not available, using plain PostgreSQL: %s", str(exc).strip())
-        if has_ts:
-            kind = await (
-                await conn.execute("SELECT relkind FROM pg_class WHERE relname = 'numerics_1m'")
-            ).fetchone()
-            if kind is not None and kind[0] == "v":
-                await conn.execute("DROP VIEW numerics_1m")
-            for stmt in timescale.statements(self._retention):
-                if stmt.startswith("ALTER TABLE") and "timescaledb.compress" in stmt:
-                    table = stmt.split()[2]
-                    cur = await conn.execute(timescale.COMPRESSION_ENABLED, (table,))
-                    row = await cur.fetchone()
-                    if row is not None and row[0]:
-                        continue
-                await conn.execute(stmt)
-            self.backend = "timescaledb"
-        else:
-            await conn.execute(schema.PLAIN_TRENDS_VIEW)
-            self.backend = "postgresql"
+                log.error("store maintenance failed: %s", str(exc).strip()[:300])
+
+    async def maintain(self) -> None:
+        """One round of housekeeping: backfilled trends refreshed, old status events and dead
+        letters removed, TimescaleDB job health read into the metrics (and logged on failure).
+        Runs every ``maintenance_interval_s`` while the store is open."""
+        await self.refresh_trends()
+        await self.prune()
+        await self.check_jobs()
+
+    async def prune(self) -> dict[str, int]:
+        """Remove status events and dead letters older than their retention."""
+        keep_s = self._retention.events_keep_s
+        removed = {}
+        for table, column in (("status_events", "time"), ("dead_letters", "received")):
+            try:
+                async with self._pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        sql.SQL("DELETE FROM {} WHERE {} < now() - %s * INTERVAL '1 second'")
+                        .format(sql.Identifier(table), sql.Identifier(column))
+                        .as_string(None),
+                        (keep_s,),
+                    )
+                    removed[table] = cur.rowcount
+            except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+                raise _unavailable(exc) from exc
+            if removed[table]:
+                self.metrics.pruned.labels(table=table).inc(removed[table])
+        return removed
+
+    async def check_jobs(self) -> list[tuple[Any, ...]]:
+        """Read TimescaleDB's job statistics into the metrics; log each job that failed since
+        the last check. Returns the rows (job id, proc, table, last run, last success, status,
+        runs, failures)."""
+        if self.backend != "timescaledb":
+            return []
+        rows = await self._fetch(timescale.JOB_STATS)
+        for job_id, proc, table, last_run, last_ok, status, runs, failures in rows:
+            labels = {"job": str(job_id), "proc": str(proc), "table": str(table or "")}
+            if last_run is not None:
+                self.metrics.job_last_run.labels(**labels).set(float(last_run))
+            if last_ok is not None:
+                self.metrics.job_last_success.labels(**labels).set(float(last_ok))
+            self.metrics.job_failures.labels(**labels).set(int(failures or 0))
+            self.metrics.job_failing.labels(**labels).set(1 if status == "Failed" else 0)
+            before = self._job_failures.get(job_id, 0)
+            self._job_failures[job_id] = int(failures or 0)
+            if int(failures or 0) > before:
+                log.error(
+                    "TimescaleDB job %s (%s on %s) failed: %d of %d runs failed, last status %s; "
+                    "see timescaledb_information.job_errors",
+                    job_id, proc, table, failures, runs, status,
+                )  # fmt: skip
+        return rows
+
+    async def refresh_trends(self) -> int:
+        """Refresh the trend aggregate over the backfilled numerics waiting in
+        ``trends_pending``; returns how many pending ranges were handled."""
+        if self.backend != "timescaledb":
+            return 0
+        try:
+            async with self._pool.connection() as conn:
+                await conn.set_autocommit(True)
+                try:
+                    cur = await conn.execute(
+                        "SELECT max(id), min(lo), max(hi), count(*) FROM trends_pending"
+                    )
+                    last_id, lo, hi, n = await cur.fetchone() or (None, None, None, 0)
+                    if last_id is None:
+                        return 0
+                    await conn.execute(
+                        "CALL refresh_continuous_aggregate('numerics_1m', "
+                        "time_bucket('1 minute', %s::timestamptz), "
+                        "time_bucket('1 minute', %s::timestamptz) + INTERVAL '1 minute')",
+                        (lo, hi),
+                    )
+                    await conn.execute("DELETE FROM trends_pending WHERE id <= %s", (last_id,))
+                finally:
+                    await conn.set_autocommit(False)
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+        self.metrics.trend_refreshes.inc()
+        log.info("trends refreshed over backfilled numerics from %s to %s", lo, hi)
+        return int(n)
+
+    def _schedule_refresh(self) -> None:
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_task = asyncio.create_task(self._refresh_soon(), name="trend-refresh")
+
+    async def _refresh_soon(self) -> None:
+        try:
+            await self.refresh_trends()
+        except StorageUnavailable as exc:  # the pending ranges stay for the next attempt
+            log.warning("trend refresh postponed: %s", exc)
+        except psycopg.Error as exc:
+            log.error("trend refresh failed: %s", str(exc).strip()[:300])
 
     # --- writes ----------------------------------------------------------------------------------
 
     async def write(self, batch: Batch) -> None:
+        late = False
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 bed_ids = await self._resolve_beds(conn, beds_in(batch))
                 if batch.numerics:
-                    await self._copy_numerics(conn, bed_ids, batch)
+                    late = await self._copy_numerics(conn, bed_ids, batch)
                 if batch.waveforms:
                     await self._copy_waveforms(conn, bed_ids, batch)
                 if batch.statuses:
@@ -199,6 +373,8 @@ class PgStore:
                     await self._insert_dead_letters(conn, batch)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
+        if late:
+            self._schedule_refresh()
 
     async def _resolve_beds(
         self, conn: psycopg.AsyncConnection[Any], beds: set[BedKey]
@@ -215,19 +391,75 @@ class PgStore:
                 self._bed_ids[BedKey(site, bed)] = bed_id
         return self._bed_ids
 
+    def _time_sql(self, column: str) -> str:
+        """The stored time: the device time, or the receipt time where the device time is
+        further than the allowed lag before it (or lead after it)."""
+        return f"CASE WHEN {self._distrusted(column)} THEN rx_us ELSE {column} END"
+
+    def _distrusted(self, column: str) -> str:
+        # A receipt time of 0 is unknown (frames built outside the ingest path): no check.
+        return (
+            f"(rx_us > 0 AND ({column} < rx_us - {self._lag_us} "
+            f"OR {column} > rx_us + {self._lead_us}))"
+        )
+
+    def _device_time_sql(self, column: str) -> str:
+        return f"CASE WHEN {self._distrusted(column)} THEN {_US.format(column)} END"
+
     async def _copy_numerics(
         self, conn: psycopg.AsyncConnection[Any], bed_ids: dict[BedKey, int], batch: Batch
-    ) -> None:
+    ) -> bool:
+        """Stage and insert; returns whether rows older than the trends' refresh window were
+        stored (their range then waits in ``trends_pending``)."""
         async with conn.cursor() as cur:
             async with cur.copy("COPY stage_numerics FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["int8", "int4", "int2", "float8", "int8", "int8"])
                 for row in numeric_rows(batch.numerics, bed_ids):
                     await copy.write_row(row)
             await cur.execute(
-                f"""INSERT INTO numerics (time, bed_id, code, value, seq, received)
-                    SELECT {_US.format("t_us")}, bed_id, code, value, seq, {_US.format("rx_us")}
-                    FROM stage_numerics ON CONFLICT DO NOTHING"""
+                f"""WITH ins AS (
+                        INSERT INTO numerics (time, bed_id, code, value, seq, received,
+                                              device_time)
+                        SELECT {_US.format(self._time_sql("t_us"))}, bed_id, code, value, seq,
+                               {_US.format("rx_us")}, {self._device_time_sql("t_us")}
+                        FROM stage_numerics ON CONFLICT DO NOTHING
+                        RETURNING bed_id, code, time, seq, value, device_time),
+                    lat AS (
+                        INSERT INTO latest_values AS l (bed_id, code, time, seq, value)
+                        SELECT DISTINCT ON (bed_id, code) bed_id, code, time, seq, value FROM ins
+                        ORDER BY bed_id, code, time DESC, seq DESC
+                        ON CONFLICT (bed_id, code) DO UPDATE
+                        SET time = EXCLUDED.time, seq = EXCLUDED.seq, value = EXCLUDED.value
+                        WHERE (EXCLUDED.time, EXCLUDED.seq) > (l.time, l.seq)),
+                    cnt AS (
+                        INSERT INTO bed_counters AS c (bed_id, messages, samples)
+                        SELECT bed_id, count(DISTINCT (time, seq)), count(*) FROM ins
+                        GROUP BY bed_id
+                        ON CONFLICT (bed_id) DO UPDATE
+                        SET messages = c.messages + EXCLUDED.messages,
+                            samples = c.samples + EXCLUDED.samples)
+                    SELECT min(time), max(time), count(device_time),
+                           min(time) < now() - %s * INTERVAL '1 second'
+                    FROM ins""",
+                (self._retention.late_after_s,),
             )
+            lo, hi, replaced, late = await cur.fetchone() or (None, None, 0, False)
+            if replaced:
+                self.metrics.device_time_replaced.labels(kind="numerics").inc(replaced)
+                log.warning(
+                    "%d numeric values stored at their receipt time: device time more than "
+                    "%.0f h before or %.0f s after it",
+                    replaced, self._settings.device_time_max_lag_h,
+                    self._settings.device_time_max_lead_s,
+                )  # fmt: skip
+            if late and self.backend == "timescaledb":
+                await cur.execute(
+                    """INSERT INTO trends_pending (lo, hi)
+                       VALUES (%s, least(%s, now() - %s * INTERVAL '1 second'))""",
+                    (lo, hi, self._retention.late_after_s - 60),
+                )
+                return True
+        return False
 
     async def _copy_waveforms(
         self, conn: psycopg.AsyncConnection[Any], bed_ids: dict[BedKey, int], batch: Batch
@@ -238,12 +470,26 @@ class PgStore:
                 for row in waveform_rows(batch.waveforms, bed_ids):
                     await copy.write_row(row)
             await cur.execute(
-                f"""INSERT INTO waveforms
-                        (time, bed_id, seq, n_frames, duration_us, n_samples, data, received)
-                    SELECT {_US.format("t_us")}, bed_id, seq, n_frames, duration_us, n_samples,
-                           data, {_US.format("rx_us")}
-                    FROM stage_waveforms ON CONFLICT DO NOTHING"""
+                f"""WITH ins AS (
+                        INSERT INTO waveforms (time, bed_id, seq, n_frames, duration_us,
+                                               n_samples, data, received, device_time)
+                        SELECT {_US.format(self._time_sql("t_us"))}, bed_id, seq, n_frames,
+                               duration_us, n_samples, data, {_US.format("rx_us")},
+                               {self._device_time_sql("t_us")}
+                        FROM stage_waveforms ON CONFLICT DO NOTHING
+                        RETURNING bed_id, n_frames, n_samples, device_time),
+                    cnt AS (
+                        INSERT INTO bed_counters AS c (bed_id, messages, samples)
+                        SELECT bed_id, sum(n_frames), sum(n_samples) FROM ins GROUP BY bed_id
+                        ON CONFLICT (bed_id) DO UPDATE
+                        SET messages = c.messages + EXCLUDED.messages,
+                            samples = c.samples + EXCLUDED.samples)
+                    SELECT count(device_time) FROM ins"""
             )
+            replaced = await cur.fetchone()
+            if replaced and replaced[0]:
+                self.metrics.device_time_replaced.labels(kind="waveforms").inc(replaced[0])
+                log.warning("%d waveform segments stored at their receipt time", replaced[0])
 
     async def _insert_statuses(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
         async with conn.cursor() as cur:
@@ -281,14 +527,22 @@ class PgStore:
 
     async def latest(self, max_age_s: float = 86_400.0) -> dict[BedKey, dict[str, LatestValue]]:
         rows = await self._fetch(
-            f"""SELECT DISTINCT ON (n.bed_id, n.code) b.site, b.bed, n.code, n.value,
-                       {_EPOCH_US.format("n.time")}
-                FROM numerics n JOIN beds b USING (bed_id)
-                WHERE n.time > now() - %s * INTERVAL '1 second'
-                ORDER BY n.bed_id, n.code, n.time DESC, n.seq DESC""",
+            f"""SELECT b.site, b.bed, l.code, l.value, {_EPOCH_US.format("l.time")}
+                FROM latest_values l JOIN beds b USING (bed_id)
+                WHERE l.time > now() - %s * INTERVAL '1 second'""",
             (max_age_s,),
         )
         return latest_doc(rows)
+
+    async def _bed_id(self, bed: BedKey) -> int | None:
+        if bed not in self._bed_ids:
+            rows = await self._fetch(
+                "SELECT bed_id FROM beds WHERE site = %s AND bed = %s", (bed.site, bed.bed)
+            )
+            if not rows:
+                return None
+            self._bed_ids[bed] = int(rows[0][0])
+        return self._bed_ids[bed]
 
     async def trend(
         self, bed: BedKey, key: str, start_us: int, end_us: int, bucket_s: int = 60
@@ -296,35 +550,40 @@ class PgStore:
         from eicu.codes import BY_KEY
 
         bucket = check_bucket_s(bucket_s)
+        code = BY_KEY[key].code
+        # The bed's id first: a constant reaches both halves of the real-time aggregate (the
+        # materialised minutes and the raw values after them), where a join would not.
+        bed_id = await self._bed_id(bed)
+        if bed_id is None:
+            return []
         if self.backend != "timescaledb":
             # Plain PostgreSQL: numerics_1m is a view over the raw values, and a range on its
             # bucket cannot use an index; the same figures straight from the raw values can.
             rows = await self._fetch(
                 f"""SELECT {_EPOCH_US.format("merged")}, avg(n.value), min(n.value),
                            max(n.value), count(n.value)
-                    FROM numerics n JOIN beds b USING (bed_id),
+                    FROM numerics n,
                          LATERAL (SELECT date_bin(%s * INTERVAL '1 second', n.time,
                                                   TIMESTAMPTZ 'epoch') AS merged) m
-                    WHERE b.site = %s AND b.bed = %s AND n.code = %s
+                    WHERE n.bed_id = %s AND n.code = %s
                       AND n.time >= {_US.format("%s::bigint")}
                       AND n.time < {_US.format("%s::bigint")}
                     GROUP BY merged ORDER BY merged""",
-                (bucket, bed.site, bed.bed, BY_KEY[key].code, minute_ceil_us(start_us),
-                 minute_ceil_us(end_us)),
-            )  # fmt: skip
+                (bucket, bed_id, code, minute_ceil_us(start_us), minute_ceil_us(end_us)),
+            )
             return [TrendPoint(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
         rows = await self._fetch(
             f"""SELECT {_EPOCH_US.format("merged")},
                        sum(t.avg_value * t.n_values) / nullif(sum(t.n_values), 0),
                        min(t.min_value), max(t.max_value), sum(t.n_values)
-                FROM numerics_1m t JOIN beds b USING (bed_id),
+                FROM numerics_1m t,
                      LATERAL (SELECT date_bin(%s * INTERVAL '1 second', t.bucket,
                                               TIMESTAMPTZ 'epoch') AS merged) m
-                WHERE b.site = %s AND b.bed = %s AND t.code = %s
+                WHERE t.bed_id = %s AND t.code = %s
                   AND t.bucket >= {_US.format("%s::bigint")}
                   AND t.bucket < {_US.format("%s::bigint")}
                 GROUP BY merged ORDER BY merged""",
-            (bucket, bed.site, bed.bed, BY_KEY[key].code, start_us, end_us),
+            (bucket, bed_id, code, start_us, end_us),
         )
         return [TrendPoint(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
 
@@ -357,7 +616,13 @@ class PgStore:
         return numeric_samples(rows)
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]:
-        return stats_doc(await self._fetch(STATS_SQL))
+        return stats_doc(
+            await self._fetch(
+                """SELECT b.site, b.bed, coalesce(c.messages, 0), coalesce(c.samples, 0)
+                   FROM beds b LEFT JOIN bed_counters c USING (bed_id)
+                   ORDER BY b.site, b.bed"""
+            )
+        )
 
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")

@@ -90,6 +90,44 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ON consult_calls (site, bed, started)""",
         ),
     ),
+    Migration(
+        3,
+        "per-bed counters, latest values, device times kept beside receipt times",
+        (
+            # Set only where the device time was not trusted and the row was stored at its
+            # receipt time instead (see PgStore): the device's own time, kept for review.
+            "ALTER TABLE numerics ADD COLUMN IF NOT EXISTS device_time timestamptz",
+            "ALTER TABLE waveforms ADD COLUMN IF NOT EXISTS device_time timestamptz",
+            # What each bed has stored (messages and samples), kept at write time so `eicu
+            # stats` reads one row per bed; retention does not subtract from it.
+            """CREATE TABLE IF NOT EXISTS bed_counters (
+                bed_id integer PRIMARY KEY,
+                messages bigint NOT NULL DEFAULT 0,
+                samples bigint NOT NULL DEFAULT 0)""",
+            """INSERT INTO bed_counters (bed_id, messages, samples)
+               SELECT bed_id, sum(m), sum(s) FROM (
+                   SELECT bed_id, count(*) AS m, sum(k) AS s
+                   FROM (SELECT bed_id, count(*) AS k FROM numerics
+                         GROUP BY bed_id, time, seq) f GROUP BY bed_id
+                   UNION ALL
+                   SELECT bed_id, sum(n_frames), sum(n_samples) FROM waveforms GROUP BY bed_id
+               ) u GROUP BY bed_id
+               ON CONFLICT (bed_id) DO NOTHING""",
+            # The newest value of each parameter of each bed, kept at write time.
+            """CREATE TABLE IF NOT EXISTS latest_values (
+                bed_id integer NOT NULL,
+                code smallint NOT NULL,
+                time timestamptz NOT NULL,
+                seq bigint NOT NULL,
+                value double precision,
+                PRIMARY KEY (bed_id, code))""",
+            """INSERT INTO latest_values (bed_id, code, time, seq, value)
+               SELECT DISTINCT ON (bed_id, code) bed_id, code, time, seq, value FROM numerics
+               ORDER BY bed_id, code, time DESC, seq DESC
+               ON CONFLICT (bed_id, code) DO NOTHING""",
+            "CREATE INDEX IF NOT EXISTS status_events_time ON status_events (time)",
+        ),
+    ),
 )
 
 # The 1-minute trend relation, for plain PostgreSQL. With TimescaleDB the same name is a
