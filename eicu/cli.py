@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "stats": ("eicu.commands.stats", "print what the store holds per bed"),
     "migrate": ("eicu.commands.migrate", "apply pending schema migrations to the database"),
+    "export": ("eicu.commands.export", "write stored data before a date to CSV files (archive)"),
     "broker-auth": (
         "eicu.commands.broker_auth",
         "write Mosquitto password and ACL files: each gateway publishes to its own site only",

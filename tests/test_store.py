@@ -321,3 +321,37 @@ async def test_old_status_events_and_dead_letters_are_pruned(db_url: str) -> Non
     get = store.metrics.registry.get_sample_value
     assert get("eicu_store_pruned_rows_total", {"table": "status_events"}) == 1
     await store.close()
+
+
+async def test_export_before_a_date_writes_csv_files(db_url: str, tmp_path: Path) -> None:
+    import csv
+    import datetime as dt
+
+    from eicu.cli import main
+    from eicu.store.pg import PgStore
+
+    store = PgStore(db_url)
+    await store.open()
+    t0 = _now_us()
+    waves, numerics = _frames(t0)
+    await store.write(Batch(numerics=numerics, waveforms=waves))
+    await store.close()
+    cut = dt.datetime.fromtimestamp((t0 + 1_500_000) / 1e6, dt.UTC).isoformat()
+    argv = ["export", "--database", db_url, "--before", cut, "--out", str(tmp_path / "a")]
+    assert await asyncio.to_thread(main, argv) == 0
+    with (tmp_path / "a" / "numerics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # HR, SPO2, ACVPU of seq 0 and 1, and RR of the other bed: the values before the cut
+    assert sorted((r["bed"], r["parameter"], r["value"]) for r in rows) == [
+        ("bed01", "ACVPU", "0"), ("bed01", "ACVPU", "0"), ("bed01", "HR", "70"),
+        ("bed01", "HR", "71"), ("bed01", "SPO2", ""), ("bed01", "SPO2", ""), ("bed02", "RR", "18"),
+    ]  # fmt: skip
+    with (tmp_path / "a" / "waveforms.csv").open() as f:
+        segments = list(csv.DictReader(f))
+    assert sum(int(s["n_frames"]) for s in segments) == 8  # all 8 frames start before the cut
+    import base64
+
+    blocks = decode_blocks(base64.b64decode(segments[0]["data"]))
+    assert blocks and blocks[0].signal == "ECG_II"
+    bad = ["export", "--database", db_url, "--before", "yesterday", "--out", str(tmp_path)]
+    assert await asyncio.to_thread(main, bad) == 2

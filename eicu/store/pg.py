@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -102,6 +104,7 @@ class PgStore:
         self._bed_ids: dict[BedKey, int] = {}
         self._job_failures: dict[int, int] = {}
         self._refresh_task: asyncio.Task[None] | None = None
+        self._refresh_lock = asyncio.Lock()
         self._maintain_task: asyncio.Task[None] | None = None
         self.backend = "postgresql"
 
@@ -298,19 +301,22 @@ class PgStore:
         rows = await self._fetch(timescale.JOB_STATS)
         for job_id, proc, table, last_run, last_ok, status, runs, failures in rows:
             labels = {"job": str(job_id), "proc": str(proc), "table": str(table or "")}
-            if last_run is not None:
+            # never run / never succeeded: TimescaleDB says -infinity
+            if last_run is not None and math.isfinite(last_run):
                 self.metrics.job_last_run.labels(**labels).set(float(last_run))
-            if last_ok is not None:
+            if last_ok is not None and math.isfinite(last_ok):
                 self.metrics.job_last_success.labels(**labels).set(float(last_ok))
             self.metrics.job_failures.labels(**labels).set(int(failures or 0))
             self.metrics.job_failing.labels(**labels).set(1 if status == "Failed" else 0)
             before = self._job_failures.get(job_id, 0)
             self._job_failures[job_id] = int(failures or 0)
             if int(failures or 0) > before:
+                error = await self._fetch(timescale.LAST_ERROR, (job_id,))
                 log.error(
-                    "TimescaleDB job %s (%s on %s) failed: %d of %d runs failed, last status %s; "
-                    "see timescaledb_information.job_errors",
-                    job_id, proc, table, failures, runs, status,
+                    "TimescaleDB job %s (%s on %s) failed: %d of %d runs failed, last status %s, "
+                    "last error: %s (timescaledb_information.job_history)",
+                    job_id, proc, table or "no table", failures, runs, status,
+                    error[0][0] if error else "not recorded",
                 )  # fmt: skip
         return rows
 
@@ -319,6 +325,10 @@ class PgStore:
         ``trends_pending``; returns how many pending ranges were handled."""
         if self.backend != "timescaledb":
             return 0
+        async with self._refresh_lock:  # one at a time in this process
+            return await self._refresh_trends()
+
+    async def _refresh_trends(self) -> int:
         try:
             async with self._pool.connection() as conn:
                 await conn.set_autocommit(True)
@@ -338,6 +348,11 @@ class PgStore:
                     await conn.execute("DELETE FROM trends_pending WHERE id <= %s", (last_id,))
                 finally:
                     await conn.set_autocommit(False)
+        except psycopg.errors.LockNotAvailable as exc:
+            # Another engine (or the policy) is refreshing an overlapping window: the ranges
+            # stay pending for the next round.
+            log.info("trend refresh postponed: %s", str(exc).strip().splitlines()[0])
+            return 0
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
         self.metrics.trend_refreshes.inc()
@@ -639,6 +654,73 @@ class PgStore:
             rows = await self._fetch(q.as_string(None))
             out[table] = int(rows[0][0] or 0)
         return out
+
+    # --- archive ---------------------------------------------------------------------------------
+
+    async def export_csv(
+        self, folder: Path, before_us: int, after_us: int | None = None
+    ) -> dict[str, int]:
+        """Write numerics, waveform segments and status events with time in
+        [``after_us``, ``before_us``) to CSV files in ``folder`` (created), one per table, so
+        they can be archived before retention drops them. Returns the rows written per file.
+
+        Waveform segments are the stored container, base64-encoded (``eicu.store.segments``
+        decodes it). Times are ISO 8601 with their offset."""
+        from eicu.codes import BY_CODE
+
+        folder.mkdir(parents=True, exist_ok=True)
+        names = sql.SQL(", ").join(
+            sql.SQL("({}, {})").format(sql.Literal(code), sql.Literal(p.key))
+            for code, p in sorted(BY_CODE.items())
+        )
+        window = sql.SQL("{t} < {before} AND {t} >= {after}")
+        queries = {
+            "numerics.csv": (
+                "SELECT b.site, b.bed, coalesce(k.key, 'code' || n.code) AS parameter, n.value, "
+                "n.time, n.seq, n.received, n.device_time "
+                "FROM numerics n JOIN beds b USING (bed_id) "
+                "LEFT JOIN (VALUES {names}) k(code, key) ON k.code = n.code WHERE {w} "
+                "ORDER BY n.time, b.site, b.bed, n.seq, n.code",
+                "n.time",
+            ),
+            "waveforms.csv": (
+                "SELECT b.site, b.bed, w.time, w.seq, w.n_frames, w.duration_us, w.n_samples, "
+                "w.received, w.device_time, encode(w.data, 'base64') AS data "
+                "FROM waveforms w JOIN beds b USING (bed_id) WHERE {w} "
+                "ORDER BY w.time, b.site, b.bed, w.seq",
+                "w.time",
+            ),
+            "status_events.csv": (
+                "SELECT time, site, bed, gateway, state, beds, device_time FROM status_events "
+                "WHERE {w} ORDER BY time, site, bed",
+                "time",
+            ),
+        }
+        written = {}
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute("SET TIME ZONE 'UTC'")
+                for name, (query, column) in queries.items():
+                    w = window.format(
+                        t=sql.SQL(column),
+                        before=sql.SQL(_US.format("{}")).format(sql.Literal(int(before_us))),
+                        after=sql.SQL(_US.format("{}")).format(sql.Literal(int(after_us)))
+                        if after_us is not None
+                        else sql.SQL("'-infinity'"),
+                    )
+                    body = sql.SQL(query).format(names=names, w=w)
+                    stmt = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(body)
+                    rows = 0
+                    with (folder / name).open("wb") as out:
+                        async with conn.cursor() as cur, cur.copy(stmt) as copy:
+                            async for data in copy:
+                                out.write(data)
+                        rows = cur.rowcount
+                    written[name] = rows
+                await conn.rollback()
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+        return written
 
     # --- video consult audit -------------------------------------------------------------------
 

@@ -262,3 +262,7 @@ def policy_from(settings: StoreSettings) -> RetentionPolicy:
         events_keep_s=round(s.events_keep_days * DAY_S),
         trends_refresh_window_s=round(s.trends_refresh_window_h * HOUR_S),
     )
+
+
+LAST_ERROR = """SELECT err_message FROM timescaledb_information.job_history
+    WHERE job_id = %s AND NOT succeeded ORDER BY id DESC LIMIT 1"""
