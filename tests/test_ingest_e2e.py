@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,7 +67,8 @@ async def test_round_trip_of_every_message_kind(
 ) -> None:
     engine = await _started(broker, store, tmp_path)
     bed = BedKey("karamay", "bed07")
-    t0 = 1_764_302_400_000_000
+    # a device clock in step with the hub's (the store keeps a far-off one at its receipt time)
+    t0 = int(time.time()) * 1_000_000 - 60_000_000
     ecg = (np.sin(np.arange(125) / 10) * 900).astype(np.int16)
     resp = np.full(31, -32768, dtype=np.int16)  # a whole block with no valid sample
     frame = WaveformFrame(
