@@ -38,3 +38,21 @@ def test_database_url_is_masked() -> None:
     settings = Settings.from_env({"EICU_DATABASE_URL": "postgresql://u:secret@db/eicu"})
     assert "secret" not in repr(settings.database_url)
     assert "secret" not in str(settings.describe())
+
+
+def test_store_settings_from_the_environment() -> None:
+    from eicu.config import StoreSettings
+
+    s = Settings.from_env(
+        {"EICU_TIMESCALE": "Require", "EICU_BEDS": "200", "EICU_WAVEFORMS_KEEP_DAYS": "10"}
+    ).store
+    assert (s.timescale, s.beds, s.waveforms_keep_days) == ("require", 200, 10.0)
+    assert Settings.from_env({}).store == StoreSettings()
+    with pytest.raises(ConfigError, match="EICU_TIMESCALE"):
+        Settings.from_env({"EICU_TIMESCALE": "maybe"})
+    with pytest.raises(ConfigError, match=r"EICU_DEVICE_TIME_MAX_LAG_H.*retention"):
+        Settings.from_env({"EICU_WAVEFORMS_KEEP_DAYS": "5", "EICU_DEVICE_TIME_MAX_LAG_H": "200"})
+    with pytest.raises(ConfigError, match="EICU_TRENDS_COMPRESS_AFTER_DAYS"):
+        Settings.from_env(
+            {"EICU_TRENDS_COMPRESS_AFTER_DAYS": "1", "EICU_TRENDS_REFRESH_WINDOW_H": "48"}
+        )
