@@ -438,3 +438,32 @@ async def test_installed_but_not_preloaded(caplog: pytest.LogCaptureFixture) -> 
         assert "shared_preload_libraries" in caplog.text
     finally:
         server.cleanup()
+
+
+@needs_timescale
+async def test_backfill_left_pending_by_a_stop_is_refreshed_at_the_next_start(
+    ts_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now_s = time.time()
+    t_old = _minute(now_s - 4 * 3600)
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()
+    with psycopg.connect(ts_url, autocommit=True) as conn:
+        conn.execute(
+            "CALL refresh_continuous_aggregate('numerics_1m', now() - INTERVAL '6 hours', "
+            "now() - INTERVAL '1 minute')"
+        )
+    with monkeypatch.context() as m:  # the engine stops before its refresh runs
+        m.setattr(store, "_schedule_refresh", lambda: None)
+        await store.write(Batch(numerics=_numerics(BED, t_old, 120)))
+    await store.close()
+    assert _query(ts_url, "SELECT count(*) FROM trends_pending") == [(1,)]
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()
+    try:
+        await store.refresh_trends()  # after the one the start scheduled
+        trend = await store.trend(BED, "HR", t_old, t_old + 120_000_000)
+        assert [p.n for p in trend] == [60, 60]
+        assert _query(ts_url, "SELECT count(*) FROM trends_pending") == [(0,)]
+    finally:
+        await store.close()
