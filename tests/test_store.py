@@ -355,3 +355,21 @@ async def test_export_before_a_date_writes_csv_files(db_url: str, tmp_path: Path
     assert blocks and blocks[0].signal == "ECG_II"
     bad = ["export", "--database", db_url, "--before", "yesterday", "--out", str(tmp_path)]
     assert await asyncio.to_thread(main, bad) == 2
+
+
+async def test_a_longer_segment_redelivered_under_the_same_key_keeps_every_frame(
+    db_url: str,
+) -> None:
+    from eicu.store.pg import PgStore
+
+    store = PgStore(db_url)
+    await store.open()
+    t0 = _now_us()
+    waves, _ = _frames(t0, 8)
+    await store.write(Batch(waveforms=waves[:3]))  # stored as one segment before a stop
+    await store.write(Batch(waveforms=waves))  # all 8 redelivered: one segment, same key
+    await store.write(Batch(waveforms=waves[:5]))  # a shorter one changes nothing
+    assert (await store.stats())["beds"]["karamay/bed01"] == {"messages": 8, "samples": 8 * 75}
+    window = await store.waveform(BED, "ECG_II", t0, t0 + 2_000_000)
+    assert window.values.shape[0] == 8 * 50
+    await store.close()

@@ -484,18 +484,36 @@ class PgStore:
                 copy.set_types(["int8", "int4", "int8", "int4", "int4", "int4", "bytea", "int8"])
                 for row in waveform_rows(batch.waveforms, bed_ids):
                     await copy.write_row(row)
+            # A segment redelivered after a restart may hold more frames than the one stored
+            # under the same key (the first run stopped while joining it): the longer one, which
+            # holds every frame of the shorter, replaces it, and the counters take the difference.
             await cur.execute(
-                f"""WITH ins AS (
-                        INSERT INTO waveforms (time, bed_id, seq, n_frames, duration_us,
-                                               n_samples, data, received, device_time)
-                        SELECT {_US.format(self._time_sql("t_us"))}, bed_id, seq, n_frames,
-                               duration_us, n_samples, data, {_US.format("rx_us")},
-                               {self._device_time_sql("t_us")}
-                        FROM stage_waveforms ON CONFLICT DO NOTHING
-                        RETURNING bed_id, n_frames, n_samples, device_time),
+                f"""WITH src AS (
+                        SELECT DISTINCT ON (bed_id, t, seq) *
+                        FROM (SELECT {_US.format(self._time_sql("t_us"))} AS t,
+                                     {self._device_time_sql("t_us")} AS dev, *
+                              FROM stage_waveforms) s
+                        ORDER BY bed_id, t, seq, n_frames DESC),
+                    old AS (
+                        SELECT w.bed_id, w.time, w.seq, w.n_frames, w.n_samples
+                        FROM waveforms w JOIN src
+                          ON w.bed_id = src.bed_id AND w.time = src.t AND w.seq = src.seq),
+                    ins AS (
+                        INSERT INTO waveforms AS w (time, bed_id, seq, n_frames, duration_us,
+                                                    n_samples, data, received, device_time)
+                        SELECT t, bed_id, seq, n_frames, duration_us, n_samples, data,
+                               {_US.format("rx_us")}, dev
+                        FROM src
+                        ON CONFLICT (bed_id, time, seq) DO UPDATE
+                        SET n_frames = EXCLUDED.n_frames, duration_us = EXCLUDED.duration_us,
+                            n_samples = EXCLUDED.n_samples, data = EXCLUDED.data
+                        WHERE EXCLUDED.n_frames > w.n_frames
+                        RETURNING bed_id, time, seq, n_frames, n_samples, device_time),
                     cnt AS (
                         INSERT INTO bed_counters AS c (bed_id, messages, samples)
-                        SELECT bed_id, sum(n_frames), sum(n_samples) FROM ins GROUP BY bed_id
+                        SELECT i.bed_id, sum(i.n_frames - coalesce(o.n_frames, 0)),
+                               sum(i.n_samples - coalesce(o.n_samples, 0))
+                        FROM ins i LEFT JOIN old o USING (bed_id, time, seq) GROUP BY i.bed_id
                         ON CONFLICT (bed_id) DO UPDATE
                         SET messages = c.messages + EXCLUDED.messages,
                             samples = c.samples + EXCLUDED.samples)
