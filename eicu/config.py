@@ -265,7 +265,7 @@ class StoreSettings:
         days = 100 * 365.0
         s = cls(
             timescale=mode,
-            beds=_int(env, "EICU_BEDS", d.beds, 1, 100_000),
+            beds=_int(env, "EICU_EXPECTED_BEDS", d.beds, 1, 100_000),
             numerics_keep_days=_float(
                 env, "EICU_NUMERICS_KEEP_DAYS", d.numerics_keep_days, 1.0, days
             ),

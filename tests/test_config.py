@@ -44,7 +44,7 @@ def test_store_settings_from_the_environment() -> None:
     from eicu.config import StoreSettings
 
     s = Settings.from_env(
-        {"EICU_TIMESCALE": "Require", "EICU_BEDS": "200", "EICU_WAVEFORMS_KEEP_DAYS": "10"}
+        {"EICU_TIMESCALE": "Require", "EICU_EXPECTED_BEDS": "200", "EICU_WAVEFORMS_KEEP_DAYS": "10"}
     ).store
     assert (s.timescale, s.beds, s.waveforms_keep_days) == ("require", 200, 10.0)
     assert Settings.from_env({}).store == StoreSettings()
