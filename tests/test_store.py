@@ -373,3 +373,20 @@ async def test_a_longer_segment_redelivered_under_the_same_key_keeps_every_frame
     window = await store.waveform(BED, "ECG_II", t0, t0 + 2_000_000)
     assert window.values.shape[0] == 8 * 50
     await store.close()
+
+
+async def test_housekeeping_runs_by_itself_while_the_store_is_open(db_url: str) -> None:
+    from eicu.config import StoreSettings
+    from eicu.store.pg import PgStore
+
+    store = PgStore(db_url, settings=StoreSettings(events_keep_days=1, maintenance_interval_s=1))
+    await store.open()
+    old = _now_us() - 2 * 86_400_000_000
+    await store.write(Batch(dead_letters=[DeadLetter(old, "eicu/v1/x/y/numerics", "bad", "", b"")]))
+    get = store.metrics.registry.get_sample_value
+    deadline = asyncio.get_running_loop().time() + 30
+    while get("eicu_store_pruned_rows_total", {"table": "dead_letters"}) != 1:
+        assert asyncio.get_running_loop().time() < deadline, "no housekeeping round in 30 s"
+        await asyncio.sleep(0.1)
+    assert await store.dead_letter_counts() == {}
+    await store.close()

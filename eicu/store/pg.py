@@ -255,8 +255,12 @@ class PgStore:
     # --- housekeeping ----------------------------------------------------------------------------
 
     async def _maintain_loop(self) -> None:
+        # The first round soon after the start (job health on the metrics from the outset),
+        # though not within a short command's lifetime.
+        delay_s = min(self._settings.maintenance_interval_s, 10.0)
         while True:
-            await asyncio.sleep(self._settings.maintenance_interval_s)
+            await asyncio.sleep(delay_s)
+            delay_s = self._settings.maintenance_interval_s
             try:
                 await self.maintain()
             except StorageUnavailable as exc:
