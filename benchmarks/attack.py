@@ -106,9 +106,11 @@ class Probe:
             await c.subscribe(wire.alarms_topic(PROBE), qos=1)
             async for message in c.messages:
                 doc = json.loads(bytes(message.payload))
-                active = doc.get("kind") == "TEMP_HIGH" and doc.get("state") == "active"
-                if active and self._pending:
-                    self.alarm_latency_s.append(time.time() - self._pending.pop(0))
+                if doc.get("kind") == "TEMP_HIGH" and doc.get("state") == "active":
+                    # time_us: the device time of the data that showed the condition
+                    sent_s = float(doc["time_us"]) / 1e6
+                    self.alarm_latency_s.append(time.time() - sent_s)
+                    self._pending = [t for t in self._pending if t > sent_s + 0.5]
 
     async def stored(self, stop: asyncio.Event) -> None:
         """Every second: how old the newest stored value of the real beds is."""
@@ -164,7 +166,6 @@ def report(phase: str, probe: Probe, engine: subprocess.Popen[bytes], mport: int
     m = _metrics(mport)
     refused = sum(v for k, v in m.items() if k.startswith("eicu_ingest_refused_total"))
     stale = m.get('eicu_alarm_events_total{state="active"}', float("nan"))
-    beds = m.get('eicu_beds{state="online"}', float("nan"))
 
     def worst(values: list[float]) -> str:
         return f"{max(values):7.1f}" if values else "      -"
@@ -175,7 +176,6 @@ def report(phase: str, probe: Probe, engine: subprocess.Popen[bytes], mport: int
         f"{m.get('eicu_ingest_input_delay_seconds', float('nan')):5.1f} s   "
         f"queue {m.get('eicu_ingest_queue_bytes', float('nan')) / 2**20:6.1f} MB   "
         f"refused {refused:7.0f}   alarm starts {stale:6.0f}   "
-        f"beds {beds:6.0f}   "
         f"rss {_rss_mb(engine.pid):6.0f} MB",
         flush=True,
     )
@@ -216,6 +216,11 @@ async def main(args: argparse.Namespace) -> None:
         )
 
     try:
+        # The engine's persistent session exists, as for an engine restarted during an outage.
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, identifier="attack-engine", clean_session=False
+        ) as previous:
+            await previous.subscribe("eicu/v1/#", qos=1)
         # phase 0: started with the database down
         pg.stop()
         engine = start_engine()

@@ -5,6 +5,7 @@ down. Admission rules and dead-letter bounds are also checked alone, on an injec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -432,3 +433,67 @@ async def test_serve_starts_with_the_database_down_alarms_then_stores_everything
             listener.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await listener
+
+
+def test_admission_settings_from_the_environment(tmp_path: Path) -> None:
+    beds = tmp_path / "beds.txt"
+    env = {
+        "EICU_BEDS_FILE": str(beds),
+        "EICU_AUTO_REGISTER_BEDS": "off",
+        "EICU_SITE_BEDS_MAX": "40",
+        "EICU_NEW_BEDS_PER_S": "0.5",
+        "EICU_NEW_BEDS_BURST": "8",
+        "EICU_SITE_MESSAGES_PER_S": "500",
+        "EICU_SITE_BYTES_PER_S": "1000000",
+        "EICU_MAX_MESSAGE_BYTES": "65536",
+        "EICU_MEMORY_MAX_BYTES": str(8 * 2**20),
+        "EICU_MQTT_QUEUE_MAX_BYTES": str(4 * 2**20),
+    }
+    ingest = Settings.from_env(env).ingest
+    a = ingest.admission
+    assert (a.beds_file, a.auto_register, a.site_beds_max, a.new_beds_per_s) == (
+        beds,
+        False,
+        40,
+        0.5,
+    )
+    assert (a.new_beds_burst, a.site_messages_per_s, a.site_bytes_per_s) == (8, 500, 1e6)
+    assert (a.max_message_bytes, ingest.memory_max_bytes, ingest.mqtt_queue_max_bytes) == (
+        65536,
+        8 * 2**20,
+        4 * 2**20,
+    )
+    with pytest.raises(ConfigError, match="EICU_MAX_MESSAGE_BYTES"):
+        Settings.from_env({"EICU_MAX_MESSAGE_BYTES": "10"})
+    with pytest.raises(ConfigError, match="EICU_AUTO_REGISTER_BEDS"):
+        Settings.from_env({"EICU_AUTO_REGISTER_BEDS": "maybe"})
+    # a beds file that is not there stops the engine at start, naming the setting
+    with pytest.raises(ConfigError, match="EICU_BEDS_FILE"):
+        Admission(a, IngestMetrics())
+
+
+@pytest.mark.broker
+async def test_broker_settings_of_the_deployment_guide_drop_oversized_messages() -> None:
+    """The Mosquitto lines docs/deployment.md recommends load, and max_packet_size keeps a
+    too-large message from ever reaching the engine."""
+    guide = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    wanted = ("max_packet_size", "max_queued_bytes", "max_inflight_messages")
+    lines = [line.split("#")[0].strip() for line in guide.splitlines() if line.startswith(wanted)]
+    assert len(lines) == len(wanted)
+    broker = Mosquitto(auth=["allow_anonymous true", *lines]).start()
+    try:
+        topic = "eicu/v1/icu/bed-01/waveform"
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="engine") as engine:
+            await engine.subscribe(topic, qos=1)
+            with contextlib.suppress(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw") as gw:
+                    await gw.publish(topic, b"\x00" * 2**20, qos=1, timeout=5)
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw") as gw:
+                await gw.publish(topic, b"\x01" * 500_000, qos=1)
+            async with asyncio.timeout(30):
+                async for message in engine.messages:
+                    assert isinstance(message.payload, bytes)
+                    assert len(message.payload) == 500_000  # the megabyte never came
+                    break
+    finally:
+        broker.cleanup()
