@@ -25,6 +25,7 @@ from eicu.models import BedKey, DeadLetter, NumericsFrame, StatusFrame
 from eicu.store import Store, open_store
 from ingest.admission import RELOAD_EVERY_S, Admission, DeadLetters, read_beds_file
 from ingest.engine import Engine
+from ingest.service import byte_bounded_queue
 from ingest.state import BedRouter, input_delay_us
 from ingest.writer import batch_bytes
 from tests.tcp_proxy import TcpProxy
@@ -183,6 +184,23 @@ def test_input_delay_is_not_hidden_by_beds_heard_once() -> None:
             feed(BedKey(site, f"x{b}"), 1, now_s - 1, now_s - 0.9)
     # 8 s, less the 19 ms the beds' offsets drifted since their fastest message
     assert input_delay_us(router.beds, int(now_s * 1e6)) == pytest.approx(7.981e6, abs=1000)
+
+
+async def test_the_incoming_queue_is_bounded_in_bytes() -> None:
+    @dataclasses.dataclass
+    class Message:
+        payload: bytes
+
+    metrics = IngestMetrics()
+    queue = byte_bounded_queue(1000, metrics)()
+    for size in (400, 400, 400, 100):
+        queue.put_nowait(Message(b"x" * size))
+    assert queue.qsize() == 3  # the third 400 would have passed 1000 bytes
+    value = metrics.registry.get_sample_value
+    assert value("eicu_ingest_mqtt_queue_bytes") == 900
+    assert value("eicu_ingest_refused_total", {"reason": "engine_overloaded"}) == 1
+    await queue.get()
+    assert value("eicu_ingest_mqtt_queue_bytes") == 500
 
 
 # --- against the real servers ---------------------------------------------------------------------
