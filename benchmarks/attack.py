@@ -161,6 +161,16 @@ async def junk(port: int, n: int) -> float:
     return time.monotonic() - t0
 
 
+async def in_child(kind: str, port: int, n: int) -> float:
+    """Run an attack in a process of its own (the real beds' publisher must not wait on it)."""
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--child", kind, "--port", str(port), "--count", str(n)
+    )
+    await proc.wait()
+    return time.monotonic() - t0
+
+
 def report(phase: str, probe: Probe, engine: subprocess.Popen[bytes], mport: int) -> None:
     alarms, lags, missed = probe.take()
     m = _metrics(mport)
@@ -244,7 +254,7 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.settle)
         report("0 database back", probe, engine, mport)
         # phase 1: the bed-id flood
-        took = await flood(broker.port, args.flood)
+        took = await in_child("flood", broker.port, args.flood)
         print(f"flood: {args.flood} new bed ids in {took:.1f} s", flush=True)
         for second in range(0, args.after, 10):
             await asyncio.sleep(10)
@@ -252,7 +262,7 @@ async def main(args: argparse.Namespace) -> None:
         # phase 2: megabyte junk with the database down
         pg.stop()
         await asyncio.sleep(3)
-        took = await junk(broker.port, args.junk)
+        took = await in_child("junk", broker.port, args.junk)
         print(f"junk: {args.junk} x 1 MB in {took:.1f} s, database down", flush=True)
         await asyncio.sleep(args.settle)
         report("2 junk, database down", probe, engine, mport)
@@ -286,8 +296,16 @@ if __name__ == "__main__":
     parser.add_argument("--after", type=int, default=60, help="seconds watched after each attack")
     parser.add_argument("--settle", type=float, default=10.0)
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--child", choices=("flood", "junk"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     a = parser.parse_args()
     a.flood = min(a.flood, 200_000)
     a.junk = min(a.junk, 2000)
     a.after = min(a.after, 600)
-    asyncio.run(main(a))
+    if a.child == "flood":
+        asyncio.run(flood(a.port, min(a.count, 200_000)))
+    elif a.child == "junk":
+        asyncio.run(junk(a.port, min(a.count, 2000)))
+    else:
+        asyncio.run(main(a))
