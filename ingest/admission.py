@@ -159,20 +159,27 @@ class Admission:
         if size > s.max_message_bytes:
             return "oversized"
         parts = topic.split("/", 5)
-        if len(parts) < 4 or parts[0] != "eicu" or not ID_RE.fullmatch(parts[2]):
+        if len(parts) < 4 or parts[0] != "eicu":
             return None  # not a site's topic: the decoder says what is wrong with it
         now_s = self._clock()
-        self._maybe_reload(now_s)
+        if self._beds_mtime is not None:
+            self._maybe_reload(now_s)
         site_id = parts[2]
         site = self._sites.get(site_id)
         if site is None:
+            if not ID_RE.fullmatch(site_id):
+                return None  # the decoder rejects the topic
             site = self._site(site_id, now_s)
             if site is None:
                 return "unknown_site"
-        if len(parts) == 5 and parts[4] in _BED_KINDS and ID_RE.fullmatch(parts[3]):
-            refused = self._bed(site, BedKey(site_id, parts[3]), now_s)
-            if refused is not None:
-                return refused
+        if len(parts) == 5 and parts[4] in _BED_KINDS:
+            bed = BedKey(site_id, parts[3])
+            if bed not in self.admitted and bed not in self.registered:
+                if not ID_RE.fullmatch(parts[3]):
+                    return None  # the decoder rejects the topic
+                refused = self._bed(site, bed, now_s)
+                if refused is not None:
+                    return refused
         if not site.messages.take(1, now_s) or not site.bytes.take(size, now_s):
             return "rate_limited"
         return None
@@ -282,6 +289,10 @@ class DeadLetters:
         entry[0] = int(entry[0]) + 1  # type: ignore[call-overload]
         entry[1] = int(entry[1]) + len(payload)  # type: ignore[call-overload]
         self.summarised += 1
+
+    def flush_if_due(self) -> None:
+        if self._clock() >= self._window_end_s:
+            self.flush()
 
     def flush(self, now_us: int | None = None) -> None:
         """End the window: one dead letter per (site, reason) summed up in it."""

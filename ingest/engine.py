@@ -187,6 +187,7 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.ingest.dead_letters.flush()
+        self.ingest.flush_counts()
         await self.writer.close(drain_timeout_s)
         for channel in self._channels.values():
             await channel.close()

@@ -27,20 +27,32 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 OVERLOAD_LOG_EVERY_S = 60.0
 
 
+class _Held:
+    """Bytes waiting in the incoming queue (read by the gauge when metrics are scraped)."""
+
+    bytes = 0
+
+
 def byte_bounded_queue(max_bytes: int, metrics: IngestMetrics) -> type[asyncio.Queue[Any]]:
     """The class of aiomqtt's incoming queue, bounded in payload bytes: a message that would
     take it past ``max_bytes`` is dropped and counted (``engine_overloaded``); the queue's bytes
     are the gauge ``eicu_ingest_mqtt_queue_bytes``."""
+    held = _Held()
+    metrics.mqtt_queue_bytes.set_function(lambda: held.bytes)
+    overloaded = metrics.refused.labels(reason="engine_overloaded")
+
+    def size(item: Any) -> int:
+        payload = item.payload
+        return len(payload) if isinstance(payload, bytes | bytearray) else 0
 
     class ByteBoundedQueue(asyncio.Queue[Any]):
-        bytes = 0
         _logged_s = -OVERLOAD_LOG_EVERY_S
 
         def put_nowait(self, item: Any) -> None:
-            size = len(item.payload) if isinstance(item.payload, bytes | bytearray) else 0
-            if self.bytes + size > max_bytes:
-                metrics.refused.labels(reason="engine_overloaded").inc()
-                metrics.refused_bytes.inc(size)
+            n = size(item)
+            if held.bytes + n > max_bytes:
+                overloaded.inc()
+                metrics.refused_bytes.inc(n)
                 now_s = time.monotonic()
                 if now_s - self._logged_s >= OVERLOAD_LOG_EVERY_S:
                     self._logged_s = now_s
@@ -52,14 +64,12 @@ def byte_bounded_queue(max_bytes: int, metrics: IngestMetrics) -> type[asyncio.Q
             super().put_nowait(item)
 
         def _put(self, item: Any) -> None:
-            self.bytes += len(item.payload) if isinstance(item.payload, bytes | bytearray) else 0
-            metrics.mqtt_queue_bytes.set(self.bytes)
+            held.bytes += size(item)
             super()._put(item)
 
         def _get(self) -> Any:
             item = super()._get()
-            self.bytes -= len(item.payload) if isinstance(item.payload, bytes | bytearray) else 0
-            metrics.mqtt_queue_bytes.set(self.bytes)
+            held.bytes -= size(item)
             return item
 
     return ByteBoundedQueue
@@ -82,6 +92,8 @@ class Ingest:
         self.admission = admission or Admission(AdmissionSettings(), metrics)
         self.dead_letters = DeadLetters(self.admission.settings, writer.add_dead_letter)
         self._queue_type = byte_bounded_queue(mqtt_queue_max_bytes, metrics)
+        self._refused: dict[str, Any] = {}  # reason -> its counter
+        self._refused_bytes = 0  # added to the counter every second: no lock per message
         self.connected = asyncio.Event()
         self.rejected = 0
         # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
@@ -93,11 +105,7 @@ class Ingest:
         and dead-lettered (a few whole, the rest summed up)."""
         refused = self.admission.check(topic, len(payload))
         if refused is not None:
-            # Too large is what the decoder would say too: counted with its rejections.
-            counter = self._metrics.rejected if refused == "oversized" else self._metrics.refused
-            counter.labels(reason=refused).inc()
-            self._metrics.refused_bytes.inc(len(payload))
-            self.dead_letters.add(received_us, topic, refused, REFUSALS[refused], payload)
+            self._refusal(refused, topic, payload, received_us)
             return
         try:
             if wire.is_alarm_ack_topic(topic):
@@ -122,6 +130,16 @@ class Ingest:
                 frame = dataclasses.replace(frame, beds=beds)
         if self._router.route(frame):
             self._writer.add(frame)
+
+    def _refusal(self, reason: str, topic: str, payload: bytes, received_us: int) -> None:
+        counter = self._refused.get(reason)
+        if counter is None:
+            # Too large is what the decoder would say too: counted with its rejections.
+            family = self._metrics.rejected if reason == "oversized" else self._metrics.refused
+            counter = self._refused[reason] = family.labels(reason=reason)
+        counter.inc()
+        self._refused_bytes += len(payload)
+        self.dead_letters.add(received_us, topic, reason, REFUSALS[reason], payload)
 
     def _handle_safely(self, topic: str, payload: bytes) -> None:
         """A message that trips a fault in the engine is kept, counted and logged; the loop
@@ -169,9 +187,14 @@ class Ingest:
                 log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay_s)
                 await asyncio.sleep(delay_s)
 
+    def flush_counts(self) -> None:
+        self._metrics.refused_bytes.inc(self._refused_bytes)
+        self._refused_bytes = 0
+
     async def run_dead_letters(self) -> None:
-        """Sum up each window's refused and rejected messages, even when no more come."""
-        window_s = self.admission.settings.dead_letter_window_s
+        """Each second: the refused bytes into their counter, and the dead-letter window's sum
+        once it is over (even when no more refusals come)."""
         while True:
-            await asyncio.sleep(window_s)
-            self.dead_letters.flush()
+            await asyncio.sleep(1.0)
+            self.flush_counts()
+            self.dead_letters.flush_if_due()
