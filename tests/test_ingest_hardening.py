@@ -505,7 +505,7 @@ async def test_broker_settings_of_the_deployment_guide_drop_oversized_messages()
             await engine.subscribe(topic, qos=1)
             with contextlib.suppress(aiomqtt.MqttError):
                 async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw") as gw:
-                    await gw.publish(topic, b"\x00" * 2**20, qos=1, timeout=5)
+                    await gw.publish(topic, b"\x00" * 2**20, qos=1, timeout=2)
             async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw") as gw:
                 await gw.publish(topic, b"\x01" * 500_000, qos=1)
             async with asyncio.timeout(30):
