@@ -60,7 +60,7 @@ def _rota() -> dict[str, object]:
 def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
     """Runs the engine until ``workdir/stop`` appears, then prints its receipts and CPU time."""
     from alerting.model import AlarmState
-    from eicu.config import AlertingSettings, IngestSettings, MqttSettings
+    from eicu.config import AdmissionSettings, AlertingSettings, IngestSettings, MqttSettings
     from eicu.store import open_store
     from ingest.engine import Engine
 
@@ -73,7 +73,12 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
         rota.write_text(json.dumps(_rota()))
         engine = Engine(
             MqttSettings.from_url(mqtt_url, client_id="bench-engine"),
-            IngestSettings(spool_dir=work / "spool", analyse_signals=False),
+            IngestSettings(
+                spool_dir=work / "spool",
+                analyse_signals=False,
+                # every background bed is one site's, all arriving at once
+                admission=AdmissionSettings(site_beds_max=100_000, new_beds_burst=100_000),
+            ),
             store,
             alerting=AlertingSettings(outbox_path=work / "alarms.db", rota_path=rota),
         )

@@ -36,7 +36,7 @@ def engine_child(
     mqtt_url: str, db_url: str, expected_path: str, deadline_s: float, analyse: bool
 ) -> None:
     """Runs in its own process: the engine until it has stored what the simulators reported."""
-    from eicu.config import IngestSettings, MqttSettings
+    from eicu.config import AdmissionSettings, IngestSettings, MqttSettings
     from eicu.store import open_store
     from ingest.engine import Engine
 
@@ -48,6 +48,8 @@ def engine_child(
             IngestSettings(
                 spool_dir=Path(tempfile.mkdtemp(prefix="eicu-bench-spool-")),
                 analyse_signals=analyse,
+                # every simulated bed is one site's, all arriving at once
+                admission=AdmissionSettings(site_beds_max=100_000, new_beds_burst=100_000),
             ),
             store,
         )

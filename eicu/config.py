@@ -49,10 +49,72 @@ class MqttSettings:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    """What the engine lets in, checked before a message is decoded (docs/deployment.md).
+
+    A bed exists when it is registered (``beds_file``) or, with ``auto_register``, when its site
+    admits it within the site's new-bed rate and cap. Each site's messages and bytes are
+    rate-limited; larger messages than ``max_message_bytes`` are refused unread."""
+
+    # Lines of ``site/bed`` (``#`` comments); re-read when the file changes.
+    beds_file: Path | None = None
+    auto_register: bool = True
+    site_beds_max: int = 512  # beds a site may auto-register
+    new_beds_per_s: float = 1.0  # per site, after the burst
+    new_beds_burst: int = 128
+    sites_max: int = 64  # sites tracked at once (registered sites always are)
+    site_messages_per_s: float = 10_000.0
+    site_bytes_per_s: float = 16 * 2**20
+    rate_burst_s: float = 2.0  # the rate limits' buckets hold this many seconds' worth
+    max_message_bytes: int = 512 * 2**10  # the decoder has stricter limits per kind
+    # Rejected and refused messages kept whole per reason and window; the rest are counted and
+    # summed up in one dead letter per site, reason and window.
+    dead_letters_per_window: int = 20
+    dead_letter_window_s: float = 10.0
+    dead_letter_max_bytes: int = 64 * 2**10  # of a kept payload; longer ones kept as a reference
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AdmissionSettings:
+        d = cls()
+        beds_file = env.get("EICU_BEDS_FILE") or None
+        return cls(
+            beds_file=Path(beds_file) if beds_file else None,
+            auto_register=_bool(env, "EICU_AUTO_REGISTER_BEDS", d.auto_register),
+            site_beds_max=_int(env, "EICU_SITE_BEDS_MAX", d.site_beds_max, 0, 10**6),
+            new_beds_per_s=_float(env, "EICU_NEW_BEDS_PER_S", d.new_beds_per_s, 0.0, 1e4),
+            new_beds_burst=_int(env, "EICU_NEW_BEDS_BURST", d.new_beds_burst, 0, 10**6),
+            sites_max=_int(env, "EICU_SITES_MAX", d.sites_max, 1, 10**5),
+            site_messages_per_s=_float(
+                env, "EICU_SITE_MESSAGES_PER_S", d.site_messages_per_s, 1.0, 1e7
+            ),
+            site_bytes_per_s=_float(env, "EICU_SITE_BYTES_PER_S", d.site_bytes_per_s, 1e3, 1e11),
+            rate_burst_s=_float(env, "EICU_RATE_BURST_S", d.rate_burst_s, 0.1, 600.0),
+            max_message_bytes=_int(
+                env, "EICU_MAX_MESSAGE_BYTES", d.max_message_bytes, 1024, 256 * 2**20
+            ),
+            dead_letters_per_window=_int(
+                env, "EICU_DEAD_LETTERS_PER_WINDOW", d.dead_letters_per_window, 0, 10**6
+            ),
+            dead_letter_window_s=_float(
+                env, "EICU_DEAD_LETTER_WINDOW_S", d.dead_letter_window_s, 0.1, 3600.0
+            ),
+            dead_letter_max_bytes=_int(
+                env, "EICU_DEAD_LETTER_MAX_BYTES", d.dead_letter_max_bytes, 0, 2**20
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class IngestSettings:
     flush_interval_s: float = 0.2
     batch_max_frames: int = 4000
     memory_max_frames: int = 200_000
+    # Bytes of frames waiting for the store in memory; beyond it they go to the spool on disk.
+    memory_max_bytes: int = 64 * 2**20
+    # Bytes of messages received from the broker and not yet handled; beyond it they are dropped
+    # (counted as eicu_ingest_rejected{reason="engine_overloaded"}).
+    mqtt_queue_max_bytes: int = 64 * 2**20
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     spool_dir: Path = field(default_factory=lambda: Path("eicu-spool"))
     # Waveform frames of a bed are held this long and stored as one segment (compresses better,
     # fewer rows); the live pipeline sees every frame at once regardless.
@@ -349,6 +411,13 @@ class Settings:
             waveform_segment_s=_float(
                 env, "EICU_WAVEFORM_SEGMENT_S", defaults.waveform_segment_s, 0.0, 60.0
             ),
+            memory_max_bytes=_int(
+                env, "EICU_MEMORY_MAX_BYTES", defaults.memory_max_bytes, 2**20, 2**40
+            ),
+            mqtt_queue_max_bytes=_int(
+                env, "EICU_MQTT_QUEUE_MAX_BYTES", defaults.mqtt_queue_max_bytes, 2**20, 2**40
+            ),
+            admission=AdmissionSettings.from_env(env),
         )
         metrics_port = env.get("EICU_METRICS_PORT")
         smtp_url = env.get("EICU_SMTP_URL") or None

@@ -104,6 +104,33 @@ class IngestMetrics:
             "eicu_mqtt_reconnects", "Broker connections lost", registry=r
         )
         self.beds = Gauge("eicu_beds", "Beds known, by state", ["state"], registry=r)
+        # Admission control (ingest/admission.py) and byte bounds.
+        self.refused = Counter(
+            "eicu_ingest_refused",
+            "Messages refused before decoding, by reason (unknown_site, unknown_bed, "
+            "new_bed_rate, site_bed_cap, rate_limited, engine_overloaded)",
+            ["reason"],
+            registry=r,
+        )
+        self.refused_bytes = Counter(
+            "eicu_ingest_refused_bytes", "Bytes of the messages refused before decoding", registry=r
+        )
+        self.beds_registered = Gauge(
+            "eicu_beds_registered", "Beds registered in the beds file", registry=r
+        )
+        self.beds_admitted = Counter(
+            "eicu_beds_auto_registered", "Beds admitted by auto-registration", registry=r
+        )
+        self.queue_bytes = Gauge(
+            "eicu_ingest_queue_bytes",
+            "Bytes of frames waiting for the store, in memory",
+            registry=r,
+        )
+        self.mqtt_queue_bytes = Gauge(
+            "eicu_ingest_mqtt_queue_bytes",
+            "Bytes of messages received from the broker, not yet handled",
+            registry=r,
+        )
         self.latency = LatencyRecorder()  # numerics, receive to stored
         self.waveform_latency = LatencyRecorder()  # waveforms, receive to stored
         # numerics, from the device's measurement time to stored: includes the gateway, the

@@ -13,6 +13,7 @@ from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
 from eicu.store import Store
+from ingest.admission import Admission
 from ingest.scores import ScoreStage
 from ingest.service import Ingest
 from ingest.signals import SignalStage
@@ -65,7 +66,11 @@ class Engine:
         alarms_outbox: Path | None = None,
         alerting: AlertingSettings | None = None,
         alarm_store: AlarmStore | None = None,
+        *,
+        store_open: bool = True,
     ) -> None:
+        """``store_open``: False when the store could not be opened (the database down); the
+        writer opens it when the database is back, keeping everything until then."""
         self.metrics = metrics or IngestMetrics()
         self.store = store
         self.router = BedRouter(self.metrics)
@@ -75,8 +80,19 @@ class Engine:
         self._analyse = ingest.analyse_signals
         if ingest.analyse_signals:
             self.router.subscribe(self.signals)
-        self.writer = StoreWriter(store, ingest, self.metrics)
-        self.ingest = Ingest(mqtt, self.router, self.writer, self.metrics)
+        self.writer = StoreWriter(store, ingest, self.metrics, store_open=store_open)
+        # Auto-registered beds are remembered beside the spool, so a restart keeps them.
+        self.admission = Admission(
+            ingest.admission, self.metrics, admitted_path=ingest.spool_dir / "admitted-beds.txt"
+        )
+        self.ingest = Ingest(
+            mqtt,
+            self.router,
+            self.writer,
+            self.metrics,
+            admission=self.admission,
+            mqtt_queue_max_bytes=ingest.mqtt_queue_max_bytes,
+        )
         # The alarm stage: each bed's rules as its data arrives (and every bed each second),
         # audited in a durable local outbox.
         # With an on-call rota, every alarm event also goes to the escalation dispatcher.
@@ -140,6 +156,7 @@ class Engine:
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(self.ingest.run(), name="ingest"),
+            asyncio.create_task(self.ingest.run_dead_letters(), name="dead-letters"),
         ]
         if self.alarms is not None:
             self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
@@ -169,6 +186,8 @@ class Engine:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self.ingest.dead_letters.flush()
+        self.ingest.flush_counts()
         await self.writer.close(drain_timeout_s)
         for channel in self._channels.values():
             await channel.close()

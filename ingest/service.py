@@ -3,24 +3,76 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiomqtt
 
 from eicu import wire
-from eicu.config import MqttSettings
+from eicu.config import AdmissionSettings, MqttSettings
 from eicu.errors import PayloadError
 from eicu.metrics import IngestMetrics
-from eicu.models import AlarmAck, DeadLetter
+from eicu.models import AlarmAck, StatusFrame
+from ingest.admission import REFUSALS, Admission, DeadLetters
 from ingest.state import BedRouter
 from ingest.writer import Backoff, StoreWriter
 
 log = logging.getLogger(__name__)
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+OVERLOAD_LOG_EVERY_S = 60.0
+
+
+class _Held:
+    """Bytes waiting in the incoming queue (read by the gauge when metrics are scraped)."""
+
+    bytes = 0
+
+
+def byte_bounded_queue(max_bytes: int, metrics: IngestMetrics) -> type[asyncio.Queue[Any]]:
+    """The class of aiomqtt's incoming queue, bounded in payload bytes: a message that would
+    take it past ``max_bytes`` is dropped and counted (``engine_overloaded``); the queue's bytes
+    are the gauge ``eicu_ingest_mqtt_queue_bytes``."""
+    held = _Held()
+    metrics.mqtt_queue_bytes.set_function(lambda: held.bytes)
+    overloaded = metrics.refused.labels(reason="engine_overloaded")
+
+    def size(item: Any) -> int:
+        payload = item.payload
+        return len(payload) if isinstance(payload, bytes | bytearray) else 0
+
+    class ByteBoundedQueue(asyncio.Queue[Any]):
+        _logged_s = -OVERLOAD_LOG_EVERY_S
+
+        def put_nowait(self, item: Any) -> None:
+            n = size(item)
+            if held.bytes + n > max_bytes:
+                overloaded.inc()
+                metrics.refused_bytes.inc(n)
+                now_s = time.monotonic()
+                if now_s - self._logged_s >= OVERLOAD_LOG_EVERY_S:
+                    self._logged_s = now_s
+                    log.warning(
+                        "incoming messages over %d bytes waiting: dropping (engine overloaded)",
+                        max_bytes,
+                    )
+                return
+            super().put_nowait(item)
+
+        def _put(self, item: Any) -> None:
+            held.bytes += size(item)
+            super()._put(item)
+
+        def _get(self) -> Any:
+            item = super()._get()
+            held.bytes -= size(item)
+            return item
+
+    return ByteBoundedQueue
 
 
 class Ingest:
@@ -30,11 +82,18 @@ class Ingest:
         router: BedRouter,
         writer: StoreWriter,
         metrics: IngestMetrics,
+        admission: Admission | None = None,
+        mqtt_queue_max_bytes: int = 64 * 2**20,
     ) -> None:
         self._settings = settings
         self._router = router
         self._writer = writer
         self._metrics = metrics
+        self.admission = admission or Admission(AdmissionSettings(), metrics)
+        self.dead_letters = DeadLetters(self.admission.settings, writer.add_dead_letter)
+        self._queue_type = byte_bounded_queue(mqtt_queue_max_bytes, metrics)
+        self._refused: dict[str, Any] = {}  # reason -> its counter
+        self._refused_bytes = 0  # added to the counter every second: no lock per message
         self.connected = asyncio.Event()
         self.rejected = 0
         # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
@@ -42,7 +101,12 @@ class Ingest:
         self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
-        """Decode one message and pass it on. Bad payloads are counted and dead-lettered."""
+        """Admit, decode and pass on one message. Refused messages and bad payloads are counted
+        and dead-lettered (a few whole, the rest summed up)."""
+        refused = self.admission.check(topic, len(payload))
+        if refused is not None:
+            self._refusal(refused, topic, payload, received_us)
+            return
         try:
             if wire.is_alarm_ack_topic(topic):
                 ack = wire.decode_alarm_ack(topic, payload, received_us)
@@ -54,14 +118,28 @@ class Ingest:
             self.rejected += 1
             self._metrics.rejected.labels(reason=exc.reason).inc()
             log.debug("rejected a message on %s: %s", topic, exc.reason)
-            self._writer.add_dead_letter(
-                DeadLetter(received_us, topic[:512], exc.reason, exc.detail, payload)
-            )
+            self.dead_letters.add(received_us, topic, exc.reason, exc.detail, payload)
             return
         if frame is None:
             return
+        if isinstance(frame, StatusFrame) and frame.beds:
+            beds, refused_beds = self.admission.admit_beds(frame.site, frame.beds)
+            if refused_beds:
+                # The gateway's status is kept; beds that do not exist are left out of it.
+                self._metrics.refused.labels(reason="unknown_bed").inc(refused_beds)
+                frame = dataclasses.replace(frame, beds=beds)
         if self._router.route(frame):
             self._writer.add(frame)
+
+    def _refusal(self, reason: str, topic: str, payload: bytes, received_us: int) -> None:
+        counter = self._refused.get(reason)
+        if counter is None:
+            # Too large is what the decoder would say too: counted with its rejections.
+            family = self._metrics.rejected if reason == "oversized" else self._metrics.refused
+            counter = self._refused[reason] = family.labels(reason=reason)
+        counter.inc()
+        self._refused_bytes += len(payload)
+        self.dead_letters.add(received_us, topic, reason, REFUSALS[reason], payload)
 
     def _handle_safely(self, topic: str, payload: bytes) -> None:
         """A message that trips a fault in the engine is kept, counted and logged; the loop
@@ -72,9 +150,7 @@ class Ingest:
         except Exception as exc:
             log.exception("internal error on a message on %s; kept as a dead letter", topic)
             self._metrics.internal_errors.inc()
-            self._writer.add_dead_letter(
-                DeadLetter(received_us, topic[:512], "internal_error", repr(exc)[:500], payload)
-            )
+            self.dead_letters.add(received_us, topic, "internal_error", repr(exc)[:500], payload)
 
     async def run(self) -> None:
         s = self._settings
@@ -91,6 +167,7 @@ class Ingest:
                     keepalive=s.keepalive_s,
                     socket_options=NODELAY,
                     max_inflight_messages=1000,
+                    queue_type=self._queue_type,
                 ) as client:
                     await client.subscribe(s.topic_filter, qos=1)
                     log.info("subscribed to %s on %s", s.topic_filter, s.url)
@@ -109,3 +186,15 @@ class Ingest:
                 delay_s = backoff.next_s()
                 log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay_s)
                 await asyncio.sleep(delay_s)
+
+    def flush_counts(self) -> None:
+        self._metrics.refused_bytes.inc(self._refused_bytes)
+        self._refused_bytes = 0
+
+    async def run_dead_letters(self) -> None:
+        """Each second: the refused bytes into their counter, and the dead-letter window's sum
+        once it is over (even when no more refusals come)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.flush_counts()
+            self.dead_letters.flush_if_due()

@@ -116,6 +116,7 @@ class BedState:
     status: str = "unknown"  # online, offline, standby, unknown
     gateway: str | None = None
     last_seen_us: int = 0  # receive time of the latest message
+    first_seen_us: int = 0  # receive time of the first message
     latest: dict[str, tuple[float | None, int]] = field(default_factory=dict)
     signals: dict[str, SignalState] = field(default_factory=dict)
     numerics_seq: SeqTracker = field(default_factory=SeqTracker)
@@ -147,6 +148,9 @@ OFFSET_DRIFT = 1e-3
 INPUT_DELAY_SILENT_S = 10.0  # beds silent this long do not count towards the input delay
 INPUT_DELAY_EVERY_S = 0.5
 INPUT_DELAY_MIN_BEDS = 3  # a site counts towards the input delay with at least this many beds
+# A bed counts once it has been heard over this long: a bed heard once has no fastest message to
+# be late against, and a flood of such beds would hide a delay every real bed shows.
+INPUT_DELAY_HISTORY_S = 10.0
 
 
 def input_delay_us(beds: dict[BedKey, BedState], now_us: int) -> int:
@@ -158,7 +162,11 @@ def input_delay_us(beds: dict[BedKey, BedState], now_us: int) -> int:
     since_us = now_us - int(INPUT_DELAY_SILENT_S * 1e6)
     # A copy first: the metrics endpoint may call this from its own thread while beds are added.
     for key, state in list(beds.items()):
-        if state.last_seen_us >= since_us and state.status == "online":
+        if (
+            state.last_seen_us >= since_us
+            and state.status == "online"
+            and state.last_seen_us - state.first_seen_us >= INPUT_DELAY_HISTORY_S * 1e6
+        ):
             by_site.setdefault(key.site, []).append(state.delay_us)
     medians = [int(np.median(d)) for d in by_site.values() if len(d) >= INPUT_DELAY_MIN_BEDS]
     return min(medians, default=0)
@@ -250,6 +258,7 @@ class BedRouter:
         skew = device_us - received_us
         if state.messages == 0:
             state.clock_offset_us = skew
+            state.first_seen_us = received_us
         else:
             elapsed_us = max(0, received_us - state.last_seen_us)
             state.clock_offset_us = max(

@@ -1,8 +1,10 @@
 """The store writer: batches frames, writes them, and keeps them while the database is away.
 
-Frames wait in memory (bounded), then spill to the on-disk spool; they are written in the order
-they arrived, and retried until the store takes them. Writes are idempotent, so a batch retried
-after an uncertain commit is stored once.
+Frames wait in memory (bounded in frames and in bytes, ``memory_max_frames`` and
+``memory_max_bytes``), then spill to the on-disk spool; they are written in the order they
+arrived, and retried until the store takes them. Writes are idempotent, so a batch retried after
+an uncertain commit is stored once. A store that could not be opened at start (the database
+down) is opened, and its migrations applied, before the first write that reaches it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,32 @@ class Backoff:
         self.attempts = 0
 
 
+# Rough bytes a frame holds in memory beyond its samples and payload (objects, dict entries).
+_FRAME_OVERHEAD_BYTES = 200
+_VALUE_BYTES = 60  # one numeric value: a dict entry, a str key, a float
+
+
+def frame_bytes(frame: Frame | DeadLetter) -> int:
+    """What a frame waiting for the store holds in memory, roughly (an upper-side estimate)."""
+    if isinstance(frame, WaveformFrame):
+        return _FRAME_OVERHEAD_BYTES + sum(
+            _FRAME_OVERHEAD_BYTES + block.samples.nbytes for block in frame.blocks
+        )
+    if isinstance(frame, NumericsFrame):
+        return _FRAME_OVERHEAD_BYTES + _VALUE_BYTES * len(frame.values)
+    if isinstance(frame, StatusFrame):
+        return _FRAME_OVERHEAD_BYTES + _VALUE_BYTES * len(frame.beds)
+    return _FRAME_OVERHEAD_BYTES + len(frame.payload) + len(frame.detail) + len(frame.topic)
+
+
+def batch_bytes(batch: Batch) -> int:
+    return sum(
+        frame_bytes(f)
+        for frames in (batch.numerics, batch.waveforms, batch.statuses, batch.dead_letters)
+        for f in frames
+    )
+
+
 def _received(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     numerics = np.array([f.received_us for f in batch.numerics], dtype=np.int64)
     waveforms = np.array([f.received_us for f in batch.waveforms], dtype=np.int64)
@@ -57,13 +85,25 @@ def _received(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
 
 
 class StoreWriter:
-    def __init__(self, store: Store, settings: IngestSettings, metrics: IngestMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: IngestSettings,
+        metrics: IngestMetrics,
+        *,
+        store_open: bool = True,
+    ) -> None:
         self._store = store
         self._settings = settings
         self._metrics = metrics
+        # False: the store could not be opened yet; opened (migrations and all) before a write.
+        self.store_open = store_open
         self._open = Batch()
-        self._queue: deque[Batch] = deque()
+        self._open_bytes = 0
+        self._queue: deque[tuple[Batch, int]] = deque()
         self._queued_frames = 0
+        self._queued_bytes = 0
+        self._held_bytes = 0
         self._spool = Spool(settings.spool_dir)
         self._wake = asyncio.Event()
         self._backoff = Backoff(settings.write_retry_min_s, settings.write_retry_max_s)
@@ -81,22 +121,37 @@ class StoreWriter:
     def add(self, frame: Frame) -> None:
         if isinstance(frame, NumericsFrame):
             self._open.numerics.append(frame)
+            self._open_bytes += frame_bytes(frame)
         elif isinstance(frame, WaveformFrame):
             self._hold(frame)
         elif isinstance(frame, StatusFrame):
             self._open.statuses.append(frame)
-        if len(self._open) >= self._settings.batch_max_frames:
+            self._open_bytes += frame_bytes(frame)
+        self._seal_if_full()
+
+    def _seal_if_full(self) -> None:
+        if (
+            len(self._open) >= self._settings.batch_max_frames
+            or self._open_bytes >= self._batch_max_bytes
+        ):
             self._seal()
+
+    @property
+    def _batch_max_bytes(self) -> int:
+        # A sixteenth of the memory bound: a batch never fills memory alone.
+        return max(1, self._settings.memory_max_bytes // 16)
 
     def _hold(self, frame: WaveformFrame) -> None:
         """Keep a bed's waveform frames until a segment's worth has arrived."""
         segment_us = self._settings.waveform_segment_s * 1e6
         if segment_us <= 0:
             self._open.waveforms.append(frame)
+            self._open_bytes += frame_bytes(frame)
             return
         held = self._held.setdefault(frame.bed, [])
         held.append(frame)
         self._held_frames += 1
+        self._held_bytes += frame_bytes(frame)
         span_us = frame.t0_us - held[0].t0_us
         if span_us + 1 >= segment_us - 1e5 or len(held) >= 256:
             self._release(frame.bed)
@@ -107,6 +162,9 @@ class StoreWriter:
         held = self._held.pop(bed, [])
         self._held_us.pop(bed, None)
         self._held_frames -= len(held)
+        size = sum(frame_bytes(f) for f in held)
+        self._held_bytes -= size
+        self._open_bytes += size
         self._open.waveforms.extend(held)
 
     def _release_overdue(self, now_us: int) -> None:
@@ -117,18 +175,27 @@ class StoreWriter:
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         self._open.dead_letters.append(letter)
+        self._open_bytes += frame_bytes(letter)
+        self._seal_if_full()
 
     def _seal(self) -> None:
         batch = self._open
         if not len(batch):
             return
+        size = self._open_bytes
         self._open = Batch()
-        full = self._queued_frames + len(batch) > self._settings.memory_max_frames
+        self._open_bytes = 0
+        s = self._settings
+        full = (
+            self._queued_frames + len(batch) > s.memory_max_frames
+            or self._queued_bytes + size > s.memory_max_bytes
+        )
         if len(self._spool) or full:
             self._spool.push(batch)
         else:
-            self._queue.append(batch)
+            self._queue.append((batch, size))
             self._queued_frames += len(batch)
+            self._queued_bytes += size
         self._update_gauges()
         self._wake.set()
 
@@ -136,8 +203,15 @@ class StoreWriter:
     def pending_frames(self) -> int:
         return self._queued_frames + self._spool.frames + len(self._open) + self._held_frames
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the frames waiting in memory (queued, open and held): at most
+        ``memory_max_bytes`` plus one batch and the held waveforms."""
+        return self._queued_bytes + self._open_bytes + self._held_bytes
+
     def _update_gauges(self) -> None:
         self._metrics.queue_frames.set(self._queued_frames + len(self._open) + self._held_frames)
+        self._metrics.queue_bytes.set(self.memory_bytes)
         self._metrics.spool_frames.set(self._spool.frames)
 
     # --- the write loop --------------------------------------------------------------------------
@@ -155,8 +229,10 @@ class StoreWriter:
     async def _write_pending(self) -> bool:
         """Write what is waiting, oldest first. False when the store refused."""
         while self._queue or len(self._spool):
+            if not self.store_open and not await self._open_store():
+                return False
             from_memory = bool(self._queue)
-            batch = self._queue[0] if from_memory else self._spool.peek()
+            batch = self._queue[0][0] if from_memory else self._spool.peek()
             rx_numerics, rx_waveforms = _received(batch)
             received = np.concatenate([rx_numerics, rx_waveforms])
             if received.size:
@@ -178,8 +254,9 @@ class StoreWriter:
             self.available = True
             self._backoff.reset()
             if from_memory:
-                self._queue.popleft()
+                _, size = self._queue.popleft()
                 self._queued_frames -= len(batch)
+                self._queued_bytes -= size
             else:
                 self._spool.pop()
             self.stored_frames += len(batch)
@@ -202,6 +279,20 @@ class StoreWriter:
         self._metrics.store_lag.set(0.0)
         return True
 
+    async def _open_store(self) -> bool:
+        """Open the store (and apply its migrations); False while it is still unavailable."""
+        try:
+            await self._store.open()
+        except StorageUnavailable as exc:
+            if self.available:
+                log.warning("store still unavailable, keeping data: %s", exc)
+            self.available = False
+            self._metrics.store_failures.labels(error="unavailable").inc()
+            return False
+        log.info("store opened; schema up to date; writing what was kept")
+        self.store_open = True
+        return True
+
     async def close(self, timeout_s: float = 10.0) -> None:
         """Write everything still waiting; what the store cannot take by the deadline goes to
         the spool (in order), so nothing is lost."""
@@ -217,9 +308,10 @@ class StoreWriter:
             await asyncio.sleep(min(self._backoff.next_s(), max(0.0, deadline - time.monotonic())))
         if self._queue:
             # Older than anything spooled: they go in front, newest first.
-            for batch in reversed(self._queue):
+            for batch, _ in reversed(self._queue):
                 self._spool.push(batch, front=True)
             log.warning("store unavailable at shutdown: %d frames spooled", self._queued_frames)
             self._queue.clear()
             self._queued_frames = 0
+            self._queued_bytes = 0
         self._update_gauges()

@@ -112,7 +112,15 @@ async def demo(args: argparse.Namespace) -> int:
     await store.open()
     engine = Engine(
         mqtt,
-        IngestSettings(spool_dir=data_dir / "spool"),
+        IngestSettings(
+            spool_dir=data_dir / "spool",
+            # the demo's own simulated beds are admitted however many there are
+            admission=replace(
+                settings.ingest.admission,
+                site_beds_max=max(settings.ingest.admission.site_beds_max, args.beds),
+                new_beds_burst=max(settings.ingest.admission.new_beds_burst, args.beds),
+            ),
+        ),
         store,
         alarms_outbox=data_dir / "alarms.db",
     )

@@ -41,12 +41,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(settings: Settings, mqtt: MqttSettings) -> None:
+async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | None = None) -> None:
+    """Run every role in this process until SIGTERM or SIGINT (or ``stop`` is set)."""
     from prometheus_client import start_http_server
 
     from dashboards.app import create_app
     from dashboards.server import DashboardServer
     from dashboards.users import Users
+    from eicu.errors import StorageUnavailable
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -54,8 +56,15 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
     assert settings.database_url is not None
     metrics = IngestMetrics()
     store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
-    await store.open()
-    log.info("store ready (%s); schema up to date", store.backend)
+    try:
+        await store.open()
+        store_open = True
+        log.info("store ready (%s); schema up to date", store.backend)
+    except StorageUnavailable as exc:
+        # Ingest, alarms and escalation do not need the database: data waits in memory and the
+        # spool, alarms in the outbox; the schema is brought up to date when it is back.
+        store_open = False
+        log.warning("starting without the database (%s); it is opened when it is back", exc)
     alarm_store = None
     if settings.database_url.startswith(("postgresql://", "postgres://")):
         # The alarm audit trail and receipts are copied from the outbox to the same database.
@@ -69,6 +78,7 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
         alerting=settings.alerting,
         alarm_store=alarm_store,
         metrics=metrics,
+        store_open=store_open,
     )
     if settings.alerting.rota_path is not None:
         log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)
@@ -98,10 +108,11 @@ async def serve(settings: Settings, mqtt: MqttSettings) -> None:
         await store.close()
         where = f"{settings.http.host}:{settings.http.port}"
         raise ConfigError("EICU_HTTP_PORT", f"cannot listen on {where}: {exc}") from exc
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await dashboard.start()
     log.info("dashboard on %s/ (users: %s)", dashboard.url, settings.http.users_file)
     log.info("engine running: %s -> %s", mqtt.url, store.backend)

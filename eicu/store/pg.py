@@ -111,8 +111,11 @@ class PgStore:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> None:
+        """Open the pool and apply pending migrations. With the database down this raises
+        :class:`StorageUnavailable` and leaves the pool open, reconnecting: call it again."""
         try:
-            await self._pool.open(wait=True, timeout=self._connect_timeout_s)
+            # Not wait=True: a pool that times out waiting is closed and cannot be opened again.
+            await self._pool.open()
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
         await self.migrate()
@@ -146,7 +149,7 @@ class PgStore:
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
                     await conn.set_autocommit(False)
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
         return applied
 
