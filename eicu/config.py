@@ -33,7 +33,9 @@ class MqttSettings:
     username: str | None = None
     password: Secret | None = None
     client_id: str = "eicu-ingest"
-    topic_filter: str = "eicu/v1/#"
+    # Every version's topics, so that a message of a version the engine does not speak is seen,
+    # counted and dead-lettered (unknown_version), never silently unheard.
+    topic_filter: str = "eicu/#"
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0

@@ -137,9 +137,12 @@ async def test_bad_payloads_rejected_while_good_traffic_continues(
     expected: dict[str, int] = {}
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="bad-gateway") as client:
         for topic, payload, reason in BAD:
+            if not topic.isprintable():
+                continue  # Mosquitto drops a client that names a topic with control characters
             await client.publish(topic, payload, qos=1)
-            if not topic.startswith("eicu/v1/"):
+            if not topic.startswith("eicu/"):
                 continue  # outside the engine's subscription: the broker never hands it over
+            # eicu/v2/... is inside it: seen, counted and dead-lettered as unknown_version.
             expected[reason] = expected.get(reason, 0) + 1
     summary = await sim
     await _settle(engine, _total(summary))
