@@ -63,6 +63,12 @@ class IngestSettings:
     analyse_signals: bool = True
     write_retry_min_s: float = 0.5
     write_retry_max_s: float = 10.0
+    # A device time further ahead of (or behind) the engine's clock on arrival than this is a
+    # device-clock fault: counted, a technical condition of the bed, never the bed's "now".
+    device_clock_max_ahead_s: float = 600.0
+    device_clock_max_behind_s: float = 7 * 86400.0
+    # A bed's standby lasts this long from its time (or its arrival); an older one is ignored.
+    standby_max_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,21 @@ class Settings:
             waveform_segment_s=_float(
                 env, "EICU_WAVEFORM_SEGMENT_S", defaults.waveform_segment_s, 0.0, 60.0
             ),
+            device_clock_max_ahead_s=_float(
+                env,
+                "EICU_DEVICE_CLOCK_MAX_AHEAD_S",
+                defaults.device_clock_max_ahead_s,
+                1.0,
+                86_400.0,
+            ),
+            device_clock_max_behind_s=_float(
+                env,
+                "EICU_DEVICE_CLOCK_MAX_BEHIND_S",
+                defaults.device_clock_max_behind_s,
+                60.0,
+                366 * 86_400.0,
+            ),
+            standby_max_s=_float(env, "EICU_STANDBY_MAX_S", defaults.standby_max_s, 10.0, 86_400.0),
         )
         metrics_port = env.get("EICU_METRICS_PORT")
         smtp_url = env.get("EICU_SMTP_URL") or None
