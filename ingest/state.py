@@ -318,8 +318,10 @@ class BedRouter:
                 ref_outside and not outside and skew < reference - step_us
             )
         else:
-            reference = 0.0  # the engine's clock, until one message inside the window
-            jump = outside
+            # The engine's clock, until a first message that is not ahead of the window. One far
+            # behind may be a clock that is behind or a backlog: it never moves values forward.
+            reference = 0.0
+            jump = outside and skew > 0
         if not jump:
             state.step_count = 0
             if not state.clock_known:

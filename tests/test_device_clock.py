@@ -166,3 +166,21 @@ def test_clock_and_standby_settings_from_the_environment() -> None:
     assert (defaults.device_clock_max_ahead_s, defaults.standby_max_s) == (600.0, 3600.0)
     with pytest.raises(ConfigError, match="EICU_STANDBY_MAX_S"):
         Settings.from_env({"EICU_STANDBY_MAX_S": "0"})
+
+
+def test_data_far_behind_keeps_its_device_time_and_never_looks_fresh() -> None:
+    """A backlog (or a clock far behind) is flagged, but its values keep their old time: taking
+    them at their receive time would show old values as current."""
+    router, _, metrics = _router()
+    year_us = 365 * 86_400 * 1_000_000
+    old = _num(0, int(T0_S * 1e6) - year_us, T0_S, 80.0)
+    router.route(old)
+    state = router.beds[BED]
+    assert state.latest["HR"] == (80.0, old.ts_us)
+    assert _faults(metrics, "numerics", "behind") == 1
+    # Live data then follows at once: it is ahead of a clock that is itself out of the window,
+    # so confirmed after three messages over 2 s, held at its receive time until then.
+    for i, t in enumerate((1.0, 2.0, 3.5)):
+        router.route(_num(1 + i, int((T0_S + t) * 1e6), T0_S + t + 0.1, 90.0))
+    assert state.latest["HR"] == (90.0, int((T0_S + 3.5) * 1e6))
+    assert state.clock_offset_us == pytest.approx(-0.1e6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -90,8 +91,10 @@ async def test_round_trip_of_every_message_kind(
         )
         await client.publish(
             wire.gateway_status_topic("karamay", "gw1"),
-            wire.encode_status(
-                StatusFrame("karamay", "standby", t0, gateway="gw1", beds=("bed07",))
+            wire.encode_status(  # a standby of now: one older than its lifetime is ignored
+                StatusFrame(
+                    "karamay", "standby", time.time_ns() // 1000, gateway="gw1", beds=("bed07",)
+                )
             ),
             qos=1,
             retain=True,
