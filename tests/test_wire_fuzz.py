@@ -96,8 +96,6 @@ def json_payloads(draw: st.DrawFn) -> bytes:
         )
     if draw(st.booleans()):
         doc["beds"] = draw(st.one_of(st.lists(st.one_of(IDS, st.text(max_size=8))), JSON_VALUES))
-    if draw(st.booleans()):
-        doc["lifetime_s"] = draw(st.one_of(st.integers(-10, 10**7), JSON_SCALARS))
     doc.update(draw(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3)))
     text = json.dumps(doc)
     if draw(st.booleans()):
