@@ -175,6 +175,10 @@ class Engine:
         except (StorageUnavailable, TimeoutError) as exc:
             log.warning("sequence tracking starts afresh (the store did not answer: %s)", exc)
             return
+        except Exception:
+            # Best effort: a store that cannot say must never keep the engine from starting.
+            log.exception("sequence tracking starts afresh (the store's answer failed)")
+            return
         self.router.resume_sequences(last)
         log.info("sequence tracking resumed for %d streams", len(last))
 
