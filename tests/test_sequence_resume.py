@@ -5,6 +5,10 @@ Mosquitto and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,3 +111,61 @@ async def test_sqlite_store_gives_the_last_sequences_too(tmp_path: Path) -> None
         assert await store.last_sequences(t0_us + 10**9, t0_us + 2 * 10**9) == {}
     finally:
         await store.close()
+
+
+async def test_frames_lost_in_a_killed_engine_are_counted_as_gaps(
+    broker: Mosquitto, store: Store, db_url: str, tmp_path: Path
+) -> None:
+    """A real SIGKILL: the engine took frames 10..14 but had not stored them (they wait for a
+    flush that never comes). The engine started after it counts them as a gap."""
+    root = Path(__file__).resolve().parent.parent
+    # It flushes every 10 frames, or else only after 10 minutes.
+    cmd = [sys.executable, "-m", "tests.engine_child", broker.url, db_url, str(tmp_path / "k")]
+    child = subprocess.Popen(
+        [*cmd, "600", "10"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert child.stdout is not None
+        lines = child.stdout
+
+        async def until_line(text: str) -> None:
+            while True:
+                line = await asyncio.to_thread(lines.readline)
+                assert line, f"the engine process ended before {text!r}"
+                if line.strip() == text:
+                    return
+
+        await asyncio.wait_for(until_line("READY"), 120.0)
+        t0_us = time.time_ns() // 1000 - 60_000_000
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw-kill") as client:
+            for seq in range(15):
+                frame = NumericsFrame(BED, seq, t0_us + seq * 1_000_000, {"HR": 80.0})
+                await client.publish(wire.numerics_topic(BED), wire.encode_numerics(frame), qos=1)
+        await asyncio.wait_for(until_line(f"ROUTED {BED} numerics 14"), 60.0)
+        async with asyncio.timeout(60.0):
+            while (await store.stats())["beds"].get(str(BED), {}).get("messages", 0) < 10:
+                await asyncio.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert (await store.stats())["beds"][str(BED)]["messages"] == 10  # 10..14 died with it
+    again = Engine(
+        MqttSettings.from_url(broker.url, client_id="eicu-test-killed"),
+        IngestSettings(spool_dir=tmp_path / "k", flush_interval_s=0.1),
+        store,
+    )
+    await again.start()
+    await again.wait_connected()
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw-kill") as client:
+        for seq in range(15, 20):
+            frame = NumericsFrame(BED, seq, t0_us + seq * 1_000_000, {"HR": 80.0})
+            await client.publish(wire.numerics_topic(BED), wire.encode_numerics(frame), qos=1)
+    await _until_stored(again, 5)
+    await again.stop()
+    assert _gaps(again, "numerics") == 5
