@@ -15,7 +15,9 @@ the bad entry. Each condition names the rule that detects it:
 - ``deterioration``: the deterioration signal of the score stage is active.
 - ``rhythm``: the signal stage reports the rhythm flag ``label``.
 - ``lead_off``, ``spo2_probe``, ``unavailable``, ``bed_offline``, ``data_stale`` (after
-  ``after_s`` seconds without data): technical conditions.
+  ``after_s`` seconds without data), ``bed_standby`` (monitoring paused at the bedside, for the
+  standby's lifetime), ``device_clock`` (the bed's device time out of the engine's window):
+  technical conditions.
 
 Per-bed limits are changed with :func:`override`, which returns a new policy and an audit record.
 """
@@ -44,6 +46,8 @@ Rule = Literal[
     "unavailable",
     "bed_offline",
     "data_stale",
+    "bed_standby",
+    "device_clock",
 ]
 RULES: Final[tuple[str, ...]] = get_args(Rule)
 NEWS2_BANDS: Final[tuple[str, ...]] = ("low", "low-medium", "medium", "high")
@@ -202,6 +206,8 @@ _KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
         "unavailable": frozenset({"params"}),
         "bed_offline": frozenset(),
         "data_stale": frozenset({"after_s"}),
+        "bed_standby": frozenset(),
+        "device_clock": frozenset(),
     }
 )
 _COMMON: Final[frozenset[str]] = frozenset({"rule", "category", "priority", "latching", "delay_s"})

@@ -3,8 +3,10 @@
 Each rule reports a condition as present, as ended, or not at all when it cannot tell: a value
 that is missing or older than the policy's ``max_age_s`` never counts as normal. Instead the
 parameter's technical condition (``SPO2_PROBE_OFF``, ``HR_UNAVAILABLE``, ...) is present. While
-the whole bed is offline or silent (``BED_OFFLINE``, ``DATA_STALE``), or in standby, only those
-two conditions are reported; everything else is unknown and left as it was.
+the whole bed is offline or silent (``BED_OFFLINE``, ``DATA_STALE``), only those two conditions
+are reported; everything else is unknown and left as it was. A bed in standby (monitoring paused
+at the bedside, for a limited time) reports ``BED_STANDBY`` and ends the technical conditions of
+its measurements, but fresh values are live data and their physiological conditions still count.
 
 A parameter key that a bed has never sent is not monitored on that bed and raises nothing.
 """
@@ -232,9 +234,16 @@ def _condition(
 
 
 def bed_conditions(
-    bed: BedKey, policy: AlarmPolicy, now_us: int, status: str, last_seen_us: int
+    bed: BedKey,
+    policy: AlarmPolicy,
+    now_us: int,
+    status: str,
+    last_seen_us: int,
+    clock_fault: str | None = None,
 ) -> list[AlarmCondition]:
-    """``bed_offline`` from the status; ``data_stale`` after ``after_s`` without any message.
+    """``bed_offline`` from the status; ``data_stale`` after ``after_s`` without any message;
+    ``bed_standby`` while the bed is in standby; ``device_clock`` while ``clock_fault`` (a
+    description of the bed's device-clock fault) is given.
 
     Status ``unknown`` and a bed never seen (``last_seen_us`` 0) report nothing; a bed in
     ``standby`` (monitoring deliberately paused at the bedside) is neither offline nor stale.
@@ -246,6 +255,16 @@ def bed_conditions(
                 continue
             present = status == "offline"
             detail = f"status {status}"
+        elif c.rule == "bed_standby":
+            if status == "unknown":
+                continue
+            present = status == "standby"
+            detail = "monitoring paused at the bedside" if present else ""
+        elif c.rule == "device_clock":
+            if last_seen_us <= 0 and clock_fault is None:
+                continue
+            present = clock_fault is not None
+            detail = clock_fault or ""
         elif c.rule == "data_stale" and c.after_s is not None:
             if last_seen_us <= 0:
                 continue
@@ -434,8 +453,14 @@ def evaluate_bed(
     verify: Verify | None = None,
     clock_us: int | None = None,
     unacknowledged: Iterable[str] = (),
+    clock_fault: str | None = None,
 ) -> RuleOutput:
     """Every rule of ``policy`` for one bed at ``now_us``.
+
+    ``status`` ``standby`` (a standby still within its lifetime: the caller decides) ends the
+    technical conditions of the measurements and raises ``bed_standby``; physiological
+    conditions of fresh values, and rhythm flags while an ECG lead has a signal, still count.
+    ``clock_fault`` describes the bed's device-clock fault, if it has one (``device_clock``).
 
     ``clock_us`` is the moment on the bed's own (device) clock at which values' ages are judged
     (default ``now_us``); the alarm service passes the bed's clock less the engine's input delay,
@@ -447,16 +472,32 @@ def evaluate_bed(
     typically the bed's ``BedSignalPipeline.verify_alarm``; ``unacknowledged`` the kinds of the
     bed's active or latched alarms (``AlarmStateMachine.unacknowledged``).
     """
-    bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us)
-    if status == "standby" or any(c.present for c in bed_level):
+    bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us, clock_fault)
+    silent = {"bed_offline", "data_stale"}
+    if any(c.present for c in bed_level if policy.condition(c.kind).rule in silent):
         return RuleOutput(tuple(bed_level))
     quality = quality or {}
+    standby = status == "standby"
     rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify, unacknowledged)
-    conditions = [
-        *bed_level,
+    rhythms_out = list(rhythm.conditions)
+    if standby and not any(v not in NO_SIGNAL for k, v in quality.items() if k.startswith("ECG")):
+        rhythms_out = []  # no live ECG in standby: its rhythm flags are not judged
+    measured = [
         *probe_conditions(bed, policy, now_us, latest, quality, clock_us),
         *vital_conditions(bed, policy, now_us, latest, clock_us),
-        *rhythm.conditions,
+    ]
+    if standby:
+        # Monitoring paused at the bedside: sensors off and values missing are expected, so the
+        # technical conditions of the measurements end. Fresh values are live data: their
+        # physiological conditions stand (a stale or wrong standby never hides a patient).
+        measured = [
+            replace(c, present=False, detail="bed in standby") if c.category == "technical" else c
+            for c in measured
+        ]
+    conditions = [
+        *bed_level,
+        *measured,
+        *rhythms_out,
         *score_conditions(bed, policy, now_us, news2, deterioration),
     ]
     return RuleOutput(tuple(conditions), rhythm.suppressed)

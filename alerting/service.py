@@ -180,7 +180,7 @@ class AlarmService:
                     self.policy,
                     now_us,
                     latest=state.latest,
-                    status=state.status,
+                    status=state.status_at(now_us),
                     last_seen_us=state.last_seen_us,
                     rhythms=tuple(derived.rhythms) if derived else (),
                     quality=dict(derived.quality) if derived else {},
@@ -189,6 +189,7 @@ class AlarmService:
                     verify=engine.signals.verifier(bed),
                     clock_us=state.device_now_us(now_us) - delay_us,
                     unacknowledged=self.machine.unacknowledged(bed),
+                    clock_fault=state.clock_fault_at(now_us),
                 )
             except Exception:
                 # One bed's fault leaves that bed's alarms as they were, not every bed's.

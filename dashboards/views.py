@@ -115,8 +115,8 @@ def bed_summary(
         "bed": str(key),
         "site": key.site,
         "name": key.bed,
-        "status": state.status,
-        "stale": bool(silent and state.status == "online"),
+        "status": state.status_at(now_us),  # a standby past its lifetime is over
+        "stale": bool(silent and state.status_at(now_us) == "online"),
         "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
         "last_seen_us": state.last_seen_us or None,
         "skew_ms": round(state.clock_offset_us / 100_000) * 100,  # device clock - server's

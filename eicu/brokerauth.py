@@ -6,10 +6,12 @@ The accounts live in a small JSON registry; the Mosquitto files are rendered fro
   (as ``mosquitto_passwd`` writes it: 101 iterations, 12-byte salt, 64-byte key, base64);
 * ``acl``: per user, what it may read and write. A gateway of site ``S`` writes
   its beds' ``numerics``, ``waveform`` and ``status`` under ``eicu/v1/S/{bed}/``, its own
-  ``eicu/v1/S/_gateway/{gateway}/status`` and acknowledgements of its site's alarms on
+  status ``eicu/v1/S/_gateway/{name}/status`` (the gateway id in the topic is its account
+  name, so no gateway speaks for another), and acknowledgements of its site's alarms on
   ``eicu/v1/S/{bed}/alarms/ack``, and reads its site's alarms. It cannot publish on
-  ``.../alarms``: only the engine speaks for the alarm state. The engine reads ``eicu/v1/#``
-  (acknowledgements included) and writes alarms.
+  ``.../alarms``: only the engine speaks for the alarm state. The engine reads ``eicu/#``
+  (acknowledgements included, and other protocol versions, which it counts and rejects) and
+  writes alarms.
 
 The broker is then configured with ``allow_anonymous false``, ``password_file`` and ``acl_file``.
 """
@@ -57,11 +59,11 @@ def acl_text(accounts: list[BrokerAccount]) -> str:
     blocks = []
     for a in sorted(accounts, key=lambda a: a.name):
         if a.role == "engine":
-            rules = ["topic read eicu/v1/#", "topic write eicu/v1/+/+/alarms"]
+            rules = ["topic read eicu/#", "topic write eicu/v1/+/+/alarms"]
         else:
             rules = [
                 *(f"topic write eicu/v1/{a.site}/+/{kind}" for kind in GATEWAY_WRITES),
-                f"topic write eicu/v1/{a.site}/{GATEWAY_LEVEL}/+/status",
+                f"topic write eicu/v1/{a.site}/{GATEWAY_LEVEL}/{a.name}/status",
                 f"topic read eicu/v1/{a.site}/+/alarms",
             ]
         blocks.append("\n".join([f"user {a.name}", *rules]))

@@ -33,7 +33,9 @@ class MqttSettings:
     username: str | None = None
     password: Secret | None = None
     client_id: str = "eicu-ingest"
-    topic_filter: str = "eicu/v1/#"
+    # Every version's topics, so that a message of a version the engine does not speak is seen,
+    # counted and dead-lettered (unknown_version), never silently unheard.
+    topic_filter: str = "eicu/#"
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
@@ -123,6 +125,12 @@ class IngestSettings:
     analyse_signals: bool = True
     write_retry_min_s: float = 0.5
     write_retry_max_s: float = 10.0
+    # A device time further ahead of (or behind) the engine's clock on arrival than this is a
+    # device-clock fault: counted, a technical condition of the bed, never the bed's "now".
+    device_clock_max_ahead_s: float = 600.0
+    device_clock_max_behind_s: float = 7 * 86400.0
+    # A bed's standby lasts this long from its time (or its arrival); an older one is ignored.
+    standby_max_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -418,6 +426,21 @@ class Settings:
                 env, "EICU_MQTT_QUEUE_MAX_BYTES", defaults.mqtt_queue_max_bytes, 2**20, 2**40
             ),
             admission=AdmissionSettings.from_env(env),
+            device_clock_max_ahead_s=_float(
+                env,
+                "EICU_DEVICE_CLOCK_MAX_AHEAD_S",
+                defaults.device_clock_max_ahead_s,
+                1.0,
+                86_400.0,
+            ),
+            device_clock_max_behind_s=_float(
+                env,
+                "EICU_DEVICE_CLOCK_MAX_BEHIND_S",
+                defaults.device_clock_max_behind_s,
+                60.0,
+                366 * 86_400.0,
+            ),
+            standby_max_s=_float(env, "EICU_STANDBY_MAX_S", defaults.standby_max_s, 10.0, 86_400.0),
         )
         metrics_port = env.get("EICU_METRICS_PORT")
         smtp_url = env.get("EICU_SMTP_URL") or None

@@ -131,6 +131,25 @@ class IngestMetrics:
             "Bytes of messages received from the broker, not yet handled",
             registry=r,
         )
+        self.device_time_faults = Counter(
+            "eicu_ingest_device_time_faults",
+            "Messages whose device time was outside the engine's window on arrival, by kind and "
+            "direction (ahead, behind)",
+            ["kind", "direction"],
+            registry=r,
+        )
+        self.clock_steps = Counter(
+            "eicu_ingest_device_clock_steps",
+            "Messages whose device time jumped from their bed's clock (held at their receipt "
+            "time), and steps of a bed's clock adopted after confirmation, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.standby_expired = Counter(
+            "eicu_ingest_standby_expired",
+            "Standby states ignored because they were older than their lifetime on arrival",
+            registry=r,
+        )
         self.latency = LatencyRecorder()  # numerics, receive to stored
         self.waveform_latency = LatencyRecorder()  # waveforms, receive to stored
         # numerics, from the device's measurement time to stored: includes the gateway, the

@@ -13,7 +13,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline, so "bed07\n" would pass.
+ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -27,7 +28,7 @@ class BedKey:
     @classmethod
     def parse(cls, text: str) -> BedKey:
         site, sep, bed = text.partition("/")
-        if not sep or not ID_RE.match(site) or not ID_RE.match(bed):
+        if not sep or not ID_RE.fullmatch(site) or not ID_RE.fullmatch(bed):
             raise ValueError(f"expected SITE/BED with ids of [A-Za-z0-9_-], got {text!r}")
         return cls(site, bed)
 

@@ -108,7 +108,7 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
 
 
 def _ids_ok(*ids: str) -> bool:
-    return all(ID_RE.match(i) for i in ids)
+    return all(ID_RE.fullmatch(i) for i in ids)
 
 
 # --- numerics ---------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def decode_status(
     if gateway is not None:
         raw_beds = doc.get("beds", [])
         if not isinstance(raw_beds, list) or not all(
-            isinstance(b, str) and ID_RE.match(b) for b in raw_beds
+            isinstance(b, str) and ID_RE.fullmatch(b) for b in raw_beds
         ):
             raise PayloadError("malformed", "'beds' must be a list of bed ids")
         if len(raw_beds) > 4096:
@@ -370,12 +370,20 @@ def _json_object(payload: bytes) -> dict[str, object]:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError("malformed", f"not JSON: {exc}"[:160]) from None
+    except RecursionError:
+        # The parser is recursive: thousands of nested brackets exhaust its depth. No protocol
+        # document nests more than three levels.
+        raise PayloadError("malformed", "JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise PayloadError("malformed", f"expected a JSON object, got {type(doc).__name__}")
     if "v" not in doc:
         raise PayloadError("malformed", "no version field 'v'")
-    if doc["v"] != VERSION:
-        raise PayloadError("unknown_version", f"payload version {doc['v']!r}"[:80])
+    version = doc["v"]
+    # Exactly the integer: in Python true == 1 == 1.0, and neither is a protocol version.
+    if type(version) is not int:
+        raise PayloadError("malformed", f"'v' must be an integer, got {version!r}"[:80])
+    if version != VERSION:
+        raise PayloadError("unknown_version", f"payload version {version!r}"[:80])
     return doc
 
 

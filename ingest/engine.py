@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEQUENCE_LOOKBACK_US = 86_400 * 1_000_000  # sequence tracking resumes from the last day stored
+
 
 def warm_up(signals: bool) -> None:
     """Run each kernel once on a few seconds of synthetic data."""
@@ -73,7 +75,7 @@ class Engine:
         writer opens it when the database is back, keeping everything until then."""
         self.metrics = metrics or IngestMetrics()
         self.store = store
-        self.router = BedRouter(self.metrics)
+        self.router = BedRouter(self.metrics, ingest)
         self.scores = ScoreStage()
         self.signals = SignalStage()
         self.router.subscribe(self.scores)
@@ -153,6 +155,7 @@ class Engine:
     async def start(self) -> None:
         # Compile (or load from cache) the kernels before the first message waits on them.
         await asyncio.to_thread(warm_up, self._analyse)
+        await self._resume_sequences()
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(self.ingest.run(), name="ingest"),
@@ -173,6 +176,28 @@ class Engine:
             self._tasks.append(
                 asyncio.create_task(self.dispatcher.run(self._alarm_events), name="alarms-dispatch")
             )
+
+    async def _resume_sequences(self, timeout_s: float = 2.0) -> None:
+        """Sequence tracking goes on from the newest frames stored (the last day), so frames
+        lost while the engine was down or killed count as gaps. Without the database it starts
+        afresh rather than wait."""
+        import time
+
+        now_us = time.time_ns() // 1000
+        try:
+            last = await asyncio.wait_for(
+                self.store.last_sequences(now_us - SEQUENCE_LOOKBACK_US, now_us + 600_000_000),
+                timeout_s,
+            )
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("sequence tracking starts afresh (the store did not answer: %s)", exc)
+            return
+        except Exception:
+            # Best effort: a store that cannot say must never keep the engine from starting.
+            log.exception("sequence tracking starts afresh (the store's answer failed)")
+            return
+        self.router.resume_sequences(last)
+        log.info("sequence tracking resumed for %d streams", len(last))
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self.ingest.connected.wait(), timeout_s)

@@ -6,6 +6,7 @@ the registered consumers (the signal pipeline, alarm rules) and to the store wri
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -16,6 +17,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from eicu.config import IngestSettings
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, Frame, StatusFrame, WaveformFrame
 
@@ -37,6 +39,12 @@ class SeqTracker:
         self._seen: OrderedDict[int, int] = OrderedDict()
         self._window = window
         self.last: int | None = None
+
+    def resume(self, seq: int) -> None:
+        """Go on from ``seq``, the last number stored before a restart: the next one is
+        ``next``, a jump a gap (messages lost while the engine was down or killed)."""
+        if self.last is None:
+            self.last = seq
 
     def observe(self, seq: int, ts_us: int) -> tuple[SeqVerdict, int]:
         """Returns the verdict and, for a gap, how many messages are missing."""
@@ -130,6 +138,17 @@ class BedState:
     samples: int = 0
     gaps: int = 0
     duplicates: int = 0
+    # The receive time of each value of ``latest``.
+    latest_received_us: dict[str, int] = field(default_factory=dict)
+    clock_known: bool = False  # the bed's clock offset rests on a message inside the window
+    # A run of messages off the bed's clock by more than CLOCK_STEP_S: a step of the device
+    # clock once it is confirmed (CLOCK_STEP_CONFIRM messages over CLOCK_STEP_CONFIRM_S).
+    step_count: int = 0
+    step_first_us: int = 0
+    step_skew_us: int = 0
+    clock_fault_us: int = 0  # receive time of the latest message outside the window
+    clock_fault: str = ""  # what was wrong with it
+    standby_until_us: int = 0  # engine time at which the bed's standby ends
 
     def is_stale(self, now_us: int, max_silence_s: float = 10.0) -> bool:
         return now_us - self.last_seen_us > max_silence_s * 1e6
@@ -137,6 +156,20 @@ class BedState:
     def device_now_us(self, now_us: int) -> int:
         """The bed's device clock at engine time ``now_us``."""
         return now_us + int(self.clock_offset_us)
+
+    def status_at(self, now_us: int) -> str:
+        """The bed's status at engine time ``now_us``: a standby past its lifetime is over, and
+        the bed is monitored (``online``) again."""
+        if self.status == "standby" and now_us >= self.standby_until_us:
+            return "online"
+        return self.status
+
+    def clock_fault_at(self, now_us: int) -> str | None:
+        """What is wrong with the bed's device clock, while a message outside the window came
+        in the last CLOCK_FAULT_HOLD_S; else None."""
+        if self.clock_fault_us and now_us - self.clock_fault_us <= CLOCK_FAULT_HOLD_S * 1e6:
+            return self.clock_fault
+        return None
 
 
 Consumer = Callable[[Frame, "BedState | None"], None]
@@ -151,6 +184,13 @@ INPUT_DELAY_MIN_BEDS = 3  # a site counts towards the input delay with at least 
 # A bed counts once it has been heard over this long: a bed heard once has no fastest message to
 # be late against, and a flood of such beds would hide a delay every real bed shows.
 INPUT_DELAY_HISTORY_S = 10.0
+# A message whose device time is this far ahead of its bed's clock is a step of the device clock
+# or one wrong message: it is taken at its receive time until the step is confirmed by
+# CLOCK_STEP_CONFIRM messages spanning at least CLOCK_STEP_CONFIRM_S.
+CLOCK_STEP_S = 2.0
+CLOCK_STEP_CONFIRM = 3
+CLOCK_STEP_CONFIRM_S = 2.0
+CLOCK_FAULT_HOLD_S = 60.0  # a device-clock fault is reported this long after its last message
 
 
 def input_delay_us(beds: dict[BedKey, BedState], now_us: int) -> int:
@@ -175,9 +215,13 @@ def input_delay_us(beds: dict[BedKey, BedState], now_us: int) -> int:
 class BedRouter:
     """Routes decoded frames into per-bed state; drops duplicates; tells consumers."""
 
-    def __init__(self, metrics: IngestMetrics) -> None:
+    def __init__(self, metrics: IngestMetrics, settings: IngestSettings | None = None) -> None:
         self.beds: dict[BedKey, BedState] = {}
         self._metrics = metrics
+        settings = settings or IngestSettings()
+        self._ahead_us = int(settings.device_clock_max_ahead_s * 1e6)
+        self._behind_us = int(settings.device_clock_max_behind_s * 1e6)
+        self._standby_us = int(settings.standby_max_s * 1e6)
         self._consumers: list[Consumer] = []
         self._delay_us = self._delay_at_us = 0
         metrics.input_delay.set_function(lambda: self.input_delay_us(time.time_ns() // 1000) / 1e6)
@@ -189,6 +233,13 @@ class BedRouter:
             self._delay_at_us = now_us
         return self._delay_us
 
+    def resume_sequences(self, last: dict[tuple[BedKey, str], int]) -> None:
+        """Continue each bed's sequence tracking from what the store holds (see
+        ``Store.last_sequences``); beds the store does not know start afresh."""
+        for (key, kind), seq in last.items():
+            state = self.bed(key)
+            (state.numerics_seq if kind == "numerics" else state.waveform_seq).resume(seq)
+
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
 
@@ -199,14 +250,25 @@ class BedRouter:
         return state
 
     def route(self, frame: Frame) -> bool:
-        """Update state with a frame. False when the frame is a duplicate (drop it)."""
+        """Update state with a frame. False when the frame is a duplicate (drop it).
+
+        A frame whose device time cannot be trusted (outside the window, or a jump of its bed's
+        clock not yet confirmed) is taken at its receive time on the bed's clock: the consumers
+        see it re-timed so, while the caller stores it as it came (device and receive time)."""
+        live: Frame = frame
         if isinstance(frame, StatusFrame):
             self._status(frame)
         elif isinstance(frame, WaveformFrame):
             state = self.bed(frame.bed)
             if not self._sequence(state, state.waveform_seq, "waveform", frame.seq, frame.t0_us):
                 return False
-            last_us = frame.t0_us
+            # A frame leaves the device after its last sample: that is its device time here.
+            last_us = frame.t0_us + max(
+                b.t_offset_us + int((b.samples.shape[0] - 1) * 1e6 / b.fs_hz) for b in frame.blocks
+            )
+            shift_us = self._clock(state, frame.received_us, last_us, "waveform") - last_us
+            if shift_us:
+                live = dataclasses.replace(frame, t0_us=frame.t0_us + shift_us)
             for block in frame.blocks:
                 sig = state.signals.get(block.signal)
                 if sig is None or sig.fs_hz != block.fs_hz:
@@ -214,26 +276,98 @@ class BedRouter:
                     sig = state.signals[block.signal] = SignalState(block.fs_hz, Ring(cap))
                 sig.ring.extend(block.physical())
                 n = block.samples.shape[0]
-                sig.last_t_us = frame.t0_us + block.t_offset_us + int((n - 1) * 1e6 / block.fs_hz)
-                last_us = max(last_us, sig.last_t_us)
-            # A frame leaves the device after its last sample: that is its device time here.
+                sig.last_t_us = (
+                    frame.t0_us + shift_us + block.t_offset_us + int((n - 1) * 1e6 / block.fs_hz)
+                )
             self._seen(state, frame.received_us, last_us, frame.n_samples, "waveform")
         else:
             state = self.bed(frame.bed)
             if not self._sequence(state, state.numerics_seq, "numerics", frame.seq, frame.ts_us):
                 return False
+            ts_us = self._clock(state, frame.received_us, frame.ts_us, "numerics")
+            if ts_us != frame.ts_us:
+                live = dataclasses.replace(frame, ts_us=ts_us)
             for key, value in frame.values.items():
                 previous = state.latest.get(key)
-                if previous is None or frame.ts_us >= previous[1]:
-                    state.latest[key] = (value, frame.ts_us)
+                if previous is None or ts_us >= previous[1]:
+                    state.latest[key] = (value, ts_us)
+                    state.latest_received_us[key] = frame.received_us
             self._seen(state, frame.received_us, frame.ts_us, frame.n_values, "numerics")
         for consumer in self._consumers:
             try:
-                bed_state = None if isinstance(frame, StatusFrame) else self.beds[frame.bed]
-                consumer(frame, bed_state)
+                bed_state = None if isinstance(live, StatusFrame) else self.beds[live.bed]
+                consumer(live, bed_state)
             except Exception:
                 log.exception("consumer %r failed on a frame", consumer)
         return True
+
+    def _clock(self, state: BedState, received_us: int, device_us: int, kind: str) -> int:
+        """Check a message's device time and follow its bed's clock; returns the time the bed's
+        live state takes it at: its device time, or its receive time on the bed's clock when the
+        device time cannot be trusted."""
+        skew = device_us - received_us
+        # No receive time (0: a frame built in memory, not received): nothing to check against.
+        outside = received_us > 0 and (skew > self._ahead_us or skew < -self._behind_us)
+        if outside:
+            direction = "ahead" if skew > 0 else "behind"
+            self._metrics.device_time_faults.labels(kind=kind, direction=direction).inc()
+            state.clock_fault_us = max(state.clock_fault_us, received_us)
+            state.clock_fault = (
+                f"device time {abs(skew) / 1e6:.0f} s {direction} of the engine's clock"
+            )
+        if state.clock_known:
+            elapsed_us = max(0, received_us - state.last_seen_us)
+            reference = state.clock_offset_us - OFFSET_DRIFT * elapsed_us
+            ref_outside = reference > self._ahead_us or reference < -self._behind_us
+            step_us = CLOCK_STEP_S * 1e6
+            # Ahead of the bed's clock: a step or one wrong message. Behind it: a delay, unless
+            # the bed's clock is the wrong one and this message is back inside the window.
+            jump = skew > reference + step_us or (
+                ref_outside and not outside and skew < reference - step_us
+            )
+        else:
+            # The engine's clock, until a first message that is not ahead of the window. One far
+            # behind may be a clock that is behind or a backlog: it never moves values forward.
+            reference = 0.0
+            jump = outside and skew > 0
+        if not jump:
+            state.step_count = 0
+            if not state.clock_known:
+                state.clock_offset_us = float(skew)
+                state.clock_known = True
+            else:
+                state.clock_offset_us = max(float(skew), reference)
+            state.delay_us = int(state.clock_offset_us - skew)
+            return device_us
+        # A run of jumped messages that agree with each other confirms a step of the clock.
+        if state.step_count and abs(skew - state.step_skew_us) <= CLOCK_STEP_S * 1e6:
+            state.step_count += 1
+            state.step_skew_us = max(state.step_skew_us, skew)
+        else:
+            state.step_count, state.step_first_us, state.step_skew_us = 1, received_us, skew
+        confirmed = (
+            state.step_count >= CLOCK_STEP_CONFIRM
+            and received_us - state.step_first_us >= CLOCK_STEP_CONFIRM_S * 1e6
+        )
+        if not confirmed:
+            self._metrics.clock_steps.labels(outcome="held").inc()
+            state.clock_offset_us = reference
+            return received_us + int(reference)
+        self._metrics.clock_steps.labels(outcome="adopted").inc()
+        log.warning(
+            "%s: device clock stepped by %+.1f s; following it", state.bed, (skew - reference) / 1e6
+        )
+        state.clock_offset_us = float(state.step_skew_us)
+        state.clock_known = True
+        state.step_count = 0
+        state.delay_us = int(state.clock_offset_us - skew)
+        # Values taken on the old clock must not stand in the new one's future.
+        now_on_clock = received_us + int(state.clock_offset_us)
+        for key, (value, ts_us) in list(state.latest.items()):
+            if ts_us > now_on_clock:
+                rx_us = state.latest_received_us.get(key, received_us)
+                state.latest[key] = (value, rx_us + int(state.clock_offset_us))
+        return device_us
 
     def _sequence(
         self, state: BedState, tracker: SeqTracker, kind: str, seq: int, ts_us: int
@@ -257,14 +391,7 @@ class BedRouter:
             state.status = "online"
         skew = device_us - received_us
         if state.messages == 0:
-            state.clock_offset_us = skew
             state.first_seen_us = received_us
-        else:
-            elapsed_us = max(0, received_us - state.last_seen_us)
-            state.clock_offset_us = max(
-                float(skew), state.clock_offset_us - OFFSET_DRIFT * elapsed_us
-            )
-        state.delay_us = int(state.clock_offset_us - skew)
         state.last_seen_us = max(state.last_seen_us, received_us)
         state.messages += 1
         state.samples += n
@@ -274,14 +401,30 @@ class BedRouter:
 
     def _status(self, frame: StatusFrame) -> None:
         self._metrics.messages.labels(kind="status").inc()
-        if frame.bed is not None:
-            state = self.bed(BedKey(frame.site, frame.bed))
-            state.status = frame.state
-        else:
-            for bed in frame.beds:
-                state = self.bed(BedKey(frame.site, bed))
+        standby_until_us = 0
+        if frame.state == "standby":
+            # A standby lasts its lifetime from its time (never later than its arrival, and its
+            # arrival when it has none); a retained one older than that is ignored.
+            since_us = frame.received_us
+            if frame.ts_us is not None:
+                since_us = min(frame.ts_us, frame.received_us)
+            standby_until_us = since_us + self._standby_us
+            if standby_until_us <= frame.received_us:
+                self._metrics.standby_expired.inc()
+                log.info(
+                    "%s/%s: standby of %.0f s ago ignored (older than its lifetime)",
+                    frame.site,
+                    frame.bed or frame.gateway,
+                    (frame.received_us - since_us) / 1e6,
+                )
+                return
+        names = (frame.bed,) if frame.bed is not None else frame.beds
+        for bed in names:
+            state = self.bed(BedKey(frame.site, bed))
+            if frame.gateway is not None:
                 state.gateway = frame.gateway
-                state.status = frame.state
+            state.status = frame.state
+            state.standby_until_us = standby_until_us
         self._update_bed_gauge()
 
     def _update_bed_gauge(self) -> None:

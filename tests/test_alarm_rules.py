@@ -139,22 +139,28 @@ def test_lead_off_only_when_every_lead_has_no_signal() -> None:
 
 def test_bed_offline_and_data_stale() -> None:
     seen = NOW - 5 * S
+    ok = {"BED_STANDBY": False, "DEVICE_CLOCK": False}
     assert by_kind(bed_conditions(BED, POLICY, NOW, "online", seen)) == {
         "BED_OFFLINE": False,
         "DATA_STALE": False,
+        **ok,
     }
     assert by_kind(bed_conditions(BED, POLICY, NOW, "online", NOW - 11 * S)) == {
         "BED_OFFLINE": False,
         "DATA_STALE": True,
+        **ok,
     }
     assert by_kind(bed_conditions(BED, POLICY, NOW, "offline", NOW - 11 * S)) == {
         "BED_OFFLINE": True,
         "DATA_STALE": False,
+        **ok,
     }
     assert bed_conditions(BED, POLICY, NOW, "unknown", 0) == []
     assert by_kind(bed_conditions(BED, POLICY, NOW, "standby", NOW - 600 * S)) == {
         "BED_OFFLINE": False,
         "DATA_STALE": False,
+        "BED_STANDBY": True,
+        "DEVICE_CLOCK": False,
     }
     standby = evaluate_bed(
         BED,
@@ -164,7 +170,53 @@ def test_bed_offline_and_data_stale() -> None:
         status="standby",
         last_seen_us=NOW - 600 * S,
     )
-    assert by_kind(standby.conditions) == {"BED_OFFLINE": False, "DATA_STALE": False}
+    # In standby a missing value is expected: its technical condition ends.
+    assert by_kind(standby.conditions) == {
+        "BED_OFFLINE": False,
+        "DATA_STALE": False,
+        "BED_STANDBY": True,
+        "DEVICE_CLOCK": False,
+        "HR_UNAVAILABLE": False,
+    }
+
+
+def test_standby_never_hides_live_physiological_data() -> None:
+    """IEC 60601-1-8 inactivation states silence alarm signals, not the detection of alarm
+    conditions, and are shown; a bed said to be in standby whose monitor still sends fresh
+    values is monitored, and its physiological conditions stand."""
+    latest = {"HR": (180.0, NOW - S), "SPO2": (80.0, NOW - S), "RR": (None, NOW - S)}
+    out = evaluate_bed(
+        BED,
+        POLICY,
+        NOW,
+        latest=latest,
+        status="standby",
+        last_seen_us=NOW - S,
+        quality={"ECG_II": "missing", "PLETH": "missing"},
+        rhythms=("ASYSTOLE",),
+    )
+    got = by_kind(out.conditions)
+    assert got["HR_HIGH"] and got["SPO2_LOW"] and got["BED_STANDBY"]
+    # Sensors off are expected in standby: technical conditions end; no live ECG, no rhythm.
+    assert got["SPO2_PROBE_OFF"] is False and got["LEAD_OFF"] is False
+    assert got["RR_UNAVAILABLE"] is False and "ASYSTOLE" not in got
+
+
+def test_device_clock_fault_is_a_technical_condition() -> None:
+    out = evaluate_bed(
+        BED,
+        POLICY,
+        NOW,
+        latest={"HR": (80.0, NOW)},
+        status="online",
+        last_seen_us=NOW,
+        clock_fault="device time 2335 s ahead",
+    )
+    conditions = {c.kind: c for c in out.conditions}
+    assert conditions["DEVICE_CLOCK"].present
+    assert conditions["DEVICE_CLOCK"].category.value == "technical"
+    assert conditions["DEVICE_CLOCK"].detail == "device time 2335 s ahead"
+    assert conditions["HR_HIGH"].present is False  # the bed's other rules still run
 
 
 def test_silent_bed_reports_only_bed_conditions() -> None:
@@ -177,7 +229,12 @@ def test_silent_bed_reports_only_bed_conditions() -> None:
         last_seen_us=NOW - 20 * S,
         rhythms=["VTACH"],
     )
-    assert by_kind(out.conditions) == {"BED_OFFLINE": False, "DATA_STALE": True}
+    assert by_kind(out.conditions) == {
+        "BED_OFFLINE": False,
+        "DATA_STALE": True,
+        "BED_STANDBY": False,
+        "DEVICE_CLOCK": False,
+    }
 
 
 def test_rhythm_priorities_and_verification() -> None:
@@ -316,7 +373,7 @@ def test_no_missing_or_stale_value_is_ever_called_normal(
                 and NOW - numerics[k][1] <= POLICY.max_age_s[k] * S
                 for k in cp.params
             )
-            assert c.present == (not fresh)
+            assert c.present == (not fresh and status != "standby")
 
 
 def test_of_overlapping_arrhythmias_only_the_most_serious_sounds() -> None:

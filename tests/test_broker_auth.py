@@ -49,7 +49,7 @@ async def test_gateway_is_refused_outside_its_site(
     async with aiomqtt.Client(
         "127.0.0.1", broker.port, username="engine", password=pw["engine"]
     ) as engine:
-        await engine.subscribe("eicu/v1/#", qos=1)
+        await engine.subscribe("eicu/#", qos=1)  # the engine's default subscription
 
         async def listen() -> None:
             async for message in engine.messages:
@@ -69,8 +69,12 @@ async def test_gateway_is_refused_outside_its_site(
             await gateway.publish("eicu/v1/karamay/bed01/alarms", b"{}", qos=1)
             await gateway.publish("eicu/v1/karamay/bed01/other", b"{}", qos=1)
             await gateway.publish("eicu/v1/karamay/bed01/status", b"{}", qos=1)
+            # Its own status, under its account name; never another gateway's.
+            await gateway.publish("eicu/v1/karamay/_gateway/gw-karamay/status", b"{}", qos=1)
             await gateway.publish("eicu/v1/karamay/_gateway/gw-1/status", b"{}", qos=1)
-            await gateway.publish("eicu/v1/hotan/_gateway/gw-1/status", b"{}", qos=1)
+            await gateway.publish("eicu/v1/hotan/_gateway/gw-hotan/status", b"{}", qos=1)
+            # Other protocol versions are not a gateway's to write.
+            await gateway.publish("eicu/v2/karamay/bed01/numerics", b"{}", qos=1)
         await asyncio.sleep(1.0)
         listener.cancel()
     assert received == [
@@ -78,7 +82,7 @@ async def test_gateway_is_refused_outside_its_site(
         "eicu/v1/karamay/bed02/numerics",
         "eicu/v1/karamay/bed01/alarms/ack",
         "eicu/v1/karamay/bed01/status",
-        "eicu/v1/karamay/_gateway/gw-1/status",
+        "eicu/v1/karamay/_gateway/gw-karamay/status",
     ]
 
 

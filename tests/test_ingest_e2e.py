@@ -92,8 +92,10 @@ async def test_round_trip_of_every_message_kind(
         )
         await client.publish(
             wire.gateway_status_topic("karamay", "gw1"),
-            wire.encode_status(
-                StatusFrame("karamay", "standby", t0, gateway="gw1", beds=("bed07",))
+            wire.encode_status(  # a standby of now: one older than its lifetime is ignored
+                StatusFrame(
+                    "karamay", "standby", time.time_ns() // 1000, gateway="gw1", beds=("bed07",)
+                )
             ),
             qos=1,
             retain=True,
@@ -139,9 +141,12 @@ async def test_bad_payloads_rejected_while_good_traffic_continues(
     expected: dict[str, int] = {}
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="bad-gateway") as client:
         for topic, payload, reason in BAD:
+            if not topic.isprintable():
+                continue  # Mosquitto drops a client that names a topic with control characters
             await client.publish(topic, payload, qos=1)
-            if not topic.startswith("eicu/v1/"):
+            if not topic.startswith("eicu/"):
                 continue  # outside the engine's subscription: the broker never hands it over
+            # eicu/v2/... is inside it: seen, counted and dead-lettered as unknown_version.
             expected[reason] = expected.get(reason, 0) + 1
     summary = await sim
     await _settle(engine, _total(summary))

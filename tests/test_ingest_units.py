@@ -204,9 +204,16 @@ def test_clock_offset_is_the_fastest_transit_and_delay_the_rest() -> None:
     for i in range(100):
         assert router.route(_numerics(bed, 10 + i, t0 + 10 + i - 40, t0 + 10 + i + 0.1))
     assert state.clock_offset_us == pytest.approx(offset_us - OFFSET_DRIFT * 101.1e6)
-    # Stepped forward: taken at once.
+    # Stepped forward: one message alone could be wrong, so it is held at its receive time on
+    # the bed's clock; three messages over at least 2 s on the new clock confirm the step.
+    before = state.clock_offset_us
     router.route(_numerics(bed, 200, t0 + 200 - 5, t0 + 200.1))
+    assert state.clock_offset_us == pytest.approx(before - OFFSET_DRIFT * 91e6)  # drift only
+    assert state.latest["HR"][1] == int((t0 + 200.1) * 1e6) + int(state.clock_offset_us)
+    router.route(_numerics(bed, 201, t0 + 201 - 5, t0 + 201.1))
+    router.route(_numerics(bed, 202, t0 + 202 - 5, t0 + 202.1))
     assert (state.clock_offset_us, state.delay_us) == (pytest.approx(-5.1e6), 0)
+    assert state.latest["HR"][1] == int((t0 + 202 - 5) * 1e6)
 
 
 def test_a_waveform_frame_counts_from_its_last_sample() -> None:

@@ -118,6 +118,20 @@ BAD = [
     ("eicu/v1/karamay/bed07/numerics", b"\xff\xfe", "malformed"),
     ("eicu/v1/karamay/bed07/numerics", b" " * 20000, "oversized"),
     ("eicu/v1/karamay/bed07/numerics", _num(v=2), "unknown_version"),
+    # The version is exactly the integer 1: true and 1.0 equal 1 in Python, but are not it.
+    ("eicu/v1/karamay/bed07/numerics", _num(v=True), "malformed"),
+    ("eicu/v1/karamay/bed07/numerics", _num(v=1.0), "malformed"),
+    ("eicu/v1/karamay/bed07/numerics", _num(v="1"), "malformed"),
+    ("eicu/v1/karamay/bed07/status", b'{"v":true,"state":"standby"}', "malformed"),
+    # Ids end where the topic level ends: "$" would let a trailing newline through.
+    ("eicu/v1/karamay/bed07\n/numerics", _num(), "wrong_topic"),
+    ("eicu/v1/karamay\n/bed07/numerics", _num(), "wrong_topic"),
+    ("eicu/v1/karamay/_gateway/gw1\n/status", b'{"v":1,"state":"online"}', "wrong_topic"),
+    (
+        "eicu/v1/karamay/_gateway/gw1/status",
+        b'{"v":1,"state":"online","beds":["bed01\\n"]}',
+        "malformed",
+    ),
     ("eicu/v1/karamay/bed07/numerics", _num(seq=-1), "malformed"),
     ("eicu/v1/karamay/bed07/numerics", _num(ts_ms=12), "impossible_time"),
     ("eicu/v1/karamay/bed07/numerics", _num(values={}), "malformed"),

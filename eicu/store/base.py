@@ -96,6 +96,12 @@ class Store(Protocol):
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]: ...
     async def dead_letter_counts(self) -> dict[str, int]: ...
+    async def last_sequences(self, since_us: int, until_us: int) -> dict[tuple[BedKey, str], int]:
+        """The sequence number of each bed's newest stored ``numerics`` message and ``waveform``
+        frame with device time in [since_us, until_us): where the engine's sequence tracking
+        goes on from after a restart, so frames lost in between are counted as a gap."""
+        ...
+
     async def call_started(self, call: CallRecord) -> None:
         """Audit the start of a video consult call (idempotent on ``call_id``)."""
         ...
@@ -290,4 +296,12 @@ def latest_doc(rows: list[tuple[object, ...]]) -> dict[BedKey, dict[str, LatestV
             None if value is None else float(value),  # type: ignore[arg-type]
             int(ts_us),  # type: ignore[call-overload]
         )
+    return out
+
+
+def last_sequence_doc(rows: list[tuple[Any, ...]]) -> dict[tuple[BedKey, str], int]:
+    """Rows of (site, bed, kind, seq, n_frames) -> {(bed, kind): seq of the last frame}."""
+    out: dict[tuple[BedKey, str], int] = {}
+    for site, bed, kind, seq, n_frames in rows:
+        out[(BedKey(site, bed), kind)] = (int(seq) + int(n_frames) - 1) % (1 << 32)
     return out

@@ -35,6 +35,7 @@ from eicu.store.base import (
     beds_in,
     call_records,
     check_bucket_s,
+    last_sequence_doc,
     latest_doc,
     minute_ceil_us,
     numeric_rows,
@@ -667,6 +668,30 @@ class PgStore:
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
         return {reason: int(n) for reason, n in rows}
+
+    async def last_sequences(self, since_us: int, until_us: int) -> dict[tuple[BedKey, str], int]:
+        from eicu.codes import BY_CODE
+
+        # One index probe per bed and code (numerics_key, waveforms_key), newest first.
+        window = f"time >= {_US.format('%(since)s')} AND time < {_US.format('%(until)s')}"
+        rows = await self._fetch(
+            f"""SELECT b.site, b.bed, 'numerics', last.seq, 1 FROM beds b
+                CROSS JOIN LATERAL (
+                    SELECT n.seq, n.time FROM unnest(%(codes)s::smallint[]) c(code)
+                    CROSS JOIN LATERAL (
+                        SELECT seq, time FROM numerics
+                        WHERE bed_id = b.bed_id AND code = c.code AND {window}
+                        ORDER BY time DESC, seq DESC LIMIT 1) n
+                    ORDER BY n.time DESC, n.seq DESC LIMIT 1) last
+              UNION ALL
+              SELECT b.site, b.bed, 'waveform', w.seq, w.n_frames FROM beds b
+                CROSS JOIN LATERAL (
+                    SELECT seq, n_frames FROM waveforms
+                    WHERE bed_id = b.bed_id AND {window}
+                    ORDER BY time DESC, seq DESC LIMIT 1) w""",
+            {"since": since_us, "until": until_us, "codes": sorted(BY_CODE)},  # type: ignore[arg-type]
+        )
+        return last_sequence_doc(rows)
 
     async def storage_bytes(self) -> dict[str, int]:
         """Bytes on disk per table (hypertables included), for the benchmarks."""

@@ -26,6 +26,7 @@ from eicu.store.base import (
     beds_in,
     call_records,
     check_bucket_s,
+    last_sequence_doc,
     latest_doc,
     minute_ceil_us,
     numeric_rows,
@@ -235,6 +236,23 @@ class SqliteStore:
     async def dead_letter_counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
         return {reason: int(n) for reason, n in rows}
+
+    async def last_sequences(self, since_us: int, until_us: int) -> dict[tuple[BedKey, str], int]:
+        rows = []
+        for kind, table, frames in (
+            ("numerics", "numerics", "1"),
+            ("waveform", "waveforms", "t.n_frames"),
+        ):
+            rows += await self._fetch(
+                f"""SELECT b.site, b.bed, '{kind}', max(t.seq), {frames} FROM {table} t
+                    JOIN beds b USING (bed_id)
+                    JOIN (SELECT bed_id, max(time) AS newest FROM {table}
+                          WHERE time >= ? AND time < ? GROUP BY bed_id) m
+                      ON m.bed_id = t.bed_id AND m.newest = t.time
+                    GROUP BY t.bed_id""",
+                (since_us, until_us),
+            )
+        return last_sequence_doc(rows)
 
     # --- video consult audit -------------------------------------------------------------------
 
