@@ -180,7 +180,8 @@ def add_users(users_file: Path, env: dict[str, str]) -> None:
     for name, (role, sites, password) in USERS.items():
         added = subprocess.run(
             [sys.executable, "-m", "eicu.cli", "users", "add", name, "--role", role,
-             *(["--sites", sites] if sites else [])],
+             *((["--bed", f"{sites}/{VT_BED}"] if role == "cart" else ["--sites", sites])
+               if sites else [])],
             input=password + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60,
             env={**env, "EICU_USERS_FILE": str(users_file)}, check=False,
         )  # fmt: skip

@@ -264,7 +264,7 @@ async def test_roles_csrf_and_origin_on_state_changes(app: FastAPI, users: Users
         assert r.status_code == 201
         assert users.get("nina") is not None and users.get("nina").role == Role.NURSE  # type: ignore[union-attr]
         listed = (await admin.get("/api/users")).json()
-        assert {"name": "nina", "role": "nurse", "sites": None} in listed
+        assert {"name": "nina", "role": "nurse", "sites": None, "bed": None} in listed
         # logging out needs the token too, and ends the session
         assert (await viewer.post("/api/logout")).status_code == 403
         r = await viewer.post("/api/logout", headers={"x-csrf-token": viewer_csrf})
