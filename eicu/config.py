@@ -306,7 +306,7 @@ class Settings:
                 env, "EICU_SESSION_IDLE_S", http_defaults.session_idle_s, 60.0, 7 * 86400.0
             ),
             trusted_proxies=_networks(env, "EICU_TRUSTED_PROXIES"),
-            metrics_token=_token(env, "EICU_METRICS_TOKEN"),
+            metrics_token=secret_token(env, "EICU_METRICS_TOKEN"),
             metrics_bed_labels=_bool(
                 env, "EICU_METRICS_BED_LABELS", http_defaults.metrics_bed_labels
             ),
@@ -375,7 +375,8 @@ def _networks(env: Mapping[str, str], key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _token(env: Mapping[str, str], key: str) -> Secret | None:
+def secret_token(env: Mapping[str, str], key: str) -> Secret | None:
+    """A bearer token setting: None when unset; 16 or more printable characters otherwise."""
     raw = (env.get(key) or "").strip()
     if not raw:
         return None

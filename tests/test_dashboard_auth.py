@@ -26,10 +26,11 @@ from dashboards.app import COOKIE, create_app, safe_next
 from dashboards.consult import ConsultHub
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
-from eicu.config import HttpSettings, Settings
+from eicu.config import HttpSettings, Secret, Settings, VideoSettings
 from eicu.errors import ConfigError
 from eicu.exposition import MetricsServer, exposition
 from eicu.models import BedKey
+from eicu.video.cart import CartAgent
 from ingest.engine import Engine
 from tests.cheap_argon2 import cheap_hasher
 from tests.dashboard_beds import fed_engine, prompt_policy
@@ -273,6 +274,38 @@ async def test_a_cart_account_cannot_take_another_beds_calls(engine: Engine, use
         async with contextlib.aclosing(old), ws(server, "/ws/cart/icu1/bed3", old) as unbound:
             code, reason = await closed(unbound)
         assert code == 4403 and "names no bed" in reason
+
+
+async def test_a_cart_started_for_another_bed_says_why_and_keeps_trying(
+    engine: Engine, users: Users
+) -> None:
+    """``eicu cart`` run with the wrong ``--bed`` for its account: the engine refuses it with
+    4421, the cart counts and logs that, retries, and registers once its account is moved."""
+    settings = VideoSettings(camera="none", microphone="none", reconnect_min_s=0.05,
+                             reconnect_max_s=0.2)  # fmt: skip
+    async with serving(engine, users) as (server, app):
+        agent = CartAgent("icu1", "bed2", server=server.url, user="cart3",
+                          password=Secret(PASSWORDS["cart3"]), settings=settings)  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(agent.run(stop))
+        try:
+            deadline = time.monotonic() + 20
+            while agent.attempts < 2:
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.05)
+            assert agent.last_refusal == (
+                4421, "the cart account cart3 serves icu1/bed3, not icu1/bed2"
+            )  # fmt: skip
+            assert agent.metrics.registry.get_sample_value(
+                "eicu_cart_connect_attempts_total",
+                {"site": "icu1", "bed": "bed2", "outcome": "wrong_bed"},
+            )
+            other_process(users).update("cart3", bed="icu1/bed2")
+            await asyncio.wait_for(agent.registered.wait(), 10)
+            assert BedKey("icu1", "bed2") in app.state.consult.carts
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
 
 
 # --- the login page's return address --------------------------------------------------------------
