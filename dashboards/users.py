@@ -251,15 +251,15 @@ class Users:
             if old is None:
                 raise UserError("name", f"no user {name!r}")
             before = _user(name, old)
-            new_role = before.role if isinstance(role, _Unset) else role
-            new_bed = (
-                (before.bed if Role(new_role) is Role.CART else None)
-                if isinstance(bed, _Unset)
-                else bed
-            )
+            try:
+                new_role = before.role if isinstance(role, _Unset) else Role(role)
+            except ValueError as exc:
+                raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
+            cart = new_role is Role.CART
+            new_bed = (before.bed if cart else None) if isinstance(bed, _Unset) else bed
             new_sites = before.sites if isinstance(sites, _Unset) else sites
-            if isinstance(sites, _Unset) and isinstance(new_bed, BedKey):
-                new_sites = None  # a cart's sites follow its bed
+            if isinstance(sites, _Unset) and cart:
+                new_sites = None  # a cart's site follows its bed
             checked = checked_user(new_role, new_sites, new_bed)
             entry = _entry(*checked, digest if digest is not None else str(old["hash"]))
             after = _user(name, entry)

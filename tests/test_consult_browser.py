@@ -134,8 +134,9 @@ def free_port() -> int:
 def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
     """``eicu demo`` with 4 beds, its users, and ``eicu cart`` registered for the VT bed."""
     data = tmp_path_factory.mktemp("consult")
+    # bed labels on /metrics, to read each call's quality per bed (docs/dashboard.md, Metrics)
     env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1",
-           "EICU_ICE_SERVERS": ""}  # fmt: skip
+           "EICU_ICE_SERVERS": "", "EICU_METRICS_BED_LABELS": "1"}  # fmt: skip
     demo = start(["demo", "--beds", "4", "--duration", "400", "--data-dir", str(data)], env)
     cart: Process | None = None
     try:
