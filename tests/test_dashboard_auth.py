@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -172,6 +173,23 @@ async def test_a_site_limited_admin_manages_only_users_within_its_sites(
         r = await root.patch("/api/users/ada", json={"bed": "icu1/bed1"})
         assert r.status_code == 422 and "only a cart" in r.text
         assert (await root.delete("/api/users/ada")).status_code == 204
+
+
+def test_a_users_file_replaced_within_one_timestamp_is_read_again(users: Users) -> None:
+    """Another process's change is seen even when the new file has the old one's size and
+    modification time (a coarse file system clock): its inode and change time differ."""
+    before = users.path.stat()
+    assert users.get("nina") is not None
+    raw = users.path.read_text()
+    replaced = raw.replace('"nina"', '"nino"')
+    assert len(replaced) == len(raw)
+    tmp = users.path.with_suffix(".new")
+    tmp.write_text(replaced)
+    os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(tmp, users.path)
+    after = users.path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert users.get("nina") is None and users.get("nino") is not None
 
 
 # --- role and site changes reach live sessions ----------------------------------------------------
