@@ -169,6 +169,7 @@ class Users:
         self._hasher = hasher or PasswordHasher()
         self._lock = threading.Lock()
         self._stamp: tuple[int, ...] | None = None
+        self._parsed: dict[str, User] = {}  # the users of the file as read, by name
         self._users: dict[str, dict[str, object]] = {}
         # verified against when the name is unknown, so both cases cost the same time
         self._dummy = self._hasher.hash("not a password of anyone")
@@ -178,6 +179,7 @@ class Users:
             st = self.path.stat()
         except FileNotFoundError:
             self._users, self._stamp = {}, None
+            self._parsed.clear()
             return
         stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if stamp == self._stamp:
@@ -190,6 +192,7 @@ class Users:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(str(self.path), f"unreadable users file: {exc}") from exc
         self._users, self._stamp = users, stamp
+        self._parsed.clear()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +206,7 @@ class Users:
             Path(tmp).unlink(missing_ok=True)
             raise
         self._stamp = None
+        self._parsed.clear()
 
     def add(
         self,
@@ -284,10 +288,17 @@ class Users:
         return user
 
     def get(self, name: str) -> User | None:
+        """The user as the file says now (looked up at every request: one ``stat`` when the
+        file has not changed)."""
         with self._lock:
             self._reload()
-            entry = self._users.get(name)
-        return _user(name, entry) if entry else None
+            user = self._parsed.get(name)
+            if user is None:
+                entry = self._users.get(name)
+                if not entry:
+                    return None
+                user = self._parsed[name] = _user(name, entry)
+            return user
 
     def list(self) -> list[User]:
         with self._lock:
