@@ -27,6 +27,7 @@ from dashboards.users import Role, Users
 from eicu.config import HttpSettings
 from eicu.models import Batch, BedKey, NumericsFrame
 from ingest.engine import Engine
+from tests.cheap_argon2 import cheap_hasher
 from tests.dashboard_beds import fed_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 @pytest.fixture
 def users(tmp_path: Path) -> Users:
-    users = Users(tmp_path / "users.json")
+    users = Users(tmp_path / "users.json", cheap_hasher())
     users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
     users.add("val", Role.VIEWER, PASSWORDS["val"])
     users.add("root", Role.ADMIN, PASSWORDS["root"])
