@@ -5,7 +5,9 @@ next hop has taken responsibility for the message (the broker's PUBACK at QoS 1,
 SMTP server's acceptance) and raises :class:`~eicu.errors.DeliveryError` otherwise, with
 ``retryable`` telling an outage from a refusal. Every message carries the notification's
 idempotency key (in the MQTT payload, the ``Idempotency-Key`` header, the e-mail's Message-ID
-and ``X-Eicu-Idempotency-Key`` header) so a receiver can drop a repeat.
+and ``X-Eicu-Idempotency-Key`` header) so a receiver can drop a repeat. E-mail headers are never
+folded: a key that cannot stand on one header line as printable ASCII is sent as ``sha256:`` and
+its digest (:func:`email_key_header`); the body always carries the key in full.
 
 Only the alarm's essentials leave the engine (:data:`ESSENTIALS`): where, what, how urgent, when.
 No patient name or other identifier is ever put in a message.
@@ -18,12 +20,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import smtplib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from typing import Final, Protocol
 
 import aiohttp
@@ -286,9 +290,26 @@ __all__ = [
     "Receipt",
     "SmtpSettings",
     "WebhookChannel",
+    "email_key_header",
     "email_text",
     "essentials",
 ]
+
+
+# RFC 5322 section 2.1.1: a line is at most 998 characters. Headers are written on one line each
+# up to that (no folding: a folded key would reach a receiver changed or as encoded words).
+EMAIL_POLICY: Final = SMTP_POLICY.clone(max_line_length=998)
+KEY_HEADER: Final = "X-Eicu-Idempotency-Key"
+_PRINTABLE_KEY = re.compile(r"[!-~]+")  # printable ASCII without spaces
+
+
+def email_key_header(key: str) -> str:
+    """The value of the ``X-Eicu-Idempotency-Key`` header: the key itself when it is printable
+    ASCII without spaces and fits on one header line; otherwise ``sha256:`` and the hex digest
+    of its UTF-8 bytes (stable, so repeats of one notification still match)."""
+    if _PRINTABLE_KEY.fullmatch(key) and len(KEY_HEADER) + 2 + len(key) <= 998:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 class EmailChannel:
@@ -302,12 +323,12 @@ class EmailChannel:
 
     def _message(self, n: Notification) -> EmailMessage:
         subject, text = email_text(n)
-        msg = EmailMessage()
+        msg = EmailMessage(policy=EMAIL_POLICY)
         msg["From"] = self._settings.sender
         msg["To"] = n.address
         msg["Subject"] = subject
         msg["Message-ID"] = f"<{hashlib.sha256(n.key.encode()).hexdigest()[:32]}@eicu>"
-        msg["X-Eicu-Idempotency-Key"] = n.key
+        msg[KEY_HEADER] = email_key_header(n.key)
         msg.set_content(text)
         return msg
 

@@ -6,7 +6,8 @@ in its own event loop. Nothing here drives the engine: the app only reads its st
 
 Security (see docs/dashboard.md): every page, API call and WebSocket needs a session; each
 route names the permission it needs; state-changing requests need the session's CSRF token and
-a same-origin ``Origin``; WebSockets check the session and the ``Origin`` before accepting.
+a same-origin ``Origin``; WebSockets check the session and the ``Origin`` before accepting, and
+the user's current role and sites at every tick after.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.websockets import WebSocketDisconnect
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from alerting.model import AlarmState
@@ -33,9 +34,10 @@ from alerting.state import Alarm
 from dashboards import consult, review, views
 from dashboards.census import CensusFeed, engine_status
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
-from dashboards.users import Permission, User, UserError, Users
+from dashboards.users import UNSET, Permission, User, UserError, Users, checked_user
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.config import HttpSettings, IceServer
+from eicu.exposition import bearer_ok, exposition
 from eicu.models import BedKey
 from ingest.engine import Engine
 
@@ -72,6 +74,7 @@ SECURITY_HEADERS = {
 class Login(BaseModel):
     name: str
     password: str
+    next: str | None = None  # where the login page goes next: answered back only if safe
 
 
 class Pause(BaseModel):
@@ -83,6 +86,55 @@ class NewUser(BaseModel):
     role: str
     password: str
     sites: list[str] | None = None  # None: every site
+    bed: str | None = None  # SITE/BED: a cart's bed
+
+
+class UserChange(BaseModel):
+    """What to change of a user; a field left out stays as it is (``sites: null``: every
+    site)."""
+
+    role: str | None = None
+    sites: list[str] | None = None
+    bed: str | None = None
+    password: str | None = None
+
+
+class NotYours(Exception):
+    """A user administrator limited to sites reached for a user outside them."""
+
+
+def may_manage(admin: User, sites: frozenset[str] | None) -> bool:
+    """An admin of every site manages every user; one limited to sites only users limited to
+    some of those sites (never a user of every site)."""
+    return admin.sites is None or (sites is not None and sites <= admin.sites)
+
+
+DEFAULT_NEXT = "/census"
+NEXT_MAX_CHARS = 2000
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` when it is a path on this site (``/census``, ``/bed?bed=a/b``); None for
+    anything that a browser could take to another origin: ``//host``, ``/\\host``, a scheme,
+    control characters or whitespace, and the same in percent-encoded forms."""
+    if not target or len(target) > NEXT_MAX_CHARS:
+        return None
+    text = target
+    for _ in range(3):  # the value as given, and decoded once and twice
+        if not text.startswith("/") or text[1:2] in ("/", "\\") or "\\" in text:
+            return None
+        if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+            return None
+        parts = urllib.parse.urlsplit(text)
+        if parts.scheme or parts.netloc:
+            return None
+        decoded = urllib.parse.unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    else:
+        return None  # encoded three times over: no page of ours needs that
+    return target
 
 
 def sites_of(user: User) -> list[str] | None:
@@ -147,10 +199,17 @@ def create_app(
 ) -> FastAPI:
     """Routes that read the engine's state are ``async``: they run on the engine's own event
     loop, between frames, never in a worker thread while a frame is being routed."""
-    sessions = Sessions(settings.session_idle_s)
-    limiter = LoginLimiter(settings.login_failures_max, settings.login_window_s)
+    sessions = Sessions(settings.session_idle_s, users.get)
+    limiter = LoginLimiter(
+        settings.login_failures_max,
+        settings.login_window_s,
+        address_max=settings.login_address_failures_max,
+        user_delay_max_s=settings.login_user_delay_max_s,
+    )
     app = FastAPI(title="eicu dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sessions = sessions
+    # read by dashboards.server: whose X-Forwarded-For and X-Forwarded-Proto to believe
+    app.state.trusted_proxies = settings.trusted_proxies
 
     @app.middleware("http")
     async def headers(
@@ -189,7 +248,11 @@ def create_app(
     app.get("/admin", include_in_schema=False)(page("admin.html"))
 
     @app.get("/login", include_in_schema=False)
-    def login_page() -> FileResponse:
+    def login_page(request: Request, next: str | None = None) -> Response:
+        if next is not None and safe_next(next) is None:
+            # a link that would send the browser elsewhere after the login: drop its target
+            log.warning("login page asked with an unsafe next target; dropped")
+            return RedirectResponse("/login", status_code=303)
         return FileResponse(STATIC / "login.html")
 
     app.get("/consult/{site}/{bed}", include_in_schema=False)(page("consult.html"))
@@ -201,26 +264,30 @@ def create_app(
     async def login(body: Login, request: Request) -> JSONResponse:
         if not _same_origin(request.headers.get("origin"), request.headers.get("host")):
             raise HTTPException(403, "cross-origin request refused")
+        # the peer's address, or the one a trusted proxy forwarded (EICU_TRUSTED_PROXIES)
         client = request.client.host if request.client else "?"
-        keys = [f"addr:{client}", f"user:{body.name.lower()}"]
-        wait_s = limiter.retry_after_s(keys)
+        wait_s = limiter.retry_after_s(body.name, client)
         if wait_s > 0:
             return JSONResponse(
                 {"detail": "too many failed logins; try again later"},
                 status_code=429,
                 headers={"Retry-After": str(max(1, round(wait_s)))},
             )
+        delay_s = limiter.delay_s(body.name)
+        if delay_s > 0:  # many failures for this name from anywhere: slowed, never locked
+            await asyncio.sleep(delay_s)
         user = await asyncio.to_thread(users.verify, body.name, body.password)
         if user is None:
-            limiter.failed(keys)
+            limiter.failed(body.name, client)
             log.warning("failed dashboard login from %s", client)
             raise HTTPException(401, "wrong name or password")
+        limiter.succeeded(body.name, client)
         session = sessions.create(user)
         log.info("dashboard login: %s (%s)", user.name, user.role)
         response = JSONResponse(
             {"name": user.name, "role": user.role.value, "csrf": session.csrf,
              "permissions": sorted(p.value for p in Permission if user.can(p)),
-             "sites": sites_of(user)}
+             "sites": sites_of(user), "next": safe_next(body.next) or DEFAULT_NEXT}
         )  # fmt: skip
         response.set_cookie(
             COOKIE,
@@ -445,27 +512,101 @@ def create_app(
 
     # --- administration ------------------------------------------------------------------------
 
+    def user_view(user: User) -> dict[str, Any]:
+        return {"name": user.name, "role": user.role.value, "sites": sites_of(user),
+                "bed": str(user.bed) if user.bed is not None else None}  # fmt: skip
+
+    def not_yours(admin: User) -> HTTPException:
+        where = ",".join(sorted(admin.sites or ()))
+        return HTTPException(403, f"you manage only users limited to your sites ({where})")
+
     @app.get("/api/users")
-    def list_users(_: CanManageUsers) -> list[dict[str, Any]]:
-        return [{"name": u.name, "role": u.role.value, "sites": sites_of(u)} for u in users.list()]
+    def list_users(session: CanManageUsers) -> list[dict[str, Any]]:
+        admin = session.user
+        return [user_view(u) for u in users.list() if may_manage(admin, u.sites)]
 
     @app.post("/api/users", status_code=201)
     async def add_user(body: NewUser, session: CanManageUsers) -> dict[str, Any]:
+        admin = session.user
         sites = frozenset(body.sites) if body.sites is not None else None
         try:
+            _role, sites, bed = checked_user(body.role, sites, body.bed)
+        except UserError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if not may_manage(admin, sites):
+            log.warning("user %s refused to %s: outside the admin's sites", body.name, admin.name)
+            raise not_yours(admin)
+        try:
             user = await asyncio.to_thread(
-                users.add, body.name, body.role, body.password, sites=sites
+                users.add, body.name, body.role, body.password, sites=sites, bed=bed
             )
         except UserError as exc:
             raise HTTPException(422, str(exc)) from exc
-        log.info("user %s (%s) added by %s", user.name, user.role, session.user.name)
-        return {"name": user.name, "role": user.role.value, "sites": sites_of(user)}
+        log.info("user %s (%s) added by %s", user.name, user.role, admin.name)
+        return user_view(user)
+
+    @app.patch("/api/users/{name}")
+    async def change_user(name: str, body: UserChange, session: CanManageUsers) -> dict[str, Any]:
+        admin = session.user
+        given = body.model_fields_set
+
+        def check(before: User, after: User) -> None:
+            if not (may_manage(admin, before.sites) and may_manage(admin, after.sites)):
+                raise NotYours
+
+        try:
+            user = await asyncio.to_thread(
+                users.update,
+                name,
+                role=body.role if body.role is not None else UNSET,
+                sites=(frozenset(body.sites) if body.sites is not None else None)
+                if "sites" in given
+                else UNSET,
+                bed=body.bed if "bed" in given else UNSET,
+                password=body.password,
+                check=check,
+            )
+        except NotYours as exc:
+            raise not_yours(admin) from exc
+        except UserError as exc:
+            raise HTTPException(404 if exc.key == "name" else 422, str(exc)) from exc
+        log.info("user %s changed by %s: now %s", name, admin.name, user_view(user))
+        return user_view(user)
+
+    @app.delete("/api/users/{name}", status_code=204)
+    async def remove_user(name: str, session: CanManageUsers) -> Response:
+        admin = session.user
+
+        def check(user: User) -> None:
+            if not may_manage(admin, user.sites):
+                raise NotYours
+
+        try:
+            await asyncio.to_thread(users.remove, name, check)
+        except NotYours as exc:
+            raise not_yours(admin) from exc
+        except UserError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        log.info("user %s removed by %s", name, admin.name)
+        return Response(status_code=204)
 
     # --- operations ----------------------------------------------------------------------------
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request) -> Response:
+        """The engine's registry for Prometheus: with EICU_METRICS_TOKEN set, only for a
+        bearer of that token; bed labels only with EICU_METRICS_BED_LABELS."""
+        if settings.metrics_token is not None and not bearer_ok(
+            request.headers.get("authorization"), settings.metrics_token
+        ):
+            return Response(
+                "a bearer token is needed\n",
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                media_type="text/plain",
+            )
+        body = exposition(engine.metrics.registry, bed_labels=settings.metrics_bed_labels)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # --- live streams ------------------------------------------------------------------------
 
@@ -511,6 +652,10 @@ def create_app(
         seq: int | None = None
         try:
             while still_valid(session):
+                if not session.user.can(Permission.VIEW):
+                    break  # the user's role changed
+                if session.user.sites != scope[1]:  # the user's sites changed: a new snapshot
+                    scope, seq = (site or None, session.user.sites), None
                 seq, messages = feed.messages_after(scope, seq)
                 for text in messages:
                     await ws.send_text(text)
@@ -534,6 +679,8 @@ def create_app(
         next_numerics = 0.0
         try:
             while still_valid(session):
+                if not (session.user.can(Permission.VIEW) and session.user.can_see(key.site)):
+                    break  # the user's role or sites changed
                 state = engine.router.beds.get(key)
                 message: dict[str, Any] = {}
                 if state is not None:

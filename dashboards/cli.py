@@ -2,7 +2,10 @@
 
 ``eicu users add NAME --role ROLE`` reads the password from the terminal (asked twice) or, when
 stdin is not a terminal, from its first line; ``--generate`` makes a random one and prints it once.
-``--sites A,B`` limits the user to the beds of those sites (left out: every site).
+``--sites A,B`` limits the user to the beds of those sites (left out: every site); a cart names
+its bed with ``--bed SITE/BED``. ``eicu users set NAME`` changes a user's role, sites, bed or
+password, ``eicu users remove NAME`` removes one; a running dashboard applies either to the
+user's open sessions and WebSockets at once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import getpass
 import secrets
 import sys
 
-from dashboards.users import Role, UserError, Users, parse_sites
+from dashboards.users import UNSET, Role, User, UserError, Users, parse_sites
 from eicu.config import Settings
 
 
@@ -26,7 +29,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument(
         "--sites", default=None, metavar="A,B", help="only the beds of these sites (default: all)"
     )
+    add.add_argument("--bed", default=None, metavar="SITE/BED", help="a cart's bed (required)")
+    change = sub.add_parser("set", help="change a user's role, sites, bed or password")
+    change.add_argument("name")
+    change.add_argument("--role", choices=[r.value for r in Role])
+    where = change.add_mutually_exclusive_group()
+    where.add_argument("--sites", metavar="A,B", help="limit the user to these sites")
+    where.add_argument("--all-sites", action="store_true", help="lift the limit to some sites")
+    change.add_argument("--bed", metavar="SITE/BED", help="a cart's bed")
+    change.add_argument(
+        "--password", action="store_true", help="set a new password (asked, or read from stdin)"
+    )
+    change.add_argument("--generate", action="store_true", help="generate and print a password")
+    remove = sub.add_parser("remove", help="remove a user (its sessions end at once)")
+    remove.add_argument("name")
     sub.add_parser("list", help="list users, their roles and sites")
+
+
+def _shown(user: User) -> str:
+    where = f", sites {','.join(sorted(user.sites))}" if user.sites is not None else ""
+    bed = f", bed {user.bed}" if user.bed is not None else ""
+    return f"{user.name} ({user.role.value}{where}{bed})"
+
+
+def _password(name: str) -> str | None:
+    """A password from the terminal (asked twice) or stdin's first line; None if they differ."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            print("eicu users: the passwords differ", file=sys.stderr)
+            return None
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,29 +68,48 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         for user in users.list():
             shown = ",".join(sorted(user.sites)) if user.sites is not None else "*"
-            print(f"{user.name}\t{user.role.value}\t{shown}")
+            bed = f"\t{user.bed}" if user.bed is not None else ""
+            print(f"{user.name}\t{user.role.value}\t{shown}{bed}")
         return 0
     try:
+        if args.action == "remove":
+            removed = users.remove(args.name)
+            print(f"removed {_shown(removed)} from {users.path}", file=sys.stderr)
+            return 0
         sites = parse_sites(args.sites)
     except UserError as exc:
         print(f"eicu users: error: {exc}", file=sys.stderr)
         return 2
+    password: str | None = None
     if args.generate:
         password = secrets.token_urlsafe(12)
-    elif sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.name}: ")
-        if getpass.getpass("again: ") != password:
-            print("eicu users: the passwords differ", file=sys.stderr)
+    elif args.action == "add" or args.password:
+        password = _password(args.name)
+        if password is None:
             return 2
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
     try:
-        user = users.add(args.name, args.role, password, replace=args.replace, sites=sites)
+        if args.action == "add":
+            if password is None:
+                return 2
+            user = users.add(
+                args.name, args.role, password, replace=args.replace, sites=sites, bed=args.bed
+            )
+            verb = "added"
+        else:
+            user = users.update(
+                args.name,
+                role=args.role if args.role is not None else UNSET,
+                sites=None if args.all_sites else sites if args.sites is not None else UNSET,
+                bed=args.bed if args.bed is not None else UNSET,
+                password=password,
+            )
+            verb = "changed"
     except UserError as exc:
         print(f"eicu users: error: {exc}", file=sys.stderr)
         return 2
-    where = f", sites {','.join(sorted(user.sites))}" if user.sites is not None else ""
-    print(f"added {user.name} ({user.role.value}{where}) to {users.path}", file=sys.stderr)
+    print(
+        f"{verb} {_shown(user)} {'to' if verb == 'added' else 'in'} {users.path}", file=sys.stderr
+    )
     if args.generate:
         print(password)
     return 0

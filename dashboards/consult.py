@@ -5,8 +5,9 @@ The media never passes through the engine: browser and cart connect to each othe
 (or through the TURN servers of ``EICU_ICE_SERVERS``). Only logged-in users reach either
 endpoint; the protocol is in docs/video.md.
 
-- ``/ws/cart/{site}/{bed}``: a user of role ``cart`` whose sites include ``site`` registers as
-  that bed's cart. A newer registration of the same bed replaces the older (closed with 4409).
+- ``/ws/cart/{site}/{bed}``: a user of role ``cart`` whose record names this bed registers as
+  its cart. A newer registration of the same bed replaces the older (closed with 4409); a cart
+  account asking for another bed is refused (4421) and counted, and the bed's cart stays.
 - ``/ws/consult/{site}/{bed}?alarm=ID``: a user with the ``consult`` permission who may see the
   site calls the bed's cart. One WebSocket carries one call; when it closes the call ends.
 
@@ -37,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.websockets import WebSocketDisconnect
 
 from dashboards.security import Session, Sessions
-from dashboards.users import Permission
+from dashboards.users import Permission, User
 from eicu.config import IceServer
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
@@ -51,6 +52,7 @@ CLOSE_LOG_IN = 4401  # no valid session
 CLOSE_FORBIDDEN = 4403  # the role or the site does not allow it
 CLOSE_NO_BED = 4404  # not a bed id
 CLOSE_REPLACED = 4409  # a newer registration of the same bed's cart
+CLOSE_WRONG_BED = 4421  # a cart account registering for a bed its record does not name
 CLOSE_POLICY = 1008  # the session ended
 TICK_S = 0.5  # how often a connection checks its session and its call's deadlines
 OFFER_TIMEOUT_S = 60.0  # from "ready" to the browser's offer (ICE gathering included)
@@ -103,6 +105,13 @@ class ConsultMetrics:
             ["side", "reason"],
             registry=r,
         )
+        self.cart_refusals = Counter(
+            "eicu_consult_cart_refusals",
+            "Cart registrations refused, by reason (login, role, no_bed: the cart account names "
+            "no bed, wrong_bed: it names another bed, bad_bed: not a bed id)",
+            ["reason"],
+            registry=r,
+        )
         self.audit_failures = Counter(
             "eicu_consult_audit_failures",
             "Writes of the call audit that failed (the store was unavailable)",
@@ -115,6 +124,8 @@ class ConsultMetrics:
         }  # fmt: skip
         for outcome in Outcome:
             self.calls.labels(outcome=outcome.value)
+        for reason in ("login", "role", "no_bed", "wrong_bed", "bad_bed"):
+            self.cart_refusals.labels(reason=reason)
 
     @classmethod
     def of(cls, registry: CollectorRegistry) -> ConsultMetrics:
@@ -465,6 +476,19 @@ def register(
             rejected(peer, why)
         return message
 
+    def cart_refusal(user: User, key: BedKey) -> tuple[int, str, str] | None:
+        """Why ``user`` may not be the cart of ``key`` now: (close code, reason, metric
+        label); None when it may."""
+        if not user.can(Permission.REGISTER_CART):
+            return CLOSE_FORBIDDEN, f"the {user.role} role cannot register as a cart", "role"
+        if user.bed is None:
+            reason = f"the cart account {user.name} names no bed: an admin must set its bed"
+            return CLOSE_FORBIDDEN, reason, "no_bed"
+        if user.bed != key:
+            reason = f"the cart account {user.name} serves {user.bed}, not {key}"
+            return CLOSE_WRONG_BED, reason, "wrong_bed"
+        return None
+
     @app.websocket("/ws/cart/{site}/{bed}")
     async def cart_ws(ws: WebSocket, site: str, bed: str) -> None:
         session = sessions.get(ws.cookies.get(COOKIE))
@@ -472,19 +496,22 @@ def register(
             await ws.close(CLOSE_POLICY)
             return
         if session is None:
+            hub.metrics.cart_refusals.labels(reason="login").inc()
             await refuse(ws, CLOSE_LOG_IN, "log in first")
             return
         user = session.user
-        if not user.can(Permission.REGISTER_CART):
-            await refuse(ws, CLOSE_FORBIDDEN, f"the {user.role} role cannot register as a cart")
-            return
-        if not user.can_see(site):
-            await refuse(ws, CLOSE_FORBIDDEN, f"site {site} is not among this cart's sites")
-            return
         try:
             key = BedKey.parse(f"{site}/{bed}")
         except ValueError:
+            hub.metrics.cart_refusals.labels(reason="bad_bed").inc()
             await refuse(ws, CLOSE_NO_BED, "not a bed id")
+            return
+        refusal = cart_refusal(user, key)
+        if refusal is not None:
+            code, why, label = refusal
+            hub.metrics.cart_refusals.labels(reason=label).inc()
+            log.warning("cart registration for %s by %s refused: %s", key, user.name, why)
+            await refuse(ws, code, why)
             return
         await ws.accept()
         peer = Peer(ws, user.name, "cart")
@@ -498,6 +525,11 @@ def register(
                 if not still_valid(session):
                     reason = "the cart's session ended"
                     await peer.close(CLOSE_LOG_IN, "the session ended: log in again")
+                    break
+                refusal = cart_refusal(session.user, key)
+                if refusal is not None:  # the account was changed: it no longer serves this bed
+                    reason = refusal[1]
+                    await peer.close(refusal[0], refusal[1])
                     break
                 message = await next_message(ws, peer)
                 if message is not None:
@@ -578,6 +610,10 @@ def register(
             while call.state != "ended":
                 if not still_valid(session):
                     reason, by, side = "the caller's session ended", "engine", "engine"
+                    break
+                now = session.user
+                if not (now.can(Permission.CONSULT) and now.can_see(key.site)):
+                    reason, by, side = "the caller may no longer call this bed", "engine", "engine"
                     break
                 if call.state in ("ready", "offered") and time.monotonic() > call.deadline_s:
                     side, by = "engine", "engine"

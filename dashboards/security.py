@@ -1,8 +1,13 @@
-"""Sessions, CSRF tokens and the login rate limit. Pure bookkeeping: no I/O, no web framework.
+"""Sessions, CSRF tokens and the login rate limit. Pure bookkeeping: no web framework.
 
-A session is a random 256-bit token kept in an HTTP-only cookie; the server holds the user and
-a CSRF token per session, and forgets the session after ``idle_s`` without use. Every
+A session is a random 256-bit token kept in an HTTP-only cookie; the server holds the user's
+name and a CSRF token per session, and forgets the session after ``idle_s`` without use. Every
 state-changing request must carry the session's CSRF token in the ``X-CSRF-Token`` header.
+
+A session holds no copy of its user's role or sites: each use of it looks the user up again
+(``lookup``: the users file, re-read when it changed), so a changed role or sites apply to the
+next request and the next tick of an open WebSocket, and a removed user, or one whose password
+was changed, is logged out.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hmac
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dashboards.users import User
@@ -19,15 +25,23 @@ from dashboards.users import User
 @dataclass
 class Session:
     token: str
-    user: User
+    user: User  # as of the last use of the session: looked up again at every use
     csrf: str
     last_used_s: float
     created_s: float = field(default_factory=time.monotonic)
 
+    @property
+    def name(self) -> str:
+        return self.user.name
+
 
 class Sessions:
-    def __init__(self, idle_s: float) -> None:
+    """``lookup``: the user of a name as it is now (None: removed); without it a session keeps
+    the user it was created with."""
+
+    def __init__(self, idle_s: float, lookup: Callable[[str], User | None] | None = None) -> None:
         self.idle_s = idle_s
+        self._lookup = lookup
         self._by_token: dict[str, Session] = {}
 
     def create(self, user: User, now_s: float | None = None) -> Session:
@@ -52,6 +66,12 @@ class Sessions:
         if now_s - session.last_used_s > self.idle_s:
             del self._by_token[token]
             return None
+        if self._lookup is not None:
+            user = self._lookup(session.user.name)
+            if user is None or user.credential != session.user.credential:
+                del self._by_token[token]  # removed, or its password was changed
+                return None
+            session.user = user
         session.last_used_s = now_s
         return session
 
@@ -68,33 +88,70 @@ def csrf_ok(session: Session, presented: str | None) -> bool:
 
 
 class LoginLimiter:
-    """At most ``max_failures`` failed logins per key (client address, user name) per window."""
+    """Failed logins within ``window_s``, three ways:
 
-    def __init__(self, max_failures: int, window_s: float) -> None:
-        self.max_failures = max_failures
+    - per user name and client address: ``pair_max`` failures lock that pair (429);
+    - per client address, whatever the names: ``address_max`` failures lock the address;
+    - per user name, from any address: never a lock (a guesser must not be able to lock a user
+      out of every place she logs in from), but beyond ``user_free`` failures every attempt for
+      that name waits, twice as long for each further failure, up to ``user_delay_max_s``.
+    """
+
+    def __init__(
+        self,
+        pair_max: int,
+        window_s: float,
+        *,
+        address_max: int | None = None,
+        user_free: int | None = None,
+        user_delay_max_s: float = 4.0,
+        user_delay_min_s: float = 0.25,
+    ) -> None:
+        self.pair_max = pair_max
+        self.address_max = address_max if address_max is not None else 4 * pair_max
+        self.user_free = user_free if user_free is not None else 2 * pair_max
+        self.user_delay_min_s = min(user_delay_min_s, user_delay_max_s)
+        self.user_delay_max_s = user_delay_max_s
         self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[tuple[str, ...], deque[float]] = {}
 
-    def _recent(self, key: str, now_s: float) -> deque[float]:
+    @staticmethod
+    def _keys(user: str, address: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("pair", user.lower(), address), ("addr", address)
+
+    def _recent(self, key: tuple[str, ...], now_s: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
         while q and now_s - q[0] > self.window_s:
             q.popleft()
         return q
 
-    def retry_after_s(self, keys: list[str], now_s: float | None = None) -> float:
-        """0 when a login may be tried now; otherwise seconds until it may."""
+    def retry_after_s(self, user: str, address: str, now_s: float | None = None) -> float:
+        """0 when this name may be tried from this address now; otherwise seconds until then."""
         now_s = time.monotonic() if now_s is None else now_s
+        pair, addr = self._keys(user, address)
         wait = 0.0
-        for key in keys:
+        for key, most in ((pair, self.pair_max), (addr, self.address_max)):
             q = self._recent(key, now_s)
-            if len(q) >= self.max_failures:
-                wait = max(wait, self.window_s - (now_s - q[0]))
+            if len(q) >= most:
+                wait = max(wait, self.window_s - (now_s - q[-most]))
         return wait
 
-    def failed(self, keys: list[str], now_s: float | None = None) -> None:
+    def delay_s(self, user: str, now_s: float | None = None) -> float:
+        """How long an attempt for ``user`` waits before its password is checked."""
         now_s = time.monotonic() if now_s is None else now_s
-        for key in keys:
+        beyond = len(self._recent(("user", user.lower()), now_s)) - self.user_free
+        if beyond <= 0:
+            return 0.0
+        return min(self.user_delay_max_s, self.user_delay_min_s * 2.0 ** min(beyond - 1, 30))
+
+    def failed(self, user: str, address: str, now_s: float | None = None) -> None:
+        now_s = time.monotonic() if now_s is None else now_s
+        for key in (*self._keys(user, address), ("user", user.lower())):
             self._recent(key, now_s).append(now_s)
         if len(self._failures) > 10_000:  # forget idle keys
-            for key in [k for k, q in self._failures.items() if not self._recent(k, now_s)]:
+            for key in [k for k in self._failures if not self._recent(k, now_s)]:
                 del self._failures[key]
+
+    def succeeded(self, user: str, address: str) -> None:
+        """A right password from this address: its pair starts afresh."""
+        self._failures.pop(self._keys(user, address)[0], None)

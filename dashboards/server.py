@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,7 +25,21 @@ class _Server(uvicorn.Server):
 
 
 class DashboardServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    """``trusted_proxies``: addresses or networks whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed (None: the app's ``state.trusted_proxies``, from
+    ``EICU_TRUSTED_PROXIES``). Empty: nobody's, not even 127.0.0.1's: the client address is the
+    peer's, so a client cannot choose the address the login limit counts against."""
+
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        trusted_proxies: Sequence[str] | None = None,
+    ) -> None:
+        if trusted_proxies is None:
+            trusted_proxies = getattr(app.state, "trusted_proxies", ())
+        trusted = list(trusted_proxies)
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -42,6 +56,8 @@ class DashboardServer:
             lifespan="off",
             ws="websockets-sansio",
             timeout_graceful_shutdown=2,
+            proxy_headers=bool(trusted),
+            forwarded_allow_ips=trusted or [],
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -1,21 +1,26 @@
 """Dashboard users: names, roles, sites and argon2 password hashes in a JSON file.
 
 A user may be limited to some sites (``sites``; absent: every site): beds of other sites are
-invisible to that user, on every page, API and WebSocket, and cannot be called.
+invisible to that user, on every page, API and WebSocket, and cannot be called. A user of role
+``cart`` is bound to one bed (``bed``, ``SITE/BED``): it may register as that bed's cart only.
 
-The file (``EICU_USERS_FILE``) is written atomically with mode 0600 and re-read when it changes,
-so ``eicu users add`` takes effect on a running server without a restart. Passwords are never
-stored or logged; only their argon2id hashes are.
+The file (``EICU_USERS_FILE``) is written atomically with mode 0600 and re-read whenever it
+changed on disk (its inode, size, modification or change time), so ``eicu users add``, ``set``
+and ``remove``, run by another process, take effect on a running server at once: every request
+and every open WebSocket looks its user up again. Passwords are never stored or logged; only
+their argon2id hashes are.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -23,7 +28,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from eicu.errors import ConfigError
-from eicu.models import ID_RE
+from eicu.models import ID_RE, BedKey
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MIN_PASSWORD_CHARS = 10
@@ -64,6 +69,9 @@ class User:
     name: str
     role: Role
     sites: frozenset[str] | None = None  # None: every site
+    bed: BedKey | None = None  # a cart's bed (the only one it may serve); None for a person
+    # a digest of the password hash: a session ends when the password is changed
+    credential: str = field(default="", compare=False, repr=False)
 
     def can(self, permission: Permission) -> bool:
         return permission in PERMISSIONS[self.role]
@@ -78,19 +86,75 @@ def parse_sites(text: str | None) -> frozenset[str] | None:
     if text is None or not text.strip():
         return None
     sites = frozenset(s.strip() for s in text.split(",") if s.strip())
-    bad = sorted(s for s in sites if not ID_RE.match(s))
+    bad = sorted(s for s in sites if not ID_RE.fullmatch(s))
     if bad:
         raise UserError("sites", f"site ids are [A-Za-z0-9_-], up to 32 characters: {bad}")
     return sites
 
 
+def parse_bed(text: str | None) -> BedKey | None:
+    """``"SITE/BED"`` as a bed; None or blank: no bed."""
+    if text is None or not text.strip():
+        return None
+    site, _, bed = text.strip().partition("/")
+    if not ID_RE.fullmatch(site) or not ID_RE.fullmatch(bed):
+        raise UserError("bed", f"expected SITE/BED with ids of [A-Za-z0-9_-], got {text!r}")
+    return BedKey(site, bed)
+
+
 def _user(name: str, entry: dict[str, object]) -> User:
     sites = entry.get("sites")
+    bed = entry.get("bed")
     return User(
         name,
         Role(str(entry["role"])),
         frozenset(str(s) for s in sites) if isinstance(sites, list) else None,
+        BedKey.parse(bed) if isinstance(bed, str) else None,
+        hashlib.sha256(str(entry["hash"]).encode()).hexdigest()[:16],
     )
+
+
+class _Unset:
+    """The default of :meth:`Users.update`: leave this field as it is."""
+
+
+UNSET = _Unset()
+
+
+def checked_user(
+    role: Role | str, sites: frozenset[str] | None, bed: BedKey | str | None
+) -> tuple[Role, frozenset[str] | None, BedKey | None]:
+    """A valid (role, sites, bed): a cart names its bed, and its sites are that bed's site."""
+    try:
+        role = Role(role)
+    except ValueError as exc:
+        raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
+    if sites is not None:
+        sites = parse_sites(",".join(sites))
+        if not sites:
+            raise UserError("sites", "an empty list of sites: leave it out for every site")
+    if isinstance(bed, str):
+        bed = parse_bed(bed)
+    if role is Role.CART:
+        if bed is None:
+            raise UserError("bed", "a cart serves one bed: give it as SITE/BED")
+        if sites is not None and sites != {bed.site}:
+            raise UserError("sites", f"a cart's site is its bed's: {bed.site}")
+        sites = frozenset({bed.site})
+    elif bed is not None:
+        raise UserError("bed", "only a cart is bound to a bed")
+    return role, sites, bed
+
+
+def _entry(
+    role: Role, sites: frozenset[str] | None, bed: BedKey | None, digest: str
+) -> dict[str, object]:
+    entry: dict[str, object] = {"role": role.value, "hash": digest}
+    if sites is not None:
+        entry["sites"] = sorted(sites)
+    if bed is not None:
+        entry["bed"] = str(bed)
+    return entry
 
 
 class UserError(ConfigError):
@@ -104,7 +168,8 @@ class Users:
         self.path = path
         self._hasher = hasher or PasswordHasher()
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
+        self._parsed: dict[str, User] = {}  # the users of the file as read, by name
         self._users: dict[str, dict[str, object]] = {}
         # verified against when the name is unknown, so both cases cost the same time
         self._dummy = self._hasher.hash("not a password of anyone")
@@ -114,8 +179,9 @@ class Users:
             st = self.path.stat()
         except FileNotFoundError:
             self._users, self._stamp = {}, None
+            self._parsed.clear()
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if stamp == self._stamp:
             return
         try:
@@ -126,6 +192,7 @@ class Users:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(str(self.path), f"unreadable users file: {exc}") from exc
         self._users, self._stamp = users, stamp
+        self._parsed.clear()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +206,7 @@ class Users:
             Path(tmp).unlink(missing_ok=True)
             raise
         self._stamp = None
+        self._parsed.clear()
 
     def add(
         self,
@@ -148,24 +216,16 @@ class Users:
         *,
         replace: bool = False,
         sites: frozenset[str] | None = None,
+        bed: BedKey | str | None = None,
     ) -> User:
-        """Add (or with ``replace``, replace) a user; ``sites`` None: every site."""
-        if not NAME_RE.match(name):
+        """Add (or with ``replace``, replace) a user; ``sites`` None: every site. A cart needs
+        its ``bed``."""
+        if not NAME_RE.fullmatch(name):
             raise UserError("name", "1-64 characters of A-Z a-z 0-9 . _ -, starting alphanumeric")
-        try:
-            role = Role(role)
-        except ValueError as exc:
-            raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
+        role, sites, bed = checked_user(role, sites, bed)
         if len(password) < MIN_PASSWORD_CHARS:
             raise UserError("password", f"at least {MIN_PASSWORD_CHARS} characters")
-        if sites is not None:
-            sites = parse_sites(",".join(sites))
-            if not sites:
-                raise UserError("sites", "an empty list of sites: leave it out for every site")
-        digest = self._hasher.hash(password)
-        entry: dict[str, object] = {"role": role.value, "hash": digest}
-        if sites is not None:
-            entry["sites"] = sorted(sites)
+        entry = _entry(role, sites, bed, self._hasher.hash(password))
         with self._lock:
             self._reload()
             if name in self._users and not replace:
@@ -174,11 +234,71 @@ class Users:
             self._save()
         return _user(name, entry)
 
-    def get(self, name: str) -> User | None:
+    def update(
+        self,
+        name: str,
+        *,
+        role: Role | str | _Unset = UNSET,
+        sites: frozenset[str] | _Unset | None = UNSET,
+        bed: BedKey | str | _Unset | None = UNSET,
+        password: str | None = None,
+        check: Callable[[User, User], None] | None = None,
+    ) -> User:
+        """Change a user's role, sites, bed or password (what is not given stays). ``check``
+        sees the user before and after, under the file's lock, and may raise to refuse."""
+        if password is not None and len(password) < MIN_PASSWORD_CHARS:
+            raise UserError("password", f"at least {MIN_PASSWORD_CHARS} characters")
+        digest = self._hasher.hash(password) if password is not None else None
+        with self._lock:
+            self._reload()
+            old = self._users.get(name)
+            if old is None:
+                raise UserError("name", f"no user {name!r}")
+            before = _user(name, old)
+            try:
+                new_role = before.role if isinstance(role, _Unset) else Role(role)
+            except ValueError as exc:
+                raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
+            cart = new_role is Role.CART
+            new_bed = (before.bed if cart else None) if isinstance(bed, _Unset) else bed
+            new_sites = before.sites if isinstance(sites, _Unset) else sites
+            if isinstance(sites, _Unset) and cart:
+                new_sites = None  # a cart's site follows its bed
+            checked = checked_user(new_role, new_sites, new_bed)
+            entry = _entry(*checked, digest if digest is not None else str(old["hash"]))
+            after = _user(name, entry)
+            if check is not None:
+                check(before, after)
+            self._users[name] = entry
+            self._save()
+        return after
+
+    def remove(self, name: str, check: Callable[[User], None] | None = None) -> User:
+        """Remove a user (its sessions end at their next request); ``check`` may refuse."""
         with self._lock:
             self._reload()
             entry = self._users.get(name)
-        return _user(name, entry) if entry else None
+            if entry is None:
+                raise UserError("name", f"no user {name!r}")
+            user = _user(name, entry)
+            if check is not None:
+                check(user)
+            del self._users[name]
+            self._save()
+        return user
+
+    def get(self, name: str) -> User | None:
+        """The user as the file says now (looked up at every request: one ``stat`` when the
+        file has not changed)."""
+        with self._lock:
+            self._reload()
+            user = self._parsed.get(name)
+            if user is None:
+                entry = self._users.get(name)
+                if not entry:
+                    return None
+                user = self._parsed[name] = _user(name, entry)
+            return user
 
     def list(self) -> list[User]:
         with self._lock:

@@ -6,6 +6,7 @@ as ``'**********'``. Clinical thresholds never live here: they are versioned cod
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -183,8 +184,17 @@ class HttpSettings:
     cookie_secure: bool = True
     users_file: Path = field(default_factory=lambda: Path("eicu-users.json"))
     session_idle_s: float = 8 * 3600.0
-    login_failures_max: int = 5  # per client address and per user name, within the window
+    login_failures_max: int = 5  # per user name and client address, within the window
+    login_address_failures_max: int = 20  # per client address, whatever the names
+    login_user_delay_max_s: float = 4.0  # a name failing from many addresses is slowed to this
     login_window_s: float = 60.0
+    # Addresses (or networks) of reverse proxies whose X-Forwarded-For / -Proto are believed.
+    # Empty: none, so a client cannot pick the address the login limit counts against.
+    trusted_proxies: tuple[str, ...] = ()
+    # /metrics (and the EICU_METRICS_PORT server): with a token, only for "Authorization:
+    # Bearer <token>"; bed (and patient) labels only when bed_labels is on.
+    metrics_token: Secret | None = None
+    metrics_bed_labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -461,6 +471,11 @@ class Settings:
             session_idle_s=_float(
                 env, "EICU_SESSION_IDLE_S", http_defaults.session_idle_s, 60.0, 7 * 86400.0
             ),
+            trusted_proxies=_networks(env, "EICU_TRUSTED_PROXIES"),
+            metrics_token=secret_token(env, "EICU_METRICS_TOKEN"),
+            metrics_bed_labels=_bool(
+                env, "EICU_METRICS_BED_LABELS", http_defaults.metrics_bed_labels
+            ),
         )
         return cls(
             mqtt=mqtt,
@@ -510,6 +525,31 @@ def read_env_file(path: Path) -> dict[str, str]:
             raise ConfigError(f"{path}:{lineno}", f"expected EICU_KEY=value, got {line[:40]!r}")
         out[key] = value.strip().strip("'\"")
     return out
+
+
+def _networks(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses or networks (``10.0.0.5,10.1.0.0/16``)."""
+    out = []
+    for item in (env.get(key) or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError as exc:
+            raise ConfigError(key, f"expected IP addresses or networks, got {item!r}") from exc
+        out.append(item)
+    return tuple(out)
+
+
+def secret_token(env: Mapping[str, str], key: str) -> Secret | None:
+    """A bearer token setting: None when unset; 16 or more printable characters otherwise."""
+    raw = (env.get(key) or "").strip()
+    if not raw:
+        return None
+    if len(raw) < 16 or not raw.isprintable() or " " in raw:
+        raise ConfigError(key, "expected at least 16 printable characters without spaces")
+    return Secret(raw)
 
 
 def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:

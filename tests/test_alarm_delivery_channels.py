@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from alerting.channels import (
     MqttChannel,
     SmtpSettings,
     WebhookChannel,
+    email_key_header,
     email_text,
 )
 from alerting.escalation import Dispatcher, Rota
@@ -183,6 +185,29 @@ async def test_email_carries_the_essentials_and_no_patient_name(mail: MailServer
     assert "Value: 82.0 (limit 88.0)" in text
     assert "k-6" in text
     assert email_text(note("k-6", "email", "x@y"))[1] == text.replace("\r\n", "\n")
+
+
+async def test_long_idempotency_keys_stay_on_one_header_line(mail: MailServer) -> None:
+    """A key is never folded or turned into encoded words: a receiver matching the raw header
+    finds it whole; one that cannot stand on a header line is sent as its digest."""
+    channel = EmailChannel(SmtpSettings(port=mail.port, sender="alarms@eicu.test", timeout_s=5))
+    long_key = "karamay/bed-07/SPO2_LOW/1733000000000000:2:attending:" + "dr.chen-" * 40 + ":email"
+    too_long = "k" * 1200
+    not_ascii = "alarm-1:0:bedside_nurse:Dr Çelik:email"
+    for key in (long_key, too_long, not_ascii):
+        await channel.send(note(key, "email", "dr.chen@hospital.test"))
+    headers = [raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n") for raw in mail.handler.raw]
+    key_lines = [[h for h in hs if h.startswith(b"X-Eicu-Idempotency-Key:")] for hs in headers]
+    assert key_lines[0] == [b"X-Eicu-Idempotency-Key: " + long_key.encode()]
+    for i, key in ((1, too_long), (2, not_ascii)):
+        digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+        assert key_lines[i] == [b"X-Eicu-Idempotency-Key: " + digest.encode()]
+        assert email_key_header(key) == digest
+        assert key in mail.messages[i].get_content()  # the body has the key in full
+    # no header is folded onto a continuation line, and none is longer than RFC 5322 allows
+    for lines in headers:
+        assert all(line[:1] not in (b" ", b"\t") and len(line) <= 998 for line in lines)
+    assert mail.messages[0]["X-Eicu-Idempotency-Key"] == long_key
 
 
 async def test_email_to_a_server_that_is_down_is_retryable() -> None:

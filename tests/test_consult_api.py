@@ -33,6 +33,7 @@ from eicu.models import BedKey
 from eicu.store import Store, open_store
 from eicu.store.base import CallRecord
 from ingest.engine import Engine
+from tests.cheap_argon2 import cheap_hasher
 from tests.dashboard_beds import fed_engine, prompt_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,8 @@ PASSWORDS = {
     "nina": "nurse-password-1",  # nurse, every site
     "val": "viewer-password",  # viewer, every site
     "root": "admin-password-1",  # admin, every site
-    "cart1": "cart-password-1",  # cart of icu1
-    "cart2": "cart-password-2",  # cart of icu2
+    "cart1": "cart-password-1",  # cart of icu1/bed1
+    "cart2": "cart-password-2",  # cart of icu2/bed8
 }
 ICE = [{"urls": ["stun:stun.example.org:3478"]},
        {"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "c"}]  # fmt: skip
@@ -61,14 +62,14 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 @pytest.fixture
 def users(tmp_path: Path) -> Users:
-    users = Users(tmp_path / "users.json")
+    users = Users(tmp_path / "users.json", cheap_hasher())
     users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
     users.add("iris", Role.INTENSIVIST, PASSWORDS["iris"], sites=frozenset({"icu2"}))
     users.add("nina", Role.NURSE, PASSWORDS["nina"])
     users.add("val", Role.VIEWER, PASSWORDS["val"])
     users.add("root", Role.ADMIN, PASSWORDS["root"])
-    users.add("cart1", Role.CART, PASSWORDS["cart1"], sites=frozenset({"icu1"}))
-    users.add("cart2", Role.CART, PASSWORDS["cart2"], sites=frozenset({"icu2"}))
+    users.add("cart1", Role.CART, PASSWORDS["cart1"], bed="icu1/bed1")
+    users.add("cart2", Role.CART, PASSWORDS["cart2"], bed="icu2/bed8")
     return users
 
 
@@ -226,13 +227,16 @@ async def test_an_admin_adds_users_with_sites(app: FastAPI, users: Users) -> Non
         new = {"name": "nora", "role": "nurse", "password": "nurse-password-2", "sites": ["icu1"]}
         r = await client.post("/api/users", json=new, headers=csrf)
         assert r.status_code == 201 and r.json() == {"name": "nora", "role": "nurse",
-                                                     "sites": ["icu1"]}  # fmt: skip
+                                                     "sites": ["icu1"], "bed": None}  # fmt: skip
         bad = {**new, "name": "nell", "sites": ["icu 1"]}
         assert (await client.post("/api/users", json=bad, headers=csrf)).status_code == 422
         empty = {**new, "name": "nell", "sites": []}
         assert (await client.post("/api/users", json=empty, headers=csrf)).status_code == 422
         cart = {"name": "cart-9", "role": "cart", "password": "cart-password-9", "sites": ["icu2"]}
-        assert (await client.post("/api/users", json=cart, headers=csrf)).status_code == 201
+        r = await client.post("/api/users", json=cart, headers=csrf)
+        assert r.status_code == 422 and "SITE/BED" in r.text  # a cart names its bed
+        r = await client.post("/api/users", json={**cart, "bed": "icu2/bed9"}, headers=csrf)
+        assert r.status_code == 201 and r.json()["bed"] == "icu2/bed9"
         listed = {u["name"]: u["sites"] for u in (await client.get("/api/users")).json()}
     assert listed["nora"] == ["icu1"] and listed["cart-9"] == ["icu2"] and listed["ada"] is None
     nora = users.get("nora")
@@ -293,7 +297,7 @@ async def test_anonymous_forbidden_and_cross_origin_calls_are_refused(
         code, reason = await closed(ws)
         assert code == 4403 and "intensivist" in reason
     async with site.ws("/ws/cart/icu1/bed1", await site.login("cart2")) as ws:
-        assert await closed(ws) == (4403, "site icu1 is not among this cart's sites")
+        assert await closed(ws) == (4421, "the cart account cart2 serves icu2/bed8, not icu1/bed1")
     async with site.ws("/ws/cart/icu1/bed1", await site.login("root")) as ws:
         assert (await closed(ws))[0] == 4403
     # no cart, so no call
@@ -617,15 +621,31 @@ def test_eicu_users_add_with_sites(tmp_path: Path) -> None:
             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False,
         )  # fmt: skip
 
-    added = users("add", "cart-icu1", "--role", "cart", "--sites", "icu1,icu1b")
+    added = users("add", "cart-icu1", "--role", "cart", "--bed", "icu1/bed1")
     assert added.returncode == 0, added.stderr
-    assert "sites icu1,icu1b" in added.stderr
-    assert users("add", "ada", "--role", "intensivist").returncode == 0
-    bad = users("add", "eve", "--role", "nurse", "--sites", "icu1,no/such")
-    assert bad.returncode == 2 and "sites" in bad.stderr
-    listed = users("list").stdout.splitlines()
-    assert listed == ["ada\tintensivist\t*", "cart-icu1\tcart\ticu1,icu1b"]
+    assert "sites icu1, bed icu1/bed1" in added.stderr
+    unbound = users("add", "cart-x", "--role", "cart", "--sites", "icu1")
+    assert unbound.returncode == 2 and "SITE/BED" in unbound.stderr  # a cart names its bed
+    assert users("add", "nina", "--role", "nurse", "--sites", "icu1,icu1b").returncode == 0
     stored = Users(path)
     cart = stored.get("cart-icu1")
-    assert cart is not None and cart.sites == frozenset({"icu1", "icu1b"})
+    assert cart is not None and cart.sites == frozenset({"icu1"}) and cart.bed == BED
     assert stored.verify("cart-icu1", "a-long-password") == cart
+    # set: the role and sites, a cart's bed, every site again with a new password
+    changed = users("set", "nina", "--role", "viewer", "--sites", "icu1b")
+    assert changed.returncode == 0 and "nina (viewer, sites icu1b)" in changed.stderr
+    bad = users("set", "nina", "--sites", "icu1,no/such")
+    assert bad.returncode == 2 and "sites" in bad.stderr
+    assert users("set", "cart-icu1", "--bed", "icu1/bed3").returncode == 0
+    moved = stored.get("cart-icu1")
+    assert moved is not None and moved.bed == BedKey("icu1", "bed3")
+    renewed = users("set", "nina", "--all-sites", "--password", password="a-new-long-password")
+    assert renewed.returncode == 0, renewed.stderr
+    nina = stored.get("nina")
+    assert nina is not None and (nina.role, nina.sites) == ("viewer", None)
+    assert stored.verify("nina", "a-new-long-password") == nina
+    # remove
+    removed = users("remove", "cart-icu1")
+    assert removed.returncode == 0 and "removed cart-icu1" in removed.stderr
+    assert users("list").stdout.splitlines() == ["nina\tviewer\t*"]
+    assert stored.get("cart-icu1") is None

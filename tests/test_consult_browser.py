@@ -134,8 +134,9 @@ def free_port() -> int:
 def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
     """``eicu demo`` with 4 beds, its users, and ``eicu cart`` registered for the VT bed."""
     data = tmp_path_factory.mktemp("consult")
+    # bed labels on /metrics, to read each call's quality per bed (docs/dashboard.md, Metrics)
     env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1",
-           "EICU_ICE_SERVERS": ""}  # fmt: skip
+           "EICU_ICE_SERVERS": "", "EICU_METRICS_BED_LABELS": "1"}  # fmt: skip
     demo = start(["demo", "--beds", "4", "--duration", "400", "--data-dir", str(data)], env)
     cart: Process | None = None
     try:
@@ -180,7 +181,8 @@ def add_users(users_file: Path, env: dict[str, str]) -> None:
     for name, (role, sites, password) in USERS.items():
         added = subprocess.run(
             [sys.executable, "-m", "eicu.cli", "users", "add", name, "--role", role,
-             *(["--sites", sites] if sites else [])],
+             *((["--bed", f"{sites}/{VT_BED}"] if role == "cart" else ["--sites", sites])
+               if sites else [])],
             input=password + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60,
             env={**env, "EICU_USERS_FILE": str(users_file)}, check=False,
         )  # fmt: skip

@@ -27,6 +27,7 @@ from dashboards.users import Role, Users
 from eicu.config import HttpSettings
 from eicu.models import Batch, BedKey, NumericsFrame
 from ingest.engine import Engine
+from tests.cheap_argon2 import cheap_hasher
 from tests.dashboard_beds import fed_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 @pytest.fixture
 def users(tmp_path: Path) -> Users:
-    users = Users(tmp_path / "users.json")
+    users = Users(tmp_path / "users.json", cheap_hasher())
     users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
     users.add("val", Role.VIEWER, PASSWORDS["val"])
     users.add("root", Role.ADMIN, PASSWORDS["root"])
@@ -264,7 +265,7 @@ async def test_roles_csrf_and_origin_on_state_changes(app: FastAPI, users: Users
         assert r.status_code == 201
         assert users.get("nina") is not None and users.get("nina").role == Role.NURSE  # type: ignore[union-attr]
         listed = (await admin.get("/api/users")).json()
-        assert {"name": "nina", "role": "nurse", "sites": None} in listed
+        assert {"name": "nina", "role": "nurse", "sites": None, "bed": None} in listed
         # logging out needs the token too, and ends the session
         assert (await viewer.post("/api/logout")).status_code == 403
         r = await viewer.post("/api/logout", headers={"x-csrf-token": viewer_csrf})

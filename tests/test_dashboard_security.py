@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dashboards.security import LoginLimiter, Sessions, csrf_ok
 from dashboards.users import Permission, Role, User
+from eicu.models import BedKey
 
 
 def test_sessions_end_after_idle_time_and_on_logout() -> None:
@@ -31,17 +32,47 @@ def test_csrf_token_must_match() -> None:
     assert not csrf_ok(session, None) and not csrf_ok(session, session.csrf[:-1] + "x")
 
 
-def test_login_limiter_counts_failures_per_key_within_the_window() -> None:
-    limiter = LoginLimiter(max_failures=3, window_s=60.0)
-    keys = ["addr:10.0.0.1", "user:ada"]
+def test_login_limiter_locks_a_name_per_address_and_slows_it_everywhere() -> None:
+    limiter = LoginLimiter(3, 60.0, address_max=5, user_free=4, user_delay_max_s=2.0)
     for t in (0.0, 1.0, 2.0):
-        assert limiter.retry_after_s(keys, now_s=t) == 0
-        limiter.failed(keys, now_s=t)
-    assert limiter.retry_after_s(keys, now_s=3.0) == 57.0
-    # another address trying the same name is held too; another name from elsewhere is not
-    assert limiter.retry_after_s(["addr:10.0.0.2", "user:ada"], now_s=3.0) > 0
-    assert limiter.retry_after_s(["addr:10.0.0.2", "user:bob"], now_s=3.0) == 0
-    assert limiter.retry_after_s(keys, now_s=60.5) == 0  # the first failure has aged out
+        assert limiter.retry_after_s("ada", "10.0.0.1", now_s=t) == 0
+        limiter.failed("Ada", "10.0.0.1", now_s=t)
+    assert limiter.retry_after_s("ada", "10.0.0.1", now_s=3.0) == 57.0
+    # the same name from another address is not locked out; another name from here neither
+    assert limiter.retry_after_s("ada", "10.0.0.2", now_s=3.0) == 0
+    assert limiter.retry_after_s("bob", "10.0.0.1", now_s=3.0) == 0
+    assert limiter.delay_s("ada", now_s=3.0) == 0
+    # failures for one name from many addresses slow that name down, up to the ceiling
+    for i, t in enumerate((4.0, 5.0, 6.0, 7.0, 8.0)):
+        limiter.failed("ada", f"10.0.1.{i}", now_s=t)
+    assert limiter.delay_s("ada", now_s=9.0) == 2.0  # 8 failures, 4 free: 0.25 * 2**3
+    assert limiter.retry_after_s("ada", "10.0.0.9", now_s=9.0) == 0  # never a lock
+    # an address failing for many names is locked for all of them
+    for name in ("b1", "b2", "b3", "b4"):
+        limiter.failed(name, "10.0.0.3", now_s=10.0)
+    assert limiter.retry_after_s("zed", "10.0.0.3", now_s=10.0) == 0
+    limiter.failed("b5", "10.0.0.3", now_s=10.0)
+    assert limiter.retry_after_s("zed", "10.0.0.3", now_s=11.0) == 59.0
+    assert limiter.retry_after_s("ada", "10.0.0.1", now_s=60.5) == 0  # aged out
+    # a right password clears its own pair only
+    limiter.failed("cy", "10.0.0.4", now_s=70.0)
+    limiter.succeeded("cy", "10.0.0.4")
+    assert limiter.retry_after_s("cy", "10.0.0.4", now_s=70.0) == 0
+
+
+def test_a_session_follows_its_user_and_ends_when_removed_or_re_keyed() -> None:
+    current = {"ada": User("ada", Role.NURSE, credential="k1")}
+    sessions = Sessions(100.0, current.get)
+    session = sessions.create(current["ada"], now_s=0.0)
+    current["ada"] = User("ada", Role.VIEWER, frozenset({"icu2"}), credential="k1")
+    got = sessions.get(session.token, now_s=1.0)
+    assert got is session and session.user.role is Role.VIEWER
+    assert not session.user.can(Permission.RESPOND) and not session.user.can_see("icu1")
+    current["ada"] = User("ada", Role.VIEWER, credential="k2")  # a new password
+    assert sessions.get(session.token, now_s=2.0) is None
+    again = sessions.create(current["ada"], now_s=3.0)
+    del current["ada"]
+    assert sessions.get(again.token, now_s=4.0) is None and len(sessions) == 0
 
 
 def test_roles_and_permissions() -> None:
@@ -54,7 +85,7 @@ def test_roles_and_permissions() -> None:
     assert User("n", Role.NURSE).can(Permission.CONSULT)
     assert User("i", Role.INTENSIVIST).can(Permission.CONSULT)
     assert not User("v", Role.VIEWER).can(Permission.CONSULT)
-    cart = User("c", Role.CART, frozenset({"icu1"}))
+    cart = User("c", Role.CART, frozenset({"icu1"}), BedKey("icu1", "bed1"))
     assert [p for p in Permission if cart.can(p)] == [Permission.REGISTER_CART]
     assert cart.can_see("icu1") and not cart.can_see("icu2")
     assert User("v", Role.VIEWER).can_see("any-site")

@@ -265,6 +265,7 @@ async def test_eicu_cart_command_records_and_serves_metrics(tmp_path: Path) -> N
         "EICU_VIDEO_CAMERA": "none",
         "EICU_VIDEO_MICROPHONE": "none",
         "EICU_VIDEO_STATS_INTERVAL_S": "0.5",
+        "EICU_METRICS_TOKEN": "cart-metrics-token-0123",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -299,11 +300,13 @@ async def test_eicu_cart_command_records_and_serves_metrics(tmp_path: Path) -> N
         stats = await server.expect("stats")
         while stats["stats"]["inbound"].get("video", {}).get("frames", 0) < 5:
             stats = await server.expect("stats")
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp,
-        ):
-            text = await resp.text()
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as anonymous:  # EICU_METRICS_TOKEN is set
+                assert anonymous.status == 401
+            bearer = {"Authorization": "Bearer cart-metrics-token-0123"}
+            async with http.get(url, headers=bearer) as resp:
+                text = await resp.text()
         assert 'eicu_cart_in_call{bed="3",site="icu-a"} 1.0' in text
         assert "eicu_video_frame_width" in text
         await server.send("icu-a", "3", {"type": "hangup", "call_id": "c1"})

@@ -7,9 +7,19 @@ async function load() {
   const tbody = document.querySelector("#users tbody");
   tbody.replaceChildren();
   for (const u of await r.json()) {
+    const remove = eicu.el("button", {}, "Remove");
+    remove.addEventListener("click", () => removeUser(u.name));
     tbody.append(eicu.el("tr", {}, eicu.el("td", {}, u.name), eicu.el("td", {}, u.role),
-      eicu.el("td", {}, u.sites === null ? "all" : u.sites.join(", "))));
+      eicu.el("td", {}, u.sites === null ? "all" : u.sites.join(", ")),
+      eicu.el("td", {}, u.bed || ""), eicu.el("td", {}, remove)));
   }
+}
+
+async function removeUser(name) {
+  if (!confirm(`Remove ${name}? Their sessions end at once.`)) return;
+  const r = await eicu.api(`/api/users/${encodeURIComponent(name)}`, { method: "DELETE" });
+  message.textContent = r.ok ? "" : `Not removed: ${(await r.json()).detail}`;
+  load();
 }
 
 // "a, b" -> ["a", "b"]; blank -> null (every site)
@@ -25,6 +35,7 @@ document.getElementById("add").addEventListener("submit", async (ev) => {
     role: document.getElementById("new-role").value,
     password: document.getElementById("new-password").value,
     sites: sitesOf(document.getElementById("new-sites").value),
+    bed: document.getElementById("new-bed").value.trim() || null,
   } });
   const body = await r.json();
   message.textContent = r.ok ? "" : `Not added: ${body.detail}`;

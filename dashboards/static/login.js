@@ -1,4 +1,18 @@
 "use strict";
+// Where to go once logged in: the server answers the page's "next" back only when it is a path
+// of this site (dashboards.app.safe_next), and this page checks again that it stays here.
+function sameOriginPath(target) {
+  if (typeof target !== "string" || !target.startsWith("/") || /[\\\u0000-\u0020\u007f]/.test(target)) {
+    return "/census";
+  }
+  try {
+    const url = new URL(target, location.origin);
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : "/census";
+  } catch {
+    return "/census";
+  }
+}
+
 document.getElementById("login").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const message = document.getElementById("message");
@@ -10,12 +24,12 @@ document.getElementById("login").addEventListener("submit", async (ev) => {
     body: JSON.stringify({
       name: document.getElementById("name").value,
       password: document.getElementById("password").value,
+      next: new URLSearchParams(location.search).get("next"),
     }),
   });
   if (r.ok) {
-    const next = new URLSearchParams(location.search).get("next") || "/census";
-    // only a path on this server: never an absolute or protocol-relative URL
-    location.href = next.startsWith("/") && !next.startsWith("//") ? next : "/census";
+    const body = await r.json();
+    location.href = sameOriginPath(body.next);
   } else if (r.status === 429) {
     message.textContent = `Too many failed logins. Try again in ${r.headers.get("Retry-After")} s.`;
   } else {

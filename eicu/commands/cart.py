@@ -9,7 +9,7 @@ import os
 import signal
 from pathlib import Path
 
-from eicu.config import Secret, VideoSettings, read_env_file
+from eicu.config import Secret, VideoSettings, read_env_file, secret_token
 from eicu.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         args.server or env.get("EICU_DASHBOARD_URL") or DEFAULT_SERVER, server_key
     )
     password = _password(args.password_file, env)
+    metrics_token = secret_token(env, "EICU_METRICS_TOKEN")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise ConfigError("--metrics-port", f"must be between 0 and 65535, got {args.metrics_port}")
     user = args.user or f"cart-{args.site}-{args.bed}"
@@ -111,11 +112,16 @@ def run(args: argparse.Namespace) -> int:
             metrics=metrics,
         )
         if args.metrics_port is not None:
-            from prometheus_client import start_http_server
+            from eicu.exposition import MetricsServer
 
             try:
-                start_http_server(
-                    args.metrics_port, addr=args.metrics_host, registry=metrics.registry
+                # the cart's own site and bed label its figures: nothing to strip
+                MetricsServer(
+                    args.metrics_port,
+                    args.metrics_host,
+                    metrics.registry,
+                    token=metrics_token,
+                    bed_labels=True,
                 )
             except OSError as exc:
                 raise ConfigError("--metrics-port", f"cannot listen: {exc}") from exc

@@ -204,7 +204,7 @@ async def _start_cart(url: str, users: Users, data_dir: Path) -> asyncio.subproc
     from dashboards.users import Role
 
     password = secrets.token_urlsafe(16)
-    users.add(DEMO_CART_USER, Role.CART, password, replace=True, sites=frozenset({DEMO_SITE}))
+    users.add(DEMO_CART_USER, Role.CART, password, replace=True, bed=f"{DEMO_SITE}/{DEMO_CART_BED}")
     password_file = data_dir / "cart-password"
     fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

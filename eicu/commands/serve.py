@@ -43,12 +43,11 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | None = None) -> None:
     """Run every role in this process until SIGTERM or SIGINT (or ``stop`` is set)."""
-    from prometheus_client import start_http_server
-
     from dashboards.app import create_app
     from dashboards.server import DashboardServer
     from dashboards.users import Users
     from eicu.errors import StorageUnavailable
+    from eicu.exposition import MetricsServer
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -88,7 +87,13 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
             "nobody is paged"
         )
     if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=engine.metrics.registry)
+        MetricsServer(
+            settings.metrics_port,
+            "127.0.0.1",
+            engine.metrics.registry,
+            token=settings.http.metrics_token,
+            bed_labels=settings.http.metrics_bed_labels,
+        )
         log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
     users = Users(settings.http.users_file)
     if not users.list():

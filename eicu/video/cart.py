@@ -34,6 +34,7 @@ T = TypeVar("T")
 SESSION_COOKIE = "eicu_session"
 CLOSE_NOT_LOGGED_IN = 4401
 CLOSE_NOT_ALLOWED = 4403
+CLOSE_WRONG_BED = 4421  # this cart account is bound to another bed
 DATA_CHANNEL_LABEL = "eicu"
 
 
@@ -424,6 +425,20 @@ class CartAgent:
             self.last_refusal = (code, reason)
             self._count("not_logged_in")
             log.warning("engine: not logged in (%s); logging in again", reason or "no reason")
+        elif code == CLOSE_WRONG_BED:
+            self.last_refusal = (code, reason)
+            self._count("wrong_bed")
+            log.error(
+                "engine: %r is bound to another bed than %s/%s (%s): fix --bed or have an admin "
+                "run 'eicu users set %s --bed %s/%s'",
+                self.user,
+                self.site,
+                self.bed,
+                reason or "no reason",
+                self.user,
+                self.site,
+                self.bed,
+            )
         elif code == CLOSE_NOT_ALLOWED:
             self.last_refusal = (code, reason)
             self._count("not_allowed")
