@@ -8,9 +8,7 @@ import socket
 import time
 from collections.abc import Callable
 
-import aiomqtt
-
-from eicu import wire
+from eicu import bus, wire
 from eicu.config import MqttSettings
 from eicu.errors import PayloadError
 from eicu.metrics import IngestMetrics
@@ -81,12 +79,8 @@ class Ingest:
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
         while True:
             try:
-                async with aiomqtt.Client(
-                    s.host,
-                    s.port,
-                    username=s.username,
-                    password=s.password,
-                    identifier=s.client_id,
+                async with bus.Client(
+                    s,
                     clean_session=False,  # the broker keeps our QoS 1 messages while we are away
                     keepalive=s.keepalive_s,
                     socket_options=NODELAY,
@@ -102,7 +96,7 @@ class Ingest:
                         if not isinstance(payload, bytes | bytearray):
                             payload = str(payload).encode()
                         self._handle_safely(message.topic.value, bytes(payload))
-            except aiomqtt.MqttError as exc:
+            except bus.MqttError as exc:
                 self._metrics.mqtt_connected.set(0)
                 self.connected.clear()
                 self._metrics.mqtt_reconnects.inc()
