@@ -37,6 +37,18 @@ __all__ = ["Client", "Message", "MqttError", "TlsError", "Will", "tls_context"]
 _VERIFY_FAILED: Final = "CERTIFICATE_VERIFY_FAILED"
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho-mqtt drops such a socket without closing it,
+    and a broker refused again and again would cost a file descriptor each time."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 class TlsError(MqttError):
     """TLS to the broker could not be set up, or the broker's certificate was not trusted.
     ``key`` names the setting to look at."""
@@ -60,6 +72,7 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("EICU_MQTT_CA_FILE", f"cannot load {settings.ca_file}: {exc}") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslsocket_class = _ClosingSSLSocket
     if settings.cert_file is not None:
         key_file = settings.key_file
         try:
