@@ -18,7 +18,7 @@ from alerting.channels import MqttChannel
 from alerting.model import Notification
 from eicu import bus, wire
 from eicu.brokerauth import BrokerAuth, listener_settings, password_hash
-from eicu.config import IngestSettings, MqttSettings, Settings
+from eicu.config import IngestSettings, MqttSettings, Secret, Settings
 from eicu.devservices import Mosquitto
 from eicu.errors import ConfigError
 from eicu.models import BedKey, NumericsFrame
@@ -158,13 +158,13 @@ async def test_a_gateway_cannot_take_over_the_engines_session(
     attacker = MqttSettings(
         port=broker.port,
         username="gw-hotan",
-        password=pw["gw-hotan"],  # type: ignore[arg-type]
+        password=Secret(pw["gw-hotan"]),
         client_id=mqtt.client_id,
     )
     gateway = MqttSettings(
         port=broker.port,
         username="gw-karamay",
-        password=pw["gw-karamay"],  # type: ignore[arg-type]
+        password=Secret(pw["gw-karamay"]),
         client_id="gw-karamay",
     )
     takeovers = 0
@@ -192,7 +192,7 @@ async def test_a_gateway_cannot_take_over_the_engines_session(
         channel = MqttChannel(mqtt.for_alarms(), timeout_s=5)
         async with bus.Client(gateway) as gw:
             await gw.subscribe("eicu/v1/karamay/+/alarms", qos=1)
-            body = {"site": "karamay", "bed": "bed01", "kind": "HR_HIGH"}
+            body: dict[str, object] = {"site": "karamay", "bed": "bed01", "kind": "HR_HIGH"}
             note = Notification("k-1", "alarm-1", "station", "mqtt", "karamay/bed01", body, t0_us)
             await channel.send(note)
             await channel.close()
@@ -206,3 +206,77 @@ async def test_a_gateway_cannot_take_over_the_engines_session(
     assert takeovers == 10
     assert reconnects == 0
     assert engine.writer.stored_frames == n
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    cmd = [sys.executable, "-m", "eicu.cli", "broker-auth", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+
+
+async def test_the_printed_configuration_binds_client_ids(tmp_path: Path) -> None:
+    """What ``eicu broker-auth config`` prints runs a Mosquitto in which a gateway asking for
+    the engine's client id gets its own."""
+    import os
+
+    from eicu.devservices import free_port, mosquitto_binary, wait_port
+
+    folder = str(tmp_path / "auth")
+    passwords = {}
+    for args in (("add-engine", "engine"), ("add-gateway", "karamay", "gw1")):
+        out = _cli("--dir", folder, *args)
+        assert out.returncode == 0, out.stderr
+        passwords[args[-1]] = out.stderr.split(" password ")[1].split()[0]
+    port = free_port()
+    out = _cli("--dir", folder, "config", "--port", str(port), "--bind", "127.0.0.1")
+    assert out.returncode == 0, out.stderr
+    assert "use_username_as_clientid true" in out.stdout.split(f"listener {port} 127.0.0.1")[1]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(out.stdout + ("user root\n" if os.geteuid() == 0 else ""))
+    binary = mosquitto_binary()
+    assert binary is not None
+    proc = subprocess.Popen([binary, "-c", str(conf)], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(wait_port, port)
+        engine = MqttSettings(
+            port=port, username="engine", password=Secret(passwords["engine"]), client_id="engine"
+        )
+        gateway = dataclasses.replace(engine, username="gw1", password=Secret(passwords["gw1"]))
+        async with bus.Client(engine, clean_session=False) as listener:
+            await listener.subscribe("eicu/v1/#", qos=1)
+            async with bus.Client(gateway, identifier="engine") as gw:
+                await gw.publish("eicu/v1/karamay/bed01/numerics", b"{}", qos=1)
+            async with asyncio.timeout(5):
+                message = await anext(aiter(listener.messages))
+        assert message.topic.value == "eicu/v1/karamay/bed01/numerics"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("--cafile", "ca.pem"), "--certfile"),
+        (("--require-certificate",), "--require-certificate"),
+        (("--identity-as-username",), "--identity-as-username"),
+        (("--port", "70000"), "--port"),
+    ],
+)
+def test_config_refuses_incomplete_tls(tmp_path: Path, args: tuple[str, ...], flag: str) -> None:
+    out = _cli("--dir", str(tmp_path), "config", *args)
+    assert out.returncode == 2
+    assert f"error: {flag}:" in out.stderr
+
+
+def test_config_with_tls_and_client_certificates(tmp_path: Path) -> None:
+    files = ("--cafile", "ca.pem", "--certfile", "broker.pem", "--keyfile", "broker.key")
+    out = _cli("--dir", str(tmp_path), "config", *files, "--require-certificate")
+    assert out.returncode == 0, out.stderr
+    listener = out.stdout.split("\nlistener 8883\n")[1].splitlines()
+    assert f"cafile {Path('ca.pem').resolve()}" in listener
+    assert "require_certificate true" in listener
+    assert "use_identity_as_username true" not in listener  # passwords still asked
+    assert listener[-1] == "use_username_as_clientid true"
+    assert "message_size_limit 262144" in out.stdout

@@ -228,7 +228,7 @@ async def test_the_engine_ingests_and_alarms_over_mqtts(pki: Pki, tmp_path: Path
         channel = MqttChannel(mqtt.for_alarms(), timeout_s=5)
         async with bus.Client(gateway) as site:
             await site.subscribe("eicu/v1/icu/+/alarms", qos=1)
-            body = {"site": "icu", "bed": "bed001", "kind": "HR_HIGH"}
+            body: dict[str, object] = {"site": "icu", "bed": "bed001", "kind": "HR_HIGH"}
             await channel.send(Notification("k-1", "a-1", "station", "mqtt", "icu/bed001", body, 0))
             await channel.close()
             async with asyncio.timeout(5):
@@ -241,7 +241,7 @@ async def test_the_engine_ingests_and_alarms_over_mqtts(pki: Pki, tmp_path: Path
     stats = await _stats(tmp_path / "store.db")
     assert stats == beds
     assert engine.metrics.mqtt_reconnects._value.get() == 0
-    assert json.loads(message.payload)["key"] == "k-1"  # type: ignore[arg-type]
+    assert json.loads(message.payload)["key"] == "k-1"
 
 
 async def _stats(path: Path) -> object:
