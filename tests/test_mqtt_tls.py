@@ -155,6 +155,14 @@ def test_tls_settings_name_their_keys(pki: Pki, tmp_path: Path) -> None:
     assert settings.mqtt is not None
     assert (settings.mqtt.port, settings.mqtt.url) == (8883, "mqtts://broker.example:8883")
     assert settings.mqtt.client_id == "gw"  # the user name, as a bound broker would make it
+    alarms = settings.mqtt.for_alarms()
+    assert (alarms.username, alarms.client_id, alarms.ca_file) == (
+        "gw-alarms",
+        "gw-alarms",
+        pki.ca.cert,
+    )
+    env = {"EICU_MQTT_URL": "mqtts://gw@b", "EICU_MQTT_CLIENT_ID": "hub-1"}
+    assert Settings.from_env(env).mqtt.client_id == "hub-1"  # type: ignore[union-attr]
     assert "pw" not in repr(settings.mqtt)
     tls = {"EICU_MQTT_URL": "mqtts://b"}
     bad = [
