@@ -259,3 +259,31 @@ async def _stats(path: Path) -> object:
         return (await store.stats())["beds"]
     finally:
         await store.close()
+
+
+def test_commands_refuse_unusable_tls_files_naming_the_key(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
+
+    def eicu(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "eicu.cli", *args]
+        return subprocess.run(
+            cmd, env={**base, **env}, capture_output=True, text=True, check=False, timeout=120
+        )
+
+    serve = eicu(
+        "serve",
+        EICU_DATABASE_URL=f"sqlite:///{tmp_path / 'store.db'}",
+        EICU_MQTT_URL="mqtts://127.0.0.1:1",
+        EICU_MQTT_CERT_FILE=str(not_pem),
+    )
+    assert serve.returncode == 2
+    assert "EICU_MQTT_CERT_FILE: cannot load the client certificate" in serve.stderr
+    simulate = eicu("simulate", "--mqtt", "mqtt://127.0.0.1:1", EICU_MQTT_CA_FILE=str(not_pem))
+    assert simulate.returncode == 2
+    assert "EICU_MQTT_CA_FILE: set, but --mqtt is not mqtts://" in simulate.stderr
