@@ -31,10 +31,9 @@ from email.policy import SMTP as SMTP_POLICY
 from typing import Final, Protocol
 
 import aiohttp
-import aiomqtt
 
 from alerting.model import Channel, Notification
-from eicu import wire
+from eicu import bus, wire
 from eicu.config import MqttSettings, SmtpSettings
 from eicu.errors import DeliveryError
 from eicu.models import BedKey
@@ -120,20 +119,16 @@ class MqttChannel:
     def __init__(self, settings: MqttSettings, *, timeout_s: float = 5.0) -> None:
         self._settings = settings
         self._timeout_s = timeout_s
-        self._client: aiomqtt.Client | None = None
+        self._client: bus.Client | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
 
-    async def _connected(self) -> aiomqtt.Client:
+    async def _connected(self) -> bus.Client:
         async with self._lock:
             if self._client is None:
                 s = self._settings
-                client = aiomqtt.Client(
-                    s.host,
-                    s.port,
-                    identifier=s.client_id,
-                    username=s.username,
-                    password=s.password,
+                client = bus.Client(
+                    s,
                     keepalive=s.keepalive_s,
                     timeout=self._timeout_s,
                     max_inflight_messages=MQTT_INFLIGHT,
@@ -147,7 +142,7 @@ class MqttChannel:
     async def _drop(self) -> None:
         stack, self._client, self._stack = self._stack, None, None
         if stack is not None:
-            with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            with contextlib.suppress(bus.MqttError, OSError, TimeoutError):
                 await stack.aclose()
 
     async def send(self, notification: Notification) -> Receipt:
@@ -162,7 +157,7 @@ class MqttChannel:
             await asyncio.wait_for(
                 client.publish(wire.alarms_topic(bed), payload, qos=1), self._timeout_s
             )
-        except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        except (bus.MqttError, OSError, TimeoutError) as exc:
             await self._drop()
             raise DeliveryError("mqtt", n.key, f"{type(exc).__name__}: {exc}") from exc
         return Receipt(n.key, "mqtt", _now_us(), 1, "puback")

@@ -156,9 +156,7 @@ def numerics_child(mqtt_url: str, site: str, first: int, n_beds: int, seconds: f
     the second, for ``seconds``."""
     import logging
 
-    import aiomqtt
-
-    from eicu import wire
+    from eicu import bus, wire
     from eicu.config import MqttSettings
     from eicu.models import BedKey, NumericsFrame
 
@@ -170,9 +168,7 @@ def numerics_child(mqtt_url: str, site: str, first: int, n_beds: int, seconds: f
         beds = [BedKey(site, f"bed{first + i:04d}") for i in range(n_beds)]
         rng = random.Random(first)
         slots = 50  # publish rounds per second
-        async with aiomqtt.Client(
-            s.host, s.port, identifier=s.client_id, max_inflight_messages=1000, logger=quiet
-        ) as client:
+        async with bus.Client(s, max_inflight_messages=1000, logger=quiet) as client:
             t0 = time.monotonic()
             for second in range(int(seconds)):
                 for slot in range(slots):
@@ -216,9 +212,9 @@ class Arrivals:
 
 
 async def subscribe(client: object, arrivals: Arrivals, probes: dict[str, Probe]) -> None:
-    import aiomqtt
+    from eicu import bus
 
-    assert isinstance(client, aiomqtt.Client)
+    assert isinstance(client, bus.Client)
     async for message in client.messages:
         now = time.time()
         arrivals.messages += 1
@@ -250,12 +246,10 @@ async def run_probe(
 ) -> None:
     """Numerics once a second; cycles of normal, beyond the limit until the alarm arrives, and
     normal again until the alarm has surely cleared."""
-    import aiomqtt
-
-    from eicu import wire
+    from eicu import bus, wire
     from eicu.models import BedKey, NumericsFrame
 
-    assert isinstance(client, aiomqtt.Client)
+    assert isinstance(client, bus.Client)
     bed = BedKey(PROBE_SITE, probe.bed)
     topic = wire.numerics_topic(bed)
     seq = 0
@@ -297,8 +291,7 @@ async def run_probe(
 async def drive_probes(
     mqtt_url: str, n_probes: int, seconds: float, delay_s: float, seed: int
 ) -> tuple[list[Probe], Arrivals]:
-    import aiomqtt
-
+    from eicu import bus
     from eicu.config import MqttSettings
 
     s = MqttSettings.from_url(mqtt_url, client_id="bench-probes")
@@ -306,8 +299,8 @@ async def drive_probes(
     arrivals = Arrivals()
     rng = random.Random(seed)
     async with (
-        aiomqtt.Client(s.host, s.port, identifier="bench-alarm-listener") as listener,
-        aiomqtt.Client(s.host, s.port, identifier="bench-probe-gateway") as gateway,
+        bus.Client(s, identifier="bench-alarm-listener") as listener,
+        bus.Client(s, identifier="bench-probe-gateway") as gateway,
     ):
         await listener.subscribe("eicu/v1/+/+/alarms", qos=1)
         listen = asyncio.create_task(subscribe(listener, arrivals, probes))

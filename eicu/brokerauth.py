@@ -13,7 +13,15 @@ The accounts live in a small JSON registry; the Mosquitto files are rendered fro
   (acknowledgements included, and other protocol versions, which it counts and rejects) and
   writes alarms.
 
-The broker is then configured with ``allow_anonymous false``, ``password_file`` and ``acl_file``.
+Every account is one MQTT connection, and its client id is its user name: the broker is configured
+with ``use_username_as_clientid true`` on every listener (or, with client certificates,
+``use_identity_as_username true`` as well), so no account can connect under another's client id
+and take over its session. The engine makes two connections, so an engine account ``E`` is two
+broker users with the same password: ``E`` (the ingest, which reads) and ``E-alarms`` (the alarm
+channel, which writes alarms).
+
+The broker is then configured with ``allow_anonymous false``, ``password_file`` and ``acl_file``
+(:func:`broker_config` renders the whole configuration, listeners included).
 """
 
 from __future__ import annotations
@@ -27,9 +35,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from eicu.config import ALARMS_CONNECTION_SUFFIX
 from eicu.errors import ConfigError
 from eicu.models import ID_RE
-from eicu.wire import GATEWAY_LEVEL
+from eicu.wire import GATEWAY_LEVEL, MAX_WAVEFORM_BYTES
 
 Role = Literal["engine", "gateway"]
 ITERATIONS = 101  # Mosquitto's default for sha512-pbkdf2
@@ -41,6 +50,12 @@ class BrokerAccount:
     role: Role
     site: str | None  # gateways only
     password_hash: str
+
+    def users(self) -> tuple[str, ...]:
+        """The broker users (and so client ids) of the account: one per connection."""
+        if self.role == "engine":
+            return (self.name, self.name + ALARMS_CONNECTION_SUFFIX)
+        return (self.name,)
 
 
 def password_hash(password: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
@@ -59,7 +74,10 @@ def acl_text(accounts: list[BrokerAccount]) -> str:
     blocks = []
     for a in sorted(accounts, key=lambda a: a.name):
         if a.role == "engine":
-            rules = ["topic read eicu/#", "topic write eicu/v1/+/+/alarms"]
+            # The ingest reads everything; the alarm channel only writes the alarm state.
+            rules = ["topic read eicu/#"]
+            alarms = f"user {a.name}{ALARMS_CONNECTION_SUFFIX}\ntopic write eicu/v1/+/+/alarms"
+            blocks.append(alarms)
         else:
             rules = [
                 *(f"topic write eicu/v1/{a.site}/+/{kind}" for kind in GATEWAY_WRITES),
@@ -98,9 +116,16 @@ class BrokerAuth:
             raise ConfigError("role", f"expected engine or gateway, got {role!r}")
         password = secrets.token_urlsafe(18)
         kept = [a for a in self.accounts() if a.name != name]
-        kept.append(
-            BrokerAccount(name, role, site if role == "gateway" else None, password_hash(password))
+        account = BrokerAccount(
+            name, role, site if role == "gateway" else None, password_hash(password)
         )
+        taken = {user: a.name for a in kept for user in a.users()}
+        for user in account.users():
+            if user in taken:
+                raise ConfigError(
+                    "name", f"{name!r} needs the broker user {user!r}, which {taken[user]!r} has"
+                )
+        kept.append(account)
         self._write(kept)
         return password
 
@@ -109,11 +134,88 @@ class BrokerAuth:
         _write_private(
             self.registry, json.dumps({"accounts": [asdict(a) for a in accounts]}, indent=1)
         )
-        _write_private(self.passwd, "".join(f"{a.name}:{a.password_hash}\n" for a in accounts))
+        _write_private(
+            self.passwd,
+            "".join(f"{user}:{a.password_hash}\n" for a in accounts for user in a.users()),
+        )
         _write_private(self.acl, acl_text(accounts))
 
     def mosquitto_config(self) -> list[str]:
-        return ["allow_anonymous false", f"password_file {self.passwd}", f"acl_file {self.acl}"]
+        """The broker-wide lines: accounts and access control (no anonymous client)."""
+        return [
+            "allow_anonymous false",
+            f"password_file {self.passwd}",
+            f"acl_file {self.acl}",
+        ]
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """The TLS files of a Mosquitto listener. ``require_certificate``: every client shows a
+    certificate signed by ``cafile``, and still its user name and password; with
+    ``identity_as_username`` as well, the certificate's common name is the user name and no
+    password is asked (so each connection needs a certificate of its own)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+    identity_as_username: bool = False
+
+
+def listener_config(
+    port: int, bind: str | None = None, tls: ListenerTls | None = None
+) -> list[str]:
+    """One listener: its address, then :func:`listener_settings`."""
+    return [f"listener {port}" + (f" {bind}" if bind else ""), *listener_settings(tls)]
+
+
+def listener_settings(tls: ListenerTls | None = None) -> list[str]:
+    """The settings of a listener (after its ``listener`` line): TLS, and the binding of client
+    ids to user names."""
+    lines: list[str] = []
+    if tls is not None:
+        lines += [
+            f"cafile {tls.cafile}",
+            f"certfile {tls.certfile}",
+            f"keyfile {tls.keyfile}",
+            "tls_version tlsv1.2",
+        ]
+        if tls.require_certificate:
+            lines.append("require_certificate true")
+        if tls.require_certificate and tls.identity_as_username:
+            # The certificate's common name is the user name (the password file is not used on
+            # this listener); the ACL file applies to it as to any user.
+            lines.append("use_identity_as_username true")
+    # A client's id is its user name, whatever it asks for: no account can take over another's
+    # session (the broker disconnects the older of two connections with one client id).
+    lines.append("use_username_as_clientid true")
+    return lines
+
+
+# Broker-wide limits for QoS 1 sessions (see docs/deployment.md): a message larger than the
+# largest the engine accepts is dropped at the broker, and the engine's persistent session keeps
+# this many messages while the engine is away (Mosquitto's default of 1000 is seconds of a ward).
+SESSION_LIMITS = (
+    "persistence true",
+    "max_inflight_messages 1000",
+    "max_queued_messages 1000000",
+    f"message_size_limit {MAX_WAVEFORM_BYTES}",
+)
+
+
+def broker_config(auth: BrokerAuth, listeners: list[list[str]]) -> str:
+    """A whole Mosquitto configuration: accounts, session limits and the listeners."""
+    parts = [
+        "# eicu broker accounts (eicu broker-auth)",
+        *auth.mosquitto_config(),
+        "",
+        "# QoS 1 sessions",
+        *SESSION_LIMITS,
+    ]
+    for lines in listeners:
+        parts += ["", *lines]
+    return "\n".join(parts) + "\n"
 
 
 def _write_private(path: Path, text: str) -> None:

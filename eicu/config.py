@@ -12,7 +12,7 @@ import os
 import socket
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from eicu.errors import ConfigError
@@ -25,6 +25,17 @@ class Secret(str):
 
     def __repr__(self) -> str:
         return "'**********'"
+
+
+# The engine's alarm channel has a connection (and, on a broker that binds client ids to user
+# names, an account) of its own: the engine's client id and user name with this suffix.
+ALARMS_CONNECTION_SUFFIX = "-alarms"
+# The TLS files of every MQTT client: (MqttSettings field, environment key).
+MQTT_TLS_FILES = (
+    ("ca_file", "EICU_MQTT_CA_FILE"),
+    ("cert_file", "EICU_MQTT_CERT_FILE"),
+    ("key_file", "EICU_MQTT_KEY_FILE"),
+)
 
 
 @dataclass(frozen=True)
@@ -40,15 +51,78 @@ class MqttSettings:
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # ``mqtts://``: TLS, the broker's certificate verified against ``ca_file`` (the system's
+    # trusted CAs when unset) and its host name checked; ``cert_file`` (and ``key_file``, unless
+    # the key is in the certificate's file) is this client's certificate, for a broker that
+    # requires one.
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @classmethod
-    def from_url(cls, url: str, key: str = "EICU_MQTT_URL", **kw: object) -> MqttSettings:
-        _, host, port, username, password = _server_url(url, key, ("mqtt", "tcp"), 1883)
-        return cls(host=host, port=port, username=username, password=password, **kw)  # type: ignore[arg-type]
+    def from_url(
+        cls,
+        url: str,
+        key: str = "EICU_MQTT_URL",
+        *,
+        env: Mapping[str, str] | None = None,
+        **kw: object,
+    ) -> MqttSettings:
+        """``mqtt://[user:password@]host[:port]`` (1883) or ``mqtts://...`` (TLS, 8883); the
+        TLS files come from ``env`` (``EICU_MQTT_CA_FILE``, ``EICU_MQTT_CERT_FILE``,
+        ``EICU_MQTT_KEY_FILE``)."""
+        tls = urllib.parse.urlsplit(url).scheme == "mqtts"
+        _, host, port, username, password = _server_url(
+            url, key, ("mqtt", "mqtts", "tcp"), 8883 if tls else 1883
+        )
+        files = mqtt_tls_files(env or {}, tls, key)
+        return cls(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            tls=tls,
+            **files,  # type: ignore[arg-type]
+            **kw,  # type: ignore[arg-type]
+        )
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def for_alarms(self) -> MqttSettings:
+        """The alarm channel's connection: the client id and user name with
+        :data:`ALARMS_CONNECTION_SUFFIX` (``eicu broker-auth add-engine`` gives that account the
+        engine's password), so that it never shares a session with the ingest's."""
+        return replace(
+            self,
+            client_id=self.client_id + ALARMS_CONNECTION_SUFFIX,
+            username=None if self.username is None else self.username + ALARMS_CONNECTION_SUFFIX,
+        )
+
+
+def mqtt_tls_files(env: Mapping[str, str], tls: bool, url_key: str) -> dict[str, Path | None]:
+    """The TLS files named in ``env``: each must exist, and only for an ``mqtts://`` broker
+    (a CA file beside a plain ``mqtt://`` URL would suggest an encryption that is not there)."""
+    files: dict[str, Path | None] = {}
+    for name, key in MQTT_TLS_FILES:
+        raw = env.get(key) or None
+        files[name] = None
+        if raw is None:
+            continue
+        if not tls:
+            raise ConfigError(
+                key, f"set, but {url_key} is not mqtts://: nothing would be encrypted"
+            )
+        if not Path(raw).is_file():
+            raise ConfigError(key, f"no such file: {raw}")
+        files[name] = Path(raw)
+    if files["key_file"] is not None and files["cert_file"] is None:
+        raise ConfigError(
+            "EICU_MQTT_KEY_FILE", "a key without its certificate (EICU_MQTT_CERT_FILE)"
+        )
+    return files
 
 
 @dataclass(frozen=True)
@@ -403,8 +477,15 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if environ is None else environ)
         mqtt_url = env.get("EICU_MQTT_URL") or None
-        client_id = env.get("EICU_MQTT_CLIENT_ID") or f"eicu-ingest-{socket.gethostname()}"
-        mqtt = MqttSettings.from_url(mqtt_url, client_id=client_id) if mqtt_url else None
+        mqtt = None
+        if mqtt_url is not None:
+            mqtt = MqttSettings.from_url(mqtt_url, env=env)
+            # The engine's client id is its user name unless set: a broker that binds client ids
+            # to user names (use_username_as_clientid) gives it that id anyway.
+            client_id = env.get("EICU_MQTT_CLIENT_ID") or mqtt.username
+            mqtt = replace(mqtt, client_id=client_id or f"eicu-ingest-{socket.gethostname()}")
+        else:
+            mqtt_tls_files(env, False, "EICU_MQTT_URL")  # TLS files with no broker: an error
         db_url = env.get("EICU_DATABASE_URL") or None
         if db_url is not None:
             scheme = urllib.parse.urlsplit(db_url).scheme

@@ -52,8 +52,16 @@ def postgres_bindir() -> Path | None:
 class Mosquitto:
     """A Mosquitto broker on a free port, with persistence so sessions survive a restart."""
 
-    def __init__(self, port: int | None = None, *, auth: list[str] | None = None) -> None:
-        """``auth``: configuration lines that replace anonymous access (see eicu.brokerauth)."""
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        auth: list[str] | None = None,
+        listener: list[str] | None = None,
+    ) -> None:
+        """``auth``: configuration lines that replace anonymous access (see eicu.brokerauth);
+        ``listener``: settings of the listener itself (TLS files, ``use_username_as_clientid``;
+        see :func:`eicu.brokerauth.listener_config`)."""
         binary = mosquitto_binary()
         if binary is None:
             raise ServiceError("mosquitto not installed (Debian package 'mosquitto')")
@@ -63,6 +71,7 @@ class Mosquitto:
         self.conf = self.dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *(listener or []),
             *(auth or ["allow_anonymous true"]),
             "persistence true",
             f"persistence_location {self.dir}/",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,8 +140,7 @@ class Engine:
 
         rota = Rota.from_file(rota_path) if rota_path is not None else Rota(sites={})
         # Pages go back to the site over the engine's broker, on a connection of their own.
-        alarm_mqtt = dataclasses.replace(mqtt, client_id=f"{mqtt.client_id}-alarms")
-        self._channels = {"mqtt": MqttChannel(alarm_mqtt), "webhook": WebhookChannel()}
+        self._channels = {"mqtt": MqttChannel(mqtt.for_alarms()), "webhook": WebhookChannel()}
         if alerting.smtp is not None:
             self._channels["email"] = EmailChannel(alerting.smtp)
         metrics = DeliveryMetrics(self.metrics.registry)

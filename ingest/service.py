@@ -10,9 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
-
-from eicu import wire
+from eicu import bus, wire
 from eicu.config import AdmissionSettings, MqttSettings
 from eicu.errors import PayloadError
 from eicu.metrics import IngestMetrics
@@ -157,12 +155,8 @@ class Ingest:
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
         while True:
             try:
-                async with aiomqtt.Client(
-                    s.host,
-                    s.port,
-                    username=s.username,
-                    password=s.password,
-                    identifier=s.client_id,
+                async with bus.Client(
+                    s,
                     clean_session=False,  # the broker keeps our QoS 1 messages while we are away
                     keepalive=s.keepalive_s,
                     socket_options=NODELAY,
@@ -179,7 +173,7 @@ class Ingest:
                         if not isinstance(payload, bytes | bytearray):
                             payload = str(payload).encode()
                         self._handle_safely(message.topic.value, bytes(payload))
-            except aiomqtt.MqttError as exc:
+            except bus.MqttError as exc:
                 self._metrics.mqtt_connected.set(0)
                 self.connected.clear()
                 self._metrics.mqtt_reconnects.inc()

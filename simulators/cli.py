@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mqtt",
         default=os.environ.get("EICU_MQTT_URL", "mqtt://127.0.0.1:1883"),
-        help="broker URL (default: EICU_MQTT_URL or mqtt://127.0.0.1:1883)",
+        help="broker URL, mqtt:// or mqtts:// (TLS: EICU_MQTT_CA_FILE, EICU_MQTT_CERT_FILE and "
+        "EICU_MQTT_KEY_FILE name the files) (default: EICU_MQTT_URL or mqtt://127.0.0.1:1883)",
     )
     parser.add_argument("--site", default="sim", help="site id (default: sim)")
     parser.add_argument("--beds", type=int, default=1, help="number of beds (default: 1)")
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        mqtt = MqttSettings.from_url(args.mqtt, key="--mqtt")
+        # TLS files for an mqtts:// broker: EICU_MQTT_CA_FILE, EICU_MQTT_CERT_FILE, ...
+        mqtt = MqttSettings.from_url(args.mqtt, key="--mqtt", env=os.environ)
     except ConfigError as exc:
         print(f"eicu simulate: {exc}", file=sys.stderr)
         return 2

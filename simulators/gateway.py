@@ -13,9 +13,7 @@ import socket
 from collections import deque
 from dataclasses import dataclass, field
 
-import aiomqtt
-
-from eicu import wire
+from eicu import bus, wire
 from eicu.config import MqttSettings
 from eicu.models import BedKey, StatusFrame
 
@@ -81,7 +79,7 @@ class Gateway:
         will_frame = StatusFrame(
             self.site, "offline", None, gateway=self.name, beds=tuple(self.beds)
         )
-        will = aiomqtt.Will(
+        will = bus.Will(
             wire.gateway_status_topic(self.site, self.name),
             wire.encode_status(will_frame, with_time=False),
             qos=1,
@@ -90,11 +88,9 @@ class Gateway:
         delay_s = 0.2
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.mqtt.host,
-                    self.mqtt.port,
-                    username=self.mqtt.username,
-                    password=self.mqtt.password,
+                # A broker that binds client ids to user names uses the account's name instead.
+                async with bus.Client(
+                    self.mqtt,
                     identifier=f"eicu-gw-{self.site}-{self.name}",
                     will=will,
                     socket_options=NODELAY,
@@ -106,7 +102,7 @@ class Gateway:
                     delay_s = 0.2
                     await self._pump(client)
                     return
-            except aiomqtt.MqttError as exc:
+            except bus.MqttError as exc:
                 self.connected.clear()
                 if self._closing and not self.outbox:
                     return
@@ -114,7 +110,7 @@ class Gateway:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, client: bus.Client) -> None:
         while True:
             if not self.outbox:
                 if self._closing:
@@ -138,7 +134,7 @@ class Gateway:
                     count.samples += it.samples
             if failed is not None:
                 exc = results[failed]
-                raise exc if isinstance(exc, aiomqtt.MqttError) else aiomqtt.MqttError(str(exc))
+                raise exc if isinstance(exc, bus.MqttError) else bus.MqttError(str(exc))
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Send what is left (bounded by ``timeout_s``)."""

@@ -68,8 +68,14 @@ async def simulate(
     start_us = time.time_ns() // 1000
     groups = make_groups(plan, start_us)
     gateways: list[tuple[Gateway, list[BedGroup]]] = []
-    for g in range(0, len(groups), max(1, plan.beds_per_gateway if plan.replay else 1)):
-        members = groups[g : g + (plan.beds_per_gateway if plan.replay else 1)]
+    if mqtt.username is not None:
+        # A gateway account is one connection (the broker binds its client id to its name):
+        # every bed goes through one gateway of that name.
+        bed_names = [b.bed for grp in groups for b in grp.beds]
+        gateways.append((Gateway(mqtt, plan.site, mqtt.username, bed_names), groups))
+    per_gateway = plan.beds_per_gateway if plan.replay else 1
+    for g in range(0, len(groups) if mqtt.username is None else 0, max(1, per_gateway)):
+        members = groups[g : g + per_gateway]
         bed_names = [b.bed for grp in members for b in grp.beds]
         # named after its first bed, so gateways of several simulator processes never share an id
         gw = Gateway(mqtt, plan.site, f"gw-{bed_names[0]}", bed_names)

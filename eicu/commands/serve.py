@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         raise ConfigError("EICU_DATABASE_URL", "required by eicu serve (postgresql://...)")
     mqtt = settings.mqtt or MqttSettings(client_id=f"eicu-ingest-{socket.gethostname()}")
+    from eicu.bus import tls_context
+
+    tls_context(mqtt)  # a TLS file that cannot be used stops the start here, naming its key
     asyncio.run(serve(settings, mqtt))
     return 0
 

@@ -1,0 +1,131 @@
+"""The MQTT bus: the one module that imports the MQTT client library (aiomqtt).
+
+Every MQTT client of the engine and the simulators (the ingest, the alarm channel, the simulated
+gateways) connects through :class:`Client`, which applies what
+:class:`~eicu.config.MqttSettings` says: the user name and password and, for ``mqtts://``, TLS
+that verifies the broker's certificate (against ``EICU_MQTT_CA_FILE``, or the system's trusted
+CAs when unset) and checks its host name, presenting this client's certificate when one is set.
+The TLS files are read at every connection, so a renewed certificate takes effect at the next
+reconnection without a restart.
+
+Errors::
+
+    MqttError           aiomqtt's: a connection could not be made or was lost, an operation failed
+    └── TlsError        TLS could not be set up or the broker's certificate was not trusted;
+                        ``.key`` names the setting to look at
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, Final
+
+import aiomqtt
+
+from eicu.config import MqttSettings
+from eicu.errors import ConfigError
+
+MqttError = aiomqtt.MqttError
+Message = aiomqtt.Message
+Will = aiomqtt.Will
+
+__all__ = ["Client", "Message", "MqttError", "TlsError", "Will", "tls_context"]
+
+# OpenSSL's reason for a peer certificate that failed verification (untrusted issuer, expired,
+# wrong host name). aiomqtt passes on only the text of the error (``raise ... from None``), so
+# the text is all there is to tell it by.
+_VERIFY_FAILED: Final = "CERTIFICATE_VERIFY_FAILED"
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho-mqtt drops such a socket without closing it,
+    and a broker refused again and again would cost a file descriptor each time."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+class TlsError(MqttError):
+    """TLS to the broker could not be set up, or the broker's certificate was not trusted.
+    ``key`` names the setting to look at."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    """The TLS context of an ``mqtts://`` broker (``None`` for ``mqtt://``): certificate and host
+    name verification always on, TLS 1.2 at least, this client's certificate when set. A file
+    that cannot be used raises :class:`~eicu.errors.ConfigError` naming its key."""
+    if not settings.tls:
+        return None
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=str(settings.ca_file) if settings.ca_file is not None else None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("EICU_MQTT_CA_FILE", f"cannot load {settings.ca_file}: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslsocket_class = _ClosingSSLSocket
+    if settings.cert_file is not None:
+        key_file = settings.key_file
+        try:
+            context.load_cert_chain(
+                str(settings.cert_file), str(key_file) if key_file is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            key = "EICU_MQTT_KEY_FILE" if key_file is not None else "EICU_MQTT_CERT_FILE"
+            raise ConfigError(
+                key, f"cannot load the client certificate {settings.cert_file}: {exc}"
+            ) from exc
+    return context
+
+
+class Client(aiomqtt.Client):
+    """An aiomqtt client connected as ``settings`` say (host, port, credentials, TLS). Other
+    keyword arguments go to :class:`aiomqtt.Client`; ``identifier`` defaults to the settings'
+    client id."""
+
+    def __init__(self, settings: MqttSettings, **options: Any) -> None:
+        try:
+            context = tls_context(settings)
+        except ConfigError as exc:
+            raise TlsError(exc.key, str(exc).partition(": ")[2]) from exc
+        options.setdefault("identifier", settings.client_id)
+        super().__init__(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=settings.password,
+            tls_context=context,
+            **options,
+        )
+        self._settings = settings
+
+    async def __aenter__(self) -> Client:
+        try:
+            await super().__aenter__()
+        except MqttError as exc:
+            s = self._settings
+            text = str(exc)
+            if not s.tls or _VERIFY_FAILED not in text:
+                raise
+            if "mismatch" in text:  # OpenSSL: "Hostname mismatch", "IP address mismatch"
+                raise TlsError(
+                    "EICU_MQTT_URL",
+                    f"the certificate of {s.url} is not for the host {s.host!r}: connect by a "
+                    f"name the certificate holds ({text})",
+                ) from exc
+            trusted = f"EICU_MQTT_CA_FILE={s.ca_file}" if s.ca_file else "the system's CAs"
+            raise TlsError(
+                "EICU_MQTT_CA_FILE",
+                f"the certificate of {s.url} is not trusted: not signed by a CA in {trusted}, "
+                f"or expired ({text})",
+            ) from exc
+        return self
