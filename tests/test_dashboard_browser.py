@@ -177,6 +177,10 @@ ACKED_OR_GONE = """() => {
     || !row.textContent.includes('VTACH'));
 }"""
 TONE_SILENT = "() => window.eicuAlarmTone.playing === false"
+TONE_FOR_VTACH = """() => {
+  const a = window.eicuAlarmTone.alarm;
+  return a !== null && a.bed === 'demo/bed004' && a.kind === 'VTACH';
+}"""
 SOUNDING_HIGH = """async () => (await (await fetch('/api/alarms')).json()).alarms
   .filter((a) => a.sounding && a.priority === 'high').map((a) => `${a.bed} ${a.kind}`)"""
 
@@ -218,7 +222,10 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     assert page.locator("#census tbody tr").first.get_attribute("data-alarm") in (
         "high active", "high latched",
     )  # fmt: skip
-    assert page.evaluate("() => window.eicuAlarmTone") == {"enabled": False, "playing": False}
+    # the tone is for the most urgent sounding alarm, silent until sound is turned on
+    page.wait_for_function(TONE_FOR_VTACH, timeout=5_000)
+    tone = page.evaluate("() => window.eicuAlarmTone")
+    assert (tone["enabled"], tone["playing"]) == (False, False)
     page.click("#sound")
     page.wait_for_function(TONE_PLAYING, timeout=5_000)
     page.screenshot(path=str(ARTIFACTS / "census-alarm.png"), full_page=True)

@@ -288,23 +288,23 @@ def _rhythm(derived: object) -> str:
 
 
 def _alarms_by_bed(engine: object) -> dict[object, str]:
-    """Each bed's live alarms, highest priority first (``!!!`` high, ``!!`` medium, ``!`` low)."""
+    """Each bed's live alarms, most urgent first (alerting.ranking; ``!!!`` high, ``!!``
+    medium, ``!`` low)."""
     from alerting.model import AlarmState
+    from alerting.ranking import most_urgent_first
 
     service = getattr(engine, "alarms", None)
     if service is None:
         return {}
     marks = {"high": "!!!", "medium": "!!", "low": "!"}
-    order = {"high": 0, "medium": 1, "low": 2}
-    per_bed: dict[object, list[tuple[int, str]]] = {}
-    for alarm in service.machine.alarms():
-        if alarm.state == AlarmState.CLEARED:
-            continue
+    per_bed: dict[object, list[str]] = {}
+    live = (a for a in service.machine.alarms() if a.state != AlarmState.CLEARED)
+    for alarm in most_urgent_first(live, service.machine.policy_for):
         text = marks[alarm.priority.value] + alarm.kind
         if alarm.state == AlarmState.ACKNOWLEDGED:
             text += "(ack)"
-        per_bed.setdefault(alarm.bed, []).append((order[alarm.priority.value], text))
-    return {bed: " ".join(t for _, t in sorted(items)) for bed, items in per_bed.items()}
+        per_bed.setdefault(alarm.bed, []).append(text)
+    return {bed: " ".join(items) for bed, items in per_bed.items()}
 
 
 def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
