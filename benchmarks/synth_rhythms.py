@@ -4,9 +4,9 @@ Each scenario's event starts at ``--event-at`` seconds; every bed is rendered in
 and pushed through :class:`eicu.signal.pipeline.BedSignalPipeline`, as the engine does. Per
 scenario it prints, summed over the seeds, the seconds each rhythm label was flagged inside the
 scenario's event and outside it, and the share of detected QRS complexes called ventricular in
-each.
+each (beside the true share of ventricular beats in the event).
 
-    python benchmarks/synth_rhythms.py --seeds 4 --seconds 60
+    PYTHONPATH=. python benchmarks/synth_rhythms.py --seeds 6 --seconds 60
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
+import numpy as np
+
 from eicu.signal.events import Beat, RhythmFlag
 from eicu.signal.pipeline import BedSignalPipeline
-from simulators.synth import SCENARIOS, BedSynth
+from simulators.synth import BEAT_KINDS, SCENARIOS, BedSynth
 
 RHYTHMIC = ("stable", "af", "vt", "vf", "asystole", "pvc", "bigeminy", "paced")
 CHUNK_S = 0.5
@@ -52,6 +54,10 @@ def run(scenario: str, seed: int, seconds: float, event_at_s: float) -> dict[str
         t += CHUNK_S
     for label, start in open_at.items():
         _credit(out[label], start, t, inside)
+    truth = synth.truth_beats()
+    t_in = np.array([inside(float(t)) for t in truth.t_s], dtype=bool)
+    v_kind = BEAT_KINDS.index("V")
+    out["_truth_in"] = [float(np.count_nonzero(truth.kind[t_in] == v_kind)), float(t_in.sum())]
     out["_ventricular_in"] = [float(vent[0][0]), float(vent[0][1])]
     out["_ventricular_out"] = [float(vent[1][0]), float(vent[1][1])]
     return out
@@ -82,13 +88,15 @@ def main() -> None:
                 total[label][0] += a
                 total[label][1] += b
         vi, vo = total.pop("_ventricular_in"), total.pop("_ventricular_out")
+        ti = total.pop("_truth_in")
         for label, (a, b) in sorted(total.items()):
             print(f"{scenario:<10} {label:<8} {a:>10.1f} {b:>10.1f}")
         share_in = vi[0] / vi[1] if vi[1] else float("nan")
         share_out = vo[0] / vo[1] if vo[1] else float("nan")
         print(
             f"{scenario:<10} {'V beats':<8} {share_in:>10.2f} {share_out:>10.2f}"
-            f"   (of {vi[1]:.0f} / {vo[1]:.0f} QRS on ECG_II)"
+            f"   (of {vi[1]:.0f} / {vo[1]:.0f} QRS on ECG_II; true share in the event "
+            f"{ti[0] / ti[1] if ti[1] else float('nan'):.2f})"
         )
 
 

@@ -46,10 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="every bed's scenario event (VT, AF, asystole, lead off, probe off, gateway "
-        "outage, the start of the sepsis course) happens SECONDS after the start (default: "
-        "each scenario's own time, e.g. VT at 60 s); with a large --time-scale the sepsis "
-        "course runs in seconds (its 6 h course takes 21600 / time-scale seconds)",
+        help="every bed's scenario event (VT, VF, AF, asystole, ectopy, pacing, lead off, "
+        "probe off, gateway outage, the start of the sepsis course) happens SECONDS after "
+        "the start (default: each scenario's own time, e.g. VT at 60 s); with a large "
+        "--time-scale the sepsis course runs in seconds (its 6 h course takes 21600 / "
+        "time-scale seconds)",
     )
     parser.add_argument(
         "--data-dir",
