@@ -173,8 +173,9 @@ REVIEW_ALARMS = """async () => {
 TONE_PLAYING = "() => window.eicuAlarmTone.playing === true"
 ACKED_OR_GONE = """() => {
   const row = document.querySelector("#census tr[data-bed='demo/bed004']");
-  return row !== null && (row.querySelector('.alarm-high.acked') !== null
-    || !row.textContent.includes('VTACH'));
+  if (row === null) return false;
+  const chip = row.querySelector('.alarm');
+  return chip === null || !chip.textContent.startsWith('VTACH') || chip.classList.contains('acked');
 }"""
 TONE_SILENT = "() => window.eicuAlarmTone.playing === false"
 TONE_FOR_VTACH = """() => {
@@ -272,9 +273,10 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     page.screenshot(path=str(ARTIFACTS / "bed-review-vt.png"), full_page=True)
 
     page.goto(demo.url + "/census")
-    # While VT lasts its alarm shows as acknowledged (or the bed's tachycardia alarm, also
-    # acknowledged, when it started later); once VT is over the acknowledged alarm has cleared
-    # and left the census. Acknowledged while latched (VT already over), it cleared at once.
+    # While VT lasts its alarm shows as acknowledged, unless a newer alarm of the bed that
+    # nobody has acknowledged yet (the low pressure of VT, say) heads the row; once VT is over
+    # the acknowledged alarm has cleared and left the census. Acknowledged while latched (VT
+    # already over), it cleared at once.
     assert acked_while in ("active", "latched")
     page.wait_for_function(ACKED_OR_GONE, timeout=5_000)
     vt = page.evaluate(BED004_VTACH)
