@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from alerting.model import AlarmCondition, AlarmState, Category, Priority
+from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
 from alerting.service import AlarmService
 from alerting.state import Alarm
@@ -300,3 +300,40 @@ async def test_census_headline_is_the_most_severe_condition(
         assert [a["kind"] for a in listed] == ["VTACH", "HR_HIGH"]
         every = (await c.get("/api/alarms")).json()["alarms"]
         assert [a["kind"] for a in every[:3]] == ["ASYSTOLE", "VTACH", "HR_LOW"]
+
+
+async def test_the_alarm_service_hands_on_the_most_severe_alarm_first(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The low heart rate's 10 s delay ends in the pass in which asystole begins, and the rules
+    report the low heart rate first: the service records and hands on the asystole first (its
+    page is the first sent)."""
+    from alerting import service as service_module
+    from alerting.rules import RuleOutput
+
+    bed = BedKey("icu1", "bed1")
+    t0 = now_us()
+    t1 = t0 + 10_000_000
+
+    def rules(b: BedKey, _policy: object, now: int, **_: object) -> RuleOutput:
+        if b != bed:
+            return RuleOutput(())
+        hr_low = _rhythm(bed, "HR_LOW", now)
+        asystole = _rhythm(bed, "ASYSTOLE", now, present=now >= t1)
+        return RuleOutput((hr_low, asystole))
+
+    monkeypatch.setattr(service_module, "evaluate_bed", rules)
+    handed: list[AlarmEvent] = []
+    service = AlarmService(
+        engine, Outbox(tmp_path / "ranked.db"), prompt_policy(), on_events=handed.extend
+    )
+    assert service.evaluate(t0, [bed]) == []  # HR_LOW pending
+    events = service.evaluate(t1, [bed])
+    assert [(e.kind, e.state) for e in events] == [
+        ("ASYSTOLE", AlarmState.ACTIVE),
+        ("HR_LOW", AlarmState.ACTIVE),
+    ]
+    assert handed == events
+    stored = [s.event.kind for s in service.outbox.events(started_since_us=t0)]
+    assert stored == ["ASYSTOLE", "HR_LOW"]
+    service.outbox.close()
