@@ -19,6 +19,11 @@ the bad entry. Each condition names the rule that detects it:
   standby's lifetime), ``device_clock`` (the bed's device time out of the engine's window):
   technical conditions.
 
+``severity`` (optional) lists condition kinds from the clinically most to the least severe: within
+a priority, alarms are shown, sounded and paged in this order (:mod:`alerting.ranking`). Kinds it
+does not list follow those it lists, in the default order (:func:`default_severity`); every
+physiological condition ranks above every technical one whatever the list says.
+
 Per-bed limits are changed with :func:`override`, which returns a new policy and an audit record.
 """
 
@@ -72,6 +77,11 @@ OVERRIDABLE: Final[tuple[str, ...]] = (
     "sat_seconds",
 )
 DEFAULT_PATH: Final[Path] = Path(__file__).with_name("policies") / "default-v2.json"
+# The default severity classes of rhythm conditions, most severe first: the lethal rhythms
+# (asystole, ventricular fibrillation, ventricular tachycardia), then the extreme rates. Every
+# other physiological condition comes after them, every technical one after those.
+LETHAL_RHYTHMS: Final[tuple[str, ...]] = ("ASYSTOLE", "VFIB", "VTACH")
+EXTREME_RATES: Final[tuple[str, ...]] = ("BRADY", "TACHY")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,16 @@ class AlarmPolicy:
     audio_pause_max_s: float
     max_age_s: Mapping[str, float]  # a parameter's value older than this is stale
     conditions: Mapping[str, ConditionPolicy]
+    # Every condition kind, the clinically most severe first (see default_severity).
+    severity: tuple[str, ...] = ()
+
+    def severity_rank(self, kind: str) -> int:
+        """0 for the most severe condition kind, 1 for the next...; a kind the policy does not
+        have ranks after all of its own."""
+        try:
+            return self.severity.index(kind)
+        except ValueError:
+            return len(self.severity)
 
     def condition(self, kind: str) -> ConditionPolicy:
         try:
@@ -151,6 +171,7 @@ class AlarmPolicy:
             "audio_pause_max_s": self.audio_pause_max_s,
             "max_age_s": dict(self.max_age_s),
             "conditions": conditions,
+            "severity": list(self.severity),
         }
 
 
@@ -323,7 +344,14 @@ def parse_policy(raw: object) -> AlarmPolicy:
     """Check and build a policy from plain data (the parsed JSON file)."""
     if not isinstance(raw, Mapping):
         raise AlarmPolicyError("(root)", f"must be an object, got {type(raw).__name__}")
-    unknown = set(raw) - {"name", "version", "audio_pause_max_s", "max_age_s", "conditions"}
+    unknown = set(raw) - {
+        "name",
+        "version",
+        "audio_pause_max_s",
+        "max_age_s",
+        "conditions",
+        "severity",
+    }
     if unknown:
         raise AlarmPolicyError(sorted(unknown)[0], "not a key of an alarm policy")
     name = raw.get("name")
@@ -358,7 +386,45 @@ def parse_policy(raw: object) -> AlarmPolicy:
         audio_pause_max_s=pause_s,
         max_age_s=MappingProxyType(max_age_s),
         conditions=MappingProxyType(conditions),
+        severity=_severity(raw.get("severity"), conditions),
     )
+
+
+def _severity_class(c: ConditionPolicy) -> int:
+    if c.category is Category.TECHNICAL:
+        return len(LETHAL_RHYTHMS) + 2
+    if c.rule == "rhythm" and c.label in LETHAL_RHYTHMS:
+        return LETHAL_RHYTHMS.index(c.label)
+    if c.rule == "rhythm" and c.label in EXTREME_RATES:
+        return len(LETHAL_RHYTHMS)
+    return len(LETHAL_RHYTHMS) + 1
+
+
+def default_severity(conditions: Mapping[str, ConditionPolicy]) -> tuple[str, ...]:
+    """The order of a policy without ``severity``: asystole, ventricular fibrillation,
+    ventricular tachycardia, the extreme bradycardia and tachycardia rhythms, every other
+    physiological condition, then the technical ones; within each class, the file's order."""
+    kinds = list(conditions)
+    return tuple(sorted(kinds, key=lambda k: (_severity_class(conditions[k]), kinds.index(k))))
+
+
+def _severity(raw: object, conditions: Mapping[str, ConditionPolicy]) -> tuple[str, ...]:
+    """Every condition kind, most severe first: the listed ones in the listed order, then the
+    others in the default order; physiological conditions before technical ones."""
+    listed: list[str] = []
+    if raw is not None:
+        if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+            raise AlarmPolicyError("severity", f"must be a list of condition kinds, got {raw!r}")
+        for i, kind in enumerate(raw):
+            if kind not in conditions:
+                raise AlarmPolicyError(f"severity[{i}]", f"{kind!r} is not a condition")
+            if kind in listed:
+                raise AlarmPolicyError(f"severity[{i}]", f"{kind!r} is listed twice")
+            listed.append(kind)
+    rest = [k for k in default_severity(conditions) if k not in listed]
+    order = listed + rest
+    technical = [conditions[k].category is Category.TECHNICAL for k in order]
+    return tuple(k for k, _ in sorted(zip(order, technical, strict=True), key=lambda kt: kt[1]))
 
 
 def load_policy(path: str | Path = DEFAULT_PATH) -> AlarmPolicy:

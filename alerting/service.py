@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from alerting.model import AlarmCondition, AlarmEvent, AlarmState
 from alerting.outbox import Outbox
 from alerting.policy import AlarmPolicy, load_policy
+from alerting.ranking import events_most_urgent_first
 from alerting.report import BurdenReport, burden
 from alerting.rules import evaluate_bed
 from alerting.state import AlarmStateMachine
@@ -201,6 +202,9 @@ class AlarmService:
                 self.metrics.suppressed.labels(kind=suppressed.condition.kind).inc()
         events = self.machine.observe(conditions, now_us)
         events.extend(self.machine.tick(now_us))
+        # Recorded and handed on most urgent alarm first: of the alarms that start together,
+        # the most severe condition is paged first.
+        events = events_most_urgent_first(events, self.machine.policy_for)
         if events:
             self._record(events)
         for bed in chosen:

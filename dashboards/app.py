@@ -333,6 +333,7 @@ def create_app(
             now_us(),
             site,
             service.machine.alarms() if service is not None else None,
+            policy_for=service.machine.policy_for if service is not None else None,
         )
         return rows if sites is None else [r for r in rows if r["site"] in sites]
 
@@ -443,7 +444,10 @@ def create_app(
                 service.machine.policy_for(key) if key else service.policy
             ).audio_pause_max_s,
             "alarms": views.live_alarms(
-                (a for a in service.machine.alarms() if user.can_see(a.bed.site)), t, key
+                (a for a in service.machine.alarms() if user.can_see(a.bed.site)),
+                t,
+                key,
+                policy_for=service.machine.policy_for,
             ),
         }
         if key is not None:

@@ -10,6 +10,7 @@ turned into a number. NaN never leaves this module (JSON has no NaN).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from alerting.model import AlarmEvent, AlarmState
+from alerting.policy import AlarmPolicy, load_policy
+from alerting.ranking import PolicyFor, headlines, most_urgent_first
 from alerting.state import Alarm
 from eicu.codes import BY_KEY as PARAM_BY_KEY
 from eicu.freshness import stale_after_s
@@ -148,18 +151,28 @@ def alarm_view(alarm: Alarm, now_us: int) -> dict[str, Any]:
     }
 
 
-def _alarm_order(alarm: Alarm) -> tuple[int, int, int, str]:
-    """Highest priority first; within a priority, unacknowledged first, then the newest."""
-    acked = alarm.state == AlarmState.ACKNOWLEDGED
-    return (-PRIORITY_RANK[alarm.priority.value], int(acked), -alarm.started_us, alarm.kind)
+@functools.cache
+def _default_policy() -> AlarmPolicy:
+    return load_policy()
+
+
+def default_policy_for(_bed: BedKey) -> AlarmPolicy:
+    """The default policy for every bed: the order used when the caller passes no policy (one
+    with an alarm service passes its state machine's ``policy_for``)."""
+    return _default_policy()
 
 
 def live_alarms(
-    alarms: Iterable[Alarm], now_us: int, bed: BedKey | None = None
+    alarms: Iterable[Alarm],
+    now_us: int,
+    bed: BedKey | None = None,
+    policy_for: PolicyFor | None = None,
 ) -> list[dict[str, Any]]:
-    """The alarms not yet cleared (of one bed, if given), highest priority first."""
+    """The alarms not yet cleared (of one bed, if given), most urgent first
+    (:mod:`alerting.ranking`: priority, unacknowledged, clinical severity)."""
     chosen = [a for a in alarms if a.state != AlarmState.CLEARED and (bed is None or a.bed == bed)]
-    return [alarm_view(a, now_us) for a in sorted(chosen, key=_alarm_order)]
+    ranked = most_urgent_first(chosen, policy_for or default_policy_for)
+    return [alarm_view(a, now_us) for a in ranked]
 
 
 def event_view(event: AlarmEvent) -> dict[str, Any]:
@@ -204,17 +217,21 @@ def census(
     now_us: int,
     site: str | None = None,
     alarms: Iterable[Alarm] | None = None,
+    policy_for: PolicyFor | None = None,
 ) -> list[dict[str, Any]]:
     """Every bed (of one site, if given): beds with an unacknowledged high-priority alarm
-    first, then beds with an acknowledged one, then the most acute by NEWS2.
+    first, then beds with an acknowledged one (each group in the order of their headline
+    alarms: the most severe condition first), then the most acute by NEWS2.
 
+    A bed's ``alarm`` (its headline) is its most urgent live alarm (:mod:`alerting.ranking`).
     ``alarms`` is None when the engine runs no alarm service: the rows then say so."""
     top: dict[BedKey, dict[str, Any]] = {}
+    place: dict[str, int] = {}  # a bed's place in the order of the headlines
     if alarms is not None:
-        live = [a for a in alarms if a.state != AlarmState.CLEARED]
-        for alarm in sorted(live, key=_alarm_order):  # the first of a bed is its most urgent
-            if alarm.bed not in top:
-                top[alarm.bed] = alarm_view(alarm, now_us)
+        tops = headlines(alarms, policy_for or default_policy_for)
+        for i, (key, alarm) in enumerate(tops.items()):
+            top[key] = alarm_view(alarm, now_us)
+            place[str(key)] = i
     rows = []
     for key, state in list(beds.items()):
         if site is not None and key.site != site:
@@ -230,7 +247,15 @@ def census(
         row["alarm"] = top.get(key)
         row["alarms_available"] = alarms is not None
         rows.append(row)
-    rows.sort(key=lambda r: (-_alarm_rank(r["alarm"]), -r["acuity"][0], -r["acuity"][1], r["bed"]))
+    rows.sort(
+        key=lambda r: (
+            -_alarm_rank(r["alarm"]),
+            place[r["bed"]] if _alarm_rank(r["alarm"]) else 0,
+            -r["acuity"][0],
+            -r["acuity"][1],
+            r["bed"],
+        )
+    )
     return rows
 
 

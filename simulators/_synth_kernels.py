@@ -82,13 +82,13 @@ def add_cycles(out, n0, fs_hz, foot_s, sys_s, lo, pp, tau_s, floor, count, table
 def add_fwaves(out, n0, fs_hz, start_s, end_s, count, f_hz, amp):
     """Add fibrillatory waves of atrial fibrillation inside each bed's episodes.
 
-    A frequency-modulated oscillation around ``f_hz[b]`` (+-1 Hz at 0.3 Hz) with a second
+    A frequency-modulated oscillation around ``f_hz[b]`` (+-0.4 Hz at 0.3 Hz) with a second
     harmonic and a slow amplitude modulation, faded in and out over 1 s.
     """
     n_beds, n_out = out.shape
     two_pi = 2.0 * math.pi
     fm_hz = 0.3
-    dev_hz = 1.0
+    dev_hz = 0.4
     for b in range(n_beds):
         for e in range(count[b]):
             first = max(math.ceil(start_s[b, e] * fs_hz), n0)
@@ -102,6 +102,41 @@ def add_fwaves(out, n0, fs_hz, start_s, end_s, count, f_hz, amp):
                 theta = two_pi * f_hz[b] * t + dev_hz / fm_hz * math.sin(two_pi * fm_hz * t)
                 a = amp[b] * fade * (1.0 + 0.3 * math.sin(two_pi * 0.17 * t))
                 out[b, n - n0] += a * (math.sin(theta) + 0.35 * math.sin(2.0 * theta + 0.7))
+
+
+@numba.njit(cache=True, nogil=True)
+def add_vf(out, n0, fs_hz, start_s, end_s, count, f_hz, amp):
+    """Add ventricular fibrillation inside each bed's episodes: no complexes, an irregular
+    oscillation whose dominant frequency is ``f_hz[b]`` and whose amplitude waxes and wanes.
+
+    Two frequency-modulated components (at ``f_hz`` +-0.7 Hz, and at 1.45 ``f_hz`` with a third
+    of the amplitude), each with an envelope of two incommensurate slow modulations between
+    about 0.3 and 1, so that neither the period nor the amplitude repeats; faded in over 0.5 s.
+    """
+    n_beds, n_out = out.shape
+    two_pi = 2.0 * math.pi
+    for b in range(n_beds):
+        for e in range(count[b]):
+            first = max(math.ceil(start_s[b, e] * fs_hz), n0)
+            if end_s[b, e] == math.inf:
+                hi = n0 + n_out
+            else:
+                hi = min(math.ceil(end_s[b, e] * fs_hz), n0 + n_out)
+            f = f_hz[b]
+            for n in range(first, hi):
+                t = n / fs_hz
+                u = t - start_s[b, e]
+                fade = min(1.0, 2.0 * u, 2.0 * (end_s[b, e] - t))
+                th1 = two_pi * f * u + 0.7 / 0.37 * math.sin(two_pi * 0.37 * u)
+                th1 += 0.4 / 0.13 * math.sin(two_pi * 0.13 * u + 1.0)
+                th2 = two_pi * 1.45 * f * u + 0.9 / 0.29 * math.sin(two_pi * 0.29 * u + 0.5)
+                e1 = 0.3 + 0.7 * (0.5 + 0.5 * math.sin(two_pi * 0.19 * u)) * (
+                    0.6 + 0.4 * math.sin(two_pi * 0.53 * u + 2.0)
+                )
+                e2 = 0.3 + 0.7 * (0.5 + 0.5 * math.sin(two_pi * 0.23 * u + 1.3)) * (
+                    0.6 + 0.4 * math.sin(two_pi * 0.71 * u + 0.4)
+                )
+                out[b, n - n0] += amp[b] * fade * (e1 * math.sin(th1) + 0.33 * e2 * math.sin(th2))
 
 
 @numba.njit(cache=True, nogil=True)

@@ -28,6 +28,10 @@ SCENARIOS: Final[tuple[str, ...]] = (
     "artefact",
     "spo2_off",
     "disconnect",
+    "vf",
+    "pvc",
+    "bigeminy",
+    "paced",
 )
 
 # Rhythm codes. The first three are also the beat kinds (which template a beat uses).
@@ -35,16 +39,41 @@ SINUS: Final = 0
 AFIB: Final = 1
 VTACH: Final = 2
 ASYSTOLE: Final = 3
+VFIB: Final = 4  # no beats: a fibrillatory waveform instead
+PACED: Final = 5  # ventricular pacing (its beats are of kind PACED_BEAT)
+PACED_BEAT: Final = 3  # the beat kind of a paced beat
+PACED_BPM: Final = 70.0  # the pacemaker's rate (VVI, lower rate 70/min)
+# Ventricular ectopy (PVCs): the coupling interval of a PVC as a fraction of the sinus interval,
+# the interval between the two PVCs of a couplet as a fraction of the coupling interval, and in
+# the "pvc" scenario the chance that a sinus beat is followed by a PVC and that a PVC is the
+# first of a couplet.
+PVC_COUPLING: Final = 0.58
+COUPLET_INTERVAL: Final = 0.80
+PVC_CHANCE: Final = 0.12
+COUPLET_CHANCE: Final = 0.3
 
 # Ground-truth episode labels.
 AFIB_LABEL: Final = "AFIB"
 VTACH_LABEL: Final = "VTACH"
 ASYSTOLE_LABEL: Final = "ASYSTOLE"
+VFIB_LABEL: Final = "VFIB"
+PVC_LABEL: Final = "PVC"  # isolated PVCs and couplets
+BIGEMINY_LABEL: Final = "BIGEMINY"
+PACED_LABEL: Final = "PACED"
 LEAD_OFF: Final = "LEAD_OFF"
 ARTEFACT: Final = "ARTEFACT"
 SPO2_PROBE_OFF: Final = "SPO2_PROBE_OFF"
 GATEWAY_OFFLINE: Final = "GATEWAY_OFFLINE"
 SEPSIS_LABEL: Final = "SEPSIS"
+
+
+_RHYTHM_OF: Final[dict[str, int]] = {
+    AFIB_LABEL: AFIB,
+    VTACH_LABEL: VTACH,
+    ASYSTOLE_LABEL: ASYSTOLE,
+    VFIB_LABEL: VFIB,
+    PACED_LABEL: PACED,
+}
 
 
 class Episode(NamedTuple):
@@ -112,6 +141,10 @@ DEFAULT_TIMING: Final[dict[str, Timing]] = {
     "artefact": Timing(40.0, 15.0),  # lead off at onset, motion artefact 40 s later
     "spo2_off": Timing(45.0, 30.0),
     "disconnect": Timing(60.0, 45.0),
+    "vf": Timing(60.0, 20.0),  # then sinus rhythm again (as after defibrillation)
+    "pvc": Timing(30.0, math.inf),
+    "bigeminy": Timing(30.0, 60.0),
+    "paced": Timing(30.0, math.inf),
 }
 ARTEFACT_GAP_S: Final = 40.0  # from the lead-off onset to the motion-artefact onset
 
@@ -138,6 +171,7 @@ class Patient:
     fwave_hz: float  # fibrillatory wave rate in AF
     af_hr_bpm: float  # ventricular rate in AF
     vt_hr_bpm: float  # rate of the ventricular tachycardia
+    vf_hz: float  # dominant frequency of ventricular fibrillation
     drift_phase: tuple[float, float, float, float, float]
 
 
@@ -162,9 +196,10 @@ def draw_patient(seed: int) -> Patient:
         ecg_gain=(0.8 + 0.4 * u[12], 0.8 + 0.4 * u[13]),
         ppg_amp=0.4 + 0.3 * u[14],
         resp_amp=0.6 + 0.6 * u[15],
-        fwave_hz=5.0 + 2.0 * u[16],
+        fwave_hz=6.5 + 2.3 * u[16],
         af_hr_bpm=105.0 + 35.0 * u[17],
         vt_hr_bpm=155.0 + 40.0 * u[18],
+        vf_hz=4.5 + 2.5 * u[19],
         drift_phase=tuple(float(x) for x in rng.random(5) * 2.0 * math.pi),  # type: ignore[arg-type]
     )
 
@@ -194,21 +229,26 @@ class Plan:
         return None
 
     def rhythm(self, t_s: float) -> int:
-        """The rhythm at ``t_s``: SINUS, AFIB, VTACH or ASYSTOLE."""
+        """The rhythm at ``t_s``: SINUS, AFIB, VTACH, ASYSTOLE, VFIB or PACED."""
         for ep in self.episodes:
             if ep.start_s <= t_s < ep.end_s:
-                if ep.label == AFIB_LABEL:
-                    return AFIB
-                if ep.label == VTACH_LABEL:
-                    return VTACH
-                if ep.label == ASYSTOLE_LABEL:
-                    return ASYSTOLE
+                code = _RHYTHM_OF.get(ep.label)
+                if code is not None:
+                    return code
         return SINUS
 
-    def pause_end(self, t_s: float) -> float:
-        """The first moment at or after ``t_s`` when the heart beats again (inf if never)."""
+    def ectopy(self, t_s: float) -> str | None:
+        """The ventricular ectopy at ``t_s``: PVC_LABEL, BIGEMINY_LABEL or None."""
         for ep in self.episodes:
-            if ep.label == ASYSTOLE_LABEL and ep.start_s <= t_s < ep.end_s:
+            if ep.label in (PVC_LABEL, BIGEMINY_LABEL) and ep.start_s <= t_s < ep.end_s:
+                return ep.label
+        return None
+
+    def pause_end(self, t_s: float) -> float:
+        """The first moment at or after ``t_s`` when the heart beats again (inf if never):
+        nothing beats during asystole or ventricular fibrillation."""
+        for ep in self.episodes:
+            if ep.label in (ASYSTOLE_LABEL, VFIB_LABEL) and ep.start_s <= t_s < ep.end_s:
                 return ep.end_s
         return t_s
 
@@ -263,6 +303,10 @@ class Plan:
             ep = self._episode(AFIB_LABEL)
             if ep is not None and ep.contains(t_s):
                 hr = p.af_hr_bpm
+        elif name == "paced":
+            ep = self._episode(PACED_LABEL)
+            if ep is not None and ep.contains(t_s):
+                hr = PACED_BPM
         elif name == "vt":
             ep = self._episode(VTACH_LABEL)
             if ep is not None and t_s >= ep.start_s:
@@ -315,6 +359,14 @@ def make_plan(
         episodes.append(Episode(VTACH_LABEL, start, end))
     elif scenario == "asystole":
         episodes.append(Episode(ASYSTOLE_LABEL, start, end))
+    elif scenario == "vf":
+        episodes.append(Episode(VFIB_LABEL, start, end))
+    elif scenario == "pvc":
+        episodes.append(Episode(PVC_LABEL, start, end))
+    elif scenario == "bigeminy":
+        episodes.append(Episode(BIGEMINY_LABEL, start, end))
+    elif scenario == "paced":
+        episodes.append(Episode(PACED_LABEL, start, end))
     elif scenario == "artefact":
         episodes.append(Episode(LEAD_OFF, start, end))
         motion_start = start + ARTEFACT_GAP_S

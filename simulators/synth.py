@@ -32,10 +32,20 @@ from simulators.scenarios import (
     AFIB_LABEL,
     ARTEFACT,
     ASYSTOLE,
+    BIGEMINY_LABEL,
+    COUPLET_CHANCE,
+    COUPLET_INTERVAL,
     GATEWAY_OFFLINE,
     LEAD_OFF,
+    PACED,
+    PACED_BEAT,
+    PVC_CHANCE,
+    PVC_COUPLING,
     SCENARIOS,
+    SINUS,
     SPO2_PROBE_OFF,
+    VFIB,
+    VFIB_LABEL,
     VTACH,
     Episode,
     Plan,
@@ -59,7 +69,7 @@ DEFAULT_FS_HZ: Final[Mapping[str, float]] = {
     "ABP": 125.0,
     "RESP": 62.5,
 }
-BEAT_KINDS: Final[tuple[str, ...]] = ("N", "N_AF", "V")  # index = beat kind code
+BEAT_KINDS: Final[tuple[str, ...]] = ("N", "N_AF", "V", "PACED")  # index = beat kind code
 
 TABLE_FS_HZ: Final = 4000.0  # resolution of the precomputed templates
 _SAMPLE_EPS: Final = 1e-9  # absorbs float error in t * fs when counting samples
@@ -101,10 +111,26 @@ _ECG_ROWS = (
     (-0.25, ((0.0, 0.055, 0.040, 0.30),), ((0.0, 0.060, 0.045, 0.35),)),  # AF T
     (
         -0.20,
-        ((0.0, 0.040, 0.035, 1.35), (0.05, 0.035, 0.03, 0.45)),
-        ((0.01, 0.040, 0.035, -1.60),),
+        (
+            (-0.035, 0.013, 0.013, 0.20),
+            (0.0, 0.016, 0.024, 1.25),
+            (0.058, 0.018, 0.020, -0.50),
+            (0.105, 0.016, 0.018, 0.22),
+        ),
+        (
+            (-0.030, 0.013, 0.013, -0.20),
+            (0.004, 0.016, 0.026, -1.35),
+            (0.060, 0.018, 0.020, 0.55),
+            (0.105, 0.016, 0.018, -0.20),
+        ),
     ),  # VT complex
-    (-0.25, ((0.0, 0.06, 0.05, -0.45),), ((0.0, 0.06, 0.05, 0.50),)),  # VT T (discordant)
+    (-0.25, ((0.0, 0.05, 0.045, -0.35),), ((0.0, 0.05, 0.045, 0.40),)),  # VT T (discordant)
+    (
+        -0.30,
+        ((-0.045, 0.016, 0.016, -0.25), (0.0, 0.022, 0.030, 0.95), (0.070, 0.020, 0.022, -0.30)),
+        ((-0.040, 0.016, 0.016, 0.20), (0.005, 0.022, 0.030, -1.20), (0.070, 0.020, 0.020, 0.25)),
+    ),  # paced complex (right-ventricular pacing: wide, LBBB-like); the spike is added below
+    (-0.25, ((0.0, 0.060, 0.050, -0.30),), ((0.0, 0.060, 0.050, 0.35),)),  # paced T (discordant)
     (
         -0.25,
         ((0.0, 0.022, 0.022, 0.15),),
@@ -112,11 +138,19 @@ _ECG_ROWS = (
     ),
     (-0.25, (), ()),  # keeps two rows per kind; a P wave alone has no T wave
 )
-_P_ALONE_ROW: Final = 6  # a sinus P wave without a ventricular response (AV dissociation in VT)
+# The beat kind of each rhythm code (asystole and VF have no beats; listed for completeness).
+_BEAT_KIND: Final[tuple[int, ...]] = (0, 1, 2, 0, 0, PACED_BEAT)
+_P_ALONE_ROW: Final = 8  # a sinus P wave without a ventricular response (AV dissociation in VT)
+_PACED_ROW: Final = 2 * PACED_BEAT
+# The pacemaker's stimulus: a spike 4 ms wide (so that at 250 Hz exactly one sample falls on it,
+# as a monitor that marks pacer pulses in its ECG stream shows them), 80 ms before the paced R.
+_PACER_SPIKE_S: Final = -0.080
+_PACER_SPIKE_WIDTH_S: Final = 0.004
+_PACER_SPIKE_MV: Final = (0.8, 0.6)  # leads II and V
 _TABLE_SPAN_S: Final = 0.5
 _QRS_ONSET_S: Final = -0.045  # from the R peak
 _T_PEAK_TO_END_S: Final = 0.10
-_VT_T_OFFSET_S: Final = 0.19
+_VT_T_OFFSET_S: Final = 0.20
 
 
 def _ecg_tables() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
@@ -131,8 +165,12 @@ def _ecg_tables() -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.
             lead_ii[r] += _wave(t, *w)
         for w in waves_v:
             lead_v[r] += _wave(t, *w)
-        if r in (0, 2, 4):  # a complex: its lead II peak is the R-peak time, the event's origin
+        if r in (0, 2, 4, _PACED_ROW):  # a complex: its lead II peak is the R-peak time
             t0[r] -= t[np.argmax(lead_ii[r])]
+        if r == _PACED_ROW:
+            spike = np.abs(t - _PACER_SPIKE_S) < _PACER_SPIKE_WIDTH_S / 2
+            lead_ii[r, spike] += _PACER_SPIKE_MV[0]
+            lead_v[r, spike] += _PACER_SPIKE_MV[1]
     # fade the far tails (< 1e-4 mV) to exactly zero so that a placed template has no step
     edge_s = np.minimum(np.arange(m), np.arange(m)[::-1]) / TABLE_FS_HZ
     taper = _smooth_rise(edge_s / 0.02)
@@ -344,6 +382,9 @@ class _Bed:
         self._breath_rng = np.random.default_rng([seed, 3])
         self._lf_phase = float(np.random.default_rng([seed, 4]).random() * 2.0 * math.pi)
         self._t_next = -3.0  # the next beat to schedule
+        self._next_kind: int | None = None  # its kind, when not the rhythm's (an ectopic beat)
+        self._queue: list[tuple[float, int | None]] = []  # the beats after it, when known
+        self._ectopy_rng = np.random.default_rng([seed, 6])
         self._rr_prev = 60.0 / p.hr_bpm
         self._breath_next = -15.0
         self._abp: _Cycle | None = None
@@ -442,15 +483,18 @@ class _Bed:
         for j in range(_BEAT_BATCH):
             if t == math.inf:
                 break
-            kind = plan.rhythm(t)
+            rhythm = plan.rhythm(t)
+            kind = self._next_kind if self._next_kind is not None else _BEAT_KIND[rhythm]
             v = plan.vitals(t)
             phase = self._breath_phase(t)
             rr_nom = 60.0 / v.hr_bpm
-            if kind == AFIB:
+            if rhythm == AFIB:
                 rr = rr_nom * math.exp(_AF_RR_SIGMA * z[j, 0] - 0.5 * _AF_RR_SIGMA**2)
                 rr = max(rr, _AF_MIN_RR_S)
-            elif kind == VTACH:
+            elif rhythm == VTACH:
                 rr = rr_nom * (1.0 + 0.015 * z[j, 0])
+            elif rhythm == PACED:
+                rr = rr_nom  # the pacemaker's fixed interval
             else:
                 rr = rr_nom * (
                     1.0
@@ -458,9 +502,10 @@ class _Bed:
                     + p.lf_frac * math.sin(two_pi * 0.1 * t + self._lf_phase)
                     + p.jitter_frac * z[j, 0]
                 )
-            t_next = t + rr
-            if plan.rhythm(t_next) == ASYSTOLE:
+            t_next, next_kind = self._next_beat(t, rr, kind, rhythm)
+            if plan.rhythm(t_next) in (ASYSTOLE, VFIB):
                 t_next = plan.pause_end(t_next)
+            self._next_kind = next_kind
             rr_prev = self._rr_prev
             # ECG: the complex at the R peak, the T wave where the QT of the last period puts it
             if kind == VTACH:
@@ -472,14 +517,16 @@ class _Bed:
             ev_t += (t, t + t_off)
             ev_kind += (2 * kind, 2 * kind + 1)
             ev_amp += (amp, amp)
-            if kind == VTACH:  # the sinus node goes on: P waves march through the run
+            if rhythm == VTACH:  # the sinus node goes on: P waves march through the run
                 for t_p in plan.dissociated_p_s(t, t_next):
                     ev_t.append(t_p)
                     ev_kind.append(_P_ALONE_ROW)
                     ev_amp.append(1.0)
             # Pulses: in AF the filling time before the beat sets its stroke (pulse deficit).
+            # So does it for an ectopic beat and for the beat after its pause (which ejects
+            # more: post-extrasystolic potentiation).
             fill = 1.0
-            if kind == AFIB:
+            if rhythm == AFIB or plan.ectopy(t) is not None:
                 fill = min(1.4, max(0.0, (rr_prev - 0.3) / max(rr_nom - 0.3, 0.05)))
             pulse = fill >= _PULSE_DEFICIT_FILL
             if pulse:
@@ -536,6 +583,28 @@ class _Bed:
                 np.array(beat_pulse, dtype=bool),
             )
         )
+
+    def _next_beat(self, t: float, rr: float, kind: int, rhythm: int) -> tuple[float, int | None]:
+        """The time and kind (None: the rhythm's) of the beat after the one at ``t``, whose
+        own rhythm would put the next beat ``rr`` later.
+
+        During ectopy a sinus beat may be followed by a PVC at the coupling interval (bigeminy:
+        always; the "pvc" scenario: by chance, sometimes a couplet); the sinus node is not
+        reset, so the next sinus beat comes two sinus intervals after the last one (a full
+        compensatory pause)."""
+        if self._queue:
+            return self._queue.pop(0)
+        ectopy = self.plan.ectopy(t) if kind == _BEAT_KIND[SINUS] and rhythm == SINUS else None
+        if ectopy is None:
+            return t + rr, None
+        u = self._ectopy_rng.random(2)
+        if ectopy != BIGEMINY_LABEL and u[0] >= PVC_CHANCE:
+            return t + rr, None
+        coupling_s = PVC_COUPLING * rr
+        if ectopy != BIGEMINY_LABEL and u[1] < COUPLET_CHANCE:
+            self._queue.append((t + coupling_s * (1.0 + COUPLET_INTERVAL), _BEAT_KIND[VTACH]))
+        self._queue.append((t + 2.0 * rr, None))
+        return t + coupling_s, _BEAT_KIND[VTACH]
 
     # -- ground truth --------------------------------------------------------------------
 
@@ -712,6 +781,7 @@ class BedSynthBank:
         self._drift_hz = 0.02 + 0.05 * u[:, 2]
         self._drift_phase = u[:, 3] * 2.0 * np.pi
         self._fwave_hz = np.array([p.fwave_hz for p in pats])
+        self._vf_hz = np.array([p.vf_hz for p in pats])
         self._ones = np.ones(n)
         self._zeros = np.zeros(n)
         self._floor_abp = np.full(n, _ABP_FLOOR_MMHG)
@@ -723,8 +793,10 @@ class BedSynthBank:
             "RESP": 0.01 * resp_amp,
         }
         self._fwave_amp = (np.full(n, 0.05), np.full(n, 0.09))
+        self._vf_amp = (np.full(n, 0.6), np.full(n, 0.8))  # coarse VF, mV (before lead gain)
         self._motion_amp = np.full(n, 0.6)
         self._af = _Episodes(self.plans, AFIB_LABEL)
+        self._vf = _Episodes(self.plans, VFIB_LABEL)
         self._artefact = _Episodes(self.plans, ARTEFACT)
         self._lead_off = _Episodes(self.plans, LEAD_OFF)
         self._probe_off = _Episodes(self.plans, SPO2_PROBE_OFF)
@@ -777,6 +849,8 @@ class BedSynthBank:
                 ECG_TABLE_T0_S,
                 TABLE_FS_HZ,
             )
+            f = self._vf
+            K.add_vf(x, n0, fs, f.start_s, f.end_s, f.count, self._vf_hz, self._vf_amp[lead])
             x *= self._ecg_gain[:, lead : lead + 1]
             K.add_cycles(
                 x, n0, fs, br["foot"], br["sys"], br["lo"], br["pp"], br["tau"],

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from alerting.model import AlarmState, Category, Priority
+from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
 from alerting.service import AlarmService
 from alerting.state import Alarm
@@ -258,3 +258,82 @@ async def test_review_window_shows_the_bed_alarms_from_the_audit_trail(
         assert spans[a["alarm_id"]]["kind"] == a["kind"]
         assert spans[a["alarm_id"]]["end_us"] is None  # still present
     assert before["alarms"] == [] and other["alarms"] == []
+
+
+def _rhythm(bed: BedKey, kind: str, t_us: int, *, present: bool = True) -> AlarmCondition:
+    return AlarmCondition(bed, kind, Category.PHYSIOLOGICAL, Priority.HIGH, t_us, present=present)
+
+
+async def test_census_headline_is_the_most_severe_condition(
+    app: FastAPI, service: AlarmService
+) -> None:
+    """An asystole bed whose escalated low heart rate started after the asystole, and a VT bed
+    whose heart-rate alarm started after the VT, both latched: the census headlines ASYSTOLE
+    and VTACH, ranks those beds above the NEWS2_HIGH bed, and the bed view lists them first."""
+    asystole, vt = BedKey("icu1", "bed1"), BedKey("icu1", "bed3")
+    t0 = now_us()
+    service.machine.observe([_rhythm(asystole, "ASYSTOLE", t0), _rhythm(vt, "VTACH", t0)], t0)
+    t1 = t0 + 1_000_000
+    service.machine.observe(
+        [
+            _rhythm(asystole, "ASYSTOLE", t1, present=False),  # latched
+            _rhythm(vt, "VTACH", t1, present=False),
+            _rhythm(asystole, "HR_LOW", t1),
+            _rhythm(vt, "HR_HIGH", t1),
+        ],
+        t1,
+    )
+    t2 = t1 + 11_000_000  # past the heart-rate alarms' 10 s delay: they start, newest
+    service.machine.observe([_rhythm(asystole, "HR_LOW", t2), _rhythm(vt, "HR_HIGH", t2)], t2)
+    c, _ = await login(app, "val")
+    async with aclosing(c):
+        census = (await c.get("/api/census")).json()["beds"]
+        head = {row["bed"]: row["alarm"] for row in census}
+        assert (head[str(asystole)]["kind"], head[str(asystole)]["state"]) == (
+            "ASYSTOLE",
+            "latched",
+        )
+        assert (head[str(vt)]["kind"], head[str(vt)]["state"]) == ("VTACH", "latched")
+        assert head[str(SICK)]["kind"] == "NEWS2_HIGH"
+        assert [row["bed"] for row in census[:3]] == [str(asystole), str(vt), str(SICK)]
+        listed = (await c.get("/api/alarms", params={"bed": str(vt)})).json()["alarms"]
+        assert [a["kind"] for a in listed] == ["VTACH", "HR_HIGH"]
+        every = (await c.get("/api/alarms")).json()["alarms"]
+        assert [a["kind"] for a in every[:3]] == ["ASYSTOLE", "VTACH", "HR_LOW"]
+
+
+async def test_the_alarm_service_hands_on_the_most_severe_alarm_first(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The low heart rate's 10 s delay ends in the pass in which asystole begins, and the rules
+    report the low heart rate first: the service records and hands on the asystole first (its
+    page is the first sent)."""
+    from alerting import service as service_module
+    from alerting.rules import RuleOutput
+
+    bed = BedKey("icu1", "bed1")
+    t0 = now_us()
+    t1 = t0 + 10_000_000
+
+    def rules(b: BedKey, _policy: object, now: int, **_: object) -> RuleOutput:
+        if b != bed:
+            return RuleOutput(())
+        hr_low = _rhythm(bed, "HR_LOW", now)
+        asystole = _rhythm(bed, "ASYSTOLE", now, present=now >= t1)
+        return RuleOutput((hr_low, asystole))
+
+    monkeypatch.setattr(service_module, "evaluate_bed", rules)
+    handed: list[AlarmEvent] = []
+    service = AlarmService(
+        engine, Outbox(tmp_path / "ranked.db"), prompt_policy(), on_events=handed.extend
+    )
+    assert service.evaluate(t0, [bed]) == []  # HR_LOW pending
+    events = service.evaluate(t1, [bed])
+    assert [(e.kind, e.state) for e in events] == [
+        ("ASYSTOLE", AlarmState.ACTIVE),
+        ("HR_LOW", AlarmState.ACTIVE),
+    ]
+    assert handed == events
+    stored = [s.event.kind for s in service.outbox.events(started_since_us=t0)]
+    assert stored == ["ASYSTOLE", "HR_LOW"]
+    service.outbox.close()

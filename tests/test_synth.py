@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
-from scipy.signal import butter, filtfilt, find_peaks
+from scipy.signal import butter, filtfilt, find_peaks, hilbert, welch
 
 from simulators import _synth_kernels as K
 from simulators.scenarios import SEPSIS_END, make_plan
@@ -66,7 +66,9 @@ def episode(sim: BedSynth, label: str) -> tuple[float, float]:
 SHORT = {"onset_s": 3.0, "duration_s": 4.0}
 
 
-@pytest.mark.parametrize("scenario", ["af", "artefact", "asystole", "spo2_off", "vt"])
+@pytest.mark.parametrize(
+    "scenario", ["af", "artefact", "asystole", "spo2_off", "vt", "vf", "pvc", "bigeminy", "paced"]
+)
 def test_any_chunking_gives_identical_samples(scenario: str) -> None:
     seconds = 50.0  # covers the motion artefact, which follows the lead-off by 40 s
     whole = run(BedSynth(scenario, 7, **SHORT), seconds, chunk_s=seconds)
@@ -150,7 +152,7 @@ def test_rejects_bad_arguments() -> None:
 # --- morphology and consistency ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scenario", ["stable", "af", "vt", "sepsis"])
+@pytest.mark.parametrize("scenario", ["stable", "af", "vt", "sepsis", "pvc", "paced"])
 def test_truth_beats_are_the_r_peaks(scenario: str) -> None:
     sim = BedSynth(scenario, 5, time_scale=100.0)
     x = run(sim, 90.0)["ECG_II"]
@@ -176,7 +178,7 @@ def simple_qrs_detector(x: NDArray[np.float64], fs: float) -> NDArray[np.float64
     return np.array(r) / fs
 
 
-@pytest.mark.parametrize("scenario", ["stable", "sepsis", "af", "asystole"])
+@pytest.mark.parametrize("scenario", ["stable", "sepsis", "af", "asystole", "bigeminy", "paced"])
 def test_a_plain_qrs_detector_finds_exactly_the_truth_beats(scenario: str) -> None:
     sim = BedSynth(scenario, 4, time_scale=120.0)
     x = run(sim, 180.0)["ECG_II"]
@@ -664,7 +666,7 @@ def naive_episode_effects(out, n0, fs, start, end, count, f_hz, amp, noise, off)
                 if not start[b, e] <= t < end[b, e]:
                     continue
                 fade = min(1.0, t - start[b, e], end[b, e] - t)
-                theta = 2 * math.pi * f_hz[b] * t + 1.0 / 0.3 * math.sin(2 * math.pi * 0.3 * t)
+                theta = 2 * math.pi * f_hz[b] * t + 0.4 / 0.3 * math.sin(2 * math.pi * 0.3 * t)
                 a = amp[b] * fade * (1.0 + 0.3 * math.sin(2 * math.pi * 0.17 * t))
                 fw[b, i] += a * (math.sin(theta) + 0.35 * math.sin(2 * theta + 0.7))
                 fade = min(1.0, 2 * (t - start[b, e]), 2 * (end[b, e] - t))
@@ -719,3 +721,195 @@ def test_events_at_puts_every_scenario_event_at_one_moment() -> None:
     assert BedSynth("sepsis", 3, time_scale=600.0, events_at_s=7.0).plan.episodes[0].start_s == 7.0
     with pytest.raises(ValueError, match="events_at_s"):
         BedSynthBank(["vt"], [1], events_at_s=5.0, onset_s=3.0)
+
+
+# --- the published features of each simulated rhythm -----------------------------------------
+
+
+def dominant_hz(
+    x: NDArray[np.float64], fs: float, lo_hz: float = 1.0, hi_hz: float = 30.0
+) -> float:
+    f, p = welch(x - x.mean(), fs, nperseg=1024)
+    band = (f >= lo_hz) & (f <= hi_hz)
+    return float(f[band][np.argmax(p[band])])
+
+
+def test_vf_is_chaotic_4_to_10_hz_activity_without_complexes() -> None:
+    """Ventricular fibrillation: no QRS complexes, irregular activity whose dominant frequency
+    lies in 4-10 Hz (the human VF range), an amplitude that waxes and wanes, no repeating
+    period; nothing is ejected, so the arterial pressure falls and SpO2 has no pulse."""
+    for seed in range(3):
+        sim = BedSynth("vf", seed)
+        w = run(sim, 79.0)
+        start_s, end_s = episode(sim, "VFIB")
+        assert (start_s, end_s) == (60.0, 80.0)
+        assert sim.truth_beats(start_s, end_s).t_s.size == 0
+        fs = sim.fs_hz["ECG_II"]
+        for lead in ("ECG_II", "ECG_V"):
+            x = w[lead][round((start_s + 1.0) * fs) : round(79.0 * fs)]
+            assert 4.0 <= dominant_hz(x, fs) <= 10.0
+            seconds = x[: x.size // round(fs) * round(fs)].reshape(-1, round(fs))
+            rms = np.sqrt(np.mean((seconds - seconds.mean(axis=1, keepdims=True)) ** 2, axis=1))
+            assert rms.std() / rms.mean() > 0.15  # the amplitude varies
+            assert rms.min() > 0.1  # coarse fibrillation: never a flat line
+            xc = x - x.mean()
+            ac = np.correlate(xc, xc, "full")[xc.size - 1 :] / float(xc @ xc)
+            assert ac[round(0.5 * fs) : round(3.0 * fs)].max() < 0.5  # no repeating period
+        n = sim.numerics()
+        assert n["HR"] == 0.0 and n["SPO2"] is None and num(n, "ABP_SYS") < 50.0
+    # sinus rhythm again after the episode (as after defibrillation)
+    sim = BedSynth("vf", 0, events_at_s=5.0, duration_s=None)
+    run(sim, 40.0)
+    after = sim.truth_beats(26.0, 40.0)
+    assert after.t_s.size > 10 and set(after.kind.tolist()) == {0}
+
+
+def test_af_fibrillatory_waves_run_at_350_to_600_per_minute() -> None:
+    """f waves of AF at 350-600/min (5.8-10 Hz): the patient's f-wave rate with its frequency
+    modulation stays inside the band, checked on the rendered wave's instantaneous rate."""
+    fs = 250.0
+    for seed in range(20):
+        sim = BedSynth("af", seed)
+        f0 = sim.plan.patient.fwave_hz
+        x = np.zeros((1, round(60 * fs)))
+        K.add_fwaves(
+            x, 0, fs, np.array([[0.0]]), np.array([[math.inf]]), np.array([1]),
+            np.array([f0]), np.array([1.0]),
+        )  # fmt: skip
+        y = filtfilt(*butter(2, [4.0 / (fs / 2), 11.0 / (fs / 2)], btype="band"), x[0])
+        phase = np.unwrap(np.angle(hilbert(y)))
+        rate = np.diff(phase)[round(2 * fs) : -round(2 * fs)] * fs / (2 * np.pi) * 60.0
+        smooth = np.convolve(rate, np.ones(round(0.25 * fs)) / round(0.25 * fs), "valid")
+        assert smooth.min() >= 350.0 and smooth.max() <= 600.0, (seed, f0)
+
+
+def pvcs(sim: BedSynth, start_s: float, end_s: float) -> tuple[NDArray[np.float64], ...]:
+    b = sim.truth_beats(start_s, end_s)
+    return b.t_s, b.kind, b.pulse
+
+
+def test_pvcs_are_premature_wide_with_a_compensatory_pause_and_come_in_couplets() -> None:
+    """Premature ventricular complexes (AAMI EC57 class V): wide QRS (>= 120 ms), early
+    (coupling interval well below the sinus interval), followed by a full compensatory pause
+    (the sinus beats around them two sinus intervals apart), sometimes two in a row (a
+    couplet)."""
+    couplets = isolated = 0
+    for seed in range(3):
+        sim = BedSynth("pvc", seed)
+        w = run(sim, 240.0)
+        onset_s, _ = episode(sim, "PVC")
+        x, fs = w["ECG_II"], sim.fs_hz["ECG_II"]
+        t, kind, _pulse = pvcs(sim, 2.0, 239.0)
+        assert set(kind[t < onset_s].tolist()) == {0}
+        v = np.nonzero(kind == 2)[0]
+        assert 0.08 < v.size / np.count_nonzero(t >= onset_s) < 0.3
+        for i in v:
+            if i < 2 or i + 2 >= t.size:
+                continue
+            assert qrs_width_s(x, fs, t[i]) >= 0.12
+            if kind[i - 1] != 0 or kind[i - 2] != 0:
+                continue  # the second of a couplet
+            sinus_rr = t[i - 1] - t[i - 2]
+            assert t[i] - t[i - 1] < 0.7 * sinus_rr  # premature
+            after = i + 1 if kind[i + 1] == 0 else i + 2
+            couplets += int(kind[i + 1] == 2)
+            isolated += int(kind[i + 1] == 0)
+            assert kind[after] == 0
+            assert t[after] - t[i - 1] == pytest.approx(2.0 * sinus_rr, rel=0.1)  # compensatory
+        normal = t[(kind == 0) & (t > 5.0) & (t < onset_s - 1.0)]
+        assert max(qrs_width_s(x, fs, s) for s in normal) < 0.12
+    assert couplets >= 3 and isolated >= 3 * couplets / 2
+
+
+def test_bigeminy_alternates_sinus_beats_and_pvcs() -> None:
+    sim = BedSynth("bigeminy", 2)
+    run(sim, 100.0)
+    start_s, end_s = episode(sim, "BIGEMINY")
+    t, kind, _pulse = pvcs(sim, start_s + 2.0, end_s)
+    assert t.size > 30
+    first = int(np.argmax(kind == 2))
+    pattern = kind[first:]
+    assert set(pattern[0::2].tolist()) == {2} and set(pattern[1::2].tolist()) == {0}
+    # the long-short cycle of bigeminy: the pause after a PVC is longer than the coupling
+    rr = np.diff(t[first - 1 :])
+    rr = rr[: rr.size // 2 * 2]
+    assert np.all(rr[0::2] < 0.7 * rr[1::2])
+    # sinus rhythm again after the episode
+    after = sim.truth_beats(end_s + 2.0, 100.0).kind
+    assert after.size > 5 and set(after.tolist()) == {0}
+
+
+def test_paced_rhythm_has_pacer_spikes_before_wide_complexes() -> None:
+    """Ventricular pacing (VVI, 70/min): a regular rate exactly the pacemaker's, a pacer spike
+    (one sample, narrow and tall) 80 ms before each wide (>= 120 ms) paced complex, no P
+    waves."""
+    for seed in range(3):
+        sim = BedSynth("paced", seed)
+        w = run(sim, 90.0)
+        onset_s, _ = episode(sim, "PACED")
+        t, kind, _ = pvcs(sim, onset_s + 2.0, 89.0)
+        assert set(kind.tolist()) == {3}
+        assert np.allclose(np.diff(t), 60.0 / 70.0)
+        for lead in ("ECG_II", "ECG_V"):
+            x, fs = w[lead], sim.fs_hz[lead]
+            gain = sim.plan.patient.ecg_gain[0 if lead == "ECG_II" else 1]
+            for r in t[1:-1]:
+                i = round((r - 0.080) * fs)
+                seg = x[i - 2 : i + 3]
+                k = int(np.argmax(seg))
+                assert k in (1, 2, 3)  # at the spike's time
+                neighbours = np.delete(seg, k)
+                assert seg[k] - np.median(neighbours) > 0.4 * gain
+        x, fs = w["ECG_II"], sim.fs_hz["ECG_II"]
+        smooth = np.convolve(x, np.ones(3) / 3, "same")  # the spike is no part of the QRS
+        for r in t[1:-1]:
+            i = round(r * fs)
+            seg = smooth[i - round(0.06 * fs) : i + round(0.15 * fs)]
+            d = np.abs(np.diff(seg))
+            idx = np.nonzero(d > 0.15 * d.max())[0]
+            assert (idx[-1] - idx[0] + 1) / fs >= 0.12
+    # no P wave: the paced complex's template is flat from 300 ms to 100 ms before R
+    row = 2 * 3
+    tt = ECG_TABLE_T0_S[row] + np.arange(ECG_TABLE_II.shape[1]) / TABLE_FS_HZ
+    for table in (ECG_TABLE_II, ECG_TABLE_V):
+        assert np.abs(table[row, tt < -0.10]).max() < 0.01
+
+
+def naive_vf(n0, fs, start, end, count, f_hz, amp, n):
+    out = np.zeros((start.shape[0], n))
+    tau = 2 * math.pi
+    for b in range(start.shape[0]):
+        for i in range(n):
+            t = (n0 + i) / fs
+            for e in range(count[b]):
+                if not start[b, e] <= t < end[b, e]:
+                    continue
+                u = t - start[b, e]
+                fade = min(1.0, 2 * u, 2 * (end[b, e] - t))
+                th1 = tau * f_hz[b] * u + 0.7 / 0.37 * math.sin(tau * 0.37 * u)
+                th1 += 0.4 / 0.13 * math.sin(tau * 0.13 * u + 1.0)
+                th2 = tau * 1.45 * f_hz[b] * u + 0.9 / 0.29 * math.sin(tau * 0.29 * u + 0.5)
+                e1 = 0.3 + 0.7 * (0.5 + 0.5 * math.sin(tau * 0.19 * u)) * (
+                    0.6 + 0.4 * math.sin(tau * 0.53 * u + 2.0)
+                )
+                e2 = 0.3 + 0.7 * (0.5 + 0.5 * math.sin(tau * 0.23 * u + 1.3)) * (
+                    0.6 + 0.4 * math.sin(tau * 0.71 * u + 0.4)
+                )
+                out[b, i] += amp[b] * fade * (e1 * math.sin(th1) + 0.33 * e2 * math.sin(th2))
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31), st.integers(0, 3000), st.integers(1, 300))
+def test_vf_kernel_matches_its_naive_twin(seed: int, n0: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    beds, fs = 3, 250.0
+    start = rng.uniform(0.0, 14.0, (beds, 2))
+    end = start + rng.uniform(0.0, 3.0, (beds, 2))
+    end[0, 0] = math.inf
+    count = rng.integers(0, 3, beds)
+    f_hz, amp = rng.uniform(4.0, 8.0, beds), rng.uniform(0.05, 1.0, beds)
+    got = np.zeros((beds, n))
+    K.add_vf(got, n0, fs, start, end, count, f_hz, amp)
+    want = naive_vf(n0, fs, start, end, count, f_hz, amp, n)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

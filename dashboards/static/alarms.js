@@ -3,14 +3,16 @@
 "use strict";
 
 // The tone. Browsers only start audio after a user gesture, so it plays once the user turns
-// sound on with the "sound" toggle. window.eicuAlarmTone shows its state: {enabled, playing}.
+// sound on with the "sound" toggle. window.eicuAlarmTone shows its state: {enabled, playing,
+// alarm}, where alarm is the alarm the tone sounds for ({bed, kind, priority}, or null): the
+// first sounding alarm in the server's order (the most urgent: priority, then clinical severity).
 const eicuTone = {
   ctx: null,
   osc: null,
   gain: null,
   timer: null,
   want: false,
-  state: { enabled: false, playing: false },
+  state: { enabled: false, playing: false, alarm: null },
 
   async toggle() {
     if (eicuTone.state.enabled) {
@@ -32,10 +34,15 @@ const eicuTone = {
     b.setAttribute("aria-pressed", String(eicuTone.state.enabled));
     b.classList.toggle("sound-on", eicuTone.state.enabled);
     b.classList.toggle("sound-off", !eicuTone.state.enabled);
+    const a = eicuTone.state.alarm;
+    b.title = a ? `sounding for ${a.kind} at ${a.bed}` : "";
   },
 
-  // Should the tone sound now? Called with every alarm update.
-  set(want) {
+  // The alarm the tone is for (null: silence). Called with every alarm update.
+  set(alarm) {
+    const want = Boolean(alarm);
+    eicuTone.state.alarm = alarm ? { bed: alarm.bed, kind: alarm.kind, priority: alarm.priority } : null;
+    eicuTone.label();
     eicuTone.want = want;
     if (want && eicuTone.state.enabled && !eicuTone.state.playing) eicuTone.start();
     if (!want && eicuTone.state.playing) eicuTone.stop();
@@ -101,7 +108,9 @@ const eicuAlarms = {
           throw new Error(detail);
         }
         const data = await all.json();
-        eicuTone.set(data.alarms.some((a) => a.sounding && a.priority === "high"));
+        // The server lists the alarms most urgent first: the tone is for the first sounding one.
+        const first = data.alarms.find((a) => a.sounding);
+        eicuTone.set(first && first.priority === "high" ? first : null);
         if (bed && onBed) {
           const r = await eicu.api(`/api/alarms?bed=${encodeURIComponent(bed)}`);
           if (!r.ok) throw new Error(`error ${r.status}`);
@@ -109,7 +118,7 @@ const eicuAlarms = {
         }
         if (onFeed) onFeed(true, "");
       } catch (err) {
-        eicuTone.set(false);  // the feed is lost: say so rather than sound on old data
+        eicuTone.set(null);  // the feed is lost: say so rather than sound on old data
         if (onFeed) onFeed(false, err.message);
       }
     };

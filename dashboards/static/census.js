@@ -97,6 +97,8 @@ function decorate(tr, bed) {
   if (tr.className !== cls) tr.className = cls;
   const alarm = bed.alarm ? `${bed.alarm.priority} ${bed.alarm.state}` : "none";
   if (tr.dataset.alarm !== alarm) tr.dataset.alarm = alarm;
+  const kind = bed.alarm ? bed.alarm.kind : "";
+  if (tr.dataset.alarmKind !== kind) tr.dataset.alarmKind = kind;
 }
 
 function drawRow(bed) {

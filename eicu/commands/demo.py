@@ -46,10 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="every bed's scenario event (VT, AF, asystole, lead off, probe off, gateway "
-        "outage, the start of the sepsis course) happens SECONDS after the start (default: "
-        "each scenario's own time, e.g. VT at 60 s); with a large --time-scale the sepsis "
-        "course runs in seconds (its 6 h course takes 21600 / time-scale seconds)",
+        help="every bed's scenario event (VT, VF, AF, asystole, ectopy, pacing, lead off, "
+        "probe off, gateway outage, the start of the sepsis course) happens SECONDS after "
+        "the start (default: each scenario's own time, e.g. VT at 60 s); with a large "
+        "--time-scale the sepsis course runs in seconds (its 6 h course takes 21600 / "
+        "time-scale seconds)",
     )
     parser.add_argument(
         "--data-dir",
@@ -296,23 +297,23 @@ def _rhythm(derived: object) -> str:
 
 
 def _alarms_by_bed(engine: object) -> dict[object, str]:
-    """Each bed's live alarms, highest priority first (``!!!`` high, ``!!`` medium, ``!`` low)."""
+    """Each bed's live alarms, most urgent first (alerting.ranking; ``!!!`` high, ``!!``
+    medium, ``!`` low)."""
     from alerting.model import AlarmState
+    from alerting.ranking import most_urgent_first
 
     service = getattr(engine, "alarms", None)
     if service is None:
         return {}
     marks = {"high": "!!!", "medium": "!!", "low": "!"}
-    order = {"high": 0, "medium": 1, "low": 2}
-    per_bed: dict[object, list[tuple[int, str]]] = {}
-    for alarm in service.machine.alarms():
-        if alarm.state == AlarmState.CLEARED:
-            continue
+    per_bed: dict[object, list[str]] = {}
+    live = (a for a in service.machine.alarms() if a.state != AlarmState.CLEARED)
+    for alarm in most_urgent_first(live, service.machine.policy_for):
         text = marks[alarm.priority.value] + alarm.kind
         if alarm.state == AlarmState.ACKNOWLEDGED:
             text += "(ack)"
-        per_bed.setdefault(alarm.bed, []).append((order[alarm.priority.value], text))
-    return {bed: " ".join(t for _, t in sorted(items)) for bed, items in per_bed.items()}
+        per_bed.setdefault(alarm.bed, []).append(text)
+    return {bed: " ".join(items) for bed, items in per_bed.items()}
 
 
 def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
