@@ -69,6 +69,7 @@ TEMPLATE_RELEARN_BEATS: Final = 32
 # lasts up to about 110 ms and ends 120-200 ms before the QRS onset), compared from one
 # non-ventricular beat to the next (see ``_SignalState.atrial_corr``).
 P_WINDOW_S: Final = (0.30, 0.08)
+P_TEMPLATE_BEATS: Final = 16
 MAX_GAP_BLOCK_S: Final = 60.0
 BLOCK_S: Final = 2.0
 
@@ -191,14 +192,15 @@ class _SignalState:
         self.p_lo_n = round(P_WINDOW_S[0] * fs_hz)
         self.p_hi_n = round(P_WINDOW_S[1] * fs_hz)
         self.p_last: NDArray[np.float64] | None = None  # the last beat's P-wave window
+        self.p_template: NDArray[np.float64] | None = None  # their running mean
         # runs of missing samples as [start, end), end None while still missing; oldest first
         self.nan_runs: list[tuple[int, int | None]] = []
 
     def atrial_corr(self, sample: int, ventricular: bool | None) -> float | None:
-        """Correlation of the P-wave window before the beat at ``sample`` with that of the last
-        non-ventricular beat (None for a ventricular or unclassified beat, the first one, or a
-        window not at hand). P waves that precede every QRS alike keep it high; fibrillatory
-        waves make it wander around zero."""
+        """The better correlation of the P-wave window before the beat at ``sample`` with that
+        of the last non-ventricular beat and with the running mean of those windows (None for a
+        ventricular or unclassified beat, the first one, or a window not at hand). P waves that
+        precede every QRS alike keep it high; fibrillatory waves make it wander around zero."""
         if ventricular is not False:
             return None
         w = self.hist.window(sample - self.p_lo_n, sample - self.p_hi_n, filtered=True)
@@ -210,10 +212,17 @@ class _SignalState:
         seg = w - w.mean()
         seg = seg - ramp * (np.dot(seg, ramp) / np.dot(ramp, ramp))
         last, self.p_last = self.p_last, seg
-        if last is None:
+        if last is None or self.p_template is None:
+            self.p_template = seg.copy()
             return None
-        den = float(np.sqrt(np.dot(seg, seg) * np.dot(last, last)))
-        return float(np.dot(seg, last)) / den if den > 0.0 else None
+        best: float | None = None
+        for ref in (last, self.p_template):
+            den = float(np.sqrt(np.dot(seg, seg) * np.dot(ref, ref)))
+            if den > 0.0:
+                c = float(np.dot(seg, ref)) / den
+                best = c if best is None else max(best, c)
+        self.p_template += (seg - self.p_template) / P_TEMPLATE_BEATS
+        return best
 
     def forget_before(self, sample: int) -> None:
         while self.recent_beats and self.recent_beats[0].sample < sample:

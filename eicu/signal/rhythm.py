@@ -18,7 +18,8 @@ and two that the challenge does not define:
 - AFIB: an irregularly irregular rhythm over the last 64 intervals, judged by the normalised
   RMSSD, the Shannon entropy of the interval histogram and the turning-point ratio after
   Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009), without P waves (the P-wave windows of
-  consecutive non-ventricular beats do not resemble each other: after Babaeizadeh et al. 2009).
+  the non-ventricular beats resemble neither the one before nor their running mean: after
+  Babaeizadeh et al. 2009).
 
 The tracker is pure: it reacts to beats, gaps and fibrillation windows given in the order of the
 sample at which each became known, so the same record yields the same flags however it is cut
@@ -50,10 +51,11 @@ AF_NRMSSD: Final = 0.12
 AF_SHANNON: Final = 0.70
 AF_TPR: Final = (0.50, 0.85)
 # Atrial activity (after the P-wave criterion of Babaeizadeh et al., J Electrocardiol 42(6):
-# 522-526, 2009): P waves are present when the median correlation of the P-wave windows of the
-# last AF_P_BEATS beats, each with the one before, is at least AF_P_CORR (judged when half of
-# them are non-ventricular beats with a P-wave window). Set halfway between MIT-BIH's AF (median
-# 0.0-0.1 on 201, 203) and its sinus rhythm with ectopy (0.77-0.87 on 201, 208).
+# 522-526, 2009): P waves are present when the median, over the last AF_P_BEATS beats, of the
+# better correlation of each P-wave window with the one before and with their running mean is
+# at least AF_P_CORR (judged when half of them are non-ventricular beats with a P-wave window).
+# Set halfway between MIT-BIH's AF (median correlation with the beat before 0.0-0.1 on 201,
+# 203) and its sinus rhythm with ectopic beats (0.77-0.87 on 201, 208).
 AF_P_CORR: Final = 0.4
 AF_P_BEATS: Final = 16
 # A beat can become known this long after its sample (confirmation, search-back, morphology).
