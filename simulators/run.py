@@ -27,6 +27,7 @@ class SimulationPlan:
     frame_s: float = 0.25
     beds_per_gateway: int = 16
     replay: Path | None = None
+    replay_offset_s: float = 0.0  # where in the record the first replayed bed starts
     seed: int = 0
     time_scale: float = 1.0
     first_bed: int = 1
@@ -42,7 +43,9 @@ def make_groups(plan: SimulationPlan, start_us: int) -> list[BedGroup]:
         chunk = beds[g : g + plan.beds_per_gateway]
         if plan.replay is not None:
             groups.extend(
-                ReplayBed(bed, plan.replay, start_us, offset_s=97.0 * (g + i))
+                ReplayBed(
+                    bed, plan.replay, start_us, offset_s=plan.replay_offset_s + 97.0 * (g + i)
+                )
                 for i, bed in enumerate(chunk)
             )
             continue

@@ -120,15 +120,29 @@ def test_ventricular_fibrillation() -> None:
     assert [f for f in flags(ev, "VFIB") if f.state == "end"]
 
 
+def test_irregular_rhythm_with_p_waves_is_not_atrial_fibrillation() -> None:
+    """The same irregular intervals with a P wave before every QRS (sinus arrhythmia, atrial
+    ectopy) are not AF: AF has no P waves."""
+    rng = np.random.default_rng(7)
+    rr = np.concatenate([np.full(80, 0.8), rng.uniform(0.7, 1.3, 200), np.full(40, 0.8)])
+    with_p, _ = ecg_from_rr(rr, FS, p_wave=True)
+    assert starts(run(with_p), "AFIB") == []
+    # without P waves, with disorganised atrial activity on the baseline: AF
+    without_p, _ = ecg_from_rr(rr, FS, p_wave=False, noise_mv=0.03)
+    assert starts(run(without_p), "AFIB")
+
+
 def test_sinus_rhythm_is_not_fibrillation() -> None:
     x, _ = ecg_from_rr(np.full(100, 0.5), FS, noise_mv=0.02)
     assert starts(run(x), "VFIB") == []
 
 
 def test_atrial_fibrillation_onset_and_offset() -> None:
+    """AF: irregularly irregular intervals, no P waves, disorganised atrial activity (here
+    noise on the baseline); the regular parts around it are junctional: no P waves either."""
     rng = np.random.default_rng(7)
     rr = np.concatenate([np.full(80, 0.8), rng.uniform(0.4, 1.1, 200), np.full(120, 0.8)])
-    x, truth = ecg_from_rr(rr, FS, p_wave=True)
+    x, truth = ecg_from_rr(rr, FS, p_wave=False, noise_mv=0.03)
     ev = run(x)
     (start,) = starts(ev, "AFIB")
     onset = truth[80] / FS

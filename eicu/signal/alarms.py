@@ -2,21 +2,31 @@
 
 ``verify_alarm(pipeline, label)`` judges an alarm raised now (the last sample pushed) from the
 last ``ALARM_WINDOW_S`` seconds that the pipeline keeps for each signal: beats and their
-morphology on every ECG lead, fibrillation windows, quality verdicts, and the pulses of arterial
-pressure and plethysmogram. An ECG lead counts only where its quality is good; a pulse signal
-that beats regularly with good quality is evidence of a perfusing rhythm.
+morphology on every ECG lead, fibrillation windows, quality verdicts, the baseline power of
+each lead, and the pulses of arterial pressure and plethysmogram.
 
-The VTACH rule calls the alarm false when a pulse signal of good quality beats regularly
-(interval coefficient of variation below ``PULSE_REGULAR_CV``, no gap of 2 s) through the
-window, or when an ECG lead of good quality shows an organised rhythm (at least 3 beats,
-interval coefficient of variation below ``ECG_REGULAR_CV``, fewer than ``VT_MAX_V_3S``
-ventricular beats in any 3 s, no fibrillatory window). Otherwise the alarm stands. The
-constants were chosen on the PhysioNet/CinC 2015 training alarms; ``benchmarks/accuracy.py``
-reports the score with them and with constants chosen by 5-fold cross-validation.
+The ECG is judged first. A lead is *usable* when its quality verdict (missing, flat,
+saturated, high-frequency noise, agreement of two QRS detectors) was good for at least half of
+the window and its baseline SQI (1 - power below 1 Hz / power below 40 Hz, the basSQI of
+Behar et al. 2013) is at least ``BASELINE_SQI_MIN``; for AF also the kurtosis (kSQI) of each
+2 s of the window is at least ``AF_KURTOSIS_MIN``. The ECG is *reliable* when some lead is
+usable and, where two or more leads are of good quality, at least one pair of them finds the
+same beats (F1 agreement within 150 ms of ``LEAD_AGREEMENT_MIN`` or more; leads that each claim
+good quality and disagree cannot both be right).
 
-The AFIB rule calls the alarm false when a pulse signal of good quality beats regularly
-(coefficient of variation below ``AF_PULSE_REGULAR_CV``) through the window: in AF the pulse is
-as irregular as the ventricular rhythm. Pauses are not judged here.
+- Reliable ECG: the ECG alone decides. Pulses, whatever they show, change nothing: VT with a
+  pulse is still VT. A VTACH alarm is false only when every usable lead shows an organised
+  narrow-complex rhythm without a ventricular run (``_organised``); a VFIB alarm only when no
+  usable lead shows a fibrillatory window; ASYSTOLE only when a usable lead shows QRS
+  complexes less than 4 s apart; BRADY and TACHY when no usable lead shows an interval beyond
+  the limit; AFIB when every usable lead beats regularly through the window (interval
+  coefficient of variation below ``ECG_REGULAR_CV``: AF is irregularly irregular).
+- Unreliable ECG (noise or artefact on every lead, or leads that disagree): other signals may
+  reject the alarm. A pulse signal of good quality that beats throughout the window makes
+  ASYSTOLE false; one that beats regularly (interval coefficient of variation below
+  ``PULSE_REGULAR_CV``, ``AF_PULSE_REGULAR_CV`` for AF) makes VTACH, VFIB and AFIB false, and
+  one that beats at 40/min or more makes BRADY false. Without such a pulse the alarm stands:
+  nothing ever silences an alarm for want of evidence.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
+from scipy import signal as sps
 
 from eicu.kernels.sqi import beat_agreement
 from eicu.signal.rhythm import ASYSTOLE_S, BRADY_BPM, TACHY_BPM, VT_BEATS, VT_BPM
@@ -46,8 +57,23 @@ PULSE_REGULAR_CV: Final = 0.05
 AF_PULSE_REGULAR_CV: Final = 0.1
 PULSE_MIN_GOOD_FRAC: Final = 0.5
 ECG_MIN_GOOD_FRAC: Final = 0.5
-ECG_REGULAR_CV: Final = 0.2
-VT_MAX_V_3S: Final = 4  # fewer ventricular beats than this in any 3 s: no ventricular run
+# Organised rhythm: intervals varying by less than a tenth (sinus rhythm varies by a few percent;
+# a window holding both sinus beats and a fast run varies by 0.2-0.5).
+ECG_REGULAR_CV: Final = 0.1
+VT_MAX_V_3S: Final = 1  # fewer ventricular beats than this in any 3 s: no ventricular run
+# A wide QRS complex lasts 120 ms or more: the definition of a wide-complex tachycardia
+# (ACC/AHA/ESC 2006 guidelines for ventricular arrhythmias, Zipes et al.).
+WIDE_QRS_MS: Final = 120.0
+# Baseline SQI (basSQI, Behar et al. 2013): a lead with more than a tenth of its 0-40 Hz power
+# below 1 Hz is dominated by baseline movement (motion, electrode artefact), not by its beats.
+BASELINE_SQI_MIN: Final = 0.9
+# An ECG lead whose kurtosis is below 5 is not judged for AF (Li, Mark and Clifford 2008: kSQI
+# above 5 for ECG); not used for VT, VF or asystole, whose ECG has low kurtosis too (Behar et
+# al. 2013).
+AF_KURTOSIS_MIN: Final = 5.0
+# Two usable leads agree when their beats match with an F1 of 0.8 within 150 ms: the bSQI of
+# Li, Mark and Clifford (2008) compares two detectors with the same 150 ms window.
+LEAD_AGREEMENT_MIN: Final = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +93,10 @@ class LeadEvidence:
     rr_cv: float  # coefficient of variation of the intervals (inf with fewer than 2)
     rate_bpm: float  # 60 / median interval (0 with fewer than 2 beats)
     agreement: float = float("nan")  # best beat agreement (F1) with another ECG lead
+    baseline_sqi: float = float("nan")  # 1 - power below 1 Hz / power below 40 Hz (NaN: unknown)
+    qrs_width_ms: float = float("nan")  # median QRS width of the beats that have one
+    # lowest kurtosis of the 0.5-40 Hz filtered window's 2 s segments (3 for Gaussian noise)
+    kurtosis: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +156,7 @@ def lead_evidence(st: _SignalState, now: int, window_s: float) -> LeadEvidence:
         ends = np.searchsorted(v_samples, v_samples + span3, side="left")
         max_v_3s = int((ends - np.arange(v_samples.size)).max())
     bounds = np.concatenate([[lo], samples, [now]]) / st.fs_hz
+    widths = [b.qrs_width_ms for b in beats if b.qrs_width_ms is not None]
     return LeadEvidence(
         signal=st.key,
         n_beats=len(beats),
@@ -141,7 +172,51 @@ def lead_evidence(st: _SignalState, now: int, window_s: float) -> LeadEvidence:
         max_v_3s=max_v_3s,
         rr_cv=float(rr_s.std() / rr_s.mean()) if rr_s.size > 1 else float("inf"),
         rate_bpm=float(60.0 / np.median(rr_s)) if rr_s.size else 0.0,
+        baseline_sqi=baseline_sqi(st.hist.window(max(lo, st.hist.start), now), st.fs_hz),
+        qrs_width_ms=float(np.median(widths)) if widths else float("nan"),
+        kurtosis=_lowest_kurtosis(
+            st.hist.window(max(lo, st.hist.start), now, filtered=True), st.fs_hz
+        ),
     )
+
+
+def _lowest_kurtosis(y: np.ndarray | None, fs_hz: float) -> float:
+    """The lowest kurtosis of the whole 2 s segments of a window, newest first (NaN: none)."""
+    if y is None:
+        return float("nan")
+    n = round(2.0 * fs_hz)
+    ks = [kurtosis_sqi(y[e - n : e]) for e in range(y.shape[0], n - 1, -n)]
+    return float(min(ks)) if ks and not np.isnan(ks).any() else float("nan")
+
+
+def kurtosis_sqi(y: np.ndarray | None) -> float:
+    """The kurtosis of a filtered ECG window (the kSQI of Li, Mark and Clifford 2008): above 5
+    for an ECG whose power sits in sharp QRS complexes, about 3 for Gaussian noise. NaN for
+    fewer than 8 samples, a missing sample, or a flat window."""
+    if y is None or y.shape[0] < 8 or np.isnan(y).any():
+        return float("nan")
+    d = y - y.mean()
+    var = float(np.mean(d * d))
+    if var <= 0.0:
+        return float("nan")
+    return float(np.mean(d**4)) / (var * var)
+
+
+def baseline_sqi(x: np.ndarray | None, fs_hz: float) -> float:
+    """1 - (power below 1 Hz) / (power below 40 Hz) of a raw ECG window (Welch, 2 s segments).
+
+    The basSQI of Behar et al. (IEEE Trans Biomed Eng 60(6):1660-1666, 2013): near 1 for an
+    ECG whose power is in its beats, low where baseline movement (motion, respiration,
+    electrode artefact) dominates. NaN for a window shorter than 4 s, with a missing sample, or
+    without power.
+    """
+    if x is None or x.shape[0] < round(4.0 * fs_hz) or np.isnan(x).any():
+        return float("nan")
+    f, p = sps.welch(x - x.mean(), fs=fs_hz, nperseg=round(2.0 * fs_hz))
+    total = float(p[f < 40.0].sum())
+    if total <= 0.0:
+        return float("nan")
+    return 1.0 - float(p[f < 1.0].sum()) / total
 
 
 def pulse_evidence(st: _SignalState, now: int, window_s: float) -> PulseEvidence:
@@ -196,12 +271,15 @@ def _beat_times_ms(st: _SignalState, now: int, window_s: float) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class VtRule:
-    """The constants of the VTACH rule (see the module docstring)."""
+    """The constants of the verification (see the module docstring)."""
 
     pulse_regular_cv: float = PULSE_REGULAR_CV
     ecg_regular_cv: float = ECG_REGULAR_CV
     max_v_3s: int = VT_MAX_V_3S
     min_beats: int = 3
+    baseline_sqi_min: float = BASELINE_SQI_MIN
+    wide_qrs_ms: float = WIDE_QRS_MS
+    lead_agreement_min: float = LEAD_AGREEMENT_MIN
 
 
 def _perfusing(p: PulseEvidence, rule: VtRule) -> bool:
@@ -215,13 +293,31 @@ def _perfusing(p: PulseEvidence, rule: VtRule) -> bool:
 
 
 def _organised(ld: LeadEvidence, rule: VtRule) -> bool:
-    """A lead showing a regular rhythm, almost no ventricular beats and no fibrillation."""
+    """A lead showing a regular narrow-complex rhythm without ventricular beats or fibrillation.
+
+    Not organised when any of these is unknown (too few beats, QRS width not measured).
+    """
     return (
         ld.n_beats >= rule.min_beats
         and ld.max_v_3s < rule.max_v_3s
         and ld.rr_cv < rule.ecg_regular_cv
         and ld.fib_windows == 0
+        and ld.qrs_width_ms < rule.wide_qrs_ms
     )
+
+
+def usable_leads(leads: list[LeadEvidence], rule: VtRule | None = None) -> list[LeadEvidence]:
+    """The leads the ECG can be judged on; empty when the ECG is unreliable.
+
+    A lead is usable when its quality was good for at least half of the window and its baseline
+    SQI is not below ``baseline_sqi_min`` (an unknown baseline SQI does not exclude it). Two or
+    more leads of good quality of which no two agree on the beats make the ECG unreliable.
+    """
+    rule = VtRule() if rule is None else rule
+    good = [ld for ld in leads if ld.good_frac >= ECG_MIN_GOOD_FRAC]
+    if len(good) >= 2 and not any(ld.agreement >= rule.lead_agreement_min for ld in good):
+        return []
+    return [ld for ld in good if not ld.baseline_sqi < rule.baseline_sqi_min]
 
 
 def decide(
@@ -231,61 +327,74 @@ def decide(
     rule: VtRule | None = None,
 ) -> AlarmDecision:
     """The verdict on an alarm from the evidence of every lead and pulse signal."""
+    if label not in VERIFIED_LABELS:
+        raise ValueError(f"unknown alarm {label!r}; known: {', '.join(sorted(VERIFIED_LABELS))}")
     rule = VtRule() if rule is None else rule
-    good = [ld for ld in leads if ld.good_frac >= ECG_MIN_GOOD_FRAC]
-    perfusing = [p for p in pulses if _perfusing(p, rule)]
+    usable = usable_leads(leads, rule)
+    if label == "AFIB":  # noise that passes for beats is not AF: the lead must look like ECG
+        usable = [ld for ld in usable if not ld.kurtosis < AF_KURTOSIS_MIN]
 
     def made(true_alarm: bool, reason: str) -> AlarmDecision:
         return AlarmDecision(label, true_alarm, reason, tuple(leads), tuple(pulses))
 
-    if label == "VTACH":
-        # A pulse signal of good quality beating regularly through the window means an
-        # organised, perfusing rhythm; so does an ECG lead showing a regular rhythm with
-        # hardly a ventricular beat. Either way the alarm is called false.
-        if perfusing:
-            return made(False, f"regular pulses on {perfusing[0].signal}")
-        organised = [ld for ld in good if _organised(ld, rule)]
-        if organised:
-            return made(
-                False, f"organised rhythm without a ventricular run on {organised[0].signal}"
-            )
-        return made(True, "no organised rhythm on any lead or pulse of good quality")
-    if label in ("VFIB", "VFLUTTER"):
-        fib = [ld for ld in good if ld.fib_windows > 0]
-        if perfusing:
-            return made(False, f"regular pulses on {perfusing[0].signal}")
-        if fib or not good:
-            return made(True, "fibrillatory ECG" if fib else "no lead of good quality")
-        return made(False, "no fibrillatory window on any ECG lead of good quality")
+    if usable:
+        names = ", ".join(ld.signal for ld in usable)
+        if label == "VTACH":
+            if all(_organised(ld, rule) for ld in usable):
+                return made(
+                    False, f"organised narrow-complex rhythm on every usable lead ({names})"
+                )
+            return made(True, f"a usable lead ({names}) does not rule out a ventricular run")
+        if label in ("VFIB", "VFLUTTER"):
+            fib = [ld for ld in usable if ld.fib_windows > 0]
+            if fib:
+                return made(True, f"fibrillatory ECG on {fib[0].signal}")
+            return made(False, f"no fibrillatory window on any usable lead ({names})")
+        if label == "ASYSTOLE":
+            beating = [ld for ld in usable if ld.max_rr_s < ASYSTOLE_S]
+            if beating:
+                return made(False, f"QRS complexes continue on {beating[0].signal}")
+            return made(True, "no QRS for more than 4 s on a usable lead")
+        if label == "BRADY":
+            if not any(ld.max_rr_s > 60.0 / BRADY_BPM for ld in usable):
+                return made(False, f"no interval longer than 1.5 s on {names}")
+            return made(True, "slow rhythm on a usable lead")
+        if label == "TACHY":
+            if not any(ld.n_beats > 0 and ld.min_rr_s < 60.0 / TACHY_BPM for ld in usable):
+                return made(False, f"no interval shorter than 0.43 s on {names}")
+            return made(True, "fast rhythm on a usable lead")
+        # AFIB: an irregularly irregular rhythm. A window in which every usable lead beats
+        # regularly is no AF (the flag judges the last 64 intervals and ends late).
+        regular_ecg = [ld for ld in usable if ld.n_beats >= rule.min_beats]
+        if regular_ecg and all(ld.rr_cv < rule.ecg_regular_cv for ld in regular_ecg):
+            return made(False, f"regular rhythm on every usable lead ({names})")
+        return made(True, f"irregular rhythm on a usable lead ({names})")
+    # The ECG is unreliable: other signals may reject the alarm.
     if label == "ASYSTOLE":
-        if perfusing or any(p.max_gap_s < ASYSTOLE_S and p.good_frac >= 0.5 for p in pulses):
-            return made(False, "pulses continue")
-        beating = [ld for ld in good if ld.max_rr_s < ASYSTOLE_S]
-        if beating:
-            return made(False, f"QRS complexes continue on {beating[0].signal}")
-        return made(True, "no QRS and no pulse for more than 4 s")
+        beating_p = [p for p in pulses if p.max_gap_s < ASYSTOLE_S and p.good_frac >= 0.5]
+        if beating_p:
+            return made(False, f"unreliable ECG; pulses continue on {beating_p[0].signal}")
+        return made(True, "unreliable ECG and no pulse for more than 4 s")
     if label == "BRADY":
-        if any(p.rate_bpm >= BRADY_BPM and p.good_frac >= 0.5 for p in perfusing):
-            return made(False, "pulse rate is not extremely low")
-        slow = [ld for ld in good if ld.max_rr_s > 60.0 / BRADY_BPM]
-        if good and not slow:
-            return made(False, "no interval longer than 1.5 s on a lead of good quality")
-        return made(True, "slow rhythm")
-    if label == "AFIB":
-        # AF is an irregularly irregular ventricular rhythm and the pulse follows it: a pulse of
-        # good quality beating regularly through the window means the irregular intervals on
-        # the ECG are not AF (motion artefact, noise taken for beats).
-        af_rule = replace(rule, pulse_regular_cv=AF_PULSE_REGULAR_CV)
-        regular = [p for p in pulses if _perfusing(p, af_rule)]
-        if regular:
-            return made(False, f"regular pulses on {regular[0].signal}")
-        return made(True, "no regular pulse of good quality")
+        fast = [
+            p
+            for p in pulses
+            if _perfusing(p, replace(rule, pulse_regular_cv=np.inf)) and p.rate_bpm >= BRADY_BPM
+        ]
+        if fast:
+            return made(
+                False, f"unreliable ECG; pulse rate is not extremely low on {fast[0].signal}"
+            )
+        return made(True, "unreliable ECG and no pulse contradicts it")
     if label == "TACHY":
-        fast = [ld for ld in good if ld.n_beats > 0 and ld.min_rr_s < 60.0 / TACHY_BPM]
-        if good and not fast:
-            return made(False, "no interval shorter than 0.43 s on a lead of good quality")
-        return made(True, "fast rhythm")
-    raise ValueError(f"unknown alarm {label!r}; known: {', '.join(sorted(VERIFIED_LABELS))}")
+        return made(True, "unreliable ECG; the alarm stands")
+    # AF is an irregularly irregular ventricular rhythm and the pulse follows it; VT and VF do
+    # not leave a pulse beating regularly. Judged only because the ECG cannot be trusted.
+    limit = AF_PULSE_REGULAR_CV if label == "AFIB" else rule.pulse_regular_cv
+    regular = [p for p in pulses if _perfusing(p, replace(rule, pulse_regular_cv=limit))]
+    if regular:
+        return made(False, f"unreliable ECG; regular pulses on {regular[0].signal}")
+    return made(True, "unreliable ECG and no regular pulse of good quality")
 
 
 def verify_alarm(

@@ -65,6 +65,11 @@ VENTRICULAR_WIDTH_RATIO: Final = 1.2
 VENTRICULAR_STEEP_RATIO: Final = 0.9
 TEMPLATE_INIT_BEATS: Final = 8
 TEMPLATE_RELEARN_BEATS: Final = 32
+# Atrial activity: the P-wave window before each QRS, 300 to 80 ms before the R peak (a P wave
+# lasts up to about 110 ms and ends 120-200 ms before the QRS onset), compared from one
+# non-ventricular beat to the next (see ``_SignalState.atrial_corr``).
+P_WINDOW_S: Final = (0.30, 0.08)
+P_TEMPLATE_BEATS: Final = 16
 MAX_GAP_BLOCK_S: Final = 60.0
 BLOCK_S: Final = 2.0
 
@@ -184,8 +189,40 @@ class _SignalState:
         self.recent_quality: deque[tuple[int, Verdict]] = deque()  # (tick sample, verdict)
         self.recent_fib: deque[tuple[int, bool]] = deque()  # (window end sample, fibrillatory)
         self.vf_n = round(VF_S * fs_hz)
+        self.p_lo_n = round(P_WINDOW_S[0] * fs_hz)
+        self.p_hi_n = round(P_WINDOW_S[1] * fs_hz)
+        self.p_last: NDArray[np.float64] | None = None  # the last beat's P-wave window
+        self.p_template: NDArray[np.float64] | None = None  # their running mean
         # runs of missing samples as [start, end), end None while still missing; oldest first
         self.nan_runs: list[tuple[int, int | None]] = []
+
+    def atrial_corr(self, sample: int, ventricular: bool | None) -> float | None:
+        """The better correlation of the P-wave window before the beat at ``sample`` with that
+        of the last non-ventricular beat and with the running mean of those windows (None for a
+        ventricular or unclassified beat, the first one, or a window not at hand). P waves that
+        precede every QRS alike keep it high; fibrillatory waves make it wander around zero."""
+        if ventricular is not False:
+            return None
+        w = self.hist.window(sample - self.p_lo_n, sample - self.p_hi_n, filtered=True)
+        if w is None or np.isnan(w).any():
+            self.p_last = None
+            return None
+        # without its mean and linear trend (baseline movement is not atrial activity)
+        ramp = np.linspace(-1.0, 1.0, w.shape[0])
+        seg = w - w.mean()
+        seg = seg - ramp * (np.dot(seg, ramp) / np.dot(ramp, ramp))
+        last, self.p_last = self.p_last, seg
+        if last is None or self.p_template is None:
+            self.p_template = seg.copy()
+            return None
+        best: float | None = None
+        for ref in (last, self.p_template):
+            den = float(np.sqrt(np.dot(seg, seg) * np.dot(ref, ref)))
+            if den > 0.0:
+                c = float(np.dot(seg, ref)) / den
+                best = c if best is None else max(best, c)
+        self.p_template += (seg - self.p_template) / P_TEMPLATE_BEATS
+        return best
 
     def forget_before(self, sample: int) -> None:
         while self.recent_beats and self.recent_beats[0].sample < sample:
@@ -448,7 +485,7 @@ class BedSignalPipeline:
         st.recent_beats.append(beat)
         events: list[Event] = [beat]
         if self._tracker is not None and st.key == self.primary_ecg:
-            events.extend(self._tracker.beat(s, ventricular))
+            events.extend(self._tracker.beat(s, ventricular, st.atrial_corr(s, ventricular)))
             return events
         prev = st.last_beat
         st.last_beat = s

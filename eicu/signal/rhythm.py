@@ -17,7 +17,9 @@ and two that the challenge does not define:
 - PAUSE: no QRS for more than 3 s (a common bedside-monitor default);
 - AFIB: an irregularly irregular rhythm over the last 64 intervals, judged by the normalised
   RMSSD, the Shannon entropy of the interval histogram and the turning-point ratio after
-  Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009).
+  Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009), without P waves (the P-wave windows of
+  the non-ventricular beats resemble neither the one before nor their running mean: after
+  Babaeizadeh et al. 2009).
 
 The tracker is pure: it reacts to beats, gaps and fibrillation windows given in the order of the
 sample at which each became known, so the same record yields the same flags however it is cut
@@ -48,6 +50,14 @@ AF_WINDOW: Final = 64
 AF_NRMSSD: Final = 0.12
 AF_SHANNON: Final = 0.70
 AF_TPR: Final = (0.50, 0.85)
+# Atrial activity (after the P-wave criterion of Babaeizadeh et al., J Electrocardiol 42(6):
+# 522-526, 2009): P waves are present when the median, over the last AF_P_BEATS beats, of the
+# better correlation of each P-wave window with the one before and with their running mean is
+# at least AF_P_CORR (judged when half of them are non-ventricular beats with a P-wave window).
+# Set halfway between MIT-BIH's AF (median correlation with the beat before 0.0-0.1 on 201,
+# 203) and its sinus rhythm with ectopic beats (0.77-0.87 on 201, 208).
+AF_P_CORR: Final = 0.4
+AF_P_BEATS: Final = 16
 # A beat can become known this long after its sample (confirmation, search-back, morphology).
 DECISION_LATENCY_S: Final = 0.5
 
@@ -155,6 +165,7 @@ class RhythmTracker:
         self._rr: deque[float] = deque(maxlen=8)
         self._af_rr: deque[float] = deque(maxlen=AF_WINDOW)
         self._af_beats: deque[int] = deque(maxlen=AF_WINDOW)  # the beat ending each interval
+        self._af_atrial: deque[float | None] = deque(maxlen=AF_WINDOW)  # P-wave correlation
         self._brady_run = 0
         self._tachy_run = 0
         self._vt_run: list[int] = []
@@ -221,14 +232,18 @@ class RhythmTracker:
         self._rr.clear()
         self._af_rr.clear()
         self._af_beats.clear()
+        self._af_atrial.clear()
         self._brady_run = 0
         self._tachy_run = 0
         self._vt_run = []
         self._vf_last_end = None
         return out
 
-    def beat(self, sample: int, ventricular: bool | None) -> list[HeartRate | RhythmFlag]:
-        """A beat, given after ``advance`` to the time it became known."""
+    def beat(
+        self, sample: int, ventricular: bool | None, atrial: float | None = None
+    ) -> list[HeartRate | RhythmFlag]:
+        """A beat, given after ``advance`` to the time it became known; ``atrial``: the
+        correlation of its P-wave window with their template (None when not judged)."""
         out: list[HeartRate | RhythmFlag] = []
         fs = self.fs_hz
         if (
@@ -283,9 +298,10 @@ class RhythmTracker:
         # atrial fibrillation
         self._af_rr.append(rr_s)
         self._af_beats.append(sample)
+        self._af_atrial.append(atrial)
         if len(self._af_rr) == AF_WINDOW:
             rr_win = np.asarray(self._af_rr)
-            irregular = af_features(rr_win).irregular
+            irregular = af_features(rr_win).irregular and not self._p_waves_present()
             first, last = irregular_span(rr_win)
             if irregular:
                 self._af_off_count = 0
@@ -303,6 +319,12 @@ class RhythmTracker:
                     self._af_last_end = end
                     out.append(self._flag("AFIB", "end", end))
         return out
+
+    def _p_waves_present(self) -> bool:
+        """P waves precede the recent non-ventricular beats: the median correlation of the last
+        AF_P_BEATS judged P-wave windows is at least AF_P_CORR (judged on half of them)."""
+        corr = [c for c in list(self._af_atrial)[-AF_P_BEATS:] if c is not None]
+        return len(corr) >= AF_P_BEATS // 2 and float(np.median(corr)) >= AF_P_CORR
 
     def fibrillation(self, start: int, end: int, fibrillatory: bool) -> list[RhythmFlag]:
         """The window [start, end) of ``VF_S`` seconds was judged fibrillatory or not."""
