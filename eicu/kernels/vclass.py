@@ -1,0 +1,297 @@
+"""Streaming beat classification: ventricular (V), normal or supraventricular (N), noise (Q).
+
+Each ECG lead keeps up to ``K_TEMPLATES`` QRS templates, a running clustering of the patient's
+own beats: a beat joins the template it correlates best with (at least ``MATCH_CORR``, best over
+shifts of up to ``shift_n`` samples) and moves it by ``1 / ADAPT_BEATS`` of the difference, so a
+template follows slow changes (rate, axis, electrode drift) but not single beats; a beat that
+matches no template starts one, in place of the least used. Every template carries a use count
+that forgets with a time constant of ``FORGET_BEATS`` beats.
+
+The dominant (reference) template is the most used one among those not marked ventricular; a
+template marked ventricular becomes the reference only once it has been used ``TAKEOVER`` times
+as much as the reference (a new dominant beat such as a bundle-branch block or pacing after
+minutes, never a run of ventricular tachycardia of a few hundred beats).
+
+A beat is compared with the reference of every lead that has one: the correlation, the ratio of
+QRS widths, of steepness (largest slope over peak-to-peak amplitude) and of amplitude, and its
+prematurity (the interval before it over the running mean interval of the dominant beats). It
+is ventricular when, on the lead where it differs most, it is unlike the reference and wider or
+less steep, after the features of ventricular ectopic beats used by de Chazal et al. (IEEE Trans
+Biomed Eng 51(7):1196-1206, 2004: QRS duration, RR intervals, morphology) and the template
+matching of patient-adaptive classifiers (Hu et al., IEEE Trans Biomed Eng 44(9):891-900, 1997).
+A beat whose window holds a missing sample on every lead, or whose amplitude is far outside the
+reference's (``Q_AMP``), is unclassifiable.
+
+The kernel is :func:`_classify_beats`; :class:`eicu.signal.vclass.BeatClassifier` owns its state
+and is the public wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from eicu.kernels._fastmath import FASTMATH
+from eicu.kernels.morphology import _pearson, _qrs_width_n, _steepness
+
+K_TEMPLATES = 8
+
+# classes
+C_UNKNOWN = -1  # still learning the templates
+C_N = 0
+C_V = 1
+C_Q = 2
+
+# float parameters
+F_MATCH_CORR = 0
+F_ADAPT = 1  # 1 / ADAPT_BEATS
+F_FORGET = 2  # per-beat factor of the use counts
+F_TAKEOVER = 3
+F_V_CORR = 4  # below this correlation with the reference a beat is unlike it
+F_V_WIDTH = 5  # width ratio above which an unlike beat is wider
+F_V_STEEP = 6  # steepness ratio below which an unlike beat is slower
+F_V_CORR_MILD = 7  # above this an unlike beat is only mildly unlike the reference
+F_PREMATURE = 8  # rr_prev / rr_mean below this: premature (else on time)
+F_Q_AMP = 9  # amplitude ratio outside [1/Q_AMP, Q_AMP]: unclassifiable
+F_SLOPE_FRAC = 10
+F_NARROW_N = 11  # width (samples) below which a first template is taken as supraventricular
+N_FPARAMS = 12
+
+# integer parameters
+I_PRE_N = 0
+I_POST_N = 1
+I_SHIFT_N = 2
+I_LEARN = 3  # beats seen before classes are given
+N_IPARAMS = 4
+
+# integer state per lead
+S_NT = 0  # templates in use
+S_REF = 1  # reference template, -1 when none
+S_SEEN = 2  # beats seen
+N_ISTATE = 3
+
+# float state per lead (beyond the template arrays)
+R_RR_MEAN = 0  # running mean interval of reference beats (samples), 0 when unknown
+N_FSTATE = 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _best_shift(y, lo, span, shift_n, template):
+    best_c = -2.0
+    best_lo = lo
+    for sh in range(-shift_n, shift_n + 1):
+        c = _pearson(y[lo + sh : lo + sh + span], template)
+        if c > best_c:
+            best_c = c
+            best_lo = lo + sh
+    return best_c, best_lo
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _p2p(seg):
+    lo = seg[0]
+    hi = seg[0]
+    for i in range(seg.shape[0]):
+        lo = min(lo, seg[i])
+        hi = max(hi, seg[i])
+    return hi - lo
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _pick_reference(si, tcount, tvent, takeover):
+    """The most used template not marked ventricular; a ventricular one only when it has been
+    used ``takeover`` times as much (and is then taken as the dominant beat from then on)."""
+    nt = si[S_NT]
+    best = -1
+    best_v = -1
+    for k in range(nt):
+        if tvent[k] == 0:
+            if best < 0 or tcount[k] > tcount[best]:
+                best = k
+        elif best_v < 0 or tcount[k] > tcount[best_v]:
+            best_v = k
+    if best_v >= 0 and (best < 0 or tcount[best_v] > takeover * tcount[best]):
+        tvent[best_v] = 0
+        best = best_v
+    si[S_REF] = best
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _lead_step(
+    y,
+    lo,
+    ip,
+    fp,
+    si,
+    sf,
+    templates,
+    tcount,
+    twidth,
+    tsteep,
+    tamp,
+    tvent,
+    feats,
+):
+    """One beat on one lead: cluster it, then fill ``feats`` with (corr, width_ratio,
+    steep_ratio, amp_ratio, width_n, matched template); NaN where unknown. Returns True when
+    the lead's window was usable."""
+    pre_n = ip[I_PRE_N]
+    span = pre_n + ip[I_POST_N]
+    shift_n = ip[I_SHIFT_N]
+    for j in range(feats.shape[0]):
+        feats[j] = np.nan
+    if lo - shift_n < 0 or lo + span + shift_n > y.shape[0]:
+        return False
+    for i in range(lo - shift_n, lo + span + shift_n):
+        if math.isnan(y[i]):
+            return False
+    seg = y[lo : lo + span]
+    w = _qrs_width_n(seg, fp[F_SLOPE_FRAC])
+    amp = _p2p(seg)
+    if not amp > 0.0:
+        return False
+    steep = _steepness(seg)
+    feats[4] = w
+    nt = si[S_NT]
+    ref = si[S_REF]
+    # features against the reference, before the beat moves any template
+    if ref >= 0:
+        c, _ = _best_shift(y, lo, span, shift_n, templates[ref])
+        feats[0] = c
+        if twidth[ref] > 0.0:
+            feats[1] = w / twidth[ref]
+        if tsteep[ref] > 0.0:
+            feats[2] = steep / tsteep[ref]
+        if tamp[ref] > 0.0:
+            feats[3] = amp / tamp[ref]
+    # clustering
+    best_k = -1
+    best_c = -2.0
+    best_lo = lo
+    for k in range(nt):
+        c, blo = _best_shift(y, lo, span, shift_n, templates[k])
+        if c > best_c:
+            best_c = c
+            best_k = k
+            best_lo = blo
+    for k in range(nt):
+        tcount[k] *= fp[F_FORGET]
+    if best_k >= 0 and best_c >= fp[F_MATCH_CORR]:
+        a = fp[F_ADAPT]
+        t = templates[best_k]
+        for i in range(span):
+            t[i] = (1.0 - a) * t[i] + a * y[best_lo + i]
+        twidth[best_k] = (1.0 - a) * twidth[best_k] + a * w
+        tsteep[best_k] = (1.0 - a) * tsteep[best_k] + a * steep
+        tamp[best_k] = (1.0 - a) * tamp[best_k] + a * amp
+        tcount[best_k] += 1.0
+        feats[5] = best_k
+    else:
+        if nt < templates.shape[0]:
+            k = nt
+            si[S_NT] = nt + 1
+        else:  # replace the least used template that is not the reference
+            k = -1
+            for j in range(nt):
+                if j != ref and (k < 0 or tcount[j] < tcount[k]):
+                    k = j
+        templates[k, :] = seg
+        twidth[k] = w
+        tsteep[k] = steep
+        tamp[k] = amp
+        tcount[k] = 1.0
+        # a new shape unlike a narrower reference is marked ventricular
+        tvent[k] = 0
+        if ref >= 0 and ref != k:
+            if feats[0] < fp[F_V_CORR] and (feats[1] > fp[F_V_WIDTH] or feats[2] < fp[F_V_STEEP]):
+                tvent[k] = 1
+        elif ref < 0 and w > fp[F_NARROW_N]:
+            tvent[k] = 1
+        feats[5] = k
+    _pick_reference(si, tcount, tvent, fp[F_TAKEOVER])
+    si[S_SEEN] += 1
+    return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _classify_beats(
+    ys,
+    y0s,
+    fids,
+    rr_prev,
+    ip,
+    fp,
+    si,
+    sf,
+    templates,
+    tcount,
+    twidth,
+    tsteep,
+    tamp,
+    tvent,
+    out_class,
+    out_feats,
+):
+    """Classify beats at ``fids`` (global sample indices) over ``L`` leads.
+
+    ``ys[l]`` holds lead l's filtered samples from global index ``y0s[l]`` (padded with NaN);
+    ``rr_prev[b]`` is the interval before beat b in samples (<= 0 when unknown). State arrays
+    carry a leading lead axis. ``out_feats[b, l]`` gets the lead's features (see
+    :func:`_lead_step`) and ``out_feats[b, 0, 6]`` the prematurity."""
+    n_leads = ys.shape[0]
+    for b in range(fids.shape[0]):
+        usable = 0
+        best_l = -1
+        worst = 2.0
+        for lead in range(n_leads):
+            lo = fids[b] - y0s[lead] - ip[I_PRE_N]
+            ok = _lead_step(
+                ys[lead],
+                lo,
+                ip,
+                fp,
+                si[lead],
+                sf[lead],
+                templates[lead],
+                tcount[lead],
+                twidth[lead],
+                tsteep[lead],
+                tamp[lead],
+                tvent[lead],
+                out_feats[b, lead],
+            )
+            if ok:
+                usable += 1
+                c = out_feats[b, lead, 0]
+                if not math.isnan(c) and c < worst:
+                    worst = c
+                    best_l = lead
+        prem = np.nan
+        if rr_prev[b] > 0 and sf[0, R_RR_MEAN] > 0.0:
+            prem = rr_prev[b] / sf[0, R_RR_MEAN]
+        out_feats[b, 0, 6] = prem
+        if usable == 0:
+            out_class[b] = C_Q
+            continue
+        if si[0, S_SEEN] <= ip[I_LEARN] or best_l < 0:
+            out_class[b] = C_UNKNOWN
+            continue
+        f = out_feats[b, best_l]
+        c = f[0]
+        wr = f[1]
+        sr = f[2]
+        ar = f[3]
+        if not (1.0 / fp[F_Q_AMP] <= ar <= fp[F_Q_AMP]):
+            out_class[b] = C_Q
+            continue
+        # unlike the dominant beat and wider or slower; a beat only mildly unlike it that
+        # comes on time is not ventricular ectopy
+        v = c < fp[F_V_CORR] and (wr > fp[F_V_WIDTH] or sr < fp[F_V_STEEP])
+        if v and c > fp[F_V_CORR_MILD] and not (prem < fp[F_PREMATURE]):
+            v = False
+        out_class[b] = C_V if v else C_N
+        if not v and rr_prev[b] > 0:
+            m = sf[0, R_RR_MEAN]
+            sf[0, R_RR_MEAN] = float(rr_prev[b]) if m <= 0.0 else 0.875 * m + 0.125 * rr_prev[b]
