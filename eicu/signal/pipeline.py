@@ -442,6 +442,9 @@ class BedSignalPipeline:
         for j, (s, at) in enumerate(ready):
             f = feats[j, 0]
             w_n = f[4]
+            cls = CLASS_OF_CODE[int(classes[j])]
+            if cls == "V" and st.quality_at(at) != "good":
+                cls = "Q"  # a lead judged noisy: the beat's shape cannot be trusted
             out.append(
                 (
                     at,
@@ -449,7 +452,7 @@ class BedSignalPipeline:
                     _BeatItem(
                         s,
                         None if np.isnan(w_n) else float(w_n) * 1000.0 / st.fs_hz,
-                        CLASS_OF_CODE[int(classes[j])],
+                        cls,
                         _opt(f[0]),
                         _opt(f[1]),
                         _opt(f[2]),
