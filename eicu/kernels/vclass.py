@@ -135,8 +135,8 @@ def _lead_step(
     feats,
 ):
     """One beat on one lead: cluster it, then fill ``feats`` with (corr, width_ratio,
-    steep_ratio, amp_ratio, width_n, matched template); NaN where unknown. Returns True when
-    the lead's window was usable."""
+    steep_ratio, amp_ratio, width_n, matched template, -, the template's use count); NaN where
+    unknown. Returns True when the lead's window was usable."""
     pre_n = ip[I_PRE_N]
     span = pre_n + ip[I_POST_N]
     shift_n = ip[I_SHIFT_N]
@@ -188,6 +188,7 @@ def _lead_step(
         tamp[best_k] = (1.0 - a) * tamp[best_k] + a * amp
         tcount[best_k] += 1.0
         feats[5] = best_k
+        feats[7] = tcount[best_k]
     else:
         if nt < templates.shape[0]:
             k = nt
@@ -204,6 +205,7 @@ def _lead_step(
         tcount[k] = 1.0
         # a new shape unlike a narrower reference is marked ventricular
         tvent[k] = 0
+        feats[7] = 1.0
         if ref >= 0 and ref != k:
             if feats[0] < fp[F_V_CORR] and (feats[1] > fp[F_V_WIDTH] or feats[2] < fp[F_V_STEEP]):
                 tvent[k] = 1

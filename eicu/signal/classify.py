@@ -22,6 +22,7 @@ CLASS_OF_CODE: Final[dict[int, BeatClass | None]] = {
     k.C_V: "V",
     k.C_Q: "Q",
 }
+N_FEATS: Final = 8
 QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
 QRS_SHIFT_S: Final = 0.03
@@ -119,8 +120,8 @@ class BeatClassifier:
         ``ys``: (n_leads, n) filtered ECG, ``ys[l][0]`` at global sample ``y0s[l]`` (NaN where
         missing); ``rr_prev``: samples since the beat before each (<= 0 when unknown).
         Features per beat and lead: correlation, width ratio, steepness ratio, amplitude ratio
-        against the reference template, QRS width in samples, the template it joined;
-        ``feats[b, 0, 6]`` is the beat's prematurity.
+        against the reference template, QRS width in samples, the template it joined, (6) the
+        beat's prematurity on lead 0, (7) the use count of the template it joined.
         """
         y = np.ascontiguousarray(ys, dtype=np.float64)
         y0 = np.ascontiguousarray(y0s, dtype=np.int64)
@@ -138,7 +139,7 @@ class BeatClassifier:
         if np.isinf(y).any():
             raise ValueError("ys contain +-inf; mark a missing sample with NaN")
         out_class = np.empty(f.shape[0], dtype=np.int64)
-        out_feats = np.empty((f.shape[0], self.n_leads, 7), dtype=np.float64)
+        out_feats = np.empty((f.shape[0], self.n_leads, N_FEATS), dtype=np.float64)
         k._classify_beats(
             y,
             y0,

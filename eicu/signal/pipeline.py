@@ -159,6 +159,7 @@ class _SignalState:
         self.known_alt: deque[tuple[int, int]] = deque()
         self.classifier: BeatClassifier | None = None
         self.prev_fid = -1  # the last beat given to the classifier
+        self.prev_cluster = -1.0  # the template that beat joined
         if self.kind == "ecg":
             self.classifier = BeatClassifier(fs_hz)
             self.detector = BeatDetector.ecg(fs_hz)
@@ -443,8 +444,12 @@ class BedSignalPipeline:
             f = feats[j, 0]
             w_n = f[4]
             cls = CLASS_OF_CODE[int(classes[j])]
-            if cls == "V" and st.quality_at(at) != "good":
-                cls = "Q"  # a lead judged noisy: the beat's shape cannot be trusted
+            same_shape = f[5] == st.prev_cluster  # joined the template of the beat before it
+            st.prev_cluster = float(f[5])
+            if cls == "V" and not same_shape and st.quality_at(at) != "good":
+                # a lead judged noisy: a lone odd shape may be artefact; two alike in a row
+                # (an organised ventricular rhythm) are kept
+                cls = "Q"
             out.append(
                 (
                     at,
