@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import signal as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,11 +42,10 @@ from eicu.datasets import data_dir, mitdb_records
 from eicu.signal import ec57
 from eicu.signal.alarms import ALARM_WINDOW_S, VtRule, decide, gather, verify_alarm
 from eicu.signal.beats import BeatDetector
-from eicu.signal.classify import DEFAULT_CLASSIFIER, BeatClassifier
+from eicu.signal.classify import DEFAULT_CLASSIFIER, StreamingClassifier
 from eicu.signal.cli_analyze import analyze_record
 from eicu.signal.cli_verify import ALARM_AT_S, replay_record
 from eicu.signal.events import Beat, RhythmFlag, VentricularRun
-from eicu.signal.filters import SosFilter
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.records import (
     quiet_wfdb,
@@ -575,38 +573,11 @@ def pulse_section(root: Path) -> None:
 
 
 def _detect_and_classify(x: np.ndarray, fs: float, chunk_s: float) -> int:
-    """The streaming QRS detector with the beat classifier on, as the pipeline drives them
-    (0.5-40 Hz filter, detector, classification once a beat's window has arrived), without the
-    pipeline's other work (second detector, quality, rhythm). Returns the V beats found."""
-    sos = sps.butter(2, [0.5, 40.0], "bandpass", fs=fs, output="sos")
-    filt = SosFilter(sos)
-    det = BeatDetector.ecg(fs)
-    clf = BeatClassifier(fs)
-    keep = round(2.0 * fs)
-    buf = np.empty(0)
-    buf0 = 0
-    pending = np.empty(0, dtype=np.int64)
-    prev = -1
-    n_v = 0
+    """The streaming QRS detector with the beat classifier on (one kernel call per chunk);
+    returns the V beats found."""
+    sc = StreamingClassifier(fs)
     n = round(chunk_s * fs)
-    for i in range(0, x.shape[0], n):
-        chunk = x[i : i + n]
-        buf = np.concatenate([buf, filt.step(chunk)])
-        pending = np.concatenate([pending, det.push(chunk).sample])
-        end = buf0 + buf.shape[0]
-        ready = pending[pending + clf.reach_n <= end]
-        if ready.size:
-            pending = pending[ready.size :]
-            rr = np.diff(np.concatenate([[prev], ready]))
-            rr[0] = -1 if prev < 0 else rr[0]
-            prev = int(ready[-1])
-            classes, _ = clf.classify(buf[None, :], np.array([buf0]), ready, rr)
-            n_v += int((classes == 1).sum())
-        if buf.shape[0] > keep:
-            drop = buf.shape[0] - keep
-            buf = buf[drop:]
-            buf0 += drop
-    return n_v
+    return sum(int((sc.push(x[i : i + n]).beat_class == 1).sum()) for i in range(0, len(x), n))
 
 
 def speed_section(root: Path, records: list[str]) -> None:

@@ -119,10 +119,16 @@ def naive_classify(
                 if r["amp"] > 0:
                     feats[3] = amp / r["amp"]
             bk, bc, blo = -1, -2.0, lo
-            for ti, t in enumerate(lead.t):
-                c, at = best(y, lo, t["tpl"])
-                if c > bc:
-                    bk, bc, blo = ti, c, at
+            if ref >= 0:
+                bc, blo = best(y, lo, lead.t[ref]["tpl"])
+                bk = ref
+            if not bc >= cfg.match_corr:
+                for ti, t in enumerate(lead.t):
+                    if ti == ref:
+                        continue
+                    c, at = best(y, lo, t["tpl"])
+                    if c > bc:
+                        bk, bc, blo = ti, c, at
             for t in lead.t:
                 t["count"] *= 1.0 - 1.0 / cfg.forget_beats
             if bk >= 0 and bc >= cfg.match_corr:
@@ -186,10 +192,8 @@ def naive_classify(
     return classes, feats_all
 
 
-def _beats_of_two_kinds(
-    seed: int, n: int, fs: float = FS
-) -> tuple[np.ndarray, list[int], list[int]]:
-    """Filtered ECG of narrow beats with some wide, inverted, premature ones; (y, fids, rr)."""
+def _raw_two_kinds(seed: int, n: int, fs: float = FS) -> tuple[np.ndarray, np.ndarray]:
+    """ECG of narrow beats with some wide, inverted, premature ones; (x, R peaks)."""
     rng = np.random.default_rng(seed)
     rr = rng.uniform(0.7, 0.9, size=n)
     vent = rng.random(n) < 0.25
@@ -203,6 +207,14 @@ def _beats_of_two_kinds(
         if vent[i - 1]:
             lo, hi = max(r - half, 0), min(r + half, x.shape[0])
             x[lo:hi] = -wide[lo:hi]
+    return x, r_idx
+
+
+def _beats_of_two_kinds(
+    seed: int, n: int, fs: float = FS
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """Filtered ECG of narrow beats with some wide, inverted, premature ones; (y, fids, rr)."""
+    x, r_idx = _raw_two_kinds(seed, n, fs)
     sos = sps.butter(2, [0.5, 40.0], "bandpass", fs=fs, output="sos")
     y = SosFilter(sos).step(x)
     fids = r_idx.tolist()
@@ -287,3 +299,27 @@ def test_classifier_matches_naive_twin_on_random_shapes(seed: int, n_beats: int)
     )
     assert got_c.tolist() == want_c
     np.testing.assert_allclose(got_f, np.array(want_f), rtol=1e-6, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("chunk", [23, 62, 250, 10_000])
+def test_streaming_classifier_chunked_equals_detector_then_classifier(chunk: int) -> None:
+    from eicu.signal.beats import BeatDetector
+    from eicu.signal.classify import StreamingClassifier
+
+    x, _ = _raw_two_kinds(chunk, 150)
+    x[3000:3100] = np.nan
+    sc = StreamingClassifier(FS)
+    parts = [sc.push(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
+    got_s = np.concatenate([p.sample for p in parts])
+    got_c = np.concatenate([p.beat_class for p in parts])
+    # the same beats classified in one call over the whole filtered record
+    fids = BeatDetector.ecg(FS).push(x).sample
+    sos = sps.butter(2, [0.5, 40.0], "bandpass", fs=FS, output="sos")
+    y = SosFilter(sos).step(x)
+    rr_prev = np.diff(np.concatenate([[-1], fids]))
+    rr_prev[0] = -1
+    want_c, _ = BeatClassifier(FS).classify(y[None, :], np.array([0]), fids, rr_prev)
+    np.testing.assert_array_equal(got_s, fids[: got_s.shape[0]])
+    assert got_s.shape[0] >= fids.shape[0] - 1
+    np.testing.assert_array_equal(got_c, want_c[: got_c.shape[0]])
+    assert (got_c == k.C_N).sum() >= 50

@@ -1,8 +1,9 @@
 """Streaming beat classification: ventricular (V), normal or supraventricular (N), noise (Q).
 
 Each ECG lead keeps up to ``K_TEMPLATES`` QRS templates, a running clustering of the patient's
-own beats: a beat joins the template it correlates best with (at least ``MATCH_CORR``, best over
-shifts of up to ``shift_n`` samples) and moves it by ``1 / ADAPT_BEATS`` of the difference, so a
+own beats: a beat joins the dominant template when it correlates with it at least
+``MATCH_CORR`` (best over shifts of up to ``shift_n`` samples), else the template it correlates
+best with (at least ``MATCH_CORR``) and moves it by ``1 / ADAPT_BEATS`` of the difference, so a
 template follows slow changes (rate, axis, electrode drift) but not single beats; a beat that
 matches no template starts one, in place of the least used. Every template carries a use count
 that forgets with a time constant of ``FORGET_BEATS`` beats.
@@ -34,7 +35,9 @@ import numba
 import numpy as np
 
 from eicu.kernels._fastmath import FASTMATH
-from eicu.kernels.morphology import _pearson, _qrs_width_n, _steepness
+from eicu.kernels.beats import S_G, _detector_step
+from eicu.kernels.filters import _sos_filter_step
+from eicu.kernels.morphology import _qrs_width_n, _steepness
 
 K_TEMPLATES = 8
 
@@ -79,13 +82,44 @@ N_FSTATE = 1
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _best_shift(y, lo, span, shift_n, template):
+    """The best Pearson correlation of ``template`` with ``y[lo + sh : lo + sh + span]`` over
+    shifts ``sh`` of up to ``shift_n`` either way (the first of equal maxima), and its start.
+
+    The template's mean and spread are computed once and the window's sums slide with the
+    shift, so each shift costs one dot product."""
+    n = span
+    tm = 0.0
+    for i in range(n):
+        tm += template[i]
+    tm /= n
+    stt = 0.0
+    for i in range(n):
+        d = template[i] - tm
+        stt += d * d
+    first = lo - shift_n
+    sa = 0.0
+    saa = 0.0
+    for i in range(first, first + n):
+        sa += y[i]
+        saa += y[i] * y[i]
     best_c = -2.0
     best_lo = lo
     for sh in range(-shift_n, shift_n + 1):
-        c = _pearson(y[lo + sh : lo + sh + span], template)
+        a0 = lo + sh
+        if sh > -shift_n:
+            out_v = y[a0 - 1]
+            in_v = y[a0 + n - 1]
+            sa += in_v - out_v
+            saa += in_v * in_v - out_v * out_v
+        dot = 0.0
+        for i in range(n):
+            dot += y[a0 + i] * template[i]
+        sab = dot - tm * sa
+        var_a = saa - sa * sa / n
+        c = np.nan if var_a <= 0.0 or stt <= 0.0 else sab / math.sqrt(var_a * stt)
         if c > best_c:
             best_c = c
-            best_lo = lo + sh
+            best_lo = a0
     return best_c, best_lo
 
 
@@ -157,8 +191,11 @@ def _lead_step(
     nt = si[S_NT]
     ref = si[S_REF]
     # features against the reference, before the beat moves any template
+    best_k = -1
+    best_c = -2.0
+    best_lo = lo
     if ref >= 0:
-        c, _ = _best_shift(y, lo, span, shift_n, templates[ref])
+        c, blo = _best_shift(y, lo, span, shift_n, templates[ref])
         feats[0] = c
         if twidth[ref] > 0.0:
             feats[1] = w / twidth[ref]
@@ -166,16 +203,19 @@ def _lead_step(
             feats[2] = steep / tsteep[ref]
         if tamp[ref] > 0.0:
             feats[3] = amp / tamp[ref]
-    # clustering
-    best_k = -1
-    best_c = -2.0
-    best_lo = lo
-    for k in range(nt):
-        c, blo = _best_shift(y, lo, span, shift_n, templates[k])
-        if c > best_c:
-            best_c = c
-            best_k = k
-            best_lo = blo
+        best_k = ref
+        best_c = c
+        best_lo = blo
+    # clustering: the reference when the beat matches it (most beats), else the best other
+    if not best_c >= fp[F_MATCH_CORR]:
+        for k in range(nt):
+            if k == ref:
+                continue
+            c, blo = _best_shift(y, lo, span, shift_n, templates[k])
+            if c > best_c:
+                best_c = c
+                best_k = k
+                best_lo = blo
     for k in range(nt):
         tcount[k] *= fp[F_FORGET]
     if best_k >= 0 and best_c >= fp[F_MATCH_CORR]:
@@ -297,3 +337,134 @@ def _classify_beats(
         if not v and rr_prev[b] > 0:
             m = sf[0, R_RR_MEAN]
             sf[0, R_RR_MEAN] = float(rr_prev[b]) if m <= 0.0 else 0.875 * m + 0.125 * rr_prev[b]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _detect_classify_step(
+    x,
+    det_sos,
+    det_ip,
+    det_fp,
+    det_si,
+    det_sf,
+    det_zi,
+    ring_bp,
+    ring_f,
+    rr,
+    cand_idx,
+    cand_val,
+    cand_slope,
+    cand_fid,
+    out_idx,
+    out_amp,
+    out_at,
+    f_sos,
+    f_zi,
+    f_ref,
+    ybuf,
+    pend,
+    st,
+    ip,
+    fp,
+    si,
+    sf,
+    templates,
+    tcount,
+    twidth,
+    tsteep,
+    tamp,
+    tvent,
+    seg,
+    out_beat,
+    out_class,
+):
+    """The QRS detector of :mod:`eicu.kernels.beats` and this classifier in one call per chunk,
+    on one lead: the chunk is filtered into the ring ``ybuf`` (length a power of two), the
+    detector's new beats wait in ``pend`` until their window has arrived, then are classified.
+    ``st``: [pending count, previous beat sample (-1 none)]. Returns the number of classified
+    beats written to ``out_beat``/``out_class``, or -1 when ``x`` holds an infinite value."""
+    nb = _detector_step(
+        x,
+        det_sos,
+        det_ip,
+        det_fp,
+        det_si,
+        det_sf,
+        det_zi,
+        ring_bp,
+        ring_f,
+        rr,
+        cand_idx,
+        cand_val,
+        cand_slope,
+        cand_fid,
+        out_idx,
+        out_amp,
+        out_at,
+    )
+    if nb < 0:
+        return -1
+    g_end = det_si[S_G]  # global index of the next sample
+    g0 = g_end - x.shape[0]
+    y = _sos_filter_step(x, f_sos, f_zi, f_ref)
+    mask = ybuf.shape[0] - 1
+    for k in range(x.shape[0]):
+        ybuf[(g0 + k) & mask] = y[k]
+    n_pend = st[0]
+    for j in range(nb):
+        if n_pend < pend.shape[0]:
+            pend[n_pend] = out_idx[j]
+            n_pend += 1
+    pre_n = ip[I_PRE_N]
+    shift_n = ip[I_SHIFT_N]
+    reach = ip[I_POST_N] + shift_n
+    lo_off = pre_n + shift_n
+    n_seg = seg.shape[1]
+    y0 = np.empty(1, dtype=np.int64)
+    fid1 = np.empty(1, dtype=np.int64)
+    rr1 = np.empty(1, dtype=np.int64)
+    cls1 = np.empty(1, dtype=np.int64)
+    feats1 = np.empty((1, 1, 8), dtype=np.float64)
+    n_out = 0
+    done = 0
+    for j in range(n_pend):
+        fid = pend[j]
+        if fid + reach > g_end:
+            break
+        start = fid - lo_off
+        for i in range(n_seg):
+            gi = start + i
+            if gi < 0 or gi < g_end - ybuf.shape[0]:
+                seg[0, i] = np.nan  # before the record or overwritten
+            else:
+                seg[0, i] = ybuf[gi & mask]
+        y0[0] = start
+        fid1[0] = fid
+        rr1[0] = fid - st[1] if st[1] >= 0 else -1
+        st[1] = fid
+        _classify_beats(
+            seg,
+            y0,
+            fid1,
+            rr1,
+            ip,
+            fp,
+            si,
+            sf,
+            templates,
+            tcount,
+            twidth,
+            tsteep,
+            tamp,
+            tvent,
+            cls1,
+            feats1,
+        )
+        out_beat[n_out] = fid
+        out_class[n_out] = cls1[0]
+        n_out += 1
+        done += 1
+    for j in range(done, n_pend):
+        pend[j - done] = pend[j]
+    st[0] = n_pend - done
+    return n_out

@@ -8,12 +8,15 @@ features' thresholds, each with where it comes from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import signal as sps
 
+from eicu.kernels import beats as k_beats
 from eicu.kernels import vclass as k
+from eicu.signal.beats import BeatDetector
 
 BeatClass = Literal["N", "V", "Q"]
 CLASS_OF_CODE: Final[dict[int, BeatClass | None]] = {
@@ -159,3 +162,102 @@ class BeatClassifier:
             out_feats,
         )
         return out_class, out_feats
+
+
+class ClassifiedBeats(NamedTuple):
+    sample: NDArray[np.int64]
+    beat_class: NDArray[np.int64]  # codes of eicu.kernels.vclass (C_N, C_V, C_Q, C_UNKNOWN)
+
+
+class StreamingClassifier:
+    """QRS detection and beat classification of one ECG lead in one kernel call per chunk.
+
+    The same detector (:class:`~eicu.signal.beats.BeatDetector`) and classifier as the
+    pipeline, fed from the same 0.5-40 Hz filter, without the pipeline's other work (second
+    detector, quality, rhythm); for throughput and for callers that need only classes."""
+
+    RING_S: Final = 8.0  # filtered history kept for beats the detector decides late
+
+    def __init__(self, fs_hz: float, config: ClassifierConfig = DEFAULT_CLASSIFIER) -> None:
+        self.detector = BeatDetector.ecg(fs_hz)
+        self.classifier = BeatClassifier(fs_hz, 1, config)
+        self._f_sos = np.ascontiguousarray(
+            sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
+        )
+        self._f_zi = np.zeros((self._f_sos.shape[0], 2))
+        self._f_ref = np.array([0.0, 1.0])
+        ring = 1 << int(np.ceil(np.log2(self.RING_S * fs_hz)))
+        self._ybuf = np.full(ring, np.nan)
+        self._pend = np.zeros(k_beats.N_CAND * 4, dtype=np.int64)
+        self._st = np.array([0, -1], dtype=np.int64)
+        c = self.classifier
+        self._seg = np.empty((1, c.pre_n + c.post_n + 2 * c.shift_n))
+        self._out_beat = np.empty(0, dtype=np.int64)
+        self._out_class = np.empty(0, dtype=np.int64)
+
+    def push(self, samples: ArrayLike) -> ClassifiedBeats:
+        """Feed consecutive samples (NaN = missing); return the beats classified with them."""
+        x = np.ascontiguousarray(samples, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"samples must be 1-D, got shape {x.shape}")
+        block = self._ybuf.shape[0] // 4  # a long chunk in blocks, so the ring keeps each window
+        if x.shape[0] <= block:
+            return self._push(x)
+        parts = [self._push(x[i : i + block]) for i in range(0, x.shape[0], block)]
+        return ClassifiedBeats(
+            np.concatenate([p.sample for p in parts]),
+            np.concatenate([p.beat_class for p in parts]),
+        )
+
+    def _push(self, x: NDArray[np.float64]) -> ClassifiedBeats:
+        d = self.detector
+        cap = x.shape[0] // d._refr_n + 2 * k_beats.N_CAND + 8
+        if cap > d._out_idx.shape[0]:
+            d._out_idx = np.empty(cap, dtype=np.int64)
+            d._out_amp = np.empty(cap, dtype=np.float64)
+            d._out_at = np.empty(cap, dtype=np.int64)
+        if cap + self._pend.shape[0] > self._out_beat.shape[0]:
+            self._out_beat = np.empty(cap + self._pend.shape[0], dtype=np.int64)
+            self._out_class = np.empty(cap + self._pend.shape[0], dtype=np.int64)
+        c = self.classifier
+        n = k._detect_classify_step(
+            x,
+            d._sos,
+            d._ip,
+            d._fp,
+            d._si,
+            d._sf,
+            d._zi,
+            d._ring_bp,
+            d._ring_f,
+            d._rr,
+            d._cand_idx,
+            d._cand_val,
+            d._cand_slope,
+            d._cand_fid,
+            d._out_idx,
+            d._out_amp,
+            d._out_at,
+            self._f_sos,
+            self._f_zi,
+            self._f_ref,
+            self._ybuf,
+            self._pend,
+            self._st,
+            c._ip,
+            c._fp,
+            c._si,
+            c._sf,
+            c._templates,
+            c._tcount,
+            c._twidth,
+            c._tsteep,
+            c._tamp,
+            c._tvent,
+            self._seg,
+            self._out_beat,
+            self._out_class,
+        )
+        if n < 0:
+            raise ValueError("samples contain +-inf; mark a missing sample with NaN")
+        return ClassifiedBeats(self._out_beat[:n].copy(), self._out_class[:n].copy())
