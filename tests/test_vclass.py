@@ -122,13 +122,10 @@ def naive_classify(
             if ref >= 0:
                 bc, blo = best(y, lo, lead.t[ref]["tpl"])
                 bk = ref
-            if not bc >= cfg.match_corr:
-                for ti, t in enumerate(lead.t):
-                    if ti == ref:
-                        continue
-                    c, at = best(y, lo, t["tpl"])
-                    if c > bc:
-                        bk, bc, blo = ti, c, at
+            for ti, t in enumerate(lead.t):  # the first of equal maxima
+                c, at = best(y, lo, t["tpl"])
+                if c > bc or (ti < bk and c == bc):
+                    bk, bc, blo = ti, c, at
             for t in lead.t:
                 t["count"] *= 1.0 - 1.0 / cfg.forget_beats
             if bk >= 0 and bc >= cfg.match_corr:

@@ -1,9 +1,8 @@
 """Streaming beat classification: ventricular (V), normal or supraventricular (N), noise (Q).
 
 Each ECG lead keeps up to ``K_TEMPLATES`` QRS templates, a running clustering of the patient's
-own beats: a beat joins the dominant template when it correlates with it at least
-``MATCH_CORR`` (best over shifts of up to ``shift_n`` samples), else the template it correlates
-best with (at least ``MATCH_CORR``) and moves it by ``1 / ADAPT_BEATS`` of the difference, so a
+own beats: a beat joins the template it correlates best with (at least ``MATCH_CORR``, best
+over shifts of up to ``shift_n`` samples) and moves it by ``1 / ADAPT_BEATS`` of the difference, so a
 template follows slow changes (rate, axis, electrode drift) but not single beats; a beat that
 matches no template starts one, in place of the least used. Every template carries a use count
 that forgets with a time constant of ``FORGET_BEATS`` beats.
@@ -206,16 +205,15 @@ def _lead_step(
         best_k = ref
         best_c = c
         best_lo = blo
-    # clustering: the reference when the beat matches it (most beats), else the best other
-    if not best_c >= fp[F_MATCH_CORR]:
-        for k in range(nt):
-            if k == ref:
-                continue
-            c, blo = _best_shift(y, lo, span, shift_n, templates[k])
-            if c > best_c:
-                best_c = c
-                best_k = k
-                best_lo = blo
+    # clustering: the template the beat correlates best with (the reference's score is known)
+    for k in range(nt):
+        if k == ref:
+            continue
+        c, blo = _best_shift(y, lo, span, shift_n, templates[k])
+        if c > best_c or (c == best_c and k < best_k):
+            best_c = c
+            best_k = k
+            best_lo = blo
     for k in range(nt):
         tcount[k] *= fp[F_FORGET]
     if best_k >= 0 and best_c >= fp[F_MATCH_CORR]:
