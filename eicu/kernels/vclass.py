@@ -2,8 +2,9 @@
 
 Each ECG lead keeps up to ``K_TEMPLATES`` QRS templates, a running clustering of the patient's
 own beats: a beat joins the template it correlates best with (at least ``MATCH_CORR``, best
-over shifts of up to ``shift_n`` samples) and moves it by ``1 / ADAPT_BEATS`` of the difference, so a
-template follows slow changes (rate, axis, electrode drift) but not single beats; a beat that
+over shifts of up to ``shift_n`` samples) and moves it by ``1 / ADAPT_BEATS`` of the
+difference, so a template follows slow changes (rate, axis, electrode drift) but not single
+beats; a beat that
 matches no template starts one, in place of the least used. Every template carries a use count
 that forgets with a time constant of ``FORGET_BEATS`` beats.
 
