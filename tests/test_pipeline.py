@@ -335,3 +335,18 @@ def test_mitdb_classes_and_ventricular_calls_chunked_equal_whole() -> None:
     classes = [e.beat_class for e in whole if isinstance(e, Beat)]
     assert classes.count("V") > 50 and classes.count("N") > 200
     assert any(isinstance(e, VentricularRun) for e in whole) or flags(whole, "BIGEMINY")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("record", ["107", "217"])
+def test_a_paced_rhythm_is_the_dominant_beat_and_never_vt(record: str) -> None:
+    from eicu.signal.records import read_record
+    from tests.conftest import require_data
+
+    root = require_data(f"mitdb/{record}.hea")
+    rec = read_record(root / "mitdb" / record)
+    x = rec.signals[: round(300 * rec.fs_hz), 0]
+    ev = run(x, chunk_s=1.0, fs=rec.fs_hz)
+    classes = [e.beat_class for e in ev if isinstance(e, Beat) and e.beat_class is not None]
+    assert classes.count("N") > 0.8 * len(classes)
+    assert flags(ev, "VTACH") == []
