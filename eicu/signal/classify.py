@@ -28,7 +28,7 @@ CLASS_OF_CODE: Final[dict[int, BeatClass | None]] = {
 N_FEATS: Final = 8
 QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
-QRS_SHIFT_S: Final = 0.03
+QRS_SHIFT_S: Final = 0.015
 
 
 @dataclass(frozen=True, slots=True)
