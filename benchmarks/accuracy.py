@@ -18,7 +18,8 @@ Sections (each prints one table):
 - VT: the 2015 challenge VT alarms (Clifford et al. 2015): TPR, TNR and score
   (TP+TN)/(TP+TN+FP+5*FN), plus a 5-fold cross-validated score of the rule's constants.
 - PULSE: ABP and PLETH pulses against the wabp onsets that come with the 2015 records.
-- SPEED: samples per second of the streaming detector alone and of the whole pipeline.
+- SPEED: samples per second of the streaming detector alone, of the detector with the beat
+  classifier on (one kernel call per chunk) and of the whole pipeline.
 
 Records: Goldberger et al., PhysioBank, PhysioToolkit, and PhysioNet, Circulation 101(23), 2000.
 """
