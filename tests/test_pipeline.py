@@ -309,3 +309,58 @@ def test_an_af_alarm_is_false_while_a_good_pulse_beats_regularly() -> None:
     assert decide("AFIB", [], [poor, gap]).true_alarm is True
     assert decide("AFIB", [], []).true_alarm is True
     assert "AFIB" in VERIFIED_LABELS and "PAUSE" not in VERIFIED_LABELS
+
+
+def test_simulated_vt_bed_is_ventricular_while_the_wide_rhythm_lasts() -> None:
+    from simulators.synth import BedSynth
+
+    sim = BedSynth("vt", 0)
+    (ep,) = sim.plan.episodes
+    p = BedSignalPipeline({"ECG_II": sim.fs_hz["ECG_II"]})
+    events: list[Event] = []
+    i = 0
+    for _ in range(round((ep.end_s + 8.0) / 0.25)):
+        x = sim.waveforms(0.25)["ECG_II"]
+        events += p.push("ECG_II", x, i)
+        i += x.shape[0]
+    beats = [e for e in events if isinstance(e, Beat) and e.beat_class is not None]
+    inside = [b for b in beats if ep.start_s + 0.3 < b.time_s < ep.end_s - 0.3]
+    outside = [b for b in beats if b.time_s < ep.start_s - 0.3 or b.time_s > ep.end_s + 0.7]
+    assert inside and all(b.beat_class == "V" and b.ventricular for b in inside)
+    assert outside and all(b.beat_class == "N" for b in outside)
+    vt = flags(events, "VTACH")
+    assert [f.state for f in vt] == ["start", "end"]
+    assert ep.start_s - 0.2 <= vt[0].time_s <= ep.start_s + 2.0
+    assert ep.end_s - 0.5 <= vt[1].time_s <= ep.end_s + 1.5  # the first sinus beat after it
+
+
+@pytest.mark.realdata
+def test_mitdb_classes_and_ventricular_calls_chunked_equal_whole() -> None:
+    from eicu.signal.events import VentricularRun
+    from eicu.signal.records import read_record
+    from tests.conftest import require_data
+
+    root = require_data("mitdb/119.hea")
+    rec = read_record(root / "mitdb" / "119")
+    x = rec.signals[: round(360 * rec.fs_hz), 0]  # 6 min of ventricular bigeminy and trigeminy
+    whole = run(x, chunk_s=x.shape[0] / rec.fs_hz, fs=rec.fs_hz)
+    chunked = run(x, chunk_s=0.25, fs=rec.fs_hz)
+    assert [repr(e) for e in _sorted(chunked)] == [repr(e) for e in _sorted(whole)]
+    classes = [e.beat_class for e in whole if isinstance(e, Beat)]
+    assert classes.count("V") > 50 and classes.count("N") > 200
+    assert any(isinstance(e, VentricularRun) for e in whole) or flags(whole, "BIGEMINY")
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("record", ["107", "217"])
+def test_a_paced_rhythm_is_the_dominant_beat_and_never_vt(record: str) -> None:
+    from eicu.signal.records import read_record
+    from tests.conftest import require_data
+
+    root = require_data(f"mitdb/{record}.hea")
+    rec = read_record(root / "mitdb" / record)
+    x = rec.signals[: round(300 * rec.fs_hz), 0]
+    ev = run(x, chunk_s=1.0, fs=rec.fs_hz)
+    classes = [e.beat_class for e in ev if isinstance(e, Beat) and e.beat_class is not None]
+    assert classes.count("N") > 0.8 * len(classes)
+    assert flags(ev, "VTACH") == []

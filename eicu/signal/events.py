@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-RhythmLabel = Literal["ASYSTOLE", "BRADY", "TACHY", "VTACH", "VFIB", "AFIB", "PAUSE"]
+RhythmLabel = Literal[
+    "ASYSTOLE",
+    "BRADY",
+    "TACHY",
+    "VTACH",
+    "VFIB",
+    "AFIB",
+    "PAUSE",
+    "VT_SUSTAINED",
+    "BIGEMINY",
+    "TRIGEMINY",
+]
 RHYTHM_LABELS: Final[tuple[str, ...]] = (
     "ASYSTOLE",
     "BRADY",
@@ -18,6 +29,9 @@ RHYTHM_LABELS: Final[tuple[str, ...]] = (
     "VFIB",
     "AFIB",
     "PAUSE",
+    "VT_SUSTAINED",
+    "BIGEMINY",
+    "TRIGEMINY",
 )
 
 Verdict = Literal["good", "missing", "flat", "saturated", "noisy"]
@@ -36,6 +50,10 @@ class Beat:
     template_corr: float | None = None  # correlation with the dominant-beat (or pulse) template
     width_ratio: float | None = None  # ECG only: QRS width over the template's
     steep_ratio: float | None = None  # ECG only: steepness (max slope / amplitude) over template's
+    # ECG only: "N" (dominant or supraventricular), "V" (ventricular), "Q" (unclassifiable, e.g.
+    # noise); None while the templates are learnt. ``ventricular`` is ``beat_class == "V"``.
+    beat_class: Literal["N", "V", "Q"] | None = None
+    prematurity: float | None = None  # ECG only: interval before the beat / dominant mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,4 +96,18 @@ class Quality:
     pulse_morphology: float = float("nan")  # ABP, PLETH: median correlation with the template
 
 
-Event = Beat | HeartRate | RhythmFlag | Quality
+@dataclass(frozen=True, slots=True)
+class VentricularRun:
+    """Consecutive ventricular beats, reported once the run has ended: a couplet (2 beats) or a
+    run (3 or more; ANSI/AAMI EC57 calls 3-5 a short run, 6 or more a long run)."""
+
+    signal: str
+    sample: int  # the first beat of the run
+    time_s: float
+    end_sample: int  # the last beat of the run
+    n_beats: int
+    rate_bpm: float  # over the run's beats
+    label: Literal["COUPLET", "RUN"]
+
+
+Event = Beat | HeartRate | RhythmFlag | Quality | VentricularRun

@@ -34,6 +34,7 @@ from eicu.kernels.sqi import (
     window_sqi,
 )
 from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
+from eicu.signal.classify import CLASS_OF_CODE, BeatClass, BeatClassifier
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
@@ -58,11 +59,6 @@ PULSE_POST_S: Final = 0.40
 PULSE_SHIFT_S: Final = 0.05
 # pulse morphology index: median template correlation of the pulses of the last 8 s
 PULSE_MORPHOLOGY_MIN: Final = 0.8
-# A ventricular beat is unlike the dominant beat, wider and, for its size, less steep. Chosen on
-# MIT-BIH channel 0 (benchmarks/accuracy.py prints how well it finds the V beats there).
-VENTRICULAR_CORR: Final = 0.9
-VENTRICULAR_WIDTH_RATIO: Final = 1.2
-VENTRICULAR_STEEP_RATIO: Final = 0.9
 TEMPLATE_INIT_BEATS: Final = 8
 TEMPLATE_RELEARN_BEATS: Final = 32
 # Atrial activity: the P-wave window before each QRS, 300 to 80 ms before the R peak (a P wave
@@ -138,8 +134,15 @@ class _History:
         return a[lo - self.start : hi - self.start]
 
 
-# (sample, width_ms, ventricular, template_corr, width_ratio, steep_ratio)
-_BeatItem = tuple[int, float | None, bool | None, float | None, float | None, float | None]
+@dataclass(frozen=True, slots=True)
+class _BeatItem:
+    sample: int
+    width_ms: float | None = None
+    beat_class: BeatClass | None = None
+    corr: float | None = None
+    width_ratio: float | None = None
+    steep_ratio: float | None = None
+    prematurity: float | None = None
 
 
 def _opt(v: float) -> float | None:
@@ -159,7 +162,11 @@ class _SignalState:
         # (sample, decided at) of each detector's beats, for the agreement index
         self.known_main: deque[tuple[int, int]] = deque()
         self.known_alt: deque[tuple[int, int]] = deque()
+        self.classifier: BeatClassifier | None = None
+        self.prev_fid = -1  # the last beat given to the classifier
+        self.prev_cluster = -1.0  # the template that beat joined
         if self.kind == "ecg":
+            self.classifier = BeatClassifier(fs_hz)
             self.detector = BeatDetector.ecg(fs_hz)
             self.alt_detector = BeatDetector(fs_hz, ECG_ALT_CONFIG)
             sos = sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
@@ -348,6 +355,10 @@ class BedSignalPipeline:
         """Rhythm labels active now on the primary lead, with their start samples."""
         return self._tracker.active() if self._tracker else {}
 
+    def pvc_per_min(self) -> float:
+        """Ventricular beats of the primary lead in the last minute (NaN without an ECG lead)."""
+        return self._tracker.pvc_per_min() if self._tracker else float("nan")
+
     def _state(self, key: str) -> _SignalState:
         st = self._sig.get(key)
         if st is None:
@@ -399,16 +410,16 @@ class BedSignalPipeline:
                 st.pending.append((s, max(at, s + st.post_n + st.shift_n)))
             items.extend(self._ready_beats(st))
         while st.next_tick <= st.next_index:
-            items.append((st.next_tick, 1, (st.next_tick, None, None, None, None, None)))
+            items.append((st.next_tick, 1, _BeatItem(st.next_tick)))
             st.next_tick += st.tick_n
         items.sort(key=lambda it: (it[0], it[1]))
-        for at, what, (s, width_ms, ventricular, corr_, wr_, sr_) in items:
+        for at, what, item in items:
             if primary and self._tracker is not None:
                 events.extend(self._tracker.advance(at))
             if what == 0:
-                events.extend(self._beat_events(st, s, width_ms, ventricular, corr_, wr_, sr_))
+                events.extend(self._beat_events(st, item))
             else:
-                events.extend(self._tick(st, s, primary))
+                events.extend(self._tick(st, item.sample, primary))
         if primary and self._tracker is not None:
             events.extend(self._tracker.advance(st.next_index))
         return events
@@ -420,6 +431,8 @@ class BedSignalPipeline:
             return []
         st.pending = [p for p in st.pending if p[1] > st.next_index]
         fids = np.array([p[0] for p in ready], dtype=np.int64)
+        if st.classifier is not None:
+            return self._classified(st, st.classifier, ready, fids)
         width_n = np.empty(fids.shape[0])
         corr = np.empty(fids.shape[0])
         width_ratio = np.empty(fids.shape[0])
@@ -435,8 +448,7 @@ class BedSignalPipeline:
             st.template,
             st.tstate,
             TEMPLATE_INIT_BEATS,
-            # the QRS template follows beats narrower than 120 ms; the pulse template any pulse
-            120.0 * st.fs_hz / 1000.0 if st.kind == "ecg" else float(st.pre_n + st.post_n + 1),
+            float(st.pre_n + st.post_n + 1),  # the pulse template follows any pulse
             TEMPLATE_RELEARN_BEATS,
             width_n,
             corr,
@@ -444,48 +456,78 @@ class BedSignalPipeline:
             steep_ratio,
         )
         out: list[tuple[int, int, _BeatItem]] = []
-        for (s, at), w_n, c, wr, sr in zip(
-            ready,
-            width_n.tolist(),
-            corr.tolist(),
-            width_ratio.tolist(),
-            steep_ratio.tolist(),
-            strict=True,
-        ):
-            if st.kind != "ecg":
-                if not np.isnan(c):
-                    st.known_corr.append((s, at, float(c)))
-                out.append((at, 0, (s, None, None, _opt(c), None, None)))
-                continue
-            width_ms = None if np.isnan(w_n) else w_n * 1000.0 / st.fs_hz
-            ventricular = None
-            if width_ms is not None and not np.isnan(c):
-                ventricular = bool(
-                    c < VENTRICULAR_CORR
-                    and wr > VENTRICULAR_WIDTH_RATIO
-                    and sr < VENTRICULAR_STEEP_RATIO
-                )
-            out.append((at, 0, (s, width_ms, ventricular, _opt(c), _opt(wr), _opt(sr))))
+        for (s, at), c in zip(ready, corr.tolist(), strict=True):
+            if not np.isnan(c):
+                st.known_corr.append((s, at, float(c)))
+            out.append((at, 0, _BeatItem(s, corr=_opt(c))))
         return out
 
-    def _beat_events(
+    def _classified(
         self,
         st: _SignalState,
-        s: int,
-        width_ms: float | None,
-        ventricular: bool | None,
-        corr: float | None,
-        width_ratio: float | None = None,
-        steep_ratio: float | None = None,
-    ) -> list[Event]:
+        classifier: BeatClassifier,
+        ready: list[tuple[int, int]],
+        fids: NDArray[np.int64],
+    ) -> list[tuple[int, int, _BeatItem]]:
+        """QRS beats classified (:mod:`eicu.signal.classify`) as items to process in order."""
+        prev = np.concatenate([[st.prev_fid], fids[:-1]])
+        rr_prev = np.where(prev >= 0, fids - prev, -1)
+        st.prev_fid = int(fids[-1])
+        classes, feats = classifier.classify(
+            st.hist.filt[None, :], np.array([st.hist.start]), fids, rr_prev
+        )
+        out: list[tuple[int, int, _BeatItem]] = []
+        for j, (s, at) in enumerate(ready):
+            f = feats[j, 0]
+            w_n = f[4]
+            cls = CLASS_OF_CODE[int(classes[j])]
+            same_shape = f[5] == st.prev_cluster  # joined the template of the beat before it
+            st.prev_cluster = float(f[5])
+            if cls == "V" and not same_shape and st.quality_at(at) != "good":
+                # a lead judged noisy: a lone odd shape may be artefact; two alike in a row
+                # (an organised ventricular rhythm) are kept
+                cls = "Q"
+            out.append(
+                (
+                    at,
+                    0,
+                    _BeatItem(
+                        s,
+                        None if np.isnan(w_n) else float(w_n) * 1000.0 / st.fs_hz,
+                        cls,
+                        _opt(f[0]),
+                        _opt(f[1]),
+                        _opt(f[2]),
+                        _opt(f[6]),
+                    ),
+                )
+            )
+        return out
+
+    def _beat_events(self, st: _SignalState, item: _BeatItem) -> list[Event]:
         kind: Literal["qrs", "pulse"] = "qrs" if st.kind == "ecg" else "pulse"
+        s = item.sample
+        cls = item.beat_class
+        ventricular = None if cls is None or cls == "Q" else cls == "V"
         beat = Beat(
-            st.key, s, s / st.fs_hz, kind, width_ms, ventricular, corr, width_ratio, steep_ratio
+            st.key,
+            s,
+            s / st.fs_hz,
+            kind,
+            item.width_ms,
+            ventricular,
+            item.corr,
+            item.width_ratio,
+            item.steep_ratio,
+            cls,
+            item.prematurity,
         )
         st.recent_beats.append(beat)
         events: list[Event] = [beat]
         if self._tracker is not None and st.key == self.primary_ecg:
-            events.extend(self._tracker.beat(s, ventricular, st.atrial_corr(s, ventricular)))
+            events.extend(
+                self._tracker.beat(s, ventricular, st.atrial_corr(s, ventricular), beat_class=cls)
+            )
             return events
         prev = st.last_beat
         st.last_beat = s

@@ -9,7 +9,9 @@ Definitions (PhysioNet/CinC Challenge 2015, Clifford et al., Computing in Cardio
 means 5 consecutive intervals, and a flag starts at the first beat of the run)
 - BRADY (extreme bradycardia): heart rate below 40 bpm for 5 consecutive beats;
 - TACHY (extreme tachycardia): heart rate above 140 bpm for 17 consecutive beats;
-- VTACH: 5 or more ventricular beats in a row with heart rate above 100 bpm;
+- VTACH: 5 or more ventricular beats in a row at a rate of at least 100 bpm over those beats,
+  lasting as long as the run (with couplets, runs, bigeminy, trigeminy and sustained VT: see
+  :mod:`eicu.signal.ectopy`);
 - VFIB: a fibrillatory or flutter waveform for at least 4 s;
 
 and two that the challenge does not define:
@@ -35,7 +37,8 @@ from typing import Final
 
 import numpy as np
 
-from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, Verdict
+from eicu.signal.ectopy import VentricularTracker
+from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, VentricularRun, Verdict
 
 ASYSTOLE_S: Final = 4.0
 PAUSE_S: Final = 3.0
@@ -168,7 +171,9 @@ class RhythmTracker:
         self._af_atrial: deque[float | None] = deque(maxlen=AF_WINDOW)  # P-wave correlation
         self._brady_run = 0
         self._tachy_run = 0
-        self._vt_run: list[int] = []
+        self._ventricular = VentricularTracker(
+            signal, fs_hz, self._flag, self.active, vt_beats=VT_BEATS, vt_bpm=VT_BPM
+        )
         self._vf_last_end: int | None = None
         self._af_off_count = 0
         self._af_last_end: int | None = None
@@ -194,6 +199,10 @@ class RhythmTracker:
     def active(self) -> dict[str, int]:
         """Labels active now, with their start samples."""
         return dict(self._active)
+
+    def pvc_per_min(self) -> float:
+        """Ventricular beats in the last minute (to the sample the tracker has reached)."""
+        return self._ventricular.pvc_per_min(self._now)
 
     # -- inputs --------------------------------------------------------------------------------
     def advance(self, now: int) -> list[RhythmFlag]:
@@ -235,16 +244,21 @@ class RhythmTracker:
         self._af_atrial.clear()
         self._brady_run = 0
         self._tachy_run = 0
-        self._vt_run = []
+        self._ventricular.gap()
         self._vf_last_end = None
         return out
 
     def beat(
-        self, sample: int, ventricular: bool | None, atrial: float | None = None
-    ) -> list[HeartRate | RhythmFlag]:
+        self,
+        sample: int,
+        ventricular: bool | None,
+        atrial: float | None = None,
+        beat_class: str | None = None,
+    ) -> list[HeartRate | RhythmFlag | VentricularRun]:
         """A beat, given after ``advance`` to the time it became known; ``atrial``: the
-        correlation of its P-wave window with their template (None when not judged)."""
-        out: list[HeartRate | RhythmFlag] = []
+        correlation of its P-wave window with their template (None when not judged);
+        ``beat_class`` ("N", "V", "Q", None) defaults to what ``ventricular`` says."""
+        out: list[HeartRate | RhythmFlag | VentricularRun] = []
         fs = self.fs_hz
         if (
             self._in_gap
@@ -259,8 +273,11 @@ class RhythmTracker:
         self._last_beat = sample
         self._ref = sample
         self._beats.append(sample)
+        if beat_class is None and ventricular is not None:
+            beat_class = "V" if ventricular else "N"
+        vent_out = self._ventricular.beat(sample, beat_class)
         if prev is None:
-            return out
+            return out + vent_out
         rr_s = (sample - prev) / fs
         self._rr.append(rr_s)
         hr = 60.0 / rr_s
@@ -286,15 +303,7 @@ class RhythmTracker:
             out.append(self._flag("TACHY", "start", beats[-TACHY_BEATS]))
         elif self._tachy_run == 0 and "TACHY" in self._active:
             out.append(self._flag("TACHY", "end", sample))
-        # ventricular tachycardia
-        if ventricular and hr > VT_BPM:
-            self._vt_run.append(sample)
-            if len(self._vt_run) >= VT_BEATS and "VTACH" not in self._active:
-                out.append(self._flag("VTACH", "start", self._vt_run[0]))
-        else:
-            self._vt_run = []
-            if "VTACH" in self._active:
-                out.append(self._flag("VTACH", "end", sample))
+        out.extend(vent_out)  # ventricular calls (eicu.signal.ectopy)
         # atrial fibrillation
         self._af_rr.append(rr_s)
         self._af_beats.append(sample)

@@ -1,0 +1,165 @@
+"""Ventricular rhythm calls from a stream of classified beats.
+
+What a central station reports of ventricular ectopy, each with its source (docs/signal.md
+has the table):
+
+- PVCs per minute: ventricular beats in the last 60 s (a bedside-monitor parameter);
+- couplet: exactly 2 ventricular beats in a row; run: 3 or more (ANSI/AAMI EC57 counts
+  couplets, short runs of 3-5 and long runs of 6 or more); each reported once it has ended, as
+  a :class:`~eicu.signal.events.VentricularRun`;
+- BIGEMINY: every other beat ventricular (N V N V N V: 3 cycles) and as long as that lasts;
+- TRIGEMINY: every third beat ventricular (N N V three times) and as long as that lasts;
+- VTACH: a run of at least ``vt_beats`` ventricular beats (``eicu.signal.rhythm`` passes 5)
+  whose rate over its last ``vt_beats`` beats is at least ``vt_bpm`` (100/min); it lasts as
+  long as the run does at that rate, and starts at the run's first beat;
+- VT_SUSTAINED: ventricular tachycardia lasting 30 s or more (Zipes et al., ACC/AHA/ESC 2006
+  guidelines for ventricular arrhythmias, Circulation 114:e385-e484), from the beat at which
+  it reached 30 s to the end of the VT.
+
+The rate of a run is taken over its beats, not over single intervals, so that one QRS complex
+missed by the detector (a ventricular complex of lower slope) does not break the run. An
+unclassifiable beat (noise, "Q") or one not yet classified neither extends nor breaks a run.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from eicu.signal.events import RhythmFlag, RhythmLabel, VentricularRun
+
+VT_SUSTAINED_S: Final = 30.0
+PVC_WINDOW_S: Final = 60.0
+BIGEMINY_CYCLES: Final = 3
+TRIGEMINY_CYCLES: Final = 3
+
+FlagFn = Callable[[RhythmLabel, str, int], RhythmFlag]
+
+
+class VentricularTracker:
+    """Ventricular calls of one lead; ``flag(label, state, sample)`` makes (and records) a flag."""
+
+    def __init__(
+        self,
+        signal: str,
+        fs_hz: float,
+        flag: FlagFn,
+        active: Callable[[], dict[str, int]],
+        *,
+        vt_beats: int,
+        vt_bpm: float,
+    ) -> None:
+        if vt_beats < 3 or not vt_bpm > 0:
+            raise ValueError(f"need vt_beats >= 3 and vt_bpm > 0, got {vt_beats}, {vt_bpm}")
+        self.signal = signal
+        self.fs_hz = fs_hz
+        self._flag = flag
+        self._active = active
+        self.vt_beats = vt_beats
+        self.vt_bpm = vt_bpm
+        self._run: list[int] = []  # samples of the current run of ventricular beats
+        self._seq: deque[tuple[int, bool]] = deque(maxlen=3 * TRIGEMINY_CYCLES)
+        self._v_times: deque[int] = deque()
+        self._vt_start: int | None = None
+
+    def pvc_per_min(self, now: int) -> float:
+        """Ventricular beats in the ``PVC_WINDOW_S`` before sample ``now``, per minute."""
+        lo = now - round(PVC_WINDOW_S * self.fs_hz)
+        n = sum(1 for s in self._v_times if lo <= s < now)
+        return n * 60.0 / PVC_WINDOW_S
+
+    def gap(self) -> None:
+        """Samples are missing: a run cut by the gap is not reported (its end is unknown); the
+        caller ends the active flags."""
+        self._run = []
+        self._seq.clear()
+        self._vt_start = None
+
+    def _rate_bpm(self, samples: list[int]) -> float:
+        if len(samples) < 2 or samples[-1] <= samples[0]:
+            return 0.0
+        return 60.0 * self.fs_hz * (len(samples) - 1) / (samples[-1] - samples[0])
+
+    def _close_run(self) -> list[VentricularRun]:
+        run = self._run
+        self._run = []
+        if len(run) < 2:
+            return []
+        return [
+            VentricularRun(
+                signal=self.signal,
+                sample=run[0],
+                time_s=run[0] / self.fs_hz,
+                end_sample=run[-1],
+                n_beats=len(run),
+                rate_bpm=self._rate_bpm(run),
+                label="COUPLET" if len(run) == 2 else "RUN",
+            )
+        ]
+
+    def beat(self, sample: int, beat_class: str | None) -> list[RhythmFlag | VentricularRun]:
+        out: list[RhythmFlag | VentricularRun] = []
+        if beat_class not in ("N", "V"):
+            return out  # unclassifiable or not yet classified: neither extends nor breaks
+        active = self._active()
+        ventricular = beat_class == "V"
+        keep_from = sample - round(PVC_WINDOW_S * self.fs_hz)
+        while self._v_times and self._v_times[0] < keep_from:
+            self._v_times.popleft()
+        if ventricular:
+            self._v_times.append(sample)
+            self._run.append(sample)
+            tail = self._run[-self.vt_beats :]
+            fast = len(tail) == self.vt_beats and self._rate_bpm(tail) >= self.vt_bpm
+            if fast and "VTACH" not in active:
+                start = self._run[0] if self._vt_start is None else tail[0]
+                self._vt_start = start
+                out.append(self._flag("VTACH", "start", start))
+            elif not fast and "VTACH" in active and len(tail) == self.vt_beats:
+                out.extend(self._end_vt(sample))
+            if (
+                "VTACH" in self._active()
+                and "VT_SUSTAINED" not in self._active()
+                and self._vt_start is not None
+                and sample - self._vt_start >= round(VT_SUSTAINED_S * self.fs_hz)
+            ):
+                out.append(self._flag("VT_SUSTAINED", "start", sample))
+        else:
+            if "VTACH" in active:
+                out.extend(self._end_vt(sample))
+            self._vt_start = None
+            out.extend(self._close_run())
+        self._seq.append((sample, ventricular))
+        out.extend(self._patterns(sample))
+        return out
+
+    def _end_vt(self, sample: int) -> list[RhythmFlag | VentricularRun]:
+        out: list[RhythmFlag | VentricularRun] = []
+        if "VT_SUSTAINED" in self._active():
+            out.append(self._flag("VT_SUSTAINED", "end", sample))
+        out.append(self._flag("VTACH", "end", sample))
+        return out
+
+    def _patterns(self, sample: int) -> list[RhythmFlag | VentricularRun]:
+        """Bigeminy and trigeminy: every window of ``period`` beats holds exactly one V."""
+        out: list[RhythmFlag | VentricularRun] = []
+        seq = list(self._seq)
+        for label, period, cycles in (
+            ("BIGEMINY", 2, BIGEMINY_CYCLES),
+            ("TRIGEMINY", 3, TRIGEMINY_CYCLES),
+        ):
+            lab: RhythmLabel = label  # type: ignore[assignment]
+            active = label in self._active()
+            if active:
+                last = seq[-period:]
+                if len(last) < period or sum(v for _, v in last) != 1:
+                    out.append(self._flag(lab, "end", sample))
+                continue
+            n = period * cycles
+            if len(seq) < n:
+                continue
+            win = seq[-n:]
+            if all(sum(v for _, v in win[i : i + period]) == 1 for i in range(n - period + 1)):
+                out.append(self._flag(lab, "start", win[0][0]))
+        return out

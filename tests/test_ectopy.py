@@ -1,0 +1,159 @@
+"""Ventricular rhythm calls from classified beats, written from their definitions; EC57 scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eicu.signal import ec57
+from eicu.signal.ectopy import VentricularTracker
+from eicu.signal.events import RhythmFlag, VentricularRun
+from eicu.signal.pipeline import BedSignalPipeline
+from eicu.signal.rhythm import RhythmTracker
+
+FS = 100.0
+
+
+def _tracker() -> RhythmTracker:
+    return RhythmTracker("ECG_II", FS, lambda _s: "good", lambda _s, _n: None)
+
+
+def feed(
+    classes: str, rr_s: float | list[float] = 0.8, skip: tuple[int, ...] = ()
+) -> tuple[list[RhythmFlag], list[VentricularRun], RhythmTracker]:
+    """Beats of the given classes ("N", "V", "Q") at intervals ``rr_s``; beats whose index is in
+    ``skip`` are not given (missed by the detector)."""
+    tr = _tracker()
+    rr = [rr_s] * len(classes) if isinstance(rr_s, float) else rr_s
+    t = 1.0
+    flags: list[RhythmFlag] = []
+    runs: list[VentricularRun] = []
+    for i, c in enumerate(classes):
+        t += rr[i]
+        s = round(t * FS)
+        if i in skip:
+            continue
+        flags.extend(tr.advance(s))
+        for ev in tr.beat(s, None if c == "Q" else c == "V", beat_class=c):
+            if isinstance(ev, RhythmFlag):
+                flags.append(ev)
+            elif isinstance(ev, VentricularRun):
+                runs.append(ev)
+    return flags, runs, tr
+
+
+def episodes(flags: list[RhythmFlag], label: str) -> list[tuple[float, float | None]]:
+    out: list[tuple[float, float | None]] = []
+    for f in flags:
+        if f.label != label:
+            continue
+        if f.state == "start":
+            out.append((f.time_s, None))
+        else:
+            out[-1] = (out[-1][0], f.time_s)
+    return out
+
+
+def test_couplet_and_runs_are_reported_when_they_end() -> None:
+    _, runs, _ = feed("NNNNVVNNNNVVVNNNNVVVVVVNN")
+    assert [(r.label, r.n_beats) for r in runs] == [("COUPLET", 2), ("RUN", 3), ("RUN", 6)]
+    assert all(r.end_sample > r.sample for r in runs)
+
+
+def test_vt_needs_five_beats_at_100_per_minute_and_lasts_as_long_as_the_run() -> None:
+    # 4 fast V beats: a run, not VT
+    flags, _, _ = feed("NNNN" + "VVVV" + "NNNN", [0.8] * 4 + [0.4] * 4 + [0.8] * 4)
+    assert episodes(flags, "VTACH") == []
+    # 5 slow V beats (75/min): an idioventricular run, not VT
+    flags, _, _ = feed("NNNN" + "V" * 5 + "NN", 0.8)
+    assert episodes(flags, "VTACH") == []
+    # 40 V beats at 150/min, one of them missed by the detector: one VT from the first to the end
+    rr = [0.8] * 4 + [0.4] * 40 + [0.8] * 3
+    flags, _, _ = feed("NNNN" + "V" * 40 + "NNN", rr, skip=(20,))
+    ((start, end),) = episodes(flags, "VTACH")
+    assert start == pytest.approx(1.0 + 3.2 + 0.4, abs=0.02)  # the run's first beat
+    assert end == pytest.approx(1.0 + 3.2 + 16.0 + 0.8, abs=0.02)  # the first N beat after it
+    assert episodes(flags, "VT_SUSTAINED") == []
+
+
+def test_an_unclassifiable_beat_neither_breaks_nor_extends_a_run() -> None:
+    flags, runs, _ = feed("NNNN" + "VVVQVVV" + "NN", [0.8] * 4 + [0.4] * 7 + [0.8] * 2)
+    assert len(episodes(flags, "VTACH")) == 1
+    assert [r.n_beats for r in runs] == [6]
+
+
+def test_sustained_vt_from_30_s() -> None:
+    rr = [0.8] * 4 + [0.4] * 90 + [0.8] * 3
+    flags, _, _ = feed("NNNN" + "V" * 90 + "NNN", rr)
+    ((vt_start, vt_end),) = episodes(flags, "VTACH")
+    ((s_start, s_end),) = episodes(flags, "VT_SUSTAINED")
+    assert s_start == pytest.approx(vt_start + 30.0, abs=0.41)
+    assert s_end == vt_end
+
+
+def test_bigeminy_and_trigeminy() -> None:
+    flags, _, _ = feed("NNNN" + "NV" * 2 + "NNNN")
+    assert episodes(flags, "BIGEMINY") == []  # two cycles are not enough
+    flags, _, _ = feed("NNNN" + "NV" * 6 + "NNNN")
+    ((start, end),) = episodes(flags, "BIGEMINY")
+    assert start == pytest.approx(1.0 + 0.8 * 5, abs=0.01)  # the first N of the pattern
+    assert end == pytest.approx(1.0 + 0.8 * 18, abs=0.01)  # the second N in a row
+    assert episodes(flags, "TRIGEMINY") == []
+    flags, _, _ = feed("NNNN" + "NNV" * 5 + "NNNN")
+    ((start, end),) = episodes(flags, "TRIGEMINY")
+    assert end == pytest.approx(1.0 + 0.8 * 22, abs=0.01)
+    assert episodes(flags, "BIGEMINY") == []
+
+
+def test_pvcs_per_minute() -> None:
+    _, _, tr = feed("NNNNV" * 20, 0.75)  # 100 beats in 75 s, one in five ventricular
+    assert tr.pvc_per_min() == pytest.approx(16.0, abs=1.0)
+
+
+def test_tracker_refuses_nonsense_limits() -> None:
+    with pytest.raises(ValueError, match="vt_beats"):
+        VentricularTracker("ECG_II", FS, lambda *_: None, dict, vt_beats=2, vt_bpm=100.0)  # type: ignore[arg-type,return-value]
+
+
+def test_pipeline_reports_pvcs_per_minute_nan_without_ecg() -> None:
+    assert np.isnan(BedSignalPipeline({"PLETH": 125.0}).pvc_per_min())
+
+
+# -- EC57 scoring -------------------------------------------------------------------------------
+
+
+def test_ec57_beat_matching_and_veb_counts() -> None:
+    ref = np.array([100, 200, 300, 400, 500, 600])
+    cls = np.array(["N", "V", "V", "F", "Q", "S"])
+    det = np.array([105, 190, 350, 402, 498, 700, 800])
+    det_v = np.array([True, True, False, True, True, True, False])
+    c = ec57.veb_counts(ref, cls, det, det_v, tol=20)
+    # 300 has no detection within 20 (350 is 50 away): missed; 600 has none either
+    assert (c.vv, c.vx, c.nv, c.sv, c.fv, c.qv, c.ov) == (1, 1, 1, 0, 1, 1, 1)
+    assert c.se == 50.0 and c.ppv == 50.0  # F and Q calls are not counted against +P
+    assert c.ppv_with_extra == pytest.approx(100 / 3)
+    later = ec57.veb_counts(ref, cls, det, det_v, tol=20, from_sample=250)
+    assert (later.vv, later.vx, later.nv) == (0, 1, 0)
+
+
+def test_ec57_each_detection_matches_one_beat() -> None:
+    m = ec57.match_beats(np.array([100, 110]), np.array([105]), tol=10)
+    assert m.tolist() == [0, -1]
+    with pytest.raises(ValueError, match="sorted"):
+        ec57.match_beats(np.array([2, 1]), np.array([1]), 5)
+
+
+def test_ec57_runs_by_kind() -> None:
+    s = np.arange(20) * 100
+    v = np.array([c == "V" for c in "NVVNVVVNVVVVVVNNVNNN"])
+    runs = ec57.v_runs(s, v)
+    assert [(r[2], ec57.run_kind(r[2])) for r in runs] == [
+        (2, "couplet"),
+        (3, "short run"),
+        (6, "long run"),
+    ]
+    det = [(100, 200, 2), (400, 500, 2), (800, 1300, 6)]
+    c = ec57.run_counts(runs, det, tol=10)
+    assert c.ref_found == {"couplet": 1, "short run": 0, "long run": 1}
+    assert c.det_true == {"couplet": 1, "short run": 0, "long run": 1}
+    assert c.det_all["couplet"] == 2
