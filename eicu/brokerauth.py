@@ -38,7 +38,7 @@ from typing import Literal
 from eicu.config import ALARMS_CONNECTION_SUFFIX
 from eicu.errors import ConfigError
 from eicu.models import ID_RE
-from eicu.wire import GATEWAY_LEVEL, MAX_WAVEFORM_BYTES
+from eicu.wire import GATEWAY_LEVEL
 
 Role = Literal["engine", "gateway"]
 ITERATIONS = 101  # Mosquitto's default for sha512-pbkdf2
@@ -193,14 +193,18 @@ def listener_settings(tls: ListenerTls | None = None) -> list[str]:
     return lines
 
 
-# Broker-wide limits for QoS 1 sessions (see docs/deployment.md): a message larger than the
-# largest the engine accepts is dropped at the broker, and the engine's persistent session keeps
-# this many messages while the engine is away (Mosquitto's default of 1000 is seconds of a ward).
+# Broker-wide limits (see docs/deployment.md). A message larger than the engine accepts
+# (EICU_MAX_MESSAGE_BYTES, 512 KiB by default, plus the MQTT header and topic) is dropped at the
+# broker before it reaches anyone. The engine's persistent session keeps this many messages, and
+# bytes, while the engine is away (Mosquitto's default of 1000 messages is seconds of a ward);
+# a session abandoned for two weeks is dropped. Each client gets 1000 QoS 1 messages in flight.
 SESSION_LIMITS = (
     "persistence true",
     "max_inflight_messages 1000",
     "max_queued_messages 1000000",
-    f"message_size_limit {MAX_WAVEFORM_BYTES}",
+    "max_queued_bytes 536870912",
+    "max_packet_size 600000",
+    "persistent_client_expiration 14d",
 )
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import psycopg
 import pytest
 
 from alerting.model import AlarmState
 from alerting.policy import load_policy, override
 from eicu import wire
+from eicu.codes import BY_CODE
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey, NumericsFrame, StatusFrame
@@ -120,14 +122,19 @@ async def test_a_future_dated_message_never_masks_real_hr_180(
         device_clock = [a for a in engine.alarms.machine.alarms() if a.kind == "DEVICE_CLOCK"]
         assert "ahead of the engine's clock" in device_clock[0].detail
         await _until(lambda: engine.writer.pending_frames == 0 and engine.writer.stored_frames >= 5)
-    # Stored as it came: its device time, beside the time it was received.
-    store = open_store(db_url)
-    await store.open()
-    try:
-        stored = await store.numerics(YEAR_2099_US - 1_000_000, YEAR_2099_US + 1_000_000)
-    finally:
-        await store.close()
-    assert {(s.key, s.value) for s in stored} == {("HR", 70.0), ("SPO2", 97.0), ("RR", 16.0)}
+    # Stored at the time it was received (so retention and chunking never see 2099), with the
+    # device's own time kept beside it.
+    async with await psycopg.AsyncConnection.connect(db_url) as conn:
+        cur = await conn.execute(
+            "SELECT code, value, time, device_time FROM numerics WHERE device_time IS NOT NULL"
+        )
+        rows = await cur.fetchall()
+    assert {(BY_CODE[code].key, value) for code, value, _, _ in rows} == {
+        ("HR", 70.0), ("SPO2", 97.0), ("RR", 16.0)
+    }
+    for _, _, received, device_time in rows:
+        assert int(device_time.timestamp() * 1e6) == YEAR_2099_US
+        assert abs(received.timestamp() - time.time()) < 600
 
 
 async def test_a_retained_standby_never_silences_a_monitored_bed(

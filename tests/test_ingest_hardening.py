@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from eicu import wire
+from eicu.brokerauth import SESSION_LIMITS
 from eicu.config import AdmissionSettings, IngestSettings, MqttSettings, Settings
 from eicu.devservices import Mosquitto, Postgres
 from eicu.errors import ConfigError
@@ -492,12 +493,12 @@ def test_admission_settings_from_the_environment(tmp_path: Path) -> None:
 
 @pytest.mark.broker
 async def test_broker_settings_of_the_deployment_guide_drop_oversized_messages() -> None:
-    """The Mosquitto lines docs/deployment.md recommends load, and max_packet_size keeps a
-    too-large message from ever reaching the engine."""
+    """The broker-wide lines `eicu broker-auth config` prints (and docs/deployment.md shows)
+    load, and max_packet_size keeps a too-large message from ever reaching the engine."""
     guide = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
-    wanted = ("max_packet_size", "max_queued_bytes", "max_inflight_messages")
-    lines = [line.split("#")[0].strip() for line in guide.splitlines() if line.startswith(wanted)]
-    assert len(lines) == len(wanted)
+    lines = [line for line in SESSION_LIMITS if not line.startswith("persistence ")]
+    for line in SESSION_LIMITS:
+        assert f"\n{line}\n" in guide, line  # the guide shows what the command prints
     broker = Mosquitto(auth=["allow_anonymous true", *lines]).start()
     try:
         topic = "eicu/v1/icu/bed-01/waveform"
