@@ -130,7 +130,9 @@ async def test_a_future_dated_message_never_masks_real_hr_180(
         )
         rows = await cur.fetchall()
     assert {(BY_CODE[code].key, value) for code, value, _, _ in rows} == {
-        ("HR", 70.0), ("SPO2", 97.0), ("RR", 16.0)
+        ("HR", 70.0),
+        ("SPO2", 97.0),
+        ("RR", 16.0),
     }
     for _, _, received, device_time in rows:
         assert int(device_time.timestamp() * 1e6) == YEAR_2099_US
