@@ -454,6 +454,7 @@ def evaluate_bed(
     clock_us: int | None = None,
     unacknowledged: Iterable[str] = (),
     clock_fault: str | None = None,
+    new_bed: bool = False,
 ) -> RuleOutput:
     """Every rule of ``policy`` for one bed at ``now_us``.
 
@@ -461,6 +462,9 @@ def evaluate_bed(
     technical conditions of the measurements and raises ``bed_standby``; physiological
     conditions of fresh values, and rhythm flags while an ECG lead has a signal, still count.
     ``clock_fault`` describes the bed's device-clock fault, if it has one (``device_clock``).
+    ``new_bed``: an auto-registered bed not yet confirmed by a stream (``ingest.admission``);
+    its bed-level conditions (no data, offline, standby, device clock) are reported as not
+    present, and while it is silent or offline nothing else is judged, as for any silent bed.
 
     ``clock_us`` is the moment on the bed's own (device) clock at which values' ages are judged
     (default ``now_us``); the alarm service passes the bed's clock less the engine's input delay,
@@ -474,7 +478,17 @@ def evaluate_bed(
     """
     bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us, clock_fault)
     silent = {"bed_offline", "data_stale"}
-    if any(c.present for c in bed_level if policy.condition(c.kind).rule in silent):
+    quiet = any(c.present for c in bed_level if policy.condition(c.kind).rule in silent)
+    if new_bed:
+        # A bed heard only briefly (a flood of made-up ids is heard once each): its silence is
+        # not a patient's, and a wall of technical alarms would bury the real ones.
+        bed_level = [
+            replace(c, present=False, detail="new bed, not yet confirmed by a stream")
+            if c.present
+            else c
+            for c in bed_level
+        ]
+    if quiet:
         return RuleOutput(tuple(bed_level))
     quality = quality or {}
     standby = status == "standby"

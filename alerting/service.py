@@ -191,6 +191,7 @@ class AlarmService:
                     clock_us=state.device_now_us(now_us) - delay_us,
                     unacknowledged=self.machine.unacknowledged(bed),
                     clock_fault=state.clock_fault_at(now_us),
+                    new_bed=state.new,
                 )
             except Exception:
                 # One bed's fault leaves that bed's alarms as they were, not every bed's.

@@ -17,6 +17,15 @@ split and a few dictionary look-ups, so refusing a flood is far cheaper than han
 A message refused at step 3 never spends its site's rate, so a flood of new bed ids cannot
 crowd out the beds that exist. Refusals are counted (``eicu_ingest_refused{reason}``) and
 dead-lettered through :class:`DeadLetters`, which keeps a few whole and sums up the rest.
+
+An auto-registered bed is *new* until it has delivered a stream: at least
+:data:`CONFIRM_MESSAGES` messages over at least :data:`CONFIRM_S` (:meth:`Admission.observe`).
+A new bed's data and physiological alarms are live, but its bed-level technical conditions (no
+data, offline, standby, device clock) raise no alarm: a bed heard once, as each of a flood of
+made-up ids is, is not a bed whose silence the central station must sound. Registered beds are
+never new, nor are the first :data:`MONITORED_AT_ONCE` beds a site auto-registers within
+:data:`AT_ONCE_HOLD_S` (a monitor plugged in at a bedside is watched from its first message).
+Confirmed beds are remembered beside the admitted ones, so a restart keeps them confirmed.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eicu.config import AdmissionSettings
@@ -39,6 +48,16 @@ RELOAD_EVERY_S = 5.0  # how often the beds file's modification time is looked at
 SUMMARY_KEYS_MAX = 1000  # (site, reason) pairs summed up per window; beyond, one per reason
 PAYLOAD_HEAD_BYTES = 256  # kept of a payload dead-lettered by reference
 _BED_KINDS = ("numerics", "waveform", "status")
+# An auto-registered bed is confirmed (no longer new) once it has sent this many messages over at
+# least this long: a monitor streams numerics every second, a made-up id is heard once.
+CONFIRM_S = 30.0
+CONFIRM_MESSAGES = 10
+# Of the beds a site auto-registers, this many at a time are watched from their first message
+# (each slot freed when its bed is confirmed, or AT_ONCE_HOLD_S after it was admitted); beyond
+# that (a gateway bringing a whole ward at once, or a flood of new ids) a bed is new until
+# confirmed.
+MONITORED_AT_ONCE = 2
+AT_ONCE_HOLD_S = 300.0
 
 REFUSALS = {
     "oversized": "message larger than EICU_MAX_MESSAGE_BYTES (not read)",
@@ -77,6 +96,8 @@ class _Site:
     bytes: TokenBucket
     new_beds: TokenBucket
     auto_beds: int = 0
+    # Auto-registered beds watched from their first message, not yet confirmed -> admitted at.
+    at_once: dict[BedKey, float] = field(default_factory=dict)
 
 
 def read_beds_file(path: Path) -> set[BedKey]:
@@ -126,6 +147,22 @@ class Admission:
         self._auto_by_site: dict[str, int] = {}
         for key in self.admitted:
             self._auto_by_site[key.site] = self._auto_by_site.get(key.site, 0) + 1
+        self.confirm_s = CONFIRM_S
+        self.confirm_messages = CONFIRM_MESSAGES
+        self._confirmed_path = (
+            None if admitted_path is None else admitted_path.with_name("confirmed-beds.txt")
+        )
+        confirmed: set[BedKey] = set()
+        if self._confirmed_path is not None and self._confirmed_path.is_file():
+            for line in self._confirmed_path.read_text(encoding="utf-8").splitlines():
+                site, sep, bed = line.strip().partition("/")
+                if sep and ID_RE.fullmatch(site) and ID_RE.fullmatch(bed):
+                    confirmed.add(BedKey(site, bed))
+        # Auto-registered beds not yet confirmed by a stream; a restart keeps them new.
+        self.new: set[BedKey] = self.admitted - confirmed
+        # The beds whose stream is watched for confirmation: the new ones and those watched
+        # from their first message (a set look-up a message).
+        self.watching: set[BedKey] = set(self.new)
 
     # --- registration ------------------------------------------------------------------------
 
@@ -150,6 +187,31 @@ class Admission:
 
     def is_known(self, bed: BedKey) -> bool:
         return bed in self.registered or bed in self.admitted
+
+    def is_new(self, bed: BedKey) -> bool:
+        """True for an auto-registered bed not yet confirmed by a stream (its bed-level
+        technical conditions raise no alarm); a registered bed is never new."""
+        return bed in self.new and bed not in self.registered
+
+    def observe(self, bed: BedKey, messages: int, first_seen_us: int, last_seen_us: int) -> None:
+        """A message of ``bed`` was handled: ``messages`` so far, heard from ``first_seen_us``
+        to ``last_seen_us`` (receive times). Confirms a watched bed that has streamed long
+        enough."""
+        if bed not in self.watching:
+            return
+        if messages < self.confirm_messages or last_seen_us - first_seen_us < self.confirm_s * 1e6:
+            return
+        self.watching.discard(bed)
+        self.new.discard(bed)
+        site = self._sites.get(bed.site)
+        if site is not None:
+            site.at_once.pop(bed, None)
+        if self._confirmed_path is not None:
+            # Once a bed: cheap enough for the loop.
+            self._confirmed_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._confirmed_path.open("a", encoding="utf-8") as fh:
+                fh.write(f"{bed.site}/{bed.bed}\n")
+        log.info("bed %s/%s confirmed by its stream", bed.site, bed.bed)
 
     # --- the check ---------------------------------------------------------------------------
 
@@ -226,6 +288,14 @@ class Admission:
             return "new_bed_rate"
         site.auto_beds += 1
         self.admitted.add(bed)
+        for key, since_s in list(site.at_once.items()):
+            if now_s - since_s >= AT_ONCE_HOLD_S:
+                del site.at_once[key]
+        if len(site.at_once) < MONITORED_AT_ONCE:
+            site.at_once[bed] = now_s
+        else:
+            self.new.add(bed)
+        self.watching.add(bed)
         self._metrics.beds_admitted.inc()
         if self._admitted_path is not None:
             # At most the new-bed rate of appends: cheap enough for the loop.

@@ -14,7 +14,7 @@ from eicu import bus, wire
 from eicu.config import AdmissionSettings, MqttSettings
 from eicu.errors import PayloadError
 from eicu.metrics import IngestMetrics
-from eicu.models import AlarmAck, StatusFrame
+from eicu.models import AlarmAck, BedKey, StatusFrame
 from ingest.admission import REFUSALS, Admission, DeadLetters
 from ingest.state import BedRouter
 from ingest.writer import Backoff, StoreWriter
@@ -128,6 +128,22 @@ class Ingest:
                 frame = dataclasses.replace(frame, beds=beds)
         if self._router.route(frame):
             self._writer.add(frame)
+        admission = self.admission
+        if isinstance(frame, StatusFrame):
+            names = (frame.bed,) if frame.bed is not None else frame.beds
+            for name in names:
+                self._mark_new(BedKey(frame.site, name))
+        elif frame.bed in admission.watching:
+            state = self._router.beds.get(frame.bed)
+            if state is not None:
+                admission.observe(frame.bed, state.messages, state.first_seen_us, state.last_seen_us)
+            self._mark_new(frame.bed)
+
+    def _mark_new(self, bed: BedKey) -> None:
+        """Tell the bed's state whether it is new (see ingest.admission)."""
+        state = self._router.beds.get(bed)
+        if state is not None:
+            state.new = self.admission.is_new(bed)
 
     def _refusal(self, reason: str, topic: str, payload: bytes, received_us: int) -> None:
         counter = self._refused.get(reason)

@@ -149,6 +149,9 @@ class BedState:
     clock_fault_us: int = 0  # receive time of the latest message outside the window
     clock_fault: str = ""  # what was wrong with it
     standby_until_us: int = 0  # engine time at which the bed's standby ends
+    # An auto-registered bed not yet confirmed by a stream (ingest.admission): its bed-level
+    # technical conditions (no data, offline, standby, device clock) raise no alarm.
+    new: bool = False
 
     def is_stale(self, now_us: int, max_silence_s: float = 10.0) -> bool:
         return now_us - self.last_seen_us > max_silence_s * 1e6
