@@ -13,8 +13,8 @@ the time from its publish to the alarm on its alarms topic is measured. Phases:
 1. a flood of ``--flood`` one-value numerics for new bed ids at the real beds' site, from a
    hostile account of that site (and the technical alarms the flood's beds raise);
 2. PostgreSQL stopped, ``--junk`` one-megabyte junk messages on a real bed's topic (the broker
-   drops them and disconnects the sender) and as many of 500 kB (under the broker's limit: they
-   reach the engine), PostgreSQL started again;
+   drops each and closes the sender's connection) and as many of 500 kB (under the broker's
+   limit: they reach the engine), PostgreSQL started again;
 3. a real bed's numerics dated 2099, then its real heart rate of 180: HR_HIGH must start;
 4. a retained standby status (no time) for a real bed: BED_STANDBY shown, HR 180 in standby
    still alarms, and once the bed falls silent DATA_STALE starts when the standby's lifetime
@@ -41,8 +41,10 @@ import asyncio
 import contextlib
 import http.client
 import json
+import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +75,7 @@ ENGINE = "hub"  # the engine's broker account (and so its client id)
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 ATTACKER_ADDRESS = "127.0.0.2"  # loopback: the dashboard sees another client address
 USER_ADDRESS = "127.0.0.1"
+ALARM_STARTS = 'eicu_alarm_events_total{state="active"}'
 
 
 def _rss_mb(pid: int) -> float:
@@ -139,6 +142,7 @@ class Probe:
         self._seq = 0
         self.hr: dict[BedKey, float] = {}  # a bed's heart rate other than 80
         self.silent: set[BedKey] = set()  # beds not sending
+        self._unmeasured_until: dict[BedKey, float] = {}  # beds just resumed, not yet stored
         self.future: set[BedKey] = set()  # beds whose next message is dated 2099
         self.events: list[tuple[float, str, str, str]] = []  # (received, bed, kind, state)
         self.client: aiomqtt.Client | None = None
@@ -189,6 +193,14 @@ class Probe:
                         self.alarm_latency_s.append(time.time() - sent_s)
                         self._pending = [t for t in self._pending if t > sent_s + 0.5]
 
+    def silence(self, bed: BedKey) -> None:
+        self.silent.add(bed)
+
+    def resume(self, bed: BedKey) -> None:
+        """``bed`` sends again; its stored lag counts again once its data can be stored."""
+        self._unmeasured_until[bed] = time.time() + 3.0
+        self.silent.discard(bed)
+
     async def wait_alarm(self, bed: BedKey, kind: str, since: float, timeout_s: float) -> float:
         """Seconds from ``since`` to ``bed``'s ``kind`` starting (NaN when it did not within
         ``timeout_s``)."""
@@ -221,7 +233,10 @@ class Probe:
                            AND n.time > now() - interval '15 minutes' GROUP BY b.bed""",
                         (SITE,),
                     )
-                    silent = {b.bed for b in self.silent}
+                    now = time.time()
+                    silent = {b.bed for b in self.silent} | {
+                        b.bed for b, until in self._unmeasured_until.items() if until > now
+                    }
                     lags = [float(lag) for bed, lag in await cur.fetchall() if bed not in silent]
                     if lags:
                         self.stored_lag_s.append(max(lags))
@@ -259,23 +274,58 @@ async def flood(port: int, n: int, user: str) -> float:
     return time.monotonic() - t0
 
 
+def _mqtt_string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _mqtt_packet(kind: int, body: bytes) -> bytes:
+    n, length = len(body), bytearray()
+    while True:  # the remaining length, 7 bits a byte
+        n, digit = divmod(n, 128)
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes([kind, *length]) + body
+
+
+def oversized(port: int, user: str, topic: str, payload: bytes) -> bool:
+    """One connection that publishes ``payload`` (QoS 0), written by hand so that the broker's
+    disconnection costs nothing; True when the broker accepted the connection."""
+    password = os.environ["EICU_ATTACK_PASSWORD"]
+    connect = _mqtt_packet(
+        0x10,
+        _mqtt_string("MQTT")
+        + bytes([4, 0xC2, 0, 60])  # MQTT 3.1.1; user name, password, clean session; keepalive
+        + _mqtt_string(user)
+        + _mqtt_string(user)
+        + _mqtt_string(password),
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(connect)
+        if sock.recv(4)[:1] != b"\x20":
+            return False
+        with contextlib.suppress(OSError):  # the broker closes the connection as it reads
+            sock.sendall(_mqtt_packet(0x30, _mqtt_string(topic) + payload))
+            sock.recv(1)
+    return True
+
+
 async def junk(port: int, n: int, user: str) -> None:
-    """``n`` messages of 1 MB (over the broker's max_packet_size: it drops them and disconnects
-    the sender, who connects again), then ``n`` of 500 kB (they reach the engine)."""
-    dropped = sent = 0
-    for size in (2**20, 500_000):
-        payload = b"\x00" * size
-        left = n
-        while left:
-            try:
-                async with _child_client(port, user) as c:
-                    while left:
-                        left -= 1
-                        await c.publish(wire.numerics_topic(REAL_BEDS[0]), payload, qos=1, timeout=5)
-                        sent += 1
-            except aiomqtt.MqttError:
-                dropped += 1
-    print(f"junk: {sent} acknowledged by the broker, {dropped} dropped with a disconnection")
+    """``n`` messages of 1 MB (over the broker's max_packet_size: it drops each and closes the
+    sender's connection), then ``n`` of 500 kB (under it: they reach the engine)."""
+    logging.getLogger("mqtt").disabled = True  # the disconnections are counted, not logged
+    topic = wire.numerics_topic(REAL_BEDS[0])
+    accepted = sum(oversized(port, user, topic, b"\x00" * 2**20) for _ in range(n))
+    acknowledged = 0
+    async with _child_client(port, user) as c:
+        for _ in range(n):
+            await c.publish(topic, b"\x00" * 500_000, qos=1)
+            acknowledged += 1
+    print(
+        f"junk: {accepted} connections sent 1 MB each (and were closed by the broker); "
+        f"{acknowledged} x 500 kB acknowledged",
+        flush=True,
+    )
 
 
 async def in_child(kind: str, port: int, n: int, user: str, password: str) -> float:
@@ -366,7 +416,7 @@ def report(phase: str, probe: Probe, engine: subprocess.Popen[bytes], mport: int
     alarms, lags, missed = probe.take()
     m = _metrics(mport)
     refused = sum(v for k, v in m.items() if k.startswith("eicu_ingest_refused_total"))
-    stale = m.get('eicu_alarm_events_total{state="active"}', float("nan"))
+    stale = m.get(ALARM_STARTS, float("nan"))
 
     def worst(values: list[float]) -> str:
         return f"{max(values):7.1f}" if values else "      -"
@@ -415,12 +465,12 @@ async def standby(probe: Probe, lifetime_s: float) -> str:
     probe.hr[bed] = 180.0
     hr = await probe.wait_alarm(bed, "HR_HIGH", t1, HR_HIGH_DELAY_S + 30.0)
     t2 = time.time()
-    probe.silent.add(bed)
+    probe.silence(bed)
     due = max(t0 + lifetime_s, t2 + DATA_STALE_AFTER_S)
     stale = await probe.wait_alarm(bed, "DATA_STALE", t2, due - t2 + 30.0)
     late = t2 + stale - due
     await probe.client.publish(wire.status_topic(bed), b"", qos=1, retain=True)
-    probe.silent.discard(bed)
+    probe.resume(bed)
     probe.hr.pop(bed)
     ok = math.isfinite(shown) and math.isfinite(hr) and late <= 5.0
     return (
@@ -452,51 +502,66 @@ async def takeover(accounts: Accounts, port: int, mport: int, seconds: float) ->
     )
 
 
-async def cart(web: Http, password: str) -> str:
+async def cart(web: Http, password: str, hold_s: float) -> str:
     status, cookie, _ = await web.login("cart-real02", password)
     if status != 200 or cookie is None:
         return f"6 cart impersonation: FAIL: the cart's login answered {status}"
-    other = await cart_register(web.port, cookie, REAL_BEDS[3])
+    answers: dict[str, int] = {}
+    end = time.monotonic() + hold_s
+    while time.monotonic() < end:
+        other = await cart_register(web.port, cookie, REAL_BEDS[3])
+        code = other.split(" (")[0]
+        answers[code] = answers.get(code, 0) + 1
+        await asyncio.sleep(0.25)
     own = await cart_register(web.port, cookie, REAL_BEDS[2])
-    ok = other.startswith("closed 4421") and own == "registered"
+    ok = set(answers) == {"closed 4421"} and own == "registered"
+    spread = ", ".join(f"{n} x {a}" for a, n in answers.items())
     return (
-        f"6 cart impersonation: {verdict(ok)}: the cart of {REAL_BEDS[2]} registering for "
-        f"{REAL_BEDS[3]}: {other}; for its own bed: {own}"
+        f"6 cart impersonation: {verdict(ok)}: the cart account of {REAL_BEDS[2]} registering "
+        f"for {REAL_BEDS[3]}: {spread}; for its own bed: {own}"
     )
 
 
-async def open_redirect(web: Http, password: str) -> str:
-    targets = [
-        "https://evil.example/",
-        "//evil.example/census",
-        "/\\evil.example",
-        "%2F%2Fevil.example",
-        "/%2F%2Fevil.example",
-        "javascript:alert(1)",
-    ]
-    followed = []
-    for target in targets:
-        path = "/login?next=" + urllib.request.quote(target, safe="")
-        status, headers, _ = await asyncio.to_thread(web.call, "GET", path)
-        if not (status == 303 and headers.get("location") == "/login"):
-            followed.append(f"{target} ({status} {headers.get('location')})")
+REDIRECTS = (
+    "https://evil.example/",
+    "//evil.example/census",
+    "/\\evil.example",
+    "%2F%2Fevil.example",
+    "/%2F%2Fevil.example",
+    "javascript:alert(1)",
+)
+
+
+async def open_redirect(web: Http, password: str, hold_s: float) -> str:
+    asked = 0
+    followed: list[str] = []
+    end = time.monotonic() + hold_s
+    while time.monotonic() < end:
+        for target in REDIRECTS:
+            path = "/login?next=" + urllib.request.quote(target, safe="")
+            status, headers, _ = await asyncio.to_thread(web.call, "GET", path)
+            asked += 1
+            if not (status == 303 and headers.get("location") == "/login"):
+                followed.append(f"{target} ({status} {headers.get('location')})")
+        await asyncio.sleep(0.25)
     status, _, answer = await web.login("nurse1", password, next_="//evil.example/census")
     if status != 200 or answer.get("next") != "/census":
         followed.append(f"login next -> {answer.get('next')!r} ({status})")
     ok = not followed
     return (
-        f"7 open redirect: {verdict(ok)}: {len(targets)} login links to other origins, "
-        f"{len(targets) - len(followed[: len(targets)])} dropped to /login; a login asking for "
-        f"//evil.example goes to {answer.get('next')!r}"
-        + ("" if ok else f"; followed: {', '.join(followed)}")
+        f"7 open redirect: {verdict(ok)}: {asked} login links to {len(REDIRECTS)} other "
+        f"origins, {asked - len(followed)} answered with /login and no target; a login asking "
+        f"for //evil.example goes to {answer.get('next')!r}"
+        + ("" if ok else f"; followed: {', '.join(sorted(set(followed)))}")
     )
 
 
-async def lockout(web: Http, password: str, attempts: int) -> str:
+async def lockout(web: Http, password: str, attempts: int, hold_s: float) -> str:
     codes: dict[int, int] = {}
     for i in range(attempts):
         status, _, _ = await web.login("nurse1", f"wrong-password-{i}", source=ATTACKER_ADDRESS)
         codes[status] = codes.get(status, 0) + 1
+        await asyncio.sleep(hold_s / attempts)
     t0 = time.monotonic()
     status, cookie, _ = await web.login("nurse1", password, source=USER_ADDRESS)
     took = time.monotonic() - t0
@@ -504,7 +569,8 @@ async def lockout(web: Http, password: str, attempts: int) -> str:
     spread = ", ".join(f"{n} x {code}" for code, n in sorted(codes.items()))
     return (
         f"8 lockout: {verdict(ok)}: {attempts} wrong passwords for nurse1 from "
-        f"{ATTACKER_ADDRESS} ({spread}); nurse1 from {USER_ADDRESS}: {status} in {took:.2f} s"
+        f"{ATTACKER_ADDRESS} over {hold_s:g} s ({spread}); nurse1 from {USER_ADDRESS}: "
+        f"{status} in {took:.2f} s"
     )
 
 
@@ -618,16 +684,17 @@ async def main(args: argparse.Namespace) -> None:
         report("4 retained standby", probe, engine, mport)
         print(await takeover(accounts, broker.port, mport, args.takeover), flush=True)
         report("5 session takeover", probe, engine, mport)
-        print(await cart(web, cart_password), flush=True)
+        print(await cart(web, cart_password, args.hold), flush=True)
         report("6 cart impersonation", probe, engine, mport)
-        print(await open_redirect(web, user_password), flush=True)
+        print(await open_redirect(web, user_password, args.hold), flush=True)
         report("7 open redirect", probe, engine, mport)
-        print(await lockout(web, user_password, args.logins), flush=True)
+        print(await lockout(web, user_password, args.logins, args.hold), flush=True)
         report("8 lockout", probe, engine, mport)
         m = _metrics(mport)
+        started = m.get(ALARM_STARTS, float("nan"))
         print(
             f"in all: engine reconnections {m.get('eicu_mqtt_reconnects_total', float('nan')):.0f}"
-            f", alarm starts {m.get('eicu_alarm_events_total{state=\"active\"}', float('nan')):.0f}"
+            f", alarm starts {started:.0f}"
             f" (flood's beds {sum(probe.starts('x').values())}, real beds "
             f"{sum(probe.starts('real').values())}, probe {sum(probe.starts('probe').values())})",
             flush=True,
@@ -660,6 +727,7 @@ if __name__ == "__main__":
     parser.add_argument("--standby", type=float, default=20.0, help="EICU_STANDBY_MAX_S (>= 10)")
     parser.add_argument("--takeover", type=float, default=15.0, help="seconds of takeovers")
     parser.add_argument("--logins", type=int, default=30, help="wrong passwords (max 1000)")
+    parser.add_argument("--hold", type=float, default=10.0, help="seconds of each web attack")
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--child", choices=("flood", "junk"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -672,6 +740,7 @@ if __name__ == "__main__":
     a.standby = min(max(a.standby, 10.0), 600.0)
     a.takeover = min(a.takeover, 300.0)
     a.logins = min(a.logins, 1000)
+    a.hold = min(a.hold, 120.0)
     if a.child == "flood":
         asyncio.run(flood(a.port, min(a.count, 200_000), a.user))
     elif a.child == "junk":
