@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,6 @@ YEAR_2099_US = 4_070_908_800_000_000
 DATA_STALE_AFTER_S = 10.0  # the default policy's
 HR_HIGH_DELAY_S = 10.0  # the default policy's
 ENGINE = "hub"  # the engine's broker account (and so its client id)
-# A cheap argon2id for the users file: the login phases measure the limiter, not the hash.
-CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
 ATTACKER_ADDRESS = "127.0.0.2"  # loopback: the dashboard sees another client address
 USER_ADDRESS = "127.0.0.1"
 ALARM_STARTS = 'eicu_alarm_events_total{state="active"}'
@@ -147,6 +146,7 @@ class Probe:
         self.events: list[tuple[float, str, str, str]] = []  # (received, bed, kind, state)
         self.client: aiomqtt.Client | None = None
         self.ready = asyncio.Event()
+        self.sent = 0  # real beds' messages acknowledged by the broker
 
     async def beds(self, stop: asyncio.Event) -> None:
         async with self.accounts.client(self.port, "gw-icu") as c:
@@ -168,6 +168,7 @@ class Probe:
                         at, hr = YEAR_2099_US, 70.0
                     frame = NumericsFrame(bed, self._seq, at, {"HR": hr, "SPO2": 97.0})
                     await c.publish(wire.numerics_topic(bed), wire.encode_numerics(frame), qos=1)
+                    self.sent += 1
                 if now >= next_probe:
                     high = not high
                     next_probe = now + PROBE_EVERY_S
@@ -184,7 +185,7 @@ class Probe:
             await c.subscribe(f"eicu/v1/{SITE}/+/alarms", qos=1)
             async for message in c.messages:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    doc = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    doc = json.loads(bytes(message.payload))
                     bed = message.topic.value.split("/")[3]
                     self.events.append((time.time(), bed, doc["kind"], doc["state"]))
                     if bed == PROBE.bed and doc["kind"] == "TEMP_HIGH" and doc["state"] == "active":
@@ -244,6 +245,17 @@ class Probe:
                 pass  # the database is down: nothing to measure
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def stored_messages(self) -> int:
+        """The real beds' messages the engine has stored."""
+        async with await psycopg.AsyncConnection.connect(self.db_url) as conn:
+            cur = await conn.execute(
+                """SELECT coalesce(sum(c.messages), 0) FROM beds b JOIN bed_counters c
+                   USING (bed_id) WHERE b.site = %s AND b.bed LIKE 'real%%'""",
+                (SITE,),
+            )
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     def take(self) -> tuple[list[float], list[float], int]:
         """The alarm latencies and stored lags since the last call, and how many alarms are
@@ -538,7 +550,7 @@ async def open_redirect(web: Http, password: str, hold_s: float) -> str:
     end = time.monotonic() + hold_s
     while time.monotonic() < end:
         for target in REDIRECTS:
-            path = "/login?next=" + urllib.request.quote(target, safe="")
+            path = "/login?next=" + urllib.parse.quote(target, safe="")
             status, headers, _ = await asyncio.to_thread(web.call, "GET", path)
             asked += 1
             if not (status == 303 and headers.get("location") == "/login"):
@@ -590,7 +602,9 @@ async def main(args: argparse.Namespace) -> None:
     pg = Postgres().start()
     db_url = pg.create_database("attack")
     mport, hport = free_port(), free_port()
-    users = Users(work / "users.json", hasher=PasswordHasher(**CHEAP_ARGON2))
+    # argon2id at its smallest: the login phases measure the limiter, not the hash
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    users = Users(work / "users.json", hasher=cheap)
     user_password, cart_password = "nurse-password-1", "cart-password-1"
     users.add("nurse1", "nurse", user_password)
     users.add("cart-real02", "cart", cart_password, bed=str(REAL_BEDS[2]))
@@ -690,7 +704,22 @@ async def main(args: argparse.Namespace) -> None:
         report("7 open redirect", probe, engine, mport)
         print(await lockout(web, user_password, args.logins, args.hold), flush=True)
         report("8 lockout", probe, engine, mport)
+        sent = probe.sent
+        stored = await probe.stored_messages()
+        deadline = time.monotonic() + 20.0
+        while stored < sent and time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            stored = await probe.stored_messages()
+        print(
+            f"real beds: {verdict(stored >= sent)}: {sent} messages acknowledged by the broker, "
+            f"{stored} stored",
+            flush=True,
+        )
         m = _metrics(mport)
+        refused = {
+            k.split('"')[1]: v for k, v in m.items() if k.startswith("eicu_ingest_refused_total{")
+        }
+        print(f"refused by reason: {refused}", flush=True)
         started = m.get(ALARM_STARTS, float("nan"))
         print(
             f"in all: engine reconnections {m.get('eicu_mqtt_reconnects_total', float('nan')):.0f}"

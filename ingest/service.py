@@ -136,7 +136,9 @@ class Ingest:
         elif frame.bed in admission.watching:
             state = self._router.beds.get(frame.bed)
             if state is not None:
-                admission.observe(frame.bed, state.messages, state.first_seen_us, state.last_seen_us)
+                admission.observe(
+                    frame.bed, state.messages, state.first_seen_us, state.last_seen_us
+                )
             self._mark_new(frame.bed)
 
     def _mark_new(self, bed: BedKey) -> None:
