@@ -12,6 +12,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from alerting.policy import load_policy
+from alerting.rules import RuleOutput, evaluate_bed
 from eicu import wire
 from eicu.config import AdmissionSettings, AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
@@ -61,6 +63,45 @@ def test_beds_beyond_a_few_at_once_are_new_until_they_have_streamed(tmp_path: Pa
     clock.now_s += AT_ONCE_HOLD_S
     assert again.check("eicu/v1/icu/late/numerics", 100) is None
     assert not again.is_new(BedKey(SITE, "late"))
+
+
+def test_a_silent_new_bed_raises_nothing_but_a_new_bed_with_hr_180_alarms() -> None:
+    policy = load_policy()
+    bed = BedKey(SITE, "x1")
+    now_us = 1_780_000_000_000_000
+
+    def present(out: RuleOutput) -> set[str]:
+        return {c.kind for c in out.conditions if c.present}
+
+    heard_us = now_us - 60_000_000  # a minute ago, once
+    for status in ("online", "offline", "standby"):
+        for new_bed in (True, False):
+            out = evaluate_bed(
+                bed,
+                policy,
+                now_us,
+                latest={"HR": (70.0, heard_us)},
+                status=status,
+                last_seen_us=heard_us,
+                new_bed=new_bed,
+            )
+            if new_bed:
+                assert present(out) == set()
+            else:
+                assert present(out) & {"DATA_STALE", "BED_OFFLINE", "BED_STANDBY"}
+    fault = "device time 2000000000 s ahead of the engine's clock"
+    live = evaluate_bed(
+        bed,
+        policy,
+        now_us,
+        latest={"HR": (180.0, now_us - 20 * 1_000_000)},
+        status="online",
+        last_seen_us=now_us - 1_000_000,
+        clock_fault=fault,
+        new_bed=True,
+    )
+    assert "DEVICE_CLOCK" not in present(live)
+    assert "HR_HIGH" in present(live)  # physiological conditions count at once
 
 
 async def _until(check: Callable[[], object], timeout_s: float = 30.0, what: str = "") -> None:
