@@ -198,3 +198,20 @@ def naive_detect(x: np.ndarray, det: BeatDetector) -> tuple[list[int], list[int]
                 set_thr()
                 sb_next = g + max(1, int(0.5 * rr_mean))
     return beats, decided
+
+
+def naive_spike_score(r: np.ndarray, spike_n: int) -> float:
+    """The sharpest rise-then-fall (or fall-then-rise) within ``spike_n`` samples, the smaller
+    of its two slopes, over the steepest slope of the moving average of 2 spike_n + 1 samples."""
+    m = 2 * spike_n + 1
+    if r.shape[0] <= m or np.isnan(r).any():
+        return math.nan
+    smooth = np.abs(np.diff(np.convolve(r, np.ones(m) / m, "valid")))
+    d = np.diff(r)
+    pair = 0.0
+    for i in range(d.shape[0]):
+        for j in range(i + 1, min(i + 1 + spike_n, d.shape[0])):
+            if d[i] * d[j] < 0:
+                pair = max(pair, min(abs(d[i]), abs(d[j])))
+    top = float(smooth[: d.shape[0] - m + 1].max()) if smooth.size else 0.0
+    return pair / top if top > 0 else math.nan

@@ -1,4 +1,5 @@
-"""Streaming beat classification: ventricular (V), normal or supraventricular (N), noise (Q).
+"""Streaming beat classification: ventricular (V), normal or supraventricular (N), paced (P),
+noise (Q).
 
 Each ECG lead keeps up to ``K_TEMPLATES`` QRS templates, a running clustering of the patient's
 own beats: a beat joins the template it correlates best with (at least ``MATCH_CORR``, best
@@ -23,6 +24,17 @@ matching of patient-adaptive classifiers (Hu et al., IEEE Trans Biomed Eng 44(9)
 A beat whose window holds a missing sample on every lead, or whose amplitude is far outside the
 reference's (``Q_AMP``), is unclassifiable.
 
+A beat is paced when the template it joined on some lead carries pacer spikes on more than
+``PACED_FRAC`` of its beats (their mean over the template's first ``ADAPT_BEATS`` beats, then a
+running mean moved by ``1 / ADAPT_BEATS`` a beat). A pacer spike (IEC 60601-2-27: pulses of 0.1-2 ms) is a deflection
+far narrower than any QRS complex: in the raw samples of the beat's window, a rise followed
+within ``spike_n`` samples (10 ms) by a fall, or a fall by a rise, both steeper than
+``SPIKE_RATIO`` times the steepest slope of the same samples averaged over ``2 spike_n + 1``
+samples. Averaging leaves the slope of a QRS complex (tens of milliseconds) almost whole and
+divides that of a spike by the averaging length. Without raw samples (or when the recording's
+band limit has smeared the spikes) no beat is paced, and a paced rhythm is classified by its
+morphology like any other: the dominant template, so ``N``.
+
 The kernel is :func:`_classify_beats`; :class:`eicu.signal.vclass.BeatClassifier` owns its state
 and is the public wrapper.
 """
@@ -46,6 +58,7 @@ C_UNKNOWN = -1  # still learning the templates
 C_N = 0
 C_V = 1
 C_Q = 2
+C_P = 3  # paced
 
 # float parameters
 F_MATCH_CORR = 0
@@ -60,14 +73,17 @@ F_PREMATURE = 8  # rr_prev / rr_mean below this: premature (else on time)
 F_Q_AMP = 9  # amplitude ratio outside [1/Q_AMP, Q_AMP]: unclassifiable
 F_SLOPE_FRAC = 10
 F_NARROW_N = 11  # width (samples) below which a first template is taken as supraventricular
-N_FPARAMS = 12
+F_SPIKE_RATIO = 12  # narrow-deflection slope over the smoothed slope above which: a pacer spike
+F_PACED_FRAC = 13  # share of a template's beats with a spike from which its beats are paced
+N_FPARAMS = 14
 
 # integer parameters
 I_PRE_N = 0
 I_POST_N = 1
 I_SHIFT_N = 2
 I_LEARN = 3  # beats seen before classes are given
-N_IPARAMS = 4
+I_SPIKE_N = 4  # the longest pacer spike (samples)
+N_IPARAMS = 5
 
 # integer state per lead
 S_NT = 0  # templates in use
@@ -78,6 +94,9 @@ N_ISTATE = 3
 # float state per lead (beyond the template arrays)
 R_RR_MEAN = 0  # running mean interval of reference beats (samples), 0 when unknown
 N_FSTATE = 1
+
+# features per beat and lead
+N_FEATS = 10
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -134,6 +153,40 @@ def _p2p(seg):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _spike_score(r, lo, span, spike_n):
+    """How much steeper the sharpest narrow deflection of ``r[lo : lo + span]`` is than the
+    steepest slope of the same samples averaged over ``2 spike_n + 1``: the smaller slope of a
+    rise followed within ``spike_n`` samples by a fall (or a fall by a rise), over that
+    smoothed slope. NaN when a sample is missing or the window is flat or too short."""
+    m = 2 * spike_n + 1
+    hi = lo + span
+    if lo < 0 or hi > r.shape[0] or span <= m:
+        return np.nan
+    smooth = 0.0
+    for i in range(lo, hi - m):
+        d = abs(r[i + m] - r[i])
+        if d > smooth:
+            smooth = d
+    smooth /= m
+    pair = 0.0
+    for i in range(lo, hi - 1):
+        a = r[i + 1] - r[i]
+        if math.isnan(a):
+            return np.nan
+        if a == 0.0 or abs(a) <= pair:
+            continue
+        for j in range(i + 1, min(i + 1 + spike_n, hi - 1)):
+            b = r[j + 1] - r[j]
+            if a * b < 0.0:
+                s = min(abs(a), abs(b))
+                if s > pair:
+                    pair = s
+    if not smooth > 0.0:
+        return np.nan
+    return pair / smooth
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _pick_reference(si, tcount, tvent, takeover):
     """The most used template not marked ventricular; a ventricular one only when it has been
     used ``takeover`` times as much (and is then taken as the dominant beat from then on)."""
@@ -155,6 +208,7 @@ def _pick_reference(si, tcount, tvent, takeover):
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _lead_step(
     y,
+    r,
     lo,
     ip,
     fp,
@@ -166,11 +220,14 @@ def _lead_step(
     tsteep,
     tamp,
     tvent,
+    tspike,
     feats,
 ):
     """One beat on one lead: cluster it, then fill ``feats`` with (corr, width_ratio,
-    steep_ratio, amp_ratio, width_n, matched template, -, the template's use count); NaN where
-    unknown. Returns True when the lead's window was usable."""
+    steep_ratio, amp_ratio, width_n, matched template, -, the template's use count, the spike
+    score, the template's share of beats with a spike); NaN where unknown. ``r``: the raw
+    samples at the indices of ``y`` (length 0 when not at hand). Returns True when the lead's
+    window was usable."""
     pre_n = ip[I_PRE_N]
     span = pre_n + ip[I_POST_N]
     shift_n = ip[I_SHIFT_N]
@@ -188,6 +245,11 @@ def _lead_step(
         return False
     steep = _steepness(seg)
     feats[4] = w
+    spike = 0.0
+    if r.shape[0] > 0:
+        feats[8] = _spike_score(r, lo, span, ip[I_SPIKE_N])
+        if feats[8] >= fp[F_SPIKE_RATIO]:
+            spike = 1.0
     nt = si[S_NT]
     ref = si[S_REF]
     # features against the reference, before the beat moves any template
@@ -226,8 +288,12 @@ def _lead_step(
         tsteep[best_k] = (1.0 - a) * tsteep[best_k] + a * steep
         tamp[best_k] = (1.0 - a) * tamp[best_k] + a * amp
         tcount[best_k] += 1.0
+        # the share of spiked beats: their mean over the first beats, then a running mean
+        sa = max(a, 1.0 / tcount[best_k])
+        tspike[best_k] = (1.0 - sa) * tspike[best_k] + sa * spike
         feats[5] = best_k
         feats[7] = tcount[best_k]
+        feats[9] = tspike[best_k]
     else:
         if nt < templates.shape[0]:
             k = nt
@@ -241,6 +307,8 @@ def _lead_step(
         twidth[k] = w
         tsteep[k] = steep
         tamp[k] = amp
+        tspike[k] = spike
+        feats[9] = spike
         tcount[k] = 1.0
         # a new shape unlike a narrower reference is marked ventricular
         tvent[k] = 0
@@ -257,8 +325,17 @@ def _lead_step(
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _note_interval(sf, rr):
+    """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in."""
+    if rr > 0:
+        m = sf[0, R_RR_MEAN]
+        sf[0, R_RR_MEAN] = float(rr) if m <= 0.0 else 0.875 * m + 0.125 * rr
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _classify_beats(
     ys,
+    rs,
     y0s,
     fids,
     rr_prev,
@@ -272,24 +349,28 @@ def _classify_beats(
     tsteep,
     tamp,
     tvent,
+    tspike,
     out_class,
     out_feats,
 ):
     """Classify beats at ``fids`` (global sample indices) over ``L`` leads.
 
-    ``ys[l]`` holds lead l's filtered samples from global index ``y0s[l]`` (padded with NaN);
+    ``ys[l]`` holds lead l's filtered samples from global index ``y0s[l]`` (padded with NaN),
+    ``rs[l]`` the raw samples at the same indices (``rs`` of shape (L, 0): none at hand);
     ``rr_prev[b]`` is the interval before beat b in samples (<= 0 when unknown). State arrays
     carry a leading lead axis. ``out_feats[b, l]`` gets the lead's features (see
     :func:`_lead_step`) and ``out_feats[b, 0, 6]`` the prematurity."""
     n_leads = ys.shape[0]
     for b in range(fids.shape[0]):
         usable = 0
+        paced = False
         best_l = -1
         worst = 2.0
         for lead in range(n_leads):
             lo = fids[b] - y0s[lead] - ip[I_PRE_N]
             ok = _lead_step(
                 ys[lead],
+                rs[lead],
                 lo,
                 ip,
                 fp,
@@ -301,10 +382,13 @@ def _classify_beats(
                 tsteep[lead],
                 tamp[lead],
                 tvent[lead],
+                tspike[lead],
                 out_feats[b, lead],
             )
             if ok:
                 usable += 1
+                if out_feats[b, lead, 9] > fp[F_PACED_FRAC]:
+                    paced = True
                 c = out_feats[b, lead, 0]
                 if not math.isnan(c) and c < worst:
                     worst = c
@@ -318,6 +402,10 @@ def _classify_beats(
             continue
         if si[0, S_SEEN] <= ip[I_LEARN] or best_l < 0:
             out_class[b] = C_UNKNOWN
+            continue
+        if paced:  # joined a template whose beats carry pacer spikes
+            out_class[b] = C_P
+            _note_interval(sf, rr_prev[b])
             continue
         f = out_feats[b, best_l]
         c = f[0]
@@ -333,9 +421,8 @@ def _classify_beats(
         if v and c > fp[F_V_CORR_MILD] and not (prem < fp[F_PREMATURE]):
             v = False
         out_class[b] = C_V if v else C_N
-        if not v and rr_prev[b] > 0:
-            m = sf[0, R_RR_MEAN]
-            sf[0, R_RR_MEAN] = float(rr_prev[b]) if m <= 0.0 else 0.875 * m + 0.125 * rr_prev[b]
+        if not v:
+            _note_interval(sf, rr_prev[b])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -361,6 +448,7 @@ def _detect_classify_step(
     f_zi,
     f_ref,
     ybuf,
+    rbuf,
     pend,
     st,
     ip,
@@ -373,12 +461,15 @@ def _detect_classify_step(
     tsteep,
     tamp,
     tvent,
+    tspike,
     seg,
+    segr,
     out_beat,
     out_class,
 ):
     """The QRS detector of :mod:`eicu.kernels.beats` and this classifier in one call per chunk,
-    on one lead: the chunk is filtered into the ring ``ybuf`` (length a power of two), the
+    on one lead: the chunk is filtered into the ring ``ybuf`` (length a power of two; the raw
+    samples go to ``rbuf`` of the same length, for the pacer-spike test), the
     detector's new beats wait in ``pend`` until their window has arrived, then are classified.
     ``st``: [pending count, previous beat sample (-1 none)]. Returns the number of classified
     beats written to ``out_beat``/``out_class``, or -1 when ``x`` holds an infinite value."""
@@ -409,6 +500,7 @@ def _detect_classify_step(
     mask = ybuf.shape[0] - 1
     for k in range(x.shape[0]):
         ybuf[(g0 + k) & mask] = y[k]
+        rbuf[(g0 + k) & mask] = x[k]
     n_pend = st[0]
     for j in range(nb):
         if n_pend < pend.shape[0]:
@@ -423,7 +515,7 @@ def _detect_classify_step(
     fid1 = np.empty(1, dtype=np.int64)
     rr1 = np.empty(1, dtype=np.int64)
     cls1 = np.empty(1, dtype=np.int64)
-    feats1 = np.empty((1, 1, 8), dtype=np.float64)
+    feats1 = np.empty((1, 1, N_FEATS), dtype=np.float64)
     n_out = 0
     done = 0
     for j in range(n_pend):
@@ -435,14 +527,17 @@ def _detect_classify_step(
             gi = start + i
             if gi < 0 or gi < g_end - ybuf.shape[0]:
                 seg[0, i] = np.nan  # before the record or overwritten
+                segr[0, i] = np.nan
             else:
                 seg[0, i] = ybuf[gi & mask]
+                segr[0, i] = rbuf[gi & mask]
         y0[0] = start
         fid1[0] = fid
         rr1[0] = fid - st[1] if st[1] >= 0 else -1
         st[1] = fid
         _classify_beats(
             seg,
+            segr,
             y0,
             fid1,
             rr1,
@@ -456,6 +551,7 @@ def _detect_classify_step(
             tsteep,
             tamp,
             tvent,
+            tspike,
             cls1,
             feats1,
         )

@@ -18,17 +18,19 @@ from eicu.kernels import beats as k_beats
 from eicu.kernels import vclass as k
 from eicu.signal.beats import BeatDetector
 
-BeatClass = Literal["N", "V", "Q"]
+BeatClass = Literal["N", "V", "Q", "P"]
 CLASS_OF_CODE: Final[dict[int, BeatClass | None]] = {
     k.C_UNKNOWN: None,
     k.C_N: "N",
     k.C_V: "V",
     k.C_Q: "Q",
+    k.C_P: "P",
 }
-N_FEATS: Final = 8
+N_FEATS: Final = k.N_FEATS
 QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
 QRS_SHIFT_S: Final = 0.015
+SPIKE_S: Final = 0.010  # the longest pacer spike a recording may show (band-limited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,12 @@ class ClassifierConfig:
     beats come early (de Chazal et al. 2004 use the RR intervals for this). Chosen on MIT-BIH
     channel 0; ``benchmarks/accuracy.py`` prints a leave-one-record-out choice among 27
     settings beside them.
+
+    ``spike_ratio``: a deflection whose rise and fall (within 10 ms) are both more than 2 times
+    as steep as the steepest slope of the beat's samples averaged over 21 ms is a pacer spike
+    (a pulse of 0.1-2 ms, IEC 60601-2-27, against a QRS complex of 80 ms or more);
+    ``paced_frac``: a template whose beats carry such a spike more than half of the time is
+    paced, and so is every beat that joins it.
     """
 
     match_corr: float = 0.9
@@ -58,6 +66,8 @@ class ClassifierConfig:
     slope_frac: float = 0.15
     narrow_s: float = 0.12
     learn_beats: int = 8
+    spike_ratio: float = 2.0
+    paced_frac: float = 0.5
 
 
 DEFAULT_CLASSIFIER: Final = ClassifierConfig()
@@ -84,6 +94,7 @@ class BeatClassifier:
         ip[k.I_POST_N] = self.post_n
         ip[k.I_SHIFT_N] = self.shift_n
         ip[k.I_LEARN] = config.learn_beats
+        ip[k.I_SPIKE_N] = max(1, round(SPIKE_S * fs_hz))
         fp = np.zeros(k.N_FPARAMS, dtype=np.float64)
         fp[k.F_MATCH_CORR] = config.match_corr
         fp[k.F_ADAPT] = 1.0 / config.adapt_beats
@@ -97,6 +108,8 @@ class BeatClassifier:
         fp[k.F_Q_AMP] = config.q_amp
         fp[k.F_SLOPE_FRAC] = config.slope_frac
         fp[k.F_NARROW_N] = config.narrow_s * fs_hz
+        fp[k.F_SPIKE_RATIO] = config.spike_ratio
+        fp[k.F_PACED_FRAC] = config.paced_frac
         self._ip = ip
         self._fp = fp
         nl, nt = n_leads, k.K_TEMPLATES
@@ -109,6 +122,7 @@ class BeatClassifier:
         self._tsteep = np.zeros((nl, nt), dtype=np.float64)
         self._tamp = np.zeros((nl, nt), dtype=np.float64)
         self._tvent = np.zeros((nl, nt), dtype=np.int64)
+        self._tspike = np.zeros((nl, nt), dtype=np.float64)
 
     @property
     def reach_n(self) -> int:
@@ -116,17 +130,30 @@ class BeatClassifier:
         return self.post_n + self.shift_n
 
     def classify(
-        self, ys: ArrayLike, y0s: ArrayLike, fids: ArrayLike, rr_prev: ArrayLike
+        self,
+        ys: ArrayLike,
+        y0s: ArrayLike,
+        fids: ArrayLike,
+        rr_prev: ArrayLike,
+        raws: ArrayLike | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """Classes (codes of :mod:`eicu.kernels.vclass`) and features of beats at ``fids``.
 
         ``ys``: (n_leads, n) filtered ECG, ``ys[l][0]`` at global sample ``y0s[l]`` (NaN where
-        missing); ``rr_prev``: samples since the beat before each (<= 0 when unknown).
-        Features per beat and lead: correlation, width ratio, steepness ratio, amplitude ratio
-        against the reference template, QRS width in samples, the template it joined, (6) the
-        beat's prematurity on lead 0, (7) the use count of the template it joined.
+        missing); ``raws``: the unfiltered samples at the same indices, for the pacer-spike
+        test (None: no beat is taken as paced); ``rr_prev``: samples since the beat before
+        each (<= 0 when unknown). Features per beat and lead: correlation, width ratio,
+        steepness ratio, amplitude ratio against the reference template, QRS width in samples,
+        the template it joined, (6) the beat's prematurity on lead 0, (7) the use count of the
+        template it joined, (8) the pacer-spike score, (9) the joined template's share of beats
+        with a pacer spike.
         """
         y = np.ascontiguousarray(ys, dtype=np.float64)
+        r = (
+            np.empty((y.shape[0], 0))
+            if raws is None
+            else np.ascontiguousarray(raws, dtype=np.float64)
+        )
         y0 = np.ascontiguousarray(y0s, dtype=np.int64)
         f = np.ascontiguousarray(fids, dtype=np.int64)
         rr = np.ascontiguousarray(rr_prev, dtype=np.int64)
@@ -139,12 +166,15 @@ class BeatClassifier:
             raise ValueError(
                 f"fids and rr_prev must be 1-D of one length, got {f.shape}, {rr.shape}"
             )
-        if np.isinf(y).any():
-            raise ValueError("ys contain +-inf; mark a missing sample with NaN")
+        if raws is not None and r.shape != y.shape:
+            raise ValueError(f"raws must have the shape of ys {y.shape}, got {r.shape}")
+        if np.isinf(y).any() or np.isinf(r).any():
+            raise ValueError("ys or raws contain +-inf; mark a missing sample with NaN")
         out_class = np.empty(f.shape[0], dtype=np.int64)
         out_feats = np.empty((f.shape[0], self.n_leads, N_FEATS), dtype=np.float64)
         k._classify_beats(
             y,
+            r,
             y0,
             f,
             rr,
@@ -158,6 +188,7 @@ class BeatClassifier:
             self._tsteep,
             self._tamp,
             self._tvent,
+            self._tspike,
             out_class,
             out_feats,
         )
@@ -166,7 +197,7 @@ class BeatClassifier:
 
 class ClassifiedBeats(NamedTuple):
     sample: NDArray[np.int64]
-    beat_class: NDArray[np.int64]  # codes of eicu.kernels.vclass (C_N, C_V, C_Q, C_UNKNOWN)
+    beat_class: NDArray[np.int64]  # codes of eicu.kernels.vclass (C_N, C_V, C_Q, C_P, C_UNKNOWN)
 
 
 class StreamingClassifier:
@@ -188,10 +219,12 @@ class StreamingClassifier:
         self._f_ref = np.array([0.0, 1.0])
         ring = 1 << int(np.ceil(np.log2(self.RING_S * fs_hz)))
         self._ybuf = np.full(ring, np.nan)
+        self._rbuf = np.full(ring, np.nan)
         self._pend = np.zeros(k_beats.N_CAND * 4, dtype=np.int64)
         self._st = np.array([0, -1], dtype=np.int64)
         c = self.classifier
         self._seg = np.empty((1, c.pre_n + c.post_n + 2 * c.shift_n))
+        self._segr = np.empty_like(self._seg)
         self._out_beat = np.empty(0, dtype=np.int64)
         self._out_class = np.empty(0, dtype=np.int64)
 
@@ -242,6 +275,7 @@ class StreamingClassifier:
             self._f_zi,
             self._f_ref,
             self._ybuf,
+            self._rbuf,
             self._pend,
             self._st,
             c._ip,
@@ -254,7 +288,9 @@ class StreamingClassifier:
             c._tsteep,
             c._tamp,
             c._tvent,
+            c._tspike,
             self._seg,
+            self._segr,
             self._out_beat,
             self._out_class,
         )
