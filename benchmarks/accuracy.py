@@ -285,8 +285,8 @@ def ventricular_section(root: Path, records: list[str]) -> None:
         every.add(whole)
         ref_runs = ec57.v_runs(ref, cls == "V")
         det_runs = ec57.v_runs(
-            [b.sample for b in beats if b.beat_class in ("N", "V")],
-            [b.beat_class == "V" for b in beats if b.beat_class in ("N", "V")],
+            [b.sample for b in beats if b.beat_class in ("N", "V", "P")],
+            [b.beat_class == "V" for b in beats if b.beat_class in ("N", "V", "P")],
         )
         runs_all.add(ec57.run_counts(ref_runs, det_runs, tol, 0))
         paced = r in ec57.PACED_MITDB
@@ -340,7 +340,49 @@ def ventricular_section(root: Path, records: list[str]) -> None:
                 f"+P {pp:.1f}% ({rc.det_true[k]}/{rc.det_all[k]})"
             )
         print(f"runs, {name}: " + "; ".join(cells))
+    _paced_table(data)
     _vt_episodes(root, data)
+
+
+def _paced_table(data: dict[str, tuple[dict[str, Any], np.ndarray, np.ndarray]]) -> None:
+    """What the paced records' beats are called (reference Q = paced, fusion of paced and
+    normal, unclassifiable), their AF and VT time, and beats called paced on the other records."""
+    print(
+        "\nPaced records (whole record): reference Q beats (/ f Q) called P, N, V; "
+        "AFIB and VTACH flagged; runs of >= 3 V"
+    )
+    print(
+        f"{'record':7s} {'ref Q':>6s} {'P':>5s} {'N':>5s} {'V':>5s} {'AFIB s':>7s} "
+        f"{'VTACH s':>8s} {'runs>=3':>8s}"
+    )
+    other_p = 0
+    other_n = 0
+    for r, (res, ref, cls) in data.items():
+        fs = res["fs"]
+        beats = sorted(res["beats"], key=lambda b: b.sample)
+        if r not in ec57.PACED_MITDB:
+            other_p += sum(b.beat_class == "P" for b in beats)
+            other_n += sum(b.beat_class is not None for b in beats)
+            continue
+        det = np.array([b.sample for b in beats], dtype=np.int64)
+        tol = round(0.15 * fs)
+        called = {"P": 0, "N": 0, "V": 0}
+        for s in ref[cls == "Q"].tolist():
+            j = int(np.searchsorted(det, s))
+            near = [i for i in (j - 1, j) if 0 <= i < det.shape[0] and abs(det[i] - s) <= tol]
+            if near:
+                c = beats[min(near, key=lambda i: abs(det[i] - s))].beat_class
+                if c in called:
+                    called[c] += 1
+        eps = res["eps"]
+        af_s = sum(b - a for a, b in eps.get("AFIB", [])) / fs
+        vt_s = sum(b - a for a, b in eps.get("VTACH", [])) / fs
+        runs3 = sum(1 for run in res["runs"] if run.n_beats >= 3)
+        print(
+            f"{r:7s} {int((cls == 'Q').sum()):6d} {called['P']:5d} {called['N']:5d} "
+            f"{called['V']:5d} {af_s:7.0f} {vt_s:8.0f} {runs3:8d}"
+        )
+    print(f"beats called P on the other records: {other_p} of {other_n}")
 
 
 def _vt_episodes(

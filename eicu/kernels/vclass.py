@@ -27,11 +27,12 @@ reference's (``Q_AMP``), is unclassifiable.
 A beat is paced when the template it joined on some lead carries pacer spikes on more than
 ``PACED_FRAC`` of its beats (their mean over the template's first ``ADAPT_BEATS`` beats, then a
 running mean moved by ``1 / ADAPT_BEATS`` a beat). A pacer spike (IEC 60601-2-27: pulses of 0.1-2 ms) is a deflection
-far narrower than any QRS complex: in the raw samples of the beat's window, a rise followed
-within ``spike_n`` samples (10 ms) by a fall, or a fall by a rise, both steeper than
-``SPIKE_RATIO`` times the steepest slope of the same samples averaged over ``2 spike_n + 1``
-samples. Averaging leaves the slope of a QRS complex (tens of milliseconds) almost whole and
-divides that of a spike by the averaging length. Without raw samples (or when the recording's
+far narrower than any QRS complex and steeper than the complex it starts: in the raw samples of
+the beat's window, a rise followed within ``spike_n`` samples (10 ms) by a fall, or a fall by a
+rise, both steeper than ``SPIKE_RATIO`` times the steepest slope of the same samples averaged
+over ``2 spike_n + 1`` samples and than every slope of the window away from it
+(:func:`_spike_score`). Averaging leaves the slope of a QRS complex (tens of milliseconds)
+almost whole and divides that of a spike by the averaging length. Without raw samples (or when the recording's
 band limit has smeared the spikes) no beat is paced, and a paced rhythm is classified by its
 morphology like any other: the dominant template, so ``N``.
 
@@ -154,21 +155,21 @@ def _p2p(seg):
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _spike_score(r, lo, span, spike_n):
-    """How much steeper the sharpest narrow deflection of ``r[lo : lo + span]`` is than the
-    steepest slope of the same samples averaged over ``2 spike_n + 1``: the smaller slope of a
-    rise followed within ``spike_n`` samples by a fall (or a fall by a rise), over that
-    smoothed slope. NaN when a sample is missing or the window is flat or too short."""
+    """How much the sharpest narrow deflection of ``r[lo : lo + span]`` stands out: a rise
+    followed within ``spike_n`` samples by a fall (or a fall by a rise), its smaller slope
+    (the first of equal ones) over the larger of (a) the steepest slope of the same samples
+    averaged over ``2 spike_n + 1`` (a deflection wider than ``spike_n`` keeps its slope when
+    averaged, a narrower one loses it) and (b) the steepest slope of the window more than
+    ``spike_n`` samples away from the deflection (a pacer spike is steeper than the QRS complex
+    it starts; a narrow R wave is not steeper than its own Q and S waves by much). NaN when a
+    sample is missing or the window is flat or too short."""
     m = 2 * spike_n + 1
     hi = lo + span
     if lo < 0 or hi > r.shape[0] or span <= m:
         return np.nan
-    smooth = 0.0
-    for i in range(lo, hi - m):
-        d = abs(r[i + m] - r[i])
-        if d > smooth:
-            smooth = d
-    smooth /= m
     pair = 0.0
+    at_i = -1
+    at_j = -1
     for i in range(lo, hi - 1):
         a = r[i + 1] - r[i]
         if math.isnan(a):
@@ -181,9 +182,24 @@ def _spike_score(r, lo, span, spike_n):
                 s = min(abs(a), abs(b))
                 if s > pair:
                     pair = s
+                    at_i = i
+                    at_j = j
+    smooth = 0.0
+    for i in range(lo, hi - m):
+        d = abs(r[i + m] - r[i])
+        if d > smooth:
+            smooth = d
+    smooth /= m
     if not smooth > 0.0:
         return np.nan
-    return pair / smooth
+    rest = 0.0
+    for i in range(lo, hi - 1):
+        if at_i - spike_n <= i <= at_j + spike_n:
+            continue
+        d = abs(r[i + 1] - r[i])
+        if d > rest:
+            rest = d
+    return pair / max(smooth, rest)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
