@@ -8,7 +8,7 @@ features' thresholds, each with where it comes from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -205,35 +205,92 @@ class StreamingClassifier:
 
     The same detector (:class:`~eicu.signal.beats.BeatDetector`) and classifier as the
     pipeline, fed from the same 0.5-40 Hz filter, without the pipeline's other work (second
-    detector, quality, rhythm); for throughput and for callers that need only classes."""
+    detector, quality, rhythm); for throughput and for callers that need only classes. The
+    state of both lives in two packed buffers (see :data:`eicu.kernels.vclass.F_SLOTS`), so a
+    chunk costs one call of five arguments."""
 
     RING_S: Final = 8.0  # filtered history kept for beats the detector decides late
 
     def __init__(self, fs_hz: float, config: ClassifierConfig = DEFAULT_CLASSIFIER) -> None:
-        self.detector = BeatDetector.ecg(fs_hz)
-        self.classifier = BeatClassifier(fs_hz, 1, config)
-        self._f_sos = np.ascontiguousarray(
+        self.detector = d = BeatDetector.ecg(fs_hz)
+        self.classifier = c = BeatClassifier(fs_hz, 1, config)
+        f_sos = np.ascontiguousarray(
             sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
         )
-        self._f_zi = np.zeros((self._f_sos.shape[0], 2))
-        self._f_ref = np.array([0.0, 1.0])
         ring = 1 << int(np.ceil(np.log2(self.RING_S * fs_hz)))
-        self._ybuf = np.full(ring, np.nan)
-        self._rbuf = np.full(ring, np.nan)
-        self._pend = np.zeros(k_beats.N_CAND * 4, dtype=np.int64)
-        self._st = np.array([0, -1], dtype=np.int64)
-        c = self.classifier
-        self._seg = np.empty((1, c.pre_n + c.post_n + 2 * c.shift_n))
-        self._segr = np.empty_like(self._seg)
-        self._out_beat = np.empty(0, dtype=np.int64)
-        self._out_class = np.empty(0, dtype=np.int64)
+        self._block = ring // 4  # a long chunk goes in blocks, so the ring keeps each window
+        cap = self._block // d._refr_n + 2 * k_beats.N_CAND + 8
+        n_pend = k_beats.N_CAND * 4
+        n_seg = c.pre_n + c.post_n + 2 * c.shift_n
+        floats: dict[str, NDArray[np.float64]] = {
+            "det_sos": d._sos,
+            "det_fp": d._fp,
+            "det_sf": d._sf,
+            "det_zi": d._zi,
+            "ring_bp": d._ring_bp,
+            "ring_f": d._ring_f,
+            "rr": d._rr,
+            "cand_val": d._cand_val,
+            "cand_slope": d._cand_slope,
+            "out_amp": np.zeros(cap),
+            "f_sos": f_sos,
+            "f_zi": np.zeros((f_sos.shape[0], 2)),
+            "f_ref": np.array([0.0, 1.0]),
+            "ybuf": np.full(ring, np.nan),
+            "rbuf": np.full(ring, np.nan),
+            "fp": c._fp,
+            "sf": c._sf,
+            "templates": c._templates,
+            "tcount": c._tcount,
+            "twidth": c._twidth,
+            "tsteep": c._tsteep,
+            "tamp": c._tamp,
+            "tspike": c._tspike,
+            "seg": np.zeros((1, n_seg)),
+            "segr": np.zeros((1, n_seg)),
+        }
+        ints: dict[str, NDArray[np.int64]] = {
+            "det_ip": d._ip,
+            "det_si": d._si,
+            "cand_idx": d._cand_idx,
+            "cand_fid": d._cand_fid,
+            "out_idx": np.zeros(cap, dtype=np.int64),
+            "out_at": np.zeros(cap, dtype=np.int64),
+            "pend": np.zeros(n_pend, dtype=np.int64),
+            "st": np.array([0, -1], dtype=np.int64),
+            "ip": c._ip,
+            "si": c._si,
+            "tvent": c._tvent,
+            "out_beat": np.zeros(cap + n_pend, dtype=np.int64),
+            "out_class": np.zeros(cap + n_pend, dtype=np.int64),
+        }
+        self._fbuf, self._flay, fviews = _pack(floats, k.F_SLOTS, np.float64)
+        self._ibuf, self._ilay, iviews = _pack(ints, k.I_SLOTS, np.int64)
+        # the detector's and classifier's state become views of the packed buffers
+        for obj, attr, slot, views in (
+            (d, "_sos", "det_sos", fviews),
+            (d, "_fp", "det_fp", fviews),
+            (d, "_sf", "det_sf", fviews),
+            (d, "_zi", "det_zi", fviews),
+            (d, "_ip", "det_ip", iviews),
+            (d, "_si", "det_si", iviews),
+            *((d, "_" + n, n, fviews) for n in ("ring_bp", "ring_f", "rr", "cand_val")),
+            *((d, "_" + n, n, fviews) for n in ("cand_slope",)),
+            *((d, "_" + n, n, iviews) for n in ("cand_idx", "cand_fid")),
+            *((c, "_" + n, n, fviews) for n in ("fp", "sf", "templates", "tcount", "twidth")),
+            *((c, "_" + n, n, fviews) for n in ("tsteep", "tamp", "tspike")),
+            *((c, "_" + n, n, iviews) for n in ("ip", "si", "tvent")),
+        ):
+            setattr(obj, attr, views[slot])
+        self._out_beat = iviews["out_beat"]
+        self._out_class = iviews["out_class"]
 
     def push(self, samples: ArrayLike) -> ClassifiedBeats:
         """Feed consecutive samples (NaN = missing); return the beats classified with them."""
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"samples must be 1-D, got shape {x.shape}")
-        block = self._ybuf.shape[0] // 4  # a long chunk in blocks, so the ring keeps each window
+        block = self._block
         if x.shape[0] <= block:
             return self._push(x)
         parts = [self._push(x[i : i + block]) for i in range(0, x.shape[0], block)]
@@ -243,57 +300,38 @@ class StreamingClassifier:
         )
 
     def _push(self, x: NDArray[np.float64]) -> ClassifiedBeats:
-        d = self.detector
-        cap = x.shape[0] // d._refr_n + 2 * k_beats.N_CAND + 8
-        if cap > d._out_idx.shape[0]:
-            d._out_idx = np.empty(cap, dtype=np.int64)
-            d._out_amp = np.empty(cap, dtype=np.float64)
-            d._out_at = np.empty(cap, dtype=np.int64)
-        if cap + self._pend.shape[0] > self._out_beat.shape[0]:
-            self._out_beat = np.empty(cap + self._pend.shape[0], dtype=np.int64)
-            self._out_class = np.empty(cap + self._pend.shape[0], dtype=np.int64)
-        c = self.classifier
-        n = k._detect_classify_step(
-            x,
-            d._sos,
-            d._ip,
-            d._fp,
-            d._si,
-            d._sf,
-            d._zi,
-            d._ring_bp,
-            d._ring_f,
-            d._rr,
-            d._cand_idx,
-            d._cand_val,
-            d._cand_slope,
-            d._cand_fid,
-            d._out_idx,
-            d._out_amp,
-            d._out_at,
-            self._f_sos,
-            self._f_zi,
-            self._f_ref,
-            self._ybuf,
-            self._rbuf,
-            self._pend,
-            self._st,
-            c._ip,
-            c._fp,
-            c._si,
-            c._sf,
-            c._templates,
-            c._tcount,
-            c._twidth,
-            c._tsteep,
-            c._tamp,
-            c._tvent,
-            c._tspike,
-            self._seg,
-            self._segr,
-            self._out_beat,
-            self._out_class,
-        )
-        if n < 0:
-            raise ValueError("samples contain +-inf; mark a missing sample with NaN")
+        n = k._detect_classify_packed(x, self._fbuf, self._flay, self._ibuf, self._ilay)
+        if n <= 0:
+            if n < 0:
+                raise ValueError("samples contain +-inf; mark a missing sample with NaN")
+            return _NO_BEATS
         return ClassifiedBeats(self._out_beat[:n].copy(), self._out_class[:n].copy())
+
+
+_NO_BEATS: Final = ClassifiedBeats(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+_NO_BEATS.sample.flags.writeable = False
+_NO_BEATS.beat_class.flags.writeable = False
+
+
+def _pack(
+    arrays: dict[str, NDArray[Any]], order: tuple[str, ...], dtype: type
+) -> tuple[NDArray[Any], NDArray[np.int64], dict[str, NDArray[Any]]]:
+    """One buffer holding ``arrays`` in ``order``, its layout (offset, d0, d1, d2 per slot)
+    and views of it in place of the arrays."""
+    lay = np.ones((len(order), 4), dtype=np.int64)
+    off = 0
+    for i, name in enumerate(order):
+        a = arrays[name]
+        if a.dtype != dtype or a.ndim > 3:
+            raise ValueError(f"slot {name}: need {dtype} of at most 3 dimensions, got {a.dtype}")
+        lay[i, 0] = off
+        lay[i, 1 : 1 + a.ndim] = a.shape
+        off += a.size
+    buf = np.zeros(off, dtype=dtype)
+    views: dict[str, NDArray[Any]] = {}
+    for i, name in enumerate(order):
+        a = arrays[name]
+        v = buf[lay[i, 0] : lay[i, 0] + a.size].reshape(a.shape)
+        v[...] = a
+        views[name] = v
+    return buf, lay, views
