@@ -116,12 +116,12 @@ def _best_shift(y, lo, span, shift_n, template):
     for i in range(n):
         d = template[i] - tm
         stt += d * d
-    first = lo - shift_n
+    first = y[lo - shift_n : lo - shift_n + n]
     sa = 0.0
     saa = 0.0
-    for i in range(first, first + n):
-        sa += y[i]
-        saa += y[i] * y[i]
+    for i in range(n):
+        sa += first[i]
+        saa += first[i] * first[i]
     best_c = -2.0
     best_lo = lo
     for sh in range(-shift_n, shift_n + 1):
@@ -132,8 +132,9 @@ def _best_shift(y, lo, span, shift_n, template):
             sa += in_v - out_v
             saa += in_v * in_v - out_v * out_v
         dot = 0.0
+        ya = y[a0 : a0 + n]  # a slice: the loop then needs no index checks and vectorises
         for i in range(n):
-            dot += y[a0 + i] * template[i]
+            dot += ya[i] * template[i]
         sab = dot - tm * sa
         var_a = saa - sa * sa / n
         c = np.nan if var_a <= 0.0 or stt <= 0.0 else sab / math.sqrt(var_a * stt)
@@ -164,20 +165,20 @@ def _spike_score(r, lo, span, spike_n):
     it starts; a narrow R wave is not steeper than its own Q and S waves by much). NaN when a
     sample is missing or the window is flat or too short."""
     m = 2 * spike_n + 1
-    hi = lo + span
-    if lo < 0 or hi > r.shape[0] or span <= m:
+    if lo < 0 or lo + span > r.shape[0] or span <= m:
         return np.nan
+    w = r[lo : lo + span]  # a slice: loops from 0 need no index checks
     pair = 0.0
     at_i = -1
     at_j = -1
-    for i in range(lo, hi - 1):
-        a = r[i + 1] - r[i]
+    for i in range(span - 1):
+        a = w[i + 1] - w[i]
         if math.isnan(a):
             return np.nan
         if a == 0.0 or abs(a) <= pair:
             continue
-        for j in range(i + 1, min(i + 1 + spike_n, hi - 1)):
-            b = r[j + 1] - r[j]
+        for j in range(i + 1, min(i + 1 + spike_n, span - 1)):
+            b = w[j + 1] - w[j]
             if a * b < 0.0:
                 s = min(abs(a), abs(b))
                 if s > pair:
@@ -185,18 +186,18 @@ def _spike_score(r, lo, span, spike_n):
                     at_i = i
                     at_j = j
     smooth = 0.0
-    for i in range(lo, hi - m):
-        d = abs(r[i + m] - r[i])
+    for i in range(span - m):
+        d = abs(w[i + m] - w[i])
         if d > smooth:
             smooth = d
     smooth /= m
     if not smooth > 0.0:
         return np.nan
     rest = 0.0
-    for i in range(lo, hi - 1):
+    for i in range(span - 1):
         if at_i - spike_n <= i <= at_j + spike_n:
             continue
-        d = abs(r[i + 1] - r[i])
+        d = abs(w[i + 1] - w[i])
         if d > rest:
             rest = d
     return pair / max(smooth, rest)
