@@ -209,7 +209,7 @@ def naive_spike_score(r: np.ndarray, spike_n: int) -> float:
     if r.shape[0] <= m or np.isnan(r).any():
         return math.nan
     d = np.diff(r)
-    pair, at = 0.0, (-10**9, -10**9)
+    pair, at = 0.0, (-(10**9), -(10**9))
     for i in range(d.shape[0]):
         for j in range(i + 1, min(i + 1 + spike_n, d.shape[0])):
             if d[i] * d[j] < 0 and min(abs(d[i]), abs(d[j])) > pair:

@@ -367,9 +367,7 @@ def test_streaming_classifier_chunked_equals_detector_then_classifier(chunk: int
     y = SosFilter(sos).step(x)
     rr_prev = np.diff(np.concatenate([[-1], fids]))
     rr_prev[0] = -1
-    want_c, _ = BeatClassifier(FS).classify(
-        y[None, :], np.array([0]), fids, rr_prev, x[None, :]
-    )
+    want_c, _ = BeatClassifier(FS).classify(y[None, :], np.array([0]), fids, rr_prev, x[None, :])
     np.testing.assert_array_equal(got_s, fids[: got_s.shape[0]])
     assert got_s.shape[0] >= fids.shape[0] - 1
     np.testing.assert_array_equal(got_c, want_c[: got_c.shape[0]])

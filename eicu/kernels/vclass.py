@@ -26,15 +26,15 @@ reference's (``Q_AMP``), is unclassifiable.
 
 A beat is paced when the template it joined on some lead carries pacer spikes on more than
 ``PACED_FRAC`` of its beats (their mean over the template's first ``ADAPT_BEATS`` beats, then a
-running mean moved by ``1 / ADAPT_BEATS`` a beat). A pacer spike (IEC 60601-2-27: pulses of 0.1-2 ms) is a deflection
-far narrower than any QRS complex and steeper than the complex it starts: in the raw samples of
-the beat's window, a rise followed within ``spike_n`` samples (10 ms) by a fall, or a fall by a
-rise, both steeper than ``SPIKE_RATIO`` times the steepest slope of the same samples averaged
-over ``2 spike_n + 1`` samples and than every slope of the window away from it
-(:func:`_spike_score`). Averaging leaves the slope of a QRS complex (tens of milliseconds)
-almost whole and divides that of a spike by the averaging length. Without raw samples (or when the recording's
-band limit has smeared the spikes) no beat is paced, and a paced rhythm is classified by its
-morphology like any other: the dominant template, so ``N``.
+running mean moved by ``1 / ADAPT_BEATS`` a beat). A pacer spike (IEC 60601-2-27: pulses of
+0.1-2 ms) is a deflection far narrower than any QRS complex and steeper than the complex it
+starts: in the raw samples of the beat's window, a rise followed within ``spike_n`` samples
+(10 ms) by a fall, or a fall by a rise, both steeper than ``SPIKE_RATIO`` times the steepest
+slope of the same samples averaged over ``2 spike_n + 1`` samples and than every slope of the
+window away from it (:func:`_spike_score`). Averaging leaves the slope of a QRS complex (tens of
+milliseconds) almost whole and divides that of a spike by the averaging length. Without raw
+samples (or when the recording's band limit has smeared the spikes) no beat is paced, and a
+paced rhythm is classified by its morphology like any other: the dominant template, so ``N``.
 
 The kernel is :func:`_classify_beats`; :class:`eicu.signal.vclass.BeatClassifier` owns its state
 and is the public wrapper.
@@ -74,7 +74,7 @@ F_PREMATURE = 8  # rr_prev / rr_mean below this: premature (else on time)
 F_Q_AMP = 9  # amplitude ratio outside [1/Q_AMP, Q_AMP]: unclassifiable
 F_SLOPE_FRAC = 10
 F_NARROW_N = 11  # width (samples) below which a first template is taken as supraventricular
-F_SPIKE_RATIO = 12  # narrow-deflection slope over the smoothed slope above which: a pacer spike
+F_SPIKE_RATIO = 12  # a deflection this much steeper than the smoothed beat and the rest: a spike
 F_PACED_FRAC = 13  # share of a template's beats with a spike from which its beats are paced
 N_FPARAMS = 14
 

@@ -327,7 +327,7 @@ def _pack(
         lay[i, 0] = off
         lay[i, 1 : 1 + a.ndim] = a.shape
         off += a.size
-    buf = np.zeros(off, dtype=dtype)
+    buf: NDArray[Any] = np.zeros(off, dtype=dtype)
     views: dict[str, NDArray[Any]] = {}
     for i, name in enumerate(order):
         a = arrays[name]
