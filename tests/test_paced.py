@@ -128,7 +128,7 @@ def test_a_wide_run_without_spikes_after_paced_beats_is_still_vt() -> None:
     for i, r in enumerate(r_idx):
         if 41 <= i <= 52:  # the run: inverted wide complexes
             x[r - half : r + half] = -wide[r - half : r + half]
-        elif i % 1 == 0:
+        else:  # paced: a pacer pulse 80 ms before the complex
             x[r - round(0.08 * FS)] += 0.8
     p = BedSignalPipeline({"ECG_II": FS})
     events: list[Event] = []
