@@ -1,7 +1,7 @@
 """Accuracy and speed of eicu's signal pipeline on the PhysioNet records, beside peer detectors.
 
     EICU_DATA_DIR=/path/to/data python benchmarks/accuracy.py [--records 101 203] [--no-peers]
-        [--skip qrs,rhythm,v,vt,pulse,speed]
+        [--skip qrs,rhythm,v,leads,vt,pulse,speed]
 
 Sections (each prints one table):
 
@@ -15,6 +15,8 @@ Sections (each prints one table):
 - V: ventricular ectopic beats the ANSI/AAMI EC57 way (per record and gross, with and without
   the paced records and the 5 min learning period), EC57 run statistics (couplets, short and
   long runs), and VT episodes and durations against the ``(VT`` annotations.
+- LEADS: EC57 VEB of the classifier on channel 0 alone beside both channels (the classifier
+  kernel's multi-lead rule), on the same beats.
 - VT: the 2015 challenge VT alarms (Clifford et al. 2015): TPR, TNR and score
   (TP+TN)/(TP+TN+FP+5*FN) beside the peer that calls every alarm true, plus a 5-fold
   cross-validated score of the rule's constants.
@@ -285,8 +287,8 @@ def ventricular_section(root: Path, records: list[str]) -> None:
         every.add(whole)
         ref_runs = ec57.v_runs(ref, cls == "V")
         det_runs = ec57.v_runs(
-            [b.sample for b in beats if b.beat_class in ("N", "V")],
-            [b.beat_class == "V" for b in beats if b.beat_class in ("N", "V")],
+            [b.sample for b in beats if b.beat_class in ("N", "V", "P")],
+            [b.beat_class == "V" for b in beats if b.beat_class in ("N", "V", "P")],
         )
         runs_all.add(ec57.run_counts(ref_runs, det_runs, tol, 0))
         paced = r in ec57.PACED_MITDB
@@ -340,7 +342,49 @@ def ventricular_section(root: Path, records: list[str]) -> None:
                 f"+P {pp:.1f}% ({rc.det_true[k]}/{rc.det_all[k]})"
             )
         print(f"runs, {name}: " + "; ".join(cells))
+    _paced_table(data)
     _vt_episodes(root, data)
+
+
+def _paced_table(data: dict[str, tuple[dict[str, Any], np.ndarray, np.ndarray]]) -> None:
+    """What the paced records' beats are called (reference Q = paced, fusion of paced and
+    normal, unclassifiable), their AF and VT time, and beats called paced on the other records."""
+    print(
+        "\nPaced records (whole record): reference Q beats (/ f Q) called P, N, V; "
+        "AFIB and VTACH flagged; runs of >= 3 V"
+    )
+    print(
+        f"{'record':7s} {'ref Q':>6s} {'P':>5s} {'N':>5s} {'V':>5s} {'AFIB s':>7s} "
+        f"{'VTACH s':>8s} {'runs>=3':>8s}"
+    )
+    other_p = 0
+    other_n = 0
+    for r, (res, ref, cls) in data.items():
+        fs = res["fs"]
+        beats = sorted(res["beats"], key=lambda b: b.sample)
+        if r not in ec57.PACED_MITDB:
+            other_p += sum(b.beat_class == "P" for b in beats)
+            other_n += sum(b.beat_class is not None for b in beats)
+            continue
+        det = np.array([b.sample for b in beats], dtype=np.int64)
+        tol = round(0.15 * fs)
+        called = {"P": 0, "N": 0, "V": 0}
+        for s in ref[cls == "Q"].tolist():
+            j = int(np.searchsorted(det, s))
+            near = [i for i in (j - 1, j) if 0 <= i < det.shape[0] and abs(det[i] - s) <= tol]
+            if near:
+                c = beats[min(near, key=lambda i: abs(det[i] - s))].beat_class
+                if c in called:
+                    called[c] += 1
+        eps = res["eps"]
+        af_s = sum(b - a for a, b in eps.get("AFIB", [])) / fs
+        vt_s = sum(b - a for a, b in eps.get("VTACH", [])) / fs
+        runs3 = sum(1 for run in res["runs"] if run.n_beats >= 3)
+        print(
+            f"{r:7s} {int((cls == 'Q').sum()):6d} {called['P']:5d} {called['N']:5d} "
+            f"{called['V']:5d} {af_s:7.0f} {vt_s:8.0f} {runs3:8d}"
+        )
+    print(f"beats called P on the other records: {other_p} of {other_n}")
 
 
 def _vt_episodes(
@@ -594,7 +638,8 @@ def _detect_and_classify(x: np.ndarray, fs: float, chunk_s: float) -> int:
     returns the V beats found."""
     sc = StreamingClassifier(fs)
     n = round(chunk_s * fs)
-    return sum(int((sc.push(x[i : i + n]).beat_class == 1).sum()) for i in range(0, len(x), n))
+    classes = [sc.push(x[i : i + n]).beat_class for i in range(0, len(x), n)]
+    return int((np.concatenate(classes) == 1).sum())  # counted once, outside the stream
 
 
 def speed_section(root: Path, records: list[str]) -> None:
@@ -642,12 +687,79 @@ def speed_section(root: Path, records: list[str]) -> None:
     print(f"{'pipeline (rhythm, quality), 1 s':34s} {x.shape[0] / dt / 1e6:8.1f} M samples/s")
 
 
+def leads_section(root: Path, records: list[str]) -> None:
+    """EC57 VEB of the classifier on channel 0 alone and on every ECG channel of the record
+    (the kernel's multi-lead rule: each beat judged on the lead where it differs most from that
+    lead's dominant beat), beats from the streaming detector on channel 0, whole record."""
+    from scipy import signal as sps
+
+    from eicu.kernels import vclass as kv
+    from eicu.signal.classify import BeatClassifier
+    from eicu.signal.filters import SosFilter
+
+    wfdb = wfdb_module()
+    print(
+        "\nVEB, EC57 way (first 5 min out, paced records out of the gross), classifier on "
+        "channel 0 alone and on both channels"
+    )
+    print(
+        f"{'record':7s} {'Se 1 lead':>10s} {'+P 1 lead':>10s} {'Se 2 leads':>11s} "
+        f"{'+P 2 leads':>11s}"
+    )
+    gross = {1: ec57.VebCounts(), 2: ec57.VebCounts()}
+    for r in records:
+        path = root / "mitdb" / r
+        rec = read_record(path)
+        fs, x = rec.fs_hz, rec.signals
+        if x.shape[1] < 2:
+            continue
+        fids = BeatDetector.ecg(fs).push(x[:, 0]).sample
+        rr = np.diff(np.concatenate([[-1], fids]))
+        rr[0] = -1
+        sos = sps.butter(2, [0.5, min(40.0, 0.45 * fs)], "bandpass", fs=fs, output="sos")
+        ys = np.stack([SosFilter(sos).step(x[:, c]) for c in range(2)])
+        raws = np.ascontiguousarray(x[:, :2].T)
+        with quiet_wfdb():
+            ann = wfdb.rdann(str(path), "atr")
+        is_beat, cls = ec57.reference_classes(ann.symbol)
+        ref = np.asarray(ann.sample)[is_beat]
+        cls = cls[is_beat]
+        vf = read_rhythm_episodes(path, "VFL", x.shape[0]) + read_rhythm_episodes(
+            path, "VF", x.shape[0]
+        )
+        keep_ref, keep_det = _outside(ref, vf), _outside(fids, vf)
+        cells = []
+        for nl in (1, 2):
+            classes, _ = BeatClassifier(fs, nl).classify(
+                ys[:nl], np.zeros(nl, dtype=np.int64), fids, rr, raws[:nl]
+            )
+            c = ec57.veb_counts(
+                ref[keep_ref],
+                cls[keep_ref],
+                fids[keep_det],
+                (classes == kv.C_V)[keep_det],
+                round(0.15 * fs),
+                round(ec57.LEARNING_S * fs),
+            )
+            if r not in ec57.PACED_MITDB:
+                gross[nl].add(c)
+            cells.append(f"{c.se:10.1f} {c.ppv:10.1f}")
+        print(f"{r:7s} {cells[0]} {cells[1]}")
+    for nl, c in gross.items():
+        print(
+            f"gross, {nl} lead(s): Vv {c.vv} Vx {c.vx} Nv {c.nv} Sv {c.sv}: "
+            f"Se {c.se:.1f}%  +P {c.ppv:.1f}%"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--records", nargs="+", help="MIT-BIH records (default: all present)")
     ap.add_argument("--no-peers", action="store_true", help="leave out wfdb and neurokit2")
     ap.add_argument(
-        "--skip", default="", help="comma-separated sections: qrs,rhythm,v,vt,pulse,speed"
+        "--skip",
+        default="",
+        help="comma-separated sections: qrs,rhythm,v,leads,vt,pulse,speed",
     )
     args = ap.parse_args(argv)
     root = data_dir()
@@ -662,6 +774,8 @@ def main(argv: list[str] | None = None) -> int:
         rhythm_section(root, records)
     if "v" not in skip:
         ventricular_section(root, records)
+    if "leads" not in skip:
+        leads_section(root, records)
     if "vt" not in skip and (root / "challenge2015" / "ALARMS.csv").exists():
         vt_section(root)
     if "pulse" not in skip and (root / "challenge2015").exists():

@@ -35,7 +35,7 @@ def run(scenario: str, seed: int, seconds: float, event_at_s: float) -> dict[str
 
     open_at: dict[str, float] = {}
     out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    vent = [[0, 0], [0, 0]]  # [inside, outside] x [ventricular, all]
+    vent = [[0, 0, 0], [0, 0, 0]]  # [inside, outside] x [ventricular, all, paced]
     n = dict.fromkeys(synth.fs_hz, 0)
     t = 0.0
     while t < seconds:
@@ -50,6 +50,7 @@ def run(scenario: str, seed: int, seconds: float, event_at_s: float) -> dict[str
                     row = vent[0 if inside(ev.time_s) else 1]
                     row[0] += int(bool(ev.ventricular))
                     row[1] += 1
+                    row[2] += int(ev.beat_class == "P")
             n[key] += samples.shape[0]
         t += CHUNK_S
     for label, start in open_at.items():
@@ -60,6 +61,7 @@ def run(scenario: str, seed: int, seconds: float, event_at_s: float) -> dict[str
     out["_truth_in"] = [float(np.count_nonzero(truth.kind[t_in] == v_kind)), float(t_in.sum())]
     out["_ventricular_in"] = [float(vent[0][0]), float(vent[0][1])]
     out["_ventricular_out"] = [float(vent[1][0]), float(vent[1][1])]
+    out["_paced_in"] = [float(vent[0][2]), float(vent[1][2])]
     return out
 
 
@@ -89,6 +91,7 @@ def main() -> None:
                 total[label][1] += b
         vi, vo = total.pop("_ventricular_in"), total.pop("_ventricular_out")
         ti = total.pop("_truth_in")
+        pi = total.pop("_paced_in")
         for label, (a, b) in sorted(total.items()):
             print(f"{scenario:<10} {label:<8} {a:>10.1f} {b:>10.1f}")
         share_in = vi[0] / vi[1] if vi[1] else float("nan")
@@ -98,6 +101,9 @@ def main() -> None:
             f"   (of {vi[1]:.0f} / {vo[1]:.0f} QRS on ECG_II; true share in the event "
             f"{ti[0] / ti[1] if ti[1] else float('nan'):.2f})"
         )
+        p_in = pi[0] / vi[1] if vi[1] else float("nan")
+        p_out = pi[1] / vo[1] if vo[1] else float("nan")
+        print(f"{scenario:<10} {'P beats':<8} {p_in:>10.2f} {p_out:>10.2f}")
 
 
 if __name__ == "__main__":

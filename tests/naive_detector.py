@@ -198,3 +198,26 @@ def naive_detect(x: np.ndarray, det: BeatDetector) -> tuple[list[int], list[int]
                 set_thr()
                 sb_next = g + max(1, int(0.5 * rr_mean))
     return beats, decided
+
+
+def naive_spike_score(r: np.ndarray, spike_n: int) -> float:
+    """The sharpest rise-then-fall (or fall-then-rise) within ``spike_n`` samples (the smaller
+    of its two slopes; the first of equal ones), over the larger of the steepest slope of the
+    moving average of 2 spike_n + 1 samples and the steepest slope more than ``spike_n``
+    samples away from the deflection."""
+    m = 2 * spike_n + 1
+    if r.shape[0] <= m or np.isnan(r).any():
+        return math.nan
+    d = np.diff(r)
+    pair, at = 0.0, (-(10**9), -(10**9))
+    for i in range(d.shape[0]):
+        for j in range(i + 1, min(i + 1 + spike_n, d.shape[0])):
+            if d[i] * d[j] < 0 and min(abs(d[i]), abs(d[j])) > pair:
+                pair, at = min(abs(d[i]), abs(d[j])), (i, j)
+    moving = np.convolve(r, np.ones(m) / m, "valid")
+    smooth = float(np.abs(np.diff(moving)).max())
+    away = [abs(d[i]) for i in range(d.shape[0]) if not at[0] - spike_n <= i <= at[1] + spike_n]
+    rest = max(away, default=0.0)
+    if not smooth > 0:
+        return math.nan
+    return pair / max(smooth, rest)

@@ -157,3 +157,28 @@ def test_ec57_runs_by_kind() -> None:
     assert c.ref_found == {"couplet": 1, "short run": 0, "long run": 1}
     assert c.det_true == {"couplet": 1, "short run": 0, "long run": 1}
     assert c.det_all["couplet"] == 2
+
+
+def test_paced_beats_break_runs_and_are_not_ventricular() -> None:
+    # a fast run cut by paced beats: two couplets, no VT; paced beats alone make nothing
+    flags, runs, tr = feed("PPPP" + "VV" + "P" + "VV" + "PPPP", 0.45)
+    assert [(r.label, r.n_beats) for r in runs] == [("COUPLET", 2), ("COUPLET", 2)]
+    assert episodes(flags, "VTACH") == []
+    flags, runs, tr = feed("P" * 80, 0.45)
+    assert flags == [] and runs == [] and tr.pvc_per_min() == 0.0
+    # and a run of 5 fast V beats among paced ones is VT
+    flags, _, _ = feed("PPPP" + "V" * 6 + "PPPP", 0.45)
+    assert len(episodes(flags, "VTACH")) == 1
+
+
+def test_an_irregular_paced_rhythm_is_not_af_and_the_same_intervals_unpaced_are() -> None:
+    rr = np.random.default_rng(3).uniform(0.45, 1.1, size=200).tolist()
+    flags, _, _ = feed("N" * 200, rr)
+    assert episodes(flags, "AFIB")  # irregularly irregular, no P waves given: AF
+    flags, _, _ = feed("P" * 200, rr)
+    assert episodes(flags, "AFIB") == []  # the pacemaker sets the intervals: not AF
+    # half paced or more: not AF; fewer: AF
+    flags, _, _ = feed("NP" * 100, rr)
+    assert episodes(flags, "AFIB") == []
+    flags, _, _ = feed("NNNP" * 50, rr)
+    assert episodes(flags, "AFIB")

@@ -1,4 +1,5 @@
-"""Streaming beat classification: ventricular (V), normal or supraventricular (N), noise (Q).
+"""Streaming beat classification: ventricular (V), normal or supraventricular (N), paced (P),
+noise (Q).
 
 Each ECG lead keeps up to ``K_TEMPLATES`` QRS templates, a running clustering of the patient's
 own beats: a beat joins the template it correlates best with (at least ``MATCH_CORR``, best
@@ -23,6 +24,18 @@ matching of patient-adaptive classifiers (Hu et al., IEEE Trans Biomed Eng 44(9)
 A beat whose window holds a missing sample on every lead, or whose amplitude is far outside the
 reference's (``Q_AMP``), is unclassifiable.
 
+A beat is paced when the template it joined on some lead carries pacer spikes on more than
+``PACED_FRAC`` of its beats (their mean over the template's first ``ADAPT_BEATS`` beats, then a
+running mean moved by ``1 / ADAPT_BEATS`` a beat). A pacer spike (IEC 60601-2-27: pulses of
+0.1-2 ms) is a deflection far narrower than any QRS complex and steeper than the complex it
+starts: in the raw samples of the beat's window, a rise followed within ``spike_n`` samples
+(10 ms) by a fall, or a fall by a rise, both steeper than ``SPIKE_RATIO`` times the steepest
+slope of the same samples averaged over ``2 spike_n + 1`` samples and than every slope of the
+window away from it (:func:`_spike_score`). Averaging leaves the slope of a QRS complex (tens of
+milliseconds) almost whole and divides that of a spike by the averaging length. Without raw
+samples (or when the recording's band limit has smeared the spikes) no beat is paced, and a
+paced rhythm is classified by its morphology like any other: the dominant template, so ``N``.
+
 The kernel is :func:`_classify_beats`; :class:`eicu.signal.vclass.BeatClassifier` owns its state
 and is the public wrapper.
 """
@@ -46,6 +59,7 @@ C_UNKNOWN = -1  # still learning the templates
 C_N = 0
 C_V = 1
 C_Q = 2
+C_P = 3  # paced
 
 # float parameters
 F_MATCH_CORR = 0
@@ -60,14 +74,17 @@ F_PREMATURE = 8  # rr_prev / rr_mean below this: premature (else on time)
 F_Q_AMP = 9  # amplitude ratio outside [1/Q_AMP, Q_AMP]: unclassifiable
 F_SLOPE_FRAC = 10
 F_NARROW_N = 11  # width (samples) below which a first template is taken as supraventricular
-N_FPARAMS = 12
+F_SPIKE_RATIO = 12  # a deflection this much steeper than the smoothed beat and the rest: a spike
+F_PACED_FRAC = 13  # share of a template's beats with a spike from which its beats are paced
+N_FPARAMS = 14
 
 # integer parameters
 I_PRE_N = 0
 I_POST_N = 1
 I_SHIFT_N = 2
 I_LEARN = 3  # beats seen before classes are given
-N_IPARAMS = 4
+I_SPIKE_N = 4  # the longest pacer spike (samples)
+N_IPARAMS = 5
 
 # integer state per lead
 S_NT = 0  # templates in use
@@ -78,6 +95,9 @@ N_ISTATE = 3
 # float state per lead (beyond the template arrays)
 R_RR_MEAN = 0  # running mean interval of reference beats (samples), 0 when unknown
 N_FSTATE = 1
+
+# features per beat and lead
+N_FEATS = 10
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -96,12 +116,12 @@ def _best_shift(y, lo, span, shift_n, template):
     for i in range(n):
         d = template[i] - tm
         stt += d * d
-    first = lo - shift_n
+    first = y[lo - shift_n : lo - shift_n + n]
     sa = 0.0
     saa = 0.0
-    for i in range(first, first + n):
-        sa += y[i]
-        saa += y[i] * y[i]
+    for i in range(n):
+        sa += first[i]
+        saa += first[i] * first[i]
     best_c = -2.0
     best_lo = lo
     for sh in range(-shift_n, shift_n + 1):
@@ -112,8 +132,9 @@ def _best_shift(y, lo, span, shift_n, template):
             sa += in_v - out_v
             saa += in_v * in_v - out_v * out_v
         dot = 0.0
+        ya = y[a0 : a0 + n]  # a slice: the loop then needs no index checks and vectorises
         for i in range(n):
-            dot += y[a0 + i] * template[i]
+            dot += ya[i] * template[i]
         sab = dot - tm * sa
         var_a = saa - sa * sa / n
         c = np.nan if var_a <= 0.0 or stt <= 0.0 else sab / math.sqrt(var_a * stt)
@@ -131,6 +152,55 @@ def _p2p(seg):
         lo = min(lo, seg[i])
         hi = max(hi, seg[i])
     return hi - lo
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _spike_score(r, lo, span, spike_n):
+    """How much the sharpest narrow deflection of ``r[lo : lo + span]`` stands out: a rise
+    followed within ``spike_n`` samples by a fall (or a fall by a rise), its smaller slope
+    (the first of equal ones) over the larger of (a) the steepest slope of the same samples
+    averaged over ``2 spike_n + 1`` (a deflection wider than ``spike_n`` keeps its slope when
+    averaged, a narrower one loses it) and (b) the steepest slope of the window more than
+    ``spike_n`` samples away from the deflection (a pacer spike is steeper than the QRS complex
+    it starts; a narrow R wave is not steeper than its own Q and S waves by much). NaN when a
+    sample is missing or the window is flat or too short."""
+    m = 2 * spike_n + 1
+    if lo < 0 or lo + span > r.shape[0] or span <= m:
+        return np.nan
+    w = r[lo : lo + span]  # a slice: loops from 0 need no index checks
+    pair = 0.0
+    at_i = -1
+    at_j = -1
+    for i in range(span - 1):
+        a = w[i + 1] - w[i]
+        if math.isnan(a):
+            return np.nan
+        if a == 0.0 or abs(a) <= pair:
+            continue
+        for j in range(i + 1, min(i + 1 + spike_n, span - 1)):
+            b = w[j + 1] - w[j]
+            if a * b < 0.0:
+                s = min(abs(a), abs(b))
+                if s > pair:
+                    pair = s
+                    at_i = i
+                    at_j = j
+    smooth = 0.0
+    for i in range(span - m):
+        d = abs(w[i + m] - w[i])
+        if d > smooth:
+            smooth = d
+    smooth /= m
+    if not smooth > 0.0:
+        return np.nan
+    rest = 0.0
+    for i in range(span - 1):
+        if at_i - spike_n <= i <= at_j + spike_n:
+            continue
+        d = abs(w[i + 1] - w[i])
+        if d > rest:
+            rest = d
+    return pair / max(smooth, rest)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -155,6 +225,7 @@ def _pick_reference(si, tcount, tvent, takeover):
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _lead_step(
     y,
+    r,
     lo,
     ip,
     fp,
@@ -166,11 +237,14 @@ def _lead_step(
     tsteep,
     tamp,
     tvent,
+    tspike,
     feats,
 ):
     """One beat on one lead: cluster it, then fill ``feats`` with (corr, width_ratio,
-    steep_ratio, amp_ratio, width_n, matched template, -, the template's use count); NaN where
-    unknown. Returns True when the lead's window was usable."""
+    steep_ratio, amp_ratio, width_n, matched template, -, the template's use count, the spike
+    score, the template's share of beats with a spike); NaN where unknown. ``r``: the raw
+    samples at the indices of ``y`` (length 0 when not at hand). Returns True when the lead's
+    window was usable."""
     pre_n = ip[I_PRE_N]
     span = pre_n + ip[I_POST_N]
     shift_n = ip[I_SHIFT_N]
@@ -188,6 +262,11 @@ def _lead_step(
         return False
     steep = _steepness(seg)
     feats[4] = w
+    spike = 0.0
+    if r.shape[0] > 0:
+        feats[8] = _spike_score(r, lo, span, ip[I_SPIKE_N])
+        if feats[8] >= fp[F_SPIKE_RATIO]:
+            spike = 1.0
     nt = si[S_NT]
     ref = si[S_REF]
     # features against the reference, before the beat moves any template
@@ -226,8 +305,12 @@ def _lead_step(
         tsteep[best_k] = (1.0 - a) * tsteep[best_k] + a * steep
         tamp[best_k] = (1.0 - a) * tamp[best_k] + a * amp
         tcount[best_k] += 1.0
+        # the share of spiked beats: their mean over the first beats, then a running mean
+        sa = max(a, 1.0 / tcount[best_k])
+        tspike[best_k] = (1.0 - sa) * tspike[best_k] + sa * spike
         feats[5] = best_k
         feats[7] = tcount[best_k]
+        feats[9] = tspike[best_k]
     else:
         if nt < templates.shape[0]:
             k = nt
@@ -241,6 +324,8 @@ def _lead_step(
         twidth[k] = w
         tsteep[k] = steep
         tamp[k] = amp
+        tspike[k] = spike
+        feats[9] = spike
         tcount[k] = 1.0
         # a new shape unlike a narrower reference is marked ventricular
         tvent[k] = 0
@@ -257,8 +342,17 @@ def _lead_step(
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _note_interval(sf, rr):
+    """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in."""
+    if rr > 0:
+        m = sf[0, R_RR_MEAN]
+        sf[0, R_RR_MEAN] = float(rr) if m <= 0.0 else 0.875 * m + 0.125 * rr
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _classify_beats(
     ys,
+    rs,
     y0s,
     fids,
     rr_prev,
@@ -272,24 +366,28 @@ def _classify_beats(
     tsteep,
     tamp,
     tvent,
+    tspike,
     out_class,
     out_feats,
 ):
     """Classify beats at ``fids`` (global sample indices) over ``L`` leads.
 
-    ``ys[l]`` holds lead l's filtered samples from global index ``y0s[l]`` (padded with NaN);
+    ``ys[l]`` holds lead l's filtered samples from global index ``y0s[l]`` (padded with NaN),
+    ``rs[l]`` the raw samples at the same indices (``rs`` of shape (L, 0): none at hand);
     ``rr_prev[b]`` is the interval before beat b in samples (<= 0 when unknown). State arrays
     carry a leading lead axis. ``out_feats[b, l]`` gets the lead's features (see
     :func:`_lead_step`) and ``out_feats[b, 0, 6]`` the prematurity."""
     n_leads = ys.shape[0]
     for b in range(fids.shape[0]):
         usable = 0
+        paced = False
         best_l = -1
         worst = 2.0
         for lead in range(n_leads):
             lo = fids[b] - y0s[lead] - ip[I_PRE_N]
             ok = _lead_step(
                 ys[lead],
+                rs[lead],
                 lo,
                 ip,
                 fp,
@@ -301,10 +399,13 @@ def _classify_beats(
                 tsteep[lead],
                 tamp[lead],
                 tvent[lead],
+                tspike[lead],
                 out_feats[b, lead],
             )
             if ok:
                 usable += 1
+                if out_feats[b, lead, 9] > fp[F_PACED_FRAC]:
+                    paced = True
                 c = out_feats[b, lead, 0]
                 if not math.isnan(c) and c < worst:
                     worst = c
@@ -318,6 +419,10 @@ def _classify_beats(
             continue
         if si[0, S_SEEN] <= ip[I_LEARN] or best_l < 0:
             out_class[b] = C_UNKNOWN
+            continue
+        if paced:  # joined a template whose beats carry pacer spikes
+            out_class[b] = C_P
+            _note_interval(sf, rr_prev[b])
             continue
         f = out_feats[b, best_l]
         c = f[0]
@@ -333,9 +438,8 @@ def _classify_beats(
         if v and c > fp[F_V_CORR_MILD] and not (prem < fp[F_PREMATURE]):
             v = False
         out_class[b] = C_V if v else C_N
-        if not v and rr_prev[b] > 0:
-            m = sf[0, R_RR_MEAN]
-            sf[0, R_RR_MEAN] = float(rr_prev[b]) if m <= 0.0 else 0.875 * m + 0.125 * rr_prev[b]
+        if not v:
+            _note_interval(sf, rr_prev[b])
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -361,6 +465,7 @@ def _detect_classify_step(
     f_zi,
     f_ref,
     ybuf,
+    rbuf,
     pend,
     st,
     ip,
@@ -373,12 +478,15 @@ def _detect_classify_step(
     tsteep,
     tamp,
     tvent,
+    tspike,
     seg,
+    segr,
     out_beat,
     out_class,
 ):
     """The QRS detector of :mod:`eicu.kernels.beats` and this classifier in one call per chunk,
-    on one lead: the chunk is filtered into the ring ``ybuf`` (length a power of two), the
+    on one lead: the chunk is filtered into the ring ``ybuf`` (length a power of two; the raw
+    samples go to ``rbuf`` of the same length, for the pacer-spike test), the
     detector's new beats wait in ``pend`` until their window has arrived, then are classified.
     ``st``: [pending count, previous beat sample (-1 none)]. Returns the number of classified
     beats written to ``out_beat``/``out_class``, or -1 when ``x`` holds an infinite value."""
@@ -409,6 +517,7 @@ def _detect_classify_step(
     mask = ybuf.shape[0] - 1
     for k in range(x.shape[0]):
         ybuf[(g0 + k) & mask] = y[k]
+        rbuf[(g0 + k) & mask] = x[k]
     n_pend = st[0]
     for j in range(nb):
         if n_pend < pend.shape[0]:
@@ -419,13 +528,16 @@ def _detect_classify_step(
     reach = ip[I_POST_N] + shift_n
     lo_off = pre_n + shift_n
     n_seg = seg.shape[1]
+    n_out = 0
+    done = 0
+    st[0] = n_pend
+    if n_pend == 0 or pend[0] + reach > g_end:
+        return 0  # no beat's window complete yet (most chunks): nothing to allocate
     y0 = np.empty(1, dtype=np.int64)
     fid1 = np.empty(1, dtype=np.int64)
     rr1 = np.empty(1, dtype=np.int64)
     cls1 = np.empty(1, dtype=np.int64)
-    feats1 = np.empty((1, 1, 8), dtype=np.float64)
-    n_out = 0
-    done = 0
+    feats1 = np.empty((1, 1, N_FEATS), dtype=np.float64)
     for j in range(n_pend):
         fid = pend[j]
         if fid + reach > g_end:
@@ -435,14 +547,17 @@ def _detect_classify_step(
             gi = start + i
             if gi < 0 or gi < g_end - ybuf.shape[0]:
                 seg[0, i] = np.nan  # before the record or overwritten
+                segr[0, i] = np.nan
             else:
                 seg[0, i] = ybuf[gi & mask]
+                segr[0, i] = rbuf[gi & mask]
         y0[0] = start
         fid1[0] = fid
         rr1[0] = fid - st[1] if st[1] >= 0 else -1
         st[1] = fid
         _classify_beats(
             seg,
+            segr,
             y0,
             fid1,
             rr1,
@@ -456,6 +571,7 @@ def _detect_classify_step(
             tsteep,
             tamp,
             tvent,
+            tspike,
             cls1,
             feats1,
         )
@@ -467,3 +583,120 @@ def _detect_classify_step(
         pend[j - done] = pend[j]
     st[0] = n_pend - done
     return n_out
+
+
+# The state of :func:`_detect_classify_step`, packed: float64 arrays in one buffer and int64
+# arrays in another, so that a chunk costs one call with few arguments (the call overhead of
+# some 40 array arguments was larger than the work on a 0.25 s chunk). ``lay[i]`` gives slot
+# i's (offset, d0, d1, d2); slots in the order of the step's arguments.
+F_SLOTS = (
+    "det_sos",
+    "det_fp",
+    "det_sf",
+    "det_zi",
+    "ring_bp",
+    "ring_f",
+    "rr",
+    "cand_val",
+    "cand_slope",
+    "out_amp",
+    "f_sos",
+    "f_zi",
+    "f_ref",
+    "ybuf",
+    "rbuf",
+    "fp",
+    "sf",
+    "templates",
+    "tcount",
+    "twidth",
+    "tsteep",
+    "tamp",
+    "tspike",
+    "seg",
+    "segr",
+)
+I_SLOTS = (
+    "det_ip",
+    "det_si",
+    "cand_idx",
+    "cand_fid",
+    "out_idx",
+    "out_at",
+    "pend",
+    "st",
+    "ip",
+    "si",
+    "tvent",
+    "out_beat",
+    "out_class",
+)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _v1(buf, lay, i):
+    o = lay[i, 0]
+    return buf[o : o + lay[i, 1]]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _v2(buf, lay, i):
+    o = lay[i, 0]
+    d0 = lay[i, 1]
+    d1 = lay[i, 2]
+    return buf[o : o + d0 * d1].reshape((d0, d1))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _v3(buf, lay, i):
+    o = lay[i, 0]
+    d0 = lay[i, 1]
+    d1 = lay[i, 2]
+    d2 = lay[i, 3]
+    return buf[o : o + d0 * d1 * d2].reshape((d0, d1, d2))
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _detect_classify_packed(x, fbuf, flay, ibuf, ilay):
+    """:func:`_detect_classify_step` on packed state (see ``F_SLOTS``, ``I_SLOTS``)."""
+    return _detect_classify_step(
+        x,
+        _v2(fbuf, flay, 0),
+        _v1(ibuf, ilay, 0),
+        _v1(fbuf, flay, 1),
+        _v1(ibuf, ilay, 1),
+        _v1(fbuf, flay, 2),
+        _v2(fbuf, flay, 3),
+        _v1(fbuf, flay, 4),
+        _v1(fbuf, flay, 5),
+        _v1(fbuf, flay, 6),
+        _v1(ibuf, ilay, 2),
+        _v1(fbuf, flay, 7),
+        _v1(fbuf, flay, 8),
+        _v1(ibuf, ilay, 3),
+        _v1(ibuf, ilay, 4),
+        _v1(fbuf, flay, 9),
+        _v1(ibuf, ilay, 5),
+        _v2(fbuf, flay, 10),
+        _v2(fbuf, flay, 11),
+        _v1(fbuf, flay, 12),
+        _v1(fbuf, flay, 13),
+        _v1(fbuf, flay, 14),
+        _v1(ibuf, ilay, 6),
+        _v1(ibuf, ilay, 7),
+        _v1(ibuf, ilay, 8),
+        _v1(fbuf, flay, 15),
+        _v2(ibuf, ilay, 9),
+        _v2(fbuf, flay, 16),
+        _v3(fbuf, flay, 17),
+        _v2(fbuf, flay, 18),
+        _v2(fbuf, flay, 19),
+        _v2(fbuf, flay, 20),
+        _v2(fbuf, flay, 21),
+        _v2(ibuf, ilay, 10),
+        _v2(fbuf, flay, 22),
+        _v2(fbuf, flay, 23),
+        _v2(fbuf, flay, 24),
+        _v1(ibuf, ilay, 11),
+        _v1(ibuf, ilay, 12),
+    )

@@ -8,7 +8,7 @@ features' thresholds, each with where it comes from.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -18,17 +18,19 @@ from eicu.kernels import beats as k_beats
 from eicu.kernels import vclass as k
 from eicu.signal.beats import BeatDetector
 
-BeatClass = Literal["N", "V", "Q"]
+BeatClass = Literal["N", "V", "Q", "P"]
 CLASS_OF_CODE: Final[dict[int, BeatClass | None]] = {
     k.C_UNKNOWN: None,
     k.C_N: "N",
     k.C_V: "V",
     k.C_Q: "Q",
+    k.C_P: "P",
 }
-N_FEATS: Final = 8
+N_FEATS: Final = k.N_FEATS
 QRS_PRE_S: Final = 0.12
 QRS_POST_S: Final = 0.16
 QRS_SHIFT_S: Final = 0.015
+SPIKE_S: Final = 0.010  # the longest pacer spike a recording may show (band-limited)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,12 @@ class ClassifierConfig:
     beats come early (de Chazal et al. 2004 use the RR intervals for this). Chosen on MIT-BIH
     channel 0; ``benchmarks/accuracy.py`` prints a leave-one-record-out choice among 27
     settings beside them.
+
+    ``spike_ratio``: a deflection whose rise and fall (within 10 ms) are both more than 2 times
+    as steep as the steepest slope of the beat's samples averaged over 21 ms is a pacer spike
+    (a pulse of 0.1-2 ms, IEC 60601-2-27, against a QRS complex of 80 ms or more);
+    ``paced_frac``: a template whose beats carry such a spike more than half of the time is
+    paced, and so is every beat that joins it.
     """
 
     match_corr: float = 0.9
@@ -58,6 +66,8 @@ class ClassifierConfig:
     slope_frac: float = 0.15
     narrow_s: float = 0.12
     learn_beats: int = 8
+    spike_ratio: float = 2.0
+    paced_frac: float = 0.5
 
 
 DEFAULT_CLASSIFIER: Final = ClassifierConfig()
@@ -84,6 +94,7 @@ class BeatClassifier:
         ip[k.I_POST_N] = self.post_n
         ip[k.I_SHIFT_N] = self.shift_n
         ip[k.I_LEARN] = config.learn_beats
+        ip[k.I_SPIKE_N] = max(1, round(SPIKE_S * fs_hz))
         fp = np.zeros(k.N_FPARAMS, dtype=np.float64)
         fp[k.F_MATCH_CORR] = config.match_corr
         fp[k.F_ADAPT] = 1.0 / config.adapt_beats
@@ -97,6 +108,8 @@ class BeatClassifier:
         fp[k.F_Q_AMP] = config.q_amp
         fp[k.F_SLOPE_FRAC] = config.slope_frac
         fp[k.F_NARROW_N] = config.narrow_s * fs_hz
+        fp[k.F_SPIKE_RATIO] = config.spike_ratio
+        fp[k.F_PACED_FRAC] = config.paced_frac
         self._ip = ip
         self._fp = fp
         nl, nt = n_leads, k.K_TEMPLATES
@@ -109,6 +122,7 @@ class BeatClassifier:
         self._tsteep = np.zeros((nl, nt), dtype=np.float64)
         self._tamp = np.zeros((nl, nt), dtype=np.float64)
         self._tvent = np.zeros((nl, nt), dtype=np.int64)
+        self._tspike = np.zeros((nl, nt), dtype=np.float64)
 
     @property
     def reach_n(self) -> int:
@@ -116,17 +130,30 @@ class BeatClassifier:
         return self.post_n + self.shift_n
 
     def classify(
-        self, ys: ArrayLike, y0s: ArrayLike, fids: ArrayLike, rr_prev: ArrayLike
+        self,
+        ys: ArrayLike,
+        y0s: ArrayLike,
+        fids: ArrayLike,
+        rr_prev: ArrayLike,
+        raws: ArrayLike | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """Classes (codes of :mod:`eicu.kernels.vclass`) and features of beats at ``fids``.
 
         ``ys``: (n_leads, n) filtered ECG, ``ys[l][0]`` at global sample ``y0s[l]`` (NaN where
-        missing); ``rr_prev``: samples since the beat before each (<= 0 when unknown).
-        Features per beat and lead: correlation, width ratio, steepness ratio, amplitude ratio
-        against the reference template, QRS width in samples, the template it joined, (6) the
-        beat's prematurity on lead 0, (7) the use count of the template it joined.
+        missing); ``raws``: the unfiltered samples at the same indices, for the pacer-spike
+        test (None: no beat is taken as paced); ``rr_prev``: samples since the beat before
+        each (<= 0 when unknown). Features per beat and lead: correlation, width ratio,
+        steepness ratio, amplitude ratio against the reference template, QRS width in samples,
+        the template it joined, (6) the beat's prematurity on lead 0, (7) the use count of the
+        template it joined, (8) the pacer-spike score, (9) the joined template's share of beats
+        with a pacer spike.
         """
         y = np.ascontiguousarray(ys, dtype=np.float64)
+        r = (
+            np.empty((y.shape[0], 0))
+            if raws is None
+            else np.ascontiguousarray(raws, dtype=np.float64)
+        )
         y0 = np.ascontiguousarray(y0s, dtype=np.int64)
         f = np.ascontiguousarray(fids, dtype=np.int64)
         rr = np.ascontiguousarray(rr_prev, dtype=np.int64)
@@ -139,12 +166,15 @@ class BeatClassifier:
             raise ValueError(
                 f"fids and rr_prev must be 1-D of one length, got {f.shape}, {rr.shape}"
             )
-        if np.isinf(y).any():
-            raise ValueError("ys contain +-inf; mark a missing sample with NaN")
+        if raws is not None and r.shape != y.shape:
+            raise ValueError(f"raws must have the shape of ys {y.shape}, got {r.shape}")
+        if np.isinf(y).any() or np.isinf(r).any():
+            raise ValueError("ys or raws contain +-inf; mark a missing sample with NaN")
         out_class = np.empty(f.shape[0], dtype=np.int64)
         out_feats = np.empty((f.shape[0], self.n_leads, N_FEATS), dtype=np.float64)
         k._classify_beats(
             y,
+            r,
             y0,
             f,
             rr,
@@ -158,6 +188,7 @@ class BeatClassifier:
             self._tsteep,
             self._tamp,
             self._tvent,
+            self._tspike,
             out_class,
             out_feats,
         )
@@ -166,7 +197,7 @@ class BeatClassifier:
 
 class ClassifiedBeats(NamedTuple):
     sample: NDArray[np.int64]
-    beat_class: NDArray[np.int64]  # codes of eicu.kernels.vclass (C_N, C_V, C_Q, C_UNKNOWN)
+    beat_class: NDArray[np.int64]  # codes of eicu.kernels.vclass (C_N, C_V, C_Q, C_P, C_UNKNOWN)
 
 
 class StreamingClassifier:
@@ -174,33 +205,92 @@ class StreamingClassifier:
 
     The same detector (:class:`~eicu.signal.beats.BeatDetector`) and classifier as the
     pipeline, fed from the same 0.5-40 Hz filter, without the pipeline's other work (second
-    detector, quality, rhythm); for throughput and for callers that need only classes."""
+    detector, quality, rhythm); for throughput and for callers that need only classes. The
+    state of both lives in two packed buffers (see :data:`eicu.kernels.vclass.F_SLOTS`), so a
+    chunk costs one call of five arguments."""
 
     RING_S: Final = 8.0  # filtered history kept for beats the detector decides late
 
     def __init__(self, fs_hz: float, config: ClassifierConfig = DEFAULT_CLASSIFIER) -> None:
-        self.detector = BeatDetector.ecg(fs_hz)
-        self.classifier = BeatClassifier(fs_hz, 1, config)
-        self._f_sos = np.ascontiguousarray(
+        self.detector = d = BeatDetector.ecg(fs_hz)
+        self.classifier = c = BeatClassifier(fs_hz, 1, config)
+        f_sos = np.ascontiguousarray(
             sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
         )
-        self._f_zi = np.zeros((self._f_sos.shape[0], 2))
-        self._f_ref = np.array([0.0, 1.0])
         ring = 1 << int(np.ceil(np.log2(self.RING_S * fs_hz)))
-        self._ybuf = np.full(ring, np.nan)
-        self._pend = np.zeros(k_beats.N_CAND * 4, dtype=np.int64)
-        self._st = np.array([0, -1], dtype=np.int64)
-        c = self.classifier
-        self._seg = np.empty((1, c.pre_n + c.post_n + 2 * c.shift_n))
-        self._out_beat = np.empty(0, dtype=np.int64)
-        self._out_class = np.empty(0, dtype=np.int64)
+        self._block = ring // 4  # a long chunk goes in blocks, so the ring keeps each window
+        cap = self._block // d._refr_n + 2 * k_beats.N_CAND + 8
+        n_pend = k_beats.N_CAND * 4
+        n_seg = c.pre_n + c.post_n + 2 * c.shift_n
+        floats: dict[str, NDArray[np.float64]] = {
+            "det_sos": d._sos,
+            "det_fp": d._fp,
+            "det_sf": d._sf,
+            "det_zi": d._zi,
+            "ring_bp": d._ring_bp,
+            "ring_f": d._ring_f,
+            "rr": d._rr,
+            "cand_val": d._cand_val,
+            "cand_slope": d._cand_slope,
+            "out_amp": np.zeros(cap),
+            "f_sos": f_sos,
+            "f_zi": np.zeros((f_sos.shape[0], 2)),
+            "f_ref": np.array([0.0, 1.0]),
+            "ybuf": np.full(ring, np.nan),
+            "rbuf": np.full(ring, np.nan),
+            "fp": c._fp,
+            "sf": c._sf,
+            "templates": c._templates,
+            "tcount": c._tcount,
+            "twidth": c._twidth,
+            "tsteep": c._tsteep,
+            "tamp": c._tamp,
+            "tspike": c._tspike,
+            "seg": np.zeros((1, n_seg)),
+            "segr": np.zeros((1, n_seg)),
+        }
+        ints: dict[str, NDArray[np.int64]] = {
+            "det_ip": d._ip,
+            "det_si": d._si,
+            "cand_idx": d._cand_idx,
+            "cand_fid": d._cand_fid,
+            "out_idx": np.zeros(cap, dtype=np.int64),
+            "out_at": np.zeros(cap, dtype=np.int64),
+            "pend": np.zeros(n_pend, dtype=np.int64),
+            "st": np.array([0, -1], dtype=np.int64),
+            "ip": c._ip,
+            "si": c._si,
+            "tvent": c._tvent,
+            "out_beat": np.zeros(cap + n_pend, dtype=np.int64),
+            "out_class": np.zeros(cap + n_pend, dtype=np.int64),
+        }
+        self._fbuf, self._flay, fviews = _pack(floats, k.F_SLOTS, np.float64)
+        self._ibuf, self._ilay, iviews = _pack(ints, k.I_SLOTS, np.int64)
+        # the detector's and classifier's state become views of the packed buffers
+        for obj, attr, slot, views in (
+            (d, "_sos", "det_sos", fviews),
+            (d, "_fp", "det_fp", fviews),
+            (d, "_sf", "det_sf", fviews),
+            (d, "_zi", "det_zi", fviews),
+            (d, "_ip", "det_ip", iviews),
+            (d, "_si", "det_si", iviews),
+            *((d, "_" + n, n, fviews) for n in ("ring_bp", "ring_f", "rr", "cand_val")),
+            *((d, "_" + n, n, fviews) for n in ("cand_slope",)),
+            *((d, "_" + n, n, iviews) for n in ("cand_idx", "cand_fid")),
+            *((c, "_" + n, n, fviews) for n in ("fp", "sf", "templates", "tcount", "twidth")),
+            *((c, "_" + n, n, fviews) for n in ("tsteep", "tamp", "tspike")),
+            *((c, "_" + n, n, iviews) for n in ("ip", "si", "tvent")),
+        ):
+            setattr(obj, attr, views[slot])
+        self._out_beat = iviews["out_beat"]
+        self._out_class = iviews["out_class"]
 
     def push(self, samples: ArrayLike) -> ClassifiedBeats:
         """Feed consecutive samples (NaN = missing); return the beats classified with them."""
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"samples must be 1-D, got shape {x.shape}")
-        block = self._ybuf.shape[0] // 4  # a long chunk in blocks, so the ring keeps each window
+        block = self._block
         if x.shape[0] <= block:
             return self._push(x)
         parts = [self._push(x[i : i + block]) for i in range(0, x.shape[0], block)]
@@ -210,54 +300,38 @@ class StreamingClassifier:
         )
 
     def _push(self, x: NDArray[np.float64]) -> ClassifiedBeats:
-        d = self.detector
-        cap = x.shape[0] // d._refr_n + 2 * k_beats.N_CAND + 8
-        if cap > d._out_idx.shape[0]:
-            d._out_idx = np.empty(cap, dtype=np.int64)
-            d._out_amp = np.empty(cap, dtype=np.float64)
-            d._out_at = np.empty(cap, dtype=np.int64)
-        if cap + self._pend.shape[0] > self._out_beat.shape[0]:
-            self._out_beat = np.empty(cap + self._pend.shape[0], dtype=np.int64)
-            self._out_class = np.empty(cap + self._pend.shape[0], dtype=np.int64)
-        c = self.classifier
-        n = k._detect_classify_step(
-            x,
-            d._sos,
-            d._ip,
-            d._fp,
-            d._si,
-            d._sf,
-            d._zi,
-            d._ring_bp,
-            d._ring_f,
-            d._rr,
-            d._cand_idx,
-            d._cand_val,
-            d._cand_slope,
-            d._cand_fid,
-            d._out_idx,
-            d._out_amp,
-            d._out_at,
-            self._f_sos,
-            self._f_zi,
-            self._f_ref,
-            self._ybuf,
-            self._pend,
-            self._st,
-            c._ip,
-            c._fp,
-            c._si,
-            c._sf,
-            c._templates,
-            c._tcount,
-            c._twidth,
-            c._tsteep,
-            c._tamp,
-            c._tvent,
-            self._seg,
-            self._out_beat,
-            self._out_class,
-        )
-        if n < 0:
-            raise ValueError("samples contain +-inf; mark a missing sample with NaN")
+        n = k._detect_classify_packed(x, self._fbuf, self._flay, self._ibuf, self._ilay)
+        if n <= 0:
+            if n < 0:
+                raise ValueError("samples contain +-inf; mark a missing sample with NaN")
+            return _NO_BEATS
         return ClassifiedBeats(self._out_beat[:n].copy(), self._out_class[:n].copy())
+
+
+_NO_BEATS: Final = ClassifiedBeats(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+_NO_BEATS.sample.flags.writeable = False
+_NO_BEATS.beat_class.flags.writeable = False
+
+
+def _pack(
+    arrays: dict[str, NDArray[Any]], order: tuple[str, ...], dtype: type
+) -> tuple[NDArray[Any], NDArray[np.int64], dict[str, NDArray[Any]]]:
+    """One buffer holding ``arrays`` in ``order``, its layout (offset, d0, d1, d2 per slot)
+    and views of it in place of the arrays."""
+    lay = np.ones((len(order), 4), dtype=np.int64)
+    off = 0
+    for i, name in enumerate(order):
+        a = arrays[name]
+        if a.dtype != dtype or a.ndim > 3:
+            raise ValueError(f"slot {name}: need {dtype} of at most 3 dimensions, got {a.dtype}")
+        lay[i, 0] = off
+        lay[i, 1 : 1 + a.ndim] = a.shape
+        off += a.size
+    buf: NDArray[Any] = np.zeros(off, dtype=dtype)
+    views: dict[str, NDArray[Any]] = {}
+    for i, name in enumerate(order):
+        a = arrays[name]
+        v = buf[lay[i, 0] : lay[i, 0] + a.size].reshape(a.shape)
+        v[...] = a
+        views[name] = v
+    return buf, lay, views

@@ -89,6 +89,7 @@ def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[s
         "signal": record.sig_names[channel],
         "beats": [b.sample for b in beats],
         "ventricular": [b.sample for b in beats if b.ventricular],
+        "paced": [b.sample for b in beats if b.beat_class == "P"],
         "rhythms": rhythms,
     }
 
@@ -112,8 +113,9 @@ def write_annotations(result: dict[str, Any], folder: Path, extension: str) -> P
             f"folder {folder} is read-only; give --out-dir to write the annotations elsewhere"
         )
     ventricular = set(result["ventricular"])
+    paced = set(result.get("paced", ()))
     items: list[tuple[int, str, str]] = [
-        (s, "V" if s in ventricular else "N", "") for s in result["beats"]
+        (s, "V" if s in ventricular else "/" if s in paced else "N", "") for s in result["beats"]
     ]
     for r in result["rhythms"]:
         items.append((r["start"], "+", "(" + r["label"]))

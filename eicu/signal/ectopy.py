@@ -19,6 +19,8 @@ has the table):
 The rate of a run is taken over its beats, not over single intervals, so that one QRS complex
 missed by the detector (a ventricular complex of lower slope) does not break the run. An
 unclassifiable beat (noise, "Q") or one not yet classified neither extends nor breaks a run.
+A paced beat ("P") is not ventricular ectopy: it breaks a run like a normal beat, so a paced
+rhythm, however wide its complexes, is never a run or VT.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class VentricularTracker:
 
     def beat(self, sample: int, beat_class: str | None) -> list[RhythmFlag | VentricularRun]:
         out: list[RhythmFlag | VentricularRun] = []
-        if beat_class not in ("N", "V"):
+        if beat_class not in ("N", "V", "P"):
             return out  # unclassifiable or not yet classified: neither extends nor breaks
         active = self._active()
         ventricular = beat_class == "V"

@@ -50,9 +50,10 @@ class Beat:
     template_corr: float | None = None  # correlation with the dominant-beat (or pulse) template
     width_ratio: float | None = None  # ECG only: QRS width over the template's
     steep_ratio: float | None = None  # ECG only: steepness (max slope / amplitude) over template's
-    # ECG only: "N" (dominant or supraventricular), "V" (ventricular), "Q" (unclassifiable, e.g.
-    # noise); None while the templates are learnt. ``ventricular`` is ``beat_class == "V"``.
-    beat_class: Literal["N", "V", "Q"] | None = None
+    # ECG only: "N" (dominant or supraventricular), "V" (ventricular), "P" (paced: its shape
+    # carries pacer spikes), "Q" (unclassifiable, e.g. noise); None while the templates are
+    # learnt. ``ventricular`` is ``beat_class == "V"``.
+    beat_class: Literal["N", "V", "Q", "P"] | None = None
     prematurity: float | None = None  # ECG only: interval before the beat / dominant mean
 
 

@@ -474,7 +474,7 @@ class BedSignalPipeline:
         rr_prev = np.where(prev >= 0, fids - prev, -1)
         st.prev_fid = int(fids[-1])
         classes, feats = classifier.classify(
-            st.hist.filt[None, :], np.array([st.hist.start]), fids, rr_prev
+            st.hist.filt[None, :], np.array([st.hist.start]), fids, rr_prev, st.hist.raw[None, :]
         )
         out: list[tuple[int, int, _BeatItem]] = []
         for j, (s, at) in enumerate(ready):

@@ -21,7 +21,8 @@ and two that the challenge does not define:
   RMSSD, the Shannon entropy of the interval histogram and the turning-point ratio after
   Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009), without P waves (the P-wave windows of
   the non-ventricular beats resemble neither the one before nor their running mean: after
-  Babaeizadeh et al. 2009).
+  Babaeizadeh et al. 2009), and not a paced rhythm (fewer than half of the window's beats
+  paced: the pacemaker, not the atria, sets the intervals of paced beats).
 
 The tracker is pure: it reacts to beats, gaps and fibrillation windows given in the order of the
 sample at which each became known, so the same record yields the same flags however it is cut
@@ -61,6 +62,8 @@ AF_TPR: Final = (0.50, 0.85)
 # 203) and its sinus rhythm with ectopic beats (0.77-0.87 on 201, 208).
 AF_P_CORR: Final = 0.4
 AF_P_BEATS: Final = 16
+# A window whose beats are paced at least this share of the time is a paced rhythm, not AF.
+AF_PACED_SHARE: Final = 0.5
 # A beat can become known this long after its sample (confirmation, search-back, morphology).
 DECISION_LATENCY_S: Final = 0.5
 
@@ -169,6 +172,7 @@ class RhythmTracker:
         self._af_rr: deque[float] = deque(maxlen=AF_WINDOW)
         self._af_beats: deque[int] = deque(maxlen=AF_WINDOW)  # the beat ending each interval
         self._af_atrial: deque[float | None] = deque(maxlen=AF_WINDOW)  # P-wave correlation
+        self._af_paced: deque[bool] = deque(maxlen=AF_WINDOW)  # the beat ending it was paced
         self._brady_run = 0
         self._tachy_run = 0
         self._ventricular = VentricularTracker(
@@ -242,6 +246,7 @@ class RhythmTracker:
         self._af_rr.clear()
         self._af_beats.clear()
         self._af_atrial.clear()
+        self._af_paced.clear()
         self._brady_run = 0
         self._tachy_run = 0
         self._ventricular.gap()
@@ -257,7 +262,7 @@ class RhythmTracker:
     ) -> list[HeartRate | RhythmFlag | VentricularRun]:
         """A beat, given after ``advance`` to the time it became known; ``atrial``: the
         correlation of its P-wave window with their template (None when not judged);
-        ``beat_class`` ("N", "V", "Q", None) defaults to what ``ventricular`` says."""
+        ``beat_class`` ("N", "V", "P", "Q", None) defaults to what ``ventricular`` says."""
         out: list[HeartRate | RhythmFlag | VentricularRun] = []
         fs = self.fs_hz
         if (
@@ -308,9 +313,14 @@ class RhythmTracker:
         self._af_rr.append(rr_s)
         self._af_beats.append(sample)
         self._af_atrial.append(atrial)
+        self._af_paced.append(beat_class == "P")
         if len(self._af_rr) == AF_WINDOW:
             rr_win = np.asarray(self._af_rr)
-            irregular = af_features(rr_win).irregular and not self._p_waves_present()
+            irregular = (
+                sum(self._af_paced) < AF_PACED_SHARE * AF_WINDOW
+                and af_features(rr_win).irregular
+                and not self._p_waves_present()
+            )
             first, last = irregular_span(rr_win)
             if irregular:
                 self._af_off_count = 0
