@@ -22,8 +22,6 @@ import json
 import logging
 import re
 import smtplib
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -34,6 +32,7 @@ import aiohttp
 
 from alerting.model import Channel, Notification
 from eicu import bus, wire
+from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import MqttSettings, SmtpSettings
 from eicu.errors import DeliveryError
 from eicu.models import BedKey
@@ -100,10 +99,6 @@ def essentials(notification: Notification) -> dict[str, object]:
     return doc
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 # --- MQTT -------------------------------------------------------------------------------------
 
 
@@ -116,8 +111,11 @@ class MqttChannel:
 
     name: Channel = "mqtt"
 
-    def __init__(self, settings: MqttSettings, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, settings: MqttSettings, *, timeout_s: float = 5.0, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._settings = settings
+        self._clock = clock
         self._timeout_s = timeout_s
         self._client: bus.Client | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -160,7 +158,7 @@ class MqttChannel:
         except (bus.MqttError, OSError, TimeoutError) as exc:
             await self._drop()
             raise DeliveryError("mqtt", n.key, f"{type(exc).__name__}: {exc}") from exc
-        return Receipt(n.key, "mqtt", _now_us(), 1, "puback")
+        return Receipt(n.key, "mqtt", self._clock.now_us(), 1, "puback")
 
     async def close(self) -> None:
         await self._drop()
@@ -198,7 +196,7 @@ class WebhookChannel:
         max_attempts: int = 4,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 8.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_attempts < 1 or timeout_s <= 0:
             raise ValueError(f"need max_attempts >= 1 and timeout_s > 0, got {max_attempts}")
@@ -206,7 +204,7 @@ class WebhookChannel:
         self._max_attempts = max_attempts
         self._backoff_min_s = backoff_min_s
         self._backoff_max_s = backoff_max_s
-        self._sleep = sleep
+        self._clock = clock
         self._session: aiohttp.ClientSession | None = None
 
     def _open_session(self) -> aiohttp.ClientSession:
@@ -234,7 +232,9 @@ class WebhookChannel:
                 retry_after_s = 0.0
             else:
                 if 200 <= status < 300:
-                    return Receipt(n.key, "webhook", _now_us(), attempts, f"HTTP {status}")
+                    return Receipt(
+                        n.key, "webhook", self._clock.now_us(), attempts, f"HTTP {status}"
+                    )
                 error = f"HTTP {status}"
                 if not _retryable_status(status):
                     raise DeliveryError("webhook", n.key, error, retryable=False)
@@ -243,7 +243,7 @@ class WebhookChannel:
             # The receiver's Retry-After is honoured up to the longest backoff delay.
             delay_s = max(backoff.next_s(), min(retry_after_s, self._backoff_max_s))
             log.warning("webhook %s: %s; retrying in %.2f s", n.key, error, delay_s)
-            await self._sleep(delay_s)
+            await self._clock.sleep(delay_s)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -313,8 +313,9 @@ class EmailChannel:
 
     name: Channel = "email"
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    def __init__(self, settings: SmtpSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self._settings = settings
+        self._clock = clock
 
     def _message(self, n: Notification) -> EmailMessage:
         subject, text = email_text(n)
@@ -353,7 +354,7 @@ class EmailChannel:
             ) from exc
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError("email", n.key, f"{type(exc).__name__}: {exc}") from exc
-        return Receipt(n.key, "email", _now_us(), 1, "accepted")
+        return Receipt(n.key, "email", self._clock.now_us(), 1, "accepted")
 
     async def close(self) -> None:
         return None

@@ -18,8 +18,8 @@ each notification enqueued before it is sent, the escalation step is saved, and 
 dispatcher resumes both. Notification keys are derived from the alarm, the step and the
 contact, so a step repeated after a restart enqueues nothing new and nobody is paged twice.
 
-Time comes from an injected ``clock`` (seconds since the epoch), so tests drive
-:meth:`Dispatcher.tick` deterministically.
+Time comes from an injected :class:`~eicu.clock.Clock` (the real one by default), so tests move
+it and drive :meth:`Dispatcher.tick` deterministically.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import asyncio
 import json
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from alerting.channels import DeliveryChannel
 from alerting.model import AlarmEvent, AlarmState, Channel, Notification, Priority
 from alerting.outbox import Outbox, event_id
+from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import ConfigError, DeliveryError
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class Dispatcher:
         outbox: Outbox,
         channels: Mapping[str, DeliveryChannel],
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         poll_s: float = 0.5,
         metrics: DeliveryMetrics | None = None,
         on_acknowledged: Callable[[str, str], object] | None = None,
@@ -259,7 +259,10 @@ class Dispatcher:
         self._inflight_alarm: dict[str, str] = {}  # key -> alarm id
 
     def _now_us(self) -> int:
-        return int(self._clock() * 1e6)
+        return self._clock.now_us()
+
+    def _now_s(self) -> float:
+        return self._clock.now_us() / 1e6
 
     @property
     def escalating(self) -> dict[str, int]:
@@ -293,7 +296,7 @@ class Dispatcher:
                 )
                 self._outbox.stop_escalation(event.alarm_id, self._now_us())
                 return
-            esc = _Escalation(event, rota, 0, self._clock())
+            esc = _Escalation(event, rota, 0, self._now_s())
             self._alarms[event.alarm_id] = esc
             self._notify(esc)
 
@@ -317,8 +320,8 @@ class Dispatcher:
     # --- time -----------------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Do what is due at ``clock()``: escalate, and retry failed deliveries."""
-        now_s = self._clock()
+        """Do what is due now on the clock: escalate, and retry failed deliveries."""
+        now_s = self._now_s()
         for esc in list(self._alarms.values()):
             level = esc.rota.level(esc.step)
             if now_s >= esc.step_started_s + level.ack_timeout_s[esc.event.priority]:
@@ -398,8 +401,8 @@ class Dispatcher:
         while True:
             await self.tick()
             due = self.next_due_s()
-            wait_s = self._poll_s if due is None else due - self._clock()
-            await asyncio.sleep(min(max(wait_s, 0.01), self._poll_s))
+            wait_s = self._poll_s if due is None else due - self._now_s()
+            await self._clock.sleep(min(max(wait_s, 0.01), self._poll_s))
 
     async def drain(self) -> None:
         """Wait until no delivery is in flight."""
@@ -477,7 +480,7 @@ class Dispatcher:
         log.warning("alarm %s: escalating past step %d: %s", esc.event.alarm_id, esc.step, why)
         self.metrics.escalations.labels(why=why).inc()
         esc.step += 1
-        esc.step_started_s = self._clock()
+        esc.step_started_s = self._now_s()
         esc.delivery_checked = False
         self._notify(esc)
 

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alerting.model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
+from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.models import BedKey
 
 if TYPE_CHECKING:
@@ -146,15 +146,13 @@ class EscalationState:
     step_started_us: int
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class Outbox:
-    """The outbox file. Open with ``Outbox(path)``; close with :meth:`close` (or ``with``)."""
+    """The outbox file. Open with ``Outbox(path)``; close with :meth:`close` (or ``with``).
+    ``clock`` stamps what is recorded or enqueued without a time of its own."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.path = Path(path)
+        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
@@ -204,7 +202,7 @@ class Outbox:
     def record_many(self, events: Sequence[AlarmEvent], *, recorded_us: int | None = None) -> int:
         """Append events to the audit trail in one transaction (one fsync however many there
         are); returns how many were not recorded before."""
-        at_us = _now_us() if recorded_us is None else recorded_us
+        at_us = self._clock.now_us() if recorded_us is None else recorded_us
         rows = [
             (
                 event_id(event),
@@ -287,7 +285,7 @@ class Outbox:
                     n.address,
                     json.dumps(n.body, sort_keys=True, separators=(",", ":")),
                     n.created_us,
-                    _now_us() if at_us is None else at_us,
+                    self._clock.now_us() if at_us is None else at_us,
                 ),
             )
         return cur.rowcount == 1

@@ -10,18 +10,19 @@ second are evaluated too (a silent bed's data-stale and offline conditions, audi
 
 The state machine's snapshot is kept beside the outbox (written atomically whenever an alarm
 changes), so active and latched alarms survive a restart.
+
+Time comes from an injected :class:`~eicu.clock.Clock` (the real one by default), so a test moves
+it instead of waiting for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from alerting.ranking import events_most_urgent_first
 from alerting.report import BurdenReport, burden
 from alerting.rules import evaluate_bed
 from alerting.state import AlarmStateMachine
+from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.models import AlarmAck, BedKey, Frame, NumericsFrame, StatusFrame
 
 log = logging.getLogger(__name__)
@@ -108,8 +110,10 @@ class AlarmService:
         snapshot_path: Path | None = None,
         on_events: Callable[[list[AlarmEvent]], None] | None = None,
         registry: CollectorRegistry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._engine = engine
+        self._clock = clock
         self.outbox = outbox
         self.policy = policy or load_policy()
         self._snapshot_path = snapshot_path or outbox.path.with_suffix(".state.json")
@@ -245,7 +249,7 @@ class AlarmService:
 
     def _acknowledge_from(self, source: str, alarm_id: str, user: str) -> list[AlarmEvent]:
         try:
-            events = self.acknowledge(alarm_id, user, time.time_ns() // 1000)
+            events = self.acknowledge(alarm_id, user, self._clock.now_us())
         except KeyError:
             self.metrics.acknowledgements.labels(source=source, outcome="not_live").inc()
             log.warning(
@@ -307,15 +311,16 @@ class AlarmService:
     async def run(self, interval_s: float = 1.0, burden_every_s: float = 60.0) -> None:
         """Evaluate beds as their data arrives and their conditions fall due, and every bed at
         least every ``interval_s``, until cancelled."""
-        next_sweep = next_burden = time.monotonic()
+        clock = self._clock
+        next_sweep = next_burden = clock.monotonic_s()
         every_us = int(interval_s * 1e6)
         while True:
             self._wake.clear()
-            started = time.monotonic()
+            started = clock.monotonic_s()
             sweep = started >= next_sweep
             if sweep:
                 next_sweep = started + interval_s
-            now_us = time.time_ns() // 1000
+            now_us = clock.now_us()
             try:
                 beds = self._take_due(now_us, every_us if sweep else 0)
                 if beds or sweep:
@@ -325,17 +330,13 @@ class AlarmService:
             if started >= next_burden:
                 next_burden = started + burden_every_s
                 try:
-                    self.update_burden(time.time_ns() // 1000)
+                    self.update_burden(clock.now_us())
                 except Exception:
                     log.exception("alarm burden not updated")
-            wait_s = next_sweep - time.monotonic()
+            wait_s = next_sweep - clock.monotonic_s()
             if self._due:
-                wait_s = min(wait_s, (self._due[0][0] - time.time_ns() // 1000) / 1e6 + 0.001)
+                wait_s = min(wait_s, (self._due[0][0] - clock.now_us()) / 1e6 + 0.001)
             if wait_s > 0 and not self._wake.is_set():
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                # cancellation that comes as the event is set, and the engine could not stop.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        await self._wake.wait()
+                await clock.wait(self._wake, wait_s)
             else:
                 await asyncio.sleep(0)  # let the ingest run between evaluations

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
@@ -69,9 +70,12 @@ class Engine:
         alarm_store: AlarmStore | None = None,
         *,
         store_open: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
-        writer opens it when the database is back, keeping everything until then."""
+        writer opens it when the database is back, keeping everything until then. ``clock``:
+        the alarm stage's time (evaluation, escalation, delivery receipts)."""
+        self._clock = clock
         self.metrics = metrics or IngestMetrics()
         self.store = store
         self.router = BedRouter(self.metrics, ingest)
@@ -107,14 +111,14 @@ class Engine:
             from alerting.outbox import Outbox
             from alerting.service import AlarmService
 
-            outbox = Outbox(alarms_outbox)
+            outbox = Outbox(alarms_outbox, clock=clock)
             on_events = None
             if alerting is not None:
                 # Without a rota nobody is paged, but every change of an alarm is still
                 # published to its bed's alarms topic.
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
                 on_events = self._to_dispatcher
-            self.alarms = AlarmService(self, outbox, on_events=on_events)
+            self.alarms = AlarmService(self, outbox, on_events=on_events, clock=clock)
             # After the score and signal stages: a bed is evaluated on their fresh results.
             self.router.subscribe(self.alarms)
             # Acknowledgements reach the alarm state machine from every side: the remote ICU over
@@ -140,11 +144,15 @@ class Engine:
 
         rota = Rota.from_file(rota_path) if rota_path is not None else Rota(sites={})
         # Pages go back to the site over the engine's broker, on a connection of their own.
-        self._channels = {"mqtt": MqttChannel(mqtt.for_alarms()), "webhook": WebhookChannel()}
+        clock = self._clock
+        self._channels = {
+            "mqtt": MqttChannel(mqtt.for_alarms(), clock=clock),
+            "webhook": WebhookChannel(clock=clock),
+        }
         if alerting.smtp is not None:
-            self._channels["email"] = EmailChannel(alerting.smtp)
+            self._channels["email"] = EmailChannel(alerting.smtp, clock=clock)
         metrics = DeliveryMetrics(self.metrics.registry)
-        return Dispatcher(rota, outbox, self._channels, metrics=metrics)
+        return Dispatcher(rota, outbox, self._channels, metrics=metrics, clock=clock)
 
     def _to_dispatcher(self, events: list[AlarmEvent]) -> None:
         for event in events:  # unbounded: alarm events are few, and none may be dropped

@@ -18,6 +18,7 @@ import pytest
 from alerting.model import AlarmState
 from alerting.policy import load_policy, override
 from eicu import wire
+from eicu.clock import SYSTEM_CLOCK, Clock, ManualClock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.errors import PayloadError
@@ -66,9 +67,10 @@ def _rota(hook: HookServer) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def _running(
-    tmp_path: Path, broker: Mosquitto, hook: HookServer | None
+    tmp_path: Path, broker: Mosquitto, hook: HookServer | None, clock: Clock = SYSTEM_CLOCK
 ) -> AsyncIterator[Engine]:
-    """The engine with the rota above, or with none when ``hook`` is None."""
+    """The engine with the rota above, or with none when ``hook`` is None; its alarm stage on
+    ``clock``."""
     rota_path = None
     if hook is not None:
         rota_path = tmp_path / "rota.json"
@@ -78,6 +80,7 @@ async def _running(
         IngestSettings(spool_dir=tmp_path / "spool"),
         SqliteStore(tmp_path / "x.sqlite"),
         alerting=AlertingSettings(outbox_path=tmp_path / "alarms.db", rota_path=rota_path),
+        clock=clock,
     )
     assert engine.alarms is not None
     # No condition delay for this bed: the alarm starts on the first sample beyond the limit.
@@ -134,6 +137,15 @@ def _find(received: list[dict[str, Any]], type_: str, state: str) -> list[dict[s
     return [d for d in received if d.get("type") == type_ and d.get("state") == state]
 
 
+async def _past_the_nurses_timeout(engine: Engine, clock: ManualClock) -> None:
+    """Move the alarm stage's clock past the nurse's acknowledgement timeout and let the
+    dispatcher do what is due then (a page to the physician, were the alarm still open)."""
+    assert engine.dispatcher is not None
+    clock.advance(ACK_TIMEOUT_S + 1.0)
+    await engine.dispatcher.tick()
+    await engine.dispatcher.drain()
+
+
 def _counter(engine: Engine, name: str, **labels: str) -> float:
     value = engine.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -142,7 +154,12 @@ def _counter(engine: Engine, name: str, **labels: str) -> float:
 async def test_remote_icu_acknowledges_over_mqtt_and_every_change_is_published_back(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    async with _running(tmp_path, broker, hook) as engine, _remote_icu(broker) as (client, got):
+    # The alarm stage runs on real time, which the test moves ahead past the nurse's timeout.
+    clock = ManualClock(running=True)
+    async with (
+        _running(tmp_path, broker, hook, clock) as engine,
+        _remote_icu(broker) as (client, got),
+    ):
         assert engine.alarms is not None
         await _until(lambda: _find(got, "state", "active") and _find(got, "page", "active"))
         active = _find(got, "state", "active")[0]
@@ -183,7 +200,7 @@ async def test_remote_icu_acknowledges_over_mqtt_and_every_change_is_published_b
         assert (audited.state, audited.actor) == (AlarmState.ACKNOWLEDGED, "nurse-li@s")
         assert engine.alarms.outbox.escalation_stopped(alarm_id)
         # Past the nurse's timeout the physician is not paged for the acknowledged alarm.
-        await asyncio.sleep(ACK_TIMEOUT_S + 1.0)
+        await _past_the_nurses_timeout(engine, clock)
         assert not hook.requests
         # The same acknowledgement again changes nothing.
         await client.publish(topic, wire.encode_alarm_ack(ack), qos=1)
@@ -203,7 +220,11 @@ async def test_remote_icu_acknowledges_over_mqtt_and_every_change_is_published_b
 async def test_a_page_acknowledged_by_its_recipient_acknowledges_the_alarm(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    async with _running(tmp_path, broker, hook) as engine, _remote_icu(broker) as (_client, got):
+    clock = ManualClock(running=True)
+    async with (
+        _running(tmp_path, broker, hook, clock) as engine,
+        _remote_icu(broker) as (_client, got),
+    ):
         assert engine.alarms is not None and engine.dispatcher is not None
         await _until(lambda: _find(got, "page", "active"))
         page = _find(got, "page", "active")[0]
@@ -215,7 +236,7 @@ async def test_a_page_acknowledged_by_its_recipient_acknowledges_the_alarm(
         receipt = engine.alarms.outbox.receipt(page["key"])
         assert receipt is not None and receipt.acknowledged_by == "nurse-wu"
         await _until(lambda: _find(got, "state", "acknowledged"))
-        await asyncio.sleep(ACK_TIMEOUT_S + 1.0)
+        await _past_the_nurses_timeout(engine, clock)
         assert not hook.requests  # nobody else paged
 
 

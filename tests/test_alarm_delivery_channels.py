@@ -24,6 +24,7 @@ from alerting.channels import (
 from alerting.escalation import Dispatcher, Rota
 from alerting.model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
 from alerting.outbox import Outbox
+from eicu.clock import ManualClock
 from eicu.config import AlertingSettings, MqttSettings, Secret, Settings
 from eicu.devservices import Mosquitto, free_port
 from eicu.errors import ConfigError, DeliveryError
@@ -65,10 +66,6 @@ def mail() -> Iterator[MailServer]:
     server.stop()
 
 
-async def _no_sleep(_: float) -> None:
-    return None
-
-
 async def test_webhook_posts_json_with_the_idempotency_key(hook: HookServer) -> None:
     channel = WebhookChannel(timeout_s=2)
     try:
@@ -86,17 +83,15 @@ async def test_webhook_posts_json_with_the_idempotency_key(hook: HookServer) -> 
 
 async def test_webhook_retries_server_errors_then_succeeds_once(hook: HookServer) -> None:
     hook.plan = [500, 503, 429, 408]
-    delays: list[float] = []
-
-    async def sleep(delay_s: float) -> None:
-        delays.append(delay_s)
-
-    channel = WebhookChannel(timeout_s=2, max_attempts=5, backoff_min_s=0.1, sleep=sleep)
+    clock = ManualClock(T0_US, autojump=True)
+    delays = clock.sleeps
+    channel = WebhookChannel(timeout_s=2, max_attempts=5, backoff_min_s=0.1, clock=clock)
     try:
         receipt = await channel.send(note("k-2", "webhook", hook.url()))
     finally:
         await channel.close()
     assert receipt.attempts == 5
+    assert receipt.delivered_us == T0_US + sum(round(d * 1e6) for d in delays)  # its clock
     assert [r.status for r in hook.requests] == [500, 503, 429, 408, 200]
     assert {r.key for r in hook.requests} == {"k-2"}
     assert hook.accepted == {"k-2": 1}
@@ -107,12 +102,9 @@ async def test_webhook_retries_server_errors_then_succeeds_once(hook: HookServer
 
 
 async def test_webhook_honours_retry_after_up_to_the_longest_delay(hook: HookServer) -> None:
-    delays: list[float] = []
-
-    async def sleep(delay_s: float) -> None:
-        delays.append(delay_s)
-
-    channel = WebhookChannel(timeout_s=2, backoff_min_s=0.1, backoff_max_s=5, sleep=sleep)
+    clock = ManualClock(T0_US, autojump=True)
+    delays = clock.sleeps
+    channel = WebhookChannel(timeout_s=2, backoff_min_s=0.1, backoff_max_s=5, clock=clock)
     try:
         hook.plan, hook.retry_after = [429], "3"
         await channel.send(note("k-2a", "webhook", hook.url()))
@@ -126,7 +118,7 @@ async def test_webhook_honours_retry_after_up_to_the_longest_delay(hook: HookSer
 
 async def test_webhook_does_not_retry_a_refusal(hook: HookServer) -> None:
     hook.plan = [404]
-    channel = WebhookChannel(timeout_s=2, max_attempts=5, sleep=_no_sleep)
+    channel = WebhookChannel(timeout_s=2, max_attempts=5, clock=ManualClock(autojump=True))
     try:
         with pytest.raises(DeliveryError) as caught:
             await channel.send(note("k-3", "webhook", hook.url()))
@@ -138,7 +130,7 @@ async def test_webhook_does_not_retry_a_refusal(hook: HookServer) -> None:
 
 
 async def test_webhook_gives_up_after_its_attempts_when_nobody_listens() -> None:
-    channel = WebhookChannel(timeout_s=1, max_attempts=3, sleep=_no_sleep)
+    channel = WebhookChannel(timeout_s=1, max_attempts=3, clock=ManualClock(autojump=True))
     try:
         with pytest.raises(DeliveryError) as caught:
             await channel.send(note("k-4", "webhook", f"http://127.0.0.1:{free_port()}/x"))
@@ -157,7 +149,7 @@ async def test_webhook_times_out(hook: HookServer) -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    channel = WebhookChannel(timeout_s=0.2, max_attempts=2, sleep=_no_sleep)
+    channel = WebhookChannel(timeout_s=0.2, max_attempts=2, clock=ManualClock(autojump=True))
     try:
         with pytest.raises(DeliveryError) as caught:
             await channel.send(note("k-5", "webhook", f"http://127.0.0.1:{port}/"))

@@ -20,6 +20,7 @@ from alerting.escalation import Dispatcher, Rota
 from alerting.model import AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
 from alerting.store import AlarmStore, run_copy
+from eicu.clock import ManualClock
 from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, Postgres
 from eicu.models import BedKey
@@ -139,7 +140,9 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
     pg_server.stop()
     try:
         with Outbox(tmp_path / "outbox.db") as box:
-            dispatcher = Dispatcher(rota, box, channels, poll_s=0.05)
+            # Real time, which the test moves ahead past the acknowledgement timeouts.
+            clock = ManualClock(running=True)
+            dispatcher = Dispatcher(rota, box, channels, poll_s=0.05, clock=clock)
             async with (
                 aiomqtt.Client("127.0.0.1", broker.port, identifier="remote-icu") as remote,
                 asyncio.TaskGroup() as tg,
@@ -159,6 +162,7 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
                 await events.put(event)
                 await _until(lambda: len(_pages(received)) == 1 and len(mail.messages) == 1)
                 # Nobody acknowledges within 1 s: the physician is paged.
+                clock.advance(1.0)
                 await _until(lambda: len(hook.requests) == 1, timeout_s=5)
                 page = hook.requests[0]
                 assert page.body["role"] == "on_call_physician"
@@ -167,11 +171,14 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
                     event, state=AlarmState.ACKNOWLEDGED, actor="dr-chen", time_us=event.time_us + 1
                 )
                 await events.put(acknowledged)
-                await asyncio.sleep(2.0)  # past the next level's timeout: nobody else is paged
-                assert len(mail.messages) == 1 and len(hook.requests) == 1
-                assert len(_pages(received)) == 1
                 # The bed saw the alarm start and its acknowledgement.
                 await _until(lambda: len(received) == 3)
+                # Past the next level's timeout: nobody else is paged.
+                clock.advance(2.0)
+                await dispatcher.tick()
+                await dispatcher.drain()
+                assert len(mail.messages) == 1 and len(hook.requests) == 1
+                assert len(_pages(received)) == 1
                 assert box.uncopied()[0], "the database is down: nothing was copied"
 
                 pg_server.start()

@@ -16,6 +16,7 @@ from alerting.channels import DeliveryChannel, WebhookChannel
 from alerting.escalation import Dispatcher, Rota
 from alerting.model import AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
+from eicu.clock import ManualClock
 from eicu.devservices import free_port
 from eicu.errors import ConfigError
 from eicu.models import BedKey
@@ -25,15 +26,14 @@ T0_S = 1_780_000_000.0
 BED = BedKey("karamay", "bed-07")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now_s = T0_S
+class Clock(ManualClock):
+    """A test clock set to ``dt_s`` after T0_S."""
 
-    def __call__(self) -> float:
-        return self.now_s
+    def __init__(self) -> None:
+        super().__init__(round(T0_S * 1e6))
 
     def at(self, dt_s: float) -> None:
-        self.now_s = T0_S + dt_s
+        self.set_us(round((T0_S + dt_s) * 1e6))
 
 
 def rota_doc(hook: HookServer, *, nurse_url: str | None = None) -> dict[str, Any]:

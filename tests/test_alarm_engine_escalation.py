@@ -14,6 +14,7 @@ import pytest
 
 from alerting.model import AlarmState, Notification
 from alerting.outbox import Outbox
+from eicu.clock import SYSTEM_CLOCK, Clock, ManualClock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey
@@ -66,8 +67,11 @@ def _rota(hook: HookServer) -> dict[str, object]:
     }
 
 
-def _engine(tmp_path: Path, broker: Mosquitto, hook: HookServer) -> Engine:
-    """An engine on the test broker, its outbox at ``tmp_path/alarms.db``, paging the rota."""
+def _engine(
+    tmp_path: Path, broker: Mosquitto, hook: HookServer, clock: Clock = SYSTEM_CLOCK
+) -> Engine:
+    """An engine on the test broker, its outbox at ``tmp_path/alarms.db``, paging the rota, its
+    alarm stage on ``clock``."""
     rota_path = tmp_path / "rota.json"
     rota_path.write_text(json.dumps(_rota(hook)))
     alerting = AlertingSettings(outbox_path=tmp_path / "alarms.db", rota_path=rota_path)
@@ -76,6 +80,7 @@ def _engine(tmp_path: Path, broker: Mosquitto, hook: HookServer) -> Engine:
         IngestSettings(spool_dir=tmp_path / "spool"),
         SqliteStore(tmp_path / "x.sqlite"),
         alerting=alerting,
+        clock=clock,
     )
 
 
@@ -109,10 +114,21 @@ async def _feed_until(
         await asyncio.sleep(0.1)
 
 
+async def _past_the_nurses_timeout(engine: Engine, clock: ManualClock) -> None:
+    """Move the alarm stage's clock past the nurse's acknowledgement timeout and let the
+    dispatcher do what is due then."""
+    assert engine.dispatcher is not None
+    clock.advance(ACK_TIMEOUT_S + 0.5)
+    await engine.dispatcher.tick()
+    await engine.dispatcher.drain()
+
+
 async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_escalation(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    engine = _engine(tmp_path, broker, hook)
+    # The alarm stage runs on real time, which the test moves ahead past the nurse's timeout.
+    clock = ManualClock(running=True)
+    engine = _engine(tmp_path, broker, hook, clock)
     assert engine.alarms is not None and engine.dispatcher is not None
     await engine.store.open()
     await engine.start()
@@ -128,14 +144,14 @@ async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_esca
         alarm_id = page.body["alarm_id"]
         assert engine.alarms.outbox.receipt(page.key) is not None
 
-        events = engine.alarms.acknowledge(alarm_id, "nurse-li", time.time_ns() // 1000)
+        events = engine.alarms.acknowledge(alarm_id, "nurse-li", clock.now_us())
         assert events and events[-1].state in (AlarmState.ACKNOWLEDGED, AlarmState.CLEARED)
         outbox = engine.alarms.outbox
         async with asyncio.timeout(5):
             while not outbox.escalation_stopped(alarm_id):
                 await asyncio.sleep(0.05)
         # Past the nurse's timeout nobody else is paged for the acknowledged alarm.
-        await asyncio.sleep(ACK_TIMEOUT_S + 1.5)
+        await _past_the_nurses_timeout(engine, clock)
         assert not [r for r in _pages(hook, "/phys") if r.body["alarm_id"] == alarm_id]
         assert alarm_id not in engine.dispatcher.escalating
     finally:
@@ -146,15 +162,16 @@ async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_esca
 async def test_without_acknowledgement_the_engine_escalates_to_the_next_level(
     tmp_path: Path, broker: Mosquitto, hook: HookServer
 ) -> None:
-    engine = _engine(tmp_path, broker, hook)
+    clock = ManualClock(running=True)
+    engine = _engine(tmp_path, broker, hook, clock)
     await engine.store.open()
     await engine.start()
     try:
         start_us = time.time_ns() // 1000 - 70_000_000
         group = SynthGroup([BedKey("s", "vt")], ["vt"], [2], start_us)
-        await _feed_until(
-            engine, group, lambda: bool(_pages(hook, "/phys")), timeout_s=30.0 + ACK_TIMEOUT_S
-        )
+        await _feed_until(engine, group, lambda: bool(_pages(hook, "/nurse")), timeout_s=30.0)
+        assert not _pages(hook, "/phys")
+        await _past_the_nurses_timeout(engine, clock)
         phys = _pages(hook, "/phys")[0]
         assert phys.body["role"] == "on_call_physician" and phys.body["step"] == 1
         nurse = _pages(hook, "/nurse")

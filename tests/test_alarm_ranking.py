@@ -27,6 +27,7 @@ from alerting.policy import DEFAULT_PATH, AlarmPolicy, load_policy, parse_policy
 from alerting.ranking import events_most_urgent_first, headlines, most_urgent_first
 from alerting.rules import RHYTHM_CHAINS
 from alerting.state import Alarm, AlarmStateMachine
+from eicu.clock import ManualClock
 from eicu.errors import AlarmPolicyError
 from eicu.models import BedKey
 
@@ -244,7 +245,7 @@ async def test_the_first_page_is_the_most_severe_condition(
     )
     recorder = Recorder()
     outbox = Outbox(tmp_path / "alarms.db")
-    dispatcher = Dispatcher(rota, outbox, {"webhook": recorder}, clock=lambda: t1 / 1e6)
+    dispatcher = Dispatcher(rota, outbox, {"webhook": recorder}, clock=ManualClock(t1))
     try:
         for event in events_most_urgent_first(events, machine.policy_for):
             await dispatcher.handle(event)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from pathlib import Path
 
-from alerting.model import AlarmState, Priority
+from alerting.model import AlarmEvent, AlarmState, Priority
 from alerting.outbox import Outbox
 from alerting.policy import load_policy, override
 from alerting.service import INPUT_DELAY_TOLERANCE_S, AlarmService
+from eicu.clock import ManualClock
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey, NumericsFrame
 from eicu.store.sqlite import SqliteStore
@@ -109,38 +109,47 @@ async def test_a_bed_is_evaluated_as_its_numerics_arrive_and_when_its_delay_is_o
     engine = _engine(tmp_path)
     assert engine.alarms is None
     policy, _ = override(load_policy(), bed, "HR_HIGH", "delay_s", 1.5, user="t", now_us=T0)
-    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"), policy)
+    clock = ManualClock(T0)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"), policy, clock=clock)
     engine.router.subscribe(service)
     task = asyncio.create_task(service.run(interval_s=1.0))
     seq = 0
 
-    def send(hr: float) -> int:
+    async def send(hr: float) -> int:
+        """A sample at the clock's time; returns once the service has taken it."""
         nonlocal seq
-        now_us = time.time_ns() // 1000
+        now_us = clock.now_us()
         values: dict[str, float | None] = {"HR": hr, "SPO2": 97.0, "RR": 16.0}
         engine.router.route(NumericsFrame(bed, seq, now_us, values, received_us=now_us))
         seq += 1
+        await clock.until_waiting()
         return now_us
 
+    async def advance(delta_s: float) -> None:
+        clock.advance(delta_s)
+        await clock.until_waiting()
+
+    def started() -> list[AlarmEvent]:
+        return [e for e in service.recent if e.kind == "HR_HIGH"]
+
     try:
+        await clock.until_waiting()  # the first sweep is over
         for _ in range(3):
-            send(80.0)
-            await asyncio.sleep(0.35)
-        # Just after a sweep of every bed: a one-second sweep alone would see the crossing
-        # almost a second late.
-        swept = service._evaluated_us.get(bed, 0)
-        while service._evaluated_us.get(bed, 0) == swept:
-            await asyncio.sleep(0.005)
-        crossed_us = send(150.0)
-        started = []
-        async with asyncio.timeout(5):
-            while not started:
-                await asyncio.sleep(0.02)
-                started = [e for e in service.recent if e.kind == "HR_HIGH"]
-        # The next sample (1 s later) would also be too late to start it in time.
-        late_us = started[0].time_us - crossed_us - 1_500_000
-        assert 0 <= late_us < 500_000, late_us  # a one-second pass would be about 1 s late
-        assert started[0].state == AlarmState.ACTIVE
+            await send(80.0)
+            assert service._evaluated_us[bed] == clock.now_us()  # evaluated on arrival
+            await advance(0.35)
+        crossed_us = await send(150.0)
+        assert service._evaluated_us[bed] == crossed_us
+        # A sweep of every bed comes in between and sees a condition short of its delay.
+        await advance(1.499)
+        assert service._evaluated_us[bed] == crossed_us + 1_499_000
+        assert not started()
+        # The delay is over: the service wakes for it (1 ms after), not at its next sweep 1 s
+        # later or at the next sample.
+        await advance(0.002)
+        [event] = started()
+        assert event.state == AlarmState.ACTIVE
+        assert event.time_us - crossed_us - 1_500_000 in range(0, 1_001)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
