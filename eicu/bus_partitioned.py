@@ -108,7 +108,7 @@ class PartitionMessage:
         return self._acked.done()
 
 
-class _Client(gmqtt.Client):  # type: ignore[misc]
+class _Client(gmqtt.Client):
     """A gmqtt client that never reconnects by itself: a new connection is a new consumer."""
 
     async def reconnect(self, delay: bool = False) -> None:
@@ -142,6 +142,7 @@ class PartitionConsumer:
         self._lost = False
         self._closed = False
         self._subscribed: asyncio.Future[int] | None = None
+        self._gone = asyncio.Event()  # the connection was lost
         self._tasks: set[asyncio.Task[None]] = set()
         self._acking: set[asyncio.Task[Any]] = set()
         # Whether the broker held the partition's session already (CONNACK).
@@ -149,7 +150,7 @@ class PartitionConsumer:
 
     # --- connection --------------------------------------------------------------------------
 
-    async def connect(self, timeout_s: float = 10.0) -> PartitionConsumer:
+    async def connect(self, timeout_s: float = 20.0) -> PartitionConsumer:
         """Connects (resuming the partition's session if the broker holds one) and subscribes.
         Raises :class:`PartitionConnectionLost` when refused or not done within ``timeout_s``."""
         if self._client is not None:
@@ -164,39 +165,70 @@ class PartitionConsumer:
         client.on_subscribe = self._on_subscribe
         self._client = client
         self._subscribed = asyncio.get_running_loop().create_future()
+
+        async def handshake() -> int:
+            await client.connect(
+                s.host,
+                s.port,
+                ssl=tls_context(s) or False,
+                keepalive=s.keepalive_s,
+                version=MQTTv311,
+            )
+            client.subscribe(self.topic_filter, qos=1)
+            assert self._subscribed is not None
+            return await self._subscribed
+
+        # gmqtt waits for a CONNACK even when the broker closed the connection instead (NATS does
+        # when its JetStream cannot answer in time, e.g. just after a node died): the loss ends
+        # the wait too.
+        done_task = asyncio.ensure_future(handshake())
+        gone_task = asyncio.ensure_future(self._gone.wait())
         try:
-            async with asyncio.timeout(timeout_s):
-                await client.connect(
-                    s.host,
-                    s.port,
-                    ssl=tls_context(s) or False,
-                    keepalive=s.keepalive_s,
-                    version=MQTTv311,
-                )
-                client.subscribe(self.topic_filter, qos=1)
-                granted = await self._subscribed
-        except (OSError, TimeoutError, MQTTConnectError) as exc:
+            await asyncio.wait(
+                {done_task, gone_task}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            gone_task.cancel()
+        if not done_task.done():
+            done_task.cancel()
+        try:
+            granted = await done_task
+        except (OSError, MQTTConnectError, asyncio.CancelledError) as exc:
             await self._finish()
-            raise PartitionConnectionLost(f"cannot read {self.topic_filter}: {exc!r}") from exc
+            why = (
+                "connection lost"
+                if self._gone.is_set()
+                else f"not done in {timeout_s} s"
+                if isinstance(exc, asyncio.CancelledError)
+                else "refused"
+            )
+            raise PartitionConnectionLost(
+                f"cannot read {self.topic_filter} at {s.url}: {why} ({exc!r})"
+            ) from exc
         if granted >= _SUBACK_FAILURE:
             await self.close()
-            raise PartitionConnectionLost(f"the broker refused the subscription {self.topic_filter}")
+            raise PartitionConnectionLost(
+                f"the broker refused the subscription {self.topic_filter}"
+            )
         log.info("reading %s as %s", self.topic_filter, self.client_id)
         return self
 
     async def close(self) -> None:
-        """Disconnects cleanly; the session (and every message not acknowledged) stays with the
-        broker for the next consumer of the partition."""
-        live, self._live, self._closed = self._live, False, True
-        if live and self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.disconnect()
+        """Disconnects; the session (and every message not acknowledged) stays with the broker
+        for the next consumer of the partition."""
         await self._finish()
 
     async def _finish(self) -> None:
-        """After the connection is closed: ends iteration and lets the tasks that wait for
-        acknowledgements end (their PUBACKs meet a closed socket, which drops them)."""
+        """Closes the socket first, then ends iteration and lets the tasks that wait for
+        acknowledgements end: their PUBACKs meet a closed socket, which drops them, so a message
+        this consumer did not acknowledge is never acknowledged by its end."""
+        if self._closed:
+            return
         self._live, self._closed = False, True
+        if self._client is not None:
+            # gmqtt closes the transport before it first yields (no other task runs between).
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
         self._queue.put_nowait(None)
         pending, self._pending = self._pending, set()
         for future in pending:
@@ -276,8 +308,8 @@ class PartitionConsumer:
             _acked=future,
             _task=asyncio.current_task(),
         )
-        if not self._live:
-            return _STALE  # a closing connection: dropped with it
+        if self._closed:
+            return _STALE  # the socket is closed already (see _finish): the PUBACK is dropped
         self._pending.add(future)
         self._queue.put_nowait(message)
         return await future
@@ -298,8 +330,7 @@ class PartitionConsumer:
             log.warning("lost %s: what was not acknowledged comes again", self.topic_filter)
         self._lost = True
         self._live = False
-        if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_exception(OSError("disconnected before SUBACK"))
+        self._gone.set()
         task = asyncio.ensure_future(self._finish())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
