@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -25,7 +26,7 @@ from eicu.bus_partitioned import (
     PartitionMessage,
     partition_topic_filter,
 )
-from eicu.config import MqttSettings
+from eicu.config import MqttSettings, Secret
 from eicu.devservices import NatsCluster, NatsServer, ServiceError, nats_partition_mappings
 
 pytestmark = [pytest.mark.nats]
@@ -234,7 +235,7 @@ async def test_alarms_to_the_site_are_not_partitioned(cluster: NatsCluster) -> N
 _CHILD = """
 import asyncio, sys
 from eicu.bus_partitioned import PartitionConsumer
-from eicu.config import MqttSettings
+from eicu.config import MqttSettings, Secret
 
 async def main(port, ack_first, total):
     consumer = PartitionConsumer(
@@ -391,3 +392,36 @@ async def test_sigkill_of_a_node_loses_no_acknowledged_message(
     # Duplicates are possible (a redelivery, a gateway's retry); partitions stay whole.
     for bed, seen in by_bed(received.messages).items():
         assert len({partition for partition, _ in seen}) == 1, f"{bed} in several partitions"
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+async def test_users_with_passwords_and_partitions_in_their_account() -> None:
+    """With users the server admits only them (MQTT included), and the partition mappings apply
+    in their account."""
+    users = {"worker": "worker-secret", "gateway-1": "gateway-secret"}
+    try:
+        server = NatsServer(partitions=1, users=users).start()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start NATS for the tests: {exc}")
+    try:
+        worker = replace(
+            settings(server, "worker"), username="worker", password=Secret("worker-secret")
+        )
+        with pytest.raises(PartitionConnectionLost):
+            await PartitionConsumer(replace(worker, password=Secret("wrong")), 0).connect()
+        async with PartitionConsumer(worker, 0) as consumer:
+            gateway = replace(
+                settings(server, "gateway-1"),
+                username="gateway-1",
+                password=Secret("gateway-secret"),
+            )
+            async with Client(gateway) as client:
+                await client.publish("eicu/v1/site-a/bed-1/numerics", b"{}", qos=1)
+            message = await asyncio.wait_for(anext(aiter(consumer)), WAIT_S)
+            assert message.partition_topic == "eicu/p/0/v1/site-a/bed-1/numerics"
+            assert message.topic == "eicu/v1/site-a/bed-1/numerics"
+            consumer.ack(message)
+    finally:
+        server.cleanup()
