@@ -102,10 +102,8 @@ class PartitionMessage:
     _acked: asyncio.Future[int] = field(repr=False)
     # gmqtt's task that sends the PUBACK once ``_acked`` is set
     _task: asyncio.Task[Any] | None = field(repr=False, default=None)
-
-    @property
-    def acked(self) -> bool:
-        return self._acked.done()
+    # :meth:`PartitionConsumer.ack` took it (its PUBACK is sent)
+    acked: bool = False
 
 
 class _Client(gmqtt.Client):
@@ -155,8 +153,9 @@ class PartitionConsumer:
         Raises :class:`PartitionConnectionLost` when refused or not done within ``timeout_s``."""
         if self._client is not None:
             raise RuntimeError("a PartitionConsumer connects once; make a new one to reconnect")
-        client = _Client(self.client_id, clean_session=False, optimistic_acknowledgement=False)
         s = self.settings
+        context = tls_context(s)  # a TLS file that cannot be used: ConfigError, naming its key
+        client = _Client(self.client_id, clean_session=False, optimistic_acknowledgement=False)
         if s.username is not None:
             client.set_auth_credentials(s.username, s.password)
         client.on_connect = self._on_connect
@@ -164,19 +163,15 @@ class PartitionConsumer:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         self._client = client
-        self._subscribed = asyncio.get_running_loop().create_future()
+        subscribed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._subscribed = subscribed
 
         async def handshake() -> int:
             await client.connect(
-                s.host,
-                s.port,
-                ssl=tls_context(s) or False,
-                keepalive=s.keepalive_s,
-                version=MQTTv311,
+                s.host, s.port, ssl=context or False, keepalive=s.keepalive_s, version=MQTTv311
             )
             client.subscribe(self.topic_filter, qos=1)
-            assert self._subscribed is not None
-            return await self._subscribed
+            return await subscribed
 
         # gmqtt waits for a CONNACK even when the broker closed the connection instead (NATS does
         # when its JetStream cannot answer in time, e.g. just after a node died): the loss ends
@@ -187,6 +182,10 @@ class PartitionConsumer:
             await asyncio.wait(
                 {done_task, gone_task}, timeout=timeout_s, return_when="FIRST_COMPLETED"
             )
+        except BaseException:  # the caller was cancelled
+            done_task.cancel()
+            await self._finish()
+            raise
         finally:
             gone_task.cancel()
         if not done_task.done():
@@ -274,6 +273,7 @@ class PartitionConsumer:
             return False
         self._pending.discard(future)
         future.set_result(0)
+        message.acked = True
         task = message._task
         if task is not None:
             self._acking.add(task)

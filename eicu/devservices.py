@@ -213,6 +213,8 @@ NATS_MIN_VERSION = (2, 10, 0)
 # publishes, and the remote ICU's alarm acknowledgements. The engine's own ``alarms`` messages
 # back to the site are not mapped, so a site that subscribes to them keeps receiving them.
 GATEWAY_BED_TYPES = ("numerics", "waveform", "status", "alarms.ack")
+# How long a QoS 1 message may stay unacknowledged by a subscriber before NATS sends it again.
+MQTT_ACK_WAIT_S = 5.0
 
 
 def nats_binary() -> str | None:
@@ -282,7 +284,7 @@ def nats_config(
     stream_replicas: int = 1,
     partitions: int | None = None,
     users: Mapping[str, str] | None = None,
-    mqtt_ack_wait_s: float = 30.0,
+    mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
     mqtt_max_ack_pending: int = 1024,
 ) -> str:
     """The configuration file of one NATS server of the hub: JetStream in ``store_dir``, the MQTT
@@ -292,8 +294,12 @@ def nats_config(
     itself). ``users``: MQTT/NATS user names and passwords; without them anyone may connect.
 
     ``mqtt_ack_wait_s``: how long a QoS 1 message delivered to a subscriber may stay without its
-    PUBACK before the server sends it again; ``mqtt_max_ack_pending``: how many a subscription may
-    hold unacknowledged (the server stops delivering beyond it)."""
+    PUBACK before the server sends it again. It is also how long a partition's messages that a
+    dead worker held wait before they reach the next one (messages published after the takeover
+    come first), so it is seconds, not NATS's default 30 s; a worker that holds a message longer
+    gets it twice. ``mqtt_max_ack_pending``: how many a subscription may hold unacknowledged
+    (the server stops delivering beyond it): at least a partition's rate times the delay
+    before its messages are durable and acknowledged."""
     lines = [
         f"server_name: {_conf_value(server_name)}",
         f"listen: {_conf_value(f'127.0.0.1:{client_port}')}",
@@ -366,11 +372,13 @@ class NatsServer:
         name: str = "eicu-nats",
         cluster: tuple[int, Sequence[int]] | None = None,
         stream_replicas: int = 1,
-        mqtt_ack_wait_s: float = 30.0,
+        mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+        mqtt_max_ack_pending: int = 1024,
         base_dir: Path | None = None,
     ) -> None:
         """``cluster``: this node's cluster port and every node's cluster port (routes);
-        ``base_dir``: the folder to live in (default: a new temporary one)."""
+        ``base_dir``: the folder to live in (default: a new temporary one); the ``mqtt_``
+        settings: see :func:`nats_config`."""
         binary = nats_binary()
         if binary is None:
             version = ".".join(map(str, NATS_MIN_VERSION))
@@ -397,6 +405,7 @@ class NatsServer:
                 partitions=partitions,
                 users=users,
                 mqtt_ack_wait_s=mqtt_ack_wait_s,
+                mqtt_max_ack_pending=mqtt_max_ack_pending,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -493,7 +502,8 @@ class NatsCluster:
         nodes: int = 3,
         partitions: int | None = 4,
         users: Mapping[str, str] | None = None,
-        mqtt_ack_wait_s: float = 30.0,
+        mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+        mqtt_max_ack_pending: int = 1024,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="eicu-nats-cluster-"))
         cluster_ports = [free_port() for _ in range(nodes)]
@@ -505,6 +515,7 @@ class NatsCluster:
                 cluster=(port, cluster_ports),
                 stream_replicas=min(3, nodes),
                 mqtt_ack_wait_s=mqtt_ack_wait_s,
+                mqtt_max_ack_pending=mqtt_max_ack_pending,
                 base_dir=self.dir / f"n{i}",
             )
             for i, port in enumerate(cluster_ports)
