@@ -285,6 +285,7 @@ def main() -> None:
 
     from eicu.devservices import Mosquitto, NatsCluster
 
+    load_before = os.getloadavg()[0]
     results = []
     for broker in args.brokers:
         if broker == "mosquitto":
@@ -326,7 +327,8 @@ def main() -> None:
 
     print(
         f"\n{args.rate:.0f} msg/s offered for {args.duration:.0f} s, {PAYLOAD_BYTES} B, "
-        f"{args.beds} beds, QoS 1, manual acknowledgement"
+        f"{args.beds} beds, QoS 1, manual acknowledgement; {os.cpu_count()} CPUs, load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (others' work included)"
     )
     header = (
         f"{'broker':26} {'acked/s':>8} {'sent':>7} {'recv':>7} {'lost':>5} {'dup':>5} "
