@@ -156,6 +156,10 @@ class PartitionConsumer:
         s = self.settings
         context = tls_context(s)  # a TLS file that cannot be used: ConfigError, naming its key
         client = _Client(self.client_id, clean_session=False, optimistic_acknowledgement=False)
+        handler = getattr(client, "_package_handler", None)
+        if getattr(handler, "_optimistic_acknowledgement", True):
+            # A gmqtt that acknowledges on receipt would lose what a dead worker held.
+            raise RuntimeError("this gmqtt version does not let PUBACKs wait for ack()")
         if s.username is not None:
             client.set_auth_credentials(s.username, s.password)
         client.on_connect = self._on_connect
