@@ -20,9 +20,8 @@ session. Messages received on a lost connection cannot be acknowledged any more 
 ignored); the broker sends them again. The consumer never reconnects by itself, so that no PUBACK
 of an old connection can ever acknowledge a different message on a new one.
 
-The same code reads a single Mosquitto (a site node, a one-machine install) when the gateways'
-topics are published there as partitions, or one partition covering ``eicu/v1/#``
-(``topic_filter``).
+The same code reads a single Mosquitto (a site node, a one-machine install), which has no
+mappings: one consumer with ``topic_filter="eicu/v1/#"`` reads everything as one partition.
 
 Errors::
 
@@ -297,7 +296,9 @@ class PartitionConsumer:
         self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
         """Runs as long as the message is not acknowledged: gmqtt sends the PUBACK when this
-        returns. A message of a lost connection is never returned on (its task is cancelled)."""
+        returns. For a message of a finished consumer it returns only once the socket is closed
+        (see :meth:`_finish`), so that PUBACK is dropped. (A retained message replayed at
+        subscription comes as QoS 0: gmqtt sends nothing for it.)"""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         partition_topic = topic
         gateway_topic = (
