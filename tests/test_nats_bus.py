@@ -143,11 +143,23 @@ async def partition_readers(
 
 
 async def subscribe_once(server: NatsServer, partitions: range) -> None:
-    """Creates each partition's persistent session (and its durable subscription) on the broker."""
+    """Creates each partition's persistent session (and its durable subscription) on the broker.
+    The first MQTT connection to a cluster creates NATS's MQTT streams, which a busy machine may
+    not finish within the server's 5 s: the server then drops the connection, and a worker tries
+    again, as here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
     for k in partitions:
-        consumer = PartitionConsumer(settings(server, "worker"), k)
-        await consumer.connect()
-        await consumer.close()
+        while True:
+            consumer = PartitionConsumer(settings(server, "worker"), k)
+            try:
+                await consumer.connect()
+                break
+            except PartitionConnectionLost:
+                if loop.time() > deadline:
+                    raise
+            finally:
+                await consumer.close()
 
 
 class Gateway:
