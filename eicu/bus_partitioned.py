@@ -1,0 +1,341 @@
+"""Reading one partition of the hub's bus: the one module that imports gmqtt.
+
+The hub's broker (a NATS cluster, see docs/bus.md) maps every gateway message
+``eicu/v1/<site>/<bed>/<type>`` to ``eicu/p/<k>/v1/<site>/<bed>/<type>``, where ``k`` is a hash of
+(site, bed), so each bed's messages land, in order, in one of a fixed number of partitions. A
+worker reads partition ``k`` as an MQTT 3.1.1 persistent-session QoS 1 subscriber of
+``eicu/p/<k>/#`` and acknowledges each message (its PUBACK) only when it calls :meth:`ack`, after
+the message's data is durable. Until then the broker keeps the message: when the worker dies or
+its connection drops, the next consumer of that partition (the same session: the client id is the
+partition's, not the worker's) receives it again, flagged ``redelivered``.
+
+    async with PartitionConsumer(settings, partition=3) as consumer:
+        async for message in consumer:
+            await store(message.topic, message.payload)
+            consumer.ack(message)
+
+A consumer is one connection: when it is lost, iteration raises :class:`PartitionConnectionLost`
+and the consumer is finished; the caller connects a new one (with its backoff), which resumes the
+session. Messages received on a lost connection cannot be acknowledged any more (their ack is
+ignored); the broker sends them again. The consumer never reconnects by itself, so that no PUBACK
+of an old connection can ever acknowledge a different message on a new one.
+
+The same code reads a single Mosquitto (a site node, a one-machine install), which has no
+mappings: one consumer with ``topic_filter="eicu/v1/#"`` reads everything as one partition.
+
+Errors::
+
+    MqttError                       (eicu.bus)
+    └── PartitionConnectionLost     the connection was refused or lost; connect a new consumer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+
+from eicu.bus import MqttError, tls_context
+from eicu.config import MqttSettings
+
+__all__ = [
+    "PARTITION_PREFIX",
+    "PartitionConnectionLost",
+    "PartitionConsumer",
+    "PartitionMessage",
+    "partition_topic_filter",
+]
+
+log = logging.getLogger(__name__)
+
+# The topic prefix under which the broker's mappings put the partitions (NATS subject ``eicu.p``).
+PARTITION_PREFIX: Final = "eicu/p"
+# SUBACK's return code of a refused subscription (MQTT 3.1.1 § 3.9.3).
+_SUBACK_FAILURE: Final = 0x80
+# What the acknowledgement of a message of a closed connection resolves to: gmqtt then writes
+# its PUBACK to the closed socket, which drops it (the broker sends the message again).
+_STALE: Final = 0
+
+
+class _DropWritesToClosedSocket(logging.Filter):
+    """gmqtt warns for every write to a closed socket; after a lost connection each message
+    that was not acknowledged makes one, on purpose (see :meth:`PartitionConsumer._finish`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "[TRYING WRITE TO CLOSED SOCKET]"
+
+
+logging.getLogger("gmqtt.mqtt.protocol").addFilter(_DropWritesToClosedSocket())
+
+
+def partition_topic_filter(partition: int, prefix: str = PARTITION_PREFIX) -> str:
+    """The MQTT topic filter of one partition: ``eicu/p/<k>/#``."""
+    if partition < 0:
+        raise ValueError(f"a partition number is >= 0, got {partition}")
+    return f"{prefix}/{partition}/#"
+
+
+class PartitionConnectionLost(MqttError):
+    """The consumer's connection was refused or lost. The consumer is finished: connect a new one,
+    which resumes the partition's session; what was not acknowledged comes again."""
+
+
+@dataclass(eq=False)
+class PartitionMessage:
+    """One message of a partition. ``topic`` is the gateway's own topic
+    (``eicu/v1/<site>/<bed>/<type>``), ``partition_topic`` the one it was delivered on;
+    ``redelivered``: the broker sent it before (MQTT DUP), so it may already be stored."""
+
+    topic: str
+    payload: bytes
+    partition: int
+    partition_topic: str
+    redelivered: bool
+    _acked: asyncio.Future[int] = field(repr=False)
+    # gmqtt's task that sends the PUBACK once ``_acked`` is set
+    _task: asyncio.Task[Any] | None = field(repr=False, default=None)
+    # :meth:`PartitionConsumer.ack` took it (its PUBACK is sent)
+    acked: bool = False
+
+
+class _Client(gmqtt.Client):
+    """A gmqtt client that never reconnects by itself: a new connection is a new consumer."""
+
+    async def reconnect(self, delay: bool = False) -> None:
+        return None
+
+
+class PartitionConsumer:
+    """A persistent-session QoS 1 subscriber of one partition, acknowledging only on
+    :meth:`ack`. ``settings`` give the broker, credentials and TLS; the client id is
+    ``<settings.client_id>-p<partition>`` (the session belongs to the partition, so whichever
+    worker holds the partition resumes it). ``topic_filter`` replaces ``eicu/p/<k>/#``."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        partition: int,
+        *,
+        client_id: str | None = None,
+        topic_filter: str | None = None,
+        prefix: str = PARTITION_PREFIX,
+    ) -> None:
+        self.settings = settings
+        self.partition = partition
+        self.topic_filter = topic_filter or partition_topic_filter(partition, prefix)
+        self.client_id = client_id or f"{settings.client_id}-p{partition}"
+        self._strip = f"{prefix}/{partition}/"
+        self._queue: asyncio.Queue[PartitionMessage | None] = asyncio.Queue()
+        self._pending: set[asyncio.Future[int]] = set()
+        self._client: _Client | None = None
+        self._live = False
+        self._lost = False
+        self._closed = False
+        self._subscribed: asyncio.Future[int] | None = None
+        self._gone = asyncio.Event()  # the connection was lost
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._acking: set[asyncio.Task[Any]] = set()
+        # Whether the broker held the partition's session already (CONNACK).
+        self.session_present = False
+
+    # --- connection --------------------------------------------------------------------------
+
+    async def connect(self, timeout_s: float = 20.0) -> PartitionConsumer:
+        """Connects (resuming the partition's session if the broker holds one) and subscribes.
+        Raises :class:`PartitionConnectionLost` when refused or not done within ``timeout_s``."""
+        if self._client is not None:
+            raise RuntimeError("a PartitionConsumer connects once; make a new one to reconnect")
+        s = self.settings
+        context = tls_context(s)  # a TLS file that cannot be used: ConfigError, naming its key
+        client = _Client(self.client_id, clean_session=False, optimistic_acknowledgement=False)
+        handler = getattr(client, "_package_handler", None)
+        if getattr(handler, "_optimistic_acknowledgement", True):
+            # A gmqtt that acknowledges on receipt would lose what a dead worker held.
+            raise RuntimeError("this gmqtt version does not let PUBACKs wait for ack()")
+        if s.username is not None:
+            client.set_auth_credentials(s.username, s.password)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+        subscribed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._subscribed = subscribed
+
+        async def handshake() -> int:
+            await client.connect(
+                s.host, s.port, ssl=context or False, keepalive=s.keepalive_s, version=MQTTv311
+            )
+            client.subscribe(self.topic_filter, qos=1)
+            return await subscribed
+
+        # gmqtt waits for a CONNACK even when the broker closed the connection instead (NATS does
+        # when its JetStream cannot answer in time, e.g. just after a node died): the loss ends
+        # the wait too.
+        done_task = asyncio.ensure_future(handshake())
+        gone_task = asyncio.ensure_future(self._gone.wait())
+        try:
+            await asyncio.wait(
+                {done_task, gone_task}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+            )
+        except BaseException:  # the caller was cancelled
+            done_task.cancel()
+            await self._finish()
+            raise
+        finally:
+            gone_task.cancel()
+        if not done_task.done():
+            done_task.cancel()
+        try:
+            granted = await done_task
+        except (OSError, MQTTConnectError, asyncio.CancelledError) as exc:
+            await self._finish()
+            why = (
+                "connection lost"
+                if self._gone.is_set()
+                else f"not done in {timeout_s} s"
+                if isinstance(exc, asyncio.CancelledError)
+                else "refused"
+            )
+            raise PartitionConnectionLost(
+                f"cannot read {self.topic_filter} at {s.url}: {why} ({exc!r})"
+            ) from exc
+        if granted >= _SUBACK_FAILURE:
+            await self.close()
+            raise PartitionConnectionLost(
+                f"the broker refused the subscription {self.topic_filter}"
+            )
+        log.info("reading %s as %s", self.topic_filter, self.client_id)
+        return self
+
+    async def close(self) -> None:
+        """Disconnects; the session (and every message not acknowledged) stays with the broker
+        for the next consumer of the partition."""
+        await self._finish()
+
+    async def _finish(self) -> None:
+        """Closes the socket first, then ends iteration and lets the tasks that wait for
+        acknowledgements end: their PUBACKs meet a closed socket, which drops them, so a message
+        this consumer did not acknowledge is never acknowledged by its end."""
+        if self._closed:
+            return
+        self._live, self._closed = False, True
+        if self._client is not None:
+            # gmqtt closes the transport before it first yields (no other task runs between).
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
+        self._queue.put_nowait(None)
+        pending, self._pending = self._pending, set()
+        for future in pending:
+            if not future.done():
+                future.set_result(_STALE)
+
+    async def __aenter__(self) -> PartitionConsumer:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._live
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages received on this connection and not acknowledged yet."""
+        return len(self._pending)
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[PartitionMessage]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[PartitionMessage]:
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                self._queue.put_nowait(None)  # every later reader ends too
+                if self._lost:
+                    raise PartitionConnectionLost(f"connection to {self.settings.url} lost")
+                return
+            yield message
+
+    def ack(self, message: PartitionMessage) -> bool:
+        """Acknowledges ``message`` to the broker (its PUBACK), which then forgets it. Returns
+        False, and does nothing, for a message of a connection that is no longer live (the broker
+        sends it again) or one already acknowledged."""
+        future = message._acked
+        if future.done() or future not in self._pending or not self._live:
+            return False
+        self._pending.discard(future)
+        future.set_result(0)
+        message.acked = True
+        task = message._task
+        if task is not None:
+            self._acking.add(task)
+            task.add_done_callback(self._acking.discard)
+        return True
+
+    async def drain(self) -> None:
+        """Waits until the PUBACK of every message acknowledged so far is written to the socket
+        (:meth:`ack` only schedules it), e.g. before a worker hands its partition over."""
+        while self._acking:
+            await asyncio.gather(*list(self._acking), return_exceptions=True)
+        await asyncio.sleep(0)
+
+    # --- gmqtt callbacks ---------------------------------------------------------------------
+
+    async def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> int:
+        """Runs as long as the message is not acknowledged: gmqtt sends the PUBACK when this
+        returns. For a message of a finished consumer it returns only once the socket is closed
+        (see :meth:`_finish`), so that PUBACK is dropped. (A retained message replayed at
+        subscription comes as QoS 0: gmqtt sends nothing for it.)"""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        partition_topic = topic
+        gateway_topic = (
+            "eicu/" + topic[len(self._strip) :] if topic.startswith(self._strip) else topic
+        )
+        message = PartitionMessage(
+            topic=gateway_topic,
+            payload=bytes(payload),
+            partition=self.partition,
+            partition_topic=partition_topic,
+            redelivered=bool(properties.get("dup")),
+            _acked=future,
+            _task=asyncio.current_task(),
+        )
+        if self._closed:
+            return _STALE  # the socket is closed already (see _finish): the PUBACK is dropped
+        self._pending.add(future)
+        self._queue.put_nowait(message)
+        return await future
+
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        # Live from the CONNACK on: a resumed session's messages may come before the SUBACK.
+        self._live = rc == 0 and not self._closed
+        self.session_present = bool(flags)
+
+    def _on_subscribe(self, client: Any, mid: int, qos: tuple[int, ...], properties: Any) -> None:
+        if self._subscribed is not None and not self._subscribed.done():
+            self._subscribed.set_result(qos[0] if qos else _SUBACK_FAILURE)
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        if self._closed:
+            return
+        if self._live:
+            log.warning("lost %s: what was not acknowledged comes again", self.topic_filter)
+        self._lost = True
+        self._live = False
+        self._gone.set()
+        task = asyncio.ensure_future(self._finish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
