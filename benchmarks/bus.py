@@ -2,7 +2,7 @@
 
 Gateway-shaped QoS 1 traffic (messages of about 400 bytes on many beds' topics, numerics and
 waveforms) is published at a fixed rate for a while by a gateway process (one connection per
-broker node), and read by a consumer process through :class:`eicu.bus_partitioned.PartitionConsumer`
+broker node), and read by a consumer process through :class:`eicu.bus.partitioned.PartitionConsumer`
 (persistent sessions, a PUBACK only after the message is recorded): on Mosquitto one session
 reading ``eicu/v1/#``, on NATS one session per partition (``eicu/p/<k>/#``, the server's mappings
 putting each bed in one partition). For each broker it prints the rate the gateways were
@@ -120,7 +120,7 @@ def gateway_main(urls: list[str], rate: float, duration_s: float, beds: int) -> 
 def consumer_main(url: str, partitions: int, topic_filter: str | None) -> None:
     """Reads every partition with manual acknowledgement; prints ``COUNT n`` as it goes and a
     JSON summary after ``STOP`` on stdin."""
-    from eicu.bus_partitioned import PartitionConsumer
+    from eicu.bus.partitioned import PartitionConsumer
     from eicu.config import MqttSettings
 
     async def main() -> dict[str, Any]:

@@ -20,7 +20,7 @@ import nats
 import pytest
 
 from eicu.bus import Client, MqttError
-from eicu.bus_partitioned import (
+from eicu.bus.partitioned import (
     PartitionConnectionLost,
     PartitionConsumer,
     PartitionMessage,
@@ -267,7 +267,7 @@ async def test_alarms_to_the_site_are_not_partitioned(calm_cluster: NatsCluster)
 
 _CHILD = """
 import asyncio, sys
-from eicu.bus_partitioned import PartitionConsumer
+from eicu.bus.partitioned import PartitionConsumer
 from eicu.config import MqttSettings, Secret
 
 async def main(port, ack_first, total):
