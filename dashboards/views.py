@@ -120,6 +120,9 @@ def bed_summary(
         "name": key.bed,
         "status": state.status_at(now_us),  # a standby past its lifetime is over
         "stale": bool(silent and state.status_at(now_us) == "online"),
+        # auto-registered and not yet confirmed by a stream: no-data, offline, standby and
+        # device-clock conditions raise no alarm for it until it is (ingest.admission)
+        "new": state.new,
         "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
         "last_seen_us": state.last_seen_us or None,
         "skew_ms": round(state.clock_offset_us / 100_000) * 100,  # device clock - server's

@@ -181,6 +181,28 @@ async def test_snapshot_then_only_what_changed(server: DashboardServer, engine: 
     assert size < len(json.dumps({"beds": fresh["beds"]})) / 2
 
 
+async def test_a_bed_not_yet_confirmed_is_marked_new(
+    server: DashboardServer, engine: Engine
+) -> None:
+    """An auto-registered bed its stream has not confirmed yet (ingest.admission) is marked new
+    on the census, so the intensivist knows its no-data conditions raise no alarm; once
+    confirmed, the mark goes."""
+    headers = await cookie(server)
+    base = server.url.replace("http://", "ws://")
+    bed8 = engine.router.beds[BedKey("icu2", "bed8")]
+    bed8.new = True
+    async with connect(base + "/ws/census", additional_headers=headers) as ws:
+        census = await receive(ws)
+        rows = {r["bed"]: r for r in census["beds"]}
+        assert rows["icu2/bed8"]["new"] is True and rows["icu2/bed8"]["stale"]  # still stale
+        assert rows["icu1/bed1"]["new"] is False
+        bed8.new = False  # confirmed by its stream
+        delta = await receive(ws)
+        while "icu2/bed8" not in delta["rows"] or "new" not in delta["rows"]["icu2/bed8"]["set"]:
+            delta = await receive(ws)
+        assert delta["rows"]["icu2/bed8"]["set"]["new"] is False
+
+
 async def test_site_filter_and_a_page_that_falls_behind(engine: Engine) -> None:
     now = [0.0]
 

@@ -35,6 +35,7 @@ function renderBed(bed) {
     ? eicu.el("span", { class: "status offline" }, "offline")
     : bed.stale ? eicu.el("span", { class: "status stale" }, `stale ${eicu.age(bed.seen_age_s)}`)
     : eicu.el("span", { class: `status ${bed.status}` }, bed.status));
+  if (bed.new) status.append(" ", eicu.newBadge());
   document.getElementById("news2").replaceChildren(eicu.news2Chip(bed.news2));
   const tiles = document.getElementById("tiles");
   tiles.replaceChildren();

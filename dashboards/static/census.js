@@ -24,12 +24,13 @@ let offsetUs = 0;           // server clock minus this browser's clock
 function serverNowUs() { return Date.now() * 1000 + offsetUs; }
 
 function statusCell(bed) {
-  if (bed.status === "offline") return eicu.el("span", { class: "status offline" }, "offline");
-  if (bed.stale) {
-    return eicu.el("span", { class: "status stale", title: "nothing received recently" },
-      `stale ${eicu.age((serverNowUs() - bed.seen_us) / 1e6)}`);
-  }
-  return eicu.el("span", { class: `status ${bed.status}` }, bed.status);
+  const cell = bed.status === "offline"
+    ? eicu.el("span", { class: "status offline" }, "offline")
+    : bed.stale
+      ? eicu.el("span", { class: "status stale", title: "nothing received recently" },
+        `stale ${eicu.age((serverNowUs() - bed.seen_us) / 1e6)}`)
+      : eicu.el("span", { class: `status ${bed.status}` }, bed.status);
+  return bed.new ? eicu.el("span", {}, cell, " ", eicu.newBadge()) : cell;
 }
 
 function rhythmCell(engine) {
@@ -75,7 +76,7 @@ function acute(bed) {
 // The columns, each with what it is drawn from (the first part of a changed path).
 const COLUMNS = [
   { from: ["bed"], cell: (b) => eicu.el("a", { href: `/bed?bed=${encodeURIComponent(b.bed)}` }, b.bed) },
-  { from: ["status", "stale", "seen_us"], cell: statusCell },
+  { from: ["status", "stale", "seen_us", "new"], cell: statusCell },
   { from: ["alarm", "alarms_available"], cell: alarmCell },
   { from: ["news2"], cell: (b) => eicu.news2Chip(b.news2) },
   { from: ["values.HR"], cell: (b) => valueCell(b, b.values.HR) },

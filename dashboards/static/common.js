@@ -72,6 +72,12 @@ const eicu = {
   },
 
   // A value with its freshness: missing -> "—", reported invalid -> "?", stale -> struck + badge.
+  // An auto-registered bed its stream has not yet confirmed (its bed-level technical
+  // conditions raise no alarm until then).
+  newBadge() {
+    return eicu.el("span", { class: "status new", title: "auto-registered bed not yet confirmed by a stream: " +
+      "no alarm for missing data, offline, standby or device clock until it is" }, "new");
+  },
   valueCell(v) {
     if (!v) return eicu.el("span", { class: "missing", title: "no value received" }, "—");
     if (v.text === null) {
