@@ -30,8 +30,8 @@ from typing import Final, Protocol
 
 import aiohttp
 
-from alerting.model import Channel, Notification
 from eicu import bus, wire
+from eicu.alarm_model import Channel, Notification
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import MqttSettings, SmtpSettings
 from eicu.errors import DeliveryError

@@ -36,8 +36,8 @@ from typing import Any, Final, cast, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.channels import DeliveryChannel
-from alerting.model import AlarmEvent, AlarmState, Channel, Notification, Priority
 from alerting.outbox import Outbox, event_id
+from eicu.alarm_model import AlarmEvent, AlarmState, Channel, Notification, Priority
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import ConfigError, DeliveryError
 

@@ -7,10 +7,10 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from alerting.model import AlarmEvent, AlarmState, Priority
 from alerting.outbox import Outbox
-from alerting.policy import load_policy, override
 from alerting.service import INPUT_DELAY_TOLERANCE_S, AlarmService
+from eicu.alarm_model import AlarmEvent, AlarmState, Priority
+from eicu.alarms.policy import load_policy, override
 from eicu.clock import ManualClock
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey, NumericsFrame

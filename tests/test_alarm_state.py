@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Priority
-from alerting.policy import AlarmPolicy, load_policy, override
-from alerting.rules import rhythm_conditions, vital_conditions
-from alerting.state import AlarmStateMachine
+from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState, Priority
+from eicu.alarms.policy import AlarmPolicy, load_policy, override
+from eicu.alarms.rules import rhythm_conditions, vital_conditions
+from eicu.alarms.state import AlarmStateMachine
 from eicu.models import BedKey
 
 BED = BedKey("site-a", "bed-1")

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from alerting.model import AlarmCondition
-from alerting.policy import NEWS2_BANDS, AlarmPolicy, ConditionPolicy
+from eicu.alarm_model import AlarmCondition
+from eicu.alarms.policy import NEWS2_BANDS, AlarmPolicy, ConditionPolicy
 from eicu.models import BedKey
 
 # Signal-quality verdicts that mean no usable signal at all.

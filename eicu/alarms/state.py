@@ -1,7 +1,7 @@
 """The alarm state machine: one alarm at most per (bed, condition kind), driven by conditions,
 acknowledgements, audio pauses and time. Deterministic: time comes only from ``now_us``.
 
-Life of an alarm (states from :class:`alerting.model.AlarmState`):
+Life of an alarm (states from :class:`eicu.alarm_model.AlarmState`):
 
 - A condition reported present starts a pending onset. The alarm starts (ACTIVE) once the
   condition has stayed present for the condition's ``delay_s``; a pending condition reported
@@ -23,7 +23,7 @@ Life of an alarm (states from :class:`alerting.model.AlarmState`):
   ``audio_pause_max_s``; when the pause ends and the alarm is still unacknowledged it sounds
   again (an event says so).
 
-Every change yields an :class:`alerting.model.AlarmEvent` naming who made it and when.
+Every change yields an :class:`eicu.alarm_model.AlarmEvent` naming who made it and when.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
-from alerting.policy import PRIORITY_RANK, AlarmPolicy, ConditionPolicy, parse_policy
+from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
+from eicu.alarms.policy import PRIORITY_RANK, AlarmPolicy, ConditionPolicy, parse_policy
 from eicu.models import BedKey
 
 SNAPSHOT_FORMAT: Final = 1
@@ -125,7 +125,7 @@ class AlarmStateMachine:
         return self._bed_policies.get(bed, self._policy)
 
     def set_policy(self, bed: BedKey, policy: AlarmPolicy) -> None:
-        """Use ``policy`` for ``bed`` from now on (see alerting.policy.override)."""
+        """Use ``policy`` for ``bed`` from now on (see eicu.alarms.policy.override)."""
         self._bed_policies[bed] = policy
 
     # -- queries
