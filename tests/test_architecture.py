@@ -97,9 +97,6 @@ KNOWN: dict[tuple[str, str, str], str] = {
     ("pure", "eicu.signal.cli_analyze", "argparse"): "step 7",
     ("pure", "eicu.signal.cli_verify", "argparse"): "step 7",
     ("pure", "eicu.scores.cli", "argparse"): "step 7",
-    # Services importing services: one backoff object, shared from the core.
-    ("service", "alerting.channels", "ingest.writer"): "step 1",
-    ("service", "alerting.store", "ingest.writer"): "step 1",
     # The engine no longer builds the alarm service.
     ("service", "ingest.engine", "alerting.channels"): "step 5",
     ("service", "ingest.engine", "alerting.escalation"): "step 5",
