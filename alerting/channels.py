@@ -30,13 +30,13 @@ from typing import Final, Protocol
 
 import aiohttp
 
-from alerting.model import Channel, Notification
 from eicu import bus, wire
+from eicu.alarm_model import Channel, Notification
+from eicu.backoff import Backoff
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import MqttSettings, SmtpSettings
 from eicu.errors import DeliveryError
 from eicu.models import BedKey
-from ingest.writer import Backoff
 
 log = logging.getLogger(__name__)
 # aiomqtt warns about every publish still awaiting its acknowledgement beyond a few; a burst of

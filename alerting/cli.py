@@ -1,7 +1,7 @@
 """``eicu alarms``: what the alarms cost the people who answer them.
 
 ``eicu alarms report [--outbox PATH] [--json]`` reads the outbox's audit trail (default:
-``EICU_OUTBOX_PATH``) and prints the alarm burden (see :mod:`alerting.report`).
+``EICU_OUTBOX_PATH``) and prints the alarm burden (see :mod:`eicu.alarms.report`).
 
 ``eicu alarms replay --database URL --from T1 --to T2 --policy FILE [--json]`` replays the
 numerics stored between T1 and T2 under the policy and, for comparison, under the default policy
@@ -68,7 +68,7 @@ def parse_time_us(text: str, option: str) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from alerting.outbox import Outbox
-    from alerting.report import burden, format_report
+    from eicu.alarms.report import burden, format_report
 
     path: Path = args.outbox or Settings.from_env().alerting.outbox_path
     if not path.is_file():
@@ -85,8 +85,8 @@ def _report(args: argparse.Namespace) -> int:
 async def _replay_both(
     url: str, policy_path: Path, start_us: int, end_us: int
 ) -> tuple[AlarmLoad, AlarmLoad]:
-    from alerting.policy import load_policy
     from alerting.replay import replay_store
+    from eicu.alarms.policy import load_policy
     from eicu.store import open_store
 
     policy, default = load_policy(policy_path), load_policy()

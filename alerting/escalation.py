@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,9 @@ from typing import Any, Final, cast, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.channels import DeliveryChannel
-from alerting.model import AlarmEvent, AlarmState, Channel, Notification, Priority
 from alerting.outbox import Outbox, event_id
+from eicu.alarm_model import AlarmEvent, AlarmState, Channel, Notification, Priority
+from eicu.backoff import Backoff
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import ConfigError, DeliveryError
 
@@ -250,6 +250,8 @@ class Dispatcher:
         # alarm in its state machine.
         self.on_acknowledged = on_acknowledged
         self._rota = rota
+        # Delivery retries: the attempt count is the outbox's (a notification's receipt).
+        self._retry = Backoff(rota.retry_min_s, rota.retry_max_s)
         self._outbox = outbox
         self._channels = dict(channels)
         self._clock = clock
@@ -530,8 +532,8 @@ class Dispatcher:
             attempts = record.attempts if record is not None else 1
             retry_at_us = None
             if exc.retryable:
-                delay_s = min(self._rota.retry_min_s * 2 ** (attempts - 1), self._rota.retry_max_s)
-                retry_at_us = self._now_us() + int(delay_s * random.uniform(0.5, 1.0) * 1e6)
+                delay_s = self._retry.delay_s(max(attempts, 1))
+                retry_at_us = self._now_us() + int(delay_s * 1e6)
             outcome = "retry" if exc.retryable else "refused"
             self.metrics.notifications.labels(channel=n.channel, outcome=outcome).inc()
             self._outbox.mark_failed(

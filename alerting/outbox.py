@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alerting.model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.models import BedKey
 

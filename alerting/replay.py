@@ -11,7 +11,7 @@ signal-quality conditions need the waveforms, and deterioration the score stage'
 tracker; they are not part of a replay. Nobody
 acknowledges anything in a replay, and it stops at the last stored value (a window's end after
 the data is not silence). The load is the number of alarms started, per kind and the highest
-priority each reached (see :func:`alerting.report.summarize`).
+priority each reached (see :func:`eicu.alarms.report.summarize`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alerting.model import AlarmCondition, AlarmEvent, Priority
-from alerting.policy import AlarmPolicy
-from alerting.report import summarize
-from alerting.rules import evaluate_bed
-from alerting.state import AlarmStateMachine
+from eicu.alarm_model import AlarmCondition, AlarmEvent, Priority
+from eicu.alarms.policy import AlarmPolicy
+from eicu.alarms.report import summarize
+from eicu.alarms.rules import evaluate_bed
+from eicu.alarms.state import AlarmStateMachine
 from eicu.errors import ScoreInputError
 from eicu.models import BedKey
 from eicu.scores import AssemblyPolicy, assemble_news2

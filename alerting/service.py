@@ -29,13 +29,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from alerting.model import AlarmCondition, AlarmEvent, AlarmState
 from alerting.outbox import Outbox
-from alerting.policy import AlarmPolicy, load_policy
-from alerting.ranking import events_most_urgent_first
-from alerting.report import BurdenReport, burden
-from alerting.rules import evaluate_bed
-from alerting.state import AlarmStateMachine
+from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState
+from eicu.alarms.policy import AlarmPolicy, load_policy
+from eicu.alarms.ranking import events_most_urgent_first
+from eicu.alarms.report import BurdenReport, burden
+from eicu.alarms.rules import DataTimes, evaluate_bed
+from eicu.alarms.state import AlarmStateMachine
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.models import AlarmAck, BedKey, Frame, NumericsFrame, StatusFrame
 
@@ -59,7 +59,7 @@ class AlarmMetrics:
         self.active = Gauge(
             "eicu_alarms_active", "Alarms not cleared, by priority", ["priority"], registry=registry
         )
-        # The alarm burden of the alarms started in the last BURDEN_WINDOW_S (alerting.report).
+        # The alarm burden of the alarms started in the last BURDEN_WINDOW_S (eicu.alarms.report).
         self.burden_alarms = Gauge(
             "eicu_alarm_burden_alarms",
             "Alarms started in the last 24 h, by bed, kind and highest priority",
@@ -99,7 +99,7 @@ class AlarmMetrics:
 
 
 class AlarmService:
-    """Runs the rules for every bed the engine knows; see :mod:`alerting.rules`."""
+    """Runs the rules for every bed the engine knows; see :mod:`eicu.alarms.rules`."""
 
     def __init__(
         self,
@@ -196,6 +196,16 @@ class AlarmService:
                     unacknowledged=self.machine.unacknowledged(bed),
                     clock_fault=state.clock_fault_at(now_us),
                     new_bed=state.new,
+                    times=DataTimes(
+                        status_us=state.status_us or None,
+                        last_data_us=state.last_data_us(),
+                        rhythm_us=dict(derived.rhythm_us) if derived else {},
+                        quality_us=dict(derived.quality_us) if derived else {},
+                        news2_us=scores.news2_us if scores else None,
+                        clock_fault_us=state.device_now_us(state.clock_fault_us)
+                        if state.clock_fault_us
+                        else None,
+                    ),
                 )
             except Exception:
                 # One bed's fault leaves that bed's alarms as they were, not every bed's.

@@ -17,8 +17,8 @@ from typing import Any
 import psycopg
 
 from alerting.outbox import DeliveryRecord, Outbox, StoredEvent
+from eicu.backoff import Backoff
 from eicu.errors import StorageUnavailable
-from ingest.writer import Backoff
 
 log = logging.getLogger(__name__)
 

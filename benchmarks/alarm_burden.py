@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alerting.policy import AlarmPolicy, load_policy
+from eicu.alarms.policy import AlarmPolicy, load_policy
 from eicu.models import BedKey
 from ingest.offline import physiological_alarm_starts
 from simulators.beds import SynthGroup

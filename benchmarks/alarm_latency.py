@@ -59,7 +59,7 @@ def _rota() -> dict[str, object]:
 
 def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
     """Runs the engine until ``workdir/stop`` appears, then prints its receipts and CPU time."""
-    from alerting.model import AlarmState
+    from eicu.alarm_model import AlarmState
     from eicu.config import AdmissionSettings, AlertingSettings, IngestSettings, MqttSettings
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -347,7 +347,7 @@ def percentile(values: list[float], q: float) -> float:
 def run(args: argparse.Namespace) -> dict[str, object]:
     import psutil
 
-    from alerting.policy import load_policy
+    from eicu.alarms.policy import load_policy
     from eicu.devservices import Mosquitto, Postgres
 
     delay_s = load_policy().condition(CONDITION).delay_s

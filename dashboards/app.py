@@ -28,13 +28,13 @@ from fastapi.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from alerting.model import AlarmState
 from alerting.service import AlarmService
-from alerting.state import Alarm
 from dashboards import consult, review, views
 from dashboards.census import CensusFeed, engine_status
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import UNSET, Permission, User, UserError, Users, checked_user
+from eicu.alarm_model import AlarmState
+from eicu.alarms.state import Alarm
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.config import HttpSettings, IceServer
 from eicu.exposition import bearer_ok, exposition

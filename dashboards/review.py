@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from alerting.model import AlarmEvent, AlarmState
+from eicu.alarm_model import AlarmEvent, AlarmState
 from eicu.models import BedKey
 from eicu.signal.events import Beat, RhythmFlag
 from eicu.signal.pipeline import BedSignalPipeline

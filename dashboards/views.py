@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from alerting.model import AlarmEvent, AlarmState
-from alerting.policy import AlarmPolicy, load_policy
-from alerting.ranking import PolicyFor, headlines, most_urgent_first
-from alerting.state import Alarm
+from eicu.alarm_model import AlarmEvent, AlarmState
+from eicu.alarms.policy import AlarmPolicy, load_policy
+from eicu.alarms.ranking import PolicyFor, headlines, most_urgent_first
+from eicu.alarms.state import Alarm
 from eicu.codes import BY_KEY as PARAM_BY_KEY
 from eicu.freshness import stale_after_s
 from eicu.models import BedKey
@@ -172,7 +172,7 @@ def live_alarms(
     policy_for: PolicyFor | None = None,
 ) -> list[dict[str, Any]]:
     """The alarms not yet cleared (of one bed, if given), most urgent first
-    (:mod:`alerting.ranking`: priority, unacknowledged, clinical severity)."""
+    (:mod:`eicu.alarms.ranking`: priority, unacknowledged, clinical severity)."""
     chosen = [a for a in alarms if a.state != AlarmState.CLEARED and (bed is None or a.bed == bed)]
     ranked = most_urgent_first(chosen, policy_for or default_policy_for)
     return [alarm_view(a, now_us) for a in ranked]
@@ -226,7 +226,7 @@ def census(
     first, then beds with an acknowledged one (each group in the order of their headline
     alarms: the most severe condition first), then the most acute by NEWS2.
 
-    A bed's ``alarm`` (its headline) is its most urgent live alarm (:mod:`alerting.ranking`).
+    A bed's ``alarm`` (its headline) is its most urgent live alarm (:mod:`eicu.alarms.ranking`).
     ``alarms`` is None when the engine runs no alarm service: the rows then say so."""
     top: dict[BedKey, dict[str, Any]] = {}
     place: dict[str, int] = {}  # a bed's place in the order of the headlines

@@ -23,10 +23,10 @@ from ingest.writer import StoreWriter
 if TYPE_CHECKING:
     from alerting.channels import DeliveryChannel
     from alerting.escalation import Dispatcher
-    from alerting.model import AlarmEvent
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
     from alerting.store import AlarmStore
+    from eicu.alarm_model import AlarmEvent
 
 log = logging.getLogger(__name__)
 

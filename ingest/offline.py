@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from alerting.model import AlarmEvent, AlarmState, Category
-from alerting.policy import AlarmPolicy
-from alerting.state import AlarmStateMachine
+from eicu.alarm_model import AlarmEvent, AlarmState, Category
+from eicu.alarms.policy import AlarmPolicy
+from eicu.alarms.state import AlarmStateMachine
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import NumericsFrame
 from eicu.store import open_store

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BedScores:
     news2: ScoreResult | None = None
+    news2_us: int | None = None  # device time of the numerics the NEWS2 score was assembled at
     deterioration: DeteriorationSignal | None = None
     tracker: DeteriorationTracker | None = None
     invalid: str | None = None  # why the last assembly failed, if it did
@@ -49,6 +50,7 @@ class ScoreStage:
             scores.invalid = str(exc)
             return
         scores.news2 = result
+        scores.news2_us = frame.ts_us
         scores.invalid = None
         try:
             hr = frame.values.get("HR")

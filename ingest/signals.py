@@ -50,7 +50,9 @@ class Derived:
     hr_bpm: dict[str, float] = field(default_factory=dict)  # per signal: median rate, latest beat
     hr_time_us: dict[str, int] = field(default_factory=dict)
     rhythms: dict[str, RhythmFlag] = field(default_factory=dict)  # active flags by label
+    rhythm_us: dict[str, int] = field(default_factory=dict)  # device time each flag started
     quality: dict[str, str] = field(default_factory=dict)  # per signal verdict
+    quality_us: dict[str, int] = field(default_factory=dict)  # device time each verdict started
     beats: int = 0
     ventricular_beats: int = 0
     events: list[object] = field(default_factory=list)  # recent events, newest last (bounded)
@@ -138,9 +140,13 @@ class SignalStage:
         elif isinstance(ev, RhythmFlag):
             if ev.state == "start":
                 d.rhythms[ev.label] = ev
+                d.rhythm_us[ev.label] = origin_us + round(ev.sample * 1e6 / fs_hz)
             else:
                 d.rhythms.pop(ev.label, None)
+                d.rhythm_us.pop(ev.label, None)
         elif isinstance(ev, Quality):
+            if d.quality.get(ev.signal) != ev.verdict:
+                d.quality_us[ev.signal] = origin_us + round(ev.sample * 1e6 / fs_hz)
             d.quality[ev.signal] = ev.verdict
         d.events.append(ev)
         if len(d.events) > self._max_events:

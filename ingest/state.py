@@ -122,6 +122,7 @@ class SignalState:
 class BedState:
     bed: BedKey
     status: str = "unknown"  # online, offline, standby, unknown
+    status_us: int = 0  # device time of the message that set the status
     gateway: str | None = None
     last_seen_us: int = 0  # receive time of the latest message
     first_seen_us: int = 0  # receive time of the first message
@@ -152,6 +153,12 @@ class BedState:
     # An auto-registered bed not yet confirmed by a stream (ingest.admission): its bed-level
     # technical conditions (no data, offline, standby, device clock) raise no alarm.
     new: bool = False
+
+    def last_data_us(self) -> int | None:
+        """Device time of the bed's newest sample, numerics or waveform (None before any)."""
+        times = [ts_us for _, ts_us in self.latest.values()]
+        times.extend(sig.last_t_us for sig in self.signals.values() if sig.last_t_us)
+        return max(times) if times else None
 
     def is_stale(self, now_us: int, max_silence_s: float = 10.0) -> bool:
         return now_us - self.last_seen_us > max_silence_s * 1e6
@@ -392,6 +399,7 @@ class BedRouter:
     def _seen(self, state: BedState, received_us: int, device_us: int, n: int, kind: str) -> None:
         if state.status in ("unknown", "offline"):
             state.status = "online"
+            state.status_us = device_us
         skew = device_us - received_us
         if state.messages == 0:
             state.first_seen_us = received_us
@@ -426,6 +434,12 @@ class BedRouter:
             state = self.bed(BedKey(frame.site, bed))
             if frame.gateway is not None:
                 state.gateway = frame.gateway
+            if state.status != frame.state:
+                state.status_us = (
+                    frame.ts_us
+                    if frame.ts_us is not None
+                    else state.device_now_us(frame.received_us)
+                )
             state.status = frame.state
             state.standby_until_us = standby_until_us
         self._update_bed_gauge()

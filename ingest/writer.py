@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from eicu.backoff import Backoff
 from eicu.config import IngestSettings
 from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
@@ -27,29 +26,6 @@ from eicu.store import Store
 from ingest.spool import Spool
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Backoff:
-    """Jittered exponential backoff: 0.5 s, 1 s, 2 s ... up to ``max_s``, each drawn from
-    [delay/2, delay] so that many engines do not retry in step."""
-
-    min_s: float = 0.5
-    max_s: float = 10.0
-    factor: float = 2.0
-    _delay_s: float = field(default=0.0, init=False)
-    attempts: int = field(default=0, init=False)
-
-    def next_s(self) -> float:
-        self._delay_s = (
-            self.min_s if self._delay_s == 0 else min(self._delay_s * self.factor, self.max_s)
-        )
-        self.attempts += 1
-        return self._delay_s * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self._delay_s = 0.0
-        self.attempts = 0
 
 
 # Rough bytes a frame holds in memory beyond its samples and payload (objects, dict entries).

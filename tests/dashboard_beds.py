@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from alerting.policy import DEFAULT_PATH, AlarmPolicy, parse_policy
+from eicu.alarms.policy import DEFAULT_PATH, AlarmPolicy, parse_policy
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame
 from eicu.store import open_store

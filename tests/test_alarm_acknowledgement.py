@@ -15,9 +15,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from alerting.model import AlarmState
-from alerting.policy import load_policy, override
 from eicu import wire
+from eicu.alarm_model import AlarmState
+from eicu.alarms.policy import load_policy, override
 from eicu.clock import SYSTEM_CLOCK, Clock, ManualClock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from alerting.policy import AlarmPolicy, load_policy
+from eicu.alarms.policy import AlarmPolicy, load_policy
 from eicu.models import BedKey
 from ingest.offline import physiological_alarm_starts
 from simulators.beds import SynthGroup

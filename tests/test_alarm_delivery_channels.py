@@ -22,8 +22,8 @@ from alerting.channels import (
     email_text,
 )
 from alerting.escalation import Dispatcher, Rota
-from alerting.model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
 from alerting.outbox import Outbox
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
 from eicu.clock import ManualClock
 from eicu.config import AlertingSettings, MqttSettings, Secret, Settings
 from eicu.devservices import Mosquitto, free_port

@@ -17,9 +17,9 @@ import pytest
 
 from alerting.channels import EmailChannel, MqttChannel, SmtpSettings, WebhookChannel
 from alerting.escalation import Dispatcher, Rota
-from alerting.model import AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
 from alerting.store import AlarmStore, run_copy
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
 from eicu.clock import ManualClock
 from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, Postgres

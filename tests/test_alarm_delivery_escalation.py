@@ -14,8 +14,8 @@ import pytest
 
 from alerting.channels import DeliveryChannel, WebhookChannel
 from alerting.escalation import Dispatcher, Rota
-from alerting.model import AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
 from eicu.clock import ManualClock
 from eicu.devservices import free_port
 from eicu.errors import ConfigError

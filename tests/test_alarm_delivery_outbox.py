@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerting.model import AlarmEvent, AlarmState, Category, Notification, Priority
 from alerting.outbox import Outbox
 from alerting.store import AlarmStore
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Notification, Priority
 from eicu.devservices import Postgres
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from alerting.model import AlarmState, Notification
 from alerting.outbox import Outbox
+from eicu.alarm_model import AlarmState, Notification
 from eicu.clock import SYSTEM_CLOCK, Clock, ManualClock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerting.policy import load_policy, override
 from alerting.store import AlarmStore
+from eicu.alarms.policy import load_policy, override
 from eicu.config import IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto, Postgres
 from eicu.models import BedKey, NumericsFrame

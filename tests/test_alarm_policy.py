@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from alerting.model import Category, Priority
-from alerting.policy import (
+from eicu.alarm_model import Category, Priority
+from eicu.alarms.policy import (
     DEFAULT_PATH,
     PolicyChange,
     load_policy,

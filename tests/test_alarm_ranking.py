@@ -14,7 +14,8 @@ import pytest
 
 from alerting.channels import Receipt
 from alerting.escalation import Dispatcher, Rota
-from alerting.model import (
+from alerting.outbox import Outbox
+from eicu.alarm_model import (
     AlarmCondition,
     AlarmEvent,
     AlarmState,
@@ -22,11 +23,10 @@ from alerting.model import (
     Notification,
     Priority,
 )
-from alerting.outbox import Outbox
-from alerting.policy import DEFAULT_PATH, AlarmPolicy, load_policy, parse_policy
-from alerting.ranking import events_most_urgent_first, headlines, most_urgent_first
-from alerting.rules import RHYTHM_CHAINS
-from alerting.state import Alarm, AlarmStateMachine
+from eicu.alarms.policy import DEFAULT_PATH, AlarmPolicy, load_policy, parse_policy
+from eicu.alarms.ranking import events_most_urgent_first, headlines, most_urgent_first
+from eicu.alarms.rules import RHYTHM_CHAINS
+from eicu.alarms.state import Alarm, AlarmStateMachine
 from eicu.clock import ManualClock
 from eicu.errors import AlarmPolicyError
 from eicu.models import BedKey

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from alerting.policy import DEFAULT_PATH, load_policy
 from alerting.replay import Replay, replay, replay_store
 from eicu import cli
+from eicu.alarms.policy import DEFAULT_PATH, load_policy
 from eicu.models import Batch, BedKey, NumericsFrame
 from eicu.store.sqlite import SqliteStore
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from alerting.model import AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
-from alerting.report import burden
 from alerting.service import AlarmService
 from eicu import cli
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
+from eicu.alarms.report import burden
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey
 from eicu.store.sqlite import SqliteStore

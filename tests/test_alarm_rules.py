@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerting.model import AlarmCondition, Category, Priority
-from alerting.policy import load_policy, override
-from alerting.rules import (
+from eicu.alarm_model import AlarmCondition, Category, Priority
+from eicu.alarms.policy import load_policy, override
+from eicu.alarms.rules import (
     RuleOutput,
     bed_conditions,
     evaluate_bed,

@@ -7,10 +7,10 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
-from alerting.model import AlarmEvent, AlarmState, Priority
 from alerting.outbox import Outbox
-from alerting.policy import load_policy, override
 from alerting.service import INPUT_DELAY_TOLERANCE_S, AlarmService
+from eicu.alarm_model import AlarmEvent, AlarmState, Priority
+from eicu.alarms.policy import load_policy, override
 from eicu.clock import ManualClock
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import BedKey, NumericsFrame
@@ -241,3 +241,47 @@ def test_a_bed_that_cannot_be_evaluated_costs_the_others_nothing(tmp_path: Path)
     errors = engine.metrics.registry.get_sample_value("eicu_alarm_evaluation_errors_total")
     assert errors == 30
     service.outbox.close()
+
+
+def _run_late(
+    engine: Engine, service: AlarmService, group: SynthGroup, seconds: float, lag_us: int
+) -> None:
+    """As :func:`_run`, but every message arrives ``lag_us`` after its device time and the beds
+    are judged half a second later in each second, twice."""
+    for _ in range(int(seconds / 0.25)):
+        now_us = 0
+        for _bed, frame, numerics, on in group.tick(0.25):
+            if not on:
+                continue
+            for f in (numerics, frame):
+                if f is not None:
+                    rx = (getattr(f, "t0_us", None) or getattr(f, "ts_us", 0)) + lag_us
+                    now_us = max(now_us, rx)
+                    engine.router.route(dataclasses.replace(f, received_us=rx))
+        if now_us and (now_us - T0 - lag_us) % 1_000_000 >= 500_000:
+            service.evaluate(now_us)
+
+
+def test_two_engines_fed_the_same_data_raise_the_same_alarm_ids(tmp_path: Path) -> None:
+    """One engine judges as the data comes; the other receives it 3.3 s later and judges at
+    other moments: the alarms they raise have the same ids, named after the data."""
+    beds = [BedKey("s", "vt"), BedKey("s", "probe"), BedKey("s", "sepsis")]
+    ids: list[set[str]] = []
+    for name, lag_us in (("prompt", 0), ("late", 3_300_000)):
+        engine = _engine(tmp_path / name)
+        outbox = Outbox(tmp_path / name / "alarms.db")
+        service = AlarmService(engine, outbox)
+        group = SynthGroup(beds, ["vt", "spo2_off", "sepsis"], [2, 3, 4], T0)
+        if lag_us:
+            _run_late(engine, service, group, 150.0, lag_us)
+        else:
+            _run(engine, service, group, 150.0)
+        ids.append({e.event.alarm_id for e in outbox.events()})
+        outbox.close()
+    prompt, late = ids
+    assert any("/VTACH/" in i for i in prompt) and any("/SPO2_PROBE_OFF/" in i for i in prompt)
+    assert prompt == late
+    # Each id is site/bed/kind/onset with the onset on the bed's clock (the simulation's).
+    for i in prompt:
+        site, _bed, kind, onset = i.split("/")
+        assert (site, kind.isupper()) == ("s", True) and T0 <= int(onset) <= T0 + 150_000_000

@@ -15,8 +15,8 @@ import aiomqtt
 import pytest
 
 from alerting.channels import MqttChannel
-from alerting.model import Notification
 from eicu import bus, wire
+from eicu.alarm_model import Notification
 from eicu.brokerauth import BrokerAuth, listener_settings, password_hash
 from eicu.config import IngestSettings, MqttSettings, Secret, Settings
 from eicu.devservices import Mosquitto

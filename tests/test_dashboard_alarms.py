@@ -11,13 +11,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
 from alerting.outbox import Outbox
 from alerting.service import AlarmService
-from alerting.state import Alarm
 from dashboards import views
 from dashboards.app import create_app
 from dashboards.users import Role, Users
+from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
+from eicu.alarms.state import Alarm
 from eicu.config import HttpSettings
 from eicu.models import BedKey
 from ingest.engine import Engine
@@ -309,7 +309,7 @@ async def test_the_alarm_service_hands_on_the_most_severe_alarm_first(
     report the low heart rate first: the service records and hands on the asystole first (its
     page is the first sent)."""
     from alerting import service as service_module
-    from alerting.rules import RuleOutput
+    from eicu.alarms.rules import RuleOutput
 
     bed = BedKey("icu1", "bed1")
     t0 = now_us()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from alerting.model import AlarmEvent, AlarmState, Category, Priority
 from dashboards import review
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
 from eicu.models import BedKey
 from eicu.store.base import WaveformWindow
 from simulators.synth import BedSynth

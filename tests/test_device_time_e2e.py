@@ -14,9 +14,9 @@ import aiomqtt
 import psycopg
 import pytest
 
-from alerting.model import AlarmState
-from alerting.policy import load_policy, override
 from eicu import wire
+from eicu.alarm_model import AlarmState
+from eicu.alarms.policy import load_policy, override
 from eicu.codes import BY_CODE
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto

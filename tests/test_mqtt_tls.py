@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from alerting.channels import MqttChannel
-from alerting.model import Notification
 from eicu import bus
+from eicu.alarm_model import Notification
 from eicu.brokerauth import BrokerAuth, ListenerTls, listener_settings
 from eicu.config import IngestSettings, MqttSettings, Settings
 from eicu.devservices import Mosquitto

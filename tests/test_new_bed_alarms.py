@@ -12,9 +12,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from alerting.policy import load_policy
-from alerting.rules import RuleOutput, evaluate_bed
 from eicu import wire
+from eicu.alarms.policy import load_policy
+from eicu.alarms.rules import RuleOutput, evaluate_bed
 from eicu.config import AdmissionSettings, AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.metrics import IngestMetrics

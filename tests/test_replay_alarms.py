@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from alerting.model import AlarmEvent, AlarmState
 from alerting.outbox import Outbox
 from alerting.service import AlarmService
+from eicu.alarm_model import AlarmEvent, AlarmState
 from eicu.config import IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey, WaveformFrame

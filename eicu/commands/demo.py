@@ -297,10 +297,10 @@ def _rhythm(derived: object) -> str:
 
 
 def _alarms_by_bed(engine: object) -> dict[object, str]:
-    """Each bed's live alarms, most urgent first (alerting.ranking; ``!!!`` high, ``!!``
+    """Each bed's live alarms, most urgent first (eicu.alarms.ranking; ``!!!`` high, ``!!``
     medium, ``!`` low)."""
-    from alerting.model import AlarmState
-    from alerting.ranking import most_urgent_first
+    from eicu.alarm_model import AlarmState
+    from eicu.alarms.ranking import most_urgent_first
 
     service = getattr(engine, "alarms", None)
     if service is None:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import urllib.parse
 from collections.abc import Awaitable
@@ -21,6 +20,7 @@ import aiohttp
 from aiortc import RTCDataChannel, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from eicu.backoff import Backoff
 from eicu.config import IceServer, Secret, VideoSettings, parse_ice_servers
 from eicu.errors import ConfigError, EicuError
 from eicu.video.media import FrameMeter, LocalMedia, MeteredTrack, consume, open_local_media
@@ -78,23 +78,6 @@ def recording_path(template: Path, call_id: Any) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
-
-
-class Backoff:
-    """Exponential delays from ``min_s`` to ``max_s``, each shortened by up to a fifth at
-    random so that carts restarted together do not reconnect in lockstep."""
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self.min_s, self.max_s = min_s, max_s
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.max_s, self.min_s * 2.0**self.attempt)
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Call:
@@ -282,7 +265,8 @@ class CartAgent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Stay registered until ``stop`` is set, reconnecting with backoff."""
         stop = stop or asyncio.Event()
-        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        # Delays shortened by up to a fifth at random: carts restarted together spread out.
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s, jitter=0.2)
         timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_connect=15, sock_read=None)
         async with aiohttp.ClientSession(
             cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout
@@ -309,7 +293,7 @@ class CartAgent:
                     backoff.reset()
                 if stop.is_set():
                     break
-                delay = backoff.next()
+                delay = backoff.next_s()
                 log.info("reconnecting in %.2f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)

@@ -1,7 +1,7 @@
 """The alarm state machine: one alarm at most per (bed, condition kind), driven by conditions,
 acknowledgements, audio pauses and time. Deterministic: time comes only from ``now_us``.
 
-Life of an alarm (states from :class:`alerting.model.AlarmState`):
+Life of an alarm (states from :class:`eicu.alarm_model.AlarmState`):
 
 - A condition reported present starts a pending onset. The alarm starts (ACTIVE) once the
   condition has stayed present for the condition's ``delay_s``; a pending condition reported
@@ -23,7 +23,16 @@ Life of an alarm (states from :class:`alerting.model.AlarmState`):
   ``audio_pause_max_s``; when the pause ends and the alarm is still unacknowledged it sounds
   again (an event says so).
 
-Every change yields an :class:`alerting.model.AlarmEvent` naming who made it and when.
+Every change yields an :class:`eicu.alarm_model.AlarmEvent` naming who made it and when.
+
+An alarm's id comes from its data: ``{site}/{bed}/{kind}/{onset_us}``, where ``onset_us`` is the
+``time_us`` (the bed-clock time of the data) of the condition report that began the episode: the
+first present report after the condition was absent (or, for SatSeconds, after its index was
+back at zero). The same reports give the same ids in any process and whenever they are judged;
+``observe`` of reports already seen changes nothing. An episode that begins after an alarm of the
+same bed and kind has ended is a new alarm with a new id: should its onset not be later than the
+last alarm's (a device clock set back, a rhythm given back by a more serious one), it takes the
+microsecond after.
 """
 
 from __future__ import annotations
@@ -33,8 +42,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from alerting.model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
-from alerting.policy import PRIORITY_RANK, AlarmPolicy, ConditionPolicy, parse_policy
+from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
+from eicu.alarms.policy import PRIORITY_RANK, AlarmPolicy, ConditionPolicy, parse_policy
 from eicu.models import BedKey
 
 SNAPSHOT_FORMAT: Final = 1
@@ -91,6 +100,7 @@ class _Track:
     """One (bed, kind): the pending onset and, once started, the alarm."""
 
     onset_us: int | None = None  # first report of the current run of present reports
+    episode_us: int | None = None  # data time of the report that began the episode (the id)
     last_us: int | None = None  # the latest report (sat_seconds: present or not)
     last_value: float | None = None
     area: float = 0.0  # sat_seconds: the limit-violation index, in unit·s
@@ -106,6 +116,12 @@ class _Track:
         )
 
 
+def alarm_id(bed: BedKey, kind: str, onset_us: int) -> str:
+    """The id of the alarm of ``kind`` on ``bed`` whose episode began with data at ``onset_us``
+    (bed clock): ``{site}/{bed}/{kind}/{onset_us}``."""
+    return f"{bed}/{kind}/{onset_us}"
+
+
 class AlarmStateMachine:
     """All alarms of all beds. ``policy`` applies to every bed without one of its own."""
 
@@ -115,6 +131,8 @@ class AlarmStateMachine:
         self._policy = policy
         self._bed_policies: dict[BedKey, AlarmPolicy] = dict(bed_policies or {})
         self._tracks: dict[tuple[BedKey, str], _Track] = {}
+        # The onset of the latest alarm of each (bed, kind), so that a new episode's id is new.
+        self._last_onset: dict[tuple[BedKey, str], int] = {}
         self._now_us: int | None = None
         # No audio pause ends before this (None: no pause), so a tick is cheap when none is due.
         self._pause_due_us: int | None = None
@@ -125,7 +143,7 @@ class AlarmStateMachine:
         return self._bed_policies.get(bed, self._policy)
 
     def set_policy(self, bed: BedKey, policy: AlarmPolicy) -> None:
-        """Use ``policy`` for ``bed`` from now on (see alerting.policy.override)."""
+        """Use ``policy`` for ``bed`` from now on (see eicu.alarms.policy.override)."""
         self._bed_policies[bed] = policy
 
     # -- queries
@@ -301,6 +319,7 @@ class AlarmStateMachine:
                     "bed": str(bed),
                     "kind": kind,
                     "onset_us": t.onset_us,
+                    "episode_us": t.episode_us,
                     "last_us": t.last_us,
                     "last_value": t.last_value,
                     "area": t.area,
@@ -330,6 +349,10 @@ class AlarmStateMachine:
                 {"bed": str(bed), "policy": p.to_dict()} for bed, p in self._bed_policies.items()
             ],
             "tracks": tracks,
+            "last_onsets": [
+                {"bed": str(bed), "kind": kind, "onset_us": onset_us}
+                for (bed, kind), onset_us in self._last_onset.items()
+            ],
         }
 
     @classmethod
@@ -342,6 +365,8 @@ class AlarmStateMachine:
             {BedKey.parse(e["bed"]): parse_policy(e["policy"]) for e in data["bed_policies"]},
         )
         machine._now_us = data["now_us"]
+        for e in data.get("last_onsets", ()):
+            machine._last_onset[(BedKey.parse(e["bed"]), e["kind"])] = e["onset_us"]
         for e in data["tracks"]:
             raw = e["alarm"]
             alarm = None
@@ -361,6 +386,7 @@ class AlarmStateMachine:
                 )
             machine._tracks[(BedKey.parse(e["bed"]), e["kind"])] = _Track(
                 onset_us=e["onset_us"],
+                episode_us=e.get("episode_us", e["onset_us"]),
                 last_us=e["last_us"],
                 last_value=e["last_value"],
                 area=e["area"],
@@ -380,6 +406,8 @@ class AlarmStateMachine:
     ) -> list[AlarmEvent]:
         a = t.alarm
         if a is None:
+            if t.episode_us is None:
+                t.episode_us = c.time_us
             if cp.sat_seconds is not None:
                 self._sat_seconds(cp, t, now_us, c.value, present=True)
             elif t.onset_us is None:
@@ -398,8 +426,13 @@ class AlarmStateMachine:
                 why = f"present for {(now_us - t.onset_us) / 1e6:g} s"
             if not due:
                 return []
+            onset_us = c.time_us if t.episode_us is None else t.episode_us
+            last_us = self._last_onset.get((c.bed, c.kind))
+            if last_us is not None and onset_us <= last_us:
+                onset_us = t.episode_us = last_us + 1
+            self._last_onset[(c.bed, c.kind)] = onset_us
             t.alarm = a = _Alarm(
-                alarm_id=f"{c.bed}/{c.kind}/{now_us}",
+                alarm_id=alarm_id(c.bed, c.kind, onset_us),
                 category=c.category,
                 priority=c.priority,
                 state=AlarmState.ACTIVE,
@@ -433,8 +466,10 @@ class AlarmStateMachine:
         if a is None:
             if cp.sat_seconds is not None and c.value is not None:
                 self._sat_seconds(cp, t, now_us, c.value, present=False)
+                if t.area == 0.0 and not t.violations:
+                    t.episode_us = None
             else:
-                t.onset_us = t.last_us = t.last_value = None
+                t.onset_us = t.episode_us = t.last_us = t.last_value = None
                 t.area = 0.0
                 t.violations = []
             return []
@@ -459,7 +494,7 @@ class AlarmStateMachine:
 
     def _forget(self, bed: BedKey, kind: str, t: _Track) -> None:
         t.alarm = None
-        t.onset_us = t.last_us = t.last_value = None
+        t.onset_us = t.episode_us = t.last_us = t.last_value = None
         t.area = 0.0
         t.violations = []
         self._tracks.pop((bed, kind), None)

@@ -1,6 +1,6 @@
 """The alarm policy: which conditions raise alarms, with what priority, limits, delays and latching.
 
-A policy is versioned data (``alerting/policies/default-v2.json``), checked on load; errors name
+A policy is versioned data (``eicu/alarms/policies/default-v2.json``), checked on load; errors name
 the bad entry. Each condition names the rule that detects it:
 
 - ``vital``: a numeric parameter beyond a limit (``direction`` ``above`` or ``below``); the first
@@ -8,7 +8,7 @@ the bad entry. Each condition names the rule that detects it:
   ``escalate`` (a second limit beyond the first and the priority it raises the alarm to),
   ``clear_hysteresis`` (the value must come back inside the limit by this much to clear),
   ``sat_seconds`` (SpO2: the alarm starts when the SatSeconds limit-violation index, in %·s,
-  reaches the budget, instead of after ``delay_s``; see alerting.state) and ``unavailable``
+  reaches the budget, instead of after ``delay_s``; see eicu.alarms.state) and ``unavailable``
   (the technical condition raised when the parameter is monitored but its value is missing or
   stale).
 - ``news2``: the NEWS2 clinical-risk band reaches ``band``.
@@ -20,7 +20,7 @@ the bad entry. Each condition names the rule that detects it:
   technical conditions.
 
 ``severity`` (optional) lists condition kinds from the clinically most to the least severe: within
-a priority, alarms are shown, sounded and paged in this order (:mod:`alerting.ranking`). Kinds it
+a priority, alarms are shown, sounded and paged in this order (:mod:`eicu.alarms.ranking`). Kinds it
 does not list follow those it lists, in the default order (:func:`default_severity`); every
 physiological condition ranks above every technical one whatever the list says.
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 
-from alerting.model import Category, Priority
+from eicu.alarm_model import Category, Priority
 from eicu.errors import AlarmPolicyError
 from eicu.models import BedKey
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from alerting.model import AlarmEvent, AlarmState, Priority
+from eicu.alarm_model import AlarmEvent, AlarmState, Priority
 
 ENGINE_ACTOR = "engine"
 _RANK = {Priority.LOW: 0, Priority.MEDIUM: 1, Priority.HIGH: 2}

@@ -9,16 +9,24 @@ at the bedside, for a limited time) reports ``BED_STANDBY`` and ends the technic
 its measurements, but fresh values are live data and their physiological conditions still count.
 
 A parameter key that a bed has never sent is not monitored on that bed and raises nothing.
+
+A condition's ``time_us`` is the bed-clock time of the data that shows it, never the moment it
+was judged, so the same data gives the same conditions whenever and wherever they are judged (the
+alarm state machine names an alarm after the time of the condition that started it): a value's
+time; for a value that is missing, when the value went missing (a report without a value, or the
+last value's time plus its ``max_age_s``); for rhythm flags, signal quality, status, NEWS2 and
+the bed's silence, the times in :class:`DataTimes`. Where a time is not known, the judgement time
+``now_us`` stands in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from alerting.model import AlarmCondition
-from alerting.policy import NEWS2_BANDS, AlarmPolicy, ConditionPolicy
+from eicu.alarm_model import AlarmCondition
+from eicu.alarms.policy import NEWS2_BANDS, AlarmPolicy, ConditionPolicy
 from eicu.models import BedKey
 
 # Signal-quality verdicts that mean no usable signal at all.
@@ -73,6 +81,21 @@ class DeteriorationLike(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class DataTimes:
+    """Bed-clock times of the data behind the conditions that have no value of their own."""
+
+    status_us: int | None = None  # the status message that set the bed's current status
+    last_data_us: int | None = None  # the newest sample of any kind (data_stale counts from it)
+    rhythm_us: Mapping[str, int] = field(default_factory=dict)  # first sample of each flag
+    quality_us: Mapping[str, int] = field(default_factory=dict)  # start of each signal's verdict
+    news2_us: int | None = None  # the numerics the NEWS2 score was assembled at
+    clock_fault_us: int | None = None  # the message that showed the device-clock fault
+
+
+NO_TIMES = DataTimes()
+
+
+@dataclass(frozen=True, slots=True)
 class Suppressed:
     """A condition a rule found but multi-signal verification called false: it does not sound."""
 
@@ -98,6 +121,22 @@ def _fresh(
     return value, ts_us
 
 
+def _missing_since(
+    latest: Mapping[str, tuple[float | None, int]], policy: AlarmPolicy, keys: Iterable[str]
+) -> int | None:
+    """When the last of ``keys`` that a bed sends went missing (bed clock): the time of a report
+    without a value, or the last value's time plus its ``max_age_s``."""
+    since: int | None = None
+    for key in keys:
+        entry = latest.get(key)
+        if entry is None:
+            continue
+        value, ts_us = entry
+        at_us = ts_us if value is None else ts_us + round(policy.max_age_s[key] * 1e6)
+        since = at_us if since is None else max(since, at_us)
+    return since
+
+
 def _monitored(latest: Mapping[str, tuple[float | None, int]], c: ConditionPolicy) -> bool:
     return any(key in latest for key in c.params)
 
@@ -114,6 +153,7 @@ def vital_conditions(
     age_at = now_us if clock_us is None else clock_us
     out: list[AlarmCondition] = []
     unavailable: dict[str, bool] = {}
+    keys: dict[str, list[str]] = {}  # the parameters of each 'unavailable' condition
     for c in policy.conditions.values():
         if c.rule != "vital" or not _monitored(latest, c):
             continue
@@ -127,6 +167,7 @@ def vital_conditions(
         )
         if c.unavailable is not None:
             unavailable[c.unavailable] = unavailable.get(c.unavailable, False) or found is None
+            keys.setdefault(c.unavailable, []).extend(c.params)
         if found is None or c.limit is None:
             continue  # unknown: neither present nor ended
         key, (value, ts_us) = found
@@ -158,17 +199,19 @@ def vital_conditions(
             unavailable[c.kind] = all(
                 _fresh(latest, policy, key, age_at) is None for key in c.params
             )
+            keys[c.kind] = list(c.params)
     for kind, missing in unavailable.items():
         c = policy.condition(kind)
         if c.rule == "spo2_probe":
             continue  # reported by probe_conditions, which also looks at the pleth
+        since = _missing_since(latest, policy, keys.get(kind, c.params)) if missing else None
         out.append(
             AlarmCondition(
                 bed=bed,
                 kind=kind,
                 category=c.category,
                 priority=c.priority,
-                time_us=now_us,
+                time_us=now_us if since is None else since,
                 present=missing,
                 detail=f"no fresh value of {' or '.join(c.params)}" if missing else "",
             )
@@ -183,18 +226,26 @@ def probe_conditions(
     latest: Mapping[str, tuple[float | None, int]],
     quality: Mapping[str, str],
     clock_us: int | None = None,
+    quality_us: Mapping[str, int] | None = None,
 ) -> list[AlarmCondition]:
     """``lead_off``: every ECG lead without signal; ``spo2_probe``: no SpO2 value or no pleth.
-    Ages are judged at ``clock_us`` on the device's clock (default ``now_us``)."""
+    Ages are judged at ``clock_us`` on the device's clock (default ``now_us``); ``quality_us``
+    is when each signal's verdict started (bed clock)."""
     age_at = now_us if clock_us is None else clock_us
+    since_of = quality_us or {}
     out: list[AlarmCondition] = []
     for c in policy.conditions.values():
+        since: list[int | None] = []  # when each reason for the condition began
         if c.rule == "lead_off":
             leads = {k: v for k, v in quality.items() if k.startswith("ECG")}
             if not leads:
                 continue
             off = all(v in NO_SIGNAL for v in leads.values())
             detail = ", ".join(f"{k} {v}" for k, v in sorted(leads.items())) if off else ""
+            times = [since_of.get(k) for k in leads]
+            # Off once the last lead lost its signal.
+            known = [t for t in times if t is not None]
+            since = [max(known)] if off and known and len(known) == len(times) else []
         elif c.rule == "spo2_probe":
             pleth = quality.get("PLETH")
             if "SPO2" not in latest and pleth is None:
@@ -202,13 +253,17 @@ def probe_conditions(
             reasons = []
             if "SPO2" in latest and _fresh(latest, policy, "SPO2", age_at) is None:
                 reasons.append("no fresh SpO2 value")
+                since.append(_missing_since(latest, policy, ("SPO2",)))
             if pleth == "missing":
                 reasons.append("PLETH missing")
+                since.append(since_of.get("PLETH"))
             off = bool(reasons)
             detail = "; ".join(reasons)
         else:
             continue
-        out.append(_condition(bed, c, now_us, off, detail))
+        # Present from the first of its reasons; the judgement time when one is not known.
+        at_us = now_us if not since or None in since else min(t for t in since if t is not None)
+        out.append(_condition(bed, c, at_us, off, detail))
     return out
 
 
@@ -240,40 +295,49 @@ def bed_conditions(
     status: str,
     last_seen_us: int,
     clock_fault: str | None = None,
+    times: DataTimes = NO_TIMES,
 ) -> list[AlarmCondition]:
     """``bed_offline`` from the status; ``data_stale`` after ``after_s`` without any message;
     ``bed_standby`` while the bed is in standby; ``device_clock`` while ``clock_fault`` (a
-    description of the bed's device-clock fault) is given.
+    description of the bed's device-clock fault) is given. Their times: the status message's
+    (``times.status_us``), the newest sample's plus ``after_s`` (``times.last_data_us``), the
+    faulty message's (``times.clock_fault_us``).
 
     Status ``unknown`` and a bed never seen (``last_seen_us`` 0) report nothing; a bed in
     ``standby`` (monitoring deliberately paused at the bedside) is neither offline nor stale.
     """
     out: list[AlarmCondition] = []
     for c in policy.conditions.values():
+        at_us: int | None = None
         if c.rule == "bed_offline":
             if status == "unknown":
                 continue
             present = status == "offline"
             detail = f"status {status}"
+            at_us = times.status_us
         elif c.rule == "bed_standby":
             if status == "unknown":
                 continue
             present = status == "standby"
             detail = "monitoring paused at the bedside" if present else ""
+            at_us = times.status_us
         elif c.rule == "device_clock":
             if last_seen_us <= 0 and clock_fault is None:
                 continue
             present = clock_fault is not None
             detail = clock_fault or ""
+            at_us = times.clock_fault_us
         elif c.rule == "data_stale" and c.after_s is not None:
             if last_seen_us <= 0:
                 continue
             silent_s = (now_us - last_seen_us) / 1e6
             present = silent_s > c.after_s and status not in ("offline", "standby")
             detail = f"no data for {silent_s:.1f} s" if present else ""
+            if times.last_data_us is not None:
+                at_us = times.last_data_us + round(c.after_s * 1e6)
         else:
             continue
-        out.append(_condition(bed, c, now_us, present, detail))
+        out.append(_condition(bed, c, now_us if at_us is None else at_us, present, detail))
     return out
 
 
@@ -306,8 +370,10 @@ def rhythm_conditions(
     rhythms: Iterable[str],
     verify: Verify | None = None,
     unacknowledged: Iterable[str] = (),
+    onsets: Mapping[str, int] | None = None,
 ) -> RuleOutput:
-    """One condition per rhythm flag in the policy: present while the flag is active.
+    """One condition per rhythm flag in the policy: present while the flag is active, from the
+    flag's first sample (``onsets``: label -> bed-clock time; default ``now_us``).
 
     An active flag is checked with ``verify`` (when given): called false, it is suppressed
     (returned in ``suppressed`` with the reason, not among the conditions, so its alarm state
@@ -316,7 +382,7 @@ def rhythm_conditions(
     whose alarm is still unacknowledged (``unacknowledged``: the bed's condition kinds with an
     active or latched alarm), is reported ended instead, naming the one it gave way to.
     """
-    checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify)
+    checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify, onsets or {})
     label = {c.kind: c.label or "" for c in policy.conditions.values() if c.rule == "rhythm"}
     sounding = {label[c.kind] for c in checked.conditions if c.present}
     sounding.update(label[kind] for kind in unacknowledged if kind in label)
@@ -335,6 +401,7 @@ def _rhythm_conditions(
     now_us: int,
     rhythms: Iterable[str],
     verify: Verify | None,
+    onsets: Mapping[str, int],
 ) -> RuleOutput:
     """:func:`rhythm_conditions` before the chains are applied."""
     active = set(rhythms)
@@ -343,11 +410,13 @@ def _rhythm_conditions(
     for c in policy.conditions.values():
         if c.rule != "rhythm" or c.label is None:
             continue
+        present = c.label in active
+        at_us = onsets.get(c.label, now_us) if present else now_us
         condition = _condition(
             bed,
             c,
-            now_us,
-            present=c.label in active,
+            at_us,
+            present=present,
             detail=c.label,
         )
         if not condition.present:
@@ -365,7 +434,7 @@ def _rhythm_conditions(
             condition = _condition(
                 bed,
                 c,
-                now_us,
+                at_us,
                 present=True,
                 detail=c.label,
                 verified=False,
@@ -378,7 +447,7 @@ def _rhythm_conditions(
             _condition(
                 bed,
                 c,
-                now_us,
+                at_us,
                 present=True,
                 detail=f"{c.label}: {reason}" if reason else c.label,
                 verified=verdict,
@@ -393,8 +462,10 @@ def score_conditions(
     now_us: int,
     news2: News2Like | None,
     deterioration: DeteriorationLike | None,
+    news2_us: int | None = None,
 ) -> list[AlarmCondition]:
-    """NEWS2 band conditions and the deterioration condition.
+    """NEWS2 band conditions (at ``news2_us``, the time the score was assembled at; default
+    ``now_us``) and the deterioration condition (at the signal's time).
 
     A complete NEWS2 reports each band condition present or ended. An incomplete one reports
     present only what its lower bound (``min_band``) already proves; the rest is unknown.
@@ -417,7 +488,7 @@ def score_conditions(
                 _condition(
                     bed,
                     c,
-                    now_us,
+                    now_us if news2_us is None else news2_us,
                     present=present,
                     value=None if value is None else float(value),
                     detail=detail,
@@ -455,6 +526,7 @@ def evaluate_bed(
     unacknowledged: Iterable[str] = (),
     clock_fault: str | None = None,
     new_bed: bool = False,
+    times: DataTimes = NO_TIMES,
 ) -> RuleOutput:
     """Every rule of ``policy`` for one bed at ``now_us``.
 
@@ -474,9 +546,10 @@ def evaluate_bed(
     active labels (``Derived.rhythms``), ``quality`` the per-signal verdicts
     (``Derived.quality``), ``news2`` and ``deterioration`` from ``BedScores``; ``verify`` is
     typically the bed's ``BedSignalPipeline.verify_alarm``; ``unacknowledged`` the kinds of the
-    bed's active or latched alarms (``AlarmStateMachine.unacknowledged``).
+    bed's active or latched alarms (``AlarmStateMachine.unacknowledged``); ``times`` the bed-clock
+    times of the data behind the conditions without a value of their own (:class:`DataTimes`).
     """
-    bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us, clock_fault)
+    bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us, clock_fault, times)
     silent = {"bed_offline", "data_stale"}
     quiet = any(c.present for c in bed_level if policy.condition(c.kind).rule in silent)
     if new_bed:
@@ -492,12 +565,14 @@ def evaluate_bed(
         return RuleOutput(tuple(bed_level))
     quality = quality or {}
     standby = status == "standby"
-    rhythm = rhythm_conditions(bed, policy, now_us, rhythms, verify, unacknowledged)
+    rhythm = rhythm_conditions(
+        bed, policy, now_us, rhythms, verify, unacknowledged, times.rhythm_us
+    )
     rhythms_out = list(rhythm.conditions)
     if standby and not any(v not in NO_SIGNAL for k, v in quality.items() if k.startswith("ECG")):
         rhythms_out = []  # no live ECG in standby: its rhythm flags are not judged
     measured = [
-        *probe_conditions(bed, policy, now_us, latest, quality, clock_us),
+        *probe_conditions(bed, policy, now_us, latest, quality, clock_us, times.quality_us),
         *vital_conditions(bed, policy, now_us, latest, clock_us),
     ]
     if standby:
@@ -512,6 +587,6 @@ def evaluate_bed(
         *bed_level,
         *measured,
         *rhythms_out,
-        *score_conditions(bed, policy, now_us, news2, deterioration),
+        *score_conditions(bed, policy, now_us, news2, deterioration, times.news2_us),
     ]
     return RuleOutput(tuple(conditions), rhythm.suppressed)

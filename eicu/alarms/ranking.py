@@ -9,7 +9,7 @@ alarms, in this order (most urgent first):
    on it;
 3. physiological before technical;
 4. the condition's clinical severity, as the alarm policy lists it (``severity``, see
-   :mod:`alerting.policy`): asystole, ventricular fibrillation, ventricular tachycardia and the
+   :mod:`eicu.alarms.policy`): asystole, ventricular fibrillation, ventricular tachycardia and the
    extreme rates before the other physiological conditions;
 5. condition still present before ended (latched);
 6. the newest first; then bed and kind, so the order is total.
@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from alerting.model import AlarmEvent, AlarmState, Category, Priority
-from alerting.policy import PRIORITY_RANK, AlarmPolicy
-from alerting.state import Alarm
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
+from eicu.alarms.policy import PRIORITY_RANK, AlarmPolicy
+from eicu.alarms.state import Alarm
 from eicu.models import BedKey
 
 PolicyFor = Callable[[BedKey], AlarmPolicy]
