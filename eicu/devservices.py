@@ -45,6 +45,16 @@ def wait_port(port: int, timeout_s: float = 15.0) -> None:
     raise ServiceError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server cleanly: SIGTERM, then SIGKILL if it is still there after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(iter(glob.glob("/usr/sbin/mosquitto")), None)
 
@@ -111,12 +121,7 @@ class Mosquitto:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -464,12 +469,7 @@ class NatsServer:
         """A clean shutdown (SIGTERM, then SIGKILL after 10 s)."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def kill(self) -> None:
