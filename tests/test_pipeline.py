@@ -164,10 +164,10 @@ def test_sixty_seconds_of_vt_are_vt_the_whole_time() -> None:
     )
     ev = run(x)
     iv = np.flatnonzero(vent)
-    first, last_next = r_idx[iv[0]] / FS, r_idx[iv[-1] + 1] / FS
+    first, last, last_next = r_idx[iv[0]] / FS, r_idx[iv[-1]] / FS, r_idx[iv[-1] + 1] / FS
     ((start, end),) = _episodes(ev, "VTACH")
     assert start == pytest.approx(first, abs=0.05)
-    assert end == pytest.approx(last_next, abs=0.05)
+    assert last < end <= last_next + 0.05  # at the first beat after the run
     ((s_start, s_end),) = _episodes(ev, "VT_SUSTAINED")
     assert s_start == pytest.approx(first + 30.0, abs=0.5)
     assert s_end == pytest.approx(end, abs=0.05)

@@ -86,7 +86,14 @@ def naive_classify(
         vent = [i for i, t in enumerate(lead.t) if t["vent"]]
         b = max(normal, key=lambda i: (lead.t[i]["count"], -i)) if normal else -1
         bv = max(vent, key=lambda i: (lead.t[i]["count"], -i)) if vent else -1
-        if bv >= 0 and (b < 0 or lead.t[bv]["count"] > cfg.takeover * lead.t[b]["count"]):
+        takeover_rr = 60.0 / cfg.takeover_max_bpm * FS
+        if bv >= 0 and (
+            b < 0
+            or (
+                lead.t[bv]["count"] > cfg.takeover * lead.t[b]["count"]
+                and lead.t[bv]["rr"] >= takeover_rr
+            )
+        ):
             lead.t[bv]["vent"] = False
             b = bv
         lead.ref = b
@@ -145,6 +152,9 @@ def naive_classify(
                 t["count"] += 1.0
                 sa = max(a, 1.0 / t["count"])
                 t["spike"] = (1 - sa) * t["spike"] + sa * spike
+                rr = rr_prev[bi]
+                if rr > 0:
+                    t["rr"] = float(rr) if t["rr"] <= 0 else (1 - sa) * t["rr"] + sa * rr
                 feats[5] = bk
                 feats[7] = t["count"]
                 feats[9] = t["spike"]
@@ -157,6 +167,7 @@ def naive_classify(
                     "count": 1.0,
                     "vent": False,
                     "spike": spike,
+                    "rr": float(max(rr_prev[bi], 0)),
                 }
                 if len(lead.t) < k.K_TEMPLATES:
                     ki = len(lead.t)
