@@ -89,6 +89,10 @@ def test_a_run_of_three_at_100_per_minute_is_a_vt_episode_the_way_ec57_counts_th
     assert [(r.n_beats, r.vt) for r in runs] == [(5, False), (2, False), (3, False)]
     _, runs, _ = feed("NNNN" + "VVV" + "NNNN", [0.8] * 4 + [1.2, 0.45, 0.45] + [0.8] * 4)
     assert [(r.n_beats, r.vt) for r in runs] == [(3, False)]
+    # 3 fast beats within a longer, slower run make it a VT episode
+    _, runs, _ = feed("NNNN" + "V" * 7 + "NN", [0.8] * 4 + [0.5] * 3 + [1.0] * 4 + [0.8] * 2)
+    (r,) = runs
+    assert r.vt and r.rate_bpm < 100.0
 
 
 def test_an_unclassifiable_beat_neither_breaks_nor_extends_a_run() -> None:

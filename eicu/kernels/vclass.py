@@ -97,7 +97,8 @@ N_ISTATE = 3
 
 # float state per lead (beyond the template arrays)
 R_RR_MEAN = 0  # running mean interval of reference beats (samples), 0 when unknown
-N_FSTATE = 1
+R_PREV_DOM = 1  # 1 when the beat before was a dominant one (N or P), else 0
+N_FSTATE = 2
 
 # features per beat and lead
 N_FEATS = 10
@@ -354,8 +355,12 @@ def _lead_step(
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _note_interval(sf, rr):
-    """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in."""
-    if rr > 0:
+    """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in when
+    the beat before was dominant too: the interval after a ventricular beat (its compensatory
+    pause, or the next beat of a run) or after noise is not the dominant rhythm's."""
+    prev_dom = sf[0, R_PREV_DOM] > 0.0
+    sf[0, R_PREV_DOM] = 1.0
+    if rr > 0 and prev_dom:
         m = sf[0, R_RR_MEAN]
         sf[0, R_RR_MEAN] = float(rr) if m <= 0.0 else 0.875 * m + 0.125 * rr
 
@@ -430,9 +435,11 @@ def _classify_beats(
         out_feats[b, 0, 6] = prem
         if usable == 0:
             out_class[b] = C_Q
+            sf[0, R_PREV_DOM] = 0.0
             continue
         if si[0, S_SEEN] <= ip[I_LEARN] or best_l < 0:
             out_class[b] = C_UNKNOWN
+            sf[0, R_PREV_DOM] = 1.0
             continue
         if paced:  # joined a template whose beats carry pacer spikes
             out_class[b] = C_P
@@ -445,6 +452,7 @@ def _classify_beats(
         ar = f[3]
         if not (1.0 / fp[F_Q_AMP] <= ar <= fp[F_Q_AMP]):
             out_class[b] = C_Q
+            sf[0, R_PREV_DOM] = 0.0
             continue
         # unlike the dominant beat and wider or slower; a beat only mildly unlike it that
         # comes on time is not ventricular ectopy
@@ -452,7 +460,9 @@ def _classify_beats(
         if v and c > fp[F_V_CORR_MILD] and not (prem < fp[F_PREMATURE]):
             v = False
         out_class[b] = C_V if v else C_N
-        if not v:
+        if v:
+            sf[0, R_PREV_DOM] = 0.0
+        else:
             _note_interval(sf, rr_prev[b])
 
 

@@ -9,9 +9,10 @@ has the table):
   a :class:`~eicu.signal.events.VentricularRun`, with its rate: 60 over the mean of the
   intervals ending at its beats (a beat's heart rate is 60 over the interval before it, so a
   run of n beats has n intervals, the first beat's coupling interval among them);
-- VT episode: a run of at least ``VT_EPISODE_BEATS`` (3) ventricular beats at ``vt_bpm``
-  (100/min) or faster -- the ventricular tachycardia that the MIT-BIH Arrhythmia Database
-  annotates ``(VT`` and that EC57's run statistics count (``VentricularRun.vt``);
+- VT episode: a run holding ``VT_EPISODE_BEATS`` (3) consecutive ventricular beats at ``vt_bpm``
+  (100/min) or faster (over the 3 intervals ending at them) -- the ventricular tachycardia that
+  the MIT-BIH Arrhythmia Database annotates ``(VT`` and that EC57's run statistics count
+  (``VentricularRun.vt``);
 - BIGEMINY: every other beat ventricular (N V N V N V: 3 cycles) and as long as that lasts;
 - TRIGEMINY: every third beat ventricular (N N V three times) and as long as that lasts;
 - VTACH (the alarm): a run of at least ``vt_beats`` ventricular beats (``eicu.signal.rhythm``
@@ -99,7 +100,10 @@ class VentricularTracker:
         self._run = []
         if len(run) < 2:
             return []
-        rate = self._rate_bpm(run if self._before_run is None else [self._before_run, *run])
+        beats = run if self._before_run is None else [self._before_run, *run]
+        rate = self._rate_bpm(beats)
+        m = min(VT_EPISODE_BEATS + 1, len(beats))  # 3 intervals (2 without the beat before)
+        fastest = max(self._rate_bpm(beats[i : i + m]) for i in range(len(beats) - m + 1))
         return [
             VentricularRun(
                 signal=self.signal,
@@ -109,7 +113,7 @@ class VentricularTracker:
                 n_beats=len(run),
                 rate_bpm=rate,
                 label="COUPLET" if len(run) == 2 else "RUN",
-                vt=len(run) >= VT_EPISODE_BEATS and rate >= self.vt_bpm,
+                vt=len(run) >= VT_EPISODE_BEATS and fastest >= self.vt_bpm,
             )
         ]
 
