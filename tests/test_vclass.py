@@ -219,7 +219,8 @@ def naive_classify(
         if v:
             rr_mean[1] = 0.0
             continue
-        if rr_prev[bi] > 0 and rr_mean[1] > 0:  # an interval between two dominant beats
+        # an interval between two dominant beats, or any while the mean is unknown
+        if rr_prev[bi] > 0 and (rr_mean[1] > 0 or rr_mean[0] <= 0):
             m = rr_mean[0]
             rr_mean[0] = float(rr_prev[bi]) if m <= 0 else 0.875 * m + 0.125 * rr_prev[bi]
         rr_mean[1] = 1.0

@@ -357,11 +357,12 @@ def _lead_step(
 def _note_interval(sf, rr):
     """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in when
     the beat before was dominant too: the interval after a ventricular beat (its compensatory
-    pause, or the next beat of a run) or after noise is not the dominant rhythm's."""
+    pause, or the next beat of a run) or after noise is not the dominant rhythm's. While the
+    mean is unknown (a bigeminal rhythm from the start) any dominant beat's interval starts it."""
     prev_dom = sf[0, R_PREV_DOM] > 0.0
     sf[0, R_PREV_DOM] = 1.0
-    if rr > 0 and prev_dom:
-        m = sf[0, R_RR_MEAN]
+    m = sf[0, R_RR_MEAN]
+    if rr > 0 and (prev_dom or m <= 0.0):
         sf[0, R_RR_MEAN] = float(rr) if m <= 0.0 else 0.875 * m + 0.125 * rr
 
 
