@@ -159,9 +159,7 @@ def test_six_wide_beats_at_150_per_minute_are_a_ventricular_run_and_vt() -> None
 def test_sixty_seconds_of_vt_are_vt_the_whole_time() -> None:
     """A long run of wide beats at a ventricular-tachycardia rate never becomes the patient's
     dominant beat: VT (and sustained VT from 30 s) lasts as long as the run."""
-    x, r_idx, vent = _sinus_and_ventricular(
-        [(30, 0.8, False), (150, 0.4, True), (30, 0.8, False)]
-    )
+    x, r_idx, vent = _sinus_and_ventricular([(30, 0.8, False), (150, 0.4, True), (30, 0.8, False)])
     ev = run(x)
     iv = np.flatnonzero(vent)
     first, last, last_next = r_idx[iv[0]] / FS, r_idx[iv[-1]] / FS, r_idx[iv[-1] + 1] / FS
