@@ -213,6 +213,15 @@ def naive_classify(
             continue
         else:
             v = c < cfg.v_corr and (wr > cfg.v_width or sr < cfg.v_steep)
+            kj = per_lead[worst_l][5]
+            if (
+                not v
+                and c < cfg.v_corr_mild
+                and prem < cfg.premature
+                and not math.isnan(kj)
+                and leads[worst_l].t[int(kj)]["vent"]
+            ):
+                v = True
             if v and c > cfg.v_corr_mild and not (prem < cfg.premature):
                 v = False
             classes.append(k.C_V if v else k.C_N)

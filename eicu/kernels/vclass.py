@@ -458,6 +458,17 @@ def _classify_beats(
         # unlike the dominant beat and wider or slower; a beat only mildly unlike it that
         # comes on time is not ventricular ectopy
         v = c < fp[F_V_CORR] and (wr > fp[F_V_WIDTH] or sr < fp[F_V_STEEP])
+        # a premature beat that joined a template of ventricular beats and is clearly unlike
+        # the dominant one shares their morphology: ventricular, whatever its measured width
+        kj = f[5]
+        if (
+            not v
+            and c < fp[F_V_CORR_MILD]
+            and prem < fp[F_PREMATURE]
+            and not math.isnan(kj)
+            and tvent[best_l, int(kj)] == 1
+        ):
+            v = True
         if v and c > fp[F_V_CORR_MILD] and not (prem < fp[F_PREMATURE]):
             v = False
         out_class[b] = C_V if v else C_N
