@@ -52,3 +52,29 @@ def pulse_from_beats(
         down = (seg >= 0.12) & (seg < 0.9)
         x[down] += 40.0 * np.exp(-(seg[down] - 0.12) / 0.25)
     return x
+
+
+def ecg_with_ventricular_beats(
+    rr_s: NDArray[np.float64],
+    ventricular: NDArray[np.bool_],
+    fs_hz: float,
+    *,
+    wide_qrs_s: float = 0.16,
+    noise_mv: float = 0.01,
+    seed: int = 0,
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Narrow sinus beats (QRS of some 60 ms, with P waves) where ``ventricular[i]`` is False
+    and wide, inverted beats without P waves where it is True (their R wave lasts
+    ``wide_qrs_s``, 6 standard deviations of its Gaussian); beat ``i + 1`` comes ``rr_s[i]``
+    after beat ``i``. Returns (signal in mV, R-peak indices)."""
+    narrow, r_idx = ecg_from_rr(rr_s, fs_hz, noise_mv=noise_mv, seed=seed)
+    wide, _ = ecg_from_rr(
+        rr_s, fs_hz, qrs_width_s=wide_qrs_s * 2.5 / 6.0, p_wave=False, seed=seed + 1
+    )
+    x = narrow.copy()
+    half = round(0.3 * fs_hz)
+    for i, r in enumerate(r_idx):
+        if ventricular[i]:
+            lo, hi = max(r - half, 0), min(r + half, x.shape[0])
+            x[lo:hi] = -wide[lo:hi]
+    return x, r_idx

@@ -76,6 +76,25 @@ def test_vt_needs_five_beats_at_100_per_minute_and_lasts_as_long_as_the_run() ->
     assert episodes(flags, "VT_SUSTAINED") == []
 
 
+def test_a_run_of_three_at_100_per_minute_is_a_vt_episode_the_way_ec57_counts_them() -> None:
+    # the rate of a run: 60 over the mean of the intervals ending at its beats (the first V
+    # beat's coupling interval included)
+    _, runs, _ = feed("NNNN" + "VVV" + "NNNN", [0.8] * 4 + [0.5, 0.6, 0.7] + [0.8] * 4)
+    (r,) = runs
+    assert r.label == "RUN" and r.n_beats == 3 and r.vt
+    assert r.rate_bpm == pytest.approx(100.0, abs=0.5)
+    # a slow run (idioventricular, 75/min), a couplet and a run whose rate is below 100/min
+    # only because of its late first beat are not VT episodes
+    _, runs, _ = feed("NNNN" + "VVVVV" + "NN" + "VV" + "NNNN" + "VVV" + "NN", 0.8)
+    assert [(r.n_beats, r.vt) for r in runs] == [(5, False), (2, False), (3, False)]
+    _, runs, _ = feed("NNNN" + "VVV" + "NNNN", [0.8] * 4 + [1.2, 0.45, 0.45] + [0.8] * 4)
+    assert [(r.n_beats, r.vt) for r in runs] == [(3, False)]
+    # 3 fast beats within a longer, slower run make it a VT episode
+    _, runs, _ = feed("NNNN" + "V" * 7 + "NN", [0.8] * 4 + [0.5] * 3 + [1.0] * 4 + [0.8] * 2)
+    (r,) = runs
+    assert r.vt and r.rate_bpm < 100.0
+
+
 def test_an_unclassifiable_beat_neither_breaks_nor_extends_a_run() -> None:
     flags, runs, _ = feed("NNNN" + "VVVQVVV" + "NN", [0.8] * 4 + [0.4] * 7 + [0.8] * 2)
     assert len(episodes(flags, "VTACH")) == 1

@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eicu.signal.alarms import VERIFIED_LABELS, PulseEvidence, decide, verify_alarm
-from eicu.signal.events import Beat, Event, HeartRate, Quality, RhythmFlag
+from eicu.signal.events import Beat, Event, HeartRate, Quality, RhythmFlag, VentricularRun
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.rhythm import af_features
-from tests.synthetic import ecg_from_rr, pulse_from_beats
+from tests.synthetic import ecg_from_rr, ecg_with_ventricular_beats, pulse_from_beats
 
 FS = 250.0
 
@@ -107,6 +107,86 @@ def test_ventricular_tachycardia_run() -> None:
     ev = run(x)
     (start,) = starts(ev, "VTACH")
     assert normal.shape[0] / fs - 0.2 < start < normal.shape[0] / fs + 3.0
+
+
+def _sinus_and_ventricular(
+    parts: list[tuple[int, float, bool]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ECG of consecutive parts (beats, interval before each in s, ventricular); returns
+    (signal, R peaks, whether each beat is ventricular)."""
+    rr = np.concatenate([np.full(n, r) for n, r, _ in parts])
+    vent = np.concatenate([np.full(n, v) for n, _, v in parts])
+    vent = np.concatenate([[False], vent])  # the first beat opens the record
+    x, r_idx = ecg_with_ventricular_beats(rr, vent, FS)
+    return x, r_idx, vent
+
+
+def _episodes(events: list[Event], label: str) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for f in flags(events, label):
+        if f.state == "start":
+            out.append((f.time_s, np.inf))
+        else:
+            out[-1] = (out[-1][0], f.time_s)
+    return out
+
+
+def _called(events: list[Event], r_idx: np.ndarray) -> list[str | None]:
+    """The class of the detected beat within 50 ms of each R peak (None when none)."""
+    beats = sorted((e.sample, e.beat_class) for e in events if isinstance(e, Beat))
+    at = np.array([s for s, _ in beats])
+    out: list[str | None] = []
+    for r in r_idx.tolist():
+        j = int(np.argmin(np.abs(at - r)))
+        out.append(beats[j][1] if abs(int(at[j]) - r) <= round(0.05 * FS) else None)
+    return out
+
+
+def test_six_wide_beats_at_150_per_minute_are_a_ventricular_run_and_vt() -> None:
+    x, r_idx, vent = _sinus_and_ventricular([(40, 0.8, False), (6, 0.4, True), (20, 0.8, False)])
+    ev = run(x)
+    runs = [e for e in ev if isinstance(e, VentricularRun)]
+    first = r_idx[np.flatnonzero(vent)[0]] / FS
+    ((run_,),) = ([r for r in runs if r.n_beats >= 3],)
+    assert run_.n_beats == 6 and run_.label == "RUN" and run_.vt
+    assert run_.time_s == pytest.approx(first, abs=0.05)
+    assert run_.rate_bpm == pytest.approx(150.0, abs=3.0)
+    ((start, end),) = _episodes(ev, "VTACH")
+    assert start == pytest.approx(first, abs=0.05)
+    assert end == pytest.approx(r_idx[np.flatnonzero(vent)[-1] + 1] / FS, abs=0.05)
+
+
+def test_sixty_seconds_of_vt_are_vt_the_whole_time() -> None:
+    """A long run of wide beats at a ventricular-tachycardia rate never becomes the patient's
+    dominant beat: VT (and sustained VT from 30 s) lasts as long as the run."""
+    x, r_idx, vent = _sinus_and_ventricular([(30, 0.8, False), (150, 0.4, True), (30, 0.8, False)])
+    ev = run(x)
+    iv = np.flatnonzero(vent)
+    first, last, last_next = r_idx[iv[0]] / FS, r_idx[iv[-1]] / FS, r_idx[iv[-1] + 1] / FS
+    ((start, end),) = _episodes(ev, "VTACH")
+    assert start == pytest.approx(first, abs=0.05)
+    assert last < end <= last_next + 0.05  # at the first beat after the run
+    ((s_start, s_end),) = _episodes(ev, "VT_SUSTAINED")
+    assert s_start == pytest.approx(first + 30.0, abs=0.5)
+    assert s_end == pytest.approx(end, abs=0.05)
+    assert _called(ev, r_idx[iv]).count("V") >= len(iv) - 1
+
+
+def test_sinus_rhythm_with_occasional_pvcs_is_not_vt() -> None:
+    rng = np.random.default_rng(3)
+    n = 240
+    vent = rng.random(n) < 0.12
+    vent[:12] = False
+    vent[1:] &= ~vent[:-1]  # single PVCs, never two in a row
+    rr = np.full(n, 0.8)
+    rr[vent] = 0.5  # premature, then a compensatory pause
+    rr[np.flatnonzero(vent[:-1]) + 1] = 1.1
+    x, r_idx = ecg_with_ventricular_beats(rr, np.concatenate([[False], vent]), FS, seed=3)
+    ev = run(x)
+    assert _episodes(ev, "VTACH") == []
+    assert [e for e in ev if isinstance(e, VentricularRun)] == []
+    called = np.array([c == "V" for c in _called(ev, r_idx[1:])])
+    assert (called[12:] == vent[12:]).all()
 
 
 def test_ventricular_fibrillation() -> None:

@@ -86,7 +86,14 @@ def naive_classify(
         vent = [i for i, t in enumerate(lead.t) if t["vent"]]
         b = max(normal, key=lambda i: (lead.t[i]["count"], -i)) if normal else -1
         bv = max(vent, key=lambda i: (lead.t[i]["count"], -i)) if vent else -1
-        if bv >= 0 and (b < 0 or lead.t[bv]["count"] > cfg.takeover * lead.t[b]["count"]):
+        takeover_rr = 60.0 / cfg.takeover_max_bpm * FS
+        if bv >= 0 and (
+            b < 0
+            or (
+                lead.t[bv]["count"] > cfg.takeover * lead.t[b]["count"]
+                and lead.t[bv]["rr"] >= takeover_rr
+            )
+        ):
             lead.t[bv]["vent"] = False
             b = bv
         lead.ref = b
@@ -145,6 +152,9 @@ def naive_classify(
                 t["count"] += 1.0
                 sa = max(a, 1.0 / t["count"])
                 t["spike"] = (1 - sa) * t["spike"] + sa * spike
+                rr = rr_prev[bi]
+                if rr > 0:
+                    t["rr"] = float(rr) if t["rr"] <= 0 else (1 - sa) * t["rr"] + sa * rr
                 feats[5] = bk
                 feats[7] = t["count"]
                 feats[9] = t["spike"]
@@ -157,6 +167,7 @@ def naive_classify(
                     "count": 1.0,
                     "vent": False,
                     "spike": spike,
+                    "rr": float(max(rr_prev[bi], 0)),
                 }
                 if len(lead.t) < k.K_TEMPLATES:
                     ki = len(lead.t)
@@ -183,29 +194,45 @@ def naive_classify(
         prem = rr_prev[bi] / rr_mean[0] if rr_prev[bi] > 0 and rr_mean[0] > 0 else math.nan
         per_lead[0][6] = prem
         feats_all.append(per_lead)
+        # rr_mean: [mean interval of dominant beats, 1 when the beat before was dominant]
         if usable == 0:
             classes.append(k.C_Q)
+            rr_mean[1] = 0.0
             continue
         if leads[0].seen <= cfg.learn_beats or worst_l < 0:
             classes.append(k.C_UNKNOWN)
-            continue
-        if paced:
-            classes.append(k.C_P)
-            if rr_prev[bi] > 0:
-                m = rr_mean[0]
-                rr_mean[0] = float(rr_prev[bi]) if m <= 0 else 0.875 * m + 0.125 * rr_prev[bi]
+            rr_mean[1] = 1.0
             continue
         c, wr, sr, ar = per_lead[worst_l][:4]
-        if not (1.0 / cfg.q_amp <= ar <= cfg.q_amp):
-            classes.append(k.C_Q)
-            continue
-        v = c < cfg.v_corr and (wr > cfg.v_width or sr < cfg.v_steep)
-        if v and c > cfg.v_corr_mild and not (prem < cfg.premature):
+        if paced:
+            classes.append(k.C_P)
             v = False
-        classes.append(k.C_V if v else k.C_N)
-        if not v and rr_prev[bi] > 0:
+        elif not (1.0 / cfg.q_amp <= ar <= cfg.q_amp):
+            classes.append(k.C_Q)
+            rr_mean[1] = 0.0
+            continue
+        else:
+            v = c < cfg.v_corr and (wr > cfg.v_width or sr < cfg.v_steep)
+            kj = per_lead[worst_l][5]
+            if (
+                not v
+                and c < cfg.v_corr_mild
+                and prem < cfg.premature
+                and not math.isnan(kj)
+                and leads[worst_l].t[int(kj)]["vent"]
+            ):
+                v = True
+            if v and c > cfg.v_corr_mild and not (prem < cfg.premature):
+                v = False
+            classes.append(k.C_V if v else k.C_N)
+        if v:
+            rr_mean[1] = 0.0
+            continue
+        # an interval between two dominant beats, or any while the mean is unknown
+        if rr_prev[bi] > 0 and (rr_mean[1] > 0 or rr_mean[0] <= 0):
             m = rr_mean[0]
             rr_mean[0] = float(rr_prev[bi]) if m <= 0 else 0.875 * m + 0.125 * rr_prev[bi]
+        rr_mean[1] = 1.0
     return classes, feats_all
 
 
@@ -283,7 +310,7 @@ def test_classifier_matches_naive_twin(
         clf.post_n,
         clf.shift_n,
         leads,
-        [0.0],
+        [0.0, 0.0],
         rs,
         max(1, round(0.010 * FS)),
     )
@@ -342,7 +369,7 @@ def test_classifier_matches_naive_twin_on_random_shapes(seed: int, n_beats: int)
         clf.post_n,
         clf.shift_n,
         [NaiveLead()],
-        [0.0],
+        [0.0, 0.0],
     )
     assert got_c.tolist() == want_c
     np.testing.assert_allclose(got_f, np.array(want_f), rtol=1e-6, atol=1e-9, equal_nan=True)

@@ -11,8 +11,10 @@ that forgets with a time constant of ``FORGET_BEATS`` beats.
 
 The dominant (reference) template is the most used one among those not marked ventricular; a
 template marked ventricular becomes the reference only once it has been used ``TAKEOVER`` times
-as much as the reference (a new dominant beat such as a bundle-branch block or pacing after
-minutes, never a run of ventricular tachycardia of a few hundred beats).
+as much as the reference and its beats come slower than a ventricular tachycardia (the running
+mean of the intervals before the beats that joined it at least ``TAKEOVER_RR``, 60/100 s): a
+new dominant beat such as a bundle-branch block or pacing is adopted after minutes, a run of
+wide beats at 100/min or faster never, however long it lasts.
 
 A beat is compared with the reference of every lead that has one: the correlation, the ratio of
 QRS widths, of steepness (largest slope over peak-to-peak amplitude) and of amplitude, and its
@@ -76,7 +78,8 @@ F_SLOPE_FRAC = 10
 F_NARROW_N = 11  # width (samples) below which a first template is taken as supraventricular
 F_SPIKE_RATIO = 12  # a deflection this much steeper than the smoothed beat and the rest: a spike
 F_PACED_FRAC = 13  # share of a template's beats with a spike from which its beats are paced
-N_FPARAMS = 14
+F_TAKEOVER_RR = 14  # a ventricular template whose beats come faster (samples) is never dominant
+N_FPARAMS = 15
 
 # integer parameters
 I_PRE_N = 0
@@ -94,7 +97,8 @@ N_ISTATE = 3
 
 # float state per lead (beyond the template arrays)
 R_RR_MEAN = 0  # running mean interval of reference beats (samples), 0 when unknown
-N_FSTATE = 1
+R_PREV_DOM = 1  # 1 when the beat before was a dominant one (N or P), else 0
+N_FSTATE = 2
 
 # features per beat and lead
 N_FEATS = 10
@@ -204,9 +208,10 @@ def _spike_score(r, lo, span, spike_n):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
-def _pick_reference(si, tcount, tvent, takeover):
+def _pick_reference(si, tcount, tvent, trr, takeover, takeover_rr):
     """The most used template not marked ventricular; a ventricular one only when it has been
-    used ``takeover`` times as much (and is then taken as the dominant beat from then on)."""
+    used ``takeover`` times as much and its beats' mean interval ``trr`` is at least
+    ``takeover_rr`` (and is then taken as the dominant beat from then on)."""
     nt = si[S_NT]
     best = -1
     best_v = -1
@@ -216,7 +221,9 @@ def _pick_reference(si, tcount, tvent, takeover):
                 best = k
         elif best_v < 0 or tcount[k] > tcount[best_v]:
             best_v = k
-    if best_v >= 0 and (best < 0 or tcount[best_v] > takeover * tcount[best]):
+    if best_v >= 0 and (
+        best < 0 or (tcount[best_v] > takeover * tcount[best] and trr[best_v] >= takeover_rr)
+    ):
         tvent[best_v] = 0
         best = best_v
     si[S_REF] = best
@@ -227,6 +234,7 @@ def _lead_step(
     y,
     r,
     lo,
+    rr,
     ip,
     fp,
     si,
@@ -238,13 +246,14 @@ def _lead_step(
     tamp,
     tvent,
     tspike,
+    trr,
     feats,
 ):
     """One beat on one lead: cluster it, then fill ``feats`` with (corr, width_ratio,
     steep_ratio, amp_ratio, width_n, matched template, -, the template's use count, the spike
     score, the template's share of beats with a spike); NaN where unknown. ``r``: the raw
-    samples at the indices of ``y`` (length 0 when not at hand). Returns True when the lead's
-    window was usable."""
+    samples at the indices of ``y`` (length 0 when not at hand); ``rr``: the interval before
+    the beat (<= 0 when unknown). Returns True when the lead's window was usable."""
     pre_n = ip[I_PRE_N]
     span = pre_n + ip[I_POST_N]
     shift_n = ip[I_SHIFT_N]
@@ -308,6 +317,8 @@ def _lead_step(
         # the share of spiked beats: their mean over the first beats, then a running mean
         sa = max(a, 1.0 / tcount[best_k])
         tspike[best_k] = (1.0 - sa) * tspike[best_k] + sa * spike
+        if rr > 0:  # the mean interval before its beats, likewise
+            trr[best_k] = rr if trr[best_k] <= 0.0 else (1.0 - sa) * trr[best_k] + sa * rr
         feats[5] = best_k
         feats[7] = tcount[best_k]
         feats[9] = tspike[best_k]
@@ -325,6 +336,7 @@ def _lead_step(
         tsteep[k] = steep
         tamp[k] = amp
         tspike[k] = spike
+        trr[k] = max(rr, 0)
         feats[9] = spike
         tcount[k] = 1.0
         # a new shape unlike a narrower reference is marked ventricular
@@ -336,16 +348,21 @@ def _lead_step(
         elif ref < 0 and w > fp[F_NARROW_N]:
             tvent[k] = 1
         feats[5] = k
-    _pick_reference(si, tcount, tvent, fp[F_TAKEOVER])
+    _pick_reference(si, tcount, tvent, trr, fp[F_TAKEOVER], fp[F_TAKEOVER_RR])
     si[S_SEEN] += 1
     return True
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _note_interval(sf, rr):
-    """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in."""
-    if rr > 0:
-        m = sf[0, R_RR_MEAN]
+    """The running mean interval of the dominant (non-ventricular) beats takes ``rr`` in when
+    the beat before was dominant too: the interval after a ventricular beat (its compensatory
+    pause, or the next beat of a run) or after noise is not the dominant rhythm's. While the
+    mean is unknown (a bigeminal rhythm from the start) any dominant beat's interval starts it."""
+    prev_dom = sf[0, R_PREV_DOM] > 0.0
+    sf[0, R_PREV_DOM] = 1.0
+    m = sf[0, R_RR_MEAN]
+    if rr > 0 and (prev_dom or m <= 0.0):
         sf[0, R_RR_MEAN] = float(rr) if m <= 0.0 else 0.875 * m + 0.125 * rr
 
 
@@ -367,6 +384,7 @@ def _classify_beats(
     tamp,
     tvent,
     tspike,
+    trr,
     out_class,
     out_feats,
 ):
@@ -389,6 +407,7 @@ def _classify_beats(
                 ys[lead],
                 rs[lead],
                 lo,
+                rr_prev[b],
                 ip,
                 fp,
                 si[lead],
@@ -400,6 +419,7 @@ def _classify_beats(
                 tamp[lead],
                 tvent[lead],
                 tspike[lead],
+                trr[lead],
                 out_feats[b, lead],
             )
             if ok:
@@ -416,9 +436,11 @@ def _classify_beats(
         out_feats[b, 0, 6] = prem
         if usable == 0:
             out_class[b] = C_Q
+            sf[0, R_PREV_DOM] = 0.0
             continue
         if si[0, S_SEEN] <= ip[I_LEARN] or best_l < 0:
             out_class[b] = C_UNKNOWN
+            sf[0, R_PREV_DOM] = 1.0
             continue
         if paced:  # joined a template whose beats carry pacer spikes
             out_class[b] = C_P
@@ -431,14 +453,28 @@ def _classify_beats(
         ar = f[3]
         if not (1.0 / fp[F_Q_AMP] <= ar <= fp[F_Q_AMP]):
             out_class[b] = C_Q
+            sf[0, R_PREV_DOM] = 0.0
             continue
         # unlike the dominant beat and wider or slower; a beat only mildly unlike it that
         # comes on time is not ventricular ectopy
         v = c < fp[F_V_CORR] and (wr > fp[F_V_WIDTH] or sr < fp[F_V_STEEP])
+        # a premature beat that joined a template of ventricular beats and is clearly unlike
+        # the dominant one shares their morphology: ventricular, whatever its measured width
+        kj = f[5]
+        if (
+            not v
+            and c < fp[F_V_CORR_MILD]
+            and prem < fp[F_PREMATURE]
+            and not math.isnan(kj)
+            and tvent[best_l, int(kj)] == 1
+        ):
+            v = True
         if v and c > fp[F_V_CORR_MILD] and not (prem < fp[F_PREMATURE]):
             v = False
         out_class[b] = C_V if v else C_N
-        if not v:
+        if v:
+            sf[0, R_PREV_DOM] = 0.0
+        else:
             _note_interval(sf, rr_prev[b])
 
 
@@ -479,6 +515,7 @@ def _detect_classify_step(
     tamp,
     tvent,
     tspike,
+    trr,
     seg,
     segr,
     out_beat,
@@ -572,6 +609,7 @@ def _detect_classify_step(
             tamp,
             tvent,
             tspike,
+            trr,
             cls1,
             feats1,
         )
@@ -613,6 +651,7 @@ F_SLOTS = (
     "tsteep",
     "tamp",
     "tspike",
+    "trr",
     "seg",
     "segr",
 )
@@ -697,6 +736,7 @@ def _detect_classify_packed(x, fbuf, flay, ibuf, ilay):
         _v2(fbuf, flay, 22),
         _v2(fbuf, flay, 23),
         _v2(fbuf, flay, 24),
+        _v2(fbuf, flay, 25),
         _v1(ibuf, ilay, 11),
         _v1(ibuf, ilay, 12),
     )

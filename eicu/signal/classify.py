@@ -51,6 +51,9 @@ class ClassifierConfig:
     (a pulse of 0.1-2 ms, IEC 60601-2-27, against a QRS complex of 80 ms or more);
     ``paced_frac``: a template whose beats carry such a spike more than half of the time is
     paced, and so is every beat that joins it.
+
+    ``takeover_max_bpm``: a template of ventricular beats whose beats come at this rate or
+    faster (100/min: ventricular tachycardia) is never adopted as the dominant beat.
     """
 
     match_corr: float = 0.9
@@ -68,6 +71,7 @@ class ClassifierConfig:
     learn_beats: int = 8
     spike_ratio: float = 2.0
     paced_frac: float = 0.5
+    takeover_max_bpm: float = 100.0
 
 
 DEFAULT_CLASSIFIER: Final = ClassifierConfig()
@@ -110,6 +114,7 @@ class BeatClassifier:
         fp[k.F_NARROW_N] = config.narrow_s * fs_hz
         fp[k.F_SPIKE_RATIO] = config.spike_ratio
         fp[k.F_PACED_FRAC] = config.paced_frac
+        fp[k.F_TAKEOVER_RR] = 60.0 / config.takeover_max_bpm * fs_hz
         self._ip = ip
         self._fp = fp
         nl, nt = n_leads, k.K_TEMPLATES
@@ -123,6 +128,7 @@ class BeatClassifier:
         self._tamp = np.zeros((nl, nt), dtype=np.float64)
         self._tvent = np.zeros((nl, nt), dtype=np.int64)
         self._tspike = np.zeros((nl, nt), dtype=np.float64)
+        self._trr = np.zeros((nl, nt), dtype=np.float64)
 
     @property
     def reach_n(self) -> int:
@@ -189,6 +195,7 @@ class BeatClassifier:
             self._tamp,
             self._tvent,
             self._tspike,
+            self._trr,
             out_class,
             out_feats,
         )
@@ -246,6 +253,7 @@ class StreamingClassifier:
             "tsteep": c._tsteep,
             "tamp": c._tamp,
             "tspike": c._tspike,
+            "trr": c._trr,
             "seg": np.zeros((1, n_seg)),
             "segr": np.zeros((1, n_seg)),
         }
@@ -278,7 +286,7 @@ class StreamingClassifier:
             *((d, "_" + n, n, fviews) for n in ("cand_slope",)),
             *((d, "_" + n, n, iviews) for n in ("cand_idx", "cand_fid")),
             *((c, "_" + n, n, fviews) for n in ("fp", "sf", "templates", "tcount", "twidth")),
-            *((c, "_" + n, n, fviews) for n in ("tsteep", "tamp", "tspike")),
+            *((c, "_" + n, n, fviews) for n in ("tsteep", "tamp", "tspike", "trr")),
             *((c, "_" + n, n, iviews) for n in ("ip", "si", "tvent")),
         ):
             setattr(obj, attr, views[slot])

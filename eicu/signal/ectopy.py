@@ -6,10 +6,17 @@ has the table):
 - PVCs per minute: ventricular beats in the last 60 s (a bedside-monitor parameter);
 - couplet: exactly 2 ventricular beats in a row; run: 3 or more (ANSI/AAMI EC57 counts
   couplets, short runs of 3-5 and long runs of 6 or more); each reported once it has ended, as
-  a :class:`~eicu.signal.events.VentricularRun`;
+  a :class:`~eicu.signal.events.VentricularRun`, with its rate: 60 over the mean of the
+  intervals ending at its beats (a beat's heart rate is 60 over the interval before it, so a
+  run of n beats has n intervals, the first beat's coupling interval among them);
+- VT episode: a run holding ``VT_EPISODE_BEATS`` (3) consecutive ventricular beats at ``vt_bpm``
+  (100/min) or faster (over the 3 intervals ending at them) -- the ventricular tachycardia that
+  the MIT-BIH Arrhythmia Database annotates ``(VT`` and that EC57's run statistics count
+  (``VentricularRun.vt``);
 - BIGEMINY: every other beat ventricular (N V N V N V: 3 cycles) and as long as that lasts;
 - TRIGEMINY: every third beat ventricular (N N V three times) and as long as that lasts;
-- VTACH: a run of at least ``vt_beats`` ventricular beats (``eicu.signal.rhythm`` passes 5)
+- VTACH (the alarm): a run of at least ``vt_beats`` ventricular beats (``eicu.signal.rhythm``
+  passes 5, the PhysioNet/CinC Challenge 2015 definition of a VT alarm)
   whose rate over its last ``vt_beats`` beats is at least ``vt_bpm`` (100/min); it lasts as
   long as the run does at that rate, and starts at the run's first beat;
 - VT_SUSTAINED: ventricular tachycardia lasting 30 s or more (Zipes et al., ACC/AHA/ESC 2006
@@ -32,6 +39,7 @@ from typing import Final
 from eicu.signal.events import RhythmFlag, RhythmLabel, VentricularRun
 
 VT_SUSTAINED_S: Final = 30.0
+VT_EPISODE_BEATS: Final = 3
 PVC_WINDOW_S: Final = 60.0
 BIGEMINY_CYCLES: Final = 3
 TRIGEMINY_CYCLES: Final = 3
@@ -61,6 +69,8 @@ class VentricularTracker:
         self.vt_beats = vt_beats
         self.vt_bpm = vt_bpm
         self._run: list[int] = []  # samples of the current run of ventricular beats
+        self._last: int | None = None  # the last N, V or P beat since the last gap
+        self._before_run: int | None = None  # the beat before the current run's first
         self._seq: deque[tuple[int, bool]] = deque(maxlen=3 * TRIGEMINY_CYCLES)
         self._v_times: deque[int] = deque()
         self._vt_start: int | None = None
@@ -75,6 +85,8 @@ class VentricularTracker:
         """Samples are missing: a run cut by the gap is not reported (its end is unknown); the
         caller ends the active flags."""
         self._run = []
+        self._last = None
+        self._before_run = None
         self._seq.clear()
         self._vt_start = None
 
@@ -88,6 +100,10 @@ class VentricularTracker:
         self._run = []
         if len(run) < 2:
             return []
+        beats = run if self._before_run is None else [self._before_run, *run]
+        rate = self._rate_bpm(beats)
+        m = min(VT_EPISODE_BEATS + 1, len(beats))  # 3 intervals (2 without the beat before)
+        fastest = max(self._rate_bpm(beats[i : i + m]) for i in range(len(beats) - m + 1))
         return [
             VentricularRun(
                 signal=self.signal,
@@ -95,8 +111,9 @@ class VentricularTracker:
                 time_s=run[0] / self.fs_hz,
                 end_sample=run[-1],
                 n_beats=len(run),
-                rate_bpm=self._rate_bpm(run),
+                rate_bpm=rate,
                 label="COUPLET" if len(run) == 2 else "RUN",
+                vt=len(run) >= VT_EPISODE_BEATS and fastest >= self.vt_bpm,
             )
         ]
 
@@ -111,6 +128,8 @@ class VentricularTracker:
             self._v_times.popleft()
         if ventricular:
             self._v_times.append(sample)
+            if not self._run:
+                self._before_run = self._last
             self._run.append(sample)
             tail = self._run[-self.vt_beats :]
             fast = len(tail) == self.vt_beats and self._rate_bpm(tail) >= self.vt_bpm
@@ -132,6 +151,7 @@ class VentricularTracker:
                 out.extend(self._end_vt(sample))
             self._vt_start = None
             out.extend(self._close_run())
+        self._last = sample
         self._seq.append((sample, ventricular))
         out.extend(self._patterns(sample))
         return out

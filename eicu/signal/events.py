@@ -107,8 +107,13 @@ class VentricularRun:
     time_s: float
     end_sample: int  # the last beat of the run
     n_beats: int
-    rate_bpm: float  # over the run's beats
+    # 60 / the mean of the intervals ending at the run's beats (the first beat's coupling
+    # interval included when the beat before it is known)
+    rate_bpm: float
     label: Literal["COUPLET", "RUN"]
+    # a ventricular-tachycardia episode as the MIT-BIH Arrhythmia Database annotates ``(VT``
+    # and ANSI/AAMI EC57 counts runs: 3 or more ventricular beats at 100/min or faster
+    vt: bool = False
 
 
 Event = Beat | HeartRate | RhythmFlag | Quality | VentricularRun
