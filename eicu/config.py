@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Final
 
 from eicu.errors import ConfigError
 
@@ -59,6 +60,12 @@ class MqttSettings:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+    # The hub's partitions the engine reads (``eicu/p/<k>/#``) instead of ``topic_filter``
+    # (``EICU_MQTT_PARTITIONS``, e.g. "0-63" or "3,7"); None: every topic.
+    partitions: tuple[int, ...] | None = None
+    # When the engine acknowledges a QoS 1 message (``EICU_MQTT_ACK``): "persist", once all it
+    # produced is stored or spooled; "receipt", on arrival (a killed engine loses what it held).
+    ack: str = "persist"
 
     @classmethod
     def from_url(
@@ -100,6 +107,35 @@ class MqttSettings:
             client_id=self.client_id + ALARMS_CONNECTION_SUFFIX,
             username=None if self.username is None else self.username + ALARMS_CONNECTION_SUFFIX,
         )
+
+
+MQTT_ACK_MODES: Final = ("persist", "receipt")
+MAX_PARTITIONS: Final = 4096
+
+
+def parse_partitions(raw: str | None, key: str = "EICU_MQTT_PARTITIONS") -> tuple[int, ...] | None:
+    """``"0-63"``, ``"3,7"`` or ``"0-3,8"`` -> the sorted partition numbers; None when unset."""
+    if raw is None or not raw.strip():
+        return None
+    out: set[int] = set()
+    for part in raw.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            first = int(lo)
+            last = int(hi) if sep else first
+        except ValueError:
+            raise ConfigError(key, f"expected e.g. 0-63 or 3,7, got {raw!r}") from None
+        if not 0 <= first <= last < MAX_PARTITIONS:
+            raise ConfigError(key, f"{part.strip()!r}: partitions are 0..{MAX_PARTITIONS - 1}")
+        out.update(range(first, last + 1))
+    return tuple(sorted(out))
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(key) or default
+    if raw not in choices:
+        raise ConfigError(key, f"expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def mqtt_tls_files(env: Mapping[str, str], tls: bool, url_key: str) -> dict[str, Path | None]:
@@ -483,7 +519,12 @@ class Settings:
             # The engine's client id is its user name unless set: a broker that binds client ids
             # to user names (use_username_as_clientid) gives it that id anyway.
             client_id = env.get("EICU_MQTT_CLIENT_ID") or mqtt.username
-            mqtt = replace(mqtt, client_id=client_id or f"eicu-ingest-{socket.gethostname()}")
+            mqtt = replace(
+                mqtt,
+                client_id=client_id or f"eicu-ingest-{socket.gethostname()}",
+                partitions=parse_partitions(env.get("EICU_MQTT_PARTITIONS") or None),
+                ack=_choice(env, "EICU_MQTT_ACK", mqtt.ack, MQTT_ACK_MODES),
+            )
         else:
             mqtt_tls_files(env, False, "EICU_MQTT_URL")  # TLS files with no broker: an error
         db_url = env.get("EICU_DATABASE_URL") or None

@@ -185,10 +185,13 @@ class Engine:
 
     async def _resume_sequences(self, timeout_s: float = 2.0) -> None:
         """Sequence tracking goes on from the newest frames stored (the last day), so frames
-        lost while the engine was down or killed count as gaps. Without the database it starts
-        afresh rather than wait."""
+        lost while the engine was down or killed count as gaps, and those the broker sends again
+        (stored or spooled, not acknowledged) as duplicates. Without the database it goes on
+        from the spool alone rather than wait."""
         import time
 
+        # The spool holds what was written after the store's newest frames.
+        spooled = self.writer.spooled_sequences()
         now_us = time.time_ns() // 1000
         try:
             last = await asyncio.wait_for(
@@ -196,12 +199,13 @@ class Engine:
                 timeout_s,
             )
         except (StorageUnavailable, TimeoutError) as exc:
-            log.warning("sequence tracking starts afresh (the store did not answer: %s)", exc)
-            return
+            log.warning("sequence tracking from the spool only (the store did not answer: %s)", exc)
+            last = {}
         except Exception:
             # Best effort: a store that cannot say must never keep the engine from starting.
-            log.exception("sequence tracking starts afresh (the store's answer failed)")
-            return
+            log.exception("sequence tracking from the spool only (the store's answer failed)")
+            last = {}
+        last.update(spooled)
         self.router.resume_sequences(last)
         log.info("sequence tracking resumed for %d streams", len(last))
 
@@ -220,6 +224,7 @@ class Engine:
         self.ingest.dead_letters.flush()
         self.ingest.flush_counts()
         await self.writer.close(drain_timeout_s)
+        await self.ingest.close()  # what the writer stored or spooled is acknowledged
         for channel in self._channels.values():
             await channel.close()
         if self.alarms is not None and self.alarm_store is not None:

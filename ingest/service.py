@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from eicu.metrics import IngestMetrics
 from eicu.models import AlarmAck, BedKey, StatusFrame
 from ingest.admission import REFUSALS, Admission, DeadLetters
 from ingest.state import BedRouter
-from ingest.writer import Backoff, StoreWriter
+from ingest.writer import Backoff, Receipt, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class Ingest:
         # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
         # they are ignored.
         self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
+        # The consumer (and its acknowledging) kept open by a cancelled run() until close().
+        self._consumer: Any = None
+        self._pump: Callable[[], None] | None = None
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -169,6 +173,76 @@ class Ingest:
             self.dead_letters.add(received_us, topic, "internal_error", repr(exc)[:500], payload)
 
     async def run(self) -> None:
+        if self._settings.ack == "receipt":
+            await self._run_ack_on_receipt()
+        else:
+            await self._run_ack_after_persist()
+
+    async def _run_ack_after_persist(self) -> None:
+        """Each QoS 1 message is acknowledged (its PUBACK) only once every row it produced is
+        durable (stored, or fsynced to the spool), in the order received: the broker keeps the
+        rest for the next connection, or the next engine, as long as the session lasts. What is
+        held unacknowledged is bounded by the broker's in-flight window for this client."""
+        from eicu.bus.partitioned import PartitionConnectionLost, ingest_consumer
+
+        s = self._settings
+        backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
+        while True:
+            consumer = ingest_consumer(s, s.partitions)
+            window: deque[tuple[Any, Receipt]] = deque()
+
+            def pump(consumer: Any = consumer, window: deque[tuple[Any, Receipt]] = window) -> None:
+                while window and window[0][1].durable:
+                    consumer.ack(window.popleft()[0])
+
+            self._pump = pump
+            try:
+                await consumer.connect()
+                log.info("subscribed to %s on %s", consumer.topic_filter, s.url)
+                backoff.reset()
+                self._metrics.mqtt_connected.set(1)
+                self.connected.set()
+                self._writer.on_durable = pump
+                writer = self._writer
+                async for message in consumer:
+                    receipt = Receipt()
+                    writer.receipt = receipt
+                    try:
+                        self._handle_safely(message.topic, message.payload)
+                    finally:
+                        writer.receipt = None
+                    receipt.sealed = True
+                    window.append((message, receipt))
+                    pump()
+                raise PartitionConnectionLost(f"connection to {s.url} closed")
+            except PartitionConnectionLost as exc:
+                self._writer.on_durable = None
+                await consumer.close()
+                self._metrics.mqtt_connected.set(0)
+                self.connected.clear()
+                self._metrics.mqtt_reconnects.inc()
+                delay_s = backoff.next_s()
+                log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay_s)
+                await asyncio.sleep(delay_s)
+            except asyncio.CancelledError:
+                # The engine stops: the consumer stays open until the writer has stored (or
+                # spooled) what it holds, so that it is acknowledged (see close()).
+                self._consumer = consumer
+                raise
+
+    async def close(self) -> None:
+        """After the ingest was cancelled and the writer closed: acknowledge what is durable,
+        wait until those PUBACKs are sent, and disconnect (the broker keeps the rest)."""
+        consumer, self._consumer = self._consumer, None
+        self._writer.on_durable = None
+        if consumer is None:
+            return
+        if self._pump is not None:
+            self._pump()
+        await consumer.drain()
+        await consumer.close()
+
+    async def _run_ack_on_receipt(self) -> None:
         s = self._settings
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
         while True:
@@ -181,8 +255,11 @@ class Ingest:
                     max_inflight_messages=1000,
                     queue_type=self._queue_type,
                 ) as client:
-                    await client.subscribe(s.topic_filter, qos=1)
-                    log.info("subscribed to %s on %s", s.topic_filter, s.url)
+                    from eicu.bus.partitioned import ingest_topic_filters
+
+                    filters = ingest_topic_filters(s, s.partitions)
+                    await client.subscribe([(f, 1) for f in filters])
+                    log.info("subscribed to %s on %s", ", ".join(filters), s.url)
                     backoff.reset()
                     self._metrics.mqtt_connected.set(1)
                     self.connected.set()

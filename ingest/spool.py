@@ -119,6 +119,12 @@ class Spool:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.rename(path)
+        # The rename itself survives a power failure only once the folder is synced.
+        folder_fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
         if front:
             self._files.insert(0, path)
         else:
@@ -128,6 +134,18 @@ class Spool:
     def peek(self) -> Batch:
         data = self._files[0].read_bytes()
         return decode_batch(data[_U32.size :])
+
+    def last_sequences(self) -> dict[tuple[BedKey, str], int]:
+        """The sequence number of each stream's newest frame in the spool (read at start, so
+        that the broker's redelivery of a spooled message is known as a duplicate)."""
+        out: dict[tuple[BedKey, str], int] = {}
+        for path in self._files:
+            batch = decode_batch(path.read_bytes()[_U32.size :])
+            for frame in batch.numerics:
+                out[(frame.bed, "numerics")] = frame.seq
+            for wave in batch.waveforms:
+                out[(wave.bed, "waveform")] = wave.seq
+        return out
 
     def pop(self) -> None:
         path = self._files.pop(0)

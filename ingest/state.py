@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 SeqVerdict = Literal["next", "first", "gap", "reordered", "duplicate", "reset"]
 _WRAP = 1 << 32
+# How far behind the last number stored before a restart a redelivered message may be: the
+# messages of one stream held unacknowledged when the engine stopped (a few seconds' worth).
+STORED_REDELIVERY_WINDOW = 256
 
 
 class SeqTracker:
@@ -39,18 +42,27 @@ class SeqTracker:
         self._seen: OrderedDict[int, int] = OrderedDict()
         self._window = window
         self.last: int | None = None
+        # The last number stored before a restart, until the stream goes past it.
+        self._stored: int | None = None
 
     def resume(self, seq: int) -> None:
         """Go on from ``seq``, the last number stored before a restart: the next one is
-        ``next``, a jump a gap (messages lost while the engine was down or killed)."""
+        ``next``, a jump a gap (messages lost while the engine was down or killed). Until the
+        stream goes past ``seq``, a number at or shortly before it is a ``duplicate``: the
+        broker sending again a message that was stored but not acknowledged."""
         if self.last is None:
             self.last = seq
+            self._stored = seq
 
     def observe(self, seq: int, ts_us: int) -> tuple[SeqVerdict, int]:
         """Returns the verdict and, for a gap, how many messages are missing."""
         seen_ts = self._seen.get(seq)
         if seen_ts == ts_us:
             return "duplicate", 0
+        if self._stored is not None:
+            if (self._stored - seq) % _WRAP < STORED_REDELIVERY_WINDOW:
+                return "duplicate", 0
+            self._stored = None
         self._seen[seq] = ts_us
         self._seen.move_to_end(seq)
         if len(self._seen) > self._window:

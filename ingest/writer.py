@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -54,6 +55,27 @@ def batch_bytes(batch: Batch) -> int:
     )
 
 
+class Receipt:
+    """What one incoming message put into the writer: durable once every frame it produced is
+    stored in the database or fsynced to the spool (``pending`` 0) and the message is handled
+    (``sealed``)."""
+
+    __slots__ = ("pending", "sealed")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.sealed = False
+
+    @property
+    def durable(self) -> bool:
+        return self.sealed and self.pending == 0
+
+
+def _settle(receipts: list[Receipt]) -> None:
+    for receipt in receipts:
+        receipt.pending -= 1
+
+
 def _received(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     numerics = np.array([f.received_us for f in batch.numerics], dtype=np.int64)
     waveforms = np.array([f.received_us for f in batch.waveforms], dtype=np.int64)
@@ -76,7 +98,9 @@ class StoreWriter:
         self.store_open = store_open
         self._open = Batch()
         self._open_bytes = 0
-        self._queue: deque[tuple[Batch, int]] = deque()
+        # The receipt of each frame of the open batch (one entry per frame of a tracked message).
+        self._open_receipts: list[Receipt] = []
+        self._queue: deque[tuple[Batch, int, list[Receipt]]] = deque()
         self._queued_frames = 0
         self._queued_bytes = 0
         self._held_bytes = 0
@@ -85,7 +109,12 @@ class StoreWriter:
         self._backoff = Backoff(settings.write_retry_min_s, settings.write_retry_max_s)
         self._held: dict[BedKey, list[WaveformFrame]] = {}
         self._held_us: dict[BedKey, int] = {}
+        self._held_receipts: dict[BedKey, list[Receipt]] = {}
         self._held_frames = 0
+        # The receipt of the message being handled: every frame added meanwhile counts in it.
+        self.receipt: Receipt | None = None
+        # Called after frames became durable (their receipts settled).
+        self.on_durable: Callable[[], None] | None = None
         self.stored_frames = 0
         self.stored_data_frames = 0  # numerics and waveforms (no statuses, no dead letters)
         self.available = True
@@ -98,12 +127,26 @@ class StoreWriter:
         if isinstance(frame, NumericsFrame):
             self._open.numerics.append(frame)
             self._open_bytes += frame_bytes(frame)
+            self._track(self._open_receipts)
         elif isinstance(frame, WaveformFrame):
             self._hold(frame)
         elif isinstance(frame, StatusFrame):
             self._open.statuses.append(frame)
             self._open_bytes += frame_bytes(frame)
+            self._track(self._open_receipts)
         self._seal_if_full()
+
+    def _track(self, receipts: list[Receipt]) -> None:
+        receipt = self.receipt
+        if receipt is not None:
+            receipt.pending += 1
+            receipts.append(receipt)
+
+    def _durable(self, receipts: list[Receipt]) -> None:
+        if receipts:
+            _settle(receipts)
+            if self.on_durable is not None:
+                self.on_durable()
 
     def _seal_if_full(self) -> None:
         if (
@@ -123,9 +166,11 @@ class StoreWriter:
         if segment_us <= 0:
             self._open.waveforms.append(frame)
             self._open_bytes += frame_bytes(frame)
+            self._track(self._open_receipts)
             return
         held = self._held.setdefault(frame.bed, [])
         held.append(frame)
+        self._track(self._held_receipts.setdefault(frame.bed, []))
         self._held_frames += 1
         self._held_bytes += frame_bytes(frame)
         span_us = frame.t0_us - held[0].t0_us
@@ -136,6 +181,7 @@ class StoreWriter:
 
     def _release(self, bed: BedKey) -> None:
         held = self._held.pop(bed, [])
+        self._open_receipts.extend(self._held_receipts.pop(bed, ()))
         self._held_us.pop(bed, None)
         self._held_frames -= len(held)
         size = sum(frame_bytes(f) for f in held)
@@ -152,6 +198,7 @@ class StoreWriter:
     def add_dead_letter(self, letter: DeadLetter) -> None:
         self._open.dead_letters.append(letter)
         self._open_bytes += frame_bytes(letter)
+        self._track(self._open_receipts)
         self._seal_if_full()
 
     def _seal(self) -> None:
@@ -159,21 +206,28 @@ class StoreWriter:
         if not len(batch):
             return
         size = self._open_bytes
+        receipts = self._open_receipts
         self._open = Batch()
         self._open_bytes = 0
+        self._open_receipts = []
         s = self._settings
         full = (
             self._queued_frames + len(batch) > s.memory_max_frames
             or self._queued_bytes + size > s.memory_max_bytes
         )
-        if len(self._spool) or full:
-            self._spool.push(batch)
+        if len(self._spool) or full or not self.available:
+            self._spool.push(batch)  # fsynced: durable
+            self._durable(receipts)
         else:
-            self._queue.append((batch, size))
+            self._queue.append((batch, size, receipts))
             self._queued_frames += len(batch)
             self._queued_bytes += size
         self._update_gauges()
         self._wake.set()
+
+    def spooled_sequences(self) -> dict[tuple[BedKey, str], int]:
+        """Each stream's newest sequence number in the spool (see ``Spool.last_sequences``)."""
+        return self._spool.last_sequences() if len(self._spool) else {}
 
     @property
     def pending_frames(self) -> int:
@@ -206,6 +260,7 @@ class StoreWriter:
         """Write what is waiting, oldest first. False when the store refused."""
         while self._queue or len(self._spool):
             if not self.store_open and not await self._open_store():
+                self._spill()
                 return False
             from_memory = bool(self._queue)
             batch = self._queue[0][0] if from_memory else self._spool.peek()
@@ -220,19 +275,22 @@ class StoreWriter:
                     log.warning("store unavailable, keeping data: %s", exc)
                 self.available = False
                 self._metrics.store_failures.labels(error="unavailable").inc()
+                self._spill()
                 return False
             except Exception as exc:
                 log.exception("store write failed; batch kept for retry")
                 self._metrics.store_failures.labels(error=type(exc).__name__).inc()
+                self._spill()
                 return False
             if not self.available:
                 log.info("store available again; writing what was kept")
             self.available = True
             self._backoff.reset()
             if from_memory:
-                _, size = self._queue.popleft()
+                _, size, receipts = self._queue.popleft()
                 self._queued_frames -= len(batch)
                 self._queued_bytes -= size
+                self._durable(receipts)
             else:
                 self._spool.pop()
             self.stored_frames += len(batch)
@@ -254,6 +312,20 @@ class StoreWriter:
             self._update_gauges()
         self._metrics.store_lag.set(0.0)
         return True
+
+    def _spill(self) -> None:
+        """The store refused: what waits in memory goes to the spool (in order, in front of
+        anything spooled after it), so that it is durable and its messages can be acknowledged
+        while the database is away."""
+        if not self._queue:
+            return
+        for batch, _, receipts in reversed(self._queue):
+            self._spool.push(batch, front=True)
+            self._durable(receipts)
+        self._queue.clear()
+        self._queued_frames = 0
+        self._queued_bytes = 0
+        self._update_gauges()
 
     async def _open_store(self) -> bool:
         """Open the store (and apply its migrations); False while it is still unavailable."""
@@ -284,10 +356,6 @@ class StoreWriter:
             await asyncio.sleep(min(self._backoff.next_s(), max(0.0, deadline - time.monotonic())))
         if self._queue:
             # Older than anything spooled: they go in front, newest first.
-            for batch, _ in reversed(self._queue):
-                self._spool.push(batch, front=True)
             log.warning("store unavailable at shutdown: %d frames spooled", self._queued_frames)
-            self._queue.clear()
-            self._queued_frames = 0
-            self._queued_bytes = 0
+            self._spill()
         self._update_gauges()

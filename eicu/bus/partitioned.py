@@ -21,7 +21,10 @@ ignored); the broker sends them again. The consumer never reconnects by itself, 
 of an old connection can ever acknowledge a different message on a new one.
 
 The same code reads a single Mosquitto (a site node, a one-machine install), which has no
-mappings: one consumer with ``topic_filter="eicu/v1/#"`` reads everything as one partition.
+mappings: one consumer with ``topic_filter="eicu/#"`` reads everything as one partition. A
+consumer may also take several filters (``topic_filter=[...]``): the engine reads its partitions
+and the unpartitioned ones on one connection (:func:`ingest_topic_filters`,
+:func:`ingest_consumer`).
 
 Errors::
 
@@ -34,7 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,6 +54,8 @@ __all__ = [
     "PartitionConnectionLost",
     "PartitionConsumer",
     "PartitionMessage",
+    "ingest_consumer",
+    "ingest_topic_filters",
     "partition_topic_filter",
 ]
 
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 
 # The topic prefix under which the broker's mappings put the partitions (NATS subject ``eicu.p``).
 PARTITION_PREFIX: Final = "eicu/p"
+# The gateways' own status messages (not a bed's), read unpartitioned beside the partitions.
+GATEWAY_STATUS_FILTER: Final = "eicu/v1/+/_gateway/+/status"
 # SUBACK's return code of a refused subscription (MQTT 3.1.1 § 3.9.3).
 _SUBACK_FAILURE: Final = 0x80
 # What the acknowledgement of a message of a closed connection resolves to: gmqtt then writes
@@ -80,6 +88,33 @@ def partition_topic_filter(partition: int, prefix: str = PARTITION_PREFIX) -> st
     if partition < 0:
         raise ValueError(f"a partition number is >= 0, got {partition}")
     return f"{prefix}/{partition}/#"
+
+
+def ingest_topic_filters(
+    settings: MqttSettings, partitions: Sequence[int] | None, prefix: str = PARTITION_PREFIX
+) -> tuple[str, ...]:
+    """What the engine subscribes to: ``settings.topic_filter`` (``eicu/#``) without partitions;
+    with them, each partition's ``eicu/p/<k>/#`` and the gateways' status topic where a broker
+    leaves it unpartitioned (a gateway's status names beds of every partition)."""
+    if partitions is None:
+        return (settings.topic_filter,)
+    return (
+        *(partition_topic_filter(k, prefix) for k in partitions),
+        GATEWAY_STATUS_FILTER,
+    )
+
+
+def ingest_consumer(
+    settings: MqttSettings, partitions: Sequence[int] | None = None
+) -> PartitionConsumer:
+    """The engine's input: one persistent-session connection with the engine's own client id
+    (its user name), reading every topic or the given partitions, acknowledging on :meth:`ack`."""
+    return PartitionConsumer(
+        settings,
+        None,
+        client_id=settings.client_id,
+        topic_filter=ingest_topic_filters(settings, partitions),
+    )
 
 
 class PartitionConnectionLost(MqttError):
@@ -116,22 +151,34 @@ class PartitionConsumer:
     """A persistent-session QoS 1 subscriber of one partition, acknowledging only on
     :meth:`ack`. ``settings`` give the broker, credentials and TLS; the client id is
     ``<settings.client_id>-p<partition>`` (the session belongs to the partition, so whichever
-    worker holds the partition resumes it). ``topic_filter`` replaces ``eicu/p/<k>/#``."""
+    worker holds the partition resumes it). ``topic_filter`` (one filter or several) replaces
+    ``eicu/p/<k>/#``; with ``partition=None`` it must be given, and so must ``client_id``.
+    A message's ``partition`` is the one its topic names (else the consumer's; -1 for none)."""
 
     def __init__(
         self,
         settings: MqttSettings,
-        partition: int,
+        partition: int | None,
         *,
         client_id: str | None = None,
-        topic_filter: str | None = None,
+        topic_filter: str | Sequence[str] | None = None,
         prefix: str = PARTITION_PREFIX,
     ) -> None:
         self.settings = settings
-        self.partition = partition
-        self.topic_filter = topic_filter or partition_topic_filter(partition, prefix)
+        self.partition = -1 if partition is None else partition
+        if topic_filter is None:
+            if partition is None:
+                raise ValueError("a consumer of no partition needs a topic_filter")
+            topic_filter = partition_topic_filter(partition, prefix)
+        filters = (topic_filter,) if isinstance(topic_filter, str) else tuple(topic_filter)
+        if not filters:
+            raise ValueError("a consumer needs at least one topic filter")
+        self.topic_filters = filters
+        self.topic_filter = ", ".join(filters)
+        if client_id is None and partition is None:
+            raise ValueError("a consumer of no partition needs a client_id")
         self.client_id = client_id or f"{settings.client_id}-p{partition}"
-        self._strip = f"{prefix}/{partition}/"
+        self._strip = re.compile(rf"^{re.escape(prefix)}/(\d+)/")
         self._queue: asyncio.Queue[PartitionMessage | None] = asyncio.Queue()
         self._pending: set[asyncio.Future[int]] = set()
         self._client: _Client | None = None
@@ -173,7 +220,7 @@ class PartitionConsumer:
             await client.connect(
                 s.host, s.port, ssl=context or False, keepalive=s.keepalive_s, version=MQTTv311
             )
-            client.subscribe(self.topic_filter, qos=1)
+            client.subscribe([gmqtt.Subscription(f, qos=1) for f in self.topic_filters])
             return await subscribed
 
         # gmqtt waits for a CONNACK even when the broker closed the connection instead (NATS does
@@ -301,13 +348,12 @@ class PartitionConsumer:
         subscription comes as QoS 0: gmqtt sends nothing for it.)"""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         partition_topic = topic
-        gateway_topic = (
-            "eicu/" + topic[len(self._strip) :] if topic.startswith(self._strip) else topic
-        )
+        match = self._strip.match(topic)
+        gateway_topic = "eicu/" + topic[match.end() :] if match else topic
         message = PartitionMessage(
             topic=gateway_topic,
             payload=bytes(payload),
-            partition=self.partition,
+            partition=int(match.group(1)) if match else self.partition,
             partition_topic=partition_topic,
             redelivered=bool(properties.get("dup")),
             _acked=future,
@@ -326,7 +372,8 @@ class PartitionConsumer:
 
     def _on_subscribe(self, client: Any, mid: int, qos: tuple[int, ...], properties: Any) -> None:
         if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_result(qos[0] if qos else _SUBACK_FAILURE)
+            # One granted QoS per filter: the worst decides (any refusal refuses all).
+            self._subscribed.set_result(max(qos) if qos else _SUBACK_FAILURE)
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         if self._closed:

@@ -1,0 +1,170 @@
+"""Acknowledge after persist: an engine SIGKILLed while gateways publish loses nothing, and the
+engine started after it stores nothing twice (Mosquitto, and a NATS node with partitions)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from eicu.config import IngestSettings, MqttSettings, parse_partitions
+from eicu.devservices import Mosquitto, NatsServer, ServiceError
+from eicu.errors import ConfigError
+from eicu.store import Store, open_store
+from ingest.engine import Engine
+from simulators.run import SimulationPlan, simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_ID = "eicu-test-killed"  # the child engine's (tests/engine_child.py)
+BEDS = 6
+WAIT_S = 120.0  # generous: the machine may be busy
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = open_store(db_url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def nats_node() -> Iterator[NatsServer]:
+    try:
+        server = NatsServer(partitions=4).start()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start NATS for the tests: {exc}")
+    yield server
+    server.cleanup()
+
+
+class _Child:
+    """``tests/engine_child.py`` in a process of its own; its output read to the end."""
+
+    def __init__(self, mqtt_url: str, db_url: str, spool: Path, partitions: str | None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if partitions is not None:
+            env["EICU_TEST_PARTITIONS"] = partitions
+        cmd = [sys.executable, "-m", "tests.engine_child", mqtt_url, db_url, str(spool)]
+        self.process = subprocess.Popen(
+            [*cmd, "0.2", "4000", "persist", "quiet"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.strip() == "READY":
+                self.ready.set()
+
+    async def wait_ready(self) -> None:
+        ready = await asyncio.to_thread(self.ready.wait, WAIT_S)
+        assert ready, "the engine process did not subscribe"
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.reader.join(10.0)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+async def _until(what: str, condition: object, timeout_s: float = WAIT_S) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        if await condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+async def _crash_and_recover(
+    mqtt_url: str, db_url: str, store: Store, spool: Path, partitions: str | None
+) -> tuple[dict[str, object], dict[str, dict[str, int]]]:
+    """Gateways publish QoS 1 while an engine process runs; it is SIGKILLed mid-stream, a new
+    engine (same client id: same session) takes over. Returns what the broker acknowledged to
+    the gateways and what the store holds once everything is in."""
+    child = _Child(mqtt_url, db_url, spool, partitions)
+    try:
+        await child.wait_ready()
+        gateways = MqttSettings.from_url(mqtt_url)
+        plan = SimulationPlan(site="crash", beds=BEDS, duration_s=24.0, speed=4.0)
+        publishing = asyncio.create_task(simulate(gateways, plan))
+
+        async def every_bed_stored() -> bool:
+            beds = (await store.stats())["beds"]
+            return len(beds) == BEDS and all(b["messages"] > 0 for b in beds.values())
+
+        await _until("the killed engine stored some of every bed", every_bed_stored)
+    finally:
+        child.kill()
+    assert not publishing.done(), "the engine was to be killed while the gateways publish"
+    mqtt = MqttSettings.from_url(
+        mqtt_url, client_id=CLIENT_ID, partitions=parse_partitions(partitions)
+    )
+    settings = IngestSettings(spool_dir=spool, flush_interval_s=0.1, analyse_signals=False)
+    engine = Engine(mqtt, settings, store)
+    await engine.start()
+    try:
+        await engine.wait_connected(WAIT_S)
+        summary = await publishing
+        assert "unsent" not in summary and "dropped" not in summary
+        published = summary["beds"]
+
+        async def all_in() -> bool:
+            return (await store.stats())["beds"] == published
+
+        # Everything the broker acknowledged arrives; a duplicate would count more.
+        await _until("every published sample stored", all_in)
+    finally:
+        await engine.stop()
+    return summary, (await store.stats())["beds"]
+
+
+def _assert_exactly_once(summary: dict[str, object], stored: dict[str, dict[str, int]]) -> None:
+    published = summary["beds"]
+    assert isinstance(published, dict) and len(published) == BEDS
+    assert stored == published  # messages and samples, bed by bed: none lost, none twice
+
+
+@pytest.mark.broker
+@pytest.mark.db
+@pytest.mark.slow
+async def test_an_engine_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
+    broker: Mosquitto, store: Store, db_url: str, tmp_path: Path
+) -> None:
+    summary, stored = await _crash_and_recover(broker.url, db_url, store, tmp_path / "s", None)
+    _assert_exactly_once(summary, stored)
+
+
+@pytest.mark.nats
+@pytest.mark.db
+@pytest.mark.slow
+async def test_an_engine_of_nats_partitions_killed_mid_stream_loses_nothing(
+    nats_node: NatsServer, store: Store, db_url: str, tmp_path: Path
+) -> None:
+    summary, stored = await _crash_and_recover(nats_node.url, db_url, store, tmp_path / "s", "0-3")
+    _assert_exactly_once(summary, stored)
+
+
+def test_partitions_setting() -> None:
+    assert parse_partitions("0-3,8") == (0, 1, 2, 3, 8)
+    assert parse_partitions(" 3,7 ") == (3, 7)
+    assert parse_partitions("") is None
+    for bad in ("x", "3-1", "-1", "0-5000"):
+        with pytest.raises(ConfigError, match="EICU_MQTT_PARTITIONS"):
+            parse_partitions(bad)
