@@ -197,10 +197,11 @@ def listener_settings(tls: ListenerTls | None = None) -> list[str]:
 # (EICU_MAX_MESSAGE_BYTES, 512 KiB by default, plus the MQTT header and topic) is dropped at the
 # broker before it reaches anyone. The engine's persistent session keeps this many messages, and
 # bytes, while the engine is away (Mosquitto's default of 1000 messages is seconds of a ward);
-# a session abandoned for two weeks is dropped. Each client gets 1000 QoS 1 messages in flight.
+# a session abandoned for two weeks is dropped. Each client gets 20000 QoS 1 messages in flight:
+# the engine acknowledges a message once it is stored, seconds later (about 15 per bed held).
 SESSION_LIMITS = (
     "persistence true",
-    "max_inflight_messages 1000",
+    "max_inflight_messages 20000",
     "max_queued_messages 1000000",
     "max_queued_bytes 536870912",
     "max_packet_size 600000",

@@ -44,6 +44,7 @@ class SeqTracker:
         self.last: int | None = None
         # The last number stored before a restart, until the stream goes past it.
         self._stored: int | None = None
+        self._passed_ts: int | None = None  # device time of the first frame past it
 
     def resume(self, seq: int) -> None:
         """Go on from ``seq``, the last number stored before a restart: the next one is
@@ -61,8 +62,14 @@ class SeqTracker:
             return "duplicate", 0
         if self._stored is not None:
             if (self._stored - seq) % _WRAP < STORED_REDELIVERY_WINDOW:
-                return "duplicate", 0
-            self._stored = None
+                # Sent again, possibly after newer ones (a broker redelivers what was not
+                # acknowledged when it chooses); newer device time than the first frame past
+                # the mark: the sender started counting again.
+                if self._passed_ts is None or ts_us < self._passed_ts:
+                    return "duplicate", 0
+                self._stored = None
+            elif self._passed_ts is None:
+                self._passed_ts = ts_us
         self._seen[seq] = ts_us
         self._seen.move_to_end(seq)
         if len(self._seen) > self._window:

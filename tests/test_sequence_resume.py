@@ -113,16 +113,19 @@ async def test_sqlite_store_gives_the_last_sequences_too(tmp_path: Path) -> None
         await store.close()
 
 
-async def test_frames_lost_in_a_killed_engine_are_counted_as_gaps(
-    broker: Mosquitto, store: Store, db_url: str, tmp_path: Path
+@pytest.mark.parametrize("ack", ["receipt", "persist"])
+async def test_frames_a_killed_engine_held_are_gaps_or_come_again(
+    ack: str, broker: Mosquitto, store: Store, db_url: str, tmp_path: Path
 ) -> None:
     """A real SIGKILL: the engine took frames 10..14 but had not stored them (they wait for a
-    flush that never comes). The engine started after it counts them as a gap."""
+    flush that never comes). Acknowledged on receipt, they are lost: the engine started after it
+    counts them as a gap. Acknowledged after persist, the broker sends them again: stored, no
+    gap, and the frames stored before the kill are not stored twice."""
     root = Path(__file__).resolve().parent.parent
     # It flushes every 10 frames, or else only after 10 minutes.
     cmd = [sys.executable, "-m", "tests.engine_child", broker.url, db_url, str(tmp_path / "k")]
     child = subprocess.Popen(
-        [*cmd, "600", "10"],
+        [*cmd, "600", "10", ack],
         stdout=subprocess.PIPE,
         text=True,
         cwd=root,
@@ -154,9 +157,13 @@ async def test_frames_lost_in_a_killed_engine_are_counted_as_gaps(
         child.wait()
         if child.stdout is not None:
             child.stdout.close()
-    assert (await store.stats())["beds"][str(BED)]["messages"] == 10  # 10..14 died with it
+    before = (await store.stats())["beds"][str(BED)]["messages"]
+    if ack == "receipt":
+        assert before == 10  # 10..14 died with it
+    else:
+        assert 10 <= before <= 15  # what was not stored died with it, unacknowledged
     again = Engine(
-        MqttSettings.from_url(broker.url, client_id="eicu-test-killed"),
+        MqttSettings.from_url(broker.url, client_id="eicu-test-killed", ack=ack),
         IngestSettings(spool_dir=tmp_path / "k", flush_interval_s=0.1),
         store,
     )
@@ -166,6 +173,11 @@ async def test_frames_lost_in_a_killed_engine_are_counted_as_gaps(
         for seq in range(15, 20):
             frame = NumericsFrame(BED, seq, t0_us + seq * 1_000_000, {"HR": 80.0})
             await client.publish(wire.numerics_topic(BED), wire.encode_numerics(frame), qos=1)
-    await _until_stored(again, 5)
+    await _until_stored(again, 5 if ack == "receipt" else 20 - before)
     await again.stop()
-    assert _gaps(again, "numerics") == 5
+    if ack == "receipt":
+        assert _gaps(again, "numerics") == 5
+        assert (await store.stats())["beds"][str(BED)]["messages"] == 15
+    else:
+        assert _gaps(again, "numerics") == 0
+        assert (await store.stats())["beds"][str(BED)]["messages"] == 20
