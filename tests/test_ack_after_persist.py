@@ -17,8 +17,12 @@ import pytest
 from eicu.config import IngestSettings, MqttSettings, parse_partitions
 from eicu.devservices import Mosquitto, NatsServer, ServiceError
 from eicu.errors import ConfigError
+from eicu.metrics import IngestMetrics
+from eicu.models import BedKey, NumericsFrame
 from eicu.store import Store, open_store
 from ingest.engine import Engine
+from ingest.state import SeqTracker
+from ingest.writer import Receipt, StoreWriter
 from simulators.run import SimulationPlan, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,3 +176,38 @@ def test_partitions_setting() -> None:
     for bad in ("x", "3-1", "-1", "0-5000"):
         with pytest.raises(ConfigError, match="EICU_MQTT_PARTITIONS"):
             parse_partitions(bad)
+
+
+def test_a_resumed_stream_drops_what_was_stored_but_not_a_restarted_sender() -> None:
+    t0 = 1_700_000_000_000_000
+    tracker = SeqTracker()
+    tracker.resume(100)  # the newest number stored before the restart
+    assert tracker.observe(98, t0 - 2)[0] == "duplicate"  # stored, not acknowledged: sent again
+    assert tracker.observe(101, t0 + 10) == ("next", 0)
+    assert tracker.observe(99, t0 - 1)[0] == "duplicate"  # sent again after newer ones
+    # The sender counts from 0 again (newer device time): nothing of it is dropped.
+    assert [tracker.observe(s, t0 + 20 + s)[0] for s in range(3)].count("duplicate") == 0
+
+
+async def test_a_message_is_durable_once_its_frames_are_stored(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    try:
+        writer = StoreWriter(store, IngestSettings(spool_dir=tmp_path / "s"), IngestMetrics())
+        bed = BedKey("site", "bed1")
+        receipts = []
+        for seq in range(3):
+            receipt = writer.receipt = Receipt()
+            writer.add(NumericsFrame(bed, seq, 1_700_000_000_000_000 + seq, {"HR": 80.0}))
+            writer.receipt = None
+            receipt.sealed = True
+            receipts.append(receipt)
+        durable: list[int] = []
+        writer.on_durable = lambda: durable.append(sum(r.durable for r in receipts))
+        assert not any(r.durable for r in receipts)
+        writer._seal()
+        assert not any(r.durable for r in receipts)  # sealed into a batch, in memory
+        assert await writer._write_pending()
+        assert all(r.durable for r in receipts) and durable == [3]
+    finally:
+        await store.close()
