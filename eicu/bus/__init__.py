@@ -1,7 +1,9 @@
 """The MQTT bus: the one module that imports the MQTT client library (aiomqtt).
 
-Every MQTT client of the engine and the simulators (the ingest, the alarm channel, the simulated
-gateways) connects through :class:`Client`, which applies what
+Every MQTT client of the engine and the simulators (the alarm channel, the simulated gateways,
+the ingest with ``EICU_MQTT_ACK=receipt``) connects through :class:`Client`; the ingest, which
+acknowledges each message after persisting it, reads through
+:func:`eicu.bus.partitioned.ingest_consumer` (gmqtt), with the same settings. Both apply what
 :class:`~eicu.config.MqttSettings` says: the user name and password and, for ``mqtts://``, TLS
 that verifies the broker's certificate (against ``EICU_MQTT_CA_FILE``, or the system's trusted
 CAs when unset) and checks its host name, presenting this client's certificate when one is set.
