@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from eicu.config import IngestSettings, MqttSettings, parse_partitions
+from eicu.bus.partitioned import ingest_consumer
+from eicu.config import IngestSettings, MqttSettings, Settings, parse_partitions
 from eicu.devservices import Mosquitto, NatsServer, ServiceError
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
@@ -176,6 +177,25 @@ def test_partitions_setting() -> None:
     for bad in ("x", "3-1", "-1", "0-5000"):
         with pytest.raises(ConfigError, match="EICU_MQTT_PARTITIONS"):
             parse_partitions(bad)
+
+
+def test_the_engine_reads_its_partitions_as_its_user() -> None:
+    env = {"EICU_MQTT_URL": "mqtt://hub:pw@127.0.0.1", "EICU_MQTT_PARTITIONS": "0-1,3"}
+    mqtt = Settings.from_env(env).mqtt
+    assert mqtt is not None and mqtt.ack == "persist"
+    consumer = ingest_consumer(mqtt, mqtt.partitions)
+    assert consumer.client_id == "hub"  # the engine's user name, not a partition's
+    assert consumer.topic_filters == (
+        "eicu/p/0/#",
+        "eicu/p/1/#",
+        "eicu/p/3/#",
+        "eicu/v1/+/_gateway/+/status",
+    )
+    everything = Settings.from_env({"EICU_MQTT_URL": "mqtt://hub:pw@127.0.0.1"}).mqtt
+    assert everything is not None
+    assert ingest_consumer(everything, everything.partitions).topic_filters == ("eicu/#",)
+    with pytest.raises(ConfigError, match="EICU_MQTT_ACK"):
+        Settings.from_env({**env, "EICU_MQTT_ACK": "never"})
 
 
 def test_a_resumed_stream_drops_what_was_stored_but_not_a_restarted_sender() -> None:
