@@ -257,18 +257,16 @@ def nats_partition_mappings(partitions: int) -> dict[str, str]:
     ``eicu/v1/<site>/<bed>/<type>``) becomes ``eicu.p.<k>.v1.<site>.<bed>.<type>`` with
     ``k = partition(partitions, site, bed)``, a hash of the two tokens that every server computes
     alike. ``partition(n, 1, 2)`` numbers the *wildcards* of the source (site is the first, bed the
-    second), not the subject's tokens. A gateway's own status goes by (site, gateway name)."""
+    second), not the subject's tokens. A gateway's own status
+    (``eicu.v1.<site>._gateway.<id>.status``, one message naming beds of every partition) is left
+    unmapped: every worker reads it."""
     if partitions < 1:
         raise ValueError(f"need at least one partition, got {partitions}")
     key = f"{{{{partition({partitions},1,2)}}}}"
     site_bed = "{{wildcard(1)}}.{{wildcard(2)}}"
-    mappings = {
+    return {
         f"eicu.v1.*.*.{kind}": f"eicu.p.{key}.v1.{site_bed}.{kind}" for kind in GATEWAY_BED_TYPES
     }
-    mappings["eicu.v1.*._gateway.*.status"] = (
-        f"eicu.p.{key}.v1.{{{{wildcard(1)}}}}._gateway.{{{{wildcard(2)}}}}.status"
-    )
-    return mappings
 
 
 def _conf_value(value: object) -> str:
