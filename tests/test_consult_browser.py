@@ -115,6 +115,19 @@ class Consult:
             return db.execute("SELECT * FROM consult_calls ORDER BY started").fetchall()
 
 
+def ended_calls(consult: Consult, n: int, timeout_s: float = 20.0) -> list[sqlite3.Row]:
+    """The first ``n`` calls of the audit once each has its outcome: the page shows "ended" as
+    soon as it hangs up, the server writes the outcome when it sees the hang-up."""
+    deadline = time.monotonic() + timeout_s
+    calls = consult.calls()
+    while (len(calls) < n or any(c["outcome"] is None for c in calls[:n])) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+        calls = consult.calls()
+    return calls[:n]
+
+
 def scrape(url: str) -> str:
     """The Prometheus metrics at ``url``/metrics; empty while nothing listens there yet."""
     try:
@@ -137,7 +150,12 @@ def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
     # bed labels on /metrics, to read each call's quality per bed (docs/dashboard.md, Metrics)
     env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1",
            "EICU_ICE_SERVERS": "", "EICU_METRICS_BED_LABELS": "1"}  # fmt: skip
-    demo = start(["demo", "--beds", "4", "--duration", "400", "--data-dir", str(data)], env)
+    # every bed's scenario event 20 s in: the VT bed's VTACH is up (and latched) by the time the
+    # first call has ended
+    demo = start(
+        ["demo", "--beds", "4", "--duration", "400", "--events-at", "20", "--data-dir", str(data)],
+        env,
+    )
     cart: Process | None = None
     try:
         url = demo_started(demo)
@@ -256,7 +274,7 @@ def test_a_call_from_the_bed_view_and_from_an_alarm(consult: Consult, browser: o
     assert page.evaluate("() => window.cspViolations") == []
     page.click("#hangup")
     expect(page.locator("#call-state")).to_have_text("ended")
-    [call] = consult.calls()
+    [call] = ended_calls(consult, 1)
     assert (call["caller"], call["site"], call["bed"], call["cart"]) == (
         "ida", SITE, VT_BED, "cart-demo-bed004",
     )  # fmt: skip
@@ -341,9 +359,5 @@ def test_the_demo_serves_a_cart_for_its_first_bed(consult: Consult, browser: obj
     page.click("#hangup")
     expect(page.locator("#call-state")).to_have_text("ended")
     page.close()
-    # the page shows "ended" as soon as it hangs up; the server writes the audit when it sees it
-    deadline = time.monotonic() + 20
-    while consult.calls()[-1]["outcome"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    last = consult.calls()[-1]
+    last = ended_calls(consult, len(consult.calls()))[-1]
     assert (last["bed"], last["cart"], last["outcome"]) == ("bed001", "cart-demo", "completed")
