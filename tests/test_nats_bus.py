@@ -255,6 +255,7 @@ async def test_each_bed_in_one_partition_in_order_across_nodes(
 async def test_alarms_to_the_site_are_not_partitioned(calm_cluster: NatsCluster) -> None:
     """The engine's alarms back to a site keep their topic (the site subscribes to it)."""
     cluster = calm_cluster
+    await subscribe_once(cluster[0], range(1))  # the cluster's MQTT streams exist (see there)
     async with Client(settings(cluster[2], "site-a-display")) as site:
         await site.subscribe("eicu/v1/site-a/+/alarms", qos=1)
         async with Client(settings(cluster[0], "engine-alarms")) as engine:
