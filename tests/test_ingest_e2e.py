@@ -118,7 +118,7 @@ async def test_many_beds_every_sample_stored_exactly_once(
     engine = await _started(broker, store, tmp_path)
     mqtt = MqttSettings.from_url(broker.url)
     summary = await simulate(
-        mqtt, SimulationPlan(site="icu", beds=100, duration_s=30.0, scenario="mix")
+        mqtt, SimulationPlan(site="icu", beds=100, duration_s=15.0, scenario="mix")
     )
     await _settle(engine, _total(summary))
     await engine.stop()
