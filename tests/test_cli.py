@@ -142,6 +142,9 @@ def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
     published, stored = int(found[1]), int(found[2])
     assert published == stored > 0
     assert (tmp_path / "eicu.sqlite").exists()
+    # the demo's beds are registered, watched from their first message (none "new")
+    assert "auto-registered" not in out.stderr
+    assert (tmp_path / "beds.txt").read_text().split() == [f"demo/bed{i:03d}" for i in range(1, 9)]
 
 
 @pytest.mark.db

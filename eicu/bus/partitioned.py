@@ -81,6 +81,9 @@ class _DropWritesToClosedSocket(logging.Filter):
 
 
 logging.getLogger("gmqtt.mqtt.protocol").addFilter(_DropWritesToClosedSocket())
+# gmqtt logs every connection, subscription and acknowledgement at INFO; this adapter logs what
+# an operator needs (connected, reading, lost) itself.
+logging.getLogger("gmqtt").setLevel(logging.WARNING)
 
 
 def partition_topic_filter(partition: int, prefix: str = PARTITION_PREFIX) -> str:

@@ -111,17 +111,22 @@ async def demo(args: argparse.Namespace) -> int:
     db_url = settings.database_url or f"sqlite:///{data_dir / 'eicu.sqlite'}"
     store = open_store(db_url)
     await store.open()
+    admission = replace(
+        settings.ingest.admission,
+        site_beds_max=max(settings.ingest.admission.site_beds_max, args.beds),
+        new_beds_burst=max(settings.ingest.admission.new_beds_burst, args.beds),
+    )
+    if admission.beds_file is None:
+        # The demo's own simulated beds are registered beds, watched from their first message
+        # like the beds of a site's configuration (an auto-registered bed is "new" for a while).
+        beds_file = data_dir / "beds.txt"
+        beds_file.write_text(
+            "".join(f"{DEMO_SITE}/bed{i + 1:03d}\n" for i in range(args.beds)), encoding="utf-8"
+        )
+        admission = replace(admission, beds_file=beds_file)
     engine = Engine(
         mqtt,
-        IngestSettings(
-            spool_dir=data_dir / "spool",
-            # the demo's own simulated beds are admitted however many there are
-            admission=replace(
-                settings.ingest.admission,
-                site_beds_max=max(settings.ingest.admission.site_beds_max, args.beds),
-                new_beds_burst=max(settings.ingest.admission.new_beds_burst, args.beds),
-            ),
-        ),
+        IngestSettings(spool_dir=data_dir / "spool", admission=admission),
         store,
         alarms_outbox=data_dir / "alarms.db",
     )
@@ -158,7 +163,7 @@ async def demo(args: argparse.Namespace) -> int:
     await engine.wait_connected(30.0)
     duration_s = args.duration or 365 * 86400.0
     plan = SimulationPlan(
-        site="demo",
+        site=DEMO_SITE,
         beds=args.beds,
         duration_s=duration_s,
         scenario="mix",
