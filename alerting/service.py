@@ -229,6 +229,15 @@ class AlarmService:
                 heapq.heappush(self._due, (due_us, bed))
         return events
 
+    def hand_over(self, bed: BedKey) -> None:
+        """Stop judging ``bed`` (its partition moved to another worker): no event, no page."""
+        self._dirty.discard(bed)
+        self._scheduled.pop(bed, None)
+        self._evaluated_us.pop(bed, None)
+        gone = self.machine.hand_over(bed)
+        if gone:
+            log.info("%s handed over with %d live alarms", bed, len(gone))
+
     def _take_due(self, now_us: int, every_us: int) -> set[BedKey]:
         """The beds to evaluate now: new data, a pending condition due, or (with ``every_us``)
         not evaluated for that long."""

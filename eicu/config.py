@@ -498,6 +498,38 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """``eicu worker``: the hub's partitions shared by several engine processes (docs/bus.md).
+
+    ``partition_count`` is the N of the broker's ``partition(N, ...)`` mappings
+    (``EICU_PARTITION_COUNT``); ``nats_urls`` the NATS servers that hold the ownership buckets
+    (``EICU_NATS_URL``, comma-separated ``nats://host:port``); ``worker_id`` names this process
+    in them (``EICU_WORKER_ID``, default host name and process id); ``ownership_ttl_s``: how long
+    a dead worker's partitions stay with it before another takes them (``EICU_OWNERSHIP_TTL_S``)."""
+
+    partition_count: int = 64
+    nats_urls: tuple[str, ...] = ()
+    worker_id: str = ""
+    ownership_ttl_s: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerSettings:
+        d = cls()
+        raw = env.get("EICU_NATS_URL") or ""
+        urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+        for url in urls:
+            scheme = urllib.parse.urlsplit(url).scheme
+            if scheme not in ("nats", "tls"):
+                raise ConfigError("EICU_NATS_URL", f"expected nats://host:port, got {url!r}")
+        return cls(
+            partition_count=_int(env, "EICU_PARTITION_COUNT", d.partition_count, 1, MAX_PARTITIONS),
+            nats_urls=urls,
+            worker_id=env.get("EICU_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
+            ownership_ttl_s=_float(env, "EICU_OWNERSHIP_TTL_S", d.ownership_ttl_s, 1.0, 300.0),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     mqtt: MqttSettings | None
     database_url: Secret | None
@@ -508,6 +540,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -609,6 +642,7 @@ class Settings:
             http=http,
             video=VideoSettings.from_env(env),
             store=StoreSettings.from_env(env),
+            worker=WorkerSettings.from_env(env),
         )
 
     def describe(self) -> dict[str, str]:

@@ -21,6 +21,8 @@ from ingest.state import BedRouter
 from ingest.writer import StoreWriter
 
 if TYPE_CHECKING:
+    from eicu.bus.ownership import PartitionOwnership
+
     from alerting.channels import DeliveryChannel
     from alerting.escalation import Dispatcher
     from alerting.outbox import Outbox
@@ -71,11 +73,16 @@ class Engine:
         *,
         store_open: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        ownership: PartitionOwnership | None = None,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
         writer opens it when the database is back, keeping everything until then. ``clock``:
-        the alarm stage's time (evaluation, escalation, delivery receipts)."""
+        the alarm stage's time (evaluation, escalation, delivery receipts). ``ownership``: the
+        hub's partitions shared with other engines (``eicu worker``): this engine reads, holds
+        and judges only the beds of the partitions it owns at the moment; without it, every
+        bed its broker sends."""
         self._clock = clock
+        self.ownership = ownership
         self.metrics = metrics or IngestMetrics()
         self.store = store
         self.router = BedRouter(self.metrics, ingest)
@@ -131,6 +138,28 @@ class Engine:
         # engine runs and caught up when the database comes back.
         self.alarm_store = alarm_store if self.alarms is not None else None
         self._tasks: list[asyncio.Task[None]] = []
+        self.ingest.on_partition_gained = self._partition_gained
+        self.ingest.on_partition_lost = self._partition_lost
+
+    async def _partition_gained(self, k: int) -> None:
+        """Before a taken-over partition's messages are read: sequence tracking of its beds goes
+        on from what the store holds (what the last owner stored is not taken twice)."""
+        await self._resume_sequences(partition=k)
+
+    def _partition_lost(self, k: int) -> None:
+        """A partition moved to another engine: its beds are no longer held or judged here."""
+        from eicu.bus.partitioned import partition_of
+
+        assert self.ownership is not None
+        n = self.ownership.partitions
+        gone = [b for b in self.router.beds if partition_of(b.site, b.bed, n) == k]
+        for bed in gone:
+            self.router.forget(bed)
+            self.scores.forget(bed)
+            self.signals.forget(bed)
+            if self.alarms is not None:
+                self.alarms.hand_over(bed)
+        log.info("partition %d handed over (%d beds)", k, len(gone))
 
     def _dispatcher(
         self,
@@ -161,10 +190,14 @@ class Engine:
     async def start(self) -> None:
         # Compile (or load from cache) the kernels before the first message waits on them.
         await asyncio.to_thread(warm_up, self._analyse)
-        await self._resume_sequences()
+        if self.ownership is None:
+            await self._resume_sequences()
+            reading = self.ingest.run()
+        else:
+            reading = self.ingest.run_owned(self.ownership)  # resumed partition by partition
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
-            asyncio.create_task(self.ingest.run(), name="ingest"),
+            asyncio.create_task(reading, name="ingest"),
             asyncio.create_task(self.ingest.run_dead_letters(), name="dead-letters"),
         ]
         if self.alarms is not None:
@@ -183,11 +216,12 @@ class Engine:
                 asyncio.create_task(self.dispatcher.run(self._alarm_events), name="alarms-dispatch")
             )
 
-    async def _resume_sequences(self, timeout_s: float = 2.0) -> None:
+    async def _resume_sequences(self, timeout_s: float = 2.0, partition: int | None = None) -> None:
         """Sequence tracking goes on from the newest frames stored (the last day), so frames
         lost while the engine was down or killed count as gaps, and those the broker sends again
         (stored or spooled, not acknowledged) as duplicates. Without the database it goes on
-        from the spool alone rather than wait."""
+        from the spool alone rather than wait. With ``partition``: only that partition's beds
+        that this engine does not hold yet."""
         import time
 
         # The spool holds what was written after the store's newest frames.
@@ -206,6 +240,16 @@ class Engine:
             log.exception("sequence tracking from the spool only (the store's answer failed)")
             last = {}
         last.update(spooled)
+        if partition is not None and self.ownership is not None:
+            from eicu.bus.partitioned import partition_of
+
+            n = self.ownership.partitions
+            last = {
+                key: seq
+                for key, seq in last.items()
+                if key[0] not in self.router.beds
+                and partition_of(key[0].site, key[0].bed, n) == partition
+            }
         self.router.resume_sequences(last)
         log.info("sequence tracking resumed for %d streams", len(last))
 

@@ -38,6 +38,10 @@ class ScoreStage:
         self.policy = policy or AssemblyPolicy()
         self.beds: dict[BedKey, BedScores] = {}
 
+    def forget(self, bed: BedKey) -> None:
+        """Drop a bed's scores (another worker holds it now)."""
+        self.beds.pop(bed, None)
+
     def __call__(self, frame: Frame, state: BedState | None) -> None:
         if not isinstance(frame, NumericsFrame) or state is None:
             return

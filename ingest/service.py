@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from eicu import bus, wire
 from eicu.config import AdmissionSettings, MqttSettings
@@ -19,6 +20,9 @@ from eicu.models import AlarmAck, BedKey, StatusFrame
 from ingest.admission import REFUSALS, Admission, DeadLetters
 from ingest.state import BedRouter
 from ingest.writer import Backoff, Receipt, StoreWriter
+
+if TYPE_CHECKING:
+    from eicu.bus.ownership import PartitionOwnership
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,43 @@ def byte_bounded_queue(max_bytes: int, metrics: IngestMetrics) -> type[asyncio.Q
     return ByteBoundedQueue
 
 
+class _Reader:
+    """One persistent-session subscription of the ingest and its window of messages waiting to
+    be acknowledged (each with the receipt of what it put into the writer)."""
+
+    def __init__(
+        self, name: str, client_id: str, filters: tuple[str, ...], partition: int | None = None
+    ) -> None:
+        self.name = name
+        self.client_id = client_id
+        self.filters = filters
+        self.partition = partition
+        self.consumer: Any = None
+        self.window: deque[tuple[Any, Receipt]] = deque()
+        self.subscribed = asyncio.Event()
+        self.up = False
+
+    def attach(self, consumer: Any) -> None:
+        """A new connection: what the old one held comes again from the broker."""
+        self.consumer = consumer
+        self.window = deque()
+
+    def pump(self) -> None:
+        window, consumer = self.window, self.consumer
+        while window and window[0][1].durable:
+            consumer.ack(window.popleft()[0])
+
+    async def finish(self) -> None:
+        """Acknowledge what is durable, wait until those PUBACKs are sent, disconnect."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        self.pump()
+        await consumer.drain()
+        await consumer.close()
+        self.consumer = None
+
+
 class Ingest:
     def __init__(
         self,
@@ -98,9 +139,13 @@ class Ingest:
         # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
         # they are ignored.
         self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
-        # The consumer (and its acknowledging) kept open by a cancelled run() until close().
-        self._consumer: Any = None
-        self._pump: Callable[[], None] | None = None
+        # The open subscriptions (kept open by a cancelled run() until close()), by name.
+        self._readers: dict[str, _Reader] = {}
+        # With partition owners (eicu worker): who holds which partition, and what the engine
+        # does when one is taken over (before its reader starts) or lost (after it stopped).
+        self._ownership: PartitionOwnership | None = None
+        self.on_partition_gained: Callable[[int], Awaitable[None]] | None = None
+        self.on_partition_lost: Callable[[int], None] | None = None
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -124,6 +169,12 @@ class Ingest:
             return
         if frame is None:
             return
+        if isinstance(frame, StatusFrame) and frame.beds and self._ownership is not None:
+            # A gateway's status names beds of every partition: this engine takes its own.
+            owned = tuple(b for b in frame.beds if self.owns(frame.site, b))
+            if not owned:
+                return
+            frame = dataclasses.replace(frame, beds=owned)
         if isinstance(frame, StatusFrame) and frame.beds:
             beds, refused_beds = self.admission.admit_beds(frame.site, frame.beds)
             if refused_beds:
@@ -176,34 +227,94 @@ class Ingest:
         if self._settings.ack == "receipt":
             await self._run_ack_on_receipt()
         else:
-            await self._run_ack_after_persist()
+            from eicu.bus.partitioned import ingest_topic_filters
 
-    async def _run_ack_after_persist(self) -> None:
-        """Each QoS 1 message is acknowledged (its PUBACK) only once every row it produced is
-        durable (stored, or fsynced to the spool), in the order received: the broker keeps the
-        rest for the next connection, or the next engine, as long as the session lasts. What is
-        held unacknowledged is bounded by the broker's in-flight window for this client."""
-        from eicu.bus.partitioned import PartitionConnectionLost, ingest_consumer
+            s = self._settings
+            await self._read(_Reader("ingest", s.client_id, ingest_topic_filters(s, s.partitions)))
+
+    async def run_owned(self, ownership: PartitionOwnership) -> None:
+        """The worker's input: one persistent session per partition it owns (client id
+        ``eicu-p-<k>``: the session belongs to the partition, so the next owner resumes it),
+        started and stopped as ``ownership`` hands partitions over, beside one reader of the
+        gateways' own status (unpartitioned; only beds of owned partitions are taken from it)."""
+        from eicu.bus.partitioned import GATEWAY_STATUS_FILTER, PARTITION_PREFIX
+
+        s = self._settings
+        self._ownership = ownership
+        status = _Reader("gateway-status", f"{s.client_id}-status", (GATEWAY_STATUS_FILTER,))
+        tasks: dict[int | str, asyncio.Task[None]] = {
+            "status": asyncio.create_task(self._read(status), name="ingest-gateway-status")
+        }
+
+        async def gain(k: int) -> None:
+            if self.on_partition_gained is not None:
+                await self.on_partition_gained(k)
+            reader = _Reader(f"p{k}", f"eicu-p-{k}", (f"{PARTITION_PREFIX}/{k}/#",), partition=k)
+            tasks[k] = asyncio.create_task(self._read(reader), name=f"ingest-p{k}")
+            await reader.subscribed.wait()
+
+        async def lose(k: int) -> None:
+            task = tasks.pop(k, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            reader = self._readers.pop(f"p{k}", None)
+            if reader is not None:
+                await reader.finish()
+            if self.on_partition_lost is not None:
+                self.on_partition_lost(k)
+
+        try:
+            await ownership.run(gain, lose)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            for task in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def owns(self, site: str, bed: str) -> bool:
+        """Whether this process holds bed ``site``/``bed`` (always, without partition owners)."""
+        ownership = self._ownership
+        if ownership is None:
+            return True
+        from eicu.bus.partitioned import partition_of
+
+        return partition_of(site, bed, ownership.partitions) in ownership.owned
+
+    def _pump_all(self) -> None:
+        for reader in self._readers.values():
+            reader.pump()
+
+    async def _read(self, reader: _Reader) -> None:
+        """One persistent-session reader, reconnecting forever. Each QoS 1 message is
+        acknowledged (its PUBACK) only once every row it produced is durable (stored, or fsynced
+        to the spool), in the order received: the broker keeps the rest for the next connection,
+        or the next owner, as long as the session lasts. What is held unacknowledged is bounded
+        by the broker's in-flight window for this client."""
+        from eicu.bus.partitioned import PartitionConnectionLost, PartitionConsumer
 
         s = self._settings
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
+        self._writer.on_durable = self._pump_all
         while True:
-            consumer = ingest_consumer(s, s.partitions)
-            window: deque[tuple[Any, Receipt]] = deque()
-
-            def pump(consumer: Any = consumer, window: deque[tuple[Any, Receipt]] = window) -> None:
-                while window and window[0][1].durable:
-                    consumer.ack(window.popleft()[0])
-
-            self._pump = pump
+            consumer = PartitionConsumer(
+                s,
+                None if reader.partition is None else reader.partition,
+                client_id=reader.client_id,
+                topic_filter=reader.filters,
+            )
+            reader.attach(consumer)
+            self._readers[reader.name] = reader
             try:
                 await consumer.connect()
                 log.info("subscribed to %s on %s", consumer.topic_filter, s.url)
                 backoff.reset()
-                self._metrics.mqtt_connected.set(1)
-                self.connected.set()
-                self._writer.on_durable = pump
+                reader.subscribed.set()
+                self._connection(reader, True)
                 writer = self._writer
+                window = reader.window
                 async for message in consumer:
                     receipt = Receipt()
                     writer.receipt = receipt
@@ -213,34 +324,38 @@ class Ingest:
                         writer.receipt = None
                     receipt.sealed = True
                     window.append((message, receipt))
-                    pump()
+                    reader.pump()
                 raise PartitionConnectionLost(f"connection to {s.url} closed")
             except PartitionConnectionLost as exc:
-                self._writer.on_durable = None
                 await consumer.close()
-                self._metrics.mqtt_connected.set(0)
-                self.connected.clear()
+                self._connection(reader, False)
                 self._metrics.mqtt_reconnects.inc()
                 delay_s = backoff.next_s()
                 log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay_s)
                 await asyncio.sleep(delay_s)
             except asyncio.CancelledError:
-                # The engine stops: the consumer stays open until the writer has stored (or
-                # spooled) what it holds, so that it is acknowledged (see close()).
-                self._consumer = consumer
+                # Stopping: the consumer stays open (in ``_readers``) until the writer has
+                # stored (or spooled) what it holds, so that it is acknowledged (see close()).
+                self._connection(reader, False)
                 raise
+
+    def _connection(self, reader: _Reader, up: bool) -> None:
+        """``connected`` is set while every reader is subscribed."""
+        reader.up = up
+        if up and all(r.up for r in self._readers.values()):
+            self._metrics.mqtt_connected.set(1)
+            self.connected.set()
+        elif not up:
+            self._metrics.mqtt_connected.set(0)
+            self.connected.clear()
 
     async def close(self) -> None:
         """After the ingest was cancelled and the writer closed: acknowledge what is durable,
         wait until those PUBACKs are sent, and disconnect (the broker keeps the rest)."""
-        consumer, self._consumer = self._consumer, None
         self._writer.on_durable = None
-        if consumer is None:
-            return
-        if self._pump is not None:
-            self._pump()
-        await consumer.drain()
-        await consumer.close()
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            await reader.finish()
 
     async def _run_ack_on_receipt(self) -> None:
         s = self._settings

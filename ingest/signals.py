@@ -115,6 +115,11 @@ class SignalStage:
                 else:
                     self._note(derived, ev, origin, b.fs_hz)
 
+    def forget(self, bed: object) -> None:
+        """Drop a bed's pipeline and results (another worker holds it now)."""
+        self._pipes.pop(bed, None)
+        self.derived.pop(bed, None)
+
     def verifier(self, bed: object) -> Callable[[str], object] | None:
         """The bed's multi-signal alarm verification (None before its pipeline exists)."""
         pipe = self._pipes.get(bed)

@@ -269,6 +269,11 @@ class BedRouter:
             state = self.bed(key)
             (state.numerics_seq if kind == "numerics" else state.waveform_seq).resume(seq)
 
+    def forget(self, key: BedKey) -> None:
+        """Drop a bed's state (another worker holds it now)."""
+        self.beds.pop(key, None)
+        self._update_bed_gauge()
+
     def subscribe(self, consumer: Consumer) -> None:
         self._consumers.append(consumer)
 

@@ -146,6 +146,22 @@ class AlarmStateMachine:
         """Use ``policy`` for ``bed`` from now on (see eicu.alarms.policy.override)."""
         self._bed_policies[bed] = policy
 
+    def hand_over(self, bed: BedKey) -> list[Alarm]:
+        """Stop tracking ``bed`` without an event: another process judges it from now on (its
+        partition moved). Returns the alarms it had, for the log; their history stays in the
+        audit trail, and the new owner names the same condition the same (deterministic ids)."""
+        gone = [
+            self._view(b, kind, t.alarm)
+            for (b, kind), t in self._tracks.items()
+            if b == bed and t.alarm is not None
+        ]
+        for key in [key for key in self._tracks if key[0] == bed]:
+            del self._tracks[key]
+        for key in [key for key in self._last_onset if key[0] == bed]:
+            del self._last_onset[key]
+        self._bed_policies.pop(bed, None)
+        return gone
+
     # -- queries
 
     def alarms(self) -> list[Alarm]:

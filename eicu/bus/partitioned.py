@@ -56,6 +56,7 @@ __all__ = [
     "PartitionMessage",
     "ingest_consumer",
     "ingest_topic_filters",
+    "partition_of",
     "partition_topic_filter",
 ]
 
@@ -84,6 +85,20 @@ logging.getLogger("gmqtt.mqtt.protocol").addFilter(_DropWritesToClosedSocket())
 # gmqtt logs every connection, subscription and acknowledgement at INFO; this adapter logs what
 # an operator needs (connected, reading, lost) itself.
 logging.getLogger("gmqtt").setLevel(logging.WARNING)
+
+
+def partition_of(site: str, bed: str, partitions: int) -> int:
+    """The partition the hub's broker puts bed ``site``/``bed`` in, of ``partitions``: NATS's
+    ``partition(n, 1, 2)`` mapping is the 32-bit FNV-1a hash of the two wildcard tokens joined
+    without a separator, modulo ``n`` (checked against a real server in tests/test_worker.py).
+    A worker uses it for what does not come through a partition: a gateway's status naming beds
+    of every partition, and the beds the store knows when it takes a partition over."""
+    if partitions < 1:
+        raise ValueError(f"need at least one partition, got {partitions}")
+    h = 0x811C9DC5
+    for byte in (site + bed).encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions
 
 
 def partition_topic_filter(partition: int, prefix: str = PARTITION_PREFIX) -> str:
