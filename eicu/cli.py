@@ -21,6 +21,10 @@ from eicu.errors import EicuError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("eicu.commands.demo", "run everything on this machine with simulated beds"),
     "serve": ("eicu.commands.serve", "run the production engine against a broker and a database"),
+    "worker": (
+        "eicu.commands.worker",
+        "run one engine of a hub: share the bus's partitions with the other workers",
+    ),
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
     "users": ("dashboards.cli", "add or list the dashboard's users"),
     "alarms": ("alerting.cli", "alarm burden from the outbox; replay stored data under a policy"),

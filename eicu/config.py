@@ -66,6 +66,9 @@ class MqttSettings:
     # When the engine acknowledges a QoS 1 message (``EICU_MQTT_ACK``): "persist", once all it
     # produced is stored or spooled; "receipt", on arrival (a killed engine loses what it held).
     ack: str = "persist"
+    # Further nodes of the same cluster (``EICU_MQTT_URL`` may list several, comma-separated,
+    # same scheme and credentials): a reader whose connection is lost tries the next one.
+    alternates: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_url(
@@ -78,7 +81,16 @@ class MqttSettings:
     ) -> MqttSettings:
         """``mqtt://[user:password@]host[:port]`` (1883) or ``mqtts://...`` (TLS, 8883); the
         TLS files come from ``env`` (``EICU_MQTT_CA_FILE``, ``EICU_MQTT_CERT_FILE``,
-        ``EICU_MQTT_KEY_FILE``)."""
+        ``EICU_MQTT_KEY_FILE``). Several URLs, comma-separated: the nodes of one cluster,
+        the first used first (see ``alternates``)."""
+        if "," in url:
+            first, *rest = (u.strip() for u in url.split(",") if u.strip())
+            head = cls.from_url(first, key, env=env, **kw)
+            others = [cls.from_url(u, key, env=env) for u in rest]
+            for other in others:
+                if other.tls != head.tls or other.username != head.username:
+                    raise ConfigError(key, "every node's URL needs the same scheme and user")
+            return replace(head, alternates=tuple((o.host, o.port) for o in others))
         tls = urllib.parse.urlsplit(url).scheme == "mqtts"
         _, host, port, username, password = _server_url(
             url, key, ("mqtt", "mqtts", "tcp"), 8883 if tls else 1883
@@ -97,6 +109,13 @@ class MqttSettings:
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def next_node(self) -> MqttSettings:
+        """The same settings pointing at the next node of the cluster (itself without others)."""
+        if not self.alternates:
+            return self
+        (host, port), *rest = self.alternates
+        return replace(self, host=host, port=port, alternates=(*rest, (self.host, self.port)))
 
     def for_alarms(self) -> MqttSettings:
         """The alarm channel's connection: the client id and user name with

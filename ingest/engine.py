@@ -153,6 +153,7 @@ class Engine:
         assert self.ownership is not None
         n = self.ownership.partitions
         gone = [b for b in self.router.beds if partition_of(b.site, b.bed, n) == k]
+        self.writer.hand_over(gone)
         for bed in gone:
             self.router.forget(bed)
             self.scores.forget(bed)

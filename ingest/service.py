@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 OVERLOAD_LOG_EVERY_S = 60.0
+# How long a partition handed over waits for what it took to be stored before it lets go.
+HANDOVER_WRITE_S = 10.0
 
 
 class _Held:
@@ -146,6 +148,7 @@ class Ingest:
         self._ownership: PartitionOwnership | None = None
         self.on_partition_gained: Callable[[int], Awaitable[None]] | None = None
         self.on_partition_lost: Callable[[int], None] | None = None
+        self._durable = asyncio.Event()  # set whenever the writer made something durable
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -259,11 +262,15 @@ class Ingest:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            reader = self._readers.pop(f"p{k}", None)
-            if reader is not None:
-                await reader.finish()
+            # The partition's beds are no longer judged here, and what they put into the
+            # writer is written now: the next owner goes on from what is stored.
             if self.on_partition_lost is not None:
                 self.on_partition_lost(k)
+            reader = self._readers.get(f"p{k}")
+            if reader is not None:
+                await self._until_durable(reader, HANDOVER_WRITE_S)
+                del self._readers[f"p{k}"]
+                await reader.finish()
 
         try:
             await ownership.run(gain, lose)
@@ -286,6 +293,25 @@ class Ingest:
     def _pump_all(self) -> None:
         for reader in self._readers.values():
             reader.pump()
+        self._durable.set()
+
+    async def _until_durable(self, reader: _Reader, timeout_s: float) -> None:
+        """Wait until every message ``reader`` took is durable (at most ``timeout_s``: what is
+        not by then comes again to the next owner, which stores it once)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        reader.pump()
+        while reader.window and loop.time() < deadline:
+            self._durable.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._durable.wait(), deadline - loop.time())
+            reader.pump()
+        if reader.window:
+            log.warning(
+                "%s: %d messages not yet stored at hand-over; the next owner takes them",
+                reader.name,
+                len(reader.window),
+            )
 
     async def _read(self, reader: _Reader) -> None:
         """One persistent-session reader, reconnecting forever. Each QoS 1 message is
@@ -298,7 +324,11 @@ class Ingest:
         s = self._settings
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
         self._writer.on_durable = self._pump_all
+        first = True
         while True:
+            if not first:
+                s = s.next_node()  # a lost node: try the next one of the cluster
+            first = False
             consumer = PartitionConsumer(
                 s,
                 None if reader.partition is None else reader.partition,

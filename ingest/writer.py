@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -188,6 +188,14 @@ class StoreWriter:
         self._held_bytes -= size
         self._open_bytes += size
         self._open.waveforms.extend(held)
+
+    def hand_over(self, beds: Iterable[BedKey]) -> None:
+        """Write what is held of ``beds`` now (their partition moves to another worker, which
+        goes on from what is stored): held waveforms are released and the open batch sealed."""
+        for bed in beds:
+            if bed in self._held:
+                self._release(bed)
+        self._seal()
 
     def _release_overdue(self, now_us: int) -> None:
         """Release beds whose frames have waited too long (the bed went quiet)."""

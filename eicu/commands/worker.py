@@ -1,0 +1,132 @@
+"""``eicu worker``: one engine of the hub, sharing the bus's partitions with the other workers.
+
+Each worker reads, holds and judges the beds of the partitions it owns at the moment
+(docs/architecture.md, "Partitions and ownership"): ownership lives in the NATS key-value
+buckets of ``EICU_NATS_URL``; the partitions' messages come over MQTT persistent sessions from
+``EICU_MQTT_URL`` (the MQTT listener of a node of the same NATS cluster). A worker that dies
+leaves its partitions to the others within ``EICU_OWNERSHIP_TTL_S``; whatever it had not stored
+comes again to the next owner, which stores each sample once.
+
+Settings are those of ``eicu serve`` (docs/deployment.md) plus ``EICU_NATS_URL``,
+``EICU_PARTITION_COUNT`` (the N of the broker's mappings), ``EICU_WORKER_ID`` and
+``EICU_OWNERSHIP_TTL_S``. No dashboard runs here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+from pathlib import Path
+
+from eicu.config import AlertingSettings, IngestSettings, Settings
+from eicu.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="an env-style file of EICU_* settings (the environment wins)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from eicu.commands.serve import load_settings
+
+    settings = load_settings(args.config)
+    check(settings)
+    from eicu.bus import tls_context
+
+    assert settings.mqtt is not None
+    tls_context(settings.mqtt)
+    asyncio.run(work(settings))
+    return 0
+
+
+def check(settings: Settings) -> None:
+    """What a worker cannot start without, each named by its setting."""
+    if settings.database_url is None:
+        raise ConfigError("EICU_DATABASE_URL", "required by eicu worker (postgresql://...)")
+    if settings.mqtt is None:
+        raise ConfigError("EICU_MQTT_URL", "required by eicu worker (the cluster's MQTT listener)")
+    if not settings.worker.nats_urls:
+        raise ConfigError("EICU_NATS_URL", "required by eicu worker (nats://host:port,...)")
+    if settings.mqtt.ack != "persist":
+        raise ConfigError("EICU_MQTT_ACK", "a worker acknowledges after persist only")
+
+
+def own_files(settings: Settings) -> Settings:
+    """Each worker keeps its own spool and alarm outbox: where they are left at their defaults,
+    they are named after the worker (set ``EICU_WORKER_ID`` for a worker that restarts to find
+    them again)."""
+    w = settings.worker.worker_id
+    ingest, alerting = settings.ingest, settings.alerting
+    if ingest.spool_dir == IngestSettings().spool_dir:
+        ingest = dataclasses.replace(ingest, spool_dir=Path(f"eicu-spool-{w}"))
+    if alerting.outbox_path == AlertingSettings().outbox_path:
+        alerting = dataclasses.replace(alerting, outbox_path=Path(f"eicu-alarms-{w}.db"))
+    return dataclasses.replace(settings, ingest=ingest, alerting=alerting)
+
+
+async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run one worker until SIGTERM or SIGINT (or ``stop`` is set): its partitions are handed
+    over to the other workers at once, after what it holds is stored or spooled."""
+    from eicu.bus.ownership import NatsOwnership
+    from eicu.errors import StorageUnavailable
+    from eicu.exposition import MetricsServer
+    from eicu.metrics import IngestMetrics, StoreMetrics
+    from eicu.store import open_store
+    from ingest.engine import Engine
+
+    check(settings)
+    settings = own_files(settings)
+    assert settings.database_url is not None and settings.mqtt is not None
+    w = settings.worker
+    metrics = IngestMetrics()
+    store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
+    try:
+        await store.open()
+        store_open = True
+    except StorageUnavailable as exc:
+        store_open = False
+        log.warning("starting without the database (%s); it is opened when it is back", exc)
+    ownership = NatsOwnership(
+        list(w.nats_urls), w.worker_id, w.partition_count, ttl_s=w.ownership_ttl_s
+    )
+    engine = Engine(
+        settings.mqtt,
+        settings.ingest,
+        store,
+        alerting=settings.alerting,
+        metrics=metrics,
+        store_open=store_open,
+        ownership=ownership,
+    )
+    if settings.metrics_port is not None:
+        MetricsServer(
+            settings.metrics_port,
+            "127.0.0.1",
+            metrics.registry,
+            token=settings.http.metrics_token,
+            bed_labels=settings.http.metrics_bed_labels,
+        )
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "worker %s: %d partitions shared over %s, input from %s",
+        w.worker_id,
+        w.partition_count,
+        ",".join(w.nats_urls),
+        settings.mqtt.url,
+    )
+    try:
+        await engine.run_until(stop)
+    finally:
+        await store.close()
+        log.info("worker %s stopped; %d frames stored", w.worker_id, engine.writer.stored_frames)
