@@ -6,6 +6,9 @@ adds hypertables, compression, retention and the continuous aggregate when it ca
 Writes go through COPY (binary) into per-connection staging tables, then
 ``INSERT ... ON CONFLICT DO NOTHING`` into the real tables in the same transaction, so a batch
 retried after an uncertain commit stores every sample once.
+
+The alarm audit trail and delivery receipts (:meth:`PgStore.write_alarms`) are tables of the same
+schema, written through the same pool.
 """
 
 from __future__ import annotations
