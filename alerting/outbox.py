@@ -12,10 +12,12 @@ one short transaction that is on disk (fsynced) when the call returns. The table
   twice stores it once; a delivered key is never handed out for sending again.
 - ``escalations``: where each alarm's escalation stands, so it resumes after a restart.
 
-:meth:`Outbox.copy_to_store` copies what PostgreSQL has not seen yet; rows are marked copied only
-after the central database has committed them. Delivery is at least once towards the receiver
-(a crash between the receiver's acceptance and the local commit repeats that one send), which is
-why every channel carries the idempotency key for the receiver to drop a repeat.
+:meth:`Outbox.copy_to_store` copies what the central store (the alarm tables of
+:mod:`eicu.store`) has not seen yet, and :func:`run_copy` does so in a loop; rows are marked
+copied only after the central database has committed them. Delivery is at least once towards
+the receiver (a crash between the receiver's acceptance and the local commit repeats that one
+send), which is why every channel carries the idempotency key for the receiver to drop a
+repeat.
 """
 
 from __future__ import annotations
@@ -30,12 +32,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eicu.alarm_model import AlarmEvent, AlarmState, Category, Channel, Notification, Priority
+from eicu.alarm_model import (
+    AlarmEvent,
+    AlarmState,
+    Category,
+    DeliveryRecord,
+    Notification,
+    Priority,
+    StoredEvent,
+)
+from eicu.backoff import Backoff
 from eicu.clock import SYSTEM_CLOCK, Clock
+from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 
 if TYPE_CHECKING:
-    from alerting.store import AlarmStore
+    from eicu.store.base import AlarmRepository
+
+__all__ = [
+    "DeliveryRecord",
+    "EscalationState",
+    "Outbox",
+    "StoredEvent",
+    "event_id",
+    "run_copy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,40 +124,6 @@ def event_id(event: AlarmEvent) -> str:
         str(event.audio_paused_until_us),
     )
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRecord:
-    """The receipts of one notification, as the outbox holds them (times in us since the epoch)."""
-
-    key: str
-    alarm_id: str
-    recipient: str
-    channel: Channel
-    address: str
-    enqueued_us: int
-    sent_us: int | None
-    delivered_us: int | None
-    acknowledged_us: int | None
-    acknowledged_by: str | None
-    attempts: int
-    last_error: str
-    failed_us: int | None
-    cancelled_us: int | None
-
-    @property
-    def open(self) -> bool:
-        """Still to be delivered: not delivered, not given up, not cancelled."""
-        return self.delivered_us is None and self.failed_us is None and self.cancelled_us is None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An audit-trail row: the event with its stable id and when the outbox recorded it."""
-
-    event_id: str
-    event: AlarmEvent
-    recorded_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +430,7 @@ class Outbox:
         ]
         return events, deliveries
 
-    async def copy_to_store(self, store: AlarmStore, *, batch: int = 1000) -> tuple[int, int]:
+    async def copy_to_store(self, store: AlarmRepository, *, batch: int = 1000) -> tuple[int, int]:
         """Copy events and receipts not yet in the central database; returns how many of each.
 
         Raises :class:`~eicu.errors.StorageUnavailable` when the database cannot be reached; then
@@ -463,7 +450,7 @@ class Outbox:
             events, deliveries = self.uncopied(batch)
             if not events and not deliveries:
                 return n_events, n_deliveries
-            await store.write(events, deliveries)
+            await store.write_alarms(events, deliveries)
             with self._tx() as db:
                 db.executemany(
                     "UPDATE alarm_events SET copied = 1 WHERE event_id = ?",
@@ -475,6 +462,39 @@ class Outbox:
                 )
             n_events += len(events)
             n_deliveries += len(deliveries)
+
+
+async def run_copy(
+    outbox: Outbox,
+    store: AlarmRepository,
+    *,
+    interval_s: float = 1.0,
+    retry_min_s: float = 0.5,
+    retry_max_s: float = 30.0,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Copy the outbox to the store every ``interval_s`` (of ``clock``) until cancelled; while
+    the database is away, wait with jittered exponential backoff and keep everything local."""
+    if not (interval_s > 0):
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    backoff = Backoff(retry_min_s, retry_max_s)
+    available = True
+    while True:
+        try:
+            n_events, n_deliveries = await outbox.copy_to_store(store)
+        except StorageUnavailable as exc:
+            if available:
+                log.warning("alarm tables unavailable, the outbox keeps everything: %s", exc)
+            available = False
+            await clock.sleep(backoff.next_s())
+            continue
+        if not available:
+            log.info("alarm tables available again")
+        available = True
+        backoff.reset()
+        if n_events or n_deliveries:
+            log.debug("copied %d alarm events and %d receipts", n_events, n_deliveries)
+        await clock.sleep(interval_s)
 
 
 def _stored_event(row: sqlite3.Row) -> StoredEvent:

@@ -86,3 +86,40 @@ class Notification:
     address: str
     body: dict[str, object] = field(default_factory=dict)
     created_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """The receipts of one notification, as the outbox and the store hold them (times in us
+    since the epoch)."""
+
+    key: str
+    alarm_id: str
+    recipient: str
+    channel: Channel
+    address: str
+    enqueued_us: int
+    sent_us: int | None
+    delivered_us: int | None
+    acknowledged_us: int | None
+    acknowledged_by: str | None
+    attempts: int
+    last_error: str
+    failed_us: int | None
+    cancelled_us: int | None
+
+    @property
+    def open(self) -> bool:
+        """Still to be delivered: not delivered, not given up, not cancelled."""
+        return self.delivered_us is None and self.failed_us is None and self.cancelled_us is None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An audit-trail row: the event with its stable id (a digest of the alarm id, the change
+    and its time: the same change recorded twice, by any process, has the same id) and when
+    the outbox recorded it."""
+
+    event_id: str
+    event: AlarmEvent
+    recorded_us: int

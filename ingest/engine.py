@@ -12,7 +12,7 @@ from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
 from eicu.metrics import IngestMetrics
-from eicu.store import Store
+from eicu.store import AlarmRepository, Store
 from ingest.admission import Admission
 from ingest.scores import ScoreStage
 from ingest.service import Ingest
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from alerting.escalation import Dispatcher
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
-    from alerting.store import AlarmStore
     from eicu.alarm_model import AlarmEvent
 
 log = logging.getLogger(__name__)
@@ -69,18 +68,20 @@ class Engine:
         metrics: IngestMetrics | None = None,
         alarms_outbox: Path | None = None,
         alerting: AlertingSettings | None = None,
-        alarm_store: AlarmStore | None = None,
+        alarm_store: AlarmRepository | None = None,
         *,
         store_open: bool = True,
         clock: Clock = SYSTEM_CLOCK,
         ownership: PartitionOwnership | None = None,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
-        writer opens it when the database is back, keeping everything until then. ``clock``:
-        the alarm stage's time (evaluation, escalation, delivery receipts). ``ownership``: the
-        hub's partitions shared with other engines (``eicu worker``): this engine reads, holds
-        and judges only the beds of the partitions it owns at the moment; without it, every
-        bed its broker sends."""
+        writer opens it when the database is back, keeping everything until then.
+        ``alarm_store``: where the alarm outbox's audit trail and receipts are copied (the
+        engine's own store in ``eicu serve``). ``clock``: the alarm stage's time (evaluation,
+        escalation, delivery receipts, the copier's waits). ``ownership``: the hub's
+        partitions shared with other engines (``eicu worker``): this engine reads, holds and
+        judges only the beds of the partitions it owns at the moment; without it, every bed
+        its broker sends."""
         self._clock = clock
         self.ownership = ownership
         self.metrics = metrics or IngestMetrics()
@@ -204,11 +205,12 @@ class Engine:
         if self.alarms is not None:
             self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
         if self.alarms is not None and self.alarm_store is not None:
-            from alerting.store import run_copy
+            from alerting.outbox import run_copy
 
             self._tasks.append(
                 asyncio.create_task(
-                    run_copy(self.alarms.outbox, self.alarm_store), name="alarms-copy"
+                    run_copy(self.alarms.outbox, self.alarm_store, clock=self._clock),
+                    name="alarms-copy",
                 )
             )
         if self.dispatcher is not None:

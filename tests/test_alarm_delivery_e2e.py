@@ -17,13 +17,13 @@ import pytest
 
 from alerting.channels import EmailChannel, MqttChannel, SmtpSettings, WebhookChannel
 from alerting.escalation import Dispatcher, Rota
-from alerting.outbox import Outbox
-from alerting.store import AlarmStore, run_copy
+from alerting.outbox import Outbox, run_copy
 from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
 from eicu.clock import ManualClock
 from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, Postgres
 from eicu.models import BedKey
+from eicu.store.pg import PgStore
 from tests.alarm_servers import HookServer, MailServer
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
@@ -123,8 +123,8 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
         "webhook": WebhookChannel(timeout_s=2, max_attempts=2, backoff_min_s=0.05),
         "email": EmailChannel(SmtpSettings(port=mail.port, timeout_s=3)),
     }
-    store = AlarmStore(db_url, connect_timeout_s=1)
-    await store.migrate()
+    store = PgStore(db_url, connect_timeout_s=1)
+    await store.open()
     event = AlarmEvent(
         alarm_id="vt-1",
         bed=BED,
@@ -196,6 +196,7 @@ async def test_alarm_reaches_everyone_while_the_central_database_is_down(
         for channel in channels.values():
             with contextlib.suppress(Exception):
                 await channel.close()
+        await store.close()
 
     assert {m.topic.value for m in received} == {"eicu/v1/karamay/bed-07/alarms"}
     states = [_doc(m) for m in received if _doc(m)["type"] == "state"]

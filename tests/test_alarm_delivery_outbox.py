@@ -3,6 +3,8 @@ copies to a real PostgreSQL that goes down while alarms fire and comes back."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -11,12 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerting.outbox import Outbox
-from alerting.store import AlarmStore
+from alerting.outbox import Outbox, run_copy
 from eicu.alarm_model import AlarmEvent, AlarmState, Category, Notification, Priority
+from eicu.clock import ManualClock
 from eicu.devservices import Postgres
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
+from eicu.store.pg import PgStore
+from eicu.store.sqlite import SqliteStore
 
 T0_US = 1_780_000_000_000_000
 BED = BedKey("karamay", "bed-07")
@@ -145,34 +149,40 @@ def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
 async def test_everything_is_copied_when_the_database_is_back(
     tmp_path: Path, pg_server: Postgres, db_url: str
 ) -> None:
-    store = AlarmStore(db_url, connect_timeout_s=2)
-    assert await store.migrate() == [1]
-    assert await store.migrate() == []
-    with Outbox(tmp_path / "outbox.db") as box:
-        box.record(event("a1", AlarmState.ACTIVE))
-        box.enqueue(note("k1", "a1"))
-        assert await box.copy_to_store(store) == (1, 1)
-        assert await box.copy_to_store(store) == (0, 0)
+    store = PgStore(db_url, connect_timeout_s=2)
+    await store.open()
+    try:
+        assert await store.migrate() == []  # the alarm tables came with the store's schema
+        with Outbox(tmp_path / "outbox.db") as box:
+            box.record(event("a1", AlarmState.ACTIVE))
+            box.enqueue(note("k1", "a1"))
+            assert await box.copy_to_store(store) == (1, 1)
+            assert await box.copy_to_store(store) == (0, 0)
 
-        pg_server.stop()
-        try:
-            # Alarms keep firing and being delivered while the central database is down.
-            box.record(event("a2", AlarmState.ACTIVE, 1))
-            box.enqueue(note("k2", "a2"))
-            box.begin_attempt("k1", T0_US + 10)
-            box.mark_delivered("k1", T0_US + 20)
-            box.record(event("a1", AlarmState.ACKNOWLEDGED, 2, actor="dr.chen"))
-            box.mark_acknowledged("k1", "dr.chen", T0_US + 2_000_000)
-            with pytest.raises(StorageUnavailable):
-                await box.copy_to_store(store)
-            events, deliveries = box.uncopied()
-            assert len(events) == 2
-            assert {d.key for d in deliveries} == {"k1", "k2"}
-        finally:
-            pg_server.start()
+            pg_server.stop()
+            try:
+                # Alarms keep firing and being delivered while the central database is down.
+                box.record(event("a2", AlarmState.ACTIVE, 1))
+                box.enqueue(note("k2", "a2"))
+                box.begin_attempt("k1", T0_US + 10)
+                box.mark_delivered("k1", T0_US + 20)
+                box.record(event("a1", AlarmState.ACKNOWLEDGED, 2, actor="dr.chen"))
+                box.mark_acknowledged("k1", "dr.chen", T0_US + 2_000_000)
+                with pytest.raises(StorageUnavailable):
+                    await box.copy_to_store(store)
+                events, deliveries = box.uncopied()
+                assert len(events) == 2
+                assert {d.key for d in deliveries} == {"k1", "k2"}
+            finally:
+                pg_server.start()
 
-        assert await box.copy_to_store(store) == (2, 2)
-        assert await box.copy_to_store(store) == (0, 0)
+            assert await box.copy_to_store(store) == (2, 2)
+            assert await box.copy_to_store(store) == (0, 0)
+            # What the store reads back is what the outbox holds.
+            assert await store.alarm_events(T0_US, T0_US + 10_000_000) == box.events()
+            assert await store.alarm_deliveries("a1") == box.receipts("a1")
+    finally:
+        await store.close()
 
     events = _rows(db_url, "SELECT alarm_id, state, actor FROM alarm_events ORDER BY time")
     assert events == [
@@ -245,3 +255,47 @@ def test_outbox_matches_a_simple_model_of_the_rules(ops: list[tuple[str, int]]) 
                 assert (r.delivered_us is not None) == (stored[r.key] == "delivered")
         finally:
             box.close()
+
+
+async def test_the_copier_waits_on_its_clock_backing_off_while_the_store_is_away(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(start_us=T0_US)
+    store = SqliteStore(tmp_path / "store.sqlite")  # not open yet: it refuses every write
+    with Outbox(tmp_path / "outbox.db", clock=clock) as box:
+        box.record(event("a1", AlarmState.ACTIVE))
+        box.enqueue(note("k1", "a1"))
+        copier = asyncio.create_task(
+            run_copy(box, store, interval_s=5.0, retry_min_s=1.0, retry_max_s=4.0, clock=clock)
+        )
+        try:
+            for _ in range(4):
+                await clock.until_waiting()
+                clock.advance(clock.sleeps[-1])
+            await clock.until_waiting()
+            # Each refusal doubles the wait (jittered down by up to half) up to the limit.
+            for delay_s, nominal_s in zip(clock.sleeps, (1.0, 2.0, 4.0, 4.0, 4.0), strict=True):
+                assert nominal_s / 2 <= delay_s <= nominal_s
+            assert box.uncopied() != ([], [])
+
+            await store.open()
+            clock.advance(clock.sleeps[-1])
+            await clock.until_waiting()
+            assert clock.sleeps[-1] == 5.0  # copied: back to the interval
+            assert box.uncopied() == ([], [])
+            assert await store.alarm_events(T0_US, T0_US + 1) == box.events()
+            assert await store.alarm_deliveries("a1") == box.receipts("a1")
+
+            box.record(event("a1", AlarmState.CLEARED, 1))
+            clock.advance(4.9)
+            await asyncio.sleep(0)
+            assert len(box.uncopied()[0]) == 1  # not before the interval is over
+            clock.advance(0.1)
+            await clock.until_waiting()
+            assert box.uncopied() == ([], [])
+            assert len(clock.sleeps) == 7
+        finally:
+            copier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await copier
+            await store.close()

@@ -11,11 +11,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerting.store import AlarmStore
 from eicu.alarms.policy import load_policy, override
 from eicu.config import IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto, Postgres
 from eicu.models import BedKey, NumericsFrame
+from eicu.store.pg import PgStore
 from eicu.store.sqlite import SqliteStore
 from ingest.engine import Engine
 
@@ -38,8 +38,8 @@ def _stored_ids(url: str) -> list[str]:
 async def test_alarms_fired_while_the_database_is_down_reach_it_once_when_it_is_back(
     tmp_path: Path, broker: Mosquitto, pg_server: Postgres, db_url: str
 ) -> None:
-    alarm_store = AlarmStore(db_url, connect_timeout_s=1)
-    await alarm_store.migrate()
+    alarm_store = PgStore(db_url, connect_timeout_s=1)
+    await alarm_store.open()
     engine = Engine(
         MqttSettings(port=broker.port, client_id="eicu-test"),
         IngestSettings(spool_dir=tmp_path / "spool"),
@@ -88,6 +88,7 @@ async def test_alarms_fired_while_the_database_is_down_reach_it_once_when_it_is_
     finally:
         await engine.stop()
         await engine.store.close()
+        await alarm_store.close()
 
     with psycopg.connect(db_url) as conn:
         rows = conn.execute("SELECT state, actor FROM alarm_events ORDER BY time").fetchall()

@@ -10,7 +10,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerting.store import AlarmStore
 from eicu.store.pg import PgStore
 
 pytestmark = pytest.mark.db
@@ -35,7 +34,6 @@ async def test_every_panel_query_runs_on_the_schema(db_url: str) -> None:
     store = PgStore(db_url)
     await store.open()
     await store.close()
-    await AlarmStore(db_url).migrate()
     doc = json.loads(DASHBOARD.read_text())
     queries = [t["rawSql"] for p in doc["panels"] for t in p["targets"]]
     queries.append(doc["templating"]["list"][0]["query"])

@@ -13,6 +13,7 @@ registry this project's CI reaches, so they skip there. To run them, either
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -25,6 +26,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from eicu.alarm_model import AlarmState
 from eicu.config import StoreSettings
 from eicu.devservices import Postgres, ServiceError
 from eicu.errors import SchemaError
@@ -469,3 +471,36 @@ async def test_backfill_left_pending_by_a_stop_is_refreshed_at_the_next_start(
         assert _query(ts_url, "SELECT count(*) FROM trends_pending") == [(0,)]
     finally:
         await store.close()
+
+
+@needs_timescale
+@pytest.mark.parametrize("store_version", [3, 0], ids=["with-store-schema", "alarm-tables-only"])
+async def test_the_alarm_tables_join_the_same_migrations_with_timescaledb(
+    ts_url: str, store_version: int
+) -> None:
+    """A database of the former alarm-table runner moves to TimescaleDB and the store's one
+    migration runner; the alarm tables stay plain tables, their rows kept, their writes
+    idempotent."""
+    from tests.test_store_alarms import T0_US, _former_database, receipt, stored
+
+    old = stored("a1", AlarmState.ACTIVE)
+    note = receipt("k1", sent_us=T0_US + 10, attempts=1, last_error="HTTP 503")
+    _former_database(ts_url, store_version, old, note)
+    store = PgStore(ts_url, timescale_mode="require")
+    await store.open()
+    try:
+        assert store.backend == "timescaledb"
+        later = stored("a1", AlarmState.CLEARED, 5, reason="condition ended")
+        delivered = dataclasses.replace(note, delivered_us=T0_US + 20, attempts=2, last_error="")
+        for _ in range(2):
+            await store.write_alarms([later, old], [delivered, note])
+        assert await store.alarm_events(T0_US, T0_US + 10) == [old, later]
+        assert await store.alarm_deliveries("a1") == [delivered]
+    finally:
+        await store.close()
+    versions = _query(ts_url, "SELECT version FROM schema_migrations ORDER BY 1")
+    assert versions == [(m.version,) for m in schema.MIGRATIONS]
+    assert _query(ts_url, "SELECT to_regclass('alarm_schema_migrations')") == [(None,)]
+    hypertables = _query(ts_url, "SELECT hypertable_name FROM timescaledb_information.hypertables")
+    assert {"numerics", "waveforms"} <= {r[0] for r in hypertables}
+    assert not {"alarm_events", "alarm_deliveries"} & {r[0] for r in hypertables}

@@ -129,6 +129,7 @@ async def demo(args: argparse.Namespace) -> int:
         IngestSettings(spool_dir=data_dir / "spool", admission=admission),
         store,
         alarms_outbox=data_dir / "alarms.db",
+        alarm_store=store,  # the audit trail and receipts also in the demo's store
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -67,18 +67,13 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         # spool, alarms in the outbox; the schema is brought up to date when it is back.
         store_open = False
         log.warning("starting without the database (%s); it is opened when it is back", exc)
-    alarm_store = None
-    if settings.database_url.startswith(("postgresql://", "postgres://")):
-        # The alarm audit trail and receipts are copied from the outbox to the same database.
-        from alerting.store import AlarmStore
-
-        alarm_store = AlarmStore(settings.database_url)
     engine = Engine(
         mqtt,
         settings.ingest,
         store,
         alerting=settings.alerting,
-        alarm_store=alarm_store,
+        # The alarm audit trail and receipts are copied from the outbox to the same store.
+        alarm_store=store,
         metrics=metrics,
         store_open=store_open,
     )

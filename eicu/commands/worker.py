@@ -101,6 +101,7 @@ async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
         settings.ingest,
         store,
         alerting=settings.alerting,
+        alarm_store=store,
         metrics=metrics,
         store_open=store_open,
         ownership=ownership,

@@ -1,18 +1,20 @@
 """Storage: PostgreSQL with TimescaleDB when present, plain PostgreSQL otherwise, and SQLite for
-the embedded demo, all behind one interface (:class:`eicu.store.base.Store`)."""
+the embedded demo, all behind one interface (:class:`eicu.store.base.Store`), which also holds
+the alarm tables (:class:`eicu.store.base.AlarmRepository`): one pool and one migration runner
+per database."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from eicu.errors import ConfigError
-from eicu.store.base import LatestValue, Store, TrendPoint, WaveformWindow
+from eicu.store.base import AlarmRepository, LatestValue, Store, TrendPoint, WaveformWindow
 
 if TYPE_CHECKING:
     from eicu.config import StoreSettings
     from eicu.metrics import StoreMetrics
 
-__all__ = ["LatestValue", "Store", "TrendPoint", "WaveformWindow", "open_store"]
+__all__ = ["AlarmRepository", "LatestValue", "Store", "TrendPoint", "WaveformWindow", "open_store"]
 
 
 def open_store(

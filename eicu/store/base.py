@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from eicu.alarm_model import (
+    AlarmEvent,
+    AlarmState,
+    Category,
+    DeliveryRecord,
+    Priority,
+    StoredEvent,
+)
 from eicu.codes import BY_CODE
 from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame, WaveformFrame
 
@@ -70,7 +79,30 @@ class WaveformWindow:
     values: NDArray[np.float64]
 
 
-class Store(Protocol):
+class AlarmRepository(Protocol):
+    """The alarm tables: the audit trail and the delivery receipts, copied there from the alarm
+    outboxes. Writes are idempotent whichever process makes them and however often: an event is
+    inserted once (keyed by its ``event_id``), a receipt copied again merges into its row (keyed
+    by the notification key; a time once set stays set, the attempts only grow)."""
+
+    async def write_alarms(
+        self, events: Sequence[StoredEvent], deliveries: Sequence[DeliveryRecord]
+    ) -> None:
+        """Store events and receipts in one transaction. Raises
+        :class:`~eicu.errors.StorageUnavailable` while the database cannot take them (down, or
+        its schema not yet brought up to date by ``open``)."""
+        ...
+
+    async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
+        """Events with time in [start_us, end_us), oldest first."""
+        ...
+
+    async def alarm_deliveries(self, alarm_id: str) -> list[DeliveryRecord]:
+        """The receipts of one alarm's notifications, in the order they were enqueued."""
+        ...
+
+
+class Store(AlarmRepository, Protocol):
     """The store interface. Writes are idempotent: writing a batch twice stores it once."""
 
     backend: str  # "timescaledb", "postgresql" or "sqlite"
@@ -305,3 +337,119 @@ def last_sequence_doc(rows: list[tuple[Any, ...]]) -> dict[tuple[BedKey, str], i
     for site, bed, kind, seq, n_frames in rows:
         out[(BedKey(site, bed), kind)] = (int(seq) + int(n_frames) - 1) % (1 << 32)
     return out
+
+
+# --- the alarm tables ----------------------------------------------------------------------------
+
+# Column order of the rows below; times are microseconds since the epoch.
+ALARM_EVENT_COLUMNS = (
+    "event_id, alarm_id, site, bed, kind, priority, category, state, time, actor, reason, "
+    "audio_paused_until, recorded"
+)
+ALARM_DELIVERY_COLUMNS = (
+    "key, alarm_id, recipient, channel, address, enqueued, sent, delivered, acknowledged, "
+    "acknowledged_by, attempts, last_error, failed, cancelled"
+)
+# Which of those hold a time.
+ALARM_EVENT_TIMES = frozenset({"time", "audio_paused_until", "recorded"})
+ALARM_DELIVERY_TIMES = frozenset(
+    {"enqueued", "sent", "delivered", "acknowledged", "failed", "cancelled"}
+)
+
+
+def alarm_event_rows(events: Sequence[StoredEvent]) -> list[tuple[Any, ...]]:
+    """Rows in ALARM_EVENT_COLUMNS order, sorted by key: concurrent writers of overlapping rows
+    then lock them in the same order and never deadlock."""
+    return [
+        (
+            s.event_id,
+            s.event.alarm_id,
+            s.event.bed.site,
+            s.event.bed.bed,
+            s.event.kind,
+            s.event.priority.value,
+            s.event.category.value,
+            s.event.state.value,
+            s.event.time_us,
+            s.event.actor,
+            s.event.reason,
+            s.event.audio_paused_until_us,
+            s.recorded_us,
+        )
+        for s in sorted(events, key=lambda s: s.event_id)
+    ]
+
+
+def alarm_delivery_rows(deliveries: Sequence[DeliveryRecord]) -> list[tuple[Any, ...]]:
+    """Rows in ALARM_DELIVERY_COLUMNS order, sorted by key (see :func:`alarm_event_rows`)."""
+    return [
+        (
+            d.key,
+            d.alarm_id,
+            d.recipient,
+            d.channel,
+            d.address,
+            d.enqueued_us,
+            d.sent_us,
+            d.delivered_us,
+            d.acknowledged_us,
+            d.acknowledged_by,
+            d.attempts,
+            d.last_error,
+            d.failed_us,
+            d.cancelled_us,
+        )
+        for d in sorted(deliveries, key=lambda d: d.key)
+    ]
+
+
+def _us(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def stored_events(rows: list[tuple[Any, ...]]) -> list[StoredEvent]:
+    """Rows in ALARM_EVENT_COLUMNS order as events."""
+    return [
+        StoredEvent(
+            str(event_id),
+            AlarmEvent(
+                alarm_id=str(alarm_id),
+                bed=BedKey(str(site), str(bed)),
+                kind=str(kind),
+                priority=Priority(priority),
+                category=Category(category),
+                state=AlarmState(state),
+                time_us=int(time_us),
+                actor=str(actor),
+                reason=str(reason),
+                audio_paused_until_us=_us(paused_us),
+            ),
+            int(recorded_us),
+        )
+        for (event_id, alarm_id, site, bed, kind, priority, category, state, time_us, actor,
+             reason, paused_us, recorded_us) in rows
+    ]  # fmt: skip
+
+
+def delivery_records(rows: list[tuple[Any, ...]]) -> list[DeliveryRecord]:
+    """Rows in ALARM_DELIVERY_COLUMNS order as receipts."""
+    return [
+        DeliveryRecord(
+            key=str(key),
+            alarm_id=str(alarm_id),
+            recipient=str(recipient),
+            channel=channel,
+            address=str(address),
+            enqueued_us=int(enqueued),
+            sent_us=_us(sent),
+            delivered_us=_us(delivered),
+            acknowledged_us=_us(acknowledged),
+            acknowledged_by=None if acknowledged_by is None else str(acknowledged_by),
+            attempts=int(attempts),
+            last_error=str(last_error),
+            failed_us=_us(failed),
+            cancelled_us=_us(cancelled),
+        )
+        for (key, alarm_id, recipient, channel, address, enqueued, sent, delivered, acknowledged,
+             acknowledged_by, attempts, last_error, failed, cancelled) in rows
+    ]  # fmt: skip

@@ -6,6 +6,9 @@ adds hypertables, compression, retention and the continuous aggregate when it ca
 Writes go through COPY (binary) into per-connection staging tables, then
 ``INSERT ... ON CONFLICT DO NOTHING`` into the real tables in the same transaction, so a batch
 retried after an uncertain commit stores every sample once.
+
+The alarm audit trail and delivery receipts (:meth:`PgStore.write_alarms`) are tables of the same
+schema, written through the same pool.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,20 +25,28 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
+from eicu.alarm_model import DeliveryRecord, StoredEvent
 from eicu.config import StoreSettings
 from eicu.errors import EicuError, SchemaError, StorageUnavailable
 from eicu.metrics import StoreMetrics
 from eicu.models import Batch, BedKey
 from eicu.store import schema, timescale
 from eicu.store.base import (
+    ALARM_DELIVERY_COLUMNS,
+    ALARM_DELIVERY_TIMES,
+    ALARM_EVENT_COLUMNS,
+    ALARM_EVENT_TIMES,
     CallRecord,
     LatestValue,
     NumericSample,
     TrendPoint,
     WaveformWindow,
+    alarm_delivery_rows,
+    alarm_event_rows,
     beds_in,
     call_records,
     check_bucket_s,
+    delivery_records,
     last_sequence_doc,
     latest_doc,
     minute_ceil_us,
@@ -42,6 +54,7 @@ from eicu.store.base import (
     numeric_samples,
     stats_doc,
     status_rows,
+    stored_events,
     waveform_rows,
     window_from_blocks,
 )
@@ -68,6 +81,37 @@ _STAGE = (
 
 def _unavailable(exc: BaseException) -> StorageUnavailable:
     return StorageUnavailable(f"database unavailable: {str(exc).strip()[:200]}")
+
+
+def _values(columns: str, times: frozenset[str]) -> str:
+    """Placeholders for ``columns``, microsecond integers turned into timestamptz."""
+    return ", ".join(_US.format("%s::bigint") if c in times else "%s" for c in columns.split(", "))
+
+
+def _selected(columns: str, times: frozenset[str]) -> str:
+    """``columns`` with timestamptz read back as microsecond integers."""
+    return ", ".join(_EPOCH_US.format(c) if c in times else c for c in columns.split(", "))
+
+
+_INSERT_ALARM_EVENTS = f"""INSERT INTO alarm_events ({ALARM_EVENT_COLUMNS})
+    VALUES ({_values(ALARM_EVENT_COLUMNS, ALARM_EVENT_TIMES)})
+    ON CONFLICT (event_id) DO NOTHING"""
+
+# A receipt copied again (by this process later, or by another one holding an older or newer
+# copy) merges: a time once set stays, the attempts only grow, the last error is that of the
+# copy with the most attempts.
+_UPSERT_ALARM_DELIVERIES = f"""INSERT INTO alarm_deliveries AS d ({ALARM_DELIVERY_COLUMNS})
+    VALUES ({_values(ALARM_DELIVERY_COLUMNS, ALARM_DELIVERY_TIMES)})
+    ON CONFLICT (key) DO UPDATE SET
+        sent = coalesce(d.sent, excluded.sent),
+        delivered = coalesce(d.delivered, excluded.delivered),
+        acknowledged = coalesce(d.acknowledged, excluded.acknowledged),
+        acknowledged_by = coalesce(d.acknowledged_by, excluded.acknowledged_by),
+        attempts = greatest(d.attempts, excluded.attempts),
+        last_error = CASE WHEN excluded.attempts >= d.attempts
+                          THEN excluded.last_error ELSE d.last_error END,
+        failed = coalesce(d.failed, excluded.failed),
+        cancelled = coalesce(d.cancelled, excluded.cancelled)"""
 
 
 class PgStore:
@@ -98,6 +142,9 @@ class PgStore:
             max_size=pool_max,
             open=False,
             configure=self._configure,
+            # A connection the server dropped (a restart) is replaced before use, so the first
+            # call after an outage succeeds rather than fail on a stale connection.
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
             kwargs={"connect_timeout": max(1, int(connect_timeout_s))},
             timeout=connect_timeout_s,
             reconnect_timeout=0,  # never give up reconnecting in the background
@@ -107,6 +154,7 @@ class PgStore:
         self._refresh_task: asyncio.Task[None] | None = None
         self._refresh_lock = asyncio.Lock()
         self._maintain_task: asyncio.Task[None] | None = None
+        self._migrated = False  # the schema is up to date (open succeeded)
         self.backend = "postgresql"
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -152,6 +200,7 @@ class PgStore:
                     await conn.set_autocommit(False)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
+        self._migrated = True
         return applied
 
     async def _migrate(self, conn: psycopg.AsyncConnection[Any]) -> list[int]:
@@ -824,3 +873,44 @@ class PgStore:
             (start_us, end_us),
         )
         return call_records(rows)
+
+    # --- alarm audit trail and delivery receipts -------------------------------------------------
+
+    async def write_alarms(
+        self, events: Sequence[StoredEvent], deliveries: Sequence[DeliveryRecord]
+    ) -> None:
+        if not self._migrated:
+            # Opened by the store writer once the database is reachable; until then the rows
+            # stay where they are (the outbox) and the caller tries again.
+            raise StorageUnavailable("the alarm tables are not ready: the store is not open yet")
+        if not events and not deliveries:
+            return
+        try:
+            async with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor() as cur,
+            ):
+                if events:
+                    await cur.executemany(_INSERT_ALARM_EVENTS, alarm_event_rows(events))
+                if deliveries:
+                    await cur.executemany(_UPSERT_ALARM_DELIVERIES, alarm_delivery_rows(deliveries))
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
+
+    async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
+        rows = await self._fetch(
+            f"""SELECT {_selected(ALARM_EVENT_COLUMNS, ALARM_EVENT_TIMES)} FROM alarm_events
+                WHERE time >= {_US.format("%s::bigint")} AND time < {_US.format("%s::bigint")}
+                ORDER BY time, recorded, event_id""",
+            (start_us, end_us),
+        )
+        return stored_events(rows)
+
+    async def alarm_deliveries(self, alarm_id: str) -> list[DeliveryRecord]:
+        rows = await self._fetch(
+            f"""SELECT {_selected(ALARM_DELIVERY_COLUMNS, ALARM_DELIVERY_TIMES)}
+                FROM alarm_deliveries WHERE alarm_id = %s ORDER BY enqueued, key""",
+            (alarm_id,),
+        )
+        return delivery_records(rows)

@@ -128,6 +128,53 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS status_events_time ON status_events (time)",
         ),
     ),
+    Migration(
+        4,
+        "alarm events and delivery receipts",
+        (
+            # The audit trail, copied from the alarm outboxes. event_id is the digest of the
+            # change (alarm id, state, time, actor, reason, audio pause): every process that
+            # copies the same change inserts the same key, and the first insert stands.
+            # Before this migration these two tables had a migration runner of their own
+            # (alarm_schema_migrations, whose version 1 created them as below): a database
+            # that has them keeps them and their rows, and that runner's record goes.
+            """CREATE TABLE IF NOT EXISTS alarm_events (
+                event_id text PRIMARY KEY,
+                alarm_id text NOT NULL,
+                site text NOT NULL,
+                bed text NOT NULL,
+                kind text NOT NULL,
+                priority text NOT NULL,
+                category text NOT NULL,
+                state text NOT NULL,
+                time timestamptz NOT NULL,
+                actor text NOT NULL,
+                reason text NOT NULL,
+                audio_paused_until timestamptz,
+                recorded timestamptz NOT NULL)""",
+            "CREATE INDEX IF NOT EXISTS alarm_events_alarm ON alarm_events (alarm_id, time)",
+            "CREATE INDEX IF NOT EXISTS alarm_events_time ON alarm_events (time)",
+            # One row per notification, keyed by its idempotency key; copies merge (a time once
+            # set stays, the attempts only grow).
+            """CREATE TABLE IF NOT EXISTS alarm_deliveries (
+                key text PRIMARY KEY,
+                alarm_id text NOT NULL,
+                recipient text NOT NULL,
+                channel text NOT NULL,
+                address text NOT NULL,
+                enqueued timestamptz NOT NULL,
+                sent timestamptz,
+                delivered timestamptz,
+                acknowledged timestamptz,
+                acknowledged_by text,
+                attempts integer NOT NULL,
+                last_error text NOT NULL,
+                failed timestamptz,
+                cancelled timestamptz)""",
+            "CREATE INDEX IF NOT EXISTS alarm_deliveries_alarm ON alarm_deliveries (alarm_id)",
+            "DROP TABLE IF EXISTS alarm_schema_migrations",
+        ),
+    ),
 )
 
 # The 1-minute trend relation, for plain PostgreSQL. With TimescaleDB the same name is a

@@ -9,23 +9,29 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from eicu.alarm_model import DeliveryRecord, StoredEvent
 from eicu.codes import BY_KEY
 from eicu.errors import StorageUnavailable
 from eicu.models import Batch, BedKey
 from eicu.store.base import (
+    ALARM_DELIVERY_COLUMNS,
+    ALARM_EVENT_COLUMNS,
     STATS_SQL,
     CallRecord,
     LatestValue,
     NumericSample,
     TrendPoint,
     WaveformWindow,
+    alarm_delivery_rows,
+    alarm_event_rows,
     beds_in,
     call_records,
     check_bucket_s,
+    delivery_records,
     last_sequence_doc,
     latest_doc,
     minute_ceil_us,
@@ -33,6 +39,7 @@ from eicu.store.base import (
     numeric_samples,
     stats_doc,
     status_rows,
+    stored_events,
     waveform_rows,
     window_from_blocks,
 )
@@ -69,11 +76,42 @@ _SCHEMA = (
         ended INTEGER, outcome TEXT, end_reason TEXT NOT NULL DEFAULT '',
         ended_by TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS consult_calls_bed ON consult_calls (site, bed, started)",
+    # The alarm audit trail and delivery receipts (see eicu.store.schema, migration 4).
+    """CREATE TABLE IF NOT EXISTS alarm_events (event_id TEXT PRIMARY KEY,
+        alarm_id TEXT NOT NULL, site TEXT NOT NULL, bed TEXT NOT NULL, kind TEXT NOT NULL,
+        priority TEXT NOT NULL, category TEXT NOT NULL, state TEXT NOT NULL,
+        time INTEGER NOT NULL, actor TEXT NOT NULL, reason TEXT NOT NULL,
+        audio_paused_until INTEGER, recorded INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS alarm_events_alarm ON alarm_events (alarm_id, time)",
+    "CREATE INDEX IF NOT EXISTS alarm_events_time ON alarm_events (time)",
+    """CREATE TABLE IF NOT EXISTS alarm_deliveries (key TEXT PRIMARY KEY,
+        alarm_id TEXT NOT NULL, recipient TEXT NOT NULL, channel TEXT NOT NULL,
+        address TEXT NOT NULL, enqueued INTEGER NOT NULL, sent INTEGER, delivered INTEGER,
+        acknowledged INTEGER, acknowledged_by TEXT, attempts INTEGER NOT NULL,
+        last_error TEXT NOT NULL, failed INTEGER, cancelled INTEGER)""",
+    "CREATE INDEX IF NOT EXISTS alarm_deliveries_alarm ON alarm_deliveries (alarm_id)",
     """CREATE VIEW IF NOT EXISTS numerics_1m AS
         SELECT (time / 60000000) * 60000000 AS bucket, bed_id, code, avg(value) AS avg_value,
                min(value) AS min_value, max(value) AS max_value, count(value) AS n_values
         FROM numerics GROUP BY 1, 2, 3""",
 )
+
+
+_PLACES_EVENT = ", ".join("?" * len(ALARM_EVENT_COLUMNS.split(", ")))
+_PLACES_DELIVERY = ", ".join("?" * len(ALARM_DELIVERY_COLUMNS.split(", ")))
+# The merge of PostgreSQL's store (eicu.store.pg), in SQLite's words.
+_UPSERT_ALARM_DELIVERIES = f"""INSERT INTO alarm_deliveries ({ALARM_DELIVERY_COLUMNS})
+    VALUES ({_PLACES_DELIVERY})
+    ON CONFLICT (key) DO UPDATE SET
+        sent = coalesce(alarm_deliveries.sent, excluded.sent),
+        delivered = coalesce(alarm_deliveries.delivered, excluded.delivered),
+        acknowledged = coalesce(alarm_deliveries.acknowledged, excluded.acknowledged),
+        acknowledged_by = coalesce(alarm_deliveries.acknowledged_by, excluded.acknowledged_by),
+        attempts = max(alarm_deliveries.attempts, excluded.attempts),
+        last_error = CASE WHEN excluded.attempts >= alarm_deliveries.attempts
+                          THEN excluded.last_error ELSE alarm_deliveries.last_error END,
+        failed = coalesce(alarm_deliveries.failed, excluded.failed),
+        cancelled = coalesce(alarm_deliveries.cancelled, excluded.cancelled)"""
 
 
 class SqliteStore:
@@ -294,3 +332,40 @@ class SqliteStore:
             (start_us, end_us),
         )
         return call_records(rows)
+
+    # --- alarm audit trail and delivery receipts -------------------------------------------------
+
+    async def write_alarms(
+        self, events: Sequence[StoredEvent], deliveries: Sequence[DeliveryRecord]
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO alarm_events ({ALARM_EVENT_COLUMNS}) "
+                    f"VALUES ({_PLACES_EVENT})",
+                    alarm_event_rows(events),
+                )
+                conn.executemany(_UPSERT_ALARM_DELIVERIES, alarm_delivery_rows(deliveries))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._call(write)
+
+    async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
+        rows = await self._fetch(
+            f"SELECT {ALARM_EVENT_COLUMNS} FROM alarm_events WHERE time >= ? AND time < ? "
+            "ORDER BY time, recorded, event_id",
+            (start_us, end_us),
+        )
+        return stored_events(rows)
+
+    async def alarm_deliveries(self, alarm_id: str) -> list[DeliveryRecord]:
+        rows = await self._fetch(
+            f"SELECT {ALARM_DELIVERY_COLUMNS} FROM alarm_deliveries WHERE alarm_id = ? "
+            "ORDER BY enqueued, key",
+            (alarm_id,),
+        )
+        return delivery_records(rows)
