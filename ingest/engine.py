@@ -21,13 +21,12 @@ from ingest.state import BedRouter
 from ingest.writer import StoreWriter
 
 if TYPE_CHECKING:
-    from eicu.bus.ownership import PartitionOwnership
-
     from alerting.channels import DeliveryChannel
     from alerting.escalation import Dispatcher
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
     from eicu.alarm_model import AlarmEvent
+    from eicu.bus.ownership import PartitionOwnership
 
 log = logging.getLogger(__name__)
 
