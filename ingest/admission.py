@@ -213,6 +213,21 @@ class Admission:
                 fh.write(f"{bed.site}/{bed.bed}\n")
         log.info("bed %s/%s confirmed by its stream", bed.site, bed.bed)
 
+    def adopt(self, beds: Iterable[BedKey]) -> None:
+        """Beds that streamed to another engine of the hub, taken over with their partition:
+        admitted and confirmed already (no new-bed rate, no new-bed watch), counted in their
+        site's auto-registered beds."""
+        for bed in beds:
+            self.new.discard(bed)
+            self.watching.discard(bed)
+            if bed in self.admitted or bed in self.registered:
+                continue
+            self.admitted.add(bed)
+            self._auto_by_site[bed.site] = self._auto_by_site.get(bed.site, 0) + 1
+            site = self._sites.get(bed.site)
+            if site is not None:
+                site.auto_beds += 1
+
     # --- the check ---------------------------------------------------------------------------
 
     def check(self, topic: str, size: int) -> str | None:

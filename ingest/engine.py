@@ -252,6 +252,8 @@ class Engine:
                 if key[0] not in self.router.beds
                 and partition_of(key[0].site, key[0].bed, n) == partition
             }
+            # They streamed to the last owner: admitted and confirmed already.
+            self.admission.adopt({key[0] for key in last})
         self.router.resume_sequences(last)
         log.info("sequence tracking resumed for %d streams", len(last))
 

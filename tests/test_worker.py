@@ -1,5 +1,6 @@
-"""``eicu worker`` on a 3-node NATS cluster: workers share the partitions; one SIGKILLed
-mid-stream and one started while the gateways publish lose nothing and store nothing twice."""
+"""``eicu worker`` on a 3-node NATS cluster: workers share the partitions; a worker SIGKILLed
+mid-stream, a worker started while the gateways publish and a broker node killed lose nothing
+and store nothing twice."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ import nats
 import pytest
 
 from eicu.bus.partitioned import partition_of
-from eicu.config import MqttSettings, Settings
+from eicu.config import AdmissionSettings, MqttSettings, Settings
 from eicu.devservices import NatsCluster, NatsServer, ServiceError, terminate
 from eicu.errors import ConfigError
+from eicu.metrics import IngestMetrics
+from eicu.models import BedKey
 from eicu.store import Store, open_store
+from ingest.admission import Admission
 from simulators.run import SimulationPlan, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +134,7 @@ async def _all_read(workers: list[Worker]) -> bool:
 @pytest.mark.nats
 @pytest.mark.db
 @pytest.mark.slow
-async def test_workers_share_partitions_and_a_killed_one_loses_nothing(
+async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_node(
     cluster: NatsCluster, store: Store, db_url: str, tmp_path: Path
 ) -> None:
     workers = [Worker(f"w{i}", cluster, db_url, tmp_path, i) for i in range(2)]
@@ -164,7 +168,10 @@ async def test_workers_share_partitions_and_a_killed_one_loses_nothing(
             return bool(workers[2].reading)
 
         await _until("the new worker reads some partitions", joined)
-        assert not publishing.done(), "the kill and the join were to happen mid-stream"
+        # A broker node dies (the one the first survivor reads from): its readers move on to
+        # the other nodes, which hold every session and message (3 replicas).
+        cluster[1].kill()
+        assert not publishing.done(), "the kills and the join were to happen mid-stream"
         summary = await publishing
         assert "unsent" not in summary and "dropped" not in summary
         published = summary["beds"]
@@ -232,3 +239,19 @@ def test_worker_settings() -> None:
         Settings.from_env({**env, "EICU_MQTT_URL": "mqtt://a,mqtts://b"})
     with pytest.raises(ConfigError, match="EICU_PARTITION_COUNT"):
         Settings.from_env({**env, "EICU_PARTITION_COUNT": "0"})
+
+
+def test_beds_taken_over_are_admitted_and_confirmed_without_the_new_bed_rate() -> None:
+    """A partition's beds that streamed to the last owner are neither refused by the new-bed
+    rate (a whole partition arrives at once) nor watched as new (their technical alarms stay)."""
+    settings = AdmissionSettings(new_beds_per_s=0.001, new_beds_burst=1)
+    admission = Admission(settings, IngestMetrics(), clock=lambda: 0.0)
+    moved = {BedKey("hub", f"bed{i:03d}") for i in range(50)}
+    admission.adopt(moved)
+    for bed in sorted(moved):
+        assert admission.check(f"eicu/v1/hub/{bed.bed}/numerics", 100) is None
+        assert not admission.is_new(bed)
+    assert not admission.watching
+    # A bed nobody had streamed before still meets the rate.
+    assert admission.check("eicu/v1/hub/fresh1/numerics", 100) is None
+    assert admission.check("eicu/v1/hub/fresh2/numerics", 100) == "new_bed_rate"
