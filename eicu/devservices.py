@@ -296,7 +296,8 @@ def nats_config(
     partition mappings, and, with ``routes``, its place in a cluster whose routes list every node
     (``routes``: the cluster ports of all nodes on this host, or ``host:port`` of nodes on
     several machines, this one included; a server skips the route to itself). ``host``: the
-    address every listener binds (``0.0.0.0`` for a node other machines reach). ``users``: MQTT/NATS user names and passwords; without them anyone may connect.
+    address every listener binds (``0.0.0.0`` for a node other machines reach). ``users``:
+    MQTT/NATS user names and passwords; without them anyone may connect.
 
     ``mqtt_ack_wait_s``: how long a QoS 1 message delivered to a subscriber may stay without its
     PUBACK before the server sends it again. It is also how long a partition's messages that a
