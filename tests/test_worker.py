@@ -1,6 +1,6 @@
 """``eicu worker`` on a 3-node NATS cluster: workers share the partitions; a worker SIGKILLed
-mid-stream, a worker started while the gateways publish and a broker node killed lose nothing
-and store nothing twice."""
+mid-stream, a worker started while the gateways publish, a broker node killed and a worker
+stopped cleanly (every original worker replaced) lose nothing and store nothing twice."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
         except AssertionError:
             pytest.fail("\n".join(f"{w.name}: {w.reading}\n{w.tail()}" for w in workers))
         assert workers[0].reading and workers[1].reading, "the partitions are shared"
-        plan = SimulationPlan(site="hub", beds=BEDS, duration_s=40.0, speed=2.0)
+        plan = SimulationPlan(site="hub", beds=BEDS, duration_s=60.0, speed=2.0)
         publishing = asyncio.create_task(simulate(MqttSettings.from_url(cluster[0].url), plan))
 
         async def some_stored() -> bool:
@@ -171,7 +171,15 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
         # A broker node dies (the one the first survivor reads from): its readers move on to
         # the other nodes, which hold every session and message (3 replicas).
         cluster[1].kill()
-        assert not publishing.done(), "the kills and the join were to happen mid-stream"
+        # The first survivor stops cleanly: its partitions go to the new worker at once, after
+        # what it holds of them is stored.
+        workers[1].stop()
+
+        async def all_with_the_last() -> bool:
+            return workers[2].reading == set(range(PARTITIONS))
+
+        await _until("the last worker reads every partition", all_with_the_last, timeout_s=30.0)
+        assert not publishing.done(), "the kills, the join and the stop were to happen mid-stream"
         summary = await publishing
         assert "unsent" not in summary and "dropped" not in summary
         published = summary["beds"]
