@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
     from eicu.alarm_model import AlarmEvent
+    from eicu.alarms.policy import AlarmPolicy
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,15 @@ class Engine:
         *,
         store_open: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        alarm_policy: AlarmPolicy | None = None,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
         writer opens it when the database is back, keeping everything until then.
         ``alarm_store``: where the alarm outbox's audit trail and receipts are copied (the
         engine's own store in ``eicu serve``). ``clock``: the alarm stage's time (evaluation,
-        escalation, delivery receipts, the copier's waits)."""
+        escalation, delivery receipts, the copier's waits). ``alarm_policy``: the alarm stage's
+        policy (default: ``alerting.policy``, the site's ``EICU_ALARM_POLICY_FILE``, else the
+        default policy)."""
         self._clock = clock
         self.metrics = metrics or IngestMetrics()
         self.store = store
@@ -119,7 +123,13 @@ class Engine:
                 # published to its bed's alarms topic.
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
                 on_events = self._to_dispatcher
-            self.alarms = AlarmService(self, outbox, on_events=on_events, clock=clock)
+            from eicu.alarms.policy import load_policy
+
+            if alarm_policy is None and alerting is not None:
+                alarm_policy = alerting.policy
+            # The policy configured now is in force, also over a state saved under another.
+            alarm_policy = alarm_policy or load_policy()
+            self.alarms = AlarmService(self, outbox, alarm_policy, on_events=on_events, clock=clock)
             # After the score and signal stages: a bed is evaluated on their fresh results.
             self.router.subscribe(self.alarms)
             # Acknowledgements reach the alarm state machine from every side: the remote ICU over

@@ -130,6 +130,7 @@ async def demo(args: argparse.Namespace) -> int:
         store,
         alarms_outbox=data_dir / "alarms.db",
         alarm_store=store,  # the audit trail and receipts also in the demo's store
+        alarm_policy=settings.alerting.policy,  # EICU_ALARM_POLICY_FILE, else the default
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -77,6 +77,14 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         metrics=metrics,
         store_open=store_open,
     )
+    if settings.alerting.policy is not None:
+        policy = settings.alerting.policy
+        log.info(
+            "alarm policy %s v%d from %s",
+            policy.name,
+            policy.version,
+            settings.alerting.policy_file,
+        )
     if settings.alerting.rota_path is not None:
         log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)
     else:
