@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
+from eicu.health import Health
 from eicu.metrics import IngestMetrics
 from eicu.store import AlarmRepository, Store
 from ingest.admission import Admission
@@ -142,6 +143,38 @@ class Engine:
         # engine runs and caught up when the database comes back.
         self.alarm_store = alarm_store if self.alarms is not None else None
         self._tasks: list[asyncio.Task[None]] = []
+        # True once start() has warmed the kernels and resumed sequence tracking.
+        self.warmed = False
+
+    def running(self, name: str) -> bool:
+        """Whether the engine's task ``name`` (``ingest``, ``store-writer``, ``alarms``, ...)
+        runs."""
+        return any(t.get_name() == name and not t.done() for t in self._tasks)
+
+    def add_health_checks(self, health: Health) -> None:
+        """The engine's readiness (eicu.health): the broker connected and subscribed, the
+        kernels warmed, the store open or its spool accepting, the alarm service running."""
+        url = self.ingest.url
+
+        def broker() -> tuple[bool, str]:
+            if self.ingest.connected.is_set():
+                return True, f"subscribed on {url}"
+            return False, f"not connected to {url}"
+
+        def kernels() -> tuple[bool, str]:
+            return self.warmed, "warmed" if self.warmed else "warming up"
+
+        health.add_check("broker", broker)
+        health.add_check("kernels", kernels)
+        health.add_check("store", self.writer.health)
+        if self.alarms is not None:
+
+            def alarms() -> tuple[bool, str]:
+                if self.running("alarms"):
+                    return True, "running"
+                return False, "not running" if self.warmed else "not started"
+
+            health.add_check("alarms", alarms)
 
     def _dispatcher(
         self,
@@ -173,6 +206,7 @@ class Engine:
         # Compile (or load from cache) the kernels before the first message waits on them.
         await asyncio.to_thread(warm_up, self._analyse)
         await self._resume_sequences()
+        self.warmed = True
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(self.ingest.run(), name="ingest"),
