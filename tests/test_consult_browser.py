@@ -150,10 +150,10 @@ def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
     # bed labels on /metrics, to read each call's quality per bed (docs/dashboard.md, Metrics)
     env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1",
            "EICU_ICE_SERVERS": "", "EICU_METRICS_BED_LABELS": "1"}  # fmt: skip
-    # every bed's scenario event 20 s in: the VT bed's VTACH is up (and latched) by the time the
-    # first call has ended
+    # every bed's scenario event 8 s in: the VT bed's VTACH is up (and latched, after its 30 s)
+    # by the time the first call has ended
     demo = start(
-        ["demo", "--beds", "4", "--duration", "400", "--events-at", "20", "--data-dir", str(data)],
+        ["demo", "--beds", "4", "--duration", "400", "--events-at", "8", "--data-dir", str(data)],
         env,
     )
     cart: Process | None = None
