@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol
 
 Check = Callable[[], "bool | tuple[bool, str]"]
 PATHS: Final = ("/healthz", "/readyz")
+CONTENT_TYPE: Final = "application/json"
 
 
 class Loop(Protocol):
@@ -35,6 +36,8 @@ class Loop(Protocol):
 
 
 class Health:
+    """A process's liveness and its named readiness checks (see the module's docstring)."""
+
     def __init__(self, answer_timeout_s: float = 2.0) -> None:
         self.answer_timeout_s = answer_timeout_s
         self._checks: dict[str, Check] = {}
@@ -129,6 +132,3 @@ class Health:
         else:
             raise ValueError(f"not a health path: {path!r} (expected one of {', '.join(PATHS)})")
         return (200 if ok else 503), json.dumps(body, sort_keys=True).encode() + b"\n"
-
-
-CONTENT_TYPE: Final = "application/json"
