@@ -152,8 +152,9 @@ class Workers:
     async def stop(self, worker: str) -> None:
         task = self.tasks.pop(worker)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait([task], timeout=WAIT_S)
+        assert done, f"{worker}: run() did not return after its cancellation"
+        assert task.cancelled(), f"{worker}: run() ended with {task.exception()!r}"
 
     async def stop_all(self) -> None:
         for worker in list(self.tasks):

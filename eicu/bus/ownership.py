@@ -73,7 +73,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import nats
 import nats.errors
@@ -97,16 +97,46 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[int], Awaitable[None]]
+T = TypeVar("T")
 
 # A worker id is one token of a NATS subject (a key of the workers bucket).
 _WORKER_ID: Final = re.compile(r"^[-_=a-zA-Z0-9]+$")
 _KV_OPERATION: Final = "KV-Operation"  # DEL or PURGE on a deletion written by a client
 _MARKER_REASON: Final = "Nats-Marker-Reason"  # on a deletion placed by the server (expiry)
 _DELETED: Final = ("DEL", "PURGE")
-# NATS's error codes for "more replicas than the cluster can place".
-_TOO_MANY_REPLICAS: Final = frozenset({10074, 10005, 10023})
+# NATS's error code for "replicas > 1 not supported in non-clustered mode".
+_NOT_CLUSTERED: Final = 10074
 # What a call to NATS may raise when the server cannot be reached or does not answer in time.
 _UNREACHABLE: Final = (nats.errors.Error, TimeoutError, OSError)
+
+
+async def _request(aw: Awaitable[T], timeout_s: float) -> T:
+    """One call to NATS, at most ``timeout_s``, in a task of its own. nats-py turns a
+    cancellation that reaches some of its waits into an error of its own, or drops it; the
+    caller's cancellation must never go through it, or a stop could be lost."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(max(timeout_s, 0.0)):
+            return await aw
+
+    task = asyncio.ensure_future(bounded())
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_forget)  # it ends by its timeout; its outcome is not wanted
+        raise
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _finished(task: asyncio.Future[Any]) -> None:
+    """Waits until ``task`` is done, whatever its outcome; a cancellation of the caller still
+    comes through (``await task`` under ``suppress(CancelledError)`` would swallow it)."""
+    await asyncio.wait([task])
+    _forget(task)
 
 
 @dataclass(slots=True)
@@ -140,8 +170,13 @@ class PartitionOwnership(abc.ABC):
         after ``k`` is claimed; ``on_lose(k)`` before ``k`` is released on purpose (the key is
         deleted only after it returns), or right after ``k`` was lost. For one partition the
         two alternate, starting with ``on_gain``. Cancelling releases every partition held
-        (``on_lose`` for each) and returns by raising ``CancelledError``. An exception raised by
-        a callback ends ``run`` (after releasing what it holds) with that exception."""
+        (``on_lose`` for each; :class:`NatsOwnership` awaits them together) and returns by
+        raising ``CancelledError``. An exception raised by a callback ends ``run`` (after
+        releasing what it holds) with that exception.
+
+        ``on_gain`` should start the partition's work and return: claims wait for it. After a
+        loss, ``on_lose`` must stop judging and acknowledging at once (another worker may take
+        the partition ``margin_s`` later)."""
 
 
 class LocalOwnership(PartitionOwnership):
@@ -215,7 +250,8 @@ class NatsOwnership(PartitionOwnership):
     ``_``, ``=``); ``partitions``: N; ``ttl_s``: how long a key outlives its last renewal;
     ``margin_s``: how long before the key's earliest expiry this worker gives a partition up
     when it cannot renew it (default ``ttl_s / 5``); ``replicas``: of the buckets, when this
-    worker creates them (at most the size of the cluster); ``user``/``password``, ``token``,
+    worker creates them (1 on a single server; a cluster with fewer nodes up refuses, and the
+    worker tries again); ``user``/``password``, ``token``,
     ``credentials_file`` (a NATS ``.creds`` file) and ``tls``: how to connect.
     ``request_timeout_s``: how long one request to NATS may take (default ``ttl_s / 3``)."""
 
@@ -347,6 +383,10 @@ class NatsOwnership(PartitionOwnership):
                     await self._start_watchers()
                 await self._round()
                 self.settled.set()
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # A callback caught the cancellation of the stop: the stop still wins.
+                    raise asyncio.CancelledError
                 await self._clock.wait(self._wake, self.interval_s)
         finally:
             await self._stop(renewer)
@@ -405,10 +445,10 @@ class NatsOwnership(PartitionOwnership):
         deadline of this module depends on it)."""
         assert self._js is not None and self._nc is not None
         try:
-            kv = await self._js.key_value(name)
+            kv = await _request(self._js.key_value(name), self._request_timeout_s)
         except nats.js.errors.BucketNotFoundError:
             kv = await self._create_bucket(name)
-        ttl = (await kv.status()).ttl
+        ttl = (await _request(kv.status(), self._request_timeout_s)).ttl
         if ttl is None or abs(ttl - self.ttl_s) > 1e-3:
             raise ConfigError(
                 "ttl_s",
@@ -419,28 +459,28 @@ class NatsOwnership(PartitionOwnership):
 
     async def _create_bucket(self, name: str) -> KeyValue:
         assert self._js is not None and self._nc is not None
-        info: dict[str, Any] = getattr(self._nc, "_server_info", None) or {}  # the INFO
-        cluster_size = len(info.get("connect_urls") or ()) if info.get("cluster") else 1
-        replicas = max(1, min(self._replicas, cluster_size or 1))
         options: dict[str, Any] = {
             "bucket": name,
             "history": 1,
             "ttl": self.ttl_s,
-            "replicas": replicas,
+            "replicas": self._replicas,
             # The server writes a deletion marker when a key expires, so the watches see it.
             "limit_marker_ttl": max(1.0, self.ttl_s),
         }
         while True:
             try:
-                kv = await self._js.create_key_value(**options)
+                kv = await _request(self._js.create_key_value(**options), self._request_timeout_s)
             except nats.js.errors.KeyValueLimitMarkerTTLNotSupportedError:
                 log.warning("ownership: NATS writes no expiry markers; expiries found by polling")
                 options.pop("limit_marker_ttl")
                 continue
             except nats.js.errors.APIError as exc:
-                if exc.err_code in _TOO_MANY_REPLICAS and options["replicas"] > 1:
-                    options["replicas"] -= 1
+                if exc.err_code == _NOT_CLUSTERED and options["replicas"] > 1:
+                    options["replicas"] = 1  # a single server
                     continue
+                # A cluster with fewer nodes up than replicas refuses too: retried, never made
+                # with fewer replicas (a node down at the wrong moment would leave the bucket
+                # without a majority once another one dies).
                 raise
             log.info("ownership: created the bucket %s (R%d)", name, options["replicas"])
             return kv
@@ -454,7 +494,7 @@ class NatsOwnership(PartitionOwnership):
         loaded: list[asyncio.Event] = []
         try:
             for kv, view in ((self._owners, self._owner_view), (self._workers, self._worker_view)):
-                watcher = await kv.watchall()
+                watcher = await _request(kv.watchall(), self._request_timeout_s)
                 ready = asyncio.Event()
                 task = asyncio.create_task(self._watch(watcher, view, ready))
                 self._watchers.append((watcher, task))
@@ -469,10 +509,9 @@ class NatsOwnership(PartitionOwnership):
         watchers, self._watchers = self._watchers, []
         for watcher, task in watchers:
             task.cancel()
-            with contextlib.suppress(*_UNREACHABLE, asyncio.CancelledError, AttributeError):
-                await watcher.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(*_UNREACHABLE, AttributeError):
+                await _request(watcher.stop(), self._request_timeout_s)
+            await _finished(task)
 
     async def _watch(
         self, watcher: KeyValue.KeyWatcher, view: dict[str, _Seen], ready: asyncio.Event
@@ -543,8 +582,9 @@ class NatsOwnership(PartitionOwnership):
 
     async def _write(self, key: str, last: int) -> int:
         assert self._owners is not None
-        async with asyncio.timeout(self._request_timeout_s):
-            return await self._owners.update(key, self._value, last=last)
+        return await _request(
+            self._owners.update(key, self._value, last=last), self._request_timeout_s
+        )
 
     async def _latest(self, key: str) -> tuple[int, str | None] | None:
         """The key's last revision and value (None for a deletion) as the stream's leader has
@@ -552,10 +592,13 @@ class NatsOwnership(PartitionOwnership):
         assert self._js is not None and self._owners is not None
         stream = f"KV_{self._bucket_names[0]}"
         try:
-            async with asyncio.timeout(self._request_timeout_s):
-                msg = await self._js.get_msg(
+            msg = await _request(
+                # Not a direct get: the leader's answer, not a replica's that may lag.
+                self._js.get_msg(
                     stream, subject=f"$KV.{self._bucket_names[0]}.{key}", direct=False
-                )
+                ),
+                self._request_timeout_s,
+            )
         except nats.js.errors.NotFoundError:
             return None
         headers = msg.headers or {}
@@ -610,14 +653,14 @@ class NatsOwnership(PartitionOwnership):
             return  # lost while stopping: counted as a loss, the key is not ours to delete
         del self._held[k]
         if held.renewing is not None:  # a renewal on its way would change the revision
-            with contextlib.suppress(asyncio.CancelledError):
-                await held.renewing
+            await _finished(held.renewing)
         self.stats.releases += 1
         log.info("ownership %s: released partition %d", self.worker_id, k)
         assert self._owners is not None
         try:
-            async with asyncio.timeout(self._request_timeout_s):
-                await self._owners.delete(f"p.{k}", last=held.revision)
+            await _request(
+                self._owners.delete(f"p.{k}", last=held.revision), self._request_timeout_s
+            )
         except (*_UNREACHABLE, nats.js.errors.KeyWrongLastSequenceError) as exc:
             log.warning("ownership %s: p.%d not deleted (%r); it expires", self.worker_id, k, exc)
 
@@ -651,8 +694,9 @@ class NatsOwnership(PartitionOwnership):
     async def _announce(self) -> None:
         assert self._workers is not None
         sent = self._clock.monotonic_s()
-        async with asyncio.timeout(self._request_timeout_s):
-            revision = await self._workers.put(self.worker_id, self._value)
+        revision = await _request(
+            self._workers.put(self.worker_id, self._value), self._request_timeout_s
+        )
         self._announcement = _Held(revision, sent, sent + self.interval_s)
 
     def _deadline(self, held: _Held) -> float:
@@ -687,9 +731,9 @@ class NatsOwnership(PartitionOwnership):
         try:
             async with asyncio.timeout(max(0.0, self._deadline(held) - sent)):
                 revision = await self._owners.update(f"p.{k}", self._value, last=held.revision)
-        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError) as exc:
             if self._held.get(k) is held:
-                self._lose(k, "renewal refused: the key was taken, deleted or expired")
+                self._lose(k, f"renewal refused, the key was taken, deleted or expired ({exc})")
         except _UNREACHABLE as exc:
             self.stats.renewal_errors += 1
             log.debug("ownership %s: renewal of p.%d failed (%r)", self.worker_id, k, exc)
@@ -735,31 +779,37 @@ class NatsOwnership(PartitionOwnership):
             if self._workers is not None and self._announcement is not None:
                 announced, self._announcement = self._announcement, None
                 if announced.renewing is not None:  # let it land before the deletion
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await announced.renewing
+                    await _finished(announced.renewing)
                 try:
-                    async with asyncio.timeout(self._request_timeout_s):
-                        await self._workers.delete(self.worker_id)
+                    await _request(self._workers.delete(self.worker_id), self._request_timeout_s)
                 except _UNREACHABLE as exc:
                     log.warning(
                         "ownership %s: announcement not withdrawn (%r)", self.worker_id, exc
                     )
-            for k in sorted(self._held, reverse=True):
-                try:
-                    await self._release(k)
-                except Exception:
-                    log.exception("ownership %s: on_lose(%d) failed at the stop", self.worker_id, k)
+            # Together: the stop takes as long as the slowest on_lose, not their sum.
+            leaving = sorted(self._held, reverse=True)
+            results = await asyncio.gather(
+                *(self._release(k) for k in leaving), return_exceptions=True
+            )
+            for k, result in zip(leaving, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error(
+                        "ownership %s: on_lose(%d) failed at the stop",
+                        self.worker_id,
+                        k,
+                        exc_info=result,
+                    )
             if self._aftermath:
                 await asyncio.gather(*self._aftermath, return_exceptions=True)
-            pending = [held.renewing for held in self._held.values() if held.renewing]
-            for task in [renewer, *pending]:
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            if renewer is not None:
+                renewer.cancel()
+                await _finished(renewer)
+            for held in self._held.values():  # renewals on their way end by their deadline
+                if held.renewing is not None:
+                    await _finished(held.renewing)
             await self._stop_watchers()
         finally:
             nc, self._nc = self._nc, None
             if nc is not None:
                 with contextlib.suppress(*_UNREACHABLE):
-                    await nc.close()
+                    await _request(nc.close(), self._request_timeout_s)
