@@ -23,6 +23,7 @@ import nats
 import pytest
 
 from eicu.bus.ownership import LocalOwnership, NatsOwnership, PartitionOwnership
+from eicu.clock import ManualClock
 from eicu.devservices import NatsCluster, NatsServer, ServiceError, nats_binary
 from eicu.errors import ConfigError
 from tests.tcp_proxy import TcpProxy
@@ -370,6 +371,31 @@ async def test_a_taken_key_is_lost_at_once(cluster: NatsCluster, bucket: str) ->
             assert back - taken >= TTL_S - 0.05, back - taken
     finally:
         await nc.close()
+
+
+async def test_a_worker_paused_past_its_deadline_gives_up_then_takes_back_its_keys(
+    cluster: NatsCluster, bucket: str
+) -> None:
+    """The worker's clock jumps past its deadline (a process paused, a frozen machine): on
+    resuming it drops every partition at once instead of renewing keys another worker may
+    already hold. Its keys, though, still carry the revisions it wrote last: nobody took them
+    and they have not expired, so it takes them back at once, before they could expire."""
+    log = Log()
+    clock = ManualClock(running=True)
+    async with workers(urls(cluster), bucket, log) as group:
+        a = group.start("a", clock=clock)
+        await until(lambda: len(a.owned) == N, "a holds all")
+        clock.advance(TTL_S - a.margin_s)
+        paused = time.monotonic()
+        await until(lambda: a.stats.losses == N, "a gives everything up")
+        again = await until(lambda: len(a.owned) == N, "a holds all again")
+        # The keys live until TTL after their last renewal, at most one interval before the
+        # pause: taken back sooner, so by the revision, not after an expiry.
+        assert again - paused < TTL_S - a.interval_s, again - paused
+        assert a.stats.claims == 2 * N
+        for k in range(N):
+            first, second = [h for h in log.holdings if h.partition == k]
+            assert first.lost <= second.gained  # on_lose, then on_gain again
 
 
 async def test_a_killed_cluster_node_causes_no_double_ownership(bucket: str) -> None:

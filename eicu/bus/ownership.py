@@ -55,9 +55,12 @@ gives up, and the worker stops 2 s before any other can start. A second, indepen
 in the bus: the MQTT session belongs to the partition, so the next owner's connection takes the
 session over and the old owner's acknowledgements go nowhere (docs/bus.md).
 
-A renewal whose answer is lost may still have been stored: the key then stays this worker's
-(unused) until it expires, and nobody reads the partition for up to ``ttl_s``. That costs time,
-never a second owner.
+A partition given up at the deadline may still be this worker's on the server (NATS was slow,
+not gone: a leader election takes seconds). Once NATS answers again, the worker writes the key on
+the revision it wrote last: the write succeeds only if nobody wrote the key since and it has not
+expired, so the partition comes back (``on_gain`` again) without waiting for the expiry, and
+without any chance of a second owner. A renewal whose answer is lost may still have been stored:
+the key then stays this worker's, unused, until it expires. That costs time, never a second owner.
 """
 
 from __future__ import annotations
@@ -332,6 +335,7 @@ class NatsOwnership(PartitionOwnership):
         self._announcement: _Held | None = None
         self._held: dict[int, _Held] = {}
         self._gained: set[int] = set()
+        self._abandoned: dict[int, int] = {}  # partition -> the revision this worker wrote last
         self._locks = [asyncio.Lock() for _ in range(partitions)]
         self._wake = asyncio.Event()  # a round of claims and releases is due
         self._changed = asyncio.Event()  # the renewer has something new to look at
@@ -571,7 +575,8 @@ class NatsOwnership(PartitionOwnership):
             if k in self._held or self._locks[k].locked():
                 continue
             seen = self._owner_view.get(f"p.{k}")
-            if seen is not None and seen.value is not None and now - seen.at < self.ttl_s:
+            live = seen is not None and seen.value is not None and now - seen.at < self.ttl_s
+            if live and k not in self._abandoned:
                 continue  # another worker's (or an old write of this one, until it expires)
             try:
                 if await self._claim(k):
@@ -609,22 +614,25 @@ class NatsOwnership(PartitionOwnership):
     async def _claim(self, k: int) -> bool:
         """Takes partition ``k`` if no one holds it; True when taken (``on_gain`` awaited)."""
         key = f"p.{k}"
-        seen = self._owner_view.get(key)
-        last = seen.revision if seen is not None and seen.value is None else 0
+        revision = await self._take_back(k)
         sent = self._clock.monotonic_s()
-        try:
-            revision = await self._write(key, last)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            latest = await self._latest(key)
-            if latest is not None and latest[1] is not None:
-                revision_now, owner = latest
-                self._owner_view[key] = _Seen(owner, revision_now, self._clock.monotonic_s())
-                return False
+        if revision is None:
+            seen = self._owner_view.get(key)
+            last = seen.revision if seen is not None and seen.value is None else 0
             sent = self._clock.monotonic_s()
             try:
-                revision = await self._write(key, latest[0] if latest is not None else 0)
+                revision = await self._write(key, last)
             except nats.js.errors.KeyWrongLastSequenceError:
-                return False
+                latest = await self._latest(key)
+                if latest is not None and latest[1] is not None:
+                    revision_now, owner = latest
+                    self._owner_view[key] = _Seen(owner, revision_now, self._clock.monotonic_s())
+                    return False
+                sent = self._clock.monotonic_s()
+                try:
+                    revision = await self._write(key, latest[0] if latest is not None else 0)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    return False
         held = _Held(revision, sent, sent + self.interval_s)
         self._held[k] = held
         self.stats.claims += 1
@@ -636,6 +644,22 @@ class NatsOwnership(PartitionOwnership):
                 self._gained.add(k)
                 await self._on_gain(k)
         return True
+
+    async def _take_back(self, k: int) -> int | None:
+        """A partition given up at the deadline (its key's fate unknown, NATS out of reach)
+        whose key still has the revision this worker wrote last: nobody wrote it since and it
+        has not expired, so writing it again on that revision takes it back at once instead of
+        after its expiry. The new revision, or None."""
+        last = self._abandoned.pop(k, None)
+        if last is None:
+            return None
+        try:
+            return await self._write(f"p.{k}", last)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None  # written by another, deleted or expired: an ordinary claim
+        except _UNREACHABLE:
+            self._abandoned[k] = last
+            raise
 
     async def _release(self, k: int) -> None:
         """Lets partition ``k`` go: ``on_lose`` while the key is still held and renewed, then
@@ -664,12 +688,15 @@ class NatsOwnership(PartitionOwnership):
         except (*_UNREACHABLE, nats.js.errors.KeyWrongLastSequenceError) as exc:
             log.warning("ownership %s: p.%d not deleted (%r); it expires", self.worker_id, k, exc)
 
-    def _lose(self, k: int, why: str) -> None:
+    def _lose(self, k: int, why: str, *, abandoned: bool = False) -> None:
         """Partition ``k`` is no longer this worker's: out of ``owned`` now, ``on_lose`` as soon
-        as an ``on_gain`` in progress has returned."""
+        as an ``on_gain`` in progress has returned. ``abandoned``: given up at the deadline, the
+        key perhaps still this worker's (:meth:`_take_back`)."""
         held = self._held.pop(k, None)
         if held is None:
             return
+        if abandoned:
+            self._abandoned[k] = held.revision
         self.stats.losses += 1
         log.warning("ownership %s: lost partition %d: %s", self.worker_id, k, why)
         task = asyncio.create_task(self._after_loss(k), name=f"owner-lost-{k}")
@@ -687,7 +714,8 @@ class NatsOwnership(PartitionOwnership):
                     await self._on_lose(k)
         except Exception as exc:
             self._failure = self._failure or exc
-            self._wake.set()
+        finally:
+            self._wake.set()  # a round may take it back now
 
     # --- renewals -------------------------------------------------------------------------------
 
@@ -708,7 +736,7 @@ class NatsOwnership(PartitionOwnership):
             now = self._clock.monotonic_s()
             for k, held in list(self._held.items()):
                 if now >= self._deadline(held):
-                    self._lose(k, f"not renewed for {now - held.sent:.2f} s")
+                    self._lose(k, f"not renewed for {now - held.sent:.2f} s", abandoned=True)
             wakes = [now + self.interval_s]
             for k, held in self._held.items():
                 wakes.append(self._deadline(held))
@@ -739,6 +767,8 @@ class NatsOwnership(PartitionOwnership):
             log.debug("ownership %s: renewal of p.%d failed (%r)", self.worker_id, k, exc)
             held.next_renewal = self._clock.monotonic_s() + self.interval_s / 4
         else:
+            if self._held.get(k) is not held and self._abandoned.get(k) == held.revision:
+                self._abandoned[k] = revision  # landed after the deadline: still this worker's
             held.revision, held.sent = revision, sent
             held.next_renewal = sent + self.interval_s
             self.stats.renewals += 1
@@ -801,6 +831,16 @@ class NatsOwnership(PartitionOwnership):
                     )
             if self._aftermath:
                 await asyncio.gather(*self._aftermath, return_exceptions=True)
+            # Keys given up at the deadline that may still be this worker's: freed now if so.
+            abandoned, self._abandoned = self._abandoned, {}
+            if self._owners is not None and abandoned:
+                await asyncio.gather(
+                    *(
+                        _request(self._owners.delete(f"p.{k}", last=rev), self._request_timeout_s)
+                        for k, rev in abandoned.items()
+                    ),
+                    return_exceptions=True,
+                )
             if renewer is not None:
                 renewer.cancel()
                 await _finished(renewer)
