@@ -410,11 +410,19 @@ async def test_a_killed_cluster_node_causes_no_double_ownership(bucket: str) -> 
             for i, w in enumerate(("a", "b", "c")):
                 group.start(w, servers=nodes[i:] + nodes[:i])
             await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4")
-            await asyncio.to_thread(cluster[0].kill)
-            await asyncio.sleep(2 * TTL_S)  # elections, reconnections, possibly losses
+            # The node that leads the owners bucket: writes stop until the others elect one.
+            nc = await nats.connect(nodes)
+            try:
+                info = await nc.jetstream().stream_info(f"KV_{bucket}")
+            finally:
+                await nc.close()
+            assert info.cluster is not None
+            leader = next(n for n in cluster.nodes if n.name == info.cluster.leader)
+            await asyncio.to_thread(leader.kill)
+            await asyncio.sleep(2 * TTL_S)  # elections, reconnections, losses
             await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4 on two nodes")
             assert group.all_owned_once()
-            await asyncio.to_thread(cluster[0].start)
+            await asyncio.to_thread(leader.start)
             await asyncio.sleep(2 * TTL_S)
             await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4 on three")
     finally:
