@@ -398,19 +398,19 @@ async def test_a_worker_paused_past_its_deadline_gives_up_then_takes_back_its_ke
             assert first.lost <= second.gained  # on_lose, then on_gain again
 
 
-async def test_a_killed_cluster_node_causes_no_double_ownership(bucket: str) -> None:
-    try:
-        cluster = NatsCluster(partitions=None).start()
-    except ServiceError as exc:
-        pytest.fail(f"cannot start the NATS cluster for the test: {exc}")
+async def test_a_killed_cluster_node_causes_no_double_ownership(
+    cluster: NatsCluster, bucket: str
+) -> None:
+    """The node that leads the owners bucket is SIGKILLed (writes stop until the other two
+    elect a leader), then started again; the shared cluster is whole again afterwards."""
     log = Log()
+    nodes = urls(cluster)
+    leader = None
     try:
-        async with workers(urls(cluster), bucket, log) as group:
-            nodes = urls(cluster)
+        async with workers(nodes, bucket, log) as group:
             for i, w in enumerate(("a", "b", "c")):
                 group.start(w, servers=nodes[i:] + nodes[:i])
             await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4")
-            # The node that leads the owners bucket: writes stop until the others elect one.
             nc = await nats.connect(nodes)
             try:
                 info = await nc.jetstream().stream_info(f"KV_{bucket}")
@@ -426,7 +426,32 @@ async def test_a_killed_cluster_node_causes_no_double_ownership(bucket: str) -> 
             await asyncio.sleep(2 * TTL_S)
             await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4 on three")
     finally:
-        cluster.cleanup()
+        if leader is not None and leader.proc is None:
+            await asyncio.to_thread(leader.start)
+
+
+async def test_a_worker_connects_with_a_user_name_and_password(bucket: str) -> None:
+    """A server that refuses anonymous clients; a single server, so the buckets get one
+    replica instead of the three asked for."""
+    try:
+        server = NatsServer(partitions=None, users={"engine": "s3cret"}).start()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start NATS for the test: {exc}")
+    log = Log()
+    try:
+        async with workers([server.nats_url], bucket, log) as group:
+            a = group.start("a", user="engine", password="s3cret")
+            await asyncio.wait_for(a.settled.wait(), WAIT_S)
+            assert a.owned == frozenset(range(N))
+            nc = await nats.connect(server.nats_url, user="engine", password="s3cret")
+            try:
+                status = await (await nc.jetstream().key_value(bucket)).status()
+            finally:
+                await nc.close()
+            assert status.stream_info.config.num_replicas == 1
+            assert status.ttl == TTL_S
+    finally:
+        server.cleanup()
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -528,13 +528,14 @@ class NatsOwnership(PartitionOwnership):
             value = None if deleted or entry.value is None else entry.value.decode()
             revision = entry.revision or 0
             before = view.get(entry.key)
-            if before is not None and before.revision > revision:
-                continue
-            view[entry.key] = _Seen(value, revision, self._clock.monotonic_s())
-            if before is None or before.value != value or deleted:
-                self._wake.set()
-            if view is self._owner_view and entry.key.startswith("p."):
-                self._check_taken(entry.key, value, revision)
+            # A restarted watch shows every key again: one seen already keeps the time it was
+            # first seen, from which it may expire.
+            if before is None or before.revision < revision:
+                view[entry.key] = _Seen(value, revision, self._clock.monotonic_s())
+                if before is None or before.value != value or deleted:
+                    self._wake.set()
+                if view is self._owner_view and entry.key.startswith("p."):
+                    self._check_taken(entry.key, value, revision)
             if entry.delta == 0:
                 ready.set()
 
