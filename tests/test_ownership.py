@@ -454,6 +454,28 @@ async def test_a_worker_connects_with_a_user_name_and_password(bucket: str) -> N
         server.cleanup()
 
 
+async def test_a_worker_started_before_nats_waits_for_it(bucket: str) -> None:
+    try:
+        server = NatsServer(partitions=None)  # its ports chosen, not started yet
+    except ServiceError as exc:
+        pytest.fail(f"cannot set up NATS for the test: {exc}")
+    log = Log()
+    try:
+        async with workers([server.nats_url], bucket, log) as group:
+            a = group.start("a")
+            group.start("early")
+            await asyncio.sleep(1.0)  # connection refused, again and again
+            assert not a.settled.is_set() and not log.holdings
+            stopping = time.monotonic()
+            await group.stop("early")  # a stop while connecting is a stop
+            assert time.monotonic() - stopping < 1.0
+            await asyncio.to_thread(server.start)
+            await asyncio.wait_for(a.settled.wait(), WAIT_S)
+            assert a.owned == frozenset(range(N))
+    finally:
+        server.cleanup()
+
+
 # --- configuration -------------------------------------------------------------------------------
 
 

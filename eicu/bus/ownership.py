@@ -615,8 +615,8 @@ class NatsOwnership(PartitionOwnership):
     async def _claim(self, k: int) -> bool:
         """Takes partition ``k`` if no one holds it; True when taken (``on_gain`` awaited)."""
         key = f"p.{k}"
+        sent = self._clock.monotonic_s()  # before the write: the deadline counts from here
         revision = await self._take_back(k)
-        sent = self._clock.monotonic_s()
         if revision is None:
             seen = self._owner_view.get(key)
             last = seen.revision if seen is not None and seen.value is None else 0
