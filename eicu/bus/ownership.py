@@ -563,6 +563,10 @@ class NatsOwnership(PartitionOwnership):
 
     async def _round(self) -> None:
         """Release what is beyond this worker's share, claim free partitions up to it."""
+        now = self._clock.monotonic_s()
+        for key, entry in list(self._worker_view.items()):  # workers gone for good
+            if now - entry.at > 2 * self.ttl_s:
+                del self._worker_view[key]
         target = self.share()
         mine = sorted(k for k, held in self._held.items() if not held.releasing)
         for k in reversed(mine[target:]):
