@@ -118,6 +118,14 @@ class AlarmService:
         self.policy = policy or load_policy()
         self._snapshot_path = snapshot_path or outbox.path.with_suffix(".state.json")
         self.machine = self._restore()
+        restored = self.machine.default_policy
+        if policy is not None and restored.to_dict() != policy.to_dict():
+            # A policy given (a site's own file) is in force, whatever was before a restart.
+            log.info(
+                "alarm policy %s v%d in force (the saved state had %s v%d)",
+                policy.name, policy.version, restored.name, restored.version,
+            )  # fmt: skip
+            self.machine.set_default_policy(policy)
         self._on_events = on_events
         self.metrics = AlarmMetrics(registry or engine.metrics.registry)
         # The latest events, newest last (the dashboard's alarm list), from the audit trail, so

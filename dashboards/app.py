@@ -38,6 +38,7 @@ from eicu.alarms.state import Alarm
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.config import HttpSettings, IceServer
 from eicu.exposition import bearer_ok, exposition
+from eicu.health import Health
 from eicu.models import BedKey
 from ingest.engine import Engine
 
@@ -196,9 +197,14 @@ def create_app(
     settings: HttpSettings,
     users: Users,
     ice_servers: Sequence[IceServer] = (),
+    health: Health | None = None,
 ) -> FastAPI:
     """Routes that read the engine's state are ``async``: they run on the engine's own event
-    loop, between frames, never in a worker thread while a frame is being routed."""
+    loop, between frames, never in a worker thread while a frame is being routed.
+
+    ``health``: the process's liveness and readiness checks, served unauthenticated at
+    ``/healthz`` and ``/readyz`` (no patient data in them); without it, only the answer of the
+    event loop (ready with no checks)."""
     sessions = Sessions(settings.session_idle_s, users.get)
     limiter = LoginLimiter(
         settings.login_failures_max,
@@ -241,6 +247,20 @@ def create_app(
             return FileResponse(STATIC / name)
 
         return serve_page
+
+    # --- liveness and readiness (no session: for probes; nothing about patients) --------------
+
+    probes = health or Health()
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        code, body = probes.answer("/healthz")
+        return Response(body, status_code=code, media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        code, body = probes.answer("/readyz")
+        return Response(body, status_code=code, media_type="application/json")
 
     app.get("/", include_in_schema=False)(lambda: RedirectResponse("/census", status_code=303))
     app.get("/census", include_in_schema=False)(page("census.html"))

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Final
 
-from eicu.errors import ConfigError
+from eicu.alarms.policy import AlarmPolicy, load_policy
+from eicu.errors import AlarmPolicyError, ConfigError
 
 PREFIX = "EICU_"
 
@@ -295,11 +296,37 @@ class SmtpSettings:
 
 @dataclass(frozen=True)
 class AlertingSettings:
-    """Where alarm delivery keeps its outbox, reads its on-call rota, and sends e-mail."""
+    """Where alarm delivery keeps its outbox, reads its on-call rota, and sends e-mail; the
+    site's own alarm policy."""
 
     outbox_path: Path = field(default_factory=lambda: Path("eicu-alarms.db"))
     rota_path: Path | None = None
     smtp: SmtpSettings | None = None
+    # The site's own alarm policy (EICU_ALARM_POLICY_FILE), read and checked when the settings
+    # are read; None: the default policy (eicu/alarms/policies/default-v2.json).
+    policy_file: Path | None = None
+    policy: AlarmPolicy | None = field(default=None, repr=False)
+
+
+def alarm_policy_file(
+    env: Mapping[str, str], key: str = "EICU_ALARM_POLICY_FILE"
+) -> tuple[Path | None, AlarmPolicy | None]:
+    """The policy file named by ``key`` and the policy read from it; (None, None) when unset. A
+    missing, unreadable or invalid file is a :class:`ConfigError` naming ``key``, the file and,
+    for an invalid policy, its bad entry."""
+    raw = (env.get(key) or "").strip()
+    if not raw:
+        return None, None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(key, f"no such file: {raw}")
+    try:
+        policy = load_policy(path)
+    except AlarmPolicyError as exc:
+        raise ConfigError(key, f"not a valid alarm policy: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {raw}: {exc}") from exc
+    return path, policy
 
 
 @dataclass(frozen=True)
@@ -629,12 +656,15 @@ class Settings:
         metrics_port = env.get("EICU_METRICS_PORT")
         smtp_url = env.get("EICU_SMTP_URL") or None
         rota_file = env.get("EICU_ROTA_FILE") or None
+        policy_file, policy = alarm_policy_file(env)
         alerting = AlertingSettings(
             outbox_path=Path(env.get("EICU_OUTBOX_PATH") or AlertingSettings().outbox_path),
             rota_path=Path(rota_file) if rota_file else None,
             smtp=SmtpSettings.from_url(smtp_url, sender=env.get("EICU_SMTP_SENDER"))
             if smtp_url
             else None,
+            policy_file=policy_file,
+            policy=policy,
         )
         http_defaults = HttpSettings()
         http = HttpSettings(

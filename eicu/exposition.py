@@ -1,6 +1,8 @@
 """The Prometheus exposition of a registry, as the dashboard's ``/metrics`` and the
 ``EICU_METRICS_PORT`` server give it: without bed labels unless asked, behind a bearer token
-when one is set (docs/dashboard.md).
+when one is set (docs/dashboard.md). The ``EICU_METRICS_PORT`` server also answers ``/healthz``
+and ``/readyz`` (:mod:`eicu.health`; no token needed, nothing about patients in them), so a
+process without the dashboard has them too.
 
 Without bed labels, a metric family with a ``bed`` (or patient) label is merged over it: the
 series that differ only in that label are summed (a counter, a histogram, or a gauge that
@@ -22,6 +24,10 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from eicu.health import CONTENT_TYPE as HEALTH_CONTENT_TYPE
+from eicu.health import PATHS as HEALTH_PATHS
+from eicu.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +91,19 @@ class _QuietHandler(WSGIRequestHandler):
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterator[bytes]]
 
 
-def metrics_app(registry: Collector, *, token: str | None, bed_labels: bool) -> WsgiApp:
+def metrics_app(
+    registry: Collector, *, token: str | None, bed_labels: bool, health: Health | None = None
+) -> WsgiApp:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-        if environ.get("PATH_INFO") not in ("/", "/metrics"):
+        path = environ.get("PATH_INFO")
+        if health is not None and path in HEALTH_PATHS:
+            code, body = health.answer(path)
+            status = "200 OK" if code == 200 else "503 Service Unavailable"
+            start_response(
+                status, [("Content-Type", HEALTH_CONTENT_TYPE), ("Cache-Control", "no-store")]
+            )
+            return iter([body])
+        if path not in ("/", "/metrics"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return iter([b"not found\n"])
         if token is not None and not bearer_ok(environ.get("HTTP_AUTHORIZATION"), token):
@@ -105,7 +121,8 @@ def metrics_app(registry: Collector, *, token: str | None, bed_labels: bool) -> 
 
 class MetricsServer:
     """``/metrics`` on its own port, in a daemon thread (as ``prometheus_client`` serves it),
-    with the same token and label rules as the dashboard's."""
+    with the same token and label rules as the dashboard's; with ``health``, ``/healthz`` and
+    ``/readyz`` too (their checks run on the health's event loop, not in this thread)."""
 
     def __init__(
         self,
@@ -115,8 +132,9 @@ class MetricsServer:
         *,
         token: str | None = None,
         bed_labels: bool = False,
+        health: Health | None = None,
     ) -> None:
-        app = metrics_app(registry, token=token, bed_labels=bed_labels)
+        app = metrics_app(registry, token=token, bed_labels=bed_labels, health=health)
         self._httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
         self.port: int = self._httpd.server_port
         self._thread = threading.Thread(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
+from eicu.health import Health
 from eicu.metrics import IngestMetrics
 from eicu.store import AlarmRepository, Store
 from ingest.admission import Admission
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from alerting.outbox import Outbox
     from alerting.service import AlarmService
     from eicu.alarm_model import AlarmEvent
+    from eicu.alarms.policy import AlarmPolicy
     from eicu.bus.ownership import PartitionOwnership
 
 log = logging.getLogger(__name__)
@@ -71,16 +73,18 @@ class Engine:
         *,
         store_open: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        alarm_policy: AlarmPolicy | None = None,
         ownership: PartitionOwnership | None = None,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
         writer opens it when the database is back, keeping everything until then.
         ``alarm_store``: where the alarm outbox's audit trail and receipts are copied (the
         engine's own store in ``eicu serve``). ``clock``: the alarm stage's time (evaluation,
-        escalation, delivery receipts, the copier's waits). ``ownership``: the hub's
-        partitions shared with other engines (``eicu worker``): this engine reads, holds and
-        judges only the beds of the partitions it owns at the moment; without it, every bed
-        its broker sends."""
+        escalation, delivery receipts, the copier's waits). ``alarm_policy``: the alarm stage's
+        policy (default: ``alerting.policy``, the site's ``EICU_ALARM_POLICY_FILE``, else the
+        default policy). ``ownership``: the hub's partitions shared with other engines
+        (``eicu worker``): this engine reads, holds and judges only the beds of the partitions
+        it owns at the moment; without it, every bed its broker sends."""
         self._clock = clock
         self.ownership = ownership
         self.metrics = metrics or IngestMetrics()
@@ -125,7 +129,13 @@ class Engine:
                 # published to its bed's alarms topic.
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
                 on_events = self._to_dispatcher
-            self.alarms = AlarmService(self, outbox, on_events=on_events, clock=clock)
+            from eicu.alarms.policy import load_policy
+
+            if alarm_policy is None and alerting is not None:
+                alarm_policy = alerting.policy
+            # The policy configured now is in force, also over a state saved under another.
+            alarm_policy = alarm_policy or load_policy()
+            self.alarms = AlarmService(self, outbox, alarm_policy, on_events=on_events, clock=clock)
             # After the score and signal stages: a bed is evaluated on their fresh results.
             self.router.subscribe(self.alarms)
             # Acknowledgements reach the alarm state machine from every side: the remote ICU over
@@ -138,8 +148,49 @@ class Engine:
         # engine runs and caught up when the database comes back.
         self.alarm_store = alarm_store if self.alarms is not None else None
         self._tasks: list[asyncio.Task[None]] = []
+        # True once start() has warmed the kernels and resumed sequence tracking.
+        self.warmed = False
         self.ingest.on_partition_gained = self._partition_gained
         self.ingest.on_partition_lost = self._partition_lost
+
+    def running(self, name: str) -> bool:
+        """Whether the engine's task ``name`` (``ingest``, ``store-writer``, ``alarms``, ...)
+        runs."""
+        return any(t.get_name() == name and not t.done() for t in self._tasks)
+
+    def add_health_checks(self, health: Health) -> None:
+        """The engine's readiness (eicu.health): the broker connected and subscribed, the
+        kernels warmed, the store open or its spool accepting, the alarm service running."""
+        url = self.ingest.url
+
+        def broker() -> tuple[bool, str]:
+            if self.ingest.connected.is_set():
+                return True, f"subscribed on {url}"
+            return False, f"not connected to {url}"
+
+        def kernels() -> tuple[bool, str]:
+            return self.warmed, "warmed" if self.warmed else "warming up"
+
+        health.add_check("broker", broker)
+        ownership = self.ownership
+        if ownership is not None:
+
+            def partitions() -> tuple[bool, str]:
+                if not ownership.settled.is_set():
+                    return False, "claiming partitions"
+                return True, f"{len(ownership.owned)} of {ownership.partitions} partitions"
+
+            health.add_check("partitions", partitions)
+        health.add_check("kernels", kernels)
+        health.add_check("store", self.writer.health)
+        if self.alarms is not None:
+
+            def alarms() -> tuple[bool, str]:
+                if self.running("alarms"):
+                    return True, "running"
+                return False, "not running" if self.warmed else "not started"
+
+            health.add_check("alarms", alarms)
 
     async def _partition_gained(self, k: int) -> None:
         """Before a taken-over partition's messages are read: sequence tracking of its beds goes
@@ -196,6 +247,7 @@ class Engine:
             reading = self.ingest.run()
         else:
             reading = self.ingest.run_owned(self.ownership)  # resumed partition by partition
+        self.warmed = True
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(reading, name="ingest"),

@@ -20,10 +20,13 @@ from ingest.engine import Engine
 
 
 class Beds(Protocol):
-    """What ``simulators.beds.BedGroup`` offers: the next ``frame_s`` of every bed."""
+    """What ``simulators.beds.SynthGroup`` offers: the numerics of the next ``frame_s`` of
+    every bed, without their waveforms (the alarm rules here read numerics only)."""
 
-    def tick(self, frame_s: float) -> Sequence[tuple[object, object, NumericsFrame | None, bool]]:
-        """Per bed: (bed, waveform frame, numerics due now, whether the bed is connected)."""
+    def tick_numerics(
+        self, frame_s: float
+    ) -> Sequence[tuple[object, object, NumericsFrame | None, bool]]:
+        """Per bed: (bed, None, numerics due now, whether the bed is connected)."""
         ...
 
 
@@ -48,7 +51,7 @@ async def physiological_alarm_starts(
     try:
         for second in range(1, seconds + 1):
             now_us = t0_us + second * 1_000_000
-            for _bed, _wave, numerics, _connected in beds.tick(1.0):
+            for _bed, _wave, numerics, _connected in beds.tick_numerics(1.0):
                 if numerics is not None:
                     engine.router.route(dataclasses.replace(numerics, received_us=now_us))
             for event in alarms.evaluate(now_us):

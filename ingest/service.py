@@ -136,6 +136,7 @@ class Ingest:
         self._queue_type = byte_bounded_queue(mqtt_queue_max_bytes, metrics)
         self._refused: dict[str, Any] = {}  # reason -> its counter
         self._refused_bytes = 0  # added to the counter every second: no lock per message
+        # Set while the broker connection is up and subscribed (cleared when it is lost).
         self.connected = asyncio.Event()
         self.rejected = 0
         # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
@@ -225,6 +226,11 @@ class Ingest:
             log.exception("internal error on a message on %s; kept as a dead letter", topic)
             self._metrics.internal_errors.inc()
             self.dead_letters.add(received_us, topic, "internal_error", repr(exc)[:500], payload)
+
+    @property
+    def url(self) -> str:
+        """The broker's URL (no password)."""
+        return self._settings.url
 
     async def run(self) -> None:
         if self._settings.ack == "receipt":

@@ -96,11 +96,22 @@ class Spool:
         self._files = sorted(folder.glob("*.batch"))
         self._next = int(self._files[-1].stem) + 1 if self._files else _FIRST
         self.frames = 0
+        # Why the last batch could not be written (a full or failing disk); None after a success.
+        self.error: str | None = None
         for f in self._files:
             self.frames += _count_hint(f)
 
     def __len__(self) -> int:
         return len(self._files)
+
+    def accepting(self) -> tuple[bool, str]:
+        """Whether a batch can be written now: the last write did not fail and the folder is
+        writable."""
+        if self.error is not None:
+            return False, f"the last batch could not be written: {self.error}"
+        if not os.access(self.folder, os.W_OK):
+            return False, f"{self.folder} is not writable"
+        return True, f"{self.frames} frames in {self.folder}"
 
     def push(self, batch: Batch, *, front: bool = False) -> None:
         """Append a batch; with ``front``, put it before every file already there."""
@@ -113,18 +124,23 @@ class Spool:
             self._next += 1
         path = self.folder / f"{number:012d}.batch"
         tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            fh.write(_U32.pack(len(batch)))
-            fh.write(encode_batch(batch))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(path)
-        # The rename itself survives a power failure only once the folder is synced.
-        folder_fd = os.open(self.folder, os.O_RDONLY)
         try:
-            os.fsync(folder_fd)
-        finally:
-            os.close(folder_fd)
+            with tmp.open("wb") as fh:
+                fh.write(_U32.pack(len(batch)))
+                fh.write(encode_batch(batch))
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.rename(path)
+            # The rename itself survives a power failure only once the folder is synced.
+            folder_fd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(folder_fd)
+            finally:
+                os.close(folder_fd)
+        except OSError as exc:
+            self.error = str(exc)
+            raise
+        self.error = None
         if front:
             self._files.insert(0, path)
         else:

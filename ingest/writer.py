@@ -233,6 +233,17 @@ class StoreWriter:
         self._update_gauges()
         self._wake.set()
 
+    def health(self) -> tuple[bool, str]:
+        """Readiness of the store side (eicu.health): the store open and taking writes or, while
+        it is not, the spool accepting what waits."""
+        if self.store_open and self.available:
+            return True, "store open"
+        why = "store not open yet" if not self.store_open else "store unavailable"
+        accepting, detail = self._spool.accepting()
+        if accepting:
+            return True, f"{why}; spooling ({detail})"
+        return False, f"{why}; spool not accepting: {detail}"
+
     def spooled_sequences(self) -> dict[tuple[BedKey, str], int]:
         """Each stream's newest sequence number in the spool (see ``Spool.last_sequences``)."""
         return self._spool.last_sequences() if len(self._spool) else {}

@@ -98,7 +98,7 @@ class SynthGroup:
         self._numerics_seq = 0
         self._next_numerics_s = 0.0
 
-    def tick(self, frame_s: float) -> list[Tick]:
+    def _numerics_due(self) -> list[NumericsFrame | None]:
         t_s = self.bank.t_s
         numerics: list[NumericsFrame | None] = [None] * len(self.beds)
         if t_s + 1e-9 >= self._next_numerics_s:
@@ -108,6 +108,19 @@ class SynthGroup:
                 numerics[i] = NumericsFrame(self.beds[i], self._numerics_seq, ts_us, values)
             self._numerics_seq += 1
             self._next_numerics_s += 1.0
+        return numerics
+
+    def tick_numerics(self, frame_s: float) -> list[Tick]:
+        """As :meth:`tick` with no waveforms (``None`` in their place, none rendered): for a
+        consumer of the numerics alone. Not to be mixed with :meth:`tick` on one group."""
+        numerics = self._numerics_due()
+        connected = self.bank.connected(self.bank.t_s)
+        self.bank.skip(frame_s)
+        return [(bed, None, numerics[i], bool(connected[i])) for i, bed in enumerate(self.beds)]
+
+    def tick(self, frame_s: float) -> list[Tick]:
+        t_s = self.bank.t_s
+        numerics = self._numerics_due()
         connected = self.bank.connected(t_s)
         waves = self.bank.waveforms(frame_s)
         raw = {key: quantize(v, GAIN[key]) for key, v in waves.items()}

@@ -830,6 +830,17 @@ class BedSynthBank:
         self._t_s = t1_s
         return out
 
+    def skip(self, n_seconds: float) -> None:
+        """Move on ``n_seconds`` without rendering the waveforms: the numerics, episodes and
+        later waveforms are those after :meth:`waveforms` of the same length (for a consumer of
+        the numerics alone)."""
+        if not (n_seconds >= 0.0 and math.isfinite(n_seconds)):
+            raise ValueError(f"n_seconds must be a finite number >= 0, got {n_seconds}")
+        t1_s = self._t_s + float(n_seconds)
+        for key, fs in self.fs_hz.items():
+            self._n[key] = max(math.floor(t1_s * fs + _SAMPLE_EPS), self._n[key])
+        self._t_s = t1_s
+
     def _render(self, key: str, x: NDArray[np.float64], n0: int, fs: float) -> None:
         noise_off = self._noise_offset[key]
         br = self.breaths.f

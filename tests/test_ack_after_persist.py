@@ -124,7 +124,10 @@ async def _crash_and_recover(
     mqtt = MqttSettings.from_url(
         mqtt_url, client_id=CLIENT_ID, partitions=parse_partitions(partitions)
     )
-    settings = IngestSettings(spool_dir=spool, flush_interval_s=0.1, analyse_signals=False)
+    # half-second waveform segments: each bed's last frames are stored 2 s after the stream ends
+    settings = IngestSettings(
+        spool_dir=spool, flush_interval_s=0.1, analyse_signals=False, waveform_segment_s=0.5
+    )
     engine = Engine(mqtt, settings, store)
     await engine.start()
     try:

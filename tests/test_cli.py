@@ -130,7 +130,7 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
 def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
     env = {"EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
     out = _eicu(
-        "demo", "--beds", "8", "--duration", "8", "--refresh", "2", "--data-dir", str(tmp_path),
+        "demo", "--beds", "8", "--duration", "4", "--refresh", "1", "--data-dir", str(tmp_path),
         env=env, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]

@@ -4,6 +4,7 @@ the demo's VT bed, and a headless Chromium with a fake camera and microphone cal
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -150,10 +151,10 @@ def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
     # bed labels on /metrics, to read each call's quality per bed (docs/dashboard.md, Metrics)
     env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1",
            "EICU_ICE_SERVERS": "", "EICU_METRICS_BED_LABELS": "1"}  # fmt: skip
-    # every bed's scenario event 20 s in: the VT bed's VTACH is up (and latched) by the time the
-    # first call has ended
+    # every bed's scenario event 8 s in: the VT bed's VTACH is up (and latched, after its 30 s)
+    # by the time the first call has ended
     demo = start(
-        ["demo", "--beds", "4", "--duration", "400", "--events-at", "20", "--data-dir", str(data)],
+        ["demo", "--beds", "4", "--duration", "400", "--events-at", "8", "--data-dir", str(data)],
         env,
     )
     cart: Process | None = None
@@ -174,6 +175,10 @@ def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
         registered = f'eicu_cart_registered{{bed="{VT_BED}",site="{SITE}"}} 1.0'
         wait_for("the cart did not register", cart,
                  lambda: registered in scrape(f"http://127.0.0.1:{port}"), 60)  # fmt: skip
+        # registered: ready, on the same port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            ready = json.loads(r.read())
+        assert ready["status"] == "ready" and ready["checks"]["dashboard"]["ok"], ready
         yield running
     finally:
         cart_rc = cart.stop() if cart is not None else 0

@@ -33,7 +33,11 @@ async def test_simulated_beds_reach_the_dashboard(
     broker: Mosquitto, store: Store, tmp_path: Path
 ) -> None:
     mqtt = MqttSettings.from_url(broker.url, client_id="eicu-test-dashboard")
-    engine = Engine(mqtt, IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1), store)
+    # half-second waveform segments: a bed's last frames are written 2 s after its stream ends
+    settings = IngestSettings(
+        spool_dir=tmp_path / "spool", flush_interval_s=0.1, waveform_segment_s=0.5
+    )
+    engine = Engine(mqtt, settings, store)
     users = Users(tmp_path / "users.json")
     users.add("ada", Role.INTENSIVIST, "intensivist-password")
     app = create_app(engine, HttpSettings(cookie_secure=False), users)

@@ -16,7 +16,7 @@ import pytest
 
 from eicu import wire
 from eicu.alarm_model import AlarmState
-from eicu.alarms.policy import load_policy, override
+from eicu.alarms.policy import load_policy, override, parse_policy
 from eicu.codes import BY_CODE
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
@@ -29,21 +29,27 @@ pytestmark = [pytest.mark.broker, pytest.mark.db]
 BED = BedKey("karamay", "bed07")
 YEAR_2099_US = 4_070_908_800_000_000
 NORMAL = {"HR": 80.0, "SPO2": 97.0, "RR": 16.0}
+STALE_AFTER_S = 2.0  # DATA_STALE's after_s in the bed's policy (the default policy's is 10 s)
 
 
 @contextlib.asynccontextmanager
 async def _running(
     tmp_path: Path, broker: Mosquitto, db_url: str, **ingest: Any
 ) -> AsyncIterator[Engine]:
+    # Short delays keep the test quick; the rules and the state machine are as usual: a silent
+    # bed stale after STALE_AFTER_S (the site's policy), HR_HIGH and SPO2_LOW after 1 s (the
+    # bed's own).
+    raw = load_policy().to_dict()
+    raw["conditions"]["DATA_STALE"]["after_s"] = STALE_AFTER_S
+    site_policy = parse_policy(raw)
     engine = Engine(
         MqttSettings(port=broker.port, client_id="eicu-test"),
         IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1, **ingest),
         open_store(db_url),
-        alerting=AlertingSettings(outbox_path=tmp_path / "alarms.db"),
+        alerting=AlertingSettings(outbox_path=tmp_path / "alarms.db", policy=site_policy),
     )
     assert engine.alarms is not None
-    # A short condition delay keeps the test quick; the rule and the state machine are as usual.
-    policy = load_policy()
+    policy = site_policy
     for kind in ("HR_HIGH", "SPO2_LOW"):
         policy, _ = override(policy, BED, kind, "delay_s", 1, user="t", now_us=1)
     engine.alarms.machine.set_policy(BED, policy)
@@ -186,11 +192,14 @@ async def test_a_standby_ends_after_its_lifetime(
     ):
         await gw.stream(NORMAL, lambda: gw.seq >= 3)
         now_us = time.time_ns() // 1000
-        standby = StatusFrame(BED.site, "standby", now_us - 8 * 1_000_000, bed=BED.bed)
+        standby = StatusFrame(BED.site, "standby", now_us - 7 * 1_000_000, bed=BED.bed)
         await gw.client.publish(wire.status_topic(BED), wire.encode_status(standby), qos=1)
         await _until(lambda: _alarms(engine, "BED_STANDBY") == [AlarmState.ACTIVE])
         # The monitor stops sending: in standby that is expected, and raises nothing until the
-        # standby's 10 s are over; then the silent bed's alarm starts.
+        # standby's 10 s are over (3 s from now, after the bed has been silent for longer than
+        # STALE_AFTER_S); then the silent bed's alarm starts.
+        ends_us = now_us + 3 * 1_000_000
         await _until(lambda: _alarms(engine, "DATA_STALE"), timeout_s=30.0)
+        assert time.time_ns() // 1000 >= ends_us
         assert _alarms(engine, "BED_STANDBY") != [AlarmState.ACTIVE]
         assert engine.router.beds[BED].status_at(time.time_ns() // 1000) == "online"

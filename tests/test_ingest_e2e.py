@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -39,10 +40,28 @@ async def _started(broker: Mosquitto, store: Store, tmp_path: Path) -> Engine:
     return engine
 
 
-def _engine(broker: Mosquitto, store: Store, tmp_path: Path, name: str = "engine") -> Engine:
+def _engine(
+    broker: Mosquitto, store: Store, tmp_path: Path, name: str = "engine", **settings: Any
+) -> Engine:
     mqtt = MqttSettings.from_url(broker.url, client_id=f"eicu-test-{name}")
-    settings = IngestSettings(spool_dir=tmp_path / f"spool-{name}", flush_interval_s=0.1)
-    return Engine(mqtt, settings, store)
+    # Waveforms stored in segments of half a second: a bed's last frames, held for a segment
+    # that never fills once its stream ends, are written 2 s later (5 s with 2 s segments).
+    ingest = IngestSettings(
+        spool_dir=tmp_path / f"spool-{name}",
+        flush_interval_s=0.1,
+        waveform_segment_s=0.5,
+        **settings,
+    )
+    return Engine(mqtt, ingest, store)
+
+
+async def _until(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 async def _settle(engine: Engine, expected_frames: int, timeout_s: float = 60.0) -> None:
@@ -118,7 +137,7 @@ async def test_many_beds_every_sample_stored_exactly_once(
     engine = await _started(broker, store, tmp_path)
     mqtt = MqttSettings.from_url(broker.url)
     summary = await simulate(
-        mqtt, SimulationPlan(site="icu", beds=100, duration_s=15.0, scenario="mix")
+        mqtt, SimulationPlan(site="icu", beds=100, duration_s=8.0, scenario="mix")
     )
     await _settle(engine, _total(summary))
     await engine.stop()
@@ -163,11 +182,13 @@ async def test_broker_restart_mid_stream_loses_nothing(
     engine = await _started(broker, store, tmp_path)
     mqtt = MqttSettings.from_url(broker.url)
     sim = asyncio.create_task(
-        simulate(mqtt, SimulationPlan(site="icu", beds=10, duration_s=24.0, speed=2.0))
+        simulate(mqtt, SimulationPlan(site="icu", beds=10, duration_s=14.0, speed=2.0))
     )
-    await asyncio.sleep(3.0)
+    await _until(lambda: engine.writer.stored_data_frames > 0, "the stream to be stored")
     broker.stop()
-    await asyncio.sleep(2.0)
+    await _until(lambda: not engine.ingest.connected.is_set(), "the engine to lose the broker")
+    # the broker stays down for a second of the stream (two simulated seconds at this speed)
+    await asyncio.sleep(1.0)
     broker.start()
     summary = await sim
     await _settle(engine, _total(summary))
@@ -177,26 +198,28 @@ async def test_broker_restart_mid_stream_loses_nothing(
 
 
 @pytest.mark.slow
-async def test_database_down_12_s_then_every_sample_once(
+async def test_database_down_beyond_the_memory_bound_then_every_sample_once(
     broker: Mosquitto, pg_server: Postgres, store: Store, tmp_path: Path
 ) -> None:
-    engine = _engine(broker, store, tmp_path)
-    # a small memory bound, so the outage also exercises the on-disk spool
-    engine.writer._settings = IngestSettings(
-        spool_dir=tmp_path / "spool-engine",
-        flush_interval_s=0.1,
-        memory_max_frames=500,
-        batch_max_frames=200,
-    )
+    # a small memory bound, so the outage also exercises the on-disk spool; short retries
+    engine = _engine(
+        broker, store, tmp_path, memory_max_frames=500, batch_max_frames=200,
+        write_retry_max_s=1.0,
+    )  # fmt: skip
+    spool = tmp_path / "spool-engine"
     await engine.start()
     await engine.wait_connected()
     mqtt = MqttSettings.from_url(broker.url)
-    sim = asyncio.create_task(simulate(mqtt, SimulationPlan(site="icu", beds=20, duration_s=22.0)))
-    await asyncio.sleep(3.0)
+    sim = asyncio.create_task(simulate(mqtt, SimulationPlan(site="icu", beds=20, duration_s=14.0)))
+    await _until(lambda: engine.writer.stored_data_frames > 0, "the stream to be stored")
     pg_server.stop()
-    await asyncio.sleep(12.0)
+    # down until more has arrived than memory holds: the rest is in the spool
+    await _until(
+        lambda: engine.writer.pending_frames > 500 and any(spool.glob("*.batch")),
+        "frames beyond the memory bound spooled",
+    )
     assert not engine.writer.available
-    assert engine.writer.pending_frames > 500  # beyond memory: spooled
+    assert not sim.done()  # the stream goes on while the database comes back
     pg_server.start()
     summary = await sim
     await _settle(engine, _total(summary), timeout_s=90.0)

@@ -324,7 +324,7 @@ async def test_megabyte_junk_with_the_database_down_stays_bounded_in_bytes(
 
     def handled() -> bool:
         nonlocal peak
-        waiting = sum(batch_bytes(b) for b, *_ in engine.writer._queue)
+        waiting = sum(batch_bytes(b) for b, _, _ in engine.writer._queue)
         peak = max(peak, waiting + engine.writer.memory_bytes - engine.writer._queued_bytes)
         accepted = _value(engine, "eicu_ingest_messages_total", {"kind": "numerics"})
         junk = _value(engine, "eicu_ingest_rejected_total", {"reason": "oversized"})

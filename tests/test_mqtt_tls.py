@@ -209,7 +209,10 @@ async def test_the_engine_ingests_and_alarms_over_mqtts(pki: Pki, tmp_path: Path
     assert mqtt is not None
     store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     await store.open()
-    settings = IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1)
+    # half-second waveform segments: a bed's last frames are written 2 s after its stream ends
+    settings = IngestSettings(
+        spool_dir=tmp_path / "spool", flush_interval_s=0.1, waveform_segment_s=0.5
+    )
     engine = Engine(mqtt, settings, store)
     try:
         await engine.start()

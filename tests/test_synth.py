@@ -85,6 +85,31 @@ def test_numerics_do_not_depend_on_chunking() -> None:
     assert a.numerics() == b.numerics()
 
 
+def test_numerics_without_rendering_the_waveforms_are_the_same() -> None:
+    """``SynthGroup.tick_numerics`` (the alarm-burden runs) skips the waveforms: every bed's
+    numerics, times and connection are those of ``tick``, and the waveforms after a skip are
+    those after rendering."""
+    from eicu.models import BedKey
+    from simulators.beds import SynthGroup
+    from simulators.scenarios import SCENARIOS
+
+    beds = [BedKey("sim", f"bed{i:02d}") for i in range(len(SCENARIOS))]
+
+    def group() -> SynthGroup:
+        seeds = list(range(1, len(beds) + 1))
+        return SynthGroup(beds, list(SCENARIOS), seeds, 1_800_000_000_000_000, time_scale=30.0)
+
+    rendered, skipped = group(), group()
+    for _ in range(90):
+        ticks = rendered.tick(1.0)
+        fast = skipped.tick_numerics(1.0)
+        assert [w for _, w, _, _ in fast] == [None] * len(beds)
+        assert [(b, n, c) for b, _, n, c in fast] == [(b, n, c) for b, _, n, c in ticks]
+    after_skip = skipped.bank.waveforms(2.0)
+    for key, x in rendered.bank.waveforms(2.0).items():
+        assert np.array_equal(after_skip[key], x, equal_nan=True), key
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.floats(0.0, 1.3, allow_nan=False), min_size=1, max_size=12))
 def test_sample_counts_are_exact_for_every_rate(chunks: list[float]) -> None:

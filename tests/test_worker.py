@@ -5,12 +5,15 @@ stopped cleanly (every original worker replaced) lose nothing and store nothing 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +22,14 @@ import pytest
 
 from eicu.bus.partitioned import partition_of
 from eicu.config import AdmissionSettings, MqttSettings, Settings
-from eicu.devservices import NatsCluster, NatsServer, ServiceError, nats_binary, terminate
+from eicu.devservices import (
+    NatsCluster,
+    NatsServer,
+    ServiceError,
+    free_port,
+    nats_binary,
+    terminate,
+)
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey
@@ -73,7 +83,9 @@ class Worker:
             "EICU_OUTBOX_PATH": str(tmp / f"alarms-{name}.db"),
             "EICU_FLUSH_INTERVAL_S": "0.2",
             "EICU_ANALYSE_SIGNALS": "false",
+            "EICU_METRICS_PORT": str(free_port()),
         }
+        self.health_url = f"http://127.0.0.1:{env['EICU_METRICS_PORT']}"
         self.name = name
         self.process = subprocess.Popen(
             [sys.executable, "-m", "eicu.cli", "worker"],
@@ -117,6 +129,14 @@ class Worker:
         return "\n".join(self.log[-30:])
 
 
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 async def _until(what: str, condition: object, timeout_s: float = WAIT_S) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -144,6 +164,10 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
         except AssertionError:
             pytest.fail("\n".join(f"{w.name}: {w.reading}\n{w.tail()}" for w in workers))
         assert workers[0].reading and workers[1].reading, "the partitions are shared"
+        for w in workers:  # ready: its first claims done, its partitions subscribed
+            status, body = await asyncio.to_thread(_get, w.health_url + "/readyz")
+            assert status == 200, body
+            assert json.loads(body)["checks"]["partitions"]["ok"], body
         plan = SimulationPlan(site="hub", beds=BEDS, duration_s=60.0, speed=2.0)
         publishing = asyncio.create_task(simulate(MqttSettings.from_url(cluster[0].url), plan))
 

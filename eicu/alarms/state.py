@@ -142,6 +142,16 @@ class AlarmStateMachine:
     def policy_for(self, bed: BedKey) -> AlarmPolicy:
         return self._bed_policies.get(bed, self._policy)
 
+    @property
+    def default_policy(self) -> AlarmPolicy:
+        """The policy of every bed without one of its own."""
+        return self._policy
+
+    def set_default_policy(self, policy: AlarmPolicy) -> None:
+        """Use ``policy`` from now on for every bed without one of its own (a restored state
+        under the policy configured now)."""
+        self._policy = policy
+
     def set_policy(self, bed: BedKey, policy: AlarmPolicy) -> None:
         """Use ``policy`` for ``bed`` from now on (see eicu.alarms.policy.override)."""
         self._bed_policies[bed] = policy

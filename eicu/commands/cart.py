@@ -113,7 +113,18 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.metrics_port is not None:
             from eicu.exposition import MetricsServer
+            from eicu.health import Health
 
+            # /healthz and /readyz beside /metrics: ready while registered with the dashboard
+            health = Health()
+            health.bind(asyncio.get_running_loop())
+
+            def dashboard() -> tuple[bool, str]:
+                if agent.registered.is_set():
+                    return True, f"registered with {server}"
+                return False, f"not registered with {server}"
+
+            health.add_check("dashboard", dashboard)
             try:
                 # the cart's own site and bed label its figures: nothing to strip
                 MetricsServer(
@@ -122,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     metrics.registry,
                     token=metrics_token,
                     bed_labels=True,
+                    health=health,
                 )
             except OSError as exc:
                 raise ConfigError("--metrics-port", f"cannot listen: {exc}") from exc

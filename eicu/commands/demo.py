@@ -94,6 +94,8 @@ async def demo(args: argparse.Namespace) -> int:
     from dashboards.server import DashboardServer
     from dashboards.users import Role, Users
     from eicu.commands.embedded import EmbeddedBroker
+    from eicu.exposition import MetricsServer
+    from eicu.health import Health
     from eicu.store import open_store
     from ingest.engine import Engine
     from simulators.run import SimulationPlan, simulate
@@ -130,6 +132,7 @@ async def demo(args: argparse.Namespace) -> int:
         store,
         alarms_outbox=data_dir / "alarms.db",
         alarm_store=store,  # the audit trail and receipts also in the demo's store
+        alarm_policy=settings.alerting.policy,  # EICU_ALARM_POLICY_FILE, else the default
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,9 +153,29 @@ async def demo(args: argparse.Namespace) -> int:
     users = Users(http.users_file)
     password = secrets.token_urlsafe(12)
     users.add("demo", Role.ADMIN, password, replace=True)
-    app = create_app(engine, http, users, settings.video.ice_servers)
+    # /healthz and /readyz on the dashboard (and on EICU_METRICS_PORT when it is set)
+    health = Health()
+    health.bind(loop)
+    engine.add_health_checks(health)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server = MetricsServer(
+            settings.metrics_port,
+            "127.0.0.1",
+            engine.metrics.registry,
+            token=settings.http.metrics_token,
+            bed_labels=settings.http.metrics_bed_labels,
+            health=health,
+        )
+        print(
+            f"eicu demo: metrics on http://127.0.0.1:{metrics_server.port}/metrics "
+            "(and /healthz, /readyz)",
+            file=sys.stderr,
+        )
+    app = create_app(engine, http, users, settings.video.ice_servers, health)
     dashboard = DashboardServer(app, http.host, http.port)
     await dashboard.start()
+    print(f"eicu demo: health {dashboard.url}/healthz and {dashboard.url}/readyz", file=sys.stderr)
     print(
         f"eicu demo: dashboard {dashboard.url}/  log in as 'demo' with password {password} "
         f"(admin; shown only now; more users: EICU_USERS_FILE={http.users_file} eicu users add)",
@@ -187,6 +210,8 @@ async def demo(args: argparse.Namespace) -> int:
         if cart is not None:
             await _stop_cart(cart)
         await dashboard.stop()
+        if metrics_server is not None:
+            metrics_server.close()
         await engine.stop()
         stats = await store.stats()
         await store.close()

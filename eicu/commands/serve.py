@@ -51,6 +51,7 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
     from dashboards.users import Users
     from eicu.errors import StorageUnavailable
     from eicu.exposition import MetricsServer
+    from eicu.health import Health
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -77,6 +78,14 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         metrics=metrics,
         store_open=store_open,
     )
+    if settings.alerting.policy is not None:
+        policy = settings.alerting.policy
+        log.info(
+            "alarm policy %s v%d from %s",
+            policy.name,
+            policy.version,
+            settings.alerting.policy_file,
+        )
     if settings.alerting.rota_path is not None:
         log.info("alarm escalation by the rota in %s", settings.alerting.rota_path)
     else:
@@ -84,15 +93,23 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
             "no on-call rota (EICU_ROTA_FILE): alarm changes go to the beds' alarms topics, "
             "nobody is paged"
         )
+    # /healthz and /readyz on the dashboard and the metrics server (docs/deployment.md)
+    health = Health()
+    health.bind(asyncio.get_running_loop())
+    engine.add_health_checks(health)
+    metrics_server = None
     if settings.metrics_port is not None:
-        MetricsServer(
+        metrics_server = MetricsServer(
             settings.metrics_port,
             "127.0.0.1",
             engine.metrics.registry,
             token=settings.http.metrics_token,
             bed_labels=settings.http.metrics_bed_labels,
+            health=health,
         )
-        log.info("metrics on http://127.0.0.1:%d/metrics", settings.metrics_port)
+        log.info(
+            "metrics on http://127.0.0.1:%d/metrics (and /healthz, /readyz)", metrics_server.port
+        )
     users = Users(settings.http.users_file)
     if not users.list():
         log.warning(
@@ -103,12 +120,14 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         log.warning("EICU_COOKIE_SECURE is off: session cookies may travel over plain http")
     try:
         dashboard = DashboardServer(
-            create_app(engine, settings.http, users, settings.video.ice_servers),
+            create_app(engine, settings.http, users, settings.video.ice_servers, health),
             settings.http.host,
             settings.http.port,
         )
     except OSError as exc:
         await store.close()
+        if metrics_server is not None:
+            metrics_server.close()
         where = f"{settings.http.host}:{settings.http.port}"
         raise ConfigError("EICU_HTTP_PORT", f"cannot listen on {where}: {exc}") from exc
     if stop is None:
@@ -123,5 +142,7 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         await engine.run_until(stop)
     finally:
         await dashboard.stop()
+        if metrics_server is not None:
+            metrics_server.close()
         await store.close()
         log.info("engine stopped; %d frames stored this run", engine.writer.stored_frames)

@@ -77,6 +77,7 @@ async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
     from eicu.bus.ownership import NatsOwnership
     from eicu.errors import StorageUnavailable
     from eicu.exposition import MetricsServer
+    from eicu.health import Health
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -106,6 +107,11 @@ async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
         store_open=store_open,
         ownership=ownership,
     )
+    # /healthz and /readyz beside /metrics: ready once the worker's first claims are done and
+    # every partition it owns is subscribed (docs/deployment.md)
+    health = Health()
+    health.bind(asyncio.get_running_loop())
+    engine.add_health_checks(health)
     if settings.metrics_port is not None:
         MetricsServer(
             settings.metrics_port,
@@ -113,6 +119,7 @@ async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
             metrics.registry,
             token=settings.http.metrics_token,
             bed_labels=settings.http.metrics_bed_labels,
+            health=health,
         )
     if stop is None:
         stop = asyncio.Event()

@@ -142,9 +142,6 @@ class PgStore:
             max_size=pool_max,
             open=False,
             configure=self._configure,
-            # A connection the server dropped (a restart) is replaced before use, so the first
-            # call after an outage succeeds rather than fail on a stale connection.
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
             kwargs={"connect_timeout": max(1, int(connect_timeout_s))},
             timeout=connect_timeout_s,
             reconnect_timeout=0,  # never give up reconnecting in the background
@@ -885,18 +882,27 @@ class PgStore:
             raise StorageUnavailable("the alarm tables are not ready: the store is not open yet")
         if not events and not deliveries:
             return
-        try:
-            async with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor() as cur,
-            ):
-                if events:
-                    await cur.executemany(_INSERT_ALARM_EVENTS, alarm_event_rows(events))
-                if deliveries:
-                    await cur.executemany(_UPSERT_ALARM_DELIVERIES, alarm_delivery_rows(deliveries))
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise _unavailable(exc) from exc
+        # Idempotent, so tried a second time on a fresh connection when the first was one the
+        # server had dropped (a restart): the first copy after an outage goes through.
+        for attempt in (1, 2):
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                async with (
+                    self._pool.connection() as conn,
+                    conn.transaction(),
+                    conn.cursor() as cur,
+                ):
+                    if events:
+                        await cur.executemany(_INSERT_ALARM_EVENTS, alarm_event_rows(events))
+                    if deliveries:
+                        rows = alarm_delivery_rows(deliveries)
+                        await cur.executemany(_UPSERT_ALARM_DELIVERIES, rows)
+                return
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or conn is None or not conn.broken:
+                    raise _unavailable(exc) from exc
+            except psycopg_pool.PoolTimeout as exc:
+                raise _unavailable(exc) from exc
 
     async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
         rows = await self._fetch(
