@@ -240,19 +240,23 @@ class Engine:
             self._alarm_events.put_nowait(event)
 
     async def start(self) -> None:
-        # Compile (or load from cache) the kernels before the first message waits on them.
-        await asyncio.to_thread(warm_up, self._analyse)
+        # The subscriptions come first, so the broker keeps what is published from now on; the
+        # ingest takes messages once the kernels are compiled (or loaded from cache) and the
+        # sequence tracking is resumed.
         if self.ownership is None:
-            await self._resume_sequences()
             reading = self.ingest.run()
         else:
             reading = self.ingest.run_owned(self.ownership)  # resumed partition by partition
-        self.warmed = True
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="store-writer"),
             asyncio.create_task(reading, name="ingest"),
             asyncio.create_task(self.ingest.run_dead_letters(), name="dead-letters"),
         ]
+        await asyncio.to_thread(warm_up, self._analyse)
+        if self.ownership is None:
+            await self._resume_sequences()
+        self.warmed = True
+        self.ingest.accepting.set()
         if self.alarms is not None:
             self._tasks.append(asyncio.create_task(self.alarms.run(), name="alarms"))
         if self.alarms is not None and self.alarm_store is not None:

@@ -150,6 +150,9 @@ class Ingest:
         self.on_partition_gained: Callable[[int], Awaitable[None]] | None = None
         self.on_partition_lost: Callable[[int], None] | None = None
         self._durable = asyncio.Event()  # set whenever the writer made something durable
+        # Set once the engine can take messages (kernels warmed, sequences resumed); until then
+        # the subscriptions exist and the broker keeps what arrives.
+        self.accepting = asyncio.Event()
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -351,6 +354,7 @@ class Ingest:
                 self._connection(reader, True)
                 writer = self._writer
                 window = reader.window
+                await self.accepting.wait()
                 async for message in consumer:
                     receipt = Receipt()
                     writer.receipt = receipt
@@ -414,6 +418,7 @@ class Ingest:
                     backoff.reset()
                     self._metrics.mqtt_connected.set(1)
                     self.connected.set()
+                    await self.accepting.wait()
                     async for message in client.messages:
                         payload = message.payload
                         if not isinstance(payload, bytes | bytearray):

@@ -234,3 +234,54 @@ async def test_a_message_is_durable_once_its_frames_are_stored(tmp_path: Path) -
         assert all(r.durable for r in receipts) and durable == [3]
     finally:
         await store.close()
+
+
+@pytest.mark.broker
+async def test_what_is_published_while_the_kernels_warm_up_is_kept(
+    broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine subscribes before it warms its kernels up: a first start loses nothing
+    published meanwhile (the broker keeps it in the new session)."""
+    import aiomqtt
+
+    import ingest.engine as engine_module
+    from eicu import wire
+
+    release = threading.Event()
+    real_warm_up = engine_module.warm_up
+
+    def slow_warm_up(signals: bool) -> None:
+        assert release.wait(60.0), "the test never let the warm-up finish"
+        real_warm_up(signals)
+
+    monkeypatch.setattr(engine_module, "warm_up", slow_warm_up)
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    mqtt = MqttSettings.from_url(broker.url, client_id="eicu-test-warm-up")
+    settings = IngestSettings(spool_dir=tmp_path / "s", flush_interval_s=0.1, analyse_signals=False)
+    engine = Engine(mqtt, settings, store)
+    starting = asyncio.create_task(engine.start())
+    try:
+        await engine.wait_connected(WAIT_S)  # subscribed, still warming up
+        assert not engine.warmed and not starting.done()
+        bed = BedKey("icu", "bed-01")
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw-early") as gateway:
+            for seq in range(1, 21):
+                t_us = 1_700_000_000_000_000 + seq * 1_000_000
+                frame = NumericsFrame(bed, seq, t_us, {"HR": 70.0})
+                await gateway.publish(wire.numerics_topic(bed), wire.encode_numerics(frame), qos=1)
+        assert (await store.stats())["beds"] == {}  # nothing taken before the warm-up ends
+        release.set()
+        await starting
+
+        async def all_stored() -> bool:
+            beds = (await store.stats())["beds"]
+            return beds.get("icu/bed-01", {}).get("messages") == 20
+
+        await _until("the 20 early messages stored", all_stored)
+    finally:
+        release.set()
+        if not starting.done():
+            await starting
+        await engine.stop()
+        await store.close()
