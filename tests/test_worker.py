@@ -316,3 +316,24 @@ def test_bus_config_is_a_valid_node_configuration(tmp_path: Path) -> None:
         [*cmd, "--routes", "hub1"], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert bad.returncode != 0 and "--routes" in bad.stderr
+
+
+def test_each_worker_has_its_own_files_and_client_ids(tmp_path: Path) -> None:
+    from eicu.commands.worker import own_files
+
+    env = {
+        "EICU_MQTT_URL": "mqtt://eicu:pw@a:1883",
+        "EICU_NATS_URL": "nats://a:4222",
+        "EICU_DATABASE_URL": "postgresql://db/eicu",
+    }
+    one = own_files(Settings.from_env({**env, "EICU_WORKER_ID": "w1"}))
+    two = own_files(Settings.from_env({**env, "EICU_WORKER_ID": "w2"}))
+    assert one.mqtt is not None and two.mqtt is not None
+    assert one.mqtt.client_id != two.mqtt.client_id
+    assert one.mqtt.for_alarms().client_id != two.mqtt.for_alarms().client_id
+    assert one.ingest.spool_dir != two.ingest.spool_dir
+    assert one.alerting.outbox_path != two.alerting.outbox_path
+    chosen = own_files(
+        Settings.from_env({**env, "EICU_WORKER_ID": "w1", "EICU_SPOOL_DIR": str(tmp_path)})
+    )
+    assert chosen.ingest.spool_dir == tmp_path

@@ -61,9 +61,14 @@ def check(settings: Settings) -> None:
 def own_files(settings: Settings) -> Settings:
     """Each worker keeps its own spool and alarm outbox: where they are left at their defaults,
     they are named after the worker (set ``EICU_WORKER_ID`` for a worker that restarts to find
-    them again)."""
+    them again). Its own connections (the gateways' status, the alarm channel) carry the worker
+    id in their client ids, so two workers never take each other's sessions over; the
+    partitions' sessions are the partitions' (``eicu-p-<k>``)."""
     w = settings.worker.worker_id
     ingest, alerting = settings.ingest, settings.alerting
+    if settings.mqtt is not None:
+        mqtt = dataclasses.replace(settings.mqtt, client_id=f"{settings.mqtt.client_id}-{w}")
+        settings = dataclasses.replace(settings, mqtt=mqtt)
     if ingest.spool_dir == IngestSettings().spool_dir:
         ingest = dataclasses.replace(ingest, spool_dir=Path(f"eicu-spool-{w}"))
     if alerting.outbox_path == AlertingSettings().outbox_path:
