@@ -55,6 +55,16 @@ class SeqTracker:
             self.last = seq
             self._stored = seq
 
+    def catch_up(self, seq: int) -> None:
+        """Like :meth:`resume`, also for a stream already tracked: when ``seq`` (the last
+        number stored, e.g. by another engine while this one did not hold the bed) is ahead of
+        what this tracker saw, go on from it."""
+        if self.last is None:
+            self.resume(seq)
+        elif 0 < (seq - self.last) % _WRAP < _WRAP // 2:
+            self.last = self._stored = seq
+            self._passed_ts = None
+
     def observe(self, seq: int, ts_us: int) -> tuple[SeqVerdict, int]:
         """Returns the verdict and, for a gap, how many messages are missing."""
         seen_ts = self._seen.get(seq)
@@ -252,6 +262,8 @@ class BedRouter:
         self._behind_us = int(settings.device_clock_max_behind_s * 1e6)
         self._standby_us = int(settings.standby_max_s * 1e6)
         self._consumers: list[Consumer] = []
+        # Sequence tracking of beds handed over (numerics, waveform), kept for their return.
+        self._retired: dict[BedKey, tuple[SeqTracker, SeqTracker]] = {}
         self._delay_us = self._delay_at_us = 0
         metrics.input_delay.set_function(lambda: self.input_delay_us(time.time_ns() // 1000) / 1e6)
 
@@ -267,11 +279,16 @@ class BedRouter:
         ``Store.last_sequences``); beds the store does not know start afresh."""
         for (key, kind), seq in last.items():
             state = self.bed(key)
-            (state.numerics_seq if kind == "numerics" else state.waveform_seq).resume(seq)
+            (state.numerics_seq if kind == "numerics" else state.waveform_seq).catch_up(seq)
 
     def forget(self, key: BedKey) -> None:
-        """Drop a bed's state (another worker holds it now)."""
-        self.beds.pop(key, None)
+        """Drop a bed's state (another worker holds it now). Its sequence tracking is kept
+        aside: if the bed comes back (its partition taken back), what the broker sends again
+        of messages this engine already took is still recognised, whether or not they were
+        stored yet."""
+        state = self.beds.pop(key, None)
+        if state is not None:
+            self._retired[key] = (state.numerics_seq, state.waveform_seq)
         self._update_bed_gauge()
 
     def subscribe(self, consumer: Consumer) -> None:
@@ -281,6 +298,9 @@ class BedRouter:
         state = self.beds.get(key)
         if state is None:
             state = self.beds[key] = BedState(key)
+            retired = self._retired.pop(key, None)
+            if retired is not None:
+                state.numerics_seq, state.waveform_seq = retired
         return state
 
     def route(self, frame: Frame) -> bool:

@@ -32,7 +32,7 @@ from eicu.devservices import (
 )
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
-from eicu.models import BedKey
+from eicu.models import BedKey, NumericsFrame
 from eicu.store import Store, open_store
 from ingest.admission import Admission
 from simulators.run import SimulationPlan, simulate
@@ -337,3 +337,29 @@ def test_each_worker_has_its_own_files_and_client_ids(tmp_path: Path) -> None:
         Settings.from_env({**env, "EICU_WORKER_ID": "w1", "EICU_SPOOL_DIR": str(tmp_path)})
     )
     assert chosen.ingest.spool_dir == tmp_path
+
+
+def test_a_bed_taken_back_still_knows_what_it_took() -> None:
+    """A partition lost and taken back (a renewal late on a busy machine): the broker sends again
+    what was not acknowledged, some of it still in this engine's writer, not yet stored; the
+    bed's sequence tracking, kept aside while it was away, drops those repeats."""
+    from ingest.state import BedRouter
+
+    router = BedRouter(IngestMetrics())
+    bed = BedKey("hub", "bed001")
+    frames = [
+        NumericsFrame(bed, seq, 1_800_000_000_000_000 + seq * 1_000_000, {"HR": 70.0})
+        for seq in range(1, 11)
+    ]
+    assert all(router.route(f) for f in frames)
+    router.forget(bed)
+    assert bed not in router.beds
+    # The store holds only up to 4 (the rest waits in the writer): the take-back resumes from it.
+    router.resume_sequences({(bed, "numerics"): 4})
+    assert not any(router.route(f) for f in frames)  # all ten already taken
+    later = NumericsFrame(bed, 11, 1_800_000_011_000_000, {"HR": 71.0})
+    assert router.route(later)
+    # Another engine stored up to 30 while this one did not hold the bed: it goes on from there.
+    router.forget(bed)
+    router.resume_sequences({(bed, "numerics"): 30})
+    assert router.beds[bed].numerics_seq.last == 30
