@@ -65,6 +65,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -352,6 +353,7 @@ async def run_config(cfg: Config, args: argparse.Namespace, pg: Any, index: int)
                 w.stop(timeout_s=60.0)
         await store.close()
         bus.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
     for w in workers:
         lines = [x for x in w.output if x.startswith("RESULT ")]
         if not lines:
