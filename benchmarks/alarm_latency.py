@@ -39,6 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    cpu_seconds,
+    percentile,
+    postmaster_pid,
+    split,
+    start_simulators,
+)
+
 PROBE_SITE = "probe"
 CONDITION = "HR_HIGH"
 NORMAL = {"HR": 80.0, "SPO2": 97.0, "RR": 16.0}
@@ -317,33 +325,6 @@ async def drive_probes(
 # --- the run ----------------------------------------------------------------------------------
 
 
-def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds of the processes and all their children so far."""
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
-                t = p.cpu_times()
-                total += t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
-def _postmaster(pg: object) -> int:
-    data = getattr(pg, "data")  # noqa: B009
-    return int((Path(data) / "postmaster.pid").read_text().splitlines()[0])
-
-
-def percentile(values: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
 def run(args: argparse.Namespace) -> dict[str, object]:
     import psutil
 
@@ -355,7 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     pg = Postgres(durable=True).start()
     work = Path(tempfile.mkdtemp(prefix="eicu-alarm-bench-"))
     engine: subprocess.Popen[str] | None = None
-    sims: list[subprocess.Popen[bytes]] = []
+    sims: list[subprocess.Popen[str]] = []
     try:
         db_url = pg.create_database("bench")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -369,31 +350,35 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         assert engine.stdout is not None
         while (line := engine.stdout.readline()) and not line.startswith("READY"):
             pass
-        per = [
-            args.beds // args.sim_procs + (i < args.beds % args.sim_procs)
-            for i in range(args.sim_procs)
-        ]
-        first = 1
         sim_s = args.warmup + args.duration + 300  # stopped after the engine
-        for n in per:
-            if args.load == "numerics":
+        if args.load == "numerics":
+            first = 1
+            for n in split(args.beds, args.sim_procs):
                 cmd = [sys.executable, __file__, "--numerics-child", broker.url, "bench"]
                 cmd += [str(first), str(n), str(sim_s)]
-            else:
-                cmd = [sys.executable, "-m", "eicu.cli", "simulate", "--mqtt", broker.url]
-                cmd += ["--site", "bench", "--beds", str(n), "--first-bed", str(first)]
-                cmd += ["--duration", str(sim_s), "--scenario", "stable"]
-                cmd += ["--frame", str(args.frame)]
-            sims.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=ROOT, env=env))
-            first += n
+                sims.append(
+                    subprocess.Popen(cmd, stdout=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+                )
+                first += n
+        else:
+            sims += start_simulators(
+                [broker.url],
+                "bench",
+                args.beds,
+                args.sim_procs,
+                sim_s,
+                frame_s=args.frame,
+                summary=False,
+                env=env,
+            )
         time.sleep(args.warmup)
         groups = {
             "engine": [engine.pid],
             "simulators": [s.pid for s in sims],
             "broker": [broker.proc.pid] if broker.proc else [],
-            "postgres": [_postmaster(pg)],
+            "postgres": [postmaster_pid(pg)],
         }
-        cpu0 = {name: _cpu_s(pids) for name, pids in groups.items()}
+        cpu0 = {name: cpu_seconds(pids, children=True) for name, pids in groups.items()}
         self0 = time.process_time()
         machine0 = psutil.cpu_times()
         wall0 = time.monotonic()
@@ -402,7 +387,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             drive_probes(broker.url, args.probes, args.duration, delay_s, args.seed)
         )
         wall_s = time.monotonic() - wall0
-        cores = {name: (_cpu_s(pids) - cpu0[name]) / wall_s for name, pids in groups.items()}
+        cores = {
+            name: (cpu_seconds(pids, children=True) - cpu0[name]) / wall_s
+            for name, pids in groups.items()
+        }
         cores["probes+listener"] = (time.process_time() - self0) / wall_s
         machine1 = psutil.cpu_times()
         busy = sum(machine1) - sum(machine0) - (machine1.idle - machine0.idle)

@@ -28,6 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import cpu_seconds  # noqa: E402
+
 PAYLOAD_BYTES = 400
 DRAIN_S = 30.0
 
@@ -180,19 +182,6 @@ def consumer_main(url: str, partitions: int, topic_filter: str | None) -> None:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def _cpu_s(pids: list[int]) -> float:
-    import psutil
-
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
 def _child(role: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, __file__, "--child", role, *args],
@@ -229,7 +218,7 @@ def run(
     try:
         _until(consumer, "READY")
         _until(gateway, "READY")
-        broker_cpu0 = _cpu_s(broker_pids)
+        broker_cpu0 = cpu_seconds(broker_pids)
         assert gateway.stdin is not None and consumer.stdin is not None
         gateway.stdin.write("go\n")
         gateway.stdin.flush()
@@ -238,7 +227,7 @@ def run(
         count = 0
         while count < pub["acked"] and time.monotonic() < deadline:
             count = int(_until(consumer, "COUNT "))
-        broker_cpu = _cpu_s(broker_pids) - broker_cpu0
+        broker_cpu = cpu_seconds(broker_pids) - broker_cpu0
         consumer.stdin.write("STOP\n")
         consumer.stdin.flush()
         con = json.loads(_until(consumer, "RESULT "))

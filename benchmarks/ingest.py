@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import collect_simulators, start_simulators  # noqa: E402
+
 
 def engine_child(
     mqtt_url: str, db_url: str, expected_path: str, deadline_s: float, analyse: bool
@@ -133,49 +135,10 @@ def run_step(
         assert engine.stdout is not None
         while (line := engine.stdout.readline()) and not line.startswith("READY"):
             pass
-        per = [beds // sim_procs + (1 if i < beds % sim_procs else 0) for i in range(sim_procs)]
-        sims = []
-        first = 1
         t0 = time.monotonic()
-        for n in per:
-            sims.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "eicu.cli",
-                        "simulate",
-                        "--mqtt",
-                        broker.url,
-                        "--site",
-                        "bench",
-                        "--beds",
-                        str(n),
-                        "--first-bed",
-                        str(first),
-                        "--duration",
-                        str(duration_s),
-                        "--scenario",
-                        "stable",
-                        "--frame",
-                        str(frame_s),
-                        "--json",
-                    ],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    cwd=ROOT,
-                )
-            )
-            first += n
-        published: dict[str, dict[str, int]] = {}
-        behind = 0
-        for s in sims:
-            out, _ = s.communicate()
-            if s.returncode != 0 or not out.strip():
-                raise RuntimeError(f"a simulator failed (exit {s.returncode})")
-            doc = json.loads(out.strip().splitlines()[-1])
-            published.update(doc["beds"])
-            behind += int(doc.get("unsent", 0)) + int(doc.get("dropped", 0))
+        sims = start_simulators([broker.url], "bench", beds, sim_procs, duration_s, frame_s=frame_s)
+        pub = collect_simulators(sims)
+        published, behind = pub.beds, pub.behind
         sim_wall_s = time.monotonic() - t0
         total_msgs = sum(b["messages"] for b in published.values())
         Path(expected_path).write_text(json.dumps(total_msgs))

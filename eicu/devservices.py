@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -550,3 +551,124 @@ class NatsCluster:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# --- eicu worker processes against a NATS server or cluster --------------------------------------
+
+# What a worker logs when it has taken a partition's persistent session (ingest/service.py) and
+# when it has let one go (ingest/engine.py).
+SUBSCRIBED = re.compile(r"subscribed to eicu/p/(\d+)/#")
+HANDED_OVER = re.compile(r"partition (\d+) handed over")
+
+
+class WorkerProcess:
+    """``eicu worker`` in a process of its own (or ``command``, a program that runs
+    :func:`eicu.commands.worker.work` likewise), with the partitions it reads as its log says
+    (``reading``), its log (stderr) and its output (stdout) as they come.
+
+    ``mqtt_urls``: the MQTT listeners of the cluster's nodes, the first tried first;
+    ``workdir``: where its spool and alarm outbox go; ``env``: more ``EICU_*`` settings (they win
+    over the defaults here: flush interval 0.2 s, signals not analysed)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        mqtt_urls: Sequence[str],
+        nats_urls: Sequence[str],
+        db_url: str,
+        workdir: Path,
+        partitions: int,
+        ownership_ttl_s: float,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
+        pythonpath: Path | None = None,
+    ) -> None:
+        import sys
+        import threading
+
+        settings = {
+            "EICU_MQTT_URL": ",".join(mqtt_urls),
+            "EICU_MQTT_CLIENT_ID": f"eicu-{name}",
+            "EICU_NATS_URL": ",".join(nats_urls),
+            "EICU_DATABASE_URL": db_url,
+            "EICU_PARTITION_COUNT": str(partitions),
+            "EICU_WORKER_ID": name,
+            "EICU_OWNERSHIP_TTL_S": str(ownership_ttl_s),
+            "EICU_SPOOL_DIR": str(workdir / f"spool-{name}"),
+            "EICU_OUTBOX_PATH": str(workdir / f"alarms-{name}.db"),
+            "EICU_FLUSH_INTERVAL_S": "0.2",
+            "EICU_ANALYSE_SIGNALS": "false",
+            **(env or {}),
+        }
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
+        if pythonpath is not None:
+            inherited["PYTHONPATH"] = str(pythonpath)
+        self.name = name
+        self.process = subprocess.Popen(
+            list(command or [sys.executable, "-m", "eicu.cli", "worker"]),
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=workdir,
+            env={**inherited, **settings},
+        )
+        self.reading: set[int] = set()
+        self.log: list[str] = []
+        self.output: list[str] = []
+        self.changed = threading.Condition()
+        self.readers = [
+            threading.Thread(target=self._read_log, daemon=True),
+            threading.Thread(target=self._read_output, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read_log(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self.changed:
+                self.log.append(line.rstrip())
+                if match := SUBSCRIBED.search(line):
+                    self.reading.add(int(match.group(1)))
+                elif match := HANDED_OVER.search(line):
+                    self.reading.discard(int(match.group(1)))
+                self.changed.notify_all()
+
+    def _read_output(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self.changed:
+                self.output.append(line.rstrip())
+                self.changed.notify_all()
+
+    def kill(self) -> None:
+        """A crash: SIGKILL."""
+        self.process.send_signal(signal.SIGKILL)
+        self._end()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """A clean stop: SIGTERM (the worker hands its partitions over after storing what it
+        holds), SIGKILL if it is still there after ``timeout_s``."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._end()
+
+    def _end(self) -> None:
+        self.process.wait()
+        for reader in self.readers:
+            reader.join(10.0)
+        for stream in (self.process.stdin, self.process.stderr, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log[-lines:])

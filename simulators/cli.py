@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accelerate slow trends such as sepsis (default: 1)",
     )
     parser.add_argument(
+        "--events-at",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="every bed's scenario event (e.g. the VT of 'vt', the asystole of 'asystole') "
+        "happens SECONDS after the start (default: each scenario's own time, e.g. VT at 60 s)",
+    )
+    parser.add_argument(
         "--frame", type=float, default=0.25, help="seconds of waveform per message (default: 0.25)"
     )
     parser.add_argument(
@@ -55,9 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from simulators.synth import SCENARIOS
 
-    if args.beds < 1 or args.duration <= 0 or args.speed <= 0 or not 0.02 <= args.frame <= 5:
+    if (
+        args.beds < 1
+        or args.duration <= 0
+        or args.speed <= 0
+        or not 0.02 <= args.frame <= 5
+        or (args.events_at is not None and not args.events_at >= 0)
+    ):
         print(
-            "eicu simulate: --beds >= 1, --duration > 0, --speed > 0, 0.02 <= --frame <= 5",
+            "eicu simulate: --beds >= 1, --duration > 0, --speed > 0, 0.02 <= --frame <= 5, "
+            "--events-at >= 0",
             file=sys.stderr,
         )
         return 2
@@ -85,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         time_scale=args.time_scale,
         first_bed=args.first_bed,
+        events_at_s=args.events_at,
     )
     if not args.json:
         print(

@@ -67,7 +67,9 @@ async def simulate(
     mqtt: MqttSettings, plan: SimulationPlan, stop: asyncio.Event | None = None
 ) -> dict[str, object]:
     """Publish every bed's streams for ``plan.duration_s`` simulated seconds; return the summary
-    of what the broker acknowledged: ``{"beds": {"site/bed": {"messages", "samples"}}}``."""
+    of what the broker acknowledged: ``{"beds": {"site/bed": {"messages", "samples"}}}``, and
+    ``start_us``, the device time (µs since the epoch) of the simulation's start, from which
+    ``plan.events_at_s`` counts."""
     start_us = time.time_ns() // 1000
     groups = make_groups(plan, start_us)
     gateways: list[tuple[Gateway, list[BedGroup]]] = []
@@ -121,7 +123,7 @@ async def simulate(
                     "messages": c.messages if c else 0,
                     "samples": c.samples if c else 0,
                 }
-    summary: dict[str, object] = {"beds": beds}
+    summary: dict[str, object] = {"beds": beds, "start_us": start_us}
     if dropped:
         summary["dropped"] = dropped  # outbox overflow: never published
     if unsent:

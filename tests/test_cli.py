@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from eicu.devservices import Mosquitto, free_port
+from simulators.run import SimulationPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,12 +49,34 @@ def test_help_lists_every_command() -> None:
 def test_bad_arguments_are_clear_errors() -> None:
     out = _eicu("simulate", "--scenario", "nonsense", "--mqtt", "mqtt://127.0.0.1:1")
     assert out.returncode == 2 and "unknown scenario 'nonsense'" in out.stderr
+    out = _eicu("simulate", "--events-at", "-1", "--mqtt", "mqtt://127.0.0.1:1")
+    assert out.returncode == 2 and "--events-at >= 0" in out.stderr
     out = _eicu("serve", env={"EICU_DATABASE_URL": "", "EICU_MQTT_URL": ""})
     assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
     out = _eicu("serve", env={"EICU_DATABASE_URL": "postgresql://x", "EICU_HTTP_PORT": "x"})
     assert out.returncode == 2 and "EICU_HTTP_PORT" in out.stderr
     out = _eicu("stats", env={"EICU_DATABASE_URL": "mysql://x"})
     assert out.returncode == 2 and "EICU_DATABASE_URL" in out.stderr
+
+
+def test_simulate_events_at_reaches_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eicu simulate --events-at`` puts every bed's scenario event at that second."""
+    import simulators.cli
+
+    plans: list[SimulationPlan] = []
+
+    async def fake_simulate(mqtt: object, plan: SimulationPlan) -> dict[str, object]:
+        plans.append(plan)
+        return {"beds": {}, "start_us": 0}
+
+    monkeypatch.setattr(simulators.cli, "simulate", fake_simulate)
+    parser = argparse.ArgumentParser()
+    simulators.cli.add_arguments(parser)
+    args = parser.parse_args(["--scenario", "vt", "--events-at", "7.5", "--json"])
+    assert simulators.cli.run(args) == 0
+    assert plans[0].events_at_s == 7.5 and plans[0].scenario == "vt"
+    assert simulators.cli.run(parser.parse_args(["--json"])) == 0
+    assert plans[1].events_at_s is None
 
 
 def _wait_for_metric(url: str, text: str, timeout_s: float = 120.0) -> str:

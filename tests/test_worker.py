@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -22,14 +18,8 @@ import pytest
 
 from eicu.bus.partitioned import partition_of
 from eicu.config import AdmissionSettings, MqttSettings, Settings
-from eicu.devservices import (
-    NatsCluster,
-    NatsServer,
-    ServiceError,
-    free_port,
-    nats_binary,
-    terminate,
-)
+from eicu.devservices import NatsCluster, NatsServer, ServiceError, free_port, nats_binary
+from eicu.devservices import WorkerProcess as Worker
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, NumericsFrame
@@ -42,7 +32,7 @@ PARTITIONS = 8
 BEDS = 12
 TTL_S = 2.0
 WAIT_S = 120.0  # generous: the machine may be busy
-SUBSCRIBED = re.compile(r"subscribed to eicu/p/(\d+)/#")
+HEALTH: dict[str, str] = {}  # worker name -> its metrics server (/healthz, /readyz)
 
 
 @pytest.fixture
@@ -63,70 +53,21 @@ def cluster() -> Iterator[NatsCluster]:
     servers.cleanup()
 
 
-class Worker:
-    """``eicu worker`` in a process of its own; the partitions it reads, from its log."""
-
-    def __init__(self, name: str, cluster: NatsCluster, db_url: str, tmp: Path, first: int) -> None:
-        mqtt = [n.url for n in cluster.nodes]
-        mqtt = mqtt[first:] + mqtt[:first]  # each worker starts on another node
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("EICU_")},
-            "PYTHONPATH": str(ROOT),
-            "EICU_MQTT_URL": ",".join(mqtt),
-            "EICU_MQTT_CLIENT_ID": f"eicu-{name}",
-            "EICU_NATS_URL": ",".join(n.nats_url for n in cluster.nodes),
-            "EICU_DATABASE_URL": db_url,
-            "EICU_PARTITION_COUNT": str(PARTITIONS),
-            "EICU_WORKER_ID": name,
-            "EICU_OWNERSHIP_TTL_S": str(TTL_S),
-            "EICU_SPOOL_DIR": str(tmp / f"spool-{name}"),
-            "EICU_OUTBOX_PATH": str(tmp / f"alarms-{name}.db"),
-            "EICU_FLUSH_INTERVAL_S": "0.2",
-            "EICU_ANALYSE_SIGNALS": "false",
-            "EICU_METRICS_PORT": str(free_port()),
-        }
-        self.health_url = f"http://127.0.0.1:{env['EICU_METRICS_PORT']}"
-        self.name = name
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "eicu.cli", "worker"],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            cwd=tmp,
-            env=env,
-        )
-        self.reading: set[int] = set()
-        self.log: list[str] = []
-        self.changed = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self.changed:
-                self.log.append(line.rstrip())
-                match = SUBSCRIBED.search(line)
-                if match:
-                    self.reading.add(int(match.group(1)))
-                self.changed.notify_all()
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self._end()
-
-    def stop(self) -> None:
-        terminate(self.process)  # type: ignore[arg-type]
-        self._end()
-
-    def _end(self) -> None:
-        self.process.wait()
-        self.reader.join(10.0)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-    def tail(self) -> str:
-        return "\n".join(self.log[-30:])
+def start_worker(name: str, cluster: NatsCluster, db_url: str, tmp: Path, first: int) -> Worker:
+    mqtt = [n.url for n in cluster.nodes]
+    port = free_port()
+    HEALTH[name] = f"http://127.0.0.1:{port}"
+    return Worker(
+        name,
+        mqtt_urls=mqtt[first:] + mqtt[:first],  # each worker starts on another node
+        nats_urls=[n.nats_url for n in cluster.nodes],
+        db_url=db_url,
+        workdir=tmp,
+        partitions=PARTITIONS,
+        ownership_ttl_s=TTL_S,
+        env={"EICU_METRICS_PORT": str(port)},
+        pythonpath=ROOT,
+    )
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -157,7 +98,7 @@ async def _all_read(workers: list[Worker]) -> bool:
 async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_node(
     cluster: NatsCluster, store: Store, db_url: str, tmp_path: Path
 ) -> None:
-    workers = [Worker(f"w{i}", cluster, db_url, tmp_path, i) for i in range(2)]
+    workers = [start_worker(f"w{i}", cluster, db_url, tmp_path, i) for i in range(2)]
     try:
         try:
             await _until("the two workers read every partition", lambda: _all_read(workers))
@@ -165,7 +106,7 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
             pytest.fail("\n".join(f"{w.name}: {w.reading}\n{w.tail()}" for w in workers))
         assert workers[0].reading and workers[1].reading, "the partitions are shared"
         for w in workers:  # ready: its first claims done, its partitions subscribed
-            status, body = await asyncio.to_thread(_get, w.health_url + "/readyz")
+            status, body = await asyncio.to_thread(_get, HEALTH[w.name] + "/readyz")
             assert status == 200, body
             assert json.loads(body)["checks"]["partitions"]["ok"], body
         plan = SimulationPlan(site="hub", beds=BEDS, duration_s=60.0, speed=2.0)
@@ -186,7 +127,7 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
 
         await _until(f"{held} taken over", taken_over, timeout_s=30.0)
         # A worker started while the gateways publish takes its share.
-        workers.append(Worker("w2", cluster, db_url, tmp_path, 2))
+        workers.append(start_worker("w2", cluster, db_url, tmp_path, 2))
 
         async def joined() -> bool:
             return bool(workers[2].reading)

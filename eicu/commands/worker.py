@@ -20,9 +20,13 @@ import dataclasses
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eicu.config import AlertingSettings, IngestSettings, Settings
 from eicu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eicu.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +80,12 @@ def own_files(settings: Settings) -> Settings:
     return dataclasses.replace(settings, ingest=ingest, alerting=alerting)
 
 
-async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def work(
+    settings: Settings, stop: asyncio.Event | None = None, metrics: IngestMetrics | None = None
+) -> None:
     """Run one worker until SIGTERM or SIGINT (or ``stop`` is set): its partitions are handed
-    over to the other workers at once, after what it holds is stored or spooled."""
+    over to the other workers at once, after what it holds is stored or spooled. ``metrics``:
+    where the engine counts and times what it does (read it afterwards, e.g. its latencies)."""
     from eicu.bus.ownership import NatsOwnership
     from eicu.errors import StorageUnavailable
     from eicu.exposition import MetricsServer
@@ -91,7 +98,7 @@ async def work(settings: Settings, stop: asyncio.Event | None = None) -> None:
     settings = own_files(settings)
     assert settings.database_url is not None and settings.mqtt is not None
     w = settings.worker
-    metrics = IngestMetrics()
+    metrics = metrics or IngestMetrics()
     store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
     try:
         await store.open()
