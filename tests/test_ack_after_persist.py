@@ -110,7 +110,7 @@ async def _crash_and_recover(
     try:
         await child.wait_ready()
         gateways = MqttSettings.from_url(mqtt_url)
-        plan = SimulationPlan(site="crash", beds=BEDS, duration_s=24.0, speed=4.0)
+        plan = SimulationPlan(site="crash", beds=BEDS, duration_s=40.0, speed=4.0)
         publishing = asyncio.create_task(simulate(gateways, plan))
 
         async def some_stored() -> bool:
