@@ -22,7 +22,12 @@ from pathlib import Path
 import nats
 import pytest
 
-from eicu.bus.ownership import LocalOwnership, NatsOwnership, PartitionOwnership
+from eicu.bus.ownership import (
+    LocalOwnership,
+    NatsOwnership,
+    PartitionOwnership,
+    ThreadedOwnership,
+)
 from eicu.clock import ManualClock
 from eicu.devservices import NatsCluster, NatsServer, ServiceError, nats_binary
 from eicu.errors import ConfigError
@@ -537,3 +542,40 @@ async def test_local_ownership_holds_its_partitions_until_the_stop(
     assert ownership.owned == frozenset()
     assert events[len(owned) :] == [("lose", k) for k in sorted(owned, reverse=True)]
     assert (ownership.stats.claims, ownership.stats.releases) == (len(owned), len(owned))
+
+
+async def test_a_threaded_ownership_keeps_its_partitions_while_its_caller_is_busy(
+    cluster: NatsCluster, bucket: str
+) -> None:
+    """The engine's loop blocked for longer than the TTL (a worker near its capacity): renewals
+    made on the ownership's own loop keep every partition; callbacks still run on the caller's
+    loop; a stop releases everything at once."""
+    log = Log()
+    inner = NatsOwnership(
+        urls(cluster), "busy", N, ttl_s=TTL_S, bucket=bucket, workers_bucket=f"{bucket}-workers"
+    )
+    ownership = ThreadedOwnership(inner)
+    on_gain, on_lose = log.callbacks("busy")
+    loops: set[int] = set()
+
+    async def gain(k: int) -> None:
+        loops.add(id(asyncio.get_running_loop()))
+        await on_gain(k)
+
+    task = asyncio.create_task(ownership.run(gain, on_lose))
+    try:
+        await until(lambda: len(ownership.owned) == N, "every partition to the only worker")
+        await asyncio.wait_for(ownership.settled.wait(), WAIT_S)
+        assert loops == {id(asyncio.get_running_loop())}
+        time.sleep(2.5 * TTL_S)  # the caller's loop does not answer for longer than the TTL
+        await asyncio.sleep(0.2)
+        assert ownership.owned == frozenset(range(N))
+        assert ownership.stats.losses == 0
+        assert log.held_by("busy") == set(range(N))
+    finally:
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=WAIT_S)
+        assert done and task.cancelled()
+    assert log.held_by("busy") == set()
+    assert ownership.stats.releases >= N
+    log.assert_no_overlap()

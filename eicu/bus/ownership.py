@@ -95,6 +95,7 @@ __all__ = [
     "OnChange",
     "OwnershipStats",
     "PartitionOwnership",
+    "ThreadedOwnership",
 ]
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,97 @@ class PartitionOwnership(abc.ABC):
         ``on_gain`` should start the partition's work and return: claims wait for it. After a
         loss, ``on_lose`` must stop judging and acknowledging at once (another worker may take
         the partition ``margin_s`` later)."""
+
+
+class ThreadedOwnership(PartitionOwnership):
+    """Runs another ownership's claims and renewals on an event loop of its own, in a thread, so
+    that a busy engine loop (a worker near its capacity) never makes a renewal late and loses
+    partitions it can still serve. ``on_gain`` and ``on_lose`` still run on the caller's loop,
+    and the ownership waits for them as it would on one loop. ``owned`` and ``stats`` are the
+    inner ownership's; ``settled`` is set on the caller's loop."""
+
+    def __init__(self, inner: PartitionOwnership) -> None:
+        self._inner = inner
+        self.partitions = inner.partitions
+        self.settled = asyncio.Event()
+        self.stats = inner.stats
+
+    @property
+    def owned(self) -> frozenset[int]:
+        return self._inner.owned
+
+    async def run(self, on_gain: OnChange, on_lose: OnChange) -> None:
+        import threading
+
+        caller = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = caller.create_future()
+        own_loop = asyncio.new_event_loop()
+        inner_task: asyncio.Task[None] | None = None
+
+        stopping = threading.Event()
+
+        def on_caller(callback: OnChange) -> OnChange:
+            async def call(k: int) -> None:
+                async def there() -> None:
+                    await callback(k)
+
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(there(), caller))
+
+            return call
+
+        def cancel_inner() -> None:
+            if inner_task is not None:
+                inner_task.cancel()
+
+        def settle() -> None:
+            self.settled.set()
+
+        async def main() -> None:
+            nonlocal inner_task
+            inner_task = asyncio.ensure_future(
+                self._inner.run(on_caller(on_gain), on_caller(on_lose))
+            )
+            if stopping.is_set():  # stopped before this loop began
+                inner_task.cancel()
+            settled = asyncio.ensure_future(self._inner.settled.wait())
+            settled.add_done_callback(lambda _: caller.call_soon_threadsafe(settle))
+            try:
+                await inner_task
+            finally:
+                settled.cancel()
+
+        def report(outcome: BaseException | None) -> None:
+            if finished.done():
+                return
+            if outcome is None or isinstance(outcome, asyncio.CancelledError):
+                finished.set_result(None)  # stopped (the caller's cancellation goes on)
+            else:
+                finished.set_exception(outcome)
+
+        def thread_main() -> None:
+            outcome: BaseException | None = None
+            try:
+                own_loop.run_until_complete(main())
+            except BaseException as exc:  # handed to the caller's loop, which raises it
+                outcome = exc
+            finally:
+                own_loop.close()
+                with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+                    caller.call_soon_threadsafe(report, outcome)
+
+        thread = threading.Thread(target=thread_main, name="eicu-ownership", daemon=True)
+        thread.start()
+        try:
+            await asyncio.shield(finished)
+        except asyncio.CancelledError:
+            # A stop: the inner ownership releases what it holds (on_lose runs here, on this
+            # loop, which stays free for it), then the cancellation goes on.
+            stopping.set()
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                own_loop.call_soon_threadsafe(cancel_inner)
+            with contextlib.suppress(asyncio.CancelledError):
+                await finished
+            raise
 
 
 class LocalOwnership(PartitionOwnership):

@@ -86,7 +86,7 @@ async def work(
     """Run one worker until SIGTERM or SIGINT (or ``stop`` is set): its partitions are handed
     over to the other workers at once, after what it holds is stored or spooled. ``metrics``:
     where the engine counts and times what it does (read it afterwards, e.g. its latencies)."""
-    from eicu.bus.ownership import NatsOwnership
+    from eicu.bus.ownership import NatsOwnership, ThreadedOwnership
     from eicu.errors import StorageUnavailable
     from eicu.exposition import MetricsServer
     from eicu.health import Health
@@ -106,8 +106,10 @@ async def work(
     except StorageUnavailable as exc:
         store_open = False
         log.warning("starting without the database (%s); it is opened when it is back", exc)
-    ownership = NatsOwnership(
-        list(w.nats_urls), w.worker_id, w.partition_count, ttl_s=w.ownership_ttl_s
+    # Claims and renewals on a loop of their own: a busy engine never loses partitions to a
+    # late renewal.
+    ownership = ThreadedOwnership(
+        NatsOwnership(list(w.nats_urls), w.worker_id, w.partition_count, ttl_s=w.ownership_ttl_s)
     )
     engine = Engine(
         settings.mqtt,
