@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import signal as sps
 
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.kernels.morphology import _beat_features
@@ -36,7 +35,7 @@ from eicu.kernels.sqi import (
 from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
 from eicu.signal.classify import CLASS_OF_CODE, BeatClass, BeatClassifier
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
-from eicu.signal.filters import SosFilter
+from eicu.signal.filters import SosFilter, bandpass_sos
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
 
 if TYPE_CHECKING:
@@ -169,12 +168,10 @@ class _SignalState:
             self.classifier = BeatClassifier(fs_hz)
             self.detector = BeatDetector.ecg(fs_hz)
             self.alt_detector = BeatDetector(fs_hz, ECG_ALT_CONFIG)
-            sos = sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
-            self.filter = SosFilter(sos)
+            self.filter = SosFilter(bandpass_sos(2, 0.5, min(40.0, 0.45 * fs_hz), fs_hz))
         elif self.kind in ("ABP", "PLETH"):
             self.detector = BeatDetector.pulse(fs_hz)
-            sos = sps.butter(2, [0.3, min(10.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
-            self.filter = SosFilter(sos)
+            self.filter = SosFilter(bandpass_sos(2, 0.3, min(10.0, 0.45 * fs_hz), fs_hz))
         self.quality_n = round(QUALITY_WINDOW_S * fs_hz)
         self.tick_n = max(1, round(fs_hz))
         self.next_tick = self.quality_n
