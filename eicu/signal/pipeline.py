@@ -37,6 +37,7 @@ from eicu.signal.classify import CLASS_OF_CODE, BeatClass, BeatClassifier
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter, bandpass_sos
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
+from eicu.signal.stats import median
 
 if TYPE_CHECKING:
     from eicu.signal.alarms import AlarmDecision
@@ -294,7 +295,7 @@ class _SignalState:
         while self.known_corr and self.known_corr[0][0] < t - round(2 * HISTORY_S * self.fs_hz):
             self.known_corr.popleft()
         c = [v for s, at, v in self.known_corr if lo <= s < hi and at <= t]
-        return float(np.median(c)) if len(c) >= 3 else float("nan")
+        return median(c) if len(c) >= 3 else float("nan")
 
     def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
         keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
@@ -540,7 +541,7 @@ class BedSignalPipeline:
                         s / st.fs_hz,
                         rr_s * 1000.0,
                         60.0 / rr_s,
-                        60.0 / float(np.median(st.rr)),
+                        60.0 / median(st.rr),
                     )
                 )
         return events

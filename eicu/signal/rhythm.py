@@ -40,6 +40,7 @@ import numpy as np
 
 from eicu.signal.ectopy import VentricularTracker
 from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, VentricularRun, Verdict
+from eicu.signal.stats import median
 
 ASYSTOLE_S: Final = 4.0
 PAUSE_S: Final = 3.0
@@ -293,7 +294,7 @@ class RhythmTracker:
                 time_s=sample / fs,
                 rr_ms=rr_s * 1000.0,
                 hr_bpm=hr,
-                hr_median_bpm=60.0 / float(np.median(np.asarray(self._rr))),
+                hr_median_bpm=60.0 / median(self._rr),
             )
         )
         beats = list(self._beats)
@@ -343,7 +344,7 @@ class RhythmTracker:
         """P waves precede the recent non-ventricular beats: the median correlation of the last
         AF_P_BEATS judged P-wave windows is at least AF_P_CORR (judged on half of them)."""
         corr = [c for c in list(self._af_atrial)[-AF_P_BEATS:] if c is not None]
-        return len(corr) >= AF_P_BEATS // 2 and float(np.median(corr)) >= AF_P_CORR
+        return len(corr) >= AF_P_BEATS // 2 and median(corr) >= AF_P_CORR
 
     def fibrillation(self, start: int, end: int, fibrillatory: bool) -> list[RhythmFlag]:
         """The window [start, end) of ``VF_S`` seconds was judged fibrillatory or not."""
