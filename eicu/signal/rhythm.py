@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
@@ -379,6 +380,23 @@ VF_DOMINANT_HZ: Final = (3.0, 9.0)
 VF_CONCENTRATION: Final = 0.6
 
 
+@lru_cache(maxsize=32)
+def _spectrum_grid(
+    n: int, fs_hz: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For windows of n samples at fs_hz (the same few for every bed): the Hann window, the
+    frequencies of the real FFT, the 0.5-30 Hz band, the 1-12 Hz search band and its
+    frequencies. Read-only: shared by every call."""
+    window = np.hanning(n)
+    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    band = (f >= 0.5) & (f <= 30.0)
+    search = (f >= 1.0) & (f <= 12.0)
+    grid = (window, f, band, search, f[search])
+    for a in grid:
+        a.flags.writeable = False
+    return grid
+
+
 def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures | None:
     """Spectral shape of an ECG window; None when any sample is missing or it is flat.
 
@@ -390,14 +408,12 @@ def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures
         raise ValueError(f"need a 1-D window of at least 8 samples, got shape {x.shape}")
     if np.isnan(x).any():
         return None
-    x = (x - x.mean()) * np.hanning(x.shape[0])
+    window, f, band, search, f_search = _spectrum_grid(x.shape[0], float(fs_hz))
+    x = (x - x.mean()) * window
     p = np.abs(np.fft.rfft(x)) ** 2
-    f = np.fft.rfftfreq(x.shape[0], 1.0 / fs_hz)
-    band = (f >= 0.5) & (f <= 30.0)
     total = float(p[band].sum())
     if total <= 0.0:
         return None
-    search = (f >= 1.0) & (f <= 12.0)
-    fd = float(f[search][np.argmax(p[search])])
+    fd = float(f_search[np.argmax(p[search])])
     near = (f >= fd - 1.0) & (f <= fd + 1.0)
     return FibrillationFeatures(fd, float(p[near].sum()) / total)
