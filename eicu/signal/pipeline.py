@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
@@ -103,29 +103,60 @@ def verdict_of(
     return "good"
 
 
-@dataclass(slots=True)
 class _History:
-    """The last ``size`` samples of a signal (raw and, for ECG, filtered), as plain arrays."""
+    """The last ``size`` samples of a signal (raw and, for ECG, filtered), as plain arrays.
 
-    size: int
-    start: int = 0  # global index of raw[0]
-    raw: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
-    filt: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    ``raw`` and ``filt`` are views of buffers twice that size that new samples are written
+    into; when a buffer is full, the samples kept move to its front (one copy per ``size``
+    samples instead of one per chunk). A view is valid until the next ``append``."""
+
+    __slots__ = ("_filt", "_filtered", "_hi", "_lo", "_raw", "size", "start")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.start = 0  # global index of raw[0]
+        self._raw: NDArray[np.float64] = np.empty(2 * size)
+        self._filt: NDArray[np.float64] = np.empty(0)  # allocated with the first filtered chunk
+        self._lo = 0  # raw == self._raw[self._lo : self._hi]
+        self._hi = 0
+        self._filtered = False
+
+    @property
+    def raw(self) -> NDArray[np.float64]:
+        return self._raw[self._lo : self._hi]
+
+    @property
+    def filt(self) -> NDArray[np.float64]:
+        return self._filt[self._lo : self._hi] if self._filtered else self._filt[:0]
 
     def append(self, x: NDArray[np.float64], y: NDArray[np.float64] | None) -> None:
-        self.raw = np.concatenate([self.raw, x])
+        n = x.shape[0]
+        if y is not None and not self._filtered:
+            self._filt = np.empty(self._raw.shape[0])
+            self._filtered = True
+        if self._hi + n > self._raw.shape[0]:
+            kept = self._hi - self._lo
+            cap = max(self._raw.shape[0], kept + n)
+            raw = np.empty(cap) if cap > self._raw.shape[0] else self._raw
+            raw[:kept] = self._raw[self._lo : self._hi]
+            self._raw = raw
+            if self._filtered:
+                filt = np.empty(cap) if cap > self._filt.shape[0] else self._filt
+                filt[:kept] = self._filt[self._lo : self._hi]
+                self._filt = filt
+            self._lo, self._hi = 0, kept
+        self._raw[self._hi : self._hi + n] = x
         if y is not None:
-            self.filt = np.concatenate([self.filt, y])
-        drop = self.raw.shape[0] - self.size
+            self._filt[self._hi : self._hi + n] = y
+        self._hi += n
+        drop = self._hi - self._lo - self.size
         if drop > 0:
-            self.raw = self.raw[drop:]
-            if y is not None:
-                self.filt = self.filt[drop:]
+            self._lo += drop
             self.start += drop
 
     @property
     def end(self) -> int:
-        return self.start + self.raw.shape[0]
+        return self.start + self._hi - self._lo
 
     def window(self, lo: int, hi: int, filtered: bool = False) -> NDArray[np.float64] | None:
         if lo < self.start or hi > self.end or hi <= lo:
