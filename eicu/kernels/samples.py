@@ -25,4 +25,4 @@ def _to_physical(raw, baseline, gain):
 
 def to_physical(raw: NDArray[np.int16], baseline: int, gain: float) -> NDArray[np.float64]:
     """``(raw - baseline) / gain`` as float64, NaN where ``raw`` is -32768; ``raw`` 1-D int16."""
-    return _to_physical(raw, float(baseline), float(gain))  # type: ignore[no-any-return]
+    return _to_physical(raw, float(baseline), float(gain))
