@@ -215,7 +215,9 @@ class DeteriorationTracker:
         self._origin_us: int | None = None
         self._last_us: int | None = None
         self._last_score_us: int | None = None
-        self._scores: deque[tuple[int, int]] = deque()  # (time us, complete NEWS2)
+        # (time us, complete NEWS2) of the window, only those no later score is lower than or
+        # equal to: their values rise from front to back, so the front is the window's lowest
+        self._scores: deque[tuple[int, int]] = deque()
         self._news2: int | None = None
         self._news2_rise: int | None = None
 
@@ -256,10 +258,12 @@ class DeteriorationTracker:
         while self._scores and self._scores[0][0] < time_us - window_us:
             self._scores.popleft()
         current = result.total if result.total is not None else result.partial_total
-        lowest = min((s for _, s in self._scores), default=None)
+        lowest = self._scores[0][1] if self._scores else None
         self._news2 = current
         self._news2_rise = None if lowest is None else current - lowest
         if result.total is not None:
+            while self._scores and self._scores[-1][1] >= result.total:
+                self._scores.pop()  # never the lowest again while this one is in the window
             self._scores.append((time_us, result.total))
         return self.signal()
 
