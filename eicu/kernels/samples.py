@@ -26,3 +26,27 @@ def _to_physical(raw, baseline, gain):
 def to_physical(raw: NDArray[np.int16], baseline: int, gain: float) -> NDArray[np.float64]:
     """``(raw - baseline) / gain`` as float64, NaN where ``raw`` is -32768; ``raw`` 1-D int16."""
     return _to_physical(raw, float(baseline), float(gain))
+
+
+NONFINITE_NAN = 1
+NONFINITE_INF = 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _nonfinite(x):
+    flags = 0
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v != v:
+            flags |= NONFINITE_NAN
+        elif v == np.inf or v == -np.inf:
+            flags |= NONFINITE_INF
+            if flags == NONFINITE_NAN | NONFINITE_INF:
+                break
+    return flags
+
+
+def nonfinite(x: NDArray[np.float64]) -> int:
+    """What a 1-D float64 array holds besides numbers, in one pass: ``NONFINITE_NAN`` when a
+    value is NaN, ``NONFINITE_INF`` when one is +-inf (0: every value is finite)."""
+    return int(_nonfinite(x))

@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from eicu.kernels import beats as k_beats
 from eicu.kernels import vclass as k
+from eicu.kernels.samples import NONFINITE_INF, nonfinite
 from eicu.signal.beats import BeatDetector
 from eicu.signal.filters import bandpass_sos
 
@@ -174,7 +175,7 @@ class BeatClassifier:
             )
         if raws is not None and r.shape != y.shape:
             raise ValueError(f"raws must have the shape of ys {y.shape}, got {r.shape}")
-        if np.isinf(y).any() or np.isinf(r).any():
+        if (nonfinite(y.reshape(-1)) | nonfinite(r.reshape(-1))) & NONFINITE_INF:
             raise ValueError("ys or raws contain +-inf; mark a missing sample with NaN")
         out_class = np.empty(f.shape[0], dtype=np.int64)
         out_feats = np.empty((f.shape[0], self.n_leads, N_FEATS), dtype=np.float64)

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.kernels.morphology import _beat_features
+from eicu.kernels.samples import NONFINITE_INF, NONFINITE_NAN, nonfinite
 from eicu.kernels.sqi import (
     SQI_CLIP_FRAC,
     SQI_HF,
@@ -269,11 +270,11 @@ class _SignalState:
             self.recent_fib.popleft()
 
     def note_missing(self, x: NDArray[np.float64], g0: int) -> None:
-        isnan = np.isnan(x)
-        if not isnan.any():
+        if not nonfinite(x) & NONFINITE_NAN:
             if self.nan_runs and self.nan_runs[-1][1] is None:
                 self.nan_runs[-1] = (self.nan_runs[-1][0], g0)
             return
+        isnan = np.isnan(x)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], isnan.astype(np.int8), [0]])))
         for a, b in zip((edges[0::2] + g0).tolist(), (edges[1::2] + g0).tolist(), strict=True):
             end: int | None = None if b == g0 + x.shape[0] else b
@@ -400,7 +401,7 @@ class BedSignalPipeline:
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"{signal_key}: samples must be 1-D, got shape {x.shape}")
-        if np.isinf(x).any():
+        if nonfinite(x) & NONFINITE_INF:
             raise ValueError(f"{signal_key}: samples contain +-inf; mark missing samples with NaN")
         first = int(first_sample_index)
         if first < st.next_index:
