@@ -76,8 +76,13 @@ class SignalBlock:
         return self.t_offset_us / 1e6
 
     def physical(self) -> NDArray[np.float64]:
-        out = (self.samples.astype(np.float64) - self.baseline) / self.gain
-        out[self.samples == INVALID_SAMPLE] = np.nan
+        from eicu.kernels.samples import to_physical  # numba: loaded by the first caller
+
+        samples = self.samples
+        if samples.dtype == np.int16 and samples.ndim == 1:
+            return to_physical(samples, self.baseline, self.gain)
+        out = (samples.astype(np.float64) - self.baseline) / self.gain
+        out[samples == INVALID_SAMPLE] = np.nan
         return out
 
     def __eq__(self, other: object) -> bool:

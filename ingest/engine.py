@@ -39,11 +39,23 @@ def warm_up(signals: bool) -> None:
     """Run each kernel once on a few seconds of synthetic data."""
     import numpy as np
 
+    from eicu import wire
     from eicu.kernels import codec
+    from eicu.models import BedKey, SignalBlock, WaveformFrame
     from eicu.scores import news2
 
     rng = np.random.default_rng(0)
     codec.decode_int16(codec.encode_int16(rng.integers(-500, 500, 300).astype(np.int16)))
+    # samples as the wire decodes them (read-only views of the payload) to physical units
+    raw = rng.integers(-500, 500, 125).astype(np.int16)
+    frame = WaveformFrame(
+        BedKey("warmup", "bed"),
+        0,
+        1_700_000_000_000_000,
+        (SignalBlock("PLETH", 125.0, 200.0, 0, raw),),
+    )
+    for block in wire.decode_waveform(frame.bed, wire.encode_waveform(frame)).blocks:
+        block.physical()
     news2(rr=16, spo2=97, on_oxygen=False, sbp=120, hr=70, acvpu="A", temp_c=37.0)
     if signals:
         from eicu.signal.pipeline import BedSignalPipeline

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -265,6 +265,9 @@ class BedRouter:
         # Sequence tracking of beds handed over (numerics, waveform), kept for their return.
         self._retired: dict[BedKey, tuple[SeqTracker, SeqTracker]] = {}
         self._delay_us = self._delay_at_us = 0
+        # Labelled children looked up once (at first use, so a series appears with its first
+        # message): a label lookup per message costs more than the count.
+        self._messages: dict[str, Any] = {}
         metrics.input_delay.set_function(lambda: self.input_delay_us(time.time_ns() // 1000) / 1e6)
 
     def input_delay_us(self, now_us: int) -> int:
@@ -450,12 +453,18 @@ class BedRouter:
         state.last_seen_us = max(state.last_seen_us, received_us)
         state.messages += 1
         state.samples += n
-        self._metrics.messages.labels(kind=kind).inc()
+        self._count_message(kind)
         self._metrics.samples.inc(n)
         self._metrics.clock_skew.observe(abs(skew) / 1e6)
 
+    def _count_message(self, kind: str) -> None:
+        counter = self._messages.get(kind)
+        if counter is None:
+            counter = self._messages[kind] = self._metrics.messages.labels(kind=kind)
+        counter.inc()
+
     def _status(self, frame: StatusFrame) -> None:
-        self._metrics.messages.labels(kind="status").inc()
+        self._count_message("status")
         standby_until_us = 0
         if frame.state == "standby":
             # A standby lasts its lifetime from its time (never later than its arrival, and its

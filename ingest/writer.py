@@ -326,8 +326,9 @@ class StoreWriter:
                 if rx.size:
                     latency_s = (now_us - rx) / 1e6
                     recorder.add(latency_s)
-                    for value in latency_s[:: max(1, rx.size // 128)]:
-                        self._metrics.store_latency.labels(kind=kind).observe(value)
+                    histogram = self._metrics.store_latency.labels(kind=kind)
+                    for value in latency_s[:: max(1, rx.size // 128)].tolist():
+                        histogram.observe(value)
             self._update_gauges()
         self._metrics.store_lag.set(0.0)
         return True

@@ -30,6 +30,7 @@ time order.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,6 +136,20 @@ class _Trend:
         self.slope_last: int | None = None
 
     def feed(self, t: NDArray[np.int64], v: NDArray[np.float64], origin_us: int) -> None:
+        bin_us = int(self.cfg.bin_s * US_PER_S)
+        if t.shape[0] == 1:
+            # One sample (a numerics message) in the bin still open: it joins the open bin.
+            current = (int(t[0]) - origin_us) // bin_us
+            pending = self.pending_t
+            if pending.shape[0] == 0 or (int(pending[0]) - origin_us) // bin_us >= current:
+                x = float(v[0])
+                if math.isnan(x):
+                    return
+                if self.first_us is None:
+                    self.first_us = int(pending[0]) if pending.shape[0] else int(t[0])
+                self.pending_t = np.append(pending, t)
+                self.pending_v = np.append(self.pending_v, v)
+                return
         ok = ~np.isnan(v)
         if not ok.any() and self.pending_t.size == 0:
             return
@@ -144,7 +159,6 @@ class _Trend:
             return
         if self.first_us is None:
             self.first_us = int(t_all[0])
-        bin_us = int(self.cfg.bin_s * US_PER_S)
         b = (t_all - origin_us) // bin_us
         current = (int(t[-1]) - origin_us) // bin_us  # the bin of the newest sample fed
         closed = b < current
@@ -215,7 +229,9 @@ class DeteriorationTracker:
         self._origin_us: int | None = None
         self._last_us: int | None = None
         self._last_score_us: int | None = None
-        self._scores: deque[tuple[int, int]] = deque()  # (time us, complete NEWS2)
+        # (time us, complete NEWS2) of the window, only those no later score is lower than or
+        # equal to: their values rise from front to back, so the front is the window's lowest
+        self._scores: deque[tuple[int, int]] = deque()
         self._news2: int | None = None
         self._news2_rise: int | None = None
 
@@ -256,10 +272,12 @@ class DeteriorationTracker:
         while self._scores and self._scores[0][0] < time_us - window_us:
             self._scores.popleft()
         current = result.total if result.total is not None else result.partial_total
-        lowest = min((s for _, s in self._scores), default=None)
+        lowest = self._scores[0][1] if self._scores else None
         self._news2 = current
         self._news2_rise = None if lowest is None else current - lowest
         if result.total is not None:
+            while self._scores and self._scores[-1][1] >= result.total:
+                self._scores.pop()  # never the lowest again while this one is in the window
             self._scores.append((time_us, result.total))
         return self.signal()
 

@@ -9,6 +9,7 @@ record pushed in chunks of any size are exactly those of the record pushed whole
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -104,6 +105,14 @@ PULSE_CONFIG = DetectorConfig(
 
 
 def _design(config: DetectorConfig, fs_hz: float) -> tuple[NDArray[np.float64], int]:
+    """The detector's band-pass sections (a fresh copy) and their group delay in samples at the
+    band's centre; designed once per configuration and rate (every bed asks for the same few)."""
+    sos, gd_n = _design_cached(config, fs_hz)
+    return sos.copy(), gd_n
+
+
+@lru_cache(maxsize=64)
+def _design_cached(config: DetectorConfig, fs_hz: float) -> tuple[NDArray[np.float64], int]:
     lo, hi = config.band_hz
     nyq = fs_hz / 2.0
     if hi >= nyq:

@@ -12,11 +12,12 @@ from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import signal as sps
 
 from eicu.kernels import beats as k_beats
 from eicu.kernels import vclass as k
+from eicu.kernels.samples import NONFINITE_INF, nonfinite
 from eicu.signal.beats import BeatDetector
+from eicu.signal.filters import bandpass_sos
 
 BeatClass = Literal["N", "V", "Q", "P"]
 CLASS_OF_CODE: Final[dict[int, BeatClass | None]] = {
@@ -174,7 +175,7 @@ class BeatClassifier:
             )
         if raws is not None and r.shape != y.shape:
             raise ValueError(f"raws must have the shape of ys {y.shape}, got {r.shape}")
-        if np.isinf(y).any() or np.isinf(r).any():
+        if (nonfinite(y.reshape(-1)) | nonfinite(r.reshape(-1))) & NONFINITE_INF:
             raise ValueError("ys or raws contain +-inf; mark a missing sample with NaN")
         out_class = np.empty(f.shape[0], dtype=np.int64)
         out_feats = np.empty((f.shape[0], self.n_leads, N_FEATS), dtype=np.float64)
@@ -221,9 +222,7 @@ class StreamingClassifier:
     def __init__(self, fs_hz: float, config: ClassifierConfig = DEFAULT_CLASSIFIER) -> None:
         self.detector = d = BeatDetector.ecg(fs_hz)
         self.classifier = c = BeatClassifier(fs_hz, 1, config)
-        f_sos = np.ascontiguousarray(
-            sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
-        )
+        f_sos = bandpass_sos(2, 0.5, min(40.0, 0.45 * fs_hz), fs_hz)
         ring = 1 << int(np.ceil(np.log2(self.RING_S * fs_hz)))
         self._block = ring // 4  # a long chunk goes in blocks, so the ring keeps each window
         cap = self._block // d._refr_n + 2 * k_beats.N_CAND + 8

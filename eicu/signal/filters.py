@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import NDArray
+from scipy import signal as sps
 
 from eicu.kernels.filters import _sos_filter_step
+
+
+def bandpass_sos(order: int, lo_hz: float, hi_hz: float, fs_hz: float) -> NDArray[np.float64]:
+    """Butterworth band-pass second-order sections (``scipy.signal.butter``), designed once per
+    set of arguments (every bed's pipeline asks for the same few); a fresh copy each call."""
+    return _bandpass_sos(int(order), float(lo_hz), float(hi_hz), float(fs_hz)).copy()
+
+
+@lru_cache(maxsize=256)
+def _bandpass_sos(order: int, lo_hz: float, hi_hz: float, fs_hz: float) -> NDArray[np.float64]:
+    sos = sps.butter(order, [lo_hz, hi_hz], "bandpass", fs=fs_hz, output="sos")
+    return np.ascontiguousarray(sos, dtype=np.float64)
 
 
 class SosFilter:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import signal as sps
 
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.kernels.morphology import _beat_features
+from eicu.kernels.samples import NONFINITE_INF, NONFINITE_NAN, nonfinite
 from eicu.kernels.sqi import (
     SQI_CLIP_FRAC,
     SQI_HF,
@@ -36,8 +36,9 @@ from eicu.kernels.sqi import (
 from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
 from eicu.signal.classify import CLASS_OF_CODE, BeatClass, BeatClassifier
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
-from eicu.signal.filters import SosFilter
+from eicu.signal.filters import SosFilter, bandpass_sos
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
+from eicu.signal.stats import median
 
 if TYPE_CHECKING:
     from eicu.signal.alarms import AlarmDecision
@@ -103,29 +104,60 @@ def verdict_of(
     return "good"
 
 
-@dataclass(slots=True)
 class _History:
-    """The last ``size`` samples of a signal (raw and, for ECG, filtered), as plain arrays."""
+    """The last ``size`` samples of a signal (raw and, for ECG, filtered), as plain arrays.
 
-    size: int
-    start: int = 0  # global index of raw[0]
-    raw: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
-    filt: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
+    ``raw`` and ``filt`` are views of buffers twice that size that new samples are written
+    into; when a buffer is full, the samples kept move to its front (one copy per ``size``
+    samples instead of one per chunk). A view is valid until the next ``append``."""
+
+    __slots__ = ("_filt", "_filtered", "_hi", "_lo", "_raw", "size", "start")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.start = 0  # global index of raw[0]
+        self._raw: NDArray[np.float64] = np.empty(2 * size)
+        self._filt: NDArray[np.float64] = np.empty(0)  # allocated with the first filtered chunk
+        self._lo = 0  # raw == self._raw[self._lo : self._hi]
+        self._hi = 0
+        self._filtered = False
+
+    @property
+    def raw(self) -> NDArray[np.float64]:
+        return self._raw[self._lo : self._hi]
+
+    @property
+    def filt(self) -> NDArray[np.float64]:
+        return self._filt[self._lo : self._hi] if self._filtered else self._filt[:0]
 
     def append(self, x: NDArray[np.float64], y: NDArray[np.float64] | None) -> None:
-        self.raw = np.concatenate([self.raw, x])
+        n = x.shape[0]
+        if y is not None and not self._filtered:
+            self._filt = np.empty(self._raw.shape[0])
+            self._filtered = True
+        if self._hi + n > self._raw.shape[0]:
+            kept = self._hi - self._lo
+            cap = max(self._raw.shape[0], kept + n)
+            raw = np.empty(cap) if cap > self._raw.shape[0] else self._raw
+            raw[:kept] = self._raw[self._lo : self._hi]
+            self._raw = raw
+            if self._filtered:
+                filt = np.empty(cap) if cap > self._filt.shape[0] else self._filt
+                filt[:kept] = self._filt[self._lo : self._hi]
+                self._filt = filt
+            self._lo, self._hi = 0, kept
+        self._raw[self._hi : self._hi + n] = x
         if y is not None:
-            self.filt = np.concatenate([self.filt, y])
-        drop = self.raw.shape[0] - self.size
+            self._filt[self._hi : self._hi + n] = y
+        self._hi += n
+        drop = self._hi - self._lo - self.size
         if drop > 0:
-            self.raw = self.raw[drop:]
-            if y is not None:
-                self.filt = self.filt[drop:]
+            self._lo += drop
             self.start += drop
 
     @property
     def end(self) -> int:
-        return self.start + self.raw.shape[0]
+        return self.start + self._hi - self._lo
 
     def window(self, lo: int, hi: int, filtered: bool = False) -> NDArray[np.float64] | None:
         if lo < self.start or hi > self.end or hi <= lo:
@@ -169,12 +201,10 @@ class _SignalState:
             self.classifier = BeatClassifier(fs_hz)
             self.detector = BeatDetector.ecg(fs_hz)
             self.alt_detector = BeatDetector(fs_hz, ECG_ALT_CONFIG)
-            sos = sps.butter(2, [0.5, min(40.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
-            self.filter = SosFilter(sos)
+            self.filter = SosFilter(bandpass_sos(2, 0.5, min(40.0, 0.45 * fs_hz), fs_hz))
         elif self.kind in ("ABP", "PLETH"):
             self.detector = BeatDetector.pulse(fs_hz)
-            sos = sps.butter(2, [0.3, min(10.0, 0.45 * fs_hz)], "bandpass", fs=fs_hz, output="sos")
-            self.filter = SosFilter(sos)
+            self.filter = SosFilter(bandpass_sos(2, 0.3, min(10.0, 0.45 * fs_hz), fs_hz))
         self.quality_n = round(QUALITY_WINDOW_S * fs_hz)
         self.tick_n = max(1, round(fs_hz))
         self.next_tick = self.quality_n
@@ -240,11 +270,11 @@ class _SignalState:
             self.recent_fib.popleft()
 
     def note_missing(self, x: NDArray[np.float64], g0: int) -> None:
-        isnan = np.isnan(x)
-        if not isnan.any():
+        if not nonfinite(x) & NONFINITE_NAN:
             if self.nan_runs and self.nan_runs[-1][1] is None:
                 self.nan_runs[-1] = (self.nan_runs[-1][0], g0)
             return
+        isnan = np.isnan(x)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], isnan.astype(np.int8), [0]])))
         for a, b in zip((edges[0::2] + g0).tolist(), (edges[1::2] + g0).tolist(), strict=True):
             end: int | None = None if b == g0 + x.shape[0] else b
@@ -297,7 +327,7 @@ class _SignalState:
         while self.known_corr and self.known_corr[0][0] < t - round(2 * HISTORY_S * self.fs_hz):
             self.known_corr.popleft()
         c = [v for s, at, v in self.known_corr if lo <= s < hi and at <= t]
-        return float(np.median(c)) if len(c) >= 3 else float("nan")
+        return median(c) if len(c) >= 3 else float("nan")
 
     def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
         keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
@@ -371,7 +401,7 @@ class BedSignalPipeline:
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"{signal_key}: samples must be 1-D, got shape {x.shape}")
-        if np.isinf(x).any():
+        if nonfinite(x) & NONFINITE_INF:
             raise ValueError(f"{signal_key}: samples contain +-inf; mark missing samples with NaN")
         first = int(first_sample_index)
         if first < st.next_index:
@@ -543,7 +573,7 @@ class BedSignalPipeline:
                         s / st.fs_hz,
                         rr_s * 1000.0,
                         60.0 / rr_s,
-                        60.0 / float(np.median(st.rr)),
+                        60.0 / median(st.rr),
                     )
                 )
         return events

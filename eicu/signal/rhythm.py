@@ -34,12 +34,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 import numpy as np
 
 from eicu.signal.ectopy import VentricularTracker
 from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, VentricularRun, Verdict
+from eicu.signal.stats import median
 
 ASYSTOLE_S: Final = 4.0
 PAUSE_S: Final = 3.0
@@ -293,7 +295,7 @@ class RhythmTracker:
                 time_s=sample / fs,
                 rr_ms=rr_s * 1000.0,
                 hr_bpm=hr,
-                hr_median_bpm=60.0 / float(np.median(np.asarray(self._rr))),
+                hr_median_bpm=60.0 / median(self._rr),
             )
         )
         beats = list(self._beats)
@@ -343,7 +345,7 @@ class RhythmTracker:
         """P waves precede the recent non-ventricular beats: the median correlation of the last
         AF_P_BEATS judged P-wave windows is at least AF_P_CORR (judged on half of them)."""
         corr = [c for c in list(self._af_atrial)[-AF_P_BEATS:] if c is not None]
-        return len(corr) >= AF_P_BEATS // 2 and float(np.median(corr)) >= AF_P_CORR
+        return len(corr) >= AF_P_BEATS // 2 and median(corr) >= AF_P_CORR
 
     def fibrillation(self, start: int, end: int, fibrillatory: bool) -> list[RhythmFlag]:
         """The window [start, end) of ``VF_S`` seconds was judged fibrillatory or not."""
@@ -378,6 +380,23 @@ VF_DOMINANT_HZ: Final = (3.0, 9.0)
 VF_CONCENTRATION: Final = 0.6
 
 
+@lru_cache(maxsize=32)
+def _spectrum_grid(
+    n: int, fs_hz: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For windows of n samples at fs_hz (the same few for every bed): the Hann window, the
+    frequencies of the real FFT, the 0.5-30 Hz band, the 1-12 Hz search band and its
+    frequencies. Read-only: shared by every call."""
+    window = np.hanning(n)
+    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
+    band = (f >= 0.5) & (f <= 30.0)
+    search = (f >= 1.0) & (f <= 12.0)
+    grid = (window, f, band, search, f[search])
+    for a in grid:
+        a.flags.writeable = False
+    return grid
+
+
 def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures | None:
     """Spectral shape of an ECG window; None when any sample is missing or it is flat.
 
@@ -389,14 +408,12 @@ def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures
         raise ValueError(f"need a 1-D window of at least 8 samples, got shape {x.shape}")
     if np.isnan(x).any():
         return None
-    x = (x - x.mean()) * np.hanning(x.shape[0])
+    window, f, band, search, f_search = _spectrum_grid(x.shape[0], float(fs_hz))
+    x = (x - x.mean()) * window
     p = np.abs(np.fft.rfft(x)) ** 2
-    f = np.fft.rfftfreq(x.shape[0], 1.0 / fs_hz)
-    band = (f >= 0.5) & (f <= 30.0)
     total = float(p[band].sum())
     if total <= 0.0:
         return None
-    search = (f >= 1.0) & (f <= 12.0)
-    fd = float(f[search][np.argmax(p[search])])
+    fd = float(f_search[np.argmax(p[search])])
     near = (f >= fd - 1.0) & (f <= fd + 1.0)
     return FibrillationFeatures(fd, float(p[near].sum()) / total)
