@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from eicu.datasets import data_dir, missing_reason
 from eicu.devservices import Mosquitto, Postgres, ServiceError
+from eicu.store import Store, open_store
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +50,15 @@ def pg_server() -> Iterator[Postgres]:
 def db_url(pg_server: Postgres) -> str:
     """A fresh, empty database on the session's server."""
     return pg_server.create_database(f"t{next(_db_counter)}")
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    """The store on a fresh database, opened (schema applied); closed after the test."""
+    s = open_store(db_url)
+    await s.open()
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ID = "eicu-test-killed"  # the child engine's (tests/engine_child.py)
 BEDS = 6
 WAIT_S = 120.0  # generous: the machine may be busy
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

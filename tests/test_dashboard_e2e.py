@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -14,19 +13,11 @@ from dashboards.users import Role, Users
 from eicu.config import HttpSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey
-from eicu.store import Store, open_store
+from eicu.store import Store
 from ingest.engine import Engine
 from simulators.run import SimulationPlan, simulate
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_simulated_beds_reach_the_dashboard(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +18,11 @@ from eicu import wire
 from eicu.config import IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto, Postgres
 from eicu.models import BedKey, NumericsFrame, SignalBlock, StatusFrame, WaveformFrame
-from eicu.store import Store, open_store
+from eicu.store import Store
 from ingest.engine import Engine
 from simulators.run import SimulationPlan, simulate
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def _started(broker: Mosquitto, store: Store, tmp_path: Path) -> Engine:

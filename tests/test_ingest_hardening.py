@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -205,14 +205,6 @@ async def test_the_incoming_queue_is_bounded_in_bytes() -> None:
 
 
 # --- against the real servers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _engine(

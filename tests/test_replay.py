@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +11,13 @@ from eicu.config import IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey
 from eicu.signal.records import wfdb_module
-from eicu.store import Store, open_store
+from eicu.store import Store
 from ingest.engine import Engine
 from simulators.beds import ReplayBed
 from simulators.run import SimulationPlan, simulate
 from tests.conftest import require_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.broker, pytest.mark.db]
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -21,20 +20,12 @@ from eicu import wire
 from eicu.config import IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
-from eicu.store import Store, open_store
+from eicu.store import Store
 from ingest.engine import Engine
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
 
 BED = BedKey("karamay", "bed07")
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _engine(broker: Mosquitto, store: Store, tmp_path: Path) -> Engine:

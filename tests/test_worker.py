@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -23,7 +23,7 @@ from eicu.devservices import WorkerProcess as Worker
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, NumericsFrame
-from eicu.store import Store, open_store
+from eicu.store import Store
 from ingest.admission import Admission
 from simulators.run import SimulationPlan, simulate
 
@@ -33,14 +33,6 @@ BEDS = 12
 TTL_S = 2.0
 WAIT_S = 120.0  # generous: the machine may be busy
 HEALTH: dict[str, str] = {}  # worker name -> its metrics server (/healthz, /readyz)
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = open_store(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 @pytest.fixture

@@ -94,8 +94,7 @@ async def demo(args: argparse.Namespace) -> int:
     from dashboards.server import DashboardServer
     from dashboards.users import Role, Users
     from eicu.commands.embedded import EmbeddedBroker
-    from eicu.exposition import MetricsServer
-    from eicu.health import Health
+    from eicu.commands.serve import health_and_metrics
     from eicu.store import open_store
     from ingest.engine import Engine
     from simulators.run import SimulationPlan, simulate
@@ -154,19 +153,8 @@ async def demo(args: argparse.Namespace) -> int:
     password = secrets.token_urlsafe(12)
     users.add("demo", Role.ADMIN, password, replace=True)
     # /healthz and /readyz on the dashboard (and on EICU_METRICS_PORT when it is set)
-    health = Health()
-    health.bind(loop)
-    engine.add_health_checks(health)
-    metrics_server = None
-    if settings.metrics_port is not None:
-        metrics_server = MetricsServer(
-            settings.metrics_port,
-            "127.0.0.1",
-            engine.metrics.registry,
-            token=settings.http.metrics_token,
-            bed_labels=settings.http.metrics_bed_labels,
-            health=health,
-        )
+    health, metrics_server = health_and_metrics(settings, engine)
+    if metrics_server is not None:
         print(
             f"eicu demo: metrics on http://127.0.0.1:{metrics_server.port}/metrics "
             "(and /healthz, /readyz)",

@@ -9,9 +9,16 @@ import os
 import signal
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eicu.config import MqttSettings, Settings, read_env_file
 from eicu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eicu.exposition import MetricsServer
+    from eicu.health import Health
+    from eicu.store import Store
+    from ingest.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +51,48 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def open_or_later(store: Store) -> bool:
+    """Opens the store (migrations included); False when the database is down. Ingest, alarms
+    and escalation do not need it: data waits in memory and the spool, alarms in the outbox, and
+    the writer opens the store (schema brought up to date) when the database is back."""
+    from eicu.errors import StorageUnavailable
+
+    try:
+        await store.open()
+    except StorageUnavailable as exc:
+        log.warning("starting without the database (%s); it is opened when it is back", exc)
+        return False
+    log.info("store ready (%s); schema up to date", store.backend)
+    return True
+
+
+def health_and_metrics(settings: Settings, engine: Engine) -> tuple[Health, MetricsServer | None]:
+    """The process's health (``/healthz``, ``/readyz``) with the engine's readiness checks, and
+    the ``EICU_METRICS_PORT`` server giving it beside ``/metrics`` when that port is set."""
+    from eicu.exposition import MetricsServer
+    from eicu.health import Health
+
+    health = Health()
+    health.bind(asyncio.get_running_loop())
+    engine.add_health_checks(health)
+    if settings.metrics_port is None:
+        return health, None
+    server = MetricsServer(
+        settings.metrics_port,
+        "127.0.0.1",
+        engine.metrics.registry,
+        token=settings.http.metrics_token,
+        bed_labels=settings.http.metrics_bed_labels,
+        health=health,
+    )
+    return health, server
+
+
 async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | None = None) -> None:
     """Run every role in this process until SIGTERM or SIGINT (or ``stop`` is set)."""
     from dashboards.app import create_app
     from dashboards.server import DashboardServer
     from dashboards.users import Users
-    from eicu.errors import StorageUnavailable
-    from eicu.exposition import MetricsServer
-    from eicu.health import Health
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -59,15 +100,7 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
     assert settings.database_url is not None
     metrics = IngestMetrics()
     store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
-    try:
-        await store.open()
-        store_open = True
-        log.info("store ready (%s); schema up to date", store.backend)
-    except StorageUnavailable as exc:
-        # Ingest, alarms and escalation do not need the database: data waits in memory and the
-        # spool, alarms in the outbox; the schema is brought up to date when it is back.
-        store_open = False
-        log.warning("starting without the database (%s); it is opened when it is back", exc)
+    store_open = await open_or_later(store)
     engine = Engine(
         mqtt,
         settings.ingest,
@@ -94,19 +127,8 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
             "nobody is paged"
         )
     # /healthz and /readyz on the dashboard and the metrics server (docs/deployment.md)
-    health = Health()
-    health.bind(asyncio.get_running_loop())
-    engine.add_health_checks(health)
-    metrics_server = None
-    if settings.metrics_port is not None:
-        metrics_server = MetricsServer(
-            settings.metrics_port,
-            "127.0.0.1",
-            engine.metrics.registry,
-            token=settings.http.metrics_token,
-            bed_labels=settings.http.metrics_bed_labels,
-            health=health,
-        )
+    health, metrics_server = health_and_metrics(settings, engine)
+    if metrics_server is not None:
         log.info(
             "metrics on http://127.0.0.1:%d/metrics (and /healthz, /readyz)", metrics_server.port
         )

@@ -87,9 +87,7 @@ async def work(
     over to the other workers at once, after what it holds is stored or spooled. ``metrics``:
     where the engine counts and times what it does (read it afterwards, e.g. its latencies)."""
     from eicu.bus.ownership import NatsOwnership, ThreadedOwnership
-    from eicu.errors import StorageUnavailable
-    from eicu.exposition import MetricsServer
-    from eicu.health import Health
+    from eicu.commands.serve import health_and_metrics, open_or_later
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -100,12 +98,7 @@ async def work(
     w = settings.worker
     metrics = metrics or IngestMetrics()
     store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
-    try:
-        await store.open()
-        store_open = True
-    except StorageUnavailable as exc:
-        store_open = False
-        log.warning("starting without the database (%s); it is opened when it is back", exc)
+    store_open = await open_or_later(store)
     # Claims and renewals on a loop of their own: a busy engine never loses partitions to a
     # late renewal.
     ownership = ThreadedOwnership(
@@ -123,18 +116,7 @@ async def work(
     )
     # /healthz and /readyz beside /metrics: ready once the worker's first claims are done and
     # every partition it owns is subscribed (docs/deployment.md)
-    health = Health()
-    health.bind(asyncio.get_running_loop())
-    engine.add_health_checks(health)
-    if settings.metrics_port is not None:
-        MetricsServer(
-            settings.metrics_port,
-            "127.0.0.1",
-            metrics.registry,
-            token=settings.http.metrics_token,
-            bed_labels=settings.http.metrics_bed_labels,
-            health=health,
-        )
+    _, metrics_server = health_and_metrics(settings, engine)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -150,5 +132,7 @@ async def work(
     try:
         await engine.run_until(stop)
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         await store.close()
         log.info("worker %s stopped; %d frames stored", w.worker_id, engine.writer.stored_frames)
