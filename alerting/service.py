@@ -190,7 +190,8 @@ class AlarmService:
             try:
                 out = evaluate_bed(
                     bed,
-                    self.policy,
+                    # The bed's own limits where an intensivist set them, else the site's.
+                    self.machine.policy_for(bed),
                     now_us,
                     latest=state.latest,
                     status=state.status_at(now_us),

@@ -285,3 +285,25 @@ def test_two_engines_fed_the_same_data_raise_the_same_alarm_ids(tmp_path: Path) 
     for i in prompt:
         site, _bed, kind, onset = i.split("/")
         assert (site, kind.isupper()) == ("s", True) and T0 <= int(onset) <= T0 + 150_000_000
+
+
+def test_a_bed_s_own_limit_decides_when_its_condition_is_present(tmp_path: Path) -> None:
+    """A per-bed limit (eicu.alarms.policy.override, e.g. an intensivist lowering HR_HIGH to 110
+    for one patient) is the limit the rules judge that bed by; other beds keep the site's."""
+    engine = _engine(tmp_path)
+    service = AlarmService(engine, Outbox(tmp_path / "alarms.db"))
+    own, other = BedKey("s", "own-limit"), BedKey("s", "site-limit")
+    policy, _ = override(load_policy(), own, "HR_HIGH", "limit", 110, user="dr.li", now_us=T0)
+    service.machine.set_policy(own, policy)
+    delay_us = int(policy.condition("HR_HIGH").delay_s * 1e6)
+    events: list[AlarmEvent] = []
+    for step in range(0, delay_us + 3_000_000, 1_000_000):
+        now_us = T0 + step
+        for seq_bed in (own, other):
+            values: dict[str, float | None] = {"HR": 120.0, "SPO2": 97.0, "RR": 16.0}
+            frame = NumericsFrame(seq_bed, step // 1_000_000, now_us, values, received_us=now_us)
+            engine.router.route(frame)
+        events += service.evaluate(now_us)
+    raised = {e.bed for e in events if e.kind == "HR_HIGH" and e.state == AlarmState.ACTIVE}
+    assert raised == {own}
+    service.outbox.close()
