@@ -30,6 +30,8 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 OVERLOAD_LOG_EVERY_S = 60.0
 # How long a partition handed over waits for what it took to be stored before it lets go.
 HANDOVER_WRITE_S = 10.0
+# How long taking a partition over waits for its subscription before the next claim.
+SUBSCRIBE_WAIT_S = 10.0
 
 
 class _Held:
@@ -263,7 +265,10 @@ class Ingest:
                 await self.on_partition_gained(k)
             reader = _Reader(f"p{k}", f"eicu-p-{k}", (f"{PARTITION_PREFIX}/{k}/#",), partition=k)
             tasks[k] = asyncio.create_task(self._read(reader), name=f"ingest-p{k}")
-            await reader.subscribed.wait()
+            # Claims go on once the partition's session exists; a node that does not answer
+            # holds them up for a while only (the reader keeps trying on its own).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.subscribed.wait(), SUBSCRIBE_WAIT_S)
 
         async def lose(k: int) -> None:
             task = tasks.pop(k, None)
@@ -279,6 +284,7 @@ class Ingest:
             if reader is not None:
                 await self._until_durable(reader, HANDOVER_WRITE_S)
                 del self._readers[f"p{k}"]
+                self._refresh_connected()
                 await reader.finish()
 
         try:
@@ -374,18 +380,22 @@ class Ingest:
                 log.warning("broker connection lost (%s); retrying in %.1f s", exc, delay_s)
                 await asyncio.sleep(delay_s)
             except asyncio.CancelledError:
-                # Stopping: the consumer stays open (in ``_readers``) until the writer has
-                # stored (or spooled) what it holds, so that it is acknowledged (see close()).
-                self._connection(reader, False)
+                # Stopping on purpose (the engine stops, or the partition is handed over): the
+                # consumer stays open (in ``_readers``) until the writer has stored (or spooled)
+                # what it holds, so that it is acknowledged (see close()); no lost connection.
                 raise
 
     def _connection(self, reader: _Reader, up: bool) -> None:
-        """``connected`` is set while every reader is subscribed."""
         reader.up = up
-        if up and all(r.up for r in self._readers.values()):
+        self._refresh_connected()
+
+    def _refresh_connected(self) -> None:
+        """``connected`` is set while every open reader is subscribed."""
+        readers = self._readers.values()
+        if readers and all(r.up for r in readers):
             self._metrics.mqtt_connected.set(1)
             self.connected.set()
-        elif not up:
+        else:
             self._metrics.mqtt_connected.set(0)
             self.connected.clear()
 

@@ -125,6 +125,17 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
             return bool(workers[2].reading)
 
         await _until("the new worker reads some partitions", joined)
+
+        async def shared_again() -> bool:
+            return len(workers[2].reading) >= PARTITIONS // 2
+
+        await _until("the partitions shared with the new worker", shared_again, timeout_s=30.0)
+
+        async def survivor_ready() -> bool:  # a hand-over is not a lost connection
+            status, _ = await asyncio.to_thread(_get, HEALTH["w1"] + "/readyz")
+            return status == 200
+
+        await _until("the worker that handed partitions over ready", survivor_ready, 10.0)
         # A broker node dies (the one the first survivor reads from): its readers move on to
         # the other nodes, which hold every session and message (3 replicas).
         cluster[1].kill()
