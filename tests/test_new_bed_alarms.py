@@ -158,11 +158,17 @@ async def test_a_flood_of_new_bed_ids_raises_no_wall_of_technical_alarms(
             seen_new: list[bool] = []
             seq = 0
             async with asyncio.timeout(30.0):
-                while not seen_new or engine.router.beds[real].new:
+                while not seen_new or seen_new[-1]:
                     seq += 1
                     frame = NumericsFrame(real, seq, time.time_ns() // 1000, {"HR": 80.0})
                     await gw.publish(wire.numerics_topic(real), wire.encode_numerics(frame), qos=1)
-                    await _until(lambda: real in engine.router.beds, what="real bed")
+                    # judged once the engine has handled this message (the broker's PUBACK
+                    # comes before that)
+                    await _until(
+                        lambda n=seq: real in engine.router.beds
+                        and engine.router.beds[real].messages >= n,
+                        what="real bed",
+                    )
                     seen_new.append(engine.router.beds[real].new)
                     await asyncio.sleep(0.2)
             assert seen_new[0] and not seen_new[-1]
