@@ -76,16 +76,24 @@ class Mosquitto:
         *,
         auth: list[str] | None = None,
         listener: list[str] | None = None,
+        folder: Path | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         """``auth``: configuration lines that replace anonymous access (see eicu.brokerauth);
         ``listener``: settings of the listener itself (TLS files, ``use_username_as_clientid``;
-        see :func:`eicu.brokerauth.listener_config`)."""
+        see :func:`eicu.brokerauth.listener_config`); ``folder``: where its configuration,
+        persistence and log go (default: a new temporary folder, removed by :meth:`cleanup`);
+        ``die_with_parent``: the broker gets SIGTERM when this process ends, however it ends
+        (Linux), so a killed parent leaves no broker behind."""
         binary = mosquitto_binary()
         if binary is None:
             raise ServiceError("mosquitto not installed (Debian package 'mosquitto')")
         self.binary = binary
         self.port = port or free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="eicu-mosquitto-"))
+        self._own_dir = folder is None
+        self.dir = Path(tempfile.mkdtemp(prefix="eicu-mosquitto-")) if folder is None else folder
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._die_with_parent = die_with_parent
         self.conf = self.dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
@@ -115,6 +123,7 @@ class Mosquitto:
             [self.binary, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_term_with_parent if self._die_with_parent else None,
         )
         wait_port(self.port)
         return self
@@ -127,7 +136,18 @@ class Mosquitto:
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _term_with_parent() -> None:
+    """In a child before it runs its program: SIGTERM when the parent ends (prctl
+    PR_SET_PDEATHSIG, Linux); elsewhere nothing."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 class Postgres:

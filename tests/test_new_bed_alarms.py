@@ -165,8 +165,9 @@ async def test_a_flood_of_new_bed_ids_raises_no_wall_of_technical_alarms(
                     # judged once the engine has handled this message (the broker's PUBACK
                     # comes before that)
                     await _until(
-                        lambda n=seq: real in engine.router.beds
-                        and engine.router.beds[real].messages >= n,
+                        lambda n=seq: (
+                            real in engine.router.beds and engine.router.beds[real].messages >= n
+                        ),
                         what="real bed",
                     )
                     seen_new.append(engine.router.beds[real].new)

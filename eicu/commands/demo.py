@@ -1,7 +1,9 @@
 """``eicu demo``: the whole engine on one machine with simulated beds and a live census.
 
-With nothing configured it needs no server: an embedded MQTT broker (amqtt) on a free port and
-an embedded SQLite store. ``EICU_MQTT_URL`` and ``EICU_DATABASE_URL`` point it at real ones.
+With nothing configured it needs no server: an embedded MQTT broker on a free port (a Mosquitto
+child process where the binary is installed, else amqtt in the process; see
+:mod:`eicu.commands.embedded`) and an embedded SQLite store. ``EICU_MQTT_URL`` and
+``EICU_DATABASE_URL`` point it at real ones.
 Unless ``--no-cart``, an ``eicu cart`` process (test pattern and tone, loopback candidates on)
 serves the first bed, so a video consult can be tried from the dashboard at once.
 """
@@ -21,6 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from eicu.config import IngestSettings, MqttSettings, Settings
 from eicu.freshness import stale_after_s
@@ -104,7 +108,7 @@ async def demo(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
     if settings.mqtt is None:
-        broker = EmbeddedBroker()
+        broker = EmbeddedBroker(folder=data_dir / "broker")
         await broker.start()
         mqtt = MqttSettings.from_url(broker.url, client_id="eicu-demo-ingest")
     else:
@@ -139,7 +143,7 @@ async def demo(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     where = "" if settings.database_url else f" (embedded, {data_dir})"
     print(
-        f"eicu demo: broker {mqtt.url}{' (embedded)' if broker else ''}, "
+        f"eicu demo: broker {mqtt.url}{f' (embedded, {broker.kind})' if broker else ''}, "
         f"store {store.backend}{where}",
         file=sys.stderr,
     )
@@ -186,11 +190,13 @@ async def demo(args: argparse.Namespace) -> int:
     sim = asyncio.create_task(simulate(mqtt, plan, stop), name="simulator")
     scenarios = _scenarios(args.beds)
     started = time.monotonic()
+    delays_s: list[float] = []  # the engine's input delay at each census
     try:
         while not sim.done() and not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.refresh)
-            _print_census(engine, scenarios, time.monotonic() - started)
+            delays_s.append(engine.router.input_delay_us(time.time_ns() // 1000) / 1e6)
+            _print_census(engine, scenarios, time.monotonic() - started, delays_s[-1])
         stop.set()
         summary = await sim
     finally:
@@ -210,6 +216,14 @@ async def demo(args: argparse.Namespace) -> int:
     sent_n = sum(b["messages"] for b in sent.values())
     stored_n = sum(b["messages"] for b in stats["beds"].values())
     print(f"\npublished {sent_n} messages; stored {stored_n}", file=sys.stderr)
+    if delays_s:
+        # per site the median over its beds of how much later than its fastest a bed's newest
+        # message came through (ingest.state.input_delay_us)
+        print(
+            f"engine input delay: median {float(np.median(delays_s)):.1f} s, "
+            f"at most {max(delays_s):.1f} s (over {len(delays_s)} census refreshes)",
+            file=sys.stderr,
+        )
     return 0 if stored_n >= sent_n else 1
 
 
@@ -335,7 +349,9 @@ def _alarms_by_bed(engine: object) -> dict[object, str]:
     return {bed: " ".join(items) for bed, items in per_bed.items()}
 
 
-def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -> None:
+def _print_census(
+    engine: object, scenarios: dict[str, str], elapsed_s: float, delay_s: float
+) -> None:
     from ingest.engine import Engine
 
     assert isinstance(engine, Engine)
@@ -343,7 +359,7 @@ def _print_census(engine: object, scenarios: dict[str, str], elapsed_s: float) -
     lines = [
         f"eicu census  {time.strftime('%H:%M:%S')}  running {elapsed_s:6.0f} s   "
         f"stored {engine.writer.stored_frames} frames, pending {engine.writer.pending_frames}, "
-        f"rejected {engine.ingest.rejected}",
+        f"rejected {engine.ingest.rejected}, input delay {delay_s:.1f} s",
         f"{'bed':<14}{'scenario':<11}{'status':<9}{'HR':>6}{'SpO2':>6}{'RR':>6}{'NIBP':>12}"
         f"{'Temp':>6}{'ACVPU':>6}{'O2':>6}  {'NEWS2':<26}{'rhythm (engine)':<22}{'alarms':<24}"
         f"{'seen':>6}{'gaps':>6}",
