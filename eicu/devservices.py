@@ -124,6 +124,9 @@ class Mosquitto:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_term_with_parent if self._die_with_parent else None,
+            # out of the terminal's process group: a Ctrl-C stops the parent, which stops the
+            # broker once what it holds is read (the parent's death stops it otherwise)
+            start_new_session=self._die_with_parent,
         )
         wait_port(self.port)
         return self

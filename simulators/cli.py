@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f"simulating {args.beds} beds at {mqtt.url} for {args.duration:g} s ...",
             file=sys.stderr,
         )
-    summary = asyncio.run(simulate(mqtt, plan))
+    summary = asyncio.run(_until_done_or_signalled(mqtt, plan))
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -119,3 +120,13 @@ def run(args: argparse.Namespace) -> int:
             f"published {total_m} messages, {total_s} samples for {len(beds)} beds", file=sys.stderr
         )
     return 0
+
+
+async def _until_done_or_signalled(mqtt: MqttSettings, plan: SimulationPlan) -> dict[str, object]:
+    """The simulation, ended early by SIGTERM or SIGINT: the beds stop, what is queued is
+    published, and the summary still says what the broker acknowledged."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await simulate(mqtt, plan, stop)

@@ -65,7 +65,9 @@ def test_simulate_events_at_reaches_the_plan(monkeypatch: pytest.MonkeyPatch) ->
 
     plans: list[SimulationPlan] = []
 
-    async def fake_simulate(mqtt: object, plan: SimulationPlan) -> dict[str, object]:
+    async def fake_simulate(
+        mqtt: object, plan: SimulationPlan, stop: object = None
+    ) -> dict[str, object]:
         plans.append(plan)
         return {"beds": {}, "start_us": 0}
 
@@ -171,6 +173,47 @@ def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
     # the demo's beds are registered, watched from their first message (none "new")
     assert "auto-registered" not in out.stderr
     assert (tmp_path / "beds.txt").read_text().split() == [f"demo/bed{i:03d}" for i in range(1, 9)]
+
+
+def test_demo_stopped_by_ctrl_c_stores_what_was_published_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
+    command = [sys.executable, "-m", "eicu.cli", "demo", "--beds", "4", "--refresh", "0.5",
+               "--no-cart", "--data-dir", str(tmp_path)]  # fmt: skip
+    # its own session, like a terminal's foreground job: Ctrl-C goes to the whole group
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as demo:  # fmt: skip
+        try:
+            assert demo.stdout is not None
+            for line in demo.stdout:  # the census is printed once the beds stream
+                if "demo/bed004" in line:
+                    break
+            os.killpg(demo.pid, signal.SIGINT)
+            _out, err = demo.communicate(timeout=90)
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+                demo.wait()
+    assert demo.returncode == 0, err[-2000:]
+    found = re.search(r"published (\d+) messages; stored (\d+)", err)
+    assert found, err[-1000:]
+    assert int(found[1]) == int(found[2]) > 0
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state, _ppid, _pgrp, session = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue
+        # the simulator (same session) and the embedded broker (its folder under tmp_path)
+        if state != "Z" and (int(session) == demo.pid or str(tmp_path) in cmdline):
+            left.append(cmdline)
+    assert left == []
 
 
 @pytest.mark.db

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import secrets
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eicu.config import IngestSettings, MqttSettings, Settings
+from eicu.errors import EicuError
 from eicu.freshness import stale_after_s
 
 if TYPE_CHECKING:
@@ -101,7 +103,6 @@ async def demo(args: argparse.Namespace) -> int:
     from eicu.commands.serve import health_and_metrics
     from eicu.store import open_store
     from ingest.engine import Engine
-    from simulators.run import SimulationPlan, simulate
 
     settings = Settings.from_env()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="eicu-demo-"))
@@ -178,16 +179,9 @@ async def demo(args: argparse.Namespace) -> int:
     await engine.start()
     await engine.wait_connected(30.0)
     duration_s = args.duration or 365 * 86400.0
-    plan = SimulationPlan(
-        site=DEMO_SITE,
-        beds=args.beds,
-        duration_s=duration_s,
-        scenario="mix",
-        speed=args.speed,
-        time_scale=args.time_scale,
-        events_at_s=args.events_at,
-    )
-    sim = asyncio.create_task(simulate(mqtt, plan, stop), name="simulator")
+    # The simulated gateways run in a process of their own (on the other core), as gateways do.
+    simulator = await _start_simulator(args, duration_s, broker.url if broker else None, data_dir)
+    sim = asyncio.create_task(_simulator_summary(simulator), name="simulator")
     scenarios = _scenarios(args.beds)
     started = time.monotonic()
     delays_s: list[float] = []  # the engine's input delay at each census
@@ -197,10 +191,21 @@ async def demo(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), args.refresh)
             delays_s.append(engine.router.input_delay_us(time.time_ns() // 1000) / 1e6)
             _print_census(engine, scenarios, time.monotonic() - started, delays_s[-1])
-        stop.set()
-        summary = await sim
+        if sim.done() and not stop.is_set():
+            # --duration reached: the engine reads what the broker still holds for it first
+            await _until_idle(engine, DRAIN_IDLE_S, DRAIN_MAX_S)
     finally:
         stop.set()
+        if simulator.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                # its beds stop; it publishes what it holds and prints its summary
+                simulator.send_signal(signal.SIGTERM)
+        summary: dict[str, object] | None = None
+        failure: DemoError | None = None
+        try:
+            summary = await sim
+        except DemoError as exc:
+            failure = exc
         if cart is not None:
             await _stop_cart(cart)
         await dashboard.stop()
@@ -211,6 +216,8 @@ async def demo(args: argparse.Namespace) -> int:
         await store.close()
         if broker is not None:
             await broker.stop()
+    if failure is not None or summary is None:
+        raise failure or DemoError("no simulator summary")
     sent = summary["beds"]
     assert isinstance(sent, dict)
     sent_n = sum(b["messages"] for b in sent.values())
@@ -228,6 +235,68 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 DEMO_SITE = "demo"
+DRAIN_IDLE_S = 2.0  # at the end: the engine has read everything once this long passes quietly
+DRAIN_MAX_S = 120.0
+
+
+async def _until_idle(engine: object, idle_s: float, max_s: float) -> None:
+    """Wait until the engine has handled no message for ``idle_s`` (at most ``max_s``)."""
+    from ingest.engine import Engine
+
+    assert isinstance(engine, Engine)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_s
+    seen, quiet_since = -1, loop.time()
+    while loop.time() < deadline:
+        handled = sum(state.messages for state in engine.router.beds.values())
+        if handled != seen:
+            seen, quiet_since = handled, loop.time()
+        elif loop.time() - quiet_since >= idle_s:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _start_simulator(
+    args: argparse.Namespace, duration_s: float, broker_url: str | None, data_dir: Path
+) -> asyncio.subprocess.Process:
+    """``eicu simulate`` for the demo's beds (a mix of every scenario); its log goes to
+    ``simulator.log`` in the data folder, its summary (JSON) to our pipe. Without
+    ``broker_url`` it reads the broker settings (EICU_MQTT_URL and the rest) as we did."""
+    command = [
+        sys.executable, "-m", "eicu.cli", "simulate", "--site", DEMO_SITE,
+        "--beds", str(args.beds), "--duration", repr(duration_s), "--scenario", "mix",
+        "--speed", repr(args.speed), "--time-scale", repr(args.time_scale), "--json",
+    ]  # fmt: skip
+    if broker_url is not None:
+        command += ["--mqtt", broker_url]
+    if args.events_at is not None:
+        command += ["--events-at", repr(args.events_at)]
+    with open(data_dir / "simulator.log", "ab") as log_file:
+        return await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=log_file,
+        )  # fmt: skip
+
+
+async def _simulator_summary(simulator: asyncio.subprocess.Process) -> dict[str, object]:
+    """What the simulator published (acknowledged by the broker), once it has ended."""
+    out, _ = await simulator.communicate()
+    try:
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError) as exc:
+        raise DemoError(
+            f"the simulator ended (exit {simulator.returncode}) without its summary; "
+            "see simulator.log in the data folder"
+        ) from exc
+    if not isinstance(summary, dict):
+        raise DemoError("the simulator's summary is not a JSON object")
+    return summary
+
+
+class DemoError(EicuError):
+    """A part of the demo failed (the message says which and where its log is)."""
+
+
 DEMO_CART_BED = "bed001"
 DEMO_CART_USER = "cart-demo"
 
