@@ -48,7 +48,10 @@ def engine_status(input_delay_us: int) -> dict[str, Any]:
     return {"input_delay_s": round(delay_s) if delay_s >= INPUT_DELAY_SHOWN_S else 0}
 
 
-NEWS2_SHOWN = ("total", "band", "complete", "partial_total", "min_band", "missing", "rising")
+NEWS2_SHOWN = (
+    "total", "band", "complete", "partial_total", "min_band", "missing", "rising", "current",
+    "stale_inputs",
+)  # fmt: skip
 
 
 def wire_row(row: Row) -> Row:

@@ -69,7 +69,14 @@ def value_view(key: str, entry: tuple[float | None, int], device_now: int) -> di
     }
 
 
-def news2_view(scores: BedScores | None) -> dict[str, Any] | None:
+def news2_view(
+    scores: BedScores | None, state: BedState | None = None, device_now_us: int | None = None
+) -> dict[str, Any] | None:
+    """The bed's last NEWS2 as assembled, and how it stands now: ``stale_inputs`` names the
+    inputs whose values are older now than the freshness every view of a bed applies
+    (eicu.freshness; the assembly's own maximum ages are longer), ``current`` is False when
+    there are any (the score is then shown as stale, never in its band's colour), ``age_s`` is
+    how long ago, on the bed's clock, it was assembled."""
     if scores is None:
         return None
     if scores.news2 is None:
@@ -78,6 +85,16 @@ def news2_view(scores: BedScores | None) -> dict[str, Any] | None:
     det = scores.deterioration
     out["rising"] = bool(det is not None and det.active)
     out["rising_reasons"] = list(det.reasons) if det is not None and det.active else []
+    if state is not None and device_now_us is not None:
+        stale: list[str] = []
+        for name, key in sorted(scores.news2.sources.items()):
+            entry = state.latest.get(key)
+            if entry is None or device_now_us - entry[1] > stale_after_s(key) * 1e6:
+                stale.append(name)
+        out["stale_inputs"] = stale
+        out["current"] = not stale
+        if scores.news2_us is not None:
+            out["age_s"] = round(max(0, device_now_us - scores.news2_us) / 1e6, 1)
     return out
 
 
@@ -112,7 +129,7 @@ def bed_summary(
 ) -> dict[str, Any]:
     dev_now = state.device_now_us(now_us)
     silent = state.is_stale(now_us, BED_SILENT_S)
-    news2 = news2_view(scores)
+    news2 = news2_view(scores, state, dev_now)
     band_rank, score = acuity(news2)
     return {
         "bed": str(key),

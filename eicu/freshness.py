@@ -15,6 +15,10 @@ STALE_S: Final[dict[str, float]] = {
     "NIBP_MEAN": 1800.0,
     "TEMP": 4 * 3600.0,
     "ACVPU": 12 * 3600.0,
+    # whether the patient breathes supplemental oxygen, and how much: entered or set, then kept
+    # (the score assembly's maximum ages, eicu.scores.assembly)
+    "O2": 12 * 3600.0,
+    "FIO2": 1800.0,
 }
 CONTINUOUS_STALE_S: Final = 10.0
 

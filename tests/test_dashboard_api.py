@@ -148,6 +148,31 @@ async def test_census_ranks_by_acuity_and_shows_freshness(app: FastAPI) -> None:
     assert 50 < rows["icu1/bed1"]["engine"]["hr_bpm"] < 110
 
 
+async def test_a_score_from_values_gone_stale_is_never_shown_as_current(
+    app: FastAPI, engine: Engine
+) -> None:
+    # Every NEWS2 input, last measured 60 s ago: within the assembly policy's 5 min for
+    # continuous vitals, so the score is complete, but the screen shows those values as stale
+    # (eicu.freshness: a continuous value older than 10 s), and so the score built from them.
+    old_us = time.time_ns() // 1000 - 60_000_000
+    values = {"RR": 14.0, "SPO2": 97.0, "O2": 0.0, "NIBP_SYS": 125.0, "HR": 72.0,
+              "ACVPU": 0.0, "TEMP": 37.0}  # fmt: skip
+    engine.router.route(
+        NumericsFrame(BedKey("icu2", "bed7"), 1, old_us, values, received_us=old_us)
+    )
+    client, _ = await login(app, "val")
+    async with contextlib.aclosing(client):
+        rows = {r["bed"]: r for r in (await client.get("/api/census")).json()["beds"]}
+        detail = (await client.get("/api/beds/icu2/bed7")).json()
+    for news2 in (rows["icu2/bed7"]["news2"], detail["news2"]):
+        assert news2["complete"] and news2["band"] == "low"  # what was assembled, then
+        assert news2["current"] is False
+        assert set(news2["stale_inputs"]) == {"rr", "spo2", "hr"}  # cuff, temp, ACVPU: fresh
+        assert news2["age_s"] >= 59
+    fresh = rows["icu1/bed1"]["news2"]
+    assert fresh["current"] is True and fresh["stale_inputs"] == [] and fresh["age_s"] < 5
+
+
 async def test_census_filters_by_site(app: FastAPI) -> None:
     client, _ = await login(app, "ada")
     async with contextlib.aclosing(client):

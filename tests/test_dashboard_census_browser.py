@@ -151,6 +151,11 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
             await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
             row7 = await scroll_to(page, "icu1/bed007")
             assert (await row7.locator(".status.stale").text_content() or "").startswith("stale ")
+            # its NEWS2 (complete by the assembly policy) is built from stale values: shown
+            # as stale, not as a number in the green of its band
+            chip = row7.locator(".band")
+            assert await chip.get_attribute("class") == "band band-stale"
+            assert (await chip.text_content() or "") == "0 low · stale"
             sites = {
                 (await r.get_attribute("data-bed") or "").split("/")[0]
                 for r in await page.locator("#census tbody tr[data-bed]").all()

@@ -102,6 +102,14 @@ const eicu = {
   news2Chip(n) {
     if (!n) return eicu.el("span", { class: "band band-none" }, "NEWS2 —");
     if (n.invalid) return eicu.el("span", { class: "band band-none", title: n.invalid }, "invalid");
+    if (n.current === false) {
+      // built from values that are stale now: never shown in its band's colour
+      const what = n.complete ? `${n.total} ${n.band}` : `≥${n.partial_total} incomplete`;
+      return eicu.el("span", { class: "band band-stale",
+        title: `stale inputs: ${n.stale_inputs.join(", ")}` +
+          (n.age_s === undefined ? "" : `; assembled ${n.age_s} s ago`) },
+        `${what} · stale`);
+    }
     if (n.complete) {
       return eicu.el("span", { class: `band band-${n.band}` }, `${n.total} ${n.band}${n.rising ? " ↑" : ""}`);
     }
