@@ -172,6 +172,35 @@ def test_sixty_seconds_of_vt_are_vt_the_whole_time() -> None:
     assert _called(ev, r_idx[iv]).count("V") >= len(iv) - 1
 
 
+def test_a_new_morphology_that_makes_up_two_thirds_of_the_beats_becomes_the_dominant_one() -> None:
+    """A lasting change of the patient's own rhythm (a new bundle-branch block, an idioventricular
+    rhythm below 100/min) is adopted as the dominant beat once its template has been used twice
+    as much as the old dominant one, i.e. once it has made up two thirds of the recent beats
+    (use counts forget with a time constant of 512 beats). After 700 beats of the old rhythm its
+    count is 512 (1 - e^(-700/512)) = 381; n beats later the old count is 381 e^(-n/512) and the
+    new one 512 (1 - e^(-n/512)), twice as much from n = 466. Until then its beats are
+    ventricular."""
+    x, r_idx, vent = _sinus_and_ventricular([(700, 0.8, False), (800, 0.8, True)])
+    called = _called(run(x, chunk_s=2.0), r_idx)
+    iv = np.flatnonzero(vent)
+    early = called[iv[20] : iv[420]]
+    late = called[iv[520] :]
+    assert "N" not in early  # ventricular, or unclassifiable while the change confuses the lead
+    assert late.count("N") >= 0.95 * len(late)
+
+
+def test_ventricular_bigeminy_never_becomes_the_dominant_beat() -> None:
+    """One ventricular beat after every sinus beat for 20 minutes: half of the beats, never two
+    thirds; every premature wide beat stays ventricular."""
+    parts = [(300, 0.8, False)] + [(1, 0.5, True), (1, 1.1, False)] * 700
+    x, r_idx, vent = _sinus_and_ventricular(parts)
+    called = _called(run(x, chunk_s=2.0), r_idx)
+    iv = np.flatnonzero(vent)
+    v_calls = [called[i] for i in iv]
+    assert "N" not in v_calls
+    assert v_calls.count("V") >= 0.9 * len(iv)
+
+
 def test_sinus_rhythm_with_occasional_pvcs_is_not_vt() -> None:
     rng = np.random.default_rng(3)
     n = 240

@@ -53,14 +53,17 @@ class ClassifierConfig:
     ``paced_frac``: a template whose beats carry such a spike more than half of the time is
     paced, and so is every beat that joins it.
 
-    ``takeover_max_bpm``: a template of ventricular beats whose beats come at this rate or
-    faster (100/min: ventricular tachycardia) is never adopted as the dominant beat.
+    ``takeover``: a template of beats called ventricular becomes the dominant one once used
+    this many times as much as the dominant template, i.e. once it makes up two thirds of the
+    recent beats (a lasting change of the patient's own rhythm; ventricular bigeminy, half of
+    the beats, never); ``takeover_max_bpm``: a template of ventricular beats whose beats come at
+    this rate or faster (100/min: ventricular tachycardia) is never adopted as the dominant beat.
     """
 
     match_corr: float = 0.9
     adapt_beats: float = 16.0
     forget_beats: float = 512.0
-    takeover: float = 4.0
+    takeover: float = 2.0
     v_corr: float = 0.9
     v_width: float = 1.2
     v_steep: float = 0.8
