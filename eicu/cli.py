@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the configuration of one node of the hub's NATS cluster",
     ),
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
+    "hl7": ("eicu.commands.hl7", "listen for HL7 v2 (IHE PCD-01) observations over MLLP"),
     "users": ("dashboards.cli", "add or list the dashboard's users"),
     "alarms": ("alerting.cli", "alarm burden from the outbox; replay stored data under a policy"),
     "cart": (

@@ -1,0 +1,102 @@
+"""``eicu hl7 listen``: the HL7 v2 MLLP listener of one site (IHE PCD-01 observations in).
+
+Settings: ``EICU_HL7_SITE`` (the site whose beds the messages are about; required),
+``EICU_HL7_HOST`` (default 127.0.0.1) and ``EICU_HL7_PORT`` (default 2575, the port registered
+for HL7 over MLLP), ``EICU_HL7_ALLOW`` (comma-separated addresses or networks allowed to connect;
+default the loopback addresses), ``EICU_HL7_MAX_BYTES`` (default 1 MiB), and the broker's
+``EICU_MQTT_URL`` (with its credentials and TLS settings) to publish to. See
+docs/interoperability.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from eicu.config import MqttSettings
+from eicu.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["listen"], help="listen: take PCD-01 messages")
+    parser.add_argument("--port", type=int, default=None, help="port (default: EICU_HL7_PORT)")
+
+
+def _int(env: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(key, f"must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be {low}-{high}, got {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from ingest.hl7 import MAX_MESSAGE_BYTES, Listener
+
+    env = dict(os.environ)
+    site = env.get("EICU_HL7_SITE", "").strip()
+    if not site:
+        raise ConfigError("EICU_HL7_SITE", "required: the site whose beds the messages are about")
+    port = args.port if args.port is not None else _int(env, "EICU_HL7_PORT", 2575, 0, 65535)
+    max_bytes = _int(env, "EICU_HL7_MAX_BYTES", MAX_MESSAGE_BYTES, 1024, 64 << 20)
+    allow = [a.strip() for a in env.get("EICU_HL7_ALLOW", "").split(",") if a.strip()]
+    mqtt = MqttSettings.from_url(
+        env.get("EICU_MQTT_URL") or "mqtt://127.0.0.1:1883", key="EICU_MQTT_URL", env=env
+    )
+    try:
+        listener = Listener(
+            mqtt,
+            site,
+            host=env.get("EICU_HL7_HOST", "127.0.0.1").strip() or "127.0.0.1",
+            port=port,
+            allow=allow or ("127.0.0.1/32", "::1/128"),
+            max_message_bytes=max_bytes,
+        )
+    except ValueError as exc:
+        key = (
+            "EICU_HL7_ALLOW" if "network" in str(exc) or "address" in str(exc) else "EICU_HL7_SITE"
+        )
+        raise ConfigError(key, str(exc)) from exc
+    return asyncio.run(_serve(listener))
+
+
+async def _serve(listener: object) -> int:
+    from ingest.hl7 import Listener
+
+    assert isinstance(listener, Listener)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await listener.start()
+    except OSError as exc:
+        raise ConfigError(
+            "EICU_HL7_PORT", f"cannot listen on {listener.host}:{listener.port}: {exc}"
+        ) from exc
+    print(
+        f"eicu hl7: listening on {listener.host}:{listener.port} for site {listener.site}, "
+        f"publishing to {listener.mqtt.url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await listener.stop()
+    c = listener.counts
+    print(
+        f"eicu hl7: {c.messages} messages: {c.accepted} accepted, {c.errors} with errors, "
+        f"{c.rejected} rejected, {c.duplicates} repeated; {c.frames} frames, {c.values} values; "
+        f"{c.unknown_codes} unknown codes skipped",
+        file=sys.stderr,
+    )
+    return 0

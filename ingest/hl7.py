@@ -1,0 +1,489 @@
+"""HL7 v2 in: an MLLP listener for IHE PCD-01 (Communicate PCD Data) observation messages.
+
+A hospital's monitor network reaches other systems through a vendor gateway that sends HL7 v2
+``ORU^R01`` messages with IEEE 11073-10101 (MDC) codes (IHE PCD Technical Framework, PCD-01).
+This listener turns their numeric observations into the numerics frames of the project's wire
+protocol and publishes them to the site's MQTT broker as a gateway does, so the engine, the
+scores and the alarms see them exactly as they see MQTT numerics. A message is acknowledged
+``AA`` only once the broker has acknowledged (QoS 1) every frame made from it; the sender keeps
+and resends whatever it has no ``AA`` for, so nothing is lost between the two.
+
+Mapping (one listener per site, ``EICU_HL7_SITE``):
+
+- the bed is PV1-3 component 3 (the bed of the assigned location; component 1, the point of
+  care, when there is no bed component); it must be a valid bed id;
+- each OBX whose OBX-3 carries an MDC code of :mod:`eicu.codes` (the numeric code in component
+  1 or 4, or the reference id such as ``MDC_ECG_HEART_RATE`` in component 2 or 5), with value
+  type NM, gives that parameter's value; OBX-11 ``X`` (the result cannot be obtained) gives "no
+  valid value"; the unit (OBX-6, MDC or UCUM) must be the parameter's own (no conversion is
+  guessed); the time is OBX-14, else OBR-7, else MSH-7;
+- OBX rows of the device hierarchy (no value) and codes not in the table are counted and
+  skipped, never guessed; one numerics frame is made per observation time.
+
+Answers (original mode): ``AA``; ``AE`` with ERR segments naming each field that is wrong (the
+message is not taken, so a corrected resend is not stored twice); ``AR`` for an unsupported
+message type or version, a message over the size limit, or a broker that cannot take data now
+(send again). A control id (MSH-10) already accepted gets the same answer again without the
+data being published twice; a message not accepted is judged afresh when it comes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from eicu import bus, hl7, wire
+from eicu.codes import PARAMETERS, Parameter
+from eicu.config import MqttSettings
+from eicu.models import ID_RE, BedKey, NumericsFrame
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20  # a PCD-01 message of a whole monitor is a few kilobytes
+ANSWERED_KEPT = 10_000  # control ids whose answers are kept for duplicates
+PUBLISH_TIMEOUT_S = 10.0
+# MDC reference ids and numeric codes of the units, and the UCUM spellings, of each unit of the
+# code table (IEEE 11073-10101 partition 4 for the MDC units).
+UNITS: dict[str, frozenset[str]] = {
+    "/min": frozenset(
+        {
+            "MDC_DIM_BEAT_PER_MIN",
+            "264864",
+            "MDC_DIM_RESP_PER_MIN",
+            "264928",
+            "MDC_DIM_PER_MIN",
+            "/min",
+            "{beats}/min",
+            "{beat}/min",
+            "{breaths}/min",
+            "{breath}/min",
+        }
+    ),
+    "%": frozenset({"MDC_DIM_PERCENT", "262688", "%"}),
+    "Cel": frozenset({"MDC_DIM_DEGC", "268192", "Cel"}),
+    "mm[Hg]": frozenset({"MDC_DIM_MMHG", "266016", "mm[Hg]", "mmHg"}),
+}
+
+
+def _by_code() -> dict[str, Parameter]:
+    out: dict[str, Parameter] = {}
+    for p in PARAMETERS:
+        if p.mdc_code is not None:
+            out[str(p.mdc_code)] = p
+        if p.mdc_ref is not None:
+            out[p.mdc_ref] = p
+    return out
+
+
+BY_MDC: dict[str, Parameter] = _by_code()
+
+
+@dataclass
+class Counts:
+    messages: int = 0
+    accepted: int = 0
+    errors: int = 0  # answered AE
+    rejected: int = 0  # answered AR
+    duplicates: int = 0  # a control id answered before
+    frames: int = 0  # numerics frames published
+    values: int = 0
+    unknown_codes: int = 0  # OBX with a code not in the table (skipped)
+    hierarchy_rows: int = 0  # OBX without a value (MDS, VMD, channel rows)
+    refused_connections: int = 0
+    framing_errors: int = 0  # bytes outside a start and end block
+
+
+@dataclass
+class Observations:
+    """What a PCD-01 message says: the bed and, per observation time, the values."""
+
+    bed: BedKey
+    by_time: dict[int, dict[str, float | None]] = field(default_factory=dict)
+
+
+def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
+    """The numerics of a PCD-01 ``ORU^R01``; raises a list of :class:`hl7.Hl7Error` (in an
+    ExceptionGroup) naming every field that is wrong."""
+    errors: list[hl7.Hl7Error] = []
+    pv1 = message.first("PV1")
+    bed_id = ""
+    if pv1 is None:
+        errors.append(hl7.Hl7Error("PV1", 0, hl7.REQUIRED_FIELD_MISSING, "no PV1 segment"))
+    else:
+        bed_id = pv1.component(3, 3) or pv1.component(3, 1)
+        if not bed_id:
+            errors.append(
+                hl7.Hl7Error("PV1", 3, hl7.REQUIRED_FIELD_MISSING, "no bed in the location", 3)
+            )
+        elif not ID_RE.fullmatch(bed_id):
+            errors.append(
+                hl7.Hl7Error(
+                    "PV1", 3, hl7.DATA_TYPE_ERROR, f"bed {bed_id[:40]!r} is not a valid bed id", 3
+                )
+            )
+    default_us: int | None = None
+    for seg, n in ((message.first("OBR"), 7), (message.msh, 7)):
+        if seg is not None and seg.component(n):
+            try:
+                default_us = hl7.parse_ts(seg.component(n))
+                break
+            except ValueError:
+                errors.append(
+                    hl7.Hl7Error(seg.name, n, hl7.DATA_TYPE_ERROR, "not a valid date/time")
+                )
+    by_time: dict[int, dict[str, float | None]] = {}
+    for obx in message.all("OBX"):
+        value_text = obx.field(5)
+        status = obx.component(11)
+        param = _parameter(obx)
+        if not value_text and (param is None or status != "X"):
+            counts.hierarchy_rows += 1  # a device, a channel, or a metric without a result
+            continue
+        if param is None:
+            counts.unknown_codes += 1
+            log.debug("PCD-01 observation with a code not in the table: %s", obx.field(3)[:80])
+            continue
+        where = f"OBX {obx.component(1) or '?'} ({param.key})"
+        value: float | None = None
+        if status != "X":
+            kind = obx.component(2)
+            if kind and kind != "NM":
+                errors.append(
+                    hl7.Hl7Error(
+                        "OBX", 2, hl7.DATA_TYPE_ERROR, f"{where}: value type {kind}, not NM"
+                    )
+                )
+                continue
+            try:
+                value = float(obx.component(5))
+            except ValueError:
+                errors.append(hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: not a number"))
+                continue
+            if not math.isfinite(value) or not param.low <= value <= param.high:
+                errors.append(
+                    hl7.Hl7Error(
+                        "OBX", 5, hl7.DATA_TYPE_ERROR,
+                        f"{where}: {value:g} outside {param.low:g}-{param.high:g} {param.unit}",
+                    )
+                )  # fmt: skip
+                continue
+            units = {obx.component(6, c) for c in (1, 2, 4, 5)} - {""}
+            if not units:
+                errors.append(
+                    hl7.Hl7Error("OBX", 6, hl7.REQUIRED_FIELD_MISSING, f"{where}: no unit")
+                )
+                continue
+            if not units & UNITS.get(param.unit, frozenset({param.unit})):
+                errors.append(
+                    hl7.Hl7Error(
+                        "OBX", 6, hl7.TABLE_VALUE_NOT_FOUND,
+                        f"{where}: unit {sorted(units)[0]!r}, expected {param.unit}",
+                    )
+                )  # fmt: skip
+                continue
+        t_us = default_us
+        if obx.component(14):
+            try:
+                t_us = hl7.parse_ts(obx.component(14))
+            except ValueError:
+                errors.append(
+                    hl7.Hl7Error("OBX", 14, hl7.DATA_TYPE_ERROR, f"{where}: not a date/time")
+                )
+                continue
+        if t_us is None:
+            errors.append(hl7.Hl7Error("OBX", 14, hl7.REQUIRED_FIELD_MISSING, f"{where}: no time"))
+            continue
+        by_time.setdefault(t_us, {})[param.key] = value
+    if errors:
+        raise ExceptionGroup("the message has errors", errors)
+    return Observations(BedKey(site, bed_id), by_time)
+
+
+def _parameter(obx: hl7.Segment) -> Parameter | None:
+    for c in (1, 2, 4, 5):  # identifier and text, then the alternate identifier and text
+        code = obx.component(3, c)
+        if code and code in BY_MDC:
+            return BY_MDC[code]
+    return None
+
+
+def _allowed(networks: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in networks]
+
+
+class Listener:
+    """The MLLP listener of one site: takes PCD-01 messages, publishes their numerics to the
+    broker of ``mqtt`` as gateway ``gateway``, answers each message."""
+
+    def __init__(
+        self,
+        mqtt: MqttSettings,
+        site: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        allow: Sequence[str] = ("127.0.0.1/32", "::1/128"),
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        gateway: str = "hl7",
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+    ) -> None:
+        if not ID_RE.fullmatch(site):
+            raise ValueError(f"site {site!r} is not a valid site id")
+        self.mqtt = mqtt
+        self.site = site
+        self.host = host
+        self.port = port
+        self.allow = _allowed(allow)
+        self.max_message_bytes = max_message_bytes
+        self.gateway = gateway
+        # how long a message waits for the broker (a reconnect) before it is refused for now
+        self.publish_timeout_s = publish_timeout_s
+        self.counts = Counts()
+        self._answers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        # per bed: the next sequence number, from the listener's start time in seconds so that
+        # numbers go on increasing across restarts (monitors send at most about once a second)
+        self._seq: dict[BedKey, int] = {}
+        self._seq0 = int(time.time()) % wire.MAX_SEQ
+        self._client: bus.Client | None = None
+        self._client_ready = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._broker_task: asyncio.Task[None] | None = None
+        self._publish_lock = asyncio.Lock()
+        self._control = 0
+
+    async def start(self) -> None:
+        self._broker_task = asyncio.create_task(self._broker(), name="hl7-broker")
+        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("HL7 MLLP listener for site %s on %s:%d", self.site, self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._broker_task is not None:
+            self._broker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._broker_task
+            self._broker_task = None
+
+    async def _broker(self) -> None:
+        from eicu.backoff import Backoff
+
+        backoff = Backoff(self.mqtt.reconnect_min_s, self.mqtt.reconnect_max_s)
+        while True:
+            try:
+                async with bus.Client(
+                    self.mqtt, identifier=f"eicu-hl7-{self.site}-{self.gateway}"
+                ) as client:
+                    self._client = client
+                    self._client_ready.set()
+                    backoff.reset()
+                    log.info("HL7 listener publishing to %s", self.mqtt.url)
+                    async for _message in client.messages:  # nothing subscribed: ends when
+                        pass  # the connection is lost (MqttError)
+                    raise bus.MqttError("connection closed")
+            except bus.MqttError as exc:
+                self._client = None
+                self._client_ready.clear()
+                delay = backoff.next_s()
+                log.warning(
+                    "HL7 listener: broker %s lost (%s); again in %.1f s", self.mqtt.url, exc, delay
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self._client = None
+                self._client_ready.clear()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = ipaddress.ip_address(peer[0]) if peer else None
+        if address is None or not any(address in net for net in self.allow):
+            self.counts.refused_connections += 1
+            log.warning("HL7 connection from %s refused: not in EICU_HL7_ALLOW", peer)
+            writer.close()
+            return
+        buffer = bytearray()
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+                while True:
+                    start = buffer.find(hl7.START_BLOCK)
+                    if start < 0:
+                        if buffer.strip():
+                            self.counts.framing_errors += 1
+                        buffer.clear()
+                        break
+                    if start > 0:
+                        if bytes(buffer[:start]).strip():
+                            self.counts.framing_errors += 1
+                        del buffer[:start]
+                    end = buffer.find(hl7.END_BLOCK)
+                    if end < 0:
+                        if len(buffer) > self.max_message_bytes:
+                            # no end in sight: answer and drop the connection (the framing is lost)
+                            self.counts.messages += 1
+                            self.counts.rejected += 1
+                            await self._send(writer, self._too_large())
+                            return
+                        break
+                    body = bytes(buffer[1:end])
+                    del buffer[: end + len(hl7.END_BLOCK)]
+                    answer = await self.handle(body)
+                    await self._send(writer, answer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, answer: str) -> None:
+        writer.write(hl7.frame(answer))
+        await writer.drain()
+
+    def _next_control(self) -> str:
+        self._control += 1
+        return f"EICU{int(time.time() * 1000)}{self._control:04d}"
+
+    def _too_large(self) -> str:
+        err = hl7.Hl7Error(
+            "MSH", 0, hl7.APPLICATION_INTERNAL_ERROR,
+            f"message larger than {self.max_message_bytes} bytes (EICU_HL7_MAX_BYTES)",
+        )  # fmt: skip
+        return hl7.ack(None, "AR", self._next_control(), time.time_ns() // 1000, [err])
+
+    async def handle(self, body: bytes) -> str:
+        """The answer to one message (its bytes between the MLLP blocks)."""
+        counts = self.counts
+        counts.messages += 1
+        now_us = time.time_ns() // 1000
+        if len(body) > self.max_message_bytes:
+            counts.rejected += 1
+            return self._too_large()
+        text = body.decode("utf-8", errors="replace")
+        try:
+            message = hl7.parse(text)
+        except hl7.Hl7Error as exc:
+            counts.rejected += 1
+            log.warning("HL7 message rejected: %s", exc)
+            return hl7.ack(
+                None, "AR", self._next_control(), now_us, [exc],
+                unread_control_id=hl7.control_id_of(text),
+            )  # fmt: skip
+        control = message.control_id
+        key = (message.msh.field(3), message.msh.field(4), control)
+        if control and key in self._answers:
+            counts.duplicates += 1
+            return self._answers[key]
+        code, errors = "AA", []
+        kind, trigger = message.message_type
+        if not control:
+            code = "AE"
+            errors.append(
+                hl7.Hl7Error("MSH", 10, hl7.REQUIRED_FIELD_MISSING, "no message control id")
+            )
+        elif message.version not in hl7.VERSIONS:
+            code = "AR"
+            errors.append(
+                hl7.Hl7Error(
+                    "MSH", 12, hl7.UNSUPPORTED_VERSION_ID,
+                    f"version {message.version!r}; accepted: {', '.join(hl7.VERSIONS)}",
+                )
+            )  # fmt: skip
+        elif kind != "ORU":
+            code = "AR"
+            errors.append(
+                hl7.Hl7Error(
+                    "MSH",
+                    9,
+                    hl7.UNSUPPORTED_MESSAGE_TYPE,
+                    f"message type {kind!r}; accepted: ORU^R01",
+                    1,
+                )
+            )
+        elif trigger != "R01":
+            code = "AR"
+            errors.append(
+                hl7.Hl7Error(
+                    "MSH", 9, hl7.UNSUPPORTED_EVENT_CODE, f"event {trigger!r}; accepted: R01", 2
+                )
+            )
+        else:
+            try:
+                found = read_pcd01(message, self.site, counts)
+            except ExceptionGroup as group:
+                code = "AE"
+                errors = [e for e in group.exceptions if isinstance(e, hl7.Hl7Error)]
+            else:
+                if not await self._publish(found):
+                    # nothing answered for good: the sender sends it again later
+                    counts.rejected += 1
+                    err = hl7.Hl7Error(
+                        "MSH", 0, hl7.APPLICATION_INTERNAL_ERROR,
+                        "the engine's broker cannot take data now; send the message again",
+                    )  # fmt: skip
+                    return hl7.ack(message, "AR", self._next_control(), now_us, [err])
+        if code == "AA":
+            counts.accepted += 1
+        elif code == "AE":
+            counts.errors += 1
+        else:
+            counts.rejected += 1
+        if errors:
+            log.warning(
+                "HL7 message %s from %s answered %s: %s",
+                control[:40],
+                message.msh.field(3)[:40],
+                code,
+                "; ".join(str(e) for e in errors)[:300],
+            )
+        answer = hl7.ack(message, code, self._next_control(), now_us, errors)
+        if code == "AA" and control:
+            # what was taken is answered alike when sent again, and not published twice; a
+            # message not taken is judged again (it may come back corrected, same id or not)
+            self._answers[key] = answer
+            while len(self._answers) > ANSWERED_KEPT:
+                self._answers.popitem(last=False)
+        return answer
+
+    async def _publish(self, found: Observations) -> bool:
+        """Every frame of the message published and acknowledged by the broker (QoS 1)."""
+        if not found.by_time:
+            return True
+        try:
+            await asyncio.wait_for(self._client_ready.wait(), self.publish_timeout_s)
+        except TimeoutError:
+            return False
+        client = self._client
+        if client is None:
+            return False
+        async with self._publish_lock:  # numbers in the order the broker gets them
+            try:
+                for t_us in sorted(found.by_time):
+                    values = found.by_time[t_us]
+                    seq = self._seq.get(found.bed, self._seq0)
+                    frame = NumericsFrame(found.bed, seq, t_us, values)
+                    await asyncio.wait_for(
+                        client.publish(
+                            wire.numerics_topic(found.bed), wire.encode_numerics(frame), qos=1
+                        ),
+                        self.publish_timeout_s,
+                    )
+                    self._seq[found.bed] = (seq + 1) % (wire.MAX_SEQ + 1)
+                    self.counts.frames += 1
+                    self.counts.values += len(values)
+            except (bus.MqttError, TimeoutError) as exc:
+                log.warning("HL7 listener: publishing to %s failed: %s", self.mqtt.url, exc)
+                return False
+        return True

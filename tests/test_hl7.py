@@ -1,0 +1,443 @@
+"""HL7 v2 in (IHE PCD-01 over MLLP), checked against independent implementations: messages are
+sent with python-hl7's MLLP client (the ``hl7`` package), every answer is validated by hl7apy at
+its strictest level, and the numerics arrive at a real Mosquitto in the project's wire format."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from eicu import hl7, wire
+from eicu.config import MqttSettings
+from eicu.devservices import Mosquitto, free_port, mosquitto_binary
+from eicu.models import BedKey, NumericsFrame
+from ingest.hl7 import Counts, Listener, read_pcd01
+
+hl7mllp = pytest.importorskip("hl7.mllp", reason="pip install -e '.[dev]' (the hl7 package)")
+hl7apy_parser = pytest.importorskip("hl7apy.parser", reason="pip install -e '.[dev]' (hl7apy)")
+from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
+
+# bytes decoded as they are: segments end with a carriage return, kept as it is
+EXAMPLE = (Path(__file__).parent / "data" / "hl7" / "pcd01-oru-r01.hl7").read_bytes().decode()
+SITE = "ward3"
+BED = BedKey(SITE, "bed07")
+T_0 = hl7.parse_ts("20261203101500+0000")
+T_NIBP = hl7.parse_ts("20261203101430+0000")
+
+
+def strict(answer: str) -> object:
+    """The answer parsed and validated by hl7apy at its strict level (raises if not valid)."""
+    message = hl7apy_parser.parse_message(answer, validation_level=VALIDATION_LEVEL.STRICT)
+    message.validate()
+    return message
+
+
+def msa(answer: str) -> tuple[str, str]:
+    seg = hl7.parse(answer).first("MSA")
+    assert seg is not None
+    return seg.component(1), seg.component(2)
+
+
+def errs(answer: str) -> list[tuple[str, str, str]]:
+    """(location, code, text) of each ERR segment."""
+    return [(s.field(2), s.component(3, 1), s.component(8)) for s in hl7.parse(answer).all("ERR")]
+
+
+def with_msh(text: str, **fields: str) -> str:
+    """``text`` with MSH fields replaced: ``control="X"`` (MSH-10), ``version``, ``type``."""
+    lines = text.split("\r")
+    msh = lines[0].split("|")
+    index = {"type": 8, "control": 9, "version": 11}
+    for name, value in fields.items():
+        msh[index[name]] = value
+    lines[0] = "|".join(msh)
+    return "\r".join(lines)
+
+
+def replace_obx(text: str, set_id: str, field_no: int, value: str) -> str:
+    lines = text.split("\r")
+    for i, line in enumerate(lines):
+        parts = line.split("|")
+        if parts[0] == "OBX" and parts[1] == set_id:
+            parts[field_no] = value
+            lines[i] = "|".join(parts)
+    return "\r".join(lines)
+
+
+# --- the message model, pure ------------------------------------------------------------------
+
+
+def test_the_example_reads_as_pcd01_says() -> None:
+    message = hl7.parse(EXAMPLE)
+    assert message.message_type == ("ORU", "R01") and message.version == "2.6"
+    assert message.control_id == "PCD0001"
+    counts = Counts()
+    found = read_pcd01(message, SITE, counts)
+    assert found.bed == BED
+    assert found.by_time == {
+        T_0: {"HR": 72.0, "RR": 18.0, "SPO2": 96.0, "TEMP": 37.4},
+        T_NIBP: {"NIBP_SYS": 118.0, "NIBP_DIA": 64.0},
+    }
+    assert counts.unknown_codes == 1 and counts.hierarchy_rows == 2  # never guessed
+
+
+def test_escapes_delimiters_and_times() -> None:
+    text = "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5\rNTE|1||a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
+    message = hl7.parse(text)
+    assert message.first("NTE") is not None
+    assert message.first("NTE").component(3) == "a|b^c&d~e\\f"  # type: ignore[union-attr]
+    enc = hl7.Encoding()
+    assert enc.unescape(enc.escape_text("x|y^z&w~v\\u")) == "x|y^z&w~v\\u"
+    # other delimiters, as MSH-1 and MSH-2 declare them
+    other = hl7.parse("MSH#*@!%#A#B#C#D#20260101##ORU*R01#7#P#2.6\rPV1##I#U*R*b9")
+    assert other.first("PV1").component(3, 3) == "b9"  # type: ignore[union-attr]
+    assert hl7.parse_ts("20261203101500+0000") == hl7.parse_ts("20261203111500+0100")
+    assert hl7.parse_ts("20261203101500.25") - hl7.parse_ts("20261203101500") == 250_000
+    assert hl7.parse_ts("2026") == hl7.parse_ts("20260101000000")
+    with pytest.raises(ValueError):
+        hl7.parse_ts("yesterday")
+    for bad, where in (
+        ("PID|1", "MSH"),
+        ("", "MSH"),
+        ("MSH|", "MSH-2"),
+        ("MSH|^~\\&|x\rp v1|", "p v"),
+    ):
+        with pytest.raises(hl7.Hl7Error, match=where):
+            hl7.parse(bad)
+
+
+def test_every_answer_is_valid_hl7_at_hl7apys_strictest_level() -> None:
+    message = hl7.parse(EXAMPLE)
+    now = time.time_ns() // 1000
+    strict(hl7.ack(message, "AA", "EICU1", now))
+    bad = hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, "OBX 3 (HR): not a number | ^ & ~ \\")
+    answer = hl7.ack(message, "AE", "EICU2", now, [bad, bad])
+    strict(answer)
+    assert msa(answer) == ("AE", "PCD0001")
+    assert errs(answer)[0] == ("OBX^1^5", "102", "OBX 3 (HR): not a number | ^ & ~ \\")
+    strict(hl7.ack(None, "AR", "EICU3", now, [hl7.Hl7Error("MSH", 0, 100, "no MSH")]))
+    with pytest.raises(ValueError):
+        hl7.ack(message, "OK", "EICU4", now)
+
+
+# --- the listener, over MLLP, to a real broker ------------------------------------------------
+
+needs_mosquitto = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="mosquitto not installed (Debian package 'mosquitto')"
+)
+
+
+@pytest.fixture
+def broker() -> AsyncIterator[Mosquitto]:
+    m = Mosquitto().start()
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+async def listener(broker: Mosquitto) -> AsyncIterator[Listener]:
+    mqtt = MqttSettings.from_url(broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    lst = Listener(mqtt, SITE, port=0, max_message_bytes=64 * 1024)
+    await lst.start()
+    yield lst
+    await lst.stop()
+
+
+class Numerics:
+    """What the broker carries on the site's numerics topics."""
+
+    def __init__(self) -> None:
+        self.frames: list[NumericsFrame] = []
+        self.arrived = asyncio.Event()
+
+    async def wait_for(self, n: int, timeout_s: float = 10.0) -> list[NumericsFrame]:
+        async with asyncio.timeout(timeout_s):
+            while len(self.frames) < n:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.frames
+
+
+@contextlib.asynccontextmanager
+async def numerics(broker: Mosquitto) -> AsyncIterator[Numerics]:
+    seen = Numerics()
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="hl7-test-sub") as client:
+        await client.subscribe(f"eicu/v1/{SITE}/+/numerics", qos=1)
+
+        async def read() -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                frame = wire.decode(str(message.topic), message.payload, 0)
+                assert isinstance(frame, NumericsFrame)
+                seen.frames.append(frame)
+                seen.arrived.set()
+
+        task = asyncio.create_task(read())
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def send(port: int, *messages: str) -> list[str]:
+    """Each message sent with python-hl7's MLLP client; the answers, as text."""
+    reader, writer = await hl7mllp.open_hl7_connection("127.0.0.1", port, encoding="utf-8")
+    answers = []
+    try:
+        for text in messages:
+            writer.writemessage(text)
+            await writer.drain()
+            answers.append(str(await asyncio.wait_for(reader.readmessage(), 15.0)))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return answers
+
+
+@needs_mosquitto
+async def test_pcd01_numerics_reach_the_broker_before_the_accept(
+    broker: Mosquitto, listener: Listener
+) -> None:
+    async with numerics(broker) as seen:
+        (answer,) = await send(listener.port, EXAMPLE)
+        assert msa(answer) == ("AA", "PCD0001")
+        strict(answer.replace("\n", "\r"))
+        frames = await seen.wait_for(2)
+    by_time = {f.ts_us: f for f in frames}
+    assert by_time[T_0].bed == BED and by_time[T_0].values == {
+        "HR": 72.0, "RR": 18.0, "SPO2": 96.0, "TEMP": 37.4
+    }  # fmt: skip
+    assert by_time[T_NIBP].values == {"NIBP_SYS": 118.0, "NIBP_DIA": 64.0}
+    # one stream per bed, numbered in the order published (oldest observation first)
+    assert frames[1].seq == frames[0].seq + 1 and frames[0].ts_us == T_NIBP
+    assert listener.counts.unknown_codes == 1 and listener.counts.accepted == 1
+
+
+@needs_mosquitto
+async def test_a_repeated_control_id_gets_the_same_answer_and_is_not_published_again(
+    broker: Mosquitto, listener: Listener
+) -> None:
+    async with numerics(broker) as seen:
+        first, again = await send(listener.port, EXAMPLE, EXAMPLE)
+        await seen.wait_for(2)
+        # a later, different message: its frames come after, and none of the repeat's
+        later = with_msh(EXAMPLE, control="PCD0002").replace("20261203101500", "20261203101600")
+        (third,) = await send(listener.port, later)
+        frames = await seen.wait_for(4)
+    assert first == again and msa(first)[0] == "AA" and msa(third) == ("AA", "PCD0002")
+    assert len(frames) == 4 and listener.counts.duplicates == 1
+
+
+@needs_mosquitto
+async def test_errors_are_answered_naming_the_field_and_nothing_is_taken(
+    broker: Mosquitto, listener: Listener
+) -> None:
+    def bad(n: int) -> str:  # the example under a control id of its own
+        return with_msh(EXAMPLE, control=f"BAD{n}")
+
+    cases = [
+        # (message, expected code, expected ERR location, HL7 error code)
+        (replace_obx(bad(1), "3", 5, "seventy-two"), "AE", "OBX^1^5", "102"),
+        (replace_obx(bad(2), "5", 6, "262656^MDC_DIM_X^MDC"), "AE", "OBX^1^6", "103"),
+        (replace_obx(bad(3), "3", 5, "900"), "AE", "OBX^1^5", "102"),  # not a heart rate
+        (bad(4).replace("R12^bed07^", "R12^bed 07!^"), "AE", "PV1^1^3^3", "102"),
+        (bad(5).replace("PV1||I|ICU3^R12^bed07^HOSP\r", ""), "AE", "PV1^1", "101"),
+        (with_msh(bad(6), version="2.1"), "AR", "MSH^1^12", "203"),
+        (with_msh(bad(7), type="ADT^A01^ADT_A01"), "AR", "MSH^1^9^1", "200"),
+        (with_msh(bad(8), type="ORU^R40^ORU_R40"), "AR", "MSH^1^9^2", "201"),
+        (with_msh(EXAMPLE, control=""), "AE", "MSH^1^10", "101"),
+        ("PID|||1\rPV1||I|x^y^bed07", "AR", "MSH^1", "100"),
+    ]
+    async with numerics(broker) as seen:
+        answers = await send(listener.port, *(text for text, *_ in cases))
+        await asyncio.sleep(0.2)  # nothing may arrive: give a stray publish time to show
+        assert seen.frames == []
+    for (_text, code, where, err), answer in zip(cases, answers, strict=True):
+        strict(answer)
+        assert msa(answer)[0] == code, answer
+        assert (where, err) in {(loc, c) for loc, c, _ in errs(answer)}, answer
+    # the listener goes on: a good message after all of them is accepted and published
+    async with numerics(broker) as seen:
+        (ok,) = await send(listener.port, with_msh(EXAMPLE, control="AFTER1"))
+        assert msa(ok)[0] == "AA"
+        await seen.wait_for(2)
+    assert listener.counts.errors == 6 and listener.counts.rejected == 4
+
+
+@needs_mosquitto
+async def test_broken_framing_and_a_huge_message_cost_nothing_else(
+    broker: Mosquitto, listener: Listener
+) -> None:
+    # bytes outside any block, then a good message on the same connection
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n" + hl7.frame(EXAMPLE))
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(hl7.END_BLOCK), 10.0)
+    assert msa(answer[1:-2].decode())[0] == "AA"
+    writer.close()
+    await writer.wait_closed()
+    assert listener.counts.framing_errors >= 1
+    # a message over the size limit with no end block: answered AR, connection closed
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(hl7.START_BLOCK + b"MSH|^~\\&|" + b"x" * (80 * 1024))
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.readuntil(hl7.END_BLOCK), 10.0)
+    text = answer[1:-2].decode()
+    strict(text)
+    assert msa(text)[0] == "AR" and "larger than 65536 bytes" in errs(text)[0][2]
+    assert await asyncio.wait_for(reader.read(), 10.0) == b""  # closed
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    # and the listener still takes messages
+    (ok,) = await send(listener.port, with_msh(EXAMPLE, control="AFTER2"))
+    assert msa(ok)[0] == "AA"
+
+
+@needs_mosquitto
+async def test_with_the_broker_down_a_message_is_refused_for_now_then_taken(
+    broker: Mosquitto,
+) -> None:
+    mqtt = MqttSettings.from_url(broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    lst = Listener(mqtt, SITE, port=0, publish_timeout_s=1.0)
+    await lst.start()
+    try:
+        async with numerics(broker) as seen:
+            (first,) = await send(lst.port, EXAMPLE)
+            assert msa(first)[0] == "AA"
+            await seen.wait_for(2)
+        broker.stop()
+        await asyncio.sleep(0.3)  # the listener notices its connection is gone
+        later = with_msh(EXAMPLE, control="PCD0002").replace("20261203101500", "20261203101600")
+        started = time.monotonic()
+        (refused,) = await send(lst.port, later)
+        assert msa(refused)[0] == "AR" and "send the message again" in errs(refused)[0][2]
+        assert time.monotonic() - started < 5.0  # refused after the publish timeout
+        broker.start()
+        async with numerics(broker) as seen:
+            (taken,) = await send(lst.port, later)  # the sender's resend
+            assert msa(taken) == ("AA", "PCD0002")
+            frames = await seen.wait_for(2)
+        assert {f.ts_us for f in frames} == {T_0 + 60_000_000, T_NIBP}
+    finally:
+        await lst.stop()
+
+
+async def test_connections_from_outside_the_allow_list_are_refused() -> None:
+    mqtt = MqttSettings.from_url(f"mqtt://127.0.0.1:{free_port()}")
+    lst = Listener(mqtt, SITE, port=0, allow=["10.0.0.0/8"])
+    await lst.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+        writer.write(hl7.frame(EXAMPLE))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10.0) == b""  # closed, unanswered
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        assert lst.counts.refused_connections == 1 and lst.counts.messages == 0
+    finally:
+        await lst.stop()
+
+
+@needs_mosquitto
+async def test_the_engine_scores_and_stores_what_came_as_hl7(
+    broker: Mosquitto, listener: Listener, tmp_path: Path
+) -> None:
+    from eicu.config import IngestSettings
+    from eicu.store import open_store
+    from ingest.engine import Engine
+
+    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
+    await store.open()
+    engine = Engine(
+        MqttSettings(port=broker.port, client_id="eicu-test-hl7"),
+        IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1, analyse_signals=False),
+        store,
+    )
+    await engine.start()
+    try:
+        await engine.wait_connected()
+        now = hl7.format_ts(time.time_ns() // 1000)
+        fresh = EXAMPLE.replace("20261203101500+0000", now).replace("20261203101430+0000", now)
+        (answer,) = await send(listener.port, fresh)
+        assert msa(answer)[0] == "AA"
+        async with asyncio.timeout(15):
+            while (scores := engine.scores.beds.get(BED)) is None or scores.news2 is None:
+                await asyncio.sleep(0.05)
+        state = engine.router.beds[BED]
+        assert {k: v for k, (v, _t) in state.latest.items()} == {
+            "HR": 72.0, "RR": 18.0, "SPO2": 96.0, "TEMP": 37.4, "NIBP_SYS": 118.0, "NIBP_DIA": 64.0
+        }  # fmt: skip
+        # NEWS2 from the HL7 values (RCP 2017): RR 18 -> 0, SpO2 96 -> 0, SBP 118 -> 0,
+        # HR 72 -> 0, temperature 37.4 -> 0; ACVPU and oxygen are not in the message
+        news2 = scores.news2
+        assert not news2.complete and news2.partial_total == 0
+        assert set(news2.missing) == {"acvpu", "on_oxygen"}
+        async with asyncio.timeout(15):
+            while (await store.stats())["beds"].get(str(BED), {}).get("messages", 0) < 1:
+                await asyncio.sleep(0.1)
+    finally:
+        await engine.stop()
+        await store.close()
+
+
+def test_the_command_needs_its_site_and_says_so() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EICU_HL7_SITE": "", "EICU_MQTT_URL": "mqtt://127.0.0.1:1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "hl7", "listen"], env=env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2 and "EICU_HL7_SITE: required" in out.stderr
+    env = {**env, "EICU_HL7_SITE": "ward3", "EICU_HL7_ALLOW": "not-a-network"}
+    out = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "hl7", "listen"], env=env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2 and "EICU_HL7_ALLOW" in out.stderr
+
+
+@needs_mosquitto
+async def test_the_command_listens_answers_and_stops_on_sigterm(broker: Mosquitto) -> None:
+    import os
+    import signal
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "EICU_HL7_SITE": SITE, "EICU_HL7_PORT": str(port),
+           "EICU_MQTT_URL": broker.url}  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eicu.cli", "hl7", "listen", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while b"listening on" not in await proc.stderr.readline():
+                pass
+        async with numerics(broker) as seen:
+            (answer,) = await send(port, EXAMPLE)
+            assert msa(answer)[0] == "AA"
+            await seen.wait_for(2)
+        proc.send_signal(signal.SIGTERM)
+        rest = (await asyncio.wait_for(proc.stderr.read(), 30)).decode()
+        assert await proc.wait() == 0
+        assert "1 messages: 1 accepted" in rest and "1 unknown codes skipped" in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
