@@ -180,7 +180,7 @@ async function review() {
 function drawReviewMarks(canvas, t0, t1, marks, alarms) {
   const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
   const x = (t) => ((t - t0) / (t1 - t0)) * w;
-  const colours = { high: "209,36,47", medium: "227,98,9", low: "31,111,235" };
+  const colours = { high: "209,36,47", medium: "245,196,0", low: "0,184,212" };  // IEC 60601-1-8
   ctx.font = "11px system-ui";
   alarms.forEach((a, k) => {
     const a0 = Math.max(0, x(a.start_us)), a1 = a.end_us === null ? w : Math.min(w, x(a.end_us));
