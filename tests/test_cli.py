@@ -156,14 +156,18 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
 def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
     env = {"EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
     out = _eicu(
-        "demo", "--beds", "8", "--duration", "4", "--refresh", "1", "--data-dir", str(tmp_path),
+        "demo", "--beds", "8", "--duration", "4", "--refresh", "1", "--census",
+        "--data-dir", str(tmp_path),
         env=env, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     # a Mosquitto child process where the binary is installed (as here), amqtt otherwise
     assert re.search(r"broker mqtt://127\.0\.0\.1:\d+ \(embedded, mosquitto\)", out.stderr)
     assert "store sqlite (embedded" in out.stderr
-    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/  log in as 'demo'", out.stderr)
+    # the login, framed: address, user and password
+    assert re.search(r"\| +dashboard +http://127\.0\.0\.1:\d+/ ", out.stderr)
+    assert re.search(r"\| +user +demo ", out.stderr)
+    assert re.search(r"\| +password +\S{12,} +\(admin\)", out.stderr)
     assert "eicu census" in out.stdout and "demo/bed008" in out.stdout
     found = re.search(r"published (\d+) messages; stored (\d+)", out.stderr)
     assert found, out.stderr[-1000:]
@@ -178,9 +182,11 @@ def test_demo_runs_with_no_server_configured(tmp_path: Path) -> None:
 def test_demo_stopped_by_ctrl_c_stores_what_was_published_and_leaves_nothing_running(
     tmp_path: Path,
 ) -> None:
-    env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
+    # no --data-dir: the demo makes a temporary folder (under TMPDIR) and removes it at the end
+    env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1",
+           "TMPDIR": str(tmp_path)}  # fmt: skip
     command = [sys.executable, "-m", "eicu.cli", "demo", "--beds", "4", "--refresh", "0.5",
-               "--no-cart", "--data-dir", str(tmp_path)]  # fmt: skip
+               "--census", "--no-cart"]  # fmt: skip
     # its own session, like a terminal's foreground job: Ctrl-C goes to the whole group
     with subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -214,6 +220,7 @@ def test_demo_stopped_by_ctrl_c_stores_what_was_published_and_leaves_nothing_run
         if state != "Z" and (int(session) == demo.pid or str(tmp_path) in cmdline):
             left.append(cmdline)
     assert left == []
+    assert list(tmp_path.glob("eicu-demo-*")) == [] and "removed its folder" in err
 
 
 @pytest.mark.db

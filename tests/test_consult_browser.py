@@ -189,7 +189,7 @@ def consult(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consult]:
 
 def demo_started(demo: Process) -> str:
     """The demo's dashboard address, once it serves and its engine has subscribed."""
-    pattern = r"dashboard (http://\S+)/  log in as"
+    pattern = r"\| +dashboard +(http://\S+)/ "  # in the demo's login box
 
     def started() -> bool:
         return any(re.search(pattern, line) for line in demo.lines) and any(

@@ -59,21 +59,22 @@ def run_demo(data: Path, *args: str, policy: Path | None = None) -> Iterator[Dem
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert process.stderr is not None
-    found: list[re.Match[str]] = []
+    found: dict[str, str] = {}
     lines: list[str] = []
 
     def read() -> None:
         assert process.stderr is not None
         for line in process.stderr:
             lines.append(line)
-            m = re.search(r"dashboard (http://\S+)/  log in as 'demo' with password (\S+)", line)
+            # the login box: "|   dashboard   http://...:port/" and "|   password    ..."
+            m = re.search(r"\| +(dashboard|password) +(\S+)", line)
             if m:
-                found.append(m)
+                found[m[1]] = m[2].rstrip("/")
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 120
-    while not (found and any("subscribed" in line for line in lines)):
+    while not (len(found) == 2 and any("subscribed" in line for line in lines)):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail("eicu demo did not start:\n" + "".join(lines[-20:]))
@@ -88,7 +89,7 @@ def run_demo(data: Path, *args: str, policy: Path | None = None) -> Iterator[Dem
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
     try:
-        yield Demo(found[0][1], found[0][2], process)
+        yield Demo(found["dashboard"], found["password"], process)
     finally:
         process.send_signal(signal.SIGINT)
         try:

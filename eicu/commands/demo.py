@@ -17,6 +17,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -65,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the embedded store and spool (default: a new temporary folder)",
     )
     parser.add_argument(
+        "--census",
+        action="store_true",
+        help="print the census in the terminal every --refresh seconds (default: the census "
+        "is in the browser; the terminal gets a status line every 30 s)",
+    )
+    parser.add_argument(
         "--refresh", type=float, default=2.0, help="census refresh in seconds (default: 2)"
     )
     parser.add_argument(
@@ -105,6 +112,8 @@ async def demo(args: argparse.Namespace) -> int:
     from ingest.engine import Engine
 
     settings = Settings.from_env()
+    # a folder of its own unless one is given: removed when the demo ends
+    temporary = args.data_dir is None
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="eicu-demo-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
@@ -169,12 +178,11 @@ async def demo(args: argparse.Namespace) -> int:
     dashboard = DashboardServer(app, http.host, http.port)
     await dashboard.start()
     print(f"eicu demo: health {dashboard.url}/healthz and {dashboard.url}/readyz", file=sys.stderr)
-    print(
-        f"eicu demo: dashboard {dashboard.url}/  log in as 'demo' with password {password} "
-        f"(admin; shown only now; more users: EICU_USERS_FILE={http.users_file} eicu users add)",
-        file=sys.stderr,
-        flush=True,
-    )
+    login = _login_box(dashboard.url, password, http.users_file, temporary)
+    print(login, file=sys.stderr, flush=True)
+    if sys.stdin is not None and sys.stdin.isatty():
+        # Enter shows the login again (the terminal may have scrolled it away)
+        loop.add_reader(sys.stdin, lambda: (sys.stdin.readline(), print(login, file=sys.stderr)))
     cart = None if args.no_cart else await _start_cart(dashboard.url, users, data_dir)
     await engine.start()
     await engine.wait_connected(30.0)
@@ -185,12 +193,18 @@ async def demo(args: argparse.Namespace) -> int:
     scenarios = _scenarios(args.beds)
     started = time.monotonic()
     delays_s: list[float] = []  # the engine's input delay at each census
+    next_status_s = STATUS_EVERY_S
     try:
         while not sim.done() and not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.refresh)
             delays_s.append(engine.router.input_delay_us(time.time_ns() // 1000) / 1e6)
-            _print_census(engine, scenarios, time.monotonic() - started, delays_s[-1])
+            elapsed_s = time.monotonic() - started
+            if args.census:
+                _print_census(engine, scenarios, elapsed_s, delays_s[-1])
+            elif elapsed_s >= next_status_s:
+                next_status_s += STATUS_EVERY_S
+                _print_status(engine, elapsed_s, delays_s[-1])
         if sim.done() and not stop.is_set():
             # --duration reached: the engine reads what the broker still holds for it first
             await _until_idle(engine, DRAIN_IDLE_S, DRAIN_MAX_S)
@@ -216,6 +230,14 @@ async def demo(args: argparse.Namespace) -> int:
         await store.close()
         if broker is not None:
             await broker.stop()
+        if sys.stdin is not None and sys.stdin.isatty():
+            loop.remove_reader(sys.stdin)
+        if temporary:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            print(
+                f"eicu demo: removed its folder {data_dir} (--data-dir DIR keeps the store)",
+                file=sys.stderr,
+            )
     if failure is not None or summary is None:
         raise failure or DemoError("no simulator summary")
     sent = summary["beds"]
@@ -235,6 +257,46 @@ async def demo(args: argparse.Namespace) -> int:
 
 
 DEMO_SITE = "demo"
+STATUS_EVERY_S = 30.0  # the terminal's status line, without --census
+
+
+def _login_box(url: str, password: str, users_file: Path, temporary: bool) -> str:
+    """The dashboard's address and the one login of the demo, framed so that it stands out."""
+    lines = [
+        "eicu demo is running",
+        f"  dashboard   {url}/",
+        "  user        demo",
+        f"  password    {password}   (admin)",
+        f"  more users  EICU_USERS_FILE={users_file} eicu users add NAME",
+        "  Enter shows this again; Ctrl-C stops the demo"
+        + (" and removes its folder" if temporary else ""),
+    ]
+    width = max(len(line) for line in lines) + 2
+    rule = "+" + "-" * width + "+"
+    return "\n".join([rule, *(f"| {line:<{width - 1}}|" for line in lines), rule])
+
+
+def _print_status(engine: object, elapsed_s: float, delay_s: float) -> None:
+    """One line for the terminal: how many beds, what is stored, how late, how many alarms."""
+    from eicu.alarm_model import AlarmState
+    from ingest.engine import Engine
+
+    assert isinstance(engine, Engine)
+    service = engine.alarms
+    live = (
+        sum(1 for a in service.machine.alarms() if a.state != AlarmState.CLEARED)
+        if service is not None
+        else 0
+    )
+    print(
+        f"eicu demo: {elapsed_s:6.0f} s  {len(engine.router.beds)} beds, "
+        f"{engine.writer.stored_frames} frames stored, input delay {delay_s:.1f} s, "
+        f"{live} alarms live (the census is in the browser; --census prints it here)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 DRAIN_IDLE_S = 2.0  # at the end: the engine has read everything once this long passes quietly
 DRAIN_MAX_S = 120.0
 
