@@ -241,3 +241,23 @@ def test_serve_says_when_the_dashboard_port_is_taken(db_url: str, tmp_path: Path
         )
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"EICU_HTTP_PORT: cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+async def test_simulate_with_no_broker_ends_soon_after_its_duration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import simulators.run
+    from eicu.config import MqttSettings
+    from simulators.run import simulate
+
+    monkeypatch.setattr(simulators.run, "NO_BROKER_GRACE_S", 0.5)
+    mqtt = MqttSettings.from_url(
+        f"mqtt://127.0.0.1:{free_port()}", reconnect_min_s=0.05, reconnect_max_s=0.1
+    )
+    started = time.monotonic()
+    summary = await simulate(mqtt, SimulationPlan(beds=2, duration_s=1.0))
+    took_s = time.monotonic() - started
+    assert 1.0 <= took_s < 5.0  # not the 60 s drain timeout
+    assert summary["unsent"] > 0  # type: ignore[operator]
+    beds = summary["beds"]
+    assert isinstance(beds, dict) and all(b["messages"] == 0 for b in beds.values())
