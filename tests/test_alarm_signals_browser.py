@@ -6,7 +6,15 @@ cyan mean alarms only: the NEWS2 bands are drawn in other colours."""
 
 from __future__ import annotations
 
+import asyncio
 import colorsys
+import contextlib
+import functools
+import http.server
+import itertools
+import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,3 +109,85 @@ async def test_alarm_colours_and_flashing_follow_iec_60601_1_8() -> None:
         h, _l, s = colorsys.rgb_to_hls(r / 255, g / 255, b / 255)
         if s > 0.25:  # a colour at all (not grey)
             assert all(min(abs(h * 360 - a), 360 - abs(h * 360 - a)) > 40 for a in alarm_hues)
+
+
+STATIC = Path(__file__).resolve().parent.parent / "dashboards" / "static"
+TONE_PAGE = """<!doctype html><html><head><script src="common.js"></script>
+<script src="alarms.js"></script></head><body style="height: 400px">
+<button id="sound" class="sound-off" aria-pressed="false">SOUND OFF</button>
+<script>eicu.me = { name: "ida", permissions: [] }; eicuAlarms.PERIOD_MS = 1e9;
+eicu.api = async () => ({ ok: true, json: async () => ({ alarms: [] }) });
+eicuAlarms.poll({});</script></body></html>"""
+
+
+@contextlib.contextmanager
+def served(folder: Path) -> Iterator[str]:
+    """``folder`` over HTTP on a free port (a real origin: the page keeps localStorage)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_the_tones_follow_iec_60601_1_8_and_sound_off_is_always_shown(tmp_path: Path) -> None:
+    for name in ("common.js", "alarms.js"):
+        shutil.copy(STATIC / name, tmp_path / name)
+    (tmp_path / "index.html").write_text(TONE_PAGE)
+    asyncio.run(_tones(tmp_path))
+
+
+async def _tones(folder: Path) -> None:
+    with served(folder) as url:
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
+            )
+            page = await browser.new_page()
+            await page.goto(url + "/index.html")
+            patterns = await page.evaluate("() => eicuTone.PATTERNS")
+            # IEC 60601-1-8 Table 3: pulses per burst, pulse duration, fundamental, repetition
+            high, medium, low = patterns["high"], patterns["medium"], patterns["low"]
+            assert len(high["at_s"]) == 10 and len(medium["at_s"]) == 3
+            assert len(low["at_s"]) in (1, 2)
+            assert 0.075 <= high["pulse_s"] <= 0.2
+            assert 0.125 <= medium["pulse_s"] <= 0.25 and 0.125 <= low["pulse_s"] <= 0.25
+            for pattern in (high, medium, low):
+                assert 150 <= pattern["hz"] <= 1000
+            # high: 3 + 2, a pause, 3 + 2 (the gaps after the 3rd and 8th pulse are longer)
+            gaps = [b - a for a, b in itertools.pairwise(high["at_s"])]
+            assert gaps[2] > gaps[0] and gaps[4] > gaps[2] and gaps[7] > gaps[5]
+            for pattern, lo, hi in ((high, 2.5, 15.0), (medium, 2.5, 30.0), (low, 15.0, 1e9)):
+                between = pattern["every_s"] - pattern["at_s"][-1] - pattern["pulse_s"]
+                assert lo <= between <= hi or (pattern is low and between > 15.0)
+            # muted is always shown; turned on, the tone follows the most urgent alarm
+            assert await page.text_content("#sound") == "SOUND OFF"
+            await page.click("#sound")
+            await page.wait_for_function("() => window.eicuAlarmTone.enabled === true")
+            assert await page.text_content("#sound") == "sound on"
+            for priority in ("medium", "low", "high"):
+                await page.evaluate(
+                    "(p) => eicuTone.set({bed: 'w/b1', kind: 'X', priority: p})", priority
+                )
+                tone = await page.evaluate("() => window.eicuAlarmTone")
+                assert tone["playing"] and tone["pattern"] == priority
+            await page.evaluate("() => eicuTone.set(null)")
+            assert (await page.evaluate("() => window.eicuAlarmTone"))["playing"] is False
+            # a new page: the user's choice is remembered and their first gesture restores it
+            await page.reload()
+            assert await page.text_content("#sound") == "SOUND OFF: click anywhere to resume"
+            assert (await page.evaluate("() => window.eicuAlarmTone"))["enabled"] is False
+            await page.mouse.click(200, 200)
+            await page.wait_for_function("() => window.eicuAlarmTone.enabled === true")
+            # turned off, it stays off on the next page
+            await page.click("#sound")
+            await page.reload()
+            assert await page.text_content("#sound") == "SOUND OFF"
+            await page.mouse.click(200, 200)
+            assert (await page.evaluate("() => window.eicuAlarmTone"))["enabled"] is False
+            await browser.close()

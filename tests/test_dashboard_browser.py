@@ -193,7 +193,8 @@ ACKED_OR_GONE = """() => {
   const chip = row.querySelector('.alarm');
   return chip === null || !chip.textContent.startsWith('VTACH') || chip.classList.contains('acked');
 }"""
-TONE_SILENT = "() => window.eicuAlarmTone.playing === false"
+# no high-priority tone: silence, or the tone of a medium or low priority alarm still sounding
+TONE_NOT_HIGH = "() => window.eicuAlarmTone.pattern !== 'high'"
 TONE_FOR_VTACH = """() => {
   const a = window.eicuAlarmTone.alarm;
   return a !== null && a.bed === 'demo/bed004' && a.kind === 'VTACH';
@@ -218,7 +219,7 @@ def test_a_deteriorating_bed_turns_red_and_the_tone_starts(
     page.click("#sound")
     page.wait_for_function("() => window.eicuAlarmTone.enabled === true", timeout=5_000)
     assert page.evaluate(SOUNDING_HIGH) == []
-    assert page.evaluate(TONE_SILENT)
+    assert page.evaluate(TONE_NOT_HIGH)
     page.screenshot(path=str(ARTIFACTS / "census-before-deterioration.png"), full_page=True)
 
     expect(row).to_have_class(re.compile(r"\bacute\b"), timeout=60_000)
@@ -226,7 +227,7 @@ def test_a_deteriorating_bed_turns_red_and_the_tone_starts(
     # the NEWS2_HIGH alarm starts once the high band has held for the policy's delay
     expect(row.locator(".alarm-high", has_text="NEWS2_HIGH")).to_be_visible(timeout=60_000)
     assert "demo/bed002 NEWS2_HIGH" in page.evaluate(SOUNDING_HIGH)
-    page.wait_for_function(TONE_PLAYING, timeout=5_000)
+    page.wait_for_function("() => window.eicuAlarmTone.pattern === 'high'", timeout=5_000)
     assert page.locator("#census tbody tr").first.get_attribute("data-bed") == "demo/bed002"
     page.screenshot(path=str(ARTIFACTS / "census-deteriorated.png"), full_page=True)
     page.close()
@@ -247,6 +248,7 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     assert (tone["enabled"], tone["playing"]) == (False, False)
     page.click("#sound")
     page.wait_for_function(TONE_PLAYING, timeout=5_000)
+    assert page.evaluate("() => window.eicuAlarmTone.pattern") == "high"
     page.screenshot(path=str(ARTIFACTS / "census-alarm.png"), full_page=True)
 
     # a viewer sees the same alarm on the bed view, with no acknowledge or pause buttons
@@ -275,7 +277,7 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
         page.locator("#alarm-list li", has_text=others[0]).locator("button.ack").click()
         page.wait_for_timeout(500)
     assert page.evaluate(SOUNDING_HIGH) == []
-    page.wait_for_function(TONE_SILENT, timeout=5_000)
+    page.wait_for_function(TONE_NOT_HIGH, timeout=5_000)
     page.screenshot(path=str(ARTIFACTS / "bed-alarm-acknowledged.png"), full_page=True)
     # full disclosure over the VT onset: its beats, the VTACH rhythm and the alarms on it
     page.select_option("#review-signal", "ECG_II")

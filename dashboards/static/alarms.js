@@ -1,74 +1,119 @@
-// Alarms in the browser: the audible tone for sounding high-priority alarms, the alarm feed
+// Alarms in the browser: the alarm tones of every priority, the alarm feed
 // polled from /api/alarms, and the chips and buttons the census and the bed view show.
 "use strict";
 
-// The tone. Browsers only start audio after a user gesture, so it plays once the user turns
-// sound on with the "sound" toggle. window.eicuAlarmTone shows its state: {enabled, playing,
-// alarm}, where alarm is the alarm the tone sounds for ({bed, kind, priority}, or null): the
-// first sounding alarm in the server's order (the most urgent: priority, then clinical severity).
+// The alarm tones. The auditory alarm signals of IEC 60601-1-8 (Table 3): a high-priority burst
+// is 10 pulses (3 + 2, a pause, 3 + 2), a medium-priority burst 3 pulses, a low-priority one 2;
+// pulses 150 ms (high) or 200 ms long, square waves (a fundamental within 150-1000 Hz and its
+// harmonics); bursts repeat every 2.5-15 s (high), 2.5-30 s (medium), more than 15 s apart
+// (low). The tone is that of the first sounding alarm in the server's order (the most urgent:
+// priority, then clinical severity). window.eicuAlarmTone shows its state: {enabled, playing,
+// pattern, alarm}.
+//
+// Browsers start audio only after a user gesture. The sound button always shows the state
+// ("SOUND OFF" while muted); a user who turned sound on has it turned on again by their first
+// click or key press on any page (remembered per user in this browser).
 const eicuTone = {
+  PATTERNS: {
+    high: { hz: 880, pulse_s: 0.15, at_s: [0, 0.25, 0.5, 0.9, 1.15, 2.0, 2.25, 2.5, 2.9, 3.15],
+            every_s: 8.0 },
+    medium: { hz: 660, pulse_s: 0.2, at_s: [0, 0.3, 0.6], every_s: 10.0 },
+    low: { hz: 440, pulse_s: 0.2, at_s: [0, 0.35], every_s: 20.0 },
+  },
   ctx: null,
   osc: null,
   gain: null,
   timer: null,
-  want: false,
-  state: { enabled: false, playing: false, alarm: null },
+  want: null,  // the priority whose pattern should play, or null
+  state: { enabled: false, playing: false, pattern: null, alarm: null },
 
-  async toggle() {
-    if (eicuTone.state.enabled) {
-      eicuTone.state.enabled = false;
-      eicuTone.stop();
-    } else {
+  storeKey() {
+    return eicu.me ? `eicu.sound.${eicu.me.name}` : null;
+  },
+
+  async enable(on) {
+    if (on) {
       if (!eicuTone.ctx) eicuTone.ctx = new AudioContext();
       await eicuTone.ctx.resume();
       eicuTone.state.enabled = eicuTone.ctx.state === "running";
-      if (eicuTone.want) eicuTone.start();
+      if (eicuTone.want) eicuTone.start(eicuTone.want);
+    } else {
+      eicuTone.state.enabled = false;
+      eicuTone.stop();
     }
+    const key = eicuTone.storeKey();
+    if (key) localStorage.setItem(key, on ? "on" : "off");
+    eicuTone.label();
+  },
+
+  toggle() {
+    return eicuTone.enable(!eicuTone.state.enabled);
+  },
+
+  // The user's choice from an earlier visit: "on" is restored by their first gesture here.
+  restore() {
+    const key = eicuTone.storeKey();
+    if (!key || localStorage.getItem(key) !== "on" || eicuTone.state.enabled) return;
+    const again = (event) => {
+      if (event.target && event.target.id === "sound") return;  // the button does it itself
+      removeEventListener("pointerdown", again, true);
+      removeEventListener("keydown", again, true);
+      if (!eicuTone.state.enabled) eicuTone.enable(true);
+    };
+    addEventListener("pointerdown", again, true);
+    addEventListener("keydown", again, true);
     eicuTone.label();
   },
 
   label() {
     const b = document.getElementById("sound");
     if (!b) return;
-    b.textContent = eicuTone.state.enabled ? "sound on" : "enable sound";
+    const key = eicuTone.storeKey();
+    const wanted = key && localStorage.getItem(key) === "on";
+    b.textContent = eicuTone.state.enabled ? "sound on"
+      : wanted ? "SOUND OFF: click anywhere to resume" : "SOUND OFF";
     b.setAttribute("aria-pressed", String(eicuTone.state.enabled));
     b.classList.toggle("sound-on", eicuTone.state.enabled);
     b.classList.toggle("sound-off", !eicuTone.state.enabled);
     const a = eicuTone.state.alarm;
-    b.title = a ? `sounding for ${a.kind} at ${a.bed}` : "";
+    b.title = a ? `sounding for ${a.kind} at ${a.bed} (${a.priority} priority)` : "";
   },
 
   // The alarm the tone is for (null: silence). Called with every alarm update.
   set(alarm) {
-    const want = Boolean(alarm);
     eicuTone.state.alarm = alarm ? { bed: alarm.bed, kind: alarm.kind, priority: alarm.priority } : null;
-    eicuTone.label();
+    const want = alarm && eicuTone.PATTERNS[alarm.priority] ? alarm.priority : null;
     eicuTone.want = want;
-    if (want && eicuTone.state.enabled && !eicuTone.state.playing) eicuTone.start();
-    if (!want && eicuTone.state.playing) eicuTone.stop();
+    eicuTone.label();
+    if (!eicuTone.state.enabled) return;
+    if (want !== eicuTone.state.pattern) {
+      eicuTone.stop();
+      if (want) eicuTone.start(want);
+    }
   },
 
-  start() {
+  start(priority) {
     const ctx = eicuTone.ctx;
+    const p = eicuTone.PATTERNS[priority];
     eicuTone.osc = ctx.createOscillator();
     eicuTone.gain = ctx.createGain();
     eicuTone.osc.type = "square";
-    eicuTone.osc.frequency.value = 880;
+    eicuTone.osc.frequency.value = p.hz;
     eicuTone.gain.gain.value = 0;
     eicuTone.osc.connect(eicuTone.gain).connect(ctx.destination);
     eicuTone.osc.start();
-    // A high-priority burst pattern: 3 + 2 pulses, repeated every 2.5 s.
     const burst = () => {
       const t = ctx.currentTime + 0.05;
       const g = eicuTone.gain.gain;
-      for (const at of [0, 0.25, 0.5, 0.9, 1.15]) {
+      for (const at of p.at_s) {
         g.setValueAtTime(0.15, t + at);
-        g.setValueAtTime(0, t + at + 0.15);
+        g.setValueAtTime(0, t + at + p.pulse_s);
       }
     };
     burst();
-    eicuTone.timer = setInterval(burst, 2500);
+    eicuTone.timer = setInterval(burst, p.every_s * 1000);
     eicuTone.state.playing = true;
+    eicuTone.state.pattern = priority;
   },
 
   stop() {
@@ -81,6 +126,7 @@ const eicuTone = {
     eicuTone.osc = null;
     eicuTone.gain = null;
     eicuTone.state.playing = false;
+    eicuTone.state.pattern = null;
   },
 };
 window.eicuAlarmTone = eicuTone.state;
@@ -100,6 +146,7 @@ const eicuAlarms = {
       sound.addEventListener("click", eicuTone.toggle);
       eicuTone.label();
     }
+    eicuTone.restore();
     const once = async () => {
       try {
         const all = await eicu.api("/api/alarms");
@@ -110,7 +157,7 @@ const eicuAlarms = {
         const data = await all.json();
         // The server lists the alarms most urgent first: the tone is for the first sounding one.
         const first = data.alarms.find((a) => a.sounding);
-        eicuTone.set(first && first.priority === "high" ? first : null);
+        eicuTone.set(first || null);
         if (bed && onBed) {
           const r = await eicu.api(`/api/alarms?bed=${encodeURIComponent(bed)}`);
           if (!r.ok) throw new Error(`error ${r.status}`);
