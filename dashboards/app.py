@@ -355,7 +355,15 @@ def create_app(
             service.machine.alarms() if service is not None else None,
             policy_for=service.machine.policy_for if service is not None else None,
         )
+        carts = registered_carts()
+        for row in rows:
+            row["cart"] = row["bed"] in carts  # a video consult can be offered
         return rows if sites is None else [r for r in rows if r["site"] in sites]
+
+    def registered_carts() -> set[str]:
+        """The beds with a video cart registered now (``consult.register`` sets the hub)."""
+        hub = getattr(app.state, "consult", None)
+        return {str(bed) for bed in hub.carts} if hub is not None else set()
 
     def sites_seen(sites: frozenset[str] | None) -> list[str]:
         return sorted({k.site for k in engine.router.beds if sites is None or k.site in sites})
@@ -385,6 +393,7 @@ def create_app(
             name: {"fs_hz": s.fs_hz, "t_last_us": s.last_t_us} for name, s in state.signals.items()
         }
         out["device_now_us"] = state.device_now_us(t)
+        out["cart"] = str(key) in registered_carts()
         return out
 
     @app.get("/api/beds/{site}/{bed}/trends")

@@ -461,6 +461,27 @@ async def test_a_newer_cart_replaces_the_older(site: Site, app: FastAPI) -> None
     await until(lambda: _true(not hub.carts))
 
 
+async def test_video_is_offered_only_for_a_bed_with_a_registered_cart(
+    site: Site, app: FastAPI
+) -> None:
+    ada = await site.login("ada")
+
+    async def offered() -> tuple[bool, bool]:
+        census = (await site.http.get("/api/census", headers=ada)).json()
+        row = next(r for r in census["beds"] if r["bed"] == str(BED))
+        detail = (await site.http.get(f"/api/beds/{BED.site}/{BED.bed}", headers=ada)).json()
+        return row["cart"], detail["cart"]
+
+    assert await offered() == (False, False)
+    async with site.ws("/ws/cart/icu1/bed1", await site.login("cart1")) as cart:
+        await recv_type(cart, "registered")
+        assert await offered() == (True, True)
+        await cart.close()
+    hub: ConsultHub = app.state.consult
+    await until(lambda: _true(not hub.carts))
+    assert await offered() == (False, False)
+
+
 async def _true(value: bool) -> bool:
     return value
 

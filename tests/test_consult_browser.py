@@ -256,6 +256,11 @@ def wait_for_frames(page: object, more_than: int, timeout_s: float = 30.0) -> di
 def test_a_call_from_the_bed_view_and_from_an_alarm(consult: Consult, browser: object) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page = log_in(browser, consult.url, "ida")
+    # a bed without a cart offers no video (the demo's cart serves bed001, this test's bed004)
+    page.goto(f"{consult.url}/bed?bed={SITE}%2Fbed002")
+    # drawn from the bed's detail, with which the page also decides on the video link
+    expect(page.locator("#news2 .band")).to_be_visible(timeout=10_000)
+    assert page.locator("a.video-link").count() == 0
     page.goto(f"{consult.url}/bed?bed={SITE}%2F{VT_BED}")
     # one click from the bed view to its video
     page.click("#video a.video-link")

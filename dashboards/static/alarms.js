@@ -186,7 +186,7 @@ const eicuAlarms = {
   },
 
   time(us) {
-    return us === null || us === undefined ? "—" : new Date(us / 1000).toLocaleTimeString();
+    return us === null || us === undefined ? "—" : new Date(us / 1000).toLocaleTimeString([], { hour12: false });
   },
 
   async post(path, body) {

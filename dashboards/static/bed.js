@@ -210,6 +210,7 @@ function drawReviewMarks(canvas, t0, t1, marks, alarms) {
 // Alarms: the live list with acknowledge / pause for the roles that may respond, and history.
 let alarmFeed = null;
 let pauseMaxS = null;
+let hasCart = false;  // a video cart is registered for this bed (at page load)
 
 async function respond(path, body) {
   const error = document.getElementById("alarm-error");
@@ -241,7 +242,7 @@ function alarmItem(a) {
       li.append(pause);
     }
   }
-  const video = eicu.videoLink(bedId, a.alarm_id);
+  const video = eicu.videoLink(bedId, a.alarm_id, hasCart);
   if (video) li.append(" ", video);
   return li;
 }
@@ -290,8 +291,10 @@ eicu.loadMe().then(async () => {
       eicu.el("span", { class: "error" }, known.status === 404 ? "no such bed" : `error ${known.status}`));
     return;
   }
-  renderBed(await known.json());
-  const video = eicu.videoLink(bedId);
+  const detail = await known.json();
+  hasCart = Boolean(detail.cart);
+  renderBed(detail);
+  const video = eicu.videoLink(bedId, null, hasCart);
   if (video) document.getElementById("video").append(video);
   connect();
   alarmFeed = eicuAlarms.poll({ bed: bedId, onBed: renderAlarms, onFeed: alarmFeedState });

@@ -46,7 +46,7 @@ function alarmCell(bed) {
     return eicu.el("span", { class: "missing", title: "this engine runs no alarm service" }, "n/a");
   }
   if (!bed.alarm) return eicu.el("span", { class: "missing" }, "—");
-  const video = eicu.videoLink(bed.bed, bed.alarm.alarm_id);
+  const video = eicu.videoLink(bed.bed, bed.alarm.alarm_id, bed.cart);
   return video ? eicu.el("span", {}, eicuAlarms.chip(bed.alarm), " ", video) : eicuAlarms.chip(bed.alarm);
 }
 
@@ -77,7 +77,7 @@ function acute(bed) {
 const COLUMNS = [
   { from: ["bed"], cell: (b) => eicu.el("a", { href: `/bed?bed=${encodeURIComponent(b.bed)}` }, b.bed) },
   { from: ["status", "stale", "seen_us", "new"], cell: statusCell },
-  { from: ["alarm", "alarms_available"], cell: alarmCell },
+  { from: ["alarm", "alarms_available", "cart"], cell: alarmCell },
   { from: ["news2"], cell: (b) => eicu.news2Chip(b.news2) },
   { from: ["values.HR"], cell: (b) => valueCell(b, b.values.HR) },
   { from: ["values.SPO2"], cell: (b) => valueCell(b, b.values.SPO2) },
@@ -257,7 +257,7 @@ function apply(msg) {
   if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
   tickAges();
   document.getElementById("empty").hidden = rows.size > 0;
-  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
   // the script's work, and up to the next frame drawn (style, layout and paint included)
   performance.measure(kind, { start, end: performance.now() });
   requestAnimationFrame(() => setTimeout(() => performance.measure(`${kind}-painted`, { start })));

@@ -91,8 +91,10 @@ const eicu = {
 
   // "Video": a call to the bed's cart, with the alarm that led to it; null for a role that may
   // not call.
-  videoLink(bed, alarmId = null) {
-    if (!eicu.me || !eicu.me.permissions.includes("consult")) return null;
+  // A link to a video consult with the bed: only for users who may call, and only while the
+  // bed has a cart registered (``hasCart``, from the census row or the bed detail).
+  videoLink(bed, alarmId = null, hasCart = false) {
+    if (!hasCart || !eicu.me || !eicu.me.permissions.includes("consult")) return null;
     const [site, name] = bed.split("/").map(encodeURIComponent);
     const query = alarmId ? `?alarm=${encodeURIComponent(alarmId)}` : "";
     return eicu.el("a", { class: "video-link", href: `/consult/${site}/${name}${query}`,
