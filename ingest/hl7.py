@@ -151,59 +151,55 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
             log.debug("PCD-01 observation with a code not in the table: %s", obx.field(3)[:80])
             continue
         where = f"OBX {obx.component(1) or '?'} ({param.key})"
-        value: float | None = None
-        if status != "X":
-            kind = obx.component(2)
-            if kind and kind != "NM":
-                errors.append(
-                    hl7.Hl7Error(
-                        "OBX", 2, hl7.DATA_TYPE_ERROR, f"{where}: value type {kind}, not NM"
-                    )
-                )
-                continue
-            try:
-                value = float(obx.component(5))
-            except ValueError:
-                errors.append(hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: not a number"))
-                continue
-            if not math.isfinite(value) or not param.low <= value <= param.high:
-                errors.append(
-                    hl7.Hl7Error(
-                        "OBX", 5, hl7.DATA_TYPE_ERROR,
-                        f"{where}: {value:g} outside {param.low:g}-{param.high:g} {param.unit}",
-                    )
-                )  # fmt: skip
-                continue
-            units = {obx.component(6, c) for c in (1, 2, 4, 5)} - {""}
-            if not units:
-                errors.append(
-                    hl7.Hl7Error("OBX", 6, hl7.REQUIRED_FIELD_MISSING, f"{where}: no unit")
-                )
-                continue
-            if not units & UNITS.get(param.unit, frozenset({param.unit})):
-                errors.append(
-                    hl7.Hl7Error(
-                        "OBX", 6, hl7.TABLE_VALUE_NOT_FOUND,
-                        f"{where}: unit {sorted(units)[0]!r}, expected {param.unit}",
-                    )
-                )  # fmt: skip
-                continue
-        t_us = default_us
-        if obx.component(14):
-            try:
-                t_us = hl7.parse_ts(obx.component(14))
-            except ValueError:
-                errors.append(
-                    hl7.Hl7Error("OBX", 14, hl7.DATA_TYPE_ERROR, f"{where}: not a date/time")
-                )
-                continue
-        if t_us is None:
-            errors.append(hl7.Hl7Error("OBX", 14, hl7.REQUIRED_FIELD_MISSING, f"{where}: no time"))
+        try:
+            value = None if status == "X" else _value(obx, param, where)
+            t_us = _time(obx, default_us, where)
+        except hl7.Hl7Error as exc:
+            errors.append(exc)
             continue
         by_time.setdefault(t_us, {})[param.key] = value
     if errors:
         raise ExceptionGroup("the message has errors", errors)
     return Observations(BedKey(site, bed_id), by_time)
+
+
+def _value(obx: hl7.Segment, param: Parameter, where: str) -> float:
+    """The numeric result of an OBX, checked against the parameter's type, range and unit."""
+    kind = obx.component(2)
+    if kind and kind != "NM":
+        raise hl7.Hl7Error("OBX", 2, hl7.DATA_TYPE_ERROR, f"{where}: value type {kind}, not NM")
+    try:
+        value = float(obx.component(5))
+    except ValueError:
+        raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: not a number") from None
+    if not math.isfinite(value) or not param.low <= value <= param.high:
+        raise hl7.Hl7Error(
+            "OBX", 5, hl7.DATA_TYPE_ERROR,
+            f"{where}: {value:g} outside {param.low:g}-{param.high:g} {param.unit}",
+        )  # fmt: skip
+    units = {obx.component(6, c) for c in (1, 2, 4, 5)} - {""}
+    if not units:
+        raise hl7.Hl7Error("OBX", 6, hl7.REQUIRED_FIELD_MISSING, f"{where}: no unit")
+    if not units & UNITS.get(param.unit, frozenset({param.unit})):
+        raise hl7.Hl7Error(
+            "OBX", 6, hl7.TABLE_VALUE_NOT_FOUND,
+            f"{where}: unit {sorted(units)[0]!r}, expected {param.unit}",
+        )  # fmt: skip
+    return value
+
+
+def _time(obx: hl7.Segment, default_us: int | None, where: str) -> int:
+    """OBX-14, else the message's observation time."""
+    if obx.component(14):
+        try:
+            return hl7.parse_ts(obx.component(14))
+        except ValueError:
+            raise hl7.Hl7Error(
+                "OBX", 14, hl7.DATA_TYPE_ERROR, f"{where}: not a date/time"
+            ) from None
+    if default_us is None:
+        raise hl7.Hl7Error("OBX", 14, hl7.REQUIRED_FIELD_MISSING, f"{where}: no time")
+    return default_us
 
 
 def _parameter(obx: hl7.Segment) -> Parameter | None:

@@ -19,15 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.chromium import CHROMIUM, playwright_or_skip
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.async_api", reason="pip install -e '.[dev]'")
+playwright_api = playwright_or_skip()
 
 CSS = (Path(__file__).resolve().parent.parent / "dashboards" / "static" / "app.css").read_text()
 PAGE = f"""<!doctype html><html><head><style>{CSS}</style></head><body>

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.chromium import CHROMIUM, playwright_or_skip
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,12 +44,7 @@ USERS = {  # name: (role, sites, password)
     "cart-demo-bed004": ("cart", SITE, "cart-password-for-bed4"),
 }
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+playwright_api = playwright_or_skip("playwright.sync_api")
 expect = playwright_api.expect
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from eicu.alarms.policy import DEFAULT_PATH
+from tests.chromium import CHROMIUM, playwright_or_skip
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,12 +32,7 @@ VIEWER_PASSWORD = "viewer-password-1"
 INTENSIVIST_PASSWORD = "intensivist-password-1"
 EVENTS_AT_S = 8
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+playwright_api = playwright_or_skip("playwright.sync_api")
 expect = playwright_api.expect
 
 

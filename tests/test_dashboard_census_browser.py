@@ -18,16 +18,11 @@ from eicu.config import HttpSettings, IngestSettings, MqttSettings
 from eicu.models import BedKey, NumericsFrame, StatusFrame
 from eicu.store import open_store
 from ingest.engine import Engine
+from tests.chromium import CHROMIUM, playwright_or_skip
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.async_api", reason="pip install -e '.[dev]'")
+playwright_api = playwright_or_skip()
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 BEDS = 300

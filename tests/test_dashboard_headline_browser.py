@@ -29,16 +29,11 @@ from eicu.store import open_store
 from ingest.engine import Engine
 from simulators.run import SimulationPlan, make_groups
 from simulators.synth import SCENARIOS
+from tests.chromium import CHROMIUM, playwright_or_skip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.async_api", reason="pip install -e '.[dev]'")
+playwright_api = playwright_or_skip()
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 BEDS = 48  # four of each of the demo's 12 scenarios

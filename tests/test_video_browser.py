@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from eicu.config import Secret, VideoSettings
 from eicu.video.cart import CartAgent
+from tests.chromium import CHROMIUM, playwright_or_skip
 from tests.video_engine import SignalingServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is absent: run scripts/setup-system (installs Debian's chromium)",
-        allow_module_level=True,
-    )
-playwright_api = pytest.importorskip("playwright.async_api", reason="pip install -e '.[dev]'")
+playwright_api = playwright_or_skip()
 
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
