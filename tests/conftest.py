@@ -61,6 +61,22 @@ async def store(db_url: str) -> AsyncIterator[Store]:
     await s.close()
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def store_of_each_kind(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Store]:
+    """The store on a fresh PostgreSQL database, then on a fresh SQLite file: a test that uses
+    it runs once for each."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("db_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'eicu.sqlite'}"
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
 @pytest.fixture
 def broker() -> Iterator[Mosquitto]:
     """A Mosquitto broker of this test's own, on a free port."""

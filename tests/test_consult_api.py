@@ -30,7 +30,7 @@ from dashboards.users import Role, Users
 from eicu.config import HttpSettings, parse_ice_servers
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
-from eicu.store import Store, open_store
+from eicu.store import Store
 from eicu.store.base import CallRecord
 from ingest.engine import Engine
 from tests.cheap_argon2 import cheap_hasher
@@ -596,19 +596,8 @@ def test_quality_figures_take_only_finite_known_values() -> None:
 # --- the audit in both stores ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("db_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'eicu.sqlite'}"
-    s = open_store(url)
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_calls_are_audited_in_both_stores(store: Store) -> None:
+async def test_calls_are_audited_in_both_stores(store_of_each_kind: Store) -> None:
+    store = store_of_each_kind
     t0 = time.time_ns() // 1000
     call = CallRecord("c1", BED, "ada", t0, cart="cart1", alarm_id="icu1/bed1/VTACH/3")
     await store.call_started(call)

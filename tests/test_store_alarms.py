@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +69,8 @@ def receipt(key: str, alarm_id: str = "a1", **changes: Any) -> DeliveryRecord:
     return dataclasses.replace(base, **changes)
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("db_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'eicu.sqlite'}"
-    s = open_store(url)
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_events_are_stored_once_and_read_back_exactly(store: Store) -> None:
+async def test_events_are_stored_once_and_read_back_exactly(store_of_each_kind: Store) -> None:
+    store = store_of_each_kind
     trail = [
         stored("a1", AlarmState.ACTIVE),
         stored("a2", AlarmState.ACTIVE, 1),
@@ -101,7 +89,8 @@ async def test_events_are_stored_once_and_read_back_exactly(store: Store) -> Non
     )
 
 
-async def test_receipts_copied_again_merge_whatever_the_order(store: Store) -> None:
+async def test_receipts_copied_again_merge_whatever_the_order(store_of_each_kind: Store) -> None:
+    store = store_of_each_kind
     early = receipt("k1", sent_us=T0_US + 10, attempts=1, last_error="HTTP 503")
     late = receipt(
         "k1",
