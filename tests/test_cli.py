@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from eicu import hl7
 from eicu.devservices import Mosquitto, free_port
 from simulators.run import SimulationPlan
 
@@ -108,6 +109,9 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
         "EICU_METRICS_PORT": str(free_port()),
         "EICU_HTTP_PORT": str(free_port()),
         "EICU_USERS_FILE": str(tmp_path / "users.json"),
+        # HL7 v2 in beside the engine (the listener of docs/interoperability.md)
+        "EICU_HL7_SITE": "ward3",
+        "EICU_HL7_PORT": str(free_port()),
     }
     serve = subprocess.Popen(
         [sys.executable, "-m", "eicu.cli", "serve"],
@@ -139,6 +143,14 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
             urllib.request.urlopen(dashboard + "/api/census", timeout=5)
         anonymous.value.close()
         assert anonymous.value.code == 401
+        # a PCD-01 message to the same process's HL7 listener: accepted once at the broker
+        example = (ROOT / "tests" / "data" / "hl7" / "pcd01-oru-r01.hl7").read_bytes()
+        with socket.create_connection(("127.0.0.1", int(env["EICU_HL7_PORT"])), 10) as mllp:
+            mllp.sendall(hl7.frame(example.decode()))
+            answer = b""
+            while not answer.endswith(hl7.END_BLOCK):
+                answer += mllp.recv(4096)
+        assert b"MSA|AA|PCD0001" in answer
     finally:
         serve.send_signal(signal.SIGTERM)  # written out (held segments included) before exit
         _, err = serve.communicate(timeout=60)
@@ -148,7 +160,9 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
     assert "eicu_store_latency_seconds_bucket" in metrics
     stats = _eicu("stats", "--json", env=env)
     assert stats.returncode == 0, stats.stderr
-    assert json.loads(stats.stdout)["beds"] == summary["beds"]
+    stored = json.loads(stats.stdout)["beds"]
+    assert stored.pop("ward3/bed07")["messages"] == 2  # the HL7 message's two observation times
+    assert stored == summary["beds"]
     assert set(summary["beds"]) == {"cli/bed001", "cli/bed002", "cli/bed003"}
 
 

@@ -4,8 +4,9 @@ Settings: ``EICU_HL7_SITE`` (the site whose beds the messages are about; require
 ``EICU_HL7_HOST`` (default 127.0.0.1) and ``EICU_HL7_PORT`` (default 2575, the port registered
 for HL7 over MLLP), ``EICU_HL7_ALLOW`` (comma-separated addresses or networks allowed to connect;
 default the loopback addresses), ``EICU_HL7_MAX_BYTES`` (default 1 MiB), and the broker's
-``EICU_MQTT_URL`` (with its credentials and TLS settings) to publish to. See
-docs/interoperability.md.
+``EICU_HL7_MQTT_URL`` (else ``EICU_MQTT_URL``; with its TLS settings) to publish to, as a gateway
+of that site. ``eicu serve`` runs the same listener beside the engine when ``EICU_HL7_SITE`` is
+set. See docs/interoperability.md.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import asyncio
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from eicu.config import MqttSettings
 from eicu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ingest.hl7 import Listener
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,21 +43,21 @@ def _int(env: dict[str, str], key: str, default: int, low: int, high: int) -> in
     return value
 
 
-def run(args: argparse.Namespace) -> int:
+def listener_from_env(env: dict[str, str], port: int | None = None) -> Listener | None:
+    """The listener the settings describe (None without ``EICU_HL7_SITE``). It publishes to
+    ``EICU_HL7_MQTT_URL``, else ``EICU_MQTT_URL``: a gateway account of its site."""
     from ingest.hl7 import MAX_MESSAGE_BYTES, Listener
 
-    env = dict(os.environ)
     site = env.get("EICU_HL7_SITE", "").strip()
     if not site:
-        raise ConfigError("EICU_HL7_SITE", "required: the site whose beds the messages are about")
-    port = args.port if args.port is not None else _int(env, "EICU_HL7_PORT", 2575, 0, 65535)
+        return None
+    port = port if port is not None else _int(env, "EICU_HL7_PORT", 2575, 0, 65535)
     max_bytes = _int(env, "EICU_HL7_MAX_BYTES", MAX_MESSAGE_BYTES, 1024, 64 << 20)
     allow = [a.strip() for a in env.get("EICU_HL7_ALLOW", "").split(",") if a.strip()]
-    mqtt = MqttSettings.from_url(
-        env.get("EICU_MQTT_URL") or "mqtt://127.0.0.1:1883", key="EICU_MQTT_URL", env=env
-    )
+    key = "EICU_HL7_MQTT_URL" if env.get("EICU_HL7_MQTT_URL") else "EICU_MQTT_URL"
+    mqtt = MqttSettings.from_url(env.get(key) or "mqtt://127.0.0.1:1883", key=key, env=env)
     try:
-        listener = Listener(
+        return Listener(
             mqtt,
             site,
             host=env.get("EICU_HL7_HOST", "127.0.0.1").strip() or "127.0.0.1",
@@ -61,27 +66,36 @@ def run(args: argparse.Namespace) -> int:
             max_message_bytes=max_bytes,
         )
     except ValueError as exc:
-        key = (
+        name = (
             "EICU_HL7_ALLOW" if "network" in str(exc) or "address" in str(exc) else "EICU_HL7_SITE"
         )
-        raise ConfigError(key, str(exc)) from exc
+        raise ConfigError(name, str(exc)) from exc
+
+
+async def start_listener(listener: Listener) -> None:
+    """Start ``listener``; a port that cannot be had is a clear configuration error."""
+    try:
+        await listener.start()
+    except OSError as exc:
+        await listener.stop()
+        raise ConfigError(
+            "EICU_HL7_PORT", f"cannot listen on {listener.host}:{listener.port}: {exc}"
+        ) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    listener = listener_from_env(dict(os.environ), args.port)
+    if listener is None:
+        raise ConfigError("EICU_HL7_SITE", "required: the site whose beds the messages are about")
     return asyncio.run(_serve(listener))
 
 
-async def _serve(listener: object) -> int:
-    from ingest.hl7 import Listener
-
-    assert isinstance(listener, Listener)
+async def _serve(listener: Listener) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await listener.start()
-    except OSError as exc:
-        raise ConfigError(
-            "EICU_HL7_PORT", f"cannot listen on {listener.host}:{listener.port}: {exc}"
-        ) from exc
+    await start_listener(listener)
     print(
         f"eicu hl7: listening on {listener.host}:{listener.port} for site {listener.site}, "
         f"publishing to {listener.mqtt.url}",

@@ -93,6 +93,7 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
     from dashboards.app import create_app
     from dashboards.server import DashboardServer
     from dashboards.users import Users
+    from eicu.commands.hl7 import listener_from_env, start_listener
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -160,9 +161,15 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
     await dashboard.start()
     log.info("dashboard on %s/ (users: %s)", dashboard.url, settings.http.users_file)
     log.info("engine running: %s -> %s", mqtt.url, store.backend)
+    # HL7 v2 in (IHE PCD-01) beside the engine when EICU_HL7_SITE is set
+    hl7 = listener_from_env(dict(os.environ))
     try:
+        if hl7 is not None:
+            await start_listener(hl7)
         await engine.run_until(stop)
     finally:
+        if hl7 is not None:
+            await hl7.stop()
         await dashboard.stop()
         if metrics_server is not None:
             metrics_server.close()
