@@ -244,6 +244,13 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     page.click("#sound")
     page.wait_for_function(TONE_PLAYING, timeout=5_000)
     assert page.evaluate("() => window.eicuAlarmTone.pattern") == "high"
+    # the header counts the live alarms per priority, the unacknowledged high ones flashing red
+    high = page.locator("#alarm-counts .alarm-count[data-priority='high']")
+    expect(high).to_have_attribute("data-unacknowledged", re.compile(r"^[1-9]"), timeout=5_000)
+    assert "acked" not in (high.get_attribute("class") or "")
+    assert {
+        page.locator(f"#alarm-counts [data-priority='{p}']").count() for p in ("medium", "low")
+    } == {1}
     page.screenshot(path=str(ARTIFACTS / "census-alarm.png"), full_page=True)
 
     # a viewer sees the same alarm on the bed view, with no acknowledge or pause buttons

@@ -158,6 +158,7 @@ const eicuAlarms = {
         // The server lists the alarms most urgent first: the tone is for the first sounding one.
         const first = data.alarms.find((a) => a.sounding);
         eicuTone.set(first || null);
+        eicuAlarms.counts(data.alarms);
         if (bed && onBed) {
           const r = await eicu.api(`/api/alarms?bed=${encodeURIComponent(bed)}`);
           if (!r.ok) throw new Error(`error ${r.status}`);
@@ -172,6 +173,22 @@ const eicuAlarms = {
     once();
     const timer = setInterval(once, eicuAlarms.PERIOD_MS);
     return { refresh: once, stop: () => clearInterval(timer) };
+  },
+
+  // The live alarms of the user's sites per priority, in the header (where the page has a place
+  // for them): "2 high · 1 medium · 0 low"; those nobody has acknowledged counted apart.
+  counts(alarms) {
+    const place = document.getElementById("alarm-counts");
+    if (!place) return;
+    const chips = ["high", "medium", "low"].map((p) => {
+      const live = alarms.filter((a) => a.priority === p);
+      const open = live.filter((a) => a.state !== "acknowledged").length;
+      const cls = `alarm alarm-${p}${open ? "" : " acked"} alarm-count`;
+      return eicu.el("span", { class: cls, "data-priority": p, "data-count": String(live.length),
+        "data-unacknowledged": String(open), title: `${open} not acknowledged` },
+        `${live.length} ${p}`);
+    });
+    place.replaceChildren(...chips);
   },
 
   // A chip for one alarm: coloured by priority, marked when acknowledged or paused.
