@@ -60,6 +60,14 @@ def feed(engine: Engine, seq: int, sick: set[int], late_s: float = 0.0) -> None:
         engine.router.route(NumericsFrame(bed(i), seq, device_t, dict(values), received_us=t))
 
 
+async def census_api(page: object) -> list[str]:
+    """The beds in the server's ranking."""
+    body = await page.evaluate(  # type: ignore[attr-defined]
+        "async () => (await (await fetch('/api/census')).json())"
+    )
+    return [r["bed"] for r in body["beds"]]
+
+
 async def scroll_to(page: object, name: str) -> object:
     """The row of a bed, scrolling down the census a screen at a time until it is drawn."""
     await page.evaluate("() => window.scrollTo(0, 0)")  # type: ignore[attr-defined]
@@ -132,9 +140,25 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
             assert tail == ranked[-len(tail) :]
             await page.evaluate("() => window.scrollTo(0, 0)")
 
-            # a bed far down the list turns acute: it comes to the top, red
-            sick.add(BEDS - 1)
+            # a bed far down the list turns acute while the keyboard focus is on the first
+            # row: the rows hold still (the page says so) until the focus leaves the table
             top = page.locator("#census tbody tr[data-bed]").first
+            first_bed = await top.get_attribute("data-bed")
+            await top.locator("a").first.focus()
+            sick.add(BEDS - 1)
+            deadline = time.monotonic() + 10
+            while (await census_api(page))[0] != str(bed(BEDS - 1)):
+                assert time.monotonic() < deadline, "the server never ranked the acute bed first"
+                await asyncio.sleep(0.25)
+            seq = int(await page.get_attribute("#census", "data-seq") or 0)
+            await page.wait_for_function(
+                f"() => Number(document.querySelector('#census').dataset.seq) >= {seq + 2}"
+            )
+            assert await top.get_attribute("data-bed") == first_bed
+            assert await page.get_attribute("#census", "data-order-held") == "true"
+            assert await page.is_visible("#order-held")
+            await page.keyboard.press("Escape")
+            # then it comes to the top, red
             deadline = time.monotonic() + 10
             while await top.get_attribute("data-bed") != str(bed(BEDS - 1)):
                 assert time.monotonic() < deadline, "the acute bed did not come to the top"

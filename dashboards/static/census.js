@@ -221,6 +221,31 @@ function snapshot(msg) {
   body.replaceChildren();
   for (const bed of msg.beds) rows.set(bed.bed, { data: bed, tr: null });
   order = msg.beds.map((b) => b.bed);
+  heldOrder = null;
+  showHold();
+  drawView();
+}
+
+// While the keyboard focus is in the table the rows keep their order (values still update,
+// beds still come and go at the end), so the focused row does not move under the user; the
+// ranking the server sends is kept aside and applied when the focus leaves (or on Escape).
+let heldOrder = null;
+
+function focusInTable() {
+  return body.contains(document.activeElement);
+}
+
+function showHold() {
+  const held = heldOrder !== null;
+  document.getElementById("census").dataset.orderHeld = String(held);
+  document.getElementById("order-held").hidden = !held;
+}
+
+function releaseOrder() {
+  if (heldOrder === null) return;
+  order = heldOrder.filter((b) => rows.has(b));
+  heldOrder = null;
+  showHold();
   drawView();
 }
 
@@ -233,12 +258,30 @@ function delta(msg) {
     if (row.tr) update(row, change);
   }
   for (const bed of Object.values(msg.add)) rows.set(bed.bed, { data: bed, tr: null });
-  if (msg.order) order = msg.order;
-  else if (msg.remove.length || Object.keys(msg.add).length) {
-    order = [...order.filter((b) => rows.has(b)), ...Object.keys(msg.add)];
+  let ranked = msg.order || null;
+  if (!ranked && (msg.remove.length || Object.keys(msg.add).length)) {
+    ranked = [...(heldOrder || order).filter((b) => rows.has(b)), ...Object.keys(msg.add)];
+  }
+  if (ranked && focusInTable()) {
+    heldOrder = ranked;
+    const known = new Set(order);
+    order = [...order.filter((b) => rows.has(b)), ...ranked.filter((b) => !known.has(b))];
+    showHold();
+  } else if (ranked) {
+    order = ranked;
+    heldOrder = null;
+    showHold();
   }
   drawView();
 }
+
+body.addEventListener("focusout", () => {
+  // after the focus has moved: still in the table (one row to the next) keeps the hold
+  setTimeout(() => { if (!focusInTable()) releaseOrder(); }, 0);
+});
+addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && heldOrder !== null) { document.activeElement.blur(); releaseOrder(); }
+});
 
 function apply(msg) {
   const kind = msg.type === "snapshot" ? "census-snapshot" : "census-delta";
@@ -253,6 +296,7 @@ function apply(msg) {
     delta(msg);
   }
   seq = msg.seq;
+  document.getElementById("census").dataset.seq = String(seq);
   if (msg.sites) updateSites(msg.sites);
   if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
   tickAges();
