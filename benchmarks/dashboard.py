@@ -171,7 +171,7 @@ async def run(args: argparse.Namespace) -> None:
             time.time_ns() // 1000, site,
         )  # fmt: skip
 
-    def sites() -> list[str]:
+    def sites(_scope: str | None) -> list[str]:
         return sorted({k.site for k in engine.router.beds})
 
     # --- server: the whole census per page per second (before) and shared deltas (after) -----
@@ -183,7 +183,7 @@ async def run(args: argparse.Namespace) -> None:
     for k in range(args.live):
         feed_second(k)
         t = time.process_time()
-        full = json.dumps({"sites": sites(), "beds": census_rows(None)})
+        full = json.dumps({"sites": sites(None), "beds": census_rows(None)})
         before_ms.append((time.process_time() - t) * 1000)
         before_kb.append(len(full.encode()) / 1e3)
         clock[0] += 1.0
