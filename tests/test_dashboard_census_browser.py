@@ -143,7 +143,11 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
             # a bed far down the list turns acute while the keyboard focus is on the first
             # row: the rows hold still (the page says so) until the focus leaves the table
             top = page.locator("#census tbody tr[data-bed]").first
-            first_bed = await top.get_attribute("data-bed")
+            first_bed = (await census_api(page))[0]
+            await page.wait_for_function(  # the top of the census drawn again after the scroll
+                "(bed) => document.querySelector('#census tbody tr[data-bed]').dataset.bed === bed",
+                arg=first_bed,
+            )
             await top.locator("a").first.focus()
             sick.add(BEDS - 1)
             deadline = time.monotonic() + 10
@@ -184,6 +188,11 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
             await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
             row11 = await scroll_to(page, "icu2/bed011")
             assert await row11.locator(".status.offline").count() == 1
+            # the filter is in the address: the view can be bookmarked and opened again
+            assert page.url.endswith("/census?site=icu2")
+            await page.goto(server.url + "/census?site=icu1")  # opened again from the address
+            await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
+            assert await page.input_value("#site") == "icu1"
 
             # every bed's numerics now come through 6 s late: the engine reads its input late
             banner = page.locator("#input-delay")

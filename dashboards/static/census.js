@@ -339,7 +339,21 @@ function onScroll() {
 }
 addEventListener("scroll", onScroll, { passive: true });
 addEventListener("resize", () => { measured = false; onScroll(); });
-siteSelect.addEventListener("change", connect);
+// The site filter is in the address (/census?site=icu1): a view can be bookmarked and shared.
+function siteFromAddress() {
+  const wanted = new URLSearchParams(location.search).get("site");
+  if (!wanted) return;
+  if (![...siteSelect.options].some((o) => o.value === wanted)) {
+    siteSelect.append(eicu.el("option", { value: wanted }, wanted));
+  }
+  siteSelect.value = wanted;
+}
+siteSelect.addEventListener("change", () => {
+  const site = siteSelect.value;
+  history.replaceState(null, "", site ? `/census?site=${encodeURIComponent(site)}` : "/census");
+  connect();
+});
+siteFromAddress();
 eicu.loadMe().then(() => {
   connect();
   eicuAlarms.poll({ onFeed: alarmFeed });
