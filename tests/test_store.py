@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from eicu.models import (
     StatusFrame,
     WaveformFrame,
 )
-from eicu.store import Store, open_store
+from eicu.store import Store
 from eicu.store.segments import decode_blocks, encode_blocks
 
 BED = BedKey("karamay", "bed01")
@@ -59,16 +58,10 @@ def _frames(t0_us: int, n_frames: int = 8) -> tuple[list[WaveformFrame], list[Nu
     return waves, numerics
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgresql":
-        url = request.getfixturevalue("db_url")
-    else:
-        url = f"sqlite:///{tmp_path / 'eicu.sqlite'}"
-    s = open_store(url)
-    await s.open()
-    yield s
-    await s.close()
+@pytest.fixture
+def store(store_of_each_kind: Store) -> Store:
+    """Every test here runs on PostgreSQL and on SQLite (conftest's store of each kind)."""
+    return store_of_each_kind
 
 
 def test_container_round_trip_is_lossless() -> None:

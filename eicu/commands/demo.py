@@ -182,7 +182,13 @@ async def demo(args: argparse.Namespace) -> int:
     print(login, file=sys.stderr, flush=True)
     if sys.stdin is not None and sys.stdin.isatty():
         # Enter shows the login again (the terminal may have scrolled it away)
-        loop.add_reader(sys.stdin, lambda: (sys.stdin.readline(), print(login, file=sys.stderr)))
+        def show_login() -> None:
+            if sys.stdin.readline():
+                print(login, file=sys.stderr)
+            else:  # end of input (Ctrl-D): nothing more to read
+                loop.remove_reader(sys.stdin)
+
+        loop.add_reader(sys.stdin, show_login)
     cart = None if args.no_cart else await _start_cart(dashboard.url, users, data_dir)
     await engine.start()
     await engine.wait_connected(30.0)
