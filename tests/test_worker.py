@@ -80,6 +80,30 @@ async def _until(what: str, condition: object, timeout_s: float = WAIT_S) -> Non
     raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
+def _missing_sequences(db_url: str) -> dict[str, list[int]]:
+    """Per bed and kind, the sequence numbers between its first and last stored that no row
+    holds (a waveform segment holds ``n_frames`` numbers from its ``seq``)."""
+    import psycopg
+
+    out: dict[str, list[int]] = {}
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            """SELECT b.site || '/' || b.bed, 'numerics', n.seq, 1 FROM numerics n JOIN beds b
+                 USING (bed_id)
+               UNION ALL
+               SELECT b.site || '/' || b.bed, 'waveform', w.seq, w.n_frames FROM waveforms w
+                 JOIN beds b USING (bed_id)"""
+        ).fetchall()
+    held: dict[str, set[int]] = {}
+    for bed, kind, seq, n in rows:
+        held.setdefault(f"{bed} {kind}", set()).update(range(seq, seq + n))
+    for key, seqs in held.items():
+        gaps = sorted(set(range(min(seqs), max(seqs) + 1)) - seqs)
+        if gaps:
+            out[key] = gaps
+    return out
+
+
 async def _all_read(workers: list[Worker]) -> bool:
     return set().union(*(w.reading for w in workers)) == set(range(PARTITIONS))
 
@@ -97,9 +121,14 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
         except AssertionError:
             pytest.fail("\n".join(f"{w.name}: {w.reading}\n{w.tail()}" for w in workers))
         assert workers[0].reading and workers[1].reading, "the partitions are shared"
-        for w in workers:  # ready: its first claims done, its partitions subscribed
-            status, body = await asyncio.to_thread(_get, HEALTH[w.name] + "/readyz")
-            assert status == 200, body
+        for w in workers:  # ready: first claims done, partitions subscribed, kernels warmed
+            url = HEALTH[w.name] + "/readyz"
+
+            async def ready(url: str = url) -> bool:
+                return (await asyncio.to_thread(_get, url))[0] == 200
+
+            await _until(f"{w.name} ready", ready)
+            _, body = await asyncio.to_thread(_get, url)
             assert json.loads(body)["checks"]["partitions"]["ok"], body
         plan = SimulationPlan(site="hub", beds=BEDS, duration_s=52.0, speed=2.0)
         publishing = asyncio.create_task(simulate(MqttSettings.from_url(cluster[0].url), plan))
@@ -159,7 +188,9 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
             await _until("every published sample stored", all_in, timeout_s=60.0)
         except AssertionError:
             stored = (await store.stats())["beds"]
-            pytest.fail(f"stored {stored} != published {published}\n" + workers[1].tail())
+            missing = await asyncio.to_thread(_missing_sequences, db_url)
+            logs = "\n".join(f"--- {w.name}\n{w.tail(200)}" for w in workers)
+            pytest.fail(f"stored {stored} != published {published}\nmissing {missing}\n{logs}")
     finally:
         for w in workers:
             if w.process.poll() is None:
