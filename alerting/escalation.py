@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast, get_args
@@ -36,10 +36,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from alerting.channels import DeliveryChannel
 from alerting.outbox import Outbox, event_id
-from eicu.alarm_model import AlarmEvent, AlarmState, Channel, Notification, Priority
+from eicu.alarm_model import (
+    AlarmEvent,
+    AlarmState,
+    Channel,
+    DeliveryRecord,
+    Notification,
+    Priority,
+)
 from eicu.backoff import Backoff
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import ConfigError, DeliveryError
+from eicu.models import BedKey
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +239,12 @@ def is_state_key(key: str, alarm_id: str) -> bool:
     return key.startswith(f"{alarm_id}:state:")
 
 
+def _is_page_key(key: str, event: AlarmEvent) -> bool:
+    """Whether ``key`` names a page of ``event``'s alarm (see :func:`notification_key`)."""
+    prefix = f"{event.alarm_id}:"
+    return key.startswith(prefix) and key[len(prefix) :].split(":", 1)[0].isdigit()
+
+
 class Dispatcher:
     """Takes alarm events, pages the rota through the outbox, escalates on its clock."""
 
@@ -318,6 +332,49 @@ class Dispatcher:
         if self.on_acknowledged is not None:
             self.on_acknowledged(notification.alarm_id, by)
         return notification.alarm_id
+
+    def hand_over(self, bed: BedKey) -> list[str]:
+        """Stop escalating ``bed``'s alarms here without ending them (its partition moved: the
+        new owner takes them over, see :meth:`take_over`); deliveries already under way finish.
+        Returns the alarm ids."""
+        now_us = self._now_us()
+        gone = [aid for aid, esc in self._alarms.items() if esc.event.bed == bed]
+        for aid in gone:
+            del self._alarms[aid]
+            self._outbox.stop_escalation(aid, now_us)  # not taken up again at a restart here
+        return gone
+
+    async def take_over(self, event: AlarmEvent, receipts: Sequence[DeliveryRecord]) -> int:
+        """Go on with the escalation of an alarm another process raised (its bed's partition
+        moved here), from ``event``, its latest change, and ``receipts``, the receipts of its
+        notifications that process left in the store: at the step it had reached, timed from
+        when that step began; that step's pages already delivered are not sent again (the
+        others are, under the same idempotency keys). Returns the step."""
+        self._outbox.record(event, recorded_us=self._now_us())
+        if event.state in _STOPPING:
+            return -1
+        rota = self._rota.for_site(event.bed.site)
+        if rota is None:
+            log.error("alarm %s taken over: no rota for site %s", event.alarm_id, event.bed.site)
+            return -1
+        step, started_us, delivered = 0, self._now_us(), set[str]()
+        pages = [(int(r.key.split(":")[1]), r) for r in receipts if _is_page_key(r.key, event)]
+        if pages:
+            step = max(n for n, _ in pages)
+            at_step = [r for n, r in pages if n == step]
+            started_us = min(r.enqueued_us for r in at_step)
+            delivered = {r.key for r in at_step if r.delivered_us is not None}
+        self._outbox.reopen_escalation(event.alarm_id)
+        esc = _Escalation(event, rota, step, started_us / 1e6)
+        self._alarms[event.alarm_id] = esc
+        self._notify(esc)
+        now_us = self._now_us()
+        for key in esc.keys:
+            if key in delivered:
+                self._outbox.mark_delivered(key, now_us)  # before its delivery task starts
+                esc.delivery_checked = True
+        log.info("alarm %s taken over at escalation step %d", event.alarm_id, step)
+        return step
 
     # --- time -----------------------------------------------------------------------------------
 

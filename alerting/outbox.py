@@ -22,11 +22,12 @@ repeat.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,8 @@ class Outbox:
                     f"outbox {self.path} has schema {version}, newer than {SCHEMA_VERSION}"
                 )
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Called after events were added to the trail (run_copy copies them at once).
+        self.on_recorded: Callable[[], None] | None = None
         pending = self._db.execute(f"SELECT count(*) FROM deliveries WHERE {_OPEN}").fetchone()[0]
         if pending:
             log.info("outbox %s: %d deliveries pending from before", self.path, pending)
@@ -219,6 +222,8 @@ class Outbox:
                 rows,
             )
             added = db.total_changes - before
+        if added and self.on_recorded is not None:
+            self.on_recorded()
         return added
 
     def events(
@@ -391,6 +396,11 @@ class Outbox:
                 (alarm_id, at_us, at_us),
             )
 
+    def reopen_escalation(self, alarm_id: str) -> None:
+        """An alarm handed over and taken back escalates again from here."""
+        with self._tx() as db:
+            db.execute("DELETE FROM escalations WHERE alarm_id = ?", (alarm_id,))
+
     def escalation_stopped(self, alarm_id: str) -> bool:
         row = self._db.execute(
             "SELECT stopped_us FROM escalations WHERE alarm_id = ?", (alarm_id,)
@@ -473,13 +483,19 @@ async def run_copy(
     retry_max_s: float = 30.0,
     clock: Clock = SYSTEM_CLOCK,
 ) -> None:
-    """Copy the outbox to the store every ``interval_s`` (of ``clock``) until cancelled; while
-    the database is away, wait with jittered exponential backoff and keep everything local."""
+    """Copy the outbox to the store as soon as events are recorded and every ``interval_s``
+    (of ``clock``) until cancelled (receipts change without an event); while the database is
+    away, wait with jittered exponential backoff and keep everything local. An event reaches
+    the store within one write of being recorded, so a worker killed right after it leaves it
+    there for the worker that takes its beds over."""
     if not (interval_s > 0):
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
     backoff = Backoff(retry_min_s, retry_max_s)
     available = True
+    recorded = asyncio.Event()
+    outbox.on_recorded = recorded.set
     while True:
+        recorded.clear()  # what is recorded from now on is copied by the next pass
         try:
             n_events, n_deliveries = await outbox.copy_to_store(store)
         except StorageUnavailable as exc:
@@ -494,7 +510,7 @@ async def run_copy(
         backoff.reset()
         if n_events or n_deliveries:
             log.debug("copied %d alarm events and %d receipts", n_events, n_deliveries)
-        await clock.sleep(interval_s)
+        await clock.wait(recorded, interval_s)
 
 
 def _stored_event(row: sqlite3.Row) -> StoredEvent:

@@ -35,7 +35,7 @@ from eicu.alarms.policy import AlarmPolicy, load_policy
 from eicu.alarms.ranking import events_most_urgent_first
 from eicu.alarms.report import BurdenReport, burden
 from eicu.alarms.rules import DataTimes, evaluate_bed
-from eicu.alarms.state import AlarmStateMachine
+from eicu.alarms.state import Alarm, AlarmStateMachine
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.models import AlarmAck, BedKey, Frame, NumericsFrame, StatusFrame
 
@@ -247,6 +247,24 @@ class AlarmService:
         if gone:
             log.info("%s handed over with %d live alarms", bed, len(gone))
 
+    def adopt(self, bed: BedKey, trail: Iterable[AlarmEvent]) -> list[Alarm]:
+        """Take over ``bed``'s live alarms from the audit trail another worker left (its
+        partition moved here; see ``AlarmStateMachine.adopt``): they go on here under their
+        own ids, their events join this outbox's trail (the same events, the same ids), and the
+        bed is judged at once. Nothing is paged from here: the caller resumes the escalations
+        where they stood."""
+        trail = [e for e in trail if e.bed == bed]
+        adopted = self.machine.adopt(bed, trail)
+        if adopted:
+            ids = {a.alarm_id for a in adopted}
+            self.outbox.record_many([e for e in trail if e.alarm_id in ids])
+            self._save()
+            self._count_active()
+            log.info("%s taken over with %d live alarms", bed, len(adopted))
+        self._dirty.add(bed)
+        self._wake.set()
+        return adopted
+
     def _take_due(self, now_us: int, every_us: int) -> set[BedKey]:
         """The beds to evaluate now: new data, a pending condition due, or (with ``every_us``)
         not evaluated for that long."""
@@ -305,16 +323,19 @@ class AlarmService:
         for event in events:
             self.metrics.events.labels(state=event.state.value).inc()
         self._save()
+        self._count_active()
+        self.recent.extend(events)
+        del self.recent[:-RECENT_MAX]
+        if self._on_events is not None:
+            self._on_events(events)
+
+    def _count_active(self) -> None:
         counts: dict[str, int] = {}
         for alarm in self.machine.alarms():
             if alarm.state != AlarmState.CLEARED:
                 counts[alarm.priority.value] = counts.get(alarm.priority.value, 0) + 1
         for priority in ("high", "medium", "low"):
             self.metrics.active.labels(priority=priority).set(counts.get(priority, 0))
-        self.recent.extend(events)
-        del self.recent[:-RECENT_MAX]
-        if self._on_events is not None:
-            self._on_events(events)
 
     def update_burden(self, now_us: int) -> BurdenReport:
         """Set the burden gauges from the audit trail of the alarms started in the last

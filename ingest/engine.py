@@ -13,6 +13,7 @@ from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
 from eicu.health import Health
 from eicu.metrics import IngestMetrics
+from eicu.models import BedKey
 from eicu.store import AlarmRepository, Store
 from ingest.admission import Admission
 from ingest.scores import ScoreStage
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEQUENCE_LOOKBACK_US = 86_400 * 1_000_000  # sequence tracking resumes from the last day stored
+# A bed taken over adopts the alarms of its audit trail of the last day that are not over.
+ALARM_TAKEOVER_LOOKBACK_US = 86_400 * 1_000_000
+ALARM_STORE_WAIT_S = 5.0  # how long a partition's hand-over waits for the alarm tables
 
 
 def warm_up(signals: bool) -> None:
@@ -164,6 +168,7 @@ class Engine:
         self.warmed = False
         self.ingest.on_partition_gained = self._partition_gained
         self.ingest.on_partition_lost = self._partition_lost
+        self.ingest.on_partition_released = self._partition_released
 
     def running(self, name: str) -> bool:
         """Whether the engine's task ``name`` (``ingest``, ``store-writer``, ``alarms``, ...)
@@ -207,7 +212,56 @@ class Engine:
     async def _partition_gained(self, k: int) -> None:
         """Before a taken-over partition's messages are read: sequence tracking of its beds goes
         on from what the store holds (what the last owner stored is not taken twice)."""
-        await self._resume_sequences(partition=k)
+        beds = await self._resume_sequences(partition=k)
+        await self._take_over_alarms(beds)
+
+    async def _take_over_alarms(self, beds: set[BedKey]) -> None:
+        """The live alarms of beds taken over go on here (``AlarmService.adopt``), and their
+        escalations where the last owner left them (``Dispatcher.take_over``), before the beds'
+        messages are read: a condition still present is not raised again, one that ended ends
+        its alarm. Without the alarm tables (or with no answer in time) the beds start with no
+        alarm, and a condition still present is raised again after its delay."""
+        alarms, store = self.alarms, self.alarm_store
+        if alarms is None or store is None or not beds:
+            return
+        now_us = self._clock.now_us()
+        try:
+            stored = await asyncio.wait_for(
+                store.alarm_events(
+                    now_us - ALARM_TAKEOVER_LOOKBACK_US, now_us + 600_000_000, beds=beds
+                ),
+                ALARM_STORE_WAIT_S,
+            )
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("alarms of %d beds taken over not read (%s): none adopted", len(beds), exc)
+            return
+        trails: dict[BedKey, list[AlarmEvent]] = {}
+        for row in stored:
+            trails.setdefault(row.event.bed, []).append(row.event)
+        for bed, trail in trails.items():
+            adopted = alarms.adopt(bed, trail)
+            if self.dispatcher is None:
+                continue
+            latest = {e.alarm_id: e for e in trail}  # oldest first: the last one stays
+            for alarm in adopted:
+                try:
+                    receipts = await store.alarm_deliveries(alarm.alarm_id)
+                except StorageUnavailable as exc:
+                    log.warning("receipts of %s not read (%s)", alarm.alarm_id, exc)
+                    receipts = []
+                await self.dispatcher.take_over(latest[alarm.alarm_id], receipts)
+
+    async def _partition_released(self, k: int) -> None:
+        """Before a partition's key is let go: the alarm events of its beds are in the store,
+        where the next owner reads them."""
+        if self.alarms is None or self.alarm_store is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self.alarms.outbox.copy_to_store(self.alarm_store), ALARM_STORE_WAIT_S
+            )
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("partition %d handed over before its alarm events were copied: %s", k, exc)
 
     def _partition_lost(self, k: int) -> None:
         """A partition moved to another engine: its beds are no longer held or judged here."""
@@ -223,6 +277,8 @@ class Engine:
             self.signals.forget(bed)
             if self.alarms is not None:
                 self.alarms.hand_over(bed)
+            if self.dispatcher is not None:
+                self.dispatcher.hand_over(bed)
         log.info("partition %d handed over (%d beds)", k, len(gone))
 
     def _dispatcher(
@@ -286,7 +342,9 @@ class Engine:
                 asyncio.create_task(self.dispatcher.run(self._alarm_events), name="alarms-dispatch")
             )
 
-    async def _resume_sequences(self, timeout_s: float = 2.0, partition: int | None = None) -> None:
+    async def _resume_sequences(
+        self, timeout_s: float = 2.0, partition: int | None = None
+    ) -> set[BedKey]:
         """Sequence tracking goes on from the newest frames stored (the last day), so frames
         lost while the engine was down or killed count as gaps, and those the broker sends again
         (stored or spooled, not acknowledged) as duplicates. Without the database it goes on
@@ -324,6 +382,7 @@ class Engine:
             self.admission.adopt({key[0] for key in last})
         self.router.resume_sequences(last)
         log.info("sequence tracking resumed for %d streams", len(last))
+        return {key[0] for key in last}
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self.ingest.connected.wait(), timeout_s)

@@ -151,6 +151,8 @@ class Ingest:
         self._ownership: PartitionOwnership | None = None
         self.on_partition_gained: Callable[[int], Awaitable[None]] | None = None
         self.on_partition_lost: Callable[[int], None] | None = None
+        # Awaited once a lost partition's messages are durable, before its key is let go.
+        self.on_partition_released: Callable[[int], Awaitable[None]] | None = None
         self._durable = asyncio.Event()  # set whenever the writer made something durable
         # Set once the engine can take messages (kernels warmed, sequences resumed); until then
         # the subscriptions exist and the broker keeps what arrives.
@@ -286,6 +288,8 @@ class Ingest:
                 del self._readers[f"p{k}"]
                 self._refresh_connected()
                 await reader.finish()
+            if self.on_partition_released is not None:
+                await self.on_partition_released(k)
 
         try:
             await ownership.run(gain, lose)

@@ -386,3 +386,53 @@ def test_rota_errors_name_the_entry() -> None:
         Rota.from_dict(doc)
     with pytest.raises(ConfigError, match="not JSON"):
         Rota.from_json("{")
+
+
+async def test_an_escalation_moves_with_its_bed_to_another_worker(
+    tmp_path: Path, hook: HookServer, webhook: DeliveryChannel
+) -> None:
+    """The bed's partition moves: the old worker stops escalating without ending the alarm;
+    the new one goes on at the step reached, timed from when that step began, and does not
+    page again whom that step already reached."""
+    clock = Clock()
+    rota = Rota.from_dict(rota_doc(hook))
+    with Outbox(tmp_path / "w1.db") as old_box, Outbox(tmp_path / "w2.db") as new_box:
+        old = Dispatcher(rota, old_box, {"webhook": webhook}, clock=clock)
+        raised = alarm(AlarmState.ACTIVE)
+        await old.handle(raised)
+        await _at(old, clock, 30)  # the nurse did not acknowledge: the physician is paged
+        assert hook.accepted_paths() == ["/nurse", "/phys"]
+        await _at(old, clock, 40)
+        assert old.hand_over(BED) == ["a1"] and old.escalating == {}
+        await _at(old, clock, 200)  # nothing more from the old worker, even past every timeout
+        assert hook.accepted_paths() == ["/nurse", "/phys"]
+        assert old_box.open_escalations() == []  # nor after a restart of it
+
+        new = Dispatcher(rota, new_box, {"webhook": webhook}, clock=clock)
+        clock.at(41)
+        assert await new.take_over(raised, old_box.receipts("a1")) == 1
+        await new.drain()
+        assert hook.accepted_paths() == ["/nurse", "/phys"]  # the physician has it already
+        await _at(new, clock, 89.9)  # step 1 began at 30 s: its 60 s run until 90 s
+        assert hook.accepted_paths() == ["/nurse", "/phys"]
+        await _at(new, clock, 90)
+        assert hook.accepted_paths() == ["/nurse", "/phys", "/icu"]
+        assert set(hook.accepted.values()) == {1}  # every page once, across both workers
+        # Ended on the new worker: its escalation stops there.
+        await new.handle(alarm(AlarmState.ACKNOWLEDGED, actor="dr-wang"))
+        assert new.escalating == {}
+
+
+async def test_an_alarm_taken_over_before_any_page_starts_at_the_first_step(
+    tmp_path: Path, hook: HookServer, webhook: DeliveryChannel
+) -> None:
+    clock = Clock()
+    with Outbox(tmp_path / "w2.db") as box:
+        d = Dispatcher(Rota.from_dict(rota_doc(hook)), box, {"webhook": webhook}, clock=clock)
+        assert await d.take_over(alarm(AlarmState.ACTIVE), []) == 0
+        await d.drain()
+        assert hook.accepted_paths() == ["/nurse"]
+        # One acknowledged before the move is not escalated at all.
+        assert await d.take_over(alarm(AlarmState.ACKNOWLEDGED, "a2", "dr-li"), []) == -1
+        await d.drain()
+        assert hook.accepted_paths() == ["/nurse"] and set(d.escalating) == {"a1"}

@@ -89,6 +89,21 @@ async def test_events_are_stored_once_and_read_back_exactly(store_of_each_kind: 
     )
 
 
+async def test_events_of_chosen_beds(store_of_each_kind: Store) -> None:
+    """A worker that takes beds over reads their trail alone."""
+    store = store_of_each_kind
+    here = stored("a1", AlarmState.ACTIVE)
+    there = dataclasses.replace(here.event, alarm_id="b1", bed=BedKey("karamay", "bed-08"))
+    elsewhere = dataclasses.replace(here.event, alarm_id="c1", bed=BedKey("hotan", "bed-07"))
+    others = [StoredEvent(event_id(e), e, T0_US + 3) for e in (there, elsewhere)]
+    await store.write_alarms([here, *others], [])
+    assert await store.alarm_events(T0_US, T0_US + 1, beds={BED}) == [here]
+    two = await store.alarm_events(T0_US, T0_US + 1, beds=[BED, elsewhere.bed])
+    assert sorted(s.event.alarm_id for s in two) == ["a1", "c1"]
+    assert await store.alarm_events(T0_US, T0_US + 1, beds=[]) == []
+    assert len(await store.alarm_events(T0_US, T0_US + 1)) == 3
+
+
 async def test_receipts_copied_again_merge_whatever_the_order(store_of_each_kind: Store) -> None:
     store = store_of_each_kind
     early = receipt("k1", sent_us=T0_US + 10, attempts=1, last_error="HTTP 503")

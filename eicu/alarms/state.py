@@ -172,6 +172,52 @@ class AlarmStateMachine:
         self._bed_policies.pop(bed, None)
         return gone
 
+    def adopt(self, bed: BedKey, trail: Iterable[AlarmEvent]) -> list[Alarm]:
+        """Take over ``bed``'s live alarms from its audit trail (the events another process
+        recorded before the bed's partition moved here): each alarm whose last event is not
+        ``cleared`` goes on here under its own id, in the state, priority, acknowledgement and
+        audio pause that event gives, so a condition still present raises nothing new and one
+        that ends latches or clears that alarm. A kind this machine already tracks for the bed
+        keeps its own track. The events carry no value or detail: the next report brings them.
+        Events of other beds are ignored. Returns the alarms adopted."""
+        latest: dict[str, AlarmEvent] = {}
+        first_us: dict[str, int] = {}
+        for event in sorted((e for e in trail if e.bed == bed), key=lambda e: e.time_us):
+            latest[event.alarm_id] = event
+            first_us.setdefault(event.alarm_id, event.time_us)
+        adopted = []
+        for aid, event in latest.items():
+            try:
+                _, kind, onset_us = self._find(aid)
+            except KeyError:
+                continue
+            last_onset = self._last_onset.get((bed, kind))
+            if last_onset is None or onset_us > last_onset:
+                self._last_onset[(bed, kind)] = onset_us
+            if event.state is AlarmState.CLEARED or (bed, kind) in self._tracks:
+                continue
+            acknowledged = event.state is AlarmState.ACKNOWLEDGED
+            a = _Alarm(
+                alarm_id=aid,
+                category=event.category,
+                priority=event.priority,
+                state=event.state,
+                started_us=first_us[aid],
+                condition_present=event.state is not AlarmState.LATCHED,
+                value=None,
+                detail="",
+                acknowledged_by=event.actor if acknowledged else None,
+                acknowledged_us=event.time_us if acknowledged else None,
+                audio_paused_until_us=event.audio_paused_until_us,
+            )
+            self._tracks[(bed, kind)] = _Track(episode_us=onset_us, alarm=a)
+            until_us = a.audio_paused_until_us
+            due_us = self._pause_due_us
+            if until_us is not None and (due_us is None or until_us < due_us):
+                self._pause_due_us = until_us
+            adopted.append(self._view(bed, kind, a))
+        return adopted
+
     # -- queries
 
     def alarms(self) -> list[Alarm]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -93,8 +93,11 @@ class AlarmRepository(Protocol):
         its schema not yet brought up to date by ``open``)."""
         ...
 
-    async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
-        """Events with time in [start_us, end_us), oldest first."""
+    async def alarm_events(
+        self, start_us: int, end_us: int, beds: Collection[BedKey] | None = None
+    ) -> list[StoredEvent]:
+        """Events with time in [start_us, end_us) (of ``beds`` only, when given), oldest
+        first."""
         ...
 
     async def alarm_deliveries(self, alarm_id: str) -> list[DeliveryRecord]:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -904,12 +904,21 @@ class PgStore:
             except psycopg_pool.PoolTimeout as exc:
                 raise _unavailable(exc) from exc
 
-    async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
+    async def alarm_events(
+        self, start_us: int, end_us: int, beds: Collection[BedKey] | None = None
+    ) -> list[StoredEvent]:
+        if beds is not None and not beds:
+            return []
+        of_beds = "" if beds is None else "AND (site || '/' || bed) = ANY(%s::text[])"
+        params: tuple[object, ...] = (start_us, end_us)
+        if beds is not None:
+            params += (sorted(str(b) for b in beds),)
         rows = await self._fetch(
             f"""SELECT {_selected(ALARM_EVENT_COLUMNS, ALARM_EVENT_TIMES)} FROM alarm_events
                 WHERE time >= {_US.format("%s::bigint")} AND time < {_US.format("%s::bigint")}
+                {of_beds}
                 ORDER BY time, recorded, event_id""",
-            (start_us, end_us),
+            params,
         )
         return stored_events(rows)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -354,11 +354,21 @@ class SqliteStore:
 
         await self._call(write)
 
-    async def alarm_events(self, start_us: int, end_us: int) -> list[StoredEvent]:
+    async def alarm_events(
+        self, start_us: int, end_us: int, beds: Collection[BedKey] | None = None
+    ) -> list[StoredEvent]:
+        if beds is not None and not beds:
+            return []
+        params: tuple[object, ...] = (start_us, end_us)
+        of_beds = ""
+        if beds is not None:
+            names = sorted(str(b) for b in beds)
+            of_beds = f"AND (site || '/' || bed) IN ({', '.join('?' * len(names))}) "
+            params += tuple(names)
         rows = await self._fetch(
             f"SELECT {ALARM_EVENT_COLUMNS} FROM alarm_events WHERE time >= ? AND time < ? "
-            "ORDER BY time, recorded, event_id",
-            (start_us, end_us),
+            f"{of_beds}ORDER BY time, recorded, event_id",
+            params,
         )
         return stored_events(rows)
 
