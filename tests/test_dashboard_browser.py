@@ -283,13 +283,14 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
     page.screenshot(path=str(ARTIFACTS / "bed-alarm-acknowledged.png"), full_page=True)
     # full disclosure over the VT onset: its beats, the VTACH rhythm and the alarms on it
     page.select_option("#review-signal", "ECG_II")
-    page.fill("#review-s", "10")
-    # a window from 8 s before the moment VTACH was seen to 2 s after it (the alarm is on in it,
-    # however long the steps above took)
+    # the paper holds span_s seconds at 25 mm/s: a window ending 2 s after the moment VTACH was
+    # seen (the alarm is on in it, however long the steps above took)
+    span_s = float(page.locator("#review-s").inner_text().split()[0])
+    assert span_s > 4
     while time.time() * 1000 < vt_seen_ms + 3_000:
         page.wait_for_timeout(200)
-    page.evaluate(SET_REVIEW_TIME, time.time() * 1000 - vt_seen_ms + 18_000)
-    page.click("#review-next")  # a window later: 8 s before VTACH was seen to 2 s after
+    page.evaluate(SET_REVIEW_TIME, time.time() * 1000 - vt_seen_ms + (2 * span_s - 2) * 1000)
+    page.click("#review-next")  # a window later: ends 2 s after VTACH was seen
     expect(page.locator("#review-info")).to_contain_text("samples at 250 Hz", timeout=10_000)
     review = page.locator("#review")
     assert int(review.get_attribute("data-beats") or 0) >= 10
@@ -352,7 +353,6 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     wait_for_ink(page, "#trend-HR", timeout_s=5, min_ink=20)
     # full disclosure: a stored window of ECG drawn from the store
     page.select_option("#review-signal", "ECG_II")
-    page.fill("#review-s", "4")
     info = page.locator("#review-info")
     deadline = time.monotonic() + 40
     while True:  # a bed that just started has little stored yet: ask again until it has some

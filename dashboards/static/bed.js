@@ -20,13 +20,33 @@ function traceFor(chunk) {
     if (old) old.remove();
     const canvas = eicu.el("canvas", { class: "wave", id: `wave-${chunk.signal}`, "data-signal": chunk.signal });
     document.getElementById("waves").append(canvas);
-    canvas.width = Math.max(600, canvas.clientWidth * (window.devicePixelRatio || 1));
-    canvas.height = 120 * (window.devicePixelRatio || 1);
-    trace = new Trace(canvas, chunk.signal, chunk.fs_hz, chunk.signal.startsWith("ECG") ? "mV" : chunk.signal === "ABP" ? "mmHg" : "");
+    const dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(Math.max(600, canvas.clientWidth) * dpr);
+    canvas.height = Math.round(canvas.clientHeight * dpr);
+    trace = new Trace(canvas, chunk.signal, chunk.fs_hz, { dpr });
     traces.set(chunk.signal, trace);
   }
   return trace;
 }
+
+// The screen's scale (CSS px per mm) for a true 25 mm/s and 10 mm/mV: the ruler is 50 mm long
+// when the setting is right; changing it draws the traces again at the new scale.
+function showScale() {
+  const input = document.getElementById("px-per-mm");
+  input.value = eicuPaper.pxPerMm().toFixed(2);
+  document.getElementById("ruler").style.width = `${50 * eicuPaper.pxPerMm()}px`;
+}
+document.getElementById("px-per-mm").addEventListener("change", (e) => {
+  const v = Number(e.target.value);
+  if (!(v >= 1 && v <= 20)) { showScale(); return; }
+  eicuPaper.set(v);
+  showScale();
+  showReviewSpan();
+  for (const [signal] of traces) document.getElementById(`wave-${signal}`)?.remove();
+  traces.clear();
+});
+showScale();
+showReviewSpan();
 
 function renderBed(bed) {
   deviceNowUs = bed.device_now_us;
@@ -43,7 +63,7 @@ function renderBed(bed) {
     if (!(k in bed.values)) continue;
     const v = bed.values[k];
     tiles.append(eicu.el("div", { class: "tile", "data-key": k },
-      eicu.el("div", { class: "k" }, `${label} ${v.unit && !v.unit.startsWith("{") ? v.unit : ""}`),
+      eicu.el("div", { class: "k" }, `${label} ${eicu.unitText(v.unit)}`),
       eicu.el("div", { class: "v" }, eicu.valueCell(v))));
   }
   const e = bed.engine;
@@ -73,9 +93,12 @@ function renderBed(bed) {
     if (n.stale && n.stale.length) nd.append(eicu.el("div", { class: "invalid" }, `stale: ${n.stale.join(", ")}`));
     if (n.rising) nd.append(eicu.el("div", { class: "error" }, `deteriorating: ${n.rising_reasons.join(", ")}`));
   }
+  // The ECG first (full disclosure is read for rhythms), then the others.
   const select = document.getElementById("review-signal");
-  for (const s of Object.keys(bed.signals).sort()) {
-    if (![...select.options].some((o) => o.value === s)) select.append(eicu.el("option", { value: s }, s));
+  const rank = (s) => (s === "ECG_II" ? 0 : s.startsWith("ECG") ? 1 : 2);
+  const signals = Object.keys(bed.signals).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  for (const s of signals) {
+    if (![...select.options].some((o) => o.value === s)) select.append(eicu.el("option", { value: s }, signalLabel(s)));
   }
   const at = document.getElementById("review-at");
   if (!at.value && deviceNowUs) at.value = localInput(deviceNowUs / 1000 - 15000);
@@ -152,55 +175,81 @@ for (const button of document.querySelectorAll("#trend-spans button")) {
   });
 }
 
+// Full disclosure on paper: the stored window that fills the review canvas at 25 mm/s (and
+// 10 mm/mV), paged a window at a time, with the engine's beat and rhythm marks and the alarms.
+function reviewCanvas() {
+  const canvas = document.getElementById("review");
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.round(Math.max(600, canvas.clientWidth) * dpr);
+  canvas.height = Math.round(canvas.clientHeight * dpr);
+  return { canvas, dpr, seconds: paperWindowS(canvas.width, eicuPaper.pxPerMm(), dpr) };
+}
+
+function showReviewSpan() {
+  const { seconds } = reviewCanvas();
+  document.getElementById("review-s").textContent = `${seconds.toFixed(1)} s at 25 mm/s`;
+  return seconds;
+}
+
 async function review() {
   const info = document.getElementById("review-info");
   const at = new Date(document.getElementById("review-at").value).getTime() * 1000;
-  const seconds = document.getElementById("review-s").value;
   const signal = document.getElementById("review-signal").value;
+  const { canvas, dpr, seconds } = reviewCanvas();
+  showReviewSpan();
   if (!signal || Number.isNaN(at)) { info.textContent = "choose a time and a signal"; return; }
-  const r = await eicu.api(`${base}/waveform?signal=${signal}&start_us=${at}&seconds=${seconds}`);
+  const r = await eicu.api(`${base}/waveform?signal=${signal}&start_us=${at}&seconds=${seconds.toFixed(3)}`);
   if (!r.ok) { info.textContent = `cannot load: ${r.status}`; return; }
   const w = await r.json();
+  // The samples on the window's own time line: where nothing is stored the paper stays blank.
+  const fs = w.fs_hz || 250, n = Math.round(seconds * fs);
+  const samples = new Array(n).fill(null);
+  w.t_us.forEach((t, k) => {
+    const i = Math.round(((t - w.start_us) * fs) / 1e6);
+    if (i >= 0 && i < n) samples[i] = w.values[k];
+  });
+  const strip = new Trace(canvas, signal, fs, { dpr });
+  strip.push(samples, false, w.start_us + ((n - 1) * 1e6) / fs);
+  strip.play = strip.recv;
+  strip.draw(0);
   if (!w.values.length) {
     info.textContent = "no stored samples in this window";
-    drawSeries(document.getElementById("review"), [], [], `${w.signal}`);
+    canvas.dataset.beats = "0"; canvas.dataset.alarms = "0";
     return;
   }
   const beats = w.marks.filter((m) => m.kind === "beat").length;
   info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz · ${beats} beats` +
     (w.alarms === null ? " · alarms unavailable" : ` · ${w.alarms.length} alarms`);
-  // the requested window spans the canvas; where nothing is stored the trace is blank
-  const canvas = document.getElementById("review");
-  drawSeries(canvas, [w.start_us, ...w.t_us, w.end_us], [null, ...w.values, null], `${w.signal} ${w.unit}`);
-  drawReviewMarks(canvas, w.start_us, w.end_us, w.marks, w.alarms || []);
+  drawReviewMarks(canvas, strip, w.start_us, w.marks, w.alarms || []);
 }
 
 // Alarms as coloured bands across the window (with their name and, if so, who acknowledged
 // them); beats as ticks labelled N, V (ventricular) or P (pulse); rhythm changes as dashed lines.
-function drawReviewMarks(canvas, t0, t1, marks, alarms) {
-  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
-  const x = (t) => ((t - t0) / (t1 - t0)) * w;
+function drawReviewMarks(canvas, strip, t0, marks, alarms) {
+  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height, dpr = strip.dpr;
+  const x0 = strip.sweepX0();
+  const x = (t) => x0 + ((t - t0) / 1e6) * PAPER_MM_PER_S * strip.mm();
   const colours = { high: "209,36,47", medium: "245,196,0", low: "0,184,212" };  // IEC 60601-1-8
-  ctx.font = "11px system-ui";
+  ctx.font = `${Math.round(11 * dpr)}px system-ui`;
   alarms.forEach((a, k) => {
-    const a0 = Math.max(0, x(a.start_us)), a1 = a.end_us === null ? w : Math.min(w, x(a.end_us));
+    const a0 = Math.max(x0, x(a.start_us)), a1 = a.end_us === null ? w : Math.min(w, x(a.end_us));
     const rgb = colours[a.priority] || colours.low;
     ctx.fillStyle = `rgba(${rgb},0.18)`; ctx.fillRect(a0, 0, Math.max(2, a1 - a0), h);
-    ctx.fillStyle = `rgb(${rgb})`; ctx.fillRect(a0, h - 4 - 4 * k, Math.max(2, a1 - a0), 3);
+    ctx.fillStyle = `rgb(${rgb})`; ctx.fillRect(a0, h - 4 * dpr - 4 * dpr * k, Math.max(2, a1 - a0), 3 * dpr);
     const ack = a.acknowledged_by ? ` ✓ ${a.acknowledged_by}` : "";
-    ctx.fillText(`${a.kind}${a.end_us === null ? "" : " (ended)"}${ack}`, a0 + 3, h - 8 - 12 * k);
+    ctx.fillText(`${a.kind}${a.end_us === null ? "" : " (ended)"}${ack}`, a0 + 3 * dpr, h - 8 * dpr - 12 * dpr * k);
   });
   for (const m of marks) {
     const mx = x(m.t_us);
     if (m.kind === "rhythm") {
-      ctx.strokeStyle = "#d4a72c"; ctx.setLineDash([4, 3]); ctx.beginPath();
-      ctx.moveTo(mx, 18); ctx.lineTo(mx, h); ctx.stroke(); ctx.setLineDash([]);
+      ctx.strokeStyle = "#d4a72c"; ctx.setLineDash([4 * dpr, 3 * dpr]); ctx.beginPath();
+      ctx.moveTo(mx, 18 * dpr); ctx.lineTo(mx, h); ctx.stroke(); ctx.setLineDash([]);
       ctx.fillStyle = "#d4a72c";
-      ctx.fillText(m.state === "end" ? `${m.label} end` : m.state === "ongoing" ? `${m.label} (ongoing)` : m.label, mx + 3, 28);
+      ctx.fillText(m.state === "end" ? `${m.label} end` : m.state === "ongoing" ? `${m.label} (ongoing)` : m.label, mx + 3 * dpr, 28 * dpr);
     } else {
       ctx.fillStyle = m.label === "V" ? "#f0883e" : "#7d8590";
-      ctx.fillRect(mx - 0.5, 18, 1, 5);
-      ctx.fillText(m.label, mx - 3, 34);
+      ctx.fillRect(mx - 0.5 * dpr, 18 * dpr, dpr, 5 * dpr);
+      ctx.fillText(m.label, mx - 3 * dpr, 34 * dpr);
     }
   }
   canvas.dataset.beats = String(marks.filter((m) => m.kind === "beat").length);
@@ -279,7 +328,7 @@ function stepReview(direction) {
   const at = document.getElementById("review-at");
   const ms = new Date(at.value).getTime();
   if (Number.isNaN(ms)) return;
-  at.value = localInput(ms + direction * Number(document.getElementById("review-s").value) * 1000);
+  at.value = localInput(ms + direction * showReviewSpan() * 1000);
   review();
 }
 document.getElementById("review-back").addEventListener("click", () => stepReview(-1));

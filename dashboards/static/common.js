@@ -62,6 +62,15 @@ const eicu = {
     return `${(s / 3600).toFixed(1)}h`;
   },
 
+  // A unit as clinicians read it: the UCUM codes the engine keeps ("Cel", "mm[Hg]") as "°C",
+  // "mmHg"; annotations in braces left out ("{breaths}/min" is "/min").
+  unitText(unit) {
+    const shown = { "Cel": "°C", "mm[Hg]": "mmHg", "cm[H2O]": "cmH2O", "[degF]": "°F" };
+    if (!unit) return "";
+    if (unit in shown) return shown[unit];
+    return unit.replace(/\{[^}]*\}/g, "");
+  },
+
   el(tag, attrs = {}, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {
