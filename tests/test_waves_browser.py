@@ -7,6 +7,7 @@ arterial pressure on a mmHg scale, and human labels (II, Pleth, ABP, Resp; °C, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def test_ecg_sweeps_at_25_mm_per_s_with_10_mm_per_mv_on_a_1_and_5_mm_grid() -> N
     high = [x for x in columns if tops[x] < min(tops.values()) + 3]
     starts = [x for x in high if x - 1 not in high]
     assert len(starts) >= 5
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(abs(g - 25 * PX_PER_MM) <= 2 for g in gaps), gaps
     # Each pulse is 0.1 s wide (2.5 mm) and 1 mV high (10 mm) above the baseline.
     widths = []
