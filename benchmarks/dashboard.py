@@ -39,14 +39,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PASSWORD = "benchmark-password"
+WINDOW_ROWS = 46  # what census.js asks for at 900 px: 26 rows in view, 10 above and below
 # What each update cost the page before: every row of the census drawn anew (census.js's own
 # drawRow), in script and up to the next painted frame.
-REDRAW_ALL = """() => new Promise((resolve) => {
+REDRAW_ALL = """async () => {
+  const all = (await (await fetch("/api/census")).json()).beds;  // every row, as the API has it
+  return await new Promise((resolve) => {
   const start = performance.now();
-  body.replaceChildren(...order.map((bed) => drawRow(rows.get(bed).data)));
+  body.replaceChildren(...all.map((bed) => drawRow(bed)));
   const script = performance.now() - start;
   requestAnimationFrame(() => setTimeout(() => resolve([script, performance.now() - start])));
-})"""
+});
+}"""
 
 
 def main() -> None:
@@ -117,7 +121,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     from dashboards import views
-    from dashboards.census import CensusFeed
+    from dashboards.census import CensusFeed, CensusWindow
     from eicu.config import IngestSettings, MqttSettings
     from eicu.models import BedKey, NumericsFrame
     from eicu.store.sqlite import SqliteStore
@@ -179,6 +183,10 @@ async def run(args: argparse.Namespace) -> None:
     feed = CensusFeed(census_rows, sites, 1.0, clock=lambda: clock[0])
     seq, first = feed.messages_after(None, None)
     snapshot_kb = len(first[0].encode()) / 1e3
+    # a page that shows a window of the ranks: a screen of 26 rows and 10 above and below
+    window = CensusWindow(0, WINDOW_ROWS)
+    window_first_kb = sum(len(m.encode()) for m in window.messages(feed.current(None))) / 1e3
+    window_kb: list[float] = []
     before_ms, before_kb, after_ms, after_kb = [], [], [], []
     for k in range(args.live):
         feed_second(k)
@@ -191,6 +199,7 @@ async def run(args: argparse.Namespace) -> None:
         seq, messages = feed.messages_after(None, seq)
         after_ms.append((time.process_time() - t) * 1000)
         after_kb.append(sum(len(m.encode()) for m in messages) / 1e3)
+        window_kb.append(sum(len(m.encode()) for m in window.messages(feed.current(None))) / 1e3)
     b_ms, a_ms = statistics.median(before_ms), statistics.median(after_ms)
     b_kb, a_kb = statistics.median(before_kb), statistics.median(after_kb)
     print(f"census of {args.beds} beds, 1 update/s, medians over {args.live} s of live numerics:")
@@ -202,6 +211,11 @@ async def run(args: argparse.Namespace) -> None:
         f"  after:  snapshot {snapshot_kb:.0f} kB once, then {a_kb:.1f} kB/s per page "
         f"(p95 {pct(after_kb, 0.95):.1f}); {a_ms:.1f} ms server time per update, shared by "
         f"all pages (p95 {pct(after_ms, 0.95):.1f})"
+    )
+    w_kb = statistics.median(window_kb)
+    print(
+        f"  a page showing {WINDOW_ROWS} ranks (a screen and a margin): {window_first_kb:.1f} kB "
+        f"once, then {w_kb:.1f} kB/s (p95 {pct(window_kb, 0.95):.1f})"
     )
     print(
         f"  {args.pages} open census pages: before {b_ms * args.pages / 10:.1f} % of a core and "

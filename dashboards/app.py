@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import urllib.parse
@@ -30,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from alerting.service import AlarmService
 from dashboards import consult, review, views
-from dashboards.census import CensusFeed, engine_status
+from dashboards.census import CensusFeed, CensusWindow, engine_status
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import UNSET, Permission, User, UserError, Users, checked_user
 from eicu.alarm_model import AlarmState
@@ -675,27 +676,72 @@ def create_app(
     feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now)
 
     @app.websocket("/ws/census")
-    async def census_ws(ws: WebSocket, site: str | None = None) -> None:
-        """A snapshot, then every period the rows that changed (see dashboards.census)."""
+    async def census_ws(ws: WebSocket, site: str | None = None, view: str | None = None) -> None:
+        """A snapshot, then every period the rows that changed (see dashboards.census). A page
+        that asks for a ``view`` (``?view=first,count``, or later ``{"view": [first, count]}``)
+        gets only the ranks it shows (``CensusWindow``), and ``{"hold": true|false}`` holds its
+        rows' order or lets it go."""
         session = await ws_session(ws, Permission.VIEW)
         if session is None:
             return
         # pages of users who may see the same sites share one computation per site filter
         scope = (site or None, session.user.sites)
         seq: int | None = None
+        window: CensusWindow | None = None
+        if view:
+            try:
+                first, count = (int(v) for v in view.split(","))
+                window = CensusWindow(first, count)
+            except ValueError:
+                await ws.close(code=1008, reason="view is first,count")
+                return
+        wake = asyncio.Event()
+
+        async def listen() -> None:
+            nonlocal window
+            while True:
+                text = await ws.receive_text()
+                try:
+                    asked = json.loads(text)
+                    if "view" in asked:
+                        first, count = asked["view"]
+                        if window is None:
+                            window = CensusWindow(first, count)
+                        else:
+                            window.set_view(first, count)
+                    if "hold" in asked and window is not None:
+                        window.hold(bool(asked["hold"]))
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.info("census page sent what is not a view: %.80s (%s)", text, exc)
+                    continue
+                wake.set()
+
+        listener = asyncio.create_task(listen())
         try:
-            while still_valid(session):
+            while still_valid(session) and not listener.done():
                 if not session.user.can(Permission.VIEW):
                     break  # the user's role changed
                 if session.user.sites != scope[1]:  # the user's sites changed: a new snapshot
                     scope, seq = (site or None, session.user.sites), None
-                seq, messages = feed.messages_after(scope, seq)
+                    if window is not None:
+                        window = CensusWindow(window.first, window.count)
+                if window is not None:
+                    messages = window.messages(feed.current(scope))
+                else:
+                    seq, messages = feed.messages_after(scope, seq)
                 for text in messages:
                     await ws.send_text(text)
-                await asyncio.sleep(max(feed.wait_s(scope), 0.05))
-            await ws.close(code=1008)
-        except (WebSocketDisconnect, OSError):  # the client went away
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(feed.wait_s(scope), 0.05))
+            if not listener.done():
+                await ws.close(code=1008)
+        except (WebSocketDisconnect, OSError, RuntimeError):  # the client went away
             return
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                await listener
 
     @app.websocket("/ws/beds/{site}/{bed}")
     async def bed_ws(ws: WebSocket, site: str, bed: str) -> None:

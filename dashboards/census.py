@@ -64,16 +64,20 @@ def wire_row(row: Row) -> Row:
     if row["stale"] or row["status"] == "offline":
         out["seen_us"] = row["last_seen_us"]  # it changes with every message: only when silent
     out["t_us"] = newest
-    out["values"] = {
-        key: v["text"]
-        if v["ts_us"] == newest and not v["stale"] and v["text"] is not None
-        else {"text": v["text"], "stale": v["stale"], "ts_us": v["ts_us"]}
-        for key, v in values.items()
-    }
+    out["values"] = {key: _wire_value(v, newest) for key, v in values.items()}
     news2 = row["news2"]
     if news2 is not None and "invalid" not in news2:
         out["news2"] = {k: news2[k] for k in NEWS2_SHOWN if k in news2}
     return out
+
+
+def _wire_value(v: dict[str, Any], newest: int | None) -> Any:
+    """A value of the bed's newest frame that is not stale: its text alone, or ``{"text":
+    null}`` when the monitor reported it invalid (neither changes while it keeps coming); any
+    other value with its time and staleness."""
+    if v["ts_us"] == newest and not v["stale"]:
+        return v["text"] if v["text"] is not None else {"text": None}
+    return {"text": v["text"], "stale": v["stale"], "ts_us": v["ts_us"]}
 
 
 def flatten(row: Row, depth: int = DIFF_DEPTH, prefix: str = "") -> dict[str, Any]:
@@ -111,7 +115,18 @@ class Tick:
     beds: list[Row]  # wire rows, ranked
     delta: str | None  # the JSON delta from the tick before (None for the first tick)
     engine: dict[str, Any] = field(default_factory=dict)
+    flat: dict[str, dict[str, Any]] = field(default_factory=dict)  # each wire row, flattened
     _snapshot: str | None = None
+    _by_bed: dict[str, Row] | None = None
+
+    @property
+    def order(self) -> list[str]:
+        return [r["bed"] for r in self.beds]
+
+    def row(self, bed: str) -> Row:
+        if self._by_bed is None:
+            self._by_bed = {r["bed"]: r for r in self.beds}
+        return self._by_bed[bed]
 
     def snapshot(self) -> str:
         if self._snapshot is None:
@@ -222,4 +237,109 @@ class CensusFeed(Generic[Scope]):
             delta = encode(message)
             view.deltas.append((previous.seq + 1, delta))
         view.flat, view.order = flat, order
-        return Tick(previous.seq + 1 if previous else 0, now_us, sites, beds, delta, engine)
+        return Tick(previous.seq + 1 if previous else 0, now_us, sites, beds, delta, engine, flat)
+
+
+WINDOW_MAX_ROWS = 500  # the most rows one page may ask to be kept up to date
+
+
+class CensusWindow:
+    """What one page is sent when it shows a window of the ranked census: a page scrolled to
+    ranks ``first`` .. ``first + count`` gets those rows, then every period only what changed in
+    them, the beds that came into or left its window, its window's order when that changed, and
+    the census's ``total``; so a census of a thousand beds costs a page what a screen of rows
+    does, not what the whole census does.
+
+    Messages (JSON; ``seq`` numbers this page's messages, 0 first)::
+
+        {"type": "window", "seq": 0, "now_us": t, "sites": [...], "engine": {...},
+         "total": n, "first": i, "beds": [row, ...]}               # the window, ranked
+        {"type": "delta", "seq": n, "now_us": t, "rows": {...}, "add": {...}, "remove": [...],
+         "order": [bed, ...], "first": i, "total": n,  # each only when it changed
+         "held": bool, "sites": [...], "engine": {...}}
+
+    While the page ``hold``s (the keyboard focus is in its table), its window keeps its beds in
+    their order (values still change); ``held`` says whether the ranking has moved meanwhile.
+    """
+
+    def __init__(self, first: int = 0, count: int = 60) -> None:
+        self.first, self.count = 0, 1
+        self.set_view(first, count)
+        self.seq = -1
+        self._tick_seq: int | None = None
+        self._sent: dict[str, dict[str, Any]] = {}  # bed -> flat row as the page has it
+        self._order: list[str] = []
+        self._total = 0
+        self._sites: list[str] | None = None
+        self._engine: dict[str, Any] | None = None
+        self._hold: list[str] | None = None
+        self._held = False
+        self._first_sent: int | None = None
+        self._dirty = True
+
+    def set_view(self, first: int, count: int) -> None:
+        """The page shows ranks ``first`` .. ``first + count`` (and keeps them up to date)."""
+        if not (isinstance(first, int) and isinstance(count, int)) or first < 0 or count < 1:
+            raise ValueError(f"a view is two integers first >= 0, count >= 1: {first}, {count}")
+        self.first, self.count = first, min(count, WINDOW_MAX_ROWS)
+        self._dirty = True
+
+    def hold(self, on: bool) -> None:
+        """Keep (True) the window's beds and order as they are, or rank them again (False)."""
+        self._hold = list(self._order) if on else None
+        self._dirty = True
+
+    def messages(self, tick: Tick) -> list[str]:
+        """What the page needs now: nothing when neither the census nor its view changed."""
+        if tick.seq == self._tick_seq and not self._dirty:
+            return []
+        self._tick_seq, self._dirty = tick.seq, False
+        total = len(tick.beds)
+        ranked = tick.order
+        if self._hold is not None:
+            beds = [b for b in self._hold if b in tick.flat]
+            ranked_window = ranked[self.first : self.first + self.count]
+            held = beds != ranked_window
+        else:
+            self.first = min(self.first, max(0, total - self.count))
+            beds = ranked[self.first : self.first + self.count]
+            held = False
+        self.seq += 1
+        if self.seq == 0:
+            message: dict[str, Any] = {
+                "type": "window", "seq": 0, "now_us": tick.now_us, "sites": tick.sites,
+                "engine": tick.engine, "total": total, "first": self.first,
+                "beds": [tick.row(b) for b in beds],
+            }  # fmt: skip
+        else:
+            message = {"type": "delta", "seq": self.seq, "now_us": tick.now_us}
+            rows: dict[str, Any] = {}
+            added: dict[str, Row] = {}
+            for bed in beds:
+                old = self._sent.get(bed)
+                if old is None:
+                    added[bed] = tick.row(bed)
+                    continue
+                change = diff(old, tick.flat[bed])
+                if change is not None:
+                    rows[bed] = change
+            message["rows"] = rows
+            message["add"] = added
+            message["remove"] = [b for b in self._sent if b not in tick.flat or b not in beds]
+            if beds != self._order:
+                message["order"] = beds
+            if self.first != self._first_sent:
+                message["first"] = self.first
+            if total != self._total:
+                message["total"] = total
+            if held != self._held:
+                message["held"] = held
+            if tick.sites != self._sites:
+                message["sites"] = tick.sites
+            if tick.engine != self._engine:
+                message["engine"] = tick.engine
+        self._sent = {b: tick.flat[b] for b in beds}
+        self._order, self._total, self._held = beds, total, held
+        self._sites, self._engine = tick.sites, tick.engine
+        self._first_sent = self.first
+        return [encode(message)]

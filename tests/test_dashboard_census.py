@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -286,3 +287,89 @@ async def test_a_bed_that_cannot_be_shown_costs_the_census_nothing(engine: Engin
     assert next(w for w in wired if w["bed"] == "icu1/bed1")["values"] == {}
     healthy = next(r for r in rows if r["bed"] == "icu1/bed2")
     assert healthy["values"] and not healthy["stale"]
+
+
+def apply_window(page: dict[str, Any], message: dict[str, Any]) -> None:
+    """What census.js does with a window's message, written out plainly."""
+    if message["type"] == "window":
+        page.clear()
+        page.update(message)
+        return
+    assert message["type"] == "delta" and message["seq"] == page["seq"] + 1
+    census = {"seq": page["seq"], "beds": page["beds"], "sites": page["sites"]}
+    census["engine"] = page["engine"]
+    apply(census, message)
+    page.update(census)
+    for key in ("first", "total", "held"):
+        if key in message:
+            page[key] = message[key]
+
+
+async def test_a_page_is_sent_only_the_ranks_it_shows(
+    server: DashboardServer, engine: Engine
+) -> None:
+    """A page that says which ranks it shows is sent those rows, kept up to date, and the
+    census's size; scrolled, it gets the rows of its new view at once; holding, its rows keep
+    their order while the ranking moves."""
+    headers = await cookie(server)
+    base = server.url.replace("http://", "ws://")
+    for i in range(30):  # 35 beds in all
+        now_us = time.time_ns() // 1000
+        frame = NumericsFrame(BedKey("icu3", f"w{i:02d}"), 1, now_us, {"HR": 70.0 + i})
+        engine.router.route(dataclasses.replace(frame, received_us=now_us))
+
+    async def ranked() -> list[str]:
+        async with connect(base + "/ws/census", additional_headers=headers) as full:
+            return [r["bed"] for r in (await receive(full))["beds"]]
+
+    async with connect(base + "/ws/census", additional_headers=headers) as ws:
+        assert (await receive(ws))["type"] == "snapshot"  # before it says what it shows
+        await ws.send(json.dumps({"view": [10, 8]}))
+        page = await receive(ws)
+        while page["type"] != "window":
+            page = await receive(ws)
+        assert page["seq"] == 0 and page["first"] == 10 and page["total"] == 35
+        assert [r["bed"] for r in page["beds"]] == (await ranked())[10:18]
+        for _ in range(2):  # kept up to date: the rows of ranks 10-17, nothing else
+            apply_window(page, await receive(ws))
+        assert len(page["beds"]) == 8 and [r["bed"] for r in page["beds"]] == (await ranked())[10:18]
+        quiet = await receive(ws)
+        assert len(json.dumps(quiet)) < 2_000
+        apply_window(page, quiet)
+
+        # scrolled to the end: the new rows come at once, not at the next period
+        await ws.send(json.dumps({"view": [30, 8]}))
+        moved = await receive(ws)
+        apply_window(page, moved)
+        assert page["first"] == 27  # the window stays inside the census
+        assert [r["bed"] for r in page["beds"]] == (await ranked())[27:35]
+
+        # held: a bed far down the ranking turns acute; the page's rows keep their order
+        await ws.send(json.dumps({"view": [0, 8]}))
+        apply_window(page, await receive(ws))
+        before = [r["bed"] for r in page["beds"]]
+        await ws.send(json.dumps({"hold": True}))
+        apply_window(page, await receive(ws))
+        now_us = time.time_ns() // 1000
+        sick = NumericsFrame(BedKey("icu3", "w29"), 2, now_us, {"RR": 35.0, "SPO2": 85.0})
+        engine.router.route(dataclasses.replace(sick, received_us=now_us))
+        deadline = time.monotonic() + 10
+        while not page.get("held"):
+            assert time.monotonic() < deadline, "the ranking never moved"
+            apply_window(page, await receive(ws))
+        assert [r["bed"] for r in page["beds"]] == before
+        await ws.send(json.dumps({"hold": False}))
+        apply_window(page, await receive(ws))
+        assert page["held"] is False
+        shown = [r["bed"] for r in page["beds"]]
+        assert "icu3/w29" in shown and shown == (await ranked())[:8]
+
+        # a page that says its view when it connects is never sent the whole census
+        async with connect(base + "/ws/census?view=2,5", additional_headers=headers) as direct:
+            opened = await receive(direct)
+            assert opened["type"] == "window" and opened["first"] == 2 and len(opened["beds"]) == 5
+
+        # what is not a view is ignored (and logged); the stream goes on
+        await ws.send("not json")
+        await ws.send(json.dumps({"view": [-1, 5]}))
+        apply_window(page, await receive(ws))

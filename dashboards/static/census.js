@@ -1,15 +1,20 @@
-// The census: every bed, most acute first. Over a WebSocket: a snapshot, then every second only
-// the rows that changed (see dashboards/census.py). Ages are computed here from each value's
-// device time, so a row is redrawn only when something in it changed. Only the rows in view (and
-// a margin) are in the page: a census of a thousand beds costs the browser what one screen does.
+// The census: every bed, most acute first. Over a WebSocket: the page says which ranks it shows
+// (those in view and a margin), and is sent those rows, then every second only what changed in
+// them, and the census's size (see CensusWindow in dashboards/census.py): a census of a thousand
+// beds costs the page, on the wire and in the browser, what one screen does. Ages are computed
+// here from each value's device time, so a row is redrawn only when something in it changed.
 // Each update is measured: performance entries "census-snapshot" and "census-delta" (the
 // script's work) and "census-snapshot-painted" and "census-delta-painted" (up to the next frame).
 "use strict";
 
 const siteSelect = document.getElementById("site");
 const body = document.querySelector("#census tbody");
-const rows = new Map();     // bed -> {data, tr (null while out of view)}
-let order = [];             // beds, most acute first
+const rows = new Map();     // bed -> {data, tr (null while out of view)}: the window's rows
+let order = [];             // the window's beds, most acute first
+let first = 0;              // the rank of the window's first bed
+let total = 0;              // beds in the census
+let asked = null;           // the view last asked for: [first, count]
+const VIEW_MARGIN_ROWS = 10; // asked for above and below the view
 let shown = new Set();      // beds whose rows are in the page
 let rowHeight = 34;         // measured from a drawn row
 let measured = false;       // rowHeight and bodyTop measured (again on resize)
@@ -114,23 +119,25 @@ function spacer(tr, rowsHigh) {
   return tr;
 }
 
-// Put the rows in view (and a margin) in the page, in order; drop the others.
+// Put the rows in view (and a margin) in the page, in order; drop the others. Ranks the page
+// has no rows for are blank until the server sends them (the page asks for its view).
 function drawView() {
-  const n = order.length;
-  if (!measured) bodyTop = body.getBoundingClientRect().top + scrollY;
-  const top = bodyTop - scrollY;  // no layout is forced here once measured
-  const first = Math.max(0, Math.min(n, Math.floor(-top / rowHeight) - MARGIN_ROWS));
-  const last = Math.min(n, Math.max(first, Math.ceil((innerHeight - top) / rowHeight) + MARGIN_ROWS));
+  const n = total;
+  const [rankFirst, rankLast] = viewRanks();  // no layout is forced here once measured
+  const viewFirst = Math.min(n, rankFirst), viewLast = Math.min(n, rankLast);
+  askView(rankFirst, rankLast);
+  const from = Math.max(first, viewFirst - MARGIN_ROWS);
+  const to = Math.max(from, Math.min(first + order.length, viewLast + MARGIN_ROWS));
   const want = [];
   const now = new Set();
-  if (first > 0) want.push(spacer(topSpacer, first));
-  for (let i = first; i < last; i++) {
-    const row = rows.get(order[i]);
+  if (from > 0) want.push(spacer(topSpacer, from));
+  for (let i = from; i < to; i++) {
+    const row = rows.get(order[i - first]);
     if (!row.tr) row.tr = drawRow(row.data);
     want.push(row.tr);
-    now.add(order[i]);
+    now.add(order[i - first]);
   }
-  if (last < n) want.push(spacer(bottomSpacer, n - last));
+  if (to < n) want.push(spacer(bottomSpacer, n - to));
   for (const bed of shown) if (!now.has(bed) && rows.has(bed)) rows.get(bed).tr = null;
   shown = now;
   let previous = null;
@@ -150,6 +157,32 @@ function drawView() {
     }
   }
   document.getElementById("census").dataset.beds = String(n);
+}
+
+// The ranks in view now: [first, last).
+function viewRanks() {
+  if (!measured) bodyTop = body.getBoundingClientRect().top + scrollY;
+  const top = bodyTop - scrollY;
+  const viewFirst = Math.max(0, Math.floor(-top / rowHeight));
+  return [viewFirst, Math.max(viewFirst, Math.ceil((innerHeight - top) / rowHeight))];
+}
+
+// The window to ask for: the ranks in view and a margin above and below.
+function windowFor(viewFirst, viewLast) {
+  return [Math.max(0, viewFirst - VIEW_MARGIN_ROWS), Math.max(1, viewLast - viewFirst) + 2 * VIEW_MARGIN_ROWS];
+}
+
+// Ask the server for the ranks in view and a margin, when what the page holds no longer covers
+// the view and the drawing margin.
+function askView(viewFirst, viewLast) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  const need0 = Math.max(0, viewFirst - MARGIN_ROWS), need1 = viewLast + MARGIN_ROWS;
+  if (asked) {  // covered: the window asked for holds what is needed, or runs to the census's end
+    const a0 = asked[0], a1 = asked[0] + asked[1];
+    if (need0 >= a0 && (need1 <= a1 || a1 >= total)) return;
+  }
+  asked = windowFor(viewFirst, viewLast);
+  socket.send(JSON.stringify({ view: asked }));
 }
 
 // Redraw only the cells whose data changed ("values.HR" -> the HR cell; "news2.total" -> NEWS2).
@@ -221,32 +254,30 @@ function snapshot(msg) {
   body.replaceChildren();
   for (const bed of msg.beds) rows.set(bed.bed, { data: bed, tr: null });
   order = msg.beds.map((b) => b.bed);
-  heldOrder = null;
-  showHold();
+  first = msg.first || 0;
+  total = msg.total === undefined ? order.length : msg.total;
   drawView();
 }
 
-// While the keyboard focus is in the table the rows keep their order (values still update,
-// beds still come and go at the end), so the focused row does not move under the user; the
-// ranking the server sends is kept aside and applied when the focus leaves (or on Escape).
-let heldOrder = null;
+// While the keyboard focus is in the table the server keeps the page's rows in their order
+// (values still update), so the focused row does not move under the user; it says when the
+// ranking has moved meanwhile ("held"), and ranks them again when the focus leaves (or Escape).
+let holding = false;
 
 function focusInTable() {
   return body.contains(document.activeElement);
 }
 
-function showHold() {
-  const held = heldOrder !== null;
+function showHold(held) {
   document.getElementById("census").dataset.orderHeld = String(held);
   document.getElementById("order-held").hidden = !held;
 }
 
-function releaseOrder() {
-  if (heldOrder === null) return;
-  order = heldOrder.filter((b) => rows.has(b));
-  heldOrder = null;
-  showHold();
-  drawView();
+function setHold(on) {
+  if (holding === on) return;
+  holding = on;
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ hold: on }));
+  if (!on) showHold(false);
 }
 
 function delta(msg) {
@@ -258,36 +289,30 @@ function delta(msg) {
     if (row.tr) update(row, change);
   }
   for (const bed of Object.values(msg.add)) rows.set(bed.bed, { data: bed, tr: null });
-  let ranked = msg.order || null;
-  if (!ranked && (msg.remove.length || Object.keys(msg.add).length)) {
-    ranked = [...(heldOrder || order).filter((b) => rows.has(b)), ...Object.keys(msg.add)];
+  if (msg.order) order = msg.order.filter((b) => rows.has(b));
+  else if (msg.remove.length || Object.keys(msg.add).length) {
+    order = [...order.filter((b) => rows.has(b)), ...Object.keys(msg.add)];
   }
-  if (ranked && focusInTable()) {
-    heldOrder = ranked;
-    const known = new Set(order);
-    order = [...order.filter((b) => rows.has(b)), ...ranked.filter((b) => !known.has(b))];
-    showHold();
-  } else if (ranked) {
-    order = ranked;
-    heldOrder = null;
-    showHold();
-  }
+  if (msg.first !== undefined) first = msg.first;
+  total = msg.total !== undefined ? msg.total : asked ? total : order.length;
+  if (msg.held !== undefined) showHold(msg.held);
   drawView();
 }
 
+body.addEventListener("focusin", () => setHold(true));
 body.addEventListener("focusout", () => {
   // after the focus has moved: still in the table (one row to the next) keeps the hold
-  setTimeout(() => { if (!focusInTable()) releaseOrder(); }, 0);
+  setTimeout(() => { if (!focusInTable()) setHold(false); }, 0);
 });
 addEventListener("keydown", (e) => {
-  if (e.key === "Escape" && heldOrder !== null) { document.activeElement.blur(); releaseOrder(); }
+  if (e.key === "Escape" && holding) { document.activeElement.blur(); setHold(false); }
 });
 
 function apply(msg) {
-  const kind = msg.type === "snapshot" ? "census-snapshot" : "census-delta";
+  const kind = msg.type === "delta" ? "census-delta" : "census-snapshot";
   const start = performance.now();
   offsetUs = msg.now_us - Date.now() * 1000;
-  if (msg.type === "snapshot") {
+  if (msg.type === "snapshot" || msg.type === "window") {
     snapshot(msg);
   } else if (seq === null || msg.seq !== seq + 1) {  // out of step: start again
     connect();
@@ -310,8 +335,13 @@ function apply(msg) {
 function connect() {
   if (socket) socket.close();
   seq = null;
+  holding = false;
+  showHold(false);
+  asked = windowFor(...viewRanks());  // the first message is the window: no whole census
+  const query = new URLSearchParams({ view: asked.join(",") });
   const site = siteSelect.value;
-  const ws = new WebSocket(eicu.wsUrl(`/ws/census${site ? `?site=${encodeURIComponent(site)}` : ""}`));
+  if (site) query.set("site", site);
+  const ws = new WebSocket(eicu.wsUrl(`/ws/census?${query}`));
   socket = ws;
   ws.onmessage = (ev) => { if (socket === ws) apply(JSON.parse(ev.data)); };
   ws.onclose = () => {
