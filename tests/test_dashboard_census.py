@@ -332,7 +332,9 @@ async def test_a_page_is_sent_only_the_ranks_it_shows(
         assert [r["bed"] for r in page["beds"]] == (await ranked())[10:18]
         for _ in range(2):  # kept up to date: the rows of ranks 10-17, nothing else
             apply_window(page, await receive(ws))
-        assert len(page["beds"]) == 8 and [r["bed"] for r in page["beds"]] == (await ranked())[10:18]
+        assert (
+            len(page["beds"]) == 8 and [r["bed"] for r in page["beds"]] == (await ranked())[10:18]
+        )
         quiet = await receive(ws)
         assert len(json.dumps(quiet)) < 2_000
         apply_window(page, quiet)
