@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEQUENCE_LOOKBACK_US = 86_400 * 1_000_000  # sequence tracking resumes from the last day stored
+# A bed taken over: which of its messages of the last 10 minutes are stored (what a broker sends
+# again after a takeover is recent).
+STORED_LOOKBACK_US = 600 * 1_000_000
 # A bed taken over adopts the alarms of its audit trail of the last day that are not over.
 ALARM_TAKEOVER_LOOKBACK_US = 86_400 * 1_000_000
 ALARM_STORE_WAIT_S = 5.0  # how long a partition's hand-over waits for the alarm tables
@@ -380,9 +383,35 @@ class Engine:
             }
             # They streamed to the last owner: admitted and confirmed already.
             self.admission.adopt({key[0] for key in last})
+            # Which recent messages the last owner stored: only those are repeats (it may have
+            # taken one after a newer one, and died before storing it).
+            stored = await self._stored_sequences({key[0] for key in last}, now_us, timeout_s)
+            self.router.resume_sequences(last, stored)
+            log.info("sequence tracking resumed for %d streams", len(last))
+            return {key[0] for key in last}
         self.router.resume_sequences(last)
         log.info("sequence tracking resumed for %d streams", len(last))
         return {key[0] for key in last}
+
+    async def _stored_sequences(
+        self, beds: set[BedKey], now_us: int, timeout_s: float
+    ) -> dict[tuple[BedKey, str], frozenset[int]] | None:
+        """The numbers the store holds of the beds' recent messages; None when it cannot say in
+        time (every number near the newest stored is then taken as a repeat)."""
+        if not beds:
+            return {}
+        try:
+            return await asyncio.wait_for(
+                self.store.stored_sequences(
+                    now_us - STORED_LOOKBACK_US, now_us + 600_000_000, beds
+                ),
+                timeout_s,
+            )
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("stored sequence numbers not read (%s): repeats judged by the newest", exc)
+        except Exception:
+            log.exception("stored sequence numbers not read: repeats judged by the newest")
+        return None
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         await asyncio.wait_for(self.ingest.connected.wait(), timeout_s)

@@ -194,6 +194,8 @@ class Ingest:
                 frame = dataclasses.replace(frame, beds=beds)
         if self._router.route(frame):
             self._writer.add(frame)
+        elif not isinstance(frame, StatusFrame):
+            self._writer.add_repeat(frame)
         admission = self.admission
         if isinstance(frame, StatusFrame):
             names = (frame.bed,) if frame.bed is not None else frame.beds

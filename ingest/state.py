@@ -44,25 +44,31 @@ class SeqTracker:
         self.last: int | None = None
         # The last number stored before a restart, until the stream goes past it.
         self._stored: int | None = None
+        # The numbers near it known to be stored (None: all of them are taken to be).
+        self._stored_set: frozenset[int] | None = None
         self._passed_ts: int | None = None  # device time of the first frame past it
 
-    def resume(self, seq: int) -> None:
+    def resume(self, seq: int, stored: frozenset[int] | None = None) -> None:
         """Go on from ``seq``, the last number stored before a restart: the next one is
         ``next``, a jump a gap (messages lost while the engine was down or killed). Until the
         stream goes past ``seq``, a number at or shortly before it is a ``duplicate``: the
-        broker sending again a message that was stored but not acknowledged."""
+        broker sending again a message that was stored but not acknowledged. With ``stored``,
+        the numbers the store holds near ``seq``: only those are duplicates (a message another
+        process took after a newer one and never stored is new data)."""
         if self.last is None:
             self.last = seq
             self._stored = seq
+            self._stored_set = stored
 
-    def catch_up(self, seq: int) -> None:
+    def catch_up(self, seq: int, stored: frozenset[int] | None = None) -> None:
         """Like :meth:`resume`, also for a stream already tracked: when ``seq`` (the last
         number stored, e.g. by another engine while this one did not hold the bed) is ahead of
         what this tracker saw, go on from it."""
         if self.last is None:
-            self.resume(seq)
+            self.resume(seq, stored)
         elif 0 < (seq - self.last) % _WRAP < _WRAP // 2:
             self.last = self._stored = seq
+            self._stored_set = stored
             self._passed_ts = None
 
     def observe(self, seq: int, ts_us: int) -> tuple[SeqVerdict, int]:
@@ -75,9 +81,11 @@ class SeqTracker:
                 # Sent again, possibly after newer ones (a broker redelivers what was not
                 # acknowledged when it chooses); newer device time than the first frame past
                 # the mark: the sender started counting again.
-                if self._passed_ts is None or ts_us < self._passed_ts:
+                stored = self._stored_set is None or seq in self._stored_set
+                if stored and (self._passed_ts is None or ts_us < self._passed_ts):
                     return "duplicate", 0
-                self._stored = None
+                if stored:
+                    self._stored = self._stored_set = None
             elif self._passed_ts is None:
                 self._passed_ts = ts_us
         self._seen[seq] = ts_us
@@ -277,12 +285,19 @@ class BedRouter:
             self._delay_at_us = now_us
         return self._delay_us
 
-    def resume_sequences(self, last: dict[tuple[BedKey, str], int]) -> None:
+    def resume_sequences(
+        self,
+        last: dict[tuple[BedKey, str], int],
+        stored: dict[tuple[BedKey, str], frozenset[int]] | None = None,
+    ) -> None:
         """Continue each bed's sequence tracking from what the store holds (see
-        ``Store.last_sequences``); beds the store does not know start afresh."""
+        ``Store.last_sequences``; ``stored``: the numbers it holds near the last, see
+        ``Store.stored_sequences``); beds the store does not know start afresh."""
         for (key, kind), seq in last.items():
             state = self.bed(key)
-            (state.numerics_seq if kind == "numerics" else state.waveform_seq).catch_up(seq)
+            tracker = state.numerics_seq if kind == "numerics" else state.waveform_seq
+            # a stream with nothing stored recently: every number near the last is a repeat
+            tracker.catch_up(seq, None if stored is None else stored.get((key, kind)))
 
     def forget(self, key: BedKey) -> None:
         """Drop a bed's state (another worker holds it now). Its sequence tracking is kept

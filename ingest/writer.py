@@ -136,6 +136,16 @@ class StoreWriter:
             self._track(self._open_receipts)
         self._seal_if_full()
 
+    def add_repeat(self, frame: Frame) -> None:
+        """A frame dropped as a repeat of one already taken: the message that brought it is
+        durable only once everything taken before it is (its first delivery's data may still
+        wait here, in the open batch or among the bed's held waveforms), so its
+        acknowledgement never runs ahead of that data."""
+        if isinstance(frame, WaveformFrame) and frame.bed in self._held:
+            self._track(self._held_receipts.setdefault(frame.bed, []))
+        else:
+            self._track(self._open_receipts)
+
     def _track(self, receipts: list[Receipt]) -> None:
         receipt = self.receipt
         if receipt is not None:
@@ -212,6 +222,12 @@ class StoreWriter:
     def _seal(self) -> None:
         batch = self._open
         if not len(batch):
+            # Only repeats came since the last batch: they are durable with the batches before.
+            receipts, self._open_receipts = self._open_receipts, []
+            if receipts and self._queue:
+                self._queue[-1][2].extend(receipts)
+            elif receipts:
+                self._durable(receipts)  # nothing waits in memory: the rest is stored or spooled
             return
         size = self._open_bytes
         receipts = self._open_receipts

@@ -277,3 +277,81 @@ async def test_what_is_published_while_the_kernels_warm_up_is_kept(
             await starting
         await engine.stop()
         await store.close()
+
+
+async def test_a_duplicate_is_not_acknowledged_before_the_first_delivery_is_durable(
+    tmp_path: Path,
+) -> None:
+    """The broker sends a message again while the first delivery's data still waits in the
+    writer (its acknowledgement window ran out on a busy engine): the repeat is dropped, but
+    acknowledging it at once would tell the broker the message is safe before it is; a crash
+    then would lose it. The repeat is durable only once what came before it is."""
+    import numpy as np
+
+    from eicu import wire
+    from eicu.models import SignalBlock, WaveformFrame
+
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    engine = Engine(MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store)
+    try:
+        bed = BedKey("site", "bed1")
+        t0 = 1_700_000_000_000_000
+        numerics = NumericsFrame(bed, 7, t0, {"HR": 80.0})
+        block = SignalBlock("ECG_II", 250.0, 200.0, 0, np.zeros(125, dtype=np.int16))
+        wave = WaveformFrame(bed, 7, t0, (block,))
+        messages = [
+            (wire.numerics_topic(bed), wire.encode_numerics(numerics)),
+            (wire.waveform_topic(bed), wire.encode_waveform(wave)),
+        ]
+
+        def handle(topic: str, payload: bytes) -> Receipt:
+            receipt = engine.writer.receipt = Receipt()
+            engine.ingest.handle(topic, payload, t0 + 1000)
+            engine.writer.receipt = None
+            receipt.sealed = True
+            return receipt
+
+        for topic, payload in messages:
+            first = handle(topic, payload)
+            again = handle(topic, payload)  # the same message, sent again: a duplicate
+            assert engine.router.beds[bed].duplicates >= 1
+            assert not first.durable and not again.durable, topic
+            await engine.writer.close()  # everything written
+            assert first.durable and again.durable, topic
+        stats = (await store.stats())["beds"]
+        assert stats["site/bed1"]["messages"] == 2  # each stored once
+        # The first delivery already sealed into a batch that waits to be written: the repeat
+        # waits for that batch, not for nothing.
+        later = NumericsFrame(bed, 8, t0 + 1_000_000, {"HR": 81.0})
+        engine.writer = writer = StoreWriter(
+            store, IngestSettings(spool_dir=tmp_path / "spool2"), IngestMetrics()
+        )
+        engine.ingest._writer = writer
+        first = handle(wire.numerics_topic(bed), wire.encode_numerics(later))
+        writer._seal()
+        again = handle(wire.numerics_topic(bed), wire.encode_numerics(later))
+        writer._seal()  # only the repeat since the last batch
+        assert not first.durable and not again.durable
+        assert await writer._write_pending()
+        assert first.durable and again.durable
+    finally:
+        await store.close()
+
+
+def test_a_taken_over_stream_drops_only_what_is_stored() -> None:
+    """A worker that takes a bed over knows which of its recent messages are stored, not only
+    the newest: a message the last owner took after a newer one and never stored (the broker
+    sends unacknowledged messages again when it chooses) is new data, not a repeat."""
+    t0 = 1_700_000_000_000_000
+    tracker = SeqTracker()
+    # The last owner stored 90-97 and 99-100; it held 98, unstored, when it died.
+    tracker.catch_up(100, stored=frozenset([*range(90, 98), 99, 100]))
+    assert tracker.observe(101, t0 + 101)[0] == "next"
+    assert tracker.observe(98, t0 + 98)[0] != "duplicate"  # never stored: taken
+    assert tracker.observe(99, t0 + 99)[0] == "duplicate"  # stored: sent again
+    assert tracker.observe(95, t0 + 95)[0] == "duplicate"
+    # Without the stored numbers (only the newest is known), everything near it is a repeat.
+    blind = SeqTracker()
+    blind.catch_up(100)
+    assert blind.observe(98, t0 + 98)[0] == "duplicate"

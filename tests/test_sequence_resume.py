@@ -104,6 +104,27 @@ async def test_sqlite_store_gives_the_last_sequences_too(tmp_path: Path) -> None
         await store.close()
 
 
+async def test_each_store_gives_the_numbers_it_holds(store_of_each_kind: Store) -> None:
+    """What a worker taking a bed over asks: which of the bed's recent messages are stored
+    (not only the newest), so one the last owner never stored is not dropped as a repeat."""
+    from eicu.models import Batch
+
+    store = store_of_each_kind
+    t0_us = time.time_ns() // 1000
+    other = BedKey("karamay", "bed08")
+    block = SignalBlock("ECG_II", 250.0, 200.0, 0, np.zeros(125, dtype=np.int16))
+    numerics = [NumericsFrame(BED, s, t0_us + s, {"HR": 80.0, "SPO2": 97.0}) for s in (7, 9)]
+    waves = [WaveformFrame(BED, s, t0_us + (s - 40) * 500_000, (block,)) for s in (40, 41, 43)]
+    await store.write(Batch(numerics=numerics, waveforms=waves))
+    await store.write(Batch(numerics=[NumericsFrame(other, 1, t0_us, {"HR": 70.0})]))
+    got = await store.stored_sequences(t0_us - 10**9, t0_us + 10**9, [BED])
+    assert got == {(BED, "numerics"): {7, 9}, (BED, "waveform"): {40, 41, 43}}
+    both = await store.stored_sequences(t0_us - 10**9, t0_us + 10**9, [BED, other])
+    assert both[(other, "numerics")] == {1}
+    assert await store.stored_sequences(t0_us + 10**9, t0_us + 2 * 10**9, [BED]) == {}
+    assert await store.stored_sequences(t0_us - 10**9, t0_us + 10**9, []) == {}
+
+
 @pytest.mark.parametrize("ack", ["receipt", "persist"])
 async def test_frames_a_killed_engine_held_are_gaps_or_come_again(
     ack: str, broker: Mosquitto, store: Store, db_url: str, tmp_path: Path

@@ -131,6 +131,13 @@ class Store(AlarmRepository, Protocol):
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]: ...
     async def dead_letter_counts(self) -> dict[str, int]: ...
+    async def stored_sequences(
+        self, since_us: int, until_us: int, beds: Collection[BedKey]
+    ) -> dict[tuple[BedKey, str], frozenset[int]]:
+        """The sequence numbers of the messages of ``beds`` stored with a time in [since_us,
+        until_us), per (bed, "numerics" | "waveform"): every frame of a waveform segment."""
+        ...
+
     async def last_sequences(self, since_us: int, until_us: int) -> dict[tuple[BedKey, str], int]:
         """The sequence number of each bed's newest stored ``numerics`` message and ``waveform``
         frame with device time in [since_us, until_us): where the engine's sequence tracking
@@ -332,6 +339,17 @@ def latest_doc(rows: list[tuple[object, ...]]) -> dict[BedKey, dict[str, LatestV
             int(ts_us),  # type: ignore[call-overload]
         )
     return out
+
+
+def stored_sequence_doc(
+    rows: list[tuple[Any, ...]],
+) -> dict[tuple[BedKey, str], frozenset[int]]:
+    """Rows of (site, bed, kind, seq, n_frames) -> {(bed, kind): every number they hold}."""
+    out: dict[tuple[BedKey, str], set[int]] = {}
+    for site, bed, kind, seq, n_frames in rows:
+        numbers = out.setdefault((BedKey(site, bed), kind), set())
+        numbers.update((int(seq) + i) % (1 << 32) for i in range(int(n_frames)))
+    return {key: frozenset(numbers) for key, numbers in out.items()}
 
 
 def last_sequence_doc(rows: list[tuple[Any, ...]]) -> dict[tuple[BedKey, str], int]:

@@ -715,6 +715,30 @@ class PgStore:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
         return {reason: int(n) for reason, n in rows}
 
+    async def stored_sequences(
+        self, since_us: int, until_us: int, beds: Collection[BedKey]
+    ) -> dict[tuple[BedKey, str], frozenset[int]]:
+        from eicu.store.base import stored_sequence_doc
+
+        if not beds:
+            return {}
+        since, until = _US.format("%(since)s"), _US.format("%(until)s")
+        rows = await self._fetch(
+            f"""WITH chosen AS (
+                    SELECT bed_id, site, bed FROM beds
+                    WHERE (site || '/' || bed) = ANY(%(beds)s::text[]))
+                SELECT c.site, c.bed, 'numerics', n.seq, 1 FROM chosen c
+                  JOIN numerics n ON n.bed_id = c.bed_id
+                   AND n.time >= {since} AND n.time < {until}
+                  GROUP BY c.site, c.bed, n.seq
+                UNION ALL
+                SELECT c.site, c.bed, 'waveform', w.seq, w.n_frames FROM chosen c
+                  JOIN waveforms w ON w.bed_id = c.bed_id
+                   AND w.time >= {since} AND w.time < {until}""",
+            {"since": since_us, "until": until_us, "beds": sorted(str(b) for b in beds)},  # type: ignore[arg-type]
+        )
+        return stored_sequence_doc(rows)
+
     async def last_sequences(self, since_us: int, until_us: int) -> dict[tuple[BedKey, str], int]:
         from eicu.codes import BY_CODE
 

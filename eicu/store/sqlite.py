@@ -275,6 +275,28 @@ class SqliteStore:
         rows = await self._fetch("SELECT reason, count(*) FROM dead_letters GROUP BY reason")
         return {reason: int(n) for reason, n in rows}
 
+    async def stored_sequences(
+        self, since_us: int, until_us: int, beds: Collection[BedKey]
+    ) -> dict[tuple[BedKey, str], frozenset[int]]:
+        from eicu.store.base import stored_sequence_doc
+
+        names = sorted(str(b) for b in beds)
+        if not names:
+            return {}
+        chosen = f"(b.site || '/' || b.bed) IN ({', '.join('?' * len(names))})"
+        rows = []
+        for kind, table, frames in (
+            ("numerics", "numerics", "1"),
+            ("waveform", "waveforms", "t.n_frames"),
+        ):
+            rows += await self._fetch(
+                f"""SELECT DISTINCT b.site, b.bed, '{kind}', t.seq, {frames} FROM {table} t
+                    JOIN beds b USING (bed_id)
+                    WHERE t.time >= ? AND t.time < ? AND {chosen}""",
+                (since_us, until_us, *names),
+            )
+        return stored_sequence_doc(rows)
+
     async def last_sequences(self, since_us: int, until_us: int) -> dict[tuple[BedKey, str], int]:
         rows = []
         for kind, table, frames in (
