@@ -267,6 +267,7 @@ def create_app(
     app.get("/census", include_in_schema=False)(page("census.html"))
     app.get("/bed", include_in_schema=False)(page("bed.html"))
     app.get("/admin", include_in_schema=False)(page("admin.html"))
+    app.get("/alarms", include_in_schema=False)(page("alarms.html"))
 
     @app.get("/login", include_in_schema=False)
     def login_page(request: Request, next: str | None = None) -> Response:
@@ -458,7 +459,9 @@ def create_app(
         return engine.alarms
 
     @app.get("/api/alarms")
-    async def alarms(session: CanView, bed: str | None = None) -> dict[str, Any]:
+    async def alarms(
+        session: CanView, bed: str | None = None, history: bool = False
+    ) -> dict[str, Any]:
         service = alarm_service()
         user = session.user
         key = None
@@ -482,6 +485,9 @@ def create_app(
         }
         if key is not None:
             events = [e for e in service.recent if e.bed == key][-HISTORY_MAX:]
+            out["history"] = [views.event_view(e) for e in reversed(events)]
+        elif history:  # the unit's: every bed of the user's sites
+            events = [e for e in service.recent if user.can_see(e.bed.site)][-HISTORY_MAX:]
             out["history"] = [views.event_view(e) for e in reversed(events)]
         return out
 

@@ -140,7 +140,9 @@ const eicuAlarms = {
 
   // Poll the alarms every second: all beds for the tone, and one bed's (with its history) for
   // ``onBed`` when ``bed`` is given. ``onFeed(ok, message)`` learns whether the feed is live.
-  poll({ bed = null, onBed = null, onFeed = null } = {}) {
+  // With ``history`` the unit's answer (every alarm of the user's sites, with the recent events)
+  // goes to ``onUnit``.
+  poll({ bed = null, onBed = null, onFeed = null, history = false, onUnit = null } = {}) {
     const sound = document.getElementById("sound");
     if (sound) {
       sound.addEventListener("click", eicuTone.toggle);
@@ -149,7 +151,7 @@ const eicuAlarms = {
     eicuTone.restore();
     const once = async () => {
       try {
-        const all = await eicu.api("/api/alarms");
+        const all = await eicu.api(history ? "/api/alarms?history=true" : "/api/alarms");
         if (!all.ok) {
           const detail = (await all.json().catch(() => ({}))).detail || `error ${all.status}`;
           throw new Error(detail);
@@ -159,6 +161,7 @@ const eicuAlarms = {
         const first = data.alarms.find((a) => a.sounding);
         eicuTone.set(first || null);
         eicuAlarms.counts(data.alarms);
+        if (onUnit) onUnit(data);
         if (bed && onBed) {
           const r = await eicu.api(`/api/alarms?bed=${encodeURIComponent(bed)}`);
           if (!r.ok) throw new Error(`error ${r.status}`);
