@@ -371,6 +371,25 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     wait_for_ink(page, "#review", timeout_s=2, min_ink=500)
     assert int(page.locator("#review").get_attribute("data-beats") or 0) >= 2  # 4 s of ECG
     page.screenshot(path=str(ARTIFACTS / "bed.png"), full_page=True)
+    # the strip saved as a PNG: the strip under its caption (bed, lead, time, scale)
+    caption = page.locator("#review-caption").inner_text()
+    assert caption.startswith("demo/bed001 · II · ") and "25 mm/s · 10 mm/mV" in caption
+    with page.expect_download() as download:
+        page.click("#review-png")
+    saved = Path(download.value.path())
+    png = saved.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    strip = page.evaluate(
+        "() => [document.getElementById('review').width, document.getElementById('review').height]"
+    )
+    assert width == strip[0] and height > strip[1]
+    assert download.value.suggested_filename.startswith("demo-bed001-ECG_II-")
+    # printed: the strip and its caption, nothing else of the page
+    page.emulate_media(media="print")
+    assert page.is_visible("#review") and page.is_visible("#review-caption")
+    assert not page.is_visible("#waves") and not page.is_visible("#tiles")
+    page.emulate_media(media="screen")
     page.close()
 
 

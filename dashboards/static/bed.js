@@ -221,7 +221,44 @@ async function review() {
   info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz · ${beats} beats` +
     (w.alarms === null ? " · alarms unavailable" : ` · ${w.alarms.length} alarms`);
   drawReviewMarks(canvas, strip, w.start_us, w.marks, w.alarms || []);
+  reviewed = { signal, start_us: w.start_us, end_us: w.end_us };
+  // printed at the screen's scale: the strip's width in millimetres of paper (fit to the page
+  // when wider)
+  canvas.style.setProperty("--paper-mm", `${(canvas.width / dpr / eicuPaper.pxPerMm()).toFixed(1)}mm`);
+  document.getElementById("review-caption").textContent = stripCaption();
 }
+
+// The strip's caption: what, when and at which scale, for a saved or printed strip.
+let reviewed = null;
+function stripCaption() {
+  if (!reviewed) return "";
+  const t = (us) => new Date(us / 1000).toLocaleString([], { hour12: false });
+  const gain = document.getElementById("review").dataset.gain;
+  return `${bedId} · ${signalLabel(reviewed.signal)} · ${t(reviewed.start_us)} – ${t(reviewed.end_us)}` +
+    ` · 25 mm/s${gain && gain !== "auto" ? ` · ${gain}` : ""}`;
+}
+
+// The strip as a PNG: the review canvas under its caption.
+function savePng() {
+  if (!reviewed) return;
+  const strip = document.getElementById("review");
+  const dpr = window.devicePixelRatio || 1, head = Math.round(22 * dpr);
+  const out = document.createElement("canvas");
+  out.width = strip.width; out.height = strip.height + head;
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, out.width, head);
+  ctx.fillStyle = "#000"; ctx.font = `${Math.round(13 * dpr)}px system-ui`;
+  ctx.fillText(stripCaption(), 6 * dpr, 16 * dpr);
+  ctx.drawImage(strip, 0, head);
+  const name = `${bedId.replace("/", "-")}-${reviewed.signal}-${new Date(reviewed.start_us / 1000).toISOString().replace(/[:.]/g, "")}.png`;
+  out.toBlob((blob) => {
+    const a = eicu.el("a", { href: URL.createObjectURL(blob), download: name });
+    document.body.append(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  }, "image/png");
+}
+document.getElementById("review-png").addEventListener("click", savePng);
+document.getElementById("review-print").addEventListener("click", () => { if (reviewed) window.print(); });
 
 // Alarms as coloured bands across the window (with their name and, if so, who acknowledged
 // them); beats as ticks labelled N, V (ventricular) or P (pulse); rhythm changes as dashed lines.
