@@ -370,11 +370,19 @@ def create_app(
     def sites_seen(sites: frozenset[str] | None) -> list[str]:
         return sorted({k.site for k in engine.router.beds if sites is None or k.site in sites})
 
+    def census_filter(request: Request | WebSocket) -> views.CensusFilter:
+        try:
+            return views.CensusFilter.parse(request.query_params)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
     @app.get("/api/census")
-    async def census(session: CanView, site: str | None = None) -> dict[str, Any]:
+    async def census(session: CanView, request: Request, site: str | None = None) -> dict[str, Any]:
+        """The census (``site``; filters and sort as ``views.CensusFilter`` takes them:
+        ``priority``, ``band``, ``rhythm``, ``stale``, ``sort``)."""
         return {
             "sites": sites_seen(session.user.sites),
-            "beds": census_rows(site or None, session.user.sites),
+            "beds": census_filter(request).apply(census_rows(site or None, session.user.sites)),
         }
 
     @app.get("/api/beds/{site}/{bed}")
@@ -669,11 +677,13 @@ def create_app(
     def still_valid(session: Session) -> bool:
         return sessions.get(session.token) is session
 
-    # a census scope: (the page's site filter, the sites its user may see)
-    def scope_rows(scope: tuple[str | None, frozenset[str] | None]) -> list[dict[str, Any]]:
-        return census_rows(*scope)
+    # a census scope: (the page's site filter, the sites its user may see, its other filters)
+    Scope = tuple[str | None, frozenset[str] | None, views.CensusFilter]
 
-    def scope_sites(scope: tuple[str | None, frozenset[str] | None]) -> list[str]:
+    def scope_rows(scope: Scope) -> list[dict[str, Any]]:
+        return scope[2].apply(census_rows(scope[0], scope[1]))
+
+    def scope_sites(scope: Scope) -> list[str]:
         return sites_seen(scope[1])
 
     def engine_now() -> dict[str, Any]:
@@ -691,7 +701,12 @@ def create_app(
         if session is None:
             return
         # pages of users who may see the same sites share one computation per site filter
-        scope = (site or None, session.user.sites)
+        try:
+            chosen = views.CensusFilter.parse(ws.query_params)
+        except ValueError as exc:
+            await ws.close(code=1008, reason=str(exc)[:120])
+            return
+        scope = (site or None, session.user.sites, chosen)
         seq: int | None = None
         window: CensusWindow | None = None
         if view:
@@ -728,7 +743,7 @@ def create_app(
                 if not session.user.can(Permission.VIEW):
                     break  # the user's role changed
                 if session.user.sites != scope[1]:  # the user's sites changed: a new snapshot
-                    scope, seq = (site or None, session.user.sites), None
+                    scope, seq = (site or None, session.user.sites, chosen), None
                     if window is not None:
                         window = CensusWindow(window.first, window.count)
                 if window is not None:

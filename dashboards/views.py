@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -277,6 +278,63 @@ def census(
         )
     )
     return rows
+
+
+@dataclass(frozen=True)
+class CensusFilter:
+    """Which census rows a page shows, and in which order. ``priority``: beds whose most
+    urgent live alarm is at least that priority; ``band``: beds whose NEWS2 is at least that
+    band (complete, or proven by a partial score); ``rhythm``: beds with that rhythm flag
+    (``any``: with any); ``stale``: only beds that are stale or offline; ``sort``: ``acuity``
+    (the census's ranking) or ``bed`` (by site and bed name). Filters combine (all must hold)."""
+
+    priority: str = ""
+    band: str = ""
+    rhythm: str = ""
+    stale: bool = False
+    sort: str = "acuity"
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str]) -> CensusFilter:
+        """From a page's address; ValueError naming what is wrong."""
+        priority = query.get("priority") or ""
+        band = query.get("band") or ""
+        rhythm = query.get("rhythm") or ""
+        sort = query.get("sort") or "acuity"
+        if priority and priority not in PRIORITY_RANK:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITY_RANK)}: {priority!r}")
+        if band and band not in BAND_RANK:
+            raise ValueError(f"band must be one of {', '.join(BAND_RANK)}: {band!r}")
+        if rhythm and not (rhythm.replace("_", "").isalnum() and len(rhythm) <= 32):
+            raise ValueError(f"rhythm must be a rhythm flag's name: {rhythm[:40]!r}")
+        if sort not in ("acuity", "bed"):
+            raise ValueError(f"sort must be acuity or bed: {sort!r}")
+        stale = (query.get("stale") or "").lower() in ("1", "true", "yes")
+        return cls(priority, band, rhythm, stale, sort)
+
+    def keeps(self, row: Mapping[str, Any]) -> bool:
+        if self.priority:
+            alarm = row.get("alarm")
+            if alarm is None or PRIORITY_RANK[alarm["priority"]] < PRIORITY_RANK[self.priority]:
+                return False
+        if self.band:
+            news2 = row.get("news2")
+            if not news2 or "invalid" in news2:
+                return False
+            band = news2["band"] if news2.get("complete") else news2.get("min_band", "low")
+            if BAND_RANK.get(band, 0) < BAND_RANK[self.band]:
+                return False
+        if self.rhythm:
+            rhythms = row.get("engine", {}).get("rhythms", [])
+            if not rhythms or (self.rhythm != "any" and self.rhythm not in rhythms):
+                return False
+        return not self.stale or bool(row.get("stale")) or row.get("status") == "offline"
+
+    def apply(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [r for r in rows if self.keeps(r)]
+        if self.sort == "bed":
+            kept.sort(key=lambda r: r["bed"])
+        return kept
 
 
 def _alarm_rank(alarm: dict[str, Any] | None) -> int:

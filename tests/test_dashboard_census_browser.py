@@ -194,6 +194,35 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
             await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
             assert await page.input_value("#site") == "icu1"
 
+            # filters and sort, in the address: the fast breathers (NEWS2 low-medium or
+            # higher), the stale or offline beds, every bed by name
+            await page.goto(server.url + "/census?band=low-medium")
+            api = await page.evaluate(
+                "async () => (await (await fetch('/api/census?band=low-medium')).json()).beds"
+            )
+            assert len(api) == BEDS // 20 + 1  # every 20th bed, and the one that turned acute
+            await page.wait_for_selector(f"#census[data-beds='{len(api)}']", timeout=10_000)
+            assert await page.input_value("#f-band") == "low-medium"
+            await page.select_option("#f-band", "")
+            await page.check("#f-stale")
+            await page.wait_for_selector("#census[data-beds='2']", timeout=10_000)
+            assert page.url.endswith("/census?stale=1")
+            stale = sorted([await r.get_attribute("data-bed") for r in await drawn.all()])
+            assert stale == [str(bed(7)), str(bed(11))]
+            await page.uncheck("#f-stale")
+            await page.select_option("#f-sort", "bed")
+            await page.wait_for_selector(f"#census[data-beds='{BEDS}']", timeout=10_000)
+            await page.wait_for_function(
+                "(bed) => document.querySelector('#census tbody tr[data-bed]').dataset.bed === bed",
+                arg=min(str(bed(i)) for i in range(BEDS)),
+            )
+            await page.check("#f-stale")
+            await page.select_option("#f-rhythm", "VTACH")
+            await page.wait_for_selector("#census[data-beds='0']", timeout=10_000)
+            assert await page.inner_text("#empty") == "No beds match these filters."
+            await page.goto(server.url + "/census?site=icu1")
+            await page.wait_for_selector("#census[data-beds='100']", timeout=10_000)
+
             # every bed's numerics now come through 6 s late: the engine reads its input late
             banner = page.locator("#input-delay")
             assert await banner.is_hidden()

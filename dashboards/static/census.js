@@ -325,7 +325,10 @@ function apply(msg) {
   if (msg.sites) updateSites(msg.sites);
   if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
   tickAges();
-  document.getElementById("empty").hidden = rows.size > 0;
+  const empty = document.getElementById("empty");
+  empty.hidden = total > 0;
+  const filtered = [...filterQuery().keys()].some((k) => k !== "site");
+  empty.textContent = filtered ? "No beds match these filters." : "No beds have reported yet.";
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
   // the script's work, and up to the next frame drawn (style, layout and paint included)
   performance.measure(kind, { start, end: performance.now() });
@@ -338,9 +341,8 @@ function connect() {
   holding = false;
   showHold(false);
   asked = windowFor(...viewRanks());  // the first message is the window: no whole census
-  const query = new URLSearchParams({ view: asked.join(",") });
-  const site = siteSelect.value;
-  if (site) query.set("site", site);
+  const query = filterQuery();
+  query.set("view", asked.join(","));
   const ws = new WebSocket(eicu.wsUrl(`/ws/census?${query}`));
   socket = ws;
   ws.onmessage = (ev) => { if (socket === ws) apply(JSON.parse(ev.data)); };
@@ -369,21 +371,46 @@ function onScroll() {
 }
 addEventListener("scroll", onScroll, { passive: true });
 addEventListener("resize", () => { measured = false; onScroll(); });
-// The site filter is in the address (/census?site=icu1): a view can be bookmarked and shared.
-function siteFromAddress() {
-  const wanted = new URLSearchParams(location.search).get("site");
-  if (!wanted) return;
-  if (![...siteSelect.options].some((o) => o.value === wanted)) {
-    siteSelect.append(eicu.el("option", { value: wanted }, wanted));
+// The site, the filters and the sort are in the address (/census?site=icu1&band=medium): a view
+// can be bookmarked and shared.
+const FILTERS = [...document.querySelectorAll("#filters [data-param]")];
+
+function filterQuery() {
+  const query = new URLSearchParams();
+  if (siteSelect.value) query.set("site", siteSelect.value);
+  for (const el of FILTERS) {
+    const value = el.type === "checkbox" ? (el.checked ? "1" : "") : el.value;
+    if (value && !(el.dataset.param === "sort" && value === "acuity")) query.set(el.dataset.param, value);
   }
-  siteSelect.value = wanted;
+  return query;
 }
-siteSelect.addEventListener("change", () => {
-  const site = siteSelect.value;
-  history.replaceState(null, "", site ? `/census?site=${encodeURIComponent(site)}` : "/census");
+
+function fromAddress() {
+  const params = new URLSearchParams(location.search);
+  const wanted = params.get("site");
+  if (wanted) {
+    if (![...siteSelect.options].some((o) => o.value === wanted)) {
+      siteSelect.append(eicu.el("option", { value: wanted }, wanted));
+    }
+    siteSelect.value = wanted;
+  }
+  for (const el of FILTERS) {
+    const value = params.get(el.dataset.param);
+    if (value === null) continue;
+    if (el.type === "checkbox") el.checked = ["1", "true", "yes"].includes(value);
+    else if ([...el.options].some((o) => o.value === value)) el.value = value;
+  }
+}
+
+function filtersChanged() {
+  const query = filterQuery();
+  history.replaceState(null, "", query.size ? `/census?${query}` : "/census");
+  scrollTo(0, 0);
   connect();
-});
-siteFromAddress();
+}
+siteSelect.addEventListener("change", filtersChanged);
+for (const el of FILTERS) el.addEventListener("change", filtersChanged);
+fromAddress();
 eicu.loadMe().then(() => {
   connect();
   eicuAlarms.poll({ onFeed: alarmFeed });
