@@ -424,6 +424,11 @@ def create_app(
         for param in views.TREND_KEYS:
             points = await engine.store.trend(key, param, start_us, end_us, bucket_s)
             out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max, p.n] for p in points]
+        # the bed's alarms over the span, marked on the trends (None: no alarm service)
+        out["alarms"] = None
+        if engine.alarms is not None:
+            events = engine.alarms.outbox.events(started_since_us=start_us - REVIEW_ALARMS_BACK_US)
+            out["alarms"] = review.alarm_spans((e.event for e in events), key, start_us, end_us)
         return out
 
     @app.get("/api/beds/{site}/{bed}/waveform")

@@ -24,6 +24,7 @@ from tests.dashboard_beds import fed_engine, prompt_policy
 pytestmark = pytest.mark.browser
 
 playwright_api = playwright_or_skip()
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PASSWORDS = {"nina": "nurse-password-1", "val": "viewer-password"}
 
 
@@ -101,4 +102,43 @@ async def test_the_unit_alarm_list(server: tuple[DashboardServer, Engine]) -> No
         viewer = await log_in(browser, dashboard.url, "val", "/alarms")
         await viewer.wait_for_selector("#live-alarms[data-count]")  # type: ignore[attr-defined]
         assert await viewer.locator("#live-alarms button").count() == 0  # type: ignore[attr-defined]
+        await census_at_768_px(page, dashboard)
         await browser.close()
+
+
+CELLS_JS = """() => {
+  const cut = [];
+  for (const td of document.querySelectorAll('#census tbody tr[data-bed] td')) {
+    if (td.scrollWidth > td.clientWidth + 1) cut.push(td.closest('tr').dataset.bed + ': ' + td.textContent + ` (${td.scrollWidth} > ${td.clientWidth})`);
+  }
+  const header = document.querySelector('header');
+  return { cut, page: document.documentElement.scrollWidth, width: innerWidth,
+           header: header.scrollWidth - header.clientWidth,
+           table: document.querySelector('.census-scroll').scrollWidth };
+}"""
+# A link at the end of a cell too narrow for it, focused as the keyboard would: the cell's
+# content must not scroll to show it (the row would then read as another value).
+FOCUS_JS = """() => {
+  const td = document.querySelector('#census tbody tr[data-bed] td:nth-child(3)');
+  const a = document.createElement('a');
+  a.href = '#'; a.textContent = 'a link far past the end of the cell';
+  td.append(' '.repeat(1), 'x'.repeat(60), a);
+  a.focus();
+  return td.scrollLeft;
+}"""
+
+
+async def census_at_768_px(page: object, dashboard: DashboardServer) -> None:
+    """On a 768 px screen nothing in the census is cut short: the table scrolls sideways in
+    its own box (the bed column staying in view), the header wraps, and focusing a link
+    inside a cell never scrolls that cell's content."""
+    await page.set_viewport_size({"width": 768, "height": 900})  # type: ignore[attr-defined]
+    await page.goto(f"{dashboard.url}/census")  # type: ignore[attr-defined]
+    await page.wait_for_selector("#census tbody tr[data-bed]")
+    await page.wait_for_timeout(1500)  # an update or two drawn
+    got = await page.evaluate(CELLS_JS)
+    assert got["cut"] == [], got["cut"]
+    assert got["page"] <= got["width"] and got["header"] <= 0
+    assert got["table"] > got["width"]  # the table scrolls in its own box
+    assert await page.evaluate(FOCUS_JS) == 0
+    await page.screenshot(path=str(ARTIFACTS / "census-768.png"))

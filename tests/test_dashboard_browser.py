@@ -263,6 +263,11 @@ def test_vt_alarm_sounds_until_an_intensivist_acknowledges_it(browser: object, d
 
     page.click("a[href='/bed?bed=demo%2Fbed004']")
     page.wait_for_url(re.compile(r"/bed\?bed=demo%2Fbed004$"))
+    # the trends carry a time axis on the 24-hour clock and the bed's alarms over their span
+    page.wait_for_function(
+        "() => Number(document.getElementById('trend-HR')?.dataset.alarms) >= 1", timeout=10_000
+    )
+    assert int(page.locator("#trend-HR").get_attribute("data-ticks") or 0) >= 3
     item = page.locator("#alarm-list li", has_text="VTACH")
     expect(item.locator("button.ack")).to_be_visible(timeout=10_000)
     expect(page.locator("#alarm-history li", has_text="VTACH").first).to_be_visible()

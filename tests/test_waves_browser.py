@@ -7,6 +7,8 @@ arterial pressure on a mmHg scale, and human labels (II, Pleth, ABP, Resp; °C, 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import itertools
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,8 @@ PAGE = f"""<!doctype html><html><body style="margin:0">
 <script>{(STATIC / "common.js").read_text()}</script>
 <script>{(STATIC / "waves.js").read_text()}</script></body></html>"""
 
-# Draw one trace of ``signal`` from samples made by ``make(i)`` and return the pixels:
-# [r, g, b] per pixel, row by row, and what the trace says of itself.
+# Draw one trace of ``signal`` from samples made by ``make(i)`` and return the canvas as a PNG
+# and what the trace says of itself.
 DRAW_JS = """([signal, fs, seconds, make, pxPerMm]) => {
   const canvas = document.getElementById("c");
   const trace = new Trace(canvas, signal, fs, { pxPerMm, dpr: 1 });
@@ -38,36 +40,59 @@ DRAW_JS = """([signal, fs, seconds, make, pxPerMm]) => {
   trace.push(values, false, 0);
   trace.play = trace.recv;
   trace.draw(0);
-  const img = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  const rows = [];
-  for (let y = 0; y < canvas.height; y++) {
-    const row = [];
-    for (let x = 0; x < canvas.width; x++) {
-      const k = (y * canvas.width + x) * 4;
-      row.push([img[k], img[k + 1], img[k + 2]]);
-    }
-    rows.push(row);
-  }
-  return { rows, data: { ...canvas.dataset }, origin: trace.sweepX0() };
+  const png = canvas.toDataURL("image/png");
+  return { png, data: { ...canvas.dataset }, origin: trace.sweepX0() };
 }"""
 
 
-async def draw(signal: str, fs: float, seconds: float, make: str) -> dict[str, Any]:
+def pixels(data_url: str) -> list[list[list[int]]]:
+    """A canvas's PNG (a data: URL) as [r, g, b] per pixel, row by row."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")
+    raw, w = image.tobytes(), image.width
+    return [
+        [list(raw[(y * w + x) * 3 : (y * w + x) * 3 + 3]) for x in range(w)]
+        for y in range(image.height)
+    ]
+
+
+async def draw_all(cases: list[tuple[str, float, float, str]]) -> list[dict[str, Any]]:
+    """Each (signal, rate, seconds, sample maker) drawn on the page in turn (one browser)."""
     async with playwright_api.async_playwright() as p:
         browser = await p.chromium.launch(
             executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
         )
         page = await browser.new_page(viewport={"width": 1000, "height": 400})
         await page.set_content(PAGE)
-        out: dict[str, Any] = await page.evaluate(DRAW_JS, [signal, fs, seconds, make, PX_PER_MM])
+        out: list[dict[str, Any]] = []
+        for signal, fs, seconds, make in cases:
+            got = await page.evaluate(DRAW_JS, [signal, fs, seconds, make, PX_PER_MM])
+            got["rows"] = pixels(got.pop("png"))
+            out.append(got)
         labels = await page.evaluate(
             """() => ["ECG_II", "ECG_V", "ECG_AVR", "PLETH", "ABP", "RESP", "CVP"]
                   .map((s) => signalLabel(s))
                   .concat(["Cel", "mm[Hg]", "/min", "%", "{breaths}/min"].map(eicu.unitText))"""
         )
-        out["labels"] = labels
+        out[-1]["labels"] = labels
         await browser.close()
     return out
+
+
+# An ECG of 0 mV with a 1 mV square pulse 0.1 s long at the start of every second.
+PULSES = "return (i % fs) < fs / 10 ? 1.0 : 0.0;"
+
+
+@pytest.fixture(scope="module")
+def drawn() -> dict[str, dict[str, Any]]:
+    """The three traces the tests read, drawn once in one browser."""
+    cases = [
+        ("ECG_II", 250.0, 20.0, PULSES),
+        ("ABP", 125.0, 10.0, "return 100.0;"),
+        ("PLETH", 125.0, 2.0, "return Math.sin(i / 20);"),
+    ]
+    return dict(zip(("ecg", "abp", "pleth"), asyncio.run(draw_all(cases)), strict=True))
 
 
 def ink(pixel: list[int]) -> bool:
@@ -80,12 +105,10 @@ def white(pixel: list[int]) -> bool:
     return min(pixel) > 140
 
 
-# An ECG of 0 mV with a 1 mV square pulse 0.1 s long at the start of every second.
-PULSES = "return (i % fs) < fs / 10 ? 1.0 : 0.0;"
-
-
-def test_ecg_sweeps_at_25_mm_per_s_with_10_mm_per_mv_on_a_1_and_5_mm_grid() -> None:
-    out = asyncio.run(draw("ECG_II", 250.0, 20.0, PULSES))
+def test_ecg_sweeps_at_25_mm_per_s_with_10_mm_per_mv_on_a_1_and_5_mm_grid(
+    drawn: dict[str, dict[str, Any]],
+) -> None:
+    out = drawn["ecg"]
     rows, data, x0 = out["rows"], out["data"], out["origin"]
     assert data["label"] == "II" and data["speed"] == "25 mm/s" and data["gain"] == "10 mm/mV"
     assert float(data["pxPerMm"]) == PX_PER_MM
@@ -127,8 +150,8 @@ def test_ecg_sweeps_at_25_mm_per_s_with_10_mm_per_mv_on_a_1_and_5_mm_grid() -> N
     assert all(i % int(5 * PX_PER_MM) == 0 for i in major) and len(major) >= 3
 
 
-def test_arterial_pressure_is_drawn_on_a_mmhg_scale() -> None:
-    out = asyncio.run(draw("ABP", 125.0, 10.0, "return 100.0;"))
+def test_arterial_pressure_is_drawn_on_a_mmhg_scale(drawn: dict[str, dict[str, Any]]) -> None:
+    out = drawn["abp"]
     rows, data = out["rows"], out["data"]
     assert data["label"] == "ABP" and data["gain"] == "0–160 mmHg"
     top, bottom = float(data["scaleTop"]), float(data["scaleBottom"])  # canvas rows of 160, 0
@@ -141,8 +164,8 @@ def test_arterial_pressure_is_drawn_on_a_mmhg_scale() -> None:
     assert red and abs(sum(red) / len(red) - expected) <= 2
 
 
-def test_labels_and_units_are_the_ones_clinicians_read() -> None:
-    out = asyncio.run(draw("PLETH", 125.0, 2.0, "return Math.sin(i / 20);"))
+def test_labels_and_units_are_the_ones_clinicians_read(drawn: dict[str, dict[str, Any]]) -> None:
+    out = drawn["pleth"]
     assert out["data"]["label"] == "Pleth"
     assert out["labels"] == [
         "II", "V", "aVR", "Pleth", "ABP", "Resp", "CVP", "°C", "mmHg", "/min", "%", "/min",

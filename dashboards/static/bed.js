@@ -154,14 +154,15 @@ async function loadTrends() {
   for (const [key, points] of Object.entries(data.series)) {
     let canvas = document.getElementById(`trend-${key}`);
     if (!canvas) {
-      canvas = eicu.el("canvas", { class: "trend", id: `trend-${key}`, width: 900, height: 70 });
+      canvas = eicu.el("canvas", { class: "trend", id: `trend-${key}`, width: 900, height: 84 });
       box.append(canvas);
     }
     canvas.dataset.points = String(points.length);
     const t = [data.start_us, ...points.map((p) => p[0]), data.end_us];
     const avg = [null, ...points.map((p) => p[1]), null];
     const ranges = [null, ...points.map((p) => [p[2], p[3]]), null];
-    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} × ${bucketName(data.bucket_s)})`, ranges);
+    drawSeries(canvas, t, avg, `${LABELS[key] || key}  (${points.length} × ${bucketName(data.bucket_s)})`, ranges,
+      { axis: true, alarms: data.alarms || [] });
   }
 }
 

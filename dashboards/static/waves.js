@@ -228,11 +228,53 @@ class Trace {
   }
 }
 
-function drawSeries(canvas, t, values, label, ranges = null) {
-  // a static trace: times in µs, values with nulls as gaps; ranges: [min, max] per point
-  const ctx = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
-  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, h);
+// Time ticks for a span [t0, t1] (µs): every 10 min, 1 h, 2 h, 6 h or 1 day, about 4-8 of them,
+// labelled on the 24-hour clock (with the day for spans over a day).
+function timeTicks(t0, t1) {
+  const steps = [600, 1800, 3600, 7200, 21600, 86400].map((s) => s * 1e6);
+  const step = steps.find((s) => (t1 - t0) / s <= 8) || steps[steps.length - 1];
+  const zone = new Date(t0 / 1000).getTimezoneOffset() * 60e6;  // ticks on local whole hours
+  const ticks = [];
+  for (let t = Math.ceil((t0 - zone) / step) * step + zone; t <= t1; t += step) {
+    const d = new Date(t / 1000);
+    const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+    ticks.push([t, t1 - t0 > 86400e6 ? `${d.getDate()}/${d.getMonth() + 1} ${hm}` : hm]);
+  }
+  return ticks;
+}
+
+function drawSeries(canvas, t, values, label, ranges = null, options = {}) {
+  // a static trace: times in µs, values with nulls as gaps; ranges: [min, max] per point;
+  // options.axis: a time axis along the foot; options.alarms: alarm spans to mark
+  // ({start_us, end_us, priority, kind})
+  const ctx = canvas.getContext("2d"), w = canvas.width, full = canvas.height;
+  const h = options.axis ? full - 14 : full;
+  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, w, full);
   ctx.fillStyle = "#7d8590"; ctx.font = "12px system-ui"; ctx.fillText(label, 6, 14);
+  const t0 = t[0], t1 = t[t.length - 1] || t0 + 1;
+  const x = (ti) => ((ti - t0) / (t1 - t0 || 1)) * w;
+  if (options.axis) {  // the time axis, its ticks on the 24-hour clock
+    const ticks = timeTicks(t0, t1);
+    ctx.font = "10px system-ui";
+    for (const [tt, text] of ticks) {
+      const tx = Math.round(x(tt)) + 0.5;
+      ctx.fillStyle = "#30363d"; ctx.fillRect(tx, 0, 1, h);
+      ctx.fillStyle = "#7d8590"; ctx.fillText(text, Math.min(w - 40, Math.max(0, tx - 14)), full - 3);
+    }
+    canvas.dataset.ticks = String(ticks.length);
+    ctx.font = "12px system-ui"; ctx.fillStyle = "#7d8590"; ctx.fillText(label, 6, 14);
+  }
+  if (options.alarms) {  // each alarm: a band in its priority's colour (IEC 60601-1-8) over its span
+    const colours = { high: "209,36,47", medium: "245,196,0", low: "0,184,212" };
+    for (const a of options.alarms) {
+      const a0 = Math.max(0, x(a.start_us)), a1 = a.end_us === null ? w : Math.min(w, x(a.end_us));
+      const rgb = colours[a.priority] || colours.low;
+      ctx.fillStyle = `rgba(${rgb},0.16)`; ctx.fillRect(a0, 0, Math.max(2, a1 - a0), h);
+      ctx.fillStyle = `rgb(${rgb})`; ctx.fillRect(a0, 0, Math.max(2, a1 - a0), 3);
+      ctx.fillRect(Math.round(a0), 0, 1, h);
+    }
+    canvas.dataset.alarms = String(options.alarms.length);
+  }
   const finite = values.filter((v) => v !== null);
   if (!finite.length) { ctx.fillStyle = "#d4a72c"; ctx.fillText("no data", w / 2 - 20, h / 2); return; }
   let lo = Math.min(...finite), hi = Math.max(...finite);
@@ -240,8 +282,6 @@ function drawSeries(canvas, t, values, label, ranges = null) {
     for (const r of ranges) if (r && r[0] !== null && r[1] !== null) { lo = Math.min(lo, r[0]); hi = Math.max(hi, r[1]); }
   }
   if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
-  const t0 = t[0], t1 = t[t.length - 1] || t0 + 1;
-  const x = (ti) => ((ti - t0) / (t1 - t0 || 1)) * w;
   const y = (v) => h - 6 - ((v - lo) / (hi - lo)) * (h - 24);
   if (ranges) {  // the bucket's range as a faint bar behind its mean
     ctx.strokeStyle = "#1f4f2b"; ctx.lineWidth = 3; ctx.beginPath();
