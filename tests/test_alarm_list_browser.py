@@ -109,7 +109,9 @@ async def test_the_unit_alarm_list(server: tuple[DashboardServer, Engine]) -> No
 CELLS_JS = """() => {
   const cut = [];
   for (const td of document.querySelectorAll('#census tbody tr[data-bed] td')) {
-    if (td.scrollWidth > td.clientWidth + 1) cut.push(td.closest('tr').dataset.bed + ': ' + td.textContent + ` (${td.scrollWidth} > ${td.clientWidth})`);
+    if (td.scrollWidth <= td.clientWidth + 1) continue;
+    const bed = td.closest('tr').dataset.bed;
+    cut.push(`${bed}: ${td.textContent} (${td.scrollWidth} > ${td.clientWidth})`);
   }
   const header = document.querySelector('header');
   return { cut, page: document.documentElement.scrollWidth, width: innerWidth,
