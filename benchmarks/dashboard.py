@@ -299,6 +299,7 @@ async def browser_update_time(args: argparse.Namespace, engine: Any, feed_second
                 "() => [document.getElementById('census').dataset.beds,"
                 " document.querySelectorAll('#census tbody tr[data-bed]').length]"
             )
+            to_pixel = await page.evaluate("() => window.eicuSampleToPixel.slice()")
             await browser.close()
     finally:
         stop.set()
@@ -320,6 +321,12 @@ async def browser_update_time(args: argparse.Namespace, engine: Any, feed_second
     print(f"                                           painted {line('census-snapshot-painted')}")
     print(f"  after, each update (delta):               script {line('census-delta')}")
     print(f"                                           painted {line('census-delta-painted')}")
+    if to_pixel:
+        print(
+            f"  a value's arrival at the server to its pixel on the census: median "
+            f"{statistics.median(to_pixel):.2f} s, p99 {pct(to_pixel, 0.99):.2f} s "
+            f"(n={len(to_pixel)}; the census is computed once a second)"
+        )
 
 
 if __name__ == "__main__":

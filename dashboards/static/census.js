@@ -308,6 +308,21 @@ addEventListener("keydown", (e) => {
   if (e.key === "Escape" && holding) { document.activeElement.blur(); setHold(false); }
 });
 
+// Seconds from a value's arrival to its pixel, for the rows in the page whose newest frame a
+// delta brought (read by benchmarks/dashboard.py).
+const sampleToPixel = [];
+window.eicuSampleToPixel = sampleToPixel;
+
+function arrivals(msg) {
+  const out = [];
+  for (const [bed, change] of Object.entries(msg.rows)) {
+    const t = change.set && change.set.t_us;
+    const row = rows.get(bed);
+    if (t && row && row.tr) out.push(t - row.data.skew_ms * 1000);
+  }
+  return out;
+}
+
 function apply(msg) {
   const kind = msg.type === "delta" ? "census-delta" : "census-snapshot";
   const start = performance.now();
@@ -332,7 +347,15 @@ function apply(msg) {
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
   // the script's work, and up to the next frame drawn (style, layout and paint included)
   performance.measure(kind, { start, end: performance.now() });
-  requestAnimationFrame(() => setTimeout(() => performance.measure(`${kind}-painted`, { start })));
+  const arrived = msg.type === "delta" ? arrivals(msg) : [];
+  requestAnimationFrame(() => setTimeout(() => {
+    performance.measure(`${kind}-painted`, { start });
+    // from a value's arrival at the server to its pixel: the row's newest frame, on the
+    // server's clock (its device time less the bed's clock offset, to 100 ms)
+    const paintedUs = Date.now() * 1000 + offsetUs;
+    for (const t of arrived) sampleToPixel.push((paintedUs - t) / 1e6);
+    if (sampleToPixel.length > 5000) sampleToPixel.splice(0, sampleToPixel.length - 5000);
+  }));
 }
 
 function connect() {
