@@ -194,7 +194,7 @@ function showReviewSpan() {
 
 async function review() {
   const info = document.getElementById("review-info");
-  const at = new Date(document.getElementById("review-at").value).getTime() * 1000;
+  const at = new Date(document.getElementById("review-at").value.trim().replace(" ", "T")).getTime() * 1000;
   const signal = document.getElementById("review-signal").value;
   const { canvas, dpr, seconds } = reviewCanvas();
   showReviewSpan();
@@ -364,7 +364,7 @@ document.getElementById("review-show").addEventListener("click", review);
 // Scroll the review through the stored waveform, a window at a time.
 function stepReview(direction) {
   const at = document.getElementById("review-at");
-  const ms = new Date(at.value).getTime();
+  const ms = new Date(at.value.trim().replace(" ", "T")).getTime();
   if (Number.isNaN(ms)) return;
   at.value = localInput(ms + direction * showReviewSpan() * 1000);
   review();
