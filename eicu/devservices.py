@@ -695,3 +695,70 @@ class WorkerProcess:
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log[-lines:])
+
+
+class DemoProcess:
+    """``eicu demo`` (with ``args``) in a process of its own, for browser tests and the
+    screenshot script: started with no broker or database configured, its output read as it
+    comes; ``url`` and ``password`` are the dashboard's and the demo user's, from its login box;
+    ready once its engine has subscribed. ``stop()`` ends it as Ctrl-C would."""
+
+    LOGIN = re.compile(r"\| +(dashboard|password) +(\S+)")
+
+    def __init__(self, folder: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+        import sys
+        import threading
+
+        settings = {"EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
+        self.env = {**os.environ, **settings, **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eicu.cli", "demo", *args, "--data-dir", str(folder)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.found: dict[str, str] = {}
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            m = self.LOGIN.search(line)
+            if m:
+                self.found[m[1]] = m[2].rstrip("/")
+
+    def wait_ready(self, timeout_s: float = 120.0) -> DemoProcess:
+        """Until the login box is printed and the engine subscribed; ServiceError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while not (len(self.found) == 2 and any("subscribed" in ln for ln in self.lines)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise ServiceError("eicu demo did not start:\n" + "".join(self.lines[-20:]))
+            time.sleep(0.2)
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.found["dashboard"]
+
+    @property
+    def password(self) -> str:
+        return self.found["password"]
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGINT (Ctrl-C), then SIGKILL after ``timeout_s``; returns the exit status."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return self.process.returncode

@@ -17,46 +17,13 @@ docs/img/consult.png (a video consult) needs a bedside cart and is made by hand
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VT_BED = "demo/bed004"  # the demo's scenarios in turn: the fourth is VT
-
-
-def start_demo(folder: Path) -> tuple[subprocess.Popen[str], str, str]:
-    env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
-    cmd = [sys.executable, "-m", "eicu.cli", "demo", "--beds", "12", "--duration", "600",
-           "--events-at", "8", "--data-dir", str(folder)]  # fmt: skip
-    process = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    found: dict[str, str] = {}
-    lines: list[str] = []
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            m = re.search(r"\| +(dashboard|password) +(\S+)", line)
-            if m:
-                found[m[1]] = m[2].rstrip("/")
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 180
-    while len(found) < 2 or not any("subscribed" in line for line in lines):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            sys.exit("eicu demo did not start:\n" + "".join(lines[-20:]))
-        time.sleep(0.2)
-    return process, found["dashboard"], found["password"]
 
 
 def shoot(url: str, password: str, out: Path, chromium: str) -> None:
@@ -100,16 +67,16 @@ def main() -> None:
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    from eicu.devservices import DemoProcess
+
     with tempfile.TemporaryDirectory(prefix="eicu-shots-") as folder:
-        process, url, password = start_demo(Path(folder))
+        demo = DemoProcess(Path(folder), "--beds", "12", "--duration", "600", "--events-at", "8")
         try:
-            shoot(url, password, args.out, args.chromium)
+            demo.wait_ready(timeout_s=180)
+            shoot(demo.url, demo.password, args.out, args.chromium)
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            demo.stop()
     for name in ("census.png", "alarms.png", "bed.png"):
         print(args.out / name)
 

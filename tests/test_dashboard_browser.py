@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from eicu.alarms.policy import DEFAULT_PATH
+from eicu.devservices import DemoProcess, ServiceError
 from tests.chromium import CHROMIUM, playwright_or_skip
 
 pytestmark = pytest.mark.browser
@@ -47,54 +45,28 @@ class Demo:
 def run_demo(data: Path, *args: str, policy: Path | None = None) -> Iterator[Demo]:
     """``eicu demo`` with ``args`` (and the alarm policy file ``policy``); a viewer and an
     intensivist added with ``eicu users add`` while it runs."""
-    env = {**os.environ, "EICU_MQTT_URL": "", "EICU_DATABASE_URL": "", "EICU_NO_CLEAR": "1"}
-    env["EICU_ALARM_POLICY_FILE"] = str(policy) if policy is not None else ""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eicu.cli", "demo", *args, "--data-dir", str(data)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    found: dict[str, str] = {}
-    lines: list[str] = []
-
-    def read() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            # the login box: "|   dashboard   http://...:port/" and "|   password    ..."
-            m = re.search(r"\| +(dashboard|password) +(\S+)", line)
-            if m:
-                found[m[1]] = m[2].rstrip("/")
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while not (len(found) == 2 and any("subscribed" in line for line in lines)):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("eicu demo did not start:\n" + "".join(lines[-20:]))
-        time.sleep(0.2)
+    running = DemoProcess(
+        data, *args, env={"EICU_ALARM_POLICY_FILE": str(policy) if policy is not None else ""}
+    )
+    try:
+        running.wait_ready()
+    except ServiceError as exc:
+        pytest.fail(str(exc))
     for name, role, password in (
         ("val", "viewer", VIEWER_PASSWORD), ("ida", "intensivist", INTENSIVIST_PASSWORD)
     ):  # fmt: skip
         added = subprocess.run(
             [sys.executable, "-m", "eicu.cli", "users", "add", name, "--role", role],
             input=password + "\n", capture_output=True, text=True, cwd=ROOT,
-            env={**env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60, check=False,
+            env={**running.env, "EICU_USERS_FILE": str(data / "users.json")}, timeout=60,
+            check=False,
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
     try:
-        yield Demo(found["dashboard"], found["password"], process)
+        yield Demo(running.url, running.password, running.process)
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        reader.join(10)
-        process.stderr.close()
-    assert process.returncode == 0, "".join(lines[-20:])
+        status = running.stop()
+    assert status == 0, "".join(running.lines[-20:])
 
 
 @pytest.fixture(scope="module")
