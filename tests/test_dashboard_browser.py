@@ -84,15 +84,15 @@ NEWS2_HIGH_DELAY_S = 3.0
 
 @pytest.fixture
 def sepsis_demo(tmp_path: Path) -> Iterator[Demo]:
-    """2 beds: stable, and sepsis whose 6 h course starts 8 s in and, at 1440 times the speed
-    of the slow trends, takes 15 s; the default alarm policy but for a NEWS2_HIGH delay of
+    """2 beds: stable, and sepsis whose 6 h course starts 8 s in and, at 2880 times the speed
+    of the slow trends, takes 7.5 s; the default alarm policy but for a NEWS2_HIGH delay of
     :data:`NEWS2_HIGH_DELAY_S` (``EICU_ALARM_POLICY_FILE``)."""
     raw = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
     raw["name"], raw["version"] = "browser-test", 100
     raw["conditions"]["NEWS2_HIGH"]["delay_s"] = NEWS2_HIGH_DELAY_S
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps(raw), encoding="utf-8")
-    args = ("--beds", "2", "--duration", "120", "--events-at", "8", "--time-scale", "1440")
+    args = ("--beds", "2", "--duration", "120", "--events-at", "8", "--time-scale", "2880")
     with run_demo(tmp_path / "demo", *args, policy=policy) as running:
         yield running
 
@@ -174,7 +174,7 @@ def test_a_deteriorating_bed_turns_red_and_the_tone_starts(
     browser: object, sepsis_demo: Demo
 ) -> None:
     """Runs first, on its own demo: bed002's sepsis course takes its NEWS2 from low to high
-    within about 15 s; the census row turns red and rises to the top, and once the high band
+    within about 8 s; the census row turns red and rises to the top, and once the high band
     has held for the alarm's condition delay (the demo's policy file makes it 3 s), the tone
     starts."""
     ARTIFACTS.mkdir(exist_ok=True)
