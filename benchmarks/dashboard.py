@@ -247,6 +247,33 @@ async def run(args: argparse.Namespace) -> None:
         await browser_update_time(args, engine, feed_second)
 
 
+async def bed_view_latency(page: Any, url: str, engine: Any, seconds: float) -> list[float]:
+    """Open the bed view of the engine's first bed and feed that bed's waveforms in real time
+    for ``seconds``; the page's seconds from each chunk's last sample to its pixel."""
+    from simulators.beds import SynthGroup
+
+    bed = next(iter(engine.router.beds))
+    now_us = time.time_ns() // 1000
+    skew = int(engine.router.beds[bed].clock_offset_us)
+    group = SynthGroup([bed], ["stable"], [0], now_us + skew, 1.0, None)
+    await page.goto(f"{url}/bed?bed={bed.site}%2F{bed.bed}")
+    stop_at = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < stop_at:
+        for _bed, wave, _numerics, _on in group.tick(0.25):
+            if wave is not None:  # its last sample measured now (the loop may run late)
+                rx = time.time_ns() // 1000
+                frame = dataclasses.replace(
+                    wave, seq=2_000_000 + k, t0_us=rx + skew - 250_000, received_us=rx
+                )
+                engine.router.route(frame)
+        k += 1
+        await asyncio.sleep(0.25)
+    await page.wait_for_timeout(1500)
+    got: list[float] = await page.evaluate("() => window.eicuWaveToPixel.slice()")
+    return got
+
+
 async def browser_update_time(args: argparse.Namespace, engine: Any, feed_second: Any) -> None:
     from playwright.async_api import async_playwright
 
@@ -300,6 +327,8 @@ async def browser_update_time(args: argparse.Namespace, engine: Any, feed_second
                 " document.querySelectorAll('#census tbody tr[data-bed]').length]"
             )
             to_pixel = await page.evaluate("() => window.eicuSampleToPixel.slice()")
+            # one bed view, its bed's waveforms fed live (0.25 s frames as they are made)
+            wave_to_pixel = await bed_view_latency(page, server.url, engine, args.live)
             await browser.close()
     finally:
         stop.set()
@@ -321,6 +350,12 @@ async def browser_update_time(args: argparse.Namespace, engine: Any, feed_second
     print(f"                                           painted {line('census-snapshot-painted')}")
     print(f"  after, each update (delta):               script {line('census-delta')}")
     print(f"                                           painted {line('census-delta-painted')}")
+    if wave_to_pixel:
+        print(
+            f"  a live sample's device time to its pixel on the bed view: median "
+            f"{statistics.median(wave_to_pixel):.2f} s, p99 {pct(wave_to_pixel, 0.99):.2f} s "
+            f"(n={len(wave_to_pixel)}; each chunk's last sample)"
+        )
     if to_pixel:
         print(
             f"  a value's arrival at the server to its pixel on the census: median "

@@ -24,6 +24,7 @@ function traceFor(chunk) {
     canvas.width = Math.round(Math.max(600, canvas.clientWidth) * dpr);
     canvas.height = Math.round(canvas.clientHeight * dpr);
     trace = new Trace(canvas, chunk.signal, chunk.fs_hz, { dpr });
+    if (deviceNowUs !== null) trace.deviceOffsetUs = deviceNowUs - Date.now() * 1000;
     traces.set(chunk.signal, trace);
   }
   return trace;
@@ -50,6 +51,7 @@ showReviewSpan();
 
 function renderBed(bed) {
   deviceNowUs = bed.device_now_us;
+  for (const trace of traces.values()) trace.deviceOffsetUs = deviceNowUs - Date.now() * 1000;
   const status = document.getElementById("status");
   status.replaceChildren(bed.status === "offline"
     ? eicu.el("span", { class: "status offline" }, "offline")

@@ -40,6 +40,10 @@ function signalLabel(signal) {
   return signal;
 }
 
+// Seconds from a live sample's device time to its pixel (read by benchmarks/dashboard.py).
+const waveToPixel = [];
+window.eicuWaveToPixel = waveToPixel;
+
 // Seconds of signal a canvas ``widthPx`` device pixels wide holds at 25 mm/s.
 function paperWindowS(widthPx, pxPerMm, dpr) {
   const mm = pxPerMm * dpr;
@@ -63,6 +67,8 @@ class Trace {
     this.lo = null; this.hi = null;
     this.marks = [];          // beats and rhythm changes: {i (sample number), kind, label, state}
     this.tLastUs = null;      // device time of the newest sample received
+    this.arrivals = [];       // [samples received, device time of the last]: per chunk
+    this.deviceOffsetUs = null;  // the bed's device clock less this browser's clock
     const d = canvas.dataset;
     d.label = signalLabel(signal); d.speed = `${PAPER_MM_PER_S} mm/s`; d.pxPerMm = String(this.pxPerMm);
   }
@@ -75,7 +81,22 @@ class Trace {
     if (gap) for (let i = 0; i < Math.round(this.fs * 0.2); i++) this.buf[this.recv++ % this.cap] = NaN;
     for (const v of values) this.buf[this.recv++ % this.cap] = v === null ? NaN : v;
     this.lastArrival = performance.now();
-    if (tLastUs !== undefined) this.tLastUs = tLastUs;
+    if (tLastUs !== undefined) {
+      this.tLastUs = tLastUs;
+      this.arrivals.push([this.recv, tLastUs]);  // the sample drawn at recv - 1 came at tLastUs
+      if (this.arrivals.length > 100) this.arrivals.shift();
+    }
+  }
+
+  // The chunks whose last sample the sweep has just drawn: seconds from that sample's device
+  // time to its pixel (``deviceOffsetUs``: the bed's device clock less this browser's clock).
+  drawn(end) {
+    if (this.deviceOffsetUs === null) return;
+    const nowUs = Date.now() * 1000 + this.deviceOffsetUs;
+    while (this.arrivals.length && this.arrivals[0][0] <= end) {
+      waveToPixel.push((nowUs - this.arrivals.shift()[1]) / 1e6);
+    }
+    if (waveToPixel.length > 5000) waveToPixel.splice(0, waveToPixel.length - 5000);
   }
 
   // A mark from the engine, placed on the sample at its device time.
@@ -163,6 +184,7 @@ class Trace {
       pen = true;
     }
     ctx.stroke();
+    this.drawn(end);
     this.drawMarks(ctx, start, end, x, h);
     if (stalled) { ctx.fillStyle = "#d4a72c"; ctx.font = font; ctx.fillText("STALE: no new samples", w - 170 * this.dpr, 14 * this.dpr); }
   }
