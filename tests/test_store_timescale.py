@@ -26,7 +26,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from eicu.alarm_model import AlarmState
+from alerting.outbox import event_id
+from eicu.alarm_model import AlarmState, StoredEvent
 from eicu.config import StoreSettings
 from eicu.devservices import Postgres, ServiceError
 from eicu.errors import SchemaError
@@ -504,3 +505,24 @@ async def test_the_alarm_tables_join_the_same_migrations_with_timescaledb(
     hypertables = _query(ts_url, "SELECT hypertable_name FROM timescaledb_information.hypertables")
     assert {"numerics", "waveforms"} <= {r[0] for r in hypertables}
     assert not {"alarm_events", "alarm_deliveries"} & {r[0] for r in hypertables}
+
+
+@needs_timescale
+async def test_what_a_worker_taking_beds_over_reads(ts_store: PgStore) -> None:
+    """On hypertables (compressed chunks included): the numbers of the beds' recent messages
+    that are stored, and their alarm trail, of those beds alone."""
+    from tests.test_store_alarms import T0_US, stored
+
+    bed, other = BedKey("karamay", "bed07"), BedKey("karamay", "bed08")
+    now_us = int(time.time() * 1e6)
+    waves = [w for w in _waves(bed, now_us, 12) if w.seq != 5]  # 5 never stored
+    await ts_store.write(Batch(numerics=_numerics(bed, now_us, 6), waveforms=waves))
+    await ts_store.write(Batch(numerics=_numerics(other, now_us, 2)))
+    got = await ts_store.stored_sequences(now_us - 10**8, now_us + 10**8, [bed])
+    assert got[(bed, "numerics")] == set(range(6))
+    assert got[(bed, "waveform")] == set(range(12)) - {5}
+    assert (other, "numerics") not in got
+    here = stored("a1", AlarmState.ACTIVE)
+    there = dataclasses.replace(here.event, alarm_id="b1", bed=other)
+    await ts_store.write_alarms([here, StoredEvent(event_id(there), there, T0_US)], [])
+    assert await ts_store.alarm_events(T0_US, T0_US + 1, beds=[here.event.bed]) == [here]
