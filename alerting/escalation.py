@@ -239,10 +239,12 @@ def is_state_key(key: str, alarm_id: str) -> bool:
     return key.startswith(f"{alarm_id}:state:")
 
 
-def _is_page_key(key: str, event: AlarmEvent) -> bool:
-    """Whether ``key`` names a page of ``event``'s alarm (see :func:`notification_key`)."""
-    prefix = f"{event.alarm_id}:"
-    return key.startswith(prefix) and key[len(prefix) :].split(":", 1)[0].isdigit()
+def _page_step(key: str, alarm_id: str) -> int | None:
+    """The escalation step of a page of ``alarm_id`` named ``key`` (see
+    :func:`notification_key`); None for any other key (a state message's, another alarm's)."""
+    prefix = f"{alarm_id}:"
+    step = key[len(prefix) :].split(":", 1)[0] if key.startswith(prefix) else ""
+    return int(step) if step.isdigit() else None
 
 
 class Dispatcher:
@@ -358,7 +360,8 @@ class Dispatcher:
             log.error("alarm %s taken over: no rota for site %s", event.alarm_id, event.bed.site)
             return -1
         step, started_us, delivered = 0, self._now_us(), set[str]()
-        pages = [(int(r.key.split(":")[1]), r) for r in receipts if _is_page_key(r.key, event)]
+        steps = [(_page_step(r.key, event.alarm_id), r) for r in receipts]
+        pages = [(n, r) for n, r in steps if n is not None]
         if pages:
             step = max(n for n, _ in pages)
             at_step = [r for n, r in pages if n == step]

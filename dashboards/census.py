@@ -93,6 +93,28 @@ def flatten(row: Row, depth: int = DIFF_DEPTH, prefix: str = "") -> dict[str, An
     return out
 
 
+def row_changes(
+    sent: dict[str, dict[str, Any]],
+    beds: list[str],
+    flat: dict[str, dict[str, Any]],
+    row: Callable[[str], Row],
+) -> dict[str, Any]:
+    """A delta's ``rows``, ``add`` and ``remove``: what turns the rows a page has (``sent``, flat,
+    by bed) into ``beds`` (their flat rows in ``flat``, whole rows from ``row``)."""
+    rows: dict[str, Any] = {}
+    added: dict[str, Row] = {}
+    for bed in beds:
+        old = sent.get(bed)
+        if old is None:
+            added[bed] = row(bed)
+            continue
+        change = diff(old, flat[bed])
+        if change is not None:
+            rows[bed] = change
+    kept = set(beds)
+    return {"rows": rows, "add": added, "remove": [b for b in sent if b not in kept]}
+
+
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | None:
     """What turns the flat row ``old`` into ``new``, or None when they are equal."""
     changed = {k: v for k, v in new.items() if k not in old or old[k] != v}
@@ -116,12 +138,9 @@ class Tick:
     delta: str | None  # the JSON delta from the tick before (None for the first tick)
     engine: dict[str, Any] = field(default_factory=dict)
     flat: dict[str, dict[str, Any]] = field(default_factory=dict)  # each wire row, flattened
+    order: list[str] = field(default_factory=list)  # the beds, ranked
     _snapshot: str | None = None
     _by_bed: dict[str, Row] | None = None
-
-    @property
-    def order(self) -> list[str]:
-        return [r["bed"] for r in self.beds]
 
     def row(self, bed: str) -> Row:
         if self._by_bed is None:
@@ -215,19 +234,8 @@ class CensusFeed(Generic[Scope]):
         delta: str | None = None
         if previous is not None:
             message: dict[str, Any] = {"type": "delta", "seq": previous.seq + 1, "now_us": now_us}
-            rows: dict[str, Any] = {}
-            added: dict[str, Row] = {}
-            for row in beds:
-                old = view.flat.get(row["bed"])
-                if old is None:
-                    added[row["bed"]] = row
-                    continue
-                change = diff(old, flat[row["bed"]])
-                if change is not None:
-                    rows[row["bed"]] = change
-            message["rows"] = rows
-            message["add"] = added
-            message["remove"] = [bed for bed in view.flat if bed not in flat]
+            by_bed = {r["bed"]: r for r in beds}
+            message.update(row_changes(view.flat, order, flat, by_bed.__getitem__))
             if order != view.order:
                 message["order"] = order
             if sites != previous.sites:
@@ -237,7 +245,8 @@ class CensusFeed(Generic[Scope]):
             delta = encode(message)
             view.deltas.append((previous.seq + 1, delta))
         view.flat, view.order = flat, order
-        return Tick(previous.seq + 1 if previous else 0, now_us, sites, beds, delta, engine, flat)
+        seq = previous.seq + 1 if previous else 0
+        return Tick(seq, now_us, sites, beds, delta, engine, flat, order)
 
 
 WINDOW_MAX_ROWS = 500  # the most rows one page may ask to be kept up to date
@@ -313,19 +322,7 @@ class CensusWindow:
             }  # fmt: skip
         else:
             message = {"type": "delta", "seq": self.seq, "now_us": tick.now_us}
-            rows: dict[str, Any] = {}
-            added: dict[str, Row] = {}
-            for bed in beds:
-                old = self._sent.get(bed)
-                if old is None:
-                    added[bed] = tick.row(bed)
-                    continue
-                change = diff(old, tick.flat[bed])
-                if change is not None:
-                    rows[bed] = change
-            message["rows"] = rows
-            message["add"] = added
-            message["remove"] = [b for b in self._sent if b not in tick.flat or b not in beds]
+            message.update(row_changes(self._sent, beds, tick.flat, tick.row))
             if beds != self._order:
                 message["order"] = beds
             if self.first != self._first_sent:

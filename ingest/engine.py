@@ -238,6 +238,10 @@ class Engine:
         except (StorageUnavailable, TimeoutError) as exc:
             log.warning("alarms of %d beds taken over not read (%s): none adopted", len(beds), exc)
             return
+        except Exception:
+            # Best effort, like the sequence tracking: a takeover must never stop on it.
+            log.exception("alarms of %d beds taken over not read: none adopted", len(beds))
+            return
         trails: dict[BedKey, list[AlarmEvent]] = {}
         for row in stored:
             trails.setdefault(row.event.bed, []).append(row.event)
@@ -248,9 +252,11 @@ class Engine:
             latest = {e.alarm_id: e for e in trail}  # oldest first: the last one stays
             for alarm in adopted:
                 try:
-                    receipts = await store.alarm_deliveries(alarm.alarm_id)
-                except StorageUnavailable as exc:
-                    log.warning("receipts of %s not read (%s)", alarm.alarm_id, exc)
+                    receipts = await asyncio.wait_for(
+                        store.alarm_deliveries(alarm.alarm_id), ALARM_STORE_WAIT_S
+                    )
+                except Exception as exc:  # its escalation then starts again at the first step
+                    log.warning("receipts of %s not read (%r)", alarm.alarm_id, exc)
                     receipts = []
                 await self.dispatcher.take_over(latest[alarm.alarm_id], receipts)
 
@@ -386,10 +392,9 @@ class Engine:
             # Which recent messages the last owner stored: only those are repeats (it may have
             # taken one after a newer one, and died before storing it).
             stored = await self._stored_sequences({key[0] for key in last}, now_us, timeout_s)
-            self.router.resume_sequences(last, stored)
-            log.info("sequence tracking resumed for %d streams", len(last))
-            return {key[0] for key in last}
-        self.router.resume_sequences(last)
+        else:
+            stored = None
+        self.router.resume_sequences(last, stored)
         log.info("sequence tracking resumed for %d streams", len(last))
         return {key[0] for key in last}
 

@@ -137,7 +137,10 @@ async def census_at_768_px(page: object, dashboard: DashboardServer) -> None:
     await page.set_viewport_size({"width": 768, "height": 900})  # type: ignore[attr-defined]
     await page.goto(f"{dashboard.url}/census")  # type: ignore[attr-defined]
     await page.wait_for_selector("#census tbody tr[data-bed]")
-    await page.wait_for_timeout(1500)  # an update or two drawn
+    # two updates drawn after the first (values and ages settle), whatever the machine's pace
+    await page.wait_for_function(  # type: ignore[attr-defined]
+        "() => Number(document.getElementById('census').dataset.seq) >= 2"
+    )
     got = await page.evaluate(CELLS_JS)
     assert got["cut"] == [], got["cut"]
     assert got["page"] <= got["width"] and got["header"] <= 0

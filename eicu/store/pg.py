@@ -55,6 +55,7 @@ from eicu.store.base import (
     stats_doc,
     status_rows,
     stored_events,
+    stored_sequence_doc,
     waveform_rows,
     window_from_blocks,
 )
@@ -718,8 +719,6 @@ class PgStore:
     async def stored_sequences(
         self, since_us: int, until_us: int, beds: Collection[BedKey]
     ) -> dict[tuple[BedKey, str], frozenset[int]]:
-        from eicu.store.base import stored_sequence_doc
-
         if not beds:
             return {}
         since, until = _US.format("%(since)s"), _US.format("%(until)s")

@@ -40,6 +40,7 @@ from eicu.store.base import (
     stats_doc,
     status_rows,
     stored_events,
+    stored_sequence_doc,
     waveform_rows,
     window_from_blocks,
 )
@@ -278,8 +279,6 @@ class SqliteStore:
     async def stored_sequences(
         self, since_us: int, until_us: int, beds: Collection[BedKey]
     ) -> dict[tuple[BedKey, str], frozenset[int]]:
-        from eicu.store.base import stored_sequence_doc
-
         names = sorted(str(b) for b in beds)
         if not names:
             return {}
