@@ -296,8 +296,9 @@ async def test_a_killed_worker_s_partitions_move_within_about_one_ttl(
             log.killed("doomed", killed)
             taken = await until(group.all_owned_once, "a and b hold all 12")
             # The keys expire TTL after their last renewal (at most TTL/3 before the kill); the
-            # expiry markers wake the others at once.
-            assert taken - killed < TTL_S + 1.0, taken - killed
+            # expiry markers wake the others at once. The margin is for a busy machine (3.0 s
+            # was seen once with the whole suite running: TTL 1.5 s plus scheduling).
+            assert taken - killed < TTL_S + 2.0, taken - killed
             await until(lambda: group.counts() == {"a": 6, "b": 6}, "6/6")
     finally:
         if proc.returncode is None:
