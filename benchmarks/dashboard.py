@@ -126,6 +126,7 @@ async def run(args: argparse.Namespace) -> None:
     from eicu.models import BedKey, NumericsFrame
     from eicu.store.sqlite import SqliteStore
     from ingest.engine import Engine
+    from ingest.live import EngineBeds
     from simulators.beds import SynthGroup
     from simulators.synth import SCENARIOS
 
@@ -170,10 +171,8 @@ async def run(args: argparse.Namespace) -> None:
             )
 
     def census_rows(site: str | None) -> list[dict[str, Any]]:
-        return views.census(
-            engine.router.beds, engine.scores.beds, engine.signals.derived,
-            time.time_ns() // 1000, site,
-        )  # fmt: skip
+        t = time.time_ns() // 1000
+        return views.census(EngineBeds(engine).snapshots(t), t, site)
 
     def sites(_scope: str | None) -> list[str]:
         return sorted({k.site for k in engine.router.beds})
@@ -227,14 +226,15 @@ async def run(args: argparse.Namespace) -> None:
     state = engine.router.beds[beds[0]]
     derived = engine.signals.derived[beds[0]]
     sent: dict[str, int] = {}
-    views.live_chunks(state, sent, initial_s=5.0)
+    views.live_chunks(state.signals, sent, initial_s=5.0)
     t = time.process_time()
     n = 0
     for _ in range(200):
         for sig in state.signals.values():  # pretend a quarter second arrived
             sig.ring.total += int(sig.fs_hz / 4)
-        chunks = views.live_chunks(state, sent, initial_s=5.0)
-        marks, _seq = views.live_marks(derived, derived.marks_total - 1)  # a beat a period
+        chunks = views.live_chunks(state.signals, sent, initial_s=5.0)
+        after = derived.marks_total - 1  # a beat a period
+        marks = [views.mark_view(m) for m in derived.marks if m.seq > after]
         json.dumps({"waves": chunks, "marks": marks})
         n += 1
     bed_ms_per_s = (time.process_time() - t) / n * 4 * 1000
@@ -280,12 +280,13 @@ async def browser_update_time(args: argparse.Namespace, engine: Any, feed_second
     from dashboards.app import create_app
     from dashboards.server import DashboardServer
     from dashboards.users import Role, Users
+    from eicu.commands.serve import engine_source
     from eicu.config import HttpSettings
 
     users = Users(Path(tempfile.mkdtemp(prefix="eicu-bench-users-")) / "users.json")
     users.add("bench", Role.VIEWER, PASSWORD)
     server = DashboardServer(
-        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+        create_app(engine_source(engine), HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
     )
     await server.start()
     stop = asyncio.Event()

@@ -1,8 +1,10 @@
 """The dashboard web app: census, bed view, live waveforms, trends, full-disclosure review.
 
-``create_app(engine, settings, users)`` builds a FastAPI app over a running engine; the engine's
-owner (``eicu demo``, ``eicu serve``) serves it with :class:`dashboards.server.DashboardServer`
-in its own event loop. Nothing here drives the engine: the app only reads its state and store.
+``create_app(source, settings, users)`` builds a FastAPI app over a :class:`Source`: the beds'
+live state (eicu.live.LiveBeds), the alarm desk (eicu.live.AlarmDesk), the store for history,
+the metrics registry. ``eicu serve`` and ``eicu demo`` give it their engine's memory and serve it
+with :class:`dashboards.server.DashboardServer` in the engine's event loop; ``eicu dashboard``
+gives it what the workers publish on the bus (dashboards.bus) and runs in a process of its own.
 
 Security (see docs/dashboard.md): every page, API call and WebSocket needs a session; each
 route names the permission it needs; state-changing requests need the session's CSRF token and
@@ -19,17 +21,17 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.websockets import WebSocketDisconnect
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel, Field
 
-from alerting.service import AlarmService
 from dashboards import consult, review, views
 from dashboards.census import CensusFeed, CensusWindow, engine_status
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
@@ -40,8 +42,9 @@ from eicu.codes import SIGNAL_BY_KEY
 from eicu.config import HttpSettings, IceServer
 from eicu.exposition import bearer_ok, exposition
 from eicu.health import Health
+from eicu.live import AlarmDesk, LiveBeds
 from eicu.models import BedKey
-from ingest.engine import Engine
+from eicu.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,9 @@ TREND_BUCKETS_S = (60, 300, 1800)  # 1 minute, 5 minutes, 30 minutes
 TREND_MAX_POINTS = 360
 PAUSE_ASK_MAX_S = 3600.0  # the largest pause a request may ask; the alarm policy cuts it further
 HISTORY_MAX = 200
+RECENT_MAX = 500  # the newest alarm events a history is chosen from
 NO_ALARMS = "this engine runs no alarm service (start it with an alarm outbox)"
+NO_ANSWER = "the bed's engine did not answer in time; look again shortly"
 NOT_YOUR_SITE = "this bed is not in your sites"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -193,19 +198,49 @@ CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
 CanRespond = Annotated[Session, Depends(need(Permission.RESPOND))]
 
 
+class Source(Protocol):
+    """What the dashboard reads: ``beds`` (live state), ``desk`` (alarms; None when no alarm
+    service judges the beds; read at each use), ``store`` (trends, full disclosure, consult
+    records) and ``registry`` (the metrics it serves on ``/metrics``)."""
+
+    @property
+    def beds(self) -> LiveBeds: ...
+
+    @property
+    def desk(self) -> AlarmDesk | None: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def registry(self) -> CollectorRegistry: ...
+
+
+@dataclass(frozen=True)
+class FixedSource:
+    """A :class:`Source` whose parts do not change (``eicu dashboard``'s)."""
+
+    beds: LiveBeds
+    desk: AlarmDesk | None
+    store: Store
+    registry: CollectorRegistry
+
+
 def create_app(
-    engine: Engine,
+    source: Source,
     settings: HttpSettings,
     users: Users,
     ice_servers: Sequence[IceServer] = (),
     health: Health | None = None,
 ) -> FastAPI:
-    """Routes that read the engine's state are ``async``: they run on the engine's own event
-    loop, between frames, never in a worker thread while a frame is being routed.
+    """Routes that read the beds' live state are ``async``: they run on the source's event
+    loop (the engine's in ``eicu serve``), between frames, never in a worker thread while a
+    frame is being routed.
 
     ``health``: the process's liveness and readiness checks, served unauthenticated at
     ``/healthz`` and ``/readyz`` (no patient data in them); without it, only the answer of the
     event loop (ready with no checks)."""
+    beds, store = source.beds, source.store
     sessions = Sessions(settings.session_idle_s, users.get)
     limiter = LoginLimiter(
         settings.login_failures_max,
@@ -345,17 +380,16 @@ def create_app(
 
     def census_rows(site: str | None, sites: frozenset[str] | None) -> list[dict[str, Any]]:
         """The census of ``site`` (None: all), limited to ``sites`` (None: every site)."""
-        service: AlarmService | None = engine.alarms
         if site is not None and sites is not None and site not in sites:
             return []
+        desk = source.desk
+        t = now_us()
         rows = views.census(
-            engine.router.beds,
-            engine.scores.beds,
-            engine.signals.derived,
-            now_us(),
+            beds.snapshots(t),
+            t,
             site,
-            service.machine.alarms() if service is not None else None,
-            policy_for=service.machine.policy_for if service is not None else None,
+            desk is not None and beds.alarms_available,
+            policy_for=desk.policy_for if desk is not None else None,
         )
         carts = registered_carts()
         for row in rows:
@@ -368,7 +402,7 @@ def create_app(
         return {str(bed) for bed in hub.carts} if hub is not None else set()
 
     def sites_seen(sites: frozenset[str] | None) -> list[str]:
-        return sorted({k.site for k in engine.router.beds if sites is None or k.site in sites})
+        return sorted(s for s in beds.sites() if sites is None or s in sites)
 
     def census_filter(request: Request | WebSocket) -> views.CensusFilter:
         try:
@@ -388,21 +422,19 @@ def create_app(
     @app.get("/api/beds/{site}/{bed}")
     async def bed_detail(site: str, bed: str, _: CanView) -> dict[str, Any]:
         key = bed_key(site, bed)
-        state = engine.router.beds.get(key)
-        if state is None:
-            raise HTTPException(404, "no such bed")
         t = now_us()
-        out = views.bed_summary(
-            key, state, engine.scores.beds.get(key), engine.signals.derived.get(key), t
-        )
+        snap = beds.snapshot(key, t)
+        if snap is None:
+            raise HTTPException(404, "no such bed")
+        out = views.bed_summary(snap, t)
         out["values"] = {
-            k: views.value_view(k, v, state.device_now_us(t))
-            for k, v in sorted(state.latest.items())
+            k: views.value_view(k, v, snap.device_now_us(t)) for k, v in sorted(snap.latest.items())
         }
         out["signals"] = {
-            name: {"fs_hz": s.fs_hz, "t_last_us": s.last_t_us} for name, s in state.signals.items()
+            name: {"fs_hz": fs_hz, "t_last_us": t_last_us}
+            for name, (fs_hz, t_last_us) in snap.signals.items()
         }
-        out["device_now_us"] = state.device_now_us(t)
+        out["device_now_us"] = snap.device_now_us(t)
         out["cart"] = str(key) in registered_carts()
         return out
 
@@ -414,21 +446,22 @@ def create_app(
         minutes: Annotated[int, Query(ge=1, le=TREND_MAX_MIN)] = 60,
     ) -> dict[str, Any]:
         key = bed_key(site, bed)
-        state = engine.router.beds.get(key)
-        end_us = state.device_now_us(now_us()) if state else now_us()
+        t = now_us()
+        snap = beds.snapshot(key, t)
+        end_us = snap.device_now_us(t) if snap else t
         start_us = end_us - minutes * 60_000_000
         bucket_s = trend_bucket_s(minutes)
         out: dict[str, Any] = {
             "start_us": start_us, "end_us": end_us, "bucket_s": bucket_s, "series": {}
         }  # fmt: skip
         for param in views.TREND_KEYS:
-            points = await engine.store.trend(key, param, start_us, end_us, bucket_s)
+            points = await store.trend(key, param, start_us, end_us, bucket_s)
             out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max, p.n] for p in points]
         # the bed's alarms over the span, marked on the trends (None: no alarm service)
         out["alarms"] = None
-        if engine.alarms is not None:
-            events = engine.alarms.outbox.events(started_since_us=start_us - REVIEW_ALARMS_BACK_US)
-            out["alarms"] = review.alarm_spans((e.event for e in events), key, start_us, end_us)
+        if (desk := source.desk) is not None:
+            events = await desk.events_since(start_us - REVIEW_ALARMS_BACK_US)
+            out["alarms"] = review.alarm_spans(events, key, start_us, end_us)
         return out
 
     @app.get("/api/beds/{site}/{bed}/waveform")
@@ -445,13 +478,13 @@ def create_app(
             raise HTTPException(422, f"unknown signal {signal!r}")
         end_us = start_us + int(seconds * 1e6)
         lead_in_us = int(review.LEAD_IN_S * 1e6)
-        stored = await engine.store.waveform(key, signal, start_us - lead_in_us, end_us)
+        stored = await store.waveform(key, signal, start_us - lead_in_us, end_us)
         inside = stored.t_us >= start_us
         marks = await asyncio.to_thread(review.window_marks, stored, start_us, end_us)
         alarms = None
-        if engine.alarms is not None:
-            events = engine.alarms.outbox.events(started_since_us=start_us - REVIEW_ALARMS_BACK_US)
-            alarms = review.alarm_spans((e.event for e in events), key, start_us, end_us)
+        if (desk := source.desk) is not None:
+            events = await desk.events_since(start_us - REVIEW_ALARMS_BACK_US)
+            alarms = review.alarm_spans(events, key, start_us, end_us)
         return {
             "signal": signal,
             "unit": SIGNAL_BY_KEY[signal].unit,
@@ -466,16 +499,17 @@ def create_app(
 
     # --- alarms --------------------------------------------------------------------------------
 
-    def alarm_service() -> AlarmService:
-        if engine.alarms is None:
+    def alarm_desk() -> AlarmDesk:
+        desk = source.desk
+        if desk is None:
             raise HTTPException(503, NO_ALARMS)
-        return engine.alarms
+        return desk
 
     @app.get("/api/alarms")
     async def alarms(
         session: CanView, bed: str | None = None, history: bool = False
     ) -> dict[str, Any]:
-        service = alarm_service()
+        service = alarm_desk()
         user = session.user
         key = None
         if bed:
@@ -487,27 +521,29 @@ def create_app(
         out: dict[str, Any] = {
             "now_us": t,
             "audio_pause_max_s": (
-                service.machine.policy_for(key) if key else service.policy
+                service.policy_for(key) if key else service.policy
             ).audio_pause_max_s,
             "alarms": views.live_alarms(
-                (a for a in service.machine.alarms() if user.can_see(a.bed.site)),
+                (a for a in service.alarms() if user.can_see(a.bed.site)),
                 t,
                 key,
-                policy_for=service.machine.policy_for,
+                policy_for=service.policy_for,
             ),
         }
-        if key is not None:
-            events = [e for e in service.recent if e.bed == key][-HISTORY_MAX:]
-            out["history"] = [views.event_view(e) for e in reversed(events)]
-        elif history:  # the unit's: every bed of the user's sites
-            events = [e for e in service.recent if user.can_see(e.bed.site)][-HISTORY_MAX:]
+        if key is not None or history:
+            recent = await service.recent(RECENT_MAX)
+            if key is not None:
+                events = [e for e in recent if e.bed == key][-HISTORY_MAX:]
+            else:  # the unit's: every bed of the user's sites
+                events = [e for e in recent if user.can_see(e.bed.site)][-HISTORY_MAX:]
             out["history"] = [views.event_view(e) for e in reversed(events)]
         return out
 
     @contextlib.contextmanager
     def clock_checked() -> Iterator[None]:
         """The state machine refuses a time before its last step (the wall clock stepped
-        back): answer 503 rather than record the change at a wrong time."""
+        back): answer 503 rather than record the change at a wrong time. An alarm owner that
+        does not answer (another process's, over the bus): 504."""
         try:
             yield
         except ValueError as exc:
@@ -515,10 +551,13 @@ def create_app(
                 raise
             log.error("alarm change refused: %s", exc)
             raise HTTPException(503, "the server clock went back; try again shortly") from exc
+        except TimeoutError as exc:
+            log.error("alarm change not answered: %s", exc)
+            raise HTTPException(504, NO_ANSWER) from exc
 
-    def live_alarm(service: AlarmService, alarm_id: str, user: User) -> Alarm:
+    def live_alarm(service: AlarmDesk, alarm_id: str, user: User) -> Alarm:
         try:
-            alarm = service.machine.alarm(alarm_id)
+            alarm = service.alarm(alarm_id)
         except KeyError as exc:
             raise HTTPException(404, "no such live alarm") from exc
         if not user.can_see(alarm.bed.site):
@@ -527,41 +566,47 @@ def create_app(
 
     @app.post("/api/alarms/{alarm_id:path}/ack")
     async def acknowledge(alarm_id: str, session: CanRespond) -> dict[str, Any]:
-        service = alarm_service()
+        service = alarm_desk()
         alarm = live_alarm(service, alarm_id, session.user)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: nothing to acknowledge")
         with clock_checked():
-            events = service.acknowledge(alarm_id, session.user.name, now_us())
+            try:
+                events = await service.acknowledge(alarm_id, session.user.name, now_us())
+            except KeyError as exc:  # it ended meanwhile
+                raise HTTPException(404, "no such live alarm") from exc
         log.info("alarm %s acknowledged by %s", alarm_id, session.user.name)
         return {"events": [views.event_view(e) for e in events]}
 
-    def pause(
-        service: AlarmService, bed: BedKey, target: BedKey | str, user: str, duration_s: float
+    async def pause(
+        service: AlarmDesk, bed: BedKey, target: BedKey | str, user: str, duration_s: float
     ) -> dict[str, Any]:
         with clock_checked():
-            events = service.pause_audio(target, user, now_us(), duration_s)
+            try:
+                events = await service.pause(target, user, now_us(), duration_s)
+            except KeyError as exc:
+                raise HTTPException(404, "no such live alarm") from exc
         if not any(e.actor == user for e in events):
             raise HTTPException(409, "no sounding alarm to pause")
         log.info("alarm audio of %s paused by %s", target, user)
         return {
-            "paused_s": min(duration_s, service.machine.policy_for(bed).audio_pause_max_s),
+            "paused_s": min(duration_s, service.policy_for(bed).audio_pause_max_s),
             "events": [views.event_view(e) for e in events],
         }
 
     @app.post("/api/alarms/{alarm_id:path}/pause")
     async def pause_alarm(alarm_id: str, body: Pause, session: CanRespond) -> dict[str, Any]:
-        service = alarm_service()
+        service = alarm_desk()
         alarm = live_alarm(service, alarm_id, session.user)
         if alarm.state not in (AlarmState.ACTIVE, AlarmState.LATCHED):
             raise HTTPException(409, f"the alarm is {alarm.state.value}: it does not sound")
-        return pause(service, alarm.bed, alarm_id, session.user.name, body.duration_s)
+        return await pause(service, alarm.bed, alarm_id, session.user.name, body.duration_s)
 
     @app.post("/api/beds/{site}/{bed}/alarms/pause")
     async def pause_bed(site: str, bed: str, body: Pause, session: CanRespond) -> dict[str, Any]:
-        service = alarm_service()
+        service = alarm_desk()
         key = bed_key(site, bed)
-        return pause(service, key, key, session.user.name, body.duration_s)
+        return await pause(service, key, key, session.user.name, body.duration_s)
 
     # --- administration ------------------------------------------------------------------------
 
@@ -647,7 +692,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
-        """The engine's registry for Prometheus: with EICU_METRICS_TOKEN set, only for a
+        """The process's registry for Prometheus: with EICU_METRICS_TOKEN set, only for a
         bearer of that token; bed labels only with EICU_METRICS_BED_LABELS."""
         if settings.metrics_token is not None and not bearer_ok(
             request.headers.get("authorization"), settings.metrics_token
@@ -658,7 +703,7 @@ def create_app(
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
                 media_type="text/plain",
             )
-        body = exposition(engine.metrics.registry, bed_labels=settings.metrics_bed_labels)
+        body = exposition(source.registry, bed_labels=settings.metrics_bed_labels)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # --- live streams ------------------------------------------------------------------------
@@ -692,7 +737,7 @@ def create_app(
         return sites_seen(scope[1])
 
     def engine_now() -> dict[str, Any]:
-        return engine_status(engine.router.input_delay_us(time.time_ns() // 1000))
+        return engine_status(beds.input_delay_us(now_us()) or 0)
 
     feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now)
 
@@ -782,29 +827,33 @@ def create_app(
         sent: dict[str, int] = {}
         marks_seq = 0
         next_numerics = 0.0
+        beds.watch(key)  # its waveforms, where they come from the bus
         try:
             while still_valid(session):
                 if not (session.user.can(Permission.VIEW) and session.user.can_see(key.site)):
                     break  # the user's role or sites changed
-                state = engine.router.beds.get(key)
                 message: dict[str, Any] = {}
-                if state is not None:
-                    chunks = views.live_chunks(state, sent, LIVE_INITIAL_S)
+                traces = beds.traces(key)
+                if traces:
+                    chunks = views.live_chunks(traces, sent, LIVE_INITIAL_S)
                     if chunks:
                         message["waves"] = chunks
-                    marks, marks_seq = views.live_marks(engine.signals.derived.get(key), marks_seq)
-                    if marks:
-                        message["marks"] = marks
-                    if time.monotonic() >= next_numerics:
-                        next_numerics = time.monotonic() + CENSUS_PERIOD_S
-                        message["bed"] = await bed_detail(site, bed, session)
-                        message["engine"] = engine_now()
+                marks, marks_seq = beds.marks(key, marks_seq)
+                shown = [views.mark_view(m) for m in marks if m.signal in views.LIVE_SIGNALS]
+                if shown:
+                    message["marks"] = shown
+                if time.monotonic() >= next_numerics and beds.snapshot(key, now_us()) is not None:
+                    next_numerics = time.monotonic() + CENSUS_PERIOD_S
+                    message["bed"] = await bed_detail(site, bed, session)
+                    message["engine"] = engine_now()
                 if message:
                     await ws.send_json(message)
                 await asyncio.sleep(LIVE_PERIOD_S)
             await ws.close(code=1008)
         except (WebSocketDisconnect, OSError):  # the client went away
             return
+        finally:
+            beds.unwatch(key)
 
-    consult.register(app, engine, sessions, ice_servers)
+    consult.register(app, store, source.registry, sessions, ice_servers)
     return app

@@ -1,7 +1,7 @@
-"""Video consult signaling: the engine relays a WebRTC offer and answer between a clinician's
+"""Video consult signaling: the dashboard relays a WebRTC offer and answer between a clinician's
 browser and the bedside cart of a bed, audits every call in the store, and exports call quality.
 
-The media never passes through the engine: browser and cart connect to each other directly
+The media never passes through the dashboard: browser and cart connect to each other directly
 (or through the TURN servers of ``EICU_ICE_SERVERS``). Only logged-in users reach either
 endpoint; the protocol is in docs/video.md.
 
@@ -43,7 +43,6 @@ from eicu.config import IceServer
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.store.base import CallRecord, Store
-from ingest.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -427,12 +426,16 @@ def _decode(raw: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
 
 
 def register(
-    app: FastAPI, engine: Engine, sessions: Sessions, ice: Sequence[IceServer] = ()
+    app: FastAPI,
+    store: Store,
+    registry: CollectorRegistry,
+    sessions: Sessions,
+    ice: Sequence[IceServer] = (),
 ) -> ConsultHub:
     """Add the consult's two WebSockets to the dashboard app; its hub is ``app.state.consult``.
     ``ice``: the STUN and TURN servers both sides are given (``EICU_ICE_SERVERS``)."""
     ice_servers = [server.as_json() for server in ice]
-    hub = ConsultHub(engine.store, ConsultMetrics.of(engine.metrics.registry), ice_servers)
+    hub = ConsultHub(store, ConsultMetrics.of(registry), ice_servers)
     app.state.consult = hub
 
     def still_valid(session: Session) -> bool:

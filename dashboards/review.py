@@ -24,9 +24,8 @@ import numpy as np
 from eicu.alarm_model import AlarmEvent, AlarmState
 from eicu.models import BedKey
 from eicu.signal.events import Beat, RhythmFlag
-from eicu.signal.pipeline import BedSignalPipeline
+from eicu.signal.pipeline import ANALYSED, BedSignalPipeline
 from eicu.store.base import WaveformWindow
-from ingest.signals import ANALYSED
 
 LEAD_IN_S: Final = 15.0
 ENDED = (AlarmState.LATCHED, AlarmState.CLEARED)

@@ -1,7 +1,7 @@
-"""What the dashboard shows of a bed, built from the engine's live state as plain JSON-ready dicts.
+"""What the dashboard shows of a bed, built from its snapshot (eicu.live) as plain JSON-ready dicts.
 
 Freshness is judged on the bed's own device clock (engine time corrected by the bed's clock
-offset, see ``BedState.clock_offset_us``), so a gateway whose clock runs ahead or behind is not
+offset, see ``BedSnapshot.clock_offset_us``), so a gateway whose clock runs ahead or behind is not
 shown as stale, while values that come through late (the engine behind its input, a slow link)
 are shown as old as they are.
 Missing values are absent, a value the monitor reported as invalid is ``None``: neither is ever
@@ -26,10 +26,8 @@ from eicu.alarms.ranking import PolicyFor, headlines, most_urgent_first
 from eicu.alarms.state import Alarm
 from eicu.codes import BY_KEY as PARAM_BY_KEY
 from eicu.freshness import stale_after_s
+from eicu.live import BedSnapshot, Mark, SignalTrace
 from eicu.models import BedKey
-from ingest.scores import BedScores
-from ingest.signals import Derived, Mark
-from ingest.state import BedState
 
 log = logging.getLogger(__name__)
 
@@ -70,45 +68,38 @@ def value_view(key: str, entry: tuple[float | None, int], device_now: int) -> di
     }
 
 
-def news2_view(
-    scores: BedScores | None, state: BedState | None = None, device_now_us: int | None = None
-) -> dict[str, Any] | None:
+def news2_view(snap: BedSnapshot, device_now_us: int | None = None) -> dict[str, Any] | None:
     """The bed's last NEWS2 as assembled, and how it stands now: ``stale_inputs`` names the
     inputs whose values are older now than the freshness every view of a bed applies
     (eicu.freshness; the assembly's own maximum ages are longer), ``current`` is False when
     there are any (the score is then shown as stale, never in its band's colour), ``age_s`` is
     how long ago, on the bed's clock, it was assembled."""
-    if scores is None:
-        return None
-    if scores.news2 is None:
-        return {"invalid": scores.invalid} if scores.invalid else None
-    out = scores.news2.as_dict()
-    det = scores.deterioration
-    out["rising"] = bool(det is not None and det.active)
-    out["rising_reasons"] = list(det.reasons) if det is not None and det.active else []
-    if state is not None and device_now_us is not None:
+    if snap.news2 is None:
+        return {"invalid": snap.news2_invalid} if snap.news2_invalid else None
+    out = dict(snap.news2)
+    out["rising"] = snap.rising_reasons is not None
+    out["rising_reasons"] = list(snap.rising_reasons or ())
+    if device_now_us is not None:
         stale: list[str] = []
-        for name, key in sorted(scores.news2.sources.items()):
-            entry = state.latest.get(key)
+        for name, key in sorted(dict(snap.news2.get("sources", {})).items()):
+            entry = snap.latest.get(key)
             if entry is None or device_now_us - entry[1] > stale_after_s(key) * 1e6:
                 stale.append(name)
         out["stale_inputs"] = stale
         out["current"] = not stale
-        if scores.news2_us is not None:
-            out["age_s"] = round(max(0, device_now_us - scores.news2_us) / 1e6, 1)
+        if snap.news2_us is not None:
+            out["age_s"] = round(max(0, device_now_us - snap.news2_us) / 1e6, 1)
     return out
 
 
-def engine_view(derived: Derived | None) -> dict[str, Any]:
-    if derived is None:
+def engine_view(snap: BedSnapshot | None) -> dict[str, Any]:
+    if snap is None:
         return {"hr_bpm": None, "rhythms": [], "quality": {}}
-    hr = derived.hr_bpm.get("ECG_II")
-    if hr is None and derived.hr_bpm:
-        hr = next(iter(derived.hr_bpm.values()))
+    hr = snap.hr_bpm
     return {
         "hr_bpm": round(hr, 1) if hr is not None and math.isfinite(hr) else None,
-        "rhythms": sorted(str(label) for label in derived.rhythms),
-        "quality": dict(derived.quality),
+        "rhythms": list(snap.rhythms),
+        "quality": dict(snap.quality),
     }
 
 
@@ -121,35 +112,33 @@ def acuity(news2: dict[str, Any] | None) -> tuple[int, int]:
     return (BAND_RANK.get(news2["min_band"], 0), int(news2["partial_total"]))
 
 
-def bed_summary(
-    key: BedKey,
-    state: BedState,
-    scores: BedScores | None,
-    derived: Derived | None,
-    now_us: int,
-) -> dict[str, Any]:
-    dev_now = state.device_now_us(now_us)
-    silent = state.is_stale(now_us, BED_SILENT_S)
-    news2 = news2_view(scores, state, dev_now)
+def bed_summary(snap: BedSnapshot, now_us: int) -> dict[str, Any]:
+    """A bed's census row (without its alarm). A snapshot not refreshed for BED_SILENT_S (its
+    owner gone, or the bus) is stale like a bed that sends nothing."""
+    key = snap.bed
+    dev_now = snap.device_now_us(now_us)
+    status = snap.status_at(now_us)  # a standby past its lifetime is over
+    silent = snap.is_stale(now_us, BED_SILENT_S) or now_us - snap.taken_us > BED_SILENT_S * 1e6
+    news2 = news2_view(snap, dev_now)
     band_rank, score = acuity(news2)
     return {
         "bed": str(key),
         "site": key.site,
         "name": key.bed,
-        "status": state.status_at(now_us),  # a standby past its lifetime is over
-        "stale": bool(silent and state.status_at(now_us) == "online"),
+        "status": status,
+        "stale": bool(silent and status == "online"),
         # auto-registered and not yet confirmed by a stream: no-data, offline, standby and
         # device-clock conditions raise no alarm for it until it is (ingest.admission)
-        "new": state.new,
-        "seen_age_s": round((now_us - state.last_seen_us) / 1e6, 1) if state.last_seen_us else None,
-        "last_seen_us": state.last_seen_us or None,
-        "skew_ms": round(state.clock_offset_us / 100_000) * 100,  # device clock - server's
+        "new": snap.new,
+        "seen_age_s": round((now_us - snap.last_seen_us) / 1e6, 1) if snap.last_seen_us else None,
+        "last_seen_us": snap.last_seen_us or None,
+        "skew_ms": round(snap.clock_offset_us / 100_000) * 100,  # device clock - server's
         "values": {
-            k: value_view(k, state.latest[k], dev_now) for k in CENSUS_KEYS if k in state.latest
+            k: value_view(k, snap.latest[k], dev_now) for k in CENSUS_KEYS if k in snap.latest
         },
         "news2": news2,
         "acuity": [band_rank, score],
-        "engine": engine_view(derived),
+        "engine": engine_view(snap),
     }
 
 
@@ -213,16 +202,17 @@ def event_view(event: AlarmEvent) -> dict[str, Any]:
 _UNSHOWN: set[BedKey] = set()  # beds whose census fault has been logged (once each)
 
 
-def unshown_summary(key: BedKey, state: BedState, why: str) -> dict[str, Any]:
+def unshown_summary(snap: BedSnapshot, why: str) -> dict[str, Any]:
     """The census row of a bed whose own row could not be built: stale, no values, and why."""
+    key = snap.bed
     return {
         "bed": str(key),
         "site": key.site,
         "name": key.bed,
-        "status": state.status,
+        "status": snap.status,
         "stale": True,
         "seen_age_s": None,
-        "last_seen_us": state.last_seen_us or None,
+        "last_seen_us": snap.last_seen_us or None,
         "skew_ms": 0,
         "values": {},
         "news2": {"invalid": why},
@@ -232,12 +222,10 @@ def unshown_summary(key: BedKey, state: BedState, why: str) -> dict[str, Any]:
 
 
 def census(
-    beds: Mapping[BedKey, BedState],
-    scores: Mapping[Any, BedScores],
-    derived: Mapping[Any, Derived],
+    snapshots: Iterable[BedSnapshot],
     now_us: int,
     site: str | None = None,
-    alarms: Iterable[Alarm] | None = None,
+    alarms_available: bool = True,
     policy_for: PolicyFor | None = None,
 ) -> list[dict[str, Any]]:
     """Every bed (of one site, if given): beds with an unacknowledged high-priority alarm
@@ -245,28 +233,29 @@ def census(
     alarms: the most severe condition first), then the most acute by NEWS2.
 
     A bed's ``alarm`` (its headline) is its most urgent live alarm (:mod:`eicu.alarms.ranking`).
-    ``alarms`` is None when the engine runs no alarm service: the rows then say so."""
+    Without alarms judged (``alarms_available`` False) the rows say so."""
+    chosen = [s for s in snapshots if site is None or s.bed.site == site]
     top: dict[BedKey, dict[str, Any]] = {}
     place: dict[str, int] = {}  # a bed's place in the order of the headlines
-    if alarms is not None:
+    if alarms_available:
+        alarms = [a for s in chosen for a in (s.alarms or ())]
         tops = headlines(alarms, policy_for or default_policy_for)
         for i, (key, alarm) in enumerate(tops.items()):
             top[key] = alarm_view(alarm, now_us)
             place[str(key)] = i
     rows = []
-    for key, state in list(beds.items()):
-        if site is not None and key.site != site:
-            continue
+    for snap in chosen:
+        key = snap.bed
         try:
-            row = bed_summary(key, state, scores.get(key), derived.get(key), now_us)
+            row = bed_summary(snap, now_us)
         except Exception as exc:
             # One bed's fault costs the census nothing else; the bed stays on it, marked.
             if key not in _UNSHOWN:
                 log.exception("census: %s cannot be shown", key)
             _UNSHOWN.add(key)
-            row = unshown_summary(key, state, f"not shown: {type(exc).__name__}")
+            row = unshown_summary(snap, f"not shown: {type(exc).__name__}")
         row["alarm"] = top.get(key)
-        row["alarms_available"] = alarms is not None
+        row["alarms_available"] = alarms_available
         rows.append(row)
     rows.sort(
         key=lambda r: (
@@ -352,17 +341,6 @@ def mark_view(mark: Mark) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def live_marks(
-    derived: Derived | None, after_seq: int, signals: tuple[str, ...] = LIVE_SIGNALS
-) -> tuple[list[dict[str, Any]], int]:
-    """The bed's beat and rhythm marks on ``signals`` numbered after ``after_seq`` (those the
-    engine still keeps), and the number to ask after next time."""
-    if derived is None or derived.marks_total <= after_seq:
-        return [], after_seq
-    out = [mark_view(m) for m in derived.marks if m.seq > after_seq and m.signal in signals]
-    return out, derived.marks_total
-
-
 def floats(values: NDArray[np.float64], digits: int = 4) -> list[float | None]:
     """Samples as JSON numbers, NaN (no valid sample) as null."""
     rounded = np.round(values, digits).tolist()
@@ -370,14 +348,17 @@ def floats(values: NDArray[np.float64], digits: int = 4) -> list[float | None]:
 
 
 def live_chunks(
-    state: BedState, sent: dict[str, int], initial_s: float, signals: tuple[str, ...] = LIVE_SIGNALS
+    traces: Mapping[str, SignalTrace],
+    sent: dict[str, int],
+    initial_s: float,
+    signals: tuple[str, ...] = LIVE_SIGNALS,
 ) -> list[dict[str, Any]]:
     """The samples of each live signal that arrived since the last call (``sent`` is updated).
 
     A client that falls more than the ring behind gets the ring's content and ``gap: true``."""
     out: list[dict[str, Any]] = []
     for name in signals:
-        sig = state.signals.get(name)
+        sig = traces.get(name)
         if sig is None:
             continue
         total = sig.ring.total

@@ -32,6 +32,7 @@ class Secret(str):
 # The engine's alarm channel has a connection (and, on a broker that binds client ids to user
 # names, an account) of its own: the engine's client id and user name with this suffix.
 ALARMS_CONNECTION_SUFFIX = "-alarms"
+STATE_CONNECTION_SUFFIX = "-state"  # an engine's connection that publishes its beds' state
 # The TLS files of every MQTT client: (MqttSettings field, environment key).
 MQTT_TLS_FILES = (
     ("ca_file", "EICU_MQTT_CA_FILE"),
@@ -117,6 +118,15 @@ class MqttSettings:
             return self
         (host, port), *rest = self.alternates
         return replace(self, host=host, port=port, alternates=(*rest, (self.host, self.port)))
+
+    def for_state(self) -> MqttSettings:
+        """The connection that publishes the beds' state (ingest.live.StatePublisher): client id
+        and user name with :data:`STATE_CONNECTION_SUFFIX`, like :meth:`for_alarms`."""
+        return replace(
+            self,
+            client_id=self.client_id + STATE_CONNECTION_SUFFIX,
+            username=None if self.username is None else self.username + STATE_CONNECTION_SUFFIX,
+        )
 
     def for_alarms(self) -> MqttSettings:
         """The alarm channel's connection: the client id and user name with

@@ -12,35 +12,18 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from eicu.live import Mark
 from eicu.models import Frame, WaveformFrame
 from eicu.signal.events import Beat, HeartRate, Quality, RhythmFlag
-from eicu.signal.pipeline import BedSignalPipeline
+from eicu.signal.pipeline import ANALYSED, BedSignalPipeline
 from ingest.state import BedState
 
 log = logging.getLogger(__name__)
 
-ANALYSED = ("ECG_II", "ECG_V", "ECG_I", "ECG_III", "ECG_MCL1", "PLETH", "ABP")
 MARKS_KEPT = 128  # about 25 s of beats on two ECG leads and two pulse signals
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """A beat or a rhythm change on a signal, at its device time, for drawing on the trace.
-
-    ``label``: ``N`` (a QRS), ``V`` (a ventricular QRS), ``P`` (a pulse), or a rhythm label;
-    ``state`` is ``start`` or ``end`` for a rhythm, None for a beat. ``seq`` counts the bed's
-    marks, so a reader can ask for the ones after the last it saw."""
-
-    seq: int
-    signal: str
-    t_us: int
-    kind: Literal["beat", "rhythm"]
-    label: str
-    state: str | None = None
 
 
 @dataclass

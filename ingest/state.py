@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from eicu.config import IngestSettings
+from eicu.live import Ring, SignalTrace
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, Frame, StatusFrame, WaveformFrame
 
@@ -112,49 +112,6 @@ class SeqTracker:
         return "reset", 0
 
 
-class Ring:
-    """The last ``capacity`` samples of one signal (physical units), kept circularly: writing a
-    chunk costs the chunk, not the whole buffer."""
-
-    def __init__(self, capacity: int) -> None:
-        self.buf = np.full(capacity, np.nan)
-        self.total = 0  # samples ever written; the next one goes to buf[total % capacity]
-
-    @property
-    def capacity(self) -> int:
-        return int(self.buf.shape[0])
-
-    def extend(self, values: NDArray[np.float64]) -> None:
-        n = values.shape[0]
-        cap = self.buf.shape[0]
-        if n >= cap:
-            values = values[-cap:]
-            start = (self.total + n - cap) % cap
-            k = cap
-        else:
-            start = self.total % cap
-            k = n
-        first = min(k, cap - start)
-        self.buf[start : start + first] = values[:first]
-        self.buf[: k - first] = values[first:]
-        self.total += n
-
-    def last(self, n: int) -> NDArray[np.float64]:
-        """The newest ``n`` samples in time order (fewer when fewer were written)."""
-        cap = self.buf.shape[0]
-        n = min(n, self.total, cap)
-        end = self.total % cap
-        idx = (np.arange(end - n, end)) % cap
-        return self.buf[idx]
-
-
-@dataclass
-class SignalState:
-    fs_hz: float
-    ring: Ring
-    last_t_us: int = 0  # time of the newest sample
-
-
 @dataclass
 class BedState:
     bed: BedKey
@@ -164,7 +121,7 @@ class BedState:
     last_seen_us: int = 0  # receive time of the latest message
     first_seen_us: int = 0  # receive time of the first message
     latest: dict[str, tuple[float | None, int]] = field(default_factory=dict)
-    signals: dict[str, SignalState] = field(default_factory=dict)
+    signals: dict[str, SignalTrace] = field(default_factory=dict)
     numerics_seq: SeqTracker = field(default_factory=SeqTracker)
     waveform_seq: SeqTracker = field(default_factory=SeqTracker)
     # The device clock minus the engine's: the largest (device time - receive time) seen, i.e.
@@ -345,7 +302,7 @@ class BedRouter:
                 sig = state.signals.get(block.signal)
                 if sig is None or sig.fs_hz != block.fs_hz:
                     cap = int(RING_SECONDS * block.fs_hz)
-                    sig = state.signals[block.signal] = SignalState(block.fs_hz, Ring(cap))
+                    sig = state.signals[block.signal] = SignalTrace(block.fs_hz, Ring(cap))
                 sig.ring.extend(block.physical())
                 n = block.samples.shape[0]
                 sig.last_t_us = (

@@ -16,6 +16,7 @@ from alerting.service import AlarmService
 from dashboards.app import create_app
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
 from ingest.engine import Engine
 from tests.chromium import CHROMIUM, playwright_or_skip
@@ -37,7 +38,7 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[DashboardServer, Engine]
     users.add("nina", Role.NURSE, PASSWORDS["nina"])
     users.add("val", Role.VIEWER, PASSWORDS["val"])
     server = DashboardServer(
-        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+        create_app(engine_source(engine), HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
     )
     await server.start()
     yield server, engine

@@ -103,13 +103,6 @@ KNOWN: dict[tuple[str, str, str], str] = {
     ("service", "ingest.engine", "alerting.outbox"): "step 5",
     ("service", "ingest.engine", "alerting.service"): "step 5",
     # The dashboard reading the engine's memory and the alarm service's objects.
-    ("service", "dashboards.app", "alerting.service"): "step 6",
-    ("service", "dashboards.app", "ingest.engine"): "step 6",
-    ("service", "dashboards.consult", "ingest.engine"): "step 6",
-    ("service", "dashboards.review", "ingest.signals"): "step 6",
-    ("service", "dashboards.views", "ingest.scores"): "step 6",
-    ("service", "dashboards.views", "ingest.signals"): "step 6",
-    ("service", "dashboards.views", "ingest.state"): "step 6",
     # The alarm service reads the engine's router, signal and score stages through Any.
     ("any", "alerting.service", "engine: Any"): "step 5",
 }

@@ -27,6 +27,7 @@ from dashboards.app import COOKIE, create_app
 from dashboards.consult import ConsultHub, quality_figures
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings, parse_ice_servers
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
@@ -76,7 +77,9 @@ def users(tmp_path: Path) -> Users:
 @pytest.fixture
 def app(engine: Engine, users: Users) -> FastAPI:
     ice = parse_ice_servers(ICE, "EICU_ICE_SERVERS")
-    return create_app(engine, HttpSettings(cookie_secure=False), users, ice_servers=ice)
+    return create_app(
+        engine_source(engine), HttpSettings(cookie_secure=False), users, ice_servers=ice
+    )
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,11 @@ from dashboards.app import create_app
 from dashboards.users import Role, Users
 from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState, Category, Priority
 from eicu.alarms.state import Alarm
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
 from eicu.models import BedKey
 from ingest.engine import Engine
+from ingest.live import EngineBeds
 from tests.dashboard_beds import fed_engine, prompt_policy
 
 PASSWORDS = {"ada": "intensivist-pw-1", "nina": "nurse-password-1", "val": "viewer-password"}
@@ -53,7 +56,7 @@ def app(engine: Engine, tmp_path: Path) -> FastAPI:
     users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
     users.add("nina", Role.NURSE, PASSWORDS["nina"])
     users.add("val", Role.VIEWER, PASSWORDS["val"])
-    return create_app(engine, HttpSettings(cookie_secure=False), users)
+    return create_app(engine_source(engine), HttpSettings(cookie_secure=False), users)
 
 
 def client(app: FastAPI) -> httpx.AsyncClient:
@@ -72,7 +75,7 @@ def high_alarm(alarms: list[dict[str, object]]) -> dict[str, object]:
 
 
 async def test_live_alarms_highest_priority_first_and_per_bed(
-    app: FastAPI, service: AlarmService
+    service: AlarmService, app: FastAPI
 ) -> None:
     c, _ = await login(app, "val")
     async with aclosing(c):
@@ -95,7 +98,7 @@ async def test_live_alarms_highest_priority_first_and_per_bed(
 
 
 async def test_viewer_may_not_acknowledge_and_a_nurse_is_audited(
-    app: FastAPI, service: AlarmService
+    service: AlarmService, app: FastAPI
 ) -> None:
     alarm_id = next(
         a.alarm_id for a in service.machine.alarms() if a.bed == SICK and a.kind == "NEWS2_HIGH"
@@ -125,7 +128,7 @@ async def test_viewer_may_not_acknowledge_and_a_nurse_is_audited(
 
 
 async def test_pause_is_cut_to_the_policy_limit_and_audited(
-    app: FastAPI, service: AlarmService
+    service: AlarmService, app: FastAPI
 ) -> None:
     limit_s = service.machine.policy_for(SICK).audio_pause_max_s
     alarm_id = next(
@@ -197,9 +200,12 @@ async def test_census_puts_high_priority_alarms_before_acuity(engine: Engine) ->
         _alarm(offline, Priority.MEDIUM, AlarmState.ACTIVE),
         _alarm(SICK, Priority.LOW, AlarmState.CLEARED),
     ]
-    rows = views.census(
-        engine.router.beds, engine.scores.beds, engine.signals.derived, now_us(), None, alarms
-    )
+    t = now_us()
+    by_bed: dict[BedKey, tuple[Alarm, ...]] = {}
+    for alarm in alarms:
+        by_bed[alarm.bed] = (*by_bed.get(alarm.bed, ()), alarm)
+    snaps = [replace(s, alarms=by_bed.get(s.bed, ())) for s in EngineBeds(engine).snapshots(t)]
+    rows = views.census(snaps, t)
     order = [r["bed"] for r in rows]
     # latched high, then acknowledged high, then NEWS2 acuity (the sick bed first)
     assert order[:3] == [str(stale), str(calm), str(SICK)]
@@ -208,7 +214,7 @@ async def test_census_puts_high_priority_alarms_before_acuity(engine: Engine) ->
 
 
 async def test_a_clock_that_went_back_is_refused_not_recorded(
-    app: FastAPI, service: AlarmService
+    service: AlarmService, app: FastAPI
 ) -> None:
     alarm_id = next(
         a.alarm_id for a in service.machine.alarms() if a.bed == SICK and a.kind == "NEWS2_HIGH"
@@ -226,7 +232,7 @@ async def test_a_clock_that_went_back_is_refused_not_recorded(
 
 
 async def test_review_window_shows_the_bed_alarms_from_the_audit_trail(
-    app: FastAPI, engine: Engine, service: AlarmService
+    engine: Engine, service: AlarmService, app: FastAPI
 ) -> None:
     live = views.live_alarms(service.machine.alarms(), now_us(), SICK)
     assert live
@@ -265,7 +271,7 @@ def _rhythm(bed: BedKey, kind: str, t_us: int, *, present: bool = True) -> Alarm
 
 
 async def test_census_headline_is_the_most_severe_condition(
-    app: FastAPI, service: AlarmService
+    service: AlarmService, app: FastAPI
 ) -> None:
     """An asystole bed whose escalated low heart rate started after the asystole, and a VT bed
     whose heart-rate alarm started after the VT, both latched: the census headlines ASYSTOLE

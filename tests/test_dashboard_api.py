@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from dashboards.app import COOKIE, create_app
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
 from eicu.models import Batch, BedKey, NumericsFrame
 from ingest.engine import Engine
@@ -52,7 +53,7 @@ def users(tmp_path: Path) -> Users:
 
 @pytest.fixture
 def app(engine: Engine, users: Users) -> FastAPI:
-    return create_app(engine, HttpSettings(cookie_secure=False), users)
+    return create_app(engine_source(engine), HttpSettings(cookie_secure=False), users)
 
 
 @pytest.fixture
@@ -99,7 +100,7 @@ async def test_anonymous_requests_get_no_patient_data(
 
 
 async def test_login_sets_a_hardened_session_cookie(engine: Engine, users: Users) -> None:
-    app = create_app(engine, HttpSettings(cookie_secure=True), users)
+    app = create_app(engine_source(engine), HttpSettings(cookie_secure=True), users)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="https://testserver"
     ) as client:

@@ -27,6 +27,7 @@ from dashboards.app import COOKIE, create_app, safe_next
 from dashboards.consult import ConsultHub
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings, Secret, Settings, VideoSettings
 from eicu.errors import ConfigError
 from eicu.exposition import MetricsServer, exposition
@@ -76,7 +77,7 @@ def other_process(users: Users) -> Users:
 async def serving(
     engine: Engine, users: Users, **settings: Any
 ) -> AsyncIterator[tuple[DashboardServer, FastAPI]]:
-    app = create_app(engine, HttpSettings(cookie_secure=False, **settings), users)
+    app = create_app(engine_source(engine), HttpSettings(cookie_secure=False, **settings), users)
     server = DashboardServer(app, "127.0.0.1", 0)
     await server.start()
     try:

@@ -27,9 +27,11 @@ from dashboards.census import (
 )
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
 from eicu.models import BedKey, NumericsFrame, StatusFrame
 from ingest.engine import Engine
+from ingest.live import EngineBeds
 from ingest.state import INPUT_DELAY_MIN_BEDS
 from tests.dashboard_beds import fed_engine
 
@@ -48,7 +50,7 @@ async def server(engine: Engine, tmp_path: Path) -> AsyncIterator[DashboardServe
     users = Users(tmp_path / "users.json")
     users.add("val", Role.VIEWER, PASSWORD)
     server = DashboardServer(
-        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+        create_app(engine_source(engine), HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
     )
     await server.start()
     yield server
@@ -208,10 +210,8 @@ async def test_site_filter_and_a_page_that_falls_behind(engine: Engine) -> None:
     now = [0.0]
 
     def rows(site: str | None) -> list[dict[str, Any]]:  # a scope: the site filter alone
-        return views.census(
-            engine.router.beds, engine.scores.beds, engine.signals.derived,
-            time.time_ns() // 1000, site,
-        )  # fmt: skip
+        t = time.time_ns() // 1000
+        return views.census(EngineBeds(engine).snapshots(t), t, site)
 
     feed = CensusFeed(rows, lambda _scope: ["icu1", "icu2"], 1.0, clock=lambda: now[0])
     seq, first = feed.messages_after("icu2", None)
@@ -278,7 +278,7 @@ async def test_a_bed_that_cannot_be_shown_costs_the_census_nothing(engine: Engin
     now_us = time.time_ns() // 1000
     broken = engine.router.beds[BedKey("icu1", "bed1")]
     broken.latest["HR"] = ("eighty", broken.latest["HR"][1])  # type: ignore[assignment]
-    rows = views.census(engine.router.beds, engine.scores.beds, engine.signals.derived, now_us)
+    rows = views.census(EngineBeds(engine).snapshots(now_us), now_us)
     assert {r["bed"] for r in rows} == {str(k) for k in engine.router.beds}
     (row,) = (r for r in rows if r["bed"] == "icu1/bed1")
     assert row["stale"] and row["values"] == {} and "not shown" in row["news2"]["invalid"]

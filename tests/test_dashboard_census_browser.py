@@ -14,6 +14,7 @@ import pytest
 from dashboards.app import create_app
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings, IngestSettings, MqttSettings
 from eicu.models import BedKey, NumericsFrame, StatusFrame
 from eicu.store import open_store
@@ -92,7 +93,7 @@ async def test_census_of_hundreds_of_beds(engine: Engine, tmp_path: Path) -> Non
     users = Users(tmp_path / "users.json")
     users.add("val", Role.VIEWER, PASSWORD)
     server = DashboardServer(
-        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+        create_app(engine_source(engine), HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
     )
     await server.start()
     sick: set[int] = set()

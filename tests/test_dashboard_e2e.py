@@ -10,6 +10,7 @@ import pytest
 
 from dashboards.app import create_app
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings, IngestSettings, MqttSettings
 from eicu.devservices import Mosquitto
 from eicu.models import BedKey
@@ -31,7 +32,7 @@ async def test_simulated_beds_reach_the_dashboard(
     engine = Engine(mqtt, settings, store)
     users = Users(tmp_path / "users.json")
     users.add("ada", Role.INTENSIVIST, "intensivist-password")
-    app = create_app(engine, HttpSettings(cookie_secure=False), users)
+    app = create_app(engine_source(engine), HttpSettings(cookie_secure=False), users)
     await engine.start()
     try:
         await engine.wait_connected()

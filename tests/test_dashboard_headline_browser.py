@@ -24,9 +24,11 @@ from dashboards import views
 from dashboards.app import create_app
 from dashboards.server import DashboardServer
 from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings, IngestSettings, MqttSettings
 from eicu.store import open_store
 from ingest.engine import Engine
+from ingest.live import EngineBeds
 from simulators.run import SimulationPlan, make_groups
 from simulators.synth import SCENARIOS
 from tests.chromium import CHROMIUM, playwright_or_skip
@@ -86,9 +88,8 @@ def feed(engine: Engine, want: dict[str, str]) -> dict[float, dict[str, Any]]:
             service.evaluate(at_us)
         if t_s in CHECK_AT_S:
             rows = views.census(
-                engine.router.beds, engine.scores.beds, engine.signals.derived, at_us,
-                alarms=service.machine.alarms(), policy_for=service.machine.policy_for,
-            )  # fmt: skip
+                EngineBeds(engine).snapshots(at_us), at_us, policy_for=service.machine.policy_for
+            )
             seen[t_s] = {r["bed"]: (r["alarm"] or {}).get("kind") for r in rows if r["bed"] in want}
     return seen
 
@@ -105,7 +106,7 @@ async def test_every_lethal_rhythm_bed_headlines_its_rhythm(tmp_path: Path) -> N
     users = Users(tmp_path / "users.json")
     users.add("val", Role.VIEWER, PASSWORD)
     server = DashboardServer(
-        create_app(engine, HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
+        create_app(engine_source(engine), HttpSettings(cookie_secure=False), users), "127.0.0.1", 0
     )
     try:
         seen = feed(engine, want)

@@ -107,7 +107,7 @@ async def demo(args: argparse.Namespace) -> int:
     from dashboards.server import DashboardServer
     from dashboards.users import Role, Users
     from eicu.commands.embedded import EmbeddedBroker
-    from eicu.commands.serve import health_and_metrics
+    from eicu.commands.serve import engine_source, health_and_metrics
     from eicu.store import open_store
     from ingest.engine import Engine
 
@@ -174,7 +174,7 @@ async def demo(args: argparse.Namespace) -> int:
             "(and /healthz, /readyz)",
             file=sys.stderr,
         )
-    app = create_app(engine, http, users, settings.video.ice_servers, health)
+    app = create_app(engine_source(engine), http, users, settings.video.ice_servers, health)
     dashboard = DashboardServer(app, http.host, http.port)
     await dashboard.start()
     print(f"eicu demo: health {dashboard.url}/healthz and {dashboard.url}/readyz", file=sys.stderr)

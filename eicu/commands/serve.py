@@ -15,6 +15,7 @@ from eicu.config import MqttSettings, Settings, read_env_file
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
+    from alerting.desk import ServiceDesk
     from eicu.exposition import MetricsServer
     from eicu.health import Health
     from eicu.store import Store
@@ -143,7 +144,9 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         log.warning("EICU_COOKIE_SECURE is off: session cookies may travel over plain http")
     try:
         dashboard = DashboardServer(
-            create_app(engine, settings.http, users, settings.video.ice_servers, health),
+            create_app(
+                engine_source(engine), settings.http, users, settings.video.ice_servers, health
+            ),
             settings.http.host,
             settings.http.port,
         )
@@ -175,3 +178,28 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
             metrics_server.close()
         await store.close()
         log.info("engine stopped; %d frames stored this run", engine.writer.stored_frames)
+
+
+class EngineSource:
+    """The dashboard's source in the engine's own process: the engine's beds and alarm service
+    read in memory (the alarm service as the engine has it at each use), its store, its
+    metrics registry."""
+
+    def __init__(self, engine: Engine) -> None:
+        from ingest.live import EngineBeds
+
+        self._engine = engine
+        self.beds = EngineBeds(engine)
+        self.store = engine.store
+        self.registry = engine.metrics.registry
+
+    @property
+    def desk(self) -> ServiceDesk | None:
+        from alerting.desk import ServiceDesk
+
+        alarms = self._engine.alarms
+        return ServiceDesk(alarms) if alarms is not None else None
+
+
+def engine_source(engine: Engine) -> EngineSource:
+    return EngineSource(engine)

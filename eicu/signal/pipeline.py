@@ -43,6 +43,8 @@ from eicu.signal.stats import median
 if TYPE_CHECKING:
     from eicu.signal.alarms import AlarmDecision
 
+# The signals the pipeline analyses (beats, rhythm, pulse, quality); others are only stored.
+ANALYSED: Final = ("ECG_II", "ECG_V", "ECG_I", "ECG_III", "ECG_MCL1", "PLETH", "ABP")
 HISTORY_S: Final = 12.0
 RECENT_S: Final = 30.0
 # detector agreement (F1 within 150 ms) over AGREEMENT_WINDOW_S, ending AGREEMENT_LAG_S before

@@ -1,0 +1,245 @@
+"""The engine's beds as the dashboard reads them (eicu.live): snapshots taken from the engine's
+memory, for a dashboard in the same process (``eicu serve``, ``eicu demo``), and the publisher
+that puts them on the bus for dashboards in processes of their own (``eicu worker``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from eicu import bus
+from eicu.alarms.state import Alarm
+from eicu.clock import SYSTEM_CLOCK, Clock
+from eicu.config import MqttSettings
+from eicu.live import BedSnapshot, Mark, SignalTrace, batches, encode_batch
+from eicu.models import BedKey
+from ingest.scores import BedScores
+from ingest.signals import Derived
+from ingest.state import BedState
+
+if TYPE_CHECKING:
+    from ingest.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MARKS_IN_SNAPSHOT = 64  # the newest marks a published snapshot carries (~12 s of beats)
+
+
+def snapshot(
+    key: BedKey,
+    state: BedState,
+    scores: BedScores | None,
+    derived: Derived | None,
+    alarms: tuple[Alarm, ...] | None,
+    now_us: int,
+    *,
+    marks_after: int | None = None,
+    input_delay_us: int | None = None,
+) -> BedSnapshot:
+    """``key``'s snapshot from the engine's state at engine time ``now_us``. ``marks_after``:
+    carry only the marks numbered after it (None: none)."""
+    news2 = rising = None
+    news2_us = invalid = None
+    if scores is not None:
+        invalid = scores.invalid
+        if scores.news2 is not None:
+            news2, news2_us = scores.news2.as_dict(), scores.news2_us
+            det = scores.deterioration
+            if det is not None and det.active:
+                rising = tuple(det.reasons)
+    hr = None
+    rhythms: tuple[str, ...] = ()
+    quality: dict[str, str] = {}
+    marks: tuple[Mark, ...] = ()
+    marks_total = 0
+    if derived is not None:
+        hr = derived.hr_bpm.get("ECG_II")
+        if hr is None and derived.hr_bpm:
+            hr = next(iter(derived.hr_bpm.values()))
+        rhythms = tuple(sorted(str(label) for label in derived.rhythms))
+        quality = dict(derived.quality)
+        marks_total = derived.marks_total
+        if marks_after is not None and marks_total > marks_after:
+            marks = tuple(m for m in derived.marks if m.seq > marks_after)[-MARKS_IN_SNAPSHOT:]
+    return BedSnapshot(
+        bed=key,
+        taken_us=now_us,
+        status=state.status,
+        standby_until_us=state.standby_until_us,
+        new=state.new,
+        last_seen_us=state.last_seen_us,
+        clock_offset_us=state.clock_offset_us,
+        latest=dict(state.latest),
+        signals={name: (s.fs_hz, s.last_t_us) for name, s in state.signals.items()},
+        news2=news2,
+        news2_us=news2_us,
+        news2_invalid=invalid,
+        rising_reasons=rising,
+        hr_bpm=hr,
+        rhythms=rhythms,
+        quality=quality,
+        marks=marks,
+        marks_total=marks_total,
+        alarms=alarms,
+        input_delay_us=input_delay_us,
+    )
+
+
+def _alarms_by_bed(engine: Engine) -> dict[BedKey, tuple[Alarm, ...]] | None:
+    if engine.alarms is None:
+        return None
+    out: dict[BedKey, list[Alarm]] = {}
+    for alarm in engine.alarms.machine.alarms():
+        out.setdefault(alarm.bed, []).append(alarm)
+    return {bed: tuple(group) for bed, group in out.items()}
+
+
+class EngineBeds:
+    """:class:`eicu.live.LiveBeds` over an engine in the same process: every read is of the
+    engine's memory at that moment (run on the engine's event loop)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def alarms_available(self) -> bool:
+        return self._engine.alarms is not None
+
+    def snapshots(self, now_us: int) -> list[BedSnapshot]:
+        e = self._engine
+        alarms = _alarms_by_bed(e)
+        out = []
+        for key, state in list(e.router.beds.items()):
+            bed_alarms = None if alarms is None else alarms.get(key, ())
+            out.append(
+                snapshot(key, state, e.scores.beds.get(key), e.signals.derived.get(key),
+                         bed_alarms, now_us)
+            )  # fmt: skip
+        return out
+
+    def snapshot(self, bed: BedKey, now_us: int) -> BedSnapshot | None:
+        e = self._engine
+        state = e.router.beds.get(bed)
+        if state is None:
+            return None
+        alarms = None
+        if e.alarms is not None:
+            alarms = tuple(a for a in e.alarms.machine.alarms() if a.bed == bed)
+        return snapshot(bed, state, e.scores.beds.get(bed), e.signals.derived.get(bed), alarms,
+                        now_us)  # fmt: skip
+
+    def traces(self, bed: BedKey) -> Mapping[str, SignalTrace]:
+        state = self._engine.router.beds.get(bed)
+        return state.signals if state is not None else {}
+
+    def marks(self, bed: BedKey, after_seq: int) -> tuple[list[Mark], int]:
+        derived = self._engine.signals.derived.get(bed)
+        if derived is None or derived.marks_total <= after_seq:
+            return [], after_seq
+        return [m for m in derived.marks if m.seq > after_seq], derived.marks_total
+
+    def watch(self, bed: BedKey) -> None:
+        """Every bed's waveforms are in the engine's memory already."""
+
+    def unwatch(self, bed: BedKey) -> None:
+        """See :meth:`watch`."""
+
+    def input_delay_us(self, now_us: int) -> int | None:
+        return self._engine.router.input_delay_us(now_us)
+
+    def sites(self) -> set[str]:
+        return {k.site for k in list(self._engine.router.beds)}
+
+
+class StatePublisher:
+    """Publishes the snapshots of the beds an engine holds on ``eicu/state/<site>`` (QoS 0), for
+    dashboards in processes of their own: every ``period_s``, and at once (within
+    ``urgent_s``) for a bed whose alarms changed. Each snapshot carries the marks made since the
+    previous one. One connection of its own (``MqttSettings.for_state``), reopened with a
+    backoff after a failure; what cannot be published is skipped (the next period brings the
+    state again), never queued."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: MqttSettings,
+        period_s: float = 1.0,
+        *,
+        urgent_s: float = 0.05,
+        clock: Clock = SYSTEM_CLOCK,
+        client_factory: Callable[[MqttSettings], bus.Client] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._period_s = period_s
+        self._urgent_s = urgent_s
+        self._clock = clock
+        self._marks_sent: dict[BedKey, int] = {}
+        self._urgent: set[BedKey] = set()
+        self._wake = asyncio.Event()
+        self._client_factory = client_factory or (lambda s: bus.Client(s, timeout=5.0))
+        self.published = 0  # state messages published
+        self.failures = 0
+
+    def alarms_changed(self, beds: set[BedKey]) -> None:
+        """Publish these beds' snapshots soon (an alarm of theirs changed)."""
+        self._urgent |= beds
+        self._wake.set()
+
+    def take(self, beds: set[BedKey] | None, now_us: int) -> list[BedSnapshot]:
+        """The snapshots to publish now: of ``beds`` (None: every bed held)."""
+        e = self._engine
+        alarms = _alarms_by_bed(e)
+        delay = e.router.input_delay_us(now_us)
+        out = []
+        held = e.router.beds
+        for key in list(held) if beds is None else [b for b in beds if b in held]:
+            after = self._marks_sent.get(key, 0)
+            snap = snapshot(
+                key, held[key], e.scores.beds.get(key), e.signals.derived.get(key),
+                None if alarms is None else alarms.get(key, ()), now_us,
+                marks_after=after, input_delay_us=delay,
+            )  # fmt: skip
+            self._marks_sent[key] = snap.marks_total
+            out.append(snap)
+        for gone in set(self._marks_sent) - set(held):
+            del self._marks_sent[gone]
+        return out
+
+    async def run(self) -> None:
+        from eicu.backoff import Backoff
+
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                async with self._client_factory(self._settings) as client:
+                    log.info("publishing bed state on %s", self._settings.url)
+                    backoff.reset()
+                    await self._publish_forever(client)
+            except (bus.MqttError, OSError, TimeoutError) as exc:
+                self.failures += 1
+                delay = backoff.next_s()
+                log.warning("bed state not published (%s); again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _publish_forever(self, client: bus.Client) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
+        while True:
+            wait = max(0.0, next_full - loop.time())
+            if not self._urgent:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            if self._urgent and loop.time() < next_full:
+                await asyncio.sleep(self._urgent_s)  # alarm changes of one pass go together
+                beds: set[BedKey] | None = self._urgent
+            else:
+                beds, next_full = None, loop.time() + self._period_s
+            self._urgent = set()
+            for topic, batch in batches(self.take(beds, self._clock.now_us())):
+                await client.publish(topic, encode_batch(batch), qos=0)
+                self.published += 1
