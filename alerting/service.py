@@ -37,7 +37,7 @@ from eicu.alarms.report import BurdenReport, burden
 from eicu.alarms.rules import DataTimes, evaluate_bed
 from eicu.alarms.state import Alarm, AlarmStateMachine
 from eicu.clock import SYSTEM_CLOCK, Clock
-from eicu.models import AlarmAck, BedKey, Frame, NumericsFrame, StatusFrame
+from eicu.models import AlarmAck, AlarmCommand, BedKey, Frame, NumericsFrame, StatusFrame
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ class AlarmMetrics:
         )
         self.acknowledgements = Counter(
             "eicu_alarm_acknowledgements",
-            "Acknowledgements from a page receipt or the remote ICU, by source and outcome "
+            "Acknowledgements from a page receipt, the remote ICU or a dashboard of its own "
+            "process, by source (page, mqtt, dashboard) and outcome "
             "(accepted, already: nothing left to acknowledge, not_live: no such live alarm, "
             "refused: the clock went back)",
             ["source", "outcome"],
@@ -310,6 +311,30 @@ class AlarmService:
         self.metrics.acknowledgements.labels(source=source, outcome=outcome).inc()
         log.info("alarm %s acknowledged by %s (%s)", alarm_id, user, source)
         return events
+
+    def command(self, cmd: AlarmCommand) -> tuple[list[AlarmEvent], str | None, str]:
+        """A dashboard's change (acknowledge, pause) made at the service's time: (the events,
+        None, "") or ([], error, why) with error ``not_live`` (no such live alarm) or
+        ``refused`` (the state machine refused it: the clock went back)."""
+        now_us = self._clock.now_us()
+        target: BedKey | str = cmd.alarm_id if cmd.alarm_id is not None else cmd.bed
+        error: str | None
+        try:
+            if cmd.action == "ack":
+                assert cmd.alarm_id is not None  # the wire refuses an ack without one
+                events = self.acknowledge(cmd.alarm_id, cmd.user, now_us)
+            else:
+                events = self.pause_audio(target, cmd.user, now_us, cmd.duration_s)
+        except KeyError:
+            outcome, error, why = "not_live", "not_live", f"{target} is not a live alarm"
+        except ValueError as exc:
+            outcome, error, why = "refused", "refused", str(exc)
+        else:
+            outcome, error, why = ("accepted" if events else "already"), None, ""
+        if cmd.action == "ack":
+            self.metrics.acknowledgements.labels(source="dashboard", outcome=outcome).inc()
+        log.info("alarm %s of %s by %s (dashboard): %s", cmd.action, target, cmd.user, outcome)
+        return (events if error is None else []), error, why
 
     def pause_audio(
         self, target: BedKey | str, user: str, now_us: int, duration_s: float

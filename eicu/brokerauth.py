@@ -10,8 +10,11 @@ The accounts live in a small JSON registry; the Mosquitto files are rendered fro
   name, so no gateway speaks for another), and acknowledgements of its site's alarms on
   ``eicu/v1/S/{bed}/alarms/ack``, and reads its site's alarms. It cannot publish on
   ``.../alarms``: only the engine speaks for the alarm state. The engine reads ``eicu/#``
-  (acknowledgements included, and other protocol versions, which it counts and rejects) and
-  writes alarms.
+  (acknowledgements and dashboards' alarm commands included, and other protocol versions,
+  which it counts and rejects) and writes alarms, the beds' state (``eicu/state/#``) and the
+  answers to commands (``eicu/reply/#``). A dashboard (``eicu dashboard``) reads the beds'
+  state, their waveforms and the answers to its own commands (``eicu/reply/{name}``), and writes
+  alarm commands (``eicu/v1/+/+/alarms/cmd``), which no gateway may.
 
 Every account is one MQTT connection, and its client id is its user name: the broker is configured
 with ``use_username_as_clientid true`` on every listener (or, with client certificates,
@@ -35,12 +38,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from eicu.config import ALARMS_CONNECTION_SUFFIX
+from eicu.config import ALARMS_CONNECTION_SUFFIX, STATE_CONNECTION_SUFFIX
 from eicu.errors import ConfigError
 from eicu.models import ID_RE
 from eicu.wire import GATEWAY_LEVEL
 
-Role = Literal["engine", "gateway"]
+Role = Literal["engine", "gateway", "dashboard"]
 ITERATIONS = 101  # Mosquitto's default for sha512-pbkdf2
 
 
@@ -54,7 +57,11 @@ class BrokerAccount:
     def users(self) -> tuple[str, ...]:
         """The broker users (and so client ids) of the account: one per connection."""
         if self.role == "engine":
-            return (self.name, self.name + ALARMS_CONNECTION_SUFFIX)
+            return (
+                self.name,
+                self.name + ALARMS_CONNECTION_SUFFIX,
+                self.name + STATE_CONNECTION_SUFFIX,
+            )
         return (self.name,)
 
 
@@ -74,10 +81,24 @@ def acl_text(accounts: list[BrokerAccount]) -> str:
     blocks = []
     for a in sorted(accounts, key=lambda a: a.name):
         if a.role == "engine":
-            # The ingest reads everything; the alarm channel only writes the alarm state.
+            # The ingest reads everything; the alarm channel only writes the alarm state; the
+            # state connection writes the beds' state and the answers to dashboards' commands.
             rules = ["topic read eicu/#"]
             alarms = f"user {a.name}{ALARMS_CONNECTION_SUFFIX}\ntopic write eicu/v1/+/+/alarms"
             blocks.append(alarms)
+            state = "\n".join(
+                [f"user {a.name}{STATE_CONNECTION_SUFFIX}", "topic write eicu/state/#",
+                 "topic write eicu/reply/#"]
+            )  # fmt: skip
+            blocks.append(state)
+        elif a.role == "dashboard":
+            # The beds' state, the waveforms of the beds it shows, the answers to its own
+            # commands; it writes alarm commands, nothing a gateway or an engine says.
+            rules = [
+                "topic read eicu/state/#", f"topic read eicu/reply/{a.name}",
+                "topic read eicu/v1/+/+/waveform", "topic read eicu/p/+/v1/+/+/waveform",
+                "topic write eicu/v1/+/+/alarms/cmd",
+            ]  # fmt: skip
         else:
             rules = [
                 *(f"topic write eicu/v1/{a.site}/+/{kind}" for kind in GATEWAY_WRITES),
@@ -112,8 +133,8 @@ class BrokerAuth:
             raise ConfigError("name", f"{name!r} is not an id of [A-Za-z0-9_-] (1-32)")
         if role == "gateway" and (site is None or not ID_RE.match(site)):
             raise ConfigError("site", f"a gateway needs a site id, got {site!r}")
-        if role not in ("engine", "gateway"):
-            raise ConfigError("role", f"expected engine or gateway, got {role!r}")
+        if role not in ("engine", "gateway", "dashboard"):
+            raise ConfigError("role", f"expected engine, gateway or dashboard, got {role!r}")
         password = secrets.token_urlsafe(18)
         kept = [a for a in self.accounts() if a.name != name]
         account = BrokerAccount(

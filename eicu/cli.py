@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eicu.commands.worker",
         "run one engine of a hub: share the bus's partitions with the other workers",
     ),
+    "dashboard": (
+        "eicu.commands.dashboard",
+        "run the dashboard on its own: the workers' bed state from the bus, history from the store",
+    ),
     "bus-config": (
         "eicu.commands.bus_config",
         "print the configuration of one node of the hub's NATS cluster",

@@ -272,6 +272,10 @@ class IngestSettings:
     device_clock_max_behind_s: float = 7 * 86400.0
     # A bed's standby lasts this long from its time (or its arrival); an older one is ignored.
     standby_max_s: float = 3600.0
+    # Publish the beds' state on eicu/state/<site> this often, for dashboards of their own
+    # processes (``eicu dashboard``), and answer their alarm commands. 0: never; None: the
+    # command's default (``eicu worker``: every second; ``eicu serve``: never).
+    state_period_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -662,6 +666,9 @@ class Settings:
                 366 * 86_400.0,
             ),
             standby_max_s=_float(env, "EICU_STANDBY_MAX_S", defaults.standby_max_s, 10.0, 86_400.0),
+            state_period_s=_float(env, "EICU_STATE_PERIOD_S", -1.0, 0.0, 60.0)
+            if env.get("EICU_STATE_PERIOD_S")
+            else None,
         )
         metrics_port = env.get("EICU_METRICS_PORT")
         smtp_url = env.get("EICU_SMTP_URL") or None

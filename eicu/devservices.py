@@ -238,10 +238,11 @@ class Postgres:
 # The oldest NATS server whose MQTT listener, subject mappings and JetStream behave as the hub
 # needs (partition mappings applied to MQTT-ingested messages, stream subject transforms).
 NATS_MIN_VERSION = (2, 10, 0)
-# The gateway's message types that are partitioned by (site, bed): everything a bed's gateway
-# publishes, and the remote ICU's alarm acknowledgements. The engine's own ``alarms`` messages
-# back to the site are not mapped, so a site that subscribes to them keeps receiving them.
-GATEWAY_BED_TYPES = ("numerics", "waveform", "status", "alarms.ack")
+# The message types that are partitioned by (site, bed): everything a bed's gateway publishes,
+# the remote ICU's alarm acknowledgements, and the dashboards' alarm commands (each reaches the
+# bed's owner). The engine's own ``alarms`` messages back to the site are not mapped, so a site
+# that subscribes to them keeps receiving them.
+GATEWAY_BED_TYPES = ("numerics", "waveform", "status", "alarms.ack", "alarms.cmd")
 # How long a QoS 1 message may stay unacknowledged by a subscriber before NATS sends it again.
 MQTT_ACK_WAIT_S = 5.0
 

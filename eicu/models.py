@@ -144,6 +144,23 @@ class AlarmAck:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmCommand:
+    """A clinician's change to a bed's alarms made at a dashboard of its own process, sent to the
+    bed's owner (``.../{bed}/alarms/cmd``): ``ack`` an alarm, or ``pause`` the audio of an alarm
+    (``alarm_id``) or of every alarm of the bed (``alarm_id`` None) for ``duration_s``. The
+    owner answers on ``reply_to`` with the command's ``cmd_id``."""
+
+    bed: BedKey
+    action: Literal["ack", "pause"]
+    alarm_id: str | None
+    user: str
+    cmd_id: str
+    reply_to: str
+    duration_s: float = 0.0
+    received_us: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A rejected message, kept for review."""
 

@@ -13,11 +13,13 @@ from typing import Final
 
 import numpy as np
 
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
 from eicu.codes import BY_KEY, SIGNAL_BY_ID, SIGNAL_BY_KEY
 from eicu.errors import PayloadError
 from eicu.models import (
     ID_RE,
     AlarmAck,
+    AlarmCommand,
     BedKey,
     Frame,
     NumericsFrame,
@@ -84,6 +86,22 @@ def alarm_ack_topic(bed: BedKey) -> str:
 
 def is_alarm_ack_topic(topic: str) -> bool:
     return topic.startswith(ROOT + "/") and topic.endswith("/alarms/ack")
+
+
+def alarm_command_topic(bed: BedKey) -> str:
+    return f"{ROOT}/{bed.site}/{bed.bed}/alarms/cmd"
+
+
+def is_alarm_command_topic(topic: str) -> bool:
+    return topic.startswith(ROOT + "/") and topic.endswith("/alarms/cmd")
+
+
+REPLY_ROOT: Final = "eicu/reply"
+
+
+def reply_topic(dashboard_id: str) -> str:
+    """Where the owners of beds answer one dashboard process's alarm commands."""
+    return f"{REPLY_ROOT}/{dashboard_id}"
 
 
 def gateway_status_topic(site: str, gateway: str) -> str:
@@ -336,6 +354,115 @@ def decode_alarm_ack(topic: str, payload: bytes, received_us: int = 0) -> AlarmA
         if not MIN_TIME_US <= ts_us <= MAX_TIME_US:
             raise PayloadError("impossible_time", f"ts_ms {ts_ms} is not a real date")
     return AlarmAck(BedKey(site, bed), alarm_id, user.strip(), ts_us, received_us)
+
+
+# --- alarm commands from dashboards, and their answers -------------------------------------------
+
+COMMAND_ACTIONS: Final = ("ack", "pause")
+MAX_COMMAND_ID_CHARS: Final = 64
+MAX_PAUSE_S: Final = 3600.0
+
+
+def encode_alarm_command(cmd: AlarmCommand) -> bytes:
+    doc: dict[str, object] = {
+        "v": VERSION, "action": cmd.action, "alarm_id": cmd.alarm_id, "user": cmd.user,
+        "id": cmd.cmd_id, "reply_to": cmd.reply_to,
+    }  # fmt: skip
+    if cmd.action == "pause":
+        doc["duration_s"] = cmd.duration_s
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_alarm_command(topic: str, payload: bytes, received_us: int = 0) -> AlarmCommand:
+    """A command on ``eicu/v1/{site}/{bed}/alarms/cmd``; its alarm must be one of that bed's, its
+    answer goes under ``eicu/reply/``. PayloadError naming what is wrong."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[:2] != ["eicu", "v1"] or parts[4:] != ["alarms", "cmd"]:
+        raise PayloadError("wrong_topic", f"not an alarm command topic: {topic[:200]!r}")
+    site, bed = parts[2], parts[3]
+    if not _ids_ok(site, bed):
+        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    doc = _json_object(payload)
+    action, alarm_id, user = doc.get("action"), doc.get("alarm_id"), doc.get("user")
+    cmd_id, reply_to = doc.get("id"), doc.get("reply_to")
+    if action not in COMMAND_ACTIONS:
+        raise PayloadError("malformed", f"'action' must be one of {', '.join(COMMAND_ACTIONS)}")
+    if alarm_id is not None and (
+        not isinstance(alarm_id, str)
+        or not alarm_id.startswith(f"{site}/{bed}/")
+        or len(alarm_id) > 200
+    ):
+        raise PayloadError("malformed", f"'alarm_id' must be an alarm of {site}/{bed}"[:160])
+    if action == "ack" and alarm_id is None:
+        raise PayloadError("malformed", "an acknowledgement names its 'alarm_id'")
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS:
+        raise PayloadError("malformed", f"'user' must be a name of 1..{MAX_USER_CHARS} characters")
+    if not user.isprintable():
+        raise PayloadError("malformed", "'user' has control characters")
+    if not isinstance(cmd_id, str) or not 0 < len(cmd_id) <= MAX_COMMAND_ID_CHARS:
+        raise PayloadError("malformed", f"'id' must be 1..{MAX_COMMAND_ID_CHARS} characters")
+    if (
+        not isinstance(reply_to, str)
+        or not reply_to.startswith(REPLY_ROOT + "/")
+        or len(reply_to) > 200
+        or any(c in reply_to for c in "#+\x00")
+    ):
+        raise PayloadError("malformed", f"'reply_to' must be a topic under {REPLY_ROOT}/")
+    duration_s = 0.0
+    if action == "pause":
+        raw = doc.get("duration_s")
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise PayloadError("malformed", "'duration_s' must be a number")
+        duration_s = float(raw)
+        if not 0 < duration_s <= MAX_PAUSE_S:
+            raise PayloadError("malformed", f"'duration_s' must be in (0, {MAX_PAUSE_S:.0f}]")
+    return AlarmCommand(
+        BedKey(site, bed), action, alarm_id, user.strip(), cmd_id, reply_to, duration_s,
+        received_us,
+    )  # fmt: skip
+
+
+def event_doc(e: AlarmEvent) -> dict[str, object]:
+    return {
+        "alarm_id": e.alarm_id, "bed": str(e.bed), "kind": e.kind, "priority": e.priority.value,
+        "category": e.category.value, "state": e.state.value, "time_us": e.time_us,
+        "actor": e.actor, "reason": e.reason, "audio_paused_until_us": e.audio_paused_until_us,
+    }  # fmt: skip
+
+
+def event_of(d: dict[str, object]) -> AlarmEvent:
+    paused = d.get("audio_paused_until_us")
+    return AlarmEvent(
+        alarm_id=str(d["alarm_id"]), bed=BedKey.parse(str(d["bed"])), kind=str(d["kind"]),
+        priority=Priority(str(d["priority"])), category=Category(str(d["category"])),
+        state=AlarmState(str(d["state"])), time_us=int(str(d["time_us"])), actor=str(d["actor"]),
+        reason=str(d.get("reason") or ""),
+        audio_paused_until_us=int(str(paused)) if paused is not None else None,
+    )  # fmt: skip
+
+
+def encode_command_answer(
+    cmd_id: str, events: list[AlarmEvent], error: str | None = None, detail: str = ""
+) -> bytes:
+    """The owner's answer to a command: the events it caused, or ``error`` (``not_live``: no
+    such live alarm; ``refused``: the state machine refused it, ``detail`` says why)."""
+    doc: dict[str, object] = {"v": VERSION, "id": cmd_id, "events": [event_doc(e) for e in events]}
+    if error is not None:
+        doc["error"], doc["detail"] = error, detail[:200]
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_command_answer(payload: bytes) -> tuple[str, list[AlarmEvent], str | None, str]:
+    """(command id, events, error, detail) of an answer; PayloadError naming what is wrong."""
+    doc = _json_object(payload)
+    cmd_id, events, error = doc.get("id"), doc.get("events"), doc.get("error")
+    if not isinstance(cmd_id, str) or not isinstance(events, list):
+        raise PayloadError("malformed", "an answer has an 'id' and a list of 'events'")
+    try:
+        decoded = [event_of(e) for e in events]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError("malformed", f"an answer's event: {exc}"[:160]) from exc
+    return cmd_id, decoded, str(error) if error is not None else None, str(doc.get("detail", ""))
 
 
 # --- one entry point ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eicu import wire
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.errors import StorageUnavailable
@@ -23,6 +24,8 @@ from ingest.state import BedRouter
 from ingest.writer import StoreWriter
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from alerting.channels import DeliveryChannel
     from alerting.escalation import Dispatcher
     from alerting.outbox import Outbox
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from eicu.alarm_model import AlarmEvent
     from eicu.alarms.policy import AlarmPolicy
     from eicu.bus.ownership import PartitionOwnership
+    from eicu.models import AlarmCommand
+    from ingest.live import StatePublisher
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,7 @@ class Engine:
         clock: Clock = SYSTEM_CLOCK,
         alarm_policy: AlarmPolicy | None = None,
         ownership: PartitionOwnership | None = None,
+        state_period_s: float | None = None,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
         writer opens it when the database is back, keeping everything until then.
@@ -103,7 +109,9 @@ class Engine:
         policy (default: ``alerting.policy``, the site's ``EICU_ALARM_POLICY_FILE``, else the
         default policy). ``ownership``: the hub's partitions shared with other engines
         (``eicu worker``): this engine reads, holds and judges only the beds of the partitions
-        it owns at the moment; without it, every bed its broker sends."""
+        it owns at the moment; without it, every bed its broker sends. ``state_period_s``:
+        publish the beds' state on the bus this often (ingest.live.StatePublisher), for
+        dashboards of their own processes, and answer their alarm commands; None: never."""
         self._clock = clock
         self.ownership = ownership
         self.metrics = metrics or IngestMetrics()
@@ -132,6 +140,8 @@ class Engine:
         # audited in a durable local outbox.
         # With an on-call rota, every alarm event also goes to the escalation dispatcher.
         self.alarms: AlarmService | None = None
+        self._on_alarm_events: Callable[[list[AlarmEvent]], None] | None = None
+        self.state: StatePublisher | None = None
         self.dispatcher: Dispatcher | None = None
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self._channels: dict[str, DeliveryChannel] = {}
@@ -154,21 +164,31 @@ class Engine:
                 alarm_policy = alerting.policy
             # The policy configured now is in force, also over a state saved under another.
             alarm_policy = alarm_policy or load_policy()
-            self.alarms = AlarmService(self, outbox, alarm_policy, on_events=on_events, clock=clock)
+            self.alarms = AlarmService(
+                self, outbox, alarm_policy, on_events=self._alarm_events_recorded, clock=clock
+            )
+            self._on_alarm_events = on_events
             # After the score and signal stages: a bed is evaluated on their fresh results.
             self.router.subscribe(self.alarms)
             # Acknowledgements reach the alarm state machine from every side: the remote ICU over
             # MQTT, and a page's recipient through the dispatcher (the dashboard calls the
             # service itself); the service's event then stops the escalation.
             self.ingest.on_alarm_ack = self.alarms.acknowledge_remote
+            self.ingest.on_alarm_command = self._alarm_command
             if self.dispatcher is not None:
                 self.dispatcher.on_acknowledged = self.alarms.acknowledge_page
+        # The beds' state for dashboards of their own processes, and answers to their commands.
+        if state_period_s:
+            from ingest.live import StatePublisher
+
+            self.state = StatePublisher(self, mqtt.for_state(), state_period_s, clock=clock)
         # The central copy of the outbox (audit trail and receipts), kept up to date while the
         # engine runs and caught up when the database comes back.
         self.alarm_store = alarm_store if self.alarms is not None else None
         self._tasks: list[asyncio.Task[None]] = []
         # True once start() has warmed the kernels and resumed sequence tracking.
         self.warmed = False
+        self._stopped = False
         self.ingest.on_partition_gained = self._partition_gained
         self.ingest.on_partition_lost = self._partition_lost
         self.ingest.on_partition_released = self._partition_released
@@ -312,6 +332,23 @@ class Engine:
         metrics = DeliveryMetrics(self.metrics.registry)
         return Dispatcher(rota, outbox, self._channels, metrics=metrics, clock=clock)
 
+    def _alarm_events_recorded(self, events: list[AlarmEvent]) -> None:
+        """Alarm events are recorded: to the dispatcher, and the beds' state published soon."""
+        if self._on_alarm_events is not None:
+            self._on_alarm_events(events)
+        if self.state is not None:
+            self.state.alarms_changed({e.bed for e in events})
+
+    def _alarm_command(self, cmd: AlarmCommand) -> None:
+        """A dashboard's change to a bed's alarms: made, and answered on its reply topic."""
+        assert self.alarms is not None
+        events, error, why = self.alarms.command(cmd)
+        if self.state is None:
+            log.warning("alarm command from %s applied but not answered: no state publishing",
+                        cmd.user)  # fmt: skip
+            return
+        self.state.reply(cmd.reply_to, wire.encode_command_answer(cmd.cmd_id, events, error, why))
+
     def _to_dispatcher(self, events: list[AlarmEvent]) -> None:
         for event in events:  # unbounded: alarm events are few, and none may be dropped
             self._alarm_events.put_nowait(event)
@@ -350,6 +387,8 @@ class Engine:
             self._tasks.append(
                 asyncio.create_task(self.dispatcher.run(self._alarm_events), name="alarms-dispatch")
             )
+        if self.state is not None:
+            self._tasks.append(asyncio.create_task(self.state.run(), name="state"))
 
     async def _resume_sequences(
         self, timeout_s: float = 2.0, partition: int | None = None
@@ -422,7 +461,11 @@ class Engine:
         await asyncio.wait_for(self.ingest.connected.wait(), timeout_s)
 
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
-        """Stop taking messages, then write (or spool) everything received."""
+        """Stop taking messages, then write (or spool) everything received. Once: stopping a
+        stopped engine does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         ingest_task = self._tasks[1] if len(self._tasks) > 1 else None
         writer_task = self._tasks[0] if self._tasks else None
         for task in (*self._tasks[2:], ingest_task, writer_task):

@@ -179,6 +179,7 @@ class StatePublisher:
         self._clock = clock
         self._marks_sent: dict[BedKey, int] = {}
         self._urgent: set[BedKey] = set()
+        self._replies: list[tuple[str, bytes]] = []
         self._wake = asyncio.Event()
         self._client_factory = client_factory or (lambda s: bus.Client(s, timeout=5.0))
         self.published = 0  # state messages published
@@ -187,6 +188,13 @@ class StatePublisher:
     def alarms_changed(self, beds: set[BedKey]) -> None:
         """Publish these beds' snapshots soon (an alarm of theirs changed)."""
         self._urgent |= beds
+        self._wake.set()
+
+    def reply(self, topic: str, payload: bytes) -> None:
+        """Publish an answer to a dashboard's command (QoS 1) on this connection, soon. Answers
+        are few; one that cannot be published is dropped with the connection (the dashboard
+        gives up waiting and says so)."""
+        self._replies.append((topic, payload))
         self._wake.set()
 
     def take(self, beds: set[BedKey] | None, now_us: int) -> list[BedSnapshot]:
@@ -230,7 +238,7 @@ class StatePublisher:
         next_full = loop.time()
         while True:
             wait = max(0.0, next_full - loop.time())
-            if not self._urgent:
+            if not self._urgent and not self._replies:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -240,6 +248,10 @@ class StatePublisher:
             else:
                 beds, next_full = None, loop.time() + self._period_s
             self._urgent = set()
+            # the state first: an answer's reader then sees the change in the bed's snapshot
             for topic, batch in batches(self.take(beds, self._clock.now_us())):
                 await client.publish(topic, encode_batch(batch), qos=0)
                 self.published += 1
+            replies, self._replies = self._replies, []
+            for topic, payload in replies:
+                await client.publish(topic, payload, qos=1)

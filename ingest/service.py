@@ -16,7 +16,7 @@ from eicu import bus, wire
 from eicu.config import AdmissionSettings, MqttSettings
 from eicu.errors import PayloadError
 from eicu.metrics import IngestMetrics
-from eicu.models import AlarmAck, BedKey, StatusFrame
+from eicu.models import AlarmAck, AlarmCommand, BedKey, StatusFrame
 from ingest.admission import REFUSALS, Admission, DeadLetters
 from ingest.state import BedRouter
 from ingest.writer import Backoff, Receipt, StoreWriter
@@ -144,6 +144,8 @@ class Ingest:
         # Takes the remote ICU's alarm acknowledgements (the engine's alarm stage); without it
         # they are ignored.
         self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
+        # A dashboard's change to a bed's alarms (acknowledge, pause), answered on its reply topic.
+        self.on_alarm_command: Callable[[AlarmCommand], object] | None = None
         # The open subscriptions (kept open by a cancelled run() until close()), by name.
         self._readers: dict[str, _Reader] = {}
         # With partition owners (eicu worker): who holds which partition, and what the engine
@@ -170,6 +172,14 @@ class Ingest:
                 ack = wire.decode_alarm_ack(topic, payload, received_us)
                 if self.on_alarm_ack is not None:
                     self.on_alarm_ack(ack)
+                return
+            if wire.is_alarm_command_topic(topic):
+                cmd = wire.decode_alarm_command(topic, payload, received_us)
+                if self.on_alarm_command is not None:
+                    self.on_alarm_command(cmd)
+                else:
+                    log.warning("alarm command %s of %s: this engine judges no alarms", cmd.action,
+                                cmd.bed)  # fmt: skip
                 return
             frame = wire.decode(topic, payload, received_us)
         except PayloadError as exc:

@@ -85,6 +85,9 @@ async def test_gateway_is_refused_outside_its_site(
             await gateway.publish("eicu/v1/hotan/_gateway/gw-hotan/status", b"{}", qos=1)
             # Other protocol versions are not a gateway's to write.
             await gateway.publish("eicu/v2/karamay/bed01/numerics", b"{}", qos=1)
+            # Nor a dashboard's commands, nor the beds' state.
+            await gateway.publish("eicu/v1/karamay/bed01/alarms/cmd", b"{}", qos=1)
+            await gateway.publish("eicu/state/karamay", b"{}", qos=1)
         await asyncio.sleep(1.0)
         listener.cancel()
     assert received == [
@@ -94,6 +97,52 @@ async def test_gateway_is_refused_outside_its_site(
         "eicu/v1/karamay/bed01/status",
         "eicu/v1/karamay/_gateway/gw-karamay/status",
     ]
+
+
+async def test_a_dashboard_reads_the_state_and_sends_commands_only(tmp_path: Path) -> None:
+    auth = BrokerAuth(tmp_path / "auth")
+    pw = {"engine": auth.add("engine", "engine"), "dash1": auth.add("dash1", "dashboard")}
+    broker = Mosquitto(auth=auth.mosquitto_config(), listener=listener_settings()).start()
+    try:
+        engine_got: list[str] = []
+        dash_got: list[str] = []
+
+        def client(user: str, password: str) -> aiomqtt.Client:
+            return aiomqtt.Client("127.0.0.1", broker.port, username=user, password=password)
+
+        async def listen(c: aiomqtt.Client, into: list[str]) -> None:
+            async for message in c.messages:
+                into.append(message.topic.value)
+
+        async with (
+            client("engine", pw["engine"]) as engine,
+            client("engine-state", pw["engine"]) as state,
+            client("dash1", pw["dash1"]) as dash,
+        ):
+            await engine.subscribe("eicu/#", qos=1)
+            await dash.subscribe([("eicu/state/+", 1), ("eicu/reply/#", 1)])
+            listeners = [
+                asyncio.create_task(listen(engine, engine_got)),
+                asyncio.create_task(listen(dash, dash_got)),
+            ]
+            await dash.publish("eicu/v1/karamay/bed01/alarms/cmd", b"{}", qos=1)
+            await dash.publish("eicu/v1/karamay/bed01/numerics", b"{}", qos=1)  # not its to say
+            await dash.publish("eicu/v1/karamay/bed01/alarms", b"{}", qos=1)
+            await dash.publish("eicu/state/karamay", b"{}", qos=1)
+            await state.publish("eicu/state/karamay", b"{}", qos=1)
+            await state.publish("eicu/reply/dash1", b"{}", qos=1)
+            await state.publish("eicu/reply/dash2", b"{}", qos=1)  # another dashboard's answers
+            await state.publish("eicu/v1/karamay/bed01/alarms", b"{}", qos=1)  # not the state's
+            await asyncio.sleep(1.0)
+            for listener in listeners:
+                listener.cancel()
+        assert dash_got == ["eicu/state/karamay", "eicu/reply/dash1"]
+        assert engine_got == [
+            "eicu/v1/karamay/bed01/alarms/cmd", "eicu/state/karamay", "eicu/reply/dash1",
+            "eicu/reply/dash2",
+        ]  # fmt: skip
+    finally:
+        broker.cleanup()
 
 
 async def test_wrong_password_and_anonymous_are_refused(
@@ -121,17 +170,18 @@ def test_cli_writes_the_files(tmp_path: Path) -> None:
     assert (tmp_path / "passwd").read_text().startswith("gw1:$7$101$")
 
 
-def test_an_engine_is_two_broker_users_with_one_password(tmp_path: Path) -> None:
+def test_an_engine_is_three_broker_users_with_one_password(tmp_path: Path) -> None:
     auth = BrokerAuth(tmp_path)
     auth.add("engine", "engine")
     auth.add("gw1", "gateway", "karamay")
     users = [line.split(":")[0] for line in auth.passwd.read_text().splitlines()]
-    assert users == ["engine", "engine-alarms", "gw1"]
-    hashes = {line.split(":", 1)[1] for line in auth.passwd.read_text().splitlines()[:2]}
+    assert users == ["engine", "engine-alarms", "engine-state", "gw1"]
+    hashes = {line.split(":", 1)[1] for line in auth.passwd.read_text().splitlines()[:3]}
     assert len(hashes) == 1
     acl = auth.acl.read_text()
     assert "user engine\ntopic read eicu/#\n" in acl
     assert "user engine-alarms\ntopic write eicu/v1/+/+/alarms\n" in acl
+    assert "user engine-state\ntopic write eicu/state/#\ntopic write eicu/reply/#\n" in acl
     # No account may take a broker user (and so a client id) another already has.
     with pytest.raises(ConfigError, match="engine-alarms"):
         auth.add("engine-alarms", "gateway", "karamay")

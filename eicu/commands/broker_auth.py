@@ -19,10 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gw.add_argument("name")
     eng = sub.add_parser(
         "add-engine",
-        help="an engine that reads every site and writes alarms (broker users NAME and "
-        "NAME-alarms, one password)",
+        help="an engine that reads every site and writes alarms and the beds' state (broker "
+        "users NAME, NAME-alarms and NAME-state, one password)",
     )
     eng.add_argument("name")
+    dash = sub.add_parser(
+        "add-dashboard",
+        help="an eicu dashboard process: reads the beds' state and waveforms, sends alarm commands",
+    )
+    dash.add_argument("name")
     cfg = sub.add_parser(
         "config",
         help="print a Mosquitto configuration for these files: accounts, QoS 1 session limits, "
@@ -80,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add-gateway":
         password = auth.add(args.name, "gateway", args.site)
+    elif args.action == "add-dashboard":
+        password = auth.add(args.name, "dashboard")
     else:
         password = auth.add(args.name, "engine")
     print(f"{args.name}: password {password} (shown only now)", file=sys.stderr)

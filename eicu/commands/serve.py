@@ -112,6 +112,8 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         alarm_store=store,
         metrics=metrics,
         store_open=store_open,
+        # for more dashboards in processes of their own (EICU_STATE_PERIOD_S; never by default)
+        state_period_s=settings.ingest.state_period_s,
     )
     if settings.alerting.policy is not None:
         policy = settings.alerting.policy

@@ -113,6 +113,10 @@ async def work(
         metrics=metrics,
         store_open=store_open,
         ownership=ownership,
+        # the beds' state for dashboards (eicu dashboard): every second unless set
+        state_period_s=1.0
+        if settings.ingest.state_period_s is None
+        else settings.ingest.state_period_s,
     )
     # /healthz and /readyz beside /metrics: ready once the worker's first claims are done and
     # every partition it owns is subscribed (docs/deployment.md)

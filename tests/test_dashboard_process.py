@@ -1,0 +1,218 @@
+"""``eicu dashboard`` in a process of its own, fed by an engine over a real Mosquitto and a real
+PostgreSQL: the census, a bed's values and live waveforms, alarms acknowledged and paused as
+commands to the bed's owner, the history from the store, and an owner that does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from dashboards.users import Role, Users
+from eicu import bus, wire
+from eicu.alarm_model import AlarmState
+from eicu.config import IngestSettings, MqttSettings
+from eicu.devservices import Mosquitto, free_port
+from eicu.models import BedKey, NumericsFrame
+from eicu.store import Store
+from ingest.engine import Engine
+from simulators.run import SimulationPlan, simulate
+from tests.cheap_argon2 import cheap_hasher
+from tests.dashboard_beds import prompt_policy
+
+pytestmark = [pytest.mark.broker, pytest.mark.db]
+
+SICK = BedKey("hub", "bed009")
+PASSWORD = "intensivist-password"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest.fixture
+def users_file(tmp_path: Path) -> Path:
+    users = Users(tmp_path / "users.json", cheap_hasher())
+    users.add("ada", Role.INTENSIVIST, PASSWORD)
+    return users.path
+
+
+@pytest.fixture
+def dashboard(broker: Mosquitto, db_url: str, users_file: Path, tmp_path: Path) -> Iterator[str]:
+    """``eicu dashboard`` as a new process; its base URL once it is ready."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "EICU_MQTT_URL": broker.url,
+        "EICU_DATABASE_URL": db_url,
+        "EICU_HTTP_PORT": str(port),
+        "EICU_USERS_FILE": str(users_file),
+        "EICU_COOKIE_SECURE": "0",
+    }
+    log = (tmp_path / "dashboard.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eicu.cli", "dashboard"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()[-3000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the dashboard was not ready in 60 s")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+async def engine(broker: Mosquitto, store: Store, tmp_path: Path) -> AsyncIterator[Engine]:
+    """The beds' owner: judges alarms and publishes the beds' state twice a second."""
+    mqtt = MqttSettings.from_url(broker.url, client_id="eicu-test-owner")
+    settings = IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1)
+    engine = Engine(
+        mqtt,
+        settings,
+        store,
+        alarms_outbox=tmp_path / "alarms.db",
+        alarm_store=store,
+        alarm_policy=prompt_policy(),
+        state_period_s=0.5,
+    )
+    await engine.start()
+    await engine.wait_connected()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+async def login(base: str) -> httpx.AsyncClient:
+    client = httpx.AsyncClient(base_url=base, timeout=10)
+    r = await client.post("/api/login", json={"name": "ada", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    client.headers["x-csrf-token"] = r.json()["csrf"]
+    return client
+
+
+async def until(check: object, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not within {timeout_s} s: {getattr(check, '__name__', check)}")
+
+
+async def publish_sick(broker: Mosquitto) -> None:
+    """A bed whose NEWS2 is high (tachypnoea, desaturation, tachycardia, low pressure)."""
+    values: dict[str, float | None] = {
+        "RR": 31.0, "SPO2": 89.0, "HR": 134.0, "NIBP_SYS": 88.0, "TEMP": 38.9,
+    }  # fmt: skip
+    async with bus.Client(MqttSettings.from_url(broker.url, client_id="eicu-test-sick")) as c:
+        for seq in range(1, 4):
+            frame = NumericsFrame(SICK, seq, now_us(), values)
+            await c.publish(wire.numerics_topic(SICK), wire.encode_numerics(frame), qos=1)
+            await asyncio.sleep(0.3)
+
+
+async def test_a_dashboard_of_its_own_reads_the_bus_and_commands_the_owner(
+    broker: Mosquitto, engine: Engine, dashboard: str
+) -> None:
+    mqtt = MqttSettings.from_url(broker.url, client_id="eicu-test-gateway")
+    plan = SimulationPlan(site="hub", beds=2, duration_s=8.0, scenario="stable", speed=1.0)
+    gateway = asyncio.create_task(simulate(mqtt, plan, asyncio.Event()))
+    await publish_sick(broker)
+    client = await login(dashboard)
+    async with contextlib.aclosing(client):
+
+        async def census_has_beds() -> bool:
+            beds = (await client.get("/api/census")).json()["beds"]
+            return {"hub/bed001", "hub/bed002", str(SICK)} <= {b["bed"] for b in beds}
+
+        await until(census_has_beds)
+        census = (await client.get("/api/census")).json()
+        assert census["sites"] == ["hub"]
+        first = census["beds"][0]
+        # the sick bed's NEWS2 alarm puts it first, from the owner's snapshot
+        assert first["bed"] == str(SICK) and first["alarm"]["kind"] == "NEWS2_HIGH"
+        assert first["values"]["RR"]["text"] == "31" and not first["values"]["RR"]["stale"]
+        assert first["acuity"][0] == 3  # NEWS2 high (proven by the partial score)
+        detail = (await client.get("/api/beds/hub/bed001")).json()
+        assert detail["values"]["HR"]["value"] is not None and "ECG_II" in detail["signals"]
+
+        # the live waveforms of a bed a page shows come off the bus
+        host = dashboard.removeprefix("http://")
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+        async with connect(
+            f"ws://{host}/ws/beds/hub/bed001",
+            additional_headers={"Cookie": cookie, "Origin": dashboard},
+        ) as ws:
+            samples = 0
+            deadline = time.monotonic() + 15
+            while samples < 500 and time.monotonic() < deadline:
+                message = await asyncio.wait_for(ws.recv(), 5)
+                for chunk in json.loads(message).get("waves", []):
+                    if chunk["signal"] == "ECG_II":
+                        assert chunk["fs_hz"] == 250.0
+                        samples += len(chunk["values"])
+            assert samples >= 500, f"{samples} ECG samples in 15 s"
+
+        # an acknowledgement is a command to the bed's owner, answered with its events
+        alarms = (await client.get("/api/alarms", params={"bed": str(SICK)})).json()["alarms"]
+        (alarm,) = (a for a in alarms if a["kind"] == "NEWS2_HIGH")
+        r = await client.post(f"/api/alarms/{alarm['alarm_id']}/ack")
+        assert r.status_code == 200, r.text
+        assert [e["state"] for e in r.json()["events"]] == ["acknowledged"]
+        assert r.json()["events"][0]["actor"] == "ada"
+        owned = engine.alarms.machine.alarm(alarm["alarm_id"])  # type: ignore[union-attr]
+        assert owned.state is AlarmState.ACKNOWLEDGED and owned.acknowledged_by == "ada"
+
+        # acknowledged twice: nothing left to acknowledge, from the owner's snapshot
+        async def shows_acknowledged() -> bool:
+            live = (await client.get("/api/alarms", params={"bed": str(SICK)})).json()["alarms"]
+            return any(a["state"] == "acknowledged" for a in live)
+
+        await until(shows_acknowledged, 5)
+        again = await client.post(f"/api/alarms/{alarm['alarm_id']}/ack")
+        assert again.status_code == 409
+
+        # and the history comes from the store, where the owner copies every event
+        async def history_has_it() -> bool:
+            history = (await client.get("/api/alarms", params={"bed": str(SICK)})).json()["history"]
+            return any(e["actor"] == "ada" and e["state"] == "acknowledged" for e in history)
+
+        await until(history_has_it, 10)
+        # an unknown alarm of a known bed
+        missing = await client.post(f"/api/alarms/{SICK}/NOPE/1/ack")
+        assert missing.status_code == 404
+        await gateway
+
+        # the owner stops: a command gets no answer, and says so
+        await engine.stop()
+        pause = {"duration_s": 60}
+        r = await client.post(f"/api/beds/{SICK.site}/{SICK.bed}/alarms/pause", json=pause)
+        assert r.status_code == 504, r.text
