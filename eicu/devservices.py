@@ -763,3 +763,74 @@ class DemoProcess:
         if self.process.stderr is not None:
             self.process.stderr.close()
         return self.process.returncode
+
+
+class DashboardProcess:
+    """``eicu dashboard`` in a process of its own, reading the bus at ``mqtt_url`` and the store
+    at ``db_url``, serving the users of ``users_file`` on a free port (``url``); its log in
+    ``log_path``. ``wait_ready()`` until its ``/readyz`` answers 200; ``stop()`` as SIGTERM."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        db_url: str,
+        users_file: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        import sys
+
+        self.port = free_port()
+        self.log_path = log_path
+        settings = {
+            "EICU_MQTT_URL": mqtt_url,
+            "EICU_DATABASE_URL": db_url,
+            "EICU_HTTP_PORT": str(self.port),
+            "EICU_USERS_FILE": str(users_file),
+            "EICU_COOKIE_SECURE": "0",
+            **(env or {}),
+        }
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eicu.cli", "dashboard"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**inherited, **settings},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> DashboardProcess:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceError("eicu dashboard ended:\n" + self.log()[-3000:])
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise ServiceError(f"eicu dashboard not ready in {timeout_s} s:\n" + self.log()[-3000:])
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+        return self.process.returncode

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from dashboards.users import Role, Users
 from eicu import bus, wire
 from eicu.alarm_model import AlarmState
 from eicu.config import IngestSettings, MqttSettings
-from eicu.devservices import Mosquitto, free_port
+from eicu.devservices import DashboardProcess, Mosquitto
 from eicu.models import BedKey, NumericsFrame
 from eicu.store import Store
 from ingest.engine import Engine
@@ -50,42 +47,11 @@ def users_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def dashboard(broker: Mosquitto, db_url: str, users_file: Path, tmp_path: Path) -> Iterator[str]:
     """``eicu dashboard`` as a new process; its base URL once it is ready."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "EICU_MQTT_URL": broker.url,
-        "EICU_DATABASE_URL": db_url,
-        "EICU_HTTP_PORT": str(port),
-        "EICU_USERS_FILE": str(users_file),
-        "EICU_COOKIE_SECURE": "0",
-    }
-    log = (tmp_path / "dashboard.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eicu.cli", "dashboard"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process = DashboardProcess(broker.url, db_url, users_file, tmp_path / "dashboard.log")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "dashboard.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the dashboard was not ready in 60 s")
-        yield base
+        yield process.wait_ready().url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        process.stop()
 
 
 @pytest.fixture
