@@ -25,9 +25,11 @@ from eicu.store import Store
 from ingest.engine import Engine
 from simulators.run import SimulationPlan, simulate
 from tests.cheap_argon2 import cheap_hasher
+from tests.chromium import CHROMIUM, playwright_or_skip
 from tests.dashboard_beds import prompt_policy
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
+playwright_api = playwright_or_skip()
 
 SICK = BedKey("hub", "bed009")
 PASSWORD = "intensivist-password"
@@ -147,14 +149,36 @@ async def test_a_dashboard_of_its_own_reads_the_bus_and_commands_the_owner(
                         samples += len(chunk["values"])
             assert samples >= 500, f"{samples} ECG samples in 15 s"
 
-        # an acknowledgement is a command to the bed's owner, answered with its events
+        # in a browser: the census drawn by the dashboard process, the sick bed first, and its
+        # alarm acknowledged from the unit's alarm list, a command to the bed's owner
         alarms = (await client.get("/api/alarms", params={"bed": str(SICK)})).json()["alarms"]
         (alarm,) = (a for a in alarms if a["kind"] == "NEWS2_HIGH")
-        r = await client.post(f"/api/alarms/{alarm['alarm_id']}/ack")
-        assert r.status_code == 200, r.text
-        assert [e["state"] for e in r.json()["events"]] == ["acknowledged"]
-        assert r.json()["events"][0]["actor"] == "ada"
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
+            )
+            page = await browser.new_page(viewport={"width": 1600, "height": 900})
+            await page.goto(f"{dashboard}/login?next=/census")
+            await page.fill("#name", "ada")
+            await page.fill("#password", PASSWORD)
+            await page.click("#submit")
+            await page.wait_for_selector("#census tbody tr[data-bed]", timeout=20_000)
+            top = page.locator("#census tbody tr[data-bed]").first
+            assert await top.get_attribute("data-bed") == str(SICK)
+            assert "NEWS2" in (await top.inner_text())
+            await page.goto(f"{dashboard}/alarms")
+            await page.wait_for_selector("#live-alarms[data-count]")
+            row = page.locator(f"#live-alarms tbody tr[data-alarm='{alarm['alarm_id']}']")
+            await row.locator("button.ack").click()
+            await page.wait_for_function(
+                "id => document.querySelector(`#live-alarms tr[data-alarm='${id}']`)"
+                "?.dataset.state === 'acknowledged'",
+                arg=alarm["alarm_id"],
+                timeout=10_000,
+            )
+            await browser.close()
         owned = engine.alarms.machine.alarm(alarm["alarm_id"])  # type: ignore[union-attr]
+        # made by the owner in the user's name
         assert owned.state is AlarmState.ACKNOWLEDGED and owned.acknowledged_by == "ada"
 
         # acknowledged twice: nothing left to acknowledge, from the owner's snapshot
