@@ -23,11 +23,22 @@ from aiortc.mediastreams import MediaStreamTrack
 from eicu.backoff import Backoff
 from eicu.config import IceServer, Secret, VideoSettings, parse_ice_servers
 from eicu.errors import ConfigError, EicuError
-from eicu.video.media import FrameMeter, LocalMedia, MeteredTrack, consume, open_local_media
+from eicu.video.media import (
+    BoundedTrack,
+    FrameMeter,
+    LocalMedia,
+    MeteredTrack,
+    consume,
+    open_local_media,
+)
 from eicu.video.peer import PeerConnection, create_peer
 from eicu.video.stats import CartMetrics, Summary, summarize
 
 log = logging.getLogger(__name__)
+
+# Frames of each received track a recording may fall behind by (2 s of 15 fps video, 0.6 s of
+# audio) before the oldest are left out.
+RECORD_BUFFER_FRAMES = 30
 
 T = TypeVar("T")
 
@@ -95,6 +106,7 @@ class Call:
         self.data_messages = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recorder: Any = None
+        self._bounded: list[BoundedTrack] = []
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_state)
@@ -117,7 +129,10 @@ class Call:
                 path = recording_path(self.agent.record, self.call_id)
                 log.info("call %s: recording what arrives to %s", self.call_id, path)
                 self._recorder = MediaRecorder(str(path))
-            metered = MeteredTrack(track, f"received {track.kind}")
+            # a recorder that falls behind drops the oldest frames rather than fill memory
+            bounded = BoundedTrack(track, RECORD_BUFFER_FRAMES)
+            self._bounded.append(bounded)
+            metered = MeteredTrack(bounded, f"received {track.kind}")
             metered.meter = meter
             self._recorder.addTrack(metered)
         else:
@@ -217,6 +232,13 @@ class Call:
         if self._recorder is not None:
             with contextlib.suppress(Exception):
                 await self._recorder.stop()
+        for bounded in self._bounded:
+            bounded.stop()
+            if bounded.dropped:
+                log.warning(
+                    "call %s: the recording fell behind: %d %s frames left out",
+                    self.call_id, bounded.dropped, bounded.kind,
+                )  # fmt: skip
         await self.pc.close()
         if self.media is not None:
             self.media.stop()

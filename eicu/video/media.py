@@ -218,6 +218,53 @@ class MeteredTrack(MediaStreamTrack):
         self.source.stop()
 
 
+class BoundedTrack(MediaStreamTrack):
+    """Reads ``source`` as fast as it delivers and keeps only its newest ``max_frames`` for the
+    reader: a slow or stalled reader (a recorder whose encoder is starved of CPU, one not yet
+    started) costs the oldest frames, counted in ``dropped``, never a growing pile of decoded
+    frames in memory (a received track otherwise queues every frame until it is read)."""
+
+    def __init__(self, source: MediaStreamTrack, max_frames: int = 30) -> None:
+        super().__init__()
+        if max_frames < 1:
+            raise ValueError(f"need max_frames >= 1, got {max_frames}")
+        self.kind = source.kind
+        self.source = source
+        self.dropped = 0
+        self._frames: deque[Frame | Packet] = deque(maxlen=max_frames)
+        self._arrived = asyncio.Event()
+        self._ended = False
+        self._pump = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                frame = await self.source.recv()
+                if len(self._frames) == self._frames.maxlen:
+                    self.dropped += 1
+                self._frames.append(frame)
+                self._arrived.set()
+        except MediaStreamError:
+            pass
+        finally:
+            self._ended = True
+            self._arrived.set()
+
+    async def recv(self) -> Frame | Packet:
+        while not self._frames:
+            if self._ended or self.readyState != "live":
+                raise MediaStreamError
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._frames.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self._pump.cancel()
+        self.source.stop()
+        self._arrived.set()
+
+
 async def consume(track: MediaStreamTrack, meter: FrameMeter) -> None:
     """Read ``track`` until it ends, counting its frames (a sink that plays nothing)."""
     try:
