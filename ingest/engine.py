@@ -45,6 +45,12 @@ STORED_LOOKBACK_US = 600 * 1_000_000
 # A bed taken over adopts the alarms of its audit trail of the last day that are not over.
 ALARM_TAKEOVER_LOOKBACK_US = 86_400 * 1_000_000
 ALARM_STORE_WAIT_S = 5.0  # how long a partition's hand-over waits for the alarm tables
+# A bed taken over is rebuilt from the last REPLAY_S of its stored signals (the signal
+# pipeline's longest window, rhythm and quality, is 12 s) and its newest values of the last
+# LATEST_LOOKBACK_S (a NEWS2 input is measured as seldom as hourly), within REPLAY_WAIT_S.
+REPLAY_S = 15.0
+LATEST_LOOKBACK_S = 3600.0
+REPLAY_WAIT_S = 10.0
 
 
 def warm_up(signals: bool) -> None:
@@ -234,9 +240,54 @@ class Engine:
 
     async def _partition_gained(self, k: int) -> None:
         """Before a taken-over partition's messages are read: sequence tracking of its beds goes
-        on from what the store holds (what the last owner stored is not taken twice)."""
+        on from what the store holds (what the last owner stored is not taken twice), their
+        live alarms are adopted, and their recent data replayed (:meth:`replay_recent`)."""
         beds = await self._resume_sequences(partition=k)
         await self._take_over_alarms(beds)
+        await self.replay_recent(beds)
+
+    async def replay_recent(self, beds: set[BedKey], window_s: float = REPLAY_S) -> int:
+        """Rebuild beds taken over from another worker from what the store holds, before their
+        live messages are read: their newest values (NEWS2 inputs measured minutes apart, like
+        temperature or a cuff pressure, are there at once) and the last ``window_s`` of their
+        analysed signals through the signal pipeline (a rhythm under way is known at once, its
+        onset at its data time, rather than after the pipeline's warm-up). The alarm stage then
+        judges the rebuilt beds at its next pass, the adopted alarms keeping their ids. Best
+        effort within REPLAY_WAIT_S: a bed not replayed starts from its live data. Returns the
+        samples replayed."""
+        if not beds:
+            return 0
+        from eicu.signal.pipeline import ANALYSED
+
+        now_us = self._clock.now_us()
+        start_us = now_us - int(window_s * 1e6)
+        pushed = 0
+        try:
+            async with asyncio.timeout(REPLAY_WAIT_S):
+                latest = await self.store.latest(max_age_s=LATEST_LOOKBACK_S)
+                for bed in beds:
+                    state = self.router.bed(bed)
+                    for key, v in latest.get(bed, {}).items():
+                        held = state.latest.get(key)
+                        if held is None or held[1] < v.ts_us:
+                            state.latest[key] = (v.value, v.ts_us)
+                    if not self._analyse:
+                        continue
+                    windows = {}
+                    for signal in ANALYSED:
+                        w = await self.store.waveform(bed, signal, start_us, now_us + 1)
+                        if w.t_us.shape[0]:
+                            windows[signal] = (w.fs_hz, w.t_us, w.values)
+                    if windows:
+                        pushed += await asyncio.to_thread(self.signals.replay, bed, windows)
+        except (StorageUnavailable, TimeoutError) as exc:
+            log.warning("replay of %d beds taken over cut short: %s", len(beds), exc)
+        except Exception:
+            log.exception(
+                "replay of %d beds taken over failed; they start from live data", len(beds)
+            )
+        log.info("replayed %d beds taken over: %d samples", len(beds), pushed)
+        return pushed
 
     async def _take_over_alarms(self, beds: set[BedKey]) -> None:
         """The live alarms of beds taken over go on here (``AlarmService.adopt``), and their

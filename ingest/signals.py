@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from eicu.live import Mark
 from eicu.models import Frame, WaveformFrame
@@ -76,27 +77,69 @@ class SignalStage:
         for b in blocks:
             if b.signal not in pipe.fs_hz:
                 continue  # a signal the bed did not have when its pipeline started
-            t_first = frame.t0_us + b.t_offset_us
-            origin = pipe.origin_us.setdefault(b.signal, t_first)
-            index = round((t_first - origin) * b.fs_hz / 1e6)
-            expected = pipe.pipeline.next_index(b.signal)
-            if abs(index - expected) <= 1:
-                index = expected  # contiguous, up to the rounding of device times
-            elif index < expected:
-                self.skipped_frames += 1  # late or overlapping: stored, not analysed
-                continue
-            try:
-                events = pipe.pipeline.push(b.signal, b.physical(), index)
-            except ValueError as exc:
-                self.skipped_frames += 1
-                log.debug("frame of %s not analysed: %s", frame.bed, exc)
-                continue
-            for ev in events:
-                own = ev.signal  # an event may be about another signal of the bed
-                if own != b.signal and own in pipe.origin_us:
-                    self._note(derived, ev, pipe.origin_us[own], pipe.fs_hz[own])
-                else:
-                    self._note(derived, ev, origin, b.fs_hz)
+            self._push(frame.bed, pipe, derived, b.signal, b.fs_hz, frame.t0_us + b.t_offset_us,
+                       b.physical())  # fmt: skip
+
+    def _push(
+        self,
+        bed: object,
+        pipe: _BedPipe,
+        derived: Derived,
+        signal: str,
+        fs_hz: float,
+        t_first: int,
+        samples: NDArray[np.float64],
+    ) -> None:
+        origin = pipe.origin_us.setdefault(signal, t_first)
+        index = round((t_first - origin) * fs_hz / 1e6)
+        expected = pipe.pipeline.next_index(signal)
+        if abs(index - expected) <= 1:
+            index = expected  # contiguous, up to the rounding of device times
+        elif index < expected:
+            self.skipped_frames += 1  # late or overlapping: stored, not analysed
+            return
+        try:
+            events = pipe.pipeline.push(signal, samples, index)
+        except ValueError as exc:
+            self.skipped_frames += 1
+            log.debug("frame of %s not analysed: %s", bed, exc)
+            return
+        for ev in events:
+            own = ev.signal  # an event may be about another signal of the bed
+            if own != signal and own in pipe.origin_us:
+                self._note(derived, ev, pipe.origin_us[own], pipe.fs_hz[own])
+            else:
+                self._note(derived, ev, origin, fs_hz)
+
+    def replay(
+        self, bed: object, windows: dict[str, tuple[float, NDArray[np.int64], NDArray[np.float64]]]
+    ) -> int:
+        """Rebuild a bed's pipeline from its recent stored samples before its live frames come
+        (a bed taken over from another worker): ``windows`` maps an analysed signal to (rate,
+        each sample's device time, samples in physical units). The signals go in together, a
+        second at a time, so the bed's multi-signal analysis sees them as it would live; where
+        times jump (frames missing) the pipeline sees the gap. Returns the samples pushed."""
+        chosen = {k: w for k, w in windows.items() if k in ANALYSED and w[1].shape[0] > 0}
+        if not chosen:
+            return 0
+        fs = {k: w[0] for k, w in chosen.items()}
+        pipe = _BedPipe(BedSignalPipeline(fs), {}, fs)
+        self._pipes[bed] = pipe
+        derived = self.derived[bed] = Derived()
+        # each signal cut into runs of at most a second, at its time jumps
+        pieces: list[tuple[int, str, int, NDArray[np.float64]]] = []
+        for signal, (fs_hz, t_us, values) in chosen.items():
+            step_us = 1e6 / fs_hz
+            jumps = np.flatnonzero(np.diff(t_us) > 1.5 * step_us) + 1
+            for run_t, run_v in zip(np.split(t_us, jumps), np.split(values, jumps), strict=True):
+                n = max(1, int(fs_hz))
+                for i in range(0, run_t.shape[0], n):
+                    pieces.append((int(run_t[i]), signal, int(run_t[i]), run_v[i : i + n]))
+        pushed = 0
+        for _t, signal, t_first, samples in sorted(pieces, key=lambda p: (p[0], p[1])):
+            self._push(bed, pipe, derived, signal, fs[signal], t_first, samples)
+            pushed += samples.shape[0]
+        return pushed
 
     def forget(self, bed: object) -> None:
         """Drop a bed's pipeline and results (another worker holds it now)."""
