@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ from eicu.alarm_model import (
 )
 from eicu.codes import BY_CODE
 from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame, WaveformFrame
+from eicu.patients import Encounter, LogEntry, Note, Patient
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,54 @@ class AlarmRepository(Protocol):
         ...
 
 
-class Store(AlarmRepository, Protocol):
+class PatientRepository(Protocol):
+    """Patients, their stays, notes and the log of every change (eicu.patients; one logic for
+    both databases in eicu.store.patients). Changes raise
+    :class:`~eicu.patients.PatientError` naming what is wrong (a bed that has a patient, a
+    patient admitted already, a stay that ended), :class:`~eicu.errors.StorageUnavailable` while
+    the database cannot take them."""
+
+    async def admit(
+        self, patient: Patient, bed: BedKey, at_us: int, actor: str, fields: Mapping[str, str]
+    ) -> Encounter: ...
+
+    async def transfer(
+        self, encounter_id: int, bed: BedKey, at_us: int, actor: str
+    ) -> Encounter: ...
+
+    async def discharge(self, encounter_id: int, at_us: int, actor: str) -> Encounter: ...
+
+    async def update_encounter(
+        self,
+        encounter_id: int,
+        fields: Mapping[str, str],
+        allergies: str | None,
+        at_us: int,
+        actor: str,
+    ) -> Encounter: ...
+
+    async def encounters(
+        self, *, current: bool = True, encounter_id: int | None = None, mrn: str | None = None
+    ) -> list[Encounter]:
+        """The open stays (``current``), or one stay, or a patient's stays by MRN."""
+        ...
+
+    async def add_note(
+        self,
+        encounter_id: int,
+        kind: str,
+        text: str,
+        handoff: Mapping[str, str],
+        at_us: int,
+        author: str,
+    ) -> Note: ...
+
+    async def notes(self, encounter_id: int) -> list[Note]: ...
+
+    async def encounter_log(self, encounter_id: int) -> list[LogEntry]: ...
+
+
+class Store(AlarmRepository, PatientRepository, Protocol):
     """The store interface. Writes are idempotent: writing a batch twice stores it once."""
 
     backend: str  # "timescaledb", "postgresql" or "sqlite"

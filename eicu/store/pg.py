@@ -59,6 +59,7 @@ from eicu.store.base import (
     waveform_rows,
     window_from_blocks,
 )
+from eicu.store.patients import PatientMethods, Steps, violation
 from eicu.store.segments import decode_blocks
 from eicu.store.timescale import policy_from
 
@@ -115,7 +116,7 @@ _UPSERT_ALARM_DELIVERIES = f"""INSERT INTO alarm_deliveries AS d ({ALARM_DELIVER
         cancelled = coalesce(d.cancelled, excluded.cancelled)"""
 
 
-class PgStore:
+class PgStore(PatientMethods):
     """PostgreSQL (and TimescaleDB) behind the :class:`~eicu.store.base.Store` interface."""
 
     def __init__(
@@ -840,6 +841,25 @@ class PgStore:
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             raise _unavailable(exc) from exc
         return written
+
+    # --- patients ------------------------------------------------------------------------------
+
+    async def _steps(self, steps: Steps) -> Any:
+        """One operation of eicu.store.patients in one transaction."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                try:
+                    sql, params = next(steps)
+                    while True:
+                        cur = await conn.execute(sql.replace("?", "%s"), params)
+                        rows = await cur.fetchall() if cur.description is not None else []
+                        sql, params = steps.send(rows)
+                except StopIteration as done:
+                    return done.value
+        except psycopg.errors.UniqueViolation as exc:
+            raise violation(exc.diag.constraint_name or str(exc)) from exc
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
 
     # --- video consult audit -------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The schema, as numbered migrations. Plain PostgreSQL SQL only: what TimescaleDB adds on top
 lives in :mod:`eicu.store.timescale`, so both run the same tables through one code path.
 
-Times are ``timestamptz``. Numerics are narrow rows (one value each); waveforms are one row per
+Times are ``timestamptz`` (the patient tables' are integer microseconds, see
+:mod:`eicu.store.patients`). Numerics are narrow rows (one value each); waveforms are one row per
 received frame holding every signal of the frame in the container of :mod:`eicu.store.segments`.
 The unique keys make every write idempotent: a batch written twice (after a lost commit
 acknowledgement, or a redelivered message) stores each sample once.
@@ -10,6 +11,8 @@ acknowledgement, or a redelivered message) stores each sample once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from eicu.store.patients import tables as patient_tables
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS alarm_deliveries_alarm ON alarm_deliveries (alarm_id)",
             "DROP TABLE IF EXISTS alarm_schema_migrations",
         ),
+    ),
+    Migration(
+        5,
+        "patients, their stays, notes and the log of their changes",
+        # times as integer microseconds, as in SQLite: one logic for both (eicu.store.patients)
+        patient_tables("bigserial PRIMARY KEY"),
     ),
 )
 

@@ -44,6 +44,8 @@ from eicu.store.base import (
     waveform_rows,
     window_from_blocks,
 )
+from eicu.store.patients import PatientMethods, Steps, violation
+from eicu.store.patients import tables as patient_tables
 from eicu.store.segments import decode_blocks
 
 T = TypeVar("T")
@@ -91,6 +93,8 @@ _SCHEMA = (
         acknowledged INTEGER, acknowledged_by TEXT, attempts INTEGER NOT NULL,
         last_error TEXT NOT NULL, failed INTEGER, cancelled INTEGER)""",
     "CREATE INDEX IF NOT EXISTS alarm_deliveries_alarm ON alarm_deliveries (alarm_id)",
+    # Patients, their stays, notes and changes (eicu.store.patients; PostgreSQL's migration 5).
+    *patient_tables("INTEGER PRIMARY KEY AUTOINCREMENT"),
     """CREATE VIEW IF NOT EXISTS numerics_1m AS
         SELECT (time / 60000000) * 60000000 AS bucket, bed_id, code, avg(value) AS avg_value,
                min(value) AS min_value, max(value) AS max_value, count(value) AS n_values
@@ -115,7 +119,7 @@ _UPSERT_ALARM_DELIVERIES = f"""INSERT INTO alarm_deliveries ({ALARM_DELIVERY_COL
         cancelled = coalesce(alarm_deliveries.cancelled, excluded.cancelled)"""
 
 
-class SqliteStore:
+class SqliteStore(PatientMethods):
     """SQLite behind the :class:`~eicu.store.base.Store` interface."""
 
     backend = "sqlite"
@@ -165,6 +169,29 @@ class SqliteStore:
                     self._conn = None
 
         await asyncio.to_thread(close)
+
+    async def _steps(self, steps: Steps) -> Any:
+        """One operation of eicu.store.patients in one transaction."""
+
+        def run(conn: sqlite3.Connection) -> Any:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                try:
+                    sql, params = next(steps)
+                    while True:
+                        rows = conn.execute(sql, params).fetchall()
+                        sql, params = steps.send(rows)
+                except StopIteration as done:
+                    conn.execute("COMMIT")
+                    return done.value
+            except sqlite3.IntegrityError as exc:
+                conn.execute("ROLLBACK")
+                raise violation(str(exc)) from exc
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        return await self._call(run)
 
     async def write(self, batch: Batch) -> None:
         def write(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,312 @@
+"""The patient tables (eicu.patients), one logic for PostgreSQL and SQLite.
+
+Each operation is a generator of SQL statements (``?`` placeholders, times as integer
+microseconds in both databases) that receives each statement's rows: the PostgreSQL store drives
+it on one async connection inside a transaction, the SQLite store on its connection inside
+``BEGIN IMMEDIATE``. The databases enforce what must never happen twice, whoever races: one open
+stay per patient (``encounters_open``), one patient per bed (``locations_open``); a race that
+loses gets a :class:`~eicu.patients.PatientError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Mapping
+from typing import Any, Final
+
+from eicu.models import BedKey
+from eicu.patients import Encounter, Location, LogEntry, Note, Patient, PatientError
+
+Steps = Generator[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]], Any]
+
+# The tables, in words both databases take; PostgreSQL's migration 5 and SQLite's schema.
+ID = "{id}"  # bigserial PRIMARY KEY (PostgreSQL) / INTEGER PRIMARY KEY AUTOINCREMENT (SQLite)
+TABLES: Final = (
+    f"""CREATE TABLE IF NOT EXISTS patients (patient_id {ID}, mrn text NOT NULL UNIQUE,
+        name text NOT NULL, sex text NOT NULL, birth_date text, allergies text NOT NULL,
+        updated bigint NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS encounters (encounter_id {ID},
+        patient_id bigint NOT NULL REFERENCES patients (patient_id),
+        admitted bigint NOT NULL, discharged bigint, diagnosis text NOT NULL,
+        attending text NOT NULL, code_status text NOT NULL, isolation text NOT NULL)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS encounters_open ON encounters (patient_id)
+        WHERE discharged IS NULL""",
+    """CREATE TABLE IF NOT EXISTS encounter_locations (
+        encounter_id bigint NOT NULL REFERENCES encounters (encounter_id),
+        site text NOT NULL, bed text NOT NULL, since bigint NOT NULL, until bigint)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS locations_open ON encounter_locations (site, bed)
+        WHERE until IS NULL""",
+    """CREATE INDEX IF NOT EXISTS locations_encounter
+        ON encounter_locations (encounter_id, since)""",
+    f"""CREATE TABLE IF NOT EXISTS encounter_notes (note_id {ID},
+        encounter_id bigint NOT NULL REFERENCES encounters (encounter_id),
+        time bigint NOT NULL, author text NOT NULL, kind text NOT NULL, body text NOT NULL,
+        handoff text NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS notes_encounter ON encounter_notes (encounter_id, time)",
+    """CREATE TABLE IF NOT EXISTS encounter_log (
+        encounter_id bigint NOT NULL REFERENCES encounters (encounter_id),
+        time bigint NOT NULL, actor text NOT NULL, action text NOT NULL, detail text NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS encounter_log_encounter ON encounter_log (encounter_id, time)",
+)
+
+
+def tables(id_type: str) -> tuple[str, ...]:
+    return tuple(t.replace(ID, id_type) for t in TABLES)
+
+
+def violation(what: str) -> PatientError:
+    """What a unique constraint that stopped a change means to the user (``what``: the
+    constraint's name, or SQLite's message naming its columns)."""
+    if "encounters_open" in what or "encounters.patient_id" in what:
+        return PatientError("mrn", "this patient is admitted already: transfer or discharge")
+    if "locations_open" in what or "encounter_locations.site" in what:
+        return PatientError("bed", "this bed has a patient: discharge or transfer them first")
+    return PatientError("encounter", f"the change conflicts with another: {what[:120]}")
+
+
+_ENCOUNTER = """SELECT e.encounter_id, e.admitted, e.discharged, e.diagnosis, e.attending,
+        e.code_status, e.isolation, p.mrn, p.name, p.sex, p.birth_date, p.allergies
+    FROM encounters e JOIN patients p USING (patient_id)"""
+
+
+def _log(eid: int, at_us: int, actor: str, action: str, detail: str) -> tuple[str, tuple[Any, ...]]:
+    return (
+        "INSERT INTO encounter_log (encounter_id, time, actor, action, detail) VALUES (?,?,?,?,?)",
+        (eid, at_us, actor, action, detail[:500]),
+    )
+
+
+def read(where: str = "", params: tuple[Any, ...] = ()) -> Steps:
+    """The encounters ``where`` chooses (SQL on ``e``/``p``), their locations oldest first."""
+    rows = yield (f"{_ENCOUNTER} {where} ORDER BY e.encounter_id", params)
+    if not rows:
+        return []
+    ids = [r[0] for r in rows]
+    marks = ",".join("?" * len(ids))
+    locs = yield (
+        f"""SELECT encounter_id, site, bed, since, until FROM encounter_locations
+            WHERE encounter_id IN ({marks}) ORDER BY encounter_id, since""",
+        tuple(ids),
+    )
+    by: dict[int, list[Location]] = {}
+    for eid, site, bed, since, until in locs:
+        by.setdefault(int(eid), []).append(Location(BedKey(site, bed), int(since), until))
+    out = []
+    for eid, adm, dis, diag, att, code, iso, mrn, name, sex, born, allergies in rows:
+        patient = Patient(mrn, name, sex, born, allergies)
+        out.append(
+            Encounter(int(eid), patient, int(adm), dis, diag, att, code, iso,
+                      tuple(by.get(int(eid), ())))
+        )  # fmt: skip
+    return out
+
+
+def _one(eid: int) -> Steps:
+    found = yield from read("WHERE e.encounter_id = ?", (eid,))
+    if not found:
+        raise PatientError("encounter", f"no encounter {eid}")
+    return found[0]
+
+
+def _open(eid: int) -> Steps:
+    e = yield from _one(eid)
+    if e.discharged_us is not None:
+        raise PatientError("encounter", f"encounter {eid} ended (discharged)")
+    return e
+
+
+def _bed_free(bed: BedKey) -> Steps:
+    rows = yield (
+        "SELECT encounter_id FROM encounter_locations WHERE site = ? AND bed = ? AND until IS NULL",
+        (bed.site, bed.bed),
+    )
+    if rows:
+        raise PatientError("bed", f"{bed} has a patient: discharge or transfer them first")
+
+
+def admit(
+    patient: Patient, bed: BedKey, at_us: int, actor: str, fields: Mapping[str, str]
+) -> Steps:
+    """A patient into ``bed``: their record made or brought up to date by MRN, a new stay."""
+    yield from _bed_free(bed)
+    rows = yield (
+        """INSERT INTO patients (mrn, name, sex, birth_date, allergies, updated)
+           VALUES (?,?,?,?,?,?)
+           ON CONFLICT (mrn) DO UPDATE SET name = excluded.name, sex = excluded.sex,
+               birth_date = excluded.birth_date, allergies = excluded.allergies,
+               updated = excluded.updated
+           RETURNING patient_id""",
+        (patient.mrn, patient.name, patient.sex, patient.birth_date, patient.allergies, at_us),
+    )
+    pid = int(rows[0][0])
+    open_stay = yield (
+        "SELECT encounter_id FROM encounters WHERE patient_id = ? AND discharged IS NULL",
+        (pid,),
+    )
+    if open_stay:
+        raise PatientError(
+            "mrn", f"{patient.mrn} is admitted already (encounter {open_stay[0][0]})"
+        )
+    rows = yield (
+        """INSERT INTO encounters (patient_id, admitted, discharged, diagnosis, attending,
+               code_status, isolation) VALUES (?,?,NULL,?,?,?,?) RETURNING encounter_id""",
+        (pid, at_us, fields.get("diagnosis", ""), fields.get("attending", ""),
+         fields.get("code_status", ""), fields.get("isolation", "")),
+    )  # fmt: skip
+    eid = int(rows[0][0])
+    yield (
+        "INSERT INTO encounter_locations (encounter_id, site, bed, since, until) "
+        "VALUES (?,?,?,?,NULL)",
+        (eid, bed.site, bed.bed, at_us),
+    )
+    yield _log(eid, at_us, actor, "admit", f"{patient.mrn} into {bed}")
+    return (yield from _one(eid))
+
+
+def transfer(eid: int, bed: BedKey, at_us: int, actor: str) -> Steps:
+    e = yield from _open(eid)
+    if e.bed == bed:
+        raise PatientError("bed", f"the patient is in {bed} already")
+    yield from _bed_free(bed)
+    yield (
+        "UPDATE encounter_locations SET until = ? WHERE encounter_id = ? AND until IS NULL",
+        (at_us, eid),
+    )
+    yield (
+        "INSERT INTO encounter_locations (encounter_id, site, bed, since, until) "
+        "VALUES (?,?,?,?,NULL)",
+        (eid, bed.site, bed.bed, at_us),
+    )
+    yield _log(eid, at_us, actor, "transfer", f"{e.bed} -> {bed}")
+    return (yield from _one(eid))
+
+
+def discharge(eid: int, at_us: int, actor: str) -> Steps:
+    e = yield from _open(eid)
+    yield (
+        "UPDATE encounter_locations SET until = ? WHERE encounter_id = ? AND until IS NULL",
+        (at_us, eid),
+    )
+    yield ("UPDATE encounters SET discharged = ? WHERE encounter_id = ?", (at_us, eid))
+    yield _log(eid, at_us, actor, "discharge", f"from {e.bed}")
+    return (yield from _one(eid))
+
+
+def update(
+    eid: int, fields: Mapping[str, str], allergies: str | None, at_us: int, actor: str
+) -> Steps:
+    """Change an open stay's fields (diagnosis, attending, code status, isolation) and the
+    patient's allergies; each change is logged with its old and new value."""
+    e = yield from _open(eid)
+    changed = []
+    for key, value in fields.items():
+        old = getattr(e, key)
+        if value != old:
+            yield (f"UPDATE encounters SET {key} = ? WHERE encounter_id = ?", (value, eid))
+            changed.append(f"{key}: {old!r} -> {value!r}")
+    if allergies is not None and allergies != e.patient.allergies:
+        yield (
+            "UPDATE patients SET allergies = ?, updated = ? WHERE mrn = ?",
+            (allergies, at_us, e.patient.mrn),
+        )
+        changed.append(f"allergies: {e.patient.allergies!r} -> {allergies!r}")
+    if changed:
+        yield _log(eid, at_us, actor, "update", "; ".join(changed))
+    return (yield from _one(eid))
+
+
+def add_note(
+    eid: int, kind: str, text: str, handoff: Mapping[str, str], at_us: int, author: str
+) -> Steps:
+    yield from _open(eid)
+    rows = yield (
+        """INSERT INTO encounter_notes (encounter_id, time, author, kind, body, handoff)
+           VALUES (?,?,?,?,?,?) RETURNING note_id""",
+        (eid, at_us, author, kind, text, json.dumps(dict(handoff), sort_keys=True)),
+    )
+    yield _log(eid, at_us, author, kind, (text or "; ".join(handoff))[:80])
+    return Note(int(rows[0][0]), eid, at_us, author, kind, text, dict(handoff))
+
+
+def notes(eid: int) -> Steps:
+    rows = yield (
+        """SELECT note_id, encounter_id, time, author, kind, body, handoff FROM encounter_notes
+           WHERE encounter_id = ? ORDER BY time, note_id""",
+        (eid,),
+    )
+    return [Note(int(n), int(e), int(t), a, k, b, json.loads(h)) for n, e, t, a, k, b, h in rows]
+
+
+def log(eid: int) -> Steps:
+    rows = yield (
+        """SELECT encounter_id, time, actor, action, detail FROM encounter_log
+           WHERE encounter_id = ? ORDER BY time""",
+        (eid,),
+    )
+    return [LogEntry(int(e), int(t), a, act, d) for e, t, a, act, d in rows]
+
+
+class PatientMethods:
+    """The :class:`~eicu.store.base.PatientRepository` methods of a store, over its
+    ``_steps(generator)``, which runs one operation's statements in one transaction."""
+
+    async def _steps(self, steps: Steps) -> Any:
+        raise NotImplementedError
+
+    async def admit(
+        self, patient: Patient, bed: BedKey, at_us: int, actor: str, fields: Mapping[str, str]
+    ) -> Encounter:
+        e: Encounter = await self._steps(admit(patient, bed, at_us, actor, fields))
+        return e
+
+    async def transfer(self, encounter_id: int, bed: BedKey, at_us: int, actor: str) -> Encounter:
+        e: Encounter = await self._steps(transfer(encounter_id, bed, at_us, actor))
+        return e
+
+    async def discharge(self, encounter_id: int, at_us: int, actor: str) -> Encounter:
+        e: Encounter = await self._steps(discharge(encounter_id, at_us, actor))
+        return e
+
+    async def update_encounter(
+        self,
+        encounter_id: int,
+        fields: Mapping[str, str],
+        allergies: str | None,
+        at_us: int,
+        actor: str,
+    ) -> Encounter:
+        e: Encounter = await self._steps(update(encounter_id, fields, allergies, at_us, actor))
+        return e
+
+    async def encounters(
+        self, *, current: bool = True, encounter_id: int | None = None, mrn: str | None = None
+    ) -> list[Encounter]:
+        if encounter_id is not None:
+            found: list[Encounter] = await self._steps(
+                read("WHERE e.encounter_id = ?", (encounter_id,))
+            )
+        elif mrn is not None:
+            found = await self._steps(read("WHERE p.mrn = ?", (mrn,)))
+        else:
+            found = await self._steps(read("WHERE e.discharged IS NULL" if current else ""))
+        return found
+
+    async def add_note(
+        self,
+        encounter_id: int,
+        kind: str,
+        text: str,
+        handoff: Mapping[str, str],
+        at_us: int,
+        author: str,
+    ) -> Note:
+        n: Note = await self._steps(add_note(encounter_id, kind, text, handoff, at_us, author))
+        return n
+
+    async def notes(self, encounter_id: int) -> list[Note]:
+        found: list[Note] = await self._steps(notes(encounter_id))
+        return found
+
+    async def encounter_log(self, encounter_id: int) -> list[LogEntry]:
+        found: list[LogEntry] = await self._steps(log(encounter_id))
+        return found
