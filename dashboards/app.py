@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from dashboards import consult, review, views
 from dashboards.census import CensusFeed, CensusWindow, engine_status
+from dashboards.patients import Admission, EncounterChange, NoteIn, PatientCache, Transfer
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
 from dashboards.users import UNSET, Permission, User, UserError, Users, checked_user
 from eicu.alarm_model import AlarmState
@@ -44,6 +45,15 @@ from eicu.exposition import bearer_ok, exposition
 from eicu.health import Health
 from eicu.live import AlarmDesk, LiveBeds
 from eicu.models import BedKey
+from eicu.patients import (
+    Encounter,
+    PatientError,
+    checked_encounter_fields,
+    checked_note,
+    checked_patient,
+    encounter_view,
+    note_view,
+)
 from eicu.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -196,6 +206,7 @@ CanView = Annotated[Session, Depends(need(Permission.VIEW))]
 CanReview = Annotated[Session, Depends(need(Permission.REVIEW))]
 CanManageUsers = Annotated[Session, Depends(need(Permission.MANAGE_USERS))]
 CanRespond = Annotated[Session, Depends(need(Permission.RESPOND))]
+CanAdmit = Annotated[Session, Depends(need(Permission.ADMIT))]
 
 
 class Source(Protocol):
@@ -241,6 +252,7 @@ def create_app(
     ``/healthz`` and ``/readyz`` (no patient data in them); without it, only the answer of the
     event loop (ready with no checks)."""
     beds, store = source.beds, source.store
+    patients = PatientCache(store)
     sessions = Sessions(settings.session_idle_s, users.get)
     limiter = LoginLimiter(
         settings.login_failures_max,
@@ -394,6 +406,7 @@ def create_app(
         carts = registered_carts()
         for row in rows:
             row["cart"] = row["bed"] in carts  # a video consult can be offered
+            row["patient"] = patients.summary(row["bed"], t)
         return rows if sites is None else [r for r in rows if r["site"] in sites]
 
     def registered_carts() -> set[str]:
@@ -414,6 +427,7 @@ def create_app(
     async def census(session: CanView, request: Request, site: str | None = None) -> dict[str, Any]:
         """The census (``site``; filters and sort as ``views.CensusFilter`` takes them:
         ``priority``, ``band``, ``rhythm``, ``stale``, ``sort``)."""
+        await patients.refresh_if_due()
         return {
             "sites": sites_seen(session.user.sites),
             "beds": census_filter(request).apply(census_rows(site or None, session.user.sites)),
@@ -436,6 +450,8 @@ def create_app(
         }
         out["device_now_us"] = snap.device_now_us(t)
         out["cart"] = str(key) in registered_carts()
+        await patients.refresh_if_due()
+        out["patient"] = patients.view(str(key), t)
         return out
 
     @app.get("/api/beds/{site}/{bed}/trends")
@@ -607,6 +623,121 @@ def create_app(
         service = alarm_desk()
         key = bed_key(site, bed)
         return await pause(service, key, key, session.user.name, body.duration_s)
+
+    # --- patients ------------------------------------------------------------------------------
+
+    def patient_error(exc: PatientError) -> HTTPException:
+        code = 409 if exc.key in ("bed", "mrn", "encounter") else 422
+        return HTTPException(code, str(exc))
+
+    async def open_stay(encounter_id: int, user: User) -> Encounter:
+        """The stay, if the user may see its bed's site (the last bed once it ended)."""
+        found = await store.encounters(encounter_id=encounter_id)
+        if not found:
+            raise HTTPException(404, "no such encounter")
+        stay = found[0]
+        where = stay.locations[-1].bed.site if stay.locations else None
+        if where is not None and not user.can_see(where):
+            raise HTTPException(403, NOT_YOUR_SITE)
+        return stay
+
+    @app.get("/api/patients")
+    async def current_patients(session: CanView) -> dict[str, Any]:
+        """The patients in beds now (of the user's sites)."""
+        t = now_us()
+        stays = await store.encounters()
+        return {
+            "encounters": [
+                encounter_view(e, t)
+                for e in stays
+                if e.bed is not None and session.user.can_see(e.bed.site)
+            ]
+        }
+
+    @app.post("/api/beds/{site}/{bed}/admit", status_code=201)
+    async def admit(site: str, bed: str, body: Admission, session: CanAdmit) -> dict[str, Any]:
+        key = bed_key(site, bed)
+        try:
+            patient = checked_patient(body.patient.model_dump())
+            fields = checked_encounter_fields(
+                body.model_dump(exclude={"patient"}, exclude_none=True)
+            )
+            stay = await store.admit(patient, key, now_us(), session.user.name, fields)
+        except PatientError as exc:
+            raise patient_error(exc) from exc
+        patients.changed()
+        log.info("%s admitted to %s by %s", patient.mrn, key, session.user.name)
+        return encounter_view(stay, now_us())
+
+    @app.get("/api/encounters/{encounter_id}")
+    async def encounter(encounter_id: int, session: CanView) -> dict[str, Any]:
+        stay = await open_stay(encounter_id, session.user)
+        out = encounter_view(stay, now_us())
+        out["notes"] = [note_view(n) for n in await store.notes(encounter_id)]
+        out["log"] = [
+            {"time_us": e.time_us, "actor": e.actor, "action": e.action, "detail": e.detail}
+            for e in await store.encounter_log(encounter_id)
+        ]
+        return out
+
+    @app.post("/api/encounters/{encounter_id}/transfer")
+    async def transfer(encounter_id: int, body: Transfer, session: CanAdmit) -> dict[str, Any]:
+        await open_stay(encounter_id, session.user)
+        try:
+            target = BedKey.parse(body.bed)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if not session.user.can_see(target.site):
+            raise HTTPException(403, NOT_YOUR_SITE)
+        try:
+            stay = await store.transfer(encounter_id, target, now_us(), session.user.name)
+        except PatientError as exc:
+            raise patient_error(exc) from exc
+        patients.changed()
+        log.info("encounter %d moved to %s by %s", encounter_id, target, session.user.name)
+        return encounter_view(stay, now_us())
+
+    @app.post("/api/encounters/{encounter_id}/discharge")
+    async def discharge(encounter_id: int, session: CanAdmit) -> dict[str, Any]:
+        await open_stay(encounter_id, session.user)
+        try:
+            stay = await store.discharge(encounter_id, now_us(), session.user.name)
+        except PatientError as exc:
+            raise patient_error(exc) from exc
+        patients.changed()
+        log.info("encounter %d discharged by %s", encounter_id, session.user.name)
+        return encounter_view(stay, now_us())
+
+    @app.patch("/api/encounters/{encounter_id}")
+    async def change_encounter(
+        encounter_id: int, body: EncounterChange, session: CanAdmit
+    ) -> dict[str, Any]:
+        await open_stay(encounter_id, session.user)
+        given = body.model_dump(exclude_none=True)
+        try:
+            fields = checked_encounter_fields(given)
+            allergies = None
+            if "allergies" in given:
+                allergies = checked_patient({"mrn": "x", "name": "x", **given}).allergies
+            stay = await store.update_encounter(
+                encounter_id, fields, allergies, now_us(), session.user.name
+            )
+        except PatientError as exc:
+            raise patient_error(exc) from exc
+        patients.changed()
+        return encounter_view(stay, now_us())
+
+    @app.post("/api/encounters/{encounter_id}/notes", status_code=201)
+    async def add_note(encounter_id: int, body: NoteIn, session: CanAdmit) -> dict[str, Any]:
+        await open_stay(encounter_id, session.user)
+        try:
+            kind, text, handoff = checked_note(body.kind, body.text, body.handoff)
+            note = await store.add_note(
+                encounter_id, kind, text, handoff, now_us(), session.user.name
+            )
+        except PatientError as exc:
+            raise patient_error(exc) from exc
+        return note_view(note)
 
     # --- administration ------------------------------------------------------------------------
 
@@ -796,6 +927,7 @@ def create_app(
                     scope, seq = (site or None, session.user.sites, chosen), None
                     if window is not None:
                         window = CensusWindow(window.first, window.count)
+                await patients.refresh_if_due()
                 if window is not None:
                     messages = window.messages(feed.current(scope))
                 else:

@@ -49,14 +49,17 @@ class Permission(StrEnum):
     RESPOND = "respond"  # acknowledge alarms and pause their audio
     CONSULT = "consult"  # call a bed's video cart
     REGISTER_CART = "register_cart"  # be the video cart of beds of the user's sites
+    # admit, transfer and discharge patients; change a stay's code status, diagnosis, attending,
+    # isolation and allergies; write notes and handoffs
+    ADMIT = "admit"
 
 
 CLINICAL = frozenset({Permission.VIEW, Permission.REVIEW, Permission.RESPOND})
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.VIEW, Permission.REVIEW}),
     # the tele-ICU nurse does video rounds and is often the first to answer an alarm: she calls
-    Role.NURSE: CLINICAL | {Permission.CONSULT},
-    Role.INTENSIVIST: CLINICAL | {Permission.CONSULT},
+    Role.NURSE: CLINICAL | {Permission.CONSULT, Permission.ADMIT},
+    Role.INTENSIVIST: CLINICAL | {Permission.CONSULT, Permission.ADMIT},
     # every permission of a person: on a small unit (and in ``eicu demo``) the admin is also a
     # clinician; never a cart's, so a person's session cannot stand in for a bedside cart
     Role.ADMIN: frozenset(Permission) - {Permission.REGISTER_CART},

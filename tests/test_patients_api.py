@@ -1,0 +1,112 @@
+"""The patients behind the beds through the dashboard's API: admitted, moved and discharged by
+the roles that may, within their sites, shown on the census and the bed view, with notes, a
+handoff and the log of every change."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from dashboards.app import create_app
+from dashboards.users import Role, Users
+from eicu.commands.serve import engine_source
+from eicu.config import HttpSettings
+from ingest.engine import Engine
+from tests.cheap_argon2 import cheap_hasher
+from tests.dashboard_beds import fed_engine
+
+PASSWORDS = {"nina": "nurse-password-1", "val": "viewer-password", "kim": "icu2-nurse-pw-1"}
+ADA = {"mrn": "MRN-0042", "name": "Ada Li", "sex": "F", "birth_date": "1961-03-14",
+       "allergies": "penicillin (rash)"}  # fmt: skip
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
+    engine: Engine = await fed_engine(tmp_path)
+    users = Users(tmp_path / "users.json", cheap_hasher())
+    users.add("nina", Role.NURSE, PASSWORDS["nina"])
+    users.add("val", Role.VIEWER, PASSWORDS["val"])
+    users.add("kim", Role.NURSE, PASSWORDS["kim"], sites=frozenset({"icu2"}))
+    yield create_app(engine_source(engine), HttpSettings(cookie_secure=False), users)
+    await engine.store.close()
+
+
+async def login(app: FastAPI, name: str) -> httpx.AsyncClient:
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    r = await client.post("/api/login", json={"name": name, "password": PASSWORDS[name]})
+    assert r.status_code == 200, r.text
+    client.headers["x-csrf-token"] = r.json()["csrf"]
+    return client
+
+
+async def test_a_patient_admitted_moved_and_discharged_follows_the_census(app: FastAPI) -> None:
+    nina, val, kim = [await login(app, n) for n in ("nina", "val", "kim")]
+    try:
+        admission = {"patient": ADA, "diagnosis": "septic shock", "code_status": "DNR",
+                     "attending": "Dr Wang", "isolation": "contact"}  # fmt: skip
+        # a viewer may look but not admit; a nurse of another site may not admit here
+        assert (await val.post("/api/beds/icu1/bed2/admit", json=admission)).status_code == 403
+        assert (await kim.post("/api/beds/icu1/bed2/admit", json=admission)).status_code == 403
+        r = await nina.post("/api/beds/icu1/bed2/admit", json=admission)
+        assert r.status_code == 201, r.text
+        stay = r.json()
+        assert stay["bed"] == "icu1/bed2" and stay["patient"]["age"] is not None
+        eid = stay["encounter_id"]
+        # the census shows who is in the bed, with the code status and isolation at a glance
+        row = next(
+            b for b in (await val.get("/api/census")).json()["beds"] if b["bed"] == "icu1/bed2"
+        )
+        assert row["patient"]["name"] == "Ada Li" and row["patient"]["mrn"] == "MRN-0042"
+        assert row["patient"]["code_status"] == "DNR" and row["patient"]["allergies"] is True
+        empty = next(
+            b for b in (await val.get("/api/census")).json()["beds"] if b["bed"] == "icu1/bed1"
+        )
+        assert empty["patient"] is None
+        detail = (await val.get("/api/beds/icu1/bed2")).json()
+        assert detail["patient"]["patient"]["allergies"] == "penicillin (rash)"
+        # the bed has a patient; so has the patient a bed
+        bob = {"patient": {"mrn": "MRN-7", "name": "Bob Ma"}}
+        assert (await nina.post("/api/beds/icu1/bed2/admit", json=bob)).status_code == 409
+        twice = await nina.post("/api/beds/icu1/bed3/admit", json={"patient": ADA})
+        assert twice.status_code == 409 and "admitted already" in twice.json()["detail"]
+        bad = await nina.post("/api/beds/icu1/bed3/admit", json={"patient": {**ADA, "sex": "?"}})
+        assert bad.status_code == 422 and "sex" in bad.json()["detail"]
+        # code status changed, a handoff written, the patient moved: the stay goes along
+        r = await nina.patch(f"/api/encounters/{eid}", json={"code_status": "full"})
+        assert r.status_code == 200 and r.json()["code_status"] == "full"
+        assert (
+            await nina.patch(f"/api/encounters/{eid}", json={"code_status": "maybe"})
+        ).status_code == 422
+        handoff = {"kind": "handoff", "handoff": {"illness": "watcher", "actions": "lactate 6 h"}}
+        assert (await nina.post(f"/api/encounters/{eid}/notes", json=handoff)).status_code == 201
+        assert (await val.post(f"/api/encounters/{eid}/notes", json=handoff)).status_code == 403
+        moved = await nina.post(f"/api/encounters/{eid}/transfer", json={"bed": "icu1/bed1"})
+        assert moved.status_code == 200 and moved.json()["bed"] == "icu1/bed1"
+        assert [loc["bed"] for loc in moved.json()["locations"]] == ["icu1/bed2", "icu1/bed1"]
+        census = {b["bed"]: b for b in (await val.get("/api/census")).json()["beds"]}
+        assert census["icu1/bed1"]["patient"]["name"] == "Ada Li"
+        assert census["icu1/bed2"]["patient"] is None
+        # another site's nurse sees none of it
+        assert (await kim.get(f"/api/encounters/{eid}")).status_code == 403
+        assert (await kim.get("/api/patients")).json()["encounters"] == []
+        full = (await val.get(f"/api/encounters/{eid}")).json()
+        assert [n["kind"] for n in full["notes"]] == ["handoff"]
+        assert [e["action"] for e in full["log"]] == ["admit", "update", "handoff", "transfer"]
+        assert {e["actor"] for e in full["log"]} == {"nina"}
+        done = await nina.post(f"/api/encounters/{eid}/discharge")
+        assert done.status_code == 200 and done.json()["bed"] is None
+        again = await nina.post(f"/api/encounters/{eid}/discharge")
+        assert again.status_code == 409
+        census = {b["bed"]: b for b in (await val.get("/api/census")).json()["beds"]}
+        assert census["icu1/bed1"]["patient"] is None
+        assert (await val.get("/api/encounters/999999")).status_code == 404
+        # a state-changing request needs the session's CSRF token
+        del nina.headers["x-csrf-token"]
+        assert (await nina.post("/api/beds/icu1/bed3/admit", json=bob)).status_code == 403
+    finally:
+        for c in (nina, val, kim):
+            await c.aclose()
