@@ -12,6 +12,7 @@ let deviceNowUs = null;
 let socket = null;
 
 document.getElementById("title").textContent = bedId;
+eicuPatient.init(bedId);
 
 function traceFor(chunk) {
   let trace = traces.get(chunk.signal);
@@ -50,6 +51,7 @@ showScale();
 showReviewSpan();
 
 function renderBed(bed) {
+  eicuPatient.update(bed.patient);
   deviceNowUs = bed.device_now_us;
   for (const trace of traces.values()) trace.deviceOffsetUs = deviceNowUs - Date.now() * 1000;
   const status = document.getElementById("status");

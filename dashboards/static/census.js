@@ -79,8 +79,15 @@ function acute(bed) {
 }
 
 // The columns, each with what it is drawn from (the first part of a changed path).
+// The bed, and under it who is in it: name, age and sex, and what the team must not miss (a
+// code status other than full code, isolation, allergies); "no patient admitted" otherwise.
+function bedCell(b) {
+  const link = eicu.el("a", { href: `/bed?bed=${encodeURIComponent(b.bed)}` }, b.bed);
+  return eicu.el("span", {}, link, eicu.patientLine(b.patient));
+}
+
 const COLUMNS = [
-  { from: ["bed"], cell: (b) => eicu.el("a", { href: `/bed?bed=${encodeURIComponent(b.bed)}` }, b.bed) },
+  { from: ["bed", "patient"], cell: bedCell },
   { from: ["status", "stale", "seen_us", "new"], cell: statusCell },
   { from: ["alarm", "alarms_available", "cart"], cell: alarmCell },
   { from: ["news2"], cell: (b) => eicu.news2Chip(b.news2) },

@@ -110,6 +110,27 @@ const eicu = {
       title: "video consult with the bedside" }, "Video");
   },
 
+  // A patient in one line: name, age and sex, MRN, and what must not be missed: a code status
+  // other than full code (or none documented), isolation, allergies.
+  patientLine(p) {
+    if (!p) return eicu.el("div", { class: "pt pt-none" }, "no patient admitted");
+    const age = p.age === null || p.age === undefined ? "" : `${p.age}`;
+    const tags = [];
+    if (p.code_status !== "full") {
+      const text = p.code_status ? p.code_status : "code status?";
+      tags.push(eicu.el("span", { class: `pt-tag code${p.code_status ? "" : " unknown"}`,
+        title: p.code_status ? "code status" : "no code status documented" }, text));
+    }
+    if (p.isolation) tags.push(eicu.el("span", { class: "pt-tag isolation", title: "isolation" }, p.isolation));
+    if (p.allergies === true || (typeof p.allergies === "string" && p.allergies && p.allergies.toUpperCase() !== "NKDA")) {
+      tags.push(eicu.el("span", { class: "pt-tag allergy", title: "allergies documented" }, "allergies"));
+    }
+    return eicu.el("div", { class: "pt" },
+      eicu.el("span", { class: "pt-name" }, p.name),
+      eicu.el("span", { class: "pt-meta" }, ` ${age}${p.sex && p.sex !== "U" ? p.sex : ""} · ${p.mrn} `),
+      ...tags);
+  },
+
   news2Chip(n) {
     if (!n) return eicu.el("span", { class: "band band-none" }, "NEWS2 —");
     if (n.invalid) return eicu.el("span", { class: "band band-none", title: n.invalid }, "invalid");
