@@ -470,14 +470,34 @@ def create_app(
         out: dict[str, Any] = {
             "start_us": start_us, "end_us": end_us, "bucket_s": bucket_s, "series": {}
         }  # fmt: skip
+        # With a patient in the bed, the trends are the patient's: each bed of their stay over
+        # the time they were in it (a transfer loses nothing, and nothing from before their
+        # admission, another patient's, is shown). Without one, the bed's.
+        await patients.refresh_if_due()
+        stay = patients.by_bed.get(str(key))
+        spans = [(key, start_us, end_us)]
+        if stay is not None:
+            spans = [
+                (loc.bed, max(start_us, loc.since_us), min(end_us, loc.until_us or end_us))
+                for loc in stay.locations
+                if loc.since_us < end_us and (loc.until_us is None or loc.until_us > start_us)
+            ]
+            out["patient"] = {"encounter_id": stay.encounter_id, "since_us": stay.admitted_us,
+                              "beds": [[str(b), a, z] for b, a, z in spans]}  # fmt: skip
         for param in views.TREND_KEYS:
-            points = await store.trend(key, param, start_us, end_us, bucket_s)
-            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max, p.n] for p in points]
-        # the bed's alarms over the span, marked on the trends (None: no alarm service)
+            found = []
+            for where, a_us, z_us in spans:
+                found += await store.trend(where, param, a_us, z_us, bucket_s)
+            found.sort(key=lambda p: p.bucket_us)
+            out["series"][param] = [[p.bucket_us, p.avg, p.min, p.max, p.n] for p in found]
+        # the alarms over the span, marked on the trends (None: no alarm service)
         out["alarms"] = None
         if (desk := source.desk) is not None:
             events = await desk.events_since(start_us - REVIEW_ALARMS_BACK_US)
-            out["alarms"] = review.alarm_spans(events, key, start_us, end_us)
+            out["alarms"] = [
+                span for where, a_us, z_us in spans
+                for span in review.alarm_spans(events, where, a_us, z_us)
+            ]  # fmt: skip
         return out
 
     @app.get("/api/beds/{site}/{bed}/waveform")

@@ -4,6 +4,7 @@ handoff and the log of every change."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from dashboards.app import create_app
 from dashboards.users import Role, Users
 from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
+from eicu.models import Batch, BedKey, NumericsFrame
+from eicu.patients import checked_patient
 from ingest.engine import Engine
 from tests.cheap_argon2 import cheap_hasher
 from tests.dashboard_beds import fed_engine
@@ -25,14 +28,19 @@ ADA = {"mrn": "MRN-0042", "name": "Ada Li", "sex": "F", "birth_date": "1961-03-1
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
-    engine: Engine = await fed_engine(tmp_path)
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    engine = await fed_engine(tmp_path)
+    yield engine
+    await engine.store.close()
+
+
+@pytest.fixture
+async def app(engine: Engine, tmp_path: Path) -> FastAPI:
     users = Users(tmp_path / "users.json", cheap_hasher())
     users.add("nina", Role.NURSE, PASSWORDS["nina"])
     users.add("val", Role.VIEWER, PASSWORDS["val"])
     users.add("kim", Role.NURSE, PASSWORDS["kim"], sites=frozenset({"icu2"}))
-    yield create_app(engine_source(engine), HttpSettings(cookie_secure=False), users)
-    await engine.store.close()
+    return create_app(engine_source(engine), HttpSettings(cookie_secure=False), users)
 
 
 async def login(app: FastAPI, name: str) -> httpx.AsyncClient:
@@ -110,3 +118,38 @@ async def test_a_patient_admitted_moved_and_discharged_follows_the_census(app: F
     finally:
         for c in (nina, val, kim):
             await c.aclose()
+
+
+async def test_the_trends_follow_the_patient_across_a_transfer(
+    app: FastAPI, engine: Engine
+) -> None:
+    """A bed's trends are its patient's: the bed they came from before the transfer, this bed
+    after it, and nothing of this bed from before they came (another patient's)."""
+    store = engine.store
+    now = time.time_ns() // 1000
+    minute = 60_000_000
+    bed1, bed2 = BedKey("icu1", "bed1"), BedKey("icu1", "bed2")
+
+    def hr(bed: BedKey, at_us: int, value: float) -> NumericsFrame:
+        return NumericsFrame(
+            bed, 900_000 + at_us // minute, at_us, {"HR": value}, received_us=at_us
+        )
+
+    batch = Batch()
+    batch.numerics += [hr(bed1, now - 20 * minute, 55.0), hr(bed2, now - 12 * minute, 111.0),
+                       hr(bed1, now - 5 * minute, 99.0)]  # fmt: skip
+    await store.write(batch)
+    stay = await store.admit(checked_patient(ADA), bed2, now - 15 * minute, "nina", {})
+    await store.transfer(stay.encounter_id, bed1, now - 10 * minute, "nina")
+    val = await login(app, "val")
+    try:
+        data = (await val.get("/api/beds/icu1/bed1/trends", params={"minutes": 30})).json()
+        means = [p[1] for p in data["series"]["HR"]]
+        assert 111.0 in means and 99.0 in means and 55.0 not in means
+        assert data["patient"]["encounter_id"] == stay.encounter_id
+        assert [b[0] for b in data["patient"]["beds"]] == ["icu1/bed2", "icu1/bed1"]
+        # the bed the patient left shows the bed's own data: nobody is in it now
+        left = (await val.get("/api/beds/icu1/bed2/trends", params={"minutes": 30})).json()
+        assert "patient" not in left and 111.0 in [p[1] for p in left["series"]["HR"]]
+    finally:
+        await val.aclose()

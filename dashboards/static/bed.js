@@ -150,8 +150,10 @@ async function loadTrends() {
   const r = await eicu.api(`${base}/trends?minutes=${minutes}`);
   if (!r.ok || minutes !== trendMinutes) return;
   const data = await r.json();
+  // with a patient in the bed: the patient's trends, across the beds of their stay
+  const whose = data.patient ? ", the patient's since admission" : "";
   document.getElementById("trends-title").textContent =
-    `Trends, ${SPAN_NAMES[minutes]} (${bucketName(data.bucket_s)} mean, min–max)`;
+    `Trends, ${SPAN_NAMES[minutes]}${whose} (${bucketName(data.bucket_s)} mean, min–max)`;
   const box = document.getElementById("trends");
   box.dataset.minutes = String(minutes);
   box.dataset.bucketS = String(data.bucket_s);
