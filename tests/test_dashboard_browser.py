@@ -296,6 +296,10 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
     expect(rows).to_have_count(4, timeout=20_000)
     names = sorted(rows.nth(i).get_attribute("data-bed") for i in range(4))
     assert names == [f"demo/bed00{i}" for i in range(1, 5)]
+    # the patient behind every bed (the demo's, MRNs DEMO-...)
+    for i in range(4):
+        expect(rows.nth(i).locator(".pt-name")).not_to_be_empty()
+        assert "DEMO-" in rows.nth(i).locator(".pt-meta").inner_text()
     page.wait_for_selector("#census .band:not(.band-none)")
     # it updates live: the stream brings a new census every second
     updated = page.locator("#updated").inner_text()
@@ -305,6 +309,8 @@ def test_census_and_bed_view_draw_live_data(browser: object, demo: Demo) -> None
 
     page.click("a[href='/bed?bed=demo%2Fbed001']")
     page.wait_for_url(re.compile(r"/bed\?bed=demo%2Fbed001$"))
+    expect(page.locator("#patient-head .pt-name")).not_to_be_empty()
+    expect(page.locator("#patient .pt-card")).to_be_visible()
     for signal_name in ("ECG_II", "PLETH", "ABP"):
         page.wait_for_selector(f"canvas[data-signal={signal_name}]")
     page.wait_for_selector("#news2-components tr")

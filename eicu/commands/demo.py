@@ -34,6 +34,7 @@ from eicu.freshness import stale_after_s
 
 if TYPE_CHECKING:
     from dashboards.users import Users
+    from eicu.store import Store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,6 +190,7 @@ async def demo(args: argparse.Namespace) -> int:
                 loop.remove_reader(sys.stdin)
 
         loop.add_reader(sys.stdin, show_login)
+    await _admit_demo_patients(store, _scenarios(args.beds))
     cart = None if args.no_cart else await _start_cart(dashboard.url, users, data_dir)
     await engine.start()
     await engine.wait_connected(30.0)
@@ -412,6 +414,24 @@ async def _stop_cart(cart: asyncio.subprocess.Process) -> None:
             with contextlib.suppress(ProcessLookupError):
                 cart.kill()
             await cart.wait()
+
+
+async def _admit_demo_patients(store: Store, scenarios: dict[str, str]) -> None:
+    """A synthetic patient in every simulated bed that has none (MRNs ``DEMO-``)."""
+    import datetime as dt
+
+    from eicu.models import BedKey
+    from eicu.patients import PatientError
+    from simulators.patients import demo_patient
+
+    now_us = time.time_ns() // 1000
+    today = dt.datetime.now(dt.UTC).date()
+    for i, (bed, scenario) in enumerate(sorted(scenarios.items()), 1):
+        patient, fields = demo_patient(i, scenario, today)
+        try:
+            await store.admit(patient, BedKey(DEMO_SITE, bed), now_us, "demo", fields)
+        except PatientError:
+            continue  # a demo store used again: the bed has its patient already
 
 
 def _scenarios(n: int) -> dict[str, str]:
