@@ -38,9 +38,13 @@ def snapshot(
     *,
     marks_after: int | None = None,
     input_delay_us: int | None = None,
+    copy: bool = True,
+    signals: bool = True,
 ) -> BedSnapshot:
     """``key``'s snapshot from the engine's state at engine time ``now_us``. ``marks_after``:
-    carry only the marks numbered after it (None: none)."""
+    carry only the marks numbered after it (None: none). ``copy=False``: the latest values by
+    reference, for a reader done with it before the engine's loop goes on (the census);
+    ``signals=False``: without the live signals' times (the census shows none)."""
     news2 = rising = None
     news2_us = invalid = None
     if scores is not None:
@@ -72,8 +76,10 @@ def snapshot(
         new=state.new,
         last_seen_us=state.last_seen_us,
         clock_offset_us=state.clock_offset_us,
-        latest=dict(state.latest),
-        signals={name: (s.fs_hz, s.last_t_us) for name, s in state.signals.items()},
+        latest=dict(state.latest) if copy else state.latest,
+        signals={name: (s.fs_hz, s.last_t_us) for name, s in state.signals.items()}
+        if signals
+        else {},
         news2=news2,
         news2_us=news2_us,
         news2_invalid=invalid,
@@ -116,7 +122,7 @@ class EngineBeds:
             bed_alarms = None if alarms is None else alarms.get(key, ())
             out.append(
                 snapshot(key, state, e.scores.beds.get(key), e.signals.derived.get(key),
-                         bed_alarms, now_us)
+                         bed_alarms, now_us, copy=False, signals=False)
             )  # fmt: skip
         return out
 
