@@ -42,7 +42,10 @@ from dataclasses import dataclass, field
 from eicu import bus, hl7, wire
 from eicu.codes import PARAMETERS, Parameter
 from eicu.config import MqttSettings
+from eicu.errors import StorageUnavailable
 from eicu.models import ID_RE, BedKey, NumericsFrame
+from eicu.patients import PatientError, checked_encounter_fields, checked_patient
+from eicu.store.base import PatientRepository
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class Counts:
     hierarchy_rows: int = 0  # OBX without a value (MDS, VMD, channel rows)
     refused_connections: int = 0
     framing_errors: int = 0  # bytes outside a start and end block
+    adt: int = 0  # ADT events made on the patient tables
 
 
 @dataclass
@@ -161,6 +165,119 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
     if errors:
         raise ExceptionGroup("the message has errors", errors)
     return Observations(BedKey(site, bed_id), by_time)
+
+
+ADT_EVENTS = ("A01", "A02", "A03", "A04", "A08")  # admit, transfer, discharge, register, update
+# The field an ADT event's refusal names, by what the patient tables refused.
+ADT_FIELDS = {
+    "mrn": ("PID", 3), "name": ("PID", 5), "birth_date": ("PID", 7), "sex": ("PID", 8),
+    "allergies": ("AL1", 3), "bed": ("PV1", 3), "attending": ("PV1", 7),
+    "diagnosis": ("DG1", 3), "encounter": ("PV1", 19),
+}  # fmt: skip
+
+
+@dataclass
+class AdtEvent:
+    """What an ``ADT`` message says (HL7 v2 chapter 3): the event (A01 admit, A04 register, both
+    taken as an admission to the bed; A02 transfer to the bed; A03 discharge; A08 update), when
+    it happened, the patient, and the stay's fields it carries."""
+
+    event: str
+    at_us: int
+    patient: dict[str, str | None]  # mrn, name, sex, birth_date, allergies (checked later)
+    bed: BedKey | None
+    fields: dict[str, str]  # diagnosis, attending, where the message carries them
+    sender: str
+
+
+def _name(seg: hl7.Segment, n: int, *, doctor: bool = False) -> str:
+    """An XPN (PID-5: family^given) or XCN (PV1-7: id^family^given) as "Given Family"."""
+    first = 2 if doctor else 1
+    family, given = seg.component(n, first), seg.component(n, first + 1)
+    return " ".join(part for part in (given, family) if part)
+
+
+def read_adt(message: hl7.Message, site: str) -> AdtEvent:
+    """An ``ADT^A01/A02/A03/A04/A08``: raises a list of :class:`hl7.Hl7Error` (in an
+    ExceptionGroup) naming every field that is wrong. The MRN is PID-3 (its first identifier),
+    the name PID-5, the birth date PID-7, the sex PID-8 (HL7 table 0001; A and N are taken as
+    O and U), the bed PV1-3 (as for PCD-01), the attending PV1-7, the diagnosis DG1-3 (its text,
+    else DG1-4, else its code; else PV2-3), the allergies every AL1-3 (its text, else its code), the time
+    EVN-6 (the event), else EVN-2, else MSH-7."""
+    errors: list[hl7.Hl7Error] = []
+    event = message.message_type[1]
+    pid, pv1 = message.first("PID"), message.first("PV1")
+    patient: dict[str, str | None] = {}
+    if pid is None:
+        errors.append(hl7.Hl7Error("PID", 0, hl7.REQUIRED_FIELD_MISSING, "no PID segment"))
+    else:
+        patient["mrn"] = pid.component(3, 1)
+        if not patient["mrn"]:
+            errors.append(
+                hl7.Hl7Error("PID", 3, hl7.REQUIRED_FIELD_MISSING, "no patient identifier")
+            )
+        patient["name"] = _name(pid, 5)
+        born = pid.component(7)
+        if born:
+            try:
+                day = hl7.parse_ts(born[:8])
+                patient["birth_date"] = time.strftime("%Y-%m-%d", time.gmtime(day / 1e6))
+            except ValueError:
+                errors.append(hl7.Hl7Error("PID", 7, hl7.DATA_TYPE_ERROR, "not a valid date"))
+        sex = pid.component(8)
+        patient["sex"] = {"A": "O", "N": "U"}.get(sex, sex) or None
+        allergies = []
+        for al1 in message.all("AL1"):
+            text = al1.component(3, 2) or al1.component(3, 1)
+            if text:
+                allergies.append(text)
+        if allergies:
+            patient["allergies"] = "; ".join(allergies)
+    bed = None
+    fields: dict[str, str] = {}
+    if pv1 is None:
+        if event != "A08":
+            errors.append(hl7.Hl7Error("PV1", 0, hl7.REQUIRED_FIELD_MISSING, "no PV1 segment"))
+    else:
+        bed_id = pv1.component(3, 3) or pv1.component(3, 1)
+        if bed_id and ID_RE.fullmatch(bed_id):
+            bed = BedKey(site, bed_id)
+        elif bed_id:
+            errors.append(
+                hl7.Hl7Error(
+                    "PV1", 3, hl7.DATA_TYPE_ERROR, f"bed {bed_id[:40]!r} is not a valid bed id", 3
+                )
+            )
+        elif event in ("A01", "A02", "A04"):
+            errors.append(
+                hl7.Hl7Error("PV1", 3, hl7.REQUIRED_FIELD_MISSING, "no bed in the location", 3)
+            )
+        if attending := _name(pv1, 7, doctor=True):
+            fields["attending"] = attending
+    dg1, pv2 = message.first("DG1"), message.first("PV2")
+    if dg1 is not None and (dg1.component(3, 2) or dg1.component(3, 1) or dg1.component(4)):
+        # DG1-3 the coded diagnosis (its text, else its code); DG1-4 the older free text
+        fields["diagnosis"] = dg1.component(3, 2) or dg1.component(4) or dg1.component(3, 1)
+    elif pv2 is not None and (pv2.component(3, 2) or pv2.component(3, 1)):
+        fields["diagnosis"] = pv2.component(3, 2) or pv2.component(3, 1)
+    at_us = None
+    evn = message.first("EVN")
+    for seg, n in ((evn, 6), (evn, 2), (message.msh, 7)):
+        if seg is not None and seg.component(n):
+            try:
+                at_us = hl7.parse_ts(seg.component(n))
+                break
+            except ValueError:
+                errors.append(
+                    hl7.Hl7Error(seg.name, n, hl7.DATA_TYPE_ERROR, "not a valid date/time")
+                )
+    if at_us is None:
+        errors.append(hl7.Hl7Error("EVN", 2, hl7.REQUIRED_FIELD_MISSING, "no event time"))
+    if errors:
+        raise ExceptionGroup("the message has errors", errors)
+    assert at_us is not None
+    sender = message.msh.component(3) or "hl7"
+    return AdtEvent(event, at_us, patient, bed, fields, sender)
 
 
 def _value(obx: hl7.Segment, param: Parameter, where: str) -> float:
@@ -229,6 +346,7 @@ class Listener:
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         gateway: str = "hl7",
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+        patients: PatientRepository | None = None,
     ) -> None:
         if not ID_RE.fullmatch(site):
             raise ValueError(f"site {site!r} is not a valid site id")
@@ -241,6 +359,8 @@ class Listener:
         self.gateway = gateway
         # how long a message waits for the broker (a reconnect) before it is refused for now
         self.publish_timeout_s = publish_timeout_s
+        # where ADT messages admit, move and discharge patients (None: ADT is refused)
+        self.patients = patients
         self.counts = Counts()
         self._answers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         # per bed: the next sequence number, from the listener's start time in seconds so that
@@ -397,14 +517,26 @@ class Listener:
                     f"version {message.version!r}; accepted: {', '.join(hl7.VERSIONS)}",
                 )
             )  # fmt: skip
+        elif kind == "ADT" and self.patients is not None:
+            if trigger not in ADT_EVENTS:
+                code = "AR"
+                errors.append(
+                    hl7.Hl7Error(
+                        "MSH", 9, hl7.UNSUPPORTED_EVENT_CODE,
+                        f"event {trigger!r}; accepted: {', '.join(ADT_EVENTS)}", 2,
+                    )
+                )  # fmt: skip
+            else:
+                code, errors = await self._adt(message)
         elif kind != "ORU":
             code = "AR"
+            accepted = "ORU^R01" + (", ADT^A01/A02/A03/A04/A08" if self.patients else "")
             errors.append(
                 hl7.Hl7Error(
                     "MSH",
                     9,
                     hl7.UNSUPPORTED_MESSAGE_TYPE,
-                    f"message type {kind!r}; accepted: ORU^R01",
+                    f"message type {kind!r}; accepted: {accepted}",
                     1,
                 )
             )
@@ -452,6 +584,60 @@ class Listener:
             while len(self._answers) > ANSWERED_KEPT:
                 self._answers.popitem(last=False)
         return answer
+
+    async def _adt(self, message: hl7.Message) -> tuple[str, list[hl7.Hl7Error]]:
+        """An ADT event made on the patient tables: (``AA``, []), (``AE``, what is wrong) or
+        (``AR``, the database cannot take it now). A repeated event that is already so (the
+        patient in that bed, a stay already ended) is ``AA`` with nothing changed."""
+        assert self.patients is not None
+        try:
+            ev = read_adt(message, self.site)
+        except ExceptionGroup as group:
+            return "AE", [e for e in group.exceptions if isinstance(e, hl7.Hl7Error)]
+        actor = f"hl7:{ev.sender}"[:64]
+        store = self.patients
+        try:
+            mrn = str(ev.patient.get("mrn") or "")
+            every = await store.encounters(mrn=mrn)
+            stays = [e for e in every if e.discharged_us is None]
+            stay = stays[0] if stays else None
+            fields = checked_encounter_fields(ev.fields)
+            if ev.event in ("A01", "A04"):
+                patient = checked_patient(ev.patient)
+                assert ev.bed is not None
+                if stay is None:
+                    await store.admit(patient, ev.bed, ev.at_us, actor, fields)
+                elif stay.bed != ev.bed:
+                    raise PatientError("mrn", f"{mrn} is admitted already, in {stay.bed}")
+            elif stay is None:
+                if ev.event != "A03" or not every:  # a stay that ended: nothing to do
+                    raise PatientError("encounter", f"{mrn} has no open stay")
+            elif ev.event == "A02":
+                assert ev.bed is not None
+                if stay.bed != ev.bed:
+                    await store.transfer(stay.encounter_id, ev.bed, ev.at_us, actor)
+            elif ev.event == "A03":
+                await store.discharge(stay.encounter_id, ev.at_us, actor)
+            else:  # A08: the stay's fields and the patient's allergies
+                allergies = None
+                if "allergies" in ev.patient:
+                    allergies = checked_patient(ev.patient).allergies
+                await store.update_encounter(stay.encounter_id, fields, allergies, ev.at_us, actor)
+        except PatientError as exc:
+            where = ADT_FIELDS.get(exc.key, ("PID", 3))
+            return "AE", [
+                hl7.Hl7Error(where[0], where[1], hl7.APPLICATION_INTERNAL_ERROR, str(exc))
+            ]
+        except StorageUnavailable as exc:
+            log.warning("HL7 ADT not taken now: %s", exc)
+            err = hl7.Hl7Error(
+                "MSH", 0, hl7.APPLICATION_INTERNAL_ERROR,
+                "the patient database cannot take it now; send the message again",
+            )  # fmt: skip
+            return "AR", [err]
+        self.counts.adt += 1
+        log.info("HL7 %s of %s (%s) made by %s", ev.event, mrn, ev.bed, actor)
+        return "AA", []
 
     async def _publish(self, found: Observations) -> bool:
         """Every frame of the message published and acknowledged by the broker (QoS 1)."""

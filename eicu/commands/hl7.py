@@ -1,4 +1,5 @@
-"""``eicu hl7 listen``: the HL7 v2 MLLP listener of one site (IHE PCD-01 observations in).
+"""``eicu hl7 listen``: the HL7 v2 MLLP listener of one site (IHE PCD-01 observations in; ADT
+admissions, transfers and discharges in where ``EICU_DATABASE_URL`` is set).
 
 Settings: ``EICU_HL7_SITE`` (the site whose beds the messages are about; required),
 ``EICU_HL7_HOST`` (default 127.0.0.1) and ``EICU_HL7_PORT`` (default 2575, the port registered
@@ -22,11 +23,16 @@ from eicu.config import MqttSettings
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
+    from eicu.store.base import PatientRepository
     from ingest.hl7 import Listener
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["listen"], help="listen: take PCD-01 messages")
+    parser.add_argument(
+        "action",
+        choices=["listen"],
+        help="listen: take PCD-01 (and, with a database, ADT) messages",
+    )
     parser.add_argument("--port", type=int, default=None, help="port (default: EICU_HL7_PORT)")
 
 
@@ -43,9 +49,12 @@ def _int(env: dict[str, str], key: str, default: int, low: int, high: int) -> in
     return value
 
 
-def listener_from_env(env: dict[str, str], port: int | None = None) -> Listener | None:
+def listener_from_env(
+    env: dict[str, str], port: int | None = None, patients: PatientRepository | None = None
+) -> Listener | None:
     """The listener the settings describe (None without ``EICU_HL7_SITE``). It publishes to
-    ``EICU_HL7_MQTT_URL``, else ``EICU_MQTT_URL``: a gateway account of its site."""
+    ``EICU_HL7_MQTT_URL``, else ``EICU_MQTT_URL``: a gateway account of its site. With
+    ``patients`` (the store), ADT messages admit, move and discharge the site's patients."""
     from ingest.hl7 import MAX_MESSAGE_BYTES, Listener
 
     site = env.get("EICU_HL7_SITE", "").strip()
@@ -64,6 +73,7 @@ def listener_from_env(env: dict[str, str], port: int | None = None) -> Listener 
             port=port,
             allow=allow or ("127.0.0.1/32", "::1/128"),
             max_message_bytes=max_bytes,
+            patients=patients,
         )
     except ValueError as exc:
         name = (
@@ -84,13 +94,30 @@ async def start_listener(listener: Listener) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    listener = listener_from_env(dict(os.environ), args.port)
-    if listener is None:
+    env = dict(os.environ)
+    if not env.get("EICU_HL7_SITE", "").strip():
         raise ConfigError("EICU_HL7_SITE", "required: the site whose beds the messages are about")
-    return asyncio.run(_serve(listener))
+    return asyncio.run(_serve(env, args.port))
 
 
-async def _serve(listener: Listener) -> int:
+async def _serve(env: dict[str, str], port: int | None) -> int:
+    """The listener, with ADT on the store of ``EICU_DATABASE_URL`` where it is set."""
+    store = None
+    if env.get("EICU_DATABASE_URL"):
+        from eicu.store import open_store
+
+        store = open_store(env["EICU_DATABASE_URL"])
+        await store.open()
+    listener = listener_from_env(env, port, store)
+    assert listener is not None
+    try:
+        return await _listen(listener)
+    finally:
+        if store is not None:
+            await store.close()
+
+
+async def _listen(listener: Listener) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,7 +125,8 @@ async def _serve(listener: Listener) -> int:
     await start_listener(listener)
     print(
         f"eicu hl7: listening on {listener.host}:{listener.port} for site {listener.site}, "
-        f"publishing to {listener.mqtt.url}",
+        f"publishing to {listener.mqtt.url}"
+        + ("; ADT to the patient database" if listener.patients is not None else ""),
         file=sys.stderr,
         flush=True,
     )
@@ -110,7 +138,7 @@ async def _serve(listener: Listener) -> int:
     print(
         f"eicu hl7: {c.messages} messages: {c.accepted} accepted, {c.errors} with errors, "
         f"{c.rejected} rejected, {c.duplicates} repeated; {c.frames} frames, {c.values} values; "
-        f"{c.unknown_codes} unknown codes skipped",
+        f"{c.unknown_codes} unknown codes skipped; {c.adt} ADT events",
         file=sys.stderr,
     )
     return 0

@@ -1,0 +1,153 @@
+"""HL7 v2 ADT in: a hospital's admission system admits, moves, updates and discharges the site's
+patients over MLLP (python-hl7's client), into the patient tables of a real store; every answer
+validated by hl7apy at its strictest level; a refusal names the field."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from eicu import hl7
+from eicu.config import MqttSettings
+from eicu.devservices import Mosquitto
+from eicu.models import BedKey
+from eicu.store import Store
+from ingest.hl7 import Listener
+
+hl7mllp = pytest.importorskip("hl7.mllp", reason="pip install -e '.[dev]' (the hl7 package)")
+hl7apy_parser = pytest.importorskip("hl7apy.parser", reason="pip install -e '.[dev]' (hl7apy)")
+from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
+
+SITE = "ward3"
+
+
+def adt(
+    event: str, control: str, bed: str = "bed07", *extra: str, when: str = "20261203101500"
+) -> str:
+    """An ADT message of ``event`` for patient MRN 4711 (Ada Li), to ``bed`` of ward 3."""
+    segments = [
+        f"MSH|^~\\&|HIS|HOSP|EICU|ICU|{when}+0000||ADT^{event}^ADT_A01|{control}|P|2.5",
+        f"EVN|{event}|{when}+0000",
+        "PID|1||4711^^^HOSP^MR||Li^Ada||19610314|F",
+        f"PV1|1|I|ICU^^{bed}^HOSP||||D123^Wang^Jun|||||||||||||||||||||||||||||||||||||{when}",
+        *extra,
+    ]
+    return "\r".join(segments) + "\r"
+
+
+def strict(answer: str) -> None:
+    message = hl7apy_parser.parse_message(answer, validation_level=VALIDATION_LEVEL.STRICT)
+    message.validate()
+
+
+def msa(answer: str) -> str:
+    seg = hl7.parse(answer).first("MSA")
+    assert seg is not None
+    return seg.component(1)
+
+
+def errs(answer: str) -> list[tuple[str, str]]:
+    return [(s.field(2), s.component(8)) for s in hl7.parse(answer).all("ERR")]
+
+
+@pytest.fixture
+def broker() -> AsyncIterator[Mosquitto]:
+    m = Mosquitto().start()
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+async def listener(broker: Mosquitto, store_of_each_kind: Store) -> AsyncIterator[Listener]:
+    mqtt = MqttSettings.from_url(broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    lst = Listener(mqtt, SITE, port=0, patients=store_of_each_kind)
+    await lst.start()
+    yield lst
+    await lst.stop()
+
+
+async def send(port: int, *messages: str) -> list[str]:
+    reader, writer = await hl7mllp.open_hl7_connection("127.0.0.1", port, encoding="utf-8")
+    answers = []
+    try:
+        for text in messages:
+            writer.writemessage(text)
+            await writer.drain()
+            answers.append(str(await reader.readmessage()))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return answers
+
+
+async def test_admission_transfer_update_and_discharge_over_mllp(
+    listener: Listener, store_of_each_kind: Store
+) -> None:
+    store = store_of_each_kind
+    admit = adt("A01", "C1", "bed07", "AL1|1|DA|^Penicillin", "DG1|1||J18.9^Pneumonia")
+    answers = await send(listener.port, admit)
+    strict(answers[0])
+    assert msa(answers[0]) == "AA", errs(answers[0])
+    (stay,) = await store.encounters()
+    assert stay.bed == BedKey(SITE, "bed07") and stay.patient.mrn == "4711"
+    assert (stay.patient.name, stay.patient.sex, stay.patient.birth_date) == (
+        "Ada Li", "F", "1961-03-14"
+    )  # fmt: skip
+    assert stay.patient.allergies == "Penicillin" and stay.diagnosis == "Pneumonia"
+    assert stay.attending == "Jun Wang" and stay.admitted_us == hl7.parse_ts("20261203101500+0000")
+    # the same admission sent again under another control id: nothing changes, AA
+    again = await send(listener.port, adt("A01", "C1b", "bed07"))
+    assert msa(again[0]) == "AA" and len(await store.encounters()) == 1
+    # moved to bed 9, then an update of the diagnosis, then discharged
+    answers = await send(
+        listener.port,
+        adt("A02", "C2", "bed09", when="20261203110000"),
+        adt("A08", "C3", "bed09", "DG1|1||A41.9^Sepsis", when="20261203111500"),
+        adt("A03", "C4", "bed09", when="20261203120000"),
+    )
+    for answer in answers:
+        strict(answer)
+        assert msa(answer) == "AA", errs(answer)
+    (done,) = await store.encounters(mrn="4711")
+    assert [str(loc.bed) for loc in done.locations] == ["ward3/bed07", "ward3/bed09"]
+    assert done.diagnosis == "Sepsis" and done.discharged_us == hl7.parse_ts("20261203120000+0000")
+    actions = [(e.action, e.actor) for e in await store.encounter_log(done.encounter_id)]
+    assert actions == [
+        ("admit", "hl7:HIS"), ("transfer", "hl7:HIS"), ("update", "hl7:HIS"),
+        ("discharge", "hl7:HIS"),
+    ]  # fmt: skip
+    # a discharge sent again: the stay ended already, nothing to do
+    assert msa((await send(listener.port, adt("A03", "C4b", "bed09")))[0]) == "AA"
+    assert listener.counts.adt == 6
+
+
+async def test_an_adt_that_cannot_be_made_names_the_field(
+    listener: Listener, store_of_each_kind: Store
+) -> None:
+    assert msa((await send(listener.port, adt("A01", "D1", "bed07")))[0]) == "AA"
+    other = adt("A01", "D2", "bed07").replace("4711^^^HOSP^MR||Li^Ada", "99^^^HOSP^MR||Ma^Bob")
+    cases = [
+        (other, ("PV1^1^3", "has a patient")),  # the bed is taken
+        (adt("A01", "D3", "bed08"), ("PID^1^3", "admitted already")),  # one open stay
+        (adt("A02", "D4", "bed 8"), ("PV1^1^3^3", "not a valid bed id")),
+        (adt("A01", "D5").replace("|19610314|F", "|19610399|F"), ("PID^1^7", "not a valid date")),
+        (adt("A01", "D6").replace("|19610314|F", "|19610314|Q"), ("PID^1^8", "sex")),
+        (
+            adt("A03", "D7").replace("4711^^^HOSP^MR", "5555^^^HOSP^MR"),
+            ("PV1^1^19", "no open stay"),
+        ),
+    ]
+    answers = await send(listener.port, *(text for text, _ in cases))
+    for answer, (_text, (where, words)) in zip(answers, cases, strict=True):
+        strict(answer)
+        assert msa(answer) == "AE"
+        (found,) = errs(answer)
+        assert found[0] == where and words in found[1], found
+    (stay,) = await store_of_each_kind.encounters()
+    assert stay.patient.name == "Ada Li" and str(stay.bed) == "ward3/bed07"  # nothing changed
+    # an event the listener does not take is refused, naming it
+    unknown = await send(listener.port, adt("A17", "D8"))
+    assert msa(unknown[0]) == "AR" and "A17" in errs(unknown[0])[0][1]
