@@ -201,9 +201,9 @@ def read_adt(message: hl7.Message, site: str) -> AdtEvent:
     """An ``ADT^A01/A02/A03/A04/A08``: raises a list of :class:`hl7.Hl7Error` (in an
     ExceptionGroup) naming every field that is wrong. The MRN is PID-3 (its first identifier),
     the name PID-5, the birth date PID-7, the sex PID-8 (HL7 table 0001; A and N are taken as
-    O and U), the bed PV1-3 (as for PCD-01), the attending PV1-7, the diagnosis DG1-3 (its text,
-    else DG1-4, else its code; else PV2-3), the allergies every AL1-3 (its text, else its code), the time
-    EVN-6 (the event), else EVN-2, else MSH-7."""
+    O and U), the bed PV1-3 (as for PCD-01), the attending PV1-7, the diagnosis DG1-3 (its
+    text, else DG1-4, else its code; else PV2-3), the allergies every AL1-3 (its text, else its
+    code), the time EVN-6 (the event), else EVN-2, else MSH-7."""
     errors: list[hl7.Hl7Error] = []
     event = message.message_type[1]
     pid, pv1 = message.first("PID"), message.first("PV1")
