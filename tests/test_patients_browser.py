@@ -4,6 +4,7 @@ discharged; a viewer sees the patient and none of the buttons."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -114,4 +115,38 @@ async def test_a_patient_admitted_moved_and_discharged_in_the_browser(
         await form.locator("[name=birth_date]").fill("14/03/1961")
         await form.locator("button[type=submit]").click()
         await page.locator("#patient-error", has_text="birth_date").wait_for()
+        await browser.close()
+
+
+async def test_dates_and_times_follow_the_chosen_locale_on_the_24_hour_clock(
+    server: DashboardServer,
+) -> None:
+    t_us = 1_796_313_420_000_000  # 2026-12-03 15:57:00 UTC
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
+        )
+        context = await browser.new_context(timezone_id="UTC", locale="en-US")
+        page = await context.new_page()
+        await page.goto(f"{server.url}/login?next=/census")
+        await page.fill("#name", "val")
+        await page.fill("#password", PASSWORDS["val"])
+        await page.click("#submit")
+        await page.wait_for_selector("#census tbody tr[data-bed]")
+        text = "(us) => [eicu.dateTimeText(us), eicu.timeText(us)]"
+        # the browser's own (en-US here), never on a 12-hour clock
+        assert await page.evaluate(text, t_us) == ["12/03/2026, 15:57:00", "15:57:00"]
+        async with page.expect_navigation():  # the page draws itself again in the new locale
+            await page.select_option("#locale", "de-DE")
+        await page.wait_for_selector("#census tbody tr[data-bed]")
+        assert await page.locator("#locale").input_value() == "de-DE"  # kept across the reload
+        assert await page.evaluate(text, t_us) == ["03.12.2026, 15:57:00", "15:57:00"]
+        updated = await page.locator("#updated").inner_text()
+        assert re.fullmatch(r"updated \d\d:\d\d:\d\d", updated), updated
+        # and on the other pages, which share the setting
+        await page.goto(f"{server.url}/alarms")
+        assert await page.locator("#locale").input_value() == "de-DE"
+        async with page.expect_navigation():
+            await page.select_option("#locale", "zh-CN")
+        assert await page.evaluate(text, t_us) == ["2026/12/03 15:57:00", "15:57:00"]
         await browser.close()

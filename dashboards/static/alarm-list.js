@@ -108,6 +108,7 @@ function feedState(ok, message) {
 }
 
 let feed = null;
+eicu.bindLocale(() => location.reload());
 eicu.loadMe().then(() => {
   feed = eicuAlarms.poll({ history: true, onUnit: (data) => { latest = data; pauseMaxS = data.audio_pause_max_s; draw(); },
     onFeed: feedState });

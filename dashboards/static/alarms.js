@@ -206,7 +206,7 @@ const eicuAlarms = {
   },
 
   time(us) {
-    return us === null || us === undefined ? "—" : new Date(us / 1000).toLocaleTimeString([], { hour12: false });
+    return eicu.timeText(us);
   },
 
   async post(path, body) {

@@ -239,7 +239,7 @@ async function review() {
 let reviewed = null;
 function stripCaption() {
   if (!reviewed) return "";
-  const t = (us) => new Date(us / 1000).toLocaleString([], { hour12: false });
+  const t = (us) => eicu.dateTimeText(us);
   const gain = document.getElementById("review").dataset.gain;
   return `${bedId} · ${signalLabel(reviewed.signal)} · ${t(reviewed.start_us)} – ${t(reviewed.end_us)}` +
     ` · 25 mm/s${gain && gain !== "auto" ? ` · ${gain}` : ""}`;
@@ -377,6 +377,7 @@ function stepReview(direction) {
 }
 document.getElementById("review-back").addEventListener("click", () => stepReview(-1));
 document.getElementById("review-next").addEventListener("click", () => stepReview(1));
+eicu.bindLocale(() => location.reload());
 eicu.loadMe().then(async () => {
   const known = await eicu.api(base);
   if (!known.ok) {

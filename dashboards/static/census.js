@@ -351,7 +351,7 @@ function apply(msg) {
   empty.hidden = total > 0;
   const filtered = [...filterQuery().keys()].some((k) => k !== "site");
   empty.textContent = filtered ? "No beds match these filters." : "No beds have reported yet.";
-  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString([], { hour12: false })}`;
+  document.getElementById("updated").textContent = `updated ${eicu.timeText(Date.now() * 1000)}`;
   // the script's work, and up to the next frame drawn (style, layout and paint included)
   performance.measure(kind, { start, end: performance.now() });
   const arrived = msg.type === "delta" ? arrivals(msg) : [];
@@ -441,6 +441,7 @@ function filtersChanged() {
 siteSelect.addEventListener("change", filtersChanged);
 for (const el of FILTERS) el.addEventListener("change", filtersChanged);
 fromAddress();
+eicu.bindLocale(() => location.reload());
 eicu.loadMe().then(() => {
   connect();
   eicuAlarms.poll({ onFeed: alarmFeed });

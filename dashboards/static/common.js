@@ -110,6 +110,40 @@ const eicu = {
       title: "video consult with the bedside" }, "Video");
   },
 
+  // The user's locale for dates and times (kept in this browser; the browser's own by default),
+  // always on the 24-hour clock.
+  LOCALES: ["", "en-GB", "en-US", "zh-CN", "ug-CN", "de-DE", "fr-FR", "ru-RU"],
+  locale() {
+    const chosen = localStorage.getItem("eicu.locale") || "";
+    return chosen && eicu.LOCALES.includes(chosen) ? chosen : undefined;
+  },
+  setLocale(value) {
+    if (value) localStorage.setItem("eicu.locale", value); else localStorage.removeItem("eicu.locale");
+  },
+  timeText(us, seconds = true) {
+    if (us === null || us === undefined) return "—";
+    const opts = { hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    if (seconds) opts.second = "2-digit";
+    return new Intl.DateTimeFormat(eicu.locale(), opts).format(new Date(us / 1000));
+  },
+  dateTimeText(us, seconds = true) {
+    if (us === null || us === undefined) return "—";
+    const opts = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+      minute: "2-digit", hourCycle: "h23" };
+    if (seconds) opts.second = "2-digit";
+    return new Intl.DateTimeFormat(eicu.locale(), opts).format(new Date(us / 1000));
+  },
+  // The locale setting: a select in the page's header (id "locale"), if it has one.
+  bindLocale(onChange) {
+    const select = document.getElementById("locale");
+    if (!select) return;
+    for (const code of eicu.LOCALES) {
+      select.append(eicu.el("option", { value: code }, code || "browser's own"));
+    }
+    select.value = eicu.locale() || "";
+    select.addEventListener("change", () => { eicu.setLocale(select.value); if (onChange) onChange(); });
+  },
+
   // A patient in one line: name, age and sex, MRN, and what must not be missed: a code status
   // other than full code (or none documented), isolation, allergies.
   patientLine(p) {

@@ -268,7 +268,7 @@ async function showStrips() {
     drawSeries(canvas, [start, ...data.t_us, end], [null, ...data.values, null],
       `${signal} ${data.unit}  ${data.values.length} samples`);
   }
-  info.textContent = `until ${new Date(end / 1000).toLocaleTimeString([], { hour12: false })} (bed clock)`;
+  info.textContent = `until ${eicu.timeText(end)} (bed clock)`;
 }
 
 document.getElementById("hangup").addEventListener("click", hangup);

@@ -15,11 +15,7 @@ const eicuPatient = (() => {
   const panel = () => document.getElementById("patient");
   const error = (text) => document.getElementById("patient-error").replaceChildren(text || "");
 
-  function time(us) {
-    const d = new Date(us / 1000);
-    const two = (n) => String(n).padStart(2, "0");
-    return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
-  }
+  const time = (us) => eicu.dateTimeText(us, false);
 
   function field(label, input) { return eicu.el("label", { class: "pt-field" }, label, input); }
   function select(name, options, value) {

@@ -259,8 +259,9 @@ function timeTicks(t0, t1) {
   const ticks = [];
   for (let t = Math.ceil((t0 - zone) / step) * step + zone; t <= t1; t += step) {
     const d = new Date(t / 1000);
-    const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
-    ticks.push([t, t1 - t0 > 86400e6 ? `${d.getDate()}/${d.getMonth() + 1} ${hm}` : hm]);
+    const hm = eicu.timeText(t, false);
+    const day = new Intl.DateTimeFormat(eicu.locale(), { day: "numeric", month: "numeric" }).format(d);
+    ticks.push([t, t1 - t0 > 86400e6 ? `${day} ${hm}` : hm]);
   }
   return ticks;
 }
