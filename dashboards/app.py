@@ -514,14 +514,24 @@ def create_app(
             raise HTTPException(422, f"unknown signal {signal!r}")
         end_us = start_us + int(seconds * 1e6)
         lead_in_us = int(review.LEAD_IN_S * 1e6)
-        stored = await store.waveform(key, signal, start_us - lead_in_us, end_us)
+        # With a patient in the bed, a window from before their transfer here is theirs, read
+        # from the bed they were in then (``bed`` says which).
+        await patients.refresh_if_due()
+        stay = patients.by_bed.get(str(key))
+        where = key
+        if stay is not None:
+            for loc in stay.locations:
+                if loc.since_us <= start_us and (loc.until_us is None or start_us < loc.until_us):
+                    where = loc.bed
+        stored = await store.waveform(where, signal, start_us - lead_in_us, end_us)
         inside = stored.t_us >= start_us
         marks = await asyncio.to_thread(review.window_marks, stored, start_us, end_us)
         alarms = None
         if (desk := source.desk) is not None:
             events = await desk.events_since(start_us - REVIEW_ALARMS_BACK_US)
-            alarms = review.alarm_spans(events, key, start_us, end_us)
+            alarms = review.alarm_spans(events, where, start_us, end_us)
         return {
+            "bed": str(where),
             "signal": signal,
             "unit": SIGNAL_BY_KEY[signal].unit,
             "fs_hz": stored.fs_hz,

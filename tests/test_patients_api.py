@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 
@@ -16,7 +17,7 @@ from dashboards.app import create_app
 from dashboards.users import Role, Users
 from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
-from eicu.models import Batch, BedKey, NumericsFrame
+from eicu.models import Batch, BedKey, NumericsFrame, SignalBlock, WaveformFrame
 from eicu.patients import checked_patient
 from ingest.engine import Engine
 from tests.cheap_argon2 import cheap_hasher
@@ -138,6 +139,10 @@ async def test_the_trends_follow_the_patient_across_a_transfer(
     batch = Batch()
     batch.numerics += [hr(bed1, now - 20 * minute, 55.0), hr(bed2, now - 12 * minute, 111.0),
                        hr(bed1, now - 5 * minute, 99.0)]  # fmt: skip
+    # a second of ECG from bed 2 while the patient was there
+    ecg = SignalBlock("ECG_II", 250.0, 200.0, 0, np.arange(250, dtype=np.int16))
+    t_ecg = now - 12 * minute
+    batch.waveforms.append(WaveformFrame(bed2, 900_001, t_ecg, (ecg,), received_us=t_ecg))
     await store.write(batch)
     stay = await store.admit(checked_patient(ADA), bed2, now - 15 * minute, "nina", {})
     await store.transfer(stay.encounter_id, bed1, now - 10 * minute, "nina")
@@ -148,6 +153,15 @@ async def test_the_trends_follow_the_patient_across_a_transfer(
         assert 111.0 in means and 99.0 in means and 55.0 not in means
         assert data["patient"]["encounter_id"] == stay.encounter_id
         assert [b[0] for b in data["patient"]["beds"]] == ["icu1/bed2", "icu1/bed1"]
+        # full disclosure of a time before the transfer: from the bed the patient was in
+        strip = (
+            await val.get(
+                "/api/beds/icu1/bed1/waveform",
+                params={"signal": "ECG_II", "start_us": t_ecg, "seconds": 1},
+            )
+        ).json()
+        assert strip["bed"] == "icu1/bed2" and len(strip["values"]) == 250
+        assert strip["values"][:2] == [0.0, 0.005]
         # the bed the patient left shows the bed's own data: nobody is in it now
         left = (await val.get("/api/beds/icu1/bed2/trends", params={"minutes": 30})).json()
         assert "patient" not in left and 111.0 in [p[1] for p in left["series"]["HR"]]

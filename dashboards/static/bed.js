@@ -228,7 +228,7 @@ async function review() {
   info.textContent = `${w.values.length} samples at ${w.fs_hz} Hz · ${beats} beats` +
     (w.alarms === null ? " · alarms unavailable" : ` · ${w.alarms.length} alarms`);
   drawReviewMarks(canvas, strip, w.start_us, w.marks, w.alarms || []);
-  reviewed = { signal, start_us: w.start_us, end_us: w.end_us };
+  reviewed = { signal, start_us: w.start_us, end_us: w.end_us, bed: w.bed };
   // printed at the screen's scale: the strip's width in millimetres of paper (fit to the page
   // when wider)
   canvas.style.setProperty("--paper-mm", `${(canvas.width / dpr / eicuPaper.pxPerMm()).toFixed(1)}mm`);
@@ -241,7 +241,8 @@ function stripCaption() {
   if (!reviewed) return "";
   const t = (us) => eicu.dateTimeText(us);
   const gain = document.getElementById("review").dataset.gain;
-  return `${bedId} · ${signalLabel(reviewed.signal)} · ${t(reviewed.start_us)} – ${t(reviewed.end_us)}` +
+  const where = reviewed.bed && reviewed.bed !== bedId ? `${bedId} (from ${reviewed.bed}, before the transfer)` : bedId;
+  return `${where} · ${signalLabel(reviewed.signal)} · ${t(reviewed.start_us)} – ${t(reviewed.end_us)}` +
     ` · 25 mm/s${gain && gain !== "auto" ? ` · ${gain}` : ""}`;
 }
 
