@@ -320,6 +320,26 @@ def decode_waveform(bed: BedKey, payload: bytes, received_us: int = 0) -> Wavefo
 MAX_USER_CHARS: Final = 64
 
 
+def _alarm_topic(topic: str, last: str, what: str) -> tuple[str, str]:
+    """(site, bed) of ``eicu/v1/{site}/{bed}/alarms/{last}``; PayloadError otherwise."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[:2] != ["eicu", "v1"] or parts[4:] != ["alarms", last]:
+        raise PayloadError("wrong_topic", f"not an alarm {what} topic: {topic[:200]!r}")
+    site, bed = parts[2], parts[3]
+    if not _ids_ok(site, bed):
+        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    return site, bed
+
+
+def _user(user: object) -> str:
+    """A user's name as given in a message, checked; PayloadError otherwise."""
+    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS:
+        raise PayloadError("malformed", f"'user' must be a name of 1..{MAX_USER_CHARS} characters")
+    if not user.isprintable():
+        raise PayloadError("malformed", "'user' has control characters")
+    return user.strip()
+
+
 def encode_alarm_ack(ack: AlarmAck) -> bytes:
     doc: dict[str, object] = {"v": VERSION, "alarm_id": ack.alarm_id, "user": ack.user}
     if ack.ts_us is not None:
@@ -330,22 +350,14 @@ def encode_alarm_ack(ack: AlarmAck) -> bytes:
 def decode_alarm_ack(topic: str, payload: bytes, received_us: int = 0) -> AlarmAck:
     """An acknowledgement on ``eicu/v1/{site}/{bed}/alarms/ack``. The alarm must be one of that
     bed's (its id starts with ``site/bed/``), so a site acknowledges its own alarms only."""
-    parts = topic.split("/")
-    if len(parts) != 6 or parts[:2] != ["eicu", "v1"] or parts[4:] != ["alarms", "ack"]:
-        raise PayloadError("wrong_topic", f"not an alarm acknowledgement topic: {topic[:200]!r}")
-    site, bed = parts[2], parts[3]
-    if not _ids_ok(site, bed):
-        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    site, bed = _alarm_topic(topic, "ack", "acknowledgement")
     doc = _json_object(payload)
     alarm_id, user, ts_ms = doc.get("alarm_id"), doc.get("user"), doc.get("ts_ms")
     if not isinstance(alarm_id, str) or not alarm_id.startswith(f"{site}/{bed}/"):
         raise PayloadError("malformed", f"'alarm_id' must be an alarm of {site}/{bed}"[:160])
     if len(alarm_id) > 200:
         raise PayloadError("malformed", "'alarm_id' is too long")
-    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS:
-        raise PayloadError("malformed", f"'user' must be a name of 1..{MAX_USER_CHARS} characters")
-    if not user.isprintable():
-        raise PayloadError("malformed", "'user' has control characters")
+    user = _user(user)
     ts_us = None
     if ts_ms is not None:
         if isinstance(ts_ms, bool) or not isinstance(ts_ms, int):
@@ -353,7 +365,7 @@ def decode_alarm_ack(topic: str, payload: bytes, received_us: int = 0) -> AlarmA
         ts_us = ts_ms * 1000
         if not MIN_TIME_US <= ts_us <= MAX_TIME_US:
             raise PayloadError("impossible_time", f"ts_ms {ts_ms} is not a real date")
-    return AlarmAck(BedKey(site, bed), alarm_id, user.strip(), ts_us, received_us)
+    return AlarmAck(BedKey(site, bed), alarm_id, user, ts_us, received_us)
 
 
 # --- alarm commands from dashboards, and their answers -------------------------------------------
@@ -376,12 +388,7 @@ def encode_alarm_command(cmd: AlarmCommand) -> bytes:
 def decode_alarm_command(topic: str, payload: bytes, received_us: int = 0) -> AlarmCommand:
     """A command on ``eicu/v1/{site}/{bed}/alarms/cmd``; its alarm must be one of that bed's, its
     answer goes under ``eicu/reply/``. PayloadError naming what is wrong."""
-    parts = topic.split("/")
-    if len(parts) != 6 or parts[:2] != ["eicu", "v1"] or parts[4:] != ["alarms", "cmd"]:
-        raise PayloadError("wrong_topic", f"not an alarm command topic: {topic[:200]!r}")
-    site, bed = parts[2], parts[3]
-    if not _ids_ok(site, bed):
-        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    site, bed = _alarm_topic(topic, "cmd", "command")
     doc = _json_object(payload)
     action, alarm_id, user = doc.get("action"), doc.get("alarm_id"), doc.get("user")
     cmd_id, reply_to = doc.get("id"), doc.get("reply_to")
@@ -395,10 +402,7 @@ def decode_alarm_command(topic: str, payload: bytes, received_us: int = 0) -> Al
         raise PayloadError("malformed", f"'alarm_id' must be an alarm of {site}/{bed}"[:160])
     if action == "ack" and alarm_id is None:
         raise PayloadError("malformed", "an acknowledgement names its 'alarm_id'")
-    if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER_CHARS:
-        raise PayloadError("malformed", f"'user' must be a name of 1..{MAX_USER_CHARS} characters")
-    if not user.isprintable():
-        raise PayloadError("malformed", "'user' has control characters")
+    user = _user(user)
     if not isinstance(cmd_id, str) or not 0 < len(cmd_id) <= MAX_COMMAND_ID_CHARS:
         raise PayloadError("malformed", f"'id' must be 1..{MAX_COMMAND_ID_CHARS} characters")
     if (
@@ -417,7 +421,7 @@ def decode_alarm_command(topic: str, payload: bytes, received_us: int = 0) -> Al
         if not 0 < duration_s <= MAX_PAUSE_S:
             raise PayloadError("malformed", f"'duration_s' must be in (0, {MAX_PAUSE_S:.0f}]")
     return AlarmCommand(
-        BedKey(site, bed), action, alarm_id, user.strip(), cmd_id, reply_to, duration_s,
+        BedKey(site, bed), action, alarm_id, user, cmd_id, reply_to, duration_s,
         received_us,
     )  # fmt: skip
 

@@ -117,21 +117,11 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
     ExceptionGroup) naming every field that is wrong."""
     errors: list[hl7.Hl7Error] = []
     pv1 = message.first("PV1")
-    bed_id = ""
+    bed = None
     if pv1 is None:
         errors.append(hl7.Hl7Error("PV1", 0, hl7.REQUIRED_FIELD_MISSING, "no PV1 segment"))
     else:
-        bed_id = pv1.component(3, 3) or pv1.component(3, 1)
-        if not bed_id:
-            errors.append(
-                hl7.Hl7Error("PV1", 3, hl7.REQUIRED_FIELD_MISSING, "no bed in the location", 3)
-            )
-        elif not ID_RE.fullmatch(bed_id):
-            errors.append(
-                hl7.Hl7Error(
-                    "PV1", 3, hl7.DATA_TYPE_ERROR, f"bed {bed_id[:40]!r} is not a valid bed id", 3
-                )
-            )
+        bed = _bed_of(pv1, site, errors, required=True)
     default_us: int | None = None
     for seg, n in ((message.first("OBR"), 7), (message.msh, 7)):
         if seg is not None and seg.component(n):
@@ -164,7 +154,30 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
         by_time.setdefault(t_us, {})[param.key] = value
     if errors:
         raise ExceptionGroup("the message has errors", errors)
-    return Observations(BedKey(site, bed_id), by_time)
+    assert bed is not None
+    return Observations(bed, by_time)
+
+
+def _bed_of(
+    pv1: hl7.Segment, site: str, errors: list[hl7.Hl7Error], *, required: bool
+) -> BedKey | None:
+    """The bed of PV1-3: component 3 (the bed of the assigned location), else component 1 (the
+    point of care); a missing one (where ``required``) or a bad one is added to ``errors``."""
+    bed_id = pv1.component(3, 3) or pv1.component(3, 1)
+    if not bed_id:
+        if required:
+            errors.append(
+                hl7.Hl7Error("PV1", 3, hl7.REQUIRED_FIELD_MISSING, "no bed in the location", 3)
+            )
+        return None
+    if not ID_RE.fullmatch(bed_id):
+        errors.append(
+            hl7.Hl7Error(
+                "PV1", 3, hl7.DATA_TYPE_ERROR, f"bed {bed_id[:40]!r} is not a valid bed id", 3
+            )
+        )
+        return None
+    return BedKey(site, bed_id)
 
 
 ADT_EVENTS = ("A01", "A02", "A03", "A04", "A08")  # admit, transfer, discharge, register, update
@@ -239,19 +252,7 @@ def read_adt(message: hl7.Message, site: str) -> AdtEvent:
         if event != "A08":
             errors.append(hl7.Hl7Error("PV1", 0, hl7.REQUIRED_FIELD_MISSING, "no PV1 segment"))
     else:
-        bed_id = pv1.component(3, 3) or pv1.component(3, 1)
-        if bed_id and ID_RE.fullmatch(bed_id):
-            bed = BedKey(site, bed_id)
-        elif bed_id:
-            errors.append(
-                hl7.Hl7Error(
-                    "PV1", 3, hl7.DATA_TYPE_ERROR, f"bed {bed_id[:40]!r} is not a valid bed id", 3
-                )
-            )
-        elif event in ("A01", "A02", "A04"):
-            errors.append(
-                hl7.Hl7Error("PV1", 3, hl7.REQUIRED_FIELD_MISSING, "no bed in the location", 3)
-            )
+        bed = _bed_of(pv1, site, errors, required=event in ("A01", "A02", "A04"))
         if attending := _name(pv1, 7, doctor=True):
             fields["attending"] = attending
     dg1, pv2 = message.first("DG1"), message.first("PV2")

@@ -53,13 +53,6 @@ def errs(answer: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def broker() -> AsyncIterator[Mosquitto]:
-    m = Mosquitto().start()
-    yield m
-    m.cleanup()
-
-
-@pytest.fixture
 async def listener(broker: Mosquitto, store_of_each_kind: Store) -> AsyncIterator[Listener]:
     mqtt = MqttSettings.from_url(broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
     lst = Listener(mqtt, SITE, port=0, patients=store_of_each_kind)

@@ -163,15 +163,20 @@ def admit(
     return (yield from _one(eid))
 
 
+def _close_location(eid: int, at_us: int) -> tuple[str, tuple[Any, ...]]:
+    """The stay's bed now stops being its bed at ``at_us``."""
+    return (
+        "UPDATE encounter_locations SET until = ? WHERE encounter_id = ? AND until IS NULL",
+        (at_us, eid),
+    )
+
+
 def transfer(eid: int, bed: BedKey, at_us: int, actor: str) -> Steps:
     e = yield from _open(eid)
     if e.bed == bed:
         raise PatientError("bed", f"the patient is in {bed} already")
     yield from _bed_free(bed)
-    yield (
-        "UPDATE encounter_locations SET until = ? WHERE encounter_id = ? AND until IS NULL",
-        (at_us, eid),
-    )
+    yield _close_location(eid, at_us)
     yield (
         "INSERT INTO encounter_locations (encounter_id, site, bed, since, until) "
         "VALUES (?,?,?,?,NULL)",
@@ -183,10 +188,7 @@ def transfer(eid: int, bed: BedKey, at_us: int, actor: str) -> Steps:
 
 def discharge(eid: int, at_us: int, actor: str) -> Steps:
     e = yield from _open(eid)
-    yield (
-        "UPDATE encounter_locations SET until = ? WHERE encounter_id = ? AND until IS NULL",
-        (at_us, eid),
-    )
+    yield _close_location(eid, at_us)
     yield ("UPDATE encounters SET discharged = ? WHERE encounter_id = ?", (at_us, eid))
     yield _log(eid, at_us, actor, "discharge", f"from {e.bed}")
     return (yield from _one(eid))
