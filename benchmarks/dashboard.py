@@ -184,8 +184,11 @@ async def run(args: argparse.Namespace) -> None:
     snapshot_kb = len(first[0].encode()) / 1e3
     # a page that shows a window of the ranks: a screen of 26 rows and 10 above and below
     window = CensusWindow(0, WINDOW_ROWS)
+    compact = CensusWindow(0, WINDOW_ROWS, compact=True)  # what census.js asks for
     window_first_kb = sum(len(m.encode()) for m in window.messages(feed.current(None))) / 1e3
+    compact.messages(feed.current(None))
     window_kb: list[float] = []
+    compact_kb: list[float] = []
     before_ms, before_kb, after_ms, after_kb = [], [], [], []
     for k in range(args.live):
         feed_second(k)
@@ -199,6 +202,7 @@ async def run(args: argparse.Namespace) -> None:
         after_ms.append((time.process_time() - t) * 1000)
         after_kb.append(sum(len(m.encode()) for m in messages) / 1e3)
         window_kb.append(sum(len(m.encode()) for m in window.messages(feed.current(None))) / 1e3)
+        compact_kb.append(sum(len(m.encode()) for m in compact.messages(feed.current(None))) / 1e3)
     b_ms, a_ms = statistics.median(before_ms), statistics.median(after_ms)
     b_kb, a_kb = statistics.median(before_kb), statistics.median(after_kb)
     print(f"census of {args.beds} beds, 1 update/s, medians over {args.live} s of live numerics:")
@@ -214,7 +218,9 @@ async def run(args: argparse.Namespace) -> None:
     w_kb = statistics.median(window_kb)
     print(
         f"  a page showing {WINDOW_ROWS} ranks (a screen and a margin): {window_first_kb:.1f} kB "
-        f"once, then {w_kb:.1f} kB/s (p95 {pct(window_kb, 0.95):.1f})"
+        f"once, then {w_kb:.1f} kB/s (p95 {pct(window_kb, 0.95):.1f}); in the compact form "
+        f"census.js asks for, {statistics.median(compact_kb):.1f} kB/s "
+        f"(p95 {pct(compact_kb, 0.95):.1f})"
     )
     print(
         f"  {args.pages} open census pages: before {b_ms * args.pages / 10:.1f} % of a core and "

@@ -903,11 +903,13 @@ def create_app(
     feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now)
 
     @app.websocket("/ws/census")
-    async def census_ws(ws: WebSocket, site: str | None = None, view: str | None = None) -> None:
+    async def census_ws(
+        ws: WebSocket, site: str | None = None, view: str | None = None, compact: bool = False
+    ) -> None:
         """A snapshot, then every period the rows that changed (see dashboards.census). A page
         that asks for a ``view`` (``?view=first,count``, or later ``{"view": [first, count]}``)
-        gets only the ranks it shows (``CensusWindow``), and ``{"hold": true|false}`` holds its
-        rows' order or lets it go."""
+        gets only the ranks it shows (``CensusWindow``; ``compact=1``: its changed rows in the
+        compact form), and ``{"hold": true|false}`` holds its rows' order or lets it go."""
         session = await ws_session(ws, Permission.VIEW)
         if session is None:
             return
@@ -923,7 +925,7 @@ def create_app(
         if view:
             try:
                 first, count = (int(v) for v in view.split(","))
-                window = CensusWindow(first, count)
+                window = CensusWindow(first, count, compact=compact)
             except ValueError:
                 await ws.close(code=1008, reason="view is first,count")
                 return
@@ -938,7 +940,7 @@ def create_app(
                     if "view" in asked:
                         first, count = asked["view"]
                         if window is None:
-                            window = CensusWindow(first, count)
+                            window = CensusWindow(first, count, compact=compact)
                         else:
                             window.set_view(first, count)
                     if "hold" in asked and window is not None:
@@ -956,7 +958,7 @@ def create_app(
                 if session.user.sites != scope[1]:  # the user's sites changed: a new snapshot
                     scope, seq = (site or None, session.user.sites, chosen), None
                     if window is not None:
-                        window = CensusWindow(window.first, window.count)
+                        window = CensusWindow(window.first, window.count, compact=compact)
                 await patients.refresh_if_due()
                 if window is not None:
                     messages = window.messages(feed.current(scope))

@@ -22,6 +22,7 @@ from dashboards.census import (
     DELTAS_KEPT,
     INPUT_DELAY_SHOWN_S,
     CensusFeed,
+    CensusWindow,
     engine_status,
     wire_row,
 )
@@ -375,3 +376,52 @@ async def test_a_page_is_sent_only_the_ranks_it_shows(
         await ws.send("not json")
         await ws.send(json.dumps({"view": [-1, 5]}))
         apply_window(page, await receive(ws))
+
+
+def expand_compact(message: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
+    """What census.js does with a compact delta: its numbered paths back to ``rows``."""
+    out = {k: v for k, v in message.items() if k not in ("c", "cd", "keys")}
+    names.update({int(k): v for k, v in message.get("keys", {}).items()})
+    rows: dict[str, Any] = {}
+    for bed, flat in message["c"].items():
+        pairs = zip(flat[0::2], flat[1::2], strict=True)
+        rows[bed] = {
+            "set": {
+                names[k]: (message["now_us"] - v if names[k] == "t_us" else v) for k, v in pairs
+            }
+        }
+    for bed, keys in message.get("cd", {}).items():
+        rows.setdefault(bed, {"set": {}})["del"] = [names[k] for k in keys]
+    out["rows"] = rows
+    return out
+
+
+async def test_a_compact_window_says_the_same_in_fewer_bytes(engine: Engine) -> None:
+    now = [0.0]
+
+    def rows(site: str | None) -> list[dict[str, Any]]:
+        t = time.time_ns() // 1000
+        return views.census(EngineBeds(engine).snapshots(t), t, site)
+
+    feed = CensusFeed(rows, lambda _scope: ["icu1", "icu2"], 1.0, clock=lambda: now[0])
+    plain, compact = CensusWindow(0, 10), CensusWindow(0, 10, compact=True)
+    names = {0: "t_us"}
+    plain_bytes = compact_bytes = 0
+    seq = 100
+    for second in range(6):
+        t_us = time.time_ns() // 1000
+        for i, key in enumerate(sorted(engine.router.beds)):  # every bed's values change
+            frame = NumericsFrame(key, seq, t_us, {"HR": 60.0 + i + second, "SPO2": 90.0 + second})
+            engine.router.route(dataclasses.replace(frame, received_us=t_us))
+            seq += 1
+        now[0] += 1.0
+        tick = feed.current(None)
+        (a,), (b,) = plain.messages(tick), compact.messages(tick)
+        if second:
+            plain_bytes, compact_bytes = plain_bytes + len(a), compact_bytes + len(b)
+            expanded = expand_compact(json.loads(b), names)
+            assert expanded == json.loads(a)
+            assert expanded["rows"], "nothing changed"
+        else:
+            assert json.loads(a) == json.loads(b)  # the window itself is the same
+    assert compact_bytes < 0.6 * plain_bytes, (compact_bytes, plain_bytes)

@@ -330,11 +330,32 @@ function arrivals(msg) {
   return out;
 }
 
+// A delta's rows in the compact form (dashboards.census.CensusWindow): numbered paths, the
+// numbers told once per window; path 0 is t_us, sent as now_us - t_us. Expanded to "rows".
+let keyNames = new Map([[0, "t_us"]]);
+function expand(msg) {
+  for (const [id, path] of Object.entries(msg.keys || {})) keyNames.set(Number(id), path);
+  msg.rows = {};
+  for (const [bed, flat] of Object.entries(msg.c)) {
+    const set = {};
+    for (let i = 0; i < flat.length; i += 2) {
+      const path = keyNames.get(flat[i]);
+      if (path !== undefined) set[path] = path === "t_us" ? msg.now_us - flat[i + 1] : flat[i + 1];
+    }
+    msg.rows[bed] = { set };
+  }
+  for (const [bed, ids] of Object.entries(msg.cd || {})) {
+    (msg.rows[bed] ||= { set: {} }).del = ids.map((id) => keyNames.get(id)).filter((p) => p !== undefined);
+  }
+}
+
 function apply(msg) {
   const kind = msg.type === "delta" ? "census-delta" : "census-snapshot";
   const start = performance.now();
   offsetUs = msg.now_us - Date.now() * 1000;
+  if (msg.c) expand(msg);
   if (msg.type === "snapshot" || msg.type === "window") {
+    keyNames = new Map([[0, "t_us"]]);  // a new window numbers its paths afresh
     snapshot(msg);
   } else if (seq === null || msg.seq !== seq + 1) {  // out of step: start again
     connect();
@@ -373,6 +394,7 @@ function connect() {
   asked = windowFor(...viewRanks());  // the first message is the window: no whole census
   const query = filterQuery();
   query.set("view", asked.join(","));
+  query.set("compact", "1");
   const ws = new WebSocket(eicu.wsUrl(`/ws/census?${query}`));
   socket = ws;
   ws.onmessage = (ev) => { if (socket === ws) apply(JSON.parse(ev.data)); };
