@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -250,6 +250,7 @@ class CensusFeed(Generic[Scope]):
 
 
 WINDOW_MAX_ROWS = 500  # the most rows one page may ask to be kept up to date
+GONE_KEPT = 500  # the rows of beds that left a compact window, kept to send only their changes
 
 
 class CensusWindow:
@@ -273,8 +274,12 @@ class CensusWindow:
     ``compact``: a delta's changed rows go as ``"c": {bed: [key, value, key, value, ...]}`` and
     their removed paths as ``"cd": {bed: [key, ...]}`` instead of ``rows``, each path a small
     number the page is told once (``"keys": {"7": "values.HR"}``); key 0 is ``t_us``, sent as
-    ``now_us - t_us`` (a few digits where the time itself has sixteen). The page expands them to
-    ``rows`` before anything else.
+    ``now_us - t_us`` (a few digits where the time itself has sixteen). A bed that comes back
+    into the window within the last GONE_KEPT beds that left it is listed in ``"back"`` with
+    only what changed since it left (the page keeps the rows of the beds that left, as many, in
+    the order they left), not as a whole row in ``add``; ``order`` gives each bed the window
+    had before as its place in that order (a number) and only a new one by name. The page
+    expands all of it to ``rows``, ``add`` and ``order`` before anything else.
     """
 
     def __init__(self, first: int = 0, count: int = 60, *, compact: bool = False) -> None:
@@ -293,10 +298,30 @@ class CensusWindow:
         self._dirty = True
         self.compact = compact
         self._keys: dict[str, int] = {"t_us": 0}  # path -> the number the page knows it by
+        # beds that left the window, as the page had them (compact), oldest leaving first
+        self._gone: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def _compacted(self, message: dict[str, Any], now_us: int) -> None:
-        """``message``'s ``rows`` in the compact form (see the class)."""
+    def _compacted(
+        self, message: dict[str, Any], now_us: int, rows_now: dict[str, dict[str, Any]]
+    ) -> None:
+        """``message``'s ``rows``, ``add`` and ``order`` in the compact form (see the class)."""
         rows = message.pop("rows")
+        gone = self._gone
+        back = [bed for bed in message["add"] if bed in gone]
+        for bed in back:
+            del message["add"][bed]
+            change = diff(gone.pop(bed), rows_now[bed])
+            rows[bed] = change if change is not None else {"set": {}}
+        for bed in message["remove"]:
+            gone[bed] = self._sent[bed]
+            gone.move_to_end(bed)
+        while len(gone) > GONE_KEPT:
+            gone.popitem(last=False)
+        if back:
+            message["back"] = back
+        if "order" in message:
+            place = {bed: i for i, bed in enumerate(self._order)}
+            message["order"] = [place.get(bed, bed) for bed in message["order"]]
         keys = self._keys
         new: dict[str, str] = {}
 
@@ -374,7 +399,7 @@ class CensusWindow:
             if tick.engine != self._engine:
                 message["engine"] = tick.engine
             if self.compact:
-                self._compacted(message, tick.now_us)
+                self._compacted(message, tick.now_us, tick.flat)
         self._sent = {b: tick.flat[b] for b in beds}
         self._order, self._total, self._held = beds, total, held
         self._sites, self._engine = tick.sites, tick.engine

@@ -378,9 +378,13 @@ async def test_a_page_is_sent_only_the_ranks_it_shows(
         apply_window(page, await receive(ws))
 
 
-def expand_compact(message: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
-    """What census.js does with a compact delta: its numbered paths back to ``rows``."""
-    out = {k: v for k, v in message.items() if k not in ("c", "cd", "keys")}
+def expand_compact(
+    message: dict[str, Any], names: dict[int, str], page: dict[str, Any], gone: dict[str, Any]
+) -> dict[str, Any]:
+    """What census.js does with a compact delta: numbered paths back to ``rows``, beds that come
+    back (from the rows of those that left, ``gone``) to whole rows in ``add``, places in the
+    page's order back to names."""
+    out = {k: v for k, v in message.items() if k not in ("c", "cd", "keys", "back")}
     names.update({int(k): v for k, v in message.get("keys", {}).items()})
     rows: dict[str, Any] = {}
     for bed, flat in message["c"].items():
@@ -392,7 +396,21 @@ def expand_compact(message: dict[str, Any], names: dict[int, str]) -> dict[str, 
         }
     for bed, keys in message.get("cd", {}).items():
         rows.setdefault(bed, {"set": {}})["del"] = [names[k] for k in keys]
+    had = {r["bed"]: r for r in page["beds"]}
+    for bed in message["remove"]:
+        gone[bed] = had[bed]
+    add = dict(message["add"])
+    for bed in message.get("back", []):
+        row = copy.deepcopy(gone.pop(bed))
+        census = {"seq": 0, "beds": [row], "sites": [], "engine": {}}
+        apply(census, {"type": "delta", "seq": 1, "remove": [], "add": {},
+                       "rows": {bed: rows.pop(bed)}})  # fmt: skip
+        add[bed] = census["beds"][0]
+    out["add"] = add
     out["rows"] = rows
+    if "order" in message:
+        before = [r["bed"] for r in page["beds"]]
+        out["order"] = [before[b] if isinstance(b, int) else b for b in message["order"]]
     return out
 
 
@@ -404,24 +422,31 @@ async def test_a_compact_window_says_the_same_in_fewer_bytes(engine: Engine) -> 
         return views.census(EngineBeds(engine).snapshots(t), t, site)
 
     feed = CensusFeed(rows, lambda _scope: ["icu1", "icu2"], 1.0, clock=lambda: now[0])
-    plain, compact = CensusWindow(0, 10), CensusWindow(0, 10, compact=True)
+    plain, compact = CensusWindow(0, 3), CensusWindow(0, 3, compact=True)
     names = {0: "t_us"}
+    page_plain: dict[str, Any] = {}
+    page_compact: dict[str, Any] = {}
+    gone: dict[str, Any] = {}
     plain_bytes = compact_bytes = 0
     seq = 100
-    for second in range(6):
+    views_asked = [(0, 3), (0, 3), (2, 3), (0, 3), (1, 3), (0, 3), (0, 3)]  # scrolled and back
+    for second, (first, count) in enumerate(views_asked):
         t_us = time.time_ns() // 1000
         for i, key in enumerate(sorted(engine.router.beds)):  # every bed's values change
             frame = NumericsFrame(key, seq, t_us, {"HR": 60.0 + i + second, "SPO2": 90.0 + second})
             engine.router.route(dataclasses.replace(frame, received_us=t_us))
             seq += 1
         now[0] += 1.0
+        for window in (plain, compact):
+            window.set_view(first, count)
         tick = feed.current(None)
         (a,), (b,) = plain.messages(tick), compact.messages(tick)
+        message_a, message_b = json.loads(a), json.loads(b)
         if second:
             plain_bytes, compact_bytes = plain_bytes + len(a), compact_bytes + len(b)
-            expanded = expand_compact(json.loads(b), names)
-            assert expanded == json.loads(a)
-            assert expanded["rows"], "nothing changed"
-        else:
-            assert json.loads(a) == json.loads(b)  # the window itself is the same
+            message_b = expand_compact(message_b, names, page_compact, gone)
+        apply_window(page_plain, message_a)
+        apply_window(page_compact, message_b)
+        assert page_compact == page_plain
+    assert gone, "no bed left the window and came back"
     assert compact_bytes < 0.6 * plain_bytes, (compact_bytes, plain_bytes)

@@ -333,6 +333,8 @@ function arrivals(msg) {
 // A delta's rows in the compact form (dashboards.census.CensusWindow): numbered paths, the
 // numbers told once per window; path 0 is t_us, sent as now_us - t_us. Expanded to "rows".
 let keyNames = new Map([[0, "t_us"]]);
+const GONE_KEPT = 500;  // dashboards.census.GONE_KEPT
+let gone = new Map();
 function expand(msg) {
   for (const [id, path] of Object.entries(msg.keys || {})) keyNames.set(Number(id), path);
   msg.rows = {};
@@ -347,15 +349,35 @@ function expand(msg) {
   for (const [bed, ids] of Object.entries(msg.cd || {})) {
     (msg.rows[bed] ||= { set: {} }).del = ids.map((id) => keyNames.get(id)).filter((p) => p !== undefined);
   }
+  // the rows of beds that leave are kept, as many as the server keeps, in the order they left
+  for (const bed of msg.remove) {
+    const row = rows.get(bed);
+    if (!row) continue;
+    gone.delete(bed);
+    gone.set(bed, row.data);
+  }
+  while (gone.size > GONE_KEPT) gone.delete(gone.keys().next().value);
+  // a bed back in the window: its kept row with what changed since it left
+  for (const bed of msg.back || []) {
+    const data = gone.get(bed);
+    if (!data) return false;  // out of step with the server: start again
+    gone.delete(bed);
+    patch(data, msg.rows[bed] || {});
+    delete msg.rows[bed];
+    msg.add[bed] = data;
+  }
+  if (msg.order) msg.order = msg.order.map((b) => (typeof b === "number" ? order[b] : b));
+  return true;
 }
 
 function apply(msg) {
   const kind = msg.type === "delta" ? "census-delta" : "census-snapshot";
   const start = performance.now();
   offsetUs = msg.now_us - Date.now() * 1000;
-  if (msg.c) expand(msg);
+  if (msg.c && !expand(msg)) { connect(); return; }
   if (msg.type === "snapshot" || msg.type === "window") {
     keyNames = new Map([[0, "t_us"]]);  // a new window numbers its paths afresh
+    gone = new Map();
     snapshot(msg);
   } else if (seq === null || msg.seq !== seq + 1) {  // out of step: start again
     connect();
