@@ -26,6 +26,8 @@ def test_broker_and_smtp_urls() -> None:
         ({"EICU_FLUSH_INTERVAL_S": "fast"}, "EICU_FLUSH_INTERVAL_S"),
         ({"EICU_ANALYSE_SIGNALS": "maybe"}, "EICU_ANALYSE_SIGNALS"),
         ({"EICU_SMTP_URL": "ftp://mail"}, "EICU_SMTP_URL"),
+        ({"EICU_STATE_PERIOD_S": "-1"}, "EICU_STATE_PERIOD_S"),
+        ({"EICU_STATE_PERIOD_S": "often"}, "EICU_STATE_PERIOD_S"),
     ],
 )
 def test_bad_settings_name_their_key(env: dict[str, str], key: str) -> None:
@@ -56,3 +58,11 @@ def test_store_settings_from_the_environment() -> None:
         Settings.from_env(
             {"EICU_TRENDS_COMPRESS_AFTER_DAYS": "1", "EICU_TRENDS_REFRESH_WINDOW_H": "48"}
         )
+
+
+def test_the_beds_state_is_published_as_set_or_as_the_command_decides() -> None:
+    assert Settings.from_env({}).ingest.state_period_s is None  # the command's default
+    assert Settings.from_env({"EICU_STATE_PERIOD_S": "0.5"}).ingest.state_period_s == 0.5
+    assert Settings.from_env({"EICU_STATE_PERIOD_S": "0"}).ingest.state_period_s == 0.0  # never
+    m = MqttSettings.from_url("mqtt://hub:pw@broker", client_id="hub")
+    assert (m.for_state().client_id, m.for_state().username) == ("hub-state", "hub-state")
