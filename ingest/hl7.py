@@ -122,16 +122,7 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
         errors.append(hl7.Hl7Error("PV1", 0, hl7.REQUIRED_FIELD_MISSING, "no PV1 segment"))
     else:
         bed = _bed_of(pv1, site, errors, required=True)
-    default_us: int | None = None
-    for seg, n in ((message.first("OBR"), 7), (message.msh, 7)):
-        if seg is not None and seg.component(n):
-            try:
-                default_us = hl7.parse_ts(seg.component(n))
-                break
-            except ValueError:
-                errors.append(
-                    hl7.Hl7Error(seg.name, n, hl7.DATA_TYPE_ERROR, "not a valid date/time")
-                )
+    default_us = _first_time(((message.first("OBR"), 7), (message.msh, 7)), errors)
     by_time: dict[int, dict[str, float | None]] = {}
     for obx in message.all("OBX"):
         value_text = obx.field(5)
@@ -156,6 +147,22 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
         raise ExceptionGroup("the message has errors", errors)
     assert bed is not None
     return Observations(bed, by_time)
+
+
+def _first_time(
+    fields: Sequence[tuple[hl7.Segment | None, int]], errors: list[hl7.Hl7Error]
+) -> int | None:
+    """The time of the first of ``fields`` (segment, field number) that has one; one that is
+    not a valid date/time is added to ``errors`` and the next tried."""
+    for seg, n in fields:
+        if seg is not None and seg.component(n):
+            try:
+                return hl7.parse_ts(seg.component(n))
+            except ValueError:
+                errors.append(
+                    hl7.Hl7Error(seg.name, n, hl7.DATA_TYPE_ERROR, "not a valid date/time")
+                )
+    return None
 
 
 def _bed_of(
@@ -261,17 +268,8 @@ def read_adt(message: hl7.Message, site: str) -> AdtEvent:
         fields["diagnosis"] = dg1.component(3, 2) or dg1.component(4) or dg1.component(3, 1)
     elif pv2 is not None and (pv2.component(3, 2) or pv2.component(3, 1)):
         fields["diagnosis"] = pv2.component(3, 2) or pv2.component(3, 1)
-    at_us = None
     evn = message.first("EVN")
-    for seg, n in ((evn, 6), (evn, 2), (message.msh, 7)):
-        if seg is not None and seg.component(n):
-            try:
-                at_us = hl7.parse_ts(seg.component(n))
-                break
-            except ValueError:
-                errors.append(
-                    hl7.Hl7Error(seg.name, n, hl7.DATA_TYPE_ERROR, "not a valid date/time")
-                )
+    at_us = _first_time(((evn, 6), (evn, 2), (message.msh, 7)), errors)
     if at_us is None:
         errors.append(hl7.Hl7Error("EVN", 2, hl7.REQUIRED_FIELD_MISSING, "no event time"))
     if errors:

@@ -154,13 +154,18 @@ def admit(
          fields.get("code_status", ""), fields.get("isolation", "")),
     )  # fmt: skip
     eid = int(rows[0][0])
-    yield (
+    yield _open_location(eid, bed, at_us)
+    yield _log(eid, at_us, actor, "admit", f"{patient.mrn} into {bed}")
+    return (yield from _one(eid))
+
+
+def _open_location(eid: int, bed: BedKey, at_us: int) -> tuple[str, tuple[Any, ...]]:
+    """The stay's bed is ``bed`` from ``at_us``."""
+    return (
         "INSERT INTO encounter_locations (encounter_id, site, bed, since, until) "
         "VALUES (?,?,?,?,NULL)",
         (eid, bed.site, bed.bed, at_us),
     )
-    yield _log(eid, at_us, actor, "admit", f"{patient.mrn} into {bed}")
-    return (yield from _one(eid))
 
 
 def _close_location(eid: int, at_us: int) -> tuple[str, tuple[Any, ...]]:
@@ -177,11 +182,7 @@ def transfer(eid: int, bed: BedKey, at_us: int, actor: str) -> Steps:
         raise PatientError("bed", f"the patient is in {bed} already")
     yield from _bed_free(bed)
     yield _close_location(eid, at_us)
-    yield (
-        "INSERT INTO encounter_locations (encounter_id, site, bed, since, until) "
-        "VALUES (?,?,?,?,NULL)",
-        (eid, bed.site, bed.bed, at_us),
-    )
+    yield _open_location(eid, bed, at_us)
     yield _log(eid, at_us, actor, "transfer", f"{e.bed} -> {bed}")
     return (yield from _one(eid))
 
