@@ -898,7 +898,10 @@ def create_app(
         return sites_seen(scope[1])
 
     def engine_now() -> dict[str, Any]:
-        return engine_status(beds.input_delay_us(now_us()) or 0)
+        status = engine_status(beds.input_delay_us(now_us()) or 0)
+        if (why := beds.starting()) is not None:
+            status["starting"] = why  # the empty census says why it is empty
+        return status
 
     feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now)
 

@@ -155,6 +155,13 @@ class BusBeds:
     def sites(self) -> set[str]:
         return {k.site for k in self._snaps}
 
+    def starting(self) -> str | None:
+        if self._snaps:
+            return None
+        if not self.connected.is_set():
+            return f"not connected to the bus ({self._settings.url}) yet"
+        return "waiting for the engines' first bed state"
+
     # -- commands
 
     async def command(self, cmd: AlarmCommand) -> tuple[list[AlarmEvent], str | None, str]:

@@ -176,6 +176,11 @@ class LiveBeds(Protocol):
 
     def sites(self) -> set[str]: ...
 
+    def starting(self) -> str | None:
+        """Why no bed is shown yet while none is (the engine warming up, the bus not read yet),
+        for the empty census to say; None otherwise."""
+        ...
+
 
 class AlarmDesk(Protocol):
     """What the dashboard reads and does of the alarms. ``acknowledge`` and ``pause`` return the

@@ -159,6 +159,14 @@ class EngineBeds:
     def sites(self) -> set[str]:
         return {k.site for k in list(self._engine.router.beds)}
 
+    def starting(self) -> str | None:
+        e = self._engine
+        if e.router.beds or e.warmed:
+            return None
+        return (
+            "the engine is starting: compiling its signal kernels (up to a minute the first time)"
+        )
+
 
 class StatePublisher:
     """Publishes the snapshots of the beds an engine holds on ``eicu/state/<site>`` (QoS 0), for

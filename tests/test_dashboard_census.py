@@ -450,3 +450,19 @@ async def test_a_compact_window_says_the_same_in_fewer_bytes(engine: Engine) -> 
         assert page_compact == page_plain
     assert gone, "no bed left the window and came back"
     assert compact_bytes < 0.6 * plain_bytes, (compact_bytes, plain_bytes)
+
+
+async def test_an_empty_census_says_the_engine_is_starting(tmp_path: Path) -> None:
+    from eicu.config import IngestSettings, MqttSettings
+    from eicu.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'empty.sqlite'}")
+    await store.open()
+    try:
+        engine = Engine(MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store)
+        live = EngineBeds(engine)
+        assert "starting" in (live.starting() or "")  # not warmed, no bed yet
+        engine.warmed = True
+        assert live.starting() is None
+    finally:
+        await store.close()

@@ -164,3 +164,12 @@ def test_an_answer_carries_the_events_or_the_reason() -> None:
     assert wire.decode_command_answer(answer) == ("c2", [], "refused", "time went back")
     with pytest.raises(PayloadError):
         wire.decode_command_answer(b'{"v":1,"id":"c3","events":[{"alarm_id":1}]}')
+
+
+def test_an_empty_census_says_why_while_the_bus_has_told_nothing() -> None:
+    b = beds()
+    assert "not connected" in (b.starting() or "")
+    b.connected.set()
+    assert b.starting() == "waiting for the engines' first bed state"
+    b.handle(state_topic("icu1"), encode_batch([snapshot(T)]), T)
+    assert b.starting() is None

@@ -332,6 +332,7 @@ function arrivals(msg) {
 
 // A delta's rows in the compact form (dashboards.census.CensusWindow): numbered paths, the
 // numbers told once per window; path 0 is t_us, sent as now_us - t_us. Expanded to "rows".
+let engineStatus = {};  // the census's engine part as last sent (a delta sends it when it changes)
 let keyNames = new Map([[0, "t_us"]]);
 const GONE_KEPT = 500;  // dashboards.census.GONE_KEPT
 let gone = new Map();
@@ -388,12 +389,13 @@ function apply(msg) {
   seq = msg.seq;
   document.getElementById("census").dataset.seq = String(seq);
   if (msg.sites) updateSites(msg.sites);
-  if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
+  if (msg.engine) { engineStatus = msg.engine; eicu.showInputDelay(msg.engine.input_delay_s); }
   tickAges();
   const empty = document.getElementById("empty");
   empty.hidden = total > 0;
   const filtered = [...filterQuery().keys()].some((k) => k !== "site");
-  empty.textContent = filtered ? "No beds match these filters." : "No beds have reported yet.";
+  empty.textContent = filtered ? "No beds match these filters."
+    : engineStatus.starting ? `No beds yet: ${engineStatus.starting}.` : "No beds have reported yet.";
   document.getElementById("updated").textContent = `updated ${eicu.timeText(Date.now() * 1000)}`;
   // the script's work, and up to the next frame drawn (style, layout and paint included)
   performance.measure(kind, { start, end: performance.now() });
