@@ -99,7 +99,7 @@ async def test_the_dashboard_reads_every_worker_and_commands_the_owner(
 
         await until("both workers read partitions", shared)
         mqtt = MqttSettings.from_url(nats.url, client_id="eicu-test-gateway")
-        plan = SimulationPlan(site="hub", beds=4, duration_s=6.0, scenario="stable", speed=1.0)
+        plan = SimulationPlan(site="hub", beds=4, duration_s=24.0, scenario="stable", speed=1.0)
         gateway = asyncio.create_task(simulate(mqtt, plan, asyncio.Event()))
         sick = MqttSettings.from_url(nats.url, client_id="eicu-test-sick")
         async with bus.Client(sick) as c:
@@ -160,6 +160,33 @@ async def test_the_dashboard_reads_every_worker_and_commands_the_owner(
                         if c["signal"] == "ECG_II"
                     )
                 assert samples >= 250, f"{samples} ECG samples in 10 s"
+
+            # the sick bed's worker is killed: the other takes its partitions over, and the
+            # census goes on from the new owner's state, the acknowledged alarm still
+            # acknowledged (adopted, not raised again)
+            k = partition_of(SICK.site, SICK.bed, PARTITIONS)
+            victim = next(w for w in workers if k in w.reading)
+            heir = next(w for w in workers if w is not victim)
+            victim.kill()
+            killed_us = time.time_ns() // 1000
+
+            async def taken_over() -> bool:
+                return len(heir.reading) == PARTITIONS
+
+            await until("the other worker reads every partition", taken_over, 30)
+
+            async def fresh_again() -> bool:
+                rows = {b["bed"]: b for b in (await client.get("/api/census")).json()["beds"]}
+                return all(
+                    not rows[b]["stale"] and (rows[b]["last_seen_us"] or 0) > killed_us
+                    for b in beds - {str(SICK)}
+                )
+
+            await until("every streaming bed fresh from the new owner", fresh_again, 30)
+            rows = {b["bed"]: b for b in (await client.get("/api/census")).json()["beds"]}
+            headline = rows[str(SICK)]["alarm"]
+            assert headline is not None and headline["alarm_id"] == alarm["alarm_id"]
+            assert headline["state"] == "acknowledged", headline
         await gateway
     finally:
         dashboard.stop()
