@@ -187,7 +187,9 @@ def _bed_of(
     return BedKey(site, bed_id)
 
 
-ADT_EVENTS = ("A01", "A02", "A03", "A04", "A08")  # admit, transfer, discharge, register, update
+# admit, transfer, discharge, register, update; cancel admit, transfer, discharge
+ADT_EVENTS = ("A01", "A02", "A03", "A04", "A08", "A11", "A12", "A13")
+CANCELS = {"A11": "admit", "A12": "transfer", "A13": "discharge"}
 # The field an ADT event's refusal names, by what the patient tables refused.
 ADT_FIELDS = {
     "mrn": ("PID", 3), "name": ("PID", 5), "birth_date": ("PID", 7), "sex": ("PID", 8),
@@ -218,7 +220,7 @@ def _name(seg: hl7.Segment, n: int, *, doctor: bool = False) -> str:
 
 
 def read_adt(message: hl7.Message, site: str) -> AdtEvent:
-    """An ``ADT^A01/A02/A03/A04/A08``: raises a list of :class:`hl7.Hl7Error` (in an
+    """An ``ADT^A01/A02/A03/A04/A08/A11/A12/A13``: raises a list of :class:`hl7.Hl7Error` (in an
     ExceptionGroup) naming every field that is wrong. The MRN is PID-3 (its first identifier),
     the name PID-5, the birth date PID-7, the sex PID-8 (HL7 table 0001; A and N are taken as
     O and U), the bed PV1-3 (as for PCD-01), the attending PV1-7, the diagnosis DG1-3 (its
@@ -529,7 +531,7 @@ class Listener:
                 code, errors = await self._adt(message)
         elif kind != "ORU":
             code = "AR"
-            accepted = "ORU^R01" + (", ADT^A01/A02/A03/A04/A08" if self.patients else "")
+            accepted = "ORU^R01" + (", ADT^A01-A04/A08/A11-A13" if self.patients else "")
             errors.append(
                 hl7.Hl7Error(
                     "MSH",
@@ -608,9 +610,16 @@ class Listener:
                     await store.admit(patient, ev.bed, ev.at_us, actor, fields)
                 elif stay.bed != ev.bed:
                     raise PatientError("mrn", f"{mrn} is admitted already, in {stay.bed}")
+            elif ev.event == "A13":  # the discharge of the patient's last stay entered in error
+                if stay is None:
+                    if not every:
+                        raise PatientError("encounter", f"{mrn} has no stay")
+                    await store.cancel(every[-1].encounter_id, "discharge", ev.at_us, actor)
             elif stay is None:
                 if ev.event != "A03" or not every:  # a stay that ended: nothing to do
                     raise PatientError("encounter", f"{mrn} has no open stay")
+            elif ev.event in CANCELS:
+                await store.cancel(stay.encounter_id, CANCELS[ev.event], ev.at_us, actor)
             elif ev.event == "A02":
                 assert ev.bed is not None
                 if stay.bed != ev.bed:

@@ -144,3 +144,43 @@ async def test_an_adt_that_cannot_be_made_names_the_field(
     # an event the listener does not take is refused, naming it
     unknown = await send(listener.port, adt("A17", "D8"))
     assert msa(unknown[0]) == "AR" and "A17" in errs(unknown[0])[0][1]
+
+
+async def test_an_admission_transfer_or_discharge_entered_in_error_is_cancelled(
+    listener: Listener, store_of_each_kind: Store
+) -> None:
+    store = store_of_each_kind
+    answers = await send(
+        listener.port,
+        adt("A01", "E1", "bed07", when="20261203100000"),
+        adt("A02", "E2", "bed09", when="20261203101000"),
+        adt("A12", "E3", "bed09", when="20261203101500"),  # the transfer was a mistake
+    )
+    for answer in answers:
+        strict(answer)
+        assert msa(answer) == "AA", errs(answer)
+    (stay,) = await store.encounters()
+    assert str(stay.bed) == "ward3/bed07"
+    assert [str(loc.bed) for loc in stay.locations] == ["ward3/bed07", "ward3/bed09", "ward3/bed07"]
+    # discharged, and the discharge cancelled: the stay is open again in its bed
+    answers = await send(
+        listener.port,
+        adt("A03", "E4", "bed07", when="20261203110000"),
+        adt("A13", "E5", "bed07", when="20261203110500"),
+    )
+    assert [msa(a) for a in answers] == ["AA", "AA"], [errs(a) for a in answers]
+    (reopened,) = await store.encounters()
+    assert reopened.encounter_id == stay.encounter_id and reopened.discharged_us is None
+    assert str(reopened.bed) == "ward3/bed07"
+    # an admission entered in error: the stay ends, logged as cancelled
+    answer = (await send(listener.port, adt("A11", "E6", "bed07", when="20261203111000")))[0]
+    strict(answer)
+    assert msa(answer) == "AA", errs(answer)
+    assert await store.encounters() == []
+    actions = [e.action for e in await store.encounter_log(stay.encounter_id)]
+    assert actions == [
+        "admit", "transfer", "cancel_transfer", "discharge", "cancel_discharge", "cancel_admit"
+    ]  # fmt: skip
+    # nothing to cancel: refused, naming the stay
+    nothing = (await send(listener.port, adt("A12", "E7", "bed07")))[0]
+    assert msa(nothing) == "AE" and errs(nothing)[0][0] == "PV1^1^19"

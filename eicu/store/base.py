@@ -132,6 +132,10 @@ class PatientRepository(Protocol):
         actor: str,
     ) -> Encounter: ...
 
+    async def cancel(self, encounter_id: int, what: str, at_us: int, actor: str) -> Encounter:
+        """Undo an ``admit``, a ``transfer`` or a ``discharge`` entered in error."""
+        ...
+
     async def encounters(
         self, *, current: bool = True, encounter_id: int | None = None, mrn: str | None = None
     ) -> list[Encounter]:

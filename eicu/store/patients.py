@@ -195,6 +195,39 @@ def discharge(eid: int, at_us: int, actor: str) -> Steps:
     return (yield from _one(eid))
 
 
+def cancel(eid: int, what: str, at_us: int, actor: str) -> Steps:
+    """Undo an admission, a transfer or a discharge entered in error (HL7 A11, A12, A13). Nothing
+    is deleted: a cancelled admission ends the stay, a cancelled transfer moves it back to the
+    bed before (if that bed is free), a cancelled discharge opens the stay again in its last
+    bed (if free); each is logged as such."""
+    e = yield from _one(eid)
+    if what == "discharge":
+        if e.discharged_us is None:
+            raise PatientError("encounter", f"encounter {eid} is not discharged")
+        last = e.locations[-1].bed
+        yield from _bed_free(last)
+        yield ("UPDATE encounters SET discharged = NULL WHERE encounter_id = ?", (eid,))
+        yield _open_location(eid, last, at_us)
+        yield _log(eid, at_us, actor, "cancel_discharge", f"back in {last}")
+    elif e.discharged_us is not None:
+        raise PatientError("encounter", f"encounter {eid} ended (discharged)")
+    elif what == "transfer":
+        if len(e.locations) < 2:
+            raise PatientError("encounter", f"encounter {eid} has no transfer to cancel")
+        before = e.locations[-2].bed
+        yield from _bed_free(before)
+        yield _close_location(eid, at_us)
+        yield _open_location(eid, before, at_us)
+        yield _log(eid, at_us, actor, "cancel_transfer", f"{e.bed} -> {before}")
+    elif what == "admit":
+        yield _close_location(eid, at_us)
+        yield ("UPDATE encounters SET discharged = ? WHERE encounter_id = ?", (at_us, eid))
+        yield _log(eid, at_us, actor, "cancel_admit", f"from {e.bed}")
+    else:
+        raise PatientError("encounter", f"nothing to cancel of the kind {what!r}")
+    return (yield from _one(eid))
+
+
 def update(
     eid: int, fields: Mapping[str, str], allergies: str | None, at_us: int, actor: str
 ) -> Steps:
@@ -279,6 +312,10 @@ class PatientMethods:
         actor: str,
     ) -> Encounter:
         e: Encounter = await self._steps(update(encounter_id, fields, allergies, at_us, actor))
+        return e
+
+    async def cancel(self, encounter_id: int, what: str, at_us: int, actor: str) -> Encounter:
+        e: Encounter = await self._steps(cancel(encounter_id, what, at_us, actor))
         return e
 
     async def encounters(
