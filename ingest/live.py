@@ -197,7 +197,8 @@ class StatePublisher:
         self._wake = asyncio.Event()
         self._client_factory = client_factory or (lambda s: bus.Client(s, timeout=5.0))
         self.published = 0  # state messages published
-        self.failures = 0
+        self.failures = 0  # connections lost, and beds or batches that could not be published
+        self._unshown: set[BedKey] = set()  # beds whose fault has been logged (once each)
 
     def alarms_changed(self, beds: set[BedKey]) -> None:
         """Publish these beds' snapshots soon (an alarm of theirs changed)."""
@@ -220,16 +221,42 @@ class StatePublisher:
         held = e.router.beds
         for key in list(held) if beds is None else [b for b in beds if b in held]:
             after = self._marks_sent.get(key, 0)
-            snap = snapshot(
-                key, held[key], e.scores.beds.get(key), e.signals.derived.get(key),
-                None if alarms is None else alarms.get(key, ()), now_us,
-                marks_after=after, input_delay_us=delay,
-            )  # fmt: skip
+            try:
+                snap = snapshot(
+                    key, held[key], e.scores.beds.get(key), e.signals.derived.get(key),
+                    None if alarms is None else alarms.get(key, ()), now_us,
+                    marks_after=after, input_delay_us=delay,
+                )  # fmt: skip
+            except Exception:  # one bed's fault costs the others nothing
+                self.failures += 1
+                if key not in self._unshown:
+                    self._unshown.add(key)
+                    log.exception("the state of %s cannot be published", key)
+                continue
             self._marks_sent[key] = snap.marks_total
             out.append(snap)
         for gone in set(self._marks_sent) - set(held):
             del self._marks_sent[gone]
         return out
+
+    def encode(self, batch: list[BedSnapshot]) -> bytes | None:
+        """The state message of ``batch``; a bed whose state cannot be encoded is left out
+        (logged once, counted), the others go."""
+        try:
+            return encode_batch(batch)
+        except (ValueError, TypeError):
+            good = []
+            for snap in batch:
+                try:
+                    encode_batch([snap])
+                except (ValueError, TypeError):
+                    self.failures += 1
+                    if snap.bed not in self._unshown:
+                        self._unshown.add(snap.bed)
+                        log.exception("the state of %s cannot be encoded", snap.bed)
+                else:
+                    good.append(snap)
+            return encode_batch(good) if good else None
 
     async def run(self) -> None:
         from eicu.backoff import Backoff
@@ -264,8 +291,10 @@ class StatePublisher:
             self._urgent = set()
             # the state first: an answer's reader then sees the change in the bed's snapshot
             for topic, batch in batches(self.take(beds, self._clock.now_us())):
-                await client.publish(topic, encode_batch(batch), qos=0)
-                self.published += 1
+                payload = self.encode(batch)
+                if payload is not None:
+                    await client.publish(topic, payload, qos=0)
+                    self.published += 1
             replies, self._replies = self._replies, []
             for topic, payload in replies:
                 await client.publish(topic, payload, qos=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -173,3 +174,31 @@ def test_an_empty_census_says_why_while_the_bus_has_told_nothing() -> None:
     assert b.starting() == "waiting for the engines' first bed state"
     b.handle(state_topic("icu1"), encode_batch([snapshot(T)]), T)
     assert b.starting() is None
+
+
+async def test_a_bed_whose_state_cannot_be_published_costs_the_others_nothing(
+    tmp_path: Path,
+) -> None:
+    from eicu.config import IngestSettings
+    from eicu.models import NumericsFrame
+    from eicu.store import open_store
+    from ingest.engine import Engine
+    from ingest.live import StatePublisher
+
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    await store.open()
+    try:
+        engine = Engine(MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store)
+        for i in range(3):
+            key = BedKey("icu1", f"bed{i}")
+            engine.router.route(NumericsFrame(key, 1, T, {"HR": 70.0 + i}, received_us=T))
+        # a bed whose latest values hold what no monitor sends (a fault in the engine)
+        engine.router.beds[BedKey("icu1", "bed1")].latest["HR"] = ("seventy", T)  # type: ignore[assignment]
+        publisher = StatePublisher(engine, MqttSettings(client_id="x"), 1.0)
+        snaps = publisher.take(None, T)
+        payload = publisher.encode(snaps)
+        assert payload is not None
+        assert [str(s.bed) for s in decode_batch(payload)] == ["icu1/bed0", "icu1/bed2"]
+        assert publisher.failures == 1
+    finally:
+        await store.close()
