@@ -273,6 +273,11 @@ class StatePublisher:
                 delay = backoff.next_s()
                 log.warning("bed state not published (%s); again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+            except Exception:  # a fault here never stops the engine: it judges on regardless
+                self.failures += 1
+                delay = backoff.next_s()
+                log.exception("bed state not published; again in %.1f s", delay)
+                await asyncio.sleep(delay)
 
     async def _publish_forever(self, client: bus.Client) -> None:
         loop = asyncio.get_running_loop()
