@@ -204,6 +204,9 @@ class BusBeds:
         except PayloadError as exc:
             self.metrics.rejected.labels(reason=exc.reason).inc()
             log.warning("dashboard: a message on %s not read: %s", topic[:120], exc.detail)
+        except Exception:  # a fault in reading one message costs the others nothing
+            self.metrics.rejected.labels(reason="internal_error").inc()
+            log.exception("dashboard: a message on %s not read", topic[:120])
 
     def _state(self, payload: bytes) -> None:
         for snap in decode_batch(payload):
