@@ -41,6 +41,7 @@ from eicu.alarm_model import AlarmState
 from eicu.alarms.state import Alarm
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.config import HttpSettings, IceServer
+from eicu.errors import StorageUnavailable
 from eicu.exposition import bearer_ok, exposition
 from eicu.health import Health
 from eicu.live import AlarmDesk, LiveBeds
@@ -264,6 +265,16 @@ def create_app(
     app.state.sessions = sessions
     # read by dashboards.server: whose X-Forwarded-For and X-Forwarded-Proto to believe
     app.state.trusted_proxies = settings.trusted_proxies
+
+    @app.exception_handler(StorageUnavailable)
+    async def store_down(request: Request, exc: StorageUnavailable) -> JSONResponse:
+        """History (trends, full disclosure, patients, alarm history) needs the database: while
+        it cannot be reached, say so (503) rather than fail; live views go on from the bus or
+        the engine."""
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the database cannot be reached now; try again shortly"}, status_code=503
+        )
 
     @app.middleware("http")
     async def headers(

@@ -167,3 +167,19 @@ async def test_the_trends_follow_the_patient_across_a_transfer(
         assert "patient" not in left and 111.0 in [p[1] for p in left["series"]["HR"]]
     finally:
         await val.aclose()
+
+
+async def test_history_without_the_database_is_a_503_and_live_views_go_on(
+    app: FastAPI, engine: Engine
+) -> None:
+    val = await login(app, "val")
+    try:
+        await engine.store.close()  # the database is gone
+        r = await val.get("/api/beds/icu1/bed2/trends")
+        assert r.status_code == 503 and "database" in r.json()["detail"]
+        assert (await val.get("/api/patients")).status_code == 503
+        census = await val.get("/api/census")  # live: from the engine, patients as last read
+        assert census.status_code == 200 and len(census.json()["beds"]) == 5
+    finally:
+        await val.aclose()
+        await engine.store.open()  # for the fixture's close
