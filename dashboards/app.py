@@ -185,7 +185,7 @@ def need(permission: Permission) -> Callable[[Request], Awaitable[Session]]:
 
     async def check(request: Request) -> Session:
         sessions: Sessions = request.app.state.sessions
-        session = sessions.get(request.cookies.get(COOKIE))
+        session = await sessions.aget(request.cookies.get(COOKIE))
         if session is None:
             raise HTTPException(401, "log in first")
         if request.method not in SAFE_METHODS:
@@ -254,7 +254,8 @@ def create_app(
     event loop (ready with no checks)."""
     beds, store = source.beds, source.store
     patients = PatientCache(store)
-    sessions = Sessions(settings.session_idle_s, users.get)
+    # kept in the store too: every dashboard process serves every session (dashboards.security)
+    sessions = Sessions(settings.session_idle_s, users.get, shared=source.store)
     limiter = LoginLimiter(
         settings.login_failures_max,
         settings.login_window_s,
@@ -285,8 +286,8 @@ def create_app(
             response.headers.setdefault(name, value)
         return response
 
-    def session_of(request: Request) -> Session | None:
-        return sessions.get(request.cookies.get(COOKIE))
+    async def session_of(request: Request) -> Session | None:
+        return await sessions.aget(request.cookies.get(COOKIE))
 
     def bed_key(site: str, bed: str) -> BedKey:
         try:
@@ -298,7 +299,7 @@ def create_app(
 
     def page(name: str) -> Callable[[Request], Awaitable[Response]]:
         async def serve_page(request: Request) -> Response:
-            if session_of(request) is None:
+            if await session_of(request) is None:
                 target = urllib.parse.quote(
                     request.url.path + ("?" + request.url.query if request.url.query else "")
                 )
@@ -362,7 +363,7 @@ def create_app(
             log.warning("failed dashboard login from %s", client)
             raise HTTPException(401, "wrong name or password")
         limiter.succeeded(body.name, client)
-        session = sessions.create(user)
+        session = await sessions.acreate(user)
         log.info("dashboard login: %s (%s)", user.name, user.role)
         response = JSONResponse(
             {"name": user.name, "role": user.role.value, "csrf": session.csrf,
@@ -381,7 +382,7 @@ def create_app(
 
     @app.post("/api/logout")
     async def logout(request: Request, session: CanView) -> Response:
-        sessions.drop(session.token)
+        await sessions.adrop(session.token)
         response = Response(status_code=204)
         response.delete_cookie(
             COOKIE, path="/", secure=settings.cookie_secure, httponly=True, samesite="strict"
@@ -882,7 +883,7 @@ def create_app(
 
     async def ws_session(ws: WebSocket, permission: Permission) -> Session | None:
         """The session behind a WebSocket, or None after refusing it (HTTP 403)."""
-        session = sessions.get(ws.cookies.get(COOKIE))
+        session = await sessions.aget(ws.cookies.get(COOKIE))
         site = ws.path_params.get("site")
         ok = (
             session is not None
@@ -896,8 +897,8 @@ def create_app(
         await ws.accept()
         return session
 
-    def still_valid(session: Session) -> bool:
-        return sessions.get(session.token) is session
+    async def still_valid(session: Session) -> bool:
+        return await sessions.aget(session.token) is session
 
     # a census scope: (the page's site filter, the sites its user may see, its other filters)
     Scope = tuple[str | None, frozenset[str] | None, views.CensusFilter]
@@ -966,7 +967,7 @@ def create_app(
 
         listener = asyncio.create_task(listen())
         try:
-            while still_valid(session) and not listener.done():
+            while await still_valid(session) and not listener.done():
                 if not session.user.can(Permission.VIEW):
                     break  # the user's role changed
                 if session.user.sites != scope[1]:  # the user's sites changed: a new snapshot
@@ -1007,7 +1008,7 @@ def create_app(
         next_numerics = 0.0
         beds.watch(key)  # its waveforms, where they come from the bus
         try:
-            while still_valid(session):
+            while await still_valid(session):
                 if not (session.user.can(Permission.VIEW) and session.user.can_see(key.site)):
                     break  # the user's role or sites changed
                 message: dict[str, Any] = {}

@@ -438,8 +438,8 @@ def register(
     hub = ConsultHub(store, ConsultMetrics.of(registry), ice_servers)
     app.state.consult = hub
 
-    def still_valid(session: Session) -> bool:
-        return sessions.get(session.token) is session
+    async def still_valid(session: Session) -> bool:
+        return await sessions.aget(session.token) is session
 
     def same_origin(ws: WebSocket) -> bool:
         """No Origin (not a browser: the cart), or one naming this host."""
@@ -494,7 +494,7 @@ def register(
 
     @app.websocket("/ws/cart/{site}/{bed}")
     async def cart_ws(ws: WebSocket, site: str, bed: str) -> None:
-        session = sessions.get(ws.cookies.get(COOKIE))
+        session = await sessions.aget(ws.cookies.get(COOKIE))
         if not same_origin(ws):
             await ws.close(CLOSE_POLICY)
             return
@@ -525,7 +525,7 @@ def register(
         reason = "the cart disconnected"
         try:
             while not peer.closed:
-                if not still_valid(session):
+                if not await still_valid(session):
                     reason = "the cart's session ended"
                     await peer.close(CLOSE_LOG_IN, "the session ended: log in again")
                     break
@@ -578,7 +578,7 @@ def register(
         if not same_origin(ws):
             await ws.close(CLOSE_POLICY)  # before accepting: HTTP 403
             return
-        session = sessions.get(ws.cookies.get(COOKIE))
+        session = await sessions.aget(ws.cookies.get(COOKIE))
         if session is None:
             hub.metrics.calls.labels(outcome=Outcome.REFUSED.value).inc()
             await refuse(ws, CLOSE_LOG_IN, "log in first")
@@ -611,7 +611,7 @@ def register(
         reason, by, side = "the browser closed the connection", user.name, "browser"
         try:
             while call.state != "ended":
-                if not still_valid(session):
+                if not await still_valid(session):
                     reason, by, side = "the caller's session ended", "engine", "engine"
                     break
                 now = session.user

@@ -4,6 +4,11 @@ A session is a random 256-bit token kept in an HTTP-only cookie; the server hold
 name and a CSRF token per session, and forgets the session after ``idle_s`` without use. Every
 state-changing request must carry the session's CSRF token in the ``X-CSRF-Token`` header.
 
+With a ``shared`` store (eicu.store.sessions) sessions are also kept there, so that several
+dashboard processes serve one user: a process that does not know a token looks it up there
+(``aget``), one that knows it checks it there again every ``recheck_s`` (a logout or an idle
+expiry in another process then ends it here too), and a logout drops it there.
+
 A session holds no copy of its user's role or sites: each use of it looks the user up again
 (``lookup``: the users file, re-read when it changed), so a changed role or sites apply to the
 next request and the next tick of an open WebSocket, and a removed user, or one whose password
@@ -12,6 +17,7 @@ was changed, is logged out.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -20,6 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dashboards.users import User
+from eicu.store.base import SessionRepository
+
+RECHECK_S = 5.0  # how often a session known here is checked again in the shared store
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
 
 
 @dataclass
@@ -39,10 +56,20 @@ class Sessions:
     """``lookup``: the user of a name as it is now (None: removed); without it a session keeps
     the user it was created with."""
 
-    def __init__(self, idle_s: float, lookup: Callable[[str], User | None] | None = None) -> None:
+    def __init__(
+        self,
+        idle_s: float,
+        lookup: Callable[[str], User | None] | None = None,
+        *,
+        shared: SessionRepository | None = None,
+        recheck_s: float = RECHECK_S,
+    ) -> None:
         self.idle_s = idle_s
         self._lookup = lookup
         self._by_token: dict[str, Session] = {}
+        self._shared = shared
+        self._recheck_s = recheck_s
+        self._checked: dict[str, float] = {}  # token -> when the shared store last said yes
 
     def create(self, user: User, now_s: float | None = None) -> Session:
         now_s = time.monotonic() if now_s is None else now_s
@@ -77,6 +104,48 @@ class Sessions:
 
     def drop(self, token: str) -> None:
         self._by_token.pop(token, None)
+        self._checked.pop(token, None)
+
+    # --- shared with other dashboard processes (a store; see the module) ----------------------
+
+    async def acreate(self, user: User) -> Session:
+        session = self.create(user)
+        if self._shared is not None:
+            await self._shared.session_put(
+                _digest(session.token), user.name, user.credential, session.csrf, _wall_us()
+            )
+            self._checked[session.token] = time.monotonic()
+        return session
+
+    async def aget(self, token: str | None) -> Session | None:
+        """:meth:`get`, also for a session another process made, and checked again in the
+        shared store every ``recheck_s``."""
+        session = self.get(token)
+        if self._shared is None or not token:
+            return session
+        now = time.monotonic()
+        if session is not None and now - self._checked.get(token, -1e9) < self._recheck_s:
+            return session
+        row = await self._shared.session_get(_digest(token))
+        wall = _wall_us()
+        if row is None or wall - row[3] > self.idle_s * 1e6:
+            if session is not None:  # logged out, or idle, elsewhere
+                self.drop(token)
+            return None
+        if session is None:
+            user = self._lookup(row[0]) if self._lookup is not None else None
+            if user is None or user.credential != row[1]:
+                return None  # removed, or its password changed
+            session = Session(token, user, row[2], now)
+            self._by_token[token] = session
+        await self._shared.session_touch(_digest(token), wall)
+        self._checked[token] = now
+        return session
+
+    async def adrop(self, token: str) -> None:
+        self.drop(token)
+        if self._shared is not None:
+            await self._shared.session_drop(_digest(token), _wall_us() - int(self.idle_s * 1e6))
 
     def drop_user(self, name: str) -> None:
         for token in [t for t, s in self._by_token.items() if s.user.name == name]:

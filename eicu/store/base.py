@@ -157,7 +157,23 @@ class PatientRepository(Protocol):
     async def encounter_log(self, encounter_id: int) -> list[LogEntry]: ...
 
 
-class Store(AlarmRepository, PatientRepository, Protocol):
+class SessionRepository(Protocol):
+    """Dashboard sessions shared by the dashboard processes (eicu.store.sessions)."""
+
+    async def session_put(
+        self, token_hash: str, user: str, credential: str, csrf: str, now_us: int
+    ) -> None: ...
+
+    async def session_get(self, token_hash: str) -> tuple[str, str, str, int] | None:
+        """(user, credential, csrf, last used) of a session, or None."""
+        ...
+
+    async def session_touch(self, token_hash: str, now_us: int) -> None: ...
+
+    async def session_drop(self, token_hash: str, idle_before_us: int) -> None: ...
+
+
+class Store(AlarmRepository, PatientRepository, SessionRepository, Protocol):
     """The store interface. Writes are idempotent: writing a batch twice stores it once."""
 
     backend: str  # "timescaledb", "postgresql" or "sqlite"

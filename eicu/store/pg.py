@@ -61,6 +61,7 @@ from eicu.store.base import (
 )
 from eicu.store.patients import PatientMethods, Steps, violation
 from eicu.store.segments import decode_blocks
+from eicu.store.sessions import SessionMethods
 from eicu.store.timescale import policy_from
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ _UPSERT_ALARM_DELIVERIES = f"""INSERT INTO alarm_deliveries AS d ({ALARM_DELIVER
         cancelled = coalesce(d.cancelled, excluded.cancelled)"""
 
 
-class PgStore(PatientMethods):
+class PgStore(PatientMethods, SessionMethods):
     """PostgreSQL (and TimescaleDB) behind the :class:`~eicu.store.base.Store` interface."""
 
     def __init__(

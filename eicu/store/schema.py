@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eicu.store.patients import tables as patient_tables
+from eicu.store.sessions import TABLES as session_tables
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         # times as integer microseconds, as in SQLite: one logic for both (eicu.store.patients)
         patient_tables("bigserial PRIMARY KEY"),
     ),
+    Migration(6, "dashboard sessions shared by the dashboard processes", session_tables),
 )
 
 # The 1-minute trend relation, for plain PostgreSQL. With TimescaleDB the same name is a

@@ -47,6 +47,8 @@ from eicu.store.base import (
 from eicu.store.patients import PatientMethods, Steps, violation
 from eicu.store.patients import tables as patient_tables
 from eicu.store.segments import decode_blocks
+from eicu.store.sessions import TABLES as session_tables
+from eicu.store.sessions import SessionMethods
 
 T = TypeVar("T")
 CALL_COLUMNS = (
@@ -95,6 +97,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS alarm_deliveries_alarm ON alarm_deliveries (alarm_id)",
     # Patients, their stays, notes and changes (eicu.store.patients; PostgreSQL's migration 5).
     *patient_tables("INTEGER PRIMARY KEY AUTOINCREMENT"),
+    *session_tables,  # dashboard sessions (eicu.store.sessions; PostgreSQL's migration 6)
     """CREATE VIEW IF NOT EXISTS numerics_1m AS
         SELECT (time / 60000000) * 60000000 AS bucket, bed_id, code, avg(value) AS avg_value,
                min(value) AS min_value, max(value) AS max_value, count(value) AS n_values
@@ -119,7 +122,7 @@ _UPSERT_ALARM_DELIVERIES = f"""INSERT INTO alarm_deliveries ({ALARM_DELIVERY_COL
         cancelled = coalesce(alarm_deliveries.cancelled, excluded.cancelled)"""
 
 
-class SqliteStore(PatientMethods):
+class SqliteStore(PatientMethods, SessionMethods):
     """SQLite behind the :class:`~eicu.store.base.Store` interface."""
 
     backend = "sqlite"
