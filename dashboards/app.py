@@ -466,6 +466,23 @@ def create_app(
         out["patient"] = patients.view(str(key), t)
         return out
 
+    async def whose(
+        key: BedKey, start_us: int, end_us: int
+    ) -> tuple[Encounter | None, list[tuple[BedKey, int, int]]]:
+        """Where the data of ``key``'s patient over ``[start_us, end_us)`` is: with a patient in
+        the bed, each bed of their stay over the time they were in it (a transfer loses
+        nothing; nothing from before their admission, another patient's, is shown); without
+        one, the bed itself. (bed, from, until) in time order."""
+        await patients.refresh_if_due()
+        stay = patients.by_bed.get(str(key))
+        if stay is None:
+            return None, [(key, start_us, end_us)]
+        return stay, [
+            (loc.bed, max(start_us, loc.since_us), min(end_us, loc.until_us or end_us))
+            for loc in stay.locations
+            if loc.since_us < end_us and (loc.until_us is None or loc.until_us > start_us)
+        ]
+
     @app.get("/api/beds/{site}/{bed}/trends")
     async def trends(
         site: str,
@@ -482,18 +499,8 @@ def create_app(
         out: dict[str, Any] = {
             "start_us": start_us, "end_us": end_us, "bucket_s": bucket_s, "series": {}
         }  # fmt: skip
-        # With a patient in the bed, the trends are the patient's: each bed of their stay over
-        # the time they were in it (a transfer loses nothing, and nothing from before their
-        # admission, another patient's, is shown). Without one, the bed's.
-        await patients.refresh_if_due()
-        stay = patients.by_bed.get(str(key))
-        spans = [(key, start_us, end_us)]
+        stay, spans = await whose(key, start_us, end_us)
         if stay is not None:
-            spans = [
-                (loc.bed, max(start_us, loc.since_us), min(end_us, loc.until_us or end_us))
-                for loc in stay.locations
-                if loc.since_us < end_us and (loc.until_us is None or loc.until_us > start_us)
-            ]
             out["patient"] = {"encounter_id": stay.encounter_id, "since_us": stay.admitted_us,
                               "beds": [[str(b), a, z] for b, a, z in spans]}  # fmt: skip
         for param in views.TREND_KEYS:
@@ -526,24 +533,25 @@ def create_app(
             raise HTTPException(422, f"unknown signal {signal!r}")
         end_us = start_us + int(seconds * 1e6)
         lead_in_us = int(review.LEAD_IN_S * 1e6)
-        # With a patient in the bed, a window from before their transfer here is theirs, read
-        # from the bed they were in then (``bed`` says which).
-        await patients.refresh_if_due()
-        stay = patients.by_bed.get(str(key))
-        where = key
-        if stay is not None:
-            for loc in stay.locations:
-                if loc.since_us <= start_us and (loc.until_us is None or start_us < loc.until_us):
-                    where = loc.bed
-        stored = await store.waveform(where, signal, start_us - lead_in_us, end_us)
+        # the patient's samples: from each bed of their stay over their time in it (``beds``);
+        # the lead-in (for the beat marks) only where the window itself starts in that bed
+        _stay, spans = await whose(key, start_us, end_us)
+        parts = [
+            await store.waveform(b, signal, a - lead_in_us if a == start_us else a, z)
+            for b, a, z in spans
+        ]
+        stored = review.joined(signal, parts)
         inside = stored.t_us >= start_us
         marks = await asyncio.to_thread(review.window_marks, stored, start_us, end_us)
         alarms = None
         if (desk := source.desk) is not None:
             events = await desk.events_since(start_us - REVIEW_ALARMS_BACK_US)
-            alarms = review.alarm_spans(events, where, start_us, end_us)
+            alarms = [
+                span for b, a, z in spans for span in review.alarm_spans(events, b, a, z)
+            ]  # fmt: skip
         return {
-            "bed": str(where),
+            "bed": str(spans[0][0]) if spans else str(key),
+            "beds": [[str(b), a, z] for b, a, z in spans],
             "signal": signal,
             "unit": SIGNAL_BY_KEY[signal].unit,
             "fs_hz": stored.fs_hz,

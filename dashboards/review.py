@@ -79,6 +79,27 @@ def window_marks(window: WaveformWindow, start_us: int, end_us: int) -> list[dic
     return carried + marks
 
 
+def joined(signal: str, parts: list[WaveformWindow]) -> WaveformWindow:
+    """Windows of one signal from consecutive beds (a patient's transfer), as one, in time
+    order; a part at another rate than the first that has samples is left out."""
+    full = [p for p in parts if p.t_us.shape[0]]
+    if not full:
+        return (
+            parts[0]
+            if parts
+            else WaveformWindow(signal, 0.0, np.empty(0, np.int64), np.empty(0, np.float64))
+        )
+    same = [p for p in full if p.fs_hz == full[0].fs_hz]
+    if len(same) == 1:
+        return same[0]
+    return WaveformWindow(
+        signal,
+        same[0].fs_hz,
+        np.concatenate([p.t_us for p in same]),
+        np.concatenate([p.values for p in same]),
+    )
+
+
 def alarm_spans(
     events: Iterable[AlarmEvent], bed: BedKey, start_us: int, end_us: int
 ) -> list[dict[str, Any]]:

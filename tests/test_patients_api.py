@@ -143,6 +143,13 @@ async def test_the_trends_follow_the_patient_across_a_transfer(
     ecg = SignalBlock("ECG_II", 250.0, 200.0, 0, np.arange(250, dtype=np.int16))
     t_ecg = now - 12 * minute
     batch.waveforms.append(WaveformFrame(bed2, 900_001, t_ecg, (ecg,), received_us=t_ecg))
+    # bed 1 at the same time, another patient's; and a second across the transfer, half in each
+    other = SignalBlock("ECG_II", 250.0, 200.0, 0, np.full(250, 1000, dtype=np.int16))
+    batch.waveforms.append(WaveformFrame(bed1, 900_002, t_ecg, (other,), received_us=t_ecg))
+    t_move = now - 10 * minute
+    for bed, seq in ((bed2, 900_003), (bed1, 900_004)):
+        frame = WaveformFrame(bed, seq, t_move - 500_000, (ecg,), received_us=t_move)
+        batch.waveforms.append(frame)
     await store.write(batch)
     stay = await store.admit(checked_patient(ADA), bed2, now - 15 * minute, "nina", {})
     await store.transfer(stay.encounter_id, bed1, now - 10 * minute, "nina")
@@ -161,7 +168,24 @@ async def test_the_trends_follow_the_patient_across_a_transfer(
             )
         ).json()
         assert strip["bed"] == "icu1/bed2" and len(strip["values"]) == 250
-        assert strip["values"][:2] == [0.0, 0.005]
+        assert strip["values"][:2] == [0.0, 0.005]  # never bed 1's other patient (5.0 mV)
+        # across the transfer: bed 2's half, then bed 1's
+        across = (
+            await val.get(
+                "/api/beds/icu1/bed1/waveform",
+                params={"signal": "ECG_II", "start_us": t_move - 500_000, "seconds": 1},
+            )
+        ).json()
+        assert [b[0] for b in across["beds"]] == ["icu1/bed2", "icu1/bed1"]
+        assert len(across["values"]) == 250 and across["t_us"] == sorted(across["t_us"])
+        # before the admission: not this patient's, so nothing
+        before = (
+            await val.get(
+                "/api/beds/icu1/bed1/waveform",
+                params={"signal": "ECG_II", "start_us": now - 20 * minute, "seconds": 60},
+            )
+        ).json()
+        assert before["values"] == [] and before["beds"] == []
         # the bed the patient left shows the bed's own data: nobody is in it now
         left = (await val.get("/api/beds/icu1/bed2/trends", params={"minutes": 30})).json()
         assert "patient" not in left and 111.0 in [p[1] for p in left["series"]["HR"]]
