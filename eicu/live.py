@@ -273,14 +273,27 @@ def _int(doc: Mapping[str, Any], key: str, default: int | None = None) -> int:
     return value
 
 
+def _opt_int(doc: Mapping[str, Any], key: str) -> int | None:
+    """An integer field that may be absent or null (a time, a delay): never a string or a float
+    that would reach a comparison in the views."""
+    return None if doc.get(key) is None else _int(doc, key)
+
+
+def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise PayloadError("malformed", f"'{key}' must be text")
+    return value
+
+
 def _alarm(bed: BedKey, d: Mapping[str, Any]) -> Alarm:
     return Alarm(
         alarm_id=str(d["id"]), bed=bed, kind=str(d["kind"]), category=Category(d["cat"]),
         priority=Priority(d["pri"]), state=AlarmState(d["state"]), started_us=int(d["start"]),
         condition_present=bool(d["present"]),
         value=float(d["value"]) if d.get("value") is not None else None,
-        detail=str(d.get("detail") or ""), acknowledged_by=d.get("ack_by"),
-        acknowledged_us=d.get("ack_us"), audio_paused_until_us=d.get("pause_us"),
+        detail=str(d.get("detail") or ""), acknowledged_by=_opt_str(d, "ack_by"),
+        acknowledged_us=_opt_int(d, "ack_us"), audio_paused_until_us=_opt_int(d, "pause_us"),
     )  # fmt: skip
 
 
@@ -304,8 +317,8 @@ def _snapshot(d: Mapping[str, Any]) -> BedSnapshot:
         },
         signals={str(k): (float(fs), int(t)) for k, (fs, t) in dict(d.get("signals", {})).items()},
         news2=dict(news2) if isinstance(news2, dict) else None,
-        news2_us=d.get("news2_us"),
-        news2_invalid=d.get("news2_invalid"),
+        news2_us=_opt_int(d, "news2_us"),
+        news2_invalid=_opt_str(d, "news2_invalid"),
         rising_reasons=tuple(str(r) for r in rising) if isinstance(rising, list) else None,
         hr_bpm=float(hr) if hr is not None else None,
         rhythms=tuple(str(r) for r in d.get("rhythms", ())),
@@ -316,7 +329,7 @@ def _snapshot(d: Mapping[str, Any]) -> BedSnapshot:
         ),
         marks_total=_int(d, "marks_total", 0),
         alarms=tuple(_alarm(bed, a) for a in alarms) if isinstance(alarms, list) else None,
-        input_delay_us=d.get("delay"),
+        input_delay_us=_opt_int(d, "delay"),
     )
 
 

@@ -80,6 +80,15 @@ def test_snapshots_go_in_batches_per_site() -> None:
         (json.dumps({"v": 1, "beds": {}}).encode(), "malformed"),
         (json.dumps({"v": 1, "beds": [{"bed": "no slash", "t": 1}]}).encode(), "malformed"),
         (json.dumps({"v": 1, "beds": [{"bed": "a/b", "t": "soon"}]}).encode(), "malformed"),
+        # a time or delay that is not an integer never reaches a comparison in the views
+        (
+            json.dumps({"v": 1, "beds": [{"bed": "a/b", "t": 1, "delay": "5"}]}).encode(),
+            "malformed",
+        ),
+        (
+            json.dumps({"v": 1, "beds": [{"bed": "a/b", "t": 1, "news2_us": 1.5}]}).encode(),
+            "malformed",
+        ),
     ],
 )
 def test_a_bad_state_message_is_refused_naming_why(payload: bytes, reason: str) -> None:
