@@ -288,11 +288,14 @@ class StatePublisher:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
-            if self._urgent and loop.time() < next_full:
-                await asyncio.sleep(self._urgent_s)  # alarm changes of one pass go together
-                beds: set[BedKey] | None = self._urgent
-            else:
+            beds: set[BedKey] | None
+            if loop.time() >= next_full:
                 beds, next_full = None, loop.time() + self._period_s
+            elif self._urgent:
+                await asyncio.sleep(self._urgent_s)  # alarm changes of one pass go together
+                beds = self._urgent
+            else:
+                beds = set()  # woken for answers only
             self._urgent = set()
             # the state first: an answer's reader then sees the change in the bed's snapshot
             for topic, batch in batches(self.take(beds, self._clock.now_us())):
