@@ -217,7 +217,7 @@ class BusBeds:
             if snap.marks:
                 kept = self._marks.setdefault(snap.bed, deque(maxlen=MARKS_KEPT))
                 last = kept[-1].seq if kept else 0
-                if snap.marks[0].seq <= last and snap.marks_total < last:
+                if snap.marks_total < last:
                     kept.clear()  # a new owner counts its marks from the start
                     last = 0
                 kept.extend(m for m in snap.marks if m.seq > last)

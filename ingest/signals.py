@@ -127,16 +127,15 @@ class SignalStage:
         self._pipes[bed] = pipe
         derived = self.derived[bed] = Derived()
         # each signal cut into runs of at most a second, at its time jumps
-        pieces: list[tuple[int, str, int, NDArray[np.float64]]] = []
+        pieces: list[tuple[int, str, NDArray[np.float64]]] = []  # (first time, signal, samples)
         for signal, (fs_hz, t_us, values) in chosen.items():
-            step_us = 1e6 / fs_hz
-            jumps = np.flatnonzero(np.diff(t_us) > 1.5 * step_us) + 1
+            jumps = np.flatnonzero(np.diff(t_us) > 1.5e6 / fs_hz) + 1
+            n = max(1, int(fs_hz))
             for run_t, run_v in zip(np.split(t_us, jumps), np.split(values, jumps), strict=True):
-                n = max(1, int(fs_hz))
                 for i in range(0, run_t.shape[0], n):
-                    pieces.append((int(run_t[i]), signal, int(run_t[i]), run_v[i : i + n]))
+                    pieces.append((int(run_t[i]), signal, run_v[i : i + n]))
         pushed = 0
-        for _t, signal, t_first, samples in sorted(pieces, key=lambda p: (p[0], p[1])):
+        for t_first, signal, samples in sorted(pieces, key=lambda p: (p[0], p[1])):
             self._push(bed, pipe, derived, signal, fs[signal], t_first, samples)
             pushed += samples.shape[0]
         return pushed
