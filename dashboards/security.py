@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections import deque
@@ -26,7 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dashboards.users import User
+from eicu.errors import StorageUnavailable
 from eicu.store.base import SessionRepository
+
+log = logging.getLogger(__name__)
 
 RECHECK_S = 5.0  # how often a session known here is checked again in the shared store
 
@@ -70,6 +74,10 @@ class Sessions:
         self._shared = shared
         self._recheck_s = recheck_s
         self._checked: dict[str, float] = {}  # token -> when the shared store last said yes
+        # made or dropped here while the store could not be reached, put there when it is back
+        self._unshared: dict[str, tuple[str, str, str]] = {}  # token -> name, credential, csrf
+        self._undropped: set[str] = set()  # token digests
+        self._down = False
 
     def create(self, user: User, now_s: float | None = None) -> Session:
         now_s = time.monotonic() if now_s is None else now_s
@@ -111,41 +119,72 @@ class Sessions:
     async def acreate(self, user: User) -> Session:
         session = self.create(user)
         if self._shared is not None:
-            await self._shared.session_put(
-                _digest(session.token), user.name, user.credential, session.csrf, _wall_us()
-            )
+            self._unshared[session.token] = (user.name, user.credential, session.csrf)
+            await self._sync()
             self._checked[session.token] = time.monotonic()
         return session
 
     async def aget(self, token: str | None) -> Session | None:
         """:meth:`get`, also for a session another process made, and checked again in the
-        shared store every ``recheck_s``."""
+        shared store every ``recheck_s``. While the store cannot be reached, what this process
+        knows stands (a live view never stops for the database)."""
         session = self.get(token)
         if self._shared is None or not token:
             return session
         now = time.monotonic()
         if session is not None and now - self._checked.get(token, -1e9) < self._recheck_s:
             return session
-        row = await self._shared.session_get(_digest(token))
-        wall = _wall_us()
-        if row is None or wall - row[3] > self.idle_s * 1e6:
-            if session is not None:  # logged out, or idle, elsewhere
-                self.drop(token)
-            return None
-        if session is None:
-            user = self._lookup(row[0]) if self._lookup is not None else None
-            if user is None or user.credential != row[1]:
-                return None  # removed, or its password changed
-            session = Session(token, user, row[2], now)
-            self._by_token[token] = session
-        await self._shared.session_touch(_digest(token), wall)
+        if not await self._sync():
+            return session
+        try:
+            row = await self._shared.session_get(_digest(token))
+            wall = _wall_us()
+            if row is None or wall - row[3] > self.idle_s * 1e6:
+                if session is not None:  # logged out, or idle, elsewhere
+                    self.drop(token)
+                return None
+            if session is None:
+                user = self._lookup(row[0]) if self._lookup is not None else None
+                if user is None or user.credential != row[1]:
+                    return None  # removed, or its password changed
+                session = Session(token, user, row[2], now)
+                self._by_token[token] = session
+            await self._shared.session_touch(_digest(token), wall)
+        except StorageUnavailable as exc:
+            self._unreachable(exc)
+            return session
         self._checked[token] = now
         return session
 
     async def adrop(self, token: str) -> None:
         self.drop(token)
         if self._shared is not None:
-            await self._shared.session_drop(_digest(token), _wall_us() - int(self.idle_s * 1e6))
+            self._unshared.pop(token, None)
+            self._undropped.add(_digest(token))
+            await self._sync()
+
+    async def _sync(self) -> bool:
+        """Put in the store what was made or dropped here while it could not be reached; False
+        while it still cannot."""
+        assert self._shared is not None
+        try:
+            for token, (name, credential, csrf) in list(self._unshared.items()):
+                await self._shared.session_put(_digest(token), name, credential, csrf, _wall_us())
+                del self._unshared[token]
+            idle_before = _wall_us() - int(self.idle_s * 1e6)
+            for digest in list(self._undropped):
+                await self._shared.session_drop(digest, idle_before)
+                self._undropped.discard(digest)
+        except StorageUnavailable as exc:
+            self._unreachable(exc)
+            return False
+        self._down = False
+        return True
+
+    def _unreachable(self, exc: StorageUnavailable) -> None:
+        if not self._down:
+            log.warning("sessions not shared while the store cannot be reached: %s", exc)
+        self._down = True
 
     def drop_user(self, name: str) -> None:
         for token in [t for t, s in self._by_token.items() if s.user.name == name]:

@@ -90,3 +90,23 @@ async def test_a_session_idle_everywhere_ends(engine: Engine, tmp_path: Path) ->
     two.drop(session.token)  # forgotten here: only the store knows it
     assert await two.aget(session.token) is None
     assert await one.aget(session.token) is None  # idle there too, once checked again
+
+
+async def test_sessions_go_on_while_the_store_is_down_and_are_shared_once_it_is_back(
+    engine: Engine, tmp_path: Path
+) -> None:
+    users = Users(tmp_path / "users.json", cheap_hasher())
+    users.add("ada", Role.INTENSIVIST, PASSWORD)
+    user = users.get("ada")
+    assert user is not None
+    one = Sessions(60.0, users.get, shared=engine.store, recheck_s=0.0)
+    two = Sessions(60.0, users.get, shared=engine.store, recheck_s=0.0)
+    known = await one.acreate(user)
+    await engine.store.close()  # the database goes away
+    made = await one.acreate(user)  # logging in still works, here
+    assert await one.aget(made.token) is made and await one.aget(known.token) is known
+    await one.adrop(known.token)  # a logout while it is down
+    await engine.store.open()
+    assert await one.aget(made.token) is made  # put in the store now
+    assert (await two.aget(made.token)) is not None  # and served by the other process
+    assert await two.aget(known.token) is None  # the logout reached the store too

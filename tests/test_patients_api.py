@@ -198,6 +198,7 @@ async def test_history_without_the_database_is_a_503_and_live_views_go_on(
 ) -> None:
     val = await login(app, "val")
     try:
+        app.state.sessions._recheck_s = 0.0  # the session checked in the store at every use
         await engine.store.close()  # the database is gone
         r = await val.get("/api/beds/icu1/bed2/trends")
         assert r.status_code == 503 and "database" in r.json()["detail"]
