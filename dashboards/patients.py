@@ -65,8 +65,8 @@ def census_view(e: Encounter, now_us: int) -> dict[str, Any]:
 
 class PatientCache:
     """The open stays by bed, read from the store at most every REFRESH_S (and at once after a
-    change made here). While the store cannot be read the last reading stays, and ``stale``
-    says since when."""
+    change made here). While the store cannot be read the last reading stays, and
+    ``stale_since`` says since when (wall clock, seconds)."""
 
     def __init__(self, store: Store, refresh_s: float = REFRESH_S) -> None:
         self._store = store
