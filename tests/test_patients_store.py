@@ -126,3 +126,20 @@ def test_code_status_isolation_and_notes_are_checked() -> None:
         checked_note("handoff", "", {"illness": "  "})
     with pytest.raises(PatientError, match="a note has text"):
         checked_note("note", " ", {})
+
+
+async def test_a_change_dated_before_the_stays_last_one_is_refused(
+    store_of_each_kind: Store,
+) -> None:
+    """An ADT message that comes out of order cannot put a stay's beds out of time order."""
+    store = store_of_each_kind
+    stay = await store.admit(checked_patient(ADA), BED1, T, "hl7:HIS", {})
+    moved = await store.transfer(stay.encounter_id, BED2, T + 60_000_000, "hl7:HIS")
+    for late in (
+        store.transfer(stay.encounter_id, BED3, T + 30_000_000, "hl7:HIS"),
+        store.discharge(stay.encounter_id, T + 30_000_000, "hl7:HIS"),
+        store.cancel(stay.encounter_id, "transfer", T + 30_000_000, "hl7:HIS"),
+    ):
+        with pytest.raises(PatientError, match="later than this change"):
+            await late
+    assert (await store.encounters(encounter_id=stay.encounter_id))[0] == moved

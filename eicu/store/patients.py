@@ -115,6 +115,16 @@ def _open(eid: int) -> Steps:
     return e
 
 
+def _not_before(e: Encounter, at_us: int) -> None:
+    """A move or an end of a stay is not dated before its last one (an ADT message that comes
+    out of order): its beds stay in time order."""
+    last = max([e.admitted_us, e.discharged_us or 0, *(loc.since_us for loc in e.locations)])
+    if at_us < last:
+        raise PatientError(
+            "encounter", f"encounter {e.encounter_id} changed later than this change's time"
+        )
+
+
 def _bed_free(bed: BedKey) -> Steps:
     rows = yield (
         "SELECT encounter_id FROM encounter_locations WHERE site = ? AND bed = ? AND until IS NULL",
@@ -178,6 +188,7 @@ def _close_location(eid: int, at_us: int) -> tuple[str, tuple[Any, ...]]:
 
 def transfer(eid: int, bed: BedKey, at_us: int, actor: str) -> Steps:
     e = yield from _open(eid)
+    _not_before(e, at_us)
     if e.bed == bed:
         raise PatientError("bed", f"the patient is in {bed} already")
     yield from _bed_free(bed)
@@ -189,6 +200,7 @@ def transfer(eid: int, bed: BedKey, at_us: int, actor: str) -> Steps:
 
 def discharge(eid: int, at_us: int, actor: str) -> Steps:
     e = yield from _open(eid)
+    _not_before(e, at_us)
     yield _close_location(eid, at_us)
     yield ("UPDATE encounters SET discharged = ? WHERE encounter_id = ?", (at_us, eid))
     yield _log(eid, at_us, actor, "discharge", f"from {e.bed}")
@@ -201,6 +213,7 @@ def cancel(eid: int, what: str, at_us: int, actor: str) -> Steps:
     bed before (if that bed is free), a cancelled discharge opens the stay again in its last
     bed (if free); each is logged as such."""
     e = yield from _one(eid)
+    _not_before(e, at_us)
     if what == "discharge":
         if e.discharged_us is None:
             raise PatientError("encounter", f"encounter {eid} is not discharged")
