@@ -51,6 +51,8 @@ ALARM_STORE_WAIT_S = 5.0  # how long a partition's hand-over waits for the alarm
 REPLAY_S = 15.0
 LATEST_LOOKBACK_S = 3600.0
 REPLAY_WAIT_S = 10.0
+# A bed whose newest value is older than the replay window by this much has no signal to replay.
+RECENT_MARGIN_US = 60 * 1_000_000
 
 
 def warm_up(signals: bool) -> None:
@@ -271,8 +273,9 @@ class Engine:
                         held = state.latest.get(key)
                         if held is None or held[1] < v.ts_us:
                             state.latest[key] = (v.value, v.ts_us)
-                    if not self._analyse:
-                        continue
+                    newest = max((v.ts_us for v in latest.get(bed, {}).values()), default=0)
+                    if not self._analyse or newest < start_us - RECENT_MARGIN_US:
+                        continue  # nothing lately: no signal to read (a worker's start is quick)
                     windows = {}
                     for signal in ANALYSED:
                         w = await self.store.waveform(bed, signal, start_us, now_us + 1)
