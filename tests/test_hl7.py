@@ -18,10 +18,7 @@ from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, free_port, mosquitto_binary
 from eicu.models import BedKey, NumericsFrame
 from ingest.hl7 import Counts, Listener, read_pcd01
-
-hl7mllp = pytest.importorskip("hl7.mllp", reason="pip install -e '.[dev]' (the hl7 package)")
-hl7apy_parser = pytest.importorskip("hl7apy.parser", reason="pip install -e '.[dev]' (hl7apy)")
-from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
+from tests.hl7_peer import send, strict
 
 # bytes decoded as they are: segments end with a carriage return, kept as it is
 EXAMPLE = (Path(__file__).parent / "data" / "hl7" / "pcd01-oru-r01.hl7").read_bytes().decode()
@@ -29,13 +26,6 @@ SITE = "ward3"
 BED = BedKey(SITE, "bed07")
 T_0 = hl7.parse_ts("20261203101500+0000")
 T_NIBP = hl7.parse_ts("20261203101430+0000")
-
-
-def strict(answer: str) -> object:
-    """The answer parsed and validated by hl7apy at its strict level (raises if not valid)."""
-    message = hl7apy_parser.parse_message(answer, validation_level=VALIDATION_LEVEL.STRICT)
-    message.validate()
-    return message
 
 
 def msa(answer: str) -> tuple[str, str]:
@@ -185,22 +175,6 @@ async def numerics(broker: Mosquitto) -> AsyncIterator[Numerics]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def send(port: int, *messages: str) -> list[str]:
-    """Each message sent with python-hl7's MLLP client; the answers, as text."""
-    reader, writer = await hl7mllp.open_hl7_connection("127.0.0.1", port, encoding="utf-8")
-    answers = []
-    try:
-        for text in messages:
-            writer.writemessage(text)
-            await writer.drain()
-            answers.append(str(await asyncio.wait_for(reader.readmessage(), 15.0)))
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-    return answers
 
 
 @needs_mosquitto

@@ -4,7 +4,6 @@ validated by hl7apy at its strictest level; a refusal names the field."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,10 +14,7 @@ from eicu.devservices import Mosquitto
 from eicu.models import BedKey
 from eicu.store import Store
 from ingest.hl7 import Listener
-
-hl7mllp = pytest.importorskip("hl7.mllp", reason="pip install -e '.[dev]' (the hl7 package)")
-hl7apy_parser = pytest.importorskip("hl7apy.parser", reason="pip install -e '.[dev]' (hl7apy)")
-from hl7apy.consts import VALIDATION_LEVEL  # noqa: E402
+from tests.hl7_peer import send, strict
 
 SITE = "ward3"
 
@@ -35,11 +31,6 @@ def adt(
         *extra,
     ]
     return "\r".join(segments) + "\r"
-
-
-def strict(answer: str) -> None:
-    message = hl7apy_parser.parse_message(answer, validation_level=VALIDATION_LEVEL.STRICT)
-    message.validate()
 
 
 def msa(answer: str) -> str:
@@ -59,21 +50,6 @@ async def listener(broker: Mosquitto, store_of_each_kind: Store) -> AsyncIterato
     await lst.start()
     yield lst
     await lst.stop()
-
-
-async def send(port: int, *messages: str) -> list[str]:
-    reader, writer = await hl7mllp.open_hl7_connection("127.0.0.1", port, encoding="utf-8")
-    answers = []
-    try:
-        for text in messages:
-            writer.writemessage(text)
-            await writer.drain()
-            answers.append(str(await reader.readmessage()))
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-    return answers
 
 
 async def test_admission_transfer_update_and_discharge_over_mllp(
