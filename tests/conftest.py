@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,6 +32,75 @@ def require_data(*relative: str) -> Path:
     if reason:
         pytest.skip(reason)
     return data_dir()
+
+
+# --- a test that hangs where no signal reaches it ------------------------------------------------
+# pytest-timeout (300 s, pyproject.toml) raises in the main thread, which a call stuck in compiled
+# code never sees. faulthandler's watchdog is a C thread: past WATCHDOG_S it writes every thread's
+# stack to a file and ends the process. Under xdist the worker's loss fails that test, a new worker
+# takes the rest, and the run's summary prints the stacks.
+
+WATCHDOG_S = float(os.environ.get("EICU_TEST_WATCHDOG_S", "420"))
+_HANG_DIR = "EICU_TEST_HANG_DIR"
+_hang_file = None
+_hang_dir_own = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _hang_file, _hang_dir_own
+    if _HANG_DIR not in os.environ:  # the controller (or a run without xdist) makes the folder
+        os.environ[_HANG_DIR] = tempfile.mkdtemp(prefix="eicu-test-hangs-")
+        _hang_dir_own = True
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    path = Path(os.environ[_HANG_DIR]) / f"{worker}-{os.getpid()}.txt"
+    _hang_file = path.open("w")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _hang_file is not None:
+        _hang_file.close()
+    if _hang_dir_own:
+        shutil.rmtree(os.environ.pop(_HANG_DIR), ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if _hang_file is not None and not _hang_file.closed:
+        _hang_file.seek(0)
+        _hang_file.truncate()
+        _hang_file.write(f"{item.nodeid} ran past {WATCHDOG_S:.0f} s:\n")
+        _hang_file.flush()
+        faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=_hang_file)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _hangs() -> dict[str, str]:
+    """The tests a watchdog ended, by node id, with the stacks it wrote."""
+    found = {}
+    for path in sorted(Path(os.environ[_HANG_DIR]).glob("*.txt")):
+        text = path.read_text(errors="replace")
+        if "Thread 0x" in text or "Current thread" in text:
+            found[text.split(" ran past ", 1)[0]] = text
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # xdist gives a lost worker's test file to a new worker, the hung test included: it fails
+    # at once there instead of hanging again.
+    if item.nodeid in _hangs():
+        pytest.fail(f"hung past {WATCHDOG_S:.0f} s in an earlier worker (stacks in the summary)")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return
+    for nodeid, text in _hangs().items():
+        terminalreporter.section(f"hung: {nodeid}", sep="=", red=True)
+        terminalreporter.write(text + "\n")
 
 
 # --- real services --------------------------------------------------------------------------------
