@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 
 from eicu.config import Secret, VideoSettings
+from eicu.video import cart as cart_module
 from eicu.video.cart import CartAgent, cart_ws_url
 from eicu.video.media import FrameMeter, consume, open_local_media
 from eicu.video.peer import create_peer
@@ -83,7 +85,10 @@ class Caller:
         return str(self.pc.localDescription.sdp)
 
     async def close(self) -> None:
-        await self.pc.close()
+        # aiortc's close can wait forever on a transport that never answers (issue 283); the
+        # caller is test scaffolding, and the cart's side is what these tests check.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.pc.close(), 10)
         self.media.stop()
         for t in self.tasks:
             t.cancel()
@@ -153,7 +158,7 @@ async def test_call_hangup_busy_and_reconnect() -> None:
         await server.send("icu-a", "3", {"type": "hangup", "call_id": "c1"})
         await wait_for(lambda: agent.call is None)
         assert call.ended.is_set()
-        assert call.pc.connectionState == "closed"
+        await wait_for(lambda: call.pc.connectionState == "closed")  # closed after the call ends
         # The engine restarts: the cart comes back by itself.
         await server.stop()
         await wait_for(lambda: not agent.registered.is_set())
@@ -209,6 +214,51 @@ async def test_cart_ends_call_when_caller_goes_away() -> None:
         await caller.close()
         await stopped(stop, task)
         await server.stop()
+
+
+@pytest.mark.slow
+async def test_a_call_whose_peer_connection_never_closes_still_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer connection whose close never returns (a transport that does not answer) does not
+    keep the call up: the cart is free again and answers the next call."""
+    monkeypatch.setattr(cart_module, "CLOSE_TIMEOUT_S", 0.5)
+    stuck: list[Callable[[], Awaitable[None]]] = []
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        pc = create_peer(*args, **kwargs)
+        stuck.append(pc.close)
+
+        async def never_closes() -> None:
+            await asyncio.Event().wait()
+
+        pc.close = never_closes  # type: ignore[method-assign]
+        return pc
+
+    monkeypatch.setattr(cart_module, "create_peer", create)
+    server = SignalingServer({USER: "pw"}, {USER: {("icu-a", "3")}})
+    await server.start()
+    agent = make_agent(server)
+    stop, task = await running(agent)
+    caller = Caller()
+    try:
+        await asyncio.wait_for(agent.registered.wait(), 10)
+        sdp = await caller.offer()
+        await server.send("icu-a", "3", {"type": "offer", "call_id": 7, "sdp": sdp, "caller": "dr"})
+        await server.expect("answer")
+        await caller.close()
+        await server.send("icu-a", "3", {"type": "hangup", "call_id": 7})
+        await wait_for(lambda: agent.call is None, timeout=10)
+        caller = Caller()
+        sdp = await caller.offer()
+        await server.send("icu-a", "3", {"type": "offer", "call_id": 8, "sdp": sdp, "caller": "dr"})
+        assert (await server.expect("answer"))["call_id"] == 8
+    finally:
+        await caller.close()
+        await stopped(stop, task)
+        await server.stop()
+        for close in stuck:
+            await asyncio.wait_for(close(), 10)
 
 
 async def test_refused_cart_stays_up_and_retries() -> None:
@@ -298,7 +348,9 @@ async def test_eicu_cart_command_records_and_serves_metrics(tmp_path: Path) -> N
         await caller.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         await wait_for(lambda: caller.received.get("video", FrameMeter()).frames >= 5)
         stats = await server.expect("stats")
+        deadline = asyncio.get_running_loop().time() + 60
         while stats["stats"]["inbound"].get("video", {}).get("frames", 0) < 5:
+            assert asyncio.get_running_loop().time() < deadline, f"cart's inbound video: {stats}"
             stats = await server.expect("stats")
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         async with aiohttp.ClientSession() as http:

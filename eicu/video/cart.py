@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # Frames of each received track a recording may fall behind by (2 s of 15 fps video, 0.6 s of
 # audio) before the oldest are left out.
 RECORD_BUFFER_FRAMES = 30
+# How long ending a call waits for the recorder and the peer connection to close.
+CLOSE_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
 
@@ -231,7 +233,7 @@ class Call:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._recorder is not None:
             with contextlib.suppress(Exception):
-                await self._recorder.stop()
+                await asyncio.wait_for(self._recorder.stop(), CLOSE_TIMEOUT_S)
         for bounded in self._bounded:
             bounded.stop()
             if bounded.dropped:
@@ -239,7 +241,13 @@ class Call:
                     "call %s: the recording fell behind: %d %s frames left out",
                     self.call_id, bounded.dropped, bounded.kind,
                 )  # fmt: skip
-        await self.pc.close()
+        # aiortc's close can wait forever on a transport that never answers (aiortc issue
+        # 283): the call ends all the same, so the cart is free for the next one.
+        try:
+            await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("call %s: the peer connection did not close in %.0f s", self.call_id,
+                        CLOSE_TIMEOUT_S)  # fmt: skip
         if self.media is not None:
             self.media.stop()
 
