@@ -151,6 +151,14 @@ def test_serve_simulate_stats_and_sigterm(broker: Mosquitto, db_url: str, tmp_pa
             while not answer.endswith(hl7.END_BLOCK):
                 answer += mllp.recv(4096)
         assert b"MSA|AA|PCD0001" in answer
+        # accepted at the broker; the engine reads it from there (on a busy machine, a while
+        # later): stored before the stop, so the comparison below is of everything
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _eicu("stats", "--json", env=env)
+            if "ward3/bed07" in json.loads(now.stdout or "{}").get("beds", {}):
+                break
+            time.sleep(0.5)
     finally:
         serve.send_signal(signal.SIGTERM)  # written out (held segments included) before exit
         _, err = serve.communicate(timeout=60)
