@@ -232,8 +232,13 @@ class Call:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._recorder is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self._recorder.stop(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("call %s: the recording did not close in %.0f s; its file may be cut "
+                            "short", self.call_id, CLOSE_TIMEOUT_S)  # fmt: skip
+            except Exception:
+                log.exception("call %s: the recording did not close cleanly", self.call_id)
         for bounded in self._bounded:
             bounded.stop()
             if bounded.dropped:
