@@ -17,7 +17,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eicu.config import Settings
 from eicu.errors import ConfigError
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from alerting.replay import AlarmLoad
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any]:
+    """The actions above; returns their sub-parsers for ``eicu alarms deliver`` (a command of
+    its own, eicu.commands.alarms)."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     report = sub.add_parser(
         "report",
@@ -49,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay.add_argument("--to", dest="end", required=True, help="window end (ISO 8601)")
     replay.add_argument("--policy", type=Path, required=True, help="the alarm policy file (JSON)")
     replay.add_argument("--json", action="store_true", help="print JSON")
+    return sub
 
 
 def parse_time_us(text: str, option: str) -> int:

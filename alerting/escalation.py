@@ -287,6 +287,18 @@ class Dispatcher:
         """The alarms being escalated and the step each has reached."""
         return {alarm_id: esc.step for alarm_id, esc in self._alarms.items()}
 
+    def escalating_beds(self) -> set[BedKey]:
+        return {esc.event.bed for esc in self._alarms.values()}
+
+    def can_take_over(self, alarm_id: str) -> bool:
+        """Whether :meth:`take_over` would start anything for the alarm: not escalating here
+        already, and not ended here (acknowledged or cleared) by an event the store may not
+        have yet."""
+        if alarm_id in self._alarms:
+            return False
+        last = self._outbox.last_event(alarm_id)
+        return last is None or last.state not in _STOPPING
+
     # --- input ----------------------------------------------------------------------------------
 
     async def handle(self, event: AlarmEvent) -> None:
@@ -450,7 +462,7 @@ class Dispatcher:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(events), name="alarms-dispatch")
-                tg.create_task(self._keep_time(), name="alarms-escalation")
+                tg.create_task(self.keep_time(), name="alarms-escalation")
         finally:
             await self.close()
 
@@ -459,7 +471,8 @@ class Dispatcher:
             event = await events.get()
             await self.handle(event)
 
-    async def _keep_time(self) -> None:
+    async def keep_time(self) -> None:
+        """Escalate and retry on the clock until cancelled (:meth:`run` does this too)."""
         while True:
             await self.tick()
             due = self.next_due_s()

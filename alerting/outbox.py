@@ -61,7 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS alarm_events (
@@ -79,7 +79,8 @@ _SCHEMA = (
         reason TEXT NOT NULL,
         audio_paused_until_us INTEGER,
         recorded_us INTEGER NOT NULL,
-        copied INTEGER NOT NULL DEFAULT 0)""",
+        copied INTEGER NOT NULL DEFAULT 0,
+        published INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS alarm_events_alarm ON alarm_events (alarm_id, seq)",
     "CREATE INDEX IF NOT EXISTS alarm_events_uncopied ON alarm_events (copied, seq)",
     """CREATE TABLE IF NOT EXISTS deliveries (
@@ -157,9 +158,22 @@ class Outbox:
                 raise RuntimeError(
                     f"outbox {self.path} has schema {version}, newer than {SCHEMA_VERSION}"
                 )
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(alarm_events)")}
+            if "published" not in columns:
+                # Schema 1 had no publishing to the bus: what it holds counts as published, so
+                # an upgraded engine does not send its whole trail again.
+                self._db.execute(
+                    "ALTER TABLE alarm_events ADD COLUMN published INTEGER NOT NULL DEFAULT 0"
+                )
+                self._db.execute("UPDATE alarm_events SET published = 1")
+            self._db.execute(
+                "CREATE INDEX IF NOT EXISTS alarm_events_unpublished ON alarm_events "
+                "(published, seq)"
+            )
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        # Called after events were added to the trail (run_copy copies them at once).
-        self.on_recorded: Callable[[], None] | None = None
+        # Called after events were added to the trail (run_copy copies them at once,
+        # run_publish publishes them): see :meth:`listen`.
+        self._listeners: list[Callable[[], None]] = []
         pending = self._db.execute(f"SELECT count(*) FROM deliveries WHERE {_OPEN}").fetchone()[0]
         if pending:
             log.info("outbox %s: %d deliveries pending from before", self.path, pending)
@@ -222,9 +236,15 @@ class Outbox:
                 rows,
             )
             added = db.total_changes - before
-        if added and self.on_recorded is not None:
-            self.on_recorded()
+        if added:
+            for listener in self._listeners:
+                listener()
         return added
+
+    def listen(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever events are added to the trail; returns what undoes it."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
 
     def events(
         self, alarm_id: str | None = None, *, started_since_us: int | None = None
@@ -258,6 +278,23 @@ class Outbox:
             "SELECT * FROM alarm_events WHERE alarm_id = ? ORDER BY seq DESC LIMIT 1", (alarm_id,)
         ).fetchone()
         return None if row is None else _stored_event(row).event
+
+    # --- publishing to the delivery processes -------------------------------------------------
+
+    def unpublished(self, limit: int = 500) -> list[StoredEvent]:
+        """Events not yet published to the bus (``alerting.feed.run_publish``), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM alarm_events WHERE published = 0 ORDER BY seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [_stored_event(r) for r in rows]
+
+    def mark_published(self, event_ids: Sequence[str]) -> None:
+        """The broker took these events (their PUBACK came back)."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE alarm_events SET published = 1 WHERE event_id = ?",
+                [(e,) for e in event_ids],
+            )
 
     # --- notifications and their receipts -------------------------------------------------------
 
@@ -491,9 +528,23 @@ async def run_copy(
     if not (interval_s > 0):
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
     backoff = Backoff(retry_min_s, retry_max_s)
-    available = True
     recorded = asyncio.Event()
-    outbox.on_recorded = recorded.set
+    unlisten = outbox.listen(recorded.set)
+    try:
+        await _copy_loop(outbox, store, recorded, backoff, interval_s, clock)
+    finally:
+        unlisten()
+
+
+async def _copy_loop(
+    outbox: Outbox,
+    store: AlarmRepository,
+    recorded: asyncio.Event,
+    backoff: Backoff,
+    interval_s: float,
+    clock: Clock,
+) -> None:
+    available = True
     while True:
         recorded.clear()  # what is recorded from now on is copied by the next pass
         try:

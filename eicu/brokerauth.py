@@ -11,7 +11,8 @@ The accounts live in a small JSON registry; the Mosquitto files are rendered fro
   ``eicu/v1/S/{bed}/alarms/ack``, and reads its site's alarms. It cannot publish on
   ``.../alarms``: only the engine speaks for the alarm state. The engine reads ``eicu/#``
   (acknowledgements and dashboards' alarm commands included, and other protocol versions,
-  which it counts and rejects) and writes alarms, the beds' state (``eicu/state/#``) and the
+  which it counts and rejects) and writes alarms, alarm events for delivery (``eicu/alarm/#``;
+  ``eicu alarms deliver`` runs with an engine's account), the beds' state (``eicu/state/#``) and the
   answers to commands (``eicu/reply/#``). A dashboard (``eicu dashboard``) reads the beds'
   state, their waveforms and the answers to its own commands (``eicu/reply/{name}``), and writes
   alarm commands (``eicu/v1/+/+/alarms/cmd``), which no gateway may.
@@ -84,7 +85,11 @@ def acl_text(accounts: list[BrokerAccount]) -> str:
             # The ingest reads everything; the alarm channel only writes the alarm state; the
             # state connection writes the beds' state and the answers to dashboards' commands.
             rules = ["topic read eicu/#"]
-            alarms = f"user {a.name}{ALARMS_CONNECTION_SUFFIX}\ntopic write eicu/v1/+/+/alarms"
+            # ... and the alarm events for the delivery processes (eicu alarms deliver).
+            alarms = (
+                f"user {a.name}{ALARMS_CONNECTION_SUFFIX}\ntopic write eicu/v1/+/+/alarms\n"
+                "topic write eicu/alarm/#"
+            )
             blocks.append(alarms)
             state = "\n".join(
                 [f"user {a.name}{STATE_CONNECTION_SUFFIX}", "topic write eicu/state/#",

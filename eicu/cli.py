@@ -36,7 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("simulators.cli", "publish simulated or replayed bedside streams over MQTT"),
     "hl7": ("eicu.commands.hl7", "listen for HL7 v2 (IHE PCD-01) observations over MLLP"),
     "users": ("dashboards.cli", "add or list the dashboard's users"),
-    "alarms": ("alerting.cli", "alarm burden from the outbox; replay stored data under a policy"),
+    "alarms": (
+        "eicu.commands.alarms",
+        "alarm delivery as its own process; alarm burden; replay stored data under a policy",
+    ),
     "cart": (
         "eicu.commands.cart",
         "run a bedside video cart: answer the command center's calls for one bed",

@@ -320,6 +320,13 @@ class AlertingSettings:
     # are read; None: the default policy (eicu/alarms/policies/default-v2.json).
     policy_file: Path | None = None
     policy: AlarmPolicy | None = field(default=None, repr=False)
+    # Who pages (EICU_ALARM_DELIVERY): "local", the engine itself through its outbox; "bus",
+    # the engine publishes its alarm events on ``eicu/alarm/<k>/<site>/<bed>`` and
+    # ``eicu alarms deliver`` processes page (docs/alarm-delivery.md, "Delivery as a process").
+    delivery: str = "local"
+    # The delivery partitions (EICU_ALARM_PARTITIONS): the k of those topics, shared by the
+    # delivery processes; the same number for every engine and delivery process of a hub.
+    partitions: int = 8
 
 
 def alarm_policy_file(
@@ -682,6 +689,8 @@ class Settings:
             else None,
             policy_file=policy_file,
             policy=policy,
+            delivery=_choice(env, "EICU_ALARM_DELIVERY", "local", ("local", "bus")),
+            partitions=_int(env, "EICU_ALARM_PARTITIONS", 8, 1, MAX_PARTITIONS),
         )
         http_defaults = HttpSettings()
         http = HttpSettings(

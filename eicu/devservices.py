@@ -834,3 +834,80 @@ class DashboardProcess:
             self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+class DeliveryProcess:
+    """``eicu alarms deliver`` in a process of its own, reading the alarm events on the bus at
+    ``mqtt_url``, its receipts to ``db_url`` (or none), its outbox at ``outbox``; its log in
+    ``log_path``. ``wait_ready()`` until its ``/readyz`` answers 200 (every partition it owns
+    is read); ``stop()`` as SIGTERM, ``kill()`` as SIGKILL."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        db_url: str | None,
+        outbox: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        import sys
+
+        self.port = free_port()
+        self.log_path = log_path
+        settings = {
+            "EICU_MQTT_URL": mqtt_url,
+            "EICU_OUTBOX_PATH": str(outbox),
+            "EICU_METRICS_PORT": str(self.port),
+            **({"EICU_DATABASE_URL": db_url} if db_url else {}),
+            **(env or {}),
+        }
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
+        self._log = log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eicu.cli", "alarms", "deliver"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**inherited, **settings},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> DeliveryProcess:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServiceError("eicu alarms deliver ended:\n" + self.log()[-3000:])
+            try:
+                url = f"http://127.0.0.1:{self.port}/readyz"
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ServiceError(
+            f"eicu alarms deliver not ready in {timeout_s} s:\n" + self.log()[-3000:]
+        )
+
+    def kill(self) -> None:
+        """A crash: SIGKILL."""
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

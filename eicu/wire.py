@@ -104,6 +104,15 @@ def reply_topic(dashboard_id: str) -> str:
     return f"{REPLY_ROOT}/{dashboard_id}"
 
 
+# The hub's own topics under ``eicu/``: the beds' state for dashboards, answers to their
+# commands, alarm events for delivery. An engine reading ``eicu/#`` passes over them.
+INTERNAL_ROOTS: Final = ("eicu/state/", "eicu/reply/", "eicu/alarm/")
+
+
+def is_internal_topic(topic: str) -> bool:
+    return topic.startswith(INTERNAL_ROOTS)
+
+
 def gateway_status_topic(site: str, gateway: str) -> str:
     return f"{ROOT}/{site}/{GATEWAY_LEVEL}/{gateway}/status"
 
@@ -467,6 +476,48 @@ def decode_command_answer(payload: bytes) -> tuple[str, list[AlarmEvent], str | 
     except (KeyError, TypeError, ValueError) as exc:
         raise PayloadError("malformed", f"an answer's event: {exc}"[:160]) from exc
     return cmd_id, decoded, str(error) if error is not None else None, str(doc.get("detail", ""))
+
+
+# --- alarm events for delivery (inside the hub) ------------------------------------------------
+
+ALARM_EVENT_ROOT: Final = "eicu/alarm"
+
+
+def alarm_event_topic(partition: int, bed: BedKey) -> str:
+    """Where an engine publishes a bed's alarm events for the delivery processes:
+    ``eicu/alarm/<k>/<site>/<bed>``, ``k`` the bed's delivery partition."""
+    return f"{ALARM_EVENT_ROOT}/{partition}/{bed.site}/{bed.bed}"
+
+
+def alarm_event_filter(partition: int) -> str:
+    return f"{ALARM_EVENT_ROOT}/{partition}/#"
+
+
+def encode_alarm_event(event_id: str, event: AlarmEvent) -> bytes:
+    """One alarm event as an engine publishes it for delivery: the event and its stable id."""
+    doc: dict[str, object] = {"v": VERSION, "event_id": event_id, **event_doc(event)}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_alarm_event(topic: str, payload: bytes) -> tuple[str, AlarmEvent]:
+    """(event id, event) of a message on :func:`alarm_event_topic`; PayloadError naming what is
+    wrong (a topic not of that form, or whose bed is not the event's, is ``wrong_topic``)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != ALARM_EVENT_ROOT or not parts[2].isdigit():
+        raise PayloadError("wrong_topic", f"not an alarm event topic: {topic[:200]!r}")
+    if not _ids_ok(parts[3], parts[4]):
+        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    doc = _json_object(payload)
+    event_id = doc.get("event_id")
+    if not isinstance(event_id, str) or not event_id or len(event_id) > 64:
+        raise PayloadError("malformed", "'event_id' must be a string of 1..64 characters")
+    try:
+        event = event_of(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PayloadError("malformed", f"an alarm event: {exc!r}"[:160]) from exc
+    if event.bed != BedKey(parts[3], parts[4]):
+        raise PayloadError("wrong_topic", f"event of {event.bed} on the topic of another bed")
+    return event_id, event
 
 
 # --- one entry point ---------------------------------------------------------------------------

@@ -153,6 +153,8 @@ class Engine:
         self.dispatcher: Dispatcher | None = None
         self._alarm_events: asyncio.Queue[AlarmEvent] = asyncio.Queue()
         self._channels: dict[str, DeliveryChannel] = {}
+        # (connection, delivery partitions) when the alarm events are published for delivery
+        self._publish_events: tuple[MqttSettings, int] | None = None
         if alerting is not None and alarms_outbox is None:
             alarms_outbox = alerting.outbox_path
         if alarms_outbox is not None:
@@ -161,7 +163,10 @@ class Engine:
 
             outbox = Outbox(alarms_outbox, clock=clock)
             on_events = None
-            if alerting is not None:
+            if alerting is not None and alerting.delivery == "bus":
+                # Delivery processes page (eicu alarms deliver): the events go to the bus.
+                self._publish_events = (mqtt.for_alarms(), alerting.partitions)
+            elif alerting is not None:
                 # Without a rota nobody is paged, but every change of an alarm is still
                 # published to its bed's alarms topic.
                 self.dispatcher = self._dispatcher(mqtt, alerting, alerting.rota_path, outbox)
@@ -434,6 +439,16 @@ class Engine:
                 asyncio.create_task(
                     run_copy(self.alarms.outbox, self.alarm_store, clock=self._clock),
                     name="alarms-copy",
+                )
+            )
+        if self.alarms is not None and self._publish_events is not None:
+            from alerting.feed import run_publish
+
+            publish_to, partitions = self._publish_events
+            self._tasks.append(
+                asyncio.create_task(
+                    run_publish(self.alarms.outbox, publish_to, partitions, clock=self._clock),
+                    name="alarms-publish",
                 )
             )
         if self.dispatcher is not None:

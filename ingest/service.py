@@ -162,7 +162,10 @@ class Ingest:
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
-        and dead-lettered (a few whole, the rest summed up)."""
+        and dead-lettered (a few whole, the rest summed up). The hub's own topics (a bed's
+        state, answers, alarm events; ``wire.is_internal_topic``) are not input: passed over."""
+        if wire.is_internal_topic(topic):
+            return
         refused = self.admission.check(topic, len(payload))
         if refused is not None:
             self._refusal(refused, topic, payload, received_us)

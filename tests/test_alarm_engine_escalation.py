@@ -4,10 +4,9 @@ a real HTTP receiver, and an acknowledgement through the alarm service that stop
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,10 @@ from eicu.models import BedKey
 from eicu.store.sqlite import SqliteStore
 from ingest.engine import Engine
 from simulators.beds import SynthGroup
-from tests.alarm_servers import HookServer, Request
+from tests.alarm_servers import HookServer
+from tests.vt_bed import ACK_TIMEOUT_S, feed_until, pages, rota_doc
 
 pytestmark = [pytest.mark.broker]
-
-ACK_TIMEOUT_S = 3  # the nurse's timeout for a high-priority alarm
 
 
 @pytest.fixture
@@ -35,45 +33,13 @@ async def hook() -> AsyncIterator[HookServer]:
     await server.stop()
 
 
-def _rota(hook: HookServer) -> dict[str, object]:
-    timeouts = {"high": ACK_TIMEOUT_S, "medium": 120, "low": 600}
-    return {
-        "version": 1,
-        "delivery_timeout_s": 5,
-        "sites": {
-            "s": {
-                "levels": [
-                    {
-                        "role": "bedside_nurse",
-                        "ack_timeout_s": timeouts,
-                        "contacts": [
-                            {
-                                "name": "nurse-li",
-                                "channel": "webhook",
-                                "address": hook.url("/nurse"),
-                            }
-                        ],
-                    },
-                    {
-                        "role": "on_call_physician",
-                        "ack_timeout_s": timeouts,
-                        "contacts": [
-                            {"name": "dr-chen", "channel": "webhook", "address": hook.url("/phys")}
-                        ],
-                    },
-                ]
-            }
-        },
-    }
-
-
 def _engine(
     tmp_path: Path, broker: Mosquitto, hook: HookServer, clock: Clock = SYSTEM_CLOCK
 ) -> Engine:
     """An engine on the test broker, its outbox at ``tmp_path/alarms.db``, paging the rota, its
     alarm stage on ``clock``."""
     rota_path = tmp_path / "rota.json"
-    rota_path.write_text(json.dumps(_rota(hook)))
+    rota_path.write_text(json.dumps(rota_doc(hook)))
     alerting = AlertingSettings(outbox_path=tmp_path / "alarms.db", rota_path=rota_path)
     return Engine(
         MqttSettings(port=broker.port, client_id="eicu-test"),
@@ -82,36 +48,6 @@ def _engine(
         alerting=alerting,
         clock=clock,
     )
-
-
-def _pages(hook: HookServer, path: str) -> list[Request]:
-    """High-priority pages for the VT bed (VTACH, or TACHY for its rate) accepted at ``path``."""
-    return [
-        r
-        for r in hook.requests
-        if r.path == path and r.status == 200 and r.body["priority"] == "high"
-    ]
-
-
-async def _feed_until(
-    engine: Engine, group: SynthGroup, check: Callable[[], bool], timeout_s: float
-) -> None:
-    """Route the simulated bed's frames as their time comes (the backlog at once), letting the
-    engine's own alarm loop evaluate on the wall clock, until ``check()`` holds."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met while feeding the simulated bed")
-        now_us = time.time_ns() // 1000
-        while group._start_us + int(group.bank.t_s * 1e6) <= now_us - 250_000:
-            for _bed, frame, numerics, on in group.tick(0.25):
-                if not on:
-                    continue
-                for f in (numerics, frame):
-                    if f is not None:
-                        rx = getattr(f, "t0_us", None) or getattr(f, "ts_us", 0)
-                        engine.router.route(dataclasses.replace(f, received_us=rx))
-        await asyncio.sleep(0.1)
 
 
 async def _past_the_nurses_timeout(engine: Engine, clock: ManualClock) -> None:
@@ -137,8 +73,8 @@ async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_esca
         start_us = time.time_ns() // 1000 - 70_000_000
         group = SynthGroup([BedKey("s", "vt")], ["vt"], [2], start_us)
 
-        await _feed_until(engine, group, lambda: bool(_pages(hook, "/nurse")), timeout_s=30.0)
-        page = _pages(hook, "/nurse")[0]
+        await feed_until(engine, group, lambda: bool(pages(hook, "/nurse")), timeout_s=30.0)
+        page = pages(hook, "/nurse")[0]
         assert page.body["bed"] == "vt" and page.body["kind"] in ("VTACH", "TACHY")
         assert page.body["role"] == "bedside_nurse"
         alarm_id = page.body["alarm_id"]
@@ -152,7 +88,7 @@ async def test_engine_pages_the_rota_for_a_vt_bed_and_acknowledgement_stops_esca
                 await asyncio.sleep(0.05)
         # Past the nurse's timeout nobody else is paged for the acknowledged alarm.
         await _past_the_nurses_timeout(engine, clock)
-        assert not [r for r in _pages(hook, "/phys") if r.body["alarm_id"] == alarm_id]
+        assert not [r for r in pages(hook, "/phys") if r.body["alarm_id"] == alarm_id]
         assert alarm_id not in engine.dispatcher.escalating
     finally:
         await engine.stop()
@@ -169,12 +105,12 @@ async def test_without_acknowledgement_the_engine_escalates_to_the_next_level(
     try:
         start_us = time.time_ns() // 1000 - 70_000_000
         group = SynthGroup([BedKey("s", "vt")], ["vt"], [2], start_us)
-        await _feed_until(engine, group, lambda: bool(_pages(hook, "/nurse")), timeout_s=30.0)
-        assert not _pages(hook, "/phys")
+        await feed_until(engine, group, lambda: bool(pages(hook, "/nurse")), timeout_s=30.0)
+        assert not pages(hook, "/phys")
         await _past_the_nurses_timeout(engine, clock)
-        phys = _pages(hook, "/phys")[0]
+        phys = pages(hook, "/phys")[0]
         assert phys.body["role"] == "on_call_physician" and phys.body["step"] == 1
-        nurse = _pages(hook, "/nurse")
+        nurse = pages(hook, "/nurse")
         assert nurse and hook.requests.index(nurse[0]) < hook.requests.index(phys)
     finally:
         await engine.stop()

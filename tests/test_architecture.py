@@ -99,6 +99,7 @@ KNOWN: dict[tuple[str, str, str], str] = {
     ("pure", "eicu.scores.cli", "argparse"): "step 7",
     # The engine no longer builds the alarm service.
     ("service", "ingest.engine", "alerting.channels"): "step 5",
+    ("service", "ingest.engine", "alerting.feed"): "step 5",
     ("service", "ingest.engine", "alerting.escalation"): "step 5",
     ("service", "ingest.engine", "alerting.outbox"): "step 5",
     ("service", "ingest.engine", "alerting.service"): "step 5",
