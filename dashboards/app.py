@@ -424,7 +424,7 @@ def create_app(
     def registered_carts() -> set[str]:
         """The beds with a video cart registered now (``consult.register`` sets the hub)."""
         hub = getattr(app.state, "consult", None)
-        return {str(bed) for bed in hub.carts} if hub is not None else set()
+        return {str(bed) for bed in hub.registered()} if hub is not None else set()
 
     def sites_seen(sites: frozenset[str] | None) -> list[str]:
         return sorted(s for s in beds.sites() if sites is None or s in sites)

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -106,6 +106,31 @@ class BusBeds:
         self._client: bus.Client | None = None
         self._changes: asyncio.Queue[tuple[str, BedKey]] = asyncio.Queue()
         self.connected = asyncio.Event()
+        # Other readers of this connection (the consult relay): (topic filter, prefix, handler)
+        self._readers: list[tuple[str, str, Callable[[str, bytes], Awaitable[None]]]] = []
+
+    def add_reader(
+        self, topic_filter: str, prefix: str, handler: Callable[[str, bytes], Awaitable[None]]
+    ) -> None:
+        """Also read ``topic_filter`` (QoS 1) on this connection: messages on topics starting
+        with ``prefix`` go to ``handler`` (awaited in order; what it raises is counted and
+        logged like any message that cannot be read). Add readers before :meth:`run`."""
+        self._readers.append((topic_filter, prefix, handler))
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool:
+        """Publish on this process's connection; False while the bus is not connected or the
+        publish fails (nothing is queued)."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await asyncio.wait_for(client.publish(topic, payload, qos=qos, retain=retain), 5.0)
+        except (bus.MqttError, OSError, TimeoutError) as exc:
+            log.warning("dashboard: cannot publish on %s: %r", topic[:120], exc)
+            return False
+        return True
 
     # -- LiveBeds
 
@@ -208,6 +233,19 @@ class BusBeds:
             self.metrics.rejected.labels(reason="internal_error").inc()
             log.exception("dashboard: a message on %s not read", topic[:120])
 
+    async def _read_other(
+        self, handler: Callable[[str, bytes], Awaitable[None]], topic: str, payload: bytes
+    ) -> None:
+        try:
+            await handler(topic, payload)
+            self.metrics.messages.labels(kind="other").inc()
+        except PayloadError as exc:
+            self.metrics.rejected.labels(reason=exc.reason).inc()
+            log.warning("dashboard: a message on %s not read: %s", topic[:120], exc.detail)
+        except Exception:
+            self.metrics.rejected.labels(reason="internal_error").inc()
+            log.exception("dashboard: a message on %s not read", topic[:120])
+
     def _state(self, payload: bytes) -> None:
         for snap in decode_batch(payload):
             old = self._snaps.get(snap.bed)
@@ -256,6 +294,8 @@ class BusBeds:
             try:
                 async with bus.Client(s, timeout=10.0, clean_session=True) as client:
                     await client.subscribe([(STATE_FILTER, 0), (self.reply_topic, 1)])
+                    for topic_filter, _, _ in self._readers:
+                        await client.subscribe(topic_filter, qos=1)
                     for bed in list(self._watching):
                         self._traces.setdefault(bed, {})
                         await client.subscribe([(f, 0) for f in self._waveform_filters(bed)])
@@ -270,7 +310,14 @@ class BusBeds:
                             payload = message.payload
                             if not isinstance(payload, bytes | bytearray):
                                 continue
-                            self.handle(message.topic.value, bytes(payload), _now_us())
+                            topic = message.topic.value
+                            reader = next(
+                                (r for r in self._readers if topic.startswith(r[1])), None
+                            )
+                            if reader is not None:
+                                await self._read_other(reader[2], topic, bytes(payload))
+                                continue
+                            self.handle(topic, bytes(payload), _now_us())
                     finally:
                         changes.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket
@@ -43,6 +43,9 @@ from eicu.config import IceServer
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.store.base import CallRecord, Store
+
+if TYPE_CHECKING:
+    from dashboards.consult_bus import ConsultRelay
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +243,9 @@ class Call:
     answered_us: int | None = None
     ending: tuple[Outcome, str, str] | None = None  # outcome, reason, by: once it has ended
     deadline_s: float = field(default_factory=lambda: time.monotonic() + OFFER_TIMEOUT_S)
+    # The cart's side of a call another dashboard process owns (dashboards.consult_bus): that
+    # process audits and counts it.
+    proxy: bool = False
 
 
 class ConsultHub:
@@ -254,6 +260,16 @@ class ConsultHub:
         self.carts: dict[BedKey, CartLink] = {}
         self.calls: dict[str, Call] = {}
         self._retries: set[asyncio.Task[None]] = set()
+        # The other dashboard processes' carts and calls (set by ConsultRelay; None: this
+        # process alone).
+        self.relay: ConsultRelay | None = None
+
+    def registered(self) -> set[BedKey]:
+        """The beds with a cart registered now, with this process or another."""
+        beds = set(self.carts)
+        if self.relay is not None:
+            beds |= self.relay.remote_carts()
+        return beds
 
     # --- carts ---------------------------------------------------------------------------------
 
@@ -270,6 +286,8 @@ class ConsultHub:
             await old.peer.close(CLOSE_REPLACED, "replaced by a newer registration of this bed")
         else:
             log.info("cart of %s registered (%s)", bed, peer.user)
+        if self.relay is not None:
+            self.relay.carts_changed()
         return link
 
     async def unregister(self, link: CartLink, reason: str) -> None:
@@ -279,6 +297,8 @@ class ConsultHub:
             del self.carts[link.bed]
             self.metrics.carts.set(len(self.carts))
             log.info("cart of %s left: %s", link.bed, reason)
+            if self.relay is not None:
+                self.relay.carts_changed()
 
     # --- calls ---------------------------------------------------------------------------------
 
@@ -301,16 +321,26 @@ class ConsultHub:
     async def open(self, bed: BedKey, browser: Peer, alarm_id: str) -> Call | str:
         """A new call to the cart of ``bed``, audited; or the reason it cannot be made."""
         link = self.carts.get(bed)
-        if link is None:
+        if link is None and self.relay is not None and self.relay.cart_at(bed) is not None:
+            # The cart is registered with another dashboard process: the call goes through it.
+            remote = await self.relay.open(bed, browser, alarm_id)
+            if isinstance(remote, tuple):
+                outcome, reason = remote
+                await self.refuse(bed, browser.user, alarm_id, outcome, reason)
+                return reason
+            call = remote
+            link = call.cart
+        elif link is None:
             reason = f"no cart is registered for {bed}"
             await self.refuse(bed, browser.user, alarm_id, Outcome.NO_CART, reason)
             return reason
-        if link.call is not None:
+        elif link.call is not None:
             reason = f"the cart of {bed} is in another call"
             await self.refuse(bed, browser.user, alarm_id, Outcome.BUSY, reason)
             return reason
-        call = Call(new_call_id(), bed, browser.user, alarm_id, browser, link, now_us())
-        link.call = call  # taken while the audit is written: a second caller finds it busy
+        else:
+            call = Call(new_call_id(), bed, browser.user, alarm_id, browser, link, now_us())
+            link.call = call  # taken while the audit is written: a second caller finds it busy
         try:
             await self.store.call_started(
                 CallRecord(call.call_id, bed, call.caller, call.started_us,
@@ -319,6 +349,10 @@ class ConsultHub:
         except StorageUnavailable as exc:
             if link.call is call:
                 link.call = None
+            if self.relay is not None and call.call_id in self.relay.remote:
+                self.relay.forget(call)  # and the cart's process lets its cart go
+                await link.peer.send({"type": "hangup", "call_id": call.call_id,
+                                      "reason": "the call could not be recorded"})  # fmt: skip
             self.metrics.audit_failures.inc()
             self.metrics.calls.labels(outcome=Outcome.FAILED.value).inc()
             log.error("consult call to %s not started: cannot audit it: %s", bed, exc)
@@ -363,8 +397,11 @@ class ConsultHub:
         self.calls.pop(call.call_id, None)
         if call.cart.call is call:
             call.cart.call = None
+        if self.relay is not None:
+            self.relay.forget(call)
         self.metrics.active.set(len(self.calls))
-        self.metrics.calls.labels(outcome=outcome.value).inc()
+        if not call.proxy:
+            self.metrics.calls.labels(outcome=outcome.value).inc()
         self.metrics.forget(call.bed)
         log.info("consult call %s ended (%s): %s", call.call_id, outcome.value, reason)
         if side != "cart":
@@ -372,7 +409,8 @@ class ConsultHub:
         if side != "browser":
             await call.browser.send({"type": "hangup", "reason": reason, "outcome": outcome.value})
         await call.browser.close(1000, "the call has ended")
-        await self._audit_end(call, outcome, reason, by)
+        if not call.proxy:
+            await self._audit_end(call, outcome, reason, by)
 
     async def _audit_end(self, call: Call, outcome: Outcome, reason: str, by: str) -> None:
         ended_us = now_us()

@@ -98,11 +98,13 @@ def acl_text(accounts: list[BrokerAccount]) -> str:
             blocks.append(state)
         elif a.role == "dashboard":
             # The beds' state, the waveforms of the beds it shows, the answers to its own
-            # commands; it writes alarm commands, nothing a gateway or an engine says.
+            # commands; it writes alarm commands, nothing a gateway or an engine says, and
+            # speaks to the other dashboards about video consults (dashboards.consult_bus).
             rules = [
                 "topic read eicu/state/#", f"topic read eicu/reply/{a.name}",
                 "topic read eicu/v1/+/+/waveform", "topic read eicu/p/+/v1/+/+/waveform",
                 "topic write eicu/v1/+/+/alarms/cmd",
+                "topic readwrite eicu/consult/#",
             ]  # fmt: skip
         else:
             rules = [

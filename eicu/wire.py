@@ -105,8 +105,9 @@ def reply_topic(dashboard_id: str) -> str:
 
 
 # The hub's own topics under ``eicu/``: the beds' state for dashboards, answers to their
-# commands, alarm events for delivery. An engine reading ``eicu/#`` passes over them.
-INTERNAL_ROOTS: Final = ("eicu/state/", "eicu/reply/", "eicu/alarm/")
+# commands, alarm events for delivery, consult signaling between dashboards. An engine reading
+# ``eicu/#`` passes over them.
+INTERNAL_ROOTS: Final = ("eicu/state/", "eicu/reply/", "eicu/alarm/", "eicu/consult/")
 
 
 def is_internal_topic(topic: str) -> bool:

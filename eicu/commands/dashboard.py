@@ -75,6 +75,7 @@ async def dashboard(settings: Settings, stop: asyncio.Event | None = None) -> No
 
     from dashboards.app import FixedSource, create_app
     from dashboards.bus import BusBeds, BusDesk
+    from dashboards.consult_bus import ConsultRelay
     from dashboards.server import DashboardServer
     from dashboards.users import Users
     from eicu.alarms.policy import load_policy
@@ -127,11 +128,8 @@ async def dashboard(settings: Settings, stop: asyncio.Event | None = None) -> No
             settings.http.users_file,
         )
     try:
-        server = DashboardServer(
-            create_app(source, settings.http, users, settings.video.ice_servers, health),
-            settings.http.host,
-            settings.http.port,
-        )
+        app = create_app(source, settings.http, users, settings.video.ice_servers, health)
+        server = DashboardServer(app, settings.http.host, settings.http.port)
     except OSError as exc:
         where = f"{settings.http.host}:{settings.http.port}"
         raise ConfigError("EICU_HTTP_PORT", f"cannot listen on {where}: {exc}") from exc
@@ -150,9 +148,15 @@ async def dashboard(settings: Settings, stop: asyncio.Event | None = None) -> No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+    # Video consults with carts registered with the other dashboard processes, over the bus.
+    relay = ConsultRelay(
+        app.state.consult, settings.mqtt.client_id, lambda t, p, r: beds.publish(t, p, retain=r)
+    )
+    beds.add_reader(relay.topic_filter, relay.prefix, relay.handle)
     tasks = [
         asyncio.create_task(open_store_when_up(), name="store"),
         asyncio.create_task(beds.run(), name="bus"),
+        asyncio.create_task(relay.run(), name="consult-relay"),
     ]
     await server.start()
     log.info("dashboard on %s/ reading %s and %s", server.url, url, store.backend)
@@ -160,9 +164,8 @@ async def dashboard(settings: Settings, stop: asyncio.Event | None = None) -> No
         await stop.wait()
     finally:
         await server.stop()
-        for task in tasks:
+        for task in reversed(tasks):  # the relay says it is gone while the bus is still there
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if metrics_server is not None:
