@@ -187,14 +187,14 @@ def _bed_of(
     return BedKey(site, bed_id)
 
 
-# admit, transfer, discharge, register, update; cancel admit, transfer, discharge
-ADT_EVENTS = ("A01", "A02", "A03", "A04", "A08", "A11", "A12", "A13")
+# admit, transfer, discharge, register, update; cancel admit, transfer, discharge; merge
+ADT_EVENTS = ("A01", "A02", "A03", "A04", "A08", "A11", "A12", "A13", "A40")
 CANCELS = {"A11": "admit", "A12": "transfer", "A13": "discharge"}
 # The field an ADT event's refusal names, by what the patient tables refused.
 ADT_FIELDS = {
     "mrn": ("PID", 3), "name": ("PID", 5), "birth_date": ("PID", 7), "sex": ("PID", 8),
     "allergies": ("AL1", 3), "bed": ("PV1", 3), "attending": ("PV1", 7),
-    "diagnosis": ("DG1", 3), "encounter": ("PV1", 19),
+    "diagnosis": ("DG1", 3), "encounter": ("PV1", 19), "prior_mrn": ("MRG", 1),
 }  # fmt: skip
 
 
@@ -210,6 +210,7 @@ class AdtEvent:
     bed: BedKey | None
     fields: dict[str, str]  # diagnosis, attending, where the message carries them
     sender: str
+    prior_mrn: str = ""  # A40: the merged (prior) patient's identifier, MRG-1
 
 
 def _name(seg: hl7.Segment, n: int, *, doctor: bool = False) -> str:
@@ -220,12 +221,13 @@ def _name(seg: hl7.Segment, n: int, *, doctor: bool = False) -> str:
 
 
 def read_adt(message: hl7.Message, site: str) -> AdtEvent:
-    """An ``ADT^A01/A02/A03/A04/A08/A11/A12/A13``: raises a list of :class:`hl7.Hl7Error` (in an
-    ExceptionGroup) naming every field that is wrong. The MRN is PID-3 (its first identifier),
+    """An ``ADT^A01/A02/A03/A04/A08/A11/A12/A13/A40``: raises a list of :class:`hl7.Hl7Error` (in
+    an ExceptionGroup) naming every field that is wrong. The MRN is PID-3 (its first identifier),
     the name PID-5, the birth date PID-7, the sex PID-8 (HL7 table 0001; A and N are taken as
     O and U), the bed PV1-3 (as for PCD-01), the attending PV1-7, the diagnosis DG1-3 (its
     text, else DG1-4, else its code; else PV2-3), the allergies every AL1-3 (its text, else its
-    code), the time EVN-6 (the event), else EVN-2, else MSH-7."""
+    code), the time EVN-6 (the event), else EVN-2, else MSH-7; for A40, the merged patient's
+    identifier MRG-1 (its first identifier; PV1 is optional)."""
     errors: list[hl7.Hl7Error] = []
     event = message.message_type[1]
     pid, pv1 = message.first("PID"), message.first("PV1")
@@ -257,8 +259,16 @@ def read_adt(message: hl7.Message, site: str) -> AdtEvent:
             patient["allergies"] = "; ".join(allergies)
     bed = None
     fields: dict[str, str] = {}
+    prior_mrn = ""
+    if event == "A40":
+        mrg = message.first("MRG")
+        prior_mrn = mrg.component(1, 1) if mrg is not None else ""
+        if not prior_mrn:
+            what = "no MRG segment" if mrg is None else "no prior patient identifier"
+            errors.append(hl7.Hl7Error("MRG", 0 if mrg is None else 1,
+                                       hl7.REQUIRED_FIELD_MISSING, what))  # fmt: skip
     if pv1 is None:
-        if event != "A08":
+        if event not in ("A08", "A40"):
             errors.append(hl7.Hl7Error("PV1", 0, hl7.REQUIRED_FIELD_MISSING, "no PV1 segment"))
     else:
         bed = _bed_of(pv1, site, errors, required=event in ("A01", "A02", "A04"))
@@ -278,7 +288,7 @@ def read_adt(message: hl7.Message, site: str) -> AdtEvent:
         raise ExceptionGroup("the message has errors", errors)
     assert at_us is not None
     sender = message.msh.component(3) or "hl7"
-    return AdtEvent(event, at_us, patient, bed, fields, sender)
+    return AdtEvent(event, at_us, patient, bed, fields, sender, prior_mrn)
 
 
 def _value(obx: hl7.Segment, param: Parameter, where: str) -> float:
@@ -531,7 +541,7 @@ class Listener:
                 code, errors = await self._adt(message)
         elif kind != "ORU":
             code = "AR"
-            accepted = "ORU^R01" + (", ADT^A01-A04/A08/A11-A13" if self.patients else "")
+            accepted = "ORU^R01" + (", ADT^A01-A04/A08/A11-A13/A40" if self.patients else "")
             errors.append(
                 hl7.Hl7Error(
                     "MSH",
@@ -599,6 +609,13 @@ class Listener:
         store = self.patients
         try:
             mrn = str(ev.patient.get("mrn") or "")
+            if ev.event == "A40":  # a duplicate record merged into this patient's
+                merged = await store.merge(ev.prior_mrn, checked_patient(ev.patient), ev.at_us,
+                                           actor)  # fmt: skip
+                self.counts.adt += 1
+                log.info("HL7 A40: %s merged into %s (%d stays) by %s", ev.prior_mrn, mrn,
+                         len(merged), actor)  # fmt: skip
+                return "AA", []
             every = await store.encounters(mrn=mrn)
             stays = [e for e in every if e.discharged_us is None]
             stay = stays[0] if stays else None

@@ -160,3 +160,72 @@ async def test_an_admission_transfer_or_discharge_entered_in_error_is_cancelled(
     # nothing to cancel: refused, naming the stay
     nothing = (await send(listener.port, adt("A12", "E7", "bed07")))[0]
     assert msa(nothing) == "AE" and errs(nothing)[0][0] == "PV1^1^19"
+
+
+def a40(control: str, prior: str, mrn: str = "4711", name: str = "Li^Ada") -> str:
+    """An ``ADT^A40``: the record of MRN ``prior`` merged into that of ``mrn``."""
+    when = "20261203130000"
+    segments = [
+        f"MSH|^~\\&|HIS|HOSP|EICU|ICU|{when}+0000||ADT^A40^ADT_A39|{control}|P|2.5",
+        f"EVN|A40|{when}+0000",
+        f"PID|1||{mrn}^^^HOSP^MR||{name}||19610314|F",
+        f"MRG|{prior}^^^HOSP^MR",
+    ]
+    return "\r".join(segments) + "\r"
+
+
+def as_patient(text: str, mrn: str, name: str) -> str:
+    return text.replace("4711^^^HOSP^MR||Li^Ada", f"{mrn}^^^HOSP^MR||{name}")
+
+
+async def test_a_duplicate_record_is_merged_into_the_patient_s(
+    listener: Listener, store_of_each_kind: Store
+) -> None:
+    store = store_of_each_kind
+    # Registered on arrival under a temporary identifier, later known as MRN 4711.
+    arrival = as_patient(adt("A01", "M1", "bed07"), "TMP-1", "Unknown^Female")
+    assert msa((await send(listener.port, arrival))[0]) == "AA"
+    (stay,) = await store.encounters()
+    await store.add_note(stay.encounter_id, "note", "arrived unconscious", {}, 1, "nurse-li")
+    answer = (await send(listener.port, a40("M2", "TMP-1")))[0]
+    strict(answer)
+    assert msa(answer) == "AA", errs(answer)
+    (merged,) = await store.encounters()
+    assert merged.encounter_id == stay.encounter_id and str(merged.bed) == "ward3/bed07"
+    assert (merged.patient.mrn, merged.patient.name) == ("4711", "Ada Li")
+    assert not await store.encounters(mrn="TMP-1")
+    assert [n.text for n in await store.notes(stay.encounter_id)] == ["arrived unconscious"]
+    log = await store.encounter_log(stay.encounter_id)
+    assert log[-1].action == "merge" and "TMP-1 (Female Unknown) merged into 4711" in log[-1].detail
+
+    # A record with an ended stay of its own takes the duplicate's stays beside it.
+    assert msa((await send(listener.port, adt("A03", "M3", "bed07")))[0]) == "AA"
+    again = as_patient(adt("A01", "M4", "bed08", when="20261203140000"), "TMP-2", "Unknown^F")
+    assert msa((await send(listener.port, again))[0]) == "AA"
+    answer = (await send(listener.port, a40("M5", "TMP-2")))[0]
+    assert msa(answer) == "AA", errs(answer)
+    stays = await store.encounters(mrn="4711")
+    assert [str(s.locations[-1].bed) for s in stays] == ["ward3/bed07", "ward3/bed08"]
+    assert [s.discharged_us is None for s in stays] == [False, True]
+    assert listener.counts.adt == 5
+
+
+async def test_a_merge_that_cannot_be_made_names_the_field(
+    listener: Listener, store_of_each_kind: Store
+) -> None:
+    both_open = [adt("A01", "N1", "bed07"), as_patient(adt("A01", "N2", "bed08"), "TMP-3", "X^Y")]
+    assert [msa(a) for a in await send(listener.port, *both_open)] == ["AA", "AA"]
+    no_mrg = a40("N6", "TMP-3").replace("MRG|TMP-3^^^HOSP^MR\r", "")
+    cases = [
+        (a40("N3", "TMP-3"), ("MRG^1^1", "both have an open stay")),
+        (a40("N4", "NOBODY"), ("MRG^1^1", "no patient NOBODY")),
+        (a40("N5", "4711"), ("MRG^1^1", "the patient's own")),
+        (no_mrg, ("MRG", "no MRG segment")),
+    ]
+    answers = await send(listener.port, *(text for text, _ in cases))
+    for answer, (_text, (where, words)) in zip(answers, cases, strict=True):
+        strict(answer)
+        assert msa(answer) == "AE"
+        (found,) = errs(answer)
+        assert found[0].startswith(where) and words in found[1], found
+    assert {s.patient.mrn for s in await store_of_each_kind.encounters()} == {"4711", "TMP-3"}

@@ -136,6 +136,12 @@ class PatientRepository(Protocol):
         """Undo an ``admit``, a ``transfer`` or a ``discharge`` entered in error."""
         ...
 
+    async def merge(
+        self, prior_mrn: str, patient: Patient, at_us: int, actor: str
+    ) -> list[Encounter]:
+        """Merge the record of ``prior_mrn`` into ``patient``'s (HL7 A40); their stays."""
+        ...
+
     async def encounters(
         self, *, current: bool = True, encounter_id: int | None = None, mrn: str | None = None
     ) -> list[Encounter]:

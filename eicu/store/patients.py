@@ -241,6 +241,52 @@ def cancel(eid: int, what: str, at_us: int, actor: str) -> Steps:
     return (yield from _one(eid))
 
 
+def merge(prior_mrn: str, patient: Patient, at_us: int, actor: str) -> Steps:
+    """HL7 ``A40``: the record of ``prior_mrn`` (a duplicate, say a patient registered under a
+    temporary identifier on arrival) merged into ``patient``'s, whose record is made from it
+    when there is none yet: its stays, with their beds, notes and log, become theirs, each
+    stay's log says so, and the duplicate record goes (its name and MRN stay in that log).
+    Refused when both have an open stay (one patient is not in two beds: end one first).
+    Returns the surviving patient's stays."""
+    if prior_mrn == patient.mrn:
+        raise PatientError("prior_mrn", "the prior identifier is the patient's own")
+    prior = yield ("SELECT patient_id, name FROM patients WHERE mrn = ?", (prior_mrn,))
+    if not prior:
+        raise PatientError("prior_mrn", f"no patient {prior_mrn} to merge")
+    prior_id, prior_name = int(prior[0][0]), prior[0][1]
+    stays = yield ("SELECT encounter_id FROM encounters WHERE patient_id = ?", (prior_id,))
+    survivor = yield ("SELECT patient_id FROM patients WHERE mrn = ?", (patient.mrn,))
+    identity = (patient.name, patient.sex, patient.birth_date, patient.allergies, at_us)
+    if not survivor:
+        yield (
+            """UPDATE patients SET mrn = ?, name = ?, sex = ?, birth_date = ?, allergies = ?,
+               updated = ? WHERE patient_id = ?""",
+            (patient.mrn, *identity, prior_id),
+        )
+    else:
+        survivor_id = int(survivor[0][0])
+        open_stays = yield (
+            "SELECT encounter_id FROM encounters WHERE patient_id IN (?, ?) AND discharged IS NULL",
+            (prior_id, survivor_id),
+        )
+        if len(open_stays) > 1:
+            raise PatientError(
+                "prior_mrn",
+                f"{prior_mrn} and {patient.mrn} both have an open stay: discharge one first",
+            )
+        yield ("UPDATE encounters SET patient_id = ? WHERE patient_id = ?", (survivor_id, prior_id))
+        yield (
+            """UPDATE patients SET name = ?, sex = ?, birth_date = ?, allergies = ?, updated = ?
+               WHERE patient_id = ?""",
+            (*identity, survivor_id),
+        )
+        yield ("DELETE FROM patients WHERE patient_id = ?", (prior_id,))
+    for (eid,) in stays:
+        detail = f"{prior_mrn} ({prior_name}) merged into {patient.mrn} ({patient.name})"
+        yield _log(int(eid), at_us, actor, "merge", detail)
+    return (yield from read("WHERE p.mrn = ?", (patient.mrn,)))
+
+
 def update(
     eid: int, fields: Mapping[str, str], allergies: str | None, at_us: int, actor: str
 ) -> Steps:
@@ -330,6 +376,12 @@ class PatientMethods:
     async def cancel(self, encounter_id: int, what: str, at_us: int, actor: str) -> Encounter:
         e: Encounter = await self._steps(cancel(encounter_id, what, at_us, actor))
         return e
+
+    async def merge(
+        self, prior_mrn: str, patient: Patient, at_us: int, actor: str
+    ) -> list[Encounter]:
+        found: list[Encounter] = await self._steps(merge(prior_mrn, patient, at_us, actor))
+        return found
 
     async def encounters(
         self, *, current: bool = True, encounter_id: int | None = None, mrn: str | None = None
