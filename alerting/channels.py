@@ -1,4 +1,5 @@
-"""Delivery channels: MQTT back to the remote ICU, webhook, e-mail over SMTP.
+"""Delivery channels: MQTT back to the remote ICU, webhook, e-mail over SMTP, and HL7 v2 over
+MLLP (IHE PCD-04) to the hospital's alarm manager.
 
 Every channel has one interface, ``async send(notification) -> Receipt``: it returns when the
 next hop has taken responsibility for the message (the broker's PUBACK at QoS 1, an HTTP 2xx, the
@@ -10,33 +11,41 @@ folded: a key that cannot stand on one header line as printable ASCII is sent as
 its digest (:func:`email_key_header`); the body always carries the key in full.
 
 Only the alarm's essentials leave the engine (:data:`ESSENTIALS`): where, what, how urgent, when.
-No patient name or other identifier is ever put in a message.
+No patient name or other identifier is ever put in a message, except in PCD-04 to the hospital's
+own alarm manager, whose routing needs the patient (:class:`MllpChannel`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import re
 import smtplib
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 
-from eicu import bus, wire
+from eicu import bus, hl7, wire
 from eicu.alarm_model import Channel, Notification
 from eicu.backoff import Backoff
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import MqttSettings, SmtpSettings
 from eicu.errors import DeliveryError
 from eicu.models import BedKey
+
+if TYPE_CHECKING:
+    from eicu.store.base import PatientRepository
 
 log = logging.getLogger(__name__)
 # aiomqtt warns about every publish still awaiting its acknowledgement beyond a few; a burst of
@@ -355,6 +364,134 @@ class EmailChannel:
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError("email", n.key, f"{type(exc).__name__}: {exc}") from exc
         return Receipt(n.key, "email", self._clock.now_us(), 1, "accepted")
+
+    async def close(self) -> None:
+        return None
+
+
+# --- HL7 v2 over MLLP: IHE PCD-04 to an alarm manager -------------------------------------------
+
+# Where a bed's admitted patient is looked up for PID (None: no patient), e.g. from the store.
+PatientOf = Callable[[BedKey], Awaitable[tuple[str, str] | None]]
+MLLP_ANSWER_MAX: Final = 1024 * 1024
+
+
+def parse_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` of an MLLP destination; ValueError naming what is wrong."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"an MLLP destination is host:port, got {address!r}")
+    return host, int(port)
+
+
+def patients_from(repo: PatientRepository, ttl_s: float = 5.0) -> PatientOf:
+    """A bed's admitted patient (MRN, name) from the patient tables, read at most every
+    ``ttl_s`` seconds."""
+    cache: dict[BedKey, tuple[str, str]] = {}
+    read_at = [-math.inf]
+
+    async def patient_of(bed: BedKey) -> tuple[str, str] | None:
+        now = time.monotonic()
+        if now - read_at[0] > ttl_s:
+            stays = await repo.encounters()
+            cache.clear()
+            cache.update({s.bed: (s.patient.mrn, s.patient.name) for s in stays if s.bed})
+            read_at[0] = now
+        return cache.get(bed)
+
+    return patient_of
+
+
+class MllpChannel:
+    """Sends each change of an alarm as an IHE PCD-04 ``ORU^R40`` (alerting.pcd04) to
+    ``address`` (``host:port``) over MLLP and waits for the original-mode acknowledgement:
+    ``AA`` (or ``CA``) is delivered; ``AE`` (the receiver found the message in error) is a
+    refusal, not sent again; ``AR``, a connection refused or lost, or no answer within
+    ``timeout_s`` are retried by the dispatcher. MSH-10 is derived from the notification's key,
+    so a message sent again carries the same control id. This channel goes to the hospital's
+    own alarm manager, which routes by patient: PID carries the bed's admitted patient (MRN and
+    name, from ``patient_of``), unlike the other channels, which carry no patient identifier."""
+
+    name: Channel = "mllp"
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 10.0,
+        patient_of: PatientOf | None = None,
+        facility: str = "",
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._patient_of = patient_of
+        self._facility = facility
+        self._clock = clock
+
+    async def _patient(self, bed: BedKey) -> tuple[str, str] | None:
+        if self._patient_of is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._patient_of(bed), self._timeout_s / 2)
+        except Exception as exc:  # the alarm goes without its patient rather than not at all
+            log.warning("PCD-04 for %s sent without its patient (%r)", bed, exc)
+            return None
+
+    async def message(self, n: Notification) -> str:
+        from alerting.pcd04 import AlarmReport, control_id, oru_r40
+
+        b = n.body
+        try:
+            bed = BedKey(str(b["site"]), str(b["bed"]))
+            paused_until = b.get("audio_paused_until_us")
+            onset_us = int(n.alarm_id.rsplit("/", 1)[-1])
+            report = AlarmReport(
+                alarm_id=n.alarm_id, site=bed.site, bed=bed.bed, kind=str(b["kind"]),
+                priority=str(b["priority"]), category=str(b["category"]),
+                state=str(b["state"]), onset_us=onset_us, time_us=int(str(b["time_us"])),
+                reason=str(b.get("reason") or ""),
+                audio_paused=isinstance(paused_until, int)
+                and paused_until > int(str(b["time_us"])),
+            )  # fmt: skip
+        except (KeyError, ValueError) as exc:
+            detail = f"not an alarm change: {exc!r}"
+            raise DeliveryError("mllp", n.key, detail, retryable=False) from exc
+        patient = await self._patient(bed)
+        if patient is not None:
+            report = dataclasses.replace(report, mrn=patient[0], patient_name=patient[1])
+        return oru_r40(report, control_id(n.key), self._clock.now_us(), facility=self._facility)
+
+    async def send(self, notification: Notification) -> Receipt:
+        n = notification
+        try:
+            host, port = parse_host_port(n.address)
+        except ValueError as exc:
+            raise DeliveryError("mllp", n.key, str(exc), retryable=False) from exc
+        text = await self.message(n)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reader, writer = await asyncio.open_connection(host, port)
+                try:
+                    writer.write(hl7.frame(text))
+                    await writer.drain()
+                    raw = await reader.readuntil(hl7.END_BLOCK)
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise DeliveryError("mllp", n.key, f"{type(exc).__name__}: {exc}") from exc
+        except asyncio.LimitOverrunError as exc:
+            raise DeliveryError("mllp", n.key, "the answer is too long") from exc
+        answer = raw.removeprefix(hl7.START_BLOCK).removesuffix(hl7.END_BLOCK)
+        try:
+            msa = hl7.parse(answer.decode("utf-8", errors="replace")).first("MSA")
+        except hl7.Hl7Error as exc:
+            raise DeliveryError("mllp", n.key, f"the answer is not HL7: {exc}") from exc
+        code = msa.component(1) if msa is not None else ""
+        if code in ("AA", "CA"):
+            return Receipt(n.key, "mllp", self._clock.now_us(), 1, code)
+        detail = f"answered {code or 'without MSA'}: {msa.component(3) if msa else ''}"[:200]
+        raise DeliveryError("mllp", n.key, detail, retryable=code not in ("AE", "CE"))
 
     async def close(self) -> None:
         return None

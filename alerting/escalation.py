@@ -229,10 +229,11 @@ def notification_key(alarm_id: str, step: int, role: str, contact: Contact) -> s
 STATE_RECIPIENT: Final = "bed"  # the recipient of the state messages to a bed's alarms topic
 
 
-def state_key(event: AlarmEvent) -> str:
-    """The key of the message that publishes one change of an alarm to its bed. A page's key
-    has the step (a number) after the alarm id, so the two never meet."""
-    return f"{event.alarm_id}:state:{event_id(event)}"
+def state_key(event: AlarmEvent, to: str = "") -> str:
+    """The key of the message that publishes one change of an alarm to its bed (``to`` empty)
+    or to another receiver of every change (``pcd04@host:port``). A page's key has the step (a
+    number) after the alarm id, so the two never meet."""
+    return f"{event.alarm_id}:state:{to + ':' if to else ''}{event_id(event)}"
 
 
 def is_state_key(key: str, alarm_id: str) -> bool:
@@ -260,12 +261,15 @@ class Dispatcher:
         poll_s: float = 0.5,
         metrics: DeliveryMetrics | None = None,
         on_acknowledged: Callable[[str, str], object] | None = None,
+        pcd04: Sequence[str] = (),
     ) -> None:
         self.metrics = metrics or DeliveryMetrics()
         # Told (alarm id, who) when a recipient acknowledges a page: the engine acknowledges the
         # alarm in its state machine.
         self.on_acknowledged = on_acknowledged
         self._rota = rota
+        # IHE PCD-04 destinations (host:port): every change of every alarm, over MLLP
+        self._pcd04 = tuple(pcd04)
         # Delivery retries: the attempt count is the outbox's (a notification's receipt).
         self._retry = Backoff(rota.retry_min_s, rota.retry_max_s)
         self._outbox = outbox
@@ -526,9 +530,9 @@ class Dispatcher:
 
     def _publish_state(self, event: AlarmEvent) -> None:
         """Every change of an alarm goes to its bed's alarms topic (when an MQTT channel is
-        configured), through the outbox like a page; the key is derived from the event, so a
-        change is enqueued once however often it is handled."""
-        if "mqtt" not in self._channels:
+        configured) and to each PCD-04 destination, through the outbox like a page; the key is
+        derived from the event, so a change is enqueued once however often it is handled."""
+        if "mqtt" not in self._channels and not self._pcd04:
             return
         now_us = self._now_us()
         body: dict[str, object] = {
@@ -544,12 +548,24 @@ class Dispatcher:
             "reason": event.reason,
             "audio_paused_until_us": event.audio_paused_until_us,
         }
-        key = state_key(event)
-        notification = Notification(
-            key, event.alarm_id, STATE_RECIPIENT, "mqtt", str(event.bed), body, now_us
-        )
-        if self._outbox.enqueue(notification, at_us=now_us):
-            self._launch(notification)
+        messages = []
+        if "mqtt" in self._channels:
+            messages.append(
+                Notification(
+                    state_key(event), event.alarm_id, STATE_RECIPIENT, "mqtt", str(event.bed),
+                    body, now_us,
+                )
+            )  # fmt: skip
+        for address in self._pcd04:
+            messages.append(
+                Notification(
+                    state_key(event, f"pcd04@{address}"), event.alarm_id, "pcd04", "mllp",
+                    address, body, now_us,
+                )
+            )  # fmt: skip
+        for notification in messages:
+            if self._outbox.enqueue(notification, at_us=now_us):
+                self._launch(notification)
 
     def _advance(self, esc: _Escalation, why: str) -> None:
         log.warning("alarm %s: escalating past step %d: %s", esc.event.alarm_id, esc.step, why)

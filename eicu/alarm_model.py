@@ -72,7 +72,7 @@ class AlarmEvent:
     audio_paused_until_us: int | None = None
 
 
-Channel = Literal["mqtt", "webhook", "email"]
+Channel = Literal["mqtt", "webhook", "email", "mllp"]
 
 
 @dataclass(frozen=True, slots=True)

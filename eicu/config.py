@@ -327,6 +327,9 @@ class AlertingSettings:
     # The delivery partitions (EICU_ALARM_PARTITIONS): the k of those topics, shared by the
     # delivery processes; the same number for every engine and delivery process of a hub.
     partitions: int = 8
+    # IHE PCD-04 destinations (EICU_PCD04_DESTINATIONS, comma-separated host:port): every
+    # change of every alarm as an ORU^R40 over MLLP, to the hospital's alarm manager.
+    pcd04: tuple[str, ...] = ()
 
 
 def alarm_policy_file(
@@ -691,6 +694,7 @@ class Settings:
             policy=policy,
             delivery=_choice(env, "EICU_ALARM_DELIVERY", "local", ("local", "bus")),
             partitions=_int(env, "EICU_ALARM_PARTITIONS", 8, 1, MAX_PARTITIONS),
+            pcd04=_destinations(env, "EICU_PCD04_DESTINATIONS"),
         )
         http_defaults = HttpSettings()
         http = HttpSettings(
@@ -781,6 +785,20 @@ def secret_token(env: Mapping[str, str], key: str) -> Secret | None:
     if len(raw) < 16 or not raw.isprintable() or " " in raw:
         raise ConfigError(key, "expected at least 16 printable characters without spaces")
     return Secret(raw)
+
+
+def _destinations(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """Comma-separated ``host:port`` addresses; ConfigError naming the one that is not."""
+    out = []
+    for raw in (env.get(key) or "").split(","):
+        address = raw.strip()
+        if not address:
+            continue
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(key, f"expected host:port, got {address!r}")
+        out.append(address)
+    return tuple(out)
 
 
 def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:

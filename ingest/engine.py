@@ -376,7 +376,13 @@ class Engine:
         rota_path: Path | None,
         outbox: Outbox,
     ) -> Dispatcher:
-        from alerting.channels import EmailChannel, MqttChannel, WebhookChannel
+        from alerting.channels import (
+            EmailChannel,
+            MllpChannel,
+            MqttChannel,
+            WebhookChannel,
+            patients_from,
+        )
         from alerting.escalation import DeliveryMetrics, Dispatcher, Rota
 
         rota = Rota.from_file(rota_path) if rota_path is not None else Rota(sites={})
@@ -388,8 +394,13 @@ class Engine:
         }
         if alerting.smtp is not None:
             self._channels["email"] = EmailChannel(alerting.smtp, clock=clock)
+        if alerting.pcd04:
+            patient_of = patients_from(self.store)
+            self._channels["mllp"] = MllpChannel(patient_of=patient_of, clock=clock)
         metrics = DeliveryMetrics(self.metrics.registry)
-        return Dispatcher(rota, outbox, self._channels, metrics=metrics, clock=clock)
+        return Dispatcher(
+            rota, outbox, self._channels, metrics=metrics, clock=clock, pcd04=alerting.pcd04
+        )
 
     def _alarm_events_recorded(self, events: list[AlarmEvent]) -> None:
         """Alarm events are recorded: to the dispatcher, and the beds' state published soon."""

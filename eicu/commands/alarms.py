@@ -84,8 +84,16 @@ def outbox_path(settings: Settings) -> Path:
     return DEFAULT_OUTBOX
 
 
-def channels(settings: Settings, clock: Clock) -> dict[str, DeliveryChannel]:
-    from alerting.channels import EmailChannel, MqttChannel, WebhookChannel
+def channels(
+    settings: Settings, clock: Clock, store: Store | None = None
+) -> dict[str, DeliveryChannel]:
+    from alerting.channels import (
+        EmailChannel,
+        MllpChannel,
+        MqttChannel,
+        WebhookChannel,
+        patients_from,
+    )
 
     assert settings.mqtt is not None
     out: dict[str, DeliveryChannel] = {
@@ -95,6 +103,9 @@ def channels(settings: Settings, clock: Clock) -> dict[str, DeliveryChannel]:
     }
     if settings.alerting.smtp is not None:
         out["email"] = EmailChannel(settings.alerting.smtp, clock=clock)
+    if settings.alerting.pcd04:
+        patient_of = patients_from(store) if store is not None else None
+        out["mllp"] = MllpChannel(patient_of=patient_of, clock=clock)
     return out
 
 
@@ -146,8 +157,6 @@ async def deliver(
             settings, mqtt=dataclasses.replace(mqtt, client_id=f"{mqtt.client_id}-{w.worker_id}")
         )
     outbox = Outbox(outbox_path(settings), clock=clock)
-    chans = channels(channel_settings, clock)
-    dispatcher = Dispatcher(rota, outbox, chans, clock=clock, metrics=DeliveryMetrics(registry))
     from eicu.commands.serve import open_or_later
 
     store: Store | None = None
@@ -155,6 +164,11 @@ async def deliver(
     if settings.database_url is not None:
         store = open_store(settings.database_url, settings.store, StoreMetrics(registry))
         store_open = await open_or_later(store)
+    chans = channels(channel_settings, clock, store)
+    dispatcher = Dispatcher(
+        rota, outbox, chans, clock=clock, metrics=DeliveryMetrics(registry),
+        pcd04=alerting.pcd04,
+    )  # fmt: skip
     delivery = Delivery(
         mqtt, dispatcher, ownership, store=store, clock=clock,
         metrics=DeliveryFeedMetrics(registry),
