@@ -34,6 +34,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -338,6 +339,9 @@ def _parameter(obx: hl7.Segment) -> Parameter | None:
     return None
 
 
+TLS_HANDSHAKE_S = 10.0  # a sender that does not finish its TLS handshake by then is dropped
+
+
 def _allowed(networks: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(n, strict=False) for n in networks]
 
@@ -358,6 +362,7 @@ class Listener:
         gateway: str = "hl7",
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
         patients: PatientRepository | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not ID_RE.fullmatch(site):
             raise ValueError(f"site {site!r} is not a valid site id")
@@ -372,6 +377,8 @@ class Listener:
         self.publish_timeout_s = publish_timeout_s
         # where ADT messages admit, move and discharge patients (None: ADT is refused)
         self.patients = patients
+        # MLLP over TLS (a server context; with a CA, senders present a certificate it signed)
+        self.tls = tls
         self.counts = Counts()
         self._answers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         # per bed: the next sequence number, from the listener's start time in seconds so that
@@ -387,10 +394,17 @@ class Listener:
 
     async def start(self) -> None:
         self._broker_task = asyncio.create_task(self._broker(), name="hl7-broker")
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._connection,
+            self.host,
+            self.port,
+            ssl=self.tls,
+            ssl_handshake_timeout=TLS_HANDSHAKE_S if self.tls is not None else None,
+        )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        log.info("HL7 MLLP listener for site %s on %s:%d", self.site, self.host, self.port)
+        log.info("HL7 MLLP listener for site %s on %s:%d%s", self.site, self.host, self.port,
+                 " (TLS)" if self.tls is not None else "")  # fmt: skip
 
     async def stop(self) -> None:
         if self._server is not None:

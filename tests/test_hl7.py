@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, free_port, mosquitto_binary
 from eicu.models import BedKey, NumericsFrame
 from ingest.hl7 import Counts, Listener, read_pcd01
-from tests.hl7_peer import send, strict
+from tests.hl7_peer import hl7mllp, send, strict
 
 # bytes decoded as they are: segments end with a carriage return, kept as it is
 EXAMPLE = (Path(__file__).parent / "data" / "hl7" / "pcd01-oru-r01.hl7").read_bytes().decode()
@@ -414,3 +415,76 @@ async def test_the_command_listens_answers_and_stops_on_sigterm(broker: Mosquitt
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def send_tls(port: int, context: ssl.SSLContext, text: str) -> str:
+    """One message over MLLP in TLS with python-hl7's client; the answer, as text."""
+    reader, writer = await hl7mllp.open_hl7_connection(
+        "127.0.0.1", port, encoding="utf-8", ssl=context, server_hostname="localhost"
+    )
+    try:
+        writer.writemessage(text)
+        await writer.drain()
+        return str(await asyncio.wait_for(reader.readmessage(), 15.0))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+@needs_mosquitto
+async def test_mllp_over_tls_with_client_certificates(broker: Mosquitto, tmp_path: Path) -> None:
+    from eicu.commands.hl7 import listener_from_env
+    from tests.pki import TestCa
+
+    ca = TestCa(tmp_path / "pki")
+    server, sender = ca.server("localhost", "127.0.0.1"), ca.client("monitor-gw")
+    env = {
+        "EICU_HL7_SITE": SITE, "EICU_MQTT_URL": broker.url, "EICU_HL7_TLS_CERT_FILE":
+        str(server.cert), "EICU_HL7_TLS_KEY_FILE": str(server.key),
+        "EICU_HL7_TLS_CA_FILE": str(ca.cert),
+    }  # fmt: skip
+    listener = listener_from_env(env, port=0)
+    assert listener is not None and listener.tls is not None
+    await listener.start()
+    try:
+        trusting = ssl.create_default_context(cafile=str(ca.cert))
+        trusting.load_cert_chain(str(sender.cert), str(sender.key))
+        answer = await send_tls(listener.port, trusting, EXAMPLE)
+        assert msa(answer) == ("AA", "PCD0001")
+        strict(answer.replace("\n", "\r"))
+        # a sender without a certificate of that CA is not let in
+        anonymous = ssl.create_default_context(cafile=str(ca.cert))
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await send_tls(listener.port, anonymous, EXAMPLE.replace("PCD0001", "PCD0002"))
+        # nor one speaking plain MLLP to the TLS port
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
+            await send(listener.port, EXAMPLE.replace("PCD0001", "PCD0003"))
+        assert listener.counts.accepted == 1
+    finally:
+        await listener.stop()
+
+
+def test_tls_settings_that_cannot_be_used_name_their_setting(tmp_path: Path) -> None:
+    from eicu.commands.hl7 import tls_from_env
+    from eicu.errors import ConfigError
+
+    assert tls_from_env({}) is None
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    cases = [
+        ({"EICU_HL7_TLS_CERT_FILE": str(junk)}, "EICU_HL7_TLS_KEY_FILE"),
+        ({"EICU_HL7_TLS_CA_FILE": str(junk)}, "EICU_HL7_TLS_CA_FILE"),
+        (
+            {"EICU_HL7_TLS_CERT_FILE": str(tmp_path / "no"), "EICU_HL7_TLS_KEY_FILE": str(junk)},
+            "EICU_HL7_TLS_CERT_FILE",
+        ),
+        (
+            {"EICU_HL7_TLS_CERT_FILE": str(junk), "EICU_HL7_TLS_KEY_FILE": str(junk)},
+            "EICU_HL7_TLS_CERT_FILE",
+        ),
+    ]
+    for env, key in cases:
+        with pytest.raises(ConfigError) as refused:
+            tls_from_env(env)
+        assert refused.value.key == key, (env, refused.value)

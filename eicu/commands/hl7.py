@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import signal
+import ssl
 import sys
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,7 @@ def listener_from_env(
     allow = [a.strip() for a in env.get("EICU_HL7_ALLOW", "").split(",") if a.strip()]
     key = "EICU_HL7_MQTT_URL" if env.get("EICU_HL7_MQTT_URL") else "EICU_MQTT_URL"
     mqtt = MqttSettings.from_url(env.get(key) or "mqtt://127.0.0.1:1883", key=key, env=env)
+    tls = tls_from_env(env)
     try:
         return Listener(
             mqtt,
@@ -74,12 +76,46 @@ def listener_from_env(
             allow=allow or ("127.0.0.1/32", "::1/128"),
             max_message_bytes=max_bytes,
             patients=patients,
+            tls=tls,
         )
     except ValueError as exc:
         name = (
             "EICU_HL7_ALLOW" if "network" in str(exc) or "address" in str(exc) else "EICU_HL7_SITE"
         )
         raise ConfigError(name, str(exc)) from exc
+
+
+def tls_from_env(env: dict[str, str]) -> ssl.SSLContext | None:
+    """MLLP over TLS when ``EICU_HL7_TLS_CERT_FILE`` and ``EICU_HL7_TLS_KEY_FILE`` are set (TLS
+    1.2 or newer); with ``EICU_HL7_TLS_CA_FILE`` each sender must present a certificate that CA
+    signed. A file that cannot be used is a ConfigError naming its setting."""
+    cert, key = env.get("EICU_HL7_TLS_CERT_FILE", ""), env.get("EICU_HL7_TLS_KEY_FILE", "")
+    ca = env.get("EICU_HL7_TLS_CA_FILE", "")
+    if not cert and not key:
+        if ca:
+            raise ConfigError("EICU_HL7_TLS_CA_FILE", "needs EICU_HL7_TLS_CERT_FILE and _KEY_FILE")
+        return None
+    for name, value in (("EICU_HL7_TLS_CERT_FILE", cert), ("EICU_HL7_TLS_KEY_FILE", key)):
+        if not value:
+            raise ConfigError(name, "TLS needs both a certificate and its key")
+        if not os.path.isfile(value):
+            raise ConfigError(name, f"no such file: {value}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        detail = f"not a usable certificate and key: {exc}"
+        raise ConfigError("EICU_HL7_TLS_CERT_FILE", detail) from exc
+    if ca:
+        if not os.path.isfile(ca):
+            raise ConfigError("EICU_HL7_TLS_CA_FILE", f"no such file: {ca}")
+        try:
+            context.load_verify_locations(ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError("EICU_HL7_TLS_CA_FILE", f"not a usable CA file: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 async def start_listener(listener: Listener) -> None:
