@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from eicu.patients import Patient
 from eicu.store import Store
 from ingest.engine import Engine
 from simulators.beds import SynthGroup
-from tests.hl7_peer import VALIDATION_LEVEL, hl7apy_parser, hl7mllp
+from tests.hl7_peer import VALIDATION_LEVEL, Receiver, hl7apy_parser
 from tests.vt_bed import feed_until
 
 BED = BedKey("icu1", "bed1")
@@ -42,49 +41,6 @@ def strict(text: str) -> object:
     message = hl7apy_parser.parse_message(as_r01, validation_level=VALIDATION_LEVEL.STRICT)
     message.validate()
     return message
-
-
-@dataclass
-class Receiver:
-    """An alarm manager: python-hl7's MLLP server answering each message with the next code
-    of ``plan`` (then AA); ``drop`` closes the connection without an answer instead."""
-
-    plan: list[str] = field(default_factory=list)
-    received: list[str] = field(default_factory=list)
-    port: int = 0
-    server: asyncio.AbstractServer | None = None
-
-    async def _client(self, reader: object, writer: object) -> None:
-        try:
-            while True:
-                message = await reader.readmessage()  # type: ignore[attr-defined]
-                code = self.plan.pop(0) if self.plan else "AA"
-                self.received.append(str(message))
-                if code == "drop":
-                    break
-                writer.writemessage(message.create_ack(ack_code=code))  # type: ignore[attr-defined]
-                await writer.drain()  # type: ignore[attr-defined]
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()  # type: ignore[attr-defined]
-
-    async def start(self, port: int = 0) -> Receiver:
-        self.port = port or free_port()
-        self.server = await hl7mllp.start_hl7_server(
-            self._client, "127.0.0.1", self.port, encoding="utf-8"
-        )
-        return self
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
 
 @pytest.fixture

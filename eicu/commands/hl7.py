@@ -1,6 +1,11 @@
 """``eicu hl7 listen``: the HL7 v2 MLLP listener of one site (IHE PCD-01 observations in; ADT
 admissions, transfers and discharges in where ``EICU_DATABASE_URL`` is set).
 
+``eicu hl7 forward``: the stored numerics out as IHE PCD-01 to ``EICU_PCD01_DESTINATION``
+(``host:port``, MLLP), from the store of ``EICU_DATABASE_URL``, its cursor in
+``EICU_PCD01_STATE_FILE`` (default ``eicu-pcd01-<host>-<port>.json``), ``EICU_PCD01_DELAY_S``
+(default 5) behind real time (ingest.pcd01_out).
+
 Settings: ``EICU_HL7_SITE`` (the site whose beds the messages are about; required),
 ``EICU_HL7_HOST`` (default 127.0.0.1) and ``EICU_HL7_PORT`` (default 2575, the port registered
 for HL7 over MLLP), ``EICU_HL7_ALLOW`` (comma-separated addresses or networks allowed to connect;
@@ -18,6 +23,7 @@ import os
 import signal
 import ssl
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu.config import MqttSettings
@@ -31,8 +37,9 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
-        choices=["listen"],
-        help="listen: take PCD-01 (and, with a database, ADT) messages",
+        choices=["listen", "forward"],
+        help="listen: take PCD-01 (and, with a database, ADT) messages; forward: send the "
+        "stored numerics as PCD-01 to EICU_PCD01_DESTINATION",
     )
     parser.add_argument("--port", type=int, default=None, help="port (default: EICU_HL7_PORT)")
 
@@ -131,6 +138,8 @@ async def start_listener(listener: Listener) -> None:
 
 def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    if args.action == "forward":
+        return asyncio.run(_forward(env))
     if not env.get("EICU_HL7_SITE", "").strip():
         raise ConfigError("EICU_HL7_SITE", "required: the site whose beds the messages are about")
     return asyncio.run(_serve(env, args.port))
@@ -151,6 +160,56 @@ async def _serve(env: dict[str, str], port: int | None) -> int:
     finally:
         if store is not None:
             await store.close()
+
+
+async def _forward(env: dict[str, str]) -> int:
+    """``eicu hl7 forward`` until SIGTERM or SIGINT."""
+    from alerting.channels import parse_host_port
+    from eicu.store import open_store
+    from ingest.pcd01_out import Forwarder
+
+    url = env.get("EICU_DATABASE_URL", "")
+    if not url:
+        raise ConfigError("EICU_DATABASE_URL", "required: the store whose numerics are sent")
+    try:
+        host, port = parse_host_port(env.get("EICU_PCD01_DESTINATION", "").strip())
+    except ValueError as exc:
+        raise ConfigError("EICU_PCD01_DESTINATION", str(exc)) from exc
+    raw_delay = env.get("EICU_PCD01_DELAY_S", "5").strip()
+    try:
+        delay_s = float(raw_delay)
+    except ValueError:
+        raise ConfigError("EICU_PCD01_DELAY_S", f"not a number: {raw_delay!r}") from None
+    if not 0 <= delay_s <= 3600:
+        raise ConfigError("EICU_PCD01_DELAY_S", f"must be 0-3600, got {delay_s}")
+    state = env.get("EICU_PCD01_STATE_FILE") or f"eicu-pcd01-{host}-{port}.json"
+    store = open_store(url)
+    await store.open()
+    try:
+        try:
+            forwarder = Forwarder(store, host, port, Path(state), delay_s=delay_s)
+        except ValueError as exc:
+            raise ConfigError("EICU_PCD01_STATE_FILE", str(exc)) from exc
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"eicu hl7: forwarding stored numerics as PCD-01 to {host}:{port}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        task = asyncio.create_task(forwarder.run())
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        for t in (task, waiter):
+            t.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+        c = forwarder.counts
+        print(f"eicu hl7: {c.messages} PCD-01 messages taken, {c.refused} refused (AE), "
+              f"{c.retries} retries", file=sys.stderr)  # fmt: skip
+        return 0
+    finally:
+        await store.close()
 
 
 async def _listen(listener: Listener) -> int:
