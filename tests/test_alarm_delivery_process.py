@@ -125,7 +125,8 @@ async def test_a_delivery_process_pages_escalates_and_stops_through_a_sigkill(
             async with asyncio.timeout(15):
                 while not box.escalation_stopped(alarm_id):
                     await asyncio.sleep(0.05)
-            assert not [r for r in box.receipts(alarm_id) if r.open]
+            # no page left to send (the changes published to the bed may still be on the way)
+            assert not [r for r in box.receipts(alarm_id) if r.open and ":state:" not in r.key]
         assert hook.accepted[phys.key] == 1
         assert not [k for k, n in hook.accepted.items() if n > 1], "no page sent twice"
         # The receipts reach the store.
