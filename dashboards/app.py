@@ -32,7 +32,7 @@ from fastapi.websockets import WebSocketDisconnect
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel, Field
 
-from dashboards import consult, review, views
+from dashboards import consult, fhir, review, views
 from dashboards.census import CensusFeed, CensusWindow, engine_status
 from dashboards.patients import Admission, EncounterChange, NoteIn, PatientCache, Transfer
 from dashboards.security import LoginLimiter, Session, Sessions, csrf_ok
@@ -1043,4 +1043,5 @@ def create_app(
             beds.unwatch(key)
 
     consult.register(app, store, source.registry, sessions, ice_servers)
+    fhir.register(app, store, session_of)
     return app

@@ -199,8 +199,11 @@ class Store(AlarmRepository, PatientRepository, SessionRepository, Protocol):
     async def waveform(
         self, bed: BedKey, signal: str, start_us: int, end_us: int
     ) -> WaveformWindow: ...
-    async def numerics(self, start_us: int, end_us: int) -> list[NumericSample]:
-        """Every bed's numeric values with device time in [start_us, end_us), oldest first."""
+    async def numerics(
+        self, start_us: int, end_us: int, bed: BedKey | None = None
+    ) -> list[NumericSample]:
+        """Every bed's (or ``bed``'s) numeric values with device time in [start_us, end_us),
+        oldest first."""
         ...
 
     async def stats(self) -> dict[str, dict[str, dict[str, int]]]: ...

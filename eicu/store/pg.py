@@ -695,13 +695,16 @@ class PgStore(PatientMethods, SessionMethods):
                 pieces.append((int(t0_us), block))
         return window_from_blocks(signal, pieces, start_us, end_us)
 
-    async def numerics(self, start_us: int, end_us: int) -> list[NumericSample]:
+    async def numerics(
+        self, start_us: int, end_us: int, bed: BedKey | None = None
+    ) -> list[NumericSample]:
+        one = "" if bed is None else "AND b.site = %s AND b.bed = %s"
         rows = await self._fetch(
             f"""SELECT b.site, b.bed, n.code, n.value, {_EPOCH_US.format("n.time")}
                 FROM numerics n JOIN beds b USING (bed_id)
                 WHERE n.time >= {_US.format("%s::bigint")} AND n.time < {_US.format("%s::bigint")}
-                ORDER BY n.time, n.bed_id, n.seq, n.code""",
-            (start_us, end_us),
+                {one} ORDER BY n.time, n.bed_id, n.seq, n.code""",
+            (start_us, end_us) if bed is None else (start_us, end_us, bed.site, bed.bed),
         )
         return numeric_samples(rows)
 

@@ -290,12 +290,15 @@ class SqliteStore(PatientMethods, SessionMethods):
             pieces.extend((int(t0_us), block) for block in decode_blocks(data, only=signal))
         return window_from_blocks(signal, pieces, start_us, end_us)
 
-    async def numerics(self, start_us: int, end_us: int) -> list[NumericSample]:
+    async def numerics(
+        self, start_us: int, end_us: int, bed: BedKey | None = None
+    ) -> list[NumericSample]:
+        one = "" if bed is None else "AND b.site = ? AND b.bed = ?"
         rows = await self._fetch(
-            """SELECT b.site, b.bed, n.code, n.value, n.time FROM numerics n
-               JOIN beds b USING (bed_id) WHERE n.time >= ? AND n.time < ?
+            f"""SELECT b.site, b.bed, n.code, n.value, n.time FROM numerics n
+               JOIN beds b USING (bed_id) WHERE n.time >= ? AND n.time < ? {one}
                ORDER BY n.time, n.bed_id, n.seq, n.code""",
-            (start_us, end_us),
+            (start_us, end_us) if bed is None else (start_us, end_us, bed.site, bed.bed),
         )
         return numeric_samples(rows)
 

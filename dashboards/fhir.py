@@ -1,0 +1,571 @@
+"""A FHIR R4 read and search API over the store, behind the dashboard's logins and sites.
+
+Resources (JSON, ``application/fhir+json``), under ``/fhir``:
+
+- ``metadata``: the CapabilityStatement (no login needed: it names no patient).
+- ``Patient/{id}``; ``Patient?identifier=[system|]MRN``, ``Patient?name=``: the patients of the
+  patient tables (``eicu.patients``), MRN as identifier (type ``MR``).
+- ``Encounter/{id}``; ``Encounter?patient=``, ``status=in-progress|finished``: the stays, with
+  their beds over time as ``location`` entries (each with its period).
+- ``Location/{id}``: a bed (``site/bed``).
+- ``Observation?patient=&code=&date=``: the patient's vital signs, as the FHIR vital-signs
+  profile names them (LOINC with the ISO/IEEE 11073 MDC code beside it, UCUM units): heart rate,
+  respiratory rate, oxygen saturation, body temperature, and the blood pressure panel (systolic
+  and diastolic as components), from the beds the patient was in over ``date`` (default: the
+  last 24 hours; ``ge``, ``gt``, ``le``, ``lt``). Paged with ``_count`` (default 100, at most
+  1000) and the bundle's ``next`` link.
+
+A user sees only what lies in their sites: a patient or a stay in a bed of another site is
+"not found" to them, and only the observations of beds in their sites are returned. Errors are
+OperationOutcome resources with the HTTP status (400 for a search that cannot be read, 401
+without a session, 404 for what is not there).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from dashboards.security import Session
+from dashboards.users import Permission
+from eicu import __version__
+from eicu.codes import BY_KEY
+from eicu.errors import StorageUnavailable
+from eicu.models import BedKey
+from eicu.patients import Encounter
+from eicu.store.base import NumericSample, Store
+
+FHIR_JSON: Final = "application/fhir+json"
+FHIR_VERSION: Final = "4.0.1"
+MRN_SYSTEM: Final = "urn:eicu:mrn"
+LOINC: Final = "http://loinc.org"
+MDC: Final = "urn:iso:std:iso:11073:10101"
+UCUM: Final = "http://unitsofmeasure.org"
+DEFAULT_WINDOW_US: Final = 24 * 3600 * 1_000_000
+MAX_COUNT: Final = 1000
+GENDER: Final = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
+
+
+@dataclass(frozen=True)
+class VitalSign:
+    """One vital sign of the FHIR vital-signs profile and the parameter(s) it is made of."""
+
+    loinc: str
+    display: str
+    keys: tuple[str, ...]  # one parameter, or (systolic, diastolic) for a panel
+    extra_loinc: tuple[tuple[str, str], ...] = ()  # codes the profile also wants
+
+
+VITALS: Final = (
+    VitalSign("8867-4", "Heart rate", ("HR",)),
+    VitalSign("9279-1", "Respiratory rate", ("RR",)),
+    VitalSign(
+        "59408-5",
+        "Oxygen saturation in Arterial blood by Pulse oximetry",
+        ("SPO2",),
+        (("2708-6", "Oxygen saturation in Arterial blood"),),
+    ),
+    VitalSign("8310-5", "Body temperature", ("TEMP",)),
+    VitalSign("85354-9", "Blood pressure panel", ("NIBP_SYS", "NIBP_DIA")),
+    VitalSign("85354-9", "Blood pressure panel", ("ABP_SYS", "ABP_DIA")),
+)
+COMPONENTS: Final = {
+    "NIBP_SYS": ("8480-6", "Systolic blood pressure"),
+    "NIBP_DIA": ("8462-4", "Diastolic blood pressure"),
+    "ABP_SYS": ("8480-6", "Systolic blood pressure"),
+    "ABP_DIA": ("8462-4", "Diastolic blood pressure"),
+}
+
+
+class FhirError(Exception):
+    def __init__(self, status: int, code: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
+def outcome(status: int, code: str, text: str) -> JSONResponse:
+    doc = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+    }
+    return JSONResponse(doc, status_code=status, media_type=FHIR_JSON)
+
+
+def _iso(t_us: int) -> str:
+    moment = dt.datetime.fromtimestamp(t_us / 1e6, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fhir_id(text: str) -> str:
+    """A FHIR id ([A-Za-z0-9-.], at most 64) for a key of ours: itself where it is one, else
+    ``x`` and its base32 (our keys may hold ``_`` and ``/``)."""
+    plain = all(c.isascii() and (c.isalnum() or c in "-.") for c in text)
+    if text and len(text) <= 64 and plain and not text.startswith("x"):
+        return text
+    return "x" + base64.b32encode(text.encode()).decode().rstrip("=").lower()
+
+
+def from_fhir_id(fid: str) -> str:
+    if not fid.startswith("x"):
+        return fid
+    raw = fid[1:].upper()
+    try:
+        return base64.b32decode(raw + "=" * (-len(raw) % 8)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise FhirError(404, "not-found", f"no such resource {fid!r}") from None
+
+
+def location_id(bed: BedKey) -> str:
+    return fhir_id(f"{bed.site}.{bed.bed}" if "_" not in str(bed) else str(bed))
+
+
+def bed_of_location(fid: str) -> BedKey:
+    text = from_fhir_id(fid)
+    try:
+        return BedKey.parse(text if "/" in text else text.replace(".", "/", 1))
+    except ValueError:
+        raise FhirError(404, "not-found", f"no such Location {fid!r}") from None
+
+
+def patient_resource(e: Encounter) -> dict[str, Any]:
+    p = e.patient
+    given, _, family = p.name.rpartition(" ")
+    name: dict[str, Any] = {"text": p.name, "family": family}
+    if given:
+        name["given"] = given.split()
+    doc: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": fhir_id(p.mrn),
+        "identifier": [
+            {
+                "use": "usual",
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                            "code": "MR",
+                        }
+                    ]
+                },
+                "system": MRN_SYSTEM,
+                "value": p.mrn,
+            }
+        ],
+        "name": [name],
+        "gender": GENDER.get(p.sex, "unknown"),
+    }
+    if p.birth_date:
+        doc["birthDate"] = p.birth_date
+    return doc
+
+
+def encounter_resource(e: Encounter) -> dict[str, Any]:
+    ended = e.discharged_us is not None
+    period: dict[str, str] = {"start": _iso(e.admitted_us)}
+    if e.discharged_us is not None:
+        period["end"] = _iso(e.discharged_us)
+    locations = []
+    for loc in e.locations:
+        lp: dict[str, str] = {"start": _iso(loc.since_us)}
+        if loc.until_us is not None:
+            lp["end"] = _iso(loc.until_us)
+        locations.append(
+            {
+                "location": {"reference": f"Location/{location_id(loc.bed)}",
+                             "display": str(loc.bed)},
+                "status": "completed" if loc.until_us is not None else "active",
+                "period": lp,
+            }
+        )  # fmt: skip
+    doc: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": str(e.encounter_id),
+        "status": "finished" if ended else "in-progress",
+        "class": {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "IMP",
+            "display": "inpatient encounter",
+        },
+        "subject": {"reference": f"Patient/{fhir_id(e.patient.mrn)}"},
+        "period": period,
+        "location": locations,
+    }
+    if e.diagnosis:
+        doc["reasonCode"] = [{"text": e.diagnosis}]
+    if e.attending:
+        doc["participant"] = [{"individual": {"display": e.attending}}]
+    return doc
+
+
+def location_resource(bed: BedKey) -> dict[str, Any]:
+    return {
+        "resourceType": "Location",
+        "id": location_id(bed),
+        "status": "active",
+        "name": str(bed),
+        "mode": "instance",
+        "physicalType": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/location-physical-type",
+                    "code": "bd",
+                    "display": "Bed",
+                }
+            ]
+        },
+    }
+
+
+def _coding(key: str) -> list[dict[str, str]]:
+    p = BY_KEY[key]
+    out = []
+    if p.mdc_code is not None and p.mdc_ref:
+        out.append({"system": MDC, "code": str(p.mdc_code), "display": p.mdc_ref})
+    return out
+
+
+def _quantity(key: str, value: float) -> dict[str, Any]:
+    unit = BY_KEY[key].unit
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+_ABSENT: Final = {
+    "coding": [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+            "code": "unknown",
+            "display": "Unknown",
+        }
+    ]
+}
+
+
+def observations(
+    samples: Iterable[NumericSample], patient_id: str, encounter_id: int, codes: set[str] | None
+) -> list[dict[str, Any]]:
+    """The vital-sign Observations of one bed's samples (one time: one observation per sign)."""
+    at: dict[int, dict[str, float | None]] = {}
+    for s in samples:
+        at.setdefault(s.ts_us, {})[s.key] = s.value
+    out = []
+    for ts_us in sorted(at):
+        values = at[ts_us]
+        for sign in VITALS:
+            if codes is not None and not codes & {sign.loinc, *_mdc_codes(sign)}:
+                continue
+            if not any(k in values for k in sign.keys):
+                continue
+            coding = [{"system": LOINC, "code": sign.loinc, "display": sign.display}]
+            coding += [{"system": LOINC, "code": c, "display": d} for c, d in sign.extra_loinc]
+            doc: dict[str, Any] = {
+                "resourceType": "Observation",
+                "id": fhir_id(f"{encounter_id}.{sign.keys[0]}.{ts_us}"),
+                "meta": {"profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"]},
+                "status": "final",
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/"
+                                "observation-category",
+                                "code": "vital-signs",
+                                "display": "Vital Signs",
+                            }
+                        ]
+                    }
+                ],
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "encounter": {"reference": f"Encounter/{encounter_id}"},
+                "effectiveDateTime": _iso(ts_us),
+            }
+            if len(sign.keys) == 1:
+                key = sign.keys[0]
+                doc["code"] = {"coding": coding + _coding(key), "text": sign.display}
+                value = values[key]
+                if value is None:
+                    doc["dataAbsentReason"] = _ABSENT
+                else:
+                    doc["valueQuantity"] = _quantity(key, value)
+            else:
+                doc["code"] = {"coding": coding, "text": sign.display}
+                components = []
+                for key in sign.keys:
+                    code, display = COMPONENTS[key]
+                    component: dict[str, Any] = {
+                        "code": {
+                            "coding": [
+                                {"system": LOINC, "code": code, "display": display},
+                                *_coding(key),
+                            ]
+                        },
+                    }
+                    value = values.get(key)
+                    if value is None:
+                        component["dataAbsentReason"] = _ABSENT
+                    else:
+                        component["valueQuantity"] = _quantity(key, value)
+                    components.append(component)
+                doc["component"] = components
+            out.append(doc)
+    return out
+
+
+def _mdc_codes(sign: VitalSign) -> set[str]:
+    return {str(BY_KEY[k].mdc_code) for k in sign.keys if BY_KEY[k].mdc_code is not None}
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    def resource(kind: str, search: list[tuple[str, str]], read: bool = True) -> dict[str, Any]:
+        interactions = [{"code": "search-type"}] + ([{"code": "read"}] if read else [])
+        return {
+            "type": kind,
+            "interaction": interactions,
+            "searchParam": [{"name": n, "type": t} for n, t in search],
+        }
+
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": _iso(time.time_ns() // 1000)[:10],
+        "kind": "instance",
+        "software": {"name": "eicu", "version": __version__},
+        "implementation": {"description": "eicu tele-ICU engine", "url": base},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "description": "A dashboard session: POST /api/login, then its cookie."
+                },
+                "resource": [
+                    resource("Patient", [("identifier", "token"), ("name", "string")]),
+                    resource("Encounter", [("patient", "reference"), ("status", "token")]),
+                    resource("Location", [], read=True),
+                    resource(
+                        "Observation",
+                        [
+                            ("patient", "reference"),
+                            ("code", "token"),
+                            ("date", "date"),
+                            ("_count", "number"),
+                        ],
+                        read=False,
+                    ),
+                ],
+            }
+        ],
+    }
+
+
+def _date_bounds(values: list[str], now_us: int) -> tuple[int, int]:
+    start, end = now_us - DEFAULT_WINDOW_US, now_us + 1
+    for raw in values:
+        prefix, text = raw[:2], raw[2:]
+        if prefix not in ("ge", "gt", "le", "lt"):
+            prefix, text = "eq", raw
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise FhirError(400, "invalid", f"date {raw!r} is not a FHIR dateTime") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        t_us = int(moment.timestamp() * 1e6)
+        if prefix in ("ge", "gt", "eq"):
+            start = t_us + (1 if prefix == "gt" else 0)
+        if prefix in ("le", "lt", "eq"):
+            end = t_us + (0 if prefix == "lt" else 1)
+    if end <= start:
+        raise FhirError(400, "invalid", "the date range is empty")
+    return start, end
+
+
+def _count(raw: str | None) -> int:
+    if raw is None:
+        return 100
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_COUNT:
+        raise FhirError(400, "invalid", f"_count must be 1-{MAX_COUNT}")
+    return int(raw)
+
+
+def _token(raw: str) -> str:
+    return raw.split("|", 1)[1] if "|" in raw else raw
+
+
+def register(
+    app: FastAPI, store: Store, session_of: Callable[[Request], Awaitable[Session | None]]
+) -> None:
+    """Add ``/fhir`` to the dashboard app. ``session_of``: the request's session (None
+    without one)."""
+
+    async def user_session(request: Request) -> Session:
+        session = await session_of(request)
+        if session is None:
+            raise FhirError(401, "login", "log in first (POST /api/login)")
+        if not session.user.can(Permission.VIEW):
+            raise FhirError(403, "forbidden", f"the {session.user.role} role may not read this")
+        return session
+
+    def visible(e: Encounter, session: Session) -> bool:
+        return any(session.user.can_see(loc.bed.site) for loc in e.locations)
+
+    async def stays(session: Session, mrn: str | None = None) -> list[Encounter]:
+        try:
+            found = await store.encounters(current=False, mrn=mrn)
+        except StorageUnavailable as exc:
+            raise FhirError(503, "transient", f"the store cannot be reached now: {exc}") from exc
+        return [e for e in found if visible(e, session)]
+
+    def bundle(request: Request, resources: list[dict[str, Any]], total: int,
+               next_url: str | None) -> JSONResponse:  # fmt: skip
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        links = [{"relation": "self", "url": str(request.url)}]
+        if next_url is not None:
+            links.append({"relation": "next", "url": next_url})
+        doc = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "link": links,
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in resources
+            ],
+        }
+        return JSONResponse(doc, media_type=FHIR_JSON)
+
+    def one(doc: dict[str, Any]) -> JSONResponse:
+        return JSONResponse(doc, media_type=FHIR_JSON)
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError) -> JSONResponse:
+        return outcome(exc.status, exc.code, exc.text)
+
+    @app.get("/fhir/metadata")
+    async def metadata(request: Request) -> JSONResponse:
+        return one(capability_statement(str(request.base_url).rstrip("/") + "/fhir"))
+
+    @app.get("/fhir/Patient/{fid}")
+    async def read_patient(fid: str, request: Request) -> JSONResponse:
+        session = await user_session(request)
+        found = await stays(session, mrn=from_fhir_id(fid))
+        if not found:
+            raise FhirError(404, "not-found", f"no Patient {fid}")
+        return one(patient_resource(found[-1]))
+
+    @app.get("/fhir/Patient")
+    async def search_patients(request: Request) -> JSONResponse:
+        session = await user_session(request)
+        q = request.query_params
+        unknown = set(q) - {"identifier", "name", "_count"}
+        if unknown:
+            raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
+        found = await stays(session)
+        if "identifier" in q:
+            mrn = _token(q["identifier"])
+            found = [e for e in found if e.patient.mrn == mrn]
+        if "name" in q:
+            needle = q["name"].lower()
+            found = [e for e in found if needle in e.patient.name.lower()]
+        latest: dict[str, Encounter] = {}
+        for e in found:
+            latest[e.patient.mrn] = e
+        resources = [patient_resource(e) for e in latest.values()][: _count(q.get("_count"))]
+        return bundle(request, resources, len(latest), None)
+
+    @app.get("/fhir/Encounter/{fid}")
+    async def read_encounter(fid: str, request: Request) -> JSONResponse:
+        session = await user_session(request)
+        if not fid.isdigit():
+            raise FhirError(404, "not-found", f"no Encounter {fid}")
+        try:
+            found = await store.encounters(encounter_id=int(fid))
+        except StorageUnavailable as exc:
+            raise FhirError(503, "transient", f"the store cannot be reached now: {exc}") from exc
+        found = [e for e in found if visible(e, session)]
+        if not found:
+            raise FhirError(404, "not-found", f"no Encounter {fid}")
+        return one(encounter_resource(found[0]))
+
+    @app.get("/fhir/Encounter")
+    async def search_encounters(request: Request) -> JSONResponse:
+        session = await user_session(request)
+        q = request.query_params
+        unknown = set(q) - {"patient", "subject", "status", "_count"}
+        if unknown:
+            raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
+        ref = q.get("patient") or q.get("subject")
+        mrn = from_fhir_id(ref.removeprefix("Patient/")) if ref else None
+        found = await stays(session, mrn=mrn)
+        status = q.get("status")
+        if status is not None:
+            if status not in ("in-progress", "finished"):
+                raise FhirError(400, "invalid", f"status {status!r}")
+            found = [e for e in found if (e.discharged_us is None) == (status == "in-progress")]
+        resources = [encounter_resource(e) for e in found][: _count(q.get("_count"))]
+        return bundle(request, resources, len(found), None)
+
+    @app.get("/fhir/Location/{fid}")
+    async def read_location(fid: str, request: Request) -> JSONResponse:
+        session = await user_session(request)
+        bed = bed_of_location(fid)
+        if not session.user.can_see(bed.site):
+            raise FhirError(404, "not-found", f"no Location {fid}")
+        return one(location_resource(bed))
+
+    @app.get("/fhir/Observation")
+    async def search_observations(request: Request) -> JSONResponse:
+        session = await user_session(request)
+        q = request.query_params
+        unknown = set(q) - {"patient", "subject", "code", "date", "category", "_count",
+                            "_offset"}  # fmt: skip
+        if unknown:
+            raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
+        ref = q.get("patient") or q.get("subject")
+        if not ref:
+            raise FhirError(400, "required", "an Observation search needs patient=")
+        category = q.get("category")
+        if category is not None and _token(category) != "vital-signs":
+            return bundle(request, [], 0, None)
+        pid = ref.removeprefix("Patient/")
+        now = time.time_ns() // 1000
+        start_us, end_us = _date_bounds(q.getlist("date"), now)
+        codes = {_token(c) for raw in q.getlist("code") for c in raw.split(",")} or None
+        count = _count(q.get("_count"))
+        raw_offset = q.get("_offset", "0")
+        if not raw_offset.isdigit():
+            raise FhirError(400, "invalid", "_offset must be a whole number")
+        offset = int(raw_offset)
+        found: list[dict[str, Any]] = []
+        for e in await stays(session, mrn=from_fhir_id(pid)):
+            for loc in e.locations:
+                if not session.user.can_see(loc.bed.site):
+                    continue
+                a = max(start_us, loc.since_us)
+                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
+                if b <= a:
+                    continue
+                try:
+                    samples = await store.numerics(a, b, bed=loc.bed)
+                except StorageUnavailable as exc:
+                    raise FhirError(
+                        503, "transient", f"the store cannot be reached: {exc}"
+                    ) from exc
+                found += observations(samples, fhir_id(e.patient.mrn), e.encounter_id, codes)
+        found.sort(key=lambda r: r["effectiveDateTime"])
+        page = found[offset : offset + count]
+        next_url = None
+        if offset + count < len(found):
+            next_url = str(request.url.include_query_params(_offset=offset + count))
+        return bundle(request, page, len(found), next_url)

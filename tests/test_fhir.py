@@ -1,0 +1,166 @@
+"""The FHIR R4 API of ``eicu dashboard`` as its own process, on a real PostgreSQL and Mosquitto:
+every resource it serves parsed and validated with ``fhir.resources`` (not the project's own
+code), patients across a transfer, vital signs as the vital-signs profile names them, paging,
+sites, and the errors a client gets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dashboards.users import Role, Users
+from eicu.devservices import DashboardProcess, Mosquitto
+from eicu.models import Batch, BedKey, NumericsFrame
+from eicu.patients import Patient
+from eicu.store import Store
+from tests.cheap_argon2 import cheap_hasher
+
+fhir_r4b = pytest.importorskip("fhir.resources.R4B", reason="pip install -e '.[dev]'")
+
+pytestmark = [pytest.mark.broker, pytest.mark.db]
+
+PASSWORDS = {"ada": "ada-password", "nina": "nina-password"}
+BED1, BED2, OTHER = BedKey("icu1", "bed1"), BedKey("icu1", "bed_2"), BedKey("icu2", "bed8")
+HOUR_US = 3600 * 1_000_000
+
+
+def valid(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` parsed and validated as its FHIR resource type (R4B models, a superset of R4's
+    for these resources), every contained resource too."""
+    model = fhir_r4b.get_fhir_model_class(doc["resourceType"])
+    model.model_validate(doc)
+    for entry in doc.get("entry", []):
+        valid(entry["resource"])
+    return doc
+
+
+@pytest.fixture
+def dashboard(broker: Mosquitto, db_url: str, tmp_path: Path) -> Iterator[str]:
+    users = Users(tmp_path / "users.json", cheap_hasher())
+    users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
+    users.add("nina", Role.NURSE, PASSWORDS["nina"], sites=["icu2"])
+    process = DashboardProcess(broker.url, db_url, users.path, tmp_path / "dashboard.log")
+    try:
+        yield process.wait_ready().url
+    finally:
+        process.stop()
+
+
+async def client(base: str, name: str | None) -> httpx.AsyncClient:
+    c = httpx.AsyncClient(base_url=base, timeout=10)
+    if name is not None:
+        r = await c.post("/api/login", json={"name": name, "password": PASSWORDS[name]})
+        assert r.status_code == 200, r.text
+    return c
+
+
+async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Store) -> None:
+    now = (time.time_ns() // 1_000_000) * 1000
+    t0 = now - 2 * HOUR_US
+    stay = await store.admit(Patient("4711", "Ada Li", "F", "1961-03-14", ""), BED1, t0, "t", {})
+    await store.transfer(stay.encounter_id, BED2, t0 + HOUR_US, "t")
+    await store.admit(Patient("99", "Bob Ma", "M", None, ""), OTHER, t0, "t", {})
+    frames = []
+    for i, bed in enumerate((BED1, BED2)):
+        ts = t0 + i * HOUR_US + 60_000_000
+        values = {"HR": 88.0 + i, "SPO2": 95.0, "TEMP": None, "NIBP_SYS": 118.0, "NIBP_DIA": 64.0}
+        frames.append(NumericsFrame(bed, 1, ts, values))
+    frames.append(NumericsFrame(OTHER, 1, t0 + 60_000_000, {"HR": 70.0}))
+    await store.write(Batch(numerics=frames))
+
+    anonymous = await client(dashboard, None)
+    ada = await client(dashboard, "ada")
+    nina = await client(dashboard, "nina")
+    try:
+        meta = valid((await anonymous.get("/fhir/metadata")).json())
+        assert meta["fhirVersion"] == "4.0.1"
+        assert {r["type"] for r in meta["rest"][0]["resource"]} >= {"Patient", "Observation"}
+        r = await anonymous.get("/fhir/Patient", params={"identifier": "4711"})
+        assert r.status_code == 401 and valid(r.json())["resourceType"] == "OperationOutcome"
+        assert r.headers["content-type"].startswith("application/fhir+json")
+
+        found = valid((await ada.get("/fhir/Patient?identifier=urn:eicu:mrn|4711")).json())
+        assert found["total"] == 1
+        patient = found["entry"][0]["resource"]
+        assert patient["name"][0]["family"] == "Li" and patient["gender"] == "female"
+        assert patient["identifier"][0]["value"] == "4711"
+        again = valid((await ada.get(f"/fhir/Patient/{patient['id']}")).json())
+        assert again == patient
+
+        stays = valid((await ada.get("/fhir/Encounter", params={"patient": "Patient/4711"})).json())
+        (encounter,) = [e["resource"] for e in stays["entry"]]
+        assert encounter["status"] == "in-progress"
+        beds = [loc["location"]["display"] for loc in encounter["location"]]
+        assert beds == ["icu1/bed1", "icu1/bed_2"]
+        assert [loc["status"] for loc in encounter["location"]] == ["completed", "active"]
+        valid((await ada.get(f"/fhir/Encounter/{encounter['id']}")).json())
+        ref = encounter["location"][1]["location"]["reference"]
+        assert valid((await ada.get(f"/fhir/{ref}")).json())["name"] == "icu1/bed_2"
+
+        # vital signs across the transfer, as the vital-signs profile codes them
+        since = f"ge{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime((t0 - 1) / 1e6))}"
+        obs = valid(
+            (await ada.get("/fhir/Observation", params={"patient": "4711", "date": since})).json()
+        )
+        resources = [e["resource"] for e in obs["entry"]]
+        by_code: dict[str, list[dict[str, Any]]] = {}
+        for o in resources:
+            by_code.setdefault(o["code"]["coding"][0]["code"], []).append(o)
+        assert [o["valueQuantity"]["value"] for o in by_code["8867-4"]] == [88.0, 89.0]
+        hr = by_code["8867-4"][0]
+        assert (
+            hr["valueQuantity"]["code"] == "/min"
+            and hr["category"][0]["coding"][0]["code"] == "vital-signs"
+        )
+        assert {"system": "urn:iso:std:iso:11073:10101", "code": "147842",
+                "display": "MDC_ECG_HEART_RATE"} in hr["code"]["coding"]  # fmt: skip
+        spo2 = by_code["59408-5"][0]["code"]["coding"]
+        assert {c["code"] for c in spo2} >= {"59408-5", "2708-6"}
+        temp = by_code["8310-5"][0]
+        assert "valueQuantity" not in temp and temp["dataAbsentReason"]["coding"][0]["code"]
+        bp = by_code["85354-9"][0]
+        assert [c["valueQuantity"]["value"] for c in bp["component"]] == [118.0, 64.0]
+        assert [c["code"]["coding"][0]["code"] for c in bp["component"]] == ["8480-6", "8462-4"]
+        assert obs["total"] == len(resources) == 8
+        assert all(o["encounter"]["reference"] == f"Encounter/{encounter['id']}" for o in resources)
+
+        # one code, and pages of two followed to the end
+        hr_only = valid(
+            (await ada.get("/fhir/Observation",
+                           params={"patient": "4711", "date": since, "code": "8867-4"})).json()
+        )  # fmt: skip
+        assert hr_only["total"] == 2
+        url: str | None = f"/fhir/Observation?patient=4711&date={since}&_count=3"
+        pages = []
+        while url is not None:
+            page = valid((await ada.get(url)).json())
+            pages.append(len(page["entry"]))
+            url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+        assert pages == [3, 3, 2]
+
+        # another site's user sees nothing of this patient
+        r = await nina.get("/fhir/Patient/4711")
+        assert r.status_code == 404 and valid(r.json())["resourceType"] == "OperationOutcome"
+        assert valid((await nina.get("/fhir/Observation?patient=4711")).json())["total"] == 0
+        assert valid((await nina.get("/fhir/Patient?identifier=99")).json())["total"] == 1
+
+        # searches that cannot be read are refused, saying why
+        bad_searches = (
+            "/fhir/Observation?date=ge2026",
+            "/fhir/Observation?patient=4711&date=x",
+            "/fhir/Observation?patient=4711&_count=0",
+            "/fhir/Patient?birthdate=1",
+        )
+        for bad in bad_searches:
+            r = await ada.get(bad)
+            assert r.status_code == 400, bad
+            assert valid(r.json())["issue"][0]["diagnostics"]
+        assert (await ada.get("/fhir/Encounter/nope")).status_code == 404
+    finally:
+        for c in (anonymous, ada, nina):
+            await c.aclose()
