@@ -36,25 +36,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from eicu import hl7
+from eicu.codes import ALARM_MDC_EVENT as MDC_EVENT
+from eicu.codes import ALARM_MDC_NOS as NOS
 
 PROFILE: Final = "IHE_PCD_ACM_001^IHE PCD^1.3.6.1.4.1.19376.1.6.4.4^ISO"
 MDC_EVT_ALARM: Final = "196616^MDC_EVT_ALARM^MDC"
 LOCAL_SYSTEM: Final = "99EICU"
 
-_HI = ("196650", "MDC_EVT_HI_GT_LIM")
-_LO = ("196672", "MDC_EVT_LO_LT_LIM")
-_ARRHY = ("199874", "MDC_EVT_ECG_ARRHY")
-NOS: Final = ("258047", "MDC_EVT_NOS")
-# the engine's alarm kinds (eicu/alarms/policies) -> (MDC code, reference id)
-MDC_EVENT: Final = {
-    "HR_HIGH": _HI, "RR_HIGH": _HI, "SBP_HIGH": _HI, "TEMP_HIGH": _HI,
-    "HR_LOW": _LO, "RR_LOW": _LO, "SBP_LOW": _LO,
-    "SPO2_LOW": ("199854", "MDC_EVT_DESAT"),
-    "ASYSTOLE": ("199684", "MDC_EVT_ECG_ASYSTOLE"),
-    "AFIB": ("199736", "MDC_EVT_ECG_ATR_FIB"),
-    "VFIB": _ARRHY, "VTACH": _ARRHY, "BRADY": _ARRHY, "TACHY": _ARRHY, "PAUSE": _ARRHY,
-    "LEAD_OFF": ("196680", "MDC_EVT_LEAD_OFF"),
-}  # fmt: skip
 PRIORITY: Final = {"high": "PH", "medium": "PM", "low": "PL"}
 SOURCE: Final = {"physiological": "SP", "technical": "ST"}
 

@@ -14,6 +14,9 @@ Resources (JSON, ``application/fhir+json``), under ``/fhir``:
   and diastolic as components), from the beds the patient was in over ``date`` (default: the
   last 24 hours; ``ge``, ``gt``, ``le``, ``lt``). Paged with ``_count`` (default 100, at most
   1000) and the bundle's ``next`` link.
+- ``Flag?patient=&date=&status=``: the alarms of the beds the patient was in (from the alarm
+  tables), one Flag each, ``active`` until the alarm is cleared, coded with its MDC event code and
+  the engine's own kind.
 
 A user sees only what lies in their sites: a patient or a stay in a bed of another site is
 "not found" to them, and only the observations of beds in their sites are returned. Errors are
@@ -36,7 +39,8 @@ from fastapi.responses import JSONResponse
 from dashboards.security import Session
 from dashboards.users import Permission
 from eicu import __version__
-from eicu.codes import BY_KEY
+from eicu.alarm_model import AlarmEvent, AlarmState
+from eicu.codes import ALARM_MDC_EVENT, ALARM_MDC_NOS, BY_KEY
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.patients import Encounter
@@ -350,6 +354,11 @@ def capability_statement(base: str) -> dict[str, Any]:
                     resource("Encounter", [("patient", "reference"), ("status", "token")]),
                     resource("Location", [], read=True),
                     resource(
+                        "Flag",
+                        [("patient", "reference"), ("date", "date"), ("status", "token")],
+                        read=False,
+                    ),
+                    resource(
                         "Observation",
                         [
                             ("patient", "reference"),
@@ -363,6 +372,38 @@ def capability_statement(base: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def flag_resource(
+    trail: list[AlarmEvent], subject: str, encounter_id: int | None
+) -> dict[str, Any]:
+    """One alarm (its events, oldest first) as a Flag: active until the alarm is cleared,
+    its period from its onset, its condition coded (MDC, and the engine's own kind)."""
+    first, last = trail[0], trail[-1]
+    code, ref = ALARM_MDC_EVENT.get(first.kind, ALARM_MDC_NOS)
+    onset_us = int(first.alarm_id.rsplit("/", 1)[-1])
+    period: dict[str, str] = {"start": _iso(onset_us)}
+    if last.state is AlarmState.CLEARED:
+        period["end"] = _iso(last.time_us)
+    doc: dict[str, Any] = {
+        "resourceType": "Flag",
+        "id": fhir_id(first.alarm_id),
+        "identifier": [{"system": "urn:eicu:alarm", "value": first.alarm_id}],
+        "status": "inactive" if last.state is AlarmState.CLEARED else "active",
+        "category": [{"text": f"{first.category.value} alarm"}],
+        "code": {
+            "coding": [
+                {"system": MDC, "code": code, "display": ref},
+                {"system": "urn:eicu:alarm-kind", "code": first.kind},
+            ],
+            "text": f"{first.kind} ({last.priority.value} priority, {last.state.value})",
+        },
+        "subject": {"reference": subject},
+        "period": period,
+    }
+    if encounter_id is not None:
+        doc["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    return doc
 
 
 def _date_bounds(values: list[str], now_us: int) -> tuple[int, int]:
@@ -569,3 +610,44 @@ def register(
         if offset + count < len(found):
             next_url = str(request.url.include_query_params(_offset=offset + count))
         return bundle(request, page, len(found), next_url)
+
+    @app.get("/fhir/Flag")
+    async def search_flags(request: Request) -> JSONResponse:
+        """The alarms of the beds a patient was in, as Flags (one per alarm)."""
+        session = await user_session(request)
+        q = request.query_params
+        unknown = set(q) - {"patient", "subject", "date", "status", "_count"}
+        if unknown:
+            raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
+        ref = q.get("patient") or q.get("subject")
+        if not ref:
+            raise FhirError(400, "required", "a Flag search needs patient=")
+        status = q.get("status")
+        if status is not None and status not in ("active", "inactive"):
+            raise FhirError(400, "invalid", f"status {status!r}")
+        start_us, end_us = _date_bounds(q.getlist("date"), time.time_ns() // 1000)
+        count = _count(q.get("_count"))
+        flags: list[dict[str, Any]] = []
+        for e in await stays(session, mrn=from_fhir_id(ref.removeprefix("Patient/"))):
+            for loc in e.locations:
+                if not session.user.can_see(loc.bed.site):
+                    continue
+                a = max(start_us, loc.since_us)
+                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
+                if b <= a:
+                    continue
+                try:
+                    rows = await store.alarm_events(a, b, beds=[loc.bed])
+                except StorageUnavailable as exc:
+                    why = f"the store cannot be reached: {exc}"
+                    raise FhirError(503, "transient", why) from exc
+                trails: dict[str, list[AlarmEvent]] = {}
+                for row in rows:
+                    trails.setdefault(row.event.alarm_id, []).append(row.event)
+                for trail in trails.values():
+                    trail.sort(key=lambda ev: ev.time_us)
+                    flag = flag_resource(trail, f"Patient/{fhir_id(e.patient.mrn)}", e.encounter_id)
+                    if status is None or flag["status"] == status:
+                        flags.append(flag)
+        flags.sort(key=lambda f: f["period"]["start"])
+        return bundle(request, flags[:count], len(flags), None)

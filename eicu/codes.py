@@ -174,3 +174,22 @@ SIGNALS: Final[tuple[Signal, ...]] = (
 
 SIGNAL_BY_KEY: Final[dict[str, Signal]] = {s.key: s for s in SIGNALS}
 SIGNAL_BY_ID: Final[dict[int, Signal]] = {s.sig_id: s for s in SIGNALS}
+
+_HI = ("196650", "MDC_EVT_HI_GT_LIM")
+_LO = ("196672", "MDC_EVT_LO_LT_LIM")
+_ARRHY = ("199874", "MDC_EVT_ECG_ARRHY")
+ALARM_MDC_NOS: Final = ("258047", "MDC_EVT_NOS")
+# The engine's alarm kinds (eicu/alarms/policies) -> (ISO/IEEE 11073-10101 event code,
+# reference id): where a code names the condition (limit alarms; desaturation, asystole and atrial
+# fibrillation as DICOM PS3.16 context group 3038 lists them, 3::n being 196608 + n; lead off),
+# else the generic arrhythmia event for the other rhythms; ALARM_MDC_NOS (not otherwise
+# specified) for the rest.
+ALARM_MDC_EVENT: Final = {
+    "HR_HIGH": _HI, "RR_HIGH": _HI, "SBP_HIGH": _HI, "TEMP_HIGH": _HI,
+    "HR_LOW": _LO, "RR_LOW": _LO, "SBP_LOW": _LO,
+    "SPO2_LOW": ("199854", "MDC_EVT_DESAT"),
+    "ASYSTOLE": ("199684", "MDC_EVT_ECG_ASYSTOLE"),
+    "AFIB": ("199736", "MDC_EVT_ECG_ATR_FIB"),
+    "VFIB": _ARRHY, "VTACH": _ARRHY, "BRADY": _ARRHY, "TACHY": _ARRHY, "PAUSE": _ARRHY,
+    "LEAD_OFF": ("196680", "MDC_EVT_LEAD_OFF"),
+}  # fmt: skip

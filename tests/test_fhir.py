@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from dashboards.users import Role, Users
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority, StoredEvent
 from eicu.devservices import DashboardProcess, Mosquitto
 from eicu.models import Batch, BedKey, NumericsFrame
 from eicu.patients import Patient
@@ -72,6 +73,24 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         frames.append(NumericsFrame(bed, 1, ts, values))
     frames.append(NumericsFrame(OTHER, 1, t0 + 60_000_000, {"HR": 70.0}))
     await store.write(Batch(numerics=frames))
+    vt = f"{BED1}/VTACH/{t0 + 600_000_000}"
+    desat = f"{BED2}/SPO2_LOW/{t0 + HOUR_US + 600_000_000}"
+    changes = [
+        (vt, BED1, "VTACH", AlarmState.ACTIVE, t0 + 605_000_000),
+        (vt, BED1, "VTACH", AlarmState.CLEARED, t0 + 900_000_000),
+        (desat, BED2, "SPO2_LOW", AlarmState.ACTIVE, t0 + HOUR_US + 610_000_000),
+    ]
+    await store.write_alarms(
+        [
+            StoredEvent(
+                f"e{i}",
+                AlarmEvent(aid, bed, kind, Priority.HIGH, Category.PHYSIOLOGICAL, state, at),
+                at,
+            )
+            for i, (aid, bed, kind, state, at) in enumerate(changes)
+        ],
+        [],
+    )
 
     anonymous = await client(dashboard, None)
     ada = await client(dashboard, "ada")
@@ -142,6 +161,19 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
             pages.append(len(page["entry"]))
             url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
         assert pages == [3, 3, 2]
+
+        # the patient's alarms in both beds, as Flags
+        flags = valid((await ada.get(f"/fhir/Flag?patient=4711&date={since}")).json())
+        assert [f["resource"]["status"] for f in flags["entry"]] == ["inactive", "active"]
+        vt_flag = flags["entry"][0]["resource"]
+        assert vt_flag["code"]["coding"][0]["code"] == "199874"  # MDC_EVT_ECG_ARRHY
+        assert vt_flag["code"]["coding"][1]["code"] == "VTACH"
+        assert vt_flag["encounter"]["reference"] == f"Encounter/{encounter['id']}"
+        assert "end" in vt_flag["period"]
+        active = valid(
+            (await ada.get(f"/fhir/Flag?patient=4711&status=active&date={since}")).json()
+        )
+        assert [f["resource"]["identifier"][0]["value"] for f in active["entry"]] == [desat]
 
         # another site's user sees nothing of this patient
         r = await nina.get("/fhir/Patient/4711")
