@@ -34,10 +34,11 @@ from eicu.alarm_model import AlarmCondition, AlarmEvent, AlarmState
 from eicu.alarms.policy import AlarmPolicy, load_policy
 from eicu.alarms.ranking import events_most_urgent_first
 from eicu.alarms.report import BurdenReport, burden
-from eicu.alarms.rules import DataTimes, evaluate_bed
+from eicu.alarms.rules import DataTimes, evaluate_bed, vital_conditions
 from eicu.alarms.state import Alarm, AlarmStateMachine
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.models import AlarmAck, AlarmCommand, BedKey, Frame, NumericsFrame, StatusFrame
+from eicu.store.base import NumericSample
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,29 @@ class AlarmService:
                 self._scheduled[bed] = due_us
                 heapq.heappush(self._due, (due_us, bed))
         return events
+
+    def replay_limits(self, bed: BedKey, samples: Iterable[NumericSample]) -> list[str]:
+        """Judge a bed taken over from another worker on its recent stored numerics (oldest
+        first) with a machine of its own, as the last owner judged them, and take from it the
+        limit conditions still under way (``AlarmStateMachine.seed``): a limit exceeded for part
+        of its condition delay before the takeover keeps its onset. Returns the kinds seeded."""
+        policy = self.machine.policy_for(bed)
+        kinds = {c.kind for c in policy.conditions.values() if c.rule == "vital"}
+        replayed = AlarmStateMachine(policy)
+        latest: dict[str, tuple[float | None, int]] = {}
+        by_time: dict[int, list[NumericSample]] = {}
+        for sample in samples:
+            if sample.bed == bed:
+                by_time.setdefault(sample.ts_us, []).append(sample)
+        for t_us in sorted(by_time):
+            for sample in by_time[t_us]:
+                latest[sample.key] = (sample.value, t_us)
+            found = vital_conditions(bed, policy, t_us, latest)
+            replayed.observe([c for c in found if c.kind in kinds], t_us)
+        seeded = self.machine.seed(bed, replayed)
+        if seeded:
+            log.info("%s taken over with conditions under way: %s", bed, ", ".join(seeded))
+        return seeded
 
     def hand_over(self, bed: BedKey) -> None:
         """Stop judging ``bed`` (its partition moved to another worker): no event, no page."""

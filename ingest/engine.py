@@ -44,7 +44,10 @@ SEQUENCE_LOOKBACK_US = 86_400 * 1_000_000  # sequence tracking resumes from the 
 STORED_LOOKBACK_US = 600 * 1_000_000
 # A bed taken over adopts the alarms of its audit trail of the last day that are not over.
 ALARM_TAKEOVER_LOOKBACK_US = 86_400 * 1_000_000
-ALARM_STORE_WAIT_S = 5.0  # how long a partition's hand-over waits for the alarm tables
+ALARM_STORE_WAIT_S = 5.0
+# How much of a taken-over bed's stored numerics its limit conditions are judged on again: the
+# longest condition delay of the default policy (20 s) with room to spare.
+LIMIT_REPLAY_US = 120 * 1_000_000  # how long a partition's hand-over waits for the alarm tables
 # A bed taken over is rebuilt from the last REPLAY_S of its stored signals (the signal
 # pipeline's longest window, rhythm and quality, is 12 s) and its newest values of the last
 # LATEST_LOOKBACK_S (a NEWS2 input is measured as seldom as hourly), within REPLAY_WAIT_S.
@@ -279,8 +282,16 @@ class Engine:
                         if held is None or held[1] < v.ts_us:
                             state.latest[key] = (v.value, v.ts_us)
                     newest = max((v.ts_us for v in latest.get(bed, {}).values()), default=0)
-                    if not self._analyse or newest < start_us - RECENT_MARGIN_US:
-                        continue  # nothing lately: no signal to read (a worker's start is quick)
+                    if newest < start_us - RECENT_MARGIN_US:
+                        continue  # nothing lately: nothing under way (a worker's start is quick)
+                    if self.alarms is not None:
+                        # limit conditions under way keep their onset
+                        recent = await self.store.numerics(
+                            now_us - LIMIT_REPLAY_US, now_us + 1, bed=bed
+                        )
+                        self.alarms.replay_limits(bed, recent)
+                    if not self._analyse:
+                        continue
                     windows = {}
                     for signal in ANALYSED:
                         w = await self.store.waveform(bed, signal, start_us, now_us + 1)

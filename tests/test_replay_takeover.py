@@ -95,3 +95,42 @@ async def test_a_bed_taken_over_is_rebuilt_from_the_store(tmp_path: Path) -> Non
             e.alarms.outbox.close()
     finally:
         await store.close()
+
+
+async def test_a_limit_condition_pending_at_the_takeover_keeps_its_onset(tmp_path: Path) -> None:
+    """HR above the limit for 8 s of its 10 s condition delay when the old owner died: the new
+    owner raises the alarm 10 s after the data's onset, under the id that onset gives, not 10 s
+    after the takeover."""
+    from eicu.alarms.policy import load_policy
+
+    policy = load_policy()
+    delay_s = policy.condition("HR_HIGH").delay_s
+    limit = policy.condition("HR_HIGH").limit
+    assert delay_s == 10.0 and limit is not None
+    bed = BedKey("icu", "tachy")
+    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
+    await store.open()
+    try:
+        now_us = (time.time_ns() // 1000 // 1000) * 1000
+        onset_us = now_us - 8_000_000
+        frames = [
+            NumericsFrame(bed, i + 1, now_us - (30 - i) * 1_000_000,
+                          {"HR": limit + 20 if now_us - (30 - i) * 1_000_000 >= onset_us
+                           else 80.0})
+            for i in range(30)
+        ]  # fmt: skip
+        await store.write(Batch(numerics=frames))
+        new = Engine(
+            MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store,
+            alarms_outbox=tmp_path / "alarms.db", alarm_policy=policy,
+        )  # fmt: skip
+        assert new.alarms is not None
+        await new.replay_recent({bed})
+        live = NumericsFrame(bed, 31, now_us, {"HR": limit + 20}, received_us=now_us)
+        new.router.route(live)
+        assert not [e for e in new.alarms.evaluate(now_us + 500_000, [bed]) if e.kind == "HR_HIGH"]
+        due = [e for e in new.alarms.evaluate(onset_us + int(delay_s * 1e6), [bed])
+               if e.kind == "HR_HIGH"]  # fmt: skip
+        assert [e.alarm_id for e in due] == [f"{bed}/HR_HIGH/{onset_us}"]
+    finally:
+        await store.close()

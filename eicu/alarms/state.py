@@ -172,6 +172,33 @@ class AlarmStateMachine:
         self._bed_policies.pop(bed, None)
         return gone
 
+    def seed(self, bed: BedKey, replayed: AlarmStateMachine) -> list[str]:
+        """Take from ``replayed`` (a machine that judged the bed's recent stored data, as the
+        last owner of the bed did) the conditions of ``bed`` still under way there, for the
+        kinds this machine tracks nothing of: their onset, episode and limit-violation index,
+        as pending conditions. A condition still present then starts its alarm here once its
+        delay has run from its data's onset, named after it, rather than its delay starting
+        again. Conditions that ended in the replay are not taken. Returns the kinds seeded."""
+        seeded = []
+        for (b, kind), t in replayed._tracks.items():
+            if b != bed or (b, kind) in self._tracks or t.idle():
+                continue
+            if t.alarm is not None and not t.alarm.condition_present:
+                continue
+            onset_us = t.onset_us
+            if onset_us is None and t.alarm is not None:
+                onset_us = t.alarm.started_us
+            self._tracks[(b, kind)] = _Track(
+                onset_us=onset_us,
+                episode_us=t.episode_us,
+                last_us=t.last_us,
+                last_value=t.last_value,
+                area=t.area,
+                violations=list(t.violations),
+            )
+            seeded.append(kind)
+        return seeded
+
     def adopt(self, bed: BedKey, trail: Iterable[AlarmEvent]) -> list[Alarm]:
         """Take over ``bed``'s live alarms from its audit trail (the events another process
         recorded before the bed's partition moved here): each alarm whose last event is not
