@@ -34,17 +34,29 @@ import contextlib
 import ipaddress
 import logging
 import math
+import re
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
 
 from eicu import bus, hl7, wire
-from eicu.codes import PARAMETERS, Parameter
+from eicu.codes import PARAMETERS, SIGNAL_BY_KEY, SIGNALS, Parameter, Signal
 from eicu.config import MqttSettings
 from eicu.errors import StorageUnavailable
-from eicu.models import ID_RE, BedKey, NumericsFrame
+from eicu.models import (
+    ID_RE,
+    INVALID_SAMPLE,
+    BedKey,
+    NumericsFrame,
+    SignalBlock,
+    WaveformFrame,
+)
 from eicu.patients import PatientError, checked_encounter_fields, checked_patient
 from eicu.store.base import PatientRepository
 
@@ -76,6 +88,15 @@ UNITS: dict[str, frozenset[str]] = {
 }
 
 
+def _signals_by_code() -> dict[str, Signal]:
+    out: dict[str, Signal] = {}
+    for sig in SIGNALS:
+        if sig.mdc_code is not None and sig.mdc_ref:
+            out[str(sig.mdc_code)] = sig
+            out[sig.mdc_ref] = sig
+    return out
+
+
 def _by_code() -> dict[str, Parameter]:
     out: dict[str, Parameter] = {}
     for p in PARAMETERS:
@@ -87,6 +108,7 @@ def _by_code() -> dict[str, Parameter]:
 
 
 BY_MDC: dict[str, Parameter] = _by_code()
+SIGNAL_BY_MDC: dict[str, Signal] = _signals_by_code()
 
 
 @dataclass
@@ -103,14 +125,43 @@ class Counts:
     refused_connections: int = 0
     framing_errors: int = 0  # bytes outside a start and end block
     adt: int = 0  # ADT events made on the patient tables
+    wave_frames: int = 0  # waveform frames published
+    samples: int = 0
 
 
 @dataclass
 class Observations:
-    """What a PCD-01 message says: the bed and, per observation time, the values."""
+    """What a PCD-01 message says: the bed and, per observation time, the values; and the
+    waveform segments it carries."""
 
     bed: BedKey
     by_time: dict[int, dict[str, float | None]] = field(default_factory=dict)
+    waves: list[Wave] = field(default_factory=list)
+
+
+@dataclass
+class Wave:
+    """One waveform OBX (``NA``) of a PCD-01 message: a signal's samples in physical units
+    (NaN where the monitor had none), its sample rate and its first sample's time."""
+
+    signal: str  # eicu.codes.SIGNAL_BY_KEY
+    fs_hz: float
+    t0_us: int
+    values: NDArray[np.float64]
+
+
+# IHE PCD waveform attributes, told apart by OBX-3's reference id (their code is often 0)
+SAMPLE_RATE: Final = "MDC_ATTR_SAMP_RATE"
+RESOLUTION: Final = "MDC_ATTR_NU_MSMT_RES"
+WAVE_ATTRIBUTES: Final = (SAMPLE_RATE, RESOLUTION, "MDC_ATTR_DATA_RANGE")
+RATE_UNITS: Final = frozenset({"MDC_DIM_PER_SEC", "264608", "MDC_DIM_HZ", "264640", "/s", "Hz"})
+# a waveform's unit as sent -> the unit of eicu.codes (the signal's own) it is in
+WAVE_UNITS: Final = {
+    "mV": frozenset({"MDC_DIM_MILLI_VOLT", "266418", "mV"}),
+    "mm[Hg]": frozenset({"MDC_DIM_MMHG", "266016", "mm[Hg]", "mmHg"}),
+    "1": frozenset({"MDC_DIM_DIMLESS", "262656", "1", ""}),
+}
+MAX_WAVE_SAMPLES: Final = 60_000  # a minute at 1 kHz in one OBX
 
 
 def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
@@ -125,7 +176,11 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
         bed = _bed_of(pv1, site, errors, required=True)
     default_us = _first_time(((message.first("OBR"), 7), (message.msh, 7)), errors)
     by_time: dict[int, dict[str, float | None]] = {}
-    for obx in message.all("OBX"):
+    obxs = message.all("OBX")
+    waves = _waves(obxs, default_us, errors, counts)
+    for obx in obxs:
+        if obx.component(2) == "NA" or _reference(obx) in WAVE_ATTRIBUTES:
+            continue  # a waveform and its attributes (read above)
         value_text = obx.field(5)
         status = obx.component(11)
         param = _parameter(obx)
@@ -147,7 +202,117 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
     if errors:
         raise ExceptionGroup("the message has errors", errors)
     assert bed is not None
-    return Observations(bed, by_time)
+    return Observations(bed, by_time, waves)
+
+
+def _reference(obx: hl7.Segment) -> str:
+    """OBX-3's reference id (``MDC_...``), whichever of text or alternate text holds it."""
+    for c in (2, 5):
+        text = obx.component(3, c).strip()
+        if text.startswith("MDC_"):
+            return text
+    return ""
+
+
+def _signal(obx: hl7.Segment) -> Signal | None:
+    for c in (1, 2, 4, 5):
+        code = obx.component(3, c).strip()
+        if code and code in SIGNAL_BY_MDC:
+            return SIGNAL_BY_MDC[code]
+    return None
+
+
+def _waves(
+    obxs: list[hl7.Segment], default_us: int | None, errors: list[hl7.Hl7Error], counts: Counts
+) -> list[Wave]:
+    """The waveform OBX (value type ``NA``) of a message, each with its attributes: the OBX
+    whose sub-id (OBX-4) extends the waveform's: MDC_ATTR_SAMP_RATE (required), and
+    MDC_ATTR_NU_MSMT_RES, the physical value of one raw unit (samples are multiplied by it)."""
+    attributes: dict[str, dict[str, hl7.Segment]] = {}
+    for obx in obxs:
+        ref = _reference(obx)
+        sub = obx.field(4)
+        if ref in WAVE_ATTRIBUTES and "." in sub:
+            attributes.setdefault(sub.rsplit(".", 1)[0], {})[ref] = obx
+    out = []
+    for obx in obxs:
+        if obx.component(2) != "NA":
+            continue
+        signal = _signal(obx)
+        if signal is None:
+            counts.unknown_codes += 1
+            log.debug("PCD-01 waveform with a code not in the table: %s", obx.field(3)[:80])
+            continue
+        where = f"OBX {obx.component(1) or '?'} ({signal.key})"
+        attrs = attributes.get(obx.field(4), {})
+        try:
+            out.append(_wave(obx, signal, attrs, default_us, where))
+        except hl7.Hl7Error as exc:
+            errors.append(exc)
+    return out
+
+
+def _number(obx: hl7.Segment, where: str) -> float:
+    try:
+        value = float(obx.component(5))
+    except ValueError:
+        raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: not a number") from None
+    if not math.isfinite(value):
+        raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: not a finite number")
+    return value
+
+
+def _wave(
+    obx: hl7.Segment,
+    signal: Signal,
+    attrs: dict[str, hl7.Segment],
+    default_us: int | None,
+    where: str,
+) -> Wave:
+    rate = attrs.get(SAMPLE_RATE)
+    if rate is None:
+        raise hl7.Hl7Error(
+            "OBX", 4, hl7.REQUIRED_FIELD_MISSING, f"{where}: no {SAMPLE_RATE} for the waveform"
+        )
+    fs_hz = _number(rate, f"{where} sample rate")
+    rate_units = {rate.component(6, c) for c in (1, 2, 4, 5)} - {""}
+    if rate_units and not rate_units & RATE_UNITS:
+        why = f"{where}: sample rate in {sorted(rate_units)[0]!r}, not per second"
+        raise hl7.Hl7Error("OBX", 6, hl7.TABLE_VALUE_NOT_FOUND, why)
+    if not signal.fs_min_hz <= fs_hz <= signal.fs_max_hz:
+        raise hl7.Hl7Error(
+            "OBX", 5, hl7.DATA_TYPE_ERROR,
+            f"{where}: sample rate {fs_hz:g} Hz outside {signal.fs_min_hz:g}-"
+            f"{signal.fs_max_hz:g}",
+        )  # fmt: skip
+    scale, unit_obx = 1.0, obx
+    resolution = attrs.get(RESOLUTION)
+    if resolution is not None:
+        scale, unit_obx = _number(resolution, f"{where} resolution"), resolution
+    units = {unit_obx.component(6, c) for c in (1, 2, 4, 5)} - {""} or {""}
+    if not units & WAVE_UNITS.get(signal.unit, frozenset({signal.unit})):
+        raise hl7.Hl7Error(
+            "OBX", 6, hl7.TABLE_VALUE_NOT_FOUND,
+            f"{where}: unit {sorted(units)[0]!r}, expected {signal.unit}",
+        )  # fmt: skip
+    sep = obx.encoding.component
+    text = obx.field(5)
+    if not text.strip():
+        raise hl7.Hl7Error("OBX", 5, hl7.REQUIRED_FIELD_MISSING, f"{where}: no samples")
+    if text.count(sep) >= MAX_WAVE_SAMPLES:
+        raise hl7.Hl7Error(
+            "OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: more than {MAX_WAVE_SAMPLES} samples"
+        )
+    # an empty sample (two separators in a row) is one the monitor had no value for: NaN
+    filled = re.sub(f"(?:(?<={re.escape(sep)})|^)(?=(?:{re.escape(sep)}|$))", "nan", text)
+    try:
+        values = np.array(filled.split(sep), dtype=np.float64) * scale
+    except ValueError:
+        why = f"{where}: not a list of numbers"
+        raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, why) from None
+    if np.isinf(values).any():
+        raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: an infinite sample")
+    return Wave(signal.key, fs_hz, _time(obx, default_us, where), values)
 
 
 def _first_time(
@@ -346,6 +511,31 @@ def _allowed(networks: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.
     return [ipaddress.ip_network(n, strict=False) for n in networks]
 
 
+WAVE_CHUNK_S: Final = 5.0  # a waveform OBX longer than this goes out in frames of this length
+GAIN: Final = {"mV": 1000.0, "mm[Hg]": 100.0, "1": 1000.0}  # raw units per physical unit
+
+
+def waveform_frames(found: Observations, next_seq: Callable[[], int]) -> list[WaveformFrame]:
+    """The waveform OBX of a message as wire frames (int16 samples with a gain that keeps the
+    largest sample in range; NaN as the invalid sample), at most WAVE_CHUNK_S each."""
+    frames = []
+    for wave in found.waves:
+        unit = SIGNAL_BY_KEY[wave.signal].unit
+        gain = GAIN.get(unit, 1000.0)
+        peak = float(np.nanmax(np.abs(wave.values))) if np.isfinite(wave.values).any() else 0.0
+        if peak * gain > 32000:
+            gain = 32000 / peak
+        scaled = np.round(wave.values * gain)
+        scaled[np.isnan(wave.values)] = INVALID_SAMPLE
+        raw = scaled.astype(np.int16)
+        chunk = max(1, int(WAVE_CHUNK_S * wave.fs_hz))
+        for i in range(0, raw.shape[0], chunk):
+            t0_us = wave.t0_us + round(i * 1e6 / wave.fs_hz)
+            block = SignalBlock(wave.signal, wave.fs_hz, gain, 0, raw[i : i + chunk])
+            frames.append(WaveformFrame(found.bed, next_seq(), t0_us, (block,)))
+    return frames
+
+
 class Listener:
     """The MLLP listener of one site: takes PCD-01 messages, publishes their numerics to the
     broker of ``mqtt`` as gateway ``gateway``, answers each message."""
@@ -384,6 +574,7 @@ class Listener:
         # per bed: the next sequence number, from the listener's start time in seconds so that
         # numbers go on increasing across restarts (monitors send at most about once a second)
         self._seq: dict[BedKey, int] = {}
+        self._wseq: dict[BedKey, int] = {}  # the same for the beds' waveform frames
         self._seq0 = int(time.time()) % wire.MAX_SEQ
         self._client: bus.Client | None = None
         self._client_ready = asyncio.Event()
@@ -678,9 +869,14 @@ class Listener:
         log.info("HL7 %s of %s (%s) made by %s", ev.event, mrn, ev.bed, actor)
         return "AA", []
 
+    def _next_wave_seq(self, bed: BedKey) -> int:
+        seq = self._wseq.get(bed, self._seq0)
+        self._wseq[bed] = (seq + 1) % (wire.MAX_SEQ + 1)
+        return seq
+
     async def _publish(self, found: Observations) -> bool:
         """Every frame of the message published and acknowledged by the broker (QoS 1)."""
-        if not found.by_time:
+        if not found.by_time and not found.waves:
             return True
         try:
             await asyncio.wait_for(self._client_ready.wait(), self.publish_timeout_s)
@@ -704,6 +900,15 @@ class Listener:
                     self._seq[found.bed] = (seq + 1) % (wire.MAX_SEQ + 1)
                     self.counts.frames += 1
                     self.counts.values += len(values)
+                for wave in waveform_frames(found, lambda: self._next_wave_seq(found.bed)):
+                    await asyncio.wait_for(
+                        client.publish(
+                            wire.waveform_topic(found.bed), wire.encode_waveform(wave), qos=1
+                        ),
+                        self.publish_timeout_s,
+                    )
+                    self.counts.wave_frames += 1
+                    self.counts.samples += wave.n_samples
             except (bus.MqttError, TimeoutError) as exc:
                 log.warning("HL7 listener: publishing to %s failed: %s", self.mqtt.url, exc)
                 return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 from eicu import hl7, wire
 from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, free_port, mosquitto_binary
-from eicu.models import BedKey, NumericsFrame
+from eicu.models import BedKey, NumericsFrame, WaveformFrame
 from ingest.hl7 import Counts, Listener, read_pcd01
 from tests.hl7_peer import hl7mllp, send, strict
 
@@ -488,3 +489,91 @@ def test_tls_settings_that_cannot_be_used_name_their_setting(tmp_path: Path) -> 
         with pytest.raises(ConfigError) as refused:
             tls_from_env(env)
         assert refused.value.key == key, (env, refused.value)
+
+
+# --- waveform OBX (IHE PCD waveform content: NA with its sample rate and resolution) ----------
+
+ECG_RAW = [0, 10, 20, 200, -40, 0] * 40 + [5] * 10  # 250 raw samples, 1 s at 250 Hz
+RESOLUTION_MV = 0.005
+
+
+def waveform_message(control: str, *extra: str) -> str:
+    """A PCD-01 message carrying 1 s of ECG lead II (raw units and their resolution in mV)
+    and 0.2 s of pleth (one sample missing), for bed 7 of ward 3."""
+    ecg = "^".join(str(v) for v in ECG_RAW)
+    pleth = "^".join(["0.5", "0.6", "", *["0.7"] * 22])
+    segments = [
+        f"MSH|^~\\&|MONGW^0123456789ABCDEF^EUI-64|WARD3|EICU|HUB|20261203101500+0000||"
+        f"ORU^R01^ORU_R01|{control}|P|2.6|||NE|AL||UNICODE UTF-8|||"
+        "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO",
+        "PID|||7001234^^^HOSP^MR||Doe^Jane||19500101|F",
+        "PV1||I|ICU3^R12^bed07^HOSP",
+        "OBR|1|W1^MONGW|W1^MONGW|182777000^monitoring of patient^SNOMED-CT|||"
+        "20261203101500+0000|20261203101501+0000",
+        f"OBX|1|NA|131330^MDC_ECG_ELEC_POTL_II^MDC|1.1.1.1001|{ecg}|"
+        "262656^MDC_DIM_DIMLESS^MDC|||||F|||20261203101500+0000",
+        "OBX|2|NM|0^MDC_ATTR_SAMP_RATE^MDC|1.1.1.1001.1|250|264608^MDC_DIM_PER_SEC^MDC|||||F",
+        f"OBX|3|NM|0^MDC_ATTR_NU_MSMT_RES^MDC|1.1.1.1001.2|{RESOLUTION_MV}|"
+        "266418^MDC_DIM_MILLI_VOLT^MDC|||||F",
+        f"OBX|4|NA|150452^MDC_PULS_OXIM_PLETH^MDC|1.2.1.1002|{pleth}|"
+        "262656^MDC_DIM_DIMLESS^MDC|||||F",
+        "OBX|5|NM|0^MDC_ATTR_SAMP_RATE^MDC|1.2.1.1002.1|125|264640^MDC_DIM_HZ^MDC|||||F",
+        *extra,
+    ]
+    return "\r".join(segments) + "\r"
+
+
+@needs_mosquitto
+async def test_waveform_obx_reach_the_broker_as_waveform_frames(
+    broker: Mosquitto, listener: Listener
+) -> None:
+    frames: list[WaveformFrame] = []
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="hl7-test-waves") as client:
+        await client.subscribe(f"eicu/v1/{SITE}/+/waveform", qos=1)
+        (answer,) = await send(listener.port, waveform_message("W1"))
+        assert msa(answer) == ("AA", "W1"), errs(answer)
+        strict(answer.replace("\n", "\r"))
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                frame = wire.decode(str(message.topic), message.payload, 0)
+                assert isinstance(frame, WaveformFrame)
+                frames.append(frame)
+                if len(frames) == 2:
+                    break
+    by_signal = {f.blocks[0].signal: f for f in frames}
+    ecg = by_signal["ECG_II"]
+    assert ecg.bed == BED and ecg.t0_us == T_0 and ecg.blocks[0].fs_hz == 250.0
+    assert ecg.blocks[0].physical() == pytest.approx(
+        [v * RESOLUTION_MV for v in ECG_RAW], abs=0.0005
+    )
+    pleth = by_signal["PLETH"].blocks[0]
+    assert pleth.fs_hz == 125.0 and pleth.samples.shape[0] == 25
+    values = pleth.physical()
+    assert math.isnan(values[2]) and values[0] == pytest.approx(0.5, abs=1e-3)
+    # OBR-7 is the start when the waveform has no OBX-14
+    assert by_signal["PLETH"].t0_us == T_0
+    assert listener.counts.wave_frames == 2 and listener.counts.samples == 275
+    assert by_signal["PLETH"].seq == ecg.seq + 1 or ecg.seq == by_signal["PLETH"].seq + 1
+
+
+@needs_mosquitto
+async def test_a_waveform_that_cannot_be_read_is_answered_naming_the_field(
+    listener: Listener,
+) -> None:
+    base = waveform_message("W0")
+    cases = [
+        (base.replace("OBX|2|NM|0^MDC_ATTR_SAMP_RATE^MDC|1.1.1.1001.1|250|", "OBX|2|NM|X^Y|9|250|"),
+         "OBX^1^4", "no MDC_ATTR_SAMP_RATE"),
+        (replace_obx(base, "2", 5, "5000"), "OBX^1^5", "sample rate 5000 Hz"),
+        (replace_obx(base, "3", 6, "266016^MDC_DIM_MMHG^MDC"), "OBX^1^6", "expected mV"),
+        (replace_obx(base, "1", 5, "1^2^x^4"), "OBX^1^5", "not a list of numbers"),
+        (replace_obx(base, "4", 5, ""), "OBX^1^5", "no samples"),
+    ]  # fmt: skip
+    for i, (text, where, words) in enumerate(cases):
+        (answer,) = await send(listener.port, with_msh(text, control=f"WE{i}"))
+        strict(answer.replace("\n", "\r"))
+        assert msa(answer)[0] == "AE", (i, answer)
+        found = errs(answer)
+        assert any(loc == where and words in why for loc, _, why in found), (i, found)
+    assert listener.counts.wave_frames == 0
