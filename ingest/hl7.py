@@ -47,18 +47,20 @@ from numpy.typing import NDArray
 
 from eicu import bus, hl7, wire
 from eicu.codes import PARAMETERS, SIGNAL_BY_KEY, SIGNALS, Parameter, Signal
-from eicu.config import MqttSettings
+from eicu.config import AdmissionSettings, MqttSettings
 from eicu.errors import StorageUnavailable
 from eicu.models import (
     ID_RE,
     INVALID_SAMPLE,
     BedKey,
+    DeadLetter,
     NumericsFrame,
     SignalBlock,
     WaveformFrame,
 )
 from eicu.patients import PatientError, checked_encounter_fields, checked_patient
 from eicu.store.base import PatientRepository
+from ingest.admission import DeadLetters
 
 log = logging.getLogger(__name__)
 
@@ -553,6 +555,7 @@ class Listener:
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
         patients: PatientRepository | None = None,
         tls: ssl.SSLContext | None = None,
+        dead_letters: Callable[[DeadLetter], None] | None = None,
     ) -> None:
         if not ID_RE.fullmatch(site):
             raise ValueError(f"site {site!r} is not a valid site id")
@@ -569,6 +572,12 @@ class Listener:
         self.patients = patients
         # MLLP over TLS (a server context; with a CA, senders present a certificate it signed)
         self.tls = tls
+        # Messages answered AE or AR are kept like the wire protocol's rejects (bounded: the
+        # first of each minute whole, the rest summed up), where a sink is given (the store).
+        self.dead_letters = (
+            DeadLetters(AdmissionSettings(), dead_letters) if dead_letters is not None else None
+        )
+        self._dead_letter_task: asyncio.Task[None] | None = None
         self.counts = Counts()
         self._answers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         # per bed: the next sequence number, from the listener's start time in seconds so that
@@ -585,6 +594,10 @@ class Listener:
 
     async def start(self) -> None:
         self._broker_task = asyncio.create_task(self._broker(), name="hl7-broker")
+        if self.dead_letters is not None:
+            self._dead_letter_task = asyncio.create_task(
+                self._flush_dead_letters(), name="hl7-dead-letters"
+            )
         self._server = await asyncio.start_server(
             self._connection,
             self.host,
@@ -597,7 +610,27 @@ class Listener:
         log.info("HL7 MLLP listener for site %s on %s:%d%s", self.site, self.host, self.port,
                  " (TLS)" if self.tls is not None else "")  # fmt: skip
 
+    async def _flush_dead_letters(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.dead_letters is not None:
+                self.dead_letters.flush_if_due()
+
+    def _keep(self, now_us: int, sender: str, code: str, detail: str, body: bytes) -> None:
+        """A message answered ``code`` (AE, AR) kept for review."""
+        if self.dead_letters is None:
+            return
+        topic = f"hl7/v2/{self.site}/{sender or 'unknown'}"
+        self.dead_letters.add(now_us, topic, f"hl7_{code.lower()}", detail[:1000], body)
+
     async def stop(self) -> None:
+        if self._dead_letter_task is not None:
+            self._dead_letter_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dead_letter_task
+            self._dead_letter_task = None
+        if self.dead_letters is not None:
+            self.dead_letters.flush()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -702,6 +735,7 @@ class Listener:
         now_us = time.time_ns() // 1000
         if len(body) > self.max_message_bytes:
             counts.rejected += 1
+            self._keep(now_us, "", "AR", f"larger than {self.max_message_bytes} bytes", body)
             return self._too_large()
         text = body.decode("utf-8", errors="replace")
         try:
@@ -709,6 +743,7 @@ class Listener:
         except hl7.Hl7Error as exc:
             counts.rejected += 1
             log.warning("HL7 message rejected: %s", exc)
+            self._keep(now_us, "", "AR", str(exc), body)
             return hl7.ack(
                 None, "AR", self._next_control(), now_us, [exc],
                 unread_control_id=hl7.control_id_of(text),
@@ -785,13 +820,16 @@ class Listener:
         else:
             counts.rejected += 1
         if errors:
+            detail = "; ".join(str(e) for e in errors)
             log.warning(
                 "HL7 message %s from %s answered %s: %s",
                 control[:40],
                 message.msh.field(3)[:40],
                 code,
-                "; ".join(str(e) for e in errors)[:300],
+                detail[:300],
             )
+            if code != "AA":
+                self._keep(now_us, message.msh.component(3), code, detail, body)
         answer = hl7.ack(message, code, self._next_control(), now_us, errors)
         if code == "AA" and control:
             # what was taken is answered alike when sent again, and not published twice; a

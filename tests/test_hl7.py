@@ -18,7 +18,8 @@ import pytest
 from eicu import hl7, wire
 from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, free_port, mosquitto_binary
-from eicu.models import BedKey, NumericsFrame, WaveformFrame
+from eicu.models import BedKey, DeadLetter, NumericsFrame, WaveformFrame
+from eicu.store import Store
 from ingest.hl7 import Counts, Listener, read_pcd01
 from tests.hl7_peer import hl7mllp, send, strict
 
@@ -577,3 +578,35 @@ async def test_a_waveform_that_cannot_be_read_is_answered_naming_the_field(
         found = errs(answer)
         assert any(loc == where and words in why for loc, _, why in found), (i, found)
     assert listener.counts.wave_frames == 0
+
+
+@needs_mosquitto
+async def test_messages_answered_ae_or_ar_are_kept_as_dead_letters(
+    broker: Mosquitto, store: Store
+) -> None:
+    from eicu.commands.hl7 import StoreDeadLetters
+
+    sink = StoreDeadLetters(store)
+    kept: list[DeadLetter] = []
+
+    def both(letter: DeadLetter) -> None:
+        kept.append(letter)
+        sink.add(letter)
+
+    mqtt = MqttSettings.from_url(broker.url, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    listener = Listener(mqtt, SITE, port=0, max_message_bytes=64 * 1024, dead_letters=both)
+    await listener.start()
+    try:
+        bad_value = replace_obx(with_msh(EXAMPLE, control="D1"), "3", 5, "abc")
+        wrong_type = with_msh(EXAMPLE, control="D2", type="ORM^O01^ORM_O01")
+        answers = await send(listener.port, bad_value, wrong_type, EXAMPLE)
+        assert [msa(a)[0] for a in answers] == ["AE", "AR", "AA"]
+    finally:
+        await listener.stop()
+    assert [(k.reason, k.topic) for k in kept] == [
+        ("hl7_ae", f"hl7/v2/{SITE}/MONGW"), ("hl7_ar", f"hl7/v2/{SITE}/MONGW"),
+    ]  # fmt: skip
+    assert b"|abc|" in kept[0].payload and "not a number" in kept[0].detail
+    await sink.write()
+    counts = await store.dead_letter_counts()
+    assert counts.get("hl7_ae") == 1 and counts.get("hl7_ar") == 1

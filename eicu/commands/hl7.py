@@ -23,6 +23,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,8 @@ from eicu.config import MqttSettings
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
-    from eicu.store.base import PatientRepository
+    from eicu.models import DeadLetter
+    from eicu.store.base import PatientRepository, Store
     from ingest.hl7 import Listener
 
 
@@ -58,7 +60,10 @@ def _int(env: dict[str, str], key: str, default: int, low: int, high: int) -> in
 
 
 def listener_from_env(
-    env: dict[str, str], port: int | None = None, patients: PatientRepository | None = None
+    env: dict[str, str],
+    port: int | None = None,
+    patients: PatientRepository | None = None,
+    dead_letters: Callable[[DeadLetter], None] | None = None,
 ) -> Listener | None:
     """The listener the settings describe (None without ``EICU_HL7_SITE``). It publishes to
     ``EICU_HL7_MQTT_URL``, else ``EICU_MQTT_URL``: a gateway account of its site. With
@@ -84,6 +89,7 @@ def listener_from_env(
             max_message_bytes=max_bytes,
             patients=patients,
             tls=tls,
+            dead_letters=dead_letters,
         )
     except ValueError as exc:
         name = (
@@ -148,18 +154,61 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(env: dict[str, str], port: int | None) -> int:
     """The listener, with ADT on the store of ``EICU_DATABASE_URL`` where it is set."""
     store = None
+    sink = None
     if env.get("EICU_DATABASE_URL"):
         from eicu.store import open_store
 
         store = open_store(env["EICU_DATABASE_URL"])
         await store.open()
-    listener = listener_from_env(env, port, store)
+        sink = StoreDeadLetters(store)
+    listener = listener_from_env(env, port, store, sink.add if sink is not None else None)
     assert listener is not None
+    writer = asyncio.create_task(sink.run()) if sink is not None else None
     try:
         return await _listen(listener)
     finally:
+        if writer is not None and sink is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await sink.write()
         if store is not None:
             await store.close()
+
+
+class StoreDeadLetters:
+    """The listener's rejected messages into the store's dead letters, each second; kept in
+    memory (at most KEEP) while the database cannot take them."""
+
+    KEEP = 10_000
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: list[DeadLetter] = []
+        self.dropped = 0
+
+    def add(self, letter: DeadLetter) -> None:
+        if len(self.pending) >= self.KEEP:
+            self.pending.pop(0)
+            self.dropped += 1
+        self.pending.append(letter)
+
+    async def write(self) -> None:
+        from eicu.errors import StorageUnavailable
+        from eicu.models import Batch
+
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        try:
+            await self.store.write(Batch(dead_letters=batch))
+        except StorageUnavailable as exc:
+            self.pending = batch + self.pending
+            print(f"eicu hl7: rejected messages kept in memory for now ({exc})", file=sys.stderr)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self.write()
 
 
 async def _forward(env: dict[str, str]) -> int:

@@ -167,7 +167,10 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
     log.info("dashboard on %s/ (users: %s)", dashboard.url, settings.http.users_file)
     log.info("engine running: %s -> %s", mqtt.url, store.backend)
     # HL7 v2 in (IHE PCD-01) beside the engine when EICU_HL7_SITE is set
-    hl7 = listener_from_env(dict(os.environ), patients=store)  # ADT on the engine's store
+    # ADT on the engine's store; rejected messages among the engine's dead letters
+    hl7 = listener_from_env(
+        dict(os.environ), patients=store, dead_letters=engine.writer.add_dead_letter
+    )
     try:
         if hl7 is not None:
             await start_listener(hl7)
