@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -40,11 +42,11 @@ from dashboards.security import Session
 from dashboards.users import Permission
 from eicu import __version__
 from eicu.alarm_model import AlarmEvent, AlarmState
-from eicu.codes import ALARM_MDC_EVENT, ALARM_MDC_NOS, BY_KEY
+from eicu.codes import ALARM_MDC_EVENT, ALARM_MDC_NOS, BY_KEY, SIGNAL_BY_KEY, SIGNALS
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.patients import Encounter
-from eicu.store.base import NumericSample, Store
+from eicu.store.base import NumericSample, Store, WaveformWindow
 
 FHIR_JSON: Final = "application/fhir+json"
 FHIR_VERSION: Final = "4.0.1"
@@ -54,6 +56,7 @@ MDC: Final = "urn:iso:std:iso:11073:10101"
 UCUM: Final = "http://unitsofmeasure.org"
 DEFAULT_WINDOW_US: Final = 24 * 3600 * 1_000_000
 MAX_COUNT: Final = 1000
+MAX_WAVE_WINDOW_US: Final = 600 * 1_000_000
 GENDER: Final = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
 
 
@@ -319,6 +322,68 @@ def observations(
                 doc["component"] = components
             out.append(doc)
     return out
+
+
+WAVE_SEGMENT_S: Final = 10.0  # a waveform Observation holds at most this much signal
+
+
+def waveform_observations(
+    window: WaveformWindow, patient_id: str, encounter_id: int
+) -> list[dict[str, Any]]:
+    """A stored signal as Observations of SampledData (at most WAVE_SEGMENT_S each; a gap in
+    the recording starts a new one), its samples in physical units, ``E`` where the monitor
+    had none."""
+    sig = SIGNAL_BY_KEY[window.signal]
+    n = window.t_us.shape[0]
+    if sig.mdc_code is None or not n:
+        return []
+    period_us = 1e6 / window.fs_hz
+    size = max(1, int(WAVE_SEGMENT_S * window.fs_hz))
+    # segments: cut at every gap (a step longer than 1.5 sample periods) and every `size`
+    gaps = (np.flatnonzero(np.diff(window.t_us) > 1.5 * period_us) + 1).tolist()
+    cuts = sorted({0, n, *gaps, *range(size, n, size)})
+    out = []
+    unit = sig.unit
+    for a, b in itertools.pairwise(cuts):
+        values = window.values[a:b]
+        text = np.char.mod("%.4g", values)
+        text[np.isnan(values)] = "E"
+        t0 = int(window.t_us[a])
+        category = {
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "procedure",
+            "display": "Procedure",
+        }
+        out.append(
+            {
+                "resourceType": "Observation",
+                "id": fhir_id(f"{encounter_id}.{sig.key}.{t0}"),
+                "status": "final",
+                "category": [{"coding": [category]}],
+                "code": {
+                    "coding": [{"system": MDC, "code": str(sig.mdc_code), "display": sig.mdc_ref}],
+                    "text": sig.name,
+                },
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "encounter": {"reference": f"Encounter/{encounter_id}"},
+                "effectivePeriod": {
+                    "start": _iso(t0),
+                    "end": _iso(t0 + round((b - a) * period_us)),
+                },
+                "valueSampledData": {
+                    "origin": {"value": 0, "unit": unit, "system": UCUM, "code": unit},
+                    "period": round(period_us / 1000, 6),
+                    "dimensions": 1,
+                    "data": " ".join(text.tolist()),
+                },
+            }
+        )
+    return out
+
+
+WAVE_CODES: Final = {str(s.mdc_code): s.key for s in SIGNALS if s.mdc_code is not None} | {
+    s.mdc_ref: s.key for s in SIGNALS if s.mdc_ref
+}
 
 
 def _mdc_codes(sign: VitalSign) -> set[str]:
@@ -597,14 +662,22 @@ def register(
                 b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
                 if b <= a:
                     continue
+                pid = fhir_id(e.patient.mrn)
+                waves = sorted({WAVE_CODES[c] for c in codes or () if c in WAVE_CODES})
+                if waves and b - a > MAX_WAVE_WINDOW_US:
+                    why = "a waveform search spans at most 10 minutes: narrow its date"
+                    raise FhirError(400, "too-costly", why)
                 try:
-                    samples = await store.numerics(a, b, bed=loc.bed)
+                    if codes is None or codes - set(WAVE_CODES):
+                        samples = await store.numerics(a, b, bed=loc.bed)
+                        found += observations(samples, pid, e.encounter_id, codes)
+                    for signal in waves:
+                        window = await store.waveform(loc.bed, signal, a, b)
+                        found += waveform_observations(window, pid, e.encounter_id)
                 except StorageUnavailable as exc:
-                    raise FhirError(
-                        503, "transient", f"the store cannot be reached: {exc}"
-                    ) from exc
-                found += observations(samples, fhir_id(e.patient.mrn), e.encounter_id, codes)
-        found.sort(key=lambda r: r["effectiveDateTime"])
+                    why = f"the store cannot be reached: {exc}"
+                    raise FhirError(503, "transient", why) from exc
+        found.sort(key=lambda r: r.get("effectiveDateTime") or r["effectivePeriod"]["start"])
         page = found[offset : offset + count]
         next_url = None
         if offset + count < len(found):

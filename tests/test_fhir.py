@@ -11,12 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from dashboards.users import Role, Users
 from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority, StoredEvent
 from eicu.devservices import DashboardProcess, Mosquitto
-from eicu.models import Batch, BedKey, NumericsFrame
+from eicu.models import (
+    INVALID_SAMPLE,
+    Batch,
+    BedKey,
+    NumericsFrame,
+    SignalBlock,
+    WaveformFrame,
+)
 from eicu.patients import Patient
 from eicu.store import Store
 from tests.cheap_argon2 import cheap_hasher
@@ -73,6 +81,14 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         frames.append(NumericsFrame(bed, 1, ts, values))
     frames.append(NumericsFrame(OTHER, 1, t0 + 60_000_000, {"HR": 70.0}))
     await store.write(Batch(numerics=frames))
+    raw = np.full(12 * 250, 20, dtype=np.int16)  # 0.1 mV at 200 per mV
+    raw[3] = INVALID_SAMPLE
+    waves = [
+        WaveformFrame(BED2, i + 1, t0 + HOUR_US + 120_000_000 + i * 1_000_000,
+                      (SignalBlock("ECG_II", 250.0, 200.0, 0, raw[i * 250 : (i + 1) * 250]),))
+        for i in range(12)
+    ]  # fmt: skip
+    await store.write(Batch(waveforms=waves))
     vt = f"{BED1}/VTACH/{t0 + 600_000_000}"
     desat = f"{BED2}/SPO2_LOW/{t0 + HOUR_US + 600_000_000}"
     changes = [
@@ -161,6 +177,25 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
             pages.append(len(page["entry"]))
             url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
         assert pages == [3, 3, 2]
+
+        # a stretch of ECG as SampledData, on asking for it by its MDC code
+        t_wave = t0 + HOUR_US + 120_000_000
+
+        def at(t_s: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_s))
+
+        window = f"ge{at(t_wave / 1e6 - 5)}&date=lt{at(t_wave / 1e6 + 30)}"
+        url_ecg = f"/fhir/Observation?patient=4711&code=131330&date={window}"
+        ecg = valid((await ada.get(url_ecg)).json())
+        segments = [e["resource"] for e in ecg["entry"]]
+        assert len(segments) == 2  # 12 s of signal: 10 s, then 2 s
+        data = " ".join(r["valueSampledData"]["data"] for r in segments).split()
+        assert len(data) == 12 * 250 and data[3] == "E"
+        assert float(data[0]) == pytest.approx(0.1, abs=0.005)
+        assert segments[0]["valueSampledData"]["period"] == 4.0
+        assert segments[0]["code"]["coding"][0]["code"] == "131330"
+        r = await ada.get(f"/fhir/Observation?patient=4711&code=131330&date={since}")
+        assert r.status_code == 400  # hours of waveform at once: narrow it
 
         # the patient's alarms in both beds, as Flags
         flags = valid((await ada.get(f"/fhir/Flag?patient=4711&date={since}")).json())
