@@ -14,6 +14,8 @@ Resources (JSON, ``application/fhir+json``), under ``/fhir``:
   and diastolic as components), from the beds the patient was in over ``date`` (default: the
   last 24 hours; ``ge``, ``gt``, ``le``, ``lt``). Paged with ``_count`` (default 100, at most
   1000) and the bundle's ``next`` link.
+- ``RiskAssessment?patient=&date=&code=``: NEWS2 (default), MEWS or qSOFA a minute apart from
+  the stored values usable then; only complete scores.
 - ``Flag?patient=&date=&status=``: the alarms of the beds the patient was in (from the alarm
   tables), one Flag each, ``active`` until the alarm is cleared, coded with its MDC event code and
   the engine's own kind.
@@ -46,6 +48,7 @@ from eicu.codes import ALARM_MDC_EVENT, ALARM_MDC_NOS, BY_KEY, SIGNAL_BY_KEY, SI
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.patients import Encounter
+from eicu.scores.assembly import assemble_mews, assemble_news2, assemble_qsofa
 from eicu.store.base import NumericSample, Store, WaveformWindow
 
 FHIR_JSON: Final = "application/fhir+json"
@@ -386,6 +389,77 @@ WAVE_CODES: Final = {str(s.mdc_code): s.key for s in SIGNALS if s.mdc_code is no
 }
 
 
+SCORES: Final = {"NEWS2": assemble_news2, "MEWS": assemble_mews, "qSOFA": assemble_qsofa}
+SCORE_METHOD: Final = {
+    "NEWS2": "National Early Warning Score 2 (Royal College of Physicians, 2017)",
+    "MEWS": "Modified Early Warning Score (Subbe et al., 2001)",
+    "qSOFA": "quick Sequential Organ Failure Assessment (Seymour et al., 2016)",
+}
+# a score's band -> HL7 risk-probability
+RISK: Final = {
+    "high": "high", "medium": "moderate", "low-medium": "moderate", "low": "low",
+    "positive": "high", "negative": "low",
+}  # fmt: skip
+SCORE_STEP_US: Final = 60 * 1_000_000  # an assessment per minute
+MAX_SCORE_WINDOW_US: Final = 6 * 3600 * 1_000_000
+SCORE_LOOKBACK_US: Final = 12 * 3600 * 1_000_000  # the longest an input stays usable
+
+
+def risk_assessments(
+    samples: list[NumericSample],
+    start_us: int,
+    end_us: int,
+    names: list[str],
+    patient_id: str,
+    encounter_id: int,
+) -> list[dict[str, Any]]:
+    """The scores ``names`` of one bed's stored values at each whole minute of [start, end),
+    each from the values usable then (as the live scores are assembled); a score whose inputs
+    are not all there is not given (an incomplete score is never shown as a number)."""
+    out = []
+    latest: dict[str, tuple[float | None, int]] = {}
+    i = 0
+    first = -(-start_us // SCORE_STEP_US) * SCORE_STEP_US
+    for at_us in range(first, end_us, SCORE_STEP_US):
+        while i < len(samples) and samples[i].ts_us <= at_us:
+            latest[samples[i].key] = (samples[i].value, samples[i].ts_us)
+            i += 1
+        for name in names:
+            result = SCORES[name](latest, at_us)
+            if not result.complete or result.total is None or result.band is None:
+                continue
+            parts = ", ".join(f"{k} {v}" for k, v in result.components.items() if v is not None)
+            out.append(
+                {
+                    "resourceType": "RiskAssessment",
+                    "id": fhir_id(f"{encounter_id}.{name}.{at_us}"),
+                    "status": "final",
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                    "encounter": {"reference": f"Encounter/{encounter_id}"},
+                    "occurrenceDateTime": _iso(at_us),
+                    "code": {"text": name},
+                    "method": {"text": SCORE_METHOD[name]},
+                    "prediction": [
+                        {
+                            "outcome": {"text": "clinical deterioration"},
+                            "qualitativeRisk": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/"
+                                        "risk-probability",
+                                        "code": RISK.get(result.band, "moderate"),
+                                    }
+                                ],
+                                "text": f"{name} {result.total}: {result.band}",
+                            },
+                        }
+                    ],
+                    "note": [{"text": f"{name} {result.total} ({result.band}); {parts}"}],
+                }
+            )
+    return out
+
+
 def _mdc_codes(sign: VitalSign) -> set[str]:
     return {str(BY_KEY[k].mdc_code) for k in sign.keys if BY_KEY[k].mdc_code is not None}
 
@@ -418,6 +492,11 @@ def capability_statement(base: str) -> dict[str, Any]:
                     resource("Patient", [("identifier", "token"), ("name", "string")]),
                     resource("Encounter", [("patient", "reference"), ("status", "token")]),
                     resource("Location", [], read=True),
+                    resource(
+                        "RiskAssessment",
+                        [("patient", "reference"), ("date", "date"), ("code", "token")],
+                        read=False,
+                    ),
                     resource(
                         "Flag",
                         [("patient", "reference"), ("date", "date"), ("status", "token")],
@@ -724,3 +803,53 @@ def register(
                         flags.append(flag)
         flags.sort(key=lambda f: f["period"]["start"])
         return bundle(request, flags[:count], len(flags), None)
+
+    @app.get("/fhir/RiskAssessment")
+    async def search_risk(request: Request) -> JSONResponse:
+        """The patient's early-warning scores, a minute apart, from the stored values."""
+        session = await user_session(request)
+        q = request.query_params
+        unknown = set(q) - {"patient", "subject", "date", "code", "_count", "_offset"}
+        if unknown:
+            raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
+        ref = q.get("patient") or q.get("subject")
+        if not ref:
+            raise FhirError(400, "required", "a RiskAssessment search needs patient=")
+        names = [c for raw in q.getlist("code") for c in raw.split(",")] or ["NEWS2"]
+        bad = [n for n in names if n not in SCORES]
+        if bad:
+            raise FhirError(400, "invalid", f"code {bad[0]!r}; one of {', '.join(SCORES)}")
+        now = time.time_ns() // 1000
+        dates = q.getlist("date") or [f"ge{_iso(now - 3600 * 1_000_000)}"]
+        start_us, end_us = _date_bounds(dates, now)
+        if end_us - start_us > MAX_SCORE_WINDOW_US:
+            raise FhirError(400, "too-costly", "a score search spans at most 6 hours")
+        count = _count(q.get("_count"))
+        raw_offset = q.get("_offset", "0")
+        if not raw_offset.isdigit():
+            raise FhirError(400, "invalid", "_offset must be a whole number")
+        offset = int(raw_offset)
+        found: list[dict[str, Any]] = []
+        for e in await stays(session, mrn=from_fhir_id(ref.removeprefix("Patient/"))):
+            for loc in e.locations:
+                if not session.user.can_see(loc.bed.site):
+                    continue
+                a = max(start_us, loc.since_us)
+                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
+                if b <= a:
+                    continue
+                try:
+                    samples = await store.numerics(
+                        max(a - SCORE_LOOKBACK_US, loc.since_us), b, bed=loc.bed
+                    )
+                except StorageUnavailable as exc:
+                    why = f"the store cannot be reached: {exc}"
+                    raise FhirError(503, "transient", why) from exc
+                pid = fhir_id(e.patient.mrn)
+                found += risk_assessments(samples, a, b, names, pid, e.encounter_id)
+        found.sort(key=lambda r: r["occurrenceDateTime"])
+        page = found[offset : offset + count]
+        next_url = None
+        if offset + count < len(found):
+            next_url = str(request.url.include_query_params(_offset=offset + count))
+        return bundle(request, page, len(found), next_url)

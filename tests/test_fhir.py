@@ -80,6 +80,10 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         values = {"HR": 88.0 + i, "SPO2": 95.0, "TEMP": None, "NIBP_SYS": 118.0, "NIBP_DIA": 64.0}
         frames.append(NumericsFrame(bed, 1, ts, values))
     frames.append(NumericsFrame(OTHER, 1, t0 + 60_000_000, {"HR": 70.0}))
+    # the rest of NEWS2's inputs, 30 s later: RR 24 (2), SpO2 95 (1), air, SBP 118, HR 89,
+    # alert, 38.2 C (1): NEWS2 4, low
+    scored = {"RR": 24.0, "TEMP": 38.2, "ACVPU": 0.0, "O2": 0.0}
+    frames.append(NumericsFrame(BED2, 2, t0 + HOUR_US + 90_000_000, scored))
     await store.write(Batch(numerics=frames))
     raw = np.full(12 * 250, 20, dtype=np.int16)  # 0.1 mV at 200 per mV
     raw[3] = INVALID_SAMPLE
@@ -161,7 +165,7 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         bp = by_code["85354-9"][0]
         assert [c["valueQuantity"]["value"] for c in bp["component"]] == [118.0, 64.0]
         assert [c["code"]["coding"][0]["code"] for c in bp["component"]] == ["8480-6", "8462-4"]
-        assert obs["total"] == len(resources) == 8
+        assert obs["total"] == len(resources) == 10
         assert all(o["encounter"]["reference"] == f"Encounter/{encounter['id']}" for o in resources)
 
         # one code, and pages of two followed to the end
@@ -176,7 +180,7 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
             page = valid((await ada.get(url)).json())
             pages.append(len(page["entry"]))
             url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
-        assert pages == [3, 3, 2]
+        assert pages == [3, 3, 3, 1]
 
         # a stretch of ECG as SampledData, on asking for it by its MDC code
         t_wave = t0 + HOUR_US + 120_000_000
@@ -196,6 +200,20 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         assert segments[0]["code"]["coding"][0]["code"] == "131330"
         r = await ada.get(f"/fhir/Observation?patient=4711&code=131330&date={since}")
         assert r.status_code == 400  # hours of waveform at once: narrow it
+
+        # NEWS2 a minute apart, once all its inputs are there
+        t_score = (t0 + HOUR_US) / 1e6
+        score_window = f"ge{at(t_score)}&date=lt{at(t_score + 240)}"
+        risks = valid(
+            (await ada.get(f"/fhir/RiskAssessment?patient=4711&date={score_window}")).json()
+        )
+        texts = [e["resource"]["prediction"][0]["qualitativeRisk"]["text"] for e in risks["entry"]]
+        assert texts and set(texts) == {"NEWS2 4: low"}
+        first = risks["entry"][0]["resource"]
+        assert first["occurrenceDateTime"] >= at(t_score + 90)[:-1]
+        assert first["prediction"][0]["qualitativeRisk"]["coding"][0]["code"] == "low"
+        r = await ada.get("/fhir/RiskAssessment?patient=4711&code=APACHE")
+        assert r.status_code == 400
 
         # the patient's alarms in both beds, as Flags
         flags = valid((await ada.get(f"/fhir/Flag?patient=4711&date={since}")).json())
