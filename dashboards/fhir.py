@@ -7,7 +7,7 @@ Resources (JSON, ``application/fhir+json``), under ``/fhir``:
   patient tables (``eicu.patients``), MRN as identifier (type ``MR``).
 - ``Encounter/{id}``; ``Encounter?patient=``, ``status=in-progress|finished``: the stays, with
   their beds over time as ``location`` entries (each with its period).
-- ``Location/{id}``: a bed (``site/bed``).
+- ``Location/{id}``: a bed (``site/bed``); ``Device/{id}``, ``Device?location=``: its monitor.
 - ``Observation?patient=&code=&date=``: the patient's vital signs, as the FHIR vital-signs
   profile names them (LOINC with the ISO/IEEE 11073 MDC code beside it, UCUM units): heart rate,
   respiratory rate, oxygen saturation, body temperature, and the blood pressure panel (systolic
@@ -230,6 +230,27 @@ def location_resource(bed: BedKey) -> dict[str, Any]:
                 }
             ]
         },
+    }
+
+
+def device_resource(bed: BedKey) -> dict[str, Any]:
+    """The bedside monitor of a bed: what sends the bed's data (through its gateway)."""
+    return {
+        "resourceType": "Device",
+        "id": location_id(bed),
+        "status": "active",
+        "deviceName": [{"name": f"monitor of {bed}", "type": "user-friendly-name"}],
+        "type": {
+            "coding": [
+                {
+                    "system": MDC,
+                    "code": "69965",
+                    "display": "MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS",
+                }
+            ],
+            "text": "multi-parameter physiological monitor",
+        },
+        "location": {"reference": f"Location/{location_id(bed)}"},
     }
 
 
@@ -492,6 +513,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                     resource("Patient", [("identifier", "token"), ("name", "string")]),
                     resource("Encounter", [("patient", "reference"), ("status", "token")]),
                     resource("Location", [], read=True),
+                    resource("Device", [("location", "reference")], read=True),
                     resource(
                         "RiskAssessment",
                         [("patient", "reference"), ("date", "date"), ("code", "token")],
@@ -853,3 +875,29 @@ def register(
         if offset + count < len(found):
             next_url = str(request.url.include_query_params(_offset=offset + count))
         return bundle(request, page, len(found), next_url)
+
+    @app.get("/fhir/Device/{fid}")
+    async def read_device(fid: str, request: Request) -> JSONResponse:
+        session = await user_session(request)
+        bed = bed_of_location(fid)
+        if not session.user.can_see(bed.site):
+            raise FhirError(404, "not-found", f"no Device {fid}")
+        return one(device_resource(bed))
+
+    @app.get("/fhir/Device")
+    async def search_devices(request: Request) -> JSONResponse:
+        """The monitors of the beds of the user's sites that have a patient now, or of one
+        bed (``location=Location/{id}``)."""
+        session = await user_session(request)
+        q = request.query_params
+        unknown = set(q) - {"location", "_count"}
+        if unknown:
+            raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
+        if "location" in q:
+            beds = [bed_of_location(q["location"].removeprefix("Location/"))]
+        else:
+            current = [e for e in await stays(session) if e.discharged_us is None]
+            beds = sorted({e.bed for e in current if e.bed is not None}, key=str)
+        seen = [b for b in beds if session.user.can_see(b.site)]
+        devices = [device_resource(b) for b in seen][: _count(q.get("_count"))]
+        return bundle(request, devices, len(seen), None)

@@ -141,6 +141,13 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         ref = encounter["location"][1]["location"]["reference"]
         assert valid((await ada.get(f"/fhir/{ref}")).json())["name"] == "icu1/bed_2"
 
+        device = valid((await ada.get(f"/fhir/Device?location={ref}")).json())["entry"][0]
+        assert device["resource"]["location"]["reference"] == ref
+        assert device["resource"]["type"]["coding"][0]["code"] == "69965"
+        monitors = valid((await ada.get("/fhir/Device")).json())
+        assert monitors["total"] == 2  # the beds with a patient now, in both sites
+        valid((await ada.get(f"/fhir/{device['fullUrl'].split('/fhir/')[1]}")).json())
+
         # vital signs across the transfer, as the vital-signs profile codes them
         since = f"ge{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime((t0 - 1) / 1e6))}"
         obs = valid(
