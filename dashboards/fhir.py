@@ -16,6 +16,9 @@ Resources (JSON, ``application/fhir+json``), under ``/fhir``:
   1000) and the bundle's ``next`` link.
 - ``RiskAssessment?patient=&date=&code=``: NEWS2 (default), MEWS or qSOFA a minute apart from
   the stored values usable then; only complete scores.
+- ``$export`` (FHIR Bulk Data, ``Prefer: respond-async``; ``_type``, ``_since``, at most 7
+  days): Patient, Encounter, vital-sign Observation and Flag as ndjson files, for the user who
+  asked, kept an hour in the dashboard process that ran it.
 - ``Flag?patient=&date=&status=``: the alarms of the beds the patient was in (from the alarm
   tables), one Flag each, ``active`` until the alarm is cleared, coded with its MDC event code and
   the engine's own kind.
@@ -28,19 +31,23 @@ without a session, 404 for what is not there).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import itertools
+import json
+import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from dashboards.security import Session
+from dashboards.security import Session, csrf_ok
 from dashboards.users import Permission
 from eicu import __version__
 from eicu.alarm_model import AlarmEvent, AlarmState
@@ -51,7 +58,10 @@ from eicu.patients import Encounter
 from eicu.scores.assembly import assemble_mews, assemble_news2, assemble_qsofa
 from eicu.store.base import NumericSample, Store, WaveformWindow
 
+log = logging.getLogger(__name__)
+
 FHIR_JSON: Final = "application/fhir+json"
+CSRF_HEADER: Final = "x-csrf-token"  # as the dashboard's (dashboards.app)
 FHIR_VERSION: Final = "4.0.1"
 MRN_SYSTEM: Final = "urn:eicu:mrn"
 LOINC: Final = "http://loinc.org"
@@ -572,6 +582,32 @@ def flag_resource(
     return doc
 
 
+EXPORT_TYPES: Final = ("Patient", "Encounter", "Observation", "Flag")
+EXPORT_DEFAULT_US: Final = 24 * 3600 * 1_000_000  # without _since: the last day
+EXPORT_MAX_US: Final = 7 * 24 * 3600 * 1_000_000
+EXPORT_KEPT_US: Final = 3600 * 1_000_000  # a finished export's files are kept this long
+EXPORT_RUNNING_MAX: Final = 2
+
+
+@dataclass
+class ExportJob:
+    """One bulk export: its files (one ndjson per resource type) once done, for its user."""
+
+    job_id: str
+    user: str
+    types: list[str]
+    since_us: int
+    until_us: int
+    started_us: int
+    state: str = "running"  # running, done, failed
+    error: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    def expired(self, now_us: int) -> bool:
+        return self.state != "running" and now_us - self.started_us > EXPORT_KEPT_US
+
+
 def _date_bounds(values: list[str], now_us: int) -> tuple[int, int]:
     start, end = now_us - DEFAULT_WINDOW_US, now_us + 1
     for raw in values:
@@ -901,3 +937,138 @@ def register(
         seen = [b for b in beds if session.user.can_see(b.site)]
         devices = [device_resource(b) for b in seen][: _count(q.get("_count"))]
         return bundle(request, devices, len(seen), None)
+
+    # --- bulk export (FHIR Bulk Data: kick-off, status, files) ------------------------------
+
+    jobs: dict[str, ExportJob] = {}
+
+    def job_of(job_id: str, session: Session) -> ExportJob:
+        job = jobs.get(job_id)
+        if job is None or job.user != session.user.name:
+            raise FhirError(404, "not-found", f"no export {job_id}")
+        return job
+
+    async def run_export(job: ExportJob, session: Session) -> None:
+        try:
+            everyone = await stays(session)
+            by_type: dict[str, list[dict[str, Any]]] = {t: [] for t in job.types}
+            patients: dict[str, dict[str, Any]] = {}
+            for e in everyone:
+                patients[e.patient.mrn] = patient_resource(e)
+            if "Patient" in by_type:
+                by_type["Patient"] = list(patients.values())
+            if "Encounter" in by_type:
+                by_type["Encounter"] = [encounter_resource(e) for e in everyone]
+            for e in everyone:
+                pid = fhir_id(e.patient.mrn)
+                for loc in e.locations:
+                    if not session.user.can_see(loc.bed.site):
+                        continue
+                    a = max(job.since_us, loc.since_us)
+                    b = min(
+                        job.until_us, loc.until_us if loc.until_us is not None else job.until_us
+                    )
+                    if b <= a:
+                        continue
+                    if "Observation" in by_type:
+                        samples = await store.numerics(a, b, bed=loc.bed)
+                        by_type["Observation"] += observations(samples, pid, e.encounter_id, None)
+                    if "Flag" in by_type:
+                        rows = await store.alarm_events(a, b, beds=[loc.bed])
+                        trails: dict[str, list[AlarmEvent]] = {}
+                        for row in rows:
+                            trails.setdefault(row.event.alarm_id, []).append(row.event)
+                        for trail in trails.values():
+                            trail.sort(key=lambda ev: ev.time_us)
+                            by_type["Flag"].append(
+                                flag_resource(trail, f"Patient/{pid}", e.encounter_id)
+                            )
+            for kind, resources in by_type.items():
+                job.files[kind] = "".join(
+                    json.dumps(r, separators=(",", ":")) + "\n" for r in resources
+                ).encode()
+            job.state = "done"
+        except StorageUnavailable as exc:
+            job.state, job.error = "failed", f"the store cannot be reached: {exc}"
+        except Exception as exc:  # the job fails, saying so; the dashboard goes on
+            log.exception("FHIR export %s failed", job.job_id)
+            job.state, job.error = "failed", f"internal error: {exc!r}"[:300]
+
+    @app.get("/fhir/$export")
+    async def export_kickoff(request: Request) -> JSONResponse:
+        session = await user_session(request)
+        if request.headers.get("prefer", "").strip() != "respond-async":
+            raise FhirError(400, "required", "a bulk export needs the header Prefer: respond-async")
+        q = request.query_params
+        unknown = set(q) - {"_type", "_since", "_outputFormat"}
+        if unknown:
+            raise FhirError(400, "not-supported", f"parameters {sorted(unknown)}")
+        output = q.get("_outputFormat", "application/fhir+ndjson")
+        if output not in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
+            raise FhirError(400, "not-supported", f"_outputFormat {output!r}")
+        types = [t for raw in q.getlist("_type") for t in raw.split(",") if t] or list(EXPORT_TYPES)
+        bad = [t for t in types if t not in EXPORT_TYPES]
+        if bad:
+            raise FhirError(400, "not-supported", f"_type {bad[0]!r}; one of {EXPORT_TYPES}")
+        now = time.time_ns() // 1000
+        since_us = now - EXPORT_DEFAULT_US
+        if "_since" in q:
+            since_us, _ = _date_bounds([f"ge{q['_since']}"], now)
+        if now - since_us > EXPORT_MAX_US:
+            raise FhirError(400, "too-costly", "an export spans at most 7 days: a later _since")
+        for old_id in [j for j, job in jobs.items() if job.expired(now)]:
+            del jobs[old_id]
+        if sum(1 for job in jobs.values() if job.state == "running") >= EXPORT_RUNNING_MAX:
+            raise FhirError(429, "throttled", "too many exports running: try again later")
+        job = ExportJob(secrets.token_hex(8), session.user.name, types, since_us, now, now)
+        jobs[job.job_id] = job
+        job.task = asyncio.create_task(run_export(job, session), name=f"fhir-export-{job.job_id}")
+        base = str(request.base_url).rstrip("/")
+        response = JSONResponse({}, status_code=202, media_type=FHIR_JSON)
+        response.headers["Content-Location"] = f"{base}/fhir/$export-status/{job.job_id}"
+        return response
+
+    @app.get("/fhir/$export-status/{job_id}")
+    async def export_status(job_id: str, request: Request) -> Response:
+        session = await user_session(request)
+        job = job_of(job_id, session)
+        if job.state == "running":
+            return Response(status_code=202, headers={"X-Progress": "running"})
+        if job.state == "failed":
+            raise FhirError(500, "exception", job.error)
+        base = str(request.base_url).rstrip("/")
+        manifest = {
+            "transactionTime": _iso(job.until_us),
+            "request": f"{base}/fhir/$export",
+            "requiresAccessToken": True,
+            "output": [
+                {
+                    "type": kind,
+                    "url": f"{base}/fhir/$export-file/{job.job_id}/{kind}.ndjson",
+                    "count": data.count(b"\n"),
+                }
+                for kind, data in job.files.items()
+            ],
+            "error": [],
+        }
+        return JSONResponse(manifest, media_type="application/json")
+
+    @app.delete("/fhir/$export-status/{job_id}")
+    async def export_cancel(job_id: str, request: Request) -> Response:
+        session = await user_session(request)
+        if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+            raise FhirError(403, "forbidden", "missing or wrong CSRF token")
+        job = job_of(job_id, session)
+        if job.task is not None:
+            job.task.cancel()
+        del jobs[job_id]
+        return Response(status_code=202)
+
+    @app.get("/fhir/$export-file/{job_id}/{name}")
+    async def export_file(job_id: str, name: str, request: Request) -> Response:
+        session = await user_session(request)
+        job = job_of(job_id, session)
+        data = job.files.get(name.removesuffix(".ndjson"))
+        if data is None or job.state != "done":
+            raise FhirError(404, "not-found", f"no file {name} in export {job_id}")
+        return Response(data, media_type="application/fhir+ndjson")

@@ -5,6 +5,8 @@ sites, and the errors a client gets."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,6 +242,31 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         assert r.status_code == 404 and valid(r.json())["resourceType"] == "OperationOutcome"
         assert valid((await nina.get("/fhir/Observation?patient=4711")).json())["total"] == 0
         assert valid((await nina.get("/fhir/Patient?identifier=99")).json())["total"] == 1
+
+        # a bulk export of everything ada may see, as ndjson
+        r = await ada.get("/fhir/$export")
+        assert r.status_code == 400  # without Prefer: respond-async
+        r = await ada.get(
+            "/fhir/$export", params={"_since": at(t0 / 1e6 - 60)},
+            headers={"prefer": "respond-async"},
+        )  # fmt: skip
+        assert r.status_code == 202
+        status_url = r.headers["content-location"]
+        assert (await nina.get(status_url)).status_code == 404  # not hers
+        deadline = time.monotonic() + 30
+        while (r := await ada.get(status_url)).status_code == 202:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert r.status_code == 200, r.text
+        manifest = r.json()
+        counts = {o["type"]: o["count"] for o in manifest["output"]}
+        assert counts == {"Patient": 2, "Encounter": 2, "Observation": 11, "Flag": 2}
+        for out in manifest["output"]:
+            body = (await ada.get(out["url"])).text
+            lines = body.splitlines()
+            assert len(lines) == out["count"]
+            for line in lines:
+                assert valid(json.loads(line))["resourceType"] == out["type"]
 
         # searches that cannot be read are refused, saying why
         bad_searches = (
