@@ -39,7 +39,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -50,11 +50,11 @@ from fastapi.responses import JSONResponse, Response
 from dashboards.security import Session, csrf_ok
 from dashboards.users import Permission
 from eicu import __version__
-from eicu.alarm_model import AlarmEvent, AlarmState
+from eicu.alarm_model import AlarmEvent, AlarmState, StoredEvent
 from eicu.codes import ALARM_MDC_EVENT, ALARM_MDC_NOS, BY_KEY, SIGNAL_BY_KEY, SIGNALS
 from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
-from eicu.patients import Encounter
+from eicu.patients import Encounter, Location
 from eicu.scores.assembly import assemble_mews, assemble_news2, assemble_qsofa
 from eicu.store.base import NumericSample, Store, WaveformWindow
 
@@ -582,6 +582,19 @@ def flag_resource(
     return doc
 
 
+def flags_of(
+    rows: Iterable[StoredEvent], subject: str, encounter_id: int | None
+) -> list[dict[str, Any]]:
+    """One Flag per alarm of the audit trail ``rows``."""
+    trails: dict[str, list[AlarmEvent]] = {}
+    for row in rows:
+        trails.setdefault(row.event.alarm_id, []).append(row.event)
+    return [
+        flag_resource(sorted(trail, key=lambda ev: ev.time_us), subject, encounter_id)
+        for trail in trails.values()
+    ]
+
+
 EXPORT_TYPES: Final = ("Patient", "Encounter", "Observation", "Flag")
 EXPORT_DEFAULT_US: Final = 24 * 3600 * 1_000_000  # without _since: the last day
 EXPORT_MAX_US: Final = 7 * 24 * 3600 * 1_000_000
@@ -665,6 +678,33 @@ def register(
         except StorageUnavailable as exc:
             raise FhirError(503, "transient", f"the store cannot be reached now: {exc}") from exc
         return [e for e in found if visible(e, session)]
+
+    def windows(
+        found: list[Encounter], session: Session, start_us: int, end_us: int
+    ) -> Iterator[tuple[Encounter, Location, int, int]]:
+        """Each bed of each stay that the user may see, with the part of [start, end) the
+        patient was in it."""
+        for e in found:
+            for loc in e.locations:
+                if not session.user.can_see(loc.bed.site):
+                    continue
+                a = max(start_us, loc.since_us)
+                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
+                if b > a:
+                    yield e, loc, a, b
+
+    def paged(request: Request, found: list[dict[str, Any]]) -> JSONResponse:
+        """A searchset of ``found`` from ``_offset``, ``_count`` of them, with its next link."""
+        q = request.query_params
+        count = _count(q.get("_count"))
+        raw_offset = q.get("_offset", "0")
+        if not raw_offset.isdigit():
+            raise FhirError(400, "invalid", "_offset must be a whole number")
+        offset = int(raw_offset)
+        next_url = None
+        if offset + count < len(found):
+            next_url = str(request.url.include_query_params(_offset=offset + count))
+        return bundle(request, found[offset : offset + count], len(found), next_url)
 
     def bundle(request: Request, resources: list[dict[str, Any]], total: int,
                next_url: str | None) -> JSONResponse:  # fmt: skip
@@ -785,48 +825,33 @@ def register(
         now = time.time_ns() // 1000
         start_us, end_us = _date_bounds(q.getlist("date"), now)
         codes = {_token(c) for raw in q.getlist("code") for c in raw.split(",")} or None
-        count = _count(q.get("_count"))
-        raw_offset = q.get("_offset", "0")
-        if not raw_offset.isdigit():
-            raise FhirError(400, "invalid", "_offset must be a whole number")
-        offset = int(raw_offset)
+        waves = sorted({WAVE_CODES[c] for c in codes or () if c in WAVE_CODES})
+        if waves and end_us - start_us > MAX_WAVE_WINDOW_US:
+            why = "a waveform search spans at most 10 minutes: narrow its date"
+            raise FhirError(400, "too-costly", why)
         found: list[dict[str, Any]] = []
-        for e in await stays(session, mrn=from_fhir_id(pid)):
-            for loc in e.locations:
-                if not session.user.can_see(loc.bed.site):
-                    continue
-                a = max(start_us, loc.since_us)
-                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
-                if b <= a:
-                    continue
-                pid = fhir_id(e.patient.mrn)
-                waves = sorted({WAVE_CODES[c] for c in codes or () if c in WAVE_CODES})
-                if waves and b - a > MAX_WAVE_WINDOW_US:
-                    why = "a waveform search spans at most 10 minutes: narrow its date"
-                    raise FhirError(400, "too-costly", why)
-                try:
-                    if codes is None or codes - set(WAVE_CODES):
-                        samples = await store.numerics(a, b, bed=loc.bed)
-                        found += observations(samples, pid, e.encounter_id, codes)
-                    for signal in waves:
-                        window = await store.waveform(loc.bed, signal, a, b)
-                        found += waveform_observations(window, pid, e.encounter_id)
-                except StorageUnavailable as exc:
-                    why = f"the store cannot be reached: {exc}"
-                    raise FhirError(503, "transient", why) from exc
+        patient_stays = await stays(session, mrn=from_fhir_id(pid))
+        for e, loc, a, b in windows(patient_stays, session, start_us, end_us):
+            subject = fhir_id(e.patient.mrn)
+            try:
+                if codes is None or codes - set(WAVE_CODES):
+                    samples = await store.numerics(a, b, bed=loc.bed)
+                    found += observations(samples, subject, e.encounter_id, codes)
+                for signal in waves:
+                    window = await store.waveform(loc.bed, signal, a, b)
+                    found += waveform_observations(window, subject, e.encounter_id)
+            except StorageUnavailable as exc:
+                why = f"the store cannot be reached: {exc}"
+                raise FhirError(503, "transient", why) from exc
         found.sort(key=lambda r: r.get("effectiveDateTime") or r["effectivePeriod"]["start"])
-        page = found[offset : offset + count]
-        next_url = None
-        if offset + count < len(found):
-            next_url = str(request.url.include_query_params(_offset=offset + count))
-        return bundle(request, page, len(found), next_url)
+        return paged(request, found)
 
     @app.get("/fhir/Flag")
     async def search_flags(request: Request) -> JSONResponse:
         """The alarms of the beds a patient was in, as Flags (one per alarm)."""
         session = await user_session(request)
         q = request.query_params
-        unknown = set(q) - {"patient", "subject", "date", "status", "_count"}
+        unknown = set(q) - {"patient", "subject", "date", "status", "_count", "_offset"}
         if unknown:
             raise FhirError(400, "not-supported", f"search parameters {sorted(unknown)}")
         ref = q.get("patient") or q.get("subject")
@@ -836,31 +861,19 @@ def register(
         if status is not None and status not in ("active", "inactive"):
             raise FhirError(400, "invalid", f"status {status!r}")
         start_us, end_us = _date_bounds(q.getlist("date"), time.time_ns() // 1000)
-        count = _count(q.get("_count"))
         flags: list[dict[str, Any]] = []
-        for e in await stays(session, mrn=from_fhir_id(ref.removeprefix("Patient/"))):
-            for loc in e.locations:
-                if not session.user.can_see(loc.bed.site):
-                    continue
-                a = max(start_us, loc.since_us)
-                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
-                if b <= a:
-                    continue
-                try:
-                    rows = await store.alarm_events(a, b, beds=[loc.bed])
-                except StorageUnavailable as exc:
-                    why = f"the store cannot be reached: {exc}"
-                    raise FhirError(503, "transient", why) from exc
-                trails: dict[str, list[AlarmEvent]] = {}
-                for row in rows:
-                    trails.setdefault(row.event.alarm_id, []).append(row.event)
-                for trail in trails.values():
-                    trail.sort(key=lambda ev: ev.time_us)
-                    flag = flag_resource(trail, f"Patient/{fhir_id(e.patient.mrn)}", e.encounter_id)
-                    if status is None or flag["status"] == status:
-                        flags.append(flag)
+        patient_stays = await stays(session, mrn=from_fhir_id(ref.removeprefix("Patient/")))
+        for e, loc, a, b in windows(patient_stays, session, start_us, end_us):
+            try:
+                rows = await store.alarm_events(a, b, beds=[loc.bed])
+            except StorageUnavailable as exc:
+                why = f"the store cannot be reached: {exc}"
+                raise FhirError(503, "transient", why) from exc
+            for flag in flags_of(rows, f"Patient/{fhir_id(e.patient.mrn)}", e.encounter_id):
+                if status is None or flag["status"] == status:
+                    flags.append(flag)
         flags.sort(key=lambda f: f["period"]["start"])
-        return bundle(request, flags[:count], len(flags), None)
+        return paged(request, flags)
 
     @app.get("/fhir/RiskAssessment")
     async def search_risk(request: Request) -> JSONResponse:
@@ -882,35 +895,20 @@ def register(
         start_us, end_us = _date_bounds(dates, now)
         if end_us - start_us > MAX_SCORE_WINDOW_US:
             raise FhirError(400, "too-costly", "a score search spans at most 6 hours")
-        count = _count(q.get("_count"))
-        raw_offset = q.get("_offset", "0")
-        if not raw_offset.isdigit():
-            raise FhirError(400, "invalid", "_offset must be a whole number")
-        offset = int(raw_offset)
         found: list[dict[str, Any]] = []
-        for e in await stays(session, mrn=from_fhir_id(ref.removeprefix("Patient/"))):
-            for loc in e.locations:
-                if not session.user.can_see(loc.bed.site):
-                    continue
-                a = max(start_us, loc.since_us)
-                b = min(end_us, loc.until_us if loc.until_us is not None else end_us)
-                if b <= a:
-                    continue
-                try:
-                    samples = await store.numerics(
-                        max(a - SCORE_LOOKBACK_US, loc.since_us), b, bed=loc.bed
-                    )
-                except StorageUnavailable as exc:
-                    why = f"the store cannot be reached: {exc}"
-                    raise FhirError(503, "transient", why) from exc
-                pid = fhir_id(e.patient.mrn)
-                found += risk_assessments(samples, a, b, names, pid, e.encounter_id)
+        patient_stays = await stays(session, mrn=from_fhir_id(ref.removeprefix("Patient/")))
+        for e, loc, a, b in windows(patient_stays, session, start_us, end_us):
+            try:
+                samples = await store.numerics(
+                    max(a - SCORE_LOOKBACK_US, loc.since_us), b, bed=loc.bed
+                )
+            except StorageUnavailable as exc:
+                why = f"the store cannot be reached: {exc}"
+                raise FhirError(503, "transient", why) from exc
+            subject = fhir_id(e.patient.mrn)
+            found += risk_assessments(samples, a, b, names, subject, e.encounter_id)
         found.sort(key=lambda r: r["occurrenceDateTime"])
-        page = found[offset : offset + count]
-        next_url = None
-        if offset + count < len(found):
-            next_url = str(request.url.include_query_params(_offset=offset + count))
-        return bundle(request, page, len(found), next_url)
+        return paged(request, found)
 
     @app.get("/fhir/Device/{fid}")
     async def read_device(fid: str, request: Request) -> JSONResponse:
@@ -959,30 +957,14 @@ def register(
                 by_type["Patient"] = list(patients.values())
             if "Encounter" in by_type:
                 by_type["Encounter"] = [encounter_resource(e) for e in everyone]
-            for e in everyone:
-                pid = fhir_id(e.patient.mrn)
-                for loc in e.locations:
-                    if not session.user.can_see(loc.bed.site):
-                        continue
-                    a = max(job.since_us, loc.since_us)
-                    b = min(
-                        job.until_us, loc.until_us if loc.until_us is not None else job.until_us
-                    )
-                    if b <= a:
-                        continue
-                    if "Observation" in by_type:
-                        samples = await store.numerics(a, b, bed=loc.bed)
-                        by_type["Observation"] += observations(samples, pid, e.encounter_id, None)
-                    if "Flag" in by_type:
-                        rows = await store.alarm_events(a, b, beds=[loc.bed])
-                        trails: dict[str, list[AlarmEvent]] = {}
-                        for row in rows:
-                            trails.setdefault(row.event.alarm_id, []).append(row.event)
-                        for trail in trails.values():
-                            trail.sort(key=lambda ev: ev.time_us)
-                            by_type["Flag"].append(
-                                flag_resource(trail, f"Patient/{pid}", e.encounter_id)
-                            )
+            for e, loc, a, b in windows(everyone, session, job.since_us, job.until_us):
+                subject = fhir_id(e.patient.mrn)
+                if "Observation" in by_type:
+                    samples = await store.numerics(a, b, bed=loc.bed)
+                    by_type["Observation"] += observations(samples, subject, e.encounter_id, None)
+                if "Flag" in by_type:
+                    rows = await store.alarm_events(a, b, beds=[loc.bed])
+                    by_type["Flag"] += flags_of(rows, f"Patient/{subject}", e.encounter_id)
             for kind, resources in by_type.items():
                 job.files[kind] = "".join(
                     json.dumps(r, separators=(",", ":")) + "\n" for r in resources
