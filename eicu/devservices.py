@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 
 class ServiceError(RuntimeError):
@@ -765,106 +766,24 @@ class DemoProcess:
         return self.process.returncode
 
 
-class DashboardProcess:
-    """``eicu dashboard`` in a process of its own, reading the bus at ``mqtt_url`` and the store
-    at ``db_url``, serving the users of ``users_file`` on a free port (``url``); its log in
-    ``log_path``. ``wait_ready()`` until its ``/readyz`` answers 200; ``stop()`` as SIGTERM."""
+class EicuProcess:
+    """An ``eicu`` command in a process of its own with its ``EICU_*`` settings (the caller's
+    other environment kept), from the project's folder, its output in ``log_path``;
+    ``wait_ready()`` until its ``/readyz`` on ``ready_port`` answers 200; ``stop()`` as
+    SIGTERM (SIGKILL after ``timeout_s``), ``kill()`` as SIGKILL."""
 
     def __init__(
-        self,
-        mqtt_url: str,
-        db_url: str,
-        users_file: Path,
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
+        self, args: Sequence[str], settings: Mapping[str, str], log_path: Path, ready_port: int
     ) -> None:
         import sys
 
-        self.port = free_port()
+        self.name = "eicu " + " ".join(args)
         self.log_path = log_path
-        settings = {
-            "EICU_MQTT_URL": mqtt_url,
-            "EICU_DATABASE_URL": db_url,
-            "EICU_HTTP_PORT": str(self.port),
-            "EICU_USERS_FILE": str(users_file),
-            "EICU_COOKIE_SECURE": "0",
-            **(env or {}),
-        }
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
-        self._log = log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "eicu.cli", "dashboard"],
-            cwd=Path(__file__).resolve().parent.parent,
-            env={**inherited, **settings},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout_s: float = 60.0) -> DashboardProcess:
-        import urllib.error
-        import urllib.request
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServiceError("eicu dashboard ended:\n" + self.log()[-3000:])
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise ServiceError(f"eicu dashboard not ready in {timeout_s} s:\n" + self.log()[-3000:])
-
-    def stop(self, timeout_s: float = 10.0) -> int:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
-class DeliveryProcess:
-    """``eicu alarms deliver`` in a process of its own, reading the alarm events on the bus at
-    ``mqtt_url``, its receipts to ``db_url`` (or none), its outbox at ``outbox``; its log in
-    ``log_path``. ``wait_ready()`` until its ``/readyz`` answers 200 (every partition it owns
-    is read); ``stop()`` as SIGTERM, ``kill()`` as SIGKILL."""
-
-    def __init__(
-        self,
-        mqtt_url: str,
-        db_url: str | None,
-        outbox: Path,
-        log_path: Path,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        import sys
-
-        self.port = free_port()
-        self.log_path = log_path
-        settings = {
-            "EICU_MQTT_URL": mqtt_url,
-            "EICU_OUTBOX_PATH": str(outbox),
-            "EICU_METRICS_PORT": str(self.port),
-            **({"EICU_DATABASE_URL": db_url} if db_url else {}),
-            **(env or {}),
-        }
+        self.ready_port = ready_port
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("EICU_")}
         self._log = log_path.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "eicu.cli", "alarms", "deliver"],
+            [sys.executable, "-m", "eicu.cli", *args],
             cwd=Path(__file__).resolve().parent.parent,
             env={**inherited, **settings},
             stdout=self._log,
@@ -874,16 +793,16 @@ class DeliveryProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 60.0) -> DeliveryProcess:
+    def wait_ready(self, timeout_s: float = 60.0) -> Self:
         import urllib.error
         import urllib.request
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServiceError("eicu alarms deliver ended:\n" + self.log()[-3000:])
+                raise ServiceError(f"{self.name} ended:\n" + self.log()[-3000:])
             try:
-                url = f"http://127.0.0.1:{self.port}/readyz"
+                url = f"http://127.0.0.1:{self.ready_port}/readyz"
                 with urllib.request.urlopen(url, timeout=1) as r:
                     if r.status == 200:
                         return self
@@ -891,9 +810,7 @@ class DeliveryProcess:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise ServiceError(
-            f"eicu alarms deliver not ready in {timeout_s} s:\n" + self.log()[-3000:]
-        )
+        raise ServiceError(f"{self.name} not ready in {timeout_s} s:\n" + self.log()[-3000:])
 
     def kill(self) -> None:
         """A crash: SIGKILL."""
@@ -911,3 +828,56 @@ class DeliveryProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+class DashboardProcess(EicuProcess):
+    """``eicu dashboard`` in a process of its own, reading the bus at ``mqtt_url`` and the store
+    at ``db_url``, serving the users of ``users_file`` on a free port (``url``); its log in
+    ``log_path``."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        db_url: str,
+        users_file: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        settings = {
+            "EICU_MQTT_URL": mqtt_url,
+            "EICU_DATABASE_URL": db_url,
+            "EICU_HTTP_PORT": str(self.port),
+            "EICU_USERS_FILE": str(users_file),
+            "EICU_COOKIE_SECURE": "0",
+            **(env or {}),
+        }
+        super().__init__(["dashboard"], settings, log_path, self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class DeliveryProcess(EicuProcess):
+    """``eicu alarms deliver`` in a process of its own, reading the alarm events on the bus at
+    ``mqtt_url``, its receipts to ``db_url`` (or none), its outbox at ``outbox``; its log in
+    ``log_path`` (ready once every partition it owns is read)."""
+
+    def __init__(
+        self,
+        mqtt_url: str,
+        db_url: str | None,
+        outbox: Path,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        settings = {
+            "EICU_MQTT_URL": mqtt_url,
+            "EICU_OUTBOX_PATH": str(outbox),
+            "EICU_METRICS_PORT": str(self.port),
+            **({"EICU_DATABASE_URL": db_url} if db_url else {}),
+            **(env or {}),
+        }
+        super().__init__(["alarms", "deliver"], settings, log_path, self.port)
