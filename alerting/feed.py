@@ -223,6 +223,8 @@ class Delivery:
         return delivery_partition(bed, self.partitions)
 
     async def _read(self, k: int) -> None:
+        """Read partition ``k`` until cancelled. A lost connection is made again with the
+        backoff; so is a fault in handling a message (not acknowledged: it comes again)."""
         s = self._settings
         backoff = Backoff(s.reconnect_min_s, s.reconnect_max_s)
         caught_up = False
@@ -239,21 +241,26 @@ class Delivery:
                 if not caught_up:
                     # The session exists now: what engines publish from here on is kept for us.
                     await self._take_over(k)
-                    caught_up = False
+                    caught_up = True
                 self.reading[k].set()
                 backoff.reset()
                 async for message in consumer:
                     await self._handle(message.partition_topic, message.payload)
                     consumer.ack(message)
                 raise PartitionConnectionLost(f"connection to {s.url} closed")
-            except PartitionConnectionLost as exc:
-                delay_s = backoff.next_s()
-                log.warning("delivery partition %d: %s; again in %.1f s", k, exc, delay_s)
-                await consumer.close()
-                await asyncio.sleep(delay_s)
-            except BaseException:
+            except asyncio.CancelledError:
                 await consumer.close()
                 raise
+            except Exception as exc:
+                self.reading[k].clear()
+                delay_s = backoff.next_s()
+                if isinstance(exc, PartitionConnectionLost):
+                    log.warning("delivery partition %d: %s; again in %.1f s", k, exc, delay_s)
+                else:
+                    log.exception("delivery partition %d: a fault; read again in %.1f s", k,
+                                  delay_s)  # fmt: skip
+                await consumer.close()
+                await asyncio.sleep(delay_s)
 
     async def _handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -279,6 +286,9 @@ class Delivery:
             )
         except (StorageUnavailable, TimeoutError) as exc:
             log.warning("delivery partition %d: live alarms not read from the store (%s)", k, exc)
+            return 0
+        except Exception:  # best effort: the partition is read whatever the store says
+            log.exception("delivery partition %d: live alarms not read from the store", k)
             return 0
         latest: dict[str, AlarmEvent] = {}
         for row in stored:
