@@ -1,6 +1,7 @@
 """``eicu worker`` on a 3-node NATS cluster: workers share the partitions; a worker SIGKILLed
 mid-stream, a worker started while the gateways publish, a broker node killed and a worker
-stopped cleanly (every original worker replaced) lose nothing and store nothing twice."""
+stopped cleanly (every original worker replaced) lose nothing and store nothing twice; the
+alarms they raise are paged by ``eicu alarms deliver``, each page once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ import pytest
 
 from eicu.bus.partitioned import partition_of
 from eicu.config import AdmissionSettings, MqttSettings, Settings
-from eicu.devservices import NatsCluster, NatsServer, ServiceError, free_port, nats_binary
+from eicu.devservices import (
+    DeliveryProcess,
+    NatsCluster,
+    NatsServer,
+    ServiceError,
+    free_port,
+    nats_binary,
+)
 from eicu.devservices import WorkerProcess as Worker
 from eicu.errors import ConfigError
 from eicu.metrics import IngestMetrics
@@ -26,6 +34,8 @@ from eicu.models import BedKey, NumericsFrame
 from eicu.store import Store
 from ingest.admission import Admission
 from simulators.run import SimulationPlan, simulate
+from tests.alarm_servers import HookServer
+from tests.vt_bed import rota_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 8
@@ -57,9 +67,11 @@ def start_worker(name: str, cluster: NatsCluster, db_url: str, tmp: Path, first:
         workdir=tmp,
         partitions=PARTITIONS,
         ownership_ttl_s=TTL_S,
-        env={"EICU_METRICS_PORT": str(port)},
+        # the workers' alarm events go to the delivery process on the bus
+        env={"EICU_METRICS_PORT": str(port), "EICU_ALARM_DELIVERY": "bus",
+             "EICU_ALARM_PARTITIONS": "2"},
         pythonpath=ROOT,
-    )
+    )  # fmt: skip
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -129,6 +141,13 @@ def _alarms_raised_twice(db_url: str) -> tuple[int, list[str]]:
     return len({r[3] for r in rows}), twice
 
 
+def _alarm_ids(db_url: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        return {r[0] for r in conn.execute("SELECT DISTINCT alarm_id FROM alarm_events")}
+
+
 async def _all_read(workers: list[Worker]) -> bool:
     return set().union(*(w.reading for w in workers)) == set(range(PARTITIONS))
 
@@ -139,8 +158,18 @@ async def _all_read(workers: list[Worker]) -> bool:
 async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_node(
     cluster: NatsCluster, store: Store, db_url: str, tmp_path: Path
 ) -> None:
+    hook = await HookServer().start()
+    rota = tmp_path / "rota.json"
+    rota.write_text(json.dumps(rota_doc(hook, site="hub")))
+    # on node 0, which stays up; its sessions are the delivery partitions'
+    delivery = DeliveryProcess(
+        cluster[0].url, db_url, tmp_path / "delivery.db", tmp_path / "delivery.log",
+        env={"EICU_ROTA_FILE": str(rota), "EICU_ALARM_PARTITIONS": "2",
+             "EICU_MQTT_CLIENT_ID": "eicu-delivery"},
+    )  # fmt: skip
     workers = [start_worker(f"w{i}", cluster, db_url, tmp_path, i) for i in range(2)]
     try:
+        await asyncio.to_thread(delivery.wait_ready)
         try:
             await _until("the two workers read every partition", lambda: _all_read(workers))
         except AssertionError:
@@ -223,10 +252,24 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
         n_alarms, twice = await asyncio.to_thread(_alarms_raised_twice, db_url)
         assert n_alarms > 0, "the simulated beds raise alarms"
         assert twice == [], "\n".join(twice)
+        # Every alarm paged by the delivery process, each page once, across every move.
+        raised = await asyncio.to_thread(_alarm_ids, db_url)
+
+        async def all_paged() -> bool:
+            return raised <= {r.body["alarm_id"] for r in hook.requests}
+
+        try:
+            await _until("every alarm paged", all_paged, timeout_s=30.0)
+        except AssertionError:
+            paged = {r.body["alarm_id"] for r in hook.requests}
+            pytest.fail(f"not paged: {sorted(raised - paged)}\n{delivery.log()[-3000:]}")
+        assert not [k for k, n in hook.accepted.items() if n > 1], "a page sent twice"
     finally:
         for w in workers:
             if w.process.poll() is None:
                 w.stop()
+        delivery.stop()
+        await hook.stop()
 
 
 async def test_partition_of_is_the_brokers_partition() -> None:
