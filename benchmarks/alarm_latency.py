@@ -19,7 +19,11 @@ breakdown (alarm start after the crossing); the engine's input delay as it sees 
 times a second); the number of beds and probes; the CPU use of the engine, simulators, broker and
 PostgreSQL in cores, and of the whole machine.
 
+With ``--delivery bus`` the engine pages nobody itself: it publishes its alarm events on the bus
+and an ``eicu alarms deliver`` process pages (the engine-side breakdown then stops at the event).
+
     python benchmarks/alarm_latency.py [--beds 1000] [--probes 40] [--duration 120] [--frame 1.0]
+        [--delivery local|bus]
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _rota() -> dict[str, object]:
 # --- the engine, in its own process -----------------------------------------------------------
 
 
-def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
+def engine_child(mqtt_url: str, db_url: str, workdir: str, delivery: str = "local") -> None:
     """Runs the engine until ``workdir/stop`` appears, then prints its receipts and CPU time."""
     from eicu.alarm_model import AlarmState
     from eicu.config import AdmissionSettings, AlertingSettings, IngestSettings, MqttSettings
@@ -78,7 +82,6 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
         store = open_store(db_url)
         await store.open()
         rota = work / "rota.json"
-        rota.write_text(json.dumps(_rota()))
         engine = Engine(
             MqttSettings.from_url(mqtt_url, client_id="bench-engine"),
             IngestSettings(
@@ -88,7 +91,10 @@ def engine_child(mqtt_url: str, db_url: str, workdir: str) -> None:
                 admission=AdmissionSettings(site_beds_max=100_000, new_beds_burst=100_000),
             ),
             store,
-            alerting=AlertingSettings(outbox_path=work / "alarms.db", rota_path=rota),
+            alerting=AlertingSettings(
+                outbox_path=work / "alarms.db", rota_path=rota, delivery=delivery
+            ),
+            alarm_store=store if delivery == "bus" else None,
         )
         # Publish -> the engine reads the message, for the probes' numerics (their device time is
         # the publish time): the part of the latency spent before the alarm stage.
@@ -329,19 +335,35 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     import psutil
 
     from eicu.alarms.policy import load_policy
-    from eicu.devservices import Mosquitto, Postgres
+    from eicu.devservices import DeliveryProcess, Mosquitto, Postgres
 
     delay_s = load_policy().condition(CONDITION).delay_s
     broker = Mosquitto().start()
     pg = Postgres(durable=True).start()
     work = Path(tempfile.mkdtemp(prefix="eicu-alarm-bench-"))
     engine: subprocess.Popen[str] | None = None
+    delivery: DeliveryProcess | None = None
     sims: list[subprocess.Popen[str]] = []
     try:
         db_url = pg.create_database("bench")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        (work / "rota.json").write_text(json.dumps(_rota()))
+        if args.delivery == "bus":
+            # the pages from a delivery process of its own, fed by the engine's alarm events
+            delivery = DeliveryProcess(
+                broker.url, db_url, work / "delivery.db", work / "delivery.log",
+                env={"EICU_ROTA_FILE": str(work / "rota.json")},
+            ).wait_ready()  # fmt: skip
         engine = subprocess.Popen(
-            [sys.executable, __file__, "--engine-child", broker.url, db_url, str(work)],
+            [
+                sys.executable,
+                __file__,
+                "--engine-child",
+                broker.url,
+                db_url,
+                str(work),
+                args.delivery,
+            ],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -407,6 +429,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 s.wait()
         if engine is not None and engine.poll() is None:
             engine.kill()
+        if delivery is not None:
+            delivery.stop()
         broker.cleanup()
         pg.cleanup()
     total, beyond, left, started, missing = [], [], [], [], 0
@@ -480,7 +504,7 @@ def report(r: dict[str, object]) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--engine-child":
-        engine_child(sys.argv[2], sys.argv[3], sys.argv[4])
+        engine_child(sys.argv[2], sys.argv[3], sys.argv[4], *sys.argv[5:6])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--numerics-child":
         a = sys.argv[2:]
@@ -503,6 +527,12 @@ def main() -> None:
         "--frame", type=float, default=1.0, help="--load waveforms: seconds per waveform message"
     )
     parser.add_argument("--sim-procs", type=int, default=2)
+    parser.add_argument(
+        "--delivery",
+        choices=["local", "bus"],
+        default="local",
+        help="local: the engine pages; bus: eicu alarms deliver pages, fed over the broker",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print the raw result as JSON")
     args = parser.parse_args()
