@@ -498,7 +498,10 @@ def report(r: dict[str, object]) -> None:
     print(row("probe numerics: publish -> read by the engine", r["received"]))
     print(row("the engine's input delay (eicu_ingest_input_delay)", r["input_delay"]))
     print(row("publish -> alarm started, beyond the delay", r["started"]))
-    print(row("publish -> notification sent, beyond the delay", r["left"]))
+    if r["left"]:
+        print(row("publish -> notification sent, beyond the delay", r["left"]))
+    else:
+        print("  publish -> notification sent: in the delivery process (its outbox), not read here")
     print("cores: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
 
 
