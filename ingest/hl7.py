@@ -830,6 +830,9 @@ class Listener:
             )
             if code != "AA":
                 self._keep(now_us, message.msh.component(3), code, detail, body)
+        if not errors:
+            log.debug("HL7 message %s (%s^%s) from %s answered %s", control[:40], kind, trigger,
+                      message.msh.field(3)[:40], code)  # fmt: skip
         answer = hl7.ack(message, code, self._next_control(), now_us, errors)
         if code == "AA" and control:
             # what was taken is answered alike when sent again, and not published twice; a
