@@ -336,6 +336,7 @@ async def test_compression_round_trip_leaves_every_query_unchanged(
             await ts_store.trend(BED, "HR", t0, end),
             await ts_store.trend(OTHER, "SPO2", t0, end, bucket_s=600),
             await ts_store.numerics(t0, end),
+            await ts_store.numerics(t0, end, bed=OTHER),  # one bed's (the FHIR API, PCD-01 out)
             await ts_store.stats(),
             await ts_store.latest(max_age_s=5 * 86400),
             window.t_us.tolist(),
@@ -343,6 +344,7 @@ async def test_compression_round_trip_leaves_every_query_unchanged(
         )
 
     before = await everything()
+    assert before[3] == [n for n in before[2] if n.bed == OTHER] and before[3]
     with psycopg.connect(ts_url, autocommit=True) as conn:
         for table in ("numerics", "waveforms"):  # waveforms too: still readable if compressed
             conn.execute(f"ALTER TABLE {table} SET (timescaledb.compress)")
