@@ -175,6 +175,13 @@ async def test_when_the_cart_s_dashboard_dies_the_call_ends_on_the_caller_s(
             hangup = await recv(browser, "hangup", timeout_s=20)
             assert hangup["outcome"] == "failed"
             assert hangup["reason"] == "the cart's dashboard is gone"
-    now = time.time_ns() // 1000
-    [row] = [c for c in await store.calls(now - 600_000_000, now + 1) if c.call_id == call_id]
+    # the end is written after the hangup is sent
+    async with asyncio.timeout(15):
+        while True:
+            now = time.time_ns() // 1000
+            rows = await store.calls(now - 600_000_000, now + 1)
+            [row] = [c for c in rows if c.call_id == call_id]
+            if row.ended_us is not None:
+                break
+            await asyncio.sleep(0.1)
     assert row.outcome == "failed"
