@@ -142,7 +142,8 @@ async def test_a_call_crosses_two_dashboard_processes_and_is_audited_once(
         now = time.time_ns() // 1000
         calls = await store.calls(now - 600_000_000, now + 1)
         mine = [c for c in calls if c.call_id == call_id]
-        expected = ("completed", "unanswered", "busy", "no_cart", None)  # None: an end being written
+        # None: an end still being written
+        expected = ("completed", "unanswered", "busy", "no_cart", None)
         assert not [c for c in calls if c.outcome not in expected]
         assert len(mine) == 1, "audited once, by the caller's process"
         row = mine[0]
