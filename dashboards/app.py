@@ -1043,5 +1043,5 @@ def create_app(
             beds.unwatch(key)
 
     consult.register(app, store, source.registry, sessions, ice_servers)
-    fhir.register(app, store, session_of)
+    fhir.register(app, store, session_of, sessions.aget)
     return app

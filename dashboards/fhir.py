@@ -656,13 +656,25 @@ def _token(raw: str) -> str:
 
 
 def register(
-    app: FastAPI, store: Store, session_of: Callable[[Request], Awaitable[Session | None]]
+    app: FastAPI,
+    store: Store,
+    session_of: Callable[[Request], Awaitable[Session | None]],
+    by_token: Callable[[str], Awaitable[Session | None]] | None = None,
 ) -> None:
-    """Add ``/fhir`` to the dashboard app. ``session_of``: the request's session (None
-    without one)."""
+    """Add ``/fhir`` to the dashboard app. ``session_of``: the request's session from its
+    cookie (None without one); ``by_token``: a session from its token, which a system client
+    (an EHR, a research pipeline) presents as ``Authorization: Bearer <token>`` instead of the
+    cookie (the token is the session cookie's value after ``POST /api/login``)."""
+
+    def bearer(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
     async def user_session(request: Request) -> Session:
         session = await session_of(request)
+        token = bearer(request)
+        if session is None and token is not None and by_token is not None:
+            session = await by_token(token)
         if session is None:
             raise FhirError(401, "login", "log in first (POST /api/login)")
         if not session.user.can(Permission.VIEW):
@@ -1038,7 +1050,8 @@ def register(
     @app.delete("/fhir/$export-status/{job_id}")
     async def export_cancel(job_id: str, request: Request) -> Response:
         session = await user_session(request)
-        if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+        # a browser's cookie needs its CSRF token; a bearer token is not sent by itself
+        if bearer(request) is None and not csrf_ok(session, request.headers.get(CSRF_HEADER)):
             raise FhirError(403, "forbidden", "missing or wrong CSRF token")
         job = job_of(job_id, session)
         if job.task is not None:

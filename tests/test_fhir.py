@@ -268,6 +268,16 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
             for line in lines:
                 assert valid(json.loads(line))["resourceType"] == out["type"]
 
+        # a system client presents the session's token as a bearer token, no cookie
+        token = ada.cookies.get("eicu_session")
+        assert token
+        async with httpx.AsyncClient(base_url=dashboard, timeout=10) as system:
+            system.headers["authorization"] = f"Bearer {token}"
+            found = valid((await system.get("/fhir/Patient?identifier=4711")).json())
+            assert found["total"] == 1
+            system.headers["authorization"] = "Bearer not-a-session"
+            assert (await system.get("/fhir/Patient?identifier=4711")).status_code == 401
+
         # searches that cannot be read are refused, saying why
         bad_searches = (
             "/fhir/Observation?date=ge2026",
