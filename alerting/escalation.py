@@ -291,6 +291,14 @@ class Dispatcher:
         """The alarms being escalated and the step each has reached."""
         return {alarm_id: esc.step for alarm_id, esc in self._alarms.items()}
 
+    def seen(self, event_id: str) -> bool:
+        """Whether this dispatcher's outbox holds the event (it was handled here)."""
+        return self._outbox.has_event(event_id)
+
+    def last_event(self, alarm_id: str) -> AlarmEvent | None:
+        """The latest change of the alarm handled here."""
+        return self._outbox.last_event(alarm_id)
+
     def escalating_beds(self) -> set[BedKey]:
         return {esc.event.bed for esc in self._alarms.values()}
 
@@ -370,6 +378,7 @@ class Dispatcher:
         others are, under the same idempotency keys). Returns the step."""
         self._outbox.record(event, recorded_us=self._now_us())
         if event.state in _STOPPING:
+            self._outbox.stop_escalation(event.alarm_id, self._now_us())
             return -1
         rota = self._rota.for_site(event.bed.site)
         if rota is None:

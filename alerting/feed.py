@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import CollectorRegistry, Counter
 
 from alerting.escalation import Dispatcher
-from alerting.outbox import Outbox
+from alerting.outbox import Outbox, event_id
 from eicu import bus, wire
 from eicu.alarm_model import AlarmEvent, AlarmState
 from eicu.backoff import Backoff
@@ -56,6 +56,11 @@ _STOPPING: Final = (AlarmState.ACKNOWLEDGED, AlarmState.CLEARED)
 # How far back a process taking a delivery partition over looks for live alarms.
 LOOKBACK_US: Final = 86_400 * 1_000_000
 STORE_WAIT_S: Final = 5.0
+# How often, and how far back, the store's audit trail is compared with what came on the bus: an
+# event an engine recorded and copied but never published (killed or stopped before) is
+# handled from the store.
+RECONCILE_S: Final = 5.0
+RECONCILE_BACK_US: Final = 600 * 1_000_000
 
 
 def delivery_partition(bed: BedKey, partitions: int) -> int:
@@ -140,8 +145,9 @@ class DeliveryFeedMetrics:
         self.registry = registry or CollectorRegistry()
         self.events = Counter(
             "eicu_delivery_events",
-            "Alarm events read from the bus, by outcome (handled, rejected: a message that is "
-            "not an alarm event, acknowledged and dropped)",
+            "Alarm events, by outcome (handled: from the bus; from_store: recorded and copied "
+            "by an engine but never published; repeat: an event handled before; rejected: a "
+            "message that is not an alarm event, acknowledged and dropped)",
             ["outcome"],
             registry=self.registry,
         )
@@ -197,6 +203,8 @@ class Delivery:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.dispatcher.keep_time(), name="delivery-escalation")
                 tg.create_task(self.ownership.run(self._gain, self._lose), name="delivery-owners")
+                if self._store is not None:
+                    tg.create_task(self._reconcile_loop(), name="delivery-reconcile")
         finally:
             for task in self._readers.values():
                 task.cancel()
@@ -262,12 +270,57 @@ class Delivery:
                 await consumer.close()
                 await asyncio.sleep(delay_s)
 
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._clock.sleep(RECONCILE_S)
+            try:
+                await self.reconcile()
+            except (StorageUnavailable, TimeoutError) as exc:
+                log.debug("alarm trail not compared with the store now: %s", exc)
+            except Exception:  # the comparison is a safety net: it never stops delivery
+                log.exception("alarm trail not compared with the store")
+
+    async def reconcile(self) -> int:
+        """Handle the events of the owned partitions' beds that the store holds (the last
+        RECONCILE_BACK_US) and this process has not seen, oldest first. Returns how many."""
+        store = self._store
+        owned = {k for k, ev in self.reading.items() if ev.is_set()}
+        if store is None or not owned:
+            return 0
+        now_us = self._clock.now_us()
+        rows = await asyncio.wait_for(
+            store.alarm_events(now_us - RECONCILE_BACK_US, now_us + 600_000_000), STORE_WAIT_S
+        )
+        handled = 0
+        settled_us = now_us - int(RECONCILE_S * 1_000_000)
+        for row in rows:
+            if self._partition(row.event.bed) not in owned:
+                continue
+            if row.recorded_us > settled_us:
+                continue  # recorded a moment ago: it may still be on its way over the bus
+            if self.dispatcher.seen(row.event_id):
+                continue
+            last = self.dispatcher.last_event(row.event.alarm_id)
+            if last is not None and last.time_us >= row.event.time_us:
+                continue  # an older change than what this process has of the alarm
+            log.warning("alarm event %s of %s came from the store, not the bus",
+                        row.event.state.value, row.event.alarm_id)  # fmt: skip
+            await self.dispatcher.handle(row.event)
+            self.metrics.events.labels(outcome="from_store").inc()
+            handled += 1
+        return handled
+
     async def _handle(self, topic: str, payload: bytes) -> None:
         try:
             _, event = wire.decode_alarm_event(topic, payload)
         except PayloadError as exc:
             self.metrics.events.labels(outcome="rejected").inc()
             log.error("not an alarm event on %s (%s): %s", topic, exc.reason, exc.detail)
+            return
+        if self.dispatcher.seen(event_id(event)):
+            # Sent again by the bus, or handled from the store before it came: the dispatcher
+            # has it, and a stale state must not be published to the bed again.
+            self.metrics.events.labels(outcome="repeat").inc()
             return
         await self.dispatcher.handle(event)
         self.metrics.events.labels(outcome="handled").inc()

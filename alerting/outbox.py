@@ -273,6 +273,13 @@ class Outbox:
         ).fetchall()
         return [_stored_event(r) for r in rows]
 
+    def has_event(self, event_id: str) -> bool:
+        """Whether the trail holds the event of this id."""
+        row = self._db.execute(
+            "SELECT 1 FROM alarm_events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return row is not None
+
     def last_event(self, alarm_id: str) -> AlarmEvent | None:
         row = self._db.execute(
             "SELECT * FROM alarm_events WHERE alarm_id = ? ORDER BY seq DESC LIMIT 1", (alarm_id,)

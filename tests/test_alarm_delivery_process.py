@@ -17,7 +17,7 @@ import pytest
 from alerting.feed import delivery_partition, run_publish
 from alerting.outbox import Outbox, event_id
 from eicu import wire
-from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority, StoredEvent
 from eicu.config import AlertingSettings, IngestSettings, MqttSettings
 from eicu.devservices import DeliveryProcess, Mosquitto, NatsServer, ServiceError
 from eicu.errors import PayloadError
@@ -358,3 +358,34 @@ async def test_two_delivery_processes_on_nats_one_killed_the_other_goes_on_with_
         for process in started:
             process.stop()
         server.cleanup()
+
+
+async def test_an_event_that_reached_the_store_but_never_the_bus_is_paged(
+    tmp_path: Path,
+    broker: Mosquitto,
+    db_url: str,
+    hook: HookServer,
+    processes: list[DeliveryProcess],
+) -> None:
+    """An engine killed (or stopped) after copying an alarm event to the store but before
+    publishing it: the delivery process finds it in the store within seconds and pages."""
+    store = open_store(db_url)
+    await store.open()
+    try:
+        delivery = _delivery(tmp_path, broker, db_url, hook, processes)
+        await asyncio.to_thread(delivery.wait_ready)
+        now_us = time.time_ns() // 1000
+        bed = BedKey("s", "lost")
+        event = AlarmEvent(
+            alarm_id=f"{bed}/VTACH/{now_us}", bed=bed, kind="VTACH", priority=Priority.HIGH,
+            category=Category.PHYSIOLOGICAL, state=AlarmState.ACTIVE, time_us=now_us,
+            reason="started: present for 5 s",
+        )  # fmt: skip
+        await store.write_alarms([StoredEvent(event_id(event), event, now_us)], [])
+        async with asyncio.timeout(30):
+            while not [r for r in pages(hook, "/nurse") if r.body["alarm_id"] == event.alarm_id]:
+                await asyncio.sleep(0.1)
+        assert "came from the store, not the bus" in delivery.log()
+        assert not [k for k, n in hook.accepted.items() if n > 1]
+    finally:
+        await store.close()
