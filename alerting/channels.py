@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import smtplib
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -410,7 +411,10 @@ class MllpChannel:
     ``timeout_s`` are retried by the dispatcher. MSH-10 is derived from the notification's key,
     so a message sent again carries the same control id. This channel goes to the hospital's
     own alarm manager, which routes by patient: PID carries the bed's admitted patient (MRN and
-    name, from ``patient_of``), unlike the other channels, which carry no patient identifier."""
+    name, from ``patient_of``), unlike the other channels, which carry no patient identifier.
+    With ``tls`` (eicu.config.MllpClientTls) every connection is TLS and the receiver's
+    certificate is verified against the destination's host name; a receiver that fails the
+    verification is retried like one away, and named in the receipt's detail."""
 
     name: Channel = "mllp"
 
@@ -421,8 +425,10 @@ class MllpChannel:
         patient_of: PatientOf | None = None,
         facility: str = "",
         clock: Clock = SYSTEM_CLOCK,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._timeout_s = timeout_s
+        self._tls = tls
         self._patient_of = patient_of
         self._facility = facility
         self._clock = clock
@@ -469,7 +475,9 @@ class MllpChannel:
         text = await self.message(n)
         try:
             async with asyncio.timeout(self._timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=self._tls, server_hostname=host if self._tls else None
+                )
                 try:
                     writer.write(hl7.frame(text))
                     await writer.drain()

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -309,6 +310,64 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class MllpClientTls:
+    """TLS (1.2 or newer) on every MLLP connection eicu opens (PCD-04 destinations, the PCD-01
+    forwarder): the receiver's certificate is verified against ``ca_file`` (else the system's
+    trusted CAs) and the destination's host name; ``cert_file`` and ``key_file`` are presented
+    to receivers that ask for a client certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The client context; ConfigError naming the setting whose file cannot be used."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.ca_file is not None:
+            try:
+                context.load_verify_locations(self.ca_file)
+            except (ssl.SSLError, OSError) as exc:
+                detail = f"not a usable CA file: {exc}"
+                raise ConfigError("EICU_HL7_OUT_TLS_CA_FILE", detail) from exc
+        if self.cert_file is not None and self.key_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (ssl.SSLError, OSError) as exc:
+                detail = f"not a usable certificate and key: {exc}"
+                raise ConfigError("EICU_HL7_OUT_TLS_CERT_FILE", detail) from exc
+        return context
+
+
+def mllp_client_tls(env: Mapping[str, str]) -> MllpClientTls | None:
+    """The outbound MLLP TLS settings: ``EICU_HL7_OUT_TLS`` (on/off; on as soon as one of the
+    files below is named), ``EICU_HL7_OUT_TLS_CA_FILE``, ``EICU_HL7_OUT_TLS_CERT_FILE`` with
+    ``EICU_HL7_OUT_TLS_KEY_FILE``. None: plain MLLP. Each file must exist and be usable."""
+    files: dict[str, Path | None] = {}
+    for key in (
+        "EICU_HL7_OUT_TLS_CA_FILE",
+        "EICU_HL7_OUT_TLS_CERT_FILE",
+        "EICU_HL7_OUT_TLS_KEY_FILE",
+    ):
+        raw = (env.get(key) or "").strip()
+        if raw and not Path(raw).is_file():
+            raise ConfigError(key, f"no such file: {raw}")
+        files[key] = Path(raw) if raw else None
+    named = any(files.values())
+    if not _bool(env, "EICU_HL7_OUT_TLS", named):
+        if named:
+            raise ConfigError("EICU_HL7_OUT_TLS", "is off while its certificate files are named")
+        return None
+    cert, key_file = files["EICU_HL7_OUT_TLS_CERT_FILE"], files["EICU_HL7_OUT_TLS_KEY_FILE"]
+    if (cert is None) != (key_file is None):
+        missing = "EICU_HL7_OUT_TLS_KEY_FILE" if key_file is None else "EICU_HL7_OUT_TLS_CERT_FILE"
+        raise ConfigError(missing, "a client certificate needs both the certificate and its key")
+    tls = MllpClientTls(files["EICU_HL7_OUT_TLS_CA_FILE"], cert, key_file)
+    tls.context()  # a file that cannot be used is named now, not at the first alarm
+    return tls
+
+
+@dataclass(frozen=True)
 class AlertingSettings:
     """Where alarm delivery keeps its outbox, reads its on-call rota, and sends e-mail; the
     site's own alarm policy."""
@@ -330,6 +389,8 @@ class AlertingSettings:
     # IHE PCD-04 destinations (EICU_PCD04_DESTINATIONS, comma-separated host:port): every
     # change of every alarm as an ORU^R40 over MLLP, to the hospital's alarm manager.
     pcd04: tuple[str, ...] = ()
+    # TLS towards those destinations (EICU_HL7_OUT_TLS*; None: plain MLLP).
+    mllp_tls: MllpClientTls | None = None
 
 
 def alarm_policy_file(
@@ -695,6 +756,7 @@ class Settings:
             delivery=_choice(env, "EICU_ALARM_DELIVERY", "local", ("local", "bus")),
             partitions=_int(env, "EICU_ALARM_PARTITIONS", 8, 1, MAX_PARTITIONS),
             pcd04=_destinations(env, "EICU_PCD04_DESTINATIONS"),
+            mllp_tls=mllp_client_tls(env),
         )
         http_defaults = HttpSettings()
         http = HttpSettings(

@@ -407,7 +407,8 @@ class Engine:
             self._channels["email"] = EmailChannel(alerting.smtp, clock=clock)
         if alerting.pcd04:
             patient_of = patients_from(self.store)
-            self._channels["mllp"] = MllpChannel(patient_of=patient_of, clock=clock)
+            tls = alerting.mllp_tls.context() if alerting.mllp_tls is not None else None
+            self._channels["mllp"] = MllpChannel(patient_of=patient_of, clock=clock, tls=tls)
         metrics = DeliveryMetrics(self.metrics.registry)
         return Dispatcher(
             rota, outbox, self._channels, metrics=metrics, clock=clock, pcd04=alerting.pcd04

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -128,8 +129,10 @@ class Forwarder:
         patient_of: PatientOf | None = None,
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.store = store
+        self.tls = tls
         self.host, self.port = host, port
         self.state_file = Path(state_file)
         self.delay_us = int(delay_s * 1e6)
@@ -221,7 +224,12 @@ class Forwarder:
 
     async def _exchange(self, text: str) -> tuple[str, str]:
         if self._conn is None:
-            self._conn = await asyncio.open_connection(self.host, self.port)
+            self._conn = await asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=self.tls,
+                server_hostname=self.host if self.tls is not None else None,
+            )
         reader, writer = self._conn
         writer.write(hl7.frame(text))
         await writer.drain()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass, field
 
 import pytest
@@ -49,6 +50,7 @@ class Receiver:
     received: list[str] = field(default_factory=list)
     port: int = 0
     server: asyncio.AbstractServer | None = None
+    tls: ssl.SSLContext | None = None  # MLLP over TLS with this server context
 
     async def _client(self, reader: object, writer: object) -> None:
         try:
@@ -68,7 +70,7 @@ class Receiver:
     async def start(self, port: int = 0) -> Receiver:
         self.port = port or free_port()
         self.server = await hl7mllp.start_hl7_server(
-            self._client, "127.0.0.1", self.port, encoding="utf-8"
+            self._client, "127.0.0.1", self.port, encoding="utf-8", ssl=self.tls
         )
         return self
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from eicu.store import Store
 from ingest.engine import Engine
 from simulators.beds import SynthGroup
 from tests.hl7_peer import VALIDATION_LEVEL, Receiver, hl7apy_parser
+from tests.pki import TestCa
 from tests.vt_bed import feed_until
 
 BED = BedKey("icu1", "bed1")
@@ -202,3 +204,96 @@ def test_the_destinations_setting_is_checked() -> None:
     assert Settings.from_env(env).alerting.pcd04 == ("am1.hosp:2575", "am2.hosp:2576")
     with pytest.raises(ConfigError, match="EICU_PCD04_DESTINATIONS"):
         Settings.from_env({"EICU_PCD04_DESTINATIONS": "am1.hosp"})
+
+
+def _receiver_tls(ca: TestCa, client_ca: TestCa | None = None) -> ssl.SSLContext:
+    """An alarm manager's server context (certificate for 127.0.0.1); with ``client_ca`` it
+    asks for a client certificate that CA signed."""
+    server = ca.server("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.cert, server.key)
+    if client_ca is not None:
+        context.load_verify_locations(client_ca.cert)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def test_pcd04_goes_over_tls_to_a_verified_alarm_manager_only(tmp_path: Path) -> None:
+    from eicu.config import MllpClientTls
+
+    ca = TestCa(tmp_path / "pki")
+    client = ca.client("eicu-hub")
+    tls = MllpClientTls(ca.cert, client.cert, client.key).context()
+    receiver = await Receiver(tls=_receiver_tls(ca, client_ca=ca)).start()
+    rota = Rota(sites={}, retry_min_s=0.05, retry_max_s=0.2)
+    try:
+        with Outbox(tmp_path / "outbox.db") as box:
+            channel = MllpChannel(timeout_s=3, tls=tls)
+            dispatcher = Dispatcher(rota, box, {"mllp": channel}, pcd04=[receiver.address],
+                                    poll_s=0.05)  # fmt: skip
+            runner = asyncio.create_task(dispatcher.run(asyncio.Queue()))
+            try:
+                await dispatcher.handle(event(AlarmState.ACTIVE, reason="started"))
+                await until(lambda: all(r.delivered_us for r in box.receipts()))
+                (text,) = receiver.received
+                assert hl7.parse(text).message_type[:2] == ("ORU", "R40")
+                assert facet(text, 3) == "start"
+            finally:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+    finally:
+        await receiver.stop()
+    # a receiver whose certificate another CA signed is never sent the alarm: it is retried,
+    # and the receipt names the verification
+    other = TestCa(tmp_path / "other", name="another CA")
+    impostor = await Receiver(tls=_receiver_tls(other)).start()
+    try:
+        with Outbox(tmp_path / "outbox2.db") as box:
+            dispatcher = Dispatcher(rota, box, {"mllp": MllpChannel(timeout_s=3, tls=tls)},
+                                    pcd04=[impostor.address], poll_s=0.05)  # fmt: skip
+            runner = asyncio.create_task(dispatcher.run(asyncio.Queue()))
+            try:
+                await dispatcher.handle(event(AlarmState.ACTIVE, reason="started"))
+                await until(lambda: any(r.attempts >= 2 for r in box.receipts()))
+                (receipt,) = box.receipts()
+                assert receipt.open and receipt.delivered_us is None
+                assert "CERTIFICATE_VERIFY_FAILED" in receipt.last_error
+                assert impostor.received == []
+            finally:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+    finally:
+        await impostor.stop()
+
+
+def test_the_outbound_tls_settings_name_what_is_wrong(tmp_path: Path) -> None:
+    from eicu.config import Settings
+    from eicu.errors import ConfigError
+
+    ca = TestCa(tmp_path / "pki")
+    client = ca.client("eicu-hub")
+    assert Settings.from_env({}).alerting.mllp_tls is None
+    on = Settings.from_env({"EICU_HL7_OUT_TLS": "on"}).alerting.mllp_tls
+    assert on is not None and on.ca_file is None  # the system's trusted CAs
+    env = {
+        "EICU_HL7_OUT_TLS_CA_FILE": str(ca.cert),
+        "EICU_HL7_OUT_TLS_CERT_FILE": str(client.cert),
+        "EICU_HL7_OUT_TLS_KEY_FILE": str(client.key),
+    }
+    named = Settings.from_env(env).alerting.mllp_tls
+    assert named is not None and named.cert_file == client.cert
+    bad = [
+        (
+            {**env, "EICU_HL7_OUT_TLS_CA_FILE": str(tmp_path / "nope.pem")},
+            "EICU_HL7_OUT_TLS_CA_FILE",
+        ),
+        ({"EICU_HL7_OUT_TLS_CERT_FILE": str(client.cert)}, "EICU_HL7_OUT_TLS_KEY_FILE"),
+        ({**env, "EICU_HL7_OUT_TLS": "off"}, "EICU_HL7_OUT_TLS"),
+        ({**env, "EICU_HL7_OUT_TLS_CA_FILE": str(client.key)}, "EICU_HL7_OUT_TLS_CA_FILE"),
+        ({**env, "EICU_HL7_OUT_TLS_KEY_FILE": str(ca.cert)}, "EICU_HL7_OUT_TLS_CERT_FILE"),
+    ]
+    for wrong, key in bad:
+        with pytest.raises(ConfigError, match=key):
+            Settings.from_env(wrong)

@@ -161,3 +161,32 @@ async def test_the_forward_command_sends_and_stops_on_sigterm(
         env={**env, "EICU_PCD01_DESTINATION": "nowhere"}, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode != 0 and "EICU_PCD01_DESTINATION" in bad.stderr
+
+
+async def test_the_forwarder_speaks_tls_to_a_receiver_it_verifies(
+    tmp_path: Path, store_of_each_kind: Store
+) -> None:
+    import ssl
+
+    from eicu.config import MllpClientTls
+    from tests.pki import TestCa
+
+    t0 = (time.time_ns() // 1_000_000) * 1000 - 30_000_000  # device times are in ms
+    await stored(store_of_each_kind, t0, 2)
+    ca = TestCa(tmp_path / "pki")
+    server = ca.server("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.cert, server.key)
+    receiver = await Receiver(tls=context).start()
+    tls = MllpClientTls(ca_file=ca.cert).context()
+    forwarder = Forwarder(store_of_each_kind, "127.0.0.1", receiver.port, tmp_path / "c.json",
+                          delay_s=1.0, tls=tls)  # fmt: skip
+    try:
+        async with asyncio.timeout(10):
+            while await forwarder.step():
+                pass
+    finally:
+        await forwarder._close()
+        await receiver.stop()
+    assert forwarder.counts.messages == 4 and len(receiver.received) == 4
+    assert all(hl7.parse(t).message_type[:2] == ("ORU", "R01") for t in receiver.received)

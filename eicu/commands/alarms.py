@@ -105,7 +105,10 @@ def channels(
         out["email"] = EmailChannel(settings.alerting.smtp, clock=clock)
     if settings.alerting.pcd04:
         patient_of = patients_from(store) if store is not None else None
-        out["mllp"] = MllpChannel(patient_of=patient_of, clock=clock)
+        tls = settings.alerting.mllp_tls
+        out["mllp"] = MllpChannel(
+            patient_of=patient_of, clock=clock, tls=tls.context() if tls is not None else None
+        )
     return out
 
 

@@ -4,7 +4,8 @@ admissions, transfers and discharges in where ``EICU_DATABASE_URL`` is set).
 ``eicu hl7 forward``: the stored numerics out as IHE PCD-01 to ``EICU_PCD01_DESTINATION``
 (``host:port``, MLLP), from the store of ``EICU_DATABASE_URL``, its cursor in
 ``EICU_PCD01_STATE_FILE`` (default ``eicu-pcd01-<host>-<port>.json``), ``EICU_PCD01_DELAY_S``
-(default 5) behind real time (ingest.pcd01_out).
+(default 5) behind real time (ingest.pcd01_out), over TLS with ``EICU_HL7_OUT_TLS*`` as the
+PCD-04 destinations (eicu.config.mllp_client_tls).
 
 Settings: ``EICU_HL7_SITE`` (the site whose beds the messages are about; required),
 ``EICU_HL7_HOST`` (default 127.0.0.1) and ``EICU_HL7_PORT`` (default 2575, the port registered
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eicu.config import MqttSettings
+from eicu.config import MqttSettings, mllp_client_tls
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -232,18 +233,21 @@ async def _forward(env: dict[str, str]) -> int:
     if not 0 <= delay_s <= 3600:
         raise ConfigError("EICU_PCD01_DELAY_S", f"must be 0-3600, got {delay_s}")
     state = env.get("EICU_PCD01_STATE_FILE") or f"eicu-pcd01-{host}-{port}.json"
+    tls = mllp_client_tls(env)
     store = open_store(url)
     await store.open()
     try:
         try:
-            forwarder = Forwarder(store, host, port, Path(state), delay_s=delay_s)
+            forwarder = Forwarder(
+                store, host, port, Path(state), delay_s=delay_s, tls=tls.context() if tls else None
+            )
         except ValueError as exc:
             raise ConfigError("EICU_PCD01_STATE_FILE", str(exc)) from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print(f"eicu hl7: forwarding stored numerics as PCD-01 to {host}:{port}",
+        print(f"eicu hl7: forwarding stored numerics as PCD-01 to {host}:{port}{' (TLS)' if tls else ''}",
               file=sys.stderr, flush=True)  # fmt: skip
         task = asyncio.create_task(forwarder.run())
         waiter = asyncio.create_task(stop.wait())
