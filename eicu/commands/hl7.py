@@ -247,7 +247,8 @@ async def _forward(env: dict[str, str]) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print(f"eicu hl7: forwarding stored numerics as PCD-01 to {host}:{port}{' (TLS)' if tls else ''}",
+        over = " over TLS" if tls else ""
+        print(f"eicu hl7: forwarding stored numerics as PCD-01 to {host}:{port}{over}",
               file=sys.stderr, flush=True)  # fmt: skip
         task = asyncio.create_task(forwarder.run())
         waiter = asyncio.create_task(stop.wait())
