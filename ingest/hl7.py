@@ -143,8 +143,9 @@ class Observations:
 
 @dataclass
 class Wave:
-    """One waveform OBX (``NA``) of a PCD-01 message: a signal's samples in physical units
-    (NaN where the monitor had none), its sample rate and its first sample's time."""
+    """One waveform of a PCD-01 message (an ``NA`` OBX, or one channel of an ``MA`` OBX): a
+    signal's samples in physical units (NaN where the monitor had none), its sample rate and its
+    first sample's time."""
 
     signal: str  # eicu.codes.SIGNAL_BY_KEY
     fs_hz: float
@@ -163,7 +164,9 @@ WAVE_UNITS: Final = {
     "mm[Hg]": frozenset({"MDC_DIM_MMHG", "266016", "mm[Hg]", "mmHg"}),
     "1": frozenset({"MDC_DIM_DIMLESS", "262656", "1", ""}),
 }
-MAX_WAVE_SAMPLES: Final = 60_000  # a minute at 1 kHz in one OBX
+MAX_WAVE_SAMPLES: Final = 60_000  # a minute at 1 kHz in one OBX (per channel)
+# the value types of a waveform OBX: a numeric array (one signal) and a multiplexed array
+WAVE_TYPES: Final = frozenset({"NA", "MA"})
 
 
 def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
@@ -181,7 +184,7 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
     obxs = message.all("OBX")
     waves = _waves(obxs, default_us, errors, counts)
     for obx in obxs:
-        if obx.component(2) == "NA" or _reference(obx) in WAVE_ATTRIBUTES:
+        if obx.component(2) in WAVE_TYPES or _reference(obx) in WAVE_ATTRIBUTES:
             continue  # a waveform and its attributes (read above)
         value_text = obx.field(5)
         status = obx.component(11)
@@ -216,9 +219,10 @@ def _reference(obx: hl7.Segment) -> str:
     return ""
 
 
-def _signal(obx: hl7.Segment) -> Signal | None:
+def _signal(obx: hl7.Segment, repetition: int = 0) -> Signal | None:
+    """The signal a coded entry of OBX-3 (its first, or the given repetition) names."""
     for c in (1, 2, 4, 5):
-        code = obx.component(3, c).strip()
+        code = obx.component(3, c, repetition).strip()
         if code and code in SIGNAL_BY_MDC:
             return SIGNAL_BY_MDC[code]
     return None
@@ -227,31 +231,106 @@ def _signal(obx: hl7.Segment) -> Signal | None:
 def _waves(
     obxs: list[hl7.Segment], default_us: int | None, errors: list[hl7.Hl7Error], counts: Counts
 ) -> list[Wave]:
-    """The waveform OBX (value type ``NA``) of a message, each with its attributes: the OBX
-    whose sub-id (OBX-4) extends the waveform's: MDC_ATTR_SAMP_RATE (required), and
-    MDC_ATTR_NU_MSMT_RES, the physical value of one raw unit (samples are multiplied by it)."""
+    """The waveform OBX of a message (value type ``NA``, one signal; ``MA``, one signal per
+    coded entry of OBX-3), each with its attributes: the OBX whose sub-id (OBX-4) extends the
+    waveform's: MDC_ATTR_SAMP_RATE (required), and MDC_ATTR_NU_MSMT_RES, the physical value of
+    one raw unit (samples are multiplied by it). An MA's attributes hold for all its channels."""
     attributes: dict[str, dict[str, hl7.Segment]] = {}
     for obx in obxs:
         ref = _reference(obx)
         sub = obx.field(4)
         if ref in WAVE_ATTRIBUTES and "." in sub:
             attributes.setdefault(sub.rsplit(".", 1)[0], {})[ref] = obx
-    out = []
+    out: list[Wave] = []
     for obx in obxs:
-        if obx.component(2) != "NA":
+        kind = obx.component(2)
+        if kind not in WAVE_TYPES:
             continue
-        signal = _signal(obx)
-        if signal is None:
-            counts.unknown_codes += 1
-            log.debug("PCD-01 waveform with a code not in the table: %s", obx.field(3)[:80])
-            continue
-        where = f"OBX {obx.component(1) or '?'} ({signal.key})"
         attrs = attributes.get(obx.field(4), {})
         try:
-            out.append(_wave(obx, signal, attrs, default_us, where))
+            if kind == "NA":
+                out.extend(_numeric_array(obx, attrs, default_us, counts))
+            else:
+                out.extend(_multiplexed_array(obx, attrs, default_us, counts))
         except hl7.Hl7Error as exc:
             errors.append(exc)
     return out
+
+
+def _numeric_array(
+    obx: hl7.Segment, attrs: dict[str, hl7.Segment], default_us: int | None, counts: Counts
+) -> list[Wave]:
+    """An ``NA`` OBX: the samples of the signal of OBX-3, separated by components."""
+    signal = _signal(obx)
+    if signal is None:
+        counts.unknown_codes += 1
+        log.debug("PCD-01 waveform with a code not in the table: %s", obx.field(3)[:80])
+        return []
+    where = f"OBX {obx.component(1) or '?'} ({signal.key})"
+    fs_hz, scale = _wave_attributes(obx, (signal,), attrs, where)
+    text = obx.field(5)
+    if not text.strip():
+        raise hl7.Hl7Error("OBX", 5, hl7.REQUIRED_FIELD_MISSING, f"{where}: no samples")
+    if text.count(obx.encoding.component) >= MAX_WAVE_SAMPLES:
+        raise hl7.Hl7Error(
+            "OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: more than {MAX_WAVE_SAMPLES} samples"
+        )
+    values = _samples(text, obx.encoding.component, where) * scale
+    return [Wave(signal.key, fs_hz, _time(obx, default_us, where), values)]
+
+
+def _multiplexed_array(
+    obx: hl7.Segment, attrs: dict[str, hl7.Segment], default_us: int | None, counts: Counts
+) -> list[Wave]:
+    """An ``MA`` OBX: a repetition per sample instant, holding a component per channel; the
+    channels are named, in the same order, by the repetitions of OBX-3 (one coded entry each).
+    A channel whose code is not in the table is counted and skipped; the others must all be
+    able to take the one sample rate, resolution and unit the OBX has."""
+    rep, comp = obx.encoding.repetition, obx.encoding.component
+    n_codes = obx.field(3).count(rep) + 1
+    signals = [_signal(obx, i) for i in range(n_codes)]
+    for i, signal in enumerate(signals):
+        if signal is None:
+            counts.unknown_codes += 1
+            log.debug("PCD-01 waveform channel with a code not in the table: %s",
+                      obx.field(3).split(rep)[i][:80])  # fmt: skip
+    known = [s for s in signals if s is not None]
+    if not known:
+        return []
+    where = f"OBX {obx.component(1) or '?'} ({', '.join(s.key for s in known)})"
+    for n, signal in enumerate(known):
+        if signal in known[:n]:
+            raise hl7.Hl7Error(
+                "OBX", 3, hl7.DATA_TYPE_ERROR, f"{where}: channel {signal.key} named twice"
+            )
+    fs_hz, scale = _wave_attributes(obx, known, attrs, where)
+    text = obx.field(5)
+    if not text.strip():
+        raise hl7.Hl7Error("OBX", 5, hl7.REQUIRED_FIELD_MISSING, f"{where}: no samples")
+    rows = text.split(rep)
+    if len(rows) > MAX_WAVE_SAMPLES:
+        raise hl7.Hl7Error(
+            "OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: more than {MAX_WAVE_SAMPLES} samples"
+        )
+    n_channels = rows[0].count(comp) + 1
+    for i, row in enumerate(rows):
+        if row.count(comp) != n_channels - 1:
+            why = (
+                f"{where}: sample instant {i + 1} has {row.count(comp) + 1} values, "
+                f"the first {n_channels}"
+            )
+            raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, why)
+    if n_channels != n_codes:
+        why = f"{where}: {n_channels} channels, OBX-3 names {n_codes}"
+        raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, why)
+    # the instants one after another: sample i of channel c is value i * n_channels + c
+    values = _samples(comp.join(rows), comp, where).reshape(len(rows), n_channels) * scale
+    t0_us = _time(obx, default_us, where)
+    return [
+        Wave(signal.key, fs_hz, t0_us, np.ascontiguousarray(values[:, c]))
+        for c, signal in enumerate(signals)
+        if signal is not None
+    ]
 
 
 def _number(obx: hl7.Segment, where: str) -> float:
@@ -264,13 +343,11 @@ def _number(obx: hl7.Segment, where: str) -> float:
     return value
 
 
-def _wave(
-    obx: hl7.Segment,
-    signal: Signal,
-    attrs: dict[str, hl7.Segment],
-    default_us: int | None,
-    where: str,
-) -> Wave:
+def _wave_attributes(
+    obx: hl7.Segment, signals: Sequence[Signal], attrs: dict[str, hl7.Segment], where: str
+) -> tuple[float, float]:
+    """The sample rate (Hz) and the physical value of one raw unit of a waveform OBX carrying
+    ``signals``, checked against each signal's range of rates and its unit."""
     rate = attrs.get(SAMPLE_RATE)
     if rate is None:
         raise hl7.Hl7Error(
@@ -281,40 +358,39 @@ def _wave(
     if rate_units and not rate_units & RATE_UNITS:
         why = f"{where}: sample rate in {sorted(rate_units)[0]!r}, not per second"
         raise hl7.Hl7Error("OBX", 6, hl7.TABLE_VALUE_NOT_FOUND, why)
-    if not signal.fs_min_hz <= fs_hz <= signal.fs_max_hz:
-        raise hl7.Hl7Error(
-            "OBX", 5, hl7.DATA_TYPE_ERROR,
-            f"{where}: sample rate {fs_hz:g} Hz outside {signal.fs_min_hz:g}-"
-            f"{signal.fs_max_hz:g}",
-        )  # fmt: skip
     scale, unit_obx = 1.0, obx
     resolution = attrs.get(RESOLUTION)
     if resolution is not None:
         scale, unit_obx = _number(resolution, f"{where} resolution"), resolution
     units = {unit_obx.component(6, c) for c in (1, 2, 4, 5)} - {""} or {""}
-    if not units & WAVE_UNITS.get(signal.unit, frozenset({signal.unit})):
-        raise hl7.Hl7Error(
-            "OBX", 6, hl7.TABLE_VALUE_NOT_FOUND,
-            f"{where}: unit {sorted(units)[0]!r}, expected {signal.unit}",
-        )  # fmt: skip
-    sep = obx.encoding.component
-    text = obx.field(5)
-    if not text.strip():
-        raise hl7.Hl7Error("OBX", 5, hl7.REQUIRED_FIELD_MISSING, f"{where}: no samples")
-    if text.count(sep) >= MAX_WAVE_SAMPLES:
-        raise hl7.Hl7Error(
-            "OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: more than {MAX_WAVE_SAMPLES} samples"
-        )
-    # an empty sample (two separators in a row) is one the monitor had no value for: NaN
+    for signal in signals:
+        of = f" for {signal.key}" if len(signals) > 1 else ""
+        if not signal.fs_min_hz <= fs_hz <= signal.fs_max_hz:
+            raise hl7.Hl7Error(
+                "OBX", 5, hl7.DATA_TYPE_ERROR,
+                f"{where}: sample rate {fs_hz:g} Hz outside {signal.fs_min_hz:g}-"
+                f"{signal.fs_max_hz:g}{of}",
+            )  # fmt: skip
+        if not units & WAVE_UNITS.get(signal.unit, frozenset({signal.unit})):
+            raise hl7.Hl7Error(
+                "OBX", 6, hl7.TABLE_VALUE_NOT_FOUND,
+                f"{where}: unit {sorted(units)[0]!r}, expected {signal.unit}{of}",
+            )  # fmt: skip
+    return fs_hz, scale
+
+
+def _samples(text: str, sep: str, where: str) -> NDArray[np.float64]:
+    """Numbers separated by ``sep``; an empty one (two separators in a row) is a sample the
+    monitor had no value for: NaN."""
     filled = re.sub(f"(?:(?<={re.escape(sep)})|^)(?=(?:{re.escape(sep)}|$))", "nan", text)
     try:
-        values = np.array(filled.split(sep), dtype=np.float64) * scale
+        values = np.array(filled.split(sep), dtype=np.float64)
     except ValueError:
         why = f"{where}: not a list of numbers"
         raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, why) from None
     if np.isinf(values).any():
         raise hl7.Hl7Error("OBX", 5, hl7.DATA_TYPE_ERROR, f"{where}: an infinite sample")
-    return Wave(signal.key, fs_hz, _time(obx, default_us, where), values)
+    return values
 
 
 def _first_time(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 import pytest
 
 from eicu import hl7, wire
@@ -610,3 +611,171 @@ async def test_messages_answered_ae_or_ar_are_kept_as_dead_letters(
     await sink.write()
     counts = await store.dead_letter_counts()
     assert counts.get("hl7_ae") == 1 and counts.get("hl7_ar") == 1
+
+
+# --- multiplexed waveform OBX (MA: one sample instant per repetition, one channel a component) -
+
+LEAD_III_RAW = [v // 2 - 3 for v in ECG_RAW]  # 250 raw samples of a second lead
+LEAD_III_GAP = 7  # the sample of lead III the monitor had no value for
+MA_CODES = "131330^MDC_ECG_ELEC_POTL_II^MDC~131389^MDC_ECG_ELEC_POTL_III^MDC"
+V1 = "131331^MDC_ECG_ELEC_POTL_V1^MDC"  # an ECG lead not in the code table
+
+
+def ma_rows(*channels: list[int]) -> str:
+    """Channels as an MA value: a repetition per sample instant, a component per channel (the
+    gap of lead III, in the second channel, left empty)."""
+    rows = []
+    for i, instant in enumerate(zip(*channels, strict=True)):
+        values = [str(v) for v in instant]
+        if len(values) > 1 and i == LEAD_III_GAP:
+            values[1] = ""
+        rows.append("^".join(values))
+    return "~".join(rows)
+
+
+def ma_message(
+    control: str,
+    start: str = "20261203101500+0000",
+    codes: str = f"{MA_CODES}~{V1}",
+    value: str | None = None,
+) -> str:
+    """A PCD-01 message carrying 1 s of ECG leads II and III (and V1) multiplexed in one MA
+    OBX at 250 Hz, in raw units with their resolution in mV, for bed 7 of ward 3."""
+    if value is None:
+        value = ma_rows(ECG_RAW, LEAD_III_RAW, [1] * len(ECG_RAW))
+    segments = [
+        f"MSH|^~\\&|MONGW^0123456789ABCDEF^EUI-64|WARD3|EICU|HUB|{start}||"
+        f"ORU^R01^ORU_R01|{control}|P|2.6|||NE|AL||UNICODE UTF-8|||"
+        "IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO",
+        "PID|||7001234^^^HOSP^MR||Doe^Jane||19500101|F",
+        "PV1||I|ICU3^R12^bed07^HOSP",
+        f"OBR|1|W1^MONGW|W1^MONGW|182777000^monitoring of patient^SNOMED-CT|||{start}",
+        f"OBX|1|MA|{codes}|1.1.1.1001|{value}|262656^MDC_DIM_DIMLESS^MDC|||||F|||{start}",
+        "OBX|2|NM|0^MDC_ATTR_SAMP_RATE^MDC|1.1.1.1001.1|250|264608^MDC_DIM_PER_SEC^MDC|||||F",
+        f"OBX|3|NM|0^MDC_ATTR_NU_MSMT_RES^MDC|1.1.1.1001.2|{RESOLUTION_MV}|"
+        "266418^MDC_DIM_MILLI_VOLT^MDC|||||F",
+    ]
+    return "\r".join(segments) + "\r"
+
+
+def test_a_multiplexed_array_reads_as_one_waveform_per_channel() -> None:
+    counts = Counts()
+    found = read_pcd01(hl7.parse(ma_message("M0")), SITE, counts)
+    assert found.by_time == {}
+    by_signal = {w.signal: w for w in found.waves}
+    assert set(by_signal) == {"ECG_II", "ECG_III"}
+    assert counts.unknown_codes == 1  # lead V1: counted and skipped, never guessed
+    ii, iii = by_signal["ECG_II"], by_signal["ECG_III"]
+    assert ii.fs_hz == iii.fs_hz == 250.0 and ii.t0_us == iii.t0_us == T_0
+    assert ii.values == pytest.approx([v * RESOLUTION_MV for v in ECG_RAW])
+    assert math.isnan(iii.values[LEAD_III_GAP])
+    kept = [i for i in range(len(LEAD_III_RAW)) if i != LEAD_III_GAP]
+    assert iii.values[kept] == pytest.approx([LEAD_III_RAW[i] * RESOLUTION_MV for i in kept])
+    # the definition's example: channel 1 is 1, 2, 3 and channel 2 is 10, 20, 30
+    found = read_pcd01(hl7.parse(ma_message("M1", codes=MA_CODES, value="1^10~2^20~3^30")),
+                       SITE, Counts())  # fmt: skip
+    by_signal = {w.signal: w for w in found.waves}
+    assert list(by_signal["ECG_II"].values) == pytest.approx([0.005, 0.010, 0.015])
+    assert list(by_signal["ECG_III"].values) == pytest.approx([0.05, 0.10, 0.15])
+    # one code and one channel: a sample instant per repetition, an empty one missing
+    one = "131330^MDC_ECG_ELEC_POTL_II^MDC"
+    found = read_pcd01(hl7.parse(ma_message("M2", codes=one, value="1~~3")), SITE, Counts())
+    (wave,) = found.waves
+    assert wave.signal == "ECG_II" and math.isnan(wave.values[1])
+    assert wave.values[[0, 2]] == pytest.approx([0.005, 0.015])
+
+
+@needs_mosquitto
+async def test_a_multiplexed_waveform_is_published_analysed_and_stored_per_channel(
+    broker: Mosquitto, listener: Listener, tmp_path: Path
+) -> None:
+    from eicu.config import IngestSettings
+    from eicu.store import open_store
+    from ingest.engine import Engine
+
+    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
+    await store.open()
+    engine = Engine(
+        MqttSettings(port=broker.port, client_id="eicu-test-hl7-ma"),
+        IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1,
+                       waveform_segment_s=0.5),
+        store,
+    )  # fmt: skip
+    await engine.start()
+    frames: list[WaveformFrame] = []
+    try:
+        await engine.wait_connected()
+        # a device clock in step with the hub's (the store keeps a far-off one at its receipt)
+        t0 = (time.time_ns() // 1000 - 5_000_000) // 1000 * 1000
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="hl7-test-ma") as client:
+            await client.subscribe(f"eicu/v1/{SITE}/+/waveform", qos=1)
+            (answer,) = await send(listener.port, ma_message("MA1", start=hl7.format_ts(t0)))
+            assert msa(answer) == ("AA", "MA1"), errs(answer)
+            strict(answer.replace("\n", "\r"))
+            async with asyncio.timeout(10):
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    frame = wire.decode(str(message.topic), message.payload, 0)
+                    assert isinstance(frame, WaveformFrame)
+                    frames.append(frame)
+                    if len(frames) == 2:
+                        break
+        by_signal = {f.blocks[0].signal: f for f in frames}
+        assert set(by_signal) == {"ECG_II", "ECG_III"}
+        for f in frames:
+            assert f.bed == BED and f.t0_us == t0 and f.blocks[0].fs_hz == 250.0
+        assert listener.counts.wave_frames == 2 and listener.counts.samples == 500
+        assert listener.counts.unknown_codes == 1
+        # what the engine stored, each lead in mV
+        expected = {
+            "ECG_II": np.array(ECG_RAW, dtype=float) * RESOLUTION_MV,
+            "ECG_III": np.array(LEAD_III_RAW, dtype=float) * RESOLUTION_MV,
+        }
+        expected["ECG_III"][LEAD_III_GAP] = np.nan
+        async with asyncio.timeout(20):
+            for signal, values in expected.items():
+                while (window := await store.waveform(BED, signal, t0, t0 + 1_000_000)
+                       ).values.shape[0] < values.shape[0]:  # fmt: skip
+                    await asyncio.sleep(0.1)
+                assert window.fs_hz == 250.0 and int(window.t_us[0]) == t0
+                np.testing.assert_allclose(window.values, values, atol=0.0005)
+        assert BED in engine.router.beds  # the bed the engine follows, as a gateway's
+    finally:
+        await engine.stop()
+        await store.close()
+
+
+@needs_mosquitto
+async def test_a_multiplexed_array_that_cannot_be_read_is_answered_naming_the_field(
+    listener: Listener,
+) -> None:
+    good = ma_rows(ECG_RAW, LEAD_III_RAW, [1] * len(ECG_RAW))
+    rows = good.split("~")
+    ragged = "~".join([*rows[:10], rows[10].rsplit("^", 1)[0], *rows[11:]])
+    cases = [
+        # (message, ERR location, words of its text)
+        (ma_message("ME0", value=ragged), "OBX^1^5", "sample instant 11 has 2 values"),
+        (ma_message("ME1", value=good.replace("^1~", "^x~", 1)), "OBX^1^5",
+         "not a list of numbers"),
+        (ma_message("ME2", codes=MA_CODES), "OBX^1^5", "3 channels, OBX-3 names 2"),
+        (ma_message("ME3", codes="131330^MDC_ECG_ELEC_POTL_II^MDC"), "OBX^1^5",
+         "3 channels, OBX-3 names 1"),
+        (ma_message("ME4", codes=f"{MA_CODES}~131330^MDC_ECG_ELEC_POTL_II^MDC"), "OBX^1^3",
+         "ECG_II named twice"),
+        (ma_message("ME5", value=""), "OBX^1^5", "no samples"),
+        (replace_obx(ma_message("ME6"), "2", 5, "50"), "OBX^1^5", "sample rate 50 Hz"),
+        (replace_obx(ma_message("ME7"), "3", 6, "266016^MDC_DIM_MMHG^MDC"), "OBX^1^6",
+         "expected mV"),
+        (replace_obx(ma_message("ME8"), "2", 4, "9"), "OBX^1^4", "no MDC_ATTR_SAMP_RATE"),
+    ]  # fmt: skip
+    for i, (text, where, words) in enumerate(cases):
+        (answer,) = await send(listener.port, text)
+        strict(answer.replace("\n", "\r"))
+        assert msa(answer)[0] == "AE", (i, answer)
+        found = errs(answer)
+        assert any(loc == where and words in why for loc, _, why in found), (i, found)
+    assert listener.counts.wave_frames == 0 and listener.counts.errors == len(cases)
+    # the listener goes on: a good multiplexed array after all of them is taken
+    (ok,) = await send(listener.port, ma_message("ME9"))
+    assert msa(ok) == ("AA", "ME9"), errs(ok)
+    assert listener.counts.wave_frames == 2
