@@ -1043,5 +1043,17 @@ def create_app(
             beds.unwatch(key)
 
     consult.register(app, store, source.registry, sessions, ice_servers)
-    fhir.register(app, store, session_of, sessions.aget)
+
+    async def by_token(token: str) -> Session | None:
+        """A bearer token: a session's (a user's client), else a system's API token."""
+        session = await sessions.aget(token)
+        if session is not None:
+            return session
+        system = users.by_token(token)
+        if system is None:
+            return None
+        now = time.monotonic()
+        return Session(token="", user=system, csrf="", last_used_s=now, created_s=now)
+
+    fhir.register(app, store, session_of, by_token)
     return app

@@ -6,6 +6,10 @@ stdin is not a terminal, from its first line; ``--generate`` makes a random one 
 its bed with ``--bed SITE/BED``. ``eicu users set NAME`` changes a user's role, sites, bed or
 password, ``eicu users remove NAME`` removes one; a running dashboard applies either to the
 user's open sessions and WebSockets at once.
+
+A ``system`` (another system reading through the FHIR API: an EHR, a research pipeline) has no
+password: ``eicu users add NAME --role system`` makes its API token and prints it once, and
+``eicu users set NAME --generate`` replaces it (the old one stops working at once).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import getpass
 import secrets
 import sys
 
-from dashboards.users import UNSET, Role, User, UserError, Users, parse_sites
+from dashboards.users import UNSET, Role, User, UserError, Users, new_token, parse_sites
 from eicu.config import Settings
 
 
@@ -40,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     change.add_argument(
         "--password", action="store_true", help="set a new password (asked, or read from stdin)"
     )
-    change.add_argument("--generate", action="store_true", help="generate and print a password")
+    change.add_argument(
+        "--generate", action="store_true", help="generate and print a password (a system's token)"
+    )
     remove = sub.add_parser("remove", help="remove a user (its sessions end at once)")
     remove.add_argument("name")
     sub.add_parser("list", help="list users, their roles and sites")
@@ -81,8 +87,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"eicu users: error: {exc}", file=sys.stderr)
         return 2
     password: str | None = None
+    existing = users.get(args.name)
+    role = args.role or (existing.role.value if existing is not None else None)
+    system = role == Role.SYSTEM.value
+    if system and args.action == "add":
+        args.generate = True  # a system's token is always made here, never chosen
+    if system and args.action == "set" and args.password:
+        print("eicu users: error: a system has a token, not a password: use --generate",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.generate:
-        password = secrets.token_urlsafe(12)
+        password = new_token() if system else secrets.token_urlsafe(12)
     elif args.action == "add" or args.password:
         password = _password(args.name)
         if password is None:

@@ -664,7 +664,8 @@ def register(
     """Add ``/fhir`` to the dashboard app. ``session_of``: the request's session from its
     cookie (None without one); ``by_token``: a session from its token, which a system client
     (an EHR, a research pipeline) presents as ``Authorization: Bearer <token>`` instead of the
-    cookie (the token is the session cookie's value after ``POST /api/login``)."""
+    cookie: a system account's API token (role ``system``), or a user's session cookie value
+    after ``POST /api/login``."""
 
     def bearer(request: Request) -> str | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

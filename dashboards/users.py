@@ -8,15 +8,18 @@ The file (``EICU_USERS_FILE``) is written atomically with mode 0600 and re-read 
 changed on disk (its inode, size, modification or change time), so ``eicu users add``, ``set``
 and ``remove``, run by another process, take effect on a running server at once: every request
 and every open WebSocket looks its user up again. Passwords are never stored or logged; only
-their argon2id hashes are.
+their argon2id hashes are. A user of role ``system`` (another system reading through the FHIR
+API) has no password but an API token, of which the file keeps a SHA-256 digest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import tempfile
 import threading
 from collections.abc import Callable
@@ -40,6 +43,9 @@ class Role(StrEnum):
     INTENSIVIST = "intensivist"
     ADMIN = "admin"
     CART = "cart"  # a bedside video cart: no person, and it sees no patient data
+    # another system reading through the FHIR API (an EHR, a research pipeline): no person, no
+    # password login; it presents its API token as ``Authorization: Bearer <token>``
+    SYSTEM = "system"
 
 
 class Permission(StrEnum):
@@ -64,7 +70,21 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
     # clinician; never a cart's, so a person's session cannot stand in for a bedside cart
     Role.ADMIN: frozenset(Permission) - {Permission.REGISTER_CART},
     Role.CART: frozenset({Permission.REGISTER_CART}),
+    Role.SYSTEM: frozenset({Permission.VIEW, Permission.REVIEW}),
 }
+# A system's API token: random, so a fast digest keeps it (a slow password hash would cost every
+# request its time and add nothing against guessing 256 bits).
+MIN_TOKEN_CHARS = 32
+TOKEN_PREFIX = "sha256$"
+
+
+def new_token() -> str:
+    """A new API token for a system (256 random bits)."""
+    return secrets.token_urlsafe(32)
+
+
+def _token_digest(token: str) -> str:
+    return TOKEN_PREFIX + hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -226,9 +246,7 @@ class Users:
         if not NAME_RE.fullmatch(name):
             raise UserError("name", "1-64 characters of A-Z a-z 0-9 . _ -, starting alphanumeric")
         role, sites, bed = checked_user(role, sites, bed)
-        if len(password) < MIN_PASSWORD_CHARS:
-            raise UserError("password", f"at least {MIN_PASSWORD_CHARS} characters")
-        entry = _entry(role, sites, bed, self._hasher.hash(password))
+        entry = _entry(role, sites, bed, self._credential(role, password))
         with self._lock:
             self._reload()
             if name in self._users and not replace:
@@ -236,6 +254,19 @@ class Users:
             self._users[name] = entry
             self._save()
         return _user(name, entry)
+
+    def _credential(self, role: Role, password: str) -> str:
+        """What the file keeps of a password (its slow hash) or of a system's API token (its
+        digest)."""
+        if role is Role.SYSTEM:
+            if len(password) < MIN_TOKEN_CHARS:
+                raise UserError(
+                    "password", f"a system's token has at least {MIN_TOKEN_CHARS} characters"
+                )
+            return _token_digest(password)
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise UserError("password", f"at least {MIN_PASSWORD_CHARS} characters")
+        return self._hasher.hash(password)
 
     def update(
         self,
@@ -249,9 +280,6 @@ class Users:
     ) -> User:
         """Change a user's role, sites, bed or password (what is not given stays). ``check``
         sees the user before and after, under the file's lock, and may raise to refuse."""
-        if password is not None and len(password) < MIN_PASSWORD_CHARS:
-            raise UserError("password", f"at least {MIN_PASSWORD_CHARS} characters")
-        digest = self._hasher.hash(password) if password is not None else None
         with self._lock:
             self._reload()
             old = self._users.get(name)
@@ -262,6 +290,14 @@ class Users:
                 new_role = before.role if isinstance(role, _Unset) else Role(role)
             except ValueError as exc:
                 raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
+            if (new_role is Role.SYSTEM) != (before.role is Role.SYSTEM) and password is None:
+                # a password is no token, nor a token a password
+                raise UserError(
+                    "password",
+                    f"a new {'token' if new_role is Role.SYSTEM else 'password'} is needed "
+                    f"with the role {new_role.value}",
+                )
+            digest = self._credential(new_role, password) if password is not None else None
             cart = new_role is Role.CART
             new_bed = (before.bed if cart else None) if isinstance(bed, _Unset) else bed
             new_sites = before.sites if isinstance(sites, _Unset) else sites
@@ -309,13 +345,30 @@ class Users:
             return [_user(n, e) for n, e in sorted(self._users.items())]
 
     def verify(self, name: str, password: str) -> User | None:
-        """The user when the password matches; None otherwise (same cost either way)."""
+        """The user when the password matches; None otherwise (same cost either way). A
+        system has no password: it presents its token (:meth:`by_token`)."""
         with self._lock:
             self._reload()
             entry = self._users.get(name)
+        if entry and entry.get("role") == Role.SYSTEM.value:
+            entry = None
         digest = str(entry["hash"]) if entry else self._dummy
         try:
             self._hasher.verify(digest, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         return _user(name, entry) if entry else None
+
+    def by_token(self, token: str) -> User | None:
+        """The system whose API token this is; None for any other string."""
+        if len(token) < MIN_TOKEN_CHARS:
+            return None
+        presented = _token_digest(token)
+        with self._lock:
+            self._reload()
+            systems = [(n, e) for n, e in self._users.items() if e.get("role") == Role.SYSTEM.value]
+        found = None
+        for name, entry in systems:  # every one compared, in constant time
+            if hmac.compare_digest(str(entry["hash"]), presented):
+                found = _user(name, entry)
+        return found

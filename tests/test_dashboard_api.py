@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from dashboards.app import COOKIE, create_app
 from dashboards.server import DashboardServer
-from dashboards.users import Role, Users
+from dashboards.users import Permission, Role, Users
 from eicu.commands.serve import engine_source
 from eicu.config import HttpSettings
 from eicu.models import Batch, BedKey, NumericsFrame
@@ -410,3 +410,41 @@ def test_users_file_hashes_and_reloads(tmp_path: Path) -> None:
     assert "viewer-password" not in out.stdout + out.stderr
     assert users.verify("val", "viewer-password") is not None
     assert users.get("val").role == Role.VIEWER  # type: ignore[union-attr]
+
+
+def test_a_system_account_has_an_api_token_and_no_password(tmp_path: Path) -> None:
+    from dashboards.users import new_token
+
+    path = tmp_path / "users.json"
+    users = Users(path, cheap_hasher())
+    # `eicu users add ... --role system` makes the token and prints it once
+    out = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "users", "add", "ehr", "--role", "system",
+         "--sites", "icu1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+        env={**os.environ, "EICU_USERS_FILE": str(path)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert len(token) >= 32 and token not in path.read_text()
+    ehr = users.by_token(token)
+    assert ehr is not None and ehr.role == Role.SYSTEM and ehr.sites == {"icu1"}
+    assert ehr.can(Permission.VIEW) and not ehr.can(Permission.RESPOND)
+    assert users.verify("ehr", token) is None  # no password login for a system
+    assert users.by_token(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert users.by_token("short") is None
+    # a new token replaces the old one at once
+    fresh = new_token()
+    users.update("ehr", password=fresh)
+    assert users.by_token(token) is None and users.by_token(fresh) is not None
+    # a person's password is no token, and a system's token no password
+    users.add("ada", "intensivist", "a-long-password")
+    with pytest.raises(ValueError, match="token"):
+        users.update("ada", role="system")
+    with pytest.raises(ValueError, match="password"):
+        users.update("ehr", role="viewer")
+    with pytest.raises(ValueError, match="token"):
+        users.add("feed", "system", "only-twenty-characters")
+    assert users.by_token("a-long-password" * 3) is None
+    users.remove("ehr")
+    assert users.by_token(fresh) is None

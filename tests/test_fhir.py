@@ -50,11 +50,15 @@ def valid(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+SYSTEM_TOKEN = "an-ehr-api-token-of-at-least-32-characters"
+
+
 @pytest.fixture
 def dashboard(broker: Mosquitto, db_url: str, tmp_path: Path) -> Iterator[str]:
     users = Users(tmp_path / "users.json", cheap_hasher())
     users.add("ada", Role.INTENSIVIST, PASSWORDS["ada"])
     users.add("nina", Role.NURSE, PASSWORDS["nina"], sites=["icu2"])
+    users.add("ehr", Role.SYSTEM, SYSTEM_TOKEN, sites=["icu1"])
     process = DashboardProcess(broker.url, db_url, users.path, tmp_path / "dashboard.log")
     try:
         yield process.wait_ready().url
@@ -277,6 +281,14 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
             assert found["total"] == 1
             system.headers["authorization"] = "Bearer not-a-session"
             assert (await system.get("/fhir/Patient?identifier=4711")).status_code == 401
+            # a system account presents its own API token; it has no password login
+            system.headers["authorization"] = f"Bearer {SYSTEM_TOKEN}"
+            found = valid((await system.get("/fhir/Patient?identifier=4711")).json())
+            assert found["total"] == 1
+            assert valid((await system.get("/fhir/Observation?patient=4711")).json())["total"]
+            del system.headers["authorization"]
+            r = await system.post("/api/login", json={"name": "ehr", "password": SYSTEM_TOKEN})
+            assert r.status_code == 401
 
         # searches that cannot be read are refused, saying why
         bad_searches = (
