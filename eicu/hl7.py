@@ -296,3 +296,83 @@ def control_id_of(text: str) -> str:
         return ""
     parts = head.split(head[3])
     return parts[9][:50] if len(parts) > 9 else ""
+
+
+def read_capture(data: bytes) -> list[str]:
+    """The messages of an HL7 capture file, in order: MLLP frames as a network capture or an
+    interface engine's log keeps them (``<VT> message <FS><CR>``), or plain text in which each
+    message begins with a line ``MSH`` (segments ending in CR, LF or CRLF; blank lines between
+    messages are ignored). Segments come back joined by CR. Raises ValueError naming what cannot
+    be read (text before the first MSH, a frame without its end, text that is not UTF-8)."""
+    if START_BLOCK in data:
+        messages = []
+        rest = data
+        while rest.strip():
+            start = rest.find(START_BLOCK)
+            if start < 0 or rest[:start].strip():
+                raise ValueError(f"bytes outside an MLLP frame near {rest[:40]!r}")
+            end = rest.find(END_BLOCK, start)
+            if end < 0:
+                raise ValueError(f"an MLLP frame without its end near {rest[start : start + 40]!r}")
+            messages.append(_text(rest[start + len(START_BLOCK) : end]))
+            rest = rest[end + len(END_BLOCK) :]
+        return [_segments(m) for m in messages]
+    text = _text(data)
+    found: list[list[str]] = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if not line.strip():
+            continue
+        if line.startswith("MSH"):
+            found.append([])
+        elif not found:
+            raise ValueError(f"text before the first MSH: {line[:40]!r}")
+        found[-1].append(line)
+    return ["\r".join(segments) + "\r" for segments in found]
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 at byte {exc.start}") from exc
+
+
+def _segments(message: str) -> str:
+    lines = [s for s in message.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
+    return "\r".join(lines) + "\r"
+
+
+# The date/time fields a capture is shifted by (``shift_times``): the message, the event, the
+# order's observation times, the observations', the stay's admission and discharge.
+TIME_FIELDS: Final = {
+    "MSH": (7,),
+    "EVN": (2, 6),
+    "PV1": (44, 45),
+    "OBR": (7, 8),
+    "OBX": (14, 19),
+}
+
+
+def shift_times(message: str, offset_us: int) -> str:
+    """The message with every date/time of ``TIME_FIELDS`` moved by ``offset_us`` (written in
+    UTC, to the millisecond); other fields, and fields that hold no date/time, unchanged."""
+    if not message.startswith("MSH") or len(message) < 8:
+        raise ValueError("not an HL7 message: it does not begin with MSH")
+    sep, comp = message[3], message[4]
+    out = []
+    for segment in message.rstrip("\r").split("\r"):
+        fields = segment.split(sep)
+        name = fields[0]
+        for n in TIME_FIELDS.get(name, ()):
+            # MSH-1 is the separator itself: MSH-n is at index n - 1, others at index n
+            i = n - 1 if name == "MSH" else n
+            if i >= len(fields) or not fields[i]:
+                continue
+            first, *rest = fields[i].split(comp)
+            try:
+                moved = format_ts(parse_ts(first) + offset_us)
+            except ValueError:
+                continue
+            fields[i] = comp.join([moved, *rest])
+        out.append(sep.join(fields))
+    return "\r".join(out) + "\r"

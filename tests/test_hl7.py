@@ -779,3 +779,71 @@ async def test_a_multiplexed_array_that_cannot_be_read_is_answered_naming_the_fi
     (ok,) = await send(listener.port, ma_message("ME9"))
     assert msa(ok) == ("AA", "ME9"), errs(ok)
     assert listener.counts.wave_frames == 2
+
+
+# --- capture files and their replay -------------------------------------------------------------
+
+
+def test_a_capture_reads_as_framed_or_as_text_and_its_times_move() -> None:
+    second = with_msh(EXAMPLE, control="PCD0002")
+    framed = b"".join(hl7.frame(m) for m in (EXAMPLE, second)) + b"\n"
+    assert hl7.read_capture(framed) == [EXAMPLE, second]
+    # a text capture: lines end in LF or CRLF, blank lines between messages
+    text = (EXAMPLE.replace("\r", "\n") + "\n" + second.replace("\r", "\r\n")).encode()
+    assert hl7.read_capture(text) == [EXAMPLE, second]
+    for bad, what in (
+        (b"hello\n" + EXAMPLE.encode(), "before the first MSH"),
+        (hl7.frame(EXAMPLE)[:-2], "without its end"),
+        (b"junk" + hl7.frame(EXAMPLE), "outside an MLLP frame"),
+        (EXAMPLE.encode() + b"\xff\xfe", "not UTF-8"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            hl7.read_capture(bad)
+    # every date/time of the message moves by the offset; nothing else changes
+    hour_us = 3_600_000_000
+    moved = hl7.shift_times(EXAMPLE, hour_us)
+    back = read_pcd01(hl7.parse(moved), SITE, Counts())
+    times = sorted(back.by_time)
+    assert times == [T_NIBP + hour_us, T_0 + hour_us]
+    msh = hl7.parse(moved).msh
+    assert hl7.parse_ts(msh.field(7)) == hl7.parse_ts(hl7.parse(EXAMPLE).msh.field(7)) + hour_us
+    unmoved = [s for s in moved.split("\r") if not s.startswith(("MSH", "OBR", "OBX"))]
+    assert unmoved == [s for s in EXAMPLE.split("\r") if not s.startswith(("MSH", "OBR", "OBX"))]
+
+
+@needs_mosquitto
+async def test_a_capture_replays_through_the_listener_at_the_present_time(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    import os
+    import sys
+
+    capture = tmp_path / "capture.hl7"
+    in_error = replace_obx(with_msh(EXAMPLE, control="PCD0002"), "3", 5, "seventy-two")
+    capture.write_bytes(b"".join(hl7.frame(m) for m in (EXAMPLE, in_error)))
+    env = {**os.environ, "EICU_HL7_SITE": SITE, "EICU_MQTT_URL": broker.url}
+    async with numerics(broker) as seen:
+        before_us = time.time_ns() // 1000
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "eicu.cli", "hl7", "listen", "--replay", str(capture), "--now",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1, err.decode()  # one message was not accepted
+        frames = await seen.wait_for(2)
+    lines = [line.split("\t") for line in out.decode().splitlines()]
+    assert [line[:3] for line in lines] == [["1", "PCD0001", "AA"], ["2", "PCD0002", "AE"]]
+    assert "not a number" in lines[1][3]
+    # the first message's time is now: its observations keep their distance to it
+    newest = max(f.ts_us for f in frames)
+    assert before_us - 60_000_000 <= newest <= time.time_ns() // 1000 + 1_000
+    assert {f.ts_us for f in frames} == {newest, newest - (T_0 - T_NIBP)}
+    assert "replayed 2 messages, 1 not accepted" in err.decode()
+    # a capture that cannot be read is named, and nothing starts
+    capture.write_bytes(b"not a capture")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eicu.cli", "hl7", "listen", "--replay", str(capture),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and "before the first MSH" in err.decode()

@@ -13,21 +13,25 @@ for HL7 over MLLP), ``EICU_HL7_ALLOW`` (comma-separated addresses or networks al
 default the loopback addresses), ``EICU_HL7_MAX_BYTES`` (default 1 MiB), and the broker's
 ``EICU_HL7_MQTT_URL`` (else ``EICU_MQTT_URL``; with its TLS settings) to publish to, as a gateway
 of that site. ``eicu serve`` runs the same listener beside the engine when ``EICU_HL7_SITE`` is
-set. See docs/interoperability.md.
+set. ``eicu hl7 listen --replay FILE [--now] [--speed S]`` sends an HL7 capture file through a
+listener of its own on a loopback port and stops. See docs/interoperability.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eicu import hl7
 from eicu.config import MqttSettings, mllp_client_tls
 from eicu.errors import ConfigError
 
@@ -45,6 +49,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "stored numerics as PCD-01 to EICU_PCD01_DESTINATION",
     )
     parser.add_argument("--port", type=int, default=None, help="port (default: EICU_HL7_PORT)")
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="listen: send the messages of an HL7 capture file (MLLP frames, or text with each "
+        "message starting at an MSH line) through the listener on a loopback port, print each "
+        "answer, and stop",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="with --replay: pace the messages by their MSH-7 times, this many times faster "
+        "than they were sent (default 0: each as soon as the last is answered)",
+    )
+    parser.add_argument(
+        "--now",
+        action="store_true",
+        help="with --replay: move every message's times so that the first was sent now",
+    )
 
 
 def _int(env: dict[str, str], key: str, default: int, low: int, high: int) -> int:
@@ -149,11 +174,34 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_forward(env))
     if not env.get("EICU_HL7_SITE", "").strip():
         raise ConfigError("EICU_HL7_SITE", "required: the site whose beds the messages are about")
+    if args.replay is not None:
+        try:
+            messages = hl7.read_capture(args.replay.read_bytes())
+        except (OSError, ValueError) as exc:
+            print(f"eicu hl7: error: {args.replay}: {exc}", file=sys.stderr)
+            return 2
+        if not 0 <= args.speed <= 1e6:
+            print(f"eicu hl7: error: --speed must be 0-1000000, got {args.speed}", file=sys.stderr)
+            return 2
+        # the capture goes to a listener of its own on a loopback port, in plain MLLP
+        for key in ("EICU_HL7_TLS_CERT_FILE", "EICU_HL7_TLS_KEY_FILE", "EICU_HL7_TLS_CA_FILE"):
+            env.pop(key, None)
+        env.update(EICU_HL7_HOST="127.0.0.1", EICU_HL7_ALLOW="127.0.0.1/32")
+
+        async def replaying(listener: Listener) -> int:
+            return await _replay(listener, messages, args.speed, args.now)
+
+        return asyncio.run(_serve(env, 0, replaying))
     return asyncio.run(_serve(env, args.port))
 
 
-async def _serve(env: dict[str, str], port: int | None) -> int:
-    """The listener, with ADT on the store of ``EICU_DATABASE_URL`` where it is set."""
+async def _serve(
+    env: dict[str, str],
+    port: int | None,
+    body: Callable[[Listener], Awaitable[int]] | None = None,
+) -> int:
+    """The listener, with ADT on the store of ``EICU_DATABASE_URL`` where it is set; it
+    listens until SIGTERM or SIGINT, or runs ``body`` (a replay) and stops."""
     store = None
     sink = None
     if env.get("EICU_DATABASE_URL"):
@@ -166,7 +214,7 @@ async def _serve(env: dict[str, str], port: int | None) -> int:
     assert listener is not None
     writer = asyncio.create_task(sink.run()) if sink is not None else None
     try:
-        return await _listen(listener)
+        return await _listen(listener, body)
     finally:
         if writer is not None and sink is not None:
             writer.cancel()
@@ -266,7 +314,9 @@ async def _forward(env: dict[str, str]) -> int:
         await store.close()
 
 
-async def _listen(listener: Listener) -> int:
+async def _listen(
+    listener: Listener, body: Callable[[Listener], Awaitable[int]] | None = None
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -279,8 +329,21 @@ async def _listen(listener: Listener) -> int:
         file=sys.stderr,
         flush=True,
     )
+    code = 0
     try:
-        await stop.wait()
+        if body is None:
+            await stop.wait()
+        else:
+            task = asyncio.ensure_future(body(listener))
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                code = 130  # interrupted
+            await asyncio.gather(task, waiter, return_exceptions=True)
+            if task.done() and not task.cancelled():
+                code = task.result()
     finally:
         await listener.stop()
     c = listener.counts
@@ -290,4 +353,61 @@ async def _listen(listener: Listener) -> int:
         f"{c.unknown_codes} unknown codes skipped; {c.adt} ADT events",
         file=sys.stderr,
     )
-    return 0
+    return code
+
+
+async def _replay(listener: Listener, messages: list[str], speed: float, now: bool) -> int:
+    """Send ``messages`` to ``listener`` over MLLP, one at a time, each after the answer to
+    the last (paced by MSH-7 at ``speed`` when it is above 0; moved to now with ``now``); one
+    line per answer on stdout. 0 when every message was accepted (AA), else 1."""
+
+    def sent_at(text: str) -> int | None:
+        try:
+            return hl7.parse_ts(hl7.parse(text).msh.field(7).split("^")[0])
+        except (hl7.Hl7Error, ValueError, IndexError):
+            return None
+
+    times = [sent_at(m) for m in messages]
+    first = next((t for t in times if t is not None), None)
+    offset_us = time.time_ns() // 1000 - first if now and first is not None else 0
+    started = time.monotonic()
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    refused = 0
+    try:
+        for n, (text, at_us) in enumerate(zip(messages, times, strict=True), 1):
+            if speed > 0 and at_us is not None and first is not None:
+                due = started + (at_us - first) / 1e6 / speed
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if offset_us:
+                with contextlib.suppress(ValueError):
+                    text = hl7.shift_times(text, offset_us)
+            if conn is None:
+                conn = await asyncio.open_connection("127.0.0.1", listener.port)
+            reader, writer = conn
+            writer.write(hl7.frame(text))
+            await writer.drain()
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(hl7.END_BLOCK), 60)
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                # the listener closes a connection whose framing it cannot trust
+                writer.close()
+                conn = None
+                print(f"{n}\t{hl7.control_id_of(text)}\t-\tno answer (connection closed)")
+                refused += 1
+                continue
+            answer = hl7.parse(raw.removeprefix(hl7.START_BLOCK).removesuffix(hl7.END_BLOCK)
+                               .decode("utf-8", errors="replace"))  # fmt: skip
+            msa = answer.first("MSA")
+            code = msa.component(1) if msa is not None else "?"
+            err = answer.first("ERR")
+            detail = err.field(8) if err is not None else ""
+            print(f"{n}\t{hl7.control_id_of(text)}\t{code}\t{detail}", flush=True)
+            refused += code != "AA"
+    finally:
+        if conn is not None:
+            conn[1].close()
+            with contextlib.suppress(OSError):
+                await conn[1].wait_closed()
+    print(f"eicu hl7: replayed {len(messages)} messages, {refused} not accepted",
+          file=sys.stderr)  # fmt: skip
+    return 1 if refused else 0
