@@ -39,7 +39,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ from eicu.errors import StorageUnavailable
 from eicu.models import BedKey
 from eicu.patients import Encounter, Location
 from eicu.scores.assembly import assemble_mews, assemble_news2, assemble_qsofa
-from eicu.store.base import NumericSample, Store, WaveformWindow
+from eicu.store.base import BedDevice, NumericSample, Store, WaveformWindow
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +243,20 @@ def location_resource(bed: BedKey) -> dict[str, Any]:
     }
 
 
-def device_resource(bed: BedKey) -> dict[str, Any]:
-    """The bedside monitor of a bed: what sends the bed's data (through its gateway)."""
-    return {
+def device_resource(bed: BedKey, known: Sequence[BedDevice] = ()) -> dict[str, Any]:
+    """The bedside monitor of a bed: what sends the bed's data (through its gateway). ``known``:
+    the monitors the bed's statuses named (newest first): each an identifier, the newest
+    ``official``, the others ``old``, each with the period it was named in."""
+    identifiers = [
+        {
+            "use": "official" if i == 0 else "old",
+            "type": {"text": d.id_type or "device identifier"},
+            "value": d.device_id,
+            "period": {"start": _iso(d.first_seen_us), "end": _iso(d.last_seen_us)},
+        }
+        for i, d in enumerate(known)
+    ]
+    resource = {
         "resourceType": "Device",
         "id": location_id(bed),
         "status": "active",
@@ -262,6 +273,9 @@ def device_resource(bed: BedKey) -> dict[str, Any]:
         },
         "location": {"reference": f"Location/{location_id(bed)}"},
     }
+    if identifiers:
+        resource["identifier"] = identifiers
+    return resource
 
 
 def _coding(key: str) -> list[dict[str, str]]:
@@ -923,13 +937,19 @@ def register(
         found.sort(key=lambda r: r["occurrenceDateTime"])
         return paged(request, found)
 
+    async def named_devices(bed: BedKey) -> list[BedDevice]:
+        try:
+            return await store.bed_devices(bed)
+        except StorageUnavailable as exc:
+            raise FhirError(503, "transient", f"the store cannot be reached now: {exc}") from exc
+
     @app.get("/fhir/Device/{fid}")
     async def read_device(fid: str, request: Request) -> JSONResponse:
         session = await user_session(request)
         bed = bed_of_location(fid)
         if not session.user.can_see(bed.site):
             raise FhirError(404, "not-found", f"no Device {fid}")
-        return one(device_resource(bed))
+        return one(device_resource(bed, await named_devices(bed)))
 
     @app.get("/fhir/Device")
     async def search_devices(request: Request) -> JSONResponse:
@@ -946,7 +966,9 @@ def register(
             current = [e for e in await stays(session) if e.discharged_us is None]
             beds = sorted({e.bed for e in current if e.bed is not None}, key=str)
         seen = [b for b in beds if session.user.can_see(b.site)]
-        devices = [device_resource(b) for b in seen][: _count(q.get("_count"))]
+        devices = [
+            device_resource(b, await named_devices(b)) for b in seen[: _count(q.get("_count"))]
+        ]
         return bundle(request, devices, len(seen), None)
 
     # --- bulk export (FHIR Bulk Data: kick-off, status, files) ------------------------------

@@ -129,6 +129,9 @@ class StatusFrame:
     gateway: str | None = None  # set for a gateway's status
     beds: tuple[str, ...] = ()  # the beds a gateway serves
     received_us: int = 0
+    # the bed's monitor as the gateway knows it: (identifier, its kind, e.g. "EUI-64"); None
+    # when the status does not say
+    device: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,7 +210,24 @@ def encode_status(frame: StatusFrame, *, with_time: bool = True) -> bytes:
         doc["ts_ms"] = frame.ts_us // 1000
     if frame.gateway is not None:
         doc["beds"] = list(frame.beds)
+    if frame.device is not None:
+        doc["device"] = {"id": frame.device[0], "type": frame.device[1]}
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _device(doc: dict[str, object]) -> tuple[str, str] | None:
+    """A bed status's ``device``: ``{"id": ..., "type": ...}`` (type optional)."""
+    raw = doc.get("device")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise PayloadError("malformed", "'device' must be an object with 'id' and 'type'")
+    ident, kind = raw.get("id"), raw.get("type", "")
+    if not isinstance(ident, str) or not 1 <= len(ident) <= 128 or not ident.isprintable():
+        raise PayloadError("malformed", "'device.id' must be 1-128 printable characters")
+    if not isinstance(kind, str) or len(kind) > 32 or not kind.isprintable():
+        raise PayloadError("malformed", "'device.type' must be up to 32 printable characters")
+    return ident, kind
 
 
 def decode_status(
@@ -240,6 +257,7 @@ def decode_status(
         gateway=gateway,
         beds=beds,
         received_us=received_us,
+        device=_device(doc) if bed is not None else None,
     )
 
 

@@ -56,6 +56,7 @@ from eicu.models import (
     DeadLetter,
     NumericsFrame,
     SignalBlock,
+    StatusFrame,
     WaveformFrame,
 )
 from eicu.patients import PatientError, checked_encounter_fields, checked_patient
@@ -139,6 +140,7 @@ class Observations:
     bed: BedKey
     by_time: dict[int, dict[str, float | None]] = field(default_factory=dict)
     waves: list[Wave] = field(default_factory=list)
+    device: tuple[str, str] | None = None  # the monitor: (identifier, its kind), see device_of
 
 
 @dataclass
@@ -207,7 +209,42 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
     if errors:
         raise ExceptionGroup("the message has errors", errors)
     assert bed is not None
-    return Observations(bed, by_time, waves)
+    return Observations(bed, by_time, waves, device_of(message))
+
+
+MDS_CODE: Final = "69965"  # MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS
+
+
+def _equipment(ei: str, enc: hl7.Encoding) -> tuple[str, str] | None:
+    """An EI (entity identifier) as (identifier, kind): ``id^EUI-64`` (the namespace names
+    the kind, as IHE PCD writes it) or ``^^id^EUI-64`` (universal id and its type)."""
+    parts = [enc.unescape(p).strip() for p in ei.split(enc.component)] + ["", "", "", ""]
+    entity, namespace, universal, universal_type = parts[:4]
+    if universal and universal_type:
+        ident, kind = universal, universal_type
+    else:
+        ident, kind = entity or universal, namespace or universal_type
+    if not ident or len(ident) > 128 or not ident.isprintable():
+        return None
+    return ident, kind[:32]
+
+
+def device_of(message: hl7.Message) -> tuple[str, str] | None:
+    """The monitor a PCD-01 message comes from: OBX-18 (equipment instance identifier) of
+    its MDS row (code 69965, or hierarchy ``1.0.0.0``), else PRT-10 (participation device) of
+    its first PRT segment (HL7 2.7 and later), else the first OBX-18 it has; None when it names
+    none."""
+    enc = message.encoding
+    obxs = message.all("OBX")
+    mds = [o for o in obxs if o.component(3) == MDS_CODE or o.field(4) == "1.0.0.0"]
+    candidates = [o.field(18) for o in mds]
+    candidates += [p.field(10) for p in message.all("PRT")[:1]]
+    candidates += [o.field(18) for o in obxs]
+    for ei in candidates:
+        first = ei.split(enc.repetition)[0]
+        if first and (found := _equipment(first, enc)) is not None:
+            return found
+    return None
 
 
 def _reference(obx: hl7.Segment) -> str:
@@ -660,6 +697,7 @@ class Listener:
         # numbers go on increasing across restarts (monitors send at most about once a second)
         self._seq: dict[BedKey, int] = {}
         self._wseq: dict[BedKey, int] = {}  # the same for the beds' waveform frames
+        self._devices: dict[BedKey, tuple[str, str]] = {}  # the monitor each bed's status named
         self._seq0 = int(time.time()) % wire.MAX_SEQ
         self._client: bus.Client | None = None
         self._client_ready = asyncio.Event()
@@ -1026,6 +1064,20 @@ class Listener:
                     )
                     self.counts.wave_frames += 1
                     self.counts.samples += wave.n_samples
+                if found.device is not None and self._devices.get(found.bed) != found.device:
+                    # the bed's status names its monitor (retained), once per change
+                    status = StatusFrame(found.bed.site, "online", time.time_ns() // 1000,
+                                         bed=found.bed.bed, device=found.device)  # fmt: skip
+                    await asyncio.wait_for(
+                        client.publish(
+                            wire.status_topic(found.bed),
+                            wire.encode_status(status),
+                            qos=1,
+                            retain=True,
+                        ),
+                        self.publish_timeout_s,
+                    )
+                    self._devices[found.bed] = found.device
             except (bus.MqttError, TimeoutError) as exc:
                 log.warning("HL7 listener: publishing to %s failed: %s", self.mqtt.url, exc)
                 return False

@@ -25,6 +25,7 @@ from eicu.models import (
     BedKey,
     NumericsFrame,
     SignalBlock,
+    StatusFrame,
     WaveformFrame,
 )
 from eicu.patients import Patient
@@ -90,7 +91,10 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
     # alert, 38.2 C (1): NEWS2 4, low
     scored = {"RR": 24.0, "TEMP": 38.2, "ACVPU": 0.0, "O2": 0.0}
     frames.append(NumericsFrame(BED2, 2, t0 + HOUR_US + 90_000_000, scored))
-    await store.write(Batch(numerics=frames))
+    # BED2's monitor, as its gateway's status named it (an HL7 feed's OBX-18)
+    monitor = StatusFrame(BED2.site, "online", t0, bed=BED2.bed, received_us=t0 + HOUR_US,
+                          device=("0123456789ABCDEF", "EUI-64"))  # fmt: skip
+    await store.write(Batch(numerics=frames, statuses=[monitor]))
     raw = np.full(12 * 250, 20, dtype=np.int16)  # 0.1 mV at 200 per mV
     raw[3] = INVALID_SAMPLE
     waves = [
@@ -150,6 +154,9 @@ async def test_patients_stays_and_vital_signs_as_fhir(dashboard: str, store: Sto
         device = valid((await ada.get(f"/fhir/Device?location={ref}")).json())["entry"][0]
         assert device["resource"]["location"]["reference"] == ref
         assert device["resource"]["type"]["coding"][0]["code"] == "69965"
+        (identifier,) = device["resource"]["identifier"]
+        assert identifier["value"] == "0123456789ABCDEF" and identifier["use"] == "official"
+        assert identifier["type"]["text"] == "EUI-64"
         monitors = valid((await ada.get("/fhir/Device")).json())
         assert monitors["total"] == 2  # the beds with a patient now, in both sites
         valid((await ada.get(f"/fhir/{device['fullUrl'].split('/fhir/')[1]}")).json())

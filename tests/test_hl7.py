@@ -19,7 +19,7 @@ import pytest
 from eicu import hl7, wire
 from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, free_port, mosquitto_binary
-from eicu.models import BedKey, DeadLetter, NumericsFrame, WaveformFrame
+from eicu.models import BedKey, DeadLetter, NumericsFrame, StatusFrame, WaveformFrame
 from eicu.store import Store
 from ingest.hl7 import Counts, Listener, read_pcd01
 from tests.hl7_peer import hl7mllp, send, strict
@@ -364,6 +364,11 @@ async def test_the_engine_scores_and_stores_what_came_as_hl7(
         async with asyncio.timeout(15):
             while (await store.stats())["beds"].get(str(BED), {}).get("messages", 0) < 1:
                 await asyncio.sleep(0.1)
+        # the monitor's identity (OBX-18 of the MDS) came as the bed's status, and is kept
+        async with asyncio.timeout(15):
+            while not (devices := await store.bed_devices(BED)):
+                await asyncio.sleep(0.1)
+        assert [(d.device_id, d.id_type) for d in devices] == [("0123456789ABCDEF", "EUI-64")]
     finally:
         await engine.stop()
         await store.close()
@@ -847,3 +852,45 @@ async def test_a_capture_replays_through_the_listener_at_the_present_time(
     )  # fmt: skip
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and "before the first MSH" in err.decode()
+
+
+# --- device identity ----------------------------------------------------------------------------
+
+
+def test_the_monitor_is_named_by_the_mds_obx18_else_prt10() -> None:
+    from ingest.hl7 import device_of
+
+    assert device_of(hl7.parse(EXAMPLE)) == ("0123456789ABCDEF", "EUI-64")
+    # the universal id and its type, as HD components 3 and 4
+    universal = EXAMPLE.replace("|0123456789ABCDEF^EUI-64\r", "|^^0011223344556677^EUI-64\r")
+    assert device_of(hl7.parse(universal)) == ("0011223344556677", "EUI-64")
+    # without OBX-18: PRT-10 (participation device, HL7 2.7 and later)
+    bare = EXAMPLE.replace("|0123456789ABCDEF^EUI-64\r", "\r")
+    assert device_of(hl7.parse(bare)) is None
+    with_prt = bare.replace("\rOBR|", "\rPRT|1|UC||EQUIP||||||AABBCCDDEEFF0011^EUI-64\rOBR|")
+    assert device_of(hl7.parse(with_prt)) == ("AABBCCDDEEFF0011", "EUI-64")
+
+
+@needs_mosquitto
+async def test_the_bed_status_names_its_monitor_once_per_change(
+    broker: Mosquitto, listener: Listener
+) -> None:
+    topic = wire.status_topic(BED)
+    (answer,) = await send(listener.port, EXAMPLE)
+    assert msa(answer)[0] == "AA"
+    (answer,) = await send(listener.port, with_msh(EXAMPLE, control="PCD0002"))
+    assert msa(answer)[0] == "AA"
+    swapped = with_msh(EXAMPLE, control="PCD0003").replace(
+        "0123456789ABCDEF^EUI-64\r", "FEDCBA9876543210^EUI-64\r"
+    )
+    (answer,) = await send(listener.port, swapped)
+    assert msa(answer)[0] == "AA"
+    # a subscriber that comes later gets the retained status: the newest monitor
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="hl7-status-sub") as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(10):
+            message = await anext(aiter(client.messages))
+    assert message.retain and isinstance(message.payload, bytes)
+    status = wire.decode(topic, message.payload)
+    assert isinstance(status, StatusFrame) and status.state == "online"
+    assert status.device == ("FEDCBA9876543210", "EUI-64")

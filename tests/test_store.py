@@ -383,3 +383,26 @@ async def test_housekeeping_runs_by_itself_while_the_store_is_open(db_url: str) 
         await asyncio.sleep(0.1)
     assert await store.dead_letter_counts() == {}
     await store.close()
+
+
+async def test_the_monitors_bed_statuses_name_are_kept_with_when(store_of_each_kind: Store) -> None:
+    store = store_of_each_kind
+    bed = BedKey("karamay", "bed01")
+    t0 = 1_780_000_000_000_000
+    first = ("0123456789ABCDEF", "EUI-64")
+
+    def status(t_us: int, device: tuple[str, str] | None) -> StatusFrame:
+        return StatusFrame("karamay", "online", t_us, bed="bed01", received_us=t_us, device=device)
+
+    await store.write(Batch(statuses=[status(t0, first), status(t0 + 60_000_000, None)]))
+    await store.write(Batch(statuses=[status(t0 + 5_000_000, first)]))
+    await store.write(Batch(statuses=[status(t0 + 5_000_000, first)]))  # the same, again
+    await store.write(Batch(statuses=[status(t0 + 9_000_000, ("FEDCBA9876543210", "EUI-64"))]))
+    other = StatusFrame("karamay", "online", t0, bed="bed02", received_us=t0, device=("X1", ""))
+    await store.write(Batch(statuses=[other]))
+    found = await store.bed_devices(bed)
+    assert [(d.device_id, d.first_seen_us, d.last_seen_us) for d in found] == [
+        ("FEDCBA9876543210", t0 + 9_000_000, t0 + 9_000_000),
+        ("0123456789ABCDEF", t0, t0 + 5_000_000),
+    ]
+    assert {d.bed for d in await store.bed_devices()} == {bed, BedKey("karamay", "bed02")}

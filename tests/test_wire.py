@@ -86,6 +86,12 @@ def test_status_round_trips() -> None:
     gw = StatusFrame("karamay", "offline", None, gateway="gw1", beds=("bed01", "bed02"))
     back = wire.decode(wire.gateway_status_topic("karamay", "gw1"), wire.encode_status(gw))
     assert back == gw
+    # a bed's status may name its monitor
+    named = StatusFrame("karamay", "online", T0, bed="bed07", device=("0123456789ABCDEF", "EUI-64"))
+    back = wire.decode(wire.status_topic(BED), wire.encode_status(named))
+    assert back == named
+    untyped = b'{"v":1,"state":"online","device":{"id":"SN-4711"}}'
+    assert wire.decode(wire.status_topic(BED), untyped).device == ("SN-4711", "")  # type: ignore[union-attr]
 
 
 def test_engine_ignores_its_own_alarms_and_cleared_status() -> None:
@@ -123,6 +129,13 @@ BAD = [
     ("eicu/v1/karamay/bed07/numerics", _num(v=1.0), "malformed"),
     ("eicu/v1/karamay/bed07/numerics", _num(v="1"), "malformed"),
     ("eicu/v1/karamay/bed07/status", b'{"v":true,"state":"standby"}', "malformed"),
+    ("eicu/v1/karamay/bed07/status", b'{"v":1,"state":"online","device":"x"}', "malformed"),
+    ("eicu/v1/karamay/bed07/status", b'{"v":1,"state":"online","device":{"id":""}}', "malformed"),
+    (
+        "eicu/v1/karamay/bed07/status",
+        b'{"v":1,"state":"online","device":{"id":"a","type":7}}',
+        "malformed",
+    ),
     # Ids end where the topic level ends: "$" would let a trailing newline through.
     ("eicu/v1/karamay/bed07\n/numerics", _num(), "wrong_topic"),
     ("eicu/v1/karamay\n/bed07/numerics", _num(), "wrong_topic"),

@@ -49,6 +49,27 @@ class NumericSample:
 
 
 @dataclass(frozen=True)
+class BedDevice:
+    """A monitor a bed's data came from, as its gateway identified it (a bed status's
+    ``device``): when it was first and last said."""
+
+    bed: BedKey
+    device_id: str
+    id_type: str  # e.g. "EUI-64" (IEEE 11073 / IHE PCD), "UDI"; "" when not said
+    first_seen_us: int
+    last_seen_us: int
+
+
+def device_rows(frames: list[StatusFrame]) -> list[tuple[str, str, str, str, int]]:
+    """(site, bed, device id, id type, time) of each bed status that names its device."""
+    return [
+        (f.site, f.bed, f.device[0], f.device[1], f.received_us)
+        for f in frames
+        if f.bed is not None and f.device is not None
+    ]
+
+
+@dataclass(frozen=True)
 class CallRecord:
     """One video consult call as audited: who called which bed, when it started, was answered
     and ended, how it ended (``outcome``: completed, unanswered, busy, failed, refused) and
@@ -239,6 +260,11 @@ class Store(AlarmRepository, PatientRepository, SessionRepository, Protocol):
 
     async def calls(self, start_us: int, end_us: int) -> list[CallRecord]:
         """Calls started in [start_us, end_us), oldest first."""
+        ...
+
+    async def bed_devices(self, bed: BedKey | None = None) -> list[BedDevice]:
+        """The monitors the beds' (or ``bed``'s) statuses named, the most recently said
+        first."""
         ...
 
 

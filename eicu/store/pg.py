@@ -36,6 +36,7 @@ from eicu.store.base import (
     ALARM_DELIVERY_TIMES,
     ALARM_EVENT_COLUMNS,
     ALARM_EVENT_TIMES,
+    BedDevice,
     CallRecord,
     LatestValue,
     NumericSample,
@@ -47,6 +48,7 @@ from eicu.store.base import (
     call_records,
     check_bucket_s,
     delivery_records,
+    device_rows,
     last_sequence_doc,
     latest_doc,
     minute_ceil_us,
@@ -593,6 +595,15 @@ class PgStore(PatientMethods, SessionMethods):
                     for t, site, bed, gw, state, beds, dev in status_rows(batch.statuses)
                 ],
             )
+            devices = device_rows(batch.statuses)
+            if devices:
+                await cur.executemany(
+                    """INSERT INTO bed_devices VALUES (%s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (site, bed, device_id, id_type) DO UPDATE
+                       SET first_seen = least(bed_devices.first_seen, EXCLUDED.first_seen),
+                           last_seen = greatest(bed_devices.last_seen, EXCLUDED.last_seen)""",
+                    [(site, bed, d, k, t, t) for site, bed, d, k, t in devices],
+                )
 
     async def _insert_dead_letters(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
         async with conn.cursor() as cur:
@@ -917,6 +928,15 @@ class PgStore(PatientMethods, SessionMethods):
             (start_us, end_us),
         )
         return call_records(rows)
+
+    async def bed_devices(self, bed: BedKey | None = None) -> list[BedDevice]:
+        where, params = ("WHERE site = %s AND bed = %s", (bed.site, bed.bed)) if bed else ("", ())
+        rows = await self._fetch(
+            "SELECT site, bed, device_id, id_type, first_seen, last_seen FROM bed_devices "
+            f"{where} ORDER BY last_seen DESC, device_id",
+            params,
+        )
+        return [BedDevice(BedKey(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
     # --- alarm audit trail and delivery receipts -------------------------------------------------
 

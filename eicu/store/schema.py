@@ -186,6 +186,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         patient_tables("bigserial PRIMARY KEY"),
     ),
     Migration(6, "dashboard sessions shared by the dashboard processes", session_tables),
+    Migration(
+        7,
+        "the monitors that bed statuses name (times as integer microseconds)",
+        (
+            """CREATE TABLE IF NOT EXISTS bed_devices (
+                site text NOT NULL,
+                bed text NOT NULL,
+                device_id text NOT NULL,
+                id_type text NOT NULL,
+                first_seen bigint NOT NULL,
+                last_seen bigint NOT NULL,
+                PRIMARY KEY (site, bed, device_id, id_type))""",
+        ),
+    ),
 )
 
 # The 1-minute trend relation, for plain PostgreSQL. With TimescaleDB the same name is a

@@ -21,6 +21,7 @@ from eicu.store.base import (
     ALARM_DELIVERY_COLUMNS,
     ALARM_EVENT_COLUMNS,
     STATS_SQL,
+    BedDevice,
     CallRecord,
     LatestValue,
     NumericSample,
@@ -32,6 +33,7 @@ from eicu.store.base import (
     call_records,
     check_bucket_s,
     delivery_records,
+    device_rows,
     last_sequence_doc,
     latest_doc,
     minute_ceil_us,
@@ -57,6 +59,9 @@ CALL_COLUMNS = (
 )
 
 _SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS bed_devices (site TEXT NOT NULL, bed TEXT NOT NULL,
+        device_id TEXT NOT NULL, id_type TEXT NOT NULL, first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL, PRIMARY KEY (site, bed, device_id, id_type))""",
     """CREATE TABLE IF NOT EXISTS beds (bed_id INTEGER PRIMARY KEY, site TEXT NOT NULL,
         bed TEXT NOT NULL, UNIQUE (site, bed))""",
     """CREATE TABLE IF NOT EXISTS numerics (time INTEGER NOT NULL, bed_id INTEGER NOT NULL,
@@ -215,6 +220,13 @@ class SqliteStore(PatientMethods, SessionMethods):
                         (t, site, bed or "", gw or "", state, ",".join(beds), dev)
                         for t, site, bed, gw, state, beds, dev in status_rows(batch.statuses)
                     ],
+                )
+                conn.executemany(
+                    """INSERT INTO bed_devices VALUES (?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (site, bed, device_id, id_type) DO UPDATE
+                       SET first_seen = min(first_seen, excluded.first_seen),
+                           last_seen = max(last_seen, excluded.last_seen)""",
+                    [(site, bed, d, k, t, t) for site, bed, d, k, t in device_rows(batch.statuses)],
                 )
                 conn.executemany(
                     "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
@@ -386,6 +398,15 @@ class SqliteStore(PatientMethods, SessionMethods):
             (start_us, end_us),
         )
         return call_records(rows)
+
+    async def bed_devices(self, bed: BedKey | None = None) -> list[BedDevice]:
+        where, params = ("WHERE site = ? AND bed = ?", (bed.site, bed.bed)) if bed else ("", ())
+        rows = await self._fetch(
+            "SELECT site, bed, device_id, id_type, first_seen, last_seen FROM bed_devices "
+            f"{where} ORDER BY last_seen DESC, device_id",
+            params,
+        )
+        return [BedDevice(BedKey(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows]
 
     # --- alarm audit trail and delivery receipts -------------------------------------------------
 
