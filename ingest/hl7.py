@@ -130,6 +130,8 @@ class Counts:
     adt: int = 0  # ADT events made on the patient tables
     wave_frames: int = 0  # waveform frames published
     samples: int = 0
+    # PCD-01 whose PID-3 names another patient than the one admitted to the bed (data kept)
+    patient_mismatches: int = 0
 
 
 @dataclass
@@ -212,6 +214,9 @@ def read_pcd01(message: hl7.Message, site: str, counts: Counts) -> Observations:
     return Observations(bed, by_time, waves, device_of(message))
 
 
+# How long the admitted patients read for the PID check are used (an ADT through this
+# listener reads them again at once).
+PATIENTS_TTL_S: Final = 5.0
 MDS_CODE: Final = "69965"  # MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS
 
 
@@ -698,6 +703,8 @@ class Listener:
         self._seq: dict[BedKey, int] = {}
         self._wseq: dict[BedKey, int] = {}  # the same for the beds' waveform frames
         self._devices: dict[BedKey, tuple[str, str]] = {}  # the monitor each bed's status named
+        self._admitted_by_bed: dict[BedKey, str] = {}  # MRN of each bed's admitted patient
+        self._admitted_at = -math.inf
         self._seq0 = int(time.time()) % wire.MAX_SEQ
         self._client: bus.Client | None = None
         self._client_ready = asyncio.Event()
@@ -893,6 +900,7 @@ class Listener:
                 )  # fmt: skip
             else:
                 code, errors = await self._adt(message)
+                self._admitted_at = -math.inf  # who is in which bed may have changed
         elif kind != "ORU":
             code = "AR"
             accepted = "ORU^R01" + (", ADT^A01-A04/A08/A11-A13/A40" if self.patients else "")
@@ -927,6 +935,7 @@ class Listener:
                         "the engine's broker cannot take data now; send the message again",
                     )  # fmt: skip
                     return hl7.ack(message, "AR", self._next_control(), now_us, [err])
+                await self._check_patient(message, found.bed)
         if code == "AA":
             counts.accepted += 1
         elif code == "AE":
@@ -955,6 +964,42 @@ class Listener:
             while len(self._answers) > ANSWERED_KEPT:
                 self._answers.popitem(last=False)
         return answer
+
+    async def _admitted(self, bed: BedKey) -> str | None:
+        """The MRN of the patient admitted to ``bed`` (the open stays, read at most every
+        PATIENTS_TTL_S); None when nobody is or the patient tables cannot be read."""
+        assert self.patients is not None
+        now = time.monotonic()
+        if now - self._admitted_at >= PATIENTS_TTL_S:
+            try:
+                stays = await asyncio.wait_for(self.patients.encounters(current=True), 5.0)
+            except Exception as exc:  # a check of identity, never a reason to refuse data
+                log.warning("HL7 listener: the admitted patients cannot be read (%r)", exc)
+                return None
+            self._admitted_by_bed = {e.bed: e.patient.mrn for e in stays if e.bed is not None}
+            self._admitted_at = now
+        return self._admitted_by_bed.get(bed)
+
+    async def _check_patient(self, message: hl7.Message, bed: BedKey) -> None:
+        """A PCD-01 whose PID-3 names a patient other than the one admitted to its bed: the
+        data stays the bed's (the location decides, as for every gateway), and the mismatch is
+        counted and logged, naming both, for the interface team to find the wrong
+        association at the monitor or in the ADT feed."""
+        pid = message.first("PID")
+        if self.patients is None or pid is None:
+            return
+        named = message.encoding.unescape(pid.field(3).split(message.encoding.repetition)[0])
+        mrn = named.split(message.encoding.component)[0].strip()
+        if not mrn:
+            return
+        admitted = await self._admitted(bed)
+        if admitted is not None and admitted != mrn:
+            self.counts.patient_mismatches += 1
+            log.warning(
+                "PCD-01 %s from %s for bed %s names patient %s, but %s is admitted there: "
+                "the data stays the bed's",
+                message.control_id[:40], message.msh.field(3)[:40], bed, mrn[:40], admitted,
+            )  # fmt: skip
 
     async def _adt(self, message: hl7.Message) -> tuple[str, list[hl7.Hl7Error]]:
         """An ADT event made on the patient tables: (``AA``, []), (``AE``, what is wrong) or

@@ -229,3 +229,22 @@ async def test_a_merge_that_cannot_be_made_names_the_field(
         (found,) = errs(answer)
         assert found[0].startswith(where) and words in found[1], found
     assert {s.patient.mrn for s in await store_of_each_kind.encounters()} == {"4711", "TMP-3"}
+
+
+async def test_observations_naming_another_patient_than_the_bed_s_are_kept_and_counted(
+    listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pathlib import Path
+
+    example = (Path(__file__).parent / "data" / "hl7" / "pcd01-oru-r01.hl7").read_text()
+    assert msa((await send(listener.port, adt("A01", "M1", "bed07")))[0]) == "AA"
+    # the monitor of bed 7 still says patient 7001234: the data is the bed's, the mismatch
+    # counted and named in the log
+    with caplog.at_level("WARNING", logger="ingest.hl7"):
+        assert msa((await send(listener.port, example))[0]) == "AA"
+    assert listener.counts.patient_mismatches == 1 and listener.counts.frames == 2
+    assert "names patient 7001234, but 4711 is admitted there" in caplog.text
+    # the monitor set to the admitted patient: nothing to say
+    right = example.replace("PCD0001", "PCD0002").replace("PID|||7001234^", "PID|||4711^")
+    assert msa((await send(listener.port, right))[0]) == "AA"
+    assert listener.counts.patient_mismatches == 1 and listener.counts.frames == 4

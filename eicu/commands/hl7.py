@@ -350,7 +350,8 @@ async def _listen(
     print(
         f"eicu hl7: {c.messages} messages: {c.accepted} accepted, {c.errors} with errors, "
         f"{c.rejected} rejected, {c.duplicates} repeated; {c.frames} frames, {c.values} values; "
-        f"{c.unknown_codes} unknown codes skipped; {c.adt} ADT events",
+        f"{c.unknown_codes} unknown codes skipped; {c.adt} ADT events; "
+        f"{c.patient_mismatches} naming another patient than the bed's",
         file=sys.stderr,
     )
     return code
