@@ -142,9 +142,14 @@ async def test_many_beds_every_sample_stored_exactly_once(
 async def test_bad_payloads_rejected_while_good_traffic_continues(
     broker: Mosquitto, store: Store, tmp_path: Path
 ) -> None:
+    from eicu.config import AdmissionSettings
     from tests.test_wire import BAD
 
-    engine = await _started(broker, store, tmp_path)
+    # every bad message kept one by one (more of one reason than a window's default share)
+    admission = AdmissionSettings(dead_letters_per_window=len(BAD))
+    engine = _engine(broker, store, tmp_path, admission=admission)
+    await engine.start()
+    await engine.wait_connected()
     mqtt = MqttSettings.from_url(broker.url)
     sim = asyncio.create_task(
         simulate(mqtt, SimulationPlan(site="good", beds=5, duration_s=10.0, speed=2.0))
