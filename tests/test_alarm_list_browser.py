@@ -119,6 +119,22 @@ CELLS_JS = """() => {
            header: header.scrollWidth - header.clientWidth,
            table: document.querySelector('.census-scroll').scrollWidth };
 }"""
+# The longest alarm chips the census can show: a physiological alarm latched, a technical one
+# with its audio paused (by the longest kinds of the default policy); none may be cut short.
+LONGEST_CHIPS_JS = """() => {
+  const td = document.querySelector('#census tbody tr[data-bed] td:nth-child(3)');
+  const cut = [];
+  for (const a of [
+    { kind: 'DETERIORATION', priority: 'medium', state: 'latched', sounding: false,
+      audio_paused_until_us: null },
+    { kind: 'TEMP_UNAVAILABLE', priority: 'medium', state: 'active', sounding: false,
+      audio_paused_until_us: 1 },
+  ]) {
+    td.replaceChildren(eicuAlarms.chip(a));
+    if (td.scrollWidth > td.clientWidth + 1) cut.push(`${td.textContent} (${td.scrollWidth})`);
+  }
+  return cut;
+}"""
 # A link at the end of a cell too narrow for it, focused as the keyboard would: the cell's
 # content must not scroll to show it (the row would then read as another value).
 FOCUS_JS = """() => {
@@ -146,5 +162,6 @@ async def census_at_768_px(page: object, dashboard: DashboardServer) -> None:
     assert got["cut"] == [], got["cut"]
     assert got["page"] <= got["width"] and got["header"] <= 0
     assert got["table"] > got["width"]  # the table scrolls in its own box
+    assert await page.evaluate(LONGEST_CHIPS_JS) == []
     assert await page.evaluate(FOCUS_JS) == 0
     await page.screenshot(path=str(ARTIFACTS / "census-768.png"))
