@@ -45,7 +45,9 @@ class ScoreStage:
     def __call__(self, frame: Frame, state: BedState | None) -> None:
         if not isinstance(frame, NumericsFrame) or state is None:
             return
-        scores = self.beds.setdefault(frame.bed, BedScores())
+        scores = self.beds.get(frame.bed)
+        if scores is None:
+            scores = self.beds[frame.bed] = BedScores()
         if scores.tracker is None:
             scores.tracker = DeteriorationTracker()
         try:

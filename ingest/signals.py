@@ -73,7 +73,9 @@ class SignalStage:
             fs = {b.signal: b.fs_hz for b in blocks}
             pipe = _BedPipe(BedSignalPipeline(fs), {}, fs)
             self._pipes[frame.bed] = pipe
-        derived = self.derived.setdefault(frame.bed, Derived())
+        derived = self.derived.get(frame.bed)
+        if derived is None:  # (setdefault would build a Derived for every frame)
+            derived = self.derived[frame.bed] = Derived()
         for b in blocks:
             if b.signal not in pipe.fs_hz:
                 continue  # a signal the bed did not have when its pipeline started

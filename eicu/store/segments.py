@@ -176,7 +176,7 @@ def segments(frames: list[WaveformFrame], max_frames: int = 256) -> list[Segment
                 first.seq,
                 len(run),
                 round(end - first.t0_us),
-                sum(f.n_samples for f in run),
+                sum(b.samples.shape[0] for b in blocks),  # the run's samples, joined
                 encode_blocks(blocks),
             )
         )

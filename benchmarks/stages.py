@@ -1,0 +1,100 @@
+"""CPU of the engine's per-bed stages, in one process, without broker or store.
+
+    python benchmarks/stages.py [--beds 40] [--seconds 60] [--frame 0.5] [--scenario stable]
+
+Simulated beds (the standard signal set of ``simulators``: ECG II and V at 250 Hz, PLETH and ABP
+at 125 Hz, RESP at 62.5 Hz, numerics every second) are rendered into frames beforehand; then
+the frames of the last five sixths of the run are routed, in time order, through the bed
+router alone, the router with the signal stage, and the router with the signal and score
+stages (each on fresh state, the first sixth routed first to warm it up). Printed: CPU time
+(``time.process_time``) per bed-second of each, and the signal and score stages' shares by
+difference; best of ``--repeat`` runs. This is the part of ``benchmarks/ingest.py``'s engine
+CPU that grows with the beds' data, measured without the broker, the network and the machine's
+other processes. On a shared 2-core virtual machine the figures still move by 10-20 % between
+runs (process CPU time depends on the caches and clock the machine gives): compare changes
+with ``--repeat 5`` and several runs. ``--scenario mix`` cycles through every scenario (VT, AF,
+pacing, artefact ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+# the project before this folder: benchmarks/ingest.py would shadow the ingest package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from eicu.metrics import IngestMetrics
+from eicu.models import BedKey
+from ingest.scores import ScoreStage
+from ingest.signals import SignalStage
+from ingest.state import BedRouter
+from simulators.beds import SynthGroup
+from simulators.scenarios import SCENARIOS
+
+
+def frames_of(beds: int, seconds: float, frame_s: float, scenario: str) -> list[object]:
+    keys = [BedKey("bench", f"bed{i:04d}") for i in range(beds)]
+    kinds = [SCENARIOS[i % len(SCENARIOS)] if scenario == "mix" else scenario for i in range(beds)]
+    start_us = time.time_ns() // 1000 - int((seconds + 60) * 1e6)
+    group = SynthGroup(keys, kinds, list(range(beds)), start_us)
+    out: list[object] = []
+    for _ in range(round(seconds / frame_s)):
+        for _bed, wave, numerics, on in group.tick(frame_s):
+            if not on:
+                continue
+            for f in (numerics, wave):
+                if f is not None:
+                    rx = getattr(f, "t0_us", None) or getattr(f, "ts_us", 0)
+                    out.append(dataclasses.replace(f, received_us=rx))
+    return out
+
+
+def run(frames: list[object], stages: str) -> float:
+    """CPU seconds of routing the frames after the first sixth through ``stages``."""
+    router = BedRouter(IngestMetrics())
+    if "signals" in stages:
+        router.subscribe(SignalStage())
+    if "scores" in stages:
+        router.subscribe(ScoreStage())
+    warm = len(frames) // 6
+    for f in frames[:warm]:
+        router.route(f)  # type: ignore[arg-type]
+    t0 = time.process_time()
+    for f in frames[warm:]:
+        router.route(f)  # type: ignore[arg-type]
+    return time.process_time() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--beds", type=int, default=40)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--frame", type=float, default=0.5, help="seconds per waveform frame")
+    parser.add_argument("--scenario", default="stable", choices=[*SCENARIOS, "mix"])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    frames = frames_of(args.beds, args.seconds, args.frame, args.scenario)
+    bed_s = args.beds * args.seconds * 5 / 6
+    best = {}
+    for stages in ("router", "router+signals", "router+signals+scores"):
+        best[stages] = min(run(frames, stages) for _ in range(args.repeat)) * 1000 / bed_s
+    print(
+        f"{args.beds} beds ({args.scenario}), {args.seconds:g} s in {args.frame:g} s frames, "
+        f"{len(frames)} frames; CPU ms per bed-second, best of {args.repeat}:"
+    )
+    for stages, ms in best.items():
+        print(f"  {stages:24s} {ms:6.3f}")
+    print(
+        f"  signal stage {best['router+signals'] - best['router']:.3f}, "
+        f"score stage {best['router+signals+scores'] - best['router+signals']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
