@@ -225,47 +225,44 @@ async def test_pcd04_goes_over_tls_to_a_verified_alarm_manager_only(tmp_path: Pa
     client = ca.client("eicu-hub")
     tls = MllpClientTls(ca.cert, client.cert, client.key).context()
     receiver = await Receiver(tls=_receiver_tls(ca, client_ca=ca)).start()
-    rota = Rota(sites={}, retry_min_s=0.05, retry_max_s=0.2)
     try:
-        with Outbox(tmp_path / "outbox.db") as box:
-            channel = MllpChannel(timeout_s=3, tls=tls)
-            dispatcher = Dispatcher(rota, box, {"mllp": channel}, pcd04=[receiver.address],
-                                    poll_s=0.05)  # fmt: skip
-            runner = asyncio.create_task(dispatcher.run(asyncio.Queue()))
-            try:
-                await dispatcher.handle(event(AlarmState.ACTIVE, reason="started"))
-                await until(lambda: all(r.delivered_us for r in box.receipts()))
-                (text,) = receiver.received
-                assert hl7.parse(text).message_type[:2] == ("ORU", "R40")
-                assert facet(text, 3) == "start"
-            finally:
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
+        async with paging_to(receiver, tls, tmp_path / "outbox.db") as box:
+            await until(lambda: all(r.delivered_us for r in box.receipts()))
+            (text,) = receiver.received
+            assert hl7.parse(text).message_type[:2] == ("ORU", "R40")
+            assert facet(text, 3) == "start"
     finally:
         await receiver.stop()
     # a receiver whose certificate another CA signed is never sent the alarm: it is retried,
     # and the receipt names the verification
-    other = TestCa(tmp_path / "other", name="another CA")
-    impostor = await Receiver(tls=_receiver_tls(other)).start()
+    impostor = await Receiver(tls=_receiver_tls(TestCa(tmp_path / "other", "another CA"))).start()
     try:
-        with Outbox(tmp_path / "outbox2.db") as box:
-            dispatcher = Dispatcher(rota, box, {"mllp": MllpChannel(timeout_s=3, tls=tls)},
-                                    pcd04=[impostor.address], poll_s=0.05)  # fmt: skip
-            runner = asyncio.create_task(dispatcher.run(asyncio.Queue()))
-            try:
-                await dispatcher.handle(event(AlarmState.ACTIVE, reason="started"))
-                await until(lambda: any(r.attempts >= 2 for r in box.receipts()))
-                (receipt,) = box.receipts()
-                assert receipt.open and receipt.delivered_us is None
-                assert "CERTIFICATE_VERIFY_FAILED" in receipt.last_error
-                assert impostor.received == []
-            finally:
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
+        async with paging_to(impostor, tls, tmp_path / "outbox2.db") as box:
+            await until(lambda: any(r.attempts >= 2 for r in box.receipts()))
+            (receipt,) = box.receipts()
+            assert receipt.open and receipt.delivered_us is None
+            assert "CERTIFICATE_VERIFY_FAILED" in receipt.last_error
+            assert impostor.received == []
     finally:
         await impostor.stop()
+
+
+@contextlib.asynccontextmanager
+async def paging_to(receiver: Receiver, tls: ssl.SSLContext, outbox: Path) -> AsyncIterator[Outbox]:
+    """A dispatcher sending one alarm's start over MLLP with ``tls`` to ``receiver``, running
+    (retries quick) while the block runs; its outbox."""
+    rota = Rota(sites={}, retry_min_s=0.05, retry_max_s=0.2)
+    with Outbox(outbox) as box:
+        dispatcher = Dispatcher(rota, box, {"mllp": MllpChannel(timeout_s=3, tls=tls)},
+                                pcd04=[receiver.address], poll_s=0.05)  # fmt: skip
+        runner = asyncio.create_task(dispatcher.run(asyncio.Queue()))
+        try:
+            await dispatcher.handle(event(AlarmState.ACTIVE, reason="started"))
+            yield box
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
 
 
 def test_the_outbound_tls_settings_name_what_is_wrong(tmp_path: Path) -> None:

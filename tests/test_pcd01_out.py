@@ -34,6 +34,17 @@ async def stored(store: Store, t0_us: int, n: int) -> list[NumericsFrame]:
     return frames
 
 
+async def forward_all(forwarder: Forwarder, receiver: Receiver, timeout_s: float) -> None:
+    """Step the forwarder until it has nothing more to send now; then close both ends."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while await forwarder.step():
+                pass
+    finally:
+        await forwarder._close()
+        await receiver.stop()
+
+
 async def test_stored_numerics_reach_the_receiver_as_pcd01_once(
     tmp_path: Path, store_of_each_kind: Store
 ) -> None:
@@ -52,13 +63,7 @@ async def test_stored_numerics_reach_the_receiver_as_pcd01_once(
         store, "127.0.0.1", port, state, delay_s=1.0, start_back_s=60, patient_of=patient_of,
         retry_min_s=0.05, retry_max_s=0.1,
     )  # fmt: skip
-    try:
-        async with asyncio.timeout(20):
-            while await forwarder.step():
-                pass
-    finally:
-        await forwarder._close()
-        await receiver.stop()
+    await forward_all(forwarder, receiver, timeout_s=20)
     assert forwarder.counts.messages == 10 and forwarder.counts.retries == 2
     texts = receiver.received[2:]  # the first two were answered AR and dropped, then sent again
     assert receiver.received[0] == receiver.received[1] == texts[0]
@@ -103,13 +108,7 @@ async def test_a_message_the_receiver_finds_in_error_is_counted_and_passed_over(
     receiver = await Receiver(plan=["AE"]).start()
     forwarder = Forwarder(store_of_each_kind, "127.0.0.1", receiver.port, tmp_path / "c.json",
                           delay_s=1.0)  # fmt: skip
-    try:
-        async with asyncio.timeout(10):
-            while await forwarder.step():
-                pass
-    finally:
-        await forwarder._close()
-        await receiver.stop()
+    await forward_all(forwarder, receiver, timeout_s=10)
     assert (forwarder.counts.refused, forwarder.counts.messages) == (1, 1)
 
 
@@ -181,12 +180,6 @@ async def test_the_forwarder_speaks_tls_to_a_receiver_it_verifies(
     tls = MllpClientTls(ca_file=ca.cert).context()
     forwarder = Forwarder(store_of_each_kind, "127.0.0.1", receiver.port, tmp_path / "c.json",
                           delay_s=1.0, tls=tls)  # fmt: skip
-    try:
-        async with asyncio.timeout(10):
-            while await forwarder.step():
-                pass
-    finally:
-        await forwarder._close()
-        await receiver.stop()
+    await forward_all(forwarder, receiver, timeout_s=10)
     assert forwarder.counts.messages == 4 and len(receiver.received) == 4
     assert all(hl7.parse(t).message_type[:2] == ("ORU", "R01") for t in receiver.received)
