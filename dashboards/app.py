@@ -1045,13 +1045,11 @@ def create_app(
     consult.register(app, store, source.registry, sessions, ice_servers)
 
     async def by_token(token: str) -> Session | None:
-        """A bearer token: a session's (a user's client), else a system's API token."""
-        session = await sessions.aget(token)
-        if session is not None:
-            return session
+        """A bearer token: a system's API token (looked up in memory, first), else a session's
+        (a user's client; in the shared session store)."""
         system = users.by_token(token)
         if system is None:
-            return None
+            return await sessions.aget(token)
         now = time.monotonic()
         return Session(token="", user=system, csrf="", last_used_s=now, created_s=now)
 

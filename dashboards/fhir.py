@@ -937,7 +937,8 @@ def register(
         found.sort(key=lambda r: r["occurrenceDateTime"])
         return paged(request, found)
 
-    async def named_devices(bed: BedKey) -> list[BedDevice]:
+    async def named_devices(bed: BedKey | None = None) -> list[BedDevice]:
+        """The monitors ``bed``'s statuses named (every bed's when None)."""
         try:
             return await store.bed_devices(bed)
         except StorageUnavailable as exc:
@@ -966,9 +967,13 @@ def register(
             current = [e for e in await stays(session) if e.discharged_us is None]
             beds = sorted({e.bed for e in current if e.bed is not None}, key=str)
         seen = [b for b in beds if session.user.can_see(b.site)]
-        devices = [
-            device_resource(b, await named_devices(b)) for b in seen[: _count(q.get("_count"))]
-        ]
+        shown = seen[: _count(q.get("_count"))]
+        known: dict[BedKey, list[BedDevice]] = {b: [] for b in shown}
+        if shown:
+            for d in await named_devices(shown[0] if len(shown) == 1 else None):
+                if d.bed in known:
+                    known[d.bed].append(d)  # newest first, as the store gives them
+        devices = [device_resource(b, known[b]) for b in shown]
         return bundle(request, devices, len(seen), None)
 
     # --- bulk export (FHIR Bulk Data: kick-off, status, files) ------------------------------

@@ -144,6 +144,16 @@ class _Unset:
 UNSET = _Unset()
 
 
+def _role(given: Role | str | _Unset, current: Role) -> Role:
+    """The role :meth:`Users.update` gives: ``given``, else the user's ``current`` one."""
+    if isinstance(given, _Unset):
+        return current
+    try:
+        return Role(given)
+    except ValueError as exc:
+        raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
+
+
 def checked_user(
     role: Role | str, sites: frozenset[str] | None, bed: BedKey | str | None
 ) -> tuple[Role, frozenset[str] | None, BedKey | None]:
@@ -280,24 +290,31 @@ class Users:
     ) -> User:
         """Change a user's role, sites, bed or password (what is not given stays). ``check``
         sees the user before and after, under the file's lock, and may raise to refuse."""
+        digest = None
+        if password is not None:
+            # the slow password hash is made before taking the file's lock, which every
+            # request's user lookup takes too
+            current = self.get(name)
+            if current is None:
+                raise UserError("name", f"no user {name!r}")
+            digest = self._credential(_role(role, current.role), password)
         with self._lock:
             self._reload()
             old = self._users.get(name)
             if old is None:
                 raise UserError("name", f"no user {name!r}")
             before = _user(name, old)
-            try:
-                new_role = before.role if isinstance(role, _Unset) else Role(role)
-            except ValueError as exc:
-                raise UserError("role", f"one of {', '.join(r.value for r in Role)}") from exc
-            if (new_role is Role.SYSTEM) != (before.role is Role.SYSTEM) and password is None:
+            new_role = _role(role, before.role)
+            system = new_role is Role.SYSTEM
+            if digest is None and system != (before.role is Role.SYSTEM):
                 # a password is no token, nor a token a password
                 raise UserError(
                     "password",
-                    f"a new {'token' if new_role is Role.SYSTEM else 'password'} is needed "
+                    f"a new {'token' if system else 'password'} is needed "
                     f"with the role {new_role.value}",
                 )
-            digest = self._credential(new_role, password) if password is not None else None
+            if digest is not None and system != digest.startswith(TOKEN_PREFIX):
+                raise UserError("role", f"the role of {name!r} changed meanwhile; try again")
             cart = new_role is Role.CART
             new_bed = (before.bed if cart else None) if isinstance(bed, _Unset) else bed
             new_sites = before.sites if isinstance(sites, _Unset) else sites

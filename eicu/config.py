@@ -339,6 +339,11 @@ class MllpClientTls:
         return context
 
 
+def mllp_client_context(tls: MllpClientTls | None) -> ssl.SSLContext | None:
+    """The client context of outbound MLLP (None: plain MLLP)."""
+    return tls.context() if tls is not None else None
+
+
 def mllp_client_tls(env: Mapping[str, str]) -> MllpClientTls | None:
     """The outbound MLLP TLS settings: ``EICU_HL7_OUT_TLS`` (on/off; on as soon as one of the
     files below is named), ``EICU_HL7_OUT_TLS_CA_FILE``, ``EICU_HL7_OUT_TLS_CERT_FILE`` with

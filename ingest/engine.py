@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from eicu import wire
 from eicu.clock import SYSTEM_CLOCK, Clock
-from eicu.config import AlertingSettings, IngestSettings, MqttSettings
+from eicu.config import AlertingSettings, IngestSettings, MqttSettings, mllp_client_context
 from eicu.errors import StorageUnavailable
 from eicu.health import Health
 from eicu.metrics import IngestMetrics
@@ -407,7 +407,7 @@ class Engine:
             self._channels["email"] = EmailChannel(alerting.smtp, clock=clock)
         if alerting.pcd04:
             patient_of = patients_from(self.store)
-            tls = alerting.mllp_tls.context() if alerting.mllp_tls is not None else None
+            tls = mllp_client_context(alerting.mllp_tls)
             self._channels["mllp"] = MllpChannel(patient_of=patient_of, clock=clock, tls=tls)
         metrics = DeliveryMetrics(self.metrics.registry)
         return Dispatcher(

@@ -821,7 +821,6 @@ async def test_a_capture_replays_through_the_listener_at_the_present_time(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     import os
-    import sys
 
     capture = tmp_path / "capture.hl7"
     in_error = replace_obx(with_msh(EXAMPLE, control="PCD0002"), "3", 5, "seventy-two")
@@ -829,12 +828,8 @@ async def test_a_capture_replays_through_the_listener_at_the_present_time(
     env = {**os.environ, "EICU_HL7_SITE": SITE, "EICU_MQTT_URL": broker.url}
     async with numerics(broker) as seen:
         before_us = time.time_ns() // 1000
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "eicu.cli", "hl7", "listen", "--replay", str(capture), "--now",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 1, err.decode()  # one message was not accepted
+        code, out, err = await replay(env, str(capture), "--now")
+        assert code == 1, err.decode()  # one message was not accepted
         frames = await seen.wait_for(2)
     lines = [line.split("\t") for line in out.decode().splitlines()]
     assert [line[:3] for line in lines] == [["1", "PCD0001", "AA"], ["2", "PCD0002", "AE"]]
@@ -846,12 +841,27 @@ async def test_a_capture_replays_through_the_listener_at_the_present_time(
     assert "replayed 2 messages, 1 not accepted" in err.decode()
     # a capture that cannot be read is named, and nothing starts
     capture.write_bytes(b"not a capture")
+    code, _, err = await replay(env, str(capture))
+    assert code == 2 and "before the first MSH" in err.decode()
+
+
+async def replay(env: dict[str, str], *args: str) -> tuple[int, bytes, bytes]:
+    """``eicu hl7 listen --replay ARGS``: its exit code, stdout and stderr (killed after 60 s,
+    never left running)."""
+    import sys
+
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eicu.cli", "hl7", "listen", "--replay", str(capture),
+        sys.executable, "-m", "eicu.cli", "hl7", "listen", "--replay", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 2 and "before the first MSH" in err.decode()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
 
 
 # --- device identity ----------------------------------------------------------------------------

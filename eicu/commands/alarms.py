@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alerting import cli as alarms_cli
-from eicu.config import AlertingSettings, Settings
+from eicu.config import AlertingSettings, Settings, mllp_client_context
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -105,10 +105,8 @@ def channels(
         out["email"] = EmailChannel(settings.alerting.smtp, clock=clock)
     if settings.alerting.pcd04:
         patient_of = patients_from(store) if store is not None else None
-        tls = settings.alerting.mllp_tls
-        out["mllp"] = MllpChannel(
-            patient_of=patient_of, clock=clock, tls=tls.context() if tls is not None else None
-        )
+        tls = mllp_client_context(settings.alerting.mllp_tls)
+        out["mllp"] = MllpChannel(patient_of=patient_of, clock=clock, tls=tls)
     return out
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu import hl7
-from eicu.config import MqttSettings, mllp_client_tls
+from eicu.config import MqttSettings, mllp_client_context, mllp_client_tls
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ async def _forward(env: dict[str, str]) -> int:
     try:
         try:
             forwarder = Forwarder(
-                store, host, port, Path(state), delay_s=delay_s, tls=tls.context() if tls else None
+                store, host, port, Path(state), delay_s=delay_s, tls=mllp_client_context(tls)
             )
         except ValueError as exc:
             raise ConfigError("EICU_PCD01_STATE_FILE", str(exc)) from exc
