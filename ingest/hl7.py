@@ -231,7 +231,8 @@ def _equipment(ei: str, enc: hl7.Encoding) -> tuple[str, str] | None:
         ident, kind = entity or universal, namespace or universal_type
     if not ident or len(ident) > 128 or not ident.isprintable():
         return None
-    return ident, kind[:32]
+    # the kind as the bed status carries it (eicu.wire): printable, at most 32 characters
+    return ident, kind[:32] if kind.isprintable() else ""
 
 
 def device_of(message: hl7.Message) -> tuple[str, str] | None:

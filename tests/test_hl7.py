@@ -874,6 +874,9 @@ def test_the_monitor_is_named_by_the_mds_obx18_else_prt10() -> None:
     # the universal id and its type, as HD components 3 and 4
     universal = EXAMPLE.replace("|0123456789ABCDEF^EUI-64\r", "|^^0011223344556677^EUI-64\r")
     assert device_of(hl7.parse(universal)) == ("0011223344556677", "EUI-64")
+    # a kind the bed status could not carry (a control character) is left out, the id kept
+    odd = EXAMPLE.replace("|0123456789ABCDEF^EUI-64\r", "|0123456789ABCDEF^EUI\x0764\r")
+    assert device_of(hl7.parse(odd)) == ("0123456789ABCDEF", "")
     # without OBX-18: PRT-10 (participation device, HL7 2.7 and later)
     bare = EXAMPLE.replace("|0123456789ABCDEF^EUI-64\r", "\r")
     assert device_of(hl7.parse(bare)) is None
