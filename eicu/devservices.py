@@ -20,22 +20,40 @@ import socket
 import subprocess
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Final, Self
 
 
 class ServiceError(RuntimeError):
     """A local server could not be started or stopped."""
 
 
+# The ports free_port handed out lately: the system may offer a port again as soon as the socket
+# that found it is closed, before the server it was meant for has bound it (a NATS cluster's
+# nine ports are picked before any node starts).
+_ISSUED_KEPT: Final = 4096
+_issued: deque[int] = deque(maxlen=_ISSUED_KEPT)
+_issued_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, and none of the last ``_ISSUED_KEPT`` this process
+    handed out."""
+    with _issued_lock:
+        for _ in range(1000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _issued:
+                _issued.append(port)
+                return port
+    raise ServiceError("no free loopback port that was not handed out already")
 
 
 def wait_port(port: int, timeout_s: float = 15.0) -> None:
@@ -425,6 +443,7 @@ class NatsServer:
         self.port = free_port()
         self.mqtt_port = free_port()
         self.http_port = free_port()
+        self.cluster_port = cluster[0] if cluster else None
         self.dir = base_dir or Path(tempfile.mkdtemp(prefix="eicu-nats-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "nats.conf"
@@ -436,7 +455,7 @@ class NatsServer:
                 mqtt_port=self.mqtt_port,
                 http_port=self.http_port,
                 store_dir=self.dir / "store",
-                cluster_port=cluster[0] if cluster else None,
+                cluster_port=self.cluster_port,
                 routes=cluster[1] if cluster else (),
                 stream_replicas=stream_replicas,
                 partitions=partitions,
@@ -561,11 +580,17 @@ class NatsCluster:
         return [node.url for node in self.nodes]
 
     def start(self, timeout_s: float = 60.0) -> NatsCluster:
-        for node in self.nodes:
-            node.launch()
-        deadline = time.monotonic() + timeout_s
-        for node in self.nodes:
-            node.wait_ready(max(deadline - time.monotonic(), 0.1))
+        """Every node launched, then each waited for; a cluster that does not come up is
+        stopped whole (no node left running) before the error is raised."""
+        try:
+            for node in self.nodes:
+                node.launch()
+            deadline = time.monotonic() + timeout_s
+            for node in self.nodes:
+                node.wait_ready(max(deadline - time.monotonic(), 0.1))
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

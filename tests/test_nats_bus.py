@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -223,6 +224,24 @@ def test_partition_mappings_keep_site_and_bed_together() -> None:
         nats_partition_mappings(0)
     with pytest.raises(ValueError):
         partition_topic_filter(-1)
+
+
+def test_a_cluster_gets_distinct_ports_and_one_that_fails_leaves_no_node_running() -> None:
+    cluster = NatsCluster(partitions=PARTITIONS)
+    try:
+        ports = [p for n in cluster.nodes for p in (n.port, n.mqtt_port, n.http_port)]
+        ports += [n.cluster_port for n in cluster.nodes if n.cluster_port is not None]
+        assert len(ports) == 12 and len(set(ports)) == 12
+        # a node that cannot bind its route port exits: the cluster never comes up, and the
+        # nodes that did start are stopped before the error
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", cluster.nodes[2].cluster_port or 0))
+            taken.listen()
+            with pytest.raises(ServiceError):
+                cluster.start(timeout_s=3.0)
+        assert all(n.proc is None for n in cluster.nodes)
+    finally:
+        cluster.cleanup()
 
 
 # --- partitions over the cluster --------------------------------------------------------------
