@@ -201,3 +201,47 @@ def test_an_irregular_paced_rhythm_is_not_af_and_the_same_intervals_unpaced_are(
     assert episodes(flags, "AFIB") == []
     flags, _, _ = feed("NNNP" * 50, rr)
     assert episodes(flags, "AFIB")
+
+
+def _fib_windows(tr: RhythmTracker, beats: list[tuple[float, str]], until_s: float) -> list[str]:
+    """Beats (time s, class) and a fibrillatory 4 s window judged every second, in the order in
+    which each becomes known; the VFIB flags' states."""
+    out: list[str] = []
+    todo = sorted(beats)
+    for end in range(4, int(until_s) + 1):
+        while todo and todo[0][0] < end:
+            t, c = todo.pop(0)
+            s = round(t * FS)
+            out.extend(f.state for f in tr.advance(s) if f.label == "VFIB")
+            evs = tr.beat(s, c == "V", beat_class=c)
+            out.extend(e.state for e in evs if isinstance(e, RhythmFlag) and e.label == "VFIB")
+        e = round(end * FS)
+        out.extend(f.state for f in tr.fibrillation(e - round(4 * FS), e, True))
+    return out
+
+
+def test_fibrillatory_windows_with_no_organised_qrs_are_vf() -> None:
+    """VF: no organised QRS complex, only fibrillatory waves (which the beat detector may pick
+    up as beats it cannot match to the patient's dominant beat)."""
+    beats = [(0.5 + 0.25 * i, "V") for i in range(40)]
+    assert _fib_windows(_tracker(), beats, 10) == ["start"]
+
+
+def test_conducted_beats_inside_a_fibrillatory_window_rule_out_vf() -> None:
+    """A fast run of ventricular beats between conducted ones concentrates the spectrum as VF
+    does, but the conducted beats (class N: like the dominant beat) are organised QRS
+    complexes, so the window is not VF; a paced capture (P) is organised too."""
+    for conducted in ("N", "P"):
+        beats = [(0.5 + 0.35 * i, conducted if i % 7 < 3 else "V") for i in range(40)]
+        assert "start" not in _fib_windows(_tracker(), beats, 14), conducted
+    # one conducted beat in a window is not enough to rule VF out
+    lone = [(0.5 + 0.25 * i, "N" if i == 10 else "V") for i in range(40)]
+    assert _fib_windows(_tracker(), lone, 10) == ["start"]
+
+
+def test_beats_matching_the_dominant_template_do_not_end_vf_once_it_runs() -> None:
+    """Once VF runs, only the waveform (its windows no longer fibrillatory) ends it: deflections
+    of the fibrillation that happen to match the dominant template must not silence it."""
+    beats = [(0.5 + 0.25 * i, "V") for i in range(16)]
+    beats += [(4.5 + 0.3 * i, "N") for i in range(30)]
+    assert _fib_windows(_tracker(), beats, 12) == ["start"]

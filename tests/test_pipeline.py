@@ -473,3 +473,50 @@ def test_a_paced_rhythm_is_the_dominant_beat_and_never_vt(record: str) -> None:
     classes = [e.beat_class for e in ev if isinstance(e, Beat) and e.beat_class is not None]
     assert classes.count("N") > 0.8 * len(classes)
     assert flags(ev, "VTACH") == []
+
+
+@pytest.mark.realdata
+def test_mitdb_vfib_only_on_ventricular_tachyarrhythmias_and_on_every_flutter() -> None:
+    """On every MIT-BIH record present: at least 90 % of the VFIB episodes lie on annotated
+    ventricular flutter, fibrillation or tachycardia (a fast VT judged fibrillatory is still a
+    lethal rhythm; the rest come from conducted beats the classifier calls V), and every
+    annotated flutter or fibrillation episode is flagged VFIB."""
+    from eicu.signal.records import read_record, read_rhythm_episodes
+    from tests.conftest import require_data
+
+    root = require_data("mitdb/RECORDS")
+    records = (root / "mitdb" / "RECORDS").read_text().split()
+    present = [r for r in records if (root / "mitdb" / f"{r}.hea").exists()]
+    if not present:
+        pytest.skip(f"no MIT-BIH record under {root / 'mitdb'}")
+    false_eps: list[tuple[str, float]] = []
+    missed: list[tuple[str, float]] = []
+    n_eps = 0
+    for r in present:
+        path = root / "mitdb" / r
+        rec = read_record(path)
+        x = rec.signals[:, 0]
+        n = x.shape[0]
+        lethal = [
+            ep for label in ("VFL", "VF", "VT") for ep in read_rhythm_episodes(path, label, n)
+        ]
+        fib = read_rhythm_episodes(path, "VFL", n) + read_rhythm_episodes(path, "VF", n)
+        ev = run(x, chunk_s=1.0, fs=rec.fs_hz)
+        eps, opened = [], None
+        for f in flags(ev, "VFIB"):
+            if f.state == "start":
+                opened = f.sample
+            elif opened is not None:
+                eps.append((opened, f.sample))
+                opened = None
+        if opened is not None:
+            eps.append((opened, n))
+        n_eps += len(eps)
+        for a, b in eps:
+            if not any(a < e1 and s1 < b for s1, e1 in lethal):
+                false_eps.append((r, a / rec.fs_hz))
+        for s1, e1 in fib:
+            if not any(a < e1 and s1 < b for a, b in eps):
+                missed.append((r, s1 / rec.fs_hz))
+    assert len(false_eps) <= 0.1 * n_eps, (false_eps, n_eps)
+    assert missed == []

@@ -12,7 +12,8 @@ means 5 consecutive intervals, and a flag starts at the first beat of the run)
 - VTACH: 5 or more ventricular beats in a row at a rate of at least 100 bpm over those beats,
   lasting as long as the run (with couplets, runs, bigeminy, trigeminy and sustained VT: see
   :mod:`eicu.signal.ectopy`);
-- VFIB: a fibrillatory or flutter waveform for at least 4 s;
+- VFIB: a fibrillatory or flutter waveform for at least 4 s, with no organised QRS complex in
+  it (``VF_ORGANISED_BEATS``);
 
 and two that the challenge does not define:
 
@@ -52,6 +53,9 @@ TACHY_BEATS: Final = 17
 VT_BPM: Final = 100.0
 VT_BEATS: Final = 5
 VF_S: Final = 4.0
+# Ventricular fibrillation and flutter leave no organised QRS complex: a window that holds this
+# many conducted beats (class N or P: like the patient's dominant beat) does not start VFIB.
+VF_ORGANISED_BEATS: Final = 2
 AF_WINDOW: Final = 64
 AF_NRMSSD: Final = 0.12
 AF_SHANNON: Final = 0.70
@@ -181,6 +185,7 @@ class RhythmTracker:
             signal, fs_hz, self._flag, self.active, vt_beats=VT_BEATS, vt_bpm=VT_BPM
         )
         self._vf_last_end: int | None = None
+        self._organised: deque[int] = deque()  # samples of recent N and P beats
         self._af_off_count = 0
         self._af_last_end: int | None = None
 
@@ -253,6 +258,7 @@ class RhythmTracker:
         self._tachy_run = 0
         self._ventricular.gap()
         self._vf_last_end = None
+        self._organised.clear()
         return out
 
     def beat(
@@ -283,6 +289,8 @@ class RhythmTracker:
         if beat_class is None and ventricular is not None:
             beat_class = "V" if ventricular else "N"
         vent_out = self._ventricular.beat(sample, beat_class)
+        if beat_class in ("N", "P"):
+            self._organised.append(sample)
         if prev is None:
             return out + vent_out
         rr_s = (sample - prev) / fs
@@ -351,6 +359,11 @@ class RhythmTracker:
         """The window [start, end) of ``VF_S`` seconds was judged fibrillatory or not."""
         out: list[RhythmFlag] = []
         self._now = max(self._now, end)
+        org = self._organised
+        while org and org[0] < start:
+            org.popleft()
+        if fibrillatory and "VFIB" not in self._active and len(org) >= VF_ORGANISED_BEATS:
+            fibrillatory = False
         if fibrillatory and "VFIB" not in self._active:
             if self._vf_last_end is not None:
                 start = max(start, self._vf_last_end)  # windows overlap the last episode's
