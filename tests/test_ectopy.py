@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from eicu.signal import ec57
 from eicu.signal.ectopy import VentricularTracker
 from eicu.signal.events import RhythmFlag, VentricularRun
 from eicu.signal.pipeline import BedSignalPipeline
-from eicu.signal.rhythm import RhythmTracker
+from eicu.signal.rhythm import RhythmTracker, af_features
 
 FS = 100.0
 
@@ -245,3 +247,64 @@ def test_beats_matching_the_dominant_template_do_not_end_vf_once_it_runs() -> No
     beats = [(0.5 + 0.25 * i, "V") for i in range(16)]
     beats += [(4.5 + 0.3 * i, "N") for i in range(30)]
     assert _fib_windows(_tracker(), beats, 12) == ["start"]
+
+
+def _af_flags(rr: list[float], classes: list[str]) -> list[RhythmFlag]:
+    """AFIB flags of beats at the given intervals and classes; no P-wave evidence is given, so
+    only the intervals decide."""
+    tr = _tracker()
+    t = 1.0
+    out: list[RhythmFlag] = []
+    for r, c in zip(rr, classes, strict=True):
+        t += r
+        s = round(t * FS)
+        out.extend(tr.advance(s))
+        out.extend(e for e in tr.beat(s, c == "V", beat_class=c) if isinstance(e, RhythmFlag))
+    return [f for f in out if f.label == "AFIB"]
+
+
+def _with_pvcs(
+    rng: np.random.Generator, conducted: Callable[[], float], single: float, couplet: float
+) -> tuple[list[float], list[str]]:
+    """200 beats or groups: a PVC (share ``single``) followed by the next conducted beat early
+    (interpolated) or late (a pause), a couplet and its pause (share ``couplet``), or a
+    conducted beat at the interval ``conducted()``."""
+    rr: list[float] = []
+    classes: list[str] = []
+    for _ in range(200):
+        u = rng.random()
+        if u < single:
+            rr += [float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 1.3))]
+            classes += ["V", "N"]
+        elif u < single + couplet:
+            rr += [float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.3, 0.7))]
+            rr.append(float(rng.uniform(0.5, 1.4)))
+            classes += ["V", "V", "N"]
+        else:
+            rr.append(conducted())
+            classes.append("N")
+    return rr, classes
+
+
+def test_af_is_judged_on_the_intervals_between_conducted_beats() -> None:
+    """AF is an irregularly irregular ventricular response to the atria. A regular sinus rhythm
+    with frequent PVCs at varying coupling intervals (interpolated ones, couplets and their
+    pauses) is irregular beat to beat, but its conducted beats keep their rhythm: no AF. AF
+    with PVCs among its beats stays AF."""
+    rng = np.random.default_rng(1)
+    sinus = _with_pvcs(rng, lambda: float(rng.normal(0.8, 0.01)), 0.25, 0.15)
+    assert _af_flags(*sinus) == []
+    af = _with_pvcs(rng, lambda: float(rng.uniform(0.4, 1.1)), 0.1, 0.05)
+    assert [f.state for f in _af_flags(*af)][:1] == ["start"]
+
+
+def test_a_window_mostly_of_ventricular_beats_is_not_judged_af() -> None:
+    rng = np.random.default_rng(5)
+    rr = rng.uniform(0.4, 1.1, 64)
+    vent = rng.random(64) < 0.7  # intervals that a ventricular beat begins or ends
+    assert af_features(rr).irregular
+    assert af_features(rr, np.zeros(64, dtype=bool)).irregular
+    assert (64 - vent.sum()) < 24
+    assert not af_features(rr, vent).irregular
+    with pytest.raises(ValueError, match="ventricular must be booleans"):
+        af_features(rr, vent[:10])

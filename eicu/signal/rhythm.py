@@ -18,7 +18,8 @@ means 5 consecutive intervals, and a flag starts at the first beat of the run)
 and two that the challenge does not define:
 
 - PAUSE: no QRS for more than 3 s (a common bedside-monitor default);
-- AFIB: an irregularly irregular rhythm over the last 64 intervals, judged by the normalised
+- AFIB: an irregularly irregular rhythm over the last 64 intervals (those between conducted
+  beats: an interval that a ventricular beat begins or ends is left out), judged by the normalised
   RMSSD, the Shannon entropy of the interval histogram and the turning-point ratio after
   Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009), without P waves (the P-wave windows of
   the non-ventricular beats resemble neither the one before nor their running mean: after
@@ -101,17 +102,30 @@ def drop_ectopic(rr_s: np.ndarray) -> np.ndarray:
     return rr[~drop]
 
 
-def af_features(rr_s: np.ndarray) -> AfFeatures:
+def af_features(rr_s: np.ndarray, ventricular: np.ndarray | None = None) -> AfFeatures:
     """Irregularity of RR intervals: normalised RMSSD, 16-bin Shannon entropy, turning points.
 
-    Premature-beat pairs are removed first (:func:`drop_ectopic`), and the 8 longest and 8
-    shortest of the rest are left out of the RMSSD and entropy, as Dash et al. do, so that
-    ectopic beats do not make a regular rhythm look irregular. With fewer than 24 intervals
-    left, the rhythm is mostly ectopic pairs: reported as regular (all features 0).
+    ``ventricular`` marks the intervals that a ventricular beat begins or ends: they are left
+    out first (AF is the irregular response of the ventricles to the atria, so only the
+    intervals between conducted beats tell of it). Premature-beat pairs are removed next
+    (:func:`drop_ectopic`), and the 8 longest and 8 shortest of the rest are left out of the
+    RMSSD and entropy, as Dash et al. do, so that ectopic beats do not make a regular rhythm
+    look irregular. With fewer than 24 intervals left after either step, the rhythm is mostly
+    ectopic: reported as regular (all features 0).
     """
     rr = np.asarray(rr_s, dtype=np.float64)
     if rr.ndim != 1 or rr.shape[0] < 24:
         raise ValueError(f"need at least 24 RR intervals, got shape {rr.shape}")
+    if ventricular is not None:
+        v = np.asarray(ventricular)
+        if v.shape != rr.shape or v.dtype != np.bool_:
+            raise ValueError(
+                f"ventricular must be booleans of the intervals' shape {rr.shape}, "
+                f"got {v.dtype} of shape {v.shape}"
+            )
+        rr = rr[~v]
+        if rr.shape[0] < 24:
+            return AfFeatures(0.0, 0.0, 0.0)
     rr = drop_ectopic(rr)
     if rr.shape[0] < 24:
         return AfFeatures(0.0, 0.0, 0.0)
@@ -179,6 +193,8 @@ class RhythmTracker:
         self._af_beats: deque[int] = deque(maxlen=AF_WINDOW)  # the beat ending each interval
         self._af_atrial: deque[float | None] = deque(maxlen=AF_WINDOW)  # P-wave correlation
         self._af_paced: deque[bool] = deque(maxlen=AF_WINDOW)  # the beat ending it was paced
+        self._af_vent: deque[bool] = deque(maxlen=AF_WINDOW)  # a ventricular beat bounds it
+        self._prev_v = False
         self._brady_run = 0
         self._tachy_run = 0
         self._ventricular = VentricularTracker(
@@ -254,6 +270,8 @@ class RhythmTracker:
         self._af_beats.clear()
         self._af_atrial.clear()
         self._af_paced.clear()
+        self._af_vent.clear()
+        self._prev_v = False
         self._brady_run = 0
         self._tachy_run = 0
         self._ventricular.gap()
@@ -289,6 +307,8 @@ class RhythmTracker:
         if beat_class is None and ventricular is not None:
             beat_class = "V" if ventricular else "N"
         vent_out = self._ventricular.beat(sample, beat_class)
+        is_v, prev_v = beat_class == "V", self._prev_v
+        self._prev_v = is_v
         if beat_class in ("N", "P"):
             self._organised.append(sample)
         if prev is None:
@@ -324,11 +344,12 @@ class RhythmTracker:
         self._af_beats.append(sample)
         self._af_atrial.append(atrial)
         self._af_paced.append(beat_class == "P")
+        self._af_vent.append(is_v or prev_v)
         if len(self._af_rr) == AF_WINDOW:
             rr_win = np.asarray(self._af_rr)
             irregular = (
                 sum(self._af_paced) < AF_PACED_SHARE * AF_WINDOW
-                and af_features(rr_win).irregular
+                and af_features(rr_win, np.asarray(self._af_vent)).irregular
                 and not self._p_waves_present()
             )
             first, last = irregular_span(rr_win)
