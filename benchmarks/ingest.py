@@ -38,6 +38,7 @@ def engine_child(
     mqtt_url: str, db_url: str, expected_path: str, deadline_s: float, analyse: bool
 ) -> None:
     """Runs in its own process: the engine until it has stored what the simulators reported."""
+    from eicu import heap
     from eicu.config import AdmissionSettings, IngestSettings, MqttSettings
     from eicu.store import open_store
     from ingest.engine import Engine
@@ -103,6 +104,7 @@ def engine_child(
             flush=True,
         )
 
+    heap.settle()  # as the command does
     asyncio.run(main())
 
 

@@ -105,6 +105,7 @@ READY_WAIT_S = 120.0
 def worker_child() -> None:
     """``eicu worker`` with its settings from the environment, until SIGTERM; then prints its
     engine's latencies as ``RESULT {json}``."""
+    from eicu import heap
     from eicu.commands.serve import load_settings
     from eicu.commands.worker import check, work
     from eicu.metrics import IngestMetrics, LatencyRecorder
@@ -130,6 +131,7 @@ def worker_child() -> None:
         loop.add_signal_handler(signal.SIGUSR1, restart_latencies)
         await work(settings, stop, metrics)
 
+    heap.settle()  # as the command does
     asyncio.run(main())
     dev = metrics.device_latency.percentiles((50.0, 99.0))
     rx = metrics.latency.percentiles((50.0, 99.0))

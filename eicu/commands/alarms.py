@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alerting import cli as alarms_cli
+from eicu import heap
 from eicu.config import AlertingSettings, Settings, mllp_client_context
 from eicu.errors import ConfigError
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     check(settings)
+    heap.settle()
     asyncio.run(deliver(settings))
     return 0
 

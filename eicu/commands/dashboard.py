@@ -24,6 +24,7 @@ import signal
 import socket
 from pathlib import Path
 
+from eicu import heap
 from eicu.config import Settings
 from eicu.errors import ConfigError
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     check(settings)
     assert settings.mqtt is not None
     tls_context(settings.mqtt)
+    heap.settle()
     asyncio.run(dashboard(settings))
     return 0
 

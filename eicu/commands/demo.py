@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eicu import heap
 from eicu.config import IngestSettings, MqttSettings, Settings
 from eicu.errors import EicuError
 from eicu.freshness import stale_after_s
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    heap.settle()
     return asyncio.run(demo(args))
 
 

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eicu import heap
 from eicu.config import MqttSettings, Settings, read_env_file
 from eicu.errors import ConfigError
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from eicu.bus import tls_context
 
     tls_context(mqtt)  # a TLS file that cannot be used stops the start here, naming its key
+    heap.settle()
     asyncio.run(serve(settings, mqtt))
     return 0
 

@@ -22,6 +22,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from eicu import heap
 from eicu.config import AlertingSettings, IngestSettings, Settings
 from eicu.errors import ConfigError
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     assert settings.mqtt is not None
     tls_context(settings.mqtt)
+    heap.settle()
     asyncio.run(work(settings))
     return 0
 
