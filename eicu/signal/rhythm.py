@@ -383,8 +383,8 @@ class RhythmTracker:
         org = self._organised
         while org and org[0] < start:
             org.popleft()
-        if fibrillatory and "VFIB" not in self._active and len(org) >= VF_ORGANISED_BEATS:
-            fibrillatory = False
+        if fibrillatory and "VFIB" not in self._active:
+            fibrillatory = sum(1 for s in org if s < end) < VF_ORGANISED_BEATS
         if fibrillatory and "VFIB" not in self._active:
             if self._vf_last_end is not None:
                 start = max(start, self._vf_last_end)  # windows overlap the last episode's
