@@ -201,7 +201,8 @@ class RhythmTracker:
             signal, fs_hz, self._flag, self.active, vt_beats=VT_BEATS, vt_bpm=VT_BPM
         )
         self._vf_last_end: int | None = None
-        self._organised: deque[int] = deque()  # samples of recent N and P beats
+        # samples of the recent N and P beats (a 4 s window holds far fewer than 64)
+        self._organised: deque[int] = deque(maxlen=64)
         self._af_off_count = 0
         self._af_last_end: int | None = None
 
