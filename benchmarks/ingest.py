@@ -8,7 +8,9 @@ stored exactly once, how long after the last publish the engine had stored every
 numerics latency from the device's measurement time to stored (dev->db: includes the broker
 and any queue in front of the engine) and from receipt to stored (rx->db), waveform receipt to
 stored (wf: frames wait on purpose to fill a 2 s storage segment; the live pipeline sees each
-frame on arrival), the engine's CPU in cores and per bed-second, and its memory. The engine holds
+frame on arrival), the engine's CPU in cores and per bed-second, its memory, and the share of
+its CPU that garbage collections took (``--collector default`` runs the engine with CPython's
+collector settings instead of the commands' ``eicu.heap.settle``). The engine holds
 a bed count in real time when everything is stored once, drain is a few seconds and dev->db
 stays well under a second.
 
@@ -35,9 +37,18 @@ from benchmarks.common import collect_simulators, start_simulators  # noqa: E402
 
 
 def engine_child(
-    mqtt_url: str, db_url: str, expected_path: str, deadline_s: float, analyse: bool
+    mqtt_url: str,
+    db_url: str,
+    expected_path: str,
+    deadline_s: float,
+    analyse: bool,
+    settle: bool = True,
 ) -> None:
-    """Runs in its own process: the engine until it has stored what the simulators reported."""
+    """Runs in its own process: the engine until it has stored what the simulators reported.
+    ``settle``: the garbage collector set as the commands set it (eicu.heap), else CPython's
+    default; the time its collections take is measured either way (``gc.callbacks``)."""
+    import gc
+
     from eicu import heap
     from eicu.config import AdmissionSettings, IngestSettings, MqttSettings
     from eicu.store import open_store
@@ -59,6 +70,15 @@ def engine_child(
         await engine.start()
         await engine.wait_connected()
         print("READY", flush=True)
+        collecting = {"started": 0.0, "total": 0.0}
+
+        def timed(phase: str, _info: dict[str, int]) -> None:
+            if phase == "start":
+                collecting["started"] = time.process_time()
+            else:
+                collecting["total"] += time.process_time() - collecting["started"]
+
+        gc.callbacks.append(timed)
         t_start = time.monotonic()
         cpu0 = time.process_time()
         expected = None
@@ -73,6 +93,8 @@ def engine_child(
             ):
                 break
         busy_s = time.process_time() - cpu0
+        gc_s = collecting["total"]
+        gc.callbacks.remove(timed)
         wall_s = time.monotonic() - t_start
         lag_s = engine.metrics.store_lag._value.get()
         await engine.stop()
@@ -93,6 +115,7 @@ def engine_child(
                     "wf_p50_s": pw[50.0],
                     "wf_p99_s": pw[99.0],
                     "cpu_s": busy_s,
+                    "gc_s": gc_s,
                     "wall_s": wall_s,
                     "lag_s": lag_s,
                     "stats": stats,
@@ -104,12 +127,18 @@ def engine_child(
             flush=True,
         )
 
-    heap.settle()  # as the command does
+    if settle:
+        heap.settle()  # as the command does
     asyncio.run(main())
 
 
 def run_step(
-    beds: int, duration_s: float, sim_procs: int, analyse: bool, frame_s: float = 0.25
+    beds: int,
+    duration_s: float,
+    sim_procs: int,
+    analyse: bool,
+    frame_s: float = 0.25,
+    settle: bool = True,
 ) -> dict[str, object]:
     from eicu.devservices import Mosquitto, Postgres
 
@@ -129,6 +158,7 @@ def run_step(
                 expected_path,
                 str(duration_s + 120),
                 "1" if analyse else "0",
+                "1" if settle else "0",
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -167,6 +197,7 @@ def run_step(
             "wf_p50_ms": result["wf_p50_s"] * 1000,
             "wf_p99_ms": result["wf_p99_s"] * 1000,
             "cores": result["cpu_s"] / duration_s,
+            "gc_share": result["gc_s"] / max(result["cpu_s"], 1e-9),
             "ms_per_bed_s": 1000 * result["cpu_s"] / beds / duration_s,
             "rss_mb": result["maxrss_mb"],
         }
@@ -179,7 +210,14 @@ def run_step(
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--engine-child":
-        engine_child(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6] == "1")
+        engine_child(
+            sys.argv[2],
+            sys.argv[3],
+            sys.argv[4],
+            float(sys.argv[5]),
+            sys.argv[6] == "1",
+            sys.argv[7] == "1",
+        )
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,17 +232,31 @@ def main() -> None:
         default="both",
         help="ingest: decode, state, store; full: also every bed's signal pipeline (default: both)",
     )
+    parser.add_argument(
+        "--collector",
+        choices=["settled", "default"],
+        default="settled",
+        help="the engine's garbage collector: as the commands set it (eicu.heap, the default) "
+        "or CPython's default, for comparison",
+    )
     args = parser.parse_args()
     modes = ["ingest", "full"] if args.mode == "both" else [args.mode]
     print(
         f"{'beds':>5} {'mode':>6} {'msg/s':>6} {'samples/s':>9} {'once':>5} {'drain s':>7} "
         f"{'dev->db p50/p99 ms':>19} {'rx->db p50/p99 ms':>18} {'wf p50/p99 ms':>14} "
-        f"{'cores':>5} {'ms/bed-s':>8} {'RSS MB':>6}"
+        f"{'cores':>5} {'ms/bed-s':>8} {'RSS MB':>6} {'gc %':>5}"
     )
     for beds in args.beds:
         for mode in modes:
             try:
-                r = run_step(beds, args.duration, args.sim_procs, mode == "full", args.frame)
+                r = run_step(
+                    beds,
+                    args.duration,
+                    args.sim_procs,
+                    mode == "full",
+                    args.frame,
+                    args.collector == "settled",
+                )
             except RuntimeError as exc:
                 print(f"{beds:>5} {mode:>6} failed: {exc}", flush=True)
                 continue
@@ -215,7 +267,8 @@ def main() -> None:
                 f"{r['dev_p50_ms']:>9.0f}/{r['dev_p99_ms']:<9.0f} "
                 f"{r['p50_ms']:>8.0f}/{r['p99_ms']:<9.0f} "
                 f"{r['wf_p50_ms']:>6.0f}/{r['wf_p99_ms']:<7.0f} "
-                f"{r['cores']:>5.2f} {r['ms_per_bed_s']:>8.3f} {r['rss_mb']:>6.0f}{flag}",
+                f"{r['cores']:>5.2f} {r['ms_per_bed_s']:>8.3f} {r['rss_mb']:>6.0f} "
+                f"{100 * r['gc_share']:>5.1f}{flag}",
                 flush=True,
             )
 
