@@ -41,7 +41,7 @@ from eicu.backoff import Backoff
 from eicu.bus.ownership import PartitionOwnership
 from eicu.bus.partitioned import PartitionConnectionLost, PartitionConsumer, partition_of
 from eicu.clock import SYSTEM_CLOCK, Clock
-from eicu.config import MqttSettings
+from eicu.config import IngestSettings, MqttSettings
 from eicu.errors import PayloadError, StorageUnavailable
 from eicu.models import BedKey
 
@@ -61,6 +61,9 @@ STORE_WAIT_S: Final = 5.0
 # handled from the store.
 RECONCILE_S: Final = 5.0
 RECONCILE_BACK_US: Final = 600 * 1_000_000
+# An event's time is its bed's device time, which may run ahead of this clock by as much as
+# the engine lets a device clock run ahead (by default).
+RECONCILE_AHEAD_US: Final = int(IngestSettings.device_clock_max_ahead_s * 1_000_000)
 
 
 def delivery_partition(bed: BedKey, partitions: int) -> int:
@@ -289,7 +292,8 @@ class Delivery:
             return 0
         now_us = self._clock.now_us()
         rows = await asyncio.wait_for(
-            store.alarm_events(now_us - RECONCILE_BACK_US, now_us + 600_000_000), STORE_WAIT_S
+            store.alarm_events(now_us - RECONCILE_BACK_US, now_us + RECONCILE_AHEAD_US),
+            STORE_WAIT_S,
         )
         handled = 0
         settled_us = now_us - int(RECONCILE_S * 1_000_000)

@@ -364,7 +364,7 @@ async def _replay(listener: Listener, messages: list[str], speed: float, now: bo
 
     def sent_at(text: str) -> int | None:
         try:
-            return hl7.parse_ts(hl7.parse(text).msh.field(7).split("^")[0])
+            return hl7.parse_ts(hl7.parse(text).msh.component(7))
         except (hl7.Hl7Error, ValueError, IndexError):
             return None
 

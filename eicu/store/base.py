@@ -60,13 +60,29 @@ class BedDevice:
     last_seen_us: int
 
 
-def device_rows(frames: list[StatusFrame]) -> list[tuple[str, str, str, str, int]]:
-    """(site, bed, device id, id type, time) of each bed status that names its device."""
+def device_rows(frames: list[StatusFrame]) -> list[tuple[str, str, str, str, int, int]]:
+    """Rows of bed_devices (site, bed, device id, id type, first seen, last seen) from each bed
+    status that names its device: first and last seen at the status's receipt."""
     return [
-        (f.site, f.bed, f.device[0], f.device[1], f.received_us)
+        (f.site, f.bed, f.device[0], f.device[1], f.received_us, f.received_us)
         for f in frames
         if f.bed is not None and f.device is not None
     ]
+
+
+def bed_devices_query(bed: BedKey | None, mark: str) -> tuple[str, tuple[str, ...]]:
+    """The query of ``Store.bed_devices`` and its parameters, with the backend's parameter
+    ``mark`` (``?`` or ``%s``)."""
+    sql = "SELECT site, bed, device_id, id_type, first_seen, last_seen FROM bed_devices "
+    order = "ORDER BY last_seen DESC, device_id"
+    if bed is None:
+        return sql + order, ()
+    return f"{sql}WHERE site = {mark} AND bed = {mark} {order}", (bed.site, bed.bed)
+
+
+def bed_device_records(rows: list[tuple[Any, ...]]) -> list[BedDevice]:
+    """Rows of ``bed_devices_query`` as BedDevice."""
+    return [BedDevice(BedKey(r[0], r[1]), r[2], r[3], int(r[4]), int(r[5])) for r in rows]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,8 @@ from eicu.store.base import (
     WaveformWindow,
     alarm_delivery_rows,
     alarm_event_rows,
+    bed_device_records,
+    bed_devices_query,
     beds_in,
     call_records,
     check_bucket_s,
@@ -602,7 +604,7 @@ class PgStore(PatientMethods, SessionMethods):
                        ON CONFLICT (site, bed, device_id, id_type) DO UPDATE
                        SET first_seen = least(bed_devices.first_seen, EXCLUDED.first_seen),
                            last_seen = greatest(bed_devices.last_seen, EXCLUDED.last_seen)""",
-                    [(site, bed, d, k, t, t) for site, bed, d, k, t in devices],
+                    devices,
                 )
 
     async def _insert_dead_letters(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
@@ -930,13 +932,7 @@ class PgStore(PatientMethods, SessionMethods):
         return call_records(rows)
 
     async def bed_devices(self, bed: BedKey | None = None) -> list[BedDevice]:
-        where, params = ("WHERE site = %s AND bed = %s", (bed.site, bed.bed)) if bed else ("", ())
-        rows = await self._fetch(
-            "SELECT site, bed, device_id, id_type, first_seen, last_seen FROM bed_devices "
-            f"{where} ORDER BY last_seen DESC, device_id",
-            params,
-        )
-        return [BedDevice(BedKey(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+        return bed_device_records(await self._fetch(*bed_devices_query(bed, "%s")))
 
     # --- alarm audit trail and delivery receipts -------------------------------------------------
 

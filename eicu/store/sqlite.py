@@ -29,6 +29,8 @@ from eicu.store.base import (
     WaveformWindow,
     alarm_delivery_rows,
     alarm_event_rows,
+    bed_device_records,
+    bed_devices_query,
     beds_in,
     call_records,
     check_bucket_s,
@@ -226,7 +228,7 @@ class SqliteStore(PatientMethods, SessionMethods):
                        ON CONFLICT (site, bed, device_id, id_type) DO UPDATE
                        SET first_seen = min(first_seen, excluded.first_seen),
                            last_seen = max(last_seen, excluded.last_seen)""",
-                    [(site, bed, d, k, t, t) for site, bed, d, k, t in device_rows(batch.statuses)],
+                    device_rows(batch.statuses),
                 )
                 conn.executemany(
                     "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
@@ -400,13 +402,7 @@ class SqliteStore(PatientMethods, SessionMethods):
         return call_records(rows)
 
     async def bed_devices(self, bed: BedKey | None = None) -> list[BedDevice]:
-        where, params = ("WHERE site = ? AND bed = ?", (bed.site, bed.bed)) if bed else ("", ())
-        rows = await self._fetch(
-            "SELECT site, bed, device_id, id_type, first_seen, last_seen FROM bed_devices "
-            f"{where} ORDER BY last_seen DESC, device_id",
-            params,
-        )
-        return [BedDevice(BedKey(r[0], r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+        return bed_device_records(await self._fetch(*bed_devices_query(bed, "?")))
 
     # --- alarm audit trail and delivery receipts -------------------------------------------------
 
