@@ -11,6 +11,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import numpy as np
@@ -21,6 +22,7 @@ from eicu.config import MqttSettings
 from eicu.devservices import Mosquitto, free_port, mosquitto_binary
 from eicu.models import BedKey, DeadLetter, NumericsFrame, StatusFrame, WaveformFrame
 from eicu.store import Store
+from ingest.engine import Engine
 from ingest.hl7 import Counts, Listener, read_pcd01
 from tests.hl7_peer import hl7mllp, send, strict
 
@@ -327,24 +329,39 @@ async def test_connections_from_outside_the_allow_list_are_refused() -> None:
         await lst.stop()
 
 
-@needs_mosquitto
-async def test_the_engine_scores_and_stores_what_came_as_hl7(
-    broker: Mosquitto, listener: Listener, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def running_engine(
+    broker: Mosquitto, tmp_path: Path, client_id: str, **ingest: Any
+) -> AsyncIterator[tuple[Engine, Store]]:
+    """An engine on the broker (its ingest settings from ``ingest``) storing into a SQLite
+    store of its own; stopped, and the store closed, on the way out."""
     from eicu.config import IngestSettings
     from eicu.store import open_store
-    from ingest.engine import Engine
 
     store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
     await store.open()
     engine = Engine(
-        MqttSettings(port=broker.port, client_id="eicu-test-hl7"),
-        IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1, analyse_signals=False),
+        MqttSettings(port=broker.port, client_id=client_id),
+        IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1, **ingest),
         store,
     )
     await engine.start()
     try:
         await engine.wait_connected()
+        yield engine, store
+    finally:
+        await engine.stop()
+        await store.close()
+
+
+@needs_mosquitto
+async def test_the_engine_scores_and_stores_what_came_as_hl7(
+    broker: Mosquitto, listener: Listener, tmp_path: Path
+) -> None:
+    async with running_engine(broker, tmp_path, "eicu-test-hl7", analyse_signals=False) as (
+        engine,
+        store,
+    ):
         now = hl7.format_ts(time.time_ns() // 1000)
         fresh = EXAMPLE.replace("20261203101500+0000", now).replace("20261203101430+0000", now)
         (answer,) = await send(listener.port, fresh)
@@ -369,9 +386,6 @@ async def test_the_engine_scores_and_stores_what_came_as_hl7(
             while not (devices := await store.bed_devices(BED)):
                 await asyncio.sleep(0.1)
         assert [(d.device_id, d.id_type) for d in devices] == [("0123456789ABCDEF", "EUI-64")]
-    finally:
-        await engine.stop()
-        await store.close()
 
 
 def test_the_command_needs_its_site_and_says_so() -> None:
@@ -694,22 +708,11 @@ def test_a_multiplexed_array_reads_as_one_waveform_per_channel() -> None:
 async def test_a_multiplexed_waveform_is_published_analysed_and_stored_per_channel(
     broker: Mosquitto, listener: Listener, tmp_path: Path
 ) -> None:
-    from eicu.config import IngestSettings
-    from eicu.store import open_store
-    from ingest.engine import Engine
-
-    store = open_store(f"sqlite:///{tmp_path / 'eicu.sqlite'}")
-    await store.open()
-    engine = Engine(
-        MqttSettings(port=broker.port, client_id="eicu-test-hl7-ma"),
-        IngestSettings(spool_dir=tmp_path / "spool", flush_interval_s=0.1,
-                       waveform_segment_s=0.5),
-        store,
-    )  # fmt: skip
-    await engine.start()
     frames: list[WaveformFrame] = []
-    try:
-        await engine.wait_connected()
+    async with running_engine(broker, tmp_path, "eicu-test-hl7-ma", waveform_segment_s=0.5) as (
+        engine,
+        store,
+    ):
         # a device clock in step with the hub's (the store keeps a far-off one at its receipt)
         t0 = (time.time_ns() // 1000 - 5_000_000) // 1000 * 1000
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="hl7-test-ma") as client:
@@ -745,9 +748,6 @@ async def test_a_multiplexed_waveform_is_published_analysed_and_stored_per_chann
                 assert window.fs_hz == 250.0 and int(window.t_us[0]) == t0
                 np.testing.assert_allclose(window.values, values, atol=0.0005)
         assert BED in engine.router.beds  # the bed the engine follows, as a gateway's
-    finally:
-        await engine.stop()
-        await store.close()
 
 
 @needs_mosquitto
