@@ -43,6 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eicu.datasets import data_dir, mitdb_records
+from eicu.kernels import vclass as kv
 from eicu.signal import ec57
 from eicu.signal.alarms import (
     ALARM_WINDOW_S,
@@ -55,7 +56,12 @@ from eicu.signal.alarms import (
     verify_alarm,
 )
 from eicu.signal.beats import BeatDetector
-from eicu.signal.classify import DEFAULT_CLASSIFIER, StreamingClassifier
+from eicu.signal.classify import (
+    DEFAULT_CLASSIFIER,
+    ClassifierConfig,
+    StreamingClassifier,
+    cross_lead_ventricular,
+)
 from eicu.signal.cli_analyze import analyze_record
 from eicu.signal.cli_verify import ALARM_AT_S, replay_record
 from eicu.signal.events import Beat, RhythmFlag, VentricularRun
@@ -179,17 +185,24 @@ def qrs_section(root: Path, records: list[str], with_peers: bool) -> None:
         print(f"{name:32s} {tp:7d} {fn:6d} {fp:6d} {se:7.3f} {pp:7.3f}")
 
 
-def _ventricular_pass(path: Path) -> dict[str, Any]:
-    """Beats, their classes and the ventricular calls of channel 0 through the pipeline (1 s)."""
+def _ventricular_pass(path: Path, one_lead: bool = False) -> dict[str, Any]:
+    """Beats, their classes and the ventricular calls of channel 0 through the pipeline (1 s),
+    with channel 1 as the bed's second ECG lead unless ``one_lead``."""
     rec = read_record(path)
     x = rec.signals[:, 0]
-    pipeline = BedSignalPipeline({"ECG_II": rec.fs_hz})
+    feeds = {"ECG_II": x}
+    if not one_lead and rec.signals.shape[1] > 1:
+        feeds["ECG_V"] = rec.signals[:, 1]
+    pipeline = BedSignalPipeline({k: rec.fs_hz for k in feeds})
     n = round(rec.fs_hz)
     beats: list[Beat] = []
     flags: list[RhythmFlag] = []
     runs: list[VentricularRun] = []
     for i in range(0, x.shape[0], n):
-        for ev in pipeline.push("ECG_II", x[i : i + n], i):
+        events = [ev for k, v in feeds.items() for ev in pipeline.push(k, v[i : i + n], i)]
+        for ev in events:
+            if ev.signal != "ECG_II":
+                continue
             if isinstance(ev, Beat):
                 beats.append(ev)
             elif isinstance(ev, RhythmFlag):
@@ -217,22 +230,36 @@ def _outside(idx: np.ndarray, eps: list[tuple[int, int]]) -> np.ndarray:
 
 def _called_v(beats: list[Beat], rule: tuple[float, float, float] | None = None) -> np.ndarray:
     """The pipeline's V calls, or those of another threshold setting (corr, width, steepness)
-    re-applied to the same beats' features."""
+    re-applied to the same beats' features (with the cross-lead rule at that steepness)."""
     if rule is None:
         return np.array([b.beat_class == "V" for b in beats], dtype=bool)
     c_max, w_min, s_max = rule
     mild, on_time = DEFAULT_CLASSIFIER.v_corr_mild, DEFAULT_CLASSIFIER.premature
     out = np.zeros(len(beats), dtype=bool)
+    judged = np.zeros(len(beats), dtype=bool)
     for i, b in enumerate(beats):
         if b.beat_class not in ("N", "V") or b.template_corr is None:
             continue
+        judged[i] = True
         c, wr, sr = b.template_corr, b.width_ratio, b.steep_ratio
         v = c < c_max and ((wr is not None and wr > w_min) or (sr is not None and sr < s_max))
         prem = b.prematurity
         if v and c > mild and not (prem is not None and prem < on_time):
             v = False
         out[i] = v
-    return out
+
+    def feature(values: list[float | None]) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+    crossed = cross_lead_ventricular(
+        np.where(out, kv.C_V, kv.C_N),
+        feature([b.template_corr for b in beats]),
+        feature([b.steep_ratio for b in beats]),
+        feature([b.other_corr for b in beats]),
+        feature([b.other_steep_ratio for b in beats]),
+        ClassifierConfig(v_steep=s_max),
+    )
+    return judged & (crossed == kv.C_V)
 
 
 def ventricular_section(root: Path, records: list[str]) -> None:
@@ -710,22 +737,20 @@ def speed_section(root: Path, records: list[str]) -> None:
     print(f"{'pipeline (rhythm, quality), 1 s':34s} {x.shape[0] / dt / 1e6:8.1f} M samples/s")
 
 
-# A beat this unlike the dominant beat on one lead (template correlation) counts as ventricular
-# when another lead shows it slurred (steepness ratio below the classifier's v_steep): the
-# changed activation sequence on one lead, the slow myocardial conduction on another.
-CROSS_CORR = 0.3
+CROSS_CORRS = (0.2, 0.3, 0.4)  # the cross-lead rule's correlation limit, shipped and beside it
 
 
 def leads_section(root: Path, records: list[str]) -> None:
     """EC57 VEB of the classifier on channel 0 alone, on both ECG channels of the record (the
     kernel's multi-lead rule: each beat judged on the lead where it differs most from that
-    lead's dominant beat), and on channel 0 with the cross-lead rule (``CROSS_CORR``: channel
-    0's call, plus a beat strongly unlike the dominant beat on one channel and slurred on the
-    other, each channel with its own classifier at channel 0's beats); beats from the streaming
-    detector on channel 0, whole record."""
+    lead's dominant beat), and on channel 0 with the cross-lead rule the pipeline applies
+    (:func:`~eicu.signal.classify.cross_lead_ventricular`: channel 0's call, plus a beat strongly
+    unlike the dominant beat on one channel and slurred on the other, each channel with its own
+    classifier at channel 0's beats), with its correlation limit at ``CROSS_CORRS`` in the
+    gross; beats from the streaming detector on channel 0, whole record, classifiers alone
+    (without the pipeline's noisy-lead rule)."""
     from scipy import signal as sps
 
-    from eicu.kernels import vclass as kv
     from eicu.signal.classify import BeatClassifier
     from eicu.signal.filters import SosFilter
 
@@ -738,10 +763,11 @@ def leads_section(root: Path, records: list[str]) -> None:
         f"{'record':7s} {'Se 1 lead':>10s} {'+P 1 lead':>10s} {'Se 2 leads':>11s} "
         f"{'+P 2 leads':>11s} {'Se cross':>10s} {'+P cross':>10s}"
     )
-    gross: dict[int | str, ec57.VebCounts] = {
+    gross: dict[int | str | float, ec57.VebCounts] = {
         1: ec57.VebCounts(),
         2: ec57.VebCounts(),
         "cross": ec57.VebCounts(),
+        **{limit: ec57.VebCounts() for limit in CROSS_CORRS},
     }
     for r in records:
         path = root / "mitdb" / r
@@ -765,7 +791,7 @@ def leads_section(root: Path, records: list[str]) -> None:
         )
         keep_ref, keep_det = _outside(ref, vf), _outside(fids, vf)
         cells = []
-        calls: dict[int | str, np.ndarray] = {}
+        calls: dict[int | str | float, np.ndarray] = {}
         for nl in (1, 2):
             classes, _ = BeatClassifier(fs, nl).classify(
                 ys[:nl], np.zeros(nl, dtype=np.int64), fids, rr, raws[:nl]
@@ -779,13 +805,15 @@ def leads_section(root: Path, records: list[str]) -> None:
         _, f1 = BeatClassifier(fs, 1).classify(
             ys[1:2], np.zeros(1, dtype=np.int64), fids, rr, raws[1:2]
         )
-        corr0, corr1 = f0[:, 0, 0], f1[:, 0, 0]
-        steep0, steep1 = f0[:, 0, 2], f1[:, 0, 2]
-        crossed = ((corr1 < CROSS_CORR) & (steep0 < DEFAULT_CLASSIFIER.v_steep)) | (
-            (corr0 < CROSS_CORR) & (steep1 < DEFAULT_CLASSIFIER.v_steep)
-        )
-        calls["cross"] = (c0 == kv.C_V) | (crossed & ((c0 == kv.C_N) | (c0 == kv.C_V)))
-        for key in (1, 2, "cross"):
+        for key in ("cross", *CROSS_CORRS):
+            cfg = ClassifierConfig(
+                cross_corr=DEFAULT_CLASSIFIER.cross_corr if key == "cross" else float(key)
+            )
+            calls[key] = (
+                cross_lead_ventricular(c0, f0[:, 0, 0], f0[:, 0, 2], f1[:, 0, 0], f1[:, 0, 2], cfg)
+                == kv.C_V
+            )
+        for key in (1, 2, "cross", *CROSS_CORRS):
             c = ec57.veb_counts(
                 ref[keep_ref],
                 cls[keep_ref],
@@ -798,7 +826,12 @@ def leads_section(root: Path, records: list[str]) -> None:
                 gross[key].add(c)
             cells.append(f"{c.se:10.1f} {c.ppv:10.1f}")
         print(f"{r:7s} {cells[0]} {cells[1]} {cells[2]}")
-    names = {1: "channel 0", 2: "both, worst lead", "cross": "channel 0 + cross-lead"}
+    names: dict[int | str | float, str] = {
+        1: "channel 0",
+        2: "both, worst lead",
+        "cross": f"channel 0 + cross-lead (correlation below {DEFAULT_CLASSIFIER.cross_corr:g})",
+        **{limit: f"cross-lead with correlation below {limit:g}" for limit in CROSS_CORRS},
+    }
     for key, c in gross.items():
         print(
             f"gross, {names[key]}: Vv {c.vv} Vx {c.vx} Nv {c.nv} Sv {c.sv}: "

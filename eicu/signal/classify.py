@@ -58,6 +58,12 @@ class ClassifierConfig:
     recent beats (a lasting change of the patient's own rhythm; ventricular bigeminy, half of
     the beats, never); ``takeover_max_bpm``: a template of ventricular beats whose beats come at
     this rate or faster (100/min: ventricular tachycardia) is never adopted as the dominant beat.
+
+    ``cross_corr``: on a bed with a second ECG lead, a beat that correlates below 0.3 with the
+    dominant template on one lead and is less steep than ``v_steep`` of it on the other is
+    ventricular (:func:`cross_lead_ventricular`): activation in another direction shows on one
+    lead, slow myocardial conduction on another, where each alone can look like a conducted
+    beat. ``benchmarks/accuracy.py`` (LEADS) prints the rule on MIT-BIH with 0.2-0.4 beside it.
     """
 
     match_corr: float = 0.9
@@ -76,6 +82,7 @@ class ClassifierConfig:
     spike_ratio: float = 2.0
     paced_frac: float = 0.5
     takeover_max_bpm: float = 100.0
+    cross_corr: float = 0.3
 
 
 DEFAULT_CLASSIFIER: Final = ClassifierConfig()
@@ -204,6 +211,36 @@ class BeatClassifier:
             out_feats,
         )
         return out_class, out_feats
+
+
+def cross_lead_ventricular(
+    classes: ArrayLike,
+    corr0: ArrayLike,
+    steep0: ArrayLike,
+    corr1: ArrayLike,
+    steep1: ArrayLike,
+    config: ClassifierConfig = DEFAULT_CLASSIFIER,
+) -> NDArray[np.int64]:
+    """Classes of beats (codes of :mod:`eicu.kernels.vclass`) as judged on lead 0, with the
+    beats the two leads together show ventricular turned from N to V: strongly unlike the
+    dominant beat on one lead (template correlation below ``config.cross_corr``) and slurred on
+    the other (steepness ratio below ``config.v_steep``). ``corr0``/``steep0`` are the beats'
+    features on lead 0, ``corr1``/``steep1`` on lead 1, each against that lead's own dominant
+    template; NaN (not at hand) never makes a beat ventricular. Paced, unclassifiable and
+    not yet classified beats keep their class."""
+    c = np.asarray(classes, dtype=np.int64)
+    feats = [np.asarray(a, dtype=np.float64) for a in (corr0, steep0, corr1, steep1)]
+    if c.ndim != 1 or any(f.shape != c.shape for f in feats):
+        raise ValueError(
+            "classes, corr0, steep0, corr1 and steep1 must be 1-D of one length, got "
+            f"{[c.shape, *(f.shape for f in feats)]}"
+        )
+    a0, s0, a1, s1 = feats
+    with np.errstate(invalid="ignore"):
+        crossed = ((a1 < config.cross_corr) & (s0 < config.v_steep)) | (
+            (a0 < config.cross_corr) & (s1 < config.v_steep)
+        )
+    return np.where(crossed & (c == k.C_N), k.C_V, c)
 
 
 class ClassifiedBeats(NamedTuple):

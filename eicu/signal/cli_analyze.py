@@ -1,7 +1,10 @@
 """``eicu analyze RECORD``: beats and rhythms of one channel of a WFDB record.
 
 The record is fed through :class:`~eicu.signal.pipeline.BedSignalPipeline` in chunks of real-time
-size (``--chunk-s``, default 1 s), exactly as the engine feeds a bed.
+size (``--chunk-s``, default 1 s), exactly as the engine feeds a bed. When the record has another
+ECG channel at the same rate, the first such channel goes in as the bed's second lead, as a
+monitor's second lead does, so that the channel's beats are classified with both leads'
+views of them (``--one-lead``: the channel alone).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--chunk-s", type=float, default=1.0, help="chunk length fed to the pipeline (s)"
     )
+    parser.add_argument(
+        "--one-lead",
+        action="store_true",
+        help="analyse the channel alone, without the record's other ECG channel",
+    )
 
 
 def signal_key_for(name: str) -> str:
@@ -48,8 +56,20 @@ def signal_key_for(name: str) -> str:
     return "ECG_II"
 
 
-def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[str, Any]:
-    """Beats and rhythm episodes of one channel, pushed through the pipeline chunk by chunk."""
+def second_ecg_channel(record: Record, channel: int) -> int | None:
+    """The first other ECG channel of the record at the rate of ``channel`` (None: none)."""
+    fs_hz = record.channel_fs[channel]
+    for j, name in enumerate(record.sig_names):
+        if j != channel and signal_key_for(name) == "ECG_II" and record.channel_fs[j] == fs_hz:
+            return j
+    return None
+
+
+def analyze_record(
+    record: Record, channel: int, chunk_s: float = 1.0, *, one_lead: bool = False
+) -> dict[str, Any]:
+    """Beats and rhythm episodes of one channel, pushed through the pipeline chunk by chunk,
+    with the record's second ECG channel as the bed's second lead unless ``one_lead``."""
     n_sig = len(record.channels)
     if not 0 <= channel < n_sig:
         raise RecordError(f"record {record.name} has channels 0-{n_sig - 1}, not {channel}")
@@ -58,19 +78,28 @@ def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[s
     key = signal_key_for(record.sig_names[channel])
     x = record.channels[channel]
     fs_hz = record.channel_fs[channel]
+    feeds = {key: x}
+    other = None if one_lead or key != "ECG_II" else second_ecg_channel(record, channel)
+    if other is not None:
+        feeds["ECG_V"] = record.channels[other]
     try:
-        pipeline = BedSignalPipeline({key: fs_hz})
+        pipeline = BedSignalPipeline(
+            {k: fs_hz for k in feeds}, primary_ecg=key if key == "ECG_II" else None
+        )
     except ValueError as exc:
         raise RecordError(f"record {record.name} channel {channel}: {exc}") from exc
     n = max(1, round(chunk_s * fs_hz))
     beats: list[Beat] = []
     flags: list[RhythmFlag] = []
     for i in range(0, x.shape[0], n):
-        for ev in pipeline.push(key, x[i : i + n], i):
-            if isinstance(ev, Beat):
-                beats.append(ev)
-            elif isinstance(ev, RhythmFlag):
-                flags.append(ev)
+        for k, samples in feeds.items():
+            for ev in pipeline.push(k, samples[i : i + n], i):
+                if ev.signal != key:
+                    continue  # the second lead's own beats and flags are not this channel's
+                if isinstance(ev, Beat):
+                    beats.append(ev)
+                elif isinstance(ev, RhythmFlag):
+                    flags.append(ev)
     rhythms: list[dict[str, Any]] = []
     open_at: dict[str, int] = {}
     for f in flags:  # in emission order, a label's start and end alternate
@@ -87,6 +116,7 @@ def analyze_record(record: Record, channel: int, chunk_s: float = 1.0) -> dict[s
         "n_samples": int(x.shape[0]),
         "channel": channel,
         "signal": record.sig_names[channel],
+        "second_lead": None if other is None else record.sig_names[other],
         "beats": [b.sample for b in beats],
         "ventricular": [b.sample for b in beats if b.ventricular],
         "paced": [b.sample for b in beats if b.beat_class == "P"],
@@ -140,7 +170,7 @@ def write_annotations(result: dict[str, Any], folder: Path, extension: str) -> P
 
 def run(args: argparse.Namespace) -> int:
     record = read_record(args.record)
-    result = analyze_record(record, args.channel, args.chunk_s)
+    result = analyze_record(record, args.channel, args.chunk_s, one_lead=args.one_lead)
     if args.annotate:
         folder = args.out_dir if args.out_dir is not None else Path(args.record).parent
         path = write_annotations(result, folder, args.annotate)
@@ -148,7 +178,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['record']} channel {args.channel} ({result['signal']}) at {result['fs']} Hz")
+    second = f", second lead {result['second_lead']}" if result["second_lead"] else ""
+    print(
+        f"{result['record']} channel {args.channel} ({result['signal']}{second}) "
+        f"at {result['fs']} Hz"
+    )
     print(f"beats: {len(result['beats'])} ({len(result['ventricular'])} ventricular)")
     for r in result["rhythms"]:
         fs = result["fs"]

@@ -55,6 +55,10 @@ class Beat:
     # learnt. ``ventricular`` is ``beat_class == "V"``.
     beat_class: Literal["N", "V", "Q", "P"] | None = None
     prematurity: float | None = None  # ECG only: interval before the beat / dominant mean
+    # primary ECG lead of a bed with a second one at its rate: the beat's template correlation
+    # and steepness ratio on that lead (None when its samples were not at hand)
+    other_corr: float | None = None
+    other_steep_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

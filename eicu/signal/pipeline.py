@@ -10,6 +10,14 @@ any length; a chunk that starts after the expected index leaves a gap (missing s
 had been pushed); one that overlaps what came before is refused. Rhythm flags come from one ECG
 lead (``primary_ecg``: ECG_II when present, else the first ECG lead given); every ECG lead and
 pulse signal gets beats, rates and quality verdicts. Pure computation: no I/O, no clock.
+
+Sample 0 of every signal is the same moment. On a bed with a second ECG lead at the primary
+lead's rate, the primary lead's beats are classified with that lead's view of them as well
+(:func:`~eicu.signal.classify.cross_lead_ventricular`): the primary lead's beats and ticks wait
+for the second lead's samples, up to ``CROSS_LEAD_WAIT_S`` behind, so the results do not depend
+on which lead's chunk comes first or how the chunks are cut, as long as the leads arrive within
+``HISTORY_S`` of each other. A second lead that stops arriving holds the primary lead's events
+back by ``CROSS_LEAD_WAIT_S`` or one chunk of the primary lead, whichever is longer.
 """
 
 from __future__ import annotations
@@ -34,7 +42,12 @@ from eicu.kernels.sqi import (
     window_sqi,
 )
 from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
-from eicu.signal.classify import CLASS_OF_CODE, BeatClass, BeatClassifier
+from eicu.signal.classify import (
+    CLASS_OF_CODE,
+    BeatClass,
+    BeatClassifier,
+    cross_lead_ventricular,
+)
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter, bandpass_sos
 from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
@@ -71,6 +84,7 @@ P_WINDOW_S: Final = (0.30, 0.08)
 P_TEMPLATE_BEATS: Final = 16
 MAX_GAP_BLOCK_S: Final = 60.0
 BLOCK_S: Final = 2.0
+CROSS_LEAD_WAIT_S: Final = 1.0
 
 # (flat range, HF index above which the signal is noise) per kind of signal
 _QUALITY_LIMITS: Final[dict[str, tuple[float, float]]] = {
@@ -177,6 +191,8 @@ class _BeatItem:
     width_ratio: float | None = None
     steep_ratio: float | None = None
     prematurity: float | None = None
+    other_corr: float | None = None
+    other_steep_ratio: float | None = None
 
 
 def _opt(v: float) -> float | None:
@@ -189,6 +205,7 @@ class _SignalState:
         self.fs_hz = fs_hz
         self.kind = "ecg" if key.startswith("ECG_") else key if key in ("ABP", "PLETH") else "other"
         self.next_index = 0
+        self.chunk_n = 0  # samples in the latest chunk pushed
         self.hist = _History(size=round(HISTORY_S * fs_hz))
         self.detector: BeatDetector | None = None
         self.filter: SosFilter | None = None
@@ -365,9 +382,19 @@ class BedSignalPipeline:
             raise ValueError(f"primary_ecg {primary_ecg!r} is not one of the ECG leads {ecgs}")
         self.primary_ecg = primary_ecg
         self._tracker: RhythmTracker | None = None
+        # the second ECG lead the primary lead's beats are also judged on, with a classifier of
+        # its own fed the primary lead's beats (its templates are of those beats)
+        self.other_ecg: str | None = None
+        self._cross: BeatClassifier | None = None
+        self._wait_n = 0
         if primary_ecg is not None:
             st = self._sig[primary_ecg]
             self._tracker = RhythmTracker(primary_ecg, st.fs_hz, st.quality_at, st.missing_after)
+            others = [k for k in ecgs if k != primary_ecg and self._sig[k].fs_hz == st.fs_hz]
+            if others:
+                self.other_ecg = others[0]
+                self._cross = BeatClassifier(st.fs_hz)
+                self._wait_n = round(CROSS_LEAD_WAIT_S * st.fs_hz)
 
     @property
     def signals(self) -> dict[str, float]:
@@ -415,6 +442,7 @@ class BedSignalPipeline:
         while first > st.next_index:  # a hole in the stream: missing samples
             n = min(first - st.next_index, round(MAX_GAP_BLOCK_S * st.fs_hz))
             events.extend(self.push(signal_key, np.full(n, np.nan), st.next_index))
+        st.chunk_n = x.shape[0]
         # Long chunks are worked through in blocks of at most BLOCK_S, so that the history kept
         # per signal always covers what the beats and windows of the block need.
         block = round(BLOCK_S * st.fs_hz)
@@ -424,24 +452,41 @@ class BedSignalPipeline:
 
     # -- internals -------------------------------------------------------------------------------
     def _feed(self, st: _SignalState, x: NDArray[np.float64]) -> list[Event]:
-        events: list[Event] = []
         g0 = st.next_index
         y = st.filter.step(x) if st.filter is not None else None
         st.hist.append(x, y)
         st.next_index = g0 + x.shape[0]
-        primary = self._tracker is not None and st.key == self.primary_ecg
         st.note_missing(x, g0)
         found = st.detector.push(x) if st.detector is not None else None
-        if found is not None and st.alt_detector is not None:
-            st.note_decided(found, st.alt_detector.push(x))
-        # (time the item became known, order, payload): beats and one-second ticks, merged in
-        # time order so that the rhythm tracker sees the same sequence however chunks are cut
-        items: list[tuple[int, int, _BeatItem]] = []
         if found is not None:
+            if st.alt_detector is not None:
+                st.note_decided(found, st.alt_detector.push(x))
             for s, at in zip(found.sample.tolist(), found.decided_at.tolist(), strict=True):
                 st.pending.append((s, max(at, s + st.post_n + st.shift_n)))
-            items.extend(self._ready_beats(st))
-        while st.next_tick <= st.next_index:
+        events = self._process(st)
+        if st.key == self.other_ecg and self.primary_ecg is not None:
+            # the primary lead may have waited for these samples
+            events.extend(self._process(self._sig[self.primary_ecg]))
+        return events
+
+    def _horizon(self, st: _SignalState) -> int:
+        """The sample up to which a signal's beats and ticks are processed: all it has, but the
+        primary lead only as far as the second lead has come, or not more than
+        CROSS_LEAD_WAIT_S (or its latest chunk, when longer) behind its own end."""
+        if st.key != self.primary_ecg or self.other_ecg is None:
+            return st.next_index
+        other = self._sig[self.other_ecg].next_index
+        return min(st.next_index, max(other, st.next_index - max(self._wait_n, st.chunk_n)))
+
+    def _process(self, st: _SignalState) -> list[Event]:
+        """Beats whose window has arrived and one-second ticks up to the horizon, as events."""
+        events: list[Event] = []
+        horizon = self._horizon(st)
+        primary = self._tracker is not None and st.key == self.primary_ecg
+        # (time the item became known, order, payload): beats and one-second ticks, merged in
+        # time order so that the rhythm tracker sees the same sequence however chunks are cut
+        items = self._ready_beats(st, horizon) if st.pending else []
+        while st.next_tick <= horizon:
             items.append((st.next_tick, 1, _BeatItem(st.next_tick)))
             st.next_tick += st.tick_n
         items.sort(key=lambda it: (it[0], it[1]))
@@ -453,15 +498,15 @@ class BedSignalPipeline:
             else:
                 events.extend(self._tick(st, item.sample, primary))
         if primary and self._tracker is not None:
-            events.extend(self._tracker.advance(st.next_index))
+            events.extend(self._tracker.advance(horizon))
         return events
 
-    def _ready_beats(self, st: _SignalState) -> list[tuple[int, int, _BeatItem]]:
+    def _ready_beats(self, st: _SignalState, horizon: int) -> list[tuple[int, int, _BeatItem]]:
         """Morphology of the beats whose window has arrived, as items to process in order."""
-        ready = [p for p in st.pending if p[1] <= st.next_index]
+        ready = [p for p in st.pending if p[1] <= horizon]
         if not ready:
             return []
-        st.pending = [p for p in st.pending if p[1] > st.next_index]
+        st.pending = [p for p in st.pending if p[1] > horizon]
         fids = np.array([p[0] for p in ready], dtype=np.int64)
         if st.classifier is not None:
             return self._classified(st, st.classifier, ready, fids)
@@ -508,9 +553,22 @@ class BedSignalPipeline:
         classes, feats = classifier.classify(
             st.hist.filt[None, :], np.array([st.hist.start]), fids, rr_prev, st.hist.raw[None, :]
         )
+        other_feats: NDArray[np.float64] | None = None
+        if self._cross is not None and st.key == self.primary_ecg and self.other_ecg is not None:
+            o = self._sig[self.other_ecg].hist
+            _, of = self._cross.classify(
+                o.filt[None, :], np.array([o.start]), fids, rr_prev, o.raw[None, :]
+            )
+            other_feats = of[:, 0]
+            classes = cross_lead_ventricular(
+                classes, feats[:, 0, 0], feats[:, 0, 2], other_feats[:, 0], other_feats[:, 2]
+            )
         out: list[tuple[int, int, _BeatItem]] = []
         for j, (s, at) in enumerate(ready):
             f = feats[j, 0]
+            o_corr = o_steep = None
+            if other_feats is not None:
+                o_corr, o_steep = _opt(other_feats[j, 0]), _opt(other_feats[j, 2])
             w_n = f[4]
             cls = CLASS_OF_CODE[int(classes[j])]
             same_shape = f[5] == st.prev_cluster  # joined the template of the beat before it
@@ -531,6 +589,8 @@ class BedSignalPipeline:
                         _opt(f[1]),
                         _opt(f[2]),
                         _opt(f[6]),
+                        o_corr,
+                        o_steep,
                     ),
                 )
             )
@@ -553,6 +613,8 @@ class BedSignalPipeline:
             item.steep_ratio,
             cls,
             item.prematurity,
+            item.other_corr,
+            item.other_steep_ratio,
         )
         st.recent_beats.append(beat)
         events: list[Event] = [beat]

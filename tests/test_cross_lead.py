@@ -1,0 +1,188 @@
+"""Ventricular beats judged on two ECG leads: the cross-lead rule and the pipeline that applies it.
+
+A ventricular beat starts in the ventricle and spreads through the myocardium instead of the
+conduction system: its activation runs in another direction (a changed shape on some lead) and
+slowly (a slurred, less steep complex on some lead). Where it projects onto one lead much like
+the dominant beat, another lead shows it (AAMI EC57 scores the beats, not the leads; de Chazal
+et al. 2004 and Llamedo & Martinez 2011 use both MIT-BIH leads for this reason).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eicu.cli import main
+from eicu.kernels import vclass as k
+from eicu.signal.classify import DEFAULT_CLASSIFIER, cross_lead_ventricular
+from eicu.signal.events import Beat, Event
+from eicu.signal.pipeline import BedSignalPipeline
+from tests.synthetic import ecg_from_rr
+from tests.test_cli_signal import write_record
+
+FS = 250.0
+NAN = float("nan")
+N, V, P, Q, U = k.C_N, k.C_V, k.C_P, k.C_Q, k.C_UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("cls", "corr0", "steep0", "corr1", "steep1", "want"),
+    [
+        (N, 0.95, 0.6, 0.1, 1.0, V),  # like the dominant beat but slurred; inverted on the other
+        (N, 0.1, 1.0, 0.95, 0.6, V),  # strongly unlike on lead 0, slurred on lead 1
+        (N, 0.95, 0.9, 0.1, 1.0, N),  # unlike on one lead, slurred on neither: aberrancy, noise
+        (N, 0.95, 0.6, 0.5, 1.0, N),  # slurred, but not strongly unlike the dominant beat
+        (N, 0.1, 1.0, 0.1, 1.0, N),  # unlike on both leads, steep on both
+        (V, 0.95, 1.0, 0.95, 1.0, V),  # lead 0's own call stands
+        (P, 0.1, 0.5, 0.1, 0.5, P),  # a paced beat stays paced
+        (Q, 0.1, 0.5, 0.1, 0.5, Q),  # unclassifiable stays so
+        (U, 0.1, 0.5, 0.1, 0.5, U),  # templates still learnt
+        (N, NAN, NAN, 0.1, 0.5, N),  # a feature not at hand never makes a beat ventricular
+        (N, 0.95, 0.6, NAN, NAN, N),
+    ],
+)
+def test_cross_lead_rule_from_its_definition(
+    cls: int, corr0: float, steep0: float, corr1: float, steep1: float, want: int
+) -> None:
+    got = cross_lead_ventricular(
+        np.array([cls]), np.array([corr0]), np.array([steep0]), np.array([corr1]),
+        np.array([steep1]),
+    )  # fmt: skip
+    assert got.tolist() == [want]
+
+
+def test_cross_lead_rule_refuses_arrays_of_unequal_length() -> None:
+    one, two = np.zeros(1), np.zeros(2)
+    with pytest.raises(ValueError, match="one length"):
+        cross_lead_ventricular(np.zeros(2, dtype=np.int64), two, two, one, two)
+    assert DEFAULT_CLASSIFIER.cross_corr < DEFAULT_CLASSIFIER.v_corr_mild
+
+
+def _two_leads(
+    n_beats: int = 120, seed: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two leads of sinus rhythm with a premature ventricular beat every fourth beat. On lead
+    II the ventricular beat is as narrow and steep as the sinus QRS but inverted (activation in
+    the other direction, no P wave); on lead V it is upright and wide (slow myocardial
+    conduction). Returns (lead II, lead V, the R peaks, whether each is ventricular)."""
+    vent = np.zeros(n_beats + 1, dtype=bool)  # beat 0 opens the record
+    vent[12::4] = True
+    # the interval before each beat: premature before a ventricular beat, the compensatory
+    # pause after it
+    rr = np.where(vent[1:], 0.55, np.where(vent[:-1], 1.15, 0.85))
+    sinus, r_idx = ecg_from_rr(rr, FS, noise_mv=0.01, seed=seed)
+    no_p, _ = ecg_from_rr(rr, FS, p_wave=False, noise_mv=0.01, seed=seed + 1)
+    wide, _ = ecg_from_rr(rr, FS, qrs_width_s=0.16 * 2.5 / 6.0, p_wave=False, seed=seed + 2)
+    lead_ii, lead_v = sinus.copy(), 0.8 * sinus
+    half = round(0.3 * FS)
+    for r in r_idx[vent[: r_idx.shape[0]]].tolist():
+        lead_ii[r - half : r + half] = -no_p[r - half : r + half]
+        lead_v[r - half : r + half] = 0.8 * wide[r - half : r + half]
+    n = (lead_ii.shape[0] // 250) * 250
+    return lead_ii[:n], lead_v[:n], r_idx[r_idx < n - half], vent[: int((r_idx < n - half).sum())]
+
+
+def _run(leads: dict[str, np.ndarray], chunk_s: float, order: tuple[str, ...]) -> list[Event]:
+    p = BedSignalPipeline({key: FS for key in leads})
+    n = round(chunk_s * FS)
+    total = next(iter(leads.values())).shape[0]
+    events: list[Event] = []
+    for i in range(0, total, n):
+        for key in order:
+            events.extend(p.push(key, leads[key][i : i + n], i))
+    return events
+
+
+def _classes_at(events: list[Event], r_idx: np.ndarray, signal: str) -> list[str | None]:
+    beats = sorted((e.sample, e.beat_class) for e in events if isinstance(e, Beat)
+                   and e.signal == signal)  # fmt: skip
+    at = np.array([s for s, _ in beats])
+    out: list[str | None] = []
+    for r in r_idx.tolist():
+        j = int(np.argmin(np.abs(at - r)))
+        out.append(beats[j][1] if abs(int(at[j]) - r) <= round(0.05 * FS) else None)
+    return out
+
+
+def test_a_beat_normal_looking_on_one_lead_is_ventricular_when_the_other_shows_it() -> None:
+    lead_ii, lead_v, r_idx, vent = _two_leads()
+    judged = slice(20, None)  # after the templates are learnt
+    alone = _classes_at(_run({"ECG_II": lead_ii}, 0.5, ("ECG_II",)), r_idx, "ECG_II")
+    # lead II alone cannot tell: the beat is as narrow and as steep as the dominant one
+    assert [c for c, v in zip(alone[judged], vent[judged], strict=True) if v].count("V") == 0
+    both = _classes_at(
+        _run({"ECG_II": lead_ii, "ECG_V": lead_v}, 0.5, ("ECG_II", "ECG_V")), r_idx, "ECG_II"
+    )
+    on_v = [c for c, v in zip(both[judged], vent[judged], strict=True) if v]
+    on_n = [c for c, v in zip(both[judged], vent[judged], strict=True) if not v]
+    assert on_v.count("V") == len(on_v) > 20
+    assert on_n.count("N") == len(on_n)
+
+
+@pytest.mark.parametrize(("chunk_s", "order"), [(0.2, ("ECG_V", "ECG_II")), (1.0, ("ECG_II",
+                         "ECG_V")), (2.6, ("ECG_II", "ECG_V"))])  # fmt: skip
+def test_two_lead_calls_do_not_depend_on_chunks_or_on_which_lead_comes_first(
+    chunk_s: float, order: tuple[str, ...]
+) -> None:
+    lead_ii, lead_v, _, _ = _two_leads(60)
+    leads = {"ECG_II": lead_ii, "ECG_V": lead_v}
+    want = _run(leads, 0.5, ("ECG_II", "ECG_V"))
+    got = _run(leads, chunk_s, order)
+
+    def key(events: list[Event]) -> list[str]:
+        return sorted(repr(e) for e in events)  # repr: NaN-safe
+
+    assert key(got) == key(want)
+
+
+def test_noise_on_the_other_lead_makes_no_sinus_beat_ventricular() -> None:
+    rr = np.full(90, 0.8)
+    lead_ii, r_idx = ecg_from_rr(rr, FS, noise_mv=0.01)
+    n = (lead_ii.shape[0] // 250) * 250
+    lead_ii = lead_ii[:n]
+    lead_v = 0.8 * lead_ii
+    rng = np.random.default_rng(1)
+    for start in range(10 * 250, n - 500, 7 * 250):  # bursts of muscle artefact, 1.5 s each
+        lead_v[start : start + 375] += rng.normal(0.0, 0.6, 375)
+    events = _run({"ECG_II": lead_ii, "ECG_V": lead_v}, 0.5, ("ECG_II", "ECG_V"))
+    calls = _classes_at(events, r_idx[r_idx < n - 75], "ECG_II")[12:]
+    assert "V" not in calls
+    assert calls.count("N") >= len(calls) - 1
+
+
+def test_a_lead_that_stops_arriving_holds_the_other_back_one_second_at_most() -> None:
+    lead_ii, lead_v, r_idx, _ = _two_leads(40)
+    p = BedSignalPipeline({"ECG_II": FS, "ECG_V": FS})
+    p.push("ECG_V", lead_v[:2500], 0)  # lead V for the first 10 s, then nothing
+    events: list[Event] = []
+    for i in range(0, lead_ii.shape[0], 125):
+        events.extend(p.push("ECG_II", lead_ii[i : i + 125], i))
+    last = max(e.sample for e in events if isinstance(e, Beat) and e.signal == "ECG_II")
+    beats_due = r_idx[r_idx + round(0.19 * FS) <= lead_ii.shape[0] - round(1.0 * FS)]
+    assert last >= beats_due[-1] - 1
+    # the beats of the first 10 s carry lead V's features, the later ones do not
+    mine = [e for e in events if isinstance(e, Beat) and e.signal == "ECG_II"]
+    early = [b for b in mine if 3 * 250 < b.sample < 9 * 250]
+    late = [b for b in mine if b.sample > 11 * 250]
+    assert all(b.other_corr is not None for b in early)
+    assert all(b.other_corr is None for b in late)
+
+
+def test_eicu_analyze_takes_the_records_second_ecg_channel_as_the_second_lead(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lead_ii, lead_v, r_idx, vent = _two_leads(80)
+    rec = write_record(tmp_path, "two", {"II": lead_ii, "V1": lead_v}, FS, [])
+    pvcs = r_idx[20:][vent[20:]]
+    found: dict[bool, int] = {}
+    for one_lead in (False, True):
+        assert main(["analyze", str(rec), "--json", *(["--one-lead"] if one_lead else [])]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["second_lead"] == (None if one_lead else "V1")
+        called = np.array(out["ventricular"], dtype=np.int64)
+        near = np.abs(pvcs[:, None] - called[None, :]).min(axis=1, initial=10**9)
+        found[one_lead] = int((near <= round(0.05 * FS)).sum())
+    assert found[False] == pvcs.shape[0] and found[True] == 0
