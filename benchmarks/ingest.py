@@ -10,7 +10,9 @@ and any queue in front of the engine) and from receipt to stored (rx->db), wavef
 stored (wf: frames wait on purpose to fill a 2 s storage segment; the live pipeline sees each
 frame on arrival), the engine's CPU in cores and per bed-second, its memory, and the share of
 its CPU that garbage collections took (``--collector default`` runs the engine with CPython's
-collector settings instead of the commands' ``eicu.heap.settle``). The engine holds
+collector settings instead of the commands' ``eicu.heap.settle``; ``EICU_ANALYSIS_CHUNK_S`` in
+the environment sets how much of a bed's frames its signal pipeline takes at once, as it does
+for the commands). The engine holds
 a bed count in real time when everything is stored once, drain is a few seconds and dev->db
 stays well under a second.
 
@@ -62,6 +64,9 @@ def engine_child(
             IngestSettings(
                 spool_dir=Path(tempfile.mkdtemp(prefix="eicu-bench-spool-")),
                 analyse_signals=analyse,
+                analysis_chunk_s=float(
+                    os.environ.get("EICU_ANALYSIS_CHUNK_S", IngestSettings().analysis_chunk_s)
+                ),
                 # every simulated bed is one site's, all arriving at once
                 admission=AdmissionSettings(site_beds_max=100_000, new_beds_burst=100_000),
             ),

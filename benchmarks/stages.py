@@ -1,6 +1,7 @@
 """CPU of the engine's per-bed stages, in one process, without broker or store.
 
     python benchmarks/stages.py [--beds 40] [--seconds 60] [--frame 0.5] [--scenario stable]
+        [--chunk 0.5] [--breakdown]
 
 Simulated beds (the standard signal set of ``simulators``: ECG II and V at 250 Hz, PLETH and ABP
 at 125 Hz, RESP at 62.5 Hz, numerics every second) are rendered into frames beforehand; then
@@ -10,7 +11,9 @@ stages (each on fresh state, the first sixth routed first to warm it up). Printe
 (``time.process_time``) per bed-second of each, and the signal and score stages' shares by
 difference; best of ``--repeat`` runs. This is the part of ``benchmarks/ingest.py``'s engine
 CPU that grows with the beds' data, measured without the broker, the network and the machine's
-other processes. On a shared 2-core virtual machine the figures still move by 10-20 % between
+other processes. The signal stage takes a bed's frames ``--chunk`` seconds at a time, as the
+engine does (``EICU_ANALYSIS_CHUNK_S``), and is measured taking every frame at once beside it.
+On a shared 2-core virtual machine the figures still move by 10-20 % between
 runs (process CPU time depends on the caches and clock the machine gives): compare changes
 with ``--repeat 5`` and several runs. ``--scenario mix`` cycles through every scenario (VT, AF,
 pacing, artefact ...). The collector is set as the commands set it (``eicu.heap.settle``).
@@ -36,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eicu import heap
+from eicu.config import IngestSettings
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey
 from ingest.scores import ScoreStage
@@ -62,11 +66,12 @@ def frames_of(beds: int, seconds: float, frame_s: float, scenario: str) -> list[
     return out
 
 
-def run(frames: list[object], stages: str) -> float:
-    """CPU seconds of routing the frames after the first sixth through ``stages``."""
+def run(frames: list[object], stages: str, chunk_s: float) -> float:
+    """CPU seconds of routing the frames after the first sixth through ``stages``, the signal
+    stage taking a bed's frames in chunks of ``chunk_s``."""
     router = BedRouter(IngestMetrics())
     if "signals" in stages:
-        router.subscribe(SignalStage())
+        router.subscribe(SignalStage(chunk_s=chunk_s))
     if "scores" in stages:
         router.subscribe(ScoreStage())
     warm = len(frames) // 6
@@ -78,7 +83,9 @@ def run(frames: list[object], stages: str) -> float:
     return time.process_time() - t0
 
 
-def breakdown(frames: list[object], bed_s: float) -> list[tuple[str, float, float, float]]:
+def breakdown(
+    frames: list[object], bed_s: float, chunk_s: float
+) -> list[tuple[str, float, float, float]]:
     """(part, ms per bed-second, us per call, calls per bed-second) of the signal stage's parts,
     from timers wrapped around them for one run (see the module)."""
     from eicu import models
@@ -124,7 +131,7 @@ def breakdown(frames: list[object], bed_s: float) -> list[tuple[str, float, floa
         setattr(owner, name, timed(getattr(owner, name), label))
     try:
         router = BedRouter(IngestMetrics())
-        router.subscribe(SignalStage())
+        router.subscribe(SignalStage(chunk_s=chunk_s))
         warm = len(frames) // 6
         for f in frames[:warm]:
             router.route(f)  # type: ignore[arg-type]
@@ -160,6 +167,14 @@ def main() -> None:
     parser.add_argument("--scenario", default="stable", choices=[*SCENARIOS, "mix"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
+        "--chunk",
+        type=float,
+        default=IngestSettings().analysis_chunk_s,
+        help="seconds of a bed's frames the signal stage takes at once (default: the "
+        "engine's EICU_ANALYSIS_CHUNK_S default); with more than 0, every frame at once is "
+        "measured beside it",
+    )
+    parser.add_argument(
         "--breakdown", action="store_true", help="also time each part of the signal pipeline"
     )
     args = parser.parse_args()
@@ -167,22 +182,33 @@ def main() -> None:
     heap.settle()  # as the commands do
     bed_s = args.beds * args.seconds * 5 / 6
     best = {}
-    for stages in ("router", "router+signals", "router+signals+scores"):
-        best[stages] = min(run(frames, stages) for _ in range(args.repeat)) * 1000 / bed_s
+    runs = [("router", args.chunk), ("router+signals", args.chunk)]
+    runs.append(("router+signals+scores", args.chunk))
+    if args.chunk > 0:
+        runs.append(("router+signals", 0.0))
+    for stages, chunk in runs:
+        cpu = min(run(frames, stages, chunk) for _ in range(args.repeat))
+        best[stages if chunk == args.chunk else f"{stages}, every frame"] = cpu * 1000 / bed_s
     print(
         f"{args.beds} beds ({args.scenario}), {args.seconds:g} s in {args.frame:g} s frames, "
-        f"{len(frames)} frames; CPU ms per bed-second, best of {args.repeat}:"
+        f"{len(frames)} frames, the signal stage taking {args.chunk:g} s at once; CPU ms per "
+        f"bed-second, best of {args.repeat}:"
     )
     for stages, ms in best.items():
-        print(f"  {stages:24s} {ms:6.3f}")
+        print(f"  {stages:28s} {ms:6.3f}")
     print(
         f"  signal stage {best['router+signals'] - best['router']:.3f}, "
         f"score stage {best['router+signals+scores'] - best['router+signals']:.3f}"
     )
+    if args.chunk > 0:
+        print(
+            "  signal stage taking every frame at once "
+            f"{best['router+signals, every frame'] - best['router']:.3f}"
+        )
     if args.breakdown:
         print("\nthe signal stage's parts (one run with a timer around each; parts nest):")
         print(f"  {'part':28s} {'ms/bed-s':>9s} {'us/call':>9s} {'calls/bed-s':>12s}")
-        for label, ms, us, per in breakdown(frames, bed_s):
+        for label, ms, us, per in breakdown(frames, bed_s, args.chunk):
             print(f"  {label:28s} {ms:9.3f} {us:9.2f} {per:12.1f}")
 
 

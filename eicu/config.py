@@ -265,6 +265,10 @@ class IngestSettings:
     waveform_segment_s: float = 2.0
     # Run each bed's signal pipeline (beats, rhythm flags, quality) in the engine.
     analyse_signals: bool = True
+    # A bed's waveform frames go into its signal pipeline in chunks of at least this long
+    # (0.25 s frames two at a time): the pipeline's per-call work half as often, its beats and
+    # rhythm flags up to one frame later. 0: every frame at once.
+    analysis_chunk_s: float = 0.5
     write_retry_min_s: float = 0.5
     write_retry_max_s: float = 10.0
     # A device time further ahead of (or behind) the engine's clock on arrival than this is a
@@ -717,6 +721,9 @@ class Settings:
             ),
             spool_dir=Path(env.get("EICU_SPOOL_DIR") or defaults.spool_dir),
             analyse_signals=_bool(env, "EICU_ANALYSE_SIGNALS", defaults.analyse_signals),
+            analysis_chunk_s=_float(
+                env, "EICU_ANALYSIS_CHUNK_S", defaults.analysis_chunk_s, 0.0, 10.0
+            ),
             waveform_segment_s=_float(
                 env, "EICU_WAVEFORM_SEGMENT_S", defaults.waveform_segment_s, 0.0, 60.0
             ),

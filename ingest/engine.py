@@ -129,7 +129,7 @@ class Engine:
         self.store = store
         self.router = BedRouter(self.metrics, ingest)
         self.scores = ScoreStage()
-        self.signals = SignalStage()
+        self.signals = SignalStage(chunk_s=ingest.analysis_chunk_s)
         self.router.subscribe(self.scores)
         self._analyse = ingest.analyse_signals
         if ingest.analyse_signals:

@@ -4,6 +4,12 @@ what it derives (beats, heart rate, rhythm flags, signal quality) in the bed's s
 Each bed's pipeline counts samples per signal from the first sample it saw; a frame's place in
 that count comes from its device time, so a gap in the frames is a gap in the signal (never
 joined up), and a frame that arrives late (out of order) is stored but not analysed.
+
+With ``chunk_s`` > 0 a bed's frames are held until they cover that much time and then go into
+the pipeline together, each signal's contiguous samples as one chunk: frames of 0.25 s two at a
+time for 0.5 s. The pipeline's work per call (filters, detectors, bookkeeping) then comes half
+as often, and its beats and flags come up to ``chunk_s`` minus one frame later. The results are
+the same either way (the pipeline's output does not depend on how chunks are cut).
 """
 
 from __future__ import annotations
@@ -49,15 +55,24 @@ class _BedPipe:
     pipeline: BedSignalPipeline
     origin_us: dict[str, int]  # device time of sample 0, per signal
     fs_hz: dict[str, float]
+    # blocks held for the next chunk: (signal, rate, index of the first sample, samples)
+    held: list[tuple[str, float, int, NDArray[np.float64]]] = field(default_factory=list)
+    held_next: dict[str, int] = field(default_factory=dict)  # per signal: the index after it
+    held_from_us: int = 0  # the earliest device time held
+    held_to_us: int = 0  # the latest end held
 
 
 class SignalStage:
     """A router consumer (see ingest.state.BedRouter.subscribe)."""
 
-    def __init__(self, max_events: int = 512) -> None:
+    def __init__(self, max_events: int = 512, chunk_s: float = 0.0) -> None:
+        if not (chunk_s >= 0.0 and np.isfinite(chunk_s)):
+            raise ValueError(f"chunk_s must be 0 or more seconds, got {chunk_s!r}")
         self._pipes: dict[object, _BedPipe] = {}
         self.derived: dict[object, Derived] = {}
         self._max_events = max_events
+        # 1 ms short of the chunk: device times are rounded to the microsecond
+        self._chunk_us = max(0, round(chunk_s * 1e6) - 1000)
         self.skipped_frames = 0
 
     def __call__(self, frame: Frame, state: BedState | None) -> None:
@@ -67,20 +82,78 @@ class SignalStage:
         if not blocks:
             return
         pipe = self._pipes.get(frame.bed)
-        if pipe is None or any(
-            b.signal in pipe.fs_hz and pipe.fs_hz[b.signal] != b.fs_hz for b in blocks
-        ):
-            fs = {b.signal: b.fs_hz for b in blocks}
-            pipe = _BedPipe(BedSignalPipeline(fs), {}, fs)
-            self._pipes[frame.bed] = pipe
         derived = self.derived.get(frame.bed)
         if derived is None:  # (setdefault would build a Derived for every frame)
             derived = self.derived[frame.bed] = Derived()
+        if pipe is None or any(
+            b.signal in pipe.fs_hz and pipe.fs_hz[b.signal] != b.fs_hz for b in blocks
+        ):
+            if pipe is not None:
+                self._flush(frame.bed, pipe, derived)  # what the old rates' pipeline holds
+            fs = {b.signal: b.fs_hz for b in blocks}
+            pipe = _BedPipe(BedSignalPipeline(fs), {}, fs)
+            self._pipes[frame.bed] = pipe
         for b in blocks:
             if b.signal not in pipe.fs_hz:
                 continue  # a signal the bed did not have when its pipeline started
-            self._push(frame.bed, pipe, derived, b.signal, b.fs_hz, frame.t0_us + b.t_offset_us,
-                       b.physical())  # fmt: skip
+            t_first = frame.t0_us + b.t_offset_us
+            if not self._chunk_us:
+                self._push(frame.bed, pipe, derived, b.signal, b.fs_hz, t_first, b.physical())
+                continue
+            # placed now, against what is held: a late block is left out on its own
+            expected = pipe.held_next.get(b.signal)
+            if expected is None:
+                expected = pipe.pipeline.next_index(b.signal)
+            index = self._place(pipe, b.signal, b.fs_hz, t_first, expected)
+            if index is None:
+                continue
+            samples = b.physical()
+            end_us = t_first + round(samples.shape[0] * 1e6 / b.fs_hz)
+            if not pipe.held:
+                pipe.held_from_us, pipe.held_to_us = t_first, end_us
+            else:
+                pipe.held_from_us = min(pipe.held_from_us, t_first)
+                pipe.held_to_us = max(pipe.held_to_us, end_us)
+            pipe.held.append((b.signal, b.fs_hz, index, samples))
+            pipe.held_next[b.signal] = index + samples.shape[0]
+        if pipe.held and pipe.held_to_us - pipe.held_from_us >= self._chunk_us:
+            self._flush(frame.bed, pipe, derived)
+
+    def flush(self) -> None:
+        """Push every bed's held blocks now (the last frames of beds that went quiet)."""
+        for bed, pipe in self._pipes.items():
+            if pipe.held:
+                self._flush(bed, pipe, self.derived[bed])
+
+    def _flush(self, bed: object, pipe: _BedPipe, derived: Derived) -> None:
+        """Push the blocks a bed holds, each signal's run of consecutive blocks as one chunk."""
+        runs: dict[str, list[tuple[float, int, list[NDArray[np.float64]]]]] = {}
+        for signal, fs_hz, index, samples in pipe.held:
+            mine = runs.setdefault(signal, [])
+            if mine and mine[-1][1] + sum(p.shape[0] for p in mine[-1][2]) == index:
+                mine[-1][2].append(samples)  # starts where the run ends
+            else:
+                mine.append((fs_hz, index, [samples]))
+        pipe.held = []
+        pipe.held_next.clear()
+        for signal, mine in runs.items():
+            for fs_hz, index, parts in mine:
+                chunk = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                self._analyse(bed, pipe, derived, signal, fs_hz, index, chunk)
+
+    def _place(
+        self, pipe: _BedPipe, signal: str, fs_hz: float, t_first: int, expected: int
+    ) -> int | None:
+        """The index of a block's first sample in the bed's count of the signal: the expected
+        one when it comes within a sample of it, None (counted) when it is late or overlaps."""
+        origin = pipe.origin_us.setdefault(signal, t_first)
+        index = round((t_first - origin) * fs_hz / 1e6)
+        if abs(index - expected) <= 1:
+            return expected  # contiguous, up to the rounding of device times
+        if index < expected:
+            self.skipped_frames += 1  # late or overlapping: stored, not analysed
+            return None
+        return index
 
     def _push(
         self,
@@ -92,14 +165,21 @@ class SignalStage:
         t_first: int,
         samples: NDArray[np.float64],
     ) -> None:
-        origin = pipe.origin_us.setdefault(signal, t_first)
-        index = round((t_first - origin) * fs_hz / 1e6)
-        expected = pipe.pipeline.next_index(signal)
-        if abs(index - expected) <= 1:
-            index = expected  # contiguous, up to the rounding of device times
-        elif index < expected:
-            self.skipped_frames += 1  # late or overlapping: stored, not analysed
-            return
+        index = self._place(pipe, signal, fs_hz, t_first, pipe.pipeline.next_index(signal))
+        if index is not None:
+            self._analyse(bed, pipe, derived, signal, fs_hz, index, samples)
+
+    def _analyse(
+        self,
+        bed: object,
+        pipe: _BedPipe,
+        derived: Derived,
+        signal: str,
+        fs_hz: float,
+        index: int,
+        samples: NDArray[np.float64],
+    ) -> None:
+        origin = pipe.origin_us[signal]
         try:
             events = pipe.pipeline.push(signal, samples, index)
         except ValueError as exc:

@@ -83,3 +83,68 @@ def test_signal_stage_derives_rate_and_rhythm_from_synthetic_beds() -> None:
     truth = {e.label for e in group.bank.truth(1)}
     assert "VTACH" in truth
     assert "VTACH" in labels_seen
+
+
+def _frames(seconds: float, frame_s: float = 0.25) -> list[object]:
+    """The waveform and numerics frames of a VT bed and a stable bed, in arrival order."""
+    from simulators.beds import SynthGroup
+
+    beds = [BedKey("s", "stable"), BedKey("s", "vt")]
+    group = SynthGroup(beds, ["stable", "vt"], [1, 2], T0)
+    out: list[object] = []
+    for _ in range(int(seconds / frame_s)):
+        for _bed, frame, numerics, _on in group.tick(frame_s):
+            out.extend(f for f in (numerics, frame) if f is not None)
+    return out
+
+
+def _derive(frames: list[object], chunk_s: float) -> tuple[dict[object, object], int]:
+    """What the signal stage derives per bed: counts, rhythms, events and marks (as multisets:
+    the order in which a bed's signals report can differ)."""
+    from ingest.signals import SignalStage
+
+    router = BedRouter(IngestMetrics())
+    stage = SignalStage(max_events=10**6, chunk_s=chunk_s)
+    router.subscribe(stage)
+    for f in frames:
+        router.route(f)  # type: ignore[arg-type]
+    stage.flush()
+    out: dict[object, object] = {}
+    for bed, d in stage.derived.items():
+        # the marks kept are the newest 128 in arrival order: compare their last 10 s
+        newest = max(m.t_us for m in d.marks)
+        marks = sorted((m.signal, m.t_us, m.kind, m.label, str(m.state)) for m in d.marks
+                       if m.t_us >= newest - 10_000_000)  # fmt: skip
+        events = sorted(repr(e) for e in d.events)
+        out[bed] = (d.beats, d.ventricular_beats, d.marks_total, sorted(d.rhythms), events, marks)
+    return out, stage.skipped_frames
+
+
+def test_frames_taken_two_at_a_time_give_what_frames_taken_one_at_a_time_give() -> None:
+    from eicu.models import WaveformFrame
+
+    frames = _frames(120.0)
+    one, skipped_one = _derive(frames, 0.0)
+    two, skipped_two = _derive(frames, 0.5)
+    assert two == one and skipped_one == skipped_two == 0
+    assert any("VTACH" in e for e in one[BedKey("s", "vt")][4])  # type: ignore[index]
+    # a lost frame (a gap in the signal) and a frame arriving late (out of order, not analysed)
+    waves = [i for i, f in enumerate(frames) if isinstance(f, WaveformFrame)]
+    lost, late = waves[101], waves[150]
+    moved = [f for i, f in enumerate(frames) if i not in (lost, late)]
+    moved.insert(waves[170] - 2, frames[late])
+    one, skipped_one = _derive(moved, 0.0)
+    two, skipped_two = _derive(moved, 0.5)
+    assert two == one and skipped_one == skipped_two == 4  # the late frame's 4 analysed blocks
+    # chunks of 1 s hold four frames and give the same again
+    assert _derive(frames, 1.0)[0] == _derive(frames, 0.0)[0]
+
+
+def test_a_chunk_length_that_is_no_length_is_refused() -> None:
+    import pytest
+
+    from ingest.signals import SignalStage
+
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="chunk_s"):
+            SignalStage(chunk_s=bad)
