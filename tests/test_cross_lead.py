@@ -186,3 +186,24 @@ def test_eicu_analyze_takes_the_records_second_ecg_channel_as_the_second_lead(
         near = np.abs(pvcs[:, None] - called[None, :]).min(axis=1, initial=10**9)
         found[one_lead] = int((near <= round(0.05 * FS)).sum())
     assert found[False] == pvcs.shape[0] and found[True] == 0
+
+
+def test_alarm_verification_judges_the_primary_lead_up_to_where_it_has_been_processed() -> None:
+    """A second lead that stopped arriving holds the primary lead's beats back up to 1 s: the
+    verification looks at the window ending there, so it sees no interval that is not there
+    (a regular 75/min rhythm is no bradycardia, whatever the second lead does); a signal that
+    stopped arriving is judged on the bed's newest window."""
+    x, _ = ecg_from_rr(np.full(40, 0.8), FS, noise_mv=0.01)
+    n = (x.shape[0] // 250) * 250
+    p = BedSignalPipeline({"ECG_II": FS, "ECG_V": FS})
+    p.push("ECG_V", 0.8 * x[:2500], 0)  # lead V for the first 10 s only
+    for i in range(0, n, 125):
+        p.push("ECG_II", x[i : i + 125], i)
+    decision = p.verify_alarm("BRADY")
+    assert decision is not None and not decision.true_alarm, decision
+    (ii,) = (ld for ld in decision.leads if ld.signal == "ECG_II")
+    assert ii.max_rr_s < 1.0
+    # the lead that stopped is judged on the bed's window, where it has nothing: not on the
+    # good quality of its last samples, 10 s old
+    (v,) = (ld for ld in decision.leads if ld.signal == "ECG_V")
+    assert v.n_beats == 0 and v.good_frac == 0.0

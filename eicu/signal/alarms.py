@@ -74,6 +74,9 @@ AF_KURTOSIS_MIN: Final = 5.0
 # Two usable leads agree when their beats match with an F1 of 0.8 within 150 ms: the bSQI of
 # Li, Mark and Clifford (2008) compares two detectors with the same 150 ms window.
 LEAD_AGREEMENT_MIN: Final = 0.8
+# A signal whose known samples end this long before the bed's newest has stopped arriving (the
+# primary ECG lead can wait 1 s for a second lead, a frame is at most a second or two).
+STALE_AFTER_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +243,11 @@ def gather(
 ) -> tuple[list[LeadEvidence], list[PulseEvidence]]:
     leads: list[LeadEvidence] = []
     pulses: list[PulseEvidence] = []
+    bed_end_s = max(st.processed_to / st.fs_hz for st in pipeline._sig.values())
+    ends = {st.key: _window_end(st, bed_end_s) for st in pipeline._sig.values()}
     ecg = [st for st in pipeline._sig.values() if st.kind == "ecg"]
     for st in ecg:
-        now = st.next_index
+        now = ends[st.key]
         ev = lead_evidence(st, now, window_s)
         # agreement with the best other lead (beats in seconds, 150 ms tolerance)
         others = [o for o in ecg if o is not st]
@@ -251,15 +256,24 @@ def gather(
             ev = replace(
                 ev,
                 agreement=max(
-                    beat_agreement(mine, _beat_times_ms(o, o.next_index, window_s), 150)
+                    beat_agreement(mine, _beat_times_ms(o, ends[o.key], window_s), 150)
                     for o in others
                 ),
             )
         leads.append(ev)
     for st in pipeline._sig.values():
         if st.kind in ("ABP", "PLETH"):
-            pulses.append(pulse_evidence(st, st.next_index, window_s))
+            pulses.append(pulse_evidence(st, ends[st.key], window_s))
     return leads, pulses
+
+
+def _window_end(st: _SignalState, bed_end_s: float) -> int:
+    """Where a signal's window ends: where its beats and quality are known, or the bed's newest
+    moment when that is more than ``STALE_AFTER_S`` later (a signal that stopped arriving is
+    judged on the bed's window, in which it has nothing, never on its own old samples)."""
+    bed_end = round(bed_end_s * st.fs_hz)
+    stale_n = round(STALE_AFTER_S * st.fs_hz)
+    return st.processed_to if bed_end - st.processed_to <= stale_n else bed_end
 
 
 def _beat_times_ms(st: _SignalState, now: int, window_s: float) -> np.ndarray:

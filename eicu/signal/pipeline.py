@@ -206,6 +206,9 @@ class _SignalState:
         self.kind = "ecg" if key.startswith("ECG_") else key if key in ("ABP", "PLETH") else "other"
         self.next_index = 0
         self.chunk_n = 0  # samples in the latest chunk pushed
+        # the sample up to which beats and ticks have been processed (the primary ECG lead can
+        # wait for a second lead, see BedSignalPipeline._horizon)
+        self.processed_to = 0
         self.hist = _History(size=round(HISTORY_S * fs_hz))
         self.detector: BeatDetector | None = None
         self.filter: SosFilter | None = None
@@ -482,6 +485,7 @@ class BedSignalPipeline:
         """Beats whose window has arrived and one-second ticks up to the horizon, as events."""
         events: list[Event] = []
         horizon = self._horizon(st)
+        st.processed_to = horizon
         primary = self._tracker is not None and st.key == self.primary_ecg
         # (time the item became known, order, payload): beats and one-second ticks, merged in
         # time order so that the rhythm tracker sees the same sequence however chunks are cut
