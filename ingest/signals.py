@@ -55,8 +55,8 @@ class _BedPipe:
     pipeline: BedSignalPipeline
     origin_us: dict[str, int]  # device time of sample 0, per signal
     fs_hz: dict[str, float]
-    # blocks held for the next chunk: (signal, rate, index of the first sample, samples)
-    held: list[tuple[str, float, int, NDArray[np.float64]]] = field(default_factory=list)
+    # blocks held for the next chunk: (signal, index of the first sample, samples)
+    held: list[tuple[str, int, NDArray[np.float64]]] = field(default_factory=list)
     held_next: dict[str, int] = field(default_factory=dict)  # per signal: the index after it
     held_from_us: int = 0  # the earliest device time held
     held_to_us: int = 0  # the latest end held
@@ -114,7 +114,7 @@ class SignalStage:
             else:
                 pipe.held_from_us = min(pipe.held_from_us, t_first)
                 pipe.held_to_us = max(pipe.held_to_us, end_us)
-            pipe.held.append((b.signal, b.fs_hz, index, samples))
+            pipe.held.append((b.signal, index, samples))
             pipe.held_next[b.signal] = index + samples.shape[0]
         if pipe.held and pipe.held_to_us - pipe.held_from_us >= self._chunk_us:
             self._flush(frame.bed, pipe, derived)
@@ -127,19 +127,19 @@ class SignalStage:
 
     def _flush(self, bed: object, pipe: _BedPipe, derived: Derived) -> None:
         """Push the blocks a bed holds, each signal's run of consecutive blocks as one chunk."""
-        runs: dict[str, list[tuple[float, int, list[NDArray[np.float64]]]]] = {}
-        for signal, fs_hz, index, samples in pipe.held:
+        runs: dict[str, list[tuple[int, list[NDArray[np.float64]]]]] = {}
+        for signal, index, samples in pipe.held:
             mine = runs.setdefault(signal, [])
-            if mine and mine[-1][1] + sum(p.shape[0] for p in mine[-1][2]) == index:
-                mine[-1][2].append(samples)  # starts where the run ends
+            if mine and mine[-1][0] + sum(p.shape[0] for p in mine[-1][1]) == index:
+                mine[-1][1].append(samples)  # starts where the run ends
             else:
-                mine.append((fs_hz, index, [samples]))
+                mine.append((index, [samples]))
         pipe.held = []
         pipe.held_next.clear()
         for signal, mine in runs.items():
-            for fs_hz, index, parts in mine:
+            for index, parts in mine:
                 chunk = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                self._analyse(bed, pipe, derived, signal, fs_hz, index, chunk)
+                self._analyse(bed, pipe, derived, signal, index, chunk)
 
     def _place(
         self, pipe: _BedPipe, signal: str, fs_hz: float, t_first: int, expected: int
@@ -167,19 +167,14 @@ class SignalStage:
     ) -> None:
         index = self._place(pipe, signal, fs_hz, t_first, pipe.pipeline.next_index(signal))
         if index is not None:
-            self._analyse(bed, pipe, derived, signal, fs_hz, index, samples)
+            self._analyse(bed, pipe, derived, signal, index, samples)
 
     def _analyse(
-        self,
-        bed: object,
-        pipe: _BedPipe,
-        derived: Derived,
-        signal: str,
-        fs_hz: float,
-        index: int,
+        self, bed: object, pipe: _BedPipe, derived: Derived, signal: str, index: int,
         samples: NDArray[np.float64],
-    ) -> None:
-        origin = pipe.origin_us[signal]
+    ) -> None:  # fmt: skip
+        """Push one signal's samples from ``index`` on and note what the pipeline derives."""
+        origin, fs_hz = pipe.origin_us[signal], pipe.fs_hz[signal]
         try:
             events = pipe.pipeline.push(signal, samples, index)
         except ValueError as exc:

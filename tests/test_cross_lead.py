@@ -22,6 +22,7 @@ from eicu.signal.events import Beat, Event
 from eicu.signal.pipeline import BedSignalPipeline
 from tests.synthetic import ecg_from_rr
 from tests.test_cli_signal import write_record
+from tests.test_pipeline import _called
 
 FS = 250.0
 NAN = float("nan")
@@ -96,24 +97,13 @@ def _run(leads: dict[str, np.ndarray], chunk_s: float, order: tuple[str, ...]) -
     return events
 
 
-def _classes_at(events: list[Event], r_idx: np.ndarray, signal: str) -> list[str | None]:
-    beats = sorted((e.sample, e.beat_class) for e in events if isinstance(e, Beat)
-                   and e.signal == signal)  # fmt: skip
-    at = np.array([s for s, _ in beats])
-    out: list[str | None] = []
-    for r in r_idx.tolist():
-        j = int(np.argmin(np.abs(at - r)))
-        out.append(beats[j][1] if abs(int(at[j]) - r) <= round(0.05 * FS) else None)
-    return out
-
-
 def test_a_beat_normal_looking_on_one_lead_is_ventricular_when_the_other_shows_it() -> None:
     lead_ii, lead_v, r_idx, vent = _two_leads()
     judged = slice(20, None)  # after the templates are learnt
-    alone = _classes_at(_run({"ECG_II": lead_ii}, 0.5, ("ECG_II",)), r_idx, "ECG_II")
+    alone = _called(_run({"ECG_II": lead_ii}, 0.5, ("ECG_II",)), r_idx, "ECG_II")
     # lead II alone cannot tell: the beat is as narrow and as steep as the dominant one
     assert [c for c, v in zip(alone[judged], vent[judged], strict=True) if v].count("V") == 0
-    both = _classes_at(
+    both = _called(
         _run({"ECG_II": lead_ii, "ECG_V": lead_v}, 0.5, ("ECG_II", "ECG_V")), r_idx, "ECG_II"
     )
     on_v = [c for c, v in zip(both[judged], vent[judged], strict=True) if v]
@@ -148,7 +138,7 @@ def test_noise_on_the_other_lead_makes_no_sinus_beat_ventricular() -> None:
     for start in range(10 * 250, n - 500, 7 * 250):  # bursts of muscle artefact, 1.5 s each
         lead_v[start : start + 375] += rng.normal(0.0, 0.6, 375)
     events = _run({"ECG_II": lead_ii, "ECG_V": lead_v}, 0.5, ("ECG_II", "ECG_V"))
-    calls = _classes_at(events, r_idx[r_idx < n - 75], "ECG_II")[12:]
+    calls = _called(events, r_idx[r_idx < n - 75], "ECG_II")[12:]
     assert "V" not in calls
     assert calls.count("N") >= len(calls) - 1
 

@@ -131,9 +131,14 @@ def _episodes(events: list[Event], label: str) -> list[tuple[float, float]]:
     return out
 
 
-def _called(events: list[Event], r_idx: np.ndarray) -> list[str | None]:
-    """The class of the detected beat within 50 ms of each R peak (None when none)."""
-    beats = sorted((e.sample, e.beat_class) for e in events if isinstance(e, Beat))
+def _called(events: list[Event], r_idx: np.ndarray, signal: str | None = None) -> list[str | None]:
+    """The class of the detected beat within 50 ms of each R peak (None when none), on
+    ``signal`` (None: any)."""
+    beats = sorted(
+        (e.sample, e.beat_class)
+        for e in events
+        if isinstance(e, Beat) and (signal is None or e.signal == signal)
+    )
     at = np.array([s for s, _ in beats])
     out: list[str | None] = []
     for r in r_idx.tolist():
