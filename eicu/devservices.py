@@ -334,6 +334,12 @@ def nats_config(
     mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
     mqtt_max_ack_pending: int = 1024,
     host: str = "127.0.0.1",
+    jetstream_domain: str | None = None,
+    sync_always: bool = False,
+    leafnode_port: int | None = None,
+    leaf_remotes: Sequence[str] = (),
+    leaf_deny_exports: Sequence[str] = (),
+    leaf_reconnect_s: float | None = None,
 ) -> str:
     """The configuration file of one NATS server of the hub: JetStream in ``store_dir``, the MQTT
     listener (QoS 1 sessions and messages kept in JetStream with ``stream_replicas`` copies), the
@@ -349,13 +355,29 @@ def nats_config(
     come first), so it is seconds, not NATS's default 30 s; a worker that holds a message longer
     gets it twice. ``mqtt_max_ack_pending``: how many a subscription may hold unacknowledged
     (the server stops delivering beyond it): at least a partition's rate times the delay
-    before its messages are durable and acknowledged."""
+    before its messages are durable and acknowledged.
+
+    Remote sites (docs/remote-sites.md): ``jetstream_domain`` names this server's JetStream
+    domain (``hub``, ``site-<id>``), so a leaf's JetStream API is reachable across the leaf link
+    as ``$JS.<domain>.API``; ``sync_always`` fsyncs every JetStream write (a site's buffer
+    survives a power cut). ``leafnode_port``: the hub's listener for leaf nodes, which never
+    advertises other addresses to them (a leaf reconnects only where it was told to).
+    ``leaf_remotes``: the hub's leafnode URLs this server connects to as a leaf node, exporting
+    nothing under ``leaf_deny_exports`` as plain messages, reconnecting every
+    ``leaf_reconnect_s`` (NATS's default: 1 s)."""
+    if sync_always and jetstream_domain is None and not leaf_remotes:
+        raise ValueError("sync_always is for a site's leaf node (give it a jetstream_domain)")
+    jetstream = [f"  store_dir: {_conf_value(str(store_dir))}"]
+    if jetstream_domain is not None:
+        jetstream.append(f"  domain: {_conf_value(jetstream_domain)}")
+    if sync_always:
+        jetstream.append('  sync_interval: "always"')
     lines = [
         f"server_name: {_conf_value(server_name)}",
         f"listen: {_conf_value(f'{host}:{client_port}')}",
         f"http: {_conf_value(f'{host}:{http_port}')}",
         "jetstream {",
-        f"  store_dir: {_conf_value(str(store_dir))}",
+        *jetstream,
         "}",
         "mqtt {",
         f"  listen: {_conf_value(f'{host}:{mqtt_port}')}",
@@ -372,6 +394,10 @@ def nats_config(
             f"  routes: {_conf_value([_route(p) for p in routes])}",
             "}",
         ]
+    if leafnode_port is not None or leaf_remotes:
+        lines += _leafnodes_block(
+            host, leafnode_port, leaf_remotes, leaf_deny_exports, leaf_reconnect_s
+        )
     mappings = nats_partition_mappings(partitions) if partitions else {}
     mapping_block = [f"    {_conf_value(src)}: {_conf_value(dst)}" for src, dst in mappings.items()]
     if users:
@@ -397,6 +423,31 @@ def nats_config(
     elif mapping_block:
         lines += ["mappings {", *[line[2:] for line in mapping_block], "}"]
     return "\n".join(lines) + "\n"
+
+
+def _leafnodes_block(
+    host: str,
+    port: int | None,
+    remotes: Sequence[str],
+    deny_exports: Sequence[str],
+    reconnect_s: float | None,
+) -> list[str]:
+    """The ``leafnodes`` block: a listener (a hub) and/or remotes (a site's leaf node)."""
+    lines = ["leafnodes {"]
+    if port is not None:
+        # A leaf that lost its link must come back through the address it was configured with
+        # (a relay, a VPN end), not one the hub advertised.
+        lines += [f"  listen: {_conf_value(f'{host}:{port}')}", "  no_advertise: true"]
+    if reconnect_s is not None:
+        if reconnect_s <= 0:
+            raise ValueError(f"leaf_reconnect_s must be > 0, got {reconnect_s}")
+        lines.append(f"  reconnect: {_conf_value(f'{int(reconnect_s * 1000)}ms')}")
+    if remotes:
+        deny = f", deny_exports: {_conf_value(list(deny_exports))}" if deny_exports else ""
+        entries = [f"    {{url: {_conf_value(url)}{deny}}}" for url in remotes]
+        lines += ["  remotes: [", *entries, "  ]"]
+    lines.append("}")
+    return lines
 
 
 def _route(node: int | str) -> str:
@@ -430,10 +481,17 @@ class NatsServer:
         mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
         mqtt_max_ack_pending: int = 1024,
         base_dir: Path | None = None,
+        jetstream_domain: str | None = None,
+        sync_always: bool = False,
+        leafnode: bool = False,
+        leaf_remotes: Sequence[str] = (),
+        leaf_deny_exports: Sequence[str] = (),
+        leaf_reconnect_s: float | None = None,
     ) -> None:
         """``cluster``: this node's cluster port and every node's cluster port (routes);
         ``base_dir``: the folder to live in (default: a new temporary one); the ``mqtt_``
-        settings: see :func:`nats_config`."""
+        settings, the JetStream domain and the ``leaf_`` settings: see :func:`nats_config`;
+        ``leafnode``: a listener for leaf nodes on a free port (``leaf_port``)."""
         binary = nats_binary()
         if binary is None:
             version = ".".join(map(str, NATS_MIN_VERSION))
@@ -444,6 +502,8 @@ class NatsServer:
         self.mqtt_port = free_port()
         self.http_port = free_port()
         self.cluster_port = cluster[0] if cluster else None
+        self.leaf_port = free_port() if leafnode else None
+        self.jetstream_domain = jetstream_domain
         self.dir = base_dir or Path(tempfile.mkdtemp(prefix="eicu-nats-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "nats.conf"
@@ -462,9 +522,29 @@ class NatsServer:
                 users=users,
                 mqtt_ack_wait_s=mqtt_ack_wait_s,
                 mqtt_max_ack_pending=mqtt_max_ack_pending,
+                jetstream_domain=jetstream_domain,
+                sync_always=sync_always,
+                leafnode_port=self.leaf_port,
+                leaf_remotes=leaf_remotes,
+                leaf_deny_exports=leaf_deny_exports,
+                leaf_reconnect_s=leaf_reconnect_s,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def leaf_url(self) -> str:
+        """The listener leaf nodes connect to (a hub's)."""
+        if self.leaf_port is None:
+            raise ServiceError(f"{self.name} has no leafnode listener")
+        return f"nats-leaf://127.0.0.1:{self.leaf_port}"
+
+    def leaf_nodes(self) -> list[str]:
+        """The names of the leaf nodes connected to this server now (its ``/leafz``)."""
+        url = f"http://127.0.0.1:{self.http_port}/leafz"
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            doc = json.load(response)
+        return [str(leaf.get("name", "")) for leaf in doc.get("leafs") or []]
 
     @property
     def url(self) -> str:
@@ -539,6 +619,48 @@ class NatsServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def hub_nats(*, partitions: int | None = 4, base_dir: Path | None = None) -> NatsServer:
+    """The hub's NATS server for remote sites (docs/remote-sites.md): JetStream domain ``hub``,
+    a leafnode listener for the sites, the MQTT listener and mappings of a hub node."""
+    from eicu.sites import HUB_DOMAIN
+
+    return NatsServer(
+        partitions=partitions,
+        name="eicu-hub",
+        jetstream_domain=HUB_DOMAIN,
+        leafnode=True,
+        base_dir=base_dir,
+    )
+
+
+def site_nats(
+    site_id: str,
+    hub_leaf_urls: Sequence[str],
+    *,
+    reconnect_s: float | None = None,
+    mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+    base_dir: Path | None = None,
+) -> NatsServer:
+    """A remote site's NATS server (docs/remote-sites.md): a leaf node of the hub at
+    ``hub_leaf_urls`` with JetStream domain ``site-<id>`` (every write fsynced), the MQTT
+    listener for the site's gateways (no partition mappings: the site's engine reads every bed),
+    and none of the gateways' subjects exported to the hub as plain messages (the hub sources
+    them from the site's stream)."""
+    from eicu.sites import GATEWAY_SUBJECTS, site_domain
+
+    return NatsServer(
+        partitions=None,
+        name=site_domain(site_id),
+        jetstream_domain=site_domain(site_id),
+        sync_always=True,
+        leaf_remotes=hub_leaf_urls,
+        leaf_deny_exports=(GATEWAY_SUBJECTS,),
+        leaf_reconnect_s=reconnect_s,
+        mqtt_ack_wait_s=mqtt_ack_wait_s,
+        base_dir=base_dir,
+    )
 
 
 class NatsCluster:
