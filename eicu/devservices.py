@@ -648,7 +648,7 @@ def site_nats(
     listener for the site's gateways (no partition mappings: the site's engine reads every bed),
     and none of the gateways' subjects exported to the hub as plain messages (the hub sources
     them from the site's stream)."""
-    from eicu.sites import GATEWAY_SUBJECTS, site_domain
+    from eicu.sites import LEAF_DENY_EXPORTS, site_domain
 
     return NatsServer(
         partitions=None,
@@ -656,7 +656,7 @@ def site_nats(
         jetstream_domain=site_domain(site_id),
         sync_always=True,
         leaf_remotes=hub_leaf_urls,
-        leaf_deny_exports=(GATEWAY_SUBJECTS,),
+        leaf_deny_exports=(LEAF_DENY_EXPORTS,),
         leaf_reconnect_s=reconnect_s,
         mqtt_ack_wait_s=mqtt_ack_wait_s,
         base_dir=base_dir,

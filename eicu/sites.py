@@ -15,6 +15,7 @@ from eicu.errors import ConfigError
 __all__ = [
     "GATEWAY_SUBJECTS",
     "HUB_DOMAIN",
+    "LEAF_DENY_EXPORTS",
     "SITE_STREAM",
     "check_site_id",
     "hub_stream",
@@ -29,6 +30,10 @@ HUB_DOMAIN: Final = "hub"
 SITE_STREAM: Final = "EICU_SITE"
 # The NATS subjects of the gateways' topics ``eicu/v1/...`` and of the alarms sent back to them.
 GATEWAY_SUBJECTS: Final = "eicu.v1.>"
+# What a site's leaf node never exports to the hub as plain messages: all of eicu's subjects.
+# The hub takes the site's data from its stream only (a plain copy would reach the hub's
+# partitions and workers a second time).
+LEAF_DENY_EXPORTS: Final = "eicu.>"
 
 _SITE_ID: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
 

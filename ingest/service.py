@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from eicu import bus, wire
@@ -159,6 +159,10 @@ class Ingest:
         # Set once the engine can take messages (kernels warmed, sequences resumed); until then
         # the subscriptions exist and the broker keeps what arrives.
         self.accepting = asyncio.Event()
+        # Readers of other sources than the MQTT broker (run_sources), by reader name: each
+        # makes a consumer with the PartitionConsumer's interface (connect, iterate, ack,
+        # drain, close), e.g. the hub's reader of a remote site's stream.
+        self._sources: dict[str, Callable[[], Any]] = {}
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -263,6 +267,17 @@ class Ingest:
             s = self._settings
             await self._read(_Reader("ingest", s.client_id, ingest_topic_filters(s, s.partitions)))
 
+    async def run_sources(self, sources: Mapping[str, Callable[[], Any]]) -> None:
+        """The input from other sources than the MQTT broker: one reader per source, each
+        connecting a new consumer from its factory after a loss (with the backoff), and
+        acknowledging each message after persist, as a persistent session's reader does."""
+        if not sources:
+            raise ValueError("run_sources needs at least one source")
+        self._sources = dict(sources)
+        async with asyncio.TaskGroup() as group:
+            for name in sources:
+                group.create_task(self._read(_Reader(name, name, ())), name=f"ingest[{name}]")
+
     async def run_owned(self, ownership: PartitionOwnership) -> None:
         """The worker's input: one persistent session per partition it owns (client id
         ``eicu-p-<k>``: the session belongs to the partition, so the next owner resumes it),
@@ -363,17 +378,23 @@ class Ingest:
             if not first:
                 s = s.next_node()  # a lost node: try the next one of the cluster
             first = False
-            consumer = PartitionConsumer(
-                s,
-                None if reader.partition is None else reader.partition,
-                client_id=reader.client_id,
-                topic_filter=reader.filters,
+            source = self._sources.get(reader.name)
+            consumer = (
+                source()
+                if source is not None
+                else PartitionConsumer(
+                    s,
+                    None if reader.partition is None else reader.partition,
+                    client_id=reader.client_id,
+                    topic_filter=reader.filters,
+                )
             )
             reader.attach(consumer)
             self._readers[reader.name] = reader
             try:
                 await consumer.connect()
-                log.info("subscribed to %s on %s", consumer.topic_filter, s.url)
+                where = reader.name if source is not None else s.url
+                log.info("subscribed to %s on %s", consumer.topic_filter, where)
                 backoff.reset()
                 reader.subscribed.set()
                 self._connection(reader, True)

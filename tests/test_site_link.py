@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import nats
 import pytest
@@ -23,11 +23,11 @@ from eicu.bus.sites import (
     subject_to_topic,
 )
 from eicu.config import MqttSettings
-from eicu.devservices import NatsServer, ServiceError, hub_nats, site_nats
+from eicu.devservices import ServiceError
 from eicu.errors import ConfigError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import SITE_STREAM, check_site_id, hub_stream, site_domain
-from tests.tcp_proxy import TcpProxy
+from tests.site_servers import SiteLink, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -35,55 +35,18 @@ SITE = "karamay"
 BEDS = ("bed-1", "bed-2", "bed-3")
 CUT_S = 12.0  # how long the link stays cut
 RATE_HZ = 40.0  # messages a second from the gateway, all beds together
-WAIT_S = 30.0
-
-
-class SiteLink:
-    def __init__(self) -> None:
-        self.hub: NatsServer = hub_nats(partitions=None)
-        self.hub.start()
-        self.proxy = TcpProxy(self.hub.leaf_port or 0).start()
-        # The site reconnects its leaf link quickly, as the cut's end is what is tested.
-        self.site: NatsServer = site_nats(
-            SITE, [f"nats-leaf://127.0.0.1:{self.proxy.port}"], reconnect_s=0.25
-        )
-        self.site.start()
-
-    def leaf_up(self) -> bool:
-        return site_domain(SITE) in self.hub.leaf_nodes()
-
-    def cleanup(self) -> None:
-        self.site.cleanup()
-        self.proxy.stop()
-        self.hub.cleanup()
 
 
 @pytest.fixture
 def link() -> Iterator[SiteLink]:
     try:
-        servers = SiteLink()
+        servers = SiteLink(SITE)
     except ServiceError as exc:
         pytest.fail(f"cannot start the hub and the site's NATS servers: {exc}")
     try:
         yield servers
     finally:
         servers.cleanup()
-
-
-async def until(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], what: str, timeout_s: float = WAIT_S
-) -> float:
-    """Polls ``check`` until it holds; returns the seconds it took, fails naming ``what``."""
-    start = time.monotonic()
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def numerics(bed: str, seq: int, ts_us: int) -> bytes:

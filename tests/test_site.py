@@ -1,0 +1,275 @@
+"""``eicu site`` at a remote ICU and ``eicu site-feed`` at the hub, each in a process of its own,
+on real NATS servers (the site's a leaf node of the hub, its link through a TCP proxy), a
+PostgreSQL store at the hub and a SQLite store at the site: while the link is cut the site
+judges a high heart rate and pages its own nurse; once the link is back the hub's store holds
+every sample the gateway published, once, with its device time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+
+from eicu import wire
+from eicu.bus import Client
+from eicu.bus.sites import FEED_CONSUMER, source_state
+from eicu.codes import BY_KEY
+from eicu.config import MqttSettings, SiteFeedSettings, SiteSettings
+from eicu.devservices import EicuProcess, ServiceError, free_port, nats_binary
+from eicu.errors import ConfigError
+from eicu.models import BedKey, NumericsFrame
+from eicu.sites import hub_stream
+from tests.alarm_servers import HookServer
+from tests.site_servers import SiteLink, until
+
+pytestmark = [pytest.mark.nats, pytest.mark.db]
+
+SITE = "karamay"
+BEDS = ("bed-1", "bed-2")
+SICK = "bed-2"  # its heart rate rises to 150 while the link is cut
+CUT_MAX_S = 40.0  # the alarm (HR_HIGH: above 130 for 10 s) must come well within it
+
+
+@pytest.fixture
+def link() -> Iterator[SiteLink]:
+    try:
+        servers = SiteLink(SITE)
+    except ServiceError as exc:
+        pytest.fail(f"cannot start the hub and the site's NATS servers: {exc}")
+    try:
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[HookServer]:
+    """The site nurse's pager: a webhook receiver."""
+    server = await HookServer().start()
+    yield server
+    await server.stop()
+
+
+def rota(hook: HookServer) -> dict[str, object]:
+    return {
+        "version": 1,
+        "delivery_timeout_s": 5,
+        "sites": {
+            SITE: {
+                "levels": [
+                    {
+                        "role": "bedside_nurse",
+                        "ack_timeout_s": {"high": 60, "medium": 120, "low": 600},
+                        "contacts": [
+                            {"name": "nurse-aygul", "channel": "webhook", "address": hook.url("/n")}
+                        ],
+                    }
+                ]
+            }
+        },
+    }
+
+
+def hub_samples(db_url: str) -> dict[tuple[str, int], list[int]]:
+    """The hub's stored heart rates: (bed, seq) -> the device times stored for it."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT b.bed, n.seq, (extract(epoch FROM n.time) * 1000000)::bigint "
+            "FROM numerics n JOIN beds b USING (bed_id) WHERE b.site = %s AND n.code = %s",
+            (SITE, BY_KEY["HR"].code),
+        ).fetchall()
+    out: dict[tuple[str, int], list[int]] = {}
+    for bed, seq, ts_us in rows:
+        out.setdefault((bed, int(seq)), []).append(int(ts_us))
+    return out
+
+
+def test_site_settings_name_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="EICU_SITE_ID"):
+        SiteSettings.from_env({})
+    with pytest.raises(ConfigError, match="EICU_SITE_ID"):
+        SiteSettings.from_env({"EICU_SITE_ID": "Kara May"})
+    with pytest.raises(ConfigError, match="EICU_SITE_HUB_URL"):
+        SiteSettings.from_env({"EICU_SITE_ID": SITE, "EICU_SITE_HUB_URL": "http://hub:7422"})
+    with pytest.raises(ConfigError, match="EICU_SITE_HUB_CREDENTIALS"):
+        SiteSettings.from_env(
+            {"EICU_SITE_ID": SITE, "EICU_SITE_HUB_CREDENTIALS": str(tmp_path / "none.creds")}
+        )
+    with pytest.raises(ConfigError, match="EICU_SITE_MAX_BYTES"):
+        SiteSettings.from_env({"EICU_SITE_ID": SITE, "EICU_SITE_MAX_BYTES": "12"})
+    site = SiteSettings.from_env(
+        {"EICU_SITE_ID": SITE, "EICU_SITE_HUB_URL": "nats-leaf://hub:7422,tls://hub2:7422"}
+    )
+    assert site.hub_leaf_urls == ("nats-leaf://hub:7422", "tls://hub2:7422")
+    assert site.nats_urls == ("nats://127.0.0.1:4222",)
+    with pytest.raises(ConfigError, match="EICU_SITES"):
+        SiteFeedSettings.from_env({"EICU_NATS_URL": "nats://hub:4222"})
+    with pytest.raises(ConfigError, match="EICU_SITES"):
+        SiteFeedSettings.from_env({"EICU_SITES": "a,a", "EICU_NATS_URL": "nats://hub:4222"})
+    with pytest.raises(ConfigError, match="EICU_NATS_URL"):
+        SiteFeedSettings.from_env({"EICU_SITES": "a"})
+
+
+def test_print_nats_config_is_a_valid_leaf_node(tmp_path: Path) -> None:
+    env = {"EICU_SITE_ID": SITE, "EICU_SITE_HUB_URL": "nats-leaf://hub.example:7422"}
+    out = subprocess.run(
+        [sys.executable, "-m", "eicu.cli", "site", "--print-nats-config"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("EICU_")}, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert 'domain: "site-karamay"' in out and 'deny_exports: ["eicu.>"]' in out
+    conf = tmp_path / "site.conf"
+    conf.write_text(out)
+    binary = nats_binary()
+    assert binary is not None
+    checked = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everything_once(
+    link: SiteLink, hook: HookServer, db_url: str, tmp_path: Path
+) -> None:
+    rota_file = tmp_path / "rota.json"
+    rota_file.write_text(json.dumps(rota(hook)))
+    users = tmp_path / "users.json"
+    site_port, feed_port = free_port(), free_port()
+    common = {"EICU_FLUSH_INTERVAL_S": "0.2", "EICU_ANALYSE_SIGNALS": "false"}
+    site = EicuProcess(
+        ["site"],
+        {
+            **common,
+            "EICU_SITE_ID": SITE,
+            "EICU_MQTT_URL": link.site.url,
+            "EICU_NATS_URL": link.site.nats_url,
+            "EICU_DATABASE_URL": f"sqlite:///{tmp_path / 'site.sqlite'}",
+            "EICU_ROTA_FILE": str(rota_file),
+            "EICU_SPOOL_DIR": str(tmp_path / "site-spool"),
+            "EICU_OUTBOX_PATH": str(tmp_path / "site-alarms.db"),
+            "EICU_HTTP_PORT": str(free_port()),
+            "EICU_USERS_FILE": str(users),
+            "EICU_METRICS_PORT": str(site_port),
+        },
+        tmp_path / "site.log",
+        site_port,
+    )
+    feed = EicuProcess(
+        ["site-feed"],
+        {
+            **common,
+            "EICU_SITES": SITE,
+            "EICU_NATS_URL": link.hub.nats_url,
+            "EICU_DATABASE_URL": db_url,
+            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
+            "EICU_METRICS_PORT": str(feed_port),
+            "EICU_SITE_ACK_WAIT_S": "10",
+        },
+        tmp_path / "feed.log",
+        feed_port,
+    )
+    hub_nc = await nats.connect(link.hub.nats_url)
+    try:
+        site.wait_ready(90)
+        feed.wait_ready(90)
+        await until(link.leaf_up, "the site's leaf link is up")
+
+        published: list[tuple[str, int, int]] = []
+        sick = asyncio.Event()
+        done = asyncio.Event()
+        gateway = MqttSettings(host="127.0.0.1", port=link.site.mqtt_port, client_id="gw-1")
+
+        async def publish() -> None:
+            seq = 0
+            async with Client(gateway, timeout=10) as client:
+                while not done.is_set():
+                    ts_us = time.time_ns() // 1_000_000 * 1000  # the wire carries ms
+                    for bed in BEDS:
+                        hr = 150.0 if bed == SICK and sick.is_set() else 80.0
+                        frame = NumericsFrame(BedKey(SITE, bed), seq, ts_us, {"HR": hr})
+                        await client.publish(
+                            f"eicu/v1/{SITE}/{bed}/numerics", wire.encode_numerics(frame), qos=1
+                        )
+                        published.append((bed, seq, ts_us))  # PUBACKed by the site
+                    seq += 1
+                    await asyncio.sleep(0.5)  # the monitor's pace: real time
+
+        publisher = asyncio.create_task(publish())
+        await until(lambda: len(hub_samples(db_url)) >= 4, "the hub stores the site's data")
+
+        link.proxy.stop()
+        await until(lambda: not link.leaf_up(), "the hub sees the site's leaf gone")
+        cut_at = len(published)
+        sick.set()
+
+        def paged() -> bool:
+            return any(
+                r.status == 200 and r.body.get("kind") == "HR_HIGH" and SICK in r.body["alarm_id"]
+                for r in hook.requests
+            )
+
+        # The site judges and pages on its own, the link cut.
+        cut_s = await until(paged, "the site's nurse paged for HR_HIGH", timeout_s=CUT_MAX_S)
+        assert not link.leaf_up()
+        stored_in_cut = hub_samples(db_url)
+        assert len(stored_in_cut) <= cut_at  # nothing crossed the cut
+        state = await source_state(hub_nc, SITE)
+        assert state.silent_s is not None and state.silent_s >= cut_s / 2, state
+        page = next(r for r in hook.requests if r.body.get("kind") == "HR_HIGH")
+        alarm_id = page.body["alarm_id"]
+        assert alarm_id.startswith(f"{SITE}/{SICK}/HR_HIGH/")
+
+        link.proxy.start()
+        restored = len(published)
+        await until(link.leaf_up, "the leaf link is back")
+
+        def backlog_stored() -> bool:
+            stored = hub_samples(db_url)
+            return all((bed, seq) in stored for bed, seq, _ in published[:restored])
+
+        drain_s = await until(backlog_stored, "the cut's backlog in the hub's store")
+        done.set()
+        await publisher
+
+        def all_stored() -> bool:
+            return len(hub_samples(db_url)) >= len(published)
+
+        await until(all_stored, "every published sample in the hub's store")
+        stored = hub_samples(db_url)
+        expected = {(bed, seq): [ts_us] for bed, seq, ts_us in published}
+        assert stored == expected  # each sample once, at its device time
+
+        # The feed acknowledged everything once it was stored, and nothing had to come again.
+        js = hub_nc.jetstream()
+
+        async def all_acknowledged() -> bool:
+            info = await js.consumer_info(hub_stream(SITE), FEED_CONSUMER)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await until(all_acknowledged, "the feed's acknowledgements")
+        info = await js.consumer_info(hub_stream(SITE), FEED_CONSUMER)
+        assert info.num_redelivered == 0
+        assert info.delivered.stream_seq == (await source_state(hub_nc, SITE)).messages
+
+        # The site's alarm reached the hub through the same stream, with the site's alarm id.
+        msg = await js.get_last_msg(hub_stream(SITE), f"eicu.v1.{SITE}.{SICK}.alarms")
+        assert alarm_id in msg.data.decode()
+        # The hub pages nobody: one page for the alarm, from the site.
+        assert len({r.key for r in hook.requests if alarm_id in r.body["alarm_id"]}) == 1
+        print(
+            f"paged {cut_s:.1f} s into the cut; backlog of {restored - cut_at} messages "
+            f"stored at the hub {drain_s:.2f} s after the link was back"
+        )
+    finally:
+        await hub_nc.close()
+        for process in (site, feed):
+            process.stop()
