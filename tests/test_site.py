@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 
 from eicu import wire
 from eicu.bus import Client
-from eicu.bus.sites import FEED_CONSUMER, source_state
+from eicu.bus.sites import FEED_CONSUMER, ensure_site_stream, source_state
 from eicu.codes import BY_KEY
 from eicu.config import MqttSettings, SiteFeedSettings, SiteSettings
 from eicu.devservices import EicuProcess, ServiceError, free_port, nats_binary
@@ -93,6 +94,66 @@ def hub_samples(db_url: str) -> dict[tuple[str, int], list[int]]:
     return out
 
 
+COMMON = {"EICU_FLUSH_INTERVAL_S": "0.2", "EICU_ANALYSE_SIGNALS": "false"}
+
+
+def site_process(link: SiteLink, tmp_path: Path, hook: HookServer) -> EicuProcess:
+    """``eicu site`` on the site's NATS, its store in SQLite, its rota paging ``hook``."""
+    rota_file = tmp_path / "rota.json"
+    rota_file.write_text(json.dumps(rota(hook)))
+    port = free_port()
+    return EicuProcess(
+        ["site"],
+        {
+            **COMMON,
+            "EICU_SITE_ID": SITE,
+            "EICU_MQTT_URL": link.site.url,
+            "EICU_NATS_URL": link.site.nats_url,
+            "EICU_DATABASE_URL": f"sqlite:///{tmp_path / 'site.sqlite'}",
+            "EICU_ROTA_FILE": str(rota_file),
+            "EICU_SPOOL_DIR": str(tmp_path / "site-spool"),
+            "EICU_OUTBOX_PATH": str(tmp_path / "site-alarms.db"),
+            "EICU_HTTP_PORT": str(free_port()),
+            "EICU_USERS_FILE": str(tmp_path / "users.json"),
+            "EICU_METRICS_PORT": str(port),
+        },
+        tmp_path / "site.log",
+        port,
+    )
+
+
+def feed_process(
+    link: SiteLink, db_url: str, tmp_path: Path, ack_wait_s: float = 10.0
+) -> EicuProcess:
+    """``eicu site-feed`` on the hub's NATS, storing into ``db_url``."""
+    port = free_port()
+    return EicuProcess(
+        ["site-feed"],
+        {
+            **COMMON,
+            "EICU_SITES": SITE,
+            "EICU_NATS_URL": link.hub.nats_url,
+            "EICU_DATABASE_URL": db_url,
+            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
+            "EICU_METRICS_PORT": str(port),
+            "EICU_SITE_ACK_WAIT_S": str(ack_wait_s),
+        },
+        tmp_path / "feed.log",
+        port,
+    )
+
+
+def dropped_repeats(metrics_port: int) -> float:
+    """What a feed dropped as repeats, from its ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("eicu_ingest_duplicates_total")
+    )
+
+
 def test_site_settings_name_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="EICU_SITE_ID"):
         SiteSettings.from_env({})
@@ -140,43 +201,8 @@ def test_print_nats_config_is_a_valid_leaf_node(tmp_path: Path) -> None:
 async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everything_once(
     link: SiteLink, hook: HookServer, db_url: str, tmp_path: Path
 ) -> None:
-    rota_file = tmp_path / "rota.json"
-    rota_file.write_text(json.dumps(rota(hook)))
-    users = tmp_path / "users.json"
-    site_port, feed_port = free_port(), free_port()
-    common = {"EICU_FLUSH_INTERVAL_S": "0.2", "EICU_ANALYSE_SIGNALS": "false"}
-    site = EicuProcess(
-        ["site"],
-        {
-            **common,
-            "EICU_SITE_ID": SITE,
-            "EICU_MQTT_URL": link.site.url,
-            "EICU_NATS_URL": link.site.nats_url,
-            "EICU_DATABASE_URL": f"sqlite:///{tmp_path / 'site.sqlite'}",
-            "EICU_ROTA_FILE": str(rota_file),
-            "EICU_SPOOL_DIR": str(tmp_path / "site-spool"),
-            "EICU_OUTBOX_PATH": str(tmp_path / "site-alarms.db"),
-            "EICU_HTTP_PORT": str(free_port()),
-            "EICU_USERS_FILE": str(users),
-            "EICU_METRICS_PORT": str(site_port),
-        },
-        tmp_path / "site.log",
-        site_port,
-    )
-    feed = EicuProcess(
-        ["site-feed"],
-        {
-            **common,
-            "EICU_SITES": SITE,
-            "EICU_NATS_URL": link.hub.nats_url,
-            "EICU_DATABASE_URL": db_url,
-            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-            "EICU_METRICS_PORT": str(feed_port),
-            "EICU_SITE_ACK_WAIT_S": "10",
-        },
-        tmp_path / "feed.log",
-        feed_port,
-    )
+    site = site_process(link, tmp_path, hook)
+    feed = feed_process(link, db_url, tmp_path)
     hub_nc = await nats.connect(link.hub.nats_url)
     try:
         site.wait_ready(90)
@@ -273,3 +299,59 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         await hub_nc.close()
         for process in (site, feed):
             process.stop()
+
+
+async def test_a_feed_killed_while_draining_a_backlog_leaves_nothing_out_and_nothing_twice(
+    link: SiteLink, db_url: str, tmp_path: Path
+) -> None:
+    site_nc = await nats.connect(link.site.nats_url)
+    hub_nc = await nats.connect(link.hub.nats_url)
+    feed = feed_process(link, db_url, tmp_path, ack_wait_s=2.0)
+    try:
+        await ensure_site_stream(site_nc)
+        feed.wait_ready(90)
+        await until(link.leaf_up, "the site's leaf link is up")
+        link.proxy.stop()
+        await until(lambda: not link.leaf_up(), "the hub sees the site's leaf gone")
+        # A backlog at the site: a quarter of an hour of three beds, as fast as the site takes it.
+        n_per_bed = 900
+        end_us = time.time_ns() // 1_000_000 * 1000
+        published = []
+        gateway = MqttSettings(host="127.0.0.1", port=link.site.mqtt_port, client_id="gw-1")
+        async with Client(gateway, timeout=10, max_inflight_messages=100) as client:
+            sends = []
+            for seq in range(n_per_bed):
+                ts_us = end_us - (n_per_bed - seq) * 1_000_000
+                for bed in ("bed-1", "bed-2", "bed-3"):
+                    frame = NumericsFrame(BedKey(SITE, bed), seq, ts_us, {"HR": 70.0 + seq % 9})
+                    topic = f"eicu/v1/{SITE}/{bed}/numerics"
+                    sends.append(client.publish(topic, wire.encode_numerics(frame), qos=1))
+                    published.append((bed, seq, ts_us))
+            await asyncio.gather(*sends)
+        total = len(published)
+        link.proxy.start()
+        await until(lambda: len(hub_samples(db_url)) > 0, "the backlog reaching the hub's store")
+        feed.kill()  # mid-drain: what it held unacknowledged comes again to the next feed
+        stored_at_kill = len(hub_samples(db_url))
+        feed = feed_process(link, db_url, tmp_path, ack_wait_s=2.0)
+        feed.wait_ready(90)
+        await until(lambda: len(hub_samples(db_url)) >= total, "the whole backlog stored")
+        stored = hub_samples(db_url)
+        assert stored == {(bed, seq): [ts_us] for bed, seq, ts_us in published}
+        js = hub_nc.jetstream()
+
+        async def all_acknowledged() -> bool:
+            info = await js.consumer_info(hub_stream(SITE), FEED_CONSUMER)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await until(all_acknowledged, "the second feed's acknowledgements")
+        duplicates = dropped_repeats(feed.ready_port)
+        print(
+            f"{total} messages; {stored_at_kill} stored when the feed was killed; "
+            f"{duplicates:.0f} of them came again to the next feed and were dropped as repeats"
+        )
+        assert stored_at_kill < total, "the kill came after the drain: nothing was tested"
+    finally:
+        feed.stop()
+        await site_nc.close()
+        await hub_nc.close()
