@@ -685,15 +685,19 @@ class SiteSettings:
     """``eicu site``, the node of a remote ICU (docs/remote-sites.md). ``site_id``
     (``EICU_SITE_ID``) names the site in every topic, its JetStream domain (``site-<id>``) and
     its stream at the hub. ``hub_leaf_urls`` (``EICU_SITE_HUB_URL``, comma-separated
-    ``nats-leaf://host:7422`` or ``tls://host:7422``): the hub's leafnode listeners, with the
-    credentials file the hub gave this site (``EICU_SITE_HUB_CREDENTIALS``). ``nats_urls``
+    ``nats-leaf://host:7422`` or ``tls://host:7422``): the hub's leafnode listeners, where this
+    site's leaf node connects as ``leaf-<id>`` with the password the hub gave it
+    (``EICU_SITE_HUB_PASSWORD``), over TLS when ``EICU_SITE_HUB_CA_FILE`` (the CA that signs the
+    hub's certificate), ``EICU_SITE_HUB_CERT_FILE`` and ``EICU_SITE_HUB_KEY_FILE`` (the site's
+    certificate, which the hub verifies) are set, all three or none. ``nats_urls``
     (``EICU_NATS_URL``, default ``nats://127.0.0.1:4222``): the site's own NATS server, where the
     capture stream is kept for ``max_age_s`` (``EICU_SITE_MAX_AGE_S``) or ``max_bytes``
     (``EICU_SITE_MAX_BYTES``), whichever comes first."""
 
     site_id: str
     hub_leaf_urls: tuple[str, ...] = ()
-    hub_credentials: Path | None = None
+    hub_password: Secret | None = None
+    hub_tls: tuple[Path, Path, Path] | None = None  # (CA, certificate, key)
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     max_age_s: float = SITE_MAX_AGE_S
     max_bytes: int | None = None
@@ -713,14 +717,25 @@ class SiteSettings:
                     "EICU_SITE_HUB_URL",
                     f"expected nats-leaf://host:port or tls://host:port, got {url!r}",
                 )
-        creds = env.get("EICU_SITE_HUB_CREDENTIALS") or None
-        if creds is not None and not Path(creds).is_file():
-            raise ConfigError("EICU_SITE_HUB_CREDENTIALS", f"no such file: {creds}")
+        tls_keys = ("EICU_SITE_HUB_CA_FILE", "EICU_SITE_HUB_CERT_FILE", "EICU_SITE_HUB_KEY_FILE")
+        tls_files = [env.get(key) or None for key in tls_keys]
+        for key, value in zip(tls_keys, tls_files, strict=True):
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(key, f"no such file: {value}")
+        if any(tls_files) and not all(tls_files):
+            missing = next(k for k, v in zip(tls_keys, tls_files, strict=True) if v is None)
+            raise ConfigError(missing, "TLS on the leaf link needs the CA, certificate and key")
+        hub_tls = None
+        if all(tls_files):
+            ca, cert, key_file = (Path(v) for v in tls_files if v is not None)
+            hub_tls = (ca, cert, key_file)
+        password = env.get("EICU_SITE_HUB_PASSWORD") or None
         max_bytes = env.get("EICU_SITE_MAX_BYTES") or None
         return cls(
             site_id=check_site_id(raw_id),
             hub_leaf_urls=leaf_urls,
-            hub_credentials=Path(creds) if creds else None,
+            hub_password=Secret(password) if password else None,
+            hub_tls=hub_tls,
             nats_urls=_nats_urls(env, "EICU_NATS_URL", "nats://127.0.0.1:4222"),
             max_age_s=_float(env, "EICU_SITE_MAX_AGE_S", SITE_MAX_AGE_S, 60.0, 366 * 86_400.0),
             max_bytes=None
@@ -735,12 +750,15 @@ class SiteFeedSettings:
     it stores (``EICU_SITES``, comma-separated site ids), the hub's NATS (``EICU_NATS_URL``),
     how long a message it took may stay unacknowledged before JetStream sends it again
     (``EICU_SITE_ACK_WAIT_S``: above the time the writer takes to make a message durable) and
-    how long the hub keeps a site's messages (``EICU_SITE_MAX_AGE_S``)."""
+    how long the hub keeps a site's messages (``EICU_SITE_MAX_AGE_S``). At a hub where each site
+    has an account of its own, the feed reads each site's stream as ``feed-<id>`` with the
+    password of ``EICU_SITE_FEED_PASSWORDS_FILE`` (a JSON object: site id -> password)."""
 
     sites: tuple[str, ...]
     nats_urls: tuple[str, ...]
     ack_wait_s: float = 30.0
     max_age_s: float = SITE_MAX_AGE_S
+    passwords: Mapping[str, Secret] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SiteFeedSettings:
@@ -754,7 +772,25 @@ class SiteFeedSettings:
         urls = _nats_urls(env, "EICU_NATS_URL")
         if not urls:
             raise ConfigError("EICU_NATS_URL", "required by eicu site-feed (nats://host:port)")
+        passwords: dict[str, Secret] = {}
+        key = "EICU_SITE_FEED_PASSWORDS_FILE"
+        path = env.get(key) or None
+        if path is not None:
+            try:
+                doc = json.loads(Path(path).read_text())
+            except OSError as exc:
+                raise ConfigError(key, f"cannot read {path}: {exc}") from exc
+            except ValueError as exc:
+                raise ConfigError(key, f"{path} is not JSON: {exc}") from exc
+            if not isinstance(doc, dict):
+                raise ConfigError(key, f"{path}: expected an object of site id -> password")
+            for site in sites:
+                value = doc.get(site)
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(key, f"{path}: no password for site {site!r}")
+                passwords[site] = Secret(value)
         return cls(
+            passwords=passwords,
             sites=sites,
             nats_urls=urls,
             ack_wait_s=_float(env, "EICU_SITE_ACK_WAIT_S", 30.0, 1.0, 3600.0),

@@ -20,6 +20,8 @@ __all__ = [
     "check_site_id",
     "hub_stream",
     "site_domain",
+    "site_feed_user",
+    "site_leaf_user",
     "site_stream_api",
 ]
 
@@ -57,6 +59,16 @@ def site_domain(site_id: str) -> str:
 def site_stream_api(site_id: str) -> str:
     """The prefix under which the hub reaches the site's JetStream API across the leaf link."""
     return f"$JS.{site_domain(site_id)}.API"
+
+
+def site_leaf_user(site_id: str) -> str:
+    """The user a site's leaf node connects to the hub as: ``leaf-<id>``."""
+    return f"leaf-{check_site_id(site_id)}"
+
+
+def site_feed_user(site_id: str) -> str:
+    """The user the hub's feed reads a site's stream as: ``feed-<id>``."""
+    return f"feed-{check_site_id(site_id)}"
 
 
 def hub_stream(site_id: str) -> str:

@@ -161,10 +161,19 @@ def test_site_settings_name_what_is_wrong(tmp_path: Path) -> None:
         SiteSettings.from_env({"EICU_SITE_ID": "Kara May"})
     with pytest.raises(ConfigError, match="EICU_SITE_HUB_URL"):
         SiteSettings.from_env({"EICU_SITE_ID": SITE, "EICU_SITE_HUB_URL": "http://hub:7422"})
-    with pytest.raises(ConfigError, match="EICU_SITE_HUB_CREDENTIALS"):
+    with pytest.raises(ConfigError, match="EICU_SITE_HUB_CA_FILE"):
         SiteSettings.from_env(
-            {"EICU_SITE_ID": SITE, "EICU_SITE_HUB_CREDENTIALS": str(tmp_path / "none.creds")}
+            {"EICU_SITE_ID": SITE, "EICU_SITE_HUB_CA_FILE": str(tmp_path / "none.crt")}
         )
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    with pytest.raises(ConfigError, match="EICU_SITE_HUB_CERT_FILE"):
+        SiteSettings.from_env({"EICU_SITE_ID": SITE, "EICU_SITE_HUB_CA_FILE": str(ca)})
+    passwords = tmp_path / "feed.json"
+    passwords.write_text(json.dumps({"a": "pw"}))
+    feed_env = {"EICU_SITES": "a,b", "EICU_NATS_URL": "nats://hub:4222"}
+    with pytest.raises(ConfigError, match=r"EICU_SITE_FEED_PASSWORDS_FILE.*'b'"):
+        SiteFeedSettings.from_env({**feed_env, "EICU_SITE_FEED_PASSWORDS_FILE": str(passwords)})
     with pytest.raises(ConfigError, match="EICU_SITE_MAX_BYTES"):
         SiteSettings.from_env({"EICU_SITE_ID": SITE, "EICU_SITE_MAX_BYTES": "12"})
     site = SiteSettings.from_env(

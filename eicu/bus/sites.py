@@ -87,10 +87,18 @@ async def connect(
     connect_timeout_s: float = 5.0,
 ) -> NatsClient:
     """A NATS connection that reconnects forever (its errors logged at DEBUG, its losses at
-    WARNING). :class:`PartitionConnectionLost` when no server answers at first."""
+    WARNING). :class:`PartitionConnectionLost` when no server answers at first, or one refuses
+    the user."""
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
 
     async def error(exc: Exception) -> None:
         log.debug("%s: NATS client: %r", name, exc)
+        # nats-py reports a refused first connection as a plain error naming the violation.
+        refusal = isinstance(exc, nats.errors.AuthorizationError) or (
+            "Authorization Violation" in str(exc)
+        )
+        if refusal and not refused.done():
+            refused.set_result(exc)
 
     async def disconnected() -> None:
         log.warning("%s: disconnected from NATS", name)
@@ -109,10 +117,31 @@ async def connect(
         "tls": tls,
         "user_credentials": credentials_file,
     }
+    where = ",".join(servers)
+    # nats-py retries a first connection as often as a lost one (forever here, a refused
+    # password included): the first one ends at a refusal or its own deadline.
+    connecting = asyncio.ensure_future(
+        nats.connect(**{k: v for k, v in options.items() if v is not None})
+    )
     try:
-        return await nats.connect(**{k: v for k, v in options.items() if v is not None})
+        waits: set[asyncio.Future[Any]] = {connecting, refused}
+        await asyncio.wait(waits, timeout=connect_timeout_s * 2, return_when="FIRST_COMPLETED")
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_NATS_ERRORS):
+                await connecting
+    if refused.done():
+        raise PartitionConnectionLost(
+            f"NATS at {where} refused {user or 'the connection'}: {refused.result()!r}"
+        )
+    if connecting.cancelled():
+        raise PartitionConnectionLost(
+            f"cannot connect to NATS at {where} within {connect_timeout_s * 2} s"
+        )
+    try:
+        return connecting.result()
     except _NATS_ERRORS as exc:
-        where = ",".join(servers)
         raise PartitionConnectionLost(f"cannot connect to NATS at {where}: {exc!r}") from exc
 
 

@@ -71,16 +71,16 @@ def nats_config_of(site: SiteSettings, args: argparse.Namespace) -> str:
     """The site's NATS server: JetStream domain ``site-<id>`` fsyncing every write, the MQTT
     listener for the gateways, a leaf node of the hub that exports no gateway subject as plain
     messages (the hub sources them from the capture stream)."""
-    from eicu.devservices import nats_config
-    from eicu.sites import LEAF_DENY_EXPORTS, site_domain
+    from eicu.devservices import LeafTls, leaf_url_with_user, nats_config
+    from eicu.sites import LEAF_DENY_EXPORTS, site_domain, site_leaf_user
 
     if not site.hub_leaf_urls:
         raise ConfigError("EICU_SITE_HUB_URL", "required to print the site's NATS configuration")
-    if site.hub_credentials is not None:
-        raise ConfigError(
-            "EICU_SITE_HUB_CREDENTIALS",
-            "per-site credentials on the leaf link are not written into the configuration yet",
-        )
+    urls = list(site.hub_leaf_urls)
+    if site.hub_password is not None:
+        user = site_leaf_user(site.site_id)
+        urls = [leaf_url_with_user(url, user, site.hub_password) for url in urls]
+    tls = LeafTls(*site.hub_tls) if site.hub_tls is not None else None
     return nats_config(
         server_name=site_domain(site.site_id),
         client_port=args.client_port,
@@ -90,8 +90,9 @@ def nats_config_of(site: SiteSettings, args: argparse.Namespace) -> str:
         host=args.host,
         jetstream_domain=site_domain(site.site_id),
         sync_always=True,
-        leaf_remotes=site.hub_leaf_urls,
+        leaf_remotes=urls,
         leaf_deny_exports=(LEAF_DENY_EXPORTS,),
+        leaf_tls=tls,
     )
 
 

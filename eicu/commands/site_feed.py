@@ -68,15 +68,54 @@ def hub_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, ingest=ingest)
 
 
-def consumers(nc: Any, feed_settings: SiteFeedSettings) -> dict[str, Callable[[], Any]]:
-    """One consumer factory per site, by reader name ``site-<id>`` (``nc``: the connection of
-    :func:`eicu.bus.sites.connect`, whose type only the bus adapter imports)."""
+def consumers(
+    connections: dict[str, Any], feed_settings: SiteFeedSettings
+) -> dict[str, Callable[[], Any]]:
+    """One consumer factory per site, by reader name ``site-<id>`` (``connections``: each
+    site's NATS connection of :func:`eicu.bus.sites.connect`, whose type only the bus adapter
+    imports)."""
     from eicu.bus.sites import SiteStreamConsumer
 
     def factory(site_id: str) -> Callable[[], Any]:
+        nc = connections[site_id]
         return lambda: SiteStreamConsumer(nc, site_id, ack_wait_s=feed_settings.ack_wait_s)
 
     return {f"site-{site_id}": factory(site_id) for site_id in feed_settings.sites}
+
+
+async def connect_sites(feed_settings: SiteFeedSettings) -> dict[str, Any]:
+    """The hub's NATS connection of each site: one for all, or, at a hub where each site has an
+    account of its own, one per site as its feed user. Each site's stream is made sure of."""
+    from eicu.bus.sites import connect, ensure_hub_stream
+    from eicu.sites import site_feed_user
+
+    connections: dict[str, Any] = {}
+    try:
+        shared = None
+        for site_id in feed_settings.sites:
+            password = feed_settings.passwords.get(site_id)
+            if password is None:
+                if shared is None:
+                    shared = await connect(feed_settings.nats_urls, name="eicu-site-feed")
+                nc = shared
+            else:
+                nc = await connect(
+                    feed_settings.nats_urls,
+                    name=f"eicu-site-feed-{site_id}",
+                    user=site_feed_user(site_id),
+                    password=password,
+                )
+            connections[site_id] = nc
+            await ensure_hub_stream(nc, site_id, max_age_s=feed_settings.max_age_s)
+    except BaseException:
+        await close_all(connections)
+        raise
+    return connections
+
+
+async def close_all(connections: dict[str, Any]) -> None:
+    for nc in {id(nc): nc for nc in connections.values()}.values():
+        await nc.close()
 
 
 async def feed(
@@ -87,7 +126,6 @@ async def feed(
 ) -> None:
     """Runs until SIGTERM or SIGINT (or ``stop``): what it took is stored or spooled and
     acknowledged before it ends; the rest comes again at the next start."""
-    from eicu.bus.sites import connect, ensure_hub_stream
     from eicu.commands.serve import health_and_metrics, open_or_later
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
@@ -96,10 +134,8 @@ async def feed(
     settings = hub_settings(settings)
     assert settings.database_url is not None
     metrics = metrics or IngestMetrics()
-    nc = await connect(feed_settings.nats_urls, name="eicu-site-feed")
+    connections = await connect_sites(feed_settings)
     try:
-        for site_id in feed_settings.sites:
-            await ensure_hub_stream(nc, site_id, max_age_s=feed_settings.max_age_s)
         store = open_store(settings.database_url, settings.store, StoreMetrics(metrics.registry))
         store_open = await open_or_later(store)
         engine = Engine(
@@ -109,7 +145,7 @@ async def feed(
             store,
             metrics=metrics,
             store_open=store_open,
-            sources=consumers(nc, feed_settings),
+            sources=consumers(connections, feed_settings),
         )
         _, metrics_server = health_and_metrics(settings, engine)
         if stop is None:
@@ -131,4 +167,4 @@ async def feed(
             await store.close()
             log.info("site feed stopped; %d frames stored", engine.writer.stored_frames)
     finally:
-        await nc.close()
+        await close_all(connections)
