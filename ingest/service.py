@@ -22,6 +22,7 @@ from ingest.state import BedRouter
 from ingest.writer import Backoff, Receipt, StoreWriter
 
 if TYPE_CHECKING:
+    from eicu.alarm_model import AlarmEvent
     from eicu.bus.ownership import PartitionOwnership
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,9 @@ class Ingest:
         self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
         # A dashboard's change to a bed's alarms (acknowledge, pause), answered on its reply topic.
         self.on_alarm_command: Callable[[AlarmCommand], object] | None = None
+        # Takes the alarm changes another engine published on its beds' alarms topics (the
+        # hub's copy of a remote site's alarms); without it they are passed over.
+        self.on_alarm_state: Callable[[AlarmEvent], object] | None = None
         # The open subscriptions (kept open by a cancelled run() until close()), by name.
         self._readers: dict[str, _Reader] = {}
         # With partition owners (eicu worker): who holds which partition, and what the engine
@@ -179,6 +183,11 @@ class Ingest:
                 ack = wire.decode_alarm_ack(topic, payload, received_us)
                 if self.on_alarm_ack is not None:
                     self.on_alarm_ack(ack)
+                return
+            if self.on_alarm_state is not None and wire.is_alarm_state_topic(topic):
+                event = wire.decode_alarm_state(topic, payload)
+                if event is not None:
+                    self.on_alarm_state(event)
                 return
             if wire.is_alarm_command_topic(topic):
                 cmd = wire.decode_alarm_command(topic, payload, received_us)

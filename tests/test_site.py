@@ -7,8 +7,10 @@ every sample the gateway published, once, with its device time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,12 +23,13 @@ import psycopg
 import pytest
 
 from eicu import wire
+from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority, event_id
 from eicu.bus import Client
 from eicu.bus.sites import FEED_CONSUMER, ensure_site_stream, source_state
 from eicu.codes import BY_KEY
 from eicu.config import MqttSettings, SiteFeedSettings, SiteSettings
 from eicu.devservices import EicuProcess, ServiceError, free_port, nats_binary
-from eicu.errors import ConfigError
+from eicu.errors import ConfigError, PayloadError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream
 from tests.alarm_servers import HookServer
@@ -143,6 +146,24 @@ def feed_process(
     )
 
 
+def site_alarm_events(path: Path, alarm_id: str) -> dict[str, tuple[str, str]]:
+    """The site store's events of one alarm: event id -> (state, actor)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT event_id, state, actor FROM alarm_events WHERE alarm_id = ?", (alarm_id,)
+        ).fetchall()
+    return {str(e): (str(state), str(actor)) for e, state, actor in rows}
+
+
+def hub_alarm_events(db_url: str, alarm_id: str) -> dict[str, tuple[str, str]]:
+    """The hub store's events of one alarm: event id -> (state, actor)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT event_id, state, actor FROM alarm_events WHERE alarm_id = %s", (alarm_id,)
+        ).fetchall()
+    return {str(e): (str(state), str(actor)) for e, state, actor in rows}
+
+
 def dropped_repeats(metrics_port: int) -> float:
     """What a feed dropped as repeats, from its ``/metrics``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
@@ -152,6 +173,31 @@ def dropped_repeats(metrics_port: int) -> float:
         for line in text.splitlines()
         if line.startswith("eicu_ingest_duplicates_total")
     )
+
+
+def test_a_sites_alarm_change_is_read_back_as_the_site_recorded_it() -> None:
+    topic = f"eicu/v1/{SITE}/bed-2/alarms"
+    event = AlarmEvent(
+        f"{SITE}/bed-2/HR_HIGH/1700000000000000", BedKey(SITE, "bed-2"), "HR_HIGH",
+        Priority.MEDIUM, Category.PHYSIOLOGICAL, AlarmState.ACTIVE, 1_700_000_010_000_000,
+    )  # fmt: skip
+    doc = {"v": 1, "type": "state", "key": "k", "recipient": "bed", "site": SITE, "bed": "bed-2"}
+    doc.update({k: v for k, v in wire.event_doc(event).items() if k != "bed"})
+    decoded = wire.decode_alarm_state(topic, json.dumps(doc).encode())
+    assert decoded == event and event_id(decoded) == event_id(event)
+    assert wire.decode_alarm_state(topic, json.dumps({**doc, "type": "page"}).encode()) is None
+    bad = {
+        "another bed's alarm": {**doc, "alarm_id": f"{SITE}/bed-1/HR_HIGH/1"},
+        "another site in the body": {**doc, "site": "hotan"},
+        "an unknown state": {**doc, "state": "exploded"},
+        "no time": {**doc, "time_us": 0},
+    }
+    for what, body in bad.items():
+        with pytest.raises(PayloadError, match="malformed"):
+            wire.decode_alarm_state(topic, json.dumps(body).encode())
+            pytest.fail(what)
+    with pytest.raises(PayloadError, match="wrong_topic"):
+        wire.decode_alarm_state(f"eicu/v1/{SITE}/bed-2/alarms/ack", json.dumps(doc).encode())
 
 
 def test_site_settings_name_what_is_wrong(tmp_path: Path) -> None:
@@ -298,6 +344,22 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         # The site's alarm reached the hub through the same stream, with the site's alarm id.
         msg = await js.get_last_msg(hub_stream(SITE), f"eicu.v1.{SITE}.{SICK}.alarms")
         assert alarm_id in msg.data.decode()
+        # The hub's alarm history has the site's changes of that alarm under the site's own
+        # event ids, marked as raised at the site.
+        site_db = tmp_path / "site.sqlite"
+
+        def same_history() -> bool:
+            site_rows = site_alarm_events(site_db, alarm_id)
+            return bool(site_rows) and set(site_rows) == set(hub_alarm_events(db_url, alarm_id))
+
+        await until(same_history, "the site's alarm history at the hub")
+        site_rows, hub_rows = (
+            site_alarm_events(site_db, alarm_id),
+            hub_alarm_events(db_url, alarm_id),
+        )
+        assert "active" in {state for state, _ in site_rows.values()}
+        for key, (state, actor) in site_rows.items():
+            assert hub_rows[key] == (state, f"site:{SITE}/{actor}")
         # The hub pages nobody: one page for the alarm, from the site.
         assert len({r.key for r in hook.requests if alarm_id in r.body["alarm_id"]}) == 1
         print(

@@ -4,7 +4,8 @@ For each site of ``EICU_SITES`` it keeps the hub's stream ``SITE_<id>``, which s
 site's capture stream across the leaf link, and stores what arrives in it into the hub's store:
 the engine's ingest (decoder, per-bed sequence tracking, writer) reading the stream through a
 durable JetStream consumer, each message acknowledged once its data is durable. It judges no
-alarm and pages nobody: a site's alarms are judged and paged at the site.
+alarm and pages nobody: a site's alarms are judged and paged at the site, and the changes of
+those alarms it forwards are written to the hub's alarm history, marked as raised at the site.
 
     export EICU_SITES=karamay,hotan EICU_NATS_URL=nats://hub1:4222
     export EICU_DATABASE_URL=postgresql://eicu@db.example/eicu
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -130,6 +132,7 @@ async def feed(
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
+    from ingest.site_alarms import SiteAlarmCopy
 
     settings = hub_settings(settings)
     assert settings.database_url is not None
@@ -147,6 +150,9 @@ async def feed(
             store_open=store_open,
             sources=consumers(connections, feed_settings),
         )
+        # The sites' alarm changes into the hub's alarm history, marked as raised there.
+        alarms = SiteAlarmCopy(store, engine.writer)
+        engine.ingest.on_alarm_state = alarms
         _, metrics_server = health_and_metrics(settings, engine)
         if stop is None:
             stop = asyncio.Event()
@@ -159,9 +165,13 @@ async def feed(
             ",".join(feed_settings.nats_urls),
             store.backend,
         )
+        copying = asyncio.create_task(alarms.run(), name="site-alarms")
         try:
             await engine.run_until(stop)
         finally:
+            copying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await copying
             if metrics_server is not None:
                 metrics_server.close()
             await store.close()
