@@ -384,8 +384,10 @@ async def test_a_feed_killed_while_draining_a_backlog_leaves_nothing_out_and_not
         await until(link.leaf_up, "the site's leaf link is up")
         link.proxy.stop()
         await until(lambda: not link.leaf_up(), "the hub sees the site's leaf gone")
-        # A backlog at the site: a quarter of an hour of three beds, as fast as the site takes it.
-        n_per_bed = 900
+        # A backlog at the site, as fast as the site takes it: more beds than the hub's
+        # admission would let a site bring at once (128), all of them stored.
+        beds = [f"bed-{i}" for i in range(150)]
+        n_per_bed = 18
         end_us = time.time_ns() // 1_000_000 * 1000
         published = []
         gateway = MqttSettings(host="127.0.0.1", port=link.site.mqtt_port, client_id="gw-1")
@@ -393,7 +395,7 @@ async def test_a_feed_killed_while_draining_a_backlog_leaves_nothing_out_and_not
             sends = []
             for seq in range(n_per_bed):
                 ts_us = end_us - (n_per_bed - seq) * 1_000_000
-                for bed in ("bed-1", "bed-2", "bed-3"):
+                for bed in beds:
                     frame = NumericsFrame(BedKey(SITE, bed), seq, ts_us, {"HR": 70.0 + seq % 9})
                     topic = f"eicu/v1/{SITE}/{bed}/numerics"
                     sends.append(client.publish(topic, wire.encode_numerics(frame), qos=1))

@@ -298,6 +298,7 @@ class SiteStreamConsumer:
         self._fetcher: asyncio.Task[None] | None = None
         self._closed = False
         self._lost: BaseException | None = None
+        self._held = 0  # passed on and not acknowledged
         self.wrong_site = 0
         self.session_present = True
 
@@ -368,6 +369,7 @@ class SiteStreamConsumer:
                 if self._lost is not None:
                     raise PartitionConnectionLost(f"reading {self.stream}: {self._lost!r}")
                 return
+            self._held += 1
             yield message
 
     def ack(self, message: SiteMessage) -> bool:
@@ -376,6 +378,7 @@ class SiteStreamConsumer:
         if message.acked or self._closed:
             return False
         message.acked = True
+        self._held -= 1
         self._schedule(message._msg.ack())
         return True
 
@@ -409,7 +412,8 @@ class SiteStreamConsumer:
 
     @property
     def unacknowledged(self) -> int:
-        return self._queue.qsize()
+        """Messages passed on by this consumer and not acknowledged yet."""
+        return self._held
 
 
 def _site_sequence(headers: dict[str, str] | None) -> int | None:

@@ -34,9 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # A site's admission and rate limits are applied at the site; its backlog after a cut comes
-# faster than real time and must not be refused at the hub as a flood.
+# faster than real time, and a whole site's beds at once, and must not be refused at the hub as
+# a flood (a refused message is dead-lettered and acknowledged: lost to the hub).
 _DRAIN_MESSAGES_PER_S = 1e7
 _DRAIN_BYTES_PER_S = 1e11
+_SITE_BEDS_MAX = 10**6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,12 +61,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def hub_settings(settings: Settings) -> Settings:
-    """The ingest of the feed: no per-site rate limit (a backlog drains faster than real time),
-    beds admitted as the site admitted them."""
+    """The ingest of the feed: no per-site rate limit (a backlog drains faster than real time)
+    and no limit on new beds (every bed a site sends was admitted there)."""
     admission = dataclasses.replace(
         settings.ingest.admission,
         site_messages_per_s=_DRAIN_MESSAGES_PER_S,
         site_bytes_per_s=_DRAIN_BYTES_PER_S,
+        site_beds_max=_SITE_BEDS_MAX,
+        new_beds_burst=_SITE_BEDS_MAX,
+        new_beds_per_s=float(_SITE_BEDS_MAX),
     )
     ingest = dataclasses.replace(settings.ingest, admission=admission)
     return dataclasses.replace(settings, ingest=ingest)
