@@ -326,7 +326,9 @@ class SiteStreamConsumer:
             while not self._closed:
                 try:
                     batch = await subscription.fetch(self._batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except (nats.errors.TimeoutError, TimeoutError):
+                    # nothing new within the second (nats-py raises either, depending on where
+                    # its wait ended)
                     continue
                 for msg in batch:
                     message = self._message(msg)
