@@ -8,10 +8,14 @@ as it takes them: each bed a numerics message a second and a waveform message ev
 restored and the benchmark times the drain: until the hub's stream ``SITE_<id>`` holds the
 whole backlog (the JetStream source alone) and, with ``--feed``, until ``eicu site-feed`` has
 stored every message in a PostgreSQL it starts (the hub's whole path). It prints the backlog's
-messages and bytes, the drain times and rates, and how much faster than real time each drained
-(the outage's length over the drain's).
+messages and bytes, when the hub's source resumed after the link was back (with ``--feed``,
+the feed sets a waiting source up again itself; without, NATS retries on its own back-off), the
+drain times and rates from then, and how much faster than real time each drained (the outage's
+length over the drain's). ``--cut-s``: how long, at least, the link stays cut in real time (the
+back-off grows with it). The hub stream's count is polled every 50 ms, which bounds the
+resolution of a short drain.
 
-    python benchmarks/wan.py --beds 50 --minutes 2 [--feed]
+    python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 [--feed] [--verbose]
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -45,12 +46,14 @@ from nats.js.api import (
 )
 
 from eicu.bus.partitioned import PartitionConnectionLost
+from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import ConfigError
 from eicu.sites import (
     GATEWAY_SUBJECTS,
     SITE_STREAM,
     check_site_id,
     hub_stream,
+    site_domain,
     site_stream_api,
 )
 
@@ -63,6 +66,8 @@ __all__ = [
     "connect",
     "ensure_hub_stream",
     "ensure_site_stream",
+    "keep_sources_current",
+    "resume_source_if_waiting",
     "source_state",
     "subject_to_topic",
 ]
@@ -246,6 +251,65 @@ async def source_state(nc: NatsClient, site_id: str) -> SourceState:
     if source.error is not None:
         error = getattr(source.error, "description", None) or str(source.error)
     return SourceState(site_id, silent_s, int(source.lag or 0), error, int(info.state.messages))
+
+
+async def _copied_site_sequence(nc: NatsClient, site_id: str, last_seq: int) -> int:
+    """The site sequence of the newest message the hub's stream copied (0 for none)."""
+    if last_seq == 0:
+        return 0
+    msg = await nc.jetstream().get_msg(hub_stream(site_id), last_seq)
+    return _site_sequence(msg.headers) or 0
+
+
+async def resume_source_if_waiting(
+    nc: NatsClient, site_id: str, *, silent_after_s: float = 15.0, timeout_s: float = 2.0
+) -> bool:
+    """Sets the hub's source of the site up again when NATS is waiting to retry it while the
+    link is back: the source silent for over ``silent_after_s``, the site's stream reachable
+    through its domain and holding messages the hub has not copied. A source whose setup
+    failed is retried on NATS's own back-off, which grows by 10 s a failure up to 2 minutes
+    (docs/remote-sites.md); removing the source and adding it again sets it up at once, from
+    the sequence after the last one the hub's stream holds. True when it did."""
+    state = await source_state(nc, site_id)
+    if state.silent_s is not None and state.silent_s <= silent_after_s:
+        return False
+    try:
+        site_js = nc.jetstream(domain=site_domain(site_id), timeout=timeout_s)
+        site_info = await site_js.stream_info(SITE_STREAM)
+    except _NATS_ERRORS:
+        return False  # the link is still down: nothing to resume from
+    hub_info = await nc.jetstream().stream_info(hub_stream(site_id))
+    copied = await _copied_site_sequence(nc, site_id, int(hub_info.state.last_seq or 0))
+    if int(site_info.state.last_seq or 0) <= copied:
+        return False  # nothing new at the site: a quiet site, not a waiting source
+    # The stream as eicu made it (the server's own additions to its configuration left out).
+    config = hub_stream_config(site_id, hub_info.config.max_age or DEFAULT_MAX_AGE_S)
+    js = nc.jetstream()
+    log.warning(
+        "site %s: its link is back and the hub's copy is %s s behind; setting its source up again",
+        site_id,
+        "?" if state.silent_s is None else f"{state.silent_s:.0f}",
+    )
+    await js.update_stream(dataclasses.replace(config, sources=[]))
+    await js.update_stream(config)
+    return True
+
+
+async def keep_sources_current(
+    nc: NatsClient,
+    site_id: str,
+    *,
+    period_s: float = 5.0,
+    silent_after_s: float = 15.0,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Every ``period_s``, :func:`resume_source_if_waiting`; until cancelled."""
+    while True:
+        try:
+            await resume_source_if_waiting(nc, site_id, silent_after_s=silent_after_s)
+        except _NATS_ERRORS as exc:
+            log.debug("site %s: source not checked (%r)", site_id, exc)
+        await clock.sleep(period_s)
 
 
 def subject_to_topic(subject: str) -> str:

@@ -133,6 +133,7 @@ async def feed(
 ) -> None:
     """Runs until SIGTERM or SIGINT (or ``stop``): what it took is stored or spooled and
     acknowledged before it ends; the rest comes again at the next start."""
+    from eicu.bus.sites import keep_sources_current
     from eicu.commands.serve import health_and_metrics, open_or_later
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
@@ -170,13 +171,20 @@ async def feed(
             ",".join(feed_settings.nats_urls),
             store.backend,
         )
-        copying = asyncio.create_task(alarms.run(), name="site-alarms")
+        background = [asyncio.create_task(alarms.run(), name="site-alarms")]
+        # A site's backlog follows its link back at once, not after NATS's retry back-off.
+        background += [
+            asyncio.create_task(keep_sources_current(nc, site_id), name=f"source[{site_id}]")
+            for site_id, nc in connections.items()
+        ]
         try:
             await engine.run_until(stop)
         finally:
-            copying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await copying
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if metrics_server is not None:
                 metrics_server.close()
             await store.close()
