@@ -23,7 +23,6 @@ repeat.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import sqlite3
@@ -41,6 +40,7 @@ from eicu.alarm_model import (
     Notification,
     Priority,
     StoredEvent,
+    event_id,
 )
 from eicu.backoff import Backoff
 from eicu.clock import SYSTEM_CLOCK, Clock
@@ -113,19 +113,6 @@ _SCHEMA = (
 )
 
 _OPEN = "delivered_us IS NULL AND failed_us IS NULL AND cancelled_us IS NULL"
-
-
-def event_id(event: AlarmEvent) -> str:
-    """A stable id of an event: the same change recorded twice gets the same id."""
-    parts = (
-        event.alarm_id,
-        event.state.value,
-        str(event.time_us),
-        event.actor,
-        event.reason,
-        str(event.audio_paused_until_us),
-    )
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)

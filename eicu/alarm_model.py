@@ -8,6 +8,7 @@ the data path.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -123,3 +124,17 @@ class StoredEvent:
     event_id: str
     event: AlarmEvent
     recorded_us: int
+
+
+def event_id(event: AlarmEvent) -> str:
+    """A stable id of an event: the same change recorded twice, by any process (a worker, a
+    remote site, the hub's copy of a site's alarm), gets the same id."""
+    parts = (
+        event.alarm_id,
+        event.state.value,
+        str(event.time_us),
+        event.actor,
+        event.reason,
+        str(event.audio_paused_until_us),
+    )
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]

@@ -29,6 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eicu.commands.dashboard",
         "run the dashboard on its own: the workers' bed state from the bus, history from the store",
     ),
+    "site": (
+        "eicu.commands.site",
+        "run a remote ICU's node: alarms judged and paged locally, everything forwarded to the hub",
+    ),
+    "site-feed": (
+        "eicu.commands.site_feed",
+        "store what remote sites forward to the hub (their sourced streams), exactly once",
+    ),
     "bus-config": (
         "eicu.commands.bus_config",
         "print the configuration of one node of the hub's NATS cluster",

@@ -19,6 +19,7 @@ from typing import Final
 
 from eicu.alarms.policy import AlarmPolicy, load_policy
 from eicu.errors import AlarmPolicyError, ConfigError
+from eicu.sites import check_site_id
 
 PREFIX = "EICU_"
 
@@ -666,6 +667,138 @@ class WorkerSettings:
             nats_urls=urls,
             worker_id=env.get("EICU_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}",
             ownership_ttl_s=_float(env, "EICU_OWNERSHIP_TTL_S", d.ownership_ttl_s, 1.0, 300.0),
+        )
+
+
+def _nats_urls(env: Mapping[str, str], key: str, default: str = "") -> tuple[str, ...]:
+    raw = env.get(key) or default
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise ConfigError(key, f"expected nats://host:port or tls://host:port, got {url!r}")
+    return urls
+
+
+# How long a site keeps what it captured for the hub, and the hub what it sourced: a week.
+SITE_MAX_AGE_S = 7 * 86_400.0
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """``eicu site``, the node of a remote ICU (docs/remote-sites.md). ``site_id``
+    (``EICU_SITE_ID``) names the site in every topic, its JetStream domain (``site-<id>``) and
+    its stream at the hub. ``hub_leaf_urls`` (``EICU_SITE_HUB_URL``, comma-separated
+    ``nats-leaf://host:7422`` or ``tls://host:7422``): the hub's leafnode listeners, where this
+    site's leaf node connects as ``leaf-<id>`` with the password the hub gave it
+    (``EICU_SITE_HUB_PASSWORD``), over TLS when ``EICU_SITE_HUB_CA_FILE`` (the CA that signs the
+    hub's certificate), ``EICU_SITE_HUB_CERT_FILE`` and ``EICU_SITE_HUB_KEY_FILE`` (the site's
+    certificate, which the hub verifies) are set, all three or none. ``nats_urls``
+    (``EICU_NATS_URL``, default ``nats://127.0.0.1:4222``): the site's own NATS server, where the
+    capture stream is kept for ``max_age_s`` (``EICU_SITE_MAX_AGE_S``) or ``max_bytes``
+    (``EICU_SITE_MAX_BYTES``), whichever comes first."""
+
+    site_id: str
+    hub_leaf_urls: tuple[str, ...] = ()
+    hub_password: Secret | None = None
+    hub_tls: tuple[Path, Path, Path] | None = None  # (CA, certificate, key)
+    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    max_age_s: float = SITE_MAX_AGE_S
+    max_bytes: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SiteSettings:
+        raw_id = env.get("EICU_SITE_ID") or ""
+        if not raw_id:
+            raise ConfigError("EICU_SITE_ID", "required by eicu site (e.g. karamay)")
+        leaf_urls = tuple(
+            u.strip() for u in (env.get("EICU_SITE_HUB_URL") or "").split(",") if u.strip()
+        )
+        for url in leaf_urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("nats-leaf", "tls") or not parts.hostname:
+                raise ConfigError(
+                    "EICU_SITE_HUB_URL",
+                    f"expected nats-leaf://host:port or tls://host:port, got {url!r}",
+                )
+        tls_keys = ("EICU_SITE_HUB_CA_FILE", "EICU_SITE_HUB_CERT_FILE", "EICU_SITE_HUB_KEY_FILE")
+        tls_files = [env.get(key) or None for key in tls_keys]
+        for key, value in zip(tls_keys, tls_files, strict=True):
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(key, f"no such file: {value}")
+        if any(tls_files) and not all(tls_files):
+            missing = next(k for k, v in zip(tls_keys, tls_files, strict=True) if v is None)
+            raise ConfigError(missing, "TLS on the leaf link needs the CA, certificate and key")
+        hub_tls = None
+        if all(tls_files):
+            ca, cert, key_file = (Path(v) for v in tls_files if v is not None)
+            hub_tls = (ca, cert, key_file)
+        password = env.get("EICU_SITE_HUB_PASSWORD") or None
+        max_bytes = env.get("EICU_SITE_MAX_BYTES") or None
+        return cls(
+            site_id=check_site_id(raw_id),
+            hub_leaf_urls=leaf_urls,
+            hub_password=Secret(password) if password else None,
+            hub_tls=hub_tls,
+            nats_urls=_nats_urls(env, "EICU_NATS_URL", "nats://127.0.0.1:4222"),
+            max_age_s=_float(env, "EICU_SITE_MAX_AGE_S", SITE_MAX_AGE_S, 60.0, 366 * 86_400.0),
+            max_bytes=None
+            if max_bytes is None
+            else _int(env, "EICU_SITE_MAX_BYTES", 0, 2**20, 2**50),
+        )
+
+
+@dataclass(frozen=True)
+class SiteFeedSettings:
+    """``eicu site-feed``, the hub's reader of remote sites (docs/remote-sites.md): the sites
+    it stores (``EICU_SITES``, comma-separated site ids), the hub's NATS (``EICU_NATS_URL``),
+    how long a message it took may stay unacknowledged before JetStream sends it again
+    (``EICU_SITE_ACK_WAIT_S``: above the time the writer takes to make a message durable) and
+    how long the hub keeps a site's messages (``EICU_SITE_MAX_AGE_S``). At a hub where each site
+    has an account of its own, the feed reads each site's stream as ``feed-<id>`` with the
+    password of ``EICU_SITE_FEED_PASSWORDS_FILE`` (a JSON object: site id -> password)."""
+
+    sites: tuple[str, ...]
+    nats_urls: tuple[str, ...]
+    ack_wait_s: float = 30.0
+    max_age_s: float = SITE_MAX_AGE_S
+    passwords: Mapping[str, Secret] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SiteFeedSettings:
+        sites = tuple(s.strip() for s in (env.get("EICU_SITES") or "").split(",") if s.strip())
+        if not sites:
+            raise ConfigError("EICU_SITES", "required by eicu site-feed (e.g. karamay,hotan)")
+        for site in sites:
+            check_site_id(site, "EICU_SITES")
+        if len(set(sites)) != len(sites):
+            raise ConfigError("EICU_SITES", f"a site is listed twice: {','.join(sites)}")
+        urls = _nats_urls(env, "EICU_NATS_URL")
+        if not urls:
+            raise ConfigError("EICU_NATS_URL", "required by eicu site-feed (nats://host:port)")
+        passwords: dict[str, Secret] = {}
+        key = "EICU_SITE_FEED_PASSWORDS_FILE"
+        path = env.get(key) or None
+        if path is not None:
+            try:
+                doc = json.loads(Path(path).read_text())
+            except OSError as exc:
+                raise ConfigError(key, f"cannot read {path}: {exc}") from exc
+            except ValueError as exc:
+                raise ConfigError(key, f"{path} is not JSON: {exc}") from exc
+            if not isinstance(doc, dict):
+                raise ConfigError(key, f"{path}: expected an object of site id -> password")
+            for site in sites:
+                value = doc.get(site)
+                if not isinstance(value, str) or not value:
+                    raise ConfigError(key, f"{path}: no password for site {site!r}")
+                passwords[site] = Secret(value)
+        return cls(
+            passwords=passwords,
+            sites=sites,
+            nats_urls=urls,
+            ack_wait_s=_float(env, "EICU_SITE_ACK_WAIT_S", 30.0, 1.0, 3600.0),
+            max_age_s=_float(env, "EICU_SITE_MAX_AGE_S", SITE_MAX_AGE_S, 60.0, 366 * 86_400.0),
         )
 
 

@@ -23,9 +23,11 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
@@ -334,6 +336,14 @@ def nats_config(
     mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
     mqtt_max_ack_pending: int = 1024,
     host: str = "127.0.0.1",
+    jetstream_domain: str | None = None,
+    sync_always: bool = False,
+    leafnode_port: int | None = None,
+    leaf_remotes: Sequence[str] = (),
+    leaf_deny_exports: Sequence[str] = (),
+    leaf_reconnect_s: float | None = None,
+    leaf_tls: LeafTls | None = None,
+    site_accounts: Mapping[str, SiteAccount] | None = None,
 ) -> str:
     """The configuration file of one NATS server of the hub: JetStream in ``store_dir``, the MQTT
     listener (QoS 1 sessions and messages kept in JetStream with ``stream_replicas`` copies), the
@@ -349,13 +359,34 @@ def nats_config(
     come first), so it is seconds, not NATS's default 30 s; a worker that holds a message longer
     gets it twice. ``mqtt_max_ack_pending``: how many a subscription may hold unacknowledged
     (the server stops delivering beyond it): at least a partition's rate times the delay
-    before its messages are durable and acknowledged."""
+    before its messages are durable and acknowledged.
+
+    Remote sites (docs/remote-sites.md): ``jetstream_domain`` names this server's JetStream
+    domain (``hub``, ``site-<id>``), so a leaf's JetStream API is reachable across the leaf link
+    as ``$JS.<domain>.API``; ``sync_always`` fsyncs every JetStream write (a site's buffer
+    survives a power cut). ``leafnode_port``: the hub's listener for leaf nodes, which never
+    advertises other addresses to them (a leaf reconnects only where it was told to).
+    ``leaf_remotes``: the hub's leafnode URLs this server connects to as a leaf node, exporting
+    nothing under ``leaf_deny_exports`` as plain messages, reconnecting every
+    ``leaf_reconnect_s`` (NATS's default: 1 s). ``leaf_tls``: TLS on the leaf link, the
+    listener's (certificates of the sites verified) or the remote's (the hub's certificate
+    verified). ``site_accounts``: the hub's account of each remote site, ``SITE_<id>``, with
+    JetStream (the site's sourced stream lives there) and two users: ``leaf-<id>``, whom only
+    that site's leaf node connects as and who may send or receive none of eicu's subjects as
+    plain messages (only JetStream's traffic crosses), and ``feed-<id>``, the hub's reader."""
+    if sync_always and jetstream_domain is None and not leaf_remotes:
+        raise ValueError("sync_always is for a site's leaf node (give it a jetstream_domain)")
+    jetstream = [f"  store_dir: {_conf_value(str(store_dir))}"]
+    if jetstream_domain is not None:
+        jetstream.append(f"  domain: {_conf_value(jetstream_domain)}")
+    if sync_always:
+        jetstream.append('  sync_interval: "always"')
     lines = [
         f"server_name: {_conf_value(server_name)}",
         f"listen: {_conf_value(f'{host}:{client_port}')}",
         f"http: {_conf_value(f'{host}:{http_port}')}",
         "jetstream {",
-        f"  store_dir: {_conf_value(str(store_dir))}",
+        *jetstream,
         "}",
         "mqtt {",
         f"  listen: {_conf_value(f'{host}:{mqtt_port}')}",
@@ -372,8 +403,13 @@ def nats_config(
             f"  routes: {_conf_value([_route(p) for p in routes])}",
             "}",
         ]
+    if leafnode_port is not None or leaf_remotes:
+        lines += _leafnodes_block(
+            host, leafnode_port, leaf_remotes, leaf_deny_exports, leaf_reconnect_s, leaf_tls
+        )
     mappings = nats_partition_mappings(partitions) if partitions else {}
     mapping_block = [f"    {_conf_value(src)}: {_conf_value(dst)}" for src, dst in mappings.items()]
+    accounts: list[str] = []
     if users:
         # An account of its own with JetStream (MQTT sessions live in it) and the mappings; the
         # system account stays the server's default.
@@ -381,8 +417,7 @@ def nats_config(
             f"      {{user: {_conf_value(name)}, password: {_conf_value(password)}}}"
             for name, password in users.items()
         ]
-        lines += [
-            "accounts {",
+        accounts += [
             "  EICU {",
             "    jetstream: enabled",
             "    users: [",
@@ -392,11 +427,92 @@ def nats_config(
             *[f"  {line}" for line in mapping_block],
             "    }",
             "  }",
-            "}",
         ]
     elif mapping_block:
         lines += ["mappings {", *[line[2:] for line in mapping_block], "}"]
+    for site_id, account in (site_accounts or {}).items():
+        accounts += _site_account(site_id, account)
+    if accounts:
+        lines += ["accounts {", *accounts, "}"]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class SiteAccount:
+    """The passwords of a remote site's two users at the hub: its leaf node's and the feed's."""
+
+    leaf_password: str
+    feed_password: str
+
+    def __repr__(self) -> str:
+        return "SiteAccount(leaf_password='**********', feed_password='**********')"
+
+
+@dataclass(frozen=True)
+class LeafTls:
+    """TLS on a leaf link: this side's certificate and key, and the CA that signs the other
+    side's (every certificate verified: the hub requires the sites' certificates)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def _site_account(site_id: str, account: SiteAccount) -> list[str]:
+    from eicu.sites import LEAF_DENY_EXPORTS, hub_stream, site_feed_user, site_leaf_user
+
+    if not account.leaf_password or not account.feed_password:
+        raise ValueError(f"site {site_id}: a leaf and a feed password are both required")
+    plain = _conf_value([LEAF_DENY_EXPORTS])
+    leaf_permissions = f"{{publish: {{deny: {plain}}}, subscribe: {{deny: {plain}}}}}"
+    leaf = _conf_value(site_leaf_user(site_id))
+    feed = _conf_value(site_feed_user(site_id))
+    return [
+        f"  {_conf_value(hub_stream(site_id))} {{",
+        "    jetstream: enabled",
+        "    users: [",
+        f"      {{user: {leaf}, password: {_conf_value(account.leaf_password)},"
+        f" permissions: {leaf_permissions}}}",
+        f"      {{user: {feed}, password: {_conf_value(account.feed_password)}}}",
+        "    ]",
+        "  }",
+    ]
+
+
+def _leafnodes_block(
+    host: str,
+    port: int | None,
+    remotes: Sequence[str],
+    deny_exports: Sequence[str],
+    reconnect_s: float | None,
+    tls: LeafTls | None,
+) -> list[str]:
+    """The ``leafnodes`` block: a listener (a hub) and/or remotes (a site's leaf node)."""
+    lines = ["leafnodes {"]
+    tls_block = ""
+    if tls is not None:
+        files = (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file))
+        for name, path in files:
+            if not Path(path).is_file():
+                raise ValueError(f"leaf TLS {name}: no such file: {path}")
+        tls_block = ", ".join(f"{name}: {_conf_value(str(path))}" for name, path in files)
+    if port is not None:
+        # A leaf that lost its link must come back through the address it was configured with
+        # (a relay, a VPN end), not one the hub advertised.
+        lines += [f"  listen: {_conf_value(f'{host}:{port}')}", "  no_advertise: true"]
+        if tls is not None:
+            lines.append(f"  tls {{{tls_block}, verify: true}}")
+    if reconnect_s is not None:
+        if reconnect_s <= 0:
+            raise ValueError(f"leaf_reconnect_s must be > 0, got {reconnect_s}")
+        lines.append(f"  reconnect: {_conf_value(f'{int(reconnect_s * 1000)}ms')}")
+    if remotes:
+        deny = f", deny_exports: {_conf_value(list(deny_exports))}" if deny_exports else ""
+        remote_tls = f", tls: {{{tls_block}}}" if tls is not None else ""
+        entries = [f"    {{url: {_conf_value(url)}{deny}{remote_tls}}}" for url in remotes]
+        lines += ["  remotes: [", *entries, "  ]"]
+    lines.append("}")
+    return lines
 
 
 def _route(node: int | str) -> str:
@@ -430,10 +546,19 @@ class NatsServer:
         mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
         mqtt_max_ack_pending: int = 1024,
         base_dir: Path | None = None,
+        jetstream_domain: str | None = None,
+        sync_always: bool = False,
+        leafnode: bool = False,
+        leaf_remotes: Sequence[str] = (),
+        leaf_deny_exports: Sequence[str] = (),
+        leaf_reconnect_s: float | None = None,
+        leaf_tls: LeafTls | None = None,
+        site_accounts: Mapping[str, SiteAccount] | None = None,
     ) -> None:
         """``cluster``: this node's cluster port and every node's cluster port (routes);
         ``base_dir``: the folder to live in (default: a new temporary one); the ``mqtt_``
-        settings: see :func:`nats_config`."""
+        settings, the JetStream domain and the ``leaf_`` settings: see :func:`nats_config`;
+        ``leafnode``: a listener for leaf nodes on a free port (``leaf_port``)."""
         binary = nats_binary()
         if binary is None:
             version = ".".join(map(str, NATS_MIN_VERSION))
@@ -444,6 +569,8 @@ class NatsServer:
         self.mqtt_port = free_port()
         self.http_port = free_port()
         self.cluster_port = cluster[0] if cluster else None
+        self.leaf_port = free_port() if leafnode else None
+        self.jetstream_domain = jetstream_domain
         self.dir = base_dir or Path(tempfile.mkdtemp(prefix="eicu-nats-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "nats.conf"
@@ -462,9 +589,31 @@ class NatsServer:
                 users=users,
                 mqtt_ack_wait_s=mqtt_ack_wait_s,
                 mqtt_max_ack_pending=mqtt_max_ack_pending,
+                jetstream_domain=jetstream_domain,
+                sync_always=sync_always,
+                leafnode_port=self.leaf_port,
+                leaf_remotes=leaf_remotes,
+                leaf_deny_exports=leaf_deny_exports,
+                leaf_reconnect_s=leaf_reconnect_s,
+                leaf_tls=leaf_tls,
+                site_accounts=site_accounts,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def leaf_url(self) -> str:
+        """The listener leaf nodes connect to (a hub's)."""
+        if self.leaf_port is None:
+            raise ServiceError(f"{self.name} has no leafnode listener")
+        return f"nats-leaf://127.0.0.1:{self.leaf_port}"
+
+    def leaf_nodes(self) -> list[str]:
+        """The names of the leaf nodes connected to this server now (its ``/leafz``)."""
+        url = f"http://127.0.0.1:{self.http_port}/leafz"
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            doc = json.load(response)
+        return [str(leaf.get("name", "")) for leaf in doc.get("leafs") or []]
 
     @property
     def url(self) -> str:
@@ -539,6 +688,80 @@ class NatsServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def hub_nats(
+    *,
+    partitions: int | None = 4,
+    base_dir: Path | None = None,
+    sites: Mapping[str, SiteAccount] | None = None,
+    tls: LeafTls | None = None,
+) -> NatsServer:
+    """The hub's NATS server for remote sites (docs/remote-sites.md): JetStream domain ``hub``,
+    a leafnode listener for the sites, the MQTT listener and mappings of a hub node. With
+    ``sites``, each site has an account of its own (see :func:`nats_config`) and no one connects
+    without a user; with ``tls``, the leafnode listener speaks TLS only and verifies the sites'
+    certificates."""
+    from eicu.sites import HUB_DOMAIN
+
+    return NatsServer(
+        partitions=partitions,
+        name="eicu-hub",
+        jetstream_domain=HUB_DOMAIN,
+        leafnode=True,
+        base_dir=base_dir,
+        leaf_tls=tls,
+        site_accounts=sites,
+    )
+
+
+def site_nats(
+    site_id: str,
+    hub_leaf_urls: Sequence[str],
+    *,
+    reconnect_s: float | None = None,
+    mqtt_ack_wait_s: float = MQTT_ACK_WAIT_S,
+    base_dir: Path | None = None,
+    password: str | None = None,
+    tls: LeafTls | None = None,
+) -> NatsServer:
+    """A remote site's NATS server (docs/remote-sites.md): a leaf node of the hub at
+    ``hub_leaf_urls`` with JetStream domain ``site-<id>`` (every write fsynced), the MQTT
+    listener for the site's gateways (no partition mappings: the site's engine reads every bed),
+    and none of the gateways' subjects exported to the hub as plain messages (the hub sources
+    them from the site's stream). ``password``: the site's leaf user's (``leaf-<id>``) at a hub
+    with site accounts; ``tls``: the site's certificate, and the CA the hub's must be signed
+    by."""
+    from eicu.sites import LEAF_DENY_EXPORTS, site_domain, site_leaf_user
+
+    if password is not None:
+        hub_leaf_urls = [
+            leaf_url_with_user(url, site_leaf_user(site_id), password) for url in hub_leaf_urls
+        ]
+    return NatsServer(
+        partitions=None,
+        name=site_domain(site_id),
+        jetstream_domain=site_domain(site_id),
+        sync_always=True,
+        leaf_remotes=hub_leaf_urls,
+        leaf_deny_exports=(LEAF_DENY_EXPORTS,),
+        leaf_reconnect_s=reconnect_s,
+        mqtt_ack_wait_s=mqtt_ack_wait_s,
+        base_dir=base_dir,
+        leaf_tls=tls,
+    )
+
+
+def leaf_url_with_user(url: str, user: str, password: str) -> str:
+    """A leafnode URL carrying the user and password the leaf connects as."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"a leafnode URL needs a host and port, got {url!r}")
+    userinfo = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return urllib.parse.urlunsplit(
+        (parts.scheme, f"{userinfo}@{host}:{parts.port}", parts.path, "", "")
+    )
 
 
 class NatsCluster:

@@ -368,6 +368,39 @@ def _user(user: object) -> str:
     return user.strip()
 
 
+def is_alarm_state_topic(topic: str) -> bool:
+    """``eicu/v1/{site}/{bed}/alarms``: where an engine's alarm changes go back to the bed."""
+    return topic.startswith(ROOT + "/") and topic.endswith("/alarms") and topic.count("/") == 4
+
+
+def decode_alarm_state(topic: str, payload: bytes) -> AlarmEvent | None:
+    """The alarm change in a message an engine published on its bed's alarms topic (a
+    ``"type": "state"`` message of the alarm delivery's MQTT channel): the event as the engine
+    recorded it, so its id (``eicu.alarm_model.event_id``) is the engine's. None for the other
+    messages of that topic (pages to a bedside display). The alarm must be one of that bed's."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[:2] != ["eicu", "v1"] or parts[4] != "alarms":
+        raise PayloadError("wrong_topic", f"not an alarms topic: {topic[:200]!r}")
+    site, bed = parts[2], parts[3]
+    if not _ids_ok(site, bed):
+        raise PayloadError("wrong_topic", f"bad site or bed id in {topic[:200]!r}")
+    doc = _json_object(payload)
+    if doc.get("type") != "state":
+        return None
+    alarm_id = doc.get("alarm_id")
+    if not isinstance(alarm_id, str) or not alarm_id.startswith(f"{site}/{bed}/"):
+        raise PayloadError("malformed", f"'alarm_id' must be an alarm of {site}/{bed}")
+    if doc.get("site") != site or doc.get("bed") != bed:
+        raise PayloadError("malformed", f"'site' and 'bed' must be those of the topic {site}/{bed}")
+    try:
+        event = event_of({**doc, "bed": f"{site}/{bed}"})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PayloadError("malformed", f"not an alarm change: {exc!r}"[:160]) from None
+    if not event.kind or event.time_us <= 0:
+        raise PayloadError("malformed", "'kind' and a positive 'time_us' are required")
+    return event
+
+
 def encode_alarm_ack(ack: AlarmAck) -> bytes:
     doc: dict[str, object] = {"v": VERSION, "alarm_id": ack.alarm_id, "user": ack.user}
     if ack.ts_us is not None:

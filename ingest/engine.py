@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eicu import wire
 from eicu.clock import SYSTEM_CLOCK, Clock
@@ -24,7 +24,7 @@ from ingest.state import BedRouter
 from ingest.writer import StoreWriter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from alerting.channels import DeliveryChannel
     from alerting.escalation import Dispatcher
@@ -111,6 +111,7 @@ class Engine:
         alarm_policy: AlarmPolicy | None = None,
         ownership: PartitionOwnership | None = None,
         state_period_s: float | None = None,
+        sources: Mapping[str, Callable[[], Any]] | None = None,
     ) -> None:
         """``store_open``: False when the store could not be opened (the database down); the
         writer opens it when the database is back, keeping everything until then.
@@ -122,7 +123,12 @@ class Engine:
         (``eicu worker``): this engine reads, holds and judges only the beds of the partitions
         it owns at the moment; without it, every bed its broker sends. ``state_period_s``:
         publish the beds' state on the bus this often (ingest.live.StatePublisher), for
-        dashboards of their own processes, and answer their alarm commands; None: never."""
+        dashboards of their own processes, and answer their alarm commands; None: never.
+        ``sources``: read these instead of the MQTT broker (consumer factories by name, see
+        ``Ingest.run_sources``), e.g. the hub's streams of remote sites (eicu site-feed)."""
+        if sources is not None and ownership is not None:
+            raise ValueError("an engine reads either owned partitions or its own sources")
+        self._sources = sources
         self._clock = clock
         self.ownership = ownership
         self.metrics = metrics or IngestMetrics()
@@ -439,7 +445,9 @@ class Engine:
         # The subscriptions come first, so the broker keeps what is published from now on; the
         # ingest takes messages once the kernels are compiled (or loaded from cache) and the
         # sequence tracking is resumed.
-        if self.ownership is None:
+        if self._sources is not None:
+            reading = self.ingest.run_sources(self._sources)
+        elif self.ownership is None:
             reading = self.ingest.run()
         else:
             reading = self.ingest.run_owned(self.ownership)  # resumed partition by partition

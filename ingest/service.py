@@ -9,7 +9,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from eicu import bus, wire
@@ -22,6 +22,7 @@ from ingest.state import BedRouter
 from ingest.writer import Backoff, Receipt, StoreWriter
 
 if TYPE_CHECKING:
+    from eicu.alarm_model import AlarmEvent
     from eicu.bus.ownership import PartitionOwnership
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,9 @@ class Ingest:
         self.on_alarm_ack: Callable[[AlarmAck], object] | None = None
         # A dashboard's change to a bed's alarms (acknowledge, pause), answered on its reply topic.
         self.on_alarm_command: Callable[[AlarmCommand], object] | None = None
+        # Takes the alarm changes another engine published on its beds' alarms topics (the
+        # hub's copy of a remote site's alarms); without it they are passed over.
+        self.on_alarm_state: Callable[[AlarmEvent], object] | None = None
         # The open subscriptions (kept open by a cancelled run() until close()), by name.
         self._readers: dict[str, _Reader] = {}
         # With partition owners (eicu worker): who holds which partition, and what the engine
@@ -159,6 +163,10 @@ class Ingest:
         # Set once the engine can take messages (kernels warmed, sequences resumed); until then
         # the subscriptions exist and the broker keeps what arrives.
         self.accepting = asyncio.Event()
+        # Readers of other sources than the MQTT broker (run_sources), by reader name: each
+        # makes a consumer with the PartitionConsumer's interface (connect, iterate, ack,
+        # drain, close), e.g. the hub's reader of a remote site's stream.
+        self._sources: dict[str, Callable[[], Any]] = {}
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -175,6 +183,11 @@ class Ingest:
                 ack = wire.decode_alarm_ack(topic, payload, received_us)
                 if self.on_alarm_ack is not None:
                     self.on_alarm_ack(ack)
+                return
+            if self.on_alarm_state is not None and wire.is_alarm_state_topic(topic):
+                event = wire.decode_alarm_state(topic, payload)
+                if event is not None:
+                    self.on_alarm_state(event)
                 return
             if wire.is_alarm_command_topic(topic):
                 cmd = wire.decode_alarm_command(topic, payload, received_us)
@@ -262,6 +275,17 @@ class Ingest:
 
             s = self._settings
             await self._read(_Reader("ingest", s.client_id, ingest_topic_filters(s, s.partitions)))
+
+    async def run_sources(self, sources: Mapping[str, Callable[[], Any]]) -> None:
+        """The input from other sources than the MQTT broker: one reader per source, each
+        connecting a new consumer from its factory after a loss (with the backoff), and
+        acknowledging each message after persist, as a persistent session's reader does."""
+        if not sources:
+            raise ValueError("run_sources needs at least one source")
+        self._sources = dict(sources)
+        async with asyncio.TaskGroup() as group:
+            for name in sources:
+                group.create_task(self._read(_Reader(name, name, ())), name=f"ingest[{name}]")
 
     async def run_owned(self, ownership: PartitionOwnership) -> None:
         """The worker's input: one persistent session per partition it owns (client id
@@ -363,17 +387,23 @@ class Ingest:
             if not first:
                 s = s.next_node()  # a lost node: try the next one of the cluster
             first = False
-            consumer = PartitionConsumer(
-                s,
-                None if reader.partition is None else reader.partition,
-                client_id=reader.client_id,
-                topic_filter=reader.filters,
+            source = self._sources.get(reader.name)
+            consumer = (
+                source()
+                if source is not None
+                else PartitionConsumer(
+                    s,
+                    None if reader.partition is None else reader.partition,
+                    client_id=reader.client_id,
+                    topic_filter=reader.filters,
+                )
             )
             reader.attach(consumer)
             self._readers[reader.name] = reader
             try:
                 await consumer.connect()
-                log.info("subscribed to %s on %s", consumer.topic_filter, s.url)
+                where = reader.name if source is not None else s.url
+                log.info("subscribed to %s on %s", consumer.topic_filter, where)
                 backoff.reset()
                 reader.subscribed.set()
                 self._connection(reader, True)

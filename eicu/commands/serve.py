@@ -31,14 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_settings(config: Path | None) -> Settings:
+def load_env(config: Path | None) -> dict[str, str]:
+    """The ``EICU_*`` settings: the ``--config`` file's, then the environment's (which win)."""
     env: dict[str, str] = {}
     if config is not None:
         if not config.is_file():
             raise ConfigError("--config", f"no such file: {config}")
         env.update(read_env_file(config))
     env.update({k: v for k, v in os.environ.items() if k.startswith("EICU_")})
-    return Settings.from_env(env)
+    return env
+
+
+def load_settings(config: Path | None) -> Settings:
+    return Settings.from_env(load_env(config))
 
 
 def run(args: argparse.Namespace) -> int:

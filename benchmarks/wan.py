@@ -1,0 +1,249 @@
+"""A remote site's backlog after a cut of its link to the hub: how fast it drains.
+
+A hub and a site's NATS servers (the site a leaf node of the hub, its link through a TCP proxy
+that is stopped for the cut; docs/remote-sites.md) on this machine. With the link cut, the site
+takes the backlog of ``--beds`` beds for ``--minutes`` minutes of outage over MQTT QoS 1, as fast
+as it takes them: each bed a numerics message a second and a waveform message every 0.25 s
+(ECG_II and ECG_V at 250 Hz, PLETH and ABP at 125 Hz, int16 on the wire). Then the link is
+restored and the benchmark times the drain: until the hub's stream ``SITE_<id>`` holds the
+whole backlog (the JetStream source alone) and, with ``--feed``, until ``eicu site-feed`` has
+stored every message in a PostgreSQL it starts (the hub's whole path). It prints the backlog's
+messages and bytes, when the hub's source resumed after the link was back (with ``--feed``,
+the feed sets a waiting source up again itself; without, NATS retries on its own back-off), the
+drain times and rates from then, and how much faster than real time each drained (the outage's
+length over the drain's). ``--cut-s``: how long, at least, the link stays cut in real time (the
+back-off grows with it). The hub stream's count is polled every 50 ms, which bounds the
+resolution of a short drain.
+
+    python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 [--feed] [--verbose]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SITE = "bench"
+FRAME_S = 0.25
+
+
+def backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str, bytes]]:
+    """The outage's messages, oldest first: (topic, payload)."""
+    import numpy as np
+
+    from eicu import wire
+    from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
+
+    rng = np.random.default_rng(1)
+    frames_per_s = round(1 / FRAME_S)
+    seconds = int(minutes * 60)
+    blocks = [
+        ("ECG_II", 250.0, 200.0),
+        ("ECG_V", 250.0, 200.0),
+        ("PLETH", 125.0, 100.0),
+        ("ABP", 125.0, 10.0),
+    ]
+    messages = []
+    start_us = end_us - seconds * 1_000_000
+    for second in range(seconds):
+        for bed_no in range(beds):
+            bed = BedKey(SITE, f"bed{bed_no:03d}")
+            ts_us = start_us + second * 1_000_000
+            values = {"HR": 70.0 + second % 5, "SPO2": 97.0, "RR": 16.0}
+            numerics = NumericsFrame(bed, second, ts_us, values)
+            messages.append((f"eicu/v1/{SITE}/{bed.bed}/numerics", wire.encode_numerics(numerics)))
+            for k in range(frames_per_s):
+                seq = second * frames_per_s + k
+                t0_us = ts_us + int(k * FRAME_S * 1e6)
+                signal_blocks = tuple(
+                    SignalBlock(
+                        name,
+                        fs,
+                        gain,
+                        0,
+                        rng.integers(-300, 300, int(fs * FRAME_S)).astype(np.int16),
+                    )
+                    for name, fs, gain in blocks
+                )
+                frame = WaveformFrame(bed, seq, t0_us, signal_blocks)
+                messages.append((f"eicu/v1/{SITE}/{bed.bed}/waveform", wire.encode_waveform(frame)))
+    return messages
+
+
+async def publish(mqtt_port: int, messages: list[tuple[str, bytes]]) -> float:
+    """Publishes QoS 1 with up to 500 in flight; the seconds it took."""
+    from eicu.bus import Client
+    from eicu.config import MqttSettings
+
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    settings = MqttSettings(host="127.0.0.1", port=mqtt_port, client_id="bench-gateway")
+    start = time.monotonic()
+    inflight = asyncio.Semaphore(500)
+    async with Client(
+        settings, timeout=60, max_inflight_messages=500, max_queued_outgoing_messages=0
+    ) as client:
+
+        async def one(topic: str, payload: bytes) -> None:
+            try:
+                await client.publish(topic, payload, qos=1, timeout=60)
+            finally:
+                inflight.release()
+
+        tasks = []
+        for topic, payload in messages:
+            await inflight.acquire()
+            tasks.append(asyncio.create_task(one(topic, payload)))
+        await asyncio.gather(*tasks)
+    return time.monotonic() - start
+
+
+async def wait_for(check, timeout_s: float) -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"not drained in {timeout_s} s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    import nats
+
+    from eicu.bus.sites import ensure_hub_stream, ensure_site_stream
+    from eicu.devservices import EicuProcess, Postgres, free_port, hub_nats, site_nats
+    from eicu.sites import hub_stream
+    from tests.tcp_proxy import TcpProxy
+
+    folder = Path(tempfile.mkdtemp(prefix="eicu-wan-"))
+    hub = hub_nats(partitions=None).start()
+    proxy = TcpProxy(hub.leaf_port or 0).start()
+    site = site_nats(SITE, [f"nats-leaf://127.0.0.1:{proxy.port}"], reconnect_s=0.25).start()
+    pg = Postgres().start() if args.feed else None
+    feed = None
+    result: dict[str, object] = {"beds": args.beds, "outage_minutes": args.minutes}
+    try:
+        site_nc = await nats.connect(site.nats_url)
+        hub_nc = await nats.connect(hub.nats_url)
+        await ensure_site_stream(site_nc)
+        await ensure_hub_stream(hub_nc, SITE)
+        end_us = time.time_ns() // 1_000_000 * 1000
+        timeline = backlog(args.beds, args.minutes + 1 / 60, end_us)
+        # The link carries live data first (the timeline's first second), then it is cut.
+        per_second = args.beds * (1 + round(1 / FRAME_S))
+        live, messages = timeline[:per_second], timeline[per_second:]
+        await publish(site.mqtt_port, live)
+
+        async def live_at_hub() -> bool:
+            info = await hub_nc.jetstream().stream_info(hub_stream(SITE))
+            return info.state.messages >= len(live)
+
+        await wait_for(live_at_hub, 60)
+        proxy.stop()  # the cut
+        cut_at = time.monotonic()
+        result["messages"] = len(messages)
+        result["bytes"] = sum(len(p) for _, p in messages)
+        result["publish_s"] = round(await publish(site.mqtt_port, messages), 2)
+        db_url = None
+        if pg is not None:
+            db_url = pg.create_database("wan")
+            port = free_port()
+            feed = EicuProcess(
+                ["site-feed"],
+                {
+                    "EICU_SITES": SITE,
+                    "EICU_NATS_URL": hub.nats_url,
+                    "EICU_DATABASE_URL": db_url,
+                    "EICU_SPOOL_DIR": str(folder / "spool"),
+                    "EICU_METRICS_PORT": str(port),
+                    "EICU_ANALYSE_SIGNALS": "false",
+                },
+                folder / "feed.log",
+                port,
+            ).wait_ready(120)
+        total = len(messages) + len(live)
+        # The link stays cut for at least --cut-s of real time: NATS retries a source that
+        # failed less and less often (every 10 s more, up to 2 minutes).
+        await asyncio.sleep(max(0.0, args.cut_s - (time.monotonic() - cut_at)))
+        result["cut_s"] = round(time.monotonic() - cut_at, 1)
+        restored = time.monotonic()
+        proxy.start()
+
+        progress: list[tuple[float, int]] = []
+
+        async def at_hub() -> bool:
+            info = await hub_nc.jetstream().stream_info(hub_stream(SITE))
+            if not progress or progress[-1][1] != info.state.messages:
+                progress.append((round(time.monotonic() - restored, 2), info.state.messages))
+            return info.state.messages >= total
+
+        hub_s = await wait_for(at_hub, 600)
+        outage_s = args.minutes * 60
+        # When the first of the backlog came (the source's retry after the link was back), and
+        # how long the rest took from then.
+        resumed_s = next(t for t, n in progress if n > len(live))
+        drain_s = max(hub_s - resumed_s, 1e-3)
+        result["source_resumed_after_restore_s"] = resumed_s
+        result["hub_stream_drain_s"] = round(drain_s, 2)
+        if args.verbose:
+            result["hub_stream_progress"] = progress[:: max(1, len(progress) // 20)]
+        result["hub_stream_msgs_per_s"] = round(len(messages) / drain_s)
+        result["hub_stream_x_real_time"] = round(outage_s / drain_s, 1)
+        if db_url is not None:
+            import psycopg
+
+            frames_per_bed = (int(args.minutes * 60) + 1) * (1 + round(1 / FRAME_S))
+
+            async def stored() -> bool:
+                with psycopg.connect(db_url) as conn:
+                    row = conn.execute(
+                        "SELECT (SELECT count(DISTINCT (bed_id, seq)) FROM numerics)"
+                        " + (SELECT coalesce(sum(n_frames), 0) FROM waveforms)"
+                    ).fetchone()
+                return row is not None and int(row[0]) >= frames_per_bed * args.beds
+
+            await wait_for(stored, 900)
+            store_s = max(time.monotonic() - restored - resumed_s, 1e-3)
+            result["hub_store_drain_s"] = round(store_s, 2)
+            result["hub_store_msgs_per_s"] = round(len(messages) / store_s)
+            result["hub_store_x_real_time"] = round(outage_s / store_s, 1)
+        await site_nc.close()
+        await hub_nc.close()
+    finally:
+        if feed is not None:
+            feed.stop()
+        site.cleanup()
+        proxy.stop()
+        hub.cleanup()
+        if pg is not None:
+            pg.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--beds", type=int, default=50)
+    parser.add_argument("--minutes", type=float, default=2.0, help="the outage's length")
+    parser.add_argument("--feed", action="store_true", help="also time eicu site-feed's store")
+    parser.add_argument("--verbose", action="store_true", help="the hub stream's progress too")
+    parser.add_argument(
+        "--cut-s", type=float, default=0.0, help="real seconds the link stays cut, at least"
+    )
+    args = parser.parse_args()
+    if args.beds < 1 or args.minutes <= 0:
+        parser.error("--beds must be >= 1 and --minutes > 0")
+    print(json.dumps(asyncio.run(run(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,497 @@
+"""Remote sites on the bus (docs/remote-sites.md): the site's capture stream, the hub's stream
+that sources it across the leaf link, the state of that source, and the hub's reader of it.
+
+At a site, the stream :data:`~eicu.sites.SITE_STREAM` captures every gateway subject
+(``eicu.v1.>``) that the site's NATS server (a leaf node with JetStream domain ``site-<id>``)
+takes in over MQTT. At the hub, stream ``SITE_<id>`` sources it through the site's JetStream API
+(``$JS.site-<id>.API``): NATS copies the site's messages in order and, after a cut of the link,
+resumes from the next one. :class:`SiteStreamConsumer` reads ``SITE_<id>`` with the interface
+of :class:`~eicu.bus.partitioned.PartitionConsumer` (messages with their gateway topic,
+acknowledged by :meth:`SiteStreamConsumer.ack` once durable), so the engine's ingest reads
+either.
+
+Errors::
+
+    PartitionConnectionLost (eicu.bus.partitioned)  the hub's NATS cannot be reached or the
+                                                    stream cannot be read; connect a new consumer
+    ConfigError (eicu.errors)                       a stream exists with another configuration
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
+
+from eicu.bus.partitioned import PartitionConnectionLost
+from eicu.clock import SYSTEM_CLOCK, Clock
+from eicu.errors import ConfigError
+from eicu.sites import (
+    GATEWAY_SUBJECTS,
+    SITE_STREAM,
+    check_site_id,
+    hub_stream,
+    site_domain,
+    site_stream_api,
+)
+
+__all__ = [
+    "DEFAULT_MAX_AGE_S",
+    "FEED_CONSUMER",
+    "SiteMessage",
+    "SiteStreamConsumer",
+    "SourceState",
+    "connect",
+    "ensure_hub_stream",
+    "ensure_site_stream",
+    "keep_sources_current",
+    "resume_source_if_waiting",
+    "source_state",
+    "subject_to_topic",
+]
+
+log = logging.getLogger(__name__)
+
+# How long a site keeps what it captured, and the hub what it sourced: a week of outage.
+DEFAULT_MAX_AGE_S: Final = 7 * 86_400.0
+# The durable consumer of ``SITE_<id>`` that the hub's feed reads.
+FEED_CONSUMER: Final = "eicu-site-feed"
+_NATS_ERRORS: Final = (nats.errors.Error, OSError, asyncio.TimeoutError)
+
+
+async def connect(
+    servers: Sequence[str],
+    *,
+    name: str,
+    user: str | None = None,
+    password: str | None = None,
+    credentials_file: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    connect_timeout_s: float = 5.0,
+) -> NatsClient:
+    """A NATS connection that reconnects forever (its errors logged at DEBUG, its losses at
+    WARNING). :class:`PartitionConnectionLost` when no server answers at first, or one refuses
+    the user."""
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+    async def error(exc: Exception) -> None:
+        log.debug("%s: NATS client: %r", name, exc)
+        # nats-py reports a refused first connection as a plain error naming the violation.
+        refusal = isinstance(exc, nats.errors.AuthorizationError) or (
+            "Authorization Violation" in str(exc)
+        )
+        if refusal and not refused.done():
+            refused.set_result(exc)
+
+    async def disconnected() -> None:
+        log.warning("%s: disconnected from NATS", name)
+
+    options: dict[str, Any] = {
+        "servers": list(servers),
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1.0,
+        "connect_timeout": connect_timeout_s,
+        "error_cb": error,
+        "disconnected_cb": disconnected,
+        "user": user,
+        "password": password,
+        "tls": tls,
+        "user_credentials": credentials_file,
+    }
+    where = ",".join(servers)
+    # nats-py retries a first connection as often as a lost one (forever here, a refused
+    # password included): the first one ends at a refusal or its own deadline.
+    connecting = asyncio.ensure_future(
+        nats.connect(**{k: v for k, v in options.items() if v is not None})
+    )
+    try:
+        waits: set[asyncio.Future[Any]] = {connecting, refused}
+        await asyncio.wait(waits, timeout=connect_timeout_s * 2, return_when="FIRST_COMPLETED")
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_NATS_ERRORS):
+                await connecting
+    if refused.done():
+        raise PartitionConnectionLost(
+            f"NATS at {where} refused {user or 'the connection'}: {refused.result()!r}"
+        )
+    if connecting.cancelled():
+        raise PartitionConnectionLost(
+            f"cannot connect to NATS at {where} within {connect_timeout_s * 2} s"
+        )
+    try:
+        return connecting.result()
+    except _NATS_ERRORS as exc:
+        raise PartitionConnectionLost(f"cannot connect to NATS at {where}: {exc!r}") from exc
+
+
+def site_stream_config(max_age_s: float, max_bytes: int | None) -> StreamConfig:
+    """The site's capture stream: every gateway subject, on disk, oldest dropped first once
+    ``max_age_s`` or ``max_bytes`` (None: no byte limit) is reached."""
+    if max_age_s <= 0:
+        raise ConfigError("EICU_SITE_MAX_AGE_S", f"must be > 0, got {max_age_s}")
+    if max_bytes is not None and max_bytes <= 0:
+        raise ConfigError("EICU_SITE_MAX_BYTES", f"must be > 0, got {max_bytes}")
+    return StreamConfig(
+        name=SITE_STREAM,
+        description="eicu: everything the site's gateways and engine publish, for the hub",
+        subjects=[GATEWAY_SUBJECTS],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_s,
+        max_bytes=max_bytes if max_bytes is not None else -1,
+        num_replicas=1,
+    )
+
+
+def hub_stream_config(site_id: str, max_age_s: float) -> StreamConfig:
+    """The hub's ``SITE_<id>``: the site's capture stream sourced through its domain's API."""
+    if max_age_s <= 0:
+        raise ConfigError("EICU_SITE_MAX_AGE_S", f"must be > 0, got {max_age_s}")
+    return StreamConfig(
+        name=hub_stream(site_id),
+        description=f"eicu: the data of remote site {site_id}, sourced from its leaf node",
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_s,
+        sources=[
+            StreamSource(name=SITE_STREAM, external=ExternalStream(api=site_stream_api(site_id)))
+        ],
+    )
+
+
+async def _ensure(nc: NatsClient, config: StreamConfig) -> None:
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(str(config.name))
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(config)
+        log.info("stream %s created", config.name)
+        return
+    have = info.config
+    same_sources = [
+        (s.name, s.external.api if s.external else None) for s in have.sources or []
+    ] == [(s.name, s.external.api if s.external else None) for s in config.sources or []]
+    if not same_sources or list(have.subjects or []) != list(config.subjects or []):
+        raise ConfigError(
+            "stream",
+            f"stream {config.name} exists with other subjects or sources "
+            f"({have.subjects}, {[s.name for s in have.sources or []]}): not one of eicu's",
+        )
+    if (have.max_age, have.max_bytes) != (config.max_age, config.max_bytes):
+        await js.update_stream(config)
+        log.info("stream %s: limits updated", config.name)
+
+
+async def ensure_site_stream(
+    nc: NatsClient, *, max_age_s: float = DEFAULT_MAX_AGE_S, max_bytes: int | None = None
+) -> None:
+    """Creates the site's capture stream on the site's NATS server (``nc``), or brings its
+    limits up to date; :class:`ConfigError` when a stream of that name captures something else."""
+    await _ensure(nc, site_stream_config(max_age_s, max_bytes))
+
+
+async def ensure_hub_stream(
+    nc: NatsClient, site_id: str, *, max_age_s: float = DEFAULT_MAX_AGE_S
+) -> None:
+    """Creates ``SITE_<id>`` on the hub's NATS server (``nc``), sourcing the site's stream."""
+    await _ensure(nc, hub_stream_config(site_id, max_age_s))
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What the hub's ``SITE_<id>`` says about its source: ``silent_s``, the seconds since the
+    source last heard from the site (None: never); ``lag``, messages the site holds that the hub
+    has not copied yet (as of the last contact); ``error``: the source's error, if any."""
+
+    site_id: str
+    silent_s: float | None
+    lag: int
+    error: str | None
+    messages: int
+
+
+async def source_state(nc: NatsClient, site_id: str) -> SourceState:
+    """The state of the hub's copy of one site (``nc``: the hub's NATS)."""
+    info = await nc.jetstream().stream_info(hub_stream(site_id))
+    sources = info.sources or []
+    if not sources:
+        raise ConfigError("stream", f"stream {hub_stream(site_id)} has no source")
+    source = sources[0]
+    active_ns = source.active
+    silent_s = None if active_ns is None or active_ns < 0 else active_ns / 1e9
+    error = None
+    if source.error is not None:
+        error = getattr(source.error, "description", None) or str(source.error)
+    return SourceState(site_id, silent_s, int(source.lag or 0), error, int(info.state.messages))
+
+
+async def _copied_site_sequence(nc: NatsClient, site_id: str, last_seq: int) -> int:
+    """The site sequence of the newest message the hub's stream copied (0 for none)."""
+    if last_seq == 0:
+        return 0
+    msg = await nc.jetstream().get_msg(hub_stream(site_id), last_seq)
+    return _site_sequence(msg.headers) or 0
+
+
+async def resume_source_if_waiting(
+    nc: NatsClient, site_id: str, *, silent_after_s: float = 15.0, timeout_s: float = 2.0
+) -> bool:
+    """Sets the hub's source of the site up again when NATS is waiting to retry it while the
+    link is back: the source silent for over ``silent_after_s``, the site's stream reachable
+    through its domain and holding messages the hub has not copied. A source whose setup
+    failed is retried on NATS's own back-off, which grows by 10 s a failure up to 2 minutes
+    (docs/remote-sites.md); removing the source and adding it again sets it up at once, from
+    the sequence after the last one the hub's stream holds. True when it did."""
+    state = await source_state(nc, site_id)
+    if state.silent_s is not None and state.silent_s <= silent_after_s:
+        return False
+    try:
+        site_js = nc.jetstream(domain=site_domain(site_id), timeout=timeout_s)
+        site_info = await site_js.stream_info(SITE_STREAM)
+    except _NATS_ERRORS:
+        return False  # the link is still down: nothing to resume from
+    hub_info = await nc.jetstream().stream_info(hub_stream(site_id))
+    copied = await _copied_site_sequence(nc, site_id, int(hub_info.state.last_seq or 0))
+    if int(site_info.state.last_seq or 0) <= copied:
+        return False  # nothing new at the site: a quiet site, not a waiting source
+    # The stream as eicu made it (the server's own additions to its configuration left out).
+    config = hub_stream_config(site_id, hub_info.config.max_age or DEFAULT_MAX_AGE_S)
+    js = nc.jetstream()
+    log.warning(
+        "site %s: its link is back and the hub's copy is %s s behind; setting its source up again",
+        site_id,
+        "?" if state.silent_s is None else f"{state.silent_s:.0f}",
+    )
+    await js.update_stream(dataclasses.replace(config, sources=[]))
+    await js.update_stream(config)
+    return True
+
+
+async def keep_sources_current(
+    nc: NatsClient,
+    site_id: str,
+    *,
+    period_s: float = 5.0,
+    silent_after_s: float = 15.0,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Every ``period_s``, :func:`resume_source_if_waiting`; until cancelled."""
+    while True:
+        try:
+            await resume_source_if_waiting(nc, site_id, silent_after_s=silent_after_s)
+        except _NATS_ERRORS as exc:
+            log.debug("site %s: source not checked (%r)", site_id, exc)
+        await clock.sleep(period_s)
+
+
+def subject_to_topic(subject: str) -> str:
+    """The MQTT topic of a NATS subject, as NATS's MQTT listener converts them: a level
+    separator ``/`` is ``.``, a ``.`` inside a level is ``//``."""
+    return subject.replace("//", "\0").replace(".", "/").replace("\0", ".")
+
+
+@dataclass(eq=False)
+class SiteMessage:
+    """One message of a site's stream at the hub: ``topic`` the gateway's (``eicu/v1/...``),
+    ``site_seq`` its sequence in the site's capture stream, ``redelivered`` when JetStream sent
+    it before (it may already be stored)."""
+
+    topic: str
+    payload: bytes
+    site_seq: int | None
+    redelivered: bool
+    _msg: Msg = field(repr=False)
+    acked: bool = False
+    partition: int = -1
+
+
+class SiteStreamConsumer:
+    """Reads the hub's ``SITE_<id>`` through the durable pull consumer ``eicu-site-feed``
+    (explicit acknowledgement, at most ``max_ack_pending`` held), in the site's order. A message
+    is acknowledged only by :meth:`ack`; one not acknowledged within ``ack_wait_s`` comes again.
+    Messages whose topic names another site are acknowledged and counted in ``wrong_site``,
+    never passed on: a site speaks for its own beds only."""
+
+    def __init__(
+        self,
+        nc: NatsClient,
+        site_id: str,
+        *,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 4096,
+        batch: int = 256,
+    ) -> None:
+        self.site_id = check_site_id(site_id)
+        self.stream = hub_stream(site_id)
+        self.topic_filter = f"{self.stream} ({FEED_CONSUMER})"
+        self.client_id = FEED_CONSUMER
+        self._nc = nc
+        self._ack_wait_s = ack_wait_s
+        self._max_ack_pending = max_ack_pending
+        self._batch = batch
+        self._queue: asyncio.Queue[SiteMessage | None] = asyncio.Queue(maxsize=2 * batch)
+        self._acking: set[asyncio.Task[None]] = set()
+        self._fetcher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._lost: BaseException | None = None
+        self._held = 0  # passed on and not acknowledged
+        self.wrong_site = 0
+        self.session_present = True
+
+    async def connect(self, timeout_s: float = 20.0) -> SiteStreamConsumer:
+        """Creates (or finds) the durable consumer and starts fetching."""
+        js = self._nc.jetstream(timeout=timeout_s)
+        config = ConsumerConfig(
+            durable_name=FEED_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._ack_wait_s,
+            max_ack_pending=self._max_ack_pending,
+        )
+        try:
+            subscription = await js.pull_subscribe(
+                "", durable=FEED_CONSUMER, stream=self.stream, config=config
+            )
+        except _NATS_ERRORS as exc:
+            raise PartitionConnectionLost(f"cannot read stream {self.stream}: {exc!r}") from exc
+        self._fetcher = asyncio.create_task(self._fetch(subscription), name=f"feed[{self.site_id}]")
+        return self
+
+    async def _fetch(self, subscription: Any) -> None:
+        try:
+            while not self._closed:
+                try:
+                    batch = await subscription.fetch(self._batch, timeout=1.0)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    # nothing new within the second (nats-py raises either, depending on where
+                    # its wait ended)
+                    continue
+                for msg in batch:
+                    message = self._message(msg)
+                    if message is not None:
+                        await self._queue.put(message)
+        except asyncio.CancelledError:
+            raise
+        except _NATS_ERRORS as exc:
+            self._lost = exc
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+
+    def _message(self, msg: Msg) -> SiteMessage | None:
+        topic = subject_to_topic(msg.subject)
+        parts = topic.split("/")
+        metadata = msg.metadata
+        message = SiteMessage(
+            topic=topic,
+            payload=bytes(msg.data),
+            site_seq=_site_sequence(msg.headers),
+            redelivered=metadata.num_delivered > 1 if metadata.num_delivered else False,
+            _msg=msg,
+        )
+        if len(parts) < 3 or parts[2] != self.site_id:
+            self.wrong_site += 1
+            log.warning("site %s sent a message for another site; not taken", self.site_id)
+            self._schedule(msg.ack())
+            return None
+        return message
+
+    def __aiter__(self) -> AsyncIterator[SiteMessage]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[SiteMessage]:
+        while True:
+            message = await self._queue.get()
+            if message is None:
+                self._queue.put_nowait(None)
+                if self._lost is not None:
+                    raise PartitionConnectionLost(f"reading {self.stream}: {self._lost!r}")
+                return
+            self._held += 1
+            yield message
+
+    def ack(self, message: SiteMessage) -> bool:
+        """Acknowledges ``message`` to JetStream (its data is durable). False when it was
+        acknowledged already or the consumer is closed (JetStream sends it again)."""
+        if message.acked or self._closed:
+            return False
+        message.acked = True
+        self._held -= 1
+        self._schedule(message._msg.ack())
+        return True
+
+    def _schedule(self, ack: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(ack)
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def drain(self) -> None:
+        """Waits until every acknowledgement given so far is sent to the server."""
+        while self._acking:
+            await asyncio.gather(*list(self._acking), return_exceptions=True)
+        with contextlib.suppress(*_NATS_ERRORS):
+            await self._nc.flush(timeout=5)
+
+    async def close(self) -> None:
+        """Stops fetching; what was not acknowledged comes again to the next reader."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fetcher is not None:
+            self._fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fetcher
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed and self._nc.is_connected
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages passed on by this consumer and not acknowledged yet."""
+        return self._held
+
+
+def _site_sequence(headers: dict[str, str] | None) -> int | None:
+    """The sequence in the site's stream, from ``Nats-Stream-Source`` (``<stream>:<hash>
+    <sequence> ...``) that JetStream adds to every sourced message."""
+    if not headers:
+        return None
+    value = headers.get("Nats-Stream-Source")
+    if not value:
+        return None
+    parts = value.split()
+    try:
+        return int(parts[1])
+    except (IndexError, ValueError):
+        return None
