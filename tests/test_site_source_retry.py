@@ -7,6 +7,7 @@ stays exactly the site's stream, in order. Real NATS servers, the link through a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -111,6 +112,23 @@ async def test_the_backlog_follows_the_link_back_without_waiting_for_natss_back_
         await sub.unsubscribe()
         assert seqs == list(range(500))  # the site's order, each message once
         print(f"the backlog at the hub {took_s:.2f} s after the link was back")
+        # a stream caught without its source (between the two updates of a reset) is read as
+        # such, and set up again from where its copy ends
+        watch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watch
+        watch = None
+        info = await hub_nc.jetstream().stream_info(hub_stream(SITE))
+        await hub_nc.jetstream().update_stream(dataclasses.replace(info.config, sources=[]))
+        assert (await source_state(hub_nc, SITE)).error == "no source"
+        await publish(link, range(500, 510))
+        assert await resume_source_if_waiting(hub_nc, SITE, silent_after_s=0.0)
+
+        async def all_at_hub() -> bool:
+            return await count() >= 510
+
+        await until(all_at_hub, "the messages after the reset at the hub")
+        assert await count() == 510
     finally:
         if watch is not None:
             watch.cancel()

@@ -229,7 +229,8 @@ async def ensure_hub_stream(
 class SourceState:
     """What the hub's ``SITE_<id>`` says about its source: ``silent_s``, the seconds since the
     source last heard from the site (None: never); ``lag``, messages the site holds that the hub
-    has not copied yet (as of the last contact); ``error``: the source's error, if any."""
+    has not copied yet (as of the last contact); ``error``: the source's error, if any ("no
+    source" while it is being set up again)."""
 
     site_id: str
     silent_s: float | None
@@ -242,8 +243,8 @@ async def source_state(nc: NatsClient, site_id: str) -> SourceState:
     """The state of the hub's copy of one site (``nc``: the hub's NATS)."""
     info = await nc.jetstream().stream_info(hub_stream(site_id))
     sources = info.sources or []
-    if not sources:
-        raise ConfigError("stream", f"stream {hub_stream(site_id)} has no source")
+    if not sources:  # between the two updates that set a source up again, or never set up
+        return SourceState(site_id, None, 0, "no source", int(info.state.messages))
     source = sources[0]
     active_ns = source.active
     silent_s = None if active_ns is None or active_ns < 0 else active_ns / 1e9
