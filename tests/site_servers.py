@@ -5,12 +5,14 @@ on a condition for the tests of remote sites."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from eicu.devservices import NatsServer, hub_nats, site_nats
+from eicu.devservices import NatsServer, ServiceError, hub_nats, nats_binary, site_nats
 from eicu.sites import site_domain
 from tests.tcp_proxy import TcpProxy
 
@@ -43,6 +45,29 @@ class SiteLink:
         self.site.cleanup()
         self.proxy.stop()
         self.hub.cleanup()
+
+
+def site_link(site_id: str) -> Iterator[SiteLink]:
+    """A test fixture's servers: started, yielded, cleaned up; a start that fails fails the test
+    with the reason."""
+    try:
+        servers = SiteLink(site_id)
+    except ServiceError as exc:
+        pytest.fail(f"cannot start the hub and the site's NATS servers: {exc}")
+    try:
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+def check_nats_config(text: str, folder: Path) -> None:
+    """Fails the test unless nats-server accepts ``text`` as its configuration (``-t``)."""
+    conf = folder / "site.conf"
+    conf.write_text(text)
+    binary = nats_binary()
+    assert binary is not None
+    checked = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr + checked.stdout
 
 
 async def until(

@@ -28,12 +28,12 @@ from eicu.bus import Client
 from eicu.bus.sites import FEED_CONSUMER, ensure_site_stream, source_state
 from eicu.codes import BY_KEY
 from eicu.config import MqttSettings, SiteFeedSettings, SiteSettings
-from eicu.devservices import EicuProcess, ServiceError, free_port, nats_binary
+from eicu.devservices import EicuProcess, free_port
 from eicu.errors import ConfigError, PayloadError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream
 from tests.alarm_servers import HookServer
-from tests.site_servers import SiteLink, until
+from tests.site_servers import SiteLink, check_nats_config, site_link, until
 
 pytestmark = [pytest.mark.nats, pytest.mark.db]
 
@@ -45,14 +45,7 @@ CUT_MAX_S = 40.0  # the alarm (HR_HIGH: above 130 for 10 s) must come well withi
 
 @pytest.fixture
 def link() -> Iterator[SiteLink]:
-    try:
-        servers = SiteLink(SITE)
-    except ServiceError as exc:
-        pytest.fail(f"cannot start the hub and the site's NATS servers: {exc}")
-    try:
-        yield servers
-    finally:
-        servers.cleanup()
+    yield from site_link(SITE)
 
 
 @pytest.fixture
@@ -245,12 +238,7 @@ def test_print_nats_config_is_a_valid_leaf_node(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert 'domain: "site-karamay"' in out and 'deny_exports: ["eicu.>"]' in out
-    conf = tmp_path / "site.conf"
-    conf.write_text(out)
-    binary = nats_binary()
-    assert binary is not None
-    checked = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr + checked.stdout
+    check_nats_config(out, tmp_path)
 
 
 async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everything_once(

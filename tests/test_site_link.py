@@ -23,11 +23,10 @@ from eicu.bus.sites import (
     subject_to_topic,
 )
 from eicu.config import MqttSettings
-from eicu.devservices import ServiceError
 from eicu.errors import ConfigError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import SITE_STREAM, check_site_id, hub_stream, site_domain
-from tests.site_servers import SiteLink, until
+from tests.site_servers import SiteLink, site_link, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -39,14 +38,7 @@ RATE_HZ = 40.0  # messages a second from the gateway, all beds together
 
 @pytest.fixture
 def link() -> Iterator[SiteLink]:
-    try:
-        servers = SiteLink(SITE)
-    except ServiceError as exc:
-        pytest.fail(f"cannot start the hub and the site's NATS servers: {exc}")
-    try:
-        yield servers
-    finally:
-        servers.cleanup()
+    yield from site_link(SITE)
 
 
 def numerics(bed: str, seq: int, ts_us: int) -> bytes:

@@ -33,14 +33,13 @@ from eicu.devservices import (
     ServiceError,
     SiteAccount,
     hub_nats,
-    nats_binary,
     nats_config,
     site_nats,
 )
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream, site_domain, site_feed_user
 from tests.pki import TestCa
-from tests.site_servers import until
+from tests.site_servers import check_nats_config, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -114,10 +113,7 @@ def test_the_hub_configuration_with_site_accounts_and_tls_is_valid(tmp_path: Pat
     text = conf.read_text()
     assert "verify: true" in text and '"SITE_karamay" {' in text
     assert "leaf-k:s@cret/1" in text and "s@cret" not in repr(ACCOUNTS["karamay"])
-    binary = nats_binary()
-    assert binary is not None
-    checked = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr + checked.stdout
+    check_nats_config(text, tmp_path)
     with pytest.raises(ValueError, match="no such file"):
         nats_config(
             server_name="hub",
@@ -270,9 +266,4 @@ def test_the_printed_site_configuration_carries_its_user_and_tls(tmp_path: Path)
     ).stdout
     assert "nats-leaf://leaf-karamay:p%40ss%3Aword@hub.example:7422" in out
     assert f'ca_file: "{ca.cert}"' in out
-    conf = tmp_path / "site.conf"
-    conf.write_text(out)
-    binary = nats_binary()
-    assert binary is not None
-    checked = subprocess.run([binary, "-t", "-c", str(conf)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr + checked.stdout
+    check_nats_config(out, tmp_path)

@@ -24,10 +24,9 @@ from eicu.bus.sites import (
     source_state,
 )
 from eicu.config import MqttSettings
-from eicu.devservices import ServiceError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream
-from tests.site_servers import SiteLink, until
+from tests.site_servers import SiteLink, site_link, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -40,14 +39,7 @@ RESUMED_WITHIN_S = 6.0
 
 @pytest.fixture
 def link() -> Iterator[SiteLink]:
-    try:
-        servers = SiteLink(SITE)
-    except ServiceError as exc:
-        pytest.fail(f"cannot start the hub and the site's NATS servers: {exc}")
-    try:
-        yield servers
-    finally:
-        servers.cleanup()
+    yield from site_link(SITE)
 
 
 async def publish(link: SiteLink, seqs: range) -> None:

@@ -21,12 +21,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alerting import cli as alarms_cli
 from eicu import heap
+from eicu.commands import stop_on_signals
 from eicu.config import AlertingSettings, Settings, mllp_client_context
 from eicu.errors import ConfigError
 
@@ -178,10 +178,7 @@ async def deliver(
     )  # fmt: skip
     metrics_server = _health_and_metrics(settings, delivery, registry)
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     log.info(
         "alarm delivery: %d partitions%s, events from %s, outbox %s",
         n,

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
+from eicu.commands import stop_on_signals
 from eicu.config import Secret, VideoSettings, read_env_file, secret_token
 from eicu.errors import ConfigError
 
@@ -138,10 +138,7 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise ConfigError("--metrics-port", f"cannot listen: {exc}") from exc
             log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         log.info("cart %s/%s for %s as %r", args.site, args.bed, server, user)
         await agent.run(stop)
 

@@ -20,11 +20,11 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 
 from eicu import heap
+from eicu.commands import stop_on_signals
 from eicu.config import Settings
 from eicu.errors import ConfigError
 
@@ -146,10 +146,7 @@ async def dashboard(settings: Settings, stop: asyncio.Event | None = None) -> No
             health=health,
         )
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     # Video consults with carts registered with the other dashboard processes, over the bus.
     relay = ConsultRelay(
         app.state.consult, settings.mqtt.client_id, lambda t, p, r: beds.publish(t, p, retain=r)

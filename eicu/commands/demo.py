@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eicu import heap
+from eicu.commands import stop_on_signals
 from eicu.config import IngestSettings, MqttSettings, Settings
 from eicu.errors import EicuError
 from eicu.freshness import stale_after_s
@@ -150,10 +151,8 @@ async def demo(args: argparse.Namespace) -> int:
         alarm_store=store,  # the audit trail and receipts also in the demo's store
         alarm_policy=settings.alerting.policy,  # EICU_ALARM_POLICY_FILE, else the default
     )
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     where = "" if settings.database_url else f" (embedded, {data_dir})"
     print(
         f"eicu demo: broker {mqtt.url}{f' (embedded, {broker.kind})' if broker else ''}, "

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import ssl
 import sys
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu import hl7
+from eicu.commands import stop_on_signals
 from eicu.config import MqttSettings, mllp_client_context, mllp_client_tls
 from eicu.errors import ConfigError
 
@@ -291,10 +291,7 @@ async def _forward(env: dict[str, str]) -> int:
             )
         except ValueError as exc:
             raise ConfigError("EICU_PCD01_STATE_FILE", str(exc)) from exc
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         over = " over TLS" if tls else ""
         print(f"eicu hl7: forwarding stored numerics as PCD-01 to {host}:{port}{over}",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -317,10 +314,7 @@ async def _forward(env: dict[str, str]) -> int:
 async def _listen(
     listener: Listener, body: Callable[[Listener], Awaitable[int]] | None = None
 ) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await start_listener(listener)
     print(
         f"eicu hl7: listening on {listener.host}:{listener.port} for site {listener.site}, "

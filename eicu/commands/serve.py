@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu import heap
+from eicu.commands import stop_on_signals
 from eicu.config import MqttSettings, Settings, read_env_file
 from eicu.errors import ConfigError
 
@@ -166,10 +166,7 @@ async def serve(settings: Settings, mqtt: MqttSettings, stop: asyncio.Event | No
         where = f"{settings.http.host}:{settings.http.port}"
         raise ConfigError("EICU_HTTP_PORT", f"cannot listen on {where}: {exc}") from exc
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     await dashboard.start()
     log.info("dashboard on %s/ (users: %s)", dashboard.url, settings.http.users_file)
     log.info("engine running: %s -> %s", mqtt.url, store.backend)

@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eicu import heap
+from eicu.commands import stop_on_signals
 from eicu.config import MqttSettings, Settings, SiteFeedSettings
 from eicu.errors import ConfigError
 
@@ -161,10 +161,7 @@ async def feed(
         engine.ingest.on_alarm_state = alarms
         _, metrics_server = health_and_metrics(settings, engine)
         if stop is None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
+            stop = stop_on_signals()
         log.info(
             "site feed: %s from %s into %s",
             ",".join(feed_settings.sites),

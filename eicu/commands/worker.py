@@ -18,11 +18,11 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eicu import heap
+from eicu.commands import stop_on_signals
 from eicu.config import AlertingSettings, IngestSettings, Settings
 from eicu.errors import ConfigError
 
@@ -124,10 +124,7 @@ async def work(
     # every partition it owns is subscribed (docs/deployment.md)
     _, metrics_server = health_and_metrics(settings, engine)
     if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
     log.info(
         "worker %s: %d partitions shared over %s, input from %s",
         w.worker_id,
