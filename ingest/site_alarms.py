@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 
 from eicu.alarm_model import AlarmEvent, StoredEvent, event_id
 from eicu.backoff import Backoff
@@ -25,11 +24,11 @@ from ingest.writer import Receipt, StoreWriter
 log = logging.getLogger(__name__)
 
 
-def raised_locally(event: AlarmEvent) -> StoredEvent:
-    """The hub's row of a site's alarm change: the site's event id, the actor marked with the
-    site where it was judged."""
+def raised_locally(event: AlarmEvent, recorded_us: int) -> StoredEvent:
+    """The hub's row of a site's alarm change, recorded at ``recorded_us``: the site's event id,
+    the actor marked with the site where it was judged."""
     marked = dataclasses.replace(event, actor=f"site:{event.bed.site}/{event.actor}")
-    return StoredEvent(event_id(event), marked, time.time_ns() // 1000)
+    return StoredEvent(event_id(event), marked, recorded_us)
 
 
 class SiteAlarmCopy:
@@ -58,7 +57,7 @@ class SiteAlarmCopy:
         receipt = self._writer.receipt
         if receipt is not None:
             receipt.pending += 1
-        self._pending.append((raised_locally(event), receipt))
+        self._pending.append((raised_locally(event, self._clock.now_us()), receipt))
         self._wake.set()
 
     async def run(self) -> None:

@@ -170,3 +170,29 @@ async def test_a_cut_link_loses_nothing_and_the_hub_gets_each_message_once_in_or
     finally:
         await site_nc.close()
         await hub_nc.close()
+
+
+async def test_a_feed_whose_fetcher_ends_on_a_full_queue_passes_on_what_it_holds_then_ends() -> (
+    None
+):
+    """The fetcher's end marker does not fit a full queue: the reader still gets every message
+    fetched, then learns that the stream was lost, instead of waiting for ever."""
+    from eicu.bus.partitioned import PartitionConnectionLost
+    from eicu.bus.sites import SiteMessage, SiteStreamConsumer
+
+    consumer = SiteStreamConsumer(None, SITE, batch=1)  # type: ignore[arg-type]
+    held = [SiteMessage(f"eicu/v1/{SITE}/b/numerics", b"", i, False, None) for i in (1, 2)]  # type: ignore[arg-type]
+    for message in held:
+        consumer._queue.put_nowait(message)
+    assert consumer._queue.full()
+    consumer._lost = OSError("the hub's NATS went away")
+    consumer._ended = True  # as the fetcher's end leaves it, its marker not queued
+
+    async def read() -> list[int | None]:
+        seqs: list[int | None] = []
+        with pytest.raises(PartitionConnectionLost, match="went away"):
+            async for message in consumer:
+                seqs.append(message.site_seq)
+        return seqs
+
+    assert await asyncio.wait_for(read(), timeout=10) == [1, 2]

@@ -363,6 +363,7 @@ class SiteStreamConsumer:
         self._fetcher: asyncio.Task[None] | None = None
         self._closed = False
         self._lost: BaseException | None = None
+        self._ended = False  # the fetcher has stopped (its end marker may not fit the queue)
         self._held = 0  # passed on and not acknowledged
         self.wrong_site = 0
         self.session_present = True
@@ -404,6 +405,7 @@ class SiteStreamConsumer:
         except _NATS_ERRORS as exc:
             self._lost = exc
         finally:
+            self._ended = True
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)
 
@@ -430,7 +432,8 @@ class SiteStreamConsumer:
 
     async def _messages(self) -> AsyncIterator[SiteMessage]:
         while True:
-            message = await self._queue.get()
+            # a fetcher that ended on a full queue left no end marker: the empty queue is its end
+            message = None if self._ended and self._queue.empty() else await self._queue.get()
             if message is None:
                 self._queue.put_nowait(None)
                 if self._lost is not None:

@@ -141,7 +141,8 @@ async def feed(
     from ingest.site_alarms import SiteAlarmCopy
 
     settings = hub_settings(settings)
-    assert settings.database_url is not None
+    if settings.database_url is None:
+        raise ConfigError("EICU_DATABASE_URL", "required by eicu site-feed (postgresql://...)")
     metrics = metrics or IngestMetrics()
     connections = await connect_sites(feed_settings)
     try:
