@@ -8,6 +8,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from eicu.clock import Clock, ManualClock
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import Batch, BedKey, NumericsFrame
 from eicu.store import open_store
@@ -21,13 +22,14 @@ SECONDS = 40.0
 VT_AT_S = 32.0  # inside the replay window (the last 15 s)
 
 
-def engine(tmp: Path, store: object, name: str) -> Engine:
+def engine(tmp: Path, store: object, name: str, clock: Clock) -> Engine:
     return Engine(
         MqttSettings(),
         IngestSettings(spool_dir=tmp / f"spool-{name}"),
         store,  # type: ignore[arg-type]
         alarms_outbox=tmp / f"alarms-{name}.db",
         alarm_policy=prompt_policy(),
+        clock=clock,
     )
 
 
@@ -36,8 +38,10 @@ async def test_a_bed_taken_over_is_rebuilt_from_the_store(tmp_path: Path) -> Non
     await store.open()
     try:
         now_us = time.time_ns() // 1000
+        # the takeover happens at now_us however long the machine takes to get there
+        clock = ManualClock(now_us)
         start_us = now_us - int(SECONDS * 1e6)
-        first = engine(tmp_path, store, "first")  # the owner that died: fed live
+        first = engine(tmp_path, store, "first", clock)  # the owner that died: fed live
         group = SynthGroup([BED], ["vt"], [2], start_us, events_at_s=VT_AT_S)
         batch = Batch()
         t_s = 0.0
@@ -62,7 +66,7 @@ async def test_a_bed_taken_over_is_rebuilt_from_the_store(tmp_path: Path) -> Non
         lived = first.signals.derived[BED]
         assert "VTACH" in lived.rhythms, "the live pipeline did not see the VT"
 
-        taken = engine(tmp_path, store, "taken")
+        taken = engine(tmp_path, store, "taken", clock)
         pushed = await taken.replay_recent({BED, QUIET})
         # the last 15 s of ECG II, ECG V, ABP and PLETH
         assert pushed >= 15 * (250 + 250 + 125 + 125) * 0.9
@@ -78,7 +82,7 @@ async def test_a_bed_taken_over_is_rebuilt_from_the_store(tmp_path: Path) -> Non
         # judged at the next pass: the VT alarm is named after its data's onset (within a beat
         # or two of the old owner's: an alarm the old owner raised is adopted by its kind)
         assert taken.alarms is not None and first.alarms is not None
-        t = time.time_ns() // 1000
+        t = clock.now_us()
         taken.alarms.evaluate(t)
         first.alarms.evaluate(t)
         (vt,) = (a for a in taken.alarms.machine.alarms() if a.kind == "VTACH")
@@ -87,7 +91,7 @@ async def test_a_bed_taken_over_is_rebuilt_from_the_store(tmp_path: Path) -> Non
         assert vt_us - 2_000_000 <= onset_us <= vt_us + 6_000_000
         assert abs(onset_us - int(old.alarm_id.rsplit("/", 1)[1])) <= 2_000_000
         # nothing stored: nothing replayed, nothing invented
-        empty = engine(tmp_path, store, "empty")
+        empty = engine(tmp_path, store, "empty", clock)
         assert await empty.replay_recent({BedKey("icu", "nobody")}) == 0
         assert empty.router.beds[BedKey("icu", "nobody")].latest == {}
         for e in (first, taken, empty):
@@ -123,6 +127,7 @@ async def test_a_limit_condition_pending_at_the_takeover_keeps_its_onset(tmp_pat
         new = Engine(
             MqttSettings(), IngestSettings(spool_dir=tmp_path / "spool"), store,
             alarms_outbox=tmp_path / "alarms.db", alarm_policy=policy,
+            clock=ManualClock(now_us),
         )  # fmt: skip
         assert new.alarms is not None
         await new.replay_recent({bed})
