@@ -185,16 +185,24 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
             _, body = await asyncio.to_thread(_get, url)
             assert json.loads(body)["checks"]["partitions"]["ok"], body
         # Every scenario's event early, so that alarms are live while the partitions move.
+        # The gateways publish until told to stop, after the last move (at most 4 minutes of
+        # data at twice real time, for a machine slowed down by other work).
         plan = SimulationPlan(
-            site="hub", beds=BEDS, duration_s=52.0, speed=2.0, scenario="mix", events_at_s=2.0
+            site="hub", beds=BEDS, duration_s=240.0, speed=2.0, scenario="mix", events_at_s=2.0
         )
-        publishing = asyncio.create_task(simulate(MqttSettings.from_url(cluster[0].url), plan))
+        stop_publishing = asyncio.Event()
+        publishing = asyncio.create_task(
+            simulate(MqttSettings.from_url(cluster[0].url), plan, stop_publishing)
+        )
         # A worker started while the gateways publish: it joins once it has warmed up.
         workers.append(start_worker("w2", cluster, db_url, tmp_path, 2))
 
-        async def some_stored() -> bool:
+        async def stored_messages() -> int:
             beds = (await store.stats())["beds"]
-            return sum(b["messages"] for b in beds.values()) >= 4 * BEDS
+            return sum(b["messages"] for b in beds.values())
+
+        async def some_stored() -> bool:
+            return await stored_messages() >= 4 * BEDS
 
         await _until("some data stored", some_stored)
         held = set(workers[0].reading)
@@ -234,6 +242,13 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
 
         await _until("the last worker reads every partition", all_with_the_last, timeout_s=30.0)
         assert not publishing.done(), "the kills, the join and the stop were to happen mid-stream"
+        after_moves = await stored_messages()
+
+        async def more_stored() -> bool:  # the last worker goes on with the live data
+            return await stored_messages() >= after_moves + 4 * BEDS
+
+        await _until("data stored after the last move", more_stored)
+        stop_publishing.set()
         summary = await publishing
         assert "unsent" not in summary and "dropped" not in summary
         published = summary["beds"]
