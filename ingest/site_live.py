@@ -1,0 +1,155 @@
+"""A remote site's newest values at the hub as soon as the hub's copy of its stream holds them,
+ahead of the backlog the feed is still storing (docs/remote-sites.md, "Live values while the
+backlog drains").
+
+After a cut, ``eicu site-feed`` stores a site's backlog in the site's order, about ten times
+faster than real time, and the beds' snapshots it publishes follow what it stores: without more,
+the dashboards would show values minutes old until the drain ends. The hub's copy of the site's
+stream fills far faster (a JetStream source copies a backlog hundreds of times faster than real
+time). So :class:`LiveValues` follows each site's numerics in that copy with an ordered,
+ephemeral consumer that starts at the newest message of every bed (deliver policy "last per
+subject") and takes each value into the feed's bed state when its device time is newer than what
+the bed holds. Storing is not its business: the durable consumer stores every message once, in
+order; this reader makes the values the dashboards see current, and nothing else. A value's time
+is its device's; a value timed further ahead of the hub's clock than the engine accepts is not
+taken (the stored copy goes through the engine's device-clock check).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+from nats.js.api import DeliverPolicy
+from prometheus_client import CollectorRegistry, Counter
+
+from eicu.bus.sites import subject_to_topic
+from eicu.clock import SYSTEM_CLOCK, Clock
+from eicu.errors import PayloadError
+from eicu.models import BedKey, NumericsFrame
+from eicu.sites import hub_stream
+from eicu.wire import decode_numerics, parse_topic
+from ingest.state import BedRouter
+
+log = logging.getLogger(__name__)
+
+# How long nats-py's ordered consumer may go without a heartbeat before it sets itself up again
+# (the server sends one every such interval when there is nothing to deliver).
+IDLE_HEARTBEAT_S: Final = 5.0
+
+
+class LiveValueMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.values = Counter(
+            "eicu_site_live_values",
+            "Numeric values of remote sites' beds taken from the hub's copy of their streams "
+            "ahead of storing (newer than what the bed held)",
+            ["site"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "eicu_site_live_rejected",
+            "Messages of a site's stream the live reader could not take, by reason",
+            ["site", "reason"],
+            registry=registry,
+        )
+
+
+class LiveValues:
+    """Follows the numerics of every site in ``connections`` (site id -> the feed's NATS
+    connection for that site's account) and takes the newer values into ``router``'s beds."""
+
+    def __init__(
+        self,
+        router: BedRouter,
+        connections: Mapping[str, Any],
+        registry: CollectorRegistry,
+        *,
+        max_ahead_s: float,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if max_ahead_s < 0:
+            raise ValueError(f"max_ahead_s must be >= 0, got {max_ahead_s}")
+        self._router = router
+        self._connections = dict(connections)
+        self._max_ahead_us = int(max_ahead_s * 1e6)
+        self._clock = clock
+        self.metrics = LiveValueMetrics(registry)
+        self._subscriptions: list[Any] = []
+        self.taken = 0  # values taken, every site
+
+    async def start(self) -> None:
+        """Subscribes to every site's numerics; a site whose stream cannot be read is logged
+        and left to the stored path (its values then come as they are stored)."""
+        for site, nc in self._connections.items():
+            js = nc.jetstream()
+
+            async def on_message(msg: Any, site: str = site) -> None:
+                self.take(site, msg.subject, bytes(msg.data))
+
+            try:
+                sub = await js.subscribe(
+                    f"eicu.v1.{site}.*.numerics",
+                    stream=hub_stream(site),
+                    cb=on_message,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                    idle_heartbeat=IDLE_HEARTBEAT_S,
+                )
+            except Exception as exc:  # one site's stream costs the others nothing
+                log.warning("site %s: live values not followed (%s); shown as stored", site, exc)
+                continue
+            self._subscriptions.append(sub)
+
+    async def stop(self) -> None:
+        for sub in self._subscriptions:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be gone already
+                log.debug("live values: unsubscribe failed: %s", exc)
+        self._subscriptions.clear()
+
+    def take(self, site: str, subject: str, payload: bytes) -> int:
+        """One numerics message of ``site``'s stream: its values newer than the bed's go into the
+        bed's state. Returns how many were taken; a message that cannot be read is counted by
+        reason and costs nothing else."""
+        now_us = self._clock.now_us()
+        try:
+            kind, msg_site, bed = parse_topic(subject_to_topic(subject))
+            if kind != "numerics":
+                raise PayloadError("wrong_topic", f"not a numerics topic: {subject[:200]!r}")
+            if msg_site != site:
+                raise PayloadError("wrong_site", f"site {site} sent {subject[:200]!r}")
+            frame = decode_numerics(BedKey(site, bed), payload, received_us=now_us)
+        except PayloadError as exc:
+            self.metrics.rejected.labels(site=site, reason=exc.reason).inc()
+            log.debug("site %s: live value not taken: %s", site, exc)
+            return 0
+        if frame.ts_us > now_us + self._max_ahead_us:
+            self.metrics.rejected.labels(site=site, reason="clock_ahead").inc()
+            return 0
+        n = apply_newer(self._router, frame)
+        if n:
+            self.metrics.values.labels(site=site).inc(n)
+            self.taken += n
+        return n
+
+
+def apply_newer(router: BedRouter, frame: NumericsFrame) -> int:
+    """``frame``'s values whose device time is newer than the bed's into the bed's state (a
+    missing value, None, is a value too: the monitor sent it so). Returns how many."""
+    state = router.bed(frame.bed)
+    taken = 0
+    for key, value in frame.values.items():
+        held = state.latest.get(key)
+        if held is None or held[1] < frame.ts_us:
+            state.latest[key] = (value, frame.ts_us)
+            state.latest_received_us[key] = frame.received_us
+            taken += 1
+    if taken:
+        state.last_seen_us = max(state.last_seen_us, frame.ts_us)
+        if state.status == "unknown":
+            state.status = "online"
+            state.status_us = frame.ts_us
+    return taken

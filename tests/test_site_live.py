@@ -1,0 +1,135 @@
+"""The live values of a remote site's beds at the hub (ingest.site_live): read from the hub's copy
+of the site's stream, newest first, ahead of what the feed stores; a real NATS server with a
+``SITE_<id>`` stream, started on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.js.api import StreamConfig
+from prometheus_client import CollectorRegistry
+
+from eicu.clock import ManualClock
+from eicu.devservices import NatsServer, ServiceError, hub_nats
+from eicu.metrics import IngestMetrics
+from eicu.models import BedKey, NumericsFrame
+from eicu.sites import hub_stream
+from eicu.wire import encode_numerics
+from ingest.site_live import LiveValues, apply_newer
+from ingest.state import BedRouter
+from tests.site_servers import until
+
+pytestmark = [pytest.mark.nats]
+
+SITE = "karamay"
+NOW_US = 1_800_000_000_000_000
+
+
+def numerics(bed: str, seq: int, ts_us: int, hr: float) -> NumericsFrame:
+    return NumericsFrame(BedKey(SITE, bed), seq, ts_us, {"HR": hr, "SPO2": 97.0})
+
+
+def subject(bed: str) -> str:
+    return f"eicu.v1.{SITE}.{bed}.numerics"
+
+
+def test_only_newer_values_are_taken() -> None:
+    router = BedRouter(IngestMetrics())
+    bed = BedKey(SITE, "bed1")
+    assert apply_newer(router, numerics("bed1", 9, NOW_US, 120.0)) == 2
+    # an older value (the backlog reaching the state later) changes nothing
+    assert apply_newer(router, numerics("bed1", 3, NOW_US - 60_000_000, 80.0)) == 0
+    state = router.beds[bed]
+    assert state.latest["HR"] == (120.0, NOW_US)
+    # the bed is seen at its value's device time, not at the time the hub read it
+    assert state.last_seen_us == NOW_US and state.status == "online"
+    # a value the monitor sent as missing is a value too: it is never filled in from before
+    missing = NumericsFrame(bed, 10, NOW_US + 1_000_000, {"HR": None})
+    assert apply_newer(router, missing) == 1
+    assert state.latest["HR"] == (None, NOW_US + 1_000_000)
+
+
+def test_bad_messages_are_counted_and_cost_nothing() -> None:
+    router = BedRouter(IngestMetrics())
+    clock = ManualClock(NOW_US)
+    live = LiveValues(router, {}, CollectorRegistry(), max_ahead_s=600.0, clock=clock)
+    good = encode_numerics(numerics("bed1", 1, NOW_US - 1_000_000, 100.0))
+    cases = [
+        (subject("bed1"), b"{not json", "malformed"),
+        ("eicu.v1.hotan.bed1.numerics", good, "wrong_site"),
+        (f"eicu.v1.{SITE}.bed1.waveform", good, "wrong_topic"),
+        (subject("bed1"), encode_numerics(numerics("bed1", 2, NOW_US + 3_600_000_000, 1.0)),
+         "clock_ahead"),
+    ]  # fmt: skip
+    for subj, payload, reason in cases:
+        assert live.take(SITE, subj, payload) == 0, reason
+        rejected = live.metrics.rejected.labels(site=SITE, reason=reason)._value.get()
+        assert rejected >= 1, (reason, rejected)
+    assert router.beds == {} or all(not s.latest for s in router.beds.values())
+    assert live.take(SITE, subject("bed1"), good) == 2
+    assert router.beds[BedKey(SITE, "bed1")].latest["HR"] == (100.0, NOW_US - 1_000_000)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[NatsServer]:
+    server = hub_nats(partitions=None)
+    try:
+        server.start()
+    except ServiceError as exc:
+        server.cleanup()
+        pytest.fail(f"cannot start the hub's NATS server: {exc}")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_the_newest_values_come_first_and_new_ones_follow(hub: NatsServer) -> None:
+    """A hub copy holding a backlog: the reader starts at each bed's newest message, whatever
+    came before it, and takes what is appended after (newer values only)."""
+    nc = await nats.connect(hub.nats_url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=hub_stream(SITE), subjects=[f"eicu.v1.{SITE}.>"]))
+        # ten minutes of backlog for two beds, a message a second, and a waveform in between
+        for i in range(600):
+            for bed, hr in (("bed1", 60.0 + i % 7), ("bed2", 90.0)):
+                ts = NOW_US - (600 - i) * 1_000_000
+                await js.publish(subject(bed), encode_numerics(numerics(bed, i + 1, ts, hr)))
+        await js.publish(f"eicu.v1.{SITE}.bed1.waveform", b"not numerics")
+        router = BedRouter(IngestMetrics())
+        live = LiveValues(
+            router, {SITE: nc}, CollectorRegistry(), max_ahead_s=600.0, clock=ManualClock(NOW_US)
+        )
+        await live.start()
+        try:
+            bed1, bed2 = BedKey(SITE, "bed1"), BedKey(SITE, "bed2")
+
+            def newest_held() -> bool:
+                beds = router.beds
+                return (
+                    bed1 in beds
+                    and bed2 in beds
+                    and beds[bed1].latest.get("HR", (None, 0))[1] == NOW_US - 1_000_000
+                    and beds[bed2].latest.get("HR", (None, 0))[1] == NOW_US - 1_000_000
+                )
+
+            await until(newest_held, "each bed's newest value")
+            # the last message of each bed only, not the ten minutes before it
+            assert live.taken == 4, live.taken
+            assert router.beds[bed1].latest["HR"] == (60.0 + 599 % 7, NOW_US - 1_000_000)
+            # a live value appended after: taken; an old one appended late: not
+            await js.publish(subject("bed1"), encode_numerics(numerics("bed1", 700, NOW_US, 150.0)))
+            await js.publish(
+                subject("bed2"), encode_numerics(numerics("bed2", 5, NOW_US - 500_000_000, 10.0))
+            )
+            await until(lambda: router.beds[bed1].latest["HR"] == (150.0, NOW_US), "the new value")
+            await js.publish(subject("bed2"), encode_numerics(numerics("bed2", 701, NOW_US, 91.0)))
+            await until(lambda: router.beds[bed2].latest["HR"] == (91.0, NOW_US), "bed2's new one")
+            assert live.taken == 8
+        finally:
+            await live.stop()
+    finally:
+        await nc.close()
