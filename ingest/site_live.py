@@ -21,14 +21,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry, Counter
 
-from eicu.bus.sites import subject_to_topic
+from eicu.bus.partitioned import PartitionConnectionLost
+from eicu.bus.sites import follow_newest, subject_to_topic
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import PayloadError
 from eicu.models import BedKey, NumericsFrame
-from eicu.sites import hub_stream
 from eicu.wire import decode_numerics, parse_topic
 from ingest.state import BedRouter
 
@@ -83,21 +82,15 @@ class LiveValues:
         """Subscribes to every site's numerics; a site whose stream cannot be read is logged
         and left to the stored path (its values then come as they are stored)."""
         for site, nc in self._connections.items():
-            js = nc.jetstream()
 
-            async def on_message(msg: Any, site: str = site) -> None:
-                self.take(site, msg.subject, bytes(msg.data))
+            def on_message(subject: str, payload: bytes, site: str = site) -> None:
+                self.take(site, subject, payload)
 
             try:
-                sub = await js.subscribe(
-                    f"eicu.v1.{site}.*.numerics",
-                    stream=hub_stream(site),
-                    cb=on_message,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                    idle_heartbeat=IDLE_HEARTBEAT_S,
+                sub = await follow_newest(
+                    nc, site, f"eicu.v1.{site}.*.numerics", on_message, IDLE_HEARTBEAT_S
                 )
-            except Exception as exc:  # one site's stream costs the others nothing
+            except PartitionConnectionLost as exc:
                 log.warning("site %s: live values not followed (%s); shown as stored", site, exc)
                 continue
             self._subscriptions.append(sub)

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -66,6 +66,7 @@ __all__ = [
     "connect",
     "ensure_hub_stream",
     "ensure_site_stream",
+    "follow_newest",
     "keep_sources_current",
     "resume_source_if_waiting",
     "source_state",
@@ -311,6 +312,40 @@ async def keep_sources_current(
         except _NATS_ERRORS as exc:
             log.debug("site %s: source not checked (%r)", site_id, exc)
         await clock.sleep(period_s)
+
+
+async def follow_newest(
+    nc: NatsClient,
+    site_id: str,
+    subject: str,
+    on_message: Callable[[str, bytes], Awaitable[None] | None],
+    idle_heartbeat_s: float = 5.0,
+) -> Any:
+    """Follows ``subject`` in the hub's ``SITE_<id>`` from the newest message of each subject it
+    matches (deliver policy "last per subject"), then every message appended after, through an
+    ordered, ephemeral consumer (it sets itself up again after a gap, and leaves nothing behind
+    on the server). ``on_message(subject, payload)`` for each. Returns the subscription (its
+    ``unsubscribe`` ends it); PartitionConnectionLost when the stream cannot be read."""
+    js = nc.jetstream()
+
+    async def deliver(msg: Msg) -> None:
+        result = on_message(msg.subject, bytes(msg.data))
+        if result is not None:
+            await result
+
+    try:
+        return await js.subscribe(
+            subject,
+            stream=hub_stream(site_id),
+            cb=deliver,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            idle_heartbeat=idle_heartbeat_s,
+        )
+    except _NATS_ERRORS as exc:
+        raise PartitionConnectionLost(
+            f"cannot follow {subject} in {hub_stream(site_id)}: {exc!r}"
+        ) from exc
 
 
 def subject_to_topic(subject: str) -> str:
