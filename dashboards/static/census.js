@@ -47,6 +47,9 @@ function rhythmCell(engine) {
 }
 
 function alarmCell(bed) {
+  if (!bed.alarms_available && bed.remote) {
+    return eicu.el("span", { class: "missing", title: "judged and paged at the remote site" }, "at site");
+  }
   if (!bed.alarms_available) {
     return eicu.el("span", { class: "missing", title: "this engine runs no alarm service" }, "n/a");
   }
@@ -228,8 +231,53 @@ function patch(data, change) {
   }
 }
 
+// The remote sites whose link is not up (the census's "links"): one banner each, saying since
+// when the hub has not heard from the site; its beds' rows show their last values, stale.
+let links = {};
+
+function when(us, now) {
+  return now - us > 12 * 3600e6 ? eicu.dateTimeText(us) : eicu.timeText(us);
+}
+
+function linkText(site, link, now) {
+  const after = "Its beds show their last values; their alarms are judged and paged at the site.";
+  if (link.state === "down") {
+    if (link.since_us === null || link.since_us === undefined) {
+      return `Site ${site}: disconnected; no contact since the hub's feed started. ${after}`;
+    }
+    const ago = eicu.age(Math.max(0, (now - link.since_us) / 1e6));
+    return `Site ${site}: disconnected since ${when(link.since_us, now)} (${ago} ago). ${after}`;
+  }
+  const contact = link.last_contact_us ? `; last contact ${when(link.last_contact_us, now)}` : "";
+  if (link.why === "feed_silent") {
+    const ago = eicu.age(Math.max(0, (now - link.since_us) / 1e6));
+    return `Site ${site}: link state unknown: the hub's site feed has not reported since ` +
+      `${when(link.since_us, now)} (${ago} ago)${contact}.`;
+  }
+  return `Site ${site}: link state unknown: the hub's feed cannot read it${contact}.`;
+}
+
+function drawLinks() {
+  const box = document.getElementById("site-links");
+  const now = serverNowUs();
+  const sites = Object.keys(links).sort();
+  for (const p of [...box.children]) if (!(p.dataset.site in links)) p.remove();
+  for (const site of sites) {
+    let p = box.querySelector(`p[data-site="${CSS.escape(site)}"]`);
+    if (!p) {
+      p = eicu.el("p", { class: "link-banner", role: "alert", "data-site": site });
+      box.append(p);
+    }
+    if (p.dataset.state !== links[site].state) p.dataset.state = links[site].state;
+    const text = linkText(site, links[site], now);
+    if (p.textContent !== text) p.textContent = text;
+  }
+  box.hidden = !sites.length;
+}
+
 // Ages move on between updates: rewrite the badges whose text changed.
 function tickAges() {
+  drawLinks();
   const now = serverNowUs();
   for (const bed of shown) {
     const { data, tr } = rows.get(bed);
@@ -390,6 +438,7 @@ function apply(msg) {
   document.getElementById("census").dataset.seq = String(seq);
   if (msg.sites) updateSites(msg.sites);
   if (msg.engine) { engineStatus = msg.engine; eicu.showInputDelay(msg.engine.input_delay_s); }
+  if (msg.links) links = msg.links;
   tickAges();
   const empty = document.getElementById("empty");
   empty.hidden = total > 0;
