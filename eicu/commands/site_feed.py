@@ -193,13 +193,15 @@ async def feed(
             asyncio.create_task(keep_sources_current(nc, site_id), name=f"source[{site_id}]")
             for site_id, nc in connections.items()
         ]
-        if settings.mqtt is None:
+        period_s = settings.ingest.state_period_s
+        period_s = 1.0 if period_s is None else period_s
+        if settings.mqtt is None or period_s == 0:
             log.warning(
-                "no EICU_MQTT_URL: the sites' beds and links are not published for dashboards"
+                "no EICU_MQTT_URL, or EICU_STATE_PERIOD_S 0: the sites' beds and links are not "
+                "published for dashboards"
             )
         else:
             # The sites' beds as stored and each site's link, for the dashboards.
-            period_s = settings.ingest.state_period_s or 1.0
             publisher = StatePublisher(
                 engine, settings.mqtt.for_state(), period_s, input_delay=False
             )
