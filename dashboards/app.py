@@ -1048,6 +1048,9 @@ def create_app(
                     next_numerics = time.monotonic() + CENSUS_PERIOD_S
                     message["bed"] = await bed_detail(site, bed, session)
                     message["engine"] = engine_now()
+                    # the bed's site cut off from the hub: its banner, as on the census
+                    message["links"] = links_shown(key.site, session.user.sites)
+                    message["now_us"] = now_us()
                 if message:
                     await ws.send_json(message)
                 await asyncio.sleep(LIVE_PERIOD_S)

@@ -55,7 +55,7 @@ class SiteLinkMetrics:
         )
         self.unread = Counter(
             "eicu_site_link_unread",
-            "Times the state of a site's source could not be read",
+            "Times the state of a site's link could not be read or judged",
             ["site"],
             registry=registry,
         )
@@ -148,6 +148,7 @@ class SiteLinkWatch:
                 try:
                     await self.check(site)
                 except Exception:  # one site's fault costs the others nothing; tried again
+                    self.metrics.unread.labels(site=site).inc()
                     log.exception("site %s: link not checked", site)
             await self._clock.sleep(self._period_s)
 

@@ -186,7 +186,8 @@ async def test_a_cut_off_site_is_one_banner_and_stale_beds_until_its_link_is_bac
                     executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
                 )
                 browsers.push_async_callback(browser.close)
-                page = await browser.new_page(viewport={"width": 1600, "height": 900})
+                context = await browser.new_context(viewport={"width": 1600, "height": 900})
+                page = await context.new_page()
                 await page.goto(f"{dashboard.url}/login?next=/census")
                 await page.fill("#name", "ada")
                 await page.fill("#password", PASSWORD)
@@ -246,6 +247,13 @@ async def test_a_cut_off_site_is_one_banner_and_stale_beds_until_its_link_is_bac
                 shot = Path(__file__).resolve().parent.parent / "test-artifacts"
                 shot.mkdir(exist_ok=True)
                 await page.screenshot(path=str(shot / "census-site-disconnected.png"))
+                # the bed view of one of the site's beds has the same banner
+                bed_page = await page.context.new_page()  # logged in
+                await bed_page.goto(f"{dashboard.url}/bed?bed={SITE}/bed-1")
+                on_bed = bed_page.locator(f"#site-links p[data-site='{SITE}']")
+                await on_bed.wait_for(timeout=10_000)
+                assert f"Site {SITE}: disconnected since" in await on_bed.inner_text()
+                await bed_page.close()
 
             # The link back: the banner goes, the beds show current values.
             link.proxy.start()

@@ -261,10 +261,10 @@ async def test_the_watch_runs_on_its_clock_and_one_sites_fault_costs_the_others_
             raise RuntimeError("a fault of one site")
         return state(0.1)
 
+    registry = CollectorRegistry()
     watch = SiteLinkWatch(
-        ["hotan", SITE], read, lambda t, p: sent.append(t), CollectorRegistry(), period_s=2.0,
-        clock=clock,
-    )  # fmt: skip
+        ["hotan", SITE], read, lambda t, p: sent.append(t), registry, period_s=2.0, clock=clock
+    )
     task = asyncio.create_task(watch.run())
     try:
         await clock.until_waiting()
@@ -275,6 +275,8 @@ async def test_the_watch_runs_on_its_clock_and_one_sites_fault_costs_the_others_
         clock.advance(0.1)
         await clock.until_waiting()
         assert calls == {"hotan": 2, SITE: 2}
+        unread = registry.get_sample_value("eicu_site_link_unread_total", {"site": "hotan"})
+        assert unread == 2
     finally:
         task.cancel()
 

@@ -235,44 +235,8 @@ function patch(data, change) {
 // when the hub has not heard from the site; its beds' rows show their last values, stale.
 let links = {};
 
-function when(us, now) {
-  return now - us > 12 * 3600e6 ? eicu.dateTimeText(us) : eicu.timeText(us);
-}
-
-function linkText(site, link, now) {
-  const after = "Its beds show their last values; their alarms are judged and paged at the site.";
-  if (link.state === "down") {
-    if (link.since_us === null || link.since_us === undefined) {
-      return `Site ${site}: disconnected; no contact since the hub's feed started. ${after}`;
-    }
-    const ago = eicu.age(Math.max(0, (now - link.since_us) / 1e6));
-    return `Site ${site}: disconnected since ${when(link.since_us, now)} (${ago} ago). ${after}`;
-  }
-  const contact = link.last_contact_us ? `; last contact ${when(link.last_contact_us, now)}` : "";
-  if (link.why === "feed_silent") {
-    const ago = eicu.age(Math.max(0, (now - link.since_us) / 1e6));
-    return `Site ${site}: link state unknown: the hub's site feed has not reported since ` +
-      `${when(link.since_us, now)} (${ago} ago)${contact}.`;
-  }
-  return `Site ${site}: link state unknown: the hub's feed cannot read it${contact}.`;
-}
-
 function drawLinks() {
-  const box = document.getElementById("site-links");
-  const now = serverNowUs();
-  const sites = Object.keys(links).sort();
-  for (const p of [...box.children]) if (!(p.dataset.site in links)) p.remove();
-  for (const site of sites) {
-    let p = box.querySelector(`p[data-site="${CSS.escape(site)}"]`);
-    if (!p) {
-      p = eicu.el("p", { class: "link-banner", role: "alert", "data-site": site });
-      box.append(p);
-    }
-    if (p.dataset.state !== links[site].state) p.dataset.state = links[site].state;
-    const text = linkText(site, links[site], now);
-    if (p.textContent !== text) p.textContent = text;
-  }
-  box.hidden = !sites.length;
+  eicu.showSiteLinks(links, serverNowUs());
 }
 
 // Ages move on between updates: rewrite the badges whose text changed.
