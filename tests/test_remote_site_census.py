@@ -224,6 +224,9 @@ async def test_a_cut_off_site_is_one_banner_and_stale_beds_until_its_link_is_bac
                 assert row["status"] == "online" and row["stale"]
                 # no alarm of the hub's for the site's beds: those are the site's
                 assert row["alarm"] is None and row["remote"] and not row["alarms_available"]
+            # a census of another site has no banner of this one
+            other = await client.get("/api/census", params={"site": "hotan"})
+            assert other.json()["links"] == {} and other.json()["beds"] == []
             alarms = (await client.get("/api/alarms")).json()
             assert not [a for a in alarms["alarms"] if a["bed"].startswith(f"{SITE}/")]
             assert hub_alarm_rows(db_url) == 0
