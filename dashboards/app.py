@@ -414,6 +414,7 @@ def create_app(
             site,
             desk is not None and beds.alarms_available,
             policy_for=desk.policy_for if desk is not None else None,
+            remote_sites=beds.site_links().keys(),
         )
         carts = registered_carts()
         for row in rows:
@@ -429,6 +430,14 @@ def create_app(
     def sites_seen(sites: frozenset[str] | None) -> list[str]:
         return sorted(s for s in beds.sites() if sites is None or s in sites)
 
+    def links_shown(site: str | None, sites: frozenset[str] | None) -> dict[str, Any]:
+        """The banners of the remote sites a census of ``site`` (None: all) shows to a user of
+        ``sites`` (None: every site): those whose link is not up."""
+        shown = None if site is None else {site}
+        if sites is not None:
+            shown = set(sites) if shown is None else shown & sites
+        return views.site_links_view(beds.site_links(), now_us(), shown)
+
     def census_filter(request: Request | WebSocket) -> views.CensusFilter:
         try:
             return views.CensusFilter.parse(request.query_params)
@@ -443,6 +452,7 @@ def create_app(
         return {
             "sites": sites_seen(session.user.sites),
             "beds": census_filter(request).apply(census_rows(site or None, session.user.sites)),
+            "links": links_shown(site or None, session.user.sites),
         }
 
     @app.get("/api/beds/{site}/{bed}")
@@ -923,7 +933,12 @@ def create_app(
             status["starting"] = why  # the empty census says why it is empty
         return status
 
-    feed = CensusFeed(scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now)
+    def scope_links(scope: Scope) -> dict[str, Any]:
+        return links_shown(scope[0], scope[1])
+
+    feed = CensusFeed(
+        scope_rows, scope_sites, CENSUS_PERIOD_S, engine=engine_now, links=scope_links
+    )
 
     @app.websocket("/ws/census")
     async def census_ws(
@@ -1033,6 +1048,9 @@ def create_app(
                     next_numerics = time.monotonic() + CENSUS_PERIOD_S
                     message["bed"] = await bed_detail(site, bed, session)
                     message["engine"] = engine_now()
+                    # the bed's site cut off from the hub: its banner, as on the census
+                    message["links"] = links_shown(key.site, session.user.sites)
+                    message["now_us"] = now_us()
                 if message:
                     await ws.send_json(message)
                 await asyncio.sleep(LIVE_PERIOD_S)

@@ -1,6 +1,8 @@
 """The dashboard fed by the bus (``eicu dashboard``): the beds' snapshots the workers publish on
-``eicu/state/<site>`` (eicu.live), the waveforms of the beds a page shows (subscribed while it
-shows them), and alarm commands sent to each bed's owner with their answers.
+``eicu/state/<site>`` (eicu.live), the links of remote sites the hub's feed publishes on
+``eicu/state/<site>/link`` (eicu.site_link; retained, so they are known at once), the waveforms
+of the beds a page shows (subscribed while it shows them), and alarm commands sent to each bed's
+owner with their answers.
 
 One MQTT connection per dashboard process (``BusBeds.run``), reopened with a backoff; while it is
 down the snapshots age and every view shows them as stale as they are (a bed whose snapshot is
@@ -43,6 +45,7 @@ from eicu.live import (
     site_of_state_topic,
 )
 from eicu.models import AlarmCommand, BedKey, WaveformFrame
+from eicu.site_link import LINK_FILTER, SiteLink, decode_link, site_of_link_topic
 from eicu.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class BusBeds:
         self._answer_wait_s = answer_wait_s
         self.metrics = BusMetrics(registry)
         self._snaps: dict[BedKey, BedSnapshot] = {}
+        self._links: dict[str, SiteLink] = {}
         self._marks: dict[BedKey, deque[Mark]] = {}
         self._traces: dict[BedKey, dict[str, SignalTrace]] = {}
         self._watching: dict[BedKey, int] = {}
@@ -136,8 +140,9 @@ class BusBeds:
 
     @property
     def alarms_available(self) -> bool:
-        """Whether the owners judge alarms (until a snapshot says otherwise: yes)."""
-        return all(s.alarms is not None for s in self._snaps.values())
+        """Whether the owners judge alarms: yes until every snapshot says it judges none (the
+        beds of remote sites, judged at the site, say so; each row tells its own)."""
+        return not self._snaps or any(s.alarms is not None for s in self._snaps.values())
 
     def snapshots(self, now_us: int) -> list[BedSnapshot]:
         return list(self._snaps.values())
@@ -180,6 +185,9 @@ class BusBeds:
     def sites(self) -> set[str]:
         return {k.site for k in self._snaps}
 
+    def site_links(self) -> Mapping[str, SiteLink]:
+        return self._links
+
     def starting(self) -> str | None:
         if self._snaps:
             return None
@@ -215,6 +223,9 @@ class BusBeds:
             if site_of_state_topic(topic) is not None:
                 self._state(payload)
                 self.metrics.messages.labels(kind="state").inc()
+            elif (site := site_of_link_topic(topic)) is not None:
+                self._link(site, topic, payload)
+                self.metrics.messages.labels(kind="link").inc()
             elif topic == self.reply_topic:
                 cmd_id, events, error, detail = wire.decode_command_answer(payload)
                 self.metrics.messages.labels(kind="answer").inc()
@@ -261,6 +272,16 @@ class BusBeds:
                 kept.extend(m for m in snap.marks if m.seq > last)
         self.metrics.beds.set(len(self._snaps))
 
+    def _link(self, site: str, topic: str, payload: bytes) -> None:
+        """A site's link report; an empty one (a retained report cleared) forgets the site."""
+        if not payload:
+            self._links.pop(site, None)
+            return
+        link = decode_link(topic, payload)
+        old = self._links.get(site)
+        if old is None or link.checked_us >= old.checked_us:
+            self._links[site] = link
+
     def _waveform(self, topic: str, payload: bytes, received_us: int) -> None:
         parts = topic.split("/")
         if len(parts) == 7 and parts[:2] == ["eicu", "p"]:
@@ -293,7 +314,9 @@ class BusBeds:
         while True:
             try:
                 async with bus.Client(s, timeout=10.0, clean_session=True) as client:
-                    await client.subscribe([(STATE_FILTER, 0), (self.reply_topic, 1)])
+                    await client.subscribe(
+                        [(STATE_FILTER, 0), (LINK_FILTER, 1), (self.reply_topic, 1)]
+                    )
                     for topic_filter, _, _ in self._readers:
                         await client.subscribe(topic_filter, qos=1)
                     for bed in list(self._watching):

@@ -15,16 +15,19 @@ change of the row.
 Messages (JSON)::
 
     {"type": "snapshot", "seq": n, "now_us": t, "sites": [...], "beds": [row, ...],  # ranked
-     "engine": {"input_delay_s": s}}
+     "engine": {"input_delay_s": s}, "links": {site: link, ...}}
     {"type": "delta", "seq": n, "now_us": t,
      "rows": {bed: {"set": {path: value}, "del": [path, ...]}},   # path: "news2", "values.HR"
      "add": {bed: row}, "remove": [bed, ...],
      "order": [bed, ...],         # only when the ranking changed
      "sites": [...],              # only when the sites changed
-     "engine": {...}}             # only when it changed
+     "engine": {...},             # only when it changed
+     "links": {...}}              # only when they changed
 
 ``engine`` is about the whole engine, not one bed: ``input_delay_s``, how far behind its input
-it reads, in whole seconds (0 below :data:`INPUT_DELAY_SHOWN_S`).
+it reads, in whole seconds (0 below :data:`INPUT_DELAY_SHOWN_S`). ``links``: the remote sites
+whose link is not up, one banner each (``dashboards.views.site_link_view``: ``state`` down or
+unknown, ``since_us``, ``last_contact_us``).
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class Tick:
     beds: list[Row]  # wire rows, ranked
     delta: str | None  # the JSON delta from the tick before (None for the first tick)
     engine: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, Any] = field(default_factory=dict)  # remote sites whose link is not up
     flat: dict[str, dict[str, Any]] = field(default_factory=dict)  # each wire row, flattened
     order: list[str] = field(default_factory=list)  # the beds, ranked
     _snapshot: str | None = None
@@ -151,7 +155,8 @@ class Tick:
         if self._snapshot is None:
             self._snapshot = encode(
                 {"type": "snapshot", "seq": self.seq, "now_us": self.now_us,
-                 "sites": self.sites, "beds": self.beds, "engine": self.engine}
+                 "sites": self.sites, "beds": self.beds, "engine": self.engine,
+                 "links": self.links}
             )  # fmt: skip
         return self._snapshot
 
@@ -185,10 +190,13 @@ class CensusFeed(Generic[Scope]):
         period_s: float,
         clock: Callable[[], float] = time.monotonic,
         engine: Callable[[], dict[str, Any]] = dict,
+        links: Callable[[Scope], dict[str, Any]] | None = None,
     ) -> None:
+        """``links``: a scope's remote sites whose link is not up (none without it)."""
         self._rows = rows
         self._sites = sites
         self._engine = engine
+        self._links = links
         self._period_s = period_s
         self._clock = clock
         self._views: dict[Scope, _View] = {}
@@ -228,6 +236,7 @@ class CensusFeed(Generic[Scope]):
         beds = [wire_row(r) for r in self._rows(site)]
         sites = self._sites(site)
         engine = self._engine()
+        links = self._links(site) if self._links is not None else {}
         order = [r["bed"] for r in beds]
         flat = {r["bed"]: flatten(r) for r in beds}
         previous = view.tick
@@ -242,11 +251,13 @@ class CensusFeed(Generic[Scope]):
                 message["sites"] = sites
             if engine != previous.engine:
                 message["engine"] = engine
+            if links != previous.links:
+                message["links"] = links
             delta = encode(message)
             view.deltas.append((previous.seq + 1, delta))
         view.flat, view.order = flat, order
         seq = previous.seq + 1 if previous else 0
-        return Tick(seq, now_us, sites, beds, delta, engine, flat, order)
+        return Tick(seq, now_us, sites, beds, delta, engine, links, flat, order)
 
 
 WINDOW_MAX_ROWS = 500  # the most rows one page may ask to be kept up to date
@@ -263,10 +274,10 @@ class CensusWindow:
     Messages (JSON; ``seq`` numbers this page's messages, 0 first)::
 
         {"type": "window", "seq": 0, "now_us": t, "sites": [...], "engine": {...},
-         "total": n, "first": i, "beds": [row, ...]}               # the window, ranked
+         "links": {...}, "total": n, "first": i, "beds": [row, ...]}  # the window, ranked
         {"type": "delta", "seq": n, "now_us": t, "rows": {...}, "add": {...}, "remove": [...],
          "order": [bed, ...], "first": i, "total": n,  # each only when it changed
-         "held": bool, "sites": [...], "engine": {...}}
+         "held": bool, "sites": [...], "engine": {...}, "links": {...}}
 
     While the page ``hold``s (the keyboard focus is in its table), its window keeps its beds in
     their order (values still change); ``held`` says whether the ranking has moved meanwhile.
@@ -292,6 +303,7 @@ class CensusWindow:
         self._total = 0
         self._sites: list[str] | None = None
         self._engine: dict[str, Any] | None = None
+        self._links: dict[str, Any] | None = None
         self._hold: list[str] | None = None
         self._held = False
         self._first_sent: int | None = None
@@ -380,7 +392,7 @@ class CensusWindow:
         if self.seq == 0:
             message: dict[str, Any] = {
                 "type": "window", "seq": 0, "now_us": tick.now_us, "sites": tick.sites,
-                "engine": tick.engine, "total": total, "first": self.first,
+                "engine": tick.engine, "links": tick.links, "total": total, "first": self.first,
                 "beds": [tick.row(b) for b in beds],
             }  # fmt: skip
         else:
@@ -398,10 +410,12 @@ class CensusWindow:
                 message["sites"] = tick.sites
             if tick.engine != self._engine:
                 message["engine"] = tick.engine
+            if tick.links != self._links:
+                message["links"] = tick.links
             if self.compact:
                 self._compacted(message, tick.now_us, tick.flat)
         self._sent = {b: tick.flat[b] for b in beds}
         self._order, self._total, self._held = beds, total, held
-        self._sites, self._engine = tick.sites, tick.engine
+        self._sites, self._engine, self._links = tick.sites, tick.engine, tick.links
         self._first_sent = self.first
         return [encode(message)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from eicu.codes import BY_KEY as PARAM_BY_KEY
 from eicu.freshness import stale_after_s
 from eicu.live import BedSnapshot, Mark, SignalTrace
 from eicu.models import BedKey
+from eicu.site_link import SiteLink
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +228,16 @@ def census(
     site: str | None = None,
     alarms_available: bool = True,
     policy_for: PolicyFor | None = None,
+    remote_sites: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Every bed (of one site, if given): beds with an unacknowledged high-priority alarm
     first, then beds with an acknowledged one (each group in the order of their headline
     alarms: the most severe condition first), then the most acute by NEWS2.
 
     A bed's ``alarm`` (its headline) is its most urgent live alarm (:mod:`eicu.alarms.ranking`).
-    Without alarms judged (``alarms_available`` False) the rows say so."""
+    Without alarms judged (``alarms_available`` False, or a bed whose owner judges none) the
+    rows say so. A bed of one of ``remote_sites`` (a remote site whose link the hub's feed
+    reports) is marked ``remote``: its alarms are judged and paged at the site."""
     chosen = [s for s in snapshots if site is None or s.bed.site == site]
     top: dict[BedKey, dict[str, Any]] = {}
     place: dict[str, int] = {}  # a bed's place in the order of the headlines
@@ -255,7 +259,9 @@ def census(
             _UNSHOWN.add(key)
             row = unshown_summary(snap, f"not shown: {type(exc).__name__}")
         row["alarm"] = top.get(key)
-        row["alarms_available"] = alarms_available
+        row["alarms_available"] = alarms_available and snap.alarms is not None
+        if key.site in remote_sites:
+            row["remote"] = True
         rows.append(row)
     rows.sort(
         key=lambda r: (
@@ -267,6 +273,39 @@ def census(
         )
     )
     return rows
+
+
+def site_link_view(link: SiteLink, now_us: int) -> dict[str, Any]:
+    """What the census shows of a remote site's link at ``now_us``: ``state`` (``up``,
+    ``down``, or ``unknown`` when the feed could not read it or its report is too old: the
+    feed has stopped), ``since_us`` (down: the last contact; unknown: the feed's last report)
+    and ``last_contact_us``. Only what changes with the link, never an age: the page counts
+    ages from the times."""
+    if link.expired(now_us):
+        return {"state": "unknown", "since_us": link.checked_us,
+                "last_contact_us": link.last_contact_us, "why": "feed_silent"}  # fmt: skip
+    view: dict[str, Any] = {"state": link.state, "last_contact_us": link.last_contact_us}
+    if link.state == "down":
+        view["since_us"] = link.last_contact_us
+    elif link.state == "unknown":
+        view["since_us"] = link.last_contact_us
+        view["why"] = "unread"
+    return view
+
+
+def site_links_view(
+    links: Mapping[str, SiteLink], now_us: int, sites: Collection[str] | None
+) -> dict[str, dict[str, Any]]:
+    """The census's ``links``: the links of the remote sites in ``sites`` (None: every one)
+    that are not up, by site: one banner each."""
+    out = {}
+    for site, link in sorted(links.items()):
+        if sites is not None and site not in sites:
+            continue
+        view = site_link_view(link, now_us)
+        if view["state"] != "up":
+            out[site] = view
+    return out
 
 
 @dataclass(frozen=True)

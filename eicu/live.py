@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +32,9 @@ from eicu.alarms.policy import AlarmPolicy
 from eicu.alarms.state import Alarm
 from eicu.errors import PayloadError
 from eicu.models import BedKey
+
+if TYPE_CHECKING:
+    from eicu.site_link import SiteLink
 
 STATE_ROOT: Final = "eicu/state"
 STATE_VERSION: Final = 1
@@ -175,6 +178,11 @@ class LiveBeds(Protocol):
     def input_delay_us(self, now_us: int) -> int | None: ...
 
     def sites(self) -> set[str]: ...
+
+    def site_links(self) -> Mapping[str, SiteLink]:
+        """The links of the remote sites whose beds the hub's feed publishes, by site, as last
+        reported (eicu.site_link); empty where no remote site is shown."""
+        ...
 
     def starting(self) -> str | None:
         """Why no bed is shown yet while none is (the engine warming up, the bus not read yet),

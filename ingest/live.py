@@ -16,6 +16,7 @@ from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.config import MqttSettings
 from eicu.live import BedSnapshot, Mark, SignalTrace, batches, encode_batch
 from eicu.models import BedKey
+from eicu.site_link import SiteLink
 from ingest.scores import BedScores
 from ingest.signals import Derived
 from ingest.state import BedState
@@ -159,6 +160,10 @@ class EngineBeds:
     def sites(self) -> set[str]:
         return {k.site for k in list(self._engine.router.beds)}
 
+    def site_links(self) -> Mapping[str, SiteLink]:
+        """An engine's own beds come over no site link."""
+        return {}
+
     def starting(self) -> str | None:
         e = self._engine
         if e.router.beds or e.warmed:
@@ -174,7 +179,10 @@ class StatePublisher:
     ``urgent_s``) for a bed whose alarms changed. Each snapshot carries the marks made since the
     previous one. One connection of its own (``MqttSettings.for_state``), reopened with a
     backoff after a failure; what cannot be published is skipped (the next period brings the
-    state again), never queued."""
+    state again), never queued.
+
+    ``input_delay``: whether the snapshots carry the engine's input delay (the hub's feed of
+    remote sites sends none: how far a site's data lag is its link's, not the engine's)."""
 
     def __init__(
         self,
@@ -185,8 +193,10 @@ class StatePublisher:
         urgent_s: float = 0.05,
         clock: Clock = SYSTEM_CLOCK,
         client_factory: Callable[[MqttSettings], bus.Client] | None = None,
+        input_delay: bool = True,
     ) -> None:
         self._engine = engine
+        self._input_delay = input_delay
         self._settings = settings
         self._period_s = period_s
         self._urgent_s = urgent_s
@@ -194,6 +204,7 @@ class StatePublisher:
         self._marks_sent: dict[BedKey, int] = {}
         self._urgent: set[BedKey] = set()
         self._replies: list[tuple[str, bytes]] = []
+        self._retained: dict[str, bytes] = {}  # topic -> the newest payload to publish retained
         self._wake = asyncio.Event()
         self._client_factory = client_factory or (lambda s: bus.Client(s, timeout=5.0))
         self.published = 0  # state messages published
@@ -212,11 +223,18 @@ class StatePublisher:
         self._replies.append((topic, payload))
         self._wake.set()
 
+    def announce(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` retained (QoS 1) on this connection, soon: a reader that
+        subscribes later gets it at once. Only the newest of one topic goes; one that cannot be
+        published is dropped with the connection (the caller announces again)."""
+        self._retained[topic] = payload
+        self._wake.set()
+
     def take(self, beds: set[BedKey] | None, now_us: int) -> list[BedSnapshot]:
         """The snapshots to publish now: of ``beds`` (None: every bed held)."""
         e = self._engine
         alarms = _alarms_by_bed(e)
-        delay = e.router.input_delay_us(now_us)
+        delay = e.router.input_delay_us(now_us) if self._input_delay else None
         out = []
         held = e.router.beds
         for key in list(held) if beds is None else [b for b in beds if b in held]:
@@ -284,7 +302,7 @@ class StatePublisher:
         next_full = loop.time()
         while True:
             wait = max(0.0, next_full - loop.time())
-            if not self._urgent and not self._replies:
+            if not self._urgent and not self._replies and not self._retained:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -295,7 +313,7 @@ class StatePublisher:
                 await asyncio.sleep(self._urgent_s)  # alarm changes of one pass go together
                 beds = self._urgent
             else:
-                beds = set()  # woken for answers only
+                beds = set()  # woken for answers or announcements only
             self._urgent = set()
             # the state first: an answer's reader then sees the change in the bed's snapshot
             for topic, batch in batches(self.take(beds, self._clock.now_us())):
@@ -306,3 +324,6 @@ class StatePublisher:
             replies, self._replies = self._replies, []
             for topic, payload in replies:
                 await client.publish(topic, payload, qos=1)
+            retained, self._retained = self._retained, {}
+            for topic, payload in retained.items():
+                await client.publish(topic, payload, qos=1, retain=True)

@@ -123,6 +123,7 @@ function connect() {
     for (const m of msg.marks || []) { const trace = traces.get(m.signal); if (trace) trace.mark(m); }
     if (msg.bed) renderBed(msg.bed);
     if (msg.engine) eicu.showInputDelay(msg.engine.input_delay_s);
+    if (msg.links) eicu.showSiteLinks(msg.links, msg.now_us);
   };
   ws.onclose = () => {
     if (socket !== ws) return;

@@ -47,6 +47,9 @@ function rhythmCell(engine) {
 }
 
 function alarmCell(bed) {
+  if (!bed.alarms_available && bed.remote) {
+    return eicu.el("span", { class: "missing", title: "judged and paged at the remote site" }, "at site");
+  }
   if (!bed.alarms_available) {
     return eicu.el("span", { class: "missing", title: "this engine runs no alarm service" }, "n/a");
   }
@@ -228,8 +231,17 @@ function patch(data, change) {
   }
 }
 
+// The remote sites whose link is not up (the census's "links"): one banner each, saying since
+// when the hub has not heard from the site; its beds' rows show their last values, stale.
+let links = {};
+
+function drawLinks() {
+  eicu.showSiteLinks(links, serverNowUs());
+}
+
 // Ages move on between updates: rewrite the badges whose text changed.
 function tickAges() {
+  drawLinks();
   const now = serverNowUs();
   for (const bed of shown) {
     const { data, tr } = rows.get(bed);
@@ -390,6 +402,7 @@ function apply(msg) {
   document.getElementById("census").dataset.seq = String(seq);
   if (msg.sites) updateSites(msg.sites);
   if (msg.engine) { engineStatus = msg.engine; eicu.showInputDelay(msg.engine.input_delay_s); }
+  if (msg.links) links = msg.links;
   tickAges();
   const empty = document.getElementById("empty");
   empty.hidden = total > 0;

@@ -55,6 +55,45 @@ const eicu = {
       : "";
   },
 
+  // Remote sites cut off from the hub (the census's and the bed view's "links",
+  // dashboards.views.site_link_view): one banner per site in #site-links, saying since when
+  // the hub has not heard from it (nowUs: the server's clock).
+  siteLinkText(site, link, nowUs) {
+    const when = (us) => (nowUs - us > 12 * 3600e6 ? eicu.dateTimeText(us) : eicu.timeText(us));
+    const ago = (us) => eicu.age(Math.max(0, (nowUs - us) / 1e6));
+    const after = "Its beds show their last values; their alarms are judged and paged at the site.";
+    if (link.state === "down") {
+      if (link.since_us === null || link.since_us === undefined) {
+        return `Site ${site}: disconnected; no contact since the hub's feed started. ${after}`;
+      }
+      return `Site ${site}: disconnected since ${when(link.since_us)} (${ago(link.since_us)} ago). ${after}`;
+    }
+    const contact = link.last_contact_us ? `; last contact ${when(link.last_contact_us)}` : "";
+    if (link.why === "feed_silent") {
+      return `Site ${site}: link state unknown: the hub's site feed has not reported since ` +
+        `${when(link.since_us)} (${ago(link.since_us)} ago)${contact}.`;
+    }
+    return `Site ${site}: link state unknown: the hub's feed cannot read it${contact}.`;
+  },
+
+  showSiteLinks(links, nowUs) {
+    const box = document.getElementById("site-links");
+    if (!box) return;
+    const sites = Object.keys(links).sort();
+    for (const p of [...box.children]) if (!(p.dataset.site in links)) p.remove();
+    for (const site of sites) {
+      let p = [...box.children].find((el) => el.dataset.site === site);
+      if (!p) {
+        p = eicu.el("p", { class: "link-banner", role: "alert", "data-site": site });
+        box.append(p);
+      }
+      if (p.dataset.state !== links[site].state) p.dataset.state = links[site].state;
+      const text = eicu.siteLinkText(site, links[site], nowUs);
+      if (p.textContent !== text) p.textContent = text;
+    }
+    box.hidden = !sites.length;
+  },
+
   age(s) {
     if (s === null || s === undefined) return "";
     if (s < 60) return `${Math.round(s)}s`;

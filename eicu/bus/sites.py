@@ -68,6 +68,7 @@ __all__ = [
     "ensure_site_stream",
     "follow_newest",
     "keep_sources_current",
+    "read_source_state",
     "resume_source_if_waiting",
     "source_state",
     "subject_to_topic",
@@ -253,6 +254,16 @@ async def source_state(nc: NatsClient, site_id: str) -> SourceState:
     if source.error is not None:
         error = getattr(source.error, "description", None) or str(source.error)
     return SourceState(site_id, silent_s, int(source.lag or 0), error, int(info.state.messages))
+
+
+async def read_source_state(nc: NatsClient, site_id: str, *, timeout_s: float = 2.0) -> SourceState:
+    """:func:`source_state` within ``timeout_s``; :class:`PartitionConnectionLost` when the
+    hub's NATS does not answer or has no ``SITE_<id>`` (the state of the link is then not
+    known)."""
+    try:
+        return await asyncio.wait_for(source_state(nc, site_id), timeout_s)
+    except _NATS_ERRORS as exc:
+        raise PartitionConnectionLost(f"the state of {hub_stream(site_id)}: {exc!r}") from exc
 
 
 async def _copied_site_sequence(nc: NatsClient, site_id: str, last_seq: int) -> int:

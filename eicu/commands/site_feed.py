@@ -7,8 +7,14 @@ durable JetStream consumer, each message acknowledged once its data is durable. 
 alarm and pages nobody: a site's alarms are judged and paged at the site, and the changes of
 those alarms it forwards are written to the hub's alarm history, marked as raised at the site.
 
+With ``EICU_MQTT_URL`` (the broker the hub's dashboards read: the hub's NATS MQTT listener) it
+also publishes, for the dashboards, the sites' beds as it stores them (``eicu/state/<site>``,
+every ``EICU_STATE_PERIOD_S``, 1 s by default) and each site's link as the hub's source of the
+site's stream says (``eicu/state/<site>/link``, retained): ingest.site_link.
+
     export EICU_SITES=karamay,hotan EICU_NATS_URL=nats://hub1:4222
     export EICU_DATABASE_URL=postgresql://eicu@db.example/eicu
+    export EICU_MQTT_URL=mqtt://hub1:1883
     eicu site-feed
 """
 
@@ -19,7 +25,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,12 +59,21 @@ def run(args: argparse.Namespace) -> int:
 
     env = load_env(args.config)
     feed_settings = SiteFeedSettings.from_env(env)
-    settings = Settings.from_env(env)
+    settings = own_client_id(Settings.from_env(env), env)
     if settings.database_url is None:
         raise ConfigError("EICU_DATABASE_URL", "required by eicu site-feed (postgresql://...)")
     heap.settle()
     asyncio.run(feed(settings, feed_settings))
     return 0
+
+
+def own_client_id(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """The feed's MQTT connection has a client id of its own unless one is configured (or the
+    broker account's name is used), so it never takes over a worker's session on one host."""
+    if settings.mqtt is None or env.get("EICU_MQTT_CLIENT_ID") or settings.mqtt.username:
+        return settings
+    mqtt = dataclasses.replace(settings.mqtt, client_id=f"eicu-site-feed-{socket.gethostname()}")
+    return dataclasses.replace(settings, mqtt=mqtt)
 
 
 def hub_settings(settings: Settings) -> Settings:
@@ -133,12 +149,14 @@ async def feed(
 ) -> None:
     """Runs until SIGTERM or SIGINT (or ``stop``): what it took is stored or spooled and
     acknowledged before it ends; the rest comes again at the next start."""
-    from eicu.bus.sites import keep_sources_current
+    from eicu.bus.sites import SourceState, keep_sources_current, read_source_state
     from eicu.commands.serve import health_and_metrics, open_or_later
     from eicu.metrics import IngestMetrics, StoreMetrics
     from eicu.store import open_store
     from ingest.engine import Engine
+    from ingest.live import StatePublisher
     from ingest.site_alarms import SiteAlarmCopy
+    from ingest.site_link import SiteLinkWatch, seed_beds
 
     settings = hub_settings(settings)
     if settings.database_url is None:
@@ -175,6 +193,41 @@ async def feed(
             asyncio.create_task(keep_sources_current(nc, site_id), name=f"source[{site_id}]")
             for site_id, nc in connections.items()
         ]
+        period_s = settings.ingest.state_period_s
+        period_s = 1.0 if period_s is None else period_s
+        if settings.mqtt is None or period_s == 0:
+            log.warning(
+                "no EICU_MQTT_URL, or EICU_STATE_PERIOD_S 0: the sites' beds and links are not "
+                "published for dashboards"
+            )
+        else:
+            # The sites' beds as stored and each site's link, for the dashboards.
+            publisher = StatePublisher(
+                engine, settings.mqtt.for_state(), period_s, input_delay=False
+            )
+
+            async def read(site_id: str) -> SourceState:
+                return await read_source_state(connections[site_id], site_id)
+
+            watch = SiteLinkWatch(feed_settings.sites, read, publisher.announce, metrics.registry)
+
+            async def seed_then_watch() -> None:
+                try:
+                    newest = await seed_beds(
+                        engine.router, store, feed_settings.sites,
+                        max_age_s=feed_settings.max_age_s,
+                    )  # fmt: skip
+                except Exception:  # best effort: the beds are shown once they send
+                    log.exception("the sites' beds not read from the store")
+                    newest = {}
+                for site_id, contact_us in newest.items():
+                    watch.known_contact(site_id, contact_us)
+                await watch.run()
+
+            background += [
+                asyncio.create_task(publisher.run(), name="state"),
+                asyncio.create_task(seed_then_watch(), name="site-links"),
+            ]
         try:
             await engine.run_until(stop)
         finally:
