@@ -4,22 +4,31 @@ of the site's stream, newest first, ahead of what the feed stores; a real NATS s
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
+import psycopg
 import pytest
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from prometheus_client import CollectorRegistry
 
+from eicu.bus import Client
+from eicu.bus.sites import FEED_CONSUMER, ensure_hub_stream, ensure_site_stream
 from eicu.clock import ManualClock
-from eicu.devservices import NatsServer, ServiceError, hub_nats
+from eicu.codes import BY_KEY
+from eicu.config import MqttSettings
+from eicu.devservices import EicuProcess, NatsServer, ServiceError, free_port, hub_nats
+from eicu.live import decode_batch, state_topic
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream
 from eicu.wire import encode_numerics
 from ingest.site_live import LiveValues, apply_newer
 from ingest.state import BedRouter
-from tests.site_servers import until
+from tests.site_servers import SiteLink, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -133,3 +142,107 @@ async def test_the_newest_values_come_first_and_new_ones_follow(hub: NatsServer)
             await live.stop()
     finally:
         await nc.close()
+
+
+BACKLOG = 120
+HR_CODE = BY_KEY["HR"].code
+
+
+@pytest.mark.db
+async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A site's backlog of two minutes at the hub; the feed's durable consumer holds ten
+    messages at a time (set up so beforehand: a slow store; the feed then takes about ten a
+    second). The feed's
+    snapshots show the bed's newest heart rate at once, long before the backlog is stored;
+    every message is then stored once."""
+    servers = SiteLink(SITE)
+    site_nc = hub_nc = None
+    feed: EicuProcess | None = None
+    try:
+        site_nc = await nats.connect(servers.site.nats_url)
+        hub_nc = await nats.connect(servers.hub.nats_url)
+        await ensure_site_stream(site_nc)
+        await ensure_hub_stream(hub_nc, SITE)
+        await hub_nc.jetstream().add_consumer(
+            hub_stream(SITE),
+            ConsumerConfig(
+                durable_name=FEED_CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=30,
+                max_ack_pending=10,
+            ),
+        )
+        await until(servers.leaf_up, "the site's leaf link is up")
+        newest_us = time.time_ns() // 1000 // 1000 * 1000
+        gateway = MqttSettings(host="127.0.0.1", port=servers.site.mqtt_port, client_id="gw-1")
+        async with Client(gateway, timeout=10) as client:
+            for i in range(BACKLOG):
+                ts = newest_us - (BACKLOG - 1 - i) * 1_000_000
+                hr = 150.0 if i == BACKLOG - 1 else 70.0 + i % 5
+                payload = encode_numerics(numerics("bed1", i + 1, ts, hr))
+                await client.publish(f"eicu/v1/{SITE}/bed1/numerics", payload, qos=1)
+        hub_js = hub_nc.jetstream()
+
+        async def all_at_hub() -> bool:
+            return (await hub_js.stream_info(hub_stream(SITE))).state.messages >= BACKLOG
+
+        await until(all_at_hub, "the backlog in the hub's copy of the site's stream")
+        port = free_port()
+        feed = EicuProcess(
+            ["site-feed"],
+            {
+                "EICU_FLUSH_INTERVAL_S": "0.05",
+                "EICU_ANALYSE_SIGNALS": "false",
+                "EICU_SITES": SITE,
+                "EICU_NATS_URL": servers.hub.nats_url,
+                "EICU_DATABASE_URL": db_url,
+                "EICU_MQTT_URL": servers.hub.url,
+                "EICU_STATE_PERIOD_S": "0.25",
+                "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
+                "EICU_METRICS_PORT": str(port),
+            },
+            tmp_path / "feed.log",
+            port,
+        )
+        reader = MqttSettings(host="127.0.0.1", port=servers.hub.mqtt_port, client_id="reader")
+        async with Client(reader, timeout=10, clean_session=True) as client:
+            await client.subscribe(state_topic(SITE), qos=0)
+            async with asyncio.timeout(60):
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    beds = {s.bed: s for s in decode_batch(message.payload)}
+                    shown = beds.get(BedKey(SITE, "bed1"))
+                    if shown is not None and shown.latest.get("HR") == (150.0, newest_us):
+                        break
+        stored_then = stored(db_url)
+        assert stored_then < BACKLOG, f"the backlog was stored ({stored_then}) before it was shown"
+
+        def all_stored() -> bool:
+            return stored(db_url) == BACKLOG
+
+        await until(all_stored, "every message of the backlog stored", timeout_s=90)
+        assert distinct_stored(db_url) == BACKLOG
+    finally:
+        if feed is not None:
+            feed.stop()
+        for nc in (site_nc, hub_nc):
+            if nc is not None:
+                await nc.close()
+        servers.cleanup()
+
+
+def stored(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM numerics WHERE code = %s", (HR_CODE,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def distinct_stored(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(DISTINCT time) FROM numerics WHERE code = %s", (HR_CODE,)
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -10,7 +10,10 @@ those alarms it forwards are written to the hub's alarm history, marked as raise
 With ``EICU_MQTT_URL`` (the broker the hub's dashboards read: the hub's NATS MQTT listener) it
 also publishes, for the dashboards, the sites' beds as it stores them (``eicu/state/<site>``,
 every ``EICU_STATE_PERIOD_S``, 1 s by default) and each site's link as the hub's source of the
-site's stream says (``eicu/state/<site>/link``, retained): ingest.site_link.
+site's stream says (``eicu/state/<site>/link``, retained): ingest.site_link. The beds' numeric
+values in those snapshots are the newest the hub's copy of each site's stream holds
+(ingest.site_live), not only the newest stored: after a cut they are current within seconds of
+the link's return, while the backlog is still being stored.
 
     export EICU_SITES=karamay,hotan EICU_NATS_URL=nats://hub1:4222
     export EICU_DATABASE_URL=postgresql://eicu@db.example/eicu
@@ -157,6 +160,7 @@ async def feed(
     from ingest.live import StatePublisher
     from ingest.site_alarms import SiteAlarmCopy
     from ingest.site_link import SiteLinkWatch, seed_beds
+    from ingest.site_live import LiveValues
 
     settings = hub_settings(settings)
     if settings.database_url is None:
@@ -195,6 +199,7 @@ async def feed(
         ]
         period_s = settings.ingest.state_period_s
         period_s = 1.0 if period_s is None else period_s
+        live: LiveValues | None = None
         if settings.mqtt is None or period_s == 0:
             log.warning(
                 "no EICU_MQTT_URL, or EICU_STATE_PERIOD_S 0: the sites' beds and links are not "
@@ -228,9 +233,20 @@ async def feed(
                 asyncio.create_task(publisher.run(), name="state"),
                 asyncio.create_task(seed_then_watch(), name="site-links"),
             ]
+            # The beds' newest values as soon as the hub's copy of the stream holds them, ahead
+            # of a backlog still being stored.
+            live = LiveValues(
+                engine.router,
+                connections,
+                metrics.registry,
+                max_ahead_s=settings.ingest.device_clock_max_ahead_s,
+            )
+            await live.start()
         try:
             await engine.run_until(stop)
         finally:
+            if live is not None:
+                await live.stop()
             for task in background:
                 task.cancel()
             for task in background:
