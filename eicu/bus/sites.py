@@ -43,6 +43,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
     StreamSource,
+    SubjectTransform,
 )
 
 from eicu.bus.partitioned import PartitionConnectionLost
@@ -172,8 +173,42 @@ def site_stream_config(max_age_s: float, max_bytes: int | None) -> StreamConfig:
     )
 
 
+# What the hub copies from a site's stream, in two sources that run side by side over the leaf
+# link, each in the site's order: the waveforms, which are most of the bytes, and everything else
+# (numerics, statuses, alarm changes: a few percent of the bytes). After a cut the second
+# source's backlog is across in a small part of the time the waveforms' takes, and the site's
+# live numerics and alarms follow it at once instead of waiting behind the waveforms. Together
+# the filters take every subject eicu uses (eicu.wire.parse_topic): the 5-token
+# eicu.v1.<site>.<bed>.<kind> of each kind and everything of 6 tokens or more; a message of
+# another shape is no eicu topic (the site's engine counts it as bad input) and is not copied.
+BULK_SUBJECTS: Final = ("eicu.v1.*.*.waveform",)
+PRIORITY_SUBJECTS: Final = (
+    "eicu.v1.*.*.numerics",
+    "eicu.v1.*.*.status",
+    "eicu.v1.*.*.alarms",
+    "eicu.v1.*.*.*.>",
+)
+
+
+def _site_sources(site_id: str) -> list[StreamSource]:
+    external = ExternalStream(api=site_stream_api(site_id))
+    return [
+        StreamSource(
+            name=SITE_STREAM,
+            external=external,
+            subject_transforms=[SubjectTransform(src=f, dest="") for f in PRIORITY_SUBJECTS],
+        ),
+        StreamSource(
+            name=SITE_STREAM,
+            external=external,
+            subject_transforms=[SubjectTransform(src=f, dest="") for f in BULK_SUBJECTS],
+        ),
+    ]
+
+
 def hub_stream_config(site_id: str, max_age_s: float) -> StreamConfig:
-    """The hub's ``SITE_<id>``: the site's capture stream sourced through its domain's API."""
+    """The hub's ``SITE_<id>``: the site's capture stream sourced through its domain's API, its
+    numerics, statuses and alarms in one source and its waveforms in another."""
     if max_age_s <= 0:
         raise ConfigError("EICU_SITE_MAX_AGE_S", f"must be > 0, got {max_age_s}")
     return StreamConfig(
@@ -183,10 +218,14 @@ def hub_stream_config(site_id: str, max_age_s: float) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
         max_age=max_age_s,
-        sources=[
-            StreamSource(name=SITE_STREAM, external=ExternalStream(api=site_stream_api(site_id)))
-        ],
+        sources=_site_sources(site_id),
     )
+
+
+def _source_key(source: StreamSource) -> tuple[object, ...]:
+    transforms = tuple((t.src, t.dest) for t in source.subject_transforms or [])
+    api = source.external.api if source.external else None
+    return (source.name, api, source.filter_subject or None, transforms)
 
 
 async def _ensure(nc: NatsClient, config: StreamConfig) -> None:
@@ -198,10 +237,12 @@ async def _ensure(nc: NatsClient, config: StreamConfig) -> None:
         log.info("stream %s created", config.name)
         return
     have = info.config
-    same_sources = [
-        (s.name, s.external.api if s.external else None) for s in have.sources or []
-    ] == [(s.name, s.external.api if s.external else None) for s in config.sources or []]
-    if not same_sources or list(have.subjects or []) != list(config.subjects or []):
+    have_sources = [_source_key(s) for s in have.sources or []]
+    want_sources = [_source_key(s) for s in config.sources or []]
+    if have_sources != want_sources and _one_whole_source(have, config):
+        await _split_source(nc, info, config)
+        return
+    if have_sources != want_sources or list(have.subjects or []) != list(config.subjects or []):
         raise ConfigError(
             "stream",
             f"stream {config.name} exists with other subjects or sources "
@@ -210,6 +251,39 @@ async def _ensure(nc: NatsClient, config: StreamConfig) -> None:
     if (have.max_age, have.max_bytes) != (config.max_age, config.max_bytes):
         await js.update_stream(config)
         log.info("stream %s: limits updated", config.name)
+
+
+def _one_whole_source(have: StreamConfig, want: StreamConfig) -> bool:
+    """``have`` sources the same site stream as ``want`` in one source of every subject (a hub
+    stream made before its sources were split)."""
+    sources = have.sources or []
+    wanted = want.sources or []
+    if len(sources) != 1 or not wanted:
+        return False
+    (one,) = sources
+    key = _source_key(one)
+    return key[2] is None and key[3] == () and key[:2] == _source_key(wanted[0])[:2]
+
+
+async def _split_source(nc: NatsClient, info: Any, config: StreamConfig) -> None:
+    """Replaces a hub stream's one source by ``config``'s, each starting after the newest site
+    message the stream holds: nothing copied twice, nothing left out."""
+    last_seq = int(info.state.last_seq or 0)
+    copied = 0
+    if last_seq:
+        msg = await nc.jetstream().get_msg(str(config.name), last_seq)
+        copied = _site_sequence(msg.headers) or 0
+    sources = [
+        dataclasses.replace(s, opt_start_seq=copied + 1) if copied else s
+        for s in config.sources or []
+    ]
+    await nc.jetstream().update_stream(dataclasses.replace(config, sources=sources))
+    log.info(
+        "stream %s: its source split in %d, each from site message %d",
+        config.name,
+        len(sources),
+        copied + 1,
+    )
 
 
 async def ensure_site_stream(
@@ -229,16 +303,23 @@ async def ensure_hub_stream(
 
 @dataclass(frozen=True, slots=True)
 class SourceState:
-    """What the hub's ``SITE_<id>`` says about its source: ``silent_s``, the seconds since the
-    source last heard from the site (None: never); ``lag``, messages the site holds that the hub
-    has not copied yet (as of the last contact); ``error``: the source's error, if any ("no
-    source" while it is being set up again)."""
+    """What the hub's ``SITE_<id>`` says about its sources: ``silent_s``, the seconds since a
+    source last heard from the site (the most recent of the sources; None: never); ``lag``,
+    messages the site holds that the hub has not copied yet (as of the last contact, all sources
+    together); ``error``: a source's error, if any ("no source" while they are being set up
+    again); ``most_silent_s``: the seconds since the source heard from the site least recently
+    (None when one never did)."""
 
     site_id: str
     silent_s: float | None
     lag: int
     error: str | None
     messages: int
+    most_silent_s: float | None = None
+
+
+def _silent_s(active_ns: int | None) -> float | None:
+    return None if active_ns is None or active_ns < 0 else active_ns / 1e9
 
 
 async def source_state(nc: NatsClient, site_id: str) -> SourceState:
@@ -247,13 +328,21 @@ async def source_state(nc: NatsClient, site_id: str) -> SourceState:
     sources = info.sources or []
     if not sources:  # between the two updates that set a source up again, or never set up
         return SourceState(site_id, None, 0, "no source", int(info.state.messages))
-    source = sources[0]
-    active_ns = source.active
-    silent_s = None if active_ns is None or active_ns < 0 else active_ns / 1e9
+    silent = [_silent_s(source.active) for source in sources]
+    known = [x for x in silent if x is not None]
     error = None
-    if source.error is not None:
-        error = getattr(source.error, "description", None) or str(source.error)
-    return SourceState(site_id, silent_s, int(source.lag or 0), error, int(info.state.messages))
+    for source in sources:
+        if source.error is not None:
+            error = getattr(source.error, "description", None) or str(source.error)
+            break
+    return SourceState(
+        site_id,
+        min(known) if known else None,
+        sum(int(source.lag or 0) for source in sources),
+        error,
+        int(info.state.messages),
+        None if None in silent else max(known),
+    )
 
 
 async def read_source_state(nc: NatsClient, site_id: str, *, timeout_s: float = 2.0) -> SourceState:
@@ -266,45 +355,61 @@ async def read_source_state(nc: NatsClient, site_id: str, *, timeout_s: float = 
         raise PartitionConnectionLost(f"the state of {hub_stream(site_id)}: {exc!r}") from exc
 
 
-async def _copied_site_sequence(nc: NatsClient, site_id: str, last_seq: int) -> int:
-    """The site sequence of the newest message the hub's stream copied (0 for none)."""
-    if last_seq == 0:
-        return 0
-    msg = await nc.jetstream().get_msg(hub_stream(site_id), last_seq)
-    return _site_sequence(msg.headers) or 0
+async def _newest_site_sequence(js: Any, stream: str, subjects: Sequence[str], hub: bool) -> int:
+    """The newest message of ``subjects`` in ``stream``: its sequence in the site's stream (at
+    the hub, from ``Nats-Stream-Source``; at the site, its own); 0 for none."""
+    newest = 0
+    for subject in subjects:
+        try:
+            msg = await js.get_last_msg(stream, subject)
+        except nats.js.errors.NotFoundError:
+            continue
+        seq = (_site_sequence(msg.headers) or 0) if hub else int(msg.seq or 0)
+        newest = max(newest, seq)
+    return newest
 
 
 async def resume_source_if_waiting(
     nc: NatsClient, site_id: str, *, silent_after_s: float = 15.0, timeout_s: float = 2.0
 ) -> bool:
-    """Sets the hub's source of the site up again when NATS is waiting to retry it while the
-    link is back: the source silent for over ``silent_after_s``, the site's stream reachable
-    through its domain and holding messages the hub has not copied. A source whose setup
-    failed is retried on NATS's own back-off, which grows by 10 s a failure up to 2 minutes
-    (docs/remote-sites.md); removing the source and adding it again sets it up at once, from
-    the sequence after the last one the hub's stream holds. True when it did."""
+    """Sets the hub's sources of the site up again when NATS is waiting to retry one while the
+    link is back: a source silent for over ``silent_after_s``, the site's stream reachable
+    through its domain and holding messages of that source's subjects the hub has not copied.
+    A source whose setup failed is retried on NATS's own back-off, which grows by 10 s a
+    failure up to 2 minutes (docs/remote-sites.md); removing the sources and adding them again
+    sets them up at once, each from the sequence after the last one of its own the hub's stream
+    holds. True when it did."""
     state = await source_state(nc, site_id)
-    if state.silent_s is not None and state.silent_s <= silent_after_s:
+    if state.most_silent_s is not None and state.most_silent_s <= silent_after_s:
         return False
+    hub_js = nc.jetstream()
+    hub_info = await hub_js.stream_info(hub_stream(site_id))
     try:
         site_js = nc.jetstream(domain=site_domain(site_id), timeout=timeout_s)
-        site_info = await site_js.stream_info(SITE_STREAM)
+        await site_js.stream_info(SITE_STREAM)
     except _NATS_ERRORS:
         return False  # the link is still down: nothing to resume from
-    hub_info = await nc.jetstream().stream_info(hub_stream(site_id))
-    copied = await _copied_site_sequence(nc, site_id, int(hub_info.state.last_seq or 0))
-    if int(site_info.state.last_seq or 0) <= copied:
+    # A source's state does not say which of them it is (the server lists them in no set
+    # order): the copy is behind when the site holds a message of some source's subjects newer
+    # than the newest of them the hub holds.
+    behind = False
+    for subjects in (PRIORITY_SUBJECTS, BULK_SUBJECTS):
+        at_site = await _newest_site_sequence(site_js, SITE_STREAM, subjects, hub=False)
+        copied = await _newest_site_sequence(hub_js, hub_stream(site_id), subjects, hub=True)
+        if at_site > copied:
+            behind = True
+            break
+    if not behind:
         return False  # nothing new at the site: a quiet site, not a waiting source
     # The stream as eicu made it (the server's own additions to its configuration left out).
     config = hub_stream_config(site_id, hub_info.config.max_age or DEFAULT_MAX_AGE_S)
-    js = nc.jetstream()
     log.warning(
-        "site %s: its link is back and the hub's copy is %s s behind; setting its source up again",
+        "site %s: its link is back and the hub's copy is %s s behind; setting its sources up again",
         site_id,
-        "?" if state.silent_s is None else f"{state.silent_s:.0f}",
+        "?" if state.most_silent_s is None else f"{state.most_silent_s:.0f}",
     )
-    await js.update_stream(dataclasses.replace(config, sources=[]))
-    await js.update_stream(config)
+    await hub_js.update_stream(dataclasses.replace(config, sources=[]))
+    await hub_js.update_stream(config)
     return True
 
 
