@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import httpx
+
 from eicu.alarms.policy import DEFAULT_PATH, AlarmPolicy, parse_policy
 from eicu.config import IngestSettings, MqttSettings
 from eicu.models import Batch, BedKey, NumericsFrame, StatusFrame
@@ -74,3 +76,13 @@ def prompt_policy() -> AlarmPolicy:
     for kind in ("NEWS2_MEDIUM", "NEWS2_HIGH"):
         raw["conditions"][kind]["delay_s"] = 0
     return parse_policy(raw)
+
+
+async def api_login(base: str, name: str, password: str) -> httpx.AsyncClient:
+    """An HTTP client of a running dashboard at ``base``, logged in as ``name``, carrying the
+    session's CSRF token (the caller closes it)."""
+    client = httpx.AsyncClient(base_url=base, timeout=10)
+    r = await client.post("/api/login", json={"name": name, "password": password})
+    assert r.status_code == 200, r.text
+    client.headers["x-csrf-token"] = r.json()["csrf"]
+    return client

@@ -26,7 +26,7 @@ from ingest.engine import Engine
 from simulators.run import SimulationPlan, simulate
 from tests.cheap_argon2 import cheap_hasher
 from tests.chromium import CHROMIUM, playwright_or_skip
-from tests.dashboard_beds import prompt_policy
+from tests.dashboard_beds import api_login, prompt_policy
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
 playwright_api = playwright_or_skip()
@@ -79,11 +79,7 @@ async def engine(broker: Mosquitto, store: Store, tmp_path: Path) -> AsyncIterat
 
 
 async def login(base: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(base_url=base, timeout=10)
-    r = await client.post("/api/login", json={"name": "ada", "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    client.headers["x-csrf-token"] = r.json()["csrf"]
-    return client
+    return await api_login(base, "ada", PASSWORD)
 
 
 async def until(check: object, timeout_s: float = 20.0) -> None:

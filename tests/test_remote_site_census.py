@@ -31,6 +31,7 @@ from eicu.models import BedKey, NumericsFrame
 from eicu.site_link import LINK_FILTER, decode_link
 from tests.cheap_argon2 import cheap_hasher
 from tests.chromium import CHROMIUM
+from tests.dashboard_beds import api_login
 from tests.site_servers import SiteLink, site_link, until
 
 pytestmark = [pytest.mark.nats, pytest.mark.db]
@@ -106,11 +107,7 @@ class Gateway:
 
 
 async def login(base: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(base_url=base, timeout=10)
-    r = await client.post("/api/login", json={"name": "ada", "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    client.headers["x-csrf-token"] = r.json()["csrf"]
-    return client
+    return await api_login(base, "ada", PASSWORD)
 
 
 def site_rows(census: dict[str, Any]) -> dict[str, dict[str, Any]]:
