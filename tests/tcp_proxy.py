@@ -15,9 +15,12 @@ from eicu.devservices import free_port
 
 
 class TcpProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
+        """``port``: where the proxy listens (default: a free port)."""
         self.target = (target_host, target_port)
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -57,6 +60,12 @@ class TcpProxy:
             thread.join(timeout=5.0)
         self._threads = [t for t in self._threads if t.is_alive()]
 
+    def connect_upstream(self) -> socket.socket:
+        """A connection to the server behind the proxy."""
+        upstream = socket.create_connection(self.target, timeout=5.0)
+        upstream.settimeout(None)
+        return upstream
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -64,8 +73,7 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target, timeout=5.0)
-                upstream.settimeout(None)
+                upstream = self.connect_upstream()
             except OSError:
                 client.close()
                 continue

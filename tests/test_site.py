@@ -7,33 +7,38 @@ every sample the gateway published, once, with its device time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
-import psycopg
 import pytest
 
 from eicu import wire
 from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority, event_id
 from eicu.bus import Client
 from eicu.bus.sites import FEED_CONSUMER, ensure_site_stream, source_state
-from eicu.codes import BY_KEY
 from eicu.config import MqttSettings, SiteFeedSettings, SiteSettings
-from eicu.devservices import EicuProcess, free_port
 from eicu.errors import ConfigError, PayloadError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream
 from tests.alarm_servers import HookServer
-from tests.site_servers import SiteLink, check_nats_config, site_link, until
+from tests.site_servers import (
+    SiteLink,
+    check_nats_config,
+    dropped_repeats,
+    feed_process,
+    hub_alarm_events,
+    hub_samples,
+    site_alarm_events,
+    site_link,
+    site_process,
+    until,
+)
 
 pytestmark = [pytest.mark.nats, pytest.mark.db]
 
@@ -54,118 +59,6 @@ async def hook() -> AsyncIterator[HookServer]:
     server = await HookServer().start()
     yield server
     await server.stop()
-
-
-def rota(hook: HookServer) -> dict[str, object]:
-    return {
-        "version": 1,
-        "delivery_timeout_s": 5,
-        "sites": {
-            SITE: {
-                "levels": [
-                    {
-                        "role": "bedside_nurse",
-                        "ack_timeout_s": {"high": 60, "medium": 120, "low": 600},
-                        "contacts": [
-                            {"name": "nurse-aygul", "channel": "webhook", "address": hook.url("/n")}
-                        ],
-                    }
-                ]
-            }
-        },
-    }
-
-
-def hub_samples(db_url: str) -> dict[tuple[str, int], list[int]]:
-    """The hub's stored heart rates: (bed, seq) -> the device times stored for it."""
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT b.bed, n.seq, (extract(epoch FROM n.time) * 1000000)::bigint "
-            "FROM numerics n JOIN beds b USING (bed_id) WHERE b.site = %s AND n.code = %s",
-            (SITE, BY_KEY["HR"].code),
-        ).fetchall()
-    out: dict[tuple[str, int], list[int]] = {}
-    for bed, seq, ts_us in rows:
-        out.setdefault((bed, int(seq)), []).append(int(ts_us))
-    return out
-
-
-COMMON = {"EICU_FLUSH_INTERVAL_S": "0.2", "EICU_ANALYSE_SIGNALS": "false"}
-
-
-def site_process(link: SiteLink, tmp_path: Path, hook: HookServer) -> EicuProcess:
-    """``eicu site`` on the site's NATS, its store in SQLite, its rota paging ``hook``."""
-    rota_file = tmp_path / "rota.json"
-    rota_file.write_text(json.dumps(rota(hook)))
-    port = free_port()
-    return EicuProcess(
-        ["site"],
-        {
-            **COMMON,
-            "EICU_SITE_ID": SITE,
-            "EICU_MQTT_URL": link.site.url,
-            "EICU_NATS_URL": link.site.nats_url,
-            "EICU_DATABASE_URL": f"sqlite:///{tmp_path / 'site.sqlite'}",
-            "EICU_ROTA_FILE": str(rota_file),
-            "EICU_SPOOL_DIR": str(tmp_path / "site-spool"),
-            "EICU_OUTBOX_PATH": str(tmp_path / "site-alarms.db"),
-            "EICU_HTTP_PORT": str(free_port()),
-            "EICU_USERS_FILE": str(tmp_path / "users.json"),
-            "EICU_METRICS_PORT": str(port),
-        },
-        tmp_path / "site.log",
-        port,
-    )
-
-
-def feed_process(
-    link: SiteLink, db_url: str, tmp_path: Path, ack_wait_s: float = 10.0
-) -> EicuProcess:
-    """``eicu site-feed`` on the hub's NATS, storing into ``db_url``."""
-    port = free_port()
-    return EicuProcess(
-        ["site-feed"],
-        {
-            **COMMON,
-            "EICU_SITES": SITE,
-            "EICU_NATS_URL": link.hub.nats_url,
-            "EICU_DATABASE_URL": db_url,
-            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-            "EICU_METRICS_PORT": str(port),
-            "EICU_SITE_ACK_WAIT_S": str(ack_wait_s),
-        },
-        tmp_path / "feed.log",
-        port,
-    )
-
-
-def site_alarm_events(path: Path, alarm_id: str) -> dict[str, tuple[str, str]]:
-    """The site store's events of one alarm: event id -> (state, actor)."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute(
-            "SELECT event_id, state, actor FROM alarm_events WHERE alarm_id = ?", (alarm_id,)
-        ).fetchall()
-    return {str(e): (str(state), str(actor)) for e, state, actor in rows}
-
-
-def hub_alarm_events(db_url: str, alarm_id: str) -> dict[str, tuple[str, str]]:
-    """The hub store's events of one alarm: event id -> (state, actor)."""
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT event_id, state, actor FROM alarm_events WHERE alarm_id = %s", (alarm_id,)
-        ).fetchall()
-    return {str(e): (str(state), str(actor)) for e, state, actor in rows}
-
-
-def dropped_repeats(metrics_port: int) -> float:
-    """What a feed dropped as repeats, from its ``/metrics``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("eicu_ingest_duplicates_total")
-    )
 
 
 def test_a_sites_alarm_change_is_read_back_as_the_site_recorded_it() -> None:
@@ -273,7 +166,7 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
                     await asyncio.sleep(0.5)  # the monitor's pace: real time
 
         publisher = asyncio.create_task(publish())
-        await until(lambda: len(hub_samples(db_url)) >= 4, "the hub stores the site's data")
+        await until(lambda: len(hub_samples(db_url, SITE)) >= 4, "the hub stores the site's data")
 
         link.proxy.stop()
         await until(lambda: not link.leaf_up(), "the hub sees the site's leaf gone")
@@ -289,7 +182,7 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         # The site judges and pages on its own, the link cut.
         cut_s = await until(paged, "the site's nurse paged for HR_HIGH", timeout_s=CUT_MAX_S)
         assert not link.leaf_up()
-        stored_in_cut = hub_samples(db_url)
+        stored_in_cut = hub_samples(db_url, SITE)
         assert len(stored_in_cut) <= cut_at  # nothing crossed the cut
         state = await source_state(hub_nc, SITE)
         assert state.silent_s is not None and state.silent_s >= cut_s / 2, state
@@ -302,7 +195,7 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         await until(link.leaf_up, "the leaf link is back")
 
         def backlog_stored() -> bool:
-            stored = hub_samples(db_url)
+            stored = hub_samples(db_url, SITE)
             return all((bed, seq) in stored for bed, seq, _ in published[:restored])
 
         drain_s = await until(backlog_stored, "the cut's backlog in the hub's store")
@@ -310,10 +203,10 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         await publisher
 
         def all_stored() -> bool:
-            return len(hub_samples(db_url)) >= len(published)
+            return len(hub_samples(db_url, SITE)) >= len(published)
 
         await until(all_stored, "every published sample in the hub's store")
-        stored = hub_samples(db_url)
+        stored = hub_samples(db_url, SITE)
         expected = {(bed, seq): [ts_us] for bed, seq, ts_us in published}
         assert stored == expected  # each sample once, at its device time
 
@@ -391,13 +284,15 @@ async def test_a_feed_killed_while_draining_a_backlog_leaves_nothing_out_and_not
             await asyncio.gather(*sends)
         total = len(published)
         link.proxy.start()
-        await until(lambda: len(hub_samples(db_url)) > 0, "the backlog reaching the hub's store")
+        await until(
+            lambda: len(hub_samples(db_url, SITE)) > 0, "the backlog reaching the hub's store"
+        )
         feed.kill()  # mid-drain: what it held unacknowledged comes again to the next feed
-        stored_at_kill = len(hub_samples(db_url))
+        stored_at_kill = len(hub_samples(db_url, SITE))
         feed = feed_process(link, db_url, tmp_path, ack_wait_s=2.0)
         feed.wait_ready(90)
-        await until(lambda: len(hub_samples(db_url)) >= total, "the whole backlog stored")
-        stored = hub_samples(db_url)
+        await until(lambda: len(hub_samples(db_url, SITE)) >= total, "the whole backlog stored")
+        stored = hub_samples(db_url, SITE)
         assert stored == {(bed, seq): [ts_us] for bed, seq, ts_us in published}
         js = hub_nc.jetstream()
 
