@@ -1,21 +1,36 @@
 """A remote site's backlog after a cut of its link to the hub: how fast it drains.
 
-A hub and a site's NATS servers (the site a leaf node of the hub, its link through a TCP proxy
-that is stopped for the cut; docs/remote-sites.md) on this machine. With the link cut, the site
-takes the backlog of ``--beds`` beds for ``--minutes`` minutes of outage over MQTT QoS 1, as fast
-as it takes them: each bed a numerics message a second and a waveform message every 0.25 s
-(ECG_II and ECG_V at 250 Hz, PLETH and ABP at 125 Hz, int16 on the wire). Then the link is
-restored and the benchmark times the drain: until the hub's stream ``SITE_<id>`` holds the
-whole backlog (the JetStream source alone) and, with ``--feed``, until ``eicu site-feed`` has
-stored every message in a PostgreSQL it starts (the hub's whole path). It prints the backlog's
-messages and bytes, when the hub's source resumed after the link was back (with ``--feed``,
-the feed sets a waiting source up again itself; without, NATS retries on its own back-off), the
-drain times and rates from then, and how much faster than real time each drained (the outage's
-length over the drain's). ``--cut-s``: how long, at least, the link stays cut in real time (the
-back-off grows with it). The hub stream's count is polled every 50 ms, which bounds the
-resolution of a short drain.
+A hub and a site's NATS servers (the site a leaf node of the hub; docs/remote-sites.md) on this
+machine, the leaf link either through a TCP proxy on the loopback that is stopped for the cut,
+or, with ``--netns`` (root), across an emulated WAN (tests/netns.py): the two servers in network
+namespaces of their own joined by a veth pair whose site end is set down for the cut, and with
+``--rate-mbit`` both ends capped by a token bucket (``tc ... tbf``), with ``--delay-ms``,
+``--jitter-ms`` and ``--loss-pct`` each frame delayed or dropped on its way by a bridge in
+between (tests/wan_bridge.py). With the link cut, the site takes the backlog of ``--beds`` beds
+for ``--minutes`` minutes of outage over MQTT QoS 1, as fast as it takes them: each bed a
+numerics message a second and a waveform message every 0.25 s (noise: ECG_II and ECG_V at
+250 Hz, PLETH and ABP at 125 Hz; ``--synth``: the gateway simulator's synthetic beds, which add
+RESP at 62.5 Hz). The wire protocol carries waveform samples as int16, uncompressed (the
+project's codec compresses them in the store, not on the wire); NATS compresses a leaf link
+with S2 when its round trip is 10 ms or more (``compression: s2_auto``, its default; below,
+uncompressed). Then
+the link is restored and the benchmark times the drain: until the hub's stream ``SITE_<id>``
+holds the whole backlog (the JetStream source alone) and, with ``--feed``, until ``eicu
+site-feed`` has stored every message in a PostgreSQL it starts (the hub's whole path). It prints
+the backlog's messages and bytes (the payloads as the gateways sent them, and per bed-hour),
+when the hub's source resumed after the link was back (with ``--feed``, the feed sets a waiting
+source up again itself; without, NATS retries on its own back-off), the drain times and rates
+from then, and how much faster than real time each drained (the outage's length over the
+drain's). With ``--netns`` it also prints the bytes that crossed the WAN while the backlog
+drained, each way, counted on the site's end of the link (Ethernet, IP and TCP headers, NATS's
+framing and retransmissions included), and per bed-hour. ``--cut-s``: how long, at least, the
+link stays cut in real time (NATS's source back-off grows with it). The hub stream's count is
+polled every 50 ms, which bounds the resolution of a short drain.
 
     python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 [--feed] [--verbose]
+    python benchmarks/wan.py --beds 200 --minutes 2 --cut-s 125 --rate-mbit 10 --synth --feed
+    python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 --rate-mbit 10 --delay-ms 100 \
+        --jitter-ms 20 --loss-pct 1 --feed
 """
 
 from __future__ import annotations
@@ -80,6 +95,29 @@ def backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str, bytes]]:
     return messages
 
 
+def synthetic_backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str, bytes]]:
+    """As :func:`backlog`, from the gateway simulator's stable synthetic beds
+    (simulators.synth: ECG_II and ECG_V at 250 Hz, PLETH and ABP at 125 Hz, RESP at 62.5 Hz,
+    numerics every second): waveforms with a patient's structure, as a gateway sends them."""
+    from eicu import wire
+    from eicu.models import BedKey
+    from simulators.beds import SynthGroup
+
+    seconds = int(minutes * 60)
+    keys = [BedKey(SITE, f"bed{i:03d}") for i in range(beds)]
+    group = SynthGroup(keys, ["stable"] * beds, list(range(beds)), end_us - seconds * 1_000_000)
+    messages = []
+    for _ in range(round(seconds / FRAME_S)):
+        for bed, wave, numerics, _on in group.tick(FRAME_S):
+            if numerics is not None:
+                messages.append(
+                    (f"eicu/v1/{SITE}/{bed.bed}/numerics", wire.encode_numerics(numerics))
+                )
+            if wave is not None:
+                messages.append((f"eicu/v1/{SITE}/{bed.bed}/waveform", wire.encode_waveform(wave)))
+    return messages
+
+
 async def publish(mqtt_port: int, messages: list[tuple[str, bytes]]) -> float:
     """Publishes QoS 1 with up to 500 in flight; the seconds it took."""
     from eicu.bus import Client
@@ -125,19 +163,41 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     from tests.tcp_proxy import TcpProxy
 
     folder = Path(tempfile.mkdtemp(prefix="eicu-wan-"))
-    hub = hub_nats(partitions=None).start()
-    proxy = TcpProxy(hub.leaf_port or 0).start()
-    site = site_nats(SITE, [f"nats-leaf://127.0.0.1:{proxy.port}"], reconnect_s=0.25).start()
+    wan = proxy = None
+    if args.netns:
+        from tests.site_servers import WanSiteLink
+
+        wan = WanSiteLink(
+            SITE, delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, loss_pct=args.loss_pct
+        )
+        hub, site = wan.hub, wan.site
+    else:
+        hub = hub_nats(partitions=None).start()
+        proxy = TcpProxy(hub.leaf_port or 0).start()
+        site = site_nats(SITE, [f"nats-leaf://127.0.0.1:{proxy.port}"], reconnect_s=0.25).start()
     pg = Postgres().start() if args.feed else None
     feed = None
     result: dict[str, object] = {"beds": args.beds, "outage_minutes": args.minutes}
+    if wan is not None:
+        result["link"] = "netns veth" + (f", tbf {args.rate_mbit} Mbit/s" if args.rate_mbit else "")
+        if args.delay_ms or args.loss_pct:
+            result["link"] += (
+                f", {args.delay_ms} +- {args.jitter_ms} ms each way, "
+                f"{args.loss_pct} % of frames lost"
+            )
+        if args.rate_mbit:
+            wan.wan.cap(args.rate_mbit)
+    else:
+        result["link"] = "loopback TCP proxy"
     try:
         site_nc = await nats.connect(site.nats_url)
         hub_nc = await nats.connect(hub.nats_url)
         await ensure_site_stream(site_nc)
         await ensure_hub_stream(hub_nc, SITE)
         end_us = time.time_ns() // 1_000_000 * 1000
-        timeline = backlog(args.beds, args.minutes + 1 / 60, end_us)
+        make = synthetic_backlog if args.synth else backlog
+        timeline = make(args.beds, args.minutes + 1 / 60, end_us)
+        result["waveforms"] = "synthetic beds (simulators.synth)" if args.synth else "noise"
         # The link carries live data first (the timeline's first second), then it is cut.
         per_second = args.beds * (1 + round(1 / FRAME_S))
         live, messages = timeline[:per_second], timeline[per_second:]
@@ -148,10 +208,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             return info.state.messages >= len(live)
 
         await wait_for(live_at_hub, 60)
-        proxy.stop()  # the cut
+        if wan is not None:
+            wan.wan.cut()
+        elif proxy is not None:
+            proxy.stop()
         cut_at = time.monotonic()
+        bed_hours = args.beds * args.minutes / 60
         result["messages"] = len(messages)
         result["bytes"] = sum(len(p) for _, p in messages)
+        result["payload_bytes_per_bed_hour"] = round(int(result["bytes"]) / bed_hours)
         result["publish_s"] = round(await publish(site.mqtt_port, messages), 2)
         db_url = None
         if pg is not None:
@@ -175,8 +240,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         # failed less and less often (every 10 s more, up to 2 minutes).
         await asyncio.sleep(max(0.0, args.cut_s - (time.monotonic() - cut_at)))
         result["cut_s"] = round(time.monotonic() - cut_at, 1)
+        crossed_before = wan.wan.wan_bytes() if wan is not None else None
         restored = time.monotonic()
-        proxy.start()
+        if wan is not None:
+            wan.wan.restore()
+        elif proxy is not None:
+            proxy.start()
 
         progress: list[tuple[float, int]] = []
 
@@ -198,10 +267,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             result["hub_stream_progress"] = progress[:: max(1, len(progress) // 20)]
         result["hub_stream_msgs_per_s"] = round(len(messages) / drain_s)
         result["hub_stream_x_real_time"] = round(outage_s / drain_s, 1)
+        if wan is not None and crossed_before is not None:
+            crossed = wan.wan.wan_bytes()
+            up = crossed["up"] - crossed_before["up"]
+            result["wan_bytes_up"] = up
+            result["wan_bytes_down"] = crossed["down"] - crossed_before["down"]
+            result["wan_bytes_up_per_bed_hour"] = round(up / bed_hours)
+            result["wan_up_mbit_per_s_while_draining"] = round(up * 8 / drain_s / 1e6, 2)
         if db_url is not None:
             import psycopg
-
-            frames_per_bed = (int(args.minutes * 60) + 1) * (1 + round(1 / FRAME_S))
 
             async def stored() -> bool:
                 with psycopg.connect(db_url) as conn:
@@ -209,7 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         "SELECT (SELECT count(DISTINCT (bed_id, seq)) FROM numerics)"
                         " + (SELECT coalesce(sum(n_frames), 0) FROM waveforms)"
                     ).fetchone()
-                return row is not None and int(row[0]) >= frames_per_bed * args.beds
+                return row is not None and int(row[0]) >= len(timeline)
 
             await wait_for(stored, 900)
             store_s = max(time.monotonic() - restored - resumed_s, 1e-3)
@@ -221,9 +295,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     finally:
         if feed is not None:
             feed.stop()
-        site.cleanup()
-        proxy.stop()
-        hub.cleanup()
+        if wan is not None:
+            wan.cleanup()
+        else:
+            site.cleanup()
+            if proxy is not None:
+                proxy.stop()
+            hub.cleanup()
         if pg is not None:
             pg.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
@@ -239,9 +317,45 @@ def main() -> None:
     parser.add_argument(
         "--cut-s", type=float, default=0.0, help="real seconds the link stays cut, at least"
     )
+    parser.add_argument(
+        "--netns",
+        action="store_true",
+        help="the link across network namespaces joined by a veth pair (root), cut by setting "
+        "the site's end down",
+    )
+    parser.add_argument(
+        "--rate-mbit",
+        type=float,
+        default=None,
+        help="cap the link's bandwidth each way (tc tbf; implies --netns)",
+    )
+    parser.add_argument(
+        "--synth",
+        action="store_true",
+        help="waveforms of the gateway simulator's synthetic beds instead of noise",
+    )
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="each way (implies --netns)")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="+- on --delay-ms")
+    parser.add_argument(
+        "--loss-pct", type=float, default=0.0, help="frames lost each way (implies --netns)"
+    )
     args = parser.parse_args()
+    if args.delay_ms or args.jitter_ms or args.loss_pct:
+        if not 0 <= args.jitter_ms <= args.delay_ms or not 0 <= args.loss_pct < 100:
+            parser.error("need 0 <= --jitter-ms <= --delay-ms and 0 <= --loss-pct < 100")
+        args.netns = True
     if args.beds < 1 or args.minutes <= 0:
         parser.error("--beds must be >= 1 and --minutes > 0")
+    if args.rate_mbit is not None:
+        if args.rate_mbit <= 0:
+            parser.error("--rate-mbit must be > 0")
+        args.netns = True
+    if args.netns:
+        from tests.netns import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            parser.error(f"--netns: {reason}")
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
 
