@@ -3,10 +3,13 @@ measures nothing, and nothing else would notice."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,3 +44,23 @@ def test_the_stages_benchmark_runs_and_times_the_pipeline_parts() -> None:
     assert rows and all(float(calls) > 0 for _ms, _us, calls in rows.values()), rows
     whole = float(rows["router + signal stage"][0])
     assert all(float(ms) <= whole for ms, _us, _calls in rows.values())
+
+
+def test_the_wan_benchmark_drains_a_backlog_across_a_capped_link() -> None:
+    from tests.netns import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    out = subprocess.run(
+        [sys.executable, "benchmarks/wan.py", "--beds", "10", "--minutes", "0.3",
+         "--rate-mbit", "2", "--synth"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["link"] == "netns veth, tbf 2.0 Mbit/s"
+    # The whole backlog crossed the WAN, uncompressed at this round trip, within the cap.
+    assert result["wan_bytes_up"] >= result["bytes"]
+    assert result["wan_up_mbit_per_s_while_draining"] <= 2.0 * 1.1, result
