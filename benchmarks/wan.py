@@ -145,6 +145,15 @@ async def publish(mqtt_port: int, messages: list[tuple[str, bytes]]) -> float:
     return time.monotonic() - start
 
 
+def leaf_compression(http_port: int) -> str:
+    """How the hub's NATS compresses its leaf link now (its ``/leafz``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/leafz", timeout=5) as response:
+        leafs = json.load(response).get("leafs") or [{}]
+    return str(leafs[0].get("compression", "?"))
+
+
 async def wait_for(check, timeout_s: float) -> float:  # type: ignore[no-untyped-def]
     start = time.monotonic()
     while not await check():
@@ -168,7 +177,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         from tests.site_servers import WanSiteLink
 
         wan = WanSiteLink(
-            SITE, delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, loss_pct=args.loss_pct
+            SITE,
+            delay_ms=args.delay_ms,
+            jitter_ms=args.jitter_ms,
+            loss_pct=args.loss_pct,
+            congestion=args.congestion,
         )
         hub, site = wan.hub, wan.site
     else:
@@ -185,6 +198,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 f", {args.delay_ms} +- {args.jitter_ms} ms each way, "
                 f"{args.loss_pct} % of frames lost"
             )
+        result["tcp_congestion_control"] = wan.wan.congestion()
         if args.rate_mbit:
             wan.wan.cap(args.rate_mbit)
     else:
@@ -274,6 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             result["wan_bytes_down"] = crossed["down"] - crossed_before["down"]
             result["wan_bytes_up_per_bed_hour"] = round(up / bed_hours)
             result["wan_up_mbit_per_s_while_draining"] = round(up * 8 / drain_s / 1e6, 2)
+            result["leaf_compression"] = leaf_compression(hub.http_port)
         if db_url is not None:
             import psycopg
 
@@ -296,6 +311,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         if feed is not None:
             feed.stop()
         if wan is not None:
+            counts = wan.wan.stop_bridge()
+            if counts:
+                result["wan_frames_dropped"] = {k: v["dropped"] for k, v in counts.items()}
+                result["wan_frames_carried"] = {k: v["frames"] for k, v in counts.items()}
             wan.cleanup()
         else:
             site.cleanup()
@@ -339,7 +358,15 @@ def main() -> None:
     parser.add_argument(
         "--loss-pct", type=float, default=0.0, help="frames lost each way (implies --netns)"
     )
+    parser.add_argument(
+        "--congestion",
+        default=None,
+        help="TCP congestion control in both namespaces (cubic, bbr; default: the host's; "
+        "implies --netns)",
+    )
     args = parser.parse_args()
+    if args.congestion is not None:
+        args.netns = True
     if args.delay_ms or args.jitter_ms or args.loss_pct:
         if not 0 <= args.jitter_ms <= args.delay_ms or not 0 <= args.loss_pct < 100:
             parser.error("need 0 <= --jitter-ms <= --delay-ms and 0 <= --loss-pct < 100")

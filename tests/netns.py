@@ -48,6 +48,7 @@ from tests.tcp_proxy import TcpProxy
 PREFIX = "eicu-wan-"
 HUB_IP = "10.77.0.1"
 SITE_IP = "10.77.0.2"
+WAN_NET = "10.77.0.0/24"
 WAN_IFACE = "wan0"  # the WAN's end in the site's and in the hub's namespace
 CLONE_NEWNET = 0x40000000
 _counter = itertools.count()
@@ -166,8 +167,16 @@ class WanLink:
     """A site's and the hub's namespaces joined by an emulated WAN (see the module's doc)."""
 
     def __init__(
-        self, *, delay_ms: float = 0.0, jitter_ms: float = 0.0, loss_pct: float = 0.0
+        self,
+        *,
+        delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        loss_pct: float = 0.0,
+        congestion: str | None = None,
     ) -> None:
+        """``congestion``: the TCP congestion control across the WAN, both ways (``cubic``,
+        ``bbr``; default: this host's), which decides how fast one TCP connection goes on a
+        lossy, long link."""
         remove_abandoned()
         base = f"{PREFIX}{os.getpid()}-{next(_counter)}"
         self.site_ns, self.hub_ns = f"{base}-site", f"{base}-hub"
@@ -178,6 +187,7 @@ class WanLink:
         self.bridge: subprocess.Popen[str] | None = None
         self.bridge_counts: dict[str, dict[str, int]] = {}
         self.capped_mbit: float | None = None
+        self._congestion: str | None = None
         try:
             for ns in (self.site_ns, self.hub_ns, self.wan_ns):
                 if ns is not None:
@@ -194,6 +204,8 @@ class WanLink:
                 # single segments: a dropped frame is one lost segment, as on a real path
                 _run("ip", "-n", ns, "link", "set", WAN_IFACE, "gso_max_segs", "1")
                 _run("ip", "-n", ns, "link", "set", WAN_IFACE, "up")
+            self._congestion = congestion
+            self._route_congestion()
             if self.wan_ns is not None:
                 for iface in ("s0", "h0"):
                     _run("ip", "-n", self.wan_ns, "link", "set", iface, "promisc", "on", "up")
@@ -247,6 +259,7 @@ class WanLink:
 
     def restore(self) -> None:
         _run("ip", "-n", self.site_ns, "link", "set", WAN_IFACE, "up")
+        self._route_congestion()
 
     def cap(self, rate_mbit: float, burst_kbyte: int = 32, latency_ms: int = 200) -> None:
         """Both ends send at most ``rate_mbit`` (a token bucket of ``burst_kbyte``, a queue of
@@ -260,6 +273,25 @@ class WanLink:
                 "latency", f"{latency_ms}ms",
             )  # fmt: skip
         self.capped_mbit = rate_mbit
+
+    def _route_congestion(self) -> None:
+        """The WAN's route in both namespaces with the chosen congestion control (a route's
+        ``congctl``: a namespace may not choose another default than the host allows). The
+        route is made again when the link comes back up, so this is done again then."""
+        if self._congestion is None:
+            return
+        for ns, ip in ((self.site_ns, SITE_IP), (self.hub_ns, HUB_IP)):
+            _run(
+                "ip", "-n", ns, "route", "replace", WAN_NET, "dev", WAN_IFACE, "proto", "kernel",
+                "scope", "link", "src", ip, "congctl", self._congestion,
+            )  # fmt: skip
+
+    def congestion(self) -> str:
+        """The TCP congestion control the site sends with across the WAN."""
+        if self._congestion is not None:
+            return self._congestion
+        return _run(*self.prefix(self.site_ns), "sysctl", "-n",
+                    "net.ipv4.tcp_congestion_control").strip()  # fmt: skip
 
     def wan_bytes(self) -> dict[str, int]:
         """Bytes that crossed the site's end of the WAN so far: ``up`` (site to hub) and

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 import pytest
@@ -78,10 +78,10 @@ class SiteLink:
 class WanSiteLink:
     """The hub's and the site's NATS servers (as :class:`SiteLink`'s) in the two namespaces of a
     :class:`tests.netns.WanLink`, the leaf link across its WAN; each server's client, MQTT and
-    HTTP ports reachable on this host's loopback. ``link_options``: the WAN's delay, jitter and
-    loss (see ``WanLink``)."""
+    HTTP ports reachable on this host's loopback. ``link_options``: the WAN's delay, jitter, loss
+    and TCP congestion control (see ``WanLink``)."""
 
-    def __init__(self, site_id: str, **link_options: float) -> None:
+    def __init__(self, site_id: str, **link_options: Any) -> None:
         self.site_id = site_id
         self.wan = WanLink(**link_options)
         try:
@@ -112,7 +112,7 @@ class WanSiteLink:
         self.wan.cleanup()
 
 
-def wan_site_link(site_id: str, **link_options: float) -> Iterator[WanSiteLink]:
+def wan_site_link(site_id: str, **link_options: Any) -> Iterator[WanSiteLink]:
     """A test fixture's servers across an emulated WAN: skips the test when network namespaces
     cannot be used here (naming why), fails it when the servers cannot start; always cleaned
     up."""
