@@ -62,6 +62,9 @@ async def test_a_two_minute_cut_loses_nothing_and_the_site_pages_during_it(
         state = await source_state(hub_nc, SITE)
         assert state.silent_s is not None and state.silent_s >= CUT_S - 10, state
         report["backlog"] = len(run.published) - published_at_cut
+        # Recorded, not required: whether the hub still lists the site's leaf connection (the
+        # link failed, nothing closed the connection).
+        report["leaf_listed"] = float(link.leaf_up())
         link.wan.restore()
         report["drain_s"] = await run.drain()
 
@@ -74,5 +77,6 @@ async def test_a_two_minute_cut_loses_nothing_and_the_site_pages_during_it(
         f"cut {CUT_S:.0f} s: the site paged its nurse {report['paged_s']:.1f} s into it; "
         f"the backlog of {report['backlog']:.0f} messages stored at the hub "
         f"{report['drain_s']:.1f} s after the link was back; {len(run.published)} published, "
-        f"WAN bytes up {wan['up']}, down {wan['down']}"
+        f"WAN bytes up {wan['up']}, down {wan['down']}; the hub listed the leaf at the end of "
+        f"the cut: {bool(report['leaf_listed'])}"
     )
