@@ -25,7 +25,10 @@ drain's). With ``--netns`` it also prints the bytes that crossed the WAN while t
 drained, each way, counted on the site's end of the link (Ethernet, IP and TCP headers, NATS's
 framing and retransmissions included), and per bed-hour. ``--cut-s``: how long, at least, the
 link stays cut in real time (NATS's source back-off grows with it). The hub stream's count is
-polled every 50 ms, which bounds the resolution of a short drain.
+polled every 50 ms, which bounds the resolution of a short drain. From the link's return until
+the backlog is at the hub, one more bed sends in real time (a numerics message a second, a
+waveform message every 0.25 s): the delays of its messages to the hub's stream, numerics and
+waveforms apart, show what live data waits for while the backlog drains.
 
     python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 [--feed] [--verbose]
     python benchmarks/wan.py --beds 200 --minutes 2 --cut-s 125 --rate-mbit 10 --synth --feed
@@ -44,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -145,6 +149,128 @@ async def publish(mqtt_port: int, messages: list[tuple[str, bytes]]) -> float:
     return time.monotonic() - start
 
 
+class LiveBed:
+    """A bed that goes on sending in real time while the backlog drains: a numerics message a
+    second and a waveform message every 0.25 s (as :func:`backlog`'s beds), QoS 1 to the site.
+    Its messages' delays to the hub's stream (``arrived``, from a consumer there) show whether
+    live data waits behind the backlog: a numerics message and a waveform message each have a
+    source of their own at the hub (docs/remote-sites.md, "Why two sources")."""
+
+    BED = "live"
+
+    def __init__(self, mqtt_port: int) -> None:
+        self.mqtt_port = mqtt_port
+        self.sent: dict[tuple[str, int], float] = {}  # (kind, seq) -> when it was PUBACKed
+        self.arrived: dict[tuple[str, int], float] = {}  # (kind, seq) -> in the hub's stream
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        import numpy as np
+
+        from eicu import wire
+        from eicu.bus import Client
+        from eicu.config import MqttSettings
+        from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
+
+        bed = BedKey(SITE, self.BED)
+        rng = np.random.default_rng(2)
+        settings = MqttSettings(host="127.0.0.1", port=self.mqtt_port, client_id="live-gateway")
+        start = time.monotonic()
+        async with Client(settings, timeout=60) as client:
+            k = 0
+            while not self.stop.is_set():
+                now_us = time.time_ns() // 1000
+                if k % round(1 / FRAME_S) == 0:
+                    seq = k // round(1 / FRAME_S)
+                    frame = NumericsFrame(bed, seq, now_us // 1000 * 1000, {"HR": 80.0})
+                    await client.publish(
+                        f"eicu/v1/{SITE}/{bed.bed}/numerics", wire.encode_numerics(frame), qos=1
+                    )
+                    self.sent[("numerics", seq)] = time.monotonic()
+                blocks = (
+                    SignalBlock(
+                        "ECG_II", 250.0, 200.0, 0, rng.integers(-300, 300, 62).astype(np.int16)
+                    ),
+                )
+                wave = WaveformFrame(bed, k, now_us, blocks)
+                await client.publish(
+                    f"eicu/v1/{SITE}/{bed.bed}/waveform", wire.encode_waveform(wave), qos=1
+                )
+                self.sent[("waveform", k)] = time.monotonic()
+                k += 1
+                await asyncio.sleep(max(0.0, start + k * FRAME_S - time.monotonic()))
+
+    def on_hub(self, subject: str, payload: bytes) -> None:
+        kind = subject.rsplit(".", 1)[-1]
+        seq = int(json.loads(payload)["seq"]) if kind == "numerics" else _waveform_seq(payload)
+        self.arrived.setdefault((kind, seq), time.monotonic())
+
+    def delays(self, kind: str, since: float = 0.0) -> dict[str, float | int]:
+        """The delays of the messages of ``kind`` sent at ``since`` (time.monotonic) or later."""
+        import numpy as np
+
+        d = [
+            self.arrived[key] - t
+            for key, t in self.sent.items()
+            if key[0] == kind and key in self.arrived and t >= since
+        ]
+        if not d:
+            return {"messages": 0}
+        return {
+            "messages": len(d),
+            "p50_s": round(float(np.percentile(d, 50)), 2),
+            "max_s": round(max(d), 2),
+        }
+
+
+def _waveform_seq(payload: bytes) -> int:
+    from eicu import wire
+    from eicu.models import BedKey
+
+    return wire.decode_waveform(BedKey(SITE, LiveBed.BED), payload).seq
+
+
+def one_source_config() -> Any:
+    """The hub's copy of the site's stream with one source of every subject (``--one-source``:
+    as eicu made it before its sources were split)."""
+    from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
+
+    from eicu.sites import SITE_STREAM, hub_stream, site_stream_api
+
+    return StreamConfig(
+        name=hub_stream(SITE),
+        storage=StorageType.FILE,
+        sources=[
+            StreamSource(name=SITE_STREAM, external=ExternalStream(api=site_stream_api(SITE)))
+        ],
+    )
+
+
+async def keep_one_source_current(hub_nc: Any) -> None:
+    """For ``--one-source``: what eicu site-feed did for a hub copy of one source, every 5 s:
+    the source silent for over 15 s and the site's stream answering, the source removed and
+    added again (NATS sets it up from the message after the newest one the hub holds)."""
+    import dataclasses
+
+    from eicu.bus.sites import source_state
+    from eicu.sites import SITE_STREAM, site_domain
+
+    while True:
+        await asyncio.sleep(5.0)
+        try:
+            state = await source_state(hub_nc, SITE)
+            if state.silent_s is not None and state.silent_s <= 15.0:
+                continue
+            site_js = hub_nc.jetstream(domain=site_domain(SITE), timeout=2.0)
+            await site_js.stream_info(SITE_STREAM)
+            js = hub_nc.jetstream()
+            config = one_source_config()
+            await js.update_stream(dataclasses.replace(config, sources=[]))
+            await js.update_stream(config)
+        except Exception:  # the link still down: try again
+            continue
+
+
 def leaf_compression(http_port: int) -> str:
     """How the hub's NATS compresses its leaf link now (its ``/leafz``)."""
     import urllib.request
@@ -207,7 +333,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         site_nc = await nats.connect(site.nats_url)
         hub_nc = await nats.connect(hub.nats_url)
         await ensure_site_stream(site_nc)
-        await ensure_hub_stream(hub_nc, SITE)
+        if args.one_source:
+            await hub_nc.jetstream().add_stream(one_source_config())
+            result["hub_sources"] = "one, every subject"
+        else:
+            await ensure_hub_stream(hub_nc, SITE)
+            result["hub_sources"] = "two: waveforms; numerics, statuses and alarms"
         end_us = time.time_ns() // 1_000_000 * 1000
         make = synthetic_backlog if args.synth else backlog
         timeline = make(args.beds, args.minutes + 1 / 60, end_us)
@@ -255,6 +386,21 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(max(0.0, args.cut_s - (time.monotonic() - cut_at)))
         result["cut_s"] = round(time.monotonic() - cut_at, 1)
         crossed_before = wan.wan.wan_bytes() if wan is not None else None
+        from eicu.bus.sites import follow_newest, keep_sources_current
+
+        resuming = None
+        if feed is None:
+            # what eicu site-feed does (it sets a waiting source up again once the link is back):
+            # without it NATS retries a failed source on a back-off of up to 2 minutes
+            resuming = asyncio.create_task(
+                keep_one_source_current(hub_nc) if args.one_source
+                else keep_sources_current(hub_nc, SITE)
+            )  # fmt: skip
+        live_bed = LiveBed(site.mqtt_port)
+        following = await follow_newest(
+            hub_nc, SITE, f"eicu.v1.{SITE}.{LiveBed.BED}.*", live_bed.on_hub
+        )
+        live_task = asyncio.create_task(live_bed.run())
         restored = time.monotonic()
         if wan is not None:
             wan.wan.restore()
@@ -267,15 +413,28 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             info = await hub_nc.jetstream().stream_info(hub_stream(SITE))
             if not progress or progress[-1][1] != info.state.messages:
                 progress.append((round(time.monotonic() - restored, 2), info.state.messages))
-            return info.state.messages >= total
+            return info.state.messages >= total + len(live_bed.sent)
 
         hub_s = await wait_for(at_hub, 600)
+        if resuming is not None:
+            resuming.cancel()
+        live_bed.stop.set()
+        await live_task
+        await asyncio.sleep(1.0)  # the live bed's last messages on their way
+        await following.unsubscribe()
+        # what the live bed sent while the backlog drained, and how long each took to the hub
+        result["live_numerics_to_hub_while_draining"] = live_bed.delays("numerics")
+        result["live_waveforms_to_hub_while_draining"] = live_bed.delays("waveform")
         outage_s = args.minutes * 60
         # When the first of the backlog came (the source's retry after the link was back), and
         # how long the rest took from then.
         resumed_s = next(t for t, n in progress if n > len(live))
         drain_s = max(hub_s - resumed_s, 1e-3)
         result["source_resumed_after_restore_s"] = resumed_s
+        # the live bed's messages sent once the copy had resumed: what live data waits for
+        # behind the backlog itself
+        for kind in ("numerics", "waveform"):
+            result[f"live_{kind}_to_hub_once_resumed"] = live_bed.delays(kind, restored + resumed_s)
         result["hub_stream_drain_s"] = round(drain_s, 2)
         if args.verbose:
             result["hub_stream_progress"] = progress[:: max(1, len(progress) // 20)]
@@ -295,8 +454,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             async def stored() -> bool:
                 with psycopg.connect(db_url) as conn:
                     row = conn.execute(
-                        "SELECT (SELECT count(DISTINCT (bed_id, seq)) FROM numerics)"
-                        " + (SELECT coalesce(sum(n_frames), 0) FROM waveforms)"
+                        "SELECT (SELECT count(DISTINCT (n.bed_id, n.seq)) FROM numerics n"
+                        " JOIN beds b USING (bed_id) WHERE b.bed <> %(live)s)"
+                        " + (SELECT coalesce(sum(w.n_frames), 0) FROM waveforms w"
+                        " JOIN beds b USING (bed_id) WHERE b.bed <> %(live)s)",
+                        {"live": LiveBed.BED},
                     ).fetchone()
                 return row is not None and int(row[0]) >= len(timeline)
 
@@ -364,7 +526,15 @@ def main() -> None:
         help="TCP congestion control in both namespaces (cubic, bbr; default: the host's; "
         "implies --netns)",
     )
+    parser.add_argument(
+        "--one-source",
+        action="store_true",
+        help="the hub's copy with one source of every subject, as eicu made it before its "
+        "sources were split (to compare; not with --feed, whose start splits it)",
+    )
     args = parser.parse_args()
+    if args.one_source and args.feed:
+        parser.error("--one-source cannot go with --feed (the feed splits the source)")
     if args.congestion is not None:
         args.netns = True
     if args.delay_ms or args.jitter_ms or args.loss_pct:
