@@ -416,6 +416,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             return info.state.messages >= total + len(live_bed.sent)
 
         hub_s = await wait_for(at_hub, 600)
+        crossed_after = wan.wan.wan_bytes() if wan is not None else None
         if resuming is not None:
             resuming.cancel()
         live_bed.stop.set()
@@ -440,13 +441,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             result["hub_stream_progress"] = progress[:: max(1, len(progress) // 20)]
         result["hub_stream_msgs_per_s"] = round(len(messages) / drain_s)
         result["hub_stream_x_real_time"] = round(outage_s / drain_s, 1)
-        if wan is not None and crossed_before is not None:
-            crossed = wan.wan.wan_bytes()
+        if wan is not None and crossed_before is not None and crossed_after is not None:
+            crossed = crossed_after
             up = crossed["up"] - crossed_before["up"]
             result["wan_bytes_up"] = up
             result["wan_bytes_down"] = crossed["down"] - crossed_before["down"]
             result["wan_bytes_up_per_bed_hour"] = round(up / bed_hours)
-            result["wan_up_mbit_per_s_while_draining"] = round(up * 8 / drain_s / 1e6, 2)
+            # over the whole time from the link's return until the backlog was at the hub (the
+            # bytes counted from the return: the source's resumption and the live bed included)
+            result["wan_up_mbit_per_s_while_draining"] = round(up * 8 / max(hub_s, 1e-3) / 1e6, 2)
             result["leaf_compression"] = leaf_compression(hub.http_port)
         if db_url is not None:
             import psycopg
