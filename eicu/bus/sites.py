@@ -190,20 +190,25 @@ PRIORITY_SUBJECTS: Final = (
 )
 
 
-def _site_sources(site_id: str) -> list[StreamSource]:
+SOURCE_SUBJECTS: Final = (PRIORITY_SUBJECTS, BULK_SUBJECTS)
+
+
+def _site_sources(site_id: str, copied: Sequence[int] = ()) -> list[StreamSource]:
+    """The two sources; with ``copied`` (the newest site sequence the hub holds of each
+    source's subjects, 0 for none), each starts after it."""
     external = ExternalStream(api=site_stream_api(site_id))
-    return [
-        StreamSource(
-            name=SITE_STREAM,
-            external=external,
-            subject_transforms=[SubjectTransform(src=f, dest="") for f in PRIORITY_SUBJECTS],
-        ),
-        StreamSource(
-            name=SITE_STREAM,
-            external=external,
-            subject_transforms=[SubjectTransform(src=f, dest="") for f in BULK_SUBJECTS],
-        ),
-    ]
+    sources = []
+    for i, subjects in enumerate(SOURCE_SUBJECTS):
+        after = copied[i] if i < len(copied) else 0
+        sources.append(
+            StreamSource(
+                name=SITE_STREAM,
+                external=external,
+                subject_transforms=[SubjectTransform(src=f, dest="") for f in subjects],
+                opt_start_seq=after + 1 if after else None,
+            )
+        )
+    return sources
 
 
 def hub_stream_config(site_id: str, max_age_s: float) -> StreamConfig:
@@ -393,16 +398,18 @@ async def resume_source_if_waiting(
     # order): the copy is behind when the site holds a message of some source's subjects newer
     # than the newest of them the hub holds.
     behind = False
-    for subjects in (PRIORITY_SUBJECTS, BULK_SUBJECTS):
+    copied: list[int] = []
+    for subjects in SOURCE_SUBJECTS:
         at_site = await _newest_site_sequence(site_js, SITE_STREAM, subjects, hub=False)
-        copied = await _newest_site_sequence(hub_js, hub_stream(site_id), subjects, hub=True)
-        if at_site > copied:
-            behind = True
-            break
+        copied.append(await _newest_site_sequence(hub_js, hub_stream(site_id), subjects, hub=True))
+        behind = behind or at_site > copied[-1]
     if not behind:
         return False  # nothing new at the site: a quiet site, not a waiting source
-    # The stream as eicu made it (the server's own additions to its configuration left out).
+    # The stream as eicu made it (the server's own additions to its configuration left out),
+    # each source starting after the newest message of its own subjects the hub holds (what
+    # NATS would find itself, also where a source has copied nothing yet since it was split).
     config = hub_stream_config(site_id, hub_info.config.max_age or DEFAULT_MAX_AGE_S)
+    config = dataclasses.replace(config, sources=_site_sources(site_id, copied))
     log.warning(
         "site %s: its link is back and the hub's copy is %s s behind; setting its sources up again",
         site_id,
