@@ -15,6 +15,7 @@ import pytest
 from eicu.datasets import data_dir, missing_reason
 from eicu.devservices import Mosquitto, Postgres, ServiceError
 from eicu.store import Store, open_store
+from tests.alarm_servers import HookServer
 
 
 @pytest.fixture(scope="session")
@@ -174,3 +175,11 @@ def broker() -> Iterator[Mosquitto]:
         pytest.fail(f"cannot start Mosquitto for the tests: {exc}")
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[HookServer]:
+    """A webhook receiver (a pager of the rota's contacts), started for the test."""
+    server = await HookServer().start()
+    yield server
+    await server.stop()

@@ -33,13 +33,6 @@ BED = BedKey("s", "b1")
 ACK_TIMEOUT_S = 2
 
 
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = await HookServer().start()
-    yield server
-    await server.stop()
-
-
 def _rota(hook: HookServer) -> dict[str, object]:
     timeouts = {"high": ACK_TIMEOUT_S, "medium": ACK_TIMEOUT_S, "low": ACK_TIMEOUT_S}
     return {

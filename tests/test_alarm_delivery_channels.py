@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -50,13 +50,6 @@ BODY: dict[str, object] = {
 
 def note(key: str, channel: Channel, address: str) -> Notification:
     return Notification(key, "alarm-1", "nurse-3", channel, address, dict(BODY), T0_US)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

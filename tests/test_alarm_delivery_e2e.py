@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,6 @@ from tests.alarm_servers import HookServer, MailServer
 pytestmark = [pytest.mark.broker, pytest.mark.db]
 
 BED = BedKey("karamay", "bed-07")
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

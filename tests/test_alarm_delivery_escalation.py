@@ -90,13 +90,6 @@ def alarm(state: AlarmState, alarm_id: str = "a1", actor: str = "engine") -> Ala
 
 
 @pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = await HookServer().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def webhook() -> AsyncIterator[DeliveryChannel]:
     channel = WebhookChannel(timeout_s=2, max_attempts=1)
     yield channel

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -32,13 +32,6 @@ from tests.vt_bed import feed_until, pages, rota_doc
 pytestmark = [pytest.mark.broker, pytest.mark.db]
 
 PARTITIONS = 2
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from tests.alarm_servers import HookServer
 from tests.vt_bed import ACK_TIMEOUT_S, feed_until, pages, rota_doc
 
 pytestmark = [pytest.mark.broker]
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 def _engine(

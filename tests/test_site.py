@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -51,14 +51,6 @@ CUT_MAX_S = 40.0  # the alarm (HR_HIGH: above 130 for 10 s) must come well withi
 @pytest.fixture
 def link() -> Iterator[SiteLink]:
     yield from site_link(SITE)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    """The site nurse's pager: a webhook receiver."""
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 def test_a_sites_alarm_change_is_read_back_as_the_site_recorded_it() -> None:

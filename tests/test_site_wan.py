@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,14 +38,6 @@ def lossy_link() -> Iterator[WanSiteLink]:
 @pytest.fixture
 def link() -> Iterator[WanSiteLink]:
     yield from wan_site_link(SITE)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    """The site nurse's pager: a webhook receiver."""
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 def leaf_rtt_s(link: WanSiteLink) -> float:

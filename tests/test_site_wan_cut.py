@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,6 @@ CUT_S = 120.0
 @pytest.fixture
 def link() -> Iterator[WanSiteLink]:
     yield from wan_site_link(SITE)
-
-
-@pytest.fixture
-async def hook() -> AsyncIterator[HookServer]:
-    """The site nurse's pager: a webhook receiver."""
-    server = await HookServer().start()
-    yield server
-    await server.stop()
 
 
 async def test_a_two_minute_cut_loses_nothing_and_the_site_pages_during_it(
