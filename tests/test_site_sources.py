@@ -5,6 +5,7 @@ one out. Real NATS servers, the site a leaf node of the hub."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ from eicu.bus.sites import (
     PRIORITY_SUBJECTS,
     ensure_hub_stream,
     ensure_site_stream,
+    resume_source_if_waiting,
     source_state,
 )
 from eicu.sites import SITE_STREAM, hub_stream, site_stream_api
@@ -129,6 +131,54 @@ async def test_a_stream_of_one_source_is_split_without_a_message_twice_or_lost(
         state = await source_state(hub_nc, SITE)
         assert state.silent_s is not None and state.most_silent_s is not None
         assert state.silent_s <= state.most_silent_s < 5.0
+    finally:
+        await site_nc.close()
+        await hub_nc.close()
+
+
+async def test_sources_set_up_again_after_a_split_copy_nothing_twice(link: SiteLink) -> None:
+    """A stream split from one source, then only numerics copied, then its sources gone (as
+    between the two updates that set them up again) while the site takes more of both: set up
+    again, each source starts after the newest of its own subjects at the hub, the waveforms'
+    too although it has copied nothing since the split."""
+    site_nc = await nats.connect(link.site.nats_url)
+    hub_nc = await nats.connect(link.hub.nats_url)
+    try:
+        await ensure_site_stream(site_nc)
+        site_js, hub_js = site_nc.jetstream(), hub_nc.jetstream()
+        external = ExternalStream(api=site_stream_api(SITE))
+        one = StreamConfig(
+            name=hub_stream(SITE),
+            storage=StorageType.FILE,
+            sources=[StreamSource(name=SITE_STREAM, external=external)],
+        )
+        await hub_js.add_stream(one)
+        i = 0
+
+        async def publish(n: int, kinds: tuple[str, ...]) -> None:
+            nonlocal i
+            for _ in range(n):
+                kind = kinds[i % len(kinds)]
+                await site_js.publish(f"eicu.v1.{SITE}.bed-1.{kind}", json.dumps({"i": i}).encode())
+                i += 1
+
+        async def copied(n: int) -> bool:
+            return int((await hub_js.stream_info(hub_stream(SITE))).state.messages) >= n
+
+        await publish(60, ("numerics", "waveform", "waveform"))
+        await until(lambda: copied(60), "the first 60 at the hub")
+        await ensure_hub_stream(hub_nc, SITE)  # split
+        await publish(20, ("numerics",))  # the waveforms' source copies nothing
+        await until(lambda: copied(80), "the numerics at the hub")
+        config = (await hub_js.stream_info(hub_stream(SITE))).config
+        await hub_js.update_stream(dataclasses.replace(config, sources=[]))
+        await publish(30, ("numerics", "waveform"))
+        assert await resume_source_if_waiting(hub_nc, SITE, silent_after_s=-1.0)
+        await until(lambda: copied(110), "the 30 taken while the sources were gone")
+        await publish(10, ("waveform",))
+        await until(lambda: copied(120), "10 more")
+        held = await hub_subjects_and_seqs(hub_nc)
+        assert sorted(x[1] for x in held) == list(range(120))  # each once, none left out
     finally:
         await site_nc.close()
         await hub_nc.close()
