@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -32,10 +32,6 @@ from eicu.wire import decode_numerics, parse_topic
 from ingest.state import BedRouter
 
 log = logging.getLogger(__name__)
-
-# How long nats-py's ordered consumer may go without a heartbeat before it sets itself up again
-# (the server sends one every such interval when there is nothing to deliver).
-IDLE_HEARTBEAT_S: Final = 5.0
 
 
 class LiveValueMetrics:
@@ -87,9 +83,7 @@ class LiveValues:
                 self.take(site, subject, payload)
 
             try:
-                sub = await follow_newest(
-                    nc, site, f"eicu.v1.{site}.*.numerics", on_message, IDLE_HEARTBEAT_S
-                )
+                sub = await follow_newest(nc, site, f"eicu.v1.{site}.*.numerics", on_message)
             except PartitionConnectionLost as exc:
                 log.warning("site %s: live values not followed (%s); shown as stored", site, exc)
                 continue

@@ -193,22 +193,27 @@ PRIORITY_SUBJECTS: Final = (
 SOURCE_SUBJECTS: Final = (PRIORITY_SUBJECTS, BULK_SUBJECTS)
 
 
-def _site_sources(site_id: str, copied: Sequence[int] = ()) -> list[StreamSource]:
-    """The two sources; with ``copied`` (the newest site sequence the hub holds of each
-    source's subjects, 0 for none), each starts after it."""
+def _site_sources(site_id: str) -> list[StreamSource]:
+    """The two sources, in the order of :data:`SOURCE_SUBJECTS`."""
     external = ExternalStream(api=site_stream_api(site_id))
-    sources = []
-    for i, subjects in enumerate(SOURCE_SUBJECTS):
-        after = copied[i] if i < len(copied) else 0
-        sources.append(
-            StreamSource(
-                name=SITE_STREAM,
-                external=external,
-                subject_transforms=[SubjectTransform(src=f, dest="") for f in subjects],
-                opt_start_seq=after + 1 if after else None,
-            )
+    return [
+        StreamSource(
+            name=SITE_STREAM,
+            external=external,
+            subject_transforms=[SubjectTransform(src=f, dest="") for f in subjects],
         )
-    return sources
+        for subjects in SOURCE_SUBJECTS
+    ]
+
+
+def _starting_after(config: StreamConfig, copied: Sequence[int]) -> StreamConfig:
+    """``config`` with each source (in the order of :data:`SOURCE_SUBJECTS`) starting after the
+    newest site sequence the hub holds of its subjects (``copied``; 0: none, NATS's choice)."""
+    sources = [
+        dataclasses.replace(source, opt_start_seq=after + 1) if after else source
+        for source, after in zip(config.sources or [], copied, strict=True)
+    ]
+    return dataclasses.replace(config, sources=sources)
 
 
 def hub_stream_config(site_id: str, max_age_s: float) -> StreamConfig:
@@ -245,7 +250,7 @@ async def _ensure(nc: NatsClient, config: StreamConfig) -> None:
     have_sources = [_source_key(s) for s in have.sources or []]
     want_sources = [_source_key(s) for s in config.sources or []]
     if have_sources != want_sources and _one_whole_source(have, config):
-        await _split_source(nc, info, config)
+        await _split_source(nc, config)
         return
     if have_sources != want_sources or list(have.subjects or []) != list(config.subjects or []):
         raise ConfigError(
@@ -270,25 +275,13 @@ def _one_whole_source(have: StreamConfig, want: StreamConfig) -> bool:
     return key[2] is None and key[3] == () and key[:2] == _source_key(wanted[0])[:2]
 
 
-async def _split_source(nc: NatsClient, info: Any, config: StreamConfig) -> None:
+async def _split_source(nc: NatsClient, config: StreamConfig) -> None:
     """Replaces a hub stream's one source by ``config``'s, each starting after the newest site
-    message the stream holds: nothing copied twice, nothing left out."""
-    last_seq = int(info.state.last_seq or 0)
-    copied = 0
-    if last_seq:
-        msg = await nc.jetstream().get_msg(str(config.name), last_seq)
-        copied = _site_sequence(msg.headers) or 0
-    sources = [
-        dataclasses.replace(s, opt_start_seq=copied + 1) if copied else s
-        for s in config.sources or []
-    ]
-    await nc.jetstream().update_stream(dataclasses.replace(config, sources=sources))
-    log.info(
-        "stream %s: its source split in %d, each from site message %d",
-        config.name,
-        len(sources),
-        copied + 1,
-    )
+    message of its subjects the stream holds: nothing copied twice, nothing left out."""
+    js = nc.jetstream()
+    copied = await _copied_by_source(js, str(config.name))
+    await js.update_stream(_starting_after(config, copied))
+    log.info("stream %s: its source split in two, after site messages %s", config.name, copied)
 
 
 async def ensure_site_stream(
@@ -374,6 +367,13 @@ async def _newest_site_sequence(js: Any, stream: str, subjects: Sequence[str], h
     return newest
 
 
+async def _copied_by_source(js: Any, stream: str) -> list[int]:
+    """The newest site sequence the hub's ``stream`` holds of each source's subjects."""
+    return [
+        await _newest_site_sequence(js, stream, subjects, hub=True) for subjects in SOURCE_SUBJECTS
+    ]
+
+
 async def resume_source_if_waiting(
     nc: NatsClient, site_id: str, *, silent_after_s: float = 15.0, timeout_s: float = 2.0
 ) -> bool:
@@ -397,19 +397,18 @@ async def resume_source_if_waiting(
     # A source's state does not say which of them it is (the server lists them in no set
     # order): the copy is behind when the site holds a message of some source's subjects newer
     # than the newest of them the hub holds.
-    behind = False
-    copied: list[int] = []
-    for subjects in SOURCE_SUBJECTS:
-        at_site = await _newest_site_sequence(site_js, SITE_STREAM, subjects, hub=False)
-        copied.append(await _newest_site_sequence(hub_js, hub_stream(site_id), subjects, hub=True))
-        behind = behind or at_site > copied[-1]
-    if not behind:
+    copied = await _copied_by_source(hub_js, hub_stream(site_id))
+    at_site = [
+        await _newest_site_sequence(site_js, SITE_STREAM, subjects, hub=False)
+        for subjects in SOURCE_SUBJECTS
+    ]
+    if not any(a > c for a, c in zip(at_site, copied, strict=True)):
         return False  # nothing new at the site: a quiet site, not a waiting source
     # The stream as eicu made it (the server's own additions to its configuration left out),
     # each source starting after the newest message of its own subjects the hub holds (what
     # NATS would find itself, also where a source has copied nothing yet since it was split).
     config = hub_stream_config(site_id, hub_info.config.max_age or DEFAULT_MAX_AGE_S)
-    config = dataclasses.replace(config, sources=_site_sources(site_id, copied))
+    config = _starting_after(config, copied)
     log.warning(
         "site %s: its link is back and the hub's copy is %s s behind; setting its sources up again",
         site_id,
