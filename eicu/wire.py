@@ -12,10 +12,12 @@ import struct
 from typing import Final
 
 import numpy as np
+from numpy.typing import NDArray
 
 from eicu.alarm_model import AlarmEvent, AlarmState, Category, Priority
 from eicu.codes import BY_KEY, SIGNAL_BY_ID, SIGNAL_BY_KEY
-from eicu.errors import PayloadError
+from eicu.errors import CodecError, PayloadError
+from eicu.kernels import codec
 from eicu.models import (
     ID_RE,
     AlarmAck,
@@ -59,6 +61,11 @@ MAX_TIME_US: Final = 4_102_444_800_000_000
 _WF_MAGIC: Final = b"EW"
 _WF_HEADER = struct.Struct("<2sBBHIq")  # magic, version, n_blocks, flags, seq, t0_us
 _WF_BLOCK = struct.Struct("<BBHffhi")  # sig_id, reserved, n, fs_hz, gain, baseline, t_offset_us
+_WF_LENGTH = struct.Struct("<I")  # a coded block's length in bytes
+# Waveform flags. CODED: each block's samples are one block of the project's lossless codec
+# (eicu.kernels.codec), preceded by a table of their lengths. Other bits are reserved and refused.
+FLAG_CODED: Final = 0x0001
+_WF_FLAGS: Final = FLAG_CODED
 
 
 # --- topics -----------------------------------------------------------------------------------
@@ -264,10 +271,13 @@ def decode_status(
 # --- waveform ---------------------------------------------------------------------------------
 
 
-def encode_waveform(frame: WaveformFrame) -> bytes:
+def encode_waveform(frame: WaveformFrame, *, coded: bool = False) -> bytes:
+    """The frame's bytes; with ``coded`` its samples are compressed losslessly by the project's
+    codec (about a third of the bytes for ECG), for links where bytes cost (a remote site)."""
     if not 1 <= len(frame.blocks) <= MAX_BLOCKS:
         raise ValueError(f"a frame carries 1..{MAX_BLOCKS} blocks, got {len(frame.blocks)}")
-    parts = [_WF_HEADER.pack(_WF_MAGIC, VERSION, len(frame.blocks), 0, frame.seq, frame.t0_us)]
+    flags = FLAG_CODED if coded else 0
+    parts = [_WF_HEADER.pack(_WF_MAGIC, VERSION, len(frame.blocks), flags, frame.seq, frame.t0_us)]
     for b in frame.blocks:
         sig = SIGNAL_BY_KEY[b.signal]
         parts.append(
@@ -275,7 +285,13 @@ def encode_waveform(frame: WaveformFrame) -> bytes:
                 sig.sig_id, 0, b.samples.shape[0], b.fs_hz, b.gain, b.baseline, b.t_offset_us
             )
         )
-    parts.extend(np.ascontiguousarray(b.samples, dtype="<i2").tobytes() for b in frame.blocks)
+    samples = [np.ascontiguousarray(b.samples, dtype="<i2") for b in frame.blocks]
+    if coded:
+        blobs = codec.encode_many([s.astype(np.int16, copy=False) for s in samples])
+        parts.extend(_WF_LENGTH.pack(len(blob)) for blob in blobs)
+        parts.extend(blobs)
+    else:
+        parts.extend(s.tobytes() for s in samples)
     return b"".join(parts)
 
 
@@ -287,11 +303,13 @@ def decode_waveform(bed: BedKey, payload: bytes, received_us: int = 0) -> Wavefo
         raise PayloadError(
             "truncated", f"{n} bytes, shorter than the {_WF_HEADER.size}-byte header"
         )
-    magic, version, n_blocks, _flags, seq, t0_us = _WF_HEADER.unpack_from(payload, 0)
+    magic, version, n_blocks, flags, seq, t0_us = _WF_HEADER.unpack_from(payload, 0)
     if magic != _WF_MAGIC:
         raise PayloadError("malformed", f"not a waveform frame (magic {magic!r})")
     if version != VERSION:
         raise PayloadError("unknown_version", f"waveform format version {version}")
+    if flags & ~_WF_FLAGS:
+        raise PayloadError("malformed", f"unknown waveform flags 0x{flags & ~_WF_FLAGS:04x}")
     if not 1 <= n_blocks <= MAX_BLOCKS:
         raise PayloadError("malformed", f"{n_blocks} blocks, expected 1..{MAX_BLOCKS}")
     if not MIN_TIME_US <= t0_us <= MAX_TIME_US:
@@ -303,12 +321,16 @@ def decode_waveform(bed: BedKey, payload: bytes, received_us: int = 0) -> Wavefo
         _WF_BLOCK.unpack_from(payload, _WF_HEADER.size + i * _WF_BLOCK.size)
         for i in range(n_blocks)
     ]
-    expected = descriptors_end + 2 * sum(h[2] for h in heads)
-    if n < expected:
-        raise PayloadError("truncated", f"{n} bytes, the samples need {expected}")
-    if n > expected:
-        raise PayloadError("malformed", f"{n - expected} bytes after the last sample")
-    blocks = []
+    data: list[NDArray[np.int16]] | None = None
+    if flags & FLAG_CODED:
+        data = _coded_samples(payload, descriptors_end, heads)
+    else:
+        expected = descriptors_end + 2 * sum(h[2] for h in heads)
+        if n < expected:
+            raise PayloadError("truncated", f"{n} bytes, the samples need {expected}")
+        if n > expected:
+            raise PayloadError("malformed", f"{n - expected} bytes after the last sample")
+    blocks: list[SignalBlock] = []
     seen: set[int] = set()
     pos = descriptors_end
     for sig_id, _reserved, count, fs_hz, gain, baseline, offset_us in heads:
@@ -333,14 +355,58 @@ def decode_waveform(bed: BedKey, payload: bytes, received_us: int = 0) -> Wavefo
             raise PayloadError(
                 "impossible_rate", f"{sig.key}: {count} samples at {fs_hz:g} Hz exceed one frame"
             )
-        samples = np.frombuffer(payload, dtype="<i2", count=count, offset=pos)
-        pos += 2 * count
+        if data is None:
+            samples = np.frombuffer(payload, dtype="<i2", count=count, offset=pos)
+            pos += 2 * count
+        else:
+            samples = data[len(blocks)]
         blocks.append(
             SignalBlock(sig.key, float(fs_hz), float(gain), int(baseline), samples, int(offset_us))
         )
     return WaveformFrame(
         bed=bed, seq=seq, t0_us=t0_us, blocks=tuple(blocks), received_us=received_us
     )
+
+
+def _coded_samples(
+    payload: bytes, start: int, heads: list[tuple[int, int, int, float, float, int, int]]
+) -> list[NDArray[np.int16]]:
+    """The samples of a coded frame's blocks, each exactly as many as its header says."""
+    n = len(payload)
+    table_end = start + _WF_LENGTH.size * len(heads)
+    if n < table_end:
+        raise PayloadError("truncated", f"{n} bytes, the coded blocks' lengths need {table_end}")
+    lengths = [_WF_LENGTH.unpack_from(payload, start + 4 * i)[0] for i in range(len(heads))]
+    expected = table_end + sum(lengths)
+    if n < expected:
+        raise PayloadError("truncated", f"{n} bytes, the coded samples need {expected}")
+    if n > expected:
+        raise PayloadError("malformed", f"{n - expected} bytes after the last coded block")
+    views, pos = [], table_end
+    for i, (length, head) in enumerate(zip(lengths, heads, strict=True)):
+        view = memoryview(payload)[pos : pos + length]
+        pos += length
+        # The count the block claims, read before decoding: no more memory than the header says.
+        if _coded_count(view) != head[2]:
+            raise PayloadError(
+                "malformed", f"coded block {i} does not hold the {head[2]} samples its header says"
+            )
+        views.append(view)
+    try:
+        return codec.decode_many(views)
+    except CodecError as exc:
+        raise PayloadError("malformed", f"coded samples: {exc}") from None
+
+
+def _coded_count(view: memoryview) -> int | None:
+    """The sample count at the start of a coded block (LEB128 after the format byte), or None."""
+    count, shift = 0, 0
+    for i in range(1, min(len(view), 6)):
+        count |= (view[i] & 0x7F) << shift
+        if not view[i] & 0x80:
+            return count
+        shift += 7
+    return None
 
 
 # --- alarm acknowledgements from the remote ICU --------------------------------------------------

@@ -209,3 +209,110 @@ def test_random_bytes_never_crash_the_decoder(junk: bytes, cut: int) -> None:
                 wire.decode(topic, payload)
             except PayloadError as exc:
                 assert exc.reason in wire.REASONS
+
+
+# --- coded waveform frames (samples compressed by the project's codec) --------------------------
+
+
+def _ecg_like(n: int, seed: int) -> np.ndarray:
+    """A smooth signal with noise, as a monitor's ADC gives: what the codec is for."""
+    t = np.arange(n) / 250.0
+    noise = np.random.default_rng(seed).normal(0, 4, n)
+    return (
+        800 * np.sin(2 * np.pi * 1.2 * t) ** 15 + 60 * np.sin(2 * np.pi * 0.3 * t) + noise
+    ).astype(np.int16)
+
+
+def test_coded_waveform_round_trip_is_lossless_and_smaller() -> None:
+    frame = WaveformFrame(
+        BED,
+        9,
+        T0,
+        (
+            SignalBlock("ECG_II", 250.0, 200.0, 0, _ecg_like(62, 1)),
+            SignalBlock("ECG_V", 250.0, 200.0, 0, _ecg_like(63, 2)),
+            SignalBlock("RESP", 62.5, 100.0, 10, _ecg_like(16, 3), 12_000),
+        ),
+    )
+    raw = wire.encode_waveform(frame)
+    coded = wire.encode_waveform(frame, coded=True)
+    assert struct.unpack_from("<H", coded, 4)[0] == wire.FLAG_CODED
+    back = wire.decode(wire.waveform_topic(BED), coded, received_us=3)
+    assert isinstance(back, WaveformFrame)
+    assert back.blocks == frame.blocks and back.seq == 9 and back.received_us == 3
+    assert len(coded) < len(raw) - 2 * (62 + 63 + 16) // 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 2000), lo=st.integers(-32768, 0), blocks=st.integers(1, 16))
+def test_coded_waveform_round_trip_drawn(n: int, lo: int, blocks: int) -> None:
+    rng = np.random.default_rng(n)
+    keys = [k for k in ("ECG_I", "ECG_II", "ECG_III", "ECG_V", "PLETH", "ABP", "RESP", "CVP")]
+    frame = WaveformFrame(
+        BED,
+        n,
+        T0,
+        tuple(
+            SignalBlock(
+                key, 500.0, 1.0, 0, rng.integers(lo, 32767, n, endpoint=True).astype(np.int16)
+            )
+            for key in keys[: min(blocks, len(keys))]
+        ),
+    )
+    back = wire.decode_waveform(BED, wire.encode_waveform(frame, coded=True))
+    assert back.blocks == frame.blocks
+
+
+GOOD_CODED = wire.encode_waveform(_frame(), coded=True)
+_CODED_TABLE = 18 + 4 * 18  # where the coded blocks' lengths start
+
+
+def _coded_with(at: int, fmt: str, value: object) -> bytes:
+    buf = bytearray(GOOD_CODED)
+    struct.pack_into(fmt, buf, at, value)
+    return bytes(buf)
+
+
+CODED_BAD = [
+    (GOOD_CODED[: _CODED_TABLE + 6], "truncated"),  # the length table cut
+    (GOOD_CODED[:-1], "truncated"),
+    (GOOD_CODED + b"\x00", "malformed"),
+    (_coded_with(4, "<H", 0x0003), "malformed"),  # a flag this version does not know
+    (_coded_with(4, "<H", 0x8000), "malformed"),
+    # The first block's count (62 in its header) changed in the coded data: refused before decoding.
+    (_coded_with(_CODED_TABLE + 16 + 1, "<B", 61), "malformed"),
+    (_coded_with(_CODED_TABLE + 16 + 1, "<B", 0xFF), "malformed"),
+    # A sample byte changed: the block's CRC-8 no longer matches.
+    (
+        _coded_with(_CODED_TABLE + 16 + 5, "<B", GOOD_CODED[_CODED_TABLE + 16 + 5] ^ 0x10),
+        "malformed",
+    ),
+    # The block header's count no longer matches the coded block's.
+    (_coded_with(18 + 2, "<H", 63), "malformed"),
+    # A raw frame that says it is coded: its samples read as lengths no payload holds.
+    (GOOD_WF[:4] + struct.pack("<H", wire.FLAG_CODED) + GOOD_WF[6:], "truncated"),
+]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"), CODED_BAD, ids=[str(i) for i in range(len(CODED_BAD))]
+)
+def test_bad_coded_waveform_rejected_with_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        wire.decode(wire.waveform_topic(BED), payload)
+    assert (info.value.reason, bool(info.value.detail)) == (reason, True), info.value.detail
+
+
+def test_a_coded_block_that_would_decode_to_more_samples_than_declared_is_refused_unread() -> None:
+    # All-zero sub-blocks cost 6 bits per 64 samples: a few bytes could claim millions of samples.
+    # The count is read and compared with the header before anything is decoded.
+    from eicu.kernels import codec
+
+    huge = codec.encode_int16(np.zeros(1_000_000, dtype=np.int16))
+    assert len(huge) < 20_000
+    head = struct.pack("<2sBBHIq", b"EW", 1, 1, wire.FLAG_CODED, 1, T0)
+    block = struct.pack("<BBHffhi", 1, 0, 100, 250.0, 1.0, 0, 0)
+    payload = head + block + struct.pack("<I", len(huge)) + huge
+    with pytest.raises(PayloadError) as info:
+        wire.decode(wire.waveform_topic(BED), payload)
+    assert info.value.reason == "malformed" and "100 samples" in info.value.detail

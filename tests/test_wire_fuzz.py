@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 from eicu import wire
 from eicu.codes import BY_KEY, SIGNAL_BY_ID
 from eicu.errors import PayloadError
-from eicu.models import ID_RE, NumericsFrame, SignalBlock, StatusFrame, WaveformFrame
+from eicu.models import ID_RE, BedKey, NumericsFrame, SignalBlock, StatusFrame, WaveformFrame
 
+BED = BedKey("karamay", "bed07")
+T0 = 1_764_302_400_000_000
 EXAMPLES = int(os.environ.get("EICU_FUZZ_EXAMPLES", "100"))
 # A message that takes this long to decode is hung, not slow (a decode takes microseconds).
 HANG_S = 20
@@ -146,6 +148,36 @@ def waveform_payloads(draw: st.DrawFn) -> bytes:
     return header + b"".join(blocks) + samples
 
 
+@st.composite
+def coded_waveform_payloads(draw: st.DrawFn) -> bytes:
+    """Valid coded frames (samples compressed by the project's codec), then a byte changed, a cut
+    or bytes added: what a corrupt or truncated coded frame looks like."""
+    blocks = []
+    for key in draw(
+        st.lists(
+            st.sampled_from(["ECG_II", "ECG_V", "PLETH", "RESP"]),
+            min_size=1,
+            max_size=4,
+            unique=True,
+        )
+    ):
+        n = draw(st.integers(1, 300))
+        samples = np.cumsum(
+            np.frombuffer(draw(st.binary(min_size=2 * n, max_size=2 * n)), dtype="<i2") // 512
+        ).astype(np.int16)
+        blocks.append(SignalBlock(key, 250.0, 200.0, 0, samples))
+    frame = WaveformFrame(BED, draw(st.integers(0, 2**32 - 1)), T0, tuple(blocks))
+    payload = bytearray(wire.encode_waveform(frame, coded=True))
+    change = draw(st.sampled_from(["none", "byte", "cut", "add"]))
+    if change == "byte":
+        payload[draw(st.integers(0, len(payload) - 1))] ^= draw(st.integers(1, 255))
+    elif change == "cut":
+        del payload[draw(st.integers(0, len(payload) - 1)) :]
+    elif change == "add":
+        payload += draw(st.binary(min_size=1, max_size=8))
+    return bytes(payload)
+
+
 # Deeply nested JSON: a recursive parser must not overflow its stack.
 NESTED = st.builds(
     lambda n, open_, close: (open_ * n + close * n).encode(),
@@ -153,7 +185,13 @@ NESTED = st.builds(
     st.sampled_from(["[", '{"v":', '{"v":1,"values":{"HR":[']),
     st.sampled_from(["]", "}", ""]),
 )
-PAYLOADS = st.one_of(json_payloads(), waveform_payloads(), NESTED, st.binary(max_size=2000))
+PAYLOADS = st.one_of(
+    json_payloads(),
+    waveform_payloads(),
+    coded_waveform_payloads(),
+    NESTED,
+    st.binary(max_size=2000),
+)
 
 
 @contextmanager
@@ -195,7 +233,10 @@ def _check_frame(topic: str, payload: bytes, frame: object) -> None:
     if isinstance(frame, WaveformFrame):
         assert kind == "waveform" and 1 <= len(frame.blocks) <= wire.MAX_BLOCKS
         assert wire.MIN_TIME_US <= frame.t0_us <= wire.MAX_TIME_US
-        assert 2 * frame.n_samples <= len(payload)
+        if not struct.unpack_from("<H", payload, 4)[0] & wire.FLAG_CODED:
+            assert 2 * frame.n_samples <= len(payload)
+        else:  # a coded frame holds no more samples than its headers say
+            assert frame.n_samples <= wire.MAX_BLOCKS * 65535
         for block in frame.blocks:
             assert isinstance(block, SignalBlock) and block.samples.dtype == np.int16
             assert math.isfinite(block.fs_hz) and block.gain > 0 and block.samples.shape[0] > 0
@@ -233,7 +274,7 @@ def test_decode_returns_a_valid_frame_or_a_typed_rejection(topic: str, payload: 
 @FUZZ
 @given(
     st.sampled_from(["numerics", "waveform", "status"]),
-    st.one_of(json_payloads(), waveform_payloads()),
+    st.one_of(json_payloads(), waveform_payloads(), coded_waveform_payloads()),
 )
 def test_near_valid_payloads_on_valid_topics(kind: str, payload: bytes) -> None:
     _decode_checked(f"eicu/v1/karamay/bed07/{kind}", payload)
