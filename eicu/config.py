@@ -224,7 +224,7 @@ class AdmissionSettings:
         beds_file = env.get("EICU_BEDS_FILE") or None
         return cls(
             beds_file=Path(beds_file) if beds_file else None,
-            auto_register=_bool(env, "EICU_AUTO_REGISTER_BEDS", d.auto_register),
+            auto_register=env_flag(env, "EICU_AUTO_REGISTER_BEDS", d.auto_register),
             site_beds_max=_int(env, "EICU_SITE_BEDS_MAX", d.site_beds_max, 0, 10**6),
             new_beds_per_s=_float(env, "EICU_NEW_BEDS_PER_S", d.new_beds_per_s, 0.0, 1e4),
             new_beds_burst=_int(env, "EICU_NEW_BEDS_BURST", d.new_beds_burst, 0, 10**6),
@@ -364,7 +364,7 @@ def mllp_client_tls(env: Mapping[str, str]) -> MllpClientTls | None:
             raise ConfigError(key, f"no such file: {raw}")
         files[key] = Path(raw) if raw else None
     named = any(files.values())
-    if not _bool(env, "EICU_HL7_OUT_TLS", named):
+    if not env_flag(env, "EICU_HL7_OUT_TLS", named):
         if named:
             raise ConfigError("EICU_HL7_OUT_TLS", "is off while its certificate files are named")
         return None
@@ -545,7 +545,7 @@ class VideoSettings:
             ice_servers = parse_ice_servers(decoded, "EICU_ICE_SERVERS")
         return cls(
             ice_servers=ice_servers,
-            allow_loopback=_bool(env, "EICU_VIDEO_ALLOW_LOOPBACK", d.allow_loopback),
+            allow_loopback=env_flag(env, "EICU_VIDEO_ALLOW_LOOPBACK", d.allow_loopback),
             camera=env.get("EICU_VIDEO_CAMERA") or d.camera,
             camera_format=env.get("EICU_VIDEO_CAMERA_FORMAT") or d.camera_format,
             microphone=env.get("EICU_VIDEO_MICROPHONE") or d.microphone,
@@ -853,7 +853,7 @@ class Settings:
                 env, "EICU_MEMORY_MAX_FRAMES", defaults.memory_max_frames, 1, 10**8
             ),
             spool_dir=Path(env.get("EICU_SPOOL_DIR") or defaults.spool_dir),
-            analyse_signals=_bool(env, "EICU_ANALYSE_SIGNALS", defaults.analyse_signals),
+            analyse_signals=env_flag(env, "EICU_ANALYSE_SIGNALS", defaults.analyse_signals),
             analysis_chunk_s=_float(
                 env, "EICU_ANALYSIS_CHUNK_S", defaults.analysis_chunk_s, 0.0, 10.0
             ),
@@ -907,14 +907,14 @@ class Settings:
         http = HttpSettings(
             host=env.get("EICU_HTTP_HOST") or http_defaults.host,
             port=_int(env, "EICU_HTTP_PORT", http_defaults.port, 0, 65535),
-            cookie_secure=_bool(env, "EICU_COOKIE_SECURE", http_defaults.cookie_secure),
+            cookie_secure=env_flag(env, "EICU_COOKIE_SECURE", http_defaults.cookie_secure),
             users_file=Path(env.get("EICU_USERS_FILE") or http_defaults.users_file),
             session_idle_s=_float(
                 env, "EICU_SESSION_IDLE_S", http_defaults.session_idle_s, 60.0, 7 * 86400.0
             ),
             trusted_proxies=_networks(env, "EICU_TRUSTED_PROXIES"),
             metrics_token=secret_token(env, "EICU_METRICS_TOKEN"),
-            metrics_bed_labels=_bool(
+            metrics_bed_labels=env_flag(
                 env, "EICU_METRICS_BED_LABELS", http_defaults.metrics_bed_labels
             ),
         )
@@ -1021,7 +1021,8 @@ def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> in
     return value
 
 
-def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+def env_flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    """A yes/no setting: 1/0, true/false, yes/no or on/off; empty or unset is ``default``."""
     raw = (env.get(key) or "").strip().lower()
     if raw == "":
         return default

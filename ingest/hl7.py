@@ -675,6 +675,7 @@ class Listener:
         patients: PatientRepository | None = None,
         tls: ssl.SSLContext | None = None,
         dead_letters: Callable[[DeadLetter], None] | None = None,
+        coded_waveforms: bool = False,
     ) -> None:
         if not ID_RE.fullmatch(site):
             raise ValueError(f"site {site!r} is not a valid site id")
@@ -691,6 +692,8 @@ class Listener:
         self.patients = patients
         # MLLP over TLS (a server context; with a CA, senders present a certificate it signed)
         self.tls = tls
+        # waveform samples compressed by the project's codec (a site whose link costs bytes)
+        self.coded_waveforms = coded_waveforms
         # Messages answered AE or AR are kept like the wire protocol's rejects (bounded: the
         # first of each minute whole, the rest summed up), where a sink is given (the store).
         self.dead_letters = (
@@ -1104,7 +1107,9 @@ class Listener:
                 for wave in waveform_frames(found, lambda: self._next_wave_seq(found.bed)):
                     await asyncio.wait_for(
                         client.publish(
-                            wire.waveform_topic(found.bed), wire.encode_waveform(wave), qos=1
+                            wire.waveform_topic(found.bed),
+                            wire.encode_waveform(wave, coded=self.coded_waveforms),
+                            qos=1,
                         ),
                         self.publish_timeout_s,
                     )

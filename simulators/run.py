@@ -33,6 +33,7 @@ class SimulationPlan:
     first_bed: int = 1
     events_at_s: float | None = None  # every scenario's event this long after the start
     drain_timeout_s: float = 60.0  # how long to wait at the end for the broker to acknowledge
+    coded: bool = False  # waveform samples compressed by the project's codec (wire.FLAG_CODED)
 
 
 def make_groups(plan: SimulationPlan, start_us: int) -> list[BedGroup]:
@@ -187,7 +188,7 @@ async def _drive(
                     payload = wire.encode_numerics(numerics)
                     gw.send(Outgoing(wire.numerics_topic(bed), payload, bed, numerics.n_values))
                 if frame is not None:
-                    payload = wire.encode_waveform(frame)
+                    payload = wire.encode_waveform(frame, coded=plan.coded)
                     gw.send(Outgoing(wire.waveform_topic(bed), payload, bed, frame.n_samples))
 
 

@@ -407,6 +407,19 @@ def test_the_command_needs_its_site_and_says_so() -> None:
     assert out.returncode == 2 and "EICU_HL7_ALLOW" in out.stderr
 
 
+def test_the_coded_waveform_setting_is_read_and_a_wrong_value_named() -> None:
+    from eicu.commands.hl7 import listener_from_env
+    from eicu.errors import ConfigError
+
+    env = {"EICU_HL7_SITE": "ward3", "EICU_MQTT_URL": "mqtt://127.0.0.1:1"}
+    plain = listener_from_env(env)
+    coded = listener_from_env({**env, "EICU_HL7_CODED_WAVEFORMS": "1"})
+    assert plain is not None and coded is not None
+    assert (plain.coded_waveforms, coded.coded_waveforms) == (False, True)
+    with pytest.raises(ConfigError, match="EICU_HL7_CODED_WAVEFORMS"):
+        listener_from_env({**env, "EICU_HL7_CODED_WAVEFORMS": "sometimes"})
+
+
 @needs_mosquitto
 async def test_the_command_listens_answers_and_stops_on_sigterm(broker: Mosquitto) -> None:
     import os
@@ -545,9 +558,11 @@ def waveform_message(control: str, *extra: str) -> str:
 
 
 @needs_mosquitto
+@pytest.mark.parametrize("coded", [False, True], ids=["raw", "coded"])
 async def test_waveform_obx_reach_the_broker_as_waveform_frames(
-    broker: Mosquitto, listener: Listener
+    broker: Mosquitto, listener: Listener, coded: bool
 ) -> None:
+    listener.coded_waveforms = coded  # EICU_HL7_CODED_WAVEFORMS
     frames: list[WaveformFrame] = []
     async with aiomqtt.Client("127.0.0.1", broker.port, identifier="hl7-test-waves") as client:
         await client.subscribe(f"eicu/v1/{SITE}/+/waveform", qos=1)
@@ -557,6 +572,8 @@ async def test_waveform_obx_reach_the_broker_as_waveform_frames(
         async with asyncio.timeout(10):
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
+                flags = int.from_bytes(message.payload[4:6], "little")
+                assert flags == (wire.FLAG_CODED if coded else 0)
                 frame = wire.decode(str(message.topic), message.payload, 0)
                 assert isinstance(frame, WaveformFrame)
                 frames.append(frame)

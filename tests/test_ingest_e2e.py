@@ -247,3 +247,33 @@ async def test_engine_stopped_with_database_down_resumes_from_spool(
     await again.stop()
     assert (await store.stats())["beds"] == summary["beds"]
     print(json.dumps(summary))
+
+
+async def test_coded_waveforms_are_stored_as_the_same_frames_raw(
+    broker: Mosquitto, store: Store, tmp_path: Path
+) -> None:
+    # The same simulated beds, one site's gateway sending its samples compressed by the
+    # project's codec (wire.FLAG_CODED), the other's raw: the store holds the same samples.
+    engine = await _started(broker, store, tmp_path)
+    mqtt = MqttSettings.from_url(broker.url)
+    plans = [
+        SimulationPlan(site=site, beds=3, duration_s=6.0, speed=2.0, seed=4, coded=coded)
+        for site, coded in (("raw", False), ("coded", True))
+    ]
+    start_us = time.time_ns() // 1000
+    raw, coded = await asyncio.gather(*(simulate(mqtt, plan) for plan in plans))
+    await _settle(engine, _total(raw) + _total(coded))
+    await engine.stop()
+    rejected = [s for m in engine.metrics.rejected.collect() for s in m.samples if s.value]
+    assert rejected == []
+    stats = (await store.stats())["beds"]
+    assert stats == {**raw["beds"], **coded["beds"]}  # type: ignore[dict-item]
+    end_us = start_us + 60_000_000  # at twice real time, device times run ahead of the clock
+    for bed in ("bed001", "bed002", "bed003"):
+        for signal in ("ECG_II", "PLETH"):
+            windows = [
+                await store.waveform(BedKey(site, bed), signal, start_us, end_us)
+                for site in ("raw", "coded")
+            ]
+            assert windows[0].values.shape[0] > 0
+            np.testing.assert_array_equal(windows[0].values, windows[1].values)

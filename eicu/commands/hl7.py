@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from eicu import hl7
 from eicu.commands import stop_on_signals
-from eicu.config import MqttSettings, mllp_client_context, mllp_client_tls
+from eicu.config import MqttSettings, env_flag, mllp_client_context, mllp_client_tls
 from eicu.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ def listener_from_env(
             patients=patients,
             tls=tls,
             dead_letters=dead_letters,
+            coded_waveforms=env_flag(env, "EICU_HL7_CODED_WAVEFORMS", False),
         )
     except ValueError as exc:
         name = (
