@@ -10,8 +10,9 @@ between (tests/wan_bridge.py). With the link cut, the site takes the backlog of 
 for ``--minutes`` minutes of outage over MQTT QoS 1, as fast as it takes them: each bed a
 numerics message a second and a waveform message every 0.25 s (noise: ECG_II and ECG_V at
 250 Hz, PLETH and ABP at 125 Hz; ``--synth``: the gateway simulator's synthetic beds, which add
-RESP at 62.5 Hz). The wire protocol carries waveform samples as int16, uncompressed (the
-project's codec compresses them in the store, not on the wire); NATS compresses a leaf link
+RESP at 62.5 Hz). The wire protocol carries waveform samples as int16, or with ``--coded``
+compressed by the project's codec (``wire.FLAG_CODED``, as a site's gateways send them with
+``eicu simulate --coded`` or ``EICU_HL7_CODED_WAVEFORMS=1``); NATS compresses a leaf link
 with S2 when its round trip is 10 ms or more (``compression: s2_auto``, its default; below,
 uncompressed). Then
 the link is restored and the benchmark times the drain: until the hub's stream ``SITE_<id>``
@@ -32,6 +33,7 @@ waveforms apart, show what live data waits for while the backlog drains.
 
     python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 [--feed] [--verbose]
     python benchmarks/wan.py --beds 200 --minutes 2 --cut-s 125 --rate-mbit 10 --synth --feed
+    python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 --rate-mbit 10 --synth --coded --feed
     python benchmarks/wan.py --beds 50 --minutes 2 --cut-s 125 --rate-mbit 10 --delay-ms 100 \
         --jitter-ms 20 --loss-pct 1 --feed
 """
@@ -56,7 +58,7 @@ SITE = "bench"
 FRAME_S = 0.25
 
 
-def backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str, bytes]]:
+def backlog(beds: int, minutes: float, end_us: int, coded: bool = False) -> list[tuple[str, bytes]]:
     """The outage's messages, oldest first: (topic, payload)."""
     import numpy as np
 
@@ -95,11 +97,18 @@ def backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str, bytes]]:
                     for name, fs, gain in blocks
                 )
                 frame = WaveformFrame(bed, seq, t0_us, signal_blocks)
-                messages.append((f"eicu/v1/{SITE}/{bed.bed}/waveform", wire.encode_waveform(frame)))
+                messages.append(
+                    (
+                        f"eicu/v1/{SITE}/{bed.bed}/waveform",
+                        wire.encode_waveform(frame, coded=coded),
+                    )
+                )
     return messages
 
 
-def synthetic_backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str, bytes]]:
+def synthetic_backlog(
+    beds: int, minutes: float, end_us: int, coded: bool = False
+) -> list[tuple[str, bytes]]:
     """As :func:`backlog`, from the gateway simulator's stable synthetic beds
     (simulators.synth: ECG_II and ECG_V at 250 Hz, PLETH and ABP at 125 Hz, RESP at 62.5 Hz,
     numerics every second): waveforms with a patient's structure, as a gateway sends them."""
@@ -118,7 +127,8 @@ def synthetic_backlog(beds: int, minutes: float, end_us: int) -> list[tuple[str,
                     (f"eicu/v1/{SITE}/{bed.bed}/numerics", wire.encode_numerics(numerics))
                 )
             if wave is not None:
-                messages.append((f"eicu/v1/{SITE}/{bed.bed}/waveform", wire.encode_waveform(wave)))
+                payload = wire.encode_waveform(wave, coded=coded)
+                messages.append((f"eicu/v1/{SITE}/{bed.bed}/waveform", payload))
     return messages
 
 
@@ -158,8 +168,9 @@ class LiveBed:
 
     BED = "live"
 
-    def __init__(self, mqtt_port: int) -> None:
+    def __init__(self, mqtt_port: int, coded: bool = False) -> None:
         self.mqtt_port = mqtt_port
+        self.coded = coded
         self.sent: dict[tuple[str, int], float] = {}  # (kind, seq) -> when it was PUBACKed
         self.arrived: dict[tuple[str, int], float] = {}  # (kind, seq) -> in the hub's stream
         self.stop = asyncio.Event()
@@ -194,7 +205,9 @@ class LiveBed:
                 )
                 wave = WaveformFrame(bed, k, now_us, blocks)
                 await client.publish(
-                    f"eicu/v1/{SITE}/{bed.bed}/waveform", wire.encode_waveform(wave), qos=1
+                    f"eicu/v1/{SITE}/{bed.bed}/waveform",
+                    wire.encode_waveform(wave, coded=self.coded),
+                    qos=1,
                 )
                 self.sent[("waveform", k)] = time.monotonic()
                 k += 1
@@ -341,8 +354,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             result["hub_sources"] = "two: waveforms; numerics, statuses and alarms"
         end_us = time.time_ns() // 1_000_000 * 1000
         make = synthetic_backlog if args.synth else backlog
-        timeline = make(args.beds, args.minutes + 1 / 60, end_us)
+        timeline = make(args.beds, args.minutes + 1 / 60, end_us, args.coded)
         result["waveforms"] = "synthetic beds (simulators.synth)" if args.synth else "noise"
+        result["waveform_samples"] = "coded (eicu.kernels.codec)" if args.coded else "int16"
         # The link carries live data first (the timeline's first second), then it is cut.
         per_second = args.beds * (1 + round(1 / FRAME_S))
         live, messages = timeline[:per_second], timeline[per_second:]
@@ -396,7 +410,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 keep_one_source_current(hub_nc) if args.one_source
                 else keep_sources_current(hub_nc, SITE)
             )  # fmt: skip
-        live_bed = LiveBed(site.mqtt_port)
+        live_bed = LiveBed(site.mqtt_port, args.coded)
         following = await follow_newest(
             hub_nc, SITE, f"eicu.v1.{SITE}.{LiveBed.BED}.*", live_bed.on_hub
         )
@@ -517,6 +531,12 @@ def main() -> None:
         "--synth",
         action="store_true",
         help="waveforms of the gateway simulator's synthetic beds instead of noise",
+    )
+    parser.add_argument(
+        "--coded",
+        action="store_true",
+        help="the gateways send their waveform samples compressed by the project's codec "
+        "(wire.FLAG_CODED), as `eicu simulate --coded` does",
     )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="each way (implies --netns)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="+- on --delay-ms")

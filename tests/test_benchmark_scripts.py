@@ -3,6 +3,7 @@ measures nothing, and nothing else would notice."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -64,3 +65,49 @@ def test_the_wan_benchmark_drains_a_backlog_across_a_capped_link() -> None:
     # The whole backlog crossed the WAN, uncompressed at this round trip, within the cap.
     assert result["wan_bytes_up"] >= result["bytes"]
     assert result["wan_up_mbit_per_s_while_draining"] <= 2.0 * 1.1, result
+
+
+def test_the_wan_benchmark_sends_coded_waveforms_in_fewer_bytes() -> None:
+    from tests.netns import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    out = subprocess.run(
+        [sys.executable, "benchmarks/wan.py", "--beds", "4", "--minutes", "0.2", "--synth",
+         "--coded", "--netns"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["waveform_samples"] == "coded (eicu.kernels.codec)"
+    # The same beds' messages with int16 samples, as the benchmark builds them uncoded.
+    spec = importlib.util.spec_from_file_location("wan_benchmark", ROOT / "benchmarks" / "wan.py")
+    assert spec is not None and spec.loader is not None
+    wan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wan)
+    raw = wan.synthetic_backlog(4, 0.2 + 1 / 60, 1_764_302_400_000_000)
+    raw_bytes = sum(len(p) for _, p in raw[4 * 5 :])  # after the first second, sent before the cut
+    assert result["messages"] == len(raw) - 4 * 5
+    assert result["bytes"] < 0.6 * raw_bytes, (result["bytes"], raw_bytes)
+    # and every coded byte crossed the link
+    assert result["wan_bytes_up"] >= result["bytes"]
+
+
+def test_the_wire_coding_benchmark_measures_real_records_losslessly() -> None:
+    from eicu.datasets import data_dir
+
+    if not any((data_dir() / "challenge2015").glob("*.hea")):
+        pytest.skip(f"no PhysioNet/CinC 2015 records under {data_dir()} (EICU_DATA_DIR)")
+    out = subprocess.run(
+        [sys.executable, "benchmarks/wire_coding.py", "--records", "2", "--seconds", "20",
+         "--repeats", "1"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line.split() for line in out.stdout.splitlines() if line.startswith("challenge"))
+    raw_mb, coded_mb = float(row[3]), float(row[4])
+    assert row[1] == "2" and int(row[2]) == 2 * 80  # 20 s of 0.25-s frames from each record
+    assert 0 < coded_mb < raw_mb
