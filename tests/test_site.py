@@ -26,6 +26,8 @@ from eicu.config import MqttSettings, SiteFeedSettings, SiteSettings
 from eicu.errors import ConfigError, PayloadError
 from eicu.models import BedKey, NumericsFrame
 from eicu.sites import hub_stream
+from eicu.store import open_store
+from eicu.store.base import TrendPoint
 from tests.alarm_servers import HookServer
 from tests.site_servers import (
     SiteLink,
@@ -126,6 +128,16 @@ def test_print_nats_config_is_a_valid_leaf_node(tmp_path: Path) -> None:
     check_nats_config(out, tmp_path)
 
 
+async def hub_trend(db_url: str, bed: str, start_us: int, end_us: int) -> list[TrendPoint]:
+    """The hub's 1-minute heart-rate trend of one of the site's beds, as the dashboard reads it."""
+    store = open_store(db_url)
+    await store.open()
+    try:
+        return await store.trend(BedKey(SITE, bed), "HR", start_us, end_us)
+    finally:
+        await store.close()
+
+
 async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everything_once(
     link: SiteLink, hook: HookServer, db_url: str, tmp_path: Path
 ) -> None:
@@ -201,6 +213,17 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         stored = hub_samples(db_url, SITE)
         expected = {(bed, seq): [ts_us] for bed, seq, ts_us in published}
         assert stored == expected  # each sample once, at its device time
+
+        # The sick bed's trend at the hub holds the minutes of the cut, each heart rate of the
+        # backlog counted at its device time (the trend the dashboard draws).
+        minute = 60_000_000
+        first, last = published[0][2] // minute * minute, published[-1][2] // minute * minute
+        trend = await hub_trend(db_url, SICK, first, last + minute)
+        sick_sent = [(ts_us, seq) for bed, seq, ts_us in published if bed == SICK]
+        assert sum(p.n for p in trend) == len(sick_sent)
+        during_cut = [ts for bed, _, ts in published[cut_at:restored] if bed == SICK]
+        cut_minutes = {ts // minute * minute for ts in during_cut}
+        assert cut_minutes <= {p.bucket_us for p in trend if p.max == 150.0}
 
         # The feed acknowledged everything once it was stored, and nothing had to come again.
         js = hub_nc.jetstream()
