@@ -277,15 +277,21 @@ def census(
 
 def site_link_view(link: SiteLink, now_us: int) -> dict[str, Any]:
     """What the census shows of a remote site's link at ``now_us``: ``state`` (``up``,
-    ``down``, or ``unknown`` when the feed could not read it or its report is too old: the
-    feed has stopped), ``since_us`` (down: the last contact; unknown: the feed's last report)
-    and ``last_contact_us``. Only what changes with the link, never an age: the page counts
+    ``down``, ``catching_up`` when it is up but the hub is still storing a backlog, or
+    ``unknown`` when the feed could not read it or its report is too old: the feed has stopped),
+    ``since_us`` (down: the last contact; catching up: the device time of the oldest data not
+    stored yet, with ``unstored`` messages; unknown: the feed's last report) and
+    ``last_contact_us``. Only what changes with the link, never an age: the page counts
     ages from the times."""
     if link.expired(now_us):
         return {"state": "unknown", "since_us": link.checked_us,
                 "last_contact_us": link.last_contact_us, "why": "feed_silent"}  # fmt: skip
     view: dict[str, Any] = {"state": link.state, "last_contact_us": link.last_contact_us}
-    if link.state == "down":
+    if link.state == "up" and link.unstored_since_us is not None:
+        view["state"] = "catching_up"
+        view["since_us"] = link.unstored_since_us
+        view["unstored"] = link.unstored
+    elif link.state == "down":
         view["since_us"] = link.last_contact_us
     elif link.state == "unknown":
         view["since_us"] = link.last_contact_us

@@ -27,6 +27,7 @@ from eicu.live import STATE_ROOT
 from eicu.sites import check_site_id
 
 __all__ = [
+    "CATCHING_UP_AFTER_S",
     "LINK_FILTER",
     "LINK_VERSION",
     "SILENT_AFTER_S",
@@ -45,6 +46,10 @@ LINK_FILTER: Final = f"{STATE_ROOT}/+/link"
 # NATS's source of a site's stream hears from the site about every second while the link is
 # up, even with nothing to copy: this long without it, the link is down.
 SILENT_AFTER_S: Final = 5.0
+# A link that is up is "catching up" while the oldest message the hub holds but has not stored
+# lies this far behind the newest of its own stream (by the device's times): a page then says
+# that the site's data from that time on is still being stored.
+CATCHING_UP_AFTER_S: Final = 30.0
 # A report is taken as current for this many of the feed's periods (and at least EXPIRY_MIN_S).
 EXPIRY_PERIODS: Final = 3
 EXPIRY_MIN_S: Final = 10.0
@@ -73,7 +78,9 @@ class SiteLink:
     ``last_contact_us``, when the hub last heard from the site (None: not known, e.g. the hub's
     server restarted during the cut and the feed never saw the link up); ``lag``, messages the
     site holds that the hub has not copied (as of the last contact); ``error``, what the source
-    or the feed reported; ``period_s``, how often the feed reports."""
+    or the feed reported; ``period_s``, how often the feed reports; ``unstored``, messages the
+    hub holds and has not stored yet; ``unstored_since_us``, while the link is up but catching
+    up (:data:`CATCHING_UP_AFTER_S`), the device time of the oldest of them, else None."""
 
     site: str
     state: LinkState
@@ -82,6 +89,8 @@ class SiteLink:
     lag: int = 0
     error: str | None = None
     period_s: float = 2.0
+    unstored: int = 0
+    unstored_since_us: int | None = None
 
     def expired(self, now_us: int) -> bool:
         """Whether a reader at ``now_us`` should no longer believe this report."""
@@ -99,10 +108,16 @@ def judge(
     *,
     silent_after_s: float = SILENT_AFTER_S,
     period_s: float = 2.0,
+    unstored: int = 0,
+    oldest_unstored_us: int | None = None,
+    unstored_behind_s: float | None = None,
+    catching_up_after_s: float = CATCHING_UP_AFTER_S,
 ) -> SiteLink:
     """The link of ``site`` at ``now_us`` from its source's state: ``silent_s``, seconds since
     the source last heard from the site (None: not since the source was set up); ``previous``,
-    the last report, whose last contact stands while the source knows none."""
+    the last report, whose last contact stands while the source knows none; ``unstored``,
+    ``oldest_unstored_us`` and ``unstored_behind_s``, what the hub holds and has not stored
+    (:class:`eicu.bus.sites.SourceState`)."""
     if silent_s is not None and (not math.isfinite(silent_s) or silent_s < 0):
         raise ValueError(f"silent_s must be a finite number >= 0, got {silent_s}")
     if silent_s is None:
@@ -112,7 +127,16 @@ def judge(
     if previous is not None and previous.last_contact_us is not None:
         contact = max(contact, previous.last_contact_us)
     state: LinkState = "up" if silent_s <= silent_after_s else "down"
-    return SiteLink(site, state, now_us, contact, max(lag, 0), error, period_s)
+    catching_up = (
+        state == "up"
+        and oldest_unstored_us is not None
+        and unstored_behind_s is not None
+        and unstored_behind_s >= catching_up_after_s
+    )
+    return SiteLink(
+        site, state, now_us, contact, max(lag, 0), error, period_s, max(unstored, 0),
+        oldest_unstored_us if catching_up else None,
+    )  # fmt: skip
 
 
 def unknown(
@@ -128,7 +152,8 @@ def encode_link(link: SiteLink) -> bytes:
     doc = {
         "v": LINK_VERSION, "site": link.site, "state": link.state, "t": link.checked_us,
         "contact": link.last_contact_us, "lag": link.lag, "error": link.error,
-        "period_s": link.period_s,
+        "period_s": link.period_s, "unstored": link.unstored,
+        "unstored_since": link.unstored_since_us,
     }  # fmt: skip
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
@@ -175,4 +200,8 @@ def decode_link(topic: str, payload: bytes) -> SiteLink:
         lag=_int(doc, "lag"),
         error=error,
         period_s=float(period),
+        unstored=_int(doc, "unstored") if "unstored" in doc else 0,
+        unstored_since_us=(
+            None if doc.get("unstored_since") is None else _int(doc, "unstored_since")
+        ),
     )

@@ -658,6 +658,22 @@ def decode(topic: str, payload: bytes, received_us: int = 0) -> Frame | None:
     return decode_status(site, None, name, payload, received_us)
 
 
+def device_time_us(topic: str, payload: bytes) -> int | None:
+    """The device time a message carries (a waveform frame's first sample, a numerics or status
+    message's time), or None: no time, or not a message the decoder takes."""
+    try:
+        frame = decode(topic, payload)
+    except PayloadError:
+        return None
+    if isinstance(frame, WaveformFrame):
+        return frame.t0_us
+    if isinstance(frame, NumericsFrame):
+        return frame.ts_us
+    if isinstance(frame, StatusFrame):
+        return frame.ts_us
+    return None
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 

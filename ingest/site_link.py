@@ -53,6 +53,12 @@ class SiteLinkMetrics:
             ["site"],
             registry=registry,
         )
+        self.unstored = Gauge(
+            "eicu_site_link_unstored_messages",
+            "Messages of the site the hub holds and has not stored yet",
+            ["site"],
+            registry=registry,
+        )
         self.unread = Counter(
             "eicu_site_link_unread",
             "Times the state of a site's link could not be read or judged",
@@ -115,6 +121,8 @@ class SiteLinkWatch:
             link = judge(
                 site, now_us, state.silent_s, state.lag, state.error, previous,
                 silent_after_s=self._silent_after_s, period_s=self._period_s,
+                unstored=state.unstored, oldest_unstored_us=state.oldest_unstored_us,
+                unstored_behind_s=state.unstored_behind_s,
             )  # fmt: skip
         self._changed(self.links.get(site), link)
         self.links[site] = link
@@ -123,11 +131,17 @@ class SiteLinkWatch:
         if link.last_contact_us is not None:
             silent = max(0.0, (now_us - link.last_contact_us) / 1e6)
         self.metrics.silent.labels(site=site).set(silent)
+        self.metrics.unstored.labels(site=site).set(link.unstored)
         self._announce(link_topic(site), encode_link(link))
         return link
 
     @staticmethod
     def _changed(before: SiteLink | None, after: SiteLink) -> None:
+        was_catching_up = before is not None and before.unstored_since_us is not None
+        if after.unstored_since_us is not None and not was_catching_up:
+            log.info("site %s: catching up, %d messages to store", after.site, after.unstored)
+        elif was_catching_up and after.unstored_since_us is None and after.state == "up":
+            log.info("site %s: caught up", after.site)
         if before is not None and before.state == after.state:
             return
         if after.state == "up":

@@ -25,10 +25,11 @@ from eicu import wire
 from eicu.bus import Client
 from eicu.bus.sites import ensure_site_stream
 from eicu.config import MqttSettings
-from eicu.devservices import DashboardProcess, EicuProcess, free_port
+from eicu.devservices import DashboardProcess, EicuProcess, Mosquitto, free_port
 from eicu.live import decode_batch
 from eicu.models import BedKey, NumericsFrame
-from eicu.site_link import LINK_FILTER, decode_link
+from eicu.site_link import LINK_FILTER, decode_link, encode_link, link_topic
+from eicu.site_link import SiteLink as SiteLink_
 from tests.cheap_argon2 import cheap_hasher
 from tests.chromium import CHROMIUM
 from tests.dashboard_beds import api_login
@@ -379,3 +380,71 @@ async def test_a_feed_stopped_and_started_again_during_a_cut(
         await site_nc.close()
         for process in (dashboard, feed):
             process.stop()
+
+
+async def test_a_site_back_but_still_storing_its_backlog_is_one_banner_saying_since_when(
+    broker: Mosquitto, db_url: str, users_file: Path, tmp_path: Path
+) -> None:
+    """The dashboard's side of a site that is catching up (the feed's side:
+    tests/test_site_live.py): a report of the link up with a backlog still to store, as the
+    feed publishes it, is one banner on the census and the bed view, saying since when the
+    site's data is still being stored; the next report without a backlog takes it away."""
+    dashboard = DashboardProcess(broker.url, db_url, users_file, tmp_path / "dashboard.log")
+    since_us = now_us() - 95_000_000
+    catching_up = SiteLink_(SITE, "up", now_us(), now_us() - 400_000, lag=0, period_s=2.0,
+                            unstored=12_345, unstored_since_us=since_us)  # fmt: skip
+    bus = MqttSettings(host="127.0.0.1", port=broker.port, client_id="site-feed")
+    browsers = contextlib.AsyncExitStack()
+    try:
+        dashboard.wait_ready()
+        async with Client(bus, timeout=10) as client:
+            await client.publish(link_topic(SITE), encode_link(catching_up), qos=1, retain=True)
+        api = await login(dashboard.url)
+        async with contextlib.aclosing(api):
+
+            async def links() -> dict[str, Any]:
+                r = await api.get("/api/census")
+                assert r.status_code == 200, r.text
+                return r.json()["links"]  # type: ignore[no-any-return]
+
+            async def shown() -> bool:
+                return SITE in await links()
+
+            await until(shown, "the site's banner", timeout_s=20)
+            assert (await links())[SITE] == {
+                "state": "catching_up", "since_us": since_us, "unstored": 12_345,
+                "last_contact_us": catching_up.last_contact_us,
+            }  # fmt: skip
+            if CHROMIUM.exists():
+                from playwright.async_api import async_playwright
+
+                playwright = await browsers.enter_async_context(async_playwright())
+                browser = await playwright.chromium.launch(
+                    executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"]
+                )
+                browsers.push_async_callback(browser.close)
+                page = await browser.new_page()
+                await page.goto(f"{dashboard.url}/login?next=/census")
+                await page.fill("#name", "ada")
+                await page.fill("#password", PASSWORD)
+                await page.click("#submit")
+                banner = page.locator(f"#site-links p[data-site='{SITE}']")
+                await banner.wait_for(timeout=10_000)
+                text = await banner.inner_text()
+                assert text.startswith(f"Site {SITE}: link back, catching up: its data from "), text
+                assert "(12,345 messages)" in text and "Trends and full disclosure" in text, text
+                assert await banner.get_attribute("data-state") == "catching_up"
+            # the backlog stored: the feed's next report has none, and the banner goes
+            done = SiteLink_(SITE, "up", now_us(), now_us(), period_s=2.0)
+            async with Client(bus, timeout=10) as client:
+                await client.publish(link_topic(SITE), encode_link(done), qos=1, retain=True)
+
+            async def gone() -> bool:
+                return SITE not in await links()
+
+            await until(gone, "the banner gone", timeout_s=20)
+            if CHROMIUM.exists():
+                await page.locator("#site-links").wait_for(state="hidden", timeout=10_000)
+    finally:
+        await browsers.aclose()
+        dashboard.stop()

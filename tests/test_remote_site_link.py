@@ -119,6 +119,41 @@ def test_the_census_shows_one_banner_per_site_whose_link_is_not_up() -> None:
     }
 
 
+def test_a_link_back_with_a_backlog_still_to_store_is_catching_up_until_it_is_stored() -> None:
+    # The oldest message the hub has not stored lies 90 s behind the newest of its subject:
+    # the link is up, catching up, since that message's device time.
+    back = judge(SITE, T0, 0.5, 0, None, None, unstored=12_345,
+                 oldest_unstored_us=T0 - 100_000_000, unstored_behind_s=90.0)  # fmt: skip
+    assert (back.state, back.unstored, back.unstored_since_us) == ("up", 12_345, T0 - 100_000_000)
+    assert decode_link(link_topic(SITE), encode_link(back)) == back
+    assert views.site_links_view({SITE: back}, T0, None) == {
+        SITE: {"state": "catching_up", "since_us": T0 - 100_000_000, "unstored": 12_345,
+               "last_contact_us": T0 - 500_000},
+    }  # fmt: skip
+    # What the feed holds in its batches in normal running (a few seconds behind) is no
+    # backlog, and neither is data that is old only by a monitor's wrong clock (behind 0 s).
+    for behind_s in (2.0, 29.9, 0.0):
+        steady = judge(SITE, T0, 0.5, 3, None, None, unstored=400,
+                       oldest_unstored_us=T0 - 3600_000_000,
+                       unstored_behind_s=behind_s)  # fmt: skip
+        assert steady.unstored_since_us is None
+        assert views.site_links_view({SITE: steady}, T0, None) == {}
+    # Not known how far behind: no claim either way.
+    assert judge(SITE, T0, 0.5, 0, None, None, unstored=9, oldest_unstored_us=T0,
+                 unstored_behind_s=None).unstored_since_us is None  # fmt: skip
+    # Cut off, the banner says so, whatever the hub has yet to store.
+    down = judge(SITE, T0, 60.0, 0, None, None, unstored=500,
+                 oldest_unstored_us=T0 - 100_000_000, unstored_behind_s=90.0)  # fmt: skip
+    assert (down.state, down.unstored_since_us) == ("down", None)
+    # A report of a feed that knows nothing of backlogs reads as none; a bad count is refused.
+    doc = json.loads(encode_link(back))
+    older = {k: v for k, v in doc.items() if k not in ("unstored", "unstored_since")}
+    assert decode_link(link_topic(SITE), json.dumps(older).encode()).unstored_since_us is None
+    for body in ({**doc, "unstored": "many"}, {**doc, "unstored_since": 1.5}):
+        with pytest.raises(PayloadError, match="malformed"):
+            decode_link(link_topic(SITE), json.dumps(body).encode())
+
+
 def snapshot(bed: BedKey, *, alarms: bool) -> BedSnapshot:
     return BedSnapshot(
         bed, T0, status="online", last_seen_us=T0, latest={"HR": (80.0, T0)},

@@ -24,6 +24,8 @@ from eicu.devservices import EicuProcess, NatsServer, ServiceError, free_port, h
 from eicu.live import decode_batch, state_topic
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, NumericsFrame
+from eicu.site_link import SiteLink as LinkReport
+from eicu.site_link import decode_link, link_topic
 from eicu.sites import hub_stream
 from eicu.wire import encode_numerics
 from ingest.site_live import LiveValues, apply_newer
@@ -219,6 +221,28 @@ async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
                         break
         stored_then = stored(db_url)
         assert stored_then < BACKLOG, f"the backlog was stored ({stored_then}) before it was shown"
+        # The link's report says the site is catching up, since the oldest heart rate not
+        # stored yet; once the backlog is stored (within 30 s of the newest), it says no more.
+        catching_up: list[tuple[LinkReport, int]] = []
+        caught_up: list[LinkReport] = []
+        async with Client(reader, timeout=10, clean_session=True) as client:
+            await client.subscribe(link_topic(SITE), qos=0)
+            async with asyncio.timeout(90):
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    link = decode_link(str(message.topic), message.payload)
+                    if link.unstored_since_us is not None and not caught_up:
+                        catching_up.append((link, stored(db_url)))
+                    elif catching_up and link.state == "up":
+                        caught_up.append(link)
+                        break
+        link, stored_by_then = catching_up[0]
+        assert link.state == "up" and link.unstored > 0
+        oldest_us = newest_us - (BACKLOG - 1) * 1_000_000
+        # the report's time is that of a message not yet stored when the report was read
+        assert oldest_us + (stored_by_then - 2 * 10) * 1_000_000 <= link.unstored_since_us
+        assert link.unstored_since_us <= newest_us - 30_000_000
+        assert caught_up[0].unstored_since_us is None
 
         def all_stored() -> bool:
             return stored(db_url) == BACKLOG

@@ -55,9 +55,9 @@ const eicu = {
       : "";
   },
 
-  // Remote sites cut off from the hub (the census's and the bed view's "links",
-  // dashboards.views.site_link_view): one banner per site in #site-links, saying since when
-  // the hub has not heard from it (nowUs: the server's clock).
+  // Remote sites cut off from the hub, or back and still storing their backlog (the census's
+  // and the bed view's "links", dashboards.views.site_link_view): one banner per site in
+  // #site-links, saying since when (nowUs: the server's clock).
   siteLinkText(site, link, nowUs) {
     const when = (us) => (nowUs - us > 12 * 3600e6 ? eicu.dateTimeText(us) : eicu.timeText(us));
     const ago = (us) => eicu.age(Math.max(0, (nowUs - us) / 1e6));
@@ -67,6 +67,11 @@ const eicu = {
         return `Site ${site}: disconnected; no contact since the hub's feed started. ${after}`;
       }
       return `Site ${site}: disconnected since ${when(link.since_us)} (${ago(link.since_us)} ago). ${after}`;
+    }
+    if (link.state === "catching_up") {
+      const n = Number(link.unstored || 0).toLocaleString("en");
+      return `Site ${site}: link back, catching up: its data from ${when(link.since_us)} on is ` +
+        `still being stored (${n} messages). Trends and full disclosure fill in as it arrives.`;
     }
     const contact = link.last_contact_us ? `; last contact ${when(link.last_contact_us)}` : "";
     if (link.why === "feed_silent") {

@@ -57,6 +57,7 @@ from eicu.sites import (
     site_domain,
     site_stream_api,
 )
+from eicu.wire import device_time_us
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
@@ -306,7 +307,11 @@ class SourceState:
     messages the site holds that the hub has not copied yet (as of the last contact, all sources
     together); ``error``: a source's error, if any ("no source" while they are being set up
     again); ``most_silent_s``: the seconds since the source heard from the site least recently
-    (None when one never did)."""
+    (None when one never did); ``unstored``, messages the hub holds that ``eicu site-feed`` has
+    not stored yet; ``oldest_unstored_us``, the device time of the oldest of them (None: none,
+    or its time unknown); ``unstored_behind_s``, how far that oldest one lies behind the newest
+    message of its own subject the hub holds, by their device times (one device's clock, so a
+    monitor's wrong clock does not count; None when not known)."""
 
     site_id: str
     silent_s: float | None
@@ -314,14 +319,18 @@ class SourceState:
     error: str | None
     messages: int
     most_silent_s: float | None = None
+    unstored: int = 0
+    oldest_unstored_us: int | None = None
+    unstored_behind_s: float | None = None
 
 
 def _silent_s(active_ns: int | None) -> float | None:
     return None if active_ns is None or active_ns < 0 else active_ns / 1e9
 
 
-async def source_state(nc: NatsClient, site_id: str) -> SourceState:
-    """The state of the hub's copy of one site (``nc``: the hub's NATS)."""
+async def source_state(nc: NatsClient, site_id: str, *, unstored: bool = False) -> SourceState:
+    """The state of the hub's copy of one site (``nc``: the hub's NATS); with ``unstored``,
+    what the feed has not stored of it too (a few more requests)."""
     info = await nc.jetstream().stream_info(hub_stream(site_id))
     sources = info.sources or []
     if not sources:  # between the two updates that set a source up again, or never set up
@@ -333,6 +342,9 @@ async def source_state(nc: NatsClient, site_id: str) -> SourceState:
         if source.error is not None:
             error = getattr(source.error, "description", None) or str(source.error)
             break
+    pending, oldest_us, behind_s = (
+        await _unstored(nc.jetstream(), site_id) if unstored else (0, None, None)
+    )
     return SourceState(
         site_id,
         min(known) if known else None,
@@ -340,7 +352,45 @@ async def source_state(nc: NatsClient, site_id: str) -> SourceState:
         error,
         int(info.state.messages),
         None if None in silent else max(known),
+        pending,
+        oldest_us,
+        behind_s,
     )
+
+
+# How many messages after the feed's acknowledged floor are read for a device time (statuses
+# and alarm changes may carry none).
+_TIMED_LOOKAHEAD: Final = 8
+
+
+async def _unstored(js: Any, site_id: str) -> tuple[int, int | None, float | None]:
+    """Messages of the hub's ``SITE_<id>`` the feed has not stored (acknowledged) yet, the
+    device time of the oldest of them, and how far it lies behind the newest message of its
+    subject at the hub: what a page must say is still to come."""
+    stream = hub_stream(site_id)
+    try:
+        info = await js.consumer_info(stream, FEED_CONSUMER)
+    except nats.js.errors.NotFoundError:
+        return 0, None, None  # no feed has started on this stream
+    unstored = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    if unstored == 0:
+        return 0, None, None
+    first = int(info.ack_floor.stream_seq or 0) + 1
+    for seq in range(first, first + _TIMED_LOOKAHEAD):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue  # deleted, or past the end
+        if msg.subject is None or msg.data is None:
+            continue
+        oldest = device_time_us(subject_to_topic(msg.subject), msg.data)
+        if oldest is None:
+            continue
+        newest_msg = await js.get_last_msg(stream, msg.subject)
+        newest = device_time_us(subject_to_topic(msg.subject), newest_msg.data or b"")
+        behind = None if newest is None else max(0.0, (newest - oldest) / 1e6)
+        return unstored, oldest, behind
+    return unstored, None, None
 
 
 async def read_source_state(nc: NatsClient, site_id: str, *, timeout_s: float = 2.0) -> SourceState:
@@ -348,7 +398,7 @@ async def read_source_state(nc: NatsClient, site_id: str, *, timeout_s: float = 
     hub's NATS does not answer or has no ``SITE_<id>`` (the state of the link is then not
     known)."""
     try:
-        return await asyncio.wait_for(source_state(nc, site_id), timeout_s)
+        return await asyncio.wait_for(source_state(nc, site_id, unstored=True), timeout_s)
     except _NATS_ERRORS as exc:
         raise PartitionConnectionLost(f"the state of {hub_stream(site_id)}: {exc!r}") from exc
 
