@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nats
 import numpy as np
+import psycopg
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 
@@ -112,10 +113,12 @@ WAVE_SIGNALS = (("ECG_II", 250.0, 200.0), ("ECG_V", 250.0, 200.0), ("PLETH", 125
 WAVE_FRAME_S = 0.25
 
 
-async def publish_waveforms(link: WanSiteLink, beds: int, seconds: float) -> tuple[int, int]:
+async def publish_waveforms(
+    link: WanSiteLink, beds: int, seconds: float, *, coded: bool = False
+) -> tuple[int, int]:
     """The last ``seconds`` of waveform frames of beds 1..``beds`` published to the site over
-    MQTT QoS 1 as fast as it takes them (a gateway's buffer emptied); returns the messages and
-    their bytes."""
+    MQTT QoS 1 as fast as it takes them (a gateway's buffer emptied), their samples coded by the
+    project's codec with ``coded``; returns the messages and their bytes."""
     rng = np.random.default_rng(7)
     frames = int(seconds / WAVE_FRAME_S)
     start_us = time.time_ns() // 1_000 - int(seconds * 1e6)
@@ -134,12 +137,24 @@ async def publish_waveforms(link: WanSiteLink, beds: int, seconds: float) -> tup
                     for name, fs_hz, gain in WAVE_SIGNALS
                 )  # fmt: skip
                 bed = BedKey(link.site_id, f"bed-{bed_no}")
-                payload = wire.encode_waveform(WaveformFrame(bed, seq, t0_us, blocks))
+                frame = WaveformFrame(bed, seq, t0_us, blocks)
+                payload = wire.encode_waveform(frame, coded=coded)
                 topic = f"eicu/v1/{link.site_id}/{bed.bed}/waveform"
                 sends.append(client.publish(topic, payload, qos=1))
                 sent, sent_bytes = sent + 1, sent_bytes + len(payload)
         await asyncio.gather(*sends)
     return sent, sent_bytes
+
+
+def hub_waveform_frames(db_url: str, site_id: str) -> int:
+    """The waveform frames of the site's beds the hub has stored."""
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(w.n_frames), 0) FROM waveforms w JOIN beds b USING (bed_id)"
+            " WHERE b.site = %s",
+            (site_id,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 async def run_site_over_wan(

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.alarm_servers import HookServer
-from tests.site_servers import WanSiteLink, wan_site_link
-from tests.site_wan import Run, publish_waveforms, run_site_over_wan
+from tests.site_servers import WanSiteLink, until, wan_site_link
+from tests.site_wan import Run, hub_waveform_frames, publish_waveforms, run_site_over_wan
 
 pytestmark = [pytest.mark.nats, pytest.mark.db]
 
@@ -63,10 +63,10 @@ async def test_a_delaying_lossy_link_delivers_everything_once(
         cut_at = time.monotonic()
         published_at_cut = len(run.published)
         run.make_sick()
-        # a gateway's buffered waveforms reach the site during the cut: a backlog of a few
-        # MB, enough frames on the link for its losses to matter
+        # a gateway's buffered waveforms reach the site during the cut: a backlog of about a
+        # MB coded, enough frames on the link for its losses to matter
         report["waves"], report["wave_bytes"] = await publish_waveforms(
-            link, LOSSY_BEDS, WAVE_BACKLOG_S
+            link, LOSSY_BEDS, WAVE_BACKLOG_S, coded=True
         )
         await run.wait_paged()
         assert time.monotonic() - cut_at < LOSSY_CUT_S  # paged by the site, the link down
@@ -78,6 +78,13 @@ async def test_a_delaying_lossy_link_delivers_everything_once(
         report["rtt_s"] = leaf_rtt_s(link)
 
     run = await run_site_over_wan(link, hook, db_url, tmp_path, lossy_with_a_cut, beds=LOSSY_BEDS)
+    # Every waveform frame of the backlog (coded, as a site's gateways send them) is stored at
+    # the hub once.
+    await until(
+        lambda: hub_waveform_frames(db_url, SITE) >= report["waves"],
+        "the backlog's waveforms in the hub's store",
+    )
+    assert hub_waveform_frames(db_url, SITE) == report["waves"]
     counts = link.wan.stop_bridge()
     frames = sum(c["frames"] + c["dropped"] for c in counts.values())
     dropped = sum(c["dropped"] for c in counts.values())
@@ -88,7 +95,8 @@ async def test_a_delaying_lossy_link_delivers_everything_once(
         f"{len(run.published)} published, leaf RTT {report['rtt_s'] * 1000:.0f} ms, "
         f"{dropped} of {frames} frames dropped; paged {run.paged_after_s:.1f} s into a "
         f"{LOSSY_CUT_S:.0f} s cut; its backlog of {report['backlog']:.0f} heart rates and "
-        f"{report['waves']:.0f} waveform messages ({report['wave_bytes'] / 1e6:.1f} MB) at the "
+        f"{report['waves']:.0f} coded waveform messages ({report['wave_bytes'] / 1e6:.1f} MB, "
+        f"each stored once) at the "
         f"hub {run.drains_s[0]:.1f} s after the link was back"
     )
 
