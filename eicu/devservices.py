@@ -1033,7 +1033,9 @@ class EicuProcess:
     """An ``eicu`` command in a process of its own with its ``EICU_*`` settings (the caller's
     other environment kept), from the project's folder, its output in ``log_path``;
     ``wait_ready()`` until its ``/readyz`` on ``ready_port`` answers 200; ``stop()`` as
-    SIGTERM (SIGKILL after ``timeout_s``), ``kill()`` as SIGKILL."""
+    SIGTERM (SIGKILL after ``timeout_s``), ``kill()`` as SIGKILL. Unless ``settings`` say
+    otherwise, its alarm outbox (``EICU_OUTBOX_PATH``) is beside its log, not in the project's
+    folder."""
 
     def __init__(
         self, args: Sequence[str], settings: Mapping[str, str], log_path: Path, ready_port: int
@@ -1048,7 +1050,11 @@ class EicuProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "eicu.cli", *args],
             cwd=Path(__file__).resolve().parent.parent,
-            env={**inherited, **settings},
+            env={
+                **inherited,
+                "EICU_OUTBOX_PATH": str(log_path.parent / "eicu-alarms.db"),
+                **settings,
+            },
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

@@ -367,11 +367,18 @@ async def _unstored(js: Any, site_id: str) -> tuple[int, int | None, float | Non
     """Messages of the hub's ``SITE_<id>`` the feed has not stored (acknowledged) yet, the
     device time of the oldest of them, and how far it lies behind the newest message of its
     subject at the hub: what a page must say is still to come."""
-    stream = hub_stream(site_id)
     try:
-        info = await js.consumer_info(stream, FEED_CONSUMER)
+        return await _read_unstored(js, hub_stream(site_id))
     except nats.js.errors.NotFoundError:
         return 0, None, None  # no feed has started on this stream
+    except _NATS_ERRORS as exc:
+        # The link's own state is read apart: a slow answer here costs only this part.
+        log.warning("what %s holds unstored not read: %r", hub_stream(site_id), exc)
+        return 0, None, None
+
+
+async def _read_unstored(js: Any, stream: str) -> tuple[int, int | None, float | None]:
+    info = await js.consumer_info(stream, FEED_CONSUMER)
     unstored = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
     if unstored == 0:
         return 0, None, None
