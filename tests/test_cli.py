@@ -259,6 +259,7 @@ def test_serve_says_when_the_dashboard_port_is_taken(db_url: str, tmp_path: Path
                 "EICU_HTTP_PORT": str(port),
                 "EICU_SPOOL_DIR": str(tmp_path / "spool"),
                 "EICU_USERS_FILE": str(tmp_path / "users.json"),
+                "EICU_OUTBOX_PATH": str(tmp_path / "eicu-alarms.db"),
             },
         )
     assert out.returncode == 2, out.stderr[-2000:]
