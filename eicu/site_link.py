@@ -192,6 +192,9 @@ def decode_link(topic: str, payload: bytes) -> SiteLink:
         raise PayloadError(
             "malformed", f"a site link's 'period_s' must be in (0, 3600]: {period!r}"
         )
+    unstored = _int(doc, "unstored") if "unstored" in doc else 0
+    if unstored < 0:
+        raise PayloadError("malformed", f"a site link's 'unstored' must be >= 0: {unstored}")
     return SiteLink(
         site=site,
         state=state,
@@ -200,7 +203,7 @@ def decode_link(topic: str, payload: bytes) -> SiteLink:
         lag=_int(doc, "lag"),
         error=error,
         period_s=float(period),
-        unstored=_int(doc, "unstored") if "unstored" in doc else 0,
+        unstored=unstored,
         unstored_since_us=(
             None if doc.get("unstored_since") is None else _int(doc, "unstored_since")
         ),

@@ -149,7 +149,8 @@ def test_a_link_back_with_a_backlog_still_to_store_is_catching_up_until_it_is_st
     doc = json.loads(encode_link(back))
     older = {k: v for k, v in doc.items() if k not in ("unstored", "unstored_since")}
     assert decode_link(link_topic(SITE), json.dumps(older).encode()).unstored_since_us is None
-    for body in ({**doc, "unstored": "many"}, {**doc, "unstored_since": 1.5}):
+    for body in ({**doc, "unstored": "many"}, {**doc, "unstored": -1},
+                 {**doc, "unstored_since": 1.5}):  # fmt: skip
         with pytest.raises(PayloadError, match="malformed"):
             decode_link(link_topic(SITE), json.dumps(body).encode())
 
