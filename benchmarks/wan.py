@@ -24,7 +24,9 @@ source up again itself; without, NATS retries on its own back-off), the drain ti
 from then, and how much faster than real time each drained (the outage's length over the
 drain's). With ``--netns`` it also prints the bytes that crossed the WAN while the backlog
 drained, each way, counted on the site's end of the link (Ethernet, IP and TCP headers, NATS's
-framing and retransmissions included), and per bed-hour. ``--cut-s``: how long, at least, the
+framing and retransmissions included), and per bed-hour. ``--mid-path`` (with a delay or
+loss: the bridge) cuts the link in the middle instead, where neither end sees it: the bridge
+drops every frame, both ends' interfaces up. ``--cut-s``: how long, at least, the
 link stays cut in real time (NATS's source back-off grows with it). The hub stream's count is
 polled every 50 ms, which bounds the resolution of a short drain. From the link's return until
 the backlog is at the hub, one more bed sends in real time (a numerics message a second, a
@@ -368,7 +370,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
         await wait_for(live_at_hub, 60)
         if wan is not None:
-            wan.wan.cut()
+            if args.mid_path:
+                wan.wan.cut_mid_path()
+            else:
+                wan.wan.cut()
         elif proxy is not None:
             proxy.stop()
         cut_at = time.monotonic()
@@ -417,7 +422,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         live_task = asyncio.create_task(live_bed.run())
         restored = time.monotonic()
         if wan is not None:
-            wan.wan.restore()
+            if args.mid_path:
+                wan.wan.restore_mid_path()
+            else:
+                wan.wan.restore()
         elif proxy is not None:
             proxy.start()
 
@@ -550,6 +558,12 @@ def main() -> None:
         "implies --netns)",
     )
     parser.add_argument(
+        "--mid-path",
+        action="store_true",
+        help="cut the link in the middle of the path, where neither end sees it (needs "
+        "--delay-ms or --loss-pct: the bridge in the middle)",
+    )
+    parser.add_argument(
         "--one-source",
         action="store_true",
         help="the hub's copy with one source of every subject, as eicu made it before its "
@@ -564,6 +578,8 @@ def main() -> None:
         if not 0 <= args.jitter_ms <= args.delay_ms or not 0 <= args.loss_pct < 100:
             parser.error("need 0 <= --jitter-ms <= --delay-ms and 0 <= --loss-pct < 100")
         args.netns = True
+    if args.mid_path and not (args.delay_ms or args.loss_pct):
+        parser.error("--mid-path needs --delay-ms or --loss-pct (the bridge in the middle)")
     if args.beds < 1 or args.minutes <= 0:
         parser.error("--beds must be >= 1 and --minutes > 0")
     if args.rate_mbit is not None:

@@ -37,7 +37,9 @@ def lossy_link() -> Iterator[WanSiteLink]:
 
 @pytest.fixture
 def link() -> Iterator[WanSiteLink]:
-    yield from wan_site_link(SITE)
+    # a bridge in the middle (1 ms each way), so that the path can also fail where neither end
+    # sees it
+    yield from wan_site_link(SITE, delay_ms=1.0)
 
 
 def leaf_rtt_s(link: WanSiteLink) -> float:
@@ -106,14 +108,23 @@ async def test_a_flapping_link_delivers_everything_once(
 ) -> None:
     async def flap(run: Run) -> None:
         for flap_no in range(FLAPS):
-            link.wan.cut()
+            # the first outage at the site's end (its kernel knows), the next in the middle of
+            # the path (both ends' interfaces up: neither end learns of it but by silence)
+            mid_path = flap_no % 2 == 1
+            if mid_path:
+                link.wan.cut_mid_path()
+            else:
+                link.wan.cut()
             down_at = time.monotonic()
             published_at_cut = len(run.published)
             if flap_no == 0:
                 run.make_sick()
             await asyncio.sleep(FLAP_DOWN_S - (time.monotonic() - down_at))  # the outage
             assert len(run.stored()) <= published_at_cut  # nothing crossed while down
-            link.wan.restore()
+            if mid_path:
+                link.wan.restore_mid_path()
+            else:
+                link.wan.restore()
             up_at = time.monotonic()
             await run.drain()
             if flap_no == 0:

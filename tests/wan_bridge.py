@@ -9,7 +9,9 @@ exactly as for a virtual machine's network card. The namespaces' own interfaces 
 segments (``gso_max_segs 1``), so a dropped frame is one TCP segment lost, and TCP recovers it
 the way it does on a real path: by its retransmission, after the delay of the link.
 
-On SIGTERM it prints what it carried and dropped, each direction, as one line of JSON.
+SIGUSR1 cuts the link in the middle of the path: every frame is dropped, both ends' interfaces
+staying up, so neither end's kernel sees the cut; SIGUSR2 restores it. On SIGTERM it prints what
+it carried and dropped, each direction, as one line of JSON.
 
     python tests/wan_bridge.py IFACE_A IFACE_B --delay-ms 100 --jitter-ms 20 --loss-pct 1
 """
@@ -34,24 +36,34 @@ FRAME_MAX = 65536 + 10  # the largest frame, and the virtio-net header in front 
 
 
 class Direction:
-    """One direction of the link: frames read from ``src``, delayed, written to ``dst``."""
+    """One direction of the link: frames read from ``src``, delayed, written to ``dst``; none
+    while ``cut`` is set."""
 
     def __init__(
-        self, src: socket.socket, dst: socket.socket, args: argparse.Namespace, seed: int
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        args: argparse.Namespace,
+        seed: int,
+        cut: threading.Event,
     ) -> None:
         self.src, self.dst = src, dst
+        self.cut = cut
         self.delay_s = args.delay_ms / 1000.0
         self.jitter_s = args.jitter_ms / 1000.0
         self.loss = args.loss_pct / 100.0
         self.rng = random.Random(seed)
         self.pending: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-        self.frames = self.bytes = self.dropped = self.failed = 0
+        self.frames = self.bytes = self.dropped = self.failed = self.cut_off = 0
         self._last_release = 0.0
 
     def read(self) -> None:
         while True:
             frame, address = self.src.recvfrom(FRAME_MAX)
             if address[2] == PACKET_OUTGOING:
+                continue
+            if self.cut.is_set():
+                self.cut_off += 1
                 continue
             if self.loss and self.rng.random() < self.loss:
                 self.dropped += 1
@@ -81,6 +93,7 @@ class Direction:
             "bytes": self.bytes,
             "dropped": self.dropped,
             "not_sent": self.failed,
+            "cut_off": self.cut_off,
         }
 
 
@@ -106,9 +119,10 @@ def main() -> None:
     if not 0 <= args.loss_pct < 100:
         parser.error("need 0 <= --loss-pct < 100")
     a, b = packet_socket(args.iface_a), packet_socket(args.iface_b)
+    cut = threading.Event()
     directions = {
-        f"{args.iface_a}->{args.iface_b}": Direction(a, b, args, args.seed),
-        f"{args.iface_b}->{args.iface_a}": Direction(b, a, args, args.seed + 1),
+        f"{args.iface_a}->{args.iface_b}": Direction(a, b, args, args.seed, cut),
+        f"{args.iface_b}->{args.iface_a}": Direction(b, a, args, args.seed + 1, cut),
     }
     for direction in directions.values():
         for work in (direction.read, direction.write):
@@ -116,6 +130,8 @@ def main() -> None:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    signal.signal(signal.SIGUSR1, lambda *_: cut.set())
+    signal.signal(signal.SIGUSR2, lambda *_: cut.clear())
     print("ready", flush=True)
     stopped.wait()
     counts = {name: d.counts() for name, d in directions.items()}
