@@ -41,7 +41,9 @@ from eicu.live import (
     Mark,
     Ring,
     SignalTrace,
+    bed_of_live_waveform_topic,
     decode_batch,
+    live_waveform_topic,
     site_of_state_topic,
 )
 from eicu.models import AlarmCommand, BedKey, WaveformFrame
@@ -286,6 +288,8 @@ class BusBeds:
         parts = topic.split("/")
         if len(parts) == 7 and parts[:2] == ["eicu", "p"]:
             topic = "eicu/" + "/".join(parts[3:])  # a partition's view of the gateway topic
+        elif (remote := bed_of_live_waveform_topic(topic)) is not None:
+            topic = wire.waveform_topic(remote)  # a remote site's, passed on by the hub's feed
         frame = wire.decode(topic, payload, received_us)
         if not isinstance(frame, WaveformFrame):
             raise PayloadError("wrong_topic", f"not a waveform: {topic[:120]}")
@@ -306,6 +310,7 @@ class BusBeds:
         return [
             wire.waveform_topic(bed),
             PARTITION_WAVEFORM.format(site=bed.site, bed=bed.bed),
+            live_waveform_topic(bed),  # a remote site's, passed on by the hub's feed
         ]
 
     async def run(self) -> None:

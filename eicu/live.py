@@ -49,6 +49,20 @@ def state_topic(site: str) -> str:
 STATE_FILTER: Final = f"{STATE_ROOT}/+"
 
 
+def live_waveform_topic(bed: BedKey) -> str:
+    """``eicu/state/<site>/<bed>/waveform``: a remote site's live waveform frames at the hub, as
+    its gateway sent them, passed on by ``eicu site-feed`` for dashboards (an internal topic: no
+    engine takes them for a bed of its own)."""
+    return f"{STATE_ROOT}/{bed.site}/{bed.bed}/waveform"
+
+
+def bed_of_live_waveform_topic(topic: str) -> BedKey | None:
+    parts = topic.split("/")
+    if len(parts) == 5 and "/".join(parts[:2]) == STATE_ROOT and parts[4] == "waveform":
+        return BedKey(parts[2], parts[3])
+    return None
+
+
 class Ring:
     """The last ``capacity`` samples of one signal (physical units), kept circularly: writing a
     chunk costs the chunk, not the whole buffer."""

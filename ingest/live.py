@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKS_IN_SNAPSHOT = 64  # the newest marks a published snapshot carries (~12 s of beats)
+FORWARD_MAX = 4096  # live messages waiting to be passed on (a few seconds of 200 beds' waveforms)
 
 
 def snapshot(
@@ -205,6 +207,8 @@ class StatePublisher:
         self._urgent: set[BedKey] = set()
         self._replies: list[tuple[str, bytes]] = []
         self._retained: dict[str, bytes] = {}  # topic -> the newest payload to publish retained
+        # live data passed on (QoS 0), the newest FORWARD_MAX: what waits longer is stale anyway
+        self._forwards: deque[tuple[str, bytes]] = deque(maxlen=FORWARD_MAX)
         self._wake = asyncio.Event()
         self._client_factory = client_factory or (lambda s: bus.Client(s, timeout=5.0))
         self.published = 0  # state messages published
@@ -221,6 +225,13 @@ class StatePublisher:
         are few; one that cannot be published is dropped with the connection (the dashboard
         gives up waiting and says so)."""
         self._replies.append((topic, payload))
+        self._wake.set()
+
+    def forward(self, topic: str, payload: bytes) -> None:
+        """Publish live data (QoS 0, not retained) on this connection, soon; with the connection
+        down, or more than ``FORWARD_MAX`` waiting, the oldest is dropped: it is live or
+        nothing."""
+        self._forwards.append((topic, payload))
         self._wake.set()
 
     def announce(self, topic: str, payload: bytes) -> None:
@@ -302,7 +313,7 @@ class StatePublisher:
         next_full = loop.time()
         while True:
             wait = max(0.0, next_full - loop.time())
-            if not self._urgent and not self._replies and not self._retained:
+            if not (self._urgent or self._replies or self._retained or self._forwards):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -327,3 +338,6 @@ class StatePublisher:
             retained, self._retained = self._retained, {}
             for topic, payload in retained.items():
                 await client.publish(topic, payload, qos=1, retain=True)
+            while self._forwards:
+                topic, payload = self._forwards.popleft()
+                await client.publish(topic, payload, qos=0)

@@ -18,8 +18,8 @@ taken (the stored copy goes through the engine's device-clock check).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -27,8 +27,9 @@ from eicu.bus.partitioned import PartitionConnectionLost
 from eicu.bus.sites import follow_newest, subject_to_topic
 from eicu.clock import SYSTEM_CLOCK, Clock
 from eicu.errors import PayloadError
+from eicu.live import live_waveform_topic
 from eicu.models import BedKey, NumericsFrame
-from eicu.wire import decode_numerics, parse_topic
+from eicu.wire import decode_numerics, decode_waveform, parse_topic
 from ingest.state import BedRouter
 
 log = logging.getLogger(__name__)
@@ -140,3 +141,103 @@ def apply_newer(router: BedRouter, frame: NumericsFrame) -> int:
             state.status = "online"
             state.status_us = frame.ts_us
     return taken
+
+
+# A waveform frame older than this (by its device time against the hub's clock) is backlog, not
+# live: it is stored and shown in review, never drawn as the live trace.
+LIVE_WAVEFORM_WINDOW_S: Final = 10.0
+
+
+class LiveWaveforms:
+    """Passes each site's live waveform frames, as its gateways sent them, from the hub's copy
+    of its stream to the dashboards (``forward(topic, payload)``: the state publisher's QoS 0
+    publish, on ``eicu.live.live_waveform_topic``), so a remote bed's view draws its waveforms
+    as a hub bed's. Only what is live goes: a frame whose first sample is more than
+    ``window_s`` old, or not newer than the last one passed on for its bed, is a backlog's (it is
+    stored, and reviewed from the store); a frame timed further ahead of the hub's clock than
+    the engine accepts, or that cannot be read, is counted and dropped."""
+
+    def __init__(
+        self,
+        connections: Mapping[str, Any],
+        forward: Callable[[str, bytes], None],
+        registry: CollectorRegistry,
+        *,
+        max_ahead_s: float,
+        window_s: float = LIVE_WAVEFORM_WINDOW_S,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if max_ahead_s < 0 or window_s <= 0:
+            raise ValueError(f"need max_ahead_s >= 0 and window_s > 0: {max_ahead_s}, {window_s}")
+        self._connections = dict(connections)
+        self._forward = forward
+        self._max_ahead_us = int(max_ahead_s * 1e6)
+        self._window_us = int(window_s * 1e6)
+        self._clock = clock
+        self._newest: dict[BedKey, int] = {}  # the first-sample time last passed on, per bed
+        self._subscriptions: list[Any] = []
+        self.passed = Counter(
+            "eicu_site_live_waveforms",
+            "Live waveform frames of remote sites passed on to the dashboards",
+            ["site"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "eicu_site_live_waveforms_skipped",
+            "Waveform frames of remote sites not passed on live, by reason (backlog: older "
+            "than the live window or than the bed's last; the rest as the wire protocol says)",
+            ["site", "reason"],
+            registry=registry,
+        )
+
+    async def start(self) -> None:
+        """Follows every site's waveforms from now on; a site whose stream cannot be read is
+        logged (its beds then show no live waveforms at the hub, as before)."""
+        for site, nc in self._connections.items():
+
+            def on_message(subject: str, payload: bytes, site: str = site) -> None:
+                self.take(site, subject, payload)
+
+            try:
+                sub = await follow_newest(
+                    nc, site, f"eicu.v1.{site}.*.waveform", on_message, new_only=True
+                )
+            except PartitionConnectionLost as exc:
+                log.warning("site %s: live waveforms not followed (%s)", site, exc)
+                continue
+            self._subscriptions.append(sub)
+
+    async def stop(self) -> None:
+        for sub in self._subscriptions:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may be gone already
+                log.debug("live waveforms: unsubscribe failed: %s", exc)
+        self._subscriptions.clear()
+
+    def take(self, site: str, subject: str, payload: bytes) -> bool:
+        """One waveform message of ``site``'s stream: passed on when live. Returns whether it
+        was."""
+        now_us = self._clock.now_us()
+        try:
+            kind, msg_site, name = parse_topic(subject_to_topic(subject))
+            if kind != "waveform":
+                raise PayloadError("wrong_topic", f"not a waveform topic: {subject[:200]!r}")
+            if msg_site != site:
+                raise PayloadError("wrong_site", f"site {site} sent {subject[:200]!r}")
+            bed = BedKey(site, name)
+            frame = decode_waveform(bed, payload)
+        except PayloadError as exc:
+            self.skipped.labels(site=site, reason=exc.reason).inc()
+            log.debug("site %s: live waveform not passed on: %s", site, exc)
+            return False
+        if frame.t0_us > now_us + self._max_ahead_us:
+            self.skipped.labels(site=site, reason="clock_ahead").inc()
+            return False
+        if frame.t0_us < now_us - self._window_us or frame.t0_us <= self._newest.get(bed, -1):
+            self.skipped.labels(site=site, reason="backlog").inc()
+            return False
+        self._newest[bed] = frame.t0_us
+        self._forward(live_waveform_topic(bed), payload)
+        self.passed.labels(site=site).inc()
+        return True

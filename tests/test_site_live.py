@@ -5,30 +5,33 @@ of the site's stream, newest first, ahead of what the feed stores; a real NATS s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
+import numpy as np
 import psycopg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from prometheus_client import CollectorRegistry
 
+from dashboards.bus import BusBeds
 from eicu.bus import Client
 from eicu.bus.sites import FEED_CONSUMER, ensure_hub_stream, ensure_site_stream
 from eicu.clock import ManualClock
 from eicu.codes import BY_KEY
 from eicu.config import MqttSettings
 from eicu.devservices import EicuProcess, NatsServer, ServiceError, free_port, hub_nats
-from eicu.live import decode_batch, state_topic
+from eicu.live import decode_batch, live_waveform_topic, state_topic
 from eicu.metrics import IngestMetrics
-from eicu.models import BedKey, NumericsFrame
+from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
 from eicu.site_link import SiteLink as LinkReport
 from eicu.site_link import decode_link, link_topic
 from eicu.sites import hub_stream
-from eicu.wire import encode_numerics
-from ingest.site_live import LiveValues, apply_newer
+from eicu.wire import decode_waveform, encode_numerics, encode_waveform
+from ingest.site_live import LiveValues, LiveWaveforms, apply_newer
 from ingest.state import BedRouter
 from tests.site_servers import SiteLink, until
 
@@ -270,3 +273,127 @@ def distinct_stored(db_url: str) -> int:
             "SELECT count(DISTINCT time) FROM numerics WHERE code = %s", (HR_CODE,)
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def waveform(bed: str, seq: int, t0_us: int) -> bytes:
+    block = SignalBlock("ECG_II", 250.0, 200.0, 0, np.arange(62, dtype=np.int16))
+    return encode_waveform(WaveformFrame(BedKey(SITE, bed), seq, t0_us, (block,)), coded=True)
+
+
+def test_only_live_waveforms_are_passed_on_and_bad_ones_are_counted() -> None:
+    clock = ManualClock(NOW_US)
+    sent: list[tuple[str, bytes]] = []
+    registry = CollectorRegistry()
+    live = LiveWaveforms({}, lambda t, p: sent.append((t, p)), registry, max_ahead_s=5.0,
+                         clock=clock)  # fmt: skip
+    subj = f"eicu.v1.{SITE}.bed1.waveform"
+    fresh = waveform("bed1", 10, NOW_US - 300_000)
+    assert live.take(SITE, subj, fresh)
+    assert sent == [(live_waveform_topic(BedKey(SITE, "bed1")), fresh)]  # as the gateway sent it
+    skipped = [
+        (subj, waveform("bed1", 9, NOW_US - 550_000), "backlog"),  # older than the last passed on
+        (subj, waveform("bed1", 3, NOW_US - 60_000_000), "backlog"),  # older than the live window
+        (subj, waveform("bed1", 11, NOW_US + 60_000_000), "clock_ahead"),
+        ("eicu.v1.hotan.bed1.waveform", fresh, "wrong_site"),
+        (f"eicu.v1.{SITE}.bed1.numerics", fresh, "wrong_topic"),
+        (subj, fresh[:-3], "truncated"),
+    ]
+    for subject, payload, reason in skipped:
+        assert not live.take(SITE, subject, payload), reason
+        assert live.skipped.labels(site=SITE, reason=reason)._value.get() >= 1, reason
+    assert len(sent) == 1
+    # the next frame of the bed, and another bed's, go on
+    assert live.take(SITE, subj, waveform("bed1", 11, NOW_US - 50_000))
+    assert live.take(SITE, f"eicu.v1.{SITE}.bed2.waveform", waveform("bed2", 1, NOW_US - 60_000))
+    assert len(sent) == 3
+
+
+def test_a_dashboard_draws_a_remote_beds_live_waveforms() -> None:
+    beds = BusBeds(MqttSettings(client_id="dash-test"), CollectorRegistry())
+    bed = BedKey(SITE, "bed1")
+    beds.watch(bed)
+    beds._traces[bed] = {}
+    beds.handle(live_waveform_topic(bed), waveform("bed1", 1, NOW_US), NOW_US)
+    trace = beds.traces(bed)["ECG_II"]
+    assert trace.ring.total == 62 and trace.fs_hz == 250.0
+
+
+@pytest.mark.db
+async def test_the_feed_passes_a_sites_live_waveforms_to_the_dashboards_and_not_its_backlog(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A site's gateway sends a frame two minutes old (a backlog's), then live ones: the hub's
+    feed passes the live ones on, as they were sent, on the topic dashboards read for the bed,
+    and not the old one (which is stored)."""
+    servers = SiteLink(SITE)
+    site_nc = hub_nc = None
+    feed: EicuProcess | None = None
+    try:
+        site_nc = await nats.connect(servers.site.nats_url)
+        hub_nc = await nats.connect(servers.hub.nats_url)
+        await ensure_site_stream(site_nc)
+        await ensure_hub_stream(hub_nc, SITE)
+        await until(servers.leaf_up, "the site's leaf link is up")
+        port = free_port()
+        feed = EicuProcess(
+            ["site-feed"],
+            {
+                "EICU_FLUSH_INTERVAL_S": "0.05",
+                "EICU_ANALYSE_SIGNALS": "false",
+                "EICU_SITES": SITE,
+                "EICU_NATS_URL": servers.hub.nats_url,
+                "EICU_DATABASE_URL": db_url,
+                "EICU_MQTT_URL": servers.hub.url,
+                "EICU_STATE_PERIOD_S": "0.25",
+                "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
+                "EICU_METRICS_PORT": str(port),
+            },
+            tmp_path / "feed.log",
+            port,
+        ).wait_ready(90)
+        gateway = MqttSettings(host="127.0.0.1", port=servers.site.mqtt_port, client_id="gw-1")
+        reader = MqttSettings(host="127.0.0.1", port=servers.hub.mqtt_port, client_id="dash")
+        got: list[bytes] = []
+        async with Client(reader, timeout=10, clean_session=True) as dash:
+            await dash.subscribe(live_waveform_topic(BedKey(SITE, "+")), qos=0)
+            async with Client(gateway, timeout=10) as client:
+                now = time.time_ns() // 1000
+                old = waveform("bed1", 1, now - 120_000_000)
+                await client.publish(f"eicu/v1/{SITE}/bed1/waveform", old, qos=1)
+
+                async def monitor() -> None:  # live frames, one every 0.25 s
+                    for seq in range(2, 200):
+                        payload = waveform("bed1", seq, time.time_ns() // 1000)
+                        await client.publish(f"eicu/v1/{SITE}/bed1/waveform", payload, qos=1)
+                        await asyncio.sleep(0.25)
+
+                sending = asyncio.create_task(monitor())
+                try:
+                    async with asyncio.timeout(30):
+                        async for message in dash.messages:
+                            assert isinstance(message.payload, bytes)
+                            got.append(message.payload)
+                            if len(got) >= 3:
+                                break
+                finally:
+                    sending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sending
+        decoded = [decode_waveform(BedKey(SITE, "bed1"), p) for p in got]
+        assert all(f.seq >= 2 for f in decoded), [f.seq for f in decoded]  # never the old one
+        assert [f.seq for f in decoded] == sorted(f.seq for f in decoded)
+
+        # the old frame was stored all the same
+        def old_stored() -> bool:
+            with psycopg.connect(db_url) as conn:
+                row = conn.execute("SELECT coalesce(sum(n_frames), 0) FROM waveforms").fetchone()
+            return row is not None and int(row[0]) >= 1
+
+        await until(old_stored, "the old frame in the hub's store")
+    finally:
+        if feed is not None:
+            feed.stop()
+        for nc in (site_nc, hub_nc):
+            if nc is not None:
+                await nc.close()
+        servers.cleanup()

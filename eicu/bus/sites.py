@@ -499,12 +499,15 @@ async def follow_newest(
     subject: str,
     on_message: Callable[[str, bytes], Awaitable[None] | None],
     idle_heartbeat_s: float = 5.0,
+    *,
+    new_only: bool = False,
 ) -> Any:
     """Follows ``subject`` in the hub's ``SITE_<id>`` from the newest message of each subject it
-    matches (deliver policy "last per subject"), then every message appended after, through an
-    ordered, ephemeral consumer (it sets itself up again after a gap, and leaves nothing behind
-    on the server). ``on_message(subject, payload)`` for each. Returns the subscription (its
-    ``unsubscribe`` ends it); PartitionConnectionLost when the stream cannot be read."""
+    matches (deliver policy "last per subject"; with ``new_only``, from the next message
+    appended), then every message appended after, through an ordered, ephemeral consumer (it
+    sets itself up again after a gap, and leaves nothing behind on the server).
+    ``on_message(subject, payload)`` for each. Returns the subscription (its ``unsubscribe``
+    ends it); PartitionConnectionLost when the stream cannot be read."""
     js = nc.jetstream()
 
     async def deliver(msg: Msg) -> None:
@@ -518,7 +521,7 @@ async def follow_newest(
             stream=hub_stream(site_id),
             cb=deliver,
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            deliver_policy=DeliverPolicy.NEW if new_only else DeliverPolicy.LAST_PER_SUBJECT,
             idle_heartbeat=idle_heartbeat_s,
         )
     except _NATS_ERRORS as exc:

@@ -160,7 +160,7 @@ async def feed(
     from ingest.live import StatePublisher
     from ingest.site_alarms import SiteAlarmCopy
     from ingest.site_link import SiteLinkWatch, seed_beds
-    from ingest.site_live import LiveValues
+    from ingest.site_live import LiveValues, LiveWaveforms
 
     settings = hub_settings(settings)
     if settings.database_url is None:
@@ -200,6 +200,7 @@ async def feed(
         period_s = settings.ingest.state_period_s
         period_s = 1.0 if period_s is None else period_s
         live: LiveValues | None = None
+        live_waves: LiveWaveforms | None = None
         if settings.mqtt is None or period_s == 0:
             log.warning(
                 "no EICU_MQTT_URL, or EICU_STATE_PERIOD_S 0: the sites' beds and links are not "
@@ -242,11 +243,21 @@ async def feed(
                 max_ahead_s=settings.ingest.device_clock_max_ahead_s,
             )
             await live.start()
+            # The beds' live waveforms for the dashboards' bed views, as the gateways sent them.
+            live_waves = LiveWaveforms(
+                connections,
+                publisher.forward,
+                metrics.registry,
+                max_ahead_s=settings.ingest.device_clock_max_ahead_s,
+            )
+            await live_waves.start()
         try:
             await engine.run_until(stop)
         finally:
             if live is not None:
                 await live.stop()
+            if live_waves is not None:
+                await live_waves.stop()
             for task in background:
                 task.cancel()
             for task in background:
