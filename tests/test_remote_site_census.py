@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 
 import httpx
 import nats
+import numpy as np
 import psycopg
 import pytest
+from websockets.asyncio.client import connect
 
 from dashboards.users import Role, Users
 from eicu import wire
@@ -27,7 +30,7 @@ from eicu.bus.sites import ensure_site_stream
 from eicu.config import MqttSettings
 from eicu.devservices import DashboardProcess, EicuProcess, Mosquitto, free_port
 from eicu.live import decode_batch
-from eicu.models import BedKey, NumericsFrame
+from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
 from eicu.site_link import LINK_FILTER, decode_link, encode_link, link_topic
 from eicu.site_link import SiteLink as SiteLink_
 from tests.cheap_argon2 import cheap_hasher
@@ -103,6 +106,15 @@ class Gateway:
                     topic = f"eicu/v1/{SITE}/{bed}/numerics"
                     await client.publish(topic, wire.encode_numerics(frame), qos=1)
                     self.published[(bed, ts_us)] = hr
+                    # and half a second of its ECG, coded as a site's gateway sends it
+                    ecg = (400 * np.sin(np.arange(125) / 8)).astype(np.int16)
+                    block = SignalBlock("ECG_II", 250.0, 200.0, 0, ecg)
+                    wave = WaveformFrame(BedKey(SITE, bed), seq, ts_us, (block,))
+                    await client.publish(
+                        f"eicu/v1/{SITE}/{bed}/waveform",
+                        wire.encode_waveform(wave, coded=True),
+                        qos=1,
+                    )
                 seq += 1
                 await asyncio.sleep(0.5)
 
@@ -175,6 +187,22 @@ async def test_a_cut_off_site_is_one_banner_and_stale_beds_until_its_link_is_bac
                 return current(await census())
 
             await until(shows_current, "the site's beds current at the hub", timeout_s=60)
+            # A remote bed's view draws its live ECG (the feed passes the frames on).
+            cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+            host = dashboard.url.removeprefix("http://")
+            async with connect(
+                f"ws://{host}/ws/beds/{SITE}/bed-1",
+                additional_headers={"Cookie": cookie, "Origin": dashboard.url},
+            ) as ws:
+                samples = 0
+                deadline = time.monotonic() + 15
+                while samples < 250 and time.monotonic() < deadline:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    samples += sum(
+                        len(c["values"]) for c in message.get("waves", [])
+                        if c["signal"] == "ECG_II"
+                    )  # fmt: skip
+                assert samples >= 250, f"{samples} ECG samples of a remote bed in 15 s"
             page = None
             if CHROMIUM.exists():
                 from playwright.async_api import async_playwright
