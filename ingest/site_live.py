@@ -35,6 +35,55 @@ from ingest.state import BedRouter
 log = logging.getLogger(__name__)
 
 
+async def follow_sites(
+    connections: Mapping[str, Any],
+    kind: str,
+    take: Callable[[str, str, bytes], object],
+    what: str,
+    *,
+    new_only: bool = False,
+) -> list[Any]:
+    """Follows the ``kind`` messages (``numerics``, ``waveform``) of every site in
+    ``connections`` in the hub's copy of its stream (:func:`eicu.bus.sites.follow_newest`),
+    handing each to ``take(site, subject, payload)``; a site whose stream cannot be read is
+    logged, naming ``what``, and left out. Returns the subscriptions."""
+    subscriptions = []
+    for site, nc in connections.items():
+
+        def on_message(subject: str, payload: bytes, site: str = site) -> None:
+            take(site, subject, payload)
+
+        try:
+            sub = await follow_newest(
+                nc, site, f"eicu.v1.{site}.*.{kind}", on_message, new_only=new_only
+            )
+        except PartitionConnectionLost as exc:
+            log.warning("site %s: %s not followed (%s)", site, what, exc)
+            continue
+        subscriptions.append(sub)
+    return subscriptions
+
+
+async def unsubscribe_all(subscriptions: list[Any], what: str) -> None:
+    for sub in subscriptions:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # the connection may be gone already
+            log.debug("%s: unsubscribe failed: %s", what, exc)
+    subscriptions.clear()
+
+
+def bed_of(site: str, subject: str, kind: str) -> BedKey:
+    """The bed of a ``kind`` message on ``subject`` of ``site``'s stream; PayloadError
+    (``wrong_topic``, ``wrong_site``) when the subject is not one."""
+    found, msg_site, bed = parse_topic(subject_to_topic(subject))
+    if found != kind:
+        raise PayloadError("wrong_topic", f"not a {kind} topic: {subject[:200]!r}")
+    if msg_site != site:
+        raise PayloadError("wrong_site", f"site {site} sent {subject[:200]!r}")
+    return BedKey(site, bed)
+
+
 class LiveValueMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.values = Counter(
@@ -78,25 +127,12 @@ class LiveValues:
     async def start(self) -> None:
         """Subscribes to every site's numerics; a site whose stream cannot be read is logged
         and left to the stored path (its values then come as they are stored)."""
-        for site, nc in self._connections.items():
-
-            def on_message(subject: str, payload: bytes, site: str = site) -> None:
-                self.take(site, subject, payload)
-
-            try:
-                sub = await follow_newest(nc, site, f"eicu.v1.{site}.*.numerics", on_message)
-            except PartitionConnectionLost as exc:
-                log.warning("site %s: live values not followed (%s); shown as stored", site, exc)
-                continue
-            self._subscriptions.append(sub)
+        self._subscriptions = await follow_sites(
+            self._connections, "numerics", self.take, "live values (shown as stored)"
+        )
 
     async def stop(self) -> None:
-        for sub in self._subscriptions:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may be gone already
-                log.debug("live values: unsubscribe failed: %s", exc)
-        self._subscriptions.clear()
+        await unsubscribe_all(self._subscriptions, "live values")
 
     def take(self, site: str, subject: str, payload: bytes) -> int:
         """One numerics message of ``site``'s stream: its values newer than the bed's go into the
@@ -104,12 +140,7 @@ class LiveValues:
         reason and costs nothing else."""
         now_us = self._clock.now_us()
         try:
-            kind, msg_site, bed = parse_topic(subject_to_topic(subject))
-            if kind != "numerics":
-                raise PayloadError("wrong_topic", f"not a numerics topic: {subject[:200]!r}")
-            if msg_site != site:
-                raise PayloadError("wrong_site", f"site {site} sent {subject[:200]!r}")
-            frame = decode_numerics(BedKey(site, bed), payload, received_us=now_us)
+            frame = decode_numerics(bed_of(site, subject, "numerics"), payload, now_us)
         except PayloadError as exc:
             self.metrics.rejected.labels(site=site, reason=exc.reason).inc()
             log.debug("site %s: live value not taken: %s", site, exc)
@@ -193,39 +224,19 @@ class LiveWaveforms:
     async def start(self) -> None:
         """Follows every site's waveforms from now on; a site whose stream cannot be read is
         logged (its beds then show no live waveforms at the hub, as before)."""
-        for site, nc in self._connections.items():
-
-            def on_message(subject: str, payload: bytes, site: str = site) -> None:
-                self.take(site, subject, payload)
-
-            try:
-                sub = await follow_newest(
-                    nc, site, f"eicu.v1.{site}.*.waveform", on_message, new_only=True
-                )
-            except PartitionConnectionLost as exc:
-                log.warning("site %s: live waveforms not followed (%s)", site, exc)
-                continue
-            self._subscriptions.append(sub)
+        self._subscriptions = await follow_sites(
+            self._connections, "waveform", self.take, "live waveforms", new_only=True
+        )
 
     async def stop(self) -> None:
-        for sub in self._subscriptions:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may be gone already
-                log.debug("live waveforms: unsubscribe failed: %s", exc)
-        self._subscriptions.clear()
+        await unsubscribe_all(self._subscriptions, "live waveforms")
 
     def take(self, site: str, subject: str, payload: bytes) -> bool:
         """One waveform message of ``site``'s stream: passed on when live. Returns whether it
         was."""
         now_us = self._clock.now_us()
         try:
-            kind, msg_site, name = parse_topic(subject_to_topic(subject))
-            if kind != "waveform":
-                raise PayloadError("wrong_topic", f"not a waveform topic: {subject[:200]!r}")
-            if msg_site != site:
-                raise PayloadError("wrong_site", f"site {site} sent {subject[:200]!r}")
-            bed = BedKey(site, name)
+            bed = bed_of(site, subject, "waveform")
             frame = decode_waveform(bed, payload)
         except PayloadError as exc:
             self.skipped.labels(site=site, reason=exc.reason).inc()

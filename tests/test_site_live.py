@@ -153,6 +153,28 @@ BACKLOG = 120
 HR_CODE = BY_KEY["HR"].code
 
 
+def feed_process(servers: SiteLink, db_url: str, tmp_path: Path) -> EicuProcess:
+    """``eicu site-feed`` on the hub's NATS, storing into ``db_url`` and publishing the site's
+    beds, link and live waveforms on the hub's MQTT listener."""
+    port = free_port()
+    return EicuProcess(
+        ["site-feed"],
+        {
+            "EICU_FLUSH_INTERVAL_S": "0.05",
+            "EICU_ANALYSE_SIGNALS": "false",
+            "EICU_SITES": SITE,
+            "EICU_NATS_URL": servers.hub.nats_url,
+            "EICU_DATABASE_URL": db_url,
+            "EICU_MQTT_URL": servers.hub.url,
+            "EICU_STATE_PERIOD_S": "0.25",
+            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
+            "EICU_METRICS_PORT": str(port),
+        },
+        tmp_path / "feed.log",
+        port,
+    )
+
+
 @pytest.mark.db
 async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
     db_url: str, tmp_path: Path
@@ -195,23 +217,7 @@ async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
             return (await hub_js.stream_info(hub_stream(SITE))).state.messages >= BACKLOG
 
         await until(all_at_hub, "the backlog in the hub's copy of the site's stream")
-        port = free_port()
-        feed = EicuProcess(
-            ["site-feed"],
-            {
-                "EICU_FLUSH_INTERVAL_S": "0.05",
-                "EICU_ANALYSE_SIGNALS": "false",
-                "EICU_SITES": SITE,
-                "EICU_NATS_URL": servers.hub.nats_url,
-                "EICU_DATABASE_URL": db_url,
-                "EICU_MQTT_URL": servers.hub.url,
-                "EICU_STATE_PERIOD_S": "0.25",
-                "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-                "EICU_METRICS_PORT": str(port),
-            },
-            tmp_path / "feed.log",
-            port,
-        )
+        feed = feed_process(servers, db_url, tmp_path)
         reader = MqttSettings(host="127.0.0.1", port=servers.hub.mqtt_port, client_id="reader")
         async with Client(reader, timeout=10, clean_session=True) as client:
             await client.subscribe(state_topic(SITE), qos=0)
@@ -334,23 +340,7 @@ async def test_the_feed_passes_a_sites_live_waveforms_to_the_dashboards_and_not_
         await ensure_site_stream(site_nc)
         await ensure_hub_stream(hub_nc, SITE)
         await until(servers.leaf_up, "the site's leaf link is up")
-        port = free_port()
-        feed = EicuProcess(
-            ["site-feed"],
-            {
-                "EICU_FLUSH_INTERVAL_S": "0.05",
-                "EICU_ANALYSE_SIGNALS": "false",
-                "EICU_SITES": SITE,
-                "EICU_NATS_URL": servers.hub.nats_url,
-                "EICU_DATABASE_URL": db_url,
-                "EICU_MQTT_URL": servers.hub.url,
-                "EICU_STATE_PERIOD_S": "0.25",
-                "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-                "EICU_METRICS_PORT": str(port),
-            },
-            tmp_path / "feed.log",
-            port,
-        ).wait_ready(90)
+        feed = feed_process(servers, db_url, tmp_path).wait_ready(90)
         gateway = MqttSettings(host="127.0.0.1", port=servers.site.mqtt_port, client_id="gw-1")
         reader = MqttSettings(host="127.0.0.1", port=servers.hub.mqtt_port, client_id="dash")
         got: list[bytes] = []
