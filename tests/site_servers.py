@@ -206,24 +206,35 @@ def site_process(link: SiteServers, tmp_path: Path, hook: HookServer) -> EicuPro
 
 
 def feed_process(
-    link: SiteServers, db_url: str, tmp_path: Path, ack_wait_s: float = 10.0
+    link: SiteServers,
+    db_url: str,
+    tmp_path: Path,
+    ack_wait_s: float | None = 10.0,
+    *,
+    flush_s: float | None = None,
+    state_period_s: float | None = None,
 ) -> EicuProcess:
-    """``eicu site-feed`` on the hub's NATS, storing into ``db_url``."""
+    """``eicu site-feed`` on the hub's NATS, storing into ``db_url``. ``ack_wait_s`` None: the
+    feed's own; ``flush_s``: the writer's flush interval (else ``COMMON``'s); with
+    ``state_period_s`` it also publishes the site's beds (that often), link and live waveforms
+    on the hub's MQTT listener, for dashboards."""
     port = free_port()
-    return EicuProcess(
-        ["site-feed"],
-        {
-            **COMMON,
-            "EICU_SITES": link.site_id,
-            "EICU_NATS_URL": link.hub.nats_url,
-            "EICU_DATABASE_URL": db_url,
-            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-            "EICU_METRICS_PORT": str(port),
-            "EICU_SITE_ACK_WAIT_S": str(ack_wait_s),
-        },
-        tmp_path / "feed.log",
-        port,
-    )
+    settings = {
+        **COMMON,
+        "EICU_SITES": link.site_id,
+        "EICU_NATS_URL": link.hub.nats_url,
+        "EICU_DATABASE_URL": db_url,
+        "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
+        "EICU_METRICS_PORT": str(port),
+    }
+    if ack_wait_s is not None:
+        settings["EICU_SITE_ACK_WAIT_S"] = str(ack_wait_s)
+    if flush_s is not None:
+        settings["EICU_FLUSH_INTERVAL_S"] = str(flush_s)
+    if state_period_s is not None:
+        settings["EICU_MQTT_URL"] = link.hub.url
+        settings["EICU_STATE_PERIOD_S"] = str(state_period_s)
+    return EicuProcess(["site-feed"], settings, tmp_path / "feed.log", port)
 
 
 def site_alarm_events(path: Path, alarm_id: str) -> dict[str, tuple[str, str]]:

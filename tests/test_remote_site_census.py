@@ -28,7 +28,7 @@ from eicu import wire
 from eicu.bus import Client
 from eicu.bus.sites import ensure_site_stream
 from eicu.config import MqttSettings
-from eicu.devservices import DashboardProcess, EicuProcess, Mosquitto, free_port
+from eicu.devservices import DashboardProcess, Mosquitto
 from eicu.live import decode_batch
 from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
 from eicu.site_link import LINK_FILTER, decode_link, encode_link, link_topic
@@ -36,7 +36,7 @@ from eicu.site_link import SiteLink as SiteLink_
 from tests.cheap_argon2 import cheap_hasher
 from tests.chromium import CHROMIUM
 from tests.dashboard_beds import api_login
-from tests.site_servers import SiteLink, site_link, until
+from tests.site_servers import SiteLink, feed_process, site_link, until
 
 pytestmark = [pytest.mark.nats, pytest.mark.db]
 
@@ -62,28 +62,6 @@ def users_file(tmp_path: Path) -> Path:
     users = Users(tmp_path / "users.json", cheap_hasher())
     users.add("ada", Role.INTENSIVIST, PASSWORD)
     return users.path
-
-
-def feed_process(link: SiteLink, db_url: str, tmp_path: Path) -> EicuProcess:
-    """``eicu site-feed`` on the hub's NATS, storing into ``db_url`` and publishing the site's
-    beds (twice a second) and link on the hub's MQTT listener."""
-    port = free_port()
-    return EicuProcess(
-        ["site-feed"],
-        {
-            "EICU_FLUSH_INTERVAL_S": "0.2",
-            "EICU_ANALYSE_SIGNALS": "false",
-            "EICU_SITES": SITE,
-            "EICU_NATS_URL": link.hub.nats_url,
-            "EICU_DATABASE_URL": db_url,
-            "EICU_MQTT_URL": link.hub.url,
-            "EICU_STATE_PERIOD_S": "0.5",
-            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-            "EICU_METRICS_PORT": str(port),
-        },
-        tmp_path / "feed.log",
-        port,
-    )
 
 
 class Gateway:
@@ -164,7 +142,7 @@ async def test_a_cut_off_site_is_one_banner_and_stale_beds_until_its_link_is_bac
     link: SiteLink, db_url: str, users_file: Path, tmp_path: Path
 ) -> None:
     site_nc = await nats.connect(link.site.nats_url)
-    feed = feed_process(link, db_url, tmp_path)
+    feed = feed_process(link, db_url, tmp_path, None, state_period_s=0.5)
     dashboard = DashboardProcess(link.hub.url, db_url, users_file, tmp_path / "dashboard.log")
     gateway = Gateway(link)
     publisher: asyncio.Task[None] | None = None
@@ -342,7 +320,7 @@ async def test_a_feed_stopped_and_started_again_during_a_cut(
     report. Started again, still during the cut: it reads the site's beds from the store and
     the census shows the site disconnected since the same last contact."""
     site_nc = await nats.connect(link.site.nats_url)
-    feed = feed_process(link, db_url, tmp_path)
+    feed = feed_process(link, db_url, tmp_path, None, state_period_s=0.5)
     dashboard = DashboardProcess(link.hub.url, db_url, users_file, tmp_path / "dashboard.log")
     gateway = Gateway(link)
     publisher: asyncio.Task[None] | None = None
@@ -382,7 +360,7 @@ async def test_a_feed_stopped_and_started_again_during_a_cut(
             assert shown["state"] == "unknown" and shown["last_contact_us"] == since_us
             assert stopped_us - 3_000_000 <= shown["since_us"] <= stopped_us
 
-            feed = feed_process(link, db_url, tmp_path)
+            feed = feed_process(link, db_url, tmp_path, None, state_period_s=0.5)
             feed.wait_ready(90)
             # the new feed's beds come from the store: the last values, at their device times
             snaps = await first_state(link)

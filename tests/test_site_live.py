@@ -23,7 +23,7 @@ from eicu.bus.sites import FEED_CONSUMER, ensure_hub_stream, ensure_site_stream
 from eicu.clock import ManualClock
 from eicu.codes import BY_KEY
 from eicu.config import MqttSettings
-from eicu.devservices import EicuProcess, NatsServer, ServiceError, free_port, hub_nats
+from eicu.devservices import EicuProcess, NatsServer, ServiceError, hub_nats
 from eicu.live import decode_batch, live_waveform_topic, state_topic
 from eicu.metrics import IngestMetrics
 from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
@@ -33,7 +33,7 @@ from eicu.sites import hub_stream
 from eicu.wire import decode_waveform, encode_numerics, encode_waveform
 from ingest.site_live import LiveValues, LiveWaveforms, apply_newer
 from ingest.state import BedRouter
-from tests.site_servers import SiteLink, until
+from tests.site_servers import SiteLink, feed_process, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -153,28 +153,6 @@ BACKLOG = 120
 HR_CODE = BY_KEY["HR"].code
 
 
-def feed_process(servers: SiteLink, db_url: str, tmp_path: Path) -> EicuProcess:
-    """``eicu site-feed`` on the hub's NATS, storing into ``db_url`` and publishing the site's
-    beds, link and live waveforms on the hub's MQTT listener."""
-    port = free_port()
-    return EicuProcess(
-        ["site-feed"],
-        {
-            "EICU_FLUSH_INTERVAL_S": "0.05",
-            "EICU_ANALYSE_SIGNALS": "false",
-            "EICU_SITES": SITE,
-            "EICU_NATS_URL": servers.hub.nats_url,
-            "EICU_DATABASE_URL": db_url,
-            "EICU_MQTT_URL": servers.hub.url,
-            "EICU_STATE_PERIOD_S": "0.25",
-            "EICU_SPOOL_DIR": str(tmp_path / "feed-spool"),
-            "EICU_METRICS_PORT": str(port),
-        },
-        tmp_path / "feed.log",
-        port,
-    )
-
-
 @pytest.mark.db
 async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
     db_url: str, tmp_path: Path
@@ -217,7 +195,7 @@ async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
             return (await hub_js.stream_info(hub_stream(SITE))).state.messages >= BACKLOG
 
         await until(all_at_hub, "the backlog in the hub's copy of the site's stream")
-        feed = feed_process(servers, db_url, tmp_path)
+        feed = feed_process(servers, db_url, tmp_path, None, flush_s=0.05, state_period_s=0.25)
         reader = MqttSettings(host="127.0.0.1", port=servers.hub.mqtt_port, client_id="reader")
         async with Client(reader, timeout=10, clean_session=True) as client:
             await client.subscribe(state_topic(SITE), qos=0)
@@ -340,7 +318,9 @@ async def test_the_feed_passes_a_sites_live_waveforms_to_the_dashboards_and_not_
         await ensure_site_stream(site_nc)
         await ensure_hub_stream(hub_nc, SITE)
         await until(servers.leaf_up, "the site's leaf link is up")
-        feed = feed_process(servers, db_url, tmp_path).wait_ready(90)
+        feed = feed_process(
+            servers, db_url, tmp_path, None, flush_s=0.05, state_period_s=0.25
+        ).wait_ready(90)
         gateway = MqttSettings(host="127.0.0.1", port=servers.site.mqtt_port, client_id="gw-1")
         reader = MqttSettings(host="127.0.0.1", port=servers.hub.mqtt_port, client_id="dash")
         got: list[bytes] = []
