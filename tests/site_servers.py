@@ -12,14 +12,17 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 import pytest
 
+from eicu import wire
+from eicu.bus import Client
 from eicu.codes import BY_KEY
+from eicu.config import MqttSettings
 from eicu.devservices import (
     EicuProcess,
     NatsServer,
@@ -29,6 +32,7 @@ from eicu.devservices import (
     nats_binary,
     site_nats,
 )
+from eicu.models import BedKey, NumericsFrame
 from eicu.sites import site_domain
 from tests.alarm_servers import HookServer
 from tests.netns import HUB_IP, NetnsError, WanLink, unavailable_reason
@@ -290,3 +294,29 @@ async def until(
         if time.monotonic() - start > timeout_s:
             pytest.fail(f"not within {timeout_s} s: {what}")
         await asyncio.sleep(0.05)
+
+
+async def publish_heart_rates(
+    link: SiteServers,
+    beds: Sequence[str],
+    sick_bed: str,
+    sick: asyncio.Event,
+    published: list[tuple[str, int, int]],
+    done: asyncio.Event,
+) -> None:
+    """A site's gateway until ``done``: each bed's heart rate twice a second, as a monitor sends
+    it (QoS 1, to the site's MQTT listener), 80 and ``sick_bed``'s 150 once ``sick`` is set;
+    ``published`` gets (bed, seq, device time) of each message the site PUBACKed."""
+    gateway = MqttSettings(host="127.0.0.1", port=link.site.mqtt_port, client_id="gw-1")
+    seq = 0
+    async with Client(gateway, timeout=10) as client:
+        while not done.is_set():
+            ts_us = time.time_ns() // 1_000_000 * 1000  # the wire carries ms
+            for bed in beds:
+                hr = 150.0 if bed == sick_bed and sick.is_set() else 80.0
+                frame = NumericsFrame(BedKey(link.site_id, bed), seq, ts_us, {"HR": hr})
+                topic = f"eicu/v1/{link.site_id}/{bed}/numerics"
+                await client.publish(topic, wire.encode_numerics(frame), qos=1)
+                published.append((bed, seq, ts_us))  # PUBACKed by the site
+            seq += 1
+            await asyncio.sleep(0.5)  # the monitor's pace: real time

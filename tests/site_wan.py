@@ -25,7 +25,7 @@ from eicu import wire
 from eicu.bus import Client
 from eicu.bus.sites import FEED_CONSUMER, source_state
 from eicu.config import MqttSettings
-from eicu.models import BedKey, NumericsFrame, SignalBlock, WaveformFrame
+from eicu.models import BedKey, SignalBlock, WaveformFrame
 from eicu.sites import SITE_STREAM, hub_stream
 from tests.alarm_servers import HookServer
 from tests.site_servers import (
@@ -33,6 +33,7 @@ from tests.site_servers import (
     feed_process,
     hub_alarm_events,
     hub_samples,
+    publish_heart_rates,
     site_alarm_events,
     site_process,
     until,
@@ -181,23 +182,9 @@ async def run_site_over_wan(
         feed.wait_ready(90)
         await until(link.leaf_up, "the site's leaf link is up")
         done = asyncio.Event()
-        gateway = MqttSettings(host="127.0.0.1", port=link.site.mqtt_port, client_id="gw-1")
-
-        async def publish() -> None:
-            seq = 0
-            async with Client(gateway, timeout=10) as client:
-                while not done.is_set():
-                    ts_us = time.time_ns() // 1_000_000 * 1000  # the wire carries ms
-                    for bed in bed_names:
-                        hr = 150.0 if bed == SICK and run.sick.is_set() else 80.0
-                        frame = NumericsFrame(BedKey(link.site_id, bed), seq, ts_us, {"HR": hr})
-                        topic = f"eicu/v1/{link.site_id}/{bed}/numerics"
-                        await client.publish(topic, wire.encode_numerics(frame), qos=1)
-                        run.published.append((bed, seq, ts_us))  # PUBACKed by the site
-                    seq += 1
-                    await asyncio.sleep(0.5)  # the monitor's pace: real time
-
-        publisher = asyncio.create_task(publish())
+        publisher = asyncio.create_task(
+            publish_heart_rates(link, bed_names, SICK, run.sick, run.published, done)
+        )
         try:
             await until(lambda: len(run.stored()) >= 4, "the hub stores the site's data", 60)
             await disturb(run)

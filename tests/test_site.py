@@ -36,6 +36,7 @@ from tests.site_servers import (
     feed_process,
     hub_alarm_events,
     hub_samples,
+    publish_heart_rates,
     site_alarm_events,
     site_link,
     site_process,
@@ -152,24 +153,9 @@ async def test_the_site_pages_its_nurse_during_a_cut_and_the_hub_stores_everythi
         published: list[tuple[str, int, int]] = []
         sick = asyncio.Event()
         done = asyncio.Event()
-        gateway = MqttSettings(host="127.0.0.1", port=link.site.mqtt_port, client_id="gw-1")
-
-        async def publish() -> None:
-            seq = 0
-            async with Client(gateway, timeout=10) as client:
-                while not done.is_set():
-                    ts_us = time.time_ns() // 1_000_000 * 1000  # the wire carries ms
-                    for bed in BEDS:
-                        hr = 150.0 if bed == SICK and sick.is_set() else 80.0
-                        frame = NumericsFrame(BedKey(SITE, bed), seq, ts_us, {"HR": hr})
-                        await client.publish(
-                            f"eicu/v1/{SITE}/{bed}/numerics", wire.encode_numerics(frame), qos=1
-                        )
-                        published.append((bed, seq, ts_us))  # PUBACKed by the site
-                    seq += 1
-                    await asyncio.sleep(0.5)  # the monitor's pace: real time
-
-        publisher = asyncio.create_task(publish())
+        publisher = asyncio.create_task(
+            publish_heart_rates(link, BEDS, SICK, sick, published, done)
+        )
         await until(lambda: len(hub_samples(db_url, SITE)) >= 4, "the hub stores the site's data")
 
         link.proxy.stop()
