@@ -70,19 +70,31 @@ class SignalBlock:
     baseline: int
     samples: NDArray[np.int16]
     t_offset_us: int = 0  # first-sample time relative to the frame's t0_us
+    # physical(), once computed: the live state, the signal stage and the store share it
+    _physical: NDArray[np.float64] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def t0_offset_s(self) -> float:
         return self.t_offset_us / 1e6
 
     def physical(self) -> NDArray[np.float64]:
+        """The samples in physical units, NaN where invalid: computed on the first call and
+        shared by every later one, hence read-only (copy it to change it)."""
+        out = self._physical
+        if out is not None:
+            return out
         from eicu.kernels.samples import to_physical  # numba: loaded by the first caller
 
         samples = self.samples
         if samples.dtype == np.int16 and samples.ndim == 1:
-            return to_physical(samples, self.baseline, self.gain)
-        out = (samples.astype(np.float64) - self.baseline) / self.gain
-        out[samples == INVALID_SAMPLE] = np.nan
+            out = to_physical(samples, self.baseline, self.gain)
+        else:
+            out = (samples.astype(np.float64) - self.baseline) / self.gain
+            out[samples == INVALID_SAMPLE] = np.nan
+        out.flags.writeable = False
+        object.__setattr__(self, "_physical", out)
         return out
 
     def __eq__(self, other: object) -> bool:
