@@ -91,7 +91,8 @@ def _hangs() -> dict[str, str]:
 # The files whose tests take the most real time (a link cut for two minutes, workers killed and
 # started while gateways publish): collected first, longest first, so that under
 # `-n 2 --dist loadfile` one process starts on them while the other takes the rest, instead of
-# one of them being left for the end.
+# one of them being left for the end. (scripts/test, run whole, gives the two-minute cut a
+# pytest process of its own beside the others.)
 LONG_FILES: tuple[str, ...] = ("test_site_wan_cut.py", "test_site_wan.py", "test_worker.py")
 
 
