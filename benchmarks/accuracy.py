@@ -10,12 +10,14 @@ Sections (each prints one table):
   with ``wfdb.processing.compare_annotations``; eicu's streaming detector fed in 1 s chunks,
   beside wfdb's xqrs and gqrs and neurokit2's default and Pan-Tompkins methods. Speed is samples
   per second of detection on one core (wall time of the detector call, record already in memory).
+- RHYTHM, V, LEADS take a record's ECG leads as a bed's monitor does (:func:`bed_channels`):
+  lead II (MLII) is the primary lead where the record has it, else channel 0.
 - RHYTHM: episodes of the pipeline's AFIB, VTACH and VFIB flags against the ``(AFIB``,
   ``(VT`` and ``(VFL`` rhythm annotations.
 - V: ventricular ectopic beats the ANSI/AAMI EC57 way (per record and gross, with and without
   the paced records and the 5 min learning period), EC57 run statistics (couplets, short and
   long runs), and VT episodes and durations against the ``(VT`` annotations.
-- LEADS: EC57 VEB of the classifier on channel 0 alone beside both channels (the classifier
+- LEADS: EC57 VEB of the classifier on the primary lead alone beside both channels (the classifier
   kernel's multi-lead rule), on the same beats.
 - VT: the 2015 challenge VT alarms (Clifford et al. 2015): TPR, TNR and score
   (TP+TN)/(TP+TN+FP+5*FN) beside the peer that calls every alarm true, plus a 5-fold
@@ -67,10 +69,12 @@ from eicu.signal.cli_verify import ALARM_AT_S, replay_record
 from eicu.signal.events import Beat, RhythmFlag, VentricularRun
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.records import (
+    Record,
     quiet_wfdb,
     read_beat_annotations,
     read_record,
     read_rhythm_episodes,
+    signal_key_for_name,
     wfdb_module,
 )
 from eicu.signal.rhythm import VT_BEATS
@@ -185,14 +189,26 @@ def qrs_section(root: Path, records: list[str], with_peers: bool) -> None:
         print(f"{name:32s} {tp:7d} {fn:6d} {fp:6d} {se:7.3f} {pp:7.3f}")
 
 
+def bed_channels(rec: Record) -> list[int]:
+    """The record's channels in the order a bed's monitor takes its ECG leads: lead II first
+    when the record has it (the pipeline's primary lead on a bed is ECG_II), then the others
+    in their order; a record without lead II keeps its own order. On MIT-BIH this moves only
+    record 114, whose channel 0 is V5 and channel 1 MLII."""
+    lead_ii = [j for j, name in enumerate(rec.sig_names) if signal_key_for_name(name) == "ECG_II"]
+    first = lead_ii[0] if lead_ii else 0
+    return [first] + [j for j in range(len(rec.sig_names)) if j != first]
+
+
 def _ventricular_pass(path: Path, one_lead: bool = False) -> dict[str, Any]:
-    """Beats, their classes and the ventricular calls of channel 0 through the pipeline (1 s),
-    with channel 1 as the bed's second ECG lead unless ``one_lead``."""
+    """Beats, their classes and the ventricular calls of the bed's primary ECG lead (lead II
+    where the record has it, else channel 0: :func:`bed_channels`) through the pipeline (1 s),
+    with the next channel as the bed's second ECG lead unless ``one_lead``."""
     rec = read_record(path)
-    x = rec.signals[:, 0]
+    order = bed_channels(rec)
+    x = rec.signals[:, order[0]]
     feeds = {"ECG_II": x}
-    if not one_lead and rec.signals.shape[1] > 1:
-        feeds["ECG_V"] = rec.signals[:, 1]
+    if not one_lead and len(order) > 1:
+        feeds["ECG_V"] = rec.signals[:, order[1]]
     pipeline = BedSignalPipeline({k: rec.fs_hz for k in feeds})
     n = round(rec.fs_hz)
     beats: list[Beat] = []
@@ -507,14 +523,15 @@ def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
 
 def rhythm_section(root: Path, records: list[str]) -> None:
     """Episodes of the pipeline's rhythm flags against the MIT-BIH rhythm annotations."""
-    analyses = {r: analyze_record(read_record(root / "mitdb" / r), 0) for r in records}
+    recs = {r: read_record(root / "mitdb" / r) for r in records}
+    analyses = {r: analyze_record(rec, bed_channels(rec)[0]) for r, rec in recs.items()}
     pairs = (
         ("AFIB", "AFIB", "atrial fibrillation"),
         ("VTACH", "VT", "ventricular tachycardia (the annotation starts at 3 beats, VTACH at 5)"),
         ("VFIB", "VFL", "ventricular flutter"),
     )
     for label, ref_label, what in pairs:
-        print(f"\n{what}: pipeline {label} flag vs ({ref_label} annotations, channel 0")
+        print(f"\n{what}: pipeline {label} flag vs ({ref_label} annotations, primary ECG lead")
         print(
             f"{'record':8s} {'ref eps':>8s} {'det eps':>8s} {'ref s':>8s} {'det s':>8s} "
             f"{'overlap s':>10s}"
@@ -741,7 +758,8 @@ CROSS_CORRS = (0.2, 0.3, 0.4)  # the cross-lead rule's correlation limit, shippe
 
 
 def leads_section(root: Path, records: list[str]) -> None:
-    """EC57 VEB of the classifier on channel 0 alone, on both ECG channels of the record (the
+    """EC57 VEB of the classifier on the primary lead (:func:`bed_channels`; "channel 0" below)
+    alone, on both ECG channels of the record (the
     kernel's multi-lead rule: each beat judged on the lead where it differs most from that
     lead's dominant beat), and on channel 0 with the cross-lead rule the pipeline applies
     (:func:`~eicu.signal.classify.cross_lead_ventricular`: channel 0's call, plus a beat strongly
@@ -757,7 +775,7 @@ def leads_section(root: Path, records: list[str]) -> None:
     wfdb = wfdb_module()
     print(
         "\nVEB, EC57 way (first 5 min out, paced records out of the gross), classifier on "
-        "channel 0 alone and on both channels"
+        "the primary lead alone and on both channels"
     )
     print(
         f"{'record':7s} {'Se 1 lead':>10s} {'+P 1 lead':>10s} {'Se 2 leads':>11s} "
@@ -772,7 +790,7 @@ def leads_section(root: Path, records: list[str]) -> None:
     for r in records:
         path = root / "mitdb" / r
         rec = read_record(path)
-        fs, x = rec.fs_hz, rec.signals
+        fs, x = rec.fs_hz, rec.signals[:, bed_channels(rec)]
         if x.shape[1] < 2:
             continue
         fids = BeatDetector.ecg(fs).push(x[:, 0]).sample
@@ -827,9 +845,9 @@ def leads_section(root: Path, records: list[str]) -> None:
             cells.append(f"{c.se:10.1f} {c.ppv:10.1f}")
         print(f"{r:7s} {cells[0]} {cells[1]} {cells[2]}")
     names: dict[int | str | float, str] = {
-        1: "channel 0",
+        1: "primary lead",
         2: "both, worst lead",
-        "cross": f"channel 0 + cross-lead (correlation below {DEFAULT_CLASSIFIER.cross_corr:g})",
+        "cross": f"primary lead + cross-lead (correlation below {DEFAULT_CLASSIFIER.cross_corr:g})",
         **{limit: f"cross-lead with correlation below {limit:g}" for limit in CROSS_CORRS},
     }
     for key, c in gross.items():
