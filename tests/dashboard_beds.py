@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -86,3 +87,35 @@ async def api_login(base: str, name: str, password: str) -> httpx.AsyncClient:
     assert r.status_code == 200, r.text
     client.headers["x-csrf-token"] = r.json()["csrf"]
     return client
+
+
+async def live_ecg_samples(
+    client: httpx.AsyncClient,
+    base: str,
+    bed: BedKey,
+    want: int,
+    within_s: float,
+    *,
+    fs_hz: float | None = None,
+) -> int:
+    """The ECG II samples a bed's live view (``/ws/beds/<site>/<bed>``, with ``client``'s
+    session) sends, read until there are ``want`` of them or ``within_s`` seconds have passed;
+    with ``fs_hz``, every ECG II chunk must come at that rate."""
+    from websockets.asyncio.client import connect
+
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    host = base.removeprefix("http://")
+    samples = 0
+    async with connect(
+        f"ws://{host}/ws/beds/{bed.site}/{bed.bed}",
+        additional_headers={"Cookie": cookie, "Origin": base},
+    ) as ws:
+        deadline = time.monotonic() + within_s
+        while samples < want and time.monotonic() < deadline:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            for chunk in message.get("waves", []):
+                if chunk["signal"] == "ECG_II":
+                    if fs_hz is not None:
+                        assert chunk["fs_hz"] == fs_hz, chunk["fs_hz"]
+                    samples += len(chunk["values"])
+    return samples

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from dashboards.users import Role, Users
 from eicu import bus, wire
@@ -25,6 +24,7 @@ from eicu.devservices import WorkerProcess as Worker
 from eicu.models import BedKey, NumericsFrame
 from simulators.run import SimulationPlan, simulate
 from tests.cheap_argon2 import cheap_hasher
+from tests.dashboard_beds import live_ecg_samples
 
 pytestmark = [pytest.mark.db]
 
@@ -144,22 +144,10 @@ async def test_the_dashboard_reads_every_worker_and_commands_the_owner(
             assert (event["state"], event["actor"]) == ("acknowledged", "ada")
 
             # a bed's waveforms through its partition (NATS maps the gateway's topic)
-            cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-            host = dashboard.url.removeprefix("http://")
-            async with connect(
-                f"ws://{host}/ws/beds/hub/bed001",
-                additional_headers={"Cookie": cookie, "Origin": dashboard.url},
-            ) as ws:
-                samples = 0
-                deadline = time.monotonic() + 10
-                while samples < 250 and time.monotonic() < deadline:
-                    message = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                    samples += sum(
-                        len(c["values"])
-                        for c in message.get("waves", [])
-                        if c["signal"] == "ECG_II"
-                    )
-                assert samples >= 250, f"{samples} ECG samples in 10 s"
+            samples = await live_ecg_samples(
+                client, dashboard.url, BedKey("hub", "bed001"), 250, 10
+            )
+            assert samples >= 250, f"{samples} ECG samples in 10 s"
 
             # the sick bed's worker is killed: the other takes its partitions over, and the
             # census goes on from the new owner's state, the acknowledged alarm still

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from dashboards.users import Role, Users
 from eicu import bus, wire
@@ -26,7 +24,7 @@ from ingest.engine import Engine
 from simulators.run import SimulationPlan, simulate
 from tests.cheap_argon2 import cheap_hasher
 from tests.chromium import CHROMIUM, playwright_or_skip
-from tests.dashboard_beds import api_login, prompt_policy
+from tests.dashboard_beds import api_login, live_ecg_samples, prompt_policy
 
 pytestmark = [pytest.mark.broker, pytest.mark.db]
 playwright_api = playwright_or_skip()
@@ -129,21 +127,10 @@ async def test_a_dashboard_of_its_own_reads_the_bus_and_commands_the_owner(
         assert detail["values"]["HR"]["value"] is not None and "ECG_II" in detail["signals"]
 
         # the live waveforms of a bed a page shows come off the bus
-        host = dashboard.removeprefix("http://")
-        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-        async with connect(
-            f"ws://{host}/ws/beds/hub/bed001",
-            additional_headers={"Cookie": cookie, "Origin": dashboard},
-        ) as ws:
-            samples = 0
-            deadline = time.monotonic() + 15
-            while samples < 500 and time.monotonic() < deadline:
-                message = await asyncio.wait_for(ws.recv(), 5)
-                for chunk in json.loads(message).get("waves", []):
-                    if chunk["signal"] == "ECG_II":
-                        assert chunk["fs_hz"] == 250.0
-                        samples += len(chunk["values"])
-            assert samples >= 500, f"{samples} ECG samples in 15 s"
+        samples = await live_ecg_samples(
+            client, dashboard, BedKey("hub", "bed001"), 500, 15, fs_hz=250.0
+        )
+        assert samples >= 500, f"{samples} ECG samples in 15 s"
 
         # in a browser: the census drawn by the dashboard process, the sick bed first, and its
         # alarm acknowledged from the unit's alarm list, a command to the bed's owner

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ import nats
 import numpy as np
 import psycopg
 import pytest
-from websockets.asyncio.client import connect
 
 from dashboards.users import Role, Users
 from eicu import wire
@@ -35,7 +33,7 @@ from eicu.site_link import LINK_FILTER, decode_link, encode_link, link_topic
 from eicu.site_link import SiteLink as SiteLink_
 from tests.cheap_argon2 import cheap_hasher
 from tests.chromium import CHROMIUM
-from tests.dashboard_beds import api_login
+from tests.dashboard_beds import api_login, live_ecg_samples
 from tests.site_servers import SiteLink, feed_process, site_link, until
 
 pytestmark = [pytest.mark.nats, pytest.mark.db]
@@ -166,21 +164,8 @@ async def test_a_cut_off_site_is_one_banner_and_stale_beds_until_its_link_is_bac
 
             await until(shows_current, "the site's beds current at the hub", timeout_s=60)
             # A remote bed's view draws its live ECG (the feed passes the frames on).
-            cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
-            host = dashboard.url.removeprefix("http://")
-            async with connect(
-                f"ws://{host}/ws/beds/{SITE}/bed-1",
-                additional_headers={"Cookie": cookie, "Origin": dashboard.url},
-            ) as ws:
-                samples = 0
-                deadline = time.monotonic() + 15
-                while samples < 250 and time.monotonic() < deadline:
-                    message = json.loads(await asyncio.wait_for(ws.recv(), 5))
-                    samples += sum(
-                        len(c["values"]) for c in message.get("waves", [])
-                        if c["signal"] == "ECG_II"
-                    )  # fmt: skip
-                assert samples >= 250, f"{samples} ECG samples of a remote bed in 15 s"
+            samples = await live_ecg_samples(client, dashboard.url, BedKey(SITE, "bed-1"), 250, 15)
+            assert samples >= 250, f"{samples} ECG samples of a remote bed in 15 s"
             page = None
             if CHROMIUM.exists():
                 from playwright.async_api import async_playwright
