@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import numpy as np
@@ -33,7 +34,7 @@ from eicu.sites import hub_stream
 from eicu.wire import decode_waveform, encode_numerics, encode_waveform
 from ingest.site_live import LiveValues, LiveWaveforms, apply_newer
 from ingest.state import BedRouter
-from tests.site_servers import SiteLink, feed_process, until
+from tests.site_servers import SiteLink, feed_process, site_link, until
 
 pytestmark = [pytest.mark.nats]
 
@@ -100,6 +101,26 @@ async def hub() -> AsyncIterator[NatsServer]:
         server.cleanup()
 
 
+@pytest.fixture
+def servers() -> Iterator[SiteLink]:
+    """The hub's and the site's NATS servers, the site's leaf link to the hub."""
+    yield from site_link(SITE)
+
+
+@pytest.fixture
+async def hub_nc(servers: SiteLink) -> AsyncIterator[Any]:
+    """A connection to the hub, once the site's stream and the hub's copy of it exist."""
+    site_nc = await nats.connect(servers.site.nats_url)
+    hub_nc = await nats.connect(servers.hub.nats_url)
+    try:
+        await ensure_site_stream(site_nc)
+        await ensure_hub_stream(hub_nc, SITE)
+        yield hub_nc
+    finally:
+        for nc in (site_nc, hub_nc):
+            await nc.close()
+
+
 async def test_the_newest_values_come_first_and_new_ones_follow(hub: NatsServer) -> None:
     """A hub copy holding a backlog: the reader starts at each bed's newest message, whatever
     came before it, and takes what is appended after (newer values only)."""
@@ -155,21 +176,15 @@ HR_CODE = BY_KEY["HR"].code
 
 @pytest.mark.db
 async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
-    db_url: str, tmp_path: Path
+    servers: SiteLink, hub_nc: Any, db_url: str, tmp_path: Path
 ) -> None:
     """A site's backlog of two minutes at the hub; the feed's durable consumer holds ten
     messages at a time (set up so beforehand: a slow store; the feed then takes about ten a
     second). The feed's
     snapshots show the bed's newest heart rate at once, long before the backlog is stored;
     every message is then stored once."""
-    servers = SiteLink(SITE)
-    site_nc = hub_nc = None
     feed: EicuProcess | None = None
     try:
-        site_nc = await nats.connect(servers.site.nats_url)
-        hub_nc = await nats.connect(servers.hub.nats_url)
-        await ensure_site_stream(site_nc)
-        await ensure_hub_stream(hub_nc, SITE)
         await hub_nc.jetstream().add_consumer(
             hub_stream(SITE),
             ConsumerConfig(
@@ -239,10 +254,6 @@ async def test_the_feed_shows_a_sites_newest_values_while_its_backlog_is_stored(
     finally:
         if feed is not None:
             feed.stop()
-        for nc in (site_nc, hub_nc):
-            if nc is not None:
-                await nc.close()
-        servers.cleanup()
 
 
 def stored(db_url: str) -> int:
@@ -304,19 +315,13 @@ def test_a_dashboard_draws_a_remote_beds_live_waveforms() -> None:
 
 @pytest.mark.db
 async def test_the_feed_passes_a_sites_live_waveforms_to_the_dashboards_and_not_its_backlog(
-    db_url: str, tmp_path: Path
+    servers: SiteLink, hub_nc: Any, db_url: str, tmp_path: Path
 ) -> None:
     """A site's gateway sends a frame two minutes old (a backlog's), then live ones: the hub's
     feed passes the live ones on, as they were sent, on the topic dashboards read for the bed,
     and not the old one (which is stored)."""
-    servers = SiteLink(SITE)
-    site_nc = hub_nc = None
     feed: EicuProcess | None = None
     try:
-        site_nc = await nats.connect(servers.site.nats_url)
-        hub_nc = await nats.connect(servers.hub.nats_url)
-        await ensure_site_stream(site_nc)
-        await ensure_hub_stream(hub_nc, SITE)
         await until(servers.leaf_up, "the site's leaf link is up")
         feed = feed_process(
             servers, db_url, tmp_path, None, flush_s=0.05, state_period_s=0.25
@@ -363,7 +368,3 @@ async def test_the_feed_passes_a_sites_live_waveforms_to_the_dashboards_and_not_
     finally:
         if feed is not None:
             feed.stop()
-        for nc in (site_nc, hub_nc):
-            if nc is not None:
-                await nc.close()
-        servers.cleanup()
