@@ -265,14 +265,15 @@ class WanLink:
         """The WAN fails in the middle of the path (needs the bridge: a delay or loss): the
         bridge drops every frame, both ends' interfaces staying up, so neither end's kernel or
         server sees the cut; until :meth:`restore_mid_path`."""
-        if self.bridge is None or self.bridge.poll() is not None:
-            raise NetnsError("a cut in the middle of the path needs the bridge running")
-        self.bridge.send_signal(signal.SIGUSR1)
+        self._signal_bridge(signal.SIGUSR1)
 
     def restore_mid_path(self) -> None:
+        self._signal_bridge(signal.SIGUSR2)
+
+    def _signal_bridge(self, sig: signal.Signals) -> None:
         if self.bridge is None or self.bridge.poll() is not None:
             raise NetnsError("a cut in the middle of the path needs the bridge running")
-        self.bridge.send_signal(signal.SIGUSR2)
+        self.bridge.send_signal(sig)
 
     def cap(self, rate_mbit: float, burst_kbyte: int = 32, latency_ms: int = 200) -> None:
         """Both ends send at most ``rate_mbit`` (a token bucket of ``burst_kbyte``, a queue of
