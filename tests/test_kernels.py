@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import signal as sps
 
 from eicu.kernels.morphology import _beat_features
+from eicu.kernels.spectrum import _band_shape, _detrended, _hann_centred, _match_and_follow
 from eicu.kernels.sqi import _match_count, beat_agreement, window_sqi
 from eicu.signal.filters import SosFilter
 
@@ -244,3 +245,75 @@ def test_beat_features_match_naive(seed: int, n_beats: int) -> None:
     np.testing.assert_allclose(c, want[1], rtol=1e-7, atol=1e-9, equal_nan=True)
     np.testing.assert_allclose(wr, want[2], rtol=1e-9, equal_nan=True)
     np.testing.assert_allclose(sr, want[3], rtol=1e-7, equal_nan=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.float64, st.integers(8, 300), elements=maybe_nan))
+def test_hann_centred_and_band_shape_match_their_numpy_twins(x: np.ndarray) -> None:
+    taper = np.hanning(x.shape[0])
+    out = np.empty(x.shape[0])
+    ok = _hann_centred(x, taper, out)
+    assert ok == (not np.isnan(x).any())
+    if not ok:
+        return
+    want = (x - x.mean()) * taper
+    np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-9)
+    spec = np.fft.rfft(want)
+    f = np.fft.rfftfreq(x.shape[0], 1.0 / 250.0)
+    p = np.abs(spec) ** 2
+    band = (f >= 0.5) & (f <= 30.0)
+    search = (f >= 1.0) & (f <= 12.0)
+    fd, conc = _band_shape(spec, f, 0.5, 30.0, 1.0, 12.0, 1.0)
+    total = p[band].sum()
+    if not search.any() or not total > 0.0:
+        assert math.isnan(fd) and math.isnan(conc)
+        return
+    # the first of equal maxima, as np.argmax; ties within rounding decide nothing here
+    top = p[search].max()
+    assert p[search][f[search] == fd][0] >= top * (1 - 1e-9)
+    near = (f >= fd - 1.0) & (f <= fd + 1.0)
+    assert conc == pytest.approx(p[near].sum() / total, rel=1e-9, abs=1e-12)
+
+
+def test_band_shape_of_a_pure_tone_is_the_tone_with_all_the_power_near_it() -> None:
+    fs = 250.0
+    t = np.arange(1000) / fs
+    x = np.sin(2 * np.pi * 5.0 * t)
+    taper = np.hanning(1000)
+    out = np.empty(1000)
+    assert _hann_centred(x, taper, out)
+    fd, conc = _band_shape(np.fft.rfft(out), np.fft.rfftfreq(1000, 1 / fs), 0.5, 30, 1, 12, 1.0)
+    assert fd == pytest.approx(5.0)
+    assert conc > 0.99
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.float64, st.integers(0, 120), elements=maybe_nan))
+def test_detrended_removes_mean_and_linear_trend_like_least_squares(w: np.ndarray) -> None:
+    out = np.empty(w.shape[0])
+    ok = _detrended(w, out)
+    assert ok == (w.shape[0] >= 2 and not np.isnan(w).any())
+    if not ok:
+        return
+    ramp = np.linspace(-1.0, 1.0, w.shape[0])
+    seg = w - w.mean()
+    want = seg - ramp * (np.dot(seg, ramp) / np.dot(ramp, ramp))
+    np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-9)
+    # what is left has no mean and no trend
+    assert abs(out.sum()) <= 1e-8 * max(1.0, np.abs(w).sum())
+    assert abs(np.dot(out, ramp)) <= 1e-8 * max(1.0, np.abs(w).sum())
+
+
+def test_match_and_follow_takes_the_better_reference_then_moves_the_mean() -> None:
+    seg = np.array([1.0, -1.0, 2.0, 0.0])
+    last = -seg
+    mean = np.array([1.0, -1.0, 2.0, 0.5])
+    before = mean.copy()
+    c = _match_and_follow(seg, last, mean, 0.25)
+    assert c == pytest.approx(
+        np.dot(seg, before) / np.sqrt(np.dot(seg, seg) * np.dot(before, before))
+    )
+    np.testing.assert_allclose(mean, before + 0.25 * (seg - before))
+    # a reference of zeros is no match; both of zeros: unknown
+    assert _match_and_follow(seg, np.zeros(4), seg.copy(), 0.0) == pytest.approx(1.0)
+    assert math.isnan(_match_and_follow(seg, np.zeros(4), np.zeros(4), 0.0))

@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 from eicu.codes import SIGNAL_BY_KEY
 from eicu.kernels.morphology import _beat_features
 from eicu.kernels.samples import NONFINITE_INF, NONFINITE_NAN, nonfinite
+from eicu.kernels.spectrum import _detrended, _match_and_follow
 from eicu.kernels.sqi import (
     SQI_CLIP_FRAC,
     SQI_HF,
@@ -263,25 +264,16 @@ class _SignalState:
         if ventricular is not False:
             return None
         w = self.hist.window(sample - self.p_lo_n, sample - self.p_hi_n, filtered=True)
-        if w is None or np.isnan(w).any():
+        seg = np.empty(0 if w is None else w.shape[0])
+        if w is None or not _detrended(w, seg):
             self.p_last = None
             return None
-        # without its mean and linear trend (baseline movement is not atrial activity)
-        ramp = np.linspace(-1.0, 1.0, w.shape[0])
-        seg = w - w.mean()
-        seg = seg - ramp * (np.dot(seg, ramp) / np.dot(ramp, ramp))
         last, self.p_last = self.p_last, seg
         if last is None or self.p_template is None:
             self.p_template = seg.copy()
             return None
-        best: float | None = None
-        for ref in (last, self.p_template):
-            den = float(np.sqrt(np.dot(seg, seg) * np.dot(ref, ref)))
-            if den > 0.0:
-                c = float(np.dot(seg, ref)) / den
-                best = c if best is None else max(best, c)
-        self.p_template += (seg - self.p_template) / P_TEMPLATE_BEATS
-        return best
+        c = _match_and_follow(seg, last, self.p_template, 1.0 / P_TEMPLATE_BEATS)
+        return None if np.isnan(c) else float(c)
 
     def forget_before(self, sample: int) -> None:
         while self.recent_beats and self.recent_beats[0].sample < sample:

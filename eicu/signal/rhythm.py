@@ -41,6 +41,7 @@ from typing import Final
 
 import numpy as np
 
+from eicu.kernels.spectrum import _band_shape, _hann_centred
 from eicu.signal.ectopy import VentricularTracker
 from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, VentricularRun, Verdict
 from eicu.signal.stats import median
@@ -413,20 +414,17 @@ class FibrillationFeatures:
 # Chosen on the MIT-BIH Arrhythmia Database (record 207 holds its only flutter episode).
 VF_DOMINANT_HZ: Final = (3.0, 9.0)
 VF_CONCENTRATION: Final = 0.6
+# the power judged (Hz), where the dominant frequency is sought, and how near it counts
+FIB_BAND_HZ: Final = (0.5, 30.0)
+FIB_SEARCH_HZ: Final = (1.0, 12.0)
+FIB_NEAR_HZ: Final = 1.0
 
 
 @lru_cache(maxsize=32)
-def _spectrum_grid(
-    n: int, fs_hz: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For windows of n samples at fs_hz (the same few for every bed): the Hann window, the
-    frequencies of the real FFT, the 0.5-30 Hz band, the 1-12 Hz search band and its
-    frequencies. Read-only: shared by every call."""
-    window = np.hanning(n)
-    f = np.fft.rfftfreq(n, 1.0 / fs_hz)
-    band = (f >= 0.5) & (f <= 30.0)
-    search = (f >= 1.0) & (f <= 12.0)
-    grid = (window, f, band, search, f[search])
+def _spectrum_grid(n: int, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """For windows of n samples at fs_hz (the same few for every bed): the Hann window and the
+    frequencies of the real FFT. Read-only: shared by every call."""
+    grid = (np.hanning(n), np.fft.rfftfreq(n, 1.0 / fs_hz))
     for a in grid:
         a.flags.writeable = False
     return grid
@@ -441,14 +439,13 @@ def fibrillation_features(seg: np.ndarray, fs_hz: float) -> FibrillationFeatures
     x = np.asarray(seg, dtype=np.float64)
     if x.ndim != 1 or x.shape[0] < 8:
         raise ValueError(f"need a 1-D window of at least 8 samples, got shape {x.shape}")
-    if np.isnan(x).any():
+    window, f = _spectrum_grid(x.shape[0], float(fs_hz))
+    tapered = np.empty(x.shape[0])
+    if not _hann_centred(x, window, tapered):
         return None
-    window, f, band, search, f_search = _spectrum_grid(x.shape[0], float(fs_hz))
-    x = (x - x.mean()) * window
-    p = np.abs(np.fft.rfft(x)) ** 2
-    total = float(p[band].sum())
-    if total <= 0.0:
+    fd, concentration = _band_shape(
+        np.fft.rfft(tapered), f, *FIB_BAND_HZ, *FIB_SEARCH_HZ, FIB_NEAR_HZ
+    )
+    if np.isnan(fd):
         return None
-    fd = float(f_search[np.argmax(p[search])])
-    near = (f >= fd - 1.0) & (f <= fd + 1.0)
-    return FibrillationFeatures(fd, float(p[near].sum()) / total)
+    return FibrillationFeatures(fd, concentration)
