@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import signal as sps
 
+from eicu.kernels.intervals import N_AF, _af_features
 from eicu.kernels.morphology import _beat_features
 from eicu.kernels.spectrum import _band_shape, _detrended, _hann_centred, _match_and_follow
 from eicu.kernels.sqi import _match_count, beat_agreement, window_sqi
@@ -317,3 +318,57 @@ def test_match_and_follow_takes_the_better_reference_then_moves_the_mean() -> No
     # a reference of zeros is no match; both of zeros: unknown
     assert _match_and_follow(seg, np.zeros(4), seg.copy(), 0.0) == pytest.approx(1.0)
     assert math.isnan(_match_and_follow(seg, np.zeros(4), np.zeros(4), 0.0))
+
+
+def naive_af_features(rr: np.ndarray, left_out: np.ndarray) -> tuple[float, float, float]:
+    """Leave out the marked intervals, then premature-beat pairs, then the 8 longest and
+    shortest; NumPy's statistics and its 16-bin histogram."""
+    rr = rr[~left_out]
+    if rr.shape[0] < 24:
+        return 0.0, 0.0, 0.0
+    med = float(np.median(rr))
+    pair = (rr[:-1] < 0.85 * med) & (rr[1:] > 1.10 * med)
+    drop = np.zeros(rr.shape[0], dtype=bool)
+    drop[:-1] |= pair
+    drop[1:] |= pair
+    rr = rr[~drop]
+    if rr.shape[0] < 24:
+        return 0.0, 0.0, 0.0
+    trimmed = np.sort(rr)[8:-8]
+    core = rr[(rr >= trimmed[0]) & (rr <= trimmed[-1])]
+    d = np.diff(core)
+    nrmssd = float(np.sqrt(np.mean(d * d)) / np.mean(core)) if d.size else 0.0
+    hist, _ = np.histogram(core, bins=16)
+    p = hist[hist > 0] / core.shape[0]
+    shannon = float(-(p * np.log(p)).sum() / np.log(16))
+    mid = rr[1:-1]
+    turning = ((mid > rr[:-2]) & (mid > rr[2:])) | ((mid < rr[:-2]) & (mid < rr[2:]))
+    return nrmssd, shannon, float(turning.sum() / mid.shape[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(24, 80).flatmap(
+        lambda n: st.tuples(
+            arrays(
+                np.float64,
+                n,
+                elements=st.one_of(
+                    st.sampled_from([0.4, 0.5, 0.6, 0.75, 0.8, 1.0, 1.2]),
+                    st.floats(0.2, 2.0),
+                ),
+            ),
+            arrays(np.bool_, n),
+        )
+    )
+)
+def test_af_features_match_numpy(case: tuple[np.ndarray, np.ndarray]) -> None:
+    rr, left_out = case
+    out = np.empty(N_AF)
+    _af_features(rr, left_out, out)
+    want = naive_af_features(rr, left_out)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    _af_features(rr, np.zeros(0, dtype=np.bool_), out)
+    np.testing.assert_allclose(
+        out, naive_af_features(rr, np.zeros(rr.shape[0], dtype=bool)), rtol=1e-12, atol=1e-12
+    )

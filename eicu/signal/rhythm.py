@@ -41,6 +41,7 @@ from typing import Final
 
 import numpy as np
 
+from eicu.kernels import intervals as k_intervals
 from eicu.kernels.spectrum import _band_shape, _hann_centred
 from eicu.signal.ectopy import VentricularTracker
 from eicu.signal.events import HeartRate, RhythmFlag, RhythmLabel, VentricularRun, Verdict
@@ -59,6 +60,7 @@ VF_S: Final = 4.0
 # many conducted beats (class N or P: like the patient's dominant beat) does not start VFIB.
 VF_ORGANISED_BEATS: Final = 2
 AF_WINDOW: Final = 64
+_NONE_LEFT_OUT: Final = np.zeros(0, dtype=np.bool_)
 AF_NRMSSD: Final = 0.12
 AF_SHANNON: Final = 0.70
 AF_TPR: Final = (0.50, 0.85)
@@ -91,25 +93,14 @@ class AfFeatures:
         )
 
 
-def drop_ectopic(rr_s: np.ndarray) -> np.ndarray:
-    """The intervals left after removing premature-beat pairs (a short interval followed by a
-    long, compensatory one: below 85 % and above 110 % of the median)."""
-    rr = np.asarray(rr_s, dtype=np.float64)
-    med = float(np.median(rr))
-    pair = (rr[:-1] < 0.85 * med) & (rr[1:] > 1.10 * med)
-    drop = np.zeros(rr.shape[0], dtype=bool)
-    drop[:-1] |= pair
-    drop[1:] |= pair
-    return rr[~drop]
-
-
 def af_features(rr_s: np.ndarray, ventricular: np.ndarray | None = None) -> AfFeatures:
     """Irregularity of RR intervals: normalised RMSSD, 16-bin Shannon entropy, turning points.
 
     ``ventricular`` marks the intervals that a ventricular beat begins or ends: they are left
     out first (AF is the irregular response of the ventricles to the atria, so only the
     intervals between conducted beats tell of it). Premature-beat pairs are removed next
-    (:func:`drop_ectopic`), and the 8 longest and 8 shortest of the rest are left out of the
+    (a short interval followed by a long, compensatory one: below 85 % and above 110 % of the
+    median), and the 8 longest and 8 shortest of the rest are left out of the
     RMSSD and entropy, as Dash et al. do, so that ectopic beats do not make a regular rhythm
     look irregular. With fewer than 24 intervals left after either step, the rhythm is mostly
     ectopic: reported as regular (all features 0).
@@ -117,31 +108,21 @@ def af_features(rr_s: np.ndarray, ventricular: np.ndarray | None = None) -> AfFe
     rr = np.asarray(rr_s, dtype=np.float64)
     if rr.ndim != 1 or rr.shape[0] < 24:
         raise ValueError(f"need at least 24 RR intervals, got shape {rr.shape}")
+    v = _NONE_LEFT_OUT
     if ventricular is not None:
-        v = np.asarray(ventricular)
+        v = np.ascontiguousarray(ventricular)
         if v.shape != rr.shape or v.dtype != np.bool_:
             raise ValueError(
                 f"ventricular must be booleans of the intervals' shape {rr.shape}, "
                 f"got {v.dtype} of shape {v.shape}"
             )
-        rr = rr[~v]
-        if rr.shape[0] < 24:
-            return AfFeatures(0.0, 0.0, 0.0)
-    rr = drop_ectopic(rr)
-    if rr.shape[0] < 24:
-        return AfFeatures(0.0, 0.0, 0.0)
-    trimmed = np.sort(rr)[8:-8]
-    keep = (rr >= trimmed[0]) & (rr <= trimmed[-1])
-    core = rr[keep]
-    d = np.diff(core)
-    nrmssd = float(np.sqrt(np.mean(d * d)) / np.mean(core)) if d.size else 0.0
-    hist, _ = np.histogram(core, bins=16)
-    p = hist[hist > 0] / core.shape[0]
-    shannon = float(-(p * np.log(p)).sum() / np.log(16))
-    mid = rr[1:-1]
-    turning = ((mid > rr[:-2]) & (mid > rr[2:])) | ((mid < rr[:-2]) & (mid < rr[2:]))
-    tpr = float(turning.sum() / mid.shape[0])
-    return AfFeatures(nrmssd, shannon, tpr)
+    out = np.empty(k_intervals.N_AF)
+    k_intervals._af_features(np.ascontiguousarray(rr), v, out)
+    return AfFeatures(
+        float(out[k_intervals.AF_NRMSSD]),
+        float(out[k_intervals.AF_SHANNON]),
+        float(out[k_intervals.AF_TPR]),
+    )
 
 
 def irregular_span(rr_s: np.ndarray) -> tuple[int, int]:
@@ -354,11 +335,10 @@ class RhythmTracker:
                 and af_features(rr_win, np.asarray(self._af_vent)).irregular
                 and not self._p_waves_present()
             )
-            first, last = irregular_span(rr_win)
             if irregular:
                 self._af_off_count = 0
                 if "AFIB" not in self._active:
-                    start = self._af_beats[first]
+                    start = self._af_beats[irregular_span(rr_win)[0]]
                     if self._af_last_end is not None:
                         start = max(start, self._af_last_end)
                     out.append(self._flag("AFIB", "start", start))
@@ -366,6 +346,7 @@ class RhythmTracker:
                 self._af_off_count += 1
                 if self._af_off_count >= AF_WINDOW // 4:
                     self._af_off_count = 0
+                    last = irregular_span(rr_win)[1]
                     end = self._af_beats[min(last + 1, AF_WINDOW - 1)]
                     end = max(end, self._active["AFIB"] + 1)
                     self._af_last_end = end
