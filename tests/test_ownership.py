@@ -218,13 +218,16 @@ async def test_a_clean_stop_hands_its_partitions_over_at_once(
             group.start(w)
         await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4")
         leaving = set(group.ownerships["a"].owned)
+        # settling to 4/4/4 may have released some already (a worker that claimed more than
+        # its share at first hands the surplus over): count the stop's releases only
+        released_before = group.ownerships["a"].stats.releases
         stopped = time.monotonic()
         await group.stop("a")
         taken = await until(group.all_owned_once, "b and c hold all 12")
         # Far sooner than the TTL: the keys were deleted, not left to expire.
         assert taken - stopped < TTL_S / 2, taken - stopped
         assert group.counts() == {"b": 6, "c": 6}
-        assert group.ownerships["a"].stats.releases == len(leaving)
+        assert group.ownerships["a"].stats.releases - released_before == len(leaving)
         assert group.ownerships["a"].owned == frozenset()
 
 
