@@ -187,6 +187,19 @@ class BeatClassifier:
             raise ValueError(f"raws must have the shape of ys {y.shape}, got {r.shape}")
         if (nonfinite(y.reshape(-1)) | nonfinite(r.reshape(-1))) & NONFINITE_INF:
             raise ValueError("ys or raws contain +-inf; mark a missing sample with NaN")
+        return self._classify_checked(y, y0, f, rr, r)
+
+    def _classify_checked(
+        self,
+        y: NDArray[np.float64],
+        y0: NDArray[np.int64],
+        f: NDArray[np.int64],
+        rr: NDArray[np.int64],
+        r: NDArray[np.float64],
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """:meth:`classify` of inputs already in its kernel's form and checked (C-contiguous,
+        of the right dtypes and shapes, no infinity; ``r`` of shape (n_leads, 0) when there
+        are no raw samples): the signal pipeline's own history, which it checks on arrival."""
         out_class = np.empty(f.shape[0], dtype=np.int64)
         out_feats = np.empty((f.shape[0], self.n_leads, N_FEATS), dtype=np.float64)
         k._classify_beats(
@@ -236,10 +249,10 @@ def cross_lead_ventricular(
             f"{[c.shape, *(f.shape for f in feats)]}"
         )
     a0, s0, a1, s1 = feats
-    with np.errstate(invalid="ignore"):
-        crossed = ((a1 < config.cross_corr) & (s0 < config.v_steep)) | (
-            (a0 < config.cross_corr) & (s1 < config.v_steep)
-        )
+    # a comparison with NaN is False (and NumPy raises no warning for it)
+    crossed = ((a1 < config.cross_corr) & (s0 < config.v_steep)) | (
+        (a0 < config.cross_corr) & (s1 < config.v_steep)
+    )
     return np.where(crossed & (c == k.C_N), k.C_V, c)
 
 

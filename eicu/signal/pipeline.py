@@ -22,6 +22,7 @@ back by ``CROSS_LEAD_WAIT_S`` or one chunk of the primary lead, whichever is lon
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ class _BeatItem:
 
 
 def _opt(v: float) -> float | None:
-    return None if np.isnan(v) else float(v)
+    return None if math.isnan(v) else float(v)
 
 
 class _SignalState:
@@ -546,29 +547,38 @@ class BedSignalPipeline:
         prev = np.concatenate([[st.prev_fid], fids[:-1]])
         rr_prev = np.where(prev >= 0, fids - prev, -1)
         st.prev_fid = int(fids[-1])
-        classes, feats = classifier.classify(
-            st.hist.filt[None, :], np.array([st.hist.start]), fids, rr_prev, st.hist.raw[None, :]
+        # the history holds no infinity (refused on arrival): no second check
+        classes, feats = classifier._classify_checked(
+            st.hist.filt[None, :],
+            np.array([st.hist.start], dtype=np.int64),
+            fids,
+            rr_prev,
+            st.hist.raw[None, :],
         )
         other_feats: NDArray[np.float64] | None = None
         if self._cross is not None and st.key == self.primary_ecg and self.other_ecg is not None:
             o = self._sig[self.other_ecg].hist
-            _, of = self._cross.classify(
-                o.filt[None, :], np.array([o.start]), fids, rr_prev, o.raw[None, :]
+            _, of = self._cross._classify_checked(
+                o.filt[None, :], np.array([o.start], dtype=np.int64), fids, rr_prev, o.raw[None, :]
             )
             other_feats = of[:, 0]
             classes = cross_lead_ventricular(
                 classes, feats[:, 0, 0], feats[:, 0, 2], other_feats[:, 0], other_feats[:, 2]
             )
         out: list[tuple[int, int, _BeatItem]] = []
+        # as Python floats: a beat's dozen look-ups cost less than on NumPy scalars
+        lead0: list[list[float]] = feats[:, 0].tolist()
+        other: list[list[float]] | None = None if other_feats is None else other_feats.tolist()
+        codes: list[int] = classes.tolist()
         for j, (s, at) in enumerate(ready):
-            f = feats[j, 0]
+            f = lead0[j]
             o_corr = o_steep = None
-            if other_feats is not None:
-                o_corr, o_steep = _opt(other_feats[j, 0]), _opt(other_feats[j, 2])
+            if other is not None:
+                o_corr, o_steep = _opt(other[j][0]), _opt(other[j][2])
             w_n = f[4]
-            cls = CLASS_OF_CODE[int(classes[j])]
+            cls = CLASS_OF_CODE[codes[j]]
             same_shape = f[5] == st.prev_cluster  # joined the template of the beat before it
-            st.prev_cluster = float(f[5])
+            st.prev_cluster = f[5]
             if cls == "V" and not same_shape and st.quality_at(at) != "good":
                 # a lead judged noisy: a lone odd shape may be artefact; two alike in a row
                 # (an organised ventricular rhythm) are kept
@@ -579,7 +589,7 @@ class BedSignalPipeline:
                     0,
                     _BeatItem(
                         s,
-                        None if np.isnan(w_n) else float(w_n) * 1000.0 / st.fs_hz,
+                        None if math.isnan(w_n) else w_n * 1000.0 / st.fs_hz,
                         cls,
                         _opt(f[0]),
                         _opt(f[1]),
