@@ -17,6 +17,9 @@ a bed count in real time when everything is stored once, drain is a few seconds 
 stays well under a second.
 
     python benchmarks/ingest.py --beds 500 1000 --duration 30 [--mode ingest|full|both]
+
+A bed's AF analysis starts after 64 beats, about a minute in: a run shorter than about 90 s
+measures a bed before it is settled and costs less than one that is (docs/capacity.md).
 """
 
 from __future__ import annotations

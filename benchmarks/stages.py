@@ -13,10 +13,12 @@ difference; best of ``--repeat`` runs. This is the part of ``benchmarks/ingest.p
 CPU that grows with the beds' data, measured without the broker, the network and the machine's
 other processes. The signal stage takes a bed's frames ``--chunk`` seconds at a time, as the
 engine does (``EICU_ANALYSIS_CHUNK_S``), and is measured taking every frame at once beside it.
-On a shared 2-core virtual machine the figures still move by 10-20 % between
-runs (process CPU time depends on the caches and clock the machine gives): compare changes
-with ``--repeat 5`` and several runs. ``--scenario mix`` cycles through every scenario (VT, AF,
-pacing, artefact ...). The collector is set as the commands set it (``eicu.heap.settle``).
+On a shared 2-core virtual machine the figures still move by 10-20 % between runs (process
+CPU time depends on the caches and clock the machine gives): compare changes with
+``--repeat 5`` and several runs. A bed's AF analysis starts after 64 beats, about a minute
+into each routing: ``--seconds 150`` measures settled beds, 30 s beds in their first minute.
+``--scenario mix`` cycles through every scenario (VT, AF, pacing, artefact ...).
+The collector is set as the commands set it (``eicu.heap.settle``).
 
 ``--breakdown`` then routes the frames once more through the router and the signal stage with
 a timer around each part of the per-bed signal pipeline (``time.perf_counter_ns`` in a
