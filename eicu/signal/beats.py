@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -132,6 +132,18 @@ class DetectedBeats(NamedTuple):
     decided_at: NDArray[np.int64]  # samples consumed when the beat became certain
 
 
+def _read_only(a: NDArray[Any]) -> NDArray[Any]:
+    a.flags.writeable = False
+    return a
+
+
+NO_BEATS: Final = DetectedBeats(
+    _read_only(np.empty(0, dtype=np.int64)),
+    _read_only(np.empty(0, dtype=np.float64)),
+    _read_only(np.empty(0, dtype=np.int64)),
+)
+
+
 class BeatDetector:
     """Causal beat detector for one signal of one bed."""
 
@@ -234,6 +246,8 @@ class BeatDetector:
         )
         if nb < 0:
             raise ValueError("samples contain +-inf; mark a missing sample with NaN")
+        if nb == 0:  # most chunks: one shared, read-only empty result
+            return NO_BEATS
         return DetectedBeats(out_idx[:nb].copy(), out_amp[:nb].copy(), out_at[:nb].copy())
 
 
