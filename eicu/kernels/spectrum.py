@@ -25,19 +25,26 @@ from eicu.kernels._fastmath import FASTMATH
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _mean_if_whole(x: NDArray[np.float64]) -> float:
+    """The mean of ``x``; NaN when a sample is missing or there is none."""
+    s = 0.0
+    for i in range(x.shape[0]):
+        v = x[i]
+        if math.isnan(v):
+            return math.nan
+        s += v
+    return s / x.shape[0] if x.shape[0] > 0 else math.nan
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _hann_centred(
     x: NDArray[np.float64], taper: NDArray[np.float64], out: NDArray[np.float64]
 ) -> bool:
     """``out = (x - mean(x)) * taper``; False (``out`` undefined) when a sample is missing."""
-    n = x.shape[0]
-    s = 0.0
-    for i in range(n):
-        v = x[i]
-        if math.isnan(v):
-            return False
-        s += v
-    m = s / n
-    for i in range(n):
+    m = _mean_if_whole(x)
+    if math.isnan(m):
+        return False
+    for i in range(x.shape[0]):
         out[i] = (x[i] - m) * taper[i]
     return True
 
@@ -85,15 +92,9 @@ def _detrended(w: NDArray[np.float64], out: NDArray[np.float64]) -> bool:
     -1 to 1 (the linear trend); False (``out`` undefined) when a sample is missing or the
     window holds fewer than 2 samples."""
     n = w.shape[0]
-    if n < 2:
+    m = _mean_if_whole(w)
+    if n < 2 or math.isnan(m):
         return False
-    s = 0.0
-    for i in range(n):
-        v = w[i]
-        if math.isnan(v):
-            return False
-        s += v
-    m = s / n
     step = 2.0 / (n - 1)
     sr = 0.0
     rr = 0.0
