@@ -61,7 +61,7 @@ class ScoreStage:
         try:
             hr = frame.values.get("HR")
             rr = frame.values.get("RR")
-            scores.tracker.feed(
+            scores.tracker.add(
                 [frame.ts_us],
                 {"HR": [math.nan if hr is None else hr], "RR": [math.nan if rr is None else rr]},
             )

@@ -98,6 +98,19 @@ def test_chunking_does_not_change_the_result():
     assert sig == sig_whole
 
 
+def test_adding_samples_then_asking_is_feeding_them() -> None:
+    t, hrs, rrs = minute_series(5, lambda h: 80 + 8 * np.clip(h - 2, 0, None), lambda h: 16 + 0 * h)
+    fed = DeteriorationTracker()
+    added = DeteriorationTracker()
+    for i in range(t.size):  # one numerics message at a time, as the score stage feeds them
+        want = fed.feed([t[i]], {"HR": [hrs[i]], "RR": [rrs[i]]})
+        assert added.add([t[i]], {"HR": [hrs[i]], "RR": [rrs[i]]}) is None
+        assert added.signal() == want
+    assert want.active
+    with pytest.raises(ValueError, match="time order"):
+        added.add([t[0]], {"HR": [80.0]})
+
+
 def test_gaps_are_not_imputed():
     # stable, then 5 hours without any heart rate, then stable again at the same level
     t, hrs, rrs = minute_series(12, lambda h: 80 + 0 * h, lambda h: 16 + 0 * h, seed=4)

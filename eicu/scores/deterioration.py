@@ -238,11 +238,17 @@ class DeteriorationTracker:
     def feed(self, time_us: ArrayLike, values: Mapping[str, ArrayLike]) -> DeteriorationSignal:
         """A chunk of samples in time order: ``values[key]`` aligned with ``time_us``, NaN
         where a parameter has no value. Keys the tracker does not follow are ignored."""
+        self.add(time_us, values)
+        return self.signal()
+
+    def add(self, time_us: ArrayLike, values: Mapping[str, ArrayLike]) -> None:
+        """:meth:`feed` without computing the signal (for a caller that feeds a score next,
+        which returns it)."""
         t = np.atleast_1d(np.asarray(time_us, dtype=np.int64))
         if t.ndim != 1:
             raise ValueError(f"time_us must be 1-D, got shape {t.shape}")
         if t.size == 0:
-            return self.signal()
+            return
         if np.any(np.diff(t) < 0) or (self._last_us is not None and t[0] < self._last_us):
             raise ValueError("samples must be fed in time order")
         cols: dict[str, NDArray[np.float64]] = {}
@@ -259,7 +265,6 @@ class DeteriorationTracker:
         for key, trend in self._trends.items():
             v = cols.get(key, np.full(t.shape, np.nan))
             trend.feed(t, v, self._origin_us)
-        return self.signal()
 
     def feed_score(self, time_us: int, result: ScoreResult) -> DeteriorationSignal:
         """A NEWS2 result at ``time_us`` (complete or not)."""
