@@ -272,6 +272,8 @@ def test_af_features_separate_regular_from_random() -> None:
     assert af_features(rng.uniform(0.4, 1.1, 64)).irregular
     with pytest.raises(ValueError, match="24"):
         af_features(np.ones(10))
+    with pytest.raises(ValueError, match="finite"):
+        af_features(np.r_[np.full(40, 0.8), np.nan, np.full(23, 0.8)])
 
 
 def _sorted(events: list[Event]) -> list[Event]:

@@ -70,8 +70,9 @@ def _af_features(
     rr_in: NDArray[np.float64], left_out: NDArray[np.bool_], out: NDArray[np.float64]
 ) -> None:
     """``out`` = (normalised RMSSD, entropy, turning-point ratio) of ``rr_in`` without the
-    intervals marked in ``left_out`` (length 0: none marked); all 0 when fewer than
-    ``MIN_INTERVALS`` are left after leaving out the marked ones or the premature-beat pairs."""
+    intervals marked in ``left_out`` (length 0: none marked, else the length of ``rr_in``);
+    all 0 when fewer than ``MIN_INTERVALS`` are left after leaving out the marked ones or the
+    premature-beat pairs. ``rr_in`` must be finite (the caller checks: a NaN has no bin)."""
     for j in range(N_AF):
         out[j] = 0.0
     n_in = rr_in.shape[0]

@@ -108,6 +108,8 @@ def af_features(rr_s: np.ndarray, ventricular: np.ndarray | None = None) -> AfFe
     rr = np.asarray(rr_s, dtype=np.float64)
     if rr.ndim != 1 or rr.shape[0] < 24:
         raise ValueError(f"need at least 24 RR intervals, got shape {rr.shape}")
+    if not np.isfinite(rr).all():  # the kernel's histogram bins need finite values
+        raise ValueError(f"RR intervals must be finite, got {rr[~np.isfinite(rr)][:3]}")
     v = _NONE_LEFT_OUT
     if ventricular is not None:
         v = np.ascontiguousarray(ventricular)
