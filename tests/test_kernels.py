@@ -14,8 +14,15 @@ from scipy import signal as sps
 from eicu.kernels.intervals import N_AF, _af_features
 from eicu.kernels.morphology import _beat_features
 from eicu.kernels.spectrum import _band_shape, _detrended, _hann_centred, _match_and_follow
-from eicu.kernels.sqi import _match_count, beat_agreement, window_sqi
+from eicu.kernels.sqi import (
+    _match_count,
+    _window_agreement,
+    _window_median,
+    beat_agreement,
+    window_sqi,
+)
 from eicu.signal.filters import SosFilter
+from eicu.signal.stats import median
 
 SOS = sps.butter(2, [5.0, 15.0], "bandpass", fs=250.0, output="sos")
 
@@ -132,6 +139,71 @@ def test_beat_agreement() -> None:
     assert beat_agreement(a, a + 5, 10) == 1.0
     assert beat_agreement(a, np.array([100, 900]), 10) == pytest.approx(2 * 1 / 5)
     assert math.isnan(beat_agreement(np.array([]), np.array([]), 10))
+
+
+@st.composite
+def decided_beats(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Beats as a detector reports them: samples rising, each known at a time that never falls
+    and never comes before its sample; with a value (NaN at times) each."""
+    gaps = draw(st.lists(st.integers(1, 400), max_size=30))
+    s = np.cumsum(np.array([0, *gaps], dtype=np.int64))[1:] + draw(st.integers(0, 500))
+    lags = draw(st.lists(st.integers(0, 300), min_size=len(gaps), max_size=len(gaps)))
+    at = np.maximum.accumulate(s + np.array(lags, dtype=np.int64)) if len(gaps) else s.copy()
+    v = np.array(draw(st.lists(maybe_nan, min_size=len(gaps), max_size=len(gaps))))
+    return s, at, v.astype(np.float64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), lo=st.integers(0, 8000), width=st.integers(0, 4000), t=st.integers(0, 12000))
+def test_window_agreement_and_median_match_their_python_twins(
+    data: st.DataObject, lo: int, width: int, t: int
+) -> None:
+    """The pipeline's detector-agreement and pulse-morphology windows: the beats with
+    lo <= sample < hi known by t, the ones before ``drop`` already dropped."""
+    a_s, a_at, _ = data.draw(decided_beats())
+    b_s, b_at, b_v = data.draw(decided_beats())
+    a0 = data.draw(st.integers(0, a_s.shape[0]))
+    b0 = data.draw(st.integers(0, b_s.shape[0]))
+    # the window's edges and time on a beat's own times as often as not
+    lo = data.draw(st.sampled_from([lo, *a_s.tolist(), *b_s.tolist()]))
+    t = data.draw(st.sampled_from([t, *a_at.tolist(), *b_at.tolist()]))
+    hi = data.draw(st.sampled_from([lo + width, *[s for s in b_s.tolist() if s >= lo]]))
+    a = [
+        s
+        for s, at in zip(a_s[a0:].tolist(), a_at[a0:].tolist(), strict=True)
+        if lo <= s < hi and at <= t
+    ]
+    b = [
+        s
+        for s, at in zip(b_s[b0:].tolist(), b_at[b0:].tolist(), strict=True)
+        if lo <= s < hi and at <= t
+    ]
+    want = float("nan") if len(a) + len(b) < 4 else beat_agreement(np.array(a), np.array(b), 37)
+    got = _window_agreement(
+        a_s, a_at, a0, a_s.shape[0], b_s, b_at, b0, b_s.shape[0], lo, hi, t, 37, 4
+    )
+    assert (math.isnan(got) and math.isnan(want)) or got == want
+    vals = [
+        v
+        for s, at, v in zip(b_s[b0:].tolist(), b_at[b0:].tolist(), b_v[b0:].tolist(), strict=True)
+        if lo <= s < hi and at <= t
+    ]
+    want_m = median(vals) if len(vals) >= 3 else float("nan")
+    got_m = _window_median(b_s, b_at, b_v, b0, b_s.shape[0], lo, hi, t, 3)
+    assert (math.isnan(got_m) and math.isnan(want_m)) or got_m == want_m
+
+
+def test_window_edges_and_known_time_are_inclusive_where_the_pipeline_says() -> None:
+    s = np.array([10, 20, 30, 40, 50], dtype=np.int64)
+    at = np.array([15, 25, 35, 45, 55], dtype=np.int64)
+    v = np.array([5.0, 1.0, 3.0, 2.0, 4.0])
+    # lo <= sample < hi, known at or before t
+    assert _window_median(s, at, v, 0, 5, 20, 50, 45, 3) == 2.0  # beats 20, 30, 40
+    assert math.isnan(_window_median(s, at, v, 0, 5, 20, 50, 44, 3))  # 40 not yet known
+    assert _window_median(s, at, v, 0, 5, 10, 50, 55, 3) == 2.5  # four: the middle two
+    assert math.isnan(_window_median(s, at, v, 2, 5, 10, 50, 55, 3))  # the first two dropped
+    assert _window_agreement(s, at, 0, 5, s + 3, at, 0, 5, 20, 50, 45, 3, 4) == 1.0
+    assert math.isnan(_window_agreement(s, at, 0, 5, s + 3, at, 0, 5, 20, 40, 45, 3, 5))
 
 
 def naive_beat_features(

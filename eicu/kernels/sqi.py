@@ -109,3 +109,41 @@ def beat_agreement(a: NDArray[np.int64], b: NDArray[np.int64], tol: int) -> floa
         return float("nan")
     m = _match_count(aa, bb, int(tol))
     return 2.0 * m / (aa.shape[0] + bb.shape[0])
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_span(s, at, i0, i1, lo, hi, t):
+    """Of the entries ``i0:i1`` of a beat list whose samples ``s`` and known-at times ``at``
+    both only grow: the span of those with ``lo <= s < hi`` known by ``t`` (``at <= t``)."""
+    a = i0 + np.searchsorted(s[i0:i1], lo)
+    b = i0 + np.searchsorted(s[i0:i1], hi)
+    known = i0 + np.searchsorted(at[i0:i1], t, side="right")
+    return a, max(a, min(b, known))
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_agreement(a_s, a_at, a0, a1, b_s, b_at, b0, b1, lo, hi, t, tol, min_beats):
+    """:func:`beat_agreement` of two detectors' beats in ``[lo, hi)`` known by ``t`` (beat
+    lists as in :func:`_window_span`); NaN when they hold fewer than ``min_beats`` together."""
+    ia, ja = _window_span(a_s, a_at, a0, a1, lo, hi, t)
+    ib, jb = _window_span(b_s, b_at, b0, b1, lo, hi, t)
+    n = (ja - ia) + (jb - ib)
+    if n < min_beats or n == 0:
+        return np.nan
+    return 2.0 * _match_count(a_s[ia:ja], b_s[ib:jb], tol) / n
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_median(s, at, v, i0, i1, lo, hi, t, min_n):
+    """The median of the values ``v`` of the beats in ``[lo, hi)`` known by ``t`` (beat lists
+    as in :func:`_window_span`; the mean of the middle two for an even count); NaN when fewer
+    than ``min_n`` or when one is NaN."""
+    i, j = _window_span(s, at, i0, i1, lo, hi, t)
+    n = j - i
+    if n < min_n or n == 0:
+        return np.nan
+    w = np.sort(v[i:j])
+    if np.isnan(w[n - 1]):  # sorted: NaN last
+        return np.nan
+    h = n // 2
+    return w[h] if n % 2 else (w[h - 1] + w[h]) / 2.0

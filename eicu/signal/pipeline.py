@@ -40,7 +40,8 @@ from eicu.kernels.sqi import (
     SQI_HF,
     SQI_NAN_FRAC,
     SQI_RANGE,
-    beat_agreement,
+    _window_agreement,
+    _window_median,
     window_sqi,
 )
 from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
@@ -201,6 +202,44 @@ def _opt(v: float) -> float | None:
     return None if math.isnan(v) else float(v)
 
 
+class _Decided:
+    """Beats in time order as (sample, known at, value), in arrays: the oldest are dropped from
+    the front, and since both times only grow, the beats of a window known by some time are one
+    span of them, found by binary search (``eicu.kernels.sqi``)."""
+
+    __slots__ = ("at", "hi", "lo", "s", "v")
+
+    def __init__(self, cap: int = 64) -> None:
+        self.s = np.empty(cap, dtype=np.int64)
+        self.at = np.empty(cap, dtype=np.int64)
+        self.v = np.empty(cap, dtype=np.float64)
+        self.lo = 0
+        self.hi = 0
+
+    def extend(
+        self, s: NDArray[np.int64], at: NDArray[np.int64], v: NDArray[np.float64] | None = None
+    ) -> None:
+        n = s.shape[0]
+        if self.hi + n > self.s.shape[0]:
+            kept = self.hi - self.lo
+            cap = max(self.s.shape[0], 2 * (kept + n))
+            for name in ("s", "at", "v"):
+                old = getattr(self, name)
+                new = np.empty(cap, dtype=old.dtype) if cap > old.shape[0] else old
+                new[:kept] = old[self.lo : self.hi]
+                setattr(self, name, new)
+            self.lo, self.hi = 0, kept
+        self.s[self.hi : self.hi + n] = s
+        self.at[self.hi : self.hi + n] = at
+        if v is not None:
+            self.v[self.hi : self.hi + n] = v
+        self.hi += n
+
+    def drop_before(self, sample: int) -> None:
+        while self.lo < self.hi and self.s[self.lo] < sample:
+            self.lo += 1
+
+
 class _SignalState:
     def __init__(self, key: str, fs_hz: float) -> None:
         self.key = key
@@ -216,8 +255,8 @@ class _SignalState:
         self.filter: SosFilter | None = None
         self.alt_detector: BeatDetector | None = None
         # (sample, decided at) of each detector's beats, for the agreement index
-        self.known_main: deque[tuple[int, int]] = deque()
-        self.known_alt: deque[tuple[int, int]] = deque()
+        self.known_main = _Decided()
+        self.known_alt = _Decided()
         self.classifier: BeatClassifier | None = None
         self.prev_fid = -1  # the last beat given to the classifier
         self.prev_cluster = -1.0  # the template that beat joined
@@ -241,7 +280,7 @@ class _SignalState:
         self.post_n = round((QRS_POST_S if ecg else PULSE_POST_S) * fs_hz)
         self.shift_n = round((QRS_SHIFT_S if ecg else PULSE_SHIFT_S) * fs_hz)
         # (sample, known at, template correlation) of recent pulses, for the morphology index
-        self.known_corr: deque[tuple[int, int, float]] = deque()
+        self.known_corr = _Decided()
         self.template = np.zeros(self.pre_n + self.post_n)
         self.tstate = np.zeros(2, dtype=np.int64)
         self.pending: list[tuple[int, int]] = []  # (sample, ready_at)
@@ -326,11 +365,13 @@ class _SignalState:
             return float("nan")
         hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
         lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
-        a = np.array([s for s, at in self.known_main if lo <= s < hi and at <= t], dtype=np.int64)
-        b = np.array([s for s, at in self.known_alt if lo <= s < hi and at <= t], dtype=np.int64)
-        if a.shape[0] + b.shape[0] < 4:
-            return float("nan")
-        return beat_agreement(a, b, round(0.15 * self.fs_hz))
+        a, b = self.known_main, self.known_alt
+        return float(
+            _window_agreement(
+                a.s, a.at, a.lo, a.hi, b.s, b.at, b.lo, b.hi, lo, hi, t,
+                round(0.15 * self.fs_hz), 4,
+            )
+        )  # fmt: skip
 
     def morphology_at(self, t: int) -> float:
         """Median template correlation of the pulses known by sample t (NaN for ECG or when
@@ -339,19 +380,18 @@ class _SignalState:
             return float("nan")
         hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
         lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
-        while self.known_corr and self.known_corr[0][0] < t - round(2 * HISTORY_S * self.fs_hz):
-            self.known_corr.popleft()
-        c = [v for s, at, v in self.known_corr if lo <= s < hi and at <= t]
-        return median(c) if len(c) >= 3 else float("nan")
+        k = self.known_corr
+        k.drop_before(t - round(2 * HISTORY_S * self.fs_hz))
+        return float(_window_median(k.s, k.at, k.v, k.lo, k.hi, lo, hi, t, 3))
 
     def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
         keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
         for known, new in ((self.known_main, found), (self.known_alt, alt)):
             if new is None:
                 continue
-            known.extend(zip(new.sample.tolist(), new.decided_at.tolist(), strict=True))
-            while known and known[0][0] < keep_from:
-                known.popleft()
+            if new.sample.shape[0]:
+                known.extend(new.sample, new.decided_at)
+            known.drop_before(keep_from)
 
 
 class BedSignalPipeline:
@@ -529,12 +569,14 @@ class BedSignalPipeline:
             width_ratio,
             steep_ratio,
         )
-        out: list[tuple[int, int, _BeatItem]] = []
-        for (s, at), c in zip(ready, corr.tolist(), strict=True):
-            if not np.isnan(c):
-                st.known_corr.append((s, at, float(c)))
-            out.append((at, 0, _BeatItem(s, corr=_opt(c))))
-        return out
+        known = ~np.isnan(corr)
+        st.known_corr.extend(
+            fids[known], np.array([p[1] for p in ready], dtype=np.int64)[known], corr[known]
+        )
+        return [
+            (at, 0, _BeatItem(s, corr=_opt(c)))
+            for (s, at), c in zip(ready, corr.tolist(), strict=True)
+        ]
 
     def _classified(
         self,
