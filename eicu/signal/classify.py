@@ -249,11 +249,7 @@ def cross_lead_ventricular(
             f"{[c.shape, *(f.shape for f in feats)]}"
         )
     a0, s0, a1, s1 = feats
-    # a comparison with NaN is False (and NumPy raises no warning for it)
-    crossed = ((a1 < config.cross_corr) & (s0 < config.v_steep)) | (
-        (a0 < config.cross_corr) & (s1 < config.v_steep)
-    )
-    return np.where(crossed & (c == k.C_N), k.C_V, c)
+    return k._cross_lead(c, a0, s0, a1, s1, config.cross_corr, config.v_steep)
 
 
 class ClassifiedBeats(NamedTuple):

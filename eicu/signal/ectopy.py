@@ -72,6 +72,7 @@ class VentricularTracker:
         self._last: int | None = None  # the last N, V or P beat since the last gap
         self._before_run: int | None = None  # the beat before the current run's first
         self._seq: deque[tuple[int, bool]] = deque(maxlen=3 * TRIGEMINY_CYCLES)
+        self._n_v_seq = 0  # ventricular beats in _seq
         self._v_times: deque[int] = deque()
         self._vt_start: int | None = None
 
@@ -88,6 +89,7 @@ class VentricularTracker:
         self._last = None
         self._before_run = None
         self._seq.clear()
+        self._n_v_seq = 0
         self._vt_start = None
 
     def _rate_bpm(self, samples: list[int]) -> float:
@@ -152,8 +154,12 @@ class VentricularTracker:
             self._vt_start = None
             out.extend(self._close_run())
         self._last = sample
+        if len(self._seq) == self._seq.maxlen:
+            self._n_v_seq -= self._seq[0][1]
         self._seq.append((sample, ventricular))
-        out.extend(self._patterns(sample))
+        self._n_v_seq += ventricular
+        if self._n_v_seq or "BIGEMINY" in active or "TRIGEMINY" in active:
+            out.extend(self._patterns(sample))  # (no V in sight and neither active: none)
         return out
 
     def _end_vt(self, sample: int) -> list[RhythmFlag | VentricularRun]:

@@ -44,12 +44,13 @@ from eicu.kernels.sqi import (
     _window_median,
     window_sqi,
 )
+from eicu.kernels.vclass import _cross_lead
 from eicu.signal.beats import ECG_ALT_CONFIG, BeatDetector, DetectedBeats
 from eicu.signal.classify import (
     CLASS_OF_CODE,
+    DEFAULT_CLASSIFIER,
     BeatClass,
     BeatClassifier,
-    cross_lead_ventricular,
 )
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter, bandpass_sos
@@ -604,9 +605,10 @@ class BedSignalPipeline:
                 o.filt[None, :], np.array([o.start], dtype=np.int64), fids, rr_prev, o.raw[None, :]
             )
             other_feats = of[:, 0]
-            classes = cross_lead_ventricular(
-                classes, feats[:, 0, 0], feats[:, 0, 2], other_feats[:, 0], other_feats[:, 2]
-            )
+            classes = _cross_lead(
+                classes, feats[:, 0, 0], feats[:, 0, 2], other_feats[:, 0], other_feats[:, 2],
+                DEFAULT_CLASSIFIER.cross_corr, DEFAULT_CLASSIFIER.v_steep,
+            )  # fmt: skip
         out: list[tuple[int, int, _BeatItem]] = []
         # as Python floats: a beat's dozen look-ups cost less than on NumPy scalars
         lead0: list[list[float]] = feats[:, 0].tolist()

@@ -78,6 +78,35 @@ AF_PACED_SHARE: Final = 0.5
 DECISION_LATENCY_S: Final = 0.5
 
 
+class _Last:
+    """The last ``n`` values given, oldest first, as one contiguous array without a copy: each
+    value is written twice, ``n`` apart, so the newest ``n`` always lie side by side."""
+
+    __slots__ = ("_buf", "_n", "count")
+
+    def __init__(self, n: int, dtype: type) -> None:
+        self._buf: np.ndarray = np.zeros(2 * n, dtype=dtype)
+        self._n = n
+        self.count = 0  # values given since the last clear
+
+    def append(self, value: float | bool) -> None:
+        i = self.count % self._n
+        self._buf[i] = value
+        self._buf[i + self._n] = value
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.count >= self._n
+
+    def window(self) -> np.ndarray:
+        """The last ``n`` values (only once full); a view, valid until the next append."""
+        i = self.count % self._n
+        return self._buf[i : i + self._n]
+
+    def clear(self) -> None:
+        self.count = 0
+
+
 @dataclass(frozen=True, slots=True)
 class AfFeatures:
     nrmssd: float
@@ -173,11 +202,13 @@ class RhythmTracker:
         self._now = 0  # the sample up to which the tracker has been told about the signal
         self._beats: deque[int] = deque(maxlen=AF_WINDOW + 2)
         self._rr: deque[float] = deque(maxlen=8)
-        self._af_rr: deque[float] = deque(maxlen=AF_WINDOW)
+        self._af_rr = _Last(AF_WINDOW, np.float64)
         self._af_beats: deque[int] = deque(maxlen=AF_WINDOW)  # the beat ending each interval
         self._af_atrial: deque[float | None] = deque(maxlen=AF_WINDOW)  # P-wave correlation
         self._af_paced: deque[bool] = deque(maxlen=AF_WINDOW)  # the beat ending it was paced
-        self._af_vent: deque[bool] = deque(maxlen=AF_WINDOW)  # a ventricular beat bounds it
+        self._af_n_paced = 0  # of them
+        self._af_vent = _Last(AF_WINDOW, np.bool_)  # a ventricular beat bounds the interval
+        self._af_out = np.empty(k_intervals.N_AF)
         self._prev_v = False
         self._brady_run = 0
         self._tachy_run = 0
@@ -255,6 +286,7 @@ class RhythmTracker:
         self._af_beats.clear()
         self._af_atrial.clear()
         self._af_paced.clear()
+        self._af_n_paced = 0
         self._af_vent.clear()
         self._prev_v = False
         self._brady_run = 0
@@ -311,7 +343,7 @@ class RhythmTracker:
                 hr_median_bpm=60.0 / median(self._rr),
             )
         )
-        beats = list(self._beats)
+        beats = self._beats
         # extreme bradycardia / tachycardia: runs of intervals
         self._brady_run = self._brady_run + 1 if hr < BRADY_BPM else 0
         if self._brady_run >= BRADY_BEATS and "BRADY" not in self._active:
@@ -328,13 +360,17 @@ class RhythmTracker:
         self._af_rr.append(rr_s)
         self._af_beats.append(sample)
         self._af_atrial.append(atrial)
-        self._af_paced.append(beat_class == "P")
+        paced = beat_class == "P"
+        if len(self._af_paced) == AF_WINDOW:
+            self._af_n_paced -= self._af_paced[0]
+        self._af_paced.append(paced)
+        self._af_n_paced += paced
         self._af_vent.append(is_v or prev_v)
-        if len(self._af_rr) == AF_WINDOW:
-            rr_win = np.asarray(self._af_rr)
+        if self._af_rr.full():
+            rr_win = self._af_rr.window()
             irregular = (
-                sum(self._af_paced) < AF_PACED_SHARE * AF_WINDOW
-                and af_features(rr_win, np.asarray(self._af_vent)).irregular
+                self._af_n_paced < AF_PACED_SHARE * AF_WINDOW
+                and self._af_irregular(rr_win, self._af_vent.window())
                 and not self._p_waves_present()
             )
             if irregular:
@@ -354,6 +390,17 @@ class RhythmTracker:
                     self._af_last_end = end
                     out.append(self._flag("AFIB", "end", end))
         return out
+
+    def _af_irregular(self, rr: np.ndarray, vent: np.ndarray) -> bool:
+        """:func:`af_features` of the window ``.irregular``, without its checks: the intervals
+        come from beat samples (finite, positive) and the marks are booleans of their shape."""
+        out = self._af_out
+        k_intervals._af_features(rr, vent, out)
+        return AfFeatures(
+            float(out[k_intervals.AF_NRMSSD]),
+            float(out[k_intervals.AF_SHANNON]),
+            float(out[k_intervals.AF_TPR]),
+        ).irregular
 
     def _p_waves_present(self) -> bool:
         """P waves precede the recent non-ventricular beats: the median correlation of the last
