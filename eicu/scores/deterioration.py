@@ -42,6 +42,7 @@ from numpy.typing import ArrayLike, NDArray
 from eicu.codes import BY_KEY
 from eicu.errors import ConfigError
 from eicu.scores.evaluate import ScoreResult
+from eicu.signal.stats import median
 
 US_PER_S = 1_000_000
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution x 1.4826 = its standard deviation
@@ -123,8 +124,9 @@ class _Trend:
         self.sign = 1.0 if param.direction == "up" else -1.0
         self.param = param
         self.cfg = cfg
-        self.pending_t = np.empty(0, dtype=np.int64)
-        self.pending_v = np.empty(0, dtype=np.float64)
+        # the open bin's samples (plain lists: most messages add one)
+        self.pending_t: list[int] = []
+        self.pending_v: list[float] = []
         self.first_us: int | None = None
         self.base_bins: list[float] = []
         self.baseline: float | None = None
@@ -141,20 +143,20 @@ class _Trend:
             # One sample (a numerics message) in the bin still open: it joins the open bin.
             current = (int(t[0]) - origin_us) // bin_us
             pending = self.pending_t
-            if pending.shape[0] == 0 or (int(pending[0]) - origin_us) // bin_us >= current:
+            if not pending or (pending[0] - origin_us) // bin_us >= current:
                 x = float(v[0])
                 if math.isnan(x):
                     return
                 if self.first_us is None:
-                    self.first_us = int(pending[0]) if pending.shape[0] else int(t[0])
-                self.pending_t = np.append(pending, t)
-                self.pending_v = np.append(self.pending_v, v)
+                    self.first_us = pending[0] if pending else int(t[0])
+                pending.append(int(t[0]))
+                self.pending_v.append(x)
                 return
         ok = ~np.isnan(v)
-        if not ok.any() and self.pending_t.size == 0:
+        if not ok.any() and not self.pending_t:
             return
-        t_all = np.concatenate([self.pending_t, t[ok]])
-        v_all = np.concatenate([self.pending_v, v[ok]])
+        t_all = np.concatenate([np.array(self.pending_t, dtype=np.int64), t[ok]])
+        v_all = np.concatenate([np.array(self.pending_v, dtype=np.float64), v[ok]])
         if t_all.size == 0:
             return
         if self.first_us is None:
@@ -168,8 +170,8 @@ class _Trend:
             starts = np.flatnonzero(np.r_[True, cb[1:] != cb[:-1]])
             for s, e in zip(starts, np.r_[starts[1:], cb.size], strict=True):
                 self._close(origin_us + int(cb[s]) * bin_us, float(np.median(cv[s:e])))
-        self.pending_t = t_all[~closed]
-        self.pending_v = v_all[~closed]
+        self.pending_t = t_all[~closed].tolist()
+        self.pending_v = v_all[~closed].tolist()
 
     def _close(self, start_us: int, median: float) -> None:
         self.bins.append((start_us, median))
@@ -206,9 +208,9 @@ class _Trend:
             self.slope_last = self.bins[-1][0] if self.bins else None
         slope = self.slope
         cusum = self.cusum
-        if self.baseline is not None and self.sigma is not None and self.pending_v.size:
+        if self.baseline is not None and self.sigma is not None and self.pending_v:
             # the open bin counts provisionally, so a sparse reading acts when it arrives
-            z = self.sign * (float(np.median(self.pending_v)) - self.baseline) / self.sigma
+            z = self.sign * (median(self.pending_v) - self.baseline) / self.sigma
             cusum = max(0.0, cusum + z - self.cfg.cusum_k)
         return TrendState(
             baseline=self.baseline,
