@@ -75,6 +75,7 @@ class VentricularTracker:
         self._n_v_seq = 0  # ventricular beats in _seq
         self._v_times: deque[int] = deque()
         self._vt_start: int | None = None
+        self._pvc_window_n = round(PVC_WINDOW_S * fs_hz)
 
     def pvc_per_min(self, now: int) -> float:
         """Ventricular beats in the ``PVC_WINDOW_S`` before sample ``now``, per minute."""
@@ -125,7 +126,7 @@ class VentricularTracker:
             return out  # unclassifiable or not yet classified: neither extends nor breaks
         active = self._active()
         ventricular = beat_class == "V"
-        keep_from = sample - round(PVC_WINDOW_S * self.fs_hz)
+        keep_from = sample - self._pvc_window_n
         while self._v_times and self._v_times[0] < keep_from:
             self._v_times.popleft()
         if ventricular:

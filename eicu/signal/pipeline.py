@@ -292,6 +292,12 @@ class _SignalState:
         self.vf_n = round(VF_S * fs_hz)
         self.p_lo_n = round(P_WINDOW_S[0] * fs_hz)
         self.p_hi_n = round(P_WINDOW_S[1] * fs_hz)
+        # windows of the per-second quality, in samples
+        self.agree_lag_n = round(AGREEMENT_LAG_S * fs_hz)
+        self.agree_window_n = round(AGREEMENT_WINDOW_S * fs_hz)
+        self.agree_tol_n = round(0.15 * fs_hz)
+        self.known_n = round(2 * HISTORY_S * fs_hz)  # how far back decided beats are kept
+        self.recent_n = round(RECENT_S * fs_hz)
         self.p_last: NDArray[np.float64] | None = None  # the last beat's P-wave window
         self.p_template: NDArray[np.float64] | None = None  # their running mean
         # runs of missing samples as [start, end), end None while still missing; oldest first
@@ -364,13 +370,13 @@ class _SignalState:
         """F1 agreement of the two QRS detectors on the beats they had decided by sample t."""
         if self.alt_detector is None:
             return float("nan")
-        hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
-        lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
+        hi = t - self.agree_lag_n
+        lo = hi - self.agree_window_n
         a, b = self.known_main, self.known_alt
         return float(
             _window_agreement(
                 a.s, a.at, a.lo, a.hi, b.s, b.at, b.lo, b.hi, lo, hi, t,
-                round(0.15 * self.fs_hz), 4,
+                self.agree_tol_n, 4,
             )
         )  # fmt: skip
 
@@ -379,14 +385,14 @@ class _SignalState:
         fewer than 3 pulses)."""
         if self.kind not in ("ABP", "PLETH"):
             return float("nan")
-        hi = t - round(AGREEMENT_LAG_S * self.fs_hz)
-        lo = hi - round(AGREEMENT_WINDOW_S * self.fs_hz)
+        hi = t - self.agree_lag_n
+        lo = hi - self.agree_window_n
         k = self.known_corr
-        k.drop_before(t - round(2 * HISTORY_S * self.fs_hz))
+        k.drop_before(t - self.known_n)
         return float(_window_median(k.s, k.at, k.v, k.lo, k.hi, lo, hi, t, 3))
 
     def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
-        keep_from = self.next_index - round(2 * HISTORY_S * self.fs_hz)
+        keep_from = self.next_index - self.known_n
         for known, new in ((self.known_main, found), (self.known_alt, alt)):
             if new is None:
                 continue
@@ -695,7 +701,7 @@ class BedSignalPipeline:
     def _tick(self, st: _SignalState, t: int, primary: bool) -> list[Event]:
         events: list[Event] = []
         w = st.hist.window(t - st.quality_n, t)
-        st.forget_before(t - round(RECENT_S * st.fs_hz))
+        st.forget_before(t - st.recent_n)
         if w is not None:
             sqi = window_sqi(w)
             agreement = st.agreement_at(t)

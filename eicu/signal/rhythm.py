@@ -220,6 +220,9 @@ class RhythmTracker:
         self._organised: deque[int] = deque(maxlen=64)
         self._af_off_count = 0
         self._af_last_end: int | None = None
+        self._latency_n = round(DECISION_LATENCY_S * fs_hz)
+        self._pause_n = round(PAUSE_S * fs_hz)
+        self._asystole_n = round(ASYSTOLE_S * fs_hz)
 
     # -- helpers -----------------------------------------------------------------------------
     def _flag(
@@ -265,9 +268,9 @@ class RhythmTracker:
             if end <= self._ref:
                 break
             self._ref = end
-        latency = round(DECISION_LATENCY_S * self.fs_hz)
-        for label, limit_s in (("PAUSE", PAUSE_S), ("ASYSTOLE", ASYSTOLE_S)):
-            due = self._ref + round(limit_s * self.fs_hz)
+        latency = self._latency_n
+        for label, limit_n in (("PAUSE", self._pause_n), ("ASYSTOLE", self._asystole_n)):
+            due = self._ref + limit_n
             if label not in self._active and now >= due + latency:
                 decided = due + latency
                 out.append(self._flag(label, "start", due, decided))  # type: ignore[arg-type]
