@@ -593,9 +593,14 @@ class BedSignalPipeline:
         fids: NDArray[np.int64],
     ) -> list[tuple[int, int, _BeatItem]]:
         """QRS beats classified (:mod:`eicu.signal.classify`) as items to process in order."""
-        prev = np.concatenate([[st.prev_fid], fids[:-1]])
-        rr_prev = np.where(prev >= 0, fids - prev, -1)
-        st.prev_fid = int(fids[-1])
+        # the interval before each beat (-1 for the first since the stream began); a chunk
+        # brings a beat or two, so in plain Python
+        samples = [s for s, _ in ready]
+        prev = [st.prev_fid, *samples[:-1]]
+        rr_prev = np.array(
+            [s - p if p >= 0 else -1 for s, p in zip(samples, prev, strict=True)], dtype=np.int64
+        )
+        st.prev_fid = samples[-1]
         # the history holds no infinity (refused on arrival): no second check
         classes, feats = classifier._classify_checked(
             st.hist.filt[None, :],
@@ -683,7 +688,7 @@ class BedSignalPipeline:
         st.last_beat = s
         if prev is not None:
             gap = st.hist.window(prev, s)
-            if gap is not None and not np.isnan(gap).any():
+            if gap is not None and not nonfinite(gap) & NONFINITE_NAN:
                 rr_s = (s - prev) / st.fs_hz
                 st.rr = [*st.rr[-7:], rr_s]
                 events.append(

@@ -10,9 +10,12 @@ from collections.abc import Iterable
 def median(values: Iterable[float]) -> float:
     """The median, equal to ``numpy.median``'s (the mean of the two middle values for an even
     count; NaN when a value is NaN or there are none)."""
-    s = sorted(float(v) for v in values)
+    s = sorted(values)  # in any order where a NaN is: it is looked for next
     n = len(s)
-    if n == 0 or any(math.isnan(v) for v in s):
+    if n == 0:
         return math.nan
+    for v in s:
+        if v != v:
+            return math.nan
     h = n // 2
-    return s[h] if n % 2 else (s[h - 1] + s[h]) / 2.0
+    return float(s[h]) if n % 2 else (float(s[h - 1]) + float(s[h])) / 2.0
