@@ -68,27 +68,19 @@ class Ring:
     chunk costs the chunk, not the whole buffer."""
 
     def __init__(self, capacity: int) -> None:
+        from eicu.kernels.samples import _ring_write  # numba: loaded by the first ring made
+
         self.buf = np.full(capacity, np.nan)
         self.total = 0  # samples ever written; the next one goes to buf[total % capacity]
+        self._write = _ring_write
 
     @property
     def capacity(self) -> int:
         return int(self.buf.shape[0])
 
     def extend(self, values: NDArray[np.float64]) -> None:
-        n = values.shape[0]
-        cap = self.buf.shape[0]
-        if n >= cap:
-            values = values[-cap:]
-            start = (self.total + n - cap) % cap
-            k = cap
-        else:
-            start = self.total % cap
-            k = n
-        first = min(k, cap - start)
-        self.buf[start : start + first] = values[:first]
-        self.buf[: k - first] = values[first:]
-        self.total += n
+        self._write(self.buf, self.total, values)
+        self.total += values.shape[0]
 
     def last(self, n: int) -> NDArray[np.float64]:
         """The newest ``n`` samples in time order (fewer when fewer were written)."""

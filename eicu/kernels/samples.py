@@ -50,3 +50,14 @@ def nonfinite(x: NDArray[np.float64]) -> int:
     """What a 1-D float64 array holds besides numbers, in one pass: ``NONFINITE_NAN`` when a
     value is NaN, ``NONFINITE_INF`` when one is +-inf (0: every value is finite)."""
     return int(_nonfinite(x))
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_write(buf, total, values):
+    """Write ``values`` into the circular ``buf`` after the ``total`` samples written before
+    (the oldest overwritten; only the last ``len(buf)`` of a longer chunk kept)."""
+    cap = buf.shape[0]
+    n = values.shape[0]
+    first = max(0, n - cap)
+    for i in range(first, n):
+        buf[(total + i) % cap] = values[i]
