@@ -15,9 +15,11 @@ the same either way (the pipeline's output does not depend on how chunks are cut
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -228,33 +230,37 @@ class SignalStage:
         return pipe.pipeline.verify_alarm if pipe is not None else None
 
     def _note(self, d: Derived, ev: object, origin_us: int, fs_hz: float) -> None:
-        if isinstance(ev, Beat | RhythmFlag):
+        kind = type(ev)  # the event types are final: no subclasses
+        if kind is Beat:
+            beat = cast(Beat, ev)
             d.marks_total += 1
-            t_us = origin_us + round(ev.sample * 1e6 / fs_hz)
-            if isinstance(ev, Beat):
-                label = "P" if ev.kind == "pulse" else "V" if ev.ventricular else "N"
-                d.marks.append(Mark(d.marks_total, ev.signal, t_us, "beat", label))
-            else:
-                d.marks.append(Mark(d.marks_total, ev.signal, t_us, "rhythm", ev.label, ev.state))
-        if isinstance(ev, HeartRate):
-            if np.isfinite(ev.hr_median_bpm):
-                d.hr_bpm[ev.signal] = ev.hr_median_bpm
-                d.hr_time_us[ev.signal] = origin_us + round(ev.sample * 1e6 / fs_hz)
-        elif isinstance(ev, Beat):
+            t_us = origin_us + round(beat.sample * 1e6 / fs_hz)
+            label = "P" if beat.kind == "pulse" else "V" if beat.ventricular else "N"
+            d.marks.append(Mark(d.marks_total, beat.signal, t_us, "beat", label))
             d.beats += 1
-            d.ventricular_beats += bool(ev.ventricular)
+            d.ventricular_beats += bool(beat.ventricular)
             return  # beats are many; keep only the counts
-        elif isinstance(ev, RhythmFlag):
-            if ev.state == "start":
-                d.rhythms[ev.label] = ev
-                d.rhythm_us[ev.label] = origin_us + round(ev.sample * 1e6 / fs_hz)
+        if kind is RhythmFlag:
+            flag = cast(RhythmFlag, ev)
+            d.marks_total += 1
+            t_us = origin_us + round(flag.sample * 1e6 / fs_hz)
+            d.marks.append(Mark(d.marks_total, flag.signal, t_us, "rhythm", flag.label, flag.state))
+            if flag.state == "start":
+                d.rhythms[flag.label] = flag
+                d.rhythm_us[flag.label] = t_us
             else:
-                d.rhythms.pop(ev.label, None)
-                d.rhythm_us.pop(ev.label, None)
-        elif isinstance(ev, Quality):
-            if d.quality.get(ev.signal) != ev.verdict:
-                d.quality_us[ev.signal] = origin_us + round(ev.sample * 1e6 / fs_hz)
-            d.quality[ev.signal] = ev.verdict
+                d.rhythms.pop(flag.label, None)
+                d.rhythm_us.pop(flag.label, None)
+        elif kind is HeartRate:
+            hr = cast(HeartRate, ev)
+            if math.isfinite(hr.hr_median_bpm):
+                d.hr_bpm[hr.signal] = hr.hr_median_bpm
+                d.hr_time_us[hr.signal] = origin_us + round(hr.sample * 1e6 / fs_hz)
+        elif kind is Quality:
+            q = cast(Quality, ev)
+            if d.quality.get(q.signal) != q.verdict:
+                d.quality_us[q.signal] = origin_us + round(q.sample * 1e6 / fs_hz)
+            d.quality[q.signal] = q.verdict
         d.events.append(ev)
         if len(d.events) > self._max_events:
             del d.events[: len(d.events) - self._max_events]

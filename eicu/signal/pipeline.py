@@ -204,9 +204,10 @@ def _opt(v: float) -> float | None:
 
 
 class _Decided:
-    """Beats in time order as (sample, known at, value), in arrays: the oldest are dropped from
-    the front, and since both times only grow, the beats of a window known by some time are one
-    span of them, found by binary search (``eicu.kernels.sqi``)."""
+    """Beats in time order as (sample, known at, value), in arrays. Since both times only grow,
+    the beats of a window known by some time are one span of them, found by binary search
+    (``eicu.kernels.sqi``); beats older than any window asks for are dropped when the arrays
+    fill up."""
 
     __slots__ = ("at", "hi", "lo", "s", "v")
 
@@ -218,10 +219,16 @@ class _Decided:
         self.hi = 0
 
     def extend(
-        self, s: NDArray[np.int64], at: NDArray[np.int64], v: NDArray[np.float64] | None = None
+        self,
+        s: NDArray[np.int64],
+        at: NDArray[np.int64],
+        v: NDArray[np.float64] | None,
+        keep_from: int,
     ) -> None:
+        """Add beats; those before sample ``keep_from`` may be dropped."""
         n = s.shape[0]
         if self.hi + n > self.s.shape[0]:
+            self.lo += int(np.searchsorted(self.s[self.lo : self.hi], keep_from))
             kept = self.hi - self.lo
             cap = max(self.s.shape[0], 2 * (kept + n))
             for name in ("s", "at", "v"):
@@ -235,10 +242,6 @@ class _Decided:
         if v is not None:
             self.v[self.hi : self.hi + n] = v
         self.hi += n
-
-    def drop_before(self, sample: int) -> None:
-        while self.lo < self.hi and self.s[self.lo] < sample:
-            self.lo += 1
 
 
 class _SignalState:
@@ -388,17 +391,13 @@ class _SignalState:
         hi = t - self.agree_lag_n
         lo = hi - self.agree_window_n
         k = self.known_corr
-        k.drop_before(t - self.known_n)
         return float(_window_median(k.s, k.at, k.v, k.lo, k.hi, lo, hi, t, 3))
 
     def note_decided(self, found: DetectedBeats, alt: DetectedBeats | None) -> None:
         keep_from = self.next_index - self.known_n
         for known, new in ((self.known_main, found), (self.known_alt, alt)):
-            if new is None:
-                continue
-            if new.sample.shape[0]:
-                known.extend(new.sample, new.decided_at)
-            known.drop_before(keep_from)
+            if new is not None and new.sample.shape[0]:
+                known.extend(new.sample, new.decided_at, None, keep_from)
 
 
 class BedSignalPipeline:
@@ -578,7 +577,10 @@ class BedSignalPipeline:
         )
         known = ~np.isnan(corr)
         st.known_corr.extend(
-            fids[known], np.array([p[1] for p in ready], dtype=np.int64)[known], corr[known]
+            fids[known],
+            np.array([p[1] for p in ready], dtype=np.int64)[known],
+            corr[known],
+            st.next_index - st.known_n,
         )
         return [
             (at, 0, _BeatItem(s, corr=_opt(c)))
