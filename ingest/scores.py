@@ -9,7 +9,6 @@ engine and the dashboard.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from eicu.errors import ScoreInputError
@@ -59,12 +58,7 @@ class ScoreStage:
         scores.news2_us = frame.ts_us
         scores.invalid = None
         try:
-            hr = frame.values.get("HR")
-            rr = frame.values.get("RR")
-            scores.tracker.add(
-                [frame.ts_us],
-                {"HR": [math.nan if hr is None else hr], "RR": [math.nan if rr is None else rr]},
-            )
+            scores.tracker.add_one(frame.ts_us, frame.values)
             scores.deterioration = scores.tracker.feed_score(frame.ts_us, result)
         except ValueError as exc:  # a message older than one already scored: not re-scored
             log.debug("deterioration of %s not updated: %s", frame.bed, exc)

@@ -227,3 +227,28 @@ def test_theil_sen_matches_the_naive_twin(points):
         assert np.isnan(got)
     else:
         assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_one_sample_at_a_time_is_the_same_as_arrays_of_one() -> None:
+    """``add_one`` (the score stage's path, one numerics message) against ``add`` with arrays
+    of one sample: the same signal after every message, through baselines, bins and NaNs."""
+    rng = np.random.default_rng(7)
+    ones, arrays = DeteriorationTracker(), DeteriorationTracker()
+    t0 = 1_700_000_000_000_000
+    n = 5 * 3600
+    hr = 70 + 5 * rng.standard_normal(n) + np.linspace(0, 45, n)
+    rr = 16 + 2 * rng.standard_normal(n)
+    hr[rng.random(n) < 0.05] = np.nan
+    signalled = 0
+    for i in range(0, n, 3):
+        t = t0 + i * 1_000_000
+        h = None if rng.random() < 0.03 else float(hr[i])
+        values = {"HR": h, "RR": float(rr[i]), "SPO2": 97.0}
+        ones.add_one(t, values)
+        arrays.add([t], {"HR": [np.nan if h is None else h], "RR": [float(rr[i])]})
+        a, b = ones.signal(), arrays.signal()
+        assert a == b, i
+        signalled += a.active
+    assert signalled > 0, "the rising heart rate is signalled"
+    with pytest.raises(ValueError, match="time order"):
+        ones.add_one(t0, {"HR": 80.0})

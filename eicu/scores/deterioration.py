@@ -137,6 +137,21 @@ class _Trend:
         self.slope_bins = 0
         self.slope_last: int | None = None
 
+    def feed_one(self, t_us: int, x: float, origin_us: int) -> None:
+        """:meth:`feed` of one sample: in plain Python when it joins the open bin (most
+        numerics messages), else through :meth:`feed`."""
+        bin_us = int(self.cfg.bin_s * US_PER_S)
+        pending = self.pending_t
+        if not pending or (pending[0] - origin_us) // bin_us >= (t_us - origin_us) // bin_us:
+            if math.isnan(x):
+                return
+            if self.first_us is None:
+                self.first_us = pending[0] if pending else t_us
+            pending.append(t_us)
+            self.pending_v.append(x)
+            return
+        self.feed(np.array([t_us], dtype=np.int64), np.array([x]), origin_us)
+
     def feed(self, t: NDArray[np.int64], v: NDArray[np.float64], origin_us: int) -> None:
         bin_us = int(self.cfg.bin_s * US_PER_S)
         if t.shape[0] == 1:
@@ -267,6 +282,19 @@ class DeteriorationTracker:
         for key, trend in self._trends.items():
             v = cols.get(key, np.full(t.shape, np.nan))
             trend.feed(t, v, self._origin_us)
+
+    def add_one(self, time_us: int, values: Mapping[str, float | None]) -> None:
+        """:meth:`add` of one sample time (a numerics message): ``values[key]`` a number, or
+        None or NaN where the parameter has no value."""
+        t_us = int(time_us)
+        if self._last_us is not None and t_us < self._last_us:
+            raise ValueError("samples must be fed in time order")
+        if self._origin_us is None:
+            self._origin_us = t_us
+        self._last_us = t_us
+        for key, trend in self._trends.items():
+            x = values.get(key)
+            trend.feed_one(t_us, math.nan if x is None else float(x), self._origin_us)
 
     def feed_score(self, time_us: int, result: ScoreResult) -> DeteriorationSignal:
         """A NEWS2 result at ``time_us`` (complete or not)."""
