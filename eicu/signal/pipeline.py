@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from eicu.codes import SIGNAL_BY_KEY
+from eicu.kernels.filters import _sos_filter_step
 from eicu.kernels.morphology import _beat_features
 from eicu.kernels.samples import NONFINITE_INF, NONFINITE_NAN, nonfinite
 from eicu.kernels.spectrum import _detrended, _match_and_follow
@@ -333,8 +334,8 @@ class _SignalState:
         while self.recent_fib and self.recent_fib[0][0] < sample:
             self.recent_fib.popleft()
 
-    def note_missing(self, x: NDArray[np.float64], g0: int) -> None:
-        if not nonfinite(x) & NONFINITE_NAN:
+    def note_missing(self, x: NDArray[np.float64], g0: int, flags: int | None = None) -> None:
+        if not (nonfinite(x) if flags is None else flags) & NONFINITE_NAN:
             if self.nan_runs and self.nan_runs[-1][1] is None:
                 self.nan_runs[-1] = (self.nan_runs[-1][0], g0)
             return
@@ -472,7 +473,8 @@ class BedSignalPipeline:
         x = np.ascontiguousarray(samples, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"{signal_key}: samples must be 1-D, got shape {x.shape}")
-        if nonfinite(x) & NONFINITE_INF:
+        flags = nonfinite(x)
+        if flags & NONFINITE_INF:
             raise ValueError(f"{signal_key}: samples contain +-inf; mark missing samples with NaN")
         first = int(first_sample_index)
         if first < st.next_index:
@@ -488,17 +490,23 @@ class BedSignalPipeline:
         # Long chunks are worked through in blocks of at most BLOCK_S, so that the history kept
         # per signal always covers what the beats and windows of the block need.
         block = round(BLOCK_S * st.fs_hz)
+        if x.shape[0] <= block:
+            events.extend(self._feed(st, x, flags))
+            return events
         for i in range(0, x.shape[0], block):
-            events.extend(self._feed(st, x[i : i + block]))
+            events.extend(self._feed(st, x[i : i + block], None))
         return events
 
     # -- internals -------------------------------------------------------------------------------
-    def _feed(self, st: _SignalState, x: NDArray[np.float64]) -> list[Event]:
+    def _feed(self, st: _SignalState, x: NDArray[np.float64], flags: int | None) -> list[Event]:
+        """``x``: contiguous float64 samples, no infinity; ``flags``: its ``nonfinite`` flags
+        when known."""
         g0 = st.next_index
-        y = st.filter.step(x) if st.filter is not None else None
+        f = st.filter
+        y = None if f is None else _sos_filter_step(x, f.sos, f.zi, f.ref)
         st.hist.append(x, y)
         st.next_index = g0 + x.shape[0]
-        st.note_missing(x, g0)
+        st.note_missing(x, g0, flags)
         found = st.detector.push(x) if st.detector is not None else None
         if found is not None:
             if st.alt_detector is not None:
