@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -30,8 +30,15 @@ from numpy.typing import ArrayLike, NDArray
 
 from eicu.codes import BY_KEY
 from eicu.errors import ConfigError
+from eicu.kernels.scores import MISSING
 from eicu.scores.definitions import MEWS, NEWS2, QSOFA, ScoreDefinition
-from eicu.scores.evaluate import ScoreBatch, ScoreResult, evaluate, evaluate_array
+from eicu.scores.evaluate import (
+    ScoreBatch,
+    ScoreResult,
+    _result,
+    _score_one,
+    evaluate_array,
+)
 
 US_PER_S = 1_000_000
 
@@ -276,14 +283,16 @@ def assemble(
             missing.append(spec.name)
     if "spo2_scale" in definition.input_index:
         inputs["spo2_scale"] = spo2_scale
-    result = evaluate(definition, inputs)
-    if not isinstance(result, ScoreResult):
-        raise TypeError("one bed gives one result")
-    if result.complete:
+    comps, partial, band_index, min_band_index = _score_one(definition, inputs)
+    if band_index != MISSING:  # complete
         missing, stale, invalid = [], [], []
-    return replace(
-        result,
-        missing=tuple(missing),
+    return _result(
+        definition,
+        comps,
+        partial,
+        band_index,
+        min_band_index,
+        tuple(missing),
         stale=tuple(stale),
         invalid=tuple(invalid),
         sources=sources,

@@ -256,7 +256,7 @@ _SCALAR_TYPES = (type(None), bool, int, float, str, np.integer, np.floating, np.
 
 
 def _stack(d: ScoreDefinition, inputs: Mapping[str, Any]) -> tuple[NDArray[np.float64], bool]:
-    unknown = set(inputs) - set(d.input_index)
+    unknown = inputs.keys() - d.input_index.keys()
     if unknown:
         raise ScoreInputError(
             sorted(unknown)[0], f"is not an input of {d.id} (inputs: {', '.join(d.input_index)})"
@@ -265,7 +265,9 @@ def _stack(d: ScoreDefinition, inputs: Mapping[str, Any]) -> tuple[NDArray[np.fl
         row: list[float] = []
         for spec in d.inputs:
             raw = inputs.get(spec.name)
-            xv = _scalar(spec, spec.default if raw is None and spec.default is not None else raw)
+            if raw is None and spec.default is not None:
+                raw = spec.default
+            xv = raw if type(raw) is float else _scalar(spec, raw)  # (a float is itself)
             _validate_scalar(spec, xv)
             row.append(xv)
         return np.array(row, dtype=np.float64).reshape(-1, 1), True
@@ -317,6 +319,22 @@ def evaluate(d: ScoreDefinition, inputs: Mapping[str, Any]) -> ScoreResult | Sco
             d, comps, int(out.partial[0]), int(out.band[0]), int(out.min_band[0]), missing
         )
     return _batch(d, x, out)
+
+
+def _score_one(
+    d: ScoreDefinition, inputs: Mapping[str, Any]
+) -> tuple[dict[str, int | None], int, int, int]:
+    """The components, partial total, band index and least band index of scalar ``inputs``
+    (:func:`evaluate` without building its result, for a caller that builds its own)."""
+    x, scalar = _stack(d, inputs)
+    if not scalar:
+        raise TypeError("one bed gives one result")
+    out = score_tables(x, d.packed)
+    comps = {
+        c.name: (None if p == MISSING else p)
+        for c, p in zip(d.components, out.comps[:, 0].tolist(), strict=True)
+    }
+    return comps, int(out.partial[0]), int(out.band[0]), int(out.min_band[0])
 
 
 def evaluate_array(d: ScoreDefinition, x: ArrayLike) -> ScoreBatch:
