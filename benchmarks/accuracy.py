@@ -278,6 +278,43 @@ def _called_v(beats: list[Beat], rule: tuple[float, float, float] | None = None)
     return judged & (crossed == kv.C_V)
 
 
+def _false_v_features(
+    ref: np.ndarray,
+    cls: np.ndarray,
+    det: np.ndarray,
+    v: np.ndarray,
+    beats: list[Beat],
+    tol: int,
+    learn: int,
+) -> list[tuple[float, float, bool]]:
+    """Of each V call on a reference N beat after ``learn`` (the Nv of EC57): its template
+    correlation, prematurity (NaN when not at hand) and whether it lies in a run of 3 or more
+    consecutive V calls."""
+    out: list[tuple[float, float, bool]] = []
+    if ref.shape[0] == 0:
+        return out
+    for i in np.flatnonzero(v & (det >= learn)).tolist():
+        j = int(np.searchsorted(ref, det[i]))
+        near = [k for k in (j - 1, j) if 0 <= k < ref.shape[0]]
+        k = min(near, key=lambda k: abs(int(ref[k]) - int(det[i])))
+        if abs(int(ref[k]) - int(det[i])) > tol or cls[k] != "N":
+            continue
+        lo, hi = i, i
+        while lo > 0 and v[lo - 1]:
+            lo -= 1
+        while hi + 1 < v.shape[0] and v[hi + 1]:
+            hi += 1
+        b = beats[i]
+        out.append(
+            (
+                np.nan if b.template_corr is None else b.template_corr,
+                np.nan if b.prematurity is None else b.prematurity,
+                hi - lo + 1 >= 3,
+            )
+        )
+    return out
+
+
 def ventricular_section(root: Path, records: list[str]) -> None:
     """EC57 VEB statistics, EC57 run statistics and VT episodes, per record and gross."""
     wfdb = wfdb_module()
@@ -307,6 +344,7 @@ def ventricular_section(root: Path, records: list[str]) -> None:
     runs_all = ec57.RunCounts()
     grid = [(c, w, s) for c in (0.8, 0.85, 0.9) for w in (1.15, 1.2, 1.3) for s in (0.7, 0.8, 0.9)]
     per_rule: dict[str, list[ec57.VebCounts]] = {}
+    false_v: dict[str, list[tuple[float, float, bool]]] = {}
     for r, (res, ref, cls) in data.items():
         fs = res["fs"]
         tol = round(0.15 * fs)
@@ -342,6 +380,8 @@ def ventricular_section(root: Path, records: list[str]) -> None:
             per_rule[r] = [
                 ec57.veb_counts(ref, cls, det, _called_v(beats, g), tol, learn) for g in grid
             ]
+        if not paced:
+            false_v[r] = _false_v_features(ref, cls, det, v, beats, tol, learn)
         c = after
         print(
             f"{r:7s} {c.vv + c.vx:6d} {c.vv:5d} {c.vx:5d} {c.nv:5d} {c.sv:4d} {c.fv:4d} "
@@ -354,6 +394,16 @@ def ventricular_section(root: Path, records: list[str]) -> None:
         print(
             f"gross, {name}: Vv {c.vv} Vx {c.vx} Nv {c.nv} Sv {c.sv} Fv {c.fv} Ov {c.ov}: "
             f"Se {c.se:.1f}%  +P {c.ppv:.1f}%  (+P incl. Ov {c.ppv_with_extra:.1f}%)"
+        )
+    print("false V calls on reference N beats (Nv), EC57 way, the records with most:")
+    for r in sorted(false_v, key=lambda r: -len(false_v[r]))[:4]:
+        f = np.array([(a, b, float(c)) for a, b, c in false_v[r]]).reshape(-1, 3)
+        if f.shape[0] == 0:
+            continue
+        print(
+            f"  {r}: {f.shape[0]}; template correlation median {np.nanmedian(f[:, 0]):.2f}, "
+            f"below 0 in {100 * np.mean(f[:, 0] < 0):.0f}%; prematurity median "
+            f"{np.nanmedian(f[:, 1]):.2f}; in runs of 3 or more V calls {100 * f[:, 2].mean():.0f}%"
         )
     # leave one record out: the setting best on the other records (min of Se and +P), scored on
     # the record left out; the features are those of the shipped run, re-thresholded
