@@ -337,3 +337,39 @@ def test_alerting_settings_from_the_environment(tmp_path: Path) -> None:
     rota_file.write_text(json.dumps({"sites": {"s": {"levels": []}}}))
     with pytest.raises(ConfigError, match=r"sites\.s\.levels"):
         Rota.from_file(rota_file)
+
+
+async def test_a_broker_that_never_answers_leaves_no_connection_behind() -> None:
+    """A broker that accepts the connection but never acknowledges it (hung, or a firewall's
+    half-open path): each send times out as a retryable error, and its connection is closed at
+    once, not left open (with its reader) until the client object happens to be collected."""
+    accepted: list[asyncio.StreamReader] = []
+    closed = asyncio.Event()
+    n_closed = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal n_closed
+        accepted.append(reader)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):  # the CONNECT, never answered
+                pass
+        n_closed += 1
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    channel = MqttChannel(MqttSettings(port=port, client_id="eicu-alarm-out"), timeout_s=0.5)
+    try:
+        for attempt in range(3):
+            closed.clear()
+            with pytest.raises(DeliveryError) as caught:
+                await channel.send(note(f"k-{11 + attempt}", "mqtt", "karamay/bed-07"))
+            assert caught.value.retryable
+            async with asyncio.timeout(5):  # closed by the channel, not by a collection
+                await closed.wait()
+        assert (len(accepted), n_closed) == (3, 3)
+    finally:
+        await channel.close()
+        server.close()
+        await server.wait_closed()

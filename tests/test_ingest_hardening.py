@@ -55,7 +55,9 @@ async def _until(check: Callable[[], bool], timeout_s: float = 60.0, what: str =
         await asyncio.sleep(0.05)
 
 
-async def _publish_all(port: int, messages: list[tuple[str, bytes]], chunk: int = 200) -> None:
+async def _publish_all(port: int, messages: list[tuple[str, bytes]], chunk: int = 20) -> None:
+    """QoS 1, ``chunk`` at a time: as many as the client keeps in flight (paho's default 20),
+    so that none waits in its queue of messages not yet sent."""
     async with aiomqtt.Client("127.0.0.1", port, identifier="gw-hostile") as client:
         for i in range(0, len(messages), chunk):
             await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in messages[i : i + chunk]))

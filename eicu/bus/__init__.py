@@ -19,6 +19,7 @@ Errors::
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from typing import Any, Final
 
@@ -113,7 +114,13 @@ class Client(aiomqtt.Client):
     async def __aenter__(self) -> Client:
         try:
             await super().__aenter__()
-        except MqttError as exc:
+        except BaseException as exc:
+            # A connect that failed or was cancelled (a caller's timeout while the broker did
+            # not answer) after the socket opened: aiomqtt keeps the socket, its reader and
+            # its housekeeping task until the client object is collected. Closed here, now.
+            self._close_socket()
+            if not isinstance(exc, MqttError):
+                raise
             s = self._settings
             text = str(exc)
             if not s.tls or _VERIFY_FAILED not in text:
@@ -131,3 +138,12 @@ class Client(aiomqtt.Client):
                 f"or expired ({text})",
             ) from exc
         return self
+
+    def _close_socket(self) -> None:
+        """Close paho's socket, if open: its close callback removes aiomqtt's reader and
+        cancels its housekeeping task (paho has no public call that does this without a
+        network loop of its own)."""
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None and self._client.socket() is not None:
+            with contextlib.suppress(Exception):
+                reset()
