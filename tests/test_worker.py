@@ -141,6 +141,21 @@ def _alarms_raised_twice(db_url: str) -> tuple[int, list[str]]:
     return len({r[3] for r in rows}), twice
 
 
+def _alarm_history(db_url: str, alarm_ids: list[str]) -> str:
+    """The stored events of ``alarm_ids`` (state, data time, recorded time), for a failure's
+    message: a start recorded by a worker that died before publishing it looks different from
+    one that was published and not paged."""
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT alarm_id, state, time, recorded FROM alarm_events WHERE alarm_id = ANY(%s)"
+            " ORDER BY alarm_id, time, recorded",
+            (alarm_ids,),
+        ).fetchall()
+    return "\n".join(f"{a} {state} time {t} recorded {r}" for a, state, t, r in rows)
+
+
 def _alarm_ids(db_url: str) -> set[str]:
     import psycopg
 
@@ -277,7 +292,9 @@ async def test_workers_share_partitions_and_lose_nothing_to_a_killed_worker_or_n
             await _until("every alarm paged", all_paged, timeout_s=30.0)
         except AssertionError:
             paged = {r.body["alarm_id"] for r in hook.requests}
-            pytest.fail(f"not paged: {sorted(raised - paged)}\n{delivery.log()[-3000:]}")
+            missing = sorted(raised - paged)
+            history = await asyncio.to_thread(_alarm_history, db_url, missing)
+            pytest.fail(f"not paged: {missing}\n{history}\n{delivery.log()[-3000:]}")
         assert not [k for k, n in hook.accepted.items() if n > 1], "a page sent twice"
     finally:
         for w in workers:
