@@ -138,35 +138,33 @@ class _Trend:
         self.slope_last: int | None = None
 
     def feed_one(self, t_us: int, x: float, origin_us: int) -> None:
-        """:meth:`feed` of one sample: in plain Python when it joins the open bin (most
-        numerics messages), else through :meth:`feed`."""
+        """:meth:`feed` of one sample, in plain Python when it joins the open bin (most
+        numerics messages)."""
+        if not self._join_open_bin(t_us, x, origin_us):
+            self._feed_arrays(np.array([t_us], dtype=np.int64), np.array([x]), origin_us)
+
+    def _join_open_bin(self, t_us: int, x: float, origin_us: int) -> bool:
+        """One sample in the bin still open (or the first): it joins it (a NaN is left out).
+        False when it falls in a later bin, which closes the open one."""
         bin_us = int(self.cfg.bin_s * US_PER_S)
         pending = self.pending_t
-        if not pending or (pending[0] - origin_us) // bin_us >= (t_us - origin_us) // bin_us:
-            if math.isnan(x):
-                return
-            if self.first_us is None:
-                self.first_us = pending[0] if pending else t_us
-            pending.append(t_us)
-            self.pending_v.append(x)
-            return
-        self.feed(np.array([t_us], dtype=np.int64), np.array([x]), origin_us)
+        if pending and (pending[0] - origin_us) // bin_us < (t_us - origin_us) // bin_us:
+            return False
+        if math.isnan(x):
+            return True
+        if self.first_us is None:
+            self.first_us = pending[0] if pending else t_us
+        pending.append(t_us)
+        self.pending_v.append(x)
+        return True
 
     def feed(self, t: NDArray[np.int64], v: NDArray[np.float64], origin_us: int) -> None:
+        if t.shape[0] == 1 and self._join_open_bin(int(t[0]), float(v[0]), origin_us):
+            return
+        self._feed_arrays(t, v, origin_us)
+
+    def _feed_arrays(self, t: NDArray[np.int64], v: NDArray[np.float64], origin_us: int) -> None:
         bin_us = int(self.cfg.bin_s * US_PER_S)
-        if t.shape[0] == 1:
-            # One sample (a numerics message) in the bin still open: it joins the open bin.
-            current = (int(t[0]) - origin_us) // bin_us
-            pending = self.pending_t
-            if not pending or (pending[0] - origin_us) // bin_us >= current:
-                x = float(v[0])
-                if math.isnan(x):
-                    return
-                if self.first_us is None:
-                    self.first_us = pending[0] if pending else int(t[0])
-                pending.append(int(t[0]))
-                self.pending_v.append(x)
-                return
         ok = ~np.isnan(v)
         if not ok.any() and not self.pending_t:
             return

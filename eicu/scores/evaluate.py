@@ -305,10 +305,7 @@ def evaluate(d: ScoreDefinition, inputs: Mapping[str, Any]) -> ScoreResult | Sco
     x, scalar = _stack(d, inputs)
     out = score_tables(x, d.packed)
     if scalar:
-        comps = {
-            c.name: (None if p == MISSING else p)
-            for c, p in zip(d.components, out.comps[:, 0].tolist(), strict=True)
-        }
+        comps = _components_of_one(d, out)
         missing: tuple[str, ...] = ()
         if None in comps.values():
             is_missing = {
@@ -321,6 +318,14 @@ def evaluate(d: ScoreDefinition, inputs: Mapping[str, Any]) -> ScoreResult | Sco
     return _batch(d, x, out)
 
 
+def _components_of_one(d: ScoreDefinition, out: TableScores) -> dict[str, int | None]:
+    """One bed's component points (None where an input is missing) from the kernel's output."""
+    return {
+        c.name: (None if p == MISSING else p)
+        for c, p in zip(d.components, out.comps[:, 0].tolist(), strict=True)
+    }
+
+
 def _score_one(
     d: ScoreDefinition, inputs: Mapping[str, Any]
 ) -> tuple[dict[str, int | None], int, int, int]:
@@ -330,11 +335,7 @@ def _score_one(
     if not scalar:
         raise TypeError("one bed gives one result")
     out = score_tables(x, d.packed)
-    comps = {
-        c.name: (None if p == MISSING else p)
-        for c, p in zip(d.components, out.comps[:, 0].tolist(), strict=True)
-    }
-    return comps, int(out.partial[0]), int(out.band[0]), int(out.min_band[0])
+    return _components_of_one(d, out), int(out.partial[0]), int(out.band[0]), int(out.min_band[0])
 
 
 def evaluate_array(d: ScoreDefinition, x: ArrayLike) -> ScoreBatch:

@@ -605,7 +605,7 @@ class BedSignalPipeline:
         """QRS beats classified (:mod:`eicu.signal.classify`) as items to process in order."""
         # the interval before each beat (-1 for the first since the stream began); a chunk
         # brings a beat or two, so in plain Python
-        samples = [s for s, _ in ready]
+        samples: list[int] = fids.tolist()
         prev = [st.prev_fid, *samples[:-1]]
         rr_prev = np.array(
             [s - p if p >= 0 else -1 for s, p in zip(samples, prev, strict=True)], dtype=np.int64

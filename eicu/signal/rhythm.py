@@ -149,6 +149,11 @@ def af_features(rr_s: np.ndarray, ventricular: np.ndarray | None = None) -> AfFe
             )
     out = np.empty(k_intervals.N_AF)
     k_intervals._af_features(np.ascontiguousarray(rr), v, out)
+    return _af_of(out)
+
+
+def _af_of(out: np.ndarray) -> AfFeatures:
+    """The features in the kernel's output (``eicu.kernels.intervals``)."""
     return AfFeatures(
         float(out[k_intervals.AF_NRMSSD]),
         float(out[k_intervals.AF_SHANNON]),
@@ -397,13 +402,8 @@ class RhythmTracker:
     def _af_irregular(self, rr: np.ndarray, vent: np.ndarray) -> bool:
         """:func:`af_features` of the window ``.irregular``, without its checks: the intervals
         come from beat samples (finite, positive) and the marks are booleans of their shape."""
-        out = self._af_out
-        k_intervals._af_features(rr, vent, out)
-        return AfFeatures(
-            float(out[k_intervals.AF_NRMSSD]),
-            float(out[k_intervals.AF_SHANNON]),
-            float(out[k_intervals.AF_TPR]),
-        ).irregular
+        k_intervals._af_features(rr, vent, self._af_out)
+        return _af_of(self._af_out).irregular
 
     def _p_waves_present(self) -> bool:
         """P waves precede the recent non-ventricular beats: the median correlation of the last
