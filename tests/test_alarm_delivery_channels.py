@@ -373,3 +373,18 @@ async def test_a_broker_that_never_answers_leaves_no_connection_behind() -> None
         await channel.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.broker
+async def test_entering_a_connected_client_again_is_refused_and_leaves_it_connected(
+    broker: Mosquitto,
+) -> None:
+    """The cleanup of a failed connect closes only a connection of its own: entering a client
+    that is already connected is refused, and the first connection goes on."""
+    from eicu import bus
+
+    client = bus.Client(MqttSettings(port=broker.port, client_id="eicu-twice"), timeout=5)
+    async with client:
+        with pytest.raises(aiomqtt.MqttReentrantError):
+            await client.__aenter__()
+        await client.publish("eicu/test/still-connected", b"1", qos=1, timeout=5)

@@ -114,6 +114,8 @@ class Client(aiomqtt.Client):
     async def __aenter__(self) -> Client:
         try:
             await super().__aenter__()
+        except aiomqtt.MqttReentrantError:
+            raise  # entered while connected: the connection is not this attempt's to close
         except BaseException as exc:
             # A connect that failed or was cancelled (a caller's timeout while the broker did
             # not answer) after the socket opened: aiomqtt keeps the socket, its reader and
