@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -373,6 +374,41 @@ async def test_a_broker_that_never_answers_leaves_no_connection_behind() -> None
         await channel.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connect_given_up_while_its_socket_opens_leaves_no_connection_behind() -> None:
+    """A connect cancelled while the TCP connection is still being made (a broker slow to
+    accept) closes that connection as soon as it is made, instead of leaving it open with
+    nobody reading it."""
+    from eicu import bus
+
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # a queue of one connection
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    # The queue is full: the kernel drops the client's SYN and the client sends it again
+    # about a second later, its connect blocked in aiomqtt's thread meanwhile.
+    filler = socket.create_connection(("127.0.0.1", port))
+    client = bus.Client(MqttSettings(port=port, client_id="eicu-slow-accept"), timeout=30)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await client.__aenter__()
+        first, _ = await loop.sock_accept(listener)  # room in the queue: the SYN gets through
+        first.close()
+        async with asyncio.timeout(15):
+            conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(False)
+        async with asyncio.timeout(15):  # closed by the client, not by a collection
+            while await loop.sock_recv(conn, 4096):
+                pass
+        conn.close()
+    finally:
+        filler.close()
+        listener.close()
+        del client
 
 
 @pytest.mark.broker

@@ -110,6 +110,9 @@ class Client(aiomqtt.Client):
             **options,
         )
         self._settings = settings
+        # set when a connect is cancelled: aiomqtt's connecting thread may still be opening
+        # the socket, which nobody would read (see _client_connect)
+        self._given_up = False
 
     async def __aenter__(self) -> Client:
         try:
@@ -120,6 +123,8 @@ class Client(aiomqtt.Client):
             # A connect that failed or was cancelled (a caller's timeout while the broker did
             # not answer) after the socket opened: aiomqtt keeps the socket, its reader and
             # its housekeeping task until the client object is collected. Closed here, now.
+            if not isinstance(exc, Exception):  # cancelled: the thread may not be done
+                self._given_up = True
             self._close_socket()
             if not isinstance(exc, MqttError):
                 raise
@@ -140,6 +145,24 @@ class Client(aiomqtt.Client):
                 f"or expired ({text})",
             ) from exc
         return self
+
+    def _client_connect(self) -> None:
+        """aiomqtt's blocking connect, run in its executor thread. A connect cancelled while
+        this thread was still making the TCP connection (a broker slow to accept) would leave
+        the connection open once made, its CONNECT sent and nobody reading it (and the broker,
+        taking that CONNECT, would disconnect a newer connection of the same client id). Such
+        a connection is closed on the event loop as soon as it is open."""
+        try:
+            super()._client_connect()
+        finally:
+            if self._given_up:
+                try:
+                    self._loop.call_soon_threadsafe(self._close_socket)
+                except RuntimeError:  # the event loop is closed: nothing reads it any more
+                    sock = self._client.socket()
+                    if sock is not None:
+                        with contextlib.suppress(OSError):
+                            sock.close()
 
     def _close_socket(self) -> None:
         """Close paho's socket, if open: its close callback removes aiomqtt's reader and
