@@ -392,6 +392,7 @@ async def test_a_connect_given_up_while_its_socket_opens_leaves_no_connection_be
     # about a second later, its connect blocked in aiomqtt's thread meanwhile.
     filler = socket.create_connection(("127.0.0.1", port))
     client = bus.Client(MqttSettings(port=port, client_id="eicu-slow-accept"), timeout=30)
+    accepted: list[socket.socket] = [filler]
     try:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
@@ -400,15 +401,15 @@ async def test_a_connect_given_up_while_its_socket_opens_leaves_no_connection_be
         first.close()
         async with asyncio.timeout(15):
             conn, _ = await loop.sock_accept(listener)
+        accepted.append(conn)
         conn.setblocking(False)
         async with asyncio.timeout(15):  # closed by the client, not by a collection
             while await loop.sock_recv(conn, 4096):
                 pass
-        conn.close()
     finally:
-        filler.close()
+        for sock in accepted:
+            sock.close()
         listener.close()
-        del client
 
 
 @pytest.mark.broker
