@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -68,9 +69,9 @@ PARTITION_PREFIX: Final = "eicu/p"
 GATEWAY_STATUS_FILTER: Final = "eicu/v1/+/_gateway/+/status"
 # SUBACK's return code of a refused subscription (MQTT 3.1.1 § 3.9.3).
 _SUBACK_FAILURE: Final = 0x80
-# What the acknowledgement of a message of a closed connection resolves to: gmqtt then writes
-# its PUBACK to the closed socket, which drops it (the broker sends the message again).
-_STALE: Final = 0
+# PUBACK (MQTT 3.1.1 § 3.4): packet type 4, remaining length 2, the message's packet identifier.
+_PUBACK: Final = struct.Struct("!BBH")
+_PUBACK_TYPE: Final = 0x40
 
 
 class _DropWritesToClosedSocket(logging.Filter):
@@ -151,9 +152,8 @@ class PartitionMessage:
     partition: int
     partition_topic: str
     redelivered: bool
-    _acked: asyncio.Future[int] = field(repr=False)
-    # gmqtt's task that sends the PUBACK once ``_acked`` is set
-    _task: asyncio.Task[Any] | None = field(repr=False, default=None)
+    # the broker's packet identifier of a QoS 1 message; None for QoS 0 (nothing to acknowledge)
+    _mid: int | None = field(repr=False, default=None)
     # :meth:`PartitionConsumer.ack` took it (its PUBACK is sent)
     acked: bool = False
 
@@ -198,7 +198,11 @@ class PartitionConsumer:
         self.client_id = client_id or f"{settings.client_id}-p{partition}"
         self._strip = re.compile(rf"^{re.escape(prefix)}/(\d+)/")
         self._queue: asyncio.Queue[PartitionMessage | None] = asyncio.Queue()
-        self._pending: set[asyncio.Future[int]] = set()
+        # received on this connection and not acknowledged yet
+        self._pending: set[PartitionMessage] = set()
+        # packet identifiers acknowledged and not yet written, in order (see _write_pubacks)
+        self._pubacks: list[int] = []
+        self._pubacks_due: asyncio.Handle | None = None
         self._client: _Client | None = None
         self._live = False
         self._lost = False
@@ -206,7 +210,6 @@ class PartitionConsumer:
         self._subscribed: asyncio.Future[int] | None = None
         self._gone = asyncio.Event()  # the connection was lost
         self._tasks: set[asyncio.Task[None]] = set()
-        self._acking: set[asyncio.Task[Any]] = set()
         # Whether the broker held the partition's session already (CONNACK).
         self.session_present = False
 
@@ -220,14 +223,19 @@ class PartitionConsumer:
         s = self.settings
         context = tls_context(s)  # a TLS file that cannot be used: ConfigError, naming its key
         client = _Client(self.client_id, clean_session=False, optimistic_acknowledgement=False)
-        handler = getattr(client, "_package_handler", None)
-        if getattr(handler, "_optimistic_acknowledgement", True):
+        handler: Any = getattr(client, "_package_handler", None)
+        if getattr(handler, "_optimistic_acknowledgement", True) or not callable(
+            getattr(handler, "_handle_qos_1_publish_packet", None)
+        ):
             # A gmqtt that acknowledges on receipt would lose what a dead worker held.
             raise RuntimeError("this gmqtt version does not let PUBACKs wait for ack()")
+        # QoS 1 messages come here with their packet identifier; ack() writes their PUBACKs.
+        # gmqtt would run a task per message and send each PUBACK with a write of its own.
+        handler._handle_qos_1_publish_packet = self._on_qos1
         if s.username is not None:
             client.set_auth_credentials(s.username, s.password)
         client.on_connect = self._on_connect
-        client.on_message = self._on_message
+        client.on_message = self._on_qos0
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         self._client = client
@@ -286,21 +294,23 @@ class PartitionConsumer:
         await self._finish()
 
     async def _finish(self) -> None:
-        """Closes the socket first, then ends iteration and lets the tasks that wait for
-        acknowledgements end: their PUBACKs meet a closed socket, which drops them, so a message
-        this consumer did not acknowledge is never acknowledged by its end."""
+        """Writes the PUBACKs of what was acknowledged (while the connection is live), closes the
+        socket and ends iteration. A message this consumer did not acknowledge is never
+        acknowledged by its end: the broker sends it again."""
         if self._closed:
             return
+        self._write_pubacks()
         self._live, self._closed = False, True
+        if self._pubacks_due is not None:
+            self._pubacks_due.cancel()
+            self._pubacks_due = None
+        self._pubacks = []
         if self._client is not None:
-            # gmqtt closes the transport before it first yields (no other task runs between).
+            # gmqtt closes the transport (after what was written) before it first yields.
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
         self._queue.put_nowait(None)
-        pending, self._pending = self._pending, set()
-        for future in pending:
-            if not future.done():
-                future.set_result(_STALE)
+        self._pending = set()
 
     async def __aenter__(self) -> PartitionConsumer:
         return await self.connect()
@@ -335,53 +345,68 @@ class PartitionConsumer:
     def ack(self, message: PartitionMessage) -> bool:
         """Acknowledges ``message`` to the broker (its PUBACK), which then forgets it. Returns
         False, and does nothing, for a message of a connection that is no longer live (the broker
-        sends it again) or one already acknowledged."""
-        future = message._acked
-        if future.done() or future not in self._pending or not self._live:
+        sends it again) or one already acknowledged. The PUBACKs of the messages acknowledged
+        in one turn of the event loop are written together, in the order acknowledged, once
+        that turn is over (or by :meth:`drain`)."""
+        if message.acked or message not in self._pending or not self._live:
             return False
-        self._pending.discard(future)
-        future.set_result(0)
+        self._pending.discard(message)
         message.acked = True
-        task = message._task
-        if task is not None:
-            self._acking.add(task)
-            task.add_done_callback(self._acking.discard)
+        if message._mid is not None:
+            self._pubacks.append(message._mid)
+            if self._pubacks_due is None:
+                self._pubacks_due = asyncio.get_running_loop().call_soon(self._write_pubacks)
         return True
 
+    def _write_pubacks(self) -> None:
+        self._pubacks_due = None
+        mids, self._pubacks = self._pubacks, []
+        connection = None if self._client is None else self._client._connection
+        if not mids or not self._live or connection is None:
+            return  # a lost connection: the broker sends those messages again
+        pack = _PUBACK.pack
+        connection._protocol.write_data(b"".join([pack(_PUBACK_TYPE, 2, mid) for mid in mids]))
+
     async def drain(self) -> None:
-        """Waits until the PUBACK of every message acknowledged so far is written to the socket
-        (:meth:`ack` only schedules it), e.g. before a worker hands its partition over."""
-        while self._acking:
-            await asyncio.gather(*list(self._acking), return_exceptions=True)
+        """Writes the PUBACK of every message acknowledged so far to the socket (:meth:`ack`
+        only schedules it), e.g. before a worker hands its partition over."""
+        self._write_pubacks()
         await asyncio.sleep(0)
 
     # --- gmqtt callbacks ---------------------------------------------------------------------
 
-    async def _on_message(
-        self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
-    ) -> int:
-        """Runs as long as the message is not acknowledged: gmqtt sends the PUBACK when this
-        returns. For a message of a finished consumer it returns only once the socket is closed
-        (see :meth:`_finish`), so that PUBACK is dropped. (A retained message replayed at
-        subscription comes as QoS 0: gmqtt sends nothing for it.)"""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        partition_topic = topic
+    def _on_qos1(
+        self, mid: int, payload: bytes, topic: str | bytes, properties: dict[str, Any]
+    ) -> None:
+        """gmqtt's handler of a QoS 1 PUBLISH (see :meth:`connect`): queued for the reader,
+        acknowledged only by :meth:`ack`."""
+        self._receive(topic, payload, properties, mid)
+
+    def _on_qos0(
+        self, client: Any, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
+    ) -> None:
+        """A message with nothing to acknowledge (a retained message replayed at subscription
+        comes as QoS 0)."""
+        self._receive(topic, payload, properties, None)
+
+    def _receive(
+        self, topic: str | bytes, payload: bytes, properties: dict[str, Any], mid: int | None
+    ) -> None:
+        if self._closed:
+            return  # a finished consumer: never acknowledged, the broker sends it again
+        if isinstance(topic, bytes):  # not UTF-8: the ingest refuses it by its topic
+            topic = topic.decode("utf-8", errors="replace")
         match = self._strip.match(topic)
-        gateway_topic = "eicu/" + topic[match.end() :] if match else topic
         message = PartitionMessage(
-            topic=gateway_topic,
+            topic="eicu/" + topic[match.end() :] if match else topic,
             payload=bytes(payload),
             partition=int(match.group(1)) if match else self.partition,
-            partition_topic=partition_topic,
+            partition_topic=topic,
             redelivered=bool(properties.get("dup")),
-            _acked=future,
-            _task=asyncio.current_task(),
+            _mid=mid,
         )
-        if self._closed:
-            return _STALE  # the socket is closed already (see _finish): the PUBACK is dropped
-        self._pending.add(future)
+        self._pending.add(message)
         self._queue.put_nowait(message)
-        return await future
 
     def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
         # Live from the CONNACK on: a resumed session's messages may come before the SUBACK.
