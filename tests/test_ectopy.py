@@ -308,3 +308,49 @@ def test_a_window_mostly_of_ventricular_beats_is_not_judged_af() -> None:
     assert not af_features(rr, vent).irregular
     with pytest.raises(ValueError, match="ventricular must be booleans"):
         af_features(rr, vent[:10])
+
+
+def _af_with_p_waves_for(p_beats: range, n: int = 400) -> tuple[list[RhythmFlag], list[int]]:
+    """Irregularly irregular intervals throughout; the beats in ``p_beats`` carry P waves (their
+    P-wave windows alike, as flutter waves or sinus beats would), the others none. Returns the
+    AF flags and, for each, the beat index at which it was reported."""
+    rr = np.random.default_rng(5).uniform(0.45, 1.1, size=n)
+    tr = _tracker()
+    t = 1.0
+    out: list[RhythmFlag] = []
+    reported: list[int] = []
+    for i in range(n):
+        t += float(rr[i])
+        s = round(t * FS)
+        evs = [*tr.advance(s), *tr.beat(s, False, 0.9 if i in p_beats else 0.0, beat_class="N")]
+        for ev in evs:
+            if isinstance(ev, RhythmFlag) and ev.label == "AFIB":
+                out.append(ev)
+                reported.append(i)
+    return out, reported
+
+
+def test_af_that_resumes_within_its_window_is_one_episode_not_an_end_and_a_new_start() -> None:
+    """P waves seen for a stretch shorter than the AF window (64 intervals) end the AF call,
+    but the intervals in the window are still those of the episode: AF judged again continues
+    it. Without that, the flag ended and started again at the same sample, and the AF alarm
+    cleared and sounded again."""
+    flags, _ = _af_with_p_waves_for(range(150, 190))
+    (episode,) = episodes(flags, "AFIB")
+    assert episode[1] is None  # still AF at the end
+    # the same stretch of P waves at the end: AF ends, reported once the window has passed it
+    flags, reported = _af_with_p_waves_for(range(250, 400))
+    ((start, end),) = episodes(flags, "AFIB")
+    assert end is not None and start < end
+    ends = [i for f, i in zip(flags, reported, strict=True) if f.state == "end"]
+    assert ends and ends[0] <= 250 + 16 + 2 * 64
+
+
+def test_af_that_stops_for_longer_than_its_window_is_two_episodes() -> None:
+    """A stretch with P waves longer than the window: two AF episodes, the first ending before
+    the stretch is over, the second starting after it."""
+    flags, _ = _af_with_p_waves_for(range(150, 260))
+    eps = episodes(flags, "AFIB")
+    assert len(eps) == 2
+    (_, end0), (start1, _) = eps
+    assert end0 is not None and end0 < start1

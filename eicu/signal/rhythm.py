@@ -24,7 +24,9 @@ and two that the challenge does not define:
   Dash et al. (Ann Biomed Eng 37(9):1701-1709, 2009), without P waves (the P-wave windows of
   the non-ventricular beats resemble neither the one before nor their running mean: after
   Babaeizadeh et al. 2009), and not a paced rhythm (fewer than half of the window's beats
-  paced: the pacemaker, not the atria, sets the intervals of paced beats).
+  paced: the pacemaker, not the atria, sets the intervals of paced beats). It ends at the last
+  irregular interval once 16 windows in a row are not AF, and the end is reported once the
+  window no longer reaches back to it: AF judged again before then continues the episode.
 
 The tracker is pure: it reacts to beats, gaps and fibrillation windows given in the order of the
 sample at which each became known, so the same record yields the same flags however it is cut
@@ -225,6 +227,8 @@ class RhythmTracker:
         self._organised: deque[int] = deque(maxlen=64)
         self._af_off_count = 0
         self._af_last_end: int | None = None
+        # an AF end decided but not yet confirmed (see _af_end_confirmed), its sample
+        self._af_pending_end: int | None = None
         self._latency_n = round(DECISION_LATENCY_S * fs_hz)
         self._pause_n = round(PAUSE_S * fs_hz)
         self._asystole_n = round(ASYSTOLE_S * fs_hz)
@@ -282,9 +286,16 @@ class RhythmTracker:
         return out
 
     def _gap(self, start: int) -> list[RhythmFlag]:
-        """Samples from ``start`` are missing: every condition ends there."""
+        """Samples from ``start`` are missing: every condition ends there (AF at the end
+        decided before, if one was)."""
+        pending, self._af_pending_end = self._af_pending_end, None
         out = [
-            self._flag(lab, "end", start, start)  # type: ignore[arg-type]
+            self._flag(
+                lab,  # type: ignore[arg-type]
+                "end",
+                pending if lab == "AFIB" and pending is not None else start,
+                start,
+            )
             for lab in list(self._active)
         ]
         self._last_beat = None
@@ -381,23 +392,44 @@ class RhythmTracker:
                 and self._af_irregular(rr_win, self._af_vent.window())
                 and not self._p_waves_present()
             )
+            pending = self._af_pending_end
             if irregular:
                 self._af_off_count = 0
-                if "AFIB" not in self._active:
+                if pending is not None or "AFIB" not in self._active:
                     start = self._af_beats[irregular_span(rr_win)[0]]
-                    if self._af_last_end is not None:
-                        start = max(start, self._af_last_end)
-                    out.append(self._flag("AFIB", "start", start))
-            elif "AFIB" in self._active:
+                    floor = pending if pending is not None else self._af_last_end
+                    if floor is not None:
+                        start = max(start, floor)
+                    if pending is None:
+                        out.append(self._flag("AFIB", "start", start))
+                    elif start > pending:  # AF again after the decided end: a new episode
+                        self._af_pending_end = None
+                        self._af_last_end = pending
+                        out.append(self._flag("AFIB", "end", pending))
+                        out.append(self._flag("AFIB", "start", start))
+                    else:  # AF again from the decided end on: the episode goes on
+                        self._af_pending_end = None
+            elif "AFIB" in self._active and pending is None:
                 self._af_off_count += 1
                 if self._af_off_count >= AF_WINDOW // 4:
                     self._af_off_count = 0
                     last = irregular_span(rr_win)[1]
                     end = self._af_beats[min(last + 1, AF_WINDOW - 1)]
-                    end = max(end, self._active["AFIB"] + 1)
-                    self._af_last_end = end
-                    out.append(self._flag("AFIB", "end", end))
+                    self._af_pending_end = max(end, self._active["AFIB"] + 1)
+            out.extend(self._af_end_confirmed())
         return out
+
+    def _af_end_confirmed(self) -> list[RhythmFlag]:
+        """The decided end of an AF episode, once the window of intervals no longer reaches
+        back to it. Until then AF judged again may start at that very end (its irregular span
+        beginning before it) and then continues the episode instead of ending it and starting
+        it again: no AF alarm that clears and sounds again."""
+        end = self._af_pending_end
+        if end is None or self._af_beats[0] <= end:
+            return []
+        self._af_pending_end = None
+        self._af_last_end = end
+        return [self._flag("AFIB", "end", end)]
 
     def _af_irregular(self, rr: np.ndarray, vent: np.ndarray) -> bool:
         """:func:`af_features` of the window ``.irregular``, without its checks: the intervals
