@@ -7,6 +7,7 @@ the bedside clock said; receive time is what the engine's clock said when the me
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,6 +56,18 @@ class NumericsFrame:
 
 INVALID_SAMPLE = -32768  # a raw sample with no valid value (lead off, probe off)
 
+_CONVERT: list[Callable[[NDArray[np.int16], int, float], NDArray[np.float64]]] = []
+
+
+def _to_physical() -> Callable[[NDArray[np.int16], int, float], NDArray[np.float64]]:
+    """:func:`eicu.kernels.samples.to_physical`, imported (with numba) by the first caller and
+    kept: an import statement per block costs more than the conversion."""
+    if not _CONVERT:
+        from eicu.kernels.samples import to_physical
+
+        _CONVERT.append(to_physical)
+    return _CONVERT[0]
+
 
 @dataclass(frozen=True, slots=True)
 class SignalBlock:
@@ -85,11 +98,9 @@ class SignalBlock:
         out = self._physical
         if out is not None:
             return out
-        from eicu.kernels.samples import to_physical  # numba: loaded by the first caller
-
         samples = self.samples
         if samples.dtype == np.int16 and samples.ndim == 1:
-            out = to_physical(samples, self.baseline, self.gain)
+            out = _to_physical()(samples, self.baseline, self.gain)
         else:
             out = (samples.astype(np.float64) - self.baseline) / self.gain
             out[samples == INVALID_SAMPLE] = np.nan
