@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_data
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -111,3 +113,28 @@ def test_the_wire_coding_benchmark_measures_real_records_losslessly() -> None:
     raw_mb, coded_mb = float(row[3]), float(row[4])
     assert row[1] == "2" and int(row[2]) == 2 * 80  # 20 s of 0.25-s frames from each record
     assert 0 < coded_mb < raw_mb
+
+
+def test_the_accuracy_benchmark_scores_the_2015_vt_alarms_and_eicus_own_vt_call() -> None:
+    """The VT section verifies every 2015 VT alarm and says how often eicu's own VTACH or VFIB
+    flag was up before the alarm, for true and for false alarms apart."""
+    require_data("challenge2015/ALARMS.csv", "mitdb/RECORDS")
+    out = subprocess.run(
+        [sys.executable, "benchmarks/accuracy.py", "--no-peers",
+         "--skip", "qrs,rhythm,v,leads,pulse,speed"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    alarms = [line for line in out.stdout.splitlines() if line.startswith("eicu, shipped")]
+    assert alarms, out.stdout[-2000:]
+    fields = alarms[0].split()
+    tp, tn, fp, fn = (int(fields[fields.index(k) + 1]) for k in ("TP", "TN", "FP", "FN"))
+    own = [line for line in out.stdout.splitlines() if line.startswith("eicu's own VTACH")]
+    assert [line.split(" within ")[1].split(" s ")[0] for line in own] == ["8", "16"]
+    for line in own:
+        true_part = line.split("true alarms ")[1].split(" ")[0]
+        false_part = line.split("false alarms ")[1].split(" ")[0]
+        assert true_part.split("/")[1] == str(tp + fn)
+        assert false_part.split("/")[1] == str(tn + fp)
+        assert 0 <= int(true_part.split("/")[0]) <= tp + fn

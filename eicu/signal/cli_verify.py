@@ -14,6 +14,7 @@ from typing import Final
 
 from eicu.errors import RecordError
 from eicu.signal.alarms import AlarmDecision, verify_alarm
+from eicu.signal.events import Event
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.records import Record, read_record, signal_key_for_name
 
@@ -62,8 +63,11 @@ def verify_record(record: Record, label: str, chunk_s: float = 1.0) -> AlarmDeci
     return verify_alarm(replay_record(record, chunk_s), label)
 
 
-def replay_record(record: Record, chunk_s: float = 1.0) -> BedSignalPipeline:
-    """A pipeline fed every known signal of ``record`` in chunks of ``chunk_s`` seconds."""
+def replay_record(
+    record: Record, chunk_s: float = 1.0, events: list[Event] | None = None
+) -> BedSignalPipeline:
+    """A pipeline fed every known signal of ``record`` in chunks of ``chunk_s`` seconds; the
+    events it makes are added to ``events`` when given."""
     if chunk_s <= 0:
         raise ValueError(f"--chunk-s must be > 0, got {chunk_s}")
     columns: dict[str, int] = {}
@@ -85,7 +89,9 @@ def replay_record(record: Record, chunk_s: float = 1.0) -> BedSignalPipeline:
             n = step_n[j]
             chunk = record.channels[j][step * n : (step + 1) * n]
             if chunk.shape[0]:
-                pipeline.push(key, chunk, step * n)
+                made = pipeline.push(key, chunk, step * n)
+                if events is not None:
+                    events.extend(made)
     return pipeline
 
 
