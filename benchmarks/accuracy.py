@@ -66,7 +66,7 @@ from eicu.signal.classify import (
 )
 from eicu.signal.cli_analyze import analyze_record
 from eicu.signal.cli_verify import ALARM_AT_S, replay_record
-from eicu.signal.events import Beat, RhythmFlag, VentricularRun
+from eicu.signal.events import Beat, Event, RhythmFlag, VentricularRun
 from eicu.signal.pipeline import BedSignalPipeline
 from eicu.signal.records import (
     Record,
@@ -225,6 +225,13 @@ def _ventricular_pass(path: Path, one_lead: bool = False) -> dict[str, Any]:
                 flags.append(ev)
             elif isinstance(ev, VentricularRun):
                 runs.append(ev)
+    episodes = _flag_episodes(flags, x.shape[0])
+    return {"fs": rec.fs_hz, "n": x.shape[0], "beats": beats, "eps": episodes, "runs": runs}
+
+
+def _flag_episodes(flags: list[RhythmFlag], n: int) -> dict[str, list[tuple[int, int]]]:
+    """Each label's episodes (start sample, end sample) from its flags in order; one still up
+    at the end of the ``n`` samples ends there."""
     episodes: dict[str, list[tuple[int, int]]] = {}
     open_at: dict[str, int] = {}
     for f in flags:
@@ -233,8 +240,8 @@ def _ventricular_pass(path: Path, one_lead: bool = False) -> dict[str, Any]:
         elif f.label in open_at:
             episodes.setdefault(f.label, []).append((open_at.pop(f.label), f.sample))
     for label, s0 in open_at.items():
-        episodes.setdefault(label, []).append((s0, x.shape[0]))
-    return {"fs": rec.fs_hz, "n": x.shape[0], "beats": beats, "eps": episodes, "runs": runs}
+        episodes.setdefault(label, []).append((s0, n))
+    return episodes
 
 
 def _outside(idx: np.ndarray, eps: list[tuple[int, int]]) -> np.ndarray:
@@ -637,18 +644,7 @@ def _vt_rules() -> list[VtRule]:
 
 
 OWN_CALL_WINDOWS_S = (8.0, 16.0)
-
-
-def _called_within(flags: list[RhythmFlag], from_s: float) -> bool:
-    """Whether a flag of ``flags`` (starts and ends in order) was up at some time from
-    ``from_s`` on: still up at the end, or ended at ``from_s`` or later."""
-    up: dict[str, float] = {}
-    for f in flags:
-        if f.state == "start":
-            up[f.label] = f.time_s
-        elif up.pop(f.label, None) is not None and f.time_s >= from_s:
-            return True
-    return bool(up)
+CHALLENGE_FS = 250  # every signal of the 2015 challenge records is sampled at 250 Hz
 
 
 def vt_section(root: Path) -> None:
@@ -664,12 +660,15 @@ def vt_section(root: Path) -> None:
     own = np.zeros((len(OWN_CALL_WINDOWS_S), len(rows)), dtype=bool)
     t0 = time.perf_counter()
     for i, row in enumerate(rows):
-        rec = read_record(folder / row["record"], sampto=round(ALARM_AT_S * 250))
-        events: list[Any] = []
+        rec = read_record(folder / row["record"], sampto=round(ALARM_AT_S * CHALLENGE_FS))
+        events: list[Event] = []
         pipeline = replay_record(rec, events=events)
-        lethal = [e for e in events if isinstance(e, RhythmFlag) and e.label in ("VTACH", "VFIB")]
+        flags = [e for e in events if isinstance(e, RhythmFlag)]
+        eps = _flag_episodes(flags, round(ALARM_AT_S * CHALLENGE_FS))
+        ends = [e for label in ("VTACH", "VFIB") for _, e in eps.get(label, [])]
         for w, window_s in enumerate(OWN_CALL_WINDOWS_S):
-            own[w, i] = _called_within(lethal, ALARM_AT_S - window_s)
+            # up at some time in the window: ended in it, or still up at the alarm
+            own[w, i] = any(e >= round((ALARM_AT_S - window_s) * CHALLENGE_FS) for e in ends)
         shipped[i] = verify_alarm(pipeline, "VTACH").true_alarm
         leads, pulses = gather(pipeline, ALARM_WINDOW_S)
         evidence.append((leads, pulses))

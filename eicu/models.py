@@ -6,6 +6,7 @@ the bedside clock said; receive time is what the engine's clock said when the me
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,17 +57,14 @@ class NumericsFrame:
 
 INVALID_SAMPLE = -32768  # a raw sample with no valid value (lead off, probe off)
 
-_CONVERT: list[Callable[[NDArray[np.int16], int, float], NDArray[np.float64]]] = []
 
-
+@functools.cache
 def _to_physical() -> Callable[[NDArray[np.int16], int, float], NDArray[np.float64]]:
     """:func:`eicu.kernels.samples.to_physical`, imported (with numba) by the first caller and
     kept: an import statement per block costs more than the conversion."""
-    if not _CONVERT:
-        from eicu.kernels.samples import to_physical
+    from eicu.kernels.samples import to_physical
 
-        _CONVERT.append(to_physical)
-    return _CONVERT[0]
+    return to_physical
 
 
 @dataclass(frozen=True, slots=True)

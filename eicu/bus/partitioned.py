@@ -285,6 +285,11 @@ class PartitionConsumer:
             raise PartitionConnectionLost(
                 f"the broker refused the subscription {self.topic_filter}"
             )
+        protocol = getattr(getattr(client, "_connection", None), "_protocol", None)
+        if not callable(getattr(protocol, "write_data", None)):
+            # ack() writes PUBACKs there: without it nothing would ever be acknowledged
+            await self.close()
+            raise RuntimeError("this gmqtt version has no connection to write PUBACKs to")
         log.info("reading %s as %s", self.topic_filter, self.client_id)
         return self
 
