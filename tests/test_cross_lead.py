@@ -197,3 +197,26 @@ def test_alarm_verification_judges_the_primary_lead_up_to_where_it_has_been_proc
     # good quality of its last samples, 10 s old
     (v,) = (ld for ld in decision.leads if ld.signal == "ECG_V")
     assert v.n_beats == 0 and v.good_frac == 0.0
+
+
+def test_beats_on_a_noisy_primary_lead_take_the_call_of_a_good_second_lead() -> None:
+    """Where the primary lead is judged noisy and the second lead good, a beat the two leads
+    call differently (normal against ventricular) takes the second lead's call: a lead's
+    classification is only as good as its signal (IEC 60601-2-27 asks for noise to be
+    detected; multi-lead monitors judge beats on the leads that are not noisy). The artefact's
+    odd shapes make no sinus beat ventricular or unclassifiable, and no ventricular beat is
+    called normal; one both leads call ventricular stays ventricular, or unclassifiable where
+    its shape on the noisy lead is a lone one (the noisy-lead rule of the pipeline)."""
+    lead_ii, lead_v, r_idx, vent = _two_leads(160, seed=5)
+    rng = np.random.default_rng(2)
+    bursts = [(s, s + 4 * 250) for s in range(30 * 250, lead_ii.shape[0] - 6 * 250, 9 * 250)]
+    for a, b in bursts:  # muscle artefact on lead II only, 4 s at a time
+        lead_ii[a:b] += rng.normal(0.0, 0.35, b - a)
+    events = _run({"ECG_II": lead_ii, "ECG_V": lead_v}, 0.5, ("ECG_II", "ECG_V"))
+    calls = _called(events, r_idx, "ECG_II")
+    inside = np.array([any(a + 250 <= r < b for a, b in bursts) for r in r_idx.tolist()])
+    noisy_n = [c for c, v, i in zip(calls, vent, inside, strict=True) if i and not v]
+    noisy_v = [c for c, v, i in zip(calls, vent, inside, strict=True) if i and v]
+    assert len(noisy_n) > 30 and len(noisy_v) > 8
+    assert noisy_n.count("N") >= len(noisy_n) - 1, noisy_n
+    assert "N" not in noisy_v and noisy_v.count("V") + noisy_v.count("Q") == len(noisy_v)

@@ -620,12 +620,14 @@ class BedSignalPipeline:
             st.hist.raw[None, :],
         )
         other_feats: NDArray[np.float64] | None = None
+        other_codes: list[int] | None = None
         if self._cross is not None and st.key == self.primary_ecg and self.other_ecg is not None:
             o = self._sig[self.other_ecg].hist
-            _, of = self._cross._classify_checked(
+            oc, of = self._cross._classify_checked(
                 o.filt[None, :], np.array([o.start], dtype=np.int64), fids, rr_prev, o.raw[None, :]
             )
             other_feats = of[:, 0]
+            other_codes = oc.tolist()
             classes = _cross_lead(
                 classes, feats[:, 0, 0], feats[:, 0, 2], other_feats[:, 0], other_feats[:, 2],
                 DEFAULT_CLASSIFIER.cross_corr, DEFAULT_CLASSIFIER.v_steep,
@@ -644,7 +646,20 @@ class BedSignalPipeline:
             cls = CLASS_OF_CODE[codes[j]]
             same_shape = f[5] == st.prev_cluster  # joined the template of the beat before it
             st.prev_cluster = f[5]
-            if cls == "V" and not same_shape and st.quality_at(at) != "good":
+            from_other = False
+            o_cls = None if other_codes is None else CLASS_OF_CODE[other_codes[j]]
+            if (
+                cls in ("N", "V")
+                and o_cls in ("N", "V")
+                and o_cls != cls
+                and st.quality_at(at) != "good"
+                and self._sig[self.other_ecg].quality_at(at) == "good"  # type: ignore[index]
+            ):
+                # the leads disagree and the primary one is noisy: the good lead's call stands
+                # (where they agree, the rule below judges the noisy lead's shape as before)
+                cls = o_cls
+                from_other = True
+            if cls == "V" and not from_other and not same_shape and st.quality_at(at) != "good":
                 # a lead judged noisy: a lone odd shape may be artefact; two alike in a row
                 # (an organised ventricular rhythm) are kept
                 cls = "Q"
