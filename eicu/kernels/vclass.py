@@ -746,13 +746,16 @@ def _detect_classify_packed(x, fbuf, flay, ibuf, ilay):
 def _cross_lead(classes, corr0, steep0, corr1, steep1, cross_corr, v_steep):
     """:func:`eicu.signal.classify.cross_lead_ventricular`'s rule: a beat classed N turns V when
     it correlates below ``cross_corr`` with the dominant beat on one lead and is less steep than
-    ``v_steep`` of it on the other (a NaN feature never makes it so)."""
+    ``v_steep`` of it on the other, or when it correlates below ``-cross_corr`` (is inverted
+    against the dominant beat) on both leads (a NaN feature never makes it so)."""
     out = classes.copy()
     for i in range(classes.shape[0]):
         if classes[i] != C_N:
             continue
-        if (corr1[i] < cross_corr and steep0[i] < v_steep) or (
-            corr0[i] < cross_corr and steep1[i] < v_steep
+        if (
+            (corr1[i] < cross_corr and steep0[i] < v_steep)
+            or (corr0[i] < cross_corr and steep1[i] < v_steep)
+            or (corr0[i] < -cross_corr and corr1[i] < -cross_corr)
         ):
             out[i] = C_V
     return out

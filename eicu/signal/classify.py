@@ -63,7 +63,11 @@ class ClassifierConfig:
     dominant template on one lead and is less steep than ``v_steep`` of it on the other is
     ventricular (:func:`cross_lead_ventricular`): activation in another direction shows on one
     lead, slow myocardial conduction on another, where each alone can look like a conducted
-    beat. ``benchmarks/accuracy.py`` (LEADS) prints the rule on MIT-BIH with 0.2-0.4 beside it.
+    beat. So is a beat that correlates below ``-cross_corr`` on both leads: inverted against the
+    dominant beat in two projections, its activation runs the other way, as wide as the
+    dominant beat or not (a patient whose own QRS is already wide, bundle-branch block or
+    paced, shows no wider ventricular beat). ``benchmarks/accuracy.py`` (LEADS) prints the rule
+    on MIT-BIH with 0.2-0.4 beside it.
     """
 
     match_corr: float = 0.9
@@ -237,7 +241,8 @@ def cross_lead_ventricular(
     """Classes of beats (codes of :mod:`eicu.kernels.vclass`) as judged on lead 0, with the
     beats the two leads together show ventricular turned from N to V: strongly unlike the
     dominant beat on one lead (template correlation below ``config.cross_corr``) and slurred on
-    the other (steepness ratio below ``config.v_steep``). ``corr0``/``steep0`` are the beats'
+    the other (steepness ratio below ``config.v_steep``), or inverted against it on both
+    (correlation below ``-config.cross_corr`` on each). ``corr0``/``steep0`` are the beats'
     features on lead 0, ``corr1``/``steep1`` on lead 1, each against that lead's own dominant
     template; NaN (not at hand) never makes a beat ventricular. Paced, unclassifiable and
     not yet classified beats keep their class."""
