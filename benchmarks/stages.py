@@ -1,7 +1,7 @@
 """CPU of the engine's per-bed stages, in one process, without broker or store.
 
     python benchmarks/stages.py [--beds 40] [--seconds 60] [--frame 0.5] [--scenario stable]
-        [--chunk 0.5] [--breakdown]
+        [--chunk 0.5] [--breakdown] [--worker]
 
 Simulated beds (the standard signal set of ``simulators``: ECG II and V at 250 Hz, PLETH and ABP
 at 125 Hz, RESP at 62.5 Hz, numerics every second) are rendered into frames beforehand; then
@@ -27,6 +27,11 @@ bed-second. Parts nest (``pipeline.push`` holds the others but ``block.physical`
 ``stage._note``), so the column does not add up. Timers in the code give these figures where a
 sampling profiler's line attribution, on a virtual machine, put a quarter of the time on a
 copy that takes 2 us.
+
+``--worker`` also times the two stages an engine that judges alarms and feeds dashboards adds
+(``eicu serve``, ``eicu worker``): the alarm rules, one pass a second of data over the beds due
+(each bed with new numerics, and every bed not judged for a second), and the beds' state
+snapshots for dashboards, every bed each second, encoded as the state publisher encodes them.
 """
 
 from __future__ import annotations
@@ -159,6 +164,57 @@ def breakdown(
     ]
 
 
+def worker_stages(frames: list[object], bed_s: float, chunk_s: float) -> dict[str, float]:
+    """CPU ms per bed-second of the two stages an engine that judges alarms and feeds dashboards
+    adds to the router, the signal and the score stages, as ``eicu serve`` and ``eicu worker``
+    run them: the alarm rules (``AlarmService``: each bed with new numerics or status at once,
+    every bed not judged for a second at the next sweep; here one pass per second of data) and
+    the beds' state for dashboards (``StatePublisher``: every bed's snapshot each second,
+    encoded). An engine is built as the commands build it, without broker or database (its
+    store and outbox in a temporary folder, never opened or written); the frames are routed
+    as in :func:`run` and each stage is timed apart."""
+    import tempfile
+
+    from eicu.config import MqttSettings
+    from eicu.store import open_store
+    from ingest.engine import Engine
+    from ingest.live import batches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = IngestSettings(analysis_chunk_s=chunk_s, spool_dir=Path(tmp) / "spool")
+        engine = Engine(
+            MqttSettings(),
+            settings,
+            open_store(f"sqlite:///{tmp}/store.db"),
+            alarms_outbox=Path(tmp) / "outbox.db",
+            store_open=False,
+            state_period_s=1.0,
+        )
+        alarms, state = engine.alarms, engine.state
+        assert alarms is not None and state is not None
+        spent = {"alarm rules": 0.0, "state snapshots": 0.0}
+        warm = len(frames) // 6
+        next_us: int | None = None
+        for i, f in enumerate(frames):
+            engine.router.route(f)  # type: ignore[arg-type]
+            now_us = int(getattr(f, "t0_us", 0) or getattr(f, "ts_us", 0))
+            if next_us is None:
+                next_us = now_us + 1_000_000
+            if now_us < next_us:
+                continue
+            next_us += 1_000_000
+            t0 = time.process_time()
+            alarms.evaluate(now_us, alarms._take_due(now_us, 1_000_000))
+            t1 = time.process_time()
+            for _topic, batch in batches(state.take(None, now_us)):
+                state.encode(batch)
+            t2 = time.process_time()
+            if i >= warm:
+                spent["alarm rules"] += t1 - t0
+                spent["state snapshots"] += t2 - t1
+    return {k: v * 1000 / bed_s for k, v in spent.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +234,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--breakdown", action="store_true", help="also time each part of the signal pipeline"
+    )
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="also time the alarm rules and the dashboards' state snapshots an engine adds",
     )
     args = parser.parse_args()
     frames = frames_of(args.beds, args.seconds, args.frame, args.scenario)
@@ -207,6 +268,10 @@ def main() -> None:
             "  signal stage taking every frame at once "
             f"{best['router+signals, every frame'] - best['router']:.3f}"
         )
+    if args.worker:
+        print("\nthe stages an engine adds (one run, each timed apart; CPU ms per bed-second):")
+        for label, ms in worker_stages(frames, bed_s, args.chunk).items():
+            print(f"  {label:28s} {ms:6.3f}")
     if args.breakdown:
         print("\nthe signal stage's parts (one run with a timer around each; parts nest):")
         print(f"  {'part':28s} {'ms/bed-s':>9s} {'us/call':>9s} {'calls/bed-s':>12s}")

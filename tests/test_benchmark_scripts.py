@@ -32,7 +32,7 @@ def test_the_dashboard_benchmark_runs_and_prints_its_figures() -> None:
 def test_the_stages_benchmark_runs_and_times_the_pipeline_parts() -> None:
     out = subprocess.run(
         [sys.executable, "benchmarks/stages.py", "--beds", "4", "--seconds", "12",
-         "--repeat", "1", "--frame", "0.25", "--breakdown"],
+         "--repeat", "1", "--frame", "0.25", "--breakdown", "--worker"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip
@@ -47,6 +47,10 @@ def test_the_stages_benchmark_runs_and_times_the_pipeline_parts() -> None:
     assert rows and all(float(calls) > 0 for _ms, _us, calls in rows.values()), rows
     whole = float(rows["router + signal stage"][0])
     assert all(float(ms) <= whole for ms, _us, _calls in rows.values())
+    # the alarm rules and the dashboards' snapshots an engine adds, each timed
+    added = out.stdout.split("the stages an engine adds")[1].split("the signal stage's parts")[0]
+    ms = {line[:30].strip(): float(line[30:]) for line in added.splitlines()[1:] if line.strip()}
+    assert set(ms) == {"alarm rules", "state snapshots"} and all(v > 0 for v in ms.values()), ms
 
 
 def test_the_wan_benchmark_drains_a_backlog_across_a_capped_link() -> None:
