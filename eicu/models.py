@@ -10,7 +10,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,8 +19,12 @@ from numpy.typing import NDArray
 ID_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class BedKey:
+class BedKey(NamedTuple):
+    """A bed of a site. A named tuple, not a dataclass: a bed is the key of most of the engine's
+    dictionaries, looked up several times per message and per alarm evaluation, and a tuple's
+    hash and equality run in C (a dict look-up with an equal key about 4 times as fast as with a
+    frozen dataclass's generated methods)."""
+
     site: str
     bed: str
 
