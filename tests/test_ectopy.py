@@ -78,6 +78,35 @@ def test_vt_needs_five_beats_at_100_per_minute_and_lasts_as_long_as_the_run() ->
     assert episodes(flags, "VT_SUSTAINED") == []
 
 
+def test_vt_whose_rate_dips_for_fewer_beats_than_its_window_is_one_episode() -> None:
+    """VT lasts as long as the run does at its rate, judged over the last 5 beats. Two long
+    intervals inside a run of ventricular beats take the 5-beat rate below 100/min for a few
+    beats; once the window is fast again and still reaches back to where it slowed, it is the
+    same VT: one alarm, not one that clears and sounds again, and never an episode that starts
+    before the previous one ended."""
+    rr = [0.8] * 4 + [0.4] * 12 + [1.0, 1.0] + [0.4] * 16 + [0.8] * 3
+    flags, _, _ = feed("NNNN" + "V" * 30 + "NNN", rr)
+    ((start, end),) = episodes(flags, "VTACH")
+    assert start == pytest.approx(1.0 + 3.2 + 0.4, abs=0.02)  # the run's first beat
+    assert end == pytest.approx(1.0 + 3.2 + 4.8 + 2.0 + 6.4 + 0.8, abs=0.02)  # the first N beat
+
+
+def test_vt_whose_run_slows_for_longer_than_its_window_is_two_episodes_in_order() -> None:
+    """A run that slows below 100/min for longer than the 5-beat window and speeds up again holds
+    two VTs: the first ends at the beat where its rate fell below 100/min (reported once the
+    window has passed it), the second starts at the first beat of its fast window, after it."""
+    rr = [0.8] * 4 + [0.4] * 10 + [0.9] * 8 + [0.4] * 10 + [0.8] * 3
+    flags, _, _ = feed("NNNN" + "V" * 28 + "NNN", rr)
+    (first, second) = episodes(flags, "VTACH")
+    assert first[1] is not None and second[1] is not None
+    # the first window below 100/min: 0.4, 0.4, 0.9, 0.9 s (92/min), at the second slow beat
+    assert first[1] == pytest.approx(1.0 + 3.2 + 4.0 + 1.8, abs=0.02)
+    # the second at the first beat of its fast window (0.9, 0.4, 0.4, 0.4 s: 114/min), the
+    # beat before the last slow one
+    assert second[0] == pytest.approx(1.0 + 3.2 + 4.0 + 6.3, abs=0.02)
+    assert first[1] < second[0]
+
+
 def test_a_run_of_three_at_100_per_minute_is_a_vt_episode_the_way_ec57_counts_them() -> None:
     # the rate of a run: 60 over the mean of the intervals ending at its beats (the first V
     # beat's coupling interval included)

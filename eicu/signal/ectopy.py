@@ -18,7 +18,11 @@ has the table):
 - VTACH (the alarm): a run of at least ``vt_beats`` ventricular beats (``eicu.signal.rhythm``
   passes 5, the PhysioNet/CinC Challenge 2015 definition of a VT alarm)
   whose rate over its last ``vt_beats`` beats is at least ``vt_bpm`` (100/min); it lasts as
-  long as the run does at that rate, and starts at the run's first beat;
+  long as the run does at that rate, and starts at the run's first beat. Where the rate falls
+  below ``vt_bpm`` inside the run, the VT ends there, reported once the window of ``vt_beats``
+  beats no longer reaches back to that beat (or at once when the run ends); a window that is
+  fast again before then continues the same VT, so an alarm does not clear and sound again
+  over a few long intervals, and no VT starts before the one before it ended;
 - VT_SUSTAINED: ventricular tachycardia lasting 30 s or more (Zipes et al., ACC/AHA/ESC 2006
   guidelines for ventricular arrhythmias, Circulation 114:e385-e484), from the beat at which
   it reached 30 s to the end of the VT.
@@ -75,6 +79,10 @@ class VentricularTracker:
         self._n_v_seq = 0  # ventricular beats in _seq
         self._v_times: deque[int] = deque()
         self._vt_start: int | None = None
+        # where a VT's rate fell below vt_bpm inside its run, held until the window of vt_beats
+        # beats no longer reaches back to it (or the run ends): a window that is fast again
+        # before then continues the same VT
+        self.vt_pending_end: int | None = None
         self._pvc_window_n = round(PVC_WINDOW_S * fs_hz)
 
     def pvc_per_min(self, now: int) -> float:
@@ -92,6 +100,7 @@ class VentricularTracker:
         self._seq.clear()
         self._n_v_seq = 0
         self._vt_start = None
+        self.vt_pending_end = None
 
     def _rate_bpm(self, samples: list[int]) -> float:
         if len(samples) < 2 or samples[-1] <= samples[0]:
@@ -135,15 +144,26 @@ class VentricularTracker:
                 self._before_run = self._last
             self._run.append(sample)
             tail = self._run[-self.vt_beats :]
-            fast = len(tail) == self.vt_beats and self._rate_bpm(tail) >= self.vt_bpm
+            full = len(tail) == self.vt_beats
+            fast = full and self._rate_bpm(tail) >= self.vt_bpm
+            pending = self.vt_pending_end
+            if pending is not None:
+                if fast and tail[0] <= pending:
+                    self.vt_pending_end = None  # fast again within its window: the same VT
+                elif tail[0] > pending:
+                    # the window has passed the slowing: the VT ended there
+                    self.vt_pending_end = None
+                    out.extend(self._end_vt(pending))
+                    active = self._active()
             if fast and "VTACH" not in active:
                 start = self._run[0] if self._vt_start is None else tail[0]
                 self._vt_start = start
                 out.append(self._flag("VTACH", "start", start))
-            elif not fast and "VTACH" in active and len(tail) == self.vt_beats:
-                out.extend(self._end_vt(sample))
+            elif not fast and full and "VTACH" in active and self.vt_pending_end is None:
+                self.vt_pending_end = sample
             if (
-                "VTACH" in self._active()
+                self.vt_pending_end is None
+                and "VTACH" in self._active()
                 and "VT_SUSTAINED" not in self._active()
                 and self._vt_start is not None
                 and sample - self._vt_start >= round(VT_SUSTAINED_S * self.fs_hz)
@@ -151,7 +171,8 @@ class VentricularTracker:
                 out.append(self._flag("VT_SUSTAINED", "start", sample))
         else:
             if "VTACH" in active:
-                out.extend(self._end_vt(sample))
+                pending, self.vt_pending_end = self.vt_pending_end, None
+                out.extend(self._end_vt(sample if pending is None else pending))
             self._vt_start = None
             out.extend(self._close_run())
         self._last = sample

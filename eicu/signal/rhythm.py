@@ -286,14 +286,16 @@ class RhythmTracker:
         return out
 
     def _gap(self, start: int) -> list[RhythmFlag]:
-        """Samples from ``start`` are missing: every condition ends there (AF at the end
+        """Samples from ``start`` are missing: every condition ends there (AF and VT at the end
         decided before, if one was)."""
         pending, self._af_pending_end = self._af_pending_end, None
+        vt_pending = self._ventricular.vt_pending_end
+        ends = {"AFIB": pending, "VTACH": vt_pending, "VT_SUSTAINED": vt_pending}
         out = [
             self._flag(
                 lab,  # type: ignore[arg-type]
                 "end",
-                pending if lab == "AFIB" and pending is not None else start,
+                start if ends.get(lab) is None else ends[lab],  # type: ignore[arg-type]
                 start,
             )
             for lab in list(self._active)
