@@ -70,7 +70,14 @@ def snapshot(
         quality = dict(derived.quality)
         marks_total = derived.marks_total
         if marks_after is not None and marks_total > marks_after:
-            marks = tuple(m for m in derived.marks if m.seq > marks_after)[-MARKS_IN_SNAPSHOT:]
+            # the marks are numbered in order: the new ones are the newest, read from the end
+            # (a bed keeps hundreds; a second brings a few)
+            new: list[Mark] = []
+            for m in reversed(derived.marks):
+                if m.seq <= marks_after or len(new) == MARKS_IN_SNAPSHOT:
+                    break
+                new.append(m)
+            marks = tuple(reversed(new))
     return BedSnapshot(
         bed=key,
         taken_us=now_us,

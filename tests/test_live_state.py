@@ -211,3 +211,28 @@ async def test_a_bed_whose_state_cannot_be_published_costs_the_others_nothing(
         assert publisher.failures == 1
     finally:
         await store.close()
+
+
+def test_a_published_snapshot_carries_the_marks_after_the_last_sent_at_most_the_newest_64() -> None:
+    """The state publisher sends each bed's marks numbered after the last it sent; a bed keeps
+    its newest 128, and a snapshot carries the newest 64 of the new ones, oldest first."""
+    from ingest.live import MARKS_IN_SNAPSHOT, snapshot as take
+    from ingest.signals import MARKS_KEPT, Derived
+    from ingest.state import BedState
+
+    derived = Derived()
+    for seq in range(1, 201):  # 200 marks made, the newest 128 kept (73..200)
+        derived.marks_total = seq
+        derived.marks.append(Mark(seq, "ECG_II", T + seq, "beat", "N"))
+    assert len(derived.marks) == MARKS_KEPT and MARKS_IN_SNAPSHOT == 64
+    state = BedState(BED)
+
+    def seqs(after: int | None) -> list[int]:
+        snap = take(BED, state, None, derived, None, T, marks_after=after)
+        assert snap.marks_total == 200
+        return [m.seq for m in snap.marks]
+
+    assert seqs(190) == list(range(191, 201))
+    assert seqs(10) == list(range(137, 201))  # more new than a snapshot carries: the newest
+    assert seqs(136) == list(range(137, 201))
+    assert seqs(200) == [] and seqs(None) == []
