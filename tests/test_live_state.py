@@ -216,7 +216,8 @@ async def test_a_bed_whose_state_cannot_be_published_costs_the_others_nothing(
 def test_a_published_snapshot_carries_the_marks_after_the_last_sent_at_most_the_newest_64() -> None:
     """The state publisher sends each bed's marks numbered after the last it sent; a bed keeps
     its newest 128, and a snapshot carries the newest 64 of the new ones, oldest first."""
-    from ingest.live import MARKS_IN_SNAPSHOT, snapshot as take
+    from ingest.live import MARKS_IN_SNAPSHOT
+    from ingest.live import snapshot as take
     from ingest.signals import MARKS_KEPT, Derived
     from ingest.state import BedState
 
