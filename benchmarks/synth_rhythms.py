@@ -46,7 +46,9 @@ def run(scenario: str, seed: int, seconds: float, event_at_s: float) -> dict[str
                         open_at[ev.label] = ev.time_s
                     elif ev.label in open_at:
                         _credit(out[ev.label], open_at.pop(ev.label), ev.time_s, inside)
-                elif isinstance(ev, Beat) and ev.kind == "qrs" and key == "ECG_II":
+                elif isinstance(ev, Beat) and ev.kind == "qrs" and ev.signal == "ECG_II":
+                    # (by the beat's own lead: the primary lead's beats come out when the second
+                    # lead's samples arrive, as the pipeline waits for both)
                     row = vent[0 if inside(ev.time_s) else 1]
                     row[0] += int(bool(ev.ventricular))
                     row[1] += 1

@@ -53,6 +53,27 @@ def test_the_stages_benchmark_runs_and_times_the_pipeline_parts() -> None:
     assert set(ms) == {"alarm rules", "state snapshots"} and all(v > 0 for v in ms.values()), ms
 
 
+def test_the_simulated_rhythms_benchmark_counts_the_primary_leads_ventricular_beats() -> None:
+    """The primary lead's beats come out of the pipeline when the second lead's samples arrive
+    (it waits for both): the benchmark must count them by the beat's lead, not by the chunk
+    being pushed, or every share is "nan" of 0 beats."""
+    out = subprocess.run(
+        [sys.executable, "benchmarks/synth_rhythms.py", "--seeds", "1", "--seconds", "40"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    shares = {
+        line.split()[0]: (float(line.split()[3]), int(line.split("(of ")[1].split()[0]))
+        for line in out.stdout.splitlines()
+        if line.split()[1:2] == ["V"] and "(of " in line
+    }
+    vt_share, vt_beats = shares["vt"]
+    assert vt_beats > 20 and vt_share > 0.9, out.stdout
+    big_share, _ = shares["bigeminy"]
+    assert 0.4 < big_share < 0.6, out.stdout
+
+
 def test_the_wan_benchmark_drains_a_backlog_across_a_capped_link() -> None:
     from tests.netns import unavailable_reason
 
