@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
@@ -126,6 +126,19 @@ class AlarmPolicy:
     conditions: Mapping[str, ConditionPolicy]
     # Every condition kind, the clinically most severe first (see default_severity).
     severity: tuple[str, ...] = ()
+    # of_rules' answers: a policy never changes (its mappings are read-only) and the alarm rules
+    # ask each bed's policy for its conditions of a rule once a second per bed
+    _by_rules: dict[tuple[str, ...], tuple[ConditionPolicy, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def of_rules(self, *rules: str) -> tuple[ConditionPolicy, ...]:
+        """The conditions of these rules, in the policy's order."""
+        found = self._by_rules.get(rules)
+        if found is None:
+            found = tuple(c for c in self.conditions.values() if c.rule in rules)
+            self._by_rules[rules] = found
+        return found
 
     def severity_rank(self, kind: str) -> int:
         """0 for the most severe condition kind, 1 for the next...; a kind the policy does not

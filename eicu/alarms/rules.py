@@ -32,25 +32,6 @@ from eicu.models import BedKey
 # Signal-quality verdicts that mean no usable signal at all.
 NO_SIGNAL = frozenset({"missing", "flat"})
 
-# The conditions of each policy by rule, in the policy's order: the rules read a bed's policy
-# once a second per bed, and a policy never changes (its mappings are read-only), so each is
-# indexed once. Keyed by id, with the policy kept so that an id is never taken for another's.
-_BY_RULE: dict[int, tuple[AlarmPolicy, dict[tuple[str, ...], tuple[ConditionPolicy, ...]]]] = {}
-_BY_RULE_MAX = 4096  # policies indexed at most (one per bed with limits of its own)
-
-
-def _of_rules(policy: AlarmPolicy, *rules: str) -> tuple[ConditionPolicy, ...]:
-    """The policy's conditions of these rules, in the policy's order."""
-    entry = _BY_RULE.get(id(policy))
-    if entry is None or entry[0] is not policy:
-        if len(_BY_RULE) >= _BY_RULE_MAX:
-            _BY_RULE.clear()
-        entry = _BY_RULE[id(policy)] = (policy, {})
-    found = entry[1].get(rules)
-    if found is None:
-        found = entry[1][rules] = tuple(c for c in policy.conditions.values() if c.rule in rules)
-    return found
-
 
 class VerifierDecision(Protocol):
     """What ``BedSignalPipeline.verify_alarm`` returns (see eicu.signal.alarms.AlarmDecision)."""
@@ -173,7 +154,7 @@ def vital_conditions(
     out: list[AlarmCondition] = []
     unavailable: dict[str, bool] = {}
     keys: dict[str, list[str]] = {}  # the parameters of each 'unavailable' condition
-    for c in _of_rules(policy, "vital"):
+    for c in policy.of_rules("vital"):
         if not _monitored(latest, c):
             continue
         found: tuple[str, tuple[float, int]] | None = None
@@ -211,7 +192,7 @@ def vital_conditions(
             )
         )
     # A stand-alone 'unavailable' condition, and the targets named by vital conditions.
-    for c in _of_rules(policy, "unavailable"):
+    for c in policy.of_rules("unavailable"):
         if c.kind not in unavailable and _monitored(latest, c):
             unavailable[c.kind] = all(
                 _fresh(latest, policy, key, age_at) is None for key in c.params
@@ -251,7 +232,7 @@ def probe_conditions(
     age_at = now_us if clock_us is None else clock_us
     since_of = quality_us or {}
     out: list[AlarmCondition] = []
-    for c in _of_rules(policy, "lead_off", "spo2_probe"):
+    for c in policy.of_rules("lead_off", "spo2_probe"):
         since: list[int | None] = []  # when each reason for the condition began
         if c.rule == "lead_off":
             leads = {k: v for k, v in quality.items() if k.startswith("ECG")}
@@ -324,7 +305,7 @@ def bed_conditions(
     ``standby`` (monitoring deliberately paused at the bedside) is neither offline nor stale.
     """
     out: list[AlarmCondition] = []
-    for c in _of_rules(policy, "bed_offline", "bed_standby", "device_clock", "data_stale"):
+    for c in policy.of_rules("bed_offline", "bed_standby", "device_clock", "data_stale"):
         at_us: int | None = None
         if c.rule == "bed_offline":
             if status == "unknown":
@@ -400,7 +381,7 @@ def rhythm_conditions(
     active or latched alarm), is reported ended instead, naming the one it gave way to.
     """
     checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify, onsets or {})
-    label = {c.kind: c.label or "" for c in _of_rules(policy, "rhythm")}
+    label = {c.kind: c.label or "" for c in policy.of_rules("rhythm")}
     sounding = {label[c.kind] for c in checked.conditions if c.present}
     sounding.update(label[kind] for kind in unacknowledged if kind in label)
     out: list[AlarmCondition] = []
@@ -424,7 +405,7 @@ def _rhythm_conditions(
     active = set(rhythms)
     out: list[AlarmCondition] = []
     suppressed: list[Suppressed] = []
-    for c in _of_rules(policy, "rhythm"):
+    for c in policy.of_rules("rhythm"):
         if c.label is None:
             continue
         present = c.label in active
@@ -489,7 +470,7 @@ def score_conditions(
     """
     out: list[AlarmCondition] = []
     rank = {band: i for i, band in enumerate(NEWS2_BANDS)}
-    for c in _of_rules(policy, "news2", "deterioration"):
+    for c in policy.of_rules("news2", "deterioration"):
         if c.rule == "news2" and news2 is not None and c.band is not None:
             if news2.complete and news2.band is not None:
                 present = rank.get(news2.band, -1) >= rank[c.band]

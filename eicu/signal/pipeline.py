@@ -646,20 +646,17 @@ class BedSignalPipeline:
             cls = CLASS_OF_CODE[codes[j]]
             same_shape = f[5] == st.prev_cluster  # joined the template of the beat before it
             st.prev_cluster = f[5]
-            from_other = False
             o_cls = None if other_codes is None else CLASS_OF_CODE[other_codes[j]]
+            disagree = cls in ("N", "V") and o_cls in ("N", "V") and o_cls != cls
+            # the primary lead's quality, judged only where a rule below needs it (once)
+            noisy = (disagree or (cls == "V" and not same_shape)) and st.quality_at(at) != "good"
             if (
-                cls in ("N", "V")
-                and o_cls in ("N", "V")
-                and o_cls != cls
-                and st.quality_at(at) != "good"
-                and self._sig[self.other_ecg].quality_at(at) == "good"  # type: ignore[index]
+                disagree and noisy and self._sig[self.other_ecg].quality_at(at) == "good"  # type: ignore[index]
             ):
                 # the leads disagree and the primary one is noisy: the good lead's call stands
                 # (where they agree, the rule below judges the noisy lead's shape as before)
                 cls = o_cls
-                from_other = True
-            if cls == "V" and not from_other and not same_shape and st.quality_at(at) != "good":
+            elif cls == "V" and not same_shape and noisy:
                 # a lead judged noisy: a lone odd shape may be artefact; two alike in a row
                 # (an organised ventricular rhythm) are kept
                 cls = "Q"

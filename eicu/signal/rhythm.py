@@ -288,18 +288,13 @@ class RhythmTracker:
     def _gap(self, start: int) -> list[RhythmFlag]:
         """Samples from ``start`` are missing: every condition ends there (AF and VT at the end
         decided before, if one was)."""
-        pending, self._af_pending_end = self._af_pending_end, None
-        vt_pending = self._ventricular.vt_pending_end
-        ends = {"AFIB": pending, "VTACH": vt_pending, "VT_SUSTAINED": vt_pending}
-        out = [
-            self._flag(
-                lab,  # type: ignore[arg-type]
-                "end",
-                start if ends.get(lab) is None else ends[lab],  # type: ignore[arg-type]
-                start,
-            )
-            for lab in list(self._active)
-        ]
+        decided = {"AFIB": self._af_pending_end}
+        decided["VTACH"] = decided["VT_SUSTAINED"] = self._ventricular.vt_pending_end
+        self._af_pending_end = None
+        out = []
+        for lab in list(self._active):
+            end = decided.get(lab)
+            out.append(self._flag(lab, "end", start if end is None else end, start))  # type: ignore[arg-type]
         self._last_beat = None
         self._beats.clear()
         self._rr.clear()
