@@ -7,7 +7,7 @@ partitions over MQTT persistent sessions and acknowledging after persist. Only w
 logs say every partition is read (``subscribed to eicu/p/<k>/#``, the partitions shared fairly)
 do simulator processes (a gateway connection per 16 beds, spread over the nodes) publish
 ``--beds`` standard beds in real time for ``--duration`` seconds: ECG II and V at 250 Hz, PLETH
-and ABP at 125 Hz, RESP at 62.5 Hz in 0.25 s frames and numerics every second, QoS 1. In the
+and ABP at 125 Hz, RESP at 62.5 Hz in ``--frame`` s frames (0.25 by default) and numerics every second, QoS 1. In the
 default ``--mode full`` the workers run every bed's signal pipeline, the scores and the alarm
 stage, and store everything (``--mode ingest``: no signal pipeline; alarms from the numerics).
 ``--event-beds`` of the beds are scripted: their patient goes into ventricular tachycardia
@@ -273,7 +273,9 @@ async def run_config(cfg: Config, args: argparse.Namespace, pg: Any, index: int)
         events = min(args.event_beds, cfg.beds)
         result.event_beds = events
         t0 = time.monotonic()
-        sims = start_simulators(mqtt, SITE, cfg.beds - events, args.sim_procs, seconds)
+        sims = start_simulators(
+            mqtt, SITE, cfg.beds - events, args.sim_procs, seconds, frame_s=args.frame
+        )
         if events:
             sims += start_simulators(
                 mqtt[1:] + mqtt[:1],
@@ -281,6 +283,7 @@ async def run_config(cfg: Config, args: argparse.Namespace, pg: Any, index: int)
                 events,
                 1,
                 seconds,
+                frame_s=args.frame,
                 scenario=EVENT_SCENARIO,
                 events_at_s=args.events_at,
             )
@@ -513,7 +516,8 @@ async def run_all(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()[0]
     modes = {"full": [True], "ingest": [False], "both": [False, True]}[args.mode]
     print(
-        f"{args.duration:g} s of publishing per configuration; NATS x{args.nodes}, "
+        f"{args.duration:g} s of publishing per configuration in {args.frame:g} s frames; "
+        f"NATS x{args.nodes}, "
         f"{args.partitions} partitions; {os.cpu_count()} CPUs, load average {load_before:.1f}",
         flush=True,
     )
@@ -560,6 +564,9 @@ def main() -> None:
         "--ownership-ttl", type=float, help="EICU_OWNERSHIP_TTL_S (default: the worker's, 10 s)"
     )
     parser.add_argument("--sim-procs", type=int, default=2)
+    parser.add_argument(
+        "--frame", type=float, default=0.25, help="seconds of waveform in a gateway's message"
+    )
     parser.add_argument("--event-beds", type=int, default=5, help="beds that go into VT")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument(
