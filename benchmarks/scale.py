@@ -7,9 +7,10 @@ partitions over MQTT persistent sessions and acknowledging after persist. Only w
 logs say every partition is read (``subscribed to eicu/p/<k>/#``, the partitions shared fairly)
 do simulator processes (a gateway connection per 16 beds, spread over the nodes) publish
 ``--beds`` standard beds in real time for ``--duration`` seconds: ECG II and V at 250 Hz, PLETH
-and ABP at 125 Hz, RESP at 62.5 Hz in ``--frame`` s frames (0.25 by default) and numerics every second, QoS 1. In the
-default ``--mode full`` the workers run every bed's signal pipeline, the scores and the alarm
-stage, and store everything (``--mode ingest``: no signal pipeline; alarms from the numerics).
+and ABP at 125 Hz, RESP at 62.5 Hz in frames of ``--frame`` seconds (0.25 by default) and
+numerics every second, QoS 1. In the default ``--mode full`` the workers run every bed's
+signal pipeline, the scores and the alarm stage, and store everything (``--mode ingest``: no
+signal pipeline; alarms from the numerics).
 ``--event-beds`` of the beds are scripted: their patient goes into ventricular tachycardia
 (heart rate about 155-195/min) ``--events-at`` seconds after their simulator started. The
 simulators publish for ``--warmup`` + ``--duration`` seconds; the measured window starts
