@@ -66,7 +66,9 @@ def test_a_regular_pulse_changes_nothing_about_vt_on_reliable_ecg() -> None:
     decision = decide("VTACH", [VT_RUN, replace(VT_RUN, signal="ECG_V")], [REGULAR_PULSE])
     assert decision.true_alarm is True, decision.reason
     # a monomorphic VT is regular and its beats may not be called ventricular: still wide
-    regular_wide = replace(SINUS, n_ventricular=0, max_v_3s=0, rr_cv=0.02, qrs_width_ms=160.0)
+    regular_wide = replace(
+        SINUS, n_ventricular=0, max_v_3s=0, rr_cv=0.02, qrs_width_ms=160.0, fast_run_bpm=150.0
+    )
     assert decide("VTACH", [regular_wide], [REGULAR_PULSE]).true_alarm is True
     # nor about VF on a usable lead showing fibrillatory windows
     fib = replace(SINUS, fib_windows=3, n_beats=2, rr_cv=float("inf"))
@@ -78,11 +80,13 @@ def test_reliable_ecg_decides_alone() -> None:
     assert decide("VTACH", [SINUS, replace(SINUS, signal="ECG_V")], []).true_alarm is False
     # one usable lead that cannot rule out a run keeps the alarm
     assert decide("VTACH", [SINUS, replace(VT_RUN, signal="ECG_V")], []).true_alarm is True
-    # a single ventricular beat, an irregular window, an unmeasured width: not ruled out
+    # a single ventricular beat, an irregular window at VT's rate, an unmeasured width at VT's
+    # rate, too few beats: not ruled out
+    fast = replace(SINUS, fast_run_bpm=130.0, rate_bpm=125.0, min_rr_s=0.46)
     for ld in (
         replace(SINUS, n_ventricular=1, max_v_3s=1),
-        replace(SINUS, rr_cv=0.25),
-        replace(SINUS, qrs_width_ms=float("nan")),
+        replace(fast, rr_cv=0.25),
+        replace(fast, qrs_width_ms=float("nan")),
         replace(SINUS, n_beats=2),
     ):
         assert decide("VTACH", [ld], [REGULAR_PULSE]).true_alarm is True
@@ -95,6 +99,33 @@ def test_reliable_ecg_decides_alone() -> None:
     af = replace(SINUS, rr_cv=0.22, kurtosis=9.0)
     assert decide("AFIB", [af], [REGULAR_PULSE]).true_alarm is True
     assert decide("AFIB", [replace(af, rr_cv=0.03)], []).true_alarm is False
+
+
+def test_no_vt_where_every_usable_lead_is_slower_than_vt_without_a_ventricular_beat() -> None:
+    """VT is a ventricular rhythm at 100/min or faster (VT_BPM; the policy's VTACH: 5 beats at
+    >= 100/min). A usable lead on which no run of 5 beats reaches that rate and no beat is
+    called ventricular shows no VT, whatever its regularity or QRS width (atrial fibrillation
+    at 75/min, bundle-branch block): the alarm is false. At VT's rate a wide complex (or one
+    whose width is unknown) is VT until shown otherwise, and an irregular window may hide a run
+    the beat classifier missed: those alarms stand."""
+    slow_af = replace(SINUS, rr_cv=0.25, min_rr_s=0.6, max_rr_s=1.2)
+    slow_bbb_af = replace(slow_af, qrs_width_ms=160.0)
+    for ld in (slow_af, slow_bbb_af, replace(slow_af, qrs_width_ms=float("nan"))):
+        assert decide("VTACH", [ld, replace(ld, signal="ECG_V")], []).true_alarm is False
+    # a regular wide-complex tachycardia with no beat called ventricular: VT until shown otherwise
+    wct = replace(SINUS, fast_run_bpm=118.0, rate_bpm=117.0, min_rr_s=0.5, qrs_width_ms=146.0)
+    fast_af = replace(slow_af, fast_run_bpm=130.0, rate_bpm=110.0, min_rr_s=0.45)
+    for ld in (
+        wct,
+        fast_af,  # irregular at VT's rate, narrow: a missed run is not ruled out
+        replace(slow_af, fast_run_bpm=100.0),  # exactly VT's rate
+        replace(slow_af, n_ventricular=1, max_v_3s=1),  # a ventricular beat
+        replace(slow_af, fib_windows=1),  # a fibrillatory window
+        replace(slow_af, n_beats=4, fast_run_bpm=0.0),  # no run of 5 beats to measure
+    ):
+        assert decide("VTACH", [ld], [REGULAR_PULSE]).true_alarm is True, ld
+    # one usable lead slow and clean, the other at VT's rate with ventricular beats: stands
+    assert decide("VTACH", [slow_af, replace(VT_RUN, signal="ECG_V")], []).true_alarm is True
 
 
 def test_af_is_judged_only_on_leads_that_look_like_ecg() -> None:

@@ -16,11 +16,13 @@ good quality and disagree cannot both be right).
 
 - Reliable ECG: the ECG alone decides. Pulses, whatever they show, change nothing: VT with a
   pulse is still VT. A VTACH alarm is false only when every usable lead shows an organised
-  narrow-complex rhythm without a ventricular run (``_organised``); a VFIB alarm only when no
-  usable lead shows a fibrillatory window; ASYSTOLE only when a usable lead shows QRS
-  complexes less than 4 s apart; BRADY and TACHY when no usable lead shows an interval beyond
-  the limit; AFIB when every usable lead beats regularly through the window (interval
-  coefficient of variation below ``ECG_REGULAR_CV``: AF is irregularly irregular).
+  narrow-complex rhythm without a ventricular beat (``_organised``) or a rhythm slower than VT
+  (no run of ``VT_BEATS`` beats at ``VT_BPM``) without a ventricular beat
+  (``_slower_than_vt``); a VFIB alarm only when no usable lead shows a fibrillatory window;
+  ASYSTOLE only when a usable lead shows QRS complexes less than 4 s apart; BRADY and TACHY
+  when no usable lead shows an interval beyond the limit; AFIB when every usable lead beats
+  regularly through the window (interval coefficient of variation below ``ECG_REGULAR_CV``:
+  AF is irregularly irregular).
 - Unreliable ECG (noise or artefact on every lead, or leads that disagree): other signals may
   reject the alarm. A pulse signal of good quality that beats throughout the window makes
   ASYSTOLE false; one that beats regularly (interval coefficient of variation below
@@ -320,6 +322,18 @@ def _organised(ld: LeadEvidence, rule: VtRule) -> bool:
     )
 
 
+def _slower_than_vt(ld: LeadEvidence, rule: VtRule) -> bool:
+    """A lead on which no run of VT_BEATS beats reaches VT's rate (VT_BPM) and no beat is called
+    ventricular, with no fibrillatory window: no VT, whatever the rhythm's regularity or QRS
+    width. Not so when the run cannot be measured (fewer than VT_BEATS beats)."""
+    return (
+        ld.n_beats >= VT_BEATS
+        and ld.fast_run_bpm < VT_BPM
+        and ld.max_v_3s < rule.max_v_3s
+        and ld.fib_windows == 0
+    )
+
+
 def usable_leads(leads: list[LeadEvidence], rule: VtRule | None = None) -> list[LeadEvidence]:
     """The leads the ECG can be judged on; empty when the ECG is unreliable.
 
@@ -354,9 +368,11 @@ def decide(
     if usable:
         names = ", ".join(ld.signal for ld in usable)
         if label == "VTACH":
-            if all(_organised(ld, rule) for ld in usable):
+            if all(_organised(ld, rule) or _slower_than_vt(ld, rule) for ld in usable):
                 return made(
-                    False, f"organised narrow-complex rhythm on every usable lead ({names})"
+                    False,
+                    "organised narrow-complex rhythm, or slower than VT without a ventricular "
+                    f"beat, on every usable lead ({names})",
                 )
             return made(True, f"a usable lead ({names}) does not rule out a ventricular run")
         if label in ("VFIB", "VFLUTTER"):
