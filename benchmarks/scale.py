@@ -39,6 +39,10 @@ changing hands while the beds published):
   (comparable with benchmarks/bus.py), ``pg cores``: PostgreSQL's CPU in the window (all its
   processes), ``rows/s``: numerics and waveform rows written per second of data (whole run),
   ``MB/bed-h``: the database's growth per bed-hour of data (whole run, indexes included);
+- ``dups``: messages the workers received a second time and dropped as duplicates (whole run;
+  ``eicu_ingest_duplicates``). With no worker lost, each is one NATS sent again because its
+  ``ack_wait`` (5 s) passed while a worker still held it unacknowledged: the workers were
+  further behind than the acknowledgement window allows (``--max-ack-pending``, docs/bus.md);
 - alarm latency beyond the condition delay: for each event bed, the first ``HR_HIGH`` alarm
   (delay from the policy, 10 s by default) and, in full mode, the first ``VTACH``: when the
   worker recorded it (``alarm_events.recorded``, read back from the store) minus the event's
@@ -136,7 +140,15 @@ def worker_child() -> None:
     asyncio.run(main())
     dev = metrics.device_latency.percentiles((50.0, 99.0))
     rx = metrics.latency.percentiles((50.0, 99.0))
+    # messages the broker sent again that the worker dropped (ack_wait passed while it held them)
+    duplicates = sum(
+        sample.value
+        for family in metrics.duplicates.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
     doc = {
+        "duplicates": int(duplicates),
         "dev_p50_s": dev[50.0],
         "dev_p99_s": dev[99.0],
         "rx_p50_s": rx[50.0],
@@ -185,6 +197,7 @@ class Result:
     stable_alarms: dict[str, int] = field(default_factory=dict)  # kind -> started on stable beds
     behind: int = 0  # messages the simulators did not publish or saw unacknowledged
     load: float = 0.0  # the machine's load average (1 min) at the end of the window
+    duplicates: int = 0  # messages the workers received again and dropped, whole run
     moves: int = 0  # partitions lost, handed over or claimed while the beds published
 
 
@@ -369,6 +382,7 @@ async def run_config(cfg: Config, args: argparse.Namespace, pg: Any, index: int)
         result.dev_p99_ms = _worst(result.dev_p99_ms, doc["dev_p99_s"] * 1000)
         result.rx_p50_ms = _worst(result.rx_p50_ms, doc["rx_p50_s"] * 1000)
         result.rx_p99_ms = _worst(result.rx_p99_ms, doc["rx_p99_s"] * 1000)
+        result.duplicates += int(doc.get("duplicates", 0))
     return result
 
 
@@ -458,7 +472,8 @@ def print_header() -> None:
         f"{'beds':>5} {'wkrs':>4} {'mode':>6} {'split':>7} {'msg/s':>6} {'once':>5} "
         f"{'drain s':>7} {'dev->db p50/p99 ms':>19} {'rx->db p50/p99 ms':>18} {'cores':>5} "
         f"{'ms/bed-s':>8} {'RSS MB':>6} "
-        f"{'brk s/1k':>8} {'pg cores':>8} {'rows/s':>7} {'MB/bed-h':>8} {'load':>5}",
+        f"{'brk s/1k':>8} {'pg cores':>8} {'rows/s':>7} {'MB/bed-h':>8} {'dups':>6} "
+        f"{'load':>5}",
         flush=True,
     )
 
@@ -480,7 +495,8 @@ def print_result(r: Result) -> None:
         f"{r.dev_p50_ms:>9.0f}/{r.dev_p99_ms:<9.0f} {r.rx_p50_ms:>8.0f}/{r.rx_p99_ms:<9.0f} "
         f"{r.cores:>5.2f} {r.ms_per_bed_s:>8.2f} "
         f"{r.rss_mb:>6.0f} {r.broker_s_per_1k:>8.3f} {r.pg_cores:>8.2f} {r.rows_per_s:>7.0f} "
-        f"{r.mb_per_bed_h:>8.1f} {r.load:>5.1f}" + (f"  ({'; '.join(flags)})" if flags else ""),
+        f"{r.mb_per_bed_h:>8.1f} {r.duplicates:>6d} {r.load:>5.1f}"
+        + (f"  ({'; '.join(flags)})" if flags else ""),
         flush=True,
     )
     if r.event_beds:
@@ -560,7 +576,12 @@ def main() -> None:
     )
     parser.add_argument("--nodes", type=int, choices=[1, 3], default=1, help="NATS nodes")
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--max-ack-pending", type=int, default=4096, help="per partition session")
+    parser.add_argument(
+        "--max-ack-pending",
+        type=int,
+        default=1024,
+        help="per partition session (nats_config's default; docs/bus.md says how to size it)",
+    )
     parser.add_argument(
         "--ownership-ttl", type=float, help="EICU_OWNERSHIP_TTL_S (default: the worker's, 10 s)"
     )

@@ -208,8 +208,11 @@ class StoreWriter:
         self._seal()
 
     def _release_overdue(self, now_us: int) -> None:
-        """Release beds whose frames have waited too long (the bed went quiet)."""
-        limit_us = 2 * self._settings.waveform_segment_s * 1e6 + 1e6
+        """Release beds whose frames have waited a second longer than a segment takes to arrive
+        (the bed went quiet, or its frames come late). Their messages are acknowledged only once
+        written, and a broker sends a message again when it has waited its ``ack_wait`` (NATS:
+        5 s, docs/bus.md): a quiet bed's last frames are written well before that."""
+        limit_us = (self._settings.waveform_segment_s + 1.0) * 1e6
         for bed in [b for b, t in self._held_us.items() if now_us - t > limit_us]:
             self._release(bed)
 

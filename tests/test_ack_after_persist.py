@@ -228,6 +228,51 @@ async def test_a_message_is_durable_once_its_frames_are_stored(tmp_path: Path) -
         await store.close()
 
 
+async def test_a_quiet_beds_held_frames_are_written_before_the_broker_sends_them_again(
+    tmp_path: Path,
+) -> None:
+    """A bed's waveform frames wait in memory, unacknowledged, until a storage segment's worth
+    has come. When the bed goes quiet they are written a second after a segment would have
+    filled (EICU_WAVEFORM_SEGMENT_S + 1 s from the first frame's receipt), well within NATS's
+    ack_wait (MQTT_ACK_WAIT_S, 5 s), after which the broker would send them again."""
+    import numpy as np
+
+    from eicu.devservices import MQTT_ACK_WAIT_S
+    from eicu.models import SignalBlock, WaveformFrame
+
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.open()
+    try:
+        settings = IngestSettings(spool_dir=tmp_path / "s")
+        writer = StoreWriter(store, settings, IngestMetrics())
+        bed = BedKey("site", "bed1")
+        t0 = 1_700_000_000_000_000
+        receipts = []
+        for i in range(2):  # half a second of a 2 s segment, then nothing
+            block = SignalBlock("ECG_II", 250.0, 200.0, 0, np.zeros(62, dtype=np.int16))
+            receipt = writer.receipt = Receipt()
+            writer.add(
+                WaveformFrame(bed, i, t0 + i * 250_000, (block,), received_us=t0 + i * 250_000)
+            )
+            writer.receipt = None
+            receipt.sealed = True
+            receipts.append(receipt)
+        segment_s = settings.waveform_segment_s
+        writer._release_overdue(t0 + int((segment_s + 0.9) * 1e6))
+        writer._seal()
+        assert await writer._write_pending()
+        assert not any(r.durable for r in receipts)  # still waiting for the rest of the segment
+        released_us = t0 + int((segment_s + 1.1) * 1e6)
+        assert released_us - t0 < (MQTT_ACK_WAIT_S - 1.5) * 1e6
+        writer._release_overdue(released_us)
+        writer._seal()
+        assert await writer._write_pending()
+        assert all(r.durable for r in receipts)
+        assert (await store.stats())["beds"]["site/bed1"] == {"messages": 2, "samples": 124}
+    finally:
+        await store.close()
+
+
 @pytest.mark.broker
 async def test_what_is_published_while_the_kernels_warm_up_is_kept(
     broker: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
