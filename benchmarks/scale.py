@@ -39,9 +39,10 @@ changing hands while the beds published):
   (comparable with benchmarks/bus.py), ``pg cores``: PostgreSQL's CPU in the window (all its
   processes), ``rows/s``: numerics and waveform rows written per second of data (whole run),
   ``MB/bed-h``: the database's growth per bed-hour of data (whole run, indexes included);
-- ``dups``: messages the workers received a second time and dropped as duplicates (whole run;
-  ``eicu_ingest_duplicates``). With no worker lost, each is one NATS sent again because its
-  ``ack_wait`` (5 s) passed while a worker still held it unacknowledged: the workers were
+- ``dups``: messages the workers received a second time (whole run): dropped as duplicates
+  (``eicu_ingest_duplicates``) or passed over unread, still held from the first time
+  (``eicu_ingest_redelivered_held``). With no worker lost, each is one NATS sent again because
+  its ``ack_wait`` (5 s) passed while a worker still held it unacknowledged: the workers were
   further behind than the acknowledgement window allows (``--max-ack-pending``, docs/bus.md);
 - alarm latency beyond the condition delay: for each event bed, the first ``HR_HIGH`` alarm
   (delay from the policy, 10 s by default) and, in full mode, the first ``VTACH``: when the
@@ -140,15 +141,20 @@ def worker_child() -> None:
     asyncio.run(main())
     dev = metrics.device_latency.percentiles((50.0, 99.0))
     rx = metrics.latency.percentiles((50.0, 99.0))
-    # messages the broker sent again that the worker dropped (ack_wait passed while it held them)
-    duplicates = sum(
-        sample.value
-        for family in metrics.duplicates.collect()
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    )
+
+    def counted(counter: Any) -> int:
+        return int(
+            sum(
+                sample.value
+                for family in counter.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            )
+        )
+
     doc = {
-        "duplicates": int(duplicates),
+        # messages the broker sent again (ack_wait passed while the worker held them)
+        "duplicates": counted(metrics.duplicates) + counted(metrics.redelivered_held),
         "dev_p50_s": dev[50.0],
         "dev_p99_s": dev[99.0],
         "rx_p50_s": rx[50.0],

@@ -58,6 +58,13 @@ class IngestMetrics:
         self.duplicates = Counter(
             "eicu_ingest_duplicates", "Messages seen twice (dropped)", ["kind"], registry=r
         )
+        self.redelivered_held = Counter(
+            "eicu_ingest_redelivered_held",
+            "Messages the broker sent again while this engine still held them unacknowledged "
+            "(its ack_wait passed: the engine is further behind than its window allows); "
+            "passed over",
+            registry=r,
+        )
         self.gaps = Counter(
             "eicu_ingest_gap_messages", "Messages missing in sequence gaps", ["kind"], registry=r
         )

@@ -396,6 +396,7 @@ class Ingest:
                     None if reader.partition is None else reader.partition,
                     client_id=reader.client_id,
                     topic_filter=reader.filters,
+                    on_held_redelivery=self._metrics.redelivered_held.inc,
                 )
             )
             reader.attach(consumer)

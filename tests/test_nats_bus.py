@@ -400,6 +400,47 @@ async def test_unacknowledged_messages_come_again_after_a_clean_disconnect(
     assert set(again) <= {p for _, p in traffic}
 
 
+async def test_a_message_sent_again_while_still_held_is_not_read_twice(single: NatsServer) -> None:
+    """NATS sends a QoS 1 message again once it has waited ``ack_wait`` without its PUBACK (the
+    same packet identifier, marked DUP). A consumer that still holds it does not pass it on a
+    second time, and the PUBACK of the message it holds, sent once it is durable, answers both:
+    nothing comes again afterwards."""
+    await subscribe_once(single, range(1))
+    traffic = bed_traffic(beds=2, per_bed=3)
+    await Gateway([single]).publish_all(traffic, after=lambda n: None)
+    again: list[int] = []
+    first = PartitionConsumer(
+        settings(single, "worker"), 0, on_held_redelivery=lambda: again.append(1)
+    )
+    held: list[PartitionMessage] = []
+    async with first:
+        async with asyncio.timeout(WAIT_S):
+            async for message in first:
+                held.append(message)
+                if len(held) == len(traffic):
+                    break
+        # held past ack_wait (1 s here): every message comes again, and is passed over
+        await until(lambda: len(again) >= len(traffic), "every held message sent again")
+        assert first._queue.empty()
+        assert first.unacknowledged == len(traffic)
+        assert all(first.ack(m) for m in held)
+        await first.drain()
+        await asyncio.sleep(PUBACK_WAIT_S)  # the PUBACKs reach the broker before the DISCONNECT
+    assert sorted(m.payload for m in held) == sorted(p for _, p in traffic)
+    # Acknowledged: the partition's session holds nothing more of them.
+    topic, marker = "eicu/v1/site-a/bed-0/numerics", b"marker"
+    await Gateway([single]).publish_all([(topic, marker)], after=lambda n: None)
+    second = PartitionConsumer(settings(single, "worker"), 0)
+    seen: list[bytes] = []
+    async with second, asyncio.timeout(WAIT_S):
+        async for message in second:
+            seen.append(message.payload)
+            second.ack(message)
+            if message.payload == marker:
+                break
+    assert seen == [marker]
+
+
 # --- a broker node that dies ----------------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import re
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -171,7 +171,12 @@ class PartitionConsumer:
     ``<settings.client_id>-p<partition>`` (the session belongs to the partition, so whichever
     worker holds the partition resumes it). ``topic_filter`` (one filter or several) replaces
     ``eicu/p/<k>/#``; with ``partition=None`` it must be given, and so must ``client_id``.
-    A message's ``partition`` is the one its topic names (else the consumer's; -1 for none)."""
+    A message's ``partition`` is the one its topic names (else the consumer's; -1 for none).
+
+    A broker that sends a QoS 1 message again while it is still held here, unacknowledged (NATS
+    does after its ``ack_wait``: the same packet identifier, marked DUP), is not passed on a
+    second time: the message held is acknowledged under that identifier once it is durable, which
+    acknowledges both. ``on_held_redelivery`` is called for each such message."""
 
     def __init__(
         self,
@@ -181,8 +186,10 @@ class PartitionConsumer:
         client_id: str | None = None,
         topic_filter: str | Sequence[str] | None = None,
         prefix: str = PARTITION_PREFIX,
+        on_held_redelivery: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_held_redelivery = on_held_redelivery
         self.partition = -1 if partition is None else partition
         if topic_filter is None:
             if partition is None:
@@ -200,6 +207,8 @@ class PartitionConsumer:
         self._queue: asyncio.Queue[PartitionMessage | None] = asyncio.Queue()
         # received on this connection and not acknowledged yet
         self._pending: set[PartitionMessage] = set()
+        # the packet identifiers of those messages
+        self._pending_mids: set[int] = set()
         # packet identifiers acknowledged and not yet written, in order (see _write_pubacks)
         self._pubacks: list[int] = []
         self._pubacks_due: asyncio.Handle | None = None
@@ -316,6 +325,7 @@ class PartitionConsumer:
                 await self._client.disconnect()
         self._queue.put_nowait(None)
         self._pending = set()
+        self._pending_mids = set()
 
     async def __aenter__(self) -> PartitionConsumer:
         return await self.connect()
@@ -358,6 +368,7 @@ class PartitionConsumer:
         self._pending.discard(message)
         message.acked = True
         if message._mid is not None:
+            self._pending_mids.discard(message._mid)
             self._pubacks.append(message._mid)
             if self._pubacks_due is None:
                 self._pubacks_due = asyncio.get_running_loop().call_soon(self._write_pubacks)
@@ -399,6 +410,14 @@ class PartitionConsumer:
     ) -> None:
         if self._closed:
             return  # a finished consumer: never acknowledged, the broker sends it again
+        redelivered = bool(properties.get("dup"))
+        if mid is not None:
+            if redelivered and mid in self._pending_mids:
+                # sent again while the first is still held here: that one's PUBACK answers both
+                if self._on_held_redelivery is not None:
+                    self._on_held_redelivery()
+                return
+            self._pending_mids.add(mid)
         if isinstance(topic, bytes):  # not UTF-8: the ingest refuses it by its topic
             topic = topic.decode("utf-8", errors="replace")
         match = self._strip.match(topic)
@@ -407,7 +426,7 @@ class PartitionConsumer:
             payload=bytes(payload),
             partition=int(match.group(1)) if match else self.partition,
             partition_topic=topic,
-            redelivered=bool(properties.get("dup")),
+            redelivered=redelivered,
             _mid=mid,
         )
         self._pending.add(message)
