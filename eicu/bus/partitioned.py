@@ -72,6 +72,10 @@ _SUBACK_FAILURE: Final = 0x80
 # PUBACK (MQTT 3.1.1 § 3.4): packet type 4, remaining length 2, the message's packet identifier.
 _PUBACK: Final = struct.Struct("!BBH")
 _PUBACK_TYPE: Final = 0x40
+_DISCONNECT: Final = b"\xe0\x00"
+# How long a consumer that stops waits for the broker to close the connection after its
+# DISCONNECT (by then the broker has read the PUBACKs written before it).
+DISCONNECT_WAIT_S: Final = 2.0
 
 
 class _DropWritesToClosedSocket(logging.Filter):
@@ -313,6 +317,7 @@ class PartitionConsumer:
         acknowledged by its end: the broker sends it again."""
         if self._closed:
             return
+        live = self._live
         self._write_pubacks()
         self._live, self._closed = False, True
         if self._pubacks_due is not None:
@@ -320,12 +325,36 @@ class PartitionConsumer:
             self._pubacks_due = None
         self._pubacks = []
         if self._client is not None:
-            # gmqtt closes the transport (after what was written) before it first yields.
-            with contextlib.suppress(Exception):
-                await self._client.disconnect()
+            if live and await self._broker_read_all(self._client):
+                with contextlib.suppress(Exception):
+                    await self._client._connection.close()  # its keep-alive timer
+            else:
+                # gmqtt closes the transport (after what was written) before it first yields.
+                with contextlib.suppress(Exception):
+                    await self._client.disconnect()
         self._queue.put_nowait(None)
         self._pending = set()
         self._pending_mids = set()
+
+    @staticmethod
+    async def _broker_read_all(client: _Client) -> bool:
+        """Sends DISCONNECT and waits, at most DISCONNECT_WAIT_S, for the broker to close the
+        connection, which it does once it has read what came before (MQTT 3.1.1, 3.14.4: the
+        server closes the connection on a DISCONNECT the client has not closed it after). A
+        broker that sees the session's client id again closes the old connection and drops what
+        it had not read of it: without this wait, the PUBACKs written last could be lost to the
+        next consumer of the session (on a busy machine, Mosquitto then sent those messages
+        again). True when the broker closed it."""
+        connection = getattr(client, "_connection", None)
+        protocol = getattr(connection, "_protocol", None)
+        if protocol is None:
+            return False
+        protocol.write_data(_DISCONNECT)
+        try:
+            await asyncio.wait_for(asyncio.shield(protocol.closed), DISCONNECT_WAIT_S)
+        except Exception:  # no answer in time, or the connection failed: gmqtt closes it
+            return False
+        return True
 
     async def __aenter__(self) -> PartitionConsumer:
         return await self.connect()
