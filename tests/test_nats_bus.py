@@ -93,6 +93,20 @@ async def until(predicate: Callable[[], bool], what: str, timeout_s: float = WAI
         await asyncio.sleep(0.02)
 
 
+async def read_until(server: NatsServer, partition: int, last: bytes) -> list[bytes]:
+    """The payloads a new consumer of ``partition``'s session reads, each acknowledged, up to
+    and including ``last``."""
+    consumer = PartitionConsumer(settings(server, "worker"), partition)
+    seen: list[bytes] = []
+    async with consumer, asyncio.timeout(WAIT_S):
+        async for message in consumer:
+            seen.append(message.payload)
+            consumer.ack(message)
+            if message.payload == last:
+                break
+    return seen
+
+
 class Received:
     """What subscribers received: (partition, topic, payload) in arrival order."""
 
@@ -388,14 +402,7 @@ async def test_unacknowledged_messages_come_again_after_a_clean_disconnect(
     # (at least once: the broker may not have handled a PUBACK before the connection closed);
     # the engine drops such a repeat by its sequence.
     unacked = [p for _, p in traffic[4:]]
-    second = PartitionConsumer(settings(single, "worker"), 0)
-    again: list[bytes] = []
-    async with second, asyncio.timeout(WAIT_S):
-        async for message in second:
-            again.append(message.payload)
-            second.ack(message)
-            if unacked[-1] in again:
-                break
+    again = await read_until(single, 0, unacked[-1])
     assert [p for p in again if p in unacked] == unacked
     assert set(again) <= {p for _, p in traffic}
 
@@ -424,21 +431,12 @@ async def test_a_message_sent_again_while_still_held_is_not_read_twice(single: N
         assert first._queue.empty()
         assert first.unacknowledged == len(traffic)
         assert all(first.ack(m) for m in held)
-        await first.drain()
-        await asyncio.sleep(PUBACK_WAIT_S)  # the PUBACKs reach the broker before the DISCONNECT
+    # closed: the broker has read the PUBACKs (close() waits for it to end the connection)
     assert sorted(m.payload for m in held) == sorted(p for _, p in traffic)
     # Acknowledged: the partition's session holds nothing more of them.
     topic, marker = "eicu/v1/site-a/bed-0/numerics", b"marker"
     await Gateway([single]).publish_all([(topic, marker)], after=lambda n: None)
-    second = PartitionConsumer(settings(single, "worker"), 0)
-    seen: list[bytes] = []
-    async with second, asyncio.timeout(WAIT_S):
-        async for message in second:
-            seen.append(message.payload)
-            second.ack(message)
-            if message.payload == marker:
-                break
-    assert seen == [marker]
+    assert await read_until(single, 0, marker) == [marker]
 
 
 # --- a broker node that dies ----------------------------------------------------------------------
