@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import socket
 import time
 from collections import deque
@@ -31,6 +32,7 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 OVERLOAD_LOG_EVERY_S = 60.0
 # How long a partition handed over waits for what it took to be stored before it lets go.
 HANDOVER_WRITE_S = 10.0
+HELD_AGAIN_WARN_EVERY_S = 60.0
 # How long taking a partition over waits for its subscription before the next claim.
 SUBSCRIBE_WAIT_S = 10.0
 
@@ -167,6 +169,9 @@ class Ingest:
         # makes a consumer with the PartitionConsumer's interface (connect, iterate, ack,
         # drain, close), e.g. the hub's reader of a remote site's stream.
         self._sources: dict[str, Callable[[], Any]] = {}
+        # messages the broker sent again while still held here, since the last warning of them
+        self._held_again = 0
+        self._held_again_warned = -math.inf  # time.monotonic() of that warning
 
     def handle(self, topic: str, payload: bytes, received_us: int) -> None:
         """Admit, decode and pass on one message. Refused messages and bad payloads are counted
@@ -250,6 +255,23 @@ class Ingest:
         counter.inc()
         self._refused_bytes += len(payload)
         self.dead_letters.add(received_us, topic, reason, REFUSALS[reason], payload)
+
+    def _held_redelivery(self) -> None:
+        """The broker sent a message again while this engine still held it (its ``ack_wait``
+        passed): counted, and a warning at most once a minute, since it means the engine is
+        further behind than its acknowledgement window allows (docs/bus.md)."""
+        self._metrics.redelivered_held.inc()
+        self._held_again += 1
+        now = time.monotonic()
+        if now - self._held_again_warned >= HELD_AGAIN_WARN_EVERY_S:
+            log.warning(
+                "messages sent again by the broker while still held here (their ack_wait "
+                "passed before they were stored): %d since the last warning; this engine is "
+                "further behind than its acknowledgement window allows (see max_ack_pending in "
+                "docs/bus.md, or add workers)",
+                self._held_again,
+            )
+            self._held_again, self._held_again_warned = 0, now
 
     def _handle_safely(self, topic: str, payload: bytes) -> None:
         """A message that trips a fault in the engine is kept, counted and logged; the loop
@@ -396,7 +418,7 @@ class Ingest:
                     None if reader.partition is None else reader.partition,
                     client_id=reader.client_id,
                     topic_filter=reader.filters,
-                    on_held_redelivery=self._metrics.redelivered_held.inc,
+                    on_held_redelivery=self._held_redelivery,
                 )
             )
             reader.attach(consumer)

@@ -180,6 +180,31 @@ def test_a_fault_on_one_message_is_kept_and_does_not_stop_the_loop(tmp_path: Pat
     assert kept[0].payload == wire.encode_numerics(frame)
 
 
+def test_messages_sent_again_while_held_are_counted_and_warned_of_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker that sends messages again while the engine still holds them says the engine is
+    further behind than its acknowledgement window allows: each is counted
+    (eicu_ingest_redelivered_held), and an operator is told at most once a minute."""
+    from eicu.config import MqttSettings
+    from ingest.service import HELD_AGAIN_WARN_EVERY_S, Ingest
+    from ingest.state import BedRouter
+
+    metrics = IngestMetrics()
+    writer = StoreWriter(FlakyStore(), IngestSettings(spool_dir=tmp_path), metrics)  # type: ignore[arg-type]
+    ingest = Ingest(MqttSettings(), BedRouter(metrics), writer, metrics)
+    with caplog.at_level("WARNING", logger="ingest.service"):
+        for _ in range(3):
+            ingest._held_redelivery()
+        assert metrics.redelivered_held._value.get() == 3
+        warnings = [r.getMessage() for r in caplog.records if "sent again" in r.getMessage()]
+        assert len(warnings) == 1 and ": 1 since the last warning" in warnings[0]
+        ingest._held_again_warned -= HELD_AGAIN_WARN_EVERY_S  # a minute later
+        ingest._held_redelivery()
+        warnings = [r.getMessage() for r in caplog.records if "sent again" in r.getMessage()]
+        assert len(warnings) == 2 and ": 3 since the last warning" in warnings[1]
+
+
 def _numerics(bed: BedKey, seq: int, device_s: float, received_s: float) -> NumericsFrame:
     return NumericsFrame(
         bed, seq, int(device_s * 1e6), {"HR": 80.0}, received_us=int(received_s * 1e6)
