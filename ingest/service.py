@@ -32,7 +32,6 @@ NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 OVERLOAD_LOG_EVERY_S = 60.0
 # How long a partition handed over waits for what it took to be stored before it lets go.
 HANDOVER_WRITE_S = 10.0
-HELD_AGAIN_WARN_EVERY_S = 60.0
 # How long taking a partition over waits for its subscription before the next claim.
 SUBSCRIBE_WAIT_S = 10.0
 
@@ -258,12 +257,12 @@ class Ingest:
 
     def _held_redelivery(self) -> None:
         """The broker sent a message again while this engine still held it (its ``ack_wait``
-        passed): counted, and a warning at most once a minute, since it means the engine is
+        passed): counted, and a warning at most every OVERLOAD_LOG_EVERY_S, since the engine is
         further behind than its acknowledgement window allows (docs/bus.md)."""
         self._metrics.redelivered_held.inc()
         self._held_again += 1
         now = time.monotonic()
-        if now - self._held_again_warned >= HELD_AGAIN_WARN_EVERY_S:
+        if now - self._held_again_warned >= OVERLOAD_LOG_EVERY_S:
             log.warning(
                 "messages sent again by the broker while still held here (their ack_wait "
                 "passed before they were stored): %d since the last warning; this engine is "

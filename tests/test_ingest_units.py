@@ -187,7 +187,7 @@ def test_messages_sent_again_while_held_are_counted_and_warned_of_once_a_minute(
     further behind than its acknowledgement window allows: each is counted
     (eicu_ingest_redelivered_held), and an operator is told at most once a minute."""
     from eicu.config import MqttSettings
-    from ingest.service import HELD_AGAIN_WARN_EVERY_S, Ingest
+    from ingest.service import OVERLOAD_LOG_EVERY_S, Ingest
     from ingest.state import BedRouter
 
     metrics = IngestMetrics()
@@ -199,7 +199,7 @@ def test_messages_sent_again_while_held_are_counted_and_warned_of_once_a_minute(
         assert metrics.redelivered_held._value.get() == 3
         warnings = [r.getMessage() for r in caplog.records if "sent again" in r.getMessage()]
         assert len(warnings) == 1 and ": 1 since the last warning" in warnings[0]
-        ingest._held_again_warned -= HELD_AGAIN_WARN_EVERY_S  # a minute later
+        ingest._held_again_warned -= OVERLOAD_LOG_EVERY_S  # a minute later
         ingest._held_redelivery()
         warnings = [r.getMessage() for r in caplog.records if "sent again" in r.getMessage()]
         assert len(warnings) == 2 and ": 3 since the last warning" in warnings[1]
