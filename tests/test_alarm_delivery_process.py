@@ -59,6 +59,25 @@ def _delivery(
     return process
 
 
+async def _until_delivered(outbox: Path, key: str, timeout_s: float = 30.0) -> None:
+    """Until the delivery process's outbox records notification ``key`` as taken by its
+    receiver."""
+    import sqlite3
+
+    def delivered() -> bool:
+        db = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = db.execute("SELECT delivered_us FROM deliveries WHERE key = ?", (key,)).fetchone()
+        finally:
+            db.close()
+        return row is not None and row[0] is not None
+
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(delivered):
+        assert time.monotonic() < deadline, f"{key} not recorded as delivered in {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
 async def _engine(tmp_path: Path, broker: Mosquitto, store: Store) -> Engine:
     """An engine that publishes its alarm events for delivery and pages nobody itself."""
     alerting = AlertingSettings(
@@ -100,7 +119,10 @@ async def test_a_delivery_process_pages_escalates_and_stops_through_a_sigkill(
         alarm_id = nurse.body["alarm_id"]
         assert nurse.body["role"] == "bedside_nurse" and nurse.body["bed"] == "vt"
 
-        # A crash right after the nurse's page; a new process on the same outbox goes on.
+        # A crash right after the nurse's page was taken and recorded (a crash between the
+        # receiver's answer and the record sends it again under the same idempotency key, for
+        # the receiver to drop); a new process on the same outbox goes on.
+        await _until_delivered(tmp_path / "delivery.db", nurse.key)
         delivery.kill()
         again = _delivery(tmp_path, broker, db_url, hook, processes)
         await asyncio.to_thread(again.wait_ready)
