@@ -205,6 +205,7 @@ class AlarmService:
                     verify=engine.signals.verifier(bed),
                     clock_us=state.device_now_us(now_us) - delay_us,
                     unacknowledged=self.machine.unacknowledged(bed),
+                    tracked=self.machine.tracked(bed),
                     clock_fault=state.clock_fault_at(now_us),
                     new_bed=state.new,
                     times=DataTimes(

@@ -404,3 +404,72 @@ def test_an_unacknowledged_greater_alarm_keeps_the_lesser_one_quiet() -> None:
     assert not tachy.present and tachy.detail == "superseded by VTACH"
     out = rhythm_conditions(BED, POLICY, NOW, ["TACHY"], unacknowledged={"AFIB", "HR_HIGH"})
     assert {c.kind for c in out.conditions if c.present} == {"TACHY"}
+
+
+def test_absent_conditions_are_reported_only_for_the_kinds_under_way_when_asked() -> None:
+    """``tracked`` (the kinds with an alarm or a pending onset) leaves out the reports that a
+    rhythm or limit condition is absent for every other kind; present ones always come."""
+    latest = {"HR": (80.0, NOW), "SPO2": (85.0, NOW)}
+    full = by_kind(
+        evaluate_bed(BED, POLICY, NOW, latest=latest, status="online", last_seen_us=NOW).conditions
+    )
+    assert full["HR_HIGH"] is False and full["VTACH"] is False and full["SPO2_LOW"] is True
+    out = evaluate_bed(
+        BED, POLICY, NOW, latest=latest, status="online", last_seen_us=NOW, tracked={"HR_HIGH"}
+    )
+    lean = by_kind(out.conditions)
+    assert lean["HR_HIGH"] is False and lean["SPO2_LOW"] is True
+    assert "VTACH" not in lean and "HR_LOW" not in lean
+    assert {k for k, present in full.items() if present} == {
+        k for k, present in lean.items() if present
+    }
+    rhythm = rhythm_conditions(BED, POLICY, NOW, ["VTACH"], tracked={"TACHY"})
+    assert {c.kind: c.present for c in rhythm.conditions} == {"VTACH": True, "TACHY": False}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.floats(20, 220, allow_nan=False)),  # HR
+            st.one_of(st.none(), st.floats(70, 100, allow_nan=False)),  # SpO2
+            st.sets(st.sampled_from(["ASYSTOLE", "BRADY", "TACHY", "VTACH", "VFIB", "AFIB"])),
+            st.integers(1, 8),  # seconds to the next evaluation
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_leaving_out_absent_conditions_of_untracked_kinds_changes_no_alarm(
+    steps: list[tuple[float | None, float | None, set[str], int]],
+) -> None:
+    """Two state machines judge the same bed, one fed every condition, one fed the absent ones
+    only for the kinds it tracks (as the alarm service does): the same events, in order."""
+    from eicu.alarms.state import AlarmStateMachine
+
+    every, lean = AlarmStateMachine(POLICY), AlarmStateMachine(POLICY)
+    now = NOW
+    latest: dict[str, tuple[float | None, int]] = {}
+    for hr, spo2, rhythms, dt_s in steps:
+        now += dt_s * S
+        if hr is not None:
+            latest["HR"] = (hr, now)
+        if spo2 is not None:
+            latest["SPO2"] = (spo2, now)
+        events = []
+        for machine, tracked in ((every, None), (lean, lean.tracked(BED))):
+            out = evaluate_bed(
+                BED,
+                POLICY,
+                now,
+                latest=latest,
+                status="online",
+                last_seen_us=now,
+                rhythms=rhythms,
+                unacknowledged=machine.unacknowledged(BED),
+                tracked=tracked,
+            )
+            events.append(machine.observe(list(out.conditions), now))
+        assert events[0] == events[1]
+        assert every.unacknowledged(BED) == lean.unacknowledged(BED)
+        assert every.due_us(BED) == lean.due_us(BED)

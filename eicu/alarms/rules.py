@@ -21,7 +21,7 @@ the bed's silence, the times in :class:`DataTimes`. Where a time is not known, t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -147,9 +147,11 @@ def vital_conditions(
     now_us: int,
     latest: Mapping[str, tuple[float | None, int]],
     clock_us: int | None = None,
+    tracked: Container[str] | None = None,
 ) -> list[AlarmCondition]:
     """Limit conditions from the latest numerics, and each monitored parameter's availability.
-    Ages are judged at ``clock_us`` on the device's clock (default ``now_us``)."""
+    Ages are judged at ``clock_us`` on the device's clock (default ``now_us``). ``tracked``:
+    see :func:`evaluate_bed`."""
     age_at = now_us if clock_us is None else clock_us
     out: list[AlarmCondition] = []
     unavailable: dict[str, bool] = {}
@@ -170,6 +172,8 @@ def vital_conditions(
             continue  # unknown: neither present nor ended
         key, (value, ts_us) = found
         present = c.beyond(value, c.limit)
+        if not present and tracked is not None and c.kind not in tracked:
+            continue
         priority = c.priority
         if (
             present
@@ -202,6 +206,8 @@ def vital_conditions(
         c = policy.condition(kind)
         if c.rule == "spo2_probe":
             continue  # reported by probe_conditions, which also looks at the pleth
+        if not missing and tracked is not None and kind not in tracked:
+            continue
         since = _missing_since(latest, policy, keys.get(kind, c.params)) if missing else None
         out.append(
             AlarmCondition(
@@ -369,6 +375,7 @@ def rhythm_conditions(
     verify: Verify | None = None,
     unacknowledged: Iterable[str] = (),
     onsets: Mapping[str, int] | None = None,
+    tracked: Container[str] | None = None,
 ) -> RuleOutput:
     """One condition per rhythm flag in the policy: present while the flag is active, from the
     flag's first sample (``onsets``: label -> bed-clock time; default ``now_us``).
@@ -380,7 +387,7 @@ def rhythm_conditions(
     whose alarm is still unacknowledged (``unacknowledged``: the bed's condition kinds with an
     active or latched alarm), is reported ended instead, naming the one it gave way to.
     """
-    checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify, onsets or {})
+    checked = _rhythm_conditions(bed, policy, now_us, rhythms, verify, onsets or {}, tracked)
     label = {c.kind: c.label or "" for c in policy.of_rules("rhythm")}
     sounding = {label[c.kind] for c in checked.conditions if c.present}
     sounding.update(label[kind] for kind in unacknowledged if kind in label)
@@ -400,6 +407,7 @@ def _rhythm_conditions(
     rhythms: Iterable[str],
     verify: Verify | None,
     onsets: Mapping[str, int],
+    tracked: Container[str] | None = None,
 ) -> RuleOutput:
     """:func:`rhythm_conditions` before the chains are applied."""
     active = set(rhythms)
@@ -408,18 +416,11 @@ def _rhythm_conditions(
     for c in policy.of_rules("rhythm"):
         if c.label is None:
             continue
-        present = c.label in active
-        at_us = onsets.get(c.label, now_us) if present else now_us
-        condition = _condition(
-            bed,
-            c,
-            at_us,
-            present=present,
-            detail=c.label,
-        )
-        if not condition.present:
-            out.append(condition)
+        if c.label not in active:
+            if tracked is None or c.kind in tracked:
+                out.append(_condition(bed, c, now_us, present=False, detail=c.label))
             continue
+        at_us = onsets.get(c.label, now_us)
         verdict: bool | None = None
         reason = ""
         if verify is not None:
@@ -525,6 +526,7 @@ def evaluate_bed(
     clock_fault: str | None = None,
     new_bed: bool = False,
     times: DataTimes = NO_TIMES,
+    tracked: Container[str] | None = None,
 ) -> RuleOutput:
     """Every rule of ``policy`` for one bed at ``now_us``.
 
@@ -546,6 +548,12 @@ def evaluate_bed(
     typically the bed's ``BedSignalPipeline.verify_alarm``; ``unacknowledged`` the kinds of the
     bed's active or latched alarms (``AlarmStateMachine.unacknowledged``); ``times`` the bed-clock
     times of the data behind the conditions without a value of their own (:class:`DataTimes`).
+
+    ``tracked``: the kinds the caller has anything under way of (an alarm, a pending onset;
+    ``AlarmStateMachine.tracked``). Given, the rhythm and limit conditions that are not present
+    are reported only for those kinds: for any other kind a report that it is absent changes
+    nothing (the state machine passes it over), and a bed's rules run every second. None (the
+    default): every condition is reported, present or not.
     """
     bed_level = bed_conditions(bed, policy, now_us, status, last_seen_us, clock_fault, times)
     silent = {"bed_offline", "data_stale"}
@@ -564,14 +572,14 @@ def evaluate_bed(
     quality = quality or {}
     standby = status == "standby"
     rhythm = rhythm_conditions(
-        bed, policy, now_us, rhythms, verify, unacknowledged, times.rhythm_us
+        bed, policy, now_us, rhythms, verify, unacknowledged, times.rhythm_us, tracked
     )
     rhythms_out = list(rhythm.conditions)
     if standby and not any(v not in NO_SIGNAL for k, v in quality.items() if k.startswith("ECG")):
         rhythms_out = []  # no live ECG in standby: its rhythm flags are not judged
     measured = [
         *probe_conditions(bed, policy, now_us, latest, quality, clock_us, times.quality_us),
-        *vital_conditions(bed, policy, now_us, latest, clock_us),
+        *vital_conditions(bed, policy, now_us, latest, clock_us, tracked),
     ]
     if standby:
         # Monitoring paused at the bedside: sensors off and values missing are expected, so the

@@ -38,7 +38,7 @@ microsecond after.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -116,6 +116,41 @@ class _Track:
         )
 
 
+class _TrackTable(dict[tuple[BedKey, str], _Track]):
+    """The tracks by (bed, kind), with the kinds each bed has a track of kept beside them: the
+    alarm service asks once a second per bed which of its conditions are under way, and a bed
+    has tracks of few of its policy's kinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: dict[BedKey, set[str]] = {}
+
+    def __setitem__(self, key: tuple[BedKey, str], track: _Track) -> None:
+        super().__setitem__(key, track)
+        self.kinds.setdefault(key[0], set()).add(key[1])
+
+    def __delitem__(self, key: tuple[BedKey, str]) -> None:
+        super().__delitem__(key)
+        self._unindex(key)
+
+    def pop(self, key: tuple[BedKey, str], *default: Any) -> Any:
+        if key in self:
+            self._unindex(key)
+        return super().pop(key, *default)
+
+    def _unindex(self, key: tuple[BedKey, str]) -> None:
+        kinds = self.kinds.get(key[0])
+        if kinds is not None:
+            kinds.discard(key[1])
+            if not kinds:
+                del self.kinds[key[0]]
+
+    def of(self, bed: BedKey) -> Iterator[tuple[str, _Track]]:
+        """``bed``'s tracks, by kind."""
+        for kind in tuple(self.kinds.get(bed, ())):
+            yield kind, self[(bed, kind)]
+
+
 def alarm_id(bed: BedKey, kind: str, onset_us: int) -> str:
     """The id of the alarm of ``kind`` on ``bed`` whose episode began with data at ``onset_us``
     (bed clock): ``{site}/{bed}/{kind}/{onset_us}``."""
@@ -130,7 +165,7 @@ class AlarmStateMachine:
     ) -> None:
         self._policy = policy
         self._bed_policies: dict[BedKey, AlarmPolicy] = dict(bed_policies or {})
-        self._tracks: dict[tuple[BedKey, str], _Track] = {}
+        self._tracks = _TrackTable()
         # The onset of the latest alarm of each (bed, kind), so that a new episode's id is new.
         self._last_onset: dict[tuple[BedKey, str], int] = {}
         self._now_us: int | None = None
@@ -258,22 +293,33 @@ class AlarmStateMachine:
     def unacknowledged(self, bed: BedKey) -> set[str]:
         """The condition kinds of ``bed`` whose alarm is active or latched."""
         live = (AlarmState.ACTIVE, AlarmState.LATCHED)
+        conditions = self.policy_for(bed).conditions
         return {
             kind
-            for kind in self.policy_for(bed).conditions
-            if (t := self._tracks.get((bed, kind))) is not None
-            and t.alarm is not None
-            and t.alarm.state in live
+            for kind, t in self._tracks.of(bed)
+            if t.alarm is not None and t.alarm.state in live and kind in conditions
         }
+
+    def tracked(self, bed: BedKey) -> frozenset[str]:
+        """The condition kinds of ``bed`` with anything under way: an alarm, a pending onset,
+        a limit-violation index. A condition that is not present changes nothing for any other
+        kind (:meth:`observe` passes it over)."""
+        return frozenset(self._tracks.kinds.get(bed, ()))
 
     def due_us(self, bed: BedKey) -> int | None:
         """When the earliest pending condition of ``bed`` will have lasted its condition delay
         (None when none is pending): an evaluation of the bed at that time can start its alarm.
         SatSeconds conditions are left out: their index grows only with reports."""
         due: int | None = None
-        for kind, cp in self.policy_for(bed).conditions.items():
-            t = self._tracks.get((bed, kind))
-            if t is None or t.alarm is not None or t.onset_us is None or cp.sat_seconds is not None:
+        conditions = self.policy_for(bed).conditions
+        for kind, t in self._tracks.of(bed):
+            cp = conditions.get(kind)
+            if (
+                cp is None
+                or t.alarm is not None
+                or t.onset_us is None
+                or cp.sat_seconds is not None
+            ):
                 continue
             at_us = t.onset_us + math.ceil(cp.delay_s * 1e6)
             due = at_us if due is None else min(due, at_us)
@@ -295,19 +341,24 @@ class AlarmStateMachine:
         Nothing changes when a condition is not in its bed's policy (ValueError).
         """
         checked = []
+        policies: dict[BedKey, Mapping[str, ConditionPolicy]] = {}
         for c in conditions:
-            cp = self.policy_for(c.bed).conditions.get(c.kind)
+            of_bed = policies.get(c.bed)
+            if of_bed is None:
+                of_bed = policies[c.bed] = self.policy_for(c.bed).conditions
+            cp = of_bed.get(c.kind)
             if cp is None:
                 raise ValueError(f"condition {c.kind!r} of bed {c.bed} is not in its policy")
             checked.append((c, cp))
         events = self.tick(now_us)
+        tracks = self._tracks
         for c, cp in checked:
             key = (c.bed, c.kind)
-            track = self._tracks.get(key)
+            track = tracks.get(key)
             if track is None:
                 if not c.present:
                     continue
-                track = self._tracks[key] = _Track()
+                track = tracks[key] = _Track()
             if c.present:
                 events.extend(self._present(c, cp, track, now_us))
             else:
