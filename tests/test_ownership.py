@@ -239,15 +239,19 @@ async def test_a_joining_worker_gets_its_share_from_the_others(
         group.start("a")
         group.start("b")
         await until(lambda: group.counts() == {"a": 6, "b": 6}, "6/6")
+        # Two workers that start together may pass partitions between them before they settle
+        # at 6/6 (one claims more than its share first); only what the join moves counts here.
+        joined = time.monotonic()
+        releases = {w: group.ownerships[w].stats.releases for w in ("a", "b")}
         group.start("c")
         await until(lambda: group.counts() == {"a": 4, "b": 4, "c": 4}, "4/4/4 after the join")
         assert group.all_owned_once()
         # Released: the highest numbers each held.
         for w in ("a", "b"):
-            released = [h for h in log.holdings if h.worker == w and h.lost != math.inf]
+            released = [h for h in log.holdings if h.worker == w and joined <= h.lost < math.inf]
             assert len(released) == 2
             assert min(h.partition for h in released) > max(group.ownerships[w].owned)
-            assert group.ownerships[w].stats.releases == 2
+            assert group.ownerships[w].stats.releases - releases[w] == 2
 
 
 # --- failures ----------------------------------------------------------------------------------
