@@ -627,19 +627,26 @@ class NatsOwnership(PartitionOwnership):
                 if before is None or before.value != value or deleted:
                     self._wake.set()
                 if view is self._owner_view and entry.key.startswith("p."):
-                    self._check_taken(entry.key, value, revision)
+                    self._check_taken(entry.key, value, revision, entry.operation)
             if entry.delta == 0:
                 ready.set()
 
-    def _check_taken(self, key: str, value: str | None, revision: int) -> None:
-        """A key this worker holds was deleted, expired or written by another worker: lost."""
+    def _check_taken(
+        self, key: str, value: str | None, revision: int, operation: str | None = None
+    ) -> None:
+        """A key this worker holds was deleted, expired or written by another worker: lost.
+        The log names the entry that took it (a client's deletion is a DEL, the server's
+        marker of an expired key is a PURGE), with its revision and the one held."""
         try:
             k = int(key[2:])
         except ValueError:
             return
         held = self._held.get(k)
         if held is not None and revision > held.revision and value != self.worker_id:
-            self._lose(k, "deleted or expired" if value is None else f"taken by {value}")
+            what = "deleted or expired" if value is None else f"taken by {value}"
+            self._lose(
+                k, f"{what} ({operation or 'a write'} at revision {revision}, held {held.revision})"
+            )
 
     def _watch_is_stale(self) -> bool:
         """This worker's own renewals no longer reach its watch: the watch is broken."""
