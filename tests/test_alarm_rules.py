@@ -473,3 +473,12 @@ def test_leaving_out_absent_conditions_of_untracked_kinds_changes_no_alarm(
         assert events[0] == events[1]
         assert every.unacknowledged(BED) == lean.unacknowledged(BED)
         assert every.due_us(BED) == lean.due_us(BED)
+        for machine in (every, lean):
+            assert machine.tracked(BED) == {kind for _, kind in machine._tracks}
+    # The index of the kinds under way follows the tracks through a restart and a hand-over.
+    restored = AlarmStateMachine.restore(lean.snapshot())
+    assert restored.tracked(BED) == {kind for _, kind in restored._tracks} <= lean.tracked(BED)
+    assert restored.unacknowledged(BED) == lean.unacknowledged(BED)
+    lean.hand_over(BED)
+    assert lean.tracked(BED) == frozenset() and lean.unacknowledged(BED) == set()
+    assert lean.due_us(BED) is None
