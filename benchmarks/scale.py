@@ -203,7 +203,7 @@ class Result:
     stable_alarms: dict[str, int] = field(default_factory=dict)  # kind -> started on stable beds
     behind: int = 0  # messages the simulators did not publish or saw unacknowledged
     load: float = 0.0  # the machine's load average (1 min) at the end of the window
-    duplicates: int = 0  # messages the workers received again and dropped, whole run
+    duplicates: int = 0  # messages the workers received again (dropped or passed over), whole run
     moves: int = 0  # partitions lost, handed over or claimed while the beds published
 
 
