@@ -17,6 +17,7 @@ import pytest
 
 from eicu.cli import main
 from eicu.kernels import vclass as k
+from eicu.signal.alarms import gather
 from eicu.signal.classify import DEFAULT_CLASSIFIER, cross_lead_ventricular
 from eicu.signal.events import Beat, Event
 from eicu.signal.pipeline import BedSignalPipeline
@@ -214,6 +215,30 @@ def test_eicu_analyze_takes_the_records_second_ecg_channel_as_the_second_lead(
         near = np.abs(pvcs[:, None] - called[None, :]).min(axis=1, initial=10**9)
         found[one_lead] = int((near <= round(0.05 * FS)).sum())
     assert found[False] == pvcs.shape[0] and found[True] == 0
+
+
+@pytest.mark.parametrize("behind_s", [0.0, 0.25, 0.6, 1.0])
+@pytest.mark.parametrize("lagging", ["ECG_II", "ECG_V"])
+def test_leads_processed_to_different_points_agree_on_the_same_beats(
+    behind_s: float, lagging: str
+) -> None:
+    """Two leads see the same beats; one has come further than the other (its chunks arrive
+    first). Their beat agreement, which decides
+    whether the ECG is reliable enough for alarm verification, compares the beats both leads
+    have judged, on one time base: a lead that is behind does not disagree."""
+    x, _ = ecg_from_rr(np.full(40, 0.8), FS, noise_mv=0.01)
+    n = (x.shape[0] // 250) * 250
+    lag = round(behind_s * FS)
+    p = BedSignalPipeline({"ECG_II": FS, "ECG_V": FS})
+    for i in range(0, n, 125):
+        for key, gain in (("ECG_II", 1.0), ("ECG_V", 0.8)):
+            if key != lagging or i + 125 <= n - lag:
+                p.push(key, gain * x[i : i + 125], i)
+    ends = {k: st.processed_to for k, st in p._sig.items()}
+    if lagging == "ECG_II" and lag:  # the second lead has been judged further
+        assert ends["ECG_II"] < ends["ECG_V"]
+    leads, _ = gather(p)
+    assert [ld.agreement for ld in leads] == [1.0, 1.0], leads
 
 
 def test_alarm_verification_judges_the_primary_lead_up_to_where_it_has_been_processed() -> None:

@@ -251,16 +251,15 @@ def gather(
     for st in ecg:
         now = ends[st.key]
         ev = lead_evidence(st, now, window_s)
-        # agreement with the best other lead (beats in seconds, 150 ms tolerance)
+        # agreement with the best other lead (150 ms tolerance), over the window both leads
+        # have judged: one may have come further than the other (its chunks arrived first, or
+        # a beat is held back for its pause on the other), and beats only one of them has
+        # judged yet are no disagreement
         others = [o for o in ecg if o is not st]
         if others:
-            mine = _beat_times_ms(st, now, window_s)
             ev = replace(
                 ev,
-                agreement=max(
-                    beat_agreement(mine, _beat_times_ms(o, ends[o.key], window_s), 150)
-                    for o in others
-                ),
+                agreement=max(_agreement(st, now, o, ends[o.key], window_s) for o in others),
             )
         leads.append(ev)
     for st in pipeline._sig.values():
@@ -278,10 +277,21 @@ def _window_end(st: _SignalState, bed_end_s: float) -> int:
     return st.processed_to if bed_end - st.processed_to <= stale_n else bed_end
 
 
+def _agreement(a: _SignalState, a_end: int, b: _SignalState, b_end: int, window_s: float) -> float:
+    """The beat agreement of two leads over the window ending where both have been judged,
+    their beat times on one time base (ms before that end)."""
+    end_s = min(a_end / a.fs_hz, b_end / b.fs_hz)
+    return beat_agreement(
+        _beat_times_ms(a, round(end_s * a.fs_hz), window_s),
+        _beat_times_ms(b, round(end_s * b.fs_hz), window_s),
+        150,
+    )
+
+
 def _beat_times_ms(st: _SignalState, now: int, window_s: float) -> np.ndarray:
-    """Beat times in ms, relative to the signal's end, within the window."""
+    """Beat times in ms, relative to ``now``, within the window that ends there."""
     lo = now - round(window_s * st.fs_hz)
-    s = np.array([b.sample for b in st.recent_beats if b.sample >= lo], dtype=np.float64)
+    s = np.array([b.sample for b in st.recent_beats if lo <= b.sample <= now], dtype=np.float64)
     return np.round((s - now) * 1000.0 / st.fs_hz).astype(np.int64)
 
 
