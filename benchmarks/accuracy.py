@@ -253,7 +253,8 @@ def _outside(idx: np.ndarray, eps: list[tuple[int, int]]) -> np.ndarray:
 
 def _called_v(beats: list[Beat], rule: tuple[float, float, float] | None = None) -> np.ndarray:
     """The pipeline's V calls, or those of another threshold setting (corr, width, steepness)
-    re-applied to the same beats' features (with the cross-lead rule at that steepness)."""
+    re-applied to the same beats' features (with the cross-lead rule at that steepness and the
+    compensatory-pause rule)."""
     if rule is None:
         return np.array([b.beat_class == "V" for b in beats], dtype=bool)
     c_max, w_min, s_max = rule
@@ -282,7 +283,21 @@ def _called_v(beats: list[Beat], rule: tuple[float, float, float] | None = None)
         feature([b.other_steep_ratio for b in beats]),
         ClassifierConfig(v_steep=s_max),
     )
-    return judged & (crossed == kv.C_V)
+    v = judged & (crossed == kv.C_V)
+    # the pipeline's compensatory-pause rule (ClassifierConfig.pause_full), on the same calls
+    cfg = DEFAULT_CLASSIFIER
+    for i in range(1, len(beats) - 1):
+        b, after = beats[i], beats[i + 1]
+        prem, corr, corr_after = b.prematurity, b.template_corr, after.template_corr
+        if not judged[i] or v[i] or prem is None or corr is None or corr_after is None:
+            continue
+        if not (prem < on_time and corr < mild) or not judged[i + 1] or v[i + 1]:
+            continue
+        dom = (b.sample - beats[i - 1].sample) / prem
+        pause = (after.sample - beats[i - 1].sample) / dom
+        if corr_after >= cfg.v_corr and abs(pause - cfg.pause_full) <= cfg.pause_tol:
+            v[i] = True
+    return v
 
 
 def _false_v_features(

@@ -76,9 +76,10 @@ def _two_leads(
     conduction). Returns (lead II, lead V, the R peaks, whether each is ventricular)."""
     vent = np.zeros(n_beats + 1, dtype=bool)  # beat 0 opens the record
     vent[12::4] = True
-    # the interval before each beat: premature before a ventricular beat, the compensatory
-    # pause after it
-    rr = np.where(vent[1:], 0.55, np.where(vent[:-1], 1.15, 0.85))
+    # the interval before each beat: premature before a ventricular beat and short after it
+    # (the beat reset the sinus node, e.g. by retrograde conduction): the two add up to far
+    # less than a full compensatory pause, so its timing does not make it ventricular either
+    rr = np.where(vent[1:], 0.55, np.where(vent[:-1], 0.7, 0.85))
     sinus, r_idx = ecg_from_rr(rr, FS, noise_mv=0.01, seed=seed)
     no_p, _ = ecg_from_rr(rr, FS, p_wave=False, noise_mv=0.01, seed=seed + 1)
     wide, _ = ecg_from_rr(rr, FS, qrs_width_s=0.16 * 2.5 / 6.0, p_wave=False, seed=seed + 2)
@@ -106,7 +107,8 @@ def test_a_beat_normal_looking_on_one_lead_is_ventricular_when_the_other_shows_i
     lead_ii, lead_v, r_idx, vent = _two_leads()
     judged = slice(20, None)  # after the templates are learnt
     alone = _called(_run({"ECG_II": lead_ii}, 0.5, ("ECG_II",)), r_idx, "ECG_II")
-    # lead II alone cannot tell: the beat is as narrow and as steep as the dominant one
+    # lead II alone cannot tell: the beat is as narrow and as steep as the dominant one, and
+    # no full compensatory pause follows it
     assert [c for c, v in zip(alone[judged], vent[judged], strict=True) if v].count("V") == 0
     both = _called(
         _run({"ECG_II": lead_ii, "ECG_V": lead_v}, 0.5, ("ECG_II", "ECG_V")), r_idx, "ECG_II"
@@ -223,7 +225,7 @@ def test_leads_processed_to_different_points_agree_on_the_same_beats(
     behind_s: float, lagging: str
 ) -> None:
     """Two leads see the same beats; one has come further than the other (its chunks arrive
-    first). Their beat agreement, which decides
+    first, or a beat on it is held back for its pause). Their beat agreement, which decides
     whether the ECG is reliable enough for alarm verification, compares the beats both leads
     have judged, on one time base: a lead that is behind does not disagree."""
     x, _ = ecg_from_rr(np.full(40, 0.8), FS, noise_mv=0.01)

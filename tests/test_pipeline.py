@@ -276,6 +276,51 @@ def test_af_features_separate_regular_from_random() -> None:
         af_features(np.r_[np.full(40, 0.8), np.nan, np.full(23, 0.8)])
 
 
+def _unlike_premature_beats(
+    after: float, seed: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sinus beats every 0.8 s with, every 8th beat, a premature beat (0.5 s after the beat
+    before it) as narrow as the sinus beats but inverted and without a P wave, the next beat
+    ``after`` s later. Returns (signal, R peaks, whether each beat is the premature one)."""
+    n = 160
+    odd = np.zeros(n + 1, dtype=bool)
+    odd[24:-8:8] = True
+    rr = np.full(n, 0.8)
+    rr[odd[1:]] = 0.5
+    rr[np.flatnonzero(odd[1:]) + 1] = after
+    x, r_idx = ecg_with_ventricular_beats(rr, odd, FS, wide_qrs_s=0.06, seed=seed)
+    return x, r_idx, odd
+
+
+def test_an_unlike_premature_beat_with_a_full_compensatory_pause_is_ventricular() -> None:
+    # A ventricular ectopic beat comes early and leaves the sinus node undisturbed: the next
+    # sinus beat comes on its own schedule, so the intervals before and after the ectopic beat
+    # add up to two sinus intervals (a full compensatory pause). An atrial premature beat
+    # resets the sinus node: the next beat follows one sinus interval after it. The intervals
+    # before and after a beat are features of ventricular ectopy in de Chazal et al. (IEEE
+    # Trans Biomed Eng 51(7):1196-1206, 2004).
+    x, r_idx, odd = _unlike_premature_beats(after=1.1)  # 0.5 + 1.1 = 2 x 0.8
+    called = np.array(_called(run(x), r_idx))
+    assert (called[odd] == "V").all(), called[odd]
+    assert (called[~odd][12:] == "N").all()
+    x, r_idx, odd = _unlike_premature_beats(after=0.8)  # the sinus node reset
+    called = np.array(_called(run(x), r_idx))
+    assert (called[odd] == "N").all(), called[odd]
+    assert (called[~odd][12:] == "N").all()
+
+
+@settings(max_examples=8, deadline=None)
+@given(chunk_s=st.floats(min_value=0.05, max_value=3.0), after=st.sampled_from([0.8, 1.1, 1.3]))
+def test_compensatory_pause_calls_chunked_equal_whole(chunk_s: float, after: float) -> None:
+    x, _, _ = _unlike_premature_beats(after=after)
+    whole = run(x, chunk_s=x.shape[0] / FS)
+    chunked = run(x, chunk_s=chunk_s)
+    assert [repr(e) for e in _sorted(chunked)] == [repr(e) for e in _sorted(whole)]
+    # beats and ticks reach the consumer in time order, whatever was held back
+    samples = [e.sample for e in chunked if isinstance(e, Beat)]
+    assert samples == sorted(samples)
+
+
 def _sorted(events: list[Event]) -> list[Event]:
     return sorted(events, key=lambda e: (type(e).__name__, e.sample, repr(e)))
 

@@ -68,6 +68,17 @@ class ClassifierConfig:
     dominant beat or not (a patient whose own QRS is already wide, bundle-branch block or
     paced, shows no wider ventricular beat). ``benchmarks/accuracy.py`` (LEADS) prints the rule
     on MIT-BIH with 0.2-0.4 beside it.
+
+    ``pause_full`` and ``pause_tol``: a beat called ``N`` that comes early (its prematurity
+    below ``premature``) and is clearly unlike the dominant beat (correlation below
+    ``v_corr_mild``) is ventricular when the intervals before and after it add up to
+    ``pause_full`` (2) dominant intervals, give or take ``pause_tol`` (0.1, 5 %): a full
+    compensatory pause. A ventricular ectopic beat leaves the sinus node undisturbed, so the
+    next sinus beat comes on its own schedule; an atrial premature beat resets it, and the next
+    beat follows about one sinus interval later (the intervals before and after a beat are
+    features of ventricular ectopy in de Chazal et al. 2004). A false detection between two
+    sinus beats (a T wave, an artefact) leaves them one interval apart (sum 1), and a beat
+    interpolated between two sinus beats is not judged by this rule.
     """
 
     match_corr: float = 0.9
@@ -87,6 +98,8 @@ class ClassifierConfig:
     paced_frac: float = 0.5
     takeover_max_bpm: float = 100.0
     cross_corr: float = 0.3
+    pause_full: float = 2.0
+    pause_tol: float = 0.1
 
 
 DEFAULT_CLASSIFIER: Final = ClassifierConfig()

@@ -22,6 +22,7 @@ back by ``CROSS_LEAD_WAIT_S`` or one chunk of the primary lead, whichever is lon
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -90,6 +91,11 @@ P_TEMPLATE_BEATS: Final = 16
 MAX_GAP_BLOCK_S: Final = 60.0
 BLOCK_S: Final = 2.0
 CROSS_LEAD_WAIT_S: Final = 1.0
+# A premature beat judged by its pause (``ClassifierConfig.pause_full``) waits for the next beat
+# at most this long after the latest time that beat could come and still make the pause full:
+# the detector decides a beat within some 0.3 s and its classification window (QRS_POST_S +
+# QRS_SHIFT_S) follows it; a beat decided later (a search-back) does not count.
+PAUSE_WAIT_S: Final = 0.5
 
 # (flat range, HF index above which the signal is noise) per kind of signal
 _QUALITY_LIMITS: Final[dict[str, tuple[float, float]]] = {
@@ -289,6 +295,12 @@ class _SignalState:
         self.template = np.zeros(self.pre_n + self.post_n)
         self.tstate = np.zeros(2, dtype=np.int64)
         self.pending: list[tuple[int, int]] = []  # (sample, ready_at)
+        # premature beats called N awaiting the interval after them (compensatory pause): sample
+        # -> (interval before it, dominant interval), in samples; the one held back (the last
+        # classified beat; nothing after it is processed until it is decided)
+        self.pause_cand: dict[int, tuple[int, float]] = {}
+        self.held: tuple[int, int, _BeatItem] | None = None
+        self.pause_wait_n = round(PAUSE_WAIT_S * fs_hz)
         # what alarm verification looks back at: the last RECENT_S seconds
         self.recent_beats: deque[Beat] = deque()
         self.recent_quality: deque[tuple[int, Verdict]] = deque()  # (tick sample, verdict)
@@ -532,11 +544,14 @@ class BedSignalPipeline:
         """Beats whose window has arrived and one-second ticks up to the horizon, as events."""
         events: list[Event] = []
         horizon = self._horizon(st)
-        st.processed_to = horizon
         primary = self._tracker is not None and st.key == self.primary_ecg
         # (time the item became known, order, payload): beats and one-second ticks, merged in
         # time order so that the rhythm tracker sees the same sequence however chunks are cut
         items = self._ready_beats(st, horizon) if st.pending else []
+        if st.held is not None or st.pause_cand:
+            # a beat awaiting its pause holds back what came after it
+            items, horizon = self._paused(st, items, horizon)
+        st.processed_to = horizon
         while st.next_tick <= horizon:
             items.append((st.next_tick, 1, _BeatItem(st.next_tick)))
             st.next_tick += st.tick_n
@@ -551,6 +566,53 @@ class BedSignalPipeline:
         if primary and self._tracker is not None:
             events.extend(self._tracker.advance(horizon))
         return events
+
+    def _paused(
+        self, st: _SignalState, items: list[tuple[int, int, _BeatItem]], horizon: int
+    ) -> tuple[list[tuple[int, int, _BeatItem]], int]:
+        """The beats ``items`` (classified, in order) after the one held back, with each
+        premature beat called N (``pause_cand``) judged by the interval after it: ventricular
+        when the intervals before and after it make a full compensatory pause
+        (``ClassifierConfig.pause_full``). A beat whose next beat is not known yet, and may
+        still come in time, is held back with everything after it. Returns the beats to
+        process and the sample up to which ticks may be processed.
+
+        The next beat counts only when it was ready by a deadline (the latest sample at which
+        it makes the pause full, plus ``PAUSE_WAIT_S``), and the beat is decided without it
+        only once the horizon has passed that deadline, so that how the stream is cut into
+        chunks changes nothing."""
+        cfg = DEFAULT_CLASSIFIER
+        lo, hi = cfg.pause_full - cfg.pause_tol, cfg.pause_full + cfg.pause_tol
+        queue = items if st.held is None else [st.held, *items]
+        st.held = None
+        out: list[tuple[int, int, _BeatItem]] = []
+        for i, it in enumerate(queue):
+            at, what, item = it
+            info = st.pause_cand.pop(item.sample, None)
+            if info is None:
+                out.append(it)
+                continue
+            rr_prev, dom = info
+            deadline = item.sample + round(hi * dom) - rr_prev + st.pause_wait_n
+            nxt = queue[i + 1] if i + 1 < len(queue) else None
+            if nxt is not None and nxt[0] <= deadline:
+                after = nxt[2]
+                if (
+                    lo <= (rr_prev + after.sample - item.sample) / dom <= hi
+                    and after.beat_class == "N"
+                    and after.corr is not None
+                    and after.corr >= cfg.v_corr
+                ):
+                    # the next beat is a dominant one, on the sinus node's own schedule
+                    it = (at, what, dataclasses.replace(item, beat_class="V"))
+                out.append(it)
+            elif horizon >= deadline:
+                out.append(it)  # no beat came in time: not a full compensatory pause
+            else:  # the last beat classified (a next one would be in queue): wait for it
+                st.pause_cand[item.sample] = info
+                st.held = it
+                return out, min(horizon, at - 1)
+        return out, horizon
 
     def _ready_beats(self, st: _SignalState, horizon: int) -> list[tuple[int, int, _BeatItem]]:
         """Morphology of the beats whose window has arrived, as items to process in order."""
@@ -607,9 +669,8 @@ class BedSignalPipeline:
         # brings a beat or two, so in plain Python
         samples: list[int] = fids.tolist()
         prev = [st.prev_fid, *samples[:-1]]
-        rr_prev = np.array(
-            [s - p if p >= 0 else -1 for s, p in zip(samples, prev, strict=True)], dtype=np.int64
-        )
+        rr_list = [s - p if p >= 0 else -1 for s, p in zip(samples, prev, strict=True)]
+        rr_prev = np.array(rr_list, dtype=np.int64)
         st.prev_fid = samples[-1]
         # the history holds no infinity (refused on arrival): no second check
         classes, feats = classifier._classify_checked(
@@ -660,6 +721,15 @@ class BedSignalPipeline:
                 # a lead judged noisy: a lone odd shape may be artefact; two alike in a row
                 # (an organised ventricular rhythm) are kept
                 cls = "Q"
+            prem = f[6]
+            if (
+                cls == "N"
+                and prem < DEFAULT_CLASSIFIER.premature
+                and f[0] < DEFAULT_CLASSIFIER.v_corr_mild
+                and rr_list[j] > 0
+            ):
+                # early and unlike the dominant beat: the interval after it decides (_paused)
+                st.pause_cand[s] = (rr_list[j], rr_list[j] / prem)
             out.append(
                 (
                     at,
