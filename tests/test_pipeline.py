@@ -309,6 +309,32 @@ def test_an_unlike_premature_beat_with_a_full_compensatory_pause_is_ventricular(
     assert (called[~odd][12:] == "N").all()
 
 
+def test_asystole_right_after_an_early_beat_is_flagged_at_most_2_s_later() -> None:
+    """A beat held back for its pause holds back the rhythm layer: when no beat follows it
+    (asystole right after an early beat), the wait ends once the next beat can no longer make
+    the pause full, and the asystole flag keeps its onset and comes at most 2 s of data later
+    than after an ordinary beat."""
+
+    def first_seen(odd_last: bool) -> tuple[float, float]:
+        rr = np.concatenate([np.full(20, 0.8), [0.5 if odd_last else 0.8]])
+        odd = np.zeros(rr.shape[0] + 1, dtype=bool)
+        odd[-1] = odd_last
+        x, r_idx = ecg_with_ventricular_beats(rr, odd, FS, wide_qrs_s=0.06, seed=2)
+        x = np.concatenate([x, np.full(round(10 * FS), x[-1])])  # then nothing but baseline
+        p = BedSignalPipeline({"ECG_II": FS})
+        n = round(0.25 * FS)
+        for i in range(0, x.shape[0], n):
+            for e in p.push("ECG_II", x[i : i + n], i):
+                if isinstance(e, RhythmFlag) and e.label == "ASYSTOLE":
+                    return e.time_s - r_idx[-1] / FS, (i + n) / FS - e.time_s
+        raise AssertionError("no asystole flag")
+
+    onset_plain, late_plain = first_seen(False)
+    onset_held, late_held = first_seen(True)
+    assert onset_held == pytest.approx(onset_plain, abs=0.05)
+    assert late_held <= late_plain + 2.0, (late_plain, late_held)
+
+
 @settings(max_examples=8, deadline=None)
 @given(chunk_s=st.floats(min_value=0.05, max_value=3.0), after=st.sampled_from([0.8, 1.1, 1.3]))
 def test_compensatory_pause_calls_chunked_equal_whole(chunk_s: float, after: float) -> None:
