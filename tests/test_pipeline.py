@@ -451,6 +451,39 @@ def test_multi_signal_bed_chunked_equals_whole() -> None:
     assert {e.signal for e in a if isinstance(e, Beat)} == {"ECG_II", "ECG_V", "ABP"}
 
 
+@settings(max_examples=6, deadline=None)
+@given(chunk_s=st.floats(min_value=0.05, max_value=1.0), after=st.sampled_from([0.8, 1.1]))
+def test_two_leads_and_a_pulse_with_beats_held_for_their_pause_chunked_alike(
+    chunk_s: float, after: float
+) -> None:
+    """The leads of a bed arrive in chunks, the primary lead waiting for the second (up to
+    1 s). On the second lead the early beats look like the sinus beats, so only their pause
+    can make them V on the primary lead; beats held back for it change nothing whatever the
+    chunks."""
+    x, r_idx, odd = _unlike_premature_beats(after=after)
+    n = (x.shape[0] // 250) * 250
+    rr = np.diff(r_idx) / FS
+    lead_v, _ = ecg_from_rr(rr, FS, noise_mv=0.01, seed=9)  # every beat sinus-shaped here
+    leads = {"ECG_II": x[:n], "ECG_V": 0.7 * lead_v[:n]}
+    abp = pulse_from_beats(r_idx // 2, n // 2, 125.0)
+
+    def bed(chunk: float) -> list[Event]:
+        p = BedSignalPipeline({"ECG_II": FS, "ECG_V": FS, "ABP": 125.0})
+        m = max(2, round(chunk * FS)) // 2 * 2
+        out: list[Event] = []
+        for i in range(0, n, m):
+            for key, sig in leads.items():
+                out += p.push(key, sig[i : i + m], i)
+            out += p.push("ABP", abp[i // 2 : (i + m) // 2], i // 2)
+        return out
+
+    second, chunked = bed(1.0), bed(chunk_s)
+    assert [repr(e) for e in _sorted(chunked)] == [repr(e) for e in _sorted(second)]
+    called = np.array(_called(second, r_idx, "ECG_II"))
+    judged = odd[: called.shape[0]]
+    assert (called[judged] == ("V" if after == 1.1 else "N")).all(), called[judged]
+
+
 def test_asystole_alarm_true_without_pulses_false_with_them() -> None:
     x, _ = ecg_from_rr(np.full(40, 0.8), 250.0)
     n_beats = int(x.shape[0] // 250)
