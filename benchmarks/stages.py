@@ -56,11 +56,13 @@ from simulators.beds import SynthGroup
 from simulators.scenarios import SCENARIOS
 
 
-def frames_of(beds: int, seconds: float, frame_s: float, scenario: str) -> list[object]:
+def frames_of(
+    beds: int, seconds: float, frame_s: float, scenario: str, events_at_s: float | None = None
+) -> list[object]:
     keys = [BedKey("bench", f"bed{i:04d}") for i in range(beds)]
     kinds = [SCENARIOS[i % len(SCENARIOS)] if scenario == "mix" else scenario for i in range(beds)]
     start_us = time.time_ns() // 1000 - int((seconds + 60) * 1e6)
-    group = SynthGroup(keys, kinds, list(range(beds)), start_us)
+    group = SynthGroup(keys, kinds, list(range(beds)), start_us, events_at_s=events_at_s)
     out: list[object] = []
     for _ in range(round(seconds / frame_s)):
         for _bed, wave, numerics, on in group.tick(frame_s):
@@ -225,6 +227,13 @@ def main() -> None:
     parser.add_argument("--scenario", default="stable", choices=[*SCENARIOS, "mix"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
+        "--events-at",
+        type=float,
+        default=None,
+        help="seconds into the run at which every bed's scenario event (AF, VT ...) begins "
+        "(default: each scenario's own time, often after a short run has ended)",
+    )
+    parser.add_argument(
         "--chunk",
         type=float,
         default=IngestSettings().analysis_chunk_s,
@@ -241,7 +250,7 @@ def main() -> None:
         help="also time the alarm rules and the dashboards' state snapshots an engine adds",
     )
     args = parser.parse_args()
-    frames = frames_of(args.beds, args.seconds, args.frame, args.scenario)
+    frames = frames_of(args.beds, args.seconds, args.frame, args.scenario, args.events_at)
     heap.settle()  # as the commands do
     bed_s = args.beds * args.seconds * 5 / 6
     best = {}
@@ -252,8 +261,10 @@ def main() -> None:
     for stages, chunk in runs:
         cpu = min(run(frames, stages, chunk) for _ in range(args.repeat))
         best[stages if chunk == args.chunk else f"{stages}, every frame"] = cpu * 1000 / bed_s
+    events = "" if args.events_at is None else f", events at {args.events_at:g} s"
     print(
-        f"{args.beds} beds ({args.scenario}), {args.seconds:g} s in {args.frame:g} s frames, "
+        f"{args.beds} beds ({args.scenario}{events}), {args.seconds:g} s in {args.frame:g} s "
+        "frames, "
         f"{len(frames)} frames, the signal stage taking {args.chunk:g} s at once; CPU ms per "
         f"bed-second, best of {args.repeat}:"
     )
