@@ -17,6 +17,7 @@ from eicu.signal.alarms import (
     BASELINE_SQI_MIN,
     LeadEvidence,
     PulseEvidence,
+    _lowest_kurtosis,
     baseline_sqi,
     decide,
     kurtosis_sqi,
@@ -151,6 +152,87 @@ def test_kurtosis_sqi_from_its_definition() -> None:
     assert kurtosis_sqi(sine) == pytest.approx(1.5, abs=0.02)
     assert np.isnan(kurtosis_sqi(np.zeros(100)))
     assert np.isnan(kurtosis_sqi(None))
+
+
+@pytest.mark.parametrize("seconds", [4.0, 5.3, 8.0, 9.9])
+@pytest.mark.parametrize("fs", [125.0, 250.0, 360.0])
+def test_baseline_sqi_is_behars_ratio_of_welchs_spectrum(seconds: float, fs: float) -> None:
+    """basSQI (Behar et al. 2013) from its definition: 1 - the power below 1 Hz over the power
+    below 40 Hz of Welch's spectrum (2 s Hann segments, half overlapping), here taken from
+    scipy's Welch as the reference, on an ECG with baseline wander and on noise."""
+    from scipy import signal as sps
+
+    def reference(x: np.ndarray) -> float:
+        f, p = sps.welch(x - x.mean(), fs=fs, nperseg=round(2.0 * fs))
+        return 1.0 - float(p[f < 1.0].sum()) / float(p[f < 40.0].sum())
+
+    n = round(seconds * fs)
+    ecg, _ = ecg_from_rr(np.full(16, 0.7), fs, noise_mv=0.02)
+    t = np.arange(n) / fs
+    rng = np.random.default_rng(round(fs + seconds))
+    for x in (
+        ecg[:n],
+        ecg[:n] + 0.8 * np.sin(2 * np.pi * 0.3 * t),
+        rng.normal(0.0, 1.0, n),
+        np.cumsum(rng.normal(0.0, 0.1, n)),
+    ):
+        assert baseline_sqi(x, fs) == pytest.approx(reference(x), rel=1e-9, abs=1e-12)
+    short = ecg[: round(4.0 * fs) - 1]
+    assert np.isnan(baseline_sqi(short, fs))
+    gap = ecg[:n].copy()
+    gap[5] = np.nan
+    assert np.isnan(baseline_sqi(gap, fs))
+    assert np.isnan(baseline_sqi(np.zeros(n), fs))
+
+
+def test_lowest_kurtosis_is_the_least_of_its_two_second_segments_newest_first() -> None:
+    fs = 250.0
+    x, _ = ecg_from_rr(np.full(14, 0.8), fs, noise_mv=0.01)
+    y = x[: round(9.3 * fs)]  # 4 whole 2 s segments from the end, 1.3 s before them left out
+    n = round(2.0 * fs)
+    expected = min(kurtosis_sqi(y[e - n : e]) for e in range(y.shape[0], n - 1, -n))
+    assert _lowest_kurtosis(y, fs) == pytest.approx(expected, rel=1e-9)
+    noisy = y.copy()
+    noisy[-300:] = np.random.default_rng(1).normal(0.0, 1.0, 300)
+    assert _lowest_kurtosis(noisy, fs) < _lowest_kurtosis(y, fs)
+    gap = y.copy()
+    gap[y.shape[0] - 4 * n + 10] = np.nan  # in the oldest whole segment
+    assert np.isnan(_lowest_kurtosis(gap, fs))
+    gap_before = y.copy()
+    gap_before[: y.shape[0] - 4 * n] = np.nan  # only before the whole segments
+    assert _lowest_kurtosis(gap_before, fs) == pytest.approx(expected, rel=1e-9)
+    assert np.isnan(_lowest_kurtosis(y[: n - 1], fs))
+    assert np.isnan(_lowest_kurtosis(None, fs))
+
+
+def test_the_pipeline_gathers_the_evidence_once_per_state_and_judges_each_label_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bed judged for several labels at one moment (VTACH and TACHY in VT) gathers its 8 s of
+    evidence once; once any signal moves on, it gathers again. Every decision is the one a
+    fresh gathering gives."""
+    import eicu.signal.alarms as alarms
+
+    fs = 250.0
+    x, r_idx = ecg_from_rr(np.concatenate([np.full(20, 0.8), np.full(20, 0.4)]), fs)
+    n = (x.shape[0] // 250) * 250
+    abp = pulse_from_beats(r_idx // 2, n // 2, 125.0)
+    p = BedSignalPipeline({"ECG_II": fs, "ECG_V": fs, "ABP": 125.0})
+    calls = []
+    real = alarms.gather
+    monkeypatch.setattr(alarms, "gather", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for i in range(0, n, 250):
+        p.push("ECG_II", x[i : i + 250], i)
+        p.push("ECG_V", 0.7 * x[i : i + 250], i)
+        p.push("ABP", abp[i // 2 : i // 2 + 125], i // 2)
+        if i % 500 == 0 and i > 2500:
+            before = len(calls)
+            for label in ("VTACH", "TACHY", "ASYSTOLE", "AFIB"):
+                mine = p.verify_alarm(label)
+                fresh = alarms.verify_alarm(p, label)
+                assert repr(mine) == repr(fresh), label  # (NaN fields compare unequal)
+            assert len(calls) - before == 1 + 4  # once for the four, once each fresh
+    assert p.verify_alarm("PAUSE") is None
 
 
 def test_noise_on_every_lead_lets_a_regular_pulse_reject() -> None:

@@ -34,10 +34,10 @@ good quality and disagree cannot both be right).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
-from scipy import signal as sps
 
 from eicu.kernels.sqi import beat_agreement
 from eicu.signal.rhythm import ASYSTOLE_S, BRADY_BPM, TACHY_BPM, VT_BEATS, VT_BPM
@@ -186,12 +186,21 @@ def lead_evidence(st: _SignalState, now: int, window_s: float) -> LeadEvidence:
 
 
 def _lowest_kurtosis(y: np.ndarray | None, fs_hz: float) -> float:
-    """The lowest kurtosis of the whole 2 s segments of a window, newest first (NaN: none)."""
+    """The lowest kurtosis (:func:`kurtosis_sqi`) of the whole 2 s segments of a window counted
+    back from its end (NaN: none, or one with a missing sample or flat), all segments at once."""
     if y is None:
         return float("nan")
     n = round(2.0 * fs_hz)
-    ks = [kurtosis_sqi(y[e - n : e]) for e in range(y.shape[0], n - 1, -n)]
-    return float(min(ks)) if ks and not np.isnan(ks).any() else float("nan")
+    k = y.shape[0] // n
+    if k == 0 or n < 8:
+        return float("nan")
+    seg = y[y.shape[0] - k * n :].reshape(k, n)
+    d = seg - seg.mean(axis=1, keepdims=True)
+    d2 = d * d
+    var = d2.mean(axis=1)
+    if np.isnan(var).any() or not (var > 0.0).all():
+        return float("nan")
+    return float(((d2 * d2).mean(axis=1) / (var * var)).min())
 
 
 def kurtosis_sqi(y: np.ndarray | None) -> float:
@@ -217,11 +226,30 @@ def baseline_sqi(x: np.ndarray | None, fs_hz: float) -> float:
     """
     if x is None or x.shape[0] < round(4.0 * fs_hz) or np.isnan(x).any():
         return float("nan")
-    f, p = sps.welch(x - x.mean(), fs=fs_hz, nperseg=round(2.0 * fs_hz))
+    n = round(2.0 * fs_hz)
+    window, f = _welch_grid(n, fs_hz)
+    # Welch's estimate: Hann segments of n samples, half overlapping, each less its mean, the
+    # mean of their periodograms, one-sided (every bin but 0 and n/2 doubled); the ratio does
+    # not depend on the scaling. The same as scipy.signal.welch (tests/test_alarm_verification).
+    segs = np.lib.stride_tricks.sliding_window_view(x, n)[:: n - n // 2]
+    segs = (segs - segs.mean(axis=1, keepdims=True)) * window
+    spec = np.fft.rfft(segs, axis=1)
+    p = (spec.real * spec.real + spec.imag * spec.imag).mean(axis=0)
+    p[1 : (n + 1) // 2] *= 2.0
     total = float(p[f < 40.0].sum())
     if total <= 0.0:
         return float("nan")
     return 1.0 - float(p[f < 1.0].sum()) / total
+
+
+@lru_cache(maxsize=16)
+def _welch_grid(n: int, fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """For segments of ``n`` samples at ``fs_hz``: the periodic Hann window (scipy's ``hann``
+    for spectral estimation) and the frequencies of the one-sided spectrum. Read-only."""
+    grid = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n), np.fft.rfftfreq(n, 1.0 / fs_hz))
+    for a in grid:
+        a.flags.writeable = False
+    return grid
 
 
 def pulse_evidence(st: _SignalState, now: int, window_s: float) -> PulseEvidence:

@@ -60,7 +60,7 @@ from eicu.signal.rhythm import VF_S, RhythmTracker, fibrillation_features
 from eicu.signal.stats import median
 
 if TYPE_CHECKING:
-    from eicu.signal.alarms import AlarmDecision
+    from eicu.signal.alarms import AlarmDecision, LeadEvidence, PulseEvidence
 
 # The signals the pipeline analyses (beats, rhythm, pulse, quality); others are only stored.
 ANALYSED: Final = ("ECG_II", "ECG_V", "ECG_I", "ECG_III", "ECG_MCL1", "PLETH", "ABP")
@@ -437,6 +437,10 @@ class BedSignalPipeline:
             raise ValueError(f"primary_ecg {primary_ecg!r} is not one of the ECG leads {ecgs}")
         self.primary_ecg = primary_ecg
         self._tracker: RhythmTracker | None = None
+        # the alarm evidence last gathered, by each signal's processed_to (verify_alarm)
+        self._evidence: (
+            tuple[tuple[int, ...], tuple[list[LeadEvidence], list[PulseEvidence]]] | None
+        ) = None
         # the second ECG lead the primary lead's beats are also judged on, with a classifier of
         # its own fed the primary lead's beats (its templates are of those beats)
         self.other_ecg: str | None = None
@@ -461,9 +465,18 @@ class BedSignalPipeline:
     def verify_alarm(self, label: str) -> AlarmDecision | None:
         """Judge an alarm of type ``label`` raised now (see :mod:`eicu.signal.alarms`); None for
         a rhythm the verification does not judge (AF, a pause): its alarm stands unverified."""
-        from eicu.signal.alarms import VERIFIED_LABELS, verify_alarm  # reads our state types
+        from eicu.signal.alarms import ALARM_WINDOW_S, VERIFIED_LABELS, decide, gather
 
-        return verify_alarm(self, label) if label in VERIFIED_LABELS else None
+        if label not in VERIFIED_LABELS:
+            return None
+        # The evidence (every signal's last 8 s) depends only on how far each signal has been
+        # processed: gathered once for every label judged before any of them moves on (a bed
+        # in VT has VTACH and TACHY up, judged at each evaluation).
+        key = tuple(st.processed_to for st in self._sig.values())
+        if self._evidence is None or self._evidence[0] != key:
+            self._evidence = (key, gather(self, ALARM_WINDOW_S))
+        leads, pulses = self._evidence[1]
+        return decide(label, leads, pulses)
 
     def active_rhythms(self) -> dict[str, int]:
         """Rhythm labels active now on the primary lead, with their start samples."""
