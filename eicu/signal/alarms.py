@@ -41,6 +41,7 @@ import numpy as np
 
 from eicu.kernels.sqi import beat_agreement
 from eicu.signal.rhythm import ASYSTOLE_S, BRADY_BPM, TACHY_BPM, VT_BEATS, VT_BPM
+from eicu.signal.stats import median
 
 if TYPE_CHECKING:
     from eicu.signal.pipeline import BedSignalPipeline, _SignalState
@@ -147,7 +148,10 @@ def lead_evidence(st: _SignalState, now: int, window_s: float) -> LeadEvidence:
     fast_corr = 1.0
     k = VT_BEATS - 1
     if rr_s.size >= k:
-        worst = np.lib.stride_tricks.sliding_window_view(rr_s, k).max(axis=1)
+        # the longest interval of each run of k (its slowest): k - 1 shifted maxima
+        worst = rr_s[: rr_s.size - k + 1].copy()
+        for j in range(1, k):
+            np.maximum(worst, rr_s[j : rr_s.size - k + 1 + j], out=worst)
         i = int(np.argmin(worst))
         fast_bpm = float(60.0 / worst[i])
         fast_beats = beats[i : i + k + 1]
@@ -176,9 +180,9 @@ def lead_evidence(st: _SignalState, now: int, window_s: float) -> LeadEvidence:
         n_ventricular=int(v_samples.size),
         max_v_3s=max_v_3s,
         rr_cv=float(rr_s.std() / rr_s.mean()) if rr_s.size > 1 else float("inf"),
-        rate_bpm=float(60.0 / np.median(rr_s)) if rr_s.size else 0.0,
+        rate_bpm=60.0 / median(rr_s.tolist()) if rr_s.size else 0.0,
         baseline_sqi=baseline_sqi(st.hist.window(max(lo, st.hist.start), now), st.fs_hz),
-        qrs_width_ms=float(np.median(widths)) if widths else float("nan"),
+        qrs_width_ms=median(widths) if widths else float("nan"),
         kurtosis=_lowest_kurtosis(
             st.hist.window(max(lo, st.hist.start), now, filtered=True), st.fs_hz
         ),
@@ -262,7 +266,7 @@ def pulse_evidence(st: _SignalState, now: int, window_s: float) -> PulseEvidence
         n_beats=int(samples.shape[0]),
         good_frac=_good_frac(st, lo),
         max_gap_s=float(np.diff(bounds).max()),
-        rate_bpm=float(60.0 / np.median(rr_s)) if rr_s.size else 0.0,
+        rate_bpm=60.0 / median(rr_s.tolist()) if rr_s.size else 0.0,
         rr_cv=float(rr_s.std() / rr_s.mean()) if rr_s.size > 1 else float("inf"),
         morphology=st.morphology_at(now),
     )
