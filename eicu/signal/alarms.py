@@ -198,26 +198,27 @@ def _lowest_kurtosis(y: np.ndarray | None, fs_hz: float) -> float:
     k = y.shape[0] // n
     if k == 0 or n < 8:
         return float("nan")
-    seg = y[y.shape[0] - k * n :].reshape(k, n)
-    d = seg - seg.mean(axis=1, keepdims=True)
-    d2 = d * d
-    var = d2.mean(axis=1)
-    if np.isnan(var).any() or not (var > 0.0).all():
-        return float("nan")
-    return float(((d2 * d2).mean(axis=1) / (var * var)).min())
+    return float(_kurtosis_rows(y[y.shape[0] - k * n :].reshape(k, n)).min())
 
 
 def kurtosis_sqi(y: np.ndarray | None) -> float:
     """The kurtosis of a filtered ECG window (the kSQI of Li, Mark and Clifford 2008): above 5
     for an ECG whose power sits in sharp QRS complexes, about 3 for Gaussian noise. NaN for
     fewer than 8 samples, a missing sample, or a flat window."""
-    if y is None or y.shape[0] < 8 or np.isnan(y).any():
+    if y is None or y.shape[0] < 8:
         return float("nan")
-    d = y - y.mean()
-    var = float(np.mean(d * d))
-    if var <= 0.0:
-        return float("nan")
-    return float(np.mean(d**4)) / (var * var)
+    return float(_kurtosis_rows(y.reshape(1, -1))[0])
+
+
+def _kurtosis_rows(seg: np.ndarray) -> np.ndarray:
+    """The kurtosis of each row, E[(y - mean)^4] / E[(y - mean)^2]^2; every row NaN when a row
+    holds a missing sample or is flat (its kurtosis is unknown, so their least is too)."""
+    d = seg - seg.mean(axis=1, keepdims=True)
+    d2 = d * d
+    var = d2.mean(axis=1)
+    if np.isnan(var).any() or not (var > 0.0).all():
+        return np.full(seg.shape[0], np.nan)
+    return (d2 * d2).mean(axis=1) / (var * var)
 
 
 def baseline_sqi(x: np.ndarray | None, fs_hz: float) -> float:
