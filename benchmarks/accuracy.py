@@ -63,6 +63,8 @@ from eicu.signal.classify import (
     ClassifierConfig,
     StreamingClassifier,
     cross_lead_ventricular,
+    full_pause,
+    pause_candidate,
 )
 from eicu.signal.cli_analyze import analyze_record
 from eicu.signal.cli_verify import ALARM_AT_S, replay_record
@@ -285,17 +287,15 @@ def _called_v(beats: list[Beat], rule: tuple[float, float, float] | None = None)
     )
     v = judged & (crossed == kv.C_V)
     # the pipeline's compensatory-pause rule (ClassifierConfig.pause_full), on the same calls
-    cfg = DEFAULT_CLASSIFIER
     for i in range(1, len(beats) - 1):
         b, after = beats[i], beats[i + 1]
-        prem, corr, corr_after = b.prematurity, b.template_corr, after.template_corr
-        if not judged[i] or v[i] or prem is None or corr is None or corr_after is None:
+        prem, corr = b.prematurity, b.template_corr
+        if not judged[i] or v[i] or prem is None or corr is None or not pause_candidate(prem, corr):
             continue
-        if not (prem < on_time and corr < mild) or not judged[i + 1] or v[i + 1]:
+        if not judged[i + 1] or v[i + 1]:
             continue
-        dom = (b.sample - beats[i - 1].sample) / prem
-        pause = (after.sample - beats[i - 1].sample) / dom
-        if corr_after >= cfg.v_corr and abs(pause - cfg.pause_full) <= cfg.pause_tol:
+        before = b.sample - beats[i - 1].sample
+        if full_pause(before, after.sample - b.sample, before / prem, after.template_corr):
             v[i] = True
     return v
 

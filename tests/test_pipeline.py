@@ -276,6 +276,20 @@ def test_af_features_separate_regular_from_random() -> None:
         af_features(np.r_[np.full(40, 0.8), np.nan, np.full(23, 0.8)])
 
 
+def test_the_pause_rule_from_its_definition() -> None:
+    from eicu.signal.classify import full_pause, pause_candidate
+
+    # early (prematurity below 0.95) and clearly unlike the dominant beat (correlation < 0.8)
+    assert pause_candidate(0.6, 0.2) and pause_candidate(0.9, -0.9)
+    assert not pause_candidate(0.97, 0.2) and not pause_candidate(0.6, 0.85)
+    assert not pause_candidate(float("nan"), 0.2) and not pause_candidate(0.6, float("nan"))
+    # before + after = 2 dominant intervals within 5 %, the next beat a dominant one
+    assert full_pause(0.5, 1.1, 0.8, 0.99) and full_pause(0.5, 1.15, 0.8, 0.95)
+    assert not full_pause(0.5, 0.8, 0.8, 0.99)  # the sinus node reset: 1.625 intervals
+    assert not full_pause(0.5, 1.25, 0.8, 0.99)  # longer than a full pause: 2.19
+    assert not full_pause(0.5, 1.1, 0.8, 0.5) and not full_pause(0.5, 1.1, 0.8, None)
+
+
 def _unlike_premature_beats(
     after: float, seed: int = 5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

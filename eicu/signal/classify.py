@@ -243,6 +243,33 @@ class BeatClassifier:
         return out_class, out_feats
 
 
+def pause_candidate(
+    prematurity: float, corr: float, config: ClassifierConfig = DEFAULT_CLASSIFIER
+) -> bool:
+    """A beat called ``N`` that the interval after it may still make ventricular
+    (``ClassifierConfig.pause_full``): early and clearly unlike the dominant beat. False when
+    either feature is unknown (NaN)."""
+    return prematurity < config.premature and corr < config.v_corr_mild
+
+
+def full_pause(
+    before: float,
+    after: float,
+    dominant: float,
+    next_corr: float | None,
+    config: ClassifierConfig = DEFAULT_CLASSIFIER,
+) -> bool:
+    """The intervals ``before`` and ``after`` a beat make a full compensatory pause: they add up
+    to ``pause_full`` dominant intervals within ``pause_tol``, and the beat after it is a
+    dominant one (``next_corr``, its correlation with the dominant template, at least
+    ``v_corr``), on the sinus node's own schedule."""
+    return (
+        next_corr is not None
+        and next_corr >= config.v_corr
+        and abs((before + after) / dominant - config.pause_full) <= config.pause_tol
+    )
+
+
 def cross_lead_ventricular(
     classes: ArrayLike,
     corr0: ArrayLike,

@@ -53,6 +53,8 @@ from eicu.signal.classify import (
     DEFAULT_CLASSIFIER,
     BeatClass,
     BeatClassifier,
+    full_pause,
+    pause_candidate,
 )
 from eicu.signal.events import Beat, Event, HeartRate, Quality, Verdict
 from eicu.signal.filters import SosFilter, bandpass_sos
@@ -595,7 +597,7 @@ class BedSignalPipeline:
         only once the horizon has passed that deadline, so that how the stream is cut into
         chunks changes nothing."""
         cfg = DEFAULT_CLASSIFIER
-        lo, hi = cfg.pause_full - cfg.pause_tol, cfg.pause_full + cfg.pause_tol
+        hi = cfg.pause_full + cfg.pause_tol
         queue = items if st.held is None else [st.held, *items]
         st.held = None
         out: list[tuple[int, int, _BeatItem]] = []
@@ -610,13 +612,9 @@ class BedSignalPipeline:
             nxt = queue[i + 1] if i + 1 < len(queue) else None
             if nxt is not None and nxt[0] <= deadline:
                 after = nxt[2]
-                if (
-                    lo <= (rr_prev + after.sample - item.sample) / dom <= hi
-                    and after.beat_class == "N"
-                    and after.corr is not None
-                    and after.corr >= cfg.v_corr
+                if after.beat_class == "N" and full_pause(
+                    rr_prev, after.sample - item.sample, dom, after.corr, cfg
                 ):
-                    # the next beat is a dominant one, on the sinus node's own schedule
                     it = (at, what, dataclasses.replace(item, beat_class="V"))
                 out.append(it)
             elif horizon >= deadline:
@@ -735,12 +733,7 @@ class BedSignalPipeline:
                 # (an organised ventricular rhythm) are kept
                 cls = "Q"
             prem = f[6]
-            if (
-                cls == "N"
-                and prem < DEFAULT_CLASSIFIER.premature
-                and f[0] < DEFAULT_CLASSIFIER.v_corr_mild
-                and rr_list[j] > 0
-            ):
+            if cls == "N" and rr_list[j] > 0 and pause_candidate(prem, f[0]):
                 # early and unlike the dominant beat: the interval after it decides (_paused)
                 st.pause_cand[s] = (rr_list[j], rr_list[j] / prem)
             out.append(
